@@ -1,0 +1,53 @@
+# shuiwu — the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+LOCK := requirements.lock
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo serve test lint typecheck pytest bench lock schema clean
+
+install: $(STAMP)
+
+# Installs exactly the pinned versions of the lock file; reinstalls when it changes.
+$(STAMP): $(LOCK) pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+demo: install
+	$(BIN)/shuiwu migrate
+	$(BIN)/shuiwu demo load --households 2000
+	$(BIN)/shuiwu demo run
+
+serve: install
+	$(BIN)/shuiwu serve
+
+lint: install
+	$(BIN)/ruff check backend acquisition resident_app staff_app tests bench migrations
+
+typecheck: install
+	$(BIN)/mypy backend acquisition
+
+pytest: install
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+bench: install
+	@set -e; for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script; done
+
+# Refresh the pins from pyproject.toml (newest versions the index offers today).
+lock:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet pip-tools
+	$(BIN)/pip-compile --quiet --strip-extras --extra dev --no-emit-index-url --no-emit-find-links --output-file $(LOCK) pyproject.toml
+
+schema: install
+	$(BIN)/shuiwu export-schema > schema.graphql
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

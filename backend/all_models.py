@@ -1,0 +1,8 @@
+"""Imports every domain's tables so the shared metadata is complete (Alembic, tests)."""
+
+from backend.archives import models as archives_models
+from backend.audit import models as audit_models
+from backend.auth import models as auth_models
+from backend.events import models as events_models
+
+__all__ = ["archives_models", "audit_models", "auth_models", "events_models"]

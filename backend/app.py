@@ -1,0 +1,127 @@
+"""``create_app(settings, database_url) -> Starlette``: the whole HTTP surface.
+
+Routes: ``/graphql`` (POST executes, GET serves GraphiQL), ``/oauth/token`` (client
+credentials), the domains' plain HTTP routes (downloads), ``/healthz`` and ``/metrics``.
+The app is stateless: run several processes behind a balancer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backend import db
+from backend.auth import http as auth_http
+from backend.auth.ratelimit import ClientRateLimiter
+from backend.auth.service import AuthPolicy, authenticate
+from backend.clock import utcnow
+from backend.graphql import scalars
+from backend.graphql.http import GraphQLEndpoint
+from backend.graphql.schema import build_schema
+from backend.observability import DB_POOL, HTTP_LATENCY, HTTP_REQUESTS, registry, request_id_var
+from backend.settings import Settings
+
+log = logging.getLogger("shuiwu.http")
+
+
+class RequestIdMiddleware:
+    """Gives every request an id (or keeps the caller's ``X-Request-Id``), puts it in the
+    log context and the response, and records latency per route."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"].append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", "unmatched")
+            HTTP_REQUESTS.labels(label, str(status)).inc()
+            HTTP_LATENCY.labels(label).observe(time.perf_counter() - started)
+            request_id_var.reset(token)
+
+
+def create_app(settings: Settings, database_url: str, *, extra_routes: list[BaseRoute] | None = None) -> Starlette:
+    engine = db.create_engine(database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
+    sessions = db.session_factory(engine)
+    scalars.display_zone = settings.tz
+    policy = AuthPolicy.from_settings(settings)
+    limiter = ClientRateLimiter()
+
+    async def authenticate_token(token: str) -> Any:
+        async with sessions() as session:
+            return await authenticate(session, token=token, now=utcnow(), policy=policy)
+
+    endpoint = GraphQLEndpoint(
+        build_schema(),
+        settings=settings,
+        sessions=sessions,
+        authenticate=authenticate_token,
+        check_rate=limiter.check,
+    )
+
+    async def healthz(request: Request) -> Response:
+        try:
+            await db.ping(engine)
+        except Exception:  # the check reports any failure rather than raising it
+            log.exception("health check failed")
+            return JSONResponse({"status": "unavailable", "database": "down"}, 503)
+        return JSONResponse({"status": "ok", "database": "up"})
+
+    async def metrics(request: Request) -> Response:
+        pool: Any = engine.pool
+        DB_POOL.labels("checked_out").set(pool.checkedout())
+        DB_POOL.labels("idle").set(pool.checkedin())
+        DB_POOL.labels("size").set(pool.size())
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await engine.dispose()
+
+    routes: list[BaseRoute] = [
+        Route("/graphql", endpoint.handle, methods=["GET", "POST"]),
+        Mount("/graphql/static", StaticFiles(packages=[("backend.graphql", "static")]), name="graphiql-static"),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        *auth_http.routes(sessions, policy),
+        *(extra_routes or []),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = sessions
+    app.state.policy = policy
+    app.add_middleware(RequestIdMiddleware)
+    return app

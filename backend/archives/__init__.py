@@ -1,0 +1,1 @@
+"""Archives (档案管理): areas, households, meters, concentrators and assignments."""

@@ -1,0 +1,1 @@
+"""GraphQL for the operation log (filled in by the audit schema work)."""

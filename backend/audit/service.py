@@ -1,0 +1,96 @@
+"""Writing and reading the operation log.
+
+Every mutation writes one entry in its own transaction when it succeeds, and in a fresh
+transaction after the rollback when it is refused, so a refusal leaves exactly one row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.audit.models import AuditEntry
+from backend.auth.principal import Principal
+
+REDACTED = "***"
+# Input keys whose values never reach the log (matched as substrings, case-insensitive).
+SECRET_KEYS = ("password", "secret", "token", "code", "key")
+
+
+def redact(payload: Any) -> Any:
+    """A copy of ``payload`` with the values of secret-looking keys replaced."""
+    if isinstance(payload, Mapping):
+        return {
+            str(key): REDACTED
+            if any(marker in str(key).lower() for marker in SECRET_KEYS) and value is not None
+            else redact(value)
+            for key, value in payload.items()
+        }
+    if isinstance(payload, list | tuple):
+        return [redact(item) for item in payload]
+    if isinstance(payload, str | int | float | bool) or payload is None:
+        return payload
+    return str(payload)
+
+
+async def record_operation(
+    session: AsyncSession,
+    *,
+    at: datetime,
+    actor: Principal | None,
+    module: str,
+    action: str,
+    summary: str,
+    payload: Mapping[str, Any],
+    success: bool,
+    ip: str | None,
+    request_id: str | None,
+    actor_name: str | None = None,
+) -> AuditEntry:
+    """Append one entry; ``payload`` is redacted here, so callers pass the raw input."""
+    entry = AuditEntry(
+        at=at,
+        actor_kind=actor.kind.value if actor else "anonymous",
+        actor_id=actor.id if actor else None,
+        actor_name=actor_name or (actor.name if actor else "匿名"),
+        module=module,
+        action=action,
+        summary=summary,
+        payload=redact(dict(payload)),
+        success=success,
+        ip=ip,
+        request_id=request_id,
+    )
+    session.add(entry)
+    await session.flush()
+    return entry
+
+
+def audit_query(
+    *,
+    actor_id: int | None = None,
+    actor_kind: str | None = None,
+    module: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    success: bool | None = None,
+) -> Select[tuple[AuditEntry]]:
+    """The filtered, newest-first statement behind the log screen and its export."""
+    statement = select(AuditEntry)
+    if actor_id is not None:
+        statement = statement.where(AuditEntry.actor_id == actor_id)  # type: ignore[arg-type]
+    if actor_kind is not None:
+        statement = statement.where(AuditEntry.actor_kind == actor_kind)  # type: ignore[arg-type]
+    if module is not None:
+        statement = statement.where(AuditEntry.module == module)  # type: ignore[arg-type]
+    if since is not None:
+        statement = statement.where(AuditEntry.at >= since)  # type: ignore[arg-type]
+    if until is not None:
+        statement = statement.where(AuditEntry.at < until)  # type: ignore[arg-type]
+    if success is not None:
+        statement = statement.where(AuditEntry.success == success)  # type: ignore[arg-type]
+    return statement.order_by(AuditEntry.at.desc(), AuditEntry.id.desc())  # type: ignore[attr-defined,union-attr]

@@ -1,0 +1,1 @@
+"""Auth: staff users, roles, permissions, data scope, residents and API clients."""

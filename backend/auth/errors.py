@@ -1,0 +1,125 @@
+"""Refusals of the auth domain."""
+
+from __future__ import annotations
+
+from backend.errors import DomainError, ErrorCode, NotAuthenticated
+
+
+class InvalidCredentials(DomainError):
+    code = ErrorCode.INVALID_CREDENTIALS
+    message = "用户名或密码错误"
+    message_en = "Wrong username or password"
+
+
+class AccountLocked(DomainError):
+    code = ErrorCode.ACCOUNT_LOCKED
+    message = "登录失败次数过多, 账号已锁定 15 分钟"
+    message_en = "Too many failed logins: the account is locked for 15 minutes"
+
+
+class AccountInactive(DomainError):
+    code = ErrorCode.ACCOUNT_INACTIVE
+    message = "账号已停用"
+    message_en = "This account is deactivated"
+
+
+class TokenExpired(NotAuthenticated):
+    message = "登录已过期, 请重新登录"
+    message_en = "The token has expired; log in again"
+    reason = ErrorCode.TOKEN_EXPIRED
+
+
+class TokenInvalid(NotAuthenticated):
+    message = "令牌无效"
+    message_en = "The token is invalid"
+    reason = ErrorCode.TOKEN_INVALID
+
+
+class TokenRevoked(NotAuthenticated):
+    message = "令牌已注销, 请重新登录"
+    message_en = "The token was revoked; log in again"
+    reason = ErrorCode.TOKEN_REVOKED
+
+
+class RefreshTokenInvalid(DomainError):
+    code = ErrorCode.TOKEN_INVALID
+    message = "刷新令牌无效或已过期, 请重新登录"
+    message_en = "The refresh token is invalid or expired; log in again"
+
+
+class PasswordTooWeak(DomainError):
+    code = ErrorCode.PASSWORD_TOO_WEAK
+    message = "密码至少 8 位, 且须同时包含字母和数字"
+    message_en = "A password needs at least 8 characters with both letters and digits"
+
+
+class InvalidCode(DomainError):
+    code = ErrorCode.INVALID_CODE
+    message = "验证码错误或已过期"
+    message_en = "The code is wrong or has expired"
+
+
+class CodeRateLimited(DomainError):
+    code = ErrorCode.CODE_RATE_LIMITED
+    message = "验证码发送过于频繁, 请 60 秒后再试"
+    message_en = "A code was sent recently; try again in 60 seconds"
+
+
+class GrantExceedsOwn(DomainError):
+    code = ErrorCode.GRANT_EXCEEDS_OWN
+    message = "不能授予自己没有的权限或区域"
+    message_en = "You cannot grant permissions or areas you do not hold"
+
+
+class UnknownPermission(DomainError):
+    code = ErrorCode.UNKNOWN_PERMISSION
+    message = "未知的权限"
+    message_en = "Unknown permission"
+
+
+class UnknownArea(DomainError):
+    code = ErrorCode.UNKNOWN_AREA
+    message = "区域不存在"
+    message_en = "Unknown area"
+
+
+class RoleHierarchy(DomainError):
+    code = ErrorCode.ROLE_HIERARCHY
+    message = "角色不能高于或超出其上级角色"
+    message_en = "A role cannot rank above or hold more than its parent role"
+
+
+class RoleInUse(DomainError):
+    code = ErrorCode.ROLE_IN_USE
+    message = "角色仍有用户或下级角色, 不能删除"
+    message_en = "The role still has users or child roles"
+
+
+class HouseholdMismatch(DomainError):
+    code = ErrorCode.HOUSEHOLD_MISMATCH
+    message = "缴费号与户主姓名不匹配"
+    message_en = "The account number and registered name do not match"
+
+
+class AlreadyBound(DomainError):
+    code = ErrorCode.ALREADY_BOUND
+    message = "该住户已绑定"
+    message_en = "This household is already bound"
+
+
+class CannotDeactivateSelf(DomainError):
+    code = ErrorCode.CANNOT_DEACTIVATE_SELF
+    message = "不能停用或删除自己的账号"
+    message_en = "You cannot deactivate or delete your own account"
+
+
+class HasHistory(DomainError):
+    code = ErrorCode.HAS_HISTORY
+    message = "该用户已有操作记录, 只能停用不能删除"
+    message_en = "This user has history: deactivate instead of deleting"
+
+
+class Duplicate(DomainError):
+    code = ErrorCode.DUPLICATE
+    message = "名称已存在"
+    message_en = "Already exists"

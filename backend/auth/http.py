@@ -1,0 +1,61 @@
+"""``POST /oauth/token``: the OAuth 2 client-credentials grant for third parties, beside
+the ``issueClientToken`` mutation, for clients that speak plain OAuth."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from backend.audit.service import record_operation
+from backend.auth.service import AuthPolicy, issue_client_token
+from backend.clock import utcnow
+from backend.errors import DomainError
+from backend.observability import request_id_var
+
+
+def routes(sessions: async_sessionmaker[AsyncSession], policy: AuthPolicy) -> list[Route]:
+    async def token(request: Request) -> Response:
+        form = await request.form()
+        client_id, client_secret = str(form.get("client_id") or ""), str(form.get("client_secret") or "")
+        authorization = request.headers.get("authorization", "")
+        if authorization.lower().startswith("basic "):
+            try:
+                client_id, _, client_secret = base64.b64decode(authorization[6:]).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                return JSONResponse({"error": "invalid_client"}, 401)
+        if form.get("grant_type") != "client_credentials":
+            return JSONResponse({"error": "unsupported_grant_type"}, 400)
+        now = utcnow()
+        ip = request.client.host if request.client else None
+        try:
+            async with sessions() as session, session.begin():
+                issued = await issue_client_token(session, client_id=client_id, client_secret=client_secret, now=now, policy=policy)
+                await record_operation(
+                    session, at=now, actor=issued.principal, module="auth", action="issueClientToken",
+                    summary=f"第三方 {issued.principal.name} 获取访问令牌: 成功", payload={"clientId": client_id},
+                    success=True, ip=ip, request_id=request_id_var.get(),
+                )
+        except DomainError as refusal:
+            async with sessions() as session, session.begin():
+                await record_operation(
+                    session, at=now, actor=None, actor_name=client_id[:100] or "匿名", module="auth",
+                    action="issueClientToken", summary=f"第三方获取访问令牌: 失败 ({refusal.message})",
+                    payload={"clientId": client_id}, success=False, ip=ip, request_id=request_id_var.get(),
+                )
+            return JSONResponse({"error": "invalid_client", "error_description": refusal.message_en}, 401)
+        return JSONResponse(
+            {
+                "access_token": issued.access_token,
+                "token_type": "Bearer",
+                "expires_in": int((issued.access_expires_at - now).total_seconds()),
+                "scope": " ".join(sorted(issued.principal.permissions)),
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    return [Route("/oauth/token", token, methods=["POST"])]

@@ -1,0 +1,705 @@
+"""GraphQL for auth: logins and tokens, the viewer and their menus, staff users, roles
+(菜单权限 + 行政权限) and API clients."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import strawberry
+from sqlalchemy.ext.asyncio import AsyncSession
+from strawberry.types import Info
+
+from backend.archives.schema import AreaByIdLoader, AreaRef, AreaType, HouseholdRef, HouseholdType
+from backend.auth import service
+from backend.auth.catalog import MENUS, Menu
+from backend.auth.models import ApiClient, PrincipalKind, Role, RoleKind, StaffUser
+from backend.auth.principal import Principal
+from backend.auth.sms import sms_sender
+from backend.clock import utcnow
+from backend.errors import DomainError
+from backend.graphql.context import Context
+from backend.graphql.errors import UserError
+from backend.graphql.loaders import SessionLoader
+from backend.graphql.mutations import run_mutation
+from backend.graphql.pagination import Connection, PageRequest, paginate
+from backend.graphql.permissions import Authenticated, Public, Requires
+from backend.graphql.relay import Node, decode_id, encode_id, register_node
+
+RoleKindEnum = strawberry.enum(RoleKind, name="RoleKind", description="系统管理员 > 单位管理员 > 部门管理员 > 系统操作员")
+PrincipalKindEnum = strawberry.enum(PrincipalKind, name="PrincipalKind")
+
+
+def _policy(info: Info) -> service.AuthPolicy:
+    context: Context = info.context
+    policy = context.services.get("auth_policy")
+    if policy is None:
+        policy = context.services["auth_policy"] = service.AuthPolicy.from_settings(context.settings)
+    return policy  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+class RoleByIdLoader(SessionLoader[int, Role | None]):
+    async def fetch(self, session: AsyncSession, keys: Sequence[int]) -> Mapping[int, Role]:
+        return await service.roles_by_ids(session, keys)
+
+
+class RoleIdsByUserIdLoader(SessionLoader[int, list[int]]):
+    missing: list[int] = []
+
+    async def fetch(self, session: AsyncSession, keys: Sequence[int]) -> Mapping[int, list[int]]:
+        return await service.user_role_ids(session, keys)
+
+
+class PermissionsByRoleIdLoader(SessionLoader[int, list[str]]):
+    missing: list[str] = []
+
+    async def fetch(self, session: AsyncSession, keys: Sequence[int]) -> Mapping[int, list[str]]:
+        return await service.role_permissions(session, keys)
+
+
+class AreaIdsByRoleIdLoader(SessionLoader[int, list[int]]):
+    missing: list[int] = []
+
+    async def fetch(self, session: AsyncSession, keys: Sequence[int]) -> Mapping[int, list[int]]:
+        return await service.role_area_ids(session, keys)
+
+
+# --------------------------------------------------------------------------- types
+
+
+@strawberry.type(name="Permission", description="A menu permission, as resource:action.")
+class PermissionType:
+    code: str
+    name: str
+    name_en: str
+
+
+@strawberry.type(name="Menu", description="A menu of the apps (菜单) and the permissions behind it.")
+class MenuType:
+    code: str
+    name: str
+    name_en: str
+    apps: list[str]
+    permissions: list[PermissionType]
+
+    @classmethod
+    def from_menu(cls, menu: Menu, held: frozenset[str] | None = None) -> MenuType:
+        return cls(
+            code=menu.code, name=menu.name, name_en=menu.name_en, apps=list(menu.apps),
+            permissions=[
+                PermissionType(code=p.code, name=p.name, name_en=p.name_en)
+                for p in menu.permissions
+                if held is None or p.code in held
+            ],
+        )
+
+
+def menus_for(principal: Principal) -> list[MenuType]:
+    """The menus a principal sees: those where they hold at least one permission."""
+    return [
+        MenuType.from_menu(menu, principal.permissions)
+        for menu in MENUS
+        if any(p.code in principal.permissions for p in menu.permissions)
+    ]
+
+
+@strawberry.type(name="Role", description="A role (角色): menu permissions and a data scope.")
+class RoleType(Node):
+    name: str
+    kind: RoleKindEnum  # type: ignore[valid-type]
+    description: str
+    created_at: datetime
+    pk: strawberry.Private[int]
+    parent_pk: strawberry.Private[int | None]
+
+    @classmethod
+    def from_row(cls, role: Role) -> RoleType:
+        assert role.id is not None and role.created_at is not None
+        return cls(
+            id=encode_id("Role", role.id), name=role.name, kind=role.kind, description=role.description,
+            created_at=role.created_at, pk=role.id, parent_pk=role.parent_id,
+        )
+
+    @strawberry.field(description="上级角色")
+    async def parent(self, info: Info) -> RoleType | None:
+        if self.parent_pk is None:
+            return None
+        role = await info.context.loader(RoleByIdLoader).load(self.parent_pk)
+        return RoleType.from_row(role) if role else None
+
+    @strawberry.field(description="菜单权限 (resource:action).")
+    async def permissions(self, info: Info) -> list[str]:
+        return await info.context.loader(PermissionsByRoleIdLoader).load(self.pk)  # type: ignore[no-any-return]
+
+    @strawberry.field(description="行政权限: the areas whose subtrees the role may see.")
+    async def areas(self, info: Info) -> list[AreaRef]:
+        ids = await info.context.loader(AreaIdsByRoleIdLoader).load(self.pk)
+        areas = await info.context.loader(AreaByIdLoader).load_many(ids)
+        return [AreaType.from_row(area) for area in areas if area is not None]
+
+
+@strawberry.type(name="StaffUser", description="A staff user (用户).")
+class StaffUserType(Node):
+    username: str = strawberry.field(description="用户名")
+    full_name: str = strawberry.field(description="用户姓名")
+    email: str | None = strawberry.field(description="电子邮箱")
+    phone: str | None = strawberry.field(description="联系电话")
+    is_active: bool
+    created_at: datetime
+    last_login_at: datetime | None
+    pk: strawberry.Private[int]
+
+    @classmethod
+    def from_row(cls, user: StaffUser) -> StaffUserType:
+        assert user.id is not None and user.created_at is not None
+        return cls(
+            id=encode_id("StaffUser", user.id), username=user.username, full_name=user.full_name,
+            email=user.email, phone=user.phone, is_active=user.is_active, created_at=user.created_at,
+            last_login_at=user.last_login_at, pk=user.id,
+        )
+
+    @strawberry.field
+    async def roles(self, info: Info) -> list[RoleType]:
+        role_ids = await info.context.loader(RoleIdsByUserIdLoader).load(self.pk)
+        roles = await info.context.loader(RoleByIdLoader).load_many(role_ids)
+        return [RoleType.from_row(role) for role in roles if role is not None]
+
+
+@strawberry.type(name="ApiClient", description="A third party with client credentials.")
+class ApiClientType(Node):
+    client_id: str
+    name: str
+    scopes: list[str]
+    rate_per_minute: int
+    is_active: bool
+    created_at: datetime
+    last_used_at: datetime | None
+
+    @classmethod
+    def from_row(cls, client: ApiClient) -> ApiClientType:
+        assert client.id is not None and client.created_at is not None
+        return cls(
+            id=encode_id("ApiClient", client.id), client_id=client.client_id, name=client.name,
+            scopes=list(client.scopes), rate_per_minute=client.rate_per_minute, is_active=client.is_active,
+            created_at=client.created_at, last_used_at=client.last_used_at,
+        )
+
+
+@strawberry.type(description="Who is calling, with what they may do.")
+class Viewer:
+    kind: PrincipalKindEnum  # type: ignore[valid-type]
+    name: str
+    permissions: list[str]
+    principal: strawberry.Private[Principal]
+
+    @classmethod
+    def of(cls, principal: Principal) -> Viewer:
+        return cls(kind=principal.kind, name=principal.name, permissions=sorted(principal.permissions), principal=principal)
+
+    @strawberry.field(description="The staff user, when a staff member is calling.")
+    async def staff_user(self, info: Info) -> StaffUserType | None:
+        if not self.principal.is_staff:
+            return None
+        async with info.context.read() as session:
+            user = await session.get(StaffUser, self.principal.id)
+        return StaffUserType.from_row(user) if user else None
+
+    @strawberry.field(description="The menus to show, built from the catalog and your permissions.")
+    def menus(self) -> list[MenuType]:
+        return menus_for(self.principal)
+
+    @strawberry.field(description="A resident's bound households.")
+    async def households(self, info: Info) -> list[HouseholdRef]:
+        if not self.principal.is_resident:
+            return []
+        from backend.archives.service import households_by_ids
+
+        async with info.context.read() as session:
+            found = await households_by_ids(session, self.principal.household_ids)
+        return [HouseholdType.from_row(found[pk]) for pk in self.principal.household_ids if pk in found]
+
+
+@strawberry.type(description="Tokens of a login. Send the access token as `Authorization: Bearer …`.")
+class AuthTokens:
+    access_token: str
+    access_token_expires_at: datetime
+    refresh_token: str | None
+    refresh_token_expires_at: datetime | None
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+@strawberry.type
+class AuthPayload:
+    tokens: AuthTokens | None
+    viewer: Viewer | None
+    errors: list[UserError]
+
+
+def _auth_payload(pair: service.TokenPair | None, errors: list[UserError]) -> AuthPayload:
+    if pair is None:
+        return AuthPayload(tokens=None, viewer=None, errors=errors)
+    return AuthPayload(
+        tokens=AuthTokens(
+            access_token=pair.access_token, access_token_expires_at=pair.access_expires_at,
+            refresh_token=pair.refresh_token, refresh_token_expires_at=pair.refresh_expires_at,
+        ),
+        viewer=Viewer.of(pair.principal),
+        errors=errors,
+    )
+
+
+@strawberry.type
+class OkPayload:
+    ok: bool
+    errors: list[UserError]
+
+
+@strawberry.type
+class LoginCodePayload:
+    expires_at: datetime | None
+    errors: list[UserError]
+
+
+@strawberry.type
+class StaffUserPayload:
+    staff_user: StaffUserType | None
+    errors: list[UserError]
+
+
+@strawberry.type
+class RolePayload:
+    role: RoleType | None
+    errors: list[UserError]
+
+
+@strawberry.type
+class ApiClientPayload:
+    api_client: ApiClientType | None
+    client_secret: str | None = strawberry.field(description="Shown once, on create and rotate; store it now.")
+    errors: list[UserError]
+
+
+@strawberry.type
+class HouseholdPayload:
+    household: HouseholdRef | None
+    errors: list[UserError]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@strawberry.input
+class CreateStaffUserInput:
+    username: str
+    full_name: str
+    password: str
+    email: str | None = None
+    phone: str | None = None
+    role_ids: list[strawberry.ID] = strawberry.field(default_factory=list)
+
+
+@strawberry.input
+class UpdateStaffUserInput:
+    full_name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    role_ids: list[strawberry.ID] | None = None
+    is_active: bool | None = None
+
+
+@strawberry.input
+class RoleInput:
+    name: str
+    kind: RoleKindEnum  # type: ignore[valid-type]
+    permissions: list[str]
+    area_ids: list[strawberry.ID]
+    parent_id: strawberry.ID | None = None
+    description: str = ""
+
+
+@strawberry.input
+class UpdateRoleInput:
+    name: str | None = None
+    kind: RoleKindEnum | None = None  # type: ignore[valid-type]
+    parent_id: strawberry.ID | None = None
+    clear_parent: bool = False
+    description: str | None = None
+    permissions: list[str] | None = None
+    area_ids: list[strawberry.ID] | None = None
+
+
+@strawberry.input
+class ApiClientInput:
+    name: str
+    scopes: list[str]
+    area_ids: list[strawberry.ID]
+    rate_per_minute: int = 600
+
+
+def _ids(values: list[strawberry.ID] | None, type_name: str, field: str) -> frozenset[int] | None:
+    if values is None:
+        return None
+    return frozenset(decode_id(value, type_name, field=field) for value in values)
+
+
+# --------------------------------------------------------------------------- node fetchers
+
+
+async def _fetch_staff_user(context: Any, pk: int) -> StaffUserType | None:
+    if context.principal is None or not context.principal.has("users:read"):
+        return None
+    async with context.read() as session:
+        user = await session.get(StaffUser, pk)
+    return StaffUserType.from_row(user) if user else None
+
+
+async def _fetch_role(context: Any, pk: int) -> RoleType | None:
+    if context.principal is None or not context.principal.has("roles:read"):
+        return None
+    role = await context.loader(RoleByIdLoader).load(pk)
+    return RoleType.from_row(role) if role else None
+
+
+async def _fetch_api_client(context: Any, pk: int) -> ApiClientType | None:
+    if context.principal is None or not context.principal.has("clients:manage"):
+        return None
+    async with context.read() as session:
+        client = await session.get(ApiClient, pk)
+    return ApiClientType.from_row(client) if client else None
+
+
+register_node("StaffUser", _fetch_staff_user)
+register_node("Role", _fetch_role)
+register_node("ApiClient", _fetch_api_client)
+
+
+# --------------------------------------------------------------------------- queries
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(permission_classes=[Authenticated], description="The caller.")
+    def viewer(self, info: Info) -> Viewer:
+        return Viewer.of(info.context.caller)
+
+    @strawberry.field(permission_classes=[Authenticated], description="Your menus (菜单), from the catalog and your permissions.")
+    def menus(self, info: Info) -> list[MenuType]:
+        return menus_for(info.context.caller)
+
+    @strawberry.field(permission_classes=[Requires("roles:read")], description="Every menu and permission, for role editors.")
+    def menu_catalog(self) -> list[MenuType]:
+        return [MenuType.from_menu(menu) for menu in MENUS]
+
+    @strawberry.field(permission_classes=[Requires("users:read")], description="Staff users (用户管理).")
+    async def staff_users(
+        self, info: Info, first: int | None = None, after: str | None = None, last: int | None = None,
+        before: str | None = None, search: str | None = None, is_active: bool | None = None,
+    ) -> Connection[StaffUserType]:
+        page = PageRequest.from_args(first, after, last, before)
+        async with info.context.read() as session:
+            return await paginate(session, service.staff_users_statement(search=search, is_active=is_active), page,
+                                  lambda row: StaffUserType.from_row(row[0]))
+
+    @strawberry.field(permission_classes=[Requires("roles:read")], description="Roles (角色管理).")
+    async def roles(
+        self, info: Info, first: int | None = None, after: str | None = None, last: int | None = None,
+        before: str | None = None, search: str | None = None,
+    ) -> Connection[RoleType]:
+        page = PageRequest.from_args(first, after, last, before)
+        async with info.context.read() as session:
+            return await paginate(session, service.roles_statement(search=search), page, lambda row: RoleType.from_row(row[0]))
+
+    @strawberry.field(permission_classes=[Requires("clients:manage")], description="Third-party API clients.")
+    async def api_clients(
+        self, info: Info, first: int | None = None, after: str | None = None, last: int | None = None,
+        before: str | None = None,
+    ) -> Connection[ApiClientType]:
+        page = PageRequest.from_args(first, after, last, before)
+        async with info.context.read() as session:
+            return await paginate(session, service.api_clients_statement(), page, lambda row: ApiClientType.from_row(row[0]))
+
+
+# --------------------------------------------------------------------------- mutations
+
+
+def _staff_payload(user: StaffUser | None, errors: list[UserError]) -> StaffUserPayload:
+    return StaffUserPayload(staff_user=StaffUserType.from_row(user) if user else None, errors=errors)
+
+
+def _role_payload(role: Role | None, errors: list[UserError]) -> RolePayload:
+    return RolePayload(role=RoleType.from_row(role) if role else None, errors=errors)
+
+
+def _client_payload(issued: service.IssuedClient | ApiClient | None, errors: list[UserError]) -> ApiClientPayload:
+    if issued is None:
+        return ApiClientPayload(api_client=None, client_secret=None, errors=errors)
+    if isinstance(issued, service.IssuedClient):
+        return ApiClientPayload(api_client=ApiClientType.from_row(issued.client), client_secret=issued.secret, errors=errors)
+    return ApiClientPayload(api_client=ApiClientType.from_row(issued), client_secret=None, errors=errors)
+
+
+def _ok(result: Any, errors: list[UserError]) -> OkPayload:
+    return OkPayload(ok=not errors, errors=errors)
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(permission_classes=[Public], description="Staff login with username and password.")
+    async def login(self, info: Info, username: str, password: str) -> AuthPayload:
+        context: Context = info.context
+        policy, now = _policy(info), utcnow()
+
+        async def count_failure(session: AsyncSession, refusal: DomainError) -> None:
+            if refusal.code.value == "INVALID_CREDENTIALS":
+                await service.record_login_failure(session, username=username, now=now, policy=policy)
+
+        return await run_mutation(
+            info, module="auth", action="login",
+            describe=lambda _: f"用户 {username[:64]} 登录",
+            payload=_auth_payload,
+            work=lambda session: service.login_staff(
+                session, username=username, password=password, now=now, policy=policy,
+                ip=context.ip, user_agent=context.user_agent,
+            ),
+            audit_input={"username": username},
+            on_refusal=count_failure,
+            actor=lambda pair: pair.principal,
+        )
+
+    @strawberry.mutation(permission_classes=[Public], description="New tokens for a refresh token (which rotates).")
+    async def refresh_token(self, info: Info, refresh_token: str) -> AuthPayload:
+        policy, now = _policy(info), utcnow()
+        return await run_mutation(
+            info, module="auth", action="refreshToken", describe=lambda _: "刷新令牌", payload=_auth_payload,
+            work=lambda session: service.refresh_tokens(session, refresh_token=refresh_token, now=now, policy=policy),
+            audit_input={}, actor=lambda pair: pair.principal,
+        )
+
+    @strawberry.mutation(permission_classes=[Authenticated], description="End this login: its tokens stop working.")
+    async def logout(self, info: Info) -> OkPayload:
+        principal: Principal = info.context.caller
+        now = utcnow()
+
+        async def work(session: AsyncSession) -> None:
+            if principal.session_id is not None:
+                await service.logout(session, session_id=principal.session_id, now=now)
+
+        return await run_mutation(info, module="auth", action="logout", describe=lambda _: f"{principal.name} 退出登录",
+                                  payload=_ok, work=work, audit_input={})
+
+    @strawberry.mutation(permission_classes=[Public], description="Send a login code to a resident's mobile.")
+    async def request_login_code(self, info: Info, phone: str) -> LoginCodePayload:
+        policy, now = _policy(info), utcnow()
+        sender = sms_sender(info.context.settings.sms_sender)
+        return await run_mutation(
+            info, module="resident", action="requestLoginCode", describe=lambda _: f"向 {phone[:20]} 发送验证码",
+            payload=lambda expires, errors: LoginCodePayload(expires_at=expires, errors=errors),
+            work=lambda session: service.request_login_code(session, phone=phone, now=now, policy=policy, sender=sender),
+            audit_input={"phone": phone},
+        )
+
+    @strawberry.mutation(permission_classes=[Public], description="Resident login with mobile number and code.")
+    async def resident_login(self, info: Info, phone: str, code: str) -> AuthPayload:
+        context: Context = info.context
+        policy, now = _policy(info), utcnow()
+
+        async def count_attempt(session: AsyncSession, refusal: DomainError) -> None:
+            await service.count_code_attempt(session, phone=phone, now=now)
+
+        return await run_mutation(
+            info, module="resident", action="residentLogin", describe=lambda _: f"住户 {phone[:20]} 登录",
+            payload=_auth_payload,
+            work=lambda session: service.login_resident(
+                session, phone=phone, code=code, now=now, policy=policy, ip=context.ip, user_agent=context.user_agent
+            ),
+            audit_input={"phone": phone}, on_refusal=count_attempt, actor=lambda pair: pair.principal,
+        )
+
+    @strawberry.mutation(permission_classes=[Public], description="OAuth2 client credentials for third parties.")
+    async def issue_client_token(self, info: Info, client_id: str, client_secret: str) -> AuthPayload:
+        policy, now = _policy(info), utcnow()
+        return await run_mutation(
+            info, module="auth", action="issueClientToken", describe=lambda _: f"第三方 {client_id[:64]} 获取访问令牌",
+            payload=_auth_payload,
+            work=lambda session: service.issue_client_token(
+                session, client_id=client_id, client_secret=client_secret, now=now, policy=policy
+            ),
+            audit_input={"clientId": client_id}, actor=lambda pair: pair.principal,
+        )
+
+    @strawberry.mutation(permission_classes=[Requires("resident:self")], description="Bind a household by 缴费号 and registered name.")
+    async def bind_household(self, info: Info, account_no: str, name: str) -> HouseholdPayload:
+        principal = info.context.caller
+        return await run_mutation(
+            info, module="resident", action="bindHousehold", describe=lambda _: f"住户绑定缴费号 {account_no[:32]}",
+            payload=lambda h, errors: HouseholdPayload(household=HouseholdType.from_row(h) if h else None, errors=errors),
+            work=lambda session: service.bind_household(session, resident=principal, account_no=account_no, name=name),
+        )
+
+    @strawberry.mutation(permission_classes=[Requires("resident:self")], description="Unbind one of your households.")
+    async def unbind_household(self, info: Info, household_id: strawberry.ID) -> HouseholdPayload:
+        principal = info.context.caller
+
+        async def work(session: AsyncSession) -> Any:
+            return await service.unbind_household(session, resident=principal, household_id=decode_id(household_id, "Household", field="householdId"))
+
+        return await run_mutation(
+            info, module="resident", action="unbindHousehold", describe=lambda _: "住户解绑住户",
+            payload=lambda h, errors: HouseholdPayload(household=HouseholdType.from_row(h) if h else None, errors=errors),
+            work=work,
+        )
+
+    @strawberry.mutation(permission_classes=[Authenticated], description="Change your own password (staff).")
+    async def change_my_password(self, info: Info, current_password: str, new_password: str) -> OkPayload:
+        principal, now = info.context.caller, utcnow()
+        return await run_mutation(
+            info, module="system", action="changeMyPassword", describe=lambda _: f"{principal.name} 修改密码",
+            payload=_ok,
+            work=lambda session: service.change_own_password(
+                session, actor=principal, current_password=current_password, new_password=new_password, now=now
+            ),
+        )
+
+    @strawberry.mutation(permission_classes=[Requires("users:manage")], description="Add a staff user.")
+    async def create_staff_user(self, info: Info, input: CreateStaffUserInput) -> StaffUserPayload:
+        actor, now = info.context.caller, utcnow()
+
+        async def work(session: AsyncSession) -> StaffUser:
+            return await service.create_staff_user(
+                session, actor=actor, username=input.username, full_name=input.full_name, password=input.password,
+                email=input.email, phone=input.phone, role_ids=_ids(input.role_ids, "Role", "roleIds") or (), now=now,
+            )
+
+        return await run_mutation(info, module="system", action="createStaffUser",
+                                  describe=lambda _: f"新增用户 {input.username[:64]}", payload=_staff_payload, work=work)
+
+    @strawberry.mutation(permission_classes=[Requires("users:manage")], description="Change a staff user; isActive=false deactivates.")
+    async def update_staff_user(self, info: Info, id: strawberry.ID, input: UpdateStaffUserInput) -> StaffUserPayload:
+        actor, now = info.context.caller, utcnow()
+
+        async def work(session: AsyncSession) -> StaffUser:
+            changes = service.StaffUserChanges(
+                full_name=input.full_name, email=input.email, phone=input.phone,
+                role_ids=_ids(input.role_ids, "Role", "roleIds"), is_active=input.is_active,
+            )
+            return await service.update_staff_user(session, actor=actor, user_id=decode_id(id, "StaffUser"), changes=changes, now=now)
+
+        def describe(user: StaffUser | None) -> str:
+            verb = "停用用户" if input.is_active is False else "修改用户"
+            return f"{verb} {user.username if user else id}"
+
+        return await run_mutation(info, module="system", action="updateStaffUser", describe=describe,
+                                  payload=_staff_payload, work=work)
+
+    @strawberry.mutation(permission_classes=[Requires("users:manage")], description="Set a staff user's password; their logins end.")
+    async def set_staff_user_password(self, info: Info, id: strawberry.ID, password: str) -> StaffUserPayload:
+        actor, now = info.context.caller, utcnow()
+
+        async def work(session: AsyncSession) -> StaffUser:
+            return await service.set_staff_password(session, actor=actor, user_id=decode_id(id, "StaffUser"), password=password, now=now)
+
+        return await run_mutation(info, module="system", action="setStaffUserPassword",
+                                  describe=lambda u: f"重置用户 {u.username if u else id} 的密码", payload=_staff_payload, work=work)
+
+    @strawberry.mutation(permission_classes=[Requires("users:manage")], description="Delete a user without history.")
+    async def delete_staff_user(self, info: Info, id: strawberry.ID) -> StaffUserPayload:
+        actor = info.context.caller
+
+        async def work(session: AsyncSession) -> StaffUser:
+            return await service.delete_staff_user(session, actor=actor, user_id=decode_id(id, "StaffUser"))
+
+        return await run_mutation(info, module="system", action="deleteStaffUser",
+                                  describe=lambda u: f"删除用户 {u.username if u else id}", payload=_staff_payload, work=work)
+
+    @strawberry.mutation(permission_classes=[Requires("roles:manage")], description="Add a role.")
+    async def create_role(self, info: Info, input: RoleInput) -> RolePayload:
+        actor = info.context.caller
+
+        async def work(session: AsyncSession) -> Role:
+            return await service.create_role(
+                session, actor=actor, name=input.name, kind=input.kind, permissions=input.permissions,
+                area_ids=_ids(input.area_ids, "Area", "areaIds") or (),
+                parent_id=decode_id(input.parent_id, "Role", field="parentId") if input.parent_id else None,
+                description=input.description,
+            )
+
+        return await run_mutation(info, module="system", action="createRole",
+                                  describe=lambda _: f"新增角色 {input.name[:64]}", payload=_role_payload, work=work)
+
+    @strawberry.mutation(permission_classes=[Requires("roles:manage")], description="Change a role, its 菜单权限 or 行政权限.")
+    async def update_role(self, info: Info, id: strawberry.ID, input: UpdateRoleInput) -> RolePayload:
+        actor = info.context.caller
+
+        async def work(session: AsyncSession) -> Role:
+            changes = service.RoleChanges(
+                name=input.name, kind=input.kind,
+                parent_id=decode_id(input.parent_id, "Role", field="parentId") if input.parent_id else None,
+                clear_parent=input.clear_parent, description=input.description,
+                permissions=frozenset(input.permissions) if input.permissions is not None else None,
+                area_ids=_ids(input.area_ids, "Area", "areaIds"),
+            )
+            return await service.update_role(session, actor=actor, role_id=decode_id(id, "Role"), changes=changes)
+
+        def describe(role: Role | None) -> str:
+            name = role.name if role else str(input.name or id)
+            parts = []
+            if input.permissions is not None:
+                parts.append("分配菜单权限")
+            if input.area_ids is not None:
+                parts.append("分配行政权限")
+            return f"为角色 {name} {'、'.join(parts) or '修改信息'}"
+
+        return await run_mutation(info, module="system", action="updateRole", describe=describe, payload=_role_payload, work=work)
+
+    @strawberry.mutation(permission_classes=[Requires("roles:manage")], description="Delete a role no user or child role uses.")
+    async def delete_role(self, info: Info, id: strawberry.ID) -> RolePayload:
+        actor = info.context.caller
+
+        async def work(session: AsyncSession) -> Role:
+            return await service.delete_role(session, actor=actor, role_id=decode_id(id, "Role"))
+
+        return await run_mutation(info, module="system", action="deleteRole",
+                                  describe=lambda r: f"删除角色 {r.name if r else id}", payload=_role_payload, work=work)
+
+    @strawberry.mutation(permission_classes=[Requires("clients:manage")], description="Register a third party; the secret is shown once.")
+    async def create_api_client(self, info: Info, input: ApiClientInput) -> ApiClientPayload:
+        actor = info.context.caller
+
+        async def work(session: AsyncSession) -> service.IssuedClient:
+            return await service.create_api_client(
+                session, actor=actor, name=input.name, scopes=input.scopes,
+                area_ids=_ids(input.area_ids, "Area", "areaIds") or (), rate_per_minute=input.rate_per_minute,
+            )
+
+        return await run_mutation(info, module="system", action="createApiClient",
+                                  describe=lambda _: f"新增第三方接口 {input.name[:64]}", payload=_client_payload, work=work)
+
+    @strawberry.mutation(permission_classes=[Requires("clients:manage")], description="New secret for a client; old tokens end.")
+    async def rotate_api_client_secret(self, info: Info, id: strawberry.ID) -> ApiClientPayload:
+        actor, now = info.context.caller, utcnow()
+
+        async def work(session: AsyncSession) -> service.IssuedClient:
+            return await service.rotate_api_client_secret(session, actor=actor, client_pk=decode_id(id, "ApiClient"), now=now)
+
+        return await run_mutation(info, module="system", action="rotateApiClientSecret",
+                                  describe=lambda r: f"重置第三方接口 {r.client.name if r else id} 的密钥",
+                                  payload=_client_payload, work=work)
+
+    @strawberry.mutation(permission_classes=[Requires("clients:manage")], description="Enable or disable a client.")
+    async def set_api_client_active(self, info: Info, id: strawberry.ID, is_active: bool) -> ApiClientPayload:
+        actor, now = info.context.caller, utcnow()
+
+        async def work(session: AsyncSession) -> ApiClient:
+            return await service.set_api_client_active(session, actor=actor, client_pk=decode_id(id, "ApiClient"), is_active=is_active, now=now)
+
+        return await run_mutation(info, module="system", action="setApiClientActive",
+                                  describe=lambda c: f"{'启用' if is_active else '停用'}第三方接口 {c.name if c else id}",
+                                  payload=_client_payload, work=work)
+
+

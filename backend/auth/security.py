@@ -1,0 +1,87 @@
+"""Password hashing and token primitives (no database, no settings)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from backend.auth.errors import PasswordTooWeak, TokenExpired, TokenInvalid
+from backend.auth.models import PrincipalKind
+
+_hasher = PasswordHasher()
+# Verified against when the username is unknown, so both paths take the same time.
+_DUMMY_HASH = _hasher.hash("shuiwu-timing-equaliser")
+JWT_ALGORITHM = "HS256"
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def check_password_strength(password: str, *, field: str = "password") -> None:
+    if len(password) < 8 or len(password) > 128 or not re.search(r"[A-Za-z]", password) or not re.search(r"\d", password):
+        raise PasswordTooWeak(field=field)
+
+
+def token_digest(token: str) -> str:
+    """SHA-256 of a high-entropy token or secret (no stretching needed for 256-bit randoms)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def keyed_digest(secret: str, value: str) -> str:
+    """HMAC for short secrets such as 6-digit codes, which a plain hash would not protect."""
+    return hmac.new(secret.encode(), value.encode(), hashlib.sha256).hexdigest()
+
+
+def new_token(nbytes: int = 32) -> str:
+    return secrets.token_urlsafe(nbytes)
+
+
+def issue_access_token(
+    *, secret: str, kind: PrincipalKind, principal_id: int, session_id: uuid.UUID, now: datetime, ttl_s: int
+) -> tuple[str, datetime]:
+    expires_at = now + timedelta(seconds=ttl_s)
+    claims = {
+        "sub": str(principal_id),
+        "knd": kind.value,
+        "sid": str(session_id),
+        "iat": int(now.timestamp()),
+        "exp": int(expires_at.timestamp()),
+        "typ": "access",
+    }
+    return jwt.encode(claims, secret, algorithm=JWT_ALGORITHM), expires_at
+
+
+def decode_access_token(token: str, *, secret: str, now: datetime) -> dict[str, Any]:
+    """The claims of a valid access token; expired and forged tokens are refused."""
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            secret,
+            algorithms=[JWT_ALGORITHM],
+            options={"verify_exp": False, "require": ["sub", "knd", "sid", "exp"]},
+        )
+    except jwt.PyJWTError:
+        raise TokenInvalid() from None
+    if claims.get("typ") != "access":
+        raise TokenInvalid()
+    # Expiry is checked against the injected clock, not the wall clock, so tests can travel.
+    if int(claims["exp"]) <= now.timestamp():
+        raise TokenExpired()
+    return claims

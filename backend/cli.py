@@ -1,0 +1,192 @@
+"""The ``shuiwu`` command (Typer). Each issue adds the subcommands it owns (DESIGN.md,
+"Contracts": serve, jobs, demo, migrate, export-schema, backup, restore, …)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from backend.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(help="shuiwu 水务: meters, billing and service for water utilities.", no_args_is_help=True)
+demo_app = typer.Typer(help="Demo data and the all-in-one demo.", no_args_is_help=True)
+app.add_typer(demo_app, name="demo")
+console = Console(stderr=True)
+log = logging.getLogger("shuiwu")
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    from backend.observability import configure_logging
+
+    configure_logging(settings.log_level, as_json=settings.log_json)
+    return settings
+
+
+def _database(settings: Settings) -> str:
+    from backend.db import resolve_database_url
+
+    return resolve_database_url(settings.database_url, settings.data_dir)
+
+
+def _migrate(url: str) -> None:
+    from backend.db import migrate
+
+    migrate(url)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations up to the newest."""
+    settings = _settings()
+    _migrate(_database(settings))
+    console.print("[green]migrations applied[/green]")
+
+
+@app.command("export-schema")
+def export_schema() -> None:
+    """Print the GraphQL schema (SDL) to stdout; schema.graphql is this output."""
+    from backend.graphql.schema import export_sdl
+
+    sys.stdout.write(export_sdl())
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default SHUIWU_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default SHUIWU_PORT).")] = None,
+    no_migrate: Annotated[bool, typer.Option("--no-migrate", help="Do not apply migrations at start.")] = False,
+) -> None:
+    """Serve the API (GraphQL, GraphiQL, webhooks, /healthz, /metrics) with uvicorn."""
+    import uvicorn
+
+    from backend.app import create_app
+
+    settings = _settings()
+    url = _database(settings)
+    if not no_migrate:
+        _migrate(url)
+    uvicorn.run(create_app(settings, url), host=host or settings.host, port=port or settings.port,
+                log_config=None, access_log=False, proxy_headers=True)
+
+
+@app.command()
+def jobs() -> None:
+    """Run the background job worker (events relay, scheduled jobs)."""
+    from backend.jobs import run_worker
+
+    settings = _settings()
+    url = _database(settings)
+    _migrate(url)
+    try:
+        asyncio.run(run_worker(settings, url))
+    except KeyboardInterrupt:
+        pass
+
+
+@demo_app.command("load")
+def demo_load(
+    households: Annotated[int, typer.Option(help="How many households.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same utility.")] = 7,
+) -> None:
+    """Load the demo utility (idempotent: loading twice changes nothing)."""
+    from rich.progress import Progress
+
+    from backend.db import create_engine, session_factory
+    from backend.demo import load_demo
+
+    settings = _settings()
+    url = _database(settings)
+    _migrate(url)
+
+    async def run() -> None:
+        engine = create_engine(url, pool_size=2, max_overflow=0)
+        try:
+            with Progress(console=console) as progress:
+                task = progress.add_task("示范数据", total=None)
+                async with session_factory(engine)() as session, session.begin():
+                    await load_demo(session, households=households, seed=seed,
+                                    progress=lambda step: progress.update(task, description=f"示范数据: {step}"))
+                progress.update(task, total=1, completed=1, description="示范数据: 完成")
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+@demo_app.command("run")
+def demo_run(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+) -> None:
+    """Everything `make demo` starts: the API and the job worker, until Ctrl-C."""
+    import uvicorn
+
+    from backend.app import create_app
+    from backend.demo import ADMIN, CASHIER, CLIENT_ID, CLIENT_SECRET, MANAGER, REPAIR, RESIDENT_PHONE
+    from backend.jobs import run_worker
+
+    settings = _settings()
+    url = _database(settings)
+    _migrate(url)
+    bind_host, bind_port = host or settings.host, port or settings.port
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, url), host=bind_host, port=bind_port,
+                                           log_config=None, access_log=False))
+
+    console.print(f"\n[bold green]shuiwu 水务 demo[/bold green]  GraphiQL: http://{bind_host}:{bind_port}/graphql")
+    for login in (ADMIN, MANAGER, CASHIER, REPAIR):
+        console.print(f"  {login.who:<16} username [bold]{login.username}[/bold]  password [bold]{login.password}[/bold]")
+    console.print(f"  住户 (resident)     phone [bold]{RESIDENT_PHONE}[/bold], code printed in this log after requestLoginCode")
+    console.print(f"  第三方 (API client) client_id [bold]{CLIENT_ID}[/bold]  secret [bold]{CLIENT_SECRET}[/bold]")
+    console.print("  Ctrl-C stops everything.\n")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        worker = asyncio.create_task(run_worker(settings, url, stop=stop))
+        try:
+            await server.serve()
+        finally:
+            stop.set()
+            await asyncio.wait_for(worker, timeout=10)
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def backup(output: Annotated[Path | None, typer.Option(help="Dump file (default DATA_DIR/backups/…).")] = None) -> None:
+    """Dump the database (pg_dump custom format)."""
+    from backend.ops.backup import backup as run_backup
+
+    settings = _settings()
+    target = run_backup(_database(settings), output or settings.data_dir / "backups")
+    console.print(f"[green]backup written to {target}[/green]")
+
+
+@app.command()
+def restore(
+    dump: Annotated[Path, typer.Argument(help="A file written by `shuiwu backup`.")],
+    clean: Annotated[bool, typer.Option("--clean", help="Drop existing objects before restoring.")] = False,
+) -> None:
+    """Restore a dump made by `shuiwu backup`."""
+    from backend.ops.backup import restore as run_restore
+
+    settings = _settings()
+    run_restore(_database(settings), dump, clean=clean)
+    console.print("[green]restore finished[/green]")
+
+
+if __name__ == "__main__":
+    app()

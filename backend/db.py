@@ -1,0 +1,246 @@
+"""Database access: the embedded PostgreSQL, the engine, sessions, COPY and migrations.
+
+PostgreSQL is the only store. Without ``SHUIWU_DATABASE_URL`` the process starts (or
+attaches to) an embedded server kept under ``DATA_DIR/pgdata`` by ``pgserver``: the
+server is shared by every shuiwu process using that directory and stopped by the last
+one to exit. A run killed with SIGKILL leaves its pid in pgserver's handle list; we prune
+dead pids before attaching so the next start recovers (NOTES.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import MetaData, text
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlmodel import SQLModel
+
+log = logging.getLogger(__name__)
+
+# Stable constraint names, so Alembic migrations name the same thing on every server.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata: MetaData = SQLModel.metadata
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+# --------------------------------------------------------------------------- embedded
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def prune_dead_handles(pgdata: Path) -> None:
+    """Drop pids of processes that died without detaching from the embedded server."""
+    handles = pgdata / ".handle_pids.json"
+    if not handles.exists():
+        return
+    try:
+        pids = json.loads(handles.read_text() or "[]")
+    except json.JSONDecodeError:
+        pids = []
+    alive = [pid for pid in pids if isinstance(pid, int) and _pid_alive(pid)]
+    if alive != pids:
+        handles.write_text(json.dumps(alive))
+
+
+_embedded: Any = None
+
+
+def start_embedded(pgdata: Path) -> str:
+    """Start or attach to the embedded server; return its asyncpg URL.
+
+    SIGTERM is turned into a normal exit so pgserver's atexit hook detaches (and stops
+    the server when this was the last user) instead of leaving it orphaned.
+    """
+    global _embedded
+    import pgserver  # imported lazily: external deployments never load it
+
+    pgdata = pgdata.resolve()
+    pgdata.mkdir(parents=True, exist_ok=True)
+    prune_dead_handles(pgdata)
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(0)))
+    _embedded = pgserver.get_server(pgdata, cleanup_mode="stop")
+    uri: str = _embedded.get_uri()
+    return to_asyncpg_url(uri)
+
+
+def stop_embedded() -> None:
+    """Detach from the embedded server now (it stops if nobody else uses it)."""
+    global _embedded
+    if _embedded is not None:
+        _embedded.cleanup()
+        _embedded = None
+
+
+def to_asyncpg_url(url: str) -> str:
+    """Normalise any PostgreSQL URL to the SQLAlchemy asyncpg dialect."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    raise ValueError(f"not a PostgreSQL URL: {url}")
+
+
+def to_libpq_url(url: str) -> str:
+    """The same URL for libpq tools (pg_dump, psql) and raw asyncpg."""
+    return "postgresql://" + to_asyncpg_url(url)[len("postgresql+asyncpg://") :]
+
+
+def resolve_database_url(database_url: str | None, data_dir: Path) -> str:
+    """The configured URL, or the embedded server's (started on demand)."""
+    if database_url:
+        return to_asyncpg_url(database_url)
+    return start_embedded(data_dir / "pgdata")
+
+
+def with_database(url: str, database: str) -> str:
+    """``url`` pointing at another database on the same server."""
+    head, sep, query = url.partition("?")
+    base = head.rsplit("/", 1)[0]
+    return f"{base}/{database}{sep}{query}"
+
+
+# --------------------------------------------------------------------------- engine
+
+
+def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20, **kwargs: Any) -> AsyncEngine:
+    return create_async_engine(
+        to_asyncpg_url(url),
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_pre_ping=False,
+        # JIT costs more than it saves on our short OLTP queries.
+        connect_args={"server_settings": {"jit": "off", "application_name": "shuiwu"}},
+        **kwargs,
+    )
+
+
+def session_factory(engine: AsyncEngine | AsyncConnection) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+@asynccontextmanager
+async def transaction(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A session in a transaction that commits on success and rolls back on error."""
+    async with factory() as session, session.begin():
+        yield session
+
+
+# --------------------------------------------------------------------------- COPY
+
+
+async def raw_connection(session: AsyncSession) -> Any:
+    """The asyncpg connection under ``session``, inside the session's transaction.
+
+    SQLAlchemy's asyncpg adapter sends BEGIN lazily, with the first statement it runs
+    itself; a raw COPY would otherwise run in autocommit, outside the unit of work.
+    """
+    connection = await session.connection()
+    adapter = (await connection.get_raw_connection()).dbapi_connection
+    if getattr(adapter, "_transaction", True) is None and hasattr(adapter, "_start_transaction"):
+        async with adapter._execute_mutex:
+            await adapter._start_transaction()
+    elif not hasattr(adapter, "_start_transaction"):
+        # Another SQLAlchemy version: make it begin through a statement of its own.
+        await connection.execute(text("SELECT 1"))
+    return adapter._connection
+
+
+async def copy_into(
+    session: AsyncSession,
+    table: str,
+    *,
+    columns: Sequence[str],
+    records: Iterable[Sequence[Any]],
+    schema: str | None = None,
+) -> int:
+    """Bulk-insert ``records`` with COPY on the session's own connection.
+
+    The COPY runs inside the session's transaction, so it commits or rolls back with the
+    rest of the unit of work. Returns the number of rows copied.
+    """
+    driver = await raw_connection(session)
+    status: str = await driver.copy_records_to_table(
+        table, records=records, columns=list(columns), schema_name=schema
+    )
+    # asyncpg answers "COPY <n>".
+    return int(status.split()[-1])
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+def alembic_config(url: str) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", to_asyncpg_url(url).replace("%", "%%"))
+    return config
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Apply migrations up to ``revision`` (synchronous: call before the loop or in a thread)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+async def ping(engine: AsyncEngine) -> bool:
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))
+    return True
+
+
+# --------------------------------------------------------------------------- column helpers
+
+
+def enum_column(enum_cls: type, **kwargs: Any) -> Any:
+    """A text column holding ``enum_cls`` values with a CHECK constraint (no PG enum type,
+    so adding a member is a one-line migration)."""
+    from sqlalchemy import Column, Enum
+
+    return Column(
+        Enum(
+            enum_cls,
+            native_enum=False,
+            create_constraint=True,
+            length=32,
+            values_callable=lambda members: [member.value for member in members],
+            name=f"{enum_cls.__name__.lower()}",
+        ),
+        **kwargs,
+    )
+
+
+def timestamptz(**kwargs: Any) -> Any:
+    from sqlalchemy import Column, DateTime
+
+    return Column(DateTime(timezone=True), **kwargs)

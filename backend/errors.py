@@ -1,0 +1,148 @@
+"""Errors a user can cause, shared by every domain and free of any framework.
+
+A service raises a :class:`DomainError`; the GraphQL layer turns it into a ``UserError``
+in a mutation payload (``errors: [UserError!]!``) or, for the request-level kinds
+(:class:`NotAuthenticated`, :class:`Forbidden`, :class:`NotFound`, …), into a top-level
+error whose ``extensions.code`` is the same stable code.
+
+Every code of the API is a member of :class:`ErrorCode`: one enum for the whole API
+(DESIGN.md, "Contracts"). A domain adds its codes here, under its own heading, and keeps
+its error classes in its own ``errors.py``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    # Request level (top-level errors, DESIGN.md "Contracts").
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    FORBIDDEN = "FORBIDDEN"
+    NOT_FOUND = "NOT_FOUND"
+    BAD_USER_INPUT = "BAD_USER_INPUT"
+    QUERY_TOO_DEEP = "QUERY_TOO_DEEP"
+    QUERY_TOO_COMPLEX = "QUERY_TOO_COMPLEX"
+    PAGE_SIZE_EXCEEDED = "PAGE_SIZE_EXCEEDED"
+    RATE_LIMITED = "RATE_LIMITED"
+    INTERNAL = "INTERNAL"
+
+    # Input validation shared by all forms.
+    REQUIRED = "REQUIRED"
+    INVALID = "INVALID"
+    TOO_LONG = "TOO_LONG"
+    DUPLICATE = "DUPLICATE"
+    INVALID_MONEY = "INVALID_MONEY"
+
+    # auth
+    INVALID_CREDENTIALS = "INVALID_CREDENTIALS"
+    ACCOUNT_LOCKED = "ACCOUNT_LOCKED"
+    ACCOUNT_INACTIVE = "ACCOUNT_INACTIVE"
+    TOKEN_EXPIRED = "TOKEN_EXPIRED"
+    TOKEN_INVALID = "TOKEN_INVALID"
+    TOKEN_REVOKED = "TOKEN_REVOKED"
+    PASSWORD_TOO_WEAK = "PASSWORD_TOO_WEAK"
+    INVALID_CODE = "INVALID_CODE"
+    CODE_RATE_LIMITED = "CODE_RATE_LIMITED"
+    GRANT_EXCEEDS_OWN = "GRANT_EXCEEDS_OWN"
+    UNKNOWN_PERMISSION = "UNKNOWN_PERMISSION"
+    UNKNOWN_AREA = "UNKNOWN_AREA"
+    ROLE_HIERARCHY = "ROLE_HIERARCHY"
+    ROLE_IN_USE = "ROLE_IN_USE"
+    HOUSEHOLD_MISMATCH = "HOUSEHOLD_MISMATCH"
+    ALREADY_BOUND = "ALREADY_BOUND"
+    CANNOT_DEACTIVATE_SELF = "CANNOT_DEACTIVATE_SELF"
+    HAS_HISTORY = "HAS_HISTORY"
+
+
+class DomainError(Exception):
+    """A refusal a user can cause. Carries a stable code and a zh + en message.
+
+    ``field`` names the input field at fault (a form shows the message next to it);
+    ``None`` means the request as a whole.
+    """
+
+    code: ErrorCode = ErrorCode.INVALID
+    message: str = "请求无效"
+    message_en: str = "Invalid request"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        message_en: str | None = None,
+        *,
+        field: str | None = None,
+        code: ErrorCode | None = None,
+    ) -> None:
+        if message is not None:
+            self.message = message
+        if message_en is not None:
+            self.message_en = message_en
+        if code is not None:
+            self.code = code
+        self.field = field
+        super().__init__(f"{self.code}: {self.message_en}")
+
+
+class ValidationFailed(DomainError):
+    """Several field errors at once, so a form can show them together."""
+
+    code = ErrorCode.INVALID
+
+    def __init__(self, errors: list[DomainError]) -> None:
+        self.errors = errors
+        super().__init__(errors[0].message, errors[0].message_en, field=errors[0].field, code=errors[0].code)
+
+
+class NotAuthenticated(DomainError):
+    code = ErrorCode.UNAUTHENTICATED
+    message = "请先登录"
+    message_en = "Authentication required"
+
+
+class Forbidden(DomainError):
+    code = ErrorCode.FORBIDDEN
+    message = "没有权限执行此操作"
+    message_en = "You do not have permission to do this"
+
+
+class NotFound(DomainError):
+    """Also raised for objects outside the caller's data scope, so existence does not leak."""
+
+    code = ErrorCode.NOT_FOUND
+    message = "对象不存在"
+    message_en = "Not found"
+
+
+class BadUserInput(DomainError):
+    code = ErrorCode.BAD_USER_INPUT
+    message = "输入无效"
+    message_en = "Bad input"
+
+
+class RateLimited(DomainError):
+    code = ErrorCode.RATE_LIMITED
+    message = "请求过于频繁, 请稍后再试"
+    message_en = "Too many requests, try again later"
+
+
+class PageSizeExceeded(DomainError):
+    code = ErrorCode.PAGE_SIZE_EXCEEDED
+    message = "每页条数超过上限"
+    message_en = "Page size above the maximum"
+
+
+# The kinds that are request-level (top-level GraphQL errors) rather than payload errors.
+REQUEST_LEVEL_CODES = frozenset(
+    {
+        ErrorCode.UNAUTHENTICATED,
+        ErrorCode.FORBIDDEN,
+        ErrorCode.NOT_FOUND,
+        ErrorCode.BAD_USER_INPUT,
+        ErrorCode.QUERY_TOO_DEEP,
+        ErrorCode.QUERY_TOO_COMPLEX,
+        ErrorCode.PAGE_SIZE_EXCEEDED,
+        ErrorCode.RATE_LIMITED,
+        ErrorCode.INTERNAL,
+    }
+)

@@ -1,0 +1,61 @@
+"""The per-request context every resolver receives as ``info.context``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.auth.principal import Principal
+from backend.errors import NotAuthenticated
+from backend.settings import Settings
+
+LoaderT = TypeVar("LoaderT")
+
+
+@dataclass(slots=True)
+class Context:
+    """Request facts plus a session factory.
+
+    Sibling fields resolve concurrently, so nothing here holds one shared AsyncSession:
+    each root resolver and each DataLoader batch opens its own short session from the
+    pool (:meth:`read`), and a mutation opens one transaction (:meth:`write`).
+    """
+
+    settings: Settings
+    sessions: async_sessionmaker[AsyncSession]
+    request_id: str
+    principal: Principal | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+    services: dict[str, Any] = field(default_factory=dict)
+    _loaders: dict[type, Any] = field(default_factory=dict)
+
+    def loader(self, loader_cls: type[LoaderT]) -> LoaderT:
+        """The request's one instance of ``loader_cls`` (created on first use)."""
+        loader = self._loaders.get(loader_cls)
+        if loader is None:
+            loader = loader_cls(self)  # type: ignore[call-arg]
+            self._loaders[loader_cls] = loader
+        return loader  # type: ignore[no-any-return]
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A short read-only session of its own (no shared state between resolvers)."""
+        async with self.sessions() as session:
+            yield session
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """One transaction: committed when the block ends normally, rolled back otherwise."""
+        async with self.sessions() as session, session.begin():
+            yield session
+
+    @property
+    def caller(self) -> Principal:
+        if self.principal is None:
+            raise NotAuthenticated()
+        return self.principal

@@ -1,0 +1,128 @@
+"""How every mutation runs: one transaction, one audit entry, typed refusals.
+
+``run_mutation`` opens the transaction, calls the service work, writes the audit entry in
+the same transaction and commits. A :class:`DomainError` rolls everything back; the
+refusal is then audited in a fresh transaction (with any ``on_refusal`` bookkeeping, such
+as the failed-login counter) and returned as payload ``errors``. Request-level refusals
+(not logged in, forbidden, rate limited) become top-level errors instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
+from strawberry.types import Info
+
+from backend.audit.service import record_operation
+from backend.auth.catalog import module_name, module_of
+from backend.auth.principal import Principal
+from backend.clock import utcnow
+from backend.errors import DomainError, ErrorCode, REQUEST_LEVEL_CODES
+from backend.graphql.context import Context
+from backend.graphql.errors import UserError
+
+ResultT = TypeVar("ResultT")
+PayloadT = TypeVar("PayloadT")
+
+# Request-level refusals raised by a mutation's work still go top-level, except NOT_FOUND
+# and BAD_USER_INPUT, which a form shows next to a field.
+_TOP_LEVEL = REQUEST_LEVEL_CODES - {ErrorCode.NOT_FOUND, ErrorCode.BAD_USER_INPUT}
+
+
+def plain(value: Any) -> Any:
+    """Strawberry inputs and enums as JSON-ready values for the audit payload."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {field.name: plain(getattr(value, field.name)) for field in dataclasses.fields(value)}
+    if hasattr(value, "__strawberry_definition__"):
+        return {name: plain(item) for name, item in vars(value).items()}
+    if isinstance(value, Mapping):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [plain(item) for item in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, datetime | date | Decimal):
+        return str(value)
+    return value
+
+
+async def run_mutation(
+    info: Info,
+    *,
+    module: str,
+    action: str,
+    describe: Callable[[ResultT | None], str],
+    payload: Callable[[ResultT | None, list[UserError]], PayloadT],
+    work: Callable[[AsyncSession], Awaitable[ResultT]],
+    audit_input: Mapping[str, Any] | None = None,
+    on_refusal: Callable[[AsyncSession, DomainError], Awaitable[None]] | None = None,
+    actor: Callable[[ResultT], Principal | None] | None = None,
+) -> PayloadT:
+    """Run ``work`` in one transaction with its audit entry; see the module docstring.
+
+    ``describe`` renders the 日志内容 sentence without its result ("为角色 收费员 分配菜单权限");
+    ``actor`` names the actor when the caller was anonymous until the work succeeded
+    (a login).
+    """
+    context: Context = info.context
+    arguments = plain(audit_input if audit_input is not None else dict(info.variable_values or {}))
+    try:
+        async with context.write() as session:
+            result = await work(session)
+            who = actor(result) if actor is not None else context.principal
+            await record_operation(
+                session,
+                at=utcnow(),
+                actor=who,
+                module=module,
+                action=action,
+                summary=f"{describe(result)}: 成功",
+                payload=arguments,
+                success=True,
+                ip=context.ip,
+                request_id=context.request_id,
+            )
+    except DomainError as refusal:
+        async with context.write() as session:
+            if on_refusal is not None:
+                await on_refusal(session, refusal)
+            await record_operation(
+                session,
+                at=utcnow(),
+                actor=context.principal,
+                module=module,
+                action=action,
+                summary=f"{describe(None)}: 失败 ({refusal.message})",
+                payload=arguments,
+                success=False,
+                ip=context.ip,
+                request_id=context.request_id,
+            )
+        if refusal.code in _TOP_LEVEL:
+            raise
+        return payload(None, UserError.from_domain(refusal))
+    return payload(result, [])
+
+
+async def audit_refusal(context: Context, field_name: str, permission: str, arguments: Mapping[str, Any]) -> None:
+    """Audit a mutation refused for lack of ``permission`` (nothing else was written)."""
+    module = module_of(permission)
+    async with context.write() as session:
+        await record_operation(
+            session,
+            at=utcnow(),
+            actor=context.principal,
+            module=module,
+            action=field_name,
+            summary=f"{module_name(module)} {field_name}: 拒绝 (缺少权限 {permission})",
+            payload=plain(arguments),
+            success=False,
+            ip=context.ip,
+            request_id=context.request_id,
+        )

@@ -1,0 +1,65 @@
+"""Global object ids (``base64("Type:pk")``) and the ``node(id:)`` registry.
+
+Every object type with an id implements ``Node``. A domain registers, per type, the
+function that fetches one object *within the caller's scope*: ``node(id:)`` applies the
+same data scope as the lists, so an id outside it is NOT_FOUND.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import strawberry
+
+from backend.errors import NotFound
+
+NodeFetcher = Callable[[Any, int], Awaitable[Any | None]]
+_FETCHERS: dict[str, NodeFetcher] = {}
+
+
+@strawberry.interface(description="An object with a global id.")
+class Node:
+    id: strawberry.ID
+
+
+def encode_id(type_name: str, pk: int) -> strawberry.ID:
+    return strawberry.ID(base64.b64encode(f"{type_name}:{pk}".encode()).decode())
+
+
+def decode_id(global_id: str, type_name: str | None = None, *, field: str = "id") -> int:
+    """The primary key inside ``global_id``; NOT_FOUND for malformed or wrong-type ids."""
+    try:
+        text = base64.b64decode(global_id.encode(), validate=True).decode()
+        kind, _, pk = text.partition(":")
+        value = int(pk)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise NotFound(field=field) from None
+    if type_name is not None and kind != type_name:
+        raise NotFound(field=field)
+    return value
+
+
+def split_id(global_id: str) -> tuple[str, int]:
+    try:
+        kind, _, pk = base64.b64decode(global_id.encode(), validate=True).decode().partition(":")
+        return kind, int(pk)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise NotFound(field="id") from None
+
+
+def register_node(type_name: str, fetcher: NodeFetcher) -> None:
+    _FETCHERS[type_name] = fetcher
+
+
+async def fetch_node(context: Any, global_id: str) -> Any:
+    kind, pk = split_id(global_id)
+    fetcher = _FETCHERS.get(kind)
+    if fetcher is None:
+        raise NotFound(field="id")
+    found = await fetcher(context, pk)
+    if found is None:
+        raise NotFound(field="id")
+    return found

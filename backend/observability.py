@@ -1,0 +1,82 @@
+"""Logs with the request id, and Prometheus metrics (``/metrics``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextvars import ContextVar
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+registry = CollectorRegistry(auto_describe=True)
+
+HTTP_REQUESTS = Counter(
+    "shuiwu_http_requests_total", "HTTP requests by route and status.", ["route", "status"], registry=registry
+)
+HTTP_LATENCY = Histogram(
+    "shuiwu_http_request_seconds", "HTTP request latency by route.", ["route"], registry=registry,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+GRAPHQL_OPERATIONS = Counter(
+    "shuiwu_graphql_operations_total", "GraphQL operations by name and outcome.", ["operation", "outcome"],
+    registry=registry,
+)
+GRAPHQL_LATENCY = Histogram(
+    "shuiwu_graphql_operation_seconds", "GraphQL operation latency by name.", ["operation"], registry=registry,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+DB_POOL = Gauge("shuiwu_db_pool_connections", "Database pool connections by state.", ["state"], registry=registry)
+JOBS = Counter("shuiwu_jobs_total", "Background jobs run, by entrypoint and outcome.", ["entrypoint", "outcome"], registry=registry)
+EVENTS_RELAYED = Counter("shuiwu_events_relayed_total", "Domain events handed to jobs, by kind.", ["kind"], registry=registry)
+
+# Operation names are client-chosen: bound the label set so a client cannot blow up memory.
+_MAX_OPERATION_LABELS = 500
+_seen_operations: set[str] = set()
+
+
+def observe_operation(name: str, seconds: float, *, ok: bool) -> None:
+    if name not in _seen_operations:
+        if len(_seen_operations) >= _MAX_OPERATION_LABELS:
+            name = "other"
+        else:
+            _seen_operations.add(name)
+    GRAPHQL_OPERATIONS.labels(name, "ok" if ok else "error").inc()
+    GRAPHQL_LATENCY.labels(name).observe(seconds)
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "request_id", None):
+            record.request_id = request_id_var.get() or "-"
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", "-"),
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str = "INFO", *, as_json: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(
+        JsonFormatter()
+        if as_json
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

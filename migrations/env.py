@@ -1,0 +1,73 @@
+"""Alembic environment: async engine on asyncpg, metadata of every domain.
+
+``include_name`` keeps autogenerate away from objects we do not declare in SQLModel:
+monthly partitions of partitioned tables (``<table>_pYYYYMM``) and PgQueuer's tables,
+which PgQueuer's own installer owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+from alembic import context
+from sqlalchemy import pool
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import async_engine_from_config
+
+import backend.all_models  # noqa: F401  (registers every table on the metadata)
+from backend.db import metadata
+
+config = context.config
+target_metadata = metadata
+
+PARTITION_NAME = re.compile(r".+_p\d{6}$")
+UNMANAGED_PREFIXES = ("pgqueuer",)
+
+
+def include_name(name: str | None, type_: str, parent_names: dict[str, Any]) -> bool:
+    if type_ == "table" and name is not None:
+        if PARTITION_NAME.match(name) or name.startswith(UNMANAGED_PREFIXES):
+            return False
+    return True
+
+
+def do_run_migrations(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        include_name=include_name,
+        compare_type=True,
+        transaction_per_migration=False,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def run_async_migrations() -> None:
+    engine = async_engine_from_config(
+        config.get_section(config.config_ini_section, {}),
+        prefix="sqlalchemy.",
+        poolclass=pool.NullPool,
+    )
+    async with engine.connect() as connection:
+        await connection.run_sync(do_run_migrations)
+    await engine.dispose()
+
+
+def run_migrations_offline() -> None:
+    context.configure(
+        url=config.get_main_option("sqlalchemy.url"),
+        target_metadata=target_metadata,
+        include_name=include_name,
+        literal_binds=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    asyncio.run(run_async_migrations())
