@@ -32,8 +32,14 @@ lint: install
 typecheck: install
 	$(BIN)/mypy backend acquisition
 
+# The whole suite on the embedded PostgreSQL, then the smoke subset (migrations and a
+# few end-to-end paths) on the external server when SHUIWU_TEST_EXTERNAL_URL is set.
 pytest: install
-	$(BIN)/pytest
+	env -u SHUIWU_TEST_EXTERNAL_URL $(BIN)/pytest
+	@if [ -n "$${SHUIWU_TEST_EXTERNAL_URL:-}" ]; then \
+		echo "== smoke subset against $$SHUIWU_TEST_EXTERNAL_URL"; \
+		$(BIN)/pytest -m smoke; \
+	fi
 
 test: lint typecheck pytest
 

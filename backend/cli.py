@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -88,10 +89,8 @@ def jobs() -> None:
     settings = _settings()
     url = _database(settings)
     _migrate(url)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_worker(settings, url))
-    except KeyboardInterrupt:
-        pass
 
 
 @demo_app.command("load")
@@ -159,10 +158,8 @@ def demo_run(
             stop.set()
             await asyncio.wait_for(worker, timeout=10)
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
-    except KeyboardInterrupt:
-        pass
 
 
 @app.command()

@@ -80,14 +80,14 @@ def start_embedded(pgdata: Path) -> str:
     the server when this was the last user) instead of leaving it orphaned.
     """
     global _embedded
-    import pgserver  # imported lazily: external deployments never load it
+    import pgserver  # type: ignore[attr-defined,unused-ignore]  # imported lazily: external deployments never load it
 
     pgdata = pgdata.resolve()
     pgdata.mkdir(parents=True, exist_ok=True)
     prune_dead_handles(pgdata)
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(0)))
-    _embedded = pgserver.get_server(pgdata, cleanup_mode="stop")
+    _embedded = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined,unused-ignore]
     uri: str = _embedded.get_uri()
     return to_asyncpg_url(uri)
 
@@ -163,7 +163,7 @@ async def raw_connection(session: AsyncSession) -> Any:
     itself; a raw COPY would otherwise run in autocommit, outside the unit of work.
     """
     connection = await session.connection()
-    adapter = (await connection.get_raw_connection()).dbapi_connection
+    adapter: Any = (await connection.get_raw_connection()).dbapi_connection
     if getattr(adapter, "_transaction", True) is None and hasattr(adapter, "_start_transaction"):
         async with adapter._execute_mutex:
             await adapter._start_transaction()

@@ -38,7 +38,10 @@ DISTRICTS = {
     "城西片区": ["西山名苑", "金桂小区"],
     "城南片区": ["南湖新村", "滨江一号", "幸福里"],
 }
-SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈姚卢姜崔钟谭陆汪范金石廖贾夏韦付方白邹孟熊秦邱江尹薛闫段雷侯龙史陶黎贺顾毛郝龚邵万钱严覃武戴莫孔向汤"
+SURNAMES = (
+    "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任"
+    "沈姚卢姜崔钟谭陆汪范金石廖贾夏韦付方白邹孟熊秦邱江尹薛闫段雷侯龙史陶黎贺顾毛郝龚邵万钱严覃武戴莫孔向汤"
+)
 GIVEN = "伟芳娜秀英敏静丽强磊军洋勇艳杰娟涛明超秀兰霞平刚桂英华玉兰萍红鹏飞建华志强海燕晓东丹丹文博雨欣子涵浩然梓轩"
 
 ADMIN = DemoLogin("系统管理员", "admin", "Admin@2026", "系统管理员")
@@ -102,7 +105,8 @@ async def load_demo(session: AsyncSession, *, households: int = 2000, seed: int 
                                "payments:collect", "accounts:read", "archives:read", "areas:read", "reports:read"})
     east = district_rows["城东片区"]
     cashier_role = await _role(session, CASHIER.role, RoleKind.operator, cashier_perms, [east], manager_role, "柜台收费, 城东片区")
-    repair_perms = frozenset({"workorders:read", "workorders:handle", "notices:read", "readings:read", "alarms:read", "archives:read", "areas:read"})
+    repair_perms = frozenset({"workorders:read", "workorders:handle", "notices:read", "readings:read",
+                              "alarms:read", "archives:read", "areas:read"})
     repair_role = await _role(session, REPAIR.role, RoleKind.operator, repair_perms, [east], manager_role, "维修接单, 城东片区")
     await _user(session, ADMIN, "系统管理员", admin_role)
     await _user(session, MANAGER, "周建华", manager_role)
@@ -129,7 +133,8 @@ async def load_demo(session: AsyncSession, *, households: int = 2000, seed: int 
     progress("住户登录与第三方接口")
     await session.execute(
         text(
-            "WITH r AS (INSERT INTO residents (phone) VALUES (:phone) ON CONFLICT (phone) DO UPDATE SET phone = EXCLUDED.phone RETURNING id) "
+            "WITH r AS (INSERT INTO residents (phone) VALUES (:phone) "
+            "ON CONFLICT (phone) DO UPDATE SET phone = EXCLUDED.phone RETURNING id) "
             "INSERT INTO resident_households (resident_id, household_id) "
             "SELECT r.id, h.id FROM r, households h WHERE h.account_no = '0100000001' ON CONFLICT DO NOTHING"
         ),

@@ -27,10 +27,9 @@ UNMANAGED_PREFIXES = ("pgqueuer",)
 
 
 def include_name(name: str | None, type_: str, parent_names: dict[str, Any]) -> bool:
-    if type_ == "table" and name is not None:
-        if PARTITION_NAME.match(name) or name.startswith(UNMANAGED_PREFIXES):
-            return False
-    return True
+    return not (
+        type_ == "table" and name is not None and (PARTITION_NAME.match(name) or name.startswith(UNMANAGED_PREFIXES))
+    )
 
 
 def do_run_migrations(connection: Connection) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -11,6 +12,7 @@ from backend.db import copy_into
 from backend.events.models import DomainEvent
 
 
+@pytest.mark.smoke
 async def test_copy_into_joins_the_session_transaction_and_rolls_back_with_it(engine: AsyncEngine) -> None:
     count = select(func.count()).select_from(DomainEvent)
     async with AsyncSession(engine) as session:

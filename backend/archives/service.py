@@ -70,7 +70,7 @@ def areas_statement(
     parent_id: int | None = None,
     kind: AreaKind | None = None,
     search: str | None = None,
-) -> Select[tuple[Area]]:
+) -> Select[Area]:
     """Areas within the scope, filtered, in tree order (by path)."""
     statement = select(Area).where(in_scope(Area.path, scope_patterns))
     if parent_id is not None:

@@ -78,7 +78,7 @@ def audit_query(
     since: datetime | None = None,
     until: datetime | None = None,
     success: bool | None = None,
-) -> Select[tuple[AuditEntry]]:
+) -> Select[AuditEntry]:
     """The filtered, newest-first statement behind the log screen and its export."""
     statement = select(AuditEntry)
     if actor_id is not None:

@@ -547,7 +547,8 @@ class Mutation:
         principal = info.context.caller
 
         async def work(session: AsyncSession) -> Any:
-            return await service.unbind_household(session, resident=principal, household_id=decode_id(household_id, "Household", field="householdId"))
+            household_pk = decode_id(household_id, "Household", field="householdId")
+            return await service.unbind_household(session, resident=principal, household_id=household_pk)
 
         return await run_mutation(
             info, module="resident", action="unbindHousehold", describe=lambda _: "住户解绑住户",
@@ -696,7 +697,8 @@ class Mutation:
         actor, now = info.context.caller, utcnow()
 
         async def work(session: AsyncSession) -> ApiClient:
-            return await service.set_api_client_active(session, actor=actor, client_pk=decode_id(id, "ApiClient"), is_active=is_active, now=now)
+            client_pk = decode_id(id, "ApiClient")
+            return await service.set_api_client_active(session, actor=actor, client_pk=client_pk, is_active=is_active, now=now)
 
         return await run_mutation(info, module="system", action="setApiClientActive",
                                   describe=lambda c: f"{'启用' if is_active else '停用'}第三方接口 {c.name if c else id}",

@@ -307,7 +307,7 @@ async def record_login_failure(session: AsyncSession, *, username: str, now: dat
                 "last_failed_at": now,
             },
         )
-        .returning(LoginFailure.failures)  # type: ignore[arg-type]
+        .returning(LoginFailure.__table__.c.failures)  # type: ignore[attr-defined]
     )
     failures: int = (await session.execute(statement)).scalar_one()
     if failures >= policy.max_failures:
@@ -535,7 +535,7 @@ async def delete_role(session: AsyncSession, *, actor: Principal, role_id: int) 
     return role
 
 
-def roles_statement(*, search: str | None = None) -> Select[tuple[Role]]:
+def roles_statement(*, search: str | None = None) -> Select[Role]:
     statement = select(Role)
     if search:
         statement = statement.where(Role.name.contains(search, autoescape=True))  # type: ignore[attr-defined]
@@ -741,7 +741,7 @@ async def delete_staff_user(session: AsyncSession, *, actor: Principal, user_id:
     return user
 
 
-def staff_users_statement(*, search: str | None = None, is_active: bool | None = None) -> Select[tuple[StaffUser]]:
+def staff_users_statement(*, search: str | None = None, is_active: bool | None = None) -> Select[StaffUser]:
     statement = select(StaffUser)
     if search:
         like = f"%{search}%"
@@ -969,5 +969,5 @@ async def issue_client_token(
     )
 
 
-def api_clients_statement() -> Select[tuple[ApiClient]]:
+def api_clients_statement() -> Select[ApiClient]:
     return select(ApiClient).order_by(ApiClient.id)  # type: ignore[arg-type]

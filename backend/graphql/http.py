@@ -121,8 +121,12 @@ class GraphQLEndpoint:
             return self._graphiql()
         request_id = request_id_var.get() or uuid.uuid4().hex
         started = time.perf_counter()
+        raw = await request.body()
+        # PostgreSQL text cannot hold NUL; refuse it at the door rather than deep in a query.
+        if b"\x00" in raw or b"\\u0000" in raw:
+            return self._refusal(BadUserInput("文本不能包含 NUL 字符", "Text must not contain NUL characters"), 400)
         try:
-            body = json.loads(await request.body())
+            body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
             return self._refusal(BadUserInput("请求体不是合法的 JSON", "Request body is not valid JSON"), 400)
         if not isinstance(body, dict) or not isinstance(body.get("query"), str):
@@ -197,9 +201,10 @@ class GraphQLEndpoint:
 
     def _refusal(self, error: DomainError, status: int) -> Response:
         extensions: dict[str, Any] = {"code": error.code.value, "messageEn": error.message_en}
-        if error.code is not ErrorCode.UNAUTHENTICATED and status == 401:
-            extensions["reason"] = error.code.value
+        if status == 401:
+            # The code stays UNAUTHENTICATED (clients drop the token); the reason says why.
             extensions["code"] = ErrorCode.UNAUTHENTICATED.value
+            extensions["reason"] = str(getattr(error, "reason", error.code).value)
         return JSONResponse({"data": None, "errors": [{"message": error.message, "extensions": extensions}]}, status)
 
     def _graphiql(self) -> Response:

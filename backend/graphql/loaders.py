@@ -29,7 +29,8 @@ class SessionLoader(DataLoader[KeyT, ValueT], Generic[KeyT, ValueT]):
         async with self.context.read() as session:
             found = await self.fetch(session, keys)
         default = self.missing
-        return [found.get(key, [] if isinstance(default, list) else default) for key in keys]
+        # A fresh list per missing key, so callers never share (and mutate) one default.
+        return [found.get(key, [] if isinstance(default, list) else default) for key in keys]  # type: ignore[misc]
 
     async def fetch(self, session: AsyncSession, keys: Sequence[KeyT]) -> Mapping[KeyT, ValueT]:
         raise NotImplementedError

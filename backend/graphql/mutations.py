@@ -23,7 +23,7 @@ from backend.audit.service import record_operation
 from backend.auth.catalog import module_name, module_of
 from backend.auth.principal import Principal
 from backend.clock import utcnow
-from backend.errors import DomainError, ErrorCode, REQUEST_LEVEL_CODES
+from backend.errors import REQUEST_LEVEL_CODES, DomainError, ErrorCode
 from backend.graphql.context import Context
 from backend.graphql.errors import UserError
 
@@ -37,6 +37,9 @@ _TOP_LEVEL = REQUEST_LEVEL_CODES - {ErrorCode.NOT_FOUND, ErrorCode.BAD_USER_INPU
 
 def plain(value: Any) -> Any:
     """Strawberry inputs and enums as JSON-ready values for the audit payload."""
+    # Enums first: strawberry.enum marks the enum class itself as a strawberry type.
+    if isinstance(value, enum.Enum):
+        return value.value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {field.name: plain(getattr(value, field.name)) for field in dataclasses.fields(value)}
     if hasattr(value, "__strawberry_definition__"):
@@ -45,8 +48,6 @@ def plain(value: Any) -> Any:
         return {str(key): plain(item) for key, item in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [plain(item) for item in value]
-    if isinstance(value, enum.Enum):
-        return value.value
     if isinstance(value, datetime | date | Decimal):
         return str(value)
     return value

@@ -11,6 +11,7 @@ from functools import cache
 import strawberry
 from strawberry.tools import merge_types
 
+from backend.graphql.permissions import Public
 from backend.graphql.relay import Node, fetch_node
 from backend.graphql.scalars import SCALAR_OVERRIDES
 
@@ -23,7 +24,8 @@ DOMAIN_SCHEMAS = (
 
 @strawberry.type
 class NodeQuery:
-    @strawberry.field(description="Any object by its global id, within the caller's scope.")
+    # Open to every caller: each type's fetcher applies that type's permission and scope.
+    @strawberry.field(permission_classes=[Public], description="Any object by its global id, within the caller's scope.")
     async def node(self, info: strawberry.Info, id: strawberry.ID) -> Node:
         return await fetch_node(info.context, id)  # type: ignore[no-any-return]
 

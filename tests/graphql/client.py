@@ -1,0 +1,58 @@
+"""A GraphQL client over the real ASGI app (httpx in-process transport)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+
+from backend.app import create_app
+from backend.settings import Settings
+
+TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
+
+
+def test_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {"secret_key": TEST_SECRET, "graphiql": True}
+    values.update(overrides)
+    return Settings(**values)
+
+
+class GraphQLClient:
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+        self.token: str | None = None
+
+    async def execute(self, query: str, variables: dict[str, Any] | None = None, *, token: str | None = None,
+                      operation_name: str | None = None) -> dict[str, Any]:
+        headers = {}
+        bearer = token if token is not None else self.token
+        if bearer:
+            headers["Authorization"] = f"Bearer {bearer}"
+        body: dict[str, Any] = {"query": query, "variables": variables or {}}
+        if operation_name:
+            body["operationName"] = operation_name
+        response = await self.http.post("/graphql", json=body, headers=headers)
+        result: dict[str, Any] = response.json()
+        result["_status"] = response.status_code
+        return result
+
+    async def login(self, username: str, password: str) -> str:
+        result = await self.execute(
+            "mutation($u: String!, $p: String!) { login(username: $u, password: $p) { tokens { accessToken } errors { code } } }",
+            {"u": username, "p": password},
+        )
+        assert result["data"]["login"]["errors"] == [], result
+        token: str = result["data"]["login"]["tokens"]["accessToken"]
+        return token
+
+
+@asynccontextmanager
+async def graphql_client(database_url: str, **overrides: Any) -> AsyncIterator[GraphQLClient]:
+    app = create_app(test_settings(**overrides), database_url)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield GraphQLClient(http)
+    await app.state.engine.dispose()
