@@ -44,7 +44,8 @@ pytest: install
 test: lint typecheck pytest
 
 bench: install
-	@set -e; for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script; done
+	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; }
+	@set -e; for script in bench/[!_]*.py; do echo "== $$script"; $(BIN)/python $$script; done
 
 # Refresh the pins from pyproject.toml (newest versions the index offers today).
 lock:

@@ -23,6 +23,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend import db
+from backend.audit import http as audit_http
 from backend.auth import http as auth_http
 from backend.auth.ratelimit import ClientRateLimiter
 from backend.auth.service import AuthPolicy, authenticate
@@ -116,6 +117,7 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *auth_http.routes(sessions, policy),
+        *audit_http.routes(sessions, settings),
         *(extra_routes or []),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -163,25 +163,40 @@ def demo_run(
 
 
 @app.command()
-def backup(output: Annotated[Path | None, typer.Option(help="Dump file (default DATA_DIR/backups/…).")] = None) -> None:
-    """Dump the database (pg_dump custom format)."""
+def backup(
+    output: Annotated[Path | None, typer.Option("--output", "-o",
+        help="Dump file, or a directory for a timestamped one (default DATA_DIR/backups/).")] = None,
+) -> None:
+    """Dump the database (pg_dump custom format); safe while the services run."""
+    from backend.ops.backup import BackupError
     from backend.ops.backup import backup as run_backup
 
     settings = _settings()
-    target = run_backup(_database(settings), output or settings.data_dir / "backups")
-    console.print(f"[green]backup written to {target}[/green]")
+    try:
+        target = run_backup(_database(settings), output or settings.data_dir / "backups")
+    except BackupError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(str(target))  # stdout, one line: F=$(shuiwu backup)
 
 
 @app.command()
 def restore(
-    dump: Annotated[Path, typer.Argument(help="A file written by `shuiwu backup`.")],
-    clean: Annotated[bool, typer.Option("--clean", help="Drop existing objects before restoring.")] = False,
+    dump: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True,
+        help="A file written by `shuiwu backup`.")],
+    clean: Annotated[bool, typer.Option("--clean",
+        help="Drop the dump's objects first (restore over an existing database).")] = False,
 ) -> None:
-    """Restore a dump made by `shuiwu backup`."""
+    """Restore a dump in one transaction. Stop serve, jobs and acquire first."""
+    from backend.ops.backup import BackupError
     from backend.ops.backup import restore as run_restore
 
     settings = _settings()
-    run_restore(_database(settings), dump, clean=clean)
+    try:
+        run_restore(_database(settings), dump, clean=clean)
+    except BackupError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from None
     console.print("[green]restore finished[/green]")
 
 

@@ -1,1 +1,137 @@
-"""GraphQL for the operation log (filled in by the audit schema work)."""
+"""GraphQL for the operation log (操作日志): the log screen and its Excel download link."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import strawberry
+from strawberry.scalars import JSON
+from strawberry.types import Info
+
+from backend.audit.http import ExportFilter, export_url, sign_download_token
+from backend.audit.models import AuditEntry
+from backend.audit.service import audit_query
+from backend.auth.catalog import module_name
+from backend.clock import utcnow
+from backend.graphql.context import Context
+from backend.graphql.pagination import Connection, PageRequest, paginate
+from backend.graphql.permissions import Requires
+from backend.graphql.relay import Node, decode_id, encode_id, register_node
+
+
+class AuditActorKind(StrEnum):
+    staff = "staff"
+    resident = "resident"
+    client = "client"
+    # A refused login or token request has no principal yet.
+    anonymous = "anonymous"
+
+
+AuditActorKindEnum = strawberry.enum(AuditActorKind, name="AuditActorKind", description="员工 / 住户 / 第三方 / 匿名")
+
+
+@strawberry.type(name="AuditEntry", description="One line of the operation log (操作日志).")
+class AuditEntryType(Node):
+    at: datetime = strawberry.field(description="时间")
+    actor_kind: AuditActorKindEnum  # type: ignore[valid-type]
+    actor_id: strawberry.ID | None = strawberry.field(description="The StaffUser's global id when staff acted.")
+    actor_name: str = strawberry.field(description="操作用户")
+    module: str = strawberry.field(description="Module code (a menu code, or auth / resident).")
+    module_name: str = strawberry.field(description="操作模块")
+    action: str = strawberry.field(description="操作 (the operation's name).")
+    summary: str = strawberry.field(description="日志内容, ending in its result (成功 / 失败 (…) / 拒绝 (…)).")
+    payload: JSON = strawberry.field(description="The operation's input; secrets are replaced by ***.")  # type: ignore[valid-type]
+    success: bool
+    ip: str | None = strawberry.field(description="IP地址")
+    request_id: str | None = strawberry.field(description="The request id, to find the request in the server logs.")
+
+    @classmethod
+    def from_row(cls, entry: AuditEntry) -> AuditEntryType:
+        assert entry.id is not None
+        is_staff = entry.actor_kind == AuditActorKind.staff.value and entry.actor_id is not None
+        return cls(
+            id=encode_id("AuditEntry", entry.id),
+            at=entry.at,
+            actor_kind=AuditActorKind(entry.actor_kind),
+            actor_id=encode_id("StaffUser", entry.actor_id) if is_staff and entry.actor_id is not None else None,
+            actor_name=entry.actor_name,
+            module=entry.module,
+            module_name=module_name(entry.module),
+            action=entry.action,
+            summary=entry.summary,
+            payload=entry.payload,  # type: ignore[arg-type]
+            success=entry.success,
+            ip=entry.ip,
+            request_id=entry.request_id,
+        )
+
+
+@strawberry.input(description="Filters of the log screen; all of them narrow the list together.")
+class AuditLogFilter:
+    actor_id: strawberry.ID | None = strawberry.field(default=None, description="A StaffUser's global id.")
+    actor_kind: AuditActorKindEnum | None = None  # type: ignore[valid-type]
+    module: str | None = strawberry.field(default=None, description="Module code, e.g. auth, system, audit.")
+    since: datetime | None = strawberry.field(default=None, description="From this instant (inclusive).")
+    until: datetime | None = strawberry.field(default=None, description="Before this instant (exclusive).")
+    success: bool | None = None
+
+    def to_export_filter(self) -> ExportFilter:
+        kind = self.actor_kind
+        return ExportFilter(
+            actor_id=decode_id(self.actor_id, "StaffUser", field="actorId") if self.actor_id else None,
+            actor_kind=kind.value if kind is not None else None,
+            module=self.module or None,
+            since=self.since,
+            until=self.until,
+            success=self.success,
+        )
+
+
+def _filter_of(value: AuditLogFilter | None) -> ExportFilter:
+    return value.to_export_filter() if value is not None else ExportFilter()
+
+
+async def _fetch_audit_entry(context: Any, pk: int) -> AuditEntryType | None:
+    if context.principal is None or not context.principal.has("audit:read"):
+        return None
+    async with context.read() as session:
+        entry = await session.get(AuditEntry, pk)
+    return AuditEntryType.from_row(entry) if entry else None
+
+
+register_node("AuditEntry", _fetch_audit_entry)
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(
+        permission_classes=[Requires("audit:read")], description="The operation log (操作日志), newest first."
+    )
+    async def audit_logs(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        last: int | None = None,
+        before: str | None = None,
+        filter: AuditLogFilter | None = None,
+    ) -> Connection[AuditEntryType]:
+        page = PageRequest.from_args(first, after, last, before)
+        statement = audit_query(**_filter_of(filter).query_arguments())
+        async with info.context.read() as session:
+            return await paginate(session, statement, page, lambda row: AuditEntryType.from_row(row[0]))
+
+    @strawberry.field(
+        permission_classes=[Requires("audit:export")],
+        description="A relative URL that downloads the filtered log as .xlsx for 5 minutes, without an "
+        "Authorization header (the link is signed for you and this filter only).",
+    )
+    def audit_log_export_url(self, info: Info, filter: AuditLogFilter | None = None) -> str:
+        context: Context = info.context
+        params = _filter_of(filter).to_params()
+        token, _ = sign_download_token(
+            secret=context.settings.secret(), principal=context.caller, params=params, now=utcnow()
+        )
+        return export_url(params, token)

@@ -305,6 +305,11 @@ async def record_login_failure(session: AsyncSession, *, username: str, now: dat
                     1,
                 ),
                 "last_failed_at": now,
+                # A new count after an expired lock also clears that lock, so it can lock again.
+                "locked_until": text(
+                    "CASE WHEN login_failures.locked_until IS NOT NULL AND login_failures.locked_until <= :now2 "
+                    "THEN NULL ELSE login_failures.locked_until END"
+                ).bindparams(now2=now),
             },
         )
         .returning(LoginFailure.__table__.c.failures)  # type: ignore[attr-defined]
@@ -382,18 +387,22 @@ async def _role_grants(session: AsyncSession, role_ids: Sequence[int]) -> tuple[
     return set(permissions), list(paths)
 
 
-def _check_grantable(actor: Principal, permissions: Iterable[str], paths: Iterable[str], *, field: str) -> None:
+def _check_grantable(
+    actor: Principal, permissions: Iterable[str], paths: Iterable[str], *, field: str, area_field: str | None = None
+) -> None:
     if not set(permissions) <= actor.permissions:
         raise errors.GrantExceedsOwn(field=field)
     if not all(actor.in_scope(path) for path in paths):
-        raise errors.GrantExceedsOwn(field=field)
+        raise errors.GrantExceedsOwn(field=area_field or field)
 
 
-def _check_known_permissions(permissions: Iterable[str], allowed: frozenset[str] = ALL_PERMISSIONS) -> None:
+def _check_known_permissions(
+    permissions: Iterable[str], allowed: frozenset[str] = ALL_PERMISSIONS, *, field: str = "permissions"
+) -> None:
     unknown = sorted(set(permissions) - allowed)
     if unknown:
         raise errors.UnknownPermission(
-            f"未知的权限: {', '.join(unknown)}", f"Unknown permission: {', '.join(unknown)}", field="permissions"
+            f"未知的权限: {', '.join(unknown)}", f"Unknown permission: {', '.join(unknown)}", field=field
         )
 
 
@@ -446,7 +455,7 @@ async def _validate_role(
         raise ValidationFailed(problems)
     _check_known_permissions(permissions)
     areas = await require_areas(session, area_ids)
-    _check_grantable(actor, permissions, [a.path for a in areas.values()], field="permissions")
+    _check_grantable(actor, permissions, [a.path for a in areas.values()], field="permissions", area_field="areaIds")
     if parent_id is not None:
         if parent_id == role_id:
             raise errors.RoleHierarchy(field="parentId")
@@ -905,9 +914,9 @@ async def create_api_client(
     """Register a third party. The secret is returned once and stored only hashed."""
     _validate_client(name, rate_per_minute)
     wanted_scopes, wanted_areas = frozenset(scopes), frozenset(area_ids)
-    _check_known_permissions(wanted_scopes, CLIENT_SCOPES)
+    _check_known_permissions(wanted_scopes, CLIENT_SCOPES, field="scopes")
     areas = await require_areas(session, wanted_areas)
-    _check_grantable(actor, wanted_scopes, [a.path for a in areas.values()], field="scopes")
+    _check_grantable(actor, wanted_scopes, [a.path for a in areas.values()], field="scopes", area_field="areaIds")
     secret = new_token(32)
     client = ApiClient(
         client_id="swc_" + new_token(12), name=name.strip(), secret_hash=token_digest(secret),

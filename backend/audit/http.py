@@ -1,0 +1,371 @@
+"""``GET /exports/audit-log.xlsx``: the operation log (操作日志) as an Excel download.
+
+A browser cannot put an ``Authorization`` header on a plain link, so the ``auditLogExportUrl``
+query hands out a URL carrying a short-lived signed ``token`` (HMAC over the principal,
+the expiry and the filter, so neither the filter nor the caller can be swapped). Scripts
+may send ``Authorization: Bearer <access token>`` instead. Either way the caller must hold
+``audit:export`` *now*: the principal is re-read from the database.
+
+Memory stays bounded however long the log is: rows come from a server-side cursor in
+chunks, openpyxl's write-only workbook spills each sheet to a temporary file as rows are
+appended, and the finished file is served from disk and deleted after it is sent.
+
+The URL format and the download token (:class:`ExportFilter`, :func:`sign_download_token`,
+:func:`verify_download_token`) are plain functions: the schema builds URLs with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+from openpyxl import Workbook
+from openpyxl.cell import WriteOnlyCell
+from openpyxl.styles import Font
+from openpyxl.worksheet._write_only import WriteOnlyWorksheet
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import col
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from backend.audit.models import AuditEntry
+from backend.audit.service import audit_query, record_operation
+from backend.auth.catalog import module_name
+from backend.auth.errors import TokenExpired, TokenInvalid, TokenRevoked
+from backend.auth.models import PrincipalKind
+from backend.auth.principal import Principal
+from backend.auth.service import AuthPolicy, authenticate, load_principal
+from backend.clock import utcnow
+from backend.errors import BadUserInput, DomainError, ErrorCode, Forbidden, NotAuthenticated
+from backend.graphql.relay import decode_id, encode_id
+from backend.observability import request_id_var
+from backend.settings import Settings
+
+EXPORT_PATH = "/exports/audit-log.xlsx"
+EXPORT_PERMISSION = "audit:export"
+DOWNLOAD_TOKEN_TTL_S = 300
+# Rows fetched per round trip from the server-side cursor (and held in memory at once).
+CHUNK_ROWS = 1000
+# Excel's sheet limit is 1,048,576 rows; two are the header rows. A longer log continues
+# on a second sheet rather than producing a file Excel refuses to open.
+ROWS_PER_SHEET = 1_048_576 - 2
+XLSX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+HEADERS_ZH = ("操作用户", "操作模块", "操作", "IP地址", "时间", "日志内容", "结果")
+HEADERS_EN = ("User", "Module", "Action", "IP address", "Time", "Content", "Result")
+COLUMN_WIDTHS = (16, 14, 22, 16, 20, 60, 8)
+ACTOR_KINDS = ("staff", "resident", "client", "anonymous")
+_TOKEN_PURPOSE = "shuiwu/audit-export/v1"
+
+
+# --------------------------------------------------------------------------- filter and URL
+
+
+@dataclass(frozen=True, slots=True)
+class ExportFilter:
+    """The log screen's filter, as it travels in the download URL.
+
+    ``actor_id`` is a StaffUser's primary key (a global id in the URL), so it implies
+    ``actor_kind="staff"``.
+    """
+
+    actor_id: int | None = None
+    actor_kind: str | None = None
+    module: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    success: bool | None = None
+
+    def query_arguments(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`backend.audit.service.audit_query`."""
+        actor_kind = self.actor_kind
+        if self.actor_id is not None and actor_kind is None:
+            actor_kind = PrincipalKind.staff.value
+        return {
+            "actor_id": self.actor_id,
+            "actor_kind": actor_kind,
+            "module": self.module,
+            "since": self.since,
+            "until": self.until,
+            "success": self.success,
+        }
+
+    def to_params(self) -> dict[str, str]:
+        """URL query parameters (absent filters are left out)."""
+        params: dict[str, str] = {}
+        if self.actor_id is not None:
+            params["actorId"] = str(encode_id("StaffUser", self.actor_id))
+        if self.actor_kind is not None:
+            params["actorKind"] = self.actor_kind
+        if self.module is not None:
+            params["module"] = self.module
+        if self.since is not None:
+            params["since"] = self.since.isoformat()
+        if self.until is not None:
+            params["until"] = self.until.isoformat()
+        if self.success is not None:
+            params["success"] = "true" if self.success else "false"
+        return params
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> ExportFilter:
+        """Parse URL parameters; malformed values are BAD_USER_INPUT naming the parameter."""
+        for name, value in params.items():
+            # PostgreSQL text cannot hold NUL: refuse it here rather than fail in the query.
+            if "\x00" in value:
+                raise BadUserInput("文本不能包含 NUL 字符", "Text must not contain NUL characters", field=name)
+        actor_id = decode_id(params["actorId"], "StaffUser", field="actorId") if params.get("actorId") else None
+        actor_kind = params.get("actorKind") or None
+        if actor_kind is not None and actor_kind not in ACTOR_KINDS:
+            raise BadUserInput("操作用户类型无效", "Unknown actorKind", field="actorKind")
+        success: bool | None = None
+        if params.get("success"):
+            if params["success"] not in ("true", "false"):
+                raise BadUserInput("success 须为 true 或 false", "success must be true or false", field="success")
+            success = params["success"] == "true"
+        return cls(
+            actor_id=actor_id,
+            actor_kind=actor_kind,
+            module=params.get("module") or None,
+            since=_aware(params.get("since"), "since"),
+            until=_aware(params.get("until"), "until"),
+            success=success,
+        )
+
+
+def _aware(value: str | None, name: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise BadUserInput(
+            "时间须带时区偏移, 如 2026-01-01T08:00:00+08:00",
+            "A time must carry a UTC offset, e.g. 2026-01-01T08:00:00+08:00",
+            field=name,
+        )
+    return parsed
+
+
+def _canonical(params: Mapping[str, str]) -> str:
+    return urlencode(sorted((key, value) for key, value in params.items() if key != "token"))
+
+
+def _signature(secret: str, kind: str, principal_id: int, expires: int, params: Mapping[str, str]) -> str:
+    message = "\n".join((_TOKEN_PURPOSE, kind, str(principal_id), str(expires), _canonical(params)))
+    digest = hmac.new(secret.encode(), message.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def sign_download_token(
+    *, secret: str, principal: Principal, params: Mapping[str, str], now: datetime, ttl_s: int = DOWNLOAD_TOKEN_TTL_S
+) -> tuple[str, datetime]:
+    """A token admitting ``principal`` to this export, with exactly these parameters, until
+    ``now + ttl_s``. Returns the token and its expiry."""
+    expires_at = now + timedelta(seconds=ttl_s)
+    expires = int(expires_at.timestamp())
+    kind = principal.kind.value
+    return f"{kind}.{principal.id}.{expires}.{_signature(secret, kind, principal.id, expires, params)}", expires_at
+
+
+def verify_download_token(
+    token: str, *, secret: str, params: Mapping[str, str], now: datetime
+) -> tuple[PrincipalKind, int]:
+    """Who a valid token was issued to; forged, altered and expired tokens are refused."""
+    try:
+        kind, principal_id, expires, signature = token.split(".")
+        principal_kind, pk, expiry = PrincipalKind(kind), int(principal_id), int(expires)
+    except ValueError:
+        raise TokenInvalid() from None
+    expected = _signature(secret, kind, pk, expiry, params)
+    if not hmac.compare_digest(expected.encode(), signature.encode()):
+        raise TokenInvalid()
+    if expiry <= now.timestamp():
+        raise TokenExpired("下载链接已过期, 请重新导出", "The download link has expired; export again")
+    return principal_kind, pk
+
+
+def export_url(params: Mapping[str, str], token: str) -> str:
+    """The relative URL of the download, parameters first and the token last."""
+    return f"{EXPORT_PATH}?{urlencode([*params.items(), ('token', token)])}"
+
+
+# --------------------------------------------------------------------------- workbook
+
+ExportRow = Sequence[Any]  # (actor_name, module, action, ip, at, summary, success)
+_COLUMNS = (
+    col(AuditEntry.actor_name),
+    col(AuditEntry.module),
+    col(AuditEntry.action),
+    col(AuditEntry.ip),
+    col(AuditEntry.at),
+    col(AuditEntry.summary),
+    col(AuditEntry.success),
+)
+
+
+def _start_sheet(workbook: Workbook, number: int) -> WriteOnlyWorksheet:
+    sheet: WriteOnlyWorksheet = workbook.create_sheet("操作日志" if number == 1 else f"操作日志 ({number})")
+    for letter, width in zip("ABCDEFG", COLUMN_WIDTHS, strict=True):
+        sheet.column_dimensions[letter].width = width
+    sheet.freeze_panes = "A3"
+    bold = Font(bold=True)
+    for headers in (HEADERS_ZH, HEADERS_EN):
+        cells = []
+        for title in headers:
+            cell = WriteOnlyCell(sheet, value=title)
+            cell.font = bold
+            cells.append(cell)
+        sheet.append(cells)
+    return sheet
+
+
+def write_workbook(path: str, *, tz: ZoneInfo, next_chunk: Callable[[], Sequence[ExportRow]]) -> int:
+    """Write every row ``next_chunk`` hands out (until it returns an empty chunk) to an
+    xlsx file at ``path``; returns the number of log rows written.
+
+    Blocking: run it in a worker thread. openpyxl objects stay on that one thread.
+    """
+    workbook = Workbook(write_only=True)
+    sheets = 1
+    sheet = _start_sheet(workbook, sheets)
+    on_sheet = written = 0
+    while chunk := next_chunk():
+        for actor_name, module, action, ip, at, summary, success in chunk:
+            if on_sheet == ROWS_PER_SHEET:
+                sheets += 1
+                sheet, on_sheet = _start_sheet(workbook, sheets), 0
+            # Excel has no time zones: write the utility's wall-clock time.
+            time_cell = WriteOnlyCell(sheet, value=at.astimezone(tz).replace(tzinfo=None))
+            time_cell.number_format = "yyyy-mm-dd hh:mm:ss"
+            result = "成功" if success else "失败"
+            sheet.append([actor_name, module_name(module), action, ip or "", time_cell, summary, result])
+            on_sheet += 1
+            written += 1
+    workbook.save(path)
+    return written
+
+
+async def build_export(session: AsyncSession, *, export_filter: ExportFilter, path: str, tz: ZoneInfo) -> int:
+    """Stream the filtered log from a server-side cursor into an xlsx file at ``path``."""
+    statement = audit_query(**export_filter.query_arguments()).with_only_columns(*_COLUMNS)
+    result = await session.stream(statement.execution_options(yield_per=CHUNK_ROWS))
+    partitions = result.partitions(CHUNK_ROWS)
+    loop = asyncio.get_running_loop()
+
+    async def fetch() -> Sequence[ExportRow]:
+        try:
+            return await anext(partitions)
+        except StopAsyncIteration:
+            return []
+
+    def next_chunk() -> Sequence[ExportRow]:
+        # Called from the writer thread: the cursor stays on the event loop.
+        return asyncio.run_coroutine_threadsafe(fetch(), loop).result()
+
+    try:
+        return await asyncio.to_thread(write_workbook, path, tz=tz, next_chunk=next_chunk)
+    finally:
+        await result.close()
+
+
+# --------------------------------------------------------------------------- route
+
+
+def _refusal(error: DomainError, status: int) -> Response:
+    extensions: dict[str, Any] = {"code": error.code.value, "messageEn": error.message_en}
+    if status == 401:
+        # As on /graphql: the code stays UNAUTHENTICATED (clients drop the token), the reason says why.
+        reason = getattr(error, "reason", error.code)
+        extensions["code"] = ErrorCode.UNAUTHENTICATED.value
+        extensions["reason"] = reason.value if isinstance(reason, ErrorCode) else str(reason)
+    if error.field:
+        extensions["field"] = error.field
+    return JSONResponse({"errors": [{"message": error.message, "extensions": extensions}]}, status)
+
+
+def routes(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> list[Route]:
+    policy = AuthPolicy.from_settings(settings)
+    tz = settings.tz
+
+    async def caller(request: Request, params: Mapping[str, str]) -> Principal:
+        now = utcnow()
+        authorization = request.headers.get("authorization")
+        async with sessions() as session:
+            if authorization:
+                scheme, _, token = authorization.partition(" ")
+                if scheme.lower() != "bearer" or not token.strip():
+                    raise TokenInvalid("Authorization 须为 Bearer 令牌", "Authorization must be a Bearer token")
+                return await authenticate(session, token=token.strip(), now=now, policy=policy)
+            signed = params.get("token")
+            if not signed:
+                raise NotAuthenticated()
+            kind, principal_id = verify_download_token(signed, secret=policy.secret, params=params, now=now)
+            principal = await load_principal(session, kind=kind, principal_id=principal_id)
+            if principal is None:
+                raise TokenRevoked()
+            return principal
+
+    async def audit_log_xlsx(request: Request) -> Response:
+        params = dict(request.query_params)
+        ip = request.client.host if request.client else None
+        try:
+            principal = await caller(request, params)
+        except DomainError as refusal:
+            return _refusal(refusal, 401)
+        if not principal.has(EXPORT_PERMISSION):
+            async with sessions() as session, session.begin():
+                await record_operation(
+                    session, at=utcnow(), actor=principal, module="audit", action="exportAuditLog",
+                    summary=f"导出操作日志: 拒绝 (缺少权限 {EXPORT_PERMISSION})", payload=_logged(params),
+                    success=False, ip=ip, request_id=request_id_var.get(),
+                )
+            return _refusal(Forbidden(), 403)
+        try:
+            export_filter = ExportFilter.from_params(params)
+        except DomainError as refusal:
+            return _refusal(refusal, 400)
+
+        descriptor, path = tempfile.mkstemp(prefix="shuiwu-audit-", suffix=".xlsx")
+        os.close(descriptor)
+        try:
+            async with sessions() as session:
+                rows = await build_export(session, export_filter=export_filter, path=path, tz=tz)
+            now = utcnow()
+            async with sessions() as session, session.begin():
+                await record_operation(
+                    session, at=now, actor=principal, module="audit", action="exportAuditLog",
+                    summary="导出操作日志: 成功", payload={**_logged(params), "rows": rows},
+                    success=True, ip=ip, request_id=request_id_var.get(),
+                )
+        except BaseException:
+            os.unlink(path)
+            raise
+        return FileResponse(
+            path,
+            media_type=XLSX_MEDIA_TYPE,
+            filename=f"audit-log-{now.astimezone(tz):%Y%m%d}.xlsx",
+            headers={"Cache-Control": "no-store"},
+            background=BackgroundTask(os.unlink, path),
+        )
+
+    return [Route(EXPORT_PATH, audit_log_xlsx, methods=["GET"])]
+
+
+def _logged(params: Mapping[str, str]) -> dict[str, str]:
+    """The filter as the audit payload records it (never the download token)."""
+    return {key: value for key, value in params.items() if key != "token"}

@@ -1,0 +1,205 @@
+"""The job worker behind ``shuiwu jobs`` (DESIGN.md, "Background jobs").
+
+PgQueuer does the queueing: claiming with SKIP LOCKED, cron schedules, retries with
+backoff and re-queueing a crashed worker's jobs. This module registers what it runs:
+
+- one entrypoint per event handler (``event:<kind>:<handler>``), fed by the relay that
+  runs in the same process (``backend.events.relay``); each job loads its event by id and
+  runs the handler in a SQLAlchemy transaction of its own;
+- the scheduled jobs, each a service call in its own transaction with ``now`` from the
+  injected clock.
+
+Any number of workers may run against one database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+
+import asyncpg
+from pgqueuer import DatabaseRetryEntrypointExecutor, Job, PgQueuer
+from pgqueuer.core.executors import AbstractEntrypointExecutor, EntrypointExecutorParameters
+from pgqueuer.models import Schedule
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.auth import service as auth_service
+from backend.clock import Clock, utcnow
+from backend.db import create_engine, session_factory, transaction
+from backend.events.handlers import load_handlers
+from backend.events.listener import CONNECTION_ERRORS, Backoff, connect, wait_any
+from backend.events.relay import event_id_of, run_relay
+from backend.events.service import HandlerRegistry, Subscription, load_event
+from backend.observability import JOBS
+from backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SessionFactory = async_sessionmaker[AsyncSession]
+
+# Scheduled jobs: (entrypoint, cron expression). Minutes off the hour spread the load.
+PURGE_EXPIRED_AUTH = ("purge_expired_auth", "7 * * * *")
+
+# A failing handler is retried with backoff this many times, then held as failed
+# (status 'failed' in the pgqueuer table) for someone to look at and re-queue.
+HANDLER_MAX_ATTEMPTS = 5
+
+
+# --------------------------------------------------------------------------- the jobs
+
+
+async def run_event_handler(factory: SessionFactory, subscription: Subscription, event_id: int) -> bool:
+    """Run one handler for one event in a transaction of its own; False if the event is gone."""
+    async with transaction(factory) as session:
+        event = await load_event(session, event_id)
+        if event is None:
+            log.warning("%s: event %d no longer exists", subscription.entrypoint, event_id)
+            return False
+        await subscription.handler(session, event)
+    return True
+
+
+async def purge_expired_auth(factory: SessionFactory, *, now: datetime) -> int:
+    """Delete expired login sessions and one-time codes; return how many rows went."""
+    async with transaction(factory) as session:
+        purged = await auth_service.purge_expired(session, now=now)
+    log.info("purged %d expired auth rows", purged)
+    return purged
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+async def _counted(entrypoint: str, work: Awaitable[object]) -> None:
+    try:
+        await work
+    except Exception:
+        JOBS.labels(entrypoint, "error").inc()
+        raise
+    JOBS.labels(entrypoint, "ok").inc()
+
+
+def _retrying(parameters: EntrypointExecutorParameters) -> AbstractEntrypointExecutor:
+    return DatabaseRetryEntrypointExecutor(parameters, max_attempts=HANDLER_MAX_ATTEMPTS)
+
+
+def _event_job(factory: SessionFactory, subscription: Subscription) -> Callable[[Job], Awaitable[None]]:
+    async def event_job(job: Job) -> None:
+        await _counted(subscription.entrypoint, run_event_handler(factory, subscription, event_id_of(job.payload)))
+
+    return event_job
+
+
+def build_queuer(
+    connection: asyncpg.Connection, factory: SessionFactory, *, handlers: HandlerRegistry, clock: Clock = utcnow
+) -> PgQueuer:
+    """PgQueuer on ``connection`` with every event handler and scheduled job registered."""
+    queuer = PgQueuer.from_asyncpg_connection(connection)
+    for subscription in handlers:
+        queuer.entrypoint(subscription.entrypoint, on_failure="hold", executor_factory=_retrying)(
+            _event_job(factory, subscription)
+        )
+
+    entrypoint, expression = PURGE_EXPIRED_AUTH
+
+    @queuer.schedule(entrypoint, expression)
+    async def purge_expired_auth_job(schedule: Schedule) -> None:
+        await _counted(entrypoint, purge_expired_auth(factory, now=clock()))
+
+    return queuer
+
+
+async def run_worker(
+    settings: Settings,
+    database_url: str,
+    *,
+    stop: asyncio.Event | None = None,
+    handlers: HandlerRegistry | None = None,
+    clock: Clock = utcnow,
+    relay_sweep_interval: float = 30.0,
+    dequeue_timeout: timedelta = timedelta(seconds=30),
+    backoff: Backoff | None = None,
+) -> None:
+    """Run jobs and relay events until ``stop`` is set (or the task is cancelled).
+
+    ``database_url`` is the resolved URL (the CLI starts the embedded server when
+    ``SHUIWU_DATABASE_URL`` is absent); the schema must be migrated (PgQueuer's tables
+    come with migration 0002). ``handlers`` defaults to the process-wide registry after
+    importing every handler module. A lost database connection restarts the worker's
+    loops after a backoff; any other error ends it.
+    """
+    stop = stop or asyncio.Event()
+    handlers = handlers if handlers is not None else load_handlers()
+    backoff = backoff or Backoff()
+    engine = create_engine(database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
+    factory = session_factory(engine)
+    log.info("job worker starting: %d event handlers", len(handlers))
+    try:
+        while not stop.is_set():
+            try:
+                await _serve(
+                    database_url,
+                    factory,
+                    stop=stop,
+                    handlers=handlers,
+                    clock=clock,
+                    relay_sweep_interval=relay_sweep_interval,
+                    dequeue_timeout=dequeue_timeout,
+                    backoff=backoff,
+                )
+            except* CONNECTION_ERRORS as lost:
+                delay = backoff.next_delay()
+                log.warning("job worker lost the database (%s); restarting in %.1fs", lost.exceptions[0], delay)
+                await wait_any(stop, seconds=delay)
+    finally:
+        await engine.dispose()
+        log.info("job worker stopped")
+
+
+async def _serve(
+    database_url: str,
+    factory: SessionFactory,
+    *,
+    stop: asyncio.Event,
+    handlers: HandlerRegistry,
+    clock: Clock,
+    relay_sweep_interval: float,
+    dequeue_timeout: timedelta,
+    backoff: Backoff,
+) -> None:
+    """One run of PgQueuer and the relay, until ``stop`` or until either of them ends."""
+    connection = await connect(database_url, application_name="shuiwu-jobs")
+    backoff.reset()
+    # Set when this run is over: on stop, or when PgQueuer returns or fails.
+    over = asyncio.Event()
+    # PgQueuer only notices a dead connection at its next query, up to dequeue_timeout later.
+    connection.add_termination_listener(lambda _: over.set())
+    try:
+        queuer = build_queuer(connection, factory, handlers=handlers, clock=clock)
+
+        async def take_jobs() -> None:
+            try:
+                await queuer.run(dequeue_timeout=dequeue_timeout)
+            finally:
+                over.set()
+
+        async def end_on_stop() -> None:
+            await wait_any(stop, over)
+            over.set()
+            queuer.shutdown.set()
+
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(take_jobs(), name="jobs")
+            tasks.create_task(end_on_stop(), name="jobs-stop")
+            tasks.create_task(
+                run_relay(database_url, stop=over, handlers=handlers, sweep_interval=relay_sweep_interval),
+                name="event-relay",
+            )
+        if connection.is_closed() and not stop.is_set():
+            raise ConnectionError("the job worker's connection closed")
+    finally:
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            await asyncio.wait_for(connection.close(), 2)

@@ -1,0 +1,217 @@
+"""Staff password login and the per-username lockout (backend/auth/service.py)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.auth import errors
+from backend.auth import service as auth
+from backend.auth.models import PrincipalKind
+from backend.auth.service import StaffUserChanges
+from tests.auth.support import NOW, POLICY, log_in, row_count
+from tests.factories import ROOT, make_area_tree, make_staff
+
+
+async def fail_login(session: AsyncSession, username: str, *, now: datetime) -> int:
+    """Count a refused login, as the login mutation does after an InvalidCredentials.
+
+    (The refusal itself is pinned once below; hashing a wrong password per failure would
+    cost ~0.1 s each.)"""
+    return await auth.record_login_failure(session, username=username, now=now, policy=POLICY)
+
+
+async def locked_until(session: AsyncSession, username: str) -> datetime | None:
+    row = await session.execute(text("SELECT locked_until FROM login_failures WHERE username = :u"), {"u": username})
+    value: datetime | None = row.scalar_one()
+    return value
+
+
+async def counted_failures(session: AsyncSession, username: str) -> int | None:
+    row = await session.execute(text("SELECT failures FROM login_failures WHERE username = :u"), {"u": username})
+    value: int | None = row.scalar_one_or_none()
+    return value
+
+
+async def test_right_password_gives_tokens_whose_access_token_authenticates_to_the_same_principal(
+    session: AsyncSession,
+) -> None:
+    tree = await make_area_tree(session)
+    staff = await make_staff(session, permissions={"readings:read", "bills:read"}, areas=[tree.east])
+
+    pair = await log_in(session, staff)
+
+    assert pair.principal.kind is PrincipalKind.staff
+    assert pair.principal.id == staff.user.id
+    assert pair.principal.permissions == frozenset({"readings:read", "bills:read"})
+    assert pair.principal.scope_paths == (tree.east.path,)
+    assert pair.access_expires_at == NOW + timedelta(seconds=POLICY.access_ttl_s)
+    assert pair.refresh_token is not None
+    assert pair.refresh_expires_at == NOW + timedelta(seconds=POLICY.refresh_ttl_s)
+    authenticated = await auth.authenticate(
+        session, token=pair.access_token, now=NOW + timedelta(minutes=1), policy=POLICY
+    )
+    assert authenticated == pair.principal
+    assert authenticated.session_id is not None
+    assert staff.user.last_login_at == NOW
+
+
+async def test_login_trims_the_username(session: AsyncSession) -> None:
+    staff = await make_staff(session)
+
+    pair = await auth.login_staff(
+        session, username=f"  {staff.username} ", password=staff.password, now=NOW, policy=POLICY
+    )
+
+    assert pair.principal.id == staff.user.id
+
+
+async def test_unknown_user_and_wrong_password_get_the_same_refusal_and_open_no_session(
+    session: AsyncSession,
+) -> None:
+    staff = await make_staff(session)
+    sessions_before = await row_count(session, "auth_sessions")
+
+    with pytest.raises(errors.InvalidCredentials) as unknown:
+        await auth.login_staff(session, username="nobody-here", password=staff.password, now=NOW, policy=POLICY)
+    with pytest.raises(errors.InvalidCredentials) as wrong:
+        await auth.login_staff(session, username=staff.username, password="Wrong-passw0rd", now=NOW, policy=POLICY)
+
+    assert (unknown.value.message, unknown.value.field) == (wrong.value.message, wrong.value.field)
+    assert wrong.value.field is None
+    assert await row_count(session, "auth_sessions") == sessions_before
+
+
+async def test_a_wrong_password_counts_one_failure_against_the_username(session: AsyncSession) -> None:
+    staff = await make_staff(session)
+
+    with pytest.raises(errors.InvalidCredentials):
+        await auth.login_staff(session, username=staff.username, password="Wrong-passw0rd", now=NOW, policy=POLICY)
+    counted = await auth.record_login_failure(session, username=staff.username, now=NOW, policy=POLICY)
+
+    assert counted == 1
+    assert await counted_failures(session, staff.username) == 1
+    assert await locked_until(session, staff.username) is None
+
+
+async def test_fourth_wrong_password_does_not_lock(session: AsyncSession) -> None:
+    staff = await make_staff(session)
+
+    counts = [await fail_login(session, staff.username, now=NOW + timedelta(minutes=m)) for m in range(4)]
+
+    assert counts == [1, 2, 3, 4]
+    assert await locked_until(session, staff.username) is None
+    pair = await log_in(session, staff, now=NOW + timedelta(minutes=4))
+    assert pair.principal.id == staff.user.id
+
+
+async def test_fifth_wrong_password_locks_the_username_for_fifteen_minutes(session: AsyncSession) -> None:
+    staff = await make_staff(session)
+    fifth_at = NOW + timedelta(minutes=4)
+
+    counts = [await fail_login(session, staff.username, now=NOW + timedelta(minutes=m)) for m in range(5)]
+
+    assert counts == [1, 2, 3, 4, 5]
+    assert await locked_until(session, staff.username) == fifth_at + timedelta(minutes=15)
+    with pytest.raises(errors.AccountLocked):
+        await log_in(session, staff, now=fifth_at)
+    with pytest.raises(errors.AccountLocked):
+        await log_in(session, staff, now=fifth_at + timedelta(minutes=15) - timedelta(seconds=1))
+
+
+async def test_failures_of_an_unknown_username_lock_it_too(session: AsyncSession) -> None:
+    for m in range(5):
+        await fail_login(session, "ghost-user", now=NOW + timedelta(minutes=m))
+
+    with pytest.raises(errors.AccountLocked):
+        await auth.login_staff(
+            session, username="ghost-user", password="Wrong-passw0rd", now=NOW + timedelta(minutes=5), policy=POLICY
+        )
+
+
+async def test_login_succeeds_once_the_lock_ends_and_clears_the_count(session: AsyncSession) -> None:
+    staff = await make_staff(session)
+    for m in range(5):
+        await fail_login(session, staff.username, now=NOW + timedelta(minutes=m))
+    lock_ends = NOW + timedelta(minutes=4 + 15)
+
+    pair = await log_in(session, staff, now=lock_ends)
+
+    assert pair.principal.id == staff.user.id
+    assert await fail_login(session, staff.username, now=lock_ends + timedelta(minutes=1)) == 1
+
+
+async def test_a_failure_after_the_lock_ends_restarts_the_count(session: AsyncSession) -> None:
+    staff = await make_staff(session)
+    for m in range(5):
+        await fail_login(session, staff.username, now=NOW + timedelta(minutes=m))
+    lock_ends = NOW + timedelta(minutes=4 + 15)
+
+    counted = await fail_login(session, staff.username, now=lock_ends)
+
+    assert counted == 1
+    pair = await log_in(session, staff, now=lock_ends)
+    assert pair.principal.id == staff.user.id
+
+
+async def test_five_failures_after_a_lock_ran_out_lock_the_name_again(session: AsyncSession) -> None:
+    staff = await make_staff(session)
+    for m in range(5):
+        await fail_login(session, staff.username, now=NOW + timedelta(minutes=m))
+    lock_ends = NOW + timedelta(minutes=4 + 15)
+
+    counts = [await fail_login(session, staff.username, now=lock_ends + timedelta(minutes=m)) for m in range(5)]
+
+    assert counts == [1, 2, 3, 4, 5]
+    with pytest.raises(errors.AccountLocked):
+        await log_in(session, staff, now=lock_ends + timedelta(minutes=5))
+
+
+async def test_a_failure_older_than_the_window_starts_a_new_count(session: AsyncSession) -> None:
+    staff = await make_staff(session)
+    for m in range(4):
+        await fail_login(session, staff.username, now=NOW + timedelta(minutes=m))
+
+    counted = await fail_login(session, staff.username, now=NOW + timedelta(minutes=3 + 15, seconds=1))
+
+    assert counted == 1
+    assert await locked_until(session, staff.username) is None
+
+
+async def test_a_successful_login_clears_earlier_failures(session: AsyncSession) -> None:
+    staff = await make_staff(session)
+    for m in range(4):
+        await fail_login(session, staff.username, now=NOW + timedelta(minutes=m))
+
+    await log_in(session, staff, now=NOW + timedelta(minutes=4))
+
+    assert await counted_failures(session, staff.username) is None
+    assert await fail_login(session, staff.username, now=NOW + timedelta(minutes=5)) == 1
+
+
+async def test_inactive_user_is_refused_with_the_right_password(session: AsyncSession) -> None:
+    staff = await make_staff(session)
+    assert staff.user.id is not None
+    await auth.update_staff_user(
+        session, actor=ROOT, user_id=staff.user.id, changes=StaffUserChanges(is_active=False), now=NOW
+    )
+    sessions_before = await row_count(session, "auth_sessions")
+
+    with pytest.raises(errors.AccountInactive):
+        await log_in(session, staff, now=NOW + timedelta(minutes=1))
+
+    assert await row_count(session, "auth_sessions") == sessions_before
+
+
+async def test_inactive_user_with_a_wrong_password_learns_nothing_about_the_account(session: AsyncSession) -> None:
+    staff = await make_staff(session)
+    assert staff.user.id is not None
+    await auth.update_staff_user(
+        session, actor=ROOT, user_id=staff.user.id, changes=StaffUserChanges(is_active=False), now=NOW
+    )
+
+    with pytest.raises(errors.InvalidCredentials):
+        await auth.login_staff(session, username=staff.username, password="Wrong-passw0rd", now=NOW, policy=POLICY)

@@ -1,0 +1,294 @@
+"""Residents: SMS login codes, registration on first login, and binding households."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.auth import errors
+from backend.auth import service as auth
+from backend.auth.catalog import RESIDENT_PERMISSIONS
+from backend.auth.models import PrincipalKind
+from backend.auth.principal import Principal
+from backend.auth.service import TokenPair
+from backend.errors import DomainError, ErrorCode, Forbidden, NotFound
+from tests.auth.support import NOW, POLICY, FakeSms, row_count, row_counts
+from tests.factories import make_area_tree, make_household, make_staff
+
+PHONE = "13812345678"
+
+
+async def send_code(session: AsyncSession, sms: FakeSms, *, phone: str = PHONE, now: datetime = NOW) -> str:
+    await auth.request_login_code(session, phone=phone, now=now, policy=POLICY, sender=sms)
+    return sms.last_code
+
+
+async def log_in_resident(session: AsyncSession, *, phone: str = PHONE, now: datetime = NOW) -> TokenPair:
+    sms = FakeSms()
+    code = await send_code(session, sms, phone=phone, now=now)
+    return await auth.login_resident(session, phone=phone, code=code, now=now, policy=POLICY)
+
+
+def wrong(code: str) -> str:
+    return f"{(int(code) + 1) % 1_000_000:06d}"
+
+
+async def reloaded(session: AsyncSession, resident: Principal) -> Principal:
+    principal = await auth.load_principal(session, kind=PrincipalKind.resident, principal_id=resident.id)
+    assert principal is not None
+    return principal
+
+
+# --------------------------------------------------------------------------- login codes
+
+
+async def test_request_login_code_sends_six_digits_and_stores_only_a_hash(session: AsyncSession) -> None:
+    sms = FakeSms()
+
+    expires_at = await auth.request_login_code(session, phone=f" {PHONE} ", now=NOW, policy=POLICY, sender=sms)
+
+    assert expires_at == NOW + timedelta(seconds=POLICY.otp_ttl_s)
+    assert len(sms.sent) == 1
+    phone, code = sms.sent[0]
+    assert phone == PHONE
+    assert len(code) == 6
+    assert code.isdigit()
+    assert await row_count(session, "one_time_codes") >= 1
+
+
+@pytest.mark.parametrize("phone", ["1381234567", "138123456789", "12812345678", "+8613812345678", "138-1234-5678", ""])
+async def test_request_login_code_refuses_a_malformed_mobile_number(session: AsyncSession, phone: str) -> None:
+    sms = FakeSms()
+    before = await row_count(session, "one_time_codes")
+
+    with pytest.raises(DomainError) as refused:
+        await auth.request_login_code(session, phone=phone, now=NOW, policy=POLICY, sender=sms)
+
+    assert (refused.value.code, refused.value.field) == (ErrorCode.INVALID, "phone")
+    assert sms.sent == []
+    assert await row_count(session, "one_time_codes") == before
+
+
+async def test_a_second_code_within_sixty_seconds_is_refused(session: AsyncSession) -> None:
+    sms = FakeSms()
+    await send_code(session, sms)
+
+    with pytest.raises(errors.CodeRateLimited) as refused:
+        await auth.request_login_code(
+            session, phone=PHONE, now=NOW + timedelta(seconds=59), policy=POLICY, sender=sms
+        )
+
+    assert refused.value.field == "phone"
+    assert len(sms.sent) == 1
+
+
+async def test_a_code_may_be_requested_again_after_sixty_seconds_and_for_another_phone(session: AsyncSession) -> None:
+    sms = FakeSms()
+    await send_code(session, sms)
+
+    await send_code(session, sms, phone="13900000000", now=NOW + timedelta(seconds=1))
+    await send_code(session, sms, now=NOW + timedelta(seconds=60))
+
+    assert [phone for phone, _ in sms.sent] == [PHONE, "13900000000", PHONE]
+
+
+async def test_the_right_code_logs_the_resident_in_and_registers_them(session: AsyncSession) -> None:
+    sms = FakeSms()
+    code = await send_code(session, sms)
+    residents_before = await row_count(session, "residents")
+
+    pair = await auth.login_resident(session, phone=PHONE, code=code, now=NOW + timedelta(minutes=1), policy=POLICY)
+
+    assert await row_count(session, "residents") == residents_before + 1
+    assert pair.principal.kind is PrincipalKind.resident
+    assert pair.principal.name == PHONE
+    assert pair.principal.permissions == RESIDENT_PERMISSIONS
+    assert pair.principal.household_ids == ()
+    assert pair.refresh_token is not None
+    authenticated = await auth.authenticate(
+        session, token=pair.access_token, now=NOW + timedelta(minutes=2), policy=POLICY
+    )
+    assert authenticated == pair.principal
+
+
+async def test_a_code_cannot_be_used_twice(session: AsyncSession) -> None:
+    sms = FakeSms()
+    code = await send_code(session, sms)
+    await auth.login_resident(session, phone=PHONE, code=code, now=NOW, policy=POLICY)
+
+    with pytest.raises(errors.InvalidCode) as refused:
+        await auth.login_resident(session, phone=PHONE, code=code, now=NOW + timedelta(seconds=5), policy=POLICY)
+
+    assert refused.value.field == "code"
+
+
+async def test_a_returning_resident_is_the_same_resident(session: AsyncSession) -> None:
+    first = await log_in_resident(session)
+    residents_before = await row_count(session, "residents")
+
+    second = await log_in_resident(session, now=NOW + timedelta(minutes=5))
+
+    assert second.principal.id == first.principal.id
+    assert await row_count(session, "residents") == residents_before
+
+
+async def test_a_wrong_code_is_refused_and_opens_no_session(session: AsyncSession) -> None:
+    sms = FakeSms()
+    code = await send_code(session, sms)
+    before = await row_counts(session, "residents", "auth_sessions")
+
+    with pytest.raises(errors.InvalidCode) as refused:
+        await auth.login_resident(session, phone=PHONE, code=wrong(code), now=NOW, policy=POLICY)
+
+    assert refused.value.field == "code"
+    assert await row_counts(session, "residents", "auth_sessions") == before
+
+
+async def test_four_wrong_codes_still_leave_the_right_code_usable(session: AsyncSession) -> None:
+    sms = FakeSms()
+    code = await send_code(session, sms)
+    for _ in range(4):
+        await auth.count_code_attempt(session, phone=PHONE, now=NOW)
+
+    pair = await auth.login_resident(session, phone=PHONE, code=code, now=NOW, policy=POLICY)
+
+    assert pair.principal.kind is PrincipalKind.resident
+
+
+async def test_five_wrong_codes_kill_the_code_even_for_the_right_code(session: AsyncSession) -> None:
+    sms = FakeSms()
+    code = await send_code(session, sms)
+    for _ in range(5):
+        with pytest.raises(errors.InvalidCode):
+            await auth.login_resident(session, phone=PHONE, code=wrong(code), now=NOW, policy=POLICY)
+        await auth.count_code_attempt(session, phone=PHONE, now=NOW)
+
+    with pytest.raises(errors.InvalidCode):
+        await auth.login_resident(session, phone=PHONE, code=code, now=NOW, policy=POLICY)
+
+
+async def test_an_expired_code_is_refused(session: AsyncSession) -> None:
+    sms = FakeSms()
+    code = await send_code(session, sms)
+
+    with pytest.raises(errors.InvalidCode):
+        await auth.login_resident(
+            session, phone=PHONE, code=code, now=NOW + timedelta(seconds=POLICY.otp_ttl_s), policy=POLICY
+        )
+
+
+async def test_only_the_latest_code_works(session: AsyncSession) -> None:
+    sms = FakeSms()
+    older = await send_code(session, sms)
+    newer = await send_code(session, sms, now=NOW + timedelta(seconds=60))
+    later = NOW + timedelta(seconds=61)
+
+    if older != newer:  # one in a million they coincide
+        with pytest.raises(errors.InvalidCode):
+            await auth.login_resident(session, phone=PHONE, code=older, now=later, policy=POLICY)
+    pair = await auth.login_resident(session, phone=PHONE, code=newer, now=later, policy=POLICY)
+    assert pair.principal.kind is PrincipalKind.resident
+
+
+async def test_a_code_sent_to_one_phone_does_not_log_in_another(session: AsyncSession) -> None:
+    sms = FakeSms()
+    code = await send_code(session, sms)
+    await send_code(session, sms, phone="13900000000")
+
+    with pytest.raises(errors.InvalidCode):
+        await auth.login_resident(session, phone="13900000000", code=code, now=NOW, policy=POLICY)
+
+
+# --------------------------------------------------------------------------- households
+
+
+async def test_binding_with_the_right_account_number_and_name_binds_the_household(session: AsyncSession) -> None:
+    tree = await make_area_tree(session)
+    household = await make_household(session, area=tree.east_community, name="张伟")
+    resident = (await log_in_resident(session)).principal
+
+    bound = await auth.bind_household(session, resident=resident, account_no=f" {household.account_no} ", name=" 张伟 ")
+
+    assert bound.id == household.id
+    assert (await reloaded(session, resident)).household_ids == (household.id,)
+
+
+async def test_a_wrong_name_and_an_unknown_account_get_the_same_refusal(session: AsyncSession) -> None:
+    tree = await make_area_tree(session)
+    household = await make_household(session, area=tree.east_community, name="张伟")
+    resident = (await log_in_resident(session)).principal
+    before = await row_count(session, "resident_households")
+
+    with pytest.raises(errors.HouseholdMismatch) as wrong_name:
+        await auth.bind_household(session, resident=resident, account_no=household.account_no, name="张三")
+    with pytest.raises(errors.HouseholdMismatch) as unknown_account:
+        await auth.bind_household(session, resident=resident, account_no="no-such-account", name="张伟")
+
+    assert (wrong_name.value.field, wrong_name.value.message) == (unknown_account.value.field, unknown_account.value.message)
+    assert wrong_name.value.field == "accountNo"
+    assert await row_count(session, "resident_households") == before
+
+
+async def test_binding_a_household_twice_is_refused(session: AsyncSession) -> None:
+    tree = await make_area_tree(session)
+    household = await make_household(session, area=tree.east_community)
+    resident = (await log_in_resident(session)).principal
+    await auth.bind_household(session, resident=resident, account_no=household.account_no, name=household.name)
+
+    with pytest.raises(errors.AlreadyBound) as refused:
+        await auth.bind_household(
+            session, resident=await reloaded(session, resident), account_no=household.account_no, name=household.name
+        )
+
+    assert refused.value.field == "accountNo"
+
+
+async def test_two_residents_may_bind_the_same_household(session: AsyncSession) -> None:
+    tree = await make_area_tree(session)
+    household = await make_household(session, area=tree.east_community)
+    first = (await log_in_resident(session)).principal
+    second = (await log_in_resident(session, phone="13900000000")).principal
+
+    for resident in (first, second):
+        await auth.bind_household(session, resident=resident, account_no=household.account_no, name=household.name)
+
+    assert (await reloaded(session, first)).household_ids == (household.id,)
+    assert (await reloaded(session, second)).household_ids == (household.id,)
+
+
+async def test_staff_cannot_bind_a_household(session: AsyncSession) -> None:
+    tree = await make_area_tree(session)
+    household = await make_household(session, area=tree.east_community)
+    staff = await make_staff(session)
+
+    with pytest.raises(Forbidden):
+        await auth.bind_household(session, resident=staff.principal, account_no=household.account_no, name=household.name)
+
+
+async def test_unbinding_ones_household_removes_it(session: AsyncSession) -> None:
+    tree = await make_area_tree(session)
+    household = await make_household(session, area=tree.east_community)
+    resident = (await log_in_resident(session)).principal
+    await auth.bind_household(session, resident=resident, account_no=household.account_no, name=household.name)
+
+    await auth.unbind_household(session, resident=await reloaded(session, resident), household_id=household.id or 0)
+
+    assert (await reloaded(session, resident)).household_ids == ()
+
+
+async def test_unbinding_a_household_that_is_not_yours_is_not_found(session: AsyncSession) -> None:
+    tree = await make_area_tree(session)
+    household = await make_household(session, area=tree.east_community)
+    owner = (await log_in_resident(session)).principal
+    await auth.bind_household(session, resident=owner, account_no=household.account_no, name=household.name)
+    stranger = (await log_in_resident(session, phone="13900000000")).principal
+    before = await row_count(session, "resident_households")
+
+    with pytest.raises(NotFound) as refused:
+        await auth.unbind_household(session, resident=stranger, household_id=household.id or 0)
+
+    assert refused.value.field == "householdId"
+    assert await row_count(session, "resident_households") == before
+    assert (await reloaded(session, owner)).household_ids == (household.id,)

@@ -1,0 +1,110 @@
+"""The per-process event listener: LISTEN as a wake-up, events read by id from the table."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.events.listener import Backoff, EventListener, EventStream, ListenerLaggedError
+from backend.events.service import Event, emit_event
+from tests.events.factories import committing_sessions, emit_committed, raw_connection
+
+WAIT = 2.0  # seconds: the bound on any NOTIFY round trip in these tests
+
+
+async def next_event(stream: EventStream) -> Event:
+    async with asyncio.timeout(WAIT):
+        return await anext(stream)
+
+
+@pytest.fixture(scope="module")
+async def factory(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    async with committing_sessions(database_url) as sessions:
+        yield sessions
+
+
+async def test_a_listener_receives_an_event_committed_after_it_started(
+    database_url: str, factory: async_sessionmaker[AsyncSession]
+) -> None:
+    async with EventListener(database_url) as listener:
+        stream = listener.subscribe()
+        await asyncio.wait_for(listener.wait_connected(), WAIT)
+
+        event_id = await emit_committed(factory, "payment.succeeded", {"payment_id": 5}, key="account:1")
+
+        event = await next_event(stream)
+        assert (event.id, event.kind, event.key, event.payload) == (
+            event_id,
+            "payment.succeeded",
+            "account:1",
+            {"payment_id": 5},
+        )
+
+
+async def test_a_listener_receives_an_event_committed_while_it_was_disconnected(
+    database_url: str, factory: async_sessionmaker[AsyncSession]
+) -> None:
+    async with EventListener(database_url, backoff=Backoff(initial=0.3)) as listener:
+        stream = listener.subscribe(kinds={"command.finished"})
+        await asyncio.wait_for(listener.wait_connected(), WAIT)
+        pid = listener.backend_pid
+
+        # When its connection is killed and an event commits before it reconnects:
+        async with raw_connection(database_url) as admin:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        await asyncio.wait_for(listener.wait_disconnected(), WAIT)
+        missed = await emit_committed(factory, "command.finished", {"command_id": 77})
+        assert not listener.connected
+
+        # Then it reads the event from the table once back.
+        event = await next_event(stream)
+        assert event.id == missed
+        assert listener.connections == 2
+
+
+async def test_a_listener_started_later_reads_events_committed_while_nobody_listened(
+    database_url: str, factory: async_sessionmaker[AsyncSession]
+) -> None:
+    async with raw_connection(database_url) as connection:
+        last = await connection.fetchval("SELECT max(id) FROM domain_events") or 0
+    first = await emit_committed(factory, "alarm.opened", {"meter_id": 1})
+    second = await emit_committed(factory, "alarm.closed", {"meter_id": 1})
+
+    async with EventListener(database_url, after=last) as listener:
+        stream = listener.subscribe()
+        assert [(await next_event(stream)).id, (await next_event(stream)).id] == [first, second]
+
+
+async def test_an_event_whose_transaction_commits_after_a_later_one_is_still_delivered(
+    database_url: str, factory: async_sessionmaker[AsyncSession]
+) -> None:
+    async with EventListener(database_url) as listener:
+        stream = listener.subscribe()
+        await asyncio.wait_for(listener.wait_connected(), WAIT)
+
+        async with factory() as slow, slow.begin():
+            earlier = await emit_event(slow, "bill.issued", {"bill_id": 1})
+            later = await emit_committed(factory, "bill.issued", {"bill_id": 2})
+            assert (await next_event(stream)).id == later
+        # The slow transaction commits here, after the later id was read.
+
+        assert (await next_event(stream)).id == earlier
+
+
+async def test_a_consumer_that_falls_behind_is_told_so_instead_of_losing_events_silently(
+    database_url: str, factory: async_sessionmaker[AsyncSession]
+) -> None:
+    async with EventListener(database_url) as listener:
+        slow = listener.subscribe(maxsize=2)
+        await asyncio.wait_for(listener.wait_connected(), WAIT)
+        async with factory() as session, session.begin():
+            for n in range(3):
+                await emit_event(session, "notice.published", {"notice_id": n})
+
+        await next_event(slow)
+        await next_event(slow)
+        with pytest.raises(ListenerLaggedError):
+            await next_event(slow)
