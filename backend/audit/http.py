@@ -367,5 +367,6 @@ def routes(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> li
 
 
 def _logged(params: Mapping[str, str]) -> dict[str, str]:
-    """The filter as the audit payload records it (never the download token)."""
-    return {key: value for key, value in params.items() if key != "token"}
+    """The filter as the audit payload records it (never the download token; no NUL, which
+    PostgreSQL text cannot hold, from a refused caller's parameters)."""
+    return {key: value.replace("\x00", "") for key, value in params.items() if key != "token"}
