@@ -457,7 +457,10 @@ async def _validate_role(
     areas = await require_areas(session, area_ids)
     _check_grantable(actor, permissions, [a.path for a in areas.values()], field="permissions", area_field="areaIds")
     if parent_id is not None:
-        if parent_id == role_id:
+        if role_id is not None and (
+            await session.execute(_ANCESTORS, {"parent_id": parent_id, "role_id": role_id})
+        ).scalar_one():
+            # The new parent is the role itself or one of its descendants: a cycle.
             raise errors.RoleHierarchy(field="parentId")
         parent = await session.get(Role, parent_id)
         if parent is None:
@@ -468,6 +471,36 @@ async def _validate_role(
         if not permissions <= parent_permissions:
             raise errors.RoleHierarchy(field="permissions")
         if not all(any(a.path.startswith(p) for p in parent_paths) for a in areas.values()):
+            raise errors.RoleHierarchy(field="areaIds")
+    if role_id is not None:
+        await _check_children_fit(session, role_id=role_id, kind=kind, permissions=permissions,
+                                  paths=[a.path for a in areas.values()])
+
+
+_ANCESTORS = text(
+    """
+    WITH RECURSIVE up AS (
+        SELECT id, parent_id FROM roles WHERE id = :parent_id
+        UNION SELECT r.id, r.parent_id FROM roles r JOIN up ON r.id = up.parent_id
+    )
+    SELECT EXISTS (SELECT 1 FROM up WHERE id = :role_id)
+    """
+)
+
+
+async def _check_children_fit(
+    session: AsyncSession, *, role_id: int, kind: RoleKind, permissions: frozenset[str], paths: list[str]
+) -> None:
+    """A role never holds less than, nor ranks below, any of its child roles."""
+    children = (await session.execute(select(Role).where(Role.parent_id == role_id))).scalars().all()  # type: ignore[arg-type]
+    for child in children:
+        assert child.id is not None
+        child_permissions, child_paths = await _role_grants(session, [child.id])
+        if child.kind.rank < kind.rank:
+            raise errors.RoleHierarchy(field="kind")
+        if not child_permissions <= permissions:
+            raise errors.RoleHierarchy(field="permissions")
+        if not all(any(path.startswith(p) for p in paths) for path in child_paths):
             raise errors.RoleHierarchy(field="areaIds")
 
 
@@ -740,6 +773,7 @@ async def delete_staff_user(session: AsyncSession, *, actor: Principal, user_id:
         select(
             exists().where(AuditEntry.actor_kind == PrincipalKind.staff.value, AuditEntry.actor_id == user_id)  # type: ignore[arg-type]
             | exists().where(AuthSession.principal_kind == PrincipalKind.staff, AuthSession.principal_id == user_id)  # type: ignore[arg-type]
+            | exists().where(ApiClient.created_by == user_id)  # type: ignore[arg-type]
         )
     )
     if history.scalar_one():

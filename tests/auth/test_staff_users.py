@@ -239,6 +239,15 @@ async def test_a_user_who_has_logged_in_cannot_be_deleted(session: AsyncSession)
     assert await row_counts(session, *USER_TABLES) == before
 
 
+async def test_a_user_who_registered_an_api_client_cannot_be_deleted(session: AsyncSession) -> None:
+    staff = await make_staff(session, areas=[(await make_area_tree(session)).company])
+    assert staff.user.id is not None
+    await auth.create_api_client(session, actor=staff.principal, name="大屏", scopes=["areas:read"], area_ids=[])
+
+    with pytest.raises(errors.HasHistory):
+        await auth.delete_staff_user(session, actor=ROOT, user_id=staff.user.id)
+
+
 async def test_delete_of_an_unknown_user_is_not_found(session: AsyncSession) -> None:
     with pytest.raises(NotFound) as refused:
         await auth.delete_staff_user(session, actor=ROOT, user_id=10**12)
