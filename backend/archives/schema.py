@@ -15,8 +15,9 @@ from backend.archives import service
 from backend.archives.models import Area, AreaKind, Household
 from backend.auth.principal import Principal
 from backend.errors import NotFound
+from backend.graphql.fastpath import NOT_PREFETCHED
 from backend.graphql.loaders import SessionLoader
-from backend.graphql.pagination import Connection, PageRequest, paginate
+from backend.graphql.pagination import Connection, PageRequest, paginate_query, selects
 from backend.graphql.permissions import Requires, RequiresAny
 from backend.graphql.relay import Node, decode_id, encode_id, register_node
 
@@ -36,6 +37,8 @@ class AreaType(Node):
     pk: strawberry.Private[int]
     parent_pk: strawberry.Private[int | None]
     path: strawberry.Private[str]
+    # The parent as the list query fetched it (None: root or outside the scope).
+    parent_prefetched: strawberry.Private[Any] = NOT_PREFETCHED
 
     @classmethod
     def from_row(cls, area: Area) -> AreaType:
@@ -45,12 +48,32 @@ class AreaType(Node):
             pk=area.id, parent_pk=area.parent_id, path=area.path,
         )
 
+    @classmethod
+    def from_page_row(cls, row: Any, principal: Principal) -> AreaType:
+        """A row of :func:`service.area_page_statement`, parent included when visible."""
+        pk, name, kind, created_at, parent_pk, path, p_pk, p_name, p_kind, p_created_at, p_parent_pk, p_path = row
+        parent = None
+        if p_pk is not None and principal.in_scope(p_path):
+            parent = cls(
+                id=encode_id("Area", p_pk), name=p_name, kind=p_kind, created_at=p_created_at,
+                pk=p_pk, parent_pk=p_parent_pk, path=p_path,
+            )
+        return cls(
+            id=encode_id("Area", pk), name=name, kind=kind, created_at=created_at,
+            pk=pk, parent_pk=parent_pk, path=path, parent_prefetched=parent,
+        )
+
     @strawberry.field(description="Depth in the tree: 1 for the company.")
     def level(self) -> int:
         return self.path.count("/") - 1
 
-    @strawberry.field(description="The area above; null for the company or outside your scope.")
+    @strawberry.field(
+        description="The area above; null for the company or outside your scope.",
+        metadata={"prefetched": "parent_prefetched"},
+    )
     async def parent(self, info: Info) -> AreaType | None:
+        if self.parent_prefetched is not NOT_PREFETCHED:
+            return self.parent_prefetched  # type: ignore[no-any-return]
         if self.parent_pk is None:
             return None
         parent = await info.context.loader(AreaByIdLoader).load(self.parent_pk)
@@ -128,14 +151,16 @@ class Query:
         search: str | None = None,
     ) -> Connection[AreaType]:
         page = PageRequest.from_args(first, after, last, before)
-        statement = service.areas_statement(
-            scope_patterns=info.context.caller.scope_patterns(),
+        principal = info.context.caller
+        query = service.area_page_query(
+            scope_patterns=principal.scope_patterns(),
             parent_id=decode_id(parent_id, "Area", field="parentId") if parent_id else None,
             kind=kind,
             search=search,
         )
         async with info.context.read() as session:
-            return await paginate(session, statement, page, lambda row: AreaType.from_row(row[0]))
+            return await paginate_query(session, query, page, lambda row: AreaType.from_page_row(row, principal),
+                                        count=selects(info, "totalCount"))
 
     @strawberry.field(
         permission_classes=[RequiresAny("archives:read", "resident:self")],

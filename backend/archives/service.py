@@ -6,16 +6,18 @@ Data scope is a path-prefix match: ``areas.path LIKE ANY(:patterns)`` with the c
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Select, false, select, text
+from sqlalchemy import ARRAY, Select, Text, any_, bindparam, false, func, select, text
 from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.archives.errors import AreaKindOrder, DuplicateAccountNo
 from backend.archives.models import Area, AreaKind, Household
 from backend.auth.errors import UnknownArea
+from backend.pagination import PagedQuery
 
 _KIND_ORDER = list(AreaKind)
 
@@ -80,6 +82,61 @@ def areas_statement(
     if search:
         statement = statement.where(Area.name.contains(search, autoescape=True))  # type: ignore[attr-defined]
     return statement.order_by(Area.path)
+
+
+@functools.cache
+def _area_page_query(by_parent: bool, by_kind: bool, by_search: bool) -> tuple[Select[Any], Select[Any]]:
+    """The page and count statements for one combination of filters, built once.
+
+    Values come as bind parameters (``patterns``, ``parent_id``, ``kind``, ``search``,
+    ``_offset``, ``_limit``), so the statement objects, their cache keys and compiled SQL
+    are reused by every request.
+    """
+    # Table columns, not ORM attributes: plain Core rows, no ORM loading machinery per row.
+    area = Area.__table__.alias("a")  # type: ignore[attr-defined]
+    parent = Area.__table__.alias("p")  # type: ignore[attr-defined]
+    conditions = [area.c.path.like(any_(bindparam("patterns", type_=ARRAY(Text))))]
+    if by_parent:
+        conditions.append(area.c.parent_id == bindparam("parent_id"))
+    if by_kind:
+        conditions.append(area.c.kind == bindparam("kind"))
+    if by_search:
+        conditions.append(area.c.name.like(bindparam("search"), escape="\\"))
+    rows = (
+        select(
+            area.c.id, area.c.name, area.c.kind, area.c.created_at, area.c.parent_id, area.c.path,
+            parent.c.id.label("parent_pk"), parent.c.name.label("parent_name"), parent.c.kind.label("parent_kind"),
+            parent.c.created_at.label("parent_created_at"), parent.c.parent_id.label("parent_parent_id"),
+            parent.c.path.label("parent_path"),
+        )
+        .outerjoin(parent, parent.c.id == area.c.parent_id)
+        .where(*conditions)
+        .order_by(area.c.path)
+        .offset(bindparam("_offset"))
+        .limit(bindparam("_limit"))
+    )
+    count = select(func.count()).select_from(area).where(*conditions)
+    return rows, count
+
+
+def area_page_query(
+    *,
+    scope_patterns: Sequence[str],
+    parent_id: int | None = None,
+    kind: AreaKind | None = None,
+    search: str | None = None,
+) -> PagedQuery:
+    """Areas within the scope, filtered, in tree order, each row with its parent's columns
+    (``parent_*``, null for a root), so list screens show the parent without a second query."""
+    rows, count = _area_page_query(parent_id is not None, kind is not None, bool(search))
+    params: dict[str, Any] = {"patterns": list(scope_patterns)}
+    if parent_id is not None:
+        params["parent_id"] = parent_id
+    if kind is not None:
+        params["kind"] = kind
+    if search:
+        params["search"] = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return PagedQuery(rows=rows, count=count, params=params)
 
 
 async def create_household(session: AsyncSession, *, account_no: str, name: str, area_id: int) -> Household:

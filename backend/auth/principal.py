@@ -50,7 +50,7 @@ class Principal:
         return [path + "%" for path in self.scope_paths]
 
     def in_scope(self, area_path: str) -> bool:
-        return any(area_path.startswith(path) for path in self.scope_paths)
+        return area_path.startswith(self.scope_paths) if self.scope_paths else False
 
 
 def require_principal(principal: Principal | None) -> Principal:

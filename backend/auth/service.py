@@ -120,80 +120,87 @@ def minimal_paths(paths: Iterable[str]) -> tuple[str, ...]:
     return tuple(kept)
 
 
-_STAFF_PRINCIPAL = text(
-    """
-    SELECT u.id, u.full_name, u.is_active,
-           ARRAY(SELECT DISTINCT rp.permission FROM staff_user_roles ur
-                 JOIN role_permissions rp ON rp.role_id = ur.role_id WHERE ur.user_id = u.id) AS permissions,
-           ARRAY(SELECT DISTINCT a.path FROM staff_user_roles ur
-                 JOIN role_areas ra ON ra.role_id = ur.role_id
-                 JOIN areas a ON a.id = ra.area_id WHERE ur.user_id = u.id) AS paths
-    FROM staff_users u WHERE u.id = :principal_id
-    """
+# One statement per principal kind: the principal's current grants plus, when a login
+# session id is given, that session's state, so authenticating a request is one round trip.
+_SESSION_JOIN = (
+    "LEFT JOIN auth_sessions s ON s.id = CAST(:sid AS uuid) AND s.principal_kind = '{kind}' AND s.principal_id = {alias}.id"
 )
-_RESIDENT_PRINCIPAL = text(
-    """
-    SELECT r.id, r.phone AS full_name, true AS is_active,
-           ARRAY(SELECT rh.household_id FROM resident_households rh
-                 WHERE rh.resident_id = r.id ORDER BY rh.household_id) AS household_ids
-    FROM residents r WHERE r.id = :principal_id
-    """
-)
-_CLIENT_PRINCIPAL = text(
-    """
-    SELECT c.id, c.name AS full_name, c.is_active, c.scopes AS permissions, c.rate_per_minute,
-           ARRAY(SELECT a.path FROM api_client_areas ca JOIN areas a ON a.id = ca.area_id
-                 WHERE ca.api_client_id = c.id) AS paths
-    FROM api_clients c WHERE c.id = :principal_id
-    """
-)
-_SESSION_STATE = text("SELECT revoked_at, expires_at FROM auth_sessions WHERE id = :sid AND principal_kind = :kind AND principal_id = :pid")
+_PRINCIPAL_QUERIES = {
+    PrincipalKind.staff: text(
+        """
+        SELECT u.id, u.full_name AS name, u.is_active, s.revoked_at AS session_revoked_at, s.expires_at AS session_expires_at,
+               ARRAY(SELECT DISTINCT rp.permission FROM staff_user_roles ur
+                     JOIN role_permissions rp ON rp.role_id = ur.role_id WHERE ur.user_id = u.id) AS permissions,
+               ARRAY(SELECT DISTINCT a.path FROM staff_user_roles ur
+                     JOIN role_areas ra ON ra.role_id = ur.role_id
+                     JOIN areas a ON a.id = ra.area_id WHERE ur.user_id = u.id) AS paths
+        FROM staff_users u
+        """
+        + _SESSION_JOIN.format(kind="staff", alias="u")
+        + " WHERE u.id = :principal_id"
+    ),
+    PrincipalKind.resident: text(
+        """
+        SELECT r.id, r.phone AS name, true AS is_active, s.revoked_at AS session_revoked_at, s.expires_at AS session_expires_at,
+               ARRAY(SELECT rh.household_id FROM resident_households rh
+                     WHERE rh.resident_id = r.id ORDER BY rh.household_id) AS household_ids
+        FROM residents r
+        """
+        + _SESSION_JOIN.format(kind="resident", alias="r")
+        + " WHERE r.id = :principal_id"
+    ),
+    PrincipalKind.client: text(
+        """
+        SELECT c.id, c.name, c.is_active, c.scopes AS permissions, c.rate_per_minute,
+               s.revoked_at AS session_revoked_at, s.expires_at AS session_expires_at,
+               ARRAY(SELECT a.path FROM api_client_areas ca JOIN areas a ON a.id = ca.area_id
+                     WHERE ca.api_client_id = c.id) AS paths
+        FROM api_clients c
+        """
+        + _SESSION_JOIN.format(kind="client", alias="c")
+        + " WHERE c.id = :principal_id"
+    ),
+}
+
+
+def _principal_from_row(kind: PrincipalKind, row: Any, session_id: uuid.UUID | None) -> Principal | None:
+    if row is None or not row["is_active"]:
+        return None
+    if kind is PrincipalKind.resident:
+        return Principal(
+            kind=kind, id=row["id"], name=row["name"], permissions=RESIDENT_PERMISSIONS,
+            household_ids=tuple(row["household_ids"]), session_id=session_id,
+        )
+    return Principal(
+        kind=kind,
+        id=row["id"],
+        name=row["name"],
+        permissions=frozenset(row["permissions"]),
+        scope_paths=minimal_paths(row["paths"]),
+        session_id=session_id,
+        rate_per_minute=row["rate_per_minute"] if kind is PrincipalKind.client else None,
+    )
+
+
+async def _principal_row(
+    session: AsyncSession, kind: PrincipalKind, principal_id: int, session_id: uuid.UUID | None
+) -> Any:
+    parameters = {"principal_id": principal_id, "sid": str(session_id) if session_id else None}
+    return (await session.execute(_PRINCIPAL_QUERIES[kind], parameters)).mappings().first()
 
 
 async def load_principal(
     session: AsyncSession, *, kind: PrincipalKind, principal_id: int, session_id: uuid.UUID | None = None
 ) -> Principal | None:
     """The principal as it stands now (permissions and scope re-read from its roles)."""
-    if kind is PrincipalKind.staff:
-        row = (await session.execute(_STAFF_PRINCIPAL, {"principal_id": principal_id})).mappings().first()
-        if row is None or not row["is_active"]:
-            return None
-        return Principal(
-            kind=kind,
-            id=row["id"],
-            name=row["full_name"],
-            permissions=frozenset(row["permissions"]),
-            scope_paths=minimal_paths(row["paths"]),
-            session_id=session_id,
-        )
-    if kind is PrincipalKind.resident:
-        row = (await session.execute(_RESIDENT_PRINCIPAL, {"principal_id": principal_id})).mappings().first()
-        if row is None:
-            return None
-        return Principal(
-            kind=kind,
-            id=row["id"],
-            name=row["full_name"],
-            permissions=RESIDENT_PERMISSIONS,
-            household_ids=tuple(row["household_ids"]),
-            session_id=session_id,
-        )
-    row = (await session.execute(_CLIENT_PRINCIPAL, {"principal_id": principal_id})).mappings().first()
-    if row is None or not row["is_active"]:
-        return None
-    return Principal(
-        kind=kind,
-        id=row["id"],
-        name=row["full_name"],
-        permissions=frozenset(row["permissions"]),
-        scope_paths=minimal_paths(row["paths"]),
-        session_id=session_id,
-        rate_per_minute=row["rate_per_minute"],
-    )
+    return _principal_from_row(kind, await _principal_row(session, kind, principal_id, session_id), session_id)
 
 
 async def authenticate(session: AsyncSession, *, token: str, now: datetime, policy: AuthPolicy) -> Principal:
-    """The principal behind an access token; expired, forged and revoked tokens are refused."""
+    """The principal behind an access token; expired, forged and revoked tokens are refused.
+
+    One statement: the token's login session and the principal's current grants.
+    """
     claims = decode_access_token(token, secret=policy.secret, now=now)
     try:
         kind = PrincipalKind(claims["knd"])
@@ -201,16 +208,14 @@ async def authenticate(session: AsyncSession, *, token: str, now: datetime, poli
         session_id = uuid.UUID(claims["sid"])
     except (ValueError, KeyError):
         raise errors.TokenInvalid() from None
-    state = (
-        await session.execute(_SESSION_STATE, {"sid": session_id, "kind": kind.value, "pid": principal_id})
-    ).first()
-    if state is None:
+    row = await _principal_row(session, kind, principal_id, session_id)
+    if row is None or row["session_expires_at"] is None:
         raise errors.TokenInvalid()
-    if state.revoked_at is not None:
+    if row["session_revoked_at"] is not None:
         raise errors.TokenRevoked()
-    if state.expires_at <= now:
+    if row["session_expires_at"] <= now:
         raise errors.TokenExpired()
-    principal = await load_principal(session, kind=kind, principal_id=principal_id, session_id=session_id)
+    principal = _principal_from_row(kind, row, session_id)
     if principal is None:
         raise errors.TokenRevoked()
     return principal

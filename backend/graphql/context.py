@@ -32,6 +32,10 @@ class Context:
     ip: str | None = None
     user_agent: str | None = None
     services: dict[str, Any] = field(default_factory=dict)
+    # Compiled list plans of the executing document (backend/graphql/fastpath.py).
+    plans: dict[Any, Any] | None = None
+    # Sessions in autocommit for reads: no BEGIN/ROLLBACK round trips around a SELECT.
+    read_sessions: async_sessionmaker[AsyncSession] | None = None
     _loaders: dict[type, Any] = field(default_factory=dict)
 
     def loader(self, loader_cls: type[LoaderT]) -> LoaderT:
@@ -44,8 +48,12 @@ class Context:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        """A short read-only session of its own (no shared state between resolvers)."""
-        async with self.sessions() as session:
+        """A short read-only session of its own (no shared state between resolvers).
+
+        It runs in autocommit: each statement sees committed data as of its own start, so
+        a resolver that needs one snapshot across statements uses :meth:`write`.
+        """
+        async with (self.read_sessions or self.sessions)() as session:
             yield session
 
     @asynccontextmanager

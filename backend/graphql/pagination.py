@@ -17,6 +17,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.errors import BadUserInput, PageSizeExceeded
+from backend.pagination import PagedQuery, fetch_page
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 1000
@@ -26,7 +27,7 @@ NodeT = TypeVar("NodeT")
 
 
 def encode_cursor(offset: int) -> str:
-    return base64.b64encode(f"{_PREFIX}{offset}".encode()).decode()
+    return binascii.b2a_base64(f"{_PREFIX}{offset}".encode(), newline=False).decode()
 
 
 class BadCursor(BadUserInput):
@@ -118,9 +119,59 @@ async def paginate(
     statement: Select[Any],
     page: PageRequest,
     to_node: Callable[[Any], Any],
+    *,
+    count: bool = True,
 ) -> Connection[Any]:
-    """Run ``statement`` (already filtered, scoped and ordered) for one page plus its count."""
-    total = (await session.execute(select(func.count()).select_from(statement.order_by(None).subquery()))).scalar_one()
-    offset = page.offset if page.offset >= 0 else max(0, total + page.offset)
-    rows = (await session.execute(statement.offset(offset).limit(page.limit))).all() if page.limit else []
-    return Connection.from_page([to_node(row) for row in rows], total=total, offset=offset)
+    """Run ``statement`` (already filtered, scoped and ordered) for one page plus its count.
+
+    With ``count=False`` (the client did not select ``totalCount``) the count query is
+    skipped and one extra row tells whether a next page exists; ``totalCount`` then holds
+    the rows seen so far, which nobody reads.
+    """
+    if count or page.offset < 0:
+        total = (await session.execute(select(func.count()).select_from(statement.order_by(None).subquery()))).scalar_one()
+        offset = page.offset if page.offset >= 0 else max(0, total + page.offset)
+        rows = (await session.execute(statement.offset(offset).limit(page.limit))).all() if page.limit else []
+        return Connection.from_page([to_node(row) for row in rows], total=total, offset=offset)
+    offset = page.offset
+    rows = (await session.execute(statement.offset(offset).limit(page.limit + 1))).all() if page.limit else []
+    more = len(rows) > page.limit
+    rows = rows[: page.limit]
+    return Connection.from_page([to_node(row) for row in rows], total=offset + len(rows) + int(more), offset=offset)
+
+
+async def paginate_query(
+    session: AsyncSession,
+    query: PagedQuery,
+    page: PageRequest,
+    to_node: Callable[[Any], Any],
+    *,
+    count: bool = True,
+) -> Connection[Any]:
+    """A Relay connection over a prebuilt :class:`PagedQuery` (the fast path of lists)."""
+    rows, total, more = await fetch_page(session, query, offset=page.offset, limit=page.limit, count=count)
+    offset = page.offset if page.offset >= 0 else max(0, (total or 0) + page.offset)
+    nodes = [to_node(row) for row in rows]
+    if total is None:
+        # totalCount was not selected: report what is known, which nobody reads.
+        total = offset + len(nodes) + int(more)
+    connection = Connection.from_page(nodes, total=total, offset=offset)
+    connection.page_info.has_next_page = more
+    return connection
+
+
+def selects(info: Any, field_name: str) -> bool:
+    """Whether the query selects ``field_name`` directly under the current field.
+
+    Conservative: any fragment under the field counts as selecting it.
+    """
+    for node in info._raw_info.field_nodes:
+        if node.selection_set is None:
+            continue
+        for selection in node.selection_set.selections:
+            name = getattr(selection, "name", None)
+            if name is None or getattr(selection, "type_condition", None) is not None or not hasattr(selection, "arguments"):
+                return True
+            if name.value == field_name:
+                return True
+    return False

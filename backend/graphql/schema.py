@@ -11,6 +11,7 @@ from functools import cache
 import strawberry
 from strawberry.tools import merge_types
 
+from backend.graphql.fastpath import FastExecutionContext
 from backend.graphql.permissions import Public
 from backend.graphql.relay import Node, fetch_node
 from backend.graphql.scalars import SCALAR_OVERRIDES
@@ -41,6 +42,7 @@ def build_schema() -> strawberry.Schema:
         mutation=merge_types("Mutation", mutations) if mutations else None,
         scalar_overrides=SCALAR_OVERRIDES,  # type: ignore[arg-type]
         types=extra_types,
+        execution_context_class=FastExecutionContext,
     )
 
 
