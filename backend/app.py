@@ -27,7 +27,7 @@ from backend import db
 from backend.audit import http as audit_http
 from backend.auth import http as auth_http
 from backend.auth.ratelimit import ClientRateLimiter
-from backend.auth.service import AuthPolicy, authenticate
+from backend.auth.service import AuthPolicy, authenticate_on_connection
 from backend.clock import utcnow
 from backend.graphql import scalars
 from backend.graphql.http import GraphQLEndpoint
@@ -96,8 +96,8 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
     limiter = ClientRateLimiter()
 
     async def authenticate_token(token: str) -> Any:
-        async with read_sessions() as session:
-            return await authenticate(session, token=token, now=utcnow(), policy=policy)
+        async with db.raw_read(read_engine) as connection:
+            return await authenticate_on_connection(connection, token=token, now=utcnow(), policy=policy)
 
     endpoint = GraphQLEndpoint(
         build_schema(),
@@ -106,6 +106,7 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
         authenticate=authenticate_token,
         check_rate=limiter.check,
         read_sessions=read_sessions,
+        read_engine=read_engine,
     )
 
     async def healthz(request: Request) -> Response:

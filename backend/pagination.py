@@ -8,13 +8,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Row, Select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Select
+
+from backend.db import asyncpg_statement
 
 
 @dataclass(frozen=True, slots=True)
 class PagedQuery:
-    """``rows`` takes ``:_offset`` and ``:_limit`` binds; ``count`` counts the same rows."""
+    """``rows`` takes ``:_offset`` and ``:_limit`` binds; ``count`` counts the same rows.
+
+    Both statements must be long-lived (built once per shape, values as binds): they are
+    compiled once for asyncpg and reused.
+    """
 
     rows: Select[Any]
     count: Select[Any]
@@ -22,20 +27,23 @@ class PagedQuery:
 
 
 async def fetch_page(
-    session: AsyncSession, query: PagedQuery, *, offset: int, limit: int, count: bool
-) -> tuple[Sequence[Row[Any]], int | None, bool]:
-    """Rows of one page, the total (None when not asked), and whether more rows follow.
+    connection: Any, query: PagedQuery, *, offset: int, limit: int, count: bool
+) -> tuple[Sequence[Any], int | None, bool]:
+    """Rows of one page (asyncpg records, in select order), the total (None when not
+    asked), and whether more rows follow; on a raw asyncpg connection (``db.raw_read``).
 
     A negative ``offset`` counts from the end (Relay ``last`` without a cursor) and needs
     the total, so it is always counted.
     """
     total: int | None = None
     if count or offset < 0:
-        total = (await session.execute(query.count, query.params)).scalar_one()
+        counting = asyncpg_statement(query.count)
+        total = int(await connection.fetchval(counting.sql, *counting.arguments(query.params)))
         if offset < 0:
             offset = max(0, total + offset)
     if limit <= 0:
         return [], total, total is not None and offset < total
     # One extra row tells whether a next page exists without counting.
-    rows = (await session.execute(query.rows, {**query.params, "_offset": offset, "_limit": limit + 1})).all()
+    paging = asyncpg_statement(query.rows)
+    rows = await connection.fetch(paging.sql, *paging.arguments({**query.params, "_offset": offset, "_limit": limit + 1}))
     return rows[:limit], total, len(rows) > limit

@@ -158,9 +158,8 @@ class Query:
             kind=kind,
             search=search,
         )
-        async with info.context.read() as session:
-            return await paginate_query(session, query, page, lambda row: AreaType.from_page_row(row, principal),
-                                        count=selects(info, "totalCount"))
+        return await paginate_query(info.context, query, page, lambda row: AreaType.from_page_row(row, principal),
+                                    count=selects(info, "totalCount"))
 
     @strawberry.field(
         permission_classes=[RequiresAny("archives:read", "resident:self")],

@@ -61,6 +61,7 @@ from backend.auth.security import (
     token_digest,
     verify_password,
 )
+from backend.db import asyncpg_statement
 from backend.errors import DomainError, ErrorCode, Forbidden, NotFound, ValidationFailed
 
 USERNAME = re.compile(r"^[A-Za-z0-9_.\-]{3,64}$")
@@ -196,19 +197,15 @@ async def load_principal(
     return _principal_from_row(kind, await _principal_row(session, kind, principal_id, session_id), session_id)
 
 
-async def authenticate(session: AsyncSession, *, token: str, now: datetime, policy: AuthPolicy) -> Principal:
-    """The principal behind an access token; expired, forged and revoked tokens are refused.
-
-    One statement: the token's login session and the principal's current grants.
-    """
+def _session_claims(token: str, *, now: datetime, policy: AuthPolicy) -> tuple[PrincipalKind, int, uuid.UUID]:
     claims = decode_access_token(token, secret=policy.secret, now=now)
     try:
-        kind = PrincipalKind(claims["knd"])
-        principal_id = int(claims["sub"])
-        session_id = uuid.UUID(claims["sid"])
+        return PrincipalKind(claims["knd"]), int(claims["sub"]), uuid.UUID(claims["sid"])
     except (ValueError, KeyError):
         raise errors.TokenInvalid() from None
-    row = await _principal_row(session, kind, principal_id, session_id)
+
+
+def _checked_principal(kind: PrincipalKind, row: Any, session_id: uuid.UUID, now: datetime) -> Principal:
     if row is None or row["session_expires_at"] is None:
         raise errors.TokenInvalid()
     if row["session_revoked_at"] is not None:
@@ -219,6 +216,26 @@ async def authenticate(session: AsyncSession, *, token: str, now: datetime, poli
     if principal is None:
         raise errors.TokenRevoked()
     return principal
+
+
+async def authenticate(session: AsyncSession, *, token: str, now: datetime, policy: AuthPolicy) -> Principal:
+    """The principal behind an access token; expired, forged and revoked tokens are refused.
+
+    One statement: the token's login session and the principal's current grants.
+    """
+    kind, principal_id, session_id = _session_claims(token, now=now, policy=policy)
+    return _checked_principal(kind, await _principal_row(session, kind, principal_id, session_id), session_id, now)
+
+
+async def authenticate_on_connection(connection: Any, *, token: str, now: datetime, policy: AuthPolicy) -> Principal:
+    """:func:`authenticate` on a raw asyncpg connection (``db.raw_read``): the same
+    statement and checks, without a session, because it runs for every request."""
+    kind, principal_id, session_id = _session_claims(token, now=now, policy=policy)
+    statement = asyncpg_statement(_PRINCIPAL_QUERIES[kind])
+    row = await connection.fetchrow(
+        statement.sql, *statement.arguments({"principal_id": principal_id, "sid": str(session_id)})
+    )
+    return _checked_principal(kind, row, session_id, now)
 
 
 async def _open_session(

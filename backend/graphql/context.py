@@ -7,9 +7,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.auth.principal import Principal
+from backend.db import raw_connection, raw_read
 from backend.errors import NotAuthenticated
 from backend.settings import Settings
 
@@ -36,6 +37,8 @@ class Context:
     plans: dict[Any, Any] | None = None
     # Sessions in autocommit for reads: no BEGIN/ROLLBACK round trips around a SELECT.
     read_sessions: async_sessionmaker[AsyncSession] | None = None
+    # The autocommit read engine, for raw asyncpg reads on hot paths (db.raw_read).
+    read_engine: AsyncEngine | None = None
     _loaders: dict[type, Any] = field(default_factory=dict)
 
     def loader(self, loader_cls: type[LoaderT]) -> LoaderT:
@@ -55,6 +58,16 @@ class Context:
         """
         async with (self.read_sessions or self.sessions)() as session:
             yield session
+
+    @asynccontextmanager
+    async def raw_read(self) -> AsyncIterator[Any]:
+        """A raw asyncpg connection of the read pool (see :func:`backend.db.raw_read`)."""
+        if self.read_engine is not None:
+            async with raw_read(self.read_engine) as connection:
+                yield connection
+            return
+        async with self.sessions() as session:
+            yield await raw_connection(session)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:

@@ -109,11 +109,13 @@ class GraphQLEndpoint:
         authenticate: Authenticator,
         check_rate: RateCheck,
         read_sessions: async_sessionmaker[AsyncSession] | None = None,
+        read_engine: Any = None,
     ) -> None:
         self.schema = schema
         self.settings = settings
         self.sessions = sessions
         self.read_sessions = read_sessions
+        self.read_engine = read_engine
         self.authenticate = authenticate
         self.check_rate = check_rate
         self.documents = DocumentCache(schema, settings)
@@ -179,6 +181,7 @@ class GraphQLEndpoint:
             user_agent=request.headers.get("user-agent"),
             plans=prepared.plans,
             read_sessions=self.read_sessions,
+            read_engine=self.read_engine,
         )
         assert prepared.document is not None
         result: ExecutionResult = await await_maybe(

@@ -141,15 +141,17 @@ async def paginate(
 
 
 async def paginate_query(
-    session: AsyncSession,
+    context: Any,
     query: PagedQuery,
     page: PageRequest,
     to_node: Callable[[Any], Any],
     *,
     count: bool = True,
 ) -> Connection[Any]:
-    """A Relay connection over a prebuilt :class:`PagedQuery` (the fast path of lists)."""
-    rows, total, more = await fetch_page(session, query, offset=page.offset, limit=page.limit, count=count)
+    """A Relay connection over a prebuilt :class:`PagedQuery`, read on a raw connection of
+    the read pool (the fast path of list screens); ``to_node`` gets asyncpg records."""
+    async with context.raw_read() as connection:
+        rows, total, more = await fetch_page(connection, query, offset=page.offset, limit=page.limit, count=count)
     offset = page.offset if page.offset >= 0 else max(0, (total or 0) + page.offset)
     nodes = [to_node(row) for row in rows]
     if total is None:

@@ -3,12 +3,17 @@ issue a number of SQL statements that does not grow with the page size."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 
+import pytest
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from backend import db
+from backend.graphql import context as graphql_context
 from tests.graphql.client import GraphQLClient
 from tests.graphql.conftest import World
 
@@ -23,19 +28,37 @@ AREAS_PAGE = "query($n: Int) { areas(first: $n) { totalCount edges { node { name
 
 
 @contextmanager
-def counted_statements(*engines: AsyncEngine) -> Iterator[list[str]]:
+def counted_statements(monkeypatch: pytest.MonkeyPatch, *engines: AsyncEngine) -> Iterator[list[str]]:
+    """Every statement sent, through SQLAlchemy or on a raw asyncpg connection."""
     statements: list[str] = []
 
     def record(conn: object, cursor: object, statement: str, *args: object) -> None:
         statements.append(statement)
 
+    @asynccontextmanager
+    async def logged_raw_read(engine: AsyncEngine) -> AsyncIterator[Any]:
+        async with original_raw_read(engine) as connection:
+            def log(query: Any) -> None:
+                statements.append(query.query)
+
+            connection.add_query_logger(log)
+            try:
+                yield connection
+            finally:
+                await asyncio.sleep(0)  # asyncpg calls loggers with call_soon
+                connection.remove_query_logger(log)
+
+    original_raw_read = graphql_context.raw_read
     for engine in engines:
         event.listen(engine.sync_engine, "before_cursor_execute", record)
-    try:
-        yield statements
-    finally:
-        for engine in engines:
-            event.remove(engine.sync_engine, "before_cursor_execute", record)
+    with monkeypatch.context() as patched:
+        patched.setattr(graphql_context, "raw_read", logged_raw_read)
+        patched.setattr(db, "raw_read", logged_raw_read)
+        try:
+            yield statements
+        finally:
+            for engine in engines:
+                event.remove(engine.sync_engine, "before_cursor_execute", record)
 
 
 async def test_sibling_fields_with_loaders_resolve_concurrently_without_sharing_a_session(
@@ -51,13 +74,16 @@ async def test_sibling_fields_with_loaders_resolve_concurrently_without_sharing_
     assert all(len(user_roles) == 1 for user_roles in roles)
 
 
-async def test_area_list_statement_count_does_not_grow_with_page_size(client: GraphQLClient, world: World) -> None:
+async def test_area_list_statement_count_does_not_grow_with_page_size(
+    client: GraphQLClient, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     token = await client.login(world.admin.username, world.admin.password)
     state = client.http._transport.app.state  # type: ignore[attr-defined]
+    await client.execute(AREAS_PAGE, {"n": 1}, token=token)  # pool connections opened before counting
 
-    with counted_statements(state.engine, state.read_engine) as small:
+    with counted_statements(monkeypatch, state.engine, state.read_engine) as small:
         two = await client.execute(AREAS_PAGE, {"n": 2}, token=token)
-    with counted_statements(state.engine, state.read_engine) as large:
+    with counted_statements(monkeypatch, state.engine, state.read_engine) as large:
         five = await client.execute(AREAS_PAGE, {"n": 5}, token=token)
 
     assert len(two["data"]["areas"]["edges"]) == 2
