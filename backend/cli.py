@@ -18,7 +18,7 @@ from backend.settings import Settings, SettingsError, load_settings
 app = typer.Typer(help="shuiwu 水务: meters, billing and service for water utilities.", no_args_is_help=True)
 demo_app = typer.Typer(help="Demo data and the all-in-one demo.", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("shuiwu")
 
 

@@ -32,8 +32,7 @@ from backend.clock import utcnow
 from backend.db import create_engine, session_factory
 from backend.graphql.relay import encode_id
 from tests.factories import Staff, make_staff
-from tests.graphql.client import TEST_SECRET, GraphQLClient
-from tests.graphql.client import test_settings as api_settings  # as test_settings pytest would collect it
+from tests.graphql.client import TEST_SECRET, GraphQLClient, api_settings
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 T0 = datetime(2026, 11, 25, 1, 0, tzinfo=UTC)

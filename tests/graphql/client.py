@@ -14,7 +14,7 @@ from backend.settings import Settings
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 
 
-def test_settings(**overrides: Any) -> Settings:
+def api_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {"secret_key": TEST_SECRET, "graphiql": True}
     values.update(overrides)
     return Settings(**values)
@@ -51,7 +51,7 @@ class GraphQLClient:
 
 @asynccontextmanager
 async def graphql_client(database_url: str, **overrides: Any) -> AsyncIterator[GraphQLClient]:
-    app = create_app(test_settings(**overrides), database_url)
+    app = create_app(api_settings(**overrides), database_url)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         yield GraphQLClient(http)
