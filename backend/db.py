@@ -128,6 +128,25 @@ def with_database(url: str, database: str) -> str:
     return f"{base}/{database}{sep}{query}"
 
 
+def run_admin(url: str, *statements: str) -> None:
+    """Run statements on the server's ``postgres`` database, outside any transaction
+    (CREATE/DROP DATABASE, ALTER SYSTEM): for tests, benchmarks and operations tools.
+    Synchronous, so it must not be called from a running event loop."""
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> None:
+        connection = await asyncpg.connect(to_libpq_url(with_database(url, "postgres")))
+        try:
+            for statement in statements:
+                await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
 # --------------------------------------------------------------------------- engine
 
 

@@ -45,6 +45,7 @@ from backend.clock import utcnow
 from backend.db import (
     create_engine,
     migrate,
+    run_admin,
     session_factory,
     start_embedded,
     stop_embedded,
@@ -68,16 +69,7 @@ AREAS_QUERY = (
 # --------------------------------------------------------------------------- data
 
 
-def _admin(url: str, *statements: str) -> None:
-    async def run() -> None:
-        connection = await asyncpg.connect(to_libpq_url(with_database(url, "postgres")))
-        try:
-            for statement in statements:
-                await connection.execute(statement)
-        finally:
-            await connection.close()
-
-    asyncio.run(run())
+_admin = run_admin
 
 
 AreaRow = tuple[int, int | None, str, str, str]  # id, parent_id, name, kind, path

@@ -11,33 +11,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from backend.db import create_engine, migrate, start_embedded, stop_embedded, to_libpq_url, with_database
+from backend.db import create_engine, migrate, run_admin, session_factory, start_embedded, stop_embedded, with_database
 
 RUN_ID = uuid.uuid4().hex[:8]
 EXTERNAL_URL = os.environ.get("SHUIWU_TEST_EXTERNAL_URL") or None
 
 
-def _admin(server_url: str, *statements: str) -> None:
-    async def run() -> None:
-        connection = await asyncpg.connect(to_libpq_url(with_database(server_url, "postgres")))
-        try:
-            for statement in statements:
-                await connection.execute(statement)
-        finally:
-            await connection.close()
-
-    asyncio.run(run())
+_admin = run_admin
 
 
 @pytest.fixture(scope="session")
@@ -116,3 +105,16 @@ def database_url(server_url: str, template_url: str, request: pytest.FixtureRequ
     url = clone_database(server_url, template_url, label)
     yield url
     drop_database(server_url, url)
+
+
+@pytest.fixture(scope="module")
+async def committed_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on this module's own database: what it commits stays for the module."""
+    engine = create_engine(database_url, pool_size=2, max_overflow=2)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def committed_sessions(committed_engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return session_factory(committed_engine)

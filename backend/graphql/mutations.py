@@ -73,38 +73,23 @@ async def run_mutation(
     """
     context: Context = info.context
     arguments = plain(audit_input if audit_input is not None else dict(info.variable_values or {}))
+
+    async def audit(session: AsyncSession, who: Principal | None, summary: str, success: bool) -> None:
+        await record_operation(
+            session, at=utcnow(), actor=who, module=module, action=action, summary=summary,
+            payload=arguments, success=success, ip=context.ip, request_id=context.request_id,
+        )
+
     try:
         async with context.write() as session:
             result = await work(session)
             who = actor(result) if actor is not None else context.principal
-            await record_operation(
-                session,
-                at=utcnow(),
-                actor=who,
-                module=module,
-                action=action,
-                summary=f"{describe(result)}: 成功",
-                payload=arguments,
-                success=True,
-                ip=context.ip,
-                request_id=context.request_id,
-            )
+            await audit(session, who, f"{describe(result)}: 成功", True)
     except DomainError as refusal:
         async with context.write() as session:
             if on_refusal is not None:
                 await on_refusal(session, refusal)
-            await record_operation(
-                session,
-                at=utcnow(),
-                actor=context.principal,
-                module=module,
-                action=action,
-                summary=f"{describe(None)}: 失败 ({refusal.message})",
-                payload=arguments,
-                success=False,
-                ip=context.ip,
-                request_id=context.request_id,
-            )
+            await audit(session, context.principal, f"{describe(None)}: 失败 ({refusal.message})", False)
         if refusal.code in _TOP_LEVEL:
             raise
         return payload(None, UserError.from_domain(refusal))

@@ -29,7 +29,7 @@ from backend.auth.errors import TokenExpired, TokenInvalid
 from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
 from backend.clock import utcnow
-from backend.db import create_engine, session_factory
+from backend.db import session_factory
 from backend.graphql.relay import encode_id
 from tests.factories import Staff, make_staff
 from tests.graphql.client import TEST_SECRET, GraphQLClient, api_settings
@@ -178,10 +178,8 @@ class People:
 
 
 @pytest.fixture(scope="module")
-async def module_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url, pool_size=2, max_overflow=2)
-    yield engine
-    await engine.dispose()
+def module_engine(committed_engine: AsyncEngine) -> AsyncEngine:
+    return committed_engine
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from backend.archives.models import Household
 from backend.auth.service import AuthPolicy, login_resident, request_login_code
 from backend.clock import utcnow
-from backend.db import create_engine, session_factory
+from backend.db import session_factory
 from tests.factories import AreaTree, Staff, make_area_tree, make_household, make_staff
 from tests.graphql.client import TEST_SECRET, GraphQLClient, graphql_client
 
@@ -36,10 +36,8 @@ class _CodeCatcher:
 
 
 @pytest.fixture(scope="module")
-async def engine_for_module(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url, pool_size=2, max_overflow=2)
-    yield engine
-    await engine.dispose()
+def engine_for_module(committed_engine: AsyncEngine) -> AsyncEngine:
+    return committed_engine
 
 
 @pytest.fixture(scope="module")
