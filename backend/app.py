@@ -24,6 +24,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend import db
+from backend.archives import http as archives_http
 from backend.audit import http as audit_http
 from backend.auth import http as auth_http
 from backend.auth.ratelimit import ClientRateLimiter
@@ -138,6 +139,7 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
         Route("/metrics", metrics, methods=["GET"]),
         *auth_http.routes(sessions, policy),
         *audit_http.routes(sessions, settings),
+        *archives_http.routes(sessions, read_engine, settings),
         *(extra_routes or []),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -6,9 +6,10 @@ nothing. Later issues extend the loader (meters, readings, accounts, …) the sa
 
 from __future__ import annotations
 
+import math
 import random
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select, text
@@ -22,6 +23,7 @@ from backend.auth.models import ApiClient, PrincipalKind, Role, RoleKind, StaffU
 from backend.auth.principal import Principal
 from backend.auth.security import token_digest
 from backend.clock import utcnow
+from backend.db import copy_into
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ async def load_demo(session: AsyncSession, *, households: int = 2000, seed: int 
     rng = random.Random(seed)
     progress("区域")
     company = await _area(session, COMPANY, AreaKind.company, None)
+    assert company.id is not None
     buildings: list[Area] = []
     district_rows: dict[str, Area] = {}
     for district_name, communities in DISTRICTS.items():
@@ -113,22 +116,7 @@ async def load_demo(session: AsyncSession, *, households: int = 2000, seed: int 
     await _user(session, CASHIER, "李秀英", cashier_role)
     await _user(session, REPAIR, "王磊", repair_role)
 
-    progress(f"住户 ({households})")
-    account_nos, names, area_ids = [], [], []
-    for index in range(households):
-        building = buildings[index % len(buildings)]
-        account_nos.append(f"01{index + 1:08d}")
-        names.append(rng.choice(SURNAMES) + "".join(rng.choice(GIVEN) for _ in range(rng.choice((1, 2)))))
-        area_ids.append(building.id)
-    # Set-based and idempotent: existing account numbers are left as they are.
-    await session.execute(
-        text(
-            "INSERT INTO households (account_no, name, area_id) "
-            "SELECT * FROM unnest(CAST(:account_nos AS text[]), CAST(:names AS text[]), CAST(:area_ids AS bigint[])) "
-            "ON CONFLICT (account_no) DO NOTHING"
-        ),
-        {"account_nos": account_nos, "names": names, "area_ids": area_ids},
-    )
+    await _load_households(session, households=households, rng=rng, named_buildings=buildings, progress=progress)
 
     progress("住户登录与第三方接口")
     await session.execute(
@@ -151,3 +139,175 @@ async def load_demo(session: AsyncSession, *, households: int = 2000, seed: int 
         issued.client.secret_hash = token_digest(CLIENT_SECRET)
     await session.flush()
     return [ADMIN, MANAGER, CASHIER, REPAIR]
+
+
+# --------------------------------------------------------------------------- households at scale
+
+# A unit (单元) of 6 floors × 2 flats; 3 units a building; up to 24 buildings a community.
+FLOORS, FLATS, UNITS_PER_BUILDING, MAX_BUILDINGS = 6, 2, 3, 24
+PER_UNIT = FLOORS * FLATS
+COMMUNITIES_PER_EXTRA_DISTRICT = 60
+EXTRA_DISTRICTS = ("城北片区", "高新片区", "经开片区", "滨江片区", "江南片区", "湖墅片区", "临平片区", "钱塘片区", "萧山片区",
+                   "余杭片区", "富阳片区", "临安片区", "桐庐片区", "淳安片区", "建德片区", "下沙片区", "九堡片区", "转塘片区")
+PLACE = ("翠湖", "阳光", "锦绣", "金桂", "南湖", "滨江", "幸福", "紫荆", "碧水", "绿城", "香樟", "银杏", "枫林", "东方", "世纪",
+         "华府", "御景", "君悦", "天和", "瑞丰", "馨园", "春晓", "秋实", "丽都", "盛世", "新城", "长青", "明珠", "嘉禾", "荷塘")
+ESTATE = ("花园", "小区", "家园", "新村", "名苑", "雅苑", "公寓", "佳苑", "府", "苑")
+MOBILE_PREFIXES = ("130", "131", "132", "133", "135", "136", "137", "138", "139", "150", "151", "152", "155", "156", "157",
+                   "158", "159", "166", "177", "180", "181", "182", "183", "185", "186", "187", "188", "189", "191", "199")
+NON_RESIDENTIAL = ("商业", "餐饮", "工业", "学校", "机关", "医院", "酒店")
+SPECIAL = ("洗浴", "洗车", "纯净水")
+COPY_CHUNK = 100_000
+
+
+def _community_name(index: int) -> str:
+    """A stable name for the ``index``-th generated community (phases past the word list)."""
+    word = PLACE[index % len(PLACE)] + ESTATE[(index // len(PLACE)) % len(ESTATE)]
+    phase = index // (len(PLACE) * len(ESTATE))
+    return word if phase == 0 else f"{word}{phase + 1}期"
+
+
+async def _children(session: AsyncSession, kind: AreaKind, wanted: Sequence[tuple[int, str, str, str | None]],
+                    has_code: bool) -> list[tuple[int, str]]:
+    """Areas of ``kind`` named ``(parent_id, parent_path, name, code)``, created set-based
+    where missing (found by parent and name, so loading twice creates nothing).
+    Returns ``(id, path)`` in the order asked."""
+    if not wanted:
+        return []
+    parents = sorted({parent_id for parent_id, _, _, _ in wanted})
+    rows = await session.execute(
+        text("SELECT parent_id, name, id, path FROM areas WHERE kind = :kind AND parent_id = ANY(CAST(:parents AS bigint[]))"),
+        {"kind": kind.value, "parents": parents},
+    )
+    found = {(parent_id, name): (area_id, path) for parent_id, name, area_id, path in rows}
+    missing = [w for w in wanted if (w[0], w[2]) not in found]
+    if missing:
+        ids = (await session.execute(
+            text("SELECT nextval(pg_get_serial_sequence('areas', 'id')) FROM generate_series(1, :n)"), {"n": len(missing)}
+        )).scalars().all()
+        records = []
+        for area_id, (parent_id, parent_path, name, code) in zip(ids, missing, strict=True):
+            path = f"{parent_path}{area_id}/"
+            found[(parent_id, name)] = (area_id, path)
+            records.append((area_id, parent_id, name, kind.value, path, *((code,) if has_code else ())))
+        columns = ["id", "parent_id", "name", "kind", "path", *(["code"] if has_code else [])]
+        await copy_into(session, "areas", columns=columns, records=records)
+    return [found[(parent_id, name)] for parent_id, _, name, _ in wanted]
+
+
+async def _layout(session: AsyncSession, *, households: int, named_buildings: list[Area],
+                  has_code: bool) -> list[tuple[int, str]]:
+    """Units (id, address prefix) for ``households``: the named communities first, more
+    communities (and districts) as the count grows; the same count gives the same tree."""
+    per_building = UNITS_PER_BUILDING * PER_UNIT
+    buildings_per_community = min(MAX_BUILDINGS, max(4, math.ceil(households / per_building / 8)))
+    communities_needed = max(0, math.ceil(households / (per_building * buildings_per_community)) - 8)
+    company = (await session.execute(select(Area).where(Area.kind == AreaKind.company, Area.name == COMPANY))).scalar_one()  # type: ignore[arg-type]
+    assert company.id is not None
+    extra_districts = math.ceil(communities_needed / COMMUNITIES_PER_EXTRA_DISTRICT)
+    district_names = [EXTRA_DISTRICTS[d % len(EXTRA_DISTRICTS)] + ("" if d < len(EXTRA_DISTRICTS) else f"{d // len(EXTRA_DISTRICTS) + 1}")
+                      for d in range(extra_districts)]
+    districts = await _children(session, AreaKind.district, [
+        (company.id, company.path, name, f"D{4 + d:02d}") for d, name in enumerate(district_names)
+    ], has_code)
+    communities = await _children(session, AreaKind.community, [
+        (districts[g // COMMUNITIES_PER_EXTRA_DISTRICT][0], districts[g // COMMUNITIES_PER_EXTRA_DISTRICT][1], _community_name(g),
+         f"D{4 + g // COMMUNITIES_PER_EXTRA_DISTRICT:02d}C{g:04d}")
+        for g in range(communities_needed)
+    ], has_code)
+    names = {area.id: area.name for area in named_buildings}
+    # Community of each named building, for addresses.
+    parents = {area.id: area.parent_id for area in named_buildings}
+    parent_rows = await session.execute(text("SELECT id, name FROM areas WHERE id = ANY(CAST(:ids AS bigint[]))"),
+                                        {"ids": sorted({p for p in parents.values() if p is not None})})
+    parent_names: dict[int, str] = {row[0]: row[1] for row in parent_rows}
+    building_wanted: list[tuple[int, str, str, str | None]] = []
+    building_labels: list[str] = []
+    for community_index, (community_id, community_path) in enumerate(communities):
+        name = _community_name(community_index)
+        for number in range(1, buildings_per_community + 1):
+            building_wanted.append((community_id, community_path, f"{number}号楼", f"C{community_index:04d}B{number:02d}"))
+            building_labels.append(f"{name}{number}号楼")
+    # The named communities keep their four named buildings and grow more the same way.
+    named_communities = sorted({(b.parent_id, b.path.rsplit("/", 2)[0] + "/") for b in named_buildings if b.parent_id}, key=lambda c: c[1])
+    for community_id, community_path in named_communities:
+        assert community_id is not None
+        for number in range(5, buildings_per_community + 1):
+            building_wanted.append((community_id, community_path, f"{number}号楼", None))
+            building_labels.append(f"{parent_names[community_id]}{number}号楼")
+    grown = await _children(session, AreaKind.building, building_wanted, has_code)
+    all_buildings = [(area.id, area.path, f"{parent_names[area.parent_id]}{names[area.id]}") for area in named_buildings
+                     if area.id is not None and area.parent_id is not None]
+    all_buildings += [(area_id, path, label) for (area_id, path), label in zip(grown, building_labels, strict=True)]
+    all_buildings.sort(key=lambda b: b[1])
+    unit_wanted = [(building_id, path, f"{unit}单元", None) for building_id, path, _ in all_buildings
+                   for unit in range(1, UNITS_PER_BUILDING + 1)]
+    units = await _children(session, AreaKind.unit, unit_wanted, False)
+    labels = [f"{label}{unit}单元" for _, _, label in all_buildings for unit in range(1, UNITS_PER_BUILDING + 1)]
+    return [(unit_id, label) for (unit_id, _), label in zip(units, labels, strict=True)]
+
+
+def _phone(rng: random.Random) -> str:
+    return rng.choice(MOBILE_PREFIXES) + f"{rng.randrange(100_000_000):08d}"
+
+
+async def _load_households(session: AsyncSession, *, households: int, rng: random.Random, named_buildings: list[Area],
+                           progress: Callable[[str], None]) -> None:
+    """``households`` households over a tree scaled to fit, COPY-loaded through a temporary
+    table and inserted with ``ON CONFLICT (account_no) DO NOTHING``: the same seed gives the
+    same utility, and loading again changes nothing."""
+    area_columns = set((await session.execute(text(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'areas' AND table_schema = current_schema()"
+    ))).scalars())
+    columns = set((await session.execute(text(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'households' AND table_schema = current_schema()"
+    ))).scalars())
+    progress(f"区域 (按 {households} 户扩展)")
+    units = await _layout(session, households=households, named_buildings=named_buildings, has_code="code" in area_columns)
+    extras = [c for c in ("phone", "address", "customer_type", "sub_type", "population") if c in columns]
+    target = ["account_no", "name", "area_id", *extras]
+    await session.execute(text(
+        f"CREATE TEMP TABLE demo_households ON COMMIT DROP AS SELECT {', '.join(target)} FROM households WITH NO DATA"
+    ))
+    surnames, given = SURNAMES, GIVEN
+    per_unit = max(1, math.ceil(households / len(units)))
+    done = 0
+    while done < households:
+        chunk = []
+        for index in range(done, min(households, done + COPY_CHUNK)):
+            unit_id, label = units[min(index // per_unit, len(units) - 1)]
+            slot = index % per_unit
+            name = rng.choice(surnames) + "".join(rng.choice(given) for _ in range(rng.choice((1, 2))))
+            row: list[object] = [f"01{index + 1:08d}", name, unit_id]
+            roll = rng.random()
+            kind, sub_type = (("residential", None) if roll < 0.9 else ("non_residential", rng.choice(NON_RESIDENTIAL))
+                              if roll < 0.97 else ("special", rng.choice(SPECIAL)))
+            values = {
+                "phone": _phone(rng),
+                "address": f"{label}{slot // FLATS % FLOORS + 1}{slot % FLATS + 1:02d}室",
+                "customer_type": kind,
+                "sub_type": sub_type,
+                "population": rng.choice((1, 2, 2, 3, 3, 3, 4, 4, 5, 6)),
+            }
+            row.extend(values[c] for c in extras)
+            chunk.append(row)
+        await copy_into(session, "demo_households", columns=target, records=chunk)
+        done += len(chunk)
+        progress(f"住户 {done}/{households}")
+    progress("住户写入")
+    owners = await session.execute(text(
+        "SELECT 1 FROM information_schema.tables WHERE table_name = 'household_owners' AND table_schema = current_schema()"
+    ))
+    insert = (
+        f"INSERT INTO households ({', '.join(target)}) SELECT {', '.join(target)} FROM demo_households "
+        "ORDER BY account_no ON CONFLICT (account_no) DO NOTHING"
+    )
+    if owners.first() is not None:
+        # Every household has a current owner row (过户 history starts there).
+        phone = "phone" if "phone" in columns else "NULL"
+        insert = (
+            f"WITH new AS ({insert} RETURNING id, name, {phone} AS phone, created_at) "
+            "INSERT INTO household_owners (household_id, name, phone, valid_from) "
+            "SELECT id, name, phone, (created_at AT TIME ZONE 'Asia/Shanghai')::date FROM new"
+        )
+    await session.execute(text(insert))
+    await session.execute(text("DROP TABLE demo_households"))

@@ -15,3 +15,117 @@ class DuplicateAccountNo(DomainError):
     code = ErrorCode.DUPLICATE
     message = "缴费号已存在"
     message_en = "This account number already exists"
+
+
+class DuplicateAreaCode(DomainError):
+    code = ErrorCode.DUPLICATE
+    message = "区域编码已存在"
+    message_en = "This area code already exists"
+
+
+class DuplicateMeterAddress(DomainError):
+    code = ErrorCode.DUPLICATE
+    message = "该协议下表地址已存在"
+    message_en = "A meter with this address already exists for this protocol"
+
+
+class DuplicateMeterCode(DomainError):
+    code = ErrorCode.DUPLICATE
+    message = "表计编码已存在"
+    message_en = "This meter code already exists"
+
+
+class DuplicateConcentratorAddress(DomainError):
+    code = ErrorCode.DUPLICATE
+    message = "集中器地址 (行政区划码 + 终端地址) 已存在"
+    message_en = "A concentrator with this region code and terminal address already exists"
+
+
+class DuplicateCollectorAddress(DomainError):
+    code = ErrorCode.DUPLICATE
+    message = "该集中器下采集器地址已存在"
+    message_en = "This collector address already exists on the concentrator"
+
+
+class DuplicateMeterModel(DomainError):
+    code = ErrorCode.DUPLICATE
+    message = "该厂家的型号已存在"
+    message_en = "This vendor already has a model with this name"
+
+
+class InvalidAddress(DomainError):
+    code = ErrorCode.INVALID_ADDRESS
+    message = "表地址须为 14 位 BCD 数字"
+    message_en = "A CJ/T 188 address is 14 BCD digits"
+
+
+class InvalidPhone(DomainError):
+    code = ErrorCode.INVALID_PHONE
+    message = "电话号码格式不正确 (手机 11 位或固定电话)"
+    message_en = "Malformed phone number (11-digit mobile or a landline)"
+
+
+class InvalidIdNumber(DomainError):
+    code = ErrorCode.INVALID_ID_NUMBER
+    message = "身份证号格式不正确"
+    message_en = "Malformed ID number"
+
+
+class AreaNotEmpty(DomainError):
+    code = ErrorCode.AREA_NOT_EMPTY
+    message = "区域下仍有下级区域、住户、设备或授权, 不能删除"
+    message_en = "The area still has child areas, households, devices or grants"
+
+
+class AreaMoveInvalid(DomainError):
+    code = ErrorCode.AREA_MOVE_INVALID
+    message = "不能把区域移到它自己或它的下级之下"
+    message_en = "An area cannot move under itself or its own subtree"
+
+
+class MeterAlreadyAssigned(DomainError):
+    code = ErrorCode.METER_ALREADY_ASSIGNED
+    message = "该水表已分配给住户, 请先拆表或换表"
+    message_en = "This meter already serves a household; end that assignment first"
+
+
+class MeterNotAssigned(DomainError):
+    code = ErrorCode.METER_NOT_ASSIGNED
+    message = "该水表当前未分配给住户"
+    message_en = "This meter serves no household now"
+
+
+class MeterUnavailable(DomainError):
+    code = ErrorCode.METER_UNAVAILABLE
+    message = "该水表已报废、故障或为监测点, 不能分配给住户"
+    message_en = "A retired or faulty meter, or a monitoring point, cannot serve a household"
+
+
+class MetersStillAssigned(DomainError):
+    code = ErrorCode.METERS_STILL_ASSIGNED
+    message = "住户仍有在用水表, 请先拆表再销户"
+    message_en = "The household still has meters; end their assignments before closing"
+
+
+class HouseholdClosed(DomainError):
+    code = ErrorCode.HOUSEHOLD_CLOSED
+    message = "住户已销户"
+    message_en = "The household is closed"
+
+
+class BalanceOutstanding(DomainError):
+    code = ErrorCode.BALANCE_OUTSTANDING
+    message = "账户仍有余额或欠费, 结清后才能销户"
+    message_en = "The account still has a balance or arrears; settle it before closing"
+
+
+class HasHistory(DomainError):
+    code = ErrorCode.HAS_HISTORY
+    message = "已有历史记录, 不能删除; 请改为停用、销户或报废"
+    message_en = "This record has history: retire or close it instead of deleting"
+
+
+class DeviceInUse(DomainError):
+    code = ErrorCode.DEVICE_IN_USE
+    message = "设备下仍挂有采集器或水表, 不能删除"
+    message_en = "Collectors or meters still hang under this device"

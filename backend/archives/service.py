@@ -1,25 +1,93 @@
-"""Areas and households: what the Foundation needs (the Archives issue completes it).
+"""Archives (档案管理): areas, households, meter models, meters, concentrators, collectors,
+meter assignments (配表) and replacements (换表).
 
-Data scope is a path-prefix match: ``areas.path LIKE ANY(:patterns)`` with the caller's
-``Principal.scope_patterns()``, applied inside every query that fetches rows.
+Plain async functions over a session; the caller commits. Data scope is a path-prefix
+match: ``areas.path LIKE ANY(:patterns)`` with the caller's ``Principal.scope_patterns()``,
+applied inside every query that fetches rows. Functions that change an archive take
+``scope_patterns`` too: an object outside them is NOT_FOUND, an area outside them is an
+unknown area. ``scope_patterns=None`` means "no restriction" and is for system callers
+(CLI, demo data, the acquisition worker), never for a request.
+
+What varies is passed in: the clock (``now`` / dates), who acts (``changed_by``), the
+terminal-password cipher, and the Money issue's balance check (``balance_checker``).
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import functools
-from collections.abc import Iterable, Sequence
-from typing import Any
+import hashlib
+import hmac
+import re
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Any, TypeVar
 
-from sqlalchemy import ARRAY, Select, Text, any_, bindparam, false, func, select, text
+from sqlalchemy import ARRAY, Select, Text, any_, bindparam, exists, false, func, or_, select, text
 from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.archives import errors
 from backend.archives.errors import AreaKindOrder, DuplicateAccountNo
-from backend.archives.models import Area, AreaKind, Household
+from backend.archives.models import (
+    Area,
+    AreaKind,
+    Collector,
+    Concentrator,
+    ConnectionKind,
+    CustomerType,
+    DeviceStatus,
+    DiByteOrder,
+    Household,
+    HouseholdOwner,
+    HouseholdStatus,
+    HouseholdStatusChange,
+    Meter,
+    MeterAssignment,
+    MeterKind,
+    MeterModel,
+    MeterReplacement,
+    MeterStatus,
+    MeterType,
+)
 from backend.auth.errors import UnknownArea
+from backend.errors import DomainError, ErrorCode, NotFound, ValidationFailed
 from backend.pagination import PagedQuery
 
 _KIND_ORDER = list(AreaKind)
+RowT = TypeVar("RowT")
+
+ACCOUNT_NO = re.compile(r"^[0-9A-Za-z\-]{1,32}$")
+MOBILE = re.compile(r"^1[3-9]\d{9}$")
+LANDLINE = re.compile(r"^0\d{2,3}-?\d{7,8}(-\d{1,6})?$")
+ID_NUMBER = re.compile(r"^(\d{17}[\dXx]|\d{15})$")
+AREA_CODE = re.compile(r"^[0-9A-Za-z\-_]{1,32}$")
+METER_CODE = re.compile(r"^[0-9A-Za-z\-_]{1,32}$")
+# Protocol addresses: CJ/T 188 is 7 bytes of BCD, printed as 14 digits; others are opaque.
+ADDRESS_RULES = {"cjt188": re.compile(r"^\d{14}$")}
+OTHER_ADDRESS = re.compile(r"^[0-9A-Za-z]{1,32}$")
+REGION_CODE = re.compile(r"^\d{4}$")
+CALIBERS = (15, 20, 25, 32, 40, 50, 65, 80, 100, 125, 150, 200, 250, 300)
+PARITIES = ("N", "E", "O")
+STOPBITS = ("1", "1.5", "2")
+
+
+class _Keep:
+    """The "leave unchanged" marker of the ``…Changes`` dataclasses (``None`` clears)."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+KEEP: Any = _Keep()
 
 
 def in_scope(path_column: Any, patterns: Sequence[str]) -> Any:
@@ -29,22 +97,231 @@ def in_scope(path_column: Any, patterns: Sequence[str]) -> Any:
     return path_column.like(array(list(patterns)).any_())
 
 
-async def create_area(session: AsyncSession, *, name: str, kind: AreaKind, parent_id: int | None = None) -> Area:
+def path_in_scope(path: str, patterns: Sequence[str] | None) -> bool:
+    """The Python twin of :func:`in_scope` (``None``: unrestricted)."""
+    return patterns is None or any(path.startswith(pattern.removesuffix("%")) for pattern in patterns)
+
+
+def mask_id_number(id_number: str | None) -> str | None:
+    """An ID number as screens show it: ``3301**********1234``."""
+    if not id_number:
+        return id_number
+    if len(id_number) <= 8:
+        return "*" * len(id_number)
+    return id_number[:4] + "*" * (len(id_number) - 8) + id_number[-4:]
+
+
+def _like(search: str) -> str:
+    return "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _changed(changes: Any) -> dict[str, Any]:
+    return {f.name: getattr(changes, f.name) for f in dataclasses.fields(changes) if getattr(changes, f.name) is not KEEP}
+
+
+async def _flush_collect(problems: list[DomainError]) -> None:
+    if problems:
+        raise ValidationFailed(problems) if len(problems) > 1 else problems[0]
+
+
+async def _exists(session: AsyncSession, statement: Any) -> bool:
+    return bool((await session.execute(select(exists(statement)))).scalar_one())
+
+
+def _text_field(problems: list[DomainError], value: str | None, field: str, *, limit: int, required: bool = True) -> None:
+    if value is None or not value.strip():
+        if required:
+            problems.append(DomainError("必填", "Required", field=field, code=ErrorCode.REQUIRED))
+        return
+    if len(value) > limit:
+        problems.append(DomainError(f"不能超过 {limit} 个字符", f"At most {limit} characters", field=field, code=ErrorCode.TOO_LONG))
+
+
+def _phone_field(problems: list[DomainError], value: str | None, field: str) -> None:
+    if value and not (MOBILE.match(value) or LANDLINE.match(value)):
+        problems.append(errors.InvalidPhone(field=field))
+
+
+def _reading(problems: list[DomainError], value: Decimal | None, field: str, *, required: bool = True) -> None:
+    if value is None:
+        if required:
+            problems.append(DomainError("必填", "Required", field=field, code=ErrorCode.REQUIRED))
+        return
+    if not value.is_finite() or value < 0 or value >= Decimal("1e12") or value != value.quantize(Decimal("0.0001")):
+        problems.append(DomainError("读数须为非负数, 最多 4 位小数", "A reading is a non-negative number with at most 4 places",
+                                    field=field, code=ErrorCode.INVALID))
+
+
+def parse_reading(value: str, *, field: str) -> Decimal:
+    """A register reading from text ("1234.5678"); INVALID when it is not one."""
+    try:
+        reading = Decimal(value)
+    except (InvalidOperation, ValueError):
+        raise DomainError("读数格式不正确", "Malformed reading", field=field, code=ErrorCode.INVALID) from None
+    problems: list[DomainError] = []
+    _reading(problems, reading, field)
+    if problems:
+        raise problems[0]
+    return reading
+
+
+# --------------------------------------------------------------------------- scope
+
+
+async def _area_for(session: AsyncSession, area_id: int, scope_patterns: Sequence[str] | None, field: str) -> Area:
+    """The area ``area_id`` when it exists within the scope; UNKNOWN_AREA otherwise."""
+    area = await session.get(Area, area_id)
+    if area is None or not path_in_scope(area.path, scope_patterns):
+        raise UnknownArea(field=field)
+    return area
+
+
+async def _scoped(
+    session: AsyncSession, model: type[RowT], pk: int, scope_patterns: Sequence[str] | None, *,
+    field: str = "id", lock: bool = False,
+) -> RowT:
+    """Row ``pk`` of a table with an ``area_id``, within the scope; NOT_FOUND otherwise."""
+    statement: Any = select(model).join(Area, Area.id == model.area_id).where(model.id == pk)  # type: ignore[attr-defined]
+    if scope_patterns is not None:
+        statement = statement.where(in_scope(Area.path, scope_patterns))
+    if lock:
+        statement = statement.with_for_update(of=model)
+    found = (await session.execute(statement)).scalars().first()
+    if found is None:
+        raise NotFound(field=field)
+    return found  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------- areas
+
+
+@dataclass(frozen=True, slots=True)
+class AreaChanges:
+    """Fields to change (``KEEP`` leaves one alone, ``None`` clears an optional one)."""
+
+    name: Any = KEEP
+    code: Any = KEEP
+    address: Any = KEEP
+    latitude: Any = KEEP
+    longitude: Any = KEEP
+
+
+async def _check_area_fields(session: AsyncSession, values: dict[str, Any], area_id: int | None) -> None:
+    problems: list[DomainError] = []
+    if "name" in values:
+        _text_field(problems, values["name"], "name", limit=100)
+    if values.get("code"):
+        if not AREA_CODE.match(values["code"]):
+            problems.append(DomainError("区域编码只能包含字母、数字、-、_", "An area code uses letters, digits, - and _",
+                                        field="code", code=ErrorCode.INVALID))
+        elif await _exists(session, select(Area.id).where(Area.code == values["code"], Area.id != (area_id or 0))):  # type: ignore[call-overload, arg-type]
+            problems.append(errors.DuplicateAreaCode(field="code"))
+    if values.get("address") is not None:
+        _text_field(problems, values["address"], "address", limit=200, required=False)
+    for name, bound in (("latitude", 90), ("longitude", 180)):
+        coordinate = values.get(name)
+        if coordinate is not None and not (coordinate.is_finite() and -bound <= coordinate <= bound):
+            problems.append(DomainError(f"坐标须在 ±{bound} 之间", f"Must lie within ±{bound}", field=name, code=ErrorCode.INVALID))
+    await _flush_collect(problems)
+
+
+async def create_area(
+    session: AsyncSession,
+    *,
+    name: str,
+    kind: AreaKind,
+    parent_id: int | None = None,
+    code: str | None = None,
+    address: str | None = None,
+    latitude: Decimal | None = None,
+    longitude: Decimal | None = None,
+    scope_patterns: Sequence[str] | None = None,
+) -> Area:
     """Add an area under ``parent_id`` (or a root company) and compute its path."""
     parent_path = "/"
     if parent_id is not None:
-        parent = await session.get(Area, parent_id)
-        if parent is None:
-            raise UnknownArea(field="parentId")
+        parent = await _area_for(session, parent_id, scope_patterns, "parentId")
         if _KIND_ORDER.index(kind) <= _KIND_ORDER.index(parent.kind):
             raise AreaKindOrder(field="kind")
         parent_path = parent.path
     elif kind is not AreaKind.company:
         raise AreaKindOrder(field="kind")
+    elif scope_patterns is not None and "/%" not in scope_patterns:
+        # A new company lies outside every scope but the whole tree's.
+        raise UnknownArea(field="parentId")
+    await _check_area_fields(session, {"name": name, "code": code, "address": address,
+                                       "latitude": latitude, "longitude": longitude}, None)
     # The path holds the area's own id: take it from the sequence first.
     area_id = (await session.execute(text("SELECT nextval(pg_get_serial_sequence('areas', 'id'))"))).scalar_one()
-    area = Area(id=area_id, name=name, kind=kind, parent_id=parent_id, path=f"{parent_path}{area_id}/")
+    area = Area(id=area_id, name=name, kind=kind, parent_id=parent_id, path=f"{parent_path}{area_id}/",
+                code=code or None, address=address, latitude=latitude, longitude=longitude)
     session.add(area)
+    await session.flush()
+    return area
+
+
+async def update_area(
+    session: AsyncSession, *, area_id: int, changes: AreaChanges, scope_patterns: Sequence[str] | None = None
+) -> Area:
+    """Change an area's name, code, address or coordinates (moving is :func:`move_area`)."""
+    area = await _area_for(session, area_id, scope_patterns, "id")
+    values = _changed(changes)
+    await _check_area_fields(session, values, area_id)
+    for name, value in values.items():
+        setattr(area, name, value or None if name == "code" else value)
+    await session.flush()
+    return area
+
+
+async def rename_area(session: AsyncSession, *, area_id: int, name: str, scope_patterns: Sequence[str] | None = None) -> Area:
+    return await update_area(session, area_id=area_id, changes=AreaChanges(name=name), scope_patterns=scope_patterns)
+
+
+async def move_area(
+    session: AsyncSession, *, area_id: int, new_parent_id: int, scope_patterns: Sequence[str] | None = None
+) -> Area:
+    """Hang an area (and its subtree) under another parent; every path of the subtree is
+    rewritten in one UPDATE."""
+    area = await _area_for(session, area_id, scope_patterns, "id")
+    parent = await _area_for(session, new_parent_id, scope_patterns, "parentId")
+    if parent.path.startswith(area.path):
+        raise errors.AreaMoveInvalid(field="parentId")
+    if _KIND_ORDER.index(area.kind) <= _KIND_ORDER.index(parent.kind):
+        raise AreaKindOrder(field="parentId")
+    old_prefix, new_prefix = area.path, f"{parent.path}{area.id}/"
+    # New paths cannot collide with existing ones: each ends in its own unique id.
+    await session.execute(
+        text(
+            "UPDATE areas SET path = :new_prefix || substr(path, length(:old_prefix) + 1), "
+            "parent_id = CASE WHEN id = :area_id THEN :parent_id ELSE parent_id END "
+            "WHERE path LIKE :pattern"
+        ),
+        {"new_prefix": new_prefix, "old_prefix": old_prefix, "area_id": area_id, "parent_id": new_parent_id,
+         "pattern": _like_prefix(old_prefix)},
+    )
+    await session.refresh(area)
+    return area
+
+
+def _like_prefix(path: str) -> str:
+    return path.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+async def delete_area(session: AsyncSession, *, area_id: int, scope_patterns: Sequence[str] | None = None) -> Area:
+    """Delete an area with nothing under it: no child area, household, meter, concentrator
+    or role / API-client grant (AREA_NOT_EMPTY otherwise)."""
+    area = await _area_for(session, area_id, scope_patterns, "id")
+    used = await session.execute(
+        text(
+            "SELECT EXISTS (SELECT 1 FROM areas WHERE parent_id = :id) OR EXISTS (SELECT 1 FROM households WHERE area_id = :id)"
+            " OR EXISTS (SELECT 1 FROM meters WHERE area_id = :id) OR EXISTS (SELECT 1 FROM concentrators WHERE area_id = :id)"
+            " OR EXISTS (SELECT 1 FROM role_areas WHERE area_id = :id) OR EXISTS (SELECT 1 FROM api_client_areas WHERE area_id = :id)"
+        ),
+        {"id": area_id},
+    )
+    if used.scalar_one():
+        raise errors.AreaNotEmpty(field="id")
+    await session.delete(area)
     await session.flush()
     return area
 
@@ -108,6 +385,8 @@ def _area_page_query(by_parent: bool, by_kind: bool, by_search: bool) -> tuple[S
             parent.c.id.label("parent_pk"), parent.c.name.label("parent_name"), parent.c.kind.label("parent_kind"),
             parent.c.created_at.label("parent_created_at"), parent.c.parent_id.label("parent_parent_id"),
             parent.c.path.label("parent_path"),
+            # The Archives issue's columns come last, so the Foundation's positions hold.
+            area.c.code, area.c.address, area.c.latitude, area.c.longitude,
         )
         .outerjoin(parent, parent.c.id == area.c.parent_id)
         .where(*conditions)
@@ -139,17 +418,6 @@ def area_page_query(
     return PagedQuery(rows=rows, count=count, params=params)
 
 
-async def create_household(session: AsyncSession, *, account_no: str, name: str, area_id: int) -> Household:
-    await require_areas(session, [area_id], field="areaId")
-    existing = await session.execute(select(Household.id).where(Household.account_no == account_no))  # type: ignore[call-overload]
-    if existing.first() is not None:
-        raise DuplicateAccountNo(field="accountNo")
-    household = Household(account_no=account_no, name=name, area_id=area_id)
-    session.add(household)
-    await session.flush()
-    return household
-
-
 async def households_by_ids(session: AsyncSession, ids: Iterable[int]) -> dict[int, Household]:
     wanted = list(set(ids))
     if not wanted:
@@ -161,3 +429,1062 @@ async def households_by_ids(session: AsyncSession, ids: Iterable[int]) -> dict[i
 async def find_household(session: AsyncSession, *, account_no: str) -> Household | None:
     result = await session.execute(select(Household).where(Household.account_no == account_no))  # type: ignore[arg-type]
     return result.scalars().first()
+
+
+# --------------------------------------------------------------------------- households
+
+
+class HouseholdOrder(StrEnum):
+    account_no = "account_no"
+    name = "name"
+    created_at = "created_at"
+    updated_at = "updated_at"
+
+
+# The Money issue fills this in: the account balance of a household in fen (0: nothing to
+# settle). Closing a household is refused while it is not zero.
+BalanceChecker = Callable[[AsyncSession, int], Awaitable[int]]
+
+
+async def no_balance(session: AsyncSession, household_id: int) -> int:
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class HouseholdChanges:
+    """Fields to change (``KEEP`` leaves one alone, ``None`` clears an optional one).
+
+    ``name``, ``phone`` and ``id_number`` correct the current owner's record; a new owner
+    is :func:`transfer_ownership`.
+    """
+
+    name: Any = KEEP
+    phone: Any = KEEP
+    phone2: Any = KEEP
+    id_number: Any = KEEP
+    address: Any = KEEP
+    area_id: Any = KEEP
+    customer_type: Any = KEEP
+    sub_type: Any = KEEP
+    population: Any = KEEP
+    account_no: Any = KEEP
+
+
+def _owner_problems(problems: list[DomainError], values: dict[str, Any]) -> None:
+    if "name" in values:
+        _text_field(problems, values["name"], "name", limit=100)
+    for field in ("phone", "phone2"):
+        _phone_field(problems, values.get(field), field)
+    if values.get("id_number") and not ID_NUMBER.match(values["id_number"]):
+        problems.append(errors.InvalidIdNumber(field="idNumber"))
+
+
+async def _check_household_fields(
+    session: AsyncSession, values: dict[str, Any], household_id: int | None, scope_patterns: Sequence[str] | None
+) -> None:
+    problems: list[DomainError] = []
+    if "account_no" in values:
+        account_no = values["account_no"]
+        if not account_no or not ACCOUNT_NO.match(account_no):
+            problems.append(DomainError("缴费号只能包含字母、数字和 -, 最多 32 位", "An account number is up to 32 letters, digits or -",
+                                        field="accountNo", code=ErrorCode.INVALID))
+        elif await _exists(session, select(Household.id).where(Household.account_no == account_no, Household.id != (household_id or 0))):  # type: ignore[call-overload, arg-type]
+            problems.append(DuplicateAccountNo(field="accountNo"))
+    _owner_problems(problems, values)
+    if values.get("address") is not None:
+        _text_field(problems, values["address"], "address", limit=200, required=False)
+    if values.get("sub_type") is not None:
+        _text_field(problems, values["sub_type"], "subType", limit=50, required=False)
+    if "population" in values and (values["population"] is None or not 1 <= values["population"] <= 99):
+        problems.append(DomainError("人口须在 1 到 99 之间", "Population must be 1 to 99", field="population", code=ErrorCode.INVALID))
+    if "area_id" in values:
+        try:
+            await _area_for(session, values["area_id"], scope_patterns, "areaId")
+        except UnknownArea as unknown:
+            problems.append(unknown)
+    await _flush_collect(problems)
+
+
+async def create_household(
+    session: AsyncSession,
+    *,
+    account_no: str,
+    name: str,
+    area_id: int,
+    phone: str | None = None,
+    phone2: str | None = None,
+    id_number: str | None = None,
+    address: str = "",
+    customer_type: CustomerType = CustomerType.residential,
+    sub_type: str | None = None,
+    population: int = 3,
+    owner_since: date | None = None,
+    scope_patterns: Sequence[str] | None = None,
+) -> Household:
+    """Register a household (开户 of the archive) and its first owner (from ``owner_since``,
+    default: today by the database's clock)."""
+    values = {"account_no": account_no, "name": name, "area_id": area_id, "phone": phone, "phone2": phone2,
+              "id_number": id_number, "address": address, "sub_type": sub_type, "population": population}
+    await _check_household_fields(session, values, None, scope_patterns)
+    household = Household(
+        account_no=account_no, name=name, area_id=area_id, phone=phone or None, phone2=phone2 or None,
+        id_number=id_number.upper() if id_number else None, address=address, customer_type=customer_type,
+        sub_type=sub_type or None, population=population,
+    )
+    session.add(household)
+    await session.flush()
+    assert household.id is not None and household.created_at is not None
+    session.add(HouseholdOwner(household_id=household.id, name=name, phone=household.phone, id_number=household.id_number,
+                               valid_from=owner_since or household.created_at.date()))
+    await session.flush()
+    return household
+
+
+async def household_in_scope(
+    session: AsyncSession, *, household_id: int, scope_patterns: Sequence[str] | None, field: str = "id"
+) -> Household:
+    """The household when it lies within the scope; NOT_FOUND otherwise (detail views)."""
+    return await _scoped(session, Household, household_id, scope_patterns, field=field)
+
+
+async def _current_owner(session: AsyncSession, household_id: int) -> HouseholdOwner | None:
+    statement = select(HouseholdOwner).where(HouseholdOwner.household_id == household_id, HouseholdOwner.valid_to.is_(None))  # type: ignore[arg-type, union-attr]
+    return (await session.execute(statement.with_for_update())).scalars().first()
+
+
+async def update_household(
+    session: AsyncSession, *, household_id: int, changes: HouseholdChanges, scope_patterns: Sequence[str] | None = None
+) -> Household:
+    """Correct a household's record; name, phone and ID number correct the current owner too."""
+    household = await _scoped(session, Household, household_id, scope_patterns, lock=True)
+    values = _changed(changes)
+    await _check_household_fields(session, values, household_id, scope_patterns)
+    if values.get("id_number"):
+        values["id_number"] = values["id_number"].upper()
+    for name, value in values.items():
+        setattr(household, name, (value or None) if name in ("phone", "phone2", "id_number", "sub_type") else value)
+    owner_values = {k: getattr(household, k) for k in ("name", "phone", "id_number") if k in values}
+    if owner_values:
+        owner = await _current_owner(session, household_id)
+        if owner is not None:
+            for name, value in owner_values.items():
+                setattr(owner, name, value)
+    await session.flush()
+    return household
+
+
+async def set_household_status(
+    session: AsyncSession,
+    *,
+    household_id: int,
+    status: HouseholdStatus,
+    reason: str,
+    changed_by: str,
+    now: datetime,
+    scope_patterns: Sequence[str] | None = None,
+    balance_checker: BalanceChecker = no_balance,
+) -> Household:
+    """Suspend, close (销户) or reactivate a household, recording the change.
+
+    Closing is refused while a meter still serves the household (end or replace it first)
+    or while ``balance_checker`` reports a balance to settle.
+    """
+    household = await _scoped(session, Household, household_id, scope_patterns, lock=True)
+    if len(reason) > 500:
+        raise DomainError("原因不能超过 500 个字符", "A reason is at most 500 characters", field="reason", code=ErrorCode.TOO_LONG)
+    if household.status is status:
+        return household
+    if status is HouseholdStatus.closed:
+        if await _exists(session, select(MeterAssignment.id).where(  # type: ignore[call-overload]
+            MeterAssignment.household_id == household_id, MeterAssignment.valid_to.is_(None)  # type: ignore[union-attr]
+        )):
+            raise errors.MetersStillAssigned(field="status")
+        if await balance_checker(session, household_id) != 0:
+            raise errors.BalanceOutstanding(field="status")
+    household.status = status
+    session.add(HouseholdStatusChange(household_id=household_id, status=status, reason=reason, changed_at=now,
+                                      changed_by=changed_by[:100]))
+    await session.flush()
+    return household
+
+
+async def transfer_ownership(
+    session: AsyncSession,
+    *,
+    household_id: int,
+    name: str,
+    phone: str | None,
+    id_number: str | None,
+    valid_from: date,
+    scope_patterns: Sequence[str] | None = None,
+) -> Household:
+    """过户: the new owner holds the household from ``valid_from``; the old one stays in
+    ``household_owners`` with ``valid_to = valid_from``. The Money issue settles the old
+    owner's account around this call."""
+    household = await _scoped(session, Household, household_id, scope_patterns, lock=True)
+    if household.status is HouseholdStatus.closed:
+        raise errors.HouseholdClosed(field="householdId")
+    problems: list[DomainError] = []
+    _owner_problems(problems, {"name": name, "phone": phone, "id_number": id_number})
+    owner = await _current_owner(session, household_id)
+    if owner is not None and valid_from < owner.valid_from:
+        problems.append(DomainError("过户日期不能早于现户主的起始日期", "The transfer date is before the current owner's start",
+                                    field="validFrom", code=ErrorCode.INVALID))
+    await _flush_collect(problems)
+    if owner is not None:
+        owner.valid_to = valid_from
+    id_number = id_number.upper() if id_number else None
+    await session.flush()  # the old owner is closed before the new one becomes current
+    session.add(HouseholdOwner(household_id=household_id, name=name, phone=phone or None, id_number=id_number,
+                               valid_from=valid_from))
+    household.name, household.phone, household.id_number = name, phone or None, id_number
+    await session.flush()
+    return household
+
+
+async def delete_household(session: AsyncSession, *, household_id: int, scope_patterns: Sequence[str] | None = None) -> Household:
+    """Delete a household registered by mistake: refused (HAS_HISTORY) once it has had a
+    meter, a status change, an ownership transfer or a resident binding; close it instead."""
+    household = await _scoped(session, Household, household_id, scope_patterns, lock=True)
+    history = await session.execute(
+        text(
+            "SELECT EXISTS (SELECT 1 FROM meter_assignments WHERE household_id = :id)"
+            " OR EXISTS (SELECT 1 FROM household_status_history WHERE household_id = :id)"
+            " OR (SELECT count(*) FROM household_owners WHERE household_id = :id) > 1"
+            " OR EXISTS (SELECT 1 FROM resident_households WHERE household_id = :id)"
+        ),
+        {"id": household_id},
+    )
+    if history.scalar_one():
+        raise errors.HasHistory(field="id")
+    await session.execute(text("DELETE FROM household_owners WHERE household_id = :id"), {"id": household_id})
+    await session.delete(household)
+    await session.flush()
+    return household
+
+
+_HOUSEHOLD_ORDER = {
+    HouseholdOrder.account_no: "account_no", HouseholdOrder.name: "name",
+    HouseholdOrder.created_at: "created_at", HouseholdOrder.updated_at: "updated_at",
+}
+HOUSEHOLD_COLUMNS = (
+    "id", "account_no", "name", "area_id", "phone", "phone2", "id_number", "address", "customer_type", "sub_type",
+    "population", "status", "created_at", "updated_at",
+)
+
+
+def _subtree_of(areas: Any) -> Any:
+    """``areas.path`` lies under the area bound as ``:area_id`` (in one statement)."""
+    root = Area.__table__.alias("root")  # type: ignore[attr-defined]
+    return areas.c.path.like(select(func.replace(func.replace(root.c.path, "_", "\\_"), "%", "\\%") + "%")
+                             .where(root.c.id == bindparam("area_id")).scalar_subquery())
+
+
+@functools.cache
+def _household_page_query(
+    by_area: bool, by_status: bool, by_type: bool, by_search: bool, order: HouseholdOrder, descending: bool
+) -> tuple[Select[Any], Select[Any]]:
+    household = Household.__table__.alias("h")  # type: ignore[attr-defined]
+    area = Area.__table__.alias("a")  # type: ignore[attr-defined]
+    conditions = [area.c.path.like(any_(bindparam("patterns", type_=ARRAY(Text))))]
+    if by_area:
+        conditions.append(_subtree_of(area))
+    if by_status:
+        conditions.append(household.c.status == bindparam("status"))
+    if by_type:
+        conditions.append(household.c.customer_type == bindparam("customer_type"))
+    if by_search:
+        term: Any = bindparam("search")
+        conditions.append(or_(*(household.c[name].like(term, escape="\\")
+                                for name in ("account_no", "name", "phone", "phone2", "address"))))
+    sort = household.c[_HOUSEHOLD_ORDER[order]]
+    rows = (
+        select(*(household.c[name] for name in HOUSEHOLD_COLUMNS), area.c.path.label("area_path"))
+        .join(area, area.c.id == household.c.area_id)
+        .where(*conditions)
+        .order_by(sort.desc() if descending else sort, household.c.id.desc() if descending else household.c.id)
+        .offset(bindparam("_offset"))
+        .limit(bindparam("_limit"))
+    )
+    count = select(func.count()).select_from(household.join(area, area.c.id == household.c.area_id)).where(*conditions)
+    return rows, count
+
+
+def household_page_query(
+    *,
+    scope_patterns: Sequence[str],
+    area_id: int | None = None,
+    status: HouseholdStatus | None = None,
+    customer_type: CustomerType | None = None,
+    search: str | None = None,
+    order: HouseholdOrder = HouseholdOrder.account_no,
+    descending: bool = False,
+) -> PagedQuery:
+    """Households within the scope, optionally in ``area_id``'s subtree, by status, type
+    and free text (account number, name, phones, address). Rows hold
+    :data:`HOUSEHOLD_COLUMNS` plus ``area_path``; exports stream the same statement."""
+    rows, count = _household_page_query(area_id is not None, status is not None, customer_type is not None,
+                                        bool(search), order, descending)
+    params: dict[str, Any] = {"patterns": list(scope_patterns)}
+    if area_id is not None:
+        params["area_id"] = area_id
+    if status is not None:
+        params["status"] = status.value
+    if customer_type is not None:
+        params["customer_type"] = customer_type.value
+    if search:
+        params["search"] = _like(search)
+    return PagedQuery(rows=rows, count=count, params=params)
+
+
+async def _grouped(session: AsyncSession, statement: Any, key: str) -> dict[int, list[Any]]:
+    grouped: dict[int, list[Any]] = defaultdict(list)
+    for row in (await session.execute(statement)).scalars().all():
+        grouped[getattr(row, key)].append(row)
+    return dict(grouped)
+
+
+async def owners_by_household_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, list[HouseholdOwner]]:
+    """Every owner per household, oldest first."""
+    statement = select(HouseholdOwner).where(HouseholdOwner.household_id.in_(list(ids))).order_by(  # type: ignore[attr-defined]
+        HouseholdOwner.household_id, HouseholdOwner.valid_from, HouseholdOwner.id)  # type: ignore[arg-type]
+    return await _grouped(session, statement, "household_id")
+
+
+async def status_history_by_household_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, list[HouseholdStatusChange]]:
+    statement = select(HouseholdStatusChange).where(HouseholdStatusChange.household_id.in_(list(ids))).order_by(  # type: ignore[attr-defined]
+        HouseholdStatusChange.household_id, HouseholdStatusChange.changed_at, HouseholdStatusChange.id)  # type: ignore[arg-type]
+    return await _grouped(session, statement, "household_id")
+
+
+async def assignments_by_household_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, list[MeterAssignment]]:
+    """Every assignment per household (current and past), oldest first."""
+    statement = select(MeterAssignment).where(MeterAssignment.household_id.in_(list(ids))).order_by(  # type: ignore[attr-defined]
+        MeterAssignment.household_id, MeterAssignment.valid_from, MeterAssignment.id)  # type: ignore[arg-type]
+    return await _grouped(session, statement, "household_id")
+
+
+async def assignments_by_meter_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, list[MeterAssignment]]:
+    statement = select(MeterAssignment).where(MeterAssignment.meter_id.in_(list(ids))).order_by(  # type: ignore[attr-defined]
+        MeterAssignment.meter_id, MeterAssignment.valid_from, MeterAssignment.id)  # type: ignore[arg-type]
+    return await _grouped(session, statement, "meter_id")
+
+
+async def replacements_by_household_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, list[MeterReplacement]]:
+    statement = select(MeterReplacement).where(MeterReplacement.household_id.in_(list(ids))).order_by(  # type: ignore[attr-defined]
+        MeterReplacement.household_id, MeterReplacement.replaced_at, MeterReplacement.id)  # type: ignore[arg-type]
+    return await _grouped(session, statement, "household_id")
+
+
+async def _by_ids(session: AsyncSession, model: Any, ids: Iterable[int]) -> dict[int, Any]:
+    wanted = list(set(ids))
+    if not wanted:
+        return {}
+    rows = (await session.execute(select(model).where(model.id.in_(wanted)))).scalars().all()
+    return {row.id: row for row in rows}
+
+
+async def meters_by_ids(session: AsyncSession, ids: Iterable[int]) -> dict[int, Meter]:
+    return await _by_ids(session, Meter, ids)
+
+
+async def meter_models_by_ids(session: AsyncSession, ids: Iterable[int]) -> dict[int, MeterModel]:
+    return await _by_ids(session, MeterModel, ids)
+
+
+async def concentrators_by_ids(session: AsyncSession, ids: Iterable[int]) -> dict[int, Concentrator]:
+    return await _by_ids(session, Concentrator, ids)
+
+
+async def collectors_by_ids(session: AsyncSession, ids: Iterable[int]) -> dict[int, Collector]:
+    return await _by_ids(session, Collector, ids)
+
+
+async def collectors_by_concentrator_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, list[Collector]]:
+    statement = select(Collector).where(Collector.concentrator_id.in_(list(ids))).order_by(Collector.concentrator_id, Collector.address)  # type: ignore[attr-defined, arg-type]
+    return await _grouped(session, statement, "concentrator_id")
+
+
+# --------------------------------------------------------------------------- meter models
+
+
+@dataclass(frozen=True, slots=True)
+class MeterModelFields:
+    vendor: str
+    name: str
+    caliber: int
+    protocol: str = "cjt188"
+    register_digits: int = 5
+    register_decimals: int = 3
+    multiplier: Decimal = Decimal(1)
+    has_valve: bool = False
+    has_battery: bool = False
+    di_byte_order: DiByteOrder = DiByteOrder.standard
+
+
+async def save_meter_model(session: AsyncSession, *, fields: MeterModelFields, model_id: int | None = None) -> MeterModel:
+    """Create a meter model, or replace model ``model_id``'s fields (catalog data, not scoped)."""
+    problems: list[DomainError] = []
+    _text_field(problems, fields.vendor, "vendor", limit=100)
+    _text_field(problems, fields.name, "name", limit=100)
+    _text_field(problems, fields.protocol, "protocol", limit=32)
+    if fields.caliber not in CALIBERS:
+        problems.append(DomainError("口径须为 DN15 至 DN300 的标准规格", "Caliber must be a standard DN15…DN300",
+                                    field="caliber", code=ErrorCode.INVALID))
+    if not (1 <= fields.register_digits <= 12 and 0 <= fields.register_decimals <= 4):
+        problems.append(DomainError("计数器位数 1-12, 小数位 0-4", "Register digits 1-12, decimals 0-4",
+                                    field="registerDigits", code=ErrorCode.INVALID))
+    if not (fields.multiplier.is_finite() and Decimal(0) < fields.multiplier < Decimal(100000000)):
+        problems.append(DomainError("倍率须大于 0", "The multiplier must be above 0", field="multiplier", code=ErrorCode.INVALID))
+    if not problems and await _exists(session, select(MeterModel.id).where(  # type: ignore[call-overload]
+        MeterModel.vendor == fields.vendor, MeterModel.name == fields.name, MeterModel.id != (model_id or 0)  # type: ignore[arg-type]
+    )):
+        problems.append(errors.DuplicateMeterModel(field="name"))
+    await _flush_collect(problems)
+    if model_id is None:
+        model = MeterModel(**dataclasses.asdict(fields))
+        session.add(model)
+    else:
+        found = await session.get(MeterModel, model_id, with_for_update=True)
+        if found is None:
+            raise NotFound(field="id")
+        model = found
+        for name, value in dataclasses.asdict(fields).items():
+            setattr(model, name, value)
+    await session.flush()
+    return model
+
+
+async def delete_meter_model(session: AsyncSession, *, model_id: int) -> MeterModel:
+    model = await session.get(MeterModel, model_id)
+    if model is None:
+        raise NotFound(field="id")
+    if await _exists(session, select(Meter.id).where(Meter.model_id == model_id)):  # type: ignore[call-overload, arg-type]
+        raise errors.DeviceInUse("仍有水表使用该型号, 不能删除", "Meters still use this model", field="id")
+    await session.delete(model)
+    await session.flush()
+    return model
+
+
+def meter_models_statement(*, search: str | None = None) -> Select[Any]:
+    statement = select(MeterModel)
+    if search:
+        term = _like(search)
+        statement = statement.where(or_(MeterModel.vendor.like(term, escape="\\"), MeterModel.name.like(term, escape="\\")))  # type: ignore[attr-defined]
+    return statement.order_by(MeterModel.vendor, MeterModel.name, MeterModel.id)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- meters
+
+
+class MeterOrder(StrEnum):
+    code = "code"
+    address = "address"
+    name = "name"
+    created_at = "created_at"
+
+
+@dataclass(frozen=True, slots=True)
+class MeterChanges:
+    """A meter's fields: all of them for :func:`create_meter` (``KEEP`` means the default),
+    only those to change for :func:`update_meter` (``None`` clears an optional one)."""
+
+    name: Any = KEEP
+    code: Any = KEEP
+    address: Any = KEEP
+    meter_type: Any = KEEP
+    area_id: Any = KEEP
+    kind: Any = KEEP
+    model_id: Any = KEEP
+    protocol: Any = KEEP
+    install_date: Any = KEEP
+    initial_reading: Any = KEEP
+    location: Any = KEEP
+    status: Any = KEEP
+    concentrator_id: Any = KEEP
+    collector_id: Any = KEEP
+    port: Any = KEEP
+    measurement_point: Any = KEEP
+    mqtt_topic: Any = KEEP
+
+
+_METER_DEFAULTS: dict[str, Any] = {
+    "kind": MeterKind.household, "model_id": None, "protocol": None, "install_date": None,
+    "initial_reading": Decimal(0), "location": None, "status": MeterStatus.in_stock, "concentrator_id": None,
+    "collector_id": None, "port": None, "measurement_point": None, "mqtt_topic": None,
+}
+
+
+async def _check_meter(
+    session: AsyncSession, meter: dict[str, Any], meter_id: int | None, scope_patterns: Sequence[str] | None
+) -> None:
+    """Validate a meter's complete field set (create and update share this)."""
+    problems: list[DomainError] = []
+    _text_field(problems, meter["name"], "name", limit=100)
+    code = meter["code"]
+    if not code or not METER_CODE.match(code):
+        problems.append(DomainError("表计编码只能包含字母、数字、-、_, 最多 32 位", "A meter code is up to 32 letters, digits, - or _",
+                                    field="code", code=ErrorCode.INVALID))
+    elif await _exists(session, select(Meter.id).where(Meter.code == code, Meter.id != (meter_id or 0))):  # type: ignore[call-overload, arg-type]
+        problems.append(errors.DuplicateMeterCode(field="code"))
+    rule = ADDRESS_RULES.get(meter["protocol"], OTHER_ADDRESS)
+    if not meter["address"] or not rule.match(meter["address"]):
+        if rule is OTHER_ADDRESS:
+            problems.append(errors.InvalidAddress("表地址只能包含字母和数字, 最多 32 位", "An address is up to 32 letters or digits",
+                                                  field="address"))
+        else:
+            problems.append(errors.InvalidAddress(field="address"))
+    elif await _exists(session, select(Meter.id).where(  # type: ignore[call-overload]
+        Meter.protocol == meter["protocol"], Meter.address == meter["address"], Meter.id != (meter_id or 0)  # type: ignore[arg-type]
+    )):
+        problems.append(errors.DuplicateMeterAddress(field="address"))
+    try:
+        await _area_for(session, meter["area_id"], scope_patterns, "areaId")
+    except UnknownArea as unknown:
+        problems.append(unknown)
+    _reading(problems, meter["initial_reading"], "initialReading")
+    if meter["location"] is not None:
+        _text_field(problems, meter["location"], "location", limit=200, required=False)
+    if meter["model_id"] is not None and await session.get(MeterModel, meter["model_id"]) is None:
+        problems.append(NotFound(field="modelId"))
+    concentrator_id, collector_id = meter["concentrator_id"], meter["collector_id"]
+    if concentrator_id is not None and await session.get(Concentrator, concentrator_id) is None:
+        problems.append(NotFound(field="concentratorId"))
+    if collector_id is not None:
+        collector = await session.get(Collector, collector_id)
+        if collector is None or collector.concentrator_id != concentrator_id:
+            problems.append(DomainError("采集器不属于所选集中器", "The collector is not on that concentrator",
+                                        field="collectorId", code=ErrorCode.INVALID))
+    if meter["mqtt_topic"] is not None and concentrator_id is not None:
+        problems.append(DomainError("NB-IoT 水表经 MQTT 上报, 不挂集中器", "An MQTT meter hangs under no concentrator",
+                                    field="mqttTopic", code=ErrorCode.INVALID))
+    if (meter["port"] is not None or meter["measurement_point"] is not None) and concentrator_id is None:
+        problems.append(DomainError("端口和测量点号需要先选择集中器", "A port or measurement point needs a concentrator",
+                                    field="port", code=ErrorCode.INVALID))
+    if meter["port"] is not None and not 1 <= meter["port"] <= 255:
+        problems.append(DomainError("端口须在 1-255 之间", "Port must be 1-255", field="port", code=ErrorCode.INVALID))
+    if meter["measurement_point"] is not None and not 1 <= meter["measurement_point"] <= 2040:
+        problems.append(DomainError("测量点号须在 1-2040 之间", "Measurement point must be 1-2040",
+                                    field="measurementPoint", code=ErrorCode.INVALID))
+    await _flush_collect(problems)
+
+
+async def _resolve_protocol(session: AsyncSession, values: dict[str, Any]) -> None:
+    if values.get("protocol") is None:
+        model = await session.get(MeterModel, values["model_id"]) if values.get("model_id") is not None else None
+        values["protocol"] = model.protocol if model is not None else "cjt188"
+
+
+async def create_meter(session: AsyncSession, *, fields: MeterChanges, scope_patterns: Sequence[str] | None = None) -> Meter:
+    """Register a meter or monitoring point; ``name``, ``code``, ``address``, ``meter_type``
+    and ``area_id`` are required, the rest default (protocol: the model's, else cjt188)."""
+    values = {**_METER_DEFAULTS, **_changed(fields)}
+    missing = [DomainError("必填", "Required", field=_camel(name), code=ErrorCode.REQUIRED)
+               for name in ("name", "code", "address", "meter_type", "area_id") if values.get(name) is None]
+    await _flush_collect(missing)
+    await _resolve_protocol(session, values)
+    await _check_meter(session, values, None, scope_patterns)
+    meter = Meter(**values)
+    session.add(meter)
+    await session.flush()
+    return meter
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+async def meter_in_scope(session: AsyncSession, *, meter_id: int, scope_patterns: Sequence[str] | None, field: str = "id") -> Meter:
+    return await _scoped(session, Meter, meter_id, scope_patterns, field=field)
+
+
+async def update_meter(
+    session: AsyncSession, *, meter_id: int, changes: MeterChanges, scope_patterns: Sequence[str] | None = None
+) -> Meter:
+    """Change a meter's archive fields (assignments and status have their own functions)."""
+    meter = await _scoped(session, Meter, meter_id, scope_patterns, lock=True)
+    values = _changed(changes)
+    if "status" in values:
+        raise DomainError("状态经配表、换表、报废变化", "Status changes through assignment, replacement and retirement",
+                          field="status", code=ErrorCode.INVALID)
+    current = {name: getattr(meter, name) for name in _METER_DEFAULTS | {"name": 0, "code": 0, "address": 0,
+                                                                          "meter_type": 0, "area_id": 0}}
+    merged = {**current, **values}
+    await _resolve_protocol(session, merged)
+    await _check_meter(session, merged, meter_id, scope_patterns)
+    if merged["kind"] is MeterKind.monitoring and await _open_assignment(session, meter_id) is not None:
+        raise errors.MeterAlreadyAssigned("在用的住户水表不能改为监测点", "A meter serving a household cannot become a monitoring point",
+                                          field="kind")
+    for name, value in merged.items():
+        setattr(meter, name, value)
+    await session.flush()
+    return meter
+
+
+async def set_meter_status(
+    session: AsyncSession, *, meter_id: int, status: MeterStatus, scope_patterns: Sequence[str] | None = None
+) -> Meter:
+    """Mark a meter faulty, retired (报废) or back in stock; a meter serving a household
+    changes through :func:`end_assignment` or :func:`replace_meter` first."""
+    meter = await _scoped(session, Meter, meter_id, scope_patterns, lock=True)
+    if status is MeterStatus.installed:
+        raise DomainError("安装状态由配表产生", "A meter becomes installed by assignment", field="status", code=ErrorCode.INVALID)
+    if status is not MeterStatus.faulty and await _open_assignment(session, meter_id) is not None:
+        raise errors.MeterAlreadyAssigned(field="id")
+    meter.status = status
+    await session.flush()
+    return meter
+
+
+async def delete_meter(session: AsyncSession, *, meter_id: int, scope_patterns: Sequence[str] | None = None) -> Meter:
+    """Delete a meter entered by mistake; once it has served a household (or been
+    replaced) it is retired instead (HAS_HISTORY)."""
+    meter = await _scoped(session, Meter, meter_id, scope_patterns, lock=True)
+    history = await session.execute(
+        text("SELECT EXISTS (SELECT 1 FROM meter_assignments WHERE meter_id = :id)"
+             " OR EXISTS (SELECT 1 FROM meter_replacements WHERE old_meter_id = :id OR new_meter_id = :id)"),
+        {"id": meter_id},
+    )
+    if history.scalar_one():
+        raise errors.HasHistory(field="id")
+    await session.delete(meter)
+    await session.flush()
+    return meter
+
+
+_METER_ORDER = {MeterOrder.code: "code", MeterOrder.address: "address", MeterOrder.name: "name", MeterOrder.created_at: "created_at"}
+METER_COLUMNS = (
+    "id", "name", "code", "protocol", "address", "meter_type", "kind", "model_id", "install_date", "initial_reading",
+    "location", "area_id", "status", "concentrator_id", "collector_id", "port", "measurement_point", "mqtt_topic",
+    "created_at", "updated_at",
+)
+
+
+@functools.cache
+def _meter_page_query(
+    by_area: bool, by_status: bool, by_type: bool, by_kind: bool, by_concentrator: bool, by_search: bool,
+    order: MeterOrder, descending: bool,
+) -> tuple[Select[Any], Select[Any]]:
+    meter = Meter.__table__.alias("m")  # type: ignore[attr-defined]
+    area = Area.__table__.alias("a")  # type: ignore[attr-defined]
+    conditions = [area.c.path.like(any_(bindparam("patterns", type_=ARRAY(Text))))]
+    if by_area:
+        conditions.append(_subtree_of(area))
+    if by_status:
+        conditions.append(meter.c.status == bindparam("status"))
+    if by_type:
+        conditions.append(meter.c.meter_type == bindparam("meter_type"))
+    if by_kind:
+        conditions.append(meter.c.kind == bindparam("kind"))
+    if by_concentrator:
+        conditions.append(meter.c.concentrator_id == bindparam("concentrator_id"))
+    if by_search:
+        term: Any = bindparam("search")
+        conditions.append(or_(*(meter.c[name].like(term, escape="\\") for name in ("address", "code", "name", "location"))))
+    sort = meter.c[_METER_ORDER[order]]
+    rows = (
+        select(*(meter.c[name] for name in METER_COLUMNS), area.c.path.label("area_path"))
+        .join(area, area.c.id == meter.c.area_id)
+        .where(*conditions)
+        .order_by(sort.desc() if descending else sort, meter.c.id.desc() if descending else meter.c.id)
+        .offset(bindparam("_offset"))
+        .limit(bindparam("_limit"))
+    )
+    count = select(func.count()).select_from(meter.join(area, area.c.id == meter.c.area_id)).where(*conditions)
+    return rows, count
+
+
+def meter_page_query(
+    *,
+    scope_patterns: Sequence[str],
+    area_id: int | None = None,
+    status: MeterStatus | None = None,
+    meter_type: MeterType | None = None,
+    kind: MeterKind | None = None,
+    concentrator_id: int | None = None,
+    search: str | None = None,
+    order: MeterOrder = MeterOrder.code,
+    descending: bool = False,
+) -> PagedQuery:
+    """Meters within the scope, filtered; rows hold :data:`METER_COLUMNS` plus ``area_path``."""
+    rows, count = _meter_page_query(area_id is not None, status is not None, meter_type is not None, kind is not None,
+                                    concentrator_id is not None, bool(search), order, descending)
+    params: dict[str, Any] = {"patterns": list(scope_patterns)}
+    for name, value in (("area_id", area_id), ("concentrator_id", concentrator_id)):
+        if value is not None:
+            params[name] = value
+    for name, member in (("status", status), ("meter_type", meter_type), ("kind", kind)):
+        if member is not None:
+            params[name] = member.value
+    if search:
+        params["search"] = _like(search)
+    return PagedQuery(rows=rows, count=count, params=params)
+
+
+# --------------------------------------------------------------------------- assignments
+
+
+async def _open_assignment(session: AsyncSession, meter_id: int) -> MeterAssignment | None:
+    statement = select(MeterAssignment).where(MeterAssignment.meter_id == meter_id, MeterAssignment.valid_to.is_(None))  # type: ignore[arg-type, union-attr]
+    return (await session.execute(statement)).scalars().first()
+
+
+async def _lock_meters(session: AsyncSession, ids: Sequence[int], scope_patterns: Sequence[str] | None,
+                       fields: Sequence[str]) -> list[Meter]:
+    # Lock in primary-key order so two replacements on the same meters cannot deadlock.
+    found = {pk: await _scoped(session, Meter, pk, scope_patterns, field=field, lock=True)
+             for pk, field in sorted(zip(ids, fields, strict=True))}
+    return [found[pk] for pk in ids]
+
+
+def _check_available(meter: Meter, field: str) -> None:
+    if meter.kind is MeterKind.monitoring or meter.status in (MeterStatus.retired, MeterStatus.faulty):
+        raise errors.MeterUnavailable(field=field)
+
+
+async def _open(session: AsyncSession, meter: Meter, household: Household, valid_from: datetime, start: Decimal,
+                field: str) -> MeterAssignment:
+    assert meter.id is not None and household.id is not None
+    if await _open_assignment(session, meter.id) is not None:
+        raise errors.MeterAlreadyAssigned(field=field)
+    last_end = (await session.execute(select(func.max(MeterAssignment.valid_to)).where(MeterAssignment.meter_id == meter.id))).scalar()  # type: ignore[arg-type]
+    if last_end is not None and valid_from < last_end:
+        raise errors.MeterAlreadyAssigned("起始时间与该水表之前的分配重叠", "Overlaps this meter's earlier assignment", field="validFrom")
+    assignment = MeterAssignment(meter_id=meter.id, household_id=household.id, valid_from=valid_from, start_reading=start)
+    session.add(assignment)
+    meter.status = MeterStatus.installed
+    await session.flush()
+    return assignment
+
+
+async def assign_meter(
+    session: AsyncSession,
+    *,
+    meter_id: int,
+    household_id: int,
+    valid_from: datetime,
+    start_reading: Decimal | None = None,
+    scope_patterns: Sequence[str] | None = None,
+) -> MeterAssignment:
+    """配表: meter ``meter_id`` serves the household from ``valid_from`` with
+    ``start_reading`` (default: the meter's initial reading). One household at a time."""
+    (meter,) = await _lock_meters(session, [meter_id], scope_patterns, ["meterId"])
+    household = await _scoped(session, Household, household_id, scope_patterns, field="householdId")
+    if household.status is HouseholdStatus.closed:
+        raise errors.HouseholdClosed(field="householdId")
+    _check_available(meter, "meterId")
+    start = start_reading if start_reading is not None else meter.initial_reading
+    problems: list[DomainError] = []
+    _reading(problems, start, "startReading")
+    await _flush_collect(problems)
+    return await _open(session, meter, household, valid_from, start, "meterId")
+
+
+async def _close(assignment: MeterAssignment, valid_to: datetime, end_reading: Decimal | None, prefix: str) -> None:
+    problems: list[DomainError] = []
+    _reading(problems, end_reading, f"{prefix}Reading" if prefix else "endReading")
+    if valid_to < assignment.valid_from:
+        problems.append(DomainError("结束时间早于分配开始时间", "The end is before the assignment's start",
+                                    field="validTo" if not prefix else "replacedAt", code=ErrorCode.INVALID))
+    await _flush_collect(problems)
+    assignment.valid_to, assignment.end_reading = valid_to, end_reading
+
+
+async def end_assignment(
+    session: AsyncSession,
+    *,
+    meter_id: int,
+    valid_to: datetime,
+    end_reading: Decimal | None,
+    scope_patterns: Sequence[str] | None = None,
+) -> MeterAssignment:
+    """拆表: the meter stops serving its household at ``valid_to`` with ``end_reading``
+    and goes back in stock."""
+    (meter,) = await _lock_meters(session, [meter_id], scope_patterns, ["meterId"])
+    assignment = await _open_assignment(session, meter_id)
+    if assignment is None:
+        raise errors.MeterNotAssigned(field="meterId")
+    await _close(assignment, valid_to, end_reading, "")
+    meter.status = MeterStatus.in_stock
+    await session.flush()
+    return assignment
+
+
+async def replace_meter(
+    session: AsyncSession,
+    *,
+    old_meter_id: int,
+    new_meter_id: int,
+    replaced_at: datetime,
+    old_final_reading: Decimal | None,
+    new_initial_reading: Decimal | None,
+    reason: str = "",
+    replaced_by: str,
+    scope_patterns: Sequence[str] | None = None,
+) -> MeterReplacement:
+    """换表, in one operation: the old meter's assignment closes with its final reading
+    (the old meter is retired), the new meter's opens for the same household with its
+    initial reading, and the replacement is recorded, so usage later spans both."""
+    if old_meter_id == new_meter_id:
+        raise DomainError("新表不能与旧表相同", "The new meter must differ from the old one", field="newMeterId", code=ErrorCode.INVALID)
+    old, new = await _lock_meters(session, [old_meter_id, new_meter_id], scope_patterns, ["oldMeterId", "newMeterId"])
+    assignment = await _open_assignment(session, old_meter_id)
+    if assignment is None:
+        raise errors.MeterNotAssigned(field="oldMeterId")
+    _check_available(new, "newMeterId")
+    problems: list[DomainError] = []
+    _reading(problems, new_initial_reading, "newInitialReading")
+    if len(reason) > 500:
+        problems.append(DomainError("原因不能超过 500 个字符", "A reason is at most 500 characters",
+                                    field="reason", code=ErrorCode.TOO_LONG))
+    await _flush_collect(problems)
+    assert new_initial_reading is not None
+    await _close(assignment, replaced_at, old_final_reading, "oldFinal")
+    assert old_final_reading is not None
+    old.status = MeterStatus.retired
+    await session.flush()
+    household = await session.get(Household, assignment.household_id)
+    assert household is not None and household.id is not None and old.id is not None and new.id is not None
+    await _open(session, new, household, replaced_at, new_initial_reading, "newMeterId")
+    replacement = MeterReplacement(household_id=household.id, old_meter_id=old.id, new_meter_id=new.id, replaced_at=replaced_at,
+                                   old_final_reading=old_final_reading, new_initial_reading=new_initial_reading, reason=reason,
+                                   replaced_by=replaced_by[:100])
+    session.add(replacement)
+    await session.flush()
+    return replacement
+
+
+# --------------------------------------------------------------------------- concentrators
+
+
+class TerminalPasswordCipher:
+    """Encrypts concentrator terminal passwords (PW) at rest with a Fernet key derived
+    from the station secret; the caller builds it from ``settings.secret()``."""
+
+    def __init__(self, secret: str) -> None:
+        from cryptography.fernet import Fernet
+
+        digest = hmac.new(secret.encode(), b"shuiwu/concentrator-terminal-password", hashlib.sha256).digest()
+        self._fernet = Fernet(base64.urlsafe_b64encode(digest))
+
+    def encrypt(self, password: str) -> str:
+        return self._fernet.encrypt(password.encode()).decode()
+
+    def decrypt(self, token: str) -> str:
+        return self._fernet.decrypt(token.encode()).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class ConcentratorChanges:
+    """A concentrator's fields: all required ones for :func:`create_concentrator`
+    (``KEEP`` means the default), only those to change for :func:`update_concentrator`.
+    ``terminal_password`` is plain text here and never stored as such."""
+
+    name: Any = KEEP
+    region_code: Any = KEEP
+    terminal_address: Any = KEEP
+    area_id: Any = KEEP
+    connection: Any = KEEP
+    model: Any = KEEP
+    protocol: Any = KEEP
+    serial_url: Any = KEEP
+    baudrate: Any = KEEP
+    parity: Any = KEEP
+    bytesize: Any = KEEP
+    stopbits: Any = KEEP
+    host: Any = KEEP
+    port: Any = KEEP
+    status: Any = KEEP
+    terminal_password: Any = KEEP
+
+
+_CONCENTRATOR_DEFAULTS: dict[str, Any] = {
+    "model": None, "protocol": "gdw1376", "serial_url": None, "baudrate": None, "parity": None, "bytesize": None,
+    "stopbits": None, "host": None, "port": None, "status": DeviceStatus.active,
+}
+
+
+async def _check_concentrator(
+    session: AsyncSession, values: dict[str, Any], concentrator_id: int | None, scope_patterns: Sequence[str] | None
+) -> None:
+    problems: list[DomainError] = []
+    _text_field(problems, values["name"], "name", limit=100)
+    region, terminal = values["region_code"], values["terminal_address"]
+    if not region or not REGION_CODE.match(region):
+        problems.append(errors.InvalidAddress("行政区划码须为 4 位数字", "A region code is 4 digits", field="regionCode"))
+    if terminal is None or not 1 <= terminal <= 65535:
+        problems.append(errors.InvalidAddress("终端地址须在 1-65535 之间", "A terminal address is 1-65535", field="terminalAddress"))
+    elif region and REGION_CODE.match(region) and await _exists(session, select(Concentrator.id).where(  # type: ignore[call-overload]
+        Concentrator.region_code == region, Concentrator.terminal_address == terminal,  # type: ignore[arg-type]
+        Concentrator.id != (concentrator_id or 0),  # type: ignore[arg-type]
+    )):
+        problems.append(errors.DuplicateConcentratorAddress(field="terminalAddress"))
+    try:
+        await _area_for(session, values["area_id"], scope_patterns, "areaId")
+    except UnknownArea as unknown:
+        problems.append(unknown)
+    connection = values["connection"]
+    if connection is ConnectionKind.serial and not values["serial_url"]:
+        problems.append(DomainError("串口连接须填写串口地址", "A serial connection needs a port URL",
+                                    field="serialUrl", code=ErrorCode.REQUIRED))
+    if connection is ConnectionKind.dtu_socket and not (values["host"] and values["port"]):
+        problems.append(DomainError("DTU 连接须填写主机和端口", "A DTU connection needs host and port",
+                                    field="host", code=ErrorCode.REQUIRED))
+    if values["port"] is not None and not 1 <= values["port"] <= 65535:
+        problems.append(DomainError("端口须在 1-65535 之间", "Port must be 1-65535", field="port", code=ErrorCode.INVALID))
+    if values["baudrate"] is not None and values["baudrate"] not in (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200):
+        problems.append(DomainError("波特率不支持", "Unsupported baud rate", field="baudrate", code=ErrorCode.INVALID))
+    if values["parity"] is not None and values["parity"] not in PARITIES:
+        problems.append(DomainError("校验位须为 N、E 或 O", "Parity is N, E or O", field="parity", code=ErrorCode.INVALID))
+    if values["bytesize"] is not None and values["bytesize"] not in (5, 6, 7, 8):
+        problems.append(DomainError("数据位须为 5-8", "Byte size is 5-8", field="bytesize", code=ErrorCode.INVALID))
+    if values["stopbits"] is not None and values["stopbits"] not in STOPBITS:
+        problems.append(DomainError("停止位须为 1、1.5 或 2", "Stop bits are 1, 1.5 or 2", field="stopbits", code=ErrorCode.INVALID))
+    for field, limit in (("serial_url", 200), ("host", 200), ("model", 100), ("protocol", 32)):
+        if values[field] is not None:
+            _text_field(problems, values[field], _camel(field), limit=limit, required=field == "protocol")
+    if values.get("terminal_password") is not None and len(values["terminal_password"]) > 64:
+        problems.append(DomainError("终端密码过长", "Terminal password too long", field="terminalPassword", code=ErrorCode.TOO_LONG))
+    await _flush_collect(problems)
+
+
+def _store_password(concentrator: Concentrator, values: dict[str, Any], cipher: TerminalPasswordCipher) -> None:
+    if "terminal_password" in values:
+        password = values.pop("terminal_password")
+        concentrator.terminal_password_encrypted = cipher.encrypt(password) if password else None
+
+
+async def create_concentrator(
+    session: AsyncSession, *, fields: ConcentratorChanges, cipher: TerminalPasswordCipher,
+    scope_patterns: Sequence[str] | None = None,
+) -> Concentrator:
+    """Register a concentrator; ``name``, ``region_code``, ``terminal_address``, ``area_id``
+    and ``connection`` are required."""
+    values = {**_CONCENTRATOR_DEFAULTS, **_changed(fields)}
+    missing = [DomainError("必填", "Required", field=_camel(name), code=ErrorCode.REQUIRED)
+               for name in ("name", "region_code", "terminal_address", "area_id", "connection") if values.get(name) is None]
+    await _flush_collect(missing)
+    await _check_concentrator(session, values, None, scope_patterns)
+    password = values.pop("terminal_password", None)
+    concentrator = Concentrator(**values)
+    _store_password(concentrator, {"terminal_password": password}, cipher)
+    session.add(concentrator)
+    await session.flush()
+    return concentrator
+
+
+async def concentrator_in_scope(
+    session: AsyncSession, *, concentrator_id: int, scope_patterns: Sequence[str] | None, field: str = "id"
+) -> Concentrator:
+    return await _scoped(session, Concentrator, concentrator_id, scope_patterns, field=field)
+
+
+async def update_concentrator(
+    session: AsyncSession, *, concentrator_id: int, changes: ConcentratorChanges, cipher: TerminalPasswordCipher,
+    scope_patterns: Sequence[str] | None = None,
+) -> Concentrator:
+    concentrator = await _scoped(session, Concentrator, concentrator_id, scope_patterns, lock=True)
+    values = _changed(changes)
+    current = {name: getattr(concentrator, name) for name in (*_CONCENTRATOR_DEFAULTS, "name", "region_code",
+                                                              "terminal_address", "area_id", "connection")}
+    await _check_concentrator(session, {**current, **values}, concentrator_id, scope_patterns)
+    _store_password(concentrator, values, cipher)
+    for name, value in values.items():
+        setattr(concentrator, name, value)
+    await session.flush()
+    return concentrator
+
+
+async def terminal_password(session: AsyncSession, *, concentrator_id: int, cipher: TerminalPasswordCipher) -> str | None:
+    """The plain terminal password, for the acquisition worker (never for the API)."""
+    concentrator = await session.get(Concentrator, concentrator_id)
+    if concentrator is None:
+        raise NotFound(field="concentratorId")
+    stored = concentrator.terminal_password_encrypted
+    return cipher.decrypt(stored) if stored else None
+
+
+async def delete_concentrator(session: AsyncSession, *, concentrator_id: int, scope_patterns: Sequence[str] | None = None) -> Concentrator:
+    """Delete a concentrator with no collector or meter under it (DEVICE_IN_USE otherwise)."""
+    concentrator = await _scoped(session, Concentrator, concentrator_id, scope_patterns, lock=True)
+    used = await session.execute(
+        text("SELECT EXISTS (SELECT 1 FROM collectors WHERE concentrator_id = :id)"
+             " OR EXISTS (SELECT 1 FROM meters WHERE concentrator_id = :id)"), {"id": concentrator_id})
+    if used.scalar_one():
+        raise errors.DeviceInUse(field="id")
+    await session.delete(concentrator)
+    await session.flush()
+    return concentrator
+
+
+def concentrators_statement(
+    *, scope_patterns: Sequence[str], area_id: int | None = None, status: DeviceStatus | None = None,
+    connection: ConnectionKind | None = None, search: str | None = None,
+) -> Select[Any]:
+    """Concentrators within the scope, filtered, by region code and terminal address."""
+    statement = select(Concentrator).join(Area, Area.id == Concentrator.area_id).where(in_scope(Area.path, scope_patterns))  # type: ignore[arg-type]
+    if area_id is not None:
+        root = select(Area.path).where(Area.id == area_id).scalar_subquery()  # type: ignore[arg-type, call-overload]
+        statement = statement.where(Area.path.startswith(root))  # type: ignore[attr-defined, arg-type]
+    if status is not None:
+        statement = statement.where(Concentrator.status == status)  # type: ignore[arg-type]
+    if connection is not None:
+        statement = statement.where(Concentrator.connection == connection)  # type: ignore[arg-type]
+    if search:
+        term = _like(search)
+        statement = statement.where(or_(Concentrator.name.like(term, escape="\\"), Concentrator.region_code.like(term, escape="\\"),  # type: ignore[attr-defined]
+                                        func.cast(Concentrator.terminal_address, Text).like(term, escape="\\")))  # type: ignore[arg-type]
+    return statement.order_by(Concentrator.region_code, Concentrator.terminal_address, Concentrator.id)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- collectors
+
+
+async def _collector_in_scope(session: AsyncSession, collector_id: int, scope_patterns: Sequence[str] | None) -> Collector:
+    collector = await session.get(Collector, collector_id, with_for_update=True)
+    if collector is None:
+        raise NotFound(field="id")
+    await _scoped(session, Concentrator, collector.concentrator_id, scope_patterns, field="id")
+    return collector
+
+
+async def save_collector(
+    session: AsyncSession, *, concentrator_id: int, address: str, name: str, collector_id: int | None = None,
+    scope_patterns: Sequence[str] | None = None,
+) -> Collector:
+    """Create a collector under a concentrator, or change collector ``collector_id``."""
+    await _scoped(session, Concentrator, concentrator_id, scope_patterns, field="concentratorId")
+    collector = await _collector_in_scope(session, collector_id, scope_patterns) if collector_id is not None else None
+    problems: list[DomainError] = []
+    _text_field(problems, name, "name", limit=100)
+    if not address or not OTHER_ADDRESS.match(address):
+        problems.append(errors.InvalidAddress("采集器地址只能包含字母和数字, 最多 32 位",
+                                              "A collector address is up to 32 letters or digits",
+                                              field="address"))
+    elif await _exists(session, select(Collector.id).where(  # type: ignore[call-overload]
+        Collector.concentrator_id == concentrator_id, Collector.address == address, Collector.id != (collector_id or 0)  # type: ignore[arg-type]
+    )):
+        problems.append(errors.DuplicateCollectorAddress(field="address"))
+    if collector is not None and collector.concentrator_id != concentrator_id and await _exists(
+        session, select(Meter.id).where(Meter.collector_id == collector.id)  # type: ignore[call-overload, arg-type]
+    ):
+        problems.append(errors.DeviceInUse("采集器下仍有水表, 不能换集中器", "Meters still hang under this collector",
+                                           field="concentratorId"))
+    await _flush_collect(problems)
+    if collector is None:
+        collector = Collector(concentrator_id=concentrator_id, address=address, name=name)
+        session.add(collector)
+    else:
+        collector.concentrator_id, collector.address, collector.name = concentrator_id, address, name
+    await session.flush()
+    return collector
+
+
+async def delete_collector(session: AsyncSession, *, collector_id: int, scope_patterns: Sequence[str] | None = None) -> Collector:
+    collector = await _collector_in_scope(session, collector_id, scope_patterns)
+    if await _exists(session, select(Meter.id).where(Meter.collector_id == collector_id)):  # type: ignore[call-overload, arg-type]
+        raise errors.DeviceInUse(field="id")
+    await session.delete(collector)
+    await session.flush()
+    return collector

@@ -1,0 +1,197 @@
+"""Archives over plain HTTP: household Excel export, template and import.
+
+- ``GET /exports/households.xlsx`` (``archives:read``): the households in the caller's
+  scope, filtered like the list (``areaId`` subtree, ``search``, ``status``), streamed from
+  a server-side cursor into a write-only workbook. Bearer token or a signed ``token`` link.
+- ``GET /templates/households.xlsx``: the import template (any signed-in staff).
+- ``POST /imports/households`` (``archives:manage``): a multipart upload (``file``, and
+  ``updateExisting`` = true/false as a form field or query parameter). The whole file is
+  validated first; any bad row refuses it (422 with the same body, ``errors`` listing
+  every bad row up to a cap and ``errorCount`` counting them all, plus ``code``
+  IMPORT_ROWS_INVALID) and nothing is written; a file that is not a workbook of this sheet
+  (NOT_XLSX, MISSING_COLUMNS, UNKNOWN_COLUMNS, …) is a 400 shaped like /graphql's errors.
+  Otherwise one transaction inserts/updates set-based and
+  writes one audit entry; the answer is ``{inserted, updated, unchanged, errors: [],
+  errorCount: 0}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from backend import db
+from backend.archives.excel import (
+    HOUSEHOLD_EXPORT_SHEET,
+    HOUSEHOLD_SHEET,
+    HOUSEHOLD_STATUSES,
+    HouseholdExportFilter,
+    household_export_rows,
+    import_households,
+)
+from backend.audit.service import record_operation
+from backend.auth.principal import Principal
+from backend.auth.service import AuthPolicy
+from backend.clock import utcnow
+from backend.errors import BadUserInput, DomainError, Forbidden
+from backend.exports import excel
+from backend.exports.http import caller, client_ip, file_download, refusal
+from backend.graphql.relay import decode_id
+from backend.observability import request_id_var
+from backend.settings import Settings
+
+EXPORT_PATH = "/exports/households.xlsx"
+TEMPLATE_PATH = "/templates/households.xlsx"
+IMPORT_PATH = "/imports/households"
+READ_PERMISSION = "archives:read"
+MANAGE_PERMISSION = "archives:manage"
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+
+
+def _flag(value: str | None, name: str) -> bool:
+    if value in (None, "", "false", "0", "no"):
+        return False
+    if value in ("true", "1", "yes", "on"):
+        return True
+    raise BadUserInput(f"{name} 须为 true 或 false", f"{name} must be true or false", field=name)
+
+
+async def _area_path(read_engine: AsyncEngine, params: dict[str, str]) -> str | None:
+    if not params.get("areaId"):
+        return None
+    area_id = decode_id(params["areaId"], "Area", field="areaId")
+    async with db.raw_read(read_engine) as connection:
+        path: str | None = await connection.fetchval("SELECT path FROM areas WHERE id = $1", area_id)
+    # An unknown area filters to nothing (as one outside the scope does): existence does not leak.
+    return path if path is not None else "/unknown/"
+
+
+def _export_filter(params: dict[str, str]) -> HouseholdExportFilter:
+    for name, value in params.items():
+        if "\x00" in value:
+            raise BadUserInput("文本不能包含 NUL 字符", "Text must not contain NUL characters", field=name)
+    status = params.get("status") or None
+    if status is not None and status not in HOUSEHOLD_STATUSES:
+        raise BadUserInput("状态无效", "Unknown status", field="status")
+    return HouseholdExportFilter(search=(params.get("search") or "").strip() or None, status=status)
+
+
+def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine, settings: Settings) -> list[Route]:
+    policy = AuthPolicy.from_settings(settings)
+    tz = settings.tz
+
+    async def audited(principal: Principal | None, request: Request, *, action: str, summary: str,
+                      payload: dict[str, Any], success: bool) -> None:
+        async with sessions() as session, session.begin():
+            await record_operation(
+                session, at=utcnow(), actor=principal, module="archives", action=action, summary=summary,
+                payload=payload, success=success, ip=client_ip(request), request_id=request_id_var.get(),
+            )
+
+    async def export_households(request: Request) -> Response:
+        params = {key: value for key, value in request.query_params.items() if key != "token"}
+        try:
+            principal = await caller(request, read_engine=read_engine, sessions=sessions, policy=policy, purpose=EXPORT_PATH)
+        except DomainError as error:
+            return refusal(error, 401)
+        if not principal.has(READ_PERMISSION):
+            return refusal(Forbidden(), 403)
+        try:
+            export_filter = _export_filter(params)
+            area_path = await _area_path(read_engine, params)
+        except DomainError as error:
+            return refusal(error, 400)
+        export_filter = HouseholdExportFilter(area_path=area_path, search=export_filter.search, status=export_filter.status)
+        counted = 0
+
+        async def rows() -> Any:
+            nonlocal counted
+            async with db.raw_read(read_engine) as connection:
+                async for row in household_export_rows(
+                    connection, scope_patterns=principal.scope_patterns(), export_filter=export_filter
+                ):
+                    counted += 1
+                    yield row
+
+        path = await excel.write_rows(HOUSEHOLD_EXPORT_SHEET, rows(), prefix="shuiwu-households-")
+        try:
+            await audited(principal, request, action="exportHouseholds", summary=f"导出住户: {counted} 户",
+                          payload={**params, "rows": counted}, success=True)
+        except BaseException:
+            os.unlink(path)
+            raise
+        return file_download(path, f"households-{utcnow().astimezone(tz):%Y%m%d}.xlsx")
+
+    async def households_template(request: Request) -> Response:
+        try:
+            await caller(request, read_engine=read_engine, sessions=sessions, policy=policy, purpose=TEMPLATE_PATH)
+        except DomainError as error:
+            return refusal(error, 401)
+        content = await asyncio.to_thread(excel.template, HOUSEHOLD_SHEET)
+        return Response(content, media_type=excel.XLSX_MEDIA_TYPE, headers={
+            "Content-Disposition": 'attachment; filename="households-template.xlsx"', "Cache-Control": "no-store",
+        })
+
+    async def import_households_route(request: Request) -> Response:
+        try:
+            principal = await caller(request, read_engine=read_engine, sessions=sessions, policy=policy)
+        except DomainError as error:
+            return refusal(error, 401)
+        if not principal.has(MANAGE_PERMISSION):
+            await audited(principal, request, action="importHouseholds",
+                          summary=f"导入住户: 拒绝 (缺少权限 {MANAGE_PERMISSION})", payload={}, success=False)
+            return refusal(Forbidden(), 403)
+        async with request.form(max_files=1, max_fields=10) as form:
+            upload = form.get("file")
+            try:
+                update_existing = _flag(
+                    str(form.get("updateExisting") or request.query_params.get("updateExisting") or ""), "updateExisting"
+                )
+                if not isinstance(upload, UploadFile):
+                    raise BadUserInput("请上传文件 (字段 file)", "Upload the workbook as the form field 'file'", field="file")
+                if upload.size is not None and upload.size > MAX_UPLOAD_BYTES:
+                    raise excel.FileTooLarge(field="file")
+            except DomainError as error:
+                return refusal(error, 400)
+            filename = upload.filename or ""
+            payload: dict[str, Any] = {"filename": filename, "updateExisting": update_existing}
+            try:
+                sheet = await asyncio.to_thread(excel.read_rows, HOUSEHOLD_SHEET, upload.file)
+                async with sessions() as session, session.begin():
+                    result = await import_households(
+                        session, sheet=sheet, scope_patterns=principal.scope_patterns(),
+                        update_existing=update_existing, today=utcnow().astimezone(tz).date(),
+                    )
+                    counts = {"inserted": result.inserted, "updated": result.updated, "unchanged": result.unchanged}
+                    await record_operation(
+                        session, at=utcnow(), actor=principal, module="archives", action="importHouseholds",
+                        summary=f"导入住户: 新增 {result.inserted}, 更新 {result.updated}, 未变 {result.unchanged}",
+                        payload={**payload, **counts}, success=True, ip=client_ip(request), request_id=request_id_var.get(),
+                    )
+            except excel.ImportRowsInvalid as invalid:
+                await audited(principal, request, action="importHouseholds",
+                              summary=f"导入住户: 拒绝 ({invalid.error_count} 处错误)",
+                              payload={**payload, "errorCount": invalid.error_count}, success=False)
+                return JSONResponse({
+                    "inserted": 0, "updated": 0, "unchanged": 0, "errors": [e.as_json() for e in invalid.errors],
+                    "errorCount": invalid.error_count, "code": invalid.code.value, "message": invalid.message,
+                    "messageEn": invalid.message_en,
+                }, 422)
+            except DomainError as error:
+                await audited(principal, request, action="importHouseholds", summary=f"导入住户: 拒绝 ({error.message})",
+                              payload={**payload, "code": error.code.value}, success=False)
+                return refusal(error, 400)
+        return JSONResponse({**counts, "errors": [], "errorCount": 0})
+
+    return [
+        Route(EXPORT_PATH, export_households, methods=["GET"]),
+        Route(TEMPLATE_PATH, households_template, methods=["GET"]),
+        Route(IMPORT_PATH, import_households_route, methods=["POST"]),
+    ]

@@ -1,0 +1,26 @@
+"""GraphQL for the archives (档案管理): areas, households, meters, meter models,
+concentrators, collectors, assignments and replacements."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import strawberry
+
+from backend.archives.schema.mutations import Mutation
+from backend.archives.schema.queries import Query, fetch_area, fetch_household
+from backend.archives.schema.types import (
+    AreaByIdLoader,
+    AreaKindEnum,
+    AreaType,
+    HouseholdType,
+    MeterByIdLoader,
+)
+
+AreaRef = Annotated["AreaType", strawberry.lazy("backend.archives.schema")]
+HouseholdRef = Annotated["HouseholdType", strawberry.lazy("backend.archives.schema")]
+
+__all__ = [
+    "AreaByIdLoader", "AreaKindEnum", "AreaRef", "AreaType", "HouseholdRef", "HouseholdType", "MeterByIdLoader",
+    "Mutation", "Query", "fetch_area", "fetch_household",
+]

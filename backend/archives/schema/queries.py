@@ -1,0 +1,227 @@
+"""Archive queries and the ``node(id:)`` fetchers: every row read within the caller's scope."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import strawberry
+from strawberry.types import Info
+
+from backend.archives import service
+from backend.archives.schema.types import (
+    AreaByIdLoader,
+    AreaKindEnum,
+    AreaType,
+    ConcentratorType,
+    ConnectionKindEnum,
+    CustomerTypeEnum,
+    DeviceStatusEnum,
+    HouseholdOrderEnum,
+    HouseholdStatusEnum,
+    HouseholdType,
+    MeterKindEnum,
+    MeterModelType,
+    MeterOrderEnum,
+    MeterStatusEnum,
+    MeterType_,
+    MeterTypeEnum,
+    visible,
+)
+from backend.auth.principal import Principal
+from backend.errors import DomainError, NotFound
+from backend.graphql.pagination import Connection, PageRequest, paginate, paginate_query, selects
+from backend.graphql.permissions import Requires, RequiresAny
+from backend.graphql.relay import decode_id, register_node
+
+
+async def fetch_area(context: Any, pk: int) -> AreaType | None:
+    principal = context.principal
+    if principal is None or not principal.has("areas:read"):
+        return None
+    area = await context.loader(AreaByIdLoader).load(pk)
+    return AreaType.from_row(area) if area is not None and visible(principal, area.path) else None
+
+
+async def fetch_household(context: Any, pk: int) -> HouseholdType | None:
+    """A household the caller may see: a resident's own, or one in a staff member's scope."""
+    principal: Principal | None = context.principal
+    if principal is None:
+        return None
+    async with context.read() as session:
+        if principal.is_resident:
+            found = (await service.households_by_ids(session, [pk])).get(pk)
+            return HouseholdType.from_row(found) if found is not None and pk in principal.household_ids else None
+        if not principal.has("archives:read"):
+            return None
+        try:
+            household = await service.household_in_scope(session, household_id=pk, scope_patterns=principal.scope_patterns())
+        except DomainError:
+            return None
+    return HouseholdType.from_row(household)
+
+
+async def fetch_meter(context: Any, pk: int) -> MeterType_ | None:
+    principal: Principal | None = context.principal
+    if principal is None or not principal.has("archives:read"):
+        return None
+    async with context.read() as session:
+        try:
+            meter = await service.meter_in_scope(session, meter_id=pk, scope_patterns=principal.scope_patterns())
+        except DomainError:
+            return None
+    return MeterType_.from_row(meter)
+
+
+async def fetch_concentrator(context: Any, pk: int) -> ConcentratorType | None:
+    principal: Principal | None = context.principal
+    if principal is None or not principal.has("archives:read"):
+        return None
+    async with context.read() as session:
+        try:
+            found = await service.concentrator_in_scope(session, concentrator_id=pk, scope_patterns=principal.scope_patterns())
+        except DomainError:
+            return None
+    return ConcentratorType.from_row(found)
+
+
+async def fetch_meter_model(context: Any, pk: int) -> MeterModelType | None:
+    principal: Principal | None = context.principal
+    if principal is None or not principal.has("archives:read"):
+        return None
+    async with context.read() as session:
+        found = (await service.meter_models_by_ids(session, [pk])).get(pk)
+    return MeterModelType.from_row(found) if found is not None else None
+
+
+register_node("Area", fetch_area)
+register_node("Household", fetch_household)
+register_node("Meter", fetch_meter)
+register_node("Concentrator", fetch_concentrator)
+register_node("MeterModel", fetch_meter_model)
+
+
+def _area_filter(area_id: strawberry.ID | None) -> int | None:
+    return decode_id(area_id, "Area", field="areaId") if area_id else None
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(permission_classes=[Requires("areas:read")], description="Areas within your data scope, in tree order.")
+    async def areas(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        last: int | None = None,
+        before: str | None = None,
+        parent_id: strawberry.ID | None = None,
+        kind: AreaKindEnum | None = None,  # type: ignore[valid-type]
+        search: str | None = None,
+    ) -> Connection[AreaType]:
+        page = PageRequest.from_args(first, after, last, before)
+        principal = info.context.caller
+        query = service.area_page_query(
+            scope_patterns=principal.scope_patterns(),
+            parent_id=decode_id(parent_id, "Area", field="parentId") if parent_id else None,
+            kind=kind,
+            search=search,
+        )
+        return await paginate_query(info.context, query, page, lambda row: AreaType.from_page_row(row, principal),
+                                    count=selects(info, "totalCount"))
+
+    @strawberry.field(
+        permission_classes=[RequiresAny("archives:read", "resident:self")],
+        description="One household: a resident's own, or one in your data scope. Others are NOT_FOUND.",
+    )
+    async def household(self, info: Info, id: strawberry.ID) -> HouseholdType:
+        found = await fetch_household(info.context, decode_id(id, "Household"))
+        if found is None:
+            raise NotFound(field="id")
+        return found
+
+    @strawberry.field(permission_classes=[Requires("resident:self")], description="The households you have bound.")
+    async def my_households(self, info: Info) -> list[HouseholdType]:
+        principal = info.context.caller
+        async with info.context.read() as session:
+            found = await service.households_by_ids(session, principal.household_ids)
+        return [HouseholdType.from_row(found[pk]) for pk in principal.household_ids if pk in found]
+
+    @strawberry.field(permission_classes=[Requires("archives:read")], description="Households (住户管理) within your scope.")
+    async def households(
+        self, info: Info, first: int | None = None, after: str | None = None, last: int | None = None,
+        before: str | None = None, area_id: strawberry.ID | None = None,
+        status: HouseholdStatusEnum | None = None,  # type: ignore[valid-type]
+        customer_type: CustomerTypeEnum | None = None,  # type: ignore[valid-type]
+        search: str | None = None,
+        order_by: HouseholdOrderEnum = service.HouseholdOrder.account_no,  # type: ignore[valid-type]
+        descending: bool = False,
+    ) -> Connection[HouseholdType]:
+        page = PageRequest.from_args(first, after, last, before)
+        query = service.household_page_query(
+            scope_patterns=info.context.caller.scope_patterns(), area_id=_area_filter(area_id), status=status,
+            customer_type=customer_type, search=search, order=order_by, descending=descending,
+        )
+        return await paginate_query(info.context, query, page, HouseholdType.from_page_row, count=selects(info, "totalCount"))
+
+    @strawberry.field(permission_classes=[Requires("archives:read")],
+                      description="Meters and monitoring points (设备管理) within your scope.")
+    async def meters(
+        self, info: Info, first: int | None = None, after: str | None = None, last: int | None = None,
+        before: str | None = None, area_id: strawberry.ID | None = None,
+        status: MeterStatusEnum | None = None,  # type: ignore[valid-type]
+        meter_type: MeterTypeEnum | None = None,  # type: ignore[valid-type]
+        kind: MeterKindEnum | None = None,  # type: ignore[valid-type]
+        concentrator_id: strawberry.ID | None = None,
+        search: str | None = None,
+        order_by: MeterOrderEnum = service.MeterOrder.code,  # type: ignore[valid-type]
+        descending: bool = False,
+    ) -> Connection[MeterType_]:
+        page = PageRequest.from_args(first, after, last, before)
+        query = service.meter_page_query(
+            scope_patterns=info.context.caller.scope_patterns(), area_id=_area_filter(area_id), status=status,
+            meter_type=meter_type, kind=kind,
+            concentrator_id=decode_id(concentrator_id, "Concentrator", field="concentratorId") if concentrator_id else None,
+            search=search, order=order_by, descending=descending,
+        )
+        return await paginate_query(info.context, query, page, MeterType_.from_row, count=selects(info, "totalCount"))
+
+    @strawberry.field(permission_classes=[Requires("archives:read")], description="One meter in your scope; others are NOT_FOUND.")
+    async def meter(self, info: Info, id: strawberry.ID) -> MeterType_:
+        found = await fetch_meter(info.context, decode_id(id, "Meter"))
+        if found is None:
+            raise NotFound(field="id")
+        return found
+
+    @strawberry.field(permission_classes=[Requires("archives:read")], description="Concentrators (集中器) within your scope.")
+    async def concentrators(
+        self, info: Info, first: int | None = None, after: str | None = None, last: int | None = None,
+        before: str | None = None, area_id: strawberry.ID | None = None,
+        status: DeviceStatusEnum | None = None,  # type: ignore[valid-type]
+        connection: ConnectionKindEnum | None = None,  # type: ignore[valid-type]
+        search: str | None = None,
+    ) -> Connection[ConcentratorType]:
+        page = PageRequest.from_args(first, after, last, before)
+        statement = service.concentrators_statement(
+            scope_patterns=info.context.caller.scope_patterns(), area_id=_area_filter(area_id), status=status,
+            connection=connection, search=search,
+        )
+        async with info.context.read() as session:
+            return await paginate(session, statement, page, lambda row: ConcentratorType.from_row(row[0]),
+                                  count=selects(info, "totalCount"))
+
+    @strawberry.field(permission_classes=[Requires("archives:read")], description="One concentrator in your scope.")
+    async def concentrator(self, info: Info, id: strawberry.ID) -> ConcentratorType:
+        found = await fetch_concentrator(info.context, decode_id(id, "Concentrator"))
+        if found is None:
+            raise NotFound(field="id")
+        return found
+
+    @strawberry.field(permission_classes=[Requires("archives:read")], description="Meter models (型号), a shared catalog.")
+    async def meter_models(
+        self, info: Info, first: int | None = None, after: str | None = None, last: int | None = None,
+        before: str | None = None, search: str | None = None,
+    ) -> Connection[MeterModelType]:
+        page = PageRequest.from_args(first, after, last, before)
+        async with info.context.read() as session:
+            return await paginate(session, service.meter_models_statement(search=search), page,
+                                  lambda row: MeterModelType.from_row(row[0]), count=selects(info, "totalCount"))

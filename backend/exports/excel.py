@@ -1,0 +1,569 @@
+"""Excel sheets every domain imports and exports (openpyxl), declared once per kind of row.
+
+A :class:`SheetSpec` names the sheet, its :class:`Column` s (key, Chinese and English
+header, parser, required, width, example) and the natural key. From it:
+
+- :func:`write_rows` streams rows into an xlsx file with openpyxl's write-only workbook
+  (each sheet spills to a temporary file as rows are appended, so memory stays bounded
+  however many rows there are; rows are pulled in chunks from a sync or async iterator);
+- :func:`template` renders the downloadable template (headers, one example row, a notes
+  sheet explaining each column);
+- :func:`read_rows` reads an uploaded file in read-only mode, checks the header, parses
+  *every* row and returns a :class:`ValidatedSheet`: typed records plus a capped list of
+  row/column/message errors with the total count, so the caller can import all or nothing.
+
+**Header layout**: two header rows, Chinese first (bold), English second (grey): both are
+readable to staff and scripts, survive copy/paste and CSV round trips (a cell comment
+would not), and match the operation-log export. On import, the header row may be either
+language (or mixed), a trailing ``*`` (required marker) is ignored, and the English row
+under it is skipped when present, so a file with only one header row imports too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import re
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from itertools import islice
+from pathlib import Path
+from typing import IO, Any
+
+from openpyxl import Workbook, load_workbook
+from openpyxl.cell import WriteOnlyCell
+from openpyxl.styles import Font
+from openpyxl.utils import get_column_letter
+from openpyxl.worksheet._write_only import WriteOnlyWorksheet
+
+from backend.errors import DomainError, ErrorCode
+
+XLSX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+# Excel's sheet limit is 1,048,576 rows; two are the header rows. Longer exports continue
+# on a second sheet rather than producing a file Excel refuses to open.
+ROWS_PER_SHEET = 1_048_576 - 2
+# Rows pulled from the source per hop (and held in memory at once).
+CHUNK_ROWS = 2000
+# Errors listed in a refusal; the count covers all of them.
+MAX_LISTED_ERRORS = 1000
+NOTES_SHEET = "说明"
+_BOLD = Font(bold=True)
+_EN_HEADER = Font(italic=True, color="808080")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class CellError(ValueError):
+    """Raised by a column parser: what is wrong with one cell, in Chinese and English."""
+
+    def __init__(self, message: str, message_en: str) -> None:
+        super().__init__(message_en)
+        self.message = message
+        self.message_en = message_en
+
+
+class NotXlsx(DomainError):
+    code = ErrorCode.NOT_XLSX
+    message = "文件不是 Excel (.xlsx) 工作簿; 旧版 .xls 或 CSV 请另存为 .xlsx"
+    message_en = "The file is not an Excel (.xlsx) workbook; save .xls or CSV files as .xlsx first"
+
+
+class FileTooLarge(DomainError):
+    code = ErrorCode.FILE_TOO_LARGE
+    message = "文件过大"
+    message_en = "The file is too large"
+
+
+class EmptySheet(DomainError):
+    code = ErrorCode.EMPTY_SHEET
+    message = "工作表没有表头"
+    message_en = "The sheet has no header row"
+
+
+class MissingColumns(DomainError):
+    code = ErrorCode.MISSING_COLUMNS
+
+    def __init__(self, headers: Sequence[str], headers_en: Sequence[str]) -> None:
+        self.columns = list(headers)
+        super().__init__(f"缺少列: {', '.join(headers)}", f"Missing columns: {', '.join(headers_en)}")
+
+
+class UnknownColumns(DomainError):
+    code = ErrorCode.UNKNOWN_COLUMNS
+
+    def __init__(self, headers: Sequence[str]) -> None:
+        self.columns = list(headers)
+        listed = ", ".join(headers)
+        super().__init__(f"无法识别的列: {listed}", f"Unknown columns: {listed}")
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    """One bad cell (or row, when ``column`` is ``None``); ``row`` is the Excel row number."""
+
+    row: int
+    column: str | None
+    message: str
+    message_en: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"row": self.row, "column": self.column, "message": self.message, "messageEn": self.message_en}
+
+
+class ImportRowsInvalid(DomainError):
+    """The file has bad rows; nothing was written. ``errors`` lists the first
+    :data:`MAX_LISTED_ERRORS`, ``error_count`` counts them all."""
+
+    code = ErrorCode.IMPORT_ROWS_INVALID
+
+    def __init__(self, errors: Sequence[RowError], error_count: int) -> None:
+        self.errors = list(errors)
+        self.error_count = error_count
+        super().__init__(
+            f"{error_count} 处错误, 未导入任何数据", f"{error_count} errors; nothing was imported"
+        )
+
+
+# --------------------------------------------------------------------------- specs
+
+Parser = Callable[[Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column of a sheet.
+
+    ``parse`` turns a non-empty cell value into the typed value or raises
+    :class:`CellError`; ``render`` turns a stored value into what the cell shows (``None``:
+    as is). ``importable=False`` marks a column written for reading only (an area's full
+    name beside its id): accepted in an upload, ignored.
+    """
+
+    key: str
+    header: str
+    header_en: str
+    parse: Parser
+    required: bool = False
+    width: float = 14
+    example: Any = None
+    note: str = ""
+    render: Callable[[Any], Any] | None = None
+    importable: bool = True
+    text_format: bool = False  # "@": Excel keeps leading zeros of codes typed into it
+
+
+@dataclass(frozen=True, slots=True)
+class SheetSpec:
+    name: str
+    columns: tuple[Column, ...]
+    natural_key: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        keys = [column.key for column in self.columns]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"duplicate column keys in sheet {self.name}")
+        missing = set(self.natural_key) - set(keys)
+        if missing:
+            raise ValueError(f"natural key columns {missing} not in sheet {self.name}")
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(column.key for column in self.columns)
+
+    def column(self, key: str) -> Column:
+        for column in self.columns:
+            if column.key == key:
+                return column
+        raise KeyError(key)
+
+
+# --------------------------------------------------------------------------- parsers
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # a code Excel turned into a number
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    return str(value).strip()
+
+
+def text(max_length: int, *, pattern: str | None = None, pattern_zh: str = "", pattern_en: str = "") -> Parser:
+    """Free text up to ``max_length`` characters, optionally matching ``pattern``."""
+    compiled = re.compile(pattern) if pattern else None
+
+    def parse(value: Any) -> str:
+        result = _as_text(value)
+        if "\x00" in result:
+            raise CellError("文本不能包含 NUL 字符", "Text must not contain NUL characters")
+        if len(result) > max_length:
+            raise CellError(f"长度不能超过 {max_length} 个字符", f"At most {max_length} characters")
+        if compiled is not None and not compiled.fullmatch(result):
+            raise CellError(pattern_zh or "格式不正确", pattern_en or "Malformed value")
+        return result
+
+    return parse
+
+
+def integer(*, minimum: int | None = None, maximum: int | None = None) -> Parser:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise CellError("须为整数", "Must be a whole number")
+        if isinstance(value, int):
+            result = value
+        elif isinstance(value, float) and value.is_integer():
+            result = int(value)
+        else:
+            raw = _as_text(value)
+            if not re.fullmatch(r"[+-]?\d{1,18}", raw):
+                raise CellError("须为整数", "Must be a whole number")
+            result = int(raw)
+        if minimum is not None and result < minimum:
+            raise CellError(f"不能小于 {minimum}", f"Must be at least {minimum}")
+        if maximum is not None and result > maximum:
+            raise CellError(f"不能大于 {maximum}", f"Must be at most {maximum}")
+        return result
+
+    return parse
+
+
+def decimal(*, places: int) -> Parser:
+    def parse(value: Any) -> Decimal:
+        try:
+            result = Decimal(_as_text(value))
+        except InvalidOperation:
+            raise CellError("须为数字", "Must be a number") from None
+        if not result.is_finite() or -result.as_tuple().exponent > places:  # type: ignore[operator]
+            raise CellError(f"最多 {places} 位小数", f"At most {places} decimal places")
+        return result
+
+    return parse
+
+
+def choice(labels: Mapping[str, str]) -> Parser:
+    """One of ``labels`` (stored value → Chinese label); the cell may hold either."""
+    accepted = {**{value: value for value in labels}, **{label: value for value, label in labels.items()}}
+    listed = "/".join(labels.values())
+
+    def parse(value: Any) -> str:
+        found = accepted.get(_as_text(value))
+        if found is None:
+            raise CellError(f"须为以下之一: {listed}", f"Must be one of: {', '.join(labels)}")
+        return found
+
+    return parse
+
+
+def day() -> Parser:
+    def parse(value: Any) -> date:
+        if isinstance(value, datetime):
+            return value.date()
+        if isinstance(value, date):
+            return value
+        try:
+            return date.fromisoformat(_as_text(value).replace("/", "-"))
+        except ValueError:
+            raise CellError("日期格式须为 2026-01-31", "Dates look like 2026-01-31") from None
+
+    return parse
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _start_sheet(workbook: Workbook, spec: SheetSpec, number: int) -> WriteOnlyWorksheet:
+    sheet: WriteOnlyWorksheet = workbook.create_sheet(spec.name if number == 1 else f"{spec.name} ({number})")
+    _header(sheet, spec)
+    return sheet
+
+
+def _header(sheet: Any, spec: SheetSpec) -> None:
+    for index, column in enumerate(spec.columns, start=1):
+        sheet.column_dimensions[get_column_letter(index)].width = column.width
+    sheet.freeze_panes = "A3"
+    for font, titles in ((_BOLD, [c.header for c in spec.columns]), (_EN_HEADER, [c.header_en for c in spec.columns])):
+        cells = []
+        for title in titles:
+            cell = WriteOnlyCell(sheet, value=title)
+            cell.font = font
+            cells.append(cell)
+        sheet.append(cells)
+
+
+def write_sheet(path: str | Path, spec: SheetSpec, next_chunk: Callable[[], Sequence[Sequence[Any]]]) -> int:
+    """Write every row ``next_chunk`` hands out (until an empty chunk) under ``spec``'s
+    header to an xlsx file at ``path``; returns the number of rows written.
+
+    Rows hold the values of ``spec.columns`` in order. Blocking: run it in one thread.
+    """
+    workbook = Workbook(write_only=True)
+    renders = [(index, column.render) for index, column in enumerate(spec.columns) if column.render is not None]
+    sheets = 1
+    sheet = _start_sheet(workbook, spec, sheets)
+    room = ROWS_PER_SHEET
+    written = 0
+    while chunk := next_chunk():
+        for row in chunk:
+            if not room:
+                sheets += 1
+                sheet, room = _start_sheet(workbook, spec, sheets), ROWS_PER_SHEET
+            if renders:
+                values = list(row)
+                for index, render in renders:
+                    values[index] = render(values[index])
+                sheet.append(values)
+            else:
+                sheet.append(row)
+            room -= 1
+        written += len(chunk)
+    workbook.save(str(path))
+    return written
+
+
+async def write_rows(
+    spec: SheetSpec,
+    rows: AsyncIterator[Sequence[Any]] | Iterable[Sequence[Any]],
+    *,
+    directory: str | None = None,
+    prefix: str = "shuiwu-export-",
+) -> Path:
+    """Stream ``rows`` into a new xlsx file and return its path (the caller deletes it).
+
+    Memory is bounded by one chunk of rows: openpyxl's write-only workbook spills rows to
+    disk as they are appended. The writer runs in one worker thread; an async source (a
+    server-side cursor) is read on the event loop a chunk at a time.
+    """
+    descriptor, name = tempfile.mkstemp(prefix=prefix, suffix=".xlsx", dir=directory)
+    os.close(descriptor)
+    path = Path(name)
+    try:
+        if isinstance(rows, AsyncIterator):
+            source = rows
+            loop = asyncio.get_running_loop()
+
+            async def fetch() -> list[Sequence[Any]]:
+                chunk: list[Sequence[Any]] = []
+                async for row in source:
+                    chunk.append(row)
+                    if len(chunk) == CHUNK_ROWS:
+                        break
+                return chunk
+
+            def next_chunk() -> Sequence[Sequence[Any]]:
+                return asyncio.run_coroutine_threadsafe(fetch(), loop).result()
+
+        else:
+            iterator: Iterator[Sequence[Any]] = iter(rows)
+
+            def next_chunk() -> Sequence[Sequence[Any]]:
+                return list(islice(iterator, CHUNK_ROWS))
+
+        await asyncio.to_thread(write_sheet, path, spec, next_chunk)
+    except BaseException:
+        os.unlink(path)
+        raise
+    return path
+
+
+def template(spec: SheetSpec) -> bytes:
+    """The import template: both header rows, one example row, and a notes sheet."""
+    workbook = Workbook()
+    sheet: Any = workbook.active
+    sheet.title = spec.name
+    importable = [column for column in spec.columns if column.importable]
+    for index, column in enumerate(importable, start=1):
+        letter = get_column_letter(index)
+        sheet.column_dimensions[letter].width = column.width
+        sheet.cell(row=1, column=index, value=column.header).font = _BOLD
+        sheet.cell(row=2, column=index, value=column.header_en).font = _EN_HEADER
+        example = sheet.cell(row=3, column=index, value=column.example)
+        if column.text_format:
+            example.number_format = "@"
+    sheet.freeze_panes = "A3"
+    notes: Any = workbook.create_sheet(NOTES_SHEET)
+    notes.append(["列名", "Column", "必填", "说明", "示例"])
+    for cell in notes[1]:
+        cell.font = _BOLD
+    for column in importable:
+        notes.append([column.header, column.header_en, "是" if column.required else "否", column.note, column.example])
+    if spec.natural_key:
+        keys = "、".join(spec.column(key).header for key in spec.natural_key)
+        notes.append([])
+        notes.append([f"按「{keys}」识别已有记录: 重复导入同一文件不会改变数据; 勾选「更新已有」时以文件内容覆盖。"])
+    notes.append(["第 1 行为中文表头, 第 2 行为英文表头 (可删除); 数据从第 3 行开始。"])
+    notes.append(["整个文件校验通过后才会导入, 有任何错误则不导入任何数据。"])
+    for line in spec.notes:
+        notes.append([line])
+    for letter, width in zip("ABCDE", (16, 18, 8, 60, 20), strict=True):
+        notes.column_dimensions[letter].width = width
+    buffer = io.BytesIO()
+    workbook.save(buffer)
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class ValidatedSheet:
+    """The parsed rows of an upload.
+
+    ``columns`` are the keys of the importable columns present in the file (spec order);
+    each record holds their typed values in that order, and ``row_numbers`` its Excel row.
+    Valid rows are kept even when others are bad, so the caller can check them further
+    (against the database) and add its own errors before refusing the whole file.
+    """
+
+    spec: SheetSpec
+    columns: tuple[str, ...]
+    records: list[tuple[Any, ...]] = field(default_factory=list)
+    row_numbers: list[int] = field(default_factory=list)
+    errors: list[RowError] = field(default_factory=list)
+    error_count: int = 0
+    max_errors: int = MAX_LISTED_ERRORS
+
+    @property
+    def ok(self) -> bool:
+        return self.error_count == 0
+
+    def add_error(self, row: int, column: str | None, message: str, message_en: str) -> None:
+        """Count an error; list it while under the cap. ``column`` is a column key."""
+        self.error_count += 1
+        if len(self.errors) < self.max_errors:
+            header = self.spec.column(column).header if column else None
+            self.errors.append(RowError(row, header, message, message_en))
+
+    def sort_errors(self) -> None:
+        self.errors.sort(key=lambda error: (error.row, error.column or ""))
+
+    def raise_if_invalid(self) -> None:
+        if self.error_count:
+            self.sort_errors()
+            raise ImportRowsInvalid(self.errors, self.error_count)
+
+    def index(self, key: str) -> int:
+        return self.columns.index(key)
+
+
+def _normalised(header: Any) -> str:
+    return re.sub(r"\s+", "", _as_text(header)).rstrip("*＊").lower() if header is not None else ""
+
+
+def _open_workbook(source: bytes | str | Path | IO[bytes]) -> Any:
+    target: str | IO[bytes]
+    if isinstance(source, str | Path):
+        with open(source, "rb") as file:
+            head = file.read(4)
+        target = str(source)
+    else:
+        target = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
+        head = target.read(4)
+        target.seek(0)
+    if head != b"PK\x03\x04":
+        raise NotXlsx()
+    try:
+        return load_workbook(target, read_only=True, data_only=True)
+    except Exception as error:  # zipfile, XML and openpyxl's own InvalidFileException: all "not a workbook"
+        raise NotXlsx() from error
+
+
+def read_rows(
+    spec: SheetSpec, source: bytes | str | Path | IO[bytes], *, max_errors: int = MAX_LISTED_ERRORS
+) -> ValidatedSheet:
+    """Read and validate a whole upload (blocking: run it in a thread).
+
+    Raises :class:`NotXlsx`, :class:`EmptySheet`, :class:`MissingColumns` or
+    :class:`UnknownColumns` for a file that cannot be read as ``spec``'s sheet; row-level
+    problems (bad cells, missing required values, a natural key repeated in the file) are
+    collected in the result instead, every row being parsed.
+    """
+    workbook = _open_workbook(source)
+    try:
+        sheet = workbook[spec.name] if spec.name in workbook.sheetnames else workbook.worksheets[0]
+        rows = sheet.iter_rows(values_only=True)
+        header: tuple[Any, ...] | None = None
+        header_row = 0
+        for header_row, candidate in enumerate(rows, start=1):  # noqa: B007  (the loop finds the first non-empty row)
+            if any(value not in (None, "") for value in candidate):
+                header = candidate
+                break
+        if header is None:
+            raise EmptySheet()
+        by_header: dict[str, Column] = {}
+        for column in spec.columns:
+            by_header[_normalised(column.header)] = column
+            by_header[_normalised(column.header_en)] = column
+        positions: dict[str, int] = {}
+        unknown: list[str] = []
+        for position, title in enumerate(header):
+            name = _normalised(title)
+            if not name:
+                continue
+            matched = by_header.get(name)
+            if matched is None:
+                unknown.append(_as_text(title))
+            elif matched.key not in positions:
+                positions[matched.key] = position
+        missing = [column for column in spec.columns if column.required and column.key not in positions]
+        if missing:
+            raise MissingColumns([c.header for c in missing], [c.header_en for c in missing])
+        if unknown:
+            raise UnknownColumns(unknown)
+
+        present = [column for column in spec.columns if column.importable and column.key in positions]
+        result = ValidatedSheet(spec, tuple(column.key for column in present), max_errors=max_errors)
+        plan = [(positions[c.key], c.key, c.parse, c.required, c.header) for c in present]
+        english = {positions[c.key]: _normalised(c.header_en) for c in spec.columns if c.key in positions}
+        key_positions = [result.columns.index(key) for key in spec.natural_key if key in result.columns]
+        seen: dict[tuple[Any, ...], int] = {}
+        width = len(header)
+        first = True
+        for number, row in enumerate(rows, start=header_row + 1):
+            if first:
+                first = False
+                cells = {i: _normalised(v) for i, v in enumerate(row) if v not in (None, "")}
+                if cells and all(english.get(i) == v for i, v in cells.items()):
+                    continue  # the English header row
+            if all(value is None or value == "" for value in row):
+                continue  # a blank row (often left by formatting)
+            if len(row) < width:
+                row = (*row, *([None] * (width - len(row))))
+            values: list[Any] = []
+            bad = False
+            for position, key, parse, required, _title in plan:
+                value = row[position]
+                if value is None or (isinstance(value, str) and not value.strip()):
+                    if required:
+                        result.add_error(number, key, "必填", "Required")
+                        bad = True
+                    values.append(None)
+                    continue
+                try:
+                    values.append(parse(value))
+                except CellError as error:
+                    result.add_error(number, key, error.message, error.message_en)
+                    bad = True
+                    values.append(None)
+            if bad:
+                continue
+            if key_positions:
+                natural = tuple(values[i] for i in key_positions)
+                earlier = seen.setdefault(natural, number)
+                if earlier != number:
+                    result.add_error(
+                        number, spec.natural_key[0], f"与第 {earlier} 行重复", f"Duplicates row {earlier}"
+                    )
+                    continue
+            result.records.append(tuple(values))
+            result.row_numbers.append(number)
+        return result
+    finally:
+        workbook.close()

@@ -1,0 +1,138 @@
+"""Plain-HTTP pieces shared by every download and upload route (a domain's ``http.py``).
+
+- :func:`caller`: the principal behind ``Authorization: Bearer <access token>`` (checked on
+  a raw read connection, one statement, like /graphql) or behind a short-lived signed
+  ``token`` parameter, which is how a browser link downloads a file. A signed token is an
+  HMAC over its purpose (the route's path), the principal, the expiry and the exact query
+  parameters, so neither the file, the filter nor the caller can be swapped.
+- :func:`refusal`: a refusal in the same JSON shape as /graphql's top-level errors.
+- :func:`file_download`: serve a spooled file and delete it once sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+
+from backend import db
+from backend.auth.errors import TokenExpired, TokenInvalid, TokenRevoked
+from backend.auth.models import PrincipalKind
+from backend.auth.principal import Principal
+from backend.auth.service import AuthPolicy, authenticate_on_connection, load_principal
+from backend.clock import utcnow
+from backend.errors import DomainError, ErrorCode, NotAuthenticated
+from backend.exports.excel import XLSX_MEDIA_TYPE
+
+DOWNLOAD_TOKEN_TTL_S = 300
+
+
+def _canonical(params: Mapping[str, str]) -> str:
+    return urlencode(sorted((key, value) for key, value in params.items() if key != "token"))
+
+
+def _signature(secret: str, purpose: str, kind: str, principal_id: int, expires: int, params: Mapping[str, str]) -> str:
+    message = "\n".join(("shuiwu/download/v1", purpose, kind, str(principal_id), str(expires), _canonical(params)))
+    digest = hmac.new(secret.encode(), message.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def sign_download_token(
+    *, secret: str, purpose: str, principal: Principal, params: Mapping[str, str], now: datetime,
+    ttl_s: int = DOWNLOAD_TOKEN_TTL_S,
+) -> tuple[str, datetime]:
+    """A token admitting ``principal`` to the download ``purpose`` (its path) with exactly
+    these parameters until ``now + ttl_s``. Returns the token and its expiry."""
+    expires_at = now + timedelta(seconds=ttl_s)
+    expires = int(expires_at.timestamp())
+    kind = principal.kind.value
+    return f"{kind}.{principal.id}.{expires}.{_signature(secret, purpose, kind, principal.id, expires, params)}", expires_at
+
+
+def verify_download_token(
+    token: str, *, secret: str, purpose: str, params: Mapping[str, str], now: datetime
+) -> tuple[PrincipalKind, int]:
+    """Who a valid token was issued to; forged, altered, misdirected and expired tokens are refused."""
+    try:
+        kind, principal_id, expires, signature = token.split(".")
+        principal_kind, pk, expiry = PrincipalKind(kind), int(principal_id), int(expires)
+    except ValueError:
+        raise TokenInvalid() from None
+    expected = _signature(secret, purpose, kind, pk, expiry, params)
+    if not hmac.compare_digest(expected.encode(), signature.encode()):
+        raise TokenInvalid()
+    if expiry <= now.timestamp():
+        raise TokenExpired("下载链接已过期, 请重新导出", "The download link has expired; export again")
+    return principal_kind, pk
+
+
+def download_url(path: str, params: Mapping[str, str], token: str) -> str:
+    """The relative URL of a download, parameters first and the token last."""
+    return f"{path}?{urlencode([*params.items(), ('token', token)])}"
+
+
+async def caller(
+    request: Request,
+    *,
+    read_engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
+    policy: AuthPolicy,
+    purpose: str | None = None,
+) -> Principal:
+    """The authenticated caller: a Bearer access token, or (when ``purpose`` is given) a
+    signed ``token`` query parameter for that download."""
+    now = utcnow()
+    authorization = request.headers.get("authorization")
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise TokenInvalid("Authorization 须为 Bearer 令牌", "Authorization must be a Bearer token")
+        async with db.raw_read(read_engine) as connection:
+            return await authenticate_on_connection(connection, token=token.strip(), now=now, policy=policy)
+    params = dict(request.query_params)
+    signed = params.get("token")
+    if purpose is None or not signed:
+        raise NotAuthenticated()
+    kind, principal_id = verify_download_token(signed, secret=policy.secret, purpose=purpose, params=params, now=now)
+    async with sessions() as session:
+        principal = await load_principal(session, kind=kind, principal_id=principal_id)
+    if principal is None:
+        raise TokenRevoked()
+    return principal
+
+
+def refusal(error: DomainError, status: int, **extra: Any) -> Response:
+    """A refusal shaped like /graphql's top-level errors (``extensions.code``, ``messageEn``)."""
+    extensions: dict[str, Any] = {"code": error.code.value, "messageEn": error.message_en}
+    if status == 401:
+        # As on /graphql: the code stays UNAUTHENTICATED (clients drop the token), the reason says why.
+        reason = getattr(error, "reason", error.code)
+        extensions["code"] = ErrorCode.UNAUTHENTICATED.value
+        extensions["reason"] = reason.value if isinstance(reason, ErrorCode) else str(reason)
+    if error.field:
+        extensions["field"] = error.field
+    extensions.update(extra)
+    return JSONResponse({"errors": [{"message": error.message, "extensions": extensions}]}, status)
+
+
+def file_download(path: Path, filename: str, media_type: str = XLSX_MEDIA_TYPE) -> Response:
+    """Serve a spooled file and delete it after it is sent."""
+    return FileResponse(
+        path, media_type=media_type, filename=filename, headers={"Cache-Control": "no-store"},
+        background=BackgroundTask(os.unlink, path),
+    )
+
+
+def client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None

@@ -1,0 +1,156 @@
+"""The shared Excel machinery: streamed writing, the template, and whole-file validation."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import openpyxl
+import pytest
+
+from backend.exports import excel
+from backend.exports.excel import Column, SheetSpec, choice, integer, text
+
+SPEC = SheetSpec(
+    name="测试",
+    columns=(
+        Column("code", "编码", "Code", text(8, pattern=r"\d+"), required=True, example="0001", text_format=True),
+        Column("name", "名称", "Name", text(10), required=True, example="张伟"),
+        Column("kind", "类型", "Kind", choice({"a": "甲", "b": "乙"}), example="甲", render=lambda v: {"a": "甲", "b": "乙"}[v]),
+        Column("size", "人数", "Size", integer(minimum=1, maximum=99), example=3),
+        Column("note", "说明", "Note", text(20), importable=False),
+    ),
+    natural_key=("code",),
+)
+
+
+def _workbook(*rows: tuple[Any, ...]) -> bytes:
+    workbook = openpyxl.Workbook()
+    sheet: Any = workbook.active
+    for row in rows:
+        sheet.append(list(row))
+    buffer = io.BytesIO()
+    workbook.save(buffer)
+    return buffer.getvalue()
+
+
+HEADER = ("编码", "名称", "类型", "人数")
+HEADER_EN = ("Code", "Name", "Kind", "Size")
+
+
+async def test_write_rows_streams_an_async_source_under_two_header_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(excel, "CHUNK_ROWS", 3)
+
+    async def source() -> AsyncIterator[tuple[Any, ...]]:
+        for index in range(7):
+            yield (f"{index:04d}", f"名{index}", "b", index + 1, "")
+
+    path = await excel.write_rows(SPEC, source())
+    try:
+        rows = list(openpyxl.load_workbook(path).active.iter_rows(values_only=True))  # type: ignore[union-attr]
+    finally:
+        path.unlink()
+
+    assert rows[0] == ("编码", "名称", "类型", "人数", "说明")
+    assert rows[1] == ("Code", "Name", "Kind", "Size", "Note")
+    assert len(rows) == 2 + 7
+    assert rows[2] == ("0000", "名0", "乙", 1, None)  # rendered label; leading zeros kept as text
+
+
+async def test_write_rows_continues_on_a_second_sheet_past_the_row_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(excel, "ROWS_PER_SHEET", 4)
+
+    path = await excel.write_rows(SPEC, ((f"{i}", "x", "a", 1, "") for i in range(6)))
+    try:
+        workbook = openpyxl.load_workbook(path)
+        assert workbook.sheetnames == ["测试", "测试 (2)"]
+        assert [sheet.max_row for sheet in workbook.worksheets] == [2 + 4, 2 + 2]
+    finally:
+        path.unlink()
+
+
+def test_template_holds_headers_an_example_and_notes_and_reads_back_clean() -> None:
+    content = excel.template(SPEC)
+
+    workbook = openpyxl.load_workbook(io.BytesIO(content))
+    assert workbook.sheetnames == ["测试", excel.NOTES_SHEET]
+    rows = list(workbook["测试"].iter_rows(values_only=True))
+    assert rows == [HEADER, HEADER_EN, ("0001", "张伟", "甲", 3)]  # read-only columns are not in the template
+    assert any(row[0] == "编码" and row[2] == "是" for row in workbook[excel.NOTES_SHEET].iter_rows(values_only=True))
+    sheet = excel.read_rows(SPEC, content)
+    assert sheet.ok and sheet.records == [("0001", "张伟", "a", 3)] and sheet.row_numbers == [3]
+
+
+def test_read_rows_accepts_english_headers_any_order_and_skips_blank_rows() -> None:
+    content = _workbook(("Size", "name", "Code*"), (2, "李娜", 12), (None, None, None), ("", "王芳", "13"))
+
+    sheet = excel.read_rows(SPEC, content)
+
+    assert sheet.columns == ("code", "name", "size")
+    assert sheet.records == [("12", "李娜", 2), ("13", "王芳", None)]
+    assert sheet.row_numbers == [2, 4]
+
+
+def test_read_rows_lists_every_bad_cell_with_row_column_and_both_languages() -> None:
+    content = _workbook(
+        HEADER, HEADER_EN,
+        ("0001", "张伟", "甲", 3),
+        ("00x2", "", "丙", 0),
+        ("0001", "重复", "乙", 2),
+        ("0003", "名字太长了超过十个字符啊", "b", "三"),
+    )
+
+    sheet = excel.read_rows(SPEC, content)
+
+    assert not sheet.ok and sheet.error_count == 7
+    assert [(e.row, e.column) for e in sheet.errors] == [
+        (4, "编码"), (4, "名称"), (4, "类型"), (4, "人数"), (5, "编码"), (6, "名称"), (6, "人数"),
+    ]
+    assert sheet.errors[1].message == "必填" and sheet.errors[1].message_en == "Required"
+    assert sheet.errors[4].message == "与第 3 行重复"
+    assert sheet.records == [("0001", "张伟", "a", 3)]
+    with pytest.raises(excel.ImportRowsInvalid) as refused:
+        sheet.raise_if_invalid()
+    assert refused.value.code == "IMPORT_ROWS_INVALID" and refused.value.error_count == 7
+
+
+@pytest.mark.parametrize("content", [b"", b"account_no,name\n1,x\n", b"\xd0\xcf\x11\xe0legacy xls", b"PK\x03\x04broken zip"])
+def test_read_rows_refuses_what_is_not_xlsx(content: bytes) -> None:
+    with pytest.raises(excel.NotXlsx) as refused:
+        excel.read_rows(SPEC, content)
+    assert refused.value.code == "NOT_XLSX"
+
+
+def test_read_rows_names_missing_and_unknown_columns() -> None:
+    with pytest.raises(excel.MissingColumns) as missing:
+        excel.read_rows(SPEC, _workbook(("编码", "人数"), ("1", 2)))
+    with pytest.raises(excel.UnknownColumns) as unknown:
+        excel.read_rows(SPEC, _workbook(("编码", "名称", "颜色"), ("1", "x", "红")))
+    with pytest.raises(excel.EmptySheet):
+        excel.read_rows(SPEC, _workbook())
+
+    assert missing.value.code == "MISSING_COLUMNS" and missing.value.columns == ["名称"]
+    assert "Name" in missing.value.message_en
+    assert unknown.value.code == "UNKNOWN_COLUMNS" and unknown.value.columns == ["颜色"]
+
+
+def test_fifty_thousand_bad_rows_give_a_capped_list_quickly(tmp_path: Path) -> None:
+    workbook = openpyxl.Workbook(write_only=True)
+    sheet = workbook.create_sheet("测试")
+    sheet.append(list(HEADER))
+    for index in range(50_000):
+        sheet.append([f"x{index}", "名", "甲", 1])
+    path = tmp_path / "bad.xlsx"
+    workbook.save(path)
+
+    started = time.perf_counter()
+    result = excel.read_rows(SPEC, path)
+    elapsed = time.perf_counter() - started
+
+    assert result.error_count == 50_000
+    assert len(result.errors) == excel.MAX_LISTED_ERRORS
+    assert result.errors[0].row == 2 and result.errors[-1].row == 1 + excel.MAX_LISTED_ERRORS
+    assert elapsed < 10, elapsed
