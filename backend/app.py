@@ -108,6 +108,7 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
         check_rate=limiter.check,
         read_sessions=read_sessions,
         read_engine=read_engine,
+        services={"auth_policy": policy},
     )
 
     async def healthz(request: Request) -> Response:

@@ -10,10 +10,12 @@ import re
 from backend.errors import BadUserInput, ErrorCode
 
 # Two places at most, no sign other than a leading minus, no exponent, no grouping.
-_YUAN = re.compile(r"^(-)?(0|[1-9]\d{0,15})(?:\.(\d{1,2}))?$")
+_YUAN = re.compile(r"^(-)?(0|[1-9][0-9]{0,15})(?:\.([0-9]{1,2}))?\Z", re.ASCII)
 
 
 class InvalidMoney(BadUserInput):
+    # A top-level BAD_USER_INPUT when it arrives as a variable; a payload error says
+    # INVALID_MONEY through its own code where a form field carries the amount.
     code = ErrorCode.BAD_USER_INPUT
     message = "金额格式错误: 须为最多两位小数的字符串, 如 \"12.50\""
     message_en = 'Malformed amount: a decimal string with at most two places, e.g. "12.50"'
@@ -24,7 +26,7 @@ def yuan_to_fen(value: object) -> int:
     than two places are refused: a float cannot carry money exactly."""
     if not isinstance(value, str):
         raise InvalidMoney()
-    match = _YUAN.match(value.strip())
+    match = _YUAN.match(value)
     if match is None:
         raise InvalidMoney()
     sign, whole, part = match.groups()

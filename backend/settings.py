@@ -7,6 +7,7 @@ naming it (:func:`load_settings`), never a traceback deep inside a request.
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -113,12 +114,20 @@ class Settings(BaseSettings):
         if self.secret_key is not None:
             return self.secret_key.get_secret_value()
         key_file = self.data_dir / "secret_key"
-        if key_file.exists():
-            return key_file.read_text().strip()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_urlsafe(48)
-        key_file.write_text(key)
-        key_file.chmod(0o600)
+        if not key_file.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                # Created 0600 from the start; O_EXCL: two processes starting at once keep one key.
+                descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(descriptor, "w") as handle:
+                    handle.write(secrets.token_urlsafe(48))
+        key = key_file.read_text().strip()
+        if len(key) < 32:
+            # An empty or cut key would let anyone sign tokens: refuse to start.
+            raise SettingsError(f"bad setting SHUIWU_SECRET_KEY: {key_file} holds fewer than 32 characters")
         return key
 
 

@@ -34,7 +34,7 @@ async def test_copy_into_joins_the_session_transaction_and_rolls_back_with_it(en
     assert after == before
 
 
-async def test_copy_into_commits_with_the_session(session: AsyncSession) -> None:
+async def test_copied_rows_are_visible_to_the_session_that_copied_them(session: AsyncSession) -> None:
     await copy_into(session, "domain_events", columns=["kind", "payload", "created_at"],
                     records=[("test.kept", "{}", datetime.now(UTC))])
     kept = await session.execute(text("SELECT count(*) FROM domain_events WHERE kind = 'test.kept'"))

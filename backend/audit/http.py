@@ -49,6 +49,7 @@ from backend.auth.principal import Principal
 from backend.auth.service import AuthPolicy, authenticate, load_principal
 from backend.clock import utcnow
 from backend.errors import BadUserInput, DomainError, ErrorCode, Forbidden, NotAuthenticated
+from backend.exports.excel import as_text
 from backend.graphql.relay import decode_id, encode_id
 from backend.observability import request_id_var
 from backend.settings import Settings
@@ -253,7 +254,7 @@ def write_workbook(path: str, *, tz: ZoneInfo, next_chunk: Callable[[], Sequence
             time_cell = WriteOnlyCell(sheet, value=at.astimezone(tz).replace(tzinfo=None))
             time_cell.number_format = "yyyy-mm-dd hh:mm:ss"
             result = "成功" if success else "失败"
-            sheet.append([actor_name, module_name(module), action, ip or "", time_cell, summary, result])
+            sheet.append(as_text(sheet, [actor_name, module_name(module), action, ip or "", time_cell, summary, result]))
             on_sheet += 1
             written += 1
     workbook.save(path)

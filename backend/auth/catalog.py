@@ -114,9 +114,15 @@ ALL_PERMISSIONS: frozenset[str] = frozenset(p.code for menu in MENUS for p in me
 MENU_OF_PERMISSION: dict[str, Menu] = {p.code: menu for menu in MENUS for p in menu.permissions}
 MENU_BY_CODE: dict[str, Menu] = {menu.code: menu for menu in MENUS}
 
-# What an API client may be granted: read access only (third parties never change data
-# through a client token in this release).
-CLIENT_SCOPES: frozenset[str] = frozenset(code for code in ALL_PERMISSIONS if code.endswith(":read"))
+# What an API client may be granted: business data, read only. System menus (users,
+# roles, the operation log) are never open to third parties, whatever the granter holds.
+CLIENT_SCOPES: frozenset[str] = frozenset(
+    code
+    for menu in MENUS
+    if menu.code not in {"system", "audit", "remote"}
+    for code in (p.code for p in menu.permissions)
+    if code.endswith(":read")
+) | {"areas:read"}
 
 # Resident tokens carry these, and every resident query narrows to their households.
 RESIDENT_PERMISSIONS: frozenset[str] = frozenset({"resident:self"})

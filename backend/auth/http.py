@@ -30,6 +30,8 @@ def routes(sessions: async_sessionmaker[AsyncSession], policy: AuthPolicy) -> li
                 return JSONResponse({"error": "invalid_client"}, 401)
         if form.get("grant_type") != "client_credentials":
             return JSONResponse({"error": "unsupported_grant_type"}, 400)
+        if "\x00" in client_id or "\x00" in client_secret or len(client_id) > 200 or len(client_secret) > 500:
+            return JSONResponse({"error": "invalid_request"}, 400)
         now = utcnow()
         ip = request.client.host if request.client else None
         try:

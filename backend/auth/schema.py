@@ -18,7 +18,6 @@ from backend.auth.models import ApiClient, PrincipalKind, Role, RoleKind, StaffU
 from backend.auth.principal import Principal
 from backend.auth.sms import sms_sender
 from backend.clock import utcnow
-from backend.errors import DomainError
 from backend.graphql.context import Context
 from backend.graphql.errors import UserError
 from backend.graphql.loaders import SessionLoader
@@ -32,11 +31,10 @@ PrincipalKindEnum = strawberry.enum(PrincipalKind, name="PrincipalKind")
 
 
 def _policy(info: Info) -> service.AuthPolicy:
+    """The policy create_app built once (a context made elsewhere builds its own)."""
     context: Context = info.context
     policy = context.services.get("auth_policy")
-    if policy is None:
-        policy = context.services["auth_policy"] = service.AuthPolicy.from_settings(context.settings)
-    return policy  # type: ignore[no-any-return]
+    return policy if policy is not None else service.AuthPolicy.from_settings(context.settings)  # type: ignore[no-any-return]
 
 
 # --------------------------------------------------------------------------- loaders
@@ -455,20 +453,16 @@ class Mutation:
         context: Context = info.context
         policy, now = _policy(info), utcnow()
 
-        async def count_failure(session: AsyncSession, refusal: DomainError) -> None:
-            if refusal.code.value == "INVALID_CREDENTIALS":
-                await service.record_login_failure(session, username=username, now=now, policy=policy)
-
         return await run_mutation(
             info, module="auth", action="login",
             describe=lambda _: f"用户 {username[:64]} 登录",
             payload=_auth_payload,
+            before=lambda session: service.claim_login_attempt(session, username=username, now=now, policy=policy),
             work=lambda session: service.login_staff(
                 session, username=username, password=password, now=now, policy=policy,
                 ip=context.ip, user_agent=context.user_agent,
             ),
             audit_input={"username": username},
-            on_refusal=count_failure,
             actor=lambda pair: pair.principal,
         )
 
@@ -509,16 +503,14 @@ class Mutation:
         context: Context = info.context
         policy, now = _policy(info), utcnow()
 
-        async def count_attempt(session: AsyncSession, refusal: DomainError) -> None:
-            await service.count_code_attempt(session, phone=phone, now=now)
-
         return await run_mutation(
             info, module="resident", action="residentLogin", describe=lambda _: f"住户 {phone[:20]} 登录",
             payload=_auth_payload,
+            before=lambda session: service.claim_code_attempt(session, phone=phone, now=now),
             work=lambda session: service.login_resident(
                 session, phone=phone, code=code, now=now, policy=policy, ip=context.ip, user_agent=context.user_agent
             ),
-            audit_input={"phone": phone}, on_refusal=count_attempt, actor=lambda pair: pair.principal,
+            audit_input={"phone": phone}, actor=lambda pair: pair.principal,
         )
 
     @strawberry.mutation(permission_classes=[Public], description="OAuth2 client credentials for third parties.")

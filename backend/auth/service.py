@@ -17,6 +17,7 @@ Decisions (README "Auth"):
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import uuid
@@ -283,20 +284,18 @@ async def login_staff(
     ip: str | None = None,
     user_agent: str | None = None,
 ) -> TokenPair:
-    """Password login. A locked username is refused before the password is looked at;
-    a failure raises, and the caller records it with :func:`record_login_failure` after
-    rolling back (so the counter is the only thing written)."""
+    """Password login, after :func:`claim_login_attempt` has counted this attempt in its
+    own committed transaction (so parallel guesses cannot outrun the lockout). Success
+    clears the count; a wrong password raises and leaves the count standing."""
     username = username.strip()
-    failure = await session.get(LoginFailure, username)
-    if failure is not None and failure.locked_until is not None and failure.locked_until > now:
-        raise errors.AccountLocked()
     user = (await session.execute(select(StaffUser).where(StaffUser.username == username))).scalars().first()  # type: ignore[arg-type]
-    if not verify_password(user.password_hash if user else None, password) or user is None:
+    # argon2 takes ~0.1-0.2 s of CPU: off the event loop, so one login does not stall the API.
+    verified = await asyncio.to_thread(verify_password, user.password_hash if user else None, password)
+    if not verified or user is None:
         raise errors.InvalidCredentials()
     if not user.is_active:
         raise errors.AccountInactive()
-    if failure is not None:
-        await session.delete(failure)
+    await session.execute(delete(LoginFailure).where(LoginFailure.username == username[:64]))  # type: ignore[arg-type]
     user.last_login_at = now
     assert user.id is not None
     return await _open_session(
@@ -305,19 +304,28 @@ async def login_staff(
     )
 
 
-async def record_login_failure(session: AsyncSession, *, username: str, now: datetime, policy: AuthPolicy) -> int:
-    """Count a failed login; the ``max_failures``-th within the window locks the name.
+async def claim_login_attempt(session: AsyncSession, *, username: str, now: datetime, policy: AuthPolicy) -> int:
+    """Count a login attempt before the password is checked; commit it on its own.
 
-    Returns the failures counted in the current window.
+    Every attempt counts until a success clears the count, so concurrent guesses are
+    counted as they arrive. The ``max_failures``-th attempt in the window still gets its
+    password checked but locks the name for ``lockout_s`` unless it succeeds; a locked
+    name is refused here with :class:`AccountLocked`. Returns the attempts counted.
     """
+    name = username.strip()[:64]
+    current = (
+        await session.execute(select(LoginFailure).where(LoginFailure.username == name).with_for_update())  # type: ignore[arg-type]
+    ).scalars().first()
+    if current is not None and current.locked_until is not None and current.locked_until > now:
+        raise errors.AccountLocked()
     window_start = now - timedelta(seconds=policy.lockout_s)
     statement = (
         insert(LoginFailure)
-        .values(username=username.strip()[:64], failures=1, last_failed_at=now)
+        .values(username=name, failures=1, last_failed_at=now)
         .on_conflict_do_update(
             index_elements=["username"],
             set_={
-                # A failure after the window, or after a lock ran out, starts a new count.
+                # An attempt after the window, or after a lock ran out, starts a new count.
                 "failures": func.coalesce(
                     text(
                         "CASE WHEN login_failures.last_failed_at < :window_start "
@@ -336,11 +344,15 @@ async def record_login_failure(session: AsyncSession, *, username: str, now: dat
         )
         .returning(LoginFailure.__table__.c.failures)  # type: ignore[attr-defined]
     )
+    # The upsert holds the row lock until this transaction ends, so parallel attempts for
+    # one name are counted one after another, each seeing the ones before it.
     failures: int = (await session.execute(statement)).scalar_one()
-    if failures >= policy.max_failures:
+    if failures > policy.max_failures:
+        raise errors.AccountLocked()
+    if failures == policy.max_failures:
         await session.execute(
             update(LoginFailure)
-            .where(LoginFailure.username == username.strip()[:64])  # type: ignore[arg-type]
+            .where(LoginFailure.username == name)  # type: ignore[arg-type]
             .values(locked_until=now + timedelta(seconds=policy.lockout_s))
         )
     return failures
@@ -706,7 +718,7 @@ async def create_staff_user(
     await _check_roles_assignable(session, actor, wanted_roles)
     user = StaffUser(
         username=username, full_name=full_name.strip(), email=email or None, phone=phone or None,
-        password_hash=hash_password(password), created_at=now, updated_at=now,
+        password_hash=await asyncio.to_thread(hash_password, password), created_at=now, updated_at=now,
     )
     session.add(user)
     await session.flush()
@@ -755,7 +767,7 @@ async def set_staff_password(
     """An administrator sets a new password; the user's logins end."""
     user = await _check_user_editable(session, actor, user_id)
     check_password_strength(password)
-    user.password_hash = hash_password(password)
+    user.password_hash = await asyncio.to_thread(hash_password, password)
     user.updated_at = now
     await _revoke_all(session, PrincipalKind.staff, user_id, now)
     await session.flush()
@@ -771,10 +783,10 @@ async def change_own_password(
     user = await session.get(StaffUser, actor.id, with_for_update=True)
     if user is None:
         raise NotFound()
-    if not verify_password(user.password_hash, current_password):
+    if not await asyncio.to_thread(verify_password, user.password_hash, current_password):
         raise errors.InvalidCredentials("当前密码错误", "The current password is wrong", field="currentPassword")
     check_password_strength(new_password, field="newPassword")
-    user.password_hash = hash_password(new_password)
+    user.password_hash = await asyncio.to_thread(hash_password, new_password)
     user.updated_at = now
     await session.execute(
         update(AuthSession)
@@ -866,8 +878,9 @@ async def login_resident(
 ) -> TokenPair:
     """Log a resident in with the latest unexpired code; the first login registers them.
 
-    A wrong code counts an attempt (committed by the caller's refusal hook through
-    :func:`count_code_attempt`); after five the code is dead.
+    The attempt must have been claimed first with :func:`claim_code_attempt` in its own
+    committed transaction: a code allows five attempts, right or wrong, however many
+    arrive at once.
     """
     phone = phone.strip()
     pending = (
@@ -881,7 +894,7 @@ async def login_resident(
     ).scalars().first()
     if (
         pending is None
-        or pending.attempts >= CODE_MAX_ATTEMPTS
+        or pending.attempts > CODE_MAX_ATTEMPTS
         or not secrets.compare_digest(pending.code_hash, keyed_digest(policy.secret, f"{phone}:{code.strip()}"))
     ):
         raise errors.InvalidCode(field="code")
@@ -899,13 +912,24 @@ async def login_resident(
     )
 
 
-async def count_code_attempt(session: AsyncSession, *, phone: str, now: datetime) -> None:
-    """Count a wrong code against the phone's live code (brute force stops at five)."""
-    await session.execute(
-        update(OneTimeCode)
-        .where(OneTimeCode.phone == phone.strip(), OneTimeCode.consumed_at.is_(None), OneTimeCode.expires_at > now)  # type: ignore[arg-type,union-attr]
-        .values(attempts=OneTimeCode.attempts + 1)
+async def claim_code_attempt(session: AsyncSession, *, phone: str, now: datetime) -> None:
+    """Count one attempt against the phone's live code before it is compared; the caller
+    commits this on its own. A code with five attempts used is dead: InvalidCode."""
+    live = (
+        select(OneTimeCode.id)  # type: ignore[call-overload]
+        .where(OneTimeCode.phone == phone.strip(), OneTimeCode.consumed_at.is_(None), OneTimeCode.expires_at > now)  # type: ignore[union-attr]
+        .order_by(OneTimeCode.created_at.desc())  # type: ignore[attr-defined]
+        .limit(1)
+        .scalar_subquery()
     )
+    claimed = await session.execute(
+        update(OneTimeCode)
+        .where(OneTimeCode.id == live, OneTimeCode.attempts < CODE_MAX_ATTEMPTS)  # type: ignore[arg-type]
+        .values(attempts=OneTimeCode.attempts + 1)
+        .returning(OneTimeCode.__table__.c.id)  # type: ignore[attr-defined]
+    )
+    if claimed.first() is None:
+        raise errors.InvalidCode(field="code")
 
 
 async def bind_household(session: AsyncSession, *, resident: Principal, account_no: str, name: str) -> Household:

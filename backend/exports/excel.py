@@ -298,6 +298,23 @@ def _header(sheet: Any, spec: SheetSpec) -> None:
         sheet.append(cells)
 
 
+def as_text(sheet: Any, row: Sequence[Any]) -> Sequence[Any]:
+    """``row`` with every string that openpyxl would store as a formula ("=…") wrapped in
+    a cell typed as text: user-entered names must never become live formulas (HYPERLINK
+    and friends) in a colleague's download."""
+    if not any(type(value) is str and value.startswith("=") for value in row):
+        return row
+    safe: list[Any] = []
+    for value in row:
+        if type(value) is str and value.startswith("="):
+            cell = WriteOnlyCell(sheet, value=value)
+            cell.data_type = "s"
+            safe.append(cell)
+        else:
+            safe.append(value)
+    return safe
+
+
 def write_sheet(path: str | Path, spec: SheetSpec, next_chunk: Callable[[], Sequence[Sequence[Any]]]) -> int:
     """Write every row ``next_chunk`` hands out (until an empty chunk) under ``spec``'s
     header to an xlsx file at ``path``; returns the number of rows written.
@@ -319,9 +336,9 @@ def write_sheet(path: str | Path, spec: SheetSpec, next_chunk: Callable[[], Sequ
                 values = list(row)
                 for index, render in renders:
                     values[index] = render(values[index])
-                sheet.append(values)
+                sheet.append(as_text(sheet, values))
             else:
-                sheet.append(row)
+                sheet.append(as_text(sheet, row))
             room -= 1
         written += len(chunk)
     workbook.save(str(path))

@@ -32,6 +32,8 @@ class Context:
     principal: Principal | None = None
     ip: str | None = None
     user_agent: str | None = None
+    # Process-wide collaborators built once by create_app ("auth_policy", later
+    # "balance_checker", gateways…): shared by every request, never written per request.
     services: dict[str, Any] = field(default_factory=dict)
     # Compiled list plans of the executing document (backend/graphql/fastpath.py).
     plans: dict[Any, Any] | None = None

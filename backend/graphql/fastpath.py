@@ -299,7 +299,9 @@ class FastExecutionContext(StrawberryGraphQLCoreExecutionContext):
         if isinstance(result, list | tuple) and result:
             plans: dict[Any, Any] | None = getattr(self.context_value, "plans", None)
             if plans is not None:
-                key = (id(field_details_list[0].node), id(return_type))
+                # Every merged field node: one fragment node can be merged with different
+                # siblings in different places of the same document.
+                key = (tuple(id(details.node) for details in field_details_list), id(return_type))
                 plan: Any = plans.get(key)
                 if plan is None:
                     selection_sets = [d.node.selection_set for d in field_details_list if d.node.selection_set]

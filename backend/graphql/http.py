@@ -40,7 +40,7 @@ from backend.auth.principal import Principal
 from backend.errors import BadUserInput, DomainError, ErrorCode, RateLimited
 from backend.graphql.context import Context
 from backend.graphql.errors import format_error
-from backend.graphql.limits import OperationShape, QueryTooComplex, QueryTooDeep, cost_of, operation_shapes
+from backend.graphql.limits import OperationShape, QueryTooComplex, QueryTooDeep, operation_shapes
 from backend.observability import observe_operation, request_id_var
 from backend.settings import Settings
 
@@ -110,12 +110,14 @@ class GraphQLEndpoint:
         check_rate: RateCheck,
         read_sessions: async_sessionmaker[AsyncSession] | None = None,
         read_engine: Any = None,
+        services: dict[str, Any] | None = None,
     ) -> None:
         self.schema = schema
         self.settings = settings
         self.sessions = sessions
         self.read_sessions = read_sessions
         self.read_engine = read_engine
+        self.services = services if services is not None else {}
         self.authenticate = authenticate
         self.check_rate = check_rate
         self.documents = DocumentCache(schema, settings)
@@ -155,6 +157,14 @@ class GraphQLEndpoint:
                 return self._refusal(refusal, 429)
             except DomainError as refusal:
                 return self._refusal(refusal, 401)
+            except Exception:
+                # Database down, pool exhausted: masked like any execution error.
+                log.exception("authentication failed unexpectedly (request %s)", request_id)
+                return self._json(
+                    {"data": None, "errors": [{"message": "服务器内部错误", "extensions": {
+                        "code": ErrorCode.INTERNAL.value, "messageEn": "Internal error", "requestId": request_id}}]},
+                    500,
+                )
 
         prepared = self.documents.get(query)
         label = operation_name or "anonymous"
@@ -166,7 +176,7 @@ class GraphQLEndpoint:
             try:
                 if shape.depth > self.settings.graphql_max_depth:
                     raise QueryTooDeep()
-                if cost_of(shape.roots, variables) > self.settings.graphql_max_cost:
+                if shape.cost(variables) > self.settings.graphql_max_cost:
                     raise QueryTooComplex()
             except DomainError as refusal:
                 observe_operation(label, time.perf_counter() - started, ok=False)
@@ -182,6 +192,7 @@ class GraphQLEndpoint:
             plans=prepared.plans,
             read_sessions=self.read_sessions,
             read_engine=self.read_engine,
+            services=self.services,
         )
         assert prepared.document is not None
         result: ExecutionResult = await await_maybe(

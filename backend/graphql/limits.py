@@ -44,6 +44,12 @@ class CostNode:
 class OperationShape:
     depth: int
     roots: list[CostNode]
+    # Integer defaults of the operation's variables (``query($n: Int = 1000)``): a
+    # variable the request leaves out costs its default, not the default page size.
+    defaults: dict[str, int] = field(default_factory=dict)
+
+    def cost(self, variables: dict[str, Any]) -> int:
+        return cost_of(self.roots, {**self.defaults, **variables} if self.defaults else variables)
 
 
 def _size_of(node: FieldNode) -> tuple[bool, int | str | None]:
@@ -106,7 +112,12 @@ def operation_shapes(document: DocumentNode) -> dict[str | None, OperationShape]
     for definition in document.definitions:
         if isinstance(definition, OperationDefinitionNode):
             depth, roots = _walk(definition.selection_set, fragments, frozenset())
-            shapes[definition.name.value if definition.name else None] = OperationShape(depth, roots)
+            defaults = {
+                variable.variable.name.value: int(variable.default_value.value)
+                for variable in definition.variable_definitions or ()
+                if isinstance(variable.default_value, IntValueNode)
+            }
+            shapes[definition.name.value if definition.name else None] = OperationShape(depth, roots, defaults)
     return shapes
 
 

@@ -14,8 +14,10 @@ import enum
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import date, datetime
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
+from graphql.execution.values import get_argument_values
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.types import Info
 
@@ -64,15 +66,21 @@ async def run_mutation(
     audit_input: Mapping[str, Any] | None = None,
     on_refusal: Callable[[AsyncSession, DomainError], Awaitable[None]] | None = None,
     actor: Callable[[ResultT], Principal | None] | None = None,
+    before: Callable[[AsyncSession], Awaitable[object]] | None = None,
 ) -> PayloadT:
     """Run ``work`` in one transaction with its audit entry; see the module docstring.
 
     ``describe`` renders the 日志内容 sentence without its result ("为角色 收费员 分配菜单权限");
     ``actor`` names the actor when the caller was anonymous until the work succeeded
-    (a login).
+    (a login). ``before`` runs first in a transaction of its own that commits whatever
+    follows: bookkeeping that must stand even when the work is refused, such as counting
+    a login attempt before the password is checked.
     """
     context: Context = info.context
-    arguments = plain(audit_input if audit_input is not None else dict(info.variable_values or {}))
+    # The mutation's own resolved arguments, not the request's variables: variable names
+    # are the client's choice (redaction goes by argument names), and a document may hold
+    # several mutations.
+    arguments = plain(audit_input if audit_input is not None else field_arguments(info))
 
     async def audit(session: AsyncSession, who: Principal | None, summary: str, success: bool) -> None:
         await record_operation(
@@ -81,6 +89,9 @@ async def run_mutation(
         )
 
     try:
+        if before is not None:
+            async with context.write() as session:
+                await before(session)
         async with context.write() as session:
             result = await work(session)
             who = actor(result) if actor is not None else context.principal
@@ -93,7 +104,22 @@ async def run_mutation(
         if refusal.code in _TOP_LEVEL:
             raise
         return payload(None, UserError.from_domain(refusal))
+    except Exception:
+        # Unexpected: the client sees INTERNAL with the request id; the log keeps a row.
+        async with context.write() as session:
+            await audit(session, context.principal, f"{describe(None)}: 失败 (内部错误 {context.request_id})", False)
+        raise
     return payload(result, [])
+
+
+def field_arguments(info: Info) -> dict[str, Any]:
+    """The current field's arguments as the client sent them, coerced (GraphQL names)."""
+    raw = info._raw_info
+    definition = raw.parent_type.fields[raw.field_name]
+    # strawberry hands resolvers the plain coerced dict; graphql-core's helper reads it
+    # through a VariableValues-shaped object (``coerced`` and ``sources``).
+    variables = SimpleNamespace(coerced=raw.variable_values or {}, sources={})
+    return dict(get_argument_values(definition, raw.field_nodes[0], variables))  # type: ignore[arg-type]
 
 
 async def audit_refusal(context: Context, field_name: str, permission: str, arguments: Mapping[str, Any]) -> None:

@@ -35,14 +35,16 @@ class BadCursor(BadUserInput):
     message_en = "Malformed pagination cursor"
 
 
-def decode_cursor(cursor: str) -> int:
+def decode_cursor(cursor: str, *, field: str = "after") -> int:
     try:
         text = base64.b64decode(cursor.encode(), validate=True).decode()
     except (binascii.Error, UnicodeDecodeError):
-        raise BadCursor(field="after") from None
-    if not text.startswith(_PREFIX) or not text[len(_PREFIX) :].isdigit():
-        raise BadCursor(field="after")
-    return int(text[len(_PREFIX) :])
+        raise BadCursor(field=field) from None
+    offset = text[len(_PREFIX) :]
+    # ASCII digits only ("²".isdigit() is true), and an offset PostgreSQL can take.
+    if not text.startswith(_PREFIX) or not (offset.isascii() and offset.isdigit()) or len(offset) > 12:
+        raise BadCursor(field=field)
+    return int(offset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +67,7 @@ class PageRequest:
             if size is not None and size < 0:
                 raise BadUserInput("每页条数不能为负", "Page size cannot be negative", field=name)
         start = decode_cursor(after) + 1 if after is not None else 0
-        end = decode_cursor(before) if before is not None else None
+        end = decode_cursor(before, field="before") if before is not None else None
         if first is not None:
             limit = first if end is None else max(0, min(first, end - start))
             return cls(start, limit)

@@ -30,25 +30,27 @@ def encode_id(type_name: str, pk: int) -> strawberry.ID:
     return binascii.b2a_base64(f"{type_name}:{pk}".encode(), newline=False).decode()  # type: ignore[return-value]
 
 
-def decode_id(global_id: str, type_name: str | None = None, *, field: str = "id") -> int:
-    """The primary key inside ``global_id``; NOT_FOUND for malformed or wrong-type ids."""
-    try:
-        text = base64.b64decode(global_id.encode(), validate=True).decode()
-        kind, _, pk = text.partition(":")
-        value = int(pk)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise NotFound(field=field) from None
-    if type_name is not None and kind != type_name:
-        raise NotFound(field=field)
-    return value
+_MAX_PK = 2**63 - 1  # BIGINT
 
 
-def split_id(global_id: str) -> tuple[str, int]:
+def split_id(global_id: str, *, field: str = "id") -> tuple[str, int]:
+    """Type name and primary key of a global id; NOT_FOUND for anything malformed,
+    including keys no BIGINT column can hold."""
     try:
         kind, _, pk = base64.b64decode(global_id.encode(), validate=True).decode().partition(":")
-        return kind, int(pk)
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise NotFound(field="id") from None
+        raise NotFound(field=field) from None
+    if not (pk.isascii() and pk.isdigit()) or len(pk) > 19 or int(pk) > _MAX_PK:
+        raise NotFound(field=field)
+    return kind, int(pk)
+
+
+def decode_id(global_id: str, type_name: str | None = None, *, field: str = "id") -> int:
+    """The primary key inside ``global_id``; NOT_FOUND for malformed or wrong-type ids."""
+    kind, pk = split_id(global_id, field=field)
+    if type_name is not None and kind != type_name:
+        raise NotFound(field=field)
+    return pk
 
 
 def register_node(type_name: str, fetcher: NodeFetcher) -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.auth.service import AuthPolicy, TokenPair, login_staff
+from backend.auth.service import AuthPolicy, TokenPair, claim_login_attempt, login_staff
 from tests.factories import Staff
 
 NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
@@ -48,4 +48,6 @@ async def row_counts(session: AsyncSession, *tables: str) -> dict[str, int]:
 
 
 async def log_in(session: AsyncSession, staff: Staff, *, now: datetime = NOW) -> TokenPair:
+    """Log in as the login mutation does: count the attempt, then check the password."""
+    await claim_login_attempt(session, username=staff.username, now=now, policy=POLICY)
     return await login_staff(session, username=staff.username, password=staff.password, now=now, policy=POLICY)

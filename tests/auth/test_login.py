@@ -17,11 +17,11 @@ from tests.factories import ROOT, make_area_tree, make_staff
 
 
 async def fail_login(session: AsyncSession, username: str, *, now: datetime) -> int:
-    """Count a refused login, as the login mutation does after an InvalidCredentials.
+    """An attempt that fails: counted before the password check, never cleared.
 
     (The refusal itself is pinned once below; hashing a wrong password per failure would
     cost ~0.1 s each.)"""
-    return await auth.record_login_failure(session, username=username, now=now, policy=POLICY)
+    return await auth.claim_login_attempt(session, username=username, now=now, policy=POLICY)
 
 
 async def locked_until(session: AsyncSession, username: str) -> datetime | None:
@@ -88,9 +88,9 @@ async def test_unknown_user_and_wrong_password_get_the_same_refusal_and_open_no_
 async def test_a_wrong_password_counts_one_failure_against_the_username(session: AsyncSession) -> None:
     staff = await make_staff(session)
 
+    counted = await auth.claim_login_attempt(session, username=staff.username, now=NOW, policy=POLICY)
     with pytest.raises(errors.InvalidCredentials):
         await auth.login_staff(session, username=staff.username, password="Wrong-passw0rd", now=NOW, policy=POLICY)
-    counted = await auth.record_login_failure(session, username=staff.username, now=NOW, policy=POLICY)
 
     assert counted == 1
     assert await counted_failures(session, staff.username) == 1
@@ -127,9 +127,7 @@ async def test_failures_of_an_unknown_username_lock_it_too(session: AsyncSession
         await fail_login(session, "ghost-user", now=NOW + timedelta(minutes=m))
 
     with pytest.raises(errors.AccountLocked):
-        await auth.login_staff(
-            session, username="ghost-user", password="Wrong-passw0rd", now=NOW + timedelta(minutes=5), policy=POLICY
-        )
+        await auth.claim_login_attempt(session, username="ghost-user", now=NOW + timedelta(minutes=5), policy=POLICY)
 
 
 async def test_login_succeeds_once_the_lock_ends_and_clears_the_count(session: AsyncSession) -> None:

@@ -150,8 +150,9 @@ async def test_four_wrong_codes_still_leave_the_right_code_usable(session: Async
     sms = FakeSms()
     code = await send_code(session, sms)
     for _ in range(4):
-        await auth.count_code_attempt(session, phone=PHONE, now=NOW)
+        await auth.claim_code_attempt(session, phone=PHONE, now=NOW)
 
+    await auth.claim_code_attempt(session, phone=PHONE, now=NOW)
     pair = await auth.login_resident(session, phone=PHONE, code=code, now=NOW, policy=POLICY)
 
     assert pair.principal.kind is PrincipalKind.resident
@@ -161,12 +162,12 @@ async def test_five_wrong_codes_kill_the_code_even_for_the_right_code(session: A
     sms = FakeSms()
     code = await send_code(session, sms)
     for _ in range(5):
+        await auth.claim_code_attempt(session, phone=PHONE, now=NOW)
         with pytest.raises(errors.InvalidCode):
             await auth.login_resident(session, phone=PHONE, code=wrong(code), now=NOW, policy=POLICY)
-        await auth.count_code_attempt(session, phone=PHONE, now=NOW)
 
     with pytest.raises(errors.InvalidCode):
-        await auth.login_resident(session, phone=PHONE, code=code, now=NOW, policy=POLICY)
+        await auth.claim_code_attempt(session, phone=PHONE, now=NOW)
 
 
 async def test_an_expired_code_is_refused(session: AsyncSession) -> None:

@@ -62,13 +62,32 @@ def counted_statements(monkeypatch: pytest.MonkeyPatch, *engines: AsyncEngine) -
 
 
 async def test_sibling_fields_with_loaders_resolve_concurrently_without_sharing_a_session(
-    client: GraphQLClient, world: World
+    client: GraphQLClient, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     token = await client.login(world.admin.username, world.admin.password)
+    open_sessions: list[int] = []
+    most_open = 0
+    original_read = graphql_context.Context.read
+
+    @asynccontextmanager
+    async def tracked_read(self: graphql_context.Context) -> AsyncIterator[Any]:
+        nonlocal most_open
+        async with original_read(self) as session:
+            open_sessions.append(id(session))
+            most_open = max(most_open, len(open_sessions))
+            try:
+                await asyncio.sleep(0.005)  # hold it a moment, as a slow query would
+                yield session
+            finally:
+                open_sessions.remove(id(session))
+
+    monkeypatch.setattr(graphql_context.Context, "read", tracked_read)
 
     result = await client.execute(TWO_LOADERS, token=token)
 
     assert "errors" not in result, result.get("errors")
+    # Loader batches really ran side by side, each in a session of its own.
+    assert most_open >= 2
     assert len(result["data"]["areas"]["edges"]) >= 5
     roles = [edge["node"]["roles"] for edge in result["data"]["staffUsers"]["edges"]]
     assert all(len(user_roles) == 1 for user_roles in roles)

@@ -7,8 +7,6 @@ or typed errors: never INTERNAL, never a 500.
 
 from __future__ import annotations
 
-import string
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_graphql import mutations, queries
@@ -25,7 +23,8 @@ CUSTOM_SCALARS = {
     ),
     "JSON": st.just(__import__("graphql").StringValueNode(value="{}")),
 }
-TEXT = st.text(alphabet=string.ascii_letters + string.digits + "张伟@.-_", max_size=20)
+# logout would revoke the token every later document runs with; it has its own tests.
+MUTATION_FIELDS = sorted(name for name in SCHEMA.mutation_type.fields if name != "logout")  # type: ignore[union-attr]
 
 
 def _assert_no_internal(result: dict) -> None:  # type: ignore[type-arg]
@@ -40,8 +39,13 @@ async def test_generated_queries_and_mutations_never_raise_internal_errors(clien
     token = await client.login(world.admin.username, world.admin.password)
     documents: list[str] = []
 
+    generated = st.one_of(
+        queries(SCHEMA, custom_scalars=CUSTOM_SCALARS),
+        mutations(SCHEMA, fields=MUTATION_FIELDS, custom_scalars=CUSTOM_SCALARS),
+    )
+
     @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    @given(st.one_of(queries(SCHEMA, custom_scalars=CUSTOM_SCALARS), mutations(SCHEMA, custom_scalars=CUSTOM_SCALARS)))
+    @given(generated)
     def collect(document: str) -> None:
         documents.append(document)
 
