@@ -527,10 +527,11 @@ class Mutation:
 
     @strawberry.mutation(permission_classes=[Requires("resident:self")], description="Bind a household by 缴费号 and registered name.")
     async def bind_household(self, info: Info, account_no: str, name: str) -> HouseholdPayload:
-        principal = info.context.caller
+        principal, policy, now = info.context.caller, _policy(info), utcnow()
         return await run_mutation(
             info, module="resident", action="bindHousehold", describe=lambda _: f"住户绑定缴费号 {account_no[:32]}",
             payload=lambda h, errors: HouseholdPayload(household=HouseholdType.from_row(h) if h else None, errors=errors),
+            before=lambda session: service.claim_bind_attempt(session, resident=principal, now=now, policy=policy),
             work=lambda session: service.bind_household(session, resident=principal, account_no=account_no, name=name),
         )
 
@@ -550,10 +551,11 @@ class Mutation:
 
     @strawberry.mutation(permission_classes=[Authenticated], description="Change your own password (staff).")
     async def change_my_password(self, info: Info, current_password: str, new_password: str) -> OkPayload:
-        principal, now = info.context.caller, utcnow()
+        principal, policy, now = info.context.caller, _policy(info), utcnow()
         return await run_mutation(
             info, module="system", action="changeMyPassword", describe=lambda _: f"{principal.name} 修改密码",
             payload=_ok,
+            before=lambda session: service.claim_password_check(session, actor=principal, now=now, policy=policy),
             work=lambda session: service.change_own_password(
                 session, actor=principal, current_password=current_password, new_password=new_password, now=now
             ),

@@ -488,6 +488,9 @@ async def _validate_role(
     if problems:
         raise ValidationFailed(problems)
     _check_known_permissions(permissions)
+    if kind.rank < await _actor_rank(session, actor):
+        # A department admin cannot mint a "system admin" role, even with fewer permissions.
+        raise errors.RoleHierarchy(field="kind")
     areas = await require_areas(session, area_ids)
     _check_grantable(actor, permissions, [a.path for a in areas.values()], field="permissions", area_field="areaIds")
     if parent_id is not None:
@@ -509,6 +512,19 @@ async def _validate_role(
     if role_id is not None:
         await _check_children_fit(session, role_id=role_id, kind=kind, permissions=permissions,
                                   paths=[a.path for a in areas.values()])
+
+
+async def _actor_rank(session: AsyncSession, actor: Principal) -> int:
+    """The highest rank among the actor's roles (0 = system admin); a principal with no
+    roles (the CLI and demo loader acting as the system) ranks highest."""
+    if not actor.is_staff:
+        return len(RoleKind)
+    kinds = (
+        await session.execute(
+            select(Role.kind).join(StaffUserRole, StaffUserRole.role_id == Role.id).where(StaffUserRole.user_id == actor.id)  # type: ignore[call-overload,arg-type]
+        )
+    ).scalars().all()
+    return min((kind.rank for kind in kinds), default=0)
 
 
 _ANCESTORS = text(
@@ -785,6 +801,7 @@ async def change_own_password(
         raise NotFound()
     if not await asyncio.to_thread(verify_password, user.password_hash, current_password):
         raise errors.InvalidCredentials("当前密码错误", "The current password is wrong", field="currentPassword")
+    await session.execute(delete(LoginFailure).where(LoginFailure.username == user.username))  # type: ignore[arg-type]
     check_password_strength(new_password, field="newPassword")
     user.password_hash = await asyncio.to_thread(hash_password, new_password)
     user.updated_at = now
@@ -796,6 +813,17 @@ async def change_own_password(
     )
     await session.flush()
     return user
+
+
+async def claim_password_check(session: AsyncSession, *, actor: Principal, now: datetime, policy: AuthPolicy) -> int:
+    """Count a check of the caller's current password against their login lockout, so a
+    stolen access token cannot be used to guess the password (commit on its own)."""
+    if not actor.is_staff:
+        raise Forbidden()
+    username = (await session.execute(select(StaffUser.username).where(StaffUser.id == actor.id))).scalar_one_or_none()  # type: ignore[call-overload]
+    if username is None:
+        raise Forbidden()
+    return await claim_login_attempt(session, username=username, now=now, policy=policy)
 
 
 async def delete_staff_user(session: AsyncSession, *, actor: Principal, user_id: int) -> StaffUser:
@@ -932,9 +960,21 @@ async def claim_code_attempt(session: AsyncSession, *, phone: str, now: datetime
         raise errors.InvalidCode(field="code")
 
 
+def _bind_attempts_key(resident: Principal) -> str:
+    # "~" never appears in a username, so these counters cannot collide with logins.
+    return f"~bind:{resident.id}"
+
+
+async def claim_bind_attempt(session: AsyncSession, *, resident: Principal, now: datetime, policy: AuthPolicy) -> int:
+    """Count a binding attempt (commit on its own): five wrong account number / name pairs
+    lock binding for the resident for ``lockout_s``, so pairs cannot be guessed at will."""
+    return await claim_login_attempt(session, username=_bind_attempts_key(resident), now=now, policy=policy)
+
+
 async def bind_household(session: AsyncSession, *, resident: Principal, account_no: str, name: str) -> Household:
     """Bind a household by its account number and registered name. An unknown account
-    number and a wrong name get the same refusal, so numbers cannot be probed."""
+    number and a wrong name get the same refusal, so numbers cannot be probed; attempts
+    are counted by :func:`claim_bind_attempt` and a success clears the count."""
     if not resident.is_resident:
         raise Forbidden()
     household = (
@@ -946,6 +986,7 @@ async def bind_household(session: AsyncSession, *, resident: Principal, account_
     if household.id in resident.household_ids:
         raise errors.AlreadyBound(field="accountNo")
     await session.execute(insert(ResidentHousehold).values(resident_id=resident.id, household_id=household.id).on_conflict_do_nothing())
+    await session.execute(delete(LoginFailure).where(LoginFailure.username == _bind_attempts_key(resident)))  # type: ignore[arg-type]
     return household
 
 

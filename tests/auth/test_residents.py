@@ -293,3 +293,16 @@ async def test_unbinding_a_household_that_is_not_yours_is_not_found(session: Asy
     assert refused.value.field == "householdId"
     assert await row_count(session, "resident_households") == before
     assert (await reloaded(session, owner)).household_ids == (household.id,)
+
+
+async def test_five_binding_attempts_lock_binding_for_the_resident(session: AsyncSession) -> None:
+    sms = FakeSms()
+    code = await send_code(session, sms)
+    await auth.claim_code_attempt(session, phone=PHONE, now=NOW)
+    resident = (await auth.login_resident(session, phone=PHONE, code=code, now=NOW, policy=POLICY)).principal
+
+    for _ in range(5):
+        await auth.claim_bind_attempt(session, resident=resident, now=NOW, policy=POLICY)
+
+    with pytest.raises(errors.AccountLocked):
+        await auth.claim_bind_attempt(session, resident=resident, now=NOW, policy=POLICY)

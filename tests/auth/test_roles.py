@@ -371,3 +371,18 @@ async def test_a_user_holding_a_role_loses_its_permissions_when_the_role_is_narr
 
     principal = await auth.authenticate(session, token=pair.access_token, now=NOW, policy=POLICY)
     assert principal.permissions == frozenset({"bills:read"})
+
+
+async def test_a_department_admin_cannot_create_a_role_ranked_above_their_own(session: AsyncSession) -> None:
+    tree = await make_area_tree(session)
+    department_admin = await make_staff(
+        session, permissions={"roles:manage", "readings:read"}, areas=[tree.east], kind=RoleKind.department_admin
+    )
+
+    with pytest.raises(errors.RoleHierarchy) as refused:
+        await auth.create_role(
+            session, actor=department_admin.principal, name="冒名系统管理员", kind=RoleKind.system_admin,
+            permissions={"readings:read"}, area_ids=[tree.east.id] if tree.east.id else [],
+        )
+
+    assert refused.value.field == "kind"

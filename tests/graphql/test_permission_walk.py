@@ -37,7 +37,7 @@ QUERIES = _fields("Query")
 
 SCALAR_SAMPLES: dict[str, Any] = {
     "String": "x", "ID": "WDox", "Int": 1, "Float": 1.0, "Boolean": True,
-    "Money": "1.00", "DateTime": "2026-01-01T00:00:00+08:00", "JSON": {},
+    "Money": "1.00", "DateTime": "2026-01-01T00:00:00+08:00", "JSON": {}, "Decimal": "1.0", "Date": "2026-01-01",
 }
 
 
