@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -42,6 +43,18 @@ SQLModel.metadata.naming_convention = {
 metadata: MetaData = SQLModel.metadata
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+# Objects no model declares, which autogenerate must never propose to drop: monthly
+# partitions of partitioned tables (<table>_pYYYYMM) and PgQueuer's own tables.
+PARTITION_NAME = re.compile(r".+_p\d{6}$")
+UNMANAGED_PREFIXES = ("pgqueuer",)
+
+
+def include_name(name: str | None, type_: str, parent_names: Mapping[str, Any]) -> bool:
+    """Alembic's filter: skip partitions and PgQueuer's tables."""
+    return not (
+        type_ == "table" and name is not None and (PARTITION_NAME.match(name) is not None or name.startswith(UNMANAGED_PREFIXES))
+    )
 
 
 # --------------------------------------------------------------------------- embedded

@@ -8,8 +8,6 @@ which PgQueuer's own installer owns.
 from __future__ import annotations
 
 import asyncio
-import re
-from typing import Any
 
 from alembic import context
 from sqlalchemy import pool
@@ -17,20 +15,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import async_engine_from_config
 
 import backend.all_models  # noqa: F401  (registers every table on the metadata)
-from backend.db import metadata
+from backend.db import include_name, metadata
 
 config = context.config
 target_metadata = metadata
-
-PARTITION_NAME = re.compile(r".+_p\d{6}$")
-UNMANAGED_PREFIXES = ("pgqueuer",)
-
-
-def include_name(name: str | None, type_: str, parent_names: dict[str, Any]) -> bool:
-    return not (
-        type_ == "table" and name is not None and (PARTITION_NAME.match(name) or name.startswith(UNMANAGED_PREFIXES))
-    )
-
 
 def do_run_migrations(connection: Connection) -> None:
     context.configure(

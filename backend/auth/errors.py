@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from backend.errors import DomainError, ErrorCode, NotAuthenticated
 
 
@@ -45,6 +47,17 @@ class RefreshTokenInvalid(DomainError):
     code = ErrorCode.TOKEN_INVALID
     message = "刷新令牌无效或已过期, 请重新登录"
     message_en = "The refresh token is invalid or expired; log in again"
+
+
+class RefreshTokenReused(RefreshTokenInvalid):
+    """A rotated-out refresh token came back; ``session_id`` is the login to revoke."""
+
+    def __init__(self, *, session_id: uuid.UUID) -> None:
+        super().__init__(field="refreshToken")
+        self.session_id = session_id
+
+    message = "刷新令牌已被使用过, 为安全起见已注销该登录, 请重新登录"
+    message_en = "This refresh token was already used; the login was ended for safety: log in again"
 
 
 class PasswordTooWeak(DomainError):

@@ -124,6 +124,9 @@ class AuthSession(SQLModel, table=True):
     principal_kind: PrincipalKind = Field(sa_column=enum_column(PrincipalKind, nullable=False))
     principal_id: int = Field(sa_column=Column(BigInteger, nullable=False))
     refresh_hash: str | None = Field(default=None, sa_column=Column(String(64), nullable=True, unique=True))
+    # The refresh token this session's current one replaced: presenting it again means a
+    # copy was stolen, and the whole session is revoked.
+    previous_refresh_hash: str | None = Field(default=None, sa_column=Column(String(64), nullable=True, index=True))
     created_at: datetime = Field(sa_column=timestamptz(nullable=False))
     expires_at: datetime = Field(sa_column=timestamptz(nullable=False, index=True))
     revoked_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))

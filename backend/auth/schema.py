@@ -14,10 +14,12 @@ from strawberry.types import Info
 from backend.archives.schema import AreaByIdLoader, AreaRef, AreaType, HouseholdRef, HouseholdType
 from backend.auth import service
 from backend.auth.catalog import MENUS, Menu
+from backend.auth.errors import RefreshTokenReused
 from backend.auth.models import ApiClient, PrincipalKind, Role, RoleKind, StaffUser
 from backend.auth.principal import Principal
 from backend.auth.sms import sms_sender
 from backend.clock import utcnow
+from backend.errors import DomainError
 from backend.graphql.context import Context
 from backend.graphql.errors import UserError
 from backend.graphql.loaders import SessionLoader
@@ -469,10 +471,15 @@ class Mutation:
     @strawberry.mutation(permission_classes=[Public], description="New tokens for a refresh token (which rotates).")
     async def refresh_token(self, info: Info, refresh_token: str) -> AuthPayload:
         policy, now = _policy(info), utcnow()
+
+        async def revoke_if_reused(session: AsyncSession, refusal: DomainError) -> None:
+            if isinstance(refusal, RefreshTokenReused):
+                await service.logout(session, session_id=refusal.session_id, now=now)
+
         return await run_mutation(
             info, module="auth", action="refreshToken", describe=lambda _: "刷新令牌", payload=_auth_payload,
             work=lambda session: service.refresh_tokens(session, refresh_token=refresh_token, now=now, policy=policy),
-            audit_input={}, actor=lambda pair: pair.principal,
+            audit_input={}, actor=lambda pair: pair.principal, on_refusal=revoke_if_reused,
         )
 
     @strawberry.mutation(permission_classes=[Authenticated], description="End this login: its tokens stop working.")

@@ -365,12 +365,24 @@ async def refresh_tokens(session: AsyncSession, *, refresh_token: str, now: date
             select(AuthSession).where(AuthSession.refresh_hash == token_digest(refresh_token)).with_for_update()  # type: ignore[arg-type]
         )
     ).scalars().first()
-    if login is None or login.revoked_at is not None or login.expires_at <= now:
+    if login is None:
+        reused = (
+            await session.execute(
+                select(AuthSession).where(AuthSession.previous_refresh_hash == token_digest(refresh_token)).with_for_update()  # type: ignore[arg-type]
+            )
+        ).scalars().first()
+        if reused is not None and reused.revoked_at is None:
+            # A rotated-out token came back: someone holds a copy. The caller ends the
+            # session (logout) after the rollback, for both holders.
+            raise errors.RefreshTokenReused(session_id=reused.id)
+        raise errors.RefreshTokenInvalid(field="refreshToken")
+    if login.revoked_at is not None or login.expires_at <= now:
         raise errors.RefreshTokenInvalid(field="refreshToken")
     principal = await load_principal(session, kind=login.principal_kind, principal_id=login.principal_id, session_id=login.id)
     if principal is None:
         raise errors.RefreshTokenInvalid(field="refreshToken")
     rotated = new_token()
+    login.previous_refresh_hash = login.refresh_hash
     login.refresh_hash = token_digest(rotated)
     access, access_expires = issue_access_token(
         secret=policy.secret, kind=login.principal_kind, principal_id=login.principal_id,

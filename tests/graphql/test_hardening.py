@@ -130,3 +130,21 @@ def test_text_that_looks_like_a_formula_is_written_as_text() -> None:
     cell = openpyxl.load_workbook(saved).active["A1"]
 
     assert cell.data_type == "s"
+
+
+REFRESH = "mutation($t: String!) { refreshToken(refreshToken: $t) { tokens { refreshToken } errors { code } } }"
+
+
+async def test_a_reused_refresh_token_ends_the_login_for_every_holder(client: GraphQLClient, world: World) -> None:
+    login = await client.execute(
+        "mutation($u: String!, $p: String!) { login(username: $u, password: $p) { tokens { refreshToken } } }",
+        {"u": world.admin.username, "p": world.admin.password},
+    )
+    first = login["data"]["login"]["tokens"]["refreshToken"]
+    second = (await client.execute(REFRESH, {"t": first}))["data"]["refreshToken"]["tokens"]["refreshToken"]
+
+    replayed = await client.execute(REFRESH, {"t": first})
+    after = await client.execute(REFRESH, {"t": second})
+
+    assert replayed["data"]["refreshToken"]["errors"] == [{"code": "TOKEN_INVALID"}]
+    assert after["data"]["refreshToken"]["errors"] == [{"code": "TOKEN_INVALID"}]
