@@ -11,6 +11,8 @@ import random
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -117,6 +119,7 @@ async def load_demo(session: AsyncSession, *, households: int = 2000, seed: int 
     await _user(session, REPAIR, "王磊", repair_role)
 
     await _load_households(session, households=households, rng=rng, named_buildings=buildings, progress=progress)
+    await _load_devices(session, seed=seed, company=company, progress=progress)
 
     progress("住户登录与第三方接口")
     await session.execute(
@@ -157,6 +160,8 @@ MOBILE_PREFIXES = ("130", "131", "132", "133", "135", "136", "137", "138", "139"
 NON_RESIDENTIAL = ("商业", "餐饮", "工业", "学校", "机关", "医院", "酒店")
 SPECIAL = ("洗浴", "洗车", "纯净水")
 COPY_CHUNK = 100_000
+OPENED_FROM = datetime(2019, 1, 1, 8, 0, tzinfo=ZoneInfo("Asia/Shanghai"))
+OPENED_SPAN = timedelta(days=6 * 365)
 
 
 def _community_name(index: int) -> str:
@@ -264,7 +269,7 @@ async def _load_households(session: AsyncSession, *, households: int, rng: rando
     progress(f"区域 (按 {households} 户扩展)")
     units = await _layout(session, households=households, named_buildings=named_buildings, has_code="code" in area_columns)
     extras = [c for c in ("phone", "address", "customer_type", "sub_type", "population") if c in columns]
-    target = ["account_no", "name", "area_id", *extras]
+    target = ["account_no", "name", "area_id", *extras, "created_at"]
     await session.execute(text(
         f"CREATE TEMP TABLE demo_households ON COMMIT DROP AS SELECT {', '.join(target)} FROM households WITH NO DATA"
     ))
@@ -289,6 +294,8 @@ async def _load_households(session: AsyncSession, *, households: int, rng: rando
                 "population": rng.choice((1, 2, 2, 3, 3, 3, 4, 4, 5, 6)),
             }
             row.extend(values[c] for c in extras)
+            # Accounts opened in account-number order over the utility's years (deterministic).
+            row.append(OPENED_FROM + OPENED_SPAN * (index / households))
             chunk.append(row)
         await copy_into(session, "demo_households", columns=target, records=chunk)
         done += len(chunk)
@@ -311,3 +318,159 @@ async def _load_households(session: AsyncSession, *, households: int, rng: rando
         )
     await session.execute(text(insert))
     await session.execute(text("DROP TABLE demo_households"))
+
+
+# --------------------------------------------------------------------------- devices at scale
+
+# (vendor, name, caliber, register digits, decimals, valve, battery, DI byte order); the first
+# three are household meters (one vendor orders the DI 1F 90), the last the trunk flow meters'.
+METER_MODELS = (
+    ("宁波水表", "LXSY-15E", 15, 5, 3, True, True, "901F"),
+    ("三川智慧", "LXSG-20C", 20, 5, 3, True, True, "1F90"),
+    ("新天科技", "LXSZ-15Y", 15, 6, 3, False, True, "901F"),
+    ("宁波水表", "LDG-300", 300, 8, 2, False, False, "901F"),
+)
+# Four monitoring points on the trunk mains (干管), each a flow meter and a pressure gauge.
+MONITORING = (("东", "east"), ("南", "south"), ("西", "west"), ("北", "north"))
+REPLACED_AT_LATEST = datetime(2026, 10, 1, 9, 0, tzinfo=ZoneInfo("Asia/Shanghai"))
+
+
+async def _load_devices(session: AsyncSession, *, seed: int, company: Area, progress: Callable[[str], None]) -> None:
+    """Meter models, concentrators of 32-128 meters each (per community, TCP-login, serial
+    and DTU kinds), one meter per demo household assigned from the day its account
+    opened, a few replaced meters with their replacement records, and the trunk mains'
+    monitoring points: set-based (INSERT … SELECT over the households), deterministic by
+    ``seed``, and keyed on natural keys (meter code, concentrator name within its
+    community) so loading twice changes nothing."""
+    progress("表计型号")
+    await session.execute(text(
+        "INSERT INTO meter_models (vendor, name, protocol, caliber, register_digits, register_decimals, has_valve, "
+        "has_battery, di_byte_order) SELECT * FROM unnest(CAST(:vendors AS text[]), CAST(:names AS text[]), "
+        "CAST(:protocols AS text[]), CAST(:calibers AS int[]), CAST(:digits AS int[]), CAST(:decimals AS int[]), "
+        "CAST(:valves AS bool[]), CAST(:batteries AS bool[]), CAST(:orders AS text[])) ON CONFLICT (vendor, name) DO NOTHING"
+    ), {"vendors": [m[0] for m in METER_MODELS], "names": [m[1] for m in METER_MODELS], "protocols": ["cjt188"] * len(METER_MODELS),
+        "calibers": [m[2] for m in METER_MODELS], "digits": [m[3] for m in METER_MODELS], "decimals": [m[4] for m in METER_MODELS],
+        "valves": [m[5] for m in METER_MODELS], "batteries": [m[6] for m in METER_MODELS], "orders": [m[7] for m in METER_MODELS]})
+    model_ids = list((await session.execute(text(
+        "SELECT m.id FROM unnest(CAST(:vendors AS text[]), CAST(:names AS text[])) WITH ORDINALITY AS w(vendor, name, n) "
+        "JOIN meter_models m ON m.vendor = w.vendor AND m.name = w.name ORDER BY w.n"
+    ), {"vendors": [m[0] for m in METER_MODELS], "names": [m[1] for m in METER_MODELS]})).scalars())
+    household_models, flow_model = model_ids[:3], model_ids[3]
+
+    progress("集中器与表计分组")
+    # Each demo household's meter: its community, its place in the community, and the
+    # concentrator (by index in the community) it hangs under. A community is cut into
+    # runs of ``t`` (48-96, by community and seed) meters; a short last run (< 32) joins
+    # the one before, so every concentrator holds 32-128 meters once a community has 32.
+    await session.execute(text(
+        "CREATE TEMP TABLE demo_plan ON COMMIT DROP AS "
+        "SELECT q.*, least((q.rn - 1) / q.t, q.k - 1) AS idx, "
+        "'W' || substr(q.account_no, 3) AS code, 'R' || substr(q.account_no, 3) AS old_code FROM ("
+        "  SELECT p.*, CASE WHEN p.n < p.t OR p.n % p.t >= 32 THEN p.n / p.t + 1 ELSE p.n / p.t END AS k FROM ("
+        "    SELECT h.id AS household_id, h.account_no, h.area_id, h.address, h.created_at, "
+        "      CAST(split_part(a.path, '/', 4) AS bigint) AS community_id, "
+        "      row_number() OVER w AS rn, count(*) OVER (PARTITION BY split_part(a.path, '/', 4)) AS n, "
+        "      48 + (CAST(split_part(a.path, '/', 4) AS bigint) * 7919 + :seed * 104729) % 49 AS t, "
+        "      abs(hashtext(h.account_no || ':' || :seed)) AS roll "
+        "    FROM households h JOIN areas a ON a.id = h.area_id "
+        "    WHERE h.account_no LIKE '01%' AND a.kind = 'unit' "
+        "    WINDOW w AS (PARTITION BY split_part(a.path, '/', 4) ORDER BY h.account_no)"
+        "  ) p"
+        ") q"
+    ), {"seed": seed})
+    await session.execute(text(
+        "ALTER TABLE demo_plan ADD COLUMN concentrator_name text, ADD COLUMN replaced_at timestamptz, "
+        "ADD COLUMN old_final numeric(16, 4)"
+    ))
+    await session.execute(text(
+        "UPDATE demo_plan p SET concentrator_name = c.name || '集中器' || lpad(CAST(p.idx + 1 AS text), 2, '0'), "
+        "replaced_at = CASE WHEN p.roll % 400 = 7 AND p.created_at < TIMESTAMPTZ '2025-06-01 00:00:00+08' THEN "
+        "least(p.created_at + make_interval(days => 200 + CAST(p.roll % 500 AS int)), CAST(:latest AS timestamptz)) END "
+        "FROM areas c WHERE c.id = p.community_id"
+    ), {"latest": REPLACED_AT_LATEST})
+    await session.execute(text(
+        "UPDATE demo_plan SET old_final = round(CAST(EXTRACT(EPOCH FROM replaced_at - created_at) / 86400 * 0.35 AS numeric), 2) "
+        "WHERE replaced_at IS NOT NULL"
+    ))
+    await session.execute(text("CREATE INDEX ON demo_plan (code)"))
+    await session.execute(text("ANALYZE demo_plan"))
+
+    progress("集中器")
+    # New concentrators continue after the highest address in use (region 3301, then 3302, …).
+    await session.execute(text(
+        "WITH wanted AS (SELECT DISTINCT community_id, idx, concentrator_name FROM demo_plan), "
+        "missing AS (SELECT w.*, row_number() OVER (ORDER BY w.community_id, w.idx) AS r FROM wanted w "
+        "  WHERE NOT EXISTS (SELECT 1 FROM concentrators c WHERE c.area_id = w.community_id AND c.name = w.concentrator_name)), "
+        "base AS (SELECT COALESCE(max((CAST(region_code AS int) - 3301) * 65535 + terminal_address), 0) AS b "
+        "  FROM concentrators WHERE region_code ~ '^33[0-9]{2}$' AND CAST(region_code AS int) >= 3301), "
+        "numbered AS (SELECT m.*, b + r - 1 AS g, (m.community_id * 31 + m.idx * 17 + :seed) % 20 AS roll FROM missing m, base) "
+        "INSERT INTO concentrators (name, region_code, terminal_address, area_id, model, protocol, connection, serial_url, "
+        "  baudrate, parity, bytesize, stopbits, host, port, status) "
+        "SELECT concentrator_name, CAST(3301 + g / 65535 AS text), g % 65535 + 1, community_id, "
+        "  CASE WHEN roll % 2 = 0 THEN 'DJGZ23-WF' ELSE 'JZQ-2000' END, 'gdw1376', "
+        "  CASE WHEN roll < 14 THEN 'tcp_login' WHEN roll < 17 THEN 'serial' ELSE 'dtu_socket' END, "
+        "  CASE WHEN roll < 14 THEN NULL WHEN roll < 17 THEN '/dev/ttyUSB' || (g % 4) "
+        "    ELSE 'socket://10.20.' || (g / 250 % 250) || '.' || (g % 250 + 2) || ':' || (9000 + idx) END, "
+        "  CASE WHEN roll BETWEEN 14 AND 16 THEN 9600 END, CASE WHEN roll BETWEEN 14 AND 16 THEN 'E' END, "
+        "  CASE WHEN roll BETWEEN 14 AND 16 THEN 8 END, CASE WHEN roll BETWEEN 14 AND 16 THEN '1' END, "
+        "  CASE WHEN roll >= 17 THEN '10.20.' || (g / 250 % 250) || '.' || (g % 250 + 2) END, "
+        "  CASE WHEN roll >= 17 THEN 9000 + idx END, 'active' "
+        "FROM numbered ORDER BY g"
+    ), {"seed": seed})
+
+    progress("水表与配表")
+    # One meter per household, assigned from the day the account opened (or, for a
+    # replaced meter, from the replacement); only meters created now get an assignment.
+    await session.execute(text(
+        "WITH new AS (INSERT INTO meters (name, code, protocol, address, meter_type, kind, model_id, install_date, "
+        "  initial_reading, location, area_id, status, concentrator_id, port, measurement_point) "
+        "SELECT left(p.address, 96) || '水表', p.code, 'cjt188', '2026' || p.account_no, "
+        "  CASE WHEN p.roll % 50 = 3 THEN 'hot_water' ELSE 'cold_water' END, 'household', "
+        "  (CAST(:models AS bigint[]))[1 + (p.rn + :seed) % 3], "
+        "  CAST(COALESCE(p.replaced_at, p.created_at) AT TIME ZONE 'Asia/Shanghai' AS date), 0, "
+        "  CASE WHEN p.rn % 2 = 0 THEN '管道井' ELSE '水表箱' END, p.area_id, 'installed', c.id, 1, p.rn - p.idx * p.t "
+        "FROM demo_plan p JOIN concentrators c ON c.area_id = p.community_id AND c.name = p.concentrator_name "
+        "ORDER BY p.account_no ON CONFLICT (code) DO NOTHING RETURNING id, code) "
+        "INSERT INTO meter_assignments (meter_id, household_id, valid_from, start_reading) "
+        "SELECT new.id, p.household_id, COALESCE(p.replaced_at, p.created_at), 0 FROM new JOIN demo_plan p ON p.code = new.code"
+    ), {"models": household_models, "seed": seed})
+
+    progress("换表记录")
+    await session.execute(text(
+        "WITH old AS (INSERT INTO meters (name, code, protocol, address, meter_type, kind, model_id, install_date, "
+        "  initial_reading, location, area_id, status) "
+        "SELECT left(p.address, 92) || '水表(旧)', p.old_code, 'cjt188', '2019' || p.account_no, 'cold_water', 'household', "
+        "  (CAST(:models AS bigint[]))[1 + (p.rn + :seed + 1) % 3], "
+        "  CAST(p.created_at AT TIME ZONE 'Asia/Shanghai' AS date), 0, '水表箱', p.area_id, 'retired' "
+        "FROM demo_plan p WHERE p.replaced_at IS NOT NULL ORDER BY p.account_no ON CONFLICT (code) DO NOTHING "
+        "RETURNING id, code), "
+        "closed AS (INSERT INTO meter_assignments (meter_id, household_id, valid_from, valid_to, start_reading, end_reading) "
+        "  SELECT old.id, p.household_id, p.created_at, p.replaced_at, 0, p.old_final "
+        "  FROM old JOIN demo_plan p ON p.old_code = old.code RETURNING 1) "
+        "INSERT INTO meter_replacements (household_id, old_meter_id, new_meter_id, replaced_at, old_final_reading, "
+        "  new_initial_reading, reason, replaced_by) "
+        "SELECT p.household_id, old.id, m.id, p.replaced_at, p.old_final, 0, "
+        "  CASE WHEN p.roll % 3 = 0 THEN '表计故障 (不走字)' WHEN p.roll % 3 = 1 THEN '表计到期轮换' ELSE '表壳破损' END, '王磊' "
+        "FROM old JOIN demo_plan p ON p.old_code = old.code JOIN meters m ON m.code = p.code"
+    ), {"models": household_models, "seed": seed})
+    await session.execute(text("DROP TABLE demo_plan"))
+
+    progress("干管监测点")
+    rows = []
+    for number, (label, slug) in enumerate(MONITORING):
+        rows.append((f"{label}干管流量计", f"JC-{slug.upper()}-F", f"2099000000{number * 2 + 1:04d}", "flow_monitor", flow_model,
+                     f"{label}干管监测点", f"shuiwu/monitor/{slug}/flow"))
+        rows.append((f"{label}干管压力计", f"JC-{slug.upper()}-P", f"2099000000{number * 2 + 2:04d}", "pressure_monitor", None,
+                     f"{label}干管监测点", f"shuiwu/monitor/{slug}/pressure"))
+    await session.execute(text(
+        "INSERT INTO meters (name, code, protocol, address, meter_type, kind, model_id, install_date, initial_reading, "
+        "  location, area_id, status, mqtt_topic) "
+        "SELECT r.name, r.code, 'cjt188', r.address, r.meter_type, 'monitoring', r.model_id, DATE '2019-01-01', 0, "
+        "  r.location, :area, 'installed', r.topic "
+        "FROM unnest(CAST(:names AS text[]), CAST(:codes AS text[]), CAST(:addresses AS text[]), CAST(:types AS text[]), "
+        "  CAST(:models AS bigint[]), CAST(:locations AS text[]), CAST(:topics AS text[])) "
+        "  AS r(name, code, address, meter_type, model_id, location, topic) "
+        "ON CONFLICT (code) DO NOTHING"
+    ), {"area": company.id, "names": [r[0] for r in rows], "codes": [r[1] for r in rows], "addresses": [r[2] for r in rows],
+        "types": [r[3] for r in rows], "models": [r[4] for r in rows], "locations": [r[5] for r in rows],
+        "topics": [r[6] for r in rows]})

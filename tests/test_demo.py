@@ -22,13 +22,66 @@ async def _snapshot(session: AsyncSession) -> tuple[int, int, int, list[tuple[ob
     return households, areas, owners, sample
 
 
+async def _devices(session: AsyncSession) -> dict[str, object]:
+    async def one(statement: str) -> object:
+        return (await session.execute(text(statement))).scalar_one()
+
+    return {
+        "models": await one("SELECT count(*) FROM meter_models"),
+        "swapped_models": await one("SELECT count(*) FROM meter_models WHERE di_byte_order = '1F90'"),
+        "vendors": await one("SELECT count(DISTINCT vendor) FROM meter_models"),
+        "meters": await one("SELECT count(*) FROM meters"),
+        "household_meters": await one("SELECT count(*) FROM meters WHERE code LIKE 'W%'"),
+        "concentrators": await one("SELECT count(*) FROM concentrators"),
+        "connections": await one("SELECT string_agg(DISTINCT connection, ',' ORDER BY connection) FROM concentrators"),
+        "smallest": await one("SELECT min(n) FROM (SELECT count(*) AS n FROM meters WHERE concentrator_id IS NOT NULL "
+                              "GROUP BY concentrator_id) c"),
+        "largest": await one("SELECT max(n) FROM (SELECT count(*) AS n FROM meters WHERE concentrator_id IS NOT NULL "
+                             "GROUP BY concentrator_id) c"),
+        "monitoring": await one("SELECT count(*) FROM meters WHERE kind = 'monitoring'"),
+        "monitoring_points": await one("SELECT count(DISTINCT location) FROM meters WHERE kind = 'monitoring'"),
+        "monitoring_assigned": await one("SELECT count(*) FROM meter_assignments s JOIN meters m ON m.id = s.meter_id "
+                                         "WHERE m.kind = 'monitoring'"),
+        "assignments": await one("SELECT count(*) FROM meter_assignments"),
+        "open": await one("SELECT count(*) FROM meter_assignments WHERE valid_to IS NULL"),
+        "unserved": await one("SELECT count(*) FROM households h WHERE account_no LIKE '01%' AND NOT EXISTS "
+                              "(SELECT 1 FROM meter_assignments s WHERE s.household_id = h.id AND s.valid_to IS NULL)"),
+        "from_opening": await one("SELECT count(*) FROM households h JOIN meter_assignments s ON s.household_id = h.id "
+                                  "WHERE h.account_no LIKE '01%' AND s.valid_from = h.created_at"),
+        "replacements": await one("SELECT count(*) FROM meter_replacements"),
+        "replacement_chain": await one(
+            "SELECT count(*) FROM meter_replacements r JOIN meter_assignments o ON o.meter_id = r.old_meter_id "
+            "AND o.valid_to = r.replaced_at AND o.end_reading = r.old_final_reading JOIN meter_assignments n "
+            "ON n.meter_id = r.new_meter_id AND n.valid_from = r.replaced_at AND n.household_id = o.household_id "
+            "JOIN meters m ON m.id = r.old_meter_id AND m.status = 'retired'"),
+        "sample": [tuple(row) for row in await session.execute(text(
+            "SELECT m.code, m.address, c.region_code, c.terminal_address, m.measurement_point FROM meters m "
+            "JOIN concentrators c ON c.id = m.concentrator_id WHERE m.code IN ('W00000001', 'W00002999') ORDER BY 1"))],
+    }
+
+
 async def test_demo_load_scales_areas_is_idempotent_and_realistic(session: AsyncSession) -> None:
     await load_demo(session, households=3000, seed=7)
     first = await _snapshot(session)
+    devices = await _devices(session)
     await load_demo(session, households=3000, seed=7)
     second = await _snapshot(session)
 
     assert first == second
+    assert await _devices(session) == devices
+    replaced = devices["replacements"]
+    assert devices["models"] == 4 and devices["vendors"] == 3 and devices["swapped_models"] == 1
+    assert devices["household_meters"] == 3000 + 0 and devices["meters"] == 3000 + replaced + 8  # type: ignore[operator]
+    assert devices["monitoring"] == 8 and devices["monitoring_points"] == 4 and devices["monitoring_assigned"] == 0
+    assert devices["connections"] == "dtu_socket,serial,tcp_login"
+    assert 3000 / 128 <= devices["concentrators"] <= 3000 / 32  # type: ignore[operator]
+    assert 32 <= devices["smallest"] <= devices["largest"] <= 128  # type: ignore[operator]
+    assert devices["unserved"] == 0 and devices["open"] == 3000
+    assert devices["assignments"] == 3000 + replaced  # type: ignore[operator]
+    assert 1 <= replaced <= 30 and devices["replacement_chain"] == replaced  # type: ignore[operator]
+    assert devices["from_opening"] == 3000
+    assert [row[0] for row in devices["sample"]] == ["W00000001", "W00002999"]  # type: ignore[attr-defined]
+    assert all(len(row[1]) == 14 and row[1].isdigit() and 1 <= row[4] <= 128 for row in devices["sample"])  # type: ignore[attr-defined]
     households, _, owners_missing, sample = first
     assert households == 3000 and owners_missing == 0
     assert [row[0] for row in sample] == ["0100000001", "0100000500", "0100003000"]

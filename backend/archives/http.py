@@ -1,4 +1,11 @@
-"""Archives over plain HTTP: household Excel export, template and import.
+"""Archives over plain HTTP: Excel export, template and import of households, meters,
+concentrators and meter assignments (``/exports/{kind}.xlsx``, ``/templates/{kind}.xlsx``,
+``/imports/{kind}``, kind one of households, meters, concentrators, assignments), all
+shaped like the household routes below. Export filters follow each list: meters
+``areaId``, ``status``, ``meterType``, ``kind``, ``concentratorId``, ``search``;
+concentrators ``areaId``, ``status``, ``connection``, ``search``; assignments ``areaId``
+(the household's), ``search``, ``current`` (true/false). Terminal passwords are never
+exported; imported ones are stored encrypted.
 
 - ``GET /exports/households.xlsx`` (``archives:read``): the households in the caller's
   scope, filtered like the list (``areaId`` subtree, ``search``, ``status``), streamed from
@@ -19,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -28,6 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from backend import db
+from backend.archives import excel as archive_excel
 from backend.archives.excel import (
     HOUSEHOLD_EXPORT_SHEET,
     HOUSEHOLD_SHEET,
@@ -36,6 +46,7 @@ from backend.archives.excel import (
     household_export_rows,
     import_households,
 )
+from backend.archives.service import TerminalPasswordCipher
 from backend.audit.service import record_operation
 from backend.auth.principal import Principal
 from backend.auth.service import AuthPolicy
@@ -81,6 +92,64 @@ def _export_filter(params: dict[str, str]) -> HouseholdExportFilter:
     if status is not None and status not in HOUSEHOLD_STATUSES:
         raise BadUserInput("状态无效", "Unknown status", field="status")
     return HouseholdExportFilter(search=(params.get("search") or "").strip() or None, status=status)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSheet:
+    """One device kind's Excel routes: its paths, sheets, filter, rows and import."""
+
+    kind: str
+    label: str
+    import_sheet: excel.SheetSpec
+    export_sheet: excel.SheetSpec
+    action: str  # audit action suffix: Meters, Concentrators, Assignments
+    filters: dict[str, dict[str, str] | None]  # query parameter -> allowed values (None: free)
+
+    @property
+    def export_path(self) -> str:
+        return f"/exports/{self.kind}.xlsx"
+
+    @property
+    def template_path(self) -> str:
+        return f"/templates/{self.kind}.xlsx"
+
+    @property
+    def import_path(self) -> str:
+        return f"/imports/{self.kind}"
+
+
+METERS = DeviceSheet("meters", "水表", archive_excel.METER_SHEET, archive_excel.METER_SHEET, "Meters", {
+    "status": archive_excel.METER_STATUSES, "meterType": archive_excel.METER_TYPES, "kind": archive_excel.METER_KINDS,
+    "concentratorId": None, "search": None,
+})
+CONCENTRATORS = DeviceSheet(
+    "concentrators", "集中器", archive_excel.CONCENTRATOR_SHEET, archive_excel.CONCENTRATOR_EXPORT_SHEET, "Concentrators",
+    {"status": archive_excel.DEVICE_STATUSES, "connection": archive_excel.CONNECTION_KINDS, "search": None},
+)
+ASSIGNMENTS = DeviceSheet("assignments", "表计分配", archive_excel.ASSIGNMENT_SHEET, archive_excel.ASSIGNMENT_SHEET,
+                          "Assignments", {"current": {"true": "", "false": ""}, "search": None})
+DEVICE_SHEETS = (METERS, CONCENTRATORS, ASSIGNMENTS)
+_FILTER_FIELDS = {"meterType": "meter_type", "concentratorId": "concentrator_id"}
+
+
+def _device_filter(sheet: DeviceSheet, params: dict[str, str], area_path: str | None) -> archive_excel.DeviceExportFilter:
+    values: dict[str, Any] = {"area_path": area_path}
+    for name, value in params.items():
+        if "\x00" in value:
+            raise BadUserInput("文本不能包含 NUL 字符", "Text must not contain NUL characters", field=name)
+    for name, allowed in sheet.filters.items():
+        raw = (params.get(name) or "").strip()
+        if not raw:
+            continue
+        if allowed is not None and raw not in allowed:
+            raise BadUserInput(f"{name} 无效", f"Unknown {name}", field=name)
+        if name == "concentratorId":
+            values["concentrator_id"] = decode_id(raw, "Concentrator", field=name)
+        elif name == "current":
+            values["current"] = raw == "true"
+        else:
+            values[_FILTER_FIELDS.get(name, name)] = raw
+    return archive_excel.DeviceExportFilter(**values)
 
 
 def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine, settings: Settings) -> list[Route]:
@@ -139,14 +208,17 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
             "Content-Disposition": 'attachment; filename="households-template.xlsx"', "Cache-Control": "no-store",
         })
 
-    async def import_households_route(request: Request) -> Response:
+    async def run_import(request: Request, spec: excel.SheetSpec, action: str, label: str,
+                         write: Callable[[AsyncSession, excel.ValidatedSheet, Principal, bool], Any]) -> Response:
+        """Authenticate, read and validate the whole upload, then write it in one
+        transaction with its audit entry (or refuse it, audited, writing nothing)."""
         try:
             principal = await caller(request, read_engine=read_engine, sessions=sessions, policy=policy)
         except DomainError as error:
             return refusal(error, 401)
         if not principal.has(MANAGE_PERMISSION):
-            await audited(principal, request, action="importHouseholds",
-                          summary=f"导入住户: 拒绝 (缺少权限 {MANAGE_PERMISSION})", payload={}, success=False)
+            await audited(principal, request, action=action,
+                          summary=f"导入{label}: 拒绝 (缺少权限 {MANAGE_PERMISSION})", payload={}, success=False)
             return refusal(Forbidden(), 403)
         async with request.form(max_files=1, max_fields=10) as form:
             upload = form.get("file")
@@ -163,21 +235,18 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
             filename = upload.filename or ""
             payload: dict[str, Any] = {"filename": filename, "updateExisting": update_existing}
             try:
-                sheet = await asyncio.to_thread(excel.read_rows, HOUSEHOLD_SHEET, upload.file)
+                sheet = await asyncio.to_thread(excel.read_rows, spec, upload.file)
                 async with sessions() as session, session.begin():
-                    result = await import_households(
-                        session, sheet=sheet, scope_patterns=principal.scope_patterns(),
-                        update_existing=update_existing, today=utcnow().astimezone(tz).date(),
-                    )
+                    result = await write(session, sheet, principal, update_existing)
                     counts = {"inserted": result.inserted, "updated": result.updated, "unchanged": result.unchanged}
                     await record_operation(
-                        session, at=utcnow(), actor=principal, module="archives", action="importHouseholds",
-                        summary=f"导入住户: 新增 {result.inserted}, 更新 {result.updated}, 未变 {result.unchanged}",
+                        session, at=utcnow(), actor=principal, module="archives", action=action,
+                        summary=f"导入{label}: 新增 {result.inserted}, 更新 {result.updated}, 未变 {result.unchanged}",
                         payload={**payload, **counts}, success=True, ip=client_ip(request), request_id=request_id_var.get(),
                     )
             except excel.ImportRowsInvalid as invalid:
-                await audited(principal, request, action="importHouseholds",
-                              summary=f"导入住户: 拒绝 ({invalid.error_count} 处错误)",
+                await audited(principal, request, action=action,
+                              summary=f"导入{label}: 拒绝 ({invalid.error_count} 处错误)",
                               payload={**payload, "errorCount": invalid.error_count}, success=False)
                 return JSONResponse({
                     "inserted": 0, "updated": 0, "unchanged": 0, "errors": [e.as_json() for e in invalid.errors],
@@ -185,12 +254,99 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
                     "messageEn": invalid.message_en,
                 }, 422)
             except DomainError as error:
-                await audited(principal, request, action="importHouseholds", summary=f"导入住户: 拒绝 ({error.message})",
+                await audited(principal, request, action=action, summary=f"导入{label}: 拒绝 ({error.message})",
                               payload={**payload, "code": error.code.value}, success=False)
                 return refusal(error, 400)
         return JSONResponse({**counts, "errors": [], "errorCount": 0})
 
+    async def import_households_route(request: Request) -> Response:
+        today = utcnow().astimezone(tz).date()
+        return await run_import(request, HOUSEHOLD_SHEET, "importHouseholds", "住户",
+                                lambda session, sheet, principal, update: import_households(
+                                    session, sheet=sheet, scope_patterns=principal.scope_patterns(),
+                                    update_existing=update, today=today))
+
+    cipher = TerminalPasswordCipher(settings.secret())
+    tz_name = str(tz)
+
+    def device_rows(sheet: DeviceSheet, principal: Principal, export_filter: archive_excel.DeviceExportFilter,
+                    counter: list[int]) -> AsyncIterator[tuple[Any, ...]]:
+        async def rows() -> AsyncIterator[tuple[Any, ...]]:
+            async with db.raw_read(read_engine) as connection:
+                scope = principal.scope_patterns()
+                source: AsyncIterator[tuple[Any, ...]]
+                if sheet is METERS:
+                    source = archive_excel.meter_export_rows(connection, scope_patterns=scope, export_filter=export_filter)
+                elif sheet is CONCENTRATORS:
+                    source = archive_excel.concentrator_export_rows(connection, scope_patterns=scope, export_filter=export_filter)
+                else:
+                    source = archive_excel.assignment_export_rows(connection, scope_patterns=scope, export_filter=export_filter,
+                                                                  tz=tz_name)
+                async for row in source:
+                    counter[0] += 1
+                    yield row
+
+        return rows()
+
+    async def device_import(sheet: DeviceSheet, session: AsyncSession, validated: excel.ValidatedSheet,
+                            principal: Principal, update_existing: bool) -> archive_excel.ImportResult:
+        scope = principal.scope_patterns()
+        if sheet is METERS:
+            return await archive_excel.import_meters(session, sheet=validated, scope_patterns=scope, update_existing=update_existing)
+        if sheet is CONCENTRATORS:
+            return await archive_excel.import_concentrators(session, sheet=validated, scope_patterns=scope,
+                                                            update_existing=update_existing, cipher=cipher)
+        return await archive_excel.import_assignments(session, sheet=validated, scope_patterns=scope,
+                                                      update_existing=update_existing, tz=tz_name)
+
+    def device_routes(sheet: DeviceSheet) -> list[Route]:
+        async def export(request: Request) -> Response:
+            params = {key: value for key, value in request.query_params.items() if key != "token"}
+            try:
+                principal = await caller(request, read_engine=read_engine, sessions=sessions, policy=policy,
+                                         purpose=sheet.export_path)
+            except DomainError as error:
+                return refusal(error, 401)
+            if not principal.has(READ_PERMISSION):
+                return refusal(Forbidden(), 403)
+            try:
+                export_filter = _device_filter(sheet, params, await _area_path(read_engine, params))
+            except DomainError as error:
+                return refusal(error, 400)
+            counter = [0]
+            path = await excel.write_rows(sheet.export_sheet, device_rows(sheet, principal, export_filter, counter),
+                                          prefix=f"shuiwu-{sheet.kind}-")
+            try:
+                await audited(principal, request, action=f"export{sheet.action}", summary=f"导出{sheet.label}: {counter[0]} 行",
+                              payload={**params, "rows": counter[0]}, success=True)
+            except BaseException:
+                os.unlink(path)
+                raise
+            return file_download(path, f"{sheet.kind}-{utcnow().astimezone(tz):%Y%m%d}.xlsx")
+
+        async def template(request: Request) -> Response:
+            try:
+                await caller(request, read_engine=read_engine, sessions=sessions, policy=policy, purpose=sheet.template_path)
+            except DomainError as error:
+                return refusal(error, 401)
+            content = await asyncio.to_thread(excel.template, sheet.import_sheet)
+            return Response(content, media_type=excel.XLSX_MEDIA_TYPE, headers={
+                "Content-Disposition": f'attachment; filename="{sheet.kind}-template.xlsx"', "Cache-Control": "no-store",
+            })
+
+        async def import_route(request: Request) -> Response:
+            return await run_import(request, sheet.import_sheet, f"import{sheet.action}", sheet.label,
+                                    lambda session, validated, principal, update: device_import(
+                                        sheet, session, validated, principal, update))
+
+        return [
+            Route(sheet.export_path, export, methods=["GET"]),
+            Route(sheet.template_path, template, methods=["GET"]),
+            Route(sheet.import_path, import_route, methods=["POST"]),
+        ]
+
     return [
+        *(route for sheet in DEVICE_SHEETS for route in device_routes(sheet)),
         Route(EXPORT_PATH, export_households, methods=["GET"]),
         Route(TEMPLATE_PATH, households_template, methods=["GET"]),
         Route(IMPORT_PATH, import_households_route, methods=["POST"]),

@@ -152,6 +152,9 @@ def _reading(problems: list[DomainError], value: Decimal | None, field: str, *, 
                                     field=field, code=ErrorCode.INVALID))
 
 
+_READING_PLACES = Decimal("0.0001")
+
+
 def parse_reading(value: str, *, field: str) -> Decimal:
     """A register reading from text ("1234.5678"); INVALID when it is not one."""
     try:
@@ -162,7 +165,13 @@ def parse_reading(value: str, *, field: str) -> Decimal:
     _reading(problems, reading, field)
     if problems:
         raise problems[0]
-    return reading
+    return as_stored(reading)
+
+
+def as_stored(reading: Decimal) -> Decimal:
+    """A valid reading as its NUMERIC(16,4) column holds it, so a mutation's answer reads
+    like a later query's ("123.4000", not "123.4")."""
+    return reading.quantize(_READING_PLACES)
 
 
 # --------------------------------------------------------------------------- scope
@@ -834,13 +843,17 @@ async def save_meter_model(session: AsyncSession, *, fields: MeterModelFields, m
     if not (1 <= fields.register_digits <= 12 and 0 <= fields.register_decimals <= 4):
         problems.append(DomainError("计数器位数 1-12, 小数位 0-4", "Register digits 1-12, decimals 0-4",
                                     field="registerDigits", code=ErrorCode.INVALID))
-    if not (fields.multiplier.is_finite() and Decimal(0) < fields.multiplier < Decimal(100000000)):
-        problems.append(DomainError("倍率须大于 0", "The multiplier must be above 0", field="multiplier", code=ErrorCode.INVALID))
+    # NUMERIC(12,4): more places would round (maybe to zero) in the column, so refuse them.
+    if not (fields.multiplier.is_finite() and Decimal(0) < fields.multiplier < Decimal(100000000)
+            and fields.multiplier == fields.multiplier.quantize(Decimal("0.0001"))):
+        problems.append(DomainError("倍率须大于 0, 最多 4 位小数", "The multiplier must be above 0 with at most 4 places",
+                                    field="multiplier", code=ErrorCode.INVALID))
     if not problems and await _exists(session, select(MeterModel.id).where(  # type: ignore[call-overload]
         MeterModel.vendor == fields.vendor, MeterModel.name == fields.name, MeterModel.id != (model_id or 0)  # type: ignore[arg-type]
     )):
         problems.append(errors.DuplicateMeterModel(field="name"))
     await _flush_collect(problems)
+    fields = dataclasses.replace(fields, multiplier=fields.multiplier.quantize(Decimal("0.0001")))  # as NUMERIC(12,4) holds it
     if model_id is None:
         model = MeterModel(**dataclasses.asdict(fields))
         session.add(model)
@@ -948,8 +961,12 @@ async def _check_meter(
     if meter["model_id"] is not None and await session.get(MeterModel, meter["model_id"]) is None:
         problems.append(NotFound(field="modelId"))
     concentrator_id, collector_id = meter["concentrator_id"], meter["collector_id"]
-    if concentrator_id is not None and await session.get(Concentrator, concentrator_id) is None:
-        problems.append(NotFound(field="concentratorId"))
+    if concentrator_id is not None:
+        # Within the caller's scope too: a meter cannot be hung on another district's device.
+        try:
+            await _scoped(session, Concentrator, concentrator_id, scope_patterns, field="concentratorId")
+        except NotFound as unknown:
+            problems.append(unknown)
     if collector_id is not None:
         collector = await session.get(Collector, collector_id)
         if collector is None or collector.concentrator_id != concentrator_id:
@@ -979,15 +996,22 @@ async def create_meter(session: AsyncSession, *, fields: MeterChanges, scope_pat
     """Register a meter or monitoring point; ``name``, ``code``, ``address``, ``meter_type``
     and ``area_id`` are required, the rest default (protocol: the model's, else cjt188)."""
     values = {**_METER_DEFAULTS, **_changed(fields)}
-    missing = [DomainError("必填", "Required", field=_camel(name), code=ErrorCode.REQUIRED)
-               for name in ("name", "code", "address", "meter_type", "area_id") if values.get(name) is None]
-    await _flush_collect(missing)
+    await _flush_collect(_missing(values, _METER_REQUIRED))
     await _resolve_protocol(session, values)
     await _check_meter(session, values, None, scope_patterns)
-    meter = Meter(**values)
+    meter = Meter(**{**values, "initial_reading": as_stored(values["initial_reading"])})
     session.add(meter)
     await session.flush()
     return meter
+
+
+_METER_REQUIRED = ("name", "code", "address", "meter_type", "area_id", "kind", "initial_reading", "status")
+
+
+def _missing(values: dict[str, Any], required: Iterable[str]) -> list[DomainError]:
+    """REQUIRED for each of ``required`` that is absent or null in ``values``."""
+    return [DomainError("必填", "Required", field=_camel(name), code=ErrorCode.REQUIRED)
+            for name in required if values.get(name) is None]
 
 
 def _camel(name: str) -> str:
@@ -1011,11 +1035,13 @@ async def update_meter(
     current = {name: getattr(meter, name) for name in _METER_DEFAULTS | {"name": 0, "code": 0, "address": 0,
                                                                           "meter_type": 0, "area_id": 0}}
     merged = {**current, **values}
+    await _flush_collect(_missing(merged, _METER_REQUIRED))
     await _resolve_protocol(session, merged)
     await _check_meter(session, merged, meter_id, scope_patterns)
     if merged["kind"] is MeterKind.monitoring and await _open_assignment(session, meter_id) is not None:
         raise errors.MeterAlreadyAssigned("在用的住户水表不能改为监测点", "A meter serving a household cannot become a monitoring point",
                                           field="kind")
+    merged["initial_reading"] = as_stored(merged["initial_reading"])
     for name, value in merged.items():
         setattr(meter, name, value)
     await session.flush()
@@ -1151,7 +1177,8 @@ async def _open(session: AsyncSession, meter: Meter, household: Household, valid
     last_end = (await session.execute(select(func.max(MeterAssignment.valid_to)).where(MeterAssignment.meter_id == meter.id))).scalar()  # type: ignore[arg-type]
     if last_end is not None and valid_from < last_end:
         raise errors.MeterAlreadyAssigned("起始时间与该水表之前的分配重叠", "Overlaps this meter's earlier assignment", field="validFrom")
-    assignment = MeterAssignment(meter_id=meter.id, household_id=household.id, valid_from=valid_from, start_reading=start)
+    assignment = MeterAssignment(meter_id=meter.id, household_id=household.id, valid_from=valid_from,
+                                 start_reading=as_stored(start))
     session.add(assignment)
     meter.status = MeterStatus.installed
     await session.flush()
@@ -1188,7 +1215,8 @@ async def _close(assignment: MeterAssignment, valid_to: datetime, end_reading: D
         problems.append(DomainError("结束时间早于分配开始时间", "The end is before the assignment's start",
                                     field="validTo" if not prefix else "replacedAt", code=ErrorCode.INVALID))
     await _flush_collect(problems)
-    assignment.valid_to, assignment.end_reading = valid_to, end_reading
+    assert end_reading is not None  # _reading refused a missing one
+    assignment.valid_to, assignment.end_reading = valid_to, as_stored(end_reading)
 
 
 async def end_assignment(
@@ -1248,7 +1276,8 @@ async def replace_meter(
     assert household is not None and household.id is not None and old.id is not None and new.id is not None
     await _open(session, new, household, replaced_at, new_initial_reading, "newMeterId")
     replacement = MeterReplacement(household_id=household.id, old_meter_id=old.id, new_meter_id=new.id, replaced_at=replaced_at,
-                                   old_final_reading=old_final_reading, new_initial_reading=new_initial_reading, reason=reason,
+                                   old_final_reading=as_stored(old_final_reading),
+                                   new_initial_reading=as_stored(new_initial_reading), reason=reason,
                                    replaced_by=replaced_by[:100])
     session.add(replacement)
     await session.flush()
@@ -1299,6 +1328,7 @@ class ConcentratorChanges:
     terminal_password: Any = KEEP
 
 
+_CONCENTRATOR_REQUIRED = ("name", "region_code", "terminal_address", "area_id", "connection", "protocol", "status")
 _CONCENTRATOR_DEFAULTS: dict[str, Any] = {
     "model": None, "protocol": "gdw1376", "serial_url": None, "baudrate": None, "parity": None, "bytesize": None,
     "stopbits": None, "host": None, "port": None, "status": DeviceStatus.active,
@@ -1362,9 +1392,7 @@ async def create_concentrator(
     """Register a concentrator; ``name``, ``region_code``, ``terminal_address``, ``area_id``
     and ``connection`` are required."""
     values = {**_CONCENTRATOR_DEFAULTS, **_changed(fields)}
-    missing = [DomainError("必填", "Required", field=_camel(name), code=ErrorCode.REQUIRED)
-               for name in ("name", "region_code", "terminal_address", "area_id", "connection") if values.get(name) is None]
-    await _flush_collect(missing)
+    await _flush_collect(_missing(values, _CONCENTRATOR_REQUIRED))
     await _check_concentrator(session, values, None, scope_patterns)
     password = values.pop("terminal_password", None)
     concentrator = Concentrator(**values)
@@ -1388,6 +1416,8 @@ async def update_concentrator(
     values = _changed(changes)
     current = {name: getattr(concentrator, name) for name in (*_CONCENTRATOR_DEFAULTS, "name", "region_code",
                                                               "terminal_address", "area_id", "connection")}
+    # A null for a required field is refused here rather than by the NOT NULL constraint.
+    await _flush_collect(_missing({**current, **values}, _CONCENTRATOR_REQUIRED))
     await _check_concentrator(session, {**current, **values}, concentrator_id, scope_patterns)
     _store_password(concentrator, values, cipher)
     for name, value in values.items():

@@ -67,13 +67,17 @@ async def test_parallel_code_guesses_get_five_tries_in_all(client: GraphQLClient
     catcher = Catcher()
     async with session_factory(engine_for_module)() as session, session.begin():
         await request_login_code(session, phone=phone, now=utcnow(), policy=AuthPolicy(secret=TEST_SECRET), sender=catcher)
-    wrong = [f"{(int(catcher.code) + n) % 1_000_000:06d}" for n in range(1, 20)]
+    wrong = [f"{(int(catcher.code) + n) % 1_000_000:06d}" for n in range(1, 21)]
 
-    answers = await asyncio.gather(*[client.execute(RESIDENT_LOGIN, {"phone": phone, "code": c}) for c in [*wrong, catcher.code]])
+    guesses = await asyncio.gather(*[client.execute(RESIDENT_LOGIN, {"phone": phone, "code": c}) for c in wrong])
+    right = await client.execute(RESIDENT_LOGIN, {"phone": phone, "code": catcher.code})
 
-    assert all(answer["data"]["residentLogin"]["errors"] == [{"code": "INVALID_CODE"}] for answer in answers[:-1])
-    # The right code came after five wrong ones had used the code up.
-    assert answers[-1]["data"]["residentLogin"]["errors"] == [{"code": "INVALID_CODE"}]
+    assert all(answer["data"]["residentLogin"]["errors"] == [{"code": "INVALID_CODE"}] for answer in guesses)
+    # Twenty parallel guesses used up the code's five attempts: the right code is dead too.
+    assert right["data"]["residentLogin"]["errors"] == [{"code": "INVALID_CODE"}]
+    async with engine_for_module.connect() as connection:
+        attempts = (await connection.execute(text("SELECT attempts FROM one_time_codes WHERE phone = :p"), {"p": phone})).scalar_one()
+    assert attempts == 5
 
 
 async def test_ids_and_cursors_out_of_any_range_are_typed_errors_not_internal(client: GraphQLClient, world: World) -> None:

@@ -8,10 +8,13 @@ import strawberry
 from strawberry.types import Info
 
 from backend.archives import service
+from backend.archives.http import EXPORT_PATH as HOUSEHOLD_EXPORT_PATH
 from backend.archives.schema.types import (
     AreaByIdLoader,
     AreaKindEnum,
     AreaType,
+    CollectorsByConcentratorIdLoader,
+    CollectorType,
     ConcentratorType,
     ConnectionKindEnum,
     CustomerTypeEnum,
@@ -28,7 +31,10 @@ from backend.archives.schema.types import (
     visible,
 )
 from backend.auth.principal import Principal
-from backend.errors import DomainError, NotFound
+from backend.clock import utcnow
+from backend.errors import BadUserInput, DomainError, NotFound
+from backend.exports.http import download_url, sign_download_token
+from backend.graphql.context import Context
 from backend.graphql.pagination import Connection, PageRequest, paginate, paginate_query, selects
 from backend.graphql.permissions import Requires, RequiresAny
 from backend.graphql.relay import decode_id, register_node
@@ -225,3 +231,38 @@ class Query:
         async with info.context.read() as session:
             return await paginate(session, service.meter_models_statement(search=search), page,
                                   lambda row: MeterModelType.from_row(row[0]), count=selects(info, "totalCount"))
+
+    @strawberry.field(permission_classes=[Requires("archives:read")],
+                      description="The collectors (采集器) of a concentrator in your scope, by address.")
+    async def collectors(self, info: Info, concentrator_id: strawberry.ID) -> list[CollectorType]:
+        found = await fetch_concentrator(info.context, decode_id(concentrator_id, "Concentrator", field="concentratorId"))
+        if found is None:
+            raise NotFound(field="concentratorId")
+        collectors = await info.context.loader(CollectorsByConcentratorIdLoader).load(found.pk)
+        return [CollectorType.from_row(c) for c in collectors]
+
+    @strawberry.field(
+        permission_classes=[Requires("archives:read")],
+        description="A relative URL that downloads the households in your scope, filtered like `households` "
+        "(area subtree, status, search), as .xlsx for 5 minutes without an Authorization header "
+        "(the link is signed for you and this filter only).",
+    )
+    async def household_export_url(
+        self, info: Info, area_id: strawberry.ID | None = None,
+        status: HouseholdStatusEnum | None = None,  # type: ignore[valid-type]
+        search: str | None = None,
+    ) -> str:
+        context: Context = info.context
+        params: dict[str, str] = {}
+        if area_id:
+            decode_id(area_id, "Area", field="areaId")  # a malformed id is NOT_FOUND here, not at download time
+            params["areaId"] = area_id
+        if status is not None:
+            params["status"] = status.value
+        if search and "\x00" in search:
+            raise BadUserInput("文本不能包含 NUL 字符", "Text must not contain NUL characters", field="search")
+        if search and search.strip():
+            params["search"] = search.strip()
+        token, _ = sign_download_token(secret=context.settings.secret(), purpose=HOUSEHOLD_EXPORT_PATH,
+                                       principal=context.caller, params=params, now=utcnow())
+        return download_url(HOUSEHOLD_EXPORT_PATH, params, token)
