@@ -490,3 +490,20 @@ def _rows(content: bytes) -> list[tuple[Any, ...]]:
     sheet = openpyxl.load_workbook(io.BytesIO(content), read_only=True).active
     assert sheet is not None
     return [row for row in sheet.iter_rows(values_only=True) if row and row[0] is not None][2:]
+
+
+async def test_every_archive_kind_has_a_signed_export_link_that_downloads_without_a_header(
+    client: GraphQLClient, world: World
+) -> None:
+    token = await client.login(world.admin.username, world.admin.password)
+    links = await client.execute(
+        "{ householdExportUrl meterExportUrl(kind: household) concentratorExportUrl assignmentExportUrl(current: true) }",
+        token=token,
+    )
+
+    for name, url in links["data"].items():
+        download = await client.http.get(url)
+        assert download.status_code == 200, (name, download.text[:200])
+        assert download.content[:2] == b"PK"  # a zip container: xlsx
+        tampered = await client.http.get(url.replace("token=", "token=x"))
+        assert tampered.status_code == 401, name

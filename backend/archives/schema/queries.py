@@ -8,6 +8,7 @@ import strawberry
 from strawberry.types import Info
 
 from backend.archives import service
+from backend.archives.http import ASSIGNMENTS, CONCENTRATORS, METERS
 from backend.archives.http import EXPORT_PATH as HOUSEHOLD_EXPORT_PATH
 from backend.archives.schema.types import (
     AreaByIdLoader,
@@ -252,17 +253,70 @@ class Query:
         status: HouseholdStatusEnum | None = None,  # type: ignore[valid-type]
         search: str | None = None,
     ) -> str:
-        context: Context = info.context
-        params: dict[str, str] = {}
-        if area_id:
-            decode_id(area_id, "Area", field="areaId")  # a malformed id is NOT_FOUND here, not at download time
-            params["areaId"] = area_id
-        if status is not None:
-            params["status"] = status.value
-        if search and "\x00" in search:
-            raise BadUserInput("文本不能包含 NUL 字符", "Text must not contain NUL characters", field="search")
-        if search and search.strip():
-            params["search"] = search.strip()
-        token, _ = sign_download_token(secret=context.settings.secret(), purpose=HOUSEHOLD_EXPORT_PATH,
-                                       principal=context.caller, params=params, now=utcnow())
-        return download_url(HOUSEHOLD_EXPORT_PATH, params, token)
+        return _signed_export_url(info.context, HOUSEHOLD_EXPORT_PATH, area_id=area_id, search=search,
+                                  filters={"status": status.value if status is not None else None})
+
+    @strawberry.field(
+        permission_classes=[Requires("archives:read")],
+        description="A signed .xlsx download of the meters in your scope, filtered like `meters` (5 minutes).",
+    )
+    async def meter_export_url(
+        self, info: Info, area_id: strawberry.ID | None = None,
+        status: MeterStatusEnum | None = None,  # type: ignore[valid-type]
+        meter_type: MeterTypeEnum | None = None,  # type: ignore[valid-type]
+        kind: MeterKindEnum | None = None,  # type: ignore[valid-type]
+        concentrator_id: strawberry.ID | None = None,
+        search: str | None = None,
+    ) -> str:
+        if concentrator_id:
+            decode_id(concentrator_id, "Concentrator", field="concentratorId")
+        return _signed_export_url(info.context, METERS.export_path, area_id=area_id, search=search, filters={
+            "status": status.value if status is not None else None,
+            "meterType": meter_type.value if meter_type is not None else None,
+            "kind": kind.value if kind is not None else None,
+            "concentratorId": concentrator_id,
+        })
+
+    @strawberry.field(
+        permission_classes=[Requires("archives:read")],
+        description="A signed .xlsx download of the concentrators in your scope (5 minutes).",
+    )
+    async def concentrator_export_url(
+        self, info: Info, area_id: strawberry.ID | None = None,
+        status: DeviceStatusEnum | None = None,  # type: ignore[valid-type]
+        connection: ConnectionKindEnum | None = None,  # type: ignore[valid-type]
+        search: str | None = None,
+    ) -> str:
+        return _signed_export_url(info.context, CONCENTRATORS.export_path, area_id=area_id, search=search, filters={
+            "status": status.value if status is not None else None,
+            "connection": connection.value if connection is not None else None,
+        })
+
+    @strawberry.field(
+        permission_classes=[Requires("archives:read")],
+        description="A signed .xlsx download of meter assignments (表计分配) of households in your scope (5 minutes).",
+    )
+    async def assignment_export_url(
+        self, info: Info, area_id: strawberry.ID | None = None, current: bool | None = None, search: str | None = None,
+    ) -> str:
+        return _signed_export_url(info.context, ASSIGNMENTS.export_path, area_id=area_id, search=search, filters={
+            "current": None if current is None else ("true" if current else "false"),
+        })
+
+
+def _signed_export_url(
+    context: Context, path: str, *, area_id: str | None, search: str | None, filters: dict[str, str | None]
+) -> str:
+    """A relative URL of ``path`` with these filters, signed for the caller for 5 minutes."""
+    params: dict[str, str] = {}
+    if area_id:
+        decode_id(area_id, "Area", field="areaId")  # a malformed id is NOT_FOUND here, not at download time
+        params["areaId"] = area_id
+    params.update({name: value for name, value in filters.items() if value is not None})
+    if search and "\x00" in search:
+        raise BadUserInput("文本不能包含 NUL 字符", "Text must not contain NUL characters", field="search")
+    if search and search.strip():
+        params["search"] = search.strip()
+    token, _ = sign_download_token(secret=context.settings.secret(), purpose=path, principal=context.caller,
+                                   params=params, now=utcnow())
+    return download_url(path, params, token)
