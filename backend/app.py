@@ -33,7 +33,7 @@ from backend.clock import utcnow
 from backend.graphql import scalars
 from backend.graphql.http import GraphQLEndpoint
 from backend.graphql.schema import build_schema
-from backend.observability import DB_POOL, HTTP_LATENCY, HTTP_REQUESTS, registry, request_id_var
+from backend.observability import DB_POOL, observe_http, registry, request_id_var
 from backend.settings import Settings
 
 log = logging.getLogger("shuiwu.http")
@@ -69,8 +69,7 @@ class RequestIdMiddleware:
         finally:
             route = scope.get("route")
             label = getattr(route, "path", "unmatched")
-            HTTP_REQUESTS.labels(label, str(status)).inc()
-            HTTP_LATENCY.labels(label).observe(time.perf_counter() - started)
+            observe_http(label, str(status), time.perf_counter() - started)
             request_id_var.reset(token)
 
 

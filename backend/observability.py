@@ -38,14 +38,33 @@ _MAX_OPERATION_LABELS = 500
 _seen_operations: set[str] = set()
 
 
+_operation_children: dict[tuple[str, bool], tuple[Any, Any]] = {}
+_http_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
 def observe_operation(name: str, seconds: float, *, ok: bool) -> None:
-    if name not in _seen_operations:
-        if len(_seen_operations) >= _MAX_OPERATION_LABELS:
-            name = "other"
-        else:
-            _seen_operations.add(name)
-    GRAPHQL_OPERATIONS.labels(name, "ok" if ok else "error").inc()
-    GRAPHQL_LATENCY.labels(name).observe(seconds)
+    children = _operation_children.get((name, ok))
+    if children is None:
+        label = name
+        if name not in _seen_operations:
+            if len(_seen_operations) >= _MAX_OPERATION_LABELS:
+                label = "other"
+            else:
+                _seen_operations.add(name)
+        # labels() takes a lock and builds a key on every call: keep the children.
+        children = (GRAPHQL_OPERATIONS.labels(label, "ok" if ok else "error"), GRAPHQL_LATENCY.labels(label))
+        if len(_operation_children) < 2 * _MAX_OPERATION_LABELS + 2:
+            _operation_children[(name, ok)] = children
+    children[0].inc()
+    children[1].observe(seconds)
+
+
+def observe_http(route: str, status: str, seconds: float) -> None:
+    children = _http_children.get((route, status))
+    if children is None:
+        children = _http_children[(route, status)] = (HTTP_REQUESTS.labels(route, status), HTTP_LATENCY.labels(route))
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 class RequestIdFilter(logging.Filter):
