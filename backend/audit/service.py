@@ -18,18 +18,33 @@ from backend.auth.principal import Principal
 
 REDACTED = "***"
 # Input keys whose values never reach the log (matched as substrings, case-insensitive).
-SECRET_KEYS = ("password", "secret", "token", "code", "key")
+# One-time codes are not listed: the code-login mutations pass an audit input without
+# them, and "code" would blank every meter, area and region code in the log.
+SECRET_KEYS = ("password", "secret", "token", "apikey", "api_key")
+# Identity numbers are kept recognisable but not whole (3301**********1234).
+MASKED_KEYS = ("idnumber", "id_number")
+
+
+def _mask(value: Any) -> Any:
+    if not isinstance(value, str) or len(value) <= 8:
+        return REDACTED if value else value
+    return value[:4] + "*" * (len(value) - 8) + value[-4:]
 
 
 def redact(payload: Any) -> Any:
-    """A copy of ``payload`` with the values of secret-looking keys replaced."""
+    """A copy of ``payload`` with the values of secret-looking keys replaced and identity
+    numbers masked."""
     if isinstance(payload, Mapping):
-        return {
-            str(key): REDACTED
-            if any(marker in str(key).lower() for marker in SECRET_KEYS) and value is not None
-            else redact(value)
-            for key, value in payload.items()
-        }
+        clean: dict[str, Any] = {}
+        for key, value in payload.items():
+            lowered = str(key).lower()
+            if any(marker in lowered for marker in SECRET_KEYS) and value is not None:
+                clean[str(key)] = REDACTED
+            elif any(marker in lowered for marker in MASKED_KEYS):
+                clean[str(key)] = _mask(value)
+            else:
+                clean[str(key)] = redact(value)
+        return clean
     if isinstance(payload, list | tuple):
         return [redact(item) for item in payload]
     if isinstance(payload, str | int | float | bool) or payload is None:

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any, TypeVar
 
 from graphql.execution.values import get_argument_values
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.types import Info
 
@@ -35,6 +36,12 @@ PayloadT = TypeVar("PayloadT")
 # Request-level refusals raised by a mutation's work still go top-level, except NOT_FOUND
 # and BAD_USER_INPUT, which a form shows next to a field.
 _TOP_LEVEL = REQUEST_LEVEL_CODES - {ErrorCode.NOT_FOUND, ErrorCode.BAD_USER_INPUT}
+
+
+class ConcurrentDuplicate(DomainError):
+    code = ErrorCode.DUPLICATE
+    message = "记录已存在 (可能刚被他人创建), 请刷新后重试"
+    message_en = "Already exists (perhaps just created by someone else); refresh and try again"
 
 
 def plain(value: Any) -> Any:
@@ -92,10 +99,17 @@ async def run_mutation(
         if before is not None:
             async with context.write() as session:
                 await before(session)
-        async with context.write() as session:
-            result = await work(session)
-            who = actor(result) if actor is not None else context.principal
-            await audit(session, who, f"{describe(result)}: 成功", True)
+        try:
+            async with context.write() as session:
+                result = await work(session)
+                who = actor(result) if actor is not None else context.principal
+                await audit(session, who, f"{describe(result)}: 成功", True)
+        except IntegrityError as clash:
+            # A unique key taken by a concurrent request between a service's check and its
+            # insert: the same refusal the check would have given, not a crash.
+            if getattr(clash.orig, "sqlstate", None) != "23505":
+                raise
+            raise ConcurrentDuplicate() from None
     except DomainError as refusal:
         async with context.write() as session:
             if on_refusal is not None:

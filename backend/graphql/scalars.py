@@ -36,6 +36,9 @@ def _parse_datetime(value: object) -> datetime:
         raise NaiveDateTime() from None
     if parsed.tzinfo is None:
         raise NaiveDateTime()
+    if not 1900 <= parsed.year <= 2200:
+        # Far dates overflow on conversion between zones and mean a typo anyway.
+        raise BadUserInput("时间超出范围 (1900-2200 年)", "Time out of range (years 1900-2200)")
     return parsed
 
 

@@ -152,3 +152,22 @@ async def test_a_reused_refresh_token_ends_the_login_for_every_holder(client: Gr
 
     assert replayed["data"]["refreshToken"]["errors"] == [{"code": "TOKEN_INVALID"}]
     assert after["data"]["refreshToken"]["errors"] == [{"code": "TOKEN_INVALID"}]
+
+
+def test_audit_payloads_hide_secrets_and_mask_identity_numbers_but_keep_codes() -> None:
+    from backend.audit.service import redact
+
+    logged = redact({"input": {"idNumber": "330102199001011234", "terminalPassword": "pw", "code": "W001", "regionCode": "3301"}})
+
+    assert logged == {"input": {"idNumber": "3301**********1234", "terminalPassword": "***", "code": "W001", "regionCode": "3301"}}
+
+
+async def test_times_outside_1900_to_2200_are_bad_input(client: GraphQLClient, world: World) -> None:
+    token = await client.login(world.admin.username, world.admin.password)
+
+    result = await client.execute(
+        "query($since: DateTime) { auditLogs(filter: {since: $since}) { totalCount } }",
+        {"since": "9999-12-31T23:00:00-10:00"}, token=token,
+    )
+
+    assert result["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
