@@ -30,8 +30,9 @@ from backend.exports.excel import decimal as _decimal
 
 CUSTOMER_TYPES = {"residential": "居民", "non_residential": "非居民", "special": "特种"}
 HOUSEHOLD_STATUSES = {"active": "正常", "suspended": "暂停", "closed": "销户"}
-_PHONE = r"1[3-9]\d{9}|0\d{2,3}-?\d{7,8}(-\d{1,6})?"
-_ID_NUMBER = r"\d{17}[\dXx]|\d{15}|[A-Za-z0-9()（）-]{5,32}"
+# ASCII digits only (text() compiles these with re.ASCII and fullmatch too).
+_PHONE = r"1[3-9][0-9]{9}|0[0-9]{2,3}-?[0-9]{7,8}(-[0-9]{1,6})?"
+_ID_NUMBER = r"[0-9]{17}[0-9Xx]|[0-9]{15}|[A-Za-z0-9()（）-]{5,32}"
 
 
 def _label(labels: dict[str, str]) -> Any:
@@ -99,9 +100,9 @@ _OWNERS = getattr(models, "HouseholdOwner", None)
 # --------------------------------------------------------------------------- export
 
 
-def _export_sql(*, by_area: bool, by_search: bool, by_status: bool) -> str:
+def _export_sql(*, by_area: bool, by_search: bool, by_status: bool, by_type: bool = False) -> str:
     """The export statement; its parameters are the scope patterns, then the area path
-    pattern, the search pattern and the status, each only when filtered by."""
+    pattern, the search pattern, the status and the customer type, each only when filtered by."""
     area_code = "COALESCE(a.code, '#' || a.id)" if _AREA_HAS_CODE else "'#' || a.id"
     selected = []
     for column in HOUSEHOLD_EXPORT_SHEET.columns:
@@ -116,10 +117,13 @@ def _export_sql(*, by_area: bool, by_search: bool, by_status: bool) -> str:
         conditions.append(f"a.path LIKE ${len(conditions) + 1}")
     if by_search:
         number = len(conditions) + 1
-        searched = [f"h.{c} LIKE ${number}" for c in ("account_no", "name", "phone", "address") if _model_has(c)]
+        # The list's search columns (service.household_page_query).
+        searched = [f"h.{c} LIKE ${number}" for c in ("account_no", "name", "phone", "phone2", "address") if _model_has(c)]
         conditions.append("(" + " OR ".join(searched) + ")")
     if by_status:
         conditions.append(f"h.status = ${len(conditions) + 1}")
+    if by_type:
+        conditions.append(f"h.customer_type = ${len(conditions) + 1}")
     return (
         f"SELECT {', '.join(selected)} FROM households h JOIN areas a ON a.id = h.area_id "
         f"WHERE {' AND '.join(conditions)} ORDER BY h.account_no"
@@ -128,11 +132,12 @@ def _export_sql(*, by_area: bool, by_search: bool, by_status: bool) -> str:
 
 @dataclass(frozen=True, slots=True)
 class HouseholdExportFilter:
-    """The list screen's filter: an area subtree (its path), free text, a status."""
+    """The list screen's filter: an area subtree (its path), free text, a status, a customer type."""
 
     area_path: str | None = None
     search: str | None = None
     status: str | None = None
+    customer_type: str | None = None
 
 
 async def household_export_rows(
@@ -143,7 +148,7 @@ async def household_export_rows(
     ``connection`` (inside a read-only transaction of its own)."""
     statement = _export_sql(
         by_area=export_filter.area_path is not None, by_search=bool(export_filter.search),
-        by_status=export_filter.status is not None,
+        by_status=export_filter.status is not None, by_type=export_filter.customer_type is not None,
     )
     search = export_filter.search
     like = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%" if search else None
@@ -154,6 +159,8 @@ async def household_export_rows(
         arguments.append(like)
     if export_filter.status is not None:
         arguments.append(export_filter.status)
+    if export_filter.customer_type is not None:
+        arguments.append(export_filter.customer_type)
     area_position = HOUSEHOLD_EXPORT_SHEET.keys.index("area_name") if "area_name" in HOUSEHOLD_EXPORT_SHEET.keys else None
     names: dict[str, str] = {}
     if area_position is not None:
@@ -218,27 +225,17 @@ async def import_households(
     records = []
     for row_no, record in zip(sheet.row_numbers, sheet.records, strict=True):
         reference: str = record[area_index]
-        area_ref_id = int(reference[1:]) if reference.startswith("#") and reference[1:].isdigit() else None
         values = [record[sheet.index(key)] for key in columns]
-        records.append((row_no, reference, area_ref_id, *values))
+        records.append((row_no, reference, *values))
     temp_columns = ", ".join(f"{key} {_SQL_TYPES.get(key, 'text')}" for key in columns)
     await session.execute(sql(
-        f"CREATE TEMP TABLE import_households (row_no integer, area_code text, area_ref_id bigint, {temp_columns}, "
+        f"CREATE TEMP TABLE import_households (row_no integer, area_code text, {temp_columns}, "
         "area_id bigint) ON COMMIT DROP"
     ))
-    await copy_into(session, "import_households", columns=["row_no", "area_code", "area_ref_id", *columns], records=records)
+    await copy_into(session, "import_households", columns=["row_no", "area_code", *columns], records=records)
     scope = {"patterns": list(scope_patterns)}
-    if _AREA_HAS_CODE:
-        await session.execute(sql(
-            "UPDATE import_households t SET area_id = a.id FROM areas a "
-            "WHERE a.code = t.area_code AND a.path LIKE ANY(CAST(:patterns AS text[]))"
-        ), scope)
-    await session.execute(sql(
-        "UPDATE import_households t SET area_id = a.id FROM areas a "
-        "WHERE t.area_id IS NULL AND a.id = t.area_ref_id AND a.path LIKE ANY(CAST(:patterns AS text[]))"
-    ), scope)
-    for (row_no,) in await session.execute(sql("SELECT row_no FROM import_households WHERE area_id IS NULL ORDER BY row_no")):
-        sheet.add_error(row_no, "area_code", *OUT_OF_SCOPE_AREA)
+    # The device imports' resolver: a code, or a strict ``#<1-18 ASCII digits>`` id.
+    await _resolve_areas(session, "import_households", sheet, scope)
     outside = await session.execute(sql(
         "SELECT t.row_no FROM import_households t JOIN households h ON h.account_no = t.account_no "
         "JOIN areas a ON a.id = h.area_id WHERE NOT (a.path LIKE ANY(CAST(:patterns AS text[]))) ORDER BY t.row_no"
@@ -295,7 +292,7 @@ METER_KINDS = {"household": "户表", "monitoring": "监测点"}
 METER_STATUSES = {"in_stock": "库存", "installed": "在用", "faulty": "故障", "retired": "报废"}
 CONNECTION_KINDS = {"tcp_login": "TCP登录", "serial": "串口", "dtu_socket": "DTU透传"}
 DEVICE_STATUSES = {"active": "在线", "offline": "离线", "retired": "停用"}
-_CONCENTRATOR_REF = r"\d{4}-\d{1,5}"
+_CONCENTRATOR_REF = r"[0-9]{4}-[0-9]{1,5}"
 _MAX_READING = Decimal("1e12")
 
 
@@ -329,7 +326,10 @@ def moment() -> Any:
             result = result.replace(tzinfo=None)
         # Excel keeps times as fractions of a day: round back to the exported whole second.
         if result.microsecond >= 500_000:
-            result += timedelta(seconds=1)
+            try:
+                result += timedelta(seconds=1)
+            except OverflowError:
+                raise CellError("时间超出范围", "The time is out of range") from None
         return result.replace(microsecond=0)
 
     return parse
@@ -387,7 +387,7 @@ METER_SHEET = SheetSpec(
 )
 
 CONCENTRATOR_COLUMNS: tuple[Column, ...] = (
-    Column("region_code", "行政区划码", "Region code", text(4, pattern=r"\d{4}", pattern_zh="行政区划码须为 4 位数字",
+    Column("region_code", "行政区划码", "Region code", text(4, pattern=r"[0-9]{4}", pattern_zh="行政区划码须为 4 位数字",
                                                       pattern_en="A region code is 4 digits"),
            required=True, width=10, example="3301", text_format=True),
     Column("terminal_address", "终端地址", "Terminal address", integer(minimum=1, maximum=65535), required=True, width=10,
@@ -635,7 +635,7 @@ async def import_meters(
         protocol = value(record, "protocol") or model_protocol or "cjt188"
         address = value(record, "address")
         rule = _service.ADDRESS_RULES.get(protocol, _service.OTHER_ADDRESS)
-        if not rule.match(address):
+        if not rule.fullmatch(address):
             invalid = archive_errors.InvalidAddress() if rule is not _service.OTHER_ADDRESS else None
             sheet.add_error(row_no, "address", *((invalid.message, invalid.message_en) if invalid else
                                                   ("表地址只能包含字母和数字, 最多 32 位", "An address is up to 32 letters or digits")))
@@ -885,6 +885,8 @@ _ASSIGNMENT_TEMP = (
 )
 UNKNOWN_METER = ("表计编码不存在或不在您的管辖范围内", "Unknown meter code, or a meter outside your scope")
 UNKNOWN_HOUSEHOLD = ("户号不存在或不在您的管辖范围内", "Unknown account number, or a household outside your scope")
+EXISTS_DIFFERENT = ("该分配已存在且内容不同; 如需修改请选择更新已有记录",
+                    "This assignment exists with different values; import with update existing to change it")
 ONE_HOUSEHOLD_AT_A_TIME = ("该水表在此时段已服务其他住户 (一块水表同一时间只服务一户)",
                            "The meter serves another household in this period (one household at a time)")
 
@@ -944,11 +946,23 @@ async def import_assignments(
         "SELECT t.row_no FROM import_assignments t JOIN households h ON h.id = t.household_id "
         "WHERE t.existing_id IS NULL AND t.valid_to IS NULL AND h.status = 'closed' ORDER BY t.row_no"
     ), {}, "account_no", (closed.message, closed.message_en))
+    changed = ["valid_to", "end_reading", *(["start_reading"] if "start_reading" in get else [])]
+    if not update_existing:
+        # Stored rows stay as they are: a file row that would change one is refused, so
+        # the file's rows and the database agree wherever the overlap check compares them.
+        await _row_errors(session, sheet, (
+            "SELECT t.row_no FROM import_assignments t JOIN meter_assignments s ON s.id = t.existing_id "
+            "WHERE (date_trunc('second', s.valid_to), s.end_reading, s.start_reading) IS DISTINCT FROM "
+            "(t.valid_to, t.end_reading, COALESCE(t.start_reading, s.start_reading)) ORDER BY t.row_no"
+        ), {}, "valid_to", EXISTS_DIFFERENT)
     overlaps = "tstzrange({0}.valid_from, {0}.valid_to, '[)') && tstzrange({1}.valid_from, {1}.valid_to, '[)')"
+    # A stored assignment a file row points at is judged by the file's values only when
+    # that row will update it.
+    replaced = "AND NOT EXISTS (SELECT 1 FROM import_assignments u WHERE u.existing_id = s.id)" if update_existing else ""
     await _row_errors(session, sheet, (
         "SELECT t.row_no FROM import_assignments t WHERE t.meter_id IS NOT NULL AND EXISTS (SELECT 1 FROM meter_assignments s "
         f"WHERE s.meter_id = t.meter_id AND s.id IS DISTINCT FROM t.existing_id AND {overlaps.format('s', 't')} "
-        "AND NOT EXISTS (SELECT 1 FROM import_assignments u WHERE u.existing_id = s.id)) "
+        f"{replaced}) "
         "OR EXISTS (SELECT 1 FROM import_assignments u WHERE u.meter_id = t.meter_id AND u.row_no < t.row_no "
         f"AND {overlaps.format('u', 't')}) ORDER BY t.row_no"
     ), {}, "valid_from", ONE_HOUSEHOLD_AT_A_TIME)
@@ -956,7 +970,6 @@ async def import_assignments(
 
     updated = 0
     if update_existing:
-        changed = ["valid_to", "end_reading", *(["start_reading"] if "start_reading" in get else [])]
         updated = _rowcount(await session.execute(sql(
             f"UPDATE meter_assignments s SET {', '.join(f'{c} = t.{c}' for c in changed)} FROM import_assignments t "
             f"WHERE s.id = t.existing_id AND ({', '.join(f's.{c}' for c in changed)}) IS DISTINCT FROM "

@@ -25,6 +25,7 @@ exported; imported ones are stored encrypted.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from starlette.routing import Route
 from backend import db
 from backend.archives import excel as archive_excel
 from backend.archives.excel import (
+    CUSTOMER_TYPES,
     HOUSEHOLD_EXPORT_SHEET,
     HOUSEHOLD_SHEET,
     HOUSEHOLD_STATUSES,
@@ -91,7 +93,11 @@ def _export_filter(params: dict[str, str]) -> HouseholdExportFilter:
     status = params.get("status") or None
     if status is not None and status not in HOUSEHOLD_STATUSES:
         raise BadUserInput("状态无效", "Unknown status", field="status")
-    return HouseholdExportFilter(search=(params.get("search") or "").strip() or None, status=status)
+    customer_type = params.get("customerType") or None
+    if customer_type is not None and customer_type not in CUSTOMER_TYPES:
+        raise BadUserInput("用户类型无效", "Unknown customer type", field="customerType")
+    return HouseholdExportFilter(search=(params.get("search") or "").strip() or None, status=status,
+                                 customer_type=customer_type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +183,7 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
             area_path = await _area_path(read_engine, params)
         except DomainError as error:
             return refusal(error, 400)
-        export_filter = HouseholdExportFilter(area_path=area_path, search=export_filter.search, status=export_filter.status)
+        export_filter = dataclasses.replace(export_filter, area_path=area_path)
         counted = 0
 
         async def rows() -> Any:

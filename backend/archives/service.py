@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import ARRAY, Select, Text, any_, bindparam, exists, false, func, or_, select, text
 from sqlalchemy.dialects.postgresql import array
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.archives import errors
@@ -62,16 +63,17 @@ from backend.pagination import PagedQuery
 _KIND_ORDER = list(AreaKind)
 RowT = TypeVar("RowT")
 
-ACCOUNT_NO = re.compile(r"^[0-9A-Za-z\-]{1,32}$")
-MOBILE = re.compile(r"^1[3-9]\d{9}$")
-LANDLINE = re.compile(r"^0\d{2,3}-?\d{7,8}(-\d{1,6})?$")
-ID_NUMBER = re.compile(r"^(\d{17}[\dXx]|\d{15})$")
-AREA_CODE = re.compile(r"^[0-9A-Za-z\-_]{1,32}$")
-METER_CODE = re.compile(r"^[0-9A-Za-z\-_]{1,32}$")
+# ASCII only and used with fullmatch: "\d" takes fullwidth digits and "$" a trailing newline.
+ACCOUNT_NO = re.compile(r"[0-9A-Za-z\-]{1,32}", re.ASCII)
+MOBILE = re.compile(r"1[3-9][0-9]{9}", re.ASCII)
+LANDLINE = re.compile(r"0[0-9]{2,3}-?[0-9]{7,8}(-[0-9]{1,6})?", re.ASCII)
+ID_NUMBER = re.compile(r"[0-9]{17}[0-9Xx]|[0-9]{15}", re.ASCII)
+AREA_CODE = re.compile(r"[0-9A-Za-z\-_]{1,32}", re.ASCII)
+METER_CODE = re.compile(r"[0-9A-Za-z\-_]{1,32}", re.ASCII)
 # Protocol addresses: CJ/T 188 is 7 bytes of BCD, printed as 14 digits; others are opaque.
-ADDRESS_RULES = {"cjt188": re.compile(r"^\d{14}$")}
-OTHER_ADDRESS = re.compile(r"^[0-9A-Za-z]{1,32}$")
-REGION_CODE = re.compile(r"^\d{4}$")
+ADDRESS_RULES = {"cjt188": re.compile(r"[0-9]{14}", re.ASCII)}
+OTHER_ADDRESS = re.compile(r"[0-9A-Za-z]{1,32}", re.ASCII)
+REGION_CODE = re.compile(r"[0-9]{4}", re.ASCII)
 CALIBERS = (15, 20, 25, 32, 40, 50, 65, 80, 100, 125, 150, 200, 250, 300)
 PARITIES = ("N", "E", "O")
 STOPBITS = ("1", "1.5", "2")
@@ -124,6 +126,43 @@ async def _flush_collect(problems: list[DomainError]) -> None:
         raise ValidationFailed(problems) if len(problems) > 1 else problems[0]
 
 
+# Unique constraints a concurrent request can win between a pre-check and the INSERT:
+# the refusal the pre-check would have given.
+_UNIQUE_REFUSALS: dict[str, Callable[[], DomainError]] = {
+    "uq_households_account_no": lambda: DuplicateAccountNo(field="accountNo"),
+    "uq_meters_code": lambda: errors.DuplicateMeterCode(field="code"),
+    "uq_meters_protocol_address": lambda: errors.DuplicateMeterAddress(field="address"),
+    "uq_concentrators_region_code_terminal_address": lambda: errors.DuplicateConcentratorAddress(field="terminalAddress"),
+    "uq_meter_models_vendor_name": lambda: errors.DuplicateMeterModel(field="name"),
+    "uq_collectors_concentrator_id_address": lambda: errors.DuplicateCollectorAddress(field="address"),
+    "uq_areas_code": lambda: errors.DuplicateAreaCode(field="code"),
+}
+
+
+def constraint_name(error: IntegrityError) -> str | None:
+    """The violated constraint's name (asyncpg's error hangs under the DBAPI adapter's)."""
+    for candidate in (error.orig, getattr(error.orig, "__cause__", None)):
+        name = getattr(candidate, "constraint_name", None)
+        if isinstance(name, str):
+            return name
+    return None
+
+
+async def _flush_unique(session: AsyncSession, *new_rows: Any) -> None:
+    """Add ``new_rows`` and flush in a savepoint; a unique key taken meanwhile becomes its
+    Duplicate* refusal, and the session stays usable. (Entering the savepoint flushes what
+    was pending before, so rows to insert are added inside it.)"""
+    try:
+        async with session.begin_nested():
+            session.add_all(new_rows)
+            await session.flush()
+    except IntegrityError as clash:
+        refusal = _UNIQUE_REFUSALS.get(constraint_name(clash) or "")
+        if refusal is None:
+            raise
+        raise refusal() from None
+
+
 async def _exists(session: AsyncSession, statement: Any) -> bool:
     return bool((await session.execute(select(exists(statement)))).scalar_one())
 
@@ -138,7 +177,7 @@ def _text_field(problems: list[DomainError], value: str | None, field: str, *, l
 
 
 def _phone_field(problems: list[DomainError], value: str | None, field: str) -> None:
-    if value and not (MOBILE.match(value) or LANDLINE.match(value)):
+    if value and not (MOBILE.fullmatch(value) or LANDLINE.fullmatch(value)):
         problems.append(errors.InvalidPhone(field=field))
 
 
@@ -220,7 +259,7 @@ async def _check_area_fields(session: AsyncSession, values: dict[str, Any], area
     if "name" in values:
         _text_field(problems, values["name"], "name", limit=100)
     if values.get("code"):
-        if not AREA_CODE.match(values["code"]):
+        if not AREA_CODE.fullmatch(values["code"]):
             problems.append(DomainError("区域编码只能包含字母、数字、-、_", "An area code uses letters, digits, - and _",
                                         field="code", code=ErrorCode.INVALID))
         elif await _exists(session, select(Area.id).where(Area.code == values["code"], Area.id != (area_id or 0))):  # type: ignore[call-overload, arg-type]
@@ -484,7 +523,7 @@ def _owner_problems(problems: list[DomainError], values: dict[str, Any]) -> None
         _text_field(problems, values["name"], "name", limit=100)
     for field in ("phone", "phone2"):
         _phone_field(problems, values.get(field), field)
-    if values.get("id_number") and not ID_NUMBER.match(values["id_number"]):
+    if values.get("id_number") and not ID_NUMBER.fullmatch(values["id_number"]):
         problems.append(errors.InvalidIdNumber(field="idNumber"))
 
 
@@ -494,7 +533,7 @@ async def _check_household_fields(
     problems: list[DomainError] = []
     if "account_no" in values:
         account_no = values["account_no"]
-        if not account_no or not ACCOUNT_NO.match(account_no):
+        if not account_no or not ACCOUNT_NO.fullmatch(account_no):
             problems.append(DomainError("缴费号只能包含字母、数字和 -, 最多 32 位", "An account number is up to 32 letters, digits or -",
                                         field="accountNo", code=ErrorCode.INVALID))
         elif await _exists(session, select(Household.id).where(Household.account_no == account_no, Household.id != (household_id or 0))):  # type: ignore[call-overload, arg-type]
@@ -540,8 +579,7 @@ async def create_household(
         id_number=id_number.upper() if id_number else None, address=address, customer_type=customer_type,
         sub_type=sub_type or None, population=population,
     )
-    session.add(household)
-    await session.flush()
+    await _flush_unique(session, household)
     assert household.id is not None and household.created_at is not None
     session.add(HouseholdOwner(household_id=household.id, name=name, phone=household.phone, id_number=household.id_number,
                                valid_from=owner_since or household.created_at.date()))
@@ -578,7 +616,7 @@ async def update_household(
         if owner is not None:
             for name, value in owner_values.items():
                 setattr(owner, name, value)
-    await session.flush()
+    await _flush_unique(session)
     return household
 
 
@@ -646,7 +684,8 @@ async def transfer_ownership(
     await session.flush()  # the old owner is closed before the new one becomes current
     session.add(HouseholdOwner(household_id=household_id, name=name, phone=phone or None, id_number=id_number,
                                valid_from=valid_from))
-    household.name, household.phone, household.id_number = name, phone or None, id_number
+    # The old owner's second phone goes with them.
+    household.name, household.phone, household.phone2, household.id_number = name, phone or None, None, id_number
     await session.flush()
     return household
 
@@ -854,9 +893,10 @@ async def save_meter_model(session: AsyncSession, *, fields: MeterModelFields, m
         problems.append(errors.DuplicateMeterModel(field="name"))
     await _flush_collect(problems)
     fields = dataclasses.replace(fields, multiplier=fields.multiplier.quantize(Decimal("0.0001")))  # as NUMERIC(12,4) holds it
+    created: list[MeterModel] = []
     if model_id is None:
         model = MeterModel(**dataclasses.asdict(fields))
-        session.add(model)
+        created.append(model)
     else:
         found = await session.get(MeterModel, model_id, with_for_update=True)
         if found is None:
@@ -864,7 +904,7 @@ async def save_meter_model(session: AsyncSession, *, fields: MeterModelFields, m
         model = found
         for name, value in dataclasses.asdict(fields).items():
             setattr(model, name, value)
-    await session.flush()
+    await _flush_unique(session, *created)
     return model
 
 
@@ -935,13 +975,13 @@ async def _check_meter(
     problems: list[DomainError] = []
     _text_field(problems, meter["name"], "name", limit=100)
     code = meter["code"]
-    if not code or not METER_CODE.match(code):
+    if not code or not METER_CODE.fullmatch(code):
         problems.append(DomainError("表计编码只能包含字母、数字、-、_, 最多 32 位", "A meter code is up to 32 letters, digits, - or _",
                                     field="code", code=ErrorCode.INVALID))
     elif await _exists(session, select(Meter.id).where(Meter.code == code, Meter.id != (meter_id or 0))):  # type: ignore[call-overload, arg-type]
         problems.append(errors.DuplicateMeterCode(field="code"))
     rule = ADDRESS_RULES.get(meter["protocol"], OTHER_ADDRESS)
-    if not meter["address"] or not rule.match(meter["address"]):
+    if not meter["address"] or not rule.fullmatch(meter["address"]):
         if rule is OTHER_ADDRESS:
             problems.append(errors.InvalidAddress("表地址只能包含字母和数字, 最多 32 位", "An address is up to 32 letters or digits",
                                                   field="address"))
@@ -1000,8 +1040,7 @@ async def create_meter(session: AsyncSession, *, fields: MeterChanges, scope_pat
     await _resolve_protocol(session, values)
     await _check_meter(session, values, None, scope_patterns)
     meter = Meter(**{**values, "initial_reading": as_stored(values["initial_reading"])})
-    session.add(meter)
-    await session.flush()
+    await _flush_unique(session, meter)
     return meter
 
 
@@ -1044,7 +1083,7 @@ async def update_meter(
     merged["initial_reading"] = as_stored(merged["initial_reading"])
     for name, value in merged.items():
         setattr(meter, name, value)
-    await session.flush()
+    await _flush_unique(session)
     return meter
 
 
@@ -1233,6 +1272,8 @@ async def end_assignment(
     assignment = await _open_assignment(session, meter_id)
     if assignment is None:
         raise errors.MeterNotAssigned(field="meterId")
+    # The household's side too: a meter in scope may serve a household outside it.
+    await _scoped(session, Household, assignment.household_id, scope_patterns, field="meterId", lock=True)
     await _close(assignment, valid_to, end_reading, "")
     meter.status = MeterStatus.in_stock
     await session.flush()
@@ -1260,6 +1301,7 @@ async def replace_meter(
     assignment = await _open_assignment(session, old_meter_id)
     if assignment is None:
         raise errors.MeterNotAssigned(field="oldMeterId")
+    await _scoped(session, Household, assignment.household_id, scope_patterns, field="oldMeterId", lock=True)
     _check_available(new, "newMeterId")
     problems: list[DomainError] = []
     _reading(problems, new_initial_reading, "newInitialReading")
@@ -1341,11 +1383,11 @@ async def _check_concentrator(
     problems: list[DomainError] = []
     _text_field(problems, values["name"], "name", limit=100)
     region, terminal = values["region_code"], values["terminal_address"]
-    if not region or not REGION_CODE.match(region):
+    if not region or not REGION_CODE.fullmatch(region):
         problems.append(errors.InvalidAddress("行政区划码须为 4 位数字", "A region code is 4 digits", field="regionCode"))
     if terminal is None or not 1 <= terminal <= 65535:
         problems.append(errors.InvalidAddress("终端地址须在 1-65535 之间", "A terminal address is 1-65535", field="terminalAddress"))
-    elif region and REGION_CODE.match(region) and await _exists(session, select(Concentrator.id).where(  # type: ignore[call-overload]
+    elif region and REGION_CODE.fullmatch(region) and await _exists(session, select(Concentrator.id).where(  # type: ignore[call-overload]
         Concentrator.region_code == region, Concentrator.terminal_address == terminal,  # type: ignore[arg-type]
         Concentrator.id != (concentrator_id or 0),  # type: ignore[arg-type]
     )):
@@ -1397,8 +1439,7 @@ async def create_concentrator(
     password = values.pop("terminal_password", None)
     concentrator = Concentrator(**values)
     _store_password(concentrator, {"terminal_password": password}, cipher)
-    session.add(concentrator)
-    await session.flush()
+    await _flush_unique(session, concentrator)
     return concentrator
 
 
@@ -1422,7 +1463,7 @@ async def update_concentrator(
     _store_password(concentrator, values, cipher)
     for name, value in values.items():
         setattr(concentrator, name, value)
-    await session.flush()
+    await _flush_unique(session)
     return concentrator
 
 
@@ -1488,7 +1529,7 @@ async def save_collector(
     collector = await _collector_in_scope(session, collector_id, scope_patterns) if collector_id is not None else None
     problems: list[DomainError] = []
     _text_field(problems, name, "name", limit=100)
-    if not address or not OTHER_ADDRESS.match(address):
+    if not address or not OTHER_ADDRESS.fullmatch(address):
         problems.append(errors.InvalidAddress("采集器地址只能包含字母和数字, 最多 32 位",
                                               "A collector address is up to 32 letters or digits",
                                               field="address"))
@@ -1502,12 +1543,13 @@ async def save_collector(
         problems.append(errors.DeviceInUse("采集器下仍有水表, 不能换集中器", "Meters still hang under this collector",
                                            field="concentratorId"))
     await _flush_collect(problems)
+    created: list[Collector] = []
     if collector is None:
         collector = Collector(concentrator_id=concentrator_id, address=address, name=name)
-        session.add(collector)
+        created.append(collector)
     else:
         collector.concentrator_id, collector.address, collector.name = concentrator_id, address, name
-    await session.flush()
+    await _flush_unique(session, *created)
     return collector
 
 

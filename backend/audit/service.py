@@ -26,7 +26,9 @@ MASKED_KEYS = ("idnumber", "id_number")
 
 
 def _mask(value: Any) -> Any:
-    if not isinstance(value, str) or len(value) <= 8:
+    if not isinstance(value, str):
+        return redact(value)  # null, or strawberry's UNSET for a field left out
+    if len(value) <= 8:
         return REDACTED if value else value
     return value[:4] + "*" * (len(value) - 8) + value[-4:]
 

@@ -26,6 +26,8 @@ import io
 import os
 import re
 import tempfile
+import zipfile
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -198,7 +200,8 @@ def _as_text(value: Any) -> str:
 
 def text(max_length: int, *, pattern: str | None = None, pattern_zh: str = "", pattern_en: str = "") -> Parser:
     """Free text up to ``max_length`` characters, optionally matching ``pattern``."""
-    compiled = re.compile(pattern) if pattern else None
+    # ASCII: a pattern's \d must not take fullwidth digits (the database and the forms would not).
+    compiled = re.compile(pattern, re.ASCII) if pattern else None
 
     def parse(value: Any) -> str:
         result = _as_text(value)
@@ -223,7 +226,7 @@ def integer(*, minimum: int | None = None, maximum: int | None = None) -> Parser
             result = int(value)
         else:
             raw = _as_text(value)
-            if not re.fullmatch(r"[+-]?\d{1,18}", raw):
+            if not re.fullmatch(r"[+-]?[0-9]{1,18}", raw):
                 raise CellError("须为整数", "Must be a whole number")
             result = int(raw)
         if minimum is not None and result < minimum:
@@ -504,83 +507,93 @@ def read_rows(
     """
     workbook = _open_workbook(source)
     try:
-        sheet = workbook[spec.name] if spec.name in workbook.sheetnames else workbook.worksheets[0]
-        rows = sheet.iter_rows(values_only=True)
-        header: tuple[Any, ...] | None = None
-        header_row = 0
-        for header_row, candidate in enumerate(rows, start=1):  # noqa: B007  (the loop finds the first non-empty row)
-            if any(value not in (None, "") for value in candidate):
-                header = candidate
-                break
-        if header is None:
-            raise EmptySheet()
-        by_header: dict[str, Column] = {}
-        for column in spec.columns:
-            by_header[_normalised(column.header)] = column
-            by_header[_normalised(column.header_en)] = column
-        positions: dict[str, int] = {}
-        unknown: list[str] = []
-        for position, title in enumerate(header):
-            name = _normalised(title)
-            if not name:
-                continue
-            matched = by_header.get(name)
-            if matched is None:
-                unknown.append(_as_text(title))
-            elif matched.key not in positions:
-                positions[matched.key] = position
-        missing = [column for column in spec.columns if column.required and column.key not in positions]
-        if missing:
-            raise MissingColumns([c.header for c in missing], [c.header_en for c in missing])
-        if unknown:
-            raise UnknownColumns(unknown)
-
-        present = [column for column in spec.columns if column.importable and column.key in positions]
-        result = ValidatedSheet(spec, tuple(column.key for column in present), max_errors=max_errors)
-        plan = [(positions[c.key], c.key, c.parse, c.required, c.header) for c in present]
-        english = {positions[c.key]: _normalised(c.header_en) for c in spec.columns if c.key in positions}
-        key_positions = [result.columns.index(key) for key in spec.natural_key if key in result.columns]
-        seen: dict[tuple[Any, ...], int] = {}
-        width = len(header)
-        first = True
-        for number, row in enumerate(rows, start=header_row + 1):
-            if first:
-                first = False
-                cells = {i: _normalised(v) for i, v in enumerate(row) if v not in (None, "")}
-                if cells and all(english.get(i) == v for i, v in cells.items()):
-                    continue  # the English header row
-            if all(value is None or value == "" for value in row):
-                continue  # a blank row (often left by formatting)
-            if len(row) < width:
-                row = (*row, *([None] * (width - len(row))))
-            values: list[Any] = []
-            bad = False
-            for position, key, parse, required, _title in plan:
-                value = row[position]
-                if value is None or (isinstance(value, str) and not value.strip()):
-                    if required:
-                        result.add_error(number, key, "必填", "Required")
-                        bad = True
-                    values.append(None)
-                    continue
-                try:
-                    values.append(parse(value))
-                except CellError as error:
-                    result.add_error(number, key, error.message, error.message_en)
-                    bad = True
-                    values.append(None)
-            if bad:
-                continue
-            if key_positions:
-                natural = tuple(values[i] for i in key_positions)
-                earlier = seen.setdefault(natural, number)
-                if earlier != number:
-                    result.add_error(
-                        number, spec.natural_key[0], f"与第 {earlier} 行重复", f"Duplicates row {earlier}"
-                    )
-                    continue
-            result.records.append(tuple(values))
-            result.row_numbers.append(number)
-        return result
+        return _read_sheet(workbook, spec, max_errors)
+    except DomainError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, SyntaxError, KeyError, ValueError, OverflowError) as error:
+        # A valid zip whose sheet XML is truncated or malformed fails only while rows are
+        # read (XML parse errors are SyntaxErrors, in ElementTree and lxml alike).
+        raise NotXlsx() from error
     finally:
         workbook.close()
+
+
+def _read_sheet(workbook: Any, spec: SheetSpec, max_errors: int) -> ValidatedSheet:
+    sheet = workbook[spec.name] if spec.name in workbook.sheetnames else workbook.worksheets[0]
+    rows = sheet.iter_rows(values_only=True)
+    header: tuple[Any, ...] | None = None
+    header_row = 0
+    for header_row, candidate in enumerate(rows, start=1):  # noqa: B007  (the loop finds the first non-empty row)
+        if any(value not in (None, "") for value in candidate):
+            header = candidate
+            break
+    if header is None:
+        raise EmptySheet()
+    by_header: dict[str, Column] = {}
+    for column in spec.columns:
+        by_header[_normalised(column.header)] = column
+        by_header[_normalised(column.header_en)] = column
+    positions: dict[str, int] = {}
+    unknown: list[str] = []
+    for position, title in enumerate(header):
+        name = _normalised(title)
+        if not name:
+            continue
+        matched = by_header.get(name)
+        if matched is None:
+            unknown.append(_as_text(title))
+        elif matched.key not in positions:
+            positions[matched.key] = position
+    missing = [column for column in spec.columns if column.required and column.key not in positions]
+    if missing:
+        raise MissingColumns([c.header for c in missing], [c.header_en for c in missing])
+    if unknown:
+        raise UnknownColumns(unknown)
+
+    present = [column for column in spec.columns if column.importable and column.key in positions]
+    result = ValidatedSheet(spec, tuple(column.key for column in present), max_errors=max_errors)
+    plan = [(positions[c.key], c.key, c.parse, c.required, c.header) for c in present]
+    english = {positions[c.key]: _normalised(c.header_en) for c in spec.columns if c.key in positions}
+    key_positions = [result.columns.index(key) for key in spec.natural_key if key in result.columns]
+    seen: dict[tuple[Any, ...], int] = {}
+    width = len(header)
+    first = True
+    for number, row in enumerate(rows, start=header_row + 1):
+        if first:
+            first = False
+            cells = {i: _normalised(v) for i, v in enumerate(row) if v not in (None, "")}
+            if cells and all(english.get(i) == v for i, v in cells.items()):
+                continue  # the English header row
+        if all(value is None or value == "" for value in row):
+            continue  # a blank row (often left by formatting)
+        if len(row) < width:
+            row = (*row, *([None] * (width - len(row))))
+        values: list[Any] = []
+        bad = False
+        for position, key, parse, required, _title in plan:
+            value = row[position]
+            if value is None or (isinstance(value, str) and not value.strip()):
+                if required:
+                    result.add_error(number, key, "必填", "Required")
+                    bad = True
+                values.append(None)
+                continue
+            try:
+                values.append(parse(value))
+            except CellError as error:
+                result.add_error(number, key, error.message, error.message_en)
+                bad = True
+                values.append(None)
+        if bad:
+            continue
+        if key_positions:
+            natural = tuple(values[i] for i in key_positions)
+            earlier = seen.setdefault(natural, number)
+            if earlier != number:
+                result.add_error(
+                    number, spec.natural_key[0], f"与第 {earlier} 行重复", f"Duplicates row {earlier}"
+                )
+                continue
+        result.records.append(tuple(values))
+        result.row_numbers.append(number)
+    return result

@@ -220,15 +220,6 @@ def _meter_model(m: Any, errors: list[UserError]) -> MeterModelPayload:
     return MeterModelPayload(meter_model=MeterModelType.from_row(m) if m else None, errors=errors)
 
 
-def _redacted(value: Any) -> Any:
-    """The mutation's variables for the audit log, with any terminal password masked."""
-    if isinstance(value, dict):
-        return {key: "***" if key == "terminalPassword" and item else _redacted(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_redacted(item) for item in value]
-    return value
-
-
 def _cipher(info: Info) -> service.TerminalPasswordCipher:
     return service.TerminalPasswordCipher(info.context.settings.secret())
 
@@ -486,7 +477,7 @@ class Mutation:
 
         return await run_mutation(info, module="archives", action="createConcentrator",
                                   describe=lambda c: f"新增集中器 {c.name if c else ''}".strip(), payload=_concentrator,
-                                  work=work, audit_input=_redacted(dict(info.variable_values or {})))
+                                  work=work)
 
     @strawberry.mutation(permission_classes=MANAGE,
                          description="Change a concentrator: connection, serial settings, status or terminal password.")
@@ -497,7 +488,7 @@ class Mutation:
 
         return await run_mutation(info, module="archives", action="updateConcentrator",
                                   describe=lambda c: f"修改集中器 {c.name if c else id}", payload=_concentrator,
-                                  work=work, audit_input=_redacted(dict(info.variable_values or {})))
+                                  work=work)
 
     @strawberry.mutation(permission_classes=MANAGE, description="Delete a concentrator with no collector or meter under it.")
     async def delete_concentrator(self, info: Info, id: strawberry.ID) -> ConcentratorPayload:

@@ -245,16 +245,19 @@ class Query:
     @strawberry.field(
         permission_classes=[Requires("archives:read")],
         description="A relative URL that downloads the households in your scope, filtered like `households` "
-        "(area subtree, status, search), as .xlsx for 5 minutes without an Authorization header "
+        "(area subtree, status, customer type, search), as .xlsx for 5 minutes without an Authorization header "
         "(the link is signed for you and this filter only).",
     )
     async def household_export_url(
         self, info: Info, area_id: strawberry.ID | None = None,
         status: HouseholdStatusEnum | None = None,  # type: ignore[valid-type]
         search: str | None = None,
+        customer_type: CustomerTypeEnum | None = None,  # type: ignore[valid-type]
     ) -> str:
-        return _signed_export_url(info.context, HOUSEHOLD_EXPORT_PATH, area_id=area_id, search=search,
-                                  filters={"status": status.value if status is not None else None})
+        return _signed_export_url(info.context, HOUSEHOLD_EXPORT_PATH, area_id=area_id, search=search, filters={
+            "status": status.value if status is not None else None,
+            "customerType": customer_type.value if customer_type is not None else None,
+        })
 
     @strawberry.field(
         permission_classes=[Requires("archives:read")],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
@@ -135,6 +136,44 @@ async def _visible_area(info: Info, area_pk: int) -> Area | None:
     return area if area is not None and visible(info.context.principal, area.path) else None
 
 
+def _reads_archives(info: Info) -> bool:
+    """Staff data (devices, other owners, who changed what) needs ``archives:read``."""
+    principal: Principal | None = info.context.principal
+    return principal is not None and principal.has("archives:read")
+
+
+def _is_resident(info: Info) -> bool:
+    principal: Principal | None = info.context.principal
+    return principal is not None and principal.is_resident
+
+
+async def _visible_meter(info: Info, meter_pk: int) -> Meter | None:
+    """A meter reached through a nested field: staff see it within their scope; a resident
+    reaches meters only through their own household, which the top level already checked."""
+    meter: Meter | None = await info.context.loader(MeterByIdLoader).load(meter_pk)
+    if meter is None:
+        return None
+    if _is_resident(info):
+        return meter
+    return meter if await _visible_area(info, meter.area_id) is not None else None
+
+
+async def _visible_concentrator(info: Info, concentrator_pk: int) -> Concentrator | None:
+    if not _reads_archives(info):
+        return None
+    found = await info.context.loader(ConcentratorByIdLoader).load(concentrator_pk)
+    return found if found is not None and await _visible_area(info, found.area_id) is not None else None
+
+
+async def _visible_collector(info: Info, collector_pk: int) -> Collector | None:
+    if not _reads_archives(info):
+        return None
+    found: Collector | None = await info.context.loader(CollectorByIdLoader).load(collector_pk)
+    if found is None or await _visible_concentrator(info, found.concentrator_id) is None:
+        return None
+    return found
+
+
 # --------------------------------------------------------------------------- areas
 
 
@@ -218,11 +257,12 @@ class HouseholdStatusChangeType:
     status: HouseholdStatusEnum  # type: ignore[valid-type]
     reason: str
     changed_at: datetime
-    changed_by: str
+    changed_by: str | None = strawberry.field(description="Who made the change; null without archives:read.")
 
     @classmethod
-    def from_row(cls, change: HouseholdStatusChange) -> HouseholdStatusChangeType:
-        return cls(status=change.status, reason=change.reason, changed_at=change.changed_at, changed_by=change.changed_by)
+    def from_row(cls, change: HouseholdStatusChange, *, with_author: bool = True) -> HouseholdStatusChangeType:
+        return cls(status=change.status, reason=change.reason, changed_at=change.changed_at,
+                   changed_by=change.changed_by if with_author else None)
 
 
 @strawberry.type(name="Household", description="A billed customer at one address (住户).")
@@ -273,7 +313,7 @@ class HouseholdType(Node):
     async def meters(self, info: Info) -> list[MeterType_]:
         assignments = await info.context.loader(AssignmentsByHouseholdIdLoader).load(self.pk)
         current = [a.meter_id for a in assignments if a.valid_to is None]
-        meters = await info.context.loader(MeterByIdLoader).load_many(current)
+        meters = await asyncio.gather(*(_visible_meter(info, pk) for pk in current))
         return [MeterType_.from_row(m) for m in meters if m is not None]
 
     @strawberry.field(description="Every meter assignment, past and current, oldest first (配表 history).")
@@ -292,15 +332,18 @@ class HouseholdType(Node):
         current = [o for o in owners if o.valid_to is None]
         return HouseholdOwnerType.from_row(current[0]) if current else None
 
-    @strawberry.field(description="Every owner, oldest first (过户 history).")
+    @strawberry.field(description="Every owner, oldest first (过户 history). Without archives:read, the current owner only.")
     async def owner_history(self, info: Info) -> list[HouseholdOwnerType]:
         owners = await info.context.loader(OwnersByHouseholdIdLoader).load(self.pk)
+        if not _reads_archives(info):
+            owners = [o for o in owners if o.valid_to is None]
         return [HouseholdOwnerType.from_row(o) for o in owners]
 
-    @strawberry.field(description="Status changes, oldest first.")
+    @strawberry.field(description="Status changes, oldest first. changedBy is null without archives:read.")
     async def status_history(self, info: Info) -> list[HouseholdStatusChangeType]:
         changes = await info.context.loader(StatusHistoryByHouseholdIdLoader).load(self.pk)
-        return [HouseholdStatusChangeType.from_row(c) for c in changes]
+        staff = _reads_archives(info)
+        return [HouseholdStatusChangeType.from_row(c, with_author=staff) for c in changes]
 
 
 # --------------------------------------------------------------------------- devices
@@ -434,14 +477,14 @@ class MeterType_(Node):  # noqa: N801  (MeterType is the enum's name)
     async def concentrator(self, info: Info) -> ConcentratorType | None:
         if self.concentrator_pk is None:
             return None
-        found = await info.context.loader(ConcentratorByIdLoader).load(self.concentrator_pk)
+        found = await _visible_concentrator(info, self.concentrator_pk)
         return ConcentratorType.from_row(found) if found is not None else None
 
     @strawberry.field
     async def collector(self, info: Info) -> CollectorType | None:
         if self.collector_pk is None:
             return None
-        found = await info.context.loader(CollectorByIdLoader).load(self.collector_pk)
+        found = await _visible_collector(info, self.collector_pk)
         return CollectorType.from_row(found) if found is not None else None
 
     @strawberry.field(description="The household it serves now, when within your scope.")
@@ -478,7 +521,7 @@ class MeterAssignmentType(Node):
 
     @strawberry.field
     async def meter(self, info: Info) -> MeterType_ | None:
-        meter = await info.context.loader(MeterByIdLoader).load(self.meter_pk)
+        meter = await _visible_meter(info, self.meter_pk)
         return MeterType_.from_row(meter) if meter is not None else None
 
     @strawberry.field
@@ -508,10 +551,10 @@ class MeterReplacementType(Node):
 
     @strawberry.field
     async def old_meter(self, info: Info) -> MeterType_ | None:
-        meter = await info.context.loader(MeterByIdLoader).load(self.old_meter_pk)
+        meter = await _visible_meter(info, self.old_meter_pk)
         return MeterType_.from_row(meter) if meter is not None else None
 
     @strawberry.field
     async def new_meter(self, info: Info) -> MeterType_ | None:
-        meter = await info.context.loader(MeterByIdLoader).load(self.new_meter_pk)
+        meter = await _visible_meter(info, self.new_meter_pk)
         return MeterType_.from_row(meter) if meter is not None else None
