@@ -288,6 +288,7 @@ async def create_area(
     """Add an area under ``parent_id`` (or a root company) and compute its path."""
     parent_path = "/"
     if parent_id is not None:
+        await _lock_area_tree(session)
         parent = await _area_for(session, parent_id, scope_patterns, "parentId")
         if _KIND_ORDER.index(kind) <= _KIND_ORDER.index(parent.kind):
             raise AreaKindOrder(field="kind")
@@ -330,6 +331,7 @@ async def move_area(
 ) -> Area:
     """Hang an area (and its subtree) under another parent; every path of the subtree is
     rewritten in one UPDATE."""
+    await _lock_area_tree(session)
     area = await _area_for(session, area_id, scope_patterns, "id")
     parent = await _area_for(session, new_parent_id, scope_patterns, "parentId")
     if parent.path.startswith(area.path):
@@ -351,6 +353,17 @@ async def move_area(
     return area
 
 
+# pg_advisory_xact_lock key for the area tree (the bytes of "areatree").
+_AREA_TREE_LOCK = 0x6172656174726565
+
+
+async def _lock_area_tree(session: AsyncSession) -> None:
+    """Serialize changes of the tree's shape until the transaction ends: a child created
+    while its parent moves would otherwise keep the old path prefix (and the wrong scope).
+    Shape changes are rare; reads never take this lock."""
+    await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AREA_TREE_LOCK})
+
+
 def _like_prefix(path: str) -> str:
     return path.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
@@ -358,6 +371,7 @@ def _like_prefix(path: str) -> str:
 async def delete_area(session: AsyncSession, *, area_id: int, scope_patterns: Sequence[str] | None = None) -> Area:
     """Delete an area with nothing under it: no child area, household, meter, concentrator
     or role / API-client grant (AREA_NOT_EMPTY otherwise)."""
+    await _lock_area_tree(session)
     area = await _area_for(session, area_id, scope_patterns, "id")
     used = await session.execute(
         text(
