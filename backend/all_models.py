@@ -4,5 +4,6 @@ from backend.archives import models as archives_models
 from backend.audit import models as audit_models
 from backend.auth import models as auth_models
 from backend.events import models as events_models
+from backend.readings import models as readings_models
 
-__all__ = ["archives_models", "audit_models", "auth_models", "events_models"]
+__all__ = ["archives_models", "audit_models", "auth_models", "events_models", "readings_models"]

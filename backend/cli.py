@@ -18,6 +18,8 @@ from backend.settings import Settings, SettingsError, load_settings
 app = typer.Typer(help="shuiwu 水务: meters, billing and service for water utilities.", no_args_is_help=True)
 demo_app = typer.Typer(help="Demo data and the all-in-one demo.", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
+partitions_app = typer.Typer(help="Monthly partitions of the readings table.", no_args_is_help=True)
+app.add_typer(partitions_app, name="partitions")
 console = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("shuiwu")
 
@@ -160,6 +162,37 @@ def demo_run(
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
+
+
+@partitions_app.command("ensure")
+def partitions_ensure(
+    months_ahead: Annotated[int, typer.Option("--months-ahead", min=0, max=120,
+        help="Also create this many months after the current one.")] = 3,
+) -> None:
+    """Create the readings partitions of this month and the next N (utility's time zone)."""
+    from backend.clock import utcnow
+    from backend.db import create_engine, session_factory
+    from backend.readings.partitions import ensure_partitions, month_bounds, month_of
+
+    settings = _settings()
+    url = _database(settings)
+    _migrate(url)
+    now = utcnow()
+    year, month = month_of(now, settings.tz)
+    for _ in range(months_ahead):
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    end = month_bounds(year, month, settings.tz)[0]
+
+    async def run() -> list[str]:
+        engine = create_engine(url, pool_size=1, max_overflow=0)
+        try:
+            async with session_factory(engine)() as session, session.begin():
+                return await ensure_partitions(session, start=now, end=end, tz=settings.tz)
+        finally:
+            await engine.dispose()
+
+    created = asyncio.run(run())
+    console.print(f"[green]partitions attached: {', '.join(created) or 'none needed'}[/green]")
 
 
 @app.command()

@@ -1,0 +1,83 @@
+"""Reading tables: ``readings`` (range-partitioned by the utility's month on ``read_at``)
+and ``latest_readings`` (one row per meter, the newest reading, for real-time screens).
+
+Neither table has a foreign key to ``meters``: a foreign key makes every COPY row pay an
+index lookup into ``meters`` (and locks the meter row KEY SHARE), which is most of the
+difference between our ingest and a raw COPY. ``ingest_readings`` validates the batch's
+meters itself, set-based, once per batch; meters are retired, never deleted.
+
+The primary key ``(meter_id, read_at)`` is the reading's identity (re-ingest is a no-op)
+and carries the partition key, as PostgreSQL requires, and the distribution key
+``meter_id`` for Citus (DESIGN.md, "Scale").
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+
+from sqlalchemy import BigInteger, Column, Integer, Numeric, Text
+from sqlmodel import Field, SQLModel
+
+from backend.db import enum_column, timestamptz
+
+
+class ReadingQuality(StrEnum):
+    """How a reading was obtained, best first: a better one replaces a worse one for the
+    same meter and time; an equal or worse one is a duplicate (DESIGN.md, "Enums")."""
+
+    actual = "actual"
+    manual = "manual"
+    estimated = "estimated"
+
+
+# Lower is better; the SQL in service.py spells out the same order.
+QUALITY_RANK: dict[str, int] = {ReadingQuality.actual: 0, ReadingQuality.manual: 1, ReadingQuality.estimated: 2}
+
+
+class ValveState(StrEnum):
+    open = "open"
+    closed = "closed"
+    unknown = "unknown"
+
+
+class Reading(SQLModel, table=True):
+    """One reading of one meter at one instant. Partitions are ``readings_pYYYYMM``
+    (backend.readings.partitions), created ahead and on demand by ingest."""
+
+    __tablename__ = "readings"
+    __table_args__ = {"postgresql_partition_by": "RANGE (read_at)"}
+
+    meter_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    read_at: datetime = Field(sa_column=timestamptz(primary_key=True))
+    total_m3: Decimal = Field(sa_column=Column(Numeric(16, 4), nullable=False))
+    flow_rate: Decimal | None = Field(default=None, sa_column=Column(Numeric(12, 4), nullable=True))
+    pressure: Decimal | None = Field(default=None, sa_column=Column(Numeric(8, 4), nullable=True))
+    valve_state: ValveState | None = Field(default=None, sa_column=enum_column(ValveState, nullable=True))
+    battery: Decimal | None = Field(default=None, sa_column=Column(Numeric(5, 2), nullable=True))
+    status_bits: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    quality: ReadingQuality = Field(sa_column=enum_column(ReadingQuality, nullable=False))
+    source: str = Field(sa_column=Column(Text, nullable=False))
+    received_at: datetime = Field(sa_column=timestamptz(nullable=False))
+
+
+class LatestReading(SQLModel, table=True):
+    """The newest reading of each meter (by ``read_at``), kept current by ingest."""
+
+    __tablename__ = "latest_readings"
+    # Every ingest batch rewrites most rows; free space on each page lets those be HOT
+    # updates (no new index entry, pruned in place) instead of bloating the table and index.
+    __table_args__ = {"postgresql_with": {"fillfactor": "50"}}
+
+    meter_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    read_at: datetime = Field(sa_column=timestamptz(nullable=False))
+    total_m3: Decimal = Field(sa_column=Column(Numeric(16, 4), nullable=False))
+    flow_rate: Decimal | None = Field(default=None, sa_column=Column(Numeric(12, 4), nullable=True))
+    pressure: Decimal | None = Field(default=None, sa_column=Column(Numeric(8, 4), nullable=True))
+    valve_state: ValveState | None = Field(default=None, sa_column=enum_column(ValveState, nullable=True))
+    battery: Decimal | None = Field(default=None, sa_column=Column(Numeric(5, 2), nullable=True))
+    status_bits: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    quality: ReadingQuality = Field(sa_column=enum_column(ReadingQuality, nullable=False))
+    source: str = Field(sa_column=Column(Text, nullable=False))
+    received_at: datetime = Field(sa_column=timestamptz(nullable=False))

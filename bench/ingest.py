@@ -1,0 +1,217 @@
+"""Readings ingest: ``ingest_readings`` vs one raw COPY of the same rows, same run.
+
+Data: 20,000 meters x 50 time-ordered readings = 1M rows. Ingested in 100k-row batches
+(one transaction each, committed) through ``ingest_readings`` (validation, in-batch
+de-duplication, partition check, COPY fast path, latest readings, the event), against
+one raw ``COPY`` of the same rows into an empty plain table with the same columns and
+primary key. Also: 10k-row batches, and a re-ingest of the same 1M (must write nothing).
+Goal (issue 5): >= 0.6x raw COPY rows/s. The last line is the headline.
+
+    .venv/bin/python bench/ingest.py [--meters 20000] [--per-meter 50]
+
+Self-contained: embedded PostgreSQL (defaults, as the NOTES.md baselines) in a temp dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+from sqlalchemy import text
+
+from backend.db import create_engine, migrate, session_factory, start_embedded, stop_embedded, to_libpq_url
+from backend.readings import service as readings_service
+from backend.readings.models import ReadingQuality
+from backend.readings.service import COLUMNS, ReadingIn, ingest_readings
+
+GOAL = 0.60
+TZ = ZoneInfo("Asia/Shanghai")
+START = datetime(2026, 10, 1, tzinfo=TZ)
+NOW = datetime(2026, 11, 25, 12, tzinfo=TZ)
+SOURCE = "bench"
+
+# Where ingest's time goes: wall time of each step, summed over a run.
+spent: dict[str, float] = defaultdict(float)
+
+
+def timed(name: str, function: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(function)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await function(*args, **kwargs)
+        finally:
+            spent[name] += time.perf_counter() - started
+
+    return wrapper
+
+
+def instrument() -> None:
+    readings_service._meter_install_starts = timed("meter lookup", readings_service._meter_install_starts)  # type: ignore[method-assign]
+    readings_service.ensure_partitions = timed("partitions", readings_service.ensure_partitions)  # type: ignore[assignment]
+    readings_service._update_latest_from = timed("latest readings", readings_service._update_latest_from)  # type: ignore[method-assign]
+    readings_service._merge = timed("merge (slow path)", readings_service._merge)  # type: ignore[method-assign]
+    readings_service.emit_event = timed("event", readings_service.emit_event)  # type: ignore[assignment]
+    asyncpg.Connection.copy_records_to_table = timed("COPY", asyncpg.Connection.copy_records_to_table)  # type: ignore[method-assign]
+
+
+def make_readings(meters: int, per_meter: int) -> list[ReadingIn]:
+    """Time-ordered: every meter's k-th reading, then every meter's (k+1)-th, hourly."""
+    totals = [Decimal(f"{100 + k * 0.0125:.4f}") for k in range(per_meter)]
+    flow = Decimal("0.0125")
+    return [
+        ReadingIn(meter_id=meter, read_at=START + timedelta(hours=k), total_m3=totals[k], flow_rate=flow,
+                  quality=ReadingQuality.actual, status_bits=0)
+        for k in range(per_meter) for meter in range(1, meters + 1)
+    ]
+
+
+async def create_meters(url: str, meters: int) -> None:
+    connection = await asyncpg.connect(to_libpq_url(url))
+    try:
+        await connection.execute("INSERT INTO areas (name, kind, path) VALUES ('bench', 'company', '/1/')")
+        await connection.execute(
+            """
+            INSERT INTO meters (name, code, address, meter_type, kind, area_id, install_date, status)
+            SELECT 'meter ' || n, 'B' || n, lpad(n::text, 14, '0'), 'cold_water', 'household', 1,
+                   DATE '2025-01-01', 'installed'
+            FROM generate_series(1, $1::int) AS n
+            """,
+            meters,
+        )
+        await connection.execute("ANALYZE meters")
+    finally:
+        await connection.close()
+
+
+async def raw_copy(url: str, rows: list[ReadingIn]) -> float:
+    connection = await asyncpg.connect(to_libpq_url(url))
+    try:
+        await connection.execute(
+            """
+            CREATE TABLE raw_readings (
+                meter_id bigint, read_at timestamptz, total_m3 numeric(16,4) NOT NULL, flow_rate numeric(12,4),
+                pressure numeric(8,4), valve_state varchar(32), battery numeric(5,2), status_bits integer,
+                quality varchar(32) NOT NULL, source text NOT NULL, received_at timestamptz NOT NULL,
+                PRIMARY KEY (meter_id, read_at))
+            """
+        )
+        records = [(r.meter_id, r.read_at, r.total_m3, r.flow_rate, r.pressure, r.valve_state, r.battery,
+                    r.status_bits, r.quality, SOURCE, NOW) for r in rows]
+        await connection.execute("CHECKPOINT")
+        started = time.perf_counter()
+        await connection.copy_records_to_table("raw_readings", records=records, columns=list(COLUMNS))
+        elapsed = time.perf_counter() - started
+        await connection.execute("DROP TABLE raw_readings")
+        await connection.execute("CHECKPOINT")
+        return elapsed
+    finally:
+        await connection.close()
+
+
+async def ingest_all(url: str, rows: list[ReadingIn], batch: int) -> tuple[float, int, int, int, int]:
+    """Ingest ``rows`` in batches of ``batch``, one committed transaction each."""
+    engine = create_engine(url, pool_size=1, max_overflow=0)
+    sessions = session_factory(engine)
+    inserted = replaced = duplicates = rejected = 0
+    try:
+        started = time.perf_counter()
+        for offset in range(0, len(rows), batch):
+            async with sessions() as session, session.begin():
+                result = await ingest_readings(session, readings=rows[offset:offset + batch], source=SOURCE,
+                                               now=NOW, tz=TZ)
+            inserted += result.inserted
+            replaced += result.replaced
+            duplicates += result.duplicates
+            rejected += len(result.rejected)
+        elapsed = time.perf_counter() - started
+    finally:
+        await engine.dispose()
+    return elapsed, inserted, replaced, duplicates, rejected
+
+
+async def reset(url: str) -> None:
+    engine = create_engine(url, pool_size=1, max_overflow=0)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            await session.execute(text("TRUNCATE readings, latest_readings, domain_events"))
+        async with engine.connect() as connection:
+            await connection.execute(text("COMMIT"))
+            await connection.execute(text("CHECKPOINT"))
+    finally:
+        await engine.dispose()
+
+
+def report(label: str, elapsed: float, count: int, figures: tuple[float, int, int, int, int] | None = None) -> float:
+    rate = count / elapsed
+    line = f"{label:<38} {count:>9,} rows {elapsed:7.2f} s {rate:>11,.0f} rows/s"
+    if figures is not None:
+        _, inserted, replaced, duplicates, rejected = figures
+        line += f"  (inserted {inserted:,}, replaced {replaced:,}, duplicates {duplicates:,}, rejected {rejected:,})"
+    print(line, flush=True)
+    return rate
+
+
+def print_shares(total: float) -> None:
+    parts = ", ".join(f"{name} {seconds / total:.0%}" for name, seconds in sorted(spent.items(), key=lambda i: -i[1]))
+    accounted = sum(spent.values())
+    print(f"    where the time went: {parts}, Python validation/de-dup/rows + rest {(total - accounted) / total:.0%}"
+          " (the slow path's temp-table COPY counts in both COPY and merge)")
+    spent.clear()
+
+
+async def run(url: str, meters: int, per_meter: int) -> float:
+    await create_meters(url, meters)
+    rows = make_readings(meters, per_meter)
+    count = len(rows)
+    raw_rate = report("raw COPY into a plain table (1 COPY)", await raw_copy(url, rows), count)
+
+    instrument()
+    figures = await ingest_all(url, rows, 100_000)
+    rate = report("ingest_readings, 100k-row batches", figures[0], count, figures)
+    print_shares(figures[0])
+
+    reingest = await ingest_all(url, rows, 100_000)
+    report("re-ingest of the same rows, 100k", reingest[0], count, reingest)
+    print_shares(reingest[0])
+    assert reingest[1] == reingest[2] == 0, "re-ingest wrote something"
+
+    await reset(url)
+    small = await ingest_all(url, rows, 10_000)
+    report("ingest_readings, 10k-row batches", small[0], count, small)
+    print_shares(small[0])
+    return rate / raw_rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--meters", type=int, default=20_000)
+    parser.add_argument("--per-meter", type=int, default=50)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="shuiwu-bench-ingest-"))
+    try:
+        url = start_embedded(workdir / "pgdata")
+        try:
+            migrate(url)
+            ratio = asyncio.run(run(url, args.meters, args.per_meter))
+        finally:
+            stop_embedded()
+        print(f"headline: readings ingest vs raw COPY ratio={ratio:.2f} goal=>={GOAL:.2f}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
