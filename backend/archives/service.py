@@ -1117,12 +1117,14 @@ async def set_meter_status(
 
 
 async def delete_meter(session: AsyncSession, *, meter_id: int, scope_patterns: Sequence[str] | None = None) -> Meter:
-    """Delete a meter entered by mistake; once it has served a household (or been
-    replaced) it is retired instead (HAS_HISTORY)."""
+    """Delete a meter entered by mistake; once it has served a household, been replaced
+    or sent a reading it is retired instead (HAS_HISTORY)."""
     meter = await _scoped(session, Meter, meter_id, scope_patterns, lock=True)
     history = await session.execute(
         text("SELECT EXISTS (SELECT 1 FROM meter_assignments WHERE meter_id = :id)"
-             " OR EXISTS (SELECT 1 FROM meter_replacements WHERE old_meter_id = :id OR new_meter_id = :id)"),
+             " OR EXISTS (SELECT 1 FROM meter_replacements WHERE old_meter_id = :id OR new_meter_id = :id)"
+             # readings has no foreign key (it would cost every COPY row a lookup): checked here.
+             " OR EXISTS (SELECT 1 FROM readings WHERE meter_id = :id)"),
         {"id": meter_id},
     )
     if history.scalar_one():

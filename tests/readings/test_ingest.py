@@ -6,6 +6,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -189,3 +190,18 @@ async def test_a_better_reading_at_the_latest_instant_updates_latest(session: As
 
     latest = (await latest_readings(session, meter_ids=[meter.id]))[meter.id]
     assert (latest.read_at, latest.total_m3, latest.quality) == (at(5), Decimal("5.5000"), "actual")
+
+
+async def test_a_meter_that_sent_a_reading_cannot_be_deleted(session: AsyncSession) -> None:
+    from backend.archives.service import delete_meter
+    from backend.errors import DomainError
+
+    meter = await make_meter(session)
+    assert meter.id is not None
+    await ingest_readings(session, readings=[ReadingIn(meter_id=meter.id, read_at=NOW - timedelta(hours=1), total_m3=Decimal("1.5"))],
+                          source="test", now=NOW)
+
+    with pytest.raises(DomainError) as refused:
+        await delete_meter(session, meter_id=meter.id)
+
+    assert refused.value.code.value == "HAS_HISTORY"
