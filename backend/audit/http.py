@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from backend.audit.models import AuditEntry
@@ -48,8 +48,9 @@ from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
 from backend.auth.service import AuthPolicy, authenticate, load_principal
 from backend.clock import utcnow
-from backend.errors import BadUserInput, DomainError, ErrorCode, Forbidden, NotAuthenticated
+from backend.errors import BadUserInput, DomainError, Forbidden, NotAuthenticated
 from backend.exports.excel import as_text
+from backend.exports.http import refusal as _refusal
 from backend.graphql.relay import decode_id, encode_id
 from backend.observability import request_id_var
 from backend.settings import Settings
@@ -285,18 +286,6 @@ async def build_export(session: AsyncSession, *, export_filter: ExportFilter, pa
 
 
 # --------------------------------------------------------------------------- route
-
-
-def _refusal(error: DomainError, status: int) -> Response:
-    extensions: dict[str, Any] = {"code": error.code.value, "messageEn": error.message_en}
-    if status == 401:
-        # As on /graphql: the code stays UNAUTHENTICATED (clients drop the token), the reason says why.
-        reason = getattr(error, "reason", error.code)
-        extensions["code"] = ErrorCode.UNAUTHENTICATED.value
-        extensions["reason"] = reason.value if isinstance(reason, ErrorCode) else str(reason)
-    if error.field:
-        extensions["field"] = error.field
-    return JSONResponse({"errors": [{"message": error.message, "extensions": extensions}]}, status)
 
 
 def routes(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> list[Route]:
