@@ -435,12 +435,14 @@ async def test_collectors_are_saved_listed_by_concentrator_in_scope_and_deleted(
     duplicate = await run(client, admin, SAVE_COLLECTOR, {"concentrator": east, "address": "C02", "name": "重复"})
     listed = await run(client, operator, COLLECTORS, {"id": east})
     hidden = await client.execute(COLLECTORS, {"id": west}, token=operator)
+    as_node = await run(client, operator, "query($id: ID!) { node(id: $id) { ... on Collector { name } } }", {"id": collector["id"]})
     deleted = await run(client, admin, DELETE_COLLECTOR, {"id": first["saveCollector"]["collector"]["id"]})
     after = await run(client, operator, COLLECTORS, {"id": east})
 
     assert renamed["saveCollector"] == {"collector": {**collector, "name": "1号楼采集器"}, "errors": []}
     assert duplicate["saveCollector"]["errors"] == [{"field": "address", "code": "DUPLICATE"}]
     assert listed["collectors"] == [{"address": "C01", "name": "1号楼采集器"}, {"address": "C02", "name": "2号楼采集器"}]
+    assert as_node["node"] == {"name": "1号楼采集器"}
     assert hidden["data"] is None and [e["extensions"]["code"] for e in hidden["errors"]] == ["NOT_FOUND"]
     assert deleted["deleteCollector"] == {"collector": {"address": "C02"}, "errors": []}
     assert after["collectors"] == [{"address": "C01", "name": "1号楼采集器"}]

@@ -10,6 +10,7 @@ from strawberry.types import Info
 from backend.archives import service
 from backend.archives.http import ASSIGNMENTS, CONCENTRATORS, METERS
 from backend.archives.http import EXPORT_PATH as HOUSEHOLD_EXPORT_PATH
+from backend.archives.models import Collector
 from backend.archives.schema.types import (
     AreaByIdLoader,
     AreaKindEnum,
@@ -91,6 +92,15 @@ async def fetch_concentrator(context: Any, pk: int) -> ConcentratorType | None:
     return ConcentratorType.from_row(found)
 
 
+async def fetch_collector(context: Any, pk: int) -> CollectorType | None:
+    """A collector is visible when its concentrator is."""
+    async with context.read() as session:
+        collector = await session.get(Collector, pk)
+    if collector is None or await fetch_concentrator(context, collector.concentrator_id) is None:
+        return None
+    return CollectorType.from_row(collector)
+
+
 async def fetch_meter_model(context: Any, pk: int) -> MeterModelType | None:
     principal: Principal | None = context.principal
     if principal is None or not principal.has("archives:read"):
@@ -105,6 +115,7 @@ register_node("Household", fetch_household)
 register_node("Meter", fetch_meter)
 register_node("Concentrator", fetch_concentrator)
 register_node("MeterModel", fetch_meter_model)
+register_node("Collector", fetch_collector)
 
 
 def _area_filter(area_id: strawberry.ID | None) -> int | None:
