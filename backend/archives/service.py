@@ -742,6 +742,24 @@ def _subtree_of(areas: Any) -> Any:
                              .where(root.c.id == bindparam("area_id")).scalar_subquery())
 
 
+def _paged_in_areas(
+    table: Any, area: Any, columns: Sequence[str], conditions: list[Any], sort_column: str, descending: bool
+) -> tuple[Select[Any], Select[Any]]:
+    """Page and count statements over ``table`` joined to its area (rows end in
+    ``area_path``), ordered by ``sort_column`` then id, with ``:_offset``/``:_limit`` binds."""
+    sort = table.c[sort_column]
+    rows = (
+        select(*(table.c[name] for name in columns), area.c.path.label("area_path"))
+        .join(area, area.c.id == table.c.area_id)
+        .where(*conditions)
+        .order_by(sort.desc() if descending else sort, table.c.id.desc() if descending else table.c.id)
+        .offset(bindparam("_offset"))
+        .limit(bindparam("_limit"))
+    )
+    count = select(func.count()).select_from(table.join(area, area.c.id == table.c.area_id)).where(*conditions)
+    return rows, count
+
+
 @functools.cache
 def _household_page_query(
     by_area: bool, by_status: bool, by_type: bool, by_search: bool, order: HouseholdOrder, descending: bool
@@ -759,17 +777,7 @@ def _household_page_query(
         term: Any = bindparam("search")
         conditions.append(or_(*(household.c[name].like(term, escape="\\")
                                 for name in ("account_no", "name", "phone", "phone2", "address"))))
-    sort = household.c[_HOUSEHOLD_ORDER[order]]
-    rows = (
-        select(*(household.c[name] for name in HOUSEHOLD_COLUMNS), area.c.path.label("area_path"))
-        .join(area, area.c.id == household.c.area_id)
-        .where(*conditions)
-        .order_by(sort.desc() if descending else sort, household.c.id.desc() if descending else household.c.id)
-        .offset(bindparam("_offset"))
-        .limit(bindparam("_limit"))
-    )
-    count = select(func.count()).select_from(household.join(area, area.c.id == household.c.area_id)).where(*conditions)
-    return rows, count
+    return _paged_in_areas(household, area, HOUSEHOLD_COLUMNS, conditions, _HOUSEHOLD_ORDER[order], descending)
 
 
 def household_page_query(
@@ -1163,17 +1171,7 @@ def _meter_page_query(
     if by_search:
         term: Any = bindparam("search")
         conditions.append(or_(*(meter.c[name].like(term, escape="\\") for name in ("address", "code", "name", "location"))))
-    sort = meter.c[_METER_ORDER[order]]
-    rows = (
-        select(*(meter.c[name] for name in METER_COLUMNS), area.c.path.label("area_path"))
-        .join(area, area.c.id == meter.c.area_id)
-        .where(*conditions)
-        .order_by(sort.desc() if descending else sort, meter.c.id.desc() if descending else meter.c.id)
-        .offset(bindparam("_offset"))
-        .limit(bindparam("_limit"))
-    )
-    count = select(func.count()).select_from(meter.join(area, area.c.id == meter.c.area_id)).where(*conditions)
-    return rows, count
+    return _paged_in_areas(meter, area, METER_COLUMNS, conditions, _METER_ORDER[order], descending)
 
 
 def meter_page_query(
