@@ -20,6 +20,7 @@ DOMAIN_SCHEMAS = (
     "backend.auth.schema",
     "backend.archives.schema",
     "backend.audit.schema",
+    "backend.readings.schema",
 )
 
 

@@ -13,11 +13,11 @@ and carries the partition key, as PostgreSQL requires, and the distribution key
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Column, Integer, Numeric, Text
+from sqlalchemy import BigInteger, Boolean, Column, Date, Index, Integer, Numeric, Text
 from sqlmodel import Field, SQLModel
 
 from backend.db import enum_column, timestamptz
@@ -81,3 +81,34 @@ class LatestReading(SQLModel, table=True):
     quality: ReadingQuality = Field(sa_column=enum_column(ReadingQuality, nullable=False))
     source: str = Field(sa_column=Column(Text, nullable=False))
     received_at: datetime = Field(sa_column=timestamptz(nullable=False))
+
+
+class DailyUsage(SQLModel, table=True):
+    """The daily usage rollup (日用量, the brochure's 保存到数据库): one row per meter and
+    day of the utility's calendar that has a reading, maintained by ingest.
+
+    ``effective_total`` is the register unwrapped past rollovers (each wrap adds
+    10^register_digits) and held at its high-water mark, so reverse flow never counts as
+    negative usage; ``usage_m3`` is ``(effective_total − the previous day's) × multiplier``,
+    and on a meter's first day ``(effective_total − first_total) × multiplier``. Summing
+    ``usage_m3`` over whole days therefore equals ``usage.usage_between`` over the same
+    instants, which is what every statistics screen relies on.
+    """
+
+    __tablename__ = "daily_usage"
+    __table_args__ = (
+        # Area statistics scan a day range for many meters: an index-only scan on this.
+        Index("ix_daily_usage_day", "day", "meter_id", postgresql_include=["usage_m3"]),
+    )
+
+    meter_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    day: date = Field(sa_column=Column(Date, primary_key=True))
+    first_at: datetime = Field(sa_column=timestamptz(nullable=False))
+    first_total: Decimal = Field(sa_column=Column(Numeric(16, 4), nullable=False))
+    last_at: datetime = Field(sa_column=timestamptz(nullable=False))
+    last_total: Decimal = Field(sa_column=Column(Numeric(16, 4), nullable=False))
+    effective_total: Decimal = Field(sa_column=Column(Numeric(20, 4), nullable=False))
+    usage_m3: Decimal = Field(sa_column=Column(Numeric(16, 4), nullable=False))
+    reading_count: int = Field(sa_column=Column(Integer, nullable=False))
+    rollover: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default="false"))
+    reverse_flow: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default="false"))

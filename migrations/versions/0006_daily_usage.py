@@ -1,0 +1,40 @@
+"""Daily usage rollup (``daily_usage``), maintained by readings ingest.
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-11-26
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "daily_usage",
+        sa.Column("meter_id", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("first_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("first_total", sa.Numeric(16, 4), nullable=False),
+        sa.Column("last_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_total", sa.Numeric(16, 4), nullable=False),
+        sa.Column("effective_total", sa.Numeric(20, 4), nullable=False),
+        sa.Column("usage_m3", sa.Numeric(16, 4), nullable=False),
+        sa.Column("reading_count", sa.Integer(), nullable=False),
+        sa.Column("rollover", sa.Boolean(), server_default="false", nullable=False),
+        sa.Column("reverse_flow", sa.Boolean(), server_default="false", nullable=False),
+        sa.PrimaryKeyConstraint("meter_id", "day", name=op.f("pk_daily_usage")),
+    )
+    op.create_index("ix_daily_usage_day", "daily_usage", ["day", "meter_id"], postgresql_include=["usage_m3"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_daily_usage_day", table_name="daily_usage")
+    op.drop_table("daily_usage")
