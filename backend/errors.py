@@ -76,6 +76,28 @@ class ErrorCode(StrEnum):
     UNKNOWN_COLUMNS = "UNKNOWN_COLUMNS"
     IMPORT_ROWS_INVALID = "IMPORT_ROWS_INVALID"
 
+    # readings: why ingest did not store a reading (per row, backend.readings.errors)
+    UNKNOWN_METER = "UNKNOWN_METER"
+    READ_AT_IN_FUTURE = "READ_AT_IN_FUTURE"
+    READ_BEFORE_INSTALL = "READ_BEFORE_INSTALL"
+    INVALID_TOTAL = "INVALID_TOTAL"
+    NAIVE_DATETIME = "NAIVE_DATETIME"
+
+    # Alarms (abnormal meters, backend.readings.alarms)
+    ALARM_ALREADY_ACKNOWLEDGED = "ALARM_ALREADY_ACKNOWLEDGED"
+    ALARM_ALREADY_CLOSED = "ALARM_ALREADY_CLOSED"
+    ALARM_RULE_DEFAULT = "ALARM_RULE_DEFAULT"
+
+    # Readings screens (real-time, history, monitoring, query schemes, exports)
+    RANGE_TOO_LONG = "RANGE_TOO_LONG"
+
+    # Reading entry (manual entry, uploads, corrections, estimates: backend.readings.entry)
+    INVALID_READ_AT = "INVALID_READ_AT"
+    READING_LOWER_THAN_PREVIOUS = "READING_LOWER_THAN_PREVIOUS"
+
+    # Analytics (usage statistics, ledgers, comparisons: backend.readings.analytics)
+    HOURLY_SCOPE_UNSUPPORTED = "HOURLY_SCOPE_UNSUPPORTED"
+
 
 class DomainError(Exception):
     """A refusal a user can cause. Carries a stable code and a zh + en message.

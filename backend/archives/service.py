@@ -59,6 +59,8 @@ from backend.archives.models import (
 from backend.auth.errors import UnknownArea
 from backend.errors import DomainError, ErrorCode, NotFound, ValidationFailed
 from backend.pagination import PagedQuery
+from backend.readings.models import ReadingQuality
+from backend.readings.service import ReadingIn, ingest_readings
 
 _KIND_ORDER = list(AreaKind)
 RowT = TypeVar("RowT")
@@ -1337,6 +1339,12 @@ async def replace_meter(
                                    replaced_by=replaced_by[:100])
     session.add(replacement)
     await session.flush()
+    # The register readings at the swap are readings like any other, so usage (one
+    # definition, backend.readings.usage) spans the two meters with no special case.
+    await ingest_readings(session, readings=[
+        ReadingIn(meter_id=old.id, read_at=replaced_at, total_m3=as_stored(old_final_reading), quality=ReadingQuality.manual),
+        ReadingIn(meter_id=new.id, read_at=replaced_at, total_m3=as_stored(new_initial_reading), quality=ReadingQuality.manual),
+    ], source=f"replacement:{replaced_by[:80]}", now=replaced_at)
     return replacement
 
 

@@ -17,7 +17,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Boolean, Column, Date, Index, Integer, Numeric, Text
+from sqlalchemy import BigInteger, Boolean, Column, Date, Index, Integer, Numeric, Text, text
 from sqlmodel import Field, SQLModel
 
 from backend.db import enum_column, timestamptz
@@ -47,7 +47,12 @@ class Reading(SQLModel, table=True):
     (backend.readings.partitions), created ahead and on demand by ingest."""
 
     __tablename__ = "readings"
-    __table_args__ = {"postgresql_partition_by": "RANGE (read_at)"}
+    __table_args__ = (
+        # Estimates are rare and short-lived (an actual read supersedes them): a tiny
+        # partial index lets ingest find a meter's estimates without touching its history.
+        Index("ix_readings_estimated", "meter_id", "read_at", postgresql_where=text("quality = 'estimated'")),
+        {"postgresql_partition_by": "RANGE (read_at)"},
+    )
 
     meter_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     read_at: datetime = Field(sa_column=timestamptz(primary_key=True))
@@ -110,5 +115,8 @@ class DailyUsage(SQLModel, table=True):
     effective_total: Decimal = Field(sa_column=Column(Numeric(20, 4), nullable=False))
     usage_m3: Decimal = Field(sa_column=Column(Numeric(16, 4), nullable=False))
     reading_count: int = Field(sa_column=Column(Integer, nullable=False))
+    # How many times the register has wrapped up to this day's last reading; with
+    # last_total it gives the unwrapped register the next day's chain starts from.
+    register_wraps: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     rollover: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default="false"))
     reverse_flow: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default="false"))

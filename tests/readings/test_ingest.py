@@ -86,20 +86,32 @@ async def test_reingesting_the_same_readings_writes_nothing_and_emits_nothing(se
 
 async def test_quality_precedence_against_stored_readings(session: AsyncSession) -> None:
     meter = await make_meter(session)
-    await ingest(session, [reading(meter.id, at(1), "1", estimated), reading(meter.id, at(2), "2", manual),
-                           reading(meter.id, at(3), "3", actual), reading(meter.id, at(4), "4", manual)])
+    await ingest(session, [reading(meter.id, at(1), "1", manual), reading(meter.id, at(2), "2", actual),
+                           reading(meter.id, at(3), "3", manual), reading(meter.id, at(4), "4", estimated)])
 
     result = await ingest(session, [
-        reading(meter.id, at(1), "1.1", manual),      # manual replaces estimated
-        reading(meter.id, at(2), "2.1", actual),      # actual replaces manual
-        reading(meter.id, at(3), "3.1", estimated),   # worse never replaces
-        reading(meter.id, at(4), "4.1", manual),      # equal is a duplicate
+        reading(meter.id, at(1), "1.1", estimated),   # worse never replaces
+        reading(meter.id, at(2), "2.1", actual),      # equal is a duplicate
+        reading(meter.id, at(3), "3.1", actual),      # actual replaces manual
+        reading(meter.id, at(4), "4.1", manual),      # manual replaces estimated
     ])
 
     assert (result.inserted, result.replaced, result.duplicates) == (0, 2, 2)
     assert await stored(session, meter.id) == [
-        (at(1), Decimal("1.1000"), "manual"), (at(2), Decimal("2.1000"), "actual"),
-        (at(3), Decimal("3.0000"), "actual"), (at(4), Decimal("4.0000"), "manual"),
+        (at(1), Decimal("1.0000"), "manual"), (at(2), Decimal("2.0000"), "actual"),
+        (at(3), Decimal("3.1000"), "actual"), (at(4), Decimal("4.1000"), "manual"),
+    ]
+
+
+async def test_an_actual_reading_supersedes_the_estimates_before_it(session: AsyncSession) -> None:
+    meter = await make_meter(session)
+    await ingest(session, [reading(meter.id, at(1), "1", actual), reading(meter.id, at(2), "2", estimated),
+                           reading(meter.id, at(3), "3", estimated)])
+
+    await ingest(session, [reading(meter.id, at(4), "3.5", actual)])
+
+    assert await stored(session, meter.id) == [
+        (at(1), Decimal("1.0000"), "actual"), (at(4), Decimal("3.5000"), "actual"),
     ]
 
 

@@ -1,0 +1,181 @@
+"""Usage: the one definition (DESIGN.md, "Contracts": ``usage_between``).
+
+The usage of a meter over a window ``(start, end]`` is read off its register:
+
+- the **start reading** is the last reading at or before ``start``, else the first one
+  after it (a meter installed mid-window counts from its first reading); the **end
+  reading** is the last reading at or before ``end``;
+- between them the register is walked reading by reading: a drop of more than half the
+  register's range (10^register_digits of its model) is a **rollover** and adds the range;
+  any other drop is **reverse flow**, which counts nothing, and the register has to climb
+  back above its high-water mark before usage counts again;
+- the result is the growth of that unwrapped, high-water register, times the meter
+  model's **multiplier** (倍率), rounded to 4 places.
+
+A **replacement** needs no special case: the old meter's final reading and the new
+meter's initial reading are stored as readings at the replacement instant
+(``archives.service.replace_meter`` writes them through ingest), so a household's usage
+is the sum over the meters that served it, each within its assignment.
+
+The daily rollup (``backend.readings.rollup``) applies the same rule to each day's first
+and last readings, so statistics summed from it equal this over whole days.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime, timedelta, tzinfo
+from decimal import Decimal
+from itertools import pairwise
+from typing import Literal
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.db import raw_connection
+from backend.readings.partitions import DEFAULT_TIMEZONE, as_zone
+
+ZERO = Decimal("0.0000")
+
+# $1 meter ids, $2 starts, $3 ends: one row per window, in order (ord = 1-based position).
+_USAGE_OF_WINDOWS = """
+WITH windows AS (
+    SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[]) WITH ORDINALITY
+        AS w(meter_id, start_at, end_at, ord)
+), anchored AS (
+    SELECT w.*, coalesce(
+        (SELECT r.read_at FROM readings r WHERE r.meter_id = w.meter_id AND r.read_at <= w.start_at
+         ORDER BY r.read_at DESC LIMIT 1),
+        (SELECT r.read_at FROM readings r WHERE r.meter_id = w.meter_id AND r.read_at > w.start_at
+         AND r.read_at <= w.end_at ORDER BY r.read_at LIMIT 1)) AS from_at,
+        power(10::numeric, mm.register_digits) AS register_range, coalesce(mm.multiplier, 1) AS multiplier
+    FROM windows w
+    JOIN meters m ON m.id = w.meter_id
+    LEFT JOIN meter_models mm ON mm.id = m.model_id
+), walked AS (
+    SELECT a.ord, a.register_range, a.multiplier, r.read_at, r.total_m3,
+           r.total_m3 - lag(r.total_m3) OVER (PARTITION BY a.ord ORDER BY r.read_at) AS step
+    FROM anchored a
+    JOIN readings r ON r.meter_id = a.meter_id AND r.read_at >= a.from_at AND r.read_at <= a.end_at
+), unwrapped AS (
+    SELECT ord, multiplier, read_at,
+           total_m3 + coalesce(register_range, 0)
+               * count(*) FILTER (WHERE step < -register_range / 2) OVER (PARTITION BY ord ORDER BY read_at)
+               AS unwrapped
+    FROM walked
+), per_window AS (
+    SELECT ord, (array_agg(unwrapped ORDER BY read_at))[1] AS first_unwrapped, max(unwrapped) AS high_water,
+           min(multiplier) AS multiplier
+    FROM unwrapped GROUP BY ord
+)
+SELECT w.ord, coalesce(round((p.high_water - p.first_unwrapped) * p.multiplier, 4), 0) AS usage_m3
+FROM windows w LEFT JOIN per_window p USING (ord)
+ORDER BY w.ord
+"""
+
+
+async def usage_of_windows(session: AsyncSession, windows: Sequence[tuple[int, datetime, datetime]]) -> list[Decimal]:
+    """Usage (m³, after the multiplier) of each ``(meter_id, start, end)`` window, in order;
+    0 for a window with fewer than one reading to go on. One statement for any number."""
+    if not windows:
+        return []
+    driver = await raw_connection(session)
+    rows = await driver.fetch(
+        _USAGE_OF_WINDOWS, [w[0] for w in windows], [w[1] for w in windows], [w[2] for w in windows]
+    )
+    return [Decimal(row["usage_m3"]).quantize(ZERO) for row in rows]
+
+
+# The meters that served each household, clipped to their assignment.
+_ASSIGNMENTS = """
+SELECT household_id, meter_id, greatest(valid_from, $2) AS start_at, least(coalesce(valid_to, $3), $3) AS end_at
+FROM meter_assignments
+WHERE household_id = ANY($1::bigint[]) AND valid_from < $3 AND (valid_to IS NULL OR valid_to > $2)
+ORDER BY household_id, valid_from
+"""
+
+
+async def usage_between(
+    session: AsyncSession,
+    *,
+    meter_ids: Sequence[int] | None = None,
+    household_ids: Sequence[int] | None = None,
+    start: datetime,
+    end: datetime,
+) -> dict[int, Decimal]:
+    """Usage over ``(start, end]`` per meter (``meter_ids``) or per household
+    (``household_ids``: the sum over the meters assigned to it, each within its
+    assignment). Every id asked for is in the result. Billing's ``account_ids`` map to
+    households (one account per household) in the billing service."""
+    if (meter_ids is None) == (household_ids is None):
+        raise ValueError("give exactly one of meter_ids or household_ids")
+    if start.tzinfo is None or end.tzinfo is None:
+        raise ValueError("start and end must be timezone-aware")
+    if meter_ids is not None:
+        ids = list(dict.fromkeys(meter_ids))
+        usages = await usage_of_windows(session, [(meter_id, start, end) for meter_id in ids])
+        return dict(zip(ids, usages, strict=True))
+
+    assert household_ids is not None
+    ids = list(dict.fromkeys(household_ids))
+    driver = await raw_connection(session)
+    assignments = await driver.fetch(_ASSIGNMENTS, ids, start, end)
+    usages = await usage_of_windows(session, [(a["meter_id"], a["start_at"], a["end_at"]) for a in assignments])
+    totals: dict[int, Decimal] = dict.fromkeys(ids, ZERO)
+    for assignment, usage in zip(assignments, usages, strict=True):
+        totals[assignment["household_id"]] += usage
+    return totals
+
+
+Interval = Literal["hour", "day"]
+_STEPS: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
+MAX_WINDOWS = 200_000
+
+
+async def usage_by_interval(
+    session: AsyncSession,
+    *,
+    meter_ids: Sequence[int],
+    start: datetime,
+    end: datetime,
+    interval: Interval,
+    tz: str | tzinfo = DEFAULT_TIMEZONE,
+) -> list[tuple[datetime, int, Decimal]]:
+    """Usage of each meter in each hour or day (of the utility's calendar) from ``start``
+    to ``end``: ``(interval start, meter_id, m³)`` rows ordered by time then meter, every
+    interval present (0 when nothing was used). Built on :func:`usage_of_windows`, so the
+    intervals add up to ``usage_between`` over the whole range. Meant for a meter or a
+    household over days (hourly charts); whole-area day/month figures read the rollup."""
+    zone = as_zone(tz)
+    step = _STEPS[interval]
+    local = start.astimezone(zone)
+    cursor = local.replace(minute=0, second=0, microsecond=0)
+    if interval == "day":
+        cursor = cursor.replace(hour=0)
+    boundaries: list[datetime] = []
+    while cursor < end:
+        boundaries.append(cursor)
+        # Add in wall-clock terms and re-localise, so days stay days across DST changes.
+        cursor = (cursor.replace(tzinfo=None) + step).replace(tzinfo=zone)
+    boundaries.append(cursor)
+    ids = list(dict.fromkeys(meter_ids))
+    if (len(boundaries) - 1) * len(ids) > MAX_WINDOWS:
+        raise ValueError("too many intervals: narrow the range or the meters")
+    windows: list[tuple[int, datetime, datetime]] = []
+    labels: list[tuple[datetime, int]] = []
+    for low, high in pairwise(boundaries):
+        for meter_id in ids:
+            windows.append((meter_id, max(low, start), min(high, end)))
+            labels.append((low, meter_id))
+    usages = await usage_of_windows(session, windows)
+    return [(at, meter_id, usage) for (at, meter_id), usage in zip(labels, usages, strict=True)]
+
+
+def total_by(rows: Sequence[tuple[datetime, int, Decimal]]) -> dict[datetime, Decimal]:
+    """Sum :func:`usage_by_interval` rows per interval (a household's meters together)."""
+    totals: dict[datetime, Decimal] = defaultdict(lambda: ZERO)
+    for at, _, usage in rows:
+        totals[at] += usage
+    return dict(totals)
+
+
