@@ -2,7 +2,8 @@
 
 Data: 20,000 meters x 50 time-ordered readings = 1M rows. Ingested in 100k-row batches
 (one transaction each, committed) through ``ingest_readings`` (validation, in-batch
-de-duplication, partition check, COPY fast path, latest readings, the event), against
+de-duplication, partition check, COPY fast path, latest readings, the daily rollup, the
+estimates check, the per-batch alarm rules, the event), against
 one raw ``COPY`` of the same rows into an empty plain table with the same columns and
 primary key. Also: 10k-row batches, and a re-ingest of the same 1M (must write nothing).
 Goal (issue 5): >= 0.6x raw COPY rows/s. The last line is the headline.
@@ -63,6 +64,10 @@ def instrument() -> None:
     readings_service.ensure_partitions = timed("partitions", readings_service.ensure_partitions)  # type: ignore[assignment]
     readings_service._update_latest_from = timed("latest readings", readings_service._update_latest_from)  # type: ignore[method-assign]
     readings_service._merge = timed("merge (slow path)", readings_service._merge)  # type: ignore[method-assign]
+    readings_service._append_days = timed("daily rollup", readings_service._append_days)  # type: ignore[method-assign]
+    readings_service._recompute_days = timed("daily rollup (recompute)", readings_service._recompute_days)  # type: ignore[method-assign]
+    readings_service._supersede_estimates = timed("estimates check", readings_service._supersede_estimates)  # type: ignore[method-assign]
+    readings_service._evaluate_alarms = timed("alarm rules", readings_service._evaluate_alarms)  # type: ignore[method-assign]
     readings_service.emit_event = timed("event", readings_service.emit_event)  # type: ignore[assignment]
     asyncpg.Connection.copy_records_to_table = timed("COPY", asyncpg.Connection.copy_records_to_table)  # type: ignore[method-assign]
 
@@ -146,7 +151,7 @@ async def reset(url: str) -> None:
     engine = create_engine(url, pool_size=1, max_overflow=0)
     try:
         async with session_factory(engine)() as session, session.begin():
-            await session.execute(text("TRUNCATE readings, latest_readings, domain_events"))
+            await session.execute(text("TRUNCATE readings, latest_readings, daily_usage, domain_events"))
         async with engine.connect() as connection:
             await connection.execute(text("COMMIT"))
             await connection.execute(text("CHECKPOINT"))

@@ -29,11 +29,25 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime, timedelta, tzinfo
+from decimal import ROUND_HALF_UP, Decimal
+from operator import itemgetter
 from typing import Any
 
-# The chain statement. $1..$7: per-day aggregates; $8: merge them into stored days (append)
-# instead of replacing them; $9/$10: per meter, the first day to re-chain from.
-_CHAIN = """
+# The chain statement (the recompute way). $1..$7: whole-day aggregates of the touched
+# days; $8/$9: per meter, the first day to re-chain from.
+_DAY_COLUMNS = (
+    "meter_id, day, first_at, first_total, last_at, last_total, effective_total, opening_effective, usage_m3,"
+    " reading_count, register_wraps, rollover, reverse_flow"
+)
+_CHANGING = [name.strip() for name in _DAY_COLUMNS.split(",")][2:]
+# Rows that come out the same are left alone (a re-chain touches many unchanged days).
+_UPSERT = (
+    "ON CONFLICT (meter_id, day) DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in _CHANGING)
+    + " WHERE (" + ", ".join(f"u.{c}" for c in _CHANGING) + ") IS DISTINCT FROM ("
+    + ", ".join(f"EXCLUDED.{c}" for c in _CHANGING) + ")"
+)
+
+_CHAIN = f"""
 WITH delta AS (
     SELECT * FROM unnest($1::bigint[], $2::date[], $3::timestamptz[], $4::numeric[], $5::timestamptz[],
                          $6::numeric[], $7::int[])
@@ -41,17 +55,11 @@ WITH delta AS (
 ), bounds AS (
     SELECT b.meter_id, b.from_day, power(10::numeric, mm.register_digits) AS register_range,
            coalesce(mm.multiplier, 1) AS multiplier
-    FROM unnest($9::bigint[], $10::date[]) AS b(meter_id, from_day)
+    FROM unnest($8::bigint[], $9::date[]) AS b(meter_id, from_day)
     JOIN meters m ON m.id = b.meter_id
     LEFT JOIN meter_models mm ON mm.id = m.model_id
 ), touched AS (
-    SELECT d.meter_id, d.day,
-           CASE WHEN $8 AND s.first_at < d.first_at THEN s.first_at ELSE d.first_at END AS first_at,
-           CASE WHEN $8 AND s.first_at < d.first_at THEN s.first_total ELSE d.first_total END AS first_total,
-           CASE WHEN $8 AND s.last_at > d.last_at THEN s.last_at ELSE d.last_at END AS last_at,
-           CASE WHEN $8 AND s.last_at > d.last_at THEN s.last_total ELSE d.last_total END AS last_total,
-           d.reading_count + CASE WHEN $8 THEN coalesce(s.reading_count, 0) ELSE 0 END AS reading_count
-    FROM delta d LEFT JOIN daily_usage s ON s.meter_id = d.meter_id AND s.day = d.day
+    SELECT * FROM delta
 ), later AS (
     SELECT s.meter_id, s.day, s.first_at, s.first_total, s.last_at, s.last_total, s.reading_count
     FROM bounds b JOIN daily_usage s ON s.meter_id = b.meter_id AND s.day >= b.from_day
@@ -101,22 +109,12 @@ WITH delta AS (
                          p.seed_effective, p.first_unwrapped) AS baseline
     FROM per_day p
 )
-INSERT INTO daily_usage AS u (meter_id, day, first_at, first_total, last_at, last_total, effective_total, usage_m3,
-                              reading_count, register_wraps, rollover, reverse_flow)
-SELECT d.meter_id, d.day, d.first_at, d.first_total, d.last_at, d.last_total, c.effective_total,
+INSERT INTO daily_usage AS u ({_DAY_COLUMNS})
+SELECT d.meter_id, d.day, d.first_at, d.first_total, d.last_at, d.last_total, c.effective_total, c.baseline,
        round((c.effective_total - c.baseline) * b.multiplier, 4), d.reading_count, c.register_wraps,
        c.rollover, c.reverse_flow
 FROM days d JOIN chained c USING (meter_id, day) JOIN bounds b USING (meter_id)
-ON CONFLICT (meter_id, day) DO UPDATE SET
-    first_at = EXCLUDED.first_at, first_total = EXCLUDED.first_total, last_at = EXCLUDED.last_at,
-    last_total = EXCLUDED.last_total, effective_total = EXCLUDED.effective_total, usage_m3 = EXCLUDED.usage_m3,
-    reading_count = EXCLUDED.reading_count, register_wraps = EXCLUDED.register_wraps,
-    rollover = EXCLUDED.rollover, reverse_flow = EXCLUDED.reverse_flow
-WHERE (u.first_at, u.first_total, u.last_at, u.last_total, u.effective_total, u.usage_m3, u.reading_count,
-       u.register_wraps, u.rollover, u.reverse_flow)
-   IS DISTINCT FROM
-      (EXCLUDED.first_at, EXCLUDED.first_total, EXCLUDED.last_at, EXCLUDED.last_total, EXCLUDED.effective_total,
-       EXCLUDED.usage_m3, EXCLUDED.reading_count, EXCLUDED.register_wraps, EXCLUDED.rollover, EXCLUDED.reverse_flow)
+{_UPSERT}
 """
 
 # Whole-day aggregates of stored readings for (meter, day) pairs: the recompute way in.
@@ -195,7 +193,7 @@ def _first_days(keys: Iterable[DayKey]) -> dict[int, date]:
     return first
 
 
-async def _chain(driver: Any, aggregates: dict[DayKey, DayAggregate], first_days: dict[int, date], *, merge: bool) -> None:
+async def _chain(driver: Any, aggregates: dict[DayKey, DayAggregate], first_days: dict[int, date]) -> None:
     if not first_days:
         return
     keys = list(aggregates)
@@ -205,13 +203,134 @@ async def _chain(driver: Any, aggregates: dict[DayKey, DayAggregate], first_days
         [k[0] for k in keys], [k[1] for k in keys],
         [v[0] for v in values], [v[1] for v in values], [v[2] for v in values], [v[3] for v in values],
         [v[4] for v in values],
-        merge, list(first_days), list(first_days.values()),
+        list(first_days), list(first_days.values()),
     )
 
 
-async def append_days(driver: Any, aggregates: dict[DayKey, DayAggregate]) -> None:
-    """Merge the per-day aggregates of readings that were all newly inserted."""
-    await _chain(driver, aggregates, _first_days(aggregates), merge=True)
+# Per meter of an appended batch: its register and multiplier, and its newest stored day.
+_APPEND_STATE = """
+SELECT b.meter_id, power(10::numeric, mm.register_digits) AS register_range, coalesce(mm.multiplier, 1) AS multiplier,
+       p.day, p.first_at, p.first_total, p.last_at, p.last_total, p.effective_total, p.opening_effective,
+       p.reading_count, p.register_wraps, p.rollover, p.reverse_flow
+FROM unnest($1::bigint[]) AS b(meter_id)
+JOIN meters m ON m.id = b.meter_id
+LEFT JOIN meter_models mm ON mm.id = m.model_id
+LEFT JOIN LATERAL (
+    SELECT * FROM daily_usage p WHERE p.meter_id = b.meter_id ORDER BY p.day DESC LIMIT 1
+) p ON true
+"""
+
+_NEW_DAYS = f"""
+INSERT INTO daily_usage ({_DAY_COLUMNS})
+SELECT * FROM unnest($1::bigint[], $2::date[], $3::timestamptz[], $4::numeric[], $5::timestamptz[], $6::numeric[],
+                     $7::numeric[], $8::numeric[], $9::numeric[], $10::int[], $11::int[], $12::bool[], $13::bool[])
+"""
+
+# A plain UPDATE of the continued days (cheaper than ON CONFLICT, and HOT: see models).
+_CONTINUED_DAYS = """
+UPDATE daily_usage u SET last_at = c.last_at, last_total = c.last_total, effective_total = c.effective_total,
+    usage_m3 = c.usage_m3, reading_count = c.reading_count, register_wraps = c.register_wraps,
+    rollover = c.rollover, reverse_flow = c.reverse_flow
+FROM unnest($1::bigint[], $2::date[], $3::timestamptz[], $4::numeric[], $5::numeric[], $6::numeric[], $7::int[],
+            $8::int[], $9::bool[], $10::bool[])
+    AS c(meter_id, day, last_at, last_total, effective_total, usage_m3, reading_count, register_wraps, rollover,
+         reverse_flow)
+WHERE u.meter_id = c.meter_id AND u.day = c.day
+"""
+
+_PLACES = Decimal("0.0001")
+_DAY = itemgetter(0)
+
+
+class _Register:
+    """Walks one meter's register through readings in time order: unwrapping rollovers,
+    holding the high-water mark, flagging reverse flow (the rule of the module docstring)."""
+
+    __slots__ = ("effective", "half_range", "last_raw", "range", "reversed", "wrapped", "wraps")
+
+    def __init__(self, register_range: Decimal | None, last_raw: Decimal | None, wraps: int,
+                 effective: Decimal | None) -> None:
+        self.range = register_range
+        self.half_range = register_range / 2 if register_range is not None else None
+        self.last_raw = last_raw
+        self.wraps = wraps
+        self.effective = effective
+        self.wrapped = self.reversed = False
+
+    def step(self, raw: Decimal) -> Decimal:
+        """Take the next reading; returns its unwrapped value."""
+        if self.last_raw is not None:
+            change = raw - self.last_raw
+            if change < 0:
+                if self.half_range is not None and change < -self.half_range:
+                    self.wraps += 1
+                    self.wrapped = True
+                else:
+                    self.reversed = True
+        self.last_raw = raw
+        unwrapped = raw + self.range * self.wraps if self.range is not None and self.wraps else raw
+        if self.effective is None or unwrapped > self.effective:
+            self.effective = unwrapped
+        return unwrapped
+
+
+async def append_days(driver: Any, aggregates: dict[DayKey, DayAggregate], tz_name: str) -> None:
+    """Roll up readings that were all newly inserted (ingest's fast path).
+
+    For a meter whose new readings all come after its newest stored day's last reading
+    (time-ordered ingest: nearly always), the chain is continued here from that stored
+    state and only the touched days are written, in one statement. Any other meter (a
+    late or interleaved reading) is recomputed from ``readings`` by :func:`recompute_days`.
+    """
+    by_meter: dict[int, list[tuple[date, DayAggregate]]] = {}
+    for (meter_id, day), aggregate in aggregates.items():
+        by_meter.setdefault(meter_id, []).append((day, aggregate))
+    states = await driver.fetch(_APPEND_STATE, list(by_meter))
+    new_days: list[list[Any]] = [[] for _ in range(13)]
+    continued: list[list[Any]] = [[] for _ in range(10)]
+    late: list[DayKey] = []
+    for state in states:
+        meter_id = state["meter_id"]
+        days = sorted(by_meter[meter_id], key=_DAY)
+        stored_day = state["day"]
+        if stored_day is not None and (days[0][0] < stored_day or days[0][1][0] <= state["last_at"]):
+            late.extend((meter_id, day) for day, _ in days)
+            continue
+        multiplier = state["multiplier"]
+        register = _Register(state["register_range"], state["last_total"], state["register_wraps"] or 0,
+                             state["effective_total"])
+        for day, (first_at, first_total, last_at, last_total, count) in days:
+            if day == stored_day:  # the newest stored day goes on from its last reading
+                opening = state["opening_effective"]
+                first_at, first_total = state["first_at"], state["first_total"]
+                count += state["reading_count"]
+                register.wrapped, register.reversed = state["rollover"], state["reverse_flow"]
+                register.step(aggregates[meter_id, day][1])
+            else:
+                register.wrapped = register.reversed = False
+                previous_effective = register.effective
+                first_unwrapped = register.step(first_total)
+                opening = previous_effective if previous_effective is not None else first_unwrapped
+            register.step(last_total)
+            effective = register.effective
+            assert effective is not None and opening is not None
+            usage = ((effective - opening) * multiplier).quantize(_PLACES, ROUND_HALF_UP)
+            if day == stored_day:
+                row: tuple[Any, ...] = (meter_id, day, last_at, last_total, effective, usage, count, register.wraps,
+                                        register.wrapped, register.reversed)
+                target = continued
+            else:
+                row = (meter_id, day, first_at, first_total, last_at, last_total, effective, opening, usage, count,
+                       register.wraps, register.wrapped, register.reversed)
+                target = new_days
+            for column, value in zip(target, row, strict=True):
+                column.append(value)
+    if continued[0]:
+        await driver.execute(_CONTINUED_DAYS, *continued)
+    if new_days[0]:
+        await driver.execute(_NEW_DAYS, *new_days)
+    if late:
+        await recompute_days(driver, late, tz_name)
 
 
 async def recompute_days(driver: Any, keys: Iterable[DayKey], tz_name: str) -> None:
@@ -230,7 +349,7 @@ async def recompute_days(driver: Any, keys: Iterable[DayKey], tz_name: str) -> N
     empty = [k for k in wanted if k not in aggregates]
     if empty:
         await driver.execute(_DELETE_EMPTY_DAYS, [k[0] for k in empty], [k[1] for k in empty])
-    await _chain(driver, aggregates, _first_days(wanted), merge=False)
+    await _chain(driver, aggregates, _first_days(wanted))
 
 
 def zone_name(zone: tzinfo) -> str:

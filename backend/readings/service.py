@@ -208,7 +208,7 @@ async def ingest_readings(
         changed_meters = sorted({row[0] for row in rows})
         with _cyclic_gc_paused():
             aggregates = aggregate_days(rows, days)
-        await _append_days(driver, aggregates)
+        await _append_days(driver, aggregates, zone_name(zone))
         await _update_latest_from(driver, rows)
 
     if inserted or replaced:
@@ -248,8 +248,8 @@ async def _recompute_days(driver: Any, changed: Iterable[tuple[int, datetime]], 
     await recompute_days(driver, {(meter_id, days(read_at)) for meter_id, read_at in changed}, zone_name(zone))
 
 
-async def _append_days(driver: Any, aggregates: dict[Any, Any]) -> None:
-    await append_days(driver, aggregates)
+async def _append_days(driver: Any, aggregates: dict[Any, Any], tz_name: str) -> None:
+    await append_days(driver, aggregates, tz_name)
 
 
 # "An actual read later replaces the estimate": a meter's estimated readings at or before
