@@ -34,6 +34,7 @@ from backend.graphql import scalars
 from backend.graphql.http import GraphQLEndpoint
 from backend.graphql.schema import build_schema
 from backend.observability import DB_POOL, observe_http, registry, request_id_var
+from backend.readings import http as readings_http
 from backend.settings import Settings
 
 log = logging.getLogger("shuiwu.http")
@@ -140,6 +141,7 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
         *auth_http.routes(sessions, policy),
         *audit_http.routes(sessions, settings),
         *archives_http.routes(sessions, read_engine, settings),
+        *readings_http.routes(sessions, read_engine, settings),
         *(extra_routes or []),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

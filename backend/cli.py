@@ -99,6 +99,7 @@ def jobs() -> None:
 def demo_load(
     households: Annotated[int, typer.Option(help="How many households.")] = 2000,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same utility.")] = 7,
+    readings: Annotated[bool, typer.Option(help="Also 13 months of meter readings up to now, and their alarms.")] = True,
 ) -> None:
     """Load the demo utility (idempotent: loading twice changes nothing)."""
     from rich.progress import Progress
@@ -116,7 +117,7 @@ def demo_load(
             with Progress(console=console) as progress:
                 task = progress.add_task("示范数据", total=None)
                 async with session_factory(engine)() as session, session.begin():
-                    await load_demo(session, households=households, seed=seed,
+                    await load_demo(session, households=households, seed=seed, readings=readings, tz=settings.timezone,
                                     progress=lambda step: progress.update(task, description=f"示范数据: {step}"))
                 progress.update(task, total=1, completed=1, description="示范数据: 完成")
         finally:
@@ -172,22 +173,17 @@ def partitions_ensure(
     """Create the readings partitions of this month and the next N (utility's time zone)."""
     from backend.clock import utcnow
     from backend.db import create_engine, session_factory
-    from backend.readings.partitions import ensure_partitions, month_bounds, month_of
+    from backend.readings.partitions import ensure_partitions_ahead
 
     settings = _settings()
     url = _database(settings)
     _migrate(url)
-    now = utcnow()
-    year, month = month_of(now, settings.tz)
-    for _ in range(months_ahead):
-        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-    end = month_bounds(year, month, settings.tz)[0]
 
     async def run() -> list[str]:
         engine = create_engine(url, pool_size=1, max_overflow=0)
         try:
             async with session_factory(engine)() as session, session.begin():
-                return await ensure_partitions(session, start=now, end=end, tz=settings.tz)
+                return await ensure_partitions_ahead(session, now=utcnow(), tz=settings.tz, months_ahead=months_ahead)
         finally:
             await engine.dispose()
 

@@ -86,8 +86,10 @@ async def _user(session: AsyncSession, login: DemoLogin, full_name: str, role: R
 
 
 async def load_demo(session: AsyncSession, *, households: int = 2000, seed: int = 7,
-                    progress: Callable[[str], None] = lambda _: None) -> list[DemoLogin]:
-    """Load (or top up) the demo utility. Returns the staff logins to print."""
+                    progress: Callable[[str], None] = lambda _: None, readings: bool = False,
+                    now: datetime | None = None, tz: str = "Asia/Shanghai") -> list[DemoLogin]:
+    """Load (or top up) the demo utility. Returns the staff logins to print. With
+    ``readings``, also 13 months of readings up to ``now`` (backend.readings.demo)."""
     rng = random.Random(seed)
     progress("区域")
     company = await _area(session, COMPANY, AreaKind.company, None)
@@ -141,6 +143,10 @@ async def load_demo(session: AsyncSession, *, households: int = 2000, seed: int 
         issued.client.client_id = CLIENT_ID
         issued.client.secret_hash = token_digest(CLIENT_SECRET)
     await session.flush()
+    if readings:
+        from backend.readings.demo import load_demo_readings
+
+        await load_demo_readings(session, seed=seed, now=now or utcnow(), tz=tz, progress=progress)
     return [ADMIN, MANAGER, CASHIER, REPAIR]
 
 

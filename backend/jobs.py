@@ -34,6 +34,8 @@ from backend.events.listener import CONNECTION_ERRORS, Backoff, connect, wait_an
 from backend.events.relay import event_id_of, run_relay
 from backend.events.service import HandlerRegistry, Subscription, load_event
 from backend.observability import JOBS
+from backend.readings.alarms import service as alarms_service
+from backend.readings.partitions import ensure_partitions_ahead
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ SessionFactory = async_sessionmaker[AsyncSession]
 
 # Scheduled jobs: (entrypoint, cron expression). Minutes off the hour spread the load.
 PURGE_EXPIRED_AUTH = ("purge_expired_auth", "7 * * * *")
+EVALUATE_ALARMS = ("evaluate_alarms", "*/15 * * * *")
+ENSURE_PARTITIONS = ("ensure_reading_partitions", "23 3 * * *")
 
 # A failing handler is retried with backoff this many times, then held as failed
 # (status 'failed' in the pgqueuer table) for someone to look at and re-queue.
@@ -70,6 +74,22 @@ async def purge_expired_auth(factory: SessionFactory, *, now: datetime) -> int:
     return purged
 
 
+async def evaluate_alarms(factory: SessionFactory, *, now: datetime, timezone: str) -> alarms_service.AlarmEvaluation:
+    """Evaluate the alarm rules for every installed meter (finds silent meters too)."""
+    async with transaction(factory) as session:
+        result = await alarms_service.evaluate_alarms(session, now=now, tz=timezone)
+    log.info("alarms: %d opened, %d closed, %d still open", result.opened, result.closed, result.refreshed)
+    return result
+
+
+async def ensure_reading_partitions(factory: SessionFactory, *, now: datetime, timezone: str) -> list[str]:
+    """Attach the readings partitions of this month and the next three ahead of need."""
+    async with transaction(factory) as session:
+        attached = await ensure_partitions_ahead(session, now=now, tz=timezone)
+    log.info("readings partitions attached: %s", ", ".join(attached) or "none needed")
+    return attached
+
+
 # --------------------------------------------------------------------------- wiring
 
 
@@ -94,7 +114,8 @@ def _event_job(factory: SessionFactory, subscription: Subscription) -> Callable[
 
 
 def build_queuer(
-    connection: asyncpg.Connection, factory: SessionFactory, *, handlers: HandlerRegistry, clock: Clock = utcnow
+    connection: asyncpg.Connection, factory: SessionFactory, *, handlers: HandlerRegistry, clock: Clock = utcnow,
+    timezone: str = "Asia/Shanghai",
 ) -> PgQueuer:
     """PgQueuer on ``connection`` with every event handler and scheduled job registered."""
     queuer = PgQueuer.from_asyncpg_connection(connection)
@@ -108,6 +129,18 @@ def build_queuer(
     @queuer.schedule(entrypoint, expression)
     async def purge_expired_auth_job(schedule: Schedule) -> None:
         await _counted(entrypoint, purge_expired_auth(factory, now=clock()))
+
+    alarms_entrypoint, alarms_expression = EVALUATE_ALARMS
+
+    @queuer.schedule(alarms_entrypoint, alarms_expression)
+    async def evaluate_alarms_job(schedule: Schedule) -> None:
+        await _counted(alarms_entrypoint, evaluate_alarms(factory, now=clock(), timezone=timezone))
+
+    partitions_entrypoint, partitions_expression = ENSURE_PARTITIONS
+
+    @queuer.schedule(partitions_entrypoint, partitions_expression)
+    async def ensure_partitions_job(schedule: Schedule) -> None:
+        await _counted(partitions_entrypoint, ensure_reading_partitions(factory, now=clock(), timezone=timezone))
 
     return queuer
 
@@ -149,6 +182,7 @@ async def run_worker(
                     relay_sweep_interval=relay_sweep_interval,
                     dequeue_timeout=dequeue_timeout,
                     backoff=backoff,
+                    timezone=settings.timezone,
                 )
             except* CONNECTION_ERRORS as lost:
                 delay = backoff.next_delay()
@@ -169,6 +203,7 @@ async def _serve(
     relay_sweep_interval: float,
     dequeue_timeout: timedelta,
     backoff: Backoff,
+    timezone: str = "Asia/Shanghai",
 ) -> None:
     """One run of PgQueuer and the relay, until ``stop`` or until either of them ends."""
     connection = await connect(database_url, application_name="shuiwu-jobs")
@@ -178,7 +213,7 @@ async def _serve(
     # PgQueuer only notices a dead connection at its next query, up to dequeue_timeout later.
     connection.add_termination_listener(lambda _: over.set())
     try:
-        queuer = build_queuer(connection, factory, handlers=handlers, clock=clock)
+        queuer = build_queuer(connection, factory, handlers=handlers, clock=clock, timezone=timezone)
 
         async def take_jobs() -> None:
             try:

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.events.listener import Backoff
 from backend.events.service import Event, HandlerRegistry
-from backend.jobs import PURGE_EXPIRED_AUTH, build_queuer, purge_expired_auth, run_worker
+from backend.jobs import ENSURE_PARTITIONS, EVALUATE_ALARMS, PURGE_EXPIRED_AUTH, build_queuer, purge_expired_auth, run_worker
 from backend.observability import JOBS
 from backend.settings import Settings
 from tests.events.factories import committing_sessions, emit_committed, raw_connection
@@ -103,9 +103,12 @@ async def test_the_worker_schedules_the_auth_purge_hourly(
         queuer = build_queuer(connection, factory, handlers=HandlerRegistry())
 
     entrypoint, expression = PURGE_EXPIRED_AUTH
-    (key,) = queuer.sm.registry
-    assert (key.entrypoint, key.expression) == (entrypoint, expression)
+    schedules = {key.entrypoint: key.expression for key in queuer.sm.registry}
+    assert schedules[entrypoint] == expression
     assert expression.split()[1:] == ["*", "*", "*", "*"]
+    # Readings partitions are attached daily, alarms evaluated every quarter hour.
+    assert schedules[ENSURE_PARTITIONS[0]].split()[2:] == ["*", "*", "*"]
+    assert schedules[EVALUATE_ALARMS[0]] == "*/15 * * * *"
 
 
 async def test_the_purge_job_deletes_only_expired_sessions_and_codes(

@@ -282,7 +282,7 @@ def day() -> Parser:
 # --------------------------------------------------------------------------- writing
 
 
-def _start_sheet(workbook: Workbook, spec: SheetSpec, number: int) -> WriteOnlyWorksheet:
+def start_sheet(workbook: Workbook, spec: SheetSpec, number: int) -> WriteOnlyWorksheet:
     sheet: WriteOnlyWorksheet = workbook.create_sheet(spec.name if number == 1 else f"{spec.name} ({number})")
     _header(sheet, spec)
     return sheet
@@ -327,14 +327,14 @@ def write_sheet(path: str | Path, spec: SheetSpec, next_chunk: Callable[[], Sequ
     workbook = Workbook(write_only=True)
     renders = [(index, column.render) for index, column in enumerate(spec.columns) if column.render is not None]
     sheets = 1
-    sheet = _start_sheet(workbook, spec, sheets)
+    sheet = start_sheet(workbook, spec, sheets)
     room = ROWS_PER_SHEET
     written = 0
     while chunk := next_chunk():
         for row in chunk:
             if not room:
                 sheets += 1
-                sheet, room = _start_sheet(workbook, spec, sheets), ROWS_PER_SHEET
+                sheet, room = start_sheet(workbook, spec, sheets), ROWS_PER_SHEET
             if renders:
                 values = list(row)
                 for index, render in renders:

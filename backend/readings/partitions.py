@@ -111,3 +111,18 @@ async def ensure_partitions(
     # otherwise last for the rest of the caller's transaction.
     await session.execute(text("SELECT set_config('lock_timeout', :value, true)"), {"value": previous_timeout})
     return attached
+
+
+DEFAULT_MONTHS_AHEAD = 3
+
+
+async def ensure_partitions_ahead(
+    session: AsyncSession, *, now: datetime, tz: str | tzinfo = DEFAULT_TIMEZONE, months_ahead: int = DEFAULT_MONTHS_AHEAD
+) -> list[str]:
+    """The current month's partition and the next ``months_ahead`` (what ``shuiwu
+    partitions ensure`` and the daily scheduled job run), so ingest normally finds its
+    partition already attached."""
+    year, month = month_of(now, as_zone(tz))
+    for _ in range(months_ahead):
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return await ensure_partitions(session, start=now, end=month_bounds(year, month, tz)[0], tz=tz)

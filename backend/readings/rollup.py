@@ -32,6 +32,7 @@ from datetime import date, datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
 from operator import itemgetter
 from typing import Any
+from zoneinfo import ZoneInfo
 
 # The chain statement (the recompute way). $1..$7: whole-day aggregates of the touched
 # days; $8/$9: per meter, the first day to re-chain from.
@@ -125,6 +126,8 @@ SELECT r.meter_id, k.day, min(r.read_at) AS first_at, (array_agg(r.total_m3 ORDE
 FROM unnest($1::bigint[], $2::date[]) AS k(meter_id, day)
 JOIN readings r ON r.meter_id = k.meter_id
     AND r.read_at > (k.day::timestamp AT TIME ZONE $3) AND r.read_at <= ((k.day + 1)::timestamp AT TIME ZONE $3)
+-- The overall bounds as plain parameters let the planner prune the partitions.
+WHERE r.read_at > $4 AND r.read_at <= $5
 GROUP BY r.meter_id, k.day
 """
 
@@ -341,7 +344,9 @@ async def recompute_days(driver: Any, keys: Iterable[DayKey], tz_name: str) -> N
         return
     meter_ids = [k[0] for k in wanted]
     day_list = [k[1] for k in wanted]
-    rows = await driver.fetch(_AGGREGATE_DAYS, meter_ids, day_list, tz_name)
+    zone = ZoneInfo(tz_name)
+    rows = await driver.fetch(_AGGREGATE_DAYS, meter_ids, day_list, tz_name,
+                              day_start(min(day_list), zone), day_end(max(day_list), zone))
     aggregates: dict[DayKey, DayAggregate] = {
         (r["meter_id"], r["day"]): [r["first_at"], r["first_total"], r["last_at"], r["last_total"], r["reading_count"]]
         for r in rows

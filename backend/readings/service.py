@@ -202,7 +202,12 @@ async def ingest_readings(
     except asyncpg.UniqueViolationError:
         inserted, replaced, changed = await _merge(driver, rows)
         changed_meters = sorted({meter_id for meter_id, _ in changed})
-        await _recompute_days(driver, changed, days, zone)
+        # What was written rolls up like a fast-path batch: appended days continue their
+        # chain, and only the meters with a replaced or late reading are recomputed.
+        written = set(changed)
+        with _cyclic_gc_paused():
+            aggregates = aggregate_days((row for row in rows if (row[0], row[1]) in written), days)
+        await _append_days(driver, aggregates, zone_name(zone))
     else:
         inserted, replaced = len(rows), 0
         changed_meters = sorted({row[0] for row in rows})
@@ -296,8 +301,6 @@ async def _evaluate_alarms(session: AsyncSession, *, now: datetime, tz: tzinfo, 
     """The per-batch alarm rules (reverse flow, high use, battery, valve …) for the meters
     this batch changed; silent meters are found by the periodic job."""
     # Imported here: the alarms service reads the rollup this module maintains.
-    if True:  # TEMPORARY: enabled when the alarms module lands
-        return
     from backend.readings.alarms import service as alarms
     await alarms.evaluate_alarms(session, now=now, tz=tz, meter_ids=meter_ids)
 

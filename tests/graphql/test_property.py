@@ -22,6 +22,10 @@ CUSTOM_SCALARS = {
         lambda d: __import__("graphql").StringValueNode(value=d.isoformat())
     ),
     "JSON": st.just(__import__("graphql").StringValueNode(value="{}")),
+    "Date": st.dates().map(lambda d: __import__("graphql").StringValueNode(value=d.isoformat())),
+    "Decimal": st.decimals(allow_nan=False, allow_infinity=False, places=4).map(
+        lambda d: __import__("graphql").StringValueNode(value=str(d))
+    ),
 }
 # logout would revoke the token every later document runs with; it has its own tests.
 MUTATION_FIELDS = sorted(name for name in SCHEMA.mutation_type.fields if name != "logout")  # type: ignore[union-attr]

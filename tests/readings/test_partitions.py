@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.readings.partitions import ensure_partitions
+from backend.readings.partitions import ensure_partitions, ensure_partitions_ahead
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
@@ -29,3 +29,12 @@ async def test_partitions_cover_every_month_across_a_year_end_and_a_second_call_
     assert (await session.execute(text("SELECT current_setting('lock_timeout')"))).scalar_one() == timeout_before
     assert await ensure_partitions(session, start=datetime(2019, 12, 5, tzinfo=SHANGHAI),
                                    end=datetime(2020, 1, 5, tzinfo=SHANGHAI)) == []
+
+
+async def test_the_daily_job_attaches_this_month_and_the_next_three(session: AsyncSession) -> None:
+    now = datetime(2031, 11, 20, 9, tzinfo=ZoneInfo("Asia/Shanghai"))
+
+    attached = await ensure_partitions_ahead(session, now=now, tz="Asia/Shanghai", months_ahead=3)
+
+    assert attached == ["readings_p203111", "readings_p203112", "readings_p203201", "readings_p203202"]
+    assert await ensure_partitions_ahead(session, now=now, tz="Asia/Shanghai", months_ahead=3) == []

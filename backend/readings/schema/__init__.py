@@ -11,6 +11,11 @@ import importlib
 from strawberry.tools import merge_types
 
 SCREEN_MODULES: tuple[str, ...] = (
+    "browse",
+    "schemes",
+    "analytics",
+    "entry",
+    "alarms",
 )
 
 _modules = [importlib.import_module(f"backend.readings.schema.{name}") for name in SCREEN_MODULES]

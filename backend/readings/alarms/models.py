@@ -1,0 +1,146 @@
+"""Abnormal-meter tables (异常水表): the rules that decide when a meter is abnormal, the
+alarms they raise, and each meter's communication-link status.
+
+``alarm_rules`` holds one threshold per (kind, area, meter model); the most specific
+enabled rule applies to a meter (model + area, then model, then area, then global; for
+areas the nearest ancestor wins). ``meter_alarms`` holds at most one live (not closed)
+alarm per meter and kind, which evaluation refreshes while the condition holds and closes
+when it clears; closed alarms stay as history.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from enum import StrEnum
+
+from sqlalchemy import BigInteger, Boolean, Column, Date, ForeignKey, Index, Integer, Numeric, String, Text, func, text
+from sqlmodel import Field, SQLModel
+
+from backend.db import enum_column, timestamptz
+
+
+class AlarmKind(StrEnum):
+    """What is abnormal about a meter; each kind reads its rule's ``threshold`` in its own unit."""
+
+    silent = "silent"  # threshold: hours without a reading
+    communication_failure = "communication_failure"  # threshold: consecutive failed reads
+    reverse_flow = "reverse_flow"  # threshold: days looked back (including today)
+    zero_use = "zero_use"  # threshold: days of zero usage
+    high_use = "high_use"  # threshold: K, times the meter's average daily usage
+    battery_low = "battery_low"  # threshold: volts
+    valve_abnormal = "valve_abnormal"  # threshold: unused
+    rollover = "rollover"  # threshold: days looked back (including today)
+
+
+class AlarmStatus(StrEnum):
+    open = "open"
+    acknowledged = "acknowledged"
+    closed = "closed"
+
+
+class AlarmSeverity(StrEnum):
+    info = "info"
+    warning = "warning"
+    critical = "critical"
+
+
+# What the migration seeds as the global rules: kind -> (threshold, severity).
+DEFAULT_RULES: dict[AlarmKind, tuple[Decimal, AlarmSeverity]] = {
+    AlarmKind.silent: (Decimal(48), AlarmSeverity.warning),
+    AlarmKind.communication_failure: (Decimal(3), AlarmSeverity.warning),
+    AlarmKind.reverse_flow: (Decimal(2), AlarmSeverity.warning),
+    AlarmKind.zero_use: (Decimal(7), AlarmSeverity.info),
+    AlarmKind.high_use: (Decimal(3), AlarmSeverity.warning),
+    AlarmKind.battery_low: (Decimal("3.3"), AlarmSeverity.warning),
+    AlarmKind.valve_abnormal: (Decimal(0), AlarmSeverity.critical),
+    AlarmKind.rollover: (Decimal(2), AlarmSeverity.info),
+}
+
+
+class AlarmRule(SQLModel, table=True):
+    """A threshold for one alarm kind, globally (both ids null), for an area subtree, for
+    a meter model, or for a model within an area subtree."""
+
+    __tablename__ = "alarm_rules"
+    __mapper_args__ = {"eager_defaults": True}
+    __table_args__ = (
+        Index("uq_alarm_rules_target", "kind", "area_id", "meter_model_id", unique=True,
+              postgresql_nulls_not_distinct=True),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    kind: AlarmKind = Field(sa_column=enum_column(AlarmKind, nullable=False))
+    area_id: int | None = Field(default=None, sa_column=Column(BigInteger, ForeignKey("areas.id"), nullable=True))
+    meter_model_id: int | None = Field(
+        default=None, sa_column=Column(BigInteger, ForeignKey("meter_models.id"), nullable=True)
+    )
+    enabled: bool = Field(default=True, sa_column=Column(Boolean, nullable=False, server_default="true"))
+    threshold: Decimal = Field(sa_column=Column(Numeric(12, 4), nullable=False))
+    severity: AlarmSeverity = Field(
+        default=AlarmSeverity.warning,
+        sa_column=enum_column(AlarmSeverity, nullable=False, server_default=AlarmSeverity.warning.value),
+    )
+    updated_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=False, server_default=func.now()))
+    updated_by: str = Field(default="system", sa_column=Column(String(100), nullable=False, server_default="system"))
+
+
+class MeterAlarm(SQLModel, table=True):
+    """One abnormal condition of one meter, from when evaluation first saw it until it was
+    closed (by evaluation when the condition cleared, or by a person)."""
+
+    __tablename__ = "meter_alarms"
+    __mapper_args__ = {"eager_defaults": True}
+    __table_args__ = (
+        # One live alarm per meter and kind: evaluation upserts on this index.
+        Index("uq_meter_alarms_live", "meter_id", "kind", unique=True, postgresql_where=text("status <> 'closed'")),
+        Index("ix_meter_alarms_opened_at", "opened_at"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    meter_id: int = Field(sa_column=Column(BigInteger, ForeignKey("meters.id"), nullable=False, index=True))
+    kind: AlarmKind = Field(sa_column=enum_column(AlarmKind, nullable=False))
+    status: AlarmStatus = Field(
+        default=AlarmStatus.open, sa_column=enum_column(AlarmStatus, nullable=False, server_default=AlarmStatus.open.value)
+    )
+    severity: AlarmSeverity = Field(
+        default=AlarmSeverity.warning,
+        sa_column=enum_column(AlarmSeverity, nullable=False, server_default=AlarmSeverity.warning.value),
+    )
+    opened_at: datetime = Field(sa_column=timestamptz(nullable=False))
+    last_seen_at: datetime = Field(sa_column=timestamptz(nullable=False))
+    value: Decimal | None = Field(default=None, sa_column=Column(Numeric(16, 4), nullable=True))
+    threshold: Decimal | None = Field(default=None, sa_column=Column(Numeric(16, 4), nullable=True))
+    detail: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+    acknowledged_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))
+    acknowledged_by: str | None = Field(default=None, sa_column=Column(String(100), nullable=True))
+    acknowledge_note: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    closed_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))
+    closed_by: str | None = Field(default=None, sa_column=Column(String(100), nullable=True))
+    close_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class MeterLinkStatus(SQLModel, table=True):
+    """How reading a meter has gone lately: failures since the last success. The
+    acquisition worker reports failures; evaluation resets the count once a reading
+    newer than the last failure has arrived."""
+
+    __tablename__ = "meter_link_status"
+
+    meter_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    consecutive_failures: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    last_failure_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))
+    last_failure_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    last_success_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))
+
+
+class MeterUsageBaseline(SQLModel, table=True):
+    """A meter's average daily usage over the 30 days before yesterday, as of ``day``
+    (null: no usage recorded then): the high-use rule's baseline, recomputed once a day
+    per meter by evaluation so that per-batch evaluations never read a month of usage."""
+
+    __tablename__ = "meter_usage_baselines"
+
+    meter_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    day: date = Field(sa_column=Column(Date, nullable=False))
+    average_m3: Decimal | None = Field(default=None, sa_column=Column(Numeric(16, 4), nullable=True))

@@ -1,0 +1,618 @@
+"""Abnormal meters (异常水表): evaluating the alarm rules, set-based, and what people do
+with the alarms (acknowledge, close) and the rules (thresholds per area / meter model).
+
+Evaluation reads ``latest_readings``, the last few days of ``daily_usage``,
+``meter_link_status`` and each meter's cached high-use baseline (never raw readings), so
+ingest can run it after every batch for the meters it wrote. Each kind's condition:
+
+- ``silent``: the newest reading (or, never read, the install day) is older than N hours;
+- ``communication_failure``: N or more consecutive failed reads since the last success;
+- ``reverse_flow`` / ``rollover``: a ``daily_usage`` day among the last N local days
+  (today included) is flagged so;
+- ``zero_use``: a meter serving an active household used nothing over the last N local
+  days, had readings in them (the newest today or yesterday) and was read before them.
+  Only the periodic run (every meter) opens it; a batch evaluation keeps or clears it;
+- ``high_use``: today's or yesterday's usage is above K × the meter's average daily
+  usage over the 30 days before yesterday (``meter_usage_baselines``, recomputed once a
+  day per meter), when that average is positive;
+- ``battery_low``: battery below the threshold (volts) or CJ/T 188 status bit D2 set;
+- ``valve_abnormal``: a valved model reports its valve 'unknown', or status bits D0-D1 = 3.
+
+Plain async functions over a session; the caller commits.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import ARRAY, BigInteger, Select, Text, TextClause, any_, bindparam, func, literal_column, or_, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.archives.models import Area, Household, Meter, MeterAssignment, MeterModel
+from backend.archives.service import in_scope, path_in_scope
+from backend.auth.errors import UnknownArea
+from backend.errors import DomainError, ErrorCode, NotFound
+from backend.events.service import EventKind, emit_event
+from backend.pagination import PagedQuery
+from backend.readings.alarms.models import AlarmKind, AlarmRule, AlarmSeverity, AlarmStatus, MeterAlarm
+from backend.readings.partitions import as_zone
+
+SYSTEM = "system"
+CONDITION_CLEARED = "condition cleared"
+HIGH_USE_BASELINE_DAYS = 30
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmEvaluation:
+    opened: int
+    closed: int
+    refreshed: int
+
+
+class AlarmAlreadyClosed(DomainError):
+    code = ErrorCode.ALARM_ALREADY_CLOSED
+    message = "告警已关闭"
+    message_en = "The alarm is already closed"
+
+
+class AlarmAlreadyAcknowledged(DomainError):
+    code = ErrorCode.ALARM_ALREADY_ACKNOWLEDGED
+    message = "告警已确认"
+    message_en = "The alarm is already acknowledged"
+
+
+class DefaultRuleKept(DomainError):
+    code = ErrorCode.ALARM_RULE_DEFAULT
+    message = "全局默认规则不能删除, 可以停用或修改阈值"
+    message_en = "A global default rule cannot be deleted; disable it or change its threshold"
+
+
+def _zone_name(zone: tzinfo, now: datetime) -> str:
+    """The name PostgreSQL's ``AT TIME ZONE`` takes (an IANA key, or e.g. 'UTC')."""
+    return getattr(zone, "key", None) or zone.tzname(now) or "UTC"
+
+
+# --------------------------------------------------------------------------- evaluation
+
+def _variants(sql: str) -> dict[bool, TextClause]:
+    """``sql`` for every installed meter (``True``) and for ``:meter_ids`` (``False``).
+
+    Two texts rather than one with ``:all_meters OR …``: PostgreSQL caches a generic plan
+    for a statement run often, and a generic plan cannot tell the two cases apart."""
+    every = _IN_BATCH.sub("true", sql).replace("CAST(:all_meters AS boolean)", "true")
+    return {True: text(every), False: text(sql.replace("CAST(:all_meters AS boolean)", "false"))}
+
+
+_IN_BATCH = re.compile(r"[\w.]+ = ANY\(CAST\(:meter_ids AS bigint\[\]\)\)")
+
+
+# A success newer than the last failure ends a run of failures.
+_RESET_LINKS = _variants("""
+UPDATE meter_link_status s
+SET consecutive_failures = 0, last_success_at = l.read_at
+FROM latest_readings l
+WHERE l.meter_id = s.meter_id AND s.consecutive_failures > 0
+  AND l.read_at > coalesce(s.last_failure_at, '-infinity'::timestamptz)
+  AND s.meter_id = ANY(CAST(:meter_ids AS bigint[]))
+""")
+
+# Each meter's high-use baseline: its average daily usage over the 30 days before
+# yesterday, computed once a day per meter (the first evaluation of the day pays it), so
+# the per-batch evaluation never reads a month of daily_usage.
+_REFRESH_BASELINES = _variants("""
+INSERT INTO meter_usage_baselines AS b (meter_id, day, average_m3)
+SELECT m.id, CAST(:today AS date),
+       (SELECT round(avg(d.usage_m3), 4) FROM daily_usage d
+        WHERE d.meter_id = m.id AND d.day >= CAST(:today AS date) - 1 - CAST(:baseline_days AS integer)
+          AND d.day < CAST(:today AS date) - 1)
+FROM meters m
+LEFT JOIN meter_usage_baselines old ON old.meter_id = m.id
+WHERE m.status = 'installed' AND m.id = ANY(CAST(:meter_ids AS bigint[]))
+  AND (old.day IS NULL OR old.day <> CAST(:today AS date))
+ON CONFLICT (meter_id) DO UPDATE SET day = EXCLUDED.day, average_m3 = EXCLUDED.average_m3
+""")
+
+
+def _rule_columns() -> str:
+    """Per (model, area) pair, each kind's threshold (null: disabled) and severity."""
+    return ",\n".join(
+        f"max(threshold) FILTER (WHERE kind = '{kind.value}' AND enabled) AS {kind.value}_t, "
+        f"max(severity) FILTER (WHERE kind = '{kind.value}') AS {kind.value}_s"
+        for kind in AlarmKind
+    )
+
+
+# One statement: the meters evaluated, the rule that applies to each (meter, kind), the
+# conditions that hold, then the upsert of live alarms and the closing of cleared ones.
+# Rules are resolved per distinct (model, area) pair (a few hundred at most) and pivoted
+# to one row per meter; daily_usage is read for the last few days only, through its day
+# index. With ``meter_ids`` (after an ingest batch) zero use is only kept or cleared:
+# opening it needs the whole window and the earlier history, which the periodic run reads.
+_EVALUATE = _variants(f"""
+WITH target AS MATERIALIZED (
+    SELECT m.id AS meter_id, coalesce(m.model_id, 0) AS model_key, m.area_id, a.path,
+           coalesce(mm.has_valve, false) AS has_valve, m.install_date
+    FROM meters m
+    JOIN areas a ON a.id = m.area_id
+    LEFT JOIN meter_models mm ON mm.id = m.model_id
+    WHERE m.status = 'installed'
+      AND m.id = ANY(CAST(:meter_ids AS bigint[]))
+), pairs AS (
+    SELECT DISTINCT model_key, area_id, path FROM target
+), applied AS (
+    SELECT DISTINCT ON (p.model_key, p.area_id, r.kind)
+           p.model_key, p.area_id, r.kind, r.enabled, r.threshold, r.severity
+    FROM pairs p
+    JOIN alarm_rules r ON r.meter_model_id IS NULL OR r.meter_model_id = p.model_key
+    LEFT JOIN areas ra ON ra.id = r.area_id
+    WHERE r.area_id IS NULL OR p.path LIKE ra.path || '%'
+    ORDER BY p.model_key, p.area_id, r.kind,
+             (r.meter_model_id IS NOT NULL) DESC, length(ra.path) DESC NULLS LAST
+), pair_rules AS (
+    SELECT model_key, area_id, {_rule_columns()}
+    FROM applied GROUP BY model_key, area_id
+), rules AS MATERIALIZED (
+    SELECT t.meter_id, t.has_valve, t.install_date, r.*
+    FROM target t JOIN pair_rules r ON r.model_key = t.model_key AND r.area_id = t.area_id
+), point_flags AS (
+    SELECT r.meter_id, r.silent_s, r.silent_t, r.communication_failure_s, r.communication_failure_t,
+           r.battery_low_s, r.battery_low_t, r.valve_abnormal_s, r.valve_abnormal_t,
+           l.read_at, l.battery, l.status_bits, l.valve_state, s.consecutive_failures, s.last_failure_reason,
+           CAST(r.install_date AS timestamp) AT TIME ZONE :tz AS installed_at,
+           coalesce(coalesce(l.read_at, CAST(r.install_date AS timestamp) AT TIME ZONE :tz)
+                    < CAST(:now AS timestamptz) - r.silent_t * interval '1 hour', false) AS is_silent,
+           coalesce(s.consecutive_failures >= r.communication_failure_t, false) AS is_failing,
+           coalesce(r.battery_low_t IS NOT NULL AND (l.battery < r.battery_low_t OR l.status_bits & 4 <> 0),
+                    false) AS is_battery_low,
+           coalesce(r.valve_abnormal_t IS NOT NULL
+                    AND ((r.has_valve AND l.valve_state = 'unknown') OR l.status_bits & 3 = 3), false) AS is_valve_abnormal
+    FROM rules r
+    LEFT JOIN latest_readings l ON l.meter_id = r.meter_id
+    LEFT JOIN meter_link_status s ON s.meter_id = r.meter_id
+), point AS (
+    -- Abnormal meters are few: the per-kind rows are only made for them.
+    SELECT p.meter_id, k.kind, k.severity, k.threshold, p.read_at, p.battery, p.status_bits, p.valve_state,
+           p.consecutive_failures, p.last_failure_reason, p.installed_at
+    FROM point_flags p
+    CROSS JOIN LATERAL (VALUES
+        ('silent', p.silent_s, p.silent_t, p.is_silent),
+        ('communication_failure', p.communication_failure_s, p.communication_failure_t, p.is_failing),
+        ('battery_low', p.battery_low_s, p.battery_low_t, p.is_battery_low),
+        ('valve_abnormal', p.valve_abnormal_s, p.valve_abnormal_t, p.is_valve_abnormal)
+    ) AS k(kind, severity, threshold, holds)
+    WHERE (p.is_silent OR p.is_failing OR p.is_battery_low OR p.is_valve_abnormal) AND k.holds
+), point_hits AS (
+    SELECT meter_id, kind, severity, threshold,
+           CASE kind
+               WHEN 'silent' THEN round(CAST(extract(epoch FROM CAST(:now AS timestamptz)
+                                        - coalesce(read_at, installed_at)) / 3600 AS numeric), 4)
+               WHEN 'communication_failure' THEN consecutive_failures
+               WHEN 'battery_low' THEN battery
+               ELSE status_bits
+           END AS value,
+           CASE kind
+               WHEN 'silent' THEN coalesce('最后读数 ' || to_char(read_at AT TIME ZONE :tz, 'YYYY-MM-DD HH24:MI'),
+                                           '从未读数')
+               WHEN 'communication_failure' THEN coalesce(last_failure_reason, '')
+               WHEN 'battery_low' THEN concat_ws(' ', '电池电压 ' || battery || 'V',
+                                                 CASE WHEN status_bits & 4 <> 0 THEN '状态位 D2 欠压' END)
+               ELSE concat_ws(' ', '阀门状态 ' || valve_state, '状态位 ' || status_bits)
+           END AS detail
+    FROM point
+), recent AS (
+    SELECT d.meter_id, d.day, d.usage_m3, d.reverse_flow, d.rollover
+    FROM daily_usage d
+    WHERE d.day <= CAST(:today AS date)
+      AND d.day > CAST(:today AS date) - (
+          SELECT CAST(greatest(2, max(reverse_flow_t), max(rollover_t),
+                               CASE WHEN CAST(:all_meters AS boolean) THEN max(zero_use_t) END) AS integer)
+          FROM pair_rules)
+), flagged AS (
+    -- Flagged days are rare: only those rows are grouped.
+    SELECT r.meter_id, k.kind, k.severity, k.threshold, count(*) AS flagged_days,
+           string_agg(to_char(d.day, 'YYYY-MM-DD'), ', ' ORDER BY d.day) AS days
+    FROM recent d
+    JOIN rules r ON r.meter_id = d.meter_id
+    CROSS JOIN LATERAL (VALUES
+        ('reverse_flow', r.reverse_flow_s, r.reverse_flow_t, d.reverse_flow),
+        ('rollover', r.rollover_s, r.rollover_t, d.rollover)
+    ) AS k(kind, severity, threshold, flagged)
+    WHERE (d.reverse_flow OR d.rollover) AND k.flagged
+      AND d.day > CAST(:today AS date) - CAST(k.threshold AS integer)
+    GROUP BY r.meter_id, k.kind, k.severity, k.threshold
+), high AS (
+    SELECT DISTINCT ON (r.meter_id) r.meter_id, r.high_use_s AS severity, r.high_use_t AS k, b.average_m3,
+           d.usage_m3 AS usage
+    FROM recent d
+    JOIN rules r ON r.meter_id = d.meter_id
+    JOIN meter_usage_baselines b ON b.meter_id = d.meter_id
+    WHERE d.day >= CAST(:today AS date) - 1 AND b.average_m3 > 0 AND d.usage_m3 > r.high_use_t * b.average_m3
+    ORDER BY r.meter_id, d.usage_m3 DESC
+), live_zero AS (
+    SELECT meter_id FROM meter_alarms
+    WHERE kind = 'zero_use' AND status <> 'closed' AND meter_id = ANY(CAST(:meter_ids AS bigint[]))
+), zero AS (
+    SELECT r.meter_id, max(r.zero_use_s) AS severity, max(r.zero_use_t) AS threshold, sum(d.usage_m3) AS total
+    FROM rules r
+    JOIN recent d ON d.meter_id = r.meter_id
+    WHERE d.day > CAST(:today AS date) - CAST(r.zero_use_t AS integer)
+      AND (CAST(:all_meters AS boolean) OR r.meter_id IN (SELECT meter_id FROM live_zero))
+    GROUP BY r.meter_id
+    HAVING sum(d.usage_m3) = 0 AND max(d.day) >= CAST(:today AS date) - 1
+), usage_hits AS (
+    SELECT meter_id, kind, severity, threshold, CAST(flagged_days AS numeric) AS value,
+           (CASE kind WHEN 'reverse_flow' THEN '倒流日期 ' ELSE '翻转日期 ' END) || days AS detail
+    FROM flagged
+    UNION ALL
+    SELECT meter_id, 'high_use', severity, round(k * average_m3, 4), usage,
+           '日用量 ' || usage || ' > ' || k || ' × 日均 ' || average_m3
+    FROM high
+    UNION ALL
+    SELECT z.meter_id, 'zero_use', z.severity, z.threshold, z.total, CAST(z.threshold AS integer) || ' 天用量为 0'
+    FROM zero z
+    WHERE EXISTS (SELECT FROM meter_assignments ma JOIN households h ON h.id = ma.household_id
+                  WHERE ma.meter_id = z.meter_id AND ma.valid_to IS NULL AND h.status = 'active')
+      -- The periodic run opens it only for meters read before the window; a batch
+      -- evaluation only keeps live ones (live_zero).
+      AND (NOT CAST(:all_meters AS boolean)
+           OR EXISTS (SELECT FROM daily_usage b WHERE b.meter_id = z.meter_id
+                      AND b.day <= CAST(:today AS date) - CAST(z.threshold AS integer)))
+), hits AS (
+    SELECT meter_id, kind, severity, value, threshold, detail FROM point_hits
+    UNION ALL SELECT meter_id, kind, severity, value, threshold, detail FROM usage_hits
+), upserted AS (
+    INSERT INTO meter_alarms AS a (meter_id, kind, status, severity, opened_at, last_seen_at, value, threshold, detail)
+    SELECT meter_id, kind, 'open', severity, :now, :now, value, threshold, coalesce(detail, '') FROM hits
+    ON CONFLICT (meter_id, kind) WHERE status <> 'closed' DO UPDATE
+    SET last_seen_at = EXCLUDED.last_seen_at, value = EXCLUDED.value, threshold = EXCLUDED.threshold,
+        detail = EXCLUDED.detail, severity = EXCLUDED.severity
+    RETURNING a.id, a.xmax = 0 AS inserted
+), cleared AS (
+    UPDATE meter_alarms a
+    SET status = 'closed', closed_at = :now, closed_by = :system, close_reason = :cleared
+    WHERE a.status <> 'closed'
+      AND a.meter_id = ANY(CAST(:meter_ids AS bigint[]))
+      AND NOT EXISTS (SELECT FROM hits h WHERE h.meter_id = a.meter_id AND h.kind = a.kind)
+    RETURNING a.id
+)
+SELECT (SELECT coalesce(array_agg(id ORDER BY id), '{{}}') FROM upserted WHERE inserted) AS opened,
+       (SELECT count(*) FROM upserted WHERE NOT inserted) AS refreshed,
+       (SELECT coalesce(array_agg(id ORDER BY id), '{{}}') FROM cleared) AS closed
+""")
+
+
+async def evaluate_alarms(
+    session: AsyncSession,
+    *,
+    now: datetime,
+    tz: str | tzinfo,
+    meter_ids: Sequence[int] | None = None,
+) -> AlarmEvaluation:
+    """Open, refresh and auto-close alarms for ``meter_ids`` (every installed meter when
+    ``None``: the periodic job, the only way silent meters are found).
+
+    Three statements whatever the number of meters, plus one ``alarm.opened`` and one
+    ``alarm.closed`` event carrying the alarm ids when any changed. Acknowledged alarms
+    close too when their condition clears. The caller commits.
+    """
+    if meter_ids is not None and not meter_ids:
+        return AlarmEvaluation(0, 0, 0)
+    zone = as_zone(tz)
+    every = meter_ids is None
+    ids = [] if meter_ids is None else list(meter_ids)
+    today = now.astimezone(zone).date()
+    scope = {"meter_ids": ids}
+    await session.execute(_RESET_LINKS[every], scope)
+    await session.execute(_REFRESH_BASELINES[every], {**scope, "today": today, "baseline_days": HIGH_USE_BASELINE_DAYS})
+    result = (await session.execute(_EVALUATE[every], {
+        **scope, "now": now, "tz": _zone_name(zone, now), "today": today, "system": SYSTEM,
+        "cleared": CONDITION_CLEARED,
+    })).one()
+    opened, closed = list(result.opened), list(result.closed)
+    if opened:
+        await emit_event(session, EventKind.alarm_opened, {"alarm_ids": opened})
+    if closed:
+        await emit_event(session, EventKind.alarm_closed, {"alarm_ids": closed, "by": SYSTEM})
+    return AlarmEvaluation(opened=len(opened), closed=len(closed), refreshed=int(result.refreshed))
+
+
+_RECORD_FAILURES = text("""
+INSERT INTO meter_link_status AS s (meter_id, consecutive_failures, last_failure_at, last_failure_reason)
+SELECT DISTINCT id, 1, CAST(:failed_at AS timestamptz), :reason FROM unnest(CAST(:meter_ids AS bigint[])) AS m(id)
+ON CONFLICT (meter_id) DO UPDATE
+SET consecutive_failures = CASE
+        -- A reading newer than the last failure means the link worked in between.
+        WHEN EXISTS (SELECT FROM latest_readings l WHERE l.meter_id = s.meter_id
+                     AND l.read_at > coalesce(s.last_failure_at, '-infinity'::timestamptz)) THEN 1
+        ELSE s.consecutive_failures + 1 END,
+    last_failure_at = EXCLUDED.last_failure_at, last_failure_reason = EXCLUDED.last_failure_reason
+WHERE s.last_failure_at IS NULL OR EXCLUDED.last_failure_at > s.last_failure_at
+""")
+
+
+async def record_read_failures(
+    session: AsyncSession, *, meter_ids: Sequence[int], failed_at: datetime, reason: str
+) -> None:
+    """Count one failed read of each of ``meter_ids`` at ``failed_at`` (one statement).
+
+    A report no newer than the last one recorded is ignored, so a retried report does not
+    count twice. The caller commits; evaluation opens ``communication_failure`` alarms.
+    """
+    if meter_ids:
+        await session.execute(_RECORD_FAILURES, {"meter_ids": list(meter_ids), "failed_at": failed_at, "reason": reason})
+
+
+# --------------------------------------------------------------------------- the list
+
+
+_meter = Meter.__table__.alias("m")  # type: ignore[attr-defined]
+_area = Area.__table__.alias("ar")  # type: ignore[attr-defined]
+_alarm = MeterAlarm.__table__.alias("al")  # type: ignore[attr-defined]
+_assignment = MeterAssignment.__table__.alias("ma")  # type: ignore[attr-defined]
+_household = Household.__table__.alias("h")  # type: ignore[attr-defined]
+
+ALARM_COLUMNS = (
+    "id", "meter_id", "kind", "status", "severity", "opened_at", "last_seen_at", "value", "threshold", "detail",
+    "acknowledged_at", "acknowledged_by", "acknowledge_note", "closed_at", "closed_by", "close_reason",
+)
+
+
+def _joined() -> Any:
+    """Alarms with their meter, its area and the household it serves now (if any)."""
+    return (
+        _alarm.join(_meter, _meter.c.id == _alarm.c.meter_id)
+        .join(_area, _area.c.id == _meter.c.area_id)
+        .outerjoin(_assignment, (_assignment.c.meter_id == _meter.c.id) & _assignment.c.valid_to.is_(None))
+        .outerjoin(_household, _household.c.id == _assignment.c.household_id)
+    )
+
+
+def _view_columns() -> list[Any]:
+    return [
+        *(_alarm.c[name] for name in ALARM_COLUMNS),
+        _meter.c.code.label("meter_code"), _meter.c.name.label("meter_name"), _meter.c.area_id.label("area_id"),
+        _area.c.name.label("area_name"), _area.c.path.label("area_path"),
+        _household.c.id.label("household_id"), _household.c.name.label("household_name"),
+        _household.c.address.label("household_address"), _household.c.account_no.label("account_no"),
+    ]
+
+
+@functools.cache
+def _alarm_page_query(
+    by_status: bool, by_kinds: bool, by_area: bool, by_meter: bool, by_household: bool, by_from: bool, by_to: bool
+) -> tuple[Select[Any], Select[Any]]:
+    conditions: list[Any] = [_area.c.path.like(any_(bindparam("patterns", type_=ARRAY(Text))))]
+    if by_status:
+        conditions.append(_alarm.c.status == any_(bindparam("statuses", type_=ARRAY(Text))))
+    if by_kinds:
+        conditions.append(_alarm.c.kind == any_(bindparam("kinds", type_=ARRAY(Text))))
+    if by_area:
+        root = Area.__table__.alias("root")  # type: ignore[attr-defined]
+        conditions.append(_area.c.path.like(
+            select(root.c.path + literal_column("'%'")).where(root.c.id == bindparam("area_id", type_=BigInteger)).scalar_subquery()))
+    if by_meter:
+        conditions.append(_alarm.c.meter_id == bindparam("meter_id", type_=BigInteger))
+    if by_household:
+        conditions.append(_assignment.c.household_id == bindparam("household_id", type_=BigInteger))
+    if by_from:
+        conditions.append(_alarm.c.opened_at >= bindparam("opened_from"))
+    if by_to:
+        conditions.append(_alarm.c.opened_at < bindparam("opened_to"))
+    rows = (
+        select(*_view_columns()).select_from(_joined()).where(*conditions)
+        .order_by(_alarm.c.opened_at.desc(), _alarm.c.id.desc())
+        .offset(bindparam("_offset")).limit(bindparam("_limit"))
+    )
+    count = select(func.count()).select_from(_joined()).where(*conditions)
+    return rows, count
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmFilter:
+    statuses: Sequence[AlarmStatus] | None = None
+    kinds: Sequence[AlarmKind] | None = None
+    area_id: int | None = None
+    meter_id: int | None = None
+    household_id: int | None = None
+    opened_from: datetime | None = None
+    opened_to: datetime | None = None
+
+
+def alarm_page_query(*, scope_patterns: Sequence[str], where: AlarmFilter = AlarmFilter()) -> PagedQuery:
+    """Alarms of meters in the scope, newest first, each row the alarm's columns plus its
+    meter (``meter_code``, ``meter_name``), area (``area_id``, ``area_name``,
+    ``area_path``) and current household (``household_*``, ``account_no``; null when the
+    meter serves none). Paths in areas are ids and slashes, so no LIKE escaping is needed."""
+    rows, count = _alarm_page_query(
+        bool(where.statuses), bool(where.kinds), where.area_id is not None, where.meter_id is not None,
+        where.household_id is not None, where.opened_from is not None, where.opened_to is not None,
+    )
+    params: dict[str, Any] = {"patterns": list(scope_patterns)}
+    if where.statuses:
+        params["statuses"] = [AlarmStatus(s).value for s in where.statuses]
+    if where.kinds:
+        params["kinds"] = [AlarmKind(k).value for k in where.kinds]
+    for name in ("area_id", "meter_id", "household_id", "opened_from", "opened_to"):
+        value = getattr(where, name)
+        if value is not None:
+            params[name] = value
+    return PagedQuery(rows=rows, count=count, params=params)
+
+
+_ONE_ALARM = select(*_view_columns()).select_from(_joined()).where(_alarm.c.id == bindparam("alarm_id"))
+
+
+async def alarm_view(session: AsyncSession, *, alarm_id: int, scope_patterns: Sequence[str] | None) -> Any:
+    """One alarm as the list shows it, within the scope; NOT_FOUND otherwise."""
+    statement = _ONE_ALARM if scope_patterns is None else _ONE_ALARM.where(in_scope(_area.c.path, scope_patterns))
+    row = (await session.execute(statement, {"alarm_id": alarm_id})).first()
+    if row is None:
+        raise NotFound(field="id")
+    return row
+
+
+# --------------------------------------------------------------------------- people
+
+
+async def _locked_alarm(session: AsyncSession, alarm_id: int, scope_patterns: Sequence[str] | None) -> MeterAlarm:
+    statement: Any = (
+        select(MeterAlarm).join(Meter, Meter.id == MeterAlarm.meter_id).join(Area, Area.id == Meter.area_id)  # type: ignore[arg-type]
+        .where(MeterAlarm.id == alarm_id).with_for_update(of=MeterAlarm)  # type: ignore[arg-type]
+    )
+    if scope_patterns is not None:
+        statement = statement.where(in_scope(Area.path, scope_patterns))
+    alarm = (await session.execute(statement)).scalars().first()
+    if alarm is None:
+        raise NotFound(field="id")
+    return alarm  # type: ignore[no-any-return]
+
+
+def _note(value: str | None, field: str) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if len(value) > 500:
+        raise DomainError("内容过长 (最多 500 字)", "Too long (500 characters at most)", field=field, code=ErrorCode.TOO_LONG)
+    return value or None
+
+
+async def acknowledge_alarm(
+    session: AsyncSession, *, alarm_id: int, by: str, note: str | None, now: datetime,
+    scope_patterns: Sequence[str] | None,
+) -> MeterAlarm:
+    """Mark a live alarm as seen by ``by`` (it stays live until its condition clears or
+    someone closes it). Closed or already acknowledged alarms are refused."""
+    note = _note(note, "note")
+    alarm = await _locked_alarm(session, alarm_id, scope_patterns)
+    if alarm.status is AlarmStatus.closed:
+        raise AlarmAlreadyClosed(field="id")
+    if alarm.status is AlarmStatus.acknowledged:
+        raise AlarmAlreadyAcknowledged(field="id")
+    alarm.status = AlarmStatus.acknowledged
+    alarm.acknowledged_at = now
+    alarm.acknowledged_by = by
+    alarm.acknowledge_note = note
+    await session.flush()
+    return alarm
+
+
+async def close_alarm(
+    session: AsyncSession, *, alarm_id: int, by: str, reason: str | None, now: datetime,
+    scope_patterns: Sequence[str] | None,
+) -> MeterAlarm:
+    """Close a live alarm by hand (a later evaluation opens a new one if the condition
+    still holds). An already closed alarm is refused (ALARM_ALREADY_CLOSED)."""
+    reason = _note(reason, "reason")
+    alarm = await _locked_alarm(session, alarm_id, scope_patterns)
+    if alarm.status is AlarmStatus.closed:
+        raise AlarmAlreadyClosed(field="id")
+    alarm.status = AlarmStatus.closed
+    alarm.closed_at = now
+    alarm.closed_by = by
+    alarm.close_reason = reason
+    await session.flush()
+    await emit_event(session, EventKind.alarm_closed, {"alarm_ids": [alarm_id], "by": by})
+    return alarm
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def _unrestricted(scope_patterns: Sequence[str] | None) -> bool:
+    return scope_patterns is None or "/%" in scope_patterns
+
+
+def _check_threshold(kind: AlarmKind, threshold: Decimal) -> Decimal:
+    if not threshold.is_finite() or threshold < 0 or threshold >= Decimal(10) ** 8:
+        raise DomainError("阈值须为 0 到 99999999 之间的数", "The threshold must be a number from 0 to 99999999",
+                          field="threshold", code=ErrorCode.INVALID)
+    whole = kind in (AlarmKind.silent, AlarmKind.communication_failure, AlarmKind.zero_use,
+                     AlarmKind.reverse_flow, AlarmKind.rollover)
+    if whole and (threshold != threshold.to_integral_value() or threshold < 1):
+        raise DomainError("该类告警的阈值须为正整数", "This kind's threshold must be a whole number of at least 1",
+                          field="threshold", code=ErrorCode.INVALID)
+    if threshold.as_tuple().exponent < -4:  # type: ignore[operator]
+        raise DomainError("阈值最多 4 位小数", "At most 4 decimal places", field="threshold", code=ErrorCode.INVALID)
+    return threshold.quantize(Decimal("0.0001"))  # as the column holds it, so answers read like later queries
+
+
+async def set_alarm_rule(
+    session: AsyncSession, *, kind: AlarmKind, area_id: int | None, meter_model_id: int | None, enabled: bool,
+    threshold: Decimal, severity: AlarmSeverity, by: str, now: datetime, scope_patterns: Sequence[str] | None,
+) -> AlarmRule:
+    """Create or replace the rule of ``kind`` for this area subtree and/or meter model
+    (both ``None``: the global default). An area must lie in the scope; rules that reach
+    beyond one area (global or per model) need an unrestricted scope."""
+    threshold = _check_threshold(kind, threshold)
+    if area_id is not None:
+        area = await session.get(Area, area_id)
+        if area is None or not path_in_scope(area.path, scope_patterns):
+            raise UnknownArea(field="areaId")
+    elif not _unrestricted(scope_patterns):
+        raise UnknownArea("全局或按型号的规则需要全部区域的权限", "A rule beyond one area needs a scope over every area",
+                          field="areaId")
+    if meter_model_id is not None and await session.get(MeterModel, meter_model_id) is None:
+        raise NotFound(field="meterModelId")
+    statement = (
+        select(AlarmRule).where(
+            AlarmRule.kind == kind,  # type: ignore[arg-type]
+            AlarmRule.area_id.is_not_distinct_from(area_id),  # type: ignore[union-attr]
+            AlarmRule.meter_model_id.is_not_distinct_from(meter_model_id),  # type: ignore[union-attr]
+        ).with_for_update()
+    )
+    rule = (await session.execute(statement)).scalars().first()
+    if rule is None:
+        rule = AlarmRule(kind=kind, area_id=area_id, meter_model_id=meter_model_id, threshold=threshold)
+        session.add(rule)
+    rule.enabled = enabled
+    rule.threshold = threshold
+    rule.severity = severity
+    rule.updated_at = now
+    rule.updated_by = by
+    await session.flush()
+    return rule
+
+
+async def delete_alarm_rule(session: AsyncSession, *, rule_id: int, scope_patterns: Sequence[str] | None) -> AlarmRule:
+    """Delete an area or model rule (meters fall back to the next most specific one).
+    Global defaults are kept (ALARM_RULE_DEFAULT): disable them instead."""
+    rule = await _rule_in_scope(session, rule_id, scope_patterns, lock=True)
+    if rule.area_id is None and rule.meter_model_id is None:
+        raise DefaultRuleKept(field="id")
+    if rule.area_id is None and not _unrestricted(scope_patterns):
+        raise NotFound(field="id")
+    await session.delete(rule)
+    await session.flush()
+    return rule
+
+
+async def _rule_in_scope(
+    session: AsyncSession, rule_id: int, scope_patterns: Sequence[str] | None, *, lock: bool = False
+) -> AlarmRule:
+    statement: Any = select(AlarmRule).outerjoin(Area, Area.id == AlarmRule.area_id).where(AlarmRule.id == rule_id)  # type: ignore[arg-type]
+    if scope_patterns is not None:
+        statement = statement.where(or_(AlarmRule.area_id.is_(None), in_scope(Area.path, scope_patterns)))  # type: ignore[union-attr]
+    if lock:
+        statement = statement.with_for_update(of=AlarmRule)
+    rule = (await session.execute(statement)).scalars().first()
+    if rule is None:
+        raise NotFound(field="id")
+    return rule  # type: ignore[no-any-return]
+
+
+def alarm_rules_statement(*, scope_patterns: Sequence[str] | None, kind: AlarmKind | None = None) -> Select[Any]:
+    """Rules visible in the scope (global and per-model ones, and those of areas in it),
+    global first, then by kind and area path; rows are ``(AlarmRule, area_name)``."""
+    statement: Any = select(AlarmRule, Area.name.label("area_name")).outerjoin(Area, Area.id == AlarmRule.area_id)  # type: ignore[attr-defined,arg-type]
+    if scope_patterns is not None:
+        statement = statement.where(or_(AlarmRule.area_id.is_(None), in_scope(Area.path, scope_patterns)))  # type: ignore[union-attr]
+    if kind is not None:
+        statement = statement.where(AlarmRule.kind == kind)
+    return statement.order_by(AlarmRule.kind, Area.path.nulls_first(), AlarmRule.meter_model_id.nulls_first(),  # type: ignore[union-attr,attr-defined,no-any-return]
+                              AlarmRule.id)

@@ -1,0 +1,1014 @@
+"""Usage statistics (用水统计), usage ledgers (用水台账) and comparisons (同期/环期对比).
+
+Every figure here is read from the daily rollup ``daily_usage`` (never from raw readings):
+summing ``usage_m3`` over whole days equals ``usage.usage_between`` over the same instants
+(backend.readings.rollup). Only hourly statistics of a small scope (one meter or one
+household, at most 31 days) go to the readings, through ``usage.usage_by_interval``.
+
+A request names one **object** (:class:`Scope`: an area, a household, a concentrator or a
+meter) and the rows are its **child units**:
+
+- an area: each child area (aggregating its whole subtree), plus each household meter
+  hanging directly on the area itself;
+- a household: each meter that served it during the window (``meter_assignments``; a
+  meter's days count only while it served the household, so a replacement shows as two
+  meters that split the replacement day at the assignment boundary);
+- a concentrator: each of its household meters;
+- a meter: the meter itself.
+
+Data scope is applied inside the SQL: the object must lie in the caller's area path
+patterns (``scope_patterns``; ``None`` = unrestricted, for system callers), otherwise it
+is NOT_FOUND; a resident (``household_ids`` given) may only name one of their own
+households or a meter that served one of them.
+
+Days, months and years are the utility's (``tz``); ``start_day``/``end_day`` are inclusive.
+Plain async functions over a session; nothing here writes.
+"""
+
+from __future__ import annotations
+
+import calendar
+import math
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.errors import DomainError, ErrorCode, NotFound
+
+FOUR_PLACES = Decimal("0.0001")
+MAX_RANGE_DAYS = 3700  # about ten years of days
+MAX_HOURLY_DAYS = 31
+DEFAULT_OUTLIER_PERCENT = Decimal(30)
+OUTLIER_Z = 2.0
+# With population stddev the largest |z| among n values is sqrt(n - 1): below 6 units a
+# z-score above 2 is impossible, so smaller groups fall back to the percent threshold.
+MIN_UNITS_FOR_Z = 6
+
+
+class ScopeKind(StrEnum):
+    area = "area"
+    household = "household"
+    concentrator = "concentrator"
+    meter = "meter"
+
+
+class Granularity(StrEnum):
+    hour = "hour"
+    day = "day"
+    month = "month"
+    year = "year"
+    period = "period"
+
+
+class ComparisonBasis(StrEnum):
+    year_on_year = "year_on_year"  # 同比: the same period a year earlier
+    period_on_period = "period_on_period"  # 环比: the period just before
+
+
+class ComparisonOrder(StrEnum):
+    unit = "unit"
+    change_percent_desc = "change_percent_desc"
+    change_percent_asc = "change_percent_asc"
+    change_desc = "change_desc"
+    change_asc = "change_asc"
+    z_score_desc = "z_score_desc"
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    kind: ScopeKind
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The object a request named, as found within the caller's scope."""
+
+    kind: ScopeKind
+    id: int
+    name: str
+    path: str  # the area path of the object (an area's own)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSummary:
+    """合计 / 均值 / 最大值 / 最小值 over ``count`` rows (all None but the total when empty)."""
+
+    count: int
+    total: Decimal
+    mean: Decimal | None
+    maximum: Decimal | None
+    minimum: Decimal | None
+
+    @classmethod
+    def of(cls, values: Sequence[Decimal]) -> UsageSummary:
+        if not values:
+            return cls(0, Decimal("0.0000"), None, None, None)
+        total = sum(values, Decimal(0))
+        return cls(len(values), _q4(total), _q4(total / len(values)), max(values), min(values))
+
+
+@dataclass(frozen=True, slots=True)
+class StatisticsRow:
+    """One child unit's usage in one period: 上级单位 / 单位名称 / 日期 / 用水量."""
+
+    unit_kind: ScopeKind
+    unit_id: int
+    unit_name: str
+    unit_code: str | None
+    parent_name: str
+    period_start: datetime  # the period's first instant in the utility's zone
+    label: str
+    usage_m3: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class StatisticsPage:
+    rows: list[StatisticsRow]
+    total_count: int
+    summary: UsageSummary
+    page_summary: UsageSummary
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesPoint:
+    label: str
+    at: datetime
+    value: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSeries:
+    target: Target
+    name: str
+    last_year: bool
+    points: list[SeriesPoint]
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    """One meter over one ledger period: 起码时间 / 止码时间 / 倍率 / 起码 / 止码 / 统计值."""
+
+    meter_id: int
+    meter_code: str
+    meter_name: str
+    area_id: int
+    area_name: str
+    household_id: int | None
+    household_name: str | None
+    account_no: str | None
+    period_start: date
+    period_end: date
+    label: str
+    start_at: datetime | None
+    start_reading: Decimal | None
+    end_at: datetime | None
+    end_reading: Decimal | None
+    multiplier: Decimal
+    usage_m3: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class AreaTotal:
+    area_id: int
+    area_name: str
+    meter_rows: int
+    usage_m3: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerPage:
+    rows: list[LedgerRow]
+    total_count: int
+    area_totals: list[AreaTotal]
+    total: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class ComparisonRow:
+    unit_kind: ScopeKind
+    unit_id: int
+    unit_name: str
+    unit_code: str | None
+    parent_name: str
+    period_start: date
+    period_end: date
+    label: str
+    previous_start: date
+    previous_end: date
+    current_m3: Decimal
+    previous_m3: Decimal
+    change_m3: Decimal
+    change_percent: Decimal | None
+    z_score: float | None
+    outlier: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ComparisonPage:
+    rows: list[ComparisonRow]
+    total_count: int
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class InvalidRange(DomainError):
+    code = ErrorCode.INVALID
+    message = "开始日期不能晚于结束日期"
+    message_en = "The start date must not be after the end date"
+
+
+class RangeTooLong(DomainError):
+    code = ErrorCode.RANGE_TOO_LONG
+    message = "查询时间范围过长"
+    message_en = "The date range is too long"
+
+
+class HourlyNotSupported(DomainError):
+    code = ErrorCode.HOURLY_SCOPE_UNSUPPORTED
+    message = "按小时统计仅支持单个表计或住户, 且不超过 31 天"
+    message_en = "Hourly statistics are for one meter or one household over at most 31 days"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _q4(value: Decimal) -> Decimal:
+    return value.quantize(FOUR_PLACES)
+
+
+def _zone(tz: str) -> ZoneInfo:
+    return ZoneInfo(tz)
+
+
+def day_start(day: date, tz: str) -> datetime:
+    """The first instant of ``day`` in the utility's zone."""
+    return datetime.combine(day, time(), tzinfo=_zone(tz))
+
+
+def add_months(day: date, months: int) -> date:
+    month = day.month - 1 + months
+    year = day.year + month // 12
+    month = month % 12 + 1
+    return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
+
+
+def bucket_start(day: date, granularity: Granularity, start_day: date) -> date:
+    """The first day of the period of ``granularity`` that holds ``day``."""
+    if granularity is Granularity.month:
+        return day.replace(day=1)
+    if granularity is Granularity.year:
+        return day.replace(month=1, day=1)
+    if granularity is Granularity.period:
+        return start_day
+    return day
+
+
+def period_label(start: date | datetime, granularity: Granularity, *, end_day: date | None = None) -> str:
+    if granularity is Granularity.hour:
+        assert isinstance(start, datetime)
+        return start.strftime("%Y-%m-%d %H:00")
+    if isinstance(start, datetime):
+        start = start.date()
+    if granularity is Granularity.month:
+        return start.strftime("%Y-%m")
+    if granularity is Granularity.year:
+        return start.strftime("%Y")
+    if granularity is Granularity.period:
+        return f"{start.isoformat()}~{end_day.isoformat() if end_day else start.isoformat()}"
+    return start.isoformat()
+
+
+def _check_range(start_day: date, end_day: date, *, max_days: int = MAX_RANGE_DAYS) -> None:
+    if start_day > end_day:
+        raise InvalidRange(field="from")
+    if (end_day - start_day).days + 1 > max_days:
+        raise RangeTooLong(field="to")
+
+
+_STEP = {Granularity.day: "1 day", Granularity.month: "1 month", Granularity.year: "1 year", Granularity.period: "1 day"}
+_BUCKET = {
+    Granularity.day: "d.day",
+    Granularity.month: "date_trunc('month', d.day)::date",
+    Granularity.year: "date_trunc('year', d.day)::date",
+    Granularity.period: "CAST(:start_day AS date)",
+}
+
+
+def _periods_params(granularity: Granularity, start_day: date, end_day: date) -> dict[str, Any]:
+    first = bucket_start(start_day, granularity, start_day)
+    last = first if granularity is Granularity.period else end_day
+    return {"first_bucket": first, "last_bucket": last, "step": _STEP[granularity]}
+
+
+def _patterns(scope_patterns: Sequence[str] | None, household_ids: Sequence[int] | None) -> list[str]:
+    # A resident reaches meters through their household (checked on the target), not by area.
+    if scope_patterns is None or household_ids is not None:
+        return ["%"]
+    return list(scope_patterns)
+
+
+# --------------------------------------------------------------------------- the target
+
+
+_TARGET_SQL = {
+    ScopeKind.area: """
+        SELECT t.id, t.name, t.path FROM areas t
+        WHERE t.id = :target_id AND t.path LIKE ANY(CAST(:patterns AS text[])) AND NOT :resident
+    """,
+    ScopeKind.household: """
+        SELECT t.id, t.name, a.path FROM households t JOIN areas a ON a.id = t.area_id
+        WHERE t.id = :target_id
+          AND CASE WHEN :resident THEN t.id = ANY(CAST(:household_ids AS bigint[]))
+                   ELSE a.path LIKE ANY(CAST(:patterns AS text[])) END
+    """,
+    ScopeKind.concentrator: """
+        SELECT t.id, t.name, a.path FROM concentrators t JOIN areas a ON a.id = t.area_id
+        WHERE t.id = :target_id AND a.path LIKE ANY(CAST(:patterns AS text[])) AND NOT :resident
+    """,
+    ScopeKind.meter: """
+        SELECT t.id, t.name, a.path FROM meters t JOIN areas a ON a.id = t.area_id
+        WHERE t.id = :target_id
+          AND CASE WHEN :resident THEN EXISTS (
+                  SELECT FROM meter_assignments ma
+                  WHERE ma.meter_id = t.id AND ma.household_id = ANY(CAST(:household_ids AS bigint[])))
+                   ELSE a.path LIKE ANY(CAST(:patterns AS text[])) END
+    """,
+}
+_FIELD = {ScopeKind.area: "areaId", ScopeKind.household: "householdId", ScopeKind.concentrator: "concentratorId",
+          ScopeKind.meter: "meterId"}
+
+
+async def find_target(
+    session: AsyncSession, *, scope: Scope, scope_patterns: Sequence[str] | None, household_ids: Sequence[int] | None = None
+) -> Target:
+    """The object ``scope`` names, when the caller may see it; NOT_FOUND otherwise."""
+    params = {
+        "target_id": scope.id,
+        "patterns": list(scope_patterns) if scope_patterns is not None else ["%"],
+        "resident": household_ids is not None,
+        "household_ids": list(household_ids or ()),
+    }
+    row = (await session.execute(text(_TARGET_SQL[scope.kind]), params)).first()
+    if row is None:
+        raise NotFound(field=_FIELD[scope.kind])
+    return Target(scope.kind, row.id, row.name, row.path)
+
+
+# --------------------------------------------------------------------------- child units
+
+# ``units``: the object's child units (unit_kind, unit_id, unit_name, unit_code, parent_name);
+# ``unit_meters``: which meters count for which unit, on which days (from_day/to_day inclusive,
+# NULL = open). Binds: :target_id, :patterns, :tz, :start_day, :end_day.
+_UNITS_SQL = {
+    # A meter's unit is the child area named by the next segment of its area's path after
+    # the target's (paths are "/1/5/9/"), or the meter itself when it hangs on the target.
+    # The subtree is a constant-prefix LIKE so the planner estimates it from the path
+    # statistics (a join on "c.path || '%'" is estimated at a handful of rows, which turns
+    # a 100k-meter aggregate into nested loops); the target is in scope, so is its subtree.
+    ScopeKind.area: """
+    units AS (
+        SELECT 'area' AS unit_kind, c.id AS unit_id, c.name AS unit_name, c.code AS unit_code, t.name AS parent_name
+        FROM areas t JOIN areas c ON c.parent_id = t.id
+        WHERE t.id = :target_id AND c.path LIKE ANY(CAST(:patterns AS text[]))
+        UNION ALL
+        SELECT 'meter', m.id, m.name, m.code, t.name
+        FROM areas t JOIN meters m ON m.area_id = t.id AND m.kind = 'household'
+        WHERE t.id = :target_id
+    ), unit_meters AS (
+        SELECT CASE WHEN s.id = :target_id THEN 'meter' ELSE 'area' END AS unit_kind,
+               CASE WHEN s.id = :target_id THEN m.id
+                    ELSE split_part(substr(s.path, length(CAST(:target_path AS text)) + 1), '/', 1)::bigint
+               END AS unit_id,
+               m.id AS meter_id, NULL::date AS from_day, NULL::date AS to_day
+        FROM areas s JOIN meters m ON m.area_id = s.id AND m.kind = 'household'
+        WHERE s.path LIKE CAST(:target_prefix AS text)
+    )""",
+    ScopeKind.household: """
+    unit_meters AS (
+        SELECT 'meter' AS unit_kind, ma.meter_id AS unit_id, ma.meter_id,
+               (ma.valid_from AT TIME ZONE :tz)::date AS from_day, (ma.valid_to AT TIME ZONE :tz)::date AS to_day
+        FROM meter_assignments ma
+        WHERE ma.household_id = :target_id
+          AND (ma.valid_from AT TIME ZONE :tz)::date <= CAST(:end_day AS date)
+          AND (ma.valid_to IS NULL OR (ma.valid_to AT TIME ZONE :tz)::date >= CAST(:start_day AS date))
+    ), units AS (
+        SELECT DISTINCT 'meter' AS unit_kind, m.id AS unit_id, m.name AS unit_name, m.code AS unit_code,
+               h.name AS parent_name
+        FROM unit_meters um JOIN meters m ON m.id = um.meter_id JOIN households h ON h.id = :target_id
+    )""",
+    ScopeKind.concentrator: """
+    units AS (
+        SELECT 'meter' AS unit_kind, m.id AS unit_id, m.name AS unit_name, m.code AS unit_code, t.name AS parent_name
+        FROM concentrators t JOIN meters m ON m.concentrator_id = t.id AND m.kind = 'household'
+        JOIN areas a ON a.id = m.area_id
+        WHERE t.id = :target_id AND a.path LIKE ANY(CAST(:patterns AS text[]))
+    ), unit_meters AS (
+        SELECT unit_kind, unit_id, unit_id AS meter_id, NULL::date AS from_day, NULL::date AS to_day FROM units
+    )""",
+    ScopeKind.meter: """
+    units AS (
+        SELECT 'meter' AS unit_kind, m.id AS unit_id, m.name AS unit_name, m.code AS unit_code, a.name AS parent_name
+        FROM meters m JOIN areas a ON a.id = m.area_id WHERE m.id = :target_id
+    ), unit_meters AS (
+        SELECT unit_kind, unit_id, unit_id AS meter_id, NULL::date AS from_day, NULL::date AS to_day FROM units
+    )""",
+}
+
+# One unit's daily rows within the window and the unit's validity for the meter.
+_UNIT_DAYS = """
+    FROM unit_meters um JOIN daily_usage d ON d.meter_id = um.meter_id
+    WHERE d.day BETWEEN CAST(:start_day AS date) AND CAST(:end_day AS date)
+      AND (um.from_day IS NULL OR d.day >= um.from_day) AND (um.to_day IS NULL OR d.day <= um.to_day)
+"""
+
+_DAYS_IN_WINDOW = "d.day BETWEEN CAST(:start_day AS date) AND CAST(:end_day AS date)"
+
+
+def _unit_usage_sql(kind: ScopeKind, bucket: str) -> str:
+    """A SELECT of (unit_kind, unit_id, period_start, usage_m3): each unit's usage per
+    period, ``bucket`` being the period of ``d.day``.
+
+    An area aggregates per (subtree area, period) first, on plain columns the planner has
+    statistics for (a hash aggregate of a few thousand groups, as the bare SQL would), and
+    only then folds subtree areas into child units: grouping 100k meters' days straight by
+    the computed unit is estimated at ~1M groups and sorted on disk instead."""
+    if kind is not ScopeKind.area:
+        return f"""
+        SELECT um.unit_kind, um.unit_id, {bucket} AS period_start, sum(d.usage_m3) AS usage_m3
+        {_UNIT_DAYS}
+        GROUP BY 1, 2, 3"""
+    return f"""
+        SELECT 'area' AS unit_kind,
+               split_part(substr(x.path, length(CAST(:target_path AS text)) + 1), '/', 1)::bigint AS unit_id,
+               x.period_start, sum(x.usage_m3) AS usage_m3
+        FROM (
+            SELECT s.id, s.path, {bucket} AS period_start, sum(d.usage_m3) AS usage_m3
+            FROM areas s JOIN meters m ON m.area_id = s.id AND m.kind = 'household'
+            JOIN daily_usage d ON d.meter_id = m.id
+            WHERE s.path LIKE CAST(:target_prefix AS text) AND s.id <> :target_id AND {_DAYS_IN_WINDOW}
+            GROUP BY s.id, 3
+        ) x
+        GROUP BY 1, 2, 3
+        UNION ALL
+        SELECT 'meter', m.id, {bucket}, sum(d.usage_m3)
+        FROM meters m JOIN daily_usage d ON d.meter_id = m.id
+        WHERE m.area_id = :target_id AND m.kind = 'household' AND {_DAYS_IN_WINDOW}
+        GROUP BY 2, 3"""
+
+
+_PERIODS = """
+    periods AS (
+        SELECT p::date AS period_start
+        FROM generate_series(CAST(:first_bucket AS timestamp), CAST(:last_bucket AS timestamp),
+                             CAST(CAST(:step AS text) AS interval)) AS p
+    )"""
+
+
+def _base_params(
+    target: Target, *, scope_patterns: Sequence[str] | None, household_ids: Sequence[int] | None,
+    start_day: date, end_day: date, tz: str,
+) -> dict[str, Any]:
+    # Area paths are digits and slashes only, so the prefix needs no LIKE escaping.
+    return {"target_id": target.id, "target_path": target.path, "target_prefix": target.path + "%",
+            "patterns": _patterns(scope_patterns, household_ids), "tz": tz, "start_day": start_day,
+            "end_day": end_day}
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def _statistics_sql(kind: ScopeKind, granularity: Granularity) -> str:
+    return f"""
+    WITH {_UNITS_SQL[kind]}, {_PERIODS},
+    usage AS ({_unit_usage_sql(kind, _BUCKET[granularity])}
+    ), stat_rows AS (
+        SELECT u.unit_kind, u.unit_id, u.unit_name, u.unit_code, u.parent_name, p.period_start,
+               coalesce(x.usage_m3, 0) AS usage_m3
+        FROM (SELECT DISTINCT * FROM units) u CROSS JOIN periods p
+        LEFT JOIN usage x ON x.unit_kind = u.unit_kind AND x.unit_id = u.unit_id AND x.period_start = p.period_start
+    ), summary AS (
+        SELECT count(*) AS n, coalesce(sum(usage_m3), 0) AS total, round(avg(usage_m3), 4) AS mean,
+               max(usage_m3) AS maximum, min(usage_m3) AS minimum
+        FROM stat_rows
+    )
+    SELECT s.n, s.total, s.mean, s.maximum, s.minimum, r.*
+    FROM summary s LEFT JOIN LATERAL (
+        SELECT * FROM stat_rows ORDER BY unit_name, unit_kind, unit_id, period_start
+        OFFSET :offset LIMIT :limit
+    ) r ON true
+    """
+
+
+async def usage_statistics(
+    session: AsyncSession,
+    *,
+    scope: Scope,
+    granularity: Granularity,
+    start_day: date,
+    end_day: date,
+    scope_patterns: Sequence[str] | None,
+    household_ids: Sequence[int] | None = None,
+    tz: str,
+    offset: int = 0,
+    limit: int | None = 20,
+) -> StatisticsPage:
+    """Usage per child unit of ``scope`` per period (zero-filled), ordered by unit name
+    then period, one page of it, with the summary over every row (in SQL) and over the page.
+
+    ``granularity=hour`` is for a meter or a household over at most 31 days (refused
+    otherwise, HOURLY_SCOPE_UNSUPPORTED) and reads readings through ``usage_by_interval``.
+    ``limit=None`` returns every row (exports)."""
+    _check_range(start_day, end_day)
+    if granularity is Granularity.hour:
+        _check_hourly(scope, start_day, end_day)
+    target = await find_target(session, scope=scope, scope_patterns=scope_patterns, household_ids=household_ids)
+    params = _base_params(target, scope_patterns=scope_patterns, household_ids=household_ids,
+                          start_day=start_day, end_day=end_day, tz=tz)
+    if granularity is Granularity.hour:
+        return await _hourly_statistics(session, target, params, offset=offset, limit=limit)
+    params.update(_periods_params(granularity, start_day, end_day), offset=offset, limit=limit)
+    result = (await session.execute(text(_statistics_sql(target.kind, granularity)), params)).all()
+    first = result[0]
+    summary = UsageSummary(int(first.n), first.total, first.mean, first.maximum, first.minimum)
+    zone = _zone(tz)
+    rows = [
+        StatisticsRow(ScopeKind(row.unit_kind), row.unit_id, row.unit_name, row.unit_code, row.parent_name,
+                      datetime.combine(row.period_start, time(), tzinfo=zone),
+                      period_label(row.period_start, granularity, end_day=end_day), row.usage_m3)
+        for row in result if row.unit_id is not None
+    ]
+    return StatisticsPage(rows, summary.count, summary, UsageSummary.of([row.usage_m3 for row in rows]))
+
+
+def _check_hourly(scope: Scope, start_day: date, end_day: date) -> None:
+    if scope.kind not in (ScopeKind.meter, ScopeKind.household):
+        raise HourlyNotSupported(field="scope")
+    if (end_day - start_day).days + 1 > MAX_HOURLY_DAYS:
+        raise HourlyNotSupported(field="to")
+
+
+_HOURLY_UNITS = """
+    WITH {units}
+    SELECT u.unit_kind, u.unit_id, u.unit_name, u.unit_code, u.parent_name, um.meter_id, um.from_day, um.to_day
+    FROM (SELECT DISTINCT * FROM units) u JOIN unit_meters um ON um.unit_kind = u.unit_kind AND um.unit_id = u.unit_id
+    ORDER BY u.unit_name, u.unit_kind, u.unit_id
+"""
+
+
+async def _hourly_usage(
+    session: AsyncSession, target: Target, params: dict[str, Any]
+) -> tuple[list[Any], list[datetime], dict[tuple[int, datetime], Decimal]]:
+    """Units and their meters, the window's hours, and usage per (unit, hour)."""
+    from backend.readings.usage import usage_by_interval
+
+    tz = params["tz"]
+    unit_rows = (await session.execute(text(_HOURLY_UNITS.format(units=_UNITS_SQL[target.kind])), params)).all()
+    start = day_start(params["start_day"], tz)
+    end = day_start(params["end_day"] + timedelta(days=1), tz)
+    hours = []
+    at = start
+    while at < end:  # in UTC steps, so a DST change does not skip or repeat an hour
+        hours.append(at)
+        at = (at.astimezone(ZoneInfo("UTC")) + timedelta(hours=1)).astimezone(_zone(tz))
+    meter_ids = sorted({row.meter_id for row in unit_rows})
+    intervals = await usage_by_interval(session, meter_ids=meter_ids, start=start, end=end, interval="hour", tz=tz) \
+        if meter_ids else []
+    validity = defaultdict(list)
+    for row in unit_rows:
+        validity[row.meter_id].append((row.unit_id, row.from_day, row.to_day))
+    usage: dict[tuple[int, datetime], Decimal] = defaultdict(Decimal)
+    zone = _zone(tz)
+    for interval_start, meter_id, value in intervals:
+        local = interval_start.astimezone(zone)
+        for unit_id, from_day, to_day in validity.get(meter_id, ()):
+            if (from_day is None or local.date() >= from_day) and (to_day is None or local.date() <= to_day):
+                usage[(unit_id, local)] += value
+    units = list({row.unit_id: row for row in unit_rows}.values())
+    return units, hours, usage
+
+
+async def _hourly_statistics(
+    session: AsyncSession, target: Target, params: dict[str, Any], *, offset: int, limit: int | None
+) -> StatisticsPage:
+    units, hours, usage = await _hourly_usage(session, target, params)
+    zone = _zone(params["tz"])
+    everything = [
+        StatisticsRow(ScopeKind(unit.unit_kind), unit.unit_id, unit.unit_name, unit.unit_code, unit.parent_name, hour,
+                      period_label(hour.astimezone(zone), Granularity.hour), _q4(usage.get((unit.unit_id, hour), Decimal(0))))
+        for unit in units for hour in hours
+    ]
+    page = everything[offset:] if limit is None else everything[offset:offset + limit]
+    return StatisticsPage(page, len(everything), UsageSummary.of([row.usage_m3 for row in everything]),
+                          UsageSummary.of([row.usage_m3 for row in page]))
+
+
+# --------------------------------------------------------------------------- chart series
+
+
+def _series_sql(kind: ScopeKind, granularity: Granularity) -> str:
+    return f"""
+    WITH {_UNITS_SQL[kind]}, {_PERIODS},
+    usage AS (
+        SELECT period_start, sum(usage_m3) AS usage_m3 FROM ({_unit_usage_sql(kind, _BUCKET[granularity])}) u
+        GROUP BY 1
+    )
+    SELECT p.period_start, coalesce(x.usage_m3, 0) AS usage_m3
+    FROM periods p LEFT JOIN usage x USING (period_start)
+    ORDER BY p.period_start
+    """
+
+
+MAX_SERIES_OBJECTS = 10
+
+
+async def usage_series(
+    session: AsyncSession,
+    *,
+    scopes: Sequence[Scope],
+    granularity: Granularity,
+    start_day: date,
+    end_day: date,
+    scope_patterns: Sequence[str] | None,
+    household_ids: Sequence[int] | None = None,
+    tz: str,
+    with_last_year: bool = False,
+) -> list[UsageSeries]:
+    """One series per object (its whole usage per period, zero-filled, the same x labels
+    for every series); with ``with_last_year`` each object is followed by its series for
+    the same window a year earlier, labelled with this window's x labels so it overlays.
+
+    One statement per object (at most :data:`MAX_SERIES_OBJECTS`) plus its scope check."""
+    _check_range(start_day, end_day)
+    if not scopes:
+        return []
+    if len(scopes) > MAX_SERIES_OBJECTS:
+        raise DomainError(f"最多 {MAX_SERIES_OBJECTS} 个对象", f"At most {MAX_SERIES_OBJECTS} objects",
+                          field="objects", code=ErrorCode.INVALID)
+    if granularity is Granularity.hour:
+        for scope in scopes:
+            _check_hourly(scope, start_day, end_day)
+    series: list[UsageSeries] = []
+    for scope in scopes:
+        target = await find_target(session, scope=scope, scope_patterns=scope_patterns, household_ids=household_ids)
+        windows = [(start_day, end_day, False)]
+        if with_last_year:
+            windows.append((add_months(start_day, -12), add_months(end_day, -12), True))
+        labels: list[str] = []
+        for window_start, window_end, last_year in windows:
+            params = _base_params(target, scope_patterns=scope_patterns, household_ids=household_ids,
+                                  start_day=window_start, end_day=window_end, tz=tz)
+            points = await _series_points(session, target, granularity, params, window_end)
+            if not last_year:
+                labels = [point.label for point in points]
+            else:
+                # Overlay on this year's axis: same labels, as many points (29 Feb has no twin).
+                points = [SeriesPoint(label, point.at, point.value) for label, point in zip(labels, points, strict=False)]
+                points += [SeriesPoint(label, day_start(start_day, tz), Decimal("0.0000")) for label in labels[len(points):]]
+            name = f"{target.name} (去年同期)" if last_year else target.name
+            series.append(UsageSeries(target, name, last_year, points))
+    return series
+
+
+async def _series_points(
+    session: AsyncSession, target: Target, granularity: Granularity, params: dict[str, Any], end_day: date
+) -> list[SeriesPoint]:
+    zone = _zone(params["tz"])
+    if granularity is Granularity.hour:
+        _, hours, usage = await _hourly_usage(session, target, params)
+        totals: dict[datetime, Decimal] = defaultdict(Decimal)
+        for (_, hour), value in usage.items():
+            totals[hour] += value
+        return [SeriesPoint(period_label(hour, granularity), hour, _q4(totals.get(hour, Decimal(0)))) for hour in hours]
+    params.update(_periods_params(granularity, params["start_day"], end_day))
+    rows = (await session.execute(text(_series_sql(target.kind, granularity)), params)).all()
+    return [SeriesPoint(period_label(row.period_start, granularity, end_day=end_day),
+                        datetime.combine(row.period_start, time(), tzinfo=zone), row.usage_m3) for row in rows]
+
+
+# --------------------------------------------------------------------------- ledgers
+
+_LEDGER_STEP = {Granularity.period: None, Granularity.month: "1 month", Granularity.year: "1 year"}
+
+
+def _ledger_keys_sql(kind: ScopeKind, granularity: Granularity) -> str:
+    if granularity is Granularity.period:
+        periods = "SELECT CAST(:start_day AS date) AS period_start, CAST(:end_day AS date) AS period_end"
+    else:
+        periods = """
+        SELECT greatest(p::date, CAST(:start_day AS date)) AS period_start,
+               least((p + CAST(CAST(:step AS text) AS interval))::date - 1, CAST(:end_day AS date)) AS period_end
+        FROM generate_series(CAST(:first_bucket AS timestamp), CAST(:end_day AS timestamp), CAST(CAST(:step AS text) AS interval)) AS p"""
+    # Meters that were in service during the period: installed by its end and still in
+    # use, or (retired, in stock) with a reading in it.
+    return f"""
+    WITH {_UNITS_SQL[kind]},
+    periods AS ({periods}),
+    ledger_meters AS (
+        -- A meter is in one unit (an area's subtree, or itself); DISTINCT folds a meter
+        -- assigned to the same household twice.
+        SELECT DISTINCT um.meter_id, CASE WHEN um.unit_kind = 'area' THEN um.unit_id END AS unit_area_id
+        FROM unit_meters um
+    ), ledger_keys AS (
+        SELECT m.id AS meter_id, m.code AS meter_code, m.name AS meter_name, m.area_id, a.name AS area_name,
+               coalesce(lm.unit_area_id, m.area_id) AS group_id, p.period_start, p.period_end
+        FROM ledger_meters lm JOIN meters m ON m.id = lm.meter_id JOIN areas a ON a.id = m.area_id
+        CROSS JOIN periods p
+        WHERE (m.install_date IS NULL OR m.install_date <= p.period_end)
+          AND (m.status IN ('installed', 'faulty') OR EXISTS (
+                SELECT FROM daily_usage x WHERE x.meter_id = m.id AND x.day BETWEEN p.period_start AND p.period_end))
+    )"""
+
+
+def _ledger_totals_sql(kind: ScopeKind, granularity: Granularity) -> str:
+    # The periods partition the window, so an area's usage is its meters' usage over the
+    # whole window: one pass over the rollup, no join back to the (meter, period) keys.
+    # For an area it is the statistics aggregate over base tables (a parallel hash join);
+    # driven from the materialized meter list the planner walks the rollup index meter by
+    # meter, ~400 scattered rows each (5x slower for 10k meters x 13 months).
+    if kind is ScopeKind.area:
+        used = f"""
+        SELECT CASE WHEN unit_kind = 'area' THEN unit_id ELSE :target_id END AS group_id, sum(usage_m3) AS usage_m3
+        FROM ({_unit_usage_sql(kind, "CAST(:start_day AS date)")}) u
+        GROUP BY 1"""
+    else:
+        used = """
+        SELECT coalesce(lm.unit_area_id, m.area_id) AS group_id, sum(d.usage_m3) AS usage_m3
+        FROM ledger_meters lm JOIN meters m ON m.id = lm.meter_id
+        JOIN daily_usage d ON d.meter_id = lm.meter_id
+        WHERE d.day BETWEEN CAST(:start_day AS date) AND CAST(:end_day AS date)
+        GROUP BY 1"""
+    return f"""{_ledger_keys_sql(kind, granularity)},
+    counted AS (SELECT group_id, count(*) AS meter_rows FROM ledger_keys GROUP BY group_id),
+    used AS ({used}
+    )
+    SELECT c.group_id, g.name AS group_name, c.meter_rows, coalesce(u.usage_m3, 0) AS usage_m3
+    FROM counted c JOIN areas g ON g.id = c.group_id LEFT JOIN used u ON u.group_id = c.group_id
+    ORDER BY g.name, c.group_id
+    """
+
+
+def _ledger_page_sql(kind: ScopeKind, granularity: Granularity) -> str:
+    return f"""{_ledger_keys_sql(kind, granularity)},
+    page AS (
+        SELECT * FROM ledger_keys ORDER BY meter_code, meter_id, period_start OFFSET :offset LIMIT :limit
+    )
+    SELECT page.*, coalesce(mm.multiplier, 1) AS multiplier,
+           coalesce(before.last_at, after.first_at) AS start_at,
+           coalesce(before.last_total, after.first_total) AS start_reading,
+           closing.last_at AS end_at, closing.last_total AS end_reading,
+           used.usage_m3, holder.household_id, holder.household_name, holder.account_no
+    FROM page
+    JOIN meters m ON m.id = page.meter_id
+    LEFT JOIN meter_models mm ON mm.id = m.model_id
+    LEFT JOIN LATERAL (
+        SELECT last_at, last_total FROM daily_usage
+        WHERE meter_id = page.meter_id AND day < page.period_start ORDER BY day DESC LIMIT 1
+    ) before ON true
+    LEFT JOIN LATERAL (
+        SELECT first_at, first_total FROM daily_usage
+        WHERE meter_id = page.meter_id AND day BETWEEN page.period_start AND page.period_end ORDER BY day LIMIT 1
+    ) after ON true
+    LEFT JOIN LATERAL (
+        SELECT last_at, last_total FROM daily_usage
+        WHERE meter_id = page.meter_id AND day <= page.period_end ORDER BY day DESC LIMIT 1
+    ) closing ON true
+    LEFT JOIN LATERAL (
+        SELECT coalesce(sum(usage_m3), 0) AS usage_m3 FROM daily_usage
+        WHERE meter_id = page.meter_id AND day BETWEEN page.period_start AND page.period_end
+    ) used ON true
+    LEFT JOIN LATERAL (
+        SELECT h.id AS household_id, h.name AS household_name, h.account_no
+        FROM meter_assignments ma JOIN households h ON h.id = ma.household_id
+        WHERE ma.meter_id = page.meter_id
+          AND (ma.valid_from AT TIME ZONE :tz)::date <= page.period_end
+          AND (ma.valid_to IS NULL OR (ma.valid_to AT TIME ZONE :tz)::date >= page.period_start)
+        ORDER BY ma.valid_from DESC LIMIT 1
+    ) holder ON true
+    ORDER BY page.meter_code, page.meter_id, page.period_start
+    """
+
+
+def _ledger_params(target: Target, granularity: Granularity, **kwargs: Any) -> dict[str, Any]:
+    params = _base_params(target, **kwargs)
+    if granularity is not Granularity.period:
+        params["first_bucket"] = bucket_start(params["start_day"], granularity, params["start_day"])
+        params["step"] = _LEDGER_STEP[granularity]
+    return params
+
+
+def _ledger_label(start: date, end: date, granularity: Granularity) -> str:
+    if granularity is Granularity.period:
+        return f"{start.isoformat()}~{end.isoformat()}"
+    return period_label(start, granularity)
+
+
+def _ledger_row(row: Any, granularity: Granularity) -> LedgerRow:
+    return LedgerRow(
+        meter_id=row.meter_id, meter_code=row.meter_code, meter_name=row.meter_name, area_id=row.area_id,
+        area_name=row.area_name, household_id=row.household_id, household_name=row.household_name,
+        account_no=row.account_no, period_start=row.period_start, period_end=row.period_end,
+        label=_ledger_label(row.period_start, row.period_end, granularity), start_at=row.start_at,
+        start_reading=row.start_reading, end_at=row.end_at, end_reading=row.end_reading,
+        multiplier=row.multiplier, usage_m3=row.usage_m3,
+    )
+
+
+def _check_ledger_granularity(granularity: Granularity) -> None:
+    if granularity not in _LEDGER_STEP:
+        raise DomainError("台账仅支持时段、月、年", "Ledgers are by period, month or year",
+                          field="granularity", code=ErrorCode.INVALID)
+
+
+async def usage_ledger(
+    session: AsyncSession,
+    *,
+    scope: Scope,
+    granularity: Granularity,
+    start_day: date,
+    end_day: date,
+    scope_patterns: Sequence[str] | None,
+    household_ids: Sequence[int] | None = None,
+    tz: str,
+    offset: int = 0,
+    limit: int | None = 20,
+    with_totals: bool = True,
+) -> LedgerPage:
+    """The ledger (用水台账) of the meters of ``scope``: one row per meter per period
+    (the whole window, or each month / year clipped to it), ordered by meter code.
+
+    起码: the last reading at or before the period's first instant, else the first one in
+    the period; 止码: the last reading at or before the period's end; 统计值: the period's
+    usage from the rollup (multiplier applied, rollovers unwrapped). Totals per area (the
+    child areas of an area object, the meters' own areas otherwise) and overall."""
+    _check_ledger_granularity(granularity)
+    _check_range(start_day, end_day)
+    target = await find_target(session, scope=scope, scope_patterns=scope_patterns, household_ids=household_ids)
+    params = _ledger_params(target, granularity, scope_patterns=scope_patterns, household_ids=household_ids,
+                            start_day=start_day, end_day=end_day, tz=tz)
+    area_totals: list[AreaTotal] = []
+    if with_totals:
+        totals = (await session.execute(text(_ledger_totals_sql(target.kind, granularity)), params)).all()
+        area_totals = [AreaTotal(row.group_id, row.group_name, int(row.meter_rows), row.usage_m3) for row in totals]
+    page = (await session.execute(text(_ledger_page_sql(target.kind, granularity)),
+                                  {**params, "offset": offset, "limit": limit})).all()
+    total_count = sum(t.meter_rows for t in area_totals) if with_totals else offset + len(page)
+    return LedgerPage([_ledger_row(row, granularity) for row in page], total_count, area_totals,
+                      sum((t.usage_m3 for t in area_totals), Decimal("0.0000")))
+
+
+# --------------------------------------------------------------------------- comparisons
+
+
+_COMPARISON_ORDER = {
+    ComparisonOrder.unit: "unit_name, unit_kind, unit_id, period_start",
+    ComparisonOrder.change_percent_desc: "change_percent DESC NULLS LAST, unit_name, unit_id, period_start",
+    ComparisonOrder.change_percent_asc: "change_percent ASC NULLS LAST, unit_name, unit_id, period_start",
+    ComparisonOrder.change_desc: "change_m3 DESC, unit_name, unit_id, period_start",
+    ComparisonOrder.change_asc: "change_m3 ASC, unit_name, unit_id, period_start",
+    ComparisonOrder.z_score_desc: "abs(z_score) DESC NULLS LAST, unit_name, unit_id, period_start",
+}
+
+
+def _comparison_sql(kind: ScopeKind, order: ComparisonOrder) -> str:
+    return f"""
+    WITH {_UNITS_SQL[kind]},
+    periods AS (
+        SELECT p::date AS period_start, (p + CAST(CAST(:step AS text) AS interval))::date - 1 AS period_end,
+               (p - CAST(CAST(:back AS text) AS interval))::date AS previous_start,
+               (p - CAST(CAST(:back AS text) AS interval) + CAST(CAST(:step AS text) AS interval))::date - 1 AS previous_end
+        FROM generate_series(CAST(:first_bucket AS timestamp), CAST(:last_bucket AS timestamp),
+                             CAST(CAST(:step AS text) AS interval)) AS p
+    ), monthly AS (
+        SELECT unit_kind, unit_id, period_start AS month, usage_m3
+        FROM ({_unit_usage_sql(kind, _BUCKET[Granularity.month])}) u
+    ), compared AS (
+        SELECT u.unit_kind, u.unit_id, u.unit_name, u.unit_code, u.parent_name, p.period_start, p.period_end,
+               p.previous_start, p.previous_end,
+               coalesce(sum(x.usage_m3) FILTER (WHERE x.month BETWEEN p.period_start AND p.period_end), 0) AS current_m3,
+               coalesce(sum(x.usage_m3) FILTER (WHERE x.month BETWEEN p.previous_start AND p.previous_end), 0)
+                   AS previous_m3
+        FROM (SELECT DISTINCT * FROM units) u CROSS JOIN periods p
+        LEFT JOIN monthly x ON x.unit_kind = u.unit_kind AND x.unit_id = u.unit_id
+             AND (x.month BETWEEN p.period_start AND p.period_end OR x.month BETWEEN p.previous_start AND p.previous_end)
+        GROUP BY u.unit_kind, u.unit_id, u.unit_name, u.unit_code, u.parent_name, p.period_start, p.period_end,
+                 p.previous_start, p.previous_end
+    ), changed AS (
+        SELECT *, current_m3 - previous_m3 AS change_m3,
+               CASE WHEN previous_m3 <> 0 THEN round((current_m3 - previous_m3) * 100 / previous_m3, 2) END
+                   AS change_percent
+        FROM compared
+    ), spread AS (
+        SELECT *, avg(change_percent) OVER w AS mean_percent, stddev_pop(change_percent) OVER w AS sd_percent,
+               count(change_percent) OVER w AS scored_units
+        FROM changed WINDOW w AS (PARTITION BY period_start)
+    ), scored AS (
+        SELECT *, CASE WHEN sd_percent > 0 THEN ((change_percent - mean_percent) / sd_percent)::float8 END AS z_score
+        FROM spread
+    ), final AS (
+        SELECT *, coalesce(CASE WHEN scored_units >= :min_units THEN abs(z_score) > :z_limit
+                                ELSE abs(change_percent) > :percent_limit END, false) AS outlier
+        FROM scored
+    ), summary AS (SELECT count(*) AS n FROM final)
+    SELECT s.n, r.* FROM summary s LEFT JOIN LATERAL (
+        SELECT * FROM final ORDER BY {_COMPARISON_ORDER[order]} OFFSET :offset LIMIT :limit
+    ) r ON true
+    """
+
+
+async def usage_comparison(
+    session: AsyncSession,
+    *,
+    scope: Scope,
+    basis: ComparisonBasis,
+    quarterly: bool,
+    start_month: date,
+    end_month: date,
+    scope_patterns: Sequence[str] | None,
+    household_ids: Sequence[int] | None = None,
+    tz: str,
+    order: ComparisonOrder = ComparisonOrder.unit,
+    outlier_percent: Decimal = DEFAULT_OUTLIER_PERCENT,
+    offset: int = 0,
+    limit: int | None = 20,
+) -> ComparisonPage:
+    """同比 / 环比 per child unit per month (or quarter) from ``start_month`` to ``end_month``.
+
+    ``change_percent`` is null when the previous figure is 0. ``outlier``: within one
+    period, the z-score of the units' percent changes (population stddev) is above 2 in
+    absolute value — used when at least :data:`MIN_UNITS_FOR_Z` units have a percent
+    change, since with fewer no z-score can pass 2; otherwise ``|change_percent| >
+    outlier_percent``. A unit without a percent change is never an outlier."""
+    first = start_month.replace(day=1)
+    last = end_month.replace(day=1)
+    if quarterly:
+        first = first.replace(month=(first.month - 1) // 3 * 3 + 1)
+        last = last.replace(month=(last.month - 1) // 3 * 3 + 1)
+    _check_range(first, last)
+    target = await find_target(session, scope=scope, scope_patterns=scope_patterns, household_ids=household_ids)
+    step_months = 3 if quarterly else 1
+    back_months = 12 if basis is ComparisonBasis.year_on_year else step_months
+    window_start = add_months(first, -back_months)
+    window_end = add_months(last, step_months) - timedelta(days=1)
+    params = _base_params(target, scope_patterns=scope_patterns, household_ids=household_ids,
+                          start_day=window_start, end_day=window_end, tz=tz)
+    params.update(first_bucket=first, last_bucket=last, step=f"{step_months} months", back=f"{back_months} months",
+                  min_units=MIN_UNITS_FOR_Z, z_limit=OUTLIER_Z, percent_limit=outlier_percent,
+                  offset=offset, limit=limit)
+    result = (await session.execute(text(_comparison_sql(target.kind, order)), params)).all()
+    rows = [
+        ComparisonRow(
+            ScopeKind(row.unit_kind), row.unit_id, row.unit_name, row.unit_code, row.parent_name, row.period_start,
+            row.period_end, _comparison_label(row.period_start, quarterly), row.previous_start, row.previous_end,
+            row.current_m3, row.previous_m3, row.change_m3, row.change_percent,
+            None if row.z_score is None or math.isnan(row.z_score) else round(row.z_score, 4), bool(row.outlier),
+        )
+        for row in result if row.unit_id is not None
+    ]
+    return ComparisonPage(rows, int(result[0].n))
+
+
+def _comparison_label(start: date, quarterly: bool) -> str:
+    if quarterly:
+        return f"{start.year}-Q{(start.month - 1) // 3 + 1}"
+    return start.strftime("%Y-%m")
+
+
+# --------------------------------------------------------------------------- export streams
+
+
+EXPORT_PAGE = 5000
+
+
+async def all_statistics_rows(session: AsyncSession, **kwargs: Any) -> AsyncIterator[StatisticsRow]:
+    """Every row of :func:`usage_statistics` (exports), one statement."""
+    page = await usage_statistics(session, offset=0, limit=None, **kwargs)
+    for row in page.rows:
+        yield row
+
+
+async def all_ledger_rows(session: AsyncSession, **kwargs: Any) -> AsyncIterator[LedgerRow]:
+    """Every row of :func:`usage_ledger` (exports), in pages of :data:`EXPORT_PAGE` meters."""
+    offset = 0
+    while True:
+        page = await usage_ledger(session, offset=offset, limit=EXPORT_PAGE, with_totals=False, **kwargs)
+        for row in page.rows:
+            yield row
+        if len(page.rows) < EXPORT_PAGE:
+            return
+        offset += EXPORT_PAGE
+
+
+async def all_comparison_rows(session: AsyncSession, **kwargs: Any) -> AsyncIterator[ComparisonRow]:
+    page = await usage_comparison(session, offset=0, limit=None, **kwargs)
+    for row in page.rows:
+        yield row

@@ -1,0 +1,170 @@
+"""The Excel exports of 用水统计, 用水台账 and 同期/环期对比 (:mod:`backend.readings.screens`).
+
+Each screen's JSON filters use the GraphQL argument names: exactly one of ``areaId``,
+``householdId``, ``concentratorId``, ``meterId`` (global ids), ``granularity`` (the
+service's lower-case values), ``from`` and ``to`` (``YYYY-MM-DD``); comparisons also take
+``basis``, ``orderBy`` and ``outlierPercent``. Rows are the same rows the GraphQL queries
+page through, in the same order, for the caller's scope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.errors import DomainError, ErrorCode
+from backend.readings import analytics
+from backend.readings.analytics import ComparisonBasis, ComparisonOrder, Granularity, Scope, ScopeKind
+from backend.readings.screens import (
+    ExportRequest,
+    Screen,
+    ScreenColumn,
+    ScreenKind,
+    filter_choice,
+    filter_id,
+    register_screen,
+)
+
+_M3 = "0.0000"
+_TIME = "yyyy-mm-dd hh:mm:ss"
+_SCOPE_KEYS = (("areaId", "Area", ScopeKind.area), ("householdId", "Household", ScopeKind.household),
+               ("concentratorId", "Concentrator", ScopeKind.concentrator), ("meterId", "Meter", ScopeKind.meter))
+
+
+def scope_from(filters: Mapping[str, Any]) -> Scope:
+    """The one object the filters name."""
+    found = [(kind, pk) for key, type_name, kind in _SCOPE_KEYS
+             if (pk := filter_id(filters, key, type_name)) is not None]
+    if len(found) != 1:
+        raise DomainError("请选择且仅选择一个对象 (区域/住户/集中器/表计)",
+                          "Give exactly one of areaId, householdId, concentratorId, meterId",
+                          field="areaId", code=ErrorCode.REQUIRED if not found else ErrorCode.INVALID)
+    kind, pk = found[0]
+    return Scope(kind, pk)
+
+
+def day_from(filters: Mapping[str, Any], key: str) -> date:
+    value = filters.get(key)
+    if value in (None, ""):
+        raise DomainError("请填写日期", "A date is required", field=key, code=ErrorCode.REQUIRED)
+    try:
+        return date.fromisoformat(str(value))
+    except ValueError:
+        raise DomainError("日期格式应为 YYYY-MM-DD", "Dates are YYYY-MM-DD", field=key, code=ErrorCode.INVALID) from None
+
+
+def _granularity(filters: Mapping[str, Any], allowed: tuple[str, ...], default: str) -> str:
+    return filter_choice(filters, "granularity", allowed) or default
+
+
+def _reach(request: ExportRequest) -> dict[str, Any]:
+    return {"scope_patterns": request.scope_patterns, "household_ids": request.household_ids, "tz": request.tz}
+
+
+def _local(value: datetime | None, tz: str) -> datetime | None:
+    return value.astimezone(ZoneInfo(tz)) if value is not None else None
+
+
+# --------------------------------------------------------------------------- 用水统计
+
+STATISTICS_COLUMNS = (
+    ScreenColumn("parent_name", "上级单位", "Parent unit", 18),
+    ScreenColumn("unit_name", "单位名称", "Unit", 20),
+    ScreenColumn("unit_code", "编码", "Code", 14),
+    ScreenColumn("label", "日期", "Period", 18),
+    ScreenColumn("usage_m3", "用水量(m³)", "Usage (m³)", 14, _M3),
+)
+
+
+async def _statistics_rows(session: AsyncSession, request: ExportRequest) -> AsyncIterator[Mapping[str, Any]]:
+    filters = request.filters
+    granularity = _granularity(filters, tuple(g.value for g in Granularity), Granularity.day.value)
+    async for row in analytics.all_statistics_rows(
+        session, scope=scope_from(filters), granularity=Granularity(granularity), start_day=day_from(filters, "from"),
+        end_day=day_from(filters, "to"), **_reach(request),
+    ):
+        yield {"parent_name": row.parent_name, "unit_name": row.unit_name, "unit_code": row.unit_code,
+               "label": row.label, "usage_m3": row.usage_m3}
+
+
+# --------------------------------------------------------------------------- 用水台账
+
+LEDGER_COLUMNS = (
+    ScreenColumn("area_name", "区域", "Area", 16),
+    ScreenColumn("household_name", "住户", "Household", 14),
+    ScreenColumn("account_no", "户号", "Account no.", 14),
+    ScreenColumn("meter_code", "表计编码", "Meter code", 14),
+    ScreenColumn("meter_name", "表计名称", "Meter name", 16),
+    ScreenColumn("label", "期间", "Period", 22),
+    ScreenColumn("start_at", "起码时间", "Start time", 20, _TIME),
+    ScreenColumn("end_at", "止码时间", "End time", 20, _TIME),
+    ScreenColumn("multiplier", "倍率", "Multiplier", 8, "0.####"),
+    ScreenColumn("start_reading", "起码", "Start reading", 14, _M3),
+    ScreenColumn("end_reading", "止码", "End reading", 14, _M3),
+    ScreenColumn("usage_m3", "统计值(m³)", "Usage (m³)", 14, _M3),
+)
+
+
+async def _ledger_rows(session: AsyncSession, request: ExportRequest) -> AsyncIterator[Mapping[str, Any]]:
+    filters = request.filters
+    granularity = _granularity(filters, ("period", "month", "year"), Granularity.period.value)
+    async for row in analytics.all_ledger_rows(
+        session, scope=scope_from(filters), granularity=Granularity(granularity), start_day=day_from(filters, "from"),
+        end_day=day_from(filters, "to"), **_reach(request),
+    ):
+        yield {
+            "area_name": row.area_name, "household_name": row.household_name, "account_no": row.account_no,
+            "meter_code": row.meter_code, "meter_name": row.meter_name, "label": row.label,
+            "start_at": _local(row.start_at, request.tz), "end_at": _local(row.end_at, request.tz),
+            "multiplier": row.multiplier, "start_reading": row.start_reading, "end_reading": row.end_reading,
+            "usage_m3": row.usage_m3,
+        }
+
+
+# --------------------------------------------------------------------------- 同期/环期对比
+
+COMPARISON_COLUMNS = (
+    ScreenColumn("parent_name", "上级单位", "Parent unit", 18),
+    ScreenColumn("unit_name", "单位名称", "Unit", 20),
+    ScreenColumn("label", "期间", "Period", 12),
+    ScreenColumn("current_m3", "本期用水量(m³)", "Current (m³)", 14, _M3),
+    ScreenColumn("previous_m3", "对比期用水量(m³)", "Previous (m³)", 14, _M3),
+    ScreenColumn("change_m3", "变化量(m³)", "Change (m³)", 14, _M3),
+    ScreenColumn("change_percent", "变化率(%)", "Change (%)", 12, "0.00"),
+    ScreenColumn("z_score", "Z 值", "z-score", 10, "0.00"),
+    ScreenColumn("outlier", "异常", "Outlier", 8),
+)
+
+
+async def _comparison_rows(session: AsyncSession, request: ExportRequest) -> AsyncIterator[Mapping[str, Any]]:
+    filters = request.filters
+    basis = filter_choice(filters, "basis", [b.value for b in ComparisonBasis]) or ComparisonBasis.year_on_year.value
+    order = filter_choice(filters, "orderBy", [o.value for o in ComparisonOrder]) or ComparisonOrder.unit.value
+    granularity = _granularity(filters, ("month", "quarter"), "month")
+    outlier_percent = analytics.DEFAULT_OUTLIER_PERCENT
+    if filters.get("outlierPercent") not in (None, ""):
+        try:
+            outlier_percent = Decimal(str(filters["outlierPercent"]))
+        except InvalidOperation:
+            raise DomainError("阈值无效", "Invalid threshold", field="outlierPercent", code=ErrorCode.INVALID) from None
+    async for row in analytics.all_comparison_rows(
+        session, scope=scope_from(filters), basis=ComparisonBasis(basis), quarterly=granularity == "quarter",
+        start_month=day_from(filters, "from"), end_month=day_from(filters, "to"), order=ComparisonOrder(order),
+        outlier_percent=outlier_percent, **_reach(request),
+    ):
+        yield {"parent_name": row.parent_name, "unit_name": row.unit_name, "label": row.label,
+               "current_m3": row.current_m3, "previous_m3": row.previous_m3, "change_m3": row.change_m3,
+               "change_percent": row.change_percent, "z_score": row.z_score, "outlier": "是" if row.outlier else ""}
+
+
+register_screen(Screen(ScreenKind.statistics, "用水统计", STATISTICS_COLUMNS,
+                       ("parent_name", "unit_name", "label", "usage_m3"), _statistics_rows, "statistics:read"))
+register_screen(Screen(ScreenKind.ledger, "用水台账", LEDGER_COLUMNS,
+                       tuple(column.key for column in LEDGER_COLUMNS), _ledger_rows, "ledgers:read"))
+register_screen(Screen(ScreenKind.comparison, "同期环期对比", COMPARISON_COLUMNS,
+                       tuple(column.key for column in COMPARISON_COLUMNS), _comparison_rows, "comparisons:read"))

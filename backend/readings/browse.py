@@ -1,0 +1,588 @@
+"""Browsing readings: real-time data (实时数据), history (历史数据) and monitoring points
+(数据监测), for the GraphQL screens and their Excel exports alike.
+
+Every query applies the caller's :class:`Reach` inside the SQL that fetches the rows: a
+staff member or API client sees meters whose area path matches their scope patterns, a
+resident only the meters of their own households (for history: readings taken while the
+meter served one of them). A page is one statement plus one count, whatever its size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.archives.models import MeterKind
+from backend.auth.principal import Principal
+from backend.errors import DomainError, ErrorCode, NotFound
+from backend.readings.models import ReadingQuality
+from backend.readings.screens import (
+    ExportRequest,
+    Screen,
+    ScreenColumn,
+    ScreenKind,
+    filter_choice,
+    filter_choices,
+    filter_datetime,
+    filter_id,
+    filter_ids,
+    filter_text,
+    register_screen,
+)
+
+ONLINE_WINDOW = timedelta(hours=24)
+MAX_HISTORY_DAYS = 366
+MAX_DAILY_DAYS = 366
+TEN_THOUSAND = Decimal(10000)
+_FOUR_PLACES = Decimal("0.0001")
+
+
+class OnlineStatus(StrEnum):
+    """Whether a meter reported lately: within :data:`ONLINE_WINDOW`, before, or never."""
+
+    online = "online"
+    offline = "offline"
+    never = "never"
+
+
+@dataclass(frozen=True, slots=True)
+class Reach:
+    """Whose meters a caller may browse.
+
+    ``scope_patterns``: area path LIKE patterns (``None``: every area, for system callers);
+    ``household_ids``: set for a resident, who sees only those households' meters.
+    """
+
+    scope_patterns: Sequence[str] | None
+    household_ids: Sequence[int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RealtimeFilter:
+    area_id: int | None = None  # the area's whole subtree
+    household_id: int | None = None
+    meter_id: int | None = None
+    concentrator_id: int | None = None
+    meter_code: str | None = None  # prefix
+    kind: MeterKind | None = None
+    status: OnlineStatus | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryFilter:
+    start: datetime
+    end: datetime
+    meter_ids: tuple[int, ...] = ()
+    area_id: int | None = None
+    household_id: int | None = None
+    concentrator_id: int | None = None
+    qualities: tuple[ReadingQuality, ...] = ()
+    kind: MeterKind | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    rows: list[Mapping[str, Any]]
+    total: int | None  # None: not counted
+    more: bool
+    offset: int  # of the first row (a negative request offset resolved against the total)
+
+
+@dataclass(frozen=True, slots=True)
+class DailyVolume:
+    day: date
+    volume_m3: Decimal | None  # None: no reading that day
+
+
+@dataclass(frozen=True, slots=True)
+class MonitoringPoint:
+    meter_id: int
+    code: str
+    name: str
+    area_name: str
+    year_volume_m3: Decimal
+    flow_rate: Decimal | None
+    pressure: Decimal | None
+    read_at: datetime | None
+    total_m3: Decimal | None
+    daily: list[DailyVolume] = field(default_factory=list)
+
+    @property
+    def year_volume_10k_m3(self) -> Decimal:
+        """This year's volume in 万m³, four places."""
+        return (self.year_volume_m3 / TEN_THOUSAND).quantize(_FOUR_PLACES)
+
+
+class RangeTooLong(DomainError):
+    code = ErrorCode.RANGE_TOO_LONG
+    message = f"查询时间范围不能超过 {MAX_HISTORY_DAYS} 天"
+    message_en = f"The time range cannot exceed {MAX_HISTORY_DAYS} days"
+
+
+class RangeInvalid(DomainError):
+    code = ErrorCode.INVALID
+    message = "结束时间须晚于开始时间"
+    message_en = "The end must be after the start"
+
+
+# --------------------------------------------------------------------------- SQL pieces
+
+# The descriptive columns every row of these screens carries.
+_DESCRIPTIVE = """
+    m.id AS meter_id, m.code AS meter_code, m.name AS meter_name, m.address AS meter_address,
+    m.kind AS meter_kind, a.name AS area_name, pa.name AS parent_area_name,
+    h.id AS household_id, h.name AS household_name, h.account_no, h.address AS household_address"""
+_AREAS = "JOIN areas a ON a.id = m.area_id LEFT JOIN areas pa ON pa.id = a.parent_id"
+
+
+def _reach_conditions(reach: Reach, params: dict[str, Any], *, household: str) -> list[str]:
+    conditions: list[str] = []
+    if reach.household_ids is not None:
+        params["reach_households"] = list(reach.household_ids)
+        conditions.append(f"{household} = ANY(:reach_households)")
+    if reach.scope_patterns is not None:
+        params["patterns"] = list(reach.scope_patterns)
+        conditions.append("a.path LIKE ANY(:patterns)")
+    return conditions
+
+
+async def _check_visible(session: AsyncSession, reach: Reach, **ids: tuple[str, int | None]) -> None:
+    """NOT_FOUND (on the filter's field) for a filtered object outside the caller's reach,
+    so a foreign id never reads as an empty list. One statement for all of them."""
+    checks: list[str] = []
+    params: dict[str, Any] = {"patterns": list(reach.scope_patterns or []), "households": list(reach.household_ids or [])}
+    scope = "TRUE" if reach.scope_patterns is None else "a.path LIKE ANY(:patterns)"
+    resident = reach.household_ids is not None
+    for name, (_, pk) in ids.items():
+        if pk is None:
+            continue
+        params[name] = pk
+        if name == "meter_id":
+            own = ("EXISTS (SELECT 1 FROM meter_assignments x WHERE x.meter_id = m.id "
+                   "AND x.household_id = ANY(:households))") if resident else "TRUE"
+            sql = f"EXISTS (SELECT 1 FROM meters m {_AREAS} WHERE m.id = :meter_id AND {scope} AND {own})"
+        elif name == "household_id":
+            own = "h.id = ANY(:households)" if resident else "TRUE"
+            sql = f"EXISTS (SELECT 1 FROM households h JOIN areas a ON a.id = h.area_id WHERE h.id = :household_id AND {scope} AND {own})"
+        elif name == "area_id":
+            sql = "FALSE" if resident else f"EXISTS (SELECT 1 FROM areas a WHERE a.id = :area_id AND {scope})"
+        else:
+            sql = ("FALSE" if resident else
+                   f"EXISTS (SELECT 1 FROM concentrators c JOIN areas a ON a.id = c.area_id WHERE c.id = :concentrator_id AND {scope})")
+        checks.append(f"{sql} AS {name}")
+    if not checks:
+        return
+    found = (await session.execute(text(f"SELECT {', '.join(checks)}"), params)).mappings().one()
+    for name, (field_name, _) in ids.items():
+        if name in found and not found[name]:
+            raise NotFound(field=field_name)
+
+
+def _subtree(params: dict[str, Any], area_id: int) -> str:
+    params["area_id"] = area_id
+    return "starts_with(a.path, (SELECT s.path FROM areas s WHERE s.id = :area_id))"
+
+
+async def _page(session: AsyncSession, sql: str, count_sql: str, params: dict[str, Any], *, offset: int, limit: int,
+                count: bool) -> Page:
+    total: int | None = None
+    if count or offset < 0:
+        total = int((await session.execute(text(count_sql), params)).scalar_one())
+        if offset < 0:
+            offset = max(0, total + offset)
+    if limit <= 0:
+        return Page([], total, total is not None and offset < total, offset)
+    rows = (await session.execute(text(f"{sql} OFFSET :_offset LIMIT :_limit"),
+                                  {**params, "_offset": offset, "_limit": limit + 1})).mappings().all()
+    return Page([dict(row) for row in rows[:limit]], total, len(rows) > limit, offset)
+
+
+async def _stream(session: AsyncSession, sql: str, params: dict[str, Any]) -> AsyncIterator[Mapping[str, Any]]:
+    result = await session.stream(text(sql).execution_options(yield_per=1000), params)
+    async for row in result.mappings():
+        yield dict(row)
+
+
+# --------------------------------------------------------------------------- real-time
+
+
+def _realtime_sql(flt: RealtimeFilter, reach: Reach, now: datetime) -> tuple[str, str, dict[str, Any]]:
+    params: dict[str, Any] = {"online_since": now - ONLINE_WINDOW}
+    where = _reach_conditions(reach, params, household="h.id")
+    if flt.area_id is not None:
+        where.append(_subtree(params, flt.area_id))
+    if flt.household_id is not None:
+        params["household_id"] = flt.household_id
+        where.append("h.id = :household_id")
+    if flt.meter_id is not None:
+        params["meter_id"] = flt.meter_id
+        where.append("m.id = :meter_id")
+    if flt.concentrator_id is not None:
+        params["concentrator_id"] = flt.concentrator_id
+        where.append("m.concentrator_id = :concentrator_id")
+    if flt.meter_code:
+        params["code_prefix"] = flt.meter_code
+        where.append("starts_with(m.code, :code_prefix)")
+    if flt.kind is not None:
+        params["kind"] = flt.kind.value
+        where.append("m.kind = :kind")
+    if flt.status is OnlineStatus.never:
+        where.append("lr.meter_id IS NULL")
+    elif flt.status is OnlineStatus.online:
+        where.append("lr.read_at >= :online_since")
+    elif flt.status is OnlineStatus.offline:
+        where.append("lr.read_at < :online_since")
+    joins = f"""
+        FROM meters m {_AREAS}
+        LEFT JOIN meter_assignments ma ON ma.meter_id = m.id AND ma.valid_to IS NULL
+        LEFT JOIN households h ON h.id = ma.household_id
+        LEFT JOIN latest_readings lr ON lr.meter_id = m.id
+        WHERE {" AND ".join(where) or "TRUE"}"""
+    sql = f"""SELECT {_DESCRIPTIVE},
+        lr.read_at, lr.total_m3, lr.flow_rate, lr.pressure, lr.valve_state, lr.battery, lr.status_bits, lr.quality,
+        CASE WHEN lr.meter_id IS NULL THEN 'never' WHEN lr.read_at >= :online_since THEN 'online' ELSE 'offline' END
+            AS online_status
+        {joins}
+        ORDER BY a.path, m.code, m.id"""
+    return sql, f"SELECT count(*) {joins}", params
+
+
+async def realtime_page(
+    session: AsyncSession, *, flt: RealtimeFilter, reach: Reach, now: datetime, offset: int, limit: int,
+    count: bool = True,
+) -> Page:
+    """One page of meters with their latest reading (实时数据), by area path and meter code.
+    A filter naming a meter, household, area or concentrator outside the reach is NOT_FOUND."""
+    await _check_visible(session, reach, meter_id=("meterId", flt.meter_id), household_id=("householdId", flt.household_id),
+                         area_id=("areaId", flt.area_id), concentrator_id=("concentratorId", flt.concentrator_id))
+    sql, count_sql, params = _realtime_sql(flt, reach, now)
+    return await _page(session, sql, count_sql, params, offset=offset, limit=limit, count=count)
+
+
+async def realtime_rows(session: AsyncSession, *, flt: RealtimeFilter, reach: Reach, now: datetime) -> AsyncIterator[Mapping[str, Any]]:
+    """Every row :func:`realtime_page` would page through, streamed (for exports)."""
+    await _check_visible(session, reach, meter_id=("meterId", flt.meter_id), household_id=("householdId", flt.household_id),
+                         area_id=("areaId", flt.area_id), concentrator_id=("concentratorId", flt.concentrator_id))
+    sql, _, params = _realtime_sql(flt, reach, now)
+    async for row in _stream(session, sql, params):
+        yield row
+
+
+# --------------------------------------------------------------------------- history
+
+
+def check_range(start: datetime, end: datetime, *, max_days: int = MAX_HISTORY_DAYS) -> None:
+    """Refuse an empty or reversed range and one longer than ``max_days``."""
+    if start.tzinfo is None or end.tzinfo is None:
+        raise DomainError("时间须带时区", "Times must carry a time zone", field="from", code=ErrorCode.INVALID)
+    if end <= start:
+        raise RangeInvalid(field="to")
+    if end - start > timedelta(days=max_days):
+        raise RangeTooLong(field="to")
+
+
+def _history_sql(flt: HistoryFilter, reach: Reach) -> tuple[str, str, dict[str, Any]]:
+    # The read_at bounds sit in the WHERE on the partitioned table itself: partitions
+    # outside the range are pruned (at plan time, or at executor start for generic plans).
+    params: dict[str, Any] = {"start": flt.start, "end": flt.end}
+    where = ["r.read_at >= :start", "r.read_at < :end"]
+    where += _reach_conditions(reach, params, household="h.id")
+    if flt.meter_ids:
+        params["meter_ids"] = list(flt.meter_ids)
+        where.append("r.meter_id = ANY(:meter_ids)")
+    if flt.area_id is not None:
+        where.append(_subtree(params, flt.area_id))
+    if flt.household_id is not None:
+        params["household_id"] = flt.household_id
+        where.append("h.id = :household_id")
+    if flt.concentrator_id is not None:
+        params["concentrator_id"] = flt.concentrator_id
+        where.append("m.concentrator_id = :concentrator_id")
+    if flt.qualities:
+        params["qualities"] = [quality.value for quality in flt.qualities]
+        where.append("r.quality = ANY(:qualities)")
+    if flt.kind is not None:
+        params["kind"] = flt.kind.value
+        where.append("m.kind = :kind")
+    # The household is the one the meter served when it was read.
+    joins = f"""
+        FROM readings r
+        JOIN meters m ON m.id = r.meter_id {_AREAS}
+        LEFT JOIN meter_assignments ma ON ma.meter_id = r.meter_id AND ma.valid_from <= r.read_at
+            AND (ma.valid_to IS NULL OR r.read_at < ma.valid_to)
+        LEFT JOIN households h ON h.id = ma.household_id
+        WHERE {" AND ".join(where)}"""
+    sql = f"""SELECT {_DESCRIPTIVE},
+        r.read_at, r.total_m3, r.flow_rate, r.pressure, r.valve_state, r.battery, r.status_bits, r.quality, r.source,
+        r.received_at
+        {joins}
+        ORDER BY r.read_at DESC, m.code, r.meter_id"""
+    return sql, f"SELECT count(*) {joins}", params
+
+
+async def _check_history(session: AsyncSession, flt: HistoryFilter, reach: Reach) -> None:
+    check_range(flt.start, flt.end)
+    if len(flt.meter_ids) > 1000:
+        raise DomainError("一次最多查询 1000 块表", "At most 1000 meters at once", field="meterIds", code=ErrorCode.INVALID)
+    await _check_visible(session, reach, household_id=("householdId", flt.household_id),
+                         area_id=("areaId", flt.area_id), concentrator_id=("concentratorId", flt.concentrator_id))
+    if flt.meter_ids:
+        visible = await _visible_meters(session, flt.meter_ids, reach)
+        if set(flt.meter_ids) - visible:
+            raise NotFound(field="meterIds")
+
+
+async def _visible_meters(session: AsyncSession, meter_ids: Sequence[int], reach: Reach) -> set[int]:
+    params: dict[str, Any] = {"ids": list(meter_ids)}
+    where = ["m.id = ANY(:ids)"]
+    if reach.scope_patterns is not None:
+        params["patterns"] = list(reach.scope_patterns)
+        where.append("a.path LIKE ANY(:patterns)")
+    if reach.household_ids is not None:
+        params["households"] = list(reach.household_ids)
+        where.append("EXISTS (SELECT 1 FROM meter_assignments x WHERE x.meter_id = m.id AND x.household_id = ANY(:households))")
+    sql = f"SELECT m.id FROM meters m {_AREAS} WHERE {' AND '.join(where)}"
+    return set((await session.execute(text(sql), params)).scalars())
+
+
+async def history_page(
+    session: AsyncSession, *, flt: HistoryFilter, reach: Reach, offset: int, limit: int, count: bool = True,
+) -> Page:
+    """One page of readings in ``[start, end)``, newest first (历史数据). A range over
+    :data:`MAX_HISTORY_DAYS` days is refused (RANGE_TOO_LONG); foreign meters are NOT_FOUND."""
+    await _check_history(session, flt, reach)
+    sql, count_sql, params = _history_sql(flt, reach)
+    return await _page(session, sql, count_sql, params, offset=offset, limit=limit, count=count)
+
+
+async def history_rows(session: AsyncSession, *, flt: HistoryFilter, reach: Reach) -> AsyncIterator[Mapping[str, Any]]:
+    await _check_history(session, flt, reach)
+    sql, _, params = _history_sql(flt, reach)
+    async for row in _stream(session, sql, params):
+        yield row
+
+
+# --------------------------------------------------------------------------- monitoring
+
+
+def local_today(now: datetime, tz: str) -> date:
+    return now.astimezone(ZoneInfo(tz)).date()
+
+
+async def monitoring_points(
+    session: AsyncSession, *, reach: Reach, area_id: int | None, now: datetime, tz: str,
+) -> list[MonitoringPoint]:
+    """The monitoring points (kind ``monitoring``: trunk mains flow meters) in reach, with
+    this year's volume (daily usage since 1 January in the utility's zone) and their
+    latest flow, pressure and reading time. One statement."""
+    if reach.household_ids is not None:
+        return []  # residents have no monitoring points
+    await _check_visible(session, reach, area_id=("areaId", area_id))
+    today = local_today(now, tz)
+    params: dict[str, Any] = {"year_start": date(today.year, 1, 1), "today": today}
+    where = ["m.kind = 'monitoring'"]
+    where += _reach_conditions(reach, params, household="NULL")
+    if area_id is not None:
+        where.append(_subtree(params, area_id))
+    sql = f"""
+        SELECT m.id AS meter_id, m.code, m.name, a.name AS area_name,
+               COALESCE(y.volume, 0) AS year_volume_m3,
+               lr.flow_rate, lr.pressure, lr.read_at, lr.total_m3
+        FROM meters m {_AREAS}
+        LEFT JOIN latest_readings lr ON lr.meter_id = m.id
+        LEFT JOIN LATERAL (
+            SELECT sum(d.usage_m3) AS volume FROM daily_usage d
+            WHERE d.meter_id = m.id AND d.day >= :year_start AND d.day <= :today
+        ) y ON TRUE
+        WHERE {" AND ".join(where)}
+        ORDER BY a.path, m.code, m.id"""
+    rows = (await session.execute(text(sql), params)).mappings().all()
+    return [MonitoringPoint(**row) for row in rows]
+
+
+async def daily_volumes(
+    session: AsyncSession, *, meter_ids: Sequence[int], days: int, now: datetime, tz: str,
+) -> dict[int, list[DailyVolume]]:
+    """The last ``days`` local days (today included) of each meter's daily usage, oldest
+    first, one entry per day (``None`` where the meter sent nothing). One statement."""
+    if not 1 <= days <= MAX_DAILY_DAYS:
+        raise DomainError(f"天数须在 1 到 {MAX_DAILY_DAYS} 之间", f"Days must be between 1 and {MAX_DAILY_DAYS}",
+                          field="days", code=ErrorCode.INVALID)
+    today = local_today(now, tz)
+    first = today - timedelta(days=days - 1)
+    found: dict[int, dict[date, Decimal]] = {pk: {} for pk in meter_ids}
+    if meter_ids:
+        rows = await session.execute(text(
+            "SELECT meter_id, day, usage_m3 FROM daily_usage "
+            "WHERE meter_id = ANY(:ids) AND day >= :first AND day <= :today"
+        ), {"ids": list(meter_ids), "first": first, "today": today})
+        for meter_id, day, usage in rows:
+            found[meter_id][day] = usage
+    span = [first + timedelta(days=offset) for offset in range(days)]
+    return {pk: [DailyVolume(day, volumes.get(day)) for day in span] for pk, volumes in found.items()}
+
+
+async def monitoring_history(
+    session: AsyncSession, *, meter_id: int, start: datetime, end: datetime, reach: Reach, offset: int, limit: int,
+    count: bool = True,
+) -> Page:
+    """Readings of one monitoring point in ``[start, end)``, newest first."""
+    flt = HistoryFilter(start=start, end=end, meter_ids=(meter_id,), kind=MeterKind.monitoring)
+    await _check_history(session, HistoryFilter(start=start, end=end), reach)
+    if reach.household_ids is not None or not await _visible_meters(session, [meter_id], reach):
+        raise NotFound(field="meterId")
+    sql, count_sql, params = _history_sql(flt, reach)
+    return await _page(session, sql, count_sql, params, offset=offset, limit=limit, count=count)
+
+
+# --------------------------------------------------------------------------- screens
+
+
+def reach_for(principal: Principal) -> Reach:
+    """A resident reaches their own households' meters; anyone else their area scope."""
+    if principal.is_resident:
+        return Reach(scope_patterns=None, household_ids=list(principal.household_ids))
+    return Reach(scope_patterns=principal.scope_patterns())
+
+
+def reach_of(request: ExportRequest) -> Reach:
+    return Reach(scope_patterns=request.scope_patterns, household_ids=request.household_ids)
+
+
+def realtime_filter_from(filters: Mapping[str, Any]) -> RealtimeFilter:
+    """A :class:`RealtimeFilter` from the screen's JSON filters (GraphQL names, global ids)."""
+    kind = filter_choice(filters, "kind", [k.value for k in MeterKind])
+    status = filter_choice(filters, "status", [s.value for s in OnlineStatus])
+    return RealtimeFilter(
+        area_id=filter_id(filters, "areaId", "Area"),
+        household_id=filter_id(filters, "householdId", "Household"),
+        meter_id=filter_id(filters, "meterId", "Meter"),
+        concentrator_id=filter_id(filters, "concentratorId", "Concentrator"),
+        meter_code=filter_text(filters, "meterCode"),
+        kind=MeterKind(kind) if kind else None,
+        status=OnlineStatus(status) if status else None,
+    )
+
+
+def history_filter_from(filters: Mapping[str, Any]) -> HistoryFilter:
+    start, end = filter_datetime(filters, "from"), filter_datetime(filters, "to")
+    if start is None:
+        raise DomainError("请填写开始时间", "The start is required", field="from", code=ErrorCode.REQUIRED)
+    if end is None:
+        raise DomainError("请填写结束时间", "The end is required", field="to", code=ErrorCode.REQUIRED)
+    return HistoryFilter(
+        start=start, end=end,
+        meter_ids=tuple(filter_ids(filters, "meterIds", "Meter")),
+        area_id=filter_id(filters, "areaId", "Area"),
+        household_id=filter_id(filters, "householdId", "Household"),
+        concentrator_id=filter_id(filters, "concentratorId", "Concentrator"),
+        qualities=tuple(ReadingQuality(q) for q in filter_choices(filters, "qualities", [q.value for q in ReadingQuality])),
+    )
+
+
+def _local(value: datetime | None, tz: str) -> datetime | None:
+    return value.astimezone(ZoneInfo(tz)) if value is not None else None
+
+
+_KIND_LABELS = {"household": "户表", "monitoring": "监测点"}
+_STATUS_LABELS = {"online": "在线", "offline": "离线", "never": "从未上报"}
+_VALVE_LABELS = {"open": "开", "closed": "关", "unknown": "未知"}
+_QUALITY_LABELS = {"actual": "实抄", "manual": "手工", "estimated": "估算"}
+
+
+def _export_row(row: Mapping[str, Any], tz: str) -> dict[str, Any]:
+    out = dict(row)
+    for name in ("read_at", "received_at"):
+        if name in out:
+            out[name] = _local(out[name], tz)
+    out["meter_kind"] = _KIND_LABELS.get(str(out.get("meter_kind")), out.get("meter_kind"))
+    if "online_status" in out:
+        out["online_status"] = _STATUS_LABELS.get(str(out["online_status"]), out["online_status"])
+    out["valve_state"] = _VALVE_LABELS.get(str(out.get("valve_state")), out.get("valve_state"))
+    out["quality"] = _QUALITY_LABELS.get(str(out.get("quality")), out.get("quality"))
+    return out
+
+
+_TIME = "yyyy-mm-dd hh:mm:ss"
+_M3 = "0.0000"
+_DESCRIPTIVE_COLUMNS = (
+    ScreenColumn("area_name", "单位名称", "Area", 18),
+    ScreenColumn("parent_area_name", "上级单位", "Parent area", 18),
+    ScreenColumn("account_no", "户号", "Account no.", 14),
+    ScreenColumn("household_name", "户名", "Household", 14),
+    ScreenColumn("household_address", "住址", "Address", 28),
+    ScreenColumn("meter_name", "表计名称", "Meter name", 16),
+    ScreenColumn("meter_code", "表计编码", "Meter code", 16),
+    ScreenColumn("meter_address", "通讯地址", "Meter address", 16),
+    ScreenColumn("meter_kind", "表计类别", "Meter kind", 10),
+)
+_READING_COLUMNS = (
+    ScreenColumn("total_m3", "累积流量(t)", "Total (m³)", 14, _M3),
+    ScreenColumn("read_at", "抄表时间", "Read at", 20, _TIME),
+    ScreenColumn("flow_rate", "瞬时流量(m³/h)", "Flow rate (m³/h)", 14, _M3),
+    ScreenColumn("pressure", "压力(MPa)", "Pressure (MPa)", 12, _M3),
+    ScreenColumn("valve_state", "阀门状态", "Valve", 10),
+    ScreenColumn("battery", "电池电压(V)", "Battery (V)", 12, "0.00"),
+    ScreenColumn("status_bits", "状态字", "Status bits", 10),
+    ScreenColumn("quality", "数据来源", "Quality", 10),
+)
+
+REALTIME_COLUMNS = (*_DESCRIPTIVE_COLUMNS, *_READING_COLUMNS, ScreenColumn("online_status", "在线状态", "Online", 10))
+HISTORY_COLUMNS = (
+    *_DESCRIPTIVE_COLUMNS, *_READING_COLUMNS,
+    ScreenColumn("source", "采集来源", "Source", 14), ScreenColumn("received_at", "接收时间", "Received at", 20, _TIME),
+)
+MONITORING_COLUMNS = (
+    ScreenColumn("area_name", "单位名称", "Area", 18),
+    ScreenColumn("meter_name", "监测点名称", "Point", 16),
+    ScreenColumn("meter_code", "表计编码", "Code", 16),
+    ScreenColumn("read_at", "抄表时间", "Read at", 20, _TIME),
+    ScreenColumn("total_m3", "累积流量(t)", "Total (m³)", 14, _M3),
+    ScreenColumn("flow_rate", "瞬时流量(m³/h)", "Flow rate (m³/h)", 14, _M3),
+    ScreenColumn("pressure", "压力(MPa)", "Pressure (MPa)", 12, _M3),
+    ScreenColumn("quality", "数据来源", "Quality", 10),
+)
+_DEFAULT = ("area_name", "parent_area_name", "household_name", "meter_name", "meter_code", "total_m3", "read_at")
+
+
+async def _realtime_screen_rows(session: AsyncSession, request: ExportRequest) -> AsyncIterator[Mapping[str, Any]]:
+    flt = realtime_filter_from(request.filters)
+    async for row in realtime_rows(session, flt=flt, reach=reach_of(request), now=request.now):
+        yield _export_row(row, request.tz)
+
+
+async def _history_screen_rows(session: AsyncSession, request: ExportRequest) -> AsyncIterator[Mapping[str, Any]]:
+    flt = history_filter_from(request.filters)
+    async for row in history_rows(session, flt=flt, reach=reach_of(request)):
+        yield _export_row(row, request.tz)
+
+
+async def _monitoring_screen_rows(session: AsyncSession, request: ExportRequest) -> AsyncIterator[Mapping[str, Any]]:
+    """A monitoring point's readings (``meterId``, ``from``, ``to``)."""
+    flt = history_filter_from(request.filters)
+    meter_id = filter_id(request.filters, "meterId", "Meter")
+    if meter_id is None:
+        raise DomainError("请选择监测点", "Choose a monitoring point", field="meterId", code=ErrorCode.REQUIRED)
+    reach = reach_of(request)
+    if reach.household_ids is not None or not await _visible_meters(session, [meter_id], reach):
+        raise NotFound(field="meterId")
+    flt = HistoryFilter(start=flt.start, end=flt.end, meter_ids=(meter_id,), kind=MeterKind.monitoring)
+    async for row in history_rows(session, flt=flt, reach=reach):
+        yield _export_row(row, request.tz)
+
+
+register_screen(Screen(ScreenKind.realtime, "实时数据", REALTIME_COLUMNS, (*_DEFAULT, "online_status"),
+                       _realtime_screen_rows, "readings:read"))
+register_screen(Screen(ScreenKind.history, "历史数据", HISTORY_COLUMNS, (*_DEFAULT, "quality"),
+                       _history_screen_rows, "readings:read"))
+register_screen(Screen(ScreenKind.monitoring, "数据监测", MONITORING_COLUMNS,
+                       ("meter_name", "meter_code", "read_at", "total_m3", "flow_rate", "pressure"),
+                       _monitoring_screen_rows, "monitoring:read"))

@@ -1,0 +1,324 @@
+"""The readings screens' registry: which columns each screen (实时数据, 历史数据, 用水统计,
+台账, 对比, 数据监测, 异常水表) offers, where its rows come from, and the streamed xlsx export
+built from them.
+
+A module that defines a screen calls :func:`register_screen` at import time;
+``backend.readings.http`` imports every such module, so by the time a route or a query
+looks a screen up it is registered. A screen's ``rows`` yields one mapping per row
+(column key -> value) for the filters and scope of an :class:`ExportRequest`; the export
+writes the chosen columns, in the chosen (saved) order.
+
+Framework-free: no strawberry, no starlette.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from openpyxl import Workbook
+from openpyxl.cell import WriteOnlyCell
+from openpyxl.worksheet._write_only import WriteOnlyWorksheet
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.auth.principal import Principal
+from backend.errors import DomainError, ErrorCode, NotFound
+from backend.exports import excel
+
+
+class ScreenKind(StrEnum):
+    realtime = "realtime"
+    history = "history"
+    statistics = "statistics"
+    ledger = "ledger"
+    comparison = "comparison"
+    monitoring = "monitoring"
+    alarms = "alarms"
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenColumn:
+    """One column a screen offers: ``key`` in the row mappings, Chinese and English titles,
+    Excel width and (for numbers and times) an Excel number format."""
+
+    key: str
+    title: str
+    title_en: str
+    width: int = 14
+    number_format: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRequest:
+    """What a screen's row source is asked for.
+
+    ``filters`` is the screen's own filter dict (JSON-shaped, validated by the screen);
+    ``scope_patterns`` the caller's area path patterns (``None``: every area);
+    ``household_ids`` narrows a resident to their own households (``None``: not a resident).
+    """
+
+    filters: dict[str, Any]
+    scope_patterns: list[str] | None
+    household_ids: list[int] | None
+    tz: str
+    now: datetime
+
+
+RowSource = Callable[[AsyncSession, ExportRequest], AsyncIterator[Mapping[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Screen:
+    kind: ScreenKind
+    title: str
+    columns: tuple[ScreenColumn, ...]
+    default_columns: tuple[str, ...]
+    rows: RowSource
+    permission: str
+
+    def __post_init__(self) -> None:
+        keys = [column.key for column in self.columns]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"duplicate column keys in screen {self.kind}")
+        unknown = set(self.default_columns) - set(keys)
+        if unknown:
+            raise ValueError(f"default columns {sorted(unknown)} not offered by screen {self.kind}")
+
+
+_SCREENS: dict[ScreenKind, Screen] = {}
+
+
+def register_screen(screen: Screen) -> None:
+    """Register (or, on a module reload, replace) the screen of ``screen.kind``."""
+    _SCREENS[screen.kind] = screen
+
+
+def get_screen(kind: ScreenKind) -> Screen:
+    """The registered screen of ``kind``; NOT_FOUND when no module registered it."""
+    screen = _SCREENS.get(ScreenKind(kind))
+    if screen is None:
+        raise NotFound("该页面不支持导出", "This screen has no export", field="screen")
+    return screen
+
+
+def registered_screens() -> list[Screen]:
+    return [_SCREENS[kind] for kind in ScreenKind if kind in _SCREENS]
+
+
+def choose_columns(screen: Screen, keys: Sequence[str] | None) -> list[ScreenColumn]:
+    """The columns named by ``keys`` in that order (a scheme's saved order); the screen's
+    default columns when ``keys`` is ``None`` or empty. An unknown or repeated key is
+    refused (INVALID on field ``columns``)."""
+    if not keys:
+        keys = screen.default_columns
+    by_key = {column.key: column for column in screen.columns}
+    unknown = [key for key in keys if key not in by_key]
+    if unknown:
+        listed = ", ".join(unknown)
+        raise DomainError(f"无效的列: {listed}", f"Unknown columns: {listed}", field="columns", code=ErrorCode.INVALID)
+    if len(set(keys)) != len(keys):
+        raise DomainError("列不能重复", "Columns must not repeat", field="columns", code=ErrorCode.INVALID)
+    return [by_key[key] for key in keys]
+
+
+# --------------------------------------------------------------------------- xlsx
+
+
+def _start_sheet(workbook: Workbook, title: str, columns: Sequence[ScreenColumn], number: int) -> WriteOnlyWorksheet:
+    spec = excel.SheetSpec(
+        title if number == 1 else f"{title} ({number})",
+        tuple(excel.Column(c.key, c.title, c.title_en, parse=lambda value: value, width=c.width) for c in columns),
+    )
+    # Same two header rows (Chinese bold, English grey) as every other export.
+    return excel.start_sheet(workbook, spec, 1)
+
+
+def write_screen_sheet(
+    path: str | Path, title: str, columns: Sequence[ScreenColumn],
+    next_chunk: Callable[[], Sequence[Mapping[str, Any]]],
+) -> int:
+    """Write every row ``next_chunk`` hands out (until an empty chunk) as ``columns`` to a
+    write-only xlsx at ``path``; returns the number of rows. Blocking: run it in a thread."""
+    workbook = Workbook(write_only=True)
+    try:
+        return _write_screen_rows(workbook, path, title, columns, next_chunk)
+    except BaseException:
+        # Finish the abandoned sheets' temp files now, not when the GC finds them.
+        for sheet in workbook.worksheets:
+            with contextlib.suppress(Exception):
+                sheet.close()  # type: ignore[union-attr]
+        raise
+
+
+def _write_screen_rows(
+    workbook: Workbook, path: str | Path, title: str, columns: Sequence[ScreenColumn],
+    next_chunk: Callable[[], Sequence[Mapping[str, Any]]],
+) -> int:
+    keys = [column.key for column in columns]
+    formats = [(index, column.number_format) for index, column in enumerate(columns) if column.number_format]
+    sheets = 1
+    sheet = _start_sheet(workbook, title, columns, sheets)
+    room = excel.ROWS_PER_SHEET
+    written = 0
+    while chunk := next_chunk():
+        for row in chunk:
+            if not room:
+                sheets += 1
+                sheet, room = _start_sheet(workbook, title, columns, sheets), excel.ROWS_PER_SHEET
+            values: list[Any] = [_cell_value(row.get(key)) for key in keys]
+            for index, number_format in formats:
+                if values[index] is not None:
+                    cell = WriteOnlyCell(sheet, value=values[index])
+                    cell.number_format = number_format  # type: ignore[assignment]
+                    values[index] = cell
+            sheet.append(excel.as_text(sheet, values))
+            room -= 1
+        written += len(chunk)
+    workbook.save(str(path))
+    return written
+
+
+def _cell_value(value: Any) -> Any:
+    # Excel has no time zones: times are written as the utility-local wall clock the
+    # row source already converted them to; an aware value left over is made naive here.
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.replace(tzinfo=None)
+    if isinstance(value, StrEnum):
+        return value.value
+    return value
+
+
+async def write_screen(
+    screen: Screen, columns: Sequence[ScreenColumn], rows: AsyncIterator[Mapping[str, Any]],
+    *, directory: str | None = None,
+) -> tuple[Path, int]:
+    """Stream ``rows`` into a new xlsx file of ``columns``; returns its path (the caller
+    deletes it) and the row count. Memory stays bounded by one chunk of rows."""
+    descriptor, name = tempfile.mkstemp(prefix=f"shuiwu-{screen.kind}-", suffix=".xlsx", dir=directory)
+    os.close(descriptor)
+    path = Path(name)
+    loop = asyncio.get_running_loop()
+
+    async def fetch() -> list[Mapping[str, Any]]:
+        chunk: list[Mapping[str, Any]] = []
+        async for row in rows:
+            chunk.append(row)
+            if len(chunk) == excel.CHUNK_ROWS:
+                break
+        return chunk
+
+    # The first chunk is read before any workbook exists: a refusal of the filters (raised
+    # by the row source when it starts) then leaves nothing half-written behind.
+    pending: list[Sequence[Mapping[str, Any]]] = [await fetch()]
+
+    def next_chunk() -> Sequence[Mapping[str, Any]]:
+        if pending:
+            return pending.pop()
+        return asyncio.run_coroutine_threadsafe(fetch(), loop).result()
+
+    try:
+        count = await asyncio.to_thread(write_screen_sheet, path, screen.title, columns, next_chunk)
+    except BaseException:
+        os.unlink(path)
+        raise
+    return path, count
+
+
+# --------------------------------------------------------------------------- filters
+#
+# A screen's filters arrive as the client's JSON object (GraphQL field names, global ids
+# such as "QXJlYToz"), from a saved scheme or an export link. These read one entry each
+# and refuse a malformed one as INVALID on that field.
+
+
+def _invalid(field: str) -> DomainError:
+    return DomainError("筛选条件无效", "Invalid filter value", field=field, code=ErrorCode.INVALID)
+
+
+def global_pk(value: Any, type_name: str, *, field: str) -> int:
+    """The primary key in a global id (``base64("Type:pk")``) of ``type_name``; a plain
+    positive integer is taken as the key itself. NOT_FOUND for anything else, as
+    ``node(id:)`` does."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63:
+        return value
+    if not isinstance(value, str):
+        raise NotFound(field=field)
+    try:
+        kind, _, pk = base64.b64decode(value.encode(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise NotFound(field=field) from None
+    if kind != type_name or not (pk.isascii() and pk.isdigit()) or len(pk) > 19 or int(pk) >= 2**63:
+        raise NotFound(field=field)
+    return int(pk)
+
+
+def filter_id(filters: Mapping[str, Any], key: str, type_name: str) -> int | None:
+    value = filters.get(key)
+    return None if value in (None, "") else global_pk(value, type_name, field=key)
+
+
+def filter_ids(filters: Mapping[str, Any], key: str, type_name: str) -> list[int]:
+    values = filters.get(key) or []
+    if not isinstance(values, list):
+        raise _invalid(key)
+    return [global_pk(value, type_name, field=key) for value in values]
+
+
+def filter_text(filters: Mapping[str, Any], key: str, *, max_length: int = 100) -> str | None:
+    value = filters.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or "\x00" in value or len(value) > max_length:
+        raise _invalid(key)
+    return value.strip() or None
+
+
+def filter_choice(filters: Mapping[str, Any], key: str, allowed: Sequence[str]) -> str | None:
+    value = filters.get(key)
+    if value in (None, ""):
+        return None
+    if value not in allowed:
+        raise _invalid(key)
+    return str(value)
+
+
+def filter_choices(filters: Mapping[str, Any], key: str, allowed: Sequence[str]) -> list[str]:
+    values = filters.get(key) or []
+    if not isinstance(values, list) or any(value not in allowed for value in values):
+        raise _invalid(key)
+    return [str(value) for value in values]
+
+
+def filter_datetime(filters: Mapping[str, Any], key: str) -> datetime | None:
+    """An ISO 8601 instant with its UTC offset."""
+    value = filters.get(key)
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise _invalid(key)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise _invalid(key) from None
+    if parsed.tzinfo is None:
+        raise _invalid(key)
+    return parsed
+
+
+def export_request(principal: Principal, *, filters: dict[str, Any], tz: str, now: datetime) -> ExportRequest:
+    """The request a screen's rows are read for on behalf of ``principal``: a resident is
+    narrowed to their households, anyone else to their area scope."""
+    if principal.is_resident:
+        return ExportRequest(filters=filters, scope_patterns=None, household_ids=list(principal.household_ids), tz=tz,
+                             now=now)
+    return ExportRequest(filters=filters, scope_patterns=principal.scope_patterns(), household_ids=None, tz=tz, now=now)

@@ -1,0 +1,224 @@
+"""Usage ledgers (用水台账): start and end readings by the ledger rules, the multiplier,
+usage equal to ``usage_between`` on raw readings, per-area totals, and pagination."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.errors import DomainError, NotFound
+from backend.readings import analytics
+from backend.readings.analytics import Granularity, Scope, ScopeKind
+from backend.readings.screens import ExportRequest, ScreenKind, choose_columns, get_screen, write_screen
+from tests.graphql.client import GraphQLClient
+from tests.graphql.test_dataloaders import counted_statements
+from tests.readings.test_statistics import (  # noqa: F401  (api_world, client: fixtures)
+    MONTH_ENDS,
+    NOV,
+    NOW,
+    OCT,
+    REPLACED_AT,
+    START,
+    TZ,
+    ZONE,
+    ApiWorld,
+    Utility,
+    api_world,
+    build_utility,
+    client,
+    gid,
+    raw_usage,
+)
+
+
+async def ledger(session: AsyncSession, scope: Scope, granularity: Granularity, start: date, end: date,
+                 **kwargs: object) -> analytics.LedgerPage:
+    options: dict[str, object] = {"scope_patterns": None, "tz": TZ, "limit": None, **kwargs}
+    return await analytics.usage_ledger(session, scope=scope, granularity=granularity, start_day=start, end_day=end,
+                                        **options)  # type: ignore[arg-type]
+
+
+def by_meter(page: analytics.LedgerPage) -> dict[tuple[int, str], analytics.LedgerRow]:
+    return {(row.meter_id, row.label): row for row in page.rows}
+
+
+async def test_start_reading_is_the_last_one_before_the_period_and_end_the_last_one_in_it(session: AsyncSession) -> None:
+    utility = await build_utility(session)
+
+    page = await ledger(session, Scope(ScopeKind.meter, utility.doubled.id), Granularity.period,
+                        date(2026, 10, 15), date(2026, 10, 20))
+
+    (row,) = page.rows
+    assert row.start_at == datetime(2026, 10, 14, 23, 30, tzinfo=ZONE)
+    assert row.end_at == datetime(2026, 10, 20, 23, 30, tzinfo=ZONE)
+    assert row.multiplier == Decimal(2)
+    # 统计值 = (止码 - 起码) x 倍率 when nothing rolled over.
+    assert row.usage_m3 == (row.end_reading - row.start_reading) * 2  # type: ignore[operator]
+    raw = await raw_usage(session, [utility.doubled.id], date(2026, 10, 15), date(2026, 10, 20))
+    assert row.usage_m3 == raw[utility.doubled.id]
+    assert row.label == "2026-10-15~2026-10-20"
+
+
+async def test_without_an_earlier_reading_the_start_is_the_first_reading_in_the_period(session: AsyncSession) -> None:
+    utility = await build_utility(session)
+
+    page = await ledger(session, Scope(ScopeKind.meter, utility.rolling.id), Granularity.month, OCT, MONTH_ENDS[OCT])
+
+    (row,) = page.rows
+    assert (row.start_at, row.start_reading) == (START, Decimal(9900))
+    assert row.end_at == datetime(2026, 10, 31, 23, 30, tzinfo=ZONE)
+    assert row.end_reading is not None and row.end_reading < row.start_reading  # the register rolled over
+    assert row.usage_m3 == row.end_reading + Decimal(10000) - row.start_reading
+    assert row.multiplier == Decimal(1)
+
+
+async def test_monthly_ledger_equals_usage_between_and_shows_a_replacement_as_two_meters(session: AsyncSession) -> None:
+    utility = await build_utility(session)
+
+    page = await ledger(session, Scope(ScopeKind.area, utility.tree.company.id), Granularity.month, OCT,
+                        MONTH_ENDS[NOV])
+
+    rows = by_meter(page)
+    # The retired meter has no November row; every other meter has both months.
+    assert set(rows) == {(m.id, label) for m in utility.meters for label in ("2026-10", "2026-11")} - {
+        (utility.old.id, "2026-11")}
+    for meter_id, label in rows:
+        month = OCT if label == "2026-10" else NOV
+        raw = await raw_usage(session, [meter_id], month, MONTH_ENDS[month])
+        assert rows[(meter_id, label)].usage_m3 == raw[meter_id], (meter_id, label)
+    old, new = rows[(utility.old.id, "2026-10")], rows[(utility.new.id, "2026-10")]
+    assert old.end_at == REPLACED_AT and new.start_at == REPLACED_AT
+    assert new.start_reading == Decimal(0)
+    assert old.household_name == new.household_name == utility.household.name
+    assert rows[(utility.rolling.id, "2026-10")].household_id is None
+    assert page.total_count == 7
+
+
+async def test_area_totals_are_per_child_area_and_add_up(session: AsyncSession) -> None:
+    utility = await build_utility(session)
+    tree = utility.tree
+
+    page = await ledger(session, Scope(ScopeKind.area, tree.company.id), Granularity.period, OCT, MONTH_ENDS[NOV],
+                        limit=2)
+
+    raw = await raw_usage(session, [m.id for m in utility.meters], OCT, MONTH_ENDS[NOV])
+    assert [(t.area_id, t.meter_rows, t.usage_m3) for t in page.area_totals] == [
+        (tree.east.id, 3, raw[utility.rolling.id] + raw[utility.old.id] + raw[utility.new.id]),
+        (tree.west.id, 1, raw[utility.doubled.id]),
+    ]
+    assert page.total == sum(raw.values())
+    assert page.total_count == 4 and len(page.rows) == 2
+    assert [row.meter_code for row in page.rows] == sorted(m.code for m in utility.meters)[:2]
+
+
+async def test_yearly_ledger_clips_the_year_to_the_range(session: AsyncSession) -> None:
+    utility = await build_utility(session)
+
+    page = await ledger(session, Scope(ScopeKind.meter, utility.doubled.id), Granularity.year, date(2026, 10, 20),
+                        date(2027, 1, 31))
+
+    assert [(row.label, row.period_start, row.period_end) for row in page.rows] == [
+        ("2026", date(2026, 10, 20), date(2026, 12, 31)), ("2027", date(2027, 1, 1), date(2027, 1, 31))]
+    assert page.rows[1].usage_m3 == 0
+    assert page.rows[1].start_at == page.rows[0].end_at  # nothing read since: both are the last reading
+
+
+async def test_ledger_of_an_area_outside_the_scope_is_not_found(session: AsyncSession) -> None:
+    utility = await build_utility(session)
+    with pytest.raises(NotFound):
+        await ledger(session, Scope(ScopeKind.area, utility.tree.west.id), Granularity.period, OCT, OCT,
+                     scope_patterns=[f"{utility.tree.east.path}%"])
+
+
+LEDGER = """
+query($scope: UsageObjectInput!, $g: LedgerGranularity!, $n: Int) {
+  usageLedger(scope: $scope, granularity: $g, from: "2026-10-01", to: "2026-11-30", first: $n) {
+    rows { totalCount edges { node { meterCode meterName householdName areaName label startAt startReading
+                                    endAt endReading multiplier usageM3 } } }
+    areaTotals { areaName rows usageM3 }
+    total
+  }
+}
+"""
+
+
+async def test_graphql_ledger_statement_count_does_not_grow_with_page_size(
+    client: GraphQLClient, api_world: ApiWorld, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    utility: Utility = api_world.utility
+    token = await client.login(api_world.admin.username, api_world.admin.password)
+    state = client.http._transport.app.state  # type: ignore[attr-defined]
+    variables = {"scope": {"areaId": gid("Area", utility.tree.company.id)}, "g": "MONTH"}
+    await client.execute(LEDGER, {**variables, "n": 1}, token=token)
+
+    with counted_statements(monkeypatch, state.engine, state.read_engine) as small:
+        one = await client.execute(LEDGER, {**variables, "n": 1}, token=token)
+    with counted_statements(monkeypatch, state.engine, state.read_engine) as large:
+        every = await client.execute(LEDGER, {**variables, "n": 50}, token=token)
+
+    assert "errors" not in every, every
+    assert len(one["data"]["usageLedger"]["rows"]["edges"]) == 1
+    assert len(every["data"]["usageLedger"]["rows"]["edges"]) == 7
+    assert len(small) == len(large)
+    found = every["data"]["usageLedger"]
+    assert [t["areaName"] for t in found["areaTotals"]] == ["城东片区", "城西片区"]
+    assert Decimal(found["total"]) == sum(Decimal(e["node"]["usageM3"]) for e in found["rows"]["edges"])
+
+
+async def test_graphql_ledger_needs_the_ledger_permission(client: GraphQLClient, api_world: ApiWorld) -> None:  # noqa: F811
+    variables = {"scope": {"householdId": gid("Household", api_world.utility.household.id)}, "g": "PERIOD"}
+    refused = await client.execute(LEDGER, variables, token=api_world.resident_token)
+    assert [e["extensions"]["code"] for e in refused["errors"]] == ["FORBIDDEN"]
+    west = await client.login(api_world.west_operator.username, api_world.west_operator.password)
+    refused = await client.execute(LEDGER, variables, token=west)
+    assert [e["extensions"]["code"] for e in refused["errors"]] == ["FORBIDDEN"]
+
+
+async def test_export_screens_stream_the_rows_the_queries_page_through(session: AsyncSession) -> None:
+    import backend.readings.analytics_screens  # noqa: F401  (registers the screens)
+
+    utility = await build_utility(session)
+    area = {"areaId": gid("Area", utility.tree.company.id), "from": "2026-10-01", "to": "2026-11-30"}
+
+    def request(**filters: object) -> ExportRequest:
+        return ExportRequest(filters={**area, **filters}, scope_patterns=None, household_ids=None, tz=TZ, now=NOW)
+
+    ledger_rows = [row async for row in get_screen(ScreenKind.ledger).rows(session, request(granularity="month"))]
+    statistics_rows = [row async for row in get_screen(ScreenKind.statistics).rows(session, request(granularity="month"))]
+    comparison_rows = [row async for row in get_screen(ScreenKind.comparison).rows(session, request(basis="period_on_period"))]
+
+    page = await ledger(session, Scope(ScopeKind.area, utility.tree.company.id), Granularity.month, OCT, MONTH_ENDS[NOV])
+    assert [(r["meter_code"], r["label"], r["usage_m3"]) for r in ledger_rows] == [
+        (row.meter_code, row.label, row.usage_m3) for row in page.rows]
+    assert ledger_rows[0]["start_at"].tzinfo is not None  # local wall clock; the sheet writer drops the zone
+    assert [(r["unit_name"], r["label"]) for r in statistics_rows] == [
+        ("城东片区", "2026-10"), ("城东片区", "2026-11"), ("城西片区", "2026-10"), ("城西片区", "2026-11")]
+    assert [(r["unit_name"], r["label"]) for r in comparison_rows] == [
+        ("城东片区", "2026-10"), ("城东片区", "2026-11"), ("城西片区", "2026-10"), ("城西片区", "2026-11")]
+    screen = get_screen(ScreenKind.ledger)
+
+    async def again() -> AsyncIterator[Mapping[str, Any]]:
+        for row in ledger_rows:
+            yield row
+
+    path, count = await write_screen(screen, choose_columns(screen, None), again())
+    try:
+        assert count == len(ledger_rows) == 7
+        assert path.stat().st_size > 0
+    finally:
+        path.unlink()
+
+
+async def test_export_screen_refuses_filters_without_exactly_one_object(session: AsyncSession) -> None:
+    import backend.readings.analytics_screens  # noqa: F401
+
+    request = ExportRequest(filters={"from": "2026-10-01", "to": "2026-10-02"}, scope_patterns=None, household_ids=None,
+                            tz=TZ, now=NOW)
+    with pytest.raises(DomainError) as refused:
+        [row async for row in get_screen(ScreenKind.statistics).rows(session, request)]
+    assert (refused.value.code, refused.value.field) == ("REQUIRED", "areaId")
