@@ -27,7 +27,9 @@ time-ordered ingest is nothing at all.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
 from operator import itemgetter
@@ -157,6 +159,10 @@ class LocalDays:
         self._slots: dict[int, date] = {}
 
     def __call__(self, instant: datetime) -> date:
+        if instant.tzinfo is self._zone:  # already local (the acquisition worker's readings): no offset lookups
+            if instant.hour or instant.minute or instant.second or instant.microsecond:
+                return instant.date()
+            return instant.date() - _ONE_DAY
         slot = -int(-instant.timestamp() // 900)
         day = self._slots.get(slot)
         if day is None:
@@ -165,6 +171,7 @@ class LocalDays:
 
 
 _JUST_BEFORE = timedelta(microseconds=1)
+_ONE_DAY = timedelta(days=1)
 
 
 def aggregate_days(rows: Iterable[Sequence[Any]], days: LocalDays) -> dict[DayKey, DayAggregate]:
@@ -242,6 +249,7 @@ WHERE u.meter_id = c.meter_id AND u.day = c.day
 """
 
 _PLACES = Decimal("0.0001")
+_ZERO = Decimal(0)
 _DAY = itemgetter(0)
 
 
@@ -277,27 +285,26 @@ class _Register:
         return unwrapped
 
 
-async def append_days(driver: Any, aggregates: dict[DayKey, DayAggregate], tz_name: str) -> None:
-    """Roll up readings that were all newly inserted (ingest's fast path).
+@dataclass(slots=True)
+class RolledUp:
+    """What a roll-up saw, for the per-batch alarm pre-filter: the meters whose days were
+    recomputed or flagged (rollover, reverse flow), and each other meter's largest usage
+    among the days it touched."""
 
-    For a meter whose new readings all come after its newest stored day's last reading
-    (time-ordered ingest: nearly always), the chain is continued here from that stored
-    state and only the touched days are written, in one statement. Any other meter (a
-    late or interleaved reading) is recomputed from ``readings`` by :func:`recompute_days`.
-    """
-    by_meter: dict[int, list[tuple[date, DayAggregate]]] = {}
-    for (meter_id, day), aggregate in aggregates.items():
-        by_meter.setdefault(meter_id, []).append((day, aggregate))
-    states = await driver.fetch(_APPEND_STATE, list(by_meter))
-    new_days: list[list[Any]] = [[] for _ in range(13)]
-    continued: list[list[Any]] = [[] for _ in range(10)]
-    late: list[DayKey] = []
+    flagged: set[int] = field(default_factory=set)
+    day_usage: dict[int, Decimal] = field(default_factory=dict)
+
+
+def _walk(states: Sequence[Any], by_meter: dict[int, list[tuple[date, DayAggregate]]], aggregates: dict[DayKey, DayAggregate],
+          rolled: RolledUp, new_days: list[tuple[Any, ...]], continued: list[tuple[Any, ...]], late: list[DayKey]) -> None:
+    """Continue each meter's chain from its stored state over the batch's days."""
     for state in states:
         meter_id = state["meter_id"]
         days = sorted(by_meter[meter_id], key=_DAY)
         stored_day = state["day"]
         if stored_day is not None and (days[0][0] < stored_day or days[0][1][0] <= state["last_at"]):
             late.extend((meter_id, day) for day, _ in days)
+            rolled.flagged.add(meter_id)
             continue
         multiplier = state["multiplier"]
         register = _Register(state["register_range"], state["last_total"], state["register_wraps"] or 0,
@@ -318,22 +325,50 @@ async def append_days(driver: Any, aggregates: dict[DayKey, DayAggregate], tz_na
             effective = register.effective
             assert effective is not None and opening is not None
             usage = ((effective - opening) * multiplier).quantize(_PLACES, ROUND_HALF_UP)
+            if register.wrapped or register.reversed:
+                rolled.flagged.add(meter_id)
+            if usage > rolled.day_usage.get(meter_id, _ZERO):
+                rolled.day_usage[meter_id] = usage
             if day == stored_day:
-                row: tuple[Any, ...] = (meter_id, day, last_at, last_total, effective, usage, count, register.wraps,
-                                        register.wrapped, register.reversed)
-                target = continued
+                continued.append((meter_id, day, last_at, last_total, effective, usage, count, register.wraps,
+                                  register.wrapped, register.reversed))
             else:
-                row = (meter_id, day, first_at, first_total, last_at, last_total, effective, opening, usage, count,
-                       register.wraps, register.wrapped, register.reversed)
-                target = new_days
-            for column, value in zip(target, row, strict=True):
-                column.append(value)
-    if continued[0]:
-        await driver.execute(_CONTINUED_DAYS, *continued)
-    if new_days[0]:
-        await driver.execute(_NEW_DAYS, *new_days)
+                new_days.append((meter_id, day, first_at, first_total, last_at, last_total, effective, opening, usage,
+                                 count, register.wraps, register.wrapped, register.reversed))
+
+
+async def append_days(driver: Any, aggregates: dict[DayKey, DayAggregate], tz_name: str) -> RolledUp:
+    """Roll up readings that were all newly inserted (ingest's fast path).
+
+    For a meter whose new readings all come after its newest stored day's last reading
+    (time-ordered ingest: nearly always), the chain is continued here from that stored
+    state and only the touched days are written, in one statement. Any other meter (a
+    late or interleaved reading) is recomputed from ``readings`` by :func:`recompute_days`.
+    """
+    rolled = RolledUp()
+    by_meter: dict[int, list[tuple[date, DayAggregate]]] = {}
+    for (meter_id, day), aggregate in aggregates.items():
+        by_meter.setdefault(meter_id, []).append((day, aggregate))
+    states = await driver.fetch(_APPEND_STATE, list(by_meter))
+    new_days: list[tuple[Any, ...]] = []
+    continued: list[tuple[Any, ...]] = []
+    late: list[DayKey] = []
+    # ~10 small objects per meter, none cyclic: the collections they would trigger cost
+    # more than the loop. The loop never awaits, so nothing else runs meanwhile.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        _walk(states, by_meter, aggregates, rolled, new_days, continued, late)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    if continued:
+        await driver.execute(_CONTINUED_DAYS, *map(list, zip(*continued, strict=True)))
+    if new_days:
+        await driver.execute(_NEW_DAYS, *map(list, zip(*new_days, strict=True)))
     if late:
         await recompute_days(driver, late, tz_name)
+    return rolled
 
 
 async def recompute_days(driver: Any, keys: Iterable[DayKey], tz_name: str) -> None:

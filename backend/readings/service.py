@@ -37,7 +37,7 @@ from backend.events.service import EventKind, emit_event
 from backend.readings.errors import REJECTION_MESSAGES, RejectionCode
 from backend.readings.models import QUALITY_RANK, ReadingQuality, ValveState
 from backend.readings.partitions import DEFAULT_TIMEZONE, as_zone, ensure_partitions
-from backend.readings.rollup import LocalDays, aggregate_days, append_days, recompute_days, zone_name
+from backend.readings.rollup import LocalDays, RolledUp, aggregate_days, append_days, recompute_days, zone_name
 
 DEFAULT_SKEW = timedelta(minutes=5)
 _READ_AT = itemgetter(1)  # of a COPY row
@@ -201,26 +201,27 @@ async def ingest_readings(
             await driver.copy_records_to_table("readings", records=rows, columns=COLUMNS)
     except asyncpg.UniqueViolationError:
         inserted, replaced, changed = await _merge(driver, rows)
-        changed_meters = sorted({meter_id for meter_id, _ in changed})
         # What was written rolls up like a fast-path batch: appended days continue their
         # chain, and only the meters with a replaced or late reading are recomputed.
-        written = set(changed)
+        keys = set(changed)
+        written = [row for row in rows if (row[0], row[1]) in keys]
         with _cyclic_gc_paused():
-            aggregates = aggregate_days((row for row in rows if (row[0], row[1]) in written), days)
-        await _append_days(driver, aggregates, zone_name(zone))
+            aggregates = aggregate_days(written, days)
+        rolled = await _append_days(driver, aggregates, zone_name(zone))
     else:
-        inserted, replaced = len(rows), 0
-        changed_meters = sorted({row[0] for row in rows})
+        inserted, replaced, written = len(rows), 0, rows
         with _cyclic_gc_paused():
             aggregates = aggregate_days(rows, days)
-        await _append_days(driver, aggregates, zone_name(zone))
+        rolled = await _append_days(driver, aggregates, zone_name(zone))
         await _update_latest_from(driver, rows)
 
     if inserted or replaced:
+        changed_meters = sorted({meter_id for meter_id, _ in aggregates})
         superseded = await _supersede_estimates(driver, rows)
         if superseded:
             await _recompute_days(driver, superseded, days, zone)
-        await _evaluate_alarms(session, now=now, tz=zone, meter_ids=changed_meters)
+            rolled.flagged.update(meter_id for meter_id, _ in superseded)
+        await _evaluate_alarms(session, now=now, tz=zone, meter_ids=changed_meters, written=written, rolled=rolled)
         await emit_event(session, EventKind.readings_ingested, {"batch_id": batch_id, "meter_ids": changed_meters})
     duplicates = batch_duplicates + len(rows) - inserted - replaced
     return IngestResult(batch_id, inserted, replaced, duplicates, rejected)
@@ -244,7 +245,9 @@ async def after_readings_changed(
     await _recompute_days(driver, changes, LocalDays(zone), zone)
     meter_ids = sorted({meter_id for meter_id, _ in changes})
     await driver.execute(_LATEST_REFRESH, meter_ids)
-    await _evaluate_alarms(session, now=now, tz=zone, meter_ids=meter_ids)
+    from backend.readings.alarms.service import evaluate_alarms
+
+    await evaluate_alarms(session, now=now, tz=zone, meter_ids=meter_ids)
     await emit_event(session, EventKind.readings_ingested, {"batch_id": uuid.uuid4().hex, "meter_ids": meter_ids})
     return meter_ids
 
@@ -253,8 +256,8 @@ async def _recompute_days(driver: Any, changed: Iterable[tuple[int, datetime]], 
     await recompute_days(driver, {(meter_id, days(read_at)) for meter_id, read_at in changed}, zone_name(zone))
 
 
-async def _append_days(driver: Any, aggregates: dict[Any, Any], tz_name: str) -> None:
-    await append_days(driver, aggregates, tz_name)
+async def _append_days(driver: Any, aggregates: dict[Any, Any], tz_name: str) -> RolledUp:
+    return await append_days(driver, aggregates, tz_name)
 
 
 # "An actual read later replaces the estimate": a meter's estimated readings at or before
@@ -297,12 +300,18 @@ ON CONFLICT (meter_id) DO UPDATE SET read_at = EXCLUDED.read_at, {_UPDATED}
 """
 
 
-async def _evaluate_alarms(session: AsyncSession, *, now: datetime, tz: tzinfo, meter_ids: list[int]) -> None:
+async def _evaluate_alarms(
+    session: AsyncSession, *, now: datetime, tz: tzinfo, meter_ids: list[int], written: list[tuple[Any, ...]],
+    rolled: RolledUp,
+) -> None:
     """The per-batch alarm rules (reverse flow, high use, battery, valve …) for the meters
-    this batch changed; silent meters are found by the periodic job."""
-    # Imported here: the alarms service reads the rollup this module maintains.
-    from backend.readings.alarms import service as alarms
-    await alarms.evaluate_alarms(session, now=now, tz=tz, meter_ids=meter_ids)
+    of this batch where one could change; silent meters are found by the periodic job."""
+    # Imported here: the alarms service imports archives.service, which imports this module.
+    from backend.readings.alarms.batch import evaluate_after_batch
+
+    with _cyclic_gc_paused():
+        await evaluate_after_batch(session, now=now, tz=tz, rows=written, meter_ids=meter_ids,
+                                   flagged=rolled.flagged, day_usage=rolled.day_usage)
 
 
 @contextmanager
