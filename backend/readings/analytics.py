@@ -19,7 +19,8 @@ meter) and the rows are its **child units**:
 Data scope is applied inside the SQL: the object must lie in the caller's area path
 patterns (``scope_patterns``; ``None`` = unrestricted, for system callers), otherwise it
 is NOT_FOUND; a resident (``household_ids`` given) may only name one of their own
-households or a meter that served one of them.
+households or a meter that served one of them, and sees that meter's usage only on the
+days it served them.
 
 Days, months and years are the utility's (``tz``); ``start_day``/``end_day`` are inclusive.
 Plain async functions over a session; nothing here writes.
@@ -45,6 +46,8 @@ from backend.errors import DomainError, ErrorCode, NotFound
 
 FOUR_PLACES = Decimal("0.0001")
 MAX_RANGE_DAYS = 3700  # about ten years of days
+# Daily rows are units x days and an export holds them all: a year of days per request.
+MAX_DAILY_RANGE_DAYS = 366
 MAX_HOURLY_DAYS = 31
 DEFAULT_OUTLIER_PERCENT = Decimal(30)
 OUTLIER_Z = 2.0
@@ -288,9 +291,10 @@ def period_label(start: date | datetime, granularity: Granularity, *, end_day: d
     return start.isoformat()
 
 
-def _check_range(start_day: date, end_day: date, *, max_days: int = MAX_RANGE_DAYS) -> None:
+def _check_range(start_day: date, end_day: date, granularity: Granularity | None = None) -> None:
     if start_day > end_day:
         raise InvalidRange(field="from")
+    max_days = MAX_DAILY_RANGE_DAYS if granularity is Granularity.day else MAX_RANGE_DAYS
     if (end_day - start_day).days + 1 > max_days:
         raise RangeTooLong(field="to")
 
@@ -366,9 +370,17 @@ async def find_target(
 
 # --------------------------------------------------------------------------- child units
 
+# An assignment covers (valid_from, valid_to]; under the (00:00, 24:00] day rule its days
+# run from the day of valid_from to the day just before valid_to: a meter unassigned at
+# midnight does not serve the day that midnight starts.
+_ASSIGNED_FROM_DAY = "(ma.valid_from AT TIME ZONE :tz)::date"
+_ASSIGNED_TO_DAY = "((ma.valid_to - interval '1 microsecond') AT TIME ZONE :tz)::date"
+_ASSIGNED_IN_WINDOW = f"""{_ASSIGNED_FROM_DAY} <= CAST(:end_day AS date)
+          AND (ma.valid_to IS NULL OR {_ASSIGNED_TO_DAY} >= CAST(:start_day AS date))"""
+
 # ``units``: the object's child units (unit_kind, unit_id, unit_name, unit_code, parent_name);
 # ``unit_meters``: which meters count for which unit, on which days (from_day/to_day inclusive,
-# NULL = open). Binds: :target_id, :patterns, :tz, :start_day, :end_day.
+# NULL = open). Binds: :target_id, :patterns, :resident, :household_ids, :tz, :start_day, :end_day.
 _UNITS_SQL = {
     # A meter's unit is the child area named by the next segment of its area's path after
     # the target's (paths are "/1/5/9/"), or the meter itself when it hangs on the target.
@@ -393,14 +405,12 @@ _UNITS_SQL = {
         FROM areas s JOIN meters m ON m.area_id = s.id AND m.kind = 'household'
         WHERE s.path LIKE CAST(:target_prefix AS text)
     )""",
-    ScopeKind.household: """
+    ScopeKind.household: f"""
     unit_meters AS (
         SELECT 'meter' AS unit_kind, ma.meter_id AS unit_id, ma.meter_id,
-               (ma.valid_from AT TIME ZONE :tz)::date AS from_day, (ma.valid_to AT TIME ZONE :tz)::date AS to_day
+               {_ASSIGNED_FROM_DAY} AS from_day, {_ASSIGNED_TO_DAY} AS to_day
         FROM meter_assignments ma
-        WHERE ma.household_id = :target_id
-          AND (ma.valid_from AT TIME ZONE :tz)::date <= CAST(:end_day AS date)
-          AND (ma.valid_to IS NULL OR (ma.valid_to AT TIME ZONE :tz)::date >= CAST(:start_day AS date))
+        WHERE ma.household_id = :target_id AND {_ASSIGNED_IN_WINDOW}
     ), units AS (
         SELECT DISTINCT 'meter' AS unit_kind, m.id AS unit_id, m.name AS unit_name, m.code AS unit_code,
                h.name AS parent_name
@@ -415,12 +425,19 @@ _UNITS_SQL = {
     ), unit_meters AS (
         SELECT unit_kind, unit_id, unit_id AS meter_id, NULL::date AS from_day, NULL::date AS to_day FROM units
     )""",
-    ScopeKind.meter: """
+    ScopeKind.meter: f"""
     units AS (
         SELECT 'meter' AS unit_kind, m.id AS unit_id, m.name AS unit_name, m.code AS unit_code, a.name AS parent_name
         FROM meters m JOIN areas a ON a.id = m.area_id WHERE m.id = :target_id
     ), unit_meters AS (
-        SELECT unit_kind, unit_id, unit_id AS meter_id, NULL::date AS from_day, NULL::date AS to_day FROM units
+        SELECT unit_kind, unit_id, unit_id AS meter_id, NULL::date AS from_day, NULL::date AS to_day
+        FROM units WHERE NOT :resident
+        UNION ALL
+        -- A resident sees a meter only on the days it served one of their households,
+        -- never while it served someone else.
+        SELECT u.unit_kind, u.unit_id, u.unit_id, {_ASSIGNED_FROM_DAY}, {_ASSIGNED_TO_DAY}
+        FROM units u JOIN meter_assignments ma ON ma.meter_id = u.unit_id
+        WHERE :resident AND ma.household_id = ANY(CAST(:household_ids AS bigint[])) AND {_ASSIGNED_IN_WINDOW}
     )""",
 }
 
@@ -480,8 +497,8 @@ def _base_params(
 ) -> dict[str, Any]:
     # Area paths are digits and slashes only, so the prefix needs no LIKE escaping.
     return {"target_id": target.id, "target_path": target.path, "target_prefix": target.path + "%",
-            "patterns": _patterns(scope_patterns, household_ids), "tz": tz, "start_day": start_day,
-            "end_day": end_day}
+            "patterns": _patterns(scope_patterns, household_ids), "resident": household_ids is not None,
+            "household_ids": list(household_ids or ()), "tz": tz, "start_day": start_day, "end_day": end_day}
 
 
 # --------------------------------------------------------------------------- statistics
@@ -527,27 +544,41 @@ async def usage_statistics(
 
     ``granularity=hour`` is for a meter or a household over at most 31 days (refused
     otherwise, HOURLY_SCOPE_UNSUPPORTED) and reads readings through ``usage_by_interval``.
-    ``limit=None`` returns every row (exports)."""
-    _check_range(start_day, end_day)
+    ``limit=None`` returns every row (exports stream them: :func:`all_statistics_rows`).
+    A daily range is at most :data:`MAX_DAILY_RANGE_DAYS` days (RANGE_TOO_LONG)."""
+    target, params = await _statistics_target(
+        session, scope=scope, granularity=granularity, start_day=start_day, end_day=end_day,
+        scope_patterns=scope_patterns, household_ids=household_ids, tz=tz)
+    if granularity is Granularity.hour:
+        return await _hourly_statistics(session, target, params, offset=offset, limit=limit)
+    params.update(offset=offset, limit=limit)
+    result = (await session.execute(text(_statistics_sql(target.kind, granularity)), params)).all()
+    first = result[0]
+    summary = UsageSummary(int(first.n), first.total, first.mean, first.maximum, first.minimum)
+    rows = [_statistics_row(row, granularity, end_day, tz) for row in result if row.unit_id is not None]
+    return StatisticsPage(rows, summary.count, summary, UsageSummary.of([row.usage_m3 for row in rows]))
+
+
+async def _statistics_target(
+    session: AsyncSession, *, scope: Scope, granularity: Granularity, start_day: date, end_day: date,
+    scope_patterns: Sequence[str] | None, household_ids: Sequence[int] | None, tz: str,
+) -> tuple[Target, dict[str, Any]]:
+    """The checked request's target and the binds of :func:`_statistics_sql` (but the page)."""
+    _check_range(start_day, end_day, granularity)
     if granularity is Granularity.hour:
         _check_hourly(scope, start_day, end_day)
     target = await find_target(session, scope=scope, scope_patterns=scope_patterns, household_ids=household_ids)
     params = _base_params(target, scope_patterns=scope_patterns, household_ids=household_ids,
                           start_day=start_day, end_day=end_day, tz=tz)
-    if granularity is Granularity.hour:
-        return await _hourly_statistics(session, target, params, offset=offset, limit=limit)
-    params.update(_periods_params(granularity, start_day, end_day), offset=offset, limit=limit)
-    result = (await session.execute(text(_statistics_sql(target.kind, granularity)), params)).all()
-    first = result[0]
-    summary = UsageSummary(int(first.n), first.total, first.mean, first.maximum, first.minimum)
-    zone = _zone(tz)
-    rows = [
-        StatisticsRow(ScopeKind(row.unit_kind), row.unit_id, row.unit_name, row.unit_code, row.parent_name,
-                      datetime.combine(row.period_start, time(), tzinfo=zone),
-                      period_label(row.period_start, granularity, end_day=end_day), row.usage_m3)
-        for row in result if row.unit_id is not None
-    ]
-    return StatisticsPage(rows, summary.count, summary, UsageSummary.of([row.usage_m3 for row in rows]))
+    if granularity is not Granularity.hour:
+        params.update(_periods_params(granularity, start_day, end_day))
+    return target, params
+
+
+def _statistics_row(row: Any, granularity: Granularity, end_day: date, tz: str) -> StatisticsRow:
+    return StatisticsRow(ScopeKind(row.unit_kind), row.unit_id, row.unit_name, row.unit_code, row.parent_name,
+                         day_start(row.period_start, tz), period_label(row.period_start, granularity, end_day=end_day),
+                         row.usage_m3)
 
 
 def _check_hourly(scope: Scope, start_day: date, end_day: date) -> None:
@@ -648,7 +679,7 @@ async def usage_series(
     the same window a year earlier, labelled with this window's x labels so it overlays.
 
     One statement per object (at most :data:`MAX_SERIES_OBJECTS`) plus its scope check."""
-    _check_range(start_day, end_day)
+    _check_range(start_day, end_day, granularity)
     if not scopes:
         return []
     if len(scopes) > MAX_SERIES_OBJECTS:
@@ -682,7 +713,6 @@ async def usage_series(
 async def _series_points(
     session: AsyncSession, target: Target, granularity: Granularity, params: dict[str, Any], end_day: date
 ) -> list[SeriesPoint]:
-    zone = _zone(params["tz"])
     if granularity is Granularity.hour:
         _, hours, usage = await _hourly_usage(session, target, params)
         totals: dict[datetime, Decimal] = defaultdict(Decimal)
@@ -692,7 +722,7 @@ async def _series_points(
     params.update(_periods_params(granularity, params["start_day"], end_day))
     rows = (await session.execute(text(_series_sql(target.kind, granularity)), params)).all()
     return [SeriesPoint(period_label(row.period_start, granularity, end_day=end_day),
-                        datetime.combine(row.period_start, time(), tzinfo=zone), row.usage_m3) for row in rows]
+                        day_start(row.period_start, params["tz"]), row.usage_m3) for row in rows]
 
 
 # --------------------------------------------------------------------------- ledgers
@@ -789,9 +819,8 @@ def _ledger_page_sql(kind: ScopeKind, granularity: Granularity) -> str:
     LEFT JOIN LATERAL (
         SELECT h.id AS household_id, h.name AS household_name, h.account_no
         FROM meter_assignments ma JOIN households h ON h.id = ma.household_id
-        WHERE ma.meter_id = page.meter_id
-          AND (ma.valid_from AT TIME ZONE :tz)::date <= page.period_end
-          AND (ma.valid_to IS NULL OR (ma.valid_to AT TIME ZONE :tz)::date >= page.period_start)
+        WHERE ma.meter_id = page.meter_id AND {_ASSIGNED_FROM_DAY} <= page.period_end
+          AND (ma.valid_to IS NULL OR {_ASSIGNED_TO_DAY} >= page.period_start)
         ORDER BY ma.valid_from DESC LIMIT 1
     ) holder ON true
     ORDER BY page.meter_code, page.meter_id, page.period_start
@@ -806,18 +835,12 @@ def _ledger_params(target: Target, granularity: Granularity, **kwargs: Any) -> d
     return params
 
 
-def _ledger_label(start: date, end: date, granularity: Granularity) -> str:
-    if granularity is Granularity.period:
-        return f"{start.isoformat()}~{end.isoformat()}"
-    return period_label(start, granularity)
-
-
 def _ledger_row(row: Any, granularity: Granularity) -> LedgerRow:
     return LedgerRow(
         meter_id=row.meter_id, meter_code=row.meter_code, meter_name=row.meter_name, area_id=row.area_id,
         area_name=row.area_name, household_id=row.household_id, household_name=row.household_name,
         account_no=row.account_no, period_start=row.period_start, period_end=row.period_end,
-        label=_ledger_label(row.period_start, row.period_end, granularity), start_at=row.start_at,
+        label=period_label(row.period_start, granularity, end_day=row.period_end), start_at=row.start_at,
         start_reading=row.start_reading, end_at=row.end_at, end_reading=row.end_reading,
         multiplier=row.multiplier, usage_m3=row.usage_m3,
     )
@@ -989,11 +1012,24 @@ def _comparison_label(start: date, quarterly: bool) -> str:
 EXPORT_PAGE = 5000
 
 
-async def all_statistics_rows(session: AsyncSession, **kwargs: Any) -> AsyncIterator[StatisticsRow]:
-    """Every row of :func:`usage_statistics` (exports), one statement."""
-    page = await usage_statistics(session, offset=0, limit=None, **kwargs)
-    for row in page.rows:
-        yield row
+async def all_statistics_rows(
+    session: AsyncSession, *, granularity: Granularity, end_day: date, tz: str, **kwargs: Any
+) -> AsyncIterator[StatisticsRow]:
+    """Every row of :func:`usage_statistics` (exports): one statement, streamed, so a year
+    of days of a large area never sits in memory at once. Hourly rows (one meter or
+    household, at most 31 days) come as one page."""
+    if granularity is Granularity.hour:
+        page = await usage_statistics(session, granularity=granularity, end_day=end_day, tz=tz, offset=0, limit=None,
+                                      **kwargs)
+        for row in page.rows:
+            yield row
+        return
+    target, params = await _statistics_target(session, granularity=granularity, end_day=end_day, tz=tz, **kwargs)
+    statement = text(_statistics_sql(target.kind, granularity)).execution_options(yield_per=EXPORT_PAGE)
+    result = await session.stream(statement, {**params, "offset": 0, "limit": None})
+    async for found in result:
+        if found.unit_id is not None:
+            yield _statistics_row(found, granularity, end_day, tz)
 
 
 async def all_ledger_rows(session: AsyncSession, **kwargs: Any) -> AsyncIterator[LedgerRow]:

@@ -10,10 +10,9 @@ page through, in the same order, for the caller's scope.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from datetime import date, datetime
+from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,6 +26,7 @@ from backend.readings.screens import (
     ScreenKind,
     filter_choice,
     filter_id,
+    local_time,
     register_screen,
 )
 
@@ -64,10 +64,6 @@ def _granularity(filters: Mapping[str, Any], allowed: tuple[str, ...], default: 
 
 def _reach(request: ExportRequest) -> dict[str, Any]:
     return {"scope_patterns": request.scope_patterns, "household_ids": request.household_ids, "tz": request.tz}
-
-
-def _local(value: datetime | None, tz: str) -> datetime | None:
-    return value.astimezone(ZoneInfo(tz)) if value is not None else None
 
 
 # --------------------------------------------------------------------------- 用水统计
@@ -120,7 +116,7 @@ async def _ledger_rows(session: AsyncSession, request: ExportRequest) -> AsyncIt
         yield {
             "area_name": row.area_name, "household_name": row.household_name, "account_no": row.account_no,
             "meter_code": row.meter_code, "meter_name": row.meter_name, "label": row.label,
-            "start_at": _local(row.start_at, request.tz), "end_at": _local(row.end_at, request.tz),
+            "start_at": local_time(row.start_at, request.tz), "end_at": local_time(row.end_at, request.tz),
             "multiplier": row.multiplier, "start_reading": row.start_reading, "end_reading": row.end_reading,
             "usage_m3": row.usage_m3,
         }

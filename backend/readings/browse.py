@@ -35,6 +35,7 @@ from backend.readings.screens import (
     filter_id,
     filter_ids,
     filter_text,
+    local_time,
     register_screen,
 )
 
@@ -312,12 +313,16 @@ def _history_sql(flt: HistoryFilter, reach: Reach) -> tuple[str, str, dict[str, 
     if flt.kind is not None:
         params["kind"] = flt.kind.value
         where.append("m.kind = :kind")
-    # The household is the one the meter served when it was read.
+    # The household is the one the meter served when it was read. A reading at the
+    # instant an assignment ends (the old meter's final reading at a replacement) is that
+    # household's, unless the meter went straight on to serve another one from then.
     joins = f"""
         FROM readings r
         JOIN meters m ON m.id = r.meter_id {_AREAS}
         LEFT JOIN meter_assignments ma ON ma.meter_id = r.meter_id AND ma.valid_from <= r.read_at
-            AND (ma.valid_to IS NULL OR r.read_at < ma.valid_to)
+            AND (ma.valid_to IS NULL OR r.read_at < ma.valid_to
+                 OR (r.read_at = ma.valid_to AND NOT EXISTS (
+                     SELECT FROM meter_assignments nx WHERE nx.meter_id = ma.meter_id AND nx.valid_from = ma.valid_to)))
         LEFT JOIN households h ON h.id = ma.household_id
         WHERE {" AND ".join(where)}"""
     sql = f"""SELECT {_DESCRIPTIVE},
@@ -488,10 +493,6 @@ def history_filter_from(filters: Mapping[str, Any]) -> HistoryFilter:
     )
 
 
-def _local(value: datetime | None, tz: str) -> datetime | None:
-    return value.astimezone(ZoneInfo(tz)) if value is not None else None
-
-
 _KIND_LABELS = {"household": "户表", "monitoring": "监测点"}
 _STATUS_LABELS = {"online": "在线", "offline": "离线", "never": "从未上报"}
 _VALVE_LABELS = {"open": "开", "closed": "关", "unknown": "未知"}
@@ -502,7 +503,7 @@ def _export_row(row: Mapping[str, Any], tz: str) -> dict[str, Any]:
     out = dict(row)
     for name in ("read_at", "received_at"):
         if name in out:
-            out[name] = _local(out[name], tz)
+            out[name] = local_time(out[name], tz)
     out["meter_kind"] = _KIND_LABELS.get(str(out.get("meter_kind")), out.get("meter_kind"))
     if "online_status" in out:
         out["online_status"] = _STATUS_LABELS.get(str(out["online_status"]), out["online_status"])

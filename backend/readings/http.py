@@ -7,14 +7,13 @@
   signed for the caller, this screen and exactly these parameters (5 minutes); a Bearer
   token works too. The screen's permission is checked again at download time.
 
-Screens register themselves when their module is imported: :data:`SCREEN_MODULES` lists
-them, and importing this module imports them all.
+Screens register themselves when their module is imported
+(:data:`backend.readings.screens.SCREEN_MODULES`); importing this module imports them all.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import os
 from typing import Any
@@ -35,29 +34,20 @@ from backend.exports.excel import XLSX_MEDIA_TYPE
 from backend.exports.http import caller, client_ip, file_download, refusal
 from backend.observability import request_id_var
 from backend.readings import entry
-from backend.readings.screens import Screen, ScreenKind, choose_columns, export_request, get_screen, write_screen
+from backend.readings.screens import (
+    EXPORT_PREFIX,
+    Screen,
+    ScreenKind,
+    choose_columns,
+    export_path,
+    export_request,
+    get_screen,
+    load_screens,
+    write_screen,
+)
 from backend.settings import Settings
 
-# The modules that define readings screens (each calls register_screen at import).
-SCREEN_MODULES: tuple[str, ...] = (
-    "backend.readings.browse",
-    "backend.readings.analytics_screens",
-    "backend.readings.alarms.screen",
-)
-for _module in SCREEN_MODULES:
-    importlib.import_module(_module)
-
-EXPORT_PREFIX = "/exports/readings/"
-
-
-def export_path(kind: ScreenKind) -> str:
-    return f"{EXPORT_PREFIX}{kind.value}.xlsx"
-
-
-def export_params(columns: list[str], filters: dict[str, Any]) -> dict[str, str]:
-    """The query parameters of an export link (what its token signs)."""
-    return {"columns": ",".join(columns), "filters": json.dumps(filters, ensure_ascii=False, sort_keys=True,
-                                                                separators=(",", ":"))}
+load_screens()
 
 
 def parse_export_params(params: dict[str, str]) -> tuple[list[str], dict[str, Any]]:
@@ -102,13 +92,18 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
             screen = get_screen(kind)
         except DomainError as error:
             return refusal(error, 404)
-        if not may_export(principal, screen):
-            return refusal(Forbidden(), 403)
         params = {key: value for key, value in request.query_params.items() if key != "token"}
+        if not may_export(principal, screen):
+            # A link outlives a revoked permission by up to its TTL: the refused try is on record.
+            await audited(principal, request, screen, summary=f"导出{screen.title}: 拒绝 (缺少权限 {screen.permission})",
+                          payload={**params, "code": ErrorCode.FORBIDDEN.value}, success=False)
+            return refusal(Forbidden(), 403)
         try:
             keys, filters = parse_export_params(params)
             columns = choose_columns(screen, keys)
         except DomainError as error:
+            await audited(principal, request, screen, summary=f"导出{screen.title}: 失败 ({error.message})",
+                          payload={**params, "code": error.code.value}, success=False)
             return refusal(error, 400)
         now = utcnow()
         export_for = export_request(principal, filters=filters, tz=tz_name, now=now)

@@ -2,9 +2,9 @@
 台账, 对比, 数据监测, 异常水表) offers, where its rows come from, and the streamed xlsx export
 built from them.
 
-A module that defines a screen calls :func:`register_screen` at import time;
-``backend.readings.http`` imports every such module, so by the time a route or a query
-looks a screen up it is registered. A screen's ``rows`` yields one mapping per row
+A module that defines a screen calls :func:`register_screen` at import time; the first
+look-up imports every module of :data:`SCREEN_MODULES`, so a route, a query, a service or
+the CLI finds every screen without having to import the HTTP routes first. A screen's ``rows`` yields one mapping per row
 (column key -> value) for the filters and scope of an :class:`ExportRequest`; the export
 writes the chosen columns, in the chosen (saved) order.
 
@@ -17,6 +17,8 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import importlib
+import json
 import os
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -25,6 +27,7 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
@@ -97,14 +100,28 @@ class Screen:
 
 _SCREENS: dict[ScreenKind, Screen] = {}
 
+# The modules that define readings screens (each calls register_screen at import).
+SCREEN_MODULES: tuple[str, ...] = (
+    "backend.readings.browse",
+    "backend.readings.analytics_screens",
+    "backend.readings.alarms.screen",
+)
+
 
 def register_screen(screen: Screen) -> None:
     """Register (or, on a module reload, replace) the screen of ``screen.kind``."""
     _SCREENS[screen.kind] = screen
 
 
+def load_screens() -> None:
+    """Import every screen module (once; later calls find them in ``sys.modules``)."""
+    for module in SCREEN_MODULES:
+        importlib.import_module(module)
+
+
 def get_screen(kind: ScreenKind) -> Screen:
     """The registered screen of ``kind``; NOT_FOUND when no module registered it."""
+    load_screens()
     screen = _SCREENS.get(ScreenKind(kind))
     if screen is None:
         raise NotFound("该页面不支持导出", "This screen has no export", field="screen")
@@ -112,6 +129,7 @@ def get_screen(kind: ScreenKind) -> Screen:
 
 
 def registered_screens() -> list[Screen]:
+    load_screens()
     return [_SCREENS[kind] for kind in ScreenKind if kind in _SCREENS]
 
 
@@ -129,6 +147,22 @@ def choose_columns(screen: Screen, keys: Sequence[str] | None) -> list[ScreenCol
     if len(set(keys)) != len(keys):
         raise DomainError("列不能重复", "Columns must not repeat", field="columns", code=ErrorCode.INVALID)
     return [by_key[key] for key in keys]
+
+
+# --------------------------------------------------------------------------- export links
+
+EXPORT_PREFIX = "/exports/readings/"
+
+
+def export_path(kind: ScreenKind) -> str:
+    """The download route of ``kind``'s export (``backend.readings.http`` serves it)."""
+    return f"{EXPORT_PREFIX}{kind.value}.xlsx"
+
+
+def export_params(columns: list[str], filters: dict[str, Any]) -> dict[str, str]:
+    """The query parameters of an export link (what its token signs)."""
+    return {"columns": ",".join(columns), "filters": json.dumps(filters, ensure_ascii=False, sort_keys=True,
+                                                                separators=(",", ":"))}
 
 
 # --------------------------------------------------------------------------- xlsx
@@ -186,6 +220,11 @@ def _write_screen_rows(
         written += len(chunk)
     workbook.save(str(path))
     return written
+
+
+def local_time(value: datetime | None, tz: str) -> datetime | None:
+    """``value`` on the utility's wall clock, which is what a sheet shows (see below)."""
+    return value.astimezone(ZoneInfo(tz)) if value is not None else None
 
 
 def _cell_value(value: Any) -> Any:

@@ -336,6 +336,25 @@ async def test_history_refuses_an_empty_range(session: AsyncSession) -> None:
     browse.check_range(now - timedelta(days=366), now)
 
 
+async def test_history_gives_the_old_meters_final_reading_to_the_household_it_served(session: AsyncSession) -> None:
+    from tests.readings.test_statistics import REPLACED_AT, START, build_utility
+
+    utility = await build_utility(session)
+    resident = browse.Reach(scope_patterns=None, household_ids=[utility.household.id])
+    flt = browse.HistoryFilter(start=START, end=REPLACED_AT + timedelta(hours=1), meter_ids=(utility.old.id,))
+
+    page = await browse.history_page(session, flt=flt, reach=resident, offset=0, limit=2)
+
+    # The final reading at the replacement instant closes the household's use of the meter.
+    assert [(row["read_at"], row["household_id"]) for row in page.rows] == [
+        (REPLACED_AT, utility.household.id), (REPLACED_AT - timedelta(minutes=30), utility.household.id)]
+    new_meter = browse.HistoryFilter(start=REPLACED_AT, end=REPLACED_AT + timedelta(minutes=31),
+                                     meter_ids=(utility.new.id,))
+    opening = await browse.history_page(session, flt=new_meter, reach=resident, offset=0, limit=5)
+    assert [(row["read_at"], row["household_id"]) for row in opening.rows] == [
+        (REPLACED_AT + timedelta(minutes=30), utility.household.id), (REPLACED_AT, utility.household.id)]
+
+
 async def test_history_statement_count_does_not_grow_with_page_size(
     client: GraphQLClient, world: World, data: Data, monkeypatch: pytest.MonkeyPatch
 ) -> None:

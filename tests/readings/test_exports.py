@@ -159,3 +159,20 @@ async def test_bad_filters_at_download_time_are_a_400(client: GraphQLClient, wor
 
     assert response.status_code == 400
     assert response.json()["errors"][0]["extensions"]["field"] == "from"
+
+
+async def test_a_download_without_the_screens_permission_is_refused_and_audited(
+    client: GraphQLClient, world: World, data: Data, engine_for_module: AsyncEngine
+) -> None:
+    operator = await client.login(world.east_operator.username, world.east_operator.password)
+
+    response = await client.http.get("/exports/readings/history.xlsx", params={"filters": "{}"},
+                                     headers={"Authorization": f"Bearer {operator}"})
+
+    assert response.status_code == 403
+    assert [e["extensions"]["code"] for e in response.json()["errors"]] == ["FORBIDDEN"]
+    async with engine_for_module.connect() as connection:
+        logged = (await connection.execute(text(
+            "SELECT success, payload->>'code' FROM audit_log WHERE action = 'exportHistory' ORDER BY id DESC LIMIT 1"
+        ))).one()
+    assert tuple(logged) == (False, "FORBIDDEN")

@@ -3,18 +3,24 @@ usage equal to ``usage_between`` on raw readings, per-area totals, and paginatio
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator, Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
+from openpyxl import load_workbook
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.archives.models import MeterStatus
 from backend.errors import DomainError, NotFound
 from backend.readings import analytics
 from backend.readings.analytics import Granularity, Scope, ScopeKind
 from backend.readings.screens import ExportRequest, ScreenKind, choose_columns, get_screen, write_screen
+from backend.readings.service import ReadingIn, ingest_readings
+from tests.factories import make_area_tree
 from tests.graphql.client import GraphQLClient
 from tests.graphql.test_dataloaders import counted_statements
 from tests.readings.test_statistics import (  # noqa: F401  (api_world, client: fixtures)
@@ -28,10 +34,12 @@ from tests.readings.test_statistics import (  # noqa: F401  (api_world, client: 
     ZONE,
     ApiWorld,
     Utility,
+    _meter,
     api_world,
     build_utility,
     client,
     gid,
+    lend_doubled_meter,
     raw_usage,
 )
 
@@ -128,6 +136,47 @@ async def test_yearly_ledger_clips_the_year_to_the_range(session: AsyncSession) 
     assert page.rows[1].start_at == page.rows[0].end_at  # nothing read since: both are the last reading
 
 
+async def test_readings_at_midnight_close_the_month_before(session: AsyncSession) -> None:
+    """A day is (00:00, 24:00]: the reading at 1 Nov 00:00 is October's 止码 and
+    November's 起码 (the last reading at or before the period's start)."""
+    tree = await make_area_tree(session)
+    meter = await _meter(session, tree.east_community.id, None, MeterStatus.installed)
+    at = [(datetime(2026, 9, 30, 12, tzinfo=ZONE), 5), (datetime(2026, 10, 1, tzinfo=ZONE), 10),
+          (datetime(2026, 10, 1, 12, tzinfo=ZONE), 15), (datetime(2026, 11, 1, tzinfo=ZONE), 30),
+          (datetime(2026, 11, 1, 12, tzinfo=ZONE), 40)]
+    result = await ingest_readings(session, readings=[
+        ReadingIn(meter_id=meter.id, read_at=read_at, total_m3=Decimal(total)) for read_at, total in at
+    ], source="test", now=NOW, tz=TZ)
+    assert not result.rejected
+
+    page = await ledger(session, Scope(ScopeKind.meter, meter.id), Granularity.month, OCT, MONTH_ENDS[NOV])
+
+    october, november = page.rows
+    assert (october.start_at, october.start_reading, october.end_at, october.end_reading, october.usage_m3) == (
+        at[1][0], Decimal(10), at[3][0], Decimal(30), Decimal(20))
+    assert (november.start_at, november.start_reading, november.end_at, november.end_reading, november.usage_m3) == (
+        at[3][0], Decimal(30), at[4][0], Decimal(40), Decimal(10))
+    for row in page.rows:
+        raw = await raw_usage(session, [meter.id], row.period_start, row.period_end)
+        assert row.usage_m3 == raw[meter.id]
+    monthly = await analytics.usage_statistics(session, scope=Scope(ScopeKind.meter, meter.id),
+                                               granularity=Granularity.month, start_day=OCT, end_day=MONTH_ENDS[NOV],
+                                               scope_patterns=None, tz=TZ)
+    assert [(row.label, row.usage_m3) for row in monthly.rows] == [("2026-10", Decimal(20)), ("2026-11", Decimal(10))]
+
+
+async def test_the_household_column_ends_with_an_assignment_ended_at_midnight(session: AsyncSession) -> None:
+    utility = await build_utility(session)
+    await lend_doubled_meter(session, utility)
+    meter = Scope(ScopeKind.meter, utility.doubled.id)
+
+    during = await ledger(session, meter, Granularity.period, date(2026, 10, 15), date(2026, 10, 19))
+    after = await ledger(session, meter, Granularity.period, date(2026, 10, 20), date(2026, 10, 25))
+
+    assert during.rows[0].household_id == utility.household.id
+    assert after.rows[0].household_id is None
+
+
 async def test_ledger_of_an_area_outside_the_scope_is_not_found(session: AsyncSession) -> None:
     utility = await build_utility(session)
     with pytest.raises(NotFound):
@@ -222,3 +271,87 @@ async def test_export_screen_refuses_filters_without_exactly_one_object(session:
     with pytest.raises(DomainError) as refused:
         [row async for row in get_screen(ScreenKind.statistics).rows(session, request)]
     assert (refused.value.code, refused.value.field) == ("REQUIRED", "areaId")
+
+
+EXPORT_URL = """
+query($screen: ScreenKind!, $columns: [String!], $filters: JSON) {
+  readingsExportUrl(screen: $screen, columns: $columns, filters: $filters)
+}
+"""
+STATISTICS_PAGE = """
+query($scope: UsageObjectInput!) {
+  usageStatistics(scope: $scope, granularity: MONTH, from: "2026-10-01", to: "2026-11-30", first: 100) {
+    rows { edges { node { unitName label usageM3 } } }
+  }
+}
+"""
+COMPARISON_PAGE = """
+query($scope: UsageObjectInput!) {
+  usageComparison(scope: $scope, basis: PERIOD_ON_PERIOD, granularity: MONTH, from: "2026-10-01", to: "2026-11-30",
+                  first: 100) {
+    edges { node { unitName label currentM3 previousM3 } }
+  }
+}
+"""
+
+
+async def _download(api: GraphQLClient, token: str, screen: str, columns: list[str],
+                    filters: dict[str, str]) -> httpx.Response:
+    found = await api.execute(EXPORT_URL, {"screen": screen, "columns": columns, "filters": filters}, token=token)
+    assert "errors" not in found, found
+    return await api.http.get(found["data"]["readingsExportUrl"])
+
+
+def _sheet(response: httpx.Response) -> list[tuple[Any, ...]]:
+    assert response.status_code == 200, response.text
+    workbook = load_workbook(io.BytesIO(response.content), read_only=True)
+    rows = [tuple(row) for row in workbook.worksheets[0].iter_rows(values_only=True)]
+    workbook.close()
+    return rows[2:]  # below the Chinese and English headers
+
+
+def _m3(value: Any) -> Decimal:
+    return Decimal(str(value)).quantize(Decimal("0.0001"))
+
+
+async def test_statistics_ledger_and_comparison_download_through_the_export_url(
+    client: GraphQLClient, api_world: ApiWorld  # noqa: F811
+) -> None:
+    utility = api_world.utility
+    token = await client.login(api_world.admin.username, api_world.admin.password)
+    area = gid("Area", utility.tree.company.id)
+    filters = {"areaId": area, "from": "2026-10-01", "to": "2026-11-30", "granularity": "month"}
+
+    statistics = _sheet(await _download(client, token, "statistics", ["unit_name", "label", "usage_m3"], filters))
+    ledger_rows = _sheet(await _download(client, token, "ledger", ["meter_code", "label", "start_at", "usage_m3"],
+                                         filters))
+    comparison = _sheet(await _download(client, token, "comparison", ["unit_name", "label", "current_m3", "previous_m3"],
+                                        {**filters, "basis": "period_on_period"}))
+
+    scope = {"scope": {"areaId": area}}
+    queried = (await client.execute(STATISTICS_PAGE, scope, token=token))["data"]["usageStatistics"]["rows"]["edges"]
+    assert [(name, label, _m3(usage)) for name, label, usage in statistics] == [
+        (e["node"]["unitName"], e["node"]["label"], Decimal(e["node"]["usageM3"])) for e in queried]
+    ledger_page = (await client.execute(LEDGER, {**scope, "g": "MONTH", "n": 100}, token=token))["data"]["usageLedger"]
+    assert [(code, label, _m3(usage)) for code, label, _, usage in ledger_rows] == [
+        (e["node"]["meterCode"], e["node"]["label"], Decimal(e["node"]["usageM3"])) for e in ledger_page["rows"]["edges"]]
+    # 起码时间 is written as the utility's wall clock.
+    first_start = datetime.fromisoformat(ledger_page["rows"]["edges"][0]["node"]["startAt"])
+    assert ledger_rows[0][2] == first_start.astimezone(ZONE).replace(tzinfo=None)
+    compared = (await client.execute(COMPARISON_PAGE, scope, token=token))["data"]["usageComparison"]["edges"]
+    assert [(name, label, _m3(now), _m3(before)) for name, label, now, before in comparison] == [
+        (e["node"]["unitName"], e["node"]["label"], Decimal(e["node"]["currentM3"]), Decimal(e["node"]["previousM3"]))
+        for e in compared]
+    assert len(statistics) == 4 and len(ledger_rows) == 7 and len(comparison) == 4
+
+
+async def test_an_export_of_an_object_outside_the_scope_is_not_found(
+    client: GraphQLClient, api_world: ApiWorld  # noqa: F811
+) -> None:
+    token = await client.login(api_world.west_operator.username, api_world.west_operator.password)
+    filters = {"areaId": gid("Area", api_world.utility.tree.company.id), "from": "2026-10-01", "to": "2026-10-31"}
+
+    response = await _download(client, token, "statistics", [], filters)
+
+    assert response.status_code == 404
+    assert [e["extensions"]["code"] for e in response.json()["errors"]] == ["NOT_FOUND"]

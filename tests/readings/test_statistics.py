@@ -28,6 +28,7 @@ from backend.archives.service import (
     assign_meter,
     create_concentrator,
     create_meter,
+    end_assignment,
     replace_meter,
     save_meter_model,
     update_meter,
@@ -307,6 +308,21 @@ async def test_hourly_statistics_are_refused_beyond_31_days(session: AsyncSessio
     assert refused.value.field == "to"
 
 
+async def test_daily_statistics_are_refused_beyond_a_year_but_monthly_ones_are_not(session: AsyncSession) -> None:
+    utility = await build_utility(session)
+    scope = Scope(ScopeKind.area, utility.tree.company.id)
+    first, last = date(2025, 11, 30), date(2026, 11, 30)  # 366 days, then one more
+
+    with pytest.raises(analytics.RangeTooLong) as refused:
+        await statistics(session, scope, Granularity.day, first - timedelta(days=1), last)
+    daily = await statistics(session, scope, Granularity.day, first, last, limit=1)
+    monthly = await statistics(session, scope, Granularity.month, first - timedelta(days=1), last, limit=1)
+
+    assert (refused.value.code, refused.value.field) == ("RANGE_TOO_LONG", "to")
+    assert daily.total_count == 2 * 366
+    assert monthly.summary.total == daily.summary.total
+
+
 async def test_objects_outside_the_scope_are_not_found(session: AsyncSession) -> None:
     utility = await build_utility(session)
     tree = utility.tree
@@ -503,3 +519,51 @@ async def test_graphql_resident_usage_chart_with_last_year(client: GraphQLClient
     assert [s["lastYear"] for s in chart["series"]] == [False, True]
     assert Decimal(chart["series"][0]["points"][0]["value"]) > 0
     assert all(Decimal(p["value"]) == 0 for p in chart["series"][1]["points"])
+
+
+async def lend_doubled_meter(session: AsyncSession, utility: Utility) -> tuple[datetime, datetime]:
+    """The doubled meter serves the household from 15 Oct 00:00 until 20 Oct 00:00 (both
+    midnights), reading all along; returns the assignment's bounds."""
+    served_from, served_to = day_start(date(2026, 10, 15)), day_start(date(2026, 10, 20))
+    await assign_meter(session, meter_id=utility.doubled.id, household_id=utility.household.id, valid_from=served_from)
+    await end_assignment(session, meter_id=utility.doubled.id, valid_to=served_to, end_reading=Decimal(0))
+    return served_from, served_to
+
+
+async def test_a_meter_unassigned_at_midnight_does_not_count_for_the_household_the_day_after(
+    session: AsyncSession,
+) -> None:
+    utility = await build_utility(session)
+    await lend_doubled_meter(session, utility)
+    household = Scope(ScopeKind.household, utility.household.id)
+
+    after = await statistics(session, household, Granularity.period, date(2026, 10, 20), date(2026, 10, 25))
+    during = await statistics(session, household, Granularity.period, date(2026, 10, 15), date(2026, 10, 19))
+
+    # 20 Oct 00:00 closes 19 Oct: from the 20th on the meter is no longer the household's.
+    assert utility.doubled.id not in {row.unit_id for row in after.rows}
+    for page, first, last in ((after, date(2026, 10, 20), date(2026, 10, 25)),
+                              (during, date(2026, 10, 15), date(2026, 10, 19))):
+        expected = await usage_between(session, household_ids=[utility.household.id], start=day_start(first),
+                                       end=day_start(last + timedelta(days=1)))
+        assert page.summary.total == expected[utility.household.id], (first, last)
+    assert {row.unit_id for row in during.rows} == {utility.doubled.id, utility.old.id}
+
+
+async def test_a_resident_sees_a_meter_only_on_the_days_it_served_their_household(session: AsyncSession) -> None:
+    utility = await build_utility(session)
+    await lend_doubled_meter(session, utility)
+    meter = Scope(ScopeKind.meter, utility.doubled.id)
+    resident = {"scope_patterns": [], "household_ids": [utility.household.id]}
+
+    mine = await statistics(session, meter, Granularity.day, date(2026, 10, 10), date(2026, 10, 25), **resident)
+    staff = await statistics(session, meter, Granularity.day, date(2026, 10, 10), date(2026, 10, 25))
+
+    served = {row.label for row in mine.rows if row.usage_m3}
+    assert served == {f"2026-10-{day}" for day in range(15, 20)}
+    assert mine.summary.total == (await raw_usage(session, [utility.doubled.id], date(2026, 10, 15),
+                                                  date(2026, 10, 19)))[utility.doubled.id]
+    assert staff.summary.total > mine.summary.total  # the same meter, unclipped, for staff
+    series = await analytics.usage_series(session, scopes=[meter], granularity=Granularity.month, start_day=OCT,
+                                          end_day=MONTH_ENDS[OCT], tz=TZ, **resident)  # type: ignore[arg-type]
+    assert series[0].points[0].value == mine.summary.total

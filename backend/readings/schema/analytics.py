@@ -257,7 +257,8 @@ class Query:
     @strawberry.field(
         permission_classes=[RequiresAny("statistics:read", "resident:self")],
         description="用水统计: usage per child unit of the object per period, paginated, with the page's and "
-        "the whole query's sum / mean / max / min. HOUR only for a meter or household over <= 31 days.",
+        "the whole query's sum / mean / max / min. HOUR only for a meter or household over <= 31 days; DAY over "
+        "<= 366 days (RANGE_TOO_LONG).",
     )
     async def usage_statistics(
         self, info: Info, scope: UsageObjectInput, granularity: UsageGranularityEnum,

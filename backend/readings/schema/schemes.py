@@ -23,10 +23,9 @@ from backend.graphql.errors import UserError
 from backend.graphql.mutations import run_mutation
 from backend.graphql.permissions import Authenticated
 from backend.graphql.relay import Node, decode_id, encode_id, register_node
-from backend.readings.http import export_params, export_path
 from backend.readings.schemes import service
 from backend.readings.schemes.models import QueryScheme
-from backend.readings.screens import Screen, ScreenKind, choose_columns, get_screen
+from backend.readings.screens import Screen, ScreenKind, choose_columns, export_params, export_path, get_screen
 
 ScreenKindEnum = strawberry.enum(
     ScreenKind, name="ScreenKind",
