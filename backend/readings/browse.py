@@ -40,6 +40,9 @@ from backend.readings.screens import (
 )
 
 ONLINE_WINDOW = timedelta(hours=24)
+# Online means the meter itself reported lately: an estimate (or a reading someone typed
+# in) says nothing about its link, so it keeps an otherwise quiet meter offline.
+_ONLINE = "lr.read_at >= :online_since AND lr.quality = 'actual'"
 MAX_HISTORY_DAYS = 366
 MAX_DAILY_DAYS = 366
 TEN_THOUSAND = Decimal(10000)
@@ -238,9 +241,9 @@ def _realtime_sql(flt: RealtimeFilter, reach: Reach, now: datetime) -> tuple[str
     if flt.status is OnlineStatus.never:
         where.append("lr.meter_id IS NULL")
     elif flt.status is OnlineStatus.online:
-        where.append("lr.read_at >= :online_since")
+        where.append(f"({_ONLINE})")
     elif flt.status is OnlineStatus.offline:
-        where.append("lr.read_at < :online_since")
+        where.append(f"lr.meter_id IS NOT NULL AND NOT ({_ONLINE})")
     joins = f"""
         FROM meters m {_AREAS}
         LEFT JOIN meter_assignments ma ON ma.meter_id = m.id AND ma.valid_to IS NULL
@@ -249,7 +252,7 @@ def _realtime_sql(flt: RealtimeFilter, reach: Reach, now: datetime) -> tuple[str
         WHERE {" AND ".join(where) or "TRUE"}"""
     sql = f"""SELECT {_DESCRIPTIVE},
         lr.read_at, lr.total_m3, lr.flow_rate, lr.pressure, lr.valve_state, lr.battery, lr.status_bits, lr.quality,
-        CASE WHEN lr.meter_id IS NULL THEN 'never' WHEN lr.read_at >= :online_since THEN 'online' ELSE 'offline' END
+        CASE WHEN lr.meter_id IS NULL THEN 'never' WHEN {_ONLINE} THEN 'online' ELSE 'offline' END
             AS online_status
         {joins}
         ORDER BY a.path, m.code, m.id"""
