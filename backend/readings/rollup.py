@@ -11,7 +11,7 @@ The chain is computed over each day's first and last readings (not every hourly 
 a wrap is a drop of more than half the register's range between two such points, any
 other drop is reverse flow (flagged, no usage). ``usage.usage_between`` applies the same
 rule to every raw reading; the two agree except inside a day with reverse flow, where
-the rollup does not see an intra-day peak (documented in README, "Usage").
+the rollup does not see an intra-day peak (docs/readings.md, "Usage").
 
 Two ways in, one statement (:data:`_CHAIN`):
 
