@@ -46,8 +46,7 @@ Everything goes through :func:`backend.readings.service.ingest_readings` (which 
 splitting a meter across batches. Each meter continues from its newest ``demo``
 reading, so a second run with the same seed and ``now`` writes nothing, and a later run
 (``make demo`` loads every time it starts) tops the registers up to the new ``now``
-without a step back. A full alarm evaluation runs at the end (skipped while
-``backend.readings.alarms`` is missing).
+without a step back. A full alarm evaluation runs at the end.
 """
 
 from __future__ import annotations
@@ -60,7 +59,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -70,6 +69,9 @@ from backend.archives.service import MeterChanges, MeterModelFields, create_mete
 from backend.readings.models import ReadingQuality, ValveState
 from backend.readings.partitions import DEFAULT_TIMEZONE, as_zone
 from backend.readings.service import ReadingIn, ingest_readings
+
+if TYPE_CHECKING:
+    from backend.readings.alarms.service import AlarmEvaluation
 
 SOURCE = "demo"
 WINDOW_MONTHS = 13
@@ -139,7 +141,7 @@ class DemoReadings:
     duplicates: int
     rejected: int
     start: datetime
-    alarms: Any = None  # the AlarmEvaluation, when the alarms module is there
+    alarms: AlarmEvaluation | None = None  # None when the load was asked not to evaluate
 
 
 @dataclass(slots=True)
@@ -653,9 +655,7 @@ async def load_demo_readings(
                         calendar.start, alarms)
 
 
-async def _evaluate_alarms(session: AsyncSession, *, now: datetime, tz: tzinfo) -> Any:
-    try:
-        from backend.readings.alarms import service as alarms
-    except ImportError:  # the alarms module lands separately
-        return None
-    return await alarms.evaluate_alarms(session, now=now, tz=tz)
+async def _evaluate_alarms(session: AsyncSession, *, now: datetime, tz: tzinfo) -> AlarmEvaluation:
+    # Imported here, as readings.service does: the alarms service imports archives.service.
+    from backend.readings.alarms.service import evaluate_alarms
+    return await evaluate_alarms(session, now=now, tz=tz)

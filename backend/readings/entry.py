@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
@@ -42,7 +43,13 @@ ESTIMATE_SOURCE = "estimate"
 MAX_REASON_LENGTH = 500
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_UPLOAD_ROWS = 100_000
+# What a workbook may unpack to: a 10 MB zip can hold gigabytes of XML, and openpyxl
+# keeps the shared strings in memory even in read-only mode.
+MAX_UNPACKED_BYTES = 100 * 1024 * 1024
 MAX_ESTIMATION_DAYS = 93
+# Meters x days of one estimation: every silent meter-day becomes a reading in memory
+# and one ingest batch; a larger area is estimated a sub-area or a few days at a time.
+MAX_ESTIMATION_METER_DAYS = 200_000
 # Where an estimate sits in its day: the day's last second, so it is the day's last reading.
 ESTIMATE_TIME = "23:59:59"
 # numeric(16,4): 12 integer digits.
@@ -297,14 +304,18 @@ WHERE id = :area_id AND (CAST(:patterns AS text[]) IS NULL OR path LIKE ANY(CAST
 """)
 
 # Every (meter, day) of the range without a daily_usage row; for each, the meter's last
-# day with data before it (the base), the mean daily usage of its last 30 days with data
-# up to the base, and whether a later day already has data (then the gap is bounded by a
-# real reading, which supersedes estimates, and none is made). The estimate is the base's
-# register total plus the mean (÷ multiplier: usage_m3 is already multiplied) per day
-# since, wrapped at 10^register_digits, at the day's last second in the utility's zone.
+# day with data before it (the base), its register's growth per day over its last 30
+# days with data up to the base, and whether a later day already has data (then the gap
+# is bounded by a real reading, which supersedes estimates, and none is made). The
+# estimate is the base's register total plus that growth per day since, wrapped at
+# 10^register_digits, at the day's last second in the utility's zone (a day is
+# (00:00, 24:00], so it is the day's last reading, before a midnight read closing it).
+# Growth per day is measured between day-closing readings over the time between them,
+# not as a mean of daily_usage rows: a meter read every ten days has one row holding ten
+# days of use, and a meter's first row holds only the hours after it was fitted.
 _ESTIMATES = text(f"""
 WITH chosen AS (
-    SELECT m.id AS meter_id, m.install_date, coalesce(mm.multiplier, 1) AS multiplier, mm.register_digits
+    SELECT m.id AS meter_id, m.install_date, mm.register_digits
     FROM meters m LEFT JOIN meter_models mm ON mm.id = m.model_id
     WHERE m.id = ANY(CAST(:meter_ids AS bigint[]))
 ), gap AS (
@@ -328,8 +339,11 @@ LEFT JOIN LATERAL (
     WHERE u.meter_id = g.meter_id AND u.day < g.day ORDER BY u.day DESC LIMIT 1
 ) base ON true
 LEFT JOIN LATERAL (
-    SELECT coalesce(avg(r.usage_m3), 0) AS daily FROM (
-        SELECT u.usage_m3 FROM daily_usage u
+    SELECT coalesce((max(r.effective_total) - min(r.effective_total))
+                    / nullif(CAST(extract(epoch FROM max(r.last_at) - min(r.last_at)) AS numeric) / 86400, 0), 0)
+           AS daily
+    FROM (
+        SELECT u.effective_total, u.last_at FROM daily_usage u
         WHERE u.meter_id = g.meter_id AND u.day <= base.day ORDER BY u.day DESC LIMIT 30
     ) r
 ) average ON true
@@ -337,7 +351,7 @@ CROSS JOIN LATERAL (
     SELECT EXISTS (SELECT FROM daily_usage u WHERE u.meter_id = g.meter_id AND u.day > g.day) AS bounded
 ) later
 CROSS JOIN LATERAL (
-    SELECT round(base.last_total + average.daily / g.multiplier * (g.day - base.day), 4) AS total
+    SELECT round(base.last_total + average.daily * (g.day - base.day), 4) AS total
 ) estimate
 ORDER BY g.meter_id, g.day
 """)
@@ -390,12 +404,18 @@ async def estimate_readings(
         raise DomainError("结束日期早于开始日期", "The end date is before the start date", field="to", code=ErrorCode.INVALID)
     if (end - start).days + 1 > MAX_ESTIMATION_DAYS:
         raise DomainError(f"估算范围不能超过 {MAX_ESTIMATION_DAYS} 天", f"Estimate at most {MAX_ESTIMATION_DAYS} days at once",
-                          field="to", code=ErrorCode.INVALID)
+                          field="to", code=ErrorCode.RANGE_TOO_LONG)
     zone = as_zone(tz)
     chosen = await estimation_meters(session, meter_ids=meter_ids, area_id=area_id, scope_patterns=scope_patterns)
     last_day = min(end, now.astimezone(zone).date() - timedelta(days=1))
     if not chosen or last_day < start:
         return EstimationResult(0, 0)
+    if len(chosen) * ((last_day - start).days + 1) > MAX_ESTIMATION_METER_DAYS:
+        raise DomainError(
+            f"一次估算的表数 × 天数不能超过 {MAX_ESTIMATION_METER_DAYS}, 请缩小区域或日期范围",
+            f"Estimate at most {MAX_ESTIMATION_METER_DAYS} meter-days at once: choose a smaller area or fewer days",
+            field="to", code=ErrorCode.RANGE_TOO_LONG,
+        )
     rows = (await session.execute(
         _ESTIMATES, {"meter_ids": chosen, "start": start, "end": last_day, "tz": zone_name(zone)}
     )).all()
@@ -541,6 +561,15 @@ def _decoded(content: bytes) -> str:
 
 
 def _xlsx_rows(content: bytes) -> Iterator[tuple[Any, ...]]:
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            unpacked = sum(member.file_size for member in archive.infolist())
+    except (zipfile.BadZipFile, ValueError, OSError) as error:
+        raise NotSpreadsheet(field="file") from error
+    # The sizes a zip declares are what zipfile will unpack (it stops there), so this
+    # bounds what openpyxl can be made to read.
+    if unpacked > MAX_UNPACKED_BYTES:
+        raise UploadTooLarge(field="file")
     try:
         workbook = load_workbook(io.BytesIO(content), read_only=True, data_only=True)
     except Exception as error:  # zip, XML, openpyxl's own: all "not a workbook"

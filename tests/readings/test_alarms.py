@@ -20,6 +20,7 @@ from backend.archives.service import (
     MeterModelFields,
     assign_meter,
     create_area,
+    replace_meter,
     save_meter_model,
     update_meter,
 )
@@ -37,6 +38,7 @@ from backend.readings.alarms.service import (
     record_read_failures,
     set_alarm_rule,
 )
+from backend.readings.entry import enter_reading, estimate_readings
 from backend.readings.models import ValveState
 from backend.readings.service import ReadingIn, ingest_readings
 from tests.factories import make_household
@@ -353,7 +355,7 @@ async def test_staff_outside_the_area_cannot_see_or_touch_the_alarm(session: Asy
 # --------------------------------------------------------------------------- rules
 
 
-async def test_the_most_specific_enabled_rule_applies(session: AsyncSession) -> None:
+async def test_the_most_specific_rule_applies_model_before_area(session: AsyncSession) -> None:
     model_id = await valved_model(session)
     plain, modelled = await make_meter(session), await with_model(session, await make_meter(session), model_id)
     other_area = await make_meter(session)
@@ -419,7 +421,118 @@ async def test_default_rules_are_seeded_for_every_kind(session: AsyncSession) ->
     assert set(defaults) == set(AlarmKind)
 
 
+async def test_the_nearest_area_rule_wins_over_its_ancestors_and_a_disabled_one_turns_the_kind_off(
+    session: AsyncSession,
+) -> None:
+    city = await create_area(session, name="城区", kind=AreaKind.company)
+    district = await create_area(session, name="东区", kind=AreaKind.district, parent_id=city.id)
+    community = await create_area(session, name="翠湖", kind=AreaKind.community, parent_id=district.id)
+    beside = await create_area(session, name="东区二", kind=AreaKind.district, parent_id=city.id)
+    deep = await make_meter(session, area_id=community.id)
+    near = await make_meter(session, area_id=district.id)
+    sibling = await make_meter(session, area_id=beside.id)
+    for area, threshold in ((city, "3.0"), (district, "3.5")):
+        await set_alarm_rule(session, kind=AlarmKind.battery_low, area_id=area.id, meter_model_id=None, enabled=True,
+                             threshold=Decimal(threshold), severity=AlarmSeverity.info, by="root", now=NOW,
+                             scope_patterns=None)
+    await ingest(session, [ReadingIn(m.id, day_at(0), Decimal(1), battery=Decimal("3.2"))  # type: ignore[arg-type]
+                           for m in (deep, near, sibling)])
+    await evaluate(session, [deep, near, sibling])
 
+    assert (await live(session, deep))["battery_low"].threshold == Decimal("3.5")  # the district, not the city
+    assert (await live(session, near))["battery_low"].threshold == Decimal("3.5")
+    assert await live(session, sibling) == {}  # the city's 3.0 V: its path only shares a prefix with the district's
+
+    await set_alarm_rule(session, kind=AlarmKind.battery_low, area_id=community.id, meter_model_id=None,
+                         enabled=False, threshold=Decimal("3.5"), severity=AlarmSeverity.info, by="root", now=NOW,
+                         scope_patterns=None)
+    await evaluate(session, [deep, near])
+    assert await live(session, deep) == {}
+    assert "battery_low" in await live(session, near)
+
+
+# --------------------------------------------------------------------------- what counts as a reading
+
+
+async def test_a_manual_reading_keeps_the_battery_and_valve_alarms_of_the_last_actual_one(
+    session: AsyncSession,
+) -> None:
+    meter = await make_meter(session)
+    await ingest(session, [ReadingIn(meter.id, day_at(1), Decimal(1), battery=Decimal("3.0"),  # type: ignore[arg-type]
+                                     status_bits=3)])
+    await evaluate(session, [meter])
+    assert set(await live(session, meter)) == {"battery_low", "valve_abnormal"}
+
+    # A field reading by hand reports neither battery nor valve: it says nothing about them.
+    await enter_reading(session, meter_id=meter.id, read_at=day_at(0), total_m3=Decimal(2), by="王工",  # type: ignore[arg-type]
+                        now=NOW, tz=SHANGHAI, scope_patterns=None)
+
+    alarms = await live(session, meter)
+    assert set(alarms) == {"battery_low", "valve_abnormal"}
+    assert alarms["battery_low"].value == Decimal("3.0")
+
+
+async def test_an_estimate_is_no_sign_of_life_for_a_silent_or_failing_meter(session: AsyncSession) -> None:
+    meter = await make_meter(session)
+    await ingest(session, [ReadingIn(meter.id, day_at(5, 8), Decimal(1)),  # type: ignore[arg-type]
+                           ReadingIn(meter.id, day_at(3, 8), Decimal(3))])  # type: ignore[arg-type]
+    for hour in (1, 2, 3):
+        await record_read_failures(session, meter_ids=[meter.id], failed_at=day_at(2, hour), reason="timeout")  # type: ignore[list-item]
+    await evaluate(session)
+    assert {"silent", "communication_failure"} <= set(await live(session, meter))
+
+    estimated = await estimate_readings(session, meter_ids=[meter.id], start=day_at(2).date(), end=day_at(1).date(),
+                                        now=NOW, tz=SHANGHAI, scope_patterns=None)
+    assert estimated.estimated == 2
+    await evaluate(session)
+
+    alarms = await live(session, meter)
+    assert {"silent", "communication_failure"} <= set(alarms)
+    assert alarms["silent"].value == Decimal(76)  # hours since the actual reading, not since the estimate
+    link = (await session.execute(text("SELECT * FROM meter_link_status WHERE meter_id = :m"), {"m": meter.id})).one()
+    assert link.consecutive_failures == 3
+
+
+# --------------------------------------------------------------------------- the high-use baseline
+
+
+async def test_high_use_does_not_fire_on_a_new_meter_whose_first_days_were_partial(session: AsyncSession) -> None:
+    old, new = await make_meter(session), await make_meter(session)
+    household = await make_household(session, area=await create_area(session, name="翠湖", kind=AreaKind.company))
+    await assign_meter(session, meter_id=old.id, household_id=household.id, valid_from=day_at(40))  # type: ignore[arg-type]
+    await ingest(session, [ReadingIn(old.id, day_at(days_ago), Decimal(40 - days_ago))  # type: ignore[arg-type]
+                           for days_ago in range(40, 3, -1)])
+    # Swapped late in the evening: the new meter's first day holds one reading and its
+    # second day nine hours of use.
+    await replace_meter(session, old_meter_id=old.id, new_meter_id=new.id, replaced_at=day_at(3, 23),  # type: ignore[arg-type]
+                        old_final_reading=Decimal("36.6"), new_initial_reading=Decimal(0), replaced_by="王工")
+    await ingest(session, daily(new.id, ["0.4", "1.4", "2.4"]))  # 1 m³ a day, as before the swap
+
+    await evaluate(session, [new])
+
+    assert "high_use" not in await live(session, new)
+    baseline = (await session.execute(text("SELECT * FROM meter_usage_baselines WHERE meter_id = :m"),
+                                      {"m": new.id})).one()
+    assert baseline.average_m3 is None  # under a day of history before yesterday: no baseline yet
+
+
+async def test_high_use_compares_per_day_usage_for_a_meter_read_every_few_days(session: AsyncSession) -> None:
+    spiking, steady = await make_meter(session), await make_meter(session)
+    # Read every third day at 1 m³ a day; then 12 m³ (4 a day) or 3 m³ over the last three days.
+    history = {days_ago: Decimal(33 - days_ago) for days_ago in range(33, 1, -3)}
+    for meter, last in ((spiking, Decimal(12)), (steady, Decimal(3))):
+        await ingest(session, [ReadingIn(meter.id, day_at(d), total) for d, total in history.items()]  # type: ignore[arg-type]
+                     + [ReadingIn(meter.id, day_at(0), history[3] + last)])  # type: ignore[arg-type]
+
+    await evaluate(session, [spiking, steady])
+
+    baseline = (await session.execute(text("SELECT * FROM meter_usage_baselines WHERE meter_id = :m"),
+                                      {"m": spiking.id})).one()
+    assert baseline.average_m3 == Decimal("1.0000")
+    alarm = (await live(session, spiking))["high_use"]
+    assert (alarm.value, alarm.threshold) == (Decimal(4), Decimal(3))
+    assert "3.0 天平均" in alarm.detail
+    assert await live(session, steady) == {}
 
 
 async def test_the_scheduled_job_evaluates_every_meter_in_a_transaction_of_its_own(

@@ -51,7 +51,7 @@ mutation($id: ID!, $reason: String) {
 """
 SET_RULE = """
 mutation($input: AlarmRuleInput!) {
-  setAlarmRule(input: $input) { rule { id kind threshold enabled severity areaId } errors { field code } }
+  setAlarmRule(input: $input) { rule { id kind threshold enabled severity areaId areaName } errors { field code } }
 }
 """
 DELETE_RULE = "mutation($id: ID!) { deleteAlarmRule(id: $id) { deletedId errors { field code } } }"
@@ -188,6 +188,7 @@ async def test_rules_are_set_listed_and_deleted_in_scope(client: GraphQLClient, 
 
     rule = created["data"]["setAlarmRule"]["rule"]
     assert (rule["kind"], rule["threshold"], rule["areaId"], rule["enabled"]) == ("silent", "24.0000", east_area, True)
+    assert rule["areaName"] == "城东片区"
     assert global_rule["data"]["setAlarmRule"]["errors"] == [{"field": "areaId", "code": "UNKNOWN_AREA"}]
     assert bad["data"]["setAlarmRule"]["errors"] == [{"field": "threshold", "code": "INVALID"}]
     names = [edge["node"]["areaName"] for edge in listed["data"]["alarmRules"]["edges"]]

@@ -16,6 +16,7 @@ from backend.archives.service import MeterChanges, MeterModelFields, create_area
 from backend.db import session_factory
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.graphql.relay import encode_id
+from backend.readings import entry
 from backend.readings.entry import estimate_readings
 from backend.readings.models import ReadingQuality
 from backend.readings.service import ReadingIn, ingest_readings
@@ -110,6 +111,39 @@ async def test_a_later_actual_reading_supersedes_the_estimates_and_bounds_the_ga
     assert (again.estimated, again.skipped) == (0, 4)
 
 
+async def test_a_meter_read_every_few_days_is_estimated_at_its_use_per_day(session: AsyncSession) -> None:
+    meter = await make_meter(session)
+    # Read by hand every ten days at 1 m³ a day: each daily_usage row holds ten days of use.
+    await ingest(session, [(meter.id, datetime(2026, 10, day, 8, tzinfo=SHANGHAI), str(day - 1)) for day in (1, 11, 21, 31)]
+                 + [(meter.id, at(10), "40")])
+
+    result = await estimate(session, 11, 12, meter_ids=[meter.id])
+
+    assert result.estimated == 2
+    assert [total for _, total, _ in await stored(session, meter.id, "estimated")] == [Decimal("41.0000"),
+                                                                                       Decimal("42.0000")]
+
+
+async def test_the_first_day_of_a_new_meter_does_not_drag_its_estimates_down(session: AsyncSession) -> None:
+    meter = await make_meter(session)
+    # Fitted late on the 5th (one reading that day), then 2 m³ a day, read at 23:00.
+    await ingest(session, [(meter.id, at(d, 23), str(2 * (d - 5))) for d in range(5, 11)])
+
+    await estimate(session, 11, 11, meter_ids=[meter.id])
+
+    assert [total for _, total, _ in await stored(session, meter.id, "estimated")] == [Decimal("12.0000")]
+
+
+async def test_too_many_meter_days_at_once_are_refused(session: AsyncSession, monkeypatch: pytest.MonkeyPatch) -> None:
+    meters = [await make_meter(session) for _ in range(3)]
+    monkeypatch.setattr(entry, "MAX_ESTIMATION_METER_DAYS", 5)
+
+    with pytest.raises(DomainError) as too_many:
+        await estimate(session, 11, 12, meter_ids=[m.id for m in meters])
+
+    assert (too_many.value.code, too_many.value.field) == (ErrorCode.RANGE_TOO_LONG, "to")
+
+
 async def test_estimates_are_in_register_units_and_wrap_past_the_register(session: AsyncSession) -> None:
     area = await create_area(session, name=unique("公司"), kind=AreaKind.company)
     model = await save_meter_model(session, fields=MeterModelFields(
@@ -172,7 +206,7 @@ async def test_out_of_scope_meters_and_long_ranges_are_refused(session: AsyncSes
         await estimate(session, 11, 12)
 
     assert hidden.value.field == "meterIds"
-    assert (too_long.value.code, too_long.value.field) == (ErrorCode.INVALID, "to")
+    assert (too_long.value.code, too_long.value.field) == (ErrorCode.RANGE_TOO_LONG, "to")
     assert nothing_chosen.value.code == ErrorCode.REQUIRED
     assert await stored(session, meter.id, ReadingQuality.estimated) == []
 

@@ -4,6 +4,7 @@ import with dry run and strict mode, and the HTTP route with its template."""
 from __future__ import annotations
 
 import io
+import zipfile
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -20,6 +21,7 @@ from backend.db import session_factory
 from backend.errors import DomainError, ErrorCode
 from backend.exports.excel import CellError
 from backend.readings.entry import (
+    MAX_UNPACKED_BYTES,
     MAX_UPLOAD_BYTES,
     UploadResult,
     import_readings,
@@ -124,6 +126,23 @@ def test_files_that_are_not_spreadsheets_or_lack_columns_or_are_too_large_are_re
     assert missing.value.code == ErrorCode.MISSING_COLUMNS
     assert garbage.value.code == ErrorCode.NOT_XLSX
     assert large.value.code == ErrorCode.FILE_TOO_LARGE
+
+
+def test_a_workbook_that_unpacks_past_the_limit_is_refused_before_it_is_read() -> None:
+    # A zip bomb: well under the upload limit packed, far over it unpacked.
+    buffer = io.BytesIO(workbook([("M1", "2026-11-20 08:30", 1)]))
+    with zipfile.ZipFile(buffer, "a", compression=zipfile.ZIP_DEFLATED) as archive, \
+            archive.open("xl/media/padding.bin", "w", force_zip64=True) as padding:
+        chunk = bytes(1024 * 1024)
+        for _ in range(MAX_UNPACKED_BYTES // len(chunk) + 1):
+            padding.write(chunk)
+    content = buffer.getvalue()
+    assert len(content) < MAX_UPLOAD_BYTES
+
+    with pytest.raises(DomainError) as bomb:
+        read_upload(content)
+
+    assert (bomb.value.code, bomb.value.field) == (ErrorCode.FILE_TOO_LARGE, "file")
 
 
 # --------------------------------------------------------------------------- import

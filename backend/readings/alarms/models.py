@@ -2,8 +2,8 @@
 alarms they raise, and each meter's communication-link status.
 
 ``alarm_rules`` holds one threshold per (kind, area, meter model); the most specific
-enabled rule applies to a meter (model + area, then model, then area, then global; for
-areas the nearest ancestor wins). ``meter_alarms`` holds at most one live (not closed)
+rule applies to a meter (model + area, then model, then area, then global; for areas the
+nearest ancestor wins), and a disabled one turns its kind off there (no fallback). ``meter_alarms`` holds at most one live (not closed)
 alarm per meter and kind, which evaluation refreshes while the condition holds and closes
 when it clears; closed alarms stay as history.
 """
@@ -136,8 +136,9 @@ class MeterLinkStatus(SQLModel, table=True):
 
 class MeterUsageBaseline(SQLModel, table=True):
     """A meter's average daily usage over the 30 days before yesterday, as of ``day``
-    (null: no usage recorded then): the high-use rule's baseline, recomputed once a day
-    per meter by evaluation so that per-batch evaluations never read a month of usage."""
+    (null: under a day of readings then): the high-use rule's baseline, recomputed by the
+    first evaluation of each day per meter so that per-batch evaluations never read a
+    month of usage. Readings that arrive late for those days count from the next day."""
 
     __tablename__ = "meter_usage_baselines"
 

@@ -2,21 +2,27 @@
 with the alarms (acknowledge, close) and the rules (thresholds per area / meter model).
 
 Evaluation reads ``latest_readings``, the last few days of ``daily_usage``,
-``meter_link_status`` and each meter's cached high-use baseline (never raw readings), so
-ingest can run it after every batch for the meters it wrote. Each kind's condition:
+``meter_link_status`` and each meter's cached high-use baseline (raw readings only to
+look past an estimate or a manual read, and for failing links), so ingest can run it
+after every batch for the meters it wrote. Each kind's condition:
 
-- ``silent``: the newest reading (or, never read, the install day) is older than N hours;
-- ``communication_failure``: N or more consecutive failed reads since the last success;
+- ``silent``: the newest reading that is not an estimate (or, never read, the install
+  day) is older than N hours;
+- ``communication_failure``: N or more consecutive failed reads since the last actual
+  reading (an estimate or a read by hand does not show the link working);
 - ``reverse_flow`` / ``rollover``: a ``daily_usage`` day among the last N local days
   (today included) is flagged so;
 - ``zero_use``: a meter serving an active household used nothing over the last N local
   days, had readings in them (the newest today or yesterday) and was read before them.
   Only the periodic run (every meter) opens it; a batch evaluation keeps or clears it;
-- ``high_use``: today's or yesterday's usage is above K × the meter's average daily
-  usage over the 30 days before yesterday (``meter_usage_baselines``, recomputed once a
-  day per meter), when that average is positive;
+- ``high_use``: today's or yesterday's usage, per day since the reading before it, is
+  above K × the meter's average daily usage over the 30 days before yesterday
+  (``meter_usage_baselines``, recomputed once a day per meter), when that is positive;
 - ``battery_low``: battery below the threshold (volts) or CJ/T 188 status bit D2 set;
 - ``valve_abnormal``: a valved model reports its valve 'unknown', or status bits D0-D1 = 3.
+
+Battery, valve and status bits come from the newest actual reading: manual and
+estimated readings carry none, and say nothing about them.
 
 Plain async functions over a session; the caller commits.
 """
@@ -42,6 +48,7 @@ from backend.events.service import EventKind, emit_event
 from backend.pagination import PagedQuery
 from backend.readings.alarms.models import AlarmKind, AlarmRule, AlarmSeverity, AlarmStatus, MeterAlarm
 from backend.readings.partitions import as_zone
+from backend.readings.rollup import zone_name
 
 SYSTEM = "system"
 CONDITION_CLEARED = "condition cleared"
@@ -73,11 +80,6 @@ class DefaultRuleKept(DomainError):
     message_en = "A global default rule cannot be deleted; disable it or change its threshold"
 
 
-def _zone_name(zone: tzinfo, now: datetime) -> str:
-    """The name PostgreSQL's ``AT TIME ZONE`` takes (an IANA key, or e.g. 'UTC')."""
-    return getattr(zone, "key", None) or zone.tzname(now) or "UTC"
-
-
 # --------------------------------------------------------------------------- evaluation
 
 def _variants(sql: str) -> dict[bool, TextClause]:
@@ -92,26 +94,44 @@ def _variants(sql: str) -> dict[bool, TextClause]:
 _IN_BATCH = re.compile(r"[\w.]+ = ANY\(CAST\(:meter_ids AS bigint\[\]\)\)")
 
 
-# A success newer than the last failure ends a run of failures.
+# A success newer than the last failure ends a run of failures: an actual reading, as
+# neither an estimate nor a read by hand shows the link working. (latest_readings first:
+# a cheap test that anything at all is newer.)
 _RESET_LINKS = _variants("""
-UPDATE meter_link_status s
-SET consecutive_failures = 0, last_success_at = l.read_at
-FROM latest_readings l
-WHERE l.meter_id = s.meter_id AND s.consecutive_failures > 0
-  AND l.read_at > coalesce(s.last_failure_at, '-infinity'::timestamptz)
-  AND s.meter_id = ANY(CAST(:meter_ids AS bigint[]))
+WITH ok AS (
+    SELECT s.meter_id, x.read_at FROM meter_link_status s
+    JOIN latest_readings l ON l.meter_id = s.meter_id
+    CROSS JOIN LATERAL (
+        SELECT x.read_at FROM readings x WHERE x.meter_id = s.meter_id AND x.quality = 'actual'
+        ORDER BY x.read_at DESC LIMIT 1
+    ) x
+    WHERE s.consecutive_failures > 0
+      AND l.read_at > coalesce(s.last_failure_at, '-infinity'::timestamptz)
+      AND x.read_at > coalesce(s.last_failure_at, '-infinity'::timestamptz)
+      AND s.meter_id = ANY(CAST(:meter_ids AS bigint[]))
+)
+UPDATE meter_link_status s SET consecutive_failures = 0, last_success_at = ok.read_at
+FROM ok WHERE ok.meter_id = s.meter_id
 """)
 
 # Each meter's high-use baseline: its average daily usage over the 30 days before
 # yesterday, computed once a day per meter (the first evaluation of the day pays it), so
-# the per-batch evaluation never reads a month of daily_usage.
+# the per-batch evaluation never reads a month of daily_usage. It is the register's
+# growth between the window's first and last day-closing readings over the time between
+# them, not a mean of daily_usage rows: a meter's first day (one reading, or the hours
+# after it was fitted) and the rows of a meter read every few days would skew a mean.
+# Under a day between them (a meter just fitted or swapped) gives no baseline yet.
 _REFRESH_BASELINES = _variants("""
 INSERT INTO meter_usage_baselines AS b (meter_id, day, average_m3)
 SELECT m.id, CAST(:today AS date),
-       (SELECT round(avg(d.usage_m3), 4) FROM daily_usage d
+       (SELECT CASE WHEN max(d.last_at) - min(d.last_at) >= interval '1 day' THEN
+                   round((max(d.effective_total) - min(d.effective_total)) * coalesce(mm.multiplier, 1)
+                         / (CAST(extract(epoch FROM max(d.last_at) - min(d.last_at)) AS numeric) / 86400), 4) END
+        FROM daily_usage d
         WHERE d.meter_id = m.id AND d.day >= CAST(:today AS date) - 1 - CAST(:baseline_days AS integer)
           AND d.day < CAST(:today AS date) - 1)
 FROM meters m
+LEFT JOIN meter_models mm ON mm.id = m.model_id
 LEFT JOIN meter_usage_baselines old ON old.meter_id = m.id
 WHERE m.status = 'installed' AND m.id = ANY(CAST(:meter_ids AS bigint[]))
   AND (old.day IS NULL OR old.day <> CAST(:today AS date))
@@ -160,21 +180,45 @@ WITH target AS MATERIALIZED (
 ), rules AS MATERIALIZED (
     SELECT t.meter_id, t.has_valve, t.install_date, r.*
     FROM target t JOIN pair_rules r ON r.model_key = t.model_key AND r.area_id = t.area_id
-), point_flags AS (
+), heard AS (
+    -- An estimate is no sign of life, and a manual read reports no battery, valve or
+    -- status bits: when the newest reading is one, the point rules look back to the
+    -- newest one that is. The look-back for battery and valve only keeps a live alarm
+    -- from closing (its reading opened it), so meters read by hand that have none, many
+    -- at some utilities, cost one alarm probe rather than one per readings partition.
     SELECT r.meter_id, r.silent_s, r.silent_t, r.communication_failure_s, r.communication_failure_t,
-           r.battery_low_s, r.battery_low_t, r.valve_abnormal_s, r.valve_abnormal_t,
-           l.read_at, l.battery, l.status_bits, l.valve_state, s.consecutive_failures, s.last_failure_reason,
-           CAST(r.install_date AS timestamp) AT TIME ZONE :tz AS installed_at,
-           coalesce(coalesce(l.read_at, CAST(r.install_date AS timestamp) AT TIME ZONE :tz)
-                    < CAST(:now AS timestamptz) - r.silent_t * interval '1 hour', false) AS is_silent,
-           coalesce(s.consecutive_failures >= r.communication_failure_t, false) AS is_failing,
-           coalesce(r.battery_low_t IS NOT NULL AND (l.battery < r.battery_low_t OR l.status_bits & 4 <> 0),
-                    false) AS is_battery_low,
-           coalesce(r.valve_abnormal_t IS NOT NULL
-                    AND ((r.has_valve AND l.valve_state = 'unknown') OR l.status_bits & 3 = 3), false) AS is_valve_abnormal
+           r.battery_low_s, r.battery_low_t, r.valve_abnormal_s, r.valve_abnormal_t, r.has_valve,
+           CASE WHEN l.quality = 'estimated' THEN lh.read_at ELSE l.read_at END AS read_at,
+           CASE WHEN l.quality = 'actual' THEN l.battery ELSE la.battery END AS battery,
+           CASE WHEN l.quality = 'actual' THEN l.status_bits ELSE la.status_bits END AS status_bits,
+           CASE WHEN l.quality = 'actual' THEN l.valve_state ELSE la.valve_state END AS valve_state,
+           s.consecutive_failures, s.last_failure_reason,
+           CAST(r.install_date AS timestamp) AT TIME ZONE :tz AS installed_at
     FROM rules r
     LEFT JOIN latest_readings l ON l.meter_id = r.meter_id
+    LEFT JOIN LATERAL (
+        SELECT x.read_at FROM readings x
+        WHERE l.quality = 'estimated' AND x.meter_id = r.meter_id AND x.quality <> 'estimated'
+        ORDER BY x.read_at DESC LIMIT 1
+    ) lh ON true
+    LEFT JOIN LATERAL (
+        SELECT x.battery, x.status_bits, x.valve_state FROM readings x
+        WHERE l.quality <> 'actual' AND x.meter_id = r.meter_id AND x.quality = 'actual'
+          AND EXISTS (SELECT FROM meter_alarms a WHERE a.meter_id = r.meter_id AND a.status <> 'closed'
+                      AND a.kind IN ('battery_low', 'valve_abnormal'))
+        ORDER BY x.read_at DESC LIMIT 1
+    ) la ON true
     LEFT JOIN meter_link_status s ON s.meter_id = r.meter_id
+), point_flags AS (
+    SELECT h.*,
+           coalesce(coalesce(h.read_at, h.installed_at)
+                    < CAST(:now AS timestamptz) - h.silent_t * interval '1 hour', false) AS is_silent,
+           coalesce(h.consecutive_failures >= h.communication_failure_t, false) AS is_failing,
+           coalesce(h.battery_low_t IS NOT NULL AND (h.battery < h.battery_low_t OR h.status_bits & 4 <> 0),
+                    false) AS is_battery_low,
+           coalesce(h.valve_abnormal_t IS NOT NULL
+                    AND ((h.has_valve AND h.valve_state = 'unknown') OR h.status_bits & 3 = 3), false) AS is_valve_abnormal
+    FROM heard h
 ), point AS (
     -- Abnormal meters are few: the per-kind rows are only made for them.
     SELECT p.meter_id, k.kind, k.severity, k.threshold, p.read_at, p.battery, p.status_bits, p.valve_state,
@@ -206,7 +250,7 @@ WITH target AS MATERIALIZED (
            END AS detail
     FROM point
 ), recent AS (
-    SELECT d.meter_id, d.day, d.usage_m3, d.reverse_flow, d.rollover
+    SELECT d.meter_id, d.day, d.last_at, d.usage_m3, d.reverse_flow, d.rollover
     FROM daily_usage d
     WHERE d.day <= CAST(:today AS date)
       AND d.day > CAST(:today AS date) - (
@@ -227,13 +271,28 @@ WITH target AS MATERIALIZED (
       AND d.day > CAST(:today AS date) - CAST(k.threshold AS integer)
     GROUP BY r.meter_id, k.kind, k.severity, k.threshold
 ), high AS (
-    SELECT DISTINCT ON (r.meter_id) r.meter_id, r.high_use_s AS severity, r.high_use_t AS k, b.average_m3,
-           d.usage_m3 AS usage
-    FROM recent d
-    JOIN rules r ON r.meter_id = d.meter_id
-    JOIN meter_usage_baselines b ON b.meter_id = d.meter_id
-    WHERE d.day >= CAST(:today AS date) - 1 AND b.average_m3 > 0 AND d.usage_m3 > r.high_use_t * b.average_m3
-    ORDER BY r.meter_id, d.usage_m3 DESC
+    -- A day's usage runs from the previous reading, which for a meter read every few days
+    -- is days back: it is compared per day (never over less than one). Only the rare
+    -- rows above K x the average at all look the previous reading up.
+    SELECT DISTINCT ON (c.meter_id) c.meter_id, c.severity, c.k, c.average_m3, c.usage, c.days
+    FROM (
+        SELECT r.meter_id, r.high_use_s AS severity, r.high_use_t AS k, b.average_m3, per.days,
+               round(d.usage_m3 / per.days, 4) AS usage
+        FROM recent d
+        JOIN rules r ON r.meter_id = d.meter_id
+        JOIN meter_usage_baselines b ON b.meter_id = d.meter_id
+        LEFT JOIN LATERAL (
+            SELECT p.last_at FROM daily_usage p WHERE p.meter_id = d.meter_id AND p.day < d.day
+            ORDER BY p.day DESC LIMIT 1
+        ) previous ON true
+        CROSS JOIN LATERAL (
+            SELECT greatest(1, coalesce(CAST(extract(epoch FROM d.last_at - previous.last_at) AS numeric) / 86400, 1))
+                AS days
+        ) per
+        WHERE d.day >= CAST(:today AS date) - 1 AND b.average_m3 > 0 AND d.usage_m3 > r.high_use_t * b.average_m3
+    ) c
+    WHERE c.usage > c.k * c.average_m3
+    ORDER BY c.meter_id, c.usage DESC
 ), live_zero AS (
     SELECT meter_id FROM meter_alarms
     WHERE kind = 'zero_use' AND status <> 'closed' AND meter_id = ANY(CAST(:meter_ids AS bigint[]))
@@ -251,7 +310,8 @@ WITH target AS MATERIALIZED (
     FROM flagged
     UNION ALL
     SELECT meter_id, 'high_use', severity, round(k * average_m3, 4), usage,
-           '日用量 ' || usage || ' > ' || k || ' × 日均 ' || average_m3
+           '日用量 ' || usage || CASE WHEN days > 1 THEN ' (' || round(days, 1) || ' 天平均)' ELSE '' END
+           || ' > ' || k || ' × 日均 ' || average_m3
     FROM high
     UNION ALL
     SELECT z.meter_id, 'zero_use', z.severity, z.threshold, z.total, CAST(z.threshold AS integer) || ' 天用量为 0'
@@ -311,7 +371,7 @@ async def evaluate_alarms(
     await session.execute(_RESET_LINKS[every], scope)
     await session.execute(_REFRESH_BASELINES[every], {**scope, "today": today, "baseline_days": HIGH_USE_BASELINE_DAYS})
     result = (await session.execute(_EVALUATE[every], {
-        **scope, "now": now, "tz": _zone_name(zone, now), "today": today, "system": SYSTEM,
+        **scope, "now": now, "tz": zone_name(zone), "today": today, "system": SYSTEM,
         "cleared": CONDITION_CLEARED,
     })).one()
     opened, closed = list(result.opened), list(result.closed)
@@ -327,9 +387,9 @@ INSERT INTO meter_link_status AS s (meter_id, consecutive_failures, last_failure
 SELECT DISTINCT id, 1, CAST(:failed_at AS timestamptz), :reason FROM unnest(CAST(:meter_ids AS bigint[])) AS m(id)
 ON CONFLICT (meter_id) DO UPDATE
 SET consecutive_failures = CASE
-        -- A reading newer than the last failure means the link worked in between.
-        WHEN EXISTS (SELECT FROM latest_readings l WHERE l.meter_id = s.meter_id
-                     AND l.read_at > coalesce(s.last_failure_at, '-infinity'::timestamptz)) THEN 1
+        -- An actual reading newer than the last failure means the link worked in between.
+        WHEN EXISTS (SELECT FROM readings x WHERE x.meter_id = s.meter_id AND x.quality = 'actual'
+                     AND x.read_at > coalesce(s.last_failure_at, '-infinity'::timestamptz)) THEN 1
         ELSE s.consecutive_failures + 1 END,
     last_failure_at = EXCLUDED.last_failure_at, last_failure_reason = EXCLUDED.last_failure_reason
 WHERE s.last_failure_at IS NULL OR EXCLUDED.last_failure_at > s.last_failure_at
@@ -604,6 +664,13 @@ async def _rule_in_scope(
     if rule is None:
         raise NotFound(field="id")
     return rule  # type: ignore[no-any-return]
+
+
+async def alarm_rule_view(session: AsyncSession, *, rule_id: int) -> tuple[AlarmRule, str | None]:
+    """A rule with the name of its area (null for a rule over every area), as the list shows it."""
+    statement = alarm_rules_statement(scope_patterns=None).where(AlarmRule.id == rule_id)  # type: ignore[arg-type]
+    row: Any = (await session.execute(statement)).one()
+    return row[0], row[1]
 
 
 def alarm_rules_statement(*, scope_patterns: Sequence[str] | None, kind: AlarmKind | None = None) -> Select[Any]:

@@ -82,7 +82,8 @@ class MeterAlarmType(Node):
 
 
 @strawberry.type(name="AlarmRule", description="A threshold of one alarm kind for everyone, an area subtree, "
-                 "a meter model, or a model within an area (the most specific enabled rule applies).")
+                 "a meter model, or a model within an area (the most specific rule applies; a disabled one turns its "
+                 "kind off there).")
 class AlarmRuleType(Node):
     kind: AlarmKindEnum  # type: ignore[valid-type]
     area_id: strawberry.ID | None
@@ -243,7 +244,8 @@ class Mutation:
                 threshold=input.threshold, severity=AlarmSeverity(input.severity), by=principal.name, now=utcnow(),
                 scope_patterns=principal.scope_patterns(),
             )
-            return AlarmRuleType.from_rule(rule, None)
+            assert rule.id is not None
+            return AlarmRuleType.from_rule(*await service.alarm_rule_view(session, rule_id=rule.id))
 
         return await run_mutation(
             info, module="alarms", action="setAlarmRule", describe=lambda _: f"设置告警规则 {AlarmKind(input.kind).value}",
