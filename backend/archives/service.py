@@ -23,7 +23,7 @@ import re
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, tzinfo
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -1307,10 +1307,15 @@ async def replace_meter(
     reason: str = "",
     replaced_by: str,
     scope_patterns: Sequence[str] | None = None,
+    now: datetime | None = None,
+    tz: str | tzinfo = "Asia/Shanghai",
 ) -> MeterReplacement:
     """换表, in one operation: the old meter's assignment closes with its final reading
     (the old meter is retired), the new meter's opens for the same household with its
-    initial reading, and the replacement is recorded, so usage later spans both."""
+    initial reading, and the replacement is recorded, so usage later spans both.
+
+    The two register readings are stored as readings at ``replaced_at`` through ingest
+    (received ``now``, default ``replaced_at``), in the utility's zone ``tz``."""
     if old_meter_id == new_meter_id:
         raise DomainError("新表不能与旧表相同", "The new meter must differ from the old one", field="newMeterId", code=ErrorCode.INVALID)
     old, new = await _lock_meters(session, [old_meter_id, new_meter_id], scope_patterns, ["oldMeterId", "newMeterId"])
@@ -1344,7 +1349,7 @@ async def replace_meter(
     await ingest_readings(session, readings=[
         ReadingIn(meter_id=old.id, read_at=replaced_at, total_m3=as_stored(old_final_reading), quality=ReadingQuality.manual),
         ReadingIn(meter_id=new.id, read_at=replaced_at, total_m3=as_stored(new_initial_reading), quality=ReadingQuality.manual),
-    ], source=f"replacement:{replaced_by[:80]}", now=replaced_at)
+    ], source=f"replacement:{replaced_by[:80]}", now=now or replaced_at, tz=tz)
     return replacement
 
 

@@ -541,7 +541,8 @@ async def _make_replacement(session: AsyncSession, old: _Meter, calendar: _Calen
     ))
     assert new.id is not None
     await replace_meter(session, old_meter_id=old.id, new_meter_id=new.id, replaced_at=replaced_at,
-                        old_final_reading=final, new_initial_reading=Decimal(0), reason="表计到期轮换", replaced_by="王磊")
+                        old_final_reading=final, new_initial_reading=Decimal(0), reason="表计到期轮换", replaced_by="王磊",
+                        now=calendar.now, tz=calendar.zone)
 
 
 @dataclass(slots=True)

@@ -462,7 +462,7 @@ class Mutation:
                 new_meter_id=decode_id(new_meter_id, "Meter", field="newMeterId"), replaced_at=replaced_at or utcnow(),
                 old_final_reading=_reading(old_final_reading, 'oldFinalReading'),
                 new_initial_reading=_reading(new_initial_reading, 'newInitialReading'), reason=reason,
-                replaced_by=context.caller.name, scope_patterns=_scope(info),
+                replaced_by=context.caller.name, scope_patterns=_scope(info), now=utcnow(), tz=scalars.display_zone,
             )
 
         return await _run(info, "replaceMeter", lambda _: "住户换表",
