@@ -55,7 +55,7 @@ from backend.auth.service import AuthPolicy
 from backend.clock import utcnow
 from backend.errors import BadUserInput, DomainError, Forbidden
 from backend.exports import excel
-from backend.exports.http import caller, client_ip, file_download, refusal
+from backend.exports.http import caller, client_ip, declared_body_too_large, file_download, refusal
 from backend.graphql.relay import decode_id
 from backend.observability import request_id_var
 from backend.settings import Settings
@@ -226,6 +226,8 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
             await audited(principal, request, action=action,
                           summary=f"导入{label}: 拒绝 (缺少权限 {MANAGE_PERMISSION})", payload={}, success=False)
             return refusal(Forbidden(), 403)
+        if declared_body_too_large(request, MAX_UPLOAD_BYTES):
+            return refusal(excel.FileTooLarge(field="file"), 400)
         async with request.form(max_files=1, max_fields=10) as form:
             upload = form.get("file")
             try:

@@ -31,7 +31,7 @@ from backend.auth.service import AuthPolicy
 from backend.clock import utcnow
 from backend.errors import BadUserInput, DomainError, ErrorCode, Forbidden
 from backend.exports.excel import XLSX_MEDIA_TYPE
-from backend.exports.http import caller, client_ip, file_download, refusal
+from backend.exports.http import caller, client_ip, declared_body_too_large, file_download, refusal
 from backend.observability import request_id_var
 from backend.readings import entry
 from backend.readings.screens import (
@@ -171,6 +171,8 @@ def upload_routes(sessions: async_sessionmaker[AsyncSession], read_engine: Async
             return refusal(Forbidden(), 403)
         payload: dict[str, Any] = {}
         try:
+            if declared_body_too_large(request, entry.MAX_UPLOAD_BYTES):
+                raise entry.UploadTooLarge(field="file")
             async with request.form(max_files=1, max_fields=10) as form:
                 dry_run = _flag(form.get("dryRun"), request.query_params.get("dryRun"), "dryRun")
                 strict = _flag(form.get("strict"), request.query_params.get("strict"), "strict")

@@ -296,3 +296,19 @@ async def test_the_template_has_both_header_rows_and_an_example(client: GraphQLC
     assert rows[2] == ("M0001", "2026-11-25 09:30", 1234.5)
     # The template reads back as an upload: its example row is the only row.
     assert [row.code for row in read_upload(response.content).rows] == ["M0001"]
+
+
+async def test_an_upload_declared_larger_than_the_limit_is_refused_before_it_is_read(
+    client: GraphQLClient, world: World,
+) -> None:
+    admin = await client.login(world.admin.username, world.admin.password)
+    body = csv_file([], "utf-8")
+    request = client.http.build_request("POST", "/imports/readings", headers={"Authorization": f"Bearer {admin}"},
+                                        files={"file": ("big.csv", body)})
+    # The header alone decides: the (small) body is never parsed.
+    request.headers["Content-Length"] = str(MAX_UPLOAD_BYTES + 1024 * 1024)
+
+    response = await client.http.send(request)
+
+    assert response.status_code == 413
+    assert response.json()["errors"][0]["extensions"]["code"] == "FILE_TOO_LARGE"
