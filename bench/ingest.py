@@ -154,7 +154,9 @@ async def reset(url: str) -> None:
     engine = create_engine(url, pool_size=1, max_overflow=0)
     try:
         async with session_factory(engine)() as session, session.begin():
-            await session.execute(text("TRUNCATE readings, latest_readings, daily_usage, domain_events"))
+            await session.execute(text(
+                "TRUNCATE readings, latest_readings, daily_usage, domain_events, meter_alarms, meter_usage_baselines"
+            ))
         async with engine.connect() as connection:
             await connection.execute(text("COMMIT"))
             await connection.execute(text("CHECKPOINT"))
@@ -200,6 +202,17 @@ async def run(url: str, meters: int, per_meter: int) -> float:
     small = await ingest_all(url, rows, 10_000)
     report("ingest_readings, 10k-row batches", small[0], count, small)
     print_shares(small[0])
+
+    # The same rows as NB-IoT meters and concentrators deliver them: each meter's readings
+    # together (a day's hourly frozen values in one upload), 2,000 meters per 100k batch.
+    # Per-meter work (latest reading, rollup day, alarms) is paid once per 50 readings
+    # instead of once per 5. Shown for information; the headline is the interleaved order.
+    await reset(url)
+    by_meter = sorted(rows, key=lambda reading: (reading.meter_id, reading.read_at))
+    grouped = await ingest_all(url, by_meter, 100_000)
+    grouped_rate = report("ingest_readings, 100k, grouped by meter", grouped[0], count, grouped)
+    print_shares(grouped[0])
+    print(f"    grouped by meter: {grouped_rate / raw_rate:.2f}x raw COPY")
     return rate / raw_rate
 
 

@@ -501,6 +501,17 @@ def _base_params(
             "household_ids": list(household_ids or ()), "tz": tz, "start_day": start_day, "end_day": end_day}
 
 
+async def _find_with_params(
+    session: AsyncSession, *, scope: Scope, scope_patterns: Sequence[str] | None, household_ids: Sequence[int] | None,
+    start_day: date, end_day: date, tz: str,
+) -> tuple[Target, dict[str, Any]]:
+    """The object ``scope`` names (:func:`find_target`) and the binds every query of its
+    child units over ``start_day``..``end_day`` takes (:func:`_base_params`)."""
+    target = await find_target(session, scope=scope, scope_patterns=scope_patterns, household_ids=household_ids)
+    return target, _base_params(target, scope_patterns=scope_patterns, household_ids=household_ids,
+                                start_day=start_day, end_day=end_day, tz=tz)
+
+
 # --------------------------------------------------------------------------- statistics
 
 
@@ -567,9 +578,8 @@ async def _statistics_target(
     _check_range(start_day, end_day, granularity)
     if granularity is Granularity.hour:
         _check_hourly(scope, start_day, end_day)
-    target = await find_target(session, scope=scope, scope_patterns=scope_patterns, household_ids=household_ids)
-    params = _base_params(target, scope_patterns=scope_patterns, household_ids=household_ids,
-                          start_day=start_day, end_day=end_day, tz=tz)
+    target, params = await _find_with_params(session, scope=scope, scope_patterns=scope_patterns,
+                                             household_ids=household_ids, start_day=start_day, end_day=end_day, tz=tz)
     if granularity is not Granularity.hour:
         params.update(_periods_params(granularity, start_day, end_day))
     return target, params
@@ -827,12 +837,10 @@ def _ledger_page_sql(kind: ScopeKind, granularity: Granularity) -> str:
     """
 
 
-def _ledger_params(target: Target, granularity: Granularity, **kwargs: Any) -> dict[str, Any]:
-    params = _base_params(target, **kwargs)
+def _add_ledger_params(params: dict[str, Any], granularity: Granularity) -> None:
     if granularity is not Granularity.period:
         params["first_bucket"] = bucket_start(params["start_day"], granularity, params["start_day"])
         params["step"] = _LEDGER_STEP[granularity]
-    return params
 
 
 def _ledger_row(row: Any, granularity: Granularity) -> LedgerRow:
@@ -875,9 +883,9 @@ async def usage_ledger(
     child areas of an area object, the meters' own areas otherwise) and overall."""
     _check_ledger_granularity(granularity)
     _check_range(start_day, end_day)
-    target = await find_target(session, scope=scope, scope_patterns=scope_patterns, household_ids=household_ids)
-    params = _ledger_params(target, granularity, scope_patterns=scope_patterns, household_ids=household_ids,
-                            start_day=start_day, end_day=end_day, tz=tz)
+    target, params = await _find_with_params(session, scope=scope, scope_patterns=scope_patterns,
+                                             household_ids=household_ids, start_day=start_day, end_day=end_day, tz=tz)
+    _add_ledger_params(params, granularity)
     area_totals: list[AreaTotal] = []
     if with_totals:
         totals = (await session.execute(text(_ledger_totals_sql(target.kind, granularity)), params)).all()
@@ -977,13 +985,13 @@ async def usage_comparison(
         first = first.replace(month=(first.month - 1) // 3 * 3 + 1)
         last = last.replace(month=(last.month - 1) // 3 * 3 + 1)
     _check_range(first, last)
-    target = await find_target(session, scope=scope, scope_patterns=scope_patterns, household_ids=household_ids)
     step_months = 3 if quarterly else 1
     back_months = 12 if basis is ComparisonBasis.year_on_year else step_months
     window_start = add_months(first, -back_months)
     window_end = add_months(last, step_months) - timedelta(days=1)
-    params = _base_params(target, scope_patterns=scope_patterns, household_ids=household_ids,
-                          start_day=window_start, end_day=window_end, tz=tz)
+    target, params = await _find_with_params(session, scope=scope, scope_patterns=scope_patterns,
+                                             household_ids=household_ids, start_day=window_start, end_day=window_end,
+                                             tz=tz)
     params.update(first_bucket=first, last_bucket=last, step=f"{step_months} months", back=f"{back_months} months",
                   min_units=MIN_UNITS_FOR_Z, z_limit=OUTLIER_Z, percent_limit=outlier_percent,
                   offset=offset, limit=limit)

@@ -20,6 +20,8 @@ from backend.errors import DomainError, ErrorCode
 from backend.readings import analytics
 from backend.readings.analytics import ComparisonBasis, ComparisonOrder, Granularity, Scope, ScopeKind
 from backend.readings.screens import (
+    FOUR_PLACES_FORMAT,
+    TIME_FORMAT,
     ExportRequest,
     Screen,
     ScreenColumn,
@@ -30,8 +32,6 @@ from backend.readings.screens import (
     register_screen,
 )
 
-_M3 = "0.0000"
-_TIME = "yyyy-mm-dd hh:mm:ss"
 _SCOPE_KEYS = (("areaId", "Area", ScopeKind.area), ("householdId", "Household", ScopeKind.household),
                ("concentratorId", "Concentrator", ScopeKind.concentrator), ("meterId", "Meter", ScopeKind.meter))
 
@@ -73,7 +73,7 @@ STATISTICS_COLUMNS = (
     ScreenColumn("unit_name", "单位名称", "Unit", 20),
     ScreenColumn("unit_code", "编码", "Code", 14),
     ScreenColumn("label", "日期", "Period", 18),
-    ScreenColumn("usage_m3", "用水量(m³)", "Usage (m³)", 14, _M3),
+    ScreenColumn("usage_m3", "用水量(m³)", "Usage (m³)", 14, FOUR_PLACES_FORMAT),
 )
 
 
@@ -97,12 +97,12 @@ LEDGER_COLUMNS = (
     ScreenColumn("meter_code", "表计编码", "Meter code", 14),
     ScreenColumn("meter_name", "表计名称", "Meter name", 16),
     ScreenColumn("label", "期间", "Period", 22),
-    ScreenColumn("start_at", "起码时间", "Start time", 20, _TIME),
-    ScreenColumn("end_at", "止码时间", "End time", 20, _TIME),
+    ScreenColumn("start_at", "起码时间", "Start time", 20, TIME_FORMAT),
+    ScreenColumn("end_at", "止码时间", "End time", 20, TIME_FORMAT),
     ScreenColumn("multiplier", "倍率", "Multiplier", 8, "0.####"),
-    ScreenColumn("start_reading", "起码", "Start reading", 14, _M3),
-    ScreenColumn("end_reading", "止码", "End reading", 14, _M3),
-    ScreenColumn("usage_m3", "统计值(m³)", "Usage (m³)", 14, _M3),
+    ScreenColumn("start_reading", "起码", "Start reading", 14, FOUR_PLACES_FORMAT),
+    ScreenColumn("end_reading", "止码", "End reading", 14, FOUR_PLACES_FORMAT),
+    ScreenColumn("usage_m3", "统计值(m³)", "Usage (m³)", 14, FOUR_PLACES_FORMAT),
 )
 
 
@@ -128,9 +128,9 @@ COMPARISON_COLUMNS = (
     ScreenColumn("parent_name", "上级单位", "Parent unit", 18),
     ScreenColumn("unit_name", "单位名称", "Unit", 20),
     ScreenColumn("label", "期间", "Period", 12),
-    ScreenColumn("current_m3", "本期用水量(m³)", "Current (m³)", 14, _M3),
-    ScreenColumn("previous_m3", "对比期用水量(m³)", "Previous (m³)", 14, _M3),
-    ScreenColumn("change_m3", "变化量(m³)", "Change (m³)", 14, _M3),
+    ScreenColumn("current_m3", "本期用水量(m³)", "Current (m³)", 14, FOUR_PLACES_FORMAT),
+    ScreenColumn("previous_m3", "对比期用水量(m³)", "Previous (m³)", 14, FOUR_PLACES_FORMAT),
+    ScreenColumn("change_m3", "变化量(m³)", "Change (m³)", 14, FOUR_PLACES_FORMAT),
     ScreenColumn("change_percent", "变化率(%)", "Change (%)", 12, "0.00"),
     ScreenColumn("z_score", "Z 值", "z-score", 10, "0.00"),
     ScreenColumn("outlier", "异常", "Outlier", 8),

@@ -25,6 +25,10 @@ from backend.auth.principal import Principal
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.readings.models import ReadingQuality
 from backend.readings.screens import (
+    AREA_NAME_COLUMN,
+    FOUR_PLACES_FORMAT,
+    HOLDER_COLUMNS,
+    TIME_FORMAT,
     ExportRequest,
     Screen,
     ScreenColumn,
@@ -195,6 +199,27 @@ def _subtree(params: dict[str, Any], area_id: int) -> str:
     return "starts_with(a.path, (SELECT s.path FROM areas s WHERE s.id = :area_id))"
 
 
+def _meter_conditions(
+    params: dict[str, Any], *, area_id: int | None, household_id: int | None, concentrator_id: int | None,
+    kind: MeterKind | None,
+) -> list[str]:
+    """The filters the real-time and history screens share: the area's subtree, the
+    household (``h``), the concentrator and the kind of the meter (``m``)."""
+    where: list[str] = []
+    if area_id is not None:
+        where.append(_subtree(params, area_id))
+    if household_id is not None:
+        params["household_id"] = household_id
+        where.append("h.id = :household_id")
+    if concentrator_id is not None:
+        params["concentrator_id"] = concentrator_id
+        where.append("m.concentrator_id = :concentrator_id")
+    if kind is not None:
+        params["kind"] = kind.value
+        where.append("m.kind = :kind")
+    return where
+
+
 async def _page(session: AsyncSession, sql: str, count_sql: str, params: dict[str, Any], *, offset: int, limit: int,
                 count: bool) -> Page:
     total: int | None = None
@@ -221,23 +246,14 @@ async def _stream(session: AsyncSession, sql: str, params: dict[str, Any]) -> As
 def _realtime_sql(flt: RealtimeFilter, reach: Reach, now: datetime) -> tuple[str, str, dict[str, Any]]:
     params: dict[str, Any] = {"online_since": now - ONLINE_WINDOW}
     where = _reach_conditions(reach, params, household="h.id")
-    if flt.area_id is not None:
-        where.append(_subtree(params, flt.area_id))
-    if flt.household_id is not None:
-        params["household_id"] = flt.household_id
-        where.append("h.id = :household_id")
+    where += _meter_conditions(params, area_id=flt.area_id, household_id=flt.household_id,
+                               concentrator_id=flt.concentrator_id, kind=flt.kind)
     if flt.meter_id is not None:
         params["meter_id"] = flt.meter_id
         where.append("m.id = :meter_id")
-    if flt.concentrator_id is not None:
-        params["concentrator_id"] = flt.concentrator_id
-        where.append("m.concentrator_id = :concentrator_id")
     if flt.meter_code:
         params["code_prefix"] = flt.meter_code
         where.append("starts_with(m.code, :code_prefix)")
-    if flt.kind is not None:
-        params["kind"] = flt.kind.value
-        where.append("m.kind = :kind")
     if flt.status is OnlineStatus.never:
         where.append("lr.meter_id IS NULL")
     elif flt.status is OnlineStatus.online:
@@ -302,20 +318,11 @@ def _history_sql(flt: HistoryFilter, reach: Reach) -> tuple[str, str, dict[str, 
     if flt.meter_ids:
         params["meter_ids"] = list(flt.meter_ids)
         where.append("r.meter_id = ANY(:meter_ids)")
-    if flt.area_id is not None:
-        where.append(_subtree(params, flt.area_id))
-    if flt.household_id is not None:
-        params["household_id"] = flt.household_id
-        where.append("h.id = :household_id")
-    if flt.concentrator_id is not None:
-        params["concentrator_id"] = flt.concentrator_id
-        where.append("m.concentrator_id = :concentrator_id")
+    where += _meter_conditions(params, area_id=flt.area_id, household_id=flt.household_id,
+                               concentrator_id=flt.concentrator_id, kind=flt.kind)
     if flt.qualities:
         params["qualities"] = [quality.value for quality in flt.qualities]
         where.append("r.quality = ANY(:qualities)")
-    if flt.kind is not None:
-        params["kind"] = flt.kind.value
-        where.append("m.kind = :kind")
     # The household is the one the meter served when it was read. A reading at the
     # instant an assignment ends (the old meter's final reading at a replacement) is that
     # household's, unless the meter went straight on to serve another one from then.
@@ -515,24 +522,18 @@ def _export_row(row: Mapping[str, Any], tz: str) -> dict[str, Any]:
     return out
 
 
-_TIME = "yyyy-mm-dd hh:mm:ss"
-_M3 = "0.0000"
 _DESCRIPTIVE_COLUMNS = (
-    ScreenColumn("area_name", "单位名称", "Area", 18),
+    AREA_NAME_COLUMN,
     ScreenColumn("parent_area_name", "上级单位", "Parent area", 18),
-    ScreenColumn("account_no", "户号", "Account no.", 14),
-    ScreenColumn("household_name", "户名", "Household", 14),
-    ScreenColumn("household_address", "住址", "Address", 28),
-    ScreenColumn("meter_name", "表计名称", "Meter name", 16),
-    ScreenColumn("meter_code", "表计编码", "Meter code", 16),
+    *HOLDER_COLUMNS,
     ScreenColumn("meter_address", "通讯地址", "Meter address", 16),
     ScreenColumn("meter_kind", "表计类别", "Meter kind", 10),
 )
 _READING_COLUMNS = (
-    ScreenColumn("total_m3", "累积流量(t)", "Total (m³)", 14, _M3),
-    ScreenColumn("read_at", "抄表时间", "Read at", 20, _TIME),
-    ScreenColumn("flow_rate", "瞬时流量(m³/h)", "Flow rate (m³/h)", 14, _M3),
-    ScreenColumn("pressure", "压力(MPa)", "Pressure (MPa)", 12, _M3),
+    ScreenColumn("total_m3", "累积流量(t)", "Total (m³)", 14, FOUR_PLACES_FORMAT),
+    ScreenColumn("read_at", "抄表时间", "Read at", 20, TIME_FORMAT),
+    ScreenColumn("flow_rate", "瞬时流量(m³/h)", "Flow rate (m³/h)", 14, FOUR_PLACES_FORMAT),
+    ScreenColumn("pressure", "压力(MPa)", "Pressure (MPa)", 12, FOUR_PLACES_FORMAT),
     ScreenColumn("valve_state", "阀门状态", "Valve", 10),
     ScreenColumn("battery", "电池电压(V)", "Battery (V)", 12, "0.00"),
     ScreenColumn("status_bits", "状态字", "Status bits", 10),
@@ -542,17 +543,14 @@ _READING_COLUMNS = (
 REALTIME_COLUMNS = (*_DESCRIPTIVE_COLUMNS, *_READING_COLUMNS, ScreenColumn("online_status", "在线状态", "Online", 10))
 HISTORY_COLUMNS = (
     *_DESCRIPTIVE_COLUMNS, *_READING_COLUMNS,
-    ScreenColumn("source", "采集来源", "Source", 14), ScreenColumn("received_at", "接收时间", "Received at", 20, _TIME),
+    ScreenColumn("source", "采集来源", "Source", 14), ScreenColumn("received_at", "接收时间", "Received at", 20, TIME_FORMAT),
 )
+_READING = {column.key: column for column in _READING_COLUMNS}
 MONITORING_COLUMNS = (
-    ScreenColumn("area_name", "单位名称", "Area", 18),
+    AREA_NAME_COLUMN,
     ScreenColumn("meter_name", "监测点名称", "Point", 16),
     ScreenColumn("meter_code", "表计编码", "Code", 16),
-    ScreenColumn("read_at", "抄表时间", "Read at", 20, _TIME),
-    ScreenColumn("total_m3", "累积流量(t)", "Total (m³)", 14, _M3),
-    ScreenColumn("flow_rate", "瞬时流量(m³/h)", "Flow rate (m³/h)", 14, _M3),
-    ScreenColumn("pressure", "压力(MPa)", "Pressure (MPa)", 12, _M3),
-    ScreenColumn("quality", "数据来源", "Quality", 10),
+    *(_READING[key] for key in ("read_at", "total_m3", "flow_rate", "pressure", "quality")),
 )
 _DEFAULT = ("area_name", "parent_area_name", "household_name", "meter_name", "meter_code", "total_m3", "read_at")
 

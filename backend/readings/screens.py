@@ -61,6 +61,21 @@ class ScreenColumn:
     number_format: str | None = None
 
 
+# Excel number formats of the screens' columns.
+TIME_FORMAT = "yyyy-mm-dd hh:mm:ss"
+FOUR_PLACES_FORMAT = "0.0000"
+
+# The columns that name a meter and the household it serves, titled alike on every screen.
+AREA_NAME_COLUMN = ScreenColumn("area_name", "单位名称", "Area", 18)
+HOLDER_COLUMNS = (
+    ScreenColumn("account_no", "户号", "Account no.", 14),
+    ScreenColumn("household_name", "户名", "Household", 14),
+    ScreenColumn("household_address", "住址", "Address", 28),
+    ScreenColumn("meter_name", "表计名称", "Meter name", 16),
+    ScreenColumn("meter_code", "表计编码", "Meter code", 16),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ExportRequest:
     """What a screen's row source is asked for.

@@ -69,6 +69,21 @@ query($meterId: ID!, $from: DateTime!, $to: DateTime!) {
 """
 
 
+async def statements_at_two_sizes(
+    client: GraphQLClient, monkeypatch: pytest.MonkeyPatch, query: str, variables: dict[str, Any], *, token: str,
+    size: str, small: int, large: int,
+) -> tuple[dict[str, Any], dict[str, Any], list[str], list[str]]:
+    """``query`` with the page size variable ``size`` at ``small`` and at ``large``, after a
+    warm-up at 1 that opens the pool's connections: both results and the statements each sent."""
+    state = client.http._transport.app.state  # type: ignore[attr-defined]
+    await client.execute(query, {**variables, size: 1}, token=token)
+    with counted_statements(monkeypatch, state.engine, state.read_engine) as small_statements:
+        small_result = await client.execute(query, {**variables, size: small}, token=token)
+    with counted_statements(monkeypatch, state.engine, state.read_engine) as large_statements:
+        large_result = await client.execute(query, {**variables, size: large}, token=token)
+    return small_result, large_result, small_statements, large_statements
+
+
 @dataclass
 class Data:
     prefix: str
@@ -264,14 +279,10 @@ async def test_realtime_statement_count_does_not_grow_with_page_size(
     client: GraphQLClient, world: World, data: Data, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     token = await _token(client, world.admin)
-    state = client.http._transport.app.state  # type: ignore[attr-defined]
     variables = {"filter": {"meterCode": data.prefix, "areaId": encode_id("Area", world.tree.company.id)}}  # type: ignore[arg-type]
-    await client.execute(REALTIME, {**variables, "first": 1}, token=token)
 
-    with counted_statements(monkeypatch, state.engine, state.read_engine) as small:
-        two = await client.execute(REALTIME, {**variables, "first": 2}, token=token)
-    with counted_statements(monkeypatch, state.engine, state.read_engine) as large:
-        seven = await client.execute(REALTIME, {**variables, "first": 7}, token=token)
+    two, seven, small, large = await statements_at_two_sizes(client, monkeypatch, REALTIME, variables, token=token,
+                                                             size="first", small=2, large=7)
 
     assert len(_nodes(two, "realtimeReadings")) == 2
     assert len(_nodes(seven, "realtimeReadings")) == 7
@@ -361,15 +372,11 @@ async def test_history_statement_count_does_not_grow_with_page_size(
     client: GraphQLClient, world: World, data: Data, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     token = await _token(client, world.admin)
-    state = client.http._transport.app.state  # type: ignore[attr-defined]
     variables = {"filter": {"from": _iso(data.now - timedelta(days=7)), "to": _iso(data.now),
                             "meterIds": [encode_id("Meter", m.id) for m in data.east_meters]}}  # type: ignore[arg-type]
-    await client.execute(HISTORY, {**variables, "first": 1}, token=token)
 
-    with counted_statements(monkeypatch, state.engine, state.read_engine) as small:
-        two = await client.execute(HISTORY, {**variables, "first": 2}, token=token)
-    with counted_statements(monkeypatch, state.engine, state.read_engine) as large:
-        six = await client.execute(HISTORY, {**variables, "first": 6}, token=token)
+    two, six, small, large = await statements_at_two_sizes(client, monkeypatch, HISTORY, variables, token=token,
+                                                           size="first", small=2, large=6)
 
     assert len(_nodes(two, "readingHistory")) == 2
     assert len(_nodes(six, "readingHistory")) == 6

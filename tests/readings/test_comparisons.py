@@ -16,7 +16,7 @@ from backend.readings.analytics import ComparisonBasis, ComparisonOrder, Scope, 
 from backend.readings.service import ReadingIn, ingest_readings
 from tests.factories import unique
 from tests.graphql.client import GraphQLClient
-from tests.graphql.test_dataloaders import counted_statements
+from tests.readings.test_browse import statements_at_two_sizes
 from tests.readings.test_statistics import (  # noqa: F401  (api_world, client: fixtures)
     NOW,
     TZ,
@@ -136,14 +136,10 @@ async def test_graphql_comparison_statement_count_does_not_grow_with_page_size(
     client: GraphQLClient, api_world: ApiWorld, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
     token = await client.login(api_world.admin.username, api_world.admin.password)
-    state = client.http._transport.app.state  # type: ignore[attr-defined]
     variables = {"scope": {"areaId": gid("Area", api_world.utility.tree.east_community.id)}}
-    await client.execute(COMPARISON, {**variables, "n": 1}, token=token)
 
-    with counted_statements(monkeypatch, state.engine, state.read_engine) as small:
-        one = await client.execute(COMPARISON, {**variables, "n": 1}, token=token)
-    with counted_statements(monkeypatch, state.engine, state.read_engine) as large:
-        every = await client.execute(COMPARISON, {**variables, "n": 10}, token=token)
+    one, every, small, large = await statements_at_two_sizes(client, monkeypatch, COMPARISON, variables, token=token,
+                                                             size="n", small=1, large=10)
 
     assert "errors" not in every, every
     assert len(one["data"]["usageComparison"]["edges"]) == 1

@@ -22,7 +22,7 @@ from backend.readings.screens import ExportRequest, ScreenKind, choose_columns, 
 from backend.readings.service import ReadingIn, ingest_readings
 from tests.factories import make_area_tree
 from tests.graphql.client import GraphQLClient
-from tests.graphql.test_dataloaders import counted_statements
+from tests.readings.test_browse import statements_at_two_sizes
 from tests.readings.test_statistics import (  # noqa: F401  (api_world, client: fixtures)
     MONTH_ENDS,
     NOV,
@@ -201,14 +201,10 @@ async def test_graphql_ledger_statement_count_does_not_grow_with_page_size(
 ) -> None:
     utility: Utility = api_world.utility
     token = await client.login(api_world.admin.username, api_world.admin.password)
-    state = client.http._transport.app.state  # type: ignore[attr-defined]
     variables = {"scope": {"areaId": gid("Area", utility.tree.company.id)}, "g": "MONTH"}
-    await client.execute(LEDGER, {**variables, "n": 1}, token=token)
 
-    with counted_statements(monkeypatch, state.engine, state.read_engine) as small:
-        one = await client.execute(LEDGER, {**variables, "n": 1}, token=token)
-    with counted_statements(monkeypatch, state.engine, state.read_engine) as large:
-        every = await client.execute(LEDGER, {**variables, "n": 50}, token=token)
+    one, every, small, large = await statements_at_two_sizes(client, monkeypatch, LEDGER, variables, token=token,
+                                                             size="n", small=1, large=50)
 
     assert "errors" not in every, every
     assert len(one["data"]["usageLedger"]["rows"]["edges"]) == 1

@@ -14,6 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.readings.alarms import service
 from backend.readings.alarms.models import AlarmKind, AlarmSeverity, AlarmStatus
 from backend.readings.screens import (
+    AREA_NAME_COLUMN,
+    FOUR_PLACES_FORMAT,
+    HOLDER_COLUMNS,
+    TIME_FORMAT,
     ExportRequest,
     Screen,
     ScreenColumn,
@@ -24,9 +28,6 @@ from backend.readings.screens import (
     register_screen,
 )
 
-_TIME = "yyyy-mm-dd hh:mm:ss"
-_NUMBER = "0.0000"
-
 KIND_LABELS = {
     AlarmKind.silent: "无读数", AlarmKind.communication_failure: "通讯失败", AlarmKind.reverse_flow: "倒流",
     AlarmKind.zero_use: "零用水", AlarmKind.high_use: "用水突增", AlarmKind.battery_low: "电池欠压",
@@ -36,24 +37,20 @@ STATUS_LABELS = {AlarmStatus.open: "未处理", AlarmStatus.acknowledged: "已�
 SEVERITY_LABELS = {AlarmSeverity.info: "提示", AlarmSeverity.warning: "警告", AlarmSeverity.critical: "严重"}
 
 ALARM_COLUMNS = (
-    ScreenColumn("area_name", "单位名称", "Area", 18),
-    ScreenColumn("account_no", "户号", "Account no.", 14),
-    ScreenColumn("household_name", "户名", "Household", 14),
-    ScreenColumn("household_address", "住址", "Address", 28),
-    ScreenColumn("meter_name", "表计名称", "Meter name", 16),
-    ScreenColumn("meter_code", "表计编码", "Meter code", 16),
+    AREA_NAME_COLUMN,
+    *HOLDER_COLUMNS,
     ScreenColumn("kind", "异常类型", "Kind", 12),
     ScreenColumn("severity", "级别", "Severity", 8),
     ScreenColumn("status", "状态", "Status", 10),
-    ScreenColumn("value", "测量值", "Value", 12, _NUMBER),
-    ScreenColumn("threshold", "阈值", "Threshold", 12, _NUMBER),
+    ScreenColumn("value", "测量值", "Value", 12, FOUR_PLACES_FORMAT),
+    ScreenColumn("threshold", "阈值", "Threshold", 12, FOUR_PLACES_FORMAT),
     ScreenColumn("detail", "说明", "Detail", 30),
-    ScreenColumn("opened_at", "发生时间", "Opened at", 20, _TIME),
-    ScreenColumn("last_seen_at", "最近确认时间", "Last seen at", 20, _TIME),
-    ScreenColumn("acknowledged_at", "确认时间", "Acknowledged at", 20, _TIME),
+    ScreenColumn("opened_at", "发生时间", "Opened at", 20, TIME_FORMAT),
+    ScreenColumn("last_seen_at", "最近确认时间", "Last seen at", 20, TIME_FORMAT),
+    ScreenColumn("acknowledged_at", "确认时间", "Acknowledged at", 20, TIME_FORMAT),
     ScreenColumn("acknowledged_by", "确认人", "Acknowledged by", 12),
     ScreenColumn("acknowledge_note", "确认备注", "Note", 20),
-    ScreenColumn("closed_at", "关闭时间", "Closed at", 20, _TIME),
+    ScreenColumn("closed_at", "关闭时间", "Closed at", 20, TIME_FORMAT),
     ScreenColumn("closed_by", "关闭人", "Closed by", 12),
     ScreenColumn("close_reason", "关闭原因", "Close reason", 20),
 )

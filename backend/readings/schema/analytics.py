@@ -7,10 +7,11 @@ and the chart of their own household (or a meter that served it) only.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import date, datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import strawberry
 from strawberry.types import Info
@@ -22,6 +23,8 @@ from backend.graphql.permissions import Requires, RequiresAny
 from backend.graphql.relay import decode_id, encode_id
 from backend.readings import analytics
 from backend.readings.analytics import ComparisonBasis, ComparisonOrder, Granularity, Scope, ScopeKind
+
+_T = TypeVar("_T")
 
 
 @strawberry.enum(name="UsageGranularity", description="小时 / 日 / 月 / 年 / 时段 (one total for the range)")
@@ -80,6 +83,13 @@ _NODE_TYPE = {ScopeKind.area: "Area", ScopeKind.household: "Household", ScopeKin
               ScopeKind.meter: "Meter"}
 
 
+def _unit_fields(row: analytics.StatisticsRow | analytics.ComparisonRow) -> dict[str, Any]:
+    """The child-unit fields a statistics row and a comparison row share."""
+    return {"unit_id": encode_id(_NODE_TYPE[row.unit_kind], row.unit_id),
+            "unit_kind": UsageUnitKindEnum(row.unit_kind.value), "unit_name": row.unit_name,
+            "unit_code": row.unit_code, "parent_name": row.parent_name}
+
+
 @strawberry.input(description="Exactly one of the four: the object whose usage is asked for.")
 class UsageObjectInput:
     area_id: strawberry.ID | None = None
@@ -126,9 +136,7 @@ class UsageStatisticsRowType:
 
     @classmethod
     def of(cls, row: analytics.StatisticsRow) -> UsageStatisticsRowType:
-        return cls(unit_id=encode_id(_NODE_TYPE[row.unit_kind], row.unit_id), unit_kind=UsageUnitKindEnum(row.unit_kind.value),
-                   unit_name=row.unit_name, unit_code=row.unit_code, parent_name=row.parent_name,
-                   period_start=row.period_start, label=row.label, usage_m3=row.usage_m3)
+        return cls(**_unit_fields(row), period_start=row.period_start, label=row.label, usage_m3=row.usage_m3)
 
 
 @strawberry.type(name="UsageStatistics")
@@ -232,9 +240,7 @@ class UsageComparisonRowType:
     @classmethod
     def of(cls, row: analytics.ComparisonRow) -> UsageComparisonRowType:
         return cls(
-            unit_id=encode_id(_NODE_TYPE[row.unit_kind], row.unit_id), unit_kind=UsageUnitKindEnum(row.unit_kind.value),
-            unit_name=row.unit_name, unit_code=row.unit_code, parent_name=row.parent_name,
-            period_start=row.period_start, period_end=row.period_end, label=row.label,
+            **_unit_fields(row), period_start=row.period_start, period_end=row.period_end, label=row.label,
             previous_start=row.previous_start, previous_end=row.previous_end, current_m3=row.current_m3,
             previous_m3=row.previous_m3, change_m3=row.change_m3, change_percent=row.change_percent,
             z_score=row.z_score, outlier=row.outlier,
@@ -252,6 +258,16 @@ def _page(first: int | None, after: str | None) -> PageRequest:
     return PageRequest.from_args(first, after)
 
 
+async def _ask(info: Info, query: Callable[..., Awaitable[_T]], page: PageRequest | None = None, **arguments: Any) -> _T:
+    """``query`` (an :mod:`~backend.readings.analytics` function) in a read session, in the
+    utility's zone, within the caller's reach, for ``page`` when it pages."""
+    context = info.context
+    if page is not None:
+        arguments.update(offset=page.offset, limit=page.limit)
+    async with context.read() as session:
+        return await query(session, tz=context.settings.timezone, **arguments, **reach(context.caller))
+
+
 @strawberry.type
 class Query:
     @strawberry.field(
@@ -266,13 +282,8 @@ class Query:
         first: int | None = None, after: str | None = None,
     ) -> UsageStatisticsType:
         page = _page(first, after)
-        context = info.context
-        async with context.read() as session:
-            found = await analytics.usage_statistics(
-                session, scope=scope.to_scope(), granularity=Granularity(granularity.value), start_day=from_,
-                end_day=to, tz=context.settings.timezone, offset=page.offset, limit=page.limit,
-                **reach(context.caller),
-            )
+        found = await _ask(info, analytics.usage_statistics, page, scope=scope.to_scope(),
+                           granularity=Granularity(granularity.value), start_day=from_, end_day=to)
         rows = Connection.from_page([UsageStatisticsRowType.of(row) for row in found.rows], total=found.total_count,
                                     offset=page.offset)
         return UsageStatisticsType(rows=rows, page_summary=UsageSummaryType.of(found.page_summary),
@@ -288,13 +299,9 @@ class Query:
         from_: Annotated[date, strawberry.argument(name="from")], to: date,
         chart: ChartKindEnum = ChartKindEnum.LINE, with_last_year: bool = False,
     ) -> UsageChartType:
-        context = info.context
         scopes = [item.to_scope(f"objects.{index}") for index, item in enumerate(objects)]
-        async with context.read() as session:
-            found = await analytics.usage_series(
-                session, scopes=scopes, granularity=Granularity(granularity.value), start_day=from_, end_day=to,
-                tz=context.settings.timezone, with_last_year=with_last_year, **reach(context.caller),
-            )
+        found = await _ask(info, analytics.usage_series, scopes=scopes, granularity=Granularity(granularity.value),
+                           start_day=from_, end_day=to, with_last_year=with_last_year)
         labels = [point.label for point in found[0].points] if found else []
         return UsageChartType(chart=chart, labels=labels, series=[
             UsageSeriesType(name=s.name, object_id=encode_id(_NODE_TYPE[s.target.kind], s.target.id), last_year=s.last_year,
@@ -313,13 +320,8 @@ class Query:
         first: int | None = None, after: str | None = None,
     ) -> UsageLedgerType:
         page = _page(first, after)
-        context = info.context
-        async with context.read() as session:
-            found = await analytics.usage_ledger(
-                session, scope=scope.to_scope(), granularity=Granularity(granularity.value), start_day=from_,
-                end_day=to, tz=context.settings.timezone, offset=page.offset, limit=page.limit,
-                **reach(context.caller),
-            )
+        found = await _ask(info, analytics.usage_ledger, page, scope=scope.to_scope(),
+                           granularity=Granularity(granularity.value), start_day=from_, end_day=to)
         rows = Connection.from_page([UsageLedgerRowType.of(row) for row in found.rows], total=found.total_count,
                                     offset=page.offset)
         return UsageLedgerType(rows=rows, total=found.total, area_totals=[
@@ -340,14 +342,11 @@ class Query:
         first: int | None = None, after: str | None = None,
     ) -> Connection[UsageComparisonRowType]:
         page = _page(first, after)
-        context = info.context
-        async with context.read() as session:
-            found = await analytics.usage_comparison(
-                session, scope=scope.to_scope(), basis=ComparisonBasis(basis.value),
-                quarterly=granularity is ComparisonGranularityEnum.QUARTER, start_month=from_, end_month=to,
-                order=ComparisonOrder(order_by.value),
-                outlier_percent=outlier_percent if outlier_percent is not None else analytics.DEFAULT_OUTLIER_PERCENT,
-                tz=context.settings.timezone, offset=page.offset, limit=page.limit, **reach(context.caller),
-            )
+        found = await _ask(
+            info, analytics.usage_comparison, page, scope=scope.to_scope(), basis=ComparisonBasis(basis.value),
+            quarterly=granularity is ComparisonGranularityEnum.QUARTER, start_month=from_, end_month=to,
+            order=ComparisonOrder(order_by.value),
+            outlier_percent=outlier_percent if outlier_percent is not None else analytics.DEFAULT_OUTLIER_PERCENT,
+        )
         return Connection.from_page([UsageComparisonRowType.of(row) for row in found.rows], total=found.total_count,
                                     offset=page.offset)
