@@ -94,7 +94,11 @@ def _rejection(index: int, code: RejectionCode) -> Rejection:
     return Rejection(index, code, message, message_en)
 
 
-_METERS = "SELECT id, install_date FROM meters WHERE id = ANY($1::bigint[])"
+# Locking the batch's meters (in id order, so two batches can't deadlock) serialises
+# concurrent ingests of the same meter: the rollup continues each meter's chain from its
+# stored state, which a concurrent writer would otherwise change underneath it. FOR NO
+# KEY UPDATE leaves foreign-key checks and readers alone.
+_METERS = "SELECT id, install_date FROM meters WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE"
 
 
 async def _meter_install_starts(driver: Any, meter_ids: list[int], zone: tzinfo) -> dict[int, datetime | None]:
