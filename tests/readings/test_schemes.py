@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from backend.db import session_factory
 from backend.errors import DomainError, ErrorCode, Forbidden, NotFound, ValidationFailed
 from backend.graphql.relay import encode_id
 from backend.readings import http as readings_http  # noqa: F401  (registers the screens)
@@ -196,3 +199,21 @@ async def test_a_scheme_is_a_node(client: GraphQLClient, world: World) -> None:
 
     assert found["data"]["node"] == {"id": scheme_id, "name": "节点"}
     assert [e["extensions"]["code"] for e in missing["errors"]] == ["NOT_FOUND"]
+
+
+async def test_two_saves_of_a_new_name_at_once_both_succeed_with_one_scheme(engine_for_module: AsyncEngine) -> None:
+    sessions = session_factory(engine_for_module)
+    async with sessions() as session, session.begin():
+        owner = await _owner(session)
+
+    async def save(columns: list[str]) -> int:
+        async with sessions() as session, session.begin():
+            scheme = await service.save_query_scheme(session, owner_user_id=owner, screen=realtime, name="双击保存",
+                                                     columns=columns, filters={})
+            await asyncio.sleep(0.1)  # both transactions are open at once
+            assert scheme.id is not None
+            return scheme.id
+
+    first, second = await asyncio.gather(save(["meter_code"]), save(["total_m3"]))
+
+    assert first == second

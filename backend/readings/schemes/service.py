@@ -11,7 +11,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.errors import DomainError, ErrorCode, Forbidden, NotFound, ValidationFailed
@@ -53,26 +54,25 @@ async def save_query_scheme(
     ``filters`` a JSON object the screen validates when applied. A default scheme clears
     the owner's other default for the screen."""
     name, columns, filters = _validated(screen, name, columns, filters)
-    scheme = (await session.execute(
-        select(QueryScheme).where(
-            QueryScheme.owner_user_id == owner_user_id, QueryScheme.screen == screen, QueryScheme.name == name,  # type: ignore[arg-type]
-        ).with_for_update()
-    )).scalars().first()
     if is_default:
         await session.execute(
             update(QueryScheme).where(
                 QueryScheme.owner_user_id == owner_user_id, QueryScheme.screen == screen,  # type: ignore[arg-type]
-                QueryScheme.is_default.is_(True),  # type: ignore[attr-defined]
+                QueryScheme.is_default.is_(True), QueryScheme.name != name,  # type: ignore[attr-defined, arg-type]
             ).values(is_default=False)
         )
-    if scheme is None:
-        scheme = QueryScheme(owner_user_id=owner_user_id, screen=screen, name=name, columns=columns, filters=filters,
-                             is_default=is_default, shared=shared)
-        session.add(scheme)
-    else:
-        scheme.columns, scheme.filters, scheme.is_default, scheme.shared = columns, filters, is_default, shared
-    await session.flush()
-    await session.refresh(scheme)
+    # One statement, so two saves of a new name at once (a double click) both succeed.
+    values = {"columns": columns, "filters": filters, "is_default": is_default, "shared": shared}
+    statement = (
+        insert(QueryScheme)
+        .values(owner_user_id=owner_user_id, screen=screen, name=name, **values)
+        .on_conflict_do_update(index_elements=["owner_user_id", "screen", "name"],
+                               set_={**values, "updated_at": func.now()})
+        .returning(QueryScheme.__table__.c.id)  # type: ignore[attr-defined]
+    )
+    scheme_id = (await session.execute(statement)).scalar_one()
+    scheme = await session.get(QueryScheme, scheme_id, populate_existing=True)
+    assert scheme is not None
     return scheme
 
 
