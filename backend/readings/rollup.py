@@ -7,22 +7,20 @@ mark, so water that flowed back is never counted twice. A day's usage is the gro
 the effective register since the previous day's last reading, times the meter's
 multiplier; on a meter's first day, since its first reading.
 
-The chain is computed over each day's first and last readings (not every hourly reading):
-a wrap is a drop of more than half the register's range between two such points, any
-other drop is reverse flow (flagged, no usage). ``usage.usage_between`` applies the same
-rule to every raw reading; the two agree except inside a day with reverse flow, where
-the rollup does not see an intra-day peak (docs/readings.md, "Usage").
+The register is walked **reading by reading** (usage.py's rule): a drop of more than half
+the register's range between two consecutive readings is a wrap, any other drop is
+reverse flow (flagged, no usage until the register climbs back past its high-water
+mark). ``usage.usage_between`` walks the same readings from the same stored state, so a
+sum of whole days equals it exactly.
 
-Two ways in, one statement (:data:`_CHAIN`):
+Two ways in, the same result:
 
-- **append** (ingest's fast path: every row was new): the batch's per-day aggregates,
-  computed in Python from rows already in memory, are merged into the stored days;
-- **recompute** (a merge with replacements, a correction, superseded estimates): the
-  touched days are aggregated again from ``readings``.
-
-Either way every stored day after the first touched day of a meter is re-chained (a
-late reading or a correction shifts the usage of the days after it), which for
-time-ordered ingest is nothing at all.
+- **append** (ingest's fast path: a meter's new readings all come after its stored
+  ones): the chain goes on in Python from the meter's newest stored day, over the batch
+  rows already in memory, and only the touched days are written;
+- **recompute** (a late or replaced reading, a correction, superseded estimates): one
+  statement (:data:`_RECOMPUTE`) walks the meter's stored readings from the first
+  touched day on, from the state of the day before, and rewrites every later day.
 """
 
 from __future__ import annotations
@@ -36,8 +34,6 @@ from operator import itemgetter
 from typing import Any
 from zoneinfo import ZoneInfo
 
-# The chain statement (the recompute way). $1..$7: whole-day aggregates of the touched
-# days; $8/$9: per meter, the first day to re-chain from.
 _DAY_COLUMNS = (
     "meter_id, day, first_at, first_total, last_at, last_total, effective_total, opening_effective, usage_m3,"
     " reading_count, register_wraps, rollover, reverse_flow"
@@ -50,97 +46,71 @@ _UPSERT = (
     + ", ".join(f"EXCLUDED.{c}" for c in _CHANGING) + ")"
 )
 
-_CHAIN = f"""
-WITH delta AS (
-    SELECT * FROM unnest($1::bigint[], $2::date[], $3::timestamptz[], $4::numeric[], $5::timestamptz[],
-                         $6::numeric[], $7::int[])
-        AS d(meter_id, day, first_at, first_total, last_at, last_total, reading_count)
-), bounds AS (
-    SELECT b.meter_id, b.from_day, power(10::numeric, mm.register_digits) AS register_range,
-           coalesce(mm.multiplier, 1) AS multiplier
-    FROM unnest($8::bigint[], $9::date[]) AS b(meter_id, from_day)
+# $1/$2: per meter, the first day to rewrite; $3: the zone; $4: the earliest of those days'
+# starts (a plain parameter, so the planner prunes the partitions before it).
+_RECOMPUTE = f"""
+WITH bounds AS (
+    SELECT b.meter_id, b.from_day, (b.from_day::timestamp AT TIME ZONE $3) AS from_at,
+           power(10::numeric, mm.register_digits) AS register_range, coalesce(mm.multiplier, 1) AS multiplier
+    FROM unnest($1::bigint[], $2::date[]) AS b(meter_id, from_day)
     JOIN meters m ON m.id = b.meter_id
     LEFT JOIN meter_models mm ON mm.id = m.model_id
-), touched AS (
-    SELECT * FROM delta
-), later AS (
-    SELECT s.meter_id, s.day, s.first_at, s.first_total, s.last_at, s.last_total, s.reading_count
-    FROM bounds b JOIN daily_usage s ON s.meter_id = b.meter_id AND s.day >= b.from_day
-    WHERE NOT EXISTS (SELECT FROM delta d WHERE d.meter_id = s.meter_id AND d.day = s.day)
-), days AS (
-    SELECT * FROM touched UNION ALL SELECT * FROM later
 ), seed AS (
-    SELECT b.meter_id, p.last_total, p.effective_total, p.register_wraps
+    SELECT b.meter_id, p.last_at, p.last_total, p.effective_total, p.register_wraps
     FROM bounds b CROSS JOIN LATERAL (
-        SELECT last_total, effective_total, register_wraps FROM daily_usage p
+        SELECT last_at, last_total, effective_total, register_wraps FROM daily_usage p
         WHERE p.meter_id = b.meter_id AND p.day < b.from_day ORDER BY p.day DESC LIMIT 1
     ) p
 ), points AS (
-    SELECT meter_id, NULL::date AS day, 0 AS ord, last_total AS raw FROM seed
-    UNION ALL SELECT meter_id, day, 1, first_total FROM days
-    UNION ALL SELECT meter_id, day, 2, last_total FROM days
-), steps AS (
-    SELECT p.meter_id, p.day, p.ord, p.raw, b.register_range,
-           p.raw - lag(p.raw) OVER (PARTITION BY p.meter_id ORDER BY p.day NULLS FIRST, p.ord) AS step
-    FROM points p JOIN bounds b USING (meter_id)
+    SELECT meter_id, last_at AS read_at, last_total AS raw, true AS is_seed FROM seed
+    UNION ALL
+    SELECT r.meter_id, r.read_at, r.total_m3, false
+    FROM bounds b JOIN readings r ON r.meter_id = b.meter_id AND r.read_at > b.from_at
+    WHERE r.read_at > $4
 ), flagged AS (
-    SELECT *, coalesce(step < -register_range / 2, false) AS wrapped,
-           coalesce(step < 0 AND NOT step < -register_range / 2, step < 0 AND register_range IS NULL, false) AS reversed
-    FROM steps
+    SELECT p.*, b.register_range, b.multiplier, s.register_wraps AS seed_wraps, s.effective_total AS seed_effective,
+           coalesce(p.raw - lag(p.raw) OVER w < -b.register_range / 2, false) AS wrapped,
+           coalesce(p.raw - lag(p.raw) OVER w < 0, false)
+               AND NOT coalesce(p.raw - lag(p.raw) OVER w < -b.register_range / 2, false) AS reversed
+    FROM points p JOIN bounds b USING (meter_id) LEFT JOIN seed s USING (meter_id)
+    WINDOW w AS (PARTITION BY p.meter_id ORDER BY p.read_at)
 ), unwrapped AS (
-    SELECT f.meter_id, f.day, f.ord, f.wrapped, f.reversed,
-           coalesce(s.register_wraps, 0) + count(*) FILTER (WHERE f.wrapped)
-               OVER (PARTITION BY f.meter_id ORDER BY f.day NULLS FIRST, f.ord) AS wraps,
-           f.raw + coalesce(f.register_range, 0) * (coalesce(s.register_wraps, 0) + count(*) FILTER (WHERE f.wrapped)
-               OVER (PARTITION BY f.meter_id ORDER BY f.day NULLS FIRST, f.ord)) AS unwrapped,
-           s.effective_total AS seed_effective
-    FROM flagged f LEFT JOIN seed s USING (meter_id)
-), effective AS (
-    SELECT *, greatest(seed_effective, max(unwrapped) OVER (PARTITION BY meter_id ORDER BY day NULLS FIRST, ord))
-           AS effective
+    SELECT *, raw + coalesce(register_range, 0) * (coalesce(seed_wraps, 0) + count(*) FILTER (WHERE wrapped)
+               OVER (PARTITION BY meter_id ORDER BY read_at)) AS unwrapped,
+           coalesce(seed_wraps, 0) + count(*) FILTER (WHERE wrapped) OVER (PARTITION BY meter_id ORDER BY read_at)
+               AS wraps
+    FROM flagged
+), walked AS (
+    SELECT *, greatest(seed_effective, max(unwrapped) OVER (PARTITION BY meter_id ORDER BY read_at)) AS effective,
+           ((read_at - interval '1 microsecond') AT TIME ZONE $3)::date AS day
     FROM unwrapped
 ), per_day AS (
-    SELECT meter_id, day,
-           max(effective) FILTER (WHERE ord = 2) AS effective_total,
-           max(wraps) FILTER (WHERE ord = 2) AS register_wraps,
-           min(unwrapped) FILTER (WHERE ord = 1) AS first_unwrapped,
+    SELECT meter_id, day, min(read_at) AS first_at, (array_agg(raw ORDER BY read_at))[1] AS first_total,
+           max(read_at) AS last_at, (array_agg(raw ORDER BY read_at DESC))[1] AS last_total,
+           max(effective) AS effective_total, max(wraps) AS register_wraps,
+           (array_agg(unwrapped ORDER BY read_at))[1] AS first_unwrapped, count(*)::int AS reading_count,
            bool_or(wrapped) AS rollover, bool_or(reversed) AS reverse_flow,
-           min(seed_effective) AS seed_effective
-    FROM effective WHERE day IS NOT NULL GROUP BY meter_id, day
+           min(seed_effective) AS seed_effective, min(multiplier) AS multiplier
+    FROM walked WHERE NOT is_seed GROUP BY meter_id, day
 ), chained AS (
-    SELECT p.*, coalesce(lag(p.effective_total) OVER (PARTITION BY p.meter_id ORDER BY p.day),
-                         p.seed_effective, p.first_unwrapped) AS baseline
+    SELECT p.*, coalesce(lag(p.effective_total) OVER (PARTITION BY p.meter_id ORDER BY p.day), p.seed_effective,
+                         p.first_unwrapped) AS opening
     FROM per_day p
+), written AS (
+    INSERT INTO daily_usage AS u ({_DAY_COLUMNS})
+    SELECT meter_id, day, first_at, first_total, last_at, last_total, effective_total, opening,
+           round((effective_total - opening) * multiplier, 4), reading_count, register_wraps, rollover, reverse_flow
+    FROM chained
+    {_UPSERT}
 )
-INSERT INTO daily_usage AS u ({_DAY_COLUMNS})
-SELECT d.meter_id, d.day, d.first_at, d.first_total, d.last_at, d.last_total, c.effective_total, c.baseline,
-       round((c.effective_total - c.baseline) * b.multiplier, 4), d.reading_count, c.register_wraps,
-       c.rollover, c.reverse_flow
-FROM days d JOIN chained c USING (meter_id, day) JOIN bounds b USING (meter_id)
-{_UPSERT}
-"""
-
-# Whole-day aggregates of stored readings for (meter, day) pairs: the recompute way in.
-_AGGREGATE_DAYS = """
-SELECT r.meter_id, k.day, min(r.read_at) AS first_at, (array_agg(r.total_m3 ORDER BY r.read_at))[1] AS first_total,
-       max(r.read_at) AS last_at, (array_agg(r.total_m3 ORDER BY r.read_at DESC))[1] AS last_total,
-       count(*)::int AS reading_count
-FROM unnest($1::bigint[], $2::date[]) AS k(meter_id, day)
-JOIN readings r ON r.meter_id = k.meter_id
-    AND r.read_at > (k.day::timestamp AT TIME ZONE $3) AND r.read_at <= ((k.day + 1)::timestamp AT TIME ZONE $3)
--- The overall bounds as plain parameters let the planner prune the partitions.
-WHERE r.read_at > $4 AND r.read_at <= $5
-GROUP BY r.meter_id, k.day
-"""
-
-_DELETE_EMPTY_DAYS = """
-DELETE FROM daily_usage u USING unnest($1::bigint[], $2::date[]) AS k(meter_id, day)
-WHERE u.meter_id = k.meter_id AND u.day = k.day
+DELETE FROM daily_usage u USING bounds b
+WHERE u.meter_id = b.meter_id AND u.day >= b.from_day
+  AND NOT EXISTS (SELECT FROM per_day p WHERE p.meter_id = u.meter_id AND p.day = u.day)
 """
 
 DayKey = tuple[int, date]
-# first_at, first_total, last_at, last_total, reading_count
-DayAggregate = list[Any]
+# A day's new readings of one meter: (read_at, total_m3), in arrival order.
+DayReadings = list[tuple[datetime, Decimal]]
 
 
 class LocalDays:
@@ -174,24 +144,19 @@ _JUST_BEFORE = timedelta(microseconds=1)
 _ONE_DAY = timedelta(days=1)
 
 
-def aggregate_days(rows: Iterable[Sequence[Any]], days: LocalDays) -> dict[DayKey, DayAggregate]:
-    """Per (meter, local day): first/last reading and count, from ``(meter_id, read_at,
-    total_m3, …)`` rows (the COPY rows ingest just wrote)."""
-    aggregates: dict[DayKey, DayAggregate] = {}
-    get = aggregates.get
+def aggregate_days(rows: Iterable[Sequence[Any]], days: LocalDays) -> dict[DayKey, DayReadings]:
+    """The ``(meter_id, read_at, total_m3, …)`` rows ingest just wrote, grouped by meter and
+    local day."""
+    grouped: dict[DayKey, DayReadings] = {}
+    get = grouped.get
     for row in rows:
-        meter_id, read_at, total = row[0], row[1], row[2]
-        key = (meter_id, days(read_at))
-        aggregate = get(key)
-        if aggregate is None:
-            aggregates[key] = [read_at, total, read_at, total, 1]
-            continue
-        if read_at < aggregate[0]:
-            aggregate[0], aggregate[1] = read_at, total
-        elif read_at > aggregate[2]:
-            aggregate[2], aggregate[3] = read_at, total
-        aggregate[4] += 1
-    return aggregates
+        key = (row[0], days(row[1]))
+        readings = get(key)
+        if readings is None:
+            grouped[key] = [(row[1], row[2])]
+        else:
+            readings.append((row[1], row[2]))
+    return grouped
 
 
 def _first_days(keys: Iterable[DayKey]) -> dict[int, date]:
@@ -201,20 +166,6 @@ def _first_days(keys: Iterable[DayKey]) -> dict[int, date]:
         if current is None or day < current:
             first[meter_id] = day
     return first
-
-
-async def _chain(driver: Any, aggregates: dict[DayKey, DayAggregate], first_days: dict[int, date]) -> None:
-    if not first_days:
-        return
-    keys = list(aggregates)
-    values = list(aggregates.values())
-    await driver.execute(
-        _CHAIN,
-        [k[0] for k in keys], [k[1] for k in keys],
-        [v[0] for v in values], [v[1] for v in values], [v[2] for v in values], [v[3] for v in values],
-        [v[4] for v in values],
-        list(first_days), list(first_days.values()),
-    )
 
 
 # Per meter of an appended batch: its register and multiplier, and its newest stored day.
@@ -295,33 +246,40 @@ class RolledUp:
     day_usage: dict[int, Decimal] = field(default_factory=dict)
 
 
-def _walk(states: Sequence[Any], by_meter: dict[int, list[tuple[date, DayAggregate]]], aggregates: dict[DayKey, DayAggregate],
-          rolled: RolledUp, new_days: list[tuple[Any, ...]], continued: list[tuple[Any, ...]], late: list[DayKey]) -> None:
-    """Continue each meter's chain from its stored state over the batch's days."""
+def _walk(states: Sequence[Any], by_meter: dict[int, list[tuple[date, DayReadings]]], rolled: RolledUp,
+          new_days: list[tuple[Any, ...]], continued: list[tuple[Any, ...]], late: list[DayKey]) -> None:
+    """Continue each meter's chain from its stored state through the batch's readings."""
     for state in states:
         meter_id = state["meter_id"]
         days = sorted(by_meter[meter_id], key=_DAY)
+        for _, readings in days:
+            readings.sort(key=_DAY)  # by read_at; ingest's rows are unique per instant
         stored_day = state["day"]
-        if stored_day is not None and (days[0][0] < stored_day or days[0][1][0] <= state["last_at"]):
+        if stored_day is not None and (days[0][0] < stored_day or days[0][1][0][0] <= state["last_at"]):
             late.extend((meter_id, day) for day, _ in days)
             rolled.flagged.add(meter_id)
             continue
         multiplier = state["multiplier"]
         register = _Register(state["register_range"], state["last_total"], state["register_wraps"] or 0,
                              state["effective_total"])
-        for day, (first_at, first_total, last_at, last_total, count) in days:
+        for day, readings in days:
             if day == stored_day:  # the newest stored day goes on from its last reading
                 opening = state["opening_effective"]
                 first_at, first_total = state["first_at"], state["first_total"]
-                count += state["reading_count"]
+                count = state["reading_count"] + len(readings)
                 register.wrapped, register.reversed = state["rollover"], state["reverse_flow"]
-                register.step(aggregates[meter_id, day][1])
+                for _, total in readings:
+                    register.step(total)
             else:
                 register.wrapped = register.reversed = False
                 previous_effective = register.effective
+                first_at, first_total = readings[0]
+                count = len(readings)
                 first_unwrapped = register.step(first_total)
+                for _, total in readings[1:]:
+                    register.step(total)
                 opening = previous_effective if previous_effective is not None else first_unwrapped
-            register.step(last_total)
+            last_at, last_total = readings[-1]
             effective = register.effective
             assert effective is not None and opening is not None
             usage = ((effective - opening) * multiplier).quantize(_PLACES, ROUND_HALF_UP)
@@ -337,7 +295,7 @@ def _walk(states: Sequence[Any], by_meter: dict[int, list[tuple[date, DayAggrega
                                  count, register.wraps, register.wrapped, register.reversed))
 
 
-async def append_days(driver: Any, aggregates: dict[DayKey, DayAggregate], tz_name: str) -> RolledUp:
+async def append_days(driver: Any, aggregates: dict[DayKey, DayReadings], tz_name: str) -> RolledUp:
     """Roll up readings that were all newly inserted (ingest's fast path).
 
     For a meter whose new readings all come after its newest stored day's last reading
@@ -346,9 +304,9 @@ async def append_days(driver: Any, aggregates: dict[DayKey, DayAggregate], tz_na
     late or interleaved reading) is recomputed from ``readings`` by :func:`recompute_days`.
     """
     rolled = RolledUp()
-    by_meter: dict[int, list[tuple[date, DayAggregate]]] = {}
-    for (meter_id, day), aggregate in aggregates.items():
-        by_meter.setdefault(meter_id, []).append((day, aggregate))
+    by_meter: dict[int, list[tuple[date, DayReadings]]] = {}
+    for (meter_id, day), readings in aggregates.items():
+        by_meter.setdefault(meter_id, []).append((day, readings))
     states = await driver.fetch(_APPEND_STATE, list(by_meter))
     new_days: list[tuple[Any, ...]] = []
     continued: list[tuple[Any, ...]] = []
@@ -358,7 +316,7 @@ async def append_days(driver: Any, aggregates: dict[DayKey, DayAggregate], tz_na
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        _walk(states, by_meter, aggregates, rolled, new_days, continued, late)
+        _walk(states, by_meter, rolled, new_days, continued, late)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -372,24 +330,13 @@ async def append_days(driver: Any, aggregates: dict[DayKey, DayAggregate], tz_na
 
 
 async def recompute_days(driver: Any, keys: Iterable[DayKey], tz_name: str) -> None:
-    """Aggregate the given (meter, day) pairs again from ``readings`` and re-chain every
-    later day of those meters; days left without readings lose their row."""
-    wanted = sorted(set(keys))
-    if not wanted:
+    """Walk the stored readings of each meter again from the first of its given days on,
+    rewriting that day and every later one; days left without readings lose their row."""
+    first_days = _first_days(keys)
+    if not first_days:
         return
-    meter_ids = [k[0] for k in wanted]
-    day_list = [k[1] for k in wanted]
-    zone = ZoneInfo(tz_name)
-    rows = await driver.fetch(_AGGREGATE_DAYS, meter_ids, day_list, tz_name,
-                              day_start(min(day_list), zone), day_end(max(day_list), zone))
-    aggregates: dict[DayKey, DayAggregate] = {
-        (r["meter_id"], r["day"]): [r["first_at"], r["first_total"], r["last_at"], r["last_total"], r["reading_count"]]
-        for r in rows
-    }
-    empty = [k for k in wanted if k not in aggregates]
-    if empty:
-        await driver.execute(_DELETE_EMPTY_DAYS, [k[0] for k in empty], [k[1] for k in empty])
-    await _chain(driver, aggregates, _first_days(wanted))
+    earliest = day_start(min(first_days.values()), ZoneInfo(tz_name))
+    await driver.execute(_RECOMPUTE, list(first_days), list(first_days.values()), tz_name, earliest)
 
 
 def zone_name(zone: tzinfo) -> str:

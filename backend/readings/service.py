@@ -23,8 +23,8 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, tzinfo
-from decimal import Decimal
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from decimal import ROUND_HALF_UP, Decimal
 from operator import itemgetter
 from typing import Any
 
@@ -40,6 +40,7 @@ from backend.readings.partitions import DEFAULT_TIMEZONE, as_zone, ensure_partit
 from backend.readings.rollup import LocalDays, RolledUp, aggregate_days, append_days, recompute_days, zone_name
 
 DEFAULT_SKEW = timedelta(minutes=5)
+_REGISTER_PLACES = Decimal("0.0001")  # readings.total_m3 is numeric(16,4)
 _READ_AT = itemgetter(1)  # of a COPY row
 
 COLUMNS = (
@@ -367,6 +368,13 @@ def _validate(
         if code is not None:
             rejected.append(_rejection(index, code))
             continue
+        if read_at.fold:
+            # The second of two equal local times (a DST autumn night). Python compares
+            # times of one zone by wall clock, fold ignored, so as a key or in a sort it
+            # would collide with the first: in UTC it compares as the instant it is.
+            read_at = read_at.astimezone(UTC)
+        # Stored to the register's 4 places here, so the rollup walks what is stored.
+        total = total.quantize(_REGISTER_PLACES, ROUND_HALF_UP)
         key = (reading.meter_id, read_at)
         previous = kept.get(key)
         if previous is not None:

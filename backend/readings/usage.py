@@ -17,15 +17,17 @@ meter's initial reading are stored as readings at the replacement instant
 (``archives.service.replace_meter`` writes them through ingest), so a household's usage
 is the sum over the meters that served it, each within its assignment.
 
-The daily rollup (``backend.readings.rollup``) applies the same rule to each day's first
-and last readings, so statistics summed from it equal this over whole days.
+The walk starts from the meter's stored state at the close of the day before the start
+reading (the daily rollup, ``backend.readings.rollup``, which walks the same readings by
+the same rule), so consecutive windows add up and statistics summed from the rollup
+equal this over whole days.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from itertools import pairwise
 from typing import Literal
@@ -38,6 +40,10 @@ from backend.readings.partitions import DEFAULT_TIMEZONE, as_zone
 ZERO = Decimal("0.0000")
 
 # $1 meter ids, $2 starts, $3 ends: one row per window, in order (ord = 1-based position).
+# The walk starts from the meter's stored state at the close of the last day before its
+# start reading (``daily_usage``: raw total, wraps, high-water mark), so the high-water
+# mark at the start reading is the meter's own, not the window's: water that flowed back
+# before the window is not billed again inside it.
 _USAGE_OF_WINDOWS = """
 WITH windows AS (
     SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[]) WITH ORDINALITY
@@ -52,23 +58,40 @@ WITH windows AS (
     FROM windows w
     JOIN meters m ON m.id = w.meter_id
     LEFT JOIN meter_models mm ON mm.id = m.model_id
+), seeded AS (
+    SELECT a.*, s.last_at AS seed_at, s.last_total AS seed_total, s.effective_total AS seed_effective,
+           s.register_wraps AS seed_wraps
+    FROM anchored a LEFT JOIN LATERAL (
+        SELECT d.last_at, d.last_total, d.effective_total, d.register_wraps FROM daily_usage d
+        WHERE d.meter_id = a.meter_id AND d.last_at < a.from_at ORDER BY d.day DESC LIMIT 1
+    ) s ON true
+    WHERE a.from_at IS NOT NULL
+), points AS (
+    SELECT ord, seed_at AS read_at, seed_total AS total_m3 FROM seeded WHERE seed_at IS NOT NULL
+    UNION ALL
+    SELECT s.ord, r.read_at, r.total_m3
+    FROM seeded s JOIN readings r ON r.meter_id = s.meter_id
+        AND r.read_at > coalesce(s.seed_at, '-infinity') AND r.read_at <= s.end_at
 ), walked AS (
-    SELECT a.ord, a.register_range, a.multiplier, r.read_at, r.total_m3,
-           r.total_m3 - lag(r.total_m3) OVER (PARTITION BY a.ord ORDER BY r.read_at) AS step
-    FROM anchored a
-    JOIN readings r ON r.meter_id = a.meter_id AND r.read_at >= a.from_at AND r.read_at <= a.end_at
+    SELECT p.ord, p.read_at, s.from_at, s.multiplier, s.seed_effective, s.register_range, s.seed_wraps, p.total_m3,
+           coalesce(p.total_m3 - lag(p.total_m3) OVER w < -s.register_range / 2, false) AS wrapped
+    FROM points p JOIN seeded s USING (ord)
+    WINDOW w AS (PARTITION BY p.ord ORDER BY p.read_at)
 ), unwrapped AS (
-    SELECT ord, multiplier, read_at,
-           total_m3 + coalesce(register_range, 0)
-               * count(*) FILTER (WHERE step < -register_range / 2) OVER (PARTITION BY ord ORDER BY read_at)
-               AS unwrapped
+    SELECT ord, read_at, from_at, multiplier, seed_effective,
+           total_m3 + coalesce(register_range, 0) * (coalesce(seed_wraps, 0)
+               + count(*) FILTER (WHERE wrapped) OVER (PARTITION BY ord ORDER BY read_at)) AS unwrapped
     FROM walked
+), high_water AS (
+    SELECT ord, read_at, from_at, multiplier,
+           greatest(seed_effective, max(unwrapped) OVER (PARTITION BY ord ORDER BY read_at)) AS effective
+    FROM unwrapped
 ), per_window AS (
-    SELECT ord, (array_agg(unwrapped ORDER BY read_at))[1] AS first_unwrapped, max(unwrapped) AS high_water,
+    SELECT ord, max(effective) FILTER (WHERE read_at <= from_at) AS at_start, max(effective) AS at_end,
            min(multiplier) AS multiplier
-    FROM unwrapped GROUP BY ord
+    FROM high_water GROUP BY ord
 )
-SELECT w.ord, coalesce(round((p.high_water - p.first_unwrapped) * p.multiplier, 4), 0) AS usage_m3
+SELECT w.ord, coalesce(round((p.at_end - p.at_start) * p.multiplier, 4), 0) AS usage_m3
 FROM windows w LEFT JOIN per_window p USING (ord)
 ORDER BY w.ord
 """
@@ -148,16 +171,26 @@ async def usage_by_interval(
     household over days (hourly charts); whole-area day/month figures read the rollup."""
     zone = as_zone(tz)
     step = _STEPS[interval]
-    local = start.astimezone(zone)
-    cursor = local.replace(minute=0, second=0, microsecond=0)
-    if interval == "day":
-        cursor = cursor.replace(hour=0)
+    cursor = start.astimezone(zone).replace(minute=0, second=0, microsecond=0)
     boundaries: list[datetime] = []
-    while cursor < end:
+    # Boundaries are kept in UTC: two local times of one zone compare by wall clock, which
+    # makes the two 02:00s of a DST autumn night equal.
+    end = end.astimezone(UTC)
+    start = start.astimezone(UTC)
+    if interval == "hour":
+        # Hours are steps of real time (a DST autumn day has 25 of them), labelled locally.
+        cursor = cursor.astimezone(UTC)
+        while cursor < end:
+            boundaries.append(cursor)
+            cursor += step
         boundaries.append(cursor)
-        # Add in wall-clock terms and re-localise, so days stay days across DST changes.
-        cursor = (cursor.replace(tzinfo=None) + step).replace(tzinfo=zone)
-    boundaries.append(cursor)
+    else:
+        cursor = cursor.replace(hour=0)
+        while cursor.astimezone(UTC) < end:
+            boundaries.append(cursor.astimezone(UTC))
+            # Days are calendar days: add in wall-clock terms and re-localise.
+            cursor = (cursor.replace(tzinfo=None) + step).replace(tzinfo=zone)
+        boundaries.append(cursor.astimezone(UTC))
     ids = list(dict.fromkeys(meter_ids))
     if (len(boundaries) - 1) * len(ids) > MAX_WINDOWS:
         raise ValueError("too many intervals: narrow the range or the meters")
@@ -166,7 +199,7 @@ async def usage_by_interval(
     for low, high in pairwise(boundaries):
         for meter_id in ids:
             windows.append((meter_id, max(low, start), min(high, end)))
-            labels.append((low, meter_id))
+            labels.append((low.astimezone(zone), meter_id))
     usages = await usage_of_windows(session, windows)
     return [(at, meter_id, usage) for (at, meter_id), usage in zip(labels, usages, strict=True)]
 

@@ -156,7 +156,7 @@ async def test_a_household_s_usage_spans_a_meter_replacement(session: AsyncSessi
     area = await create_area(session, name=unique("公司"), kind=AreaKind.company)
     household = await create_household(session, account_no=unique("H"), name="李娜", area_id=area.id)
     old, new = await make_meter(session, area_id=area.id), await make_meter(session, area_id=area.id)
-    await assign_meter(session, meter_id=old.id, household_id=household.id, valid_from=at(1), start_reading=Decimal(0))
+    await assign_meter(session, meter_id=old.id, household_id=household.id, valid_from=at(1), start_reading=Decimal(100))
     await ingest(session, [reading(old.id, at(1, 10), "100"), reading(old.id, at(3, 10), "104")])
 
     await replace_meter(session, old_meter_id=old.id, new_meter_id=new.id, replaced_at=at(3, 12),
