@@ -67,6 +67,8 @@ class ErrorCode(StrEnum):
     HOUSEHOLD_CLOSED = "HOUSEHOLD_CLOSED"
     BALANCE_OUTSTANDING = "BALANCE_OUTSTANDING"
     DEVICE_IN_USE = "DEVICE_IN_USE"
+    MODEL_IN_USE = "MODEL_IN_USE"
+    METER_HAS_READINGS = "METER_HAS_READINGS"
 
     # exports (Excel import/export shared by the domains)
     NOT_XLSX = "NOT_XLSX"

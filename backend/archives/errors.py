@@ -129,3 +129,15 @@ class DeviceInUse(DomainError):
     code = ErrorCode.DEVICE_IN_USE
     message = "设备下仍挂有采集器或水表, 不能删除"
     message_en = "Collectors or meters still hang under this device"
+
+
+class ModelInUse(DomainError):
+    code = ErrorCode.MODEL_IN_USE
+    message = "已有读数的水表使用该型号, 不能修改倍率或计数器位数; 请新建型号"
+    message_en = "Meters with readings use this model: its multiplier and register digits cannot change; create a new model"
+
+
+class MeterHasReadings(DomainError):
+    code = ErrorCode.METER_HAS_READINGS
+    message = "该水表已有读数, 不能改为倍率或计数器位数不同的型号"
+    message_en = "This meter has readings: it cannot change to a model with another multiplier or register size"

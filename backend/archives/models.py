@@ -204,7 +204,12 @@ class HouseholdOwner(SQLModel, table=True):
 
 
 class MeterModel(SQLModel, table=True):
-    """A vendor's meter model (型号): protocol, caliber, register and options."""
+    """A vendor's meter model (型号): protocol, caliber, register and options.
+
+    The multiplier (倍率) is a whole number (1, 10, 100 …; the service refuses others),
+    so usage × multiplier of 4-place registers needs no rounding and the daily rollup
+    adds up to ``usage_between`` exactly. Multiplier and register digits are fixed once
+    a meter of the model has readings (usage and the rollup would price history apart)."""
 
     __tablename__ = "meter_models"
     __mapper_args__ = {"eager_defaults": True}

@@ -894,6 +894,26 @@ class MeterModelFields:
     di_byte_order: DiByteOrder = DiByteOrder.standard
 
 
+# A meter has readings iff it has a latest_readings row (ingest and corrections keep
+# that table in step), which is one index probe instead of a scan of partitioned readings.
+_METER_HAS_READINGS = text("SELECT EXISTS (SELECT 1 FROM latest_readings WHERE meter_id = :id)")
+_MODEL_HAS_READINGS = text(
+    "SELECT EXISTS (SELECT 1 FROM meters m JOIN latest_readings l ON l.meter_id = m.id WHERE m.model_id = :id)"
+)
+
+
+async def _any_readings(session: AsyncSession, statement: Any, id_: int) -> bool:
+    return bool((await session.execute(statement, {"id": id_})).scalar_one())
+
+
+def _register_of(model: MeterModel | MeterModelFields | None) -> tuple[Decimal, int | None]:
+    """What usage takes from a meter's model: its multiplier and register size (none
+    without a model: no rollover, multiplier 1)."""
+    if model is None:
+        return Decimal(1), None
+    return model.multiplier, model.register_digits
+
+
 async def save_meter_model(session: AsyncSession, *, fields: MeterModelFields, model_id: int | None = None) -> MeterModel:
     """Create a meter model, or replace model ``model_id``'s fields (catalog data, not scoped)."""
     problems: list[DomainError] = []
@@ -906,10 +926,11 @@ async def save_meter_model(session: AsyncSession, *, fields: MeterModelFields, m
     if not (1 <= fields.register_digits <= 12 and 0 <= fields.register_decimals <= 4):
         problems.append(DomainError("计数器位数 1-12, 小数位 0-4", "Register digits 1-12, decimals 0-4",
                                     field="registerDigits", code=ErrorCode.INVALID))
-    # NUMERIC(12,4): more places would round (maybe to zero) in the column, so refuse them.
+    # A whole multiplier (1, 10, 100 …) times a 4-place register difference needs no
+    # rounding, so the daily rollup's sum and usage_between agree to the last place.
     if not (fields.multiplier.is_finite() and Decimal(0) < fields.multiplier < Decimal(100000000)
-            and fields.multiplier == fields.multiplier.quantize(Decimal("0.0001"))):
-        problems.append(DomainError("倍率须大于 0, 最多 4 位小数", "The multiplier must be above 0 with at most 4 places",
+            and fields.multiplier == fields.multiplier.to_integral_value()):
+        problems.append(DomainError("倍率须为正整数 (如 1、10、100)", "The multiplier must be a whole number above 0 (1, 10, 100 …)",
                                     field="multiplier", code=ErrorCode.INVALID))
     if not problems and await _exists(session, select(MeterModel.id).where(  # type: ignore[call-overload]
         MeterModel.vendor == fields.vendor, MeterModel.name == fields.name, MeterModel.id != (model_id or 0)  # type: ignore[arg-type]
@@ -926,6 +947,11 @@ async def save_meter_model(session: AsyncSession, *, fields: MeterModelFields, m
         if found is None:
             raise NotFound(field="id")
         model = found
+        # Usage applies the model's register and multiplier when it is asked, the daily
+        # rollup when the readings came in: changing them under stored readings would
+        # price the same history two ways.
+        if _register_of(model) != _register_of(fields) and await _any_readings(session, _MODEL_HAS_READINGS, model_id):
+            raise errors.ModelInUse(field="multiplier" if model.multiplier != fields.multiplier else "registerDigits")
         for name, value in dataclasses.asdict(fields).items():
             setattr(model, name, value)
     await _flush_unique(session, *created)
@@ -1104,11 +1130,22 @@ async def update_meter(
     if merged["kind"] is MeterKind.monitoring and await _open_assignment(session, meter_id) is not None:
         raise errors.MeterAlreadyAssigned("在用的住户水表不能改为监测点", "A meter serving a household cannot become a monitoring point",
                                           field="kind")
+    if merged["model_id"] != meter.model_id:
+        await _check_model_change(session, meter_id, meter.model_id, merged["model_id"])
     merged["initial_reading"] = as_stored(merged["initial_reading"])
     for name, value in merged.items():
         setattr(meter, name, value)
     await _flush_unique(session)
     return meter
+
+
+async def _check_model_change(session: AsyncSession, meter_id: int, old_id: int | None, new_id: int | None) -> None:
+    """A meter with readings keeps its register and multiplier (see :func:`save_meter_model`);
+    a change to a model with the same ones (a vendor's renamed model) is harmless."""
+    old = await session.get(MeterModel, old_id) if old_id is not None else None
+    new = await session.get(MeterModel, new_id) if new_id is not None else None
+    if _register_of(old) != _register_of(new) and await _any_readings(session, _METER_HAS_READINGS, meter_id):
+        raise errors.MeterHasReadings(field="modelId")
 
 
 async def set_meter_status(
@@ -1240,6 +1277,42 @@ async def _open(session: AsyncSession, meter: Meter, household: Household, valid
     return assignment
 
 
+@dataclass(frozen=True, slots=True)
+class _Handover:
+    """A register reading taken when a meter changes hands (配表, 拆表, 换表), and the
+    input fields a rejection of it points at."""
+
+    reading: ReadingIn
+    at_field: str
+    total_field: str
+    meter_field: str
+
+    def field_of(self, code: ErrorCode) -> str:
+        if code is ErrorCode.INVALID_TOTAL:
+            return self.total_field
+        return self.meter_field if code is ErrorCode.UNKNOWN_METER else self.at_field
+
+
+def _handover(meter_id: int, at: datetime, total: Decimal, at_field: str, total_field: str, meter_field: str) -> _Handover:
+    reading = ReadingIn(meter_id=meter_id, read_at=at, total_m3=as_stored(total), quality=ReadingQuality.manual)
+    return _Handover(reading, at_field, total_field, meter_field)
+
+
+async def _store_handover(session: AsyncSession, handovers: Sequence[_Handover], *, source: str, now: datetime,
+                          tz: str | tzinfo) -> None:
+    """Store the handover readings as manual readings through ingest, or raise the first
+    rejection (a time before the meter's install day or in the future …) as the refusal
+    of the whole handover. The register readings at a handover are readings like any
+    other, so usage (one definition, backend.readings.usage) splits there with no special
+    case. Call it inside the handover's savepoint, so a refusal leaves nothing written."""
+    result = await ingest_readings(session, readings=[handover.reading for handover in handovers], source=source,
+                                   now=now, tz=tz)
+    if result.rejected:
+        rejection = result.rejected[0]
+        raise DomainError(rejection.message, rejection.message_en, code=rejection.code,
+                          field=handovers[rejection.index].field_of(rejection.code))
+
+
 async def assign_meter(
     session: AsyncSession,
     *,
@@ -1248,9 +1321,17 @@ async def assign_meter(
     valid_from: datetime,
     start_reading: Decimal | None = None,
     scope_patterns: Sequence[str] | None = None,
+    now: datetime | None = None,
+    tz: str | tzinfo = "Asia/Shanghai",
 ) -> MeterAssignment:
     """配表: meter ``meter_id`` serves the household from ``valid_from`` with
-    ``start_reading`` (default: the meter's initial reading). One household at a time."""
+    ``start_reading`` (default: the meter's initial reading). One household at a time.
+
+    The start reading is stored as a manual reading at ``valid_from`` through ingest
+    (received ``now``, default ``valid_from``; days in the utility's zone ``tz``), so
+    usage splits there; what ingest rejects refuses the assignment. The default is
+    stored only for a meter without readings (newly installed): the initial reading of a
+    meter that has been read is not its register now."""
     (meter,) = await _lock_meters(session, [meter_id], scope_patterns, ["meterId"])
     household = await _scoped(session, Household, household_id, scope_patterns, field="householdId")
     if household.status is HouseholdStatus.closed:
@@ -1260,7 +1341,13 @@ async def assign_meter(
     problems: list[DomainError] = []
     _reading(problems, start, "startReading")
     await _flush_collect(problems)
-    return await _open(session, meter, household, valid_from, start, "meterId")
+    store_start = start_reading is not None or not await _any_readings(session, _METER_HAS_READINGS, meter_id)
+    async with session.begin_nested():
+        assignment = await _open(session, meter, household, valid_from, start, "meterId")
+        if store_start:
+            await _store_handover(session, [_handover(meter_id, valid_from, start, "validFrom", "startReading", "meterId")],
+                                  source=f"assignment:{household.account_no}", now=now or valid_from, tz=tz)
+    return assignment
 
 
 async def _close(assignment: MeterAssignment, valid_to: datetime, end_reading: Decimal | None, prefix: str) -> None:
@@ -1281,18 +1368,28 @@ async def end_assignment(
     valid_to: datetime,
     end_reading: Decimal | None,
     scope_patterns: Sequence[str] | None = None,
+    now: datetime | None = None,
+    tz: str | tzinfo = "Asia/Shanghai",
 ) -> MeterAssignment:
     """拆表: the meter stops serving its household at ``valid_to`` with ``end_reading``
-    and goes back in stock."""
+    and goes back in stock.
+
+    The end reading is stored as a manual reading at ``valid_to`` through ingest
+    (received ``now``, default ``valid_to``; days in the utility's zone ``tz``), so usage
+    splits there; what ingest rejects refuses the move-out."""
     (meter,) = await _lock_meters(session, [meter_id], scope_patterns, ["meterId"])
     assignment = await _open_assignment(session, meter_id)
     if assignment is None:
         raise errors.MeterNotAssigned(field="meterId")
     # The household's side too: a meter in scope may serve a household outside it.
-    await _scoped(session, Household, assignment.household_id, scope_patterns, field="meterId", lock=True)
-    await _close(assignment, valid_to, end_reading, "")
-    meter.status = MeterStatus.in_stock
-    await session.flush()
+    household = await _scoped(session, Household, assignment.household_id, scope_patterns, field="meterId", lock=True)
+    async with session.begin_nested():
+        await _close(assignment, valid_to, end_reading, "")
+        assert end_reading is not None  # _close refused a missing one
+        meter.status = MeterStatus.in_stock
+        await session.flush()
+        await _store_handover(session, [_handover(meter_id, valid_to, end_reading, "validTo", "endReading", "meterId")],
+                              source=f"assignment:{household.account_no}", now=now or valid_to, tz=tz)
     return assignment
 
 
@@ -1314,8 +1411,10 @@ async def replace_meter(
     (the old meter is retired), the new meter's opens for the same household with its
     initial reading, and the replacement is recorded, so usage later spans both.
 
-    The two register readings are stored as readings at ``replaced_at`` through ingest
-    (received ``now``, default ``replaced_at``), in the utility's zone ``tz``."""
+    The two register readings are stored as manual readings at ``replaced_at`` through
+    ingest (received ``now``, default ``replaced_at``), in the utility's zone ``tz``; what
+    ingest rejects (``replaced_at`` before the new meter's install day or in the future …)
+    refuses the whole replacement, and nothing of it is written."""
     if old_meter_id == new_meter_id:
         raise DomainError("新表不能与旧表相同", "The new meter must differ from the old one", field="newMeterId", code=ErrorCode.INVALID)
     old, new = await _lock_meters(session, [old_meter_id, new_meter_id], scope_patterns, ["oldMeterId", "newMeterId"])
@@ -1331,25 +1430,25 @@ async def replace_meter(
                                     field="reason", code=ErrorCode.TOO_LONG))
     await _flush_collect(problems)
     assert new_initial_reading is not None
-    await _close(assignment, replaced_at, old_final_reading, "oldFinal")
-    assert old_final_reading is not None
-    old.status = MeterStatus.retired
-    await session.flush()
-    household = await session.get(Household, assignment.household_id)
-    assert household is not None and household.id is not None and old.id is not None and new.id is not None
-    await _open(session, new, household, replaced_at, new_initial_reading, "newMeterId")
-    replacement = MeterReplacement(household_id=household.id, old_meter_id=old.id, new_meter_id=new.id, replaced_at=replaced_at,
-                                   old_final_reading=as_stored(old_final_reading),
-                                   new_initial_reading=as_stored(new_initial_reading), reason=reason,
-                                   replaced_by=replaced_by[:100])
-    session.add(replacement)
-    await session.flush()
-    # The register readings at the swap are readings like any other, so usage (one
-    # definition, backend.readings.usage) spans the two meters with no special case.
-    await ingest_readings(session, readings=[
-        ReadingIn(meter_id=old.id, read_at=replaced_at, total_m3=as_stored(old_final_reading), quality=ReadingQuality.manual),
-        ReadingIn(meter_id=new.id, read_at=replaced_at, total_m3=as_stored(new_initial_reading), quality=ReadingQuality.manual),
-    ], source=f"replacement:{replaced_by[:80]}", now=now or replaced_at, tz=tz)
+    async with session.begin_nested():
+        await _close(assignment, replaced_at, old_final_reading, "oldFinal")
+        assert old_final_reading is not None
+        old.status = MeterStatus.retired
+        await session.flush()
+        household = await session.get(Household, assignment.household_id)
+        assert household is not None and household.id is not None and old.id is not None and new.id is not None
+        await _open(session, new, household, replaced_at, new_initial_reading, "newMeterId")
+        replacement = MeterReplacement(household_id=household.id, old_meter_id=old.id, new_meter_id=new.id,
+                                       replaced_at=replaced_at, old_final_reading=as_stored(old_final_reading),
+                                       new_initial_reading=as_stored(new_initial_reading), reason=reason,
+                                       replaced_by=replaced_by[:100])
+        session.add(replacement)
+        await session.flush()
+        # Usage spans the two meters through these readings, with no special case.
+        await _store_handover(session, [
+            _handover(old.id, replaced_at, old_final_reading, "replacedAt", "oldFinalReading", "oldMeterId"),
+            _handover(new.id, replaced_at, new_initial_reading, "replacedAt", "newInitialReading", "newMeterId"),
+        ], source=f"replacement:{replaced_by[:80]}", now=now or replaced_at, tz=tz)
     return replacement
 
 

@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.archives import service
@@ -133,6 +133,60 @@ async def test_replacement_with_a_busy_new_meter_writes_nothing(session: AsyncSe
     assert refused.value.code is ErrorCode.METER_ALREADY_ASSIGNED
     assert await count(session, MeterReplacement) == 0
     assert (await service.assignments_by_meter_ids(session, [old_id]))[old_id][0].valid_to is None
+
+
+async def handover_readings(session: AsyncSession, meter_id: int) -> list[tuple[datetime, Decimal]]:
+    found = await session.execute(text("SELECT read_at, total_m3 FROM readings WHERE meter_id = :m AND quality = 'manual'"
+                                       " AND source LIKE 'assignment:%' ORDER BY read_at"), {"m": meter_id})
+    return [(row.read_at, row.total_m3) for row in found]
+
+
+async def test_move_in_and_move_out_store_their_register_readings_and_the_default_only_for_an_unread_meter(
+    session: AsyncSession,
+) -> None:
+    tree = await make_area_tree(session)
+    first, second = await make_household(session, area=tree.east_community), await make_household(session, area=tree.east_community)
+    meter = await make_meter(session, tree.east_community)
+    assert meter.id and first.id and second.id
+
+    await service.assign_meter(session, meter_id=meter.id, household_id=first.id, valid_from=T0)  # initial reading 0
+    await service.end_assignment(session, meter_id=meter.id, valid_to=T1, end_reading=Decimal("37.5"))
+    # The meter has readings now: its initial reading (0) is not its register, so the
+    # defaulted start reading is kept on the assignment only.
+    later = datetime(2026, 7, 1, tzinfo=UTC)
+    await service.assign_meter(session, meter_id=meter.id, household_id=second.id, valid_from=later)
+
+    assert await handover_readings(session, meter.id) == [(T0, Decimal("0.0000")), (T1, Decimal("37.5000"))]
+
+
+async def test_a_move_in_before_the_install_day_or_a_move_out_in_the_future_is_refused_and_writes_nothing(
+    session: AsyncSession,
+) -> None:
+    tree = await make_area_tree(session)
+    household = await make_household(session, area=tree.east_community)
+    assert tree.east_community.id and household.id
+    meter = await service.create_meter(session, fields=service.MeterChanges(
+        name="水表", code=unique("M"), address=f"{next_address():014d}", meter_type=MeterType.cold_water,
+        area_id=tree.east_community.id, install_date=date(2026, 3, 1)))
+    meter_id, household_id = meter.id, household.id
+    assert meter_id
+
+    with pytest.raises(DomainError) as refused:
+        await service.assign_meter(session, meter_id=meter_id, household_id=household_id, valid_from=T0,
+                                   start_reading=Decimal(1))
+    assert (refused.value.code, refused.value.field) == (ErrorCode.READ_BEFORE_INSTALL, "validFrom")
+    assert await service.assignments_by_meter_ids(session, [meter_id]) == {}
+
+    await service.assign_meter(session, meter_id=meter_id, household_id=household_id, valid_from=T1, start_reading=Decimal(1))
+    future = datetime(2026, 9, 1, tzinfo=UTC)
+    with pytest.raises(DomainError) as refused:
+        await service.end_assignment(session, meter_id=meter_id, valid_to=future, end_reading=Decimal(9), now=T1)
+    assert (refused.value.code, refused.value.field) == (ErrorCode.READ_AT_IN_FUTURE, "validTo")
+    history = (await service.assignments_by_meter_ids(session, [meter_id]))[meter_id]
+    assert [(a.valid_from, a.valid_to, a.end_reading) for a in history] == [(T1, None, None)]
+    status = (await session.execute(text("SELECT status FROM meters WHERE id = :m"), {"m": meter_id})).scalar_one()
+    assert status == MeterStatus.installed.value
+    assert await handover_readings(session, meter_id) == [(T1, Decimal("1.0000"))]
 
 
 async def test_transfer_keeps_the_old_owner_in_history(session: AsyncSession) -> None:

@@ -88,7 +88,9 @@ async def alarms(world: World, engine_for_module: AsyncEngine) -> Alarms:
         # module does not depend on the rollup that ingest maintains.
         await session.execute(text(
             "INSERT INTO latest_readings (meter_id, read_at, total_m3, battery, quality, source, received_at)"
-            " SELECT id, :at, 1, 3.0, 'actual', 'test', :at FROM unnest(CAST(:ids AS bigint[])) AS m(id)"),
+            " SELECT id, :at, 1, 3.0, 'actual', 'test', :at FROM unnest(CAST(:ids AS bigint[])) AS m(id)"
+            " ON CONFLICT (meter_id) DO UPDATE SET read_at = EXCLUDED.read_at, total_m3 = EXCLUDED.total_m3,"
+            " battery = EXCLUDED.battery, quality = EXCLUDED.quality, source = EXCLUDED.source, received_at = EXCLUDED.received_at"),
             {"ids": [m.id for m in [*east, west]], "at": now - timedelta(hours=1)})
         await evaluate_alarms(session, now=now, tz="Asia/Shanghai", meter_ids=[m.id for m in [*east, west]])  # type: ignore[misc]
         manager = await make_staff(session, permissions={"alarms:read", "alarms:manage"}, areas=[world.tree.east])

@@ -154,7 +154,9 @@ async def store_readings(session: AsyncSession, readings: list[tuple[Any, ...]],
              "pressure": extra.get("pressure"), "quality": quality, "now": now})
     await session.execute(text(
         "INSERT INTO latest_readings SELECT DISTINCT ON (meter_id) * FROM readings WHERE meter_id = ANY(:ids) "
-        "ORDER BY meter_id, read_at DESC ON CONFLICT (meter_id) DO NOTHING"), {"ids": sorted({r[0] for r in readings})})
+        "ORDER BY meter_id, read_at DESC ON CONFLICT (meter_id) DO UPDATE SET read_at = EXCLUDED.read_at, total_m3 = EXCLUDED.total_m3, "
+        "flow_rate = EXCLUDED.flow_rate, pressure = EXCLUDED.pressure, quality = EXCLUDED.quality, source = EXCLUDED.source, "
+        "received_at = EXCLUDED.received_at WHERE EXCLUDED.read_at > latest_readings.read_at"), {"ids": sorted({r[0] for r in readings})})
 
 
 async def insert_daily_usage(session: AsyncSession, meter_id: int, day: date, usage: Decimal) -> None:

@@ -429,6 +429,7 @@ class Mutation:
                 session, meter_id=decode_id(meter_id, "Meter", field="meterId"),
                 household_id=decode_id(household_id, "Household", field="householdId"),
                 valid_from=valid_from or utcnow(), start_reading=_reading(start_reading, 'startReading'), scope_patterns=_scope(info),
+                now=utcnow(), tz=scalars.display_zone,
             )
 
         return await _run(info, "assignMeter", lambda _: "水表分配给住户",
@@ -442,7 +443,7 @@ class Mutation:
         async def work(session: AsyncSession) -> Any:
             return await service.end_assignment(session, meter_id=decode_id(meter_id, "Meter", field="meterId"),
                                                 valid_to=valid_to or utcnow(), end_reading=_reading(end_reading, 'endReading'),
-                                                scope_patterns=_scope(info))
+                                                scope_patterns=_scope(info), now=utcnow(), tz=scalars.display_zone)
 
         return await _run(info, "endMeterAssignment", lambda _: "水表拆表",
                           lambda a, e: MeterAssignmentPayload(assignment=MeterAssignmentType.from_row(a) if a else None, errors=e),
