@@ -317,13 +317,15 @@ async def append_days(driver: Any, aggregates: dict[DayKey, DayReadings], tz_nam
     gc.disable()
     try:
         _walk(states, by_meter, rolled, new_days, continued, late)
+        continued_columns = [list(column) for column in zip(*continued, strict=True)]
+        new_day_columns = [list(column) for column in zip(*new_days, strict=True)]
     finally:
         if gc_was_enabled:
             gc.enable()
-    if continued:
-        await driver.execute(_CONTINUED_DAYS, *map(list, zip(*continued, strict=True)))
-    if new_days:
-        await driver.execute(_NEW_DAYS, *map(list, zip(*new_days, strict=True)))
+    if continued_columns:
+        await driver.execute(_CONTINUED_DAYS, *continued_columns)
+    if new_day_columns:
+        await driver.execute(_NEW_DAYS, *new_day_columns)
     if late:
         await recompute_days(driver, late, tz_name)
     return rolled
