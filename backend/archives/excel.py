@@ -27,6 +27,8 @@ from backend.archives.models import Household
 from backend.db import copy_into
 from backend.exports.excel import CellError, Column, SheetSpec, ValidatedSheet, choice, day, integer, text
 from backend.exports.excel import decimal as _decimal
+from backend.readings.models import ReadingQuality
+from backend.readings.service import ReadingIn, ingest_readings
 
 CUSTOMER_TYPES = {"residential": "居民", "non_residential": "非居民", "special": "特种"}
 HOUSEHOLD_STATUSES = {"active": "正常", "suspended": "暂停", "closed": "销户"}
@@ -891,8 +893,40 @@ ONE_HOUSEHOLD_AT_A_TIME = ("该水表在此时段已服务其他住户 (一块�
                            "The meter serves another household in this period (one household at a time)")
 
 
+async def _store_handover_readings(session: AsyncSession, sheet: ValidatedSheet, *, now: datetime | None,
+                                   tz: str) -> None:
+    """The imported assignments' start and end readings, as manual readings in one batch.
+    A start reading left blank is the meter's initial reading only for a meter never read."""
+    handovers = (await session.execute(sql(
+        "SELECT t.row_no, t.meter_id, t.valid_from, t.start_reading, t.valid_to, t.end_reading, m.initial_reading, "
+        "NOT EXISTS (SELECT 1 FROM latest_readings l WHERE l.meter_id = t.meter_id) AS unread "
+        "FROM import_assignments t JOIN meters m ON m.id = t.meter_id ORDER BY t.row_no"
+    ))).all()
+    readings: list[ReadingIn] = []
+    origins: list[tuple[int, str]] = []
+    for handover in handovers:
+        start = handover.start_reading if handover.start_reading is not None else (
+            handover.initial_reading if handover.unread else None)
+        if start is not None:
+            readings.append(ReadingIn(handover.meter_id, handover.valid_from, start, quality=ReadingQuality.manual))
+            origins.append((handover.row_no, "valid_from"))
+        if handover.valid_to is not None and handover.end_reading is not None:
+            readings.append(ReadingIn(handover.meter_id, handover.valid_to, handover.end_reading,
+                                      quality=ReadingQuality.manual))
+            origins.append((handover.row_no, "valid_to"))
+    if not readings:
+        return
+    latest = max(reading.read_at for reading in readings)
+    result = await ingest_readings(session, readings=readings, source="assignment-import", now=now or latest, tz=tz)
+    for rejection in result.rejected:
+        row_no, column = origins[rejection.index]
+        sheet.add_error(row_no, column, rejection.message, rejection.message_en)
+    sheet.raise_if_invalid()
+
+
 async def import_assignments(
     session: AsyncSession, *, sheet: ValidatedSheet, scope_patterns: Sequence[str], update_existing: bool, tz: str,
+    now: datetime | None = None,
 ) -> ImportResult:
     """Write a validated assignment sheet, all rows or none; idempotent on (meter code,
     account number, start). Meter and household must be in scope; a monitoring point, a
@@ -900,7 +934,12 @@ async def import_assignments(
     so is a period overlapping another assignment of the same meter, in the database or
     in the file: a meter serves one household at a time. Updating changes the end and the
     readings. Meters with an open assignment become installed, those left without one
-    go back in stock."""
+    go back in stock.
+
+    As with a move-in or move-out on the form, the readings at the handover are stored as
+    readings (one ingest batch, received ``now``), so usage splits at them; a reading
+    ingest refuses (before the install day, in the future) is a row error and nothing is
+    written."""
     get = {key: sheet.index(key) for key in sheet.columns}
 
     def value(record: tuple[Any, ...], key: str) -> Any:
@@ -981,6 +1020,7 @@ async def import_assignments(
         "t.end_reading FROM import_assignments t JOIN meters m ON m.id = t.meter_id WHERE t.existing_id IS NULL "
         "ORDER BY t.row_no"
     )))
+    await _store_handover_readings(session, sheet, now=now, tz=tz)
     if inserted or updated:
         await session.execute(sql(
             "UPDATE meters m SET status = CASE WHEN EXISTS (SELECT 1 FROM meter_assignments s WHERE s.meter_id = m.id "

@@ -305,7 +305,7 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
             return await archive_excel.import_concentrators(session, sheet=validated, scope_patterns=scope,
                                                             update_existing=update_existing, cipher=cipher)
         return await archive_excel.import_assignments(session, sheet=validated, scope_patterns=scope,
-                                                      update_existing=update_existing, tz=tz_name)
+                                                      update_existing=update_existing, tz=tz_name, now=utcnow())
 
     def device_routes(sheet: DeviceSheet) -> list[Route]:
         async def export(request: Request) -> Response:

@@ -8,10 +8,11 @@ import io
 import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
 
 import openpyxl
 import pytest
@@ -43,6 +44,8 @@ from backend.db import session_factory
 from backend.errors import DomainError, NotFound
 from backend.exports.excel import CellError, ImportRowsInvalid, NotXlsx, read_rows
 from backend.graphql.relay import encode_id
+from backend.readings.service import ReadingIn, ingest_readings
+from backend.readings.usage import usage_between
 from tests.factories import AreaTree, Staff, make_area_tree, make_staff, unique
 from tests.graphql.client import TEST_SECRET, GraphQLClient, graphql_client
 
@@ -285,6 +288,28 @@ async def test_assignment_import_without_update_refuses_changed_rows_instead_of_
     with pytest.raises(ImportRowsInvalid) as refused:
         await archive_excel.import_assignments(session, sheet=sheet, scope_patterns=scope, update_existing=False, tz=TZ)
     assert sorted(error.row for error in refused.value.errors) == [2, 3]
+
+
+async def test_imported_move_out_and_move_in_store_their_handover_readings(session: AsyncSession) -> None:
+    tree = await make_area_tree(session)
+    leaving = await service.create_household(session, account_no=unique("AI"), name="甲", area_id=tree.east_community.id)
+    arriving = await service.create_household(session, account_no=unique("AI"), name="乙", area_id=tree.east_community.id)
+    meter = await _meter(session, tree.east_community, unique("AI-M"))
+    assert meter.id is not None and leaving.id is not None and arriving.id is not None
+    sheet = read_rows(archive_excel.ASSIGNMENT_SHEET, workbook(
+        ASSIGNMENT_HEADER,
+        (meter.code, leaving.account_no, "2025-01-01 08:00:00", "2025-03-01 08:00:00", 0, 42),
+        (meter.code, arriving.account_no, "2025-03-01 08:00:00", None, 42, None),
+    ))
+
+    await archive_excel.import_assignments(session, sheet=sheet, scope_patterns=[tree.company.path + "%"],
+                                           update_existing=False, tz=TZ)
+    await ingest_readings(session, readings=[ReadingIn(meter.id, datetime(2025, 4, 1, tzinfo=ZoneInfo(TZ)), Decimal(50))],
+                          source="test", now=datetime(2025, 4, 2, tzinfo=ZoneInfo(TZ)))
+
+    usage = await usage_between(session, household_ids=[leaving.id, arriving.id],
+                                start=datetime(2025, 1, 1, tzinfo=ZoneInfo(TZ)), end=datetime(2025, 5, 1, tzinfo=ZoneInfo(TZ)))
+    assert usage == {leaving.id: Decimal("42.0000"), arriving.id: Decimal("8.0000")}
 
 
 async def test_household_import_refuses_malformed_area_ids_as_row_errors(session: AsyncSession) -> None:
