@@ -3,7 +3,9 @@
 Every figure here is read from the daily rollup ``daily_usage`` (never from raw readings):
 summing ``usage_m3`` over whole days equals ``usage.usage_between`` over the same instants
 (backend.readings.rollup). Only hourly statistics of a small scope (one meter or one
-household, at most 31 days) go to the readings, through ``usage.usage_by_interval``.
+household, at most 31 days) go to the readings, through ``usage.usage_by_interval``, and
+a household's ledger reads the start and end reading of a meter's row from them when an
+assignment starts or ends inside a day (one primary-key probe each).
 
 A request names one **object** (:class:`Scope`: an area, a household, a concentrator or a
 meter) and the rows are its **child units**:
@@ -441,11 +443,19 @@ _UNITS_SQL = {
     )""",
 }
 
-# One unit's daily rows within the window and the unit's validity for the meter.
-_UNIT_DAYS = """
-    FROM unit_meters um JOIN daily_usage d ON d.meter_id = um.meter_id
-    WHERE d.day BETWEEN CAST(:start_day AS date) AND CAST(:end_day AS date)
-      AND (um.from_day IS NULL OR d.day >= um.from_day) AND (um.to_day IS NULL OR d.day <= um.to_day)
+# The days each meter counts for each unit, merged: two assignments of one meter to one
+# household that touch the same day (moved out and back in that day) count the day once.
+# A NULL bound is open; an assignment ended at the instant it began serves no day.
+_SERVED_DAYS = """
+    SELECT unit_kind, unit_id, meter_id, range_agg(daterange(from_day, to_day, '[]')) AS days
+    FROM unit_meters
+    WHERE from_day IS NULL OR to_day IS NULL OR from_day <= to_day
+    GROUP BY unit_kind, unit_id, meter_id"""
+
+# One unit's daily rows within the window, on the days the meter counts for the unit.
+_UNIT_DAYS = f"""
+    FROM ({_SERVED_DAYS}) um JOIN daily_usage d ON d.meter_id = um.meter_id
+    WHERE d.day BETWEEN CAST(:start_day AS date) AND CAST(:end_day AS date) AND d.day <@ um.days
 """
 
 _DAYS_IN_WINDOW = "d.day BETWEEN CAST(:start_day AS date) AND CAST(:end_day AS date)"
@@ -631,9 +641,11 @@ async def _hourly_usage(
     zone = _zone(tz)
     for interval_start, meter_id, value in intervals:
         local = interval_start.astimezone(zone)
-        for unit_id, from_day, to_day in validity.get(meter_id, ()):
-            if (from_day is None or local.date() >= from_day) and (to_day is None or local.date() <= to_day):
-                usage[(unit_id, local)] += value
+        # Once per unit, however many of its assignments cover the day (as _SERVED_DAYS).
+        units_served = {unit_id for unit_id, from_day, to_day in validity.get(meter_id, ())
+                        if (from_day is None or local.date() >= from_day) and (to_day is None or local.date() <= to_day)}
+        for unit_id in units_served:
+            usage[(unit_id, local)] += value
     units = list({row.unit_id: row for row in unit_rows}.values())
     return units, hours, usage
 
@@ -740,6 +752,11 @@ async def _series_points(
 _LEDGER_STEP = {Granularity.period: None, Granularity.month: "1 month", Granularity.year: "1 year"}
 
 
+# Objects whose meters count only on some days (``unit_meters`` with from_day/to_day): a
+# household's meters while they served it, a resident's meter while it served them.
+_ASSIGNED_KINDS = frozenset({ScopeKind.household, ScopeKind.meter})
+
+
 def _ledger_keys_sql(kind: ScopeKind, granularity: Granularity) -> str:
     if granularity is Granularity.period:
         periods = "SELECT CAST(:start_day AS date) AS period_start, CAST(:end_day AS date) AS period_end"
@@ -748,22 +765,36 @@ def _ledger_keys_sql(kind: ScopeKind, granularity: Granularity) -> str:
         SELECT greatest(p::date, CAST(:start_day AS date)) AS period_start,
                least((p + CAST(CAST(:step AS text) AS interval))::date - 1, CAST(:end_day AS date)) AS period_end
         FROM generate_series(CAST(:first_bucket AS timestamp), CAST(:end_day AS timestamp), CAST(CAST(:step AS text) AS interval)) AS p"""
+    if kind in _ASSIGNED_KINDS:
+        # A meter's row covers only the period's days it counted for the object (merged
+        # over its assignments, as the statistics count them): from_day..to_day with
+        # ``days`` the exact set; a period it did not serve at all has no row.
+        meters = f"SELECT meter_id, NULL::bigint AS unit_area_id, days FROM ({_SERVED_DAYS}) s"
+        clipped = """CROSS JOIN LATERAL (
+            SELECT lm.days * datemultirange(daterange(p.period_start, p.period_end, '[]')) AS days) s"""
+        served = "s.days, lower(s.days) AS from_day, upper(s.days) - 1 AS to_day"
+        in_service = "NOT isempty(s.days) AND "
+    else:
+        # A meter is in one unit (an area's subtree, or itself) for every day.
+        meters = """SELECT x.*, NULL::datemultirange AS days FROM (
+            SELECT DISTINCT um.meter_id, CASE WHEN um.unit_kind = 'area' THEN um.unit_id END AS unit_area_id
+            FROM unit_meters um) x"""
+        clipped = ""
+        served = "NULL::datemultirange AS days, p.period_start AS from_day, p.period_end AS to_day"
+        in_service = ""
     # Meters that were in service during the period: installed by its end and still in
     # use, or (retired, in stock) with a reading in it.
     return f"""
     WITH {_UNITS_SQL[kind]},
     periods AS ({periods}),
     ledger_meters AS (
-        -- A meter is in one unit (an area's subtree, or itself); DISTINCT folds a meter
-        -- assigned to the same household twice.
-        SELECT DISTINCT um.meter_id, CASE WHEN um.unit_kind = 'area' THEN um.unit_id END AS unit_area_id
-        FROM unit_meters um
+        {meters}
     ), ledger_keys AS (
         SELECT m.id AS meter_id, m.code AS meter_code, m.name AS meter_name, m.area_id, a.name AS area_name,
-               coalesce(lm.unit_area_id, m.area_id) AS group_id, p.period_start, p.period_end
+               coalesce(lm.unit_area_id, m.area_id) AS group_id, p.period_start, p.period_end, {served}
         FROM ledger_meters lm JOIN meters m ON m.id = lm.meter_id JOIN areas a ON a.id = m.area_id
-        CROSS JOIN periods p
-        WHERE (m.install_date IS NULL OR m.install_date <= p.period_end)
+        CROSS JOIN periods p {clipped}
+        WHERE {in_service}(m.install_date IS NULL OR m.install_date <= p.period_end)
           AND (m.status IN ('installed', 'faulty') OR EXISTS (
                 SELECT FROM daily_usage x WHERE x.meter_id = m.id AND x.day BETWEEN p.period_start AND p.period_end))
     )"""
@@ -786,6 +817,7 @@ def _ledger_totals_sql(kind: ScopeKind, granularity: Granularity) -> str:
         FROM ledger_meters lm JOIN meters m ON m.id = lm.meter_id
         JOIN daily_usage d ON d.meter_id = lm.meter_id
         WHERE d.day BETWEEN CAST(:start_day AS date) AND CAST(:end_day AS date)
+          AND (lm.days IS NULL OR d.day <@ lm.days)
         GROUP BY 1"""
     return f"""{_ledger_keys_sql(kind, granularity)},
     counted AS (SELECT group_id, count(*) AS meter_rows FROM ledger_keys GROUP BY group_id),
@@ -797,40 +829,92 @@ def _ledger_totals_sql(kind: ScopeKind, granularity: Granularity) -> str:
     """
 
 
+# 起码 and 止码 of a row of an object with assignments (:data:`_ASSIGNED_KINDS`): the
+# readings at its bounds, which may fall inside a day (a handover stores the register at
+# that instant as a reading). ``bounds``: the row's first and last instant, the period's
+# unless an assignment starts or ends inside it. 起码 is the last reading at or before the
+# first instant (on its day from the readings, one primary-key probe; before that day the
+# rollup's), else the first one after it; 止码 the last one at or before the last instant.
+_ASSIGNED_READINGS = {
+    ScopeKind.household: "ma.household_id = :target_id",
+    ScopeKind.meter: ":resident AND ma.household_id = ANY(CAST(:household_ids AS bigint[]))",
+}
+_ASSIGNED_BOUNDS = """
+    LEFT JOIN LATERAL (
+        -- No assignment (staff on a meter): greatest/least skip the NULLs, the period's bounds.
+        SELECT greatest(CAST(page.period_start AS timestamp) AT TIME ZONE :tz, min(ma.valid_from)) AS start_at,
+               least(CAST(page.period_end + 1 AS timestamp) AT TIME ZONE :tz,
+                     max(coalesce(ma.valid_to, 'infinity'))) AS end_at
+        FROM meter_assignments ma
+        WHERE {assigned} AND ma.meter_id = page.meter_id
+          AND {from_day} <= page.to_day AND (ma.valid_to IS NULL OR {to_day} >= page.from_day)
+          AND (ma.valid_to IS NULL OR {to_day} >= {from_day})
+    ) bounds ON true
+    LEFT JOIN LATERAL (
+        SELECT read_at, total_m3 FROM readings
+        WHERE meter_id = page.meter_id AND read_at > CAST(page.from_day AS timestamp) AT TIME ZONE :tz
+          AND read_at <= bounds.start_at
+        ORDER BY read_at DESC LIMIT 1
+    ) opening ON true
+    LEFT JOIN LATERAL (
+        SELECT read_at, total_m3 FROM readings
+        WHERE meter_id = page.meter_id AND read_at > CAST(page.to_day AS timestamp) AT TIME ZONE :tz
+          AND read_at <= bounds.end_at
+        ORDER BY read_at DESC LIMIT 1
+    ) ending ON true"""
+
+
 def _ledger_page_sql(kind: ScopeKind, granularity: Granularity) -> str:
+    if kind in _ASSIGNED_KINDS:
+        bounds = _ASSIGNED_BOUNDS.format(assigned=_ASSIGNED_READINGS[kind], from_day=_ASSIGNED_FROM_DAY,
+                                         to_day=_ASSIGNED_TO_DAY)
+        start_at = "coalesce(opening.read_at, before.last_at, after.first_at)"
+        start_reading = "coalesce(opening.total_m3, before.last_total, after.first_total)"
+        end_at, end_reading = "coalesce(ending.read_at, closing.last_at)", "coalesce(ending.total_m3, closing.last_total)"
+        # The last instant's day comes from ``ending``; the rollup gives the days before it.
+        closing_days = "day < page.to_day"
+    else:
+        bounds = ""
+        start_at, start_reading = "coalesce(before.last_at, after.first_at)", "coalesce(before.last_total, after.first_total)"
+        end_at, end_reading = "closing.last_at", "closing.last_total"
+        closing_days = "day <= page.to_day"
+    # The holder: for a household its own assignment (the meter may have served another
+    # household on the boundary day), for a resident one of theirs.
+    holder = "ma.household_id = :target_id AND " if kind is ScopeKind.household else ""
     return f"""{_ledger_keys_sql(kind, granularity)},
     page AS (
         SELECT * FROM ledger_keys ORDER BY meter_code, meter_id, period_start OFFSET :offset LIMIT :limit
     )
-    SELECT page.*, coalesce(mm.multiplier, 1) AS multiplier,
-           coalesce(before.last_at, after.first_at) AS start_at,
-           coalesce(before.last_total, after.first_total) AS start_reading,
-           closing.last_at AS end_at, closing.last_total AS end_reading,
+    SELECT page.meter_id, page.meter_code, page.meter_name, page.area_id, page.area_name, page.group_id,
+           page.period_start, page.period_end, coalesce(mm.multiplier, 1) AS multiplier,
+           {start_at} AS start_at, {start_reading} AS start_reading, {end_at} AS end_at, {end_reading} AS end_reading,
            used.usage_m3, holder.household_id, holder.household_name, holder.account_no
     FROM page
     JOIN meters m ON m.id = page.meter_id
-    LEFT JOIN meter_models mm ON mm.id = m.model_id
+    LEFT JOIN meter_models mm ON mm.id = m.model_id{bounds}
     LEFT JOIN LATERAL (
         SELECT last_at, last_total FROM daily_usage
-        WHERE meter_id = page.meter_id AND day < page.period_start ORDER BY day DESC LIMIT 1
+        WHERE meter_id = page.meter_id AND day < page.from_day ORDER BY day DESC LIMIT 1
     ) before ON true
     LEFT JOIN LATERAL (
         SELECT first_at, first_total FROM daily_usage
-        WHERE meter_id = page.meter_id AND day BETWEEN page.period_start AND page.period_end ORDER BY day LIMIT 1
+        WHERE meter_id = page.meter_id AND day BETWEEN page.from_day AND page.to_day ORDER BY day LIMIT 1
     ) after ON true
     LEFT JOIN LATERAL (
         SELECT last_at, last_total FROM daily_usage
-        WHERE meter_id = page.meter_id AND day <= page.period_end ORDER BY day DESC LIMIT 1
+        WHERE meter_id = page.meter_id AND {closing_days} ORDER BY day DESC LIMIT 1
     ) closing ON true
     LEFT JOIN LATERAL (
         SELECT coalesce(sum(usage_m3), 0) AS usage_m3 FROM daily_usage
-        WHERE meter_id = page.meter_id AND day BETWEEN page.period_start AND page.period_end
+        WHERE meter_id = page.meter_id AND day BETWEEN page.from_day AND page.to_day
+          AND (page.days IS NULL OR day <@ page.days)
     ) used ON true
     LEFT JOIN LATERAL (
         SELECT h.id AS household_id, h.name AS household_name, h.account_no
         FROM meter_assignments ma JOIN households h ON h.id = ma.household_id
-        WHERE ma.meter_id = page.meter_id AND {_ASSIGNED_FROM_DAY} <= page.period_end
-          AND (ma.valid_to IS NULL OR {_ASSIGNED_TO_DAY} >= page.period_start)
+        WHERE {holder}ma.meter_id = page.meter_id AND {_ASSIGNED_FROM_DAY} <= page.to_day
+          AND (ma.valid_to IS NULL OR {_ASSIGNED_TO_DAY} >= page.from_day)
+          AND (NOT :resident OR ma.household_id = ANY(CAST(:household_ids AS bigint[])))
         ORDER BY ma.valid_from DESC LIMIT 1
     ) holder ON true
     ORDER BY page.meter_code, page.meter_id, page.period_start
@@ -880,7 +964,17 @@ async def usage_ledger(
     起码: the last reading at or before the period's first instant, else the first one in
     the period; 止码: the last reading at or before the period's end; 统计值: the period's
     usage from the rollup (multiplier applied, rollovers unwrapped). Totals per area (the
-    child areas of an area object, the meters' own areas otherwise) and overall."""
+    child areas of an area object, the meters' own areas otherwise) and overall.
+
+    For a household (and a resident's meter) a meter's row covers only the part of the
+    period it served them: 起码 is the last reading at or before the later of the period's
+    start and the assignment's start (the handover reading a move-in or replacement
+    stores), 止码 the last one at or before the earlier of the period's end and the
+    assignment's end; 统计值 sums the rollup over the days it served (merged over its
+    assignments, each day once), exactly as :func:`usage_statistics` counts them, so the
+    rows add up to the household's statistics. Those are whole days: a meter also read
+    for someone else on its boundary day brings that whole day, and then 统计值 is not
+    止码 - 起码. A period the meter did not serve at all has no row."""
     _check_ledger_granularity(granularity)
     _check_range(start_day, end_day)
     target, params = await _find_with_params(session, scope=scope, scope_patterns=scope_patterns,

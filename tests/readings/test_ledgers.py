@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import AsyncIterator, Mapping
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -20,6 +20,7 @@ from backend.readings import analytics
 from backend.readings.analytics import Granularity, Scope, ScopeKind
 from backend.readings.screens import ExportRequest, ScreenKind, choose_columns, get_screen, write_screen
 from backend.readings.service import ReadingIn, ingest_readings
+from backend.readings.usage import usage_between
 from tests.factories import make_area_tree
 from tests.graphql.client import GraphQLClient
 from tests.readings.test_browse import statements_at_two_sizes
@@ -38,6 +39,7 @@ from tests.readings.test_statistics import (  # noqa: F401  (api_world, client: 
     api_world,
     build_utility,
     client,
+    day_start,
     gid,
     lend_doubled_meter,
     raw_usage,
@@ -175,6 +177,65 @@ async def test_the_household_column_ends_with_an_assignment_ended_at_midnight(se
 
     assert during.rows[0].household_id == utility.household.id
     assert after.rows[0].household_id is None
+
+
+async def test_a_household_ledger_clips_each_meter_to_the_days_it_served_the_household(session: AsyncSession) -> None:
+    """Both meters of a mid-month replacement were read outside their assignment: the new
+    one on a bench ten days before, the retired old one a week after. The household's
+    rows stop and start at the replacement and add up to the household's usage."""
+    utility = await build_utility(session)
+    bench = [datetime(2026, 10, 20, 10, tzinfo=ZONE), datetime(2026, 10, 20, 11, tzinfo=ZONE)]
+    later = [datetime(2026, 11, 5, 10, tzinfo=ZONE), datetime(2026, 11, 5, 11, tzinfo=ZONE)]
+    result = await ingest_readings(session, readings=[
+        *(ReadingIn(meter_id=utility.new.id, read_at=at, total_m3=Decimal(0)) for at in bench),
+        *(ReadingIn(meter_id=utility.old.id, read_at=at, total_m3=Decimal(1000 + i)) for i, at in enumerate(later)),
+    ], source="test", now=NOW, tz=TZ)
+    assert not result.rejected
+    household = Scope(ScopeKind.household, utility.household.id)
+
+    whole = await ledger(session, household, Granularity.period, OCT, MONTH_ENDS[NOV])
+    monthly = await ledger(session, household, Granularity.month, OCT, MONTH_ENDS[NOV])
+
+    rows = {row.meter_id: row for row in whole.rows}
+    old, new = rows[utility.old.id], rows[utility.new.id]
+    # The old meter's start is its initial reading, stored when it was assigned.
+    assert (old.start_at, old.start_reading, old.end_at) == (START - timedelta(days=1), Decimal(0), REPLACED_AT)
+    assert (new.start_at, new.start_reading) == (REPLACED_AT, Decimal(0))
+    assert old.usage_m3 == old.end_reading - old.start_reading  # type: ignore[operator]  (none of November's)
+    assert old.household_id == new.household_id == utility.household.id
+    expected = await usage_between(session, household_ids=[utility.household.id], start=day_start(OCT),
+                                   end=day_start(date(2026, 12, 1)))
+    assert old.usage_m3 + new.usage_m3 == whole.total == expected[utility.household.id]
+    statistics = await analytics.usage_statistics(session, scope=household, granularity=Granularity.period,
+                                                  start_day=OCT, end_day=MONTH_ENDS[NOV], scope_patterns=None, tz=TZ)
+    assert {(row.unit_id, row.usage_m3) for row in statistics.rows} == {(r.meter_id, r.usage_m3) for r in (old, new)}
+    # By month: the retired meter has no November row, though it was read then.
+    assert {(row.meter_id, row.label) for row in monthly.rows} == {
+        (utility.old.id, "2026-10"), (utility.new.id, "2026-10"), (utility.new.id, "2026-11")}
+    for month in (OCT, NOV):
+        served = await usage_between(session, household_ids=[utility.household.id], start=day_start(month),
+                                     end=day_start(MONTH_ENDS[month] + timedelta(days=1)))
+        label = month.strftime("%Y-%m")
+        assert sum(row.usage_m3 for row in monthly.rows if row.label == label) == served[utility.household.id]
+    assert [(t.meter_rows, t.usage_m3) for t in monthly.area_totals] == [(3, expected[utility.household.id])]
+
+
+async def test_a_household_ledger_starts_and_ends_a_lent_meter_at_its_midnight_handovers(
+    session: AsyncSession,
+) -> None:
+    utility = await build_utility(session)
+    served_from, served_to = await lend_doubled_meter(session, utility)
+
+    page = await ledger(session, Scope(ScopeKind.household, utility.household.id), Granularity.period, OCT,
+                        MONTH_ENDS[OCT])
+
+    row = by_meter(page)[(utility.doubled.id, "2026-10-01~2026-10-31")]
+    # 15 Oct 00:00 closes the 14th (the reading at 23:30 is the last at or before it);
+    # the move-out reading at 20 Oct 00:00 is the 19th's, the last day it served.
+    assert row.start_at == served_from - timedelta(minutes=30)
+    assert row.end_at == served_to
+    raw = await raw_usage(session, [utility.doubled.id], date(2026, 10, 15), date(2026, 10, 19))
+    assert row.usage_m3 == raw[utility.doubled.id]
 
 
 async def test_ledger_of_an_area_outside_the_scope_is_not_found(session: AsyncSession) -> None:

@@ -567,3 +567,45 @@ async def test_a_resident_sees_a_meter_only_on_the_days_it_served_their_househol
     series = await analytics.usage_series(session, scopes=[meter], granularity=Granularity.month, start_day=OCT,
                                           end_day=MONTH_ENDS[OCT], tz=TZ, **resident)  # type: ignore[arg-type]
     assert series[0].points[0].value == mine.summary.total
+
+
+def doubled_total(at: datetime) -> Decimal:
+    """The doubled meter's register at its hourly reading ``at`` (build_utility's series)."""
+    hours = int((at - START).total_seconds() // 3600)
+    return Decimal(50) + sum((hourly_use(hour) for hour in range(1, hours + 1)), Decimal(0))
+
+
+async def test_a_day_two_assignments_of_one_meter_touch_counts_once(session: AsyncSession) -> None:
+    """The doubled meter serves the household from 15 Oct, moves out on the 17th at 10:00
+    and back in at 14:00, until 20 Oct 00:00: the 17th is in both assignments' days but is
+    the meter's day for the household once, in every granularity and in the ledger."""
+    utility = await build_utility(session)
+    meter, household_id = utility.doubled.id, utility.household.id
+    out_at, back_at = datetime(2026, 10, 17, 10, tzinfo=ZONE), datetime(2026, 10, 17, 14, tzinfo=ZONE)
+    end_at = day_start(date(2026, 10, 20))
+    # Handover registers between the meter's own half-hour readings, so usage stays whole.
+    half_hour = timedelta(minutes=30)
+    await assign_meter(session, meter_id=meter, household_id=household_id, valid_from=day_start(date(2026, 10, 15)))
+    await end_assignment(session, meter_id=meter, valid_to=out_at, end_reading=doubled_total(out_at - half_hour))
+    await assign_meter(session, meter_id=meter, household_id=household_id, valid_from=back_at,
+                       start_reading=doubled_total(back_at - half_hour))
+    await end_assignment(session, meter_id=meter, valid_to=end_at, end_reading=doubled_total(end_at - half_hour))
+    household = Scope(ScopeKind.household, household_id)
+    first, last = date(2026, 10, 15), date(2026, 10, 19)
+
+    period = await statistics(session, household, Granularity.period, first, last)
+    daily = await statistics(session, household, Granularity.day, first, last)
+    hourly = await statistics(session, household, Granularity.hour, first, last)
+    ledger = await analytics.usage_ledger(session, scope=household, granularity=Granularity.period, start_day=first,
+                                          end_day=last, scope_patterns=None, tz=TZ)
+
+    served = (await raw_usage(session, [meter], first, last))[meter]
+    the_17th = (await raw_usage(session, [meter], date(2026, 10, 17), date(2026, 10, 17)))[meter]
+    assert {row.unit_id: row.usage_m3 for row in period.rows}[meter] == served
+    assert {row.label: row.usage_m3 for row in daily.rows if row.unit_id == meter}["2026-10-17"] == the_17th
+    assert sum(row.usage_m3 for row in daily.rows if row.unit_id == meter) == served
+    assert sum(row.usage_m3 for row in hourly.rows if row.unit_id == meter) == served
+    (row,) = [row for row in ledger.rows if row.meter_id == meter]
+    assert row.usage_m3 == served
+    assert (row.start_at, row.end_at) == (day_start(first) - half_hour, end_at)
+    assert ledger.total == period.summary.total
