@@ -35,16 +35,18 @@ import math
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.errors import DomainError, ErrorCode, NotFound
+from backend.readings.partitions import as_zone
+from backend.readings.rollup import day_start
+from backend.readings.usage import interval_boundaries, usage_by_interval
 
 FOUR_PLACES = Decimal("0.0001")
 MAX_RANGE_DAYS = 3700  # about ten years of days
@@ -249,15 +251,6 @@ class HourlyNotSupported(DomainError):
 
 def _q4(value: Decimal) -> Decimal:
     return value.quantize(FOUR_PLACES)
-
-
-def _zone(tz: str) -> ZoneInfo:
-    return ZoneInfo(tz)
-
-
-def day_start(day: date, tz: str) -> datetime:
-    """The first instant of ``day`` in the utility's zone."""
-    return datetime.combine(day, time(), tzinfo=_zone(tz))
 
 
 def add_months(day: date, months: int) -> date:
@@ -619,18 +612,13 @@ _HOURLY_UNITS = """
 async def _hourly_usage(
     session: AsyncSession, target: Target, params: dict[str, Any]
 ) -> tuple[list[Any], list[datetime], dict[tuple[int, datetime], Decimal]]:
-    """Units and their meters, the window's hours, and usage per (unit, hour)."""
-    from backend.readings.usage import usage_by_interval
-
+    """Units and their meters, the window's hours (as UTC instants: the two 02:00s of a
+    DST autumn night are different hours), and usage per (unit, hour)."""
     tz = params["tz"]
     unit_rows = (await session.execute(text(_HOURLY_UNITS.format(units=_UNITS_SQL[target.kind])), params)).all()
     start = day_start(params["start_day"], tz)
     end = day_start(params["end_day"] + timedelta(days=1), tz)
-    hours = []
-    at = start
-    while at < end:  # in UTC steps, so a DST change does not skip or repeat an hour
-        hours.append(at)
-        at = (at.astimezone(ZoneInfo("UTC")) + timedelta(hours=1)).astimezone(_zone(tz))
+    hours = interval_boundaries(start=start, end=end, interval="hour", tz=tz)[:-1]
     meter_ids = sorted({row.meter_id for row in unit_rows})
     intervals = await usage_by_interval(session, meter_ids=meter_ids, start=start, end=end, interval="hour", tz=tz) \
         if meter_ids else []
@@ -638,14 +626,13 @@ async def _hourly_usage(
     for row in unit_rows:
         validity[row.meter_id].append((row.unit_id, row.from_day, row.to_day))
     usage: dict[tuple[int, datetime], Decimal] = defaultdict(Decimal)
-    zone = _zone(tz)
     for interval_start, meter_id, value in intervals:
-        local = interval_start.astimezone(zone)
+        day = interval_start.date()  # labelled in the utility's zone
         # Once per unit, however many of its assignments cover the day (as _SERVED_DAYS).
         units_served = {unit_id for unit_id, from_day, to_day in validity.get(meter_id, ())
-                        if (from_day is None or local.date() >= from_day) and (to_day is None or local.date() <= to_day)}
+                        if (from_day is None or day >= from_day) and (to_day is None or day <= to_day)}
         for unit_id in units_served:
-            usage[(unit_id, local)] += value
+            usage[(unit_id, interval_start.astimezone(UTC))] += value
     units = list({row.unit_id: row for row in unit_rows}.values())
     return units, hours, usage
 
@@ -654,10 +641,11 @@ async def _hourly_statistics(
     session: AsyncSession, target: Target, params: dict[str, Any], *, offset: int, limit: int | None
 ) -> StatisticsPage:
     units, hours, usage = await _hourly_usage(session, target, params)
-    zone = _zone(params["tz"])
+    zone = as_zone(params["tz"])
     everything = [
-        StatisticsRow(ScopeKind(unit.unit_kind), unit.unit_id, unit.unit_name, unit.unit_code, unit.parent_name, hour,
-                      period_label(hour.astimezone(zone), Granularity.hour), _q4(usage.get((unit.unit_id, hour), Decimal(0))))
+        StatisticsRow(ScopeKind(unit.unit_kind), unit.unit_id, unit.unit_name, unit.unit_code, unit.parent_name,
+                      hour.astimezone(zone), period_label(hour.astimezone(zone), Granularity.hour),
+                      _q4(usage.get((unit.unit_id, hour), Decimal(0))))
         for unit in units for hour in hours
     ]
     page = everything[offset:] if limit is None else everything[offset:offset + limit]
@@ -740,7 +728,9 @@ async def _series_points(
         totals: dict[datetime, Decimal] = defaultdict(Decimal)
         for (_, hour), value in usage.items():
             totals[hour] += value
-        return [SeriesPoint(period_label(hour, granularity), hour, _q4(totals.get(hour, Decimal(0)))) for hour in hours]
+        zone = as_zone(params["tz"])
+        return [SeriesPoint(period_label(hour.astimezone(zone), granularity), hour.astimezone(zone),
+                            _q4(totals.get(hour, Decimal(0)))) for hour in hours]
     params.update(_periods_params(granularity, params["start_day"], end_day))
     rows = (await session.execute(text(_series_sql(target.kind, granularity)), params)).all()
     return [SeriesPoint(period_label(row.period_start, granularity, end_day=end_day),

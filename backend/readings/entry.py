@@ -34,7 +34,7 @@ from backend.errors import DomainError, ErrorCode, NotFound
 from backend.exports import excel
 from backend.readings.models import ReadingQuality
 from backend.readings.partitions import DEFAULT_TIMEZONE, as_zone
-from backend.readings.rollup import zone_name
+from backend.readings.rollup import is_rollover, zone_name
 from backend.readings.service import IngestResult, ReadingIn, Rejection, after_readings_changed, ingest_readings
 
 MANUAL_SOURCE = "manual"
@@ -165,12 +165,6 @@ ORDER BY read_at DESC LIMIT 1
 """)
 
 
-def _is_rollover(previous: Decimal, total: Decimal, register_digits: int | None) -> bool:
-    """A drop of more than half the register's range is the register wrapping, as the
-    daily rollup reads it (backend.readings.rollup)."""
-    return register_digits is not None and previous - total > Decimal(10) ** register_digits / 2
-
-
 async def enter_reading(
     session: AsyncSession,
     *,
@@ -194,7 +188,7 @@ async def enter_reading(
     total = checked_total(total_m3)
     if read_at.tzinfo is not None and not confirm_lower:
         previous = (await session.execute(_PREVIOUS, {"meter_id": meter_id, "read_at": read_at})).scalar_one_or_none()
-        if previous is not None and total < previous and not _is_rollover(previous, total, meter.register_digits):
+        if previous is not None and total < previous and not is_rollover(previous, total, meter.register_digits):
             raise ReadingLowerThanPrevious(previous)
     result = await ingest_readings(
         session, readings=[ReadingIn(meter_id=meter_id, read_at=read_at, total_m3=total, quality=ReadingQuality.manual)],

@@ -25,7 +25,6 @@ equal this over whole days.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
@@ -155,6 +154,32 @@ _STEPS: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(day
 MAX_WINDOWS = 200_000
 
 
+def interval_boundaries(*, start: datetime, end: datetime, interval: Interval, tz: str | tzinfo) -> list[datetime]:
+    """The hours or days of the utility's calendar from the one holding ``start`` to the
+    one holding ``end``, as UTC instants: each interval's start, then the last one's end.
+
+    In UTC because two local times of one zone compare by wall clock, which would make the
+    two 02:00s of a DST autumn night equal. Hours are steps of real time (a DST autumn day
+    has 25); days are calendar days."""
+    zone = as_zone(tz)
+    cursor = start.astimezone(zone).replace(minute=0, second=0, microsecond=0)
+    end = end.astimezone(UTC)
+    boundaries: list[datetime] = []
+    if interval == "hour":
+        cursor = cursor.astimezone(UTC)
+        while cursor < end:
+            boundaries.append(cursor)
+            cursor += _STEPS["hour"]
+        boundaries.append(cursor)
+    else:
+        cursor = cursor.replace(hour=0)
+        while cursor.astimezone(UTC) < end:
+            boundaries.append(cursor.astimezone(UTC))
+            cursor = (cursor.replace(tzinfo=None) + _STEPS["day"]).replace(tzinfo=zone)
+        boundaries.append(cursor.astimezone(UTC))
+    return boundaries
+
+
 async def usage_by_interval(
     session: AsyncSession,
     *,
@@ -170,27 +195,8 @@ async def usage_by_interval(
     intervals add up to ``usage_between`` over the whole range. Meant for a meter or a
     household over days (hourly charts); whole-area day/month figures read the rollup."""
     zone = as_zone(tz)
-    step = _STEPS[interval]
-    cursor = start.astimezone(zone).replace(minute=0, second=0, microsecond=0)
-    boundaries: list[datetime] = []
-    # Boundaries are kept in UTC: two local times of one zone compare by wall clock, which
-    # makes the two 02:00s of a DST autumn night equal.
-    end = end.astimezone(UTC)
-    start = start.astimezone(UTC)
-    if interval == "hour":
-        # Hours are steps of real time (a DST autumn day has 25 of them), labelled locally.
-        cursor = cursor.astimezone(UTC)
-        while cursor < end:
-            boundaries.append(cursor)
-            cursor += step
-        boundaries.append(cursor)
-    else:
-        cursor = cursor.replace(hour=0)
-        while cursor.astimezone(UTC) < end:
-            boundaries.append(cursor.astimezone(UTC))
-            # Days are calendar days: add in wall-clock terms and re-localise.
-            cursor = (cursor.replace(tzinfo=None) + step).replace(tzinfo=zone)
-        boundaries.append(cursor.astimezone(UTC))
+    boundaries = interval_boundaries(start=start, end=end, interval=interval, tz=zone)
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
     ids = list(dict.fromkeys(meter_ids))
     if (len(boundaries) - 1) * len(ids) > MAX_WINDOWS:
         raise ValueError("too many intervals: narrow the range or the meters")
@@ -202,13 +208,3 @@ async def usage_by_interval(
             labels.append((low.astimezone(zone), meter_id))
     usages = await usage_of_windows(session, windows)
     return [(at, meter_id, usage) for (at, meter_id), usage in zip(labels, usages, strict=True)]
-
-
-def total_by(rows: Sequence[tuple[datetime, int, Decimal]]) -> dict[datetime, Decimal]:
-    """Sum :func:`usage_by_interval` rows per interval (a household's meters together)."""
-    totals: dict[datetime, Decimal] = defaultdict(lambda: ZERO)
-    for at, _, usage in rows:
-        totals[at] += usage
-    return dict(totals)
-
-

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.readings.alarms.models import AlarmKind
 from backend.readings.alarms.service import AlarmEvaluation, evaluate_alarms
 from backend.readings.partitions import as_zone
+from backend.readings.rollup import cyclic_gc_paused
 
 # The loosest threshold of each kind over the enabled rules: a superset test.
 _RULE_BOUNDS = text("""
@@ -41,6 +42,19 @@ WHERE b.day IS DISTINCT FROM CAST(:today AS date)
 """)
 
 _UNKNOWN_VALVE = "unknown"
+
+
+def _suspicious(rows: Iterable[Sequence[Any]], battery_ceiling: Decimal | None) -> set[int]:
+    """Meters whose new readings show status bits, a valve reported 'unknown' or a battery
+    under the highest battery threshold in use."""
+    found: set[int] = set()
+    for row in rows:
+        valve, battery, status_bits = row[5], row[6], row[7]
+        if status_bits or valve == _UNKNOWN_VALVE or (
+            battery is not None and battery_ceiling is not None and battery < battery_ceiling
+        ):
+            found.add(row[0])
+    return found
 
 
 async def evaluate_after_batch(
@@ -65,12 +79,8 @@ async def evaluate_after_batch(
     high_use_factor = bounds.get(AlarmKind.high_use, (None, None))[0]
 
     candidates = set(flagged)
-    for row in rows:
-        valve, battery, status_bits = row[5], row[6], row[7]
-        if status_bits or valve == _UNKNOWN_VALVE or (
-            battery is not None and battery_ceiling is not None and battery < battery_ceiling
-        ):
-            candidates.add(row[0])
+    with cyclic_gc_paused():
+        candidates.update(_suspicious(rows, battery_ceiling))
 
     today = now.astimezone(as_zone(tz)).date()
     ids = list(meter_ids)
