@@ -62,16 +62,16 @@ def timed(name: str, function: Callable[..., Awaitable[Any]]) -> Callable[..., A
 
 
 def instrument() -> None:
-    readings_service._meter_install_starts = timed("meter lookup", readings_service._meter_install_starts)  # type: ignore[method-assign]
+    readings_service._lock_and_read_state = timed("meter lock + state", readings_service._lock_and_read_state)  # type: ignore[method-assign]
     readings_service.ensure_partitions = timed("partitions", readings_service.ensure_partitions)  # type: ignore[assignment]
-    readings_service._update_latest_from = timed("latest readings", readings_service._update_latest_from)  # type: ignore[method-assign]
+    readings_service.write_chains = timed("latest readings + daily rollup", readings_service.write_chains)  # type: ignore[assignment]
     readings_service._merge = timed("merge (slow path)", readings_service._merge)  # type: ignore[method-assign]
-    readings_service._append_days = timed("daily rollup", readings_service._append_days)  # type: ignore[method-assign]
     readings_service._recompute_days = timed("daily rollup (recompute)", readings_service._recompute_days)  # type: ignore[method-assign]
-    readings_service._supersede_estimates = timed("estimates check", readings_service._supersede_estimates)  # type: ignore[method-assign]
+    readings_service._supersede = timed("estimates", readings_service._supersede)  # type: ignore[method-assign]
     readings_service._evaluate_alarms = timed("alarm rules", readings_service._evaluate_alarms)  # type: ignore[method-assign]
     readings_service.emit_event = timed("event", readings_service.emit_event)  # type: ignore[assignment]
-    asyncpg.Connection.copy_records_to_table = timed("COPY", asyncpg.Connection.copy_records_to_table)  # type: ignore[method-assign]
+    asyncpg.Connection.copy_to_table = timed("validation + COPY (streamed)", asyncpg.Connection.copy_to_table)  # type: ignore[method-assign]
+    asyncpg.Connection.copy_records_to_table = timed("COPY (general path)", asyncpg.Connection.copy_records_to_table)  # type: ignore[method-assign]
 
 
 def make_readings(meters: int, per_meter: int) -> list[ReadingIn]:
@@ -156,7 +156,7 @@ async def reset(url: str) -> None:
     try:
         async with session_factory(engine)() as session, session.begin():
             await session.execute(text(
-                "TRUNCATE readings, latest_readings, daily_usage, domain_events, meter_alarms, meter_usage_baselines"
+                "TRUNCATE readings, latest_readings, daily_usage_closed, domain_events, meter_alarms, meter_usage_baselines"
             ))
         async with engine.connect() as connection:
             await connection.execute(text("COMMIT"))

@@ -78,7 +78,7 @@ async def _extra_columns(connection: Any) -> tuple[str, str]:
     """Any NOT NULL rollup columns beyond the ones set here (the rollup may grow), as zeros."""
     rows = await connection.fetch("""
         SELECT column_name, data_type FROM information_schema.columns
-        WHERE table_name = 'daily_usage' AND is_nullable = 'NO' AND column_default IS NULL
+        WHERE table_name = 'daily_usage_closed' AND is_nullable = 'NO' AND column_default IS NULL
     """)
     known = {"meter_id", "day", "first_at", "first_total", "last_at", "last_total", "effective_total", "usage_m3",
              "reading_count"}
@@ -92,7 +92,7 @@ async def _rollup(connection: Any, building_ids: list[int], start: date, days: i
     """One rollup row per meter and day: a steady register with a varying daily use."""
     names, values = await _extra_columns(connection)
     await connection.execute(f"""
-        INSERT INTO daily_usage (meter_id, day, first_at, first_total, last_at, last_total, effective_total, usage_m3,
+        INSERT INTO daily_usage_closed (meter_id, day, first_at, first_total, last_at, last_total, effective_total, usage_m3,
                                  reading_count{names})
         SELECT m.id, d::date, d + interval '30 minutes', n * 0.5, d + interval '23 hours 30 minutes', n * 0.5 + 0.4,
                n * 0.5 + 0.4, ((m.id + n) % 7) * 0.1 + 0.05, 24{values}
@@ -144,7 +144,7 @@ async def run(url: str, meters: int, days: int, ledger_meters: int) -> float:
     await _meters(connection, "L", ledger_buildings, 10**12)
     await _rollup(connection, stats_buildings, STATS_START, days)
     await _rollup(connection, ledger_buildings, LEDGER_START, (LEDGER_END - LEDGER_START).days + 1)
-    await connection.execute("VACUUM ANALYZE daily_usage")
+    await connection.execute("VACUUM ANALYZE daily_usage_closed")
     await connection.execute("VACUUM ANALYZE meters")
     await connection.execute("VACUUM ANALYZE areas")
     rollup_rows = await connection.fetchval("SELECT count(*) FROM daily_usage")

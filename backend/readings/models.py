@@ -68,7 +68,19 @@ class Reading(SQLModel, table=True):
 
 
 class LatestReading(SQLModel, table=True):
-    """The newest reading of each meter (by ``read_at``), kept current by ingest."""
+    """The newest reading of each meter (by ``read_at``), kept current by ingest, and the
+    meter's **open day**: the rollup of the day that newest reading closes on.
+
+    The open day lives here rather than in ``daily_usage_closed`` because ingest rewrites
+    it with every batch (an hourly meter's day gets readings from many batches) and this
+    row is rewritten by every batch anyway: one row update per meter and batch instead of
+    two. Its ``last_at`` / ``last_total`` are ``read_at`` / ``total_m3``. A day moves to
+    ``daily_usage_closed`` when the meter's first reading of a later day arrives. The
+    ``daily_usage`` view is both (migration 0009); every reader uses the view.
+
+    The open-day columns are NULL only inside an ingest transaction, between writing a
+    meter's first reading and rolling it up.
+    """
 
     __tablename__ = "latest_readings"
     # Every ingest batch rewrites most rows; free space on each page lets those be HOT
@@ -86,11 +98,30 @@ class LatestReading(SQLModel, table=True):
     quality: ReadingQuality = Field(sa_column=enum_column(ReadingQuality, nullable=False))
     source: str = Field(sa_column=Column(Text, nullable=False))
     received_at: datetime = Field(sa_column=timestamptz(nullable=False))
+    # The open day (see DailyUsage for what each column means).
+    day: date | None = Field(default=None, sa_column=Column(Date, nullable=True))
+    first_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))
+    first_total: Decimal | None = Field(default=None, sa_column=Column(Numeric(16, 4), nullable=True))
+    effective_total: Decimal | None = Field(default=None, sa_column=Column(Numeric(20, 4), nullable=True))
+    opening_effective: Decimal | None = Field(default=None, sa_column=Column(Numeric(20, 4), nullable=True))
+    usage_m3: Decimal | None = Field(default=None, sa_column=Column(Numeric(16, 4), nullable=True))
+    reading_count: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    register_wraps: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    rollover: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default="false"))
+    reverse_flow: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default="false"))
+    # The meter may have estimated readings (set when one is written, cleared once an
+    # actual or manual reading superseded them all): ingest looks for estimates to
+    # supersede only where this is set.
+    estimated: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default="false"))
 
 
 class DailyUsage(SQLModel, table=True):
     """The daily usage rollup (日用量, the brochure's 保存到数据库): one row per meter and
     day of the utility's calendar that has a reading, maintained by ingest.
+
+    This table holds the **closed** days, every day before the day of the meter's newest
+    reading; that open day is kept on the meter's ``latest_readings`` row. Read the
+    ``daily_usage`` view, which is both.
 
     ``effective_total`` is the register unwrapped past rollovers (each wrap adds
     10^register_digits) and held at its high-water mark, so reverse flow never counts as
@@ -101,12 +132,12 @@ class DailyUsage(SQLModel, table=True):
     instants, which is what every statistics screen relies on.
     """
 
-    __tablename__ = "daily_usage"
+    __tablename__ = "daily_usage_closed"
     __table_args__ = (
-        # Area statistics scan a day range for many meters. Nothing in it changes when a
-        # day's row is updated, and the free space of a lower fillfactor keeps the
-        # updates of today's rows (every ingest batch) HOT: no index writes at all.
-        Index("ix_daily_usage_day", "day", "meter_id"),
+        # Area statistics scan a day range for many meters. A closed day is written once
+        # and rewritten only by a recompute (a late reading, a correction), which the
+        # free space of a lower fillfactor keeps HOT.
+        Index("ix_daily_usage_closed_day", "day", "meter_id"),
         {"postgresql_with": {"fillfactor": "70"}},
     )
 

@@ -1,4 +1,4 @@
-"""The daily usage rollup (``daily_usage``), maintained by ingest.
+"""The daily usage rollup, maintained by ingest: the ``daily_usage`` view.
 
 One row per meter and day of the utility's calendar: the day's first and last reading,
 how many readings it had, and the **effective register** at its last reading — the total
@@ -6,6 +6,11 @@ unwrapped past rollovers (each wrap adds 10^register_digits) and held at its hig
 mark, so water that flowed back is never counted twice. A day's usage is the growth of
 the effective register since the previous day's last reading, times the meter's
 multiplier; on a meter's first day, since its first reading.
+
+Where the rows live: the day of a meter's newest reading (its **open day**) is on the
+meter's ``latest_readings`` row, which every batch rewrites anyway; the days before it
+are in ``daily_usage_closed``, written once when the meter's first reading of a later day
+arrives. The ``daily_usage`` view is both (migration 0009); readers use only the view.
 
 The register is walked **reading by reading** (usage.py's rule): a drop of more than half
 the register's range between two consecutive readings is a wrap, any other drop is
@@ -15,23 +20,25 @@ sum of whole days equals it exactly.
 
 Two ways in, the same result:
 
-- **append** (ingest's fast path: a meter's new readings all come after its stored
-  ones): the chain goes on in Python from the meter's newest stored day, over the batch
-  rows already in memory, and only the touched days are written;
+- **append** (a meter's new readings all come after its newest stored one: time-ordered
+  ingest, nearly always): a :class:`MeterChain` goes on from the meter's open day through
+  the new readings in Python; :func:`write_chains` writes the days it closed and the new
+  open day with the newest reading, one row per meter;
 - **recompute** (a late or replaced reading, a correction, superseded estimates): one
   statement (:data:`_RECOMPUTE`) walks the meter's stored readings from the first
-  touched day on, from the state of the day before, and rewrites every later day.
+  touched day on, from the state of the day before, and rewrites every later day
+  (:func:`recompute_days` first moves the open day into ``daily_usage_closed`` and
+  afterwards moves the newest day back).
 """
 
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
-from operator import itemgetter
 from typing import Any
 
 from backend.readings.partitions import as_zone
@@ -60,7 +67,7 @@ WITH bounds AS (
 ), seed AS (
     SELECT b.meter_id, p.last_at, p.last_total, p.effective_total, p.register_wraps
     FROM bounds b CROSS JOIN LATERAL (
-        SELECT last_at, last_total, effective_total, register_wraps FROM daily_usage p
+        SELECT last_at, last_total, effective_total, register_wraps FROM daily_usage_closed p
         WHERE p.meter_id = b.meter_id AND p.day < b.from_day ORDER BY p.day DESC LIMIT 1
     ) p
 ), points AS (
@@ -99,20 +106,18 @@ WITH bounds AS (
                          p.first_unwrapped) AS opening
     FROM per_day p
 ), written AS (
-    INSERT INTO daily_usage AS u ({_DAY_COLUMNS})
+    INSERT INTO daily_usage_closed AS u ({_DAY_COLUMNS})
     SELECT meter_id, day, first_at, first_total, last_at, last_total, effective_total, opening,
            round((effective_total - opening) * multiplier, 4), reading_count, register_wraps, rollover, reverse_flow
     FROM chained
     {_UPSERT}
 )
-DELETE FROM daily_usage u USING bounds b
+DELETE FROM daily_usage_closed u USING bounds b
 WHERE u.meter_id = b.meter_id AND u.day >= b.from_day
   AND NOT EXISTS (SELECT FROM per_day p WHERE p.meter_id = u.meter_id AND p.day = u.day)
 """
 
 DayKey = tuple[int, date]
-# A day's new readings of one meter: (read_at, total_m3), in arrival order.
-DayReadings = list[tuple[datetime, Decimal]]
 
 
 class LocalDays:
@@ -124,11 +129,20 @@ class LocalDays:
     Cached per 15-minute slot ``(k·900 s, (k+1)·900 s]``: every zone offset (and every DST
     change) falls on a quarter hour, so one slot is one day."""
 
-    __slots__ = ("_slots", "_zone")
+    __slots__ = ("_ends", "_slots", "_zone")
 
     def __init__(self, zone: tzinfo) -> None:
         self._zone = zone
         self._slots: dict[int, date] = {}
+        self._ends: dict[date, datetime] = {}
+
+    def end(self, day: date) -> datetime:
+        """The last instant of ``day`` (its closing midnight), in UTC: compared with any
+        aware datetime as the instant it is."""
+        end = self._ends.get(day)
+        if end is None:
+            end = self._ends[day] = day_end(day, self._zone).astimezone(UTC)
+        return end
 
     def __call__(self, instant: datetime) -> date:
         if instant.tzinfo is self._zone:  # already local (the acquisition worker's readings): no offset lookups
@@ -146,21 +160,6 @@ _JUST_BEFORE = timedelta(microseconds=1)
 _ONE_DAY = timedelta(days=1)
 
 
-def aggregate_days(rows: Iterable[Sequence[Any]], days: LocalDays) -> dict[DayKey, DayReadings]:
-    """The ``(meter_id, read_at, total_m3, …)`` rows ingest just wrote, grouped by meter and
-    local day."""
-    grouped: dict[DayKey, DayReadings] = {}
-    get = grouped.get
-    for row in rows:
-        key = (row[0], days(row[1]))
-        readings = get(key)
-        if readings is None:
-            grouped[key] = [(row[1], row[2])]
-        else:
-            readings.append((row[1], row[2]))
-    return grouped
-
-
 def _first_days(keys: Iterable[DayKey]) -> dict[int, date]:
     first: dict[int, date] = {}
     for meter_id, day in keys:
@@ -170,40 +169,8 @@ def _first_days(keys: Iterable[DayKey]) -> dict[int, date]:
     return first
 
 
-# Per meter of an appended batch: its register and multiplier, and its newest stored day.
-_APPEND_STATE = """
-SELECT b.meter_id, power(10::numeric, mm.register_digits) AS register_range, coalesce(mm.multiplier, 1) AS multiplier,
-       p.day, p.first_at, p.first_total, p.last_at, p.last_total, p.effective_total, p.opening_effective,
-       p.reading_count, p.register_wraps, p.rollover, p.reverse_flow
-FROM unnest($1::bigint[]) AS b(meter_id)
-JOIN meters m ON m.id = b.meter_id
-LEFT JOIN meter_models mm ON mm.id = m.model_id
-LEFT JOIN LATERAL (
-    SELECT * FROM daily_usage p WHERE p.meter_id = b.meter_id ORDER BY p.day DESC LIMIT 1
-) p ON true
-"""
-
-_NEW_DAYS = f"""
-INSERT INTO daily_usage ({_DAY_COLUMNS})
-SELECT * FROM unnest($1::bigint[], $2::date[], $3::timestamptz[], $4::numeric[], $5::timestamptz[], $6::numeric[],
-                     $7::numeric[], $8::numeric[], $9::numeric[], $10::int[], $11::int[], $12::bool[], $13::bool[])
-"""
-
-# A plain UPDATE of the continued days (cheaper than ON CONFLICT, and HOT: see models).
-_CONTINUED_DAYS = """
-UPDATE daily_usage u SET last_at = c.last_at, last_total = c.last_total, effective_total = c.effective_total,
-    usage_m3 = c.usage_m3, reading_count = c.reading_count, register_wraps = c.register_wraps,
-    rollover = c.rollover, reverse_flow = c.reverse_flow
-FROM unnest($1::bigint[], $2::date[], $3::timestamptz[], $4::numeric[], $5::numeric[], $6::numeric[], $7::int[],
-            $8::int[], $9::bool[], $10::bool[])
-    AS c(meter_id, day, last_at, last_total, effective_total, usage_m3, reading_count, register_wraps, rollover,
-         reverse_flow)
-WHERE u.meter_id = c.meter_id AND u.day = c.day
-"""
-
 _PLACES = Decimal("0.0001")
 _ZERO = Decimal(0)
-_DAY = itemgetter(0)
 
 
 @contextmanager
@@ -272,92 +239,238 @@ class RolledUp:
     day_usage: dict[int, Decimal] = field(default_factory=dict)
 
 
-def _walk(states: Sequence[Any], by_meter: dict[int, list[tuple[date, DayReadings]]], rolled: RolledUp,
-          new_days: list[tuple[Any, ...]], continued: list[tuple[Any, ...]], late: list[DayKey]) -> None:
-    """Continue each meter's chain from its stored state through the batch's readings."""
-    for state in states:
-        meter_id = state["meter_id"]
-        days = sorted(by_meter[meter_id], key=_DAY)
-        for _, readings in days:
-            readings.sort(key=_DAY)  # by read_at; ingest's rows are unique per instant
-        stored_day = state["day"]
-        if stored_day is not None and (days[0][0] < stored_day or days[0][1][0][0] <= state["last_at"]):
-            late.extend((meter_id, day) for day, _ in days)
-            rolled.flagged.add(meter_id)
-            continue
-        multiplier = state["multiplier"]
-        register = _Register(state["register_range"], state["last_total"], state["register_wraps"] or 0,
-                             state["effective_total"])
-        for day, readings in days:
-            if day == stored_day:  # the newest stored day goes on from its last reading
-                opening = state["opening_effective"]
-                first_at, first_total = state["first_at"], state["first_total"]
-                count = state["reading_count"] + len(readings)
-                register.wrapped, register.reversed = state["rollover"], state["reverse_flow"]
-                for _, total in readings:
-                    register.step(total)
-            else:
-                register.wrapped = register.reversed = False
-                previous_effective = register.effective
-                first_at, first_total = readings[0]
-                count = len(readings)
-                first_unwrapped = register.step(first_total)
-                for _, total in readings[1:]:
-                    register.step(total)
-                opening = previous_effective if previous_effective is not None else first_unwrapped
-            last_at, last_total = readings[-1]
-            effective = register.effective
-            assert effective is not None and opening is not None
-            usage = ((effective - opening) * multiplier).quantize(_PLACES, ROUND_HALF_UP)
-            if register.wrapped or register.reversed:
-                rolled.flagged.add(meter_id)
-            if usage > rolled.day_usage.get(meter_id, _ZERO):
-                rolled.day_usage[meter_id] = usage
-            if day == stored_day:
-                continued.append((meter_id, day, last_at, last_total, effective, usage, count, register.wraps,
-                                  register.wrapped, register.reversed))
-            else:
-                new_days.append((meter_id, day, first_at, first_total, last_at, last_total, effective, opening, usage,
-                                 count, register.wraps, register.wrapped, register.reversed))
+class Decimals(dict[str, Decimal]):
+    """``Decimal`` of a text value, cached: a batch's meters share a few models, so their
+    register ranges and multipliers are a few distinct values."""
+
+    def __missing__(self, key: str) -> Decimal:
+        value = self[key] = Decimal(key)
+        return value
 
 
-async def append_days(driver: Any, aggregates: dict[DayKey, DayReadings], tz_name: str) -> RolledUp:
-    """Roll up readings that were all newly inserted (ingest's fast path).
+def _stamp(value: datetime | str) -> str:
+    """A timestamp for a text line (state read back as text passes through as it came)."""
+    return value if isinstance(value, str) else value.isoformat()
 
-    For a meter whose new readings all come after its newest stored day's last reading
-    (time-ordered ingest: nearly always), the chain is continued here from that stored
-    state and only the touched days are written, in one statement. Any other meter (a
-    late or interleaved reading) is recomputed from ``readings`` by :func:`recompute_days`.
+
+class MeterChain:
+    """One meter's rollup going forward through new readings in time order: the open day
+    continues until a reading of a later day closes it (the rule of the module docstring,
+    as :class:`_Register` walks it).
+
+    ``newest`` is the newest reading taken, set by the caller (anything with the
+    attributes of ``service.ReadingIn``: its flow, pressure, valve, battery, status bits
+    and quality go on ``latest_readings``), ``closed`` the days it closed on the way, as
+    lines for :data:`_NEW_CLOSED_DAYS`.
     """
-    rolled = RolledUp()
-    by_meter: dict[int, list[tuple[date, DayReadings]]] = {}
-    for (meter_id, day), readings in aggregates.items():
-        by_meter.setdefault(meter_id, []).append((day, readings))
-    states = await driver.fetch(_APPEND_STATE, list(by_meter))
-    new_days: list[tuple[Any, ...]] = []
-    continued: list[tuple[Any, ...]] = []
-    late: list[DayKey] = []
-    with cyclic_gc_paused():  # ~10 small objects per meter, none cyclic
-        _walk(states, by_meter, rolled, new_days, continued, late)
-        continued_columns = [list(column) for column in zip(*continued, strict=True)]
-        new_day_columns = [list(column) for column in zip(*new_days, strict=True)]
-    if continued_columns:
-        await driver.execute(_CONTINUED_DAYS, *continued_columns)
-    if new_day_columns:
-        await driver.execute(_NEW_DAYS, *new_day_columns)
-    if late:
-        await recompute_days(driver, late, tz_name)
-    return rolled
+
+    __slots__ = (
+        "closed", "count", "day", "day_end", "estimated", "first_at", "first_total", "has_latest", "last_at",
+        "last_total", "max_usage", "meter_id", "multiplier", "newest", "opening", "register", "unusual",
+    )
+
+    def __init__(self, state: Any, days: LocalDays, decimals: Decimals) -> None:
+        """``state``: the meter's row of ingest's batch-state query: ``meter_id``,
+        ``register_range`` and ``multiplier`` (as text), ``has_latest`` and the
+        ``latest_readings`` columns (NULL when the meter has no reading; its totals as
+        text: only three of them are ever computed with)."""
+        self.meter_id: int = state["meter_id"]
+        range_text = state["register_range"]
+        self.multiplier: Decimal = decimals[state["multiplier"]]
+        self.has_latest: bool = state["has_latest"]
+        self.estimated: bool = bool(state["estimated"])
+        self.newest: Any = None
+        self.closed: list[str] = []
+        self.max_usage: Decimal | None = None  # the largest usage among the days written
+        self.unusual = False  # a day written with a rollover or reverse flow
+        self.day: date | None = state["day"]
+        self.last_at: datetime | None = state["read_at"]
+        register_range = None if range_text is None else decimals[range_text]
+        self.first_at: datetime | str | None = None
+        self.first_total: Decimal | str | None = None
+        self.opening: Decimal | None = None
+        self.last_total: Decimal | None = None
+        self.count = 0
+        if self.day is None:
+            self.day_end: datetime | None = None
+            self.register = _Register(register_range, None, 0, None)
+        else:
+            self.day_end = days.end(self.day)
+            last_total = self.last_total = Decimal(state["total_m3"])
+            self.register = _Register(register_range, last_total, state["register_wraps"],
+                                      Decimal(state["effective_total"]))
+            self.register.wrapped, self.register.reversed = state["rollover"], state["reverse_flow"]
+            self.first_at, self.first_total = state["first_at"], state["first_total"]
+            self.opening = Decimal(state["opening_effective"])
+            self.count = state["reading_count"]
+
+    def take(self, read_at: datetime, total: Decimal, days: LocalDays) -> None:
+        """The next reading (strictly after the last one taken)."""
+        day_end = self.day_end
+        if day_end is None or read_at > day_end:
+            if self.day is not None:
+                self.closed.append(self.line())
+            day = days(read_at)
+            self.day, self.day_end = day, days.end(day)
+            register = self.register
+            register.wrapped = register.reversed = False
+            previous = register.effective
+            unwrapped = register.step(total)
+            self.opening = previous if previous is not None else unwrapped
+            self.first_at, self.first_total = read_at, total
+            self.count = 1
+        else:
+            self.register.step(total)
+            self.count += 1
+        self.last_at, self.last_total = read_at, total
+
+    def line(self) -> str:
+        """The day so far as one tab-separated line of the ``daily_usage`` columns
+        (``meter_id, day, first_at, first_total, last_at, last_total, effective_total,
+        opening_effective, usage_m3, reading_count, register_wraps, rollover,
+        reverse_flow``), noting its usage and flags for the alarm pre-filter."""
+        register = self.register
+        effective, opening, last_at, first_at = register.effective, self.opening, self.last_at, self.first_at
+        assert effective is not None and opening is not None and last_at is not None and first_at is not None
+        usage = ((effective - opening) * self.multiplier).quantize(_PLACES, ROUND_HALF_UP)
+        if self.max_usage is None or usage > self.max_usage:
+            self.max_usage = usage
+        if register.wrapped or register.reversed:
+            self.unusual = True
+        return (f"{self.meter_id}\t{self.day}\t{_stamp(first_at)}\t{self.first_total}\t{last_at.isoformat()}\t"
+                f"{self.last_total}\t{effective}\t{opening}\t{usage}\t{self.count}\t{register.wraps}\t"
+                f"{register.wrapped}\t{register.reversed}")
+
+
+# Rows travel as lines of tab-separated fields in COPY's text notation (\N is NULL):
+# asyncpg encodes one text array of 20k lines in a few milliseconds, against ~0.1 s for
+# a dozen typed arrays of 20k elements; PostgreSQL splits and casts them in C.
+_NEW_CLOSED_DAYS = f"""
+INSERT INTO daily_usage_closed ({_DAY_COLUMNS})
+SELECT f[1]::bigint, f[2]::date, f[3]::timestamptz, f[4]::numeric, f[5]::timestamptz, f[6]::numeric, f[7]::numeric,
+       f[8]::numeric, f[9]::numeric, f[10]::int, f[11]::int, f[12]::bool, f[13]::bool
+FROM unnest($1::text[]) AS line, string_to_array(line, E'\\t') AS f
+"""
+
+# A meter's open day (the 13 daily_usage fields) and its newest reading's flow, pressure,
+# valve, battery, status bits, quality and the estimated flag; source and received_at are
+# the batch's.
+_OPEN_DAYS = """
+SELECT f[1]::bigint AS meter_id, f[2]::date AS day, f[3]::timestamptz AS first_at, f[4]::numeric AS first_total,
+       f[5]::timestamptz AS read_at, f[6]::numeric AS total_m3, f[7]::numeric AS effective_total,
+       f[8]::numeric AS opening_effective, f[9]::numeric AS usage_m3, f[10]::int AS reading_count,
+       f[11]::int AS register_wraps, f[12]::bool AS rollover, f[13]::bool AS reverse_flow,
+       nullif(f[14], '\\N')::numeric AS flow_rate, nullif(f[15], '\\N')::numeric AS pressure,
+       nullif(f[16], '\\N') AS valve_state, nullif(f[17], '\\N')::numeric AS battery,
+       nullif(f[18], '\\N')::int AS status_bits, f[19] AS quality, f[20]::bool AS estimated,
+       $2::text AS source, $3::timestamptz AS received_at
+FROM unnest($1::text[]) AS line, string_to_array(line, E'\\t') AS f
+"""
+_LATEST_COLUMNS = (
+    "read_at, total_m3, flow_rate, pressure, valve_state, battery, status_bits, quality, source, received_at, day,"
+    " first_at, first_total, effective_total, opening_effective, usage_m3, reading_count, register_wraps, rollover,"
+    " reverse_flow, estimated"
+)
+_LATEST_SET = ", ".join(f"{name.strip()} = o.{name.strip()}" for name in _LATEST_COLUMNS.split(","))
+# A plain UPDATE where the row exists (cheaper than ON CONFLICT, and HOT: see models).
+_UPDATE_OPEN_DAYS = f"UPDATE latest_readings l SET {_LATEST_SET} FROM ({_OPEN_DAYS}) o WHERE l.meter_id = o.meter_id"
+_INSERT_OPEN_DAYS = f"""
+INSERT INTO latest_readings AS l (meter_id, {_LATEST_COLUMNS})
+SELECT meter_id, {_LATEST_COLUMNS} FROM ({_OPEN_DAYS}) o
+ON CONFLICT (meter_id) DO UPDATE SET {_LATEST_SET.replace("o.", "EXCLUDED.")}
+"""
+
+
+def _field(value: Any) -> Any:
+    return "\\N" if value is None else value
+
+
+async def write_chains(driver: Any, chains: Iterable[MeterChain], rolled: RolledUp, *, source: str,
+                       received_at: datetime) -> None:
+    """Write what the chains went through: the days they closed, and each meter's open
+    day with its newest reading (``chain.newest``) on ``latest_readings``."""
+    closed: list[str] = []
+    updated: list[str] = []
+    inserted: list[str] = []
+    day_usage, flagged = rolled.day_usage, rolled.flagged
+    with cyclic_gc_paused():  # a few small objects per meter, none cyclic
+        for chain in chains:
+            reading = chain.newest
+            if reading is None:
+                continue
+            closed.extend(chain.closed)
+            (updated if chain.has_latest else inserted).append(
+                f"{chain.line()}\t{_field(reading.flow_rate)}\t{_field(reading.pressure)}\t"
+                f"{_field(reading.valve_state)}\t{_field(reading.battery)}\t{_field(reading.status_bits)}\t"
+                f"{reading.quality}\t{chain.estimated}"
+            )
+            assert chain.max_usage is not None
+            day_usage[chain.meter_id] = chain.max_usage
+            if chain.unusual:
+                flagged.add(chain.meter_id)
+    if closed:
+        await driver.execute(_NEW_CLOSED_DAYS, closed)
+    if updated:
+        await driver.execute(_UPDATE_OPEN_DAYS, updated, source, received_at)
+    if inserted:
+        await driver.execute(_INSERT_OPEN_DAYS, inserted, source, received_at)
+
+
+# recompute_days works on daily_usage_closed alone: the meters' open days go there first
+# and the newest day of each comes back afterwards.
+_DEMOTE_OPEN_DAYS = f"""
+WITH moved AS (
+    INSERT INTO daily_usage_closed AS u ({_DAY_COLUMNS})
+    SELECT meter_id, day, first_at, first_total, read_at, total_m3, effective_total, opening_effective, usage_m3,
+           reading_count, register_wraps, rollover, reverse_flow
+    FROM latest_readings WHERE meter_id = ANY($1::bigint[]) AND day IS NOT NULL
+    {_UPSERT}
+)
+UPDATE latest_readings SET day = NULL, first_at = NULL, first_total = NULL, effective_total = NULL,
+    opening_effective = NULL, usage_m3 = NULL, reading_count = NULL, register_wraps = 0, rollover = false,
+    reverse_flow = false
+WHERE meter_id = ANY($1::bigint[]) AND day IS NOT NULL
+"""
+
+_PROMOTE_NEWEST_DAYS = """
+WITH newest AS (
+    DELETE FROM daily_usage_closed c
+    USING (
+        SELECT c.meter_id, max(c.day) AS day FROM daily_usage_closed c
+        WHERE c.meter_id = ANY($1::bigint[])
+          AND EXISTS (SELECT FROM latest_readings l WHERE l.meter_id = c.meter_id)
+        GROUP BY c.meter_id
+    ) n
+    WHERE c.meter_id = n.meter_id AND c.day = n.day
+    RETURNING c.*
+)
+UPDATE latest_readings l SET day = n.day, first_at = n.first_at, first_total = n.first_total,
+    effective_total = n.effective_total, opening_effective = n.opening_effective, usage_m3 = n.usage_m3,
+    reading_count = n.reading_count, register_wraps = n.register_wraps, rollover = n.rollover,
+    reverse_flow = n.reverse_flow
+FROM newest n WHERE l.meter_id = n.meter_id
+"""
+
+
+async def demote_open_days(driver: Any, meter_ids: list[int]) -> None:
+    """Move the meters' open days into ``daily_usage_closed`` (a no-op for a meter whose
+    open day is there already)."""
+    await driver.execute(_DEMOTE_OPEN_DAYS, meter_ids)
 
 
 async def recompute_days(driver: Any, keys: Iterable[DayKey], tz_name: str) -> None:
     """Walk the stored readings of each meter again from the first of its given days on,
-    rewriting that day and every later one; days left without readings lose their row."""
+    rewriting that day and every later one; days left without readings lose their row.
+    Each meter's ``latest_readings`` row must already name its newest reading (or be gone
+    when it has none): its open day is the newest day this leaves."""
     first_days = _first_days(keys)
     if not first_days:
         return
+    meter_ids = list(first_days)
     earliest = day_start(min(first_days.values()), tz_name)
-    await driver.execute(_RECOMPUTE, list(first_days), list(first_days.values()), tz_name, earliest)
+    await demote_open_days(driver, meter_ids)
+    await driver.execute(_RECOMPUTE, meter_ids, list(first_days.values()), tz_name, earliest)
+    await driver.execute(_PROMOTE_NEWEST_DAYS, meter_ids)
 
 
 def zone_name(zone: tzinfo) -> str:
@@ -377,4 +490,7 @@ def day_end(day: date, zone: str | tzinfo) -> datetime:
     return day_start(day + timedelta(days=1), zone)
 
 
-__all__ = ["LocalDays", "aggregate_days", "append_days", "day_end", "day_start", "recompute_days", "zone_name"]
+__all__ = [
+    "Decimals", "LocalDays", "MeterChain", "RolledUp", "day_end", "day_start", "demote_open_days", "recompute_days",
+    "write_chains", "zone_name",
+]

@@ -1,28 +1,36 @@
 """Readings ingest (DESIGN.md, "Contracts": ``ingest_readings``).
 
-The write path is built so that duplicates cost only when they occur:
+The write path is built so that whatever is rare costs only when it occurs:
 
-1. validate and de-duplicate the batch in one pass in Python (the rows are in memory
-   anyway), and look up the batch's meters in one query;
-2. **fast path**: COPY the batch straight into ``readings`` inside a savepoint. Almost
-   every batch is new readings, and this is as fast as a raw COPY into the table;
-3. only if that COPY hits the primary key (a re-sent or overlapping batch) is the
-   savepoint rolled back and the batch COPYed into a temp table and merged with
-   ``INSERT … ON CONFLICT DO UPDATE … WHERE <the new quality ranks better>``, which
-   counts inserted / replaced / duplicates exactly;
-4. ``latest_readings`` and the daily rollup (``backend.readings.rollup``) are updated
-   set-based from what was actually written, a meter's estimates older than its new
-   actual reading are superseded, the per-batch alarm rules run for the meters written,
-   and ``readings.ingested`` is emitted when anything was.
+1. one statement locks the batch's meters (in id order) and reads what ingest needs of
+   each: its install day, register, open day (``latest_readings``) and alarm facts;
+2. **append path**: the batch is validated row by row *while* it streams into
+   ``readings`` as a text COPY inside a savepoint, and each row carries its meter's
+   rollup chain forward (:class:`~backend.readings.rollup.MeterChain`). The Python work
+   overlaps PostgreSQL's, so a batch of new, time-ordered readings costs little more
+   than the COPY. Then one statement writes the days that closed and one updates every
+   meter's ``latest_readings`` row (newest reading and open day together);
+3. anything else — a reading at or before its meter's newest stored one (a re-sent or
+   late batch), a duplicate in the batch, a month without a partition yet — makes the
+   stream stop, the savepoint roll back, and the **general path** run: validate and
+   de-duplicate the batch as a whole, COPY it, or if that hits the primary key merge it
+   through a temp table with ``INSERT … ON CONFLICT DO UPDATE … WHERE <the new quality
+   ranks better>`` (exact inserted / replaced / duplicate counts), continue the chains of
+   the meters that were only appended to, and recompute the days of the rest;
+4. a meter's estimates older than its new actual reading are superseded (looked for only
+   on meters flagged ``latest_readings.estimated``), the per-batch alarm rules run for
+   the meters where one could change, and ``readings.ingested`` is emitted when anything
+   was written.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
+from itertools import islice
 from operator import itemgetter
 from typing import Any
 
@@ -36,12 +44,14 @@ from backend.readings.errors import REJECTION_MESSAGES, RejectionCode
 from backend.readings.models import QUALITY_RANK, ReadingQuality, ValveState
 from backend.readings.partitions import DEFAULT_TIMEZONE, as_zone, ensure_partitions
 from backend.readings.rollup import (
+    Decimals,
     LocalDays,
+    MeterChain,
     RolledUp,
-    aggregate_days,
-    append_days,
     cyclic_gc_paused,
+    demote_open_days,
     recompute_days,
+    write_chains,
     zone_name,
 )
 
@@ -104,20 +114,48 @@ def _rejection(index: int, code: RejectionCode) -> Rejection:
 # Locking the batch's meters (in id order, so two batches can't deadlock) serialises
 # concurrent ingests of the same meter: the rollup continues each meter's chain from its
 # stored state, which a concurrent writer would otherwise change underneath it. FOR NO
-# KEY UPDATE leaves foreign-key checks and readers alone.
-_METERS = "SELECT id, install_date FROM meters WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE"
+# KEY UPDATE leaves foreign-key checks and readers alone. The state is read by the next
+# statement: under READ COMMITTED its snapshot is taken after the locks were granted, so
+# it sees what a batch that held them committed (one statement would not: a lock wait
+# re-reads only the locked row, and the meter row itself is never changed by ingest).
+_LOCK_METERS = """
+SELECT count(*) FROM (SELECT FROM meters WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE) AS locked
+"""
+
+# Each meter's register, open day and the alarm pre-filter's facts (alarms/batch.py).
+# Numerics come as text: decoding 20k rows of seven numerics into Decimals would cost
+# more than the statement; MeterChain makes Decimals of the three it computes with.
+_BATCH_STATE = """
+SELECT m.id AS meter_id, m.install_date, power(10::numeric, mm.register_digits)::text AS register_range,
+       coalesce(mm.multiplier, 1)::text AS multiplier, l.meter_id IS NOT NULL AS has_latest, l.read_at,
+       l.total_m3::text, l.day, l.first_at::text, l.first_total::text, l.effective_total::text,
+       l.opening_effective::text, l.reading_count, l.register_wraps, l.rollover, l.reverse_flow, l.estimated,
+       b.day AS baseline_day, b.average_m3::text AS baseline_m3,
+       EXISTS (SELECT FROM meter_alarms a WHERE a.meter_id = m.id AND a.status <> 'closed') AS alarm_live
+FROM meters m
+LEFT JOIN meter_models mm ON mm.id = m.model_id
+LEFT JOIN latest_readings l ON l.meter_id = m.id
+LEFT JOIN meter_usage_baselines b ON b.meter_id = m.id
+WHERE m.id = ANY($1::bigint[])
+ORDER BY m.id
+"""
 
 
-async def _meter_install_starts(driver: Any, meter_ids: list[int], zone: tzinfo) -> dict[int, datetime | None]:
+async def _lock_and_read_state(driver: Any, meter_ids: list[int]) -> list[Any]:
+    await driver.fetchval(_LOCK_METERS, meter_ids)
+    return list(await driver.fetch(_BATCH_STATE, meter_ids))
+
+
+def _install_starts(states: Sequence[Any], zone: tzinfo) -> dict[int, datetime | None]:
     """Known meters -> the first instant of their install day in the utility's zone."""
-    rows = await driver.fetch(_METERS, meter_ids)
     day_starts: dict[date | None, datetime | None] = {None: None}  # meters share few install days
     starts: dict[int, datetime | None] = {}
-    for meter_id, installed in rows:
+    for state in states:
+        installed = state["install_date"]
         start = day_starts.get(installed)
         if start is None and installed is not None:
             start = day_starts[installed] = datetime.combine(installed, time(), tzinfo=zone)
-        starts[meter_id] = start
+        starts[state["meter_id"]] = start
     return starts
 
 
@@ -132,13 +170,6 @@ WITH existing AS (
     ON CONFLICT (meter_id, read_at) DO UPDATE SET {_UPDATED}
     WHERE {_RANK.format("EXCLUDED")} < {_RANK.format("r")}
     RETURNING r.*
-), newest AS (
-    SELECT DISTINCT ON (meter_id) {_COLUMN_LIST} FROM changed ORDER BY meter_id, read_at DESC
-), latest AS (
-    INSERT INTO latest_readings AS l ({_COLUMN_LIST})
-    SELECT {_COLUMN_LIST} FROM newest
-    ON CONFLICT (meter_id) DO UPDATE SET read_at = EXCLUDED.read_at, {_UPDATED}
-    WHERE EXCLUDED.read_at >= l.read_at
 )
 SELECT count(*) FILTER (WHERE e.meter_id IS NULL) AS inserted,
        count(*) FILTER (WHERE e.meter_id IS NOT NULL) AS replaced,
@@ -146,27 +177,6 @@ SELECT count(*) FILTER (WHERE e.meter_id IS NULL) AS inserted,
        coalesce(array_agg(c.read_at), '{{}}') AS read_ats
 FROM changed c LEFT JOIN existing e USING (meter_id, read_at)
 """
-
-# Newest reading per meter of a batch that was inserted whole (fast path). Only the keys
-# travel: the rows were just written, and sending them again as arrays costs more than
-# the update itself. ``>`` is enough here: a reading at the same instant would have
-# conflicted. Updating first and inserting only the meters without a row is cheaper than
-# ON CONFLICT for every row (in steady state every meter has one).
-_LATEST_FROM_KEYS = f"""
-WITH incoming AS (
-    SELECT r.* FROM unnest($1::bigint[], $2::timestamptz[]) AS k(meter_id, read_at)
-    JOIN readings r ON r.meter_id = k.meter_id AND r.read_at = k.read_at
-), updated AS (
-    UPDATE latest_readings l SET {", ".join(f"{name} = i.{name}" for name in COLUMNS[1:])}
-    FROM incoming i WHERE l.meter_id = i.meter_id AND i.read_at > l.read_at
-)
-INSERT INTO latest_readings AS l ({_COLUMN_LIST})
-SELECT {_COLUMN_LIST} FROM incoming i
-WHERE NOT EXISTS (SELECT FROM latest_readings x WHERE x.meter_id = i.meter_id)
-ON CONFLICT (meter_id) DO UPDATE SET read_at = EXCLUDED.read_at, {_UPDATED}
-WHERE EXCLUDED.read_at > l.read_at
-"""
-
 
 async def ingest_readings(
     session: AsyncSession,
@@ -187,55 +197,290 @@ async def ingest_readings(
     """
     zone = as_zone(tz)
     batch_id = uuid.uuid4().hex
+    if not readings:
+        return IngestResult(batch_id, 0, 0, 0, [])
     driver = await raw_connection(session)
-    rejected: list[Rejection] = []
-
     with cyclic_gc_paused():
         meter_ids = list({reading.meter_id for reading in readings})
-    install_starts = await _meter_install_starts(driver, meter_ids, zone) if meter_ids else {}
+    states = await _lock_and_read_state(driver, meter_ids)
+    # Imported here: the alarms service imports archives.service, which imports this module.
+    from backend.readings.alarms.batch import rule_bounds
 
+    bounds = await rule_bounds(session)
+    batch = await _append(session, driver, readings, states, zone, now, now + skew, source, bounds)
+    if batch is None:
+        return await _ingest_general(session, driver, readings, states, zone, now, skew, source, bounds, batch_id)
+
+    rolled = RolledUp()
+    await write_chains(driver, batch.chains.values(), rolled, source=source, received_at=now)
+    if batch.superseding:
+        await _supersede(driver, batch.superseding, batch.days, zone, rolled)
+    if batch.inserted:
+        await _evaluate_alarms(session, now=now, zone=zone, states=states, rolled=rolled,
+                               suspicious=batch.suspicious, bounds=bounds)
+        changed_meters = sorted(meter_id for meter_id, chain in batch.chains.items() if chain.newest is not None)
+        await emit_event(session, EventKind.readings_ingested, {"batch_id": batch_id, "meter_ids": changed_meters})
+    return IngestResult(batch_id, batch.inserted, 0, 0, batch.rejected)
+
+
+async def _append(
+    session: AsyncSession, driver: Any, readings: Sequence[ReadingIn], states: Sequence[Any], zone: tzinfo,
+    now: datetime, latest_allowed: datetime, source: str, bounds: Any,
+) -> _Batch | None:
+    """The append path's COPY; None when the batch needs the general path."""
+    for attempt in (1, 2):
+        batch = _Batch(readings, states, zone, now, latest_allowed, source, bounds)
+        try:
+            async with driver.transaction():  # a SAVEPOINT inside the caller's transaction
+                await driver.copy_to_table("readings", source=batch.stream(), columns=COLUMNS, format="text")
+        except asyncpg.CheckViolationError as error:
+            # A month without its partition (the daily job creates them ahead; a backfill
+            # of old readings may still need one): create it and stream again.
+            if attempt == 1 and batch.appendable and "no partition" in str(error):
+                await _ensure_partitions_for(session, readings, batch, zone)
+                continue
+            if batch.appendable:
+                raise
+            return None
+        except asyncpg.PostgresError as error:
+            # The stream gave up (a late or repeated reading: batch.appendable is False)
+            # or a stored reading conflicts after all: the general path sorts it out.
+            # Anything else (a malformed value) is the caller's.
+            if batch.appendable and not isinstance(error, asyncpg.UniqueViolationError):
+                raise
+            return None
+        return batch
+    return None
+
+
+async def _ensure_partitions_for(session: AsyncSession, readings: Sequence[ReadingIn], batch: _Batch,
+                                 zone: tzinfo) -> None:
+    """The partitions the batch's valid readings need (a rejected one needs none: a read
+    from 1970 must not create fifty years of months)."""
+    starts = batch.install_starts
+    instants = [reading.read_at for reading in readings
+                if _invalid(reading, reading.meter_id in starts, starts, batch.latest_allowed) is None]
+    if instants:
+        await ensure_partitions(session, start=min(instants), end=max(instants), tz=zone)
+
+
+class _Batch:
+    """The append path's pass over a batch: validates each reading, carries its meter's
+    chain forward and renders its COPY line, as the COPY consumes them.
+
+    It stops (``appendable`` False, and a line PostgreSQL refuses, so the COPY fails on
+    the server and the savepoint rolls it back) at the first reading that is not after
+    its meter's newest one: only the general path can tell a duplicate from a late
+    reading or a better quality.
+    """
+
+    _CHUNK = 2000  # lines per COPY data message (~180 kB)
+
+    def __init__(self, readings: Sequence[ReadingIn], states: Sequence[Any], zone: tzinfo, now: datetime,
+                 latest_allowed: datetime, source: str, bounds: Any) -> None:
+        self.readings = readings
+        self.days = LocalDays(zone)
+        decimals = Decimals()
+        self.chains = {state["meter_id"]: MeterChain(state, self.days, decimals) for state in states}
+        self.install_starts = _install_starts(states, zone)
+        self.latest_allowed = latest_allowed
+        self.bounds = bounds
+        # source and received_at are the batch's: rendered once.
+        self.tail = f"\t{_copy_text(source)}\t{now.isoformat()}\n"
+        self.inserted = 0
+        self.rejected: list[Rejection] = []
+        self.suspicious: set[int] = set()
+        self.superseding: dict[int, datetime] = {}  # meter -> its newest actual/manual reading
+        self.appendable = True
+
+    def stream(self) -> AsyncIterator[bytes]:
+        return _chunks(self._lines(), self._CHUNK)
+
+    def _lines(self) -> Iterator[str]:
+        from backend.readings.alarms.batch import is_suspicious  # see ingest_readings
+
+        chains, install_starts, latest_allowed, days = self.chains, self.install_starts, self.latest_allowed, self.days
+        bounds, tail, rejected, suspicious = self.bounds, self.tail, self.rejected, self.suspicious
+        stamps: dict[datetime, str] = {}
+        null = "\\N"
+        estimated = ReadingQuality.estimated
+        for index, reading in enumerate(self.readings):
+            meter_id, read_at, total = reading.meter_id, reading.read_at, reading.total_m3
+            chain = chains.get(meter_id)
+            code = _invalid(reading, chain is not None, install_starts, latest_allowed)
+            if code is not None:
+                rejected.append(_rejection(index, code))
+                continue
+            assert chain is not None
+            if read_at.fold:
+                read_at = read_at.astimezone(UTC)  # see _validate
+            last_at = chain.last_at
+            if last_at is not None and read_at <= last_at:
+                self.appendable = False
+                yield "0\n"  # one column where eleven are due: the COPY fails on the server
+                return
+            total = total.quantize(_REGISTER_PLACES, ROUND_HALF_UP)
+            chain.take(read_at, total, days)
+            chain.newest = reading
+            quality, valve, battery, bits = reading.quality, reading.valve_state, reading.battery, reading.status_bits
+            if quality == estimated:
+                chain.estimated = True
+            elif chain.estimated:
+                self.superseding[meter_id] = read_at
+            if (bits or valve is not None or battery is not None) and is_suspicious(valve, battery, bits, bounds):
+                suspicious.add(meter_id)
+            stamp = stamps.get(read_at)
+            if stamp is None:
+                stamp = stamps[read_at] = read_at.isoformat()
+            flow, pressure = reading.flow_rate, reading.pressure
+            self.inserted += 1
+            yield (f"{meter_id}\t{stamp}\t{total}\t{null if flow is None else flow}\t"
+                   f"{null if pressure is None else pressure}\t{null if valve is None else valve}\t"
+                   f"{null if battery is None else battery}\t{null if bits is None else bits}\t{quality}{tail}")
+
+
+async def _chunks(lines: Iterator[str], size: int) -> AsyncIterator[bytes]:
+    """``lines`` joined into COPY data messages of ``size`` lines. Each ``yield`` hands a
+    chunk to the connection, which sends it while the next one is rendered."""
     with cyclic_gc_paused():
-        kept, batch_duplicates = _validate(readings, install_starts, now + skew, source, now, rejected)
+        chunk = list(islice(lines, size))
+    while chunk:
+        yield "".join(chunk).encode()
+        with cyclic_gc_paused():
+            chunk = list(islice(lines, size))
 
+
+def _copy_text(value: str) -> str:
+    """``value`` as a field of COPY's text format."""
+    if "\x00" in value:
+        raise ValueError("a reading source cannot contain NUL")
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _invalid(reading: ReadingIn, known: bool, install_starts: dict[int, datetime | None],
+             latest_allowed: datetime) -> RejectionCode | None:
+    """Why ``reading`` can't be stored, or None."""
+    read_at, total = reading.read_at, reading.total_m3
+    if read_at.tzinfo is None or read_at.utcoffset() is None:
+        return RejectionCode.NAIVE_DATETIME
+    if not known:
+        return RejectionCode.UNKNOWN_METER
+    if read_at > latest_allowed:
+        return RejectionCode.READ_AT_IN_FUTURE
+    if not isinstance(total, Decimal) or not total.is_finite() or total < 0:
+        return RejectionCode.INVALID_TOTAL
+    installed = install_starts[reading.meter_id]
+    if installed is not None and read_at < installed:
+        return RejectionCode.READ_BEFORE_INSTALL
+    return None
+
+
+async def _ingest_general(
+    session: AsyncSession, driver: Any, readings: Sequence[ReadingIn], states: Sequence[Any], zone: tzinfo,
+    now: datetime, skew: timedelta, source: str, bounds: Any, batch_id: str,
+) -> IngestResult:
+    """Any batch: validated and de-duplicated as a whole, COPYed or merged."""
+    rejected: list[Rejection] = []
+    with cyclic_gc_paused():
+        kept, batch_duplicates = _validate(readings, _install_starts(states, zone), now + skew, source, now, rejected)
     if not kept:
         return IngestResult(batch_id, 0, 0, batch_duplicates, rejected)
-
     with cyclic_gc_paused():
         rows = list(kept.values())
         earliest = min(map(_READ_AT, rows))
         latest = max(map(_READ_AT, rows))
     await ensure_partitions(session, start=earliest, end=latest, tz=zone)
 
-    days = LocalDays(zone)
     try:
-        async with driver.transaction():  # a SAVEPOINT inside the caller's transaction
+        async with driver.transaction():
             await driver.copy_records_to_table("readings", records=rows, columns=COLUMNS)
     except asyncpg.UniqueViolationError:
         inserted, replaced, changed = await _merge(driver, rows)
-        # What was written rolls up like a fast-path batch: appended days continue their
-        # chain, and only the meters with a replaced or late reading are recomputed.
         keys = set(changed)
         written = [row for row in rows if (row[0], row[1]) in keys]
-        with cyclic_gc_paused():
-            aggregates = aggregate_days(written, days)
-        rolled = await _append_days(driver, aggregates, zone_name(zone))
     else:
         inserted, replaced, written = len(rows), 0, rows
-        with cyclic_gc_paused():
-            aggregates = aggregate_days(rows, days)
-        rolled = await _append_days(driver, aggregates, zone_name(zone))
-        await _update_latest_from(driver, rows)
+    if not (inserted or replaced):
+        return IngestResult(batch_id, 0, 0, batch_duplicates + len(rows), rejected)
 
-    if inserted or replaced:
-        changed_meters = sorted({meter_id for meter_id, _ in aggregates})
-        superseded = await _supersede_estimates(driver, rows)
-        if superseded:
-            await _recompute_days(driver, superseded, days, zone)
-            rolled.flagged.update(meter_id for meter_id, _ in superseded)
-        await _evaluate_alarms(session, now=now, tz=zone, meter_ids=changed_meters, written=written, rolled=rolled)
-        await emit_event(session, EventKind.readings_ingested, {"batch_id": batch_id, "meter_ids": changed_meters})
+    days = LocalDays(zone)
+    rolled = RolledUp()
+    decimals = Decimals()
+    chains = {state["meter_id"]: MeterChain(state, days, decimals) for state in states}
+    late = await _roll_up_written(driver, written, chains, days, rolled, source=source, received_at=now)
+    estimated = sorted({row[0] for row in written if row[8] == ReadingQuality.estimated})
+    if estimated:
+        await driver.execute(_MARK_ESTIMATED, estimated)
+    if late:
+        await _refresh_latest(driver, sorted({meter_id for meter_id, _ in late}))
+        await _recompute_days(driver, late, days, zone)
+        rolled.flagged.update(meter_id for meter_id, _ in late)
+    superseding: dict[int, datetime] = {}  # every meter here: this path is the rare one
+    for row in written:
+        if row[8] != ReadingQuality.estimated:
+            current = superseding.get(row[0])
+            if current is None or row[1] > current:
+                superseding[row[0]] = row[1]
+    if superseding:
+        await _supersede(driver, superseding, days, zone, rolled)
+    from backend.readings.alarms.batch import suspicious_meters
+
+    await _evaluate_alarms(session, now=now, zone=zone, states=states, rolled=rolled,
+                           suspicious=suspicious_meters(written, bounds), bounds=bounds)
+    changed_meters = sorted({row[0] for row in written})
+    await emit_event(session, EventKind.readings_ingested, {"batch_id": batch_id, "meter_ids": changed_meters})
     duplicates = batch_duplicates + len(rows) - inserted - replaced
     return IngestResult(batch_id, inserted, replaced, duplicates, rejected)
+
+
+async def _roll_up_written(driver: Any, written: list[tuple[Any, ...]], chains: dict[int, MeterChain],
+                           days: LocalDays, rolled: RolledUp, *, source: str,
+                           received_at: datetime) -> list[tuple[int, datetime]]:
+    """Carry each meter's chain through its written rows when they all come after its
+    newest stored reading (and write it); the others are returned, to be recomputed."""
+    by_meter: dict[int, list[tuple[Any, ...]]] = {}
+    with cyclic_gc_paused():
+        for row in written:
+            by_meter.setdefault(row[0], []).append(row)
+        late: list[tuple[int, datetime]] = []
+        appended: list[MeterChain] = []
+        for meter_id, rows in by_meter.items():
+            rows.sort(key=_READ_AT)
+            chain = chains[meter_id]
+            if chain.last_at is not None and rows[0][1] <= chain.last_at:
+                late.extend((meter_id, row[1]) for row in rows)
+                continue
+            for row in rows:
+                chain.take(row[1], row[2], days)
+            newest = rows[-1]
+            chain.newest = ReadingIn(meter_id, newest[1], newest[2], newest[8], newest[3], newest[4], newest[5],
+                                     newest[6], newest[7])
+            appended.append(chain)
+    await write_chains(driver, appended, rolled, source=source, received_at=received_at)
+    return late
+
+
+_MARK_ESTIMATED = "UPDATE latest_readings SET estimated = true WHERE meter_id = ANY($1::bigint[]) AND NOT estimated"
+
+# After superseding, a meter keeps the flag only if an estimate is left (one newer than
+# its newest actual reading).
+_REFRESH_ESTIMATED = """
+UPDATE latest_readings l SET estimated = EXISTS (
+    SELECT FROM readings r WHERE r.meter_id = l.meter_id AND r.quality = 'estimated')
+WHERE l.meter_id = ANY($1::bigint[])
+"""
+
+
+async def _supersede(driver: Any, newest: dict[int, datetime], days: LocalDays, zone: tzinfo,
+                     rolled: RolledUp) -> None:
+    """Delete each meter's estimates older than its newest actual/manual reading
+    (``newest``) and recompute the days they were in."""
+    deleted = await driver.fetch(_SUPERSEDE, list(newest), list(newest.values()))
+    await driver.execute(_REFRESH_ESTIMATED, list(newest))
+    if deleted:
+        superseded = [(row["meter_id"], row["read_at"]) for row in deleted]
+        await _recompute_days(driver, superseded, days, zone)
+        rolled.flagged.update(meter_id for meter_id, _ in superseded)
 
 
 async def after_readings_changed(
@@ -253,9 +498,9 @@ async def after_readings_changed(
         return []
     zone = as_zone(tz)
     driver = await raw_connection(session)
-    await _recompute_days(driver, changes, LocalDays(zone), zone)
     meter_ids = sorted({meter_id for meter_id, _ in changes})
-    await driver.execute(_LATEST_REFRESH, meter_ids)
+    await _refresh_latest(driver, meter_ids)
+    await _recompute_days(driver, changes, LocalDays(zone), zone)
     from backend.readings.alarms.service import evaluate_alarms
 
     await evaluate_alarms(session, now=now, tz=zone, meter_ids=meter_ids)
@@ -263,12 +508,15 @@ async def after_readings_changed(
     return meter_ids
 
 
+async def _refresh_latest(driver: Any, meter_ids: list[int]) -> None:
+    """Point each meter's ``latest_readings`` row at its newest stored reading, its open
+    day first set aside for ``recompute_days`` (which brings the newest day back)."""
+    await demote_open_days(driver, meter_ids)
+    await driver.execute(_LATEST_REFRESH, meter_ids)
+
+
 async def _recompute_days(driver: Any, changed: Iterable[tuple[int, datetime]], days: LocalDays, zone: tzinfo) -> None:
     await recompute_days(driver, {(meter_id, days(read_at)) for meter_id, read_at in changed}, zone_name(zone))
-
-
-async def _append_days(driver: Any, aggregates: dict[Any, Any], tz_name: str) -> RolledUp:
-    return await append_days(driver, aggregates, tz_name)
 
 
 # "An actual read later replaces the estimate": a meter's estimated readings at or before
@@ -281,21 +529,6 @@ RETURNING r.meter_id, r.read_at
 """
 
 
-async def _supersede_estimates(driver: Any, rows: list[tuple[Any, ...]]) -> list[tuple[int, datetime]]:
-    newest: dict[int, datetime] = {}
-    with cyclic_gc_paused():
-        for row in rows:
-            if row[8] is ReadingQuality.estimated or row[8] == "estimated":
-                continue
-            current = newest.get(row[0])
-            if current is None or row[1] > current:
-                newest[row[0]] = row[1]
-    if not newest:
-        return []
-    deleted = await driver.fetch(_SUPERSEDE, list(newest), list(newest.values()))
-    return [(row["meter_id"], row["read_at"]) for row in deleted]
-
-
 # The newest stored reading of each meter, or no row when it has none left.
 _LATEST_REFRESH = f"""
 WITH newest AS (
@@ -305,23 +538,25 @@ WITH newest AS (
     DELETE FROM latest_readings l WHERE l.meter_id = ANY($1::bigint[])
       AND NOT EXISTS (SELECT FROM newest n WHERE n.meter_id = l.meter_id)
 )
-INSERT INTO latest_readings AS l ({_COLUMN_LIST})
-SELECT {_COLUMN_LIST} FROM newest
-ON CONFLICT (meter_id) DO UPDATE SET read_at = EXCLUDED.read_at, {_UPDATED}
+INSERT INTO latest_readings AS l ({_COLUMN_LIST}, estimated)
+SELECT {_COLUMN_LIST}, EXISTS (SELECT FROM readings e WHERE e.meter_id = newest.meter_id AND e.quality = 'estimated')
+FROM newest
+ON CONFLICT (meter_id) DO UPDATE SET read_at = EXCLUDED.read_at, {_UPDATED}, estimated = EXCLUDED.estimated
 """
 
 
 async def _evaluate_alarms(
-    session: AsyncSession, *, now: datetime, tz: tzinfo, meter_ids: list[int], written: list[tuple[Any, ...]],
-    rolled: RolledUp,
+    session: AsyncSession, *, now: datetime, zone: tzinfo, states: Sequence[Any], rolled: RolledUp,
+    suspicious: set[int], bounds: Any,
 ) -> None:
     """The per-batch alarm rules (reverse flow, high use, battery, valve …) for the meters
     of this batch where one could change; silent meters are found by the periodic job."""
-    # Imported here: the alarms service imports archives.service, which imports this module.
-    from backend.readings.alarms.batch import evaluate_after_batch
+    from backend.readings.alarms.batch import candidates_from_facts, evaluate_after_batch
 
-    await evaluate_after_batch(session, now=now, tz=tz, rows=written, meter_ids=meter_ids,
-                               flagged=rolled.flagged, day_usage=rolled.day_usage)
+    with cyclic_gc_paused():
+        candidates = candidates_from_facts(states, today=now.astimezone(zone).date(), day_usage=rolled.day_usage,
+                                           bounds=bounds)
+    await evaluate_after_batch(session, now=now, tz=zone, candidates=candidates | rolled.flagged | suspicious)
 
 
 def _validate(
@@ -383,16 +618,6 @@ async def _merge(driver: Any, rows: list[tuple[Any, ...]]) -> tuple[int, int, li
     merged = await driver.fetchrow(_MERGE)
     await driver.execute("TRUNCATE readings_incoming")
     return int(merged["inserted"]), int(merged["replaced"]), list(zip(merged["meter_ids"], merged["read_ats"], strict=True))
-
-
-async def _update_latest_from(driver: Any, rows: list[tuple[Any, ...]]) -> None:
-    newest: dict[int, datetime] = {}
-    with cyclic_gc_paused():
-        for meter_id, read_at, *_ in rows:
-            current = newest.get(meter_id)
-            if current is None or read_at > current:
-                newest[meter_id] = read_at
-    await driver.execute(_LATEST_FROM_KEYS, list(newest), list(newest.values()))
 
 
 _LATEST = text(f"SELECT {_COLUMN_LIST} FROM latest_readings WHERE meter_id = ANY(:meter_ids) ORDER BY meter_id")

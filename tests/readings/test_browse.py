@@ -160,9 +160,9 @@ async def store_readings(session: AsyncSession, readings: list[tuple[Any, ...]],
 
 
 async def insert_daily_usage(session: AsyncSession, meter_id: int, day: date, usage: Decimal) -> None:
-    """A daily_usage row with the given usage; its other required columns get neutral values."""
+    """A closed daily_usage row with the given usage; its other required columns get neutral values."""
     required = (await session.execute(text(
-        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'daily_usage' "
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'daily_usage_closed' "
         "AND table_schema = current_schema() AND is_nullable = 'NO' AND column_default IS NULL"))).all()
     values: dict[str, Any] = {}
     for name, data_type in required:
@@ -172,7 +172,7 @@ async def insert_daily_usage(session: AsyncSession, meter_id: int, day: date, us
     values.update({"meter_id": meter_id, "day": day, "usage_m3": usage})
     names = ", ".join(values)
     binds = ", ".join(f":{name}" for name in values)
-    await session.execute(text(f"INSERT INTO daily_usage ({names}) VALUES ({binds})"), values)
+    await session.execute(text(f"INSERT INTO daily_usage_closed ({names}) VALUES ({binds})"), values)
 
 
 async def _token(client: GraphQLClient, staff: Staff) -> str:
@@ -411,7 +411,8 @@ async def test_monitoring_points_show_this_years_volume_and_a_30_day_curve(
         pytest.skip("the 30-day window crosses new year; covered by the service test")
     rows.append((date(today.year - 1, 12, 31), Decimal("9999")))  # last year: not in this year's volume
     async with session_factory(engine_for_module)() as session, session.begin():
-        await session.execute(text("DELETE FROM daily_usage WHERE meter_id = :m"), {"m": meter_id})
+        await session.execute(text("DELETE FROM daily_usage_closed WHERE meter_id = :m"), {"m": meter_id})
+        await session.execute(text("UPDATE latest_readings SET day = NULL WHERE meter_id = :m"), {"m": meter_id})
         for day, usage in rows:
             await insert_daily_usage(session, meter_id, day, usage)  # type: ignore[arg-type]
     token = await _token(client, world.admin)

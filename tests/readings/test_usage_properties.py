@@ -173,7 +173,8 @@ async def _full_recompute_rows(session: AsyncSession, meter_id: int, zone: ZoneI
     """The SQL path from scratch: drop the meter's rollup and recompute every day."""
     driver = await raw_connection(session)
     days = list(await rows_of(session, meter_id))
-    await session.execute(text("DELETE FROM daily_usage WHERE meter_id = :m"), {"m": meter_id})
+    await session.execute(text("DELETE FROM daily_usage_closed WHERE meter_id = :m"), {"m": meter_id})
+    await session.execute(text("UPDATE latest_readings SET day = NULL WHERE meter_id = :m"), {"m": meter_id})
     await recompute_days(driver, [(meter_id, day) for day in days], zone.key)
     return await rows_of(session, meter_id)
 

@@ -3,17 +3,19 @@
 After a batch, a rule can only open for a meter whose new readings show something (a
 battery under the highest battery threshold in use, status bits, a valve reported
 'unknown', a day flagged for rollover or reverse flow, a day's usage above the smallest
-high-use factor × its baseline, or a baseline not yet computed today), and can only
-refresh or close an alarm that is live. Every other meter of the batch would come out of
+high-use factor × its latest baseline, or no baseline yet), and can only refresh or
+close an alarm that is live. Every other meter of the batch would come out of
 :func:`evaluate_alarms` unchanged, so it is not handed to it: for a normal batch of 20k
 meters that is the difference between the full evaluation and one index probe per meter.
-(Silent meters and zero use are opened by the periodic run over every meter.)
+(Silent meters and zero use are opened by the periodic run over every meter, which also
+refreshes the high-use baselines once a day.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, tzinfo
+from dataclasses import dataclass
+from datetime import date, datetime, tzinfo
 from decimal import Decimal
 from typing import Any
 
@@ -22,7 +24,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.readings.alarms.models import AlarmKind
 from backend.readings.alarms.service import AlarmEvaluation, evaluate_alarms
-from backend.readings.partitions import as_zone
 from backend.readings.rollup import cyclic_gc_paused
 
 # The loosest threshold of each kind over the enabled rules: a superset test.
@@ -30,30 +31,58 @@ _RULE_BOUNDS = text("""
 SELECT kind, min(threshold) AS lowest, max(threshold) AS highest FROM alarm_rules WHERE enabled GROUP BY kind
 """)
 
-# Meters of the batch with a live alarm, a stale baseline, or a day above the loosest
-# high-use factor × baseline.
-_CANDIDATES = text("""
-SELECT m.id FROM unnest(CAST(:meter_ids AS bigint[]), CAST(:usages AS numeric[])) AS m(id, usage)
-LEFT JOIN meter_usage_baselines b ON b.meter_id = m.id
-WHERE b.day IS DISTINCT FROM CAST(:today AS date)
-   OR (CAST(:high_use_factor AS numeric) IS NOT NULL AND b.average_m3 > 0
-       AND m.usage > CAST(:high_use_factor AS numeric) * b.average_m3)
-   OR EXISTS (SELECT FROM meter_alarms a WHERE a.meter_id = m.id AND a.status <> 'closed')
-""")
-
 _UNKNOWN_VALVE = "unknown"
 
 
-def _suspicious(rows: Iterable[Sequence[Any]], battery_ceiling: Decimal | None) -> set[int]:
-    """Meters whose new readings show status bits, a valve reported 'unknown' or a battery
-    under the highest battery threshold in use."""
+@dataclass(frozen=True, slots=True)
+class RuleBounds:
+    """The loosest thresholds in use: a reading under ``battery_ceiling`` may open a
+    battery alarm, a day above ``high_use_factor`` × baseline a high-use one."""
+
+    battery_ceiling: Decimal | None
+    high_use_factor: Decimal | None
+
+
+async def rule_bounds(session: AsyncSession) -> RuleBounds:
+    bounds = {row.kind: (row.lowest, row.highest) for row in (await session.execute(_RULE_BOUNDS)).all()}
+    return RuleBounds(bounds.get(AlarmKind.battery_low, (None, None))[1], bounds.get(AlarmKind.high_use, (None, None))[0])
+
+
+def is_suspicious(valve: Any, battery: Any, status_bits: Any, bounds: RuleBounds) -> bool:
+    """A new reading that could open a rule: status bits, a valve reported 'unknown' or a
+    battery under the highest battery threshold in use."""
+    return bool(status_bits) or valve == _UNKNOWN_VALVE or (
+        battery is not None and bounds.battery_ceiling is not None and battery < bounds.battery_ceiling
+    )
+
+
+def suspicious_meters(rows: Iterable[Sequence[Any]], bounds: RuleBounds) -> set[int]:
+    """The meters of ``rows`` (ingest's COPY column order) with a suspicious reading."""
+    with cyclic_gc_paused():
+        return {row[0] for row in rows if is_suspicious(row[5], row[6], row[7], bounds)}
+
+
+def candidates_from_facts(
+    facts: Iterable[Any], *, today: date, day_usage: Mapping[int, Decimal], bounds: RuleBounds
+) -> set[int]:
+    """Meters of ``facts`` (ingest's batch-state rows: ``meter_id``, ``baseline_day``,
+    ``baseline_m3`` as text, ``alarm_live``) with a live alarm, no baseline yet, or a
+    day above the loosest high-use factor × its baseline. A baseline from an earlier day
+    serves until the periodic run refreshes it: refreshing it here would make the first
+    batch after midnight evaluate every meter it carries."""
+    factor = bounds.high_use_factor
     found: set[int] = set()
-    for row in rows:
-        valve, battery, status_bits = row[5], row[6], row[7]
-        if status_bits or valve == _UNKNOWN_VALVE or (
-            battery is not None and battery_ceiling is not None and battery < battery_ceiling
-        ):
-            found.add(row[0])
+    for fact in facts:
+        if fact["alarm_live"] or fact["baseline_day"] is None:
+            found.add(fact["meter_id"])
+            continue
+        baseline_text = fact["baseline_m3"]  # text (see service._BATCH_STATE)
+        usage = day_usage.get(fact["meter_id"])
+        if factor is None or baseline_text is None or usage is None:
+            continue
+        baseline = Decimal(baseline_text)
+        if baseline > 0 and usage > factor * baseline:
+            found.add(fact["meter_id"])
     return found
 
 
@@ -62,33 +91,12 @@ async def evaluate_after_batch(
     *,
     now: datetime,
     tz: str | tzinfo,
-    rows: Iterable[Sequence[Any]],
-    meter_ids: Sequence[int],
-    flagged: Iterable[int],
-    day_usage: Mapping[int, Decimal],
+    candidates: Iterable[int],
 ) -> AlarmEvaluation:
-    """Evaluate the alarm rules for the meters of an ingest batch where one could change.
-
-    ``rows`` are the batch's written rows in ingest's COPY column order (meter_id,
-    read_at, total_m3, flow_rate, pressure, valve_state, battery, status_bits, …);
-    ``flagged`` the meters whose roll-up was recomputed or flagged; ``day_usage`` each
-    other meter's largest usage among the days the batch touched.
-    """
-    bounds = {row.kind: (row.lowest, row.highest) for row in (await session.execute(_RULE_BOUNDS)).all()}
-    battery_ceiling = bounds.get(AlarmKind.battery_low, (None, None))[1]
-    high_use_factor = bounds.get(AlarmKind.high_use, (None, None))[0]
-
-    candidates = set(flagged)
-    with cyclic_gc_paused():
-        candidates.update(_suspicious(rows, battery_ceiling))
-
-    today = now.astimezone(as_zone(tz)).date()
-    ids = list(meter_ids)
-    found = await session.execute(_CANDIDATES, {
-        "meter_ids": ids, "usages": [day_usage.get(meter_id) for meter_id in ids], "today": today,
-        "high_use_factor": high_use_factor,
-    })
-    candidates.update(found.scalars())
-    if not candidates:
+    """Evaluate the alarm rules for the meters of an ingest batch where one could change:
+    ``candidates`` is the union of the batch's flagged or recomputed meters, its
+    :func:`suspicious_meters` and :func:`candidates_from_facts`."""
+    chosen = sorted(set(candidates))
+    if not chosen:
         return AlarmEvaluation(0, 0, 0)
-    return await evaluate_alarms(session, now=now, tz=tz, meter_ids=sorted(candidates))
+    return await evaluate_alarms(session, now=now, tz=tz, meter_ids=chosen)
