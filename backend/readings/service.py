@@ -30,7 +30,6 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
-from itertools import islice
 from operator import itemgetter
 from typing import Any
 
@@ -48,6 +47,7 @@ from backend.readings.rollup import (
     LocalDays,
     MeterChain,
     RolledUp,
+    comparable,
     cyclic_gc_paused,
     demote_open_days,
     recompute_days,
@@ -57,6 +57,7 @@ from backend.readings.rollup import (
 
 DEFAULT_SKEW = timedelta(minutes=5)
 _REGISTER_PLACES = Decimal("0.0001")  # readings.total_m3 is numeric(16,4)
+_ZERO = Decimal(0)
 _READ_AT = itemgetter(1)  # of a COPY row
 
 COLUMNS = (
@@ -137,7 +138,6 @@ LEFT JOIN meter_models mm ON mm.id = m.model_id
 LEFT JOIN latest_readings l ON l.meter_id = m.id
 LEFT JOIN meter_usage_baselines b ON b.meter_id = m.id
 WHERE m.id = ANY($1::bigint[])
-ORDER BY m.id
 """
 
 
@@ -208,11 +208,12 @@ async def ingest_readings(
 
     bounds = await rule_bounds(session)
     batch = await _append(session, driver, readings, states, zone, now, now + skew, source, bounds)
-    if batch is None:
-        return await _ingest_general(session, driver, readings, states, zone, now, skew, source, bounds, batch_id)
+    if not batch.appendable:
+        return await _ingest_general(session, driver, readings, states, zone, now, skew, source, bounds, batch_id,
+                                     conflicts=batch.conflicts)
 
     rolled = RolledUp()
-    await write_chains(driver, batch.chains.values(), rolled, source=source, received_at=now)
+    await write_chains(driver, batch.chains.values(), rolled, source=source, received_at=now, stamps=batch.stamps)
     if batch.superseding:
         await _supersede(driver, batch.superseding, batch.days, zone, rolled)
     if batch.inserted:
@@ -226,9 +227,10 @@ async def ingest_readings(
 async def _append(
     session: AsyncSession, driver: Any, readings: Sequence[ReadingIn], states: Sequence[Any], zone: tzinfo,
     now: datetime, latest_allowed: datetime, source: str, bounds: Any,
-) -> _Batch | None:
-    """The append path's COPY; None when the batch needs the general path."""
-    for attempt in (1, 2):
+) -> _Batch:
+    """The append path's COPY; a batch left not ``appendable`` needs the general path."""
+    partitions_ensured = False
+    while True:
         batch = _Batch(readings, states, zone, now, latest_allowed, source, bounds)
         try:
             async with driver.transaction():  # a SAVEPOINT inside the caller's transaction
@@ -236,21 +238,22 @@ async def _append(
         except asyncpg.CheckViolationError as error:
             # A month without its partition (the daily job creates them ahead; a backfill
             # of old readings may still need one): create it and stream again.
-            if attempt == 1 and batch.appendable and "no partition" in str(error):
+            if batch.appendable and "no partition" in str(error) and not partitions_ensured:
                 await _ensure_partitions_for(session, readings, batch, zone)
+                partitions_ensured = True
                 continue
             if batch.appendable:
                 raise
-            return None
-        except asyncpg.PostgresError as error:
-            # The stream gave up (a late or repeated reading: batch.appendable is False)
-            # or a stored reading conflicts after all: the general path sorts it out.
-            # Anything else (a malformed value) is the caller's.
-            if batch.appendable and not isinstance(error, asyncpg.UniqueViolationError):
+        except asyncpg.UniqueViolationError:
+            # A stored reading at an instant after the meter's newest one: only if
+            # latest_readings lags readings, which ingest never lets happen.
+            batch.appendable, batch.conflicts = False, True
+        except asyncpg.PostgresError:
+            # The stream gave up (a late or repeated reading): the general path sorts it
+            # out. Anything else (a malformed value) is the caller's.
+            if batch.appendable:
                 raise
-            return None
         return batch
-    return None
 
 
 async def _ensure_partitions_for(session: AsyncSession, readings: Sequence[ReadingIn], batch: _Batch,
@@ -291,63 +294,116 @@ class _Batch:
         self.rejected: list[Rejection] = []
         self.suspicious: set[int] = set()
         self.superseding: dict[int, datetime] = {}  # meter -> its newest actual/manual reading
+        self.stamps: dict[datetime, str] = {}  # instants rendered for COPY (write_chains reuses them)
         self.appendable = True
+        self.conflicts = False  # the general path should merge without trying a COPY
 
     def stream(self) -> AsyncIterator[bytes]:
-        return _chunks(self._lines(), self._CHUNK)
+        return _paused(self._chunks())
 
-    def _lines(self) -> Iterator[str]:
+    def _chunks(self) -> Iterator[bytes]:
+        """COPY data messages of ``_CHUNK`` text lines, one line per reading stored. This loop is the append path's cost
+        per reading, so the usual reading takes the shortest way through it: one
+        combined test for everything a rejection needs (``_invalid`` then names the
+        reason) and the usual step of the register inline (``MeterChain.take`` does the
+        rest). A reading's zone is asked for its offset only when it is neither the
+        utility's nor UTC (those always have one): ``utcoffset()`` costs more than the
+        rest of the test."""
         from backend.readings.alarms.batch import is_suspicious  # see ingest_readings
 
-        chains, install_starts, latest_allowed, days = self.chains, self.install_starts, self.latest_allowed, self.days
-        bounds, tail, rejected, suspicious = self.bounds, self.tail, self.rejected, self.suspicious
-        stamps: dict[datetime, str] = {}
+        chains, install_starts, days = self.chains, self.install_starts, self.days
+        zone = days.zone
+        latest_allowed = comparable(self.latest_allowed, zone)
+        bounds, tail, rejected, suspicious, superseding = (
+            self.bounds, self.tail, self.rejected, self.suspicious, self.superseding)
+        stamps = self.stamps
         null = "\\N"
         estimated = ReadingQuality.estimated
-        for index, reading in enumerate(self.readings):
-            meter_id, read_at, total = reading.meter_id, reading.read_at, reading.total_m3
-            chain = chains.get(meter_id)
-            code = _invalid(reading, chain is not None, install_starts, latest_allowed)
-            if code is not None:
-                rejected.append(_rejection(index, code))
-                continue
-            assert chain is not None
-            if read_at.fold:
-                read_at = read_at.astimezone(UTC)  # see _validate
-            last_at = chain.last_at
-            if last_at is not None and read_at <= last_at:
-                self.appendable = False
-                yield "0\n"  # one column where eleven are due: the COPY fails on the server
-                return
-            total = total.quantize(_REGISTER_PLACES, ROUND_HALF_UP)
-            chain.take(read_at, total, days)
-            chain.newest = reading
-            quality, valve, battery, bits = reading.quality, reading.valve_state, reading.battery, reading.status_bits
-            if quality == estimated:
-                chain.estimated = True
-            elif chain.estimated:
-                self.superseding[meter_id] = read_at
-            if (bits or valve is not None or battery is not None) and is_suspicious(valve, battery, bits, bounds):
-                suspicious.add(meter_id)
-            stamp = stamps.get(read_at)
-            if stamp is None:
-                stamp = stamps[read_at] = read_at.isoformat()
-            flow, pressure = reading.flow_rate, reading.pressure
-            self.inserted += 1
-            yield (f"{meter_id}\t{stamp}\t{total}\t{null if flow is None else flow}\t"
-                   f"{null if pressure is None else pressure}\t{null if valve is None else valve}\t"
-                   f"{null if battery is None else battery}\t{null if bits is None else bits}\t{quality}{tail}")
+        zero = _ZERO
+        places, half_up = _REGISTER_PLACES, ROUND_HALF_UP
+        inserted = 0
+        lines: list[str] = []
+        append, chunk = lines.append, self._CHUNK
+        try:
+            for index, reading in enumerate(self.readings):
+                meter_id, read_at, total = reading.meter_id, reading.read_at, reading.total_m3
+                chain = chains.get(meter_id)
+                zone_of_reading = read_at.tzinfo
+                if (chain is None or zone_of_reading is None
+                        or (zone_of_reading is not zone and zone_of_reading is not UTC and read_at.utcoffset() is None)
+                        or read_at > latest_allowed
+                        or type(total) is not Decimal or not total.is_finite() or total < zero
+                        or ((installed := install_starts[meter_id]) is not None and read_at < installed)):
+                    code = _invalid(reading, chain is not None, install_starts, self.latest_allowed)
+                    assert code is not None
+                    rejected.append(_rejection(index, code))
+                    continue
+                if read_at.fold:
+                    read_at = read_at.astimezone(UTC)  # see _validate
+                last_at = chain.last_at
+                if last_at is not None and read_at <= last_at:
+                    self.appendable = False
+                    # At or before a stored reading: very likely a re-sent one, so the
+                    # general path merges at once instead of trying a COPY first.
+                    stored_at = chain.stored_at
+                    self.conflicts = stored_at is not None and read_at <= stored_at
+                    yield b"0\n"  # one column where eleven are due: the COPY fails on the server
+                    return
+                total = total.quantize(places, half_up)
+                day_end = chain.day_end
+                register = chain.register
+                last_raw = register.last_raw
+                if day_end is not None and read_at <= day_end and last_raw is not None and total >= last_raw:
+                    # The usual reading: the same day, the register not lower.
+                    register.last_raw = total
+                    if register.wraps:
+                        assert register.range is not None
+                        unwrapped = total + register.range * register.wraps
+                    else:
+                        unwrapped = total
+                    if register.effective is None or unwrapped > register.effective:
+                        register.effective = unwrapped
+                    chain.count += 1
+                    chain.last_at, chain.last_total = read_at, total
+                else:
+                    chain.take(read_at, total, days)
+                chain.newest = reading
+                quality, valve, battery, bits = (
+                    reading.quality, reading.valve_state, reading.battery, reading.status_bits)
+                if quality == estimated:
+                    chain.estimated = True
+                elif chain.estimated:
+                    superseding[meter_id] = read_at
+                if (bits or valve is not None or battery is not None) and is_suspicious(valve, battery, bits, bounds):
+                    suspicious.add(meter_id)
+                stamp = stamps.get(read_at)
+                if stamp is None:
+                    stamp = stamps[read_at] = read_at.isoformat()
+                flow, pressure = reading.flow_rate, reading.pressure
+                inserted += 1
+                # !s: str() of a Decimal or a StrEnum is a third of what format() costs.
+                append(f"{meter_id}\t{stamp}\t{total!s}\t{null if flow is None else flow!s}\t"
+                       f"{null if pressure is None else pressure!s}\t{null if valve is None else valve!s}\t"
+                       f"{null if battery is None else battery!s}\t{null if bits is None else bits}\t{quality!s}{tail}")
+                if len(lines) == chunk:
+                    yield "".join(lines).encode()
+                    lines.clear()
+            if lines:
+                yield "".join(lines).encode()
+        finally:
+            self.inserted = inserted
 
 
-async def _chunks(lines: Iterator[str], size: int) -> AsyncIterator[bytes]:
-    """``lines`` joined into COPY data messages of ``size`` lines. Each ``yield`` hands a
-    chunk to the connection, which sends it while the next one is rendered."""
-    with cyclic_gc_paused():
-        chunk = list(islice(lines, size))
-    while chunk:
-        yield "".join(chunk).encode()
+async def _paused(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """``chunks`` as the COPY's async source, each rendered with the cyclic GC paused.
+    Each ``yield`` hands a chunk to the connection, which sends it while the next one is
+    rendered."""
+    while True:
         with cyclic_gc_paused():
-            chunk = list(islice(lines, size))
+            chunk = next(chunks, None)
+        if chunk is None:
+            return
+        yield chunk
 
 
 def _copy_text(value: str) -> str:
@@ -377,9 +433,10 @@ def _invalid(reading: ReadingIn, known: bool, install_starts: dict[int, datetime
 
 async def _ingest_general(
     session: AsyncSession, driver: Any, readings: Sequence[ReadingIn], states: Sequence[Any], zone: tzinfo,
-    now: datetime, skew: timedelta, source: str, bounds: Any, batch_id: str,
+    now: datetime, skew: timedelta, source: str, bounds: Any, batch_id: str, *, conflicts: bool,
 ) -> IngestResult:
-    """Any batch: validated and de-duplicated as a whole, COPYed or merged."""
+    """Any batch: validated and de-duplicated as a whole, COPYed or (when it hits stored
+    readings, or ``conflicts`` says it would) merged."""
     rejected: list[Rejection] = []
     with cyclic_gc_paused():
         kept, batch_duplicates = _validate(readings, _install_starts(states, zone), now + skew, source, now, rejected)
@@ -391,10 +448,13 @@ async def _ingest_general(
         latest = max(map(_READ_AT, rows))
     await ensure_partitions(session, start=earliest, end=latest, tz=zone)
 
-    try:
-        async with driver.transaction():
-            await driver.copy_records_to_table("readings", records=rows, columns=COLUMNS)
-    except asyncpg.UniqueViolationError:
+    if not conflicts:
+        try:
+            async with driver.transaction():
+                await driver.copy_records_to_table("readings", records=rows, columns=COLUMNS)
+        except asyncpg.UniqueViolationError:
+            conflicts = True
+    if conflicts:
         inserted, replaced, changed = await _merge(driver, rows)
         keys = set(changed)
         written = [row for row in rows if (row[0], row[1]) in keys]
