@@ -277,6 +277,27 @@ def _stamp(value: datetime | str, stamps: dict[datetime, str]) -> str:
 
 _NO_STAMPS: dict[datetime, str] = {}
 
+# Ingest's state of each meter of a batch (service.ingest_readings runs it once the
+# meters are locked): its register and multiplier, its open day from latest_readings
+# (NULLs when it has no reading), then install day and the alarm pre-filter's facts
+# (alarms/batch.py). MeterChain takes the first sixteen columns by position (reading
+# 20k records by name costs four times as much). Numerics come as text: decoding 20k rows
+# of seven numerics into Decimals would cost more than the statement; MeterChain makes
+# Decimals of the three it computes with.
+BATCH_STATE = """
+SELECT m.id AS meter_id, power(10::numeric, mm.register_digits)::text AS register_range,
+       coalesce(mm.multiplier, 1)::text AS multiplier, l.meter_id IS NOT NULL AS has_latest, l.read_at,
+       l.total_m3::text, l.day, l.first_at::text, l.first_total::text, l.effective_total::text,
+       l.opening_effective::text, l.reading_count, l.register_wraps, l.rollover, l.reverse_flow, l.estimated,
+       m.install_date, b.day AS baseline_day, b.average_m3::text AS baseline_m3,
+       EXISTS (SELECT FROM meter_alarms a WHERE a.meter_id = m.id AND a.status <> 'closed') AS alarm_live
+FROM meters m
+LEFT JOIN meter_models mm ON mm.id = m.model_id
+LEFT JOIN latest_readings l ON l.meter_id = m.id
+LEFT JOIN meter_usage_baselines b ON b.meter_id = m.id
+WHERE m.id = ANY($1::bigint[])
+"""
+
 
 class MeterChain:
     """One meter's rollup going forward through new readings in time order: the open day
@@ -295,40 +316,37 @@ class MeterChain:
     )
 
     def __init__(self, state: Any, days: LocalDays, decimals: Decimals) -> None:
-        """``state``: the meter's row of ingest's batch-state query: ``meter_id``,
-        ``register_range`` and ``multiplier`` (as text), ``has_latest`` and the
-        ``latest_readings`` columns (NULL when the meter has no reading; its totals as
-        text: only three of them are ever computed with)."""
-        self.meter_id: int = state["meter_id"]
-        range_text = state["register_range"]
-        self.multiplier: Decimal = decimals[state["multiplier"]]
-        self.has_latest: bool = state["has_latest"]
-        self.estimated: bool = bool(state["estimated"])
+        """``state``: the meter's :data:`BATCH_STATE` row."""
+        (meter_id, range_text, multiplier_text, has_latest, read_at, total_text, day, first_at, first_total,
+         effective_text, opening_text, count, wraps, rollover, reverse_flow, estimated) = state[:16]
+        self.meter_id: int = meter_id
+        self.multiplier: Decimal = decimals[multiplier_text]
+        self.has_latest: bool = has_latest
+        self.estimated: bool = bool(estimated)
         self.newest: Any = None
         self.closed: list[str] = []
         self.max_usage: Decimal | None = None  # the largest usage among the days written
         self.unusual = False  # a day written with a rollover or reverse flow
-        self.day: date | None = state["day"]
-        self.last_at: datetime | None = state["read_at"]
-        self.stored_at = self.last_at  # the meter's newest stored reading
+        self.day: date | None = day
+        self.last_at: datetime | None = read_at
+        self.stored_at = read_at  # the meter's newest stored reading
         register_range = None if range_text is None else decimals[range_text]
         self.first_at: datetime | str | None = None
         self.first_total: Decimal | str | None = None
         self.opening: Decimal | None = None
         self.last_total: Decimal | None = None
         self.count = 0
-        if self.day is None:
+        if day is None:
             self.day_end: datetime | None = None
             self.register = _Register(register_range, None, 0, None)
         else:
-            self.day_end = days.end(self.day)
-            last_total = self.last_total = Decimal(state["total_m3"])
-            self.register = _Register(register_range, last_total, state["register_wraps"],
-                                      Decimal(state["effective_total"]))
-            self.register.wrapped, self.register.reversed = state["rollover"], state["reverse_flow"]
-            self.first_at, self.first_total = state["first_at"], state["first_total"]
-            self.opening = Decimal(state["opening_effective"])
-            self.count = state["reading_count"]
+            self.day_end = days.end(day)
+            last_total = self.last_total = Decimal(total_text)
+            self.register = _Register(register_range, last_total, wraps, Decimal(effective_text))
+            self.register.wrapped, self.register.reversed = rollover, reverse_flow
+            self.first_at, self.first_total = first_at, first_total
+            self.opening = Decimal(opening_text)
+            self.count = count
 
     def take(self, read_at: datetime, total: Decimal, days: LocalDays) -> None:
         """The next reading (strictly after the last one taken)."""
@@ -411,38 +429,44 @@ async def write_chains(driver: Any, chains: Iterable[MeterChain], rolled: Rolled
     """Write what the chains went through: the days they closed, and each meter's open
     day with its newest reading (``chain.newest``) on ``latest_readings``. ``stamps``:
     instants already rendered for a COPY line, by instant."""
-    stamps = _NO_STAMPS if stamps is None else stamps
-    closed: list[str] = []
-    open_days: list[str] = []
-    new_meters = False
-    day_usage, flagged = rolled.day_usage, rolled.flagged
-    with cyclic_gc_paused():  # a few small objects per meter, none cyclic
-        for chain in chains:
-            reading = chain.newest
-            if reading is None:
-                continue
-            closed.extend(chain.closed)
-            open_days.append(
-                f"{chain.line(stamps)}\t{_field(reading.flow_rate)!s}\t{_field(reading.pressure)!s}\t"
-                f"{_field(reading.valve_state)!s}\t{_field(reading.battery)!s}\t{_field(reading.status_bits)}\t"
-                f"{reading.quality!s}\t{chain.estimated!s}\n"
-            )
-            new_meters = new_meters or not chain.has_latest
-            assert chain.max_usage is not None
-            day_usage[chain.meter_id] = chain.max_usage
-            if chain.unusual:
-                flagged.add(chain.meter_id)
+    taken = [chain for chain in chains if chain.newest is not None]
+    if not taken:
+        return
+    closed = [line for chain in taken for line in chain.closed]
     if closed:
         await driver.copy_to_table("daily_usage_closed", source=_copy_source(closed), format="text",
                                    columns=[name.strip() for name in _DAY_COLUMNS.split(",")])
-    if not open_days:
-        return
-    await driver.execute(_OPEN_DAYS_TABLE)
-    await driver.execute("TRUNCATE ingest_open_days")  # an earlier batch of this transaction
-    await driver.copy_to_table("ingest_open_days", source=_copy_source(open_days), format="text")
+    # Emptied at commit; an earlier batch of this transaction may have left rows.
+    await driver.execute(f"{_OPEN_DAYS_TABLE}; DELETE FROM ingest_open_days")
+    await driver.copy_to_table("ingest_open_days", source=_open_day_lines(taken, rolled, stamps or _NO_STAMPS),
+                               format="text")
     await driver.execute(_UPDATE_OPEN_DAYS, source, received_at)
-    if new_meters:
+    if not all(chain.has_latest for chain in taken):
         await driver.execute(_INSERT_OPEN_DAYS, source, received_at)
+
+
+async def _open_day_lines(chains: list[MeterChain], rolled: RolledUp,
+                          stamps: dict[datetime, str]) -> AsyncIterator[bytes]:
+    """Each chain's open day and newest reading as COPY data for ``ingest_open_days``,
+    rendered a chunk at a time while the connection sends the one before; notes each
+    meter's usage and flags for the alarm pre-filter on the way."""
+    day_usage, flagged = rolled.day_usage, rolled.flagged
+    for start in range(0, len(chains), 2000):
+        lines: list[str] = []
+        with cyclic_gc_paused():  # a few small objects per meter, none cyclic
+            for chain in chains[start:start + 2000]:
+                reading = chain.newest
+                lines.append(
+                    f"{chain.line(stamps)}\t{_field(reading.flow_rate)!s}\t{_field(reading.pressure)!s}\t"
+                    f"{_field(reading.valve_state)!s}\t{_field(reading.battery)!s}\t{_field(reading.status_bits)}\t"
+                    f"{reading.quality!s}\t{chain.estimated!s}\n"
+                )
+                assert chain.max_usage is not None
+                day_usage[chain.meter_id] = chain.max_usage
+                if chain.unusual:
+                    flagged.add(chain.meter_id)
+            chunk = "".join(lines).encode()
+        yield chunk
 
 
 async def _copy_source(lines: list[str]) -> AsyncIterator[bytes]:
@@ -526,6 +550,7 @@ def day_end(day: date, zone: str | tzinfo) -> datetime:
 
 
 __all__ = [
+    "BATCH_STATE",
     "Decimals",
     "LocalDays",
     "MeterChain",

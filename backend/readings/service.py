@@ -41,8 +41,9 @@ from backend.db import raw_connection
 from backend.events.service import EventKind, emit_event
 from backend.readings.errors import REJECTION_MESSAGES, RejectionCode
 from backend.readings.models import QUALITY_RANK, ReadingQuality, ValveState
-from backend.readings.partitions import DEFAULT_TIMEZONE, as_zone, ensure_partitions
+from backend.readings.partitions import DEFAULT_TIMEZONE, PARENT, as_zone, ensure_partitions, month_of, partition_name
 from backend.readings.rollup import (
+    BATCH_STATE,
     Decimals,
     LocalDays,
     MeterChain,
@@ -123,27 +124,9 @@ _LOCK_METERS = """
 SELECT count(*) FROM (SELECT FROM meters WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE) AS locked
 """
 
-# Each meter's register, open day and the alarm pre-filter's facts (alarms/batch.py).
-# Numerics come as text: decoding 20k rows of seven numerics into Decimals would cost
-# more than the statement; MeterChain makes Decimals of the three it computes with.
-_BATCH_STATE = """
-SELECT m.id AS meter_id, m.install_date, power(10::numeric, mm.register_digits)::text AS register_range,
-       coalesce(mm.multiplier, 1)::text AS multiplier, l.meter_id IS NOT NULL AS has_latest, l.read_at,
-       l.total_m3::text, l.day, l.first_at::text, l.first_total::text, l.effective_total::text,
-       l.opening_effective::text, l.reading_count, l.register_wraps, l.rollover, l.reverse_flow, l.estimated,
-       b.day AS baseline_day, b.average_m3::text AS baseline_m3,
-       EXISTS (SELECT FROM meter_alarms a WHERE a.meter_id = m.id AND a.status <> 'closed') AS alarm_live
-FROM meters m
-LEFT JOIN meter_models mm ON mm.id = m.model_id
-LEFT JOIN latest_readings l ON l.meter_id = m.id
-LEFT JOIN meter_usage_baselines b ON b.meter_id = m.id
-WHERE m.id = ANY($1::bigint[])
-"""
-
-
 async def _lock_and_read_state(driver: Any, meter_ids: list[int]) -> list[Any]:
     await driver.fetchval(_LOCK_METERS, meter_ids)
-    return list(await driver.fetch(_BATCH_STATE, meter_ids))
+    return list(await driver.fetch(BATCH_STATE, meter_ids))
 
 
 def _install_starts(states: Sequence[Any], zone: tzinfo) -> dict[int, datetime | None]:
@@ -228,22 +211,34 @@ async def _append(
     session: AsyncSession, driver: Any, readings: Sequence[ReadingIn], states: Sequence[Any], zone: tzinfo,
     now: datetime, latest_allowed: datetime, source: str, bounds: Any,
 ) -> _Batch:
-    """The append path's COPY; a batch left not ``appendable`` needs the general path."""
+    """The append path's COPY; a batch left not ``appendable`` needs the general path.
+
+    The COPY goes straight into the month's partition (that of the batch's first
+    reading): a batch is almost always one month, and routing each row through the
+    parent costs PostgreSQL a tenth of the COPY. A batch that spans months is refused by
+    the partition's constraint and streamed again into the parent; a month without its
+    partition yet (the daily job creates them ahead; a backfill may still need one) gets
+    it and the batch is streamed again.
+    """
+    target = _first_month_partition(readings, zone)
     partitions_ensured = False
     while True:
         batch = _Batch(readings, states, zone, now, latest_allowed, source, bounds)
         try:
             async with driver.transaction():  # a SAVEPOINT inside the caller's transaction
-                await driver.copy_to_table("readings", source=batch.stream(), columns=COLUMNS, format="text")
-        except asyncpg.CheckViolationError as error:
-            # A month without its partition (the daily job creates them ahead; a backfill
-            # of old readings may still need one): create it and stream again.
-            if batch.appendable and "no partition" in str(error) and not partitions_ensured:
+                await driver.copy_to_table(target, source=batch.stream(), columns=COLUMNS, format="text")
+        except (asyncpg.CheckViolationError, asyncpg.UndefinedTableError) as error:
+            if not batch.appendable:
+                return batch
+            if target != PARENT and (isinstance(error, asyncpg.UndefinedTableError)
+                                     or "partition constraint" in str(error)):
+                target = PARENT
+                continue
+            if "no partition" in str(error) and not partitions_ensured:
                 await _ensure_partitions_for(session, readings, batch, zone)
                 partitions_ensured = True
                 continue
-            if batch.appendable:
-                raise
+            raise
         except asyncpg.UniqueViolationError:
             # A stored reading at an instant after the meter's newest one: only if
             # latest_readings lags readings, which ingest never lets happen.
@@ -256,11 +251,19 @@ async def _append(
         return batch
 
 
+def _first_month_partition(readings: Sequence[ReadingIn], zone: tzinfo) -> str:
+    """The partition of the first reading with an aware ``read_at`` (else the parent)."""
+    for reading in readings:
+        if reading.read_at.utcoffset() is not None:
+            return partition_name(*month_of(reading.read_at, zone))
+    return PARENT
+
+
 async def _ensure_partitions_for(session: AsyncSession, readings: Sequence[ReadingIn], batch: _Batch,
                                  zone: tzinfo) -> None:
     """The partitions the batch's valid readings need (a rejected one needs none: a read
     from 1970 must not create fifty years of months)."""
-    starts = batch.install_starts
+    starts = _install_starts(list(batch.states.values()), zone)
     instants = [reading.read_at for reading in readings
                 if _invalid(reading, reading.meter_id in starts, starts, batch.latest_allowed) is None]
     if instants:
@@ -283,9 +286,14 @@ class _Batch:
                  latest_allowed: datetime, source: str, bounds: Any) -> None:
         self.readings = readings
         self.days = LocalDays(zone)
-        decimals = Decimals()
-        self.chains = {state["meter_id"]: MeterChain(state, self.days, decimals) for state in states}
-        self.install_starts = _install_starts(states, zone)
+        self.decimals = Decimals()
+        # A meter's chain (and install start) is made when its first reading streams:
+        # the stream has time to spare while PostgreSQL inserts, the start of a batch
+        # has not.
+        self.states = {state[0]: state for state in states}
+        self.chains: dict[int, MeterChain] = {}
+        self.install_starts: dict[int, datetime | None] = {}
+        self.installs: dict[date | None, datetime | None] = {None: None}  # install day -> its first instant
         self.latest_allowed = latest_allowed
         self.bounds = bounds
         # source and received_at are the batch's: rendered once.
@@ -298,12 +306,23 @@ class _Batch:
         self.appendable = True
         self.conflicts = False  # the general path should merge without trying a COPY
 
+    def _chain(self, meter_id: int) -> MeterChain:
+        state = self.states[meter_id]
+        chain = self.chains[meter_id] = MeterChain(state, self.days, self.decimals)
+        installed = state["install_date"]
+        start = self.installs.get(installed)
+        if start is None and installed is not None:
+            start = self.installs[installed] = datetime.combine(installed, time(), tzinfo=self.days.zone)
+        self.install_starts[meter_id] = start
+        return chain
+
     def stream(self) -> AsyncIterator[bytes]:
         return _paused(self._chunks())
 
     def _chunks(self) -> Iterator[bytes]:
-        """COPY data messages of ``_CHUNK`` text lines, one line per reading stored. This loop is the append path's cost
-        per reading, so the usual reading takes the shortest way through it: one
+        """COPY data messages of ``_CHUNK`` text lines, one line per reading stored.
+
+        This loop is the append path's cost per reading, so the usual reading takes the shortest way through it: one
         combined test for everything a rejection needs (``_invalid`` then names the
         reason) and the usual step of the register inline (``MeterChain.take`` does the
         rest). A reading's zone is asked for its offset only when it is neither the
@@ -311,7 +330,7 @@ class _Batch:
         rest of the test."""
         from backend.readings.alarms.batch import is_suspicious  # see ingest_readings
 
-        chains, install_starts, days = self.chains, self.install_starts, self.days
+        chains, install_starts, days, states = self.chains, self.install_starts, self.days, self.states
         zone = days.zone
         latest_allowed = comparable(self.latest_allowed, zone)
         bounds, tail, rejected, suspicious, superseding = (
@@ -328,6 +347,8 @@ class _Batch:
             for index, reading in enumerate(self.readings):
                 meter_id, read_at, total = reading.meter_id, reading.read_at, reading.total_m3
                 chain = chains.get(meter_id)
+                if chain is None and meter_id in states:
+                    chain = self._chain(meter_id)
                 zone_of_reading = read_at.tzinfo
                 if (chain is None or zone_of_reading is None
                         or (zone_of_reading is not zone and zone_of_reading is not UTC and read_at.utcoffset() is None)
