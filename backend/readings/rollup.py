@@ -283,11 +283,14 @@ _NO_STAMPS: dict[datetime, str] = {}
 # (alarms/batch.py). MeterChain takes the first sixteen columns by position (reading
 # 20k records by name costs four times as much). Numerics come as text: decoding 20k rows
 # of seven numerics into Decimals would cost more than the statement; MeterChain makes
-# Decimals of the three it computes with.
+# Decimals of the three it computes with. first_at only passes through to a COPY line, as
+# ISO text in UTC (to_char: ``::text`` would follow the session's DateStyle, whose zone
+# abbreviations COPY may read back as another zone).
 BATCH_STATE = """
 SELECT m.id AS meter_id, power(10::numeric, mm.register_digits)::text AS register_range,
        coalesce(mm.multiplier, 1)::text AS multiplier, l.meter_id IS NOT NULL AS has_latest, l.read_at,
-       l.total_m3::text, l.day, l.first_at::text, l.first_total::text, l.effective_total::text,
+       l.total_m3::text, l.day, to_char(l.first_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+       l.first_total::text, l.effective_total::text,
        l.opening_effective::text, l.reading_count, l.register_wraps, l.rollover, l.reverse_flow, l.estimated,
        m.install_date, b.day AS baseline_day, b.average_m3::text AS baseline_m3,
        EXISTS (SELECT FROM meter_alarms a WHERE a.meter_id = m.id AND a.status <> 'closed') AS alarm_live
@@ -424,6 +427,10 @@ def _field(value: Any) -> Any:
     return "\\N" if value is None else value
 
 
+def _bits(value: Any) -> Any:
+    return "\\N" if value is None else int(value)  # a bool is a number here
+
+
 async def write_chains(driver: Any, chains: Iterable[MeterChain], rolled: RolledUp, *, source: str,
                        received_at: datetime, stamps: dict[datetime, str] | None = None) -> None:
     """Write what the chains went through: the days they closed, and each meter's open
@@ -458,7 +465,7 @@ async def _open_day_lines(chains: list[MeterChain], rolled: RolledUp,
                 reading = chain.newest
                 lines.append(
                     f"{chain.line(stamps)}\t{_field(reading.flow_rate)!s}\t{_field(reading.pressure)!s}\t"
-                    f"{_field(reading.valve_state)!s}\t{_field(reading.battery)!s}\t{_field(reading.status_bits)}\t"
+                    f"{_field(reading.valve_state)!s}\t{_field(reading.battery)!s}\t{_bits(reading.status_bits)}\t"
                     f"{reading.quality!s}\t{chain.estimated!s}\n"
                 )
                 assert chain.max_usage is not None

@@ -59,6 +59,8 @@ from backend.readings.rollup import (
 DEFAULT_SKEW = timedelta(minutes=5)
 _REGISTER_PLACES = Decimal("0.0001")  # readings.total_m3 is numeric(16,4)
 _ZERO = Decimal(0)
+# numeric(16,4) holds less than 10^12; this and above round to it at 4 places.
+_TOTAL_LIMIT = Decimal("999999999999.99995")
 _READ_AT = itemgetter(1)  # of a COPY row
 
 COLUMNS = (
@@ -178,6 +180,8 @@ async def ingest_readings(
     replaces a worse one for the same (meter, read_at); anything else is a duplicate.
     Emits ``readings.ingested {batch_id, meter_ids}`` when anything was written.
     """
+    if now.utcoffset() is None:
+        raise ValueError("now must be timezone-aware")
     zone = as_zone(tz)
     batch_id = uuid.uuid4().hex
     if not readings:
@@ -230,11 +234,13 @@ async def _append(
         except (asyncpg.CheckViolationError, asyncpg.UndefinedTableError) as error:
             if not batch.appendable:
                 return batch
-            if target != PARENT and (isinstance(error, asyncpg.UndefinedTableError)
-                                     or "partition constraint" in str(error)):
+            # A partition's bounds are no named constraint (a CHECK on quality or valve
+            # state is): decided by the error's fields, not its (translatable) text.
+            bounds_refused = isinstance(error, asyncpg.UndefinedTableError) or error.constraint_name is None
+            if target != PARENT and bounds_refused:
                 target = PARENT
                 continue
-            if "no partition" in str(error) and not partitions_ensured:
+            if target == PARENT and bounds_refused and not partitions_ensured:
                 await _ensure_partitions_for(session, readings, batch, zone)
                 partitions_ensured = True
                 continue
@@ -338,7 +344,7 @@ class _Batch:
         stamps = self.stamps
         null = "\\N"
         estimated = ReadingQuality.estimated
-        zero = _ZERO
+        zero, total_limit = _ZERO, _TOTAL_LIMIT
         places, half_up = _REGISTER_PLACES, ROUND_HALF_UP
         inserted = 0
         lines: list[str] = []
@@ -353,7 +359,8 @@ class _Batch:
                 if (chain is None or zone_of_reading is None
                         or (zone_of_reading is not zone and zone_of_reading is not UTC and read_at.utcoffset() is None)
                         or read_at > latest_allowed
-                        or type(total) is not Decimal or not total.is_finite() or total < zero
+                        or not isinstance(total, Decimal) or not total.is_finite() or total < zero
+                        or total >= total_limit
                         or ((installed := install_starts[meter_id]) is not None and read_at < installed)):
                     code = _invalid(reading, chain is not None, install_starts, self.latest_allowed)
                     assert code is not None
@@ -377,11 +384,8 @@ class _Batch:
                 if day_end is not None and read_at <= day_end and last_raw is not None and total >= last_raw:
                     # The usual reading: the same day, the register not lower.
                     register.last_raw = total
-                    if register.wraps:
-                        assert register.range is not None
-                        unwrapped = total + register.range * register.wraps
-                    else:
-                        unwrapped = total
+                    wraps, register_range = register.wraps, register.range
+                    unwrapped = total + register_range * wraps if wraps and register_range is not None else total
                     if register.effective is None or unwrapped > register.effective:
                         register.effective = unwrapped
                     chain.count += 1
@@ -389,8 +393,9 @@ class _Batch:
                 else:
                     chain.take(read_at, total, days)
                 chain.newest = reading
-                quality, valve, battery, bits = (
-                    reading.quality, reading.valve_state, reading.battery, reading.status_bits)
+                quality: Any = reading.quality
+                valve: Any = reading.valve_state
+                battery, bits = reading.battery, reading.status_bits
                 if quality == estimated:
                     chain.estimated = True
                 elif chain.estimated:
@@ -402,10 +407,15 @@ class _Batch:
                     stamp = stamps[read_at] = read_at.isoformat()
                 flow, pressure = reading.flow_rate, reading.pressure
                 inserted += 1
+                if quality not in _SAFE_WORDS:
+                    quality = _copy_text(str(quality))  # refused by the column's CHECK, not by the line
+                if valve is not None and valve not in _SAFE_WORDS:
+                    valve = _copy_text(str(valve))
                 # !s: str() of a Decimal or a StrEnum is a third of what format() costs.
                 append(f"{meter_id}\t{stamp}\t{total!s}\t{null if flow is None else flow!s}\t"
                        f"{null if pressure is None else pressure!s}\t{null if valve is None else valve!s}\t"
-                       f"{null if battery is None else battery!s}\t{null if bits is None else bits}\t{quality!s}{tail}")
+                       f"{null if battery is None else battery!s}\t{null if bits is None else int(bits)}\t"
+                       f"{quality!s}{tail}")
                 if len(lines) == chunk:
                     yield "".join(lines).encode()
                     lines.clear()
@@ -427,6 +437,10 @@ async def _paused(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
+# Values written to a COPY line as they are: every member of the enums ingest stores.
+_SAFE_WORDS = frozenset([*ReadingQuality, *ValveState])
+
+
 def _copy_text(value: str) -> str:
     """``value`` as a field of COPY's text format."""
     if "\x00" in value:
@@ -444,7 +458,7 @@ def _invalid(reading: ReadingIn, known: bool, install_starts: dict[int, datetime
         return RejectionCode.UNKNOWN_METER
     if read_at > latest_allowed:
         return RejectionCode.READ_AT_IN_FUTURE
-    if not isinstance(total, Decimal) or not total.is_finite() or total < 0:
+    if not isinstance(total, Decimal) or not total.is_finite() or total < 0 or total >= _TOTAL_LIMIT:
         return RejectionCode.INVALID_TOTAL
     installed = install_starts[reading.meter_id]
     if installed is not None and read_at < installed:
@@ -543,8 +557,8 @@ async def _roll_up_written(driver: Any, written: list[tuple[Any, ...]], chains: 
 
 _MARK_ESTIMATED = "UPDATE latest_readings SET estimated = true WHERE meter_id = ANY($1::bigint[]) AND NOT estimated"
 
-# After superseding, a meter keeps the flag only if an estimate is left (one newer than
-# its newest actual reading).
+# After superseding, a meter keeps the flag only if it still has an estimate (one after
+# its newest actual reading survives).
 _REFRESH_ESTIMATED = """
 UPDATE latest_readings l SET estimated = EXISTS (
     SELECT FROM readings r WHERE r.meter_id = l.meter_id AND r.quality = 'estimated')
@@ -580,6 +594,7 @@ async def after_readings_changed(
     zone = as_zone(tz)
     driver = await raw_connection(session)
     meter_ids = sorted({meter_id for meter_id, _ in changes})
+    await driver.fetchval(_LOCK_METERS, meter_ids)  # as ingest does: one writer per meter's chain
     await _refresh_latest(driver, meter_ids)
     await _recompute_days(driver, changes, LocalDays(zone), zone)
     from backend.readings.alarms.service import evaluate_alarms
@@ -662,7 +677,7 @@ def _validate(
             code = RejectionCode.UNKNOWN_METER
         elif read_at > latest_allowed:
             code = RejectionCode.READ_AT_IN_FUTURE
-        elif not isinstance(total, Decimal) or not total.is_finite() or total < 0:
+        elif not isinstance(total, Decimal) or not total.is_finite() or total < 0 or total >= _TOTAL_LIMIT:
             code = RejectionCode.INVALID_TOTAL
         else:
             installed = install_starts[reading.meter_id]
@@ -671,11 +686,11 @@ def _validate(
         if code is not None:
             rejected.append(_rejection(index, code))
             continue
-        if read_at.fold:
-            # The second of two equal local times (a DST autumn night). Python compares
-            # times of one zone by wall clock, fold ignored, so as a key or in a sort it
-            # would collide with the first: in UTC it compares as the instant it is.
-            read_at = read_at.astimezone(UTC)
+        # In UTC: Python compares times of one zone by wall clock, fold ignored (the two
+        # 02:30s of a DST autumn night would collide as keys), and never finds a local
+        # time of that hour equal to the same instant in another zone (the merge's keys
+        # come back in UTC). In UTC every instant is itself.
+        read_at = read_at.astimezone(UTC)
         # Stored to the register's 4 places here, so the rollup walks what is stored.
         total = total.quantize(_REGISTER_PLACES, ROUND_HALF_UP)
         key = (reading.meter_id, read_at)

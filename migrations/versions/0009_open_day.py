@@ -56,7 +56,9 @@ def upgrade() -> None:
     op.execute("""
         WITH newest AS (
             DELETE FROM daily_usage_closed c
-            USING (SELECT meter_id, max(day) AS day FROM daily_usage_closed GROUP BY meter_id) n
+            USING (SELECT meter_id, max(day) AS day FROM daily_usage_closed d
+                   WHERE EXISTS (SELECT FROM latest_readings l WHERE l.meter_id = d.meter_id)
+                   GROUP BY meter_id) n
             WHERE c.meter_id = n.meter_id AND c.day = n.day
             RETURNING c.*
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -199,3 +199,90 @@ async def test_migration_0009_moves_each_meters_newest_day_onto_its_latest_readi
     assert tuple(latest) == (date(2026, 11, 2), Decimal("12.0000"), Decimal("1.0000"), False)
     assert [tuple(row) for row in view] == [(date(2026, 11, 1), Decimal("11.0000"), Decimal("1.0000")),
                                             (date(2026, 11, 2), Decimal("12.0000"), Decimal("1.0000"))]
+
+
+# --------------------------------------------------------------------------- found in review
+
+
+async def test_a_session_datestyle_does_not_move_the_first_reading_of_a_closed_day(session: AsyncSession) -> None:
+    meter = await make_meter(session)
+    await session.execute(text("SET LOCAL TimeZone = 'Asia/Shanghai'"))
+    await ingest(session, hourly(meter.id, at(11, 12, 8), 2, Decimal(1)))
+    # With DateStyle SQL, timestamptz text is '12/11/2026 08:00:00 CST', and COPY reads CST
+    # as US Central time.
+    await session.execute(text("SET LOCAL DateStyle = 'SQL, DMY'"))
+    await ingest(session, [ReadingIn(meter.id, at(11, 13, 8), Decimal(3))])
+
+    first_at = await session.scalar(text("SELECT first_at FROM daily_usage_closed WHERE meter_id = :m"),
+                                    {"m": meter.id})
+    assert first_at == at(11, 12, 8)
+
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+async def test_a_reading_in_the_repeated_hour_of_a_dst_night_is_rolled_up_on_the_general_path(
+    session: AsyncSession,
+) -> None:
+    meter = await make_meter(session)
+    noon_24, noon_25 = datetime(2026, 10, 24, 12, tzinfo=BERLIN), datetime(2026, 10, 25, 12, tzinfo=BERLIN)
+    await ingest_readings(session, readings=[ReadingIn(meter.id, noon_24, Decimal(10)),
+                                             ReadingIn(meter.id, noon_25, Decimal(14))],
+                          source="test", now=NOW, tz=BERLIN)
+    first_0230 = datetime(2026, 10, 25, 2, 30, tzinfo=BERLIN)  # fold 0: the first of two 02:30s
+    result = await ingest_readings(session, readings=[ReadingIn(meter.id, first_0230, Decimal(12)),
+                                                      ReadingIn(meter.id, noon_25, Decimal(14))],
+                                   source="test", now=NOW, tz=BERLIN)
+
+    assert (result.inserted, result.duplicates) == (1, 1)
+    count = await session.scalar(text(
+        "SELECT reading_count FROM daily_usage WHERE meter_id = :m AND day = '2026-10-25'"), {"m": meter.id})
+    assert count == 2
+
+
+async def test_one_instant_given_in_two_zones_is_one_reading(session: AsyncSession) -> None:
+    meter = await make_meter(session)
+    await ingest(session, [ReadingIn(meter.id, at(11, 14, 1), Decimal(1))])
+    instant = datetime(2026, 10, 25, 2, 30, tzinfo=BERLIN)
+    late = [ReadingIn(meter.id, instant, Decimal("0.5")), ReadingIn(meter.id, instant.astimezone(UTC), Decimal("0.5"))]
+
+    result = await ingest(session, late)
+
+    assert (result.inserted, result.duplicates) == (1, 1)
+
+
+class Total(Decimal):
+    pass
+
+
+@pytest.mark.parametrize(("total", "stored"), [(Total("7.5"), Decimal("7.5000")), (Decimal("1E+12"), None),
+                                              (Decimal("999999999999.99999"), None)])
+async def test_totals_beyond_the_register_column_are_invalid_and_a_decimal_subclass_is_a_decimal(
+    session: AsyncSession, total: Decimal, stored: Decimal | None,
+) -> None:
+    meter = await make_meter(session)
+    result = await ingest(session, [ReadingIn(meter.id, at(11, 15, 1), total)])
+
+    value = await session.scalar(text("SELECT total_m3 FROM readings WHERE meter_id = :m"), {"m": meter.id})
+    assert value == stored
+    assert [rejection.code for rejection in result.rejected] == ([] if stored else ["INVALID_TOTAL"])
+
+
+async def test_status_bits_given_as_a_bool_are_stored_as_a_number(session: AsyncSession) -> None:
+    meter = await make_meter(session)
+    await ingest(session, [ReadingIn(meter.id, at(11, 16, 1), Decimal(1), status_bits=True)])
+
+    assert await session.scalar(text("SELECT status_bits FROM readings WHERE meter_id = :m"), {"m": meter.id}) == 1
+
+
+async def test_a_quality_outside_the_enum_is_refused_by_its_check_not_by_the_copy_line(session: AsyncSession) -> None:
+    meter = await make_meter(session)
+    bogus = ReadingIn(meter.id, at(11, 17, 1), Decimal(1), quality="good\tenough")  # type: ignore[arg-type]
+
+    with pytest.raises(asyncpg.CheckViolationError):
+        await ingest(session, [bogus])
+
+
+async def test_ingest_needs_an_aware_now(session: AsyncSession) -> None:
+    with pytest.raises(ValueError, match="aware"):
+        await ingest_readings(session, readings=[], source="test", now=datetime(2026, 11, 25, 12))

@@ -68,8 +68,10 @@ def candidates_from_facts(
     """Meters of ``facts`` (ingest's batch-state rows: ``meter_id``, ``baseline_day``,
     ``baseline_m3`` as text, ``alarm_live``) with a live alarm, no baseline yet, or a
     day above the loosest high-use factor × its baseline. A baseline from an earlier day
-    serves until the periodic run refreshes it: refreshing it here would make the first
-    batch after midnight evaluate every meter it carries."""
+    serves until the periodic run refreshes it (refreshing it here would make the first
+    batch after midnight evaluate every meter it carries), so where today's baseline
+    would be lower, or a meter's first one appears today, a high-use alarm opens at the
+    next periodic run (within 15 minutes) rather than with the batch."""
     factor = bounds.high_use_factor
     found: set[int] = set()
     for fact in facts:
