@@ -75,7 +75,7 @@ def instrument() -> None:
     readings_service._supersede = timed("estimates", readings_service._supersede)  # type: ignore[method-assign]
     readings_service._evaluate_alarms = timed("alarm rules", readings_service._evaluate_alarms)  # type: ignore[method-assign]
     readings_service.emit_event = timed("event", readings_service.emit_event)  # type: ignore[assignment]
-    asyncpg.Connection.copy_to_table = timed("validation + COPY (streamed)", asyncpg.Connection.copy_to_table)  # type: ignore[method-assign]
+    readings_service._append = timed("validation + COPY (streamed)", readings_service._append)  # type: ignore[method-assign]
     asyncpg.Connection.copy_records_to_table = timed("COPY (general path)", asyncpg.Connection.copy_records_to_table)  # type: ignore[method-assign]
 
 
@@ -226,8 +226,7 @@ def print_shares(total: float) -> None:
     parts = ", ".join(f"{name} {seconds / total:.0%}" for name, seconds in sorted(spent.items(), key=lambda i: -i[1]))
     accounted = sum(spent.values())
     print(f"    where the time went: {parts}, Python validation/de-dup/rows + rest {(total - accounted) / total:.0%}"
-          " (a COPY issued inside a step counts in both: the general path's temp-table COPY in merge, the rollup's"
-          " in latest readings + daily rollup)")
+          " (the general path's temp-table COPY counts in both COPY and merge)")
     spent.clear()
 
 

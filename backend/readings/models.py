@@ -78,8 +78,10 @@ class LatestReading(SQLModel, table=True):
     ``daily_usage_closed`` when the meter's first reading of a later day arrives. The
     ``daily_usage`` view is both (migration 0009); every reader uses the view.
 
-    The open-day columns are NULL only inside an ingest transaction, between writing a
-    meter's first reading and rolling it up.
+    Ingest leaves the open-day columns NULL only inside its transaction (between a
+    meter's first reading and its rollup, and while ``recompute_days`` has set the day
+    aside). A row written some other way without them (by hand, a test) makes ingest
+    rebuild the meter's days from its first reading.
     """
 
     __tablename__ = "latest_readings"

@@ -8,11 +8,14 @@ The write path is built so that whatever is rare costs only when it occurs:
    ``readings`` as a text COPY inside a savepoint, and each row carries its meter's
    rollup chain forward (:class:`~backend.readings.rollup.MeterChain`). The Python work
    overlaps PostgreSQL's, so a batch of new, time-ordered readings costs little more
-   than the COPY. Then one statement writes the days that closed and one updates every
-   meter's ``latest_readings`` row (newest reading and open day together);
-3. anything else — a reading at or before its meter's newest stored one (a re-sent or
-   late batch), a duplicate in the batch, a month without a partition yet — makes the
-   stream stop, the savepoint roll back, and the **general path** run: validate and
+   than the COPY. Then the days that closed are COPYed to ``daily_usage_closed``, and the
+   open days to a temp table from which one UPDATE sets every meter's ``latest_readings``
+   row (newest reading and open day together). A batch spanning two months is streamed
+   again into the parent; a month without its partition gets one and the batch is
+   streamed again;
+3. anything else — a reading at or before its meter's newest one (a re-sent or late
+   batch, or a duplicate in the batch) — makes the stream stop, the savepoint roll back,
+   and the **general path** run: validate and
    de-duplicate the batch as a whole, COPY it, or if that hits the primary key merge it
    through a temp table with ``INSERT … ON CONFLICT DO UPDATE … WHERE <the new quality
    ranks better>`` (exact inserted / replaced / duplicate counts), continue the chains of
@@ -204,7 +207,9 @@ async def ingest_readings(
     if batch.superseding:
         await _supersede(driver, batch.superseding, batch.days, zone, rolled)
     if batch.inserted:
-        await _evaluate_alarms(session, now=now, zone=zone, states=states, rolled=rolled,
+        written_meters = {meter_id for meter_id, chain in batch.chains.items() if chain.newest is not None}
+        await _evaluate_alarms(session, now=now, zone=zone,
+                               states=[state for state in states if state[0] in written_meters], rolled=rolled,
                                suspicious=batch.suspicious, bounds=bounds)
         changed_meters = sorted(meter_id for meter_id, chain in batch.chains.items() if chain.newest is not None)
         await emit_event(session, EventKind.readings_ingested, {"batch_id": batch_id, "meter_ids": changed_meters})
@@ -355,6 +360,12 @@ class _Batch:
                 chain = chains.get(meter_id)
                 if chain is None and meter_id in states:
                     chain = self._chain(meter_id)
+                    if chain.has_latest and chain.day is None:
+                        # A newest reading without its rollup day (written around ingest,
+                        # e.g. by hand): only the general path rebuilds the meter's days.
+                        self.appendable = False
+                        yield b"0\n"
+                        return
                 zone_of_reading = read_at.tzinfo
                 if (chain is None or zone_of_reading is None
                         or (zone_of_reading is not zone and zone_of_reading is not UTC and read_at.utcoffset() is None)
@@ -506,6 +517,10 @@ async def _ingest_general(
     estimated = sorted({row[0] for row in written if row[8] == ReadingQuality.estimated})
     if estimated:
         await driver.execute(_MARK_ESTIMATED, estimated)
+    unrolled = sorted({meter_id for meter_id, _ in late if chains[meter_id].day is None})
+    if unrolled:
+        # Their stored readings have no rollup days at all: rebuilt from the first one.
+        late.extend(tuple(row) for row in await driver.fetch(_FIRST_READINGS, unrolled))
     if late:
         await _refresh_latest(driver, sorted({meter_id for meter_id, _ in late}))
         await _recompute_days(driver, late, days, zone)
@@ -520,7 +535,9 @@ async def _ingest_general(
         await _supersede(driver, superseding, days, zone, rolled)
     from backend.readings.alarms.batch import suspicious_meters
 
-    await _evaluate_alarms(session, now=now, zone=zone, states=states, rolled=rolled,
+    written_meters = {row[0] for row in written}
+    await _evaluate_alarms(session, now=now, zone=zone,
+                           states=[state for state in states if state[0] in written_meters], rolled=rolled,
                            suspicious=suspicious_meters(written, bounds), bounds=bounds)
     changed_meters = sorted({row[0] for row in written})
     await emit_event(session, EventKind.readings_ingested, {"batch_id": batch_id, "meter_ids": changed_meters})
@@ -542,7 +559,7 @@ async def _roll_up_written(driver: Any, written: list[tuple[Any, ...]], chains: 
         for meter_id, rows in by_meter.items():
             rows.sort(key=_READ_AT)
             chain = chains[meter_id]
-            if chain.last_at is not None and rows[0][1] <= chain.last_at:
+            if chain.last_at is not None and (rows[0][1] <= chain.last_at or chain.day is None):
                 late.extend((meter_id, row[1]) for row in rows)
                 continue
             for row in rows:
@@ -554,6 +571,8 @@ async def _roll_up_written(driver: Any, written: list[tuple[Any, ...]], chains: 
     await write_chains(driver, appended, rolled, source=source, received_at=received_at)
     return late
 
+
+_FIRST_READINGS = "SELECT meter_id, min(read_at) FROM readings WHERE meter_id = ANY($1::bigint[]) GROUP BY meter_id"
 
 _MARK_ESTIMATED = "UPDATE latest_readings SET estimated = true WHERE meter_id = ANY($1::bigint[]) AND NOT estimated"
 

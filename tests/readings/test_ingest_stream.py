@@ -286,3 +286,22 @@ async def test_a_quality_outside_the_enum_is_refused_by_its_check_not_by_the_cop
 async def test_ingest_needs_an_aware_now(session: AsyncSession) -> None:
     with pytest.raises(ValueError, match="aware"):
         await ingest_readings(session, readings=[], source="test", now=datetime(2026, 11, 25, 12))
+
+
+@pytest.mark.parametrize("rollup_kept", [True, False], ids=["closed days kept", "no rollup at all"])
+async def test_a_latest_reading_without_its_open_day_makes_ingest_rebuild_the_meters_days(
+    session: AsyncSession, rollup_kept: bool,
+) -> None:
+    meter = await make_meter(session)
+    await ingest(session, hourly(meter.id, at(11, 18, 1), 30, Decimal(100)))  # to 19 Nov 06:00
+    # Written around ingest (by hand, or by a test): the open day is gone.
+    await session.execute(text("UPDATE latest_readings SET day = NULL WHERE meter_id = :m"), {"m": meter.id})
+    if not rollup_kept:
+        await session.execute(text("DELETE FROM daily_usage_closed WHERE meter_id = :m"), {"m": meter.id})
+
+    await ingest(session, hourly(meter.id, at(11, 19, 7), 3, Decimal("114.5")))
+
+    days = await rollup(session, meter.id)
+    window = await usage_between(session, meter_ids=[meter.id], start=at(11, 18), end=at(11, 20))
+    assert list(days) == [date(2026, 11, 18), date(2026, 11, 19)]
+    assert sum(days.values()) == window[meter.id] == Decimal("15.5000")  # 100 at 18 Nov 01:00 -> 115.5
