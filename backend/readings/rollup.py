@@ -41,6 +41,7 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from backend.readings.models import ReadingQuality, ValveState
 from backend.readings.partitions import as_zone
 
 _DAY_COLUMNS = (
@@ -423,8 +424,23 @@ WHERE NOT EXISTS (SELECT FROM latest_readings x WHERE x.meter_id = o.meter_id)
 """
 
 
+# Values a COPY line takes as they are; anything else is escaped (and refused by its
+# column rather than breaking the line).
+NUMBER_TYPES = frozenset([Decimal, int, float])
+_PLAIN_TYPES = NUMBER_TYPES | {ValveState, ReadingQuality}
+
+
+def copy_text(value: str) -> str:
+    """``value`` as a field of COPY's text format."""
+    if "\x00" in value:
+        raise ValueError("a COPY text field cannot contain NUL")
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
 def _field(value: Any) -> Any:
-    return "\\N" if value is None else value
+    if value is None:
+        return "\\N"
+    return value if value.__class__ in _PLAIN_TYPES else copy_text(str(value))
 
 
 def _bits(value: Any) -> Any:
@@ -466,7 +482,7 @@ async def _open_day_lines(chains: list[MeterChain], rolled: RolledUp,
                 lines.append(
                     f"{chain.line(stamps)}\t{_field(reading.flow_rate)!s}\t{_field(reading.pressure)!s}\t"
                     f"{_field(reading.valve_state)!s}\t{_field(reading.battery)!s}\t{_bits(reading.status_bits)}\t"
-                    f"{reading.quality!s}\t{chain.estimated!s}\n"
+                    f"{_field(reading.quality)!s}\t{chain.estimated!s}\n"
                 )
                 assert chain.max_usage is not None
                 day_usage[chain.meter_id] = chain.max_usage
@@ -558,11 +574,13 @@ def day_end(day: date, zone: str | tzinfo) -> datetime:
 
 __all__ = [
     "BATCH_STATE",
+    "NUMBER_TYPES",
     "Decimals",
     "LocalDays",
     "MeterChain",
     "RolledUp",
     "comparable",
+    "copy_text",
     "day_end",
     "day_start",
     "demote_open_days",

@@ -47,11 +47,13 @@ from backend.readings.models import QUALITY_RANK, ReadingQuality, ValveState
 from backend.readings.partitions import DEFAULT_TIMEZONE, PARENT, as_zone, ensure_partitions, month_of, partition_name
 from backend.readings.rollup import (
     BATCH_STATE,
+    NUMBER_TYPES,
     Decimals,
     LocalDays,
     MeterChain,
     RolledUp,
     comparable,
+    copy_text,
     cyclic_gc_paused,
     demote_open_days,
     recompute_days,
@@ -308,7 +310,7 @@ class _Batch:
         self.latest_allowed = latest_allowed
         self.bounds = bounds
         # source and received_at are the batch's: rendered once.
-        self.tail = f"\t{_copy_text(source)}\t{now.isoformat()}\n"
+        self.tail = f"\t{copy_text(source)}\t{now.isoformat()}\n"
         self.inserted = 0
         self.rejected: list[Rejection] = []
         self.suspicious: set[int] = set()
@@ -406,7 +408,8 @@ class _Batch:
                 chain.newest = reading
                 quality: Any = reading.quality
                 valve: Any = reading.valve_state
-                battery, bits = reading.battery, reading.status_bits
+                battery: Any = reading.battery
+                bits = reading.status_bits
                 if quality == estimated:
                     chain.estimated = True
                 elif chain.estimated:
@@ -416,12 +419,20 @@ class _Batch:
                 stamp = stamps.get(read_at)
                 if stamp is None:
                     stamp = stamps[read_at] = read_at.isoformat()
-                flow, pressure = reading.flow_rate, reading.pressure
+                flow: Any = reading.flow_rate
+                pressure: Any = reading.pressure
                 inserted += 1
                 if quality not in _SAFE_WORDS:
-                    quality = _copy_text(str(quality))  # refused by the column's CHECK, not by the line
+                    quality = copy_text(str(quality))  # refused by the column's CHECK, not by the line
                 if valve is not None and valve not in _SAFE_WORDS:
-                    valve = _copy_text(str(valve))
+                    valve = copy_text(str(valve))
+                # Anything but a number is escaped: its column refuses it, not the line.
+                if flow is not None and flow.__class__ not in _NUMBER_TYPES:
+                    flow = copy_text(str(flow))
+                if pressure is not None and pressure.__class__ not in _NUMBER_TYPES:
+                    pressure = copy_text(str(pressure))
+                if battery is not None and battery.__class__ not in _NUMBER_TYPES:
+                    battery = copy_text(str(battery))
                 # !s: str() of a Decimal or a StrEnum is a third of what format() costs.
                 append(f"{meter_id}\t{stamp}\t{total!s}\t{null if flow is None else flow!s}\t"
                        f"{null if pressure is None else pressure!s}\t{null if valve is None else valve!s}\t"
@@ -452,11 +463,7 @@ async def _paused(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
 _SAFE_WORDS = frozenset([*ReadingQuality, *ValveState])
 
 
-def _copy_text(value: str) -> str:
-    """``value`` as a field of COPY's text format."""
-    if "\x00" in value:
-        raise ValueError("a reading source cannot contain NUL")
-    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+_NUMBER_TYPES = NUMBER_TYPES
 
 
 def _invalid(reading: ReadingIn, known: bool, install_starts: dict[int, datetime | None],

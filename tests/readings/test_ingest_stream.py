@@ -305,3 +305,14 @@ async def test_a_latest_reading_without_its_open_day_makes_ingest_rebuild_the_me
     window = await usage_between(session, meter_ids=[meter.id], start=at(11, 18), end=at(11, 20))
     assert list(days) == [date(2026, 11, 18), date(2026, 11, 19)]
     assert sum(days.values()) == window[meter.id] == Decimal("15.5000")  # 100 at 18 Nov 01:00 -> 115.5
+
+
+@pytest.mark.parametrize("field", ["flow_rate", "pressure", "battery"])
+async def test_a_measurement_that_is_no_number_is_refused_by_its_column_and_nothing_is_written(
+    session: AsyncSession, field: str,
+) -> None:
+    meter = await make_meter(session)
+    bad = ReadingIn(meter.id, at(11, 21, 1), Decimal(1), **{field: "1\t2"})  # type: ignore[arg-type]
+
+    with pytest.raises(asyncpg.InvalidTextRepresentationError):
+        await ingest(session, [ReadingIn(meter.id, at(11, 21, 0), Decimal(1)), bad])

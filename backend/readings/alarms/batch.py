@@ -52,7 +52,8 @@ def is_suspicious(valve: Any, battery: Any, status_bits: Any, bounds: RuleBounds
     """A new reading that could open a rule: status bits, a valve reported 'unknown' or a
     battery under the highest battery threshold in use."""
     return bool(status_bits) or valve == _UNKNOWN_VALVE or (
-        battery is not None and bounds.battery_ceiling is not None and battery < bounds.battery_ceiling
+        isinstance(battery, Decimal | int | float) and bounds.battery_ceiling is not None
+        and battery < bounds.battery_ceiling
     )
 
 
