@@ -188,7 +188,6 @@ def _first_days(keys: Iterable[DayKey]) -> dict[int, date]:
 
 
 _PLACES = Decimal("0.0001")
-_ZERO = Decimal(0)
 
 
 @contextmanager
@@ -424,10 +423,9 @@ WHERE NOT EXISTS (SELECT FROM latest_readings x WHERE x.meter_id = o.meter_id)
 """
 
 
-# Values a COPY line takes as they are; anything else is escaped (and refused by its
-# column rather than breaking the line).
-NUMBER_TYPES = frozenset([Decimal, int, float])
-_PLAIN_TYPES = NUMBER_TYPES | {ValveState, ReadingQuality}
+# Values a COPY line takes as they are (their text has no tab, newline or backslash);
+# anything else is escaped, so its column refuses it rather than the line breaking.
+PLAIN_TYPES = frozenset([Decimal, int, float, ValveState, ReadingQuality])
 
 
 def copy_text(value: str) -> str:
@@ -440,7 +438,7 @@ def copy_text(value: str) -> str:
 def _field(value: Any) -> Any:
     if value is None:
         return "\\N"
-    return value if value.__class__ in _PLAIN_TYPES else copy_text(str(value))
+    return value if value.__class__ in PLAIN_TYPES else copy_text(str(value))
 
 
 def _bits(value: Any) -> Any:
@@ -574,7 +572,7 @@ def day_end(day: date, zone: str | tzinfo) -> datetime:
 
 __all__ = [
     "BATCH_STATE",
-    "NUMBER_TYPES",
+    "PLAIN_TYPES",
     "Decimals",
     "LocalDays",
     "MeterChain",

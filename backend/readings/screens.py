@@ -143,11 +143,6 @@ def get_screen(kind: ScreenKind) -> Screen:
     return screen
 
 
-def registered_screens() -> list[Screen]:
-    load_screens()
-    return [_SCREENS[kind] for kind in ScreenKind if kind in _SCREENS]
-
-
 def choose_columns(screen: Screen, keys: Sequence[str] | None) -> list[ScreenColumn]:
     """The columns named by ``keys`` in that order (a scheme's saved order); the screen's
     default columns when ``keys`` is ``None`` or empty. An unknown or repeated key is

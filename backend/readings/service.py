@@ -47,7 +47,7 @@ from backend.readings.models import QUALITY_RANK, ReadingQuality, ValveState
 from backend.readings.partitions import DEFAULT_TIMEZONE, PARENT, as_zone, ensure_partitions, month_of, partition_name
 from backend.readings.rollup import (
     BATCH_STATE,
-    NUMBER_TYPES,
+    PLAIN_TYPES,
     Decimals,
     LocalDays,
     MeterChain,
@@ -136,17 +136,22 @@ async def _lock_and_read_state(driver: Any, meter_ids: list[int]) -> list[Any]:
     return list(await driver.fetch(BATCH_STATE, meter_ids))
 
 
+class _InstallStarts(dict[date | None, datetime | None]):
+    """Install day -> its first instant in the utility's zone (meters share few days)."""
+
+    def __init__(self, zone: tzinfo) -> None:
+        super().__init__({None: None})
+        self.zone = zone
+
+    def __missing__(self, installed: date) -> datetime:
+        start = self[installed] = datetime.combine(installed, time(), tzinfo=self.zone)
+        return start
+
+
 def _install_starts(states: Sequence[Any], zone: tzinfo) -> dict[int, datetime | None]:
     """Known meters -> the first instant of their install day in the utility's zone."""
-    day_starts: dict[date | None, datetime | None] = {None: None}  # meters share few install days
-    starts: dict[int, datetime | None] = {}
-    for state in states:
-        installed = state["install_date"]
-        start = day_starts.get(installed)
-        if start is None and installed is not None:
-            start = day_starts[installed] = datetime.combine(installed, time(), tzinfo=zone)
-        starts[state["meter_id"]] = start
-    return starts
+    day_starts = _InstallStarts(zone)
+    return {state["meter_id"]: day_starts[state["install_date"]] for state in states}
 
 
 # Every part of one statement sees the same snapshot, so ``existing`` is the stored rows
@@ -306,7 +311,7 @@ class _Batch:
         self.states = {state[0]: state for state in states}
         self.chains: dict[int, MeterChain] = {}
         self.install_starts: dict[int, datetime | None] = {}
-        self.installs: dict[date | None, datetime | None] = {None: None}  # install day -> its first instant
+        self.installs = _InstallStarts(zone)
         self.latest_allowed = latest_allowed
         self.bounds = bounds
         # source and received_at are the batch's: rendered once.
@@ -322,11 +327,7 @@ class _Batch:
     def _chain(self, meter_id: int) -> MeterChain:
         state = self.states[meter_id]
         chain = self.chains[meter_id] = MeterChain(state, self.days, self.decimals)
-        installed = state["install_date"]
-        start = self.installs.get(installed)
-        if start is None and installed is not None:
-            start = self.installs[installed] = datetime.combine(installed, time(), tzinfo=self.days.zone)
-        self.install_starts[meter_id] = start
+        self.install_starts[meter_id] = self.installs[state["install_date"]]
         return chain
 
     def stream(self) -> AsyncIterator[bytes]:
@@ -351,7 +352,7 @@ class _Batch:
         stamps = self.stamps
         null = "\\N"
         estimated = ReadingQuality.estimated
-        zero, total_limit = _ZERO, _TOTAL_LIMIT
+        zero, total_limit, plain = _ZERO, _TOTAL_LIMIT, PLAIN_TYPES
         places, half_up = _REGISTER_PLACES, ROUND_HALF_UP
         inserted = 0
         lines: list[str] = []
@@ -422,16 +423,17 @@ class _Batch:
                 flow: Any = reading.flow_rate
                 pressure: Any = reading.pressure
                 inserted += 1
-                if quality not in _SAFE_WORDS:
-                    quality = copy_text(str(quality))  # refused by the column's CHECK, not by the line
-                if valve is not None and valve not in _SAFE_WORDS:
+                # A value of another type than these columns take is escaped: its column
+                # refuses it (the CHECK of an enum, a numeric's syntax), not the line.
+                if quality.__class__ not in plain:
+                    quality = copy_text(str(quality))
+                if valve is not None and valve.__class__ not in plain:
                     valve = copy_text(str(valve))
-                # Anything but a number is escaped: its column refuses it, not the line.
-                if flow is not None and flow.__class__ not in _NUMBER_TYPES:
+                if flow is not None and flow.__class__ not in plain:
                     flow = copy_text(str(flow))
-                if pressure is not None and pressure.__class__ not in _NUMBER_TYPES:
+                if pressure is not None and pressure.__class__ not in plain:
                     pressure = copy_text(str(pressure))
-                if battery is not None and battery.__class__ not in _NUMBER_TYPES:
+                if battery is not None and battery.__class__ not in plain:
                     battery = copy_text(str(battery))
                 # !s: str() of a Decimal or a StrEnum is a third of what format() costs.
                 append(f"{meter_id}\t{stamp}\t{total!s}\t{null if flow is None else flow!s}\t"
@@ -459,11 +461,7 @@ async def _paused(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
-# Values written to a COPY line as they are: every member of the enums ingest stores.
-_SAFE_WORDS = frozenset([*ReadingQuality, *ValveState])
 
-
-_NUMBER_TYPES = NUMBER_TYPES
 
 
 def _invalid(reading: ReadingIn, known: bool, install_starts: dict[int, datetime | None],
@@ -694,21 +692,7 @@ def _validate(
     kept: dict[tuple[int, datetime], tuple[Any, ...]] = {}
     batch_duplicates = 0
     for index, reading in enumerate(readings):
-        read_at = reading.read_at
-        total = reading.total_m3
-        code: RejectionCode | None = None
-        if read_at.tzinfo is None or read_at.utcoffset() is None:
-            code = RejectionCode.NAIVE_DATETIME
-        elif reading.meter_id not in install_starts:
-            code = RejectionCode.UNKNOWN_METER
-        elif read_at > latest_allowed:
-            code = RejectionCode.READ_AT_IN_FUTURE
-        elif not isinstance(total, Decimal) or not total.is_finite() or total < 0 or total >= _TOTAL_LIMIT:
-            code = RejectionCode.INVALID_TOTAL
-        else:
-            installed = install_starts[reading.meter_id]
-            if installed is not None and read_at < installed:
-                code = RejectionCode.READ_BEFORE_INSTALL
+        code = _invalid(reading, reading.meter_id in install_starts, install_starts, latest_allowed)
         if code is not None:
             rejected.append(_rejection(index, code))
             continue
@@ -716,9 +700,9 @@ def _validate(
         # 02:30s of a DST autumn night would collide as keys), and never finds a local
         # time of that hour equal to the same instant in another zone (the merge's keys
         # come back in UTC). In UTC every instant is itself.
-        read_at = read_at.astimezone(UTC)
+        read_at = reading.read_at.astimezone(UTC)
         # Stored to the register's 4 places here, so the rollup walks what is stored.
-        total = total.quantize(_REGISTER_PLACES, ROUND_HALF_UP)
+        total = reading.total_m3.quantize(_REGISTER_PLACES, ROUND_HALF_UP)
         key = (reading.meter_id, read_at)
         previous = kept.get(key)
         if previous is not None:
