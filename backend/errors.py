@@ -53,6 +53,8 @@ class ErrorCode(StrEnum):
     ALREADY_BOUND = "ALREADY_BOUND"
     CANNOT_DEACTIVATE_SELF = "CANNOT_DEACTIVATE_SELF"
     HAS_HISTORY = "HAS_HISTORY"
+    # Units: shared catalogs need a scope over the whole tree (backend.auth.scope).
+    WHOLE_TREE_REQUIRED = "WHOLE_TREE_REQUIRED"
 
     # archives
     INVALID_ADDRESS = "INVALID_ADDRESS"
@@ -69,6 +71,8 @@ class ErrorCode(StrEnum):
     DEVICE_IN_USE = "DEVICE_IN_USE"
     MODEL_IN_USE = "MODEL_IN_USE"
     METER_HAS_READINGS = "METER_HAS_READINGS"
+    # A meter serves only households in its own area's subtree (docs/security.md).
+    CROSS_AREA_ASSIGNMENT = "CROSS_AREA_ASSIGNMENT"
 
     # exports (Excel import/export shared by the domains)
     NOT_XLSX = "NOT_XLSX"

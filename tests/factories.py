@@ -60,15 +60,19 @@ async def make_staff(
     areas: Iterable[Area] = (),
     kind: RoleKind = RoleKind.operator,
 ) -> Staff:
-    """A staff user with one role holding ``permissions`` over ``areas``."""
+    """A staff user with one role holding ``permissions`` over ``areas``; the user and
+    the role belong to the first of ``areas`` (none: the company as a whole)."""
+    areas = list(areas)
+    unit_id = areas[0].id if areas else None
     role = await auth.create_role(
         session, actor=ROOT, name=unique("角色"), kind=kind, permissions=permissions,
-        area_ids=[a.id for a in areas if a.id is not None],
+        area_ids=[a.id for a in areas if a.id is not None], unit_id=unit_id,
     )
     username = unique("user")
     assert role.id is not None
     user = await auth.create_staff_user(
-        session, actor=ROOT, username=username, full_name=unique("员工"), password=PASSWORD, role_ids=[role.id], now=utcnow()
+        session, actor=ROOT, username=username, full_name=unique("员工"), password=PASSWORD, role_ids=[role.id], now=utcnow(),
+        unit_id=unit_id,
     )
     assert user.id is not None
     principal = await auth.load_principal(session, kind=PrincipalKind.staff, principal_id=user.id)

@@ -262,9 +262,12 @@ def write_workbook(path: str, *, tz: ZoneInfo, next_chunk: Callable[[], Sequence
     return written
 
 
-async def build_export(session: AsyncSession, *, export_filter: ExportFilter, path: str, tz: ZoneInfo) -> int:
-    """Stream the filtered log from a server-side cursor into an xlsx file at ``path``."""
-    statement = audit_query(**export_filter.query_arguments()).with_only_columns(*_COLUMNS)
+async def build_export(
+    session: AsyncSession, *, export_filter: ExportFilter, scope_patterns: Sequence[str] | None, path: str, tz: ZoneInfo
+) -> int:
+    """Stream the filtered log, the entries whose unit lies in ``scope_patterns``, from a
+    server-side cursor into an xlsx file at ``path``."""
+    statement = audit_query(scope_patterns=scope_patterns, **export_filter.query_arguments()).with_only_columns(*_COLUMNS)
     result = await session.stream(statement.execution_options(yield_per=CHUNK_ROWS))
     partitions = result.partitions(CHUNK_ROWS)
     loop = asyncio.get_running_loop()
@@ -334,7 +337,8 @@ def routes(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> li
         os.close(descriptor)
         try:
             async with sessions() as session:
-                rows = await build_export(session, export_filter=export_filter, path=path, tz=tz)
+                rows = await build_export(session, export_filter=export_filter, scope_patterns=principal.scope_patterns(),
+                                          path=path, tz=tz)
             now = utcnow()
             async with sessions() as session, session.begin():
                 await record_operation(

@@ -20,6 +20,7 @@ class AuditEntry(SQLModel, table=True):
         Index("ix_audit_log_at", "at"),
         Index("ix_audit_log_actor_at", "actor_kind", "actor_id", "at"),
         Index("ix_audit_log_module_at", "module", "at"),
+        Index("ix_audit_log_area_at", "area_id", "at"),
     )
 
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
@@ -35,3 +36,8 @@ class AuditEntry(SQLModel, table=True):
     success: bool = Field(sa_column=Column(Boolean, nullable=False))
     ip: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
     request_id: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    # The unit (区域) the entry belongs to: the subject's area, else the acting staff
+    # user's unit. NULL (anonymous, resident and client actors without a subject area):
+    # visible to whole-tree scope only. No foreign key: history must not block deleting
+    # an area, and an entry whose area is gone falls back to whole-tree scope.
+    area_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))

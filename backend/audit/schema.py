@@ -96,8 +96,9 @@ def _filter_of(value: AuditLogFilter | None) -> ExportFilter:
 async def _fetch_audit_entry(context: Any, pk: int) -> AuditEntryType | None:
     if context.principal is None or not context.principal.has("audit:read"):
         return None
+    statement = audit_query(scope_patterns=context.principal.scope_patterns()).where(AuditEntry.id == pk)  # type: ignore[arg-type]
     async with context.read() as session:
-        entry = await session.get(AuditEntry, pk)
+        entry = (await session.execute(statement)).scalars().first()
     return AuditEntryType.from_row(entry) if entry else None
 
 
@@ -119,7 +120,7 @@ class Query:
         filter: AuditLogFilter | None = None,
     ) -> Connection[AuditEntryType]:
         page = PageRequest.from_args(first, after, last, before)
-        statement = audit_query(**_filter_of(filter).query_arguments())
+        statement = audit_query(scope_patterns=info.context.caller.scope_patterns(), **_filter_of(filter).query_arguments())
         async with info.context.read() as session:
             return await paginate(session, statement, page, lambda row: AuditEntryType.from_row(row[0]))
 

@@ -2,11 +2,18 @@
 
 Every mutation writes one entry in its own transaction when it succeeds, and in a fresh
 transaction after the rollback when it is refused, so a refusal leaves exactly one row.
+
+Each entry belongs to a unit (``area_id``): the area of the operation's subject when the
+caller names one (the household, meter, user … it changed), else the acting staff user's
+unit. Anonymous, resident and API-client entries without a subject area have none and
+are read only with whole-tree scope: failed-login usernames and residents' phone numbers
+stay with the company's administrators. The log screen and its export show an entry only
+when its unit lies in the reader's scope (backend.auth.scope), inside the query.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +21,9 @@ from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.audit.models import AuditEntry
+from backend.auth.models import StaffUser
 from backend.auth.principal import Principal
+from backend.auth.scope import unit_visible
 
 REDACTED = "***"
 # Input keys whose values never reach the log (matched as substrings, case-insensitive).
@@ -67,8 +76,13 @@ async def record_operation(
     ip: str | None,
     request_id: str | None,
     actor_name: str | None = None,
+    subject_area_id: int | None = None,
 ) -> AuditEntry:
-    """Append one entry; ``payload`` is redacted here, so callers pass the raw input."""
+    """Append one entry; ``payload`` is redacted here, so callers pass the raw input.
+    The entry's unit is ``subject_area_id``, else the acting staff user's unit."""
+    area_id: Any = subject_area_id
+    if area_id is None and actor is not None and actor.is_staff:
+        area_id = select(StaffUser.area_id).where(StaffUser.id == actor.id).scalar_subquery()  # type: ignore[call-overload,arg-type]
     entry = AuditEntry(
         at=at,
         actor_kind=actor.kind.value if actor else "anonymous",
@@ -81,6 +95,7 @@ async def record_operation(
         success=success,
         ip=ip,
         request_id=request_id,
+        area_id=area_id,
     )
     session.add(entry)
     await session.flush()
@@ -89,6 +104,7 @@ async def record_operation(
 
 def audit_query(
     *,
+    scope_patterns: Sequence[str] | None,
     actor_id: int | None = None,
     actor_kind: str | None = None,
     module: str | None = None,
@@ -96,8 +112,9 @@ def audit_query(
     until: datetime | None = None,
     success: bool | None = None,
 ) -> Select[AuditEntry]:
-    """The filtered, newest-first statement behind the log screen and its export."""
-    statement = select(AuditEntry)
+    """The filtered, newest-first statement behind the log screen and its export: entries
+    whose unit lies in ``scope_patterns`` (``None``: all, for system callers)."""
+    statement = select(AuditEntry).where(unit_visible(AuditEntry.area_id, scope_patterns))
     if actor_id is not None:
         statement = statement.where(AuditEntry.actor_id == actor_id)  # type: ignore[arg-type]
     if actor_kind is not None:

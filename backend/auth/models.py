@@ -37,6 +37,10 @@ def _pk() -> Column:  # type: ignore[type-arg]
     return Column(BigInteger, primary_key=True, autoincrement=True)
 
 
+def _unit_column() -> Column:  # type: ignore[type-arg]
+    return Column(BigInteger, ForeignKey("areas.id"), nullable=True, index=True)
+
+
 class StaffUser(SQLModel, table=True):
     __tablename__ = "staff_users"
     __mapper_args__ = {"eager_defaults": True}  # server defaults come back with RETURNING
@@ -51,6 +55,9 @@ class StaffUser(SQLModel, table=True):
     created_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=False, server_default=func.now()))
     updated_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=False, server_default=func.now()))
     last_login_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))
+    # The unit (区域) the user belongs to: only an administrator whose scope covers it sees
+    # or edits the user. NULL: the company as a whole (whole-tree scope only).
+    area_id: int | None = Field(default=None, sa_column=_unit_column())
 
 
 class Role(SQLModel, table=True):
@@ -63,6 +70,8 @@ class Role(SQLModel, table=True):
     parent_id: int | None = Field(default=None, sa_column=Column(BigInteger, ForeignKey("roles.id"), nullable=True))
     description: str = Field(default="", sa_column=Column(String(400), nullable=False, server_default=""))
     created_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=False, server_default=func.now()))
+    # The unit the role belongs to (who may see and edit it), apart from the areas it grants.
+    area_id: int | None = Field(default=None, sa_column=_unit_column())
 
 
 class RolePermission(SQLModel, table=True):

@@ -71,6 +71,15 @@ class AreaIdsByRoleIdLoader(SessionLoader[int, list[int]]):
 # --------------------------------------------------------------------------- types
 
 
+async def _unit(info: Info, area_pk: int | None) -> AreaRef | None:
+    """A user's or role's unit, when the caller's scope covers it."""
+    if area_pk is None:
+        return None
+    area = await info.context.loader(AreaByIdLoader).load(area_pk)
+    principal: Principal | None = info.context.principal
+    return AreaType.from_row(area) if area is not None and principal is not None and principal.in_scope(area.path) else None
+
+
 @strawberry.type(name="Permission", description="A menu permission, as resource:action.")
 class PermissionType:
     code: str
@@ -115,14 +124,19 @@ class RoleType(Node):
     created_at: datetime
     pk: strawberry.Private[int]
     parent_pk: strawberry.Private[int | None]
+    unit_pk: strawberry.Private[int | None]
 
     @classmethod
     def from_row(cls, role: Role) -> RoleType:
         assert role.id is not None and role.created_at is not None
         return cls(
             id=encode_id("Role", role.id), name=role.name, kind=role.kind, description=role.description,
-            created_at=role.created_at, pk=role.id, parent_pk=role.parent_id,
+            created_at=role.created_at, pk=role.id, parent_pk=role.parent_id, unit_pk=role.area_id,
         )
+
+    @strawberry.field(description="所属单位: who may see and edit the role; null for the whole company or outside your scope.")
+    async def unit(self, info: Info) -> AreaRef | None:
+        return await _unit(info, self.unit_pk)
 
     @strawberry.field(description="上级角色")
     async def parent(self, info: Info) -> RoleType | None:
@@ -152,6 +166,7 @@ class StaffUserType(Node):
     created_at: datetime
     last_login_at: datetime | None
     pk: strawberry.Private[int]
+    unit_pk: strawberry.Private[int | None]
 
     @classmethod
     def from_row(cls, user: StaffUser) -> StaffUserType:
@@ -159,8 +174,12 @@ class StaffUserType(Node):
         return cls(
             id=encode_id("StaffUser", user.id), username=user.username, full_name=user.full_name,
             email=user.email, phone=user.phone, is_active=user.is_active, created_at=user.created_at,
-            last_login_at=user.last_login_at, pk=user.id,
+            last_login_at=user.last_login_at, pk=user.id, unit_pk=user.area_id,
         )
+
+    @strawberry.field(description="所属单位: who may see and edit the user; null for the whole company or outside your scope.")
+    async def unit(self, info: Info) -> AreaRef | None:
+        return await _unit(info, self.unit_pk)
 
     @strawberry.field
     async def roles(self, info: Info) -> list[RoleType]:
@@ -302,6 +321,9 @@ class CreateStaffUserInput:
     email: str | None = None
     phone: str | None = None
     role_ids: list[strawberry.ID] = strawberry.field(default_factory=list)
+    unit_id: strawberry.ID | None = strawberry.field(
+        default=None, description="所属单位 (an Area within your scope); default: your own top area."
+    )
 
 
 @strawberry.input
@@ -311,6 +333,7 @@ class UpdateStaffUserInput:
     phone: str | None = None
     role_ids: list[strawberry.ID] | None = None
     is_active: bool | None = None
+    unit_id: strawberry.ID | None = strawberry.field(default=None, description="Move the user to this unit (an Area within your scope).")
 
 
 @strawberry.input
@@ -321,6 +344,9 @@ class RoleInput:
     area_ids: list[strawberry.ID]
     parent_id: strawberry.ID | None = None
     description: str = ""
+    unit_id: strawberry.ID | None = strawberry.field(
+        default=None, description="所属单位 (an Area within your scope); default: your own top area."
+    )
 
 
 @strawberry.input
@@ -332,6 +358,11 @@ class UpdateRoleInput:
     description: str | None = None
     permissions: list[str] | None = None
     area_ids: list[strawberry.ID] | None = None
+    unit_id: strawberry.ID | None = strawberry.field(default=None, description="Move the role to this unit (an Area within your scope).")
+
+
+def _unit_id(value: strawberry.ID | None) -> int | None:
+    return decode_id(value, "Area", field="unitId") if value else None
 
 
 @strawberry.input
@@ -354,15 +385,18 @@ def _ids(values: list[strawberry.ID] | None, type_name: str, field: str) -> froz
 async def _fetch_staff_user(context: Any, pk: int) -> StaffUserType | None:
     if context.principal is None or not context.principal.has("users:read"):
         return None
+    statement = service.staff_users_statement(scope_patterns=context.principal.scope_patterns()).where(StaffUser.id == pk)  # type: ignore[arg-type]
     async with context.read() as session:
-        user = await session.get(StaffUser, pk)
+        user = (await session.execute(statement)).scalars().first()
     return StaffUserType.from_row(user) if user else None
 
 
 async def _fetch_role(context: Any, pk: int) -> RoleType | None:
     if context.principal is None or not context.principal.has("roles:read"):
         return None
-    role = await context.loader(RoleByIdLoader).load(pk)
+    statement = service.roles_statement(scope_patterns=context.principal.scope_patterns()).where(Role.id == pk)  # type: ignore[arg-type]
+    async with context.read() as session:
+        role = (await session.execute(statement)).scalars().first()
     return RoleType.from_row(role) if role else None
 
 
@@ -403,8 +437,10 @@ class Query:
     ) -> Connection[StaffUserType]:
         page = PageRequest.from_args(first, after, last, before)
         async with info.context.read() as session:
-            return await paginate(session, service.staff_users_statement(search=search, is_active=is_active), page,
-                                  lambda row: StaffUserType.from_row(row[0]))
+            statement = service.staff_users_statement(
+                scope_patterns=info.context.caller.scope_patterns(), search=search, is_active=is_active
+            )
+            return await paginate(session, statement, page, lambda row: StaffUserType.from_row(row[0]))
 
     @strawberry.field(permission_classes=[Requires("roles:read")], description="Roles (角色管理).")
     async def roles(
@@ -413,7 +449,8 @@ class Query:
     ) -> Connection[RoleType]:
         page = PageRequest.from_args(first, after, last, before)
         async with info.context.read() as session:
-            return await paginate(session, service.roles_statement(search=search), page, lambda row: RoleType.from_row(row[0]))
+            statement = service.roles_statement(scope_patterns=info.context.caller.scope_patterns(), search=search)
+            return await paginate(session, statement, page, lambda row: RoleType.from_row(row[0]))
 
     @strawberry.field(permission_classes=[Requires("clients:manage")], description="Third-party API clients.")
     async def api_clients(
@@ -576,6 +613,7 @@ class Mutation:
             return await service.create_staff_user(
                 session, actor=actor, username=input.username, full_name=input.full_name, password=input.password,
                 email=input.email, phone=input.phone, role_ids=_ids(input.role_ids, "Role", "roleIds") or (), now=now,
+                unit_id=_unit_id(input.unit_id),
             )
 
         return await run_mutation(info, module="system", action="createStaffUser",
@@ -589,6 +627,7 @@ class Mutation:
             changes = service.StaffUserChanges(
                 full_name=input.full_name, email=input.email, phone=input.phone,
                 role_ids=_ids(input.role_ids, "Role", "roleIds"), is_active=input.is_active,
+                unit_id=_unit_id(input.unit_id),
             )
             return await service.update_staff_user(session, actor=actor, user_id=decode_id(id, "StaffUser"), changes=changes, now=now)
 
@@ -628,7 +667,7 @@ class Mutation:
                 session, actor=actor, name=input.name, kind=input.kind, permissions=input.permissions,
                 area_ids=_ids(input.area_ids, "Area", "areaIds") or (),
                 parent_id=decode_id(input.parent_id, "Role", field="parentId") if input.parent_id else None,
-                description=input.description,
+                description=input.description, unit_id=_unit_id(input.unit_id),
             )
 
         return await run_mutation(info, module="system", action="createRole",
@@ -644,7 +683,7 @@ class Mutation:
                 parent_id=decode_id(input.parent_id, "Role", field="parentId") if input.parent_id else None,
                 clear_parent=input.clear_parent, description=input.description,
                 permissions=frozenset(input.permissions) if input.permissions is not None else None,
-                area_ids=_ids(input.area_ids, "Area", "areaIds"),
+                area_ids=_ids(input.area_ids, "Area", "areaIds"), unit_id=_unit_id(input.unit_id),
             )
             return await service.update_role(session, actor=actor, role_id=decode_id(id, "Role"), changes=changes)
 

@@ -12,6 +12,13 @@ Decisions (README "Auth"):
   granter's, its areas must lie within the granter's scope, and a child role never holds
   more than its parent or ranks above it. The same holds for assigning roles and for API
   client scopes. Users and roles the actor could not have granted are not theirs to edit.
+- Staff users and roles belong to a unit (``area_id``, backend.auth.scope): lists show,
+  and edits reach, only those whose unit lies in the actor's scope (NOT_FOUND otherwise).
+  The unit is chosen at creation within the actor's scope, by default the actor's own
+  top area.
+- The role hierarchy is changed from above: a parent role must lie in the actor's scope,
+  and no one edits or deletes a role they hold or one above it (so a district
+  administrator cannot detach, widen or re-parent their own role).
 - Staff users with history are deactivated, not deleted.
 """
 
@@ -26,12 +33,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Select, delete, exists, func, or_, select, text, update
+from sqlalchemy import Select, delete, exists, func, not_, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.archives.models import Area, Household
-from backend.archives.service import require_areas
+from backend.archives.service import in_scope, require_areas
 from backend.audit.models import AuditEntry
 from backend.auth import errors
 from backend.auth.catalog import ALL_PERMISSIONS, CLIENT_SCOPES, RESIDENT_PERMISSIONS
@@ -52,6 +59,7 @@ from backend.auth.models import (
     StaffUserRole,
 )
 from backend.auth.principal import Principal
+from backend.auth.scope import unit_in_scope, unit_visible, whole_tree
 from backend.auth.security import (
     check_password_strength,
     decode_access_token,
@@ -452,15 +460,65 @@ def _check_known_permissions(
         )
 
 
-async def _check_role_editable(session: AsyncSession, actor: Principal, role_id: int) -> Role:
-    role = await session.get(Role, role_id, with_for_update=True)
+async def _role_in_scope(session: AsyncSession, actor: Principal, role_id: int, *, field: str, lock: bool = False) -> Role:
+    """Role ``role_id`` when its unit lies in the actor's scope; NOT_FOUND otherwise."""
+    statement = select(Role).where(Role.id == role_id, unit_visible(Role.area_id, actor.scope_patterns()))  # type: ignore[arg-type]
+    if lock:
+        statement = statement.with_for_update(of=Role)  # type: ignore[arg-type]
+    role = (await session.execute(statement)).scalars().first()
     if role is None:
-        raise NotFound(field="id")
+        raise NotFound(field=field)
+    return role
+
+
+_HELD_OR_ABOVE = text(
+    """
+    WITH RECURSIVE up AS (
+        SELECT r.id, r.parent_id FROM roles r JOIN staff_user_roles ur ON ur.role_id = r.id WHERE ur.user_id = :user_id
+        UNION SELECT r.id, r.parent_id FROM roles r JOIN up ON r.id = up.parent_id
+    )
+    SELECT EXISTS (SELECT 1 FROM up WHERE id = :role_id)
+    """
+)
+
+
+async def _check_role_editable(session: AsyncSession, actor: Principal, role_id: int) -> Role:
+    role = await _role_in_scope(session, actor, role_id, field="id", lock=True)
+    if actor.is_staff and (await session.execute(_HELD_OR_ABOVE, {"user_id": actor.id, "role_id": role_id})).scalar_one():
+        # Changed from above only: a holder could otherwise detach, widen or re-parent it.
+        raise errors.RoleHierarchy("不能修改或删除自己持有的角色及其上级角色",
+                                   "You cannot change or delete a role you hold, nor one above it", field="id")
     held, paths = await _role_grants(session, [role_id])
     if not held <= actor.permissions or not all(actor.in_scope(p) for p in paths):
         # A role above the actor is not theirs to edit.
         raise errors.GrantExceedsOwn(field="id")
     return role
+
+
+# --------------------------------------------------------------------------- units
+
+
+async def _unit_for(session: AsyncSession, actor: Principal, unit_id: int | None) -> int | None:
+    """The unit a new or moved user or role belongs to: ``unit_id`` when it lies in the
+    actor's scope (UNKNOWN_AREA otherwise), by default the actor's top area. An actor
+    whose scope has several top areas names one; a whole-tree actor without a single
+    root gets NULL (the company as a whole)."""
+    patterns = actor.scope_patterns()
+    if unit_id is not None:
+        if await session.get(Area, unit_id) is None or not await unit_in_scope(session, unit_id, patterns):
+            raise errors.UnknownArea(field="unitId")
+        return unit_id
+    parent = Area.__table__.alias("parent")  # type: ignore[attr-defined]
+    tops: list[int] = list((await session.execute(
+        select(Area.id).outerjoin(parent, parent.c.id == Area.parent_id)  # type: ignore[call-overload]
+        .where(in_scope(Area.path, patterns), or_(parent.c.id.is_(None), not_(in_scope(parent.c.path, patterns))))
+        .order_by(Area.id).limit(2)
+    )).scalars())
+    if len(tops) == 1:
+        return tops[0]
+    if (await session.execute(select(whole_tree(patterns)))).scalar_one():
+        return None
+    raise DomainError("请选择所属单位", "Choose the unit it belongs to", field="unitId", code=ErrorCode.REQUIRED)
 
 
 # --------------------------------------------------------------------------- roles
@@ -475,6 +533,7 @@ class RoleChanges:
     description: str | None = None
     permissions: frozenset[str] | None = None
     area_ids: frozenset[int] | None = None
+    unit_id: int | None = None
 
 
 async def _validate_role(
@@ -511,9 +570,8 @@ async def _validate_role(
         ).scalar_one():
             # The new parent is the role itself or one of its descendants: a cycle.
             raise errors.RoleHierarchy(field="parentId")
-        parent = await session.get(Role, parent_id)
-        if parent is None:
-            raise NotFound(field="parentId")
+        # Only a role in the actor's scope can be a parent (not 系统管理员 for a district).
+        parent = await _role_in_scope(session, actor, parent_id, field="parentId")
         if kind.rank < parent.kind.rank:
             raise errors.RoleHierarchy(field="kind")
         parent_permissions, parent_paths = await _role_grants(session, [parent_id])
@@ -585,13 +643,16 @@ async def create_role(
     area_ids: Iterable[int],
     parent_id: int | None = None,
     description: str = "",
+    unit_id: int | None = None,
 ) -> Role:
+    """Add a role belonging to unit ``unit_id`` (default: the actor's own top area)."""
     wanted_permissions, wanted_areas = frozenset(permissions), frozenset(area_ids)
     await _validate_role(
         session, actor, role_id=None, name=name, kind=kind, parent_id=parent_id,
         permissions=wanted_permissions, area_ids=wanted_areas,
     )
-    role = Role(name=name.strip(), kind=kind, parent_id=parent_id, description=description.strip()[:400])
+    unit = await _unit_for(session, actor, unit_id)
+    role = Role(name=name.strip(), kind=kind, parent_id=parent_id, description=description.strip()[:400], area_id=unit)
     session.add(role)
     await session.flush()
     assert role.id is not None
@@ -616,6 +677,8 @@ async def update_role(session: AsyncSession, *, actor: Principal, role_id: int, 
         permissions=permissions, area_ids=area_ids,
     )
     role.name, role.kind, role.parent_id = name.strip(), kind, parent_id
+    if changes.unit_id is not None:
+        role.area_id = await _unit_for(session, actor, changes.unit_id)
     if changes.description is not None:
         role.description = changes.description.strip()[:400]
     await _write_grants(session, role_id, permissions, area_ids)
@@ -639,8 +702,9 @@ async def delete_role(session: AsyncSession, *, actor: Principal, role_id: int) 
     return role
 
 
-def roles_statement(*, search: str | None = None) -> Select[Role]:
-    statement = select(Role)
+def roles_statement(*, scope_patterns: Sequence[str] | None, search: str | None = None) -> Select[Role]:
+    """Roles whose unit lies in the scope (``None``: every role, for system callers)."""
+    statement = select(Role).where(unit_visible(Role.area_id, scope_patterns))  # type: ignore[arg-type]
     if search:
         statement = statement.where(Role.name.contains(search, autoescape=True))  # type: ignore[attr-defined]
     return statement.order_by(Role.id)  # type: ignore[arg-type]
@@ -683,6 +747,7 @@ class StaffUserChanges:
     phone: str | None = None
     role_ids: frozenset[int] | None = None
     is_active: bool | None = None
+    unit_id: int | None = None
 
 
 def _validate_profile(*, username: str | None, full_name: str | None, email: str | None, phone: str | None) -> None:
@@ -700,16 +765,31 @@ def _validate_profile(*, username: str | None, full_name: str | None, email: str
         raise ValidationFailed(problems)
 
 
-async def _check_roles_assignable(session: AsyncSession, actor: Principal, role_ids: frozenset[int]) -> None:
+async def _check_roles_assignable(
+    session: AsyncSession, actor: Principal, role_ids: frozenset[int], held: frozenset[int] = frozenset()
+) -> None:
+    """The roles exist, hold nothing beyond the actor's grants, and those not already
+    ``held`` by the user lie in the actor's scope (an unseen role is unknown)."""
     found = await roles_by_ids(session, role_ids)
     if len(found) != len(role_ids):
         raise NotFound("角色不存在", "Unknown role", field="roleIds")
+    added = sorted(role_ids - held)
+    if added:
+        visible = (await session.execute(select(func.count()).select_from(Role).where(  # type: ignore[arg-type]
+            Role.id.in_(added), unit_visible(Role.area_id, actor.scope_patterns())))).scalar_one()  # type: ignore[union-attr]
+        if visible != len(added):
+            raise NotFound("角色不存在", "Unknown role", field="roleIds")
     permissions, paths = await _role_grants(session, sorted(role_ids))
     _check_grantable(actor, permissions, paths, field="roleIds")
 
 
 async def _check_user_editable(session: AsyncSession, actor: Principal, user_id: int) -> StaffUser:
-    user = await session.get(StaffUser, user_id, with_for_update=True)
+    """The user, locked, when their unit lies in the actor's scope (NOT_FOUND otherwise)
+    and they hold nothing beyond the actor's grants."""
+    user = (await session.execute(
+        select(StaffUser).where(StaffUser.id == user_id, unit_visible(StaffUser.area_id, actor.scope_patterns()))  # type: ignore[arg-type]
+        .with_for_update(of=StaffUser)  # type: ignore[arg-type]
+    )).scalars().first()
     if user is None:
         raise NotFound(field="id")
     current = (await session.execute(select(StaffUserRole.role_id).where(StaffUserRole.user_id == user_id))).scalars().all()  # type: ignore[call-overload,arg-type]
@@ -736,7 +816,9 @@ async def create_staff_user(
     email: str | None = None,
     phone: str | None = None,
     now: datetime,
+    unit_id: int | None = None,
 ) -> StaffUser:
+    """Add a staff user belonging to unit ``unit_id`` (default: the actor's own top area)."""
     username = username.strip()
     _validate_profile(username=username, full_name=full_name, email=email, phone=phone)
     check_password_strength(password)
@@ -744,9 +826,10 @@ async def create_staff_user(
         raise errors.Duplicate("用户名已存在", "This username is taken", field="username")
     wanted_roles = frozenset(role_ids)
     await _check_roles_assignable(session, actor, wanted_roles)
+    unit = await _unit_for(session, actor, unit_id)
     user = StaffUser(
         username=username, full_name=full_name.strip(), email=email or None, phone=phone or None,
-        password_hash=await asyncio.to_thread(hash_password, password), created_at=now, updated_at=now,
+        password_hash=await asyncio.to_thread(hash_password, password), created_at=now, updated_at=now, area_id=unit,
     )
     session.add(user)
     await session.flush()
@@ -758,10 +841,10 @@ async def create_staff_user(
 async def update_staff_user(
     session: AsyncSession, *, actor: Principal, user_id: int, changes: StaffUserChanges, now: datetime
 ) -> StaffUser:
-    user = await _check_user_editable(session, actor, user_id)
-    _validate_profile(username=None, full_name=changes.full_name, email=changes.email, phone=changes.phone)
     if changes.is_active is False and user_id == actor.id and actor.is_staff:
         raise errors.CannotDeactivateSelf(field="isActive")
+    user = await _check_user_editable(session, actor, user_id)
+    _validate_profile(username=None, full_name=changes.full_name, email=changes.email, phone=changes.phone)
     if changes.full_name is not None:
         user.full_name = changes.full_name.strip()
     if changes.email is not None:
@@ -769,8 +852,11 @@ async def update_staff_user(
     if changes.phone is not None:
         user.phone = changes.phone or None
     if changes.role_ids is not None:
-        await _check_roles_assignable(session, actor, changes.role_ids)
+        held = frozenset((await user_role_ids(session, [user_id]))[user_id])
+        await _check_roles_assignable(session, actor, changes.role_ids, held)
         await _set_user_roles(session, user_id, changes.role_ids)
+    if changes.unit_id is not None:
+        user.area_id = await _unit_for(session, actor, changes.unit_id)
     if changes.is_active is not None:
         user.is_active = changes.is_active
         if not changes.is_active:
@@ -858,8 +944,11 @@ async def delete_staff_user(session: AsyncSession, *, actor: Principal, user_id:
     return user
 
 
-def staff_users_statement(*, search: str | None = None, is_active: bool | None = None) -> Select[StaffUser]:
-    statement = select(StaffUser)
+def staff_users_statement(
+    *, scope_patterns: Sequence[str] | None, search: str | None = None, is_active: bool | None = None
+) -> Select[StaffUser]:
+    """Staff users whose unit lies in the scope (``None``: all, for system callers)."""
+    statement = select(StaffUser).where(unit_visible(StaffUser.area_id, scope_patterns))  # type: ignore[arg-type]
     if search:
         like = f"%{search}%"
         statement = statement.where(

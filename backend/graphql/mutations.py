@@ -89,10 +89,11 @@ async def run_mutation(
     # several mutations.
     arguments = plain(audit_input if audit_input is not None else field_arguments(info))
 
-    async def audit(session: AsyncSession, who: Principal | None, summary: str, success: bool) -> None:
+    async def audit(session: AsyncSession, who: Principal | None, summary: str, success: bool, subject: object = None) -> None:
         await record_operation(
             session, at=utcnow(), actor=who, module=module, action=action, summary=summary,
             payload=arguments, success=success, ip=context.ip, request_id=context.request_id,
+            subject_area_id=subject_area_id(subject),
         )
 
     try:
@@ -103,7 +104,7 @@ async def run_mutation(
             async with context.write() as session:
                 result = await work(session)
                 who = actor(result) if actor is not None else context.principal
-                await audit(session, who, f"{describe(result)}: 成功", True)
+                await audit(session, who, f"{describe(result)}: 成功", True, result)
         except IntegrityError as clash:
             # A unique key taken by a concurrent request between a service's check and its
             # insert: the same refusal the check would have given, not a crash.
@@ -124,6 +125,13 @@ async def run_mutation(
             await audit(session, context.principal, f"{describe(None)}: 失败 (内部错误 {context.request_id})", False)
         raise
     return payload(result, [])
+
+
+def subject_area_id(result: object) -> int | None:
+    """The area of what a mutation changed, when it has one (a household, meter, staff
+    user, role …): the unit its audit entry belongs to (else the actor's)."""
+    area_id = getattr(result, "area_id", None)
+    return area_id if isinstance(area_id, int) and not isinstance(area_id, bool) else None
 
 
 def field_arguments(info: Info) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from backend.app import create_app
+from backend.archives.models import AreaKind
+from backend.archives.service import create_area
 from backend.audit import http as audit_http
 from backend.audit.models import AuditEntry
 from backend.audit.service import audit_query, record_operation
@@ -103,7 +105,7 @@ async def test_audit_query_filters_by_module_actor_time_and_result(session: Asyn
     await _record(session, at=T0 + timedelta(hours=3), actor=resident, module="zz_billing")
 
     async def summaries(**filters: Any) -> list[tuple[str, str, datetime]]:
-        rows = (await session.execute(audit_query(**filters))).scalars().all()
+        rows = (await session.execute(audit_query(scope_patterns=None, **filters))).scalars().all()
         return [(row.actor_name, row.module, row.at) for row in rows if row.module.startswith("zz_")]
 
     assert [r[2] for r in await summaries(module="zz_billing")] == [
@@ -129,7 +131,7 @@ async def test_build_export_streams_rows_in_chunks_across_sheets(
     path = str(tmp_path / "log.xlsx")
 
     rows = await audit_http.build_export(
-        session, export_filter=audit_http.ExportFilter(module="zz_export"), path=path, tz=SHANGHAI
+        session, export_filter=audit_http.ExportFilter(module="zz_export"), scope_patterns=None, path=path, tz=SHANGHAI
     )
 
     assert rows == 5
@@ -185,10 +187,12 @@ def module_engine(committed_engine: AsyncEngine) -> AsyncEngine:
 @pytest.fixture(scope="module")
 async def people(module_engine: AsyncEngine) -> People:
     async with session_factory(module_engine)() as session, session.begin():
-        admin = await make_staff(session)
-        reader = await make_staff(session, permissions={"audit:read"})
-        nobody = await make_staff(session, permissions=())
-        subject = await make_staff(session, permissions={"areas:read"})
+        # One company, the whole tree: its administrators read every entry.
+        company = await create_area(session, name="示范水务", kind=AreaKind.company)
+        admin = await make_staff(session, areas=[company])
+        reader = await make_staff(session, permissions={"audit:read"}, areas=[company])
+        nobody = await make_staff(session, permissions=(), areas=[company])
+        subject = await make_staff(session, permissions={"areas:read"}, areas=[company])
     return People(admin, reader, nobody, subject)
 
 

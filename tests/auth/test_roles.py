@@ -290,13 +290,14 @@ async def test_update_role_keeps_its_own_name_without_a_duplicate_error(session:
 async def test_an_actor_cannot_edit_or_delete_a_role_holding_more_than_they_do(session: AsyncSession) -> None:
     tree = await make_area_tree(session)
     manager = await east_role_manager(session, tree)
+    # Both belong to the manager's own unit: what they grant is what makes them not the manager's.
     bigger = await auth.create_role(
         session, actor=ROOT, name="收费主管", kind=RoleKind.operator,
-        permissions={"readings:read", "payments:collect"}, area_ids=[tree.east.id or 0],
+        permissions={"readings:read", "payments:collect"}, area_ids=[tree.east.id or 0], unit_id=tree.east.id,
     )
     wider = await auth.create_role(
         session, actor=ROOT, name="全公司抄表", kind=RoleKind.operator,
-        permissions={"readings:read"}, area_ids=[tree.company.id or 0],
+        permissions={"readings:read"}, area_ids=[tree.company.id or 0], unit_id=tree.east.id,
     )
     before = await row_counts(session, *ROLE_TABLES)
 

@@ -26,7 +26,7 @@ async def east_user_manager(session: AsyncSession, tree: AreaTree) -> Staff:
 async def role_id(session: AsyncSession, *, permissions: set[str], tree: AreaTree, area: str = "east") -> int:
     role = await auth.create_role(
         session, actor=ROOT, name=f"角色-{area}-{'-'.join(sorted(permissions))}", kind=RoleKind.operator,
-        permissions=permissions, area_ids=[getattr(tree, area).id],
+        permissions=permissions, area_ids=[getattr(tree, area).id], unit_id=tree.east.id,
     )
     assert role.id is not None
     return role.id
