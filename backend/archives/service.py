@@ -57,6 +57,7 @@ from backend.archives.models import (
     MeterType,
 )
 from backend.auth.errors import UnknownArea
+from backend.auth.scope import require_whole_tree
 from backend.errors import DomainError, ErrorCode, NotFound, ValidationFailed
 from backend.pagination import PagedQuery
 from backend.readings.models import ReadingQuality
@@ -915,8 +916,13 @@ def _register_of(model: MeterModel | MeterModelFields | None) -> tuple[Decimal, 
     return model.multiplier, model.register_digits
 
 
-async def save_meter_model(session: AsyncSession, *, fields: MeterModelFields, model_id: int | None = None) -> MeterModel:
-    """Create a meter model, or replace model ``model_id``'s fields (catalog data, not scoped)."""
+async def save_meter_model(
+    session: AsyncSession, *, fields: MeterModelFields, model_id: int | None = None, scope_patterns: Sequence[str] | None = None
+) -> MeterModel:
+    """Create a meter model, or replace model ``model_id``'s fields. The catalog is shared
+    by every district: anyone may read it, changing it needs whole-tree scope
+    (WHOLE_TREE_REQUIRED otherwise)."""
+    await require_whole_tree(session, scope_patterns)
     problems: list[DomainError] = []
     _text_field(problems, fields.vendor, "vendor", limit=100)
     _text_field(problems, fields.name, "name", limit=100)
@@ -959,7 +965,9 @@ async def save_meter_model(session: AsyncSession, *, fields: MeterModelFields, m
     return model
 
 
-async def delete_meter_model(session: AsyncSession, *, model_id: int) -> MeterModel:
+async def delete_meter_model(session: AsyncSession, *, model_id: int, scope_patterns: Sequence[str] | None = None) -> MeterModel:
+    """Delete a model no meter uses; like any change of the shared catalog, it needs whole-tree scope."""
+    await require_whole_tree(session, scope_patterns)
     model = await session.get(MeterModel, model_id)
     if model is None:
         raise NotFound(field="id")

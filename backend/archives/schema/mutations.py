@@ -521,20 +521,22 @@ class Mutation:
 
         return await _run(info, "deleteCollector", lambda c: f"删除采集器 {c.address if c else id}", _collector, work)
 
-    @strawberry.mutation(permission_classes=MANAGE, description="Add a meter model (型号), or replace model `id`'s fields.")
+    @strawberry.mutation(permission_classes=MANAGE, description="Add a meter model (型号), or replace model `id`'s fields. "
+                         "The catalog is shared by the whole company: changing it needs a scope over every area.")
     async def save_meter_model(self, info: Info, input: MeterModelInput, id: strawberry.ID | None = None) -> MeterModelPayload:
         async def work(session: AsyncSession) -> Any:
             return await service.save_meter_model(session, fields=input.fields(),
-                                                  model_id=decode_id(id, "MeterModel") if id else None)
+                                                  model_id=decode_id(id, "MeterModel") if id else None,
+                                                  scope_patterns=_scope(info))
 
         verb = "修改" if id else "新增"
         return await _run(info, "saveMeterModel", lambda _: f"{verb}水表型号 {input.vendor[:32]} {input.name[:32]}",
                           _meter_model, work)
 
-    @strawberry.mutation(permission_classes=MANAGE, description="Delete a meter model no meter uses.")
+    @strawberry.mutation(permission_classes=MANAGE, description="Delete a meter model no meter uses (needs a scope over every area).")
     async def delete_meter_model(self, info: Info, id: strawberry.ID) -> MeterModelPayload:
         async def work(session: AsyncSession) -> Any:
-            return await service.delete_meter_model(session, model_id=decode_id(id, "MeterModel"))
+            return await service.delete_meter_model(session, model_id=decode_id(id, "MeterModel"), scope_patterns=_scope(info))
 
         return await _run(info, "deleteMeterModel", lambda m: f"删除水表型号 {f'{m.vendor} {m.name}' if m else id}",
                           _meter_model, work)

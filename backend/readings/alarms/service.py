@@ -43,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.archives.models import Area, Household, Meter, MeterAssignment, MeterModel
 from backend.archives.service import in_scope, path_in_scope
 from backend.auth.errors import UnknownArea
+from backend.auth.scope import covers_whole_tree
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.events.service import EventKind, emit_event
 from backend.pagination import PagedQuery
@@ -584,10 +585,6 @@ async def close_alarm(
 # --------------------------------------------------------------------------- rules
 
 
-def _unrestricted(scope_patterns: Sequence[str] | None) -> bool:
-    return scope_patterns is None or "/%" in scope_patterns
-
-
 def _check_threshold(kind: AlarmKind, threshold: Decimal) -> Decimal:
     if not threshold.is_finite() or threshold < 0 or threshold >= Decimal(10) ** 8:
         raise DomainError("阈值须为 0 到 99999999 之间的数", "The threshold must be a number from 0 to 99999999",
@@ -608,13 +605,14 @@ async def set_alarm_rule(
 ) -> AlarmRule:
     """Create or replace the rule of ``kind`` for this area subtree and/or meter model
     (both ``None``: the global default). An area must lie in the scope; rules that reach
-    beyond one area (global or per model) need an unrestricted scope."""
+    beyond one area (global or per model) are shared by the whole company and need
+    whole-tree scope (backend.auth.scope)."""
     threshold = _check_threshold(kind, threshold)
     if area_id is not None:
         area = await session.get(Area, area_id)
         if area is None or not path_in_scope(area.path, scope_patterns):
             raise UnknownArea(field="areaId")
-    elif not _unrestricted(scope_patterns):
+    elif not await covers_whole_tree(session, scope_patterns):
         raise UnknownArea("全局或按型号的规则需要全部区域的权限", "A rule beyond one area needs a scope over every area",
                           field="areaId")
     if meter_model_id is not None and await session.get(MeterModel, meter_model_id) is None:
@@ -645,7 +643,7 @@ async def delete_alarm_rule(session: AsyncSession, *, rule_id: int, scope_patter
     rule = await _rule_in_scope(session, rule_id, scope_patterns, lock=True)
     if rule.area_id is None and rule.meter_model_id is None:
         raise DefaultRuleKept(field="id")
-    if rule.area_id is None and not _unrestricted(scope_patterns):
+    if rule.area_id is None and not await covers_whole_tree(session, scope_patterns):
         raise NotFound(field="id")
     await session.delete(rule)
     await session.flush()
