@@ -69,9 +69,11 @@ async def _area(session: AsyncSession, name: str, kind: AreaKind, parent: Area |
 async def _role(session: AsyncSession, name: str, kind: RoleKind, permissions: frozenset[str], areas: list[Area],
                 parent: Role | None, description: str) -> Role:
     found = (await session.execute(select(Role).where(Role.name == name))).scalars().first()  # type: ignore[arg-type]
+    # A role belongs to the unit of its first area (the district of a district's role).
     return found or await auth.create_role(
         session, actor=_SYSTEM, name=name, kind=kind, permissions=permissions,
         area_ids=[a.id for a in areas if a.id is not None], parent_id=parent.id if parent else None, description=description,
+        unit_id=areas[0].id if areas else None,
     )
 
 
@@ -79,9 +81,11 @@ async def _user(session: AsyncSession, login: DemoLogin, full_name: str, role: R
     if (await session.execute(select(StaffUser.id).where(StaffUser.username == login.username))).first():  # type: ignore[call-overload]
         return
     assert role.id is not None
+    # A user belongs to their role's unit: the cashier to 城东片区, the administrators to the company.
     await auth.create_staff_user(
         session, actor=_SYSTEM, username=login.username, full_name=full_name, password=login.password,
         role_ids=[role.id], phone=f"0571-8888{zlib.crc32(login.username.encode()) % 10000:04d}", now=utcnow(),
+        unit_id=role.area_id,
     )
 
 

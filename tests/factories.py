@@ -5,7 +5,10 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.archives.models import Area, AreaKind, Household
@@ -78,6 +81,19 @@ async def make_staff(
     principal = await auth.load_principal(session, kind=PrincipalKind.staff, principal_id=user.id)
     assert principal is not None
     return Staff(user, principal, username, PASSWORD)
+
+
+async def insert_legacy_assignment(
+    session: AsyncSession, *, meter_id: int, household_id: int, valid_from: datetime, start_reading: Decimal = Decimal(0)
+) -> None:
+    """An open assignment written straight to the table, as a row from before the rule that
+    a meter serves only households in its area's subtree (the service refuses new ones
+    across areas): screens must still not reveal its household outside the reader's scope."""
+    await session.execute(text(
+        "INSERT INTO meter_assignments (meter_id, household_id, valid_from, start_reading) "
+        "VALUES (:meter_id, :household_id, :valid_from, :start_reading)"
+    ), {"meter_id": meter_id, "household_id": household_id, "valid_from": valid_from, "start_reading": start_reading})
+    await session.execute(text("UPDATE meters SET status = 'installed' WHERE id = :id"), {"id": meter_id})
 
 
 async def make_household(session: AsyncSession, *, area: Area, name: str = "张伟") -> Household:

@@ -93,3 +93,10 @@ async def test_demo_load_scales_areas_is_idempotent_and_realistic(session: Async
         assert kind == "unit"
     mix = dict((await session.execute(text("SELECT customer_type, count(*) FROM households GROUP BY 1"))).all())
     assert mix["residential"] > 2500 and mix.get("non_residential", 0) > 50
+    # Every meter serves a household in its own area's subtree (docs/security.md), past
+    # assignments included.
+    cross_area = await session.execute(text(
+        "SELECT count(*) FROM meter_assignments s JOIN meters m ON m.id = s.meter_id JOIN areas ma ON ma.id = m.area_id "
+        "JOIN households h ON h.id = s.household_id JOIN areas ha ON ha.id = h.area_id WHERE NOT starts_with(ha.path, ma.path)"
+    ))
+    assert cross_area.scalar_one() == 0

@@ -101,6 +101,15 @@ class MeterUnavailable(DomainError):
     message_en = "A retired or faulty meter, or a monitoring point, cannot serve a household"
 
 
+class CrossAreaAssignment(DomainError):
+    """A meter serves only households in its own area or below it (docs/security.md), so
+    whoever's scope covers the meter covers the household it serves."""
+
+    code = ErrorCode.CROSS_AREA_ASSIGNMENT
+    message = "水表只能服务其所在区域 (含下级区域) 内的住户"
+    message_en = "A meter may serve only a household in the meter's own area or an area below it"
+
+
 class MetersStillAssigned(DomainError):
     code = ErrorCode.METERS_STILL_ASSIGNED
     message = "住户仍有在用水表, 请先拆表再销户"

@@ -198,6 +198,8 @@ class ImportResult:
 
 
 _SQL_TYPES = {"population": "integer"}
+_CROSS_AREA = archive_errors.CrossAreaAssignment
+CROSS_AREA = (_CROSS_AREA.message, _CROSS_AREA.message_en)
 OUT_OF_SCOPE_AREA = ("区域编码不存在或不在您的管辖范围内", "Unknown area code, or an area outside your scope")
 OUT_OF_SCOPE_HOUSEHOLD = ("该户号已存在于您的管辖范围之外", "This account number exists outside your scope")
 
@@ -244,6 +246,14 @@ async def import_households(
     ), scope)
     for (row_no,) in outside:
         sheet.add_error(row_no, "account_no", *OUT_OF_SCOPE_HOUSEHOLD)
+    if update_existing:
+        # A household moved to an area outside a meter that serves it (the rule of
+        # backend.archives.service) is refused, as on the form.
+        await _row_errors(session, sheet, (
+            "SELECT DISTINCT t.row_no FROM import_households t JOIN households h ON h.account_no = t.account_no "
+            "JOIN meter_assignments s ON s.household_id = h.id AND s.valid_to IS NULL JOIN meters m ON m.id = s.meter_id "
+            "JOIN areas ma ON ma.id = m.area_id JOIN areas na ON na.id = t.area_id "
+            "WHERE NOT starts_with(na.path, ma.path) ORDER BY t.row_no"), {}, "area_code", CROSS_AREA)
     sheet.raise_if_invalid()
 
     target = ["account_no", *[key for key in columns if key != "account_no"], "area_id"]
@@ -686,6 +696,12 @@ async def import_meters(
     await _row_errors(session, sheet, (
         "SELECT row_no FROM import_meters WHERE collector_address IS NOT NULL AND concentrator_id IS NOT NULL "
         "AND collector_id IS NULL ORDER BY row_no"), {}, "collector_address", UNKNOWN_COLLECTOR)
+    if update_existing:
+        await _row_errors(session, sheet, (
+            "SELECT t.row_no FROM import_meters t JOIN meters m ON m.code = t.code "
+            "JOIN meter_assignments s ON s.meter_id = m.id AND s.valid_to IS NULL JOIN households h ON h.id = s.household_id "
+            "JOIN areas ha ON ha.id = h.area_id JOIN areas na ON na.id = t.area_id "
+            "WHERE NOT starts_with(ha.path, na.path) ORDER BY t.row_no"), {}, "area_code", CROSS_AREA)
     if update_existing and "kind" in present:
         await _row_errors(session, sheet, (
             "SELECT t.row_no FROM import_meters t JOIN meters m ON m.code = t.code WHERE t.kind = 'monitoring' "
@@ -929,7 +945,8 @@ async def import_assignments(
     now: datetime | None = None,
 ) -> ImportResult:
     """Write a validated assignment sheet, all rows or none; idempotent on (meter code,
-    account number, start). Meter and household must be in scope; a monitoring point, a
+    account number, start). Meter and household must be in scope, the household in the
+    meter's area or below it (CROSS_AREA_ASSIGNMENT's message); a monitoring point, a
     retired or faulty meter (for an open assignment) or a closed household is refused, and
     so is a period overlapping another assignment of the same meter, in the database or
     in the file: a meter serves one household at a time. Updating changes the end and the
@@ -980,6 +997,11 @@ async def import_assignments(
         "SELECT t.row_no FROM import_assignments t JOIN meters m ON m.id = t.meter_id WHERE t.existing_id IS NULL "
         "AND (m.kind = 'monitoring' OR (t.valid_to IS NULL AND m.status IN ('retired', 'faulty'))) ORDER BY t.row_no"
     ), {}, "meter_code", (unavailable.message, unavailable.message_en))
+    await _row_errors(session, sheet, (
+        "SELECT t.row_no FROM import_assignments t JOIN meters m ON m.id = t.meter_id JOIN areas ma ON ma.id = m.area_id "
+        "JOIN households h ON h.id = t.household_id JOIN areas ha ON ha.id = h.area_id "
+        "WHERE t.existing_id IS NULL AND NOT starts_with(ha.path, ma.path) ORDER BY t.row_no"
+    ), {}, "account_no", CROSS_AREA)
     closed = archive_errors.HouseholdClosed
     await _row_errors(session, sheet, (
         "SELECT t.row_no FROM import_assignments t JOIN households h ON h.id = t.household_id "

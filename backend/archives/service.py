@@ -10,6 +10,14 @@ unknown area. ``scope_patterns=None`` means "no restriction" and is for system c
 
 What varies is passed in: the clock (``now`` / dates), who acts (``changed_by``), the
 terminal-password cipher, and the Money issue's balance check (``balance_checker``).
+
+A meter serves a household only when the household's area is the meter's area or lies
+below it (the household's area path starts with the meter's), so anyone whose scope
+covers a meter also covers the household it serves, and screens that show a meter's
+household never reveal one outside the reader's scope. Every change that creates an
+assignment or moves an assigned meter, household or area keeps it (CROSS_AREA_ASSIGNMENT
+otherwise): :func:`assign_meter`, :func:`replace_meter`, :func:`update_meter`,
+:func:`update_household`, :func:`move_area`, and the Excel imports (backend.archives.excel).
 """
 
 from __future__ import annotations
@@ -218,6 +226,47 @@ def as_stored(reading: Decimal) -> Decimal:
 
 # --------------------------------------------------------------------------- scope
 
+# Open assignments whose household lies outside the meter's area subtree (the rule in the
+# module docstring); callers add the condition that narrows it to what they change.
+CROSS_AREA_OPEN_ASSIGNMENTS = (
+    "SELECT 1 FROM meter_assignments s JOIN meters m ON m.id = s.meter_id JOIN areas ma ON ma.id = m.area_id "
+    "JOIN households h ON h.id = s.household_id JOIN areas ha ON ha.id = h.area_id "
+    "WHERE s.valid_to IS NULL AND NOT starts_with(ha.path, ma.path)"
+)
+
+
+async def _check_serves_within(session: AsyncSession, meter_area_id: int, household_area_id: int, field: str) -> None:
+    """CROSS_AREA_ASSIGNMENT unless the household's area is the meter's or below it."""
+    within = await session.execute(
+        text("SELECT starts_with(ha.path, ma.path) FROM areas ma, areas ha WHERE ma.id = :meter_area AND ha.id = :household_area"),
+        {"meter_area": meter_area_id, "household_area": household_area_id},
+    )
+    if not within.scalar_one_or_none():
+        raise errors.CrossAreaAssignment(field=field)
+
+
+# An assigned household or meter moving to area :new_area would break the rule.
+_HOUSEHOLD_MOVE_BREAKS = (
+    "SELECT EXISTS (SELECT 1 FROM meter_assignments s JOIN meters m ON m.id = s.meter_id JOIN areas ma ON ma.id = m.area_id "
+    "JOIN areas na ON na.id = :new_area WHERE s.household_id = :id AND s.valid_to IS NULL AND NOT starts_with(na.path, ma.path))"
+)
+_METER_MOVE_BREAKS = (
+    "SELECT EXISTS (SELECT 1 FROM meter_assignments s JOIN households h ON h.id = s.household_id "
+    "JOIN areas ha ON ha.id = h.area_id JOIN areas na ON na.id = :new_area "
+    "WHERE s.meter_id = :id AND s.valid_to IS NULL AND NOT starts_with(ha.path, na.path))"
+)
+
+
+async def _check_moved_within(session: AsyncSession, breaks: str, pk: int, new_area_id: int) -> None:
+    if (await session.execute(text(breaks), {"id": pk, "new_area": new_area_id})).scalar_one():
+        raise errors.CrossAreaAssignment(field="areaId")
+
+
+async def _check_no_cross_area(session: AsyncSession, condition: str, params: dict[str, Any], field: str) -> None:
+    """CROSS_AREA_ASSIGNMENT when an open assignment matching ``condition`` breaks the rule."""
+    if (await session.execute(text(f"SELECT EXISTS ({CROSS_AREA_OPEN_ASSIGNMENTS} AND {condition})"), params)).scalar_one():
+        raise errors.CrossAreaAssignment(field=field)
+
 
 async def _area_for(session: AsyncSession, area_id: int, scope_patterns: Sequence[str] | None, field: str) -> Area:
     """The area ``area_id`` when it exists within the scope; UNKNOWN_AREA otherwise."""
@@ -333,7 +382,8 @@ async def move_area(
     session: AsyncSession, *, area_id: int, new_parent_id: int, scope_patterns: Sequence[str] | None = None
 ) -> Area:
     """Hang an area (and its subtree) under another parent; every path of the subtree is
-    rewritten in one UPDATE."""
+    rewritten in one UPDATE. Refused (CROSS_AREA_ASSIGNMENT) when a meter would then
+    serve a household outside its area's subtree."""
     await _lock_area_tree(session)
     area = await _area_for(session, area_id, scope_patterns, "id")
     parent = await _area_for(session, new_parent_id, scope_patterns, "parentId")
@@ -342,16 +392,21 @@ async def move_area(
     if _KIND_ORDER.index(area.kind) <= _KIND_ORDER.index(parent.kind):
         raise AreaKindOrder(field="parentId")
     old_prefix, new_prefix = area.path, f"{parent.path}{area.id}/"
-    # New paths cannot collide with existing ones: each ends in its own unique id.
-    await session.execute(
-        text(
-            "UPDATE areas SET path = :new_prefix || substr(path, length(:old_prefix) + 1), "
-            "parent_id = CASE WHEN id = :area_id THEN :parent_id ELSE parent_id END "
-            "WHERE path LIKE :pattern"
-        ),
-        {"new_prefix": new_prefix, "old_prefix": old_prefix, "area_id": area_id, "parent_id": new_parent_id,
-         "pattern": _like_prefix(old_prefix)},
-    )
+    async with session.begin_nested():
+        # New paths cannot collide with existing ones: each ends in its own unique id.
+        await session.execute(
+            text(
+                "UPDATE areas SET path = :new_prefix || substr(path, length(:old_prefix) + 1), "
+                "parent_id = CASE WHEN id = :area_id THEN :parent_id ELSE parent_id END "
+                "WHERE path LIKE :pattern"
+            ),
+            {"new_prefix": new_prefix, "old_prefix": old_prefix, "area_id": area_id, "parent_id": new_parent_id,
+             "pattern": _like_prefix(old_prefix)},
+        )
+        # A meter left outside the moved subtree may serve a household inside it (or the
+        # reverse): the move is refused, and the savepoint takes the new paths back.
+        await _check_no_cross_area(session, "(ma.path LIKE :moved OR ha.path LIKE :moved)",
+                                   {"moved": _like_prefix(new_prefix)}, "parentId")
     await session.refresh(area)
     return area
 
@@ -624,6 +679,9 @@ async def update_household(
     household = await _scoped(session, Household, household_id, scope_patterns, lock=True)
     values = _changed(changes)
     await _check_household_fields(session, values, household_id, scope_patterns)
+    if values.get("area_id") not in (None, household.area_id):
+        # The meters serving it must still contain its new area.
+        await _check_moved_within(session, _HOUSEHOLD_MOVE_BREAKS, household_id, values["area_id"])
     if values.get("id_number"):
         values["id_number"] = values["id_number"].upper()
     for name, value in values.items():
@@ -1136,6 +1194,9 @@ async def update_meter(
     await _flush_collect(_missing(merged, _METER_REQUIRED))
     await _resolve_protocol(session, merged)
     await _check_meter(session, merged, meter_id, scope_patterns)
+    if merged["area_id"] != meter.area_id:
+        # The household it serves must lie in its new area.
+        await _check_moved_within(session, _METER_MOVE_BREAKS, meter_id, merged["area_id"])
     if merged["kind"] is MeterKind.monitoring and await _open_assignment(session, meter_id) is not None:
         raise errors.MeterAlreadyAssigned("在用的住户水表不能改为监测点", "A meter serving a household cannot become a monitoring point",
                                           field="kind")
@@ -1334,7 +1395,8 @@ async def assign_meter(
     tz: str | tzinfo = "Asia/Shanghai",
 ) -> MeterAssignment:
     """配表: meter ``meter_id`` serves the household from ``valid_from`` with
-    ``start_reading`` (default: the meter's initial reading). One household at a time.
+    ``start_reading`` (default: the meter's initial reading). One household at a time,
+    in the meter's area or below it (CROSS_AREA_ASSIGNMENT otherwise).
 
     The start reading is stored as a manual reading at ``valid_from`` through ingest
     (received ``now``, default ``valid_from``; days in the utility's zone ``tz``), so
@@ -1346,6 +1408,7 @@ async def assign_meter(
     if household.status is HouseholdStatus.closed:
         raise errors.HouseholdClosed(field="householdId")
     _check_available(meter, "meterId")
+    await _check_serves_within(session, meter.area_id, household.area_id, "householdId")
     start = start_reading if start_reading is not None else meter.initial_reading
     problems: list[DomainError] = []
     _reading(problems, start, "startReading")
@@ -1418,7 +1481,8 @@ async def replace_meter(
 ) -> MeterReplacement:
     """换表, in one operation: the old meter's assignment closes with its final reading
     (the old meter is retired), the new meter's opens for the same household with its
-    initial reading, and the replacement is recorded, so usage later spans both.
+    initial reading, and the replacement is recorded, so usage later spans both. The new
+    meter's area must contain the household's (CROSS_AREA_ASSIGNMENT otherwise).
 
     The two register readings are stored as manual readings at ``replaced_at`` through
     ingest (received ``now``, default ``replaced_at``), in the utility's zone ``tz``; what
@@ -1430,8 +1494,9 @@ async def replace_meter(
     assignment = await _open_assignment(session, old_meter_id)
     if assignment is None:
         raise errors.MeterNotAssigned(field="oldMeterId")
-    await _scoped(session, Household, assignment.household_id, scope_patterns, field="oldMeterId", lock=True)
+    served = await _scoped(session, Household, assignment.household_id, scope_patterns, field="oldMeterId", lock=True)
     _check_available(new, "newMeterId")
+    await _check_serves_within(session, new.area_id, served.area_id, "newMeterId")
     problems: list[DomainError] = []
     _reading(problems, new_initial_reading, "newInitialReading")
     if len(reason) > 500:

@@ -900,8 +900,11 @@ def _ledger_page_sql(kind: ScopeKind, granularity: Granularity) -> str:
           AND (page.days IS NULL OR day <@ page.days)
     ) used ON true
     LEFT JOIN LATERAL (
+        -- The holder's columns only for a household whose area lies in the scope (a row
+        -- from before the same-subtree rule of backend.archives.service may break it).
         SELECT h.id AS household_id, h.name AS household_name, h.account_no
-        FROM meter_assignments ma JOIN households h ON h.id = ma.household_id
+        FROM meter_assignments ma LEFT JOIN (households h JOIN areas ha ON ha.id = h.area_id
+            AND ha.path LIKE ANY(CAST(:patterns AS text[]))) ON h.id = ma.household_id
         WHERE {holder}ma.meter_id = page.meter_id AND {_ASSIGNED_FROM_DAY} <= page.to_day
           AND (ma.valid_to IS NULL OR {_ASSIGNED_TO_DAY} >= page.from_day)
           AND (NOT :resident OR ma.household_id = ANY(CAST(:household_ids AS bigint[])))

@@ -5,6 +5,11 @@ Every query applies the caller's :class:`Reach` inside the SQL that fetches the 
 staff member or API client sees meters whose area path matches their scope patterns, a
 resident only the meters of their own households (for history: readings taken while the
 meter served one of them). A page is one statement plus one count, whatever its size.
+
+A row's household columns (name, account number, address) show only a household whose
+own area lies in the caller's scope. A meter serves only households in its area's
+subtree (backend.archives.service), so this masks nothing unless a row from before that
+rule breaks it; then the reading stays visible and its household reads as none.
 """
 
 from __future__ import annotations
@@ -151,6 +156,15 @@ _DESCRIPTIVE = """
 _AREAS = "JOIN areas a ON a.id = m.area_id LEFT JOIN areas pa ON pa.id = a.parent_id"
 
 
+def _household_join(reach: Reach) -> str:
+    """The household of assignment ``ma``, masked (a NULL row) when its own area lies
+    outside the reach's scope (``:patterns``, bound by :func:`_reach_conditions`)."""
+    if reach.scope_patterns is None:
+        return "LEFT JOIN households h ON h.id = ma.household_id"
+    return ("LEFT JOIN households h ON h.id = ma.household_id "
+            "AND EXISTS (SELECT FROM areas ha WHERE ha.id = h.area_id AND ha.path LIKE ANY(:patterns))")
+
+
 def _reach_conditions(reach: Reach, params: dict[str, Any], *, household: str) -> list[str]:
     conditions: list[str] = []
     if reach.household_ids is not None:
@@ -263,7 +277,7 @@ def _realtime_sql(flt: RealtimeFilter, reach: Reach, now: datetime) -> tuple[str
     joins = f"""
         FROM meters m {_AREAS}
         LEFT JOIN meter_assignments ma ON ma.meter_id = m.id AND ma.valid_to IS NULL
-        LEFT JOIN households h ON h.id = ma.household_id
+        {_household_join(reach)}
         LEFT JOIN latest_readings lr ON lr.meter_id = m.id
         WHERE {" AND ".join(where) or "TRUE"}"""
     sql = f"""SELECT {_DESCRIPTIVE},
@@ -333,7 +347,7 @@ def _history_sql(flt: HistoryFilter, reach: Reach) -> tuple[str, str, dict[str, 
             AND (ma.valid_to IS NULL OR r.read_at < ma.valid_to
                  OR (r.read_at = ma.valid_to AND NOT EXISTS (
                      SELECT FROM meter_assignments nx WHERE nx.meter_id = ma.meter_id AND nx.valid_from = ma.valid_to)))
-        LEFT JOIN households h ON h.id = ma.household_id
+        {_household_join(reach)}
         WHERE {" AND ".join(where)}"""
     sql = f"""SELECT {_DESCRIPTIVE},
         r.read_at, r.total_m3, r.flow_rate, r.pressure, r.valve_state, r.battery, r.status_bits, r.quality, r.source,

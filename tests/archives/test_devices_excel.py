@@ -234,13 +234,14 @@ async def test_bad_rows_are_listed_and_nothing_is_written(
         ("BD0010", accounts[2], "2026-03-01", None, None, None),  # … but overlaps the row above
         ("BD0010", accounts[2], "2025-01-01", "2025-02-01", None, None),  # ended without its end reading
         ("NOPE", "NOPE", "2026-01-01", None, None, None),
-        ("BD0010", world.west_household.account_no, "2020-01-01", "2020-02-01", 0, 1),  # fine
+        ("BD0010", world.west_household.account_no, "2020-01-01", "2020-02-01", 0, 1),  # an east meter, a west household
     ))
     body = response.json()
     assert response.status_code == 422
     assert sorted((e["row"], e["column"]) for e in body["errors"]) == [
-        (2, "起始时间"), (4, "起始时间"), (5, "结束读数"), (6, "户号"), (6, "表计编码"),
+        (2, "起始时间"), (4, "起始时间"), (5, "结束读数"), (6, "户号"), (6, "表计编码"), (7, "户号"),
     ]
+    assert [e["message"] for e in body["errors"] if e["row"] == 7] == ["水表只能服务其所在区域 (含下级区域) 内的住户"]
     assert await _scalar(module_engine, "SELECT count(*) FROM meter_assignments s JOIN meters m ON m.id = s.meter_id "
                                         "WHERE m.code LIKE 'BD%'") == 1
 

@@ -46,7 +46,7 @@ from backend.exports.excel import CellError, ImportRowsInvalid, NotXlsx, read_ro
 from backend.graphql.relay import encode_id
 from backend.readings.service import ReadingIn, ingest_readings
 from backend.readings.usage import usage_between
-from tests.factories import AreaTree, Staff, make_area_tree, make_staff, unique
+from tests.factories import AreaTree, Staff, insert_legacy_assignment, make_area_tree, make_staff, unique
 from tests.graphql.client import TEST_SECRET, GraphQLClient, graphql_client
 
 TZ = "Asia/Shanghai"
@@ -130,9 +130,13 @@ async def world(committed_engine: AsyncEngine) -> World:
         west_old = await _meter(session, tree.west_community, "RF-W2", west_c)
         east_new = await _meter(session, tree.east_community, "RF-E2", west_c)
         t0 = utcnow() - timedelta(days=30)
-        for meter in (east_meter, west_meter, west_old):
+        assert east_meter.id is not None
+        await service.assign_meter(session, meter_id=east_meter.id, household_id=household.id, valid_from=t0)
+        # West meters serving an east household: rows from before the same-subtree rule,
+        # which nested fields must still not reveal.
+        for meter in (west_meter, west_old):
             assert meter.id is not None
-            await service.assign_meter(session, meter_id=meter.id, household_id=household.id, valid_from=t0)
+            await insert_legacy_assignment(session, meter_id=meter.id, household_id=household.id, valid_from=t0)
         assert west_old.id is not None and east_new.id is not None
         await service.replace_meter(session, old_meter_id=west_old.id, new_meter_id=east_new.id, replaced_at=t0 + timedelta(days=1),
                                     old_final_reading=Decimal(3), new_initial_reading=Decimal(0), replaced_by="换表员")
@@ -253,7 +257,9 @@ async def test_ending_or_replacing_needs_the_household_in_scope_too(session: Asy
     east_meter = await _meter(session, tree.east_community, unique("SC-E"))
     spare = await _meter(session, tree.east_community, unique("SC-S"))
     assert east_meter.id is not None and spare.id is not None
-    await service.assign_meter(session, meter_id=east_meter.id, household_id=west_household.id, valid_from=utcnow() - timedelta(days=2))
+    # A row from before the same-subtree rule (the service refuses new ones).
+    await insert_legacy_assignment(session, meter_id=east_meter.id, household_id=west_household.id,
+                                   valid_from=utcnow() - timedelta(days=2))
     east = [tree.east.path + "%"]
     with pytest.raises(NotFound):
         await service.end_assignment(session, meter_id=east_meter.id, valid_to=utcnow(), end_reading=Decimal(1),

@@ -168,8 +168,9 @@ async def test_rollover_is_flagged_when_the_register_wraps(session: AsyncSession
 
 
 async def test_zero_use_needs_an_active_household_and_readings_over_the_days(session: AsyncSession) -> None:
-    idle, busy, vacant = await make_meter(session), await make_meter(session), await make_meter(session)
+    # A meter serves only households in its own area's subtree: all in one area.
     area = await create_area(session, name="翠湖小区", kind=AreaKind.company)
+    idle, busy, vacant = [await make_meter(session, area_id=area.id) for _ in range(3)]
     for meter in (idle, busy):
         household = await make_household(session, area=area)
         await assign_meter(session, meter_id=meter.id, household_id=household.id,  # type: ignore[arg-type]
@@ -497,8 +498,9 @@ async def test_an_estimate_is_no_sign_of_life_for_a_silent_or_failing_meter(sess
 
 
 async def test_high_use_does_not_fire_on_a_new_meter_whose_first_days_were_partial(session: AsyncSession) -> None:
-    old, new = await make_meter(session), await make_meter(session)
-    household = await make_household(session, area=await create_area(session, name="翠湖", kind=AreaKind.company))
+    area = await create_area(session, name="翠湖", kind=AreaKind.company)
+    old, new = await make_meter(session, area_id=area.id), await make_meter(session, area_id=area.id)
+    household = await make_household(session, area=area)
     await assign_meter(session, meter_id=old.id, household_id=household.id, valid_from=day_at(40))  # type: ignore[arg-type]
     await ingest(session, [ReadingIn(old.id, day_at(days_ago), Decimal(40 - days_ago))  # type: ignore[arg-type]
                            for days_ago in range(40, 3, -1)])

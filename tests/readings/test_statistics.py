@@ -40,7 +40,7 @@ from backend.readings import analytics
 from backend.readings.analytics import Granularity, HourlyNotSupported, Scope, ScopeKind
 from backend.readings.service import ReadingIn, ingest_readings
 from backend.readings.usage import usage_between
-from tests.factories import AreaTree, Staff, make_area_tree, make_household, make_staff, unique
+from tests.factories import AreaTree, Staff, insert_legacy_assignment, make_area_tree, make_household, make_staff, unique
 from tests.graphql.client import TEST_SECRET, GraphQLClient, graphql_client
 from tests.graphql.test_dataloaders import counted_statements
 
@@ -525,7 +525,9 @@ async def lend_doubled_meter(session: AsyncSession, utility: Utility) -> tuple[d
     """The doubled meter serves the household from 15 Oct 00:00 until 20 Oct 00:00 (both
     midnights), reading all along; returns the assignment's bounds."""
     served_from, served_to = day_start(date(2026, 10, 15)), day_start(date(2026, 10, 20))
-    await assign_meter(session, meter_id=utility.doubled.id, household_id=utility.household.id, valid_from=served_from)
+    # A west meter serving an east household: a row from before the same-subtree rule.
+    await insert_legacy_assignment(session, meter_id=utility.doubled.id, household_id=utility.household.id,
+                                   valid_from=served_from)
     await end_assignment(session, meter_id=utility.doubled.id, valid_to=served_to, end_reading=Decimal(0))
     return served_from, served_to
 
@@ -585,6 +587,8 @@ async def test_a_day_two_assignments_of_one_meter_touch_counts_once(session: Asy
     end_at = day_start(date(2026, 10, 20))
     # Handover registers between the meter's own half-hour readings, so usage stays whole.
     half_hour = timedelta(minutes=30)
+    # A meter serves only households in its area's subtree: it moves to the household's first.
+    await update_meter(session, meter_id=meter, changes=MeterChanges(area_id=utility.tree.east_community.id))
     await assign_meter(session, meter_id=meter, household_id=household_id, valid_from=day_start(date(2026, 10, 15)))
     await end_assignment(session, meter_id=meter, valid_to=out_at, end_reading=doubled_total(out_at - half_hour))
     await assign_meter(session, meter_id=meter, household_id=household_id, valid_from=back_at,

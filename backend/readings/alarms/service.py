@@ -37,7 +37,8 @@ from datetime import datetime, tzinfo
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ARRAY, BigInteger, Select, Text, TextClause, any_, bindparam, func, literal_column, or_, select, text
+from sqlalchemy import ARRAY, BigInteger, Select, Text, TextClause, any_, bindparam, exists, func, literal_column, or_, select, text
+from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.archives.models import Area, Household, Meter, MeterAssignment, MeterModel
@@ -424,13 +425,23 @@ ALARM_COLUMNS = (
 )
 
 
-def _joined() -> Any:
-    """Alarms with their meter, its area and the household it serves now (if any)."""
+_household_area = Area.__table__.alias("ha")  # type: ignore[attr-defined]
+
+
+def _joined(household_scope: Any = None) -> Any:
+    """Alarms with their meter, its area and the household it serves now (if any). With
+    ``household_scope`` (LIKE patterns: a bind or a list), a household whose own area
+    lies outside it reads as none: a meter serves only households in its area's subtree
+    (backend.archives.service), so only a row from before that rule is masked."""
+    household_join = _household.c.id == _assignment.c.household_id
+    if household_scope is not None:
+        household_join = household_join & exists().where(
+            _household_area.c.id == _household.c.area_id, _household_area.c.path.like(any_(household_scope)))
     return (
         _alarm.join(_meter, _meter.c.id == _alarm.c.meter_id)
         .join(_area, _area.c.id == _meter.c.area_id)
         .outerjoin(_assignment, (_assignment.c.meter_id == _meter.c.id) & _assignment.c.valid_to.is_(None))
-        .outerjoin(_household, _household.c.id == _assignment.c.household_id)
+        .outerjoin(_household, household_join)
     )
 
 
@@ -448,7 +459,8 @@ def _view_columns() -> list[Any]:
 def _alarm_page_query(
     by_status: bool, by_kinds: bool, by_area: bool, by_meter: bool, by_household: bool, by_from: bool, by_to: bool
 ) -> tuple[Select[Any], Select[Any]]:
-    conditions: list[Any] = [_area.c.path.like(any_(bindparam("patterns", type_=ARRAY(Text))))]
+    patterns = bindparam("patterns", type_=ARRAY(Text))
+    conditions: list[Any] = [_area.c.path.like(any_(patterns))]
     if by_status:
         conditions.append(_alarm.c.status == any_(bindparam("statuses", type_=ARRAY(Text))))
     if by_kinds:
@@ -466,11 +478,11 @@ def _alarm_page_query(
     if by_to:
         conditions.append(_alarm.c.opened_at < bindparam("opened_to"))
     rows = (
-        select(*_view_columns()).select_from(_joined()).where(*conditions)
+        select(*_view_columns()).select_from(_joined(patterns)).where(*conditions)
         .order_by(_alarm.c.opened_at.desc(), _alarm.c.id.desc())
         .offset(bindparam("_offset")).limit(bindparam("_limit"))
     )
-    count = select(func.count()).select_from(_joined()).where(*conditions)
+    count = select(func.count()).select_from(_joined(patterns)).where(*conditions)
     return rows, count
 
 
@@ -506,13 +518,14 @@ def alarm_page_query(*, scope_patterns: Sequence[str], where: AlarmFilter = Alar
     return PagedQuery(rows=rows, count=count, params=params)
 
 
-_ONE_ALARM = select(*_view_columns()).select_from(_joined()).where(_alarm.c.id == bindparam("alarm_id"))
-
-
 async def alarm_view(session: AsyncSession, *, alarm_id: int, scope_patterns: Sequence[str] | None) -> Any:
     """One alarm as the list shows it, within the scope; NOT_FOUND otherwise."""
-    statement = _ONE_ALARM if scope_patterns is None else _ONE_ALARM.where(in_scope(_area.c.path, scope_patterns))
-    row = (await session.execute(statement, {"alarm_id": alarm_id})).first()
+    if scope_patterns is None:
+        statement = select(*_view_columns()).select_from(_joined()).where(_alarm.c.id == alarm_id)
+    else:
+        statement = (select(*_view_columns()).select_from(_joined(array(list(scope_patterns) or ["-"])))
+                     .where(_alarm.c.id == alarm_id, in_scope(_area.c.path, scope_patterns)))
+    row = (await session.execute(statement)).first()
     if row is None:
         raise NotFound(field="id")
     return row

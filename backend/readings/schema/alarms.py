@@ -213,7 +213,7 @@ class Mutation:
         async def work(session: AsyncSession) -> Any:
             await service.acknowledge_alarm(session, alarm_id=alarm_id, by=principal.name, note=note, now=utcnow(),
                                             scope_patterns=principal.scope_patterns())
-            return await service.alarm_view(session, alarm_id=alarm_id, scope_patterns=None)
+            return await service.alarm_view(session, alarm_id=alarm_id, scope_patterns=principal.scope_patterns())
 
         return await run_mutation(info, module="alarms", action="acknowledgeMeterAlarm",
                                   describe=lambda _: f"确认告警 {alarm_id}", payload=_alarm_payload, work=work)
@@ -226,7 +226,7 @@ class Mutation:
         async def work(session: AsyncSession) -> Any:
             await service.close_alarm(session, alarm_id=alarm_id, by=principal.name, reason=reason, now=utcnow(),
                                       scope_patterns=principal.scope_patterns())
-            return await service.alarm_view(session, alarm_id=alarm_id, scope_patterns=None)
+            return await service.alarm_view(session, alarm_id=alarm_id, scope_patterns=principal.scope_patterns())
 
         return await run_mutation(info, module="alarms", action="closeMeterAlarm",
                                   describe=lambda _: f"关闭告警 {alarm_id}", payload=_alarm_payload, work=work)
