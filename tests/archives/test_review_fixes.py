@@ -438,3 +438,30 @@ async def test_raced_meter_model_and_collector_keys_are_their_duplicates(session
     await service.save_collector(session, concentrator_id=concentrator.id, address="C9", name="甲")
     with pytest.raises(DuplicateCollectorAddress):
         await service.save_collector(session, concentrator_id=concentrator.id, address="C9", name="乙")
+
+
+async def test_imports_cannot_move_an_assigned_meter_or_household_out_of_the_same_subtree(session: AsyncSession) -> None:
+    tree = await make_area_tree(session)
+    household = await service.create_household(session, account_no=unique("XA"), name="甲", area_id=tree.east_community.id)
+    meter = await _meter(session, tree.east_community, unique("XA-M"))
+    assert meter.id is not None and household.id is not None
+    await service.assign_meter(session, meter_id=meter.id, household_id=household.id, valid_from=utcnow() - timedelta(days=2))
+    scope = [tree.company.path + "%"]
+    moved_household = read_rows(archive_excel.HOUSEHOLD_SHEET, workbook(
+        HOUSEHOLD_HEADER, (household.account_no, "甲", f"#{tree.west_community.id}")))
+    moved_meter = read_rows(archive_excel.METER_SHEET, workbook(
+        ("表计编码", "表计名称", "表地址", "表类型", "区域编码"),
+        (meter.code, meter.name, meter.address, "冷水表", f"#{tree.west.id}")))
+
+    with pytest.raises(ImportRowsInvalid) as household_refused:
+        await archive_excel.import_households(session, sheet=moved_household, scope_patterns=scope, update_existing=True,
+                                              today=date(2026, 11, 25))
+    with pytest.raises(ImportRowsInvalid) as meter_refused:
+        await archive_excel.import_meters(session, sheet=moved_meter, scope_patterns=scope, update_existing=True)
+
+    for refused in (household_refused, meter_refused):
+        assert [(e.row, e.column, e.message) for e in refused.value.errors] == [
+            (2, "区域编码", "水表只能服务其所在区域 (含下级区域) 内的住户")]
+    await session.refresh(household)
+    await session.refresh(meter)
+    assert (household.area_id, meter.area_id) == (tree.east_community.id, tree.east_community.id)
