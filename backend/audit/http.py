@@ -4,7 +4,8 @@ A browser cannot put an ``Authorization`` header on a plain link, so the ``audit
 query hands out a URL carrying a short-lived signed ``token`` (HMAC over the principal,
 the expiry and the filter, so neither the filter nor the caller can be swapped). Scripts
 may send ``Authorization: Bearer <access token>`` instead. Either way the caller must hold
-``audit:export`` *now*: the principal is re-read from the database.
+``audit:export`` *now*: the principal is re-read from the database. The file holds the
+entries the log screen would show them: those whose unit lies in their scope *now*.
 
 Memory stays bounded however long the log is: rows come from a server-side cursor in
 chunks, openpyxl's write-only workbook spills each sheet to a temporary file as rows are

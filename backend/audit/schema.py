@@ -108,7 +108,10 @@ register_node("AuditEntry", _fetch_audit_entry)
 @strawberry.type
 class Query:
     @strawberry.field(
-        permission_classes=[Requires("audit:read")], description="The operation log (操作日志), newest first."
+        permission_classes=[Requires("audit:read")],
+        description="The operation log (操作日志), newest first: the entries whose unit (the area of what was "
+        "changed, else the acting user's unit) lies in your scope; entries without one (anonymous logins, "
+        "residents) only for a scope over the whole company."
     )
     async def audit_logs(
         self,

@@ -430,7 +430,7 @@ class Query:
     def menu_catalog(self) -> list[MenuType]:
         return [MenuType.from_menu(menu) for menu in MENUS]
 
-    @strawberry.field(permission_classes=[Requires("users:read")], description="Staff users (用户管理).")
+    @strawberry.field(permission_classes=[Requires("users:read")], description="Staff users (用户管理) whose unit lies in your scope.")
     async def staff_users(
         self, info: Info, first: int | None = None, after: str | None = None, last: int | None = None,
         before: str | None = None, search: str | None = None, is_active: bool | None = None,
@@ -442,7 +442,7 @@ class Query:
             )
             return await paginate(session, statement, page, lambda row: StaffUserType.from_row(row[0]))
 
-    @strawberry.field(permission_classes=[Requires("roles:read")], description="Roles (角色管理).")
+    @strawberry.field(permission_classes=[Requires("roles:read")], description="Roles (角色管理) whose unit lies in your scope.")
     async def roles(
         self, info: Info, first: int | None = None, after: str | None = None, last: int | None = None,
         before: str | None = None, search: str | None = None,

@@ -47,7 +47,9 @@ def unit_visible(unit_column: Any, scope_patterns: Sequence[str] | None) -> Any:
         return false()
     unit = Area.__table__.alias("unit_area")  # type: ignore[attr-defined]
     in_unit = exists().where(unit.c.id == unit_column, unit.c.path.like(array(list(scope_patterns)).any_()))
-    return or_(and_(unit_column.is_not(None), in_unit), whole_tree(scope_patterns))
+    # Whole tree first: one uncorrelated check, so a company administrator's list skips
+    # the per-row lookup.
+    return or_(whole_tree(scope_patterns), and_(unit_column.is_not(None), in_unit))
 
 
 async def covers_whole_tree(session: AsyncSession, scope_patterns: Sequence[str] | None) -> bool:
