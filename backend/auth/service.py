@@ -546,7 +546,10 @@ async def _validate_role(
     parent_id: int | None,
     permissions: frozenset[str],
     area_ids: frozenset[int],
+    new_parent: bool = True,
 ) -> None:
+    """Refusals of a role's fields; ``new_parent``: the parent is being set (it must then lie
+    in the actor's scope; a parent kept as it was is only the bound of the role's grants)."""
     problems: list[DomainError] = []
     if not name.strip() or len(name) > 64:
         problems.append(DomainError("角色名称须为 1-64 个字符", "A role name has 1 to 64 characters", field="name", code=ErrorCode.INVALID))
@@ -570,8 +573,11 @@ async def _validate_role(
         ).scalar_one():
             # The new parent is the role itself or one of its descendants: a cycle.
             raise errors.RoleHierarchy(field="parentId")
-        # Only a role in the actor's scope can be a parent (not 系统管理员 for a district).
-        parent = await _role_in_scope(session, actor, parent_id, field="parentId")
+        # Only a role in the actor's scope becomes a parent (not 系统管理员 for a district).
+        found = await _role_in_scope(session, actor, parent_id, field="parentId") if new_parent else await session.get(Role, parent_id)
+        if found is None:
+            raise NotFound(field="parentId")
+        parent = found
         if kind.rank < parent.kind.rank:
             raise errors.RoleHierarchy(field="kind")
         parent_permissions, parent_paths = await _role_grants(session, [parent_id])
@@ -672,9 +678,17 @@ async def update_role(session: AsyncSession, *, actor: Principal, role_id: int, 
     parent_id = None if changes.clear_parent else (changes.parent_id if changes.parent_id is not None else role.parent_id)
     permissions = changes.permissions if changes.permissions is not None else frozenset(held)
     area_ids = changes.area_ids if changes.area_ids is not None else current_areas
+    if parent_id != role.parent_id and role.parent_id is not None:
+        try:
+            await _role_in_scope(session, actor, role.parent_id, field="parentId")
+        except NotFound:
+            # Detaching a role from a parent outside the actor's scope (系统管理员) bends
+            # a hierarchy that is not theirs.
+            raise errors.RoleHierarchy("不能改动管辖范围外的上级角色", "You cannot change a parent role outside your scope",
+                                       field="parentId") from None
     await _validate_role(
         session, actor, role_id=role_id, name=name, kind=kind, parent_id=parent_id,
-        permissions=permissions, area_ids=area_ids,
+        permissions=permissions, area_ids=area_ids, new_parent=parent_id != role.parent_id,
     )
     role.name, role.kind, role.parent_id = name.strip(), kind, parent_id
     if changes.unit_id is not None:

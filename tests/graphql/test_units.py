@@ -12,7 +12,7 @@ and two district administrators (east and west):
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -81,10 +81,12 @@ class Units:
     west_admin: Staff
     west_clerk: StaffUser
     west_bare_role: Role
+    east_cashier_role: Role  # the company's role for east cashiers, hung under 系统管理员
     east_household: Household
     west_household: Household
     east_meter: Meter
     legacy_meter: Meter
+    tokens: dict[str, str] = field(default_factory=dict)
 
 
 async def _staff_holding(session: AsyncSession, role: Role, unit_id: int | None) -> Staff:
@@ -135,6 +137,10 @@ async def units(engine_for_module: AsyncEngine) -> Units:
                                                   password=PASSWORD, now=utcnow(), unit_id=tree.west.id)
         west_bare_role = await auth.create_role(session, actor=ROOT, name=unique("西区待定"), kind=RoleKind.operator,
                                                 permissions={"readings:read"}, area_ids=[], unit_id=tree.west.id)
+        east_cashier_role = await auth.create_role(
+            session, actor=ROOT, name=unique("东区收费员"), kind=RoleKind.operator, permissions={"readings:read"},
+            area_ids=[tree.east.id or 0], parent_id=admin_role.id, unit_id=tree.east.id,
+        )
         east_household = await make_household(session, area=tree.east_community, name="张伟")
         west_household = await make_household(session, area=tree.west_community, name="李娜")
         east_meter = await _meter(session, tree.east.id, unique("UE"))
@@ -143,11 +149,14 @@ async def units(engine_for_module: AsyncEngine) -> Units:
         await insert_legacy_assignment(session, meter_id=legacy_meter.id, household_id=west_household.id,
                                        valid_from=utcnow() - timedelta(days=3))
     return Units(tree, company_admin, admin_role, east_admin, east_role, west_admin, west_clerk, west_bare_role,
-                 east_household, west_household, east_meter, legacy_meter)
+                 east_cashier_role, east_household, west_household, east_meter, legacy_meter)
 
 
-async def _token(client: GraphQLClient, staff: Staff) -> str:
-    return await client.login(staff.username, staff.password)
+async def _token(client: GraphQLClient, staff: Staff, units: Units) -> str:
+    """One login per administrator for the module (argon2 is slow on purpose)."""
+    if staff.username not in units.tokens:
+        units.tokens[staff.username] = await client.login(staff.username, staff.password)
+    return units.tokens[staff.username]
 
 
 def _gid(type_name: str, pk: int | None) -> str:
@@ -173,7 +182,7 @@ async def test_the_operation_log_and_its_export_show_a_district_only_its_own_ent
     client: GraphQLClient, units: Units
 ) -> None:
     since = utcnow().isoformat()
-    east, west, company = [await _token(client, s) for s in (units.east_admin, units.west_admin, units.company_admin)]
+    east, west, company = [await _token(client, s, units) for s in (units.east_admin, units.west_admin, units.company_admin)]
     west_phone, east_phone = "13700000001", "13700000002"
     changed = await client.execute(UPDATE_HOUSEHOLD, {"id": _gid("Household", units.west_household.id),
                                                       "input": {"phone": west_phone}}, token=west)
@@ -207,7 +216,7 @@ def _nodes(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def test_the_staff_user_list_shows_a_district_only_its_own_users(client: GraphQLClient, units: Units) -> None:
-    east, company = await _token(client, units.east_admin), await _token(client, units.company_admin)
+    east, company = await _token(client, units.east_admin, units), await _token(client, units.company_admin, units)
 
     seen_by_east = await client.execute(STAFF_USERS, token=east)
     seen_by_company = await client.execute(STAFF_USERS, token=company)
@@ -222,7 +231,7 @@ async def test_the_staff_user_list_shows_a_district_only_its_own_users(client: G
 
 
 async def test_the_role_list_shows_a_district_only_its_own_roles(client: GraphQLClient, units: Units) -> None:
-    east, company = await _token(client, units.east_admin), await _token(client, units.company_admin)
+    east, company = await _token(client, units.east_admin, units), await _token(client, units.company_admin, units)
 
     seen_by_east = await client.execute(ROLES, token=east)
     seen_by_company = await client.execute(ROLES, token=company)
@@ -242,7 +251,7 @@ async def test_the_role_list_shows_a_district_only_its_own_roles(client: GraphQL
 async def test_a_user_without_roles_and_a_role_without_areas_are_edited_only_within_their_unit(
     client: GraphQLClient, units: Units, engine_for_module: AsyncEngine
 ) -> None:
-    east, west = await _token(client, units.east_admin), await _token(client, units.west_admin)
+    east, west = await _token(client, units.east_admin, units), await _token(client, units.west_admin, units)
     clerk, bare = _gid("StaffUser", units.west_clerk.id), _gid("Role", units.west_bare_role.id)
     password_before = await _scalar(engine_for_module, "SELECT password_hash FROM staff_users WHERE id = :id",
                                     id=units.west_clerk.id)
@@ -276,7 +285,7 @@ async def test_a_user_without_roles_and_a_role_without_areas_are_edited_only_wit
 async def test_the_meter_model_catalog_is_read_by_districts_and_changed_only_with_the_whole_tree(
     client: GraphQLClient, units: Units, engine_for_module: AsyncEngine
 ) -> None:
-    east, company = await _token(client, units.east_admin), await _token(client, units.company_admin)
+    east, company = await _token(client, units.east_admin, units), await _token(client, units.company_admin, units)
     model = {"vendor": "宁波水表", "name": unique("LXS-"), "caliber": 20}
 
     refused = await client.execute(SAVE_MODEL, {"input": model}, token=east)
@@ -302,7 +311,7 @@ async def test_the_meter_model_catalog_is_read_by_districts_and_changed_only_wit
 async def test_a_district_administrator_cannot_bend_the_role_hierarchy(
     client: GraphQLClient, units: Units, engine_for_module: AsyncEngine
 ) -> None:
-    east = await _token(client, units.east_admin)
+    east = await _token(client, units.east_admin, units)
     own = _gid("Role", units.east_role.id)
     roles_before = await _scalar(engine_for_module, "SELECT count(*) FROM roles")
     under = {"name": unique("抄表员"), "kind": "operator", "permissions": ["readings:read"],
@@ -321,6 +330,14 @@ async def test_a_district_administrator_cannot_bend_the_role_hierarchy(
     assert _errors(reparented, "updateRole") == own_role
     assert await _scalar(engine_for_module, "SELECT count(*) FROM roles") == roles_before
     assert await _scalar(engine_for_module, "SELECT parent_id FROM roles WHERE id = :id", id=units.east_role.id) == units.admin_role.id
+    # A role of their unit that the company hung under 系统管理员: theirs to describe, not to detach.
+    cashier = _gid("Role", units.east_cashier_role.id)
+    described = await client.execute(UPDATE_ROLE, {"id": cashier, "input": {"description": "柜台"}}, token=east)
+    cut_loose = await client.execute(UPDATE_ROLE, {"id": cashier, "input": {"clearParent": True}}, token=east)
+    assert _errors(described, "updateRole") == []
+    assert _errors(cut_loose, "updateRole") == [{"code": "ROLE_HIERARCHY", "field": "parentId"}]
+    assert await _scalar(engine_for_module, "SELECT parent_id FROM roles WHERE id = :id",
+                         id=units.east_cashier_role.id) == units.admin_role.id
     # Under their own role, within it, is how a district adds roles; the new one is theirs.
     below = await client.execute(CREATE_ROLE, {"input": {**under, "parentId": own}}, token=east)
     assert _errors(below, "createRole") == []
@@ -333,7 +350,7 @@ async def test_a_district_administrator_cannot_bend_the_role_hierarchy(
 async def test_a_meter_serves_only_households_within_its_area(
     client: GraphQLClient, units: Units, engine_for_module: AsyncEngine
 ) -> None:
-    company = await _token(client, units.company_admin)
+    company = await _token(client, units.company_admin, units)
     meter = _gid("Meter", units.east_meter.id)
     assignments = "SELECT count(*) FROM meter_assignments WHERE meter_id = :id"
 
@@ -366,7 +383,7 @@ async def test_a_meter_serves_only_households_within_its_area(
 async def test_readings_screens_and_exports_mask_an_out_of_scope_household_of_an_older_row(
     client: GraphQLClient, units: Units
 ) -> None:
-    east, company = await _token(client, units.east_admin), await _token(client, units.company_admin)
+    east, company = await _token(client, units.east_admin, units), await _token(client, units.company_admin, units)
     code = units.legacy_meter.code
     masked = {"meterCode": code, "householdName": None, "accountNo": None, "householdAddress": None}
 
