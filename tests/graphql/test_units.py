@@ -56,6 +56,10 @@ mutation($input: MeterModelInput!, $id: ID) { saveMeterModel(input: $input, id: 
 """
 DELETE_MODEL = "mutation($id: ID!) { deleteMeterModel(id: $id) { errors { code field } } }"
 MODELS = "query { meterModels(first: 1000) { totalCount } }"
+SET_RULE = "mutation($input: AlarmRuleInput!) { setAlarmRule(input: $input) { errors { code field } } }"
+CREATE_USER = """
+mutation($input: CreateStaffUserInput!) { createStaffUser(input: $input) { staffUser { unit { name } } errors { code field } } }
+"""
 ASSIGN = """
 mutation($meterId: ID!, $householdId: ID!) {
   assignMeter(meterId: $meterId, householdId: $householdId) { errors { code field message messageEn } }
@@ -245,6 +249,25 @@ async def test_the_role_list_shows_a_district_only_its_own_roles(client: GraphQL
     assert [error["extensions"]["code"] for error in foreign["errors"]] == ["NOT_FOUND"]
 
 
+async def test_a_new_user_belongs_to_the_creators_district_unless_placed_within_it(
+    client: GraphQLClient, units: Units, engine_for_module: AsyncEngine
+) -> None:
+    east = await _token(client, units.east_admin, units)
+    users_before = await _scalar(engine_for_module, "SELECT count(*) FROM staff_users")
+    new_user = {"fullName": "新抄表员", "password": "Str0ng-enough"}
+
+    default = await client.execute(CREATE_USER, {"input": {**new_user, "username": unique("reader")}}, token=east)
+    placed = await client.execute(CREATE_USER, {"input": {**new_user, "username": unique("reader"),
+                                                          "unitId": _gid("Area", units.tree.east_community.id)}}, token=east)
+    foreign = await client.execute(CREATE_USER, {"input": {**new_user, "username": unique("reader"),
+                                                           "unitId": _gid("Area", units.tree.west.id)}}, token=east)
+
+    assert default["data"]["createStaffUser"]["staffUser"]["unit"] == {"name": units.tree.east.name}
+    assert placed["data"]["createStaffUser"]["staffUser"]["unit"] == {"name": units.tree.east_community.name}
+    assert _errors(foreign, "createStaffUser") == [{"code": "UNKNOWN_AREA", "field": "unitId"}]
+    assert await _scalar(engine_for_module, "SELECT count(*) FROM staff_users") == users_before + 2
+
+
 # --------------------------------------------------------------------------- 2. edits by unit
 
 
@@ -303,6 +326,17 @@ async def test_the_meter_model_catalog_is_read_by_districts_and_changed_only_wit
     assert await _scalar(engine_for_module, "SELECT count(*) FROM meter_models") == models_before + 1
     assert await _scalar(engine_for_module, "SELECT caliber FROM meter_models WHERE name = :name", name=model["name"]) == 20
     assert read["data"]["meterModels"]["totalCount"] == models_before + 1
+
+
+async def test_rules_beyond_one_area_are_set_with_a_scope_over_the_company_root(client: GraphQLClient, units: Units) -> None:
+    east, company = await _token(client, units.east_admin, units), await _token(client, units.company_admin, units)
+    rule = {"kind": "silent", "threshold": "48"}
+
+    refused = await client.execute(SET_RULE, {"input": rule}, token=east)
+    accepted = await client.execute(SET_RULE, {"input": rule}, token=company)
+
+    assert _errors(refused, "setAlarmRule") == [{"code": "UNKNOWN_AREA", "field": "areaId"}]
+    assert _errors(accepted, "setAlarmRule") == []
 
 
 # --------------------------------------------------------------------------- 4. the hierarchy
