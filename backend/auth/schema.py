@@ -47,6 +47,16 @@ class RoleByIdLoader(SessionLoader[int, Role | None]):
         return await service.roles_by_ids(session, keys)
 
 
+class VisibleRoleByIdLoader(SessionLoader[int, Role | None]):
+    """Roles whose unit lies in the caller's scope (others are missing)."""
+
+    async def fetch(self, session: AsyncSession, keys: Sequence[int]) -> Mapping[int, Role]:
+        principal: Principal | None = self.context.principal
+        patterns = principal.scope_patterns() if principal is not None else []
+        statement = service.roles_statement(scope_patterns=patterns).where(Role.id.in_(keys))  # type: ignore[union-attr]
+        return {role.id: role for role in (await session.execute(statement)).scalars() if role.id is not None}
+
+
 class RoleIdsByUserIdLoader(SessionLoader[int, list[int]]):
     missing: list[int] = []
 
@@ -138,11 +148,11 @@ class RoleType(Node):
     async def unit(self, info: Info) -> AreaRef | None:
         return await _unit(info, self.unit_pk)
 
-    @strawberry.field(description="上级角色")
+    @strawberry.field(description="上级角色; null for a top role or one outside your scope (系统管理员 for a district).")
     async def parent(self, info: Info) -> RoleType | None:
         if self.parent_pk is None:
             return None
-        role = await info.context.loader(RoleByIdLoader).load(self.parent_pk)
+        role = await info.context.loader(VisibleRoleByIdLoader).load(self.parent_pk)
         return RoleType.from_row(role) if role else None
 
     @strawberry.field(description="菜单权限 (resource:action).")

@@ -35,7 +35,7 @@ from tests.factories import PASSWORD, ROOT, AreaTree, Staff, insert_legacy_assig
 from tests.graphql.client import GraphQLClient
 
 STAFF_USERS = "query { staffUsers(first: 1000) { edges { node { username unit { name } } } } }"
-ROLES = "query { roles(first: 1000) { edges { node { name } } } }"
+ROLES = "query { roles(first: 1000) { edges { node { name parent { name } } } } }"
 NODE = "query($id: ID!) { node(id: $id) { id } }"
 AUDIT_LOGS = """
 query($filter: AuditLogFilter) {
@@ -241,9 +241,12 @@ async def test_the_role_list_shows_a_district_only_its_own_roles(client: GraphQL
     seen_by_company = await client.execute(ROLES, token=company)
     foreign = await client.execute(NODE, {"id": _gid("Role", units.admin_role.id)}, token=east)
 
-    east_names = {edge["node"]["name"] for edge in seen_by_east["data"]["roles"]["edges"]}
-    company_names = {edge["node"]["name"] for edge in seen_by_company["data"]["roles"]["edges"]}
-    assert units.east_role.name in east_names
+    east_roles = {edge["node"]["name"]: edge["node"]["parent"] for edge in seen_by_east["data"]["roles"]["edges"]}
+    company_roles = {edge["node"]["name"]: edge["node"]["parent"] for edge in seen_by_company["data"]["roles"]["edges"]}
+    east_names, company_names = set(east_roles), set(company_roles)
+    # Their own role's parent is 系统管理员: outside their scope, so not shown.
+    assert east_roles[units.east_role.name] is None
+    assert company_roles[units.east_role.name] == {"name": units.admin_role.name}
     assert not east_names & {units.admin_role.name, units.west_bare_role.name}
     assert {units.admin_role.name, units.east_role.name, units.west_bare_role.name} <= company_names
     assert [error["extensions"]["code"] for error in foreign["errors"]] == ["NOT_FOUND"]
