@@ -31,6 +31,7 @@ from backend.auth.models import PrincipalKind, Role, RoleKind, StaffUser
 from backend.clock import utcnow
 from backend.db import session_factory
 from backend.graphql.relay import encode_id
+from backend.readings.service import ReadingIn, ingest_readings
 from tests.factories import PASSWORD, ROOT, AreaTree, Staff, insert_legacy_assignment, make_area_tree, make_household, unique
 from tests.graphql.client import GraphQLClient
 
@@ -70,6 +71,14 @@ MOVE_AREA = "mutation($id: ID!, $parentId: ID!) { moveArea(id: $id, parentId: $p
 REALTIME = """
 query($code: String!) {
   realtimeReadings(filter: {meterCode: $code}, first: 10) { edges { node { meterCode householdName accountNo householdAddress } } }
+}
+"""
+HISTORY = """
+query($filter: HistoryFilter!) { readingHistory(filter: $filter, first: 10) { edges { node { householdName accountNo } } } }
+"""
+LEDGER = """
+query($scope: UsageObjectInput!, $from: Date!, $to: Date!) {
+  usageLedger(scope: $scope, granularity: PERIOD, from: $from, to: $to) { rows { edges { node { householdName accountNo } } } }
 }
 """
 EXPORT_URL = "query($filters: JSON, $columns: [String!]) { readingsExportUrl(screen: realtime, filters: $filters, columns: $columns) }"
@@ -152,6 +161,9 @@ async def units(engine_for_module: AsyncEngine) -> Units:
         assert legacy_meter.id is not None and west_household.id is not None
         await insert_legacy_assignment(session, meter_id=legacy_meter.id, household_id=west_household.id,
                                        valid_from=utcnow() - timedelta(days=3))
+        read = await ingest_readings(session, readings=[ReadingIn(legacy_meter.id, utcnow() - timedelta(hours=2), Decimal(5))],
+                                     source="test", now=utcnow())
+        assert not read.rejected
     return Units(tree, company_admin, admin_role, east_admin, east_role, west_admin, west_clerk, west_bare_role,
                  east_cashier_role, east_household, west_household, east_meter, legacy_meter)
 
@@ -431,6 +443,16 @@ async def test_readings_screens_and_exports_mask_an_out_of_scope_household_of_an
                                 token=east))["data"]["readingsExportUrl"]
     exported = openpyxl.load_workbook(io.BytesIO((await client.http.get(url)).content)).active
 
+    now = utcnow()
+    window = {"from": (now - timedelta(days=1)).isoformat(), "to": now.isoformat(), "meterIds": [_gid("Meter", units.legacy_meter.id)]}
+    history = await client.execute(HISTORY, {"filter": window}, token=east)
+    days = {"scope": {"meterId": _gid("Meter", units.legacy_meter.id)}, "from": str((now - timedelta(days=1)).date()),
+            "to": str((now + timedelta(days=1)).date())}
+    ledger = await client.execute(LEDGER, days, token=east)
+    ledger_for_company = await client.execute(LEDGER, days, token=company)
     assert [edge["node"] for edge in seen_by_east["data"]["realtimeReadings"]["edges"]] == [masked]
+    assert [edge["node"] for edge in history["data"]["readingHistory"]["edges"]] == [{"householdName": None, "accountNo": None}]
+    assert [edge["node"] for edge in ledger["data"]["usageLedger"]["rows"]["edges"]] == [{"householdName": None, "accountNo": None}]
+    assert [edge["node"]["householdName"] for edge in ledger_for_company["data"]["usageLedger"]["rows"]["edges"]] == ["李娜"]
     assert [edge["node"]["householdName"] for edge in seen_by_company["data"]["realtimeReadings"]["edges"]] == ["李娜"]
     assert list(exported.iter_rows(values_only=True))[2:] == [(code, None, None, None)]  # type: ignore[union-attr]
