@@ -73,6 +73,9 @@ query($code: String!) {
   realtimeReadings(filter: {meterCode: $code}, first: 10) { edges { node { meterCode householdName accountNo householdAddress } } }
 }
 """
+ALARMS = """
+query($meterId: ID!) { meterAlarms(filter: {meterId: $meterId}) { edges { node { householdName accountNo } } } }
+"""
 HISTORY = """
 query($filter: HistoryFilter!) { readingHistory(filter: $filter, first: 10) { edges { node { householdName accountNo } } } }
 """
@@ -164,6 +167,9 @@ async def units(engine_for_module: AsyncEngine) -> Units:
         read = await ingest_readings(session, readings=[ReadingIn(legacy_meter.id, utcnow() - timedelta(hours=2), Decimal(5))],
                                      source="test", now=utcnow())
         assert not read.rejected
+        await session.execute(text(
+            "INSERT INTO meter_alarms (meter_id, kind, opened_at, last_seen_at) VALUES (:id, 'silent', now(), now())"
+        ), {"id": legacy_meter.id})
     return Units(tree, company_admin, admin_role, east_admin, east_role, west_admin, west_clerk, west_bare_role,
                  east_cashier_role, east_household, west_household, east_meter, legacy_meter)
 
@@ -450,9 +456,11 @@ async def test_readings_screens_and_exports_mask_an_out_of_scope_household_of_an
             "to": str((now + timedelta(days=1)).date())}
     ledger = await client.execute(LEDGER, days, token=east)
     ledger_for_company = await client.execute(LEDGER, days, token=company)
+    alarms = await client.execute(ALARMS, {"meterId": _gid("Meter", units.legacy_meter.id)}, token=east)
     assert [edge["node"] for edge in seen_by_east["data"]["realtimeReadings"]["edges"]] == [masked]
     assert [edge["node"] for edge in history["data"]["readingHistory"]["edges"]] == [{"householdName": None, "accountNo": None}]
     assert [edge["node"] for edge in ledger["data"]["usageLedger"]["rows"]["edges"]] == [{"householdName": None, "accountNo": None}]
     assert [edge["node"]["householdName"] for edge in ledger_for_company["data"]["usageLedger"]["rows"]["edges"]] == ["李娜"]
+    assert [edge["node"] for edge in alarms["data"]["meterAlarms"]["edges"]] == [{"householdName": None, "accountNo": None}]
     assert [edge["node"]["householdName"] for edge in seen_by_company["data"]["realtimeReadings"]["edges"]] == ["李娜"]
     assert list(exported.iter_rows(values_only=True))[2:] == [(code, None, None, None)]  # type: ignore[union-attr]
