@@ -80,9 +80,9 @@ async def record_operation(
 ) -> AuditEntry:
     """Append one entry; ``payload`` is redacted here, so callers pass the raw input.
     The entry's unit is ``subject_area_id``, else the acting staff user's unit."""
-    area_id: Any = subject_area_id
+    area_id = subject_area_id
     if area_id is None and actor is not None and actor.is_staff:
-        area_id = select(StaffUser.area_id).where(StaffUser.id == actor.id).scalar_subquery()  # type: ignore[call-overload,arg-type]
+        area_id = (await session.execute(select(StaffUser.area_id).where(StaffUser.id == actor.id))).scalar_one_or_none()  # type: ignore[call-overload,arg-type]
     entry = AuditEntry(
         at=at,
         actor_kind=actor.kind.value if actor else "anonymous",

@@ -33,7 +33,7 @@ from backend.auth.principal import Principal
 from backend.clock import utcnow
 from backend.db import session_factory
 from backend.graphql.relay import encode_id
-from tests.factories import Staff, make_staff
+from tests.factories import Staff, make_area_tree, make_staff
 from tests.graphql.client import TEST_SECRET, GraphQLClient, api_settings
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -94,6 +94,20 @@ async def test_record_operation_names_anonymous_actor(session: AsyncSession) -> 
     entry = await _record(session, at=T0, actor=None, module="auth", success=False)
 
     assert (entry.actor_kind, entry.actor_id, entry.actor_name) == ("anonymous", None, "匿名")
+
+
+async def test_an_entry_belongs_to_its_subjects_area_else_to_the_acting_users_unit(session: AsyncSession) -> None:
+    tree = await make_area_tree(session)
+    east_clerk = await make_staff(session, permissions={"areas:read"}, areas=[tree.east])
+
+    own = await _record(session, at=T0, actor=east_clerk.principal, module="system")
+    about_west = await record_operation(
+        session, at=T0, actor=east_clerk.principal, module="archives", action="x", summary="x", payload={},
+        success=True, ip=None, request_id=None, subject_area_id=tree.west.id,
+    )
+    anonymous = await _record(session, at=T0, actor=None, module="auth", success=False)
+
+    assert (own.area_id, about_west.area_id, anonymous.area_id) == (tree.east.id, tree.west.id, None)
 
 
 async def test_audit_query_filters_by_module_actor_time_and_result(session: AsyncSession) -> None:
