@@ -46,6 +46,7 @@ from backend.auth.catalog import module_name
 from backend.auth.errors import TokenExpired, TokenInvalid, TokenRevoked
 from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
+from backend.auth.security import KeyPurpose, derive_key
 from backend.auth.service import AuthPolicy, authenticate, load_principal
 from backend.clock import utcnow
 from backend.errors import BadUserInput, DomainError, Forbidden, NotAuthenticated
@@ -169,7 +170,7 @@ def _canonical(params: Mapping[str, str]) -> str:
 
 def _signature(secret: str, kind: str, principal_id: int, expires: int, params: Mapping[str, str]) -> str:
     message = "\n".join((_TOKEN_PURPOSE, kind, str(principal_id), str(expires), _canonical(params)))
-    digest = hmac.new(secret.encode(), message.encode(), hashlib.sha256).digest()
+    digest = hmac.new(derive_key(secret, KeyPurpose.download_link), message.encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 

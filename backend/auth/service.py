@@ -54,10 +54,10 @@ from backend.auth.models import (
 from backend.auth.principal import Principal
 from backend.auth.security import (
     check_password_strength,
+    code_digest,
     decode_access_token,
     hash_password,
     issue_access_token,
-    keyed_digest,
     new_token,
     token_digest,
     verify_password,
@@ -900,7 +900,7 @@ async def request_login_code(
         raise errors.CodeRateLimited(field="phone")
     code = f"{secrets.randbelow(1_000_000):06d}"
     expires_at = now + timedelta(seconds=policy.otp_ttl_s)
-    session.add(OneTimeCode(phone=phone, code_hash=keyed_digest(policy.secret, f"{phone}:{code}"), created_at=now, expires_at=expires_at))
+    session.add(OneTimeCode(phone=phone, code_hash=code_digest(policy.secret, f"{phone}:{code}"), created_at=now, expires_at=expires_at))
     await session.flush()
     await sender.send_login_code(phone, code)
     return expires_at
@@ -935,7 +935,7 @@ async def login_resident(
     if (
         pending is None
         or pending.attempts > CODE_MAX_ATTEMPTS
-        or not secrets.compare_digest(pending.code_hash, keyed_digest(policy.secret, f"{phone}:{code.strip()}"))
+        or not secrets.compare_digest(pending.code_hash, code_digest(policy.secret, f"{phone}:{code.strip()}"))
     ):
         raise errors.InvalidCode(field="code")
     pending.consumed_at = now
