@@ -51,6 +51,7 @@ from backend.auth.service import AuthPolicy, authenticate, load_principal
 from backend.clock import utcnow
 from backend.errors import BadUserInput, DomainError, Forbidden, NotAuthenticated
 from backend.exports.excel import as_text
+from backend.exports.http import check_client_rate
 from backend.exports.http import refusal as _refusal
 from backend.graphql.relay import decode_id, encode_id
 from backend.observability import request_id_var
@@ -301,15 +302,18 @@ def routes(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> li
                 scheme, _, token = authorization.partition(" ")
                 if scheme.lower() != "bearer" or not token.strip():
                     raise TokenInvalid("Authorization 须为 Bearer 令牌", "Authorization must be a Bearer token")
-                return await authenticate(session, token=token.strip(), now=now, policy=policy)
+                principal = await authenticate(session, token=token.strip(), now=now, policy=policy)
+                check_client_rate(request, principal)
+                return principal
             signed = params.get("token")
             if not signed:
                 raise NotAuthenticated()
             kind, principal_id = verify_download_token(signed, secret=policy.secret, params=params, now=now)
-            principal = await load_principal(session, kind=kind, principal_id=principal_id)
-            if principal is None:
+            found = await load_principal(session, kind=kind, principal_id=principal_id)
+            if found is None:
                 raise TokenRevoked()
-            return principal
+            check_client_rate(request, found)
+            return found
 
     async def audit_log_xlsx(request: Request) -> Response:
         params = dict(request.query_params)

@@ -459,7 +459,7 @@ class Mutation:
             info, module="auth", action="login",
             describe=lambda _: f"用户 {username[:64]} 登录",
             payload=_auth_payload,
-            before=lambda session: service.claim_login_attempt(session, username=username, now=now, policy=policy),
+            before=lambda session: service.claim_login_attempt(session, username=username, now=now, policy=policy, ip=context.ip),
             work=lambda session: service.login_staff(
                 session, username=username, password=password, now=now, policy=policy,
                 ip=context.ip, user_agent=context.user_agent,
@@ -496,11 +496,12 @@ class Mutation:
 
     @strawberry.mutation(permission_classes=[Public], description="Send a login code to a resident's mobile.")
     async def request_login_code(self, info: Info, phone: str) -> LoginCodePayload:
-        policy, now = _policy(info), utcnow()
+        policy, now, ip = _policy(info), utcnow(), info.context.ip
         sender = sms_sender(info.context.settings.sms_sender)
         return await run_mutation(
             info, module="resident", action="requestLoginCode", describe=lambda _: f"向 {phone[:20]} 发送验证码",
             payload=lambda expires, errors: LoginCodePayload(expires_at=expires, errors=errors),
+            before=lambda session: service.claim_code_send(session, phone=phone, now=now, policy=policy, ip=ip),
             work=lambda session: service.request_login_code(session, phone=phone, now=now, policy=policy, sender=sender),
             audit_input={"phone": phone},
         )
@@ -513,7 +514,7 @@ class Mutation:
         return await run_mutation(
             info, module="resident", action="residentLogin", describe=lambda _: f"住户 {phone[:20]} 登录",
             payload=_auth_payload,
-            before=lambda session: service.claim_code_attempt(session, phone=phone, now=now),
+            before=lambda session: service.claim_code_attempt(session, phone=phone, now=now, policy=policy, ip=context.ip),
             work=lambda session: service.login_resident(
                 session, phone=phone, code=code, now=now, policy=policy, ip=context.ip, user_agent=context.user_agent
             ),
@@ -558,13 +559,13 @@ class Mutation:
 
     @strawberry.mutation(permission_classes=[Authenticated], description="Change your own password (staff).")
     async def change_my_password(self, info: Info, current_password: str, new_password: str) -> OkPayload:
-        principal, policy, now = info.context.caller, _policy(info), utcnow()
+        principal, policy, now, ip = info.context.caller, _policy(info), utcnow(), info.context.ip
         return await run_mutation(
             info, module="system", action="changeMyPassword", describe=lambda _: f"{principal.name} 修改密码",
             payload=_ok,
-            before=lambda session: service.claim_password_check(session, actor=principal, now=now, policy=policy),
+            before=lambda session: service.claim_password_check(session, actor=principal, now=now, policy=policy, ip=ip),
             work=lambda session: service.change_own_password(
-                session, actor=principal, current_password=current_password, new_password=new_password, now=now
+                session, actor=principal, current_password=current_password, new_password=new_password, now=now, ip=ip
             ),
         )
 
@@ -608,6 +609,17 @@ class Mutation:
 
         return await run_mutation(info, module="system", action="setStaffUserPassword",
                                   describe=lambda u: f"重置用户 {u.username if u else id} 的密码", payload=_staff_payload, work=work)
+
+    @strawberry.mutation(permission_classes=[Requires("users:manage")],
+                         description="Lift a staff user's login locks (from every address) after failed logins.")
+    async def unlock_staff_user(self, info: Info, id: strawberry.ID) -> StaffUserPayload:
+        actor = info.context.caller
+
+        async def work(session: AsyncSession) -> StaffUser:
+            return await service.unlock_staff_user(session, actor=actor, user_id=decode_id(id, "StaffUser"))
+
+        return await run_mutation(info, module="system", action="unlockStaffUser",
+                                  describe=lambda u: f"解锁用户 {u.username if u else id} 的登录", payload=_staff_payload, work=work)
 
     @strawberry.mutation(permission_classes=[Requires("users:manage")], description="Delete a user without history.")
     async def delete_staff_user(self, info: Info, id: strawberry.ID) -> StaffUserPayload:

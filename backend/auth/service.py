@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Select, delete, exists, func, or_, select, text, update
+from sqlalchemy import Select, delete, exists, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -39,6 +39,7 @@ from backend.auth.models import (
     ApiClient,
     ApiClientArea,
     AuthSession,
+    AuthThrottle,
     LoginFailure,
     OneTimeCode,
     PrincipalKind,
@@ -63,7 +64,7 @@ from backend.auth.security import (
     verify_password,
 )
 from backend.db import asyncpg_statement
-from backend.errors import DomainError, ErrorCode, Forbidden, NotFound, ValidationFailed
+from backend.errors import DomainError, ErrorCode, Forbidden, NotFound, RateLimited, ValidationFailed
 
 USERNAME = re.compile(r"^[A-Za-z0-9_.\-]{3,64}$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -78,12 +79,21 @@ CODE_MAX_ATTEMPTS = 5
 
 @dataclass(frozen=True, slots=True)
 class AuthPolicy:
+    """The station secret (each use derives its own key from it, ``security.derive_key``),
+    lifetimes, the lockout and the throttles; defaults are the settings' defaults."""
+
     secret: str
     access_ttl_s: int = 900
     refresh_ttl_s: int = 30 * 24 * 3600
     max_failures: int = 5
-    lockout_s: int = 900
+    lockout_s: int = 60
+    lockout_max_s: int = 3600
     otp_ttl_s: int = 300
+    login_attempts_per_ip_per_minute: int = 20
+    sms_codes_per_ip_per_minute: int = 5
+    sms_codes_per_minute: int = 60
+    sms_codes_per_phone_per_day: int = 10
+    code_attempts_per_phone_per_day: int = 20
 
     @classmethod
     def from_settings(cls, settings: Any) -> AuthPolicy:
@@ -93,8 +103,20 @@ class AuthPolicy:
             refresh_ttl_s=settings.refresh_token_ttl_s,
             max_failures=settings.login_max_failures,
             lockout_s=settings.login_lockout_s,
+            lockout_max_s=settings.login_lockout_max_s,
             otp_ttl_s=settings.otp_ttl_s,
+            login_attempts_per_ip_per_minute=settings.login_attempts_per_ip_per_minute,
+            sms_codes_per_ip_per_minute=settings.sms_codes_per_ip_per_minute,
+            sms_codes_per_minute=settings.sms_codes_per_minute,
+            sms_codes_per_phone_per_day=settings.sms_codes_per_phone_per_day,
+            code_attempts_per_phone_per_day=settings.code_attempts_per_phone_per_day,
         )
+
+    def lock_length(self, failures: int) -> timedelta:
+        """How long ``failures`` failures from one source lock it: ``lockout_s`` at
+        ``max_failures``, doubling with each further failure, never above ``lockout_max_s``."""
+        doublings = min(failures - self.max_failures, 30)
+        return timedelta(seconds=min(self.lockout_s * 2**doublings, self.lockout_max_s))
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,7 +317,9 @@ async def login_staff(
         raise errors.InvalidCredentials()
     if not user.is_active:
         raise errors.AccountInactive()
-    await session.execute(delete(LoginFailure).where(LoginFailure.username == username[:64]))  # type: ignore[arg-type]
+    await session.execute(
+        delete(LoginFailure).where(LoginFailure.username == username[:64], LoginFailure.source == _source(ip))  # type: ignore[arg-type]
+    )
     user.last_login_at = now
     assert user.id is not None
     return await _open_session(
@@ -304,58 +328,99 @@ async def login_staff(
     )
 
 
-async def claim_login_attempt(session: AsyncSession, *, username: str, now: datetime, policy: AuthPolicy) -> int:
+def _source(ip: str | None) -> str:
+    return (ip or "")[:64]
+
+
+async def claim_login_attempt(
+    session: AsyncSession, *, username: str, now: datetime, policy: AuthPolicy, ip: str | None = None
+) -> int:
     """Count a login attempt before the password is checked; commit it on its own.
 
-    Every attempt counts until a success clears the count, so concurrent guesses are
-    counted as they arrive. The ``max_failures``-th attempt in the window still gets its
-    password checked but locks the name for ``lockout_s`` unless it succeeds; a locked
-    name is refused here with :class:`AccountLocked`. Returns the attempts counted.
+    Counted per username and source address (``ip``), so guesses from one address lock
+    only that address: the owner's right password from elsewhere still works. Every
+    attempt counts until a success from that source clears it, so concurrent guesses are
+    counted as they arrive. The ``max_failures``-th attempt still gets its password
+    checked but locks the source for ``lockout_s`` unless it succeeds; each attempt after
+    a lock ran out locks again for twice as long (up to ``lockout_max_s``). While locked,
+    attempts are refused here with :class:`AccountLocked` and not counted. Also counts
+    the address's attempts a minute (any username), across API processes. Returns the
+    attempts counted for this username and source.
     """
-    name = username.strip()[:64]
-    current = (
-        await session.execute(select(LoginFailure).where(LoginFailure.username == name).with_for_update())  # type: ignore[arg-type]
-    ).scalars().first()
-    if current is not None and current.locked_until is not None and current.locked_until > now:
-        raise errors.AccountLocked()
-    window_start = now - timedelta(seconds=policy.lockout_s)
+    name, source = username.strip()[:64], _source(ip)
+    await count_hit(session, key=f"login:ip:{source}", now=now, limit=policy.login_attempts_per_ip_per_minute)
     statement = (
         insert(LoginFailure)
-        .values(username=name, failures=1, last_failed_at=now)
+        .values(username=name, source=source, failures=1, last_failed_at=now)
         .on_conflict_do_update(
-            index_elements=["username"],
+            index_elements=["username", "source"],
             set_={
-                # An attempt after the window, or after a lock ran out, starts a new count.
-                "failures": func.coalesce(
-                    text(
-                        "CASE WHEN login_failures.last_failed_at < :window_start "
-                        "OR (login_failures.locked_until IS NOT NULL AND login_failures.locked_until <= :now) "
-                        "THEN 1 ELSE login_failures.failures + 1 END"
-                    ).bindparams(window_start=window_start, now=now),
-                    1,
-                ),
+                # A count quiet for longer than the longest lock starts over.
+                "failures": text(
+                    "CASE WHEN login_failures.last_failed_at < :forget_before THEN 1 ELSE login_failures.failures + 1 END"
+                ).bindparams(forget_before=now - timedelta(seconds=policy.lockout_max_s)),
                 "last_failed_at": now,
-                # A new count after an expired lock also clears that lock, so it can lock again.
-                "locked_until": text(
-                    "CASE WHEN login_failures.locked_until IS NOT NULL AND login_failures.locked_until <= :now2 "
-                    "THEN NULL ELSE login_failures.locked_until END"
-                ).bindparams(now2=now),
             },
         )
-        .returning(LoginFailure.__table__.c.failures)  # type: ignore[attr-defined]
+        .returning(LoginFailure.__table__.c.failures, LoginFailure.__table__.c.locked_until)  # type: ignore[attr-defined]
     )
     # The upsert holds the row lock until this transaction ends, so parallel attempts for
-    # one name are counted one after another, each seeing the ones before it.
-    failures: int = (await session.execute(statement)).scalar_one()
-    if failures > policy.max_failures:
-        raise errors.AccountLocked()
-    if failures == policy.max_failures:
+    # one name and source are counted one after another, each seeing the ones before it.
+    failures, locked_until = (await session.execute(statement)).one()
+    if locked_until is not None and locked_until > now:
+        # Raising rolls this count back: attempts refused while locked do not lengthen it.
+        raise errors.AccountLocked.until(locked_until, now=now)
+    if failures >= policy.max_failures:
         await session.execute(
             update(LoginFailure)
-            .where(LoginFailure.username == name)  # type: ignore[arg-type]
-            .values(locked_until=now + timedelta(seconds=policy.lockout_s))
+            .where(LoginFailure.username == name, LoginFailure.source == source)  # type: ignore[arg-type]
+            .values(locked_until=now + policy.lock_length(failures))
         )
-    return failures
+    return int(failures)
+
+
+async def unlock_staff_user(session: AsyncSession, *, actor: Principal, user_id: int) -> StaffUser:
+    """An administrator lifts every login lock and failure count of a user they may edit."""
+    user = await _check_user_editable(session, actor, user_id)
+    await session.execute(delete(LoginFailure).where(LoginFailure.username == user.username))  # type: ignore[arg-type]
+    return user
+
+
+# --------------------------------------------------------------------------- throttles
+
+
+def _minute(now: datetime) -> datetime:
+    return now.replace(second=0, microsecond=0)
+
+
+async def count_hit(session: AsyncSession, *, key: str, now: datetime, limit: int) -> int:
+    """Count one hit for ``key`` in ``now``'s minute, shared by every API process (one
+    ``auth_throttle`` row per key and minute); :class:`RateLimited` past ``limit``.
+    The row lock is held until the caller's transaction ends: commit it on its own."""
+    hits: int = (await session.execute(
+        text(
+            "INSERT INTO auth_throttle AS t (key, minute, hits) VALUES (:key, :minute, 1) "
+            "ON CONFLICT (key, minute) DO UPDATE SET hits = t.hits + 1 RETURNING hits"
+        ),
+        {"key": key[:100], "minute": _minute(now)},
+    )).scalar_one()
+    if hits > limit:
+        raise RateLimited()
+    return hits
+
+
+async def count_daily_hit(session: AsyncSession, *, key: str, now: datetime, limit: int, refusal: DomainError) -> int:
+    """Count one hit for ``key`` unless ``limit`` hits were counted in the 24 hours before
+    ``now`` (a rolling day: no midnight to wait for); then raise ``refusal``. Concurrent
+    callers for one key queue on an advisory lock held until the transaction ends."""
+    await session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key[:100]})
+    used = int((await session.execute(
+        text("SELECT coalesce(sum(hits), 0) FROM auth_throttle WHERE key = :key AND minute > :since"),
+        {"key": key[:100], "since": _minute(now) - timedelta(days=1)},
+    )).scalar_one())
+    if used >= limit:
+        raise refusal
+    return await count_hit(session, key=key, now=now, limit=limit)
 
 
 async def refresh_tokens(session: AsyncSession, *, refresh_token: str, now: datetime, policy: AuthPolicy) -> TokenPair:
@@ -412,7 +477,10 @@ async def purge_expired(session: AsyncSession, *, now: datetime) -> int:
     unlocked = await session.execute(
         delete(LoginFailure).where(LoginFailure.last_failed_at < now - timedelta(days=1))  # type: ignore[arg-type]
     )
-    return int(sessions.rowcount or 0) + int(codes.rowcount or 0) + int(unlocked.rowcount or 0)  # type: ignore[attr-defined]
+    # Throttle rows serve rolling days at most; older ones count nothing.
+    throttles = await session.execute(delete(AuthThrottle).where(AuthThrottle.minute < _minute(now) - timedelta(days=1)))  # type: ignore[arg-type]
+    counts: list[int] = [result.rowcount or 0 for result in (sessions, codes, unlocked, throttles)]  # type: ignore[attr-defined]
+    return sum(counts)
 
 
 # --------------------------------------------------------------------------- grants
@@ -803,7 +871,8 @@ async def set_staff_password(
 
 
 async def change_own_password(
-    session: AsyncSession, *, actor: Principal, current_password: str, new_password: str, now: datetime
+    session: AsyncSession, *, actor: Principal, current_password: str, new_password: str, now: datetime,
+    ip: str | None = None,
 ) -> StaffUser:
     """Change one's own password; other logins end, this one stays."""
     if not actor.is_staff:
@@ -813,7 +882,9 @@ async def change_own_password(
         raise NotFound()
     if not await asyncio.to_thread(verify_password, user.password_hash, current_password):
         raise errors.InvalidCredentials("当前密码错误", "The current password is wrong", field="currentPassword")
-    await session.execute(delete(LoginFailure).where(LoginFailure.username == user.username))  # type: ignore[arg-type]
+    await session.execute(
+        delete(LoginFailure).where(LoginFailure.username == user.username, LoginFailure.source == _source(ip))  # type: ignore[arg-type]
+    )
     check_password_strength(new_password, field="newPassword")
     user.password_hash = await asyncio.to_thread(hash_password, new_password)
     user.updated_at = now
@@ -827,7 +898,9 @@ async def change_own_password(
     return user
 
 
-async def claim_password_check(session: AsyncSession, *, actor: Principal, now: datetime, policy: AuthPolicy) -> int:
+async def claim_password_check(
+    session: AsyncSession, *, actor: Principal, now: datetime, policy: AuthPolicy, ip: str | None = None
+) -> int:
     """Count a check of the caller's current password against their login lockout, so a
     stolen access token cannot be used to guess the password (commit on its own)."""
     if not actor.is_staff:
@@ -835,7 +908,7 @@ async def claim_password_check(session: AsyncSession, *, actor: Principal, now: 
     username = (await session.execute(select(StaffUser.username).where(StaffUser.id == actor.id))).scalar_one_or_none()  # type: ignore[call-overload]
     if username is None:
         raise Forbidden()
-    return await claim_login_attempt(session, username=username, now=now, policy=policy)
+    return await claim_login_attempt(session, username=username, now=now, policy=policy, ip=ip)
 
 
 async def delete_staff_user(session: AsyncSession, *, actor: Principal, user_id: int) -> StaffUser:
@@ -884,13 +957,14 @@ async def user_role_ids(session: AsyncSession, user_ids: Sequence[int]) -> dict[
 # --------------------------------------------------------------------------- residents
 
 
-async def request_login_code(
-    session: AsyncSession, *, phone: str, now: datetime, policy: AuthPolicy, sender: SmsSender
-) -> datetime:
-    """Send a 6-digit code to ``phone``; at most one a minute. Returns its expiry."""
+def _mobile(phone: str) -> str:
     phone = phone.strip()
     if not MOBILE.match(phone):
         raise DomainError("手机号格式错误", "Malformed mobile number", field="phone", code=ErrorCode.INVALID)
+    return phone
+
+
+async def _refuse_recent_code(session: AsyncSession, phone: str, now: datetime) -> None:
     recent = await session.execute(
         select(OneTimeCode.id).where(  # type: ignore[call-overload]
             OneTimeCode.phone == phone, OneTimeCode.created_at > now - timedelta(seconds=CODE_RESEND_S)
@@ -898,6 +972,32 @@ async def request_login_code(
     )
     if recent.first() is not None:
         raise errors.CodeRateLimited(field="phone")
+
+
+async def claim_code_send(session: AsyncSession, *, phone: str, now: datetime, policy: AuthPolicy, ip: str | None) -> None:
+    """Count a request for a login code before anything is sent; commit it on its own.
+
+    Refused, with nothing counted: a malformed number, a code sent to it under a minute
+    ago, ``sms_codes_per_phone_per_day`` codes to it in the last 24 hours
+    (:class:`CodeDailyLimit`), and past ``sms_codes_per_ip_per_minute`` from the address
+    or ``sms_codes_per_minute`` in all (:class:`RateLimited`): SMS pumping costs money.
+    """
+    phone = _mobile(phone)
+    await count_daily_hit(session, key=f"sms:phone:{phone}", now=now, limit=policy.sms_codes_per_phone_per_day,
+                          refusal=errors.CodeDailyLimit(field="phone"))
+    # Under the phone's lock, so two requests at once cannot both pass.
+    await _refuse_recent_code(session, phone, now)
+    await count_hit(session, key=f"sms:ip:{_source(ip)}", now=now, limit=policy.sms_codes_per_ip_per_minute)
+    await count_hit(session, key="sms:all", now=now, limit=policy.sms_codes_per_minute)
+
+
+async def request_login_code(
+    session: AsyncSession, *, phone: str, now: datetime, policy: AuthPolicy, sender: SmsSender
+) -> datetime:
+    """Send a 6-digit code to ``phone``; at most one a minute (the throttles are counted
+    first by :func:`claim_code_send`). Returns its expiry."""
+    phone = _mobile(phone)
+    await _refuse_recent_code(session, phone, now)
     code = f"{secrets.randbelow(1_000_000):06d}"
     expires_at = now + timedelta(seconds=policy.otp_ttl_s)
     session.add(OneTimeCode(phone=phone, code_hash=code_digest(policy.secret, f"{phone}:{code}"), created_at=now, expires_at=expires_at))
@@ -952,12 +1052,24 @@ async def login_resident(
     )
 
 
-async def claim_code_attempt(session: AsyncSession, *, phone: str, now: datetime) -> None:
+async def claim_code_attempt(
+    session: AsyncSession, *, phone: str, now: datetime, policy: AuthPolicy | None = None, ip: str | None = None
+) -> None:
     """Count one attempt against the phone's live code before it is compared; the caller
-    commits this on its own. A code with five attempts used is dead: InvalidCode."""
+    commits this on its own. A code with five attempts used is dead: InvalidCode.
+
+    With a ``policy``, also counted (and refused past their limits, counting nothing):
+    the address's login attempts a minute (:class:`RateLimited`) and the phone's code
+    attempts over the last 24 hours, right or wrong (:class:`CodeDailyLimit`), so a
+    phone's code cannot be ground down by asking for new ones."""
+    phone = phone.strip()
+    if policy is not None:
+        await count_hit(session, key=f"login:ip:{_source(ip)}", now=now, limit=policy.login_attempts_per_ip_per_minute)
+        await count_daily_hit(session, key=f"code:phone:{phone[:20]}", now=now, limit=policy.code_attempts_per_phone_per_day,
+                              refusal=errors.CodeAttemptsDailyLimit(field="code"))
     live = (
         select(OneTimeCode.id)  # type: ignore[call-overload]
-        .where(OneTimeCode.phone == phone.strip(), OneTimeCode.consumed_at.is_(None), OneTimeCode.expires_at > now)  # type: ignore[union-attr]
+        .where(OneTimeCode.phone == phone, OneTimeCode.consumed_at.is_(None), OneTimeCode.expires_at > now)  # type: ignore[union-attr]
         .order_by(OneTimeCode.created_at.desc())  # type: ignore[attr-defined]
         .limit(1)
         .scalar_subquery()

@@ -48,6 +48,8 @@ async def test_parallel_password_guesses_cannot_outrun_the_lockout(client: Graph
     async with session_factory(engine_for_module)() as session, session.begin():
         victim = await make_staff(session, permissions=())
 
+    # All from one address: the lockout is per username and source (test_auth_abuse.py pins
+    # that the owner, from another address, still logs in meanwhile).
     guesses = await asyncio.gather(*[client.execute(LOGIN, {"u": victim.username, "p": f"Guess-{n}x"}) for n in range(12)])
 
     codes = sorted(answer["data"]["login"]["errors"][0]["code"] for answer in guesses)
