@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Select, delete, exists, or_, select, text, update
+from sqlalchemy import Select, delete, exists, false, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from backend.archives.models import Area, Household
 from backend.archives.service import require_areas
@@ -40,6 +41,8 @@ from backend.auth.models import (
     ApiClientArea,
     AuthSession,
     AuthThrottle,
+    BindingState,
+    HouseholdBinding,
     LoginFailure,
     OneTimeCode,
     PrincipalKind,
@@ -65,6 +68,7 @@ from backend.auth.security import (
 )
 from backend.db import asyncpg_statement
 from backend.errors import DomainError, ErrorCode, Forbidden, NotFound, RateLimited, ValidationFailed
+from backend.events.service import EventKind, emit_event
 
 USERNAME = re.compile(r"^[A-Za-z0-9_.\-]{3,64}$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -130,6 +134,11 @@ class TokenPair:
 
 class SmsSender(Protocol):
     async def send_login_code(self, phone: str, code: str) -> None: ...
+
+    async def send_binding_code(self, phone: str, code: str, account_no: str) -> None:
+        """A code for the holder of a household's registered phone, who passes it on only
+        to someone they agree may see the household (a tenant, family)."""
+        ...
 
 
 # --------------------------------------------------------------------------- principals
@@ -1095,10 +1104,76 @@ async def claim_bind_attempt(session: AsyncSession, *, resident: Principal, now:
     return await claim_login_attempt(session, username=_bind_attempts_key(resident), now=now, policy=policy)
 
 
-async def bind_household(session: AsyncSession, *, resident: Principal, account_no: str, name: str) -> Household:
-    """Bind a household by its account number and registered name. An unknown account
-    number and a wrong name get the same refusal, so numbers cannot be probed; attempts
-    are counted by :func:`claim_bind_attempt` and a success clears the count."""
+def mask_phone(phone: str | None) -> str | None:
+    """138****5678: enough for a person to recognise their own number."""
+    if not phone:
+        return None
+    return phone[:3] + "****" + phone[-4:] if len(phone) >= 8 else "****"
+
+
+@dataclass(frozen=True, slots=True)
+class BindingOutcome:
+    """Where a binding stands after a call: ``household`` is set once it is active."""
+
+    binding: HouseholdBinding
+    account_no: str
+    resident_phone: str
+    household: Household | None
+    # The masked registered phone a confirmation code was sent to, if one was.
+    code_sent_to: str | None = None
+
+
+async def _emit_bound(session: AsyncSession, binding: HouseholdBinding) -> None:
+    """``household.bound`` for every state change, in the caller's transaction."""
+    await emit_event(
+        session, EventKind.household_bound,
+        {"household_id": binding.household_id, "resident_id": binding.resident_id, "state": binding.state.value},
+        key=f"household:{binding.household_id}",
+    )
+
+
+async def _activate(session: AsyncSession, binding: HouseholdBinding, *, now: datetime, decided_by: str, owner: bool) -> None:
+    binding.state, binding.decided_at, binding.decided_by = BindingState.active, now, decided_by
+    binding.code_hash = None
+    await session.execute(
+        insert(ResidentHousehold)
+        .values(resident_id=binding.resident_id, household_id=binding.household_id, bound_at=now, is_owner=owner)
+        .on_conflict_do_nothing()
+    )
+    await session.flush()
+    await _emit_bound(session, binding)
+
+
+def _binding_code_digest(policy: AuthPolicy, binding_id: int, code: str) -> str:
+    # Its own message prefix: a binding code is never a login code for the same phone.
+    return code_digest(policy.secret, f"bind:{binding_id}:{code.strip()}")
+
+
+async def bind_household(
+    session: AsyncSession,
+    *,
+    resident: Principal,
+    account_no: str,
+    name: str,
+    now: datetime,
+    policy: AuthPolicy,
+    sender: SmsSender,
+) -> BindingOutcome:
+    """Bind a household by its account number and registered name, with proof beyond
+    what the bill prints.
+
+    - The resident's login phone is the household's registered phone (the login code
+      proved it): bound at once, as its owner.
+    - Otherwise a pending binding is made; a code goes to the registered phone (when it
+      is a mobile number and its daily SMS cap allows), and the resident confirms with
+      :func:`confirm_household_binding`; or the owner, or the counter, approves it
+      (:func:`decide_household_binding`). A repeated request returns the pending one
+      without sending another code.
+
+    An unknown account number and a wrong name get the same refusal, so numbers cannot
+    be probed; attempts are counted by :func:`claim_bind_attempt` and a match clears the
+    count. Every state change emits ``household.bound``.
+    """
     if not resident.is_resident:
         raise Forbidden()
     household = (
@@ -1109,12 +1184,151 @@ async def bind_household(session: AsyncSession, *, resident: Principal, account_
     assert household.id is not None
     if household.id in resident.household_ids:
         raise errors.AlreadyBound(field="accountNo")
-    await session.execute(insert(ResidentHousehold).values(resident_id=resident.id, household_id=household.id).on_conflict_do_nothing())
     await session.execute(delete(LoginFailure).where(LoginFailure.username == _bind_attempts_key(resident)))  # type: ignore[arg-type]
-    return household
+    resident_phone = (await session.execute(select(Resident.phone).where(Resident.id == resident.id))).scalar_one()  # type: ignore[call-overload]
+    registered = (household.phone or "").strip()
+    pending = (await session.execute(
+        select(HouseholdBinding).where(
+            HouseholdBinding.resident_id == resident.id, HouseholdBinding.household_id == household.id,  # type: ignore[arg-type]
+            HouseholdBinding.state == BindingState.pending,  # type: ignore[arg-type]
+        ).with_for_update()
+    )).scalars().first()
+    if pending is None:
+        pending = HouseholdBinding(resident_id=resident.id, household_id=household.id, state=BindingState.pending, created_at=now)
+        session.add(pending)
+        await session.flush()
+        assert pending.id is not None
+        if registered == resident_phone:
+            await _activate(session, pending, now=now, decided_by="phone", owner=True)
+            return BindingOutcome(pending, household.account_no, resident_phone, household)
+        await _emit_bound(session, pending)
+        if MOBILE.match(registered):
+            try:
+                await count_daily_hit(session, key=f"sms:phone:{registered}", now=now, limit=policy.sms_codes_per_phone_per_day,
+                                      refusal=errors.CodeDailyLimit())
+            except errors.CodeDailyLimit:
+                # No code today: the owner or the counter can still approve.
+                return BindingOutcome(pending, household.account_no, resident_phone, None)
+            code = f"{secrets.randbelow(1_000_000):06d}"
+            pending.code_hash = _binding_code_digest(policy, pending.id, code)
+            pending.code_expires_at = now + timedelta(seconds=policy.otp_ttl_s)
+            await session.flush()
+            await sender.send_binding_code(registered, code, household.account_no)
+    code_sent_to = mask_phone(registered) if pending.code_hash is not None else None
+    return BindingOutcome(pending, household.account_no, resident_phone, None, code_sent_to)
 
 
-async def unbind_household(session: AsyncSession, *, resident: Principal, household_id: int) -> Household:
+async def _outcome(session: AsyncSession, binding: HouseholdBinding) -> BindingOutcome:
+    household = await session.get(Household, binding.household_id)
+    assert household is not None
+    phone = (await session.execute(select(Resident.phone).where(Resident.id == binding.resident_id))).scalar_one()  # type: ignore[call-overload]
+    active = binding.state is BindingState.active
+    return BindingOutcome(binding, household.account_no, phone, household if active else None)
+
+
+async def claim_binding_code_attempt(session: AsyncSession, *, resident: Principal, binding_id: int, now: datetime) -> None:
+    """Count one attempt at a binding's confirmation code before it is compared (commit
+    on its own): five attempts, right or wrong, and the code is dead (InvalidCode)."""
+    claimed = await session.execute(
+        update(HouseholdBinding)
+        .where(
+            HouseholdBinding.id == binding_id, HouseholdBinding.resident_id == resident.id,  # type: ignore[arg-type]
+            HouseholdBinding.state == BindingState.pending, HouseholdBinding.code_hash.is_not(None),  # type: ignore[arg-type,union-attr]
+            HouseholdBinding.code_expires_at > now, HouseholdBinding.code_attempts < CODE_MAX_ATTEMPTS,  # type: ignore[arg-type,operator]
+        )
+        .values(code_attempts=HouseholdBinding.code_attempts + 1)
+        .returning(HouseholdBinding.__table__.c.id)  # type: ignore[attr-defined]
+    )
+    if claimed.first() is None:
+        raise errors.InvalidCode(field="code")
+
+
+async def confirm_household_binding(
+    session: AsyncSession, *, resident: Principal, binding_id: int, code: str, now: datetime, policy: AuthPolicy
+) -> BindingOutcome:
+    """Activate the resident's pending binding with the code sent to the household's
+    registered phone (holding that phone makes them an owner). The attempt must have
+    been claimed first with :func:`claim_binding_code_attempt`."""
+    binding = (await session.execute(
+        select(HouseholdBinding).where(
+            HouseholdBinding.id == binding_id, HouseholdBinding.resident_id == resident.id,  # type: ignore[arg-type]
+            HouseholdBinding.state == BindingState.pending,  # type: ignore[arg-type]
+        ).with_for_update()
+    )).scalars().first()
+    if (
+        binding is None or binding.code_hash is None or binding.code_expires_at is None or binding.code_expires_at <= now
+        or binding.code_attempts > CODE_MAX_ATTEMPTS
+        or not secrets.compare_digest(binding.code_hash, _binding_code_digest(policy, binding_id, code))
+    ):
+        raise errors.InvalidCode(field="code")
+    await _activate(session, binding, now=now, decided_by="code", owner=True)
+    return await _outcome(session, binding)
+
+
+async def decide_household_binding(
+    session: AsyncSession, *, actor: Principal, binding_id: int, approve: bool, now: datetime
+) -> BindingOutcome:
+    """An owner of the household (a resident bound to it as owner) or staff whose scope
+    holds it (the counter) approves or rejects a pending binding. Anyone else, and a
+    binding that is not pending, gets NOT_FOUND, so requests do not leak."""
+    binding = (await session.execute(
+        select(HouseholdBinding).where(
+            HouseholdBinding.id == binding_id, HouseholdBinding.state == BindingState.pending,  # type: ignore[arg-type]
+        ).with_for_update()
+    )).scalars().first()
+    if binding is None:
+        raise NotFound(field="id")
+    if actor.is_resident:
+        owns = await session.execute(select(ResidentHousehold.resident_id).where(  # type: ignore[call-overload]
+            ResidentHousehold.resident_id == actor.id, ResidentHousehold.household_id == binding.household_id,
+            ResidentHousehold.is_owner.is_(True),  # type: ignore[attr-defined]
+        ))
+        if owns.first() is None:
+            raise NotFound(field="id")
+        decided_by = f"owner:{actor.id}"
+    elif actor.is_staff:
+        path = (await session.execute(
+            select(Area.path).join(Household, Household.area_id == Area.id).where(Household.id == binding.household_id)  # type: ignore[call-overload,arg-type]
+        )).scalar_one()
+        if not actor.in_scope(path):
+            raise NotFound(field="id")
+        decided_by = f"staff:{actor.id}"
+    else:
+        raise Forbidden()
+    if approve:
+        await _activate(session, binding, now=now, decided_by=decided_by, owner=False)
+    else:
+        binding.state, binding.decided_at, binding.decided_by, binding.code_hash = BindingState.rejected, now, decided_by, None
+        await session.flush()
+        await _emit_bound(session, binding)
+    return await _outcome(session, binding)
+
+
+def pending_bindings_statement(actor: Principal) -> Select[tuple[HouseholdBinding, str, str]]:
+    """Pending bindings an actor may see, with each household's account number and the
+    resident's phone: a resident's own requests and those on households they own; a
+    staff member's, on households in their scope."""
+    statement = (
+        select(HouseholdBinding, Household.account_no, Resident.phone)  # type: ignore[call-overload]
+        .join(Household, Household.id == HouseholdBinding.household_id)
+        .join(Resident, Resident.id == HouseholdBinding.resident_id)
+        .where(HouseholdBinding.state == BindingState.pending)
+    )
+    if actor.is_resident:
+        owned = select(ResidentHousehold.household_id).where(  # type: ignore[call-overload]
+            ResidentHousehold.resident_id == actor.id, ResidentHousehold.is_owner.is_(True),  # type: ignore[attr-defined]
+        )
+        statement = statement.where(or_(col(HouseholdBinding.household_id).in_(owned), HouseholdBinding.resident_id == actor.id))  # type: ignore[arg-type]
+    else:
+        in_scope = (
+            select(Area.id)  # type: ignore[call-overload]
+            .where(or_(false(), *[col(Area.path).startswith(path) for path in actor.scope_paths]))
+        )
+        statement = statement.where(col(Household.area_id).in_(in_scope))
+    return statement.order_by(HouseholdBinding.id)  # type: ignore[no-any-return]
+
+
+async def unbind_household(session: AsyncSession, *, resident: Principal, household_id: int, now: datetime) -> Household:
     if household_id not in resident.household_ids:
         raise NotFound(field="householdId")
     household = await session.get(Household, household_id)
@@ -1125,6 +1339,11 @@ async def unbind_household(session: AsyncSession, *, resident: Principal, househ
             ResidentHousehold.resident_id == resident.id, ResidentHousehold.household_id == household_id  # type: ignore[arg-type]
         )
     )
+    unbound = HouseholdBinding(resident_id=resident.id, household_id=household_id, state=BindingState.unbound,
+                               created_at=now, decided_at=now, decided_by=f"resident:{resident.id}")
+    session.add(unbound)
+    await session.flush()
+    await _emit_bound(session, unbound)
     return household
 
 
