@@ -110,7 +110,7 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
         check_anonymous=anonymous.check,
         read_sessions=read_sessions,
         read_engine=read_engine,
-        services={"auth_policy": policy},
+        services={"auth_policy": policy, "client_limiter": limiter},
     )
 
     async def healthz(request: Request) -> Response:

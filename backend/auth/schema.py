@@ -503,6 +503,17 @@ def _client_payload(issued: service.IssuedClient | ApiClient | None, errors: lis
     return ApiClientPayload(api_client=ApiClientType.from_row(issued), client_secret=None, errors=errors)
 
 
+async def _issue_client_token(
+    info: Info, session: AsyncSession, client_id: str, client_secret: str, now: datetime, policy: service.AuthPolicy
+) -> service.TokenPair:
+    issued = await service.issue_client_token(session, client_id=client_id, client_secret=client_secret, now=now, policy=policy)
+    limiter = info.context.services.get("client_limiter")
+    if limiter is not None:
+        # As /oauth/token: a client past its rate gets no new login session (rolled back).
+        limiter.check(issued.principal)
+    return issued
+
+
 def _ok(result: Any, errors: list[UserError]) -> OkPayload:
     return OkPayload(ok=not errors, errors=errors)
 
@@ -602,9 +613,7 @@ class Mutation:
         return await run_mutation(
             info, module="auth", action="issueClientToken", describe=lambda _: f"第三方 {client_id[:64]} 获取访问令牌",
             payload=_auth_payload,
-            work=lambda session: service.issue_client_token(
-                session, client_id=client_id, client_secret=client_secret, now=now, policy=policy
-            ),
+            work=lambda session: _issue_client_token(info, session, client_id, client_secret, now, policy),
             audit_input={"clientId": client_id}, actor=lambda pair: pair.principal,
         )
 

@@ -356,8 +356,11 @@ async def claim_login_attempt(
     the address's attempts a minute (any username), across API processes. Returns the
     attempts counted for this username and source.
     """
-    name, source = username.strip()[:64], _source(ip)
-    await count_hit(session, key=f"login:ip:{source}", now=now, limit=policy.login_attempts_per_ip_per_minute)
+    await count_hit(session, key=f"login:ip:{_source(ip)}", now=now, limit=policy.login_attempts_per_ip_per_minute)
+    return await _claim_against_lockout(session, name=username.strip()[:64], source=_source(ip), now=now, policy=policy)
+
+
+async def _claim_against_lockout(session: AsyncSession, *, name: str, source: str, now: datetime, policy: AuthPolicy) -> int:
     statement = (
         insert(LoginFailure)
         .values(username=name, source=source, failures=1, last_failed_at=now)
@@ -1100,8 +1103,10 @@ def _bind_attempts_key(resident: Principal) -> str:
 
 async def claim_bind_attempt(session: AsyncSession, *, resident: Principal, now: datetime, policy: AuthPolicy) -> int:
     """Count a binding attempt (commit on its own): five wrong account number / name pairs
-    lock binding for the resident for ``lockout_s``, so pairs cannot be guessed at will."""
-    return await claim_login_attempt(session, username=_bind_attempts_key(resident), now=now, policy=policy)
+    lock binding for the resident (``lockout_s``, doubling like a login lock), so pairs
+    cannot be guessed at will."""
+    # The resident's own counter (no address): their guesses lock only their binding.
+    return await _claim_against_lockout(session, name=_bind_attempts_key(resident), source="", now=now, policy=policy)
 
 
 def mask_phone(phone: str | None) -> str | None:

@@ -155,7 +155,7 @@ async def _api_client(engine: AsyncEngine, world: World, *, scopes: list[str], r
     return issued.client.client_id, issued.secret
 
 
-async def test_oauth_token_takes_from_the_clients_rate_and_a_refused_issue_opens_no_session(
+async def test_oauth_token_and_issue_client_token_take_from_the_clients_rate_and_a_refusal_opens_no_session(
     client: GraphQLClient, world: World, engine_for_module: AsyncEngine
 ) -> None:
     client_id, secret = await _api_client(engine_for_module, world, scopes=["areas:read"], rate_per_minute=2)
@@ -164,10 +164,15 @@ async def test_oauth_token_takes_from_the_clients_rate_and_a_refused_issue_opens
     answers = [await client.http.post("/oauth/token", data=form) for _ in range(2)]
     sessions_before = await count(engine_for_module, "SELECT count(*) FROM auth_sessions WHERE principal_kind = 'client'")
     refused = await client.http.post("/oauth/token", data=form)
+    refused_mutation = await client.execute(
+        "mutation($id: String!, $s: String!) { issueClientToken(clientId: $id, clientSecret: $s) { errors { code } } }",
+        {"id": client_id, "s": secret},
+    )
 
     assert [answer.status_code for answer in answers] == [200, 200]
     assert refused.status_code == 429
     assert refused.json()["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
+    assert top_level_code(refused_mutation) == "RATE_LIMITED"
     assert await count(engine_for_module, "SELECT count(*) FROM auth_sessions WHERE principal_kind = 'client'") == sessions_before
 
 
