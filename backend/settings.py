@@ -54,7 +54,7 @@ class Settings(BaseSettings):
 
     # Auth abuse throttles (docs/security.md). In-process token buckets per API process
     # for anonymous requests (/graphql without a token, /oauth/token):
-    anonymous_per_ip_per_minute: int = Field(default=120, ge=1)
+    anonymous_per_ip_per_minute: int = Field(default=300, ge=1)
     anonymous_per_minute: int = Field(default=3000, ge=1)
     # Shared by every process (one PostgreSQL row per key and minute):
     login_attempts_per_ip_per_minute: int = Field(default=20, ge=1)

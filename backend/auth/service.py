@@ -479,7 +479,8 @@ async def logout(session: AsyncSession, *, session_id: uuid.UUID, now: datetime)
 
 
 async def purge_expired(session: AsyncSession, *, now: datetime) -> int:
-    """Delete login sessions and one-time codes that can no longer be used."""
+    """Delete login sessions and one-time codes that can no longer be used, failure
+    counts quiet for a day, and throttle rows older than the longest window (a day)."""
     sessions = await session.execute(
         delete(AuthSession).where(or_(AuthSession.expires_at <= now, AuthSession.revoked_at <= now - timedelta(days=1)))  # type: ignore[arg-type,operator]
     )
@@ -1167,8 +1168,8 @@ async def bind_household(
     """Bind a household by its account number and registered name, with proof beyond
     what the bill prints.
 
-    - The resident's login phone is the household's registered phone (the login code
-      proved it): bound at once, as its owner.
+    - The resident's login phone is the household's registered phone (or its second
+      phone; the login code proved it): bound at once, as its owner.
     - Otherwise a pending binding is made; a code goes to the registered phone (when it
       is a mobile number and its daily SMS cap allows), and the resident confirms with
       :func:`confirm_household_binding`; or the owner, or the counter, approves it
@@ -1192,6 +1193,8 @@ async def bind_household(
     await session.execute(delete(LoginFailure).where(LoginFailure.username == _bind_attempts_key(resident)))  # type: ignore[arg-type]
     resident_phone = (await session.execute(select(Resident.phone).where(Resident.id == resident.id))).scalar_one()  # type: ignore[call-overload]
     registered = (household.phone or "").strip()
+    # Both numbers on the archive are the current owner's (archives.models.Household).
+    owner_phones = {registered, (household.phone2 or "").strip()} - {""}
     pending = (await session.execute(
         select(HouseholdBinding).where(
             HouseholdBinding.resident_id == resident.id, HouseholdBinding.household_id == household.id,  # type: ignore[arg-type]
@@ -1203,7 +1206,7 @@ async def bind_household(
         session.add(pending)
         await session.flush()
         assert pending.id is not None
-        if registered == resident_phone:
+        if resident_phone in owner_phones:
             await _activate(session, pending, now=now, decided_by="phone", owner=True)
             return BindingOutcome(pending, household.account_no, resident_phone, household)
         await _emit_bound(session, pending)

@@ -240,6 +240,17 @@ async def test_a_resident_whose_phone_is_the_registered_phone_binds_at_once_as_o
     ]
 
 
+async def test_the_households_second_phone_binds_at_once_too(session: AsyncSession) -> None:
+    tree = await make_area_tree(session)
+    household = await make_household(session, area=tree.east_community, phone="13700000009")
+    household.phone2 = PHONE
+    resident = (await log_in_resident(session)).principal
+
+    outcome = await bind(session, resident, household)
+
+    assert outcome.binding.state is BindingState.active
+
+
 async def test_what_the_bill_prints_is_not_enough_the_binding_waits_for_the_code_sent_to_the_registered_phone(
     session: AsyncSession,
 ) -> None:
