@@ -10,6 +10,7 @@ processes (login attempts, SMS codes) are counted in PostgreSQL instead
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -17,6 +18,20 @@ from dataclasses import dataclass
 from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
 from backend.errors import RateLimited
+
+
+def source_of(ip: str | None) -> str:
+    """The address a throttle or lockout counts against: an IPv4 address as is, an IPv6
+    address as its /64 (one subscriber's network: its 2^64 addresses are one caller)."""
+    if not ip:
+        return ""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip[:64]
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 @dataclass(slots=True)
@@ -87,7 +102,7 @@ class AnonymousThrottle:
     def check(self, ip: str | None) -> None:
         """Admit one anonymous request from ``ip``; raise :class:`RateLimited` when either
         its address's bucket or the global one is empty (a refusal takes no global token)."""
-        if not self._by_ip.take(ip or "", self.per_ip_per_minute):
+        if not self._by_ip.take(source_of(ip), self.per_ip_per_minute):
             raise RateLimited()
         if not self._everyone.take("", self.per_minute):
             raise RateLimited()

@@ -56,6 +56,7 @@ from backend.auth.models import (
     StaffUserRole,
 )
 from backend.auth.principal import Principal
+from backend.auth.ratelimit import source_of
 from backend.auth.security import (
     check_password_strength,
     code_digest,
@@ -338,7 +339,7 @@ async def login_staff(
 
 
 def _source(ip: str | None) -> str:
-    return (ip or "")[:64]
+    return source_of(ip)[:64]
 
 
 async def claim_login_attempt(

@@ -7,7 +7,7 @@ import pytest
 
 from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
-from backend.auth.ratelimit import AnonymousThrottle, ClientRateLimiter, TokenBuckets
+from backend.auth.ratelimit import AnonymousThrottle, ClientRateLimiter, TokenBuckets, source_of
 from backend.errors import ErrorCode, RateLimited
 
 
@@ -141,3 +141,13 @@ def test_buckets_of_a_flood_of_addresses_are_forgotten_once_they_would_be_full()
     buckets.take("late", 6)
 
     assert len(buckets._buckets) == 1
+
+
+def test_an_ipv6_caller_is_counted_by_its_64_network() -> None:
+    throttle = AnonymousThrottle(per_ip_per_minute=2, per_minute=1000, clock=FakeClock())
+
+    admitted = [anonymous_admitted(throttle, f"2001:db8:1:2::{n:x}", 1) for n in range(1, 4)]
+
+    assert admitted == [1, 1, 0]
+    assert source_of("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert source_of("203.0.113.9") == "203.0.113.9"
