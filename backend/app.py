@@ -27,7 +27,7 @@ from backend import db
 from backend.archives import http as archives_http
 from backend.audit import http as audit_http
 from backend.auth import http as auth_http
-from backend.auth.ratelimit import ClientRateLimiter
+from backend.auth.ratelimit import AnonymousThrottle, ClientRateLimiter
 from backend.auth.service import AuthPolicy, authenticate_on_connection
 from backend.clock import utcnow
 from backend.graphql import scalars
@@ -95,6 +95,7 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
     scalars.display_zone = settings.tz
     policy = AuthPolicy.from_settings(settings)
     limiter = ClientRateLimiter()
+    anonymous = AnonymousThrottle(per_ip_per_minute=settings.anonymous_per_ip_per_minute, per_minute=settings.anonymous_per_minute)
 
     async def authenticate_token(token: str) -> Any:
         async with db.raw_read(read_engine) as connection:
@@ -106,9 +107,10 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
         sessions=sessions,
         authenticate=authenticate_token,
         check_rate=limiter.check,
+        check_anonymous=anonymous.check,
         read_sessions=read_sessions,
         read_engine=read_engine,
-        services={"auth_policy": policy},
+        services={"auth_policy": policy, "client_limiter": limiter},
     )
 
     async def healthz(request: Request) -> Response:
@@ -138,7 +140,7 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
         Mount("/graphql/static", StaticFiles(packages=[("backend.graphql", "static")]), name="graphiql-static"),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        *auth_http.routes(sessions, policy),
+        *auth_http.routes(sessions, policy, limiter=limiter, anonymous=anonymous),
         *audit_http.routes(sessions, settings),
         *archives_http.routes(sessions, read_engine, settings),
         *readings_http.routes(sessions, read_engine, settings),
@@ -151,5 +153,7 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
     app.state.graphql = endpoint
     app.state.sessions = sessions
     app.state.policy = policy
+    # The plain routes' caller check (backend.exports.http.caller) takes API clients' tokens here.
+    app.state.client_limiter = limiter
     app.add_middleware(RequestIdMiddleware)
     return app

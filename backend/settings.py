@@ -41,13 +41,28 @@ class Settings(BaseSettings):
     # Tokens.
     access_token_ttl_s: int = Field(default=900, ge=30)
     refresh_token_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
-    # Staff login lockout: this many failures within the window lock the username.
+    # Staff login lockout, per username AND source address (a stranger's guesses lock
+    # only the stranger): this many failures lock for login_lockout_s, each further
+    # failure doubles the lock, up to login_lockout_max_s; a count quiet that long restarts.
     login_max_failures: int = Field(default=5, ge=1)
-    login_lockout_s: int = Field(default=15 * 60, ge=1)
+    login_lockout_s: int = Field(default=60, ge=1)
+    login_lockout_max_s: int = Field(default=3600, ge=1)
     otp_ttl_s: int = Field(default=300, ge=30)
     # "log" prints one-time codes to the log (development, demo); a real SMS gateway
     # adapter is selected here by name when one is added.
     sms_sender: str = "log"
+
+    # Auth abuse throttles (docs/security.md). In-process token buckets per API process
+    # for anonymous requests (/graphql without a token, /oauth/token):
+    anonymous_per_ip_per_minute: int = Field(default=300, ge=1)
+    anonymous_per_minute: int = Field(default=3000, ge=1)
+    # Shared by every process (one PostgreSQL row per key and minute):
+    login_attempts_per_ip_per_minute: int = Field(default=20, ge=1)
+    sms_codes_per_ip_per_minute: int = Field(default=5, ge=1)
+    sms_codes_per_minute: int = Field(default=60, ge=1)
+    # Per phone over a rolling 24 hours: codes sent, and code attempts (right or wrong).
+    sms_codes_per_phone_per_day: int = Field(default=10, ge=1)
+    code_attempts_per_phone_per_day: int = Field(default=20, ge=1)
 
     # GraphQL limits.
     graphql_max_depth: int = Field(default=15, ge=2)

@@ -96,6 +96,26 @@ async def insert_legacy_assignment(
     await session.execute(text("UPDATE meters SET status = 'installed' WHERE id = :id"), {"id": meter_id})
 
 
-async def make_household(session: AsyncSession, *, area: Area, name: str = "张伟") -> Household:
+async def make_household(session: AsyncSession, *, area: Area, name: str = "张伟", phone: str | None = None) -> Household:
     assert area.id is not None
-    return await create_household(session, account_no=unique("88"), name=name, area_id=area.id)
+    return await create_household(session, account_no=unique("88"), name=name, area_id=area.id, phone=phone)
+
+
+class _NoSms:
+    async def send_login_code(self, phone: str, code: str) -> None:
+        raise AssertionError("no SMS expected")
+
+    async def send_binding_code(self, phone: str, code: str, account_no: str) -> None:
+        raise AssertionError("no SMS expected")
+
+
+async def bind_at_counter(session: AsyncSession, *, resident: Principal, household: Household) -> None:
+    """Bind a resident to a household the way the product does: the resident asks, and
+    unless their phone is the registered one (bound at once) the counter approves."""
+    policy = auth.AuthPolicy(secret="factories-secret-of-at-least-32-characters")
+    pending = await auth.bind_household(session, resident=resident, account_no=household.account_no, name=household.name,
+                                        now=utcnow(), policy=policy, sender=_NoSms())
+    assert pending.binding.id is not None
+    if pending.household is not None:
+        return
+    await auth.decide_household_binding(session, actor=ROOT, binding_id=pending.binding.id, approve=True, now=utcnow())

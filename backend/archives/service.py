@@ -66,6 +66,7 @@ from backend.archives.models import (
 )
 from backend.auth.errors import UnknownArea
 from backend.auth.scope import require_whole_tree
+from backend.auth.security import KeyPurpose, derive_key
 from backend.errors import DomainError, ErrorCode, NotFound, ValidationFailed
 from backend.pagination import PagedQuery
 from backend.readings.models import ReadingQuality
@@ -1530,14 +1531,22 @@ async def replace_meter(
 
 
 class TerminalPasswordCipher:
-    """Encrypts concentrator terminal passwords (PW) at rest with a Fernet key derived
-    from the station secret; the caller builds it from ``settings.secret()``."""
+    """Encrypts concentrator terminal passwords (PW) at rest with Fernet, under the key
+    derived from the station secret for this purpose (``KeyPurpose.terminal_password``);
+    the caller builds it from ``settings.secret()``.
+
+    Passwords stored before per-purpose keys were encrypted under an HMAC of the secret
+    itself: they still decrypt (the derived key is tried first, then that legacy key), and
+    each is re-encrypted under the derived key the next time it is set.
+    """
 
     def __init__(self, secret: str) -> None:
-        from cryptography.fernet import Fernet
+        from cryptography.fernet import Fernet, MultiFernet
 
-        digest = hmac.new(secret.encode(), b"shuiwu/concentrator-terminal-password", hashlib.sha256).digest()
-        self._fernet = Fernet(base64.urlsafe_b64encode(digest))
+        derived = base64.urlsafe_b64encode(derive_key(secret, KeyPurpose.terminal_password))
+        legacy = base64.urlsafe_b64encode(hmac.new(secret.encode(), b"shuiwu/concentrator-terminal-password", hashlib.sha256).digest())
+        # MultiFernet encrypts with the first key and decrypts with whichever one fits.
+        self._fernet = MultiFernet([Fernet(derived), Fernet(legacy)])
 
     def encrypt(self, password: str) -> str:
         return self._fernet.encrypt(password.encode()).decode()

@@ -47,10 +47,12 @@ from backend.auth.catalog import module_name
 from backend.auth.errors import TokenExpired, TokenInvalid, TokenRevoked
 from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
+from backend.auth.security import KeyPurpose, derive_key
 from backend.auth.service import AuthPolicy, authenticate, load_principal
 from backend.clock import utcnow
 from backend.errors import BadUserInput, DomainError, Forbidden, NotAuthenticated
 from backend.exports.excel import as_text
+from backend.exports.http import check_client_rate
 from backend.exports.http import refusal as _refusal
 from backend.graphql.relay import decode_id, encode_id
 from backend.observability import request_id_var
@@ -170,7 +172,7 @@ def _canonical(params: Mapping[str, str]) -> str:
 
 def _signature(secret: str, kind: str, principal_id: int, expires: int, params: Mapping[str, str]) -> str:
     message = "\n".join((_TOKEN_PURPOSE, kind, str(principal_id), str(expires), _canonical(params)))
-    digest = hmac.new(secret.encode(), message.encode(), hashlib.sha256).digest()
+    digest = hmac.new(derive_key(secret, KeyPurpose.download_link), message.encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
@@ -304,15 +306,18 @@ def routes(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> li
                 scheme, _, token = authorization.partition(" ")
                 if scheme.lower() != "bearer" or not token.strip():
                     raise TokenInvalid("Authorization 须为 Bearer 令牌", "Authorization must be a Bearer token")
-                return await authenticate(session, token=token.strip(), now=now, policy=policy)
+                principal = await authenticate(session, token=token.strip(), now=now, policy=policy)
+                check_client_rate(request, principal)
+                return principal
             signed = params.get("token")
             if not signed:
                 raise NotAuthenticated()
             kind, principal_id = verify_download_token(signed, secret=policy.secret, params=params, now=now)
-            principal = await load_principal(session, kind=kind, principal_id=principal_id)
-            if principal is None:
+            found = await load_principal(session, kind=kind, principal_id=principal_id)
+            if found is None:
                 raise TokenRevoked()
-            return principal
+            check_client_rate(request, found)
+            return found
 
     async def audit_log_xlsx(request: Request) -> Response:
         params = dict(request.query_params)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import uuid
+from datetime import datetime
 
 from backend.errors import DomainError, ErrorCode, NotAuthenticated
 
@@ -15,8 +17,14 @@ class InvalidCredentials(DomainError):
 
 class AccountLocked(DomainError):
     code = ErrorCode.ACCOUNT_LOCKED
-    message = "登录失败次数过多, 账号已锁定 15 分钟"
-    message_en = "Too many failed logins: the account is locked for 15 minutes"
+    message = "登录失败次数过多, 请稍后再试"
+    message_en = "Too many failed logins: try again later"
+
+    @classmethod
+    def until(cls, locked_until: datetime, *, now: datetime) -> AccountLocked:
+        minutes = max(1, math.ceil((locked_until - now).total_seconds() / 60))
+        return cls(f"登录失败次数过多, 请 {minutes} 分钟后再试",
+                   f"Too many failed logins from here: try again in {minutes} minute{'s' if minutes > 1 else ''}")
 
 
 class AccountInactive(DomainError):
@@ -76,6 +84,17 @@ class CodeRateLimited(DomainError):
     code = ErrorCode.CODE_RATE_LIMITED
     message = "验证码发送过于频繁, 请 60 秒后再试"
     message_en = "A code was sent recently; try again in 60 seconds"
+
+
+class CodeDailyLimit(DomainError):
+    code = ErrorCode.CODE_DAILY_LIMIT
+    message = "该手机号今日验证码发送次数已达上限, 请 24 小时后再试"
+    message_en = "Too many codes were sent to this number today; try again in 24 hours"
+
+
+class CodeAttemptsDailyLimit(CodeDailyLimit):
+    message = "该手机号今日验证码尝试次数已达上限, 请 24 小时后再试"
+    message_en = "Too many code attempts for this number today; try again in 24 hours"
 
 
 class GrantExceedsOwn(DomainError):

@@ -1,5 +1,9 @@
 """``POST /oauth/token``: the OAuth 2 client-credentials grant for third parties, beside
-the ``issueClientToken`` mutation, for clients that speak plain OAuth."""
+the ``issueClientToken`` mutation, for clients that speak plain OAuth.
+
+Throttled like every anonymous call (per client address and in all, before the form is
+read), and each token issued takes a request from the client's own rate (per
+``client_id``): a refused issue writes no login session. Refusals: 429 ``RATE_LIMITED``."""
 
 from __future__ import annotations
 
@@ -12,14 +16,30 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from backend.audit.service import record_operation
+from backend.auth.ratelimit import AnonymousThrottle, ClientRateLimiter
 from backend.auth.service import AuthPolicy, issue_client_token
 from backend.clock import utcnow
-from backend.errors import DomainError
+from backend.errors import DomainError, RateLimited
 from backend.observability import request_id_var
 
 
-def routes(sessions: async_sessionmaker[AsyncSession], policy: AuthPolicy) -> list[Route]:
+def _rate_limited(refusal: RateLimited) -> Response:
+    return JSONResponse(
+        {"error": "rate_limited", "error_description": refusal.message_en,
+         "errors": [{"message": refusal.message, "extensions": {"code": refusal.code.value, "messageEn": refusal.message_en}}]},
+        429, headers={"Retry-After": "60"},
+    )
+
+
+def routes(
+    sessions: async_sessionmaker[AsyncSession], policy: AuthPolicy, *, limiter: ClientRateLimiter, anonymous: AnonymousThrottle
+) -> list[Route]:
     async def token(request: Request) -> Response:
+        ip = request.client.host if request.client else None
+        try:
+            anonymous.check(ip)
+        except RateLimited as refusal:
+            return _rate_limited(refusal)
         form = await request.form()
         client_id, client_secret = str(form.get("client_id") or ""), str(form.get("client_secret") or "")
         authorization = request.headers.get("authorization", "")
@@ -33,15 +53,18 @@ def routes(sessions: async_sessionmaker[AsyncSession], policy: AuthPolicy) -> li
         if "\x00" in client_id or "\x00" in client_secret or len(client_id) > 200 or len(client_secret) > 500:
             return JSONResponse({"error": "invalid_request"}, 400)
         now = utcnow()
-        ip = request.client.host if request.client else None
         try:
             async with sessions() as session, session.begin():
                 issued = await issue_client_token(session, client_id=client_id, client_secret=client_secret, now=now, policy=policy)
+                # Inside the transaction: a client past its rate gets no new login session.
+                limiter.check(issued.principal)
                 await record_operation(
                     session, at=now, actor=issued.principal, module="auth", action="issueClientToken",
                     summary=f"第三方 {issued.principal.name} 获取访问令牌: 成功", payload={"clientId": client_id},
                     success=True, ip=ip, request_id=request_id_var.get(),
                 )
+        except RateLimited as refusal:
+            return _rate_limited(refusal)
         except DomainError as refusal:
             async with sessions() as session, session.begin():
                 await record_operation(

@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Boolean, Column, ForeignKey, Integer, String, Text, func
+from sqlalchemy import BigInteger, Boolean, Column, ForeignKey, Index, Integer, String, Text, func, text
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlmodel import Field, SQLModel
 
@@ -109,15 +109,30 @@ class StaffUserRole(SQLModel, table=True):
 
 
 class LoginFailure(SQLModel, table=True):
-    """Failed staff logins per username, kept apart from users so unknown names count too."""
+    """Failed logins per username and source address, kept apart from users so unknown
+    names count too. Per source, so a stranger's guesses lock only the stranger out."""
 
     __tablename__ = "login_failures"
     __mapper_args__ = {"eager_defaults": True}  # server defaults come back with RETURNING
 
     username: str = Field(sa_column=Column(String(64), primary_key=True))
+    # The client address the attempts came from ("" when unknown).
+    source: str = Field(default="", sa_column=Column(String(64), primary_key=True, server_default=""))
     failures: int = Field(default=0, sa_column=Column(Integer, nullable=False))
-    last_failed_at: datetime = Field(sa_column=timestamptz(nullable=False))
+    last_failed_at: datetime = Field(sa_column=timestamptz(nullable=False, index=True))
     locked_until: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))
+
+
+class AuthThrottle(SQLModel, table=True):
+    """Hits per throttle key and minute, shared by every API process: login attempts per
+    source address, SMS codes per address and in all, codes and code attempts per phone
+    (summed over a rolling day). Purged by ``purge_expired`` once older than a day."""
+
+    __tablename__ = "auth_throttle"
+
+    key: str = Field(sa_column=Column(String(100), primary_key=True))
+    minute: datetime = Field(sa_column=timestamptz(primary_key=True, index=True))
+    hits: int = Field(default=0, sa_column=Column(Integer, nullable=False))
 
 
 class AuthSession(SQLModel, table=True):
@@ -169,6 +184,8 @@ class OneTimeCode(SQLModel, table=True):
 
 
 class ResidentHousehold(SQLModel, table=True):
+    """An active binding: the resident sees the household in their app."""
+
     __tablename__ = "resident_households"
     __mapper_args__ = {"eager_defaults": True}  # server defaults come back with RETURNING
 
@@ -179,6 +196,46 @@ class ResidentHousehold(SQLModel, table=True):
         sa_column=Column(BigInteger, ForeignKey("households.id"), primary_key=True, index=True)
     )
     bound_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=False, server_default=func.now()))
+    # The resident proved they hold the household's registered phone (their login phone is
+    # it, or they confirmed a code sent to it): they may approve tenants' bindings.
+    is_owner: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default="false"))
+
+
+class BindingState(StrEnum):
+    """A binding request's state, as the ``household.bound`` event carries it."""
+
+    pending = "pending"
+    active = "active"
+    rejected = "rejected"
+    unbound = "unbound"
+
+
+class HouseholdBinding(SQLModel, table=True):
+    """A resident's request to bind a household that is not proven theirs yet: pending
+    until confirmed by the code sent to the household's registered phone, or approved by
+    an owner or at the counter. Decided requests stay as the binding's history."""
+
+    __tablename__ = "household_bindings"
+    __mapper_args__ = {"eager_defaults": True}  # server defaults come back with RETURNING
+    __table_args__ = (
+        Index("uq_household_bindings_pending", "resident_id", "household_id", unique=True,
+              postgresql_where=text("state = 'pending'")),
+    )
+
+    id: int | None = Field(default=None, sa_column=_pk())
+    resident_id: int = Field(
+        sa_column=Column(BigInteger, ForeignKey("residents.id", ondelete="CASCADE"), nullable=False)
+    )
+    household_id: int = Field(sa_column=Column(BigInteger, ForeignKey("households.id"), nullable=False, index=True))
+    state: BindingState = Field(sa_column=enum_column(BindingState, nullable=False))
+    # The confirmation code sent to the registered phone: only its keyed hash.
+    code_hash: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    code_expires_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))
+    code_attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    created_at: datetime = Field(sa_column=timestamptz(nullable=False))
+    decided_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))
+    # Who decided: "code", "owner:<resident id>" or "staff:<user id>".
+    decided_by: str | None = Field(default=None, sa_column=Column(String(40), nullable=True))
 
 
 class ApiClient(SQLModel, table=True):

@@ -1,19 +1,37 @@
-"""Per-client token buckets for API clients (in-process, per API process).
+"""In-process token buckets, per API process: per API client, and for anonymous callers
+per client address and in all.
 
-Each process admits ``rate_per_minute`` requests a minute per client with bursts up to
-that many; with N processes behind a balancer the effective limit is N times that,
-which is documented for operators rather than paid for with a shared store.
+A bucket admits ``rate_per_minute`` requests a minute with bursts up to that many; with
+N processes behind a balancer the effective limit is N times that, which is documented
+for operators rather than paid for with a shared store. The limits that must hold across
+processes (login attempts, SMS codes) are counted in PostgreSQL instead
+(``service.count_hit``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
 from backend.errors import RateLimited
+
+
+def source_of(ip: str | None) -> str:
+    """The address a throttle or lockout counts against: an IPv4 address as is, an IPv6
+    address as its /64 (one subscriber's network: its 2^64 addresses are one caller)."""
+    if not ip:
+        return ""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip[:64]
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 @dataclass(slots=True)
@@ -22,22 +40,69 @@ class _Bucket:
     updated: float
 
 
-class ClientRateLimiter:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+class TokenBuckets:
+    """One token bucket per key, each refilled at its rate per minute. At most
+    ``max_keys`` are kept: past that, buckets idle long enough to be full again are
+    dropped (a full bucket and a missing one admit the same)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, *, max_keys: int = 100_000) -> None:
         self._clock = clock
-        self._buckets: dict[int, _Bucket] = {}
+        self._buckets: dict[Hashable, _Bucket] = {}
+        self._max_keys = max_keys
+
+    def take(self, key: Hashable, rate_per_minute: int) -> bool:
+        """Take one token from ``key``'s bucket; False when it is empty."""
+        capacity = float(rate_per_minute)
+        now = self._clock()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self._max_keys:
+                self._forget_idle(now)
+            bucket = self._buckets[key] = _Bucket(capacity, now)
+        bucket.tokens = min(capacity, bucket.tokens + (now - bucket.updated) * capacity / 60.0)
+        bucket.updated = now
+        if bucket.tokens < 1.0:
+            return False
+        bucket.tokens -= 1.0
+        return True
+
+    def _forget_idle(self, now: float) -> None:
+        # A minute idle refills any bucket completely.
+        self._buckets = {key: bucket for key, bucket in self._buckets.items() if now - bucket.updated < 60.0}
+        if len(self._buckets) >= self._max_keys:
+            # A flood of fresh addresses: keep the newest half (the global bucket still holds).
+            newest = sorted(self._buckets.items(), key=lambda item: item[1].updated)[len(self._buckets) // 2:]
+            self._buckets = dict(newest)
+
+
+class ClientRateLimiter:
+    """Each API client's own rate (``rate_per_minute``), on every route it calls."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._buckets = TokenBuckets(clock)
 
     def check(self, principal: Principal) -> None:
         """Take one token for an API client; raise :class:`RateLimited` when empty."""
         if principal.kind is not PrincipalKind.client or not principal.rate_per_minute:
             return
-        capacity = float(principal.rate_per_minute)
-        now = self._clock()
-        bucket = self._buckets.get(principal.id)
-        if bucket is None:
-            bucket = self._buckets[principal.id] = _Bucket(capacity, now)
-        bucket.tokens = min(capacity, bucket.tokens + (now - bucket.updated) * capacity / 60.0)
-        bucket.updated = now
-        if bucket.tokens < 1.0:
+        if not self._buckets.take(principal.id, principal.rate_per_minute):
             raise RateLimited()
-        bucket.tokens -= 1.0
+
+
+class AnonymousThrottle:
+    """Requests without a token (logins, codes, ``/oauth/token``): ``per_ip_per_minute``
+    from one client address and ``per_minute`` from everyone together."""
+
+    def __init__(self, *, per_ip_per_minute: int, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_ip_per_minute = per_ip_per_minute
+        self.per_minute = per_minute
+        self._by_ip = TokenBuckets(clock)
+        self._everyone = TokenBuckets(clock)
+
+    def check(self, ip: str | None) -> None:
+        """Admit one anonymous request from ``ip``; raise :class:`RateLimited` when either
+        its address's bucket or the global one is empty (a refusal takes no global token)."""
+        if not self._by_ip.take(source_of(ip), self.per_ip_per_minute):
+            raise RateLimited()
+        if not self._everyone.take("", self.per_minute):
+            raise RateLimited()

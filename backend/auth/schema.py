@@ -15,7 +15,7 @@ from backend.archives.schema import AreaByIdLoader, AreaRef, AreaType, Household
 from backend.auth import service
 from backend.auth.catalog import MENUS, Menu
 from backend.auth.errors import RefreshTokenReused
-from backend.auth.models import ApiClient, PrincipalKind, Role, RoleKind, StaffUser
+from backend.auth.models import ApiClient, BindingState, PrincipalKind, Role, RoleKind, StaffUser
 from backend.auth.principal import Principal
 from backend.auth.sms import sms_sender
 from backend.clock import utcnow
@@ -28,6 +28,7 @@ from backend.graphql.pagination import Connection, PageRequest, paginate
 from backend.graphql.permissions import Authenticated, Public, Requires
 from backend.graphql.relay import Node, decode_id, encode_id, register_node
 
+BindingStateEnum = strawberry.enum(BindingState, name="BindingState", description="pending, active, rejected, unbound")
 RoleKindEnum = strawberry.enum(RoleKind, name="RoleKind", description="系统管理员 > 单位管理员 > 部门管理员 > 系统操作员")
 PrincipalKindEnum = strawberry.enum(PrincipalKind, name="PrincipalKind")
 
@@ -218,6 +219,38 @@ class ApiClientType(Node):
         )
 
 
+@strawberry.type(name="HouseholdBinding", description=(
+    "A resident's binding of a household (绑定): PENDING until confirmed by the code sent to the household's "
+    "registered phone, or approved by an owner or at the counter."))
+class HouseholdBindingType(Node):
+    state: BindingStateEnum  # type: ignore[valid-type]
+    account_no: str = strawberry.field(description="缴费号")
+    resident_phone: str = strawberry.field(description="The requesting resident's phone, masked (138****5678).")
+    code_sent_to: str | None = strawberry.field(description="The registered phone a confirmation code went to, masked.")
+    created_at: datetime
+    decided_at: datetime | None
+    household_row: strawberry.Private[Any]
+
+    @classmethod
+    def from_outcome(cls, outcome: service.BindingOutcome) -> HouseholdBindingType:
+        binding = outcome.binding
+        assert binding.id is not None
+        return cls(
+            id=encode_id("HouseholdBinding", binding.id), state=binding.state, account_no=outcome.account_no,
+            resident_phone=service.mask_phone(outcome.resident_phone) or "", code_sent_to=outcome.code_sent_to,
+            created_at=binding.created_at, decided_at=binding.decided_at, household_row=outcome.household,
+        )
+
+    @classmethod
+    def from_row(cls, row: Any) -> HouseholdBindingType:
+        binding, account_no, phone = row
+        return cls.from_outcome(service.BindingOutcome(binding, account_no, phone, None))
+
+    @strawberry.field(description="The household, once the binding is active.")
+    def household(self) -> HouseholdRef | None:
+        return HouseholdType.from_row(self.household_row) if self.household_row is not None else None
+
+
 @strawberry.type(description="Who is calling, with what they may do.")
 class Viewer:
     kind: PrincipalKindEnum  # type: ignore[valid-type]
@@ -236,6 +269,14 @@ class Viewer:
         async with info.context.read() as session:
             user = await session.get(StaffUser, self.principal.id)
         return StaffUserType.from_row(user) if user else None
+
+    @strawberry.field(description="A resident's pending bindings: their own requests and those on households they own.")
+    async def binding_requests(self, info: Info) -> list[HouseholdBindingType]:
+        if not self.principal.is_resident:
+            return []
+        async with info.context.read() as session:
+            rows = (await session.execute(service.pending_bindings_statement(self.principal).limit(100))).all()
+        return [HouseholdBindingType.from_row(row) for row in rows]
 
     @strawberry.field(description="The menus to show, built from the catalog and your permissions.")
     def menus(self) -> list[MenuType]:
@@ -316,8 +357,16 @@ class ApiClientPayload:
 
 @strawberry.type
 class HouseholdPayload:
-    household: HouseholdRef | None
+    household: HouseholdRef | None = strawberry.field(description="Set once the household is bound (active).")
+    binding: HouseholdBindingType | None = strawberry.field(default=None, description="The binding and its state.")
     errors: list[UserError]
+
+
+def _binding_payload(outcome: service.BindingOutcome | None, errors: list[UserError]) -> HouseholdPayload:
+    if outcome is None:
+        return HouseholdPayload(household=None, binding=None, errors=errors)
+    household = HouseholdType.from_row(outcome.household) if outcome.household is not None else None
+    return HouseholdPayload(household=household, binding=HouseholdBindingType.from_outcome(outcome), errors=errors)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -462,6 +511,16 @@ class Query:
             statement = service.roles_statement(scope_patterns=info.context.caller.scope_patterns(), search=search)
             return await paginate(session, statement, page, lambda row: RoleType.from_row(row[0]))
 
+    @strawberry.field(permission_classes=[Requires("archives:manage")],
+                      description="Pending household bindings in your scope, to approve or reject at the counter.")
+    async def household_binding_requests(
+        self, info: Info, first: int | None = None, after: str | None = None, last: int | None = None,
+        before: str | None = None,
+    ) -> Connection[HouseholdBindingType]:
+        page = PageRequest.from_args(first, after, last, before)
+        async with info.context.read() as session:
+            return await paginate(session, service.pending_bindings_statement(info.context.caller), page, HouseholdBindingType.from_row)
+
     @strawberry.field(permission_classes=[Requires("clients:manage")], description="Third-party API clients.")
     async def api_clients(
         self, info: Info, first: int | None = None, after: str | None = None, last: int | None = None,
@@ -491,8 +550,35 @@ def _client_payload(issued: service.IssuedClient | ApiClient | None, errors: lis
     return ApiClientPayload(api_client=ApiClientType.from_row(issued), client_secret=None, errors=errors)
 
 
+async def _issue_client_token(
+    info: Info, session: AsyncSession, client_id: str, client_secret: str, now: datetime, policy: service.AuthPolicy
+) -> service.TokenPair:
+    issued = await service.issue_client_token(session, client_id=client_id, client_secret=client_secret, now=now, policy=policy)
+    limiter = info.context.services.get("client_limiter")
+    if limiter is not None:
+        # As /oauth/token: a client past its rate gets no new login session (rolled back).
+        limiter.check(issued.principal)
+    return issued
+
+
 def _ok(result: Any, errors: list[UserError]) -> OkPayload:
     return OkPayload(ok=not errors, errors=errors)
+
+
+async def _decide_binding(info: Info, id: strawberry.ID, approve: bool, *, action: str, who: str) -> HouseholdPayload:
+    actor, now = info.context.caller, utcnow()
+
+    async def work(session: AsyncSession) -> service.BindingOutcome:
+        return await service.decide_household_binding(
+            session, actor=actor, binding_id=decode_id(id, "HouseholdBinding"), approve=approve, now=now
+        )
+
+    verdict = "同意" if approve else "拒绝"
+    return await run_mutation(
+        info, module="resident", action=action,
+        describe=lambda outcome: f"{who}{verdict}绑定缴费号 {outcome.account_no if outcome else id}",
+        payload=_binding_payload, work=work,
+    )
 
 
 @strawberry.type
@@ -506,7 +592,7 @@ class Mutation:
             info, module="auth", action="login",
             describe=lambda _: f"用户 {username[:64]} 登录",
             payload=_auth_payload,
-            before=lambda session: service.claim_login_attempt(session, username=username, now=now, policy=policy),
+            before=lambda session: service.claim_login_attempt(session, username=username, now=now, policy=policy, ip=context.ip),
             work=lambda session: service.login_staff(
                 session, username=username, password=password, now=now, policy=policy,
                 ip=context.ip, user_agent=context.user_agent,
@@ -543,11 +629,12 @@ class Mutation:
 
     @strawberry.mutation(permission_classes=[Public], description="Send a login code to a resident's mobile.")
     async def request_login_code(self, info: Info, phone: str) -> LoginCodePayload:
-        policy, now = _policy(info), utcnow()
+        policy, now, ip = _policy(info), utcnow(), info.context.ip
         sender = sms_sender(info.context.settings.sms_sender)
         return await run_mutation(
             info, module="resident", action="requestLoginCode", describe=lambda _: f"向 {phone[:20]} 发送验证码",
             payload=lambda expires, errors: LoginCodePayload(expires_at=expires, errors=errors),
+            before=lambda session: service.claim_code_send(session, phone=phone, now=now, policy=policy, ip=ip),
             work=lambda session: service.request_login_code(session, phone=phone, now=now, policy=policy, sender=sender),
             audit_input={"phone": phone},
         )
@@ -560,7 +647,7 @@ class Mutation:
         return await run_mutation(
             info, module="resident", action="residentLogin", describe=lambda _: f"住户 {phone[:20]} 登录",
             payload=_auth_payload,
-            before=lambda session: service.claim_code_attempt(session, phone=phone, now=now),
+            before=lambda session: service.claim_code_attempt(session, phone=phone, now=now, policy=policy, ip=context.ip),
             work=lambda session: service.login_resident(
                 session, phone=phone, code=code, now=now, policy=policy, ip=context.ip, user_agent=context.user_agent
             ),
@@ -573,29 +660,57 @@ class Mutation:
         return await run_mutation(
             info, module="auth", action="issueClientToken", describe=lambda _: f"第三方 {client_id[:64]} 获取访问令牌",
             payload=_auth_payload,
-            work=lambda session: service.issue_client_token(
-                session, client_id=client_id, client_secret=client_secret, now=now, policy=policy
-            ),
+            work=lambda session: _issue_client_token(info, session, client_id, client_secret, now, policy),
             audit_input={"clientId": client_id}, actor=lambda pair: pair.principal,
         )
 
-    @strawberry.mutation(permission_classes=[Requires("resident:self")], description="Bind a household by 缴费号 and registered name.")
+    @strawberry.mutation(permission_classes=[Requires("resident:self")], description=(
+        "Bind a household by 缴费号 and registered name. Bound at once when your phone is its registered phone; "
+        "otherwise PENDING: confirm with the code sent to the registered phone (confirmHouseholdBinding), or "
+        "wait for an owner or the counter to approve."))
     async def bind_household(self, info: Info, account_no: str, name: str) -> HouseholdPayload:
         principal, policy, now = info.context.caller, _policy(info), utcnow()
+        sender = sms_sender(info.context.settings.sms_sender)
         return await run_mutation(
             info, module="resident", action="bindHousehold", describe=lambda _: f"住户绑定缴费号 {account_no[:32]}",
-            payload=lambda h, errors: HouseholdPayload(household=HouseholdType.from_row(h) if h else None, errors=errors),
+            payload=_binding_payload,
             before=lambda session: service.claim_bind_attempt(session, resident=principal, now=now, policy=policy),
-            work=lambda session: service.bind_household(session, resident=principal, account_no=account_no, name=name),
+            work=lambda session: service.bind_household(
+                session, resident=principal, account_no=account_no, name=name, now=now, policy=policy, sender=sender
+            ),
         )
+
+    @strawberry.mutation(permission_classes=[Requires("resident:self")],
+                         description="Confirm your pending binding with the code sent to the household's registered phone.")
+    async def confirm_household_binding(self, info: Info, id: strawberry.ID, code: str) -> HouseholdPayload:
+        principal, policy, now = info.context.caller, _policy(info), utcnow()
+        binding_pk = decode_id(id, "HouseholdBinding")
+        return await run_mutation(
+            info, module="resident", action="confirmHouseholdBinding", describe=lambda _: "住户以验证码确认绑定",
+            payload=_binding_payload,
+            before=lambda session: service.claim_binding_code_attempt(session, resident=principal, binding_id=binding_pk, now=now),
+            work=lambda session: service.confirm_household_binding(
+                session, resident=principal, binding_id=binding_pk, code=code, now=now, policy=policy
+            ),
+        )
+
+    @strawberry.mutation(permission_classes=[Requires("resident:self")],
+                         description="As the household's owner, approve or reject someone's pending binding (a tenant).")
+    async def decide_household_binding(self, info: Info, id: strawberry.ID, approve: bool) -> HouseholdPayload:
+        return await _decide_binding(info, id, approve, action="decideHouseholdBinding", who="户主")
+
+    @strawberry.mutation(permission_classes=[Requires("archives:manage")],
+                         description="At the counter: approve or reject a pending binding of a household in your scope.")
+    async def decide_household_binding_at_counter(self, info: Info, id: strawberry.ID, approve: bool) -> HouseholdPayload:
+        return await _decide_binding(info, id, approve, action="decideHouseholdBindingAtCounter", who="柜台")
 
     @strawberry.mutation(permission_classes=[Requires("resident:self")], description="Unbind one of your households.")
     async def unbind_household(self, info: Info, household_id: strawberry.ID) -> HouseholdPayload:
-        principal = info.context.caller
+        principal, now = info.context.caller, utcnow()
 
         async def work(session: AsyncSession) -> Any:
             household_pk = decode_id(household_id, "Household", field="householdId")
-            return await service.unbind_household(session, resident=principal, household_id=household_pk)
+            return await service.unbind_household(session, resident=principal, household_id=household_pk, now=now)
 
         return await run_mutation(
             info, module="resident", action="unbindHousehold", describe=lambda _: "住户解绑住户",
@@ -605,13 +720,13 @@ class Mutation:
 
     @strawberry.mutation(permission_classes=[Authenticated], description="Change your own password (staff).")
     async def change_my_password(self, info: Info, current_password: str, new_password: str) -> OkPayload:
-        principal, policy, now = info.context.caller, _policy(info), utcnow()
+        principal, policy, now, ip = info.context.caller, _policy(info), utcnow(), info.context.ip
         return await run_mutation(
             info, module="system", action="changeMyPassword", describe=lambda _: f"{principal.name} 修改密码",
             payload=_ok,
-            before=lambda session: service.claim_password_check(session, actor=principal, now=now, policy=policy),
+            before=lambda session: service.claim_password_check(session, actor=principal, now=now, policy=policy, ip=ip),
             work=lambda session: service.change_own_password(
-                session, actor=principal, current_password=current_password, new_password=new_password, now=now
+                session, actor=principal, current_password=current_password, new_password=new_password, now=now, ip=ip
             ),
         )
 
@@ -657,6 +772,17 @@ class Mutation:
 
         return await run_mutation(info, module="system", action="setStaffUserPassword",
                                   describe=lambda u: f"重置用户 {u.username if u else id} 的密码", payload=_staff_payload, work=work)
+
+    @strawberry.mutation(permission_classes=[Requires("users:manage")],
+                         description="Lift a staff user's login locks (from every address) after failed logins.")
+    async def unlock_staff_user(self, info: Info, id: strawberry.ID) -> StaffUserPayload:
+        actor = info.context.caller
+
+        async def work(session: AsyncSession) -> StaffUser:
+            return await service.unlock_staff_user(session, actor=actor, user_id=decode_id(id, "StaffUser"))
+
+        return await run_mutation(info, module="system", action="unlockStaffUser",
+                                  describe=lambda u: f"解锁用户 {u.username if u else id} 的登录", payload=_staff_payload, work=work)
 
     @strawberry.mutation(permission_classes=[Requires("users:manage")], description="Delete a user without history.")
     async def delete_staff_user(self, info: Info, id: strawberry.ID) -> StaffUserPayload:

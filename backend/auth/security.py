@@ -1,4 +1,10 @@
-"""Password hashing and token primitives (no database, no settings)."""
+"""Password hashing, token primitives and the keys they use (no database, no settings).
+
+Every primitive that needs a key takes the station secret (``SHUIWU_SECRET_KEY``) and
+derives its own key from it with :func:`derive_key` (HKDF-SHA256, one label per
+:class:`KeyPurpose`), so a key recovered from one use (a leaked download link's HMAC, a
+decrypted terminal password) says nothing about another, and no two uses share a key.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,14 @@ import re
 import secrets
 import uuid
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from backend.auth.errors import PasswordTooWeak, TokenExpired, TokenInvalid
 from backend.auth.models import PrincipalKind
@@ -22,6 +31,22 @@ _hasher = PasswordHasher()
 # Verified against when the username is unknown, so both paths take the same time.
 _DUMMY_HASH = _hasher.hash("shuiwu-timing-equaliser")
 JWT_ALGORITHM = "HS256"
+
+
+class KeyPurpose(StrEnum):
+    """What a derived key is for; the value is its HKDF label (never change one: every
+    token, link, code or ciphertext made with the old label would stop verifying)."""
+
+    access_token = "shuiwu/key/access-token/v1"
+    download_link = "shuiwu/key/download-link/v1"
+    login_code = "shuiwu/key/login-code/v1"
+    terminal_password = "shuiwu/key/terminal-password/v1"
+
+
+@functools.lru_cache(maxsize=64)
+def derive_key(secret: str, purpose: KeyPurpose) -> bytes:
+    """The 32-byte key for ``purpose``, derived from the station secret (HKDF-SHA256)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.value.encode()).derive(secret.encode())
 
 
 def hash_password(password: str) -> str:
@@ -45,9 +70,10 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def keyed_digest(secret: str, value: str) -> str:
-    """HMAC for short secrets such as 6-digit codes, which a plain hash would not protect."""
-    return hmac.new(secret.encode(), value.encode(), hashlib.sha256).hexdigest()
+def code_digest(secret: str, value: str) -> str:
+    """HMAC for short secrets such as 6-digit codes, which a plain hash would not protect,
+    under the login-code key derived from the station secret."""
+    return hmac.new(derive_key(secret, KeyPurpose.login_code), value.encode(), hashlib.sha256).hexdigest()
 
 
 def new_token(nbytes: int = 32) -> str:
@@ -66,7 +92,7 @@ def issue_access_token(
         "exp": int(expires_at.timestamp()),
         "typ": "access",
     }
-    return jwt.encode(claims, secret, algorithm=JWT_ALGORITHM), expires_at
+    return jwt.encode(claims, derive_key(secret, KeyPurpose.access_token), algorithm=JWT_ALGORITHM), expires_at
 
 
 @functools.lru_cache(maxsize=4096)
@@ -77,7 +103,7 @@ def _verified_claims(token: str, secret: str) -> dict[str, Any]:
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
-            secret,
+            derive_key(secret, KeyPurpose.access_token),
             algorithms=[JWT_ALGORITHM],
             options={"verify_exp": False, "require": ["sub", "knd", "sid", "exp"]},
         )

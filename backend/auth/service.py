@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Select, delete, exists, func, not_, or_, select, text, update
+from sqlalchemy import Select, delete, exists, false, func, not_, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from backend.archives.models import Area, Household
 from backend.archives.service import in_scope, require_areas
@@ -46,6 +47,9 @@ from backend.auth.models import (
     ApiClient,
     ApiClientArea,
     AuthSession,
+    AuthThrottle,
+    BindingState,
+    HouseholdBinding,
     LoginFailure,
     OneTimeCode,
     PrincipalKind,
@@ -59,19 +63,21 @@ from backend.auth.models import (
     StaffUserRole,
 )
 from backend.auth.principal import Principal
+from backend.auth.ratelimit import source_of
 from backend.auth.scope import unit_in_scope, unit_visible, whole_tree
 from backend.auth.security import (
     check_password_strength,
+    code_digest,
     decode_access_token,
     hash_password,
     issue_access_token,
-    keyed_digest,
     new_token,
     token_digest,
     verify_password,
 )
 from backend.db import asyncpg_statement
-from backend.errors import DomainError, ErrorCode, Forbidden, NotFound, ValidationFailed
+from backend.errors import DomainError, ErrorCode, Forbidden, NotFound, RateLimited, ValidationFailed
+from backend.events.service import EventKind, emit_event
 
 USERNAME = re.compile(r"^[A-Za-z0-9_.\-]{3,64}$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -86,12 +92,21 @@ CODE_MAX_ATTEMPTS = 5
 
 @dataclass(frozen=True, slots=True)
 class AuthPolicy:
+    """The station secret (each use derives its own key from it, ``security.derive_key``),
+    lifetimes, the lockout and the throttles; defaults are the settings' defaults."""
+
     secret: str
     access_ttl_s: int = 900
     refresh_ttl_s: int = 30 * 24 * 3600
     max_failures: int = 5
-    lockout_s: int = 900
+    lockout_s: int = 60
+    lockout_max_s: int = 3600
     otp_ttl_s: int = 300
+    login_attempts_per_ip_per_minute: int = 20
+    sms_codes_per_ip_per_minute: int = 5
+    sms_codes_per_minute: int = 60
+    sms_codes_per_phone_per_day: int = 10
+    code_attempts_per_phone_per_day: int = 20
 
     @classmethod
     def from_settings(cls, settings: Any) -> AuthPolicy:
@@ -101,8 +116,20 @@ class AuthPolicy:
             refresh_ttl_s=settings.refresh_token_ttl_s,
             max_failures=settings.login_max_failures,
             lockout_s=settings.login_lockout_s,
+            lockout_max_s=settings.login_lockout_max_s,
             otp_ttl_s=settings.otp_ttl_s,
+            login_attempts_per_ip_per_minute=settings.login_attempts_per_ip_per_minute,
+            sms_codes_per_ip_per_minute=settings.sms_codes_per_ip_per_minute,
+            sms_codes_per_minute=settings.sms_codes_per_minute,
+            sms_codes_per_phone_per_day=settings.sms_codes_per_phone_per_day,
+            code_attempts_per_phone_per_day=settings.code_attempts_per_phone_per_day,
         )
+
+    def lock_length(self, failures: int) -> timedelta:
+        """How long ``failures`` failures from one source lock it: ``lockout_s`` at
+        ``max_failures``, doubling with each further failure, never above ``lockout_max_s``."""
+        doublings = min(failures - self.max_failures, 30)
+        return timedelta(seconds=min(self.lockout_s * 2**doublings, self.lockout_max_s))
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +143,11 @@ class TokenPair:
 
 class SmsSender(Protocol):
     async def send_login_code(self, phone: str, code: str) -> None: ...
+
+    async def send_binding_code(self, phone: str, code: str, account_no: str) -> None:
+        """A code for the holder of a household's registered phone, who passes it on only
+        to someone they agree may see the household (a tenant, family)."""
+        ...
 
 
 # --------------------------------------------------------------------------- principals
@@ -303,7 +335,9 @@ async def login_staff(
         raise errors.InvalidCredentials()
     if not user.is_active:
         raise errors.AccountInactive()
-    await session.execute(delete(LoginFailure).where(LoginFailure.username == username[:64]))  # type: ignore[arg-type]
+    await session.execute(
+        delete(LoginFailure).where(LoginFailure.username == username[:64], LoginFailure.source == _source(ip))  # type: ignore[arg-type]
+    )
     user.last_login_at = now
     assert user.id is not None
     return await _open_session(
@@ -312,58 +346,102 @@ async def login_staff(
     )
 
 
-async def claim_login_attempt(session: AsyncSession, *, username: str, now: datetime, policy: AuthPolicy) -> int:
+def _source(ip: str | None) -> str:
+    return source_of(ip)[:64]
+
+
+async def claim_login_attempt(
+    session: AsyncSession, *, username: str, now: datetime, policy: AuthPolicy, ip: str | None = None
+) -> int:
     """Count a login attempt before the password is checked; commit it on its own.
 
-    Every attempt counts until a success clears the count, so concurrent guesses are
-    counted as they arrive. The ``max_failures``-th attempt in the window still gets its
-    password checked but locks the name for ``lockout_s`` unless it succeeds; a locked
-    name is refused here with :class:`AccountLocked`. Returns the attempts counted.
+    Counted per username and source address (``ip``), so guesses from one address lock
+    only that address: the owner's right password from elsewhere still works. Every
+    attempt counts until a success from that source clears it, so concurrent guesses are
+    counted as they arrive. The ``max_failures``-th attempt still gets its password
+    checked but locks the source for ``lockout_s`` unless it succeeds; each attempt after
+    a lock ran out locks again for twice as long (up to ``lockout_max_s``). While locked,
+    attempts are refused here with :class:`AccountLocked` and not counted. Also counts
+    the address's attempts a minute (any username), across API processes. Returns the
+    attempts counted for this username and source.
     """
-    name = username.strip()[:64]
-    current = (
-        await session.execute(select(LoginFailure).where(LoginFailure.username == name).with_for_update())  # type: ignore[arg-type]
-    ).scalars().first()
-    if current is not None and current.locked_until is not None and current.locked_until > now:
-        raise errors.AccountLocked()
-    window_start = now - timedelta(seconds=policy.lockout_s)
+    await count_hit(session, key=f"login:ip:{_source(ip)}", now=now, limit=policy.login_attempts_per_ip_per_minute)
+    return await _claim_against_lockout(session, name=username.strip()[:64], source=_source(ip), now=now, policy=policy)
+
+
+async def _claim_against_lockout(session: AsyncSession, *, name: str, source: str, now: datetime, policy: AuthPolicy) -> int:
     statement = (
         insert(LoginFailure)
-        .values(username=name, failures=1, last_failed_at=now)
+        .values(username=name, source=source, failures=1, last_failed_at=now)
         .on_conflict_do_update(
-            index_elements=["username"],
+            index_elements=["username", "source"],
             set_={
-                # An attempt after the window, or after a lock ran out, starts a new count.
-                "failures": func.coalesce(
-                    text(
-                        "CASE WHEN login_failures.last_failed_at < :window_start "
-                        "OR (login_failures.locked_until IS NOT NULL AND login_failures.locked_until <= :now) "
-                        "THEN 1 ELSE login_failures.failures + 1 END"
-                    ).bindparams(window_start=window_start, now=now),
-                    1,
-                ),
+                # A count quiet for longer than the longest lock starts over.
+                "failures": text(
+                    "CASE WHEN login_failures.last_failed_at < :forget_before THEN 1 ELSE login_failures.failures + 1 END"
+                ).bindparams(forget_before=now - timedelta(seconds=policy.lockout_max_s)),
                 "last_failed_at": now,
-                # A new count after an expired lock also clears that lock, so it can lock again.
-                "locked_until": text(
-                    "CASE WHEN login_failures.locked_until IS NOT NULL AND login_failures.locked_until <= :now2 "
-                    "THEN NULL ELSE login_failures.locked_until END"
-                ).bindparams(now2=now),
             },
         )
-        .returning(LoginFailure.__table__.c.failures)  # type: ignore[attr-defined]
+        .returning(LoginFailure.__table__.c.failures, LoginFailure.__table__.c.locked_until)  # type: ignore[attr-defined]
     )
     # The upsert holds the row lock until this transaction ends, so parallel attempts for
-    # one name are counted one after another, each seeing the ones before it.
-    failures: int = (await session.execute(statement)).scalar_one()
-    if failures > policy.max_failures:
-        raise errors.AccountLocked()
-    if failures == policy.max_failures:
+    # one name and source are counted one after another, each seeing the ones before it.
+    failures, locked_until = (await session.execute(statement)).one()
+    if locked_until is not None and locked_until > now:
+        # Raising rolls this count back: attempts refused while locked do not lengthen it.
+        raise errors.AccountLocked.until(locked_until, now=now)
+    if failures >= policy.max_failures:
         await session.execute(
             update(LoginFailure)
-            .where(LoginFailure.username == name)  # type: ignore[arg-type]
-            .values(locked_until=now + timedelta(seconds=policy.lockout_s))
+            .where(LoginFailure.username == name, LoginFailure.source == source)  # type: ignore[arg-type]
+            .values(locked_until=now + policy.lock_length(failures))
         )
-    return failures
+    return int(failures)
+
+
+async def unlock_staff_user(session: AsyncSession, *, actor: Principal, user_id: int) -> StaffUser:
+    """An administrator lifts every login lock and failure count of a user they may edit."""
+    user = await _check_user_editable(session, actor, user_id)
+    await session.execute(delete(LoginFailure).where(LoginFailure.username == user.username))  # type: ignore[arg-type]
+    return user
+
+
+# --------------------------------------------------------------------------- throttles
+
+
+def _minute(now: datetime) -> datetime:
+    return now.replace(second=0, microsecond=0)
+
+
+async def count_hit(session: AsyncSession, *, key: str, now: datetime, limit: int) -> int:
+    """Count one hit for ``key`` in ``now``'s minute, shared by every API process (one
+    ``auth_throttle`` row per key and minute); :class:`RateLimited` past ``limit``.
+    The row lock is held until the caller's transaction ends: commit it on its own."""
+    hits: int = (await session.execute(
+        text(
+            "INSERT INTO auth_throttle AS t (key, minute, hits) VALUES (:key, :minute, 1) "
+            "ON CONFLICT (key, minute) DO UPDATE SET hits = t.hits + 1 RETURNING hits"
+        ),
+        {"key": key[:100], "minute": _minute(now)},
+    )).scalar_one()
+    if hits > limit:
+        raise RateLimited()
+    return hits
+
+
+async def count_daily_hit(session: AsyncSession, *, key: str, now: datetime, limit: int, refusal: DomainError) -> int:
+    """Count one hit for ``key`` unless ``limit`` hits were counted in the 24 hours before
+    ``now`` (a rolling day: no midnight to wait for); then raise ``refusal``. Concurrent
+    callers for one key queue on an advisory lock held until the transaction ends."""
+    await session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key[:100]})
+    used = int((await session.execute(
+        text("SELECT coalesce(sum(hits), 0) FROM auth_throttle WHERE key = :key AND minute > :since"),
+        {"key": key[:100], "since": _minute(now) - timedelta(days=1)},
+    )).scalar_one())
+    if used >= limit:
+        raise refusal
+    return await count_hit(session, key=key, now=now, limit=limit)
 
 
 async def refresh_tokens(session: AsyncSession, *, refresh_token: str, now: datetime, policy: AuthPolicy) -> TokenPair:
@@ -410,7 +488,8 @@ async def logout(session: AsyncSession, *, session_id: uuid.UUID, now: datetime)
 
 
 async def purge_expired(session: AsyncSession, *, now: datetime) -> int:
-    """Delete login sessions and one-time codes that can no longer be used."""
+    """Delete login sessions and one-time codes that can no longer be used, failure
+    counts quiet for a day, and throttle rows older than the longest window (a day)."""
     sessions = await session.execute(
         delete(AuthSession).where(or_(AuthSession.expires_at <= now, AuthSession.revoked_at <= now - timedelta(days=1)))  # type: ignore[arg-type,operator]
     )
@@ -420,7 +499,10 @@ async def purge_expired(session: AsyncSession, *, now: datetime) -> int:
     unlocked = await session.execute(
         delete(LoginFailure).where(LoginFailure.last_failed_at < now - timedelta(days=1))  # type: ignore[arg-type]
     )
-    return int(sessions.rowcount or 0) + int(codes.rowcount or 0) + int(unlocked.rowcount or 0)  # type: ignore[attr-defined]
+    # Throttle rows serve rolling days at most; older ones count nothing.
+    throttles = await session.execute(delete(AuthThrottle).where(AuthThrottle.minute < _minute(now) - timedelta(days=1)))  # type: ignore[arg-type]
+    counts: list[int] = [result.rowcount or 0 for result in (sessions, codes, unlocked, throttles)]  # type: ignore[attr-defined]
+    return sum(counts)
 
 
 # --------------------------------------------------------------------------- grants
@@ -903,7 +985,8 @@ async def set_staff_password(
 
 
 async def change_own_password(
-    session: AsyncSession, *, actor: Principal, current_password: str, new_password: str, now: datetime
+    session: AsyncSession, *, actor: Principal, current_password: str, new_password: str, now: datetime,
+    ip: str | None = None,
 ) -> StaffUser:
     """Change one's own password; other logins end, this one stays."""
     if not actor.is_staff:
@@ -913,7 +996,9 @@ async def change_own_password(
         raise NotFound()
     if not await asyncio.to_thread(verify_password, user.password_hash, current_password):
         raise errors.InvalidCredentials("当前密码错误", "The current password is wrong", field="currentPassword")
-    await session.execute(delete(LoginFailure).where(LoginFailure.username == user.username))  # type: ignore[arg-type]
+    await session.execute(
+        delete(LoginFailure).where(LoginFailure.username == user.username, LoginFailure.source == _source(ip))  # type: ignore[arg-type]
+    )
     check_password_strength(new_password, field="newPassword")
     user.password_hash = await asyncio.to_thread(hash_password, new_password)
     user.updated_at = now
@@ -927,7 +1012,9 @@ async def change_own_password(
     return user
 
 
-async def claim_password_check(session: AsyncSession, *, actor: Principal, now: datetime, policy: AuthPolicy) -> int:
+async def claim_password_check(
+    session: AsyncSession, *, actor: Principal, now: datetime, policy: AuthPolicy, ip: str | None = None
+) -> int:
     """Count a check of the caller's current password against their login lockout, so a
     stolen access token cannot be used to guess the password (commit on its own)."""
     if not actor.is_staff:
@@ -935,7 +1022,7 @@ async def claim_password_check(session: AsyncSession, *, actor: Principal, now: 
     username = (await session.execute(select(StaffUser.username).where(StaffUser.id == actor.id))).scalar_one_or_none()  # type: ignore[call-overload]
     if username is None:
         raise Forbidden()
-    return await claim_login_attempt(session, username=username, now=now, policy=policy)
+    return await claim_login_attempt(session, username=username, now=now, policy=policy, ip=ip)
 
 
 async def delete_staff_user(session: AsyncSession, *, actor: Principal, user_id: int) -> StaffUser:
@@ -987,13 +1074,14 @@ async def user_role_ids(session: AsyncSession, user_ids: Sequence[int]) -> dict[
 # --------------------------------------------------------------------------- residents
 
 
-async def request_login_code(
-    session: AsyncSession, *, phone: str, now: datetime, policy: AuthPolicy, sender: SmsSender
-) -> datetime:
-    """Send a 6-digit code to ``phone``; at most one a minute. Returns its expiry."""
+def _mobile(phone: str) -> str:
     phone = phone.strip()
     if not MOBILE.match(phone):
         raise DomainError("手机号格式错误", "Malformed mobile number", field="phone", code=ErrorCode.INVALID)
+    return phone
+
+
+async def _refuse_recent_code(session: AsyncSession, phone: str, now: datetime) -> None:
     recent = await session.execute(
         select(OneTimeCode.id).where(  # type: ignore[call-overload]
             OneTimeCode.phone == phone, OneTimeCode.created_at > now - timedelta(seconds=CODE_RESEND_S)
@@ -1001,9 +1089,35 @@ async def request_login_code(
     )
     if recent.first() is not None:
         raise errors.CodeRateLimited(field="phone")
+
+
+async def claim_code_send(session: AsyncSession, *, phone: str, now: datetime, policy: AuthPolicy, ip: str | None) -> None:
+    """Count a request for a login code before anything is sent; commit it on its own.
+
+    Refused, with nothing counted: a malformed number, a code sent to it under a minute
+    ago, ``sms_codes_per_phone_per_day`` codes to it in the last 24 hours
+    (:class:`CodeDailyLimit`), and past ``sms_codes_per_ip_per_minute`` from the address
+    or ``sms_codes_per_minute`` in all (:class:`RateLimited`): SMS pumping costs money.
+    """
+    phone = _mobile(phone)
+    await count_daily_hit(session, key=f"sms:phone:{phone}", now=now, limit=policy.sms_codes_per_phone_per_day,
+                          refusal=errors.CodeDailyLimit(field="phone"))
+    # Under the phone's lock, so two requests at once cannot both pass.
+    await _refuse_recent_code(session, phone, now)
+    await count_hit(session, key=f"sms:ip:{_source(ip)}", now=now, limit=policy.sms_codes_per_ip_per_minute)
+    await count_hit(session, key="sms:all", now=now, limit=policy.sms_codes_per_minute)
+
+
+async def request_login_code(
+    session: AsyncSession, *, phone: str, now: datetime, policy: AuthPolicy, sender: SmsSender
+) -> datetime:
+    """Send a 6-digit code to ``phone``; at most one a minute (the throttles are counted
+    first by :func:`claim_code_send`). Returns its expiry."""
+    phone = _mobile(phone)
+    await _refuse_recent_code(session, phone, now)
     code = f"{secrets.randbelow(1_000_000):06d}"
     expires_at = now + timedelta(seconds=policy.otp_ttl_s)
-    session.add(OneTimeCode(phone=phone, code_hash=keyed_digest(policy.secret, f"{phone}:{code}"), created_at=now, expires_at=expires_at))
+    session.add(OneTimeCode(phone=phone, code_hash=code_digest(policy.secret, f"{phone}:{code}"), created_at=now, expires_at=expires_at))
     await session.flush()
     await sender.send_login_code(phone, code)
     return expires_at
@@ -1038,7 +1152,7 @@ async def login_resident(
     if (
         pending is None
         or pending.attempts > CODE_MAX_ATTEMPTS
-        or not secrets.compare_digest(pending.code_hash, keyed_digest(policy.secret, f"{phone}:{code.strip()}"))
+        or not secrets.compare_digest(pending.code_hash, code_digest(policy.secret, f"{phone}:{code.strip()}"))
     ):
         raise errors.InvalidCode(field="code")
     pending.consumed_at = now
@@ -1055,12 +1169,24 @@ async def login_resident(
     )
 
 
-async def claim_code_attempt(session: AsyncSession, *, phone: str, now: datetime) -> None:
+async def claim_code_attempt(
+    session: AsyncSession, *, phone: str, now: datetime, policy: AuthPolicy | None = None, ip: str | None = None
+) -> None:
     """Count one attempt against the phone's live code before it is compared; the caller
-    commits this on its own. A code with five attempts used is dead: InvalidCode."""
+    commits this on its own. A code with five attempts used is dead: InvalidCode.
+
+    With a ``policy``, also counted (and refused past their limits, counting nothing):
+    the address's login attempts a minute (:class:`RateLimited`) and the phone's code
+    attempts over the last 24 hours, right or wrong (:class:`CodeDailyLimit`), so a
+    phone's code cannot be ground down by asking for new ones."""
+    phone = phone.strip()
+    if policy is not None:
+        await count_hit(session, key=f"login:ip:{_source(ip)}", now=now, limit=policy.login_attempts_per_ip_per_minute)
+        await count_daily_hit(session, key=f"code:phone:{phone[:20]}", now=now, limit=policy.code_attempts_per_phone_per_day,
+                              refusal=errors.CodeAttemptsDailyLimit(field="code"))
     live = (
         select(OneTimeCode.id)  # type: ignore[call-overload]
-        .where(OneTimeCode.phone == phone.strip(), OneTimeCode.consumed_at.is_(None), OneTimeCode.expires_at > now)  # type: ignore[union-attr]
+        .where(OneTimeCode.phone == phone, OneTimeCode.consumed_at.is_(None), OneTimeCode.expires_at > now)  # type: ignore[union-attr]
         .order_by(OneTimeCode.created_at.desc())  # type: ignore[attr-defined]
         .limit(1)
         .scalar_subquery()
@@ -1082,14 +1208,82 @@ def _bind_attempts_key(resident: Principal) -> str:
 
 async def claim_bind_attempt(session: AsyncSession, *, resident: Principal, now: datetime, policy: AuthPolicy) -> int:
     """Count a binding attempt (commit on its own): five wrong account number / name pairs
-    lock binding for the resident for ``lockout_s``, so pairs cannot be guessed at will."""
-    return await claim_login_attempt(session, username=_bind_attempts_key(resident), now=now, policy=policy)
+    lock binding for the resident (``lockout_s``, doubling like a login lock), so pairs
+    cannot be guessed at will."""
+    # The resident's own counter (no address): their guesses lock only their binding.
+    return await _claim_against_lockout(session, name=_bind_attempts_key(resident), source="", now=now, policy=policy)
 
 
-async def bind_household(session: AsyncSession, *, resident: Principal, account_no: str, name: str) -> Household:
-    """Bind a household by its account number and registered name. An unknown account
-    number and a wrong name get the same refusal, so numbers cannot be probed; attempts
-    are counted by :func:`claim_bind_attempt` and a success clears the count."""
+def mask_phone(phone: str | None) -> str | None:
+    """138****5678: enough for a person to recognise their own number."""
+    if not phone:
+        return None
+    return phone[:3] + "****" + phone[-4:] if len(phone) >= 8 else "****"
+
+
+@dataclass(frozen=True, slots=True)
+class BindingOutcome:
+    """Where a binding stands after a call: ``household`` is set once it is active."""
+
+    binding: HouseholdBinding
+    account_no: str
+    resident_phone: str
+    household: Household | None
+    # The masked registered phone a confirmation code was sent to, if one was.
+    code_sent_to: str | None = None
+
+
+async def _emit_bound(session: AsyncSession, binding: HouseholdBinding) -> None:
+    """``household.bound`` for every state change, in the caller's transaction."""
+    await emit_event(
+        session, EventKind.household_bound,
+        {"household_id": binding.household_id, "resident_id": binding.resident_id, "state": binding.state.value},
+        key=f"household:{binding.household_id}",
+    )
+
+
+async def _activate(session: AsyncSession, binding: HouseholdBinding, *, now: datetime, decided_by: str, owner: bool) -> None:
+    binding.state, binding.decided_at, binding.decided_by = BindingState.active, now, decided_by
+    binding.code_hash = None
+    await session.execute(
+        insert(ResidentHousehold)
+        .values(resident_id=binding.resident_id, household_id=binding.household_id, bound_at=now, is_owner=owner)
+        .on_conflict_do_nothing()
+    )
+    await session.flush()
+    await _emit_bound(session, binding)
+
+
+def _binding_code_digest(policy: AuthPolicy, binding_id: int, code: str) -> str:
+    # Its own message prefix: a binding code is never a login code for the same phone.
+    return code_digest(policy.secret, f"bind:{binding_id}:{code.strip()}")
+
+
+async def bind_household(
+    session: AsyncSession,
+    *,
+    resident: Principal,
+    account_no: str,
+    name: str,
+    now: datetime,
+    policy: AuthPolicy,
+    sender: SmsSender,
+) -> BindingOutcome:
+    """Bind a household by its account number and registered name, with proof beyond
+    what the bill prints.
+
+    - The resident's login phone is the household's registered phone (or its second
+      phone; the login code proved it): bound at once, as its owner.
+    - Otherwise a pending binding is made; a code goes to the registered phone (when it
+      is a mobile number and its daily SMS cap allows), and the resident confirms with
+      :func:`confirm_household_binding`; or the owner, or the counter, approves it
+      (:func:`decide_household_binding`). A repeated request returns the pending one
+      without sending another code.
+
+    An unknown account number and a wrong name get the same refusal, so numbers cannot
+    be probed; attempts are counted by :func:`claim_bind_attempt` and a match clears the
+    count. Every state change emits ``household.bound``.
+    """
     if not resident.is_resident:
         raise Forbidden()
     household = (
@@ -1100,12 +1294,153 @@ async def bind_household(session: AsyncSession, *, resident: Principal, account_
     assert household.id is not None
     if household.id in resident.household_ids:
         raise errors.AlreadyBound(field="accountNo")
-    await session.execute(insert(ResidentHousehold).values(resident_id=resident.id, household_id=household.id).on_conflict_do_nothing())
     await session.execute(delete(LoginFailure).where(LoginFailure.username == _bind_attempts_key(resident)))  # type: ignore[arg-type]
-    return household
+    resident_phone = (await session.execute(select(Resident.phone).where(Resident.id == resident.id))).scalar_one()  # type: ignore[call-overload]
+    registered = (household.phone or "").strip()
+    # Both numbers on the archive are the current owner's (archives.models.Household).
+    owner_phones = {registered, (household.phone2 or "").strip()} - {""}
+    pending = (await session.execute(
+        select(HouseholdBinding).where(
+            HouseholdBinding.resident_id == resident.id, HouseholdBinding.household_id == household.id,  # type: ignore[arg-type]
+            HouseholdBinding.state == BindingState.pending,  # type: ignore[arg-type]
+        ).with_for_update()
+    )).scalars().first()
+    if pending is None:
+        pending = HouseholdBinding(resident_id=resident.id, household_id=household.id, state=BindingState.pending, created_at=now)
+        session.add(pending)
+        await session.flush()
+        assert pending.id is not None
+        if resident_phone in owner_phones:
+            await _activate(session, pending, now=now, decided_by="phone", owner=True)
+            return BindingOutcome(pending, household.account_no, resident_phone, household)
+        await _emit_bound(session, pending)
+        if MOBILE.match(registered):
+            try:
+                await count_daily_hit(session, key=f"sms:phone:{registered}", now=now, limit=policy.sms_codes_per_phone_per_day,
+                                      refusal=errors.CodeDailyLimit())
+            except errors.CodeDailyLimit:
+                # No code today: the owner or the counter can still approve.
+                return BindingOutcome(pending, household.account_no, resident_phone, None)
+            code = f"{secrets.randbelow(1_000_000):06d}"
+            pending.code_hash = _binding_code_digest(policy, pending.id, code)
+            pending.code_expires_at = now + timedelta(seconds=policy.otp_ttl_s)
+            await session.flush()
+            await sender.send_binding_code(registered, code, household.account_no)
+    code_sent_to = mask_phone(registered) if pending.code_hash is not None else None
+    return BindingOutcome(pending, household.account_no, resident_phone, None, code_sent_to)
 
 
-async def unbind_household(session: AsyncSession, *, resident: Principal, household_id: int) -> Household:
+async def _outcome(session: AsyncSession, binding: HouseholdBinding) -> BindingOutcome:
+    household = await session.get(Household, binding.household_id)
+    assert household is not None
+    phone = (await session.execute(select(Resident.phone).where(Resident.id == binding.resident_id))).scalar_one()  # type: ignore[call-overload]
+    active = binding.state is BindingState.active
+    return BindingOutcome(binding, household.account_no, phone, household if active else None)
+
+
+async def claim_binding_code_attempt(session: AsyncSession, *, resident: Principal, binding_id: int, now: datetime) -> None:
+    """Count one attempt at a binding's confirmation code before it is compared (commit
+    on its own): five attempts, right or wrong, and the code is dead (InvalidCode)."""
+    claimed = await session.execute(
+        update(HouseholdBinding)
+        .where(
+            HouseholdBinding.id == binding_id, HouseholdBinding.resident_id == resident.id,  # type: ignore[arg-type]
+            HouseholdBinding.state == BindingState.pending, HouseholdBinding.code_hash.is_not(None),  # type: ignore[arg-type,union-attr]
+            HouseholdBinding.code_expires_at > now, HouseholdBinding.code_attempts < CODE_MAX_ATTEMPTS,  # type: ignore[arg-type,operator]
+        )
+        .values(code_attempts=HouseholdBinding.code_attempts + 1)
+        .returning(HouseholdBinding.__table__.c.id)  # type: ignore[attr-defined]
+    )
+    if claimed.first() is None:
+        raise errors.InvalidCode(field="code")
+
+
+async def confirm_household_binding(
+    session: AsyncSession, *, resident: Principal, binding_id: int, code: str, now: datetime, policy: AuthPolicy
+) -> BindingOutcome:
+    """Activate the resident's pending binding with the code sent to the household's
+    registered phone (holding that phone makes them an owner). The attempt must have
+    been claimed first with :func:`claim_binding_code_attempt`."""
+    binding = (await session.execute(
+        select(HouseholdBinding).where(
+            HouseholdBinding.id == binding_id, HouseholdBinding.resident_id == resident.id,  # type: ignore[arg-type]
+            HouseholdBinding.state == BindingState.pending,  # type: ignore[arg-type]
+        ).with_for_update()
+    )).scalars().first()
+    if (
+        binding is None or binding.code_hash is None or binding.code_expires_at is None or binding.code_expires_at <= now
+        or binding.code_attempts > CODE_MAX_ATTEMPTS
+        or not secrets.compare_digest(binding.code_hash, _binding_code_digest(policy, binding_id, code))
+    ):
+        raise errors.InvalidCode(field="code")
+    await _activate(session, binding, now=now, decided_by="code", owner=True)
+    return await _outcome(session, binding)
+
+
+async def decide_household_binding(
+    session: AsyncSession, *, actor: Principal, binding_id: int, approve: bool, now: datetime
+) -> BindingOutcome:
+    """An owner of the household (a resident bound to it as owner) or staff whose scope
+    holds it (the counter) approves or rejects a pending binding. Anyone else, and a
+    binding that is not pending, gets NOT_FOUND, so requests do not leak."""
+    binding = (await session.execute(
+        select(HouseholdBinding).where(
+            HouseholdBinding.id == binding_id, HouseholdBinding.state == BindingState.pending,  # type: ignore[arg-type]
+        ).with_for_update()
+    )).scalars().first()
+    if binding is None:
+        raise NotFound(field="id")
+    if actor.is_resident:
+        owns = await session.execute(select(ResidentHousehold.resident_id).where(  # type: ignore[call-overload]
+            ResidentHousehold.resident_id == actor.id, ResidentHousehold.household_id == binding.household_id,
+            ResidentHousehold.is_owner.is_(True),  # type: ignore[attr-defined]
+        ))
+        if owns.first() is None:
+            raise NotFound(field="id")
+        decided_by = f"owner:{actor.id}"
+    elif actor.is_staff:
+        path = (await session.execute(
+            select(Area.path).join(Household, Household.area_id == Area.id).where(Household.id == binding.household_id)  # type: ignore[call-overload,arg-type]
+        )).scalar_one()
+        if not actor.in_scope(path):
+            raise NotFound(field="id")
+        decided_by = f"staff:{actor.id}"
+    else:
+        raise Forbidden()
+    if approve:
+        await _activate(session, binding, now=now, decided_by=decided_by, owner=False)
+    else:
+        binding.state, binding.decided_at, binding.decided_by, binding.code_hash = BindingState.rejected, now, decided_by, None
+        await session.flush()
+        await _emit_bound(session, binding)
+    return await _outcome(session, binding)
+
+
+def pending_bindings_statement(actor: Principal) -> Select[tuple[HouseholdBinding, str, str]]:
+    """Pending bindings an actor may see, with each household's account number and the
+    resident's phone: a resident's own requests and those on households they own; a
+    staff member's, on households in their scope."""
+    statement = (
+        select(HouseholdBinding, Household.account_no, Resident.phone)  # type: ignore[call-overload]
+        .join(Household, Household.id == HouseholdBinding.household_id)
+        .join(Resident, Resident.id == HouseholdBinding.resident_id)
+        .where(HouseholdBinding.state == BindingState.pending)
+    )
+    if actor.is_resident:
+        owned = select(ResidentHousehold.household_id).where(  # type: ignore[call-overload]
+            ResidentHousehold.resident_id == actor.id, ResidentHousehold.is_owner.is_(True),  # type: ignore[attr-defined]
+        )
+        statement = statement.where(or_(col(HouseholdBinding.household_id).in_(owned), HouseholdBinding.resident_id == actor.id))  # type: ignore[arg-type]
+    else:
+        in_scope = (
+            select(Area.id)  # type: ignore[call-overload]
+            .where(or_(false(), *[col(Area.path).startswith(path) for path in actor.scope_paths]))
+        )
+        statement = statement.where(col(Household.area_id).in_(in_scope))
+    return statement.order_by(HouseholdBinding.id)  # type: ignore[no-any-return]
+
+
+async def unbind_household(session: AsyncSession, *, resident: Principal, household_id: int, now: datetime) -> Household:
     if household_id not in resident.household_ids:
         raise NotFound(field="householdId")
     household = await session.get(Household, household_id)
@@ -1116,6 +1451,11 @@ async def unbind_household(session: AsyncSession, *, resident: Principal, househ
             ResidentHousehold.resident_id == resident.id, ResidentHousehold.household_id == household_id  # type: ignore[arg-type]
         )
     )
+    unbound = HouseholdBinding(resident_id=resident.id, household_id=household_id, state=BindingState.unbound,
+                               created_at=now, decided_at=now, decided_by=f"resident:{resident.id}")
+    session.add(unbound)
+    await session.flush()
+    await _emit_bound(session, unbound)
     return household
 
 

@@ -17,6 +17,12 @@ class LogSmsSender:
         del self.sent[:-100]  # keep only the latest, for the demo and tests
         log.warning("SMS login code for %s: %s (sms_sender=log: nothing was really sent)", phone, code)
 
+    async def send_binding_code(self, phone: str, code: str, account_no: str) -> None:
+        self.sent.append((phone, code))
+        del self.sent[:-100]
+        log.warning("SMS household binding code for %s (account %s): %s (sms_sender=log: nothing was really sent)",
+                    phone, account_no, code)
+
 
 _SENDERS = {"log": LogSmsSender}
 _instances: dict[str, LogSmsSender] = {}

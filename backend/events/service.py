@@ -34,6 +34,7 @@ class EventKind(StrEnum):
     workorder_changed = "workorder.changed"
     command_finished = "command.finished"
     notice_published = "notice.published"
+    household_bound = "household.bound"
 
 
 class UnknownEventKindError(ValueError):

@@ -5,6 +5,8 @@
   ``token`` parameter, which is how a browser link downloads a file. A signed token is an
   HMAC over its purpose (the route's path), the principal, the expiry and the exact query
   parameters, so neither the file, the filter nor the caller can be swapped.
+  An API client's call also takes one request from its rate, as on /graphql
+  (:func:`check_client_rate`): every plain route that authenticates goes through here.
 - :func:`refusal`: a refusal in the same JSON shape as /graphql's top-level errors.
 - :func:`file_download`: serve a spooled file and delete it once sent.
 """
@@ -30,6 +32,7 @@ from backend import db
 from backend.auth.errors import TokenExpired, TokenInvalid, TokenRevoked
 from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
+from backend.auth.security import KeyPurpose, derive_key
 from backend.auth.service import AuthPolicy, authenticate_on_connection, load_principal
 from backend.clock import utcnow
 from backend.errors import DomainError, ErrorCode, NotAuthenticated
@@ -44,7 +47,7 @@ def _canonical(params: Mapping[str, str]) -> str:
 
 def _signature(secret: str, purpose: str, kind: str, principal_id: int, expires: int, params: Mapping[str, str]) -> str:
     message = "\n".join(("shuiwu/download/v1", purpose, kind, str(principal_id), str(expires), _canonical(params)))
-    digest = hmac.new(secret.encode(), message.encode(), hashlib.sha256).digest()
+    digest = hmac.new(derive_key(secret, KeyPurpose.download_link), message.encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
@@ -91,7 +94,8 @@ async def caller(
     purpose: str | None = None,
 ) -> Principal:
     """The authenticated caller: a Bearer access token, or (when ``purpose`` is given) a
-    signed ``token`` query parameter for that download."""
+    signed ``token`` query parameter for that download. An API client's request is
+    counted against its rate (:func:`check_client_rate`), as on /graphql."""
     now = utcnow()
     authorization = request.headers.get("authorization")
     if authorization:
@@ -99,21 +103,36 @@ async def caller(
         if scheme.lower() != "bearer" or not token.strip():
             raise TokenInvalid("Authorization 须为 Bearer 令牌", "Authorization must be a Bearer token")
         async with db.raw_read(read_engine) as connection:
-            return await authenticate_on_connection(connection, token=token.strip(), now=now, policy=policy)
+            principal = await authenticate_on_connection(connection, token=token.strip(), now=now, policy=policy)
+        check_client_rate(request, principal)
+        return principal
     params = dict(request.query_params)
     signed = params.get("token")
     if purpose is None or not signed:
         raise NotAuthenticated()
     kind, principal_id = verify_download_token(signed, secret=policy.secret, purpose=purpose, params=params, now=now)
     async with sessions() as session:
-        principal = await load_principal(session, kind=kind, principal_id=principal_id)
-    if principal is None:
+        found = await load_principal(session, kind=kind, principal_id=principal_id)
+    if found is None:
         raise TokenRevoked()
-    return principal
+    check_client_rate(request, found)
+    return found
+
+
+def check_client_rate(request: Request, principal: Principal) -> None:
+    """Take one request from an API client's rate, the same per-process buckets /graphql
+    uses (``app.state.client_limiter``, set by create_app); :class:`RateLimited` when
+    empty, which :func:`refusal` answers with 429 whatever status the route passes."""
+    limiter = getattr(request.app.state, "client_limiter", None)
+    if limiter is not None:
+        limiter.check(principal)
 
 
 def refusal(error: DomainError, status: int, **extra: Any) -> Response:
-    """A refusal shaped like /graphql's top-level errors (``extensions.code``, ``messageEn``)."""
+    """A refusal shaped like /graphql's top-level errors (``extensions.code``, ``messageEn``).
+    A rate limit is always 429, so a route's "not authenticated" branch need not tell it apart."""
+    if error.code is ErrorCode.RATE_LIMITED:
+        status = 429
     extensions: dict[str, Any] = {"code": error.code.value, "messageEn": error.message_en}
     if status == 401:
         # As on /graphql: the code stays UNAUTHENTICATED (clients drop the token), the reason says why.

@@ -108,6 +108,7 @@ class GraphQLEndpoint:
         sessions: async_sessionmaker[AsyncSession],
         authenticate: Authenticator,
         check_rate: RateCheck,
+        check_anonymous: Callable[[str | None], None] | None = None,
         read_sessions: async_sessionmaker[AsyncSession] | None = None,
         read_engine: Any = None,
         services: dict[str, Any] | None = None,
@@ -120,6 +121,7 @@ class GraphQLEndpoint:
         self.services = services if services is not None else {}
         self.authenticate = authenticate
         self.check_rate = check_rate
+        self.check_anonymous = check_anonymous
         self.documents = DocumentCache(schema, settings)
         self._executor_class = schema.execution_context_class
 
@@ -128,6 +130,12 @@ class GraphQLEndpoint:
             return self._graphiql()
         request_id = request_id_var.get() or uuid.uuid4().hex
         started = time.perf_counter()
+        if self.check_anonymous is not None and "authorization" not in request.headers:
+            # Per-address and global buckets for callers without a token, before the body is read.
+            try:
+                self.check_anonymous(request.client.host if request.client else None)
+            except RateLimited as refusal:
+                return self._refusal(refusal, 429)
         raw = await request.body()
         # PostgreSQL text cannot hold NUL; refuse it at the door rather than deep in a query.
         if b"\x00" in raw or b"\\u0000" in raw:

@@ -19,7 +19,7 @@ _COUNTED = frozenset(
     {
         "roles", "role_permissions", "role_areas", "staff_users", "staff_user_roles",
         "api_clients", "api_client_areas", "auth_sessions", "one_time_codes",
-        "residents", "resident_households", "login_failures",
+        "residents", "resident_households", "login_failures", "household_bindings",
     }
 )
 
@@ -31,6 +31,9 @@ class FakeSms:
         self.sent: list[tuple[str, str]] = []
 
     async def send_login_code(self, phone: str, code: str) -> None:
+        self.sent.append((phone, code))
+
+    async def send_binding_code(self, phone: str, code: str, account_no: str) -> None:
         self.sent.append((phone, code))
 
     @property

@@ -1,4 +1,4 @@
-"""Staff password login and the per-username lockout (backend/auth/service.py)."""
+"""Staff password login and the lockout per username and source address (backend/auth/service.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from backend.auth import errors
 from backend.auth import service as auth
 from backend.auth.models import PrincipalKind
 from backend.auth.service import StaffUserChanges
+from backend.errors import NotFound
 from tests.auth.support import NOW, POLICY, log_in, row_count
 from tests.factories import ROOT, make_area_tree, make_staff
 
@@ -108,18 +109,19 @@ async def test_fourth_wrong_password_does_not_lock(session: AsyncSession) -> Non
     assert pair.principal.id == staff.user.id
 
 
-async def test_fifth_wrong_password_locks_the_username_for_fifteen_minutes(session: AsyncSession) -> None:
+async def test_fifth_wrong_password_locks_the_source_for_one_minute(session: AsyncSession) -> None:
     staff = await make_staff(session)
     fifth_at = NOW + timedelta(minutes=4)
 
     counts = [await fail_login(session, staff.username, now=NOW + timedelta(minutes=m)) for m in range(5)]
 
     assert counts == [1, 2, 3, 4, 5]
-    assert await locked_until(session, staff.username) == fifth_at + timedelta(minutes=15)
-    with pytest.raises(errors.AccountLocked):
+    assert await locked_until(session, staff.username) == fifth_at + timedelta(minutes=1)
+    with pytest.raises(errors.AccountLocked) as refused:
         await log_in(session, staff, now=fifth_at)
+    assert refused.value.message == "登录失败次数过多, 请 1 分钟后再试"
     with pytest.raises(errors.AccountLocked):
-        await log_in(session, staff, now=fifth_at + timedelta(minutes=15) - timedelta(seconds=1))
+        await log_in(session, staff, now=fifth_at + timedelta(minutes=1) - timedelta(seconds=1))
 
 
 async def test_failures_of_an_unknown_username_lock_it_too(session: AsyncSession) -> None:
@@ -127,14 +129,14 @@ async def test_failures_of_an_unknown_username_lock_it_too(session: AsyncSession
         await fail_login(session, "ghost-user", now=NOW + timedelta(minutes=m))
 
     with pytest.raises(errors.AccountLocked):
-        await auth.claim_login_attempt(session, username="ghost-user", now=NOW + timedelta(minutes=5), policy=POLICY)
+        await auth.claim_login_attempt(session, username="ghost-user", now=NOW + timedelta(minutes=4, seconds=30), policy=POLICY)
 
 
 async def test_login_succeeds_once_the_lock_ends_and_clears_the_count(session: AsyncSession) -> None:
     staff = await make_staff(session)
     for m in range(5):
         await fail_login(session, staff.username, now=NOW + timedelta(minutes=m))
-    lock_ends = NOW + timedelta(minutes=4 + 15)
+    lock_ends = NOW + timedelta(minutes=4 + 1)
 
     pair = await log_in(session, staff, now=lock_ends)
 
@@ -142,41 +144,77 @@ async def test_login_succeeds_once_the_lock_ends_and_clears_the_count(session: A
     assert await fail_login(session, staff.username, now=lock_ends + timedelta(minutes=1)) == 1
 
 
-async def test_a_failure_after_the_lock_ends_restarts_the_count(session: AsyncSession) -> None:
+async def test_each_failure_after_a_lock_ran_out_locks_twice_as_long_up_to_the_cap(session: AsyncSession) -> None:
     staff = await make_staff(session)
     for m in range(5):
         await fail_login(session, staff.username, now=NOW + timedelta(minutes=m))
-    lock_ends = NOW + timedelta(minutes=4 + 15)
+    at, locks = NOW + timedelta(minutes=4), []
 
-    counted = await fail_login(session, staff.username, now=lock_ends)
+    for _ in range(8):
+        at = await locked_until(session, staff.username) or at
+        await fail_login(session, staff.username, now=at)
+        locks.append(((await locked_until(session, staff.username) or at) - at) // timedelta(minutes=1))
 
-    assert counted == 1
-    pair = await log_in(session, staff, now=lock_ends)
-    assert pair.principal.id == staff.user.id
-
-
-async def test_five_failures_after_a_lock_ran_out_lock_the_name_again(session: AsyncSession) -> None:
-    staff = await make_staff(session)
-    for m in range(5):
-        await fail_login(session, staff.username, now=NOW + timedelta(minutes=m))
-    lock_ends = NOW + timedelta(minutes=4 + 15)
-
-    counts = [await fail_login(session, staff.username, now=lock_ends + timedelta(minutes=m)) for m in range(5)]
-
-    assert counts == [1, 2, 3, 4, 5]
+    assert locks == [2, 4, 8, 16, 32, 60, 60, 60]
     with pytest.raises(errors.AccountLocked):
-        await log_in(session, staff, now=lock_ends + timedelta(minutes=5))
+        await log_in(session, staff, now=at + timedelta(minutes=59))
 
 
-async def test_a_failure_older_than_the_window_starts_a_new_count(session: AsyncSession) -> None:
+async def test_a_count_quiet_for_longer_than_the_longest_lock_starts_again(session: AsyncSession) -> None:
     staff = await make_staff(session)
     for m in range(4):
         await fail_login(session, staff.username, now=NOW + timedelta(minutes=m))
 
-    counted = await fail_login(session, staff.username, now=NOW + timedelta(minutes=3 + 15, seconds=1))
+    counted = await fail_login(session, staff.username, now=NOW + timedelta(minutes=3, seconds=POLICY.lockout_max_s + 1))
 
     assert counted == 1
     assert await locked_until(session, staff.username) is None
+
+
+async def test_guesses_from_one_address_do_not_lock_the_owner_out_from_another(session: AsyncSession) -> None:
+    staff = await make_staff(session)
+    for _ in range(5):
+        await auth.claim_login_attempt(session, username=staff.username, now=NOW, policy=POLICY, ip="203.0.113.9")
+
+    with pytest.raises(errors.AccountLocked):
+        await auth.claim_login_attempt(session, username=staff.username, now=NOW, policy=POLICY, ip="203.0.113.9")
+    await auth.claim_login_attempt(session, username=staff.username, now=NOW, policy=POLICY, ip="198.51.100.7")
+    pair = await auth.login_staff(session, username=staff.username, password=staff.password, now=NOW, policy=POLICY,
+                                  ip="198.51.100.7")
+
+    assert pair.principal.id == staff.user.id
+    # The owner's success clears only their own address's count: the guesser stays locked.
+    with pytest.raises(errors.AccountLocked):
+        await auth.claim_login_attempt(session, username=staff.username, now=NOW, policy=POLICY, ip="203.0.113.9")
+
+
+async def test_an_administrator_unlocks_a_user_from_every_address(session: AsyncSession) -> None:
+    staff = await make_staff(session)
+    for ip in ("203.0.113.9", "198.51.100.7"):
+        for _ in range(5):
+            await auth.claim_login_attempt(session, username=staff.username, now=NOW, policy=POLICY, ip=ip)
+    assert staff.user.id is not None
+
+    unlocked = await auth.unlock_staff_user(session, actor=ROOT, user_id=staff.user.id)
+
+    assert unlocked.id == staff.user.id
+    assert await counted_failures(session, staff.username) is None
+    assert await auth.claim_login_attempt(session, username=staff.username, now=NOW, policy=POLICY, ip="203.0.113.9") == 1
+
+
+async def test_an_administrator_cannot_unlock_a_user_above_them(session: AsyncSession) -> None:
+    tree = await make_area_tree(session)
+    boss = await make_staff(session, areas=[tree.company])
+    clerk = await make_staff(session, permissions={"users:manage"}, areas=[tree.east])
+    for _ in range(5):
+        await fail_login(session, boss.username, now=NOW)
+    assert boss.user.id is not None
+
+    # The boss belongs to the company, outside the clerk's district: not even visible.
+    with pytest.raises(NotFound):
+        await auth.unlock_staff_user(session, actor=clerk.principal, user_id=boss.user.id)
+
+    assert await counted_failures(session, boss.username) == 5
 
 
 async def test_a_successful_login_clears_earlier_failures(session: AsyncSession) -> None:

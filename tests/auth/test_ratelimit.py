@@ -1,4 +1,5 @@
-"""Per-client token buckets (backend/auth/ratelimit.py), driven by an injected clock."""
+"""Token buckets (backend/auth/ratelimit.py) per API client and for anonymous callers,
+driven by an injected clock."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 
 from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
-from backend.auth.ratelimit import ClientRateLimiter
+from backend.auth.ratelimit import AnonymousThrottle, ClientRateLimiter, TokenBuckets, source_of
 from backend.errors import ErrorCode, RateLimited
 
 
@@ -95,3 +96,58 @@ def test_a_client_without_a_rate_is_not_limited() -> None:
     limiter = ClientRateLimiter(clock=FakeClock())
 
     assert admitted(limiter, client(rate_per_minute=None), 1000) == 1000
+
+
+# --------------------------------------------------------------------------- anonymous callers
+
+
+def anonymous_admitted(throttle: AnonymousThrottle, ip: str, requests: int) -> int:
+    count = 0
+    for _ in range(requests):
+        try:
+            throttle.check(ip)
+        except RateLimited:
+            continue
+        count += 1
+    return count
+
+
+def test_an_address_gets_its_anonymous_rate_and_refills_at_it() -> None:
+    clock = FakeClock()
+    throttle = AnonymousThrottle(per_ip_per_minute=6, per_minute=1000, clock=clock)
+
+    assert anonymous_admitted(throttle, "203.0.113.9", 10) == 6
+    assert anonymous_admitted(throttle, "198.51.100.7", 10) == 6
+    clock.advance(10)
+    assert anonymous_admitted(throttle, "203.0.113.9", 10) == 1
+
+
+def test_everyone_together_gets_the_global_rate_and_a_refused_address_takes_none_of_it() -> None:
+    throttle = AnonymousThrottle(per_ip_per_minute=2, per_minute=5, clock=FakeClock())
+
+    assert anonymous_admitted(throttle, "203.0.113.9", 50) == 2
+    admitted = [anonymous_admitted(throttle, f"192.0.2.{n}", 1) for n in range(1, 6)]
+
+    assert admitted == [1, 1, 1, 0, 0]
+
+
+def test_buckets_of_a_flood_of_addresses_are_forgotten_once_they_would_be_full() -> None:
+    clock = FakeClock()
+    buckets = TokenBuckets(clock, max_keys=100)
+    for n in range(100):
+        buckets.take(n, 6)
+    clock.advance(61)
+
+    buckets.take("late", 6)
+
+    assert len(buckets._buckets) == 1
+
+
+def test_an_ipv6_caller_is_counted_by_its_64_network() -> None:
+    throttle = AnonymousThrottle(per_ip_per_minute=2, per_minute=1000, clock=FakeClock())
+
+    admitted = [anonymous_admitted(throttle, f"2001:db8:1:2::{n:x}", 1) for n in range(1, 4)]
+
+    assert admitted == [1, 1, 0]
+    assert source_of("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert source_of("203.0.113.9") == "203.0.113.9"

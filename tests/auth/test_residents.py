@@ -5,12 +5,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.archives.models import Household
 from backend.auth import errors
 from backend.auth import service as auth
 from backend.auth.catalog import RESIDENT_PERMISSIONS
-from backend.auth.models import PrincipalKind
+from backend.auth.models import BindingState, PrincipalKind
 from backend.auth.principal import Principal
 from backend.auth.service import TokenPair
 from backend.errors import DomainError, ErrorCode, Forbidden, NotFound
@@ -205,58 +207,169 @@ async def test_a_code_sent_to_one_phone_does_not_log_in_another(session: AsyncSe
 # --------------------------------------------------------------------------- households
 
 
-async def test_binding_with_the_right_account_number_and_name_binds_the_household(session: AsyncSession) -> None:
+async def bind(session: AsyncSession, resident: Principal, household: Household, *, sms: FakeSms | None = None,
+               name: str | None = None, account_no: str | None = None) -> auth.BindingOutcome:
+    return await auth.bind_household(
+        session, resident=resident, account_no=account_no if account_no is not None else household.account_no,
+        name=name if name is not None else household.name, now=NOW, policy=POLICY, sender=sms or FakeSms(),
+    )
+
+
+async def bound_events(session: AsyncSession, household: Household) -> list[dict[str, object]]:
+    rows = await session.execute(
+        text("SELECT payload FROM domain_events WHERE kind = 'household.bound' AND key = :key ORDER BY id"),
+        {"key": f"household:{household.id}"},
+    )
+    return list(rows.scalars().all())
+
+
+async def test_a_resident_whose_phone_is_the_registered_phone_binds_at_once_as_owner(session: AsyncSession) -> None:
     tree = await make_area_tree(session)
-    household = await make_household(session, area=tree.east_community, name="张伟")
+    household = await make_household(session, area=tree.east_community, name="张伟", phone=PHONE)
+    resident = (await log_in_resident(session)).principal
+    sms = FakeSms()
+
+    outcome = await bind(session, resident, household, account_no=f" {household.account_no} ", name=" 张伟 ", sms=sms)
+
+    assert outcome.binding.state is BindingState.active
+    assert outcome.household is not None and outcome.household.id == household.id
+    assert sms.sent == []
+    assert (await reloaded(session, resident)).household_ids == (household.id,)
+    assert await bound_events(session, household) == [
+        {"household_id": household.id, "resident_id": resident.id, "state": "active"},
+    ]
+
+
+async def test_the_households_second_phone_binds_at_once_too(session: AsyncSession) -> None:
+    tree = await make_area_tree(session)
+    household = await make_household(session, area=tree.east_community, phone="13700000009")
+    household.phone2 = PHONE
     resident = (await log_in_resident(session)).principal
 
-    bound = await auth.bind_household(session, resident=resident, account_no=f" {household.account_no} ", name=" 张伟 ")
+    outcome = await bind(session, resident, household)
 
-    assert bound.id == household.id
+    assert outcome.binding.state is BindingState.active
+
+
+async def test_what_the_bill_prints_is_not_enough_the_binding_waits_for_the_code_sent_to_the_registered_phone(
+    session: AsyncSession,
+) -> None:
+    tree = await make_area_tree(session)
+    household = await make_household(session, area=tree.east_community, name="张伟", phone="13700000001")
+    resident = (await log_in_resident(session)).principal
+    sms = FakeSms()
+
+    pending = await bind(session, resident, household, sms=sms)
+    assert pending.binding.id is not None
+    repeated = await bind(session, resident, household, sms=sms)
+
+    assert pending.binding.state is BindingState.pending and pending.household is None
+    assert pending.code_sent_to == "137****0001"
+    assert [phone for phone, _ in sms.sent] == ["13700000001"]
+    assert repeated.binding.id == pending.binding.id
+    assert (await reloaded(session, resident)).household_ids == ()
+    code = sms.last_code
+    await auth.claim_binding_code_attempt(session, resident=resident, binding_id=pending.binding.id, now=NOW)
+    with pytest.raises(errors.InvalidCode):
+        await auth.confirm_household_binding(session, resident=resident, binding_id=pending.binding.id, code=wrong(code),
+                                             now=NOW, policy=POLICY)
+    # A binding code is no login code for the registered phone.
+    with pytest.raises(errors.InvalidCode):
+        await auth.login_resident(session, phone="13700000001", code=code, now=NOW, policy=POLICY)
+
+    await auth.claim_binding_code_attempt(session, resident=resident, binding_id=pending.binding.id, now=NOW)
+    confirmed = await auth.confirm_household_binding(session, resident=resident, binding_id=pending.binding.id, code=code,
+                                                     now=NOW, policy=POLICY)
+
+    assert confirmed.binding.state is BindingState.active
     assert (await reloaded(session, resident)).household_ids == (household.id,)
+    assert [event["state"] for event in await bound_events(session, household)] == ["pending", "active"]
+
+
+async def test_five_code_attempts_kill_a_binding_code(session: AsyncSession) -> None:
+    tree = await make_area_tree(session)
+    household = await make_household(session, area=tree.east_community, phone="13700000002")
+    resident = (await log_in_resident(session)).principal
+    pending = await bind(session, resident, household)
+    assert pending.binding.id is not None
+
+    for _ in range(5):
+        await auth.claim_binding_code_attempt(session, resident=resident, binding_id=pending.binding.id, now=NOW)
+
+    with pytest.raises(errors.InvalidCode):
+        await auth.claim_binding_code_attempt(session, resident=resident, binding_id=pending.binding.id, now=NOW)
+
+
+async def test_the_owner_approves_a_tenant_and_nobody_else_may(session: AsyncSession) -> None:
+    tree = await make_area_tree(session)
+    household = await make_household(session, area=tree.east_community, phone=PHONE)
+    owner = (await log_in_resident(session)).principal
+    await bind(session, owner, household)
+    tenant = (await log_in_resident(session, phone="13900000000")).principal
+    stranger = (await log_in_resident(session, phone="13900000001")).principal
+    pending = await bind(session, tenant, household)
+    assert pending.binding.id is not None
+
+    with pytest.raises(NotFound):
+        await auth.decide_household_binding(session, actor=stranger, binding_id=pending.binding.id, approve=True, now=NOW)
+    with pytest.raises(NotFound):
+        await auth.decide_household_binding(session, actor=tenant, binding_id=pending.binding.id, approve=True, now=NOW)
+    approved = await auth.decide_household_binding(session, actor=await reloaded(session, owner), binding_id=pending.binding.id,
+                                                   approve=True, now=NOW)
+
+    assert approved.binding.state is BindingState.active and approved.binding.decided_by == f"owner:{owner.id}"
+    assert (await reloaded(session, tenant)).household_ids == (household.id,)
+    assert (await reloaded(session, stranger)).household_ids == ()
+    assert [event["state"] for event in await bound_events(session, household)] == ["active", "pending", "active"]
+
+
+async def test_the_counter_decides_bindings_in_its_scope_only(session: AsyncSession) -> None:
+    tree = await make_area_tree(session)
+    household = await make_household(session, area=tree.east_community)
+    west_desk = await make_staff(session, permissions={"archives:manage"}, areas=[tree.west])
+    east_desk = await make_staff(session, permissions={"archives:manage"}, areas=[tree.east])
+    resident = (await log_in_resident(session)).principal
+    pending = await bind(session, resident, household)
+    assert pending.binding.id is not None and pending.code_sent_to is None
+
+    with pytest.raises(NotFound):
+        await auth.decide_household_binding(session, actor=west_desk.principal, binding_id=pending.binding.id, approve=True, now=NOW)
+    rejected = await auth.decide_household_binding(session, actor=east_desk.principal, binding_id=pending.binding.id,
+                                                   approve=False, now=NOW)
+
+    assert rejected.binding.state is BindingState.rejected
+    assert (await reloaded(session, resident)).household_ids == ()
+    with pytest.raises(NotFound):
+        await auth.decide_household_binding(session, actor=east_desk.principal, binding_id=pending.binding.id, approve=True, now=NOW)
+    assert [event["state"] for event in await bound_events(session, household)] == ["pending", "rejected"]
 
 
 async def test_a_wrong_name_and_an_unknown_account_get_the_same_refusal(session: AsyncSession) -> None:
     tree = await make_area_tree(session)
     household = await make_household(session, area=tree.east_community, name="张伟")
     resident = (await log_in_resident(session)).principal
-    before = await row_count(session, "resident_households")
+    before = await row_counts(session, "resident_households", "household_bindings")
 
     with pytest.raises(errors.HouseholdMismatch) as wrong_name:
-        await auth.bind_household(session, resident=resident, account_no=household.account_no, name="张三")
+        await bind(session, resident, household, name="张三")
     with pytest.raises(errors.HouseholdMismatch) as unknown_account:
-        await auth.bind_household(session, resident=resident, account_no="no-such-account", name="张伟")
+        await bind(session, resident, household, account_no="no-such-account")
 
     assert (wrong_name.value.field, wrong_name.value.message) == (unknown_account.value.field, unknown_account.value.message)
     assert wrong_name.value.field == "accountNo"
-    assert await row_count(session, "resident_households") == before
+    assert await row_counts(session, "resident_households", "household_bindings") == before
 
 
 async def test_binding_a_household_twice_is_refused(session: AsyncSession) -> None:
     tree = await make_area_tree(session)
-    household = await make_household(session, area=tree.east_community)
+    household = await make_household(session, area=tree.east_community, phone=PHONE)
     resident = (await log_in_resident(session)).principal
-    await auth.bind_household(session, resident=resident, account_no=household.account_no, name=household.name)
+    await bind(session, resident, household)
 
     with pytest.raises(errors.AlreadyBound) as refused:
-        await auth.bind_household(
-            session, resident=await reloaded(session, resident), account_no=household.account_no, name=household.name
-        )
+        await bind(session, await reloaded(session, resident), household)
 
     assert refused.value.field == "accountNo"
-
-
-async def test_two_residents_may_bind_the_same_household(session: AsyncSession) -> None:
-    tree = await make_area_tree(session)
-    household = await make_household(session, area=tree.east_community)
-    first = (await log_in_resident(session)).principal
-    second = (await log_in_resident(session, phone="13900000000")).principal
-
-    for resident in (first, second):
-        await auth.bind_household(session, resident=resident, account_no=household.account_no, name=household.name)
-
-    assert (await reloaded(session, first)).household_ids == (household.id,)
-    assert (await reloaded(session, second)).household_ids == (household.id,)
 
 
 async def test_staff_cannot_bind_a_household(session: AsyncSession) -> None:
@@ -265,30 +378,31 @@ async def test_staff_cannot_bind_a_household(session: AsyncSession) -> None:
     staff = await make_staff(session)
 
     with pytest.raises(Forbidden):
-        await auth.bind_household(session, resident=staff.principal, account_no=household.account_no, name=household.name)
+        await bind(session, staff.principal, household)
 
 
 async def test_unbinding_ones_household_removes_it(session: AsyncSession) -> None:
     tree = await make_area_tree(session)
-    household = await make_household(session, area=tree.east_community)
+    household = await make_household(session, area=tree.east_community, phone=PHONE)
     resident = (await log_in_resident(session)).principal
-    await auth.bind_household(session, resident=resident, account_no=household.account_no, name=household.name)
+    await bind(session, resident, household)
 
-    await auth.unbind_household(session, resident=await reloaded(session, resident), household_id=household.id or 0)
+    await auth.unbind_household(session, resident=await reloaded(session, resident), household_id=household.id or 0, now=NOW)
 
     assert (await reloaded(session, resident)).household_ids == ()
+    assert [event["state"] for event in await bound_events(session, household)] == ["active", "unbound"]
 
 
 async def test_unbinding_a_household_that_is_not_yours_is_not_found(session: AsyncSession) -> None:
     tree = await make_area_tree(session)
-    household = await make_household(session, area=tree.east_community)
+    household = await make_household(session, area=tree.east_community, phone=PHONE)
     owner = (await log_in_resident(session)).principal
-    await auth.bind_household(session, resident=owner, account_no=household.account_no, name=household.name)
+    await bind(session, owner, household)
     stranger = (await log_in_resident(session, phone="13900000000")).principal
     before = await row_count(session, "resident_households")
 
     with pytest.raises(NotFound) as refused:
-        await auth.unbind_household(session, resident=stranger, household_id=household.id or 0)
+        await auth.unbind_household(session, resident=stranger, household_id=household.id or 0, now=NOW)
 
     assert refused.value.field == "householdId"
     assert await row_count(session, "resident_households") == before

@@ -14,8 +14,17 @@ from backend.settings import Settings
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 
 
+# Every test client calls from one address, many times a minute: the abuse throttles are
+# opened wide here, and the tests that pin them set their own limits.
+UNTHROTTLED: dict[str, Any] = {
+    "anonymous_per_ip_per_minute": 1_000_000, "anonymous_per_minute": 1_000_000,
+    "login_attempts_per_ip_per_minute": 1_000_000, "sms_codes_per_ip_per_minute": 1_000_000,
+    "sms_codes_per_minute": 1_000_000, "sms_codes_per_phone_per_day": 1_000_000, "code_attempts_per_phone_per_day": 1_000_000,
+}
+
+
 def api_settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {"secret_key": TEST_SECRET, "graphiql": True}
+    values: dict[str, Any] = {"secret_key": TEST_SECRET, "graphiql": True, **UNTHROTTLED}
     values.update(overrides)
     return Settings(**values)
 
@@ -50,9 +59,11 @@ class GraphQLClient:
 
 
 @asynccontextmanager
-async def graphql_client(database_url: str, **overrides: Any) -> AsyncIterator[GraphQLClient]:
+async def graphql_client(
+    database_url: str, *, client_address: tuple[str, int] = ("127.0.0.1", 123), **overrides: Any
+) -> AsyncIterator[GraphQLClient]:
     app = create_app(api_settings(**overrides), database_url)
-    transport = httpx.ASGITransport(app=app)
+    transport = httpx.ASGITransport(app=app, client=client_address)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         yield GraphQLClient(http)
     await app.state.engine.dispose()

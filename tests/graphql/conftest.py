@@ -12,7 +12,7 @@ from backend.archives.models import Household
 from backend.auth.service import AuthPolicy, login_resident, request_login_code
 from backend.clock import utcnow
 from backend.db import session_factory
-from tests.factories import AreaTree, Staff, make_area_tree, make_household, make_staff
+from tests.factories import AreaTree, Staff, bind_at_counter, make_area_tree, make_household, make_staff
 from tests.graphql.client import TEST_SECRET, GraphQLClient, graphql_client
 
 
@@ -58,9 +58,7 @@ async def world(engine_for_module: AsyncEngine) -> World:
         phone = "13900000000"
         await request_login_code(session, phone=phone, now=utcnow(), policy=policy, sender=catcher)
         pair = await login_resident(session, phone=phone, code=catcher.code, now=utcnow(), policy=policy)
-        from backend.auth.service import bind_household
-
-        await bind_household(session, resident=pair.principal, account_no=east_household.account_no, name="张伟")
+        await bind_at_counter(session, resident=pair.principal, household=east_household)
     return World(tree, admin, east_operator, nobody, east_household, west_household, pair.access_token)
 
 

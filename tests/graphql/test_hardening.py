@@ -16,7 +16,7 @@ from backend.clock import utcnow
 from backend.db import session_factory
 from backend.exports.excel import as_text
 from tests.factories import make_staff
-from tests.graphql.client import TEST_SECRET, GraphQLClient
+from tests.graphql.client import TEST_SECRET, GraphQLClient, graphql_client
 from tests.graphql.conftest import World
 
 LOGIN = "mutation($u: String!, $p: String!) { login(username: $u, password: $p) { errors { code } } }"
@@ -44,15 +44,23 @@ async def test_a_password_in_a_variable_of_any_name_never_reaches_the_operation_
     assert all('"currentPassword": "***"' in payload for payload in logged)
 
 
-async def test_parallel_password_guesses_cannot_outrun_the_lockout(client: GraphQLClient, engine_for_module: AsyncEngine) -> None:
+async def test_parallel_password_guesses_cannot_outrun_the_lockout_and_lock_only_their_address(
+    client: GraphQLClient, database_url: str, engine_for_module: AsyncEngine
+) -> None:
     async with session_factory(engine_for_module)() as session, session.begin():
         victim = await make_staff(session, permissions=())
 
     guesses = await asyncio.gather(*[client.execute(LOGIN, {"u": victim.username, "p": f"Guess-{n}x"}) for n in range(12)])
+    async with graphql_client(database_url, client_address=("198.51.100.7", 4000)) as owner:
+        elsewhere = await owner.execute(LOGIN, {"u": victim.username, "p": victim.password})
+    still_locked_here = await client.execute(LOGIN, {"u": victim.username, "p": victim.password})
 
     codes = sorted(answer["data"]["login"]["errors"][0]["code"] for answer in guesses)
     assert codes.count("INVALID_CREDENTIALS") == 5
     assert codes.count("ACCOUNT_LOCKED") == 7
+    # The lock is per username and source: the owner's right password from elsewhere works.
+    assert elsewhere["data"]["login"]["errors"] == []
+    assert still_locked_here["data"]["login"]["errors"] == [{"code": "ACCOUNT_LOCKED"}]
 
 
 async def test_parallel_code_guesses_get_five_tries_in_all(client: GraphQLClient, engine_for_module: AsyncEngine) -> None:

@@ -33,14 +33,23 @@ from backend.archives.service import (
     save_meter_model,
     update_meter,
 )
-from backend.auth.service import AuthPolicy, bind_household, login_resident, request_login_code
+from backend.auth.service import AuthPolicy, login_resident, request_login_code
 from backend.clock import utcnow
 from backend.errors import NotFound
 from backend.readings import analytics
 from backend.readings.analytics import Granularity, HourlyNotSupported, Scope, ScopeKind
 from backend.readings.service import ReadingIn, ingest_readings
 from backend.readings.usage import usage_between
-from tests.factories import AreaTree, Staff, insert_legacy_assignment, make_area_tree, make_household, make_staff, unique
+from tests.factories import (
+    AreaTree,
+    Staff,
+    bind_at_counter,
+    insert_legacy_assignment,
+    make_area_tree,
+    make_household,
+    make_staff,
+    unique,
+)
 from tests.graphql.client import TEST_SECRET, GraphQLClient, graphql_client
 from tests.graphql.test_dataloaders import counted_statements
 
@@ -414,8 +423,7 @@ async def api_world(committed_sessions: async_sessionmaker[AsyncSession]) -> Api
         phone = "13900000077"
         await request_login_code(session, phone=phone, now=utcnow(), policy=policy, sender=catcher)
         pair = await login_resident(session, phone=phone, code=catcher.code, now=utcnow(), policy=policy)
-        await bind_household(session, resident=pair.principal, account_no=utility.household.account_no,
-                             name=utility.household.name)
+        await bind_at_counter(session, resident=pair.principal, household=utility.household)
     return ApiWorld(utility, admin, west, nobody, pair.access_token)
 
 

@@ -1,0 +1,275 @@
+"""Anonymous and auth calls are throttled: per address and in all, in-process for
+anonymous requests and in PostgreSQL for logins and SMS codes (shared by every API
+process); lockouts are per address with an admin unlock; API clients' rates cover every
+route they call; binding a household needs proof beyond the bill."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from backend.app import create_app
+from backend.auth.service import AuthPolicy, claim_login_attempt, create_api_client
+from backend.auth.sms import sms_sender
+from backend.clock import utcnow
+from backend.db import session_factory
+from tests.factories import make_household, make_staff
+from tests.graphql.client import GraphQLClient, api_settings, graphql_client
+from tests.graphql.conftest import World
+
+LOGIN = "mutation($u: String!, $p: String!) { login(username: $u, password: $p) { errors { code } } }"
+SEND_CODE = "mutation($phone: String!) { requestLoginCode(phone: $phone) { expiresAt errors { code } } }"
+UNLOCK = "mutation($id: ID!) { unlockStaffUser(id: $id) { staffUser { username } errors { code } } }"
+RESIDENT_LOGIN = """mutation($phone: String!, $code: String!) { residentLogin(phone: $phone, code: $code) {
+  tokens { accessToken } errors { code } } }"""
+BIND = """mutation($no: String!, $name: String!) { bindHousehold(accountNo: $no, name: $name) {
+  household { accountNo } binding { id state codeSentTo residentPhone } errors { code } } }"""
+CONFIRM = """mutation($id: ID!, $code: String!) { confirmHouseholdBinding(id: $id, code: $code) {
+  household { accountNo } binding { state } errors { code field } } }"""
+REQUESTS = "{ viewer { bindingRequests { id accountNo residentPhone state } households { accountNo } } }"
+DECIDE = "mutation($id: ID!) { decideHouseholdBinding(id: $id, approve: true) { binding { state } errors { code } } }"
+COUNTER = "{ householdBindingRequests(first: 10) { totalCount edges { node { id accountNo } } } }"
+AT_COUNTER = "mutation($id: ID!) { decideHouseholdBindingAtCounter(id: $id, approve: false) { binding { state } errors { code } } }"
+STRANGER = ("203.0.113.9", 4000)
+OWNER = ("198.51.100.7", 4000)
+
+
+async def count(engine: AsyncEngine, sql: str, **params: object) -> int:
+    async with engine.connect() as connection:
+        return int((await connection.execute(text(sql), params)).scalar_one())
+
+
+def top_level_code(answer: dict[str, object]) -> object:
+    return answer["errors"][0]["extensions"]["code"]  # type: ignore[index]
+
+
+async def test_login_attempts_from_one_address_are_counted_across_api_processes(
+    database_url: str, engine_for_module: AsyncEngine, world: World
+) -> None:
+    async with (
+        graphql_client(database_url, client_address=STRANGER, login_attempts_per_ip_per_minute=2) as first_process,
+        graphql_client(database_url, client_address=STRANGER, login_attempts_per_ip_per_minute=2) as second_process,
+        graphql_client(database_url, client_address=OWNER, login_attempts_per_ip_per_minute=2) as elsewhere,
+    ):
+        answers = [await api.execute(LOGIN, {"u": f"spray-{n}", "p": "Guess-123"})
+                   for n, api in enumerate([first_process, second_process])]
+        failures_before = await count(engine_for_module, "SELECT count(*) FROM login_failures")
+
+        refused = await first_process.execute(LOGIN, {"u": "spray-3", "p": "Guess-123"})
+        other_address = await elsewhere.execute(LOGIN, {"u": world.admin.username, "p": world.admin.password})
+
+    assert [answer["data"]["login"]["errors"] for answer in answers] == [[{"code": "INVALID_CREDENTIALS"}]] * 2
+    assert refused["data"] is None or refused["data"]["login"] is None
+    assert top_level_code(refused) == "RATE_LIMITED"
+    assert refused["errors"][0]["message"] == "请求过于频繁, 请稍后再试"
+    assert refused["errors"][0]["extensions"]["messageEn"] == "Too many requests, try again later"
+    assert await count(engine_for_module, "SELECT count(*) FROM login_failures") == failures_before
+    assert other_address["data"]["login"]["errors"] == []
+
+
+async def test_an_administrator_unlocks_a_locked_user_and_it_is_audited(
+    database_url: str, engine_for_module: AsyncEngine, world: World
+) -> None:
+    async with session_factory(engine_for_module)() as session, session.begin():
+        victim = await make_staff(session, permissions=())
+    for _ in range(5):
+        async with session_factory(engine_for_module)() as session, session.begin():
+            await claim_login_attempt(session, username=victim.username, now=utcnow(), policy=AuthPolicy(secret="x" * 32), ip=STRANGER[0])
+    async with (
+        graphql_client(database_url, client_address=STRANGER) as stranger,
+        graphql_client(database_url, client_address=OWNER) as desk,
+    ):
+        locked = await stranger.execute(LOGIN, {"u": victim.username, "p": victim.password})
+        admin = await desk.login(world.admin.username, world.admin.password)
+        unlocked = await desk.execute(UNLOCK, {"id": _global_id("StaffUser", victim.user.id)}, token=admin)
+        after_unlock = await stranger.execute(LOGIN, {"u": victim.username, "p": victim.password})
+
+    assert locked["data"]["login"]["errors"] == [{"code": "ACCOUNT_LOCKED"}]
+    assert unlocked["data"]["unlockStaffUser"] == {"staffUser": {"username": victim.username}, "errors": []}
+    assert after_unlock["data"]["login"]["errors"] == []
+    logged = await count(engine_for_module, "SELECT count(*) FROM audit_log WHERE action = 'unlockStaffUser' AND success")
+    assert logged == 1
+
+
+def _global_id(type_name: str, pk: int | None) -> str:
+    return base64.b64encode(f"{type_name}:{pk}".encode()).decode()
+
+
+async def test_anonymous_requests_past_the_address_bucket_get_429_before_any_work(database_url: str, world: World) -> None:
+    async with (
+        graphql_client(database_url, client_address=STRANGER, anonymous_per_ip_per_minute=3) as stranger,
+        graphql_client(database_url, client_address=OWNER, anonymous_per_ip_per_minute=3) as owner,
+    ):
+        admitted = [await stranger.execute("{ __typename }") for _ in range(3)]
+        refused = await stranger.execute("{ __typename }")
+        token_refused = await stranger.http.post("/oauth/token", data={"grant_type": "client_credentials"})
+        other_address = await owner.execute("{ __typename }")
+        signed_in = await owner.login(world.admin.username, world.admin.password)
+        with_token = await stranger.execute("{ viewer { name } }", token=signed_in)
+
+    assert [answer["_status"] for answer in admitted] == [200, 200, 200]
+    assert refused["_status"] == 429
+    assert top_level_code(refused) == "RATE_LIMITED"
+    assert token_refused.status_code == 429
+    assert token_refused.json()["error"] == "rate_limited"
+    assert other_address["_status"] == 200
+    assert with_token["_status"] == 200
+
+
+async def test_anonymous_requests_from_everyone_share_one_global_bucket(database_url: str) -> None:
+    app = create_app(api_settings(anonymous_per_minute=3), database_url)
+    statuses = []
+    for n in range(1, 5):
+        transport = httpx.ASGITransport(app=app, client=(f"192.0.2.{n}", 4000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            statuses.append((await http.post("/graphql", json={"query": "{ __typename }"})).status_code)
+    await app.state.engine.dispose()
+
+    assert statuses == [200, 200, 200, 429]
+
+
+async def test_sms_codes_are_limited_per_address_and_in_all_and_a_refusal_sends_nothing(
+    database_url: str, engine_for_module: AsyncEngine
+) -> None:
+    sent = sms_sender("log").sent
+    async with (
+        graphql_client(database_url, client_address=STRANGER, sms_codes_per_ip_per_minute=2, sms_codes_per_minute=3) as stranger,
+        graphql_client(database_url, client_address=OWNER, sms_codes_per_ip_per_minute=2, sms_codes_per_minute=3) as owner,
+    ):
+        pumped = [await stranger.execute(SEND_CODE, {"phone": f"1380000010{n}"}) for n in range(3)]
+        first_elsewhere = await owner.execute(SEND_CODE, {"phone": "13800000110"})
+        sent_before = len(sent)
+        codes_before = await count(engine_for_module, "SELECT count(*) FROM one_time_codes")
+        global_refusal = await owner.execute(SEND_CODE, {"phone": "13800000111"})
+
+    assert [answer["data"]["requestLoginCode"]["errors"] for answer in pumped[:2]] == [[], []]
+    assert top_level_code(pumped[2]) == "RATE_LIMITED"
+    assert first_elsewhere["data"]["requestLoginCode"]["errors"] == []
+    assert top_level_code(global_refusal) == "RATE_LIMITED"
+    assert len(sent) == sent_before
+    assert await count(engine_for_module, "SELECT count(*) FROM one_time_codes") == codes_before
+    assert await count(engine_for_module, "SELECT count(*) FROM one_time_codes WHERE phone = '13800000111'") == 0
+
+
+async def _api_client(engine: AsyncEngine, world: World, *, scopes: list[str], rate_per_minute: int) -> tuple[str, str]:
+    async with session_factory(engine)() as session, session.begin():
+        issued = await create_api_client(
+            session, actor=world.admin.principal, name="营业厅大屏", scopes=scopes,
+            area_ids=[world.tree.company.id] if world.tree.company.id else [], rate_per_minute=rate_per_minute,
+        )
+    return issued.client.client_id, issued.secret
+
+
+async def test_oauth_token_and_issue_client_token_take_from_the_clients_rate_and_a_refusal_opens_no_session(
+    client: GraphQLClient, world: World, engine_for_module: AsyncEngine
+) -> None:
+    client_id, secret = await _api_client(engine_for_module, world, scopes=["areas:read"], rate_per_minute=2)
+    form = {"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret}
+
+    answers = [await client.http.post("/oauth/token", data=form) for _ in range(2)]
+    sessions_before = await count(engine_for_module, "SELECT count(*) FROM auth_sessions WHERE principal_kind = 'client'")
+    refused = await client.http.post("/oauth/token", data=form)
+    refused_mutation = await client.execute(
+        "mutation($id: String!, $s: String!) { issueClientToken(clientId: $id, clientSecret: $s) { errors { code } } }",
+        {"id": client_id, "s": secret},
+    )
+
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert refused.status_code == 429
+    assert refused.json()["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
+    assert top_level_code(refused_mutation) == "RATE_LIMITED"
+    assert await count(engine_for_module, "SELECT count(*) FROM auth_sessions WHERE principal_kind = 'client'") == sessions_before
+
+
+async def test_a_clients_rate_covers_exports_templates_and_the_audit_log_download(
+    client: GraphQLClient, world: World, engine_for_module: AsyncEngine
+) -> None:
+    client_id, secret = await _api_client(engine_for_module, world, scopes=["archives:read"], rate_per_minute=3)
+    issued = await client.http.post("/oauth/token", data={"grant_type": "client_credentials", "client_id": client_id,
+                                                          "client_secret": secret})
+    bearer = {"Authorization": f"Bearer {issued.json()['access_token']}"}
+
+    export = await client.http.get("/exports/households.xlsx", headers=bearer)
+    template = await client.http.get("/templates/meters.xlsx", headers=bearer)
+    refused = await client.http.get("/exports/households.xlsx", headers=bearer)
+    refused_log = await client.http.get("/exports/audit-log.xlsx", headers=bearer)
+
+    assert (export.status_code, template.status_code) == (200, 200)
+    assert refused.status_code == 429
+    assert refused.json()["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
+    assert refused_log.status_code == 429
+
+
+# --------------------------------------------------------------------------- binding a household
+# What the bill prints is not enough (README's resident steps plus the proof).
+
+
+async def resident_token(client: GraphQLClient, phone: str) -> str:
+    assert (await client.execute(SEND_CODE, {"phone": phone}))["data"]["requestLoginCode"]["errors"] == []
+    code = next(code for to, code in reversed(sms_sender("log").sent) if to == phone)
+    answer = await client.execute(RESIDENT_LOGIN, {"phone": phone, "code": code})
+    token: str = answer["data"]["residentLogin"]["tokens"]["accessToken"]
+    return token
+
+
+async def test_a_tenant_binds_with_the_code_from_the_registered_phone_or_the_owners_approval(
+    client: GraphQLClient, world: World, engine_for_module: AsyncEngine
+) -> None:
+    async with session_factory(engine_for_module)() as session, session.begin():
+        household = await make_household(session, area=world.tree.east_community, name="王芳", phone="13600000001")
+    owner = await resident_token(client, "13600000001")
+    tenant = await resident_token(client, "13600000002")
+    family = await resident_token(client, "13600000003")
+    bill = {"no": household.account_no, "name": "王芳"}
+
+    owned = await client.execute(BIND, bill, token=owner)
+    by_code = await client.execute(BIND, bill, token=family)
+    code = next(code for to, code in reversed(sms_sender("log").sent) if to == "13600000001")
+    confirmed = await client.execute(CONFIRM, {"id": by_code["data"]["bindHousehold"]["binding"]["id"], "code": code}, token=family)
+    asked = await client.execute(BIND, bill, token=tenant)
+    seen_by_owner = await client.execute(REQUESTS, token=owner)
+    tenant_before = await client.execute(REQUESTS, token=tenant)
+    approved = await client.execute(DECIDE, {"id": asked["data"]["bindHousehold"]["binding"]["id"]}, token=owner)
+    tenant_after = await client.execute(REQUESTS, token=tenant)
+
+    assert owned["data"]["bindHousehold"]["household"] == {"accountNo": household.account_no}
+    assert owned["data"]["bindHousehold"]["binding"]["state"] == "active"
+    assert by_code["data"]["bindHousehold"]["household"] is None
+    assert by_code["data"]["bindHousehold"]["binding"]["state"] == "pending"
+    assert by_code["data"]["bindHousehold"]["binding"]["codeSentTo"] == "136****0001"
+    assert confirmed["data"]["confirmHouseholdBinding"]["household"] == {"accountNo": household.account_no}
+    assert [(r["accountNo"], r["residentPhone"]) for r in seen_by_owner["data"]["viewer"]["bindingRequests"]] == [
+        (household.account_no, "136****0002"),
+    ]
+    assert tenant_before["data"]["viewer"]["households"] == []
+    assert approved["data"]["decideHouseholdBinding"] == {"binding": {"state": "active"}, "errors": []}
+    assert tenant_after["data"]["viewer"]["households"] == [{"accountNo": household.account_no}]
+    async with engine_for_module.connect() as connection:
+        states = (await connection.execute(text(
+            "SELECT payload->>'state' FROM domain_events WHERE kind = 'household.bound' AND key = :key ORDER BY id"
+        ), {"key": f"household:{household.id}"})).scalars().all()
+    assert states == ["active", "pending", "active", "pending", "active"]
+
+
+async def test_the_counter_sees_and_decides_only_requests_in_its_scope(
+    client: GraphQLClient, world: World, engine_for_module: AsyncEngine
+) -> None:
+    async with session_factory(engine_for_module)() as session, session.begin():
+        household = await make_household(session, area=world.tree.west_community, name="赵强")
+    tenant = await resident_token(client, "13600000004")
+    asked = await client.execute(BIND, {"no": household.account_no, "name": "赵强"}, token=tenant)
+    binding_id = asked["data"]["bindHousehold"]["binding"]["id"]
+    admin = await client.login(world.admin.username, world.admin.password)
+
+    listed = await client.execute(COUNTER, token=admin)
+    rejected = await client.execute(AT_COUNTER, {"id": binding_id}, token=admin)
+    again = await client.execute(AT_COUNTER, {"id": binding_id}, token=admin)
+
+    assert asked["data"]["bindHousehold"]["binding"]["codeSentTo"] is None
+    assert binding_id in [edge["node"]["id"] for edge in listed["data"]["householdBindingRequests"]["edges"]]
+    assert rejected["data"]["decideHouseholdBindingAtCounter"] == {"binding": {"state": "rejected"}, "errors": []}
+    assert again["data"]["decideHouseholdBindingAtCounter"]["errors"] == [{"code": "NOT_FOUND"}]
+    assert (await client.execute(REQUESTS, token=tenant))["data"]["viewer"]["households"] == []
