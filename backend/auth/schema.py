@@ -22,6 +22,7 @@ from backend.clock import utcnow
 from backend.errors import DomainError
 from backend.graphql.context import Context
 from backend.graphql.errors import UserError
+from backend.graphql.limits import AuthMutation
 from backend.graphql.loaders import SessionLoader
 from backend.graphql.mutations import run_mutation
 from backend.graphql.pagination import Connection, PageRequest, paginate
@@ -450,7 +451,8 @@ def _ok(result: Any, errors: list[UserError]) -> OkPayload:
 
 @strawberry.type
 class Mutation:
-    @strawberry.mutation(permission_classes=[Public], description="Staff login with username and password.")
+    @strawberry.mutation(permission_classes=[Public], description="Staff login with username and password.",
+                         extensions=[AuthMutation()])
     async def login(self, info: Info, username: str, password: str) -> AuthPayload:
         context: Context = info.context
         policy, now = _policy(info), utcnow()
@@ -468,7 +470,8 @@ class Mutation:
             actor=lambda pair: pair.principal,
         )
 
-    @strawberry.mutation(permission_classes=[Public], description="New tokens for a refresh token (which rotates).")
+    @strawberry.mutation(permission_classes=[Public], description="New tokens for a refresh token (which rotates).",
+                         extensions=[AuthMutation()])
     async def refresh_token(self, info: Info, refresh_token: str) -> AuthPayload:
         policy, now = _policy(info), utcnow()
 
@@ -494,7 +497,8 @@ class Mutation:
         return await run_mutation(info, module="auth", action="logout", describe=lambda _: f"{principal.name} 退出登录",
                                   payload=_ok, work=work, audit_input={})
 
-    @strawberry.mutation(permission_classes=[Public], description="Send a login code to a resident's mobile.")
+    @strawberry.mutation(permission_classes=[Public], description="Send a login code to a resident's mobile.",
+                         extensions=[AuthMutation()])
     async def request_login_code(self, info: Info, phone: str) -> LoginCodePayload:
         policy, now = _policy(info), utcnow()
         sender = sms_sender(info.context.settings.sms_sender)
@@ -505,7 +509,8 @@ class Mutation:
             audit_input={"phone": phone},
         )
 
-    @strawberry.mutation(permission_classes=[Public], description="Resident login with mobile number and code.")
+    @strawberry.mutation(permission_classes=[Public], description="Resident login with mobile number and code.",
+                         extensions=[AuthMutation()])
     async def resident_login(self, info: Info, phone: str, code: str) -> AuthPayload:
         context: Context = info.context
         policy, now = _policy(info), utcnow()
@@ -520,7 +525,8 @@ class Mutation:
             audit_input={"phone": phone}, actor=lambda pair: pair.principal,
         )
 
-    @strawberry.mutation(permission_classes=[Public], description="OAuth2 client credentials for third parties.")
+    @strawberry.mutation(permission_classes=[Public], description="OAuth2 client credentials for third parties.",
+                         extensions=[AuthMutation()])
     async def issue_client_token(self, info: Info, client_id: str, client_secret: str) -> AuthPayload:
         policy, now = _policy(info), utcnow()
         return await run_mutation(
@@ -532,7 +538,8 @@ class Mutation:
             audit_input={"clientId": client_id}, actor=lambda pair: pair.principal,
         )
 
-    @strawberry.mutation(permission_classes=[Requires("resident:self")], description="Bind a household by 缴费号 and registered name.")
+    @strawberry.mutation(permission_classes=[Requires("resident:self")], description="Bind a household by 缴费号 and registered name.",
+                         extensions=[AuthMutation()])
     async def bind_household(self, info: Info, account_no: str, name: str) -> HouseholdPayload:
         principal, policy, now = info.context.caller, _policy(info), utcnow()
         return await run_mutation(
@@ -556,7 +563,8 @@ class Mutation:
             work=work,
         )
 
-    @strawberry.mutation(permission_classes=[Authenticated], description="Change your own password (staff).")
+    @strawberry.mutation(permission_classes=[Authenticated], description="Change your own password (staff).",
+                         extensions=[AuthMutation()])
     async def change_my_password(self, info: Info, current_password: str, new_password: str) -> OkPayload:
         principal, policy, now = info.context.caller, _policy(info), utcnow()
         return await run_mutation(
@@ -568,7 +576,8 @@ class Mutation:
             ),
         )
 
-    @strawberry.mutation(permission_classes=[Requires("users:manage")], description="Add a staff user.")
+    @strawberry.mutation(permission_classes=[Requires("users:manage")], description="Add a staff user.",
+                         extensions=[AuthMutation()])
     async def create_staff_user(self, info: Info, input: CreateStaffUserInput) -> StaffUserPayload:
         actor, now = info.context.caller, utcnow()
 
@@ -599,7 +608,8 @@ class Mutation:
         return await run_mutation(info, module="system", action="updateStaffUser", describe=describe,
                                   payload=_staff_payload, work=work)
 
-    @strawberry.mutation(permission_classes=[Requires("users:manage")], description="Set a staff user's password; their logins end.")
+    @strawberry.mutation(permission_classes=[Requires("users:manage")], description="Set a staff user's password; their logins end.",
+                         extensions=[AuthMutation()])
     async def set_staff_user_password(self, info: Info, id: strawberry.ID, password: str) -> StaffUserPayload:
         actor, now = info.context.caller, utcnow()
 
@@ -669,7 +679,8 @@ class Mutation:
         return await run_mutation(info, module="system", action="deleteRole",
                                   describe=lambda r: f"删除角色 {r.name if r else id}", payload=_role_payload, work=work)
 
-    @strawberry.mutation(permission_classes=[Requires("clients:manage")], description="Register a third party; the secret is shown once.")
+    @strawberry.mutation(permission_classes=[Requires("clients:manage")], description="Register a third party; the secret is shown once.",
+                         extensions=[AuthMutation()])
     async def create_api_client(self, info: Info, input: ApiClientInput) -> ApiClientPayload:
         actor = info.context.caller
 
@@ -682,7 +693,8 @@ class Mutation:
         return await run_mutation(info, module="system", action="createApiClient",
                                   describe=lambda _: f"新增第三方接口 {input.name[:64]}", payload=_client_payload, work=work)
 
-    @strawberry.mutation(permission_classes=[Requires("clients:manage")], description="New secret for a client; old tokens end.")
+    @strawberry.mutation(permission_classes=[Requires("clients:manage")], description="New secret for a client; old tokens end.",
+                         extensions=[AuthMutation()])
     async def rotate_api_client_secret(self, info: Info, id: strawberry.ID) -> ApiClientPayload:
         actor, now = info.context.caller, utcnow()
 

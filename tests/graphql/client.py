@@ -15,7 +15,7 @@ TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 
 
 def api_settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {"secret_key": TEST_SECRET, "graphiql": True}
+    values: dict[str, Any] = {"secret_key": TEST_SECRET, "graphiql": True, "introspection": "all"}
     values.update(overrides)
     return Settings(**values)
 
