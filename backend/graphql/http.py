@@ -55,13 +55,14 @@ from backend.graphql.limits import (
     DocumentTooLarge,
     IntrospectionDisabled,
     IntrospectionNeedsLogin,
+    MAX_REPEATED_SELECTIONS,
     OperationShape,
     QueryTooComplex,
     QueryTooDeep,
     TooManyAuthMutations,
     TooManyRootFields,
     admission_key,
-    count_fields,
+    document_size,
     operation_shapes,
 )
 from backend.observability import observe_operation, request_id_var
@@ -126,8 +127,8 @@ class DocumentCache:
             document = parse(query, max_tokens=self._settings.graphql_max_tokens)
         except GraphQLSyntaxError as error:
             return PreparedDocument(None, [error], {}, {})
-        fields = count_fields(document)
-        if fields > self._settings.graphql_max_fields:
+        fields, repeated = document_size(document)
+        if fields > self._settings.graphql_max_fields or repeated > MAX_REPEATED_SELECTIONS:
             return PreparedDocument(None, [], {}, {}, refusal=DocumentTooLarge())
         form = print_ast(document)
         entry = self._by_form.get(form)

@@ -132,13 +132,21 @@ async def test_more_root_fields_than_the_cap_are_refused_before_execution(client
 
 # 4. Heavy documents.
 
+HEAVY_DOCUMENTS = {
+    "1200 repeated fields": "{ " + " ".join(["viewer { name }"] * 1200) + " }",
+    "240 repeated fields": "{ " + " ".join(["viewer { name }"] * 240) + " }",
+    "31 fragments of one field": "{ " + " ".join(f"...F{i}" for i in range(31)) + " } "
+    + " ".join(f"fragment F{i} on Query {{ viewer {{ name }} }}" for i in range(31)),
+}
+
+
+@pytest.mark.parametrize("heavy", HEAVY_DOCUMENTS.values(), ids=HEAVY_DOCUMENTS.keys())
 async def test_a_document_of_many_repeated_fields_is_refused_without_validating_it(
-    client: GraphQLClient, monkeypatch: pytest.MonkeyPatch
+    client: GraphQLClient, monkeypatch: pytest.MonkeyPatch, heavy: str
 ) -> None:
     validations: list[int] = []
     real_validate = graphql_http.validate
     monkeypatch.setattr(graphql_http, "validate", lambda *a, **k: validations.append(1) or real_validate(*a, **k))
-    heavy = "{ " + " ".join(["viewer { name }"] * 1200) + " }"
 
     result = await client.execute(heavy)
 
