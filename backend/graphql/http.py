@@ -51,11 +51,11 @@ from backend.errors import BadUserInput, DomainError, ErrorCode, RateLimited
 from backend.graphql.context import Context
 from backend.graphql.errors import format_error
 from backend.graphql.limits import (
+    MAX_REPEATED_SELECTIONS,
     Admission,
     DocumentTooLarge,
     IntrospectionDisabled,
     IntrospectionNeedsLogin,
-    MAX_REPEATED_SELECTIONS,
     OperationShape,
     QueryTooComplex,
     QueryTooDeep,
