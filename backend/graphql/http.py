@@ -63,6 +63,7 @@ from backend.graphql.limits import (
     TooManyRootFields,
     admission_key,
     document_size,
+    introspection_budget,
     operation_shapes,
 )
 from backend.observability import observe_operation, request_id_var
@@ -299,6 +300,9 @@ class GraphQLEndpoint:
             raise TooManyAuthMutations()
         cost = shape.cost(variables)
         if cost > settings.graphql_max_cost:
+            raise QueryTooComplex()
+        # Introspection has a budget of its own: the full standard introspection query.
+        if shape.introspects and shape.introspection_cost(variables) > introspection_budget(self.schema._schema):
             raise QueryTooComplex()
         return shape.expensive or cost >= settings.graphql_expensive_cost
 

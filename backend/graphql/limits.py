@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -39,8 +40,10 @@ from graphql import (
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
+    GraphQLEnumType,
     GraphQLError,
     GraphQLField,
+    GraphQLInputObjectType,
     GraphQLList,
     GraphQLNonNull,
     GraphQLObjectType,
@@ -49,8 +52,11 @@ from graphql import (
     OperationDefinitionNode,
     OperationType,
     SelectionSetNode,
+    get_introspection_query,
+    is_abstract_type,
+    parse,
 )
-from graphql.execution.values import VariableValues, get_argument_values
+from graphql.execution.values import VariableValues, get_argument_values, get_variable_values
 from graphql.type.definition import GraphQLInterfaceType
 from graphql.type.introspection import SchemaMetaFieldDef, TypeMetaFieldDef
 from strawberry.extensions.field_extension import FieldExtension
@@ -147,8 +153,13 @@ class OperationShape:
     roots: list[CostNode]
 
     def cost(self, variables: VariableValues) -> int:
-        """The cost under coerced variables; a page size above the maximum is refused."""
-        return _cost_of(self.roots, variables, 1, None)
+        """The cost of the data fields under coerced variables; a page size above the
+        maximum is refused."""
+        return _cost_of([r for r in self.roots if r.node.name.value not in _INTROSPECTION_ROOTS], variables, 1, None)
+
+    def introspection_cost(self, variables: VariableValues) -> int:
+        """The cost of the introspection fields (limited by :func:`introspection_budget`)."""
+        return _cost_of([r for r in self.roots if r.node.name.value in _INTROSPECTION_ROOTS], variables, 1, None)
 
 
 def _named(graphql_type: Any) -> Any:
@@ -173,6 +184,7 @@ class _Compiler:
         self.schema = schema
         self.fragments = fragments
         self.expensive = False
+        self.introspection_items = introspection_items(schema)
 
     def walk(self, parent: Any, selection_set: SelectionSetNode | None, visiting: frozenset[str]) -> tuple[int, list[CostNode]]:
         if selection_set is None:
@@ -187,6 +199,9 @@ class _Compiler:
                     continue
                 child_depth, children = self.walk(_named(graphql_field.type), selection.selection_set, visiting)
                 cost = declared(graphql_field, Cost)
+                items = self.introspection_items.get((getattr(parent, "name", ""), selection.name.value))
+                if items is not None:
+                    cost = Cost(items=items)
                 self.expensive = self.expensive or bool(cost and cost.admitted)
                 sizes_page = any(name in graphql_field.args for name in _SIZE_ARGUMENTS)
                 nodes.append(CostNode(
@@ -222,6 +237,45 @@ class _Compiler:
             found: GraphQLField | None = parent.fields.get(name)
             return found
         return None  # a union selects only __typename directly
+
+
+@functools.cache
+def introspection_items(schema: GraphQLSchema) -> dict[tuple[str, str], int]:
+    """The lists of introspection counted at this schema's real sizes (on average), so a
+    query nesting ``fields { type { fields ... } }`` costs what it would return."""
+    types = list(schema.type_map.values())
+
+    def mean(counts: list[int]) -> int:
+        return max(1, -(-sum(counts) // len(counts))) if counts else 1
+
+    with_fields = [t for t in types if isinstance(t, GraphQLObjectType | GraphQLInterfaceType)]
+    fields = [f for t in with_fields for f in t.fields.values()]
+    return {
+        ("__Schema", "types"): len(types),
+        ("__Schema", "directives"): len(schema.directives),
+        ("__Type", "fields"): mean([len(t.fields) for t in with_fields]),
+        ("__Type", "interfaces"): mean([len(t.interfaces) for t in with_fields]),
+        ("__Type", "possibleTypes"): mean([len(schema.get_possible_types(t)) for t in types if is_abstract_type(t)]),
+        ("__Type", "enumValues"): mean([len(t.values) for t in types if isinstance(t, GraphQLEnumType)]),
+        ("__Type", "inputFields"): mean([len(t.fields) for t in types if isinstance(t, GraphQLInputObjectType)]),
+        ("__Field", "args"): mean([len(f.args) for f in fields]),
+        ("__Directive", "args"): mean([len(d.args) for d in schema.directives]),
+        ("__Directive", "locations"): mean([len(d.locations) for d in schema.directives]),
+    }
+
+
+@functools.cache
+def introspection_budget(schema: GraphQLSchema) -> int:
+    """What the full standard introspection query costs: the most an introspecting
+    operation may cost (GraphiQL and code generators ask for it or less)."""
+    document = parse(get_introspection_query(
+        descriptions=True, specified_by_url=True, directive_is_repeatable=True, schema_description=True,
+        input_value_deprecation=True,
+    ))
+    shape = next(iter(operation_shapes(schema, document).values()))
+    variables = get_variable_values(schema, [], {})
+    assert not isinstance(variables, list)
+    return shape.introspection_cost(variables)
 
 
 def operation_shapes(schema: GraphQLSchema, document: DocumentNode) -> dict[str | None, OperationShape]:
