@@ -20,8 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from backend.app import create_app
 from backend.graphql import http as graphql_http
 from backend.graphql.relay import encode_id
+from backend.readings import analytics
 from backend.settings import Settings
-from tests.graphql.client import GraphQLClient, api_settings
+from tests.graphql.client import GraphQLClient, api_settings, graphql_client
 from tests.graphql.conftest import World
 
 AREAS_PAGE = "query Many($n: Int) { " + " ".join(
@@ -74,6 +75,13 @@ async def _api(database_url: str, **overrides: Any) -> AsyncIterator[tuple[Graph
     await app.state.engine.dispose()
 
 
+@pytest.fixture(scope="module")
+async def admin_token(database_url: str, world: World) -> str:
+    """One login for the module (each costs an argon2 verification)."""
+    async with graphql_client(database_url) as api:
+        return await api.login(world.admin.username, world.admin.password)
+
+
 def _company_scope(world: World) -> dict[str, str]:
     assert world.tree.company.id is not None
     return {"areaId": encode_id("Area", world.tree.company.id)}
@@ -82,13 +90,11 @@ def _company_scope(world: World) -> dict[str, str]:
 # 1. Page sizes are costed as they execute.
 
 async def test_a_page_size_sent_as_a_float_is_costed_as_the_integer_it_executes_as(
-    client: GraphQLClient, world: World
+    admin_token: str, client: GraphQLClient, world: World
 ) -> None:
-    token = await client.login(world.admin.username, world.admin.password)
-
-    as_float = await client.execute(AREAS_PAGE, {"n": 1000.0}, token=token)
-    too_big = await client.execute(AREAS_PAGE, {"n": 1001.0}, token=token)
-    small = await client.execute(AREAS_PAGE, {"n": 5.0}, token=token)
+    as_float = await client.execute(AREAS_PAGE, {"n": 1000.0}, token=admin_token)
+    too_big = await client.execute(AREAS_PAGE, {"n": 1001.0}, token=admin_token)
+    small = await client.execute(AREAS_PAGE, {"n": 5.0}, token=admin_token)
 
     assert as_float["data"] is None
     assert _codes(as_float) == ["QUERY_TOO_COMPLEX"]
@@ -99,25 +105,22 @@ async def test_a_page_size_sent_as_a_float_is_costed_as_the_integer_it_executes_
 
 # 2. Declared weights, aliases, lists by type.
 
-async def test_each_alias_of_an_expensive_field_costs_its_weight(client: GraphQLClient, world: World) -> None:
-    token = await client.login(world.admin.username, world.admin.password)
+async def test_each_alias_of_an_expensive_field_costs_its_weight(admin_token: str, client: GraphQLClient, world: World) -> None:
     one = YEAR_OF_DAILY_STATISTICS % (STATISTICS_FIELD % "s0")
     six = YEAR_OF_DAILY_STATISTICS % " ".join(STATISTICS_FIELD % f"s{i}" for i in range(6))
 
-    single = await client.execute(one, {"scope": _company_scope(world)}, token=token)
-    aliased = await client.execute(six, {"scope": _company_scope(world)}, token=token)
+    single = await client.execute(one, {"scope": _company_scope(world)}, token=admin_token)
+    aliased = await client.execute(six, {"scope": _company_scope(world)}, token=admin_token)
 
     assert "QUERY_TOO_COMPLEX" not in _codes(single)
     assert aliased["data"] is None
     assert _codes(aliased) == ["QUERY_TOO_COMPLEX"]
 
 
-async def test_a_list_field_not_named_like_a_list_is_costed_as_a_list(database_url: str, world: World) -> None:
+async def test_a_list_field_not_named_like_a_list_is_costed_as_a_list(admin_token: str, database_url: str, world: World) -> None:
     async with _api(database_url, graphql_max_cost=500) as (api, _):
-        token = await api.login(world.admin.username, world.admin.password)
-
-        daily = await api.execute(DAILY_FLOW, token=token)
-        comparison = await api.execute(COMPARISON_DEFAULT_PAGE, {"scope": _company_scope(world)}, token=token)
+        daily = await api.execute(DAILY_FLOW, token=admin_token)
+        comparison = await api.execute(COMPARISON_DEFAULT_PAGE, {"scope": _company_scope(world)}, token=admin_token)
 
     assert _codes(daily) == ["QUERY_TOO_COMPLEX"]
     assert _codes(comparison) == ["QUERY_TOO_COMPLEX"]
@@ -125,11 +128,9 @@ async def test_a_list_field_not_named_like_a_list_is_costed_as_a_list(database_u
 
 # 3. Root fields.
 
-async def test_more_root_fields_than_the_cap_are_refused_before_execution(client: GraphQLClient, world: World) -> None:
-    token = await client.login(world.admin.username, world.admin.password)
-
-    at_cap = await client.execute(_roots(20), token=token)
-    over = await client.execute(_roots(21), token=token)
+async def test_more_root_fields_than_the_cap_are_refused_before_execution(admin_token: str, client: GraphQLClient, world: World) -> None:
+    at_cap = await client.execute(_roots(20), token=admin_token)
+    over = await client.execute(_roots(21), token=admin_token)
 
     assert "errors" not in at_cap
     assert over["data"] is None
@@ -211,18 +212,17 @@ async def test_two_auth_mutations_in_one_request_are_refused_and_none_runs(
 # 6. Admission of expensive work.
 
 async def test_an_expensive_request_waits_for_the_callers_slot_and_is_refused_when_it_cannot_get_one(
-    database_url: str, world: World
+    admin_token: str, database_url: str, world: World
 ) -> None:
     async with _api(database_url, graphql_admission_wait_s=0.05) as (api, app):
-        token = await api.login(world.admin.username, world.admin.password)
         expensive = YEAR_OF_DAILY_STATISTICS % (STATISTICS_FIELD % "s0")
         admission = app.state.graphql.admission
         assert world.admin.user.id is not None
 
         async with admission.admit(f"staff:{world.admin.user.id}"):
-            refused = await api.execute(expensive, {"scope": _company_scope(world)}, token=token)
-            cheap = await api.execute("{ viewer { name } }", token=token)
-        admitted = await api.execute(expensive, {"scope": _company_scope(world)}, token=token)
+            refused = await api.execute(expensive, {"scope": _company_scope(world)}, token=admin_token)
+            cheap = await api.execute("{ viewer { name } }", token=admin_token)
+        admitted = await api.execute(expensive, {"scope": _company_scope(world)}, token=admin_token)
 
     assert refused["data"] is None
     assert _codes(refused) == ["RATE_LIMITED"]
@@ -231,15 +231,56 @@ async def test_an_expensive_request_waits_for_the_callers_slot_and_is_refused_wh
     assert admitted["data"]["s0"]["summary"] is not None
 
 
-async def test_the_process_wide_admission_limit_holds_across_callers(database_url: str, world: World) -> None:
+async def test_the_process_wide_admission_limit_holds_across_callers(admin_token: str, database_url: str, world: World) -> None:
     async with _api(database_url, graphql_admission_wait_s=0.05, graphql_expensive_per_process=1) as (api, app):
-        token = await api.login(world.admin.username, world.admin.password)
         expensive = YEAR_OF_DAILY_STATISTICS % (STATISTICS_FIELD % "s0")
 
         async with app.state.graphql.admission.admit("staff:someone-else"):
-            refused = await api.execute(expensive, {"scope": _company_scope(world)}, token=token)
+            refused = await api.execute(expensive, {"scope": _company_scope(world)}, token=admin_token)
 
     assert _codes(refused) == ["RATE_LIMITED"]
+
+
+async def test_aliases_of_an_expensive_field_run_one_at_a_time_within_a_request(
+    admin_token: str, client: GraphQLClient, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running: list[int] = [0]
+    most: list[int] = [0]
+    real_statistics = analytics.usage_statistics
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        try:
+            await asyncio.sleep(0.01)
+            return await real_statistics(*args, **kwargs)
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(analytics, "usage_statistics", counted)
+    three = YEAR_OF_DAILY_STATISTICS % " ".join(STATISTICS_FIELD % f"s{i}" for i in range(3))
+
+    result = await client.execute(three, {"scope": _company_scope(world)}, token=admin_token)
+
+    assert "errors" not in result
+    assert most == [1]
+
+
+async def test_a_large_page_answered_by_the_compiled_path_is_admitted_like_an_expensive_field(
+    admin_token: str, database_url: str, world: World
+) -> None:
+    # 1 + 1 + 1000 x 5 = 5,002: at least SHUIWU_GRAPHQL_EXPENSIVE_COST (5,000).
+    page = "{ areas(first: 1000) { edges { node { id name kind level } } } }"
+    async with _api(database_url, graphql_admission_wait_s=0.05) as (api, app):
+        assert world.admin.user.id is not None
+
+        async with app.state.graphql.admission.admit(f"staff:{world.admin.user.id}"):
+            refused = await api.execute(page, token=admin_token)
+        answered = await api.execute(page, token=admin_token)
+
+    assert _codes(refused) == ["RATE_LIMITED"]
+    assert "errors" not in answered
+    assert app.state.graphql.documents._entries[page].plans  # answered by a compiled plan
 
 
 async def test_a_second_caller_is_admitted_when_the_slot_frees_within_the_wait() -> None:
@@ -285,11 +326,10 @@ def test_the_demo_turns_graphiql_and_introspection_on() -> None:
     assert demo.introspection == "all"
 
 
-async def test_anonymous_introspection_is_refused_by_default(database_url: str, world: World) -> None:
+async def test_anonymous_introspection_is_refused_by_default(admin_token: str, database_url: str, world: World) -> None:
     async with _api(database_url, introspection="authenticated", graphiql=False) as (api, _):
-        token = await api.login(world.admin.username, world.admin.password)
         anonymous = [await api.execute(document) for document in (SCHEMA_NAME, TYPE_NAME)]
-        logged_in = await api.execute(SCHEMA_NAME, token=token)
+        logged_in = await api.execute(SCHEMA_NAME, token=admin_token)
         typename = await api.execute("{ __typename }")
         page = await api.http.get("/graphql")
 
@@ -302,14 +342,13 @@ async def test_anonymous_introspection_is_refused_by_default(database_url: str, 
 
 
 async def test_full_introspection_is_answered_and_a_nested_introspection_bomb_is_refused(
-    client: GraphQLClient, world: World
+    admin_token: str, client: GraphQLClient, world: World
 ) -> None:
-    token = await client.login(world.admin.username, world.admin.password)
     full = get_introspection_query(descriptions=True, specified_by_url=True, directive_is_repeatable=True,
                                    schema_description=True, input_value_deprecation=True)
 
-    answered = await client.execute(full, token=token)
-    bomb = await client.execute(INTROSPECTION_BOMB, token=token)
+    answered = await client.execute(full, token=admin_token)
+    bomb = await client.execute(INTROSPECTION_BOMB, token=admin_token)
 
     # Not refused (one pre-existing error remains: the JSON default `{}` of
     # SaveQuerySchemeInput.filters cannot be printed as a literal).
@@ -319,10 +358,9 @@ async def test_full_introspection_is_answered_and_a_nested_introspection_bomb_is
     assert _codes(bomb) == ["QUERY_TOO_COMPLEX"]
 
 
-async def test_introspection_off_refuses_everyone(database_url: str, world: World) -> None:
+async def test_introspection_off_refuses_everyone(admin_token: str, database_url: str, world: World) -> None:
     async with _api(database_url, introspection="off") as (api, _):
-        token = await api.login(world.admin.username, world.admin.password)
-        result = await api.execute(TYPE_NAME, token=token)
+        result = await api.execute(TYPE_NAME, token=admin_token)
 
     assert _codes(result) == ["FORBIDDEN"]
 
