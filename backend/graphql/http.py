@@ -53,6 +53,7 @@ from backend.graphql.errors import format_error
 from backend.graphql.limits import (
     MAX_REPEATED_SELECTIONS,
     Admission,
+    AdmissionRefused,
     DocumentTooLarge,
     IntrospectionDisabled,
     IntrospectionNeedsLogin,
@@ -275,7 +276,7 @@ class GraphQLEndpoint:
                     result = await self._run(executor)
             else:
                 result = await self._run(executor)
-        except RateLimited as refusal:
+        except AdmissionRefused as refusal:
             observe_operation(label, time.perf_counter() - started, ok=False)
             return self._refusal(refusal, 429)
         response: dict[str, Any] = {"data": result.data}

@@ -93,7 +93,12 @@ class Cost(FieldExtension):
 
 
 class Expensive(Cost):
-    """A :class:`Cost` whose field runs under the admission limit, one at a time per request."""
+    """A :class:`Cost` whose field runs under the admission limit, one at a time per request.
+
+    For fields resolved once per request (root fields, a detail's heavy part): on a field
+    of every row of a list the one-at-a-time lock would split a DataLoader's batch, so
+    per-row fields declare :class:`Cost` instead.
+    """
 
     admitted = True
 
