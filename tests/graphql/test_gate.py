@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,6 +24,7 @@ from backend.readings import analytics
 from backend.settings import Settings
 from tests.graphql.client import GraphQLClient, api_settings, graphql_client
 from tests.graphql.conftest import World
+from tests.live import LiveServer, live_server
 
 AREAS_PAGE = "query Many($n: Int) { " + " ".join(
     f"a{i}: areas(first: $n) {{ edges {{ node {{ id name }} }} }}" for i in range(20)
@@ -367,17 +368,24 @@ async def test_introspection_off_refuses_everyone(admin_token: str, database_url
 
 # 8. JSON bodies only.
 
+@pytest.fixture(scope="module")
+def live(database_url: str) -> Iterator[LiveServer]:
+    with live_server(database_url) as server:
+        yield server
+
+
 @pytest.mark.parametrize(
     "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None]
 )
 async def test_a_graphql_post_that_is_not_json_is_refused_with_415(
-    client: GraphQLClient, engine_for_module: AsyncEngine, content_type: str | None
+    live: LiveServer, engine_for_module: AsyncEngine, content_type: str | None
 ) -> None:
     phone = "13700004150"
     body = orjson.dumps({"query": f'mutation {{ requestLoginCode(phone: "{phone}") {{ errors {{ code }} }} }}'})
     headers = {"content-type": content_type} if content_type else {}
 
-    response = await client.http.post("/graphql", content=body, headers=headers)
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        response = await http.post("/graphql", content=body, headers=headers)
     if content_type is None:
         # httpx adds no content type for raw bytes: the request really has none.
         assert "content-type" not in response.request.headers
@@ -390,8 +398,9 @@ async def test_a_graphql_post_that_is_not_json_is_refused_with_415(
 
 
 @pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/graphql+json", "Application/JSON"])
-async def test_json_content_types_are_accepted(client: GraphQLClient, content_type: str) -> None:
-    response = await client.http.post("/graphql", content=b'{"query": "{ __typename }"}', headers={"content-type": content_type})
+async def test_json_content_types_are_accepted(live: LiveServer, content_type: str) -> None:
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        response = await http.post("/graphql", content=b'{"query": "{ __typename }"}', headers={"content-type": content_type})
 
     assert response.status_code == 200
     assert response.json() == {"data": {"__typename": "Query"}}
