@@ -126,6 +126,11 @@ def demo_load(
     asyncio.run(run())
 
 
+def demo_api_settings(settings: Settings) -> Settings:
+    """The demo is for exploring: GraphiQL and introspection on for everyone."""
+    return settings.model_copy(update={"graphiql": True, "introspection": "all"})
+
+
 @demo_app.command("run")
 def demo_run(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
@@ -138,7 +143,7 @@ def demo_run(
     from backend.demo import ADMIN, CASHIER, CLIENT_ID, CLIENT_SECRET, MANAGER, REPAIR, RESIDENT_PHONE
     from backend.jobs import run_worker
 
-    settings = _settings()
+    settings = demo_api_settings(_settings())
     url = _database(settings)
     _migrate(url)
     bind_host, bind_port = host or settings.host, port or settings.port

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -69,7 +70,19 @@ class Settings(BaseSettings):
     graphql_max_cost: int = Field(default=50_000, ge=100)
     graphql_max_tokens: int = Field(default=5_000, ge=100)
     graphql_cache_size: int = Field(default=512, ge=1)
-    graphiql: bool = True
+    # GraphQL gate (hardening): caps checked before execution, admission of expensive work,
+    # and what strangers may see. GraphiQL and introspection are for logged-in callers
+    # and the demo (`shuiwu demo run` turns both on).
+    graphiql: bool = False
+    introspection: Literal["authenticated", "all", "off"] = "authenticated"
+    graphql_max_root_fields: int = Field(default=20, ge=1)
+    graphql_max_fields: int = Field(default=500, ge=10)
+    # Expensive requests (a field declared Expensive, or a cost of at least this) are
+    # admitted this many at once per process (None: one per CPU core) and per caller.
+    graphql_expensive_cost: int = Field(default=5_000, ge=1)
+    graphql_expensive_per_process: int | None = Field(default=None, ge=1)
+    graphql_expensive_per_principal: int = Field(default=1, ge=1)
+    graphql_admission_wait_s: float = Field(default=10.0, ge=0)
 
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=20, ge=0)

@@ -22,6 +22,7 @@ from backend.clock import utcnow
 from backend.errors import DomainError
 from backend.graphql.context import Context
 from backend.graphql.errors import UserError
+from backend.graphql.limits import AuthMutation
 from backend.graphql.loaders import SessionLoader
 from backend.graphql.mutations import run_mutation
 from backend.graphql.pagination import Connection, PageRequest, paginate
@@ -583,7 +584,8 @@ async def _decide_binding(info: Info, id: strawberry.ID, approve: bool, *, actio
 
 @strawberry.type
 class Mutation:
-    @strawberry.mutation(permission_classes=[Public], description="Staff login with username and password.")
+    @strawberry.mutation(permission_classes=[Public], description="Staff login with username and password.",
+                         extensions=[AuthMutation()])
     async def login(self, info: Info, username: str, password: str) -> AuthPayload:
         context: Context = info.context
         policy, now = _policy(info), utcnow()
@@ -601,7 +603,8 @@ class Mutation:
             actor=lambda pair: pair.principal,
         )
 
-    @strawberry.mutation(permission_classes=[Public], description="New tokens for a refresh token (which rotates).")
+    @strawberry.mutation(permission_classes=[Public], description="New tokens for a refresh token (which rotates).",
+                         extensions=[AuthMutation()])
     async def refresh_token(self, info: Info, refresh_token: str) -> AuthPayload:
         policy, now = _policy(info), utcnow()
 
@@ -627,7 +630,8 @@ class Mutation:
         return await run_mutation(info, module="auth", action="logout", describe=lambda _: f"{principal.name} 退出登录",
                                   payload=_ok, work=work, audit_input={})
 
-    @strawberry.mutation(permission_classes=[Public], description="Send a login code to a resident's mobile.")
+    @strawberry.mutation(permission_classes=[Public], description="Send a login code to a resident's mobile.",
+                         extensions=[AuthMutation()])
     async def request_login_code(self, info: Info, phone: str) -> LoginCodePayload:
         policy, now, ip = _policy(info), utcnow(), info.context.ip
         sender = sms_sender(info.context.settings.sms_sender)
@@ -639,7 +643,8 @@ class Mutation:
             audit_input={"phone": phone},
         )
 
-    @strawberry.mutation(permission_classes=[Public], description="Resident login with mobile number and code.")
+    @strawberry.mutation(permission_classes=[Public], description="Resident login with mobile number and code.",
+                         extensions=[AuthMutation()])
     async def resident_login(self, info: Info, phone: str, code: str) -> AuthPayload:
         context: Context = info.context
         policy, now = _policy(info), utcnow()
@@ -654,7 +659,8 @@ class Mutation:
             audit_input={"phone": phone}, actor=lambda pair: pair.principal,
         )
 
-    @strawberry.mutation(permission_classes=[Public], description="OAuth2 client credentials for third parties.")
+    @strawberry.mutation(permission_classes=[Public], description="OAuth2 client credentials for third parties.",
+                         extensions=[AuthMutation()])
     async def issue_client_token(self, info: Info, client_id: str, client_secret: str) -> AuthPayload:
         policy, now = _policy(info), utcnow()
         return await run_mutation(
@@ -667,7 +673,7 @@ class Mutation:
     @strawberry.mutation(permission_classes=[Requires("resident:self")], description=(
         "Bind a household by 缴费号 and registered name. Bound at once when your phone is its registered phone; "
         "otherwise PENDING: confirm with the code sent to the registered phone (confirmHouseholdBinding), or "
-        "wait for an owner or the counter to approve."))
+        "wait for an owner or the counter to approve."), extensions=[AuthMutation()])
     async def bind_household(self, info: Info, account_no: str, name: str) -> HouseholdPayload:
         principal, policy, now = info.context.caller, _policy(info), utcnow()
         sender = sms_sender(info.context.settings.sms_sender)
@@ -681,7 +687,8 @@ class Mutation:
         )
 
     @strawberry.mutation(permission_classes=[Requires("resident:self")],
-                         description="Confirm your pending binding with the code sent to the household's registered phone.")
+                         description="Confirm your pending binding with the code sent to the household's registered phone.",
+                         extensions=[AuthMutation()])
     async def confirm_household_binding(self, info: Info, id: strawberry.ID, code: str) -> HouseholdPayload:
         principal, policy, now = info.context.caller, _policy(info), utcnow()
         binding_pk = decode_id(id, "HouseholdBinding")
@@ -718,7 +725,8 @@ class Mutation:
             work=work,
         )
 
-    @strawberry.mutation(permission_classes=[Authenticated], description="Change your own password (staff).")
+    @strawberry.mutation(permission_classes=[Authenticated], description="Change your own password (staff).",
+                         extensions=[AuthMutation()])
     async def change_my_password(self, info: Info, current_password: str, new_password: str) -> OkPayload:
         principal, policy, now, ip = info.context.caller, _policy(info), utcnow(), info.context.ip
         return await run_mutation(
@@ -730,7 +738,8 @@ class Mutation:
             ),
         )
 
-    @strawberry.mutation(permission_classes=[Requires("users:manage")], description="Add a staff user.")
+    @strawberry.mutation(permission_classes=[Requires("users:manage")], description="Add a staff user.",
+                         extensions=[AuthMutation()])
     async def create_staff_user(self, info: Info, input: CreateStaffUserInput) -> StaffUserPayload:
         actor, now = info.context.caller, utcnow()
 
@@ -763,7 +772,8 @@ class Mutation:
         return await run_mutation(info, module="system", action="updateStaffUser", describe=describe,
                                   payload=_staff_payload, work=work)
 
-    @strawberry.mutation(permission_classes=[Requires("users:manage")], description="Set a staff user's password; their logins end.")
+    @strawberry.mutation(permission_classes=[Requires("users:manage")], description="Set a staff user's password; their logins end.",
+                         extensions=[AuthMutation()])
     async def set_staff_user_password(self, info: Info, id: strawberry.ID, password: str) -> StaffUserPayload:
         actor, now = info.context.caller, utcnow()
 
@@ -844,7 +854,8 @@ class Mutation:
         return await run_mutation(info, module="system", action="deleteRole",
                                   describe=lambda r: f"删除角色 {r.name if r else id}", payload=_role_payload, work=work)
 
-    @strawberry.mutation(permission_classes=[Requires("clients:manage")], description="Register a third party; the secret is shown once.")
+    @strawberry.mutation(permission_classes=[Requires("clients:manage")], description="Register a third party; the secret is shown once.",
+                         extensions=[AuthMutation()])
     async def create_api_client(self, info: Info, input: ApiClientInput) -> ApiClientPayload:
         actor = info.context.caller
 
@@ -857,7 +868,8 @@ class Mutation:
         return await run_mutation(info, module="system", action="createApiClient",
                                   describe=lambda _: f"新增第三方接口 {input.name[:64]}", payload=_client_payload, work=work)
 
-    @strawberry.mutation(permission_classes=[Requires("clients:manage")], description="New secret for a client; old tokens end.")
+    @strawberry.mutation(permission_classes=[Requires("clients:manage")], description="New secret for a client; old tokens end.",
+                         extensions=[AuthMutation()])
     async def rotate_api_client_secret(self, info: Info, id: strawberry.ID) -> ApiClientPayload:
         actor, now = info.context.caller, utcnow()
 

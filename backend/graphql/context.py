@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ class Context:
     # The autocommit read engine, for raw asyncpg reads on hot paths (db.raw_read).
     read_engine: AsyncEngine | None = None
     _loaders: dict[type, Any] = field(default_factory=dict)
+    # Fields declared Expensive run one at a time within a request (limits.Expensive).
+    expensive_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def loader(self, loader_cls: type[LoaderT]) -> LoaderT:
         """The request's one instance of ``loader_cls`` (created on first use)."""

@@ -5,11 +5,21 @@ view: parsing, validation, depth and the cost tree are cached per query text in 
 LRU, so a repeated query costs only its execution (NOTES.md: stock strawberry ~530 req/s,
 with caching ~2,700 req/s). Strawberry's field machinery (permissions, resolvers, scalars)
 is unchanged; schema extensions are not used.
+
+The gate, in order (backend/graphql/limits.py): JSON bodies only (415 otherwise, so a
+page elsewhere cannot fire a CORS-less "simple" request); a field count right after
+parsing, before the quadratic parts of validation; validation of larger documents in a
+worker thread, cached by the document's printed form so whitespace variants validate
+once; depth, root fields, auth mutations and introspection per operation; the cost under
+the variables the executor coerced (the same values it then runs with); admission of
+expensive requests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
 import uuid
 from collections import OrderedDict
@@ -28,9 +38,9 @@ from graphql import (
     OperationDefinitionNode,
     OperationType,
     parse,
+    print_ast,
     validate,
 )
-from graphql.execution import execute
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -40,7 +50,23 @@ from backend.auth.principal import Principal
 from backend.errors import BadUserInput, DomainError, ErrorCode, RateLimited
 from backend.graphql.context import Context
 from backend.graphql.errors import format_error
-from backend.graphql.limits import OperationShape, QueryTooComplex, QueryTooDeep, operation_shapes
+from backend.graphql.limits import (
+    MAX_REPEATED_SELECTIONS,
+    Admission,
+    AdmissionRefused,
+    DocumentTooLarge,
+    IntrospectionDisabled,
+    IntrospectionNeedsLogin,
+    OperationShape,
+    QueryTooComplex,
+    QueryTooDeep,
+    TooManyAuthMutations,
+    TooManyRootFields,
+    admission_key,
+    document_size,
+    introspection_budget,
+    operation_shapes,
+)
 from backend.observability import observe_operation, request_id_var
 from backend.settings import Settings
 
@@ -48,6 +74,12 @@ log = logging.getLogger("shuiwu.graphql")
 
 Authenticator = Callable[[str], Awaitable[Principal]]
 RateCheck = Callable[[Principal], None]
+
+# Documents selecting more fields than this are validated in a worker thread: validation
+# is superlinear in repeated fields, and the event loop must keep serving meanwhile.
+VALIDATE_IN_THREAD_ABOVE_FIELDS = 40
+# The media types of a GraphQL POST (GraphQL over HTTP); anything else is a 415.
+JSON_MEDIA_TYPES = frozenset({"application/json", "application/graphql+json"})
 
 
 @dataclass(slots=True)
@@ -57,44 +89,68 @@ class PreparedDocument:
     shapes: dict[str | None, OperationShape]
     operations: dict[str | None, OperationType]
     plans: dict[Any, Any] = field(default_factory=dict)
+    refusal: DomainError | None = None
 
 
 class DocumentCache:
-    """Parsed and validated documents by query text, least recently used evicted."""
+    """Parsed and validated documents, least recently used evicted.
+
+    Looked up by query text, then by the printed form of the parsed document: variants
+    of one document in whitespace, commas or comments cost a parse and a print (linear),
+    never another validation.
+    """
 
     def __init__(self, schema: strawberry.Schema, settings: Settings) -> None:
         self._schema = schema
         self._settings = settings
         self._entries: OrderedDict[str, PreparedDocument] = OrderedDict()
+        self._by_form: OrderedDict[str, PreparedDocument] = OrderedDict()
         self.max_size = settings.graphql_cache_size
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, query: str) -> PreparedDocument:
+    async def get(self, query: str) -> PreparedDocument:
         entry = self._entries.get(query)
         if entry is not None:
             self._entries.move_to_end(query)
             return entry
-        entry = self._prepare(query)
-        self._entries[query] = entry
-        if len(self._entries) > self.max_size:
-            self._entries.popitem(last=False)
+        entry = await self._prepare(query)
+        self._remember(self._entries, query, entry)
         return entry
 
-    def _prepare(self, query: str) -> PreparedDocument:
+    def _remember(self, entries: OrderedDict[str, PreparedDocument], key: str, entry: PreparedDocument) -> None:
+        entries[key] = entry
+        if len(entries) > self.max_size:
+            entries.popitem(last=False)
+
+    async def _prepare(self, query: str) -> PreparedDocument:
         try:
             document = parse(query, max_tokens=self._settings.graphql_max_tokens)
         except GraphQLSyntaxError as error:
             return PreparedDocument(None, [error], {}, {})
-        errors = validate(self._schema._schema, document)
-        shapes = operation_shapes(document) if not errors else {}
+        fields, repeated = document_size(document)
+        if fields > self._settings.graphql_max_fields or repeated > MAX_REPEATED_SELECTIONS:
+            return PreparedDocument(None, [], {}, {}, refusal=DocumentTooLarge())
+        form = print_ast(document)
+        entry = self._by_form.get(form)
+        if entry is not None:
+            self._by_form.move_to_end(form)
+            return entry
+        schema = self._schema._schema
+        if fields > VALIDATE_IN_THREAD_ABOVE_FIELDS:
+            errors = await asyncio.to_thread(validate, schema, document)
+        else:
+            errors = validate(schema, document)
+        shapes = operation_shapes(schema, document) if not errors else {}
         operations = {
             (definition.name.value if definition.name else None): definition.operation
             for definition in document.definitions
             if isinstance(definition, OperationDefinitionNode)
         }
-        return PreparedDocument(document, list(errors), shapes, operations)
+        entry = PreparedDocument(document, list(errors), shapes, operations)
+        self._remember(self._by_form, form, entry)
+        return entry
 
 
 class GraphQLEndpoint:
@@ -124,12 +180,21 @@ class GraphQLEndpoint:
         self.check_anonymous = check_anonymous
         self.documents = DocumentCache(schema, settings)
         self._executor_class = schema.execution_context_class
+        self.admission = Admission(
+            per_process=settings.graphql_expensive_per_process or os.cpu_count() or 1,
+            per_principal=settings.graphql_expensive_per_principal,
+            wait_s=settings.graphql_admission_wait_s,
+        )
 
     async def handle(self, request: Request) -> Response:
         if request.method == "GET":
             return self._graphiql()
         request_id = request_id_var.get() or uuid.uuid4().hex
         started = time.perf_counter()
+        media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media_type not in JSON_MEDIA_TYPES:
+            return self._refusal(BadUserInput("请求体须为 JSON (Content-Type: application/json)",
+                                              "The body must be JSON (Content-Type: application/json)"), 415)
         if self.check_anonymous is not None and "authorization" not in request.headers:
             # Per-address and global buckets for callers without a token, before the body is read.
             try:
@@ -174,28 +239,22 @@ class GraphQLEndpoint:
                     500,
                 )
 
-        prepared = self.documents.get(query)
+        prepared = await self.documents.get(query)
         label = operation_name or "anonymous"
+        if prepared.refusal is not None:
+            observe_operation(label, time.perf_counter() - started, ok=False)
+            return self._refusal(prepared.refusal, 200)
         if prepared.errors:
             observe_operation(label, time.perf_counter() - started, ok=False)
             return self._json({"data": None, "errors": [format_error(e, request_id) for e in prepared.errors]})
-        shape = prepared.shapes.get(operation_name) if operation_name or len(prepared.shapes) != 1 else next(iter(prepared.shapes.values()))
-        if shape is not None:
-            try:
-                if shape.depth > self.settings.graphql_max_depth:
-                    raise QueryTooDeep()
-                if shape.cost(variables) > self.settings.graphql_max_cost:
-                    raise QueryTooComplex()
-            except DomainError as refusal:
-                observe_operation(label, time.perf_counter() - started, ok=False)
-                return self._refusal(refusal, 200)
 
+        ip = request.client.host if request.client else None
         context = Context(
             settings=self.settings,
             sessions=self.sessions,
             request_id=request_id,
             principal=principal,
-            ip=request.client.host if request.client else None,
+            ip=ip,
             user_agent=request.headers.get("user-agent"),
             plans=prepared.plans,
             read_sessions=self.read_sessions,
@@ -203,21 +262,63 @@ class GraphQLEndpoint:
             services=self.services,
         )
         assert prepared.document is not None
-        result: ExecutionResult = await await_maybe(
-            execute(
-                self.schema._schema,
-                prepared.document,
-                variable_values=variables,
-                operation_name=operation_name,
-                context_value=context,
-                executor_class=self._executor_class,
-            )
+        # graphql-core coerces the variables here, once: the cost below and the execution
+        # both read these coerced values.
+        executor = self._executor_class.build(
+            self.schema._schema, prepared.document, None, context, variables, operation_name
         )
+        if isinstance(executor, list):
+            observe_operation(label, time.perf_counter() - started, ok=False)
+            return self._json({"data": None, "errors": [format_error(e, request_id) for e in executor]})
+        operation = executor.operation
+        shape = prepared.shapes[operation.name.value if operation.name else None]
+        try:
+            expensive = self._check(shape, executor.variable_values, principal)
+        except DomainError as refusal:
+            observe_operation(label, time.perf_counter() - started, ok=False)
+            return self._refusal(refusal, 429 if isinstance(refusal, RateLimited) else 200)
+
+        try:
+            if expensive:
+                async with self.admission.admit(admission_key(principal, ip)):
+                    result = await self._run(executor)
+            else:
+                result = await self._run(executor)
+        except AdmissionRefused as refusal:
+            observe_operation(label, time.perf_counter() - started, ok=False)
+            return self._refusal(refusal, 429)
         response: dict[str, Any] = {"data": result.data}
         if result.errors:
             response["errors"] = [format_error(error, request_id) for error in result.errors]
         observe_operation(label, time.perf_counter() - started, ok=not result.errors)
         return self._json(response)
+
+    def _check(self, shape: OperationShape, variables: Any, principal: Principal | None) -> bool:
+        """Refuse what the operation asks for beyond the limits; True if it must be admitted."""
+        settings = self.settings
+        if shape.introspects and settings.introspection != "all":
+            if settings.introspection == "off":
+                raise IntrospectionDisabled()
+            if principal is None:
+                raise IntrospectionNeedsLogin()
+        if shape.depth > settings.graphql_max_depth:
+            raise QueryTooDeep()
+        if shape.root_fields > settings.graphql_max_root_fields:
+            raise TooManyRootFields()
+        if shape.auth_mutations > 1:
+            raise TooManyAuthMutations()
+        cost = shape.cost(variables)
+        if cost > settings.graphql_max_cost:
+            raise QueryTooComplex()
+        # Introspection has a budget of its own: the full standard introspection query.
+        if shape.introspects and shape.introspection_cost(variables) > introspection_budget(self.schema._schema):
+            raise QueryTooComplex()
+        return shape.expensive or cost >= settings.graphql_expensive_cost
+
+    async def _run(self, executor: Any) -> ExecutionResult:
+        result = await await_maybe(executor.execute_operation())
+        assert isinstance(result, ExecutionResult)  # no @defer / @stream in this schema
+        return result
 
     def _json(self, content: dict[str, Any], status: int = 200) -> Response:
         # orjson: ~5x faster than json.dumps on a 1000-row page, UTF-8 output as-is.

@@ -24,7 +24,7 @@ UNTHROTTLED: dict[str, Any] = {
 
 
 def api_settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {"secret_key": TEST_SECRET, "graphiql": True, **UNTHROTTLED}
+    values: dict[str, Any] = {"secret_key": TEST_SECRET, "graphiql": True, "introspection": "all", **UNTHROTTLED}
     values.update(overrides)
     return Settings(**values)
 

@@ -27,7 +27,8 @@ async def test_compiled_lists_answer_exactly_like_graphql_core(
     fast = await client.execute(query, token=token)
     with monkeypatch.context() as patched:
         patched.setattr(fastpath.PlanCompiler, "value", lambda *args, **kwargs: None)
-        slow = await client.execute(query + " ", token=token)  # another text: a new cached document
+        # Another document (whitespace alone would find the cached one and its plans).
+        slow = await client.execute("query Slow " + query, token=token)
 
     assert "errors" not in fast
     assert fast == slow
@@ -40,7 +41,7 @@ async def test_the_area_list_is_completed_by_a_compiled_plan(client: GraphQLClie
     await client.execute(query, token=token)
 
     endpoint = client.http._transport.app.state.graphql  # type: ignore[attr-defined]
-    plans = endpoint.documents.get(query).plans
+    plans = (await endpoint.documents.get(query)).plans
     assert plans
     assert all(plan is not fastpath._UNCOMPILABLE for plan in plans.values())
 

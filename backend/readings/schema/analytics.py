@@ -18,11 +18,13 @@ from strawberry.types import Info
 
 from backend.auth.principal import Principal
 from backend.errors import BadUserInput
+from backend.graphql.limits import Expensive
 from backend.graphql.pagination import Connection, PageRequest
 from backend.graphql.permissions import Requires, RequiresAny
 from backend.graphql.relay import decode_id, encode_id
 from backend.readings import analytics
 from backend.readings.analytics import ComparisonBasis, ComparisonOrder, Granularity, Scope, ScopeKind
+from backend.readings.schema import costs
 
 _T = TypeVar("_T")
 
@@ -275,6 +277,7 @@ class Query:
         description="用水统计: usage per child unit of the object per period, paginated, with the page's and "
         "the whole query's sum / mean / max / min. HOUR only for a meter or household over <= 31 days; DAY over "
         "<= 366 days (RANGE_TOO_LONG).",
+        extensions=[Expensive(weight=costs.over_scope)],
     )
     async def usage_statistics(
         self, info: Info, scope: UsageObjectInput, granularity: UsageGranularityEnum,
@@ -293,6 +296,7 @@ class Query:
         permission_classes=[RequiresAny("statistics:read", "resident:self")],
         description="Chart series: one per object (zero-filled, same labels), optionally each with last year's "
         "same window; `chart` is echoed for the client.",
+        extensions=[Expensive(weight=costs.series)],
     )
     async def usage_series(
         self, info: Info, objects: list[UsageObjectInput], granularity: UsageGranularityEnum,
@@ -313,6 +317,7 @@ class Query:
         permission_classes=[Requires("ledgers:read")],
         description="用水台账: per meter per period (or month / year) start and end readings, multiplier and usage, "
         "with totals per area and overall.",
+        extensions=[Expensive(weight=costs.over_scope)],
     )
     async def usage_ledger(
         self, info: Info, scope: UsageObjectInput, granularity: LedgerGranularityEnum,
@@ -334,6 +339,7 @@ class Query:
         permission_classes=[Requires("comparisons:read")],
         description="同比 / 环比 per child unit per month or quarter from `from` to `to` (months), with the "
         "change, % change and an outlier flag; sortable so outliers come first.",
+        extensions=[Expensive(weight=costs.comparison)],
     )
     async def usage_comparison(
         self, info: Info, scope: UsageObjectInput, basis: ComparisonBasisEnum, granularity: ComparisonGranularityEnum,

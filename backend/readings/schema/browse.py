@@ -21,12 +21,14 @@ from backend.archives.models import MeterKind
 from backend.archives.schema.types import MeterKindEnum
 from backend.clock import utcnow
 from backend.errors import BadUserInput
+from backend.graphql.limits import Cost, Expensive
 from backend.graphql.loaders import SessionLoader
 from backend.graphql.pagination import Connection, PageRequest, selects
 from backend.graphql.permissions import Requires, RequiresAny
 from backend.graphql.relay import decode_id, encode_id
 from backend.readings import browse
 from backend.readings.models import ReadingQuality, ValveState
+from backend.readings.schema import costs
 from backend.readings.schema.entry import ReadingQualityEnum
 
 ValveStateEnum = strawberry.enum(ValveState, name="ValveState", description="开 / 关 / 未知")
@@ -202,7 +204,8 @@ class MonitoringPoint:
     total_m3: Decimal | None = strawberry.field(description="累积流量 of the latest reading")
     pk: strawberry.Private[int]
 
-    @strawberry.field(description="Daily volumes of the last `days` local days (today included), oldest first.")
+    @strawberry.field(description="Daily volumes of the last `days` local days (today included), oldest first.",
+                      extensions=[Cost(items=costs.daily_flow_items)])
     async def daily_flow(self, info: Info, days: int = 30) -> list[DailyVolume]:
         if not 1 <= days <= browse.MAX_DAILY_DAYS:
             raise BadUserInput(f"天数须在 1 到 {browse.MAX_DAILY_DAYS} 之间",
@@ -249,6 +252,7 @@ class Query:
     @strawberry.field(
         permission_classes=[_READ],
         description="历史数据: readings in [from, to) (at most 366 days, else RANGE_TOO_LONG), newest first.",
+        extensions=[Expensive(weight=costs.history)],
     )
     async def reading_history(
         self, info: Info, filter: HistoryFilter, first: int | None = None, after: str | None = None,
@@ -266,6 +270,7 @@ class Query:
         permission_classes=[Requires("monitoring:read")],
         description="数据监测: monitoring points in your scope (optionally one area's subtree) with this year's "
         "volume, latest flow and pressure; `dailyFlow` for all points is one query.",
+        extensions=[Expensive(weight=costs.MONITORING_POINTS)],
     )
     async def monitoring_points(self, info: Info, area_id: strawberry.ID | None = None) -> list[MonitoringPoint]:
         async with info.context.read() as session:
@@ -278,6 +283,7 @@ class Query:
     @strawberry.field(
         permission_classes=[Requires("monitoring:read")],
         description="Readings of one monitoring point in [from, to) (at most 366 days), newest first.",
+        extensions=[Expensive(weight=costs.monitoring_history)],
     )
     async def monitoring_history(
         self, info: Info, meter_id: strawberry.ID, start: Annotated[datetime, strawberry.argument(name="from")],
