@@ -11,6 +11,9 @@ header, parser, required, width, example) and the natural key. From it:
 - :func:`read_rows` reads an uploaded file in read-only mode, checks the header, parses
   *every* row and returns a :class:`ValidatedSheet`: typed records plus a capped list of
   row/column/message errors with the total count, so the caller can import all or nothing.
+- :func:`check_workbook_archive` is the one check every uploaded workbook passes before
+  an XML parser sees it (an xlsx is a zip: a small file can unpack to gigabytes), and
+  :class:`UploadLimits` / :class:`ImportBudget` bound the rows and the time of an import.
 
 **Header layout**: two header rows, Chinese first (bold), English second (grey): both are
 readable to staff and scripts, survive copy/paste and CSV round trips (a cell comment
@@ -22,10 +25,12 @@ under it is skipped when present, so a file with only one header row imports too
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import re
 import tempfile
+import time
 import zipfile
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -79,6 +84,28 @@ class FileTooLarge(DomainError):
     code = ErrorCode.FILE_TOO_LARGE
     message = "文件过大"
     message_en = "The file is too large"
+
+
+class WorkbookTooLargeUnpacked(FileTooLarge):
+    message = "文件解压后过大 (或压缩比异常), 不予读取"
+    message_en = "The workbook unpacks to too much data (or packs it suspiciously tightly); it was not read"
+
+
+class TooManyRows(DomainError):
+    code = ErrorCode.TOO_MANY_ROWS
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"行数超过上限 {limit} (空行也计入), 请分批导入",
+                         f"More than {limit} rows (blank rows count too); import in parts", field="file")
+
+
+class ImportTimeExceeded(DomainError):
+    code = ErrorCode.IMPORT_TIME_EXCEEDED
+
+    def __init__(self, budget_s: float) -> None:
+        super().__init__(f"导入超过时间上限 ({budget_s:g} 秒), 未导入任何数据, 请分批导入",
+                         f"The import took longer than its budget ({budget_s:g} s); nothing was imported. "
+                         "Import in parts", field="file")
 
 
 class EmptySheet(DomainError):
@@ -429,6 +456,127 @@ def template(spec: SheetSpec) -> bytes:
     return buffer.getvalue()
 
 
+# --------------------------------------------------------------------------- upload limits
+
+# Columns read from any row: a cell at column XFD would otherwise make every row a
+# 16,384-wide tuple. No sheet has half as many columns.
+MAX_COLUMNS = 200
+# Parts of one workbook (an ordinary xlsx has about ten).
+MAX_ARCHIVE_MEMBERS = 10_000
+# Below this size a part's packing ratio is not judged (tiny XML packs tightly).
+_RATIO_FLOOR_BYTES = 1024 * 1024
+_INFLATE_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class UploadLimits:
+    """What one uploaded spreadsheet may cost (settings ``SHUIWU_IMPORT_*``; these
+    defaults are theirs): the bytes it unpacks to, the packing ratio of any large part (a
+    real sheet packs about 15:1), every physical row (blank ones too), and the time from
+    the first byte parsed to the last row validated."""
+
+    max_unpacked_bytes: int = 100 * 1024 * 1024
+    max_ratio: int = 100
+    max_rows: int = 100_000
+    time_budget_s: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> UploadLimits:
+        return cls(max_unpacked_bytes=settings.import_max_unpacked_bytes, max_ratio=settings.import_max_ratio,
+                   max_rows=settings.import_max_rows, time_budget_s=settings.import_time_budget_s)
+
+    def start(self) -> ImportBudget:
+        return ImportBudget(self.time_budget_s, self.clock)
+
+
+class ImportBudget:
+    """The time left to one import; :meth:`check` refuses it once spent."""
+
+    def __init__(self, budget_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.budget_s = budget_s
+        self.clock = clock
+        self.deadline = clock() + budget_s
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - self.clock())
+
+    def check(self) -> None:
+        if self.clock() > self.deadline:
+            raise ImportTimeExceeded(self.budget_s)
+
+
+@contextlib.asynccontextmanager
+async def within_budget(budget: ImportBudget) -> AsyncIterator[None]:
+    """Run the block in the time ``budget`` has left: running out cancels it (a
+    transaction inside rolls back) and raises IMPORT_TIME_EXCEEDED."""
+    budget.check()
+    deadline = asyncio.timeout(budget.remaining())
+    try:
+        async with deadline:
+            yield
+    except TimeoutError:
+        if deadline.expired():
+            raise ImportTimeExceeded(budget.budget_s) from None
+        raise
+
+
+class RowCounter:
+    """Counts every physical row read, blank or not, against the cap, and checks the
+    time budget as it goes."""
+
+    _CHECK_EVERY = 256
+
+    def __init__(self, limits: UploadLimits, budget: ImportBudget) -> None:
+        self.limits = limits
+        self.budget = budget
+        self.rows = 0
+
+    def count(self) -> None:
+        self.rows += 1
+        if self.rows > self.limits.max_rows:
+            raise TooManyRows(self.limits.max_rows)
+        if self.rows % self._CHECK_EVERY == 0:
+            self.budget.check()
+
+
+def check_workbook_archive(file: IO[bytes], *, limits: UploadLimits, budget: ImportBudget | None = None) -> None:
+    """Refuse a workbook (a zip) that would unpack past ``limits`` before any XML parser
+    reads it: the number of parts, each part's declared size and packing ratio, their
+    sum, and then the bytes each part actually inflates to (streamed, stopping at the
+    cap, so a part that lies about its size is caught too). Leaves ``file`` at its start.
+
+    Raises :class:`WorkbookTooLargeUnpacked` (FILE_TOO_LARGE) or :class:`NotXlsx`.
+    """
+    try:
+        with zipfile.ZipFile(file) as archive:
+            members = archive.infolist()
+            if len(members) > MAX_ARCHIVE_MEMBERS:
+                raise WorkbookTooLargeUnpacked(field="file")
+            declared = 0
+            for member in members:
+                declared += member.file_size
+                packed_tightly = member.file_size > limits.max_ratio * max(member.compress_size, 1)
+                if declared > limits.max_unpacked_bytes or (member.file_size > _RATIO_FLOOR_BYTES and packed_tightly):
+                    raise WorkbookTooLargeUnpacked(field="file")
+            inflated = 0
+            for member in members:
+                with archive.open(member) as part:
+                    while chunk := part.read(_INFLATE_CHUNK):
+                        inflated += len(chunk)
+                        if inflated > limits.max_unpacked_bytes:
+                            raise WorkbookTooLargeUnpacked(field="file")
+                        if budget is not None:
+                            budget.check()
+    except DomainError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, NotImplementedError, RuntimeError) as error:
+        # Corrupt, encrypted or truncated parts, a CRC that does not match: not a workbook.
+        raise NotXlsx(field="file") from error
+    finally:
+        file.seek(0)
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -477,37 +625,53 @@ def _normalised(header: Any) -> str:
     return re.sub(r"\s+", "", _as_text(header)).rstrip("*＊").lower() if header is not None else ""
 
 
-def _open_workbook(source: bytes | str | Path | IO[bytes]) -> Any:
-    target: str | IO[bytes]
+def open_workbook(
+    source: bytes | str | Path | IO[bytes], *, limits: UploadLimits, budget: ImportBudget | None = None
+) -> Any:
+    """An uploaded workbook opened read-only, after :func:`check_workbook_archive`."""
     if isinstance(source, str | Path):
         with open(source, "rb") as file:
-            head = file.read(4)
-        target = str(source)
-    else:
-        target = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
-        head = target.read(4)
-        target.seek(0)
+            return open_workbook(io.BytesIO(file.read()), limits=limits, budget=budget)
+    target = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
+    head = target.read(4)
+    target.seek(0)
     if head != b"PK\x03\x04":
         raise NotXlsx()
+    check_workbook_archive(target, limits=limits, budget=budget)
     try:
         return load_workbook(target, read_only=True, data_only=True)
     except Exception as error:  # zipfile, XML and openpyxl's own InvalidFileException: all "not a workbook"
         raise NotXlsx() from error
 
 
+def sheet_rows(sheet: Any, counter: RowCounter) -> Iterator[tuple[Any, ...]]:
+    """Every physical row of a read-only sheet, blank ones included, each counted; at
+    most :data:`MAX_COLUMNS` wide. The sheet's declared dimensions are ignored (they are
+    whatever the file says, and would pad every row or add phantom ones)."""
+    sheet.reset_dimensions()
+    for row in sheet.iter_rows(values_only=True, max_col=MAX_COLUMNS):
+        counter.count()
+        yield row
+
+
 def read_rows(
-    spec: SheetSpec, source: bytes | str | Path | IO[bytes], *, max_errors: int = MAX_LISTED_ERRORS
+    spec: SheetSpec, source: bytes | str | Path | IO[bytes], *, max_errors: int = MAX_LISTED_ERRORS,
+    limits: UploadLimits | None = None, budget: ImportBudget | None = None,
 ) -> ValidatedSheet:
-    """Read and validate a whole upload (blocking: run it in a thread).
+    """Read and validate a whole upload (blocking: run it in a thread) within ``limits``
+    (default :class:`UploadLimits`) and ``budget`` (default: a fresh one from them).
 
     Raises :class:`NotXlsx`, :class:`EmptySheet`, :class:`MissingColumns` or
-    :class:`UnknownColumns` for a file that cannot be read as ``spec``'s sheet; row-level
+    :class:`UnknownColumns` for a file that cannot be read as ``spec``'s sheet, and
+    FILE_TOO_LARGE, TOO_MANY_ROWS or IMPORT_TIME_EXCEEDED past a limit; row-level
     problems (bad cells, missing required values, a natural key repeated in the file) are
     collected in the result instead, every row being parsed.
     """
-    workbook = _open_workbook(source)
+    limits = limits or UploadLimits()
+    budget = budget or limits.start()
+    workbook = open_workbook(source, limits=limits, budget=budget)
     try:
-        return _read_sheet(workbook, spec, max_errors)
+        return _read_sheet(workbook, spec, max_errors, RowCounter(limits, budget))
     except DomainError:
         raise
     except (zipfile.BadZipFile, zlib.error, EOFError, SyntaxError, KeyError, ValueError, OverflowError) as error:
@@ -518,9 +682,9 @@ def read_rows(
         workbook.close()
 
 
-def _read_sheet(workbook: Any, spec: SheetSpec, max_errors: int) -> ValidatedSheet:
+def _read_sheet(workbook: Any, spec: SheetSpec, max_errors: int, counter: RowCounter) -> ValidatedSheet:
     sheet = workbook[spec.name] if spec.name in workbook.sheetnames else workbook.worksheets[0]
-    rows = sheet.iter_rows(values_only=True)
+    rows = sheet_rows(sheet, counter)
     header: tuple[Any, ...] | None = None
     header_row = 0
     for header_row, candidate in enumerate(rows, start=1):  # noqa: B007  (the loop finds the first non-empty row)
@@ -596,4 +760,5 @@ def _read_sheet(workbook: Any, spec: SheetSpec, max_errors: int) -> ValidatedShe
                 continue
         result.records.append(tuple(values))
         result.row_numbers.append(number)
+    counter.budget.check()
     return result
