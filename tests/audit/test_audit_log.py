@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import io
+import json
 import os
 import tempfile
 from collections.abc import AsyncIterator
@@ -24,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from backend.app import create_app
 from backend.audit import http as audit_http
 from backend.audit.models import AuditEntry
-from backend.audit.service import audit_query, record_operation
+from backend.audit.service import audit_query, purge_operation_log, record_operation
 from backend.auth.errors import TokenExpired, TokenInvalid
 from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
@@ -434,3 +435,60 @@ async def test_export_refuses_malformed_filter(client: GraphQLClient, people: Pe
     assert (kind.status_code, kind.json()["errors"][0]["extensions"]["field"]) == (400, "actorKind")
     assert (nul.status_code, nul.json()["errors"][0]["extensions"]["field"]) == (400, "module")
 
+
+
+# --------------------------------------------------------------------------- size and retention
+
+
+async def test_an_entry_keeps_a_bounded_part_of_a_huge_input(session: AsyncSession) -> None:
+    huge = "x" * 10_000_000
+    entry = await record_operation(
+        session, at=T0, actor=None, actor_name=huge, module="auth", action="login", summary=f"用户 {huge} 登录: 失败",
+        payload={"username": huge, "ids": list(range(100_000)), "deep": {"a": {"b": {"c": {"d": {"e": {"f": {"g": 1}}}}}}},
+                 "many": {f"k{index}": index for index in range(1000)}},
+        success=False, ip="10.0.0.1", request_id="r1",
+    )
+
+    stored = await session.get(AuditEntry, entry.id)
+    assert stored is not None
+    assert len(json.dumps(stored.payload, ensure_ascii=False).encode()) <= 8 * 1024
+    assert stored.payload["username"].startswith("x" * 50) and stored.payload["username"].endswith("]")
+    assert "truncated" in stored.payload["username"]
+    assert len(stored.summary) < 1100 and "truncated" in stored.summary
+    assert len(stored.actor_name) == 100
+
+
+async def test_an_input_that_is_large_only_in_sum_keeps_its_shape(session: AsyncSession) -> None:
+    payload = {f"field{index}": "y" * 400 for index in range(40)}  # 16 KB together, each value small
+
+    entry = await _record(session, at=T0, actor=None, module="auth", payload=payload)
+
+    stored = await session.get(AuditEntry, entry.id)
+    assert stored is not None
+    assert list(stored.payload) == list(payload)
+    assert len(json.dumps(stored.payload).encode()) <= 8 * 1024
+
+
+async def test_an_anonymous_login_with_a_huge_username_leaves_a_small_entry(client: GraphQLClient) -> None:
+    username = "u" * 900_000
+    await client.execute("mutation($u: String!) { login(username: $u, password: \"x\") { errors { code } } }",
+                         {"u": username})
+
+    engine = client.http._transport.app.state.engine  # type: ignore[attr-defined]
+    async with session_factory(engine)() as session:
+        rows = (await session.execute(select(AuditEntry).where(
+            AuditEntry.action == "login", AuditEntry.summary.like("%uuuuuuuuuu%")))).scalars().all()  # type: ignore[arg-type,attr-defined]
+    assert len(rows) == 1
+    assert len(json.dumps(rows[0].payload).encode()) <= 8 * 1024 and len(rows[0].summary) < 1100
+
+
+async def test_the_purge_deletes_only_entries_older_than_the_retention(session: AsyncSession) -> None:
+    now = datetime(2027, 6, 1, tzinfo=UTC)
+    old = await _record(session, at=now - timedelta(days=366), actor=None, module="zz_purge")
+    kept = await _record(session, at=now - timedelta(days=364), actor=None, module="zz_purge")
+
+    purged = await purge_operation_log(session, older_than=now - timedelta(days=365))
+
+    remaining = (await session.execute(select(AuditEntry.id).where(AuditEntry.module == "zz_purge"))).scalars().all()  # type: ignore[arg-type]
+    assert purged >= 1
+    assert old.id not in remaining and remaining == [kept.id]
