@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -210,7 +209,7 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
             await audited(principal, request, action="exportHouseholds", summary=f"导出住户: {counted} 户",
                           payload={**params, "rows": counted}, success=True)
         except BaseException:
-            os.unlink(path)
+            excel.discard(path)
             raise
         return file_download(path, f"households-{utcnow().astimezone(tz):%Y%m%d}.xlsx")
 
@@ -342,7 +341,7 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
                 await audited(principal, request, action=f"export{sheet.action}", summary=f"导出{sheet.label}: {counter[0]} 行",
                               payload={**params, "rows": counter[0]}, success=True)
             except BaseException:
-                os.unlink(path)
+                excel.discard(path)
                 raise
             return file_download(path, f"{sheet.kind}-{utcnow().astimezone(tz):%Y%m%d}.xlsx")
 

@@ -16,7 +16,6 @@ The URL format and the download token (:class:`ExportFilter`, :func:`sign_downlo
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -25,6 +24,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -35,9 +35,8 @@ from openpyxl.styles import Font
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
-from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from backend.audit.models import AuditEntry
@@ -49,7 +48,8 @@ from backend.auth.principal import Principal
 from backend.auth.service import AuthPolicy, authenticate, load_principal
 from backend.clock import utcnow
 from backend.errors import BadUserInput, DomainError, Forbidden, NotAuthenticated
-from backend.exports.excel import as_text
+from backend.exports.excel import abandon_workbook, as_text, discard, write_file
+from backend.exports.http import file_download
 from backend.exports.http import refusal as _refusal
 from backend.graphql.relay import decode_id, encode_id
 from backend.observability import request_id_var
@@ -243,6 +243,16 @@ def write_workbook(path: str, *, tz: ZoneInfo, next_chunk: Callable[[], Sequence
     Blocking: run it in a worker thread. openpyxl objects stay on that one thread.
     """
     workbook = Workbook(write_only=True)
+    try:
+        return _write_log_rows(workbook, path, tz=tz, next_chunk=next_chunk)
+    except BaseException:
+        abandon_workbook(workbook)
+        raise
+
+
+def _write_log_rows(
+    workbook: Workbook, path: str, *, tz: ZoneInfo, next_chunk: Callable[[], Sequence[ExportRow]]
+) -> int:
     sheets = 1
     sheet = _start_sheet(workbook, sheets)
     on_sheet = written = 0
@@ -267,7 +277,6 @@ async def build_export(session: AsyncSession, *, export_filter: ExportFilter, pa
     statement = audit_query(**export_filter.query_arguments()).with_only_columns(*_COLUMNS)
     result = await session.stream(statement.execution_options(yield_per=CHUNK_ROWS))
     partitions = result.partitions(CHUNK_ROWS)
-    loop = asyncio.get_running_loop()
 
     async def fetch() -> Sequence[ExportRow]:
         try:
@@ -275,12 +284,9 @@ async def build_export(session: AsyncSession, *, export_filter: ExportFilter, pa
         except StopAsyncIteration:
             return []
 
-    def next_chunk() -> Sequence[ExportRow]:
-        # Called from the writer thread: the cursor stays on the event loop.
-        return asyncio.run_coroutine_threadsafe(fetch(), loop).result()
-
     try:
-        return await asyncio.to_thread(write_workbook, path, tz=tz, next_chunk=next_chunk)
+        # The cursor stays on the event loop; the writer thread pulls chunks from it.
+        return await write_file(Path(path), lambda next_chunk: write_workbook(path, tz=tz, next_chunk=next_chunk), fetch)
     finally:
         await result.close()
 
@@ -343,15 +349,9 @@ def routes(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> li
                     success=True, ip=ip, request_id=request_id_var.get(),
                 )
         except BaseException:
-            os.unlink(path)
+            discard(path)
             raise
-        return FileResponse(
-            path,
-            media_type=XLSX_MEDIA_TYPE,
-            filename=f"audit-log-{now.astimezone(tz):%Y%m%d}.xlsx",
-            headers={"Cache-Control": "no-store"},
-            background=BackgroundTask(os.unlink, path),
-        )
+        return file_download(Path(path), f"audit-log-{now.astimezone(tz):%Y%m%d}.xlsx")
 
     return [Route(EXPORT_PATH, audit_log_xlsx, methods=["GET"])]
 

@@ -30,10 +30,11 @@ import io
 import os
 import re
 import tempfile
+import threading
 import time
 import zipfile
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
@@ -345,6 +346,19 @@ def as_text(sheet: Any, row: Sequence[Any]) -> Sequence[Any]:
     return safe
 
 
+def abandon_workbook(workbook: Workbook) -> None:
+    """Close a write-only workbook that will not be saved and delete the files its sheets
+    spilled rows to. (openpyxl deletes them only when it saves, or at interpreter exit:
+    an export given up mid-way would otherwise leave them in the temp directory.)"""
+    for sheet in workbook.worksheets:
+        with contextlib.suppress(Exception):
+            sheet.close()  # type: ignore[union-attr]
+        writer = getattr(sheet, "_writer", None)
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.cleanup()
+
+
 def write_sheet(path: str | Path, spec: SheetSpec, next_chunk: Callable[[], Sequence[Sequence[Any]]]) -> int:
     """Write every row ``next_chunk`` hands out (until an empty chunk) under ``spec``'s
     header to an xlsx file at ``path``; returns the number of rows written.
@@ -352,6 +366,16 @@ def write_sheet(path: str | Path, spec: SheetSpec, next_chunk: Callable[[], Sequ
     Rows hold the values of ``spec.columns`` in order. Blocking: run it in one thread.
     """
     workbook = Workbook(write_only=True)
+    try:
+        return _write_sheet_rows(workbook, path, spec, next_chunk)
+    except BaseException:
+        abandon_workbook(workbook)
+        raise
+
+
+def _write_sheet_rows(
+    workbook: Workbook, path: str | Path, spec: SheetSpec, next_chunk: Callable[[], Sequence[Sequence[Any]]]
+) -> int:
     renders = [(index, column.render) for index, column in enumerate(spec.columns) if column.render is not None]
     sheets = 1
     sheet = start_sheet(workbook, spec, sheets)
@@ -375,6 +399,51 @@ def write_sheet(path: str | Path, spec: SheetSpec, next_chunk: Callable[[], Sequ
     return written
 
 
+def discard(path: str | Path) -> None:
+    """Remove a spooled file that may already be gone."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+class ExportAbandoned(Exception):
+    """Raised in the writer thread when the export it writes was given up (the request
+    was cancelled or failed): the thread stops at its next chunk."""
+
+
+async def write_file(
+    path: Path, write: Callable[[Callable[[], Sequence[Any]]], int],
+    fetch: Callable[[], Coroutine[Any, Any, Sequence[Any]]], *, first: Sequence[Any] | None = None,
+) -> int:
+    """Run ``write(next_chunk)`` in one worker thread, ``next_chunk`` pulling chunks from
+    ``fetch()`` on this event loop (``first`` is handed out before it), and return what
+    ``write`` returns.
+
+    However it ends (an error in the source or the writer, or this coroutine cancelled
+    because the client went away) nothing stays behind: the thread is stopped at its next
+    chunk and waited for, so it cannot re-create the file, and ``path`` is removed.
+    """
+    loop = asyncio.get_running_loop()
+    abandoned = threading.Event()
+    pending = [first] if first is not None else []
+
+    def next_chunk() -> Sequence[Any]:
+        if abandoned.is_set():
+            raise ExportAbandoned()
+        if pending:
+            return pending.pop()
+        return asyncio.run_coroutine_threadsafe(fetch(), loop).result()
+
+    writer = asyncio.ensure_future(asyncio.to_thread(write, next_chunk))
+    try:
+        return await asyncio.shield(writer)
+    except BaseException:
+        abandoned.set()
+        with contextlib.suppress(BaseException):
+            await writer
+        discard(path)
+        raise
+
+
 async def write_rows(
     spec: SheetSpec,
     rows: AsyncIterator[Sequence[Any]] | Iterable[Sequence[Any]],
@@ -385,38 +454,30 @@ async def write_rows(
     """Stream ``rows`` into a new xlsx file and return its path (the caller deletes it).
 
     Memory is bounded by one chunk of rows: openpyxl's write-only workbook spills rows to
-    disk as they are appended. The writer runs in one worker thread; an async source (a
-    server-side cursor) is read on the event loop a chunk at a time.
+    disk as they are appended. The writer runs in one worker thread (:func:`write_file`);
+    the source is read on the event loop a chunk at a time.
     """
     descriptor, name = tempfile.mkstemp(prefix=prefix, suffix=".xlsx", dir=directory)
     os.close(descriptor)
     path = Path(name)
-    try:
-        if isinstance(rows, AsyncIterator):
-            source = rows
-            loop = asyncio.get_running_loop()
+    if isinstance(rows, AsyncIterator):
+        source = rows
 
-            async def fetch() -> list[Sequence[Any]]:
-                chunk: list[Sequence[Any]] = []
-                async for row in source:
-                    chunk.append(row)
-                    if len(chunk) == CHUNK_ROWS:
-                        break
-                return chunk
+        async def fetch() -> list[Sequence[Any]]:
+            chunk: list[Sequence[Any]] = []
+            async for row in source:
+                chunk.append(row)
+                if len(chunk) == CHUNK_ROWS:
+                    break
+            return chunk
 
-            def next_chunk() -> Sequence[Sequence[Any]]:
-                return asyncio.run_coroutine_threadsafe(fetch(), loop).result()
+    else:
+        iterator: Iterator[Sequence[Any]] = iter(rows)
 
-        else:
-            iterator: Iterator[Sequence[Any]] = iter(rows)
+        async def fetch() -> list[Sequence[Any]]:
+            return list(islice(iterator, CHUNK_ROWS))
 
-            def next_chunk() -> Sequence[Sequence[Any]]:
-                return list(islice(iterator, CHUNK_ROWS))
-
-        await asyncio.to_thread(write_sheet, path, spec, next_chunk)
-    except BaseException:
-        os.unlink(path)
-        raise
+    await write_file(path, lambda next_chunk: write_sheet(path, spec, next_chunk), fetch)
     return path
 
 

@@ -6,12 +6,14 @@
   HMAC over its purpose (the route's path), the principal, the expiry and the exact query
   parameters, so neither the file, the filter nor the caller can be swapped.
 - :func:`refusal`: a refusal in the same JSON shape as /graphql's top-level errors.
-- :func:`file_download`: serve a spooled file and delete it once sent.
+- :func:`file_download`: serve a spooled file and delete it once sent, or once the
+  client went away, or the send failed: in every case.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
@@ -22,9 +24,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from backend import db
 from backend.auth.errors import TokenExpired, TokenInvalid, TokenRevoked
@@ -126,12 +128,22 @@ def refusal(error: DomainError, status: int, **extra: Any) -> Response:
     return JSONResponse({"errors": [{"message": error.message, "extensions": extensions}]}, status)
 
 
+class _SpooledFileResponse(FileResponse):
+    """A FileResponse whose file is deleted however the response ends. (A background
+    task would not run when the client disconnects mid-download: the send raises.)"""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+
 def file_download(path: Path, filename: str, media_type: str = XLSX_MEDIA_TYPE) -> Response:
-    """Serve a spooled file and delete it after it is sent."""
-    return FileResponse(
-        path, media_type=media_type, filename=filename, headers={"Cache-Control": "no-store"},
-        background=BackgroundTask(os.unlink, path),
-    )
+    """Serve a spooled file and delete it after the response, whether it was sent whole,
+    cut off by the client, or failed."""
+    return _SpooledFileResponse(path, media_type=media_type, filename=filename, headers={"Cache-Control": "no-store"})
 
 
 def client_ip(request: Request) -> str | None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -31,6 +30,7 @@ from backend.auth.service import AuthPolicy
 from backend.clock import utcnow
 from backend.edge import body_limit
 from backend.errors import BadUserInput, DomainError, ErrorCode, Forbidden
+from backend.exports import excel
 from backend.exports.excel import XLSX_MEDIA_TYPE, UploadLimits, within_budget
 from backend.exports.http import (
     caller,
@@ -125,7 +125,7 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
             await audited(principal, request, screen, summary=f"导出{screen.title}: {count} 行",
                           payload={**params, "rows": count}, success=True)
         except BaseException:
-            os.unlink(path)
+            excel.discard(path)
             raise
         return file_download(path, f"{kind.value}-{now.astimezone(settings.tz):%Y%m%d}.xlsx")
 

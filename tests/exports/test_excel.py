@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
+import tempfile
 import time
 import zipfile
 from collections.abc import AsyncIterator
@@ -242,3 +245,44 @@ def test_an_import_over_its_time_budget_is_refused() -> None:
         excel.read_rows(SPEC, content, limits=excel.UploadLimits(time_budget_s=3, clock=lambda: float(next(ticks))))
 
     assert refused.value.code == ErrorCode.IMPORT_TIME_EXCEEDED
+
+
+# --------------------------------------------------------------------------- spooled files never stay behind
+
+
+async def test_an_export_that_fails_mid_render_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(excel, "CHUNK_ROWS", 2)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where openpyxl spills rows too
+
+    async def failing() -> AsyncIterator[tuple[Any, ...]]:
+        for index in range(5):
+            yield (f"{index:04d}", "名", "a", 1, "")
+        raise RuntimeError("the database went away")
+
+    with pytest.raises(RuntimeError):
+        await excel.write_rows(SPEC, failing(), directory=str(tmp_path))
+
+    assert os.listdir(tmp_path) == []
+
+
+async def test_an_export_abandoned_mid_render_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(excel, "CHUNK_ROWS", 2)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    streaming = asyncio.Event()
+
+    async def endless() -> AsyncIterator[tuple[Any, ...]]:
+        index = 0
+        while True:
+            index += 1
+            if index == 6:
+                streaming.set()
+            await asyncio.sleep(0)
+            yield (f"{index:04d}", "名", "a", 1, "")
+
+    export = asyncio.create_task(excel.write_rows(SPEC, endless(), directory=str(tmp_path)))
+    await streaming.wait()
+    export.cancel()  # the client went away: the request is cancelled mid-render
+    with pytest.raises(asyncio.CancelledError):
+        await export
+
+    assert os.listdir(tmp_path) == []
