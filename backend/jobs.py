@@ -34,6 +34,7 @@ from backend.events.handlers import load_handlers
 from backend.events.listener import CONNECTION_ERRORS, Backoff, connect, wait_any
 from backend.events.relay import event_id_of, run_relay
 from backend.events.service import HandlerRegistry, Subscription, load_event
+from backend.exports.links import purge_used_download_links
 from backend.observability import JOBS
 from backend.readings.alarms import service as alarms_service
 from backend.readings.partitions import ensure_partitions_ahead
@@ -69,9 +70,11 @@ async def run_event_handler(factory: SessionFactory, subscription: Subscription,
 
 
 async def purge_expired_auth(factory: SessionFactory, *, now: datetime) -> int:
-    """Delete expired login sessions and one-time codes; return how many rows went."""
+    """Delete expired login sessions, one-time codes and the nonces of expired download
+    links; return how many rows went."""
     async with transaction(factory) as session:
         purged = await auth_service.purge_expired(session, now=now)
+        purged += await purge_used_download_links(session, now=now)
     log.info("purged %d expired auth rows", purged)
     return purged
 

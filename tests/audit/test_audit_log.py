@@ -3,11 +3,13 @@ Excel download with a Bearer token or a signed link."""
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import io
 import json
 import os
 import tempfile
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,6 +33,9 @@ from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
 from backend.clock import utcnow
 from backend.db import session_factory
+from backend.errors import NotAuthenticated
+from backend.exports import http as exports_http
+from backend.exports.links import DownloadGrant
 from backend.graphql.relay import encode_id
 from tests.factories import Staff, make_staff
 from tests.graphql.client import TEST_SECRET, GraphQLClient, api_settings
@@ -144,13 +149,23 @@ async def test_build_export_streams_rows_in_chunks_across_sheets(
     assert second[-1][4] == datetime(2026, 11, 25, 9, 0)
 
 
-def test_download_token_is_bound_to_principal_params_and_time() -> None:
-    admin = _staff(5)
+def _verify(token: str, *, secret: str = TEST_SECRET, params: dict[str, str], now: datetime) -> DownloadGrant:
+    return exports_http.verify_download_token(token, secret=secret, purpose=audit_http.EXPORT_PATH, params=params, now=now)
+
+
+def test_download_token_is_bound_to_principal_session_params_and_time() -> None:
+    login = uuid.uuid4()
+    admin = dataclasses.replace(_staff(5), session_id=login)
     params = {"module": "auth", "since": "2026-11-25T00:00:00+08:00"}
     token, expires_at = audit_http.sign_download_token(secret=TEST_SECRET, principal=admin, params=params, now=T0)
 
     assert expires_at == T0 + timedelta(minutes=5)
-    assert audit_http.verify_download_token(token, secret=TEST_SECRET, params=params, now=T0) == (PrincipalKind.staff, 5)
+    grant = _verify(token, params=params, now=T0)
+    assert (grant.kind, grant.principal_id, grant.session_id, grant.expires_at) == (PrincipalKind.staff, 5, login, expires_at)
+    with pytest.raises(TokenInvalid):  # the session is signed too
+        _verify(token.replace(login.hex, uuid.uuid4().hex), params=params, now=T0)
+    with pytest.raises(NotAuthenticated):  # no session, no link
+        audit_http.sign_download_token(secret=TEST_SECRET, principal=_staff(5), params=params, now=T0)
     tampered = [
         (token, {**params, "module": "system"}),
         (token, {"module": "auth"}),
@@ -160,11 +175,11 @@ def test_download_token_is_bound_to_principal_params_and_time() -> None:
     ]
     for candidate, candidate_params in tampered:
         with pytest.raises(TokenInvalid):
-            audit_http.verify_download_token(candidate, secret=TEST_SECRET, params=candidate_params, now=T0)
+            _verify(candidate, params=candidate_params, now=T0)
     with pytest.raises(TokenInvalid):
-        audit_http.verify_download_token(token, secret="another-secret-" * 3, params=params, now=T0)
+        _verify(token, secret="another-secret-" * 3, params=params, now=T0)
     with pytest.raises(TokenExpired):
-        audit_http.verify_download_token(token, secret=TEST_SECRET, params=params, now=T0 + timedelta(minutes=5))
+        _verify(token, params=params, now=T0 + timedelta(minutes=5))
 
 
 # --------------------------------------------------------------------------- over HTTP
@@ -375,8 +390,9 @@ async def test_tampered_or_expired_signed_links_are_refused(client: GraphQLClien
     token = await client.login(people.admin.username, people.admin.password)
     url = (await client.execute(EXPORT_URL, {"filter": {"module": "auth"}}, token=token))["data"]["auditLogExportUrl"]
     signed = dict(parse_qsl(urlsplit(url).query))["token"]
+    in_this_login = dataclasses.replace(people.admin.principal, session_id=uuid.UUID(hex=signed.split(".")[2]))
     expired, _ = audit_http.sign_download_token(
-        secret=TEST_SECRET, principal=people.admin.principal, params={"module": "auth"}, now=utcnow() - timedelta(minutes=6)
+        secret=TEST_SECRET, principal=in_this_login, params={"module": "auth"}, now=utcnow() - timedelta(minutes=6)
     )
     forged_for_admin = signed.replace(f"staff.{people.admin.user.id}.", f"staff.{people.nobody.user.id}.")
 
