@@ -30,10 +30,13 @@ from backend.auth.ratelimit import ClientRateLimiter
 from backend.auth.service import AuthPolicy, authenticate_on_connection
 from backend.clock import utcnow
 from backend.edge import (
+    BODY_TOO_LARGE_HEADERS,
     BodyLimitMiddleware,
+    BodyTooLarge,
     ClientAddressMiddleware,
     SecurityHeadersMiddleware,
     body_limit,
+    body_too_large_body,
     error_body,
     metrics_allowed,
     request_id_from,
@@ -164,7 +167,12 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
         *readings_http.routes(sessions, read_engine, settings),
         *(extra_routes or []),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    async def body_too_large(request: Request, refused: Exception) -> Response:
+        assert isinstance(refused, BodyTooLarge)
+        return Response(body_too_large_body(refused), 413, media_type="application/json",
+                        headers={key.decode(): value.decode() for key, value in BODY_TOO_LARGE_HEADERS})
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={BodyTooLarge: body_too_large})
     app.state.settings = settings
     app.state.engine = engine
     app.state.read_engine = read_engine

@@ -140,10 +140,18 @@ class BodyLimitMiddleware:
             refused = _contains_body_too_large(error)
             if refused is None or started:
                 raise
-            body = error_body(ErrorCode.BODY_TOO_LARGE, f"请求体过大 (上限 {refused.limit} 字节)",
-                              f"The request body is too large (at most {refused.limit} bytes)", maxBytes=refused.limit)
-            # Connection: close: the unread rest of the body is never read.
-            await send_json(send, 413, body, [(b"connection", b"close")])
+            await send_json(send, 413, body_too_large_body(refused), BODY_TOO_LARGE_HEADERS)
+
+
+# Connection: close: the unread rest of the body is never read.
+BODY_TOO_LARGE_HEADERS = [(b"connection", b"close")]
+
+
+def body_too_large_body(refused: BodyTooLarge) -> bytes:
+    """The 413 answer. (app.py also registers it as the handler of BodyTooLarge, so a
+    middleware between the route and this one cannot turn the refusal into a 500.)"""
+    return error_body(ErrorCode.BODY_TOO_LARGE, f"请求体过大 (上限 {refused.limit} 字节)",
+                      f"The request body is too large (at most {refused.limit} bytes)", maxBytes=refused.limit)
 
 
 # --------------------------------------------------------------------------- client address
