@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     # largest inflated/packed ratio of one of its parts, every physical row, and the time.
     import_max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     import_max_unpacked_bytes: int = Field(default=100 * 1024 * 1024, ge=1024 * 1024)
-    import_max_ratio: int = Field(default=200, ge=10)
+    import_max_ratio: int = Field(default=100, ge=10)
     import_max_rows: int = Field(default=100_000, ge=10)
     import_time_budget_s: float = Field(default=60.0, gt=0)
     # /metrics: a bearer token, or a client address in this list (comma-separated IPs or

@@ -19,6 +19,7 @@ import pytest
 from backend.errors import DomainError, ErrorCode
 from backend.exports import excel
 from backend.exports.excel import Column, SheetSpec, choice, integer, text
+from backend.settings import Settings
 
 SPEC = SheetSpec(
     name="测试",
@@ -286,3 +287,7 @@ async def test_an_export_abandoned_mid_render_leaves_no_file(tmp_path: Path, mon
         await export
 
     assert os.listdir(tmp_path) == []
+
+
+def test_the_default_upload_limits_are_the_settings_defaults() -> None:
+    assert excel.UploadLimits.from_settings(Settings()) == excel.UploadLimits()
