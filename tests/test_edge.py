@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from backend.app import create_app
 from backend.audit.models import AuditEntry
-from backend.edge import client_address, page_csp, parse_networks, request_id_from
+from backend.edge import client_address, metrics_allowed, page_csp, parse_networks, request_id_from
 from backend.exports.http import file_download
 from tests.factories import Staff, make_area_tree, make_staff
 from tests.graphql.client import api_settings
@@ -328,3 +328,18 @@ def test_a_download_cut_off_by_the_client_still_deletes_its_file(database_url: s
             time.sleep(0.05)
 
     assert not spooled.exists()
+
+
+def test_a_local_proxy_that_is_not_trusted_does_not_make_its_callers_local() -> None:
+    loopback = parse_networks("127.0.0.1,::1")
+
+    def scope(*headers: tuple[bytes, bytes]) -> dict[str, Any]:
+        peer = ("127.0.0.1", 5000)
+        return {"client": peer, "shuiwu.peer": peer, "headers": list(headers)}
+
+    assert metrics_allowed(scope(), token=None, allowed=loopback)
+    assert not metrics_allowed(scope((b"x-forwarded-for", b"203.0.113.9")), token=None, allowed=loopback)
+    assert not metrics_allowed(scope((b"forwarded", b"for=203.0.113.9")), token=None, allowed=loopback)
+    assert not metrics_allowed(scope(), token=None, allowed=parse_networks(""))
+    assert metrics_allowed(scope((b"authorization", b"Bearer s3cret-metrics")), token="s3cret-metrics",
+                           allowed=parse_networks(""))
