@@ -167,6 +167,7 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
         *readings_http.routes(sessions, read_engine, settings),
         *(extra_routes or []),
     ]
+
     async def body_too_large(request: Request, refused: Exception) -> Response:
         assert isinstance(refused, BodyTooLarge)
         return Response(body_too_large_body(refused), 413, media_type="application/json",
