@@ -291,3 +291,19 @@ async def test_an_export_abandoned_mid_render_leaves_no_file(tmp_path: Path, mon
 
 def test_the_default_upload_limits_are_the_settings_defaults() -> None:
     assert excel.UploadLimits.from_settings(Settings()) == excel.UploadLimits()
+
+
+async def test_the_database_part_of_an_import_is_cancelled_when_the_budget_runs_out() -> None:
+    reached_the_end = False
+
+    async def validate_and_write() -> None:
+        nonlocal reached_the_end
+        async with excel.within_budget(excel.ImportBudget(0.02)):
+            await asyncio.sleep(5)  # a validation query that would run far past the budget
+            reached_the_end = True
+
+    with pytest.raises(DomainError) as refused:
+        await validate_and_write()
+
+    assert refused.value.code == ErrorCode.IMPORT_TIME_EXCEEDED
+    assert not reached_the_end
