@@ -11,7 +11,6 @@ import contextlib
 import gc
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,6 +29,19 @@ from backend.auth import http as auth_http
 from backend.auth.ratelimit import AnonymousThrottle, ClientRateLimiter
 from backend.auth.service import AuthPolicy, authenticate_on_connection
 from backend.clock import utcnow
+from backend.edge import (
+    BODY_TOO_LARGE_HEADERS,
+    BodyLimitMiddleware,
+    BodyTooLarge,
+    ClientAddressMiddleware,
+    SecurityHeadersMiddleware,
+    body_limit,
+    body_too_large_body,
+    error_body,
+    metrics_allowed,
+    request_id_from,
+)
+from backend.errors import ErrorCode
 from backend.graphql import scalars
 from backend.graphql.http import GraphQLEndpoint
 from backend.graphql.schema import build_schema
@@ -41,8 +53,9 @@ log = logging.getLogger("shuiwu.http")
 
 
 class RequestIdMiddleware:
-    """Gives every request an id (or keeps the caller's ``X-Request-Id``), puts it in the
-    log context and the response, and records latency per route."""
+    """Gives every request an id (or keeps the caller's ``X-Request-Id`` when it has the
+    strict format of :func:`backend.edge.request_id_from`), puts it in the log context
+    and the response, and records latency per route."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -51,8 +64,8 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+        incoming = dict(scope["headers"]).get(b"x-request-id")
+        request_id = request_id_from(incoming.decode("latin-1") if incoming is not None else None)
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
@@ -121,7 +134,13 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
             return JSONResponse({"status": "unavailable", "database": "down"}, 503)
         return JSONResponse({"status": "ok", "database": "up"})
 
+    metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    metrics_networks = settings.metrics_networks
+
     async def metrics(request: Request) -> Response:
+        if not metrics_allowed(request.scope, token=metrics_token, allowed=metrics_networks):
+            return Response(error_body(ErrorCode.FORBIDDEN, "无权读取监控指标", "Not allowed to read metrics"), 403,
+                            media_type="application/json")
         pool: Any = engine.pool
         DB_POOL.labels("checked_out").set(pool.checkedout())
         DB_POOL.labels("idle").set(pool.checkedin())
@@ -135,8 +154,12 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
         await engine.dispose()
         await read_engine.dispose()
 
+    @body_limit(settings.graphql_max_body_bytes)
+    async def graphql(request: Request) -> Response:
+        return await endpoint.handle(request)
+
     routes: list[BaseRoute] = [
-        Route("/graphql", endpoint.handle, methods=["GET", "POST"]),
+        Route("/graphql", graphql, methods=["GET", "POST"]),
         Mount("/graphql/static", StaticFiles(packages=[("backend.graphql", "static")]), name="graphiql-static"),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -146,7 +169,13 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
         *readings_http.routes(sessions, read_engine, settings),
         *(extra_routes or []),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+
+    async def body_too_large(request: Request, refused: Exception) -> Response:
+        assert isinstance(refused, BodyTooLarge)
+        return Response(body_too_large_body(refused), 413, media_type="application/json",
+                        headers={key.decode(): value.decode() for key, value in BODY_TOO_LARGE_HEADERS})
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={BodyTooLarge: body_too_large})
     app.state.settings = settings
     app.state.engine = engine
     app.state.read_engine = read_engine
@@ -155,5 +184,9 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
     app.state.policy = policy
     # The plain routes' caller check (backend.exports.http.caller) takes API clients' tokens here.
     app.state.client_limiter = limiter
+    app.add_middleware(BodyLimitMiddleware, default_max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware, hsts=settings.https)
+    # Outermost: everything inside reads the client address from scope["client"].
+    app.add_middleware(ClientAddressMiddleware, trusted_proxies=settings.trusted_proxy_networks)
     return app

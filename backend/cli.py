@@ -80,7 +80,7 @@ def serve(
     if not no_migrate:
         _migrate(url)
     uvicorn.run(create_app(settings, url), host=host or settings.host, port=port or settings.port,
-                log_config=None, access_log=False, proxy_headers=True)
+                log_config=None, access_log=False, proxy_headers=False)  # the app reads proxies (SHUIWU_TRUSTED_PROXIES)
 
 
 @app.command()
@@ -148,7 +148,7 @@ def demo_run(
     _migrate(url)
     bind_host, bind_port = host or settings.host, port or settings.port
     server = uvicorn.Server(uvicorn.Config(create_app(settings, url), host=bind_host, port=bind_port,
-                                           log_config=None, access_log=False))
+                                           log_config=None, access_log=False, proxy_headers=False))
 
     console.print(f"\n[bold green]shuiwu 水务 demo[/bold green]  GraphiQL: http://{bind_host}:{bind_port}/graphql")
     for login in (ADMIN, MANAGER, CASHIER, REPAIR):

@@ -26,6 +26,8 @@ class ErrorCode(StrEnum):
     PAGE_SIZE_EXCEEDED = "PAGE_SIZE_EXCEEDED"
     RATE_LIMITED = "RATE_LIMITED"
     INTERNAL = "INTERNAL"
+    BODY_TOO_LARGE = "BODY_TOO_LARGE"
+    UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
 
     # Input validation shared by all forms.
     REQUIRED = "REQUIRED"
@@ -82,6 +84,8 @@ class ErrorCode(StrEnum):
     MISSING_COLUMNS = "MISSING_COLUMNS"
     UNKNOWN_COLUMNS = "UNKNOWN_COLUMNS"
     IMPORT_ROWS_INVALID = "IMPORT_ROWS_INVALID"
+    TOO_MANY_ROWS = "TOO_MANY_ROWS"
+    IMPORT_TIME_EXCEEDED = "IMPORT_TIME_EXCEEDED"
 
     # readings: why ingest did not store a reading (per row, backend.readings.errors)
     UNKNOWN_METER = "UNKNOWN_METER"
@@ -195,5 +199,7 @@ REQUEST_LEVEL_CODES = frozenset(
         ErrorCode.PAGE_SIZE_EXCEEDED,
         ErrorCode.RATE_LIMITED,
         ErrorCode.INTERNAL,
+        ErrorCode.BODY_TOO_LARGE,
+        ErrorCode.UNSUPPORTED_MEDIA_TYPE,
     }
 )

@@ -26,6 +26,7 @@ from pgqueuer.core.executors import AbstractEntrypointExecutor, EntrypointExecut
 from pgqueuer.models import Schedule
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from backend.audit import service as audit_service
 from backend.auth import service as auth_service
 from backend.clock import Clock, utcnow
 from backend.db import create_engine, session_factory, transaction
@@ -33,6 +34,7 @@ from backend.events.handlers import load_handlers
 from backend.events.listener import CONNECTION_ERRORS, Backoff, connect, wait_any
 from backend.events.relay import event_id_of, run_relay
 from backend.events.service import HandlerRegistry, Subscription, load_event
+from backend.exports.links import purge_used_download_links
 from backend.observability import JOBS
 from backend.readings.alarms import service as alarms_service
 from backend.readings.partitions import ensure_partitions_ahead
@@ -46,6 +48,7 @@ SessionFactory = async_sessionmaker[AsyncSession]
 PURGE_EXPIRED_AUTH = ("purge_expired_auth", "7 * * * *")
 EVALUATE_ALARMS = ("evaluate_alarms", "*/15 * * * *")
 ENSURE_PARTITIONS = ("ensure_reading_partitions", "23 3 * * *")
+PURGE_OPERATION_LOG = ("purge_operation_log", "41 4 * * *")
 
 # A failing handler is retried with backoff this many times, then held as failed
 # (status 'failed' in the pgqueuer table) for someone to look at and re-queue.
@@ -67,9 +70,11 @@ async def run_event_handler(factory: SessionFactory, subscription: Subscription,
 
 
 async def purge_expired_auth(factory: SessionFactory, *, now: datetime) -> int:
-    """Delete expired login sessions and one-time codes; return how many rows went."""
+    """Delete expired login sessions, one-time codes and the nonces of expired download
+    links; return how many rows went."""
     async with transaction(factory) as session:
         purged = await auth_service.purge_expired(session, now=now)
+        purged += await purge_used_download_links(session, now=now)
     log.info("purged %d expired auth rows", purged)
     return purged
 
@@ -88,6 +93,21 @@ async def ensure_reading_partitions(factory: SessionFactory, *, now: datetime, t
         attached = await ensure_partitions_ahead(session, now=now, tz=timezone)
     log.info("readings partitions attached: %s", ", ".join(attached) or "none needed")
     return attached
+
+
+async def purge_operation_log(factory: SessionFactory, *, now: datetime, retention_days: int) -> int:
+    """Delete operation-log entries older than ``retention_days``, a batch per transaction
+    (a first purge of years of log never holds one long transaction)."""
+    older_than = now - timedelta(days=retention_days)
+    purged = 0
+    while True:
+        async with transaction(factory) as session:
+            deleted = await audit_service.purge_operation_log(session, older_than=older_than)
+        purged += deleted
+        if deleted == 0:
+            break
+    log.info("purged %d operation-log entries older than %s", purged, older_than.date())
+    return purged
 
 
 # --------------------------------------------------------------------------- wiring
@@ -115,7 +135,7 @@ def _event_job(factory: SessionFactory, subscription: Subscription) -> Callable[
 
 def build_queuer(
     connection: asyncpg.Connection, factory: SessionFactory, *, handlers: HandlerRegistry, clock: Clock = utcnow,
-    timezone: str = "Asia/Shanghai",
+    timezone: str = "Asia/Shanghai", audit_retention_days: int = 365,
 ) -> PgQueuer:
     """PgQueuer on ``connection`` with every event handler and scheduled job registered."""
     queuer = PgQueuer.from_asyncpg_connection(connection)
@@ -141,6 +161,12 @@ def build_queuer(
     @queuer.schedule(partitions_entrypoint, partitions_expression)
     async def ensure_partitions_job(schedule: Schedule) -> None:
         await _counted(partitions_entrypoint, ensure_reading_partitions(factory, now=clock(), timezone=timezone))
+
+    log_entrypoint, log_expression = PURGE_OPERATION_LOG
+
+    @queuer.schedule(log_entrypoint, log_expression)
+    async def purge_operation_log_job(schedule: Schedule) -> None:
+        await _counted(log_entrypoint, purge_operation_log(factory, now=clock(), retention_days=audit_retention_days))
 
     return queuer
 
@@ -183,6 +209,7 @@ async def run_worker(
                     dequeue_timeout=dequeue_timeout,
                     backoff=backoff,
                     timezone=settings.timezone,
+                    audit_retention_days=settings.audit_retention_days,
                 )
             except* CONNECTION_ERRORS as lost:
                 delay = backoff.next_delay()
@@ -204,6 +231,7 @@ async def _serve(
     dequeue_timeout: timedelta,
     backoff: Backoff,
     timezone: str = "Asia/Shanghai",
+    audit_retention_days: int = 365,
 ) -> None:
     """One run of PgQueuer and the relay, until ``stop`` or until either of them ends."""
     connection = await connect(database_url, application_name="shuiwu-jobs")
@@ -213,7 +241,8 @@ async def _serve(
     # PgQueuer only notices a dead connection at its next query, up to dequeue_timeout later.
     connection.add_termination_listener(lambda _: over.set())
     try:
-        queuer = build_queuer(connection, factory, handlers=handlers, clock=clock, timezone=timezone)
+        queuer = build_queuer(connection, factory, handlers=handlers, clock=clock, timezone=timezone,
+                              audit_retention_days=audit_retention_days)
 
         async def take_jobs() -> None:
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from contextvars import ContextVar
 from typing import Any
@@ -33,28 +34,37 @@ DB_POOL = Gauge("shuiwu_db_pool_connections", "Database pool connections by stat
 JOBS = Counter("shuiwu_jobs_total", "Background jobs run, by entrypoint and outcome.", ["entrypoint", "outcome"], registry=registry)
 EVENTS_RELAYED = Counter("shuiwu_events_relayed_total", "Domain events handed to jobs, by kind.", ["kind"], registry=registry)
 
-# Operation names are client-chosen: bound the label set so a client cannot blow up memory.
-_MAX_OPERATION_LABELS = 500
+# Operation names are client-chosen: the label is the name cut to a length and only
+# [A-Za-z0-9_]; anything else, and every name past the cap of distinct labels, is "other",
+# so no client can grow the registry (or this process) by sending names.
+MAX_OPERATION_LABEL_LENGTH = 64
+MAX_OPERATION_LABELS = 200
+OTHER_OPERATION = "other"
+_OPERATION_LABEL = re.compile(r"[A-Za-z0-9_]+")
 _seen_operations: set[str] = set()
-
-
 _operation_children: dict[tuple[str, bool], tuple[Any, Any]] = {}
 _http_children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
 
+def operation_label(name: str) -> str:
+    """The metrics label of an operation name (see above)."""
+    label = name[:MAX_OPERATION_LABEL_LENGTH]
+    if not _OPERATION_LABEL.fullmatch(label):
+        return OTHER_OPERATION
+    if label not in _seen_operations:
+        if len(_seen_operations) >= MAX_OPERATION_LABELS:
+            return OTHER_OPERATION
+        _seen_operations.add(label)
+    return label
+
+
 def observe_operation(name: str, seconds: float, *, ok: bool) -> None:
-    children = _operation_children.get((name, ok))
+    label = operation_label(name)
+    children = _operation_children.get((label, ok))
     if children is None:
-        label = name
-        if name not in _seen_operations:
-            if len(_seen_operations) >= _MAX_OPERATION_LABELS:
-                label = "other"
-            else:
-                _seen_operations.add(name)
         # labels() takes a lock and builds a key on every call: keep the children.
-        children = (GRAPHQL_OPERATIONS.labels(label, "ok" if ok else "error"), GRAPHQL_LATENCY.labels(label))
-        if len(_operation_children) < 2 * _MAX_OPERATION_LABELS + 2:
-            _operation_children[(name, ok)] = children
+        children = _operation_children[(label, ok)] = (
+            GRAPHQL_OPERATIONS.labels(label, "ok" if ok else "error"), GRAPHQL_LATENCY.labels(label))
     children[0].inc()
     children[1].observe(seconds)
 

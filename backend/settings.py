@@ -16,6 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from backend.edge import IPNetwork, parse_networks
+
 
 class SettingsError(RuntimeError):
     """A setting is missing or malformed; the message names it in one line."""
@@ -84,6 +86,28 @@ class Settings(BaseSettings):
     graphql_expensive_per_principal: int = Field(default=1, ge=1)
     graphql_admission_wait_s: float = Field(default=10.0, ge=0)
 
+    # HTTP edge (issue 10): bodies, uploads, imports, /metrics, proxies, headers, log size.
+    # The largest body a route reads when it declares no limit of its own.
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    graphql_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Excel/CSV imports (multipart): the body, then what a workbook may unpack to, the
+    # largest inflated/packed ratio of one of its parts, every physical row, and the time.
+    import_max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    import_max_unpacked_bytes: int = Field(default=100 * 1024 * 1024, ge=1024 * 1024)
+    import_max_ratio: int = Field(default=100, ge=10)
+    import_max_rows: int = Field(default=100_000, ge=10)
+    import_time_budget_s: float = Field(default=60.0, gt=0)
+    # /metrics: a bearer token, or a client address in this list (comma-separated IPs or
+    # CIDR networks; loopback by default, empty: token only).
+    metrics_token: SecretStr | None = None
+    metrics_allowed_ips: str = "127.0.0.1,::1"
+    # Proxies whose X-Forwarded-For is believed (comma-separated IPs or networks; none by default).
+    trusted_proxies: str = ""
+    # The deployment is served over HTTPS: responses carry Strict-Transport-Security.
+    https: bool = False
+    # Operation log entries older than this are purged by the purge_operation_log job.
+    audit_retention_days: int = Field(default=365, ge=1)
+
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=20, ge=0)
 
@@ -122,6 +146,12 @@ class Settings(BaseSettings):
             raise ValueError("must be a postgresql:// or postgresql+asyncpg:// URL")
         return value
 
+    @field_validator("metrics_allowed_ips", "trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        parse_networks(value)  # ValueError names the bad entry
+        return value
+
     @field_validator("secret_key")
     @classmethod
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
@@ -132,6 +162,14 @@ class Settings(BaseSettings):
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[IPNetwork, ...]:
+        return parse_networks(self.trusted_proxies)
+
+    @property
+    def metrics_networks(self) -> tuple[IPNetwork, ...]:
+        return parse_networks(self.metrics_allowed_ips)
 
     @property
     def pgdata_dir(self) -> Path:

@@ -13,7 +13,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.events.listener import Backoff
 from backend.events.service import Event, HandlerRegistry
-from backend.jobs import ENSURE_PARTITIONS, EVALUATE_ALARMS, PURGE_EXPIRED_AUTH, build_queuer, purge_expired_auth, run_worker
+from backend.jobs import (
+    ENSURE_PARTITIONS,
+    EVALUATE_ALARMS,
+    PURGE_EXPIRED_AUTH,
+    PURGE_OPERATION_LOG,
+    build_queuer,
+    purge_expired_auth,
+    run_worker,
+)
 from backend.observability import JOBS
 from backend.settings import Settings
 from tests.events.factories import committing_sessions, emit_committed, raw_connection
@@ -147,3 +155,14 @@ async def test_the_purge_job_deletes_only_expired_sessions_and_codes(
     assert purged == 2
     assert sessions == {live_session}
     assert codes == {code_ids["live"]}
+
+
+async def test_the_worker_purges_the_operation_log_daily(
+    database_url: str, factory: async_sessionmaker[AsyncSession]
+) -> None:
+    async with raw_connection(database_url) as connection:
+        queuer = build_queuer(connection, factory, handlers=HandlerRegistry(), audit_retention_days=30)
+
+    schedules = {key.entrypoint: key.expression for key in queuer.sm.registry}
+    assert schedules[PURGE_OPERATION_LOG[0]] == PURGE_OPERATION_LOG[1]
+    assert PURGE_OPERATION_LOG[1].split()[2:] == ["*", "*", "*"]

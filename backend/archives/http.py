@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -53,9 +52,16 @@ from backend.audit.service import record_operation
 from backend.auth.principal import Principal
 from backend.auth.service import AuthPolicy
 from backend.clock import utcnow
+from backend.edge import body_limit
 from backend.errors import BadUserInput, DomainError, Forbidden
 from backend.exports import excel
-from backend.exports.http import caller, client_ip, declared_body_too_large, file_download, refusal
+from backend.exports.http import (
+    caller,
+    client_ip,
+    declared_body_too_large,
+    file_download,
+    refusal,
+)
 from backend.graphql.relay import decode_id
 from backend.observability import request_id_var
 from backend.settings import Settings
@@ -65,7 +71,8 @@ TEMPLATE_PATH = "/templates/households.xlsx"
 IMPORT_PATH = "/imports/households"
 READ_PERMISSION = "archives:read"
 MANAGE_PERMISSION = "archives:manage"
-MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+# The file itself; the whole multipart body is bounded by SHUIWU_IMPORT_MAX_BODY_BYTES.
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 
 
 def _flag(value: str | None, name: str) -> bool:
@@ -161,6 +168,8 @@ def _device_filter(sheet: DeviceSheet, params: dict[str, str], area_path: str | 
 def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine, settings: Settings) -> list[Route]:
     policy = AuthPolicy.from_settings(settings)
     tz = settings.tz
+    limits = excel.UploadLimits.from_settings(settings)
+    limited_body = body_limit(settings.import_max_body_bytes)
 
     async def audited(principal: Principal | None, request: Request, *, action: str, summary: str,
                       payload: dict[str, Any], success: bool) -> None:
@@ -200,7 +209,7 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
             await audited(principal, request, action="exportHouseholds", summary=f"导出住户: {counted} 户",
                           payload={**params, "rows": counted}, success=True)
         except BaseException:
-            os.unlink(path)
+            excel.discard(path)
             raise
         return file_download(path, f"households-{utcnow().astimezone(tz):%Y%m%d}.xlsx")
 
@@ -242,9 +251,12 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
                 return refusal(error, 400)
             filename = upload.filename or ""
             payload: dict[str, Any] = {"filename": filename, "updateExisting": update_existing}
+            budget = limits.start()
             try:
-                sheet = await asyncio.to_thread(excel.read_rows, spec, upload.file)
-                async with sessions() as session, session.begin():
+                sheet = await asyncio.to_thread(excel.read_rows, spec, upload.file, limits=limits, budget=budget)
+                # Validation against the database and the write share the budget; running
+                # out rolls the transaction back.
+                async with excel.within_budget(budget), sessions() as session, session.begin():
                     result = await write(session, sheet, principal, update_existing)
                     counts = {"inserted": result.inserted, "updated": result.updated, "unchanged": result.unchanged}
                     await record_operation(
@@ -267,6 +279,7 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
                 return refusal(error, 400)
         return JSONResponse({**counts, "errors": [], "errorCount": 0})
 
+    @limited_body
     async def import_households_route(request: Request) -> Response:
         today = utcnow().astimezone(tz).date()
         return await run_import(request, HOUSEHOLD_SHEET, "importHouseholds", "住户",
@@ -328,7 +341,7 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
                 await audited(principal, request, action=f"export{sheet.action}", summary=f"导出{sheet.label}: {counter[0]} 行",
                               payload={**params, "rows": counter[0]}, success=True)
             except BaseException:
-                os.unlink(path)
+                excel.discard(path)
                 raise
             return file_download(path, f"{sheet.kind}-{utcnow().astimezone(tz):%Y%m%d}.xlsx")
 
@@ -342,6 +355,7 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
                 "Content-Disposition": f'attachment; filename="{sheet.kind}-template.xlsx"', "Cache-Control": "no-store",
             })
 
+        @limited_body
         async def import_route(request: Request) -> Response:
             return await run_import(request, sheet.import_sheet, f"import{sheet.action}", sheet.label,
                                     lambda session, validated, principal, update: device_import(

@@ -12,22 +12,19 @@ chunks, openpyxl's write-only workbook spills each sheet to a temporary file as 
 appended, and the finished file is served from disk and deleted after it is sent.
 
 The URL format and the download token (:class:`ExportFilter`, :func:`sign_download_token`,
-:func:`verify_download_token`) are plain functions: the schema builds URLs with them.
+the shared link of :mod:`backend.exports.http`: once, while the login lasts) are plain
+functions: the schema builds URLs with them.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import hashlib
-import hmac
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from openpyxl import Workbook
@@ -36,23 +33,22 @@ from openpyxl.styles import Font
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
-from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from backend.audit.models import AuditEntry
 from backend.audit.service import audit_query, record_operation
 from backend.auth.catalog import module_name
-from backend.auth.errors import TokenExpired, TokenInvalid, TokenRevoked
+from backend.auth.errors import TokenInvalid
 from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
-from backend.auth.security import KeyPurpose, derive_key
-from backend.auth.service import AuthPolicy, authenticate, load_principal
+from backend.auth.service import AuthPolicy, authenticate
 from backend.clock import utcnow
 from backend.errors import BadUserInput, DomainError, Forbidden, NotAuthenticated
-from backend.exports.excel import as_text
-from backend.exports.http import check_client_rate
+from backend.exports import http as exports_http
+from backend.exports.excel import abandon_workbook, as_text, discard, write_file
+from backend.exports.http import check_client_rate, file_download
 from backend.exports.http import refusal as _refusal
 from backend.graphql.relay import decode_id, encode_id
 from backend.observability import request_id_var
@@ -72,7 +68,6 @@ HEADERS_ZH = ("操作用户", "操作模块", "操作", "IP地址", "时间", "�
 HEADERS_EN = ("User", "Module", "Action", "IP address", "Time", "Content", "Result")
 COLUMN_WIDTHS = (16, 14, 22, 16, 20, 60, 8)
 ACTOR_KINDS = ("staff", "resident", "client", "anonymous")
-_TOKEN_PURPOSE = "shuiwu/audit-export/v1"
 
 
 # --------------------------------------------------------------------------- filter and URL
@@ -166,47 +161,18 @@ def _aware(value: str | None, name: str) -> datetime | None:
     return parsed
 
 
-def _canonical(params: Mapping[str, str]) -> str:
-    return urlencode(sorted((key, value) for key, value in params.items() if key != "token"))
-
-
-def _signature(secret: str, kind: str, principal_id: int, expires: int, params: Mapping[str, str]) -> str:
-    message = "\n".join((_TOKEN_PURPOSE, kind, str(principal_id), str(expires), _canonical(params)))
-    digest = hmac.new(derive_key(secret, KeyPurpose.download_link), message.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
-
-
 def sign_download_token(
     *, secret: str, principal: Principal, params: Mapping[str, str], now: datetime, ttl_s: int = DOWNLOAD_TOKEN_TTL_S
 ) -> tuple[str, datetime]:
-    """A token admitting ``principal`` to this export, with exactly these parameters, until
-    ``now + ttl_s``. Returns the token and its expiry."""
-    expires_at = now + timedelta(seconds=ttl_s)
-    expires = int(expires_at.timestamp())
-    kind = principal.kind.value
-    return f"{kind}.{principal.id}.{expires}.{_signature(secret, kind, principal.id, expires, params)}", expires_at
-
-
-def verify_download_token(
-    token: str, *, secret: str, params: Mapping[str, str], now: datetime
-) -> tuple[PrincipalKind, int]:
-    """Who a valid token was issued to; forged, altered and expired tokens are refused."""
-    try:
-        kind, principal_id, expires, signature = token.split(".")
-        principal_kind, pk, expiry = PrincipalKind(kind), int(principal_id), int(expires)
-    except ValueError:
-        raise TokenInvalid() from None
-    expected = _signature(secret, kind, pk, expiry, params)
-    if not hmac.compare_digest(expected.encode(), signature.encode()):
-        raise TokenInvalid()
-    if expiry <= now.timestamp():
-        raise TokenExpired("下载链接已过期, 请重新导出", "The download link has expired; export again")
-    return principal_kind, pk
+    """A link token for this export (:func:`backend.exports.http.sign_download_token`:
+    these parameters only, once, while the caller's login lasts)."""
+    return exports_http.sign_download_token(secret=secret, purpose=EXPORT_PATH, principal=principal, params=params,
+                                            now=now, ttl_s=ttl_s)
 
 
 def export_url(params: Mapping[str, str], token: str) -> str:
     """The relative URL of the download, parameters first and the token last."""
-    return f"{EXPORT_PATH}?{urlencode([*params.items(), ('token', token)])}"
+    return exports_http.download_url(EXPORT_PATH, params, token)
 
 
 # --------------------------------------------------------------------------- workbook
@@ -246,6 +212,16 @@ def write_workbook(path: str, *, tz: ZoneInfo, next_chunk: Callable[[], Sequence
     Blocking: run it in a worker thread. openpyxl objects stay on that one thread.
     """
     workbook = Workbook(write_only=True)
+    try:
+        return _write_log_rows(workbook, path, tz=tz, next_chunk=next_chunk)
+    except BaseException:
+        abandon_workbook(workbook)
+        raise
+
+
+def _write_log_rows(
+    workbook: Workbook, path: str, *, tz: ZoneInfo, next_chunk: Callable[[], Sequence[ExportRow]]
+) -> int:
     sheets = 1
     sheet = _start_sheet(workbook, sheets)
     on_sheet = written = 0
@@ -273,7 +249,6 @@ async def build_export(
     statement = audit_query(scope_patterns=scope_patterns, **export_filter.query_arguments()).with_only_columns(*_COLUMNS)
     result = await session.stream(statement.execution_options(yield_per=CHUNK_ROWS))
     partitions = result.partitions(CHUNK_ROWS)
-    loop = asyncio.get_running_loop()
 
     async def fetch() -> Sequence[ExportRow]:
         try:
@@ -281,12 +256,9 @@ async def build_export(
         except StopAsyncIteration:
             return []
 
-    def next_chunk() -> Sequence[ExportRow]:
-        # Called from the writer thread: the cursor stays on the event loop.
-        return asyncio.run_coroutine_threadsafe(fetch(), loop).result()
-
     try:
-        return await asyncio.to_thread(write_workbook, path, tz=tz, next_chunk=next_chunk)
+        # The cursor stays on the event loop; the writer thread pulls chunks from it.
+        return await write_file(Path(path), lambda next_chunk: write_workbook(path, tz=tz, next_chunk=next_chunk), fetch)
     finally:
         await result.close()
 
@@ -301,23 +273,20 @@ def routes(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> li
     async def caller(request: Request, params: Mapping[str, str]) -> Principal:
         now = utcnow()
         authorization = request.headers.get("authorization")
-        async with sessions() as session:
-            if authorization:
-                scheme, _, token = authorization.partition(" ")
-                if scheme.lower() != "bearer" or not token.strip():
-                    raise TokenInvalid("Authorization 须为 Bearer 令牌", "Authorization must be a Bearer token")
+        if authorization:
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise TokenInvalid("Authorization 须为 Bearer 令牌", "Authorization must be a Bearer token")
+            async with sessions() as session:
                 principal = await authenticate(session, token=token.strip(), now=now, policy=policy)
-                check_client_rate(request, principal)
-                return principal
+        else:
             signed = params.get("token")
             if not signed:
                 raise NotAuthenticated()
-            kind, principal_id = verify_download_token(signed, secret=policy.secret, params=params, now=now)
-            found = await load_principal(session, kind=kind, principal_id=principal_id)
-            if found is None:
-                raise TokenRevoked()
-            check_client_rate(request, found)
-            return found
+            principal = await exports_http.link_holder(signed, purpose=EXPORT_PATH, params=params, sessions=sessions,
+                                                       policy=policy, now=now)
+        check_client_rate(request, principal)
+        return principal
 
     async def audit_log_xlsx(request: Request) -> Response:
         params = dict(request.query_params)
@@ -353,15 +322,9 @@ def routes(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> li
                     success=True, ip=ip, request_id=request_id_var.get(),
                 )
         except BaseException:
-            os.unlink(path)
+            discard(path)
             raise
-        return FileResponse(
-            path,
-            media_type=XLSX_MEDIA_TYPE,
-            filename=f"audit-log-{now.astimezone(tz):%Y%m%d}.xlsx",
-            headers={"Cache-Control": "no-store"},
-            background=BackgroundTask(os.unlink, path),
-        )
+        return file_download(Path(path), f"audit-log-{now.astimezone(tz):%Y%m%d}.xlsx")
 
     return [Route(EXPORT_PATH, audit_log_xlsx, methods=["GET"])]
 

@@ -1,4 +1,4 @@
-"""The operation log. Rows are appended, never updated or deleted."""
+"""The operation log. Rows are appended, never updated; only the retention purge deletes them."""
 
 from __future__ import annotations
 

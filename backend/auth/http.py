@@ -1,9 +1,12 @@
 """``POST /oauth/token``: the OAuth 2 client-credentials grant for third parties, beside
 the ``issueClientToken`` mutation, for clients that speak plain OAuth.
 
+The body is a small ``application/x-www-form-urlencoded`` form (RFC 6749): any other
+type is 415, a body over :data:`TOKEN_MAX_BODY_BYTES` is 413 (refused while it streams in).
 Throttled like every anonymous call (per client address and in all, before the form is
 read), and each token issued takes a request from the client's own rate (per
-``client_id``): a refused issue writes no login session. Refusals: 429 ``RATE_LIMITED``."""
+``client_id``): a refused issue writes no login session. Refusals: 429 ``RATE_LIMITED``.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +22,13 @@ from backend.audit.service import record_operation
 from backend.auth.ratelimit import AnonymousThrottle, ClientRateLimiter
 from backend.auth.service import AuthPolicy, issue_client_token
 from backend.clock import utcnow
-from backend.errors import DomainError, RateLimited
+from backend.edge import body_limit, error_body
+from backend.errors import DomainError, ErrorCode, RateLimited
 from backend.observability import request_id_var
+
+# client_id, client_secret and grant_type fit many times over.
+TOKEN_MAX_BODY_BYTES = 4 * 1024
+FORM_TYPE = "application/x-www-form-urlencoded"
 
 
 def _rate_limited(refusal: RateLimited) -> Response:
@@ -34,13 +42,18 @@ def _rate_limited(refusal: RateLimited) -> Response:
 def routes(
     sessions: async_sessionmaker[AsyncSession], policy: AuthPolicy, *, limiter: ClientRateLimiter, anonymous: AnonymousThrottle
 ) -> list[Route]:
+    @body_limit(TOKEN_MAX_BODY_BYTES)
     async def token(request: Request) -> Response:
         ip = request.client.host if request.client else None
         try:
             anonymous.check(ip)
         except RateLimited as refusal:
             return _rate_limited(refusal)
-        form = await request.form()
+        media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media_type != FORM_TYPE:
+            return Response(error_body(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"请求体须为 {FORM_TYPE}",
+                                       f"The body must be {FORM_TYPE}"), 415, media_type="application/json")
+        form = await request.form(max_files=0, max_fields=10)
         client_id, client_secret = str(form.get("client_id") or ""), str(form.get("client_secret") or "")
         authorization = request.headers.get("authorization", "")
         if authorization.lower().startswith("basic "):

@@ -11,6 +11,9 @@ header, parser, required, width, example) and the natural key. From it:
 - :func:`read_rows` reads an uploaded file in read-only mode, checks the header, parses
   *every* row and returns a :class:`ValidatedSheet`: typed records plus a capped list of
   row/column/message errors with the total count, so the caller can import all or nothing.
+- :func:`check_workbook_archive` is the one check every uploaded workbook passes before
+  an XML parser sees it (an xlsx is a zip: a small file can unpack to gigabytes), and
+  :class:`UploadLimits` / :class:`ImportBudget` bound the rows and the time of an import.
 
 **Header layout**: two header rows, Chinese first (bold), English second (grey): both are
 readable to staff and scripts, survive copy/paste and CSV round trips (a cell comment
@@ -22,13 +25,16 @@ under it is skipped when present, so a file with only one header row imports too
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import re
 import tempfile
+import threading
+import time
 import zipfile
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
@@ -79,6 +85,28 @@ class FileTooLarge(DomainError):
     code = ErrorCode.FILE_TOO_LARGE
     message = "文件过大"
     message_en = "The file is too large"
+
+
+class WorkbookTooLargeUnpacked(FileTooLarge):
+    message = "文件解压后过大 (或压缩比异常), 不予读取"
+    message_en = "The workbook unpacks to too much data (or packs it suspiciously tightly); it was not read"
+
+
+class TooManyRows(DomainError):
+    code = ErrorCode.TOO_MANY_ROWS
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"行数超过上限 {limit} (空行也计入), 请分批导入",
+                         f"More than {limit} rows (blank rows count too); import in parts", field="file")
+
+
+class ImportTimeExceeded(DomainError):
+    code = ErrorCode.IMPORT_TIME_EXCEEDED
+
+    def __init__(self, budget_s: float) -> None:
+        super().__init__(f"导入超过时间上限 ({budget_s:g} 秒), 未导入任何数据, 请分批导入",
+                         f"The import took longer than its budget ({budget_s:g} s); nothing was imported. "
+                         "Import in parts", field="file")
 
 
 class EmptySheet(DomainError):
@@ -318,6 +346,19 @@ def as_text(sheet: Any, row: Sequence[Any]) -> Sequence[Any]:
     return safe
 
 
+def abandon_workbook(workbook: Workbook) -> None:
+    """Close a write-only workbook that will not be saved and delete the files its sheets
+    spilled rows to. (openpyxl deletes them only when it saves, or at interpreter exit:
+    an export given up mid-way would otherwise leave them in the temp directory.)"""
+    for sheet in workbook.worksheets:
+        with contextlib.suppress(Exception):
+            sheet.close()  # type: ignore[union-attr]
+        writer = getattr(sheet, "_writer", None)
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.cleanup()
+
+
 def write_sheet(path: str | Path, spec: SheetSpec, next_chunk: Callable[[], Sequence[Sequence[Any]]]) -> int:
     """Write every row ``next_chunk`` hands out (until an empty chunk) under ``spec``'s
     header to an xlsx file at ``path``; returns the number of rows written.
@@ -325,6 +366,16 @@ def write_sheet(path: str | Path, spec: SheetSpec, next_chunk: Callable[[], Sequ
     Rows hold the values of ``spec.columns`` in order. Blocking: run it in one thread.
     """
     workbook = Workbook(write_only=True)
+    try:
+        return _write_sheet_rows(workbook, path, spec, next_chunk)
+    except BaseException:
+        abandon_workbook(workbook)
+        raise
+
+
+def _write_sheet_rows(
+    workbook: Workbook, path: str | Path, spec: SheetSpec, next_chunk: Callable[[], Sequence[Sequence[Any]]]
+) -> int:
     renders = [(index, column.render) for index, column in enumerate(spec.columns) if column.render is not None]
     sheets = 1
     sheet = start_sheet(workbook, spec, sheets)
@@ -348,6 +399,51 @@ def write_sheet(path: str | Path, spec: SheetSpec, next_chunk: Callable[[], Sequ
     return written
 
 
+def discard(path: str | Path) -> None:
+    """Remove a spooled file that may already be gone."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+class ExportAbandoned(Exception):
+    """Raised in the writer thread when the export it writes was given up (the request
+    was cancelled or failed): the thread stops at its next chunk."""
+
+
+async def write_file(
+    path: Path, write: Callable[[Callable[[], Sequence[Any]]], int],
+    fetch: Callable[[], Coroutine[Any, Any, Sequence[Any]]], *, first: Sequence[Any] | None = None,
+) -> int:
+    """Run ``write(next_chunk)`` in one worker thread, ``next_chunk`` pulling chunks from
+    ``fetch()`` on this event loop (``first`` is handed out before it), and return what
+    ``write`` returns.
+
+    However it ends (an error in the source or the writer, or this coroutine cancelled
+    because the client went away) nothing stays behind: the thread is stopped at its next
+    chunk and waited for, so it cannot re-create the file, and ``path`` is removed.
+    """
+    loop = asyncio.get_running_loop()
+    abandoned = threading.Event()
+    pending = [first] if first is not None else []
+
+    def next_chunk() -> Sequence[Any]:
+        if abandoned.is_set():
+            raise ExportAbandoned()
+        if pending:
+            return pending.pop()
+        return asyncio.run_coroutine_threadsafe(fetch(), loop).result()
+
+    writer = asyncio.ensure_future(asyncio.to_thread(write, next_chunk))
+    try:
+        return await asyncio.shield(writer)
+    except BaseException:
+        abandoned.set()
+        with contextlib.suppress(BaseException):
+            await writer
+        discard(path)
+        raise
+
+
 async def write_rows(
     spec: SheetSpec,
     rows: AsyncIterator[Sequence[Any]] | Iterable[Sequence[Any]],
@@ -358,38 +454,30 @@ async def write_rows(
     """Stream ``rows`` into a new xlsx file and return its path (the caller deletes it).
 
     Memory is bounded by one chunk of rows: openpyxl's write-only workbook spills rows to
-    disk as they are appended. The writer runs in one worker thread; an async source (a
-    server-side cursor) is read on the event loop a chunk at a time.
+    disk as they are appended. The writer runs in one worker thread (:func:`write_file`);
+    the source is read on the event loop a chunk at a time.
     """
     descriptor, name = tempfile.mkstemp(prefix=prefix, suffix=".xlsx", dir=directory)
     os.close(descriptor)
     path = Path(name)
-    try:
-        if isinstance(rows, AsyncIterator):
-            source = rows
-            loop = asyncio.get_running_loop()
+    if isinstance(rows, AsyncIterator):
+        source = rows
 
-            async def fetch() -> list[Sequence[Any]]:
-                chunk: list[Sequence[Any]] = []
-                async for row in source:
-                    chunk.append(row)
-                    if len(chunk) == CHUNK_ROWS:
-                        break
-                return chunk
+        async def fetch() -> list[Sequence[Any]]:
+            chunk: list[Sequence[Any]] = []
+            async for row in source:
+                chunk.append(row)
+                if len(chunk) == CHUNK_ROWS:
+                    break
+            return chunk
 
-            def next_chunk() -> Sequence[Sequence[Any]]:
-                return asyncio.run_coroutine_threadsafe(fetch(), loop).result()
+    else:
+        iterator: Iterator[Sequence[Any]] = iter(rows)
 
-        else:
-            iterator: Iterator[Sequence[Any]] = iter(rows)
+        async def fetch() -> list[Sequence[Any]]:
+            return list(islice(iterator, CHUNK_ROWS))
 
-            def next_chunk() -> Sequence[Sequence[Any]]:
-                return list(islice(iterator, CHUNK_ROWS))
-
-        await asyncio.to_thread(write_sheet, path, spec, next_chunk)
-    except BaseException:
-        os.unlink(path)
-        raise
+    await write_file(path, lambda next_chunk: write_sheet(path, spec, next_chunk), fetch)
     return path
 
 
@@ -427,6 +515,127 @@ def template(spec: SheetSpec) -> bytes:
     buffer = io.BytesIO()
     workbook.save(buffer)
     return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- upload limits
+
+# Columns read from any row: a cell at column XFD would otherwise make every row a
+# 16,384-wide tuple. No sheet has half as many columns.
+MAX_COLUMNS = 200
+# Parts of one workbook (an ordinary xlsx has about ten).
+MAX_ARCHIVE_MEMBERS = 10_000
+# Below this size a part's packing ratio is not judged (tiny XML packs tightly).
+_RATIO_FLOOR_BYTES = 1024 * 1024
+_INFLATE_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class UploadLimits:
+    """What one uploaded spreadsheet may cost (settings ``SHUIWU_IMPORT_*``; these
+    defaults are theirs): the bytes it unpacks to, the packing ratio of any large part (a
+    real sheet packs about 15:1), every physical row (blank ones too), and the time from
+    the first byte parsed to the last row validated."""
+
+    max_unpacked_bytes: int = 100 * 1024 * 1024
+    max_ratio: int = 100
+    max_rows: int = 100_000
+    time_budget_s: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> UploadLimits:
+        return cls(max_unpacked_bytes=settings.import_max_unpacked_bytes, max_ratio=settings.import_max_ratio,
+                   max_rows=settings.import_max_rows, time_budget_s=settings.import_time_budget_s)
+
+    def start(self) -> ImportBudget:
+        return ImportBudget(self.time_budget_s, self.clock)
+
+
+class ImportBudget:
+    """The time left to one import; :meth:`check` refuses it once spent."""
+
+    def __init__(self, budget_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.budget_s = budget_s
+        self.clock = clock
+        self.deadline = clock() + budget_s
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - self.clock())
+
+    def check(self) -> None:
+        if self.clock() > self.deadline:
+            raise ImportTimeExceeded(self.budget_s)
+
+
+@contextlib.asynccontextmanager
+async def within_budget(budget: ImportBudget) -> AsyncIterator[None]:
+    """Run the block in the time ``budget`` has left: running out cancels it (a
+    transaction inside rolls back) and raises IMPORT_TIME_EXCEEDED."""
+    budget.check()
+    deadline = asyncio.timeout(budget.remaining())
+    try:
+        async with deadline:
+            yield
+    except TimeoutError:
+        if deadline.expired():
+            raise ImportTimeExceeded(budget.budget_s) from None
+        raise
+
+
+class RowCounter:
+    """Counts every physical row read, blank or not, against the cap, and checks the
+    time budget as it goes."""
+
+    _CHECK_EVERY = 256
+
+    def __init__(self, limits: UploadLimits, budget: ImportBudget) -> None:
+        self.limits = limits
+        self.budget = budget
+        self.rows = 0
+
+    def count(self) -> None:
+        self.rows += 1
+        if self.rows > self.limits.max_rows:
+            raise TooManyRows(self.limits.max_rows)
+        if self.rows % self._CHECK_EVERY == 0:
+            self.budget.check()
+
+
+def check_workbook_archive(file: IO[bytes], *, limits: UploadLimits, budget: ImportBudget | None = None) -> None:
+    """Refuse a workbook (a zip) that would unpack past ``limits`` before any XML parser
+    reads it: the number of parts, each part's declared size and packing ratio, their
+    sum, and then the bytes each part actually inflates to (streamed, stopping at the
+    cap, so a part that lies about its size is caught too). Leaves ``file`` at its start.
+
+    Raises :class:`WorkbookTooLargeUnpacked` (FILE_TOO_LARGE) or :class:`NotXlsx`.
+    """
+    try:
+        with zipfile.ZipFile(file) as archive:
+            members = archive.infolist()
+            if len(members) > MAX_ARCHIVE_MEMBERS:
+                raise WorkbookTooLargeUnpacked(field="file")
+            declared = 0
+            for member in members:
+                declared += member.file_size
+                packed_tightly = member.file_size > limits.max_ratio * max(member.compress_size, 1)
+                if declared > limits.max_unpacked_bytes or (member.file_size > _RATIO_FLOOR_BYTES and packed_tightly):
+                    raise WorkbookTooLargeUnpacked(field="file")
+            inflated = 0
+            for member in members:
+                with archive.open(member) as part:
+                    while chunk := part.read(_INFLATE_CHUNK):
+                        inflated += len(chunk)
+                        if inflated > limits.max_unpacked_bytes:
+                            raise WorkbookTooLargeUnpacked(field="file")
+                        if budget is not None:
+                            budget.check()
+    except DomainError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, NotImplementedError, RuntimeError) as error:
+        # Corrupt, encrypted or truncated parts, a CRC that does not match: not a workbook.
+        raise NotXlsx(field="file") from error
+    finally:
+        file.seek(0)
 
 
 # --------------------------------------------------------------------------- reading
@@ -477,37 +686,53 @@ def _normalised(header: Any) -> str:
     return re.sub(r"\s+", "", _as_text(header)).rstrip("*＊").lower() if header is not None else ""
 
 
-def _open_workbook(source: bytes | str | Path | IO[bytes]) -> Any:
-    target: str | IO[bytes]
+def open_workbook(
+    source: bytes | str | Path | IO[bytes], *, limits: UploadLimits, budget: ImportBudget | None = None
+) -> Any:
+    """An uploaded workbook opened read-only, after :func:`check_workbook_archive`."""
     if isinstance(source, str | Path):
         with open(source, "rb") as file:
-            head = file.read(4)
-        target = str(source)
-    else:
-        target = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
-        head = target.read(4)
-        target.seek(0)
+            return open_workbook(io.BytesIO(file.read()), limits=limits, budget=budget)
+    target = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
+    head = target.read(4)
+    target.seek(0)
     if head != b"PK\x03\x04":
         raise NotXlsx()
+    check_workbook_archive(target, limits=limits, budget=budget)
     try:
         return load_workbook(target, read_only=True, data_only=True)
     except Exception as error:  # zipfile, XML and openpyxl's own InvalidFileException: all "not a workbook"
         raise NotXlsx() from error
 
 
+def sheet_rows(sheet: Any, counter: RowCounter) -> Iterator[tuple[Any, ...]]:
+    """Every physical row of a read-only sheet, blank ones included, each counted; at
+    most :data:`MAX_COLUMNS` wide. The sheet's declared dimensions are ignored (they are
+    whatever the file says, and would pad every row or add phantom ones)."""
+    sheet.reset_dimensions()
+    for row in sheet.iter_rows(values_only=True, max_col=MAX_COLUMNS):
+        counter.count()
+        yield row
+
+
 def read_rows(
-    spec: SheetSpec, source: bytes | str | Path | IO[bytes], *, max_errors: int = MAX_LISTED_ERRORS
+    spec: SheetSpec, source: bytes | str | Path | IO[bytes], *, max_errors: int = MAX_LISTED_ERRORS,
+    limits: UploadLimits | None = None, budget: ImportBudget | None = None,
 ) -> ValidatedSheet:
-    """Read and validate a whole upload (blocking: run it in a thread).
+    """Read and validate a whole upload (blocking: run it in a thread) within ``limits``
+    (default :class:`UploadLimits`) and ``budget`` (default: a fresh one from them).
 
     Raises :class:`NotXlsx`, :class:`EmptySheet`, :class:`MissingColumns` or
-    :class:`UnknownColumns` for a file that cannot be read as ``spec``'s sheet; row-level
+    :class:`UnknownColumns` for a file that cannot be read as ``spec``'s sheet, and
+    FILE_TOO_LARGE, TOO_MANY_ROWS or IMPORT_TIME_EXCEEDED past a limit; row-level
     problems (bad cells, missing required values, a natural key repeated in the file) are
     collected in the result instead, every row being parsed.
     """
-    workbook = _open_workbook(source)
+    limits = limits or UploadLimits()
+    budget = budget or limits.start()
+    workbook = open_workbook(source, limits=limits, budget=budget)
     try:
-        return _read_sheet(workbook, spec, max_errors)
+        return _read_sheet(workbook, spec, max_errors, RowCounter(limits, budget))
     except DomainError:
         raise
     except (zipfile.BadZipFile, zlib.error, EOFError, SyntaxError, KeyError, ValueError, OverflowError) as error:
@@ -518,9 +743,9 @@ def read_rows(
         workbook.close()
 
 
-def _read_sheet(workbook: Any, spec: SheetSpec, max_errors: int) -> ValidatedSheet:
+def _read_sheet(workbook: Any, spec: SheetSpec, max_errors: int, counter: RowCounter) -> ValidatedSheet:
     sheet = workbook[spec.name] if spec.name in workbook.sheetnames else workbook.worksheets[0]
-    rows = sheet.iter_rows(values_only=True)
+    rows = sheet_rows(sheet, counter)
     header: tuple[Any, ...] | None = None
     header_row = 0
     for header_row, candidate in enumerate(rows, start=1):  # noqa: B007  (the loop finds the first non-empty row)
@@ -596,4 +821,5 @@ def _read_sheet(workbook: Any, spec: SheetSpec, max_errors: int) -> ValidatedShe
                 continue
         result.records.append(tuple(values))
         result.row_numbers.append(number)
+    counter.budget.check()
     return result

@@ -4,29 +4,34 @@
   a raw read connection, one statement, like /graphql) or behind a short-lived signed
   ``token`` parameter, which is how a browser link downloads a file. A signed token is an
   HMAC over its purpose (the route's path), the principal, the expiry and the exact query
-  parameters, so neither the file, the filter nor the caller can be swapped.
+  parameters, so neither the file, the filter nor the caller can be swapped. A link is
+  bound to the login session it was made in (logout kills it) and works once.
   An API client's call also takes one request from its rate, as on /graphql
   (:func:`check_client_rate`): every plain route that authenticates goes through here.
 - :func:`refusal`: a refusal in the same JSON shape as /graphql's top-level errors.
-- :func:`file_download`: serve a spooled file and delete it once sent.
+- :func:`file_download`: serve a spooled file and delete it once sent, or once the
+  client went away, or the send failed: in every case.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
-from collections.abc import Mapping
-from datetime import datetime, timedelta
+import secrets
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from backend import db
 from backend.auth.errors import TokenExpired, TokenInvalid, TokenRevoked
@@ -37,6 +42,7 @@ from backend.auth.service import AuthPolicy, authenticate_on_connection, load_pr
 from backend.clock import utcnow
 from backend.errors import DomainError, ErrorCode, NotAuthenticated
 from backend.exports.excel import XLSX_MEDIA_TYPE
+from backend.exports.links import DownloadGrant, redeem_download_link
 
 DOWNLOAD_TOKEN_TTL_S = 300
 
@@ -45,8 +51,8 @@ def _canonical(params: Mapping[str, str]) -> str:
     return urlencode(sorted((key, value) for key, value in params.items() if key != "token"))
 
 
-def _signature(secret: str, purpose: str, kind: str, principal_id: int, expires: int, params: Mapping[str, str]) -> str:
-    message = "\n".join(("shuiwu/download/v1", purpose, kind, str(principal_id), str(expires), _canonical(params)))
+def _signature(secret: str, purpose: str, claims: Sequence[str], params: Mapping[str, str]) -> str:
+    message = "\n".join(("shuiwu/download/v2", purpose, *claims, _canonical(params)))
     digest = hmac.new(derive_key(secret, KeyPurpose.download_link), message.encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
@@ -56,28 +62,50 @@ def sign_download_token(
     ttl_s: int = DOWNLOAD_TOKEN_TTL_S,
 ) -> tuple[str, datetime]:
     """A token admitting ``principal`` to the download ``purpose`` (its path) with exactly
-    these parameters until ``now + ttl_s``. Returns the token and its expiry."""
+    these parameters, once, until ``now + ttl_s`` and while the principal's login session
+    lasts (:func:`backend.exports.links.redeem_download_link`). Returns the token and its
+    expiry."""
+    if principal.session_id is None:
+        raise NotAuthenticated()  # links are made for a signed-in caller's session only
     expires_at = now + timedelta(seconds=ttl_s)
-    expires = int(expires_at.timestamp())
-    kind = principal.kind.value
-    return f"{kind}.{principal.id}.{expires}.{_signature(secret, purpose, kind, principal.id, expires, params)}", expires_at
+    claims = (principal.kind.value, str(principal.id), principal.session_id.hex, secrets.token_hex(12),
+              str(int(expires_at.timestamp())))
+    return ".".join((*claims, _signature(secret, purpose, claims, params))), expires_at
 
 
 def verify_download_token(
     token: str, *, secret: str, purpose: str, params: Mapping[str, str], now: datetime
-) -> tuple[PrincipalKind, int]:
-    """Who a valid token was issued to; forged, altered, misdirected and expired tokens are refused."""
+) -> DownloadGrant:
+    """What a valid token grants; forged, altered, misdirected and expired tokens are
+    refused. (Whether it was used, or its session ended, is :func:`redeem_download_link`'s.)"""
     try:
-        kind, principal_id, expires, signature = token.split(".")
-        principal_kind, pk, expiry = PrincipalKind(kind), int(principal_id), int(expires)
+        *claims, signature = token.split(".")
+        kind, principal_id, session_id, nonce, expires = claims
+        grant = DownloadGrant(PrincipalKind(kind), int(principal_id), uuid.UUID(hex=session_id), nonce,
+                              datetime.fromtimestamp(int(expires), UTC))
     except ValueError:
         raise TokenInvalid() from None
-    expected = _signature(secret, purpose, kind, pk, expiry, params)
+    expected = _signature(secret, purpose, claims, params)
     if not hmac.compare_digest(expected.encode(), signature.encode()):
         raise TokenInvalid()
-    if expiry <= now.timestamp():
+    if grant.expires_at <= now:
         raise TokenExpired("下载链接已过期, 请重新导出", "The download link has expired; export again")
-    return principal_kind, pk
+    return grant
+
+
+async def link_holder(
+    signed: str, *, purpose: str, params: Mapping[str, str], sessions: async_sessionmaker[AsyncSession],
+    policy: AuthPolicy, now: datetime,
+) -> Principal:
+    """The principal a signed link admits, as it stands now; the link is spent."""
+    grant = verify_download_token(signed, secret=policy.secret, purpose=purpose, params=params, now=now)
+    async with sessions() as session, session.begin():
+        await redeem_download_link(session, grant=grant, now=now)
+        principal = await load_principal(session, kind=grant.kind, principal_id=grant.principal_id,
+                                         session_id=grant.session_id)
+    if principal is None:
+        raise TokenRevoked()
+    return principal
 
 
 def download_url(path: str, params: Mapping[str, str], token: str) -> str:
@@ -110,11 +138,7 @@ async def caller(
     signed = params.get("token")
     if purpose is None or not signed:
         raise NotAuthenticated()
-    kind, principal_id = verify_download_token(signed, secret=policy.secret, purpose=purpose, params=params, now=now)
-    async with sessions() as session:
-        found = await load_principal(session, kind=kind, principal_id=principal_id)
-    if found is None:
-        raise TokenRevoked()
+    found = await link_holder(signed, purpose=purpose, params=params, sessions=sessions, policy=policy, now=now)
     check_client_rate(request, found)
     return found
 
@@ -145,12 +169,22 @@ def refusal(error: DomainError, status: int, **extra: Any) -> Response:
     return JSONResponse({"errors": [{"message": error.message, "extensions": extensions}]}, status)
 
 
+class _SpooledFileResponse(FileResponse):
+    """A FileResponse whose file is deleted however the response ends. (A background
+    task would not run when the client disconnects mid-download: the send raises.)"""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+
 def file_download(path: Path, filename: str, media_type: str = XLSX_MEDIA_TYPE) -> Response:
-    """Serve a spooled file and delete it after it is sent."""
-    return FileResponse(
-        path, media_type=media_type, filename=filename, headers={"Cache-Control": "no-store"},
-        background=BackgroundTask(os.unlink, path),
-    )
+    """Serve a spooled file and delete it after the response, whether it was sent whole,
+    cut off by the client, or failed."""
+    return _SpooledFileResponse(path, media_type=media_type, filename=filename, headers={"Cache-Control": "no-store"})
 
 
 def client_ip(request: Request) -> str | None:

@@ -47,6 +47,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from strawberry.utils.await_maybe import await_maybe
 
 from backend.auth.principal import Principal
+from backend.edge import page_csp
 from backend.errors import BadUserInput, DomainError, ErrorCode, RateLimited
 from backend.graphql.context import Context
 from backend.graphql.errors import format_error
@@ -336,4 +337,5 @@ class GraphQLEndpoint:
         if not self.settings.graphiql:
             return JSONResponse({"errors": [{"message": "GraphiQL is disabled"}]}, 404)
         page = resources.files("backend.graphql").joinpath("static/graphiql.html").read_text(encoding="utf-8")
-        return HTMLResponse(page)
+        # The page's own CSP (the API's default allows no scripts): assets from /graphql/static only.
+        return HTMLResponse(page, headers={"Content-Security-Policy": page_csp(page)})

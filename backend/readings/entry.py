@@ -19,14 +19,12 @@ from __future__ import annotations
 import csv
 import io
 import re
-import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from openpyxl import load_workbook
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -42,10 +40,10 @@ CORRECTION_SOURCE = "correction"
 ESTIMATE_SOURCE = "estimate"
 MAX_REASON_LENGTH = 500
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
-MAX_UPLOAD_ROWS = 100_000
-# What a workbook may unpack to: a 10 MB zip can hold gigabytes of XML, and openpyxl
-# keeps the shared strings in memory even in read-only mode.
-MAX_UNPACKED_BYTES = 100 * 1024 * 1024
+# Rows, unpacked size and time of an upload: excel.UploadLimits (SHUIWU_IMPORT_*), the
+# same for every import. A 10 MB zip can hold gigabytes of XML, and openpyxl keeps the
+# shared strings in memory even in read-only mode.
+MAX_UNPACKED_BYTES = excel.UploadLimits().max_unpacked_bytes
 MAX_ESTIMATION_DAYS = 93
 # Meters x days of one estimation: every silent meter-day becomes a reading in memory
 # and one ingest batch; a larger area is estimated a sub-area or a few days at a time.
@@ -82,8 +80,8 @@ class ReadingLowerThanPrevious(DomainError):
 
 class UploadTooLarge(DomainError):
     code = ErrorCode.FILE_TOO_LARGE
-    message = f"文件过大 (上限 {MAX_UPLOAD_BYTES // (1024 * 1024)} MB, {MAX_UPLOAD_ROWS} 行)"
-    message_en = f"The file is too large (at most {MAX_UPLOAD_BYTES // (1024 * 1024)} MB and {MAX_UPLOAD_ROWS} rows)"
+    message = f"文件过大 (上限 {MAX_UPLOAD_BYTES // (1024 * 1024)} MB)"
+    message_en = f"The file is too large (at most {MAX_UPLOAD_BYTES // (1024 * 1024)} MB)"
 
 
 class NotSpreadsheet(DomainError):
@@ -554,48 +552,45 @@ def _decoded(content: bytes) -> str:
         raise NotSpreadsheet(field="file") from None
 
 
-def _xlsx_rows(content: bytes) -> Iterator[tuple[Any, ...]]:
-    try:
-        with zipfile.ZipFile(io.BytesIO(content)) as archive:
-            unpacked = sum(member.file_size for member in archive.infolist())
-    except (zipfile.BadZipFile, ValueError, OSError) as error:
-        raise NotSpreadsheet(field="file") from error
-    # The sizes a zip declares are what zipfile will unpack (it stops there), so this
-    # bounds what openpyxl can be made to read.
-    if unpacked > MAX_UNPACKED_BYTES:
-        raise UploadTooLarge(field="file")
-    try:
-        workbook = load_workbook(io.BytesIO(content), read_only=True, data_only=True)
-    except Exception as error:  # zip, XML, openpyxl's own: all "not a workbook"
-        raise NotSpreadsheet(field="file") from error
+def _xlsx_rows(content: bytes, counter: excel.RowCounter) -> Iterator[tuple[Any, ...]]:
+    workbook = excel.open_workbook(content, limits=counter.limits, budget=counter.budget)
     try:
         sheet = workbook[UPLOAD_SHEET.name] if UPLOAD_SHEET.name in workbook.sheetnames else workbook.worksheets[0]
-        yield from sheet.iter_rows(values_only=True)
+        yield from excel.sheet_rows(sheet, counter)
     finally:
         workbook.close()
 
 
-def _csv_rows(content: bytes) -> Iterator[tuple[Any, ...]]:
+def _csv_rows(content: bytes, counter: excel.RowCounter) -> Iterator[tuple[Any, ...]]:
     decoded = _decoded(content)
     if "\x00" in decoded:
         raise NotSpreadsheet(field="file")
     for row in csv.reader(io.StringIO(decoded, newline="")):
+        counter.count()
         yield tuple(row)
 
 
-def read_upload(content: bytes) -> ReadingUpload:
+def read_upload(
+    content: bytes, *, limits: excel.UploadLimits | None = None, budget: excel.ImportBudget | None = None
+) -> ReadingUpload:
     """Parse an upload (.xlsx or .csv, told apart by content) and check each row's cells
-    (blocking: run it in a thread). Raises for a file that cannot be read as the upload
-    sheet (not a spreadsheet, too large, missing columns); row problems are collected."""
+    (blocking: run it in a thread), within ``limits`` and ``budget`` (as
+    :func:`backend.exports.excel.read_rows`). Raises for a file that cannot be read as the
+    upload sheet (not a spreadsheet, too large, too many rows, too slow, missing columns);
+    row problems are collected."""
     if len(content) > MAX_UPLOAD_BYTES:
         raise UploadTooLarge(field="file")
-    rows = _xlsx_rows(content) if content[:4] == b"PK\x03\x04" else _csv_rows(content)
+    limits = limits or excel.UploadLimits()
+    counter = excel.RowCounter(limits, budget or limits.start())
+    rows = _xlsx_rows(content, counter) if content[:4] == b"PK\x03\x04" else _csv_rows(content, counter)
     try:
-        return _checked_rows(rows)
+        upload = _checked_rows(rows)
     except DomainError:
         raise
     except Exception as error:  # a truncated workbook or broken CSV fails only while read
         raise NotSpreadsheet(field="file") from error
+    counter.budget.check()
+    return upload
 
 
 def _checked_rows(rows: Iterator[tuple[Any, ...]]) -> ReadingUpload:
@@ -621,7 +616,6 @@ def _checked_rows(rows: Iterator[tuple[Any, ...]]) -> ReadingUpload:
         raise excel.MissingColumns([c.header for c in missing], [c.header_en for c in missing])
     english = {positions[c.key]: _normalised(c.header_en) for c in UPLOAD_SHEET.columns}
     upload = ReadingUpload()
-    counted = 0
     header_row = number
     for number, row in enumerate(rows, start=header_row + 1):
         cells = [row[positions[key]] if positions[key] < len(row) else None for key in ("code", "read_at", "total_m3")]
@@ -629,9 +623,6 @@ def _checked_rows(rows: Iterator[tuple[Any, ...]]) -> ReadingUpload:
             continue
         if all(english[positions[key]] == _normalised(cell) for key, cell in zip(("code", "read_at", "total_m3"), cells, strict=True)):
             continue  # the template's English header row
-        counted += 1
-        if counted > MAX_UPLOAD_ROWS:
-            raise UploadTooLarge(field="file")
         problem = _row_problem(number, cells)
         if isinstance(problem, RowProblem):
             upload.problems.append(problem)

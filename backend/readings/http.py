@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -29,9 +28,17 @@ from backend.auth.catalog import module_of
 from backend.auth.principal import Principal
 from backend.auth.service import AuthPolicy
 from backend.clock import utcnow
+from backend.edge import body_limit
 from backend.errors import BadUserInput, DomainError, ErrorCode, Forbidden
-from backend.exports.excel import XLSX_MEDIA_TYPE
-from backend.exports.http import caller, client_ip, declared_body_too_large, file_download, refusal
+from backend.exports import excel
+from backend.exports.excel import XLSX_MEDIA_TYPE, UploadLimits, within_budget
+from backend.exports.http import (
+    caller,
+    client_ip,
+    declared_body_too_large,
+    file_download,
+    refusal,
+)
 from backend.observability import request_id_var
 from backend.readings import entry
 from backend.readings.screens import (
@@ -118,7 +125,7 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
             await audited(principal, request, screen, summary=f"导出{screen.title}: {count} 行",
                           payload={**params, "rows": count}, success=True)
         except BaseException:
-            os.unlink(path)
+            excel.discard(path)
             raise
         return file_download(path, f"{kind.value}-{now.astimezone(settings.tz):%Y%m%d}.xlsx")
 
@@ -151,6 +158,7 @@ def upload_routes(sessions: async_sessionmaker[AsyncSession], read_engine: Async
     ``GET /templates/readings.xlsx``: the template (any signed-in caller)."""
     policy = AuthPolicy.from_settings(settings)
     tz = settings.tz
+    limits = UploadLimits.from_settings(settings)
 
     async def audited(principal: Principal, request: Request, *, summary: str, payload: dict[str, Any],
                       success: bool) -> None:
@@ -160,6 +168,7 @@ def upload_routes(sessions: async_sessionmaker[AsyncSession], read_engine: Async
                 summary=summary, payload=payload, success=success, ip=client_ip(request), request_id=request_id_var.get(),
             )
 
+    @body_limit(settings.import_max_body_bytes)
     async def import_readings(request: Request) -> Response:
         try:
             principal = await caller(request, read_engine=read_engine, sessions=sessions, policy=policy)
@@ -183,8 +192,9 @@ def upload_routes(sessions: async_sessionmaker[AsyncSession], read_engine: Async
                 if upload.size is not None and upload.size > entry.MAX_UPLOAD_BYTES:
                     raise entry.UploadTooLarge(field="file")
                 content = await upload.read(entry.MAX_UPLOAD_BYTES + 1)
-            parsed = await asyncio.to_thread(entry.read_upload, content)
-            async with sessions() as session, session.begin():
+            budget = limits.start()
+            parsed = await asyncio.to_thread(entry.read_upload, content, limits=limits, budget=budget)
+            async with within_budget(budget), sessions() as session, session.begin():
                 result = await entry.import_readings(
                     session, upload=parsed, by=principal.name, now=utcnow(), tz=tz,
                     scope_patterns=principal.scope_patterns(), dry_run=dry_run, strict=strict,

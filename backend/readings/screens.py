@@ -13,10 +13,8 @@ Framework-free: no strawberry, no starlette.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextlib
 import importlib
 import json
 import os
@@ -197,10 +195,7 @@ def write_screen_sheet(
     try:
         return _write_screen_rows(workbook, path, title, columns, next_chunk)
     except BaseException:
-        # Finish the abandoned sheets' temp files now, not when the GC finds them.
-        for sheet in workbook.worksheets:
-            with contextlib.suppress(Exception):
-                sheet.close()  # type: ignore[union-attr]
+        excel.abandon_workbook(workbook)
         raise
 
 
@@ -253,11 +248,6 @@ async def write_screen(
 ) -> tuple[Path, int]:
     """Stream ``rows`` into a new xlsx file of ``columns``; returns its path (the caller
     deletes it) and the row count. Memory stays bounded by one chunk of rows."""
-    descriptor, name = tempfile.mkstemp(prefix=f"shuiwu-{screen.kind}-", suffix=".xlsx", dir=directory)
-    os.close(descriptor)
-    path = Path(name)
-    loop = asyncio.get_running_loop()
-
     async def fetch() -> list[Mapping[str, Any]]:
         chunk: list[Mapping[str, Any]] = []
         async for row in rows:
@@ -266,20 +256,14 @@ async def write_screen(
                 break
         return chunk
 
-    # The first chunk is read before any workbook exists: a refusal of the filters (raised
-    # by the row source when it starts) then leaves nothing half-written behind.
-    pending: list[Sequence[Mapping[str, Any]]] = [await fetch()]
-
-    def next_chunk() -> Sequence[Mapping[str, Any]]:
-        if pending:
-            return pending.pop()
-        return asyncio.run_coroutine_threadsafe(fetch(), loop).result()
-
-    try:
-        count = await asyncio.to_thread(write_screen_sheet, path, screen.title, columns, next_chunk)
-    except BaseException:
-        os.unlink(path)
-        raise
+    # The first chunk is read before any file exists: a refusal of the filters (raised
+    # by the row source when it starts) then leaves nothing behind.
+    first = await fetch()
+    descriptor, name = tempfile.mkstemp(prefix=f"shuiwu-{screen.kind}-", suffix=".xlsx", dir=directory)
+    os.close(descriptor)
+    path = Path(name)
+    count = await excel.write_file(
+        path, lambda next_chunk: write_screen_sheet(path, screen.title, columns, next_chunk), fetch, first=first)
     return path, count
 
 

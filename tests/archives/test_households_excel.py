@@ -214,3 +214,20 @@ async def test_export_is_scoped_filtered_and_round_trips_unchanged(
             select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "exportHouseholds")  # type: ignore[arg-type]
         )).scalar_one()
     assert exports == 3
+
+
+async def test_an_import_past_its_time_budget_is_refused_and_writes_nothing(
+    database_url: str, world: World, module_engine: AsyncEngine,
+) -> None:
+    app = create_app(api_settings(import_time_budget_s=1e-6), database_url)
+    content = _workbook(("B5001", "赵强", _ref(world.tree.east_community), "", "13800000051", "居民", 3))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
+        api = GraphQLClient(http)
+        token = await api.login(world.admin.username, world.admin.password)
+        response = await _import(api, token, content)
+    await app.state.engine.dispose()
+    await app.state.read_engine.dispose()
+
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["extensions"]["code"] == "IMPORT_TIME_EXCEEDED"
+    assert await _count(module_engine, "B500") == 0

@@ -3,10 +3,13 @@ Excel download with a Bearer token or a signed link."""
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import io
+import json
 import os
 import tempfile
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,12 +29,15 @@ from backend.archives.models import AreaKind
 from backend.archives.service import create_area
 from backend.audit import http as audit_http
 from backend.audit.models import AuditEntry
-from backend.audit.service import audit_query, record_operation
+from backend.audit.service import audit_query, purge_operation_log, record_operation
 from backend.auth.errors import TokenExpired, TokenInvalid
 from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
 from backend.clock import utcnow
 from backend.db import session_factory
+from backend.errors import NotAuthenticated
+from backend.exports import http as exports_http
+from backend.exports.links import DownloadGrant
 from backend.graphql.relay import encode_id
 from tests.factories import Staff, make_area_tree, make_staff
 from tests.graphql.client import TEST_SECRET, GraphQLClient, api_settings
@@ -159,13 +165,23 @@ async def test_build_export_streams_rows_in_chunks_across_sheets(
     assert second[-1][4] == datetime(2026, 11, 25, 9, 0)
 
 
-def test_download_token_is_bound_to_principal_params_and_time() -> None:
-    admin = _staff(5)
+def _verify(token: str, *, secret: str = TEST_SECRET, params: dict[str, str], now: datetime) -> DownloadGrant:
+    return exports_http.verify_download_token(token, secret=secret, purpose=audit_http.EXPORT_PATH, params=params, now=now)
+
+
+def test_download_token_is_bound_to_principal_session_params_and_time() -> None:
+    login = uuid.uuid4()
+    admin = dataclasses.replace(_staff(5), session_id=login)
     params = {"module": "auth", "since": "2026-11-25T00:00:00+08:00"}
     token, expires_at = audit_http.sign_download_token(secret=TEST_SECRET, principal=admin, params=params, now=T0)
 
     assert expires_at == T0 + timedelta(minutes=5)
-    assert audit_http.verify_download_token(token, secret=TEST_SECRET, params=params, now=T0) == (PrincipalKind.staff, 5)
+    grant = _verify(token, params=params, now=T0)
+    assert (grant.kind, grant.principal_id, grant.session_id, grant.expires_at) == (PrincipalKind.staff, 5, login, expires_at)
+    with pytest.raises(TokenInvalid):  # the session is signed too
+        _verify(token.replace(login.hex, uuid.uuid4().hex), params=params, now=T0)
+    with pytest.raises(NotAuthenticated):  # no session, no link
+        audit_http.sign_download_token(secret=TEST_SECRET, principal=_staff(5), params=params, now=T0)
     tampered = [
         (token, {**params, "module": "system"}),
         (token, {"module": "auth"}),
@@ -175,11 +191,11 @@ def test_download_token_is_bound_to_principal_params_and_time() -> None:
     ]
     for candidate, candidate_params in tampered:
         with pytest.raises(TokenInvalid):
-            audit_http.verify_download_token(candidate, secret=TEST_SECRET, params=candidate_params, now=T0)
+            _verify(candidate, params=candidate_params, now=T0)
     with pytest.raises(TokenInvalid):
-        audit_http.verify_download_token(token, secret="another-secret-" * 3, params=params, now=T0)
+        _verify(token, secret="another-secret-" * 3, params=params, now=T0)
     with pytest.raises(TokenExpired):
-        audit_http.verify_download_token(token, secret=TEST_SECRET, params=params, now=T0 + timedelta(minutes=5))
+        _verify(token, params=params, now=T0 + timedelta(minutes=5))
 
 
 # --------------------------------------------------------------------------- over HTTP
@@ -392,8 +408,9 @@ async def test_tampered_or_expired_signed_links_are_refused(client: GraphQLClien
     token = await client.login(people.admin.username, people.admin.password)
     url = (await client.execute(EXPORT_URL, {"filter": {"module": "auth"}}, token=token))["data"]["auditLogExportUrl"]
     signed = dict(parse_qsl(urlsplit(url).query))["token"]
+    in_this_login = dataclasses.replace(people.admin.principal, session_id=uuid.UUID(hex=signed.split(".")[2]))
     expired, _ = audit_http.sign_download_token(
-        secret=TEST_SECRET, principal=people.admin.principal, params={"module": "auth"}, now=utcnow() - timedelta(minutes=6)
+        secret=TEST_SECRET, principal=in_this_login, params={"module": "auth"}, now=utcnow() - timedelta(minutes=6)
     )
     forged_for_admin = signed.replace(f"staff.{people.admin.user.id}.", f"staff.{people.nobody.user.id}.")
 
@@ -452,3 +469,60 @@ async def test_export_refuses_malformed_filter(client: GraphQLClient, people: Pe
     assert (kind.status_code, kind.json()["errors"][0]["extensions"]["field"]) == (400, "actorKind")
     assert (nul.status_code, nul.json()["errors"][0]["extensions"]["field"]) == (400, "module")
 
+
+
+# --------------------------------------------------------------------------- size and retention
+
+
+async def test_an_entry_keeps_a_bounded_part_of_a_huge_input(session: AsyncSession) -> None:
+    huge = "x" * 10_000_000
+    entry = await record_operation(
+        session, at=T0, actor=None, actor_name=huge, module="auth", action="login", summary=f"用户 {huge} 登录: 失败",
+        payload={"username": huge, "ids": list(range(100_000)), "deep": {"a": {"b": {"c": {"d": {"e": {"f": {"g": 1}}}}}}},
+                 "many": {f"k{index}": index for index in range(1000)}},
+        success=False, ip="10.0.0.1", request_id="r1",
+    )
+
+    stored = await session.get(AuditEntry, entry.id)
+    assert stored is not None
+    assert len(json.dumps(stored.payload, ensure_ascii=False).encode()) <= 8 * 1024
+    assert stored.payload["username"].startswith("x" * 50) and stored.payload["username"].endswith("]")
+    assert "truncated" in stored.payload["username"]
+    assert len(stored.summary) < 1100 and "truncated" in stored.summary
+    assert len(stored.actor_name) == 100
+
+
+async def test_an_input_that_is_large_only_in_sum_keeps_its_shape(session: AsyncSession) -> None:
+    payload = {f"field{index}": "y" * 400 for index in range(40)}  # 16 KB together, each value small
+
+    entry = await _record(session, at=T0, actor=None, module="auth", payload=payload)
+
+    stored = await session.get(AuditEntry, entry.id)
+    assert stored is not None
+    assert list(stored.payload) == list(payload)
+    assert len(json.dumps(stored.payload).encode()) <= 8 * 1024
+
+
+async def test_an_anonymous_login_with_a_huge_username_leaves_a_small_entry(client: GraphQLClient) -> None:
+    username = "u" * 900_000
+    await client.execute("mutation($u: String!) { login(username: $u, password: \"x\") { errors { code } } }",
+                         {"u": username})
+
+    engine = client.http._transport.app.state.engine  # type: ignore[attr-defined]
+    async with session_factory(engine)() as session:
+        rows = (await session.execute(select(AuditEntry).where(
+            AuditEntry.action == "login", AuditEntry.summary.like("%uuuuuuuuuu%")))).scalars().all()  # type: ignore[arg-type,attr-defined]
+    assert len(rows) == 1
+    assert len(json.dumps(rows[0].payload).encode()) <= 8 * 1024 and len(rows[0].summary) < 1100
+
+
+async def test_the_purge_deletes_only_entries_older_than_the_retention(session: AsyncSession) -> None:
+    now = datetime(2027, 6, 1, tzinfo=UTC)
+    old = await _record(session, at=now - timedelta(days=366), actor=None, module="zz_purge")
+    kept = await _record(session, at=now - timedelta(days=364), actor=None, module="zz_purge")
+
+    purged = await purge_operation_log(session, older_than=now - timedelta(days=365))
+
+    remaining = (await session.execute(select(AuditEntry.id).where(AuditEntry.module == "zz_purge"))).scalars().all()  # type: ignore[arg-type]
+    assert purged >= 1
+    assert old.id not in remaining and remaining == [kept.id]

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
+import tempfile
 import time
+import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import openpyxl
+import openpyxl.styles
 import pytest
 
+from backend.errors import DomainError, ErrorCode
 from backend.exports import excel
 from backend.exports.excel import Column, SheetSpec, choice, integer, text
+from backend.settings import Settings
 
 SPEC = SheetSpec(
     name="测试",
@@ -154,3 +161,149 @@ def test_fifty_thousand_bad_rows_give_a_capped_list_quickly(tmp_path: Path) -> N
     assert len(result.errors) == excel.MAX_LISTED_ERRORS
     assert result.errors[0].row == 2 and result.errors[-1].row == 1 + excel.MAX_LISTED_ERRORS
     assert elapsed < 10, elapsed
+
+
+# --------------------------------------------------------------------------- upload limits
+
+
+def _with_sheet_xml(sheet_xml: bytes) -> bytes:
+    """A real workbook whose first sheet is replaced by ``sheet_xml``."""
+    source = zipfile.ZipFile(io.BytesIO(_workbook(HEADER)))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as target:
+        for member in source.infolist():
+            content = sheet_xml if member.filename == "xl/worksheets/sheet1.xml" else source.read(member)
+            target.writestr(member.filename, content)
+    return buffer.getvalue()
+
+
+def _sheet_xml(rows: bytes) -> bytes:
+    return (b'<?xml version="1.0" encoding="UTF-8"?><worksheet xmlns="http://schemas.openxmlformats.org/'
+            b'spreadsheetml/2006/main"><sheetData>' + rows + b"</sheetData></worksheet>")
+
+
+def test_a_workbook_that_inflates_far_past_its_size_is_refused_before_any_xml_is_parsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 20 MB of sheet XML in well under 100 KB: a few hundred to one.
+    row = b'<row><c t="inlineStr"><is><t>0001</t></is></c><c t="inlineStr"><is><t>x</t></is></c></row>'
+    bomb = _with_sheet_xml(_sheet_xml(row * (20 * 1024 * 1024 // len(row))))
+    assert len(bomb) < 200 * 1024
+    parsed: list[object] = []
+    monkeypatch.setattr(excel, "load_workbook", lambda *args, **kwargs: parsed.append(args))
+
+    with pytest.raises(DomainError) as refused:
+        excel.read_rows(SPEC, bomb)
+
+    assert (refused.value.code, refused.value.field) == (ErrorCode.FILE_TOO_LARGE, "file")
+    assert parsed == []
+
+
+def test_a_workbook_that_unpacks_past_the_total_is_refused_whatever_its_ratio() -> None:
+    content = _workbook(HEADER, *((f"{index:04d}", f"名{index}") for index in range(3000)))
+
+    with pytest.raises(DomainError) as refused:
+        excel.read_rows(SPEC, content, limits=excel.UploadLimits(max_unpacked_bytes=64 * 1024))
+
+    assert refused.value.code == ErrorCode.FILE_TOO_LARGE
+
+
+def test_blank_rows_count_against_the_row_cap() -> None:
+    workbook = openpyxl.Workbook()
+    sheet: Any = workbook.active
+    sheet.append(list(HEADER))
+    sheet.append(["0001", "张伟"])
+    for number in range(3, 200):
+        sheet.cell(row=number, column=1).font = openpyxl.styles.Font(bold=True)  # formatted, empty
+    sheet.cell(row=400, column=2, value="")  # and a gap of missing rows before it
+    buffer = io.BytesIO()
+    workbook.save(buffer)
+
+    with pytest.raises(DomainError) as refused:
+        excel.read_rows(SPEC, buffer.getvalue(), limits=excel.UploadLimits(max_rows=100))
+    within = excel.read_rows(SPEC, buffer.getvalue(), limits=excel.UploadLimits(max_rows=400))
+
+    assert (refused.value.code, refused.value.field) == (ErrorCode.TOO_MANY_ROWS, "file")
+    assert within.records == [("0001", "张伟", None, None)]
+
+
+def test_a_cell_far_to_the_right_does_not_widen_every_row() -> None:
+    rows = b"".join(b'<row r="%d"><c r="XFD%d" t="inlineStr"><is><t>x</t></is></c></row>' % (n, n) for n in range(2, 2000))
+    header = b'<row r="1">' + b"".join(
+        b'<c r="%s1" t="inlineStr"><is><t>%s</t></is></c>' % (column, title.encode())
+        for column, title in zip((b"A", b"B"), HEADER[:2], strict=True)) + b"</row>"
+
+    sheet = excel.read_rows(SPEC, _with_sheet_xml(_sheet_xml(header + rows)))
+
+    assert sheet.records == [] and sheet.error_count == 0
+
+
+def test_an_import_over_its_time_budget_is_refused() -> None:
+    ticks = iter(range(1_000_000))  # one second per look at the clock
+    content = _workbook(HEADER, *((f"{index:04d}", f"名{index}") for index in range(1000)))
+
+    with pytest.raises(DomainError) as refused:
+        excel.read_rows(SPEC, content, limits=excel.UploadLimits(time_budget_s=3, clock=lambda: float(next(ticks))))
+
+    assert refused.value.code == ErrorCode.IMPORT_TIME_EXCEEDED
+
+
+# --------------------------------------------------------------------------- spooled files never stay behind
+
+
+async def test_an_export_that_fails_mid_render_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(excel, "CHUNK_ROWS", 2)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where openpyxl spills rows too
+
+    async def failing() -> AsyncIterator[tuple[Any, ...]]:
+        for index in range(5):
+            yield (f"{index:04d}", "名", "a", 1, "")
+        raise RuntimeError("the database went away")
+
+    with pytest.raises(RuntimeError):
+        await excel.write_rows(SPEC, failing(), directory=str(tmp_path))
+
+    assert os.listdir(tmp_path) == []
+
+
+async def test_an_export_abandoned_mid_render_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(excel, "CHUNK_ROWS", 2)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    streaming = asyncio.Event()
+
+    async def endless() -> AsyncIterator[tuple[Any, ...]]:
+        index = 0
+        while True:
+            index += 1
+            if index == 6:
+                streaming.set()
+            await asyncio.sleep(0)
+            yield (f"{index:04d}", "名", "a", 1, "")
+
+    export = asyncio.create_task(excel.write_rows(SPEC, endless(), directory=str(tmp_path)))
+    await streaming.wait()
+    export.cancel()  # the client went away: the request is cancelled mid-render
+    with pytest.raises(asyncio.CancelledError):
+        await export
+
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_default_upload_limits_are_the_settings_defaults() -> None:
+    assert excel.UploadLimits.from_settings(Settings()) == excel.UploadLimits()
+
+
+async def test_the_database_part_of_an_import_is_cancelled_when_the_budget_runs_out() -> None:
+    reached_the_end = False
+
+    async def validate_and_write() -> None:
+        nonlocal reached_the_end
+        async with excel.within_budget(excel.ImportBudget(0.02)):
+            await asyncio.sleep(5)  # a validation query that would run far past the budget
+            reached_the_end = True
+
+    with pytest.raises(DomainError) as refused:
+        await validate_and_write()
+
+    assert refused.value.code == ErrorCode.IMPORT_TIME_EXCEEDED
+    assert not reached_the_end

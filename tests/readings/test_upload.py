@@ -19,7 +19,7 @@ from backend.archives.models import Meter, MeterStatus, MeterType
 from backend.archives.service import MeterChanges, create_meter
 from backend.db import session_factory
 from backend.errors import DomainError, ErrorCode
-from backend.exports.excel import CellError
+from backend.exports.excel import CellError, UploadLimits
 from backend.readings.entry import (
     MAX_UNPACKED_BYTES,
     MAX_UPLOAD_BYTES,
@@ -312,3 +312,13 @@ async def test_an_upload_declared_larger_than_the_limit_is_refused_before_it_is_
 
     assert response.status_code == 413
     assert response.json()["errors"][0]["extensions"]["code"] == "FILE_TOO_LARGE"
+
+
+def test_blank_lines_of_a_csv_count_against_the_row_cap() -> None:
+    content = csv_file([("M1", "2026-11-20 08:30", "1")], "utf-8") + b"\r\n,,\r\n" * 200
+
+    with pytest.raises(DomainError) as refused:
+        read_upload(content, limits=UploadLimits(max_rows=100))
+
+    assert (refused.value.code, refused.value.field) == (ErrorCode.TOO_MANY_ROWS, "file")
+    assert [row.code for row in read_upload(content, limits=UploadLimits(max_rows=500)).rows] == ["M1"]
