@@ -16,7 +16,7 @@ import re
 import signal
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -288,9 +288,12 @@ class AsyncpgStatement:
 
     sql: str
     names: tuple[str, ...]
+    # Values the statement carries itself (``func.replace(path, "_", "\\_")`` compiles
+    # its literals to binds ``replace_1``…): sent as they are unless ``params`` names them.
+    literals: Mapping[str, Any] = field(default_factory=dict)
 
     def arguments(self, params: Mapping[str, Any]) -> list[Any]:
-        return [params[name] for name in self.names]
+        return [params[name] if name in params else self.literals[name] for name in self.names]
 
 
 _compiled: dict[int, tuple[Any, AsyncpgStatement]] = {}
@@ -316,7 +319,8 @@ def asyncpg_statement(statement: Any, dialect: Any = ASYNCPG_DIALECT) -> Asyncpg
         return found[1]
     compiled = statement.compile(dialect=dialect)
     names = tuple(compiled.positiontup or ())
-    result = AsyncpgStatement(str(compiled), names)
+    literals = {name: value for name, value in compiled.params.items() if not compiled.binds[name].required}
+    result = AsyncpgStatement(str(compiled), names, literals)
     _compiled[id(statement)] = (statement, result)
     return result
 
