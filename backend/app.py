@@ -33,6 +33,7 @@ from backend.clock import utcnow
 from backend.graphql import scalars
 from backend.graphql.http import GraphQLEndpoint
 from backend.graphql.schema import build_schema
+from backend.http_guards import CancelOnDisconnect, UnexpectedErrorGuard
 from backend.observability import DB_POOL, observe_http, registry, request_id_var
 from backend.readings import http as readings_http
 from backend.settings import Settings
@@ -85,12 +86,14 @@ def tune_garbage_collector() -> None:
 
 
 def create_app(settings: Settings, database_url: str, *, extra_routes: list[BaseRoute] | None = None) -> Starlette:
-    engine = db.create_engine(database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
+    limits = db.StatementLimits.for_api(settings)
+    engine = db.create_engine(database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow,
+                              limits=limits)
     sessions = db.session_factory(engine)
     # Reads get a pool of their own in autocommit: no BEGIN/ROLLBACK around a SELECT, and
     # no isolation-level switch at every checkout (which execution_options would cost).
     read_engine = db.create_engine(database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow,
-                                   isolation_level="AUTOCOMMIT")
+                                   isolation_level="AUTOCOMMIT", limits=limits)
     read_sessions = db.session_factory(read_engine)
     scalars.display_zone = settings.tz
     policy = AuthPolicy.from_settings(settings)
@@ -151,5 +154,8 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
     app.state.graphql = endpoint
     app.state.sessions = sessions
     app.state.policy = policy
+    # Outermost last: the request id, then the error guard, then the disconnect watch.
+    app.add_middleware(CancelOnDisconnect)
+    app.add_middleware(UnexpectedErrorGuard)
     app.add_middleware(RequestIdMiddleware)
     return app
