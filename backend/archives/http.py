@@ -161,6 +161,7 @@ def _device_filter(sheet: DeviceSheet, params: dict[str, str], area_path: str | 
 def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine, settings: Settings) -> list[Route]:
     policy = AuthPolicy.from_settings(settings)
     tz = settings.tz
+    bulk_limits = db.StatementLimits.for_bulk(settings)
 
     async def audited(principal: Principal | None, request: Request, *, action: str, summary: str,
                       payload: dict[str, Any], success: bool) -> None:
@@ -245,6 +246,7 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
             try:
                 sheet = await asyncio.to_thread(excel.read_rows, spec, upload.file)
                 async with sessions() as session, session.begin():
+                    await db.extend_limits(session, bulk_limits)  # 100k rows set-based are long statements
                     result = await write(session, sheet, principal, update_existing)
                     counts = {"inserted": result.inserted, "updated": result.updated, "unchanged": result.unchanged}
                     await record_operation(

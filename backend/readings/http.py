@@ -189,6 +189,7 @@ def upload_routes(sessions: async_sessionmaker[AsyncSession], read_engine: Async
                 content = await upload.read(entry.MAX_UPLOAD_BYTES + 1)
             parsed = await asyncio.to_thread(entry.read_upload, content)
             async with sessions() as session, session.begin():
+                await db.extend_limits(session, db.StatementLimits.for_bulk(settings))
                 result = await entry.import_readings(
                     session, upload=parsed, by=principal.name, now=utcnow(), tz=tz,
                     scope_patterns=principal.scope_patterns(), dry_run=dry_run, strict=strict,

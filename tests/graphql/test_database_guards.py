@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from backend.app import create_app
-from backend.db import StatementLimits, create_engine, to_libpq_url
+from backend.db import StatementLimits, create_engine, extend_limits, session_factory, to_libpq_url
 from tests.graphql.client import GraphQLClient, api_settings, graphql_client
 from tests.graphql.conftest import World
 from tests.live import LiveServer, live_server
@@ -171,3 +171,19 @@ async def test_a_client_that_disconnects_mid_query_cancels_its_statement(
 
 async def _is(count: Any, expected: int) -> bool:
     return bool(await count() == expected)
+
+
+async def test_a_bulk_path_extends_the_timeouts_for_its_own_transaction_only(database_url: str) -> None:
+    engine = create_engine(database_url, pool_size=1, max_overflow=0, limits=StatementLimits(30, 60, 1024))
+    show = text("SELECT current_setting('statement_timeout'), current_setting('idle_in_transaction_session_timeout')")
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            await extend_limits(session, StatementLimits(1800, 600, 0))
+            inside = tuple((await session.execute(show)).one())
+        async with session_factory(engine)() as session:
+            after = tuple((await session.execute(show)).one())
+    finally:
+        await engine.dispose()
+
+    assert inside == ("30min", "10min")
+    assert after == ("30s", "1min")
