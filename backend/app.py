@@ -45,6 +45,7 @@ from backend.errors import ErrorCode
 from backend.graphql import scalars
 from backend.graphql.http import GraphQLEndpoint
 from backend.graphql.schema import build_schema
+from backend.http_guards import CancelOnDisconnect, UnexpectedErrorGuard
 from backend.observability import DB_POOL, observe_http, registry, request_id_var
 from backend.readings import http as readings_http
 from backend.settings import Settings
@@ -98,12 +99,14 @@ def tune_garbage_collector() -> None:
 
 
 def create_app(settings: Settings, database_url: str, *, extra_routes: list[BaseRoute] | None = None) -> Starlette:
-    engine = db.create_engine(database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
+    limits = db.StatementLimits.for_api(settings)
+    engine = db.create_engine(database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow,
+                              limits=limits)
     sessions = db.session_factory(engine)
     # Reads get a pool of their own in autocommit: no BEGIN/ROLLBACK around a SELECT, and
     # no isolation-level switch at every checkout (which execution_options would cost).
     read_engine = db.create_engine(database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow,
-                                   isolation_level="AUTOCOMMIT")
+                                   isolation_level="AUTOCOMMIT", limits=limits)
     read_sessions = db.session_factory(read_engine)
     scalars.display_zone = settings.tz
     policy = AuthPolicy.from_settings(settings)
@@ -184,7 +187,11 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
     app.state.policy = policy
     # The plain routes' caller check (backend.exports.http.caller) takes API clients' tokens here.
     app.state.client_limiter = limiter
+    # Each add wraps what is there. From the outside in: the client address, security
+    # headers, the request id, the error guard, the disconnect watch, the body limit.
     app.add_middleware(BodyLimitMiddleware, default_max_bytes=settings.max_body_bytes)
+    app.add_middleware(CancelOnDisconnect)
+    app.add_middleware(UnexpectedErrorGuard)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(SecurityHeadersMiddleware, hsts=settings.https)
     # Outermost: everything inside reads the client address from scope["client"].

@@ -104,7 +104,7 @@ def demo_load(
     """Load the demo utility (idempotent: loading twice changes nothing)."""
     from rich.progress import Progress
 
-    from backend.db import create_engine, session_factory
+    from backend.db import StatementLimits, create_engine, session_factory
     from backend.demo import load_demo
 
     settings = _settings()
@@ -112,7 +112,7 @@ def demo_load(
     _migrate(url)
 
     async def run() -> None:
-        engine = create_engine(url, pool_size=2, max_overflow=0)
+        engine = create_engine(url, pool_size=2, max_overflow=0, limits=StatementLimits.for_bulk(settings))
         try:
             with Progress(console=console) as progress:
                 task = progress.add_task("示范数据", total=None)
@@ -177,7 +177,7 @@ def partitions_ensure(
 ) -> None:
     """Create the readings partitions of this month and the next N (utility's time zone)."""
     from backend.clock import utcnow
-    from backend.db import create_engine, session_factory
+    from backend.db import StatementLimits, create_engine, session_factory
     from backend.readings.partitions import ensure_partitions_ahead
 
     settings = _settings()
@@ -185,7 +185,7 @@ def partitions_ensure(
     _migrate(url)
 
     async def run() -> list[str]:
-        engine = create_engine(url, pool_size=1, max_overflow=0)
+        engine = create_engine(url, pool_size=1, max_overflow=0, limits=StatementLimits.for_bulk(settings))
         try:
             async with session_factory(engine)() as session, session.begin():
                 return await ensure_partitions_ahead(session, now=utcnow(), tz=settings.tz, months_ahead=months_ahead)

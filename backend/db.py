@@ -16,11 +16,11 @@ import re
 import signal
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import MetaData, text
+from sqlalchemy import MetaData, event, text
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -29,6 +29,9 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlmodel import SQLModel
+
+from backend.errors import DomainError, QueryTimeout, QueryTooLarge
+from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -163,16 +166,106 @@ def run_admin(url: str, *statements: str) -> None:
 # --------------------------------------------------------------------------- engine
 
 
-def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20, **kwargs: Any) -> AsyncEngine:
-    return create_async_engine(
+@dataclass(frozen=True, slots=True)
+class StatementLimits:
+    """What one statement may take on a connection, and how long a transaction may sit
+    idle (0: no limit). PostgreSQL enforces them, so a request that asks too much is cut
+    however it got past the input bounds (docs/operations.md, "Database guards")."""
+
+    statement_timeout_s: float
+    idle_in_transaction_timeout_s: float
+    temp_file_limit_mb: int
+
+    @classmethod
+    def for_api(cls, settings: Settings) -> StatementLimits:
+        return cls(settings.db_statement_timeout_s, settings.db_idle_in_transaction_timeout_s,
+                   settings.db_temp_file_limit_mb)
+
+    @classmethod
+    def for_bulk(cls, settings: Settings) -> StatementLimits:
+        """Jobs, demo load, partitions and exports: long statements are their normal work."""
+        return cls(settings.db_bulk_statement_timeout_s, settings.db_bulk_idle_in_transaction_timeout_s,
+                   settings.db_bulk_temp_file_limit_mb)
+
+    def timeouts(self) -> dict[str, str]:
+        """The user-settable limits, as connection ``server_settings``."""
+        return {"statement_timeout": f"{round(self.statement_timeout_s * 1000)}ms",
+                "idle_in_transaction_session_timeout": f"{round(self.idle_in_transaction_timeout_s * 1000)}ms"}
+
+    @property
+    def temp_file_limit(self) -> str:
+        return f"{self.temp_file_limit_mb}MB" if self.temp_file_limit_mb else "-1"
+
+
+def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20, limits: StatementLimits | None = None,
+                  **kwargs: Any) -> AsyncEngine:
+    # JIT costs more than it saves on our short OLTP queries.
+    server_settings = {"jit": "off", "application_name": "shuiwu", **(limits.timeouts() if limits else {})}
+    engine = create_async_engine(
         to_asyncpg_url(url),
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_pre_ping=False,
-        # JIT costs more than it saves on our short OLTP queries.
-        connect_args={"server_settings": {"jit": "off", "application_name": "shuiwu"}},
+        connect_args={"server_settings": server_settings},
         **kwargs,
     )
+    if limits is not None:
+        _limit_temp_files(engine, limits.temp_file_limit)
+    return engine
+
+
+def _limit_temp_files(engine: AsyncEngine, limit: str) -> None:
+    """``SET temp_file_limit`` on each new connection of ``engine``, when the role may.
+
+    It is a superuser setting (PostgreSQL 15+ can ``GRANT SET ON PARAMETER temp_file_limit``):
+    in the startup packet it would refuse the connection of any other role, so it is set
+    after connecting, and a role without the right warns once and keeps the server's value
+    (the DBA sets it with ``ALTER ROLE … SET temp_file_limit``)."""
+    refused = False
+
+    async def set_limit(connection: Any) -> None:
+        nonlocal refused
+        import asyncpg
+
+        try:
+            await connection.execute(f"SET temp_file_limit = '{limit}'")
+        except asyncpg.InsufficientPrivilegeError:
+            refused = True
+            log.warning("temp_file_limit not set: role %s may not set it (ALTER ROLE … SET temp_file_limit = '%s')",
+                        getattr(connection.get_settings(), "session_authorization", "?"), limit)
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        if not refused:
+            dbapi_connection.run_async(set_limit)
+
+    event.listen(engine.sync_engine, "connect", on_connect)
+
+
+async def extend_limits(session: AsyncSession, limits: StatementLimits) -> None:
+    """Give the rest of ``session``'s transaction the timeouts of ``limits`` (a bulk path
+    served by the API's pool); they end with the transaction."""
+    timeouts = limits.timeouts()
+    await session.execute(
+        text("SELECT set_config('statement_timeout', :statement, true), "
+             "set_config('idle_in_transaction_session_timeout', :idle, true)"),
+        {"statement": timeouts["statement_timeout"], "idle": timeouts["idle_in_transaction_session_timeout"]},
+    )
+
+
+def limit_refusal(error: BaseException) -> DomainError | None:
+    """The typed refusal for a statement PostgreSQL cut at one of its limits, looking
+    through SQLAlchemy's and the driver's wrappers; None for any other error."""
+    seen: BaseException | None = error
+    for _ in range(5):
+        if seen is None:
+            return None
+        sqlstate = getattr(seen, "sqlstate", None)
+        if sqlstate == "57014":  # query_canceled: statement_timeout (our own cancels raise CancelledError)
+            return QueryTimeout()
+        if sqlstate == "53400":  # configuration_limit_exceeded: temp_file_limit
+            return QueryTooLarge()
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return None
 
 
 def session_factory(engine: AsyncEngine | AsyncConnection) -> async_sessionmaker[AsyncSession]:
@@ -288,9 +381,12 @@ class AsyncpgStatement:
 
     sql: str
     names: tuple[str, ...]
+    # Values the statement carries itself (``func.replace(path, "_", "\\_")`` compiles
+    # its literals to binds ``replace_1``…): sent as they are unless ``params`` names them.
+    literals: Mapping[str, Any] = field(default_factory=dict)
 
     def arguments(self, params: Mapping[str, Any]) -> list[Any]:
-        return [params[name] for name in self.names]
+        return [params[name] if name in params else self.literals[name] for name in self.names]
 
 
 _compiled: dict[int, tuple[Any, AsyncpgStatement]] = {}
@@ -316,7 +412,8 @@ def asyncpg_statement(statement: Any, dialect: Any = ASYNCPG_DIALECT) -> Asyncpg
         return found[1]
     compiled = statement.compile(dialect=dialect)
     names = tuple(compiled.positiontup or ())
-    result = AsyncpgStatement(str(compiled), names)
+    literals = {name: value for name, value in compiled.params.items() if not compiled.binds[name].required}
+    result = AsyncpgStatement(str(compiled), names, literals)
     _compiled[id(statement)] = (statement, result)
     return result
 

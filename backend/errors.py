@@ -25,6 +25,8 @@ class ErrorCode(StrEnum):
     QUERY_TOO_COMPLEX = "QUERY_TOO_COMPLEX"
     PAGE_SIZE_EXCEEDED = "PAGE_SIZE_EXCEEDED"
     RATE_LIMITED = "RATE_LIMITED"
+    QUERY_TIMEOUT = "QUERY_TIMEOUT"
+    QUERY_TOO_LARGE = "QUERY_TOO_LARGE"
     INTERNAL = "INTERNAL"
     BODY_TOO_LARGE = "BODY_TOO_LARGE"
     UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
@@ -181,6 +183,22 @@ class RateLimited(DomainError):
     message_en = "Too many requests, try again later"
 
 
+class QueryTimeout(DomainError):
+    """PostgreSQL cut a statement at ``statement_timeout`` (backend.db.limit_refusal)."""
+
+    code = ErrorCode.QUERY_TIMEOUT
+    message = "查询超时, 请缩小范围"
+    message_en = "The query took too long; narrow the range"
+
+
+class QueryTooLarge(DomainError):
+    """PostgreSQL cut a statement at ``temp_file_limit`` (backend.db.limit_refusal)."""
+
+    code = ErrorCode.QUERY_TOO_LARGE
+    message = "查询数据量过大, 请缩小范围"
+    message_en = "The query needs too much temporary space; narrow the range"
+
+
 class PageSizeExceeded(DomainError):
     code = ErrorCode.PAGE_SIZE_EXCEEDED
     message = "每页条数超过上限"
@@ -198,6 +216,8 @@ REQUEST_LEVEL_CODES = frozenset(
         ErrorCode.QUERY_TOO_COMPLEX,
         ErrorCode.PAGE_SIZE_EXCEEDED,
         ErrorCode.RATE_LIMITED,
+        ErrorCode.QUERY_TIMEOUT,
+        ErrorCode.QUERY_TOO_LARGE,
         ErrorCode.INTERNAL,
         ErrorCode.BODY_TOO_LARGE,
         ErrorCode.UNSUPPORTED_MEDIA_TYPE,

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend.audit import service as audit_service
 from backend.auth import service as auth_service
 from backend.clock import Clock, utcnow
-from backend.db import create_engine, session_factory, transaction
+from backend.db import StatementLimits, create_engine, session_factory, transaction
 from backend.events.handlers import load_handlers
 from backend.events.listener import CONNECTION_ERRORS, Backoff, connect, wait_any
 from backend.events.relay import event_id_of, run_relay
@@ -193,7 +193,8 @@ async def run_worker(
     stop = stop or asyncio.Event()
     handlers = handlers if handlers is not None else load_handlers()
     backoff = backoff or Backoff()
-    engine = create_engine(database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
+    engine = create_engine(database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow,
+                           limits=StatementLimits.for_bulk(settings))
     factory = session_factory(engine)
     log.info("job worker starting: %d event handlers", len(handlers))
     try:

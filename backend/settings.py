@@ -111,6 +111,16 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=20, ge=0)
 
+    # Database guards (issue 10): what one statement, one idle transaction and one
+    # statement's temporary files may take on the API's connections (0: no limit) ...
+    db_statement_timeout_s: float = Field(default=30, ge=0)
+    db_idle_in_transaction_timeout_s: float = Field(default=60, ge=0)
+    db_temp_file_limit_mb: int = Field(default=1024, ge=0)
+    # ... and on the bulk paths: `shuiwu jobs`, demo load, partitions, readings exports.
+    db_bulk_statement_timeout_s: float = Field(default=30 * 60, ge=0)
+    db_bulk_idle_in_transaction_timeout_s: float = Field(default=10 * 60, ge=0)
+    db_bulk_temp_file_limit_mb: int = Field(default=16 * 1024, ge=0)
+
     # Payment, push and bank gateways: filled in by the issues that use them.
     alipay_app_id: str | None = None
     alipay_private_key: SecretStr | None = None

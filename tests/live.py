@@ -33,7 +33,11 @@ class LiveServer:
 @contextmanager
 def serving(app: Any, *, startup_timeout_s: float = 20.0) -> Iterator[tuple[str, int]]:
     """Serve ``app`` with uvicorn on a free loopback port until the block ends."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", access_log=False)
+    # The stdlib loop, not uvloop: the server's loop runs in a thread, and uvloop handles
+    # that the test thread's garbage collector frees (a cancelled statement's connection)
+    # crashed the process (2 runs in 6); served for real, one thread owns everything.
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", access_log=False,
+                            loop="asyncio")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="live-uvicorn", daemon=True)
     thread.start()

@@ -170,6 +170,7 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
     tz = settings.tz
     limits = excel.UploadLimits.from_settings(settings)
     limited_body = body_limit(settings.import_max_body_bytes)
+    bulk_limits = db.StatementLimits.for_bulk(settings)
 
     async def audited(principal: Principal | None, request: Request, *, action: str, summary: str,
                       payload: dict[str, Any], success: bool) -> None:
@@ -257,6 +258,7 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
                 # Validation against the database and the write share the budget; running
                 # out rolls the transaction back.
                 async with excel.within_budget(budget), sessions() as session, session.begin():
+                    await db.extend_limits(session, bulk_limits)  # 100k rows set-based are long statements
                     result = await write(session, sheet, principal, update_existing)
                     counts = {"inserted": result.inserted, "updated": result.updated, "unchanged": result.unchanged}
                     await record_operation(

@@ -44,7 +44,7 @@ from backend.auth.errors import TokenInvalid
 from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
 from backend.auth.service import AuthPolicy, authenticate
-from backend.clock import utcnow
+from backend.clock import parse_instant, utcnow
 from backend.errors import BadUserInput, DomainError, Forbidden, NotAuthenticated
 from backend.exports import http as exports_http
 from backend.exports.excel import abandon_workbook, as_text, discard, write_file
@@ -148,17 +148,7 @@ class ExportFilter:
 def _aware(value: str | None, name: str) -> datetime | None:
     if not value:
         return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None:
-        raise BadUserInput(
-            "时间须带时区偏移, 如 2026-01-01T08:00:00+08:00",
-            "A time must carry a UTC offset, e.g. 2026-01-01T08:00:00+08:00",
-            field=name,
-        )
-    return parsed
+    return parse_instant(value, field=name)
 
 
 def sign_download_token(

@@ -44,6 +44,7 @@ from typing import IO, Any
 
 from openpyxl import Workbook, load_workbook
 from openpyxl.cell import WriteOnlyCell
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 from openpyxl.styles import Font
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
@@ -329,16 +330,21 @@ def _header(sheet: Any, spec: SheetSpec) -> None:
         sheet.append(cells)
 
 
+def _unsafe(value: Any) -> bool:
+    return type(value) is str and (value.startswith("=") or ILLEGAL_CHARACTERS_RE.search(value) is not None)
+
+
 def as_text(sheet: Any, row: Sequence[Any]) -> Sequence[Any]:
     """``row`` with every string that openpyxl would store as a formula ("=…") wrapped in
     a cell typed as text: user-entered names must never become live formulas (HYPERLINK
-    and friends) in a colleague's download."""
-    if not any(type(value) is str and value.startswith("=") for value in row):
+    and friends) in a colleague's download. Control characters a worksheet cannot hold
+    (user input kept in the operation log) become U+FFFD instead of failing the export."""
+    if not any(_unsafe(value) for value in row):
         return row
     safe: list[Any] = []
     for value in row:
-        if type(value) is str and value.startswith("="):
-            cell = WriteOnlyCell(sheet, value=value)
+        if _unsafe(value):
+            cell = WriteOnlyCell(sheet, value=ILLEGAL_CHARACTERS_RE.sub("\ufffd", value))
             cell.data_type = "s"
             safe.append(cell)
         else:

@@ -14,6 +14,7 @@ from typing import Any
 import strawberry
 from graphql import GraphQLError
 
+from backend.db import limit_refusal
 from backend.errors import DomainError, ErrorCode, ValidationFailed
 
 log = logging.getLogger("shuiwu.graphql")
@@ -57,6 +58,11 @@ def format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
         formatted["locations"] = [{"line": loc.line, "column": loc.column} for loc in error.locations]
     if error.path:
         formatted["path"] = error.path
+    cut = limit_refusal(original) if original is not None else None
+    if cut is not None:
+        log.warning("statement cut at a database limit (%s, request %s)", cut.code, request_id,
+                    extra={"request_id": request_id})
+        original = cut
     if isinstance(original, DomainError):
         formatted["message"] = original.message
         formatted["extensions"] = {"code": original.code.value, "messageEn": original.message_en}

@@ -1,15 +1,15 @@
-"""Scalars with a contract: ``Money`` (fen inside, "1040.00" outside) and ``DateTime``
-(always with an offset)."""
+"""Scalars with a contract: ``Money`` (fen inside, "1040.00" outside), ``DateTime``
+(always with an offset) and ``Date``, both within years 1900-2200 (backend.clock)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import NewType
 from zoneinfo import ZoneInfo
 
 import strawberry
 
-from backend.errors import BadUserInput
+from backend.clock import EARLIEST_YEAR, LATEST_YEAR, parse_day, parse_instant
 from backend.money import fen_to_yuan, yuan_to_fen
 
 # Output offsets follow the utility's zone; set once by create_app.
@@ -22,24 +22,12 @@ def _serialize_datetime(value: datetime) -> str:
     return value.astimezone(display_zone).isoformat()
 
 
-class NaiveDateTime(BadUserInput):
-    message = "时间须带时区偏移, 如 2026-01-01T08:00:00+08:00"
-    message_en = "A time must carry a UTC offset, e.g. 2026-01-01T08:00:00+08:00"
-
-
 def _parse_datetime(value: object) -> datetime:
-    if not isinstance(value, str):
-        raise NaiveDateTime()
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise NaiveDateTime() from None
-    if parsed.tzinfo is None:
-        raise NaiveDateTime()
-    if not 1900 <= parsed.year <= 2200:
-        # Far dates overflow on conversion between zones and mean a typo anyway.
-        raise BadUserInput("时间超出范围 (1900-2200 年)", "Time out of range (years 1900-2200)")
-    return parsed
+    return parse_instant(value)
+
+
+def _parse_date(value: object) -> date:
+    return parse_day(value)
 
 
 Money = strawberry.scalar(
@@ -54,9 +42,18 @@ Money = strawberry.scalar(
 DateTime = strawberry.scalar(
     NewType("DateTime", datetime),
     name="DateTime",
-    description="An ISO 8601 instant that always carries its UTC offset.",
+    description=f"An ISO 8601 instant that always carries its UTC offset, in years {EARLIEST_YEAR}-{LATEST_YEAR}.",
     serialize=_serialize_datetime,
     parse_value=_parse_datetime,
 )
 
-SCALAR_OVERRIDES = {datetime: DateTime}
+Date = strawberry.scalar(
+    NewType("Date", date),
+    name="Date",
+    description=f"A calendar day, YYYY-MM-DD, in years {EARLIEST_YEAR}-{LATEST_YEAR}.",
+    serialize=date.isoformat,
+    parse_value=_parse_date,
+)
+
+# Every ``date`` and ``datetime`` annotation in the schema resolves to the bounded scalars.
+SCALAR_OVERRIDES = {datetime: DateTime, date: Date}

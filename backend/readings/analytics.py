@@ -43,6 +43,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.clock import check_day
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.readings.partitions import as_zone
 from backend.readings.rollup import day_start
@@ -287,6 +288,9 @@ def period_label(start: date | datetime, granularity: Granularity, *, end_day: d
 
 
 def _check_range(start_day: date, end_day: date, granularity: Granularity | None = None) -> None:
+    # The scalar bounds every API input; services are also called by exports and the CLI.
+    check_day(start_day, field="from")
+    check_day(end_day, field="to")
     if start_day > end_day:
         raise InvalidRange(field="from")
     max_days = MAX_DAILY_RANGE_DAYS if granularity is Granularity.day else MAX_RANGE_DAYS

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.clock import parse_day
 from backend.errors import DomainError, ErrorCode
 from backend.readings import analytics
 from backend.readings.analytics import ComparisonBasis, ComparisonOrder, Granularity, Scope, ScopeKind
@@ -52,10 +53,7 @@ def day_from(filters: Mapping[str, Any], key: str) -> date:
     value = filters.get(key)
     if value in (None, ""):
         raise DomainError("请填写日期", "A date is required", field=key, code=ErrorCode.REQUIRED)
-    try:
-        return date.fromisoformat(str(value))
-    except ValueError:
-        raise DomainError("日期格式应为 YYYY-MM-DD", "Dates are YYYY-MM-DD", field=key, code=ErrorCode.INVALID) from None
+    return parse_day(value, field=key)
 
 
 def _granularity(filters: Mapping[str, Any], allowed: tuple[str, ...], default: str) -> str:

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from backend import db
 from backend.audit.service import record_operation
 from backend.auth.catalog import module_of
 from backend.auth.principal import Principal
@@ -75,6 +76,8 @@ def may_export(principal: Principal, screen: Screen) -> bool:
 def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine, settings: Settings) -> list[Route]:
     policy = AuthPolicy.from_settings(settings)
     tz_name = str(settings.tz)
+    # A year of daily rows for the whole company is one long aggregate.
+    bulk_limits = db.StatementLimits.for_bulk(settings)
 
     async def audited(principal: Principal, request: Request, screen: Screen, *, summary: str, payload: dict[str, Any],
                       success: bool) -> None:
@@ -115,7 +118,8 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
         now = utcnow()
         export_for = export_request(principal, filters=filters, tz=tz_name, now=now)
         try:
-            async with sessions() as session:
+            async with sessions() as session, session.begin():
+                await db.extend_limits(session, bulk_limits)
                 path, count = await write_screen(screen, columns, screen.rows(session, export_for))
         except DomainError as error:
             await audited(principal, request, screen, summary=f"导出{screen.title}: 失败 ({error.message})",
@@ -195,6 +199,7 @@ def upload_routes(sessions: async_sessionmaker[AsyncSession], read_engine: Async
             budget = limits.start()
             parsed = await asyncio.to_thread(entry.read_upload, content, limits=limits, budget=budget)
             async with within_budget(budget), sessions() as session, session.begin():
+                await db.extend_limits(session, db.StatementLimits.for_bulk(settings))
                 result = await entry.import_readings(
                     session, upload=parsed, by=principal.name, now=utcnow(), tz=tz,
                     scope_patterns=principal.scope_patterns(), dry_run=dry_run, strict=strict,

@@ -33,6 +33,7 @@ from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.auth.principal import Principal
+from backend.clock import parse_instant
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.exports import excel
 
@@ -333,19 +334,11 @@ def filter_choices(filters: Mapping[str, Any], key: str, allowed: Sequence[str])
 
 
 def filter_datetime(filters: Mapping[str, Any], key: str) -> datetime | None:
-    """An ISO 8601 instant with its UTC offset."""
+    """An ISO 8601 instant with its UTC offset, within the years every input keeps to."""
     value = filters.get(key)
     if value in (None, ""):
         return None
-    if not isinstance(value, str):
-        raise _invalid(key)
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise _invalid(key) from None
-    if parsed.tzinfo is None:
-        raise _invalid(key)
-    return parsed
+    return parse_instant(value, field=key)
 
 
 def export_request(principal: Principal, *, filters: dict[str, Any], tz: str, now: datetime) -> ExportRequest:
