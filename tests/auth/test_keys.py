@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import uuid
 
 import jwt
 import pytest
@@ -45,16 +46,16 @@ async def test_an_access_token_signed_with_the_bare_secret_is_refused(session: A
 
 
 def test_a_download_link_is_not_signed_with_the_bare_secret() -> None:
-    admin = Principal(kind=PrincipalKind.staff, id=7, name="管理员")
+    admin = Principal(kind=PrincipalKind.staff, id=7, name="管理员", session_id=uuid.uuid4())
     token, _ = sign_download_token(secret=SECRET, purpose="/exports/meters.xlsx", principal=admin, params={}, now=NOW)
-    kind, principal_id, expires, _signature = token.split(".")
-    message = "\n".join(("shuiwu/download/v1", "/exports/meters.xlsx", kind, principal_id, expires, ""))
+    *claims, _signature = token.split(".")
+    message = "\n".join(("shuiwu/download/v2", "/exports/meters.xlsx", *claims, ""))
     bare = base64.urlsafe_b64encode(hmac.new(SECRET.encode(), message.encode(), hashlib.sha256).digest()).decode().rstrip("=")
 
     with pytest.raises(errors.TokenInvalid):
-        verify_download_token(f"{kind}.{principal_id}.{expires}.{bare}", secret=SECRET, purpose="/exports/meters.xlsx",
-                              params={}, now=NOW)
-    assert verify_download_token(token, secret=SECRET, purpose="/exports/meters.xlsx", params={}, now=NOW) == (PrincipalKind.staff, 7)
+        verify_download_token(".".join((*claims, bare)), secret=SECRET, purpose="/exports/meters.xlsx", params={}, now=NOW)
+    grant = verify_download_token(token, secret=SECRET, purpose="/exports/meters.xlsx", params={}, now=NOW)
+    assert (grant.kind, grant.principal_id, grant.session_id) == (PrincipalKind.staff, 7, admin.session_id)
 
 
 def test_a_login_code_digest_is_keyed_by_its_own_key() -> None:

@@ -97,7 +97,9 @@ class SaveQuerySchemeInput:
     screen: ScreenKindEnum  # type: ignore[valid-type]
     name: str = strawberry.field(description="Saving under an existing name of yours overwrites that scheme.")
     columns: list[str] = strawberry.field(default_factory=list, description="Column keys in display order.")
-    filters: JSON = strawberry.field(default_factory=dict)  # type: ignore[valid-type]
+    # Optional rather than defaulting to {}: an object default has no GraphQL literal form,
+    # so introspection (GraphiQL) could not print it.
+    filters: JSON | None = strawberry.field(default=None, description="The screen's filters; none when omitted.")  # type: ignore[valid-type]
     is_default: bool = False
     shared: bool = False
 
@@ -186,7 +188,7 @@ class Mutation:
                 raise Forbidden()
             return await service.save_query_scheme(
                 session, owner_user_id=principal.id, screen=ScreenKind(input.screen), name=input.name,
-                columns=input.columns, filters=input.filters,  # type: ignore[arg-type]
+                columns=input.columns, filters=input.filters or {},  # type: ignore[arg-type]
                 is_default=input.is_default, shared=input.shared,
             )
 
