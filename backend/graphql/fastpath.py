@@ -21,7 +21,7 @@ not prefetched), falls back to graphql-core for the whole list, so results and e
 exactly what the generic path produces.
 
 Completion runs on the event loop. A list longer than :data:`LONG_LIST` items, compiled or
-not, is completed in slices of about :data:`SLICE_S` of CPU with a yield to the loop
+not, is completed in slices (:mod:`backend.graphql.slicing`) with a yield to the loop
 between them, so a 1,000-row page is many short steps instead of one long one that
 stalls every other request (``/healthz`` included) until it is done.
 """
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -50,6 +49,8 @@ from graphql import (
 )
 from graphql.pyutils import Path, gather_with_cancel
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+from backend.graphql.slicing import Slices
 
 
 class _NotPrefetched:
@@ -72,11 +73,10 @@ _PLAIN_TYPES = frozenset({str, int, float, bool, type(None), list, tuple, dict})
 _UNCOMPILABLE = object()
 # Built-in scalars whose values pass through unchanged when already of this Python type.
 _EXACT_LEAF_TYPES = {"String": "_str", "ID": "_str", "Int": "_int", "Boolean": "_bool"}
-# Lists longer than this are completed in slices of SLICE_S seconds of CPU each, with a
-# yield to the event loop between two slices (a 1,000-row page of a dozen fields through
-# graphql-core is ~30-90 ms of CPU on these machines).
+# Lists longer than this are completed in slices, with a yield to the event loop between
+# two (a 1,000-row page of a dozen fields through graphql-core is ~30-90 ms of CPU on
+# these machines); shorter ones in one go, as before.
 LONG_LIST = 100
-SLICE_S = 0.004
 
 
 def _leaf(serialize: Callable[[Any], Any]) -> Completer:
@@ -341,12 +341,11 @@ class FastExecutionContext(StrawberryGraphQLCoreExecutionContext):
     ) -> Any:
         """A compiled list in slices; any surprise, and graphql-core redoes the whole list."""
         completed: list[Any] = []
-        slice_ends = time.perf_counter() + SLICE_S
+        slices = Slices()
         try:
             for item in items:
-                if time.perf_counter() >= slice_ends:
+                if slices.over():
                     await asyncio.sleep(0)
-                    slice_ends = time.perf_counter() + SLICE_S
                 completed.append(plan(item))
         except Exception:
             redone = super().complete_list_value(return_type, field_details_list, info, path, items, position_context)
@@ -380,12 +379,11 @@ class FastExecutionContext(StrawberryGraphQLCoreExecutionContext):
         end, as graphql-core does, so their DataLoader keys still go out in one batch."""
         completed: list[Any] = []
         awaitable_indices: list[int] = []
-        slice_ends = time.perf_counter() + SLICE_S
+        slices = Slices()
         try:
             for index, item in enumerate(items):
-                if time.perf_counter() >= slice_ends:
+                if slices.over():
                     await asyncio.sleep(0)
-                    slice_ends = time.perf_counter() + SLICE_S
                 item_path = path.add_key(index, None)
                 if self.is_awaitable(item):
                     completed.append(self.complete_awaitable_list_item_value(

@@ -1,0 +1,44 @@
+"""CPU work on the event loop in slices: one process serves every request, so a long
+loop over rows (building 1,000 nodes, completing a 1,000-row list) hands the loop back
+every :data:`SLICE_S` seconds instead of stalling ``/healthz`` and every other request
+until it is done."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+# A slice is ~4 ms of CPU: short enough that a small request interleaved with a large one
+# barely notices, long enough that the yields cost nothing measurable (~20 µs each).
+SLICE_S = 0.004
+
+T = TypeVar("T")
+
+
+class Slices:
+    """``if slices.over(): await asyncio.sleep(0)`` between two units of work."""
+
+    __slots__ = ("_ends",)
+
+    def __init__(self) -> None:
+        self._ends = time.perf_counter() + SLICE_S
+
+    def over(self) -> bool:
+        now = time.perf_counter()
+        if now < self._ends:
+            return False
+        self._ends = now + SLICE_S
+        return True
+
+
+async def map_in_slices(function: Callable[[Any], T], items: Iterable[Any]) -> list[T]:
+    """``[function(item) for item in items]``, yielding to the event loop between slices."""
+    slices = Slices()
+    done: list[T] = []
+    for item in items:
+        if slices.over():
+            await asyncio.sleep(0)
+        done.append(function(item))
+    return done
