@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import shutil
 import statistics
 import sys
@@ -158,7 +159,10 @@ def _login_bursts(base: str, deadline: float, stop: Any, counts: Counter[str]) -
 
 
 def load_clients(base: str, plan: dict[str, Any], seconds: float, stop: Any, out: Any) -> None:
-    """Runs in a child process: the 4 clients as threads until ``seconds`` pass or ``stop``."""
+    """Runs in a child process: the 4 clients as threads until ``seconds`` pass or ``stop``.
+    They stand for users on other machines: at a lower priority, so that on this shared
+    machine their own CPU (reading 300 kB pages, streaming the export) is not the server's."""
+    os.nice(10)
     deadline = time.monotonic() + seconds
     counts: dict[str, Counter[str]] = {name: Counter() for name in ("households", "statistics", "export", "logins")}
     clients = [httpx.Client(base_url=base, timeout=httpx.Timeout(seconds + 30)) for _ in range(3)]
