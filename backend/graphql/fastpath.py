@@ -50,7 +50,7 @@ from graphql import (
 from graphql.pyutils import Path, gather_with_cancel
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
-from backend.graphql.slicing import Slices
+from backend.slicing import Slices
 
 
 class _NotPrefetched:

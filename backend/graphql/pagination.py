@@ -17,8 +17,8 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.errors import BadUserInput, PageSizeExceeded
-from backend.graphql.slicing import map_in_slices
 from backend.pagination import PagedQuery, fetch_page
+from backend.slicing import map_in_slices
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 1000

@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.auth.principal import Principal
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.exports import excel
+from backend.slicing import take
 
 
 class ScreenKind(StrEnum):
@@ -259,12 +260,7 @@ async def write_screen(
     loop = asyncio.get_running_loop()
 
     async def fetch() -> list[Mapping[str, Any]]:
-        chunk: list[Mapping[str, Any]] = []
-        async for row in rows:
-            chunk.append(row)
-            if len(chunk) == excel.CHUNK_ROWS:
-                break
-        return chunk
+        return await take(rows, excel.CHUNK_ROWS)
 
     # The first chunk is read before any workbook exists: a refusal of the filters (raised
     # by the row source when it starts) then leaves nothing half-written behind.
