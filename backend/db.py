@@ -340,8 +340,8 @@ def migrate(url: str, revision: str = "head") -> None:
 
 
 async def ping(engine: AsyncEngine) -> bool:
-    async with engine.connect() as connection:
-        await connection.execute(text("SELECT 1"))
+    async with raw_read(engine) as connection:
+        await connection.fetchval("SELECT 1")
     return True
 
 

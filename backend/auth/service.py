@@ -24,7 +24,6 @@ Decisions (README "Auth"):
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 import uuid
@@ -69,11 +68,11 @@ from backend.auth.security import (
     check_password_strength,
     code_digest,
     decode_access_token,
-    hash_password,
+    hash_password_off_loop,
     issue_access_token,
     new_token,
     token_digest,
-    verify_password,
+    verify_password_off_loop,
 )
 from backend.db import asyncpg_statement
 from backend.errors import DomainError, ErrorCode, Forbidden, NotFound, RateLimited, ValidationFailed
@@ -330,7 +329,7 @@ async def login_staff(
     username = username.strip()
     user = (await session.execute(select(StaffUser).where(StaffUser.username == username))).scalars().first()  # type: ignore[arg-type]
     # argon2 takes ~0.1-0.2 s of CPU: off the event loop, so one login does not stall the API.
-    verified = await asyncio.to_thread(verify_password, user.password_hash if user else None, password)
+    verified = await verify_password_off_loop(user.password_hash if user else None, password)
     if not verified or user is None:
         raise errors.InvalidCredentials()
     if not user.is_active:
@@ -925,7 +924,7 @@ async def create_staff_user(
     unit = await _unit_for(session, actor, unit_id)
     user = StaffUser(
         username=username, full_name=full_name.strip(), email=email or None, phone=phone or None,
-        password_hash=await asyncio.to_thread(hash_password, password), created_at=now, updated_at=now, area_id=unit,
+        password_hash=await hash_password_off_loop(password), created_at=now, updated_at=now, area_id=unit,
     )
     session.add(user)
     await session.flush()
@@ -977,7 +976,7 @@ async def set_staff_password(
     """An administrator sets a new password; the user's logins end."""
     user = await _check_user_editable(session, actor, user_id)
     check_password_strength(password)
-    user.password_hash = await asyncio.to_thread(hash_password, password)
+    user.password_hash = await hash_password_off_loop(password)
     user.updated_at = now
     await _revoke_all(session, PrincipalKind.staff, user_id, now)
     await session.flush()
@@ -994,13 +993,13 @@ async def change_own_password(
     user = await session.get(StaffUser, actor.id, with_for_update=True)
     if user is None:
         raise NotFound()
-    if not await asyncio.to_thread(verify_password, user.password_hash, current_password):
+    if not await verify_password_off_loop(user.password_hash, current_password):
         raise errors.InvalidCredentials("当前密码错误", "The current password is wrong", field="currentPassword")
     await session.execute(
         delete(LoginFailure).where(LoginFailure.username == user.username, LoginFailure.source == _source(ip))  # type: ignore[arg-type]
     )
     check_password_strength(new_password, field="newPassword")
-    user.password_hash = await asyncio.to_thread(hash_password, new_password)
+    user.password_hash = await hash_password_off_loop(new_password)
     user.updated_at = now
     await session.execute(
         update(AuthSession)

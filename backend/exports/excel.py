@@ -50,6 +50,7 @@ from openpyxl.utils import get_column_letter
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 
 from backend.errors import DomainError, ErrorCode
+from backend.slicing import take
 
 XLSX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 # Excel's sheet limit is 1,048,576 rows; two are the header rows. Longer exports continue
@@ -470,12 +471,7 @@ async def write_rows(
         source = rows
 
         async def fetch() -> list[Sequence[Any]]:
-            chunk: list[Sequence[Any]] = []
-            async for row in source:
-                chunk.append(row)
-                if len(chunk) == CHUNK_ROWS:
-                    break
-            return chunk
+            return await take(source, CHUNK_ROWS)
 
     else:
         iterator: Iterator[Sequence[Any]] = iter(rows)

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.errors import BadUserInput, PageSizeExceeded
 from backend.pagination import PagedQuery, fetch_page
+from backend.slicing import map_in_slices
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 1000
@@ -134,12 +135,12 @@ async def paginate(
         total = (await session.execute(select(func.count()).select_from(statement.order_by(None).subquery()))).scalar_one()
         offset = page.offset if page.offset >= 0 else max(0, total + page.offset)
         rows = (await session.execute(statement.offset(offset).limit(page.limit))).all() if page.limit else []
-        return Connection.from_page([to_node(row) for row in rows], total=total, offset=offset)
+        return Connection.from_page(await map_in_slices(to_node, rows), total=total, offset=offset)
     offset = page.offset
     rows = (await session.execute(statement.offset(offset).limit(page.limit + 1))).all() if page.limit else []
     more = len(rows) > page.limit
     rows = rows[: page.limit]
-    return Connection.from_page([to_node(row) for row in rows], total=offset + len(rows) + int(more), offset=offset)
+    return Connection.from_page(await map_in_slices(to_node, rows), total=offset + len(rows) + int(more), offset=offset)
 
 
 async def paginate_query(
@@ -155,7 +156,7 @@ async def paginate_query(
     async with context.raw_read() as connection:
         rows, total, more = await fetch_page(connection, query, offset=page.offset, limit=page.limit, count=count)
     offset = page.offset if page.offset >= 0 else max(0, (total or 0) + page.offset)
-    nodes = [to_node(row) for row in rows]
+    nodes = await map_in_slices(to_node, rows)
     if total is None:
         # totalCount was not selected: report what is known, which nobody reads.
         total = offset + len(nodes) + int(more)

@@ -36,6 +36,7 @@ from backend.auth.principal import Principal
 from backend.clock import parse_instant
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.exports import excel
+from backend.slicing import take
 
 
 class ScreenKind(StrEnum):
@@ -250,12 +251,7 @@ async def write_screen(
     """Stream ``rows`` into a new xlsx file of ``columns``; returns its path (the caller
     deletes it) and the row count. Memory stays bounded by one chunk of rows."""
     async def fetch() -> list[Mapping[str, Any]]:
-        chunk: list[Mapping[str, Any]] = []
-        async for row in rows:
-            chunk.append(row)
-            if len(chunk) == excel.CHUNK_ROWS:
-                break
-        return chunk
+        return await take(rows, excel.CHUNK_ROWS)
 
     # The first chunk is read before any file exists: a refusal of the filters (raised
     # by the row source when it starts) then leaves nothing behind.

@@ -281,6 +281,8 @@ class HouseholdType(Node):
     status: HouseholdStatusEnum = HouseholdStatus.active  # type: ignore[valid-type]
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    # The area as the list query fetched it (see from_page_row).
+    area_prefetched: strawberry.Private[Any] = NOT_PREFETCHED
 
     @classmethod
     def from_row(cls, household: Household) -> HouseholdType:
@@ -295,17 +297,26 @@ class HouseholdType(Node):
 
     @classmethod
     def from_page_row(cls, row: Any) -> HouseholdType:
-        """A row of :func:`service.household_page_query`."""
+        """A row of :func:`service.household_page_query`, its area included."""
+        area = AreaType(
+            id=encode_id("Area", row["area_id"]), name=row["area_name"], kind=AreaKind(row["area_kind"]),
+            created_at=row["area_created_at"], pk=row["area_id"], parent_pk=row["area_parent_id"], path=row["area_path"],
+            code=row["area_code"], address=row["area_address"], latitude=row["area_latitude"],
+            longitude=row["area_longitude"],
+        )
         return cls(
             id=encode_id("Household", row["id"]), account_no=row["account_no"], name=row["name"], pk=row["id"],
             area_pk=row["area_id"], phone=row["phone"], phone2=row["phone2"],
             id_number=service.mask_id_number(row["id_number"]), address=row["address"],
             customer_type=CustomerType(row["customer_type"]), sub_type=row["sub_type"], population=row["population"],
             status=HouseholdStatus(row["status"]), created_at=row["created_at"], updated_at=row["updated_at"],
+            area_prefetched=area,
         )
 
-    @strawberry.field
+    @strawberry.field(metadata={"prefetched": "area_prefetched"})
     async def area(self, info: Info) -> AreaType | None:
+        if self.area_prefetched is not NOT_PREFETCHED:
+            return self.area_prefetched  # type: ignore[no-any-return]
         area = await info.context.loader(AreaByIdLoader).load(self.area_pk)
         return AreaType.from_row(area) if area is not None else None
 
