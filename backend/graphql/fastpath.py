@@ -21,7 +21,7 @@ not prefetched), falls back to graphql-core for the whole list, so results and e
 exactly what the generic path produces.
 
 Completion runs on the event loop. A list longer than :data:`LONG_LIST` items, compiled or
-not, is completed in slices (:mod:`backend.graphql.slicing`) with a yield to the loop
+not, is completed in slices (:mod:`backend.slicing`) with a yield to the loop
 between them, so a 1,000-row page is many short steps instead of one long one that
 stalls every other request (``/healthz`` included) until it is done.
 """

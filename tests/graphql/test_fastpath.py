@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from backend import slicing
 from backend.graphql import fastpath
 from tests.graphql.client import GraphQLClient
 from tests.graphql.conftest import World
@@ -54,3 +55,27 @@ async def test_a_relation_that_was_not_prefetched_falls_back_to_the_resolver(cli
 
     grandparents = [edge["node"]["parent"]["parent"] for edge in result["data"]["areas"]["edges"] if edge["node"]["parent"]]
     assert {"name": world.tree.company.name} in grandparents
+
+
+async def test_lists_completed_in_slices_answer_exactly_like_graphql_core(
+    client: GraphQLClient, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every list is "long" and every item ends a slice: the sliced paths, compiled and
+    # generic, yield to the loop between every two items.
+    token = await client.login(world.admin.username, world.admin.password)
+    stock_completion = fastpath.StrawberryGraphQLCoreExecutionContext.complete_iterable_value
+    for query in QUERIES:
+        with monkeypatch.context() as patched:
+            patched.setattr(fastpath.PlanCompiler, "value", lambda *args, **kwargs: None)
+            patched.setattr(fastpath.FastExecutionContext, "complete_iterable_value", stock_completion)
+            stock = await client.execute(query + "  ", token=token)
+        with monkeypatch.context() as patched:
+            patched.setattr(fastpath, "LONG_LIST", 0)
+            patched.setattr(slicing, "SLICE_S", 0.0)
+            compiled = await client.execute(query, token=token)
+            patched.setattr(fastpath.PlanCompiler, "value", lambda *args, **kwargs: None)
+            generic = await client.execute(query + " ", token=token)
+
+        assert "errors" not in stock
+        assert compiled == stock, query
+        assert generic == stock, query
