@@ -21,9 +21,8 @@ import contextlib
 import json
 import logging
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from backend.db import limit_refusal
+from backend.edge import ASGIApp, Message, Receive, Scope, Send
 from backend.errors import ErrorCode
 from backend.observability import request_id_var
 
