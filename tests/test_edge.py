@@ -343,3 +343,19 @@ def test_a_local_proxy_that_is_not_trusted_does_not_make_its_callers_local() -> 
     assert not metrics_allowed(scope(), token=None, allowed=parse_networks(""))
     assert metrics_allowed(scope((b"authorization", b"Bearer s3cret-metrics")), token="s3cret-metrics",
                            allowed=parse_networks(""))
+
+
+def test_every_refusal_outside_graphql_has_one_shape() -> None:
+    from backend.auth.errors import TokenExpired
+    from backend.edge import refusal_body
+    from backend.errors import BadUserInput
+
+    expired = json.loads(refusal_body(TokenExpired(), 401, "req-12345678"))
+    bad = json.loads(refusal_body(BadUserInput("坏", "Bad", field="file"), 400))
+
+    assert expired["errors"][0]["extensions"] == {
+        "code": "UNAUTHENTICATED", "reason": "TOKEN_EXPIRED", "messageEn": TokenExpired.message_en,
+        "requestId": "req-12345678",
+    }
+    assert bad == {"errors": [{"message": "坏", "extensions": {"code": "BAD_USER_INPUT", "messageEn": "Bad",
+                                                               "field": "file"}}]}

@@ -25,12 +25,11 @@ import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlencode
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from backend import db
@@ -40,6 +39,7 @@ from backend.auth.principal import Principal
 from backend.auth.security import KeyPurpose, derive_key
 from backend.auth.service import AuthPolicy, authenticate_on_connection, load_principal
 from backend.clock import utcnow
+from backend.edge import refusal_body
 from backend.errors import DomainError, ErrorCode, NotAuthenticated
 from backend.exports.excel import XLSX_MEDIA_TYPE
 from backend.exports.links import DownloadGrant, redeem_download_link
@@ -152,21 +152,12 @@ def check_client_rate(request: Request, principal: Principal) -> None:
         limiter.check(principal)
 
 
-def refusal(error: DomainError, status: int, **extra: Any) -> Response:
-    """A refusal shaped like /graphql's top-level errors (``extensions.code``, ``messageEn``).
+def refusal(error: DomainError, status: int) -> Response:
+    """A refusal shaped like /graphql's top-level errors (:func:`backend.edge.refusal_body`).
     A rate limit is always 429, so a route's "not authenticated" branch need not tell it apart."""
     if error.code is ErrorCode.RATE_LIMITED:
         status = 429
-    extensions: dict[str, Any] = {"code": error.code.value, "messageEn": error.message_en}
-    if status == 401:
-        # As on /graphql: the code stays UNAUTHENTICATED (clients drop the token), the reason says why.
-        reason = getattr(error, "reason", error.code)
-        extensions["code"] = ErrorCode.UNAUTHENTICATED.value
-        extensions["reason"] = reason.value if isinstance(reason, ErrorCode) else str(reason)
-    if error.field:
-        extensions["field"] = error.field
-    extensions.update(extra)
-    return JSONResponse({"errors": [{"message": error.message, "extensions": extensions}]}, status)
+    return Response(refusal_body(error, status), status, media_type="application/json")
 
 
 class _SpooledFileResponse(FileResponse):
