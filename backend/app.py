@@ -180,7 +180,7 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *auth_http.routes(sessions, policy, limiter=limiter, anonymous=anonymous),
-        *audit_http.routes(sessions, settings),
+        *audit_http.routes(sessions, read_engine, settings),
         *archives_http.routes(sessions, read_engine, settings),
         *readings_http.routes(sessions, read_engine, settings),
         *(extra_routes or []),

@@ -31,7 +31,7 @@ from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
 from openpyxl.styles import Font
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import col
 from starlette.requests import Request
 from starlette.responses import Response
@@ -40,15 +40,14 @@ from starlette.routing import Route
 from backend.audit.models import AuditEntry
 from backend.audit.service import audit_query, record_operation
 from backend.auth.catalog import module_name
-from backend.auth.errors import TokenInvalid
 from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
-from backend.auth.service import AuthPolicy, authenticate
+from backend.auth.service import AuthPolicy
 from backend.clock import parse_instant, utcnow
-from backend.errors import BadUserInput, DomainError, Forbidden, NotAuthenticated
+from backend.errors import BadUserInput, DomainError, Forbidden
 from backend.exports import http as exports_http
 from backend.exports.excel import abandon_workbook, as_text, discard, write_file
-from backend.exports.http import check_client_rate, file_download
+from backend.exports.http import file_download
 from backend.exports.http import refusal as _refusal
 from backend.graphql.relay import decode_id, encode_id
 from backend.observability import request_id_var
@@ -256,33 +255,16 @@ async def build_export(
 # --------------------------------------------------------------------------- route
 
 
-def routes(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> list[Route]:
+def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine, settings: Settings) -> list[Route]:
     policy = AuthPolicy.from_settings(settings)
     tz = settings.tz
-
-    async def caller(request: Request, params: Mapping[str, str]) -> Principal:
-        now = utcnow()
-        authorization = request.headers.get("authorization")
-        if authorization:
-            scheme, _, token = authorization.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise TokenInvalid("Authorization 须为 Bearer 令牌", "Authorization must be a Bearer token")
-            async with sessions() as session:
-                principal = await authenticate(session, token=token.strip(), now=now, policy=policy)
-        else:
-            signed = params.get("token")
-            if not signed:
-                raise NotAuthenticated()
-            principal = await exports_http.link_holder(signed, purpose=EXPORT_PATH, params=params, sessions=sessions,
-                                                       policy=policy, now=now)
-        check_client_rate(request, principal)
-        return principal
 
     async def audit_log_xlsx(request: Request) -> Response:
         params = dict(request.query_params)
         ip = request.client.host if request.client else None
         try:
-            principal = await caller(request, params)
+            principal = await exports_http.caller(request, read_engine=read_engine, sessions=sessions, policy=policy,
+                                                  purpose=EXPORT_PATH)
         except DomainError as refusal:
             return _refusal(refusal, 401)
         if not principal.has(EXPORT_PERMISSION):
