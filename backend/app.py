@@ -198,6 +198,8 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
     app.state.graphql = endpoint
     app.state.sessions = sessions
     app.state.policy = policy
+    # Exports and imports take the same slots as /graphql's expensive operations (backend.exports.http.admitted).
+    app.state.admission = endpoint.admission
     # The plain routes' caller check (backend.exports.http.caller) takes API clients' tokens here.
     app.state.client_limiter = limiter
     # Each add wraps what is there. From the outside in: the client address, security

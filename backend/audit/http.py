@@ -47,8 +47,9 @@ from backend.clock import parse_instant, utcnow
 from backend.errors import BadUserInput, DomainError, Forbidden
 from backend.exports import http as exports_http
 from backend.exports.excel import abandon_workbook, as_text, discard, write_file
-from backend.exports.http import file_download
+from backend.exports.http import admitted, file_download
 from backend.exports.http import refusal as _refusal
+from backend.graphql.limits import AdmissionRefused
 from backend.graphql.relay import decode_id, encode_id
 from backend.observability import request_id_var
 from backend.settings import Settings
@@ -283,7 +284,7 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
         descriptor, path = tempfile.mkstemp(prefix="shuiwu-audit-", suffix=".xlsx")
         os.close(descriptor)
         try:
-            async with sessions() as session:
+            async with admitted(request, principal), sessions() as session:
                 rows = await build_export(session, export_filter=export_filter, scope_patterns=principal.scope_patterns(),
                                           path=path, tz=tz)
             now = utcnow()
@@ -293,8 +294,10 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
                     summary="导出操作日志: 成功", payload={**_logged(params), "rows": rows},
                     success=True, ip=ip, request_id=request_id_var.get(),
                 )
-        except BaseException:
+        except BaseException as error:
             discard(path)
+            if isinstance(error, AdmissionRefused):
+                return _refusal(error, 429)
             raise
         return file_download(Path(path), f"audit-log-{now.astimezone(tz):%Y%m%d}.xlsx")
 

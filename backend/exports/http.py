@@ -9,6 +9,7 @@
   An API client's call also takes one request from its rate, as on /graphql
   (:func:`check_client_rate`): every plain route that authenticates goes through here.
 - :func:`refusal`: a refusal in the same JSON shape as /graphql's top-level errors.
+- :func:`admitted`: every export and import counts as one expensive request of its caller.
 - :func:`file_download`: serve a spooled file and delete it once sent, or once the
   client went away, or the send failed: in every case.
 """
@@ -22,7 +23,7 @@ import hmac
 import os
 import secrets
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlencode
@@ -43,6 +44,7 @@ from backend.edge import refusal_body
 from backend.errors import DomainError, ErrorCode, NotAuthenticated
 from backend.exports.excel import XLSX_MEDIA_TYPE
 from backend.exports.links import DownloadGrant, redeem_download_link
+from backend.graphql.limits import admission_key
 
 DOWNLOAD_TOKEN_TTL_S = 300
 
@@ -180,6 +182,20 @@ def file_download(path: Path, filename: str, media_type: str = XLSX_MEDIA_TYPE) 
 
 def client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
+
+
+@contextlib.asynccontextmanager
+async def admitted(request: Request, principal: Principal) -> AsyncIterator[None]:
+    """Run an export or import as one expensive request of its caller: the slots /graphql's
+    expensive operations take (``app.state.admission``, :class:`backend.graphql.limits.Admission`),
+    per caller and per process. :class:`AdmissionRefused` (RATE_LIMITED, answered 429 by
+    :func:`refusal`) when no slot frees within the admission wait."""
+    admission = getattr(request.app.state, "admission", None)
+    if admission is None:
+        yield
+        return
+    async with admission.admit(admission_key(principal, client_ip(request))):
+        yield
 
 
 # Room for the multipart framing and the small form fields around the file.
