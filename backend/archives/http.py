@@ -59,7 +59,6 @@ from backend.exports.http import (
     admitted,
     caller,
     client_ip,
-    declared_body_too_large,
     file_download,
     refusal,
 )
@@ -73,8 +72,6 @@ TEMPLATE_PATH = "/templates/households.xlsx"
 IMPORT_PATH = "/imports/households"
 READ_PERMISSION = "archives:read"
 MANAGE_PERMISSION = "archives:manage"
-# The file itself; the whole multipart body is bounded by SHUIWU_IMPORT_MAX_BODY_BYTES.
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 
 
 def _flag(value: str | None, name: str) -> bool:
@@ -242,8 +239,6 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
             await audited(principal, request, action=action,
                           summary=f"导入{label}: 拒绝 (缺少权限 {MANAGE_PERMISSION})", payload={}, success=False)
             return refusal(Forbidden(), 403)
-        if declared_body_too_large(request, MAX_UPLOAD_BYTES):
-            return refusal(excel.FileTooLarge(field="file"), 400)
         async with request.form(max_files=1, max_fields=10) as form:
             upload = form.get("file")
             try:
@@ -252,8 +247,6 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
                 )
                 if not isinstance(upload, UploadFile):
                     raise BadUserInput("请上传文件 (字段 file)", "Upload the workbook as the form field 'file'", field="file")
-                if upload.size is not None and upload.size > MAX_UPLOAD_BYTES:
-                    raise excel.FileTooLarge(field="file")
             except DomainError as error:
                 return refusal(error, 400)
             filename = upload.filename or ""

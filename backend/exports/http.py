@@ -197,14 +197,3 @@ async def admitted(request: Request, principal: Principal) -> AsyncIterator[None
     async with admission.admit(admission_key(principal, client_ip(request))):
         yield
 
-
-# Room for the multipart framing and the small form fields around the file.
-_FORM_OVERHEAD_BYTES = 64 * 1024
-
-
-def declared_body_too_large(request: Request, limit: int) -> bool:
-    """True when the request says (Content-Length) it carries more than ``limit`` bytes of
-    file: refused before ``request.form()`` spools it to disk. A body sent without a
-    length is still bounded by the per-file check after spooling."""
-    declared = request.headers.get("content-length")
-    return declared is not None and declared.isdigit() and int(declared) > limit + _FORM_OVERHEAD_BYTES

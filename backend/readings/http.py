@@ -37,7 +37,6 @@ from backend.exports.http import (
     admitted,
     caller,
     client_ip,
-    declared_body_too_large,
     file_download,
     refusal,
 )
@@ -162,7 +161,8 @@ def upload_routes(sessions: async_sessionmaker[AsyncSession], read_engine: Async
     as form fields or query parameters). Answers ``{inserted, replaced, duplicates, rejected:
     [{row, code, message, messageEn}], written}``: 200 when the good rows were stored (or a
     dry run), 422 when ``strict`` refused the file for its bad rows (nothing written); a file
-    that cannot be read is a 400 (413 past the size limit). Audited either way.
+    that cannot be read or is past a content limit (unpacked size, rows, time) is a 400; a body
+    past ``SHUIWU_IMPORT_MAX_BODY_BYTES`` is 413 BODY_TOO_LARGE (the edge). Audited either way.
     ``GET /templates/readings.xlsx``: the template (any signed-in caller)."""
     policy = AuthPolicy.from_settings(settings)
     tz = settings.tz
@@ -188,8 +188,6 @@ def upload_routes(sessions: async_sessionmaker[AsyncSession], read_engine: Async
             return refusal(Forbidden(), 403)
         payload: dict[str, Any] = {}
         try:
-            if declared_body_too_large(request, entry.MAX_UPLOAD_BYTES):
-                raise entry.UploadTooLarge(field="file")
             async with request.form(max_files=1, max_fields=10) as form:
                 dry_run = _flag(form.get("dryRun"), request.query_params.get("dryRun"), "dryRun")
                 strict = _flag(form.get("strict"), request.query_params.get("strict"), "strict")
@@ -197,9 +195,7 @@ def upload_routes(sessions: async_sessionmaker[AsyncSession], read_engine: Async
                 if not isinstance(upload, UploadFile):
                     raise BadUserInput("请上传文件 (字段 file)", "Upload the file as the form field 'file'", field="file")
                 payload = {"filename": upload.filename or "", "dryRun": dry_run, "strict": strict}
-                if upload.size is not None and upload.size > entry.MAX_UPLOAD_BYTES:
-                    raise entry.UploadTooLarge(field="file")
-                content = await upload.read(entry.MAX_UPLOAD_BYTES + 1)
+                content = await upload.read()  # bounded by the route's body limit
             async with admitted(request, principal):
                 budget = limits.start()
                 parsed = await asyncio.to_thread(entry.read_upload, content, limits=limits, budget=budget)
@@ -224,7 +220,7 @@ def upload_routes(sessions: async_sessionmaker[AsyncSession], read_engine: Async
         except DomainError as error:
             await audited(principal, request, summary=f"导入抄表读数: 拒绝 ({error.message})",
                           payload={**payload, "code": error.code.value}, success=False)
-            return refusal(error, 413 if error.code is ErrorCode.FILE_TOO_LARGE else 400)
+            return refusal(error, 400)
         refused = strict and not dry_run and not result.written and bool(result.rejected)
         return JSONResponse(result.as_json(), 422 if refused else 200)
 
