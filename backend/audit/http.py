@@ -46,7 +46,7 @@ from backend.auth.service import AuthPolicy
 from backend.clock import parse_instant, utcnow
 from backend.errors import BadUserInput, DomainError, Forbidden
 from backend.exports import http as exports_http
-from backend.exports.excel import abandon_workbook, as_text, discard, write_file
+from backend.exports.excel import as_text, discard, fill_workbook, write_file
 from backend.exports.http import admitted, file_download
 from backend.exports.http import refusal as _refusal
 from backend.graphql.limits import AdmissionRefused
@@ -201,12 +201,7 @@ def write_workbook(path: str, *, tz: ZoneInfo, next_chunk: Callable[[], Sequence
 
     Blocking: run it in a worker thread. openpyxl objects stay on that one thread.
     """
-    workbook = Workbook(write_only=True)
-    try:
-        return _write_log_rows(workbook, path, tz=tz, next_chunk=next_chunk)
-    except BaseException:
-        abandon_workbook(workbook)
-        raise
+    return fill_workbook(lambda workbook: _write_log_rows(workbook, path, tz=tz, next_chunk=next_chunk))
 
 
 def _write_log_rows(

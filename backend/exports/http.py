@@ -20,7 +20,6 @@ import base64
 import contextlib
 import hashlib
 import hmac
-import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -42,7 +41,7 @@ from backend.auth.service import AuthPolicy, authenticate_on_connection, load_pr
 from backend.clock import utcnow
 from backend.edge import refusal_body
 from backend.errors import DomainError, ErrorCode, NotAuthenticated
-from backend.exports.excel import XLSX_MEDIA_TYPE
+from backend.exports.excel import XLSX_MEDIA_TYPE, discard
 from backend.exports.links import DownloadGrant, redeem_download_link
 from backend.graphql.limits import admission_key
 
@@ -170,8 +169,7 @@ class _SpooledFileResponse(FileResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+            discard(self.path)
 
 
 def file_download(path: Path, filename: str, media_type: str = XLSX_MEDIA_TYPE) -> Response:
