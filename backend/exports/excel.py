@@ -452,9 +452,13 @@ async def write_file(
         return await asyncio.shield(writer)
     except BaseException:
         abandoned.set()
-        with contextlib.suppress(BaseException):
-            await writer
-        discard(path)
+        try:
+            await writer  # the thread stops at its next chunk
+        except Exception:
+            pass  # its own end (ExportAbandoned, or its error): the first error is the one raised
+        finally:
+            # Also when a second cancellation (server shutdown) ends this wait: it propagates.
+            discard(path)
         raise
 
 
