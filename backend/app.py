@@ -53,6 +53,9 @@ from backend.settings import Settings
 
 log = logging.getLogger("shuiwu.http")
 
+# The status the metrics record for a request whose client left before any answer (nginx's 499).
+CLIENT_CLOSED_REQUEST = 499
+
 
 class RequestIdMiddleware:
     """Gives every request an id (or keeps the caller's ``X-Request-Id`` when it has the
@@ -70,7 +73,15 @@ class RequestIdMiddleware:
         request_id = request_id_from(incoming.decode("latin-1") if incoming is not None else None)
         token = request_id_var.set(request_id)
         started = time.perf_counter()
-        status = 500
+        status: int | None = None
+        client_gone = False
+
+        async def receive_noting_disconnect() -> Message:
+            nonlocal client_gone
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                client_gone = True
+            return message
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -81,8 +92,12 @@ class RequestIdMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_noting_disconnect, send_with_id)
         finally:
+            if status is None:
+                # No answer went out: the client went away (CancelOnDisconnect dropped the
+                # work), which is not a server error; else something failed before answering.
+                status = CLIENT_CLOSED_REQUEST if client_gone else 500
             route = scope.get("route")
             label = getattr(route, "path", "unmatched")
             observe_http(label, str(status), time.perf_counter() - started)
@@ -180,7 +195,7 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *auth_http.routes(sessions, policy, limiter=limiter, anonymous=anonymous),
-        *audit_http.routes(sessions, settings),
+        *audit_http.routes(sessions, read_engine, settings),
         *archives_http.routes(sessions, read_engine, settings),
         *readings_http.routes(sessions, read_engine, settings),
         *(extra_routes or []),
@@ -198,6 +213,8 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
     app.state.graphql = endpoint
     app.state.sessions = sessions
     app.state.policy = policy
+    # Exports and imports take the same slots as /graphql's expensive operations (backend.exports.http.admitted).
+    app.state.admission = endpoint.admission
     # The plain routes' caller check (backend.exports.http.caller) takes API clients' tokens here.
     app.state.client_limiter = limiter
     # Each add wraps what is there. From the outside in: the client address, security

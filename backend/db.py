@@ -242,13 +242,18 @@ def _limit_temp_files(engine: AsyncEngine, limit: str) -> None:
 
 
 async def extend_limits(session: AsyncSession, limits: StatementLimits) -> None:
-    """Give the rest of ``session``'s transaction the timeouts of ``limits`` (a bulk path
-    served by the API's pool); they end with the transaction."""
+    """Give the rest of ``session``'s transaction the limits of ``limits`` (a bulk path
+    served by the API's pool); they end with the transaction. ``temp_file_limit`` only
+    where the role may set it (as at connect time, :func:`_limit_temp_files`): a role
+    without the right keeps the value it has, and no error aborts the transaction."""
     timeouts = limits.timeouts()
     await session.execute(
         text("SELECT set_config('statement_timeout', :statement, true), "
-             "set_config('idle_in_transaction_session_timeout', :idle, true)"),
-        {"statement": timeouts["statement_timeout"], "idle": timeouts["idle_in_transaction_session_timeout"]},
+             "set_config('idle_in_transaction_session_timeout', :idle, true), "
+             "CASE WHEN has_parameter_privilege('temp_file_limit', 'SET') "
+             "THEN set_config('temp_file_limit', :temp, true) END"),
+        {"statement": timeouts["statement_timeout"], "idle": timeouts["idle_in_transaction_session_timeout"],
+         "temp": limits.temp_file_limit},
     )
 
 

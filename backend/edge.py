@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from backend.errors import ErrorCode
+from backend.errors import DomainError, ErrorCode
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -48,10 +48,33 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return ",".join(values) if values else None
 
 
+def refusal_errors(error: DomainError, status: int, request_id: str | None = None,
+                   **extensions: Any) -> list[dict[str, Any]]:
+    """The ``errors`` list of a refusal, shaped like /graphql's top-level errors:
+    ``extensions`` carry ``code``, ``messageEn`` and, when known, ``field`` and ``requestId``.
+    A 401 keeps the code UNAUTHENTICATED (clients drop the token) and says why in ``reason``."""
+    fields: dict[str, Any] = {"code": error.code.value, "messageEn": error.message_en}
+    if status == 401:
+        reason = getattr(error, "reason", error.code)
+        fields["code"] = ErrorCode.UNAUTHENTICATED.value
+        fields["reason"] = reason.value if isinstance(reason, ErrorCode) else str(reason)
+    if error.field:
+        fields["field"] = error.field
+    if request_id:
+        fields["requestId"] = request_id
+    fields.update(extensions)
+    return [{"message": error.message, "extensions": fields}]
+
+
+def refusal_body(error: DomainError, status: int, request_id: str | None = None, **extensions: Any) -> bytes:
+    """The JSON body of every refusal outside GraphQL's own answers: ``{"errors": [...]}``
+    (:func:`refusal_errors`)."""
+    return orjson.dumps({"errors": refusal_errors(error, status, request_id, **extensions)})
+
+
 def error_body(code: ErrorCode, message: str, message_en: str, **extensions: Any) -> bytes:
-    """A refusal shaped like /graphql's top-level errors."""
-    return orjson.dumps({"errors": [{"message": message, "extensions": {
-        "code": code.value, "messageEn": message_en, **extensions}}]})
+    """:func:`refusal_body` for a code and its two messages."""
+    return refusal_body(DomainError(message, message_en, code=code), 0, **extensions)
 
 
 async def send_json(send: Send, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
@@ -150,8 +173,9 @@ BODY_TOO_LARGE_HEADERS = [(b"connection", b"close")]
 def body_too_large_body(refused: BodyTooLarge) -> bytes:
     """The 413 answer. (app.py also registers it as the handler of BodyTooLarge, so a
     middleware between the route and this one cannot turn the refusal into a 500.)"""
-    return error_body(ErrorCode.BODY_TOO_LARGE, f"请求体过大 (上限 {refused.limit} 字节)",
-                      f"The request body is too large (at most {refused.limit} bytes)", maxBytes=refused.limit)
+    error = DomainError(f"请求体过大 (上限 {refused.limit} 字节)",
+                        f"The request body is too large (at most {refused.limit} bytes)", code=ErrorCode.BODY_TOO_LARGE)
+    return refusal_body(error, 413, maxBytes=refused.limit)
 
 
 # --------------------------------------------------------------------------- client address

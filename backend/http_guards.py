@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from backend.db import limit_refusal
-from backend.errors import ErrorCode
+from backend.edge import ASGIApp, Message, Receive, Scope, Send, refusal_body, send_json
+from backend.errors import DomainError, ErrorCode
 from backend.observability import request_id_var
 
 log = logging.getLogger("shuiwu.http")
@@ -129,13 +127,9 @@ class UnexpectedErrorGuard:
             refusal = limit_refusal(error)
             if refusal is not None:
                 log.warning("statement cut at a database limit (%s) on %s", refusal.code, scope.get("path"))
-                status, code, message, message_en = 503, refusal.code, refusal.message, refusal.message_en
+                status = 503
             else:
                 log.exception("unexpected error on %s (request %s)", scope.get("path"), request_id,
                               extra={"request_id": request_id})
-                status, code, message, message_en = 500, ErrorCode.INTERNAL, "服务器内部错误", "Internal error"
-            body = json.dumps({"errors": [{"message": message, "extensions": {
-                "code": code.value, "messageEn": message_en, "requestId": request_id}}]}, ensure_ascii=False).encode()
-            await send({"type": "http.response.start", "status": status, "headers": [
-                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+                status, refusal = 500, DomainError("服务器内部错误", "Internal error", code=ErrorCode.INTERNAL)
+            await send_json(send, status, refusal_body(refusal, status, request_id))

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import select
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -343,3 +345,45 @@ def test_a_local_proxy_that_is_not_trusted_does_not_make_its_callers_local() -> 
     assert not metrics_allowed(scope(), token=None, allowed=parse_networks(""))
     assert metrics_allowed(scope((b"authorization", b"Bearer s3cret-metrics")), token="s3cret-metrics",
                            allowed=parse_networks(""))
+
+
+def test_every_refusal_outside_graphql_has_one_shape() -> None:
+    from backend.auth.errors import TokenExpired
+    from backend.edge import refusal_body
+    from backend.errors import BadUserInput
+
+    expired = json.loads(refusal_body(TokenExpired(), 401, "req-12345678"))
+    bad = json.loads(refusal_body(BadUserInput("坏", "Bad", field="file"), 400))
+
+    assert expired["errors"][0]["extensions"] == {
+        "code": "UNAUTHENTICATED", "reason": "TOKEN_EXPIRED", "messageEn": TokenExpired.message_en,
+        "requestId": "req-12345678",
+    }
+    assert bad == {"errors": [{"message": "坏", "extensions": {"code": "BAD_USER_INPUT", "messageEn": "Bad",
+                                                               "field": "file"}}]}
+
+
+def test_a_request_whose_client_went_away_is_counted_499_not_500(database_url: str) -> None:
+    from backend.observability import registry
+
+    started = threading.Event()
+
+    async def slow(request: Request) -> Response:
+        started.set()
+        await asyncio.sleep(30)  # cancelled when the client goes away
+        return Response("late")
+
+    def count(status: str) -> float:
+        return registry.get_sample_value("shuiwu_http_requests_total", {"route": "/test-slow", "status": status}) or 0.0
+
+    before = count("499"), count("500")
+    app = create_app(api_settings(), database_url, extra_routes=[Route("/test-slow", slow)])
+    with serving(app) as (host, port):
+        connection = _head(host, port, "GET /test-slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert started.wait(5)
+        connection.close()  # the client goes away before any answer
+        deadline = time.monotonic() + 5
+        while count("499") == before[0] and count("500") == before[1] and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    assert (count("499") - before[0], count("500") - before[1]) == (1, 0)

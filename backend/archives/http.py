@@ -56,12 +56,13 @@ from backend.edge import body_limit
 from backend.errors import BadUserInput, DomainError, Forbidden
 from backend.exports import excel
 from backend.exports.http import (
+    admitted,
     caller,
     client_ip,
-    declared_body_too_large,
     file_download,
     refusal,
 )
+from backend.graphql.limits import AdmissionRefused
 from backend.graphql.relay import decode_id
 from backend.observability import request_id_var
 from backend.settings import Settings
@@ -71,8 +72,6 @@ TEMPLATE_PATH = "/templates/households.xlsx"
 IMPORT_PATH = "/imports/households"
 READ_PERMISSION = "archives:read"
 MANAGE_PERMISSION = "archives:manage"
-# The file itself; the whole multipart body is bounded by SHUIWU_IMPORT_MAX_BODY_BYTES.
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 
 
 def _flag(value: str | None, name: str) -> bool:
@@ -205,7 +204,11 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
                     counted += 1
                     yield row
 
-        path = await excel.write_rows(HOUSEHOLD_EXPORT_SHEET, rows(), prefix="shuiwu-households-")
+        try:
+            async with admitted(request, principal):
+                path = await excel.write_rows(HOUSEHOLD_EXPORT_SHEET, rows(), prefix="shuiwu-households-")
+        except AdmissionRefused as error:
+            return refusal(error, 429)
         try:
             await audited(principal, request, action="exportHouseholds", summary=f"导出住户: {counted} 户",
                           payload={**params, "rows": counted}, success=True)
@@ -236,8 +239,6 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
             await audited(principal, request, action=action,
                           summary=f"导入{label}: 拒绝 (缺少权限 {MANAGE_PERMISSION})", payload={}, success=False)
             return refusal(Forbidden(), 403)
-        if declared_body_too_large(request, MAX_UPLOAD_BYTES):
-            return refusal(excel.FileTooLarge(field="file"), 400)
         async with request.form(max_files=1, max_fields=10) as form:
             upload = form.get("file")
             try:
@@ -246,26 +247,27 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
                 )
                 if not isinstance(upload, UploadFile):
                     raise BadUserInput("请上传文件 (字段 file)", "Upload the workbook as the form field 'file'", field="file")
-                if upload.size is not None and upload.size > MAX_UPLOAD_BYTES:
-                    raise excel.FileTooLarge(field="file")
             except DomainError as error:
                 return refusal(error, 400)
             filename = upload.filename or ""
             payload: dict[str, Any] = {"filename": filename, "updateExisting": update_existing}
-            budget = limits.start()
             try:
-                sheet = await asyncio.to_thread(excel.read_rows, spec, upload.file, limits=limits, budget=budget)
-                # Validation against the database and the write share the budget; running
-                # out rolls the transaction back.
-                async with excel.within_budget(budget), sessions() as session, session.begin():
-                    await db.extend_limits(session, bulk_limits)  # 100k rows set-based are long statements
-                    result = await write(session, sheet, principal, update_existing)
-                    counts = {"inserted": result.inserted, "updated": result.updated, "unchanged": result.unchanged}
-                    await record_operation(
-                        session, at=utcnow(), actor=principal, module="archives", action=action,
-                        summary=f"导入{label}: 新增 {result.inserted}, 更新 {result.updated}, 未变 {result.unchanged}",
-                        payload={**payload, **counts}, success=True, ip=client_ip(request), request_id=request_id_var.get(),
-                    )
+                async with admitted(request, principal):
+                    budget = limits.start()
+                    sheet = await asyncio.to_thread(excel.read_rows, spec, upload.file, limits=limits, budget=budget)
+                    # Validation against the database and the write share the budget; running
+                    # out rolls the transaction back.
+                    async with excel.within_budget(budget), sessions() as session, session.begin():
+                        await db.extend_limits(session, bulk_limits)  # 100k rows set-based are long statements
+                        result = await write(session, sheet, principal, update_existing)
+                        counts = {"inserted": result.inserted, "updated": result.updated, "unchanged": result.unchanged}
+                        await record_operation(
+                            session, at=utcnow(), actor=principal, module="archives", action=action,
+                            summary=f"导入{label}: 新增 {result.inserted}, 更新 {result.updated}, 未变 {result.unchanged}",
+                            payload={**payload, **counts}, success=True, ip=client_ip(request), request_id=request_id_var.get(),
+                        )
+            except AdmissionRefused as error:
+                return refusal(error, 429)  # busy, not refused: nothing to put on record
             except excel.ImportRowsInvalid as invalid:
                 await audited(principal, request, action=action,
                               summary=f"导入{label}: 拒绝 ({invalid.error_count} 处错误)",
@@ -337,8 +339,12 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
             except DomainError as error:
                 return refusal(error, 400)
             counter = [0]
-            path = await excel.write_rows(sheet.export_sheet, device_rows(sheet, principal, export_filter, counter),
-                                          prefix=f"shuiwu-{sheet.kind}-")
+            try:
+                async with admitted(request, principal):
+                    path = await excel.write_rows(sheet.export_sheet, device_rows(sheet, principal, export_filter, counter),
+                                                  prefix=f"shuiwu-{sheet.kind}-")
+            except AdmissionRefused as error:
+                return refusal(error, 429)
             try:
                 await audited(principal, request, action=f"export{sheet.action}", summary=f"导出{sheet.label}: {counter[0]} 行",
                               payload={**params, "rows": counter[0]}, success=True)

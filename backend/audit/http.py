@@ -31,7 +31,7 @@ from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
 from openpyxl.styles import Font
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import col
 from starlette.requests import Request
 from starlette.responses import Response
@@ -40,16 +40,16 @@ from starlette.routing import Route
 from backend.audit.models import AuditEntry
 from backend.audit.service import audit_query, record_operation
 from backend.auth.catalog import module_name
-from backend.auth.errors import TokenInvalid
 from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
-from backend.auth.service import AuthPolicy, authenticate
+from backend.auth.service import AuthPolicy
 from backend.clock import parse_instant, utcnow
-from backend.errors import BadUserInput, DomainError, Forbidden, NotAuthenticated
+from backend.errors import BadUserInput, DomainError, Forbidden
 from backend.exports import http as exports_http
-from backend.exports.excel import abandon_workbook, as_text, discard, write_file
-from backend.exports.http import check_client_rate, file_download
+from backend.exports.excel import as_text, discard, fill_workbook, write_file
+from backend.exports.http import admitted, file_download
 from backend.exports.http import refusal as _refusal
+from backend.graphql.limits import AdmissionRefused
 from backend.graphql.relay import decode_id, encode_id
 from backend.observability import request_id_var
 from backend.settings import Settings
@@ -201,12 +201,7 @@ def write_workbook(path: str, *, tz: ZoneInfo, next_chunk: Callable[[], Sequence
 
     Blocking: run it in a worker thread. openpyxl objects stay on that one thread.
     """
-    workbook = Workbook(write_only=True)
-    try:
-        return _write_log_rows(workbook, path, tz=tz, next_chunk=next_chunk)
-    except BaseException:
-        abandon_workbook(workbook)
-        raise
+    return fill_workbook(lambda workbook: _write_log_rows(workbook, path, tz=tz, next_chunk=next_chunk))
 
 
 def _write_log_rows(
@@ -256,33 +251,16 @@ async def build_export(
 # --------------------------------------------------------------------------- route
 
 
-def routes(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> list[Route]:
+def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine, settings: Settings) -> list[Route]:
     policy = AuthPolicy.from_settings(settings)
     tz = settings.tz
-
-    async def caller(request: Request, params: Mapping[str, str]) -> Principal:
-        now = utcnow()
-        authorization = request.headers.get("authorization")
-        if authorization:
-            scheme, _, token = authorization.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise TokenInvalid("Authorization 须为 Bearer 令牌", "Authorization must be a Bearer token")
-            async with sessions() as session:
-                principal = await authenticate(session, token=token.strip(), now=now, policy=policy)
-        else:
-            signed = params.get("token")
-            if not signed:
-                raise NotAuthenticated()
-            principal = await exports_http.link_holder(signed, purpose=EXPORT_PATH, params=params, sessions=sessions,
-                                                       policy=policy, now=now)
-        check_client_rate(request, principal)
-        return principal
 
     async def audit_log_xlsx(request: Request) -> Response:
         params = dict(request.query_params)
         ip = request.client.host if request.client else None
         try:
-            principal = await caller(request, params)
+            principal = await exports_http.caller(request, read_engine=read_engine, sessions=sessions, policy=policy,
+                                                  purpose=EXPORT_PATH)
         except DomainError as refusal:
             return _refusal(refusal, 401)
         if not principal.has(EXPORT_PERMISSION):
@@ -301,7 +279,7 @@ def routes(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> li
         descriptor, path = tempfile.mkstemp(prefix="shuiwu-audit-", suffix=".xlsx")
         os.close(descriptor)
         try:
-            async with sessions() as session:
+            async with admitted(request, principal), sessions() as session:
                 rows = await build_export(session, export_filter=export_filter, scope_patterns=principal.scope_patterns(),
                                           path=path, tz=tz)
             now = utcnow()
@@ -311,8 +289,10 @@ def routes(sessions: async_sessionmaker[AsyncSession], settings: Settings) -> li
                     summary="导出操作日志: 成功", payload={**_logged(params), "rows": rows},
                     success=True, ip=ip, request_id=request_id_var.get(),
                 )
-        except BaseException:
+        except BaseException as error:
             discard(path)
+            if isinstance(error, AdmissionRefused):
+                return _refusal(error, 429)
             raise
         return file_download(Path(path), f"audit-log-{now.astimezone(tz):%Y%m%d}.xlsx")
 

@@ -22,7 +22,7 @@ from backend.audit.service import record_operation
 from backend.auth.ratelimit import AnonymousThrottle, ClientRateLimiter
 from backend.auth.service import AuthPolicy, issue_client_token
 from backend.clock import utcnow
-from backend.edge import body_limit, error_body
+from backend.edge import body_limit, error_body, refusal_errors
 from backend.errors import DomainError, ErrorCode, RateLimited
 from backend.observability import request_id_var
 
@@ -34,7 +34,7 @@ FORM_TYPE = "application/x-www-form-urlencoded"
 def _rate_limited(refusal: RateLimited) -> Response:
     return JSONResponse(
         {"error": "rate_limited", "error_description": refusal.message_en,
-         "errors": [{"message": refusal.message, "extensions": {"code": refusal.code.value, "messageEn": refusal.message_en}}]},
+         "errors": refusal_errors(refusal, 429)},
         429, headers={"Retry-After": "60"},
     )
 

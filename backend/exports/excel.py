@@ -366,18 +366,25 @@ def abandon_workbook(workbook: Workbook) -> None:
                 writer.cleanup()
 
 
+def fill_workbook(fill: Callable[[Workbook], int]) -> int:
+    """``fill(workbook)`` on a new write-only workbook (it appends and saves), returning
+    what it returns; a workbook given up half-way is abandoned (:func:`abandon_workbook`).
+    Blocking: run it in one thread."""
+    workbook = Workbook(write_only=True)
+    try:
+        return fill(workbook)
+    except BaseException:
+        abandon_workbook(workbook)
+        raise
+
+
 def write_sheet(path: str | Path, spec: SheetSpec, next_chunk: Callable[[], Sequence[Sequence[Any]]]) -> int:
     """Write every row ``next_chunk`` hands out (until an empty chunk) under ``spec``'s
     header to an xlsx file at ``path``; returns the number of rows written.
 
     Rows hold the values of ``spec.columns`` in order. Blocking: run it in one thread.
     """
-    workbook = Workbook(write_only=True)
-    try:
-        return _write_sheet_rows(workbook, path, spec, next_chunk)
-    except BaseException:
-        abandon_workbook(workbook)
-        raise
+    return fill_workbook(lambda workbook: _write_sheet_rows(workbook, path, spec, next_chunk))
 
 
 def _write_sheet_rows(
@@ -406,7 +413,7 @@ def _write_sheet_rows(
     return written
 
 
-def discard(path: str | Path) -> None:
+def discard(path: str | os.PathLike[str]) -> None:
     """Remove a spooled file that may already be gone."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -445,10 +452,52 @@ async def write_file(
         return await asyncio.shield(writer)
     except BaseException:
         abandoned.set()
-        with contextlib.suppress(BaseException):
-            await writer
-        discard(path)
+        try:
+            await writer  # the thread stops at its next chunk
+        except Exception:
+            pass  # its own end (ExportAbandoned, or its error): the first error is the one raised
+        finally:
+            # Also when a second cancellation (server shutdown) ends this wait: it propagates.
+            discard(path)
         raise
+
+
+def chunk_reader(rows: AsyncIterator[Any] | Iterable[Any]) -> Callable[[], Coroutine[Any, Any, list[Any]]]:
+    """``fetch()`` for :func:`write_file`: the next :data:`CHUNK_ROWS` of ``rows`` (an async
+    source read in slices on the loop, :func:`backend.slicing.take`), empty at its end."""
+    if isinstance(rows, AsyncIterator):
+        source = rows
+
+        async def fetch() -> list[Any]:
+            return await take(source, CHUNK_ROWS)
+
+        return fetch
+    iterator: Iterator[Any] = iter(rows)
+
+    async def fetch_plain() -> list[Any]:
+        return list(islice(iterator, CHUNK_ROWS))
+
+    return fetch_plain
+
+
+async def spool_rows(
+    write: Callable[[Path, Callable[[], Sequence[Any]]], int],
+    rows: AsyncIterator[Any] | Iterable[Any],
+    *,
+    prefix: str,
+    directory: str | None = None,
+) -> tuple[Path, int]:
+    """Run ``write(path, next_chunk)`` (a blocking writer, :func:`write_file`) over ``rows``
+    into a new temporary xlsx file; returns its path (the caller deletes it) and what
+    ``write`` returned. The first chunk is read before any file exists: a refusal the
+    source raises when it starts (bad filters) leaves nothing behind."""
+    fetch = chunk_reader(rows)
+    first = await fetch()
+    descriptor, name = tempfile.mkstemp(prefix=prefix, suffix=".xlsx", dir=directory)
+    os.close(descriptor)
+    path = Path(name)
+    written = await write_file(path, lambda next_chunk: write(path, next_chunk), fetch, first=first)
+    return path, written
 
 
 async def write_rows(
@@ -464,22 +513,8 @@ async def write_rows(
     disk as they are appended. The writer runs in one worker thread (:func:`write_file`);
     the source is read on the event loop a chunk at a time.
     """
-    descriptor, name = tempfile.mkstemp(prefix=prefix, suffix=".xlsx", dir=directory)
-    os.close(descriptor)
-    path = Path(name)
-    if isinstance(rows, AsyncIterator):
-        source = rows
-
-        async def fetch() -> list[Sequence[Any]]:
-            return await take(source, CHUNK_ROWS)
-
-    else:
-        iterator: Iterator[Sequence[Any]] = iter(rows)
-
-        async def fetch() -> list[Sequence[Any]]:
-            return list(islice(iterator, CHUNK_ROWS))
-
-    await write_file(path, lambda next_chunk: write_sheet(path, spec, next_chunk), fetch)
+    path, _ = await spool_rows(lambda path, next_chunk: write_sheet(path, spec, next_chunk), rows,
+                               prefix=prefix, directory=directory)
     return path
 
 

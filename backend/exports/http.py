@@ -9,6 +9,7 @@
   An API client's call also takes one request from its rate, as on /graphql
   (:func:`check_client_rate`): every plain route that authenticates goes through here.
 - :func:`refusal`: a refusal in the same JSON shape as /graphql's top-level errors.
+- :func:`admitted`: every export and import counts as one expensive request of its caller.
 - :func:`file_download`: serve a spooled file and delete it once sent, or once the
   client went away, or the send failed: in every case.
 """
@@ -19,18 +20,16 @@ import base64
 import contextlib
 import hashlib
 import hmac
-import os
 import secrets
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlencode
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from backend import db
@@ -40,9 +39,11 @@ from backend.auth.principal import Principal
 from backend.auth.security import KeyPurpose, derive_key
 from backend.auth.service import AuthPolicy, authenticate_on_connection, load_principal
 from backend.clock import utcnow
+from backend.edge import refusal_body
 from backend.errors import DomainError, ErrorCode, NotAuthenticated
-from backend.exports.excel import XLSX_MEDIA_TYPE
+from backend.exports.excel import XLSX_MEDIA_TYPE, discard
 from backend.exports.links import DownloadGrant, redeem_download_link
+from backend.graphql.limits import admission_key
 
 DOWNLOAD_TOKEN_TTL_S = 300
 
@@ -152,21 +153,12 @@ def check_client_rate(request: Request, principal: Principal) -> None:
         limiter.check(principal)
 
 
-def refusal(error: DomainError, status: int, **extra: Any) -> Response:
-    """A refusal shaped like /graphql's top-level errors (``extensions.code``, ``messageEn``).
+def refusal(error: DomainError, status: int) -> Response:
+    """A refusal shaped like /graphql's top-level errors (:func:`backend.edge.refusal_body`).
     A rate limit is always 429, so a route's "not authenticated" branch need not tell it apart."""
     if error.code is ErrorCode.RATE_LIMITED:
         status = 429
-    extensions: dict[str, Any] = {"code": error.code.value, "messageEn": error.message_en}
-    if status == 401:
-        # As on /graphql: the code stays UNAUTHENTICATED (clients drop the token), the reason says why.
-        reason = getattr(error, "reason", error.code)
-        extensions["code"] = ErrorCode.UNAUTHENTICATED.value
-        extensions["reason"] = reason.value if isinstance(reason, ErrorCode) else str(reason)
-    if error.field:
-        extensions["field"] = error.field
-    extensions.update(extra)
-    return JSONResponse({"errors": [{"message": error.message, "extensions": extensions}]}, status)
+    return Response(refusal_body(error, status), status, media_type="application/json")
 
 
 class _SpooledFileResponse(FileResponse):
@@ -177,8 +169,7 @@ class _SpooledFileResponse(FileResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+            discard(self.path)
 
 
 def file_download(path: Path, filename: str, media_type: str = XLSX_MEDIA_TYPE) -> Response:
@@ -191,13 +182,16 @@ def client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-# Room for the multipart framing and the small form fields around the file.
-_FORM_OVERHEAD_BYTES = 64 * 1024
+@contextlib.asynccontextmanager
+async def admitted(request: Request, principal: Principal) -> AsyncIterator[None]:
+    """Run an export or import as one expensive request of its caller: the slots /graphql's
+    expensive operations take (``app.state.admission``, :class:`backend.graphql.limits.Admission`),
+    per caller and per process. :class:`AdmissionRefused` (RATE_LIMITED, answered 429 by
+    :func:`refusal`) when no slot frees within the admission wait."""
+    admission = getattr(request.app.state, "admission", None)
+    if admission is None:
+        yield
+        return
+    async with admission.admit(admission_key(principal, client_ip(request))):
+        yield
 
-
-def declared_body_too_large(request: Request, limit: int) -> bool:
-    """True when the request says (Content-Length) it carries more than ``limit`` bytes of
-    file: refused before ``request.form()`` spools it to disk. A body sent without a
-    length is still bounded by the per-file check after spooling."""
-    declared = request.headers.get("content-length")
-    return declared is not None and declared.isdigit() and int(declared) > limit + _FORM_OVERHEAD_BYTES

@@ -39,11 +39,10 @@ MANUAL_SOURCE = "manual"
 CORRECTION_SOURCE = "correction"
 ESTIMATE_SOURCE = "estimate"
 MAX_REASON_LENGTH = 500
-MAX_UPLOAD_BYTES = 10 * 1024 * 1024
-# Rows, unpacked size and time of an upload: excel.UploadLimits (SHUIWU_IMPORT_*), the
-# same for every import. A 10 MB zip can hold gigabytes of XML, and openpyxl keeps the
-# shared strings in memory even in read-only mode.
-MAX_UNPACKED_BYTES = excel.UploadLimits().max_unpacked_bytes
+# An upload's size is its request body's (SHUIWU_IMPORT_MAX_BODY_BYTES, refused at the door);
+# rows, unpacked size and time are excel.UploadLimits (SHUIWU_IMPORT_*), the same for every
+# import. A 10 MB zip can hold gigabytes of XML, and openpyxl keeps the shared strings in
+# memory even in read-only mode.
 MAX_ESTIMATION_DAYS = 93
 # Meters x days of one estimation: every silent meter-day becomes a reading in memory
 # and one ingest batch; a larger area is estimated a sub-area or a few days at a time.
@@ -76,12 +75,6 @@ class ReadingLowerThanPrevious(DomainError):
             f"The total is lower than the previous reading ({previous}); check it, or confirm it",
             field="totalM3",
         )
-
-
-class UploadTooLarge(DomainError):
-    code = ErrorCode.FILE_TOO_LARGE
-    message = f"文件过大 (上限 {MAX_UPLOAD_BYTES // (1024 * 1024)} MB)"
-    message_en = f"The file is too large (at most {MAX_UPLOAD_BYTES // (1024 * 1024)} MB)"
 
 
 class NotSpreadsheet(DomainError):
@@ -576,10 +569,8 @@ def read_upload(
     """Parse an upload (.xlsx or .csv, told apart by content) and check each row's cells
     (blocking: run it in a thread), within ``limits`` and ``budget`` (as
     :func:`backend.exports.excel.read_rows`). Raises for a file that cannot be read as the
-    upload sheet (not a spreadsheet, too large, too many rows, too slow, missing columns);
+    upload sheet (not a spreadsheet, unpacking too large, too many rows, too slow, missing columns);
     row problems are collected."""
-    if len(content) > MAX_UPLOAD_BYTES:
-        raise UploadTooLarge(field="file")
     limits = limits or excel.UploadLimits()
     counter = excel.RowCounter(limits, budget or limits.start())
     rows = _xlsx_rows(content, counter) if content[:4] == b"PK\x03\x04" else _csv_rows(content, counter)

@@ -34,12 +34,13 @@ from backend.errors import BadUserInput, DomainError, ErrorCode, Forbidden
 from backend.exports import excel
 from backend.exports.excel import XLSX_MEDIA_TYPE, UploadLimits, within_budget
 from backend.exports.http import (
+    admitted,
     caller,
     client_ip,
-    declared_body_too_large,
     file_download,
     refusal,
 )
+from backend.graphql.limits import AdmissionRefused
 from backend.observability import request_id_var
 from backend.readings import entry
 from backend.readings.screens import (
@@ -118,9 +119,11 @@ def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine,
         now = utcnow()
         export_for = export_request(principal, filters=filters, tz=tz_name, now=now)
         try:
-            async with sessions() as session, session.begin():
+            async with admitted(request, principal), sessions() as session, session.begin():
                 await db.extend_limits(session, bulk_limits)
                 path, count = await write_screen(screen, columns, screen.rows(session, export_for))
+        except AdmissionRefused as error:
+            return refusal(error, 429)  # busy, not refused: nothing to put on record
         except DomainError as error:
             await audited(principal, request, screen, summary=f"导出{screen.title}: 失败 ({error.message})",
                           payload={**params, "code": error.code.value}, success=False)
@@ -158,7 +161,8 @@ def upload_routes(sessions: async_sessionmaker[AsyncSession], read_engine: Async
     as form fields or query parameters). Answers ``{inserted, replaced, duplicates, rejected:
     [{row, code, message, messageEn}], written}``: 200 when the good rows were stored (or a
     dry run), 422 when ``strict`` refused the file for its bad rows (nothing written); a file
-    that cannot be read is a 400 (413 past the size limit). Audited either way.
+    that cannot be read or is past a content limit (unpacked size, rows, time) is a 400; a body
+    past ``SHUIWU_IMPORT_MAX_BODY_BYTES`` is 413 BODY_TOO_LARGE (the edge). Audited either way.
     ``GET /templates/readings.xlsx``: the template (any signed-in caller)."""
     policy = AuthPolicy.from_settings(settings)
     tz = settings.tz
@@ -184,8 +188,6 @@ def upload_routes(sessions: async_sessionmaker[AsyncSession], read_engine: Async
             return refusal(Forbidden(), 403)
         payload: dict[str, Any] = {}
         try:
-            if declared_body_too_large(request, entry.MAX_UPLOAD_BYTES):
-                raise entry.UploadTooLarge(field="file")
             async with request.form(max_files=1, max_fields=10) as form:
                 dry_run = _flag(form.get("dryRun"), request.query_params.get("dryRun"), "dryRun")
                 strict = _flag(form.get("strict"), request.query_params.get("strict"), "strict")
@@ -193,31 +195,32 @@ def upload_routes(sessions: async_sessionmaker[AsyncSession], read_engine: Async
                 if not isinstance(upload, UploadFile):
                     raise BadUserInput("请上传文件 (字段 file)", "Upload the file as the form field 'file'", field="file")
                 payload = {"filename": upload.filename or "", "dryRun": dry_run, "strict": strict}
-                if upload.size is not None and upload.size > entry.MAX_UPLOAD_BYTES:
-                    raise entry.UploadTooLarge(field="file")
-                content = await upload.read(entry.MAX_UPLOAD_BYTES + 1)
-            budget = limits.start()
-            parsed = await asyncio.to_thread(entry.read_upload, content, limits=limits, budget=budget)
-            async with within_budget(budget), sessions() as session, session.begin():
-                await db.extend_limits(session, db.StatementLimits.for_bulk(settings))
-                result = await entry.import_readings(
-                    session, upload=parsed, by=principal.name, now=utcnow(), tz=tz,
-                    scope_patterns=principal.scope_patterns(), dry_run=dry_run, strict=strict,
-                )
-                verb = "试导入抄表读数" if dry_run else "导入抄表读数"
-                outcome = "" if result.written or dry_run else " (有错误行, 未写入)"
-                await record_operation(
-                    session, at=utcnow(), actor=principal, module=module_of(WRITE_PERMISSION), action="importReadings",
-                    summary=f"{verb}: 新增 {result.inserted}, 替换 {result.replaced}, 重复 {result.duplicates}, "
-                            f"未导入 {len(result.rejected)} 行{outcome}",
-                    payload={**payload, "inserted": result.inserted, "replaced": result.replaced,
-                             "duplicates": result.duplicates, "rejected": len(result.rejected), "written": result.written},
-                    success=True, ip=client_ip(request), request_id=request_id_var.get(),
-                )
+                content = await upload.read()  # bounded by the route's body limit
+            async with admitted(request, principal):
+                budget = limits.start()
+                parsed = await asyncio.to_thread(entry.read_upload, content, limits=limits, budget=budget)
+                async with within_budget(budget), sessions() as session, session.begin():
+                    await db.extend_limits(session, db.StatementLimits.for_bulk(settings))
+                    result = await entry.import_readings(
+                        session, upload=parsed, by=principal.name, now=utcnow(), tz=tz,
+                        scope_patterns=principal.scope_patterns(), dry_run=dry_run, strict=strict,
+                    )
+                    verb = "试导入抄表读数" if dry_run else "导入抄表读数"
+                    outcome = "" if result.written or dry_run else " (有错误行, 未写入)"
+                    await record_operation(
+                        session, at=utcnow(), actor=principal, module=module_of(WRITE_PERMISSION), action="importReadings",
+                        summary=f"{verb}: 新增 {result.inserted}, 替换 {result.replaced}, 重复 {result.duplicates}, "
+                                f"未导入 {len(result.rejected)} 行{outcome}",
+                        payload={**payload, "inserted": result.inserted, "replaced": result.replaced,
+                                 "duplicates": result.duplicates, "rejected": len(result.rejected), "written": result.written},
+                        success=True, ip=client_ip(request), request_id=request_id_var.get(),
+                    )
+        except AdmissionRefused as error:
+            return refusal(error, 429)
         except DomainError as error:
             await audited(principal, request, summary=f"导入抄表读数: 拒绝 ({error.message})",
                           payload={**payload, "code": error.code.value}, success=False)
-            return refusal(error, 413 if error.code is ErrorCode.FILE_TOO_LARGE else 400)
+            return refusal(error, 400)
         refused = strict and not dry_run and not result.written and bool(result.rejected)
         return JSONResponse(result.as_json(), 422 if refused else 200)
 

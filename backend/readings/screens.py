@@ -17,8 +17,6 @@ import base64
 import binascii
 import importlib
 import json
-import os
-import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,7 +34,6 @@ from backend.auth.principal import Principal
 from backend.clock import parse_instant
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.exports import excel
-from backend.slicing import take
 
 
 class ScreenKind(StrEnum):
@@ -193,12 +190,7 @@ def write_screen_sheet(
 ) -> int:
     """Write every row ``next_chunk`` hands out (until an empty chunk) as ``columns`` to a
     write-only xlsx at ``path``; returns the number of rows. Blocking: run it in a thread."""
-    workbook = Workbook(write_only=True)
-    try:
-        return _write_screen_rows(workbook, path, title, columns, next_chunk)
-    except BaseException:
-        excel.abandon_workbook(workbook)
-        raise
+    return excel.fill_workbook(lambda workbook: _write_screen_rows(workbook, path, title, columns, next_chunk))
 
 
 def _write_screen_rows(
@@ -250,18 +242,8 @@ async def write_screen(
 ) -> tuple[Path, int]:
     """Stream ``rows`` into a new xlsx file of ``columns``; returns its path (the caller
     deletes it) and the row count. Memory stays bounded by one chunk of rows."""
-    async def fetch() -> list[Mapping[str, Any]]:
-        return await take(rows, excel.CHUNK_ROWS)
-
-    # The first chunk is read before any file exists: a refusal of the filters (raised
-    # by the row source when it starts) then leaves nothing behind.
-    first = await fetch()
-    descriptor, name = tempfile.mkstemp(prefix=f"shuiwu-{screen.kind}-", suffix=".xlsx", dir=directory)
-    os.close(descriptor)
-    path = Path(name)
-    count = await excel.write_file(
-        path, lambda next_chunk: write_screen_sheet(path, screen.title, columns, next_chunk), fetch, first=first)
-    return path, count
+    return await excel.spool_rows(lambda path, next_chunk: write_screen_sheet(path, screen.title, columns, next_chunk),
+                                  rows, prefix=f"shuiwu-{screen.kind}-", directory=directory)
 
 
 # --------------------------------------------------------------------------- filters

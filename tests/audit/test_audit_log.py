@@ -228,10 +228,8 @@ async def people(module_engine: AsyncEngine) -> People:
 
 @asynccontextmanager
 async def audit_client(database_url: str) -> AsyncIterator[GraphQLClient]:
-    """The real app; the export route is added here until app.py lists it."""
+    """The real app, its export route included."""
     app = create_app(api_settings(), database_url)
-    if not any(getattr(route, "path", None) == audit_http.EXPORT_PATH for route in app.router.routes):
-        app.router.routes.extend(audit_http.routes(app.state.sessions, app.state.settings))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
         yield GraphQLClient(http)
     await app.state.engine.dispose()

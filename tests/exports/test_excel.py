@@ -6,6 +6,7 @@ import asyncio
 import io
 import os
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import AsyncIterator
@@ -287,6 +288,37 @@ async def test_an_export_abandoned_mid_render_leaves_no_file(tmp_path: Path, mon
         await export
 
     assert os.listdir(tmp_path) == []
+
+
+async def test_a_second_cancellation_while_the_writer_stops_is_not_swallowed(tmp_path: Path) -> None:
+    """Server shutdown cancels a request that is already waiting for its cancelled export's
+    writer thread: that cancellation ends the wait at once instead of being swallowed."""
+    writing, release = threading.Event(), threading.Event()
+    path = tmp_path / "export.xlsx"
+
+    def write(next_chunk: Any) -> int:
+        next_chunk()
+        writing.set()
+        release.wait(5)  # busy with a long chunk
+        next_chunk()  # abandoned: stops here
+        return 0
+
+    async def fetch() -> list[Any]:
+        return [("row",)]
+
+    export = asyncio.create_task(excel.write_file(path, write, fetch))
+    try:
+        await asyncio.to_thread(writing.wait, 5)
+        export.cancel()  # the client went away
+        for _ in range(3):
+            await asyncio.sleep(0)  # the export now waits for its writer thread
+        export.cancel()  # the server shuts down
+        await asyncio.wait({export}, timeout=1)
+        assert export.done()
+        assert export.cancelled()
+        assert not path.exists()
+    finally:
+        release.set()
 
 
 def test_the_default_upload_limits_are_the_settings_defaults() -> None:

@@ -173,17 +173,39 @@ async def _is(count: Any, expected: int) -> bool:
     return bool(await count() == expected)
 
 
-async def test_a_bulk_path_extends_the_timeouts_for_its_own_transaction_only(database_url: str) -> None:
+SHOW_LIMITS = text("SELECT current_setting('statement_timeout'), current_setting('idle_in_transaction_session_timeout'), "
+                   "current_setting('temp_file_limit')")
+
+
+async def test_a_bulk_path_extends_its_limits_for_its_own_transaction_only(database_url: str) -> None:
     engine = create_engine(database_url, pool_size=1, max_overflow=0, limits=StatementLimits(30, 60, 1024))
-    show = text("SELECT current_setting('statement_timeout'), current_setting('idle_in_transaction_session_timeout')")
     try:
         async with session_factory(engine)() as session, session.begin():
-            await extend_limits(session, StatementLimits(1800, 600, 0))
-            inside = tuple((await session.execute(show)).one())
+            await extend_limits(session, StatementLimits(1800, 600, 16 * 1024))
+            inside = tuple((await session.execute(SHOW_LIMITS)).one())
         async with session_factory(engine)() as session:
-            after = tuple((await session.execute(show)).one())
+            after = tuple((await session.execute(SHOW_LIMITS)).one())
     finally:
         await engine.dispose()
 
-    assert inside == ("30min", "10min")
-    assert after == ("30s", "1min")
+    assert inside == ("30min", "10min", "16GB")
+    assert after == ("30s", "1min", "1GB")
+
+
+async def test_a_role_that_may_not_set_temp_file_limit_still_gets_the_bulk_timeouts(database_url: str) -> None:
+    role = f"shuiwu_bulk_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(to_libpq_url(database_url))
+    await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+    head, _, tail = database_url.partition("://")
+    engine = create_engine(f"{head}://{role}@{tail.split('@', 1)[1]}", pool_size=1, max_overflow=0,
+                           limits=StatementLimits(30, 60, 1024))
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            await extend_limits(session, StatementLimits(1800, 600, 16 * 1024))
+            inside = tuple((await session.execute(SHOW_LIMITS)).one())
+    finally:
+        await engine.dispose()
+        await admin.execute(f'DROP ROLE "{role}"')
+        await admin.close()
+
+    assert inside == ("30min", "10min", "-1")  # the server's value, no error

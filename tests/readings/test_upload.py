@@ -21,14 +21,13 @@ from backend.db import session_factory
 from backend.errors import DomainError, ErrorCode
 from backend.exports.excel import CellError, UploadLimits
 from backend.readings.entry import (
-    MAX_UNPACKED_BYTES,
-    MAX_UPLOAD_BYTES,
     UploadResult,
     import_readings,
     parse_read_at,
     read_upload,
 )
 from backend.readings.service import ReadingIn, ingest_readings
+from backend.settings import Settings
 from tests.factories import make_staff, unique
 from tests.graphql import conftest as graphql_fixtures
 from tests.graphql.client import GraphQLClient
@@ -115,32 +114,32 @@ def test_bad_cells_are_reported_with_their_row_numbers() -> None:
         (4, ErrorCode.INVALID_READ_AT), (6, ErrorCode.INVALID_TOTAL), (7, ErrorCode.REQUIRED), (8, ErrorCode.INVALID_TOTAL)]
 
 
-def test_files_that_are_not_spreadsheets_or_lack_columns_or_are_too_large_are_refused() -> None:
+def test_files_that_are_not_spreadsheets_or_lack_columns_are_refused() -> None:
     with pytest.raises(DomainError) as missing:
         read_upload("表计编码,累计读数\r\nM1,1\r\n".encode())
     with pytest.raises(DomainError) as garbage:
         read_upload(b"PK\x03\x04 not really a zip")
-    with pytest.raises(DomainError) as large:
-        read_upload(b"x" * (MAX_UPLOAD_BYTES + 1))
 
     assert missing.value.code == ErrorCode.MISSING_COLUMNS
     assert garbage.value.code == ErrorCode.NOT_XLSX
-    assert large.value.code == ErrorCode.FILE_TOO_LARGE
 
 
-def test_a_workbook_that_unpacks_past_the_limit_is_refused_before_it_is_read() -> None:
-    # A zip bomb: well under the upload limit packed, far over it unpacked.
+def _zip_bomb() -> bytes:
+    """Well under the body limit packed, over the unpacked limit inflated."""
     buffer = io.BytesIO(workbook([("M1", "2026-11-20 08:30", 1)]))
     with zipfile.ZipFile(buffer, "a", compression=zipfile.ZIP_DEFLATED) as archive, \
             archive.open("xl/media/padding.bin", "w", force_zip64=True) as padding:
         chunk = bytes(1024 * 1024)
-        for _ in range(MAX_UNPACKED_BYTES // len(chunk) + 1):
+        for _ in range(UploadLimits().max_unpacked_bytes // len(chunk) + 1):
             padding.write(chunk)
     content = buffer.getvalue()
-    assert len(content) < MAX_UPLOAD_BYTES
+    assert len(content) < Settings.model_fields["import_max_body_bytes"].default
+    return content
 
+
+def test_a_workbook_that_unpacks_past_the_limit_is_refused_before_it_is_read() -> None:
     with pytest.raises(DomainError) as bomb:
-        read_upload(content)
+        read_upload(_zip_bomb())
 
     assert (bomb.value.code, bomb.value.field) == (ErrorCode.FILE_TOO_LARGE, "file")
 
@@ -298,7 +297,7 @@ async def test_the_template_has_both_header_rows_and_an_example(client: GraphQLC
     assert [row.code for row in read_upload(response.content).rows] == ["M0001"]
 
 
-async def test_an_upload_declared_larger_than_the_limit_is_refused_before_it_is_read(
+async def test_an_upload_declared_larger_than_the_body_limit_is_refused_before_it_is_read(
     client: GraphQLClient, world: World,
 ) -> None:
     admin = await client.login(world.admin.username, world.admin.password)
@@ -306,11 +305,24 @@ async def test_an_upload_declared_larger_than_the_limit_is_refused_before_it_is_
     request = client.http.build_request("POST", "/imports/readings", headers={"Authorization": f"Bearer {admin}"},
                                         files={"file": ("big.csv", body)})
     # The header alone decides: the (small) body is never parsed.
-    request.headers["Content-Length"] = str(MAX_UPLOAD_BYTES + 1024 * 1024)
+    limit = Settings.model_fields["import_max_body_bytes"].default
+    request.headers["Content-Length"] = str(limit + 1)
 
     response = await client.http.send(request)
 
     assert response.status_code == 413
+    assert response.json()["errors"][0]["extensions"]["code"] == "BODY_TOO_LARGE"
+    assert response.json()["errors"][0]["extensions"]["maxBytes"] == limit
+
+
+async def test_an_upload_that_unpacks_too_large_is_a_bad_file_not_a_large_body(
+    client: GraphQLClient, world: World,
+) -> None:
+    admin = await client.login(world.admin.username, world.admin.password)
+
+    response = await _post(client, admin, _zip_bomb(), "bomb.xlsx")
+
+    assert response.status_code == 400
     assert response.json()["errors"][0]["extensions"]["code"] == "FILE_TOO_LARGE"
 
 
