@@ -7,7 +7,8 @@ its own; the real app under ``uvicorn`` in a subprocess, one process, shipped li
 
 - the 1,000-row households page (the maximum page) of the whole company (admin);
 - a year of daily usage statistics of the whole company, a page of 100 rows (manager);
-- the largest export: a year of readings history of the whole company (admin, xlsx);
+- the largest export: a year of readings history of the whole company (an auditor with the
+  administrator's role, xlsx);
 - bursts of anonymous ``login`` mutations with wrong passwords.
 
 The probes: ``GET /healthz`` and a cashier (scope: one district) searching households by
@@ -35,14 +36,19 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 from graphql_overhead import SECRET, Server, embedded_database, start_server, stop_server
-from sqlalchemy import text
+from sqlalchemy import select, text
+from sqlmodel import col
 
+from backend.auth.catalog import ALL_PERMISSIONS
+from backend.auth.models import PrincipalKind, StaffUser, StaffUserRole
+from backend.auth.principal import Principal
+from backend.auth.service import create_staff_user
 from backend.db import create_engine, migrate, session_factory
 from backend.demo import ADMIN, CASHIER, COMPANY, MANAGER, load_demo
 from backend.graphql.relay import encode_id
@@ -52,6 +58,8 @@ IDLE_FLOOR_MS = 5.0
 PROBE_GAP_S = 0.02  # between two probe requests: the probes sample, they are not load
 BURST_LOGINS = 16  # concurrent anonymous logins per burst
 SURNAME = "王"
+AUDITOR, AUDITOR_PASSWORD = "auditor", "Auditor@2026"
+SYSTEM = Principal(kind=PrincipalKind.staff, id=0, name="bench", permissions=ALL_PERMISSIONS, scope_paths=("/",))
 
 HOUSEHOLDS_PAGE = """query Page { households(first: 1000) { totalCount edges { node {
   id accountNo name phone address customerType population status area { name } } } } }"""
@@ -69,11 +77,19 @@ LOGIN = """mutation Login($u: String!, $p: String!) { login(username: $u, passwo
 
 
 async def load(url: str, households: int) -> int:
-    """The demo utility with readings up to now; returns the company's area id."""
+    """The demo utility with readings up to now, plus an auditor with the administrator's
+    role (the export's user: each heavy client is a principal of its own, so admission's
+    one-per-caller rule does not make one client wait for another); returns the company's
+    area id."""
     engine = create_engine(url, pool_size=2, max_overflow=0)
     try:
         async with session_factory(engine)() as session, session.begin():
             await load_demo(session, households=households, readings=True)
+            admin = (await session.execute(select(StaffUser).where(col(StaffUser.username) == ADMIN.username))).scalar_one()
+            role_ids = (await session.execute(
+                select(StaffUserRole.role_id).where(col(StaffUserRole.user_id) == admin.id))).scalars().all()
+            await create_staff_user(session, actor=SYSTEM, username=AUDITOR, full_name="审计员", password=AUDITOR_PASSWORD,
+                                    role_ids=list(role_ids), now=datetime.now(UTC), unit_id=admin.area_id)
         async with engine.connect() as connection:
             await connection.execute(text("ANALYZE"))
             company: int = (await connection.execute(
@@ -169,7 +185,7 @@ def load_clients(base: str, plan: dict[str, Any], seconds: float, stop: Any, out
     senders = {
         "households": _graphql_sender(clients[0], {"query": HOUSEHOLDS_PAGE}, plan["admin"]),
         "statistics": _graphql_sender(clients[1], {"query": STATISTICS, "variables": plan["statistics"]}, plan["manager"]),
-        "export": _export_sender(clients[2], plan["export_url"], plan["admin"]),
+        "export": _export_sender(clients[2], plan["export_url"], plan["auditor"]),
     }
     threads = [threading.Thread(target=_loop, args=(deadline, stop, send, counts[name]), daemon=True)
                for name, send in senders.items()]
@@ -227,10 +243,12 @@ def measure(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, float], 
         try:
             with httpx.Client(base_url=server.base, timeout=60) as client:
                 tokens = {who.username: login(client, who.username, who.password) for who in (ADMIN, MANAGER, CASHIER)}
+                tokens[AUDITOR] = login(client, AUDITOR, AUDITOR_PASSWORD)
                 today = date.today()
                 plan = {
                     "admin": tokens[ADMIN.username],
                     "manager": tokens[MANAGER.username],
+                    "auditor": tokens[AUDITOR],
                     "statistics": {"scope": {"areaId": encode_id("Area", company_id)},
                                    "from": (today - timedelta(days=365)).isoformat(), "to": today.isoformat()},
                 }
