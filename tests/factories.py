@@ -114,7 +114,8 @@ async def bind_at_counter(session: AsyncSession, *, resident: Principal, househo
     unless their phone is the registered one (bound at once) the counter approves."""
     policy = auth.AuthPolicy(secret="factories-secret-of-at-least-32-characters")
     pending = await auth.bind_household(session, resident=resident, account_no=household.account_no, name=household.name,
-                                        now=utcnow(), policy=policy, sender=_NoSms())
+                                        now=utcnow(), policy=policy)
+    await auth.send_binding_code(pending, sender=_NoSms())
     assert pending.binding.id is not None
     if pending.household is not None:
         return

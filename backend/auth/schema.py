@@ -677,14 +677,28 @@ class Mutation:
     async def bind_household(self, info: Info, account_no: str, name: str) -> HouseholdPayload:
         principal, policy, now = info.context.caller, _policy(info), utcnow()
         sender = sms_sender(info.context.settings.sms_sender)
-        return await run_mutation(
+        outcomes: list[service.BindingOutcome] = []
+
+        async def work(session: AsyncSession) -> service.BindingOutcome:
+            outcome = await service.bind_household(
+                session, resident=principal, account_no=account_no, name=name, now=now, policy=policy
+            )
+            outcomes.append(outcome)
+            return outcome
+
+        answer = await run_mutation(
             info, module="resident", action="bindHousehold", describe=lambda _: f"住户绑定缴费号 {account_no[:32]}",
             payload=_binding_payload,
-            before=lambda session: service.claim_bind_attempt(session, resident=principal, now=now, policy=policy),
-            work=lambda session: service.bind_household(
-                session, resident=principal, account_no=account_no, name=name, now=now, policy=policy, sender=sender
+            before=lambda session: service.claim_bind_attempt(
+                session, resident=principal, now=now, policy=policy, ip=info.context.ip
             ),
+            work=work,
         )
+        # Committed by now (a refusal raised or left no outcome): the code goes out
+        # with no lock or transaction held.
+        if outcomes and not answer.errors:
+            await service.send_binding_code(outcomes[0], sender=sender)
+        return answer
 
     @strawberry.mutation(permission_classes=[Requires("resident:self")],
                          description="Confirm your pending binding with the code sent to the household's registered phone.",

@@ -1103,6 +1103,11 @@ async def claim_code_send(session: AsyncSession, *, phone: str, now: datetime, p
                           refusal=errors.CodeDailyLimit(field="phone"))
     # Under the phone's lock, so two requests at once cannot both pass.
     await _refuse_recent_code(session, phone, now)
+    await _count_sms_send(session, now=now, policy=policy, ip=ip)
+
+
+async def _count_sms_send(session: AsyncSession, *, now: datetime, policy: AuthPolicy, ip: str | None) -> None:
+    # SMS pumping costs money: every request that may send one counts per address and in all.
     await count_hit(session, key=f"sms:ip:{_source(ip)}", now=now, limit=policy.sms_codes_per_ip_per_minute)
     await count_hit(session, key="sms:all", now=now, limit=policy.sms_codes_per_minute)
 
@@ -1205,10 +1210,15 @@ def _bind_attempts_key(resident: Principal) -> str:
     return f"~bind:{resident.id}"
 
 
-async def claim_bind_attempt(session: AsyncSession, *, resident: Principal, now: datetime, policy: AuthPolicy) -> int:
+async def claim_bind_attempt(
+    session: AsyncSession, *, resident: Principal, now: datetime, policy: AuthPolicy, ip: str | None
+) -> int:
     """Count a binding attempt (commit on its own): five wrong account number / name pairs
     lock binding for the resident (``lockout_s``, doubling like a login lock), so pairs
-    cannot be guessed at will."""
+    cannot be guessed at will. An attempt may send a code to the household's registered
+    phone, so it also counts against the address's and everyone's SMS minute limits
+    (:class:`RateLimited`), as a login code request does: binding requests cannot pump SMS."""
+    await _count_sms_send(session, now=now, policy=policy, ip=ip)
     # The resident's own counter (no address): their guesses lock only their binding.
     return await _claim_against_lockout(session, name=_bind_attempts_key(resident), source="", now=now, policy=policy)
 
@@ -1230,6 +1240,26 @@ class BindingOutcome:
     household: Household | None
     # The masked registered phone a confirmation code was sent to, if one was.
     code_sent_to: str | None = None
+    # The code :func:`send_binding_code` sends once the binding has committed.
+    unsent_code: BindingCode | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BindingCode:
+    """A household binding's confirmation code, for the registered phone."""
+
+    phone: str
+    code: str
+    account_no: str
+
+
+async def send_binding_code(outcome: BindingOutcome, *, sender: SmsSender) -> None:
+    """Send the code :func:`bind_household` made, if it made one. Call it after that
+    transaction committed: the gateway is slow, and waiting on it inside would hold the
+    phone's SMS counter lock (and the binding's row) for every other request meanwhile.
+    A failed send leaves the pending binding for the owner or the counter to approve."""
+    if outcome.unsent_code is not None:
+        await sender.send_binding_code(outcome.unsent_code.phone, outcome.unsent_code.code, outcome.unsent_code.account_no)
 
 
 async def _emit_bound(session: AsyncSession, binding: HouseholdBinding) -> None:
@@ -1266,7 +1296,6 @@ async def bind_household(
     name: str,
     now: datetime,
     policy: AuthPolicy,
-    sender: SmsSender,
 ) -> BindingOutcome:
     """Bind a household by its account number and registered name, with proof beyond
     what the bill prints.
@@ -1274,7 +1303,8 @@ async def bind_household(
     - The resident's login phone is the household's registered phone (or its second
       phone; the login code proved it): bound at once, as its owner.
     - Otherwise a pending binding is made; a code goes to the registered phone (when it
-      is a mobile number and its daily SMS cap allows), and the resident confirms with
+      is a mobile number and its daily SMS cap allows; the caller sends it with
+      :func:`send_binding_code` after committing), and the resident confirms with
       :func:`confirm_household_binding`; or the owner, or the counter, approves it
       (:func:`decide_household_binding`). A repeated request returns the pending one
       without sending another code.
@@ -1324,7 +1354,8 @@ async def bind_household(
             pending.code_hash = _binding_code_digest(policy, pending.id, code)
             pending.code_expires_at = now + timedelta(seconds=policy.otp_ttl_s)
             await session.flush()
-            await sender.send_binding_code(registered, code, household.account_no)
+            return BindingOutcome(pending, household.account_no, resident_phone, None, mask_phone(registered),
+                                  BindingCode(registered, code, household.account_no))
     code_sent_to = mask_phone(registered) if pending.code_hash is not None else None
     return BindingOutcome(pending, household.account_no, resident_phone, None, code_sent_to)
 
