@@ -350,7 +350,7 @@ def _source(ip: str | None) -> str:
 
 
 async def claim_login_attempt(
-    session: AsyncSession, *, username: str, now: datetime, policy: AuthPolicy, ip: str | None = None
+    session: AsyncSession, *, username: str, now: datetime, policy: AuthPolicy, ip: str | None
 ) -> int:
     """Count a login attempt before the password is checked; commit it on its own.
 
@@ -1012,7 +1012,7 @@ async def change_own_password(
 
 
 async def claim_password_check(
-    session: AsyncSession, *, actor: Principal, now: datetime, policy: AuthPolicy, ip: str | None = None
+    session: AsyncSession, *, actor: Principal, now: datetime, policy: AuthPolicy, ip: str | None
 ) -> int:
     """Count a check of the caller's current password against their login lockout, so a
     stolen access token cannot be used to guess the password (commit on its own)."""
@@ -1174,20 +1174,20 @@ async def login_resident(
 
 
 async def claim_code_attempt(
-    session: AsyncSession, *, phone: str, now: datetime, policy: AuthPolicy | None = None, ip: str | None = None
+    session: AsyncSession, *, phone: str, now: datetime, policy: AuthPolicy, ip: str | None
 ) -> None:
     """Count one attempt against the phone's live code before it is compared; the caller
     commits this on its own. A code with five attempts used is dead: InvalidCode.
 
-    With a ``policy``, also counted (and refused past their limits, counting nothing):
-    the address's login attempts a minute (:class:`RateLimited`) and the phone's code
-    attempts over the last 24 hours, right or wrong (:class:`CodeDailyLimit`), so a
-    phone's code cannot be ground down by asking for new ones."""
+    Also counted (and refused past their limits, counting nothing): the address's login
+    attempts a minute (:class:`RateLimited`) and the phone's code attempts over the last
+    24 hours, right or wrong (:class:`CodeDailyLimit`), so a phone's code cannot be
+    ground down by asking for new ones. ``policy`` and ``ip`` are required: a caller
+    that left them out would skip those limits, or count every address as one."""
     phone = phone.strip()
-    if policy is not None:
-        await count_hit(session, key=f"login:ip:{_source(ip)}", now=now, limit=policy.login_attempts_per_ip_per_minute)
-        await count_daily_hit(session, key=f"code:phone:{phone[:20]}", now=now, limit=policy.code_attempts_per_phone_per_day,
-                              refusal=errors.CodeAttemptsDailyLimit(field="code"))
+    await count_hit(session, key=f"login:ip:{_source(ip)}", now=now, limit=policy.login_attempts_per_ip_per_minute)
+    await count_daily_hit(session, key=f"code:phone:{phone[:20]}", now=now, limit=policy.code_attempts_per_phone_per_day,
+                          refusal=errors.CodeAttemptsDailyLimit(field="code"))
     live = (
         select(OneTimeCode.id)  # type: ignore[call-overload]
         .where(OneTimeCode.phone == phone, OneTimeCode.consumed_at.is_(None), OneTimeCode.expires_at > now)  # type: ignore[union-attr]

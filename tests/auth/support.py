@@ -52,5 +52,5 @@ async def row_counts(session: AsyncSession, *tables: str) -> dict[str, int]:
 
 async def log_in(session: AsyncSession, staff: Staff, *, now: datetime = NOW) -> TokenPair:
     """Log in as the login mutation does: count the attempt, then check the password."""
-    await claim_login_attempt(session, username=staff.username, now=now, policy=POLICY)
-    return await login_staff(session, username=staff.username, password=staff.password, now=now, policy=POLICY)
+    await claim_login_attempt(session, username=staff.username, now=now, policy=POLICY, ip="203.0.113.9")
+    return await login_staff(session, username=staff.username, password=staff.password, now=now, policy=POLICY, ip="203.0.113.9")

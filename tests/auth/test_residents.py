@@ -152,9 +152,9 @@ async def test_four_wrong_codes_still_leave_the_right_code_usable(session: Async
     sms = FakeSms()
     code = await send_code(session, sms)
     for _ in range(4):
-        await auth.claim_code_attempt(session, phone=PHONE, now=NOW)
+        await auth.claim_code_attempt(session, phone=PHONE, now=NOW, policy=POLICY, ip="203.0.113.9")
 
-    await auth.claim_code_attempt(session, phone=PHONE, now=NOW)
+    await auth.claim_code_attempt(session, phone=PHONE, now=NOW, policy=POLICY, ip="203.0.113.9")
     pair = await auth.login_resident(session, phone=PHONE, code=code, now=NOW, policy=POLICY)
 
     assert pair.principal.kind is PrincipalKind.resident
@@ -164,12 +164,12 @@ async def test_five_wrong_codes_kill_the_code_even_for_the_right_code(session: A
     sms = FakeSms()
     code = await send_code(session, sms)
     for _ in range(5):
-        await auth.claim_code_attempt(session, phone=PHONE, now=NOW)
+        await auth.claim_code_attempt(session, phone=PHONE, now=NOW, policy=POLICY, ip="203.0.113.9")
         with pytest.raises(errors.InvalidCode):
             await auth.login_resident(session, phone=PHONE, code=wrong(code), now=NOW, policy=POLICY)
 
     with pytest.raises(errors.InvalidCode):
-        await auth.claim_code_attempt(session, phone=PHONE, now=NOW)
+        await auth.claim_code_attempt(session, phone=PHONE, now=NOW, policy=POLICY, ip="203.0.113.9")
 
 
 async def test_an_expired_code_is_refused(session: AsyncSession) -> None:
@@ -414,7 +414,7 @@ async def test_unbinding_a_household_that_is_not_yours_is_not_found(session: Asy
 async def test_five_binding_attempts_lock_binding_for_the_resident(session: AsyncSession) -> None:
     sms = FakeSms()
     code = await send_code(session, sms)
-    await auth.claim_code_attempt(session, phone=PHONE, now=NOW)
+    await auth.claim_code_attempt(session, phone=PHONE, now=NOW, policy=POLICY, ip="203.0.113.9")
     resident = (await auth.login_resident(session, phone=PHONE, code=code, now=NOW, policy=POLICY)).principal
 
     # From one address per attempt, under its SMS minute limit: the lock is the resident's.
