@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Select, delete, exists, false, func, not_, or_, select, text, update
+from sqlalchemy import Select, delete, exists, func, not_, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -1413,30 +1413,21 @@ async def decide_household_binding(
     """An owner of the household (a resident bound to it as owner) or staff whose scope
     holds it (the counter) approves or rejects a pending binding. Anyone else, and a
     binding that is not pending, gets NOT_FOUND, so requests do not leak."""
+    if actor.is_resident:
+        decided_by = f"owner:{actor.id}"
+    elif actor.is_staff:
+        decided_by = f"staff:{actor.id}"
+    else:
+        raise Forbidden()
+    # Who may decide is part of the query: a binding outside it is never loaded or locked.
     binding = (await session.execute(
         select(HouseholdBinding).where(
             HouseholdBinding.id == binding_id, HouseholdBinding.state == BindingState.pending,  # type: ignore[arg-type]
+            col(HouseholdBinding.household_id).in_(_households_deciding_for(actor)),
         ).with_for_update()
     )).scalars().first()
     if binding is None:
         raise NotFound(field="id")
-    if actor.is_resident:
-        owns = await session.execute(select(ResidentHousehold.resident_id).where(  # type: ignore[call-overload]
-            ResidentHousehold.resident_id == actor.id, ResidentHousehold.household_id == binding.household_id,
-            ResidentHousehold.is_owner.is_(True),  # type: ignore[attr-defined]
-        ))
-        if owns.first() is None:
-            raise NotFound(field="id")
-        decided_by = f"owner:{actor.id}"
-    elif actor.is_staff:
-        path = (await session.execute(
-            select(Area.path).join(Household, Household.area_id == Area.id).where(Household.id == binding.household_id)  # type: ignore[call-overload,arg-type]
-        )).scalar_one()
-        if not actor.in_scope(path):
-            raise NotFound(field="id")
-        decided_by = f"staff:{actor.id}"
-    else:
-        raise Forbidden()
     if approve:
         await _activate(session, binding, now=now, decided_by=decided_by, owner=False)
     else:
@@ -1456,18 +1447,24 @@ def pending_bindings_statement(actor: Principal) -> Select[tuple[HouseholdBindin
         .join(Resident, Resident.id == HouseholdBinding.resident_id)
         .where(HouseholdBinding.state == BindingState.pending)
     )
+    visible: Any = col(HouseholdBinding.household_id).in_(_households_deciding_for(actor))
     if actor.is_resident:
-        owned = select(ResidentHousehold.household_id).where(  # type: ignore[call-overload]
+        # A resident also sees their own requests.
+        visible = or_(visible, col(HouseholdBinding.resident_id) == actor.id)
+    return statement.where(visible).order_by(HouseholdBinding.id)  # type: ignore[no-any-return]
+
+
+def _households_deciding_for(actor: Principal) -> Select[tuple[int]]:
+    """The households whose bindings ``actor`` decides: a resident's owned ones, a staff
+    member's in their scope (one predicate, :func:`in_scope`, like every scoped list)."""
+    if actor.is_resident:
+        return select(ResidentHousehold.household_id).where(  # type: ignore[call-overload,no-any-return]
             ResidentHousehold.resident_id == actor.id, ResidentHousehold.is_owner.is_(True),  # type: ignore[attr-defined]
         )
-        statement = statement.where(or_(col(HouseholdBinding.household_id).in_(owned), HouseholdBinding.resident_id == actor.id))  # type: ignore[arg-type]
-    else:
-        in_scope = (
-            select(Area.id)  # type: ignore[call-overload]
-            .where(or_(false(), *[col(Area.path).startswith(path) for path in actor.scope_paths]))
-        )
-        statement = statement.where(col(Household.area_id).in_(in_scope))
-    return statement.order_by(HouseholdBinding.id)  # type: ignore[no-any-return]
+    return (  # type: ignore[no-any-return]
+        select(Household.id).join(Area, Area.id == Household.area_id)  # type: ignore[call-overload,arg-type]
+        .where(in_scope(Area.path, actor.scope_patterns()))
+    )
 
 
 async def unbind_household(session: AsyncSession, *, resident: Principal, household_id: int, now: datetime) -> Household:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.archives.models import Household
@@ -344,6 +345,44 @@ async def test_the_counter_decides_bindings_in_its_scope_only(session: AsyncSess
     with pytest.raises(NotFound):
         await auth.decide_household_binding(session, actor=east_desk.principal, binding_id=pending.binding.id, approve=True, now=NOW)
     assert [event["state"] for event in await bound_events(session, household)] == ["pending", "rejected"]
+
+
+async def statements_of(session: AsyncSession, work: Callable[[], Awaitable[object]]) -> list[str]:
+    """The SQL ``work`` sends on the session's connection (a refusal is swallowed)."""
+    connection = (await session.connection()).sync_connection
+    assert connection is not None
+    sent: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *rest: object) -> None:
+        sent.append(statement)
+
+    event.listen(connection, "before_cursor_execute", record)
+    try:
+        await work()
+    except DomainError:
+        pass
+    finally:
+        event.remove(connection, "before_cursor_execute", record)
+    return sent
+
+
+async def test_the_counters_scope_is_part_of_the_query_that_loads_and_locks_a_binding(session: AsyncSession) -> None:
+    tree = await make_area_tree(session)
+    household = await make_household(session, area=tree.east_community)
+    west_desk = await make_staff(session, permissions={"archives:manage"}, areas=[tree.west])
+    resident = (await log_in_resident(session)).principal
+    pending = await bind(session, resident, household)
+    binding_id = pending.binding.id
+    assert binding_id is not None
+
+    refused = await statements_of(session, lambda: auth.decide_household_binding(
+        session, actor=west_desk.principal, binding_id=binding_id, approve=True, now=NOW))
+    listed = str(auth.pending_bindings_statement(west_desk.principal).compile())
+
+    # One statement: the out-of-scope binding is never loaded, let alone locked.
+    assert len(refused) == 1
+    assert "FOR UPDATE" in refused[0] and "LIKE ANY" in refused[0]
+    assert "LIKE ANY" in listed
 
 
 async def test_a_wrong_name_and_an_unknown_account_get_the_same_refusal(session: AsyncSession) -> None:
