@@ -463,8 +463,9 @@ async def _fetch_role(context: Any, pk: int) -> RoleType | None:
 async def _fetch_api_client(context: Any, pk: int) -> ApiClientType | None:
     if context.principal is None or not context.principal.has("clients:manage"):
         return None
+    statement = service.api_clients_statement(scope_patterns=context.principal.scope_patterns()).where(ApiClient.id == pk)  # type: ignore[arg-type]
     async with context.read() as session:
-        client = await session.get(ApiClient, pk)
+        client = (await session.execute(statement)).scalars().first()
     return ApiClientType.from_row(client) if client else None
 
 
@@ -529,7 +530,8 @@ class Query:
     ) -> Connection[ApiClientType]:
         page = PageRequest.from_args(first, after, last, before)
         async with info.context.read() as session:
-            return await paginate(session, service.api_clients_statement(), page, lambda row: ApiClientType.from_row(row[0]))
+            statement = service.api_clients_statement(scope_patterns=info.context.caller.scope_patterns())
+            return await paginate(session, statement, page, lambda row: ApiClientType.from_row(row[0]))
 
 
 # --------------------------------------------------------------------------- mutations

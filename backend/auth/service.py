@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Select, delete, exists, func, not_, or_, select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Select, and_, delete, exists, false, func, not_, or_, select, text, true, update
+from sqlalchemy.dialects.postgresql import array, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -1534,7 +1534,11 @@ async def create_api_client(
 
 
 async def _editable_client(session: AsyncSession, actor: Principal, client_pk: int) -> ApiClient:
-    client = await session.get(ApiClient, client_pk, with_for_update=True)
+    """Client ``client_pk`` when its areas lie in the actor's scope (NOT_FOUND otherwise)
+    and the actor holds its scopes (GRANT_EXCEEDS_OWN)."""
+    client = (await session.execute(
+        select(ApiClient).where(ApiClient.id == client_pk, client_visible(actor.scope_patterns())).with_for_update()  # type: ignore[arg-type]
+    )).scalars().first()
     if client is None:
         raise NotFound(field="id")
     paths = (await session.execute(
@@ -1581,5 +1585,24 @@ async def issue_client_token(
     )
 
 
-def api_clients_statement() -> Select[ApiClient]:
-    return select(ApiClient).order_by(ApiClient.id)  # type: ignore[arg-type]
+def client_visible(scope_patterns: Sequence[str] | None) -> Any:
+    """SQL: an API client every one of whose granted areas lies in the scope, the way a
+    user or role is visible when its unit does (a client granted no area only to
+    whole-tree scope). A client serving two districts belongs to neither district alone."""
+    if scope_patterns is None:
+        return true()
+    if not scope_patterns:
+        return false()
+    granted = ApiClientArea.__table__.alias("granted")  # type: ignore[attr-defined]
+    granted_area = Area.__table__.alias("granted_area")  # type: ignore[attr-defined]
+    outside = exists().where(
+        granted.c.api_client_id == ApiClient.id, granted_area.c.id == granted.c.area_id,
+        not_(granted_area.c.path.like(array(list(scope_patterns)).any_())),
+    )
+    placed = exists().where(granted.c.api_client_id == ApiClient.id)
+    return or_(whole_tree(scope_patterns), and_(placed, not_(outside)))
+
+
+def api_clients_statement(*, scope_patterns: Sequence[str] | None) -> Select[ApiClient]:
+    """API clients within the scope (:func:`client_visible`; ``None``: all, for system callers)."""
+    return select(ApiClient).where(client_visible(scope_patterns)).order_by(ApiClient.id)  # type: ignore[arg-type]
