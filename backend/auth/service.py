@@ -92,20 +92,21 @@ CODE_MAX_ATTEMPTS = 5
 @dataclass(frozen=True, slots=True)
 class AuthPolicy:
     """The station secret (each use derives its own key from it, ``security.derive_key``),
-    lifetimes, the lockout and the throttles; defaults are the settings' defaults."""
+    lifetimes, the lockout and the throttles. Built with :meth:`from_settings`: no
+    defaults of its own, so none can drift from the settings' defaults."""
 
     secret: str
-    access_ttl_s: int = 900
-    refresh_ttl_s: int = 30 * 24 * 3600
-    max_failures: int = 5
-    lockout_s: int = 60
-    lockout_max_s: int = 3600
-    otp_ttl_s: int = 300
-    login_attempts_per_ip_per_minute: int = 20
-    sms_codes_per_ip_per_minute: int = 5
-    sms_codes_per_minute: int = 60
-    sms_codes_per_phone_per_day: int = 10
-    code_attempts_per_phone_per_day: int = 20
+    access_ttl_s: int
+    refresh_ttl_s: int
+    max_failures: int
+    lockout_s: int
+    lockout_max_s: int
+    otp_ttl_s: int
+    login_attempts_per_ip_per_minute: int
+    sms_codes_per_ip_per_minute: int
+    sms_codes_per_minute: int
+    sms_codes_per_phone_per_day: int
+    code_attempts_per_phone_per_day: int
 
     @classmethod
     def from_settings(cls, settings: Any) -> AuthPolicy:

@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.auth.service import AuthPolicy, TokenPair, claim_login_attempt, login_staff
-from tests.factories import Staff
+from backend.auth.service import TokenPair, claim_login_attempt, login_staff
+from tests.factories import Staff, auth_policy
 
 NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
-POLICY = AuthPolicy(secret="test-secret-of-at-least-thirty-two-bytes")
+POLICY = auth_policy("test-secret-of-at-least-thirty-two-bytes")
 
 # Tables a refusal must leave alone; the names are constants, never input.
 _COUNTED = frozenset(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from datetime import datetime, timedelta
 
@@ -28,6 +29,13 @@ def test_a_throttle_claim_cannot_be_called_without_its_address_or_policy(claim: 
     parameters = inspect.signature(claim).parameters  # type: ignore[arg-type]
 
     assert {name: parameters[name].default for name in throttle_inputs} == dict.fromkeys(throttle_inputs, inspect.Parameter.empty)
+
+
+def test_the_auth_policy_has_no_defaults_that_could_drift_from_the_settings() -> None:
+    defaulted = [field.name for field in dataclasses.fields(auth.AuthPolicy)
+                 if field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING]
+
+    assert defaulted == []
 
 
 async def fail_login(session: AsyncSession, username: str, *, now: datetime) -> int:

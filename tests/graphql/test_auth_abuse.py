@@ -13,11 +13,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.app import create_app
-from backend.auth.service import AuthPolicy, claim_login_attempt, create_api_client
+from backend.auth.service import claim_login_attempt, create_api_client
 from backend.auth.sms import sms_sender
 from backend.clock import utcnow
 from backend.db import session_factory
-from tests.factories import make_household, make_staff
+from tests.factories import auth_policy, make_household, make_staff
 from tests.graphql.client import GraphQLClient, api_settings, graphql_client
 from tests.graphql.conftest import World
 
@@ -78,7 +78,7 @@ async def test_an_administrator_unlocks_a_locked_user_and_it_is_audited(
         victim = await make_staff(session, permissions=())
     for _ in range(5):
         async with session_factory(engine_for_module)() as session, session.begin():
-            await claim_login_attempt(session, username=victim.username, now=utcnow(), policy=AuthPolicy(secret="x" * 32), ip=STRANGER[0])
+            await claim_login_attempt(session, username=victim.username, now=utcnow(), policy=auth_policy("x" * 32), ip=STRANGER[0])
     async with (
         graphql_client(database_url, client_address=STRANGER) as stranger,
         graphql_client(database_url, client_address=OWNER) as desk,
