@@ -66,7 +66,7 @@ async def seed(url: str) -> tuple[str, list[str]]:
             await auth.create_staff_user(session, actor=ROOT, username=USERNAME, full_name="基准用户", password=PASSWORD,
                                          role_ids=[role.id], now=utcnow())
         async with session_factory(engine)() as session, session.begin():
-            policy = auth.AuthPolicy(secret=SECRET, access_ttl_s=24 * 3600)
+            policy = auth.AuthPolicy.from_settings(Settings(secret_key=SECRET, access_token_ttl_s=24 * 3600))
             tokens = await auth.login_staff(session, username=USERNAME, password=PASSWORD, now=utcnow(), policy=policy)
     finally:
         await engine.dispose()

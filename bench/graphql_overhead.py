@@ -52,6 +52,7 @@ from backend.db import (
     to_libpq_url,
     with_database,
 )
+from backend.settings import Settings
 
 BENCH_DIR = Path(__file__).resolve().parent
 SECRET = "bench-secret-key-that-is-long-enough-0123456789abcdef"
@@ -112,7 +113,7 @@ async def seed(url: str) -> tuple[str, str]:
         await connection.close()
 
     company_id, company_path = rows[0][0], rows[0][4]
-    policy = auth.AuthPolicy(secret=SECRET, access_ttl_s=24 * 3600)
+    policy = auth.AuthPolicy.from_settings(Settings(secret_key=SECRET, access_token_ttl_s=24 * 3600))
     engine = create_engine(url, pool_size=1, max_overflow=0)
     try:
         async with session_factory(engine)() as session, session.begin():

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,6 +19,7 @@ from backend.auth.catalog import ALL_PERMISSIONS
 from backend.auth.models import PrincipalKind, RoleKind, StaffUser
 from backend.auth.principal import Principal
 from backend.clock import utcnow
+from backend.settings import Settings
 
 _counter = itertools.count(1)
 PASSWORD = "Passw0rd!x"
@@ -109,12 +111,18 @@ class _NoSms:
         raise AssertionError("no SMS expected")
 
 
+def auth_policy(secret: str, **settings: Any) -> auth.AuthPolicy:
+    """The policy a deployment with these settings (and the defaults of the rest) runs."""
+    return auth.AuthPolicy.from_settings(Settings(secret_key=secret, **settings))
+
+
 async def bind_at_counter(session: AsyncSession, *, resident: Principal, household: Household) -> None:
     """Bind a resident to a household the way the product does: the resident asks, and
     unless their phone is the registered one (bound at once) the counter approves."""
-    policy = auth.AuthPolicy(secret="factories-secret-of-at-least-32-characters")
+    policy = auth_policy("factories-secret-of-at-least-32-characters")
     pending = await auth.bind_household(session, resident=resident, account_no=household.account_no, name=household.name,
-                                        now=utcnow(), policy=policy, sender=_NoSms())
+                                        now=utcnow(), policy=policy)
+    await auth.send_binding_code(pending, sender=_NoSms())
     assert pending.binding.id is not None
     if pending.household is not None:
         return

@@ -204,6 +204,17 @@ OUT_OF_SCOPE_AREA = ("区域编码不存在或不在您的管辖范围内", "Unk
 OUT_OF_SCOPE_HOUSEHOLD = ("该户号已存在于您的管辖范围之外", "This account number exists outside your scope")
 
 
+async def _lock_for_the_subtree_rule(session: AsyncSession, *, meters: str | None = None, households: str | None = None) -> None:
+    """Before an import checks the same-subtree rule (backend.archives.service): share the
+    area tree's lock and lock the meters, then the households, the rows ``meters`` and
+    ``households`` select, each in id order, as a form's assignment or move does, so a
+    concurrent move cannot slip between the check and the write."""
+    await _service.share_area_tree(session)
+    for table, ids in (("meters", meters), ("households", households)):
+        if ids is not None:
+            await session.execute(sql(f"SELECT id FROM {table} WHERE id IN ({ids}) ORDER BY id FOR UPDATE"))
+
+
 async def import_households(
     session: AsyncSession,
     *,
@@ -249,6 +260,8 @@ async def import_households(
     if update_existing:
         # A household moved to an area outside a meter that serves it (the rule of
         # backend.archives.service) is refused, as on the form.
+        await _lock_for_the_subtree_rule(
+            session, households="SELECT h.id FROM households h JOIN import_households t ON t.account_no = h.account_no")
         await _row_errors(session, sheet, (
             "SELECT DISTINCT t.row_no FROM import_households t JOIN households h ON h.account_no = t.account_no "
             "JOIN meter_assignments s ON s.household_id = h.id AND s.valid_to IS NULL JOIN meters m ON m.id = s.meter_id "
@@ -697,6 +710,10 @@ async def import_meters(
         "SELECT row_no FROM import_meters WHERE collector_address IS NOT NULL AND concentrator_id IS NOT NULL "
         "AND collector_id IS NULL ORDER BY row_no"), {}, "collector_address", UNKNOWN_COLLECTOR)
     if update_existing:
+        await _lock_for_the_subtree_rule(
+            session, meters="SELECT m.id FROM meters m JOIN import_meters t ON t.code = m.code",
+            households="SELECT s.household_id FROM meter_assignments s JOIN meters m ON m.id = s.meter_id "
+                       "JOIN import_meters t ON t.code = m.code WHERE s.valid_to IS NULL")
         await _row_errors(session, sheet, (
             "SELECT t.row_no FROM import_meters t JOIN meters m ON m.code = t.code "
             "JOIN meter_assignments s ON s.meter_id = m.id AND s.valid_to IS NULL JOIN households h ON h.id = s.household_id "
@@ -989,6 +1006,8 @@ async def import_assignments(
         "WHERE h.account_no = t.account_no AND a.path LIKE ANY(CAST(:patterns AS text[]))"), params)
     await _row_errors(session, sheet, "SELECT row_no FROM import_assignments WHERE household_id IS NULL ORDER BY row_no", {},
                       "account_no", UNKNOWN_HOUSEHOLD)
+    await _lock_for_the_subtree_rule(session, meters="SELECT meter_id FROM import_assignments",
+                                     households="SELECT household_id FROM import_assignments")
     await session.execute(sql(
         "UPDATE import_assignments t SET existing_id = s.id FROM meter_assignments s WHERE s.meter_id = t.meter_id "
         "AND s.household_id = t.household_id AND date_trunc('second', s.valid_from) = t.valid_from"))

@@ -281,12 +281,17 @@ async def _scoped(
     session: AsyncSession, model: type[RowT], pk: int, scope_patterns: Sequence[str] | None, *,
     field: str = "id", lock: bool = False,
 ) -> RowT:
-    """Row ``pk`` of a table with an ``area_id``, within the scope; NOT_FOUND otherwise."""
+    """Row ``pk`` of a table with an ``area_id``, within the scope; NOT_FOUND otherwise.
+    With ``lock``, the row is locked first: a row another transaction is moving is then
+    read as it committed (``FOR UPDATE`` on the join would recheck the join against the
+    old area, and find nothing)."""
+    if lock:
+        await session.execute(select(model.id).where(model.id == pk).with_for_update())  # type: ignore[attr-defined]
     statement: Any = select(model).join(Area, Area.id == model.area_id).where(model.id == pk)  # type: ignore[attr-defined]
     if scope_patterns is not None:
         statement = statement.where(in_scope(Area.path, scope_patterns))
     if lock:
-        statement = statement.with_for_update(of=model)
+        statement = statement.execution_options(populate_existing=True)
     found = (await session.execute(statement)).scalars().first()
     if found is None:
         raise NotFound(field=field)
@@ -421,6 +426,14 @@ async def _lock_area_tree(session: AsyncSession) -> None:
     while its parent moves would otherwise keep the old path prefix (and the wrong scope).
     Shape changes are rare; reads never take this lock."""
     await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AREA_TREE_LOCK})
+
+
+async def share_area_tree(session: AsyncSession) -> None:
+    """Hold the tree's shape still until the transaction ends, alongside other holders:
+    taken by every path that opens an assignment or moves a meter or household, before it
+    reads the paths it checks the same-subtree rule against. A :func:`move_area` checks
+    the assignments it sees; one committed after that check would escape it."""
+    await session.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": _AREA_TREE_LOCK})
 
 
 def _like_prefix(path: str) -> str:
@@ -677,8 +690,11 @@ async def update_household(
     session: AsyncSession, *, household_id: int, changes: HouseholdChanges, scope_patterns: Sequence[str] | None = None
 ) -> Household:
     """Correct a household's record; name, phone and ID number correct the current owner too."""
-    household = await _scoped(session, Household, household_id, scope_patterns, lock=True)
     values = _changed(changes)
+    if values.get("area_id") is not None:
+        await share_area_tree(session)
+    # Locked: an assignment of a meter to it (which locks it too) waits for the move.
+    household = await _scoped(session, Household, household_id, scope_patterns, lock=True)
     await _check_household_fields(session, values, household_id, scope_patterns)
     if values.get("area_id") not in (None, household.area_id):
         # The meters serving it must still contain its new area.
@@ -1191,8 +1207,10 @@ async def update_meter(
     session: AsyncSession, *, meter_id: int, changes: MeterChanges, scope_patterns: Sequence[str] | None = None
 ) -> Meter:
     """Change a meter's archive fields (assignments and status have their own functions)."""
-    meter = await _scoped(session, Meter, meter_id, scope_patterns, lock=True)
     values = _changed(changes)
+    if values.get("area_id") is not None:
+        await share_area_tree(session)
+    meter = await _scoped(session, Meter, meter_id, scope_patterns, lock=True)
     if "status" in values:
         raise DomainError("状态经配表、换表、报废变化", "Status changes through assignment, replacement and retirement",
                           field="status", code=ErrorCode.INVALID)
@@ -1203,7 +1221,9 @@ async def update_meter(
     await _resolve_protocol(session, merged)
     await _check_meter(session, merged, meter_id, scope_patterns)
     if merged["area_id"] != meter.area_id:
-        # The household it serves must lie in its new area.
+        # The household it serves must lie in its new area; locked (meter, then household,
+        # as an assignment locks them), so that household cannot move meanwhile.
+        await _lock_served_household(session, meter_id)
         await _check_moved_within(session, _METER_MOVE_BREAKS, meter_id, merged["area_id"])
     if merged["kind"] is MeterKind.monitoring and await _open_assignment(session, meter_id) is not None:
         raise errors.MeterAlreadyAssigned("在用的住户水表不能改为监测点", "A meter serving a household cannot become a monitoring point",
@@ -1334,6 +1354,15 @@ async def _lock_meters(session: AsyncSession, ids: Sequence[int], scope_patterns
     return [found[pk] for pk in ids]
 
 
+async def _lock_served_household(session: AsyncSession, meter_id: int) -> None:
+    """Lock the household meter ``meter_id`` serves now, if any (the meter is locked first)."""
+    await session.execute(
+        text("SELECT h.id FROM households h JOIN meter_assignments s ON s.household_id = h.id "
+             "WHERE s.meter_id = :meter_id AND s.valid_to IS NULL ORDER BY h.id FOR UPDATE OF h"),
+        {"meter_id": meter_id},
+    )
+
+
 def _check_available(meter: Meter, field: str) -> None:
     if meter.kind is MeterKind.monitoring or meter.status in (MeterStatus.retired, MeterStatus.faulty):
         raise errors.MeterUnavailable(field=field)
@@ -1411,8 +1440,11 @@ async def assign_meter(
     usage splits there; what ingest rejects refuses the assignment. The default is
     stored only for a meter without readings (newly installed): the initial reading of a
     meter that has been read is not its register now."""
+    await share_area_tree(session)
+    # Meter, then household, both locked: a concurrent move of either waits, and is then
+    # checked against this assignment (or this check against the move).
     (meter,) = await _lock_meters(session, [meter_id], scope_patterns, ["meterId"])
-    household = await _scoped(session, Household, household_id, scope_patterns, field="householdId")
+    household = await _scoped(session, Household, household_id, scope_patterns, field="householdId", lock=True)
     if household.status is HouseholdStatus.closed:
         raise errors.HouseholdClosed(field="householdId")
     _check_available(meter, "meterId")
@@ -1498,6 +1530,7 @@ async def replace_meter(
     refuses the whole replacement, and nothing of it is written."""
     if old_meter_id == new_meter_id:
         raise DomainError("新表不能与旧表相同", "The new meter must differ from the old one", field="newMeterId", code=ErrorCode.INVALID)
+    await share_area_tree(session)
     old, new = await _lock_meters(session, [old_meter_id, new_meter_id], scope_patterns, ["oldMeterId", "newMeterId"])
     assignment = await _open_assignment(session, old_meter_id)
     if assignment is None:

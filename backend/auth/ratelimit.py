@@ -43,7 +43,8 @@ class _Bucket:
 class TokenBuckets:
     """One token bucket per key, each refilled at its rate per minute. At most
     ``max_keys`` are kept: past that, buckets idle long enough to be full again are
-    dropped (a full bucket and a missing one admit the same)."""
+    dropped (a full bucket and a missing one admit the same), and then the oldest, down
+    to 80 % of ``max_keys``."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, *, max_keys: int = 100_000) -> None:
         self._clock = clock
@@ -67,12 +68,16 @@ class TokenBuckets:
         return True
 
     def _forget_idle(self, now: float) -> None:
-        # A minute idle refills any bucket completely.
-        self._buckets = {key: bucket for key, bucket in self._buckets.items() if now - bucket.updated < 60.0}
-        if len(self._buckets) >= self._max_keys:
-            # A flood of fresh addresses: keep the newest half (the global bucket still holds).
-            newest = sorted(self._buckets.items(), key=lambda item: item[1].updated)[len(self._buckets) // 2:]
-            self._buckets = dict(newest)
+        # Prune down to a low-water mark, not just below the cap: otherwise a steady stream
+        # of fresh addresses (one bucket going idle per new one) rescans the whole map on
+        # every request. A minute idle refills any bucket completely; past that, under a
+        # flood, the newest are kept (the global bucket still holds).
+        low_water = self._max_keys * 4 // 5
+        busy = [(key, bucket) for key, bucket in self._buckets.items() if now - bucket.updated < 60.0]
+        if len(busy) > low_water:
+            busy.sort(key=lambda item: item[1].updated)
+            busy = busy[len(busy) - low_water:]
+        self._buckets = dict(busy)
 
 
 class ClientRateLimiter:

@@ -463,8 +463,9 @@ async def _fetch_role(context: Any, pk: int) -> RoleType | None:
 async def _fetch_api_client(context: Any, pk: int) -> ApiClientType | None:
     if context.principal is None or not context.principal.has("clients:manage"):
         return None
+    statement = service.api_clients_statement(scope_patterns=context.principal.scope_patterns()).where(ApiClient.id == pk)  # type: ignore[arg-type]
     async with context.read() as session:
-        client = await session.get(ApiClient, pk)
+        client = (await session.execute(statement)).scalars().first()
     return ApiClientType.from_row(client) if client else None
 
 
@@ -529,7 +530,8 @@ class Query:
     ) -> Connection[ApiClientType]:
         page = PageRequest.from_args(first, after, last, before)
         async with info.context.read() as session:
-            return await paginate(session, service.api_clients_statement(), page, lambda row: ApiClientType.from_row(row[0]))
+            statement = service.api_clients_statement(scope_patterns=info.context.caller.scope_patterns())
+            return await paginate(session, statement, page, lambda row: ApiClientType.from_row(row[0]))
 
 
 # --------------------------------------------------------------------------- mutations
@@ -677,14 +679,28 @@ class Mutation:
     async def bind_household(self, info: Info, account_no: str, name: str) -> HouseholdPayload:
         principal, policy, now = info.context.caller, _policy(info), utcnow()
         sender = sms_sender(info.context.settings.sms_sender)
-        return await run_mutation(
+        outcomes: list[service.BindingOutcome] = []
+
+        async def work(session: AsyncSession) -> service.BindingOutcome:
+            outcome = await service.bind_household(
+                session, resident=principal, account_no=account_no, name=name, now=now, policy=policy
+            )
+            outcomes.append(outcome)
+            return outcome
+
+        answer = await run_mutation(
             info, module="resident", action="bindHousehold", describe=lambda _: f"住户绑定缴费号 {account_no[:32]}",
             payload=_binding_payload,
-            before=lambda session: service.claim_bind_attempt(session, resident=principal, now=now, policy=policy),
-            work=lambda session: service.bind_household(
-                session, resident=principal, account_no=account_no, name=name, now=now, policy=policy, sender=sender
+            before=lambda session: service.claim_bind_attempt(
+                session, resident=principal, now=now, policy=policy, ip=info.context.ip
             ),
+            work=work,
         )
+        # Committed by now (a refusal raised or left no outcome): the code goes out
+        # with no lock or transaction held.
+        if outcomes and not answer.errors:
+            await service.send_binding_code(outcomes[0], sender=sender)
+        return answer
 
     @strawberry.mutation(permission_classes=[Requires("resident:self")],
                          description="Confirm your pending binding with the code sent to the household's registered phone.",

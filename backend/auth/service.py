@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Select, delete, exists, false, func, not_, or_, select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Select, and_, delete, exists, false, func, not_, or_, select, text, true, update
+from sqlalchemy.dialects.postgresql import array, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -92,20 +92,21 @@ CODE_MAX_ATTEMPTS = 5
 @dataclass(frozen=True, slots=True)
 class AuthPolicy:
     """The station secret (each use derives its own key from it, ``security.derive_key``),
-    lifetimes, the lockout and the throttles; defaults are the settings' defaults."""
+    lifetimes, the lockout and the throttles. Built with :meth:`from_settings`: no
+    defaults of its own, so none can drift from the settings' defaults."""
 
     secret: str
-    access_ttl_s: int = 900
-    refresh_ttl_s: int = 30 * 24 * 3600
-    max_failures: int = 5
-    lockout_s: int = 60
-    lockout_max_s: int = 3600
-    otp_ttl_s: int = 300
-    login_attempts_per_ip_per_minute: int = 20
-    sms_codes_per_ip_per_minute: int = 5
-    sms_codes_per_minute: int = 60
-    sms_codes_per_phone_per_day: int = 10
-    code_attempts_per_phone_per_day: int = 20
+    access_ttl_s: int
+    refresh_ttl_s: int
+    max_failures: int
+    lockout_s: int
+    lockout_max_s: int
+    otp_ttl_s: int
+    login_attempts_per_ip_per_minute: int
+    sms_codes_per_ip_per_minute: int
+    sms_codes_per_minute: int
+    sms_codes_per_phone_per_day: int
+    code_attempts_per_phone_per_day: int
 
     @classmethod
     def from_settings(cls, settings: Any) -> AuthPolicy:
@@ -350,7 +351,7 @@ def _source(ip: str | None) -> str:
 
 
 async def claim_login_attempt(
-    session: AsyncSession, *, username: str, now: datetime, policy: AuthPolicy, ip: str | None = None
+    session: AsyncSession, *, username: str, now: datetime, policy: AuthPolicy, ip: str | None
 ) -> int:
     """Count a login attempt before the password is checked; commit it on its own.
 
@@ -1012,7 +1013,7 @@ async def change_own_password(
 
 
 async def claim_password_check(
-    session: AsyncSession, *, actor: Principal, now: datetime, policy: AuthPolicy, ip: str | None = None
+    session: AsyncSession, *, actor: Principal, now: datetime, policy: AuthPolicy, ip: str | None
 ) -> int:
     """Count a check of the caller's current password against their login lockout, so a
     stolen access token cannot be used to guess the password (commit on its own)."""
@@ -1103,6 +1104,11 @@ async def claim_code_send(session: AsyncSession, *, phone: str, now: datetime, p
                           refusal=errors.CodeDailyLimit(field="phone"))
     # Under the phone's lock, so two requests at once cannot both pass.
     await _refuse_recent_code(session, phone, now)
+    await _count_sms_send(session, now=now, policy=policy, ip=ip)
+
+
+async def _count_sms_send(session: AsyncSession, *, now: datetime, policy: AuthPolicy, ip: str | None) -> None:
+    # SMS pumping costs money: every request that may send one counts per address and in all.
     await count_hit(session, key=f"sms:ip:{_source(ip)}", now=now, limit=policy.sms_codes_per_ip_per_minute)
     await count_hit(session, key="sms:all", now=now, limit=policy.sms_codes_per_minute)
 
@@ -1169,20 +1175,20 @@ async def login_resident(
 
 
 async def claim_code_attempt(
-    session: AsyncSession, *, phone: str, now: datetime, policy: AuthPolicy | None = None, ip: str | None = None
+    session: AsyncSession, *, phone: str, now: datetime, policy: AuthPolicy, ip: str | None
 ) -> None:
     """Count one attempt against the phone's live code before it is compared; the caller
     commits this on its own. A code with five attempts used is dead: InvalidCode.
 
-    With a ``policy``, also counted (and refused past their limits, counting nothing):
-    the address's login attempts a minute (:class:`RateLimited`) and the phone's code
-    attempts over the last 24 hours, right or wrong (:class:`CodeDailyLimit`), so a
-    phone's code cannot be ground down by asking for new ones."""
+    Also counted (and refused past their limits, counting nothing): the address's login
+    attempts a minute (:class:`RateLimited`) and the phone's code attempts over the last
+    24 hours, right or wrong (:class:`CodeDailyLimit`), so a phone's code cannot be
+    ground down by asking for new ones. ``policy`` and ``ip`` are required: a caller
+    that left them out would skip those limits, or count every address as one."""
     phone = phone.strip()
-    if policy is not None:
-        await count_hit(session, key=f"login:ip:{_source(ip)}", now=now, limit=policy.login_attempts_per_ip_per_minute)
-        await count_daily_hit(session, key=f"code:phone:{phone[:20]}", now=now, limit=policy.code_attempts_per_phone_per_day,
-                              refusal=errors.CodeAttemptsDailyLimit(field="code"))
+    await count_hit(session, key=f"login:ip:{_source(ip)}", now=now, limit=policy.login_attempts_per_ip_per_minute)
+    await count_daily_hit(session, key=f"code:phone:{phone[:20]}", now=now, limit=policy.code_attempts_per_phone_per_day,
+                          refusal=errors.CodeAttemptsDailyLimit(field="code"))
     live = (
         select(OneTimeCode.id)  # type: ignore[call-overload]
         .where(OneTimeCode.phone == phone, OneTimeCode.consumed_at.is_(None), OneTimeCode.expires_at > now)  # type: ignore[union-attr]
@@ -1205,10 +1211,15 @@ def _bind_attempts_key(resident: Principal) -> str:
     return f"~bind:{resident.id}"
 
 
-async def claim_bind_attempt(session: AsyncSession, *, resident: Principal, now: datetime, policy: AuthPolicy) -> int:
+async def claim_bind_attempt(
+    session: AsyncSession, *, resident: Principal, now: datetime, policy: AuthPolicy, ip: str | None
+) -> int:
     """Count a binding attempt (commit on its own): five wrong account number / name pairs
     lock binding for the resident (``lockout_s``, doubling like a login lock), so pairs
-    cannot be guessed at will."""
+    cannot be guessed at will. An attempt may send a code to the household's registered
+    phone, so it also counts against the address's and everyone's SMS minute limits
+    (:class:`RateLimited`), as a login code request does: binding requests cannot pump SMS."""
+    await _count_sms_send(session, now=now, policy=policy, ip=ip)
     # The resident's own counter (no address): their guesses lock only their binding.
     return await _claim_against_lockout(session, name=_bind_attempts_key(resident), source="", now=now, policy=policy)
 
@@ -1230,6 +1241,26 @@ class BindingOutcome:
     household: Household | None
     # The masked registered phone a confirmation code was sent to, if one was.
     code_sent_to: str | None = None
+    # The code :func:`send_binding_code` sends once the binding has committed.
+    unsent_code: BindingCode | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BindingCode:
+    """A household binding's confirmation code, for the registered phone."""
+
+    phone: str
+    code: str
+    account_no: str
+
+
+async def send_binding_code(outcome: BindingOutcome, *, sender: SmsSender) -> None:
+    """Send the code :func:`bind_household` made, if it made one. Call it after that
+    transaction committed: the gateway is slow, and waiting on it inside would hold the
+    phone's SMS counter lock (and the binding's row) for every other request meanwhile.
+    A failed send leaves the pending binding for the owner or the counter to approve."""
+    if outcome.unsent_code is not None:
+        await sender.send_binding_code(outcome.unsent_code.phone, outcome.unsent_code.code, outcome.unsent_code.account_no)
 
 
 async def _emit_bound(session: AsyncSession, binding: HouseholdBinding) -> None:
@@ -1266,7 +1297,6 @@ async def bind_household(
     name: str,
     now: datetime,
     policy: AuthPolicy,
-    sender: SmsSender,
 ) -> BindingOutcome:
     """Bind a household by its account number and registered name, with proof beyond
     what the bill prints.
@@ -1274,7 +1304,8 @@ async def bind_household(
     - The resident's login phone is the household's registered phone (or its second
       phone; the login code proved it): bound at once, as its owner.
     - Otherwise a pending binding is made; a code goes to the registered phone (when it
-      is a mobile number and its daily SMS cap allows), and the resident confirms with
+      is a mobile number and its daily SMS cap allows; the caller sends it with
+      :func:`send_binding_code` after committing), and the resident confirms with
       :func:`confirm_household_binding`; or the owner, or the counter, approves it
       (:func:`decide_household_binding`). A repeated request returns the pending one
       without sending another code.
@@ -1324,7 +1355,8 @@ async def bind_household(
             pending.code_hash = _binding_code_digest(policy, pending.id, code)
             pending.code_expires_at = now + timedelta(seconds=policy.otp_ttl_s)
             await session.flush()
-            await sender.send_binding_code(registered, code, household.account_no)
+            return BindingOutcome(pending, household.account_no, resident_phone, None, mask_phone(registered),
+                                  BindingCode(registered, code, household.account_no))
     code_sent_to = mask_phone(registered) if pending.code_hash is not None else None
     return BindingOutcome(pending, household.account_no, resident_phone, None, code_sent_to)
 
@@ -1382,30 +1414,21 @@ async def decide_household_binding(
     """An owner of the household (a resident bound to it as owner) or staff whose scope
     holds it (the counter) approves or rejects a pending binding. Anyone else, and a
     binding that is not pending, gets NOT_FOUND, so requests do not leak."""
+    if actor.is_resident:
+        decided_by = f"owner:{actor.id}"
+    elif actor.is_staff:
+        decided_by = f"staff:{actor.id}"
+    else:
+        raise Forbidden()
+    # Who may decide is part of the query: a binding outside it is never loaded or locked.
     binding = (await session.execute(
         select(HouseholdBinding).where(
             HouseholdBinding.id == binding_id, HouseholdBinding.state == BindingState.pending,  # type: ignore[arg-type]
+            col(HouseholdBinding.household_id).in_(_households_deciding_for(actor)),
         ).with_for_update()
     )).scalars().first()
     if binding is None:
         raise NotFound(field="id")
-    if actor.is_resident:
-        owns = await session.execute(select(ResidentHousehold.resident_id).where(  # type: ignore[call-overload]
-            ResidentHousehold.resident_id == actor.id, ResidentHousehold.household_id == binding.household_id,
-            ResidentHousehold.is_owner.is_(True),  # type: ignore[attr-defined]
-        ))
-        if owns.first() is None:
-            raise NotFound(field="id")
-        decided_by = f"owner:{actor.id}"
-    elif actor.is_staff:
-        path = (await session.execute(
-            select(Area.path).join(Household, Household.area_id == Area.id).where(Household.id == binding.household_id)  # type: ignore[call-overload,arg-type]
-        )).scalar_one()
-        if not actor.in_scope(path):
-            raise NotFound(field="id")
-        decided_by = f"staff:{actor.id}"
-    else:
-        raise Forbidden()
     if approve:
         await _activate(session, binding, now=now, decided_by=decided_by, owner=False)
     else:
@@ -1425,18 +1448,24 @@ def pending_bindings_statement(actor: Principal) -> Select[tuple[HouseholdBindin
         .join(Resident, Resident.id == HouseholdBinding.resident_id)
         .where(HouseholdBinding.state == BindingState.pending)
     )
+    visible: Any = col(HouseholdBinding.household_id).in_(_households_deciding_for(actor))
     if actor.is_resident:
-        owned = select(ResidentHousehold.household_id).where(  # type: ignore[call-overload]
+        # A resident also sees their own requests.
+        visible = or_(visible, col(HouseholdBinding.resident_id) == actor.id)
+    return statement.where(visible).order_by(HouseholdBinding.id)  # type: ignore[no-any-return]
+
+
+def _households_deciding_for(actor: Principal) -> Select[tuple[int]]:
+    """The households whose bindings ``actor`` decides: a resident's owned ones, a staff
+    member's in their scope (one predicate, :func:`in_scope`, like every scoped list)."""
+    if actor.is_resident:
+        return select(ResidentHousehold.household_id).where(  # type: ignore[call-overload,no-any-return]
             ResidentHousehold.resident_id == actor.id, ResidentHousehold.is_owner.is_(True),  # type: ignore[attr-defined]
         )
-        statement = statement.where(or_(col(HouseholdBinding.household_id).in_(owned), HouseholdBinding.resident_id == actor.id))  # type: ignore[arg-type]
-    else:
-        in_scope = (
-            select(Area.id)  # type: ignore[call-overload]
-            .where(or_(false(), *[col(Area.path).startswith(path) for path in actor.scope_paths]))
-        )
-        statement = statement.where(col(Household.area_id).in_(in_scope))
-    return statement.order_by(HouseholdBinding.id)  # type: ignore[no-any-return]
+    return (  # type: ignore[no-any-return]
+        select(Household.id).join(Area, Area.id == Household.area_id)  # type: ignore[call-overload,arg-type]
+        .where(in_scope(Area.path, actor.scope_patterns()))
+    )
 
 
 async def unbind_household(session: AsyncSession, *, resident: Principal, household_id: int, now: datetime) -> Household:
@@ -1506,7 +1535,11 @@ async def create_api_client(
 
 
 async def _editable_client(session: AsyncSession, actor: Principal, client_pk: int) -> ApiClient:
-    client = await session.get(ApiClient, client_pk, with_for_update=True)
+    """Client ``client_pk`` when its areas lie in the actor's scope (NOT_FOUND otherwise)
+    and the actor holds its scopes (GRANT_EXCEEDS_OWN)."""
+    client = (await session.execute(
+        select(ApiClient).where(ApiClient.id == client_pk, client_visible(actor.scope_patterns())).with_for_update()  # type: ignore[arg-type]
+    )).scalars().first()
     if client is None:
         raise NotFound(field="id")
     paths = (await session.execute(
@@ -1553,5 +1586,24 @@ async def issue_client_token(
     )
 
 
-def api_clients_statement() -> Select[ApiClient]:
-    return select(ApiClient).order_by(ApiClient.id)  # type: ignore[arg-type]
+def client_visible(scope_patterns: Sequence[str] | None) -> Any:
+    """SQL: an API client every one of whose granted areas lies in the scope, the way a
+    user or role is visible when its unit does (a client granted no area only to
+    whole-tree scope). A client serving two districts belongs to neither district alone."""
+    if scope_patterns is None:
+        return true()
+    if not scope_patterns:
+        return false()
+    granted = ApiClientArea.__table__.alias("granted")  # type: ignore[attr-defined]
+    granted_area = Area.__table__.alias("granted_area")  # type: ignore[attr-defined]
+    outside = exists().where(
+        granted.c.api_client_id == ApiClient.id, granted_area.c.id == granted.c.area_id,
+        not_(granted_area.c.path.like(array(list(scope_patterns)).any_())),
+    )
+    placed = exists().where(granted.c.api_client_id == ApiClient.id)
+    return or_(whole_tree(scope_patterns), and_(placed, not_(outside)))
+
+
+def api_clients_statement(*, scope_patterns: Sequence[str] | None) -> Select[ApiClient]:
+    """API clients within the scope (:func:`client_visible`; ``None``: all, for system callers)."""
+    return select(ApiClient).where(client_visible(scope_patterns)).order_by(ApiClient.id)  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ and household bindings that need proof.
 - ``household_bindings``: requests waiting for a code, an owner or the counter.
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-06
 """
 

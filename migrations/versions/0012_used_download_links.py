@@ -1,7 +1,7 @@
 """Download links work once: the nonces of redeemed links, until they expire.
 
 Revision ID: 0012
-Revises: 0009
+Revises: 0011
 Create Date: 2026-12-06
 """
 

@@ -38,7 +38,7 @@ from backend.archives.models import (
     Meter,
     MeterType,
 )
-from backend.auth.service import AuthPolicy, login_resident, request_login_code
+from backend.auth.service import login_resident, request_login_code
 from backend.clock import utcnow
 from backend.db import session_factory
 from backend.errors import DomainError, NotFound
@@ -46,7 +46,7 @@ from backend.exports.excel import CellError, ImportRowsInvalid, NotXlsx, read_ro
 from backend.graphql.relay import encode_id
 from backend.readings.service import ReadingIn, ingest_readings
 from backend.readings.usage import usage_between
-from tests.factories import AreaTree, Staff, bind_at_counter, insert_legacy_assignment, make_area_tree, make_staff, unique
+from tests.factories import AreaTree, Staff, auth_policy, bind_at_counter, insert_legacy_assignment, make_area_tree, make_staff, unique
 from tests.graphql.client import TEST_SECRET, GraphQLClient, graphql_client
 
 TZ = "Asia/Shanghai"
@@ -146,7 +146,7 @@ async def world(committed_engine: AsyncEngine) -> World:
                                            reason="报停", changed_by="管理员甲", now=utcnow())
         await service.set_household_status(session, household_id=household.id, status=HouseholdStatus.active,
                                            reason="恢复", changed_by="管理员甲", now=utcnow())
-        policy = AuthPolicy(secret=TEST_SECRET)
+        policy = auth_policy(TEST_SECRET)
         catcher = _CodeCatcher()
         await request_login_code(session, phone="13900000000", now=utcnow(), policy=policy, sender=catcher)
         pair = await login_resident(session, phone="13900000000", code=catcher.code, now=utcnow(), policy=policy)

@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.auth.service import AuthPolicy, TokenPair, claim_login_attempt, login_staff
-from tests.factories import Staff
+from backend.auth.service import TokenPair, claim_login_attempt, login_staff
+from tests.factories import Staff, auth_policy
 
 NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
-POLICY = AuthPolicy(secret="test-secret-of-at-least-thirty-two-bytes")
+POLICY = auth_policy("test-secret-of-at-least-thirty-two-bytes")
 
 # Tables a refusal must leave alone; the names are constants, never input.
 _COUNTED = frozenset(
@@ -52,5 +52,5 @@ async def row_counts(session: AsyncSession, *tables: str) -> dict[str, int]:
 
 async def log_in(session: AsyncSession, staff: Staff, *, now: datetime = NOW) -> TokenPair:
     """Log in as the login mutation does: count the attempt, then check the password."""
-    await claim_login_attempt(session, username=staff.username, now=now, policy=POLICY)
-    return await login_staff(session, username=staff.username, password=staff.password, now=now, policy=POLICY)
+    await claim_login_attempt(session, username=staff.username, now=now, policy=POLICY, ip="203.0.113.9")
+    return await login_staff(session, username=staff.username, password=staff.password, now=now, policy=POLICY, ip="203.0.113.9")

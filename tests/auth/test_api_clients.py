@@ -9,13 +9,14 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.archives.models import Area
 from backend.auth import errors
 from backend.auth import service as auth
 from backend.auth.catalog import CLIENT_SCOPES
 from backend.auth.models import PrincipalKind, RoleKind
 from backend.auth.principal import Principal
 from backend.auth.service import IssuedClient
-from backend.errors import ValidationFailed
+from backend.errors import NotFound, ValidationFailed
 from tests.auth.support import NOW, POLICY, row_counts
 from tests.factories import ROOT, AreaTree, Staff, make_area_tree, make_staff
 
@@ -198,8 +199,10 @@ async def test_rotating_the_secret_revokes_old_tokens_and_the_old_secret(session
 async def test_an_actor_cannot_rotate_or_disable_a_client_wider_than_they_are(session: AsyncSession) -> None:
     tree = await make_area_tree(session)
     manager = await east_client_manager(session, tree)
+    # In the manager's district, but with a scope the manager does not hold.
     wider = await auth.create_api_client(
-        session, actor=await company_admin(session, tree), name="全公司平台", scopes={"readings:read"}, area_ids=[tree.company.id or 0]
+        session, actor=await company_admin(session, tree), name="城东档案平台", scopes={"archives:read"},
+        area_ids=[tree.east.id or 0],
     )
     old_hash = wider.client.secret_hash
 
@@ -213,3 +216,39 @@ async def test_an_actor_cannot_rotate_or_disable_a_client_wider_than_they_are(se
     assert refused_rotate.value.field == "id"
     assert (wider.client.secret_hash, wider.client.is_active) == (old_hash, True)
     assert (await token_for(session, wider)) != ""
+
+
+async def test_a_district_manager_lists_and_edits_only_clients_whose_areas_all_lie_in_its_district(
+    session: AsyncSession,
+) -> None:
+    tree = await make_area_tree(session)
+    manager = await east_client_manager(session, tree)
+    admin = await company_admin(session, tree)
+
+    async def client_in(*areas: Area) -> IssuedClient:
+        return await auth.create_api_client(session, actor=admin, name="平台", scopes={"readings:read"},
+                                            area_ids=[area.id or 0 for area in areas])
+
+    east = await client_in(tree.east_community)
+    west, both, company_wide, nowhere = (
+        await client_in(tree.west), await client_in(tree.east, tree.west), await client_in(tree.company), await client_in()
+    )
+    others = {west.client.id, both.client.id, company_wide.client.id, nowhere.client.id}
+
+    async def listed(actor: Principal) -> set[int | None]:
+        statement = auth.api_clients_statement(scope_patterns=actor.scope_patterns())
+        return {client.id for client in (await session.execute(statement)).scalars().all()}
+
+    seen_by_manager = await listed(manager.principal)
+    for other in (west, both, company_wide, nowhere):
+        with pytest.raises(NotFound):
+            await auth.rotate_api_client_secret(session, actor=manager.principal, client_pk=other.client.id or 0, now=NOW)
+        with pytest.raises(NotFound):
+            await auth.set_api_client_active(session, actor=manager.principal, client_pk=other.client.id or 0,
+                                             is_active=False, now=NOW)
+    rotated = await auth.rotate_api_client_secret(session, actor=manager.principal, client_pk=east.client.id or 0, now=NOW)
+
+    assert east.client.id in seen_by_manager and not seen_by_manager & others
+    assert {east.client.id} | others <= await listed(admin)
+    assert rotated.client.id == east.client.id
+    assert [other.client.is_active for other in (west, both, company_wide, nowhere)] == [True] * 4

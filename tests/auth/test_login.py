@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from datetime import datetime, timedelta
 
 import pytest
@@ -17,12 +19,31 @@ from tests.auth.support import NOW, POLICY, log_in, row_count
 from tests.factories import ROOT, make_area_tree, make_staff
 
 
+@pytest.mark.parametrize(("claim", "throttle_inputs"), [
+    (auth.claim_login_attempt, ("policy", "ip")),
+    (auth.claim_password_check, ("policy", "ip")),
+    (auth.claim_code_attempt, ("policy", "ip")),
+])
+def test_a_throttle_claim_cannot_be_called_without_its_address_or_policy(claim: object, throttle_inputs: tuple[str, ...]) -> None:
+    # A default would let a caller skip the caps (no policy) or count every address as one (no ip).
+    parameters = inspect.signature(claim).parameters  # type: ignore[arg-type]
+
+    assert {name: parameters[name].default for name in throttle_inputs} == dict.fromkeys(throttle_inputs, inspect.Parameter.empty)
+
+
+def test_the_auth_policy_has_no_defaults_that_could_drift_from_the_settings() -> None:
+    defaulted = [field.name for field in dataclasses.fields(auth.AuthPolicy)
+                 if field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING]
+
+    assert defaulted == []
+
+
 async def fail_login(session: AsyncSession, username: str, *, now: datetime) -> int:
     """An attempt that fails: counted before the password check, never cleared.
 
     (The refusal itself is pinned once below; hashing a wrong password per failure would
     cost ~0.1 s each.)"""
-    return await auth.claim_login_attempt(session, username=username, now=now, policy=POLICY)
+    return await auth.claim_login_attempt(session, username=username, now=now, policy=POLICY, ip="203.0.113.9")
 
 
 async def locked_until(session: AsyncSession, username: str) -> datetime | None:
@@ -77,9 +98,9 @@ async def test_unknown_user_and_wrong_password_get_the_same_refusal_and_open_no_
     sessions_before = await row_count(session, "auth_sessions")
 
     with pytest.raises(errors.InvalidCredentials) as unknown:
-        await auth.login_staff(session, username="nobody-here", password=staff.password, now=NOW, policy=POLICY)
+        await auth.login_staff(session, username="nobody-here", password=staff.password, now=NOW, policy=POLICY, ip="203.0.113.9")
     with pytest.raises(errors.InvalidCredentials) as wrong:
-        await auth.login_staff(session, username=staff.username, password="Wrong-passw0rd", now=NOW, policy=POLICY)
+        await auth.login_staff(session, username=staff.username, password="Wrong-passw0rd", now=NOW, policy=POLICY, ip="203.0.113.9")
 
     assert (unknown.value.message, unknown.value.field) == (wrong.value.message, wrong.value.field)
     assert wrong.value.field is None
@@ -89,9 +110,9 @@ async def test_unknown_user_and_wrong_password_get_the_same_refusal_and_open_no_
 async def test_a_wrong_password_counts_one_failure_against_the_username(session: AsyncSession) -> None:
     staff = await make_staff(session)
 
-    counted = await auth.claim_login_attempt(session, username=staff.username, now=NOW, policy=POLICY)
+    counted = await auth.claim_login_attempt(session, username=staff.username, now=NOW, policy=POLICY, ip="203.0.113.9")
     with pytest.raises(errors.InvalidCredentials):
-        await auth.login_staff(session, username=staff.username, password="Wrong-passw0rd", now=NOW, policy=POLICY)
+        await auth.login_staff(session, username=staff.username, password="Wrong-passw0rd", now=NOW, policy=POLICY, ip="203.0.113.9")
 
     assert counted == 1
     assert await counted_failures(session, staff.username) == 1
@@ -129,7 +150,9 @@ async def test_failures_of_an_unknown_username_lock_it_too(session: AsyncSession
         await fail_login(session, "ghost-user", now=NOW + timedelta(minutes=m))
 
     with pytest.raises(errors.AccountLocked):
-        await auth.claim_login_attempt(session, username="ghost-user", now=NOW + timedelta(minutes=4, seconds=30), policy=POLICY)
+        await auth.claim_login_attempt(
+            session, username="ghost-user", now=NOW + timedelta(minutes=4, seconds=30), policy=POLICY, ip="203.0.113.9"
+        )
 
 
 async def test_login_succeeds_once_the_lock_ends_and_clears_the_count(session: AsyncSession) -> None:
@@ -250,4 +273,4 @@ async def test_inactive_user_with_a_wrong_password_learns_nothing_about_the_acco
     )
 
     with pytest.raises(errors.InvalidCredentials):
-        await auth.login_staff(session, username=staff.username, password="Wrong-passw0rd", now=NOW, policy=POLICY)
+        await auth.login_staff(session, username=staff.username, password="Wrong-passw0rd", now=NOW, policy=POLICY, ip="203.0.113.9")

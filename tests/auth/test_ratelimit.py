@@ -143,6 +143,34 @@ def test_buckets_of_a_flood_of_addresses_are_forgotten_once_they_would_be_full()
     assert len(buckets._buckets) == 1
 
 
+def test_a_steady_stream_of_fresh_addresses_prunes_the_full_map_rarely() -> None:
+    # One new address every 0.6 s keeps exactly one bucket a minute old each time the map
+    # is full: pruning only the idle ones would rescan the whole map on every request.
+    clock = FakeClock()
+    buckets = TokenBuckets(clock, max_keys=100)
+    scans = 0
+    prune = buckets._forget_idle
+
+    def counted_prune(now: float) -> None:
+        nonlocal scans
+        scans += 1
+        prune(now)
+
+    buckets._forget_idle = counted_prune  # type: ignore[method-assign]
+    for n in range(100):
+        buckets.take(n, 6)
+        clock.advance(0.6)
+
+    buckets.take("first over", 6)
+    assert len(buckets._buckets) == 81
+    for n in range(200):
+        clock.advance(0.6)
+        buckets.take(f"fresh {n}", 6)
+
+    assert scans <= 11
+    assert len(buckets._buckets) <= 100
+
+
 def test_an_ipv6_caller_is_counted_by_its_64_network() -> None:
     throttle = AnonymousThrottle(per_ip_per_minute=2, per_minute=1000, clock=FakeClock())
 

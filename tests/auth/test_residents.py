@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.archives.models import Household
@@ -152,9 +153,9 @@ async def test_four_wrong_codes_still_leave_the_right_code_usable(session: Async
     sms = FakeSms()
     code = await send_code(session, sms)
     for _ in range(4):
-        await auth.claim_code_attempt(session, phone=PHONE, now=NOW)
+        await auth.claim_code_attempt(session, phone=PHONE, now=NOW, policy=POLICY, ip="203.0.113.9")
 
-    await auth.claim_code_attempt(session, phone=PHONE, now=NOW)
+    await auth.claim_code_attempt(session, phone=PHONE, now=NOW, policy=POLICY, ip="203.0.113.9")
     pair = await auth.login_resident(session, phone=PHONE, code=code, now=NOW, policy=POLICY)
 
     assert pair.principal.kind is PrincipalKind.resident
@@ -164,12 +165,12 @@ async def test_five_wrong_codes_kill_the_code_even_for_the_right_code(session: A
     sms = FakeSms()
     code = await send_code(session, sms)
     for _ in range(5):
-        await auth.claim_code_attempt(session, phone=PHONE, now=NOW)
+        await auth.claim_code_attempt(session, phone=PHONE, now=NOW, policy=POLICY, ip="203.0.113.9")
         with pytest.raises(errors.InvalidCode):
             await auth.login_resident(session, phone=PHONE, code=wrong(code), now=NOW, policy=POLICY)
 
     with pytest.raises(errors.InvalidCode):
-        await auth.claim_code_attempt(session, phone=PHONE, now=NOW)
+        await auth.claim_code_attempt(session, phone=PHONE, now=NOW, policy=POLICY, ip="203.0.113.9")
 
 
 async def test_an_expired_code_is_refused(session: AsyncSession) -> None:
@@ -209,10 +210,12 @@ async def test_a_code_sent_to_one_phone_does_not_log_in_another(session: AsyncSe
 
 async def bind(session: AsyncSession, resident: Principal, household: Household, *, sms: FakeSms | None = None,
                name: str | None = None, account_no: str | None = None) -> auth.BindingOutcome:
-    return await auth.bind_household(
+    outcome = await auth.bind_household(
         session, resident=resident, account_no=account_no if account_no is not None else household.account_no,
-        name=name if name is not None else household.name, now=NOW, policy=POLICY, sender=sms or FakeSms(),
+        name=name if name is not None else household.name, now=NOW, policy=POLICY,
     )
+    await auth.send_binding_code(outcome, sender=sms or FakeSms())
+    return outcome
 
 
 async def bound_events(session: AsyncSession, household: Household) -> list[dict[str, object]]:
@@ -344,6 +347,44 @@ async def test_the_counter_decides_bindings_in_its_scope_only(session: AsyncSess
     assert [event["state"] for event in await bound_events(session, household)] == ["pending", "rejected"]
 
 
+async def statements_of(session: AsyncSession, work: Callable[[], Awaitable[object]]) -> list[str]:
+    """The SQL ``work`` sends on the session's connection (a refusal is swallowed)."""
+    connection = (await session.connection()).sync_connection
+    assert connection is not None
+    sent: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *rest: object) -> None:
+        sent.append(statement)
+
+    event.listen(connection, "before_cursor_execute", record)
+    try:
+        await work()
+    except DomainError:
+        pass
+    finally:
+        event.remove(connection, "before_cursor_execute", record)
+    return sent
+
+
+async def test_the_counters_scope_is_part_of_the_query_that_loads_and_locks_a_binding(session: AsyncSession) -> None:
+    tree = await make_area_tree(session)
+    household = await make_household(session, area=tree.east_community)
+    west_desk = await make_staff(session, permissions={"archives:manage"}, areas=[tree.west])
+    resident = (await log_in_resident(session)).principal
+    pending = await bind(session, resident, household)
+    binding_id = pending.binding.id
+    assert binding_id is not None
+
+    refused = await statements_of(session, lambda: auth.decide_household_binding(
+        session, actor=west_desk.principal, binding_id=binding_id, approve=True, now=NOW))
+    listed = str(auth.pending_bindings_statement(west_desk.principal).compile())
+
+    # One statement: the out-of-scope binding is never loaded, let alone locked.
+    assert len(refused) == 1
+    assert "FOR UPDATE" in refused[0] and "LIKE ANY" in refused[0]
+    assert "LIKE ANY" in listed
+
+
 async def test_a_wrong_name_and_an_unknown_account_get_the_same_refusal(session: AsyncSession) -> None:
     tree = await make_area_tree(session)
     household = await make_household(session, area=tree.east_community, name="张伟")
@@ -412,11 +453,12 @@ async def test_unbinding_a_household_that_is_not_yours_is_not_found(session: Asy
 async def test_five_binding_attempts_lock_binding_for_the_resident(session: AsyncSession) -> None:
     sms = FakeSms()
     code = await send_code(session, sms)
-    await auth.claim_code_attempt(session, phone=PHONE, now=NOW)
+    await auth.claim_code_attempt(session, phone=PHONE, now=NOW, policy=POLICY, ip="203.0.113.9")
     resident = (await auth.login_resident(session, phone=PHONE, code=code, now=NOW, policy=POLICY)).principal
 
-    for _ in range(5):
-        await auth.claim_bind_attempt(session, resident=resident, now=NOW, policy=POLICY)
+    # From one address per attempt, under its SMS minute limit: the lock is the resident's.
+    for n in range(5):
+        await auth.claim_bind_attempt(session, resident=resident, now=NOW, policy=POLICY, ip=f"203.0.113.{n}")
 
     with pytest.raises(errors.AccountLocked):
-        await auth.claim_bind_attempt(session, resident=resident, now=NOW, policy=POLICY)
+        await auth.claim_bind_attempt(session, resident=resident, now=NOW, policy=POLICY, ip="203.0.113.9")

@@ -13,10 +13,10 @@ from backend.auth import errors
 from backend.auth import service as auth
 from backend.auth.models import PrincipalKind
 from backend.auth.security import issue_access_token
-from backend.auth.service import AuthPolicy, StaffUserChanges
+from backend.auth.service import StaffUserChanges
 from backend.errors import NotAuthenticated
 from tests.auth.support import NOW, POLICY, FakeSms, log_in
-from tests.factories import ROOT, make_staff
+from tests.factories import ROOT, auth_policy, make_staff
 
 
 async def session_revoked_at(session: AsyncSession, session_id: uuid.UUID | None) -> object:
@@ -62,7 +62,7 @@ async def test_token_signed_with_another_secret_is_invalid(session: AsyncSession
 
     with pytest.raises(errors.TokenInvalid):
         await auth.authenticate(
-            session, token=pair.access_token, now=NOW, policy=AuthPolicy(secret="another-secret-of-thirty-two-bytes!")
+            session, token=pair.access_token, now=NOW, policy=auth_policy("another-secret-of-thirty-two-bytes!")
         )
 
 

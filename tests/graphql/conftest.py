@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.archives.models import Household
-from backend.auth.service import AuthPolicy, login_resident, request_login_code
+from backend.auth.service import login_resident, request_login_code
 from backend.clock import utcnow
 from backend.db import session_factory
-from tests.factories import AreaTree, Staff, bind_at_counter, make_area_tree, make_household, make_staff
+from tests.factories import AreaTree, Staff, auth_policy, bind_at_counter, make_area_tree, make_household, make_staff
 from tests.graphql.client import TEST_SECRET, GraphQLClient, graphql_client
 
 
@@ -53,7 +53,7 @@ async def world(engine_for_module: AsyncEngine) -> World:
         nobody = await make_staff(session, permissions=(), areas=())
         east_household = await make_household(session, area=tree.east_community, name="张伟")
         west_household = await make_household(session, area=tree.west_community, name="李娜")
-        policy = AuthPolicy(secret=TEST_SECRET)
+        policy = auth_policy(TEST_SECRET)
         catcher = _CodeCatcher()
         phone = "13900000000"
         await request_login_code(session, phone=phone, now=utcnow(), policy=policy, sender=catcher)

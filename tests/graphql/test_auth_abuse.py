@@ -8,15 +8,16 @@ from __future__ import annotations
 import base64
 
 import httpx
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.app import create_app
-from backend.auth.service import AuthPolicy, claim_login_attempt, create_api_client
+from backend.auth.service import claim_login_attempt, create_api_client
 from backend.auth.sms import sms_sender
 from backend.clock import utcnow
 from backend.db import session_factory
-from tests.factories import make_household, make_staff
+from tests.factories import auth_policy, make_household, make_staff
 from tests.graphql.client import GraphQLClient, api_settings, graphql_client
 from tests.graphql.conftest import World
 
@@ -77,7 +78,7 @@ async def test_an_administrator_unlocks_a_locked_user_and_it_is_audited(
         victim = await make_staff(session, permissions=())
     for _ in range(5):
         async with session_factory(engine_for_module)() as session, session.begin():
-            await claim_login_attempt(session, username=victim.username, now=utcnow(), policy=AuthPolicy(secret="x" * 32), ip=STRANGER[0])
+            await claim_login_attempt(session, username=victim.username, now=utcnow(), policy=auth_policy("x" * 32), ip=STRANGER[0])
     async with (
         graphql_client(database_url, client_address=STRANGER) as stranger,
         graphql_client(database_url, client_address=OWNER) as desk,
@@ -273,3 +274,42 @@ async def test_the_counter_sees_and_decides_only_requests_in_its_scope(
     assert rejected["data"]["decideHouseholdBindingAtCounter"] == {"binding": {"state": "rejected"}, "errors": []}
     assert again["data"]["decideHouseholdBindingAtCounter"]["errors"] == [{"code": "NOT_FOUND"}]
     assert (await client.execute(REQUESTS, token=tenant))["data"]["viewer"]["households"] == []
+
+
+async def test_binding_requests_count_against_the_sms_limits_and_the_code_goes_out_after_the_commit(
+    database_url: str, engine_for_module: AsyncEngine, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with session_factory(engine_for_module)() as session, session.begin():
+        households = [await make_household(session, area=world.tree.east_community, name="钱多", phone=f"1350000002{n}")
+                      for n in range(3)]
+    sender = sms_sender("log")
+    send = sender.send_binding_code
+    bindings_seen_by_others: list[int] = []
+
+    async def send_and_look(phone: str, code: str, account_no: str) -> None:
+        # Another connection sees the binding only once its transaction has committed.
+        bindings_seen_by_others.append(await count(
+            engine_for_module,
+            "SELECT count(*) FROM household_bindings b JOIN households h ON h.id = b.household_id WHERE h.account_no = :no",
+            no=account_no,
+        ))
+        await send(phone, code, account_no)
+
+    monkeypatch.setattr(sender, "send_binding_code", send_and_look)
+    all_sms = "SELECT coalesce(sum(hits), 0) FROM auth_throttle WHERE key = 'sms:all'"
+    async with (
+        graphql_client(database_url, client_address=("192.0.2.60", 4000)) as login_desk,
+        graphql_client(database_url, client_address=("192.0.2.61", 4000), sms_codes_per_ip_per_minute=2) as pump,
+    ):
+        token = await resident_token(login_desk, "13500000030")
+        all_before = await count(engine_for_module, all_sms)
+        answers = [await pump.execute(BIND, {"no": household.account_no, "name": "钱多"}, token=token)
+                   for household in households]
+        all_after = await count(engine_for_module, all_sms)
+
+    assert [answer["data"]["bindHousehold"]["errors"] for answer in answers[:2]] == [[], []]
+    assert top_level_code(answers[2]) == "RATE_LIMITED"
+    assert all_after - all_before == 2
+    assert bindings_seen_by_others == [1, 1]
+    assert await count(engine_for_module, "SELECT count(*) FROM household_bindings WHERE household_id = :id",
+                       id=households[2].id) == 0

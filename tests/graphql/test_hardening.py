@@ -11,11 +11,11 @@ from openpyxl import Workbook
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from backend.auth.service import AuthPolicy, request_login_code
+from backend.auth.service import request_login_code
 from backend.clock import utcnow
 from backend.db import session_factory
 from backend.exports.excel import as_text
-from tests.factories import make_staff
+from tests.factories import auth_policy, make_staff
 from tests.graphql.client import TEST_SECRET, GraphQLClient, graphql_client
 from tests.graphql.conftest import World
 
@@ -74,7 +74,7 @@ async def test_parallel_code_guesses_get_five_tries_in_all(client: GraphQLClient
 
     catcher = Catcher()
     async with session_factory(engine_for_module)() as session, session.begin():
-        await request_login_code(session, phone=phone, now=utcnow(), policy=AuthPolicy(secret=TEST_SECRET), sender=catcher)
+        await request_login_code(session, phone=phone, now=utcnow(), policy=auth_policy(TEST_SECRET), sender=catcher)
     wrong = [f"{(int(catcher.code) + n) % 1_000_000:06d}" for n in range(1, 21)]
 
     guesses = await asyncio.gather(*[client.execute(RESIDENT_LOGIN, {"phone": phone, "code": c}) for c in wrong])

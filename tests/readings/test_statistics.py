@@ -33,7 +33,7 @@ from backend.archives.service import (
     save_meter_model,
     update_meter,
 )
-from backend.auth.service import AuthPolicy, login_resident, request_login_code
+from backend.auth.service import login_resident, request_login_code
 from backend.clock import utcnow
 from backend.errors import NotFound
 from backend.readings import analytics
@@ -43,6 +43,7 @@ from backend.readings.usage import usage_between
 from tests.factories import (
     AreaTree,
     Staff,
+    auth_policy,
     bind_at_counter,
     insert_legacy_assignment,
     make_area_tree,
@@ -418,7 +419,7 @@ async def api_world(committed_sessions: async_sessionmaker[AsyncSession]) -> Api
         admin = await make_staff(session, areas=[utility.tree.company])
         west = await make_staff(session, permissions={"statistics:read"}, areas=[utility.tree.west])
         nobody = await make_staff(session, permissions={"archives:read"}, areas=[utility.tree.company])
-        policy = AuthPolicy(secret=TEST_SECRET)
+        policy = auth_policy(TEST_SECRET)
         catcher = _CodeCatcher()
         phone = "13900000077"
         await request_login_code(session, phone=phone, now=utcnow(), policy=policy, sender=catcher)
