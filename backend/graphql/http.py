@@ -52,6 +52,7 @@ from backend.errors import BadUserInput, DomainError, ErrorCode, RateLimited
 from backend.graphql.context import Context
 from backend.graphql.errors import format_error
 from backend.graphql.limits import (
+    EXPANSION_PER_WRITTEN_FIELD,
     MAX_REPEATED_SELECTIONS,
     Admission,
     AdmissionRefused,
@@ -60,7 +61,6 @@ from backend.graphql.limits import (
     IntrospectionNeedsLogin,
     OperationShape,
     QueryTooComplex,
-    QueryTooDeep,
     TooManyAuthMutations,
     TooManyRootFields,
     admission_key,
@@ -76,8 +76,9 @@ log = logging.getLogger("shuiwu.graphql")
 Authenticator = Callable[[str], Awaitable[Principal]]
 RateCheck = Callable[[Principal], None]
 
-# Documents selecting more fields than this are validated in a worker thread: validation
-# is superlinear in repeated fields, and the event loop must keep serving meanwhile.
+# Documents selecting more fields than this (fragments spread in) are validated and
+# measured in a worker thread: validation is superlinear in repeated fields, the cost tree
+# linear in the spread fields, and the event loop must keep serving meanwhile.
 VALIDATE_IN_THREAD_ABOVE_FIELDS = 40
 # The media types of a GraphQL POST (GraphQL over HTTP); anything else is a 415.
 JSON_MEDIA_TYPES = frozenset({"application/json", "application/graphql+json"})
@@ -107,6 +108,8 @@ class DocumentCache:
         self._entries: OrderedDict[str, PreparedDocument] = OrderedDict()
         self._by_form: OrderedDict[str, PreparedDocument] = OrderedDict()
         self.max_size = settings.graphql_cache_size
+        # Fields an operation may select with its fragments spread in (copies included).
+        self._max_spread = settings.graphql_max_fields * EXPANSION_PER_WRITTEN_FIELD
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -130,28 +133,42 @@ class DocumentCache:
             document = parse(query, max_tokens=self._settings.graphql_max_tokens)
         except GraphQLSyntaxError as error:
             return PreparedDocument(None, [error], {}, {})
-        fields, repeated = document_size(document)
-        if fields > self._settings.graphql_max_fields or repeated > MAX_REPEATED_SELECTIONS:
+        size = document_size(document)
+        if (size.fields > self._settings.graphql_max_fields or size.repeated > MAX_REPEATED_SELECTIONS
+                or size.spread > self._max_spread):
             return PreparedDocument(None, [], {}, {}, refusal=DocumentTooLarge())
         form = print_ast(document)
         entry = self._by_form.get(form)
         if entry is not None:
             self._by_form.move_to_end(form)
             return entry
-        schema = self._schema._schema
-        if fields > VALIDATE_IN_THREAD_ABOVE_FIELDS:
-            errors = await asyncio.to_thread(validate, schema, document)
+        if max(size.fields, size.spread) > VALIDATE_IN_THREAD_ABOVE_FIELDS:
+            entry = await asyncio.to_thread(self._validated, document)
         else:
-            errors = validate(schema, document)
-        shapes = operation_shapes(schema, document) if not errors else {}
+            entry = self._validated(document)
+        self._remember(self._by_form, form, entry)
+        return entry
+
+    def _validated(self, document: DocumentNode) -> PreparedDocument:
+        """Validation, then the operations' shapes (a refusal when one is too deep or
+        spreads into too many selections)."""
+        schema = self._schema._schema
+        errors = validate(schema, document)
         operations = {
             (definition.name.value if definition.name else None): definition.operation
             for definition in document.definitions
             if isinstance(definition, OperationDefinitionNode)
         }
-        entry = PreparedDocument(document, list(errors), shapes, operations)
-        self._remember(self._by_form, form, entry)
-        return entry
+        if errors:
+            return PreparedDocument(document, list(errors), {}, operations)
+        try:
+            shapes = operation_shapes(
+                schema, document, max_depth=self._settings.graphql_max_depth,
+                max_nodes=self._max_spread,
+            )
+        except DomainError as refusal:
+            return PreparedDocument(None, [], {}, {}, refusal=refusal)
+        return PreparedDocument(document, [], shapes, operations)
 
 
 class GraphQLEndpoint:
@@ -302,8 +319,6 @@ class GraphQLEndpoint:
                 raise IntrospectionDisabled()
             if principal is None:
                 raise IntrospectionNeedsLogin()
-        if shape.depth > settings.graphql_max_depth:
-            raise QueryTooDeep()
         if shape.root_fields > settings.graphql_max_root_fields:
             raise TooManyRootFields()
         if shape.auth_mutations > 1:

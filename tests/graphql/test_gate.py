@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,13 +14,15 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from graphql import get_introspection_query
+from graphql import get_introspection_query, parse
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.app import create_app
 from backend.graphql import http as graphql_http
+from backend.graphql.limits import QueryTooComplex, QueryTooDeep, operation_shapes
 from backend.graphql.relay import encode_id
+from backend.graphql.schema import build_schema
 from backend.readings import analytics
 from backend.settings import Settings
 from tests.graphql.client import GraphQLClient, api_settings, graphql_client
@@ -57,6 +60,7 @@ INTROSPECTION_BOMB = "{ __schema { " + " ".join(
     for i in range(40)
 ) + " } }"
 TYPE_NAME = '{ __type(name: "Query") { name } }'
+SCHEMA = build_schema()._schema
 
 
 def _codes(result: dict[str, Any]) -> list[str]:
@@ -161,6 +165,63 @@ async def test_a_document_of_many_repeated_fields_is_refused_without_validating_
     assert result["data"] is None
     assert _codes(result) == ["QUERY_TOO_COMPLEX"]
     assert validations == []
+
+
+def _doubling_fragments(levels: int) -> str:
+    """~2 written fields a level, 2^levels fields once the fragments are spread."""
+    chain = " ".join(f"fragment F{k} on Area {{ a: parent {{ ...F{k + 1} }} b: parent {{ ...F{k + 1} }} }}"
+                     for k in range(levels))
+    return f'query {{ node(id: "x") {{ ... on Area {{ ...F0 }} }} }} {chain} fragment F{levels} on Area {{ id }}'
+
+
+@pytest.mark.parametrize("levels", [12, 18])
+async def test_a_document_whose_fragments_double_at_each_level_is_refused_fast(
+    client: GraphQLClient, levels: int
+) -> None:
+    # 12 levels fit the depth limit, 18 do not; both spread to far over the 10,000 fields.
+    started = time.perf_counter()
+    result = await client.execute(_doubling_fragments(levels))
+    elapsed = time.perf_counter() - started
+
+    assert result["data"] is None
+    assert _codes(result) == ["QUERY_TOO_COMPLEX"]
+    assert elapsed < 0.1
+
+
+def test_the_depth_of_doubling_fragments_is_refused_before_any_is_copied() -> None:
+    document = parse(_doubling_fragments(18))
+
+    started = time.perf_counter()
+    with pytest.raises(QueryTooDeep):
+        operation_shapes(SCHEMA, document, max_depth=15)
+
+    assert time.perf_counter() - started < 0.1
+
+
+def test_the_cost_tree_stops_at_its_budget_of_spread_selections() -> None:
+    document = parse(_doubling_fragments(10))  # depth 12: within the limit
+
+    started = time.perf_counter()
+    with pytest.raises(QueryTooComplex):
+        operation_shapes(SCHEMA, document, max_depth=15, max_nodes=1_000)
+    shapes = operation_shapes(SCHEMA, document, max_depth=15, max_nodes=20_000)
+
+    assert time.perf_counter() - started < 0.5
+    assert shapes[None].depth == 12
+
+
+async def test_fragments_spread_twice_at_each_level_without_fields_are_refused_fast(client: GraphQLClient) -> None:
+    # No field below the root: nothing deepens, nothing is written twice, yet 2^25 spreads.
+    chain = " ".join(f"fragment F{k} on Query {{ __typename ...F{k + 1} ...F{k + 1} }}" for k in range(25))
+    document = f"query {{ ...F0 }} {chain} fragment F25 on Query {{ __typename }}"
+
+    started = time.perf_counter()
+    result = await client.execute(document)
+    elapsed = time.perf_counter() - started
+
+    assert result["data"] is None
+    assert _codes(result) == ["QUERY_TOO_COMPLEX"]
+    assert elapsed < 0.1
 
 
 async def test_whitespace_variants_of_one_document_are_validated_once(
