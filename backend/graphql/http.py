@@ -47,8 +47,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from strawberry.utils.await_maybe import await_maybe
 
 from backend.auth.principal import Principal
-from backend.edge import page_csp
-from backend.errors import BadUserInput, DomainError, ErrorCode, RateLimited
+from backend.edge import media_type, page_csp
+from backend.errors import BadUserInput, DomainError, ErrorCode, RateLimited, UnsupportedMediaType
 from backend.graphql.context import Context
 from backend.graphql.errors import format_error
 from backend.graphql.limits import (
@@ -209,10 +209,8 @@ class GraphQLEndpoint:
             return self._graphiql()
         request_id = request_id_var.get() or uuid.uuid4().hex
         started = time.perf_counter()
-        media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-        if media_type not in JSON_MEDIA_TYPES:
-            return self._refusal(BadUserInput("请求体须为 JSON (Content-Type: application/json)",
-                                              "The body must be JSON (Content-Type: application/json)"), 415)
+        if media_type(request.headers.get("content-type")) not in JSON_MEDIA_TYPES:
+            return self._refusal(UnsupportedMediaType("JSON (Content-Type: application/json)"), 415)
         if self.check_anonymous is not None and "authorization" not in request.headers:
             # Per-address and global buckets for callers without a token, before the body is read.
             try:

@@ -451,7 +451,7 @@ async def test_a_graphql_post_that_is_not_json_is_refused_with_415(
         assert "content-type" not in response.request.headers
 
     assert response.status_code == 415
-    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert response.json()["errors"][0]["extensions"]["code"] == "UNSUPPORTED_MEDIA_TYPE"
     async with engine_for_module.connect() as connection:
         sent = (await connection.execute(text("SELECT count(*) FROM one_time_codes WHERE phone = :p"), {"p": phone})).scalar_one()
     assert sent == 0
