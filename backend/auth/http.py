@@ -24,6 +24,7 @@ from backend.auth.service import AuthPolicy, issue_client_token
 from backend.clock import utcnow
 from backend.edge import body_limit, error_body, media_type
 from backend.errors import DomainError, RateLimited, UnsupportedMediaType
+from backend.exports.http import client_ip
 from backend.observability import request_id_var
 
 # client_id, client_secret and grant_type fit many times over.
@@ -44,7 +45,7 @@ def routes(
 ) -> list[Route]:
     @body_limit(TOKEN_MAX_BODY_BYTES)
     async def token(request: Request) -> Response:
-        ip = request.client.host if request.client else None
+        ip = client_ip(request)
         try:
             anonymous.check(ip)
         except RateLimited as refusal:

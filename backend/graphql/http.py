@@ -49,6 +49,7 @@ from strawberry.utils.await_maybe import await_maybe
 from backend.auth.principal import Principal
 from backend.edge import media_type, page_csp
 from backend.errors import BadUserInput, DomainError, ErrorCode, RateLimited, UnsupportedMediaType
+from backend.exports.http import client_ip
 from backend.graphql.context import Context
 from backend.graphql.errors import format_error
 from backend.graphql.limits import (
@@ -211,10 +212,11 @@ class GraphQLEndpoint:
         started = time.perf_counter()
         if media_type(request.headers.get("content-type")) not in JSON_MEDIA_TYPES:
             return self._refusal(UnsupportedMediaType("JSON (Content-Type: application/json)"), 415)
+        ip = client_ip(request)
         if self.check_anonymous is not None and "authorization" not in request.headers:
             # Per-address and global buckets for callers without a token, before the body is read.
             try:
-                self.check_anonymous(request.client.host if request.client else None)
+                self.check_anonymous(ip)
             except RateLimited as refusal:
                 return self._refusal(refusal, 429)
         raw = await request.body()
@@ -264,7 +266,6 @@ class GraphQLEndpoint:
             observe_operation(label, time.perf_counter() - started, ok=False)
             return self._json({"data": None, "errors": [format_error(e, request_id) for e in prepared.errors]})
 
-        ip = request.client.host if request.client else None
         context = Context(
             settings=self.settings,
             sessions=self.sessions,
