@@ -61,6 +61,7 @@ from graphql.type.definition import GraphQLInterfaceType
 from graphql.type.introspection import SchemaMetaFieldDef, TypeMetaFieldDef
 from strawberry.extensions.field_extension import FieldExtension
 
+from backend.auth.ratelimit import source_of
 from backend.errors import BadUserInput, ErrorCode, Forbidden, NotAuthenticated, PageSizeExceeded, RateLimited
 from backend.graphql.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
@@ -590,10 +591,11 @@ async def _acquire(semaphore: asyncio.Semaphore, deadline: float) -> None:
 
 
 def admission_key(principal: Any, ip: str | None) -> str:
-    """Who waits for a slot: the principal (``staff:7``), else the client address."""
+    """Who waits for a slot: the principal (``staff:7``), else the client address as the
+    throttles count it (an IPv6 address by its /64)."""
     if principal is not None:
         return f"{principal.kind.value}:{principal.id}"
-    return f"ip:{ip or 'unknown'}"
+    return f"ip:{source_of(ip) or 'unknown'}"
 
 
 # The longest span a weight counts: ranges are bounded by their fields (366 days for daily

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.app import create_app
 from backend.graphql import http as graphql_http
-from backend.graphql.limits import QueryTooComplex, QueryTooDeep, operation_shapes
+from backend.graphql.limits import QueryTooComplex, QueryTooDeep, admission_key, operation_shapes
 from backend.graphql.relay import encode_id
 from backend.graphql.schema import build_schema
 from backend.readings import analytics
@@ -368,6 +368,15 @@ async def test_a_second_caller_is_admitted_when_the_slot_frees_within_the_wait()
 
     assert order == ["first in", "first out", "second in"]
     assert admission.waiting == 0 and admission.principals == 0
+
+
+def test_anonymous_callers_wait_for_admission_by_the_address_the_throttles_count() -> None:
+    one_subscriber = {admission_key(None, f"2001:db8:1:2::{host}") for host in ("1", "ffff", "a:b:c")}
+
+    assert one_subscriber == {"ip:2001:db8:1:2::/64"}
+    assert admission_key(None, "2001:db8:1:3::1") == "ip:2001:db8:1:3::/64"
+    assert admission_key(None, "203.0.113.7") == "ip:203.0.113.7"
+    assert admission_key(None, None) == "ip:unknown"
 
 
 # 7. Introspection and GraphiQL.
