@@ -213,12 +213,38 @@ class GraphQLEndpoint:
         if media_type(request.headers.get("content-type")) not in JSON_MEDIA_TYPES:
             return self._refusal(UnsupportedMediaType("JSON (Content-Type: application/json)"), 415)
         ip = client_ip(request)
-        if self.check_anonymous is not None and "authorization" not in request.headers:
-            # Per-address and global buckets for callers without a token, before the body is read.
+        # Callers are throttled or authenticated before the body is read.
+        principal: Principal | None = None
+        authorization = request.headers.get("authorization")
+        if authorization is None:
             try:
-                self.check_anonymous(ip)
+                self._check_anonymous(ip)
             except RateLimited as refusal:
                 return self._refusal(refusal, 429)
+        else:
+            scheme, _, token = authorization.partition(" ")
+            try:
+                if scheme.lower() != "bearer" or not token.strip():
+                    raise BadUserInput("Authorization 须为 Bearer 令牌", "Authorization must be a Bearer token")
+                principal = await self.authenticate(token.strip())
+                self.check_rate(principal)
+            except RateLimited as refusal:
+                return self._refusal(refusal, 429)
+            except DomainError as refusal:
+                # A made-up token is an anonymous request: it takes from its address's bucket.
+                try:
+                    self._check_anonymous(ip)
+                except RateLimited as limited:
+                    return self._refusal(limited, 429)
+                return self._refusal(refusal, 401)
+            except Exception:
+                # Database down, pool exhausted: masked like any execution error.
+                log.exception("authentication failed unexpectedly (request %s)", request_id)
+                return self._json(
+                    {"data": None, "errors": [{"message": "服务器内部错误", "extensions": {
+                        "code": ErrorCode.INTERNAL.value, "messageEn": "Internal error", "requestId": request_id}}]},
+                    500,
+                )
         raw = await request.body()
         # PostgreSQL text cannot hold NUL; refuse it at the door rather than deep in a query.
         if b"\x00" in raw or b"\\u0000" in raw:
@@ -234,28 +260,6 @@ class GraphQLEndpoint:
         operation_name = body.get("operationName")
         if not isinstance(variables, dict) or (operation_name is not None and not isinstance(operation_name, str)):
             return self._refusal(BadUserInput("variables 或 operationName 格式错误", "Malformed variables or operationName"), 400)
-
-        principal: Principal | None = None
-        authorization = request.headers.get("authorization")
-        if authorization:
-            scheme, _, token = authorization.partition(" ")
-            if scheme.lower() != "bearer" or not token:
-                return self._refusal(BadUserInput("Authorization 须为 Bearer 令牌", "Authorization must be a Bearer token"), 401)
-            try:
-                principal = await self.authenticate(token.strip())
-                self.check_rate(principal)
-            except RateLimited as refusal:
-                return self._refusal(refusal, 429)
-            except DomainError as refusal:
-                return self._refusal(refusal, 401)
-            except Exception:
-                # Database down, pool exhausted: masked like any execution error.
-                log.exception("authentication failed unexpectedly (request %s)", request_id)
-                return self._json(
-                    {"data": None, "errors": [{"message": "服务器内部错误", "extensions": {
-                        "code": ErrorCode.INTERNAL.value, "messageEn": "Internal error", "requestId": request_id}}]},
-                    500,
-                )
 
         prepared = await self.documents.get(query)
         label = operation_name or "anonymous"
@@ -309,6 +313,11 @@ class GraphQLEndpoint:
             response["errors"] = [format_error(error, request_id) for error in result.errors]
         observe_operation(label, time.perf_counter() - started, ok=not result.errors)
         return self._json(response)
+
+    def _check_anonymous(self, ip: str | None) -> None:
+        """The per-address and global buckets of callers without a (valid) token."""
+        if self.check_anonymous is not None:
+            self.check_anonymous(ip)
 
     def _check(self, shape: OperationShape, variables: Any, principal: Principal | None) -> bool:
         """Refuse what the operation asks for beyond the limits; True if it must be admitted."""
