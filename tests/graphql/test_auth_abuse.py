@@ -142,6 +142,20 @@ async def test_requests_with_a_made_up_token_are_throttled_as_anonymous_and_take
     assert checked_out == []
 
 
+async def test_a_download_with_a_made_up_token_takes_no_connection(
+    client: GraphQLClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked_out: list[object] = []
+    real_raw_read = db.raw_read
+    monkeypatch.setattr(db, "raw_read", lambda engine: checked_out.append(engine) or real_raw_read(engine))
+
+    refused = await client.http.get("/exports/households.xlsx", headers={"Authorization": "Bearer junk"})
+
+    assert refused.status_code == 401
+    assert refused.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    assert checked_out == []
+
+
 async def test_anonymous_requests_from_everyone_share_one_global_bucket(database_url: str) -> None:
     app = create_app(api_settings(anonymous_per_minute=3), database_url)
     statuses = []
