@@ -69,7 +69,7 @@ from backend.graphql.limits import (
     introspection_budget,
     operation_shapes,
 )
-from backend.observability import observe_operation, request_id_var
+from backend.observability import ANONYMOUS_CALLER, NOT_EXECUTED, UNNAMED_OPERATION, observe_operation, request_id_var
 from backend.settings import Settings
 
 log = logging.getLogger("shuiwu.graphql")
@@ -262,7 +262,8 @@ class GraphQLEndpoint:
             return self._refusal(BadUserInput("variables 或 operationName 格式错误", "Malformed variables or operationName"), 400)
 
         prepared = await self.documents.get(query)
-        label = operation_name or "anonymous"
+        # Until an operation runs, a fixed label (see backend.observability).
+        label = ANONYMOUS_CALLER if principal is None else NOT_EXECUTED
         if prepared.refusal is not None:
             observe_operation(label, time.perf_counter() - started, ok=False)
             return self._refusal(prepared.refusal, 200)
@@ -308,6 +309,8 @@ class GraphQLEndpoint:
         except AdmissionRefused as refusal:
             observe_operation(label, time.perf_counter() - started, ok=False)
             return self._refusal(refusal, 429)
+        if principal is not None:
+            label = operation.name.value if operation.name else UNNAMED_OPERATION
         response: dict[str, Any] = {"data": result.data}
         if result.errors:
             response["errors"] = [format_error(error, request_id) for error in result.errors]

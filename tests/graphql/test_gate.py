@@ -18,6 +18,7 @@ from graphql import get_introspection_query, parse
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from backend import observability
 from backend.app import create_app
 from backend.graphql import http as graphql_http
 from backend.graphql.limits import QueryTooComplex, QueryTooDeep, admission_key, operation_shapes
@@ -473,3 +474,30 @@ async def test_json_content_types_are_accepted(live: LiveServer, content_type: s
 
     assert response.status_code == 200
     assert response.json() == {"data": {"__typename": "Query"}}
+
+
+# 9. Operation names as metric labels.
+
+def _operation_labels() -> set[str]:
+    return {sample.labels["operation"] for metric in observability.GRAPHQL_OPERATIONS.collect() for sample in metric.samples}
+
+
+async def test_only_the_executed_operations_of_signed_in_callers_name_a_metric_label(
+    admin_token: str, client: GraphQLClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(observability, "_seen_operations", set())
+    monkeypatch.setattr(observability, "MAX_OPERATION_LABELS", 3)
+
+    for n in range(4):
+        await client.execute(f"query Stranger{n} {{ __typename }}", operation_name=f"Stranger{n}")
+        await client.execute("query Q { __typename }", operation_name=f"Missing{n}", token=admin_token)
+        await client.execute(f"query Invalid{n} {{ nope }}", operation_name=f"Invalid{n}", token=admin_token)
+        await client.execute(f"query Refused{n} " + _roots(21)[2:-2].join("{}"), operation_name=f"Refused{n}",
+                             token=admin_token)
+    screen = await client.execute("query StaffScreen { viewer { name } }", operation_name="StaffScreen", token=admin_token)
+
+    assert "errors" not in screen
+    labels = _operation_labels()
+    assert "StaffScreen" in labels
+    assert not {label for label in labels if label.startswith(("Stranger", "Missing", "Invalid", "Refused"))}
+    assert observability._seen_operations == {"StaffScreen"}
