@@ -186,9 +186,10 @@ def _is_connection(graphql_type: Any) -> bool:
 
 
 class _Compiler:
-    """Builds an operation's cost tree, fragments spread in: at most ``budget`` selections
-    (fields and spreads, each copy counted), else :class:`QueryTooComplex`. A fragment
-    spread twice at every level doubles per level; the budget stops that copying."""
+    """Builds an operation's cost tree. A fragment is walked once: every spread of it shares
+    its nodes, so the tree kept (and cached with the document) grows with the document, not
+    with the copies. Its selections still count once per copy against ``budget`` (the
+    cost is computed over every copy): past it, :class:`QueryTooComplex`."""
 
     def __init__(self, schema: GraphQLSchema, fragments: dict[str, FragmentDefinitionNode], budget: int | None) -> None:
         self.schema = schema
@@ -196,6 +197,13 @@ class _Compiler:
         self.expensive = False
         self.introspection_items = introspection_items(schema)
         self.budget = budget
+        self.spent = 0
+        self._walked: dict[str, tuple[int, list[CostNode], int]] = {}  # by fragment: depth, nodes, selections
+
+    def _spend(self, selections: int) -> None:
+        self.spent += selections
+        if self.budget is not None and self.spent > self.budget:
+            raise QueryTooComplex()
 
     def walk(self, parent: Any, selection_set: SelectionSetNode | None, visiting: frozenset[str]) -> tuple[int, list[CostNode]]:
         if selection_set is None:
@@ -203,10 +211,7 @@ class _Compiler:
         depth = 0
         nodes: list[CostNode] = []
         for selection in selection_set.selections:
-            if self.budget is not None:
-                self.budget -= 1
-                if self.budget < 0:
-                    raise QueryTooComplex()
+            self._spend(1)
             if isinstance(selection, FieldNode):
                 graphql_field = self._field(parent, selection.name.value)
                 if graphql_field is None:
@@ -229,16 +234,25 @@ class _Compiler:
                 depth = max(depth, child_depth + 1)
                 continue
             if isinstance(selection, InlineFragmentNode):
-                condition, selections, inner = selection.type_condition, selection.selection_set, visiting
+                condition = selection.type_condition
+                target = self.schema.get_type(condition.name.value) if condition is not None else parent
+                child_depth, children = self.walk(target, selection.selection_set, visiting)
             elif isinstance(selection, FragmentSpreadNode):
-                fragment = self.fragments.get(selection.name.value)
-                if fragment is None or selection.name.value in visiting:
+                name = selection.name.value
+                fragment = self.fragments.get(name)
+                if fragment is None or name in visiting:
                     continue  # validation reports unknown or cyclic fragments
-                condition, selections, inner = fragment.type_condition, fragment.selection_set, visiting | {fragment.name.value}
+                walked = self._walked.get(name)
+                if walked is None:
+                    before = self.spent
+                    child_depth, children = self.walk(
+                        self.schema.get_type(fragment.type_condition.name.value), fragment.selection_set, visiting | {name})
+                    self._walked[name] = (child_depth, children, self.spent - before)
+                else:
+                    child_depth, children, selections = walked
+                    self._spend(selections)
             else:
                 continue
-            target = self.schema.get_type(condition.name.value) if condition is not None else parent
-            child_depth, children = self.walk(target, selections, inner)
             nodes.extend(children)
             depth = max(depth, child_depth)
         return depth, nodes

@@ -15,13 +15,14 @@ import httpx
 import orjson
 import pytest
 from graphql import get_introspection_query, parse
+from graphql.execution.values import get_variable_values
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend import observability
 from backend.app import create_app
 from backend.graphql import http as graphql_http
-from backend.graphql.limits import QueryTooComplex, QueryTooDeep, admission_key, operation_shapes
+from backend.graphql.limits import CostNode, QueryTooComplex, QueryTooDeep, admission_key, operation_shapes
 from backend.graphql.relay import encode_id
 from backend.graphql.schema import build_schema
 from backend.readings import analytics
@@ -209,6 +210,24 @@ def test_the_cost_tree_stops_at_its_budget_of_spread_selections() -> None:
 
     assert time.perf_counter() - started < 0.5
     assert shapes[None].depth == 12
+    # Every copy is costed (node, 2 + 4 + ... + 1024 parents, 1024 ids), each fragment built once.
+    assert shapes[None].cost(_no_variables()) == 1 + (2 ** 11 - 2) + 2 ** 10
+    assert len(_distinct_nodes(shapes[None].roots)) == 1 + 2 * 10 + 1
+
+
+def _no_variables() -> Any:
+    variables = get_variable_values(SCHEMA, [], {})
+    assert not isinstance(variables, list)
+    return variables
+
+
+def _distinct_nodes(nodes: list[CostNode], seen: dict[int, CostNode] | None = None) -> dict[int, CostNode]:
+    seen = {} if seen is None else seen
+    for node in nodes:
+        if id(node) not in seen:
+            seen[id(node)] = node
+            _distinct_nodes(node.children, seen)
+    return seen
 
 
 async def test_fragments_spread_twice_at_each_level_without_fields_are_refused_fast(client: GraphQLClient) -> None:
