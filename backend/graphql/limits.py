@@ -13,7 +13,10 @@ Declared beside a field (``@strawberry.field(..., extensions=[...])``):
   request may carry at most one.
 
 Per document (cached with it): the depth, the number of root fields, the auth mutations,
-whether it introspects, and a cost tree whose nodes know their field definitions. Per
+whether it introspects, and a cost tree whose nodes know their field definitions. Each
+fragment is measured and built once however often it is spread, and the depth is checked
+before the tree is built, so fragments spread twice per level cannot make this
+exponential; the copies still count, against a budget of selections. Per
 request: the cost of that tree under graphql-core's coerced variables (the very values the
 executor then runs with, so a page size sent as ``1000.0`` is costed as the 1000 it
 executes as).
