@@ -28,6 +28,7 @@ from backend.archives import http as archives_http
 from backend.audit import http as audit_http
 from backend.auth import http as auth_http
 from backend.auth.ratelimit import AnonymousThrottle, ClientRateLimiter
+from backend.auth.security import decode_access_token
 from backend.auth.service import AuthPolicy, authenticate_on_connection
 from backend.clock import utcnow
 from backend.edge import (
@@ -140,8 +141,11 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
     anonymous = AnonymousThrottle(per_ip_per_minute=settings.anonymous_per_ip_per_minute, per_minute=settings.anonymous_per_minute)
 
     async def authenticate_token(token: str) -> Any:
+        now = utcnow()
+        # A forged or expired token is refused before it takes a pooled connection.
+        decode_access_token(token, secret=policy.secret, now=now)
         async with db.raw_read(read_engine) as connection:
-            return await authenticate_on_connection(connection, token=token, now=utcnow(), policy=policy)
+            return await authenticate_on_connection(connection, token=token, now=now, policy=policy)
 
     endpoint = GraphQLEndpoint(
         build_schema(),

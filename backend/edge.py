@@ -77,6 +77,12 @@ def error_body(code: ErrorCode, message: str, message_en: str, **extensions: Any
     return refusal_body(DomainError(message, message_en, code=code), 0, **extensions)
 
 
+def media_type(content_type: str | None) -> str:
+    """The media type of a ``Content-Type`` header, lowercased, without its parameters
+    (``""`` when there is none)."""
+    return (content_type or "").partition(";")[0].strip().lower()
+
+
 async def send_json(send: Send, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})

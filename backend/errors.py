@@ -183,6 +183,15 @@ class RateLimited(DomainError):
     message_en = "Too many requests, try again later"
 
 
+class UnsupportedMediaType(DomainError):
+    """A request body of a type the route does not read (HTTP 415)."""
+
+    code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
+
+    def __init__(self, expected: str) -> None:
+        super().__init__(f"请求体须为 {expected}", f"The body must be {expected}")
+
+
 class QueryTimeout(DomainError):
     """PostgreSQL cut a statement at ``statement_timeout`` (backend.db.limit_refusal)."""
 

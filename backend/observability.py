@@ -36,10 +36,16 @@ EVENTS_RELAYED = Counter("shuiwu_events_relayed_total", "Domain events handed to
 
 # Operation names are client-chosen: the label is the name cut to a length and only
 # [A-Za-z0-9_]; anything else, and every name past the cap of distinct labels, is "other",
-# so no client can grow the registry (or this process) by sending names.
+# so no client can grow the registry (or this process) by sending names. /graphql labels
+# by name only the operations it executed for a signed-in caller; everything else has a
+# fixed label, outside the cap, so strangers cannot use up the names.
 MAX_OPERATION_LABEL_LENGTH = 64
 MAX_OPERATION_LABELS = 200
 OTHER_OPERATION = "other"
+ANONYMOUS_CALLER = "anonymous"  # any request without a valid token
+NOT_EXECUTED = "not_executed"  # a signed-in caller's invalid or refused document
+UNNAMED_OPERATION = "unnamed"
+_FIXED_LABELS = frozenset({OTHER_OPERATION, ANONYMOUS_CALLER, NOT_EXECUTED, UNNAMED_OPERATION})
 _OPERATION_LABEL = re.compile(r"[A-Za-z0-9_]+")
 _seen_operations: set[str] = set()
 _operation_children: dict[tuple[str, bool], tuple[Any, Any]] = {}
@@ -48,6 +54,8 @@ _http_children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
 def operation_label(name: str) -> str:
     """The metrics label of an operation name (see above)."""
+    if name in _FIXED_LABELS:
+        return name
     label = name[:MAX_OPERATION_LABEL_LENGTH]
     if not _OPERATION_LABEL.fullmatch(label):
         return OTHER_OPERATION

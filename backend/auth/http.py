@@ -22,8 +22,9 @@ from backend.audit.service import record_operation
 from backend.auth.ratelimit import AnonymousThrottle, ClientRateLimiter
 from backend.auth.service import AuthPolicy, issue_client_token
 from backend.clock import utcnow
-from backend.edge import body_limit, error_body, refusal_errors
-from backend.errors import DomainError, ErrorCode, RateLimited
+from backend.edge import body_limit, error_body, media_type, refusal_errors
+from backend.errors import DomainError, RateLimited, UnsupportedMediaType
+from backend.exports.http import client_ip
 from backend.observability import request_id_var
 
 # client_id, client_secret and grant_type fit many times over.
@@ -44,15 +45,15 @@ def routes(
 ) -> list[Route]:
     @body_limit(TOKEN_MAX_BODY_BYTES)
     async def token(request: Request) -> Response:
-        ip = request.client.host if request.client else None
+        ip = client_ip(request)
         try:
             anonymous.check(ip)
         except RateLimited as refusal:
             return _rate_limited(refusal)
-        media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-        if media_type != FORM_TYPE:
-            return Response(error_body(ErrorCode.UNSUPPORTED_MEDIA_TYPE, f"请求体须为 {FORM_TYPE}",
-                                       f"The body must be {FORM_TYPE}"), 415, media_type="application/json")
+        if media_type(request.headers.get("content-type")) != FORM_TYPE:
+            unsupported = UnsupportedMediaType(FORM_TYPE)
+            return Response(error_body(unsupported.code, unsupported.message, unsupported.message_en), 415,
+                            media_type="application/json")
         form = await request.form(max_files=0, max_fields=10)
         client_id, client_secret = str(form.get("client_id") or ""), str(form.get("client_secret") or "")
         authorization = request.headers.get("authorization", "")

@@ -36,7 +36,7 @@ from backend import db
 from backend.auth.errors import TokenExpired, TokenInvalid, TokenRevoked
 from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
-from backend.auth.security import KeyPurpose, derive_key
+from backend.auth.security import KeyPurpose, decode_access_token, derive_key
 from backend.auth.service import AuthPolicy, authenticate_on_connection, load_principal
 from backend.clock import utcnow
 from backend.edge import refusal_body
@@ -131,6 +131,8 @@ async def caller(
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise TokenInvalid("Authorization 须为 Bearer 令牌", "Authorization must be a Bearer token")
+        # A forged or expired token is refused before it takes a pooled connection.
+        decode_access_token(token.strip(), secret=policy.secret, now=now)
         async with db.raw_read(read_engine) as connection:
             principal = await authenticate_on_connection(connection, token=token.strip(), now=now, policy=policy)
         check_client_rate(request, principal)

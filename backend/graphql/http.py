@@ -47,11 +47,13 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from strawberry.utils.await_maybe import await_maybe
 
 from backend.auth.principal import Principal
-from backend.edge import page_csp
-from backend.errors import BadUserInput, DomainError, ErrorCode, RateLimited
+from backend.edge import media_type, page_csp
+from backend.errors import BadUserInput, DomainError, ErrorCode, RateLimited, UnsupportedMediaType
+from backend.exports.http import client_ip
 from backend.graphql.context import Context
 from backend.graphql.errors import format_error
 from backend.graphql.limits import (
+    EXPANSION_PER_WRITTEN_FIELD,
     MAX_REPEATED_SELECTIONS,
     Admission,
     AdmissionRefused,
@@ -60,7 +62,6 @@ from backend.graphql.limits import (
     IntrospectionNeedsLogin,
     OperationShape,
     QueryTooComplex,
-    QueryTooDeep,
     TooManyAuthMutations,
     TooManyRootFields,
     admission_key,
@@ -68,7 +69,7 @@ from backend.graphql.limits import (
     introspection_budget,
     operation_shapes,
 )
-from backend.observability import observe_operation, request_id_var
+from backend.observability import ANONYMOUS_CALLER, NOT_EXECUTED, UNNAMED_OPERATION, observe_operation, request_id_var
 from backend.settings import Settings
 
 log = logging.getLogger("shuiwu.graphql")
@@ -76,8 +77,9 @@ log = logging.getLogger("shuiwu.graphql")
 Authenticator = Callable[[str], Awaitable[Principal]]
 RateCheck = Callable[[Principal], None]
 
-# Documents selecting more fields than this are validated in a worker thread: validation
-# is superlinear in repeated fields, and the event loop must keep serving meanwhile.
+# Documents selecting more fields than this (fragments spread in) are validated and
+# measured in a worker thread: validation is superlinear in repeated fields, the cost tree
+# linear in the spread fields, and the event loop must keep serving meanwhile.
 VALIDATE_IN_THREAD_ABOVE_FIELDS = 40
 # The media types of a GraphQL POST (GraphQL over HTTP); anything else is a 415.
 JSON_MEDIA_TYPES = frozenset({"application/json", "application/graphql+json"})
@@ -107,6 +109,8 @@ class DocumentCache:
         self._entries: OrderedDict[str, PreparedDocument] = OrderedDict()
         self._by_form: OrderedDict[str, PreparedDocument] = OrderedDict()
         self.max_size = settings.graphql_cache_size
+        # Fields an operation may select with its fragments spread in (copies included).
+        self._max_spread = settings.graphql_max_fields * EXPANSION_PER_WRITTEN_FIELD
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -130,28 +134,42 @@ class DocumentCache:
             document = parse(query, max_tokens=self._settings.graphql_max_tokens)
         except GraphQLSyntaxError as error:
             return PreparedDocument(None, [error], {}, {})
-        fields, repeated = document_size(document)
-        if fields > self._settings.graphql_max_fields or repeated > MAX_REPEATED_SELECTIONS:
+        size = document_size(document)
+        if (size.fields > self._settings.graphql_max_fields or size.repeated > MAX_REPEATED_SELECTIONS
+                or size.spread > self._max_spread):
             return PreparedDocument(None, [], {}, {}, refusal=DocumentTooLarge())
         form = print_ast(document)
         entry = self._by_form.get(form)
         if entry is not None:
             self._by_form.move_to_end(form)
             return entry
-        schema = self._schema._schema
-        if fields > VALIDATE_IN_THREAD_ABOVE_FIELDS:
-            errors = await asyncio.to_thread(validate, schema, document)
+        if max(size.fields, size.spread) > VALIDATE_IN_THREAD_ABOVE_FIELDS:
+            entry = await asyncio.to_thread(self._validated, document)
         else:
-            errors = validate(schema, document)
-        shapes = operation_shapes(schema, document) if not errors else {}
+            entry = self._validated(document)
+        self._remember(self._by_form, form, entry)
+        return entry
+
+    def _validated(self, document: DocumentNode) -> PreparedDocument:
+        """Validation, then the operations' shapes (a refusal when one is too deep or
+        spreads into too many selections)."""
+        schema = self._schema._schema
+        errors = validate(schema, document)
         operations = {
             (definition.name.value if definition.name else None): definition.operation
             for definition in document.definitions
             if isinstance(definition, OperationDefinitionNode)
         }
-        entry = PreparedDocument(document, list(errors), shapes, operations)
-        self._remember(self._by_form, form, entry)
-        return entry
+        if errors:
+            return PreparedDocument(document, list(errors), {}, operations)
+        try:
+            shapes = operation_shapes(
+                schema, document, max_depth=self._settings.graphql_max_depth,
+                max_nodes=self._max_spread,
+            )
+        except DomainError as refusal:
+            return PreparedDocument(None, [], {}, {}, refusal=refusal)
+        return PreparedDocument(document, [], shapes, operations)
 
 
 class GraphQLEndpoint:
@@ -192,16 +210,41 @@ class GraphQLEndpoint:
             return self._graphiql()
         request_id = request_id_var.get() or uuid.uuid4().hex
         started = time.perf_counter()
-        media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-        if media_type not in JSON_MEDIA_TYPES:
-            return self._refusal(BadUserInput("请求体须为 JSON (Content-Type: application/json)",
-                                              "The body must be JSON (Content-Type: application/json)"), 415)
-        if self.check_anonymous is not None and "authorization" not in request.headers:
-            # Per-address and global buckets for callers without a token, before the body is read.
+        if media_type(request.headers.get("content-type")) not in JSON_MEDIA_TYPES:
+            return self._refusal(UnsupportedMediaType("JSON (Content-Type: application/json)"), 415)
+        ip = client_ip(request)
+        # Callers are throttled or authenticated before the body is read.
+        principal: Principal | None = None
+        authorization = request.headers.get("authorization")
+        if authorization is None:
             try:
-                self.check_anonymous(request.client.host if request.client else None)
+                self._check_anonymous(ip)
             except RateLimited as refusal:
                 return self._refusal(refusal, 429)
+        else:
+            scheme, _, token = authorization.partition(" ")
+            try:
+                if scheme.lower() != "bearer" or not token.strip():
+                    raise BadUserInput("Authorization 须为 Bearer 令牌", "Authorization must be a Bearer token")
+                principal = await self.authenticate(token.strip())
+                self.check_rate(principal)
+            except RateLimited as refusal:
+                return self._refusal(refusal, 429)
+            except DomainError as refusal:
+                # A made-up token is an anonymous request: it takes from its address's bucket.
+                try:
+                    self._check_anonymous(ip)
+                except RateLimited as limited:
+                    return self._refusal(limited, 429)
+                return self._refusal(refusal, 401)
+            except Exception:
+                # Database down, pool exhausted: masked like any execution error.
+                log.exception("authentication failed unexpectedly (request %s)", request_id)
+                return self._json(
+                    {"data": None, "errors": [{"message": "服务器内部错误", "extensions": {
+                        "code": ErrorCode.INTERNAL.value, "messageEn": "Internal error", "requestId": request_id}}]},
+                    500,
+                )
         raw = await request.body()
         # PostgreSQL text cannot hold NUL; refuse it at the door rather than deep in a query.
         if b"\x00" in raw or b"\\u0000" in raw:
@@ -218,30 +261,9 @@ class GraphQLEndpoint:
         if not isinstance(variables, dict) or (operation_name is not None and not isinstance(operation_name, str)):
             return self._refusal(BadUserInput("variables 或 operationName 格式错误", "Malformed variables or operationName"), 400)
 
-        principal: Principal | None = None
-        authorization = request.headers.get("authorization")
-        if authorization:
-            scheme, _, token = authorization.partition(" ")
-            if scheme.lower() != "bearer" or not token:
-                return self._refusal(BadUserInput("Authorization 须为 Bearer 令牌", "Authorization must be a Bearer token"), 401)
-            try:
-                principal = await self.authenticate(token.strip())
-                self.check_rate(principal)
-            except RateLimited as refusal:
-                return self._refusal(refusal, 429)
-            except DomainError as refusal:
-                return self._refusal(refusal, 401)
-            except Exception:
-                # Database down, pool exhausted: masked like any execution error.
-                log.exception("authentication failed unexpectedly (request %s)", request_id)
-                return self._json(
-                    {"data": None, "errors": [{"message": "服务器内部错误", "extensions": {
-                        "code": ErrorCode.INTERNAL.value, "messageEn": "Internal error", "requestId": request_id}}]},
-                    500,
-                )
-
         prepared = await self.documents.get(query)
-        label = operation_name or "anonymous"
+        # Until an operation runs, a fixed label (see backend.observability).
+        label = ANONYMOUS_CALLER if principal is None else NOT_EXECUTED
         if prepared.refusal is not None:
             observe_operation(label, time.perf_counter() - started, ok=False)
             return self._refusal(prepared.refusal, 200)
@@ -249,7 +271,6 @@ class GraphQLEndpoint:
             observe_operation(label, time.perf_counter() - started, ok=False)
             return self._json({"data": None, "errors": [format_error(e, request_id) for e in prepared.errors]})
 
-        ip = request.client.host if request.client else None
         context = Context(
             settings=self.settings,
             sessions=self.sessions,
@@ -288,11 +309,18 @@ class GraphQLEndpoint:
         except AdmissionRefused as refusal:
             observe_operation(label, time.perf_counter() - started, ok=False)
             return self._refusal(refusal, 429)
+        if principal is not None:
+            label = operation.name.value if operation.name else UNNAMED_OPERATION
         response: dict[str, Any] = {"data": result.data}
         if result.errors:
             response["errors"] = [format_error(error, request_id) for error in result.errors]
         observe_operation(label, time.perf_counter() - started, ok=not result.errors)
         return self._json(response)
+
+    def _check_anonymous(self, ip: str | None) -> None:
+        """The per-address and global buckets of callers without a (valid) token."""
+        if self.check_anonymous is not None:
+            self.check_anonymous(ip)
 
     def _check(self, shape: OperationShape, variables: Any, principal: Principal | None) -> bool:
         """Refuse what the operation asks for beyond the limits; True if it must be admitted."""
@@ -302,8 +330,6 @@ class GraphQLEndpoint:
                 raise IntrospectionDisabled()
             if principal is None:
                 raise IntrospectionNeedsLogin()
-        if shape.depth > settings.graphql_max_depth:
-            raise QueryTooDeep()
         if shape.root_fields > settings.graphql_max_root_fields:
             raise TooManyRootFields()
         if shape.auth_mutations > 1:

@@ -13,7 +13,10 @@ Declared beside a field (``@strawberry.field(..., extensions=[...])``):
   request may carry at most one.
 
 Per document (cached with it): the depth, the number of root fields, the auth mutations,
-whether it introspects, and a cost tree whose nodes know their field definitions. Per
+whether it introspects, and a cost tree whose nodes know their field definitions. Each
+fragment is measured and built once however often it is spread, and the depth is checked
+before the tree is built, so fragments spread twice per level cannot make this
+exponential; the copies still count, against a budget of selections. Per
 request: the cost of that tree under graphql-core's coerced variables (the very values the
 executor then runs with, so a page size sent as ``1000.0`` is costed as the 1000 it
 executes as).
@@ -33,7 +36,7 @@ import functools
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from graphql import (
     DocumentNode,
@@ -61,6 +64,7 @@ from graphql.type.definition import GraphQLInterfaceType
 from graphql.type.introspection import SchemaMetaFieldDef, TypeMetaFieldDef
 from strawberry.extensions.field_extension import FieldExtension
 
+from backend.auth.ratelimit import source_of
 from backend.errors import BadUserInput, ErrorCode, Forbidden, NotAuthenticated, PageSizeExceeded, RateLimited
 from backend.graphql.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
@@ -185,11 +189,24 @@ def _is_connection(graphql_type: Any) -> bool:
 
 
 class _Compiler:
-    def __init__(self, schema: GraphQLSchema, fragments: dict[str, FragmentDefinitionNode]) -> None:
+    """Builds an operation's cost tree. A fragment is walked once: every spread of it shares
+    its nodes, so the tree kept (and cached with the document) grows with the document, not
+    with the copies. Its selections still count once per copy against ``budget`` (the
+    cost is computed over every copy): past it, :class:`QueryTooComplex`."""
+
+    def __init__(self, schema: GraphQLSchema, fragments: dict[str, FragmentDefinitionNode], budget: int | None) -> None:
         self.schema = schema
         self.fragments = fragments
         self.expensive = False
         self.introspection_items = introspection_items(schema)
+        self.budget = budget
+        self.spent = 0
+        self._walked: dict[str, tuple[int, list[CostNode], int]] = {}  # by fragment: depth, nodes, selections
+
+    def _spend(self, selections: int) -> None:
+        self.spent += selections
+        if self.budget is not None and self.spent > self.budget:
+            raise QueryTooComplex()
 
     def walk(self, parent: Any, selection_set: SelectionSetNode | None, visiting: frozenset[str]) -> tuple[int, list[CostNode]]:
         if selection_set is None:
@@ -197,6 +214,7 @@ class _Compiler:
         depth = 0
         nodes: list[CostNode] = []
         for selection in selection_set.selections:
+            self._spend(1)
             if isinstance(selection, FieldNode):
                 graphql_field = self._field(parent, selection.name.value)
                 if graphql_field is None:
@@ -219,16 +237,25 @@ class _Compiler:
                 depth = max(depth, child_depth + 1)
                 continue
             if isinstance(selection, InlineFragmentNode):
-                condition, selections, inner = selection.type_condition, selection.selection_set, visiting
+                condition = selection.type_condition
+                target = self.schema.get_type(condition.name.value) if condition is not None else parent
+                child_depth, children = self.walk(target, selection.selection_set, visiting)
             elif isinstance(selection, FragmentSpreadNode):
-                fragment = self.fragments.get(selection.name.value)
-                if fragment is None or selection.name.value in visiting:
+                name = selection.name.value
+                fragment = self.fragments.get(name)
+                if fragment is None or name in visiting:
                     continue  # validation reports unknown or cyclic fragments
-                condition, selections, inner = fragment.type_condition, fragment.selection_set, visiting | {fragment.name.value}
+                walked = self._walked.get(name)
+                if walked is None:
+                    before = self.spent
+                    child_depth, children = self.walk(
+                        self.schema.get_type(fragment.type_condition.name.value), fragment.selection_set, visiting | {name})
+                    self._walked[name] = (child_depth, children, self.spent - before)
+                else:
+                    child_depth, children, selections = walked
+                    self._spend(selections)
             else:
                 continue
-            target = self.schema.get_type(condition.name.value) if condition is not None else parent
-            child_depth, children = self.walk(target, selections, inner)
             nodes.extend(children)
             depth = max(depth, child_depth)
         return depth, nodes
@@ -283,59 +310,116 @@ def introspection_budget(schema: GraphQLSchema) -> int:
     return shape.introspection_cost(variables)
 
 
-def operation_shapes(schema: GraphQLSchema, document: DocumentNode) -> dict[str | None, OperationShape]:
-    """The shape of every operation in a valid ``document`` (by name; None if anonymous)."""
+def operation_shapes(
+    schema: GraphQLSchema, document: DocumentNode, *, max_depth: int | None = None, max_nodes: int | None = None
+) -> dict[str | None, OperationShape]:
+    """The shape of every operation in a valid ``document`` (by name; None if anonymous).
+
+    :class:`QueryTooDeep` when an operation nests deeper than ``max_depth`` (measured with
+    each fragment once, before anything is copied), :class:`QueryTooComplex` when its cost
+    tree would hold more than ``max_nodes`` selections with the fragments spread in.
+    """
     fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+    depths: dict[str, int] = {}
+    root_memo: dict[str, tuple[int, frozenset[str]]] = {}
     shapes: dict[str | None, OperationShape] = {}
     for definition in document.definitions:
         if not isinstance(definition, OperationDefinitionNode):
             continue
+        depth = _depth(definition.selection_set, fragments, depths, frozenset())
+        if max_depth is not None and depth > max_depth:
+            raise QueryTooDeep()
+        root_fields, root_names = _root_fields(definition.selection_set, fragments, root_memo, frozenset())
         root_type = schema.get_root_type(definition.operation)
-        compiler = _Compiler(schema, fragments)
-        depth, roots = compiler.walk(root_type, definition.selection_set, frozenset())
-        root_names = _root_field_names(definition.selection_set, fragments, frozenset())
+        compiler = _Compiler(schema, fragments, max_nodes)
+        _, roots = compiler.walk(root_type, definition.selection_set, frozenset())
         shapes[definition.name.value if definition.name else None] = OperationShape(
             operation=definition.operation,
             depth=depth,
-            root_fields=len(root_names),
+            root_fields=root_fields,
             auth_mutations=sum(1 for node in roots if declared(node.graphql_field, AuthMutation) is not None)
             if definition.operation is OperationType.MUTATION else 0,
-            introspects=any(name in _INTROSPECTION_ROOTS for name in root_names),
+            introspects=not root_names.isdisjoint(_INTROSPECTION_ROOTS),
             expensive=compiler.expensive,
             roots=roots,
         )
     return shapes
 
 
-def _root_field_names(selection_set: SelectionSetNode, fragments: dict[str, FragmentDefinitionNode],
-                      visiting: frozenset[str]) -> list[str]:
-    """Every root field selection (aliases and fragment copies each count once)."""
-    names: list[str] = []
+def _depth(selection_set: SelectionSetNode, fragments: dict[str, FragmentDefinitionNode], memo: dict[str, int],
+           visiting: frozenset[str]) -> int:
+    """How deep fields nest below ``selection_set`` (``memo``: each fragment's depth, so
+    a fragment spread many times is measured once)."""
+    depth = 0
+    for selection in selection_set.selections:
+        if isinstance(selection, FieldNode):
+            below = _depth(selection.selection_set, fragments, memo, visiting) if selection.selection_set else 0
+            depth = max(depth, below + 1)
+        elif isinstance(selection, InlineFragmentNode):
+            depth = max(depth, _depth(selection.selection_set, fragments, memo, visiting))
+        elif isinstance(selection, FragmentSpreadNode):
+            name = selection.name.value
+            fragment = fragments.get(name)
+            if fragment is None or name in visiting:
+                continue  # validation reports unknown or cyclic fragments
+            if name not in memo:
+                memo[name] = _depth(fragment.selection_set, fragments, memo, visiting | {name})
+            depth = max(depth, memo[name])
+    return depth
+
+
+def _root_fields(selection_set: SelectionSetNode, fragments: dict[str, FragmentDefinitionNode],
+                 memo: dict[str, tuple[int, frozenset[str]]], visiting: frozenset[str]) -> tuple[int, frozenset[str]]:
+    """How many root field selections there are (aliases and fragment copies each count
+    once) and their field names; each fragment is counted once (``memo``)."""
+    count = 0
+    names: set[str] = set()
     for selection in selection_set.selections:
         if isinstance(selection, FieldNode):
             if selection.name.value != "__typename":
-                names.append(selection.name.value)
-        elif isinstance(selection, InlineFragmentNode):
-            names.extend(_root_field_names(selection.selection_set, fragments, visiting))
+                count += 1
+                names.add(selection.name.value)
+            continue
+        if isinstance(selection, InlineFragmentNode):
+            inner_count, inner_names = _root_fields(selection.selection_set, fragments, memo, visiting)
         elif isinstance(selection, FragmentSpreadNode):
-            fragment = fragments.get(selection.name.value)
-            if fragment is not None and fragment.name.value not in visiting:
-                names.extend(_root_field_names(fragment.selection_set, fragments, visiting | {fragment.name.value}))
-    return names
+            name = selection.name.value
+            fragment = fragments.get(name)
+            if fragment is None or name in visiting:
+                continue
+            if name not in memo:
+                memo[name] = _root_fields(fragment.selection_set, fragments, memo, visiting | {name})
+            inner_count, inner_names = memo[name]
+        else:
+            continue
+        count += inner_count
+        names |= inner_names
+    return count, frozenset(names)
 
 
 # Fields of one response name with sub-selections in one selection set, fragments
 # included: validation compares them pairwise (0.7 s for 300 repeated `viewer { name }`),
 # while a real screen repeats a name a handful of times at most.
 MAX_REPEATED_SELECTIONS = 30
+# Fragments spread in, an operation may select this many times the fields a document may
+# write (SHUIWU_GRAPHQL_MAX_FIELDS): a screen reuses its fragments a few times, while
+# fragments spread twice at each level double per level.
+EXPANSION_PER_WRITTEN_FIELD = 20
 
 
-def document_size(document: DocumentNode) -> tuple[int, int]:
-    """Field selections written in the document, and the most selections with
-    sub-selections sharing one response name in one selection set (fragments spread in).
-    Linear in the document, for use before validation."""
+class DocumentSize(NamedTuple):
+    fields: int  # field selections written
+    repeated: int  # the most selections with sub-selections sharing one response name in one set
+    spread: int  # field selections of the operations with every fragment spread in
+
+
+def document_size(document: DocumentNode) -> DocumentSize:
+    """How much a document selects (see :class:`DocumentSize`; fragments spread in for
+    ``repeated`` and ``spread``). Linear in the document, each fragment measured once,
+    for use before validation."""
     fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
     memo: dict[str, Counter[str]] = {}
+    spread_memo: dict[str, int] = {}
 
     def keys(selection_set: SelectionSetNode, visiting: frozenset[str]) -> Counter[str]:
         counted: Counter[str] = Counter()
@@ -355,6 +439,23 @@ def document_size(document: DocumentNode) -> tuple[int, int]:
                 counted.update(memo[name])
         return counted
 
+    def spread(selection_set: SelectionSetNode, visiting: frozenset[str]) -> int:
+        total = 0
+        for selection in selection_set.selections:
+            if isinstance(selection, FieldNode):
+                total += 1 + (spread(selection.selection_set, visiting) if selection.selection_set else 0)
+            elif isinstance(selection, InlineFragmentNode):
+                total += spread(selection.selection_set, visiting)
+            elif isinstance(selection, FragmentSpreadNode):
+                name = selection.name.value
+                fragment = fragments.get(name)
+                if fragment is None or name in visiting:
+                    continue
+                if name not in spread_memo:
+                    spread_memo[name] = spread(fragment.selection_set, visiting | {name})
+                total += spread_memo[name]
+        return total
+
     fields = repeated = 0
     stack: list[Any] = [d.selection_set for d in document.definitions if hasattr(d, "selection_set")]
     while stack:
@@ -368,7 +469,8 @@ def document_size(document: DocumentNode) -> tuple[int, int]:
                 stack.append(selection.selection_set)
             elif isinstance(selection, InlineFragmentNode):
                 stack.append(selection.selection_set)
-    return fields, repeated
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    return DocumentSize(fields, repeated, sum(spread(d.selection_set, frozenset()) for d in operations))
 
 
 def _page_size(node: CostNode, arguments: dict[str, Any]) -> int:
@@ -506,10 +608,11 @@ async def _acquire(semaphore: asyncio.Semaphore, deadline: float) -> None:
 
 
 def admission_key(principal: Any, ip: str | None) -> str:
-    """Who waits for a slot: the principal (``staff:7``), else the client address."""
+    """Who waits for a slot: the principal (``staff:7``), else the client address as the
+    throttles count it (an IPv6 address by its /64)."""
     if principal is not None:
         return f"{principal.kind.value}:{principal.id}"
-    return f"ip:{ip or 'unknown'}"
+    return f"ip:{source_of(ip) or 'unknown'}"
 
 
 # The longest span a weight counts: ranges are bounded by their fields (366 days for daily

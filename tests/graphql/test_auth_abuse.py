@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from backend import db
 from backend.app import create_app
 from backend.auth.service import claim_login_attempt, create_api_client
 from backend.auth.sms import sms_sender
@@ -118,6 +119,41 @@ async def test_anonymous_requests_past_the_address_bucket_get_429_before_any_wor
     assert token_refused.json()["error"] == "rate_limited"
     assert other_address["_status"] == 200
     assert with_token["_status"] == 200
+
+
+async def test_requests_with_a_made_up_token_are_throttled_as_anonymous_and_take_no_connection(
+    database_url: str, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked_out: list[object] = []
+    real_raw_read = db.raw_read
+    monkeypatch.setattr(db, "raw_read", lambda engine: checked_out.append(engine) or real_raw_read(engine))
+    junk = ["junk", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"]
+    async with graphql_client(database_url, client_address=STRANGER, anonymous_per_ip_per_minute=3) as stranger:
+        refused = [await stranger.execute("{ viewer { name } }", token=junk[n % 2]) for n in range(3)]
+        not_bearer = await stranger.http.post("/graphql", json={"query": "{ __typename }"},
+                                              headers={"Authorization": "Basic bm9ib2R5Om5vdGhpbmc="})
+        throttled = await stranger.execute("{ viewer { name } }", token="junk")
+
+    assert [answer["_status"] for answer in refused] == [401, 401, 401]
+    assert {top_level_code(answer) for answer in refused} == {"UNAUTHENTICATED"}
+    assert not_bearer.status_code == 429
+    assert throttled["_status"] == 429
+    assert top_level_code(throttled) == "RATE_LIMITED"
+    assert checked_out == []
+
+
+async def test_a_download_with_a_made_up_token_takes_no_connection(
+    client: GraphQLClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked_out: list[object] = []
+    real_raw_read = db.raw_read
+    monkeypatch.setattr(db, "raw_read", lambda engine: checked_out.append(engine) or real_raw_read(engine))
+
+    refused = await client.http.get("/exports/households.xlsx", headers={"Authorization": "Bearer junk"})
+
+    assert refused.status_code == 401
+    assert refused.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    assert checked_out == []
 
 
 async def test_anonymous_requests_from_everyone_share_one_global_bucket(database_url: str) -> None:

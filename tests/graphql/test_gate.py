@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,13 +14,17 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from graphql import get_introspection_query
+from graphql import get_introspection_query, parse
+from graphql.execution.values import get_variable_values
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from backend import observability
 from backend.app import create_app
 from backend.graphql import http as graphql_http
+from backend.graphql.limits import CostNode, QueryTooComplex, QueryTooDeep, admission_key, operation_shapes
 from backend.graphql.relay import encode_id
+from backend.graphql.schema import build_schema
 from backend.readings import analytics
 from backend.settings import Settings
 from tests.graphql.client import GraphQLClient, api_settings, graphql_client
@@ -57,6 +62,7 @@ INTROSPECTION_BOMB = "{ __schema { " + " ".join(
     for i in range(40)
 ) + " } }"
 TYPE_NAME = '{ __type(name: "Query") { name } }'
+SCHEMA = build_schema()._schema
 
 
 def _codes(result: dict[str, Any]) -> list[str]:
@@ -161,6 +167,81 @@ async def test_a_document_of_many_repeated_fields_is_refused_without_validating_
     assert result["data"] is None
     assert _codes(result) == ["QUERY_TOO_COMPLEX"]
     assert validations == []
+
+
+def _doubling_fragments(levels: int) -> str:
+    """~2 written fields a level, 2^levels fields once the fragments are spread."""
+    chain = " ".join(f"fragment F{k} on Area {{ a: parent {{ ...F{k + 1} }} b: parent {{ ...F{k + 1} }} }}"
+                     for k in range(levels))
+    return f'query {{ node(id: "x") {{ ... on Area {{ ...F0 }} }} }} {chain} fragment F{levels} on Area {{ id }}'
+
+
+@pytest.mark.parametrize("levels", [12, 18])
+async def test_a_document_whose_fragments_double_at_each_level_is_refused_fast(
+    client: GraphQLClient, levels: int
+) -> None:
+    # 12 levels fit the depth limit, 18 do not; both spread to far over the 10,000 fields.
+    started = time.perf_counter()
+    result = await client.execute(_doubling_fragments(levels))
+    elapsed = time.perf_counter() - started
+
+    assert result["data"] is None
+    assert _codes(result) == ["QUERY_TOO_COMPLEX"]
+    assert elapsed < 0.1
+
+
+def test_the_depth_of_doubling_fragments_is_refused_before_any_is_copied() -> None:
+    document = parse(_doubling_fragments(18))
+
+    started = time.perf_counter()
+    with pytest.raises(QueryTooDeep):
+        operation_shapes(SCHEMA, document, max_depth=15)
+
+    assert time.perf_counter() - started < 0.1
+
+
+def test_the_cost_tree_stops_at_its_budget_of_spread_selections() -> None:
+    document = parse(_doubling_fragments(10))  # depth 12: within the limit
+
+    started = time.perf_counter()
+    with pytest.raises(QueryTooComplex):
+        operation_shapes(SCHEMA, document, max_depth=15, max_nodes=1_000)
+    shapes = operation_shapes(SCHEMA, document, max_depth=15, max_nodes=20_000)
+
+    assert time.perf_counter() - started < 0.5
+    assert shapes[None].depth == 12
+    # Every copy is costed (node, 2 + 4 + ... + 1024 parents, 1024 ids), each fragment built once.
+    assert shapes[None].cost(_no_variables()) == 1 + (2 ** 11 - 2) + 2 ** 10
+    assert len(_distinct_nodes(shapes[None].roots)) == 1 + 2 * 10 + 1
+
+
+def _no_variables() -> Any:
+    variables = get_variable_values(SCHEMA, [], {})
+    assert not isinstance(variables, list)
+    return variables
+
+
+def _distinct_nodes(nodes: list[CostNode], seen: dict[int, CostNode] | None = None) -> dict[int, CostNode]:
+    seen = {} if seen is None else seen
+    for node in nodes:
+        if id(node) not in seen:
+            seen[id(node)] = node
+            _distinct_nodes(node.children, seen)
+    return seen
+
+
+async def test_fragments_spread_twice_at_each_level_without_fields_are_refused_fast(client: GraphQLClient) -> None:
+    # No field below the root: nothing deepens, nothing is written twice, yet 2^25 spreads.
+    chain = " ".join(f"fragment F{k} on Query {{ __typename ...F{k + 1} ...F{k + 1} }}" for k in range(25))
+    document = f"query {{ ...F0 }} {chain} fragment F25 on Query {{ __typename }}"
+
+    started = time.perf_counter()
+    result = await client.execute(document)
+    elapsed = time.perf_counter() - started
+
+    assert result["data"] is None
+    assert _codes(result) == ["QUERY_TOO_COMPLEX"]
+    assert elapsed < 0.1
 
 
 async def test_whitespace_variants_of_one_document_are_validated_once(
@@ -309,6 +390,15 @@ async def test_a_second_caller_is_admitted_when_the_slot_frees_within_the_wait()
     assert admission.waiting == 0 and admission.principals == 0
 
 
+def test_anonymous_callers_wait_for_admission_by_the_address_the_throttles_count() -> None:
+    one_subscriber = {admission_key(None, f"2001:db8:1:2::{host}") for host in ("1", "ffff", "a:b:c")}
+
+    assert one_subscriber == {"ip:2001:db8:1:2::/64"}
+    assert admission_key(None, "2001:db8:1:3::1") == "ip:2001:db8:1:3::/64"
+    assert admission_key(None, "203.0.113.7") == "ip:203.0.113.7"
+    assert admission_key(None, None) == "ip:unknown"
+
+
 # 7. Introspection and GraphiQL.
 
 def test_graphiql_is_off_and_introspection_needs_a_login_by_default() -> None:
@@ -390,7 +480,7 @@ async def test_a_graphql_post_that_is_not_json_is_refused_with_415(
         assert "content-type" not in response.request.headers
 
     assert response.status_code == 415
-    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert response.json()["errors"][0]["extensions"]["code"] == "UNSUPPORTED_MEDIA_TYPE"
     async with engine_for_module.connect() as connection:
         sent = (await connection.execute(text("SELECT count(*) FROM one_time_codes WHERE phone = :p"), {"p": phone})).scalar_one()
     assert sent == 0
@@ -403,3 +493,30 @@ async def test_json_content_types_are_accepted(live: LiveServer, content_type: s
 
     assert response.status_code == 200
     assert response.json() == {"data": {"__typename": "Query"}}
+
+
+# 9. Operation names as metric labels.
+
+def _operation_labels() -> set[str]:
+    return {sample.labels["operation"] for metric in observability.GRAPHQL_OPERATIONS.collect() for sample in metric.samples}
+
+
+async def test_only_the_executed_operations_of_signed_in_callers_name_a_metric_label(
+    admin_token: str, client: GraphQLClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(observability, "_seen_operations", set())
+    monkeypatch.setattr(observability, "MAX_OPERATION_LABELS", 3)
+
+    for n in range(4):
+        await client.execute(f"query Stranger{n} {{ __typename }}", operation_name=f"Stranger{n}")
+        await client.execute("query Q { __typename }", operation_name=f"Missing{n}", token=admin_token)
+        await client.execute(f"query Invalid{n} {{ nope }}", operation_name=f"Invalid{n}", token=admin_token)
+        await client.execute(f"query Refused{n} " + _roots(21)[2:-2].join("{}"), operation_name=f"Refused{n}",
+                             token=admin_token)
+    screen = await client.execute("query StaffScreen { viewer { name } }", operation_name="StaffScreen", token=admin_token)
+
+    assert "errors" not in screen
+    labels = _operation_labels()
+    assert "StaffScreen" in labels
+    assert not {label for label in labels if label.startswith(("Stranger", "Missing", "Invalid", "Refused"))}
+    assert observability._seen_operations == {"StaffScreen"}
