@@ -33,6 +33,7 @@ from backend.auth.service import AuthPolicy, authenticate_on_connection
 from backend.clock import utcnow
 from backend.edge import (
     BODY_TOO_LARGE_HEADERS,
+    AnonymousGate,
     BodyLimitMiddleware,
     BodyTooLarge,
     ClientAddressMiddleware,
@@ -198,7 +199,7 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
         Mount("/graphql/static", StaticFiles(packages=[("backend.graphql", "static")]), name="graphiql-static"),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        *auth_http.routes(sessions, policy, limiter=limiter, anonymous=anonymous),
+        *auth_http.routes(sessions, policy, limiter=limiter),
         *audit_http.routes(sessions, read_engine, settings),
         *archives_http.routes(sessions, read_engine, settings),
         *readings_http.routes(sessions, read_engine, settings),
@@ -222,10 +223,15 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
     # The plain routes' caller check (backend.exports.http.caller) takes API clients' tokens here.
     app.state.client_limiter = limiter
     # Each add wraps what is there. From the outside in: the client address, security
-    # headers, the request id, the error guard, the disconnect watch, the body limit.
+    # headers, the request id, the anonymous gate, the error guard, the disconnect watch,
+    # the body limit.
     app.add_middleware(BodyLimitMiddleware, default_max_bytes=settings.max_body_bytes)
     app.add_middleware(CancelOnDisconnect)
     app.add_middleware(UnexpectedErrorGuard)
+    # Anonymous floods are refused here, before the guards and routing: /graphql without a
+    # bearer token, /oauth/token always (its callers have no token yet).
+    app.add_middleware(AnonymousGate, check=anonymous.check, paths={"/graphql": True, "/oauth/token": False},
+                       oauth_paths=frozenset({"/oauth/token"}))
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(SecurityHeadersMiddleware, hsts=settings.https)
     # Outermost: everything inside reads the client address from scope["client"].

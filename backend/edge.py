@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from backend.errors import DomainError, ErrorCode
+from backend.errors import DomainError, ErrorCode, RateLimited
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -70,6 +70,13 @@ def refusal_body(error: DomainError, status: int, request_id: str | None = None,
     """The JSON body of every refusal outside GraphQL's own answers: ``{"errors": [...]}``
     (:func:`refusal_errors`)."""
     return orjson.dumps({"errors": refusal_errors(error, status, request_id, **extensions)})
+
+
+def oauth_refusal_body(error: DomainError, oauth_error: str) -> bytes:
+    """A refusal for an OAuth 2 endpoint: RFC 6749's ``error`` / ``error_description`` for
+    OAuth clients beside the ``errors`` list every other client reads."""
+    return orjson.dumps({"error": oauth_error, "error_description": error.message_en,
+                         "errors": refusal_errors(error, 429 if isinstance(error, RateLimited) else 400)})
 
 
 def error_body(code: ErrorCode, message: str, message_en: str, **extensions: Any) -> bytes:
@@ -246,6 +253,45 @@ class ClientAddressMiddleware:
                 address = client_address(peer[0], _header(scope, b"x-forwarded-for"), self.trusted_proxies)
                 if address != peer[0]:
                     scope["client"] = (address, 0)
+        await self.app(scope, receive, send)
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, else None."""
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+class AnonymousGate:
+    """Takes one token from the anonymous buckets (``check(address)``, raising
+    :class:`RateLimited` when empty) for every POST to one of ``paths`` that carries no
+    bearer token (or to any path in ``paths`` mapped to False: every caller of it is
+    anonymous), and answers a refusal 429 right here, before the rest of the stack (error
+    guard, disconnect watch, body limit, routing) spends anything on it: a flood of
+    anonymous logins is refused for the price of a dictionary lookup. A bearer token that
+    fails is the endpoint's to count (it knows only after checking it)."""
+
+    def __init__(self, app: ASGIApp, *, check: Callable[[str | None], None], paths: dict[str, bool],
+                 oauth_paths: frozenset[str] = frozenset()) -> None:
+        self.app = app
+        self.check = check
+        self.paths = paths  # path -> whether a bearer token lets a request past the gate
+        self.oauth_paths = oauth_paths  # refused in RFC 6749's shape
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            bearer_passes = self.paths.get(scope["path"])
+            if bearer_passes is not None and not (bearer_passes and bearer_token(_header(scope, b"authorization"))):
+                client = scope.get("client")
+                try:
+                    self.check(client[0] if client else None)
+                except RateLimited as refused:
+                    body = (oauth_refusal_body(refused, "rate_limited") if scope["path"] in self.oauth_paths
+                            else refusal_body(refused, 429))
+                    await send_json(send, 429, body, [(b"retry-after", b"60")])
+                    return
         await self.app(scope, receive, send)
 
 

@@ -3,8 +3,8 @@ the ``issueClientToken`` mutation, for clients that speak plain OAuth.
 
 The body is a small ``application/x-www-form-urlencoded`` form (RFC 6749): any other
 type is 415, a body over :data:`TOKEN_MAX_BODY_BYTES` is 413 (refused while it streams in).
-Throttled like every anonymous call (per client address and in all, before the form is
-read), and each token issued takes a request from the client's own rate (per
+Throttled like every anonymous call (per client address and in all, at the door by
+``backend.edge.AnonymousGate``), and each token issued takes a request from the client's own rate (per
 ``client_id``): a refused issue writes no login session. Refusals: 429 ``RATE_LIMITED``.
 """
 
@@ -19,10 +19,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from backend.audit.service import record_operation
-from backend.auth.ratelimit import AnonymousThrottle, ClientRateLimiter
+from backend.auth.ratelimit import ClientRateLimiter
 from backend.auth.service import AuthPolicy, issue_client_token
 from backend.clock import utcnow
-from backend.edge import body_limit, error_body, media_type, refusal_errors
+from backend.edge import body_limit, error_body, media_type, oauth_refusal_body
 from backend.errors import DomainError, RateLimited, UnsupportedMediaType
 from backend.exports.http import client_ip
 from backend.observability import request_id_var
@@ -33,23 +33,16 @@ FORM_TYPE = "application/x-www-form-urlencoded"
 
 
 def _rate_limited(refusal: RateLimited) -> Response:
-    return JSONResponse(
-        {"error": "rate_limited", "error_description": refusal.message_en,
-         "errors": refusal_errors(refusal, 429)},
-        429, headers={"Retry-After": "60"},
-    )
+    return Response(oauth_refusal_body(refusal, "rate_limited"), 429, media_type="application/json",
+                    headers={"Retry-After": "60"})
 
 
 def routes(
-    sessions: async_sessionmaker[AsyncSession], policy: AuthPolicy, *, limiter: ClientRateLimiter, anonymous: AnonymousThrottle
+    sessions: async_sessionmaker[AsyncSession], policy: AuthPolicy, *, limiter: ClientRateLimiter
 ) -> list[Route]:
     @body_limit(TOKEN_MAX_BODY_BYTES)
     async def token(request: Request) -> Response:
-        ip = client_ip(request)
-        try:
-            anonymous.check(ip)
-        except RateLimited as refusal:
-            return _rate_limited(refusal)
+        ip = client_ip(request)  # throttled as anonymous at the door (backend.edge.AnonymousGate)
         if media_type(request.headers.get("content-type")) != FORM_TYPE:
             unsupported = UnsupportedMediaType(FORM_TYPE)
             return Response(error_body(unsupported.code, unsupported.message, unsupported.message_en), 415,

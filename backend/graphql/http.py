@@ -47,7 +47,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from strawberry.utils.await_maybe import await_maybe
 
 from backend.auth.principal import Principal
-from backend.edge import media_type, page_csp
+from backend.edge import bearer_token, media_type, page_csp
 from backend.errors import BadUserInput, DomainError, ErrorCode, RateLimited, UnsupportedMediaType
 from backend.exports.http import client_ip
 from backend.graphql.context import Context
@@ -213,29 +213,26 @@ class GraphQLEndpoint:
         if media_type(request.headers.get("content-type")) not in JSON_MEDIA_TYPES:
             return self._refusal(UnsupportedMediaType("JSON (Content-Type: application/json)"), 415)
         ip = client_ip(request)
-        # Callers are throttled or authenticated before the body is read.
+        # Callers are throttled or authenticated before the body is read. Requests without
+        # a bearer token were throttled at the door (backend.edge.AnonymousGate).
         principal: Principal | None = None
         authorization = request.headers.get("authorization")
-        if authorization is None:
+        if authorization is not None:
+            token = bearer_token(authorization)
             try:
-                self._check_anonymous(ip)
-            except RateLimited as refusal:
-                return self._refusal(refusal, 429)
-        else:
-            scheme, _, token = authorization.partition(" ")
-            try:
-                if scheme.lower() != "bearer" or not token.strip():
+                if token is None:
                     raise BadUserInput("Authorization 须为 Bearer 令牌", "Authorization must be a Bearer token")
-                principal = await self.authenticate(token.strip())
+                principal = await self.authenticate(token)
                 self.check_rate(principal)
             except RateLimited as refusal:
                 return self._refusal(refusal, 429)
             except DomainError as refusal:
-                # A made-up token is an anonymous request: it takes from its address's bucket.
-                try:
-                    self._check_anonymous(ip)
-                except RateLimited as limited:
-                    return self._refusal(limited, 429)
+                # A made-up bearer token is an anonymous request: it takes from its address's bucket.
+                if token is not None:
+                    try:
+                        self._check_anonymous(ip)
+                    except RateLimited as limited:
+                        return self._refusal(limited, 429)
                 return self._refusal(refusal, 401)
             except Exception:
                 # Database down, pool exhausted: masked like any execution error.

@@ -133,6 +133,20 @@ async def test_anonymous_requests_past_the_address_bucket_get_429_before_any_wor
     assert with_token["_status"] == 200
 
 
+async def test_an_anonymous_caller_past_its_bucket_is_refused_before_its_request_is_looked_at(database_url: str) -> None:
+    async with graphql_client(database_url, client_address=STRANGER, anonymous_per_ip_per_minute=1) as stranger:
+        first = await stranger.execute("{ __typename }")
+        # Neither the body limit (413) nor the content type (415) is checked for a caller
+        # the gate refuses: a flood costs a bucket lookup, not the stack behind it.
+        oversized = await stranger.http.post("/graphql", content=b"{}", headers={"Content-Length": str(50 * 1024 * 1024)})
+        plain_text = await stranger.http.post("/graphql", content=b"{}", headers={"Content-Type": "text/plain"})
+
+    assert first["_status"] == 200
+    assert [oversized.status_code, plain_text.status_code] == [429, 429]
+    assert oversized.headers["retry-after"] == "60"
+    assert oversized.json()["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
+
+
 async def test_requests_with_a_made_up_token_are_throttled_as_anonymous_and_take_no_connection(
     database_url: str, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
