@@ -139,7 +139,8 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
     scalars.display_zone = settings.tz
     policy = AuthPolicy.from_settings(settings)
     limiter = ClientRateLimiter()
-    anonymous = AnonymousThrottle(per_ip_per_minute=settings.anonymous_per_ip_per_minute, per_minute=settings.anonymous_per_minute)
+    anonymous = AnonymousThrottle(per_ip_per_minute=settings.anonymous_per_ip_per_minute, per_minute=settings.anonymous_per_minute,
+                                  burst_per_ip=settings.anonymous_burst_per_ip)
 
     async def authenticate_token(token: str) -> Any:
         now = utcnow()

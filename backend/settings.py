@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     # for anonymous requests (/graphql without a token, /oauth/token):
     anonymous_per_ip_per_minute: int = Field(default=300, ge=1)
     anonymous_per_minute: int = Field(default=3000, ge=1)
+    # How many of an address's per-minute requests it may send at once (then the refill rate).
+    anonymous_burst_per_ip: int = Field(default=30, ge=1)
     # Shared by every process (one PostgreSQL row per key and minute):
     login_attempts_per_ip_per_minute: int = Field(default=20, ge=1)
     sms_codes_per_ip_per_minute: int = Field(default=5, ge=1)

@@ -51,16 +51,17 @@ class TokenBuckets:
         self._buckets: dict[Hashable, _Bucket] = {}
         self._max_keys = max_keys
 
-    def take(self, key: Hashable, rate_per_minute: int) -> bool:
-        """Take one token from ``key``'s bucket; False when it is empty."""
-        capacity = float(rate_per_minute)
+    def take(self, key: Hashable, rate_per_minute: int, burst: int | None = None) -> bool:
+        """Take one token from ``key``'s bucket, which refills at ``rate_per_minute`` and
+        holds at most ``burst`` tokens (default: the whole minute's); False when empty."""
+        capacity = float(min(burst, rate_per_minute) if burst else rate_per_minute)
         now = self._clock()
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= self._max_keys:
                 self._forget_idle(now)
             bucket = self._buckets[key] = _Bucket(capacity, now)
-        bucket.tokens = min(capacity, bucket.tokens + (now - bucket.updated) * capacity / 60.0)
+        bucket.tokens = min(capacity, bucket.tokens + (now - bucket.updated) * rate_per_minute / 60.0)
         bucket.updated = now
         if bucket.tokens < 1.0:
             return False
@@ -96,18 +97,23 @@ class ClientRateLimiter:
 
 class AnonymousThrottle:
     """Requests without a token (logins, codes, ``/oauth/token``): ``per_ip_per_minute``
-    from one client address and ``per_minute`` from everyone together."""
+    from one client address (at most ``burst_per_ip`` at once) and ``per_minute`` from
+    everyone together."""
 
-    def __init__(self, *, per_ip_per_minute: int, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, per_ip_per_minute: int, per_minute: int, burst_per_ip: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.per_ip_per_minute = per_ip_per_minute
         self.per_minute = per_minute
+        # One address may not fire its whole minute at once: a login flood then runs at the
+        # refill rate after this many, instead of after the minute's allowance.
+        self.burst_per_ip = burst_per_ip
         self._by_ip = TokenBuckets(clock)
         self._everyone = TokenBuckets(clock)
 
     def check(self, ip: str | None) -> None:
         """Admit one anonymous request from ``ip``; raise :class:`RateLimited` when either
         its address's bucket or the global one is empty (a refusal takes no global token)."""
-        if not self._by_ip.take(source_of(ip), self.per_ip_per_minute):
+        if not self._by_ip.take(source_of(ip), self.per_ip_per_minute, self.burst_per_ip):
             raise RateLimited()
         if not self._everyone.take("", self.per_minute):
             raise RateLimited()

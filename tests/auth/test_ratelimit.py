@@ -122,6 +122,17 @@ def test_an_address_gets_its_anonymous_rate_and_refills_at_it() -> None:
     assert anonymous_admitted(throttle, "203.0.113.9", 10) == 1
 
 
+def test_an_address_sends_at_most_its_burst_at_once_and_then_the_refill_rate() -> None:
+    clock = FakeClock()
+    throttle = AnonymousThrottle(per_ip_per_minute=300, per_minute=100_000, burst_per_ip=30, clock=clock)
+
+    assert anonymous_admitted(throttle, "203.0.113.9", 300) == 30
+    clock.advance(1)
+    assert anonymous_admitted(throttle, "203.0.113.9", 300) == 5
+    clock.advance(600)  # a long pause refills the burst, never more
+    assert anonymous_admitted(throttle, "203.0.113.9", 300) == 30
+
+
 def test_everyone_together_gets_the_global_rate_and_a_refused_address_takes_none_of_it() -> None:
     throttle = AnonymousThrottle(per_ip_per_minute=2, per_minute=5, clock=FakeClock())
 
