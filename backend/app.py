@@ -232,7 +232,7 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
     # Anonymous floods are refused here, before the guards and routing: /graphql without a
     # bearer token, /oauth/token always (its callers have no token yet).
     app.add_middleware(AnonymousGate, check=anonymous.check, paths={"/graphql": True, "/oauth/token": False},
-                       oauth_paths=frozenset({"/oauth/token"}))
+                       oauth_paths=frozenset({"/oauth/token"}), refusal_delay_s=settings.anonymous_refusal_delay_s)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(SecurityHeadersMiddleware, hsts=settings.https)
     # Outermost: everything inside reads the client address from scope["client"].

@@ -18,6 +18,7 @@ Plain ASGI (no framework import): ``backend/app.py`` wires it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -274,9 +275,12 @@ class AnonymousGate:
     fails is the endpoint's to count (it knows only after checking it)."""
 
     def __init__(self, app: ASGIApp, *, check: Callable[[str | None], None], paths: dict[str, bool],
-                 oauth_paths: frozenset[str] = frozenset()) -> None:
+                 oauth_paths: frozenset[str] = frozenset(), refusal_delay_s: float = 0.0) -> None:
         self.app = app
         self.check = check
+        # A refusal is answered this late (a timer, no work): a client that floods in a
+        # loop, as fast as it is answered, slows itself down to its concurrency per delay.
+        self.refusal_delay_s = refusal_delay_s
         self.paths = paths  # path -> whether a bearer token lets a request past the gate
         self.oauth_paths = oauth_paths  # refused in RFC 6749's shape
 
@@ -290,6 +294,8 @@ class AnonymousGate:
                 except RateLimited as refused:
                     body = (oauth_refusal_body(refused, "rate_limited") if scope["path"] in self.oauth_paths
                             else refusal_body(refused, 429))
+                    if self.refusal_delay_s:
+                        await asyncio.sleep(self.refusal_delay_s)
                     await send_json(send, 429, body, [(b"retry-after", b"60")])
                     return
         await self.app(scope, receive, send)

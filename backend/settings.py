@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     anonymous_per_minute: int = Field(default=3000, ge=1)
     # How many of an address's per-minute requests it may send at once (then the refill rate).
     anonymous_burst_per_ip: int = Field(default=30, ge=1)
+    # An anonymous refusal is answered after this delay (a timer, no work on the loop).
+    anonymous_refusal_delay_s: float = Field(default=1.0, ge=0, le=30)
     # Shared by every process (one PostgreSQL row per key and minute):
     login_attempts_per_ip_per_minute: int = Field(default=20, ge=1)
     sms_codes_per_ip_per_minute: int = Field(default=5, ge=1)

@@ -18,6 +18,7 @@ TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 # opened wide here, and the tests that pin them set their own limits.
 UNTHROTTLED: dict[str, Any] = {
     "anonymous_per_ip_per_minute": 1_000_000, "anonymous_per_minute": 1_000_000, "anonymous_burst_per_ip": 1_000_000,
+    "anonymous_refusal_delay_s": 0,
     "login_attempts_per_ip_per_minute": 1_000_000, "sms_codes_per_ip_per_minute": 1_000_000,
     "sms_codes_per_minute": 1_000_000, "sms_codes_per_phone_per_day": 1_000_000, "code_attempts_per_phone_per_day": 1_000_000,
 }

@@ -147,6 +147,30 @@ async def test_an_anonymous_caller_past_its_bucket_is_refused_before_its_request
     assert oversized.json()["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
 
 
+async def test_an_anonymous_refusal_is_answered_late_without_holding_up_anything_else(database_url: str) -> None:
+    async with graphql_client(database_url, client_address=STRANGER, anonymous_per_ip_per_minute=1,
+                              anonymous_refusal_delay_s=0.3) as flooder:
+        await flooder.execute("{ __typename }")
+
+        async def refused() -> tuple[int, float]:
+            started = time.perf_counter()
+            answer = await flooder.execute("{ __typename }")
+            return answer["_status"], time.perf_counter() - started
+
+        async def health() -> tuple[int, float]:
+            started = time.perf_counter()
+            response = await flooder.http.get("/healthz")
+            return response.status_code, time.perf_counter() - started
+
+        (status, refused_after), (health_status, health_after) = await asyncio.gather(refused(), health())
+
+    # A client looping as fast as it is answered waits out the delay on each refusal; the
+    # delay is a timer, so the same server answers everything else meanwhile.
+    assert (status, health_status) == (429, 200)
+    assert refused_after >= 0.3
+    assert health_after < 0.3
+
+
 async def test_requests_with_a_made_up_token_are_throttled_as_anonymous_and_take_no_connection(
     database_url: str, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
