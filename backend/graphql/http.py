@@ -47,7 +47,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from strawberry.utils.await_maybe import await_maybe
 
 from backend.auth.principal import Principal
-from backend.edge import bearer_token, media_type, page_csp
+from backend.edge import bearer_token, media_type, page_csp, refusal_errors
 from backend.errors import BadUserInput, DomainError, ErrorCode, RateLimited, UnsupportedMediaType
 from backend.exports.http import client_ip
 from backend.graphql.context import Context
@@ -237,11 +237,8 @@ class GraphQLEndpoint:
             except Exception:
                 # Database down, pool exhausted: masked like any execution error.
                 log.exception("authentication failed unexpectedly (request %s)", request_id)
-                return self._json(
-                    {"data": None, "errors": [{"message": "服务器内部错误", "extensions": {
-                        "code": ErrorCode.INTERNAL.value, "messageEn": "Internal error", "requestId": request_id}}]},
-                    500,
-                )
+                internal = DomainError("服务器内部错误", "Internal error", code=ErrorCode.INTERNAL)
+                return self._refusal(internal, 500, request_id)
         raw = await request.body()
         # PostgreSQL text cannot hold NUL; refuse it at the door rather than deep in a query.
         if b"\x00" in raw or b"\\u0000" in raw:
@@ -348,13 +345,9 @@ class GraphQLEndpoint:
         # orjson: ~5x faster than json.dumps on a 1000-row page, UTF-8 output as-is.
         return Response(orjson.dumps(content), status_code=status, media_type="application/json")
 
-    def _refusal(self, error: DomainError, status: int) -> Response:
-        extensions: dict[str, Any] = {"code": error.code.value, "messageEn": error.message_en}
-        if status == 401:
-            # The code stays UNAUTHENTICATED (clients drop the token); the reason says why.
-            extensions["code"] = ErrorCode.UNAUTHENTICATED.value
-            extensions["reason"] = str(getattr(error, "reason", error.code).value)
-        return JSONResponse({"data": None, "errors": [{"message": error.message, "extensions": extensions}]}, status)
+    def _refusal(self, error: DomainError, status: int, request_id: str | None = None) -> Response:
+        # The one refusal shape (backend.edge), with GraphQL's "data": null beside it.
+        return self._json({"data": None, "errors": refusal_errors(error, status, request_id)}, status)
 
     def _graphiql(self) -> Response:
         if not self.settings.graphiql:
