@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -60,6 +60,24 @@ class Event:
 
 
 EventHandler = Callable[[AsyncSession, Event], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """An event handler as a domain declares it (``backend.domain.Domain.handlers``).
+
+    ``name`` is stable and explicit: queued jobs refer to it, so renaming the function
+    never orphans them. ``run(runtime, session, event)`` runs in a transaction of its own.
+    ``horizon``: for handlers whose effects leave the database (messages, pushes, valve
+    commands), a replay skips events older than this; None acts on every event.
+    ``permissions``: what the system actor needs to run it (docs/domains.md lists them).
+    """
+
+    kind: str
+    name: str
+    run: Callable[..., Awaitable[None]]
+    horizon: timedelta | None = None
+    permissions: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

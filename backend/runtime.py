@@ -1,0 +1,58 @@
+"""What scheduled jobs and event handlers receive instead of importing globals.
+
+The job worker builds one :class:`Runtime` per process from the settings, the database
+URL and the domains' declarations (``backend.domains``), and passes it to every job and
+handler. Tests build one with a fixed clock and a session factory of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.clock import Clock, utcnow
+
+if TYPE_CHECKING:
+    from backend.auth.principal import Principal
+    from backend.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """Settings, time, sessions, the system actor and the services of the declarations.
+
+    ``services`` maps a service name (``"balance_checker"``) to what a domain's
+    declaration offers under it; ``settings_groups`` maps a domain's name to its loaded
+    settings group (a pydantic model), when it declares one.
+    """
+
+    settings: Settings
+    sessions: async_sessionmaker[AsyncSession]
+    actor: Principal
+    clock: Clock = utcnow
+    services: Mapping[str, Any] = field(default_factory=dict)
+    settings_groups: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def timezone(self) -> str:
+        """The utility's time zone name (``Asia/Shanghai``): it decides days and months."""
+        return self.settings.timezone
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return self.settings.tz
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    def service(self, name: str) -> Any:
+        """The service a declaration offers under ``name``; KeyError names the missing one."""
+        try:
+            return self.services[name]
+        except KeyError:
+            raise KeyError(f"no domain offers the service {name!r}") from None
