@@ -1,8 +1,10 @@
 """``create_app(settings, database_url) -> Starlette``: the whole HTTP surface.
 
-Routes: ``/graphql`` (POST executes, GET serves GraphiQL), ``/oauth/token`` (client
-credentials), the domains' plain HTTP routes (downloads), ``/healthz`` and ``/metrics``.
-The app is stateless: run several processes behind a balancer.
+Routes: ``/graphql`` (POST executes, GET serves GraphiQL), the installed domains' plain
+HTTP routes (``/oauth/token``, downloads, uploads: ``Domain.routes``), ``/healthz`` and
+``/metrics``. The schema, the routes and the services come from the domains'
+declarations (``backend.domains``); this module imports no domain by name. The app is
+stateless: run several processes behind a balancer.
 """
 
 from __future__ import annotations
@@ -24,13 +26,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend import db
-from backend.archives import http as archives_http
-from backend.audit import http as audit_http
-from backend.auth import http as auth_http
 from backend.auth.ratelimit import AnonymousThrottle, ClientRateLimiter
 from backend.auth.security import decode_access_token
 from backend.auth.service import AuthPolicy, authenticate_on_connection
 from backend.clock import utcnow
+from backend.domain import Domain, HttpHost, load
+from backend.domains import installed
 from backend.edge import (
     BODY_TOO_LARGE_HEADERS,
     AnonymousGate,
@@ -50,7 +51,6 @@ from backend.graphql.http import GraphQLEndpoint
 from backend.graphql.schema import build_schema
 from backend.http_guards import CancelOnDisconnect, UnexpectedErrorGuard
 from backend.observability import DB_POOL, observe_http, registry, request_id_var
-from backend.readings import http as readings_http
 from backend.settings import Settings
 
 log = logging.getLogger("shuiwu.http")
@@ -123,7 +123,23 @@ def favour_the_event_loop() -> None:
     sys.setswitchinterval(0.001)
 
 
-def create_app(settings: Settings, database_url: str, *, extra_routes: list[BaseRoute] | None = None) -> Starlette:
+def domain_services(settings: Settings, domains: tuple[Domain, ...]) -> dict[str, Any]:
+    """The services the declarations offer other domains (``Domain.services``), by name;
+    two domains offering one name is a mistake and refused."""
+    services: dict[str, Any] = {}
+    for domain in domains:
+        if domain.services is None:
+            continue
+        for name, offered in load(domain.services)(settings).items():
+            if name in services:
+                raise ValueError(f"two domains offer the service {name!r}")
+            services[name] = offered
+    return services
+
+
+def create_app(settings: Settings, database_url: str, *, extra_routes: list[BaseRoute] | None = None,
+               domains: tuple[Domain, ...] | None = None) -> Starlette:
+    domains = domains if domains is not None else installed()
     limits = db.StatementLimits.for_api(settings)
     engine = db.create_engine(database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow,
                               limits=limits)
@@ -149,8 +165,9 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
         async with db.raw_read(read_engine) as connection:
             return await authenticate_on_connection(connection, token=token, now=now, policy=policy)
 
+    services = {"auth_policy": policy, "client_limiter": limiter, **domain_services(settings, domains)}
     endpoint = GraphQLEndpoint(
-        build_schema(),
+        build_schema(domains),
         settings=settings,
         sessions=sessions,
         authenticate=authenticate_token,
@@ -158,7 +175,7 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
         check_anonymous=anonymous.check,
         read_sessions=read_sessions,
         read_engine=read_engine,
-        services={"auth_policy": policy, "client_limiter": limiter},
+        services=services,
     )
 
     async def healthz(request: Request) -> Response:
@@ -195,15 +212,13 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
     async def graphql(request: Request) -> Response:
         return await endpoint.handle(request)
 
+    host = HttpHost(settings=settings, sessions=sessions, read_engine=read_engine, services=services)
     routes: list[BaseRoute] = [
         Route("/graphql", graphql, methods=["GET", "POST"]),
         Mount("/graphql/static", StaticFiles(packages=[("backend.graphql", "static")]), name="graphiql-static"),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        *auth_http.routes(sessions, policy, limiter=limiter),
-        *audit_http.routes(sessions, read_engine, settings),
-        *archives_http.routes(sessions, read_engine, settings),
-        *readings_http.routes(sessions, read_engine, settings),
+        *(route for domain in domains if domain.routes is not None for route in load(domain.routes)(host)),
         *(extra_routes or []),
     ]
 

@@ -1,5 +1,7 @@
-"""The ``shuiwu`` command (Typer). Each issue adds the subcommands it owns (DESIGN.md,
-"Contracts": serve, jobs, demo, migrate, export-schema, backup, restore, …)."""
+"""The ``shuiwu`` command (Typer): the host's commands (serve, jobs, demo, migrate,
+export-schema, check, backup, restore) and the installed domains' sub-commands
+(``Domain.commands``, e.g. ``partitions ensure``), which receive a :class:`CliHost` as
+``ctx.obj``. This module imports no domain by name."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import contextlib
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,8 +20,6 @@ from backend.settings import Settings, SettingsError, load_settings
 app = typer.Typer(help="shuiwu 水务: meters, billing and service for water utilities.", no_args_is_help=True)
 demo_app = typer.Typer(help="Demo data and the all-in-one demo.", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
-partitions_app = typer.Typer(help="Monthly partitions of the readings table.", no_args_is_help=True)
-app.add_typer(partitions_app, name="partitions")
 console = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("shuiwu")
 
@@ -46,6 +46,54 @@ def _migrate(url: str) -> None:
     from backend.db import migrate
 
     migrate(url)
+
+
+class CliHost:
+    """What a domain's sub-command gets as ``ctx.obj``: the settings, the migrated
+    database, the declared handlers and the console, each made when first asked for."""
+
+    console = console
+
+    def __init__(self) -> None:
+        self._settings: Settings | None = None
+        self._url: str | None = None
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = _settings()
+        return self._settings
+
+    def migrated_database(self) -> str:
+        if self._url is None:
+            self._url = _database(self.settings())
+            _migrate(self._url)
+        return self._url
+
+    @property
+    def domains(self) -> tuple[Any, ...]:
+        from backend.domains import installed
+
+        return installed()
+
+    @property
+    def handlers(self) -> Any:
+        from backend.jobs import declared_handlers
+
+        return declared_handlers(self.domains)
+
+
+@app.callback()
+def _host(ctx: typer.Context) -> None:
+    ctx.obj = CliHost()
+
+
+def _mount_domain_commands() -> None:
+    from backend.domain import load
+    from backend.domains import installed
+
+    for domain in installed():
+        for name, reference in domain.commands.items():
+            app.add_typer(load(reference), name=name)
 
 
 @app.command()
@@ -170,30 +218,17 @@ def demo_run(
         asyncio.run(run())
 
 
-@partitions_app.command("ensure")
-def partitions_ensure(
-    months_ahead: Annotated[int, typer.Option("--months-ahead", min=0, max=120,
-        help="Also create this many months after the current one.")] = 3,
-) -> None:
-    """Create the readings partitions of this month and the next N (utility's time zone)."""
-    from backend.clock import utcnow
-    from backend.db import StatementLimits, create_engine, session_factory
-    from backend.readings.partitions import ensure_partitions_ahead
+@app.command()
+def check() -> None:
+    """Check the installation: migrations at head, then each domain's checks, one line
+    each; exit 1 when any fails."""
+    from backend.checks import run_checks
 
     settings = _settings()
     url = _database(settings)
-    _migrate(url)
-
-    async def run() -> list[str]:
-        engine = create_engine(url, pool_size=1, max_overflow=0, limits=StatementLimits.for_bulk(settings))
-        try:
-            async with session_factory(engine)() as session, session.begin():
-                return await ensure_partitions_ahead(session, now=utcnow(), tz=settings.tz, months_ahead=months_ahead)
-        finally:
-            await engine.dispose()
-
-    created = asyncio.run(run())
-    console.print(f"[green]partitions attached: {', '.join(created) or 'none needed'}[/green]")
+    failed = asyncio.run(run_checks(settings, url, echo=typer.echo))
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -233,6 +268,8 @@ def restore(
         raise typer.Exit(1) from None
     console.print("[green]restore finished[/green]")
 
+
+_mount_domain_commands()
 
 if __name__ == "__main__":
     app()

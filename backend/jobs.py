@@ -1,13 +1,17 @@
 """The job worker behind ``shuiwu jobs`` (DESIGN.md, "Background jobs").
 
 PgQueuer does the queueing: claiming with SKIP LOCKED, cron schedules, retries with
-backoff and re-queueing a crashed worker's jobs. This module registers what it runs:
+backoff and re-queueing a crashed worker's jobs. This module registers what the
+installed domains declare (``backend.domains``; it imports no domain by name):
 
-- one entrypoint per event handler (``event:<kind>:<handler>``), fed by the relay that
-  runs in the same process (``backend.events.relay``); each job loads its event by id and
-  runs the handler in a SQLAlchemy transaction of its own;
-- the scheduled jobs, each a service call in its own transaction with ``now`` from the
-  injected clock.
+- one entrypoint per event handler (``event:<kind>:<handler name>``), fed by the relay
+  that runs in the same process (``backend.events.relay``);
+- each job (``Domain.jobs``): a cron schedule under its name when it has one, and an
+  entrypoint ``job:<name>`` for the runs other code defers with :func:`defer_job`.
+
+Jobs and handlers receive a :class:`backend.runtime.Runtime` (settings, zone, clock,
+sessions, the services of the declarations) and act as the system actor
+(``backend.auth.system``), which holds exactly the permissions they declare.
 
 Any number of workers may run against one database.
 """
@@ -16,101 +20,136 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
-from pgqueuer import DatabaseRetryEntrypointExecutor, Job, PgQueuer
+from pgqueuer import AsyncpgDriver, DatabaseRetryEntrypointExecutor, PgQueuer, Queries
+from pgqueuer import Job as QueuedJob
 from pgqueuer.core.executors import AbstractEntrypointExecutor, EntrypointExecutorParameters
 from pgqueuer.models import Schedule
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backend.audit import service as audit_service
-from backend.auth import service as auth_service
+from backend.auth.principal import Principal
+from backend.auth.system import system_actor
 from backend.clock import Clock, utcnow
-from backend.db import StatementLimits, create_engine, session_factory, transaction
-from backend.events.handlers import load_handlers
+from backend.db import StatementLimits, create_engine, raw_connection, session_factory, transaction
+from backend.domain import Domain, Job, load
+from backend.domains import installed
 from backend.events.listener import CONNECTION_ERRORS, Backoff, connect, wait_any
 from backend.events.relay import event_id_of, run_relay
 from backend.events.service import HandlerRegistry, Subscription, load_event
-from backend.exports.links import purge_used_download_links
 from backend.observability import JOBS
-from backend.readings.alarms import service as alarms_service
-from backend.readings.partitions import ensure_partitions_ahead
+from backend.runtime import Runtime
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
 
 SessionFactory = async_sessionmaker[AsyncSession]
 
-# Scheduled jobs: (entrypoint, cron expression). Minutes off the hour spread the load.
-PURGE_EXPIRED_AUTH = ("purge_expired_auth", "7 * * * *")
-EVALUATE_ALARMS = ("evaluate_alarms", "*/15 * * * *")
-ENSURE_PARTITIONS = ("ensure_reading_partitions", "23 3 * * *")
-PURGE_OPERATION_LOG = ("purge_operation_log", "41 4 * * *")
-
 # A failing handler is retried with backoff this many times, then held as failed
 # (status 'failed' in the pgqueuer table) for someone to look at and re-queue.
 HANDLER_MAX_ATTEMPTS = 5
 
+# Deferred runs of a declared job are PgQueuer jobs of this entrypoint.
+DEFERRED_PREFIX = "job:"
 
-# --------------------------------------------------------------------------- the jobs
+
+# --------------------------------------------------------------------------- declarations
 
 
-async def run_event_handler(factory: SessionFactory, subscription: Subscription, event_id: int) -> bool:
+def declared_jobs(domains: tuple[Domain, ...]) -> list[Job]:
+    """Every job of ``domains``, refusing two with one name (queued work refers to it)."""
+    jobs: dict[str, Job] = {}
+    for domain in domains:
+        for job in domain.jobs:
+            if job.name in jobs:
+                raise ValueError(f"two jobs are named {job.name!r}")
+            jobs[job.name] = job
+    return list(jobs.values())
+
+
+def declared_handlers(domains: tuple[Domain, ...]) -> HandlerRegistry:
+    """A registry of every handler ``domains`` declare."""
+    registry = HandlerRegistry()
+    for domain in domains:
+        for handler in domain.handlers:
+            registry.handles(handler.kind, name=handler.name)(load(handler.run))
+    return registry
+
+
+def system_permissions(domains: tuple[Domain, ...]) -> frozenset[str]:
+    """What the system actor holds: the union of what the jobs and handlers declare."""
+    jobs = (permission for domain in domains for job in domain.jobs for permission in job.permissions)
+    handlers = (permission for domain in domains for handler in domain.handlers for permission in handler.permissions)
+    return frozenset((*jobs, *handlers))
+
+
+def runtime_for(
+    settings: Settings, sessions: SessionFactory, *, domains: tuple[Domain, ...] | None = None, clock: Clock = utcnow,
+) -> Runtime:
+    """The runtime jobs and handlers of ``domains`` (default: the installed ones) receive."""
+    domains = domains if domains is not None else installed()
+    services: dict[str, Any] = {}
+    groups: dict[str, Any] = {}
+    for domain in domains:
+        if domain.services is not None:
+            services.update(load(domain.services)(settings))
+        if domain.settings is not None:
+            groups[domain.name] = load_settings_group(domain)
+    return Runtime(settings=settings, sessions=sessions, actor=system_actor(system_permissions(domains)), clock=clock,
+                   services=services, settings_groups=groups)
+
+
+def load_settings_group(domain: Domain) -> Any:
+    """A domain's settings group, read from the environment with its own prefix."""
+    assert domain.settings is not None
+    return domain.settings()
+
+
+# --------------------------------------------------------------------------- deferring
+
+
+async def defer_job(
+    session: AsyncSession, *, job: str, dedupe_key: str, now: datetime, at: datetime | None = None,
+    payload: Mapping[str, Any] | None = None,
+) -> bool:
+    """Queue a run of the declared job ``job`` for ``at`` (default: as soon as a worker is
+    free), in the caller's transaction: it exists only if the caller commits.
+
+    ``dedupe_key`` makes it once-only while a run with that key is queued or running
+    (``billing:settle:42``): a second deferral is skipped and False returned. ``payload``
+    is JSON-ready; the job's ``run(runtime, payload)`` receives it.
+    """
+    connection = await raw_connection(session)
+    delay = max(at - now, timedelta(0)) if at is not None else None
+    queued = await Queries(AsyncpgDriver(connection)).enqueue(
+        DEFERRED_PREFIX + job, json.dumps(dict(payload or {}), ensure_ascii=False).encode(), 0, delay,
+        dedupe_key=dedupe_key, on_conflict="skip",
+    )
+    return queued[0] is not None
+
+
+# --------------------------------------------------------------------------- running
+
+
+async def run_event_handler(runtime: Runtime, subscription: Subscription, event_id: int) -> bool:
     """Run one handler for one event in a transaction of its own; False if the event is gone."""
-    async with transaction(factory) as session:
+    async with transaction(runtime.sessions) as session:
         event = await load_event(session, event_id)
         if event is None:
             log.warning("%s: event %d no longer exists", subscription.entrypoint, event_id)
             return False
-        await subscription.handler(session, event)
+        await subscription.handler(runtime, session, event)  # type: ignore[call-arg,arg-type]
     return True
 
 
-async def purge_expired_auth(factory: SessionFactory, *, now: datetime) -> int:
-    """Delete expired login sessions, one-time codes and the nonces of expired download
-    links; return how many rows went."""
-    async with transaction(factory) as session:
-        purged = await auth_service.purge_expired(session, now=now)
-        purged += await purge_used_download_links(session, now=now)
-    log.info("purged %d expired auth rows", purged)
-    return purged
-
-
-async def evaluate_alarms(factory: SessionFactory, *, now: datetime, timezone: str) -> alarms_service.AlarmEvaluation:
-    """Evaluate the alarm rules for every installed meter (finds silent meters too)."""
-    async with transaction(factory) as session:
-        result = await alarms_service.evaluate_alarms(session, now=now, tz=timezone)
-    log.info("alarms: %d opened, %d closed, %d still open", result.opened, result.closed, result.refreshed)
-    return result
-
-
-async def ensure_reading_partitions(factory: SessionFactory, *, now: datetime, timezone: str) -> list[str]:
-    """Attach the readings partitions of this month and the next three ahead of need."""
-    async with transaction(factory) as session:
-        attached = await ensure_partitions_ahead(session, now=now, tz=timezone)
-    log.info("readings partitions attached: %s", ", ".join(attached) or "none needed")
-    return attached
-
-
-async def purge_operation_log(factory: SessionFactory, *, now: datetime, retention_days: int) -> int:
-    """Delete operation-log entries older than ``retention_days``, a batch per transaction
-    (a first purge of years of log never holds one long transaction)."""
-    older_than = now - timedelta(days=retention_days)
-    purged = 0
-    while True:
-        async with transaction(factory) as session:
-            deleted = await audit_service.purge_operation_log(session, older_than=older_than)
-        purged += deleted
-        if deleted == 0:
-            break
-    log.info("purged %d operation-log entries older than %s", purged, older_than.date())
-    return purged
-
-
-# --------------------------------------------------------------------------- wiring
+async def run_job(runtime: Runtime, job: Job, payload: Mapping[str, Any]) -> object:
+    """Run a declared job as the system actor (its transactions are its own)."""
+    return await load(job.run)(runtime, payload)
 
 
 async def _counted(entrypoint: str, work: Awaitable[object]) -> None:
@@ -126,48 +165,43 @@ def _retrying(parameters: EntrypointExecutorParameters) -> AbstractEntrypointExe
     return DatabaseRetryEntrypointExecutor(parameters, max_attempts=HANDLER_MAX_ATTEMPTS)
 
 
-def _event_job(factory: SessionFactory, subscription: Subscription) -> Callable[[Job], Awaitable[None]]:
-    async def event_job(job: Job) -> None:
-        await _counted(subscription.entrypoint, run_event_handler(factory, subscription, event_id_of(job.payload)))
+def _event_job(runtime: Runtime, subscription: Subscription) -> Callable[[QueuedJob], Awaitable[None]]:
+    async def event_job(queued: QueuedJob) -> None:
+        await _counted(subscription.entrypoint, run_event_handler(runtime, subscription, event_id_of(queued.payload)))
 
     return event_job
 
 
+def _deferred_job(runtime: Runtime, job: Job) -> Callable[[QueuedJob], Awaitable[None]]:
+    async def deferred(queued: QueuedJob) -> None:
+        payload = json.loads(queued.payload.decode()) if queued.payload else {}
+        await _counted(job.name, run_job(runtime, job, payload))
+
+    return deferred
+
+
+def _scheduled_job(runtime: Runtime, job: Job) -> Callable[[Schedule], Awaitable[None]]:
+    async def scheduled(schedule: Schedule) -> None:
+        await _counted(job.name, run_job(runtime, job, {}))
+
+    return scheduled
+
+
 def build_queuer(
-    connection: asyncpg.Connection, factory: SessionFactory, *, handlers: HandlerRegistry, clock: Clock = utcnow,
-    timezone: str = "Asia/Shanghai", audit_retention_days: int = 365,
+    connection: asyncpg.Connection, runtime: Runtime, *, handlers: HandlerRegistry, jobs: list[Job],
 ) -> PgQueuer:
-    """PgQueuer on ``connection`` with every event handler and scheduled job registered."""
+    """PgQueuer on ``connection`` with every event handler and declared job registered."""
     queuer = PgQueuer.from_asyncpg_connection(connection)
     for subscription in handlers:
         queuer.entrypoint(subscription.entrypoint, on_failure="hold", executor_factory=_retrying)(
-            _event_job(factory, subscription)
+            _event_job(runtime, subscription)
         )
-
-    entrypoint, expression = PURGE_EXPIRED_AUTH
-
-    @queuer.schedule(entrypoint, expression)
-    async def purge_expired_auth_job(schedule: Schedule) -> None:
-        await _counted(entrypoint, purge_expired_auth(factory, now=clock()))
-
-    alarms_entrypoint, alarms_expression = EVALUATE_ALARMS
-
-    @queuer.schedule(alarms_entrypoint, alarms_expression)
-    async def evaluate_alarms_job(schedule: Schedule) -> None:
-        await _counted(alarms_entrypoint, evaluate_alarms(factory, now=clock(), timezone=timezone))
-
-    partitions_entrypoint, partitions_expression = ENSURE_PARTITIONS
-
-    @queuer.schedule(partitions_entrypoint, partitions_expression)
-    async def ensure_partitions_job(schedule: Schedule) -> None:
-        await _counted(partitions_entrypoint, ensure_reading_partitions(factory, now=clock(), timezone=timezone))
-
-    log_entrypoint, log_expression = PURGE_OPERATION_LOG
-
-    @queuer.schedule(log_entrypoint, log_expression)
-    async def purge_operation_log_job(schedule: Schedule) -> None:
-        await _counted(log_entrypoint, purge_operation_log(factory, now=clock(), retention_days=audit_retention_days))
-
+    for job in jobs:
+        queuer.entrypoint(DEFERRED_PREFIX + job.name, on_failure="hold", executor_factory=_retrying)(
+            _deferred_job(runtime, job)
+        )
+        if job.cron is not None:
+            queuer.schedule(job.name, job.cron)(_scheduled_job(runtime, job))
     return queuer
 
 
@@ -176,6 +210,7 @@ async def run_worker(
     database_url: str,
     *,
     stop: asyncio.Event | None = None,
+    domains: tuple[Domain, ...] | None = None,
     handlers: HandlerRegistry | None = None,
     clock: Clock = utcnow,
     relay_sweep_interval: float = 30.0,
@@ -186,31 +221,31 @@ async def run_worker(
 
     ``database_url`` is the resolved URL (the CLI starts the embedded server when
     ``SHUIWU_DATABASE_URL`` is absent); the schema must be migrated (PgQueuer's tables
-    come with migration 0002). ``handlers`` defaults to the process-wide registry after
-    importing every handler module. A lost database connection restarts the worker's
-    loops after a backoff; any other error ends it.
+    come with migration 0002). ``domains`` defaults to the installed ones; ``handlers``
+    to theirs. A lost database connection restarts the worker's loops after a backoff;
+    any other error ends it.
     """
     stop = stop or asyncio.Event()
-    handlers = handlers if handlers is not None else load_handlers()
+    domains = domains if domains is not None else installed()
+    handlers = handlers if handlers is not None else declared_handlers(domains)
+    jobs = declared_jobs(domains)
     backoff = backoff or Backoff()
     engine = create_engine(database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow,
                            limits=StatementLimits.for_bulk(settings))
-    factory = session_factory(engine)
-    log.info("job worker starting: %d event handlers", len(handlers))
+    runtime = runtime_for(settings, session_factory(engine), domains=domains, clock=clock)
+    log.info("job worker starting: %d event handlers, %d jobs", len(handlers), len(jobs))
     try:
         while not stop.is_set():
             try:
                 await _serve(
                     database_url,
-                    factory,
+                    runtime,
                     stop=stop,
                     handlers=handlers,
-                    clock=clock,
+                    jobs=jobs,
                     relay_sweep_interval=relay_sweep_interval,
                     dequeue_timeout=dequeue_timeout,
                     backoff=backoff,
-                    timezone=settings.timezone,
-                    audit_retention_days=settings.audit_retention_days,
                 )
             except* CONNECTION_ERRORS as lost:
                 delay = backoff.next_delay()
@@ -223,16 +258,14 @@ async def run_worker(
 
 async def _serve(
     database_url: str,
-    factory: SessionFactory,
+    runtime: Runtime,
     *,
     stop: asyncio.Event,
     handlers: HandlerRegistry,
-    clock: Clock,
+    jobs: list[Job],
     relay_sweep_interval: float,
     dequeue_timeout: timedelta,
     backoff: Backoff,
-    timezone: str = "Asia/Shanghai",
-    audit_retention_days: int = 365,
 ) -> None:
     """One run of PgQueuer and the relay, until ``stop`` or until either of them ends."""
     connection = await connect(database_url, application_name="shuiwu-jobs")
@@ -242,8 +275,7 @@ async def _serve(
     # PgQueuer only notices a dead connection at its next query, up to dequeue_timeout later.
     connection.add_termination_listener(lambda _: over.set())
     try:
-        queuer = build_queuer(connection, factory, handlers=handlers, clock=clock, timezone=timezone,
-                              audit_retention_days=audit_retention_days)
+        queuer = build_queuer(connection, runtime, handlers=handlers, jobs=jobs)
 
         async def take_jobs() -> None:
             try:
@@ -268,3 +300,8 @@ async def _serve(
     finally:
         with contextlib.suppress(*CONNECTION_ERRORS):
             await asyncio.wait_for(connection.close(), 2)
+
+
+def system_principal(domains: tuple[Domain, ...] | None = None) -> Principal:
+    """The system actor of ``domains`` (default: the installed ones)."""
+    return system_actor(system_permissions(domains if domains is not None else installed()))

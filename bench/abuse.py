@@ -45,12 +45,13 @@ from graphql_overhead import SECRET, Server, embedded_database, start_server, st
 from sqlalchemy import select, text
 from sqlmodel import col
 
-from backend.auth.catalog import ALL_PERMISSIONS
+from backend.archives.demo import COMPANY
+from backend.auth.catalog import all_permissions
 from backend.auth.models import PrincipalKind, StaffUser, StaffUserRole
 from backend.auth.principal import Principal
 from backend.auth.service import create_staff_user
 from backend.db import create_engine, migrate, session_factory
-from backend.demo import ADMIN, CASHIER, COMPANY, MANAGER, load_demo
+from backend.demo import ADMIN, CASHIER, MANAGER, load_demo
 from backend.graphql.relay import encode_id
 
 GOAL_RATIO = 3.0
@@ -59,7 +60,7 @@ PROBE_GAP_S = 0.02  # between two probe requests: the probes sample, they are no
 BURST_LOGINS = 16  # concurrent anonymous logins per burst
 SURNAME = "王"
 AUDITOR, AUDITOR_PASSWORD = "auditor", "Auditor@2026"
-SYSTEM = Principal(kind=PrincipalKind.staff, id=0, name="bench", permissions=ALL_PERMISSIONS, scope_paths=("/",))
+SYSTEM = Principal(kind=PrincipalKind.staff, id=0, name="bench", permissions=all_permissions(), scope_paths=("/",))
 
 HOUSEHOLDS_PAGE = """query Page { households(first: 1000) { totalCount edges { node {
   id accountNo name phone address customerType population status area { name } } } } }"""

@@ -37,7 +37,7 @@ from backend.archives.excel import HOUSEHOLD_EXPORT_SHEET
 from backend.archives.models import AreaKind
 from backend.archives.service import create_area
 from backend.auth import service as auth
-from backend.auth.catalog import ALL_PERMISSIONS
+from backend.auth.catalog import all_permissions
 from backend.auth.models import PrincipalKind, RoleKind
 from backend.auth.principal import Principal
 from backend.clock import utcnow
@@ -46,7 +46,7 @@ from backend.settings import Settings
 
 SECRET = "bench-secret-key-that-is-long-enough-0123456789abcdef"
 USERNAME, PASSWORD = "bench_archivist", "Bench@2026x"
-ROOT = Principal(kind=PrincipalKind.staff, id=0, name="bench", permissions=ALL_PERMISSIONS, scope_paths=("/",))
+ROOT = Principal(kind=PrincipalKind.staff, id=0, name="bench", permissions=all_permissions(), scope_paths=("/",))
 IMPORT_GOAL, EXPORT_GOAL, DEMO_GOAL_S = 0.30, 0.50, 180.0
 HEADER = ["户号", "户名", "区域编码", "地址", "联系电话", "用户类型", "人口数"]
 

@@ -38,7 +38,7 @@ import httpx
 
 from backend.archives.models import AreaKind
 from backend.auth import service as auth
-from backend.auth.catalog import ALL_PERMISSIONS
+from backend.auth.catalog import all_permissions
 from backend.auth.models import PrincipalKind, RoleKind
 from backend.auth.principal import Principal
 from backend.clock import utcnow
@@ -60,7 +60,7 @@ USERNAME, PASSWORD = "bench_reader", "Bench@2026x"
 GOAL_THROUGHPUT_10 = 0.25
 GOAL_LATENCY_1000 = 3.0
 # Creates the bench role: holds everything everywhere (as tests/factories.ROOT).
-ROOT = Principal(kind=PrincipalKind.staff, id=0, name="bench", permissions=ALL_PERMISSIONS, scope_paths=("/",))
+ROOT = Principal(kind=PrincipalKind.staff, id=0, name="bench", permissions=all_permissions(), scope_paths=("/",))
 
 AREAS_QUERY = (
     "query Areas($first: Int!) { areas(first: $first) { edges { node { id name kind level parent { name } } } } }"

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.archives.models import Area, AreaKind, Household
 from backend.archives.service import create_area, create_household
 from backend.auth import service as auth
-from backend.auth.catalog import ALL_PERMISSIONS
+from backend.auth.catalog import all_permissions
 from backend.auth.models import PrincipalKind, RoleKind, StaffUser
 from backend.auth.principal import Principal
 from backend.clock import utcnow
@@ -25,7 +25,7 @@ _counter = itertools.count(1)
 PASSWORD = "Passw0rd!x"
 
 # Creates roles on behalf of the tests: holds everything everywhere.
-ROOT = Principal(kind=PrincipalKind.staff, id=0, name="root", permissions=ALL_PERMISSIONS, scope_paths=("/",))
+ROOT = Principal(kind=PrincipalKind.staff, id=0, name="root", permissions=all_permissions(), scope_paths=("/",))
 
 
 def unique(prefix: str) -> str:
@@ -61,7 +61,7 @@ class Staff:
 async def make_staff(
     session: AsyncSession,
     *,
-    permissions: Iterable[str] = ALL_PERMISSIONS,
+    permissions: Iterable[str] | None = None,
     areas: Iterable[Area] = (),
     kind: RoleKind = RoleKind.operator,
 ) -> Staff:
@@ -70,7 +70,8 @@ async def make_staff(
     areas = list(areas)
     unit_id = areas[0].id if areas else None
     role = await auth.create_role(
-        session, actor=ROOT, name=unique("角色"), kind=kind, permissions=permissions,
+        session, actor=ROOT, name=unique("角色"), kind=kind,
+        permissions=all_permissions() if permissions is None else permissions,
         area_ids=[a.id for a in areas if a.id is not None], unit_id=unit_id,
     )
     username = unique("user")

@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from backend.auth.jobs import purge_expired_auth
+from backend.auth.models import PrincipalKind
+from backend.domain import Domain, Job
+from backend.domains import DOMAINS
 from backend.events.listener import Backoff
 from backend.events.service import Event, HandlerRegistry
-from backend.jobs import (
-    ENSURE_PARTITIONS,
-    EVALUATE_ALARMS,
-    PURGE_EXPIRED_AUTH,
-    PURGE_OPERATION_LOG,
-    build_queuer,
-    purge_expired_auth,
-    run_worker,
-)
+from backend.jobs import build_queuer, declared_jobs, defer_job, run_worker, runtime_for, system_principal
 from backend.observability import JOBS
+from backend.runtime import Runtime
 from backend.settings import Settings
 from tests.events.factories import committing_sessions, emit_committed, raw_connection
 
@@ -44,7 +41,7 @@ async def test_the_worker_runs_a_handler_once_for_an_emitted_event(
     handlers = HandlerRegistry()
 
     @handlers.handles("readings.ingested", name="settle")
-    async def settle(session: AsyncSession, event: Event) -> None:
+    async def settle(runtime: Runtime, session: AsyncSession, event: Event) -> None:
         # The handler's session is in a transaction of its own.
         assert session.in_transaction()
         handled.append(event.id)
@@ -77,7 +74,7 @@ async def test_the_worker_carries_on_after_its_connections_are_killed(
     handlers = HandlerRegistry()
 
     @handlers.handles("command.finished", name="record")
-    async def record(session: AsyncSession, event: Event) -> None:
+    async def record(runtime: Runtime, session: AsyncSession, event: Event) -> None:
         handled.put_nowait(event.id)
 
     stop = asyncio.Event()
@@ -104,19 +101,25 @@ async def test_the_worker_carries_on_after_its_connections_are_killed(
     assert handled.empty()
 
 
-async def test_the_worker_schedules_the_auth_purge_hourly(
+def _schedules(factory: async_sessionmaker[AsyncSession], connection: object) -> dict[str, str]:
+    runtime = runtime_for(Settings(), factory, domains=DOMAINS, clock=lambda: NOW)
+    queuer = build_queuer(connection, runtime, handlers=HandlerRegistry(), jobs=declared_jobs(DOMAINS))  # type: ignore[arg-type]
+    return {key.entrypoint: key.expression for key in queuer.sm.registry}
+
+
+async def test_the_worker_schedules_every_declared_job(
     database_url: str, factory: async_sessionmaker[AsyncSession]
 ) -> None:
     async with raw_connection(database_url) as connection:
-        queuer = build_queuer(connection, factory, handlers=HandlerRegistry())
+        schedules = _schedules(factory, connection)
 
-    entrypoint, expression = PURGE_EXPIRED_AUTH
-    schedules = {key.entrypoint: key.expression for key in queuer.sm.registry}
-    assert schedules[entrypoint] == expression
-    assert expression.split()[1:] == ["*", "*", "*", "*"]
-    # Readings partitions are attached daily, alarms evaluated every quarter hour.
-    assert schedules[ENSURE_PARTITIONS[0]].split()[2:] == ["*", "*", "*"]
-    assert schedules[EVALUATE_ALARMS[0]] == "*/15 * * * *"
+    # Expired logins go hourly; partitions are attached and the log purged daily; alarms
+    # are evaluated every quarter hour.
+    assert schedules["purge_expired_auth"].split()[1:] == ["*", "*", "*", "*"]
+    assert schedules["ensure_reading_partitions"].split()[2:] == ["*", "*", "*"]
+    assert schedules["purge_operation_log"].split()[2:] == ["*", "*", "*"]
+    assert schedules["evaluate_alarms"] == "*/15 * * * *"
+    assert set(schedules) == {job.name for job in declared_jobs(DOMAINS) if job.cron}
 
 
 async def test_the_purge_job_deletes_only_expired_sessions_and_codes(
@@ -147,7 +150,7 @@ async def test_the_purge_job_deletes_only_expired_sessions_and_codes(
                 )
             ).scalar_one()
 
-    purged = await purge_expired_auth(factory, now=NOW)
+    purged = await purge_expired_auth(runtime_for(Settings(), factory, clock=lambda: NOW), {})
 
     async with factory() as session:
         sessions = set((await session.execute(text("SELECT id FROM auth_sessions"))).scalars())
@@ -157,12 +160,51 @@ async def test_the_purge_job_deletes_only_expired_sessions_and_codes(
     assert codes == {code_ids["live"]}
 
 
-async def test_the_worker_purges_the_operation_log_daily(
+
+
+# --------------------------------------------------------------------------- deferred jobs and the system actor
+
+DEFERRED_RUNS: asyncio.Queue[tuple[str, dict[str, object]]] = asyncio.Queue()
+
+
+async def _remember_run(runtime: Runtime, payload: Mapping[str, object]) -> None:
+    DEFERRED_RUNS.put_nowait((runtime.actor.name, dict(payload)))
+
+
+REMINDER = Domain(name="reminders", title="提醒", jobs=(Job("remind", _remember_run, permissions=frozenset({"readings:read"})),))
+
+
+async def test_a_deferred_job_exists_only_if_its_caller_commits_and_once_per_dedupe_key(
     database_url: str, factory: async_sessionmaker[AsyncSession]
 ) -> None:
-    async with raw_connection(database_url) as connection:
-        queuer = build_queuer(connection, factory, handlers=HandlerRegistry(), audit_retention_days=30)
+    async with factory() as session, session.begin():
+        assert await defer_job(session, job="remind", dedupe_key="remind:1", now=NOW, payload={"household_id": 1})
+        # Same key while the first is queued: skipped.
+        assert not await defer_job(session, job="remind", dedupe_key="remind:1", now=NOW, payload={"household_id": 1})
+    async with factory() as session, session.begin():
+        await defer_job(session, job="remind", dedupe_key="remind:2", now=NOW, payload={"household_id": 2})
+        await session.rollback()
 
-    schedules = {key.entrypoint: key.expression for key in queuer.sm.registry}
-    assert schedules[PURGE_OPERATION_LOG[0]] == PURGE_OPERATION_LOG[1]
-    assert PURGE_OPERATION_LOG[1].split()[2:] == ["*", "*", "*"]
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_worker(Settings(), database_url, stop=stop, domains=(*DOMAINS, REMINDER),
+                                            clock=lambda: NOW))
+    try:
+        actor, payload = await asyncio.wait_for(DEFERRED_RUNS.get(), WAIT)
+        await asyncio.sleep(0.3)  # a second run would be picked within this
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, WAIT)
+
+    assert (actor, payload) == ("系统", {"household_id": 1})
+    assert DEFERRED_RUNS.empty()
+
+
+def test_the_system_actor_holds_exactly_what_the_jobs_and_handlers_declare() -> None:
+    actor = system_principal((*DOMAINS, REMINDER))
+
+    declared = {p for domain in (*DOMAINS, REMINDER) for item in (*domain.jobs, *domain.handlers) for p in item.permissions}
+    assert actor.kind is PrincipalKind.system
+    assert actor.name == "系统"
+    assert actor.permissions == declared
+    assert "readings:read" in actor.permissions
+    assert "users:manage" not in actor.permissions  # never a blanket superuser

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -52,6 +52,7 @@ from backend.audit.service import record_operation
 from backend.auth.principal import Principal
 from backend.auth.service import AuthPolicy
 from backend.clock import utcnow
+from backend.domain import HttpHost
 from backend.edge import body_limit
 from backend.errors import BadUserInput, DomainError, Forbidden
 from backend.exports import excel
@@ -65,7 +66,6 @@ from backend.exports.http import (
 from backend.graphql.limits import AdmissionRefused
 from backend.graphql.relay import decode_id
 from backend.observability import request_id_var
-from backend.settings import Settings
 
 EXPORT_PATH = "/exports/households.xlsx"
 TEMPLATE_PATH = "/templates/households.xlsx"
@@ -164,7 +164,8 @@ def _device_filter(sheet: DeviceSheet, params: dict[str, str], area_path: str | 
     return archive_excel.DeviceExportFilter(**values)
 
 
-def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine, settings: Settings) -> list[Route]:
+def routes(host: HttpHost) -> list[Route]:
+    sessions, read_engine, settings = host.sessions, host.read_engine, host.settings
     policy = AuthPolicy.from_settings(settings)
     tz = settings.tz
     limits = excel.UploadLimits.from_settings(settings)

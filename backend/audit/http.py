@@ -31,7 +31,7 @@ from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
 from openpyxl.styles import Font
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 from starlette.requests import Request
 from starlette.responses import Response
@@ -44,6 +44,7 @@ from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
 from backend.auth.service import AuthPolicy
 from backend.clock import parse_instant, utcnow
+from backend.domain import HttpHost
 from backend.errors import BadUserInput, DomainError, Forbidden
 from backend.exports import http as exports_http
 from backend.exports.excel import as_text, discard, fill_workbook, write_file
@@ -52,7 +53,6 @@ from backend.exports.http import refusal as _refusal
 from backend.graphql.limits import AdmissionRefused
 from backend.graphql.relay import decode_id, encode_id
 from backend.observability import request_id_var
-from backend.settings import Settings
 
 EXPORT_PATH = "/exports/audit-log.xlsx"
 EXPORT_PERMISSION = "audit:export"
@@ -251,7 +251,8 @@ async def build_export(
 # --------------------------------------------------------------------------- route
 
 
-def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine, settings: Settings) -> list[Route]:
+def routes(host: HttpHost) -> list[Route]:
+    sessions, read_engine, settings = host.sessions, host.read_engine, host.settings
     policy = AuthPolicy.from_settings(settings)
     tz = settings.tz
 

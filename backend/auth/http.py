@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -22,6 +21,7 @@ from backend.audit.service import record_operation
 from backend.auth.ratelimit import ClientRateLimiter
 from backend.auth.service import AuthPolicy, issue_client_token
 from backend.clock import utcnow
+from backend.domain import HttpHost
 from backend.edge import body_limit, error_body, media_type, oauth_refusal_body
 from backend.errors import DomainError, RateLimited, UnsupportedMediaType
 from backend.exports.http import client_ip
@@ -37,9 +37,11 @@ def _rate_limited(refusal: RateLimited) -> Response:
                     headers={"Retry-After": "60"})
 
 
-def routes(
-    sessions: async_sessionmaker[AsyncSession], policy: AuthPolicy, *, limiter: ClientRateLimiter
-) -> list[Route]:
+def routes(host: HttpHost) -> list[Route]:
+    sessions = host.sessions
+    policy: AuthPolicy = host.services["auth_policy"]
+    limiter: ClientRateLimiter = host.services["client_limiter"]
+
     @body_limit(TOKEN_MAX_BODY_BYTES)
     async def token(request: Request) -> Response:
         ip = client_ip(request)  # throttled as anonymous at the door (backend.edge.AnonymousGate)

@@ -31,6 +31,8 @@ class PrincipalKind(StrEnum):
     staff = "staff"
     resident = "resident"
     client = "client"
+    # Automatic work (scheduled jobs, event handlers): backend.auth.system.
+    system = "system"
 
 
 def _pk() -> Column:  # type: ignore[type-arg]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import strawberry
@@ -13,7 +14,7 @@ from strawberry.types import Info
 
 from backend.archives.schema import AreaByIdLoader, AreaRef, AreaType, HouseholdRef, HouseholdType
 from backend.auth import service
-from backend.auth.catalog import MENUS, Menu
+from backend.auth.catalog import Menu, menus
 from backend.auth.errors import RefreshTokenReused
 from backend.auth.models import ApiClient, BindingState, PrincipalKind, Role, RoleKind, StaffUser
 from backend.auth.principal import Principal
@@ -27,11 +28,19 @@ from backend.graphql.loaders import SessionLoader
 from backend.graphql.mutations import run_mutation
 from backend.graphql.pagination import Connection, PageRequest, paginate
 from backend.graphql.permissions import Authenticated, Public, Requires
-from backend.graphql.relay import Node, decode_id, encode_id, register_node
+from backend.graphql.relay import Node, decode_id, encode_id
 
 BindingStateEnum = strawberry.enum(BindingState, name="BindingState", description="pending, active, rejected, unbound")
 RoleKindEnum = strawberry.enum(RoleKind, name="RoleKind", description="系统管理员 > 单位管理员 > 部门管理员 > 系统操作员")
-PrincipalKindEnum = strawberry.enum(PrincipalKind, name="PrincipalKind")
+class CallerKind(StrEnum):
+    """Who can call the API: every PrincipalKind but the system actor, which holds no token."""
+
+    staff = PrincipalKind.staff.value
+    resident = PrincipalKind.resident.value
+    client = PrincipalKind.client.value
+
+
+PrincipalKindEnum = strawberry.enum(CallerKind, name="PrincipalKind")
 
 
 def _policy(info: Info) -> service.AuthPolicy:
@@ -123,7 +132,7 @@ def menus_for(principal: Principal) -> list[MenuType]:
     """The menus a principal sees: those where they hold at least one permission."""
     return [
         MenuType.from_menu(menu, principal.permissions)
-        for menu in MENUS
+        for menu in menus()
         if any(p.code in principal.permissions for p in menu.permissions)
     ]
 
@@ -261,7 +270,8 @@ class Viewer:
 
     @classmethod
     def of(cls, principal: Principal) -> Viewer:
-        return cls(kind=principal.kind, name=principal.name, permissions=sorted(principal.permissions), principal=principal)
+        return cls(kind=CallerKind(principal.kind.value), name=principal.name, permissions=sorted(principal.permissions),
+                   principal=principal)
 
     @strawberry.field(description="The staff user, when a staff member is calling.")
     async def staff_user(self, info: Info) -> StaffUserType | None:
@@ -469,9 +479,6 @@ async def _fetch_api_client(context: Any, pk: int) -> ApiClientType | None:
     return ApiClientType.from_row(client) if client else None
 
 
-register_node("StaffUser", _fetch_staff_user)
-register_node("Role", _fetch_role)
-register_node("ApiClient", _fetch_api_client)
 
 
 # --------------------------------------------------------------------------- queries
@@ -489,7 +496,7 @@ class Query:
 
     @strawberry.field(permission_classes=[Requires("roles:read")], description="Every menu and permission, for role editors.")
     def menu_catalog(self) -> list[MenuType]:
-        return [MenuType.from_menu(menu) for menu in MENUS]
+        return [MenuType.from_menu(menu) for menu in menus()]
 
     @strawberry.field(permission_classes=[Requires("users:read")], description="Staff users (用户管理) whose unit lies in your scope.")
     async def staff_users(
@@ -908,4 +915,9 @@ class Mutation:
                                   describe=lambda c: f"{'启用' if is_active else '停用'}第三方接口 {c.name if c else id}",
                                   payload=_client_payload, work=work)
 
-
+# The node(id:) fetchers of this module's types (collected by the root schema).
+NODES = {
+    "StaffUser": _fetch_staff_user,
+    "Role": _fetch_role,
+    "ApiClient": _fetch_api_client,
+}

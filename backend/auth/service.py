@@ -41,7 +41,7 @@ from backend.archives.models import Area, Household
 from backend.archives.service import in_scope, require_areas
 from backend.audit.models import AuditEntry
 from backend.auth import errors
-from backend.auth.catalog import ALL_PERMISSIONS, CLIENT_SCOPES, RESIDENT_PERMISSIONS
+from backend.auth.catalog import RESIDENT_PERMISSIONS, all_permissions, client_scopes
 from backend.auth.models import (
     ApiClient,
     ApiClientArea,
@@ -241,7 +241,11 @@ async def load_principal(
 def _session_claims(token: str, *, now: datetime, policy: AuthPolicy) -> tuple[PrincipalKind, int, uuid.UUID]:
     claims = decode_access_token(token, secret=policy.secret, now=now)
     try:
-        return PrincipalKind(claims["knd"]), int(claims["sub"]), uuid.UUID(claims["sid"])
+        kind = PrincipalKind(claims["knd"])
+        if kind not in _PRINCIPAL_QUERIES:
+            # The system actor signs in nowhere: no token ever carries it (backend.auth.system).
+            raise ValueError(kind)
+        return kind, int(claims["sub"]), uuid.UUID(claims["sid"])
     except (ValueError, KeyError):
         raise errors.TokenInvalid() from None
 
@@ -533,9 +537,9 @@ def _check_grantable(
 
 
 def _check_known_permissions(
-    permissions: Iterable[str], allowed: frozenset[str] = ALL_PERMISSIONS, *, field: str = "permissions"
+    permissions: Iterable[str], allowed: frozenset[str] | None = None, *, field: str = "permissions"
 ) -> None:
-    unknown = sorted(set(permissions) - allowed)
+    unknown = sorted(set(permissions) - (allowed if allowed is not None else all_permissions()))
     if unknown:
         raise errors.UnknownPermission(
             f"未知的权限: {', '.join(unknown)}", f"Unknown permission: {', '.join(unknown)}", field=field
@@ -1518,7 +1522,7 @@ async def create_api_client(
     """Register a third party. The secret is returned once and stored only hashed."""
     _validate_client(name, rate_per_minute)
     wanted_scopes, wanted_areas = frozenset(scopes), frozenset(area_ids)
-    _check_known_permissions(wanted_scopes, CLIENT_SCOPES, field="scopes")
+    _check_known_permissions(wanted_scopes, client_scopes(), field="scopes")
     areas = await require_areas(session, wanted_areas)
     _check_grantable(actor, wanted_scopes, [a.path for a in areas.values()], field="scopes", area_field="areaIds")
     secret = new_token(32)

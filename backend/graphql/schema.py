@@ -1,27 +1,22 @@
-"""The one schema: every domain's ``Query`` and ``Mutation`` merged.
-
-A domain joins the API by adding its ``schema`` module to :data:`DOMAIN_SCHEMAS`.
+"""The one schema: every installed domain's ``Query``, ``Mutation`` and ``Subscription``
+merged, with their extra types, ``node`` fetchers and cross-domain fields
+(``backend.domain`` describes a schema module's protocol).
 """
 
 from __future__ import annotations
 
-import importlib
 from functools import cache
 
 import strawberry
 from strawberry.tools import merge_types
 
+from backend.domain import Domain, load
+from backend.domains import installed
+from backend.graphql.extend import TypeExtension, extended_types
 from backend.graphql.fastpath import FastExecutionContext
 from backend.graphql.permissions import Public
-from backend.graphql.relay import Node, fetch_node
+from backend.graphql.relay import Node, fetch_node, register_node
 from backend.graphql.scalars import SCALAR_OVERRIDES
-
-DOMAIN_SCHEMAS = (
-    "backend.auth.schema",
-    "backend.archives.schema",
-    "backend.audit.schema",
-    "backend.readings.schema",
-)
 
 
 @strawberry.type
@@ -32,19 +27,31 @@ class NodeQuery:
         return await fetch_node(info.context, id)  # type: ignore[no-any-return]
 
 
+def build_schema(domains: tuple[Domain, ...] | None = None) -> strawberry.Schema:
+    """The root schema of ``domains`` (default: the installed ones), built once per set."""
+    return _build(domains if domains is not None else installed())
+
+
 @cache
-def build_schema() -> strawberry.Schema:
-    modules = [importlib.import_module(name) for name in DOMAIN_SCHEMAS]
+def _build(domains: tuple[Domain, ...]) -> strawberry.Schema:
+    modules = [load(domain.schema) for domain in domains if domain.schema is not None]
     queries = tuple(m.Query for m in modules if hasattr(m, "Query"))
     mutations = tuple(m.Mutation for m in modules if hasattr(m, "Mutation"))
-    extra_types = [t for m in modules for t in getattr(m, "EXTRA_TYPES", ())]
-    return strawberry.Schema(
-        query=merge_types("Query", (NodeQuery, *queries)),
-        mutation=merge_types("Mutation", mutations) if mutations else None,
-        scalar_overrides=SCALAR_OVERRIDES,  # type: ignore[arg-type]
-        types=extra_types,
-        execution_context_class=FastExecutionContext,
-    )
+    subscriptions = tuple(m.Subscription for m in modules if hasattr(m, "Subscription"))
+    extra_types = [t for m in modules for t in getattr(m, "TYPES", ())]
+    extensions: list[TypeExtension] = [e for m in modules for e in getattr(m, "EXTENSIONS", ())]
+    for module in modules:
+        for type_name, fetcher in getattr(module, "NODES", {}).items():
+            register_node(type_name, fetcher)
+    with extended_types(extensions):
+        return strawberry.Schema(
+            query=merge_types("Query", (NodeQuery, *queries)),
+            mutation=merge_types("Mutation", mutations) if mutations else None,
+            subscription=merge_types("Subscription", subscriptions) if subscriptions else None,
+            scalar_overrides=SCALAR_OVERRIDES,  # type: ignore[arg-type]
+            types=extra_types,
+            execution_context_class=FastExecutionContext,
+        )
 
 
 def export_sdl() -> str:

@@ -71,6 +71,7 @@ from backend.readings.partitions import DEFAULT_TIMEZONE, as_zone
 from backend.readings.service import ReadingIn, ingest_readings
 
 if TYPE_CHECKING:
+    from backend.domain import DemoPlan
     from backend.readings.alarms.service import AlarmEvaluation
 
 SOURCE = "demo"
@@ -654,6 +655,12 @@ async def load_demo_readings(
         alarms = await _evaluate_alarms(session, now=now, tz=zone)
     return DemoReadings(picks.anomalies, tuple(sorted(picks.hourly)), len(meters), inserted, duplicates, rejected,
                         calendar.start, alarms)
+
+
+async def demo_step(session: AsyncSession, plan: DemoPlan) -> None:
+    """Readings' demo step (backend.readings.domain): the readings when the demo asks for them."""
+    if plan.readings:
+        await load_demo_readings(session, seed=plan.seed, now=plan.now, tz=plan.timezone, progress=plan.progress)
 
 
 async def _evaluate_alarms(session: AsyncSession, *, now: datetime, tz: tzinfo) -> AlarmEvaluation:

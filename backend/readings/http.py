@@ -29,6 +29,7 @@ from backend.auth.catalog import module_of
 from backend.auth.principal import Principal
 from backend.auth.service import AuthPolicy
 from backend.clock import utcnow
+from backend.domain import HttpHost
 from backend.edge import body_limit
 from backend.errors import BadUserInput, DomainError, ErrorCode, Forbidden
 from backend.exports import excel
@@ -74,7 +75,8 @@ def may_export(principal: Principal, screen: Screen) -> bool:
     return principal.has(screen.permission)
 
 
-def routes(sessions: async_sessionmaker[AsyncSession], read_engine: AsyncEngine, settings: Settings) -> list[Route]:
+def routes(host: HttpHost) -> list[Route]:
+    sessions, read_engine, settings = host.sessions, host.read_engine, host.settings
     policy = AuthPolicy.from_settings(settings)
     tz_name = str(settings.tz)
     # A year of daily rows for the whole company is one long aggregate.

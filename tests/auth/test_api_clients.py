@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.archives.models import Area
 from backend.auth import errors
 from backend.auth import service as auth
-from backend.auth.catalog import CLIENT_SCOPES
+from backend.auth.catalog import client_scopes
 from backend.auth.models import PrincipalKind, RoleKind
 from backend.auth.principal import Principal
 from backend.auth.service import IssuedClient
@@ -120,7 +120,7 @@ async def test_a_scope_outside_the_client_scopes_is_unknown_and_nothing_is_writt
     tree = await make_area_tree(session)
     admin = await company_admin(session, tree)
     before = await row_counts(session, *CLIENT_TABLES)
-    assert "readings:write" not in CLIENT_SCOPES
+    assert "readings:write" not in client_scopes()
 
     for scope in ("readings:write", "no:such"):
         with pytest.raises(errors.UnknownPermission):

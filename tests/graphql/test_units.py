@@ -26,7 +26,7 @@ from backend.archives.models import Household, Meter, MeterStatus, MeterType
 from backend.archives.service import MeterChanges, create_meter
 from backend.audit import http as audit_http
 from backend.auth import service as auth
-from backend.auth.catalog import ALL_PERMISSIONS
+from backend.auth.catalog import all_permissions
 from backend.auth.models import PrincipalKind, Role, RoleKind, StaffUser
 from backend.clock import utcnow
 from backend.db import session_factory
@@ -136,7 +136,7 @@ async def units(engine_for_module: AsyncEngine) -> Units:
     async with session_factory(engine_for_module)() as session, session.begin():
         tree = await make_area_tree(session)
         admin_role = await auth.create_role(
-            session, actor=ROOT, name=unique("系统管理员"), kind=RoleKind.system_admin, permissions=ALL_PERMISSIONS,
+            session, actor=ROOT, name=unique("系统管理员"), kind=RoleKind.system_admin, permissions=all_permissions(),
             area_ids=[tree.company.id or 0], unit_id=tree.company.id,
         )
         company_admin = await _staff_holding(session, admin_role, tree.company.id)
@@ -144,7 +144,7 @@ async def units(engine_for_module: AsyncEngine) -> Units:
         for area in (tree.east, tree.west):
             district_roles[area.name] = await auth.create_role(
                 session, actor=ROOT, name=unique(f"{area.name}管理员"), kind=RoleKind.unit_admin,
-                permissions=ALL_PERMISSIONS, area_ids=[area.id or 0], parent_id=admin_role.id, unit_id=area.id,
+                permissions=all_permissions(), area_ids=[area.id or 0], parent_id=admin_role.id, unit_id=area.id,
             )
         east_role, west_role = district_roles[tree.east.name], district_roles[tree.west.name]
         east_admin = await _staff_holding(session, east_role, tree.east.id)

@@ -8,7 +8,7 @@ from typing import Annotated
 import strawberry
 
 from backend.archives.schema.mutations import Mutation
-from backend.archives.schema.queries import Query, fetch_area, fetch_household
+from backend.archives.schema.queries import NODES, Query, fetch_area, fetch_household
 from backend.archives.schema.types import (
     AreaByIdLoader,
     AreaKindEnum,
@@ -21,6 +21,16 @@ AreaRef = Annotated["AreaType", strawberry.lazy("backend.archives.schema")]
 HouseholdRef = Annotated["HouseholdType", strawberry.lazy("backend.archives.schema")]
 
 __all__ = [
-    "AreaByIdLoader", "AreaKindEnum", "AreaRef", "AreaType", "HouseholdRef", "HouseholdType", "MeterByIdLoader",
-    "Mutation", "Query", "fetch_area", "fetch_household",
+    "NODES",
+    "AreaByIdLoader",
+    "AreaKindEnum",
+    "AreaRef",
+    "AreaType",
+    "HouseholdRef",
+    "HouseholdType",
+    "MeterByIdLoader",
+    "Mutation",
+    "Query",
+    "fetch_area",
+    "fetch_household",
 ]

@@ -39,7 +39,7 @@ from backend.exports.http import download_url, sign_download_token
 from backend.graphql.context import Context
 from backend.graphql.pagination import Connection, PageRequest, paginate, paginate_query, selects
 from backend.graphql.permissions import Requires, RequiresAny
-from backend.graphql.relay import decode_id, register_node
+from backend.graphql.relay import decode_id
 
 
 async def fetch_area(context: Any, pk: int) -> AreaType | None:
@@ -110,12 +110,6 @@ async def fetch_meter_model(context: Any, pk: int) -> MeterModelType | None:
     return MeterModelType.from_row(found) if found is not None else None
 
 
-register_node("Area", fetch_area)
-register_node("Household", fetch_household)
-register_node("Meter", fetch_meter)
-register_node("Concentrator", fetch_concentrator)
-register_node("MeterModel", fetch_meter_model)
-register_node("Collector", fetch_collector)
 
 
 def _area_filter(area_id: strawberry.ID | None) -> int | None:
@@ -334,3 +328,13 @@ def _signed_export_url(
     token, _ = sign_download_token(secret=context.settings.secret(), purpose=path, principal=context.caller,
                                    params=params, now=utcnow())
     return download_url(path, params, token)
+
+# The node(id:) fetchers of this module's types (collected by the root schema).
+NODES = {
+    "Area": fetch_area,
+    "Household": fetch_household,
+    "Meter": fetch_meter,
+    "Concentrator": fetch_concentrator,
+    "MeterModel": fetch_meter_model,
+    "Collector": fetch_collector,
+}

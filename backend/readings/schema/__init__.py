@@ -27,4 +27,5 @@ if _queries:
 if _mutations:
     Mutation = merge_types("ReadingsMutation", _mutations)
 
-EXTRA_TYPES = tuple(t for m in _modules for t in getattr(m, "EXTRA_TYPES", ()))
+TYPES = tuple(t for m in _modules for t in getattr(m, "TYPES", ()))
+NODES = {name: fetcher for m in _modules for name, fetcher in getattr(m, "NODES", {}).items()}

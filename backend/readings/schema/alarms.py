@@ -21,7 +21,7 @@ from backend.graphql.errors import UserError
 from backend.graphql.mutations import run_mutation
 from backend.graphql.pagination import Connection, PageRequest, paginate, paginate_query, selects
 from backend.graphql.permissions import Requires
-from backend.graphql.relay import Node, decode_id, encode_id, register_node
+from backend.graphql.relay import Node, decode_id, encode_id
 from backend.readings.alarms import service
 from backend.readings.alarms.models import AlarmKind, AlarmRule, AlarmSeverity, AlarmStatus
 
@@ -144,7 +144,6 @@ async def fetch_alarm(context: Any, pk: int) -> MeterAlarmType | None:
     return MeterAlarmType.from_row(row)
 
 
-register_node("MeterAlarm", fetch_alarm)
 
 
 @strawberry.type
@@ -268,3 +267,8 @@ class Mutation:
                 deleted_id=encode_id("AlarmRule", pk) if pk is not None else None, errors=errors),
             work=work,
         )
+
+# The node(id:) fetchers of this module's types (collected by the root schema).
+NODES = {
+    "MeterAlarm": fetch_alarm,
+}

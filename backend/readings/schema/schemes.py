@@ -22,7 +22,7 @@ from backend.exports.http import download_url, sign_download_token
 from backend.graphql.errors import UserError
 from backend.graphql.mutations import run_mutation
 from backend.graphql.permissions import Authenticated
-from backend.graphql.relay import Node, decode_id, encode_id, register_node
+from backend.graphql.relay import Node, decode_id, encode_id
 from backend.readings.schemes import service
 from backend.readings.schemes.models import QueryScheme
 from backend.readings.screens import Screen, ScreenKind, choose_columns, export_params, export_path, get_screen
@@ -89,7 +89,6 @@ async def fetch_query_scheme(context: Any, pk: int) -> QuerySchemeType | None:
     return QuerySchemeType.from_row(scheme, principal)
 
 
-register_node("QueryScheme", fetch_query_scheme)
 
 
 @strawberry.input
@@ -218,3 +217,8 @@ class Mutation:
                                                                     errors=errors),
             work=work,
         )
+
+# The node(id:) fetchers of this module's types (collected by the root schema).
+NODES = {
+    "QueryScheme": fetch_query_scheme,
+}

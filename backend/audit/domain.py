@@ -1,0 +1,25 @@
+"""The operation log's declaration (操作日志)."""
+
+from __future__ import annotations
+
+from backend.auth.menus import Menu
+from backend.auth.menus import permission as _p
+from backend.domain import Domain, Job
+
+DOMAIN = Domain(
+    name="audit",
+    title="操作日志",
+    models=("backend.audit.models",),
+    schema="backend.audit.schema",
+    routes="backend.audit.http:routes",
+    menus=(
+        Menu("audit", "操作日志", "Operation log", (
+            _p("audit:read", "查看操作日志", "View the operation log"),
+            _p("audit:export", "导出操作日志", "Export the operation log"),
+        )),
+    ),
+    jobs=(
+        Job("purge_operation_log", "backend.audit.jobs:purge_operation_log", cron="41 4 * * *",
+            description="Delete operation-log entries past SHUIWU_AUDIT_RETENTION_DAYS"),
+    ),
+)

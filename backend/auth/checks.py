@@ -1,0 +1,23 @@
+"""Auth's lines in ``shuiwu check`` (backend.auth.domain)."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+from backend.domain import CheckResult
+from backend.runtime import Runtime
+
+_ADMINISTRATORS = text(
+    "SELECT count(DISTINCT u.id) FROM staff_users u JOIN staff_user_roles ur ON ur.user_id = u.id "
+    "JOIN role_permissions rp ON rp.role_id = ur.role_id WHERE u.is_active AND rp.permission = 'roles:manage'"
+)
+
+
+async def has_administrator(runtime: Runtime) -> CheckResult:
+    """At least one active staff user can maintain roles: else nobody can grant anything
+    (``shuiwu admin create`` makes one)."""
+    async with runtime.sessions() as session:
+        count = (await session.execute(_ADMINISTRATORS)).scalar_one()
+    if not count:
+        return CheckResult(False, "no active staff user holds roles:manage")
+    return CheckResult(True, f"{count} active staff users hold roles:manage")

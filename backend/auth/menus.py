@@ -1,0 +1,28 @@
+"""The shapes of the menu catalog (菜单): a menu and the ``resource:action`` permissions
+that open it. Domains declare their menus with these (``backend.domain.Domain.menus``);
+``backend.auth.catalog`` collects them. No imports: every declaration can use it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Permission:
+    code: str
+    name: str
+    name_en: str
+
+
+@dataclass(frozen=True, slots=True)
+class Menu:
+    code: str
+    name: str
+    name_en: str
+    permissions: tuple[Permission, ...]
+    # Where each app shows it: "staff_web" (counter / managers), "staff_mobile" (field).
+    apps: tuple[str, ...] = ("staff_web",)
+
+
+def permission(code: str, name: str, name_en: str) -> Permission:
+    return Permission(code, name, name_en)

@@ -1,0 +1,64 @@
+"""``shuiwu check``: one line per check, the installation's first, then each installed
+domain's (``Domain.checks``) in domain order. A check reads; it never repairs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from sqlalchemy import text
+
+from backend.db import StatementLimits, alembic_config, create_engine, session_factory
+from backend.domain import CheckResult, Domain, load
+from backend.domains import installed
+from backend.runtime import Runtime
+from backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _migration_head(url: str) -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    assert head is not None
+    return head
+
+
+async def migrations_at_head(runtime: Runtime, url: str) -> CheckResult:
+    head = _migration_head(url)
+    async with runtime.sessions() as session:
+        exists = (await session.execute(text("SELECT to_regclass('alembic_version') IS NOT NULL"))).scalar_one()
+        current = (await session.execute(text("SELECT version_num FROM alembic_version"))).scalar_one_or_none() if exists else None
+    if current != head:
+        return CheckResult(False, f"database at {current or 'nothing'}, code at {head} (run `shuiwu migrate`)")
+    return CheckResult(True, f"at {head}")
+
+
+async def run_checks(
+    settings: Settings, url: str, *, echo: Callable[[str], None], domains: tuple[Domain, ...] | None = None,
+) -> int:
+    """Run every check, echo one ``ok|FAIL  name  detail`` line each; return how many failed.
+    A check that raises is a failure with the error as its detail."""
+    from backend.jobs import runtime_for  # the same runtime the jobs get
+
+    domains = domains if domains is not None else installed()
+    engine = create_engine(url, pool_size=1, max_overflow=0, limits=StatementLimits.for_api(settings))
+    runtime = runtime_for(settings, session_factory(engine), domains=domains)
+    failed = 0
+    try:
+        checks: list[tuple[str, Callable[[], object]]] = [("database.migrations", lambda: migrations_at_head(runtime, url))]
+        for domain in domains:
+            for check in domain.checks:
+                checks.append((check.name, lambda check=check: load(check.run)(runtime)))  # type: ignore[misc]
+        for name, run in checks:
+            try:
+                result = await run()  # type: ignore[misc]
+            except Exception as error:  # a broken check is reported as a failure, not a traceback
+                log.debug("check %s raised", name, exc_info=True)
+                result = CheckResult(False, f"{type(error).__name__}: {error}")
+            failed += not result.ok
+            echo(f"{'ok  ' if result.ok else 'FAIL'}  {name}  {result.detail}")
+    finally:
+        await engine.dispose()
+    return failed

@@ -1,0 +1,152 @@
+"""A domain's one declaration of everything it adds to the host (docs/domains.md).
+
+Each domain package has ``domain.py`` with ``DOMAIN = Domain(...)``; ``backend.domains``
+lists them in DESIGN.md's order, and the hosts (the app, the job worker, the CLI, the
+root schema, the menu catalog, ``all_models``, the demo and ``shuiwu check``) read that
+list and import no domain by name. Home Assistant's integration manifest and Django's
+AppConfig are the models.
+
+Heavy parts (the GraphQL schema, HTTP routes, Typer sub-apps, demo steps) are named by
+``"module"`` or ``"module:attribute"`` strings and imported only by the host that needs
+them, so ``shuiwu backup`` does not import strawberry and a declaration never imports
+its own schema. Light parts (menus, jobs, handlers, checks, event payloads) are values.
+
+What a domain's **schema module** exposes (all optional):
+
+- ``Query``, ``Mutation``, ``Subscription``: strawberry types merged into the root ones;
+- ``TYPES``: extra types the root schema must know (implementations of an interface);
+- ``NODES``: ``{"TypeName": fetcher}`` for ``node(id:)``;
+- ``EXTENSIONS``: :class:`backend.graphql.extend.TypeExtension` values adding fields to
+  an earlier domain's types (billing's ``Household.account``), so the earlier domain
+  never imports the later one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from backend.auth.menus import Menu
+from backend.events.service import Handler
+
+# A "module:attribute" string, or the object itself (tests declare functions directly).
+JobFunction = Callable[["Runtime", Mapping[str, Any]], Awaitable[object]]
+CheckFunction = Callable[["Runtime"], Awaitable["CheckResult"]]
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+    from backend.runtime import Runtime
+    from backend.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job the worker runs: on a cron schedule, when deferred (``backend.jobs.defer_job``),
+    or both.
+
+    ``name`` is the stable PgQueuer entrypoint: queued work refers to it, so renaming the
+    function never orphans it. ``run(runtime, payload)`` owns its transactions (a purge
+    of years of rows commits in batches); ``payload`` is ``{}`` on a scheduled run and
+    what the deferring caller wrote otherwise. ``permissions`` are what the system actor
+    needs to run it (docs/domains.md lists them).
+    """
+
+    name: str
+    # "module:function", imported when the worker starts (declarations stay import-light).
+    run: str | JobFunction
+    cron: str | None = None
+    permissions: frozenset[str] = frozenset()
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One line of ``shuiwu check``: a health or consistency check an operator runs after
+    an upgrade or from monitoring. ``run(runtime)`` reads only; it never repairs."""
+
+    name: str
+    run: str | CheckFunction
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DemoPlan:
+    """What ``shuiwu demo load`` asked for, handed to every domain's demo step.
+
+    ``areas`` is filled by the step that creates the area tree (archives) with the named
+    areas later steps need (``"company"``, ``"east"``: their ids).
+    """
+
+    households: int
+    seed: int
+    readings: bool
+    now: datetime
+    timezone: str
+    progress: Callable[[str], None]
+    areas: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpHost:
+    """What a domain's ``routes(host)`` function receives from the app: the settings,
+    the write and read database handles and the services of the declarations (plus the
+    app's own: ``auth_policy``, ``client_limiter``)."""
+
+    settings: Settings
+    sessions: async_sessionmaker[AsyncSession]
+    read_engine: AsyncEngine
+    services: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True, eq=False)  # compared and hashed by identity: caches key on domain sets
+class Domain:
+    """Everything one domain adds to the host. See the module docstring for the schema
+    module's protocol and docs/domains.md for a worked example."""
+
+    name: str
+    title: str
+    # Modules holding the domain's tables (imported for the shared metadata: Alembic, tests).
+    models: tuple[str, ...] = ()
+    # The schema module ("backend.archives.schema"), see the module docstring.
+    schema: str | None = None
+    # "module:function" taking an HttpHost and returning Starlette routes.
+    routes: str | None = None
+    menus: tuple[Menu, ...] = ()
+    # Permissions the demo roles get from this domain, by demo role code ("cashier", "repair").
+    # The administrator gets every permission and the unit manager all but API clients'.
+    demo_grants: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    jobs: tuple[Job, ...] = ()
+    handlers: tuple[Handler, ...] = ()
+    # Modules declaring the event payload classes this domain owns (backend.events).
+    events: tuple[str, ...] = ()
+    # "module:function" taking the Settings and returning {service name: object} offered to
+    # other domains (GraphQL context.services, Runtime.services).
+    services: str | None = None
+    checks: tuple[Check, ...] = ()
+    # {command name: "module:typer_app"}: Typer sub-apps mounted on the ``shuiwu`` command.
+    commands: Mapping[str, str] = field(default_factory=dict)
+    # "module:function" (session, plan: DemoPlan) -> None, run by ``shuiwu demo load`` in domain order.
+    demo: str | None = None
+    # A pydantic-settings class read with its own env prefix (SHUIWU_<NAME>_…).
+    settings: type[BaseModel] | None = None
+
+
+def load(reference: Any) -> Any:
+    """The object a ``"module:attribute"`` reference names (or the module, without ``:``);
+    anything that is not a string is returned as it is."""
+    if not isinstance(reference, str):
+        return reference
+    module_name, _, attribute = reference.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attribute) if attribute else module

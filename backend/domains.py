@@ -1,0 +1,58 @@
+"""The installed domains, in the order of DESIGN.md's contracts (docs/domains.md).
+
+A new domain adds one line here, in dependency order: a domain uses the services of the
+domains before it, never a later one. The shared layers (the operation log, events,
+exports) import no business domain, so where they stand among them is free; they stand
+where the API's root fields have always been ordered (auth, archives, audit, readings),
+since the root schema merges Query fields in this order.
+
+Hosts read :func:`installed`. Tests install a domain of their own for a while with
+:func:`extended`; everything cached per domain set (the catalog, the root schema) is
+keyed by the set, so the real set's caches are untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from backend.archives.domain import DOMAIN as ARCHIVES
+from backend.audit.domain import DOMAIN as AUDIT
+from backend.auth.domain import DOMAIN as AUTH
+from backend.domain import Domain
+from backend.events.domain import DOMAIN as EVENTS
+from backend.exports.domain import DOMAIN as EXPORTS
+from backend.readings.domain import DOMAIN as READINGS
+
+DOMAINS: tuple[Domain, ...] = (
+    AUTH,
+    ARCHIVES,
+    AUDIT,
+    EVENTS,
+    EXPORTS,
+    READINGS,
+)
+
+_installed: tuple[Domain, ...] = DOMAINS
+
+
+def installed() -> tuple[Domain, ...]:
+    """The domains this process runs with: :data:`DOMAINS`, plus any a test added."""
+    return _installed
+
+
+@contextmanager
+def extended(*extra: Domain) -> Iterator[tuple[Domain, ...]]:
+    """Run with ``extra`` domains installed after the real ones (tests: a domain defined
+    under ``tests/`` is picked up everywhere from its declaration alone)."""
+    global _installed
+    previous = _installed
+    names = {domain.name for domain in previous}
+    clashing = [domain.name for domain in extra if domain.name in names]
+    if clashing:
+        raise ValueError(f"domains already installed: {', '.join(clashing)}")
+    _installed = (*previous, *extra)
+    try:
+        yield _installed
+    finally:
+        _installed = previous

@@ -1,0 +1,53 @@
+"""Readings' declaration (数据查询 / 用水统计 / 台账 / 对比 / 数据监测 / 异常水表)."""
+
+from __future__ import annotations
+
+from backend.auth.menus import Menu
+from backend.auth.menus import permission as _p
+from backend.domain import Check, Domain, Job
+
+DOMAIN = Domain(
+    name="readings",
+    title="读数与分析",
+    models=("backend.readings.models", "backend.readings.alarms.models", "backend.readings.schemes.models"),
+    schema="backend.readings.schema",
+    routes="backend.readings.http:routes",
+    menus=(
+        Menu("readings", "数据查询", "Data query", (
+            _p("readings:read", "查看实时/历史数据", "View latest and historical readings"),
+            _p("readings:write", "录入/修正读数", "Enter and correct readings"),
+        ), ("staff_web", "staff_mobile")),
+        Menu("statistics", "用水统计", "Usage statistics", (
+            _p("statistics:read", "查看用水统计", "View usage statistics"),
+        ), ("staff_web", "staff_mobile")),
+        Menu("ledgers", "用水台账", "Usage ledgers", (
+            _p("ledgers:read", "查看用水台账", "View usage ledgers"),
+        )),
+        Menu("comparisons", "同期/环期对比", "Comparisons", (
+            _p("comparisons:read", "查看对比分析", "View comparisons"),
+        )),
+        Menu("monitoring", "数据监测", "Monitoring", (
+            _p("monitoring:read", "查看管网监测", "View trunk-main monitoring"),
+        ), ("staff_web", "staff_mobile")),
+        Menu("alarms", "异常水表", "Abnormal meters", (
+            _p("alarms:read", "查看异常水表", "View abnormal meters"),
+            _p("alarms:manage", "确认/关闭告警", "Acknowledge and close alarms"),
+        ), ("staff_web", "staff_mobile")),
+    ),
+    demo_grants={
+        "cashier": frozenset({"readings:read", "statistics:read"}),
+        "repair": frozenset({"readings:read", "alarms:read"}),
+    },
+    jobs=(
+        # The alarm job closes alarms whose condition cleared: the system actor needs to manage them.
+        Job("evaluate_alarms", "backend.readings.jobs:evaluate_alarms", cron="*/15 * * * *",
+            permissions=frozenset({"alarms:manage"}), description="Evaluate the abnormal-meter rules"),
+        Job("ensure_reading_partitions", "backend.readings.jobs:ensure_reading_partitions", cron="23 3 * * *",
+            description="Attach the readings partitions of this month and the next three"),
+    ),
+    events=("backend.readings.events",),
+    checks=(Check("readings.partitions", "backend.readings.checks:partitions_ahead",
+                  "This month's readings partition and the next three are attached"),),
+    commands={"partitions": "backend.readings.cli:partitions_app"},
+    demo="backend.readings.demo:demo_step",
+)
