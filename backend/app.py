@@ -30,7 +30,7 @@ from backend.auth.ratelimit import AnonymousThrottle, ClientRateLimiter
 from backend.auth.security import decode_access_token
 from backend.auth.service import AuthPolicy, authenticate_on_connection
 from backend.clock import utcnow
-from backend.domain import Domain, HttpHost, load
+from backend.domain import Domain, HttpHost, collect_services, load
 from backend.domains import installed
 from backend.edge import (
     BODY_TOO_LARGE_HEADERS,
@@ -123,20 +123,6 @@ def favour_the_event_loop() -> None:
     sys.setswitchinterval(0.001)
 
 
-def domain_services(settings: Settings, domains: tuple[Domain, ...]) -> dict[str, Any]:
-    """The services the declarations offer other domains (``Domain.services``), by name;
-    two domains offering one name is a mistake and refused."""
-    services: dict[str, Any] = {}
-    for domain in domains:
-        if domain.services is None:
-            continue
-        for name, offered in load(domain.services)(settings).items():
-            if name in services:
-                raise ValueError(f"two domains offer the service {name!r}")
-            services[name] = offered
-    return services
-
-
 def create_app(settings: Settings, database_url: str, *, extra_routes: list[BaseRoute] | None = None,
                domains: tuple[Domain, ...] | None = None) -> Starlette:
     domains = domains if domains is not None else installed()
@@ -165,7 +151,7 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
         async with db.raw_read(read_engine) as connection:
             return await authenticate_on_connection(connection, token=token, now=now, policy=policy)
 
-    services = {"auth_policy": policy, "client_limiter": limiter, **domain_services(settings, domains)}
+    services = {"auth_policy": policy, "client_limiter": limiter, **collect_services(settings, domains)}
     endpoint = GraphQLEndpoint(
         build_schema(domains),
         settings=settings,

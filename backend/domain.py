@@ -138,7 +138,8 @@ class Domain:
     commands: Mapping[str, str] = field(default_factory=dict)
     # "module:function" (session, plan: DemoPlan) -> None, run by ``shuiwu demo load`` in domain order.
     demo: str | None = None
-    # A pydantic-settings class read with its own env prefix (SHUIWU_<NAME>_…).
+    # A pydantic-settings class read with its own env prefix (SHUIWU_<NAME>_…), offered
+    # to the domain's code as the service ``settings.<name>`` (Runtime.settings_group).
     settings: type[BaseModel] | None = None
 
 
@@ -150,3 +151,46 @@ def load(reference: Any) -> Any:
     module_name, _, attribute = reference.partition(":")
     module = importlib.import_module(module_name)
     return getattr(module, attribute) if attribute else module
+
+
+def settings_group_key(domain_name: str) -> str:
+    """The service name a domain's settings group is offered under: ``settings.<name>``."""
+    return f"settings.{domain_name}"
+
+
+def load_settings_group(domain: Domain) -> Any:
+    """A domain's settings group, read from the environment with its own prefix; a bad
+    value stops the process at start with one line naming it (as ``load_settings``)."""
+    from pydantic import ValidationError
+
+    from backend.settings import SettingsError
+
+    assert domain.settings is not None
+    try:
+        return domain.settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        prefix = str(domain.settings.model_config.get("env_prefix", ""))
+        name = prefix + "_".join(str(part) for part in first["loc"]).upper()
+        raise SettingsError(f"bad setting {name}: {first['msg']}") from None
+
+
+def collect_services(settings: Settings, domains: tuple[Domain, ...]) -> dict[str, Any]:
+    """What the declarations offer, by name: each ``Domain.services`` function's result,
+    and each domain's settings group under ``settings.<name>``. The app puts it in the
+    GraphQL context and the HTTP host, the worker in the Runtime. Two domains offering
+    one name is a mistake, refused at start."""
+    services: dict[str, Any] = {}
+
+    def offer(name: str, offered: Any) -> None:
+        if name in services:
+            raise ValueError(f"two domains offer the service {name!r}")
+        services[name] = offered
+
+    for domain in domains:
+        if domain.settings is not None:
+            offer(settings_group_key(domain.name), load_settings_group(domain))
+        if domain.services is not None:
+            for name, offered in load(domain.services)(settings).items():
+                offer(name, offered)
+    return services

@@ -6,8 +6,8 @@ exports) import no business domain, so where they stand among them is free; they
 where the API's root fields have always been ordered (auth, archives, audit, readings),
 since the root schema merges Query fields in this order.
 
-Hosts read :func:`installed`. Tests install a domain of their own for a while with
-:func:`extended`; everything cached per domain set (the catalog, the root schema) is
+Hosts read :func:`installed`. Tests install a domain of their own with :func:`install`
+(for the run) or :func:`extended` (for a block); everything cached per domain set (the catalog, the root schema) is
 keyed by the set, so the real set's caches are untouched.
 """
 
@@ -41,10 +41,9 @@ def installed() -> tuple[Domain, ...]:
     return _installed
 
 
-@contextmanager
-def extended(*extra: Domain) -> Iterator[tuple[Domain, ...]]:
-    """Run with ``extra`` domains installed after the real ones (tests: a domain defined
-    under ``tests/`` is picked up everywhere from its declaration alone)."""
+def install(*extra: Domain) -> tuple[Domain, ...]:
+    """Install ``extra`` domains after those installed, for the rest of the process (the
+    test suite installs its test domain so); return the previous set."""
     global _installed
     previous = _installed
     names = {domain.name for domain in previous}
@@ -52,6 +51,14 @@ def extended(*extra: Domain) -> Iterator[tuple[Domain, ...]]:
     if clashing:
         raise ValueError(f"domains already installed: {', '.join(clashing)}")
     _installed = (*previous, *extra)
+    return previous
+
+
+@contextmanager
+def extended(*extra: Domain) -> Iterator[tuple[Domain, ...]]:
+    """Run the block with ``extra`` domains installed after the others."""
+    global _installed
+    previous = install(*extra)
     try:
         yield _installed
     finally:

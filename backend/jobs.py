@@ -37,7 +37,7 @@ from backend.auth.principal import Principal
 from backend.auth.system import system_actor
 from backend.clock import Clock, utcnow
 from backend.db import StatementLimits, create_engine, raw_connection, session_factory, transaction
-from backend.domain import Domain, Job, load
+from backend.domain import Domain, Job, collect_services, load
 from backend.domains import installed
 from backend.events.listener import CONNECTION_ERRORS, Backoff, connect, wait_any
 from backend.events.relay import event_id_of, run_relay
@@ -93,21 +93,8 @@ def runtime_for(
 ) -> Runtime:
     """The runtime jobs and handlers of ``domains`` (default: the installed ones) receive."""
     domains = domains if domains is not None else installed()
-    services: dict[str, Any] = {}
-    groups: dict[str, Any] = {}
-    for domain in domains:
-        if domain.services is not None:
-            services.update(load(domain.services)(settings))
-        if domain.settings is not None:
-            groups[domain.name] = load_settings_group(domain)
     return Runtime(settings=settings, sessions=sessions, actor=system_actor(system_permissions(domains)), clock=clock,
-                   services=services, settings_groups=groups)
-
-
-def load_settings_group(domain: Domain) -> Any:
-    """A domain's settings group, read from the environment with its own prefix."""
-    assert domain.settings is not None
-    return domain.settings()
+                   services=collect_services(settings, domains))
 
 
 # --------------------------------------------------------------------------- deferring

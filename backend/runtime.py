@@ -27,8 +27,8 @@ class Runtime:
     """Settings, time, sessions, the system actor and the services of the declarations.
 
     ``services`` maps a service name (``"balance_checker"``) to what a domain's
-    declaration offers under it; ``settings_groups`` maps a domain's name to its loaded
-    settings group (a pydantic model), when it declares one.
+    declaration offers under it, and ``settings.<domain>`` to a domain's loaded settings
+    group (``backend.domain.collect_services``).
     """
 
     settings: Settings
@@ -36,7 +36,6 @@ class Runtime:
     actor: Principal
     clock: Clock = utcnow
     services: Mapping[str, Any] = field(default_factory=dict)
-    settings_groups: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def timezone(self) -> str:
@@ -49,6 +48,10 @@ class Runtime:
 
     def now(self) -> datetime:
         return self.clock()
+
+    def settings_group(self, domain: str) -> Any:
+        """The settings group domain ``domain`` declares (``Domain.settings``)."""
+        return self.service(f"settings.{domain}")
 
     def service(self, name: str) -> Any:
         """The service a declaration offers under ``name``; KeyError names the missing one."""

@@ -21,6 +21,14 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.db import create_engine, migrate, run_admin, session_factory, start_embedded, stop_embedded, with_database
+from backend.domains import install
+from tests.sample_domain.domain import DOMAIN as NOTES
+
+# The test domain (tests/sample_domain) is installed for the whole run, before any test
+# module builds a schema: every test that walks the installed domains (the permission
+# walk, the property tests, the catalog, the demo) walks it too. The drift test compares
+# the real domains' schema (backend.domains.DOMAINS) with schema.graphql.
+install(NOTES)
 
 RUN_ID = uuid.uuid4().hex[:8]
 EXTERNAL_URL = os.environ.get("SHUIWU_TEST_EXTERNAL_URL") or None

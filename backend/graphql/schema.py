@@ -54,5 +54,6 @@ def _build(domains: tuple[Domain, ...]) -> strawberry.Schema:
         )
 
 
-def export_sdl() -> str:
-    return build_schema().as_str() + "\n"
+def export_sdl(domains: tuple[Domain, ...] | None = None) -> str:
+    """schema.graphql's text: the SDL of ``domains`` (default: the installed ones)."""
+    return build_schema(domains).as_str() + "\n"

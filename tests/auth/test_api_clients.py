@@ -25,7 +25,7 @@ CLIENT_TABLES = ("api_clients", "api_client_areas")
 
 async def east_client_manager(session: AsyncSession, tree: AreaTree) -> Staff:
     return await make_staff(
-        session, permissions={"clients:manage", "readings:read", "bills:read", "payments:collect"},
+        session, permissions={"clients:manage", "readings:read", "ledgers:read", "readings:write"},
         areas=[tree.east], kind=RoleKind.unit_admin,
     )
 
@@ -39,7 +39,7 @@ async def company_admin(session: AsyncSession, tree: AreaTree) -> Principal:
 async def east_meter_reader(session: AsyncSession, tree: AreaTree) -> IssuedClient:
     """A client reading meters and bills in the east district."""
     return await auth.create_api_client(
-        session, actor=await company_admin(session, tree), name="物业抄表平台", scopes={"readings:read", "bills:read"},
+        session, actor=await company_admin(session, tree), name="物业抄表平台", scopes={"readings:read", "ledgers:read"},
         area_ids=[tree.east.id or 0], rate_per_minute=120,
     )
 
@@ -79,7 +79,7 @@ async def test_the_right_secret_gives_a_principal_with_the_clients_scopes_and_ar
     principal = await auth.authenticate(session, token=pair.access_token, now=NOW, policy=POLICY)
     assert principal.kind is PrincipalKind.client
     assert principal.id == issued.client.id
-    assert principal.permissions == frozenset({"readings:read", "bills:read"})
+    assert principal.permissions == frozenset({"readings:read", "ledgers:read"})
     assert principal.scope_paths == (tree.east.path,)
     assert principal.rate_per_minute == 120
     assert issued.client.last_used_at == NOW

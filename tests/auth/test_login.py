@@ -62,13 +62,13 @@ async def test_right_password_gives_tokens_whose_access_token_authenticates_to_t
     session: AsyncSession,
 ) -> None:
     tree = await make_area_tree(session)
-    staff = await make_staff(session, permissions={"readings:read", "bills:read"}, areas=[tree.east])
+    staff = await make_staff(session, permissions={"readings:read", "statistics:read"}, areas=[tree.east])
 
     pair = await log_in(session, staff)
 
     assert pair.principal.kind is PrincipalKind.staff
     assert pair.principal.id == staff.user.id
-    assert pair.principal.permissions == frozenset({"readings:read", "bills:read"})
+    assert pair.principal.permissions == frozenset({"readings:read", "statistics:read"})
     assert pair.principal.scope_paths == (tree.east.path,)
     assert pair.access_expires_at == NOW + timedelta(seconds=POLICY.access_ttl_s)
     assert pair.refresh_token is not None

@@ -42,7 +42,7 @@ async def test_load_principal_unites_roles_and_keeps_only_the_outermost_scope_pa
     )
     community = await auth.create_role(
         session, actor=ROOT, name=unique("小区"), kind=RoleKind.operator,
-        permissions={"bills:read"}, area_ids=[tree.east_community.id or 0],
+        permissions={"statistics:read"}, area_ids=[tree.east_community.id or 0],
     )
     user = await auth.create_staff_user(
         session, actor=ROOT, username=unique("zhao"), full_name="赵六", password="Passw0rd!x",
@@ -54,7 +54,7 @@ async def test_load_principal_unites_roles_and_keeps_only_the_outermost_scope_pa
 
     assert principal is not None
     assert principal.scope_paths == (tree.east.path,)
-    assert principal.permissions == frozenset({"readings:read", "bills:read"})
+    assert principal.permissions == frozenset({"readings:read", "statistics:read"})
     assert (principal.kind, principal.id, principal.name) == (PrincipalKind.staff, user.id, "赵六")
 
 

@@ -20,14 +20,14 @@ ROLE_TABLES = ("roles", "role_permissions", "role_areas")
 async def east_role_manager(session: AsyncSession, tree: AreaTree) -> Staff:
     """A manager of the east district holding roles:manage and two read permissions."""
     return await make_staff(
-        session, permissions={"roles:manage", "readings:read", "bills:read"}, areas=[tree.east],
+        session, permissions={"roles:manage", "readings:read", "statistics:read"}, areas=[tree.east],
         kind=RoleKind.unit_admin,
     )
 
 
 async def parent_role(session: AsyncSession, tree: AreaTree, *, kind: RoleKind = RoleKind.unit_admin) -> Role:
     return await auth.create_role(
-        session, actor=ROOT, name="片区主管", kind=kind, permissions={"readings:read", "bills:read"},
+        session, actor=ROOT, name="片区主管", kind=kind, permissions={"readings:read", "statistics:read"},
         area_ids=[tree.east.id or 0],
     )
 
@@ -69,7 +69,7 @@ async def test_a_role_granting_a_permission_the_actor_lacks_is_refused_and_nothi
     with pytest.raises(errors.GrantExceedsOwn) as refused:
         await auth.create_role(
             session, actor=manager.principal, name="收费员", kind=RoleKind.operator,
-            permissions={"readings:read", "payments:collect"}, area_ids=[tree.east.id or 0],
+            permissions={"readings:read", "readings:write"}, area_ids=[tree.east.id or 0],
         )
 
     assert refused.value.field == "permissions"
@@ -237,7 +237,7 @@ async def test_a_role_cannot_become_the_child_of_its_own_child(session: AsyncSes
     tree = await make_area_tree(session)
     parent = await parent_role(session, tree)
     child = await auth.create_role(
-        session, actor=ROOT, name="副主管", kind=parent.kind, permissions={"readings:read", "bills:read"},
+        session, actor=ROOT, name="副主管", kind=parent.kind, permissions={"readings:read", "statistics:read"},
         area_ids=[tree.east.id or 0], parent_id=parent.id,
     )
 
@@ -251,7 +251,7 @@ async def test_narrowing_a_parent_below_what_its_child_holds_is_refused(session:
     tree = await make_area_tree(session)
     parent = await parent_role(session, tree)
     await auth.create_role(
-        session, actor=ROOT, name="收费员", kind=RoleKind.operator, permissions={"bills:read"},
+        session, actor=ROOT, name="收费员", kind=RoleKind.operator, permissions={"statistics:read"},
         area_ids=[tree.east.id or 0], parent_id=parent.id,
     )
 
@@ -293,7 +293,7 @@ async def test_an_actor_cannot_edit_or_delete_a_role_holding_more_than_they_do(s
     # Both belong to the manager's own unit: what they grant is what makes them not the manager's.
     bigger = await auth.create_role(
         session, actor=ROOT, name="收费主管", kind=RoleKind.operator,
-        permissions={"readings:read", "payments:collect"}, area_ids=[tree.east.id or 0], unit_id=tree.east.id,
+        permissions={"readings:read", "readings:write"}, area_ids=[tree.east.id or 0], unit_id=tree.east.id,
     )
     wider = await auth.create_role(
         session, actor=ROOT, name="全公司抄表", kind=RoleKind.operator,
@@ -312,7 +312,7 @@ async def test_an_actor_cannot_edit_or_delete_a_role_holding_more_than_they_do(s
         assert refused_delete.value.field == "id"
 
     assert await row_counts(session, *ROLE_TABLES) == before
-    assert await grants_of(session, bigger.id) == (["payments:collect", "readings:read"], [tree.east.id])
+    assert await grants_of(session, bigger.id) == (["readings:read", "readings:write"], [tree.east.id])
 
 
 async def test_delete_role_is_refused_while_a_user_holds_it(session: AsyncSession) -> None:
@@ -363,15 +363,15 @@ async def test_delete_of_an_unknown_role_is_not_found(session: AsyncSession) -> 
 
 
 async def test_a_user_holding_a_role_loses_its_permissions_when_the_role_is_narrowed(session: AsyncSession) -> None:
-    staff = await make_staff(session, permissions={"readings:read", "bills:read"})
+    staff = await make_staff(session, permissions={"readings:read", "statistics:read"})
     assert staff.user.id is not None
     (role_id,) = (await auth.user_role_ids(session, [staff.user.id]))[staff.user.id]
     pair = await auth.login_staff(session, username=staff.username, password=staff.password, now=NOW, policy=POLICY)
 
-    await auth.update_role(session, actor=ROOT, role_id=role_id, changes=RoleChanges(permissions=frozenset({"bills:read"})))
+    await auth.update_role(session, actor=ROOT, role_id=role_id, changes=RoleChanges(permissions=frozenset({"statistics:read"})))
 
     principal = await auth.authenticate(session, token=pair.access_token, now=NOW, policy=POLICY)
-    assert principal.permissions == frozenset({"bills:read"})
+    assert principal.permissions == frozenset({"statistics:read"})
 
 
 async def test_a_department_admin_cannot_create_a_role_ranked_above_their_own(session: AsyncSession) -> None:

@@ -118,7 +118,7 @@ async def test_a_taken_username_is_refused_as_a_duplicate(session: AsyncSession)
 async def test_assigning_a_role_above_the_actor_is_refused(session: AsyncSession) -> None:
     tree = await make_area_tree(session)
     manager = await east_user_manager(session, tree)
-    more_permissions = await role_id(session, permissions={"readings:read", "payments:collect"}, tree=tree)
+    more_permissions = await role_id(session, permissions={"readings:read", "readings:write"}, tree=tree)
     other_district = await role_id(session, permissions={"readings:read"}, tree=tree, area="west")
     before = await row_counts(session, *USER_TABLES)
 
@@ -161,7 +161,7 @@ async def test_update_staff_user_changes_only_what_it_names(session: AsyncSessio
 async def test_an_actor_cannot_edit_a_user_holding_more_than_they_do(session: AsyncSession) -> None:
     tree = await make_area_tree(session)
     manager = await east_user_manager(session, tree)
-    bigger = await make_staff(session, permissions={"readings:read", "payments:collect"}, areas=[tree.east])
+    bigger = await make_staff(session, permissions={"readings:read", "readings:write"}, areas=[tree.east])
     assert bigger.user.id is not None
 
     with pytest.raises(errors.GrantExceedsOwn) as refused:

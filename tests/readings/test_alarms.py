@@ -25,8 +25,7 @@ from backend.archives.service import (
     update_meter,
 )
 from backend.errors import DomainError, ErrorCode, NotFound
-from backend.jobs import EVALUATE_ALARMS
-from backend.jobs import evaluate_alarms as evaluate_alarms_job
+from backend.jobs import runtime_for
 from backend.readings.alarms.models import AlarmKind, AlarmSeverity, AlarmStatus
 from backend.readings.alarms.service import (
     acknowledge_alarm,
@@ -38,9 +37,12 @@ from backend.readings.alarms.service import (
     record_read_failures,
     set_alarm_rule,
 )
+from backend.readings.domain import DOMAIN as READINGS
 from backend.readings.entry import enter_reading, estimate_readings
+from backend.readings.jobs import evaluate_alarms as evaluate_alarms_job
 from backend.readings.models import ValveState
 from backend.readings.service import ReadingIn, ingest_readings
+from backend.settings import Settings
 from tests.factories import make_household
 from tests.readings.factories import make_meter
 
@@ -542,9 +544,10 @@ async def test_the_scheduled_job_evaluates_every_meter_in_a_transaction_of_its_o
 ) -> None:
     async with committed_sessions() as session, session.begin():
         quiet = await make_meter(session)
-    assert EVALUATE_ALARMS[1].startswith("*/15 ")  # every 15 minutes
+    job = next(job for job in READINGS.jobs if job.name == "evaluate_alarms")
+    assert job.cron is not None and job.cron.startswith("*/15 ")  # every 15 minutes
 
-    result = await evaluate_alarms_job(committed_sessions, now=NOW, timezone="Asia/Shanghai")
+    result = await evaluate_alarms_job(runtime_for(Settings(timezone="Asia/Shanghai"), committed_sessions, clock=lambda: NOW), {})
 
     assert result.opened >= 1
     async with committed_sessions() as session:

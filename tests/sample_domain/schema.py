@@ -1,0 +1,56 @@
+"""The notes domain's GraphQL: a query, a mutation, and a field on the archives'
+Household (through the extension point, without archives importing this)."""
+
+from __future__ import annotations
+
+import strawberry
+from strawberry.types import Info
+
+from backend.archives.schema import HouseholdType
+from backend.graphql.context import Context
+from backend.graphql.errors import UserError
+from backend.graphql.extend import TypeExtension
+from backend.graphql.mutations import run_mutation
+from backend.graphql.permissions import Requires
+from tests.sample_domain import service
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(permission_classes=[Requires("notes:read")], description="The notes service's greeting.")
+    def notes_greeting(self, info: Info) -> str:
+        context: Context = info.context
+        return context.services["notes_greeting"]()  # type: ignore[no-any-return]
+
+
+@strawberry.type
+class NotePayload:
+    note: str | None
+    errors: list[UserError]
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(permission_classes=[Requires("notes:write")], description="Check and keep a reading note.")
+    async def write_note(self, info: Info, text: str) -> NotePayload:
+        context: Context = info.context
+        limits = context.services["settings.notes"]  # the domain's settings group
+
+        async def work(session: object) -> str:
+            return service.checked_note(text, max_chars=limits.max_chars)
+
+        return await run_mutation(
+            info, module="notes", action="writeNote", describe=lambda note: "写便签",
+            payload=lambda note, errors: NotePayload(note=note, errors=errors), work=work,  # type: ignore[arg-type]
+        )
+
+
+@strawberry.type
+class HouseholdNoteFields:
+    @strawberry.field(permission_classes=[Requires("notes:read")], description="A note heading for this household.")
+    def note_heading(self) -> str:
+        household: HouseholdType = self  # type: ignore[assignment]
+        return f"户号 {household.account_no}"
+
+
+EXTENSIONS = (TypeExtension(HouseholdType, HouseholdNoteFields),)
