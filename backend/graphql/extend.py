@@ -32,10 +32,13 @@ from strawberry.types.base import StrawberryObjectDefinition, get_object_definit
 
 @dataclass(frozen=True, slots=True)
 class TypeExtension:
-    """Add the fields of the strawberry type ``fields`` to the strawberry type ``target``."""
+    """Add the fields of the strawberry type ``fields`` to the strawberry type ``target``:
+    at the end, or right after the target's field ``after`` (its Python name), which keeps
+    a field's place in schema.graphql when it moves from the target's domain to another."""
 
     target: type
     fields: type
+    after: str | None = None
 
 
 @contextmanager
@@ -57,9 +60,15 @@ def extended_types(extensions: Sequence[TypeExtension]) -> Iterator[None]:
             if clashing:
                 raise ValueError(f"{extension.fields.__name__} adds fields {target.name} already has: {', '.join(clashing)}")
             originals.setdefault(extension.target, target)
-            extension.target.__strawberry_definition__ = dataclasses.replace(  # type: ignore[attr-defined]
-                target, fields=[*target.fields, *(copy.copy(field) for field in added.fields)]
-            )
+            fields = list(target.fields)
+            position = len(fields)
+            if extension.after is not None:
+                names = [field.python_name for field in fields]
+                if extension.after not in names:
+                    raise ValueError(f"{target.name} has no field {extension.after!r} to add fields after")
+                position = names.index(extension.after) + 1
+            fields[position:position] = [copy.copy(field) for field in added.fields]
+            extension.target.__strawberry_definition__ = dataclasses.replace(target, fields=fields)  # type: ignore[attr-defined]
         yield
     finally:
         for cls, definition in originals.items():

@@ -665,5 +665,8 @@ async def demo_step(session: AsyncSession, plan: DemoPlan) -> None:
 
 async def _evaluate_alarms(session: AsyncSession, *, now: datetime, tz: tzinfo) -> AlarmEvaluation:
     # Imported here, as readings.service does: the alarms service imports archives.service.
+    from backend.auth.system import system_actor
     from backend.readings.alarms.service import evaluate_alarms
-    return await evaluate_alarms(session, now=now, tz=tz)
+
+    # The demo's sweep is the periodic job's, run once: as the system actor.
+    return await evaluate_alarms(session, actor=system_actor({"alarms:manage"}), now=now, tz=tz)

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 async def evaluate_alarms(runtime: Runtime, payload: Mapping[str, Any]) -> alarms_service.AlarmEvaluation:
     """Evaluate the alarm rules for every installed meter (finds silent meters too)."""
     async with transaction(runtime.sessions) as session:
-        result = await alarms_service.evaluate_alarms(session, now=runtime.now(), tz=runtime.timezone)
+        result = await alarms_service.evaluate_alarms(session, actor=runtime.actor, now=runtime.now(), tz=runtime.timezone)
     log.info("alarms: %d opened, %d closed, %d still open", result.opened, result.closed, result.refreshed)
     return result
 

@@ -621,9 +621,9 @@ async def after_readings_changed(
     await driver.fetchval(_LOCK_METERS, meter_ids)  # as ingest does: one writer per meter's chain
     await _refresh_latest(driver, meter_ids)
     await _recompute_days(driver, changes, LocalDays(zone), zone)
-    from backend.readings.alarms.service import evaluate_alarms
+    from backend.readings.alarms.service import evaluate_rules
 
-    await evaluate_alarms(session, now=now, tz=zone, meter_ids=meter_ids)
+    await evaluate_rules(session, now=now, tz=zone, meter_ids=meter_ids)
     await emit_event(session, EventKind.readings_ingested, {"batch_id": uuid.uuid4().hex, "meter_ids": meter_ids})
     return meter_ids
 

@@ -24,7 +24,8 @@ from backend.archives.service import (
     save_meter_model,
     update_meter,
 )
-from backend.errors import DomainError, ErrorCode, NotFound
+from backend.auth.system import system_actor
+from backend.errors import DomainError, ErrorCode, Forbidden, NotFound
 from backend.jobs import runtime_for
 from backend.readings.alarms.models import AlarmKind, AlarmSeverity, AlarmStatus
 from backend.readings.alarms.service import (
@@ -47,6 +48,8 @@ from tests.factories import make_household
 from tests.readings.factories import make_meter
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
+# The periodic sweep's actor.
+SYSTEM = system_actor({"alarms:manage"})
 NOW = datetime(2026, 3, 20, 12, 0, tzinfo=SHANGHAI)
 TODAY = NOW.date()
 
@@ -70,7 +73,7 @@ def daily(meter_id: int | None, totals: Sequence[str | int], **extra: Any) -> li
 
 
 async def evaluate(session: AsyncSession, meters: Sequence[Meter] | None = None, *, now: datetime = NOW) -> Any:
-    return await evaluate_alarms(session, now=now, tz=SHANGHAI,
+    return await evaluate_alarms(session, actor=SYSTEM, now=now, tz=SHANGHAI,
                                  meter_ids=None if meters is None else [m.id for m in meters if m.id is not None])
 
 
@@ -552,3 +555,10 @@ async def test_the_scheduled_job_evaluates_every_meter_in_a_transaction_of_its_o
     assert result.opened >= 1
     async with committed_sessions() as session:
         assert "silent" in await live(session, quiet)
+
+
+async def test_the_sweep_needs_an_actor_who_may_manage_alarms(session: AsyncSession) -> None:
+    reader = system_actor({"alarms:read"})
+
+    with pytest.raises(Forbidden):
+        await evaluate_alarms(session, actor=reader, now=NOW, tz=SHANGHAI)

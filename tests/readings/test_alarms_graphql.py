@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.archives.models import Area, Meter, MeterStatus, MeterType
 from backend.archives.service import MeterChanges, assign_meter, create_meter
+from backend.auth.system import system_actor
 from backend.clock import utcnow
 from backend.db import session_factory
 from backend.graphql.relay import encode_id
@@ -92,7 +93,8 @@ async def alarms(world: World, engine_for_module: AsyncEngine) -> Alarms:
             " ON CONFLICT (meter_id) DO UPDATE SET read_at = EXCLUDED.read_at, total_m3 = EXCLUDED.total_m3,"
             " battery = EXCLUDED.battery, quality = EXCLUDED.quality, source = EXCLUDED.source, received_at = EXCLUDED.received_at"),
             {"ids": [m.id for m in [*east, west]], "at": now - timedelta(hours=1)})
-        await evaluate_alarms(session, now=now, tz="Asia/Shanghai", meter_ids=[m.id for m in [*east, west]])  # type: ignore[misc]
+        await evaluate_alarms(session, actor=system_actor({"alarms:manage"}), now=now, tz="Asia/Shanghai",  # type: ignore[misc]
+                              meter_ids=[m.id for m in [*east, west]])
         manager = await make_staff(session, permissions={"alarms:read", "alarms:manage"}, areas=[world.tree.east])
         reader = await make_staff(session, permissions={"alarms:read"}, areas=[world.tree.company])
     return Alarms(east, west, manager, reader)

@@ -23,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.readings.alarms.models import AlarmKind
-from backend.readings.alarms.service import AlarmEvaluation, evaluate_alarms
+from backend.readings.alarms.service import AlarmEvaluation, evaluate_rules
 from backend.readings.rollup import cyclic_gc_paused
 
 # The loosest threshold of each kind over the enabled rules: a superset test.
@@ -102,4 +102,4 @@ async def evaluate_after_batch(
     chosen = sorted(set(candidates))
     if not chosen:
         return AlarmEvaluation(0, 0, 0)
-    return await evaluate_alarms(session, now=now, tz=tz, meter_ids=chosen)
+    return await evaluate_rules(session, now=now, tz=tz, meter_ids=chosen)

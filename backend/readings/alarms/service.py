@@ -44,6 +44,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.archives.models import Area, Household, Meter, MeterAssignment, MeterModel
 from backend.archives.service import in_scope, path_in_scope
 from backend.auth.errors import UnknownArea
+from backend.auth.models import PrincipalKind
+from backend.auth.principal import Principal
 from backend.auth.scope import covers_whole_tree
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.events.service import EventKind, emit_event
@@ -352,16 +354,37 @@ SELECT (SELECT coalesce(array_agg(id ORDER BY id), '{{}}') FROM upserted WHERE i
 async def evaluate_alarms(
     session: AsyncSession,
     *,
+    actor: Principal,
     now: datetime,
     tz: str | tzinfo,
     meter_ids: Sequence[int] | None = None,
 ) -> AlarmEvaluation:
-    """Open, refresh and auto-close alarms for ``meter_ids`` (every installed meter when
-    ``None``: the periodic job, the only way silent meters are found).
+    """The periodic sweep (``evaluate_alarms`` job, the demo): :func:`evaluate_rules` for
+    ``meter_ids`` (every installed meter when ``None``, the only way silent meters are
+    found), acting as ``actor``, who needs ``alarms:manage`` (the system actor holds it).
+    Alarms it closes are closed by ``system`` for the system actor, else by the actor's name."""
+    actor.require("alarms:manage")
+    closed_by = SYSTEM if actor.kind is PrincipalKind.system else actor.name
+    return await evaluate_rules(session, now=now, tz=tz, meter_ids=meter_ids, closed_by=closed_by)
 
-    Three statements whatever the number of meters, plus one ``alarm.opened`` and one
-    ``alarm.closed`` event carrying the alarm ids when any changed. Acknowledged alarms
-    close too when their condition clears. The caller commits.
+
+async def evaluate_rules(
+    session: AsyncSession,
+    *,
+    now: datetime,
+    tz: str | tzinfo,
+    meter_ids: Sequence[int] | None = None,
+    closed_by: str = SYSTEM,
+) -> AlarmEvaluation:
+    """Open, refresh and auto-close alarms for ``meter_ids`` (every installed meter when
+    ``None``).
+
+    Inside another service's unit of work (ingest, a correction) the alarms follow the
+    readings whoever wrote them, so this takes no principal: entry points call
+    :func:`evaluate_alarms` with one. Three statements whatever the number of meters,
+    plus one ``alarm.opened`` and one ``alarm.closed`` event carrying the alarm ids when
+    any changed. Acknowledged alarms close too when their condition clears. The caller
+    commits.
     """
     if meter_ids is not None and not meter_ids:
         return AlarmEvaluation(0, 0, 0)
@@ -373,7 +396,7 @@ async def evaluate_alarms(
     await session.execute(_RESET_LINKS[every], scope)
     await session.execute(_REFRESH_BASELINES[every], {**scope, "today": today, "baseline_days": HIGH_USE_BASELINE_DAYS})
     result = (await session.execute(_EVALUATE[every], {
-        **scope, "now": now, "tz": zone_name(zone), "today": today, "system": SYSTEM,
+        **scope, "now": now, "tz": zone_name(zone), "today": today, "system": closed_by,
         "cleared": CONDITION_CLEARED,
     })).one()
     opened, closed = list(result.opened), list(result.closed)
