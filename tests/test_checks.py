@@ -1,0 +1,39 @@
+"""``shuiwu check``: the installation's line first, then each domain's."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from backend.checks import run_checks
+from backend.db import run_admin, with_database
+from backend.settings import Settings
+
+
+@pytest.fixture
+def empty_database(server_url: str) -> Iterator[str]:
+    name = f"shuiwu_empty_{uuid.uuid4().hex[:8]}"
+    run_admin(server_url, f'CREATE DATABASE "{name}"')
+    yield with_database(server_url, name)
+    run_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_an_unmigrated_database_fails_the_first_line_and_skips_the_domains_checks(empty_database: str) -> None:
+    lines: list[str] = []
+
+    failed = await run_checks(Settings(), empty_database, echo=lines.append)
+
+    assert failed == 1
+    assert lines[0].startswith("FAIL  database.migrations  database at nothing, code at ")
+    assert len(lines) > 1 and all(line.startswith("skip  ") for line in lines[1:])
+
+
+async def test_a_migrated_empty_database_has_no_administrator_yet(database_url: str) -> None:
+    lines: list[str] = []
+
+    await run_checks(Settings(), database_url, echo=lines.append)
+
+    assert "FAIL  auth.administrator  no active staff user holds roles:manage" in lines
+    assert "ok    archives.cross_area  every open assignment stays within its meter's area" in lines
