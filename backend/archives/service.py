@@ -36,8 +36,7 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import ARRAY, Select, Text, any_, bindparam, exists, false, func, or_, select, text
-from sqlalchemy.dialects.postgresql import array
+from sqlalchemy import ARRAY, Select, Text, any_, bindparam, exists, func, or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -65,7 +64,7 @@ from backend.archives.models import (
     MeterType,
 )
 from backend.auth.errors import UnknownArea
-from backend.auth.scope import require_whole_tree
+from backend.auth.scope import in_scope, path_in_scope, require_whole_tree
 from backend.auth.security import KeyPurpose, derive_key
 from backend.errors import DomainError, ErrorCode, NotFound, ValidationFailed
 from backend.pagination import PagedQuery
@@ -102,18 +101,6 @@ class _Keep:
 
 
 KEEP: Any = _Keep()
-
-
-def in_scope(path_column: Any, patterns: Sequence[str]) -> Any:
-    """The SQL condition "this path lies in one of the scope subtrees"."""
-    if not patterns:
-        return false()
-    return path_column.like(array(list(patterns)).any_())
-
-
-def path_in_scope(path: str, patterns: Sequence[str] | None) -> bool:
-    """The Python twin of :func:`in_scope` (``None``: unrestricted)."""
-    return patterns is None or any(path.startswith(pattern.removesuffix("%")) for pattern in patterns)
 
 
 def mask_id_number(id_number: str | None) -> str | None:
