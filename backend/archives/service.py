@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.archives import errors
 from backend.archives.errors import AreaKindOrder, DuplicateAccountNo
+from backend.archives.handover import HandoverReading, store_handover_readings
 from backend.archives.models import (
     Area,
     AreaKind,
@@ -68,8 +69,6 @@ from backend.auth.scope import in_scope, path_in_scope, require_whole_tree
 from backend.auth.security import KeyPurpose, derive_key
 from backend.errors import DomainError, ErrorCode, NotFound, ValidationFailed
 from backend.pagination import PagedQuery
-from backend.readings.models import ReadingQuality
-from backend.readings.service import ReadingIn, ingest_readings
 
 _KIND_ORDER = list(AreaKind)
 RowT = TypeVar("RowT")
@@ -1376,7 +1375,7 @@ class _Handover:
     """A register reading taken when a meter changes hands (配表, 拆表, 换表), and the
     input fields a rejection of it points at."""
 
-    reading: ReadingIn
+    reading: HandoverReading
     at_field: str
     total_field: str
     meter_field: str
@@ -1388,7 +1387,7 @@ class _Handover:
 
 
 def _handover(meter_id: int, at: datetime, total: Decimal, at_field: str, total_field: str, meter_field: str) -> _Handover:
-    reading = ReadingIn(meter_id=meter_id, read_at=at, total_m3=as_stored(total), quality=ReadingQuality.manual)
+    reading = HandoverReading(meter_id=meter_id, read_at=at, total_m3=as_stored(total))
     return _Handover(reading, at_field, total_field, meter_field)
 
 
@@ -1399,10 +1398,10 @@ async def _store_handover(session: AsyncSession, handovers: Sequence[_Handover],
     of the whole handover. The register readings at a handover are readings like any
     other, so usage (one definition, backend.readings.usage) splits there with no special
     case. Call it inside the handover's savepoint, so a refusal leaves nothing written."""
-    result = await ingest_readings(session, readings=[handover.reading for handover in handovers], source=source,
-                                   now=now, tz=tz)
-    if result.rejected:
-        rejection = result.rejected[0]
+    rejected = await store_handover_readings(session, readings=[handover.reading for handover in handovers],
+                                             source=source, now=now, tz=tz)
+    if rejected:
+        rejection = rejected[0]
         raise DomainError(rejection.message, rejection.message_en, code=rejection.code,
                           field=handovers[rejection.index].field_of(rejection.code))
 
