@@ -4,6 +4,7 @@ through starlette; everything else (the edge's plain ASGI guards included) stays
 from __future__ import annotations
 
 import ast
+from functools import cache
 from pathlib import Path
 
 BACKEND = Path(__file__).resolve().parent.parent / "backend"
@@ -28,3 +29,148 @@ def test_only_the_app_and_a_domains_http_module_import_starlette() -> None:
         and any(name == "starlette" or name.startswith("starlette.") for name in _imports(path))
     )
     assert offenders == []
+
+
+# --------------------------------------------------------------------------- imports between packages
+
+# DESIGN.md, "Domain order": a domain imports only the domains before it.
+DOMAIN_ORDER = ("auth", "archives", "readings", "billing", "payments", "notifications", "workorders", "remote", "zones")
+# Shared layers every domain may use; they import no domain but ``auth`` (the first one,
+# which holds the principal and data scope they all check against).
+SHARED_LAYERS = frozenset({"graphql", "events", "exports", "ops", "audit"})
+# The hosts collect the domains' declarations (see test_hosts_import_no_domain_by_name).
+HOSTS = frozenset({"backend.app", "backend.jobs", "backend.cli", "backend.graphql.schema"})
+
+# Edges that break the rules today and are being removed; the test tolerates exactly these
+# and fails once one is gone, so the set only shrinks.
+KNOWN_EDGES_BEING_REMOVED = frozenset({
+    # The lead removes these with the cross-domain field mechanism (issue 11, item 7):
+    # auth's schema shows a resident's households and a role's areas as archives' types.
+    ("backend.auth.schema", "backend.archives.schema"),
+    ("backend.auth.schema", "backend.archives.service"),
+    # auth's rules read archives' tables: a role's and an API client's areas
+    # (require_areas), a resident's households (binding by account number). The lead's
+    # declarations decide how auth reaches them (a service archives offers, or auth
+    # reading the area tree as backend.auth.scope does).
+    ("backend.auth.service", "backend.archives.models"),
+    ("backend.auth.service", "backend.archives.service"),
+    # auth <-> audit: the token route records its refusals in the operation log, and a
+    # staff user with operation-log entries cannot be deleted; audit's log and list are
+    # scoped by auth's principal. Left for the lead (the system actor, item 5, touches both).
+    ("backend.auth.http", "backend.audit.service"),
+    ("backend.auth.service", "backend.audit.models"),
+})
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(BACKEND.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@cache
+def _imported_modules(path: Path) -> frozenset[str]:
+    """Every module ``path`` imports, at module level or inside a function (relative
+    imports resolved; ``from package import name`` counts as importing the package)."""
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                names.add(".".join(base + ([node.module] if node.module else [])))
+            elif node.module:
+                names.add(node.module)
+    return frozenset(names)
+
+
+@cache
+def _packages() -> frozenset[str]:
+    """The packages directly under ``backend/``: domains and shared layers alike."""
+    return frozenset(path.parent.name for path in BACKEND.glob("*/__init__.py"))
+
+
+def _package_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "backend" and parts[1] in _packages() else None
+
+
+@cache
+def _package_edges() -> dict[tuple[str, str], set[tuple[str, str]]]:
+    """(importing package, imported package) → the module pairs behind it, known edges left out."""
+    edges: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    for path in BACKEND.rglob("*.py"):
+        module = _module_name(path)
+        source = _package_of(module)
+        if source is None or module in HOSTS:
+            continue
+        for imported in _imported_modules(path):
+            target = _package_of(imported)
+            if target is None or target == source or (module, imported) in KNOWN_EDGES_BEING_REMOVED:
+                continue
+            edges.setdefault((source, target), set()).add((module, imported))
+    return edges
+
+
+def test_every_package_has_a_place_in_the_layering() -> None:
+    assert _packages() - SHARED_LAYERS - set(DOMAIN_ORDER) == set()
+
+
+def test_no_package_imports_a_later_domain() -> None:
+    rank = {name: index for index, name in enumerate(DOMAIN_ORDER)}
+    # A shared layer ranks with auth: it may use auth, and no other domain.
+    offenders = sorted(
+        pair for (source, target), pairs in _package_edges().items() if target in rank
+        and rank[target] > rank.get(source, rank["auth"]) for pair in pairs
+    )
+    assert offenders == []
+
+
+def test_no_cycle_between_packages() -> None:
+    # graphql is the framework every domain's schema builds on (relay, errors,
+    # permissions) and the root holding the caller (auth's principal): it wraps the
+    # domains rather than sitting among them, so its edges to them are not a cycle.
+    edges = {pair: modules for pair, modules in _package_edges().items() if "graphql" not in pair}
+    graph: dict[str, set[str]] = {}
+    for source, target in edges:
+        graph.setdefault(source, set()).add(target)
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            package = todo.pop()
+            if package == goal:
+                return True
+            if package not in seen:
+                seen.add(package)
+                todo.extend(graph.get(package, ()))
+        return False
+
+    in_a_cycle = {f"{source} -> {target}": sorted(modules) for (source, target), modules in edges.items()
+                  if reaches(target, source)}
+    assert in_a_cycle == {}
+
+
+def test_known_edges_being_removed_still_exist() -> None:
+    present = {(_module_name(path), imported) for path in BACKEND.rglob("*.py") for imported in _imported_modules(path)}
+    assert KNOWN_EDGES_BEING_REMOVED - present == set(), "gone: drop them from KNOWN_EDGES_BEING_REMOVED"
+
+
+def test_hosts_import_no_domain_by_name() -> None:
+    """The app, the job worker, the CLI and the root schema read the domain declarations
+    (``backend.domains``) and name no domain, by import or by module path string. auth,
+    the shared layer that authenticates every request, they may name."""
+    domains = set(DOMAIN_ORDER) - {"auth"}
+    offenders: list[tuple[str, str]] = []
+    for path in BACKEND.rglob("*.py"):
+        module = _module_name(path)
+        if module not in HOSTS:
+            continue
+        strings = {node.value for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                   if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+        for name in _imported_modules(path) | strings:
+            if name.split(".")[0] == "backend" and len(name.split(".")) > 1 and name.split(".")[1] in domains:
+                offenders.append((module, name))
+    assert sorted(offenders) == []

@@ -23,12 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.archives import errors as archive_errors
 from backend.archives import models
 from backend.archives import service as _service  # the validators the forms use
+from backend.archives.handover import HandoverReading, store_handover_readings
 from backend.archives.models import Household
 from backend.db import copy_into
 from backend.exports.excel import CellError, Column, SheetSpec, ValidatedSheet, choice, day, integer, text
 from backend.exports.excel import decimal as _decimal
-from backend.readings.models import ReadingQuality
-from backend.readings.service import ReadingIn, ingest_readings
 
 CUSTOMER_TYPES = {"residential": "居民", "non_residential": "非居民", "special": "特种"}
 HOUSEHOLD_STATUSES = {"active": "正常", "suspended": "暂停", "closed": "销户"}
@@ -935,23 +934,23 @@ async def _store_handover_readings(session: AsyncSession, sheet: ValidatedSheet,
         "NOT EXISTS (SELECT 1 FROM latest_readings l WHERE l.meter_id = t.meter_id) AS unread "
         "FROM import_assignments t JOIN meters m ON m.id = t.meter_id ORDER BY t.row_no"
     ))).all()
-    readings: list[ReadingIn] = []
+    readings: list[HandoverReading] = []
     origins: list[tuple[int, str]] = []
     for handover in handovers:
         start = handover.start_reading if handover.start_reading is not None else (
             handover.initial_reading if handover.unread else None)
         if start is not None:
-            readings.append(ReadingIn(handover.meter_id, handover.valid_from, start, quality=ReadingQuality.manual))
+            readings.append(HandoverReading(handover.meter_id, handover.valid_from, start))
             origins.append((handover.row_no, "valid_from"))
         if handover.valid_to is not None and handover.end_reading is not None:
-            readings.append(ReadingIn(handover.meter_id, handover.valid_to, handover.end_reading,
-                                      quality=ReadingQuality.manual))
+            readings.append(HandoverReading(handover.meter_id, handover.valid_to, handover.end_reading))
             origins.append((handover.row_no, "valid_to"))
     if not readings:
         return
     latest = max(reading.read_at for reading in readings)
-    result = await ingest_readings(session, readings=readings, source="assignment-import", now=now or latest, tz=tz)
-    for rejection in result.rejected:
+    rejected = await store_handover_readings(session, readings=readings, source="assignment-import", now=now or latest,
+                                             tz=tz)
+    for rejection in rejected:
         row_no, column = origins[rejection.index]
         sheet.add_error(row_no, column, rejection.message, rejection.message_en)
     sheet.raise_if_invalid()

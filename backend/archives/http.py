@@ -49,6 +49,7 @@ from backend.archives.excel import (
 )
 from backend.archives.service import TerminalPasswordCipher
 from backend.audit.service import record_operation
+from backend.auth.http import client_ip
 from backend.auth.principal import Principal
 from backend.auth.service import AuthPolicy
 from backend.clock import utcnow
@@ -59,7 +60,6 @@ from backend.exports import excel
 from backend.exports.http import (
     admitted,
     caller,
-    client_ip,
     file_download,
     refusal,
 )

@@ -24,12 +24,16 @@ from backend.clock import utcnow
 from backend.domain import HttpHost
 from backend.edge import body_limit, error_body, media_type, oauth_refusal_body
 from backend.errors import DomainError, RateLimited, UnsupportedMediaType
-from backend.exports.http import client_ip
 from backend.observability import request_id_var
 
 # client_id, client_secret and grant_type fit many times over.
 TOKEN_MAX_BODY_BYTES = 4 * 1024
 FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+def client_ip(request: Request) -> str | None:
+    """The caller's address, as the throttles and the admission slots key on it."""
+    return request.client.host if request.client else None
 
 
 def _rate_limited(refusal: RateLimited) -> Response:

@@ -1,25 +1,91 @@
-"""Units and whole-tree scope: who may see and edit rows that belong to an area.
+"""Data scope, in one place: which rows a caller reaches.
 
-Staff users, roles and operation-log entries carry a unit (``area_id``): such a row is
+Every scoped read and check takes its scope from here; nothing else defines it.
+
+**Area scope** (``scope_patterns``): LIKE patterns over ``areas.path``
+(:meth:`Principal.scope_patterns`), a row is in scope when its area's path matches one.
+The two edge values mean the same in every helper below:
+
+- ``None``: the whole tree, unrestricted. Only system callers (CLI, demo loader, jobs)
+  pass it; a principal's patterns are always a list.
+- ``[]`` (empty): no area at all. A caller without scope sees nothing, never everything.
+
+**Reach** (:class:`Reach`): area scope plus a resident's households. A resident reaches
+exactly their own households (and those households' meters), by household and never by
+area; their reach carries ``scope_patterns=[]`` so that a reader which forgot the
+households fails closed.
+
+**Units**: staff users, roles and operation-log entries carry a unit (``area_id``): such a row is
 visible to a caller whose scope covers the unit's area (the path-prefix match every
 scoped list uses), inside the query. A NULL unit is the company as a whole, visible only
 to **whole-tree** scope: a scope covering every root area of the tree. Shared catalogs
 (the meter-model catalog, global alarm rules) need whole-tree scope to change.
 
-``scope_patterns=None`` is a system caller (CLI, demo loader): unrestricted.
+The helpers read the area tree's shape (``id``, ``parent_id``, ``path``) through a
+table clause of their own: auth comes before archives (DESIGN.md, "Domain order"), which
+owns the ``areas`` table.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, and_, exists, false, literal, not_, or_, select, true
+from sqlalchemy import BigInteger, Text, and_, column, exists, false, literal, not_, or_, select, table, true
 from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.archives.models import Area
+from backend.auth.principal import Principal
 from backend.errors import DomainError, ErrorCode
+
+# The area tree as scope reads it (archives owns the table and its other columns).
+AREA_TREE = table("areas", column("id", BigInteger), column("parent_id", BigInteger), column("path", Text))
+
+
+@dataclass(frozen=True, slots=True)
+class Reach:
+    """Whose rows a caller reaches: area scope, and a resident's households.
+
+    ``scope_patterns``: ``None`` the whole tree (system callers), ``[]`` no area.
+    ``household_ids``: ``None`` for anyone but a resident; a resident reaches exactly
+    these households, whatever ``scope_patterns`` says.
+    """
+
+    scope_patterns: Sequence[str] | None
+    household_ids: Sequence[int] | None = None
+
+    @property
+    def is_resident(self) -> bool:
+        return self.household_ids is not None
+
+    def area_patterns(self) -> list[str] | None:
+        """The area filter of a scoped read: ``None`` when areas do not narrow it (the
+        whole tree, or a resident, whom their households narrow instead)."""
+        if self.household_ids is not None or self.scope_patterns is None:
+            return None
+        return list(self.scope_patterns)
+
+
+def reach_of(principal: Principal) -> Reach:
+    """A resident reaches their own households; anyone else their area scope."""
+    if principal.is_resident:
+        return Reach(scope_patterns=[], household_ids=list(principal.household_ids))
+    return Reach(scope_patterns=principal.scope_patterns())
+
+
+def in_scope(path_column: Any, patterns: Sequence[str] | None) -> Any:
+    """SQL: this path lies in one of the scope subtrees (``None``: every path, ``[]``: none)."""
+    if patterns is None:
+        return true()
+    if not patterns:
+        return false()
+    return path_column.like(array(list(patterns)).any_())
+
+
+def path_in_scope(path: str, patterns: Sequence[str] | None) -> bool:
+    """The Python twin of :func:`in_scope`."""
+    return patterns is None or any(path.startswith(pattern.removesuffix("%")) for pattern in patterns)
 
 
 class WholeTreeRequired(DomainError):
@@ -34,7 +100,7 @@ def whole_tree(scope_patterns: Sequence[str] | None) -> Any:
         return true()
     if not scope_patterns:
         return false()
-    root = Area.__table__.alias("whole_tree_root")  # type: ignore[attr-defined]
+    root = AREA_TREE.alias("whole_tree_root")
     return not_(exists().where(root.c.parent_id.is_(None), not_(root.c.path.like(array(list(scope_patterns)).any_()))))
 
 
@@ -45,7 +111,7 @@ def unit_visible(unit_column: Any, scope_patterns: Sequence[str] | None) -> Any:
         return true()
     if not scope_patterns:
         return false()
-    unit = Area.__table__.alias("unit_area")  # type: ignore[attr-defined]
+    unit = AREA_TREE.alias("unit_area")
     in_unit = exists().where(unit.c.id == unit_column, unit.c.path.like(array(list(scope_patterns)).any_()))
     # Whole tree first: one uncorrelated check, so a company administrator's list skips
     # the per-row lookup.

@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from backend.archives.models import Area, Household
-from backend.archives.service import in_scope, require_areas
+from backend.archives.service import require_areas
 from backend.audit.models import AuditEntry
 from backend.auth import errors
 from backend.auth.catalog import RESIDENT_PERMISSIONS, all_permissions, client_scopes
@@ -63,7 +63,7 @@ from backend.auth.models import (
 )
 from backend.auth.principal import Principal
 from backend.auth.ratelimit import source_of
-from backend.auth.scope import unit_in_scope, unit_visible, whole_tree
+from backend.auth.scope import in_scope, unit_in_scope, unit_visible, whole_tree
 from backend.auth.security import (
     check_password_strength,
     code_digest,

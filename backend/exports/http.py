@@ -34,6 +34,7 @@ from starlette.types import Receive, Scope, Send
 
 from backend import db
 from backend.auth.errors import TokenExpired, TokenInvalid, TokenRevoked
+from backend.auth.http import client_ip
 from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
 from backend.auth.security import KeyPurpose, decode_access_token, derive_key
@@ -178,10 +179,6 @@ def file_download(path: Path, filename: str, media_type: str = XLSX_MEDIA_TYPE) 
     """Serve a spooled file and delete it after the response, whether it was sent whole,
     cut off by the client, or failed."""
     return _SpooledFileResponse(path, media_type=media_type, filename=filename, headers={"Cache-Control": "no-store"})
-
-
-def client_ip(request: Request) -> str | None:
-    return request.client.host if request.client else None
 
 
 @contextlib.asynccontextmanager

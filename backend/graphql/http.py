@@ -46,10 +46,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from strawberry.utils.await_maybe import await_maybe
 
+from backend.auth.http import client_ip
 from backend.auth.principal import Principal
 from backend.edge import bearer_token, media_type, page_csp, refusal_errors
 from backend.errors import BadUserInput, DomainError, ErrorCode, RateLimited, UnsupportedMediaType
-from backend.exports.http import client_ip
 from backend.graphql.context import Context
 from backend.graphql.errors import format_error
 from backend.graphql.limits import (

@@ -43,6 +43,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.auth.scope import Reach
 from backend.clock import check_day
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.readings.partitions import as_zone
@@ -313,11 +314,18 @@ def _periods_params(granularity: Granularity, start_day: date, end_day: date) ->
     return {"first_bucket": first, "last_bucket": last, "step": _STEP[granularity]}
 
 
+def reach_arguments(reach: Reach) -> dict[str, Any]:
+    """The data scope keyword arguments (``scope_patterns``, ``household_ids``) of the
+    analytics queries for ``reach``."""
+    household_ids = None if reach.household_ids is None else list(reach.household_ids)
+    return {"scope_patterns": None if reach.scope_patterns is None else list(reach.scope_patterns),
+            "household_ids": household_ids}
+
+
 def _patterns(scope_patterns: Sequence[str] | None, household_ids: Sequence[int] | None) -> list[str]:
     # A resident reaches meters through their household (checked on the target), not by area.
-    if scope_patterns is None or household_ids is not None:
-        return ["%"]
-    return list(scope_patterns)
+    patterns = Reach(scope_patterns=scope_patterns, household_ids=household_ids).area_patterns()
+    return ["%"] if patterns is None else patterns
 
 
 # --------------------------------------------------------------------------- the target

@@ -61,7 +61,7 @@ def _granularity(filters: Mapping[str, Any], allowed: tuple[str, ...], default: 
 
 
 def _reach(request: ExportRequest) -> dict[str, Any]:
-    return {"scope_patterns": request.scope_patterns, "household_ids": request.household_ids, "tz": request.tz}
+    return {**analytics.reach_arguments(request.reach), "tz": request.tz}
 
 
 # --------------------------------------------------------------------------- 用水统计

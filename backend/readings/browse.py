@@ -26,7 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.archives.models import MeterKind
-from backend.auth.principal import Principal
+from backend.auth.scope import Reach
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.readings.models import ReadingQuality
 from backend.readings.screens import (
@@ -64,18 +64,6 @@ class OnlineStatus(StrEnum):
     online = "online"
     offline = "offline"
     never = "never"
-
-
-@dataclass(frozen=True, slots=True)
-class Reach:
-    """Whose meters a caller may browse.
-
-    ``scope_patterns``: area path LIKE patterns (``None``: every area, for system callers);
-    ``household_ids``: set for a resident, who sees only those households' meters.
-    """
-
-    scope_patterns: Sequence[str] | None
-    household_ids: Sequence[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +147,7 @@ _AREAS = "JOIN areas a ON a.id = m.area_id LEFT JOIN areas pa ON pa.id = a.paren
 def _household_join(reach: Reach) -> str:
     """The household of assignment ``ma``, masked (a NULL row) when its own area lies
     outside the reach's scope (``:patterns``, bound by :func:`_reach_conditions`)."""
-    if reach.scope_patterns is None:
+    if reach.area_patterns() is None:
         return "LEFT JOIN households h ON h.id = ma.household_id"
     return ("LEFT JOIN households h ON h.id = ma.household_id "
             "AND EXISTS (SELECT FROM areas ha WHERE ha.id = h.area_id AND ha.path LIKE ANY(:patterns))")
@@ -170,8 +158,8 @@ def _reach_conditions(reach: Reach, params: dict[str, Any], *, household: str) -
     if reach.household_ids is not None:
         params["reach_households"] = list(reach.household_ids)
         conditions.append(f"{household} = ANY(:reach_households)")
-    if reach.scope_patterns is not None:
-        params["patterns"] = list(reach.scope_patterns)
+    if (patterns := reach.area_patterns()) is not None:
+        params["patterns"] = patterns
         conditions.append("a.path LIKE ANY(:patterns)")
     return conditions
 
@@ -180,8 +168,9 @@ async def _check_visible(session: AsyncSession, reach: Reach, **ids: tuple[str, 
     """NOT_FOUND (on the filter's field) for a filtered object outside the caller's reach,
     so a foreign id never reads as an empty list. One statement for all of them."""
     checks: list[str] = []
-    params: dict[str, Any] = {"patterns": list(reach.scope_patterns or []), "households": list(reach.household_ids or [])}
-    scope = "TRUE" if reach.scope_patterns is None else "a.path LIKE ANY(:patterns)"
+    patterns = reach.area_patterns()
+    params: dict[str, Any] = {"patterns": patterns or [], "households": list(reach.household_ids or [])}
+    scope = "TRUE" if patterns is None else "a.path LIKE ANY(:patterns)"
     resident = reach.household_ids is not None
     for name, (_, pk) in ids.items():
         if pk is None:
@@ -372,8 +361,8 @@ async def _check_history(session: AsyncSession, flt: HistoryFilter, reach: Reach
 async def _visible_meters(session: AsyncSession, meter_ids: Sequence[int], reach: Reach) -> set[int]:
     params: dict[str, Any] = {"ids": list(meter_ids)}
     where = ["m.id = ANY(:ids)"]
-    if reach.scope_patterns is not None:
-        params["patterns"] = list(reach.scope_patterns)
+    if (patterns := reach.area_patterns()) is not None:
+        params["patterns"] = patterns
         where.append("a.path LIKE ANY(:patterns)")
     if reach.household_ids is not None:
         params["households"] = list(reach.household_ids)
@@ -475,17 +464,6 @@ async def monitoring_history(
 # --------------------------------------------------------------------------- screens
 
 
-def reach_for(principal: Principal) -> Reach:
-    """A resident reaches their own households' meters; anyone else their area scope."""
-    if principal.is_resident:
-        return Reach(scope_patterns=None, household_ids=list(principal.household_ids))
-    return Reach(scope_patterns=principal.scope_patterns())
-
-
-def reach_of(request: ExportRequest) -> Reach:
-    return Reach(scope_patterns=request.scope_patterns, household_ids=request.household_ids)
-
-
 def realtime_filter_from(filters: Mapping[str, Any]) -> RealtimeFilter:
     """A :class:`RealtimeFilter` from the screen's JSON filters (GraphQL names, global ids)."""
     kind = filter_choice(filters, "kind", [k.value for k in MeterKind])
@@ -571,13 +549,13 @@ _DEFAULT = ("area_name", "parent_area_name", "household_name", "meter_name", "me
 
 async def _realtime_screen_rows(session: AsyncSession, request: ExportRequest) -> AsyncIterator[Mapping[str, Any]]:
     flt = realtime_filter_from(request.filters)
-    async for row in realtime_rows(session, flt=flt, reach=reach_of(request), now=request.now):
+    async for row in realtime_rows(session, flt=flt, reach=request.reach, now=request.now):
         yield _export_row(row, request.tz)
 
 
 async def _history_screen_rows(session: AsyncSession, request: ExportRequest) -> AsyncIterator[Mapping[str, Any]]:
     flt = history_filter_from(request.filters)
-    async for row in history_rows(session, flt=flt, reach=reach_of(request)):
+    async for row in history_rows(session, flt=flt, reach=request.reach):
         yield _export_row(row, request.tz)
 
 
@@ -587,7 +565,7 @@ async def _monitoring_screen_rows(session: AsyncSession, request: ExportRequest)
     meter_id = filter_id(request.filters, "meterId", "Meter")
     if meter_id is None:
         raise DomainError("请选择监测点", "Choose a monitoring point", field="meterId", code=ErrorCode.REQUIRED)
-    reach = reach_of(request)
+    reach = request.reach
     if reach.household_ids is not None or not await _visible_meters(session, [meter_id], reach):
         raise NotFound(field="meterId")
     flt = HistoryFilter(start=flt.start, end=flt.end, meter_ids=(meter_id,), kind=MeterKind.monitoring)

@@ -26,6 +26,7 @@ from starlette.routing import Route
 from backend import db
 from backend.audit.service import record_operation
 from backend.auth.catalog import module_of
+from backend.auth.http import client_ip
 from backend.auth.principal import Principal
 from backend.auth.service import AuthPolicy
 from backend.clock import utcnow
@@ -37,7 +38,6 @@ from backend.exports.excel import XLSX_MEDIA_TYPE, UploadLimits, within_budget
 from backend.exports.http import (
     admitted,
     caller,
-    client_ip,
     file_download,
     refusal,
 )

@@ -31,6 +31,7 @@ from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.auth.principal import Principal
+from backend.auth.scope import Reach, reach_of
 from backend.clock import parse_instant
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.exports import excel
@@ -78,8 +79,8 @@ class ExportRequest:
     """What a screen's row source is asked for.
 
     ``filters`` is the screen's own filter dict (JSON-shaped, validated by the screen);
-    ``scope_patterns`` the caller's area path patterns (``None``: every area);
-    ``household_ids`` narrows a resident to their own households (``None``: not a resident).
+    ``scope_patterns`` and ``household_ids`` are the caller's :class:`~backend.auth.scope.Reach`
+    (``None`` scope: every area; ``None`` households: not a resident).
     """
 
     filters: dict[str, Any]
@@ -87,6 +88,10 @@ class ExportRequest:
     household_ids: list[int] | None
     tz: str
     now: datetime
+
+    @property
+    def reach(self) -> Reach:
+        return Reach(scope_patterns=self.scope_patterns, household_ids=self.household_ids)
 
 
 RowSource = Callable[[AsyncSession, ExportRequest], AsyncIterator[Mapping[str, Any]]]
@@ -322,7 +327,7 @@ def filter_datetime(filters: Mapping[str, Any], key: str) -> datetime | None:
 def export_request(principal: Principal, *, filters: dict[str, Any], tz: str, now: datetime) -> ExportRequest:
     """The request a screen's rows are read for on behalf of ``principal``: a resident is
     narrowed to their households, anyone else to their area scope."""
-    if principal.is_resident:
-        return ExportRequest(filters=filters, scope_patterns=None, household_ids=list(principal.household_ids), tz=tz,
-                             now=now)
-    return ExportRequest(filters=filters, scope_patterns=principal.scope_patterns(), household_ids=None, tz=tz, now=now)
+    reach = reach_of(principal)
+    household_ids = None if reach.household_ids is None else list(reach.household_ids)
+    scope_patterns = None if reach.scope_patterns is None else list(reach.scope_patterns)
+    return ExportRequest(filters=filters, scope_patterns=scope_patterns, household_ids=household_ids, tz=tz, now=now)

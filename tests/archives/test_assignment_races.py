@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.archives import errors, service
 from backend.archives.models import Area, Household, Meter, MeterType
+from backend.archives.service import areas as service_areas
 from tests.factories import AreaTree, make_area_tree, make_household, unique
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -97,7 +98,7 @@ async def test_an_assignment_waits_for_the_area_tree_reshaping_under_it_and_is_t
 
 async def shares_the_area_tree_lock(session: AsyncSession) -> bool:
     """Whether this transaction holds the area tree's advisory lock in shared mode."""
-    key = service._AREA_TREE_LOCK
+    key = service_areas._AREA_TREE_LOCK
     modes = (await session.execute(text(
         "SELECT mode FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
         "AND classid = :high AND objid = :low AND objsubid = 1"

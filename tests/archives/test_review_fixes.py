@@ -38,6 +38,10 @@ from backend.archives.models import (
     Meter,
     MeterType,
 )
+from backend.archives.service import areas as service_areas
+from backend.archives.service import devices as service_devices
+from backend.archives.service import households as service_households
+from backend.archives.service import meters as service_meters
 from backend.auth.service import login_resident, request_login_code
 from backend.clock import utcnow
 from backend.db import session_factory
@@ -400,7 +404,8 @@ def no_prechecks(monkeypatch: pytest.MonkeyPatch) -> None:
     async def never(session: AsyncSession, statement: Any) -> bool:
         return False
 
-    monkeypatch.setattr(service, "_exists", never)
+    for module in (service_areas, service_households, service_meters, service_devices):
+        monkeypatch.setattr(module, "_exists", never)
 
 
 async def test_a_raced_account_number_is_a_duplicate_account_no(session: AsyncSession, no_prechecks: None) -> None:

@@ -13,6 +13,7 @@ from backend.archives import service
 from backend.archives.models import (
     Area,
     AreaKind,
+    ConnectionKind,
     HouseholdOwner,
     HouseholdStatus,
     Meter,
@@ -254,7 +255,7 @@ async def test_terminal_password_is_stored_encrypted(session: AsyncSession) -> N
     assert tree.east.id
     cipher = service.TerminalPasswordCipher("k" * 40)
     fields = service.ConcentratorChanges(name="A座集中器", region_code="3301", terminal_address=17, area_id=tree.east.id,
-                                         connection=service.ConnectionKind.tcp_login, terminal_password="123456")
+                                         connection=ConnectionKind.tcp_login, terminal_password="123456")
     concentrator = await service.create_concentrator(session, fields=fields, cipher=cipher)
     assert concentrator.id and concentrator.terminal_password_encrypted and "123456" not in concentrator.terminal_password_encrypted
     assert await service.terminal_password(session, concentrator_id=concentrator.id, cipher=cipher) == "123456"

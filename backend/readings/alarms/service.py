@@ -42,11 +42,10 @@ from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.archives.models import Area, Household, Meter, MeterAssignment, MeterModel
-from backend.archives.service import in_scope, path_in_scope
 from backend.auth.errors import UnknownArea
 from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
-from backend.auth.scope import covers_whole_tree
+from backend.auth.scope import covers_whole_tree, in_scope, path_in_scope
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.events.service import EventKind, emit_event
 from backend.pagination import PagedQuery

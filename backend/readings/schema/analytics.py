@@ -17,6 +17,7 @@ import strawberry
 from strawberry.types import Info
 
 from backend.auth.principal import Principal
+from backend.auth.scope import reach_of
 from backend.errors import BadUserInput
 from backend.graphql.limits import Expensive
 from backend.graphql.pagination import Connection, PageRequest
@@ -251,9 +252,7 @@ class UsageComparisonRowType:
 
 def reach(principal: Principal) -> dict[str, Any]:
     """The data scope keyword arguments of the analytics service for ``principal``."""
-    if principal.is_resident:
-        return {"scope_patterns": [], "household_ids": list(principal.household_ids)}
-    return {"scope_patterns": principal.scope_patterns(), "household_ids": None}
+    return analytics.reach_arguments(reach_of(principal))
 
 
 def _page(first: int | None, after: str | None) -> PageRequest:

@@ -19,6 +19,7 @@ from strawberry.types import Info
 
 from backend.archives.models import MeterKind
 from backend.archives.schema.types import MeterKindEnum
+from backend.auth.scope import reach_of
 from backend.clock import utcnow
 from backend.errors import BadUserInput
 from backend.graphql.limits import Cost, Expensive
@@ -244,7 +245,7 @@ class Query:
         flt = filter.to_service() if filter is not None else browse.RealtimeFilter()
         async with info.context.read() as session:
             found = await browse.realtime_page(
-                session, flt=flt, reach=browse.reach_for(info.context.caller), now=utcnow(), offset=page.offset,
+                session, flt=flt, reach=reach_of(info.context.caller), now=utcnow(), offset=page.offset,
                 limit=page.limit, count=selects(info, "totalCount"),
             )
         return _connection(found, RealtimeReading.from_row)
@@ -261,7 +262,7 @@ class Query:
         page = PageRequest.from_args(first, after, last, before)
         async with info.context.read() as session:
             found = await browse.history_page(
-                session, flt=filter.to_service(), reach=browse.reach_for(info.context.caller), offset=page.offset,
+                session, flt=filter.to_service(), reach=reach_of(info.context.caller), offset=page.offset,
                 limit=page.limit, count=selects(info, "totalCount"),
             )
         return _connection(found, HistoryReading.from_row)
@@ -275,7 +276,7 @@ class Query:
     async def monitoring_points(self, info: Info, area_id: strawberry.ID | None = None) -> list[MonitoringPoint]:
         async with info.context.read() as session:
             points = await browse.monitoring_points(
-                session, reach=browse.reach_for(info.context.caller), area_id=_optional_id(area_id, "Area", "areaId"),
+                session, reach=reach_of(info.context.caller), area_id=_optional_id(area_id, "Area", "areaId"),
                 now=utcnow(), tz=_tz(info),
             )
         return [MonitoringPoint.from_point(point) for point in points]
@@ -294,7 +295,7 @@ class Query:
         async with info.context.read() as session:
             found = await browse.monitoring_history(
                 session, meter_id=decode_id(meter_id, "Meter", field="meterId"), start=start, end=end,
-                reach=browse.reach_for(info.context.caller), offset=page.offset, limit=page.limit,
+                reach=reach_of(info.context.caller), offset=page.offset, limit=page.limit,
                 count=selects(info, "totalCount"),
             )
         return _connection(found, HistoryReading.from_row)
