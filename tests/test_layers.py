@@ -41,25 +41,6 @@ SHARED_LAYERS = frozenset({"graphql", "events", "exports", "ops", "audit"})
 # The hosts collect the domains' declarations (see test_hosts_import_no_domain_by_name).
 HOSTS = frozenset({"backend.app", "backend.jobs", "backend.cli", "backend.graphql.schema"})
 
-# Edges that break the rules today and are being removed; the test tolerates exactly these
-# and fails once one is gone, so the set only shrinks.
-KNOWN_EDGES_BEING_REMOVED = frozenset({
-    # The lead removes these with the cross-domain field mechanism (issue 11, item 7):
-    # auth's schema shows a resident's households and a role's areas as archives' types.
-    ("backend.auth.schema", "backend.archives.schema"),
-    ("backend.auth.schema", "backend.archives.service"),
-    # auth's rules read archives' tables: a role's and an API client's areas
-    # (require_areas), a resident's households (binding by account number). The lead's
-    # declarations decide how auth reaches them (a service archives offers, or auth
-    # reading the area tree as backend.auth.scope does).
-    ("backend.auth.service", "backend.archives.models"),
-    ("backend.auth.service", "backend.archives.service"),
-    # auth <-> audit: the token route records its refusals in the operation log, and a
-    # staff user with operation-log entries cannot be deleted; audit's log and list are
-    # scoped by auth's principal. Left for the lead (the system actor, item 5, touches both).
-    ("backend.auth.http", "backend.audit.service"),
-    ("backend.auth.service", "backend.audit.models"),
-})
 
 
 def _module_name(path: Path) -> str:
@@ -99,7 +80,7 @@ def _package_of(module: str) -> str | None:
 
 @cache
 def _package_edges() -> dict[tuple[str, str], set[tuple[str, str]]]:
-    """(importing package, imported package) → the module pairs behind it, known edges left out."""
+    """(importing package, imported package) → the module pairs behind it."""
     edges: dict[tuple[str, str], set[tuple[str, str]]] = {}
     for path in BACKEND.rglob("*.py"):
         module = _module_name(path)
@@ -108,7 +89,7 @@ def _package_edges() -> dict[tuple[str, str], set[tuple[str, str]]]:
             continue
         for imported in _imported_modules(path):
             target = _package_of(imported)
-            if target is None or target == source or (module, imported) in KNOWN_EDGES_BEING_REMOVED:
+            if target is None or target == source:
                 continue
             edges.setdefault((source, target), set()).add((module, imported))
     return edges
@@ -151,11 +132,6 @@ def test_no_cycle_between_packages() -> None:
     in_a_cycle = {f"{source} -> {target}": sorted(modules) for (source, target), modules in edges.items()
                   if reaches(target, source)}
     assert in_a_cycle == {}
-
-
-def test_known_edges_being_removed_still_exist() -> None:
-    present = {(_module_name(path), imported) for path in BACKEND.rglob("*.py") for imported in _imported_modules(path)}
-    assert KNOWN_EDGES_BEING_REMOVED - present == set(), "gone: drop them from KNOWN_EDGES_BEING_REMOVED"
 
 
 def test_hosts_import_no_domain_by_name() -> None:

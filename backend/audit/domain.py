@@ -12,6 +12,8 @@ DOMAIN = Domain(
     models=("backend.audit.models",),
     schema="backend.audit.schema",
     routes="backend.audit.http:routes",
+    # The operation log's writer, for the shared layers before it (auth's token route).
+    services="backend.audit.service:offered",
     menus=(
         Menu("audit", "操作日志", "Operation log", (
             _p("audit:read", "查看操作日志", "View the operation log"),

@@ -30,6 +30,7 @@ from backend.audit.models import AuditEntry
 from backend.auth.models import StaffUser
 from backend.auth.principal import Principal
 from backend.auth.scope import unit_visible
+from backend.settings import Settings
 
 REDACTED = "***"
 # Input keys whose values never reach the log (matched as substrings, case-insensitive).
@@ -193,3 +194,8 @@ def audit_query(
     if success is not None:
         statement = statement.where(AuditEntry.success == success)  # type: ignore[arg-type]
     return statement.order_by(AuditEntry.at.desc(), AuditEntry.id.desc())  # type: ignore[attr-defined,union-attr]
+
+
+def offered(settings: Settings) -> dict[str, Any]:
+    """What audit offers the layers before it (``Domain.services``): the log's writer."""
+    return {"record_operation": record_operation}

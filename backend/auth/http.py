@@ -17,7 +17,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from backend.audit.service import record_operation
 from backend.auth.ratelimit import ClientRateLimiter
 from backend.auth.service import AuthPolicy, issue_client_token
 from backend.clock import utcnow
@@ -45,6 +44,8 @@ def routes(host: HttpHost) -> list[Route]:
     sessions = host.sessions
     policy: AuthPolicy = host.services["auth_policy"]
     limiter: ClientRateLimiter = host.services["client_limiter"]
+    # The operation log's writer, offered by audit's declaration (audit comes after auth).
+    record_operation = host.services["record_operation"]
 
     @body_limit(TOKEN_MAX_BODY_BYTES)
     async def token(request: Request) -> Response:

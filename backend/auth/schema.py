@@ -12,7 +12,6 @@ import strawberry
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.types import Info
 
-from backend.archives.schema import AreaByIdLoader, AreaRef, AreaType, HouseholdRef, HouseholdType
 from backend.auth import service
 from backend.auth.catalog import Menu, menus
 from backend.auth.errors import RefreshTokenReused
@@ -82,23 +81,7 @@ class PermissionsByRoleIdLoader(SessionLoader[int, list[str]]):
         return await service.role_permissions(session, keys)
 
 
-class AreaIdsByRoleIdLoader(SessionLoader[int, list[int]]):
-    missing: list[int] = []
-
-    async def fetch(self, session: AsyncSession, keys: Sequence[int]) -> Mapping[int, list[int]]:
-        return await service.role_area_ids(session, keys)
-
-
 # --------------------------------------------------------------------------- types
-
-
-async def _unit(info: Info, area_pk: int | None) -> AreaRef | None:
-    """A user's or role's unit, when the caller's scope covers it."""
-    if area_pk is None:
-        return None
-    area = await info.context.loader(AreaByIdLoader).load(area_pk)
-    principal: Principal | None = info.context.principal
-    return AreaType.from_row(area) if area is not None and principal is not None and principal.in_scope(area.path) else None
 
 
 @strawberry.type(name="Permission", description="A menu permission, as resource:action.")
@@ -155,10 +138,6 @@ class RoleType(Node):
             created_at=role.created_at, pk=role.id, parent_pk=role.parent_id, unit_pk=role.area_id,
         )
 
-    @strawberry.field(description="所属单位: who may see and edit the role; null for the whole company or outside your scope.")
-    async def unit(self, info: Info) -> AreaRef | None:
-        return await _unit(info, self.unit_pk)
-
     @strawberry.field(description="上级角色; null for a top role or one outside your scope (系统管理员 for a district).")
     async def parent(self, info: Info) -> RoleType | None:
         if self.parent_pk is None:
@@ -169,12 +148,6 @@ class RoleType(Node):
     @strawberry.field(description="菜单权限 (resource:action).")
     async def permissions(self, info: Info) -> list[str]:
         return await info.context.loader(PermissionsByRoleIdLoader).load(self.pk)  # type: ignore[no-any-return]
-
-    @strawberry.field(description="行政权限: the areas whose subtrees the role may see.")
-    async def areas(self, info: Info) -> list[AreaRef]:
-        ids = await info.context.loader(AreaIdsByRoleIdLoader).load(self.pk)
-        areas = await info.context.loader(AreaByIdLoader).load_many(ids)
-        return [AreaType.from_row(area) for area in areas if area is not None]
 
 
 @strawberry.type(name="StaffUser", description="A staff user (用户).")
@@ -197,10 +170,6 @@ class StaffUserType(Node):
             email=user.email, phone=user.phone, is_active=user.is_active, created_at=user.created_at,
             last_login_at=user.last_login_at, pk=user.id, unit_pk=user.area_id,
         )
-
-    @strawberry.field(description="所属单位: who may see and edit the user; null for the whole company or outside your scope.")
-    async def unit(self, info: Info) -> AreaRef | None:
-        return await _unit(info, self.unit_pk)
 
     @strawberry.field
     async def roles(self, info: Info) -> list[RoleType]:
@@ -239,7 +208,8 @@ class HouseholdBindingType(Node):
     code_sent_to: str | None = strawberry.field(description="The registered phone a confirmation code went to, masked.")
     created_at: datetime
     decided_at: datetime | None
-    household_row: strawberry.Private[Any]
+    # The household once the binding is active; archives adds the ``household`` field.
+    household_pk: strawberry.Private[int | None]
 
     @classmethod
     def from_outcome(cls, outcome: service.BindingOutcome) -> HouseholdBindingType:
@@ -248,17 +218,14 @@ class HouseholdBindingType(Node):
         return cls(
             id=encode_id("HouseholdBinding", binding.id), state=binding.state, account_no=outcome.account_no,
             resident_phone=service.mask_phone(outcome.resident_phone) or "", code_sent_to=outcome.code_sent_to,
-            created_at=binding.created_at, decided_at=binding.decided_at, household_row=outcome.household,
+            created_at=binding.created_at, decided_at=binding.decided_at,
+            household_pk=outcome.household.id if outcome.household is not None else None,
         )
 
     @classmethod
     def from_row(cls, row: Any) -> HouseholdBindingType:
         binding, account_no, phone = row
         return cls.from_outcome(service.BindingOutcome(binding, account_no, phone, None))
-
-    @strawberry.field(description="The household, once the binding is active.")
-    def household(self) -> HouseholdRef | None:
-        return HouseholdType.from_row(self.household_row) if self.household_row is not None else None
 
 
 @strawberry.type(description="Who is calling, with what they may do.")
@@ -292,16 +259,6 @@ class Viewer:
     @strawberry.field(description="The menus to show, built from the catalog and your permissions.")
     def menus(self) -> list[MenuType]:
         return menus_for(self.principal)
-
-    @strawberry.field(description="A resident's bound households.")
-    async def households(self, info: Info) -> list[HouseholdRef]:
-        if not self.principal.is_resident:
-            return []
-        from backend.archives.service import households_by_ids
-
-        async with info.context.read() as session:
-            found = await households_by_ids(session, self.principal.household_ids)
-        return [HouseholdType.from_row(found[pk]) for pk in self.principal.household_ids if pk in found]
 
 
 @strawberry.type(description="Tokens of a login. Send the access token as `Authorization: Bearer …`.")
@@ -368,16 +325,17 @@ class ApiClientPayload:
 
 @strawberry.type
 class HouseholdPayload:
-    household: HouseholdRef | None = strawberry.field(description="Set once the household is bound (active).")
     binding: HouseholdBindingType | None = strawberry.field(default=None, description="The binding and its state.")
     errors: list[UserError]
+    # Set once the household is bound (active); archives adds the ``household`` field.
+    household_pk: strawberry.Private[int | None] = None
 
 
 def _binding_payload(outcome: service.BindingOutcome | None, errors: list[UserError]) -> HouseholdPayload:
     if outcome is None:
-        return HouseholdPayload(household=None, binding=None, errors=errors)
-    household = HouseholdType.from_row(outcome.household) if outcome.household is not None else None
-    return HouseholdPayload(household=household, binding=HouseholdBindingType.from_outcome(outcome), errors=errors)
+        return HouseholdPayload(binding=None, errors=errors)
+    household_pk = outcome.household.id if outcome.household is not None else None
+    return HouseholdPayload(binding=HouseholdBindingType.from_outcome(outcome), errors=errors, household_pk=household_pk)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -744,7 +702,7 @@ class Mutation:
 
         return await run_mutation(
             info, module="resident", action="unbindHousehold", describe=lambda _: "住户解绑住户",
-            payload=lambda h, errors: HouseholdPayload(household=HouseholdType.from_row(h) if h else None, errors=errors),
+            payload=lambda h, errors: HouseholdPayload(errors=errors, household_pk=h.id if h else None),
             work=work,
         )
 

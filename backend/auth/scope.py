@@ -28,7 +28,7 @@ owns the ``areas`` table.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from sqlalchemy import BigInteger, Text, and_, column, exists, false, literal, n
 from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.auth.errors import UnknownArea
 from backend.auth.principal import Principal
 from backend.errors import DomainError, ErrorCode
 
@@ -134,3 +135,19 @@ async def unit_in_scope(session: AsyncSession, area_id: int | None, scope_patter
     :func:`unit_visible`, for a unit chosen in a form)."""
     statement = select(literal(True)).where(unit_visible(literal(area_id, BigInteger), scope_patterns))
     return bool((await session.execute(statement)).first())
+
+
+async def require_area_paths(session: AsyncSession, ids: Iterable[int], *, field: str = "areaIds") -> dict[int, str]:
+    """The path of each area in ``ids``; an unknown one is refused with UNKNOWN_AREA."""
+    wanted = set(ids)
+    if not wanted:
+        return {}
+    rows = await session.execute(select(AREA_TREE.c.id, AREA_TREE.c.path).where(AREA_TREE.c.id.in_(wanted)))
+    found = {row.id: row.path for row in rows}
+    if len(found) != len(wanted):
+        raise UnknownArea(field=field)
+    return found
+
+
+async def area_exists(session: AsyncSession, area_id: int) -> bool:
+    return (await session.execute(select(AREA_TREE.c.id).where(AREA_TREE.c.id == area_id))).first() is not None

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import strawberry
 
+from backend.archives.schema.auth_fields import EXTENSIONS
 from backend.archives.schema.mutations import Mutation
 from backend.archives.schema.queries import NODES, Query, fetch_area, fetch_household
 from backend.archives.schema.types import (
@@ -21,6 +22,7 @@ AreaRef = Annotated["AreaType", strawberry.lazy("backend.archives.schema")]
 HouseholdRef = Annotated["HouseholdType", strawberry.lazy("backend.archives.schema")]
 
 __all__ = [
+    "EXTENSIONS",
     "NODES",
     "AreaByIdLoader",
     "AreaKindEnum",
