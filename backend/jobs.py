@@ -4,8 +4,8 @@ PgQueuer does the queueing: claiming with SKIP LOCKED, cron schedules, retries w
 backoff and re-queueing a crashed worker's jobs. This module registers what it runs:
 
 - one entrypoint per event handler (``event:<kind>:<handler>``), fed by the relay that
-  runs in the same process (``backend.events.relay``); each job loads its event by id and
-  runs the handler in a SQLAlchemy transaction of its own;
+  runs in the same process (``backend.events.relay``); each job runs the handler for its
+  event in a transaction of its own, at most once (``backend.events.running``);
 - the scheduled jobs, each a service call in its own transaction with ``now`` from the
   injected clock.
 
@@ -28,16 +28,19 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.audit import service as audit_service
 from backend.auth import service as auth_service
+from backend.auth.models import PrincipalKind
+from backend.auth.principal import Principal
 from backend.clock import Clock, utcnow
 from backend.db import StatementLimits, create_engine, session_factory, transaction
-from backend.events.handlers import load_handlers
 from backend.events.listener import CONNECTION_ERRORS, Backoff, connect, wait_any
 from backend.events.relay import event_id_of, run_relay
-from backend.events.service import HandlerRegistry, Subscription, load_event
+from backend.events.running import run_handler
+from backend.events.service import Handler, HandlerRegistry
 from backend.exports.links import purge_used_download_links
 from backend.observability import JOBS
 from backend.readings.alarms import service as alarms_service
 from backend.readings.partitions import ensure_partitions_ahead
+from backend.runtime import Runtime
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,19 +57,12 @@ PURGE_OPERATION_LOG = ("purge_operation_log", "41 4 * * *")
 # (status 'failed' in the pgqueuer table) for someone to look at and re-queue.
 HANDLER_MAX_ATTEMPTS = 5
 
+# What handlers act as until the system actor lands (issue 11): a principal holding no
+# permission, so a handler cannot do more than it could before.
+_HANDLER_ACTOR = Principal(kind=PrincipalKind.staff, id=0, name="system")
+
 
 # --------------------------------------------------------------------------- the jobs
-
-
-async def run_event_handler(factory: SessionFactory, subscription: Subscription, event_id: int) -> bool:
-    """Run one handler for one event in a transaction of its own; False if the event is gone."""
-    async with transaction(factory) as session:
-        event = await load_event(session, event_id)
-        if event is None:
-            log.warning("%s: event %d no longer exists", subscription.entrypoint, event_id)
-            return False
-        await subscription.handler(session, event)
-    return True
 
 
 async def purge_expired_auth(factory: SessionFactory, *, now: datetime) -> int:
@@ -126,22 +122,26 @@ def _retrying(parameters: EntrypointExecutorParameters) -> AbstractEntrypointExe
     return DatabaseRetryEntrypointExecutor(parameters, max_attempts=HANDLER_MAX_ATTEMPTS)
 
 
-def _event_job(factory: SessionFactory, subscription: Subscription) -> Callable[[Job], Awaitable[None]]:
+def _event_job(runtime: Runtime, handler: Handler) -> Callable[[Job], Awaitable[None]]:
     async def event_job(job: Job) -> None:
-        await _counted(subscription.entrypoint, run_event_handler(factory, subscription, event_id_of(job.payload)))
+        await _counted(handler.entrypoint, run_handler(runtime, handler, event_id_of(job.payload)))
 
     return event_job
 
 
 def build_queuer(
     connection: asyncpg.Connection, factory: SessionFactory, *, handlers: HandlerRegistry, clock: Clock = utcnow,
-    timezone: str = "Asia/Shanghai", audit_retention_days: int = 365,
+    timezone: str = "Asia/Shanghai", audit_retention_days: int = 365, runtime: Runtime | None = None,
 ) -> PgQueuer:
-    """PgQueuer on ``connection`` with every event handler and scheduled job registered."""
+    """PgQueuer on ``connection`` with every event handler and scheduled job registered
+    (handlers need the ``runtime`` they run with)."""
     queuer = PgQueuer.from_asyncpg_connection(connection)
-    for subscription in handlers:
-        queuer.entrypoint(subscription.entrypoint, on_failure="hold", executor_factory=_retrying)(
-            _event_job(factory, subscription)
+    if len(handlers) and runtime is None:
+        raise ValueError("event handlers run with a Runtime")
+    for handler in handlers:
+        assert runtime is not None
+        queuer.entrypoint(handler.entrypoint, on_failure="hold", executor_factory=_retrying)(
+            _event_job(runtime, handler)
         )
 
     entrypoint, expression = PURGE_EXPIRED_AUTH
@@ -186,16 +186,17 @@ async def run_worker(
 
     ``database_url`` is the resolved URL (the CLI starts the embedded server when
     ``SHUIWU_DATABASE_URL`` is absent); the schema must be migrated (PgQueuer's tables
-    come with migration 0002). ``handlers`` defaults to the process-wide registry after
-    importing every handler module. A lost database connection restarts the worker's
+    come with migration 0002). ``handlers``: the declared event handlers (none by
+    default). A lost database connection restarts the worker's
     loops after a backoff; any other error ends it.
     """
     stop = stop or asyncio.Event()
-    handlers = handlers if handlers is not None else load_handlers()
+    handlers = handlers if handlers is not None else HandlerRegistry()
     backoff = backoff or Backoff()
     engine = create_engine(database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow,
                            limits=StatementLimits.for_bulk(settings))
     factory = session_factory(engine)
+    runtime = Runtime(settings=settings, sessions=factory, actor=_HANDLER_ACTOR, clock=clock)
     log.info("job worker starting: %d event handlers", len(handlers))
     try:
         while not stop.is_set():
@@ -211,6 +212,7 @@ async def run_worker(
                     backoff=backoff,
                     timezone=settings.timezone,
                     audit_retention_days=settings.audit_retention_days,
+                    runtime=runtime,
                 )
             except* CONNECTION_ERRORS as lost:
                 delay = backoff.next_delay()
@@ -233,6 +235,7 @@ async def _serve(
     backoff: Backoff,
     timezone: str = "Asia/Shanghai",
     audit_retention_days: int = 365,
+    runtime: Runtime | None = None,
 ) -> None:
     """One run of PgQueuer and the relay, until ``stop`` or until either of them ends."""
     connection = await connect(database_url, application_name="shuiwu-jobs")
@@ -243,7 +246,7 @@ async def _serve(
     connection.add_termination_listener(lambda _: over.set())
     try:
         queuer = build_queuer(connection, factory, handlers=handlers, clock=clock, timezone=timezone,
-                              audit_retention_days=audit_retention_days)
+                              audit_retention_days=audit_retention_days, runtime=runtime)
 
         async def take_jobs() -> None:
             try:

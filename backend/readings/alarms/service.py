@@ -46,8 +46,9 @@ from backend.archives.service import in_scope, path_in_scope
 from backend.auth.errors import UnknownArea
 from backend.auth.scope import covers_whole_tree
 from backend.errors import DomainError, ErrorCode, NotFound
-from backend.events.service import EventKind, emit_event
+from backend.events.service import emit_event
 from backend.pagination import PagedQuery
+from backend.readings.alarms.events import AlarmClosed, AlarmOpened
 from backend.readings.alarms.models import AlarmKind, AlarmRule, AlarmSeverity, AlarmStatus, MeterAlarm
 from backend.readings.partitions import as_zone
 from backend.readings.rollup import zone_name
@@ -378,9 +379,9 @@ async def evaluate_alarms(
     })).one()
     opened, closed = list(result.opened), list(result.closed)
     if opened:
-        await emit_event(session, EventKind.alarm_opened, {"alarm_ids": opened})
+        await emit_event(session, "alarm.opened", AlarmOpened(tuple(opened)))
     if closed:
-        await emit_event(session, EventKind.alarm_closed, {"alarm_ids": closed, "by": SYSTEM})
+        await emit_event(session, "alarm.closed", AlarmClosed(tuple(closed), by=SYSTEM))
     return AlarmEvaluation(opened=len(opened), closed=len(closed), refreshed=int(result.refreshed))
 
 
@@ -591,7 +592,7 @@ async def close_alarm(
     alarm.closed_by = by
     alarm.close_reason = reason
     await session.flush()
-    await emit_event(session, EventKind.alarm_closed, {"alarm_ids": [alarm_id], "by": by})
+    await emit_event(session, "alarm.closed", AlarmClosed((alarm_id,), by=by))
     return alarm
 
 
