@@ -51,8 +51,12 @@ def render_catalog(declared: Iterable[PayloadType]) -> str:
         lines += ["", "| field | type |", "|---|---|"]
         for field in payload.fields:
             optional = "" if field.required else " (may be absent)"
-            lines.append(f"| `{field.name}` | {field.description}{optional} |")
+            lines.append(f"| `{field.name}` | {_cell(field.description)}{optional} |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
 
 
 def main() -> None:
