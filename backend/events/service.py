@@ -24,7 +24,7 @@ from backend.events.payloads import EventPayloadError, PayloadT, UnknownEventKin
 
 __all__ = [
     "EFFECT_HORIZON", "EVENTS_CHANNEL", "Event", "EventPayloadError", "Handler", "HandlerRegistry",
-    "UnknownEventKindError", "emit_event", "load_event", "payload_of", "purge_events",
+    "UnknownEventKindError", "emit_event", "load_event", "payload_of",
 ]
 
 # The NOTIFY channel that wakes the relay and every listener; the payload is the event id.
@@ -180,27 +180,3 @@ async def load_event(session: AsyncSession, event_id: int) -> Event | None:
         return None
     return Event(id=row.id, kind=row.kind, key=row.key, payload=row.payload, created_at=row.created_at)
 
-
-# Oldest first through ix_domain_events_created_at; relayed only, so an event the relay
-# has not handed off yet (a relay down for the whole retention) is never lost unseen.
-_PURGE = text(
-    """
-    DELETE FROM domain_events WHERE id IN (
-        SELECT id FROM domain_events
-        WHERE created_at < :older_than AND relayed_at IS NOT NULL
-        ORDER BY created_at
-        LIMIT :batch
-    )
-    """
-)
-
-
-async def purge_events(session: AsyncSession, *, older_than: datetime, batch: int = 10_000) -> int:
-    """Delete up to ``batch`` relayed events created before ``older_than`` (oldest first),
-    with their handled-records; returns how many went. The caller commits, and calls
-    again while it returns ``batch`` (each call one short transaction).
-
-    A job still queued for a purged event finds it gone and does nothing.
-    """
-    result = await session.execute(_PURGE, {"older_than": older_than, "batch": batch})
-    return int(getattr(result, "rowcount", 0))

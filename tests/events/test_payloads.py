@@ -111,7 +111,7 @@ def test_a_payload_must_be_a_frozen_dataclass_of_types_json_carries() -> None:
         class Thawed:
             bill_id: int
 
-    with pytest.raises(TypeError, match="Floating.ratio: an event payload field is int, str"):
+    with pytest.raises(TypeError, match=r"Floating\.ratio: an event payload field is int, str"):
         @event_payload("tests.floating")
         @dataclass(frozen=True)
         class Floating:
@@ -122,13 +122,13 @@ def test_a_payload_must_be_a_frozen_dataclass_of_types_json_carries() -> None:
 
 
 def test_a_kind_has_one_payload_class_and_a_class_one_kind() -> None:
-    with pytest.raises(ValueError, match="tests.bill_issued already has its payload"):
+    with pytest.raises(ValueError, match=r"tests\.bill_issued already has its payload"):
         @event_payload("tests.bill_issued")
         @dataclass(frozen=True)
         class BillIssuedAgain:
             bill_id: int
 
-    with pytest.raises(ValueError, match="is already the payload of tests.bill_issued"):
+    with pytest.raises(ValueError, match=r"is already the payload of tests\.bill_issued"):
         event_payload("tests.bill_issued_twice")(BillIssued)
 
 
