@@ -179,4 +179,3 @@ async def load_event(session: AsyncSession, event_id: int) -> Event | None:
     if row is None:
         return None
     return Event(id=row.id, kind=row.kind, key=row.key, payload=row.payload, created_at=row.created_at)
-
