@@ -23,9 +23,10 @@ Generated from the payload declarations by `python -m backend.events.catalog > d
 
 Each kind has one owner, which emits it with `emit_event(session, kind, payload, key=None)`
 and declares its payload: a frozen dataclass registered with `@event_payload(kind)` in the
-owner's `events.py`. Every other domain only consumes it (a `Handler` reads `event.data`,
-or `payload_of(event, PayloadClass)`). In `domain_events.payload` ids and fen are JSON
-numbers, datetimes and dates ISO 8601 strings, decimals strings, enums their values.
+owner's `events.py`. Every other domain only consumes it: a `Handler` reads
+`payload_of(event, PayloadClass)` (or `event.typed_payload`). In `domain_events.payload`
+ids and fen are JSON numbers, datetimes and dates ISO 8601 strings, decimals strings,
+enums their values.
 """
 
 

@@ -35,7 +35,7 @@ EVENTS_CHANNEL = "shuiwu_events"
 class Event:
     """A committed domain event as handlers and listeners see it.
 
-    ``payload`` is the stored JSON document; :attr:`data` is the typed payload its
+    ``payload`` is the stored JSON document; :attr:`typed_payload` is the dataclass its
     kind's owner declared (``payload_of(event, ReadingsIngested)`` checks the class too).
     """
 
@@ -46,17 +46,17 @@ class Event:
     created_at: datetime
 
     @property
-    def data(self) -> Any:
+    def typed_payload(self) -> Any:
         """The typed payload; UnknownEventKindError for a kind no imported owner declares."""
         return payload_type(self.kind).decode(self.payload)
 
 
 def payload_of(event: Event, cls: type[PayloadT]) -> PayloadT:
     """``event``'s typed payload, which must be a ``cls`` (EventPayloadError otherwise)."""
-    data = event.data
-    if not isinstance(data, cls):
-        raise EventPayloadError(f"event {event.id} ({event.kind}) carries a {type(data).__name__}, not a {cls.__name__}")
-    return data
+    typed = event.typed_payload
+    if not isinstance(typed, cls):
+        raise EventPayloadError(f"event {event.id} ({event.kind}) carries a {type(typed).__name__}, not a {cls.__name__}")
+    return typed
 
 
 # A handler whose effects leave the database (messages, pushes, valve commands) declares

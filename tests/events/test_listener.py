@@ -37,7 +37,7 @@ async def test_a_listener_receives_an_event_committed_after_it_started(
         event_id = await emit_committed(factory, "tests.bill_issued", BillIssued(bill_id=5), key="account:1")
 
         event = await next_event(stream)
-        assert (event.id, event.kind, event.key, event.payload, event.data) == (
+        assert (event.id, event.kind, event.key, event.payload, event.typed_payload) == (
             event_id,
             "tests.bill_issued",
             "account:1",

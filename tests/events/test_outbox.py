@@ -53,7 +53,7 @@ async def test_emit_event_writes_the_event_in_the_callers_transaction(session: A
 
     event = await load_event(session, event_id)
     assert event is not None
-    assert (event.kind, event.key, event.payload, event.data) == (
+    assert (event.kind, event.key, event.payload, event.typed_payload) == (
         "tests.bill_issued",
         "account:3",
         {"bill_id": 7},

@@ -98,7 +98,7 @@ def test_a_stored_document_without_a_required_field_is_refused_and_a_defaulted_o
 def test_a_handler_reads_the_typed_payload_and_payload_of_checks_its_class() -> None:
     event = Event(id=1, kind="tests.bill_issued", key=None, payload={"bill_id": 9}, created_at=datetime.now(UTC))
 
-    assert event.data == BillIssued(bill_id=9)
+    assert event.typed_payload == BillIssued(bill_id=9)
     assert payload_of(event, BillIssued).bill_id == 9
     with pytest.raises(EventPayloadError, match="carries a BillIssued, not a NoticePublished"):
         payload_of(event, NoticePublished)
