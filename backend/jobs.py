@@ -5,7 +5,8 @@ backoff and re-queueing a crashed worker's jobs. This module registers what the
 installed domains declare (``backend.domains``; it imports no domain by name):
 
 - one entrypoint per event handler (``event:<kind>:<handler name>``), fed by the relay
-  that runs in the same process (``backend.events.relay``);
+  that runs in the same process (``backend.events.relay``) and by ``shuiwu events
+  replay``; each runs its event at most once (``backend.events.running``);
 - each job (``Domain.jobs``): a cron schedule under its name when it has one, and an
   entrypoint ``job:<name>`` for the runs other code defers with :func:`defer_job`.
 
@@ -36,12 +37,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend.auth.principal import Principal
 from backend.auth.system import system_actor
 from backend.clock import Clock, utcnow
-from backend.db import StatementLimits, create_engine, raw_connection, session_factory, transaction
+from backend.db import StatementLimits, create_engine, raw_connection, session_factory
 from backend.domain import Domain, Job, collect_services, load
 from backend.domains import installed
 from backend.events.listener import CONNECTION_ERRORS, Backoff, connect, wait_any
 from backend.events.relay import event_id_of, run_relay
-from backend.events.service import HandlerRegistry, Subscription, load_event
+from backend.events.running import run_handler
+from backend.events.service import Handler, HandlerRegistry
 from backend.observability import JOBS
 from backend.runtime import Runtime
 from backend.settings import Settings
@@ -74,11 +76,7 @@ def declared_jobs(domains: tuple[Domain, ...]) -> list[Job]:
 
 def declared_handlers(domains: tuple[Domain, ...]) -> HandlerRegistry:
     """A registry of every handler ``domains`` declare."""
-    registry = HandlerRegistry()
-    for domain in domains:
-        for handler in domain.handlers:
-            registry.handles(handler.kind, name=handler.name)(load(handler.run))
-    return registry
+    return HandlerRegistry(handler for domain in domains for handler in domain.handlers)
 
 
 def system_permissions(domains: tuple[Domain, ...]) -> frozenset[str]:
@@ -123,17 +121,6 @@ async def defer_job(
 # --------------------------------------------------------------------------- running
 
 
-async def run_event_handler(runtime: Runtime, subscription: Subscription, event_id: int) -> bool:
-    """Run one handler for one event in a transaction of its own; False if the event is gone."""
-    async with transaction(runtime.sessions) as session:
-        event = await load_event(session, event_id)
-        if event is None:
-            log.warning("%s: event %d no longer exists", subscription.entrypoint, event_id)
-            return False
-        await subscription.handler(runtime, session, event)  # type: ignore[call-arg,arg-type]
-    return True
-
-
 async def run_job(runtime: Runtime, job: Job, payload: Mapping[str, Any]) -> object:
     """Run a declared job as the system actor (its transactions are its own)."""
     return await load(job.run)(runtime, payload)
@@ -152,9 +139,10 @@ def _retrying(parameters: EntrypointExecutorParameters) -> AbstractEntrypointExe
     return DatabaseRetryEntrypointExecutor(parameters, max_attempts=HANDLER_MAX_ATTEMPTS)
 
 
-def _event_job(runtime: Runtime, subscription: Subscription) -> Callable[[QueuedJob], Awaitable[None]]:
+def _event_job(runtime: Runtime, handler: Handler) -> Callable[[QueuedJob], Awaitable[None]]:
     async def event_job(queued: QueuedJob) -> None:
-        await _counted(subscription.entrypoint, run_event_handler(runtime, subscription, event_id_of(queued.payload)))
+        # At most once per (event, handler), across relay and replay (backend.events.running).
+        await _counted(handler.entrypoint, run_handler(runtime, handler, event_id_of(queued.payload)))
 
     return event_job
 
@@ -179,10 +167,8 @@ def build_queuer(
 ) -> PgQueuer:
     """PgQueuer on ``connection`` with every event handler and declared job registered."""
     queuer = PgQueuer.from_asyncpg_connection(connection)
-    for subscription in handlers:
-        queuer.entrypoint(subscription.entrypoint, on_failure="hold", executor_factory=_retrying)(
-            _event_job(runtime, subscription)
-        )
+    for handler in handlers:
+        queuer.entrypoint(handler.entrypoint, on_failure="hold", executor_factory=_retrying)(_event_job(runtime, handler))
     for job in jobs:
         queuer.entrypoint(DEFERRED_PREFIX + job.name, on_failure="hold", executor_factory=_retrying)(
             _deferred_job(runtime, job)

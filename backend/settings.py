@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     https: bool = False
     # Operation log entries older than this are purged by the purge_operation_log job.
     audit_retention_days: int = Field(default=365, ge=1)
+    # Domain events older than this are purged (backend.events.retention): a
+    # handler declared later can replay the past this far back (shuiwu events replay).
+    event_retention_days: int = Field(default=400, ge=1)
 
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=20, ge=0)

@@ -16,12 +16,13 @@ from backend.auth.models import PrincipalKind
 from backend.domain import Domain, Job
 from backend.domains import DOMAINS
 from backend.events.listener import Backoff
-from backend.events.service import Event, HandlerRegistry
+from backend.events.service import Event, Handler, HandlerRegistry
 from backend.jobs import build_queuer, declared_jobs, defer_job, run_worker, runtime_for, system_principal
 from backend.observability import JOBS
 from backend.runtime import Runtime
 from backend.settings import Settings
 from tests.events.factories import committing_sessions, emit_committed, raw_connection
+from tests.events.payloads import BillIssued, CommandFinished
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 WAIT = 3.0
@@ -38,21 +39,21 @@ async def test_the_worker_runs_a_handler_once_for_an_emitted_event(
 ) -> None:
     handled: list[int] = []
     done = asyncio.Event()
-    handlers = HandlerRegistry()
 
-    @handlers.handles("readings.ingested", name="settle")
     async def settle(runtime: Runtime, session: AsyncSession, event: Event) -> None:
-        # The handler's session is in a transaction of its own.
+        # The handler's session is in a transaction of its own; the runtime is the worker's.
         assert session.in_transaction()
+        assert runtime.now() == NOW
         handled.append(event.id)
         done.set()
 
-    entrypoint = "event:readings.ingested:settle"
+    handlers = HandlerRegistry([Handler("tests.bill_issued", "settle", settle)])
+    entrypoint = "event:tests.bill_issued:settle"
     ok_before = JOBS.labels(entrypoint, "ok")._value.get()
     stop = asyncio.Event()
     worker = asyncio.create_task(run_worker(Settings(), database_url, stop=stop, handlers=handlers, clock=lambda: NOW))
     try:
-        event_id = await emit_committed(factory, "readings.ingested", {"batch_id": "b1", "meter_ids": [1, 2]})
+        event_id = await emit_committed(factory, "tests.bill_issued", BillIssued(1))
         await asyncio.wait_for(done.wait(), WAIT)
     finally:
         stop.set()
@@ -71,18 +72,18 @@ async def test_the_worker_carries_on_after_its_connections_are_killed(
     database_url: str, factory: async_sessionmaker[AsyncSession]
 ) -> None:
     handled: asyncio.Queue[int] = asyncio.Queue()
-    handlers = HandlerRegistry()
 
-    @handlers.handles("command.finished", name="record")
     async def record(runtime: Runtime, session: AsyncSession, event: Event) -> None:
         handled.put_nowait(event.id)
+
+    handlers = HandlerRegistry([Handler("tests.command_finished", "record", record)])
 
     stop = asyncio.Event()
     worker = asyncio.create_task(
         run_worker(Settings(), database_url, stop=stop, handlers=handlers, backoff=Backoff(initial=0.1))
     )
     try:
-        first = await emit_committed(factory, "command.finished", {"command_id": 1})
+        first = await emit_committed(factory, "tests.command_finished", CommandFinished(1))
         assert await asyncio.wait_for(handled.get(), WAIT) == first
 
         async with raw_connection(database_url) as admin:
@@ -90,7 +91,7 @@ async def test_the_worker_carries_on_after_its_connections_are_killed(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND application_name IN ('shuiwu-jobs', 'shuiwu-relay')"
             )
-        second = await emit_committed(factory, "command.finished", {"command_id": 2})
+        second = await emit_committed(factory, "tests.command_finished", CommandFinished(2))
 
         assert killed == 2
         assert await asyncio.wait_for(handled.get(), WAIT) == second

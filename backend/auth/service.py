@@ -39,6 +39,7 @@ from sqlmodel import col
 
 from backend.auth import errors
 from backend.auth.catalog import RESIDENT_PERMISSIONS, all_permissions, client_scopes
+from backend.auth.events import HouseholdBound
 from backend.auth.households import HOUSEHOLDS, HouseholdIdentity, household_by_account_no, household_by_id
 from backend.auth.models import (
     ApiClient,
@@ -74,7 +75,7 @@ from backend.auth.security import (
 )
 from backend.db import asyncpg_statement
 from backend.errors import DomainError, ErrorCode, Forbidden, NotFound, RateLimited, ValidationFailed
-from backend.events.service import EventKind, emit_event
+from backend.events.service import emit_event
 
 USERNAME = re.compile(r"^[A-Za-z0-9_.\-]{3,64}$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -1273,8 +1274,7 @@ async def send_binding_code(outcome: BindingOutcome, *, sender: SmsSender) -> No
 async def _emit_bound(session: AsyncSession, binding: HouseholdBinding) -> None:
     """``household.bound`` for every state change, in the caller's transaction."""
     await emit_event(
-        session, EventKind.household_bound,
-        {"household_id": binding.household_id, "resident_id": binding.resident_id, "state": binding.state.value},
+        session, "household.bound", HouseholdBound(binding.household_id, binding.resident_id, binding.state),
         key=f"household:{binding.household_id}",
     )
 

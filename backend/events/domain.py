@@ -1,11 +1,16 @@
-"""The events layer's declaration: the outbox's table."""
+"""The events layer's declaration: the outbox's table, its retention, ``shuiwu events``."""
 
 from __future__ import annotations
 
-from backend.domain import Domain
+from backend.domain import Domain, Job
 
 DOMAIN = Domain(
     name="events",
     title="领域事件",
     models=("backend.events.models",),
+    jobs=(
+        Job("purge_expired_events", "backend.events.retention:purge_expired_events", cron="53 4 * * *",
+            description="Delete relayed events older than SHUIWU_EVENT_RETENTION_DAYS"),
+    ),
+    commands={"events": "backend.events.cli:events_app"},
 )

@@ -10,7 +10,8 @@ event from the table. (Each job also carries the dedupe key ``<event id>:<handle
 even a hand-made re-relay cannot queue a second copy while the first is pending.)
 
 Running a job is at-least-once, as with any queue: a worker killed mid-job has its job
-picked again after the heartbeat timeout, so handlers are idempotent by event id.
+picked again after the heartbeat timeout. Its effect is at-most-once: the job records
+that the handler ran in the handler's own transaction (``backend.events.running``).
 
 The relay wakes on ``NOTIFY shuiwu_events`` and also sweeps periodically, so an event
 whose notification was lost (relay down, connection dropped) is relayed on the next sweep.
@@ -27,7 +28,7 @@ import asyncpg
 from pgqueuer import AsyncpgDriver, Queries
 
 from backend.events.listener import CONNECTION_ERRORS, Backoff, connect, wait_any
-from backend.events.service import EVENTS_CHANNEL, HandlerRegistry, Subscription, registry
+from backend.events.service import EVENTS_CHANNEL, Handler, HandlerRegistry
 from backend.observability import EVENTS_RELAYED
 
 log = logging.getLogger(__name__)
@@ -52,39 +53,52 @@ def event_id_of(payload: bytes | None) -> int:
     return int(payload.decode())
 
 
-def dedupe_key(event_id: int, subscription: Subscription) -> str:
-    return f"{event_id}:{subscription.entrypoint}"
+def dedupe_key(event_id: int, handler: Handler) -> str:
+    return f"{event_id}:{handler.entrypoint}"
 
 
-async def relay_batch(connection: asyncpg.Connection, *, handlers: HandlerRegistry = registry, batch_size: int = 500) -> int:
+async def enqueue_handler_jobs(connection: asyncpg.Connection, jobs: list[tuple[int, Handler]]) -> list[bool]:
+    """Queue one job per (event id, handler) in the connection's transaction; for each,
+    whether it was queued (False: the same job is already queued or running).
+
+    The relay and a replay queue the same way: the entrypoint names the handler, the
+    payload is the event id, the dedupe key is both.
+    """
+    if not jobs:
+        return []
+    # PgQueuer's Queries over *this* connection: the INSERT joins the caller's transaction.
+    queries = Queries(AsyncpgDriver(connection))
+    ids = await queries.enqueue(
+        [handler.entrypoint for _, handler in jobs],
+        [job_payload(event_id) for event_id, _ in jobs],
+        [0] * len(jobs),
+        dedupe_key=[dedupe_key(event_id, handler) for event_id, handler in jobs],
+        on_conflict="skip",
+    )
+    return [job_id is not None for job_id in ids]
+
+
+async def relay_batch(connection: asyncpg.Connection, *, handlers: HandlerRegistry, batch_size: int = 500) -> int:
     """Relay up to ``batch_size`` unrelayed events in one transaction; return how many.
 
     ``connection`` must not be inside a transaction: this one commits. Events nobody
-    handles are marked relayed too.
+    handles are marked relayed too: a handler declared later reaches them with
+    ``shuiwu events replay`` (``backend.events.replay``).
     """
     async with connection.transaction():
         claimed = await connection.fetch(_CLAIM, batch_size)
         if not claimed:
             return 0
-        entrypoints: list[str] = []
-        payloads: list[bytes | None] = []
-        dedupe_keys: list[str | None] = []
-        for event in claimed:
-            for subscription in handlers.subscriptions(event["kind"]):
-                entrypoints.append(subscription.entrypoint)
-                payloads.append(job_payload(event["id"]))
-                dedupe_keys.append(dedupe_key(event["id"], subscription))
-        if entrypoints:
-            # PgQueuer's Queries over *this* connection: the INSERT joins our transaction.
-            queries = Queries(AsyncpgDriver(connection))
-            await queries.enqueue(entrypoints, payloads, [0] * len(entrypoints), dedupe_key=dedupe_keys, on_conflict="skip")
+        await enqueue_handler_jobs(
+            connection, [(event["id"], handler) for event in claimed for handler in handlers.for_kind(event["kind"])]
+        )
         await connection.execute(_MARK_RELAYED, [event["id"] for event in claimed])
     for kind, count in Counter(event["kind"] for event in claimed).items():
         EVENTS_RELAYED.labels(kind).inc(count)
     return len(claimed)
 
 
-async def relay_pending(connection: asyncpg.Connection, *, handlers: HandlerRegistry = registry, batch_size: int = 500) -> int:
+async def relay_pending(connection: asyncpg.Connection, *, handlers: HandlerRegistry, batch_size: int = 500) -> int:
     """Relay batches until no unrelayed event is left (that this relay may claim)."""
     total = 0
     while True:
@@ -98,7 +112,7 @@ async def run_relay(
     database_url: str,
     *,
     stop: asyncio.Event,
-    handlers: HandlerRegistry = registry,
+    handlers: HandlerRegistry,
     sweep_interval: float = 30.0,
     batch_size: int = 500,
     backoff: Backoff | None = None,

@@ -1,56 +1,44 @@
-"""Emitting domain events and registering their handlers (DESIGN.md, "Events").
+"""Emitting domain events and declaring their handlers (DESIGN.md, "Events").
 
-Business code calls :func:`emit_event` inside its own transaction; the row and its
-``NOTIFY`` become visible together when the caller commits, and vanish together on
-rollback. Handlers are registered with ``@handles(kind)`` and run later, one PgQueuer
-job per (event, handler), in a transaction of their own (``backend.jobs``).
+Business code calls :func:`emit_event` inside its own transaction with the typed payload
+its kind's owner declared (``backend.events.payloads``); the row and its ``NOTIFY``
+become visible together when the caller commits, and vanish together on rollback.
+Domains declare :class:`Handler` s; the host collects them into a
+:class:`HandlerRegistry`, the relay hands each event to them as PgQueuer jobs, and each
+job runs in a transaction of its own (``backend.events.running``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+import importlib
+import re
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.events.payloads import EventPayloadError, PayloadT, UnknownEventKindError, payload_type
+
+__all__ = [
+    "EFFECT_HORIZON", "EVENTS_CHANNEL", "Event", "EventPayloadError", "Handler", "HandlerRegistry",
+    "UnknownEventKindError", "emit_event", "load_event", "payload_of",
+]
+
 # The NOTIFY channel that wakes the relay and every listener; the payload is the event id.
 EVENTS_CHANNEL = "shuiwu_events"
 
 
-class EventKind(StrEnum):
-    """Every kind of domain event; a new kind is added here first."""
-
-    readings_ingested = "readings.ingested"
-    account_threshold_crossed = "account.threshold_crossed"
-    payment_succeeded = "payment.succeeded"
-    bill_issued = "bill.issued"
-    alarm_opened = "alarm.opened"
-    alarm_closed = "alarm.closed"
-    workorder_changed = "workorder.changed"
-    command_finished = "command.finished"
-    notice_published = "notice.published"
-    household_bound = "household.bound"
-
-
-class UnknownEventKindError(ValueError):
-    """A kind that is not an :class:`EventKind` (most likely a typo)."""
-
-
-def event_kind(kind: str) -> EventKind:
-    try:
-        return EventKind(kind)
-    except ValueError:
-        raise UnknownEventKindError(f"unknown event kind {kind!r}") from None
-
-
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A committed domain event as handlers and listeners see it."""
+    """A committed domain event as handlers and listeners see it.
+
+    ``payload`` is the stored JSON document; :attr:`typed_payload` is the dataclass its
+    kind's owner declared (``payload_of(event, ReadingsIngested)`` checks the class too).
+    """
 
     id: int
     kind: str
@@ -58,8 +46,23 @@ class Event:
     payload: dict[str, Any]
     created_at: datetime
 
+    @property
+    def typed_payload(self) -> Any:
+        """The typed payload; UnknownEventKindError for a kind no imported owner declares."""
+        return payload_type(self.kind).decode(self.payload)
 
-EventHandler = Callable[[AsyncSession, Event], Awaitable[None]]
+
+def payload_of(event: Event, cls: type[PayloadT]) -> PayloadT:
+    """``event``'s typed payload, which must be a ``cls`` (EventPayloadError otherwise)."""
+    typed = event.typed_payload
+    if not isinstance(typed, cls):
+        raise EventPayloadError(f"event {event.id} ({event.kind}) carries a {type(typed).__name__}, not a {cls.__name__}")
+    return typed
+
+
+# A handler whose effects leave the database (messages, pushes, valve commands) declares
+# this horizon unless it has a reason for another: a replay never sends yesterday's alerts.
+EFFECT_HORIZON = timedelta(hours=24)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,94 +70,83 @@ class Handler:
     """An event handler as a domain declares it (``backend.domain.Domain.handlers``).
 
     ``name`` is stable and explicit: queued jobs refer to it, so renaming the function
-    never orphans them. ``run(runtime, session, event)`` runs in a transaction of its own.
+    never orphans them. ``run(runtime, session, event)`` runs in a transaction of its own
+    (:func:`backend.events.running.run_handler`), at most once per event.
     ``horizon``: for handlers whose effects leave the database (messages, pushes, valve
-    commands), a replay skips events older than this; None acts on every event.
+    commands; :data:`EFFECT_HORIZON`), a replay skips events older than this; None acts
+    on every event.
     ``permissions``: what the system actor needs to run it (docs/domains.md lists them).
     """
 
     kind: str
     name: str
-    run: Callable[..., Awaitable[None]]
+    # The function, or a "module:function" reference a declaration names (imported by
+    # the host that runs it: backend.jobs.declared_handlers).
+    run: Callable[..., Awaitable[None]] | str
     horizon: timedelta | None = None
     permissions: frozenset[str] = frozenset()
 
-
-@dataclass(frozen=True, slots=True)
-class Subscription:
-    """One handler of one event kind; each gets its own job per event."""
-
-    kind: EventKind
-    name: str
-    handler: EventHandler
+    def function(self) -> Callable[..., Awaitable[None]]:
+        """``run`` itself, or the function its ``"module:function"`` reference names."""
+        if isinstance(self.run, str):
+            module, _, attribute = self.run.partition(":")
+            return getattr(importlib.import_module(module), attribute)  # type: ignore[no-any-return]
+        return self.run
 
     @property
     def entrypoint(self) -> str:
-        """The PgQueuer entrypoint of this handler's jobs: ``event:<kind>:<name>``.
-
-        Queued jobs refer to it by name, so renaming a handler orphans its queued
-        jobs: pass a stable ``name=`` to :meth:`HandlerRegistry.handles` when moving one.
-        """
-        return f"event:{self.kind.value}:{self.name}"
+        """The PgQueuer entrypoint of this handler's jobs: ``event:<kind>:<name>``."""
+        return f"event:{self.kind}:{self.name}"
 
 
 class HandlerRegistry:
-    """Which handlers run for which event kind."""
+    """Which handlers run for which event kind, built from the domains' declarations."""
 
-    def __init__(self) -> None:
-        self._by_kind: dict[EventKind, dict[str, Subscription]] = {}
+    def __init__(self, handlers: Iterable[Handler] = ()) -> None:
+        self._by_kind: dict[str, dict[str, Handler]] = {}
+        for handler in handlers:
+            self.add(handler)
 
-    def handles(self, kind: str, *, name: str | None = None) -> Callable[[EventHandler], EventHandler]:
-        """Decorator: run ``handler(session, event)`` once for every event of ``kind``.
+    def add(self, handler: Handler) -> None:
+        """Register ``handler``; refuses an unknown kind, a blank name, and a second
+        handler of the same kind and name."""
+        payload_type(handler.kind)
+        if not _HANDLER_NAME.match(handler.name):
+            raise ValueError(f"a handler name is lower case letters, digits, '_' and '.': {handler.name!r}")
+        by_name = self._by_kind.setdefault(handler.kind, {})
+        if handler.name in by_name:
+            raise ValueError(f"a handler named {handler.name!r} already handles {handler.kind}")
+        by_name[handler.name] = handler
 
-        The handler runs in its own transaction, committed when it returns. A crashed
-        worker's job is run again, so a handler must be idempotent by ``event.id`` (or by
-        the business fact it writes).
-        """
-        event_kind_ = event_kind(kind)
+    def for_kind(self, kind: str) -> list[Handler]:
+        """The handlers of ``kind`` in registration order (none for a kind nobody handles,
+        or a stored kind this code no longer knows)."""
+        return list(self._by_kind.get(kind, {}).values())
 
-        def register(handler: EventHandler) -> EventHandler:
-            handler_name = name or _default_name(handler)
-            by_name = self._by_kind.setdefault(event_kind_, {})
-            if handler_name in by_name:
-                raise ValueError(f"a handler named {handler_name!r} already handles {event_kind_.value}")
-            by_name[handler_name] = Subscription(event_kind_, handler_name, handler)
-            return handler
+    def named(self, name: str) -> Handler:
+        """The handler called ``name``, or ``<kind>:<name>`` when several kinds have one of
+        that name; KeyError says which names exist."""
+        kind, _, bare = name.rpartition(":")
+        found = [
+            handler for by_name in self._by_kind.values() for handler in by_name.values()
+            if handler.name == bare and kind in ("", handler.kind)
+        ]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            choices = ", ".join(f"{handler.kind}:{handler.name}" for handler in found)
+            raise KeyError(f"several handlers are named {name!r}: say which ({choices})")
+        known = ", ".join(sorted(f"{handler.kind}:{handler.name}" for handler in self)) or "none"
+        raise KeyError(f"no handler named {name!r} (declared: {known})")
 
-        return register
-
-    def subscriptions(self, kind: str | None = None) -> list[Subscription]:
-        """The handlers of ``kind`` (every handler when ``kind`` is None), in a stable order."""
-        if kind is None:
-            return [sub for by_name in self._by_kind.values() for sub in by_name.values()]
-        try:
-            return list(self._by_kind.get(EventKind(kind), {}).values())
-        except ValueError:
-            # A row of a kind this code no longer knows: nobody handles it.
-            return []
-
-    def __iter__(self) -> Iterator[Subscription]:
-        return iter(self.subscriptions())
+    def __iter__(self) -> Iterator[Handler]:
+        return iter([handler for by_name in self._by_kind.values() for handler in by_name.values()])
 
     def __len__(self) -> int:
         return sum(len(by_name) for by_name in self._by_kind.values())
 
 
-def _default_name(handler: EventHandler) -> str:
-    """``<module without backend.>.<qualname>``: unique, and readable in the queue table."""
-    module = str(getattr(handler, "__module__", "") or "").removeprefix("backend.")
-    qualname = str(getattr(handler, "__qualname__", None) or getattr(handler, "__name__", "handler"))
-    return f"{module}.{qualname}" if module else qualname
-
-
-# The process-wide registry the job worker serves; domains register into it on import
-# (backend.events.handlers lists the modules to import).
-registry = HandlerRegistry()
-
-
-def handles(kind: str, *, name: str | None = None) -> Callable[[EventHandler], EventHandler]:
-    """``@handles("payment.succeeded")``: register a handler in the process-wide registry."""
-    return registry.handles(kind, name=name)
+_HANDLER_NAME = re.compile(r"^[a-z][a-z0-9_.]*$")
 
 
 _INSERT_AND_NOTIFY = text(
@@ -169,17 +161,19 @@ _INSERT_AND_NOTIFY = text(
 ).bindparams(bindparam("payload", type_=JSONB))
 
 
-async def emit_event(session: AsyncSession, kind: str, payload: dict[str, Any], key: str | None = None) -> int:
+async def emit_event(session: AsyncSession, kind: str, payload: object, key: str | None = None) -> int:
     """Record an event in the caller's transaction and return its id.
 
-    The caller commits: the row and its ``NOTIFY shuiwu_events, '<id>'`` are delivered
-    at commit, and neither exists if the transaction rolls back. ``payload`` must be
-    JSON-ready (ids, strings, numbers as the domain chooses: fen as int, volumes as
-    strings). ``key`` names the thing the event is about (``account:42``) for lookups.
+    ``payload`` is an instance of the dataclass registered for ``kind``
+    (UnknownEventKindError for a kind nobody registered, EventPayloadError for a dict,
+    another class or a field of the wrong type; nothing is written then). The caller
+    commits: the row and its ``NOTIFY shuiwu_events, '<id>'`` are delivered at commit,
+    and neither exists if the transaction rolls back. ``key`` names the thing the event
+    is about (``account:42``) for lookups.
     """
+    document = payload_type(kind).encode(payload)
     result = await session.execute(
-        _INSERT_AND_NOTIFY,
-        {"kind": event_kind(kind).value, "key": key, "payload": payload, "channel": EVENTS_CHANNEL},
+        _INSERT_AND_NOTIFY, {"kind": kind, "key": key, "payload": document, "channel": EVENTS_CHANNEL}
     )
     event_id: int = result.scalar_one()
     return event_id

@@ -41,8 +41,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.db import raw_connection
-from backend.events.service import EventKind, emit_event
+from backend.events.service import emit_event
 from backend.readings.errors import REJECTION_MESSAGES, RejectionCode
+from backend.readings.events import ReadingsIngested
 from backend.readings.models import QUALITY_RANK, ReadingQuality, ValveState
 from backend.readings.partitions import DEFAULT_TIMEZONE, PARENT, as_zone, ensure_partitions, month_of, partition_name
 from backend.readings.rollup import (
@@ -188,7 +189,8 @@ async def ingest_readings(
     meter's install day, a negative or non-finite total, a naive ``read_at``) are
     reported, not stored. Within the batch and against stored readings, a better quality
     replaces a worse one for the same (meter, read_at); anything else is a duplicate.
-    Emits ``readings.ingested {batch_id, meter_ids}`` when anything was written.
+    Emits ``readings.ingested`` (:class:`~backend.readings.events.ReadingsIngested`) when
+    anything was written.
     """
     if now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
@@ -218,8 +220,10 @@ async def ingest_readings(
         await _evaluate_alarms(session, now=now, zone=zone,
                                states=[state for state in states if state[0] in written_meters], rolled=rolled,
                                suspicious=batch.suspicious, bounds=bounds)
-        changed_meters = sorted(meter_id for meter_id, chain in batch.chains.items() if chain.newest is not None)
-        await emit_event(session, EventKind.readings_ingested, {"batch_id": batch_id, "meter_ids": changed_meters})
+        changed_meters = tuple(sorted(meter_id for meter_id, chain in batch.chains.items() if chain.newest is not None))
+        # Every instant the COPY stored has its stamp (and only those: write_chains reads them).
+        await emit_event(session, "readings.ingested", ReadingsIngested(
+            batch_id, changed_meters, first_read_at=min(batch.stamps), last_read_at=max(batch.stamps)))
     return IngestResult(batch_id, batch.inserted, 0, 0, batch.rejected)
 
 
@@ -544,8 +548,9 @@ async def _ingest_general(
     await _evaluate_alarms(session, now=now, zone=zone,
                            states=[state for state in states if state[0] in written_meters], rolled=rolled,
                            suspicious=suspicious_meters(written, bounds), bounds=bounds)
-    changed_meters = sorted({row[0] for row in written})
-    await emit_event(session, EventKind.readings_ingested, {"batch_id": batch_id, "meter_ids": changed_meters})
+    changed_meters = tuple(sorted({row[0] for row in written}))
+    await emit_event(session, "readings.ingested", ReadingsIngested(
+        batch_id, changed_meters, first_read_at=min(map(_READ_AT, written)), last_read_at=max(map(_READ_AT, written))))
     duplicates = batch_duplicates + len(rows) - inserted - replaced
     return IngestResult(batch_id, inserted, replaced, duplicates, rejected)
 
@@ -624,7 +629,9 @@ async def after_readings_changed(
     from backend.readings.alarms.service import evaluate_rules
 
     await evaluate_rules(session, now=now, tz=zone, meter_ids=meter_ids)
-    await emit_event(session, EventKind.readings_ingested, {"batch_id": uuid.uuid4().hex, "meter_ids": meter_ids})
+    await emit_event(session, "readings.ingested", ReadingsIngested(
+        uuid.uuid4().hex, tuple(meter_ids), first_read_at=min(read_at for _, read_at in changes),
+        last_read_at=max(read_at for _, read_at in changes)))
     return meter_ids
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -23,10 +22,10 @@ async def committing_sessions(database_url: str) -> AsyncIterator[async_sessionm
 
 
 async def emit_committed(
-    factory: async_sessionmaker[AsyncSession], kind: str, payload: dict[str, Any] | None = None, key: str | None = None
+    factory: async_sessionmaker[AsyncSession], kind: str, payload: object, key: str | None = None
 ) -> int:
     async with factory() as session, session.begin():
-        return await emit_event(session, kind, payload or {}, key=key)
+        return await emit_event(session, kind, payload, key=key)
 
 
 @asynccontextmanager

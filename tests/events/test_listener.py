@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend.events.listener import Backoff, EventListener, EventStream, ListenerLaggedError
 from backend.events.service import Event, emit_event
 from tests.events.factories import committing_sessions, emit_committed, raw_connection
+from tests.events.payloads import BillIssued, CommandFinished, NoticePublished, WorkorderChanged
 
 WAIT = 2.0  # seconds: the bound on any NOTIFY round trip in these tests
 
@@ -33,14 +34,15 @@ async def test_a_listener_receives_an_event_committed_after_it_started(
         stream = listener.subscribe()
         await asyncio.wait_for(listener.wait_connected(), WAIT)
 
-        event_id = await emit_committed(factory, "payment.succeeded", {"payment_id": 5}, key="account:1")
+        event_id = await emit_committed(factory, "tests.bill_issued", BillIssued(bill_id=5), key="account:1")
 
         event = await next_event(stream)
-        assert (event.id, event.kind, event.key, event.payload) == (
+        assert (event.id, event.kind, event.key, event.payload, event.typed_payload) == (
             event_id,
-            "payment.succeeded",
+            "tests.bill_issued",
             "account:1",
-            {"payment_id": 5},
+            {"bill_id": 5},
+            BillIssued(bill_id=5),
         )
 
 
@@ -48,7 +50,7 @@ async def test_a_listener_receives_an_event_committed_while_it_was_disconnected(
     database_url: str, factory: async_sessionmaker[AsyncSession]
 ) -> None:
     async with EventListener(database_url, backoff=Backoff(initial=0.3)) as listener:
-        stream = listener.subscribe(kinds={"command.finished"})
+        stream = listener.subscribe(kinds={"tests.command_finished"})
         await asyncio.wait_for(listener.wait_connected(), WAIT)
         pid = listener.backend_pid
 
@@ -56,7 +58,7 @@ async def test_a_listener_receives_an_event_committed_while_it_was_disconnected(
         async with raw_connection(database_url) as admin:
             assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
         await asyncio.wait_for(listener.wait_disconnected(), WAIT)
-        missed = await emit_committed(factory, "command.finished", {"command_id": 77})
+        missed = await emit_committed(factory, "tests.command_finished", CommandFinished(77))
         assert not listener.connected
 
         # Then it reads the event from the table once back.
@@ -70,8 +72,8 @@ async def test_a_listener_started_later_reads_events_committed_while_nobody_list
 ) -> None:
     async with raw_connection(database_url) as connection:
         last = await connection.fetchval("SELECT max(id) FROM domain_events") or 0
-    first = await emit_committed(factory, "alarm.opened", {"meter_id": 1})
-    second = await emit_committed(factory, "alarm.closed", {"meter_id": 1})
+    first = await emit_committed(factory, "tests.workorder_changed", WorkorderChanged(1))
+    second = await emit_committed(factory, "tests.workorder_changed", WorkorderChanged(1))
 
     async with EventListener(database_url, after=last) as listener:
         stream = listener.subscribe()
@@ -86,8 +88,8 @@ async def test_an_event_whose_transaction_commits_after_a_later_one_is_still_del
         await asyncio.wait_for(listener.wait_connected(), WAIT)
 
         async with factory() as slow, slow.begin():
-            earlier = await emit_event(slow, "bill.issued", {"bill_id": 1})
-            later = await emit_committed(factory, "bill.issued", {"bill_id": 2})
+            earlier = await emit_event(slow, "tests.bill_issued", BillIssued(1))
+            later = await emit_committed(factory, "tests.bill_issued", BillIssued(2))
             assert (await next_event(stream)).id == later
         # The slow transaction commits here, after the later id was read.
 
@@ -102,7 +104,7 @@ async def test_a_consumer_that_falls_behind_is_told_so_instead_of_losing_events_
         await asyncio.wait_for(listener.wait_connected(), WAIT)
         async with factory() as session, session.begin():
             for n in range(3):
-                await emit_event(session, "notice.published", {"notice_id": n})
+                await emit_event(session, "tests.notice_published", NoticePublished(n))
 
         await next_event(slow)
         await next_event(slow)

@@ -14,13 +14,16 @@ from backend.events.relay import dedupe_key, job_payload, relay_pending
 from backend.events.service import (
     EVENTS_CHANNEL,
     Event,
-    EventKind,
+    EventPayloadError,
+    Handler,
     HandlerRegistry,
     UnknownEventKindError,
     emit_event,
     load_event,
 )
+from backend.runtime import Runtime
 from tests.events.factories import committing_sessions, emit_committed, raw_connection
+from tests.events.payloads import BillIssued, NoticePublished, WorkorderChanged
 
 
 @pytest.fixture(scope="module")
@@ -29,33 +32,32 @@ async def factory(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSe
         yield sessions
 
 
-async def _nothing(session: AsyncSession, event: Event) -> None:
+async def _nothing(runtime: Runtime, session: AsyncSession, event: Event) -> None:
     return None
 
 
 def _registry() -> HandlerRegistry:
-    """Two handlers of notice.published, one of workorder.changed."""
-    handlers = HandlerRegistry()
-    handlers.handles("notice.published", name="push")(_nothing)
-    handlers.handles("notice.published", name="inbox")(_nothing)
-    handlers.handles("workorder.changed", name="notify_resident")(_nothing)
-    return handlers
+    """Two handlers of tests.notice_published, one of tests.workorder_changed."""
+    return HandlerRegistry([
+        Handler("tests.notice_published", "push", _nothing),
+        Handler("tests.notice_published", "inbox", _nothing),
+        Handler("tests.workorder_changed", "notify_resident", _nothing),
+    ])
 
 
 # --------------------------------------------------------------------------- emit
 
 
 async def test_emit_event_writes_the_event_in_the_callers_transaction(session: AsyncSession) -> None:
-    event_id = await emit_event(
-        session, EventKind.payment_succeeded, {"payment_id": 7, "amount_fen": 1040}, key="account:3"
-    )
+    event_id = await emit_event(session, "tests.bill_issued", BillIssued(bill_id=7), key="account:3")
 
     event = await load_event(session, event_id)
     assert event is not None
-    assert (event.kind, event.key, event.payload) == (
-        "payment.succeeded",
+    assert (event.kind, event.key, event.payload, event.typed_payload) == (
+        "tests.bill_issued",
         "account:3",
-        {"payment_id": 7, "amount_fen": 1040},
+        {"bill_id": 7},
+        BillIssued(bill_id=7),
     )
     relayed_at = (
         await session.execute(text("SELECT relayed_at FROM domain_events WHERE id = :id"), {"id": event_id})
@@ -63,22 +65,48 @@ async def test_emit_event_writes_the_event_in_the_callers_transaction(session: A
     assert relayed_at is None
 
 
-async def test_emit_event_refuses_an_unknown_kind_and_writes_nothing(session: AsyncSession) -> None:
+async def test_emit_event_refuses_an_unknown_kind_a_dict_and_another_kinds_payload_and_writes_nothing(
+    session: AsyncSession,
+) -> None:
     before = (await session.execute(text("SELECT count(*) FROM domain_events"))).scalar_one()
 
     with pytest.raises(UnknownEventKindError):
-        await emit_event(session, "payment.succeded", {})
+        await emit_event(session, "tests.bill_isued", BillIssued(1))
+    with pytest.raises(EventPayloadError, match="carries a BillIssued, not a dict"):
+        await emit_event(session, "tests.bill_issued", {"bill_id": 1})
+    with pytest.raises(EventPayloadError, match="carries a BillIssued, not a NoticePublished"):
+        await emit_event(session, "tests.bill_issued", NoticePublished(1))
+    with pytest.raises(EventPayloadError, match=r"BillIssued.bill_id: expected int, got str"):
+        await emit_event(session, "tests.bill_issued", BillIssued("1"))  # type: ignore[arg-type]
 
     assert (await session.execute(text("SELECT count(*) FROM domain_events"))).scalar_one() == before
 
 
-def test_handles_refuses_an_unknown_kind_and_a_second_handler_of_the_same_name() -> None:
-    handlers = HandlerRegistry()
+def test_a_registry_refuses_an_unknown_kind_and_a_second_handler_of_the_same_kind_and_name() -> None:
     with pytest.raises(UnknownEventKindError):
-        handlers.handles("bill.isued")
-    handlers.handles("bill.issued", name="print")(_nothing)
+        HandlerRegistry([Handler("tests.bill_isued", "print", _nothing)])
     with pytest.raises(ValueError, match="already handles"):
-        handlers.handles("bill.issued", name="print")(_nothing)
+        HandlerRegistry([Handler("tests.bill_issued", "print", _nothing), Handler("tests.bill_issued", "print", _nothing)])
+    with pytest.raises(ValueError, match="handler name"):
+        HandlerRegistry([Handler("tests.bill_issued", "", _nothing)])
+    # The same name under another kind is another handler.
+    handlers = HandlerRegistry([Handler("tests.bill_issued", "print", _nothing),
+                                Handler("tests.notice_published", "print", _nothing)])
+    assert [handler.entrypoint for handler in handlers] == [
+        "event:tests.bill_issued:print", "event:tests.notice_published:print"]
+
+
+def test_a_handler_is_found_by_its_name_or_by_kind_and_name_when_the_name_is_shared() -> None:
+    handlers = HandlerRegistry([Handler("tests.bill_issued", "print", _nothing),
+                                Handler("tests.notice_published", "print", _nothing),
+                                Handler("tests.notice_published", "push", _nothing)])
+
+    assert handlers.named("push").kind == "tests.notice_published"
+    assert handlers.named("tests.bill_issued:print").kind == "tests.bill_issued"
+    with pytest.raises(KeyError, match="several handlers"):
+        handlers.named("print")
+    with pytest.raises(KeyError, match="no handler named 'pusj'"):
+        handlers.named("pusj")
 
 
 async def test_emit_in_a_rolled_back_transaction_leaves_no_event_and_no_notification(
@@ -88,10 +116,10 @@ async def test_emit_in_a_rolled_back_transaction_leaves_no_event_and_no_notifica
     async with raw_connection(database_url) as listening:
         await listening.add_listener(EVENTS_CHANNEL, lambda *args: notifications.put_nowait(args[-1]))
         async with factory() as session, session.begin():
-            event_id = await emit_event(session, "alarm.opened", {"meter_id": 1})
+            event_id = await emit_event(session, "tests.workorder_changed", WorkorderChanged(1))
             await session.rollback()
 
-        committed_id = await emit_committed(factory, "alarm.closed", {"meter_id": 1})
+        committed_id = await emit_committed(factory, "tests.workorder_changed", WorkorderChanged(2))
         # NOTIFYs arrive in commit order: the committed event's comes first if the other ever would.
         assert await asyncio.wait_for(notifications.get(), 2) == str(committed_id)
         assert notifications.empty()
@@ -112,18 +140,18 @@ async def _jobs_for(connection: asyncpg.Connection, event_ids: list[int]) -> lis
 async def test_relay_enqueues_one_job_per_handler_and_marks_the_event_relayed(
     database_url: str, factory: async_sessionmaker[AsyncSession]
 ) -> None:
-    notice = await emit_committed(factory, "notice.published", {"notice_id": 1})
-    workorder = await emit_committed(factory, "workorder.changed", {"workorder_id": 2})
-    unhandled = await emit_committed(factory, "bill.issued", {"bill_id": 3})
+    notice = await emit_committed(factory, "tests.notice_published", NoticePublished(1))
+    workorder = await emit_committed(factory, "tests.workorder_changed", WorkorderChanged(2))
+    unhandled = await emit_committed(factory, "tests.bill_issued", BillIssued(3))
 
     async with raw_connection(database_url) as connection:
         assert await relay_pending(connection, handlers=_registry()) >= 3
 
         assert sorted(await _jobs_for(connection, [notice, workorder, unhandled])) == sorted(
             [
-                ("event:notice.published:inbox", job_payload(notice)),
-                ("event:notice.published:push", job_payload(notice)),
-                ("event:workorder.changed:notify_resident", job_payload(workorder)),
+                ("event:tests.notice_published:inbox", job_payload(notice)),
+                ("event:tests.notice_published:push", job_payload(notice)),
+                ("event:tests.workorder_changed:notify_resident", job_payload(workorder)),
             ]
         )
         unrelayed = await connection.fetchval(
@@ -140,7 +168,7 @@ async def test_two_racing_relays_hand_each_event_to_each_handler_exactly_once(
     database_url: str, factory: async_sessionmaker[AsyncSession]
 ) -> None:
     async with factory() as session, session.begin():
-        event_ids = [await emit_event(session, "notice.published", {"notice_id": n}) for n in range(60)]
+        event_ids = [await emit_event(session, "tests.notice_published", NoticePublished(n)) for n in range(60)]
 
     async with raw_connection(database_url) as first, raw_connection(database_url) as second:
         relayed = await asyncio.gather(
@@ -158,9 +186,9 @@ async def test_two_racing_relays_hand_each_event_to_each_handler_exactly_once(
 async def test_a_relay_that_fails_midway_hands_off_nothing(
     database_url: str, factory: async_sessionmaker[AsyncSession]
 ) -> None:
-    event_id = await emit_committed(factory, "workorder.changed", {"workorder_id": 9})
+    event_id = await emit_committed(factory, "tests.workorder_changed", WorkorderChanged(9))
     handlers = _registry()
-    (subscription,) = handlers.subscriptions("workorder.changed")
+    (handler,) = handlers.for_kind("tests.workorder_changed")
 
     async with raw_connection(database_url) as connection:
         # Given a trigger that fails the relay's UPDATE, after its enqueue ran:
@@ -180,7 +208,7 @@ async def test_a_relay_that_fails_midway_hands_off_nothing(
         assert await connection.fetchval("SELECT relayed_at FROM domain_events WHERE id = $1", event_id) is None
 
         await relay_pending(connection, handlers=handlers)
-        assert await _jobs_for(connection, [event_id]) == [(subscription.entrypoint, job_payload(event_id))]
+        assert await _jobs_for(connection, [event_id]) == [(handler.entrypoint, job_payload(event_id))]
         assert await connection.fetchval(
             "SELECT dedupe_key FROM pgqueuer WHERE payload = $1", job_payload(event_id)
-        ) == dedupe_key(event_id, subscription)
+        ) == dedupe_key(event_id, handler)

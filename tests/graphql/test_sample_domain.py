@@ -1,9 +1,12 @@
 """A domain defined under tests/ (tests/sample_domain, installed for the whole run by
 tests/conftest.py) is picked up everywhere from its declaration alone: the API and a
-field on the archives' Household, its route, menu, demo grants, job, CLI command, check
-and the system actor; the real schema stays as it was."""
+field on the archives' Household, its route, menu, demo grants, job, handler of a typed
+event, CLI command, check, settings group and the system actor; the real schema stays as
+it was."""
 
 from __future__ import annotations
+
+import asyncio
 
 import httpx
 import pytest
@@ -17,11 +20,13 @@ from backend.demo import demo_grants
 from backend.domains import DOMAINS, installed
 from backend.graphql.relay import encode_id
 from backend.graphql.schema import build_schema, export_sdl
-from backend.jobs import declared_jobs, run_job, runtime_for, system_principal
+from backend.jobs import declared_jobs, run_job, run_worker, runtime_for, system_principal
 from backend.settings import Settings, SettingsError
 from tests.graphql.client import GraphQLClient, api_settings, graphql_client
 from tests.graphql.conftest import World
 from tests.sample_domain.domain import DOMAIN as NOTES
+from tests.sample_domain.events import NoteWritten
+from tests.sample_domain.handlers import HANDLED
 from tests.sample_domain.jobs import TALLIES
 
 NOTES_AND_HOUSEHOLD = """
@@ -102,6 +107,27 @@ async def _admin_login(database_url: str) -> tuple[str, str]:
     finally:
         await engine.dispose()
     return staff.username, staff.password
+
+
+async def test_its_handler_gets_the_typed_payload_and_runs_as_the_system_actor(
+    database_url: str, client: GraphQLClient, world: World
+) -> None:
+    token = await client.login(world.admin.username, world.admin.password)
+    await client.execute(WRITE_NOTE, {"text": "三号楼阀门井漏水"}, token=token)
+    written = NoteWritten(chars=8, by=world.admin.principal.name)
+
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_worker(Settings(), database_url, stop=stop, relay_sweep_interval=0.2))
+    try:
+        for _ in range(100):
+            if any(payload == written for _, payload, _ in HANDLED):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, 5)
+
+    assert [actor for _, payload, actor in HANDLED if payload == written] == ["系统"]
 
 
 def test_its_menu_permissions_and_demo_grants_are_in_the_catalog() -> None:

@@ -15,8 +15,10 @@ from backend.archives.models import AreaKind, MeterStatus, MeterType
 from backend.archives.service import MeterChanges, MeterModelFields, create_area, create_meter, save_meter_model
 from backend.db import session_factory
 from backend.errors import DomainError, ErrorCode, NotFound
+from backend.events.service import load_event, payload_of
 from backend.graphql.relay import encode_id
 from backend.readings.entry import correct_reading, enter_reading, stored_reading
+from backend.readings.events import ReadingsIngested
 from backend.readings.models import ReadingQuality
 from backend.readings.service import ReadingIn, ingest_readings
 from tests.factories import make_staff, unique
@@ -200,6 +202,21 @@ async def test_a_correction_changes_the_total_and_source_keeps_the_quality_and_r
     assert await daily(session, meter.id, date(2026, 11, 20)) == Decimal(2)
     assert await daily(session, meter.id, date(2026, 11, 21)) == Decimal(5)
     assert await event_count(session) == events + 1
+
+
+async def test_a_corrections_event_spans_the_corrected_reading(session: AsyncSession) -> None:
+    meter = await make_meter(session)
+    await ingest(session, meter.id, at(19), "10")
+    await ingest(session, meter.id, at(20), "15")
+
+    await correct_reading(session, meter_id=meter.id, read_at=at(19), total_m3=Decimal("9"),
+                          reason="抄表员看错", by="wang", now=NOW, tz=SHANGHAI, scope_patterns=None)
+
+    newest = (await session.execute(text("SELECT max(id) FROM domain_events WHERE kind = 'readings.ingested'"))).scalar_one()
+    event = await load_event(session, newest)
+    assert event is not None
+    payload = payload_of(event, ReadingsIngested)
+    assert (payload.meter_ids, payload.first_read_at, payload.last_read_at) == ((meter.id,), at(19), at(19))
 
 
 async def test_correcting_a_missing_reading_or_without_a_reason_is_refused(session: AsyncSession) -> None:

@@ -10,7 +10,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.events.service import load_event, payload_of
 from backend.readings.errors import RejectionCode
+from backend.readings.events import ReadingsIngested
 from backend.readings.models import ReadingQuality
 from backend.readings.partitions import ensure_partitions
 from backend.readings.service import ReadingIn, ingest_readings, latest_readings
@@ -40,11 +42,10 @@ async def stored(session: AsyncSession, meter_id: int) -> list[tuple[datetime, D
     return [(row.read_at, row.total_m3, row.quality) for row in rows]
 
 
-async def events(session: AsyncSession) -> list[dict[str, object]]:
-    rows = await session.execute(
-        text("SELECT payload FROM domain_events WHERE kind = 'readings.ingested' ORDER BY id")
-    )
-    return [row.payload for row in rows]
+async def events(session: AsyncSession) -> list[ReadingsIngested]:
+    ids = (await session.execute(text("SELECT id FROM domain_events WHERE kind = 'readings.ingested' ORDER BY id")))
+    loaded = [await load_event(session, event_id) for event_id in ids.scalars().all()]
+    return [payload_of(event, ReadingsIngested) for event in loaded if event is not None]
 
 
 async def test_new_readings_are_inserted_and_one_event_names_the_meters(session: AsyncSession) -> None:
@@ -58,7 +59,40 @@ async def test_new_readings_are_inserted_and_one_event_names_the_meters(session:
     assert [(r[1], r[2]) for r in await stored(session, one.id)] == [(Decimal("1.5000"), "actual"),
                                                                       (Decimal("2.2500"), "actual")]
     emitted = (await events(session))[before:]
-    assert emitted == [{"batch_id": result.batch_id, "meter_ids": sorted([one.id, two.id])}]
+    assert emitted == [ReadingsIngested(result.batch_id, tuple(sorted([one.id, two.id])), at(1), at(2))]
+
+
+async def test_the_event_spans_the_earliest_and_latest_reading_the_batch_wrote_not_those_it_skipped(
+    session: AsyncSession,
+) -> None:
+    one, two = await make_meter(session), await make_meter(session)
+    await ingest(session, [reading(one.id, at(10), "10")])
+    before = len(await events(session))
+
+    # Appended, out of order across meters: the earliest is two's, the latest one's.
+    appended = await ingest(session, [reading(one.id, at(12, 6), "12"), reading(two.id, at(11, 3), "1"),
+                                      reading(one.id, at(14), "14"), reading(two.id, at(12), "2")])
+    # A late batch (general path): day 10 is a duplicate and day 30 is in the future
+    # (rejected), so neither bounds what was written.
+    late = await ingest(session, [reading(one.id, at(10), "10"), reading(one.id, at(11), "11"),
+                                  reading(one.id, at(13), "13"), reading(one.id, at(30), "30")])
+
+    assert (appended.inserted, late.inserted, late.duplicates, len(late.rejected)) == (4, 2, 1, 1)
+    assert (await events(session))[before:] == [
+        ReadingsIngested(appended.batch_id, tuple(sorted([one.id, two.id])), at(11, 3), at(14)),
+        ReadingsIngested(late.batch_id, (one.id,), at(11), at(13)),
+    ]
+
+
+async def test_the_event_of_a_batch_in_another_time_zone_carries_the_same_instants(session: AsyncSession) -> None:
+    meter = await make_meter(session)
+    before = len(await events(session))
+    utc = ZoneInfo("UTC")
+
+    await ingest(session, [reading(meter.id, at(5).astimezone(utc), "5"), reading(meter.id, at(6).astimezone(utc), "6")])
+
+    (emitted,) = (await events(session))[before:]
+    assert (emitted.first_read_at, emitted.last_read_at) == (at(5), at(6))
 
 
 async def test_duplicates_in_a_batch_keep_the_best_quality(session: AsyncSession) -> None:
@@ -135,7 +169,8 @@ async def test_a_conflicting_row_makes_the_fallback_count_exactly(session: Async
 
     assert (result.inserted, result.replaced, result.duplicates) == (4, 0, 1)
     assert [r[0] for r in await stored(session, meter.id)] == [at(day) for day in range(1, 6)]
-    assert (await events(session))[before:] == [{"batch_id": result.batch_id, "meter_ids": [meter.id]}]
+    # The event spans what was written: day 3 was there already, but it lies inside.
+    assert (await events(session))[before:] == [ReadingsIngested(result.batch_id, (meter.id,), at(1), at(5))]
 
 
 async def test_rejections_carry_reasons_and_store_nothing(session: AsyncSession) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from backend.auth.menus import Menu
 from backend.auth.menus import permission as _p
 from backend.domain import Check, Domain, Job
+from backend.events.service import Handler
 from tests.sample_domain.settings import NotesSettings
 
 DOMAIN = Domain(
@@ -23,6 +24,9 @@ DOMAIN = Domain(
         Job("notes.tally", "tests.sample_domain.jobs:tally", cron="30 2 * * *", permissions=frozenset({"notes:read"}),
             description="Count yesterday's notes"),
     ),
+    handlers=(Handler("notes.written", "notes.tally_note", "tests.sample_domain.handlers:tally_note",
+                      permissions=frozenset({"notes:read"})),),
+    events=("tests.sample_domain.events",),
     services="tests.sample_domain.service:offered",
     checks=(Check("notes.greeting", "tests.sample_domain.checks:greeting", "The notes domain answers"),),
     commands={"notes": "tests.sample_domain.cli:notes_app"},

@@ -3,16 +3,20 @@ Household (through the extension point, without archives importing this)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import strawberry
+from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.types import Info
 
-from backend.archives.schema import HouseholdType
+from backend.events.service import emit_event
 from backend.graphql.context import Context
 from backend.graphql.errors import UserError
 from backend.graphql.extend import TypeExtension
 from backend.graphql.mutations import run_mutation
 from backend.graphql.permissions import Requires
 from tests.sample_domain import service
+from tests.sample_domain.events import NoteWritten
 
 
 @strawberry.type
@@ -36,8 +40,10 @@ class Mutation:
         context: Context = info.context
         limits = context.services["settings.notes"]  # the domain's settings group
 
-        async def work(session: object) -> str:
-            return service.checked_note(text, max_chars=limits.max_chars)
+        async def work(session: AsyncSession) -> str:
+            note = service.checked_note(text, max_chars=limits.max_chars)
+            await emit_event(session, "notes.written", NoteWritten(chars=len(note), by=context.caller.name))
+            return note
 
         return await run_mutation(
             info, module="notes", action="writeNote", describe=lambda note: "写便签",
@@ -49,8 +55,8 @@ class Mutation:
 class HouseholdNoteFields:
     @strawberry.field(permission_classes=[Requires("notes:read")], description="A note heading for this household.")
     def note_heading(self) -> str:
-        household: HouseholdType = self  # type: ignore[assignment]
+        household: Any = self  # archives' Household, named below by its GraphQL name
         return f"户号 {household.account_no}"
 
 
-EXTENSIONS = (TypeExtension(HouseholdType, HouseholdNoteFields),)
+EXTENSIONS = (TypeExtension("Household", HouseholdNoteFields),)

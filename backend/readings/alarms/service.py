@@ -47,8 +47,9 @@ from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
 from backend.auth.scope import covers_whole_tree, in_scope, path_in_scope
 from backend.errors import DomainError, ErrorCode, NotFound
-from backend.events.service import EventKind, emit_event
+from backend.events.service import emit_event
 from backend.pagination import PagedQuery
+from backend.readings.alarms.events import AlarmClosed, AlarmOpened
 from backend.readings.alarms.models import AlarmKind, AlarmRule, AlarmSeverity, AlarmStatus, MeterAlarm
 from backend.readings.partitions import as_zone
 from backend.readings.rollup import zone_name
@@ -400,9 +401,9 @@ async def evaluate_rules(
     })).one()
     opened, closed = list(result.opened), list(result.closed)
     if opened:
-        await emit_event(session, EventKind.alarm_opened, {"alarm_ids": opened})
+        await emit_event(session, "alarm.opened", AlarmOpened(tuple(opened)))
     if closed:
-        await emit_event(session, EventKind.alarm_closed, {"alarm_ids": closed, "by": SYSTEM})
+        await emit_event(session, "alarm.closed", AlarmClosed(tuple(closed), by=SYSTEM))
     return AlarmEvaluation(opened=len(opened), closed=len(closed), refreshed=int(result.refreshed))
 
 
@@ -613,7 +614,7 @@ async def close_alarm(
     alarm.closed_by = by
     alarm.close_reason = reason
     await session.flush()
-    await emit_event(session, EventKind.alarm_closed, {"alarm_ids": [alarm_id], "by": by})
+    await emit_event(session, "alarm.closed", AlarmClosed((alarm_id,), by=by))
     return alarm
 
 
