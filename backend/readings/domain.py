@@ -45,7 +45,7 @@ DOMAIN = Domain(
         Job("ensure_reading_partitions", "backend.readings.jobs:ensure_reading_partitions", cron="23 3 * * *",
             description="Attach the readings partitions of this month and the next three"),
     ),
-    events=("backend.readings.events",),
+    events=("backend.readings.events", "backend.readings.alarms.events"),
     checks=(Check("readings.partitions", "backend.readings.checks:partitions_ahead",
                   "This month's readings partition and the next three are attached"),),
     commands={"partitions": "backend.readings.cli:partitions_app"},
