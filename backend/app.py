@@ -27,7 +27,7 @@ from backend import db
 from backend.archives import http as archives_http
 from backend.audit import http as audit_http
 from backend.auth import http as auth_http
-from backend.auth.ratelimit import AnonymousThrottle, ClientRateLimiter
+from backend.auth.ratelimit import AnonymousThrottle, ClientRateLimiter, OverLimitMemo
 from backend.auth.security import decode_access_token
 from backend.auth.service import AuthPolicy, authenticate_on_connection
 from backend.clock import utcnow
@@ -158,7 +158,7 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
         check_anonymous=anonymous.check,
         read_sessions=read_sessions,
         read_engine=read_engine,
-        services={"auth_policy": policy, "client_limiter": limiter},
+        services={"auth_policy": policy, "client_limiter": limiter, "over_limit": OverLimitMemo()},
     )
 
     async def healthz(request: Request) -> Response:
