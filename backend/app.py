@@ -26,7 +26,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend import db
-from backend.auth.ratelimit import AnonymousThrottle, ClientRateLimiter
+from backend.auth.ratelimit import AnonymousThrottle, ClientRateLimiter, OverLimitMemo
 from backend.auth.security import decode_access_token
 from backend.auth.service import AuthPolicy, authenticate_on_connection
 from backend.clock import utcnow
@@ -151,7 +151,10 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
         async with db.raw_read(read_engine) as connection:
             return await authenticate_on_connection(connection, token=token, now=now, policy=policy)
 
-    services = {"auth_policy": policy, "client_limiter": limiter, **collect_services(settings, domains)}
+    # The app's own collaborators, then what the declarations offer. over_limit: the
+    # throttle keys the database refused this minute (backend.auth.ratelimit.OverLimitMemo).
+    services = {"auth_policy": policy, "client_limiter": limiter, "over_limit": OverLimitMemo(),
+                **collect_services(settings, domains)}
     endpoint = GraphQLEndpoint(
         build_schema(domains),
         settings=settings,

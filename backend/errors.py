@@ -122,6 +122,9 @@ class DomainError(Exception):
     code: ErrorCode = ErrorCode.INVALID
     message: str = "请求无效"
     message_en: str = "Invalid request"
+    # run_mutation audits a refused mutation unless its refusal says otherwise (a throttle
+    # refusal repeated from memory: the first one of its key and minute was audited).
+    audited: bool = True
 
     def __init__(
         self,

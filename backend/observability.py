@@ -33,6 +33,11 @@ GRAPHQL_LATENCY = Histogram(
 DB_POOL = Gauge("shuiwu_db_pool_connections", "Database pool connections by state.", ["state"], registry=registry)
 JOBS = Counter("shuiwu_jobs_total", "Background jobs run, by entrypoint and outcome.", ["entrypoint", "outcome"], registry=registry)
 EVENTS_RELAYED = Counter("shuiwu_events_relayed_total", "Domain events handed to jobs, by kind.", ["kind"], registry=registry)
+# Refusals of the cross-process throttles (login attempts, SMS codes), by the kind of key
+# ("login:ip", "sms:all" …: fixed by the code, never the address): the operator's view of a
+# flood, since only the first refusal of a key in its minute is audited.
+THROTTLE_REFUSALS = Counter("shuiwu_throttle_refusals_total", "Throttle refusals by kind of key.", ["throttle"],
+                            registry=registry)
 
 # Operation names are client-chosen: the label is the name cut to a length and only
 # [A-Za-z0-9_]; anything else, and every name past the cap of distinct labels, is "other",
@@ -50,6 +55,7 @@ _OPERATION_LABEL = re.compile(r"[A-Za-z0-9_]+")
 _seen_operations: set[str] = set()
 _operation_children: dict[tuple[str, bool], tuple[Any, Any]] = {}
 _http_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+_throttle_children: dict[str, Any] = {}
 
 
 def operation_label(name: str) -> str:
@@ -75,6 +81,15 @@ def observe_operation(name: str, seconds: float, *, ok: bool) -> None:
             GRAPHQL_OPERATIONS.labels(label, "ok" if ok else "error"), GRAPHQL_LATENCY.labels(label))
     children[0].inc()
     children[1].observe(seconds)
+
+
+def observe_throttle_refusal(key: str) -> None:
+    """Count a refusal of throttle ``key`` under its kind (its first two parts)."""
+    kind = ":".join(key.split(":", 2)[:2])
+    child = _throttle_children.get(kind)
+    if child is None:
+        child = _throttle_children[kind] = THROTTLE_REFUSALS.labels(kind)
+    child.inc()
 
 
 def observe_http(route: str, status: str, seconds: float) -> None:

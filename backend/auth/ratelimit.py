@@ -5,7 +5,8 @@ A bucket admits ``rate_per_minute`` requests a minute with bursts up to that man
 N processes behind a balancer the effective limit is N times that, which is documented
 for operators rather than paid for with a shared store. The limits that must hold across
 processes (login attempts, SMS codes) are counted in PostgreSQL instead
-(``service.count_hit``).
+(``service.count_hit``); :class:`OverLimitMemo` spares the database the refusals it has
+already decided this minute.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import ipaddress
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from datetime import datetime
 
 from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
@@ -117,3 +119,45 @@ class AnonymousThrottle:
             raise RateLimited()
         if not self._everyone.take("", self.per_minute):
             raise RateLimited()
+
+
+class RepeatedRefusal(RateLimited):
+    """A throttle refusal this process already gave for the same key, limit and minute,
+    decided by the database then and answered from :class:`OverLimitMemo` now. Not
+    audited: the first refusal of the key in its minute was (``run_mutation``), and
+    every refusal is counted in ``shuiwu_throttle_refusals_total``."""
+
+    audited = False
+
+
+class OverLimitMemo:
+    """The cross-process throttle keys (``service.count_hit``) this process has seen
+    refused, for their limit and wall-clock minute, so a key known to be over is refused
+    again without a database round trip.
+
+    The ``auth_throttle`` row stays the truth: a key's hits in a minute only grow, so once
+    the database refused a key in a minute, it refuses every later hit of that minute, in
+    any process. The memo only repeats such refusals; a key it does not know is asked of
+    the database, and each new minute starts empty. One per app (create_app), never
+    module-global: processes and test databases do not share what they saw. At most
+    ``max_keys`` keys a minute are kept (past that, keys are asked of the database again).
+    """
+
+    def __init__(self, *, max_keys: int = 100_000) -> None:
+        self._max_keys = max_keys
+        self._minute: datetime | None = None
+        self._over: set[tuple[str, int]] = set()
+
+    def knows_over(self, key: str, limit: int, minute: datetime) -> bool:
+        """Whether ``key`` was refused at ``limit`` in ``minute`` (a minute other than the
+        latest one remembered is never known: it is asked of the database)."""
+        return minute == self._minute and (key, limit) in self._over
+
+    def remember_over(self, key: str, limit: int, minute: datetime) -> None:
+        """Record that the database refused ``key`` at ``limit`` in ``minute``."""
+        if self._minute is None or minute > self._minute:
+            self._minute, self._over = minute, set()
+        elif minute < self._minute:
+            return  # a request that started before the minute turned: its minute is over
+        if len(self._over) < self._max_keys:
+            self._over.add((key, limit))

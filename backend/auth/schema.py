@@ -17,6 +17,7 @@ from backend.auth.catalog import Menu, menus
 from backend.auth.errors import RefreshTokenReused
 from backend.auth.models import ApiClient, BindingState, PrincipalKind, Role, RoleKind, StaffUser
 from backend.auth.principal import Principal
+from backend.auth.ratelimit import OverLimitMemo
 from backend.auth.sms import sms_sender
 from backend.clock import utcnow
 from backend.errors import DomainError
@@ -47,6 +48,13 @@ def _policy(info: Info) -> service.AuthPolicy:
     context: Context = info.context
     policy = context.services.get("auth_policy")
     return policy if policy is not None else service.AuthPolicy.from_settings(context.settings)  # type: ignore[no-any-return]
+
+
+def _over_limit(info: Info) -> OverLimitMemo | None:
+    """The app's memo of throttle keys already refused this minute (create_app builds one;
+    without it every throttle hit asks the database)."""
+    context: Context = info.context
+    return context.services.get("over_limit")  # type: ignore[no-any-return]
 
 
 # --------------------------------------------------------------------------- loaders
@@ -561,7 +569,8 @@ class Mutation:
             info, module="auth", action="login",
             describe=lambda _: f"用户 {username[:64]} 登录",
             payload=_auth_payload,
-            before=lambda session: service.claim_login_attempt(session, username=username, now=now, policy=policy, ip=context.ip),
+            before=lambda session: service.claim_login_attempt(session, username=username, now=now, policy=policy, ip=context.ip,
+                                                               over_limit=_over_limit(info)),
             work=lambda session: service.login_staff(
                 session, username=username, password=password, now=now, policy=policy,
                 ip=context.ip, user_agent=context.user_agent,
@@ -605,7 +614,8 @@ class Mutation:
         return await run_mutation(
             info, module="resident", action="requestLoginCode", describe=lambda _: f"向 {phone[:20]} 发送验证码",
             payload=lambda expires, errors: LoginCodePayload(expires_at=expires, errors=errors),
-            before=lambda session: service.claim_code_send(session, phone=phone, now=now, policy=policy, ip=ip),
+            before=lambda session: service.claim_code_send(session, phone=phone, now=now, policy=policy, ip=ip,
+                                                           over_limit=_over_limit(info)),
             work=lambda session: service.request_login_code(session, phone=phone, now=now, policy=policy, sender=sender),
             audit_input={"phone": phone},
         )
@@ -619,7 +629,8 @@ class Mutation:
         return await run_mutation(
             info, module="resident", action="residentLogin", describe=lambda _: f"住户 {phone[:20]} 登录",
             payload=_auth_payload,
-            before=lambda session: service.claim_code_attempt(session, phone=phone, now=now, policy=policy, ip=context.ip),
+            before=lambda session: service.claim_code_attempt(session, phone=phone, now=now, policy=policy, ip=context.ip,
+                                                              over_limit=_over_limit(info)),
             work=lambda session: service.login_resident(
                 session, phone=phone, code=code, now=now, policy=policy, ip=context.ip, user_agent=context.user_agent
             ),
@@ -657,7 +668,7 @@ class Mutation:
             info, module="resident", action="bindHousehold", describe=lambda _: f"住户绑定缴费号 {account_no[:32]}",
             payload=_binding_payload,
             before=lambda session: service.claim_bind_attempt(
-                session, resident=principal, now=now, policy=policy, ip=info.context.ip
+                session, resident=principal, now=now, policy=policy, ip=info.context.ip, over_limit=_over_limit(info)
             ),
             work=work,
         )
@@ -713,7 +724,8 @@ class Mutation:
         return await run_mutation(
             info, module="system", action="changeMyPassword", describe=lambda _: f"{principal.name} 修改密码",
             payload=_ok,
-            before=lambda session: service.claim_password_check(session, actor=principal, now=now, policy=policy, ip=ip),
+            before=lambda session: service.claim_password_check(session, actor=principal, now=now, policy=policy, ip=ip,
+                                                                over_limit=_over_limit(info)),
             work=lambda session: service.change_own_password(
                 session, actor=principal, current_password=current_password, new_password=new_password, now=now, ip=ip
             ),

@@ -61,7 +61,7 @@ from backend.auth.models import (
     StaffUserRole,
 )
 from backend.auth.principal import Principal
-from backend.auth.ratelimit import source_of
+from backend.auth.ratelimit import OverLimitMemo, RepeatedRefusal, source_of
 from backend.auth.scope import AREA_TREE, area_exists, in_scope, require_area_paths, unit_in_scope, unit_visible, whole_tree
 from backend.auth.security import (
     check_password_strength,
@@ -76,6 +76,7 @@ from backend.auth.security import (
 from backend.db import asyncpg_statement
 from backend.errors import DomainError, ErrorCode, Forbidden, NotFound, RateLimited, ValidationFailed
 from backend.events.service import emit_event
+from backend.observability import observe_throttle_refusal
 
 USERNAME = re.compile(r"^[A-Za-z0-9_.\-]{3,64}$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -354,7 +355,8 @@ def _source(ip: str | None) -> str:
 
 
 async def claim_login_attempt(
-    session: AsyncSession, *, username: str, now: datetime, policy: AuthPolicy, ip: str | None
+    session: AsyncSession, *, username: str, now: datetime, policy: AuthPolicy, ip: str | None,
+    over_limit: OverLimitMemo | None = None,
 ) -> int:
     """Count a login attempt before the password is checked; commit it on its own.
 
@@ -365,10 +367,12 @@ async def claim_login_attempt(
     checked but locks the source for ``lockout_s`` unless it succeeds; each attempt after
     a lock ran out locks again for twice as long (up to ``lockout_max_s``). While locked,
     attempts are refused here with :class:`AccountLocked` and not counted. Also counts
-    the address's attempts a minute (any username), across API processes. Returns the
-    attempts counted for this username and source.
+    the address's attempts a minute (any username), across API processes (with
+    ``over_limit``, an address already refused this minute is refused without a database
+    round trip). Returns the attempts counted for this username and source.
     """
-    await count_hit(session, key=f"login:ip:{_source(ip)}", now=now, limit=policy.login_attempts_per_ip_per_minute)
+    await count_hit(session, key=f"login:ip:{_source(ip)}", now=now, limit=policy.login_attempts_per_ip_per_minute,
+                    over_limit=over_limit)
     return await _claim_against_lockout(session, name=username.strip()[:64], source=_source(ip), now=now, policy=policy)
 
 
@@ -417,18 +421,32 @@ def _minute(now: datetime) -> datetime:
     return now.replace(second=0, microsecond=0)
 
 
-async def count_hit(session: AsyncSession, *, key: str, now: datetime, limit: int) -> int:
+async def count_hit(
+    session: AsyncSession, *, key: str, now: datetime, limit: int, over_limit: OverLimitMemo | None = None
+) -> int:
     """Count one hit for ``key`` in ``now``'s minute, shared by every API process (one
     ``auth_throttle`` row per key and minute); :class:`RateLimited` past ``limit``.
-    The row lock is held until the caller's transaction ends: commit it on its own."""
+    The row lock is held until the caller's transaction ends: commit it on its own.
+
+    With ``over_limit`` (the app's memo), a key this process already saw refused at
+    ``limit`` in this minute is refused at once (:class:`RepeatedRefusal`, nothing
+    counted, no database round trip: the row would refuse it too), and a refusal the
+    database decides is remembered there."""
+    minute = _minute(now)
+    if over_limit is not None and over_limit.knows_over(key, limit, minute):
+        observe_throttle_refusal(key)
+        raise RepeatedRefusal()
     hits: int = (await session.execute(
         text(
             "INSERT INTO auth_throttle AS t (key, minute, hits) VALUES (:key, :minute, 1) "
             "ON CONFLICT (key, minute) DO UPDATE SET hits = t.hits + 1 RETURNING hits"
         ),
-        {"key": key[:100], "minute": _minute(now)},
+        {"key": key[:100], "minute": minute},
     )).scalar_one()
     if hits > limit:
+        if over_limit is not None:
+            over_limit.remember_over(key, limit, minute)
+        observe_throttle_refusal(key)
         raise RateLimited()
     return hits
 
@@ -1016,7 +1034,8 @@ async def change_own_password(
 
 
 async def claim_password_check(
-    session: AsyncSession, *, actor: Principal, now: datetime, policy: AuthPolicy, ip: str | None
+    session: AsyncSession, *, actor: Principal, now: datetime, policy: AuthPolicy, ip: str | None,
+    over_limit: OverLimitMemo | None = None,
 ) -> int:
     """Count a check of the caller's current password against their login lockout, so a
     stolen access token cannot be used to guess the password (commit on its own)."""
@@ -1025,7 +1044,7 @@ async def claim_password_check(
     username = (await session.execute(select(StaffUser.username).where(StaffUser.id == actor.id))).scalar_one_or_none()  # type: ignore[call-overload]
     if username is None:
         raise Forbidden()
-    return await claim_login_attempt(session, username=username, now=now, policy=policy, ip=ip)
+    return await claim_login_attempt(session, username=username, now=now, policy=policy, ip=ip, over_limit=over_limit)
 
 
 # Who acted, as the operation log records it: a user with entries has history. Read
@@ -1099,7 +1118,10 @@ async def _refuse_recent_code(session: AsyncSession, phone: str, now: datetime) 
         raise errors.CodeRateLimited(field="phone")
 
 
-async def claim_code_send(session: AsyncSession, *, phone: str, now: datetime, policy: AuthPolicy, ip: str | None) -> None:
+async def claim_code_send(
+    session: AsyncSession, *, phone: str, now: datetime, policy: AuthPolicy, ip: str | None,
+    over_limit: OverLimitMemo | None = None,
+) -> None:
     """Count a request for a login code before anything is sent; commit it on its own.
 
     Refused, with nothing counted: a malformed number, a code sent to it under a minute
@@ -1112,13 +1134,16 @@ async def claim_code_send(session: AsyncSession, *, phone: str, now: datetime, p
                           refusal=errors.CodeDailyLimit(field="phone"))
     # Under the phone's lock, so two requests at once cannot both pass.
     await _refuse_recent_code(session, phone, now)
-    await _count_sms_send(session, now=now, policy=policy, ip=ip)
+    await _count_sms_send(session, now=now, policy=policy, ip=ip, over_limit=over_limit)
 
 
-async def _count_sms_send(session: AsyncSession, *, now: datetime, policy: AuthPolicy, ip: str | None) -> None:
+async def _count_sms_send(
+    session: AsyncSession, *, now: datetime, policy: AuthPolicy, ip: str | None, over_limit: OverLimitMemo | None
+) -> None:
     # SMS pumping costs money: every request that may send one counts per address and in all.
-    await count_hit(session, key=f"sms:ip:{_source(ip)}", now=now, limit=policy.sms_codes_per_ip_per_minute)
-    await count_hit(session, key="sms:all", now=now, limit=policy.sms_codes_per_minute)
+    await count_hit(session, key=f"sms:ip:{_source(ip)}", now=now, limit=policy.sms_codes_per_ip_per_minute,
+                    over_limit=over_limit)
+    await count_hit(session, key="sms:all", now=now, limit=policy.sms_codes_per_minute, over_limit=over_limit)
 
 
 async def request_login_code(
@@ -1183,7 +1208,8 @@ async def login_resident(
 
 
 async def claim_code_attempt(
-    session: AsyncSession, *, phone: str, now: datetime, policy: AuthPolicy, ip: str | None
+    session: AsyncSession, *, phone: str, now: datetime, policy: AuthPolicy, ip: str | None,
+    over_limit: OverLimitMemo | None = None,
 ) -> None:
     """Count one attempt against the phone's live code before it is compared; the caller
     commits this on its own. A code with five attempts used is dead: InvalidCode.
@@ -1194,7 +1220,8 @@ async def claim_code_attempt(
     ground down by asking for new ones. ``policy`` and ``ip`` are required: a caller
     that left them out would skip those limits, or count every address as one."""
     phone = phone.strip()
-    await count_hit(session, key=f"login:ip:{_source(ip)}", now=now, limit=policy.login_attempts_per_ip_per_minute)
+    await count_hit(session, key=f"login:ip:{_source(ip)}", now=now, limit=policy.login_attempts_per_ip_per_minute,
+                    over_limit=over_limit)
     await count_daily_hit(session, key=f"code:phone:{phone[:20]}", now=now, limit=policy.code_attempts_per_phone_per_day,
                           refusal=errors.CodeAttemptsDailyLimit(field="code"))
     live = (
@@ -1220,14 +1247,15 @@ def _bind_attempts_key(resident: Principal) -> str:
 
 
 async def claim_bind_attempt(
-    session: AsyncSession, *, resident: Principal, now: datetime, policy: AuthPolicy, ip: str | None
+    session: AsyncSession, *, resident: Principal, now: datetime, policy: AuthPolicy, ip: str | None,
+    over_limit: OverLimitMemo | None = None,
 ) -> int:
     """Count a binding attempt (commit on its own): five wrong account number / name pairs
     lock binding for the resident (``lockout_s``, doubling like a login lock), so pairs
     cannot be guessed at will. An attempt may send a code to the household's registered
     phone, so it also counts against the address's and everyone's SMS minute limits
     (:class:`RateLimited`), as a login code request does: binding requests cannot pump SMS."""
-    await _count_sms_send(session, now=now, policy=policy, ip=ip)
+    await _count_sms_send(session, now=now, policy=policy, ip=ip, over_limit=over_limit)
     # The resident's own counter (no address): their guesses lock only their binding.
     return await _claim_against_lockout(session, name=_bind_attempts_key(resident), source="", now=now, policy=policy)
 

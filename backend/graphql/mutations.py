@@ -3,7 +3,9 @@
 ``run_mutation`` opens the transaction, calls the service work, writes the audit entry in
 the same transaction and commits. A :class:`DomainError` rolls everything back; the
 refusal is then audited in a fresh transaction (with any ``on_refusal`` bookkeeping, such
-as the failed-login counter) and returned as payload ``errors``. Request-level refusals
+as the failed-login counter) and returned as payload ``errors``. A refusal that says it is
+not audited (``audited = False``: a throttle refusal repeated from memory, whose first one
+this minute was) writes nothing. Request-level refusals
 (not logged in, forbidden, rate limited) become top-level errors instead.
 """
 
@@ -112,10 +114,12 @@ async def run_mutation(
                 raise
             raise ConcurrentDuplicate() from None
     except DomainError as refusal:
-        async with context.write() as session:
-            if on_refusal is not None:
-                await on_refusal(session, refusal)
-            await audit(session, context.principal, f"{describe(None)}: 失败 ({refusal.message})", False)
+        if refusal.audited or on_refusal is not None:
+            async with context.write() as session:
+                if on_refusal is not None:
+                    await on_refusal(session, refusal)
+                if refusal.audited:
+                    await audit(session, context.principal, f"{describe(None)}: 失败 ({refusal.message})", False)
         if refusal.code in _TOP_LEVEL:
             raise
         return payload(None, UserError.from_domain(refusal))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -20,6 +21,8 @@ from backend.auth.service import claim_login_attempt, create_api_client
 from backend.auth.sms import sms_sender
 from backend.clock import utcnow
 from backend.db import session_factory
+from backend.observability import registry
+from tests.conftest import clone_database, drop_database
 from tests.factories import auth_policy, make_household, make_staff
 from tests.graphql.client import GraphQLClient, api_settings, graphql_client
 from tests.graphql.conftest import World
@@ -39,6 +42,7 @@ COUNTER = "{ householdBindingRequests(first: 10) { totalCount edges { node { id 
 AT_COUNTER = "mutation($id: ID!) { decideHouseholdBindingAtCounter(id: $id, approve: false) { binding { state } errors { code } } }"
 STRANGER = ("203.0.113.9", 4000)
 OWNER = ("198.51.100.7", 4000)
+MEMO_ADDRESS = ("203.0.113.78", 4000)
 
 
 async def count(engine: AsyncEngine, sql: str, **params: object) -> int:
@@ -82,6 +86,47 @@ async def test_login_attempts_from_one_address_are_counted_across_api_processes(
     assert refused["errors"][0]["extensions"]["messageEn"] == "Too many requests, try again later"
     assert await count(engine_for_module, "SELECT count(*) FROM login_failures") == failures_before
     assert other_address["data"]["login"]["errors"] == []
+
+
+async def test_a_login_flood_past_the_address_limit_is_audited_once_a_minute_and_counted_in_the_metrics(
+    database_url: str, engine_for_module: AsyncEngine
+) -> None:
+    flooder = ("203.0.113.77", 4000)
+    refusals_before = registry.get_sample_value("shuiwu_throttle_refusals_total", {"throttle": "login:ip"}) or 0.0
+    await one_minute_ahead()
+    async with graphql_client(database_url, client_address=flooder, login_attempts_per_ip_per_minute=1) as api:
+        answers = [await api.execute(LOGIN, {"u": f"flood-{n}", "p": "Guess-123"}) for n in range(6)]
+
+    assert answers[0]["data"]["login"]["errors"] == [{"code": "INVALID_CREDENTIALS"}]
+    assert [top_level_code(answer) for answer in answers[1:]] == ["RATE_LIMITED"] * 5
+    logged = await count(engine_for_module, "SELECT count(*) FROM audit_log WHERE ip = :ip AND action = 'login' "
+                         "AND NOT success AND summary LIKE '%请求过于频繁%'", ip=flooder[0])
+    assert logged == 1
+    assert registry.get_sample_value("shuiwu_throttle_refusals_total", {"throttle": "login:ip"}) == refusals_before + 5
+
+
+@pytest.fixture(scope="module")
+def other_database_url(server_url: str, template_url: str) -> Iterator[str]:
+    url = clone_database(server_url, template_url, "abuse_other")
+    yield url
+    drop_database(server_url, url)
+
+
+async def test_an_app_does_not_refuse_from_what_another_apps_database_decided(
+    database_url: str, other_database_url: str
+) -> None:
+    """Tests run many apps over many databases in one process: what one app learnt of its
+    database's throttle rows is not taken for another's."""
+    await one_minute_ahead()
+    async with (
+        graphql_client(database_url, client_address=MEMO_ADDRESS, login_attempts_per_ip_per_minute=1) as first,
+        graphql_client(other_database_url, client_address=MEMO_ADDRESS, login_attempts_per_ip_per_minute=1) as second,
+    ):
+        flooded = [await first.execute(LOGIN, {"u": f"memo-{n}", "p": "Guess-123"}) for n in range(3)]
+        elsewhere = await second.execute(LOGIN, {"u": "memo-0", "p": "Guess-123"})
+
+    assert top_level_code(flooded[-1]) == "RATE_LIMITED"
+    assert elsewhere["data"]["login"]["errors"] == [{"code": "INVALID_CREDENTIALS"}]
 
 
 async def test_an_administrator_unlocks_a_locked_user_and_it_is_audited(
