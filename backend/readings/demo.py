@@ -67,7 +67,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.archives.models import MeterKind, MeterStatus
 from backend.archives.service import MeterChanges, MeterModelFields, create_meter, replace_meter, save_meter_model, update_meter
 from backend.readings.models import ReadingQuality, ValveState
-from backend.readings.partitions import DEFAULT_TIMEZONE, as_zone
+from backend.readings.partitions import DEFAULT_TIMEZONE, as_zone, ensure_partitions_ahead
 from backend.readings.service import ReadingIn, ingest_readings
 
 if TYPE_CHECKING:
@@ -658,9 +658,12 @@ async def load_demo_readings(
 
 
 async def demo_step(session: AsyncSession, plan: DemoPlan) -> None:
-    """Readings' demo step (backend.readings.domain): the readings when the demo asks for them."""
+    """Readings' demo step (backend.readings.domain): the readings when the demo asks for
+    them, and the partitions of this month and the next three, as the daily job keeps
+    them (a fresh demo passes ``shuiwu check``)."""
     if plan.readings:
         await load_demo_readings(session, seed=plan.seed, now=plan.now, tz=plan.timezone, progress=plan.progress)
+    await ensure_partitions_ahead(session, now=plan.now, tz=plan.timezone)
 
 
 async def _evaluate_alarms(session: AsyncSession, *, now: datetime, tz: tzinfo) -> AlarmEvaluation:
