@@ -1,10 +1,13 @@
 """Run benches on a base commit and on the working tree alternately, in one session.
 
+(A tool, not a bench of its own: the leading underscore keeps ``make bench`` from running
+it without a base.)
+
 A change that should not cost speed (a refactor) is judged by running each bench's
 headline on the base commit and on the head in turns (base, head, base, head, …), so the
 machine's drift hits both alike, and comparing the medians of their headline ratios:
 
-    .venv/bin/python bench/alternate.py --base fb3a5d6 --runs 3 bench/graphql_overhead.py bench/ingest.py
+    .venv/bin/python bench/_alternate.py --base fb3a5d6 --runs 3 bench/graphql_overhead.py bench/ingest.py
 
 The base runs from a temporary git worktree of ``--base`` with the same virtualenv. Each
 bench prints its own figure and baseline; this script reads the ``headline: … ratio=X``
