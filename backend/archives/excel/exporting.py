@@ -37,6 +37,7 @@ async def _area_labels(connection: Any, scope_patterns: Sequence[str]) -> Any:
     def label(path: str) -> str:
         found = labels.get(path)
         if found is None:
+            # Skip the company: every row shares it.
             found = labels[path] = " / ".join(names.get(part, "?") for part in path.strip("/").split("/")[1:])
         return found
 

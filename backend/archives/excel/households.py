@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.archives import models
 from backend.archives.excel.cells import _AREA_HAS_CODE, _area_ref, _label
+from backend.archives.excel.exporting import _area_labels
 from backend.archives.excel.importing import CROSS_AREA, ImportResult, _lock_for_the_subtree_rule, _resolve_areas, _row_errors
 from backend.archives.models import Household
 from backend.db import copy_into
@@ -146,25 +147,13 @@ async def household_export_rows(
     if export_filter.customer_type is not None:
         arguments.append(export_filter.customer_type)
     area_position = HOUSEHOLD_EXPORT_SHEET.keys.index("area_name") if "area_name" in HOUSEHOLD_EXPORT_SHEET.keys else None
-    names: dict[str, str] = {}
-    if area_position is not None:
-        for record in await connection.fetch("SELECT id, name FROM areas WHERE path LIKE ANY($1::text[])", list(scope_patterns)):
-            names[str(record["id"])] = record["name"]
-    labels: dict[str, str] = {}
-
-    def area_label(path: str) -> str:
-        found = labels.get(path)
-        if found is None:
-            # Skip the company: every row shares it.
-            found = labels[path] = " / ".join(names.get(part, "?") for part in path.strip("/").split("/")[1:])
-        return found
-
+    area_label = await _area_labels(connection, scope_patterns) if area_position is not None else None
     async with connection.transaction(readonly=True):
         cursor = await connection.cursor(statement, *arguments)
         while records := await cursor.fetch(chunk_rows):
             for record in records:
                 row = tuple(record)
-                if area_position is not None:
+                if area_label is not None and area_position is not None:
                     row = (*row[:area_position], area_label(row[area_position]), *row[area_position + 1 :])
                 yield row
 
