@@ -35,6 +35,10 @@ async def migrations_at_head(runtime: Runtime, url: str) -> CheckResult:
     return CheckResult(True, f"at {head}")
 
 
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [""])[0]
+
+
 def _line(name: str, result: CheckResult) -> str:
     return f"{'ok  ' if result.ok else 'FAIL'}  {name}  {result.detail}"
 
@@ -49,10 +53,19 @@ async def run_checks(
 
     domains = domains if domains is not None else installed()
     engine = create_engine(url, pool_size=1, max_overflow=0, limits=StatementLimits.for_api(settings))
-    runtime = runtime_for(settings, session_factory(engine), domains=domains)
     failed = 0
     try:
-        migrated = await migrations_at_head(runtime, url)
+        try:
+            runtime = runtime_for(settings, session_factory(engine), domains=domains)
+            migrated = await migrations_at_head(runtime, url)
+        except Exception as error:  # an unreachable database or a bad settings group: one line, no traceback
+            log.debug("the installation check raised", exc_info=True)
+            migrated = CheckResult(False, f"{type(error).__name__}: {_first_line(error)}")
+            echo(_line("database.migrations", migrated))
+            for domain in domains:
+                for check in domain.checks:
+                    echo(f"skip  {check.name}  the installation check failed")
+            return 1
         failed += not migrated.ok
         echo(_line("database.migrations", migrated))
         for domain in domains:
@@ -65,7 +78,7 @@ async def run_checks(
                     result = await load(check.run)(runtime)
                 except Exception as error:  # a broken check is reported as a failure, not a traceback
                     log.debug("check %s raised", check.name, exc_info=True)
-                    result = CheckResult(False, f"{type(error).__name__}: {str(error).splitlines()[0]}")
+                    result = CheckResult(False, f"{type(error).__name__}: {_first_line(error)}")
                 failed += not result.ok
                 echo(_line(check.name, result))
     finally:

@@ -23,7 +23,7 @@ from backend.auth.models import ApiClient, PrincipalKind, Role, RoleKind, StaffU
 from backend.auth.principal import Principal
 from backend.auth.security import token_digest
 from backend.clock import utcnow
-from backend.domain import DemoPlan, load
+from backend.domain import DemoPlan, load, system_principal
 from backend.domains import installed
 
 
@@ -82,7 +82,7 @@ async def load_demo(session: AsyncSession, *, households: int = 2000, seed: int 
     """Load (or top up) the demo utility. Returns the staff logins to print. With
     ``readings``, also 13 months of readings up to ``now`` (backend.readings.demo)."""
     plan = DemoPlan(households=households, seed=seed, readings=readings, now=now or utcnow(), timezone=tz,
-                    progress=progress)
+                    progress=progress, actor=system_principal(installed()))
     for domain in installed():
         if domain.demo is not None:
             await load(domain.demo)(session, plan)

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+    from backend.auth.principal import Principal
     from backend.runtime import Runtime
     from backend.settings import Settings
 
@@ -94,6 +95,8 @@ class DemoPlan:
     now: datetime
     timezone: str
     progress: Callable[[str], None]
+    # Who the demo's automatic steps act as (the alarm sweep): the system actor.
+    actor: Principal
     areas: dict[str, int] = field(default_factory=dict)
 
 
@@ -153,6 +156,21 @@ def load(reference: Any) -> Any:
     return getattr(module, attribute) if attribute else module
 
 
+def system_permissions(domains: tuple[Domain, ...]) -> frozenset[str]:
+    """What the system actor holds: the union of what ``domains``' jobs and handlers declare."""
+    jobs = (permission for domain in domains for job in domain.jobs for permission in job.permissions)
+    handlers = (permission for domain in domains for handler in domain.handlers for permission in handler.permissions)
+    return frozenset((*jobs, *handlers))
+
+
+def system_principal(domains: tuple[Domain, ...]) -> Principal:
+    """The system actor of ``domains`` (``backend.auth.system``): who jobs, handlers and
+    the demo's automatic steps act as."""
+    from backend.auth.system import system_actor
+
+    return system_actor(system_permissions(domains))
+
+
 def settings_group_key(domain_name: str) -> str:
     """The service name a domain's settings group is offered under: ``settings.<name>``."""
     return f"settings.{domain_name}"
@@ -175,11 +193,20 @@ def load_settings_group(domain: Domain) -> Any:
         raise SettingsError(f"bad setting {name}: {first['msg']}") from None
 
 
+def import_event_payloads(domains: tuple[Domain, ...]) -> None:
+    """Import the modules declaring ``domains``' event payloads (``Domain.events``), so
+    every kind is registered before a handler is declared for it or an event is read."""
+    for domain in domains:
+        for module in domain.events:
+            importlib.import_module(module)
+
+
 def collect_services(settings: Settings, domains: tuple[Domain, ...]) -> dict[str, Any]:
     """What the declarations offer, by name: each ``Domain.services`` function's result,
     and each domain's settings group under ``settings.<name>``. The app puts it in the
     GraphQL context and the HTTP host, the worker in the Runtime. Two domains offering
     one name is a mistake, refused at start."""
+    import_event_payloads(domains)  # the app and the worker both start here
     services: dict[str, Any] = {}
 
     def offer(name: str, offered: Any) -> None:

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 
 from backend.archives.domain import DOMAIN as ARCHIVES
 from backend.audit.domain import DOMAIN as AUDIT
+from backend.auth.catalog import use_menus_of
 from backend.auth.domain import DOMAIN as AUTH
 from backend.domain import Domain
 from backend.events.domain import DOMAIN as EVENTS
@@ -39,6 +40,10 @@ _installed: tuple[Domain, ...] = DOMAINS
 def installed() -> tuple[Domain, ...]:
     """The domains this process runs with: :data:`DOMAINS`, plus any a test added."""
     return _installed
+
+
+# The menu catalog (auth) reads the installed domains' menus from here.
+use_menus_of(lambda: tuple(menu for domain in _installed for menu in domain.menus))
 
 
 def install(*extra: Domain) -> tuple[Domain, ...]:

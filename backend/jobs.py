@@ -34,11 +34,9 @@ from pgqueuer.core.executors import AbstractEntrypointExecutor, EntrypointExecut
 from pgqueuer.models import Schedule
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backend.auth.principal import Principal
-from backend.auth.system import system_actor
 from backend.clock import Clock, utcnow
 from backend.db import StatementLimits, create_engine, raw_connection, session_factory
-from backend.domain import Domain, Job, collect_services, load
+from backend.domain import Domain, Job, collect_services, import_event_payloads, load, system_principal
 from backend.domains import installed
 from backend.events.listener import CONNECTION_ERRORS, Backoff, connect, wait_any
 from backend.events.relay import event_id_of, run_relay
@@ -75,15 +73,9 @@ def declared_jobs(domains: tuple[Domain, ...]) -> list[Job]:
 
 
 def declared_handlers(domains: tuple[Domain, ...]) -> HandlerRegistry:
-    """A registry of every handler ``domains`` declare."""
+    """A registry of every handler ``domains`` declare (their kinds' payloads imported first)."""
+    import_event_payloads(domains)
     return HandlerRegistry(handler for domain in domains for handler in domain.handlers)
-
-
-def system_permissions(domains: tuple[Domain, ...]) -> frozenset[str]:
-    """What the system actor holds: the union of what the jobs and handlers declare."""
-    jobs = (permission for domain in domains for job in domain.jobs for permission in job.permissions)
-    handlers = (permission for domain in domains for handler in domain.handlers for permission in handler.permissions)
-    return frozenset((*jobs, *handlers))
 
 
 def runtime_for(
@@ -91,7 +83,7 @@ def runtime_for(
 ) -> Runtime:
     """The runtime jobs and handlers of ``domains`` (default: the installed ones) receive."""
     domains = domains if domains is not None else installed()
-    return Runtime(settings=settings, sessions=sessions, actor=system_actor(system_permissions(domains)), clock=clock,
+    return Runtime(settings=settings, sessions=sessions, actor=system_principal(domains), clock=clock,
                    services=collect_services(settings, domains))
 
 
@@ -105,15 +97,19 @@ async def defer_job(
     """Queue a run of the declared job ``job`` for ``at`` (default: as soon as a worker is
     free), in the caller's transaction: it exists only if the caller commits.
 
-    ``dedupe_key`` makes it once-only while a run with that key is queued or running
-    (``billing:settle:42``): a second deferral is skipped and False returned. ``payload``
-    is JSON-ready; the job's ``run(runtime, payload)`` receives it.
+    ``dedupe_key`` makes it once-only while a run of this job with that key is queued or
+    running (``settle:42``): a second deferral is skipped and False returned. ``payload``
+    is JSON-ready; the job's ``run(runtime, payload)`` receives it. A job no installed
+    domain declares is refused (ValueError): nothing would ever run it.
     """
+    if job not in {declared.name for declared in declared_jobs(installed())}:
+        raise ValueError(f"no installed domain declares the job {job!r}")
     connection = await raw_connection(session)
     delay = max(at - now, timedelta(0)) if at is not None else None
     queued = await Queries(AsyncpgDriver(connection)).enqueue(
         DEFERRED_PREFIX + job, json.dumps(dict(payload or {}), ensure_ascii=False).encode(), 0, delay,
-        dedupe_key=dedupe_key, on_conflict="skip",
+        # PgQueuer's dedupe keys are one namespace for every entrypoint: prefix the job's.
+        dedupe_key=f"{job}:{dedupe_key}", on_conflict="skip",
     )
     return queued[0] is not None
 
@@ -273,8 +269,3 @@ async def _serve(
     finally:
         with contextlib.suppress(*CONNECTION_ERRORS):
             await asyncio.wait_for(connection.close(), 2)
-
-
-def system_principal(domains: tuple[Domain, ...] | None = None) -> Principal:
-    """The system actor of ``domains`` (default: the installed ones)."""
-    return system_actor(system_permissions(domains if domains is not None else installed()))

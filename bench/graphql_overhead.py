@@ -52,6 +52,7 @@ from backend.db import (
     to_libpq_url,
     with_database,
 )
+from backend.domains import DOMAINS  # noqa: F401  (the catalog reads the domain list's menus)
 from backend.settings import Settings
 
 BENCH_DIR = Path(__file__).resolve().parent

@@ -37,3 +37,13 @@ async def test_a_migrated_empty_database_has_no_administrator_yet(database_url: 
 
     assert "FAIL  auth.administrator  no active staff user holds roles:manage" in lines
     assert "ok    archives.cross_area  every open assignment stays within its meter's area" in lines
+
+
+async def test_an_unreachable_database_is_one_failed_line_not_a_traceback() -> None:
+    lines: list[str] = []
+
+    failed = await run_checks(Settings(), "postgresql://nobody@127.0.0.1:9/none?connect_timeout=2", echo=lines.append)
+
+    assert failed == 1
+    assert lines[0].startswith("FAIL  database.migrations  ")
+    assert all(line.startswith("skip  ") for line in lines[1:])

@@ -11,10 +11,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from backend.auth.catalog import all_permissions
 from backend.auth.jobs import purge_expired_auth
 from backend.auth.models import PrincipalKind
 from backend.domain import Domain, Job
-from backend.domains import DOMAINS
+from backend.domains import DOMAINS, extended, installed
 from backend.events.listener import Backoff
 from backend.events.service import Event, Handler, HandlerRegistry
 from backend.jobs import build_queuer, declared_jobs, defer_job, run_worker, runtime_for, system_principal
@@ -172,32 +173,48 @@ async def _remember_run(runtime: Runtime, payload: Mapping[str, object]) -> None
     DEFERRED_RUNS.put_nowait((runtime.actor.name, dict(payload)))
 
 
-REMINDER = Domain(name="reminders", title="提醒", jobs=(Job("remind", _remember_run, permissions=frozenset({"readings:read"})),))
+REMINDER = Domain(name="reminders", title="提醒", jobs=(
+    Job("remind", _remember_run, permissions=frozenset({"readings:read"})),
+    Job("recount", _remember_run),
+))
 
 
 async def test_a_deferred_job_exists_only_if_its_caller_commits_and_once_per_dedupe_key(
     database_url: str, factory: async_sessionmaker[AsyncSession]
 ) -> None:
-    async with factory() as session, session.begin():
-        assert await defer_job(session, job="remind", dedupe_key="remind:1", now=NOW, payload={"household_id": 1})
-        # Same key while the first is queued: skipped.
-        assert not await defer_job(session, job="remind", dedupe_key="remind:1", now=NOW, payload={"household_id": 1})
-    async with factory() as session, session.begin():
-        await defer_job(session, job="remind", dedupe_key="remind:2", now=NOW, payload={"household_id": 2})
-        await session.rollback()
+    with extended(REMINDER):
+        async with factory() as session, session.begin():
+            assert await defer_job(session, job="remind", dedupe_key="household:1", now=NOW, payload={"household_id": 1})
+            # Same key while the first is queued: skipped.
+            assert not await defer_job(session, job="remind", dedupe_key="household:1", now=NOW, payload={"household_id": 1})
+            # Same key for another job: its own.
+            assert await defer_job(session, job="recount", dedupe_key="household:1", now=NOW, at=NOW + timedelta(days=1))
+        async with factory() as session, session.begin():
+            await defer_job(session, job="remind", dedupe_key="household:2", now=NOW, payload={"household_id": 2})
+            await session.rollback()
 
-    stop = asyncio.Event()
-    worker = asyncio.create_task(run_worker(Settings(), database_url, stop=stop, domains=(*DOMAINS, REMINDER),
-                                            clock=lambda: NOW))
-    try:
-        actor, payload = await asyncio.wait_for(DEFERRED_RUNS.get(), WAIT)
-        await asyncio.sleep(0.3)  # a second run would be picked within this
-    finally:
-        stop.set()
-        await asyncio.wait_for(worker, WAIT)
+        stop = asyncio.Event()
+        worker = asyncio.create_task(run_worker(Settings(), database_url, stop=stop, clock=lambda: NOW))
+        try:
+            actor, payload = await asyncio.wait_for(DEFERRED_RUNS.get(), WAIT)
+            await asyncio.sleep(0.3)  # a second run would be picked within this
+        finally:
+            stop.set()
+            await asyncio.wait_for(worker, WAIT)
 
+    # The recount waits for tomorrow; the rolled-back deferral never existed.
     assert (actor, payload) == ("系统", {"household_id": 1})
     assert DEFERRED_RUNS.empty()
+
+
+async def test_a_job_no_installed_domain_declares_is_refused(factory: async_sessionmaker[AsyncSession]) -> None:
+    async with factory() as session, session.begin():
+        with pytest.raises(ValueError, match="remind"):
+            await defer_job(session, job="remind", dedupe_key="household:1", now=NOW)
+
+
+def test_what_jobs_and_handlers_declare_are_permissions_of_the_catalog() -> None:
+    assert system_principal(installed()).permissions <= all_permissions()
 
 
 def test_the_system_actor_holds_exactly_what_the_jobs_and_handlers_declare() -> None:

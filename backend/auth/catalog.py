@@ -5,13 +5,16 @@ permission.
 
 Menus are declared by their domains (``Domain.menus``) and collected here in domain
 order, so a domain that is not installed offers no permission that opens nothing. A
-permission belongs to exactly one menu. The catalog follows ``backend.domains.installed``
-(tests install a domain of their own for a while): read it through these functions,
-never copy it into a module constant.
+permission belongs to exactly one menu. Auth comes first and imports no domain: the
+host's domain list (``backend.domains``) tells the catalog where its menus come from
+when it is imported (:func:`use_menus_of`). The catalog follows the installed set (tests
+install a domain of their own): read it through these functions, never copy it into a
+module constant.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -66,11 +69,19 @@ def _catalog_of(menus: tuple[Menu, ...]) -> Catalog:
     return Catalog.of(menus)
 
 
+_menus_source: list[Callable[[], tuple[Menu, ...]]] = []
+
+
+def use_menus_of(source: Callable[[], tuple[Menu, ...]]) -> None:
+    """Read the installed domains' menus from ``source`` (``backend.domains`` calls this)."""
+    _menus_source[:] = [source]
+
+
 def catalog() -> Catalog:
     """The catalog of the installed domains (cached per installed set)."""
-    from backend.domains import installed  # the host's list; auth's own declaration is in it
-
-    return _catalog_of(tuple(menu for domain in installed() for menu in domain.menus))
+    if not _menus_source:
+        raise RuntimeError("the menu catalog is read before the domain list: import backend.domains first")
+    return _catalog_of(_menus_source[0]())
 
 
 def menus() -> tuple[Menu, ...]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import strawberry
@@ -17,7 +17,6 @@ import strawberry
 from backend.errors import NotFound
 
 NodeFetcher = Callable[[Any, int], Awaitable[Any | None]]
-_FETCHERS: dict[str, NodeFetcher] = {}
 
 
 @strawberry.interface(description="An object with a global id.")
@@ -53,13 +52,11 @@ def decode_id(global_id: str, type_name: str | None = None, *, field: str = "id"
     return pk
 
 
-def register_node(type_name: str, fetcher: NodeFetcher) -> None:
-    _FETCHERS[type_name] = fetcher
-
-
-async def fetch_node(context: Any, global_id: str) -> Any:
+async def fetch_node(context: Any, global_id: str, fetchers: Mapping[str, NodeFetcher]) -> Any:
+    """The object ``global_id`` names, by its type's fetcher (the schema's own map: the
+    root schema collects each domain's ``NODES``); NOT_FOUND for anything else."""
     kind, pk = split_id(global_id)
-    fetcher = _FETCHERS.get(kind)
+    fetcher = fetchers.get(kind)
     if fetcher is None:
         raise NotFound(field="id")
     found = await fetcher(context, pk)

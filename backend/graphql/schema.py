@@ -5,7 +5,9 @@ merged, with their extra types, ``node`` fetchers and cross-domain fields
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cache
+from typing import Any
 
 import strawberry
 from strawberry.tools import merge_types
@@ -15,7 +17,7 @@ from backend.domains import installed
 from backend.graphql.extend import TypeExtension, extended_types
 from backend.graphql.fastpath import FastExecutionContext
 from backend.graphql.permissions import Public
-from backend.graphql.relay import Node, fetch_node, register_node
+from backend.graphql.relay import Node, NodeFetcher, fetch_node
 from backend.graphql.scalars import SCALAR_OVERRIDES
 
 
@@ -24,7 +26,7 @@ class NodeQuery:
     # Open to every caller: each type's fetcher applies that type's permission and scope.
     @strawberry.field(permission_classes=[Public], description="Any object by its global id, within the caller's scope.")
     async def node(self, info: strawberry.Info, id: strawberry.ID) -> Node:
-        return await fetch_node(info.context, id)  # type: ignore[no-any-return]
+        return await fetch_node(info.context, id, node_fetchers(info.schema))  # type: ignore[no-any-return]
 
 
 def build_schema(domains: tuple[Domain, ...] | None = None) -> strawberry.Schema:
@@ -40,9 +42,12 @@ def _build(domains: tuple[Domain, ...]) -> strawberry.Schema:
     subscriptions = tuple(m.Subscription for m in modules if hasattr(m, "Subscription"))
     extra_types = [t for m in modules for t in getattr(m, "TYPES", ())]
     extensions: list[TypeExtension] = [e for m in modules for e in getattr(m, "EXTENSIONS", ())]
+    fetchers: dict[str, NodeFetcher] = {}
     for module in modules:
         for type_name, fetcher in getattr(module, "NODES", {}).items():
-            register_node(type_name, fetcher)
+            if type_name in fetchers:
+                raise ValueError(f"two domains fetch the node type {type_name!r}")
+            fetchers[type_name] = fetcher
     query = merge_types("Query", (NodeQuery, *queries))
     mutation = merge_types("Mutation", mutations) if mutations else None
     subscription = merge_types("Subscription", subscriptions) if subscriptions else None
@@ -60,7 +65,20 @@ def _build(domains: tuple[Domain, ...]) -> strawberry.Schema:
         plain = schema()
         extensions = [extension.resolved(lambda name: _origin(plain, name)) for extension in extensions]
     with extended_types(extensions):
-        return schema()
+        built = schema()
+    _NODE_FETCHERS[id(built)] = fetchers
+    return built
+
+
+# Each built schema's node(id:) fetchers, so a schema answers only for its own domains'
+# types (a test domain's types are not nodes of the real schema). Schemas are cached
+# for the life of the process, so their ids stay theirs.
+_NODE_FETCHERS: dict[int, Mapping[str, NodeFetcher]] = {}
+
+
+def node_fetchers(schema: Any) -> Mapping[str, NodeFetcher]:
+    """The fetchers of the schema executing a request (strawberry's ``info.schema``)."""
+    return _NODE_FETCHERS.get(id(schema), {})
 
 
 def _origin(schema: strawberry.Schema, type_name: str) -> type:

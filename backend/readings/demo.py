@@ -66,11 +66,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.archives.models import MeterKind, MeterStatus
 from backend.archives.service import MeterChanges, MeterModelFields, create_meter, replace_meter, save_meter_model, update_meter
+from backend.auth.system import system_actor
 from backend.readings.models import ReadingQuality, ValveState
 from backend.readings.partitions import DEFAULT_TIMEZONE, as_zone, ensure_partitions_ahead
 from backend.readings.service import ReadingIn, ingest_readings
 
 if TYPE_CHECKING:
+    from backend.auth.principal import Principal
     from backend.domain import DemoPlan
     from backend.readings.alarms.service import AlarmEvaluation
 
@@ -620,9 +622,12 @@ async def load_demo_readings(
     tz: str | tzinfo = DEFAULT_TIMEZONE,
     evaluate: bool = True,
     progress: Callable[[str], None] = lambda _: None,
+    actor: Principal | None = None,
 ) -> DemoReadings:
     """Generate and ingest the demo's readings for the 13 months up to ``now`` (see the
-    module docstring), then evaluate every alarm rule once when ``evaluate``. The caller
+    module docstring), then evaluate every alarm rule once when ``evaluate``, as ``actor``
+    (the demo passes the system actor; None: a system actor holding what the alarm job
+    declares, ``alarms:manage``). The caller
     commits; running again with the same seed and ``now`` writes nothing."""
     zone = as_zone(tz)
     calendar = _Calendar(now=now, zone=zone)
@@ -652,7 +657,7 @@ async def load_demo_readings(
     alarms = None
     if evaluate:
         progress("异常水表")
-        alarms = await _evaluate_alarms(session, now=now, tz=zone)
+        alarms = await _evaluate_alarms(session, actor=actor or system_actor({"alarms:manage"}), now=now, tz=zone)
     return DemoReadings(picks.anomalies, tuple(sorted(picks.hourly)), len(meters), inserted, duplicates, rejected,
                         calendar.start, alarms)
 
@@ -662,14 +667,14 @@ async def demo_step(session: AsyncSession, plan: DemoPlan) -> None:
     them, and the partitions of this month and the next three, as the daily job keeps
     them (a fresh demo passes ``shuiwu check``)."""
     if plan.readings:
-        await load_demo_readings(session, seed=plan.seed, now=plan.now, tz=plan.timezone, progress=plan.progress)
+        await load_demo_readings(session, seed=plan.seed, now=plan.now, tz=plan.timezone, progress=plan.progress,
+                                 actor=plan.actor)
     await ensure_partitions_ahead(session, now=plan.now, tz=plan.timezone)
 
 
-async def _evaluate_alarms(session: AsyncSession, *, now: datetime, tz: tzinfo) -> AlarmEvaluation:
+async def _evaluate_alarms(session: AsyncSession, *, actor: Principal, now: datetime, tz: tzinfo) -> AlarmEvaluation:
     # Imported here, as readings.service does: the alarms service imports archives.service.
-    from backend.auth.system import system_actor
     from backend.readings.alarms.service import evaluate_alarms
 
     # The demo's sweep is the periodic job's, run once: as the system actor.
-    return await evaluate_alarms(session, actor=system_actor({"alarms:manage"}), now=now, tz=tz)
+    return await evaluate_alarms(session, actor=actor, now=now, tz=tz)

@@ -27,7 +27,11 @@ def upgrade() -> None:
                                 ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("event_id", "handler", name=op.f("pk_handled_events")),
     )
-    op.create_index(op.f("ix_domain_events_created_at"), "domain_events", ["created_at"])
+    # Concurrently, outside the migration's transaction: a large outbox keeps taking
+    # events (every business transaction writes one) while the index builds.
+    with op.get_context().autocommit_block():
+        op.create_index(op.f("ix_domain_events_created_at"), "domain_events", ["created_at"], postgresql_concurrently=True,
+                        if_not_exists=True)
 
 
 def downgrade() -> None:

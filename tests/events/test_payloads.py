@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import StrEnum
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -150,3 +153,18 @@ def test_each_owner_declares_the_module_of_its_payloads() -> None:
     declared = {module for domain in DOMAINS for module in domain.events}
 
     assert declared == {payload.cls.__module__ for payload in owned_payload_types()}
+
+
+def test_a_fresh_worker_registers_handlers_for_every_kind_the_domains_own() -> None:
+    # A new interpreter: nothing but the worker's own imports has loaded the payloads.
+    program = (
+        "from backend.domain import Domain; from backend.domains import DOMAINS; from backend.events.service import Handler\n"
+        "from backend.jobs import declared_handlers\n"
+        "kinds = ['readings.ingested', 'alarm.opened', 'alarm.closed', 'household.bound']\n"
+        "late = Domain(name='late', title='late', handlers=tuple(Handler(k, 'late.' + k, 'x:y') for k in kinds))\n"
+        "print(len(declared_handlers((*DOMAINS, late))))\n"
+    )
+    finished = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=False,
+                              cwd=Path(__file__).resolve().parents[2])
+
+    assert (finished.returncode, finished.stdout.strip()) == (0, "4"), finished.stderr[-2000:]

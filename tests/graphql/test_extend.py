@@ -63,3 +63,16 @@ def test_a_field_the_target_has_is_refused() -> None:
     with pytest.raises(ValueError, match="already has: code"), extended_types([TypeExtension(Meter, Clash)]):
         pass
     assert _fields_of_meter(strawberry.Schema(query=Query)) == ["code", "caliber"]
+
+
+def test_a_clash_after_an_applied_extension_leaves_every_class_as_it_was() -> None:
+    @strawberry.type
+    class Clash:
+        caliber: int
+
+    with pytest.raises(ValueError, match="already has: caliber"), extended_types(
+        [TypeExtension(Meter, MeterLinkFields), TypeExtension(Meter, Clash)]
+    ):
+        pass
+
+    assert _fields_of_meter(strawberry.Schema(query=Query)) == ["code", "caliber"]

@@ -142,7 +142,7 @@ async def test_its_job_is_scheduled_and_runs_as_the_system_actor(database_url: s
 
     job = next(job for job in declared_jobs(installed()) if job.name == "notes.tally")
     assert job.cron == "30 2 * * *"
-    assert "notes:read" in system_principal().permissions
+    assert "notes:read" in system_principal(installed()).permissions
     async with committing_sessions(database_url) as sessions:
         await run_job(runtime_for(Settings(), sessions), job, {})
 

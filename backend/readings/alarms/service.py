@@ -403,7 +403,7 @@ async def evaluate_rules(
     if opened:
         await emit_event(session, "alarm.opened", AlarmOpened(tuple(opened)))
     if closed:
-        await emit_event(session, "alarm.closed", AlarmClosed(tuple(closed), by=SYSTEM))
+        await emit_event(session, "alarm.closed", AlarmClosed(tuple(closed), by=closed_by))
     return AlarmEvaluation(opened=len(opened), closed=len(closed), refreshed=int(result.refreshed))
 
 
