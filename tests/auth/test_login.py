@@ -1,4 +1,4 @@
-"""Staff password login and the lockout per username and source address (backend/auth/service.py)."""
+"""Staff password login and the lockout per username and source address (backend/auth/service/login.py)."""
 
 from __future__ import annotations
 
