@@ -163,3 +163,15 @@ def test_hosts_import_no_domain_by_name() -> None:
             if name.split(".")[0] == "backend" and len(name.split(".")) > 1 and name.split(".")[1] in domains:
                 offenders.append((module, name))
     assert sorted(offenders) == []
+
+
+def test_no_schema_module_imports_another_packages_schema() -> None:
+    """A domain's GraphQL builds on its own types; another domain's types are reached
+    by GraphQL name (extensions) or by module path (``strawberry.lazy``), never imported."""
+    offenders = sorted(
+        (_module_name(path), imported) for path in BACKEND.rglob("*.py")
+        if ".schema" in _module_name(path) and _module_name(path) not in HOSTS
+        for imported in _imported_modules(path)
+        if ".schema" in imported and _package_of(imported) not in (None, "graphql", _package_of(_module_name(path)))
+    )
+    assert offenders == []

@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.types import Info
 
 from backend.archives.models import MeterKind
-from backend.archives.schema.types import MeterKindEnum
 from backend.auth.scope import reach_of
 from backend.clock import utcnow
 from backend.errors import BadUserInput
@@ -40,6 +39,9 @@ OnlineStatusEnum = strawberry.enum(
 
 _READ = RequiresAny("readings:read", "resident:self")
 
+# Archives' MeterKind enum, named by module path: a schema imports no other domain's schema.
+MeterKindRef = Annotated["MeterKindEnum", strawberry.lazy("backend.archives.schema.types")]  # type: ignore[name-defined]  # noqa: F821
+
 
 def _tz(info: Info) -> str:
     return str(info.context.settings.tz)
@@ -59,7 +61,7 @@ class MeterColumns:
     meter_code: str = strawberry.field(description="表计编码")
     meter_name: str = strawberry.field(description="表计名称")
     meter_address: str = strawberry.field(description="通讯地址 (the M-Bus/CJ/T 188 address)")
-    meter_kind: MeterKindEnum  # type: ignore[valid-type]
+    meter_kind: MeterKindRef  # type: ignore[valid-type]
     area_name: str = strawberry.field(description="单位名称: the meter's area")
     parent_area_name: str | None = strawberry.field(description="上级单位: the area's parent")
     household_id: strawberry.ID | None = strawberry.field(description="The household served (at read time, for history).")
@@ -131,7 +133,7 @@ class RealtimeFilter:
     meter_id: strawberry.ID | None = None
     concentrator_id: strawberry.ID | None = None
     meter_code: str | None = strawberry.field(default=None, description="Meter codes starting with this.")
-    kind: MeterKindEnum | None = None  # type: ignore[valid-type]
+    kind: MeterKindRef | None = None  # type: ignore[valid-type]
     status: OnlineStatusEnum | None = None  # type: ignore[valid-type]
 
     def to_service(self) -> browse.RealtimeFilter:
