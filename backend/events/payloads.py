@@ -63,13 +63,17 @@ def _refuse(where: str, expected: str, value: Any) -> EventPayloadError:
     return EventPayloadError(f"{where}: expected {expected}, got {type(value).__name__} {value!r}")
 
 
-class _Int(_Codec):
-    description = "int"
+class _Exactly(_Codec):
+    """A JSON scalar of exactly one Python type: bool is an int subclass, and True is
+    never an id or an amount of fen."""
+
+    def __init__(self, kind: type) -> None:
+        self.kind = kind
+        self.description = kind.__name__
 
     def encode(self, value: Any, where: str) -> Any:
-        # bool is an int subclass; True is never an id or an amount of fen.
-        if type(value) is not int:
-            raise _refuse(where, "int", value)
+        if type(value) is not self.kind:
+            raise _refuse(where, self.kind.__name__, value)
         return value
 
     decode = encode
@@ -87,17 +91,6 @@ class _Str(_Codec):
         if not isinstance(value, str):
             raise _refuse(where, "str", value)
         return value
-
-
-class _Bool(_Codec):
-    description = "bool"
-
-    def encode(self, value: Any, where: str) -> Any:
-        if type(value) is not bool:
-            raise _refuse(where, "bool", value)
-        return value
-
-    decode = encode
 
 
 class _DateTime(_Codec):
@@ -200,7 +193,7 @@ class _Optional(_Codec):
 
 
 _SCALARS: dict[Any, _Codec] = {
-    int: _Int(), str: _Str(), bool: _Bool(), datetime: _DateTime(), date: _Date(), Decimal: _Decimal(),
+    int: _Exactly(int), str: _Str(), bool: _Exactly(bool), datetime: _DateTime(), date: _Date(), Decimal: _Decimal(),
 }
 
 
