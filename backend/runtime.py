@@ -51,7 +51,9 @@ class Runtime:
 
     def settings_group(self, domain: str) -> Any:
         """The settings group domain ``domain`` declares (``Domain.settings``)."""
-        return self.service(f"settings.{domain}")
+        from backend.domain import settings_group_key  # domain.py names Runtime for typing only
+
+        return self.service(settings_group_key(domain))
 
     def service(self, name: str) -> Any:
         """The service a declaration offers under ``name``; KeyError names the missing one."""

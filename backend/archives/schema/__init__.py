@@ -3,10 +3,6 @@ concentrators, collectors, assignments and replacements."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import strawberry
-
 from backend.archives.schema.auth_fields import EXTENSIONS
 from backend.archives.schema.mutations import Mutation
 from backend.archives.schema.queries import NODES, Query, fetch_area, fetch_household
@@ -18,17 +14,12 @@ from backend.archives.schema.types import (
     MeterByIdLoader,
 )
 
-AreaRef = Annotated["AreaType", strawberry.lazy("backend.archives.schema")]
-HouseholdRef = Annotated["HouseholdType", strawberry.lazy("backend.archives.schema")]
-
 __all__ = [
     "EXTENSIONS",
     "NODES",
     "AreaByIdLoader",
     "AreaKindEnum",
-    "AreaRef",
     "AreaType",
-    "HouseholdRef",
     "HouseholdType",
     "MeterByIdLoader",
     "Mutation",

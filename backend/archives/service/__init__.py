@@ -41,7 +41,6 @@ from backend.archives.service.areas import (
     households_by_ids,
     move_area,
     rename_area,
-    require_areas,
     share_area_tree,
     update_area,
 )
@@ -193,7 +192,6 @@ __all__ = [
     "rename_area",
     "replace_meter",
     "replacements_by_household_ids",
-    "require_areas",
     "save_collector",
     "save_meter_model",
     "set_household_status",

@@ -205,15 +205,6 @@ async def areas_by_ids(session: AsyncSession, ids: Iterable[int]) -> dict[int, A
     return {area.id: area for area in rows if area.id is not None}
 
 
-async def require_areas(session: AsyncSession, ids: Iterable[int], *, field: str = "areaIds") -> dict[int, Area]:
-    """The areas for ``ids``; an unknown one is refused with UNKNOWN_AREA."""
-    wanted = set(ids)
-    found = await areas_by_ids(session, wanted)
-    if len(found) != len(wanted):
-        raise UnknownArea(field=field)
-    return found
-
-
 def areas_statement(
     *,
     scope_patterns: Sequence[str],
