@@ -175,11 +175,14 @@ class StatementLimits:
     statement_timeout_s: float
     idle_in_transaction_timeout_s: float
     temp_file_limit_mb: int
+    # max_parallel_workers_per_gather; None keeps the server's value (bulk work may use
+    # every core, the API's statements one each: admission counts a request as one core).
+    parallel_workers_per_statement: int | None = None
 
     @classmethod
     def for_api(cls, settings: Settings) -> StatementLimits:
         return cls(settings.db_statement_timeout_s, settings.db_idle_in_transaction_timeout_s,
-                   settings.db_temp_file_limit_mb)
+                   settings.db_temp_file_limit_mb, settings.db_parallel_workers_per_statement)
 
     @classmethod
     def for_bulk(cls, settings: Settings) -> StatementLimits:
@@ -189,8 +192,11 @@ class StatementLimits:
 
     def timeouts(self) -> dict[str, str]:
         """The user-settable limits, as connection ``server_settings``."""
-        return {"statement_timeout": f"{round(self.statement_timeout_s * 1000)}ms",
-                "idle_in_transaction_session_timeout": f"{round(self.idle_in_transaction_timeout_s * 1000)}ms"}
+        settings = {"statement_timeout": f"{round(self.statement_timeout_s * 1000)}ms",
+                    "idle_in_transaction_session_timeout": f"{round(self.idle_in_transaction_timeout_s * 1000)}ms"}
+        if self.parallel_workers_per_statement is not None:
+            settings["max_parallel_workers_per_gather"] = str(self.parallel_workers_per_statement)
+        return settings
 
     @property
     def temp_file_limit(self) -> str:

@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     db_statement_timeout_s: float = Field(default=30, ge=0)
     db_idle_in_transaction_timeout_s: float = Field(default=60, ge=0)
     db_temp_file_limit_mb: int = Field(default=1024, ge=0)
+    # Parallel workers one API statement may start (max_parallel_workers_per_gather;
+    # PostgreSQL's default is 2). Admission runs one expensive request per core: a year of
+    # statistics in parallel took every core and /healthz waited behind it (bench/abuse.py).
+    db_parallel_workers_per_statement: int = Field(default=0, ge=0)
     # ... and on the bulk paths: `shuiwu jobs`, demo load, partitions, readings exports.
     db_bulk_statement_timeout_s: float = Field(default=30 * 60, ge=0)
     db_bulk_idle_in_transaction_timeout_s: float = Field(default=10 * 60, ge=0)

@@ -69,6 +69,9 @@ async def test_demo_load_scales_areas_is_idempotent_and_realistic(session: Async
 
     assert first == second
     assert await _devices(session) == devices
+    # The load leaves the planner's statistics behind it (ANALYZE), as a bulk load should.
+    estimated = await session.execute(text("SELECT reltuples FROM pg_class WHERE oid = 'households'::regclass"))
+    assert estimated.scalar_one() >= 3000
     replaced = devices["replacements"]
     assert devices["models"] == 4 and devices["vendors"] == 3 and devices["swapped_models"] == 1
     assert devices["household_meters"] == 3000 + 0 and devices["meters"] == 3000 + replaced + 8  # type: ignore[operator]

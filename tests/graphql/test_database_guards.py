@@ -209,3 +209,20 @@ async def test_a_role_that_may_not_set_temp_file_limit_still_gets_the_bulk_timeo
         await admin.close()
 
     assert inside == ("30min", "10min", "-1")  # the server's value, no error
+
+
+async def test_an_api_statement_runs_on_one_core_and_bulk_work_keeps_the_servers_parallelism(database_url: str) -> None:
+    api = create_engine(database_url, pool_size=1, max_overflow=0, limits=StatementLimits.for_api(api_settings()))
+    bulk = create_engine(database_url, pool_size=1, max_overflow=0, limits=StatementLimits.for_bulk(api_settings()))
+    show = text("SELECT current_setting('max_parallel_workers_per_gather')")
+    try:
+        async with session_factory(api)() as session:
+            on_api = (await session.execute(show)).scalar_one()
+        async with session_factory(bulk)() as session:
+            on_bulk = (await session.execute(show)).scalar_one()
+    finally:
+        await api.dispose()
+        await bulk.dispose()
+
+    assert on_api == "0"  # admission counts an expensive request as one core
+    assert on_bulk == "2"  # PostgreSQL's default
