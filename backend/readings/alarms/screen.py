@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.alarms.models import KIND_LABELS, SEVERITY_LABELS, STATUS_LABELS
 from backend.readings.alarms import service
 from backend.readings.alarms.models import AlarmKind, AlarmSeverity, AlarmStatus
 from backend.readings.screens import (
@@ -27,14 +28,6 @@ from backend.readings.screens import (
     filter_id,
     register_screen,
 )
-
-KIND_LABELS = {
-    AlarmKind.silent: "无读数", AlarmKind.communication_failure: "通讯失败", AlarmKind.reverse_flow: "倒流",
-    AlarmKind.zero_use: "零用水", AlarmKind.high_use: "用水突增", AlarmKind.battery_low: "电池欠压",
-    AlarmKind.valve_abnormal: "阀门异常", AlarmKind.rollover: "表码翻转",
-}
-STATUS_LABELS = {AlarmStatus.open: "未处理", AlarmStatus.acknowledged: "已确认", AlarmStatus.closed: "已关闭"}
-SEVERITY_LABELS = {AlarmSeverity.info: "提示", AlarmSeverity.warning: "警告", AlarmSeverity.critical: "严重"}
 
 ALARM_COLUMNS = (
     AREA_NAME_COLUMN,
