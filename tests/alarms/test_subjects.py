@@ -37,6 +37,7 @@ from tests.factories import AreaTree, Staff, make_area_tree, make_staff, unique
 from tests.graphql import conftest as graphql_fixtures
 from tests.graphql.client import GraphQLClient
 from tests.graphql.conftest import World
+from tests.graphql.test_dataloaders import counted_statements
 
 world = graphql_fixtures.world
 engine_for_module = graphql_fixtures.engine_for_module
@@ -283,3 +284,21 @@ async def test_acknowledge_and_close_any_subject_in_scope_and_not_found_outside(
     assert closed["data"]["closeAlarm"] == {"alarm": {
         "id": box["id"], "status": "closed", "closedBy": subjects.east_manager.user.full_name,
         "closeReason": "已更换电源"}, "errors": []}
+
+
+async def test_the_list_statement_count_does_not_grow_with_page_size(
+    client: GraphQLClient, subjects: Subjects, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = await client.login(subjects.reader.username, subjects.reader.password)
+    state = client.http._transport.app.state  # type: ignore[attr-defined]
+    page = "query($first: Int) { alarms(first: $first) { totalCount edges { node { id subjectName areaName } } } }"
+    await client.execute(page, {"first": 1}, token=token)  # pool connections opened before counting
+
+    with counted_statements(monkeypatch, state.engine, state.read_engine) as small:
+        one = await client.execute(page, {"first": 1}, token=token)
+    with counted_statements(monkeypatch, state.engine, state.read_engine) as large:
+        four = await client.execute(page, {"first": 4}, token=token)
+
+    assert (len(one["data"]["alarms"]["edges"]), len(four["data"]["alarms"]["edges"])) == (1, 4)
+    # Authentication, the count and the page: whatever the size.
+    assert len(small) == len(large) == 3
