@@ -11,9 +11,8 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.alarms.models import KIND_LABELS, SEVERITY_LABELS, STATUS_LABELS
+from backend.alarms.models import KIND_LABELS, METER_KINDS, SEVERITY_LABELS, STATUS_LABELS, AlarmKind, AlarmSeverity, AlarmStatus
 from backend.readings.alarms import service
-from backend.readings.alarms.models import AlarmKind, AlarmSeverity, AlarmStatus
 from backend.readings.screens import (
     AREA_NAME_COLUMN,
     FOUR_PLACES_FORMAT,
@@ -57,7 +56,7 @@ def alarm_filter_from(filters: Mapping[str, Any]) -> service.AlarmFilter:
     """The screen's JSON filter (GraphQL names and global ids) as a service filter."""
     return service.AlarmFilter(
         statuses=[AlarmStatus(s) for s in filter_choices(filters, "status", [s.value for s in AlarmStatus])] or None,
-        kinds=[AlarmKind(k) for k in filter_choices(filters, "kinds", [k.value for k in AlarmKind])] or None,
+        kinds=[AlarmKind(k) for k in filter_choices(filters, "kinds", [k.value for k in METER_KINDS])] or None,
         area_id=filter_id(filters, "areaId", "Area"),
         meter_id=filter_id(filters, "meterId", "Meter"),
         household_id=filter_id(filters, "householdId", "Household"),

@@ -1,5 +1,9 @@
-"""Abnormal meters (异常水表): evaluating the alarm rules, set-based, and what people do
-with the alarms (acknowledge, close) and the rules (thresholds per area / meter model).
+"""Abnormal meters (异常水表): evaluating the alarm rules, set-based, and the rules
+themselves (thresholds per area / meter model). Readings decides which meters are
+abnormal; the alarms domain (``backend.alarms.service``) writes their alarms and emits
+``alarm.opened`` / ``alarm.closed``: evaluation's last statement is its sweep. What
+people do with alarms (acknowledge, close) and the abnormal-meter list are the alarms
+service's, re-exported here under the names this module always had.
 
 Evaluation reads ``latest_readings``, the last few days of ``daily_usage``,
 ``meter_link_status`` and each meter's cached high-use baseline (raw readings only to
@@ -218,7 +222,7 @@ target AS MATERIALIZED (
         SELECT x.battery, x.status_bits, x.valve_state FROM readings x
         WHERE l.quality <> 'actual' AND x.meter_id = r.meter_id AND x.quality = 'actual'
           AND EXISTS (SELECT FROM {live_alarms_from(AlarmSubjectKind.meter,
-                                                    kinds=(AlarmKind.battery_low, AlarmKind.valve_abnormal))}
+                                                    kinds=(AnyAlarmKind.battery_low, AnyAlarmKind.valve_abnormal))}
                       AND a.subject_id = r.meter_id)
         ORDER BY x.read_at DESC LIMIT 1
     ) la ON true
@@ -308,7 +312,7 @@ target AS MATERIALIZED (
     WHERE c.usage > c.k * c.average_m3
     ORDER BY c.meter_id, c.usage DESC
 ), live_zero AS (
-    SELECT a.subject_id AS meter_id FROM {live_alarms_from(AlarmSubjectKind.meter, kinds=(AlarmKind.zero_use,))}
+    SELECT a.subject_id AS meter_id FROM {live_alarms_from(AlarmSubjectKind.meter, kinds=(AnyAlarmKind.zero_use,))}
       AND a.subject_id = ANY(CAST(:meter_ids AS bigint[]))
 ), zero AS (
     SELECT r.meter_id, max(r.zero_use_s) AS severity, max(r.zero_use_t) AS threshold, sum(d.usage_m3) AS total
