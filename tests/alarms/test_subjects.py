@@ -266,6 +266,8 @@ async def test_acknowledge_and_close_any_subject_in_scope_and_not_found_outside(
         "Concentrator", subjects.east_box.id)}}, token=east))[0]  # type: ignore[arg-type]
 
     outside = await client.execute(ACKNOWLEDGE, {"id": box["id"]}, token=west)
+    node = "query($id: ID!) { node(id: $id) { ... on Alarm { subjectName } } }"
+    seen, hidden = [await client.execute(node, {"id": box["id"]}, token=token) for token in (east, west)]
     unseen = _nodes(await client.execute(ALARMS, {"filter": {"subjectKinds": ["concentrator"]}}, token=west))
     acknowledged = await client.execute(ACKNOWLEDGE, {"id": box["id"], "note": "已派人"}, token=east)
     twice = await client.execute(ACKNOWLEDGE, {"id": box["id"]}, token=east)
@@ -275,6 +277,8 @@ async def test_acknowledge_and_close_any_subject_in_scope_and_not_found_outside(
 
     assert outside["data"]["acknowledgeAlarm"] == {"alarm": None, "errors": [{"field": "id", "code": "NOT_FOUND"}]}
     assert [n["subjectName"] for n in unseen] == [subjects.west_box.name]
+    assert seen["data"]["node"] == {"subjectName": subjects.east_box.name}
+    assert [error["extensions"]["code"] for error in hidden["errors"]] == ["NOT_FOUND"]
     assert acknowledged["data"]["acknowledgeAlarm"] == {"alarm": {
         "id": box["id"], "status": "acknowledged", "acknowledgedBy": subjects.east_manager.user.full_name,
         "acknowledgeNote": "已派人"}, "errors": []}
