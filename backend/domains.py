@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from backend.alarms.domain import DOMAIN as ALARMS
 from backend.archives.domain import DOMAIN as ARCHIVES
 from backend.audit.domain import DOMAIN as AUDIT
 from backend.auth.catalog import use_menus_of
@@ -31,6 +32,7 @@ DOMAINS: tuple[Domain, ...] = (
     AUDIT,
     EVENTS,
     EXPORTS,
+    ALARMS,
     READINGS,
 )
 

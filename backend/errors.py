@@ -96,7 +96,7 @@ class ErrorCode(StrEnum):
     INVALID_TOTAL = "INVALID_TOTAL"
     NAIVE_DATETIME = "NAIVE_DATETIME"
 
-    # Alarms (abnormal meters, backend.readings.alarms)
+    # Alarms (backend.alarms; the rules of abnormal meters: backend.readings.alarms)
     ALARM_ALREADY_ACKNOWLEDGED = "ALARM_ALREADY_ACKNOWLEDGED"
     ALARM_ALREADY_CLOSED = "ALARM_ALREADY_CLOSED"
     ALARM_RULE_DEFAULT = "ALARM_RULE_DEFAULT"

@@ -203,7 +203,7 @@ async def reset(url: str) -> None:
     try:
         async with session_factory(engine)() as session, session.begin():
             await session.execute(text(
-                "TRUNCATE readings, latest_readings, daily_usage_closed, handled_events, domain_events, meter_alarms, meter_usage_baselines"
+                "TRUNCATE readings, latest_readings, daily_usage_closed, handled_events, domain_events, alarms, meter_usage_baselines"
             ))
         async with engine.connect() as connection:
             await connection.execute(text("COMMIT"))

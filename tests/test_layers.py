@@ -34,7 +34,7 @@ def test_only_the_app_and_a_domains_http_module_import_starlette() -> None:
 # --------------------------------------------------------------------------- imports between packages
 
 # DESIGN.md, "Domain order": a domain imports only the domains before it.
-DOMAIN_ORDER = ("auth", "archives", "readings", "billing", "payments", "notifications", "workorders", "remote", "zones")
+DOMAIN_ORDER = ("auth", "archives", "alarms", "readings", "billing", "payments", "notifications", "workorders", "remote", "zones")
 # Shared layers every domain may use; they import no domain but ``auth`` (the first one,
 # which holds the principal and data scope they all check against).
 SHARED_LAYERS = frozenset({"graphql", "events", "exports", "ops", "audit"})

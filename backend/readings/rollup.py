@@ -41,6 +41,8 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from backend.alarms.models import AlarmSubjectKind
+from backend.alarms.service import live_alarms_from
 from backend.readings.models import ReadingQuality, ValveState
 from backend.readings.partitions import as_zone
 
@@ -286,14 +288,14 @@ _NO_STAMPS: dict[datetime, str] = {}
 # Decimals of the three it computes with. first_at only passes through to a COPY line, as
 # ISO text in UTC (to_char: ``::text`` would follow the session's DateStyle, whose zone
 # abbreviations COPY may read back as another zone).
-BATCH_STATE = """
+BATCH_STATE = f"""
 SELECT m.id AS meter_id, power(10::numeric, mm.register_digits)::text AS register_range,
        coalesce(mm.multiplier, 1)::text AS multiplier, l.meter_id IS NOT NULL AS has_latest, l.read_at,
        l.total_m3::text, l.day, to_char(l.first_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
        l.first_total::text, l.effective_total::text,
        l.opening_effective::text, l.reading_count, l.register_wraps, l.rollover, l.reverse_flow, l.estimated,
        m.install_date, b.day AS baseline_day, b.average_m3::text AS baseline_m3,
-       EXISTS (SELECT FROM meter_alarms a WHERE a.meter_id = m.id AND a.status <> 'closed') AS alarm_live
+       EXISTS (SELECT FROM {live_alarms_from(AlarmSubjectKind.meter)} AND a.subject_id = m.id) AS alarm_live
 FROM meters m
 LEFT JOIN meter_models mm ON mm.id = m.model_id
 LEFT JOIN latest_readings l ON l.meter_id = m.id

@@ -139,8 +139,8 @@ def test_the_kinds_emitted_today_are_declared_by_their_owners() -> None:
     owners = {declared.kind: (declared.owner, declared.cls.__name__) for declared in owned_payload_types()}
 
     assert owners == {
-        "alarm.closed": ("readings.alarms", "AlarmClosed"),
-        "alarm.opened": ("readings.alarms", "AlarmOpened"),
+        "alarm.closed": ("alarms", "AlarmClosed"),
+        "alarm.opened": ("alarms", "AlarmOpened"),
         "household.bound": ("auth", "HouseholdBound"),
         "readings.ingested": ("readings", "ReadingsIngested"),
     }

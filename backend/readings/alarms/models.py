@@ -1,11 +1,13 @@
-"""Abnormal-meter tables (异常水表): the rules that decide when a meter is abnormal, the
-alarms they raise, and each meter's communication-link status.
+"""Abnormal-meter tables (异常水表): the rules that decide when a meter is abnormal and
+each meter's communication-link status. The alarms they raise live in the alarms
+domain's table (``backend.alarms.models``, subject kind ``meter``); its enums are
+re-exported here for code written against this module.
 
 ``alarm_rules`` holds one threshold per (kind, area, meter model); the most specific
 rule applies to a meter (model + area, then model, then area, then global; for areas the
-nearest ancestor wins), and a disabled one turns its kind off there (no fallback). ``meter_alarms`` holds at most one live (not closed)
-alarm per meter and kind, which evaluation refreshes while the condition holds and closes
-when it clears; closed alarms stay as history.
+nearest ancestor wins), and a disabled one turns its kind off there (no fallback). Rules
+hold meter kinds only (``METER_KINDS``). Evaluation keeps at most one live alarm per
+meter and kind, refreshed while the condition holds and closed when it clears.
 """
 
 from __future__ import annotations
@@ -14,35 +16,33 @@ from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Boolean, Column, Date, ForeignKey, Index, Integer, Numeric, String, Text, func, text
+from sqlalchemy import BigInteger, Boolean, Column, Date, ForeignKey, Index, Integer, Numeric, String, Text, func
 from sqlmodel import Field, SQLModel
 
+from backend.alarms.models import METER_KINDS, AlarmSeverity, AlarmStatus
+from backend.alarms.models import AlarmKind as AnyAlarmKind
 from backend.db import enum_column, timestamptz
+
+__all__ = [
+    "DEFAULT_RULES", "METER_KINDS", "AlarmKind", "AlarmRule", "AlarmSeverity", "AlarmStatus", "MeterLinkStatus",
+    "MeterUsageBaseline",
+]
 
 
 class AlarmKind(StrEnum):
-    """What is abnormal about a meter; each kind reads its rule's ``threshold`` in its own unit."""
+    """What is abnormal about a meter: the kinds the abnormal-meter rules evaluate and
+    ``alarm_rules`` holds. The same values as those members of the alarms domain's
+    ``AlarmKind`` (every subject's kinds, units there), so either compares equal with the
+    other."""
 
-    silent = "silent"  # threshold: hours without a reading
-    communication_failure = "communication_failure"  # threshold: consecutive failed reads
-    reverse_flow = "reverse_flow"  # threshold: days looked back (including today)
-    zero_use = "zero_use"  # threshold: days of zero usage
-    high_use = "high_use"  # threshold: K, times the meter's average daily usage
-    battery_low = "battery_low"  # threshold: volts
-    valve_abnormal = "valve_abnormal"  # threshold: unused
-    rollover = "rollover"  # threshold: days looked back (including today)
-
-
-class AlarmStatus(StrEnum):
-    open = "open"
-    acknowledged = "acknowledged"
-    closed = "closed"
-
-
-class AlarmSeverity(StrEnum):
-    info = "info"
-    warning = "warning"
-    critical = "critical"
+    silent = AnyAlarmKind.silent.value
+    communication_failure = AnyAlarmKind.communication_failure.value
+    reverse_flow = AnyAlarmKind.reverse_flow.value
+    zero_use = AnyAlarmKind.zero_use.value
+    high_use = AnyAlarmKind.high_use.value
+    battery_low = AnyAlarmKind.battery_low.value
+    valve_abnormal = AnyAlarmKind.valve_abnormal.value
+    rollover = AnyAlarmKind.rollover.value
 
 
 # What the migration seeds as the global rules: kind -> (threshold, severity).
@@ -83,41 +83,6 @@ class AlarmRule(SQLModel, table=True):
     )
     updated_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=False, server_default=func.now()))
     updated_by: str = Field(default="system", sa_column=Column(String(100), nullable=False, server_default="system"))
-
-
-class MeterAlarm(SQLModel, table=True):
-    """One abnormal condition of one meter, from when evaluation first saw it until it was
-    closed (by evaluation when the condition cleared, or by a person)."""
-
-    __tablename__ = "meter_alarms"
-    __mapper_args__ = {"eager_defaults": True}
-    __table_args__ = (
-        # One live alarm per meter and kind: evaluation upserts on this index.
-        Index("uq_meter_alarms_live", "meter_id", "kind", unique=True, postgresql_where=text("status <> 'closed'")),
-        Index("ix_meter_alarms_opened_at", "opened_at"),
-    )
-
-    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
-    meter_id: int = Field(sa_column=Column(BigInteger, ForeignKey("meters.id"), nullable=False, index=True))
-    kind: AlarmKind = Field(sa_column=enum_column(AlarmKind, nullable=False))
-    status: AlarmStatus = Field(
-        default=AlarmStatus.open, sa_column=enum_column(AlarmStatus, nullable=False, server_default=AlarmStatus.open.value)
-    )
-    severity: AlarmSeverity = Field(
-        default=AlarmSeverity.warning,
-        sa_column=enum_column(AlarmSeverity, nullable=False, server_default=AlarmSeverity.warning.value),
-    )
-    opened_at: datetime = Field(sa_column=timestamptz(nullable=False))
-    last_seen_at: datetime = Field(sa_column=timestamptz(nullable=False))
-    value: Decimal | None = Field(default=None, sa_column=Column(Numeric(16, 4), nullable=True))
-    threshold: Decimal | None = Field(default=None, sa_column=Column(Numeric(16, 4), nullable=True))
-    detail: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
-    acknowledged_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))
-    acknowledged_by: str | None = Field(default=None, sa_column=Column(String(100), nullable=True))
-    acknowledge_note: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    closed_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))
-    closed_by: str | None = Field(default=None, sa_column=Column(String(100), nullable=True))
-    close_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class MeterLinkStatus(SQLModel, table=True):

@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.alarms.models import KIND_LABELS, METER_KINDS, SEVERITY_LABELS, STATUS_LABELS, AlarmKind, AlarmSeverity, AlarmStatus
 from backend.readings.alarms import service
-from backend.readings.alarms.models import AlarmKind, AlarmSeverity, AlarmStatus
 from backend.readings.screens import (
     AREA_NAME_COLUMN,
     FOUR_PLACES_FORMAT,
@@ -27,14 +27,6 @@ from backend.readings.screens import (
     filter_id,
     register_screen,
 )
-
-KIND_LABELS = {
-    AlarmKind.silent: "无读数", AlarmKind.communication_failure: "通讯失败", AlarmKind.reverse_flow: "倒流",
-    AlarmKind.zero_use: "零用水", AlarmKind.high_use: "用水突增", AlarmKind.battery_low: "电池欠压",
-    AlarmKind.valve_abnormal: "阀门异常", AlarmKind.rollover: "表码翻转",
-}
-STATUS_LABELS = {AlarmStatus.open: "未处理", AlarmStatus.acknowledged: "已确认", AlarmStatus.closed: "已关闭"}
-SEVERITY_LABELS = {AlarmSeverity.info: "提示", AlarmSeverity.warning: "警告", AlarmSeverity.critical: "严重"}
 
 ALARM_COLUMNS = (
     AREA_NAME_COLUMN,
@@ -64,7 +56,7 @@ def alarm_filter_from(filters: Mapping[str, Any]) -> service.AlarmFilter:
     """The screen's JSON filter (GraphQL names and global ids) as a service filter."""
     return service.AlarmFilter(
         statuses=[AlarmStatus(s) for s in filter_choices(filters, "status", [s.value for s in AlarmStatus])] or None,
-        kinds=[AlarmKind(k) for k in filter_choices(filters, "kinds", [k.value for k in AlarmKind])] or None,
+        kinds=[AlarmKind(k) for k in filter_choices(filters, "kinds", [k.value for k in METER_KINDS])] or None,
         area_id=filter_id(filters, "areaId", "Area"),
         meter_id=filter_id(filters, "meterId", "Meter"),
         household_id=filter_id(filters, "householdId", "Household"),

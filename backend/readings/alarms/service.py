@@ -1,5 +1,9 @@
-"""Abnormal meters (异常水表): evaluating the alarm rules, set-based, and what people do
-with the alarms (acknowledge, close) and the rules (thresholds per area / meter model).
+"""Abnormal meters (异常水表): evaluating the alarm rules, set-based, and the rules
+themselves (thresholds per area / meter model). Readings decides which meters are
+abnormal; the alarms domain (``backend.alarms.service``) writes their alarms and emits
+``alarm.opened`` / ``alarm.closed``: evaluation's last statement is its sweep. What
+people do with alarms (acknowledge, close) and the abnormal-meter list are the alarms
+service's, re-exported here under the names this module always had.
 
 Evaluation reads ``latest_readings``, the last few days of ``daily_usage``,
 ``meter_link_status`` and each meter's cached high-use baseline (raw readings only to
@@ -29,7 +33,6 @@ Plain async functions over a session; the caller commits.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,25 +40,42 @@ from datetime import datetime, tzinfo
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ARRAY, BigInteger, Select, Text, TextClause, any_, bindparam, exists, func, literal_column, or_, select, text
-from sqlalchemy.dialects.postgresql import array
+from sqlalchemy import Select, TextClause, false, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.archives.models import Area, Household, Meter, MeterAssignment, MeterModel
+from backend.alarms.errors import AlarmAlreadyAcknowledged, AlarmAlreadyClosed
+from backend.alarms.models import METER_KINDS, AlarmSubjectKind
+from backend.alarms.models import AlarmKind as AnyAlarmKind
+from backend.alarms.service import (
+    CONDITION_CLEARED,
+    SYSTEM,
+    AlarmSweep,
+    acknowledge_alarm,
+    close_alarm,
+    live_alarms_from,
+    run_sweep,
+)
+from backend.alarms.service import MeterAlarmFilter as AlarmFilter
+from backend.alarms.service import meter_alarm_page_query as alarm_page_query
+from backend.alarms.service import meter_alarm_view as alarm_view
+from backend.archives.models import Area, MeterModel
 from backend.auth.errors import UnknownArea
 from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
 from backend.auth.scope import covers_whole_tree, in_scope, path_in_scope
 from backend.errors import DomainError, ErrorCode, NotFound
-from backend.events.service import emit_event
-from backend.pagination import PagedQuery
-from backend.readings.alarms.events import AlarmClosed, AlarmOpened
-from backend.readings.alarms.models import AlarmKind, AlarmRule, AlarmSeverity, AlarmStatus, MeterAlarm
+from backend.readings.alarms.models import AlarmKind, AlarmRule, AlarmSeverity
 from backend.readings.partitions import as_zone
 from backend.readings.rollup import zone_name
 
-SYSTEM = "system"
-CONDITION_CLEARED = "condition cleared"
+# The alarm workflow's names, kept importable here for code written against this module.
+__all__ = [
+    "CONDITION_CLEARED", "SYSTEM", "AlarmAlreadyAcknowledged", "AlarmAlreadyClosed", "AlarmEvaluation", "AlarmFilter",
+    "DefaultRuleKept", "acknowledge_alarm", "alarm_page_query", "alarm_rule_view", "alarm_rules_statement",
+    "alarm_view", "close_alarm", "delete_alarm_rule", "evaluate_alarms", "evaluate_rules", "record_read_failures",
+    "set_alarm_rule",
+]
+
 HIGH_USE_BASELINE_DAYS = 30
 
 
@@ -66,18 +86,6 @@ class AlarmEvaluation:
     refreshed: int
 
 
-class AlarmAlreadyClosed(DomainError):
-    code = ErrorCode.ALARM_ALREADY_CLOSED
-    message = "告警已关闭"
-    message_en = "The alarm is already closed"
-
-
-class AlarmAlreadyAcknowledged(DomainError):
-    code = ErrorCode.ALARM_ALREADY_ACKNOWLEDGED
-    message = "告警已确认"
-    message_en = "The alarm is already acknowledged"
-
-
 class DefaultRuleKept(DomainError):
     code = ErrorCode.ALARM_RULE_DEFAULT
     message = "全局默认规则不能删除, 可以停用或修改阈值"
@@ -86,13 +94,17 @@ class DefaultRuleKept(DomainError):
 
 # --------------------------------------------------------------------------- evaluation
 
-def _variants(sql: str) -> dict[bool, TextClause]:
+def _variant_sql(sql: str) -> dict[bool, str]:
     """``sql`` for every installed meter (``True``) and for ``:meter_ids`` (``False``).
 
     Two texts rather than one with ``:all_meters OR …``: PostgreSQL caches a generic plan
     for a statement run often, and a generic plan cannot tell the two cases apart."""
     every = _IN_BATCH.sub("true", sql).replace("CAST(:all_meters AS boolean)", "true")
-    return {True: text(every), False: text(sql.replace("CAST(:all_meters AS boolean)", "false"))}
+    return {True: every, False: sql.replace("CAST(:all_meters AS boolean)", "false")}
+
+
+def _variants(sql: str) -> dict[bool, TextClause]:
+    return {every: text(variant) for every, variant in _variant_sql(sql).items()}
 
 
 _IN_BATCH = re.compile(r"[\w.]+ = ANY\(CAST\(:meter_ids AS bigint\[\]\)\)")
@@ -148,18 +160,19 @@ def _rule_columns() -> str:
     return ",\n".join(
         f"max(threshold) FILTER (WHERE kind = '{kind.value}' AND enabled) AS {kind.value}_t, "
         f"max(severity) FILTER (WHERE kind = '{kind.value}') AS {kind.value}_s"
-        for kind in AlarmKind
+        for kind in METER_KINDS
     )
 
 
 # One statement: the meters evaluated, the rule that applies to each (meter, kind), the
-# conditions that hold, then the upsert of live alarms and the closing of cleared ones.
+# conditions that hold (``hits``, below), then the alarm service's upsert of live alarms
+# and closing of cleared ones (backend.alarms.service.AlarmSweep) around them.
 # Rules are resolved per distinct (model, area) pair (a few hundred at most) and pivoted
 # to one row per meter; daily_usage is read for the last few days only, through its day
 # index. With ``meter_ids`` (after an ingest batch) zero use is only kept or cleared:
 # opening it needs the whole window and the earlier history, which the periodic run reads.
-_EVALUATE = _variants(f"""
-WITH target AS MATERIALIZED (
+_HITS = _variant_sql(f"""
+target AS MATERIALIZED (
     SELECT m.id AS meter_id, coalesce(m.model_id, 0) AS model_key, m.area_id, a.path,
            coalesce(mm.has_valve, false) AS has_valve, m.install_date
     FROM meters m
@@ -208,8 +221,9 @@ WITH target AS MATERIALIZED (
     LEFT JOIN LATERAL (
         SELECT x.battery, x.status_bits, x.valve_state FROM readings x
         WHERE l.quality <> 'actual' AND x.meter_id = r.meter_id AND x.quality = 'actual'
-          AND EXISTS (SELECT FROM meter_alarms a WHERE a.meter_id = r.meter_id AND a.status <> 'closed'
-                      AND a.kind IN ('battery_low', 'valve_abnormal'))
+          AND EXISTS (SELECT FROM {live_alarms_from(AlarmSubjectKind.meter,
+                                                    kinds=(AnyAlarmKind.battery_low, AnyAlarmKind.valve_abnormal))}
+                      AND a.subject_id = r.meter_id)
         ORDER BY x.read_at DESC LIMIT 1
     ) la ON true
     LEFT JOIN meter_link_status s ON s.meter_id = r.meter_id
@@ -298,8 +312,8 @@ WITH target AS MATERIALIZED (
     WHERE c.usage > c.k * c.average_m3
     ORDER BY c.meter_id, c.usage DESC
 ), live_zero AS (
-    SELECT meter_id FROM meter_alarms
-    WHERE kind = 'zero_use' AND status <> 'closed' AND meter_id = ANY(CAST(:meter_ids AS bigint[]))
+    SELECT a.subject_id AS meter_id FROM {live_alarms_from(AlarmSubjectKind.meter, kinds=(AnyAlarmKind.zero_use,))}
+      AND a.subject_id = ANY(CAST(:meter_ids AS bigint[]))
 ), zero AS (
     SELECT r.meter_id, max(r.zero_use_s) AS severity, max(r.zero_use_t) AS threshold, sum(d.usage_m3) AS total
     FROM rules r
@@ -328,27 +342,18 @@ WITH target AS MATERIALIZED (
            OR EXISTS (SELECT FROM daily_usage b WHERE b.meter_id = z.meter_id
                       AND b.day <= CAST(:today AS date) - CAST(z.threshold AS integer)))
 ), hits AS (
-    SELECT meter_id, kind, severity, value, threshold, detail FROM point_hits
-    UNION ALL SELECT meter_id, kind, severity, value, threshold, detail FROM usage_hits
-), upserted AS (
-    INSERT INTO meter_alarms AS a (meter_id, kind, status, severity, opened_at, last_seen_at, value, threshold, detail)
-    SELECT meter_id, kind, 'open', severity, :now, :now, value, threshold, coalesce(detail, '') FROM hits
-    ON CONFLICT (meter_id, kind) WHERE status <> 'closed' DO UPDATE
-    SET last_seen_at = EXCLUDED.last_seen_at, value = EXCLUDED.value, threshold = EXCLUDED.threshold,
-        detail = EXCLUDED.detail, severity = EXCLUDED.severity
-    RETURNING a.id, a.xmax = 0 AS inserted
-), cleared AS (
-    UPDATE meter_alarms a
-    SET status = 'closed', closed_at = :now, closed_by = :system, close_reason = :cleared
-    WHERE a.status <> 'closed'
-      AND a.meter_id = ANY(CAST(:meter_ids AS bigint[]))
-      AND NOT EXISTS (SELECT FROM hits h WHERE h.meter_id = a.meter_id AND h.kind = a.kind)
-    RETURNING a.id
+    SELECT meter_id AS subject_id, kind, severity, value, threshold, detail, CAST(NULL AS bigint) AS area_id,
+           '' AS subject_name
+    FROM point_hits
+    UNION ALL
+    SELECT meter_id, kind, severity, value, threshold, detail, NULL, '' FROM usage_hits
 )
-SELECT (SELECT coalesce(array_agg(id ORDER BY id), '{{}}') FROM upserted WHERE inserted) AS opened,
-       (SELECT count(*) FROM upserted WHERE NOT inserted) AS refreshed,
-       (SELECT coalesce(array_agg(id ORDER BY id), '{{}}') FROM cleared) AS closed
 """)
+_DECIDES = _variant_sql("a.subject_id = ANY(CAST(:meter_ids AS bigint[]))")
+_EVALUATE = {
+    every: AlarmSweep(subject_kind=AlarmSubjectKind.meter, kinds=METER_KINDS, hits=_HITS[every], decides=_DECIDES[every])
+    for every in (True, False)
+}
 
 
 async def evaluate_alarms(
@@ -382,8 +387,9 @@ async def evaluate_rules(
     Inside another service's unit of work (ingest, a correction) the alarms follow the
     readings whoever wrote them, so this takes no principal: entry points call
     :func:`evaluate_alarms` with one. Three statements whatever the number of meters,
-    plus one ``alarm.opened`` and one ``alarm.closed`` event carrying the alarm ids when
-    any changed. Acknowledged alarms close too when their condition clears. The caller
+    the last one the alarm service's sweep (backend.alarms.service.run_sweep), which
+    writes the alarms and emits one ``alarm.opened`` and one ``alarm.closed`` event
+    carrying the alarm ids when any changed. Acknowledged alarms close too when their condition clears. The caller
     commits.
     """
     if meter_ids is not None and not meter_ids:
@@ -395,16 +401,10 @@ async def evaluate_rules(
     scope = {"meter_ids": ids}
     await session.execute(_RESET_LINKS[every], scope)
     await session.execute(_REFRESH_BASELINES[every], {**scope, "today": today, "baseline_days": HIGH_USE_BASELINE_DAYS})
-    result = (await session.execute(_EVALUATE[every], {
-        **scope, "now": now, "tz": zone_name(zone), "today": today, "system": closed_by,
-        "cleared": CONDITION_CLEARED,
-    })).one()
-    opened, closed = list(result.opened), list(result.closed)
-    if opened:
-        await emit_event(session, "alarm.opened", AlarmOpened(tuple(opened)))
-    if closed:
-        await emit_event(session, "alarm.closed", AlarmClosed(tuple(closed), by=closed_by))
-    return AlarmEvaluation(opened=len(opened), closed=len(closed), refreshed=int(result.refreshed))
+    # The alarm service writes what the rules found and emits the events.
+    changes = await run_sweep(session, _EVALUATE[every], params={**scope, "tz": zone_name(zone), "today": today},
+                              now=now, closed_by=closed_by)
+    return AlarmEvaluation(opened=len(changes.opened), closed=len(changes.closed), refreshed=changes.refreshed)
 
 
 _RECORD_FAILURES = text("""
@@ -433,192 +433,15 @@ async def record_read_failures(
         await session.execute(_RECORD_FAILURES, {"meter_ids": list(meter_ids), "failed_at": failed_at, "reason": reason})
 
 
-# --------------------------------------------------------------------------- the list
-
-
-_meter = Meter.__table__.alias("m")  # type: ignore[attr-defined]
-_area = Area.__table__.alias("ar")  # type: ignore[attr-defined]
-_alarm = MeterAlarm.__table__.alias("al")  # type: ignore[attr-defined]
-_assignment = MeterAssignment.__table__.alias("ma")  # type: ignore[attr-defined]
-_household = Household.__table__.alias("h")  # type: ignore[attr-defined]
-
-ALARM_COLUMNS = (
-    "id", "meter_id", "kind", "status", "severity", "opened_at", "last_seen_at", "value", "threshold", "detail",
-    "acknowledged_at", "acknowledged_by", "acknowledge_note", "closed_at", "closed_by", "close_reason",
-)
-
-
-_household_area = Area.__table__.alias("ha")  # type: ignore[attr-defined]
-
-
-def _joined(household_scope: Any = None) -> Any:
-    """Alarms with their meter, its area and the household it serves now (if any). With
-    ``household_scope`` (LIKE patterns: a bind or a list), a household whose own area
-    lies outside it reads as none: a meter serves only households in its area's subtree
-    (backend.archives.service), so only a row from before that rule is masked."""
-    household_join = _household.c.id == _assignment.c.household_id
-    if household_scope is not None:
-        household_join = household_join & exists().where(
-            _household_area.c.id == _household.c.area_id, _household_area.c.path.like(any_(household_scope)))
-    return (
-        _alarm.join(_meter, _meter.c.id == _alarm.c.meter_id)
-        .join(_area, _area.c.id == _meter.c.area_id)
-        .outerjoin(_assignment, (_assignment.c.meter_id == _meter.c.id) & _assignment.c.valid_to.is_(None))
-        .outerjoin(_household, household_join)
-    )
-
-
-def _view_columns() -> list[Any]:
-    return [
-        *(_alarm.c[name] for name in ALARM_COLUMNS),
-        _meter.c.code.label("meter_code"), _meter.c.name.label("meter_name"), _meter.c.area_id.label("area_id"),
-        _area.c.name.label("area_name"), _area.c.path.label("area_path"),
-        _household.c.id.label("household_id"), _household.c.name.label("household_name"),
-        _household.c.address.label("household_address"), _household.c.account_no.label("account_no"),
-    ]
-
-
-@functools.cache
-def _alarm_page_query(
-    by_status: bool, by_kinds: bool, by_area: bool, by_meter: bool, by_household: bool, by_from: bool, by_to: bool
-) -> tuple[Select[Any], Select[Any]]:
-    patterns = bindparam("patterns", type_=ARRAY(Text))
-    conditions: list[Any] = [_area.c.path.like(any_(patterns))]
-    if by_status:
-        conditions.append(_alarm.c.status == any_(bindparam("statuses", type_=ARRAY(Text))))
-    if by_kinds:
-        conditions.append(_alarm.c.kind == any_(bindparam("kinds", type_=ARRAY(Text))))
-    if by_area:
-        root = Area.__table__.alias("root")  # type: ignore[attr-defined]
-        conditions.append(_area.c.path.like(
-            select(root.c.path + literal_column("'%'")).where(root.c.id == bindparam("area_id", type_=BigInteger)).scalar_subquery()))
-    if by_meter:
-        conditions.append(_alarm.c.meter_id == bindparam("meter_id", type_=BigInteger))
-    if by_household:
-        conditions.append(_assignment.c.household_id == bindparam("household_id", type_=BigInteger))
-    if by_from:
-        conditions.append(_alarm.c.opened_at >= bindparam("opened_from"))
-    if by_to:
-        conditions.append(_alarm.c.opened_at < bindparam("opened_to"))
-    rows = (
-        select(*_view_columns()).select_from(_joined(patterns)).where(*conditions)
-        .order_by(_alarm.c.opened_at.desc(), _alarm.c.id.desc())
-        .offset(bindparam("_offset")).limit(bindparam("_limit"))
-    )
-    count = select(func.count()).select_from(_joined(patterns)).where(*conditions)
-    return rows, count
-
-
-@dataclass(frozen=True, slots=True)
-class AlarmFilter:
-    statuses: Sequence[AlarmStatus] | None = None
-    kinds: Sequence[AlarmKind] | None = None
-    area_id: int | None = None
-    meter_id: int | None = None
-    household_id: int | None = None
-    opened_from: datetime | None = None
-    opened_to: datetime | None = None
-
-
-def alarm_page_query(*, scope_patterns: Sequence[str], where: AlarmFilter = AlarmFilter()) -> PagedQuery:
-    """Alarms of meters in the scope, newest first, each row the alarm's columns plus its
-    meter (``meter_code``, ``meter_name``), area (``area_id``, ``area_name``,
-    ``area_path``) and current household (``household_*``, ``account_no``; null when the
-    meter serves none). Paths in areas are ids and slashes, so no LIKE escaping is needed."""
-    rows, count = _alarm_page_query(
-        bool(where.statuses), bool(where.kinds), where.area_id is not None, where.meter_id is not None,
-        where.household_id is not None, where.opened_from is not None, where.opened_to is not None,
-    )
-    params: dict[str, Any] = {"patterns": list(scope_patterns)}
-    if where.statuses:
-        params["statuses"] = [AlarmStatus(s).value for s in where.statuses]
-    if where.kinds:
-        params["kinds"] = [AlarmKind(k).value for k in where.kinds]
-    for name in ("area_id", "meter_id", "household_id", "opened_from", "opened_to"):
-        value = getattr(where, name)
-        if value is not None:
-            params[name] = value
-    return PagedQuery(rows=rows, count=count, params=params)
-
-
-async def alarm_view(session: AsyncSession, *, alarm_id: int, scope_patterns: Sequence[str] | None) -> Any:
-    """One alarm as the list shows it, within the scope; NOT_FOUND otherwise."""
-    if scope_patterns is None:
-        statement = select(*_view_columns()).select_from(_joined()).where(_alarm.c.id == alarm_id)
-    else:
-        statement = (select(*_view_columns()).select_from(_joined(array(list(scope_patterns) or ["-"])))
-                     .where(_alarm.c.id == alarm_id, in_scope(_area.c.path, scope_patterns)))
-    row = (await session.execute(statement)).first()
-    if row is None:
-        raise NotFound(field="id")
-    return row
-
-
-# --------------------------------------------------------------------------- people
-
-
-async def _locked_alarm(session: AsyncSession, alarm_id: int, scope_patterns: Sequence[str] | None) -> MeterAlarm:
-    statement: Any = (
-        select(MeterAlarm).join(Meter, Meter.id == MeterAlarm.meter_id).join(Area, Area.id == Meter.area_id)  # type: ignore[arg-type]
-        .where(MeterAlarm.id == alarm_id).with_for_update(of=MeterAlarm)  # type: ignore[arg-type]
-    )
-    if scope_patterns is not None:
-        statement = statement.where(in_scope(Area.path, scope_patterns))
-    alarm = (await session.execute(statement)).scalars().first()
-    if alarm is None:
-        raise NotFound(field="id")
-    return alarm  # type: ignore[no-any-return]
-
-
-def _note(value: str | None, field: str) -> str | None:
-    if value is None:
-        return None
-    value = value.strip()
-    if len(value) > 500:
-        raise DomainError("内容过长 (最多 500 字)", "Too long (500 characters at most)", field=field, code=ErrorCode.TOO_LONG)
-    return value or None
-
-
-async def acknowledge_alarm(
-    session: AsyncSession, *, alarm_id: int, by: str, note: str | None, now: datetime,
-    scope_patterns: Sequence[str] | None,
-) -> MeterAlarm:
-    """Mark a live alarm as seen by ``by`` (it stays live until its condition clears or
-    someone closes it). Closed or already acknowledged alarms are refused."""
-    note = _note(note, "note")
-    alarm = await _locked_alarm(session, alarm_id, scope_patterns)
-    if alarm.status is AlarmStatus.closed:
-        raise AlarmAlreadyClosed(field="id")
-    if alarm.status is AlarmStatus.acknowledged:
-        raise AlarmAlreadyAcknowledged(field="id")
-    alarm.status = AlarmStatus.acknowledged
-    alarm.acknowledged_at = now
-    alarm.acknowledged_by = by
-    alarm.acknowledge_note = note
-    await session.flush()
-    return alarm
-
-
-async def close_alarm(
-    session: AsyncSession, *, alarm_id: int, by: str, reason: str | None, now: datetime,
-    scope_patterns: Sequence[str] | None,
-) -> MeterAlarm:
-    """Close a live alarm by hand (a later evaluation opens a new one if the condition
-    still holds). An already closed alarm is refused (ALARM_ALREADY_CLOSED)."""
-    reason = _note(reason, "reason")
-    alarm = await _locked_alarm(session, alarm_id, scope_patterns)
-    if alarm.status is AlarmStatus.closed:
-        raise AlarmAlreadyClosed(field="id")
-    alarm.status = AlarmStatus.closed
-    alarm.closed_at = now
-    alarm.closed_by = by
-    alarm.close_reason = reason
-    await session.flush()
-    await emit_event(session, "alarm.closed", AlarmClosed((alarm_id,), by=by))
-    return alarm
-
-
 # --------------------------------------------------------------------------- rules
+
+
+def _meter_kind(kind: AnyAlarmKind | AlarmKind) -> AlarmKind:
+    """A kind the rules hold; the kinds of other subjects are refused (their owners decide them)."""
+    if kind not in METER_KINDS:
+        raise DomainError("该类告警不按水表规则评估", "Alarms of this kind are not raised by meter rules",
+                          field="kind", code=ErrorCode.INVALID)
+    return AlarmKind(kind)
 
 
 def _check_threshold(kind: AlarmKind, threshold: Decimal) -> Decimal:
@@ -636,13 +459,14 @@ def _check_threshold(kind: AlarmKind, threshold: Decimal) -> Decimal:
 
 
 async def set_alarm_rule(
-    session: AsyncSession, *, kind: AlarmKind, area_id: int | None, meter_model_id: int | None, enabled: bool,
+    session: AsyncSession, *, kind: AnyAlarmKind | AlarmKind, area_id: int | None, meter_model_id: int | None, enabled: bool,
     threshold: Decimal, severity: AlarmSeverity, by: str, now: datetime, scope_patterns: Sequence[str] | None,
 ) -> AlarmRule:
     """Create or replace the rule of ``kind`` for this area subtree and/or meter model
     (both ``None``: the global default). An area must lie in the scope; rules that reach
     beyond one area (global or per model) are shared by the whole company and need
-    whole-tree scope (backend.auth.scope)."""
+    whole-tree scope (backend.auth.scope). Only meter kinds have rules (INVALID on ``kind``)."""
+    kind = _meter_kind(kind)
     threshold = _check_threshold(kind, threshold)
     if area_id is not None:
         area = await session.get(Area, area_id)
@@ -707,13 +531,16 @@ async def alarm_rule_view(session: AsyncSession, *, rule_id: int) -> tuple[Alarm
     return row[0], row[1]
 
 
-def alarm_rules_statement(*, scope_patterns: Sequence[str] | None, kind: AlarmKind | None = None) -> Select[Any]:
+def alarm_rules_statement(
+    *, scope_patterns: Sequence[str] | None, kind: AnyAlarmKind | AlarmKind | None = None
+) -> Select[Any]:
     """Rules visible in the scope (global and per-model ones, and those of areas in it),
-    global first, then by kind and area path; rows are ``(AlarmRule, area_name)``."""
+    global first, then by kind and area path; rows are ``(AlarmRule, area_name)``. A kind
+    of another subject has no rules: none."""
     statement: Any = select(AlarmRule, Area.name.label("area_name")).outerjoin(Area, Area.id == AlarmRule.area_id)  # type: ignore[attr-defined,arg-type]
     if scope_patterns is not None:
         statement = statement.where(or_(AlarmRule.area_id.is_(None), in_scope(Area.path, scope_patterns)))  # type: ignore[union-attr]
     if kind is not None:
-        statement = statement.where(AlarmRule.kind == kind)
+        statement = statement.where(AlarmRule.kind == AlarmKind(kind) if kind in METER_KINDS else false())
     return statement.order_by(AlarmRule.kind, Area.path.nulls_first(), AlarmRule.meter_model_id.nulls_first(),  # type: ignore[union-attr,attr-defined,no-any-return]
                               AlarmRule.id)

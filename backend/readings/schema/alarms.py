@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
 import strawberry
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.types import Info
 
+from backend.alarms.models import AlarmKind, AlarmSeverity, AlarmStatus, AlarmSubjectKind
 from backend.clock import utcnow
 from backend.errors import NotFound
 from backend.graphql.errors import UserError
@@ -23,14 +24,13 @@ from backend.graphql.pagination import Connection, PageRequest, paginate, pagina
 from backend.graphql.permissions import Requires
 from backend.graphql.relay import Node, decode_id, encode_id
 from backend.readings.alarms import service
-from backend.readings.alarms.models import AlarmKind, AlarmRule, AlarmSeverity, AlarmStatus
+from backend.readings.alarms.models import AlarmRule
 
-AlarmKindEnum = strawberry.enum(
-    AlarmKind, name="AlarmKind",
-    description="无读数 / 通讯失败 / 倒流 / 零用水 / 用水突增 / 电池欠压 / 阀门异常 / 表码翻转",
-)
-AlarmStatusEnum = strawberry.enum(AlarmStatus, name="AlarmStatus", description="未处理 / 已确认 / 已关闭")
-AlarmSeverityEnum = strawberry.enum(AlarmSeverity, name="AlarmSeverity", description="提示 / 警告 / 严重")
+# The alarms domain's enums (one GraphQL enum each, shared by every subject kind), named
+# by module path: a schema imports no other domain's schema.
+AlarmKindRef = Annotated["AlarmKindEnum", strawberry.lazy("backend.alarms.schema")]  # type: ignore[name-defined]  # noqa: F821
+AlarmStatusRef = Annotated["AlarmStatusEnum", strawberry.lazy("backend.alarms.schema")]  # type: ignore[name-defined]  # noqa: F821
+AlarmSeverityRef = Annotated["AlarmSeverityEnum", strawberry.lazy("backend.alarms.schema")]  # type: ignore[name-defined]  # noqa: F821
 
 READ = [Requires("alarms:read")]
 MANAGE = [Requires("alarms:manage")]
@@ -38,9 +38,9 @@ MANAGE = [Requires("alarms:manage")]
 
 @strawberry.type(name="MeterAlarm", description="An abnormal condition of a meter (异常水表告警).")
 class MeterAlarmType(Node):
-    kind: AlarmKindEnum  # type: ignore[valid-type]
-    status: AlarmStatusEnum  # type: ignore[valid-type]
-    severity: AlarmSeverityEnum  # type: ignore[valid-type]
+    kind: AlarmKindRef  # type: ignore[valid-type]
+    status: AlarmStatusRef  # type: ignore[valid-type]
+    severity: AlarmSeverityRef  # type: ignore[valid-type]
     value: Decimal | None = strawberry.field(description="What was measured, in the kind's unit (hours, count, m³, V…).")
     threshold: Decimal | None = strawberry.field(description="The limit it was compared with, in the same unit.")
     detail: str
@@ -85,7 +85,7 @@ class MeterAlarmType(Node):
                  "a meter model, or a model within an area (the most specific rule applies; a disabled one turns its "
                  "kind off there).")
 class AlarmRuleType(Node):
-    kind: AlarmKindEnum  # type: ignore[valid-type]
+    kind: AlarmKindRef  # type: ignore[valid-type]
     area_id: strawberry.ID | None
     area_name: str | None
     meter_model_id: strawberry.ID | None
@@ -93,7 +93,7 @@ class AlarmRuleType(Node):
     threshold: Decimal = strawberry.field(
         description="silent: hours; communication_failure: failed reads; zero_use: days; reverse_flow and rollover: "
         "days looked back; high_use: times the average daily usage; battery_low: volts; valve_abnormal: unused.")
-    severity: AlarmSeverityEnum  # type: ignore[valid-type]
+    severity: AlarmSeverityRef  # type: ignore[valid-type]
     updated_at: datetime
     updated_by: str
 
@@ -111,8 +111,8 @@ class AlarmRuleType(Node):
 
 @strawberry.input
 class MeterAlarmFilter:
-    status: list[AlarmStatusEnum] | None = None  # type: ignore[valid-type]
-    kinds: list[AlarmKindEnum] | None = None  # type: ignore[valid-type]
+    status: list[AlarmStatusRef] | None = None  # type: ignore[valid-type]
+    kinds: list[AlarmKindRef] | None = None  # type: ignore[valid-type]
     area_id: strawberry.ID | None = strawberry.field(default=None, description="The area and its subtree.")
     meter_id: strawberry.ID | None = None
     household_id: strawberry.ID | None = None
@@ -160,7 +160,7 @@ class Query:
     @strawberry.field(permission_classes=READ,
                       description="Alarm rules visible in your scope: global and per-model ones, and your areas'.")
     async def alarm_rules(
-        self, info: Info, kind: AlarmKindEnum | None = None,  # type: ignore[valid-type]
+        self, info: Info, kind: AlarmKindRef | None = None,  # type: ignore[valid-type]
         first: int | None = None, after: str | None = None, last: int | None = None, before: str | None = None,
     ) -> Connection[AlarmRuleType]:
         page = PageRequest.from_args(first, after, last, before)
@@ -190,12 +190,12 @@ class DeleteAlarmRulePayload:
 
 @strawberry.input
 class AlarmRuleInput:
-    kind: AlarmKindEnum  # type: ignore[valid-type]
+    kind: AlarmKindRef  # type: ignore[valid-type]
     threshold: Decimal
     area_id: strawberry.ID | None = strawberry.field(default=None, description="Null: every area.")
     meter_model_id: strawberry.ID | None = strawberry.field(default=None, description="Null: every model.")
     enabled: bool = True
-    severity: AlarmSeverityEnum = AlarmSeverity.warning  # type: ignore[valid-type]
+    severity: AlarmSeverityRef = AlarmSeverity.warning  # type: ignore[valid-type]
 
 
 def _alarm_payload(row: Any, errors: list[UserError]) -> MeterAlarmPayload:
@@ -211,7 +211,8 @@ class Mutation:
 
         async def work(session: AsyncSession) -> Any:
             await service.acknowledge_alarm(session, alarm_id=alarm_id, by=principal.name, note=note, now=utcnow(),
-                                            scope_patterns=principal.scope_patterns())
+                                            scope_patterns=principal.scope_patterns(),
+                                            subject_kind=AlarmSubjectKind.meter)
             return await service.alarm_view(session, alarm_id=alarm_id, scope_patterns=principal.scope_patterns())
 
         return await run_mutation(info, module="alarms", action="acknowledgeMeterAlarm",
@@ -224,7 +225,7 @@ class Mutation:
 
         async def work(session: AsyncSession) -> Any:
             await service.close_alarm(session, alarm_id=alarm_id, by=principal.name, reason=reason, now=utcnow(),
-                                      scope_patterns=principal.scope_patterns())
+                                      scope_patterns=principal.scope_patterns(), subject_kind=AlarmSubjectKind.meter)
             return await service.alarm_view(session, alarm_id=alarm_id, scope_patterns=principal.scope_patterns())
 
         return await run_mutation(info, module="alarms", action="closeMeterAlarm",

@@ -1,4 +1,6 @@
-"""The events of abnormal-meter alarms (DESIGN.md, "Events": owned by readings)."""
+"""The events of alarms of any subject (DESIGN.md, "Events": owned by alarms). The alarm
+service (``backend.alarms.service``) is their only emitter; payloads carry ids only, so
+a consumer reads the alarms (``alarms_visible_to``) as they are when it runs."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ from backend.events.payloads import event_payload
 @event_payload("alarm.opened")
 @dataclass(frozen=True, slots=True)
 class AlarmOpened:
-    """Alarms were opened by an evaluation of the alarm rules (one event per evaluation)."""
+    """Alarms were opened (one event per open-or-refresh call: an evaluation of the
+    abnormal-meter rules, or another owner's check of its subjects), naming those newly
+    opened, of any subject kind."""
 
     alarm_ids: tuple[int, ...]
 
