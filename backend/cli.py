@@ -1,5 +1,5 @@
 """The ``shuiwu`` command (Typer): the host's commands (serve, jobs, demo, migrate,
-export-schema, check, backup, restore) and the installed domains' sub-commands
+export-schema, check, fake-gateway, backup, restore) and the installed domains' sub-commands
 (``Domain.commands``, e.g. ``partitions ensure``), which receive a :class:`CliHost` as
 ``ctx.obj``. This module imports no domain by name."""
 
@@ -229,6 +229,44 @@ def check() -> None:
     failed = asyncio.run(run_checks(settings, url, echo=typer.echo))
     if failed:
         raise typer.Exit(1)
+
+
+@app.command("fake-gateway")
+def fake_gateway(
+    kind: Annotated[str, typer.Argument(help="The gateway to fake: a kind an installed domain declares.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(
+        help="Port (default: the one in the gateway's SHUIWU_<KIND>_URL; 0 picks a free one).")] = None,
+) -> None:
+    """Serve a local fake of an outside service (signing and verifying as the real one),
+    with its control API under /_control/ (docs/gateways.md). Prints its URL once it listens."""
+    from urllib.parse import urlsplit
+
+    from backend.domain import declared_gateways, load, read_settings
+    from backend.domains import installed
+    from backend.gateways.http import fake_server, serve_fake
+
+    fakes = {name: gateway for name, gateway in declared_gateways(installed()).items() if gateway.fake is not None}
+    gateway = fakes.get(kind)
+    if gateway is None:
+        known = ", ".join(sorted(fakes)) or "none"
+        console.print(f"[red]no fake gateway {kind!r}; the installed domains declare: {known}[/red]")
+        raise typer.Exit(2)
+    try:
+        gateway_settings = read_settings(gateway.settings)
+    except SettingsError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    if port is None:
+        port = urlsplit(gateway_settings.url).port or 0 if gateway_settings.url else 0
+    server = fake_server(load(gateway.fake)(gateway_settings), host=host, port=port)
+
+    def ready(bound: int) -> None:
+        typer.echo(f"fake gateway {kind}: http://{host}:{bound} (control: http://{host}:{bound}/_control/)")
+        sys.stdout.flush()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_fake(server, ready=ready))
 
 
 @app.command()
