@@ -257,9 +257,12 @@ class GatewayClient:
         deadline = began + self.settings.timeout_s
         try:
             await self.pool.acquire(deadline)
-            future = self.pool.submit(_translated, function, *args)
+            if time.monotonic() >= deadline:  # a thread came just as the time ran out: not worth starting
+                self.pool.release()
+                raise GatewayBusy(detail=f"no thread of {self.pool.size} freed within the timeout")
+            future: Future[T] = self.pool.submit(_translated, function, *args)
             try:
-                result = await asyncio.wait_for(asyncio.wrap_future(future), max(deadline - time.monotonic(), 0))
+                result = await asyncio.wait_for(asyncio.wrap_future(future), deadline - time.monotonic())
             except TimeoutError:
                 raise GatewayTimeout(detail=f"no answer within {self.settings.timeout_s:g}s") from None
         except GatewayError as failure:

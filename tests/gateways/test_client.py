@@ -15,6 +15,7 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import col
 
 from backend.checks import run_checks
 from backend.domain import Gateway, declared_gateways, system_principal
@@ -83,8 +84,8 @@ def client(client_with: ClientMaker) -> GatewayClient:
 
 async def exchanges(sessions: async_sessionmaker[AsyncSession], reference: str) -> list[GatewayExchange]:
     async with sessions() as session:
-        rows = await session.execute(select(GatewayExchange).where(GatewayExchange.reference == reference)
-                                     .order_by(GatewayExchange.id))
+        rows = await session.execute(select(GatewayExchange).where(col(GatewayExchange.reference) == reference)
+                                     .order_by(col(GatewayExchange.id)))
         return list(rows.scalars())
 
 
@@ -234,11 +235,14 @@ async def test_the_exchange_survives_the_callers_transaction_rolling_back(
     class Abandoned(Exception):
         pass
 
-    with pytest.raises(Abandoned):
+    async def business() -> None:
         async with committed_sessions() as session, session.begin():
             await defer_job(session, job="notes.tally", dedupe_key="rolled-back", now=NOW)
             await send_echo(client, "told before the rollback", nonce="n-rolled-back")
             raise Abandoned
+
+    with pytest.raises(Abandoned):
+        await business()
 
     assert [kept.status for kept in await exchanges(committed_sessions, "n-rolled-back")] == ["ok"]
     async with committed_sessions() as session:
