@@ -258,7 +258,7 @@ def fake_gateway(
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
     if port is None:
-        port = urlsplit(gateway_settings.url).port or 0 if gateway_settings.url else 0
+        port = (urlsplit(gateway_settings.url).port or 0) if gateway_settings.url else 0
     server = fake_server(load(gateway.fake)(gateway_settings), host=host, port=port)
 
     def ready(bound: int) -> None:

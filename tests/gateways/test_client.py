@@ -192,6 +192,20 @@ async def test_a_waiting_call_gets_the_thread_that_frees_first(client_with: Clie
     assert client.pool.taken == 0
 
 
+async def test_a_crowd_of_calls_ends_within_the_timeout_and_leaves_no_thread_taken(client_with: ClientMaker) -> None:
+    client = client_with(timeout_s=0.3, pool_size=2, queue_size=3)
+    pauses = [0.0, 0.05, 0.5, 0.1, 0.0, 0.4, 0.02, 0.2, 0.6, 0.0, 0.15, 0.01]
+
+    began = time.monotonic()
+    outcomes = await asyncio.gather(*(client.call("pause", time.sleep, pause) for pause in pauses), return_exceptions=True)
+
+    assert time.monotonic() - began < 0.3 + MARGIN_S
+    assert {type(outcome).__name__ for outcome in outcomes} <= {"NoneType", "GatewayTimeout", "GatewayBusy"}
+    # 12 calls at once on 2 threads and 3 places in the queue: some are refused.
+    assert any(isinstance(outcome, GatewayBusy) for outcome in outcomes)
+    await eventually(lambda: client.pool.taken == 0 and client.pool.waiting == 0)
+
+
 async def test_a_bad_signature_is_a_typed_error_and_the_answer_is_kept(
     client: GatewayClient, fake: FakeGateway, committed_sessions: async_sessionmaker[AsyncSession],
 ) -> None:
