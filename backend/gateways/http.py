@@ -24,19 +24,23 @@ the fixture in ``tests/fixtures/gateways.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from backend.domain import Gateway, load, read_settings
 
 # The base's own actions; a kind adds its own (FakeRoute handlers read Received.script).
 BASE_ACTIONS: Mapping[str, str] = {
@@ -217,11 +221,22 @@ def fake_gateway_app(kind: str, routes: Sequence[FakeRoute], *, actions: Mapping
     ])
 
 
-def fake_server(app: Any, *, host: str = "127.0.0.1", port: int = 0) -> uvicorn.Server:
+class _BesideAnother(uvicorn.Server):
+    """A server that leaves Ctrl-C to the one it runs beside (the demo's API server),
+    which sets ``should_exit`` on it when it stops."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def fake_server(app: Any, *, host: str = "127.0.0.1", port: int = 0, signals: bool = True) -> uvicorn.Server:
     """A uvicorn server for a fake: port 0 picks a free one (``bound_port`` says which).
-    A scripted delay never holds the shutdown more than a second."""
-    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                         lifespan="off", loop="asyncio", timeout_graceful_shutdown=1))
+    A scripted delay never holds the shutdown more than a second. ``signals=False``: it
+    does not take Ctrl-C for itself (several servers in one process)."""
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
+                            loop="asyncio", timeout_graceful_shutdown=1)
+    return uvicorn.Server(config) if signals else _BesideAnother(config)
 
 
 def bound_port(server: uvicorn.Server) -> int:
@@ -240,3 +255,23 @@ async def serve_fake(server: uvicorn.Server, *, ready: Callable[[int], None], st
         await asyncio.sleep(0.01)
     ready(bound_port(server))
     await serving
+
+
+# Where the demo serves a gateway's fake: only a URL on this machine names one.
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def local_fakes(gateways: Iterable[Gateway]) -> list[tuple[str, uvicorn.Server]]:
+    """The fakes ``shuiwu demo run`` serves beside the API: each gateway with a fake
+    whose ``SHUIWU_<KIND>_URL`` points at this machine, on that URL's port. A gateway
+    pointed elsewhere (a real remote, a sandbox) is left alone."""
+    servers = []
+    for gateway in gateways:
+        if gateway.fake is None:
+            continue
+        settings = read_settings(gateway.settings)
+        parts = urlsplit(settings.url)
+        if parts.scheme == "http" and parts.hostname in LOOPBACK and parts.port:
+            server = fake_server(load(gateway.fake)(settings), host=parts.hostname, port=parts.port, signals=False)
+            servers.append((gateway.kind, server))
+    return servers

@@ -3,6 +3,7 @@ process of its own, driven through its control API and called through the gatewa
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import signal
@@ -22,6 +23,8 @@ from backend.domain import declared_gateways
 from backend.domains import installed
 from backend.gateways.client import GatewayClient, open_gateway
 from backend.gateways.errors import GatewayTimeout
+from backend.gateways.http import local_fakes
+from tests.fixtures.live import eventually
 from tests.sample_domain.echo import send_echo
 from tests.sample_domain.settings import EchoSettings
 
@@ -143,3 +146,22 @@ def test_an_undeclared_kind_is_refused_with_the_declared_ones() -> None:
 
     assert result.exit_code == 2
     assert "no fake gateway 'nope'; the installed domains declare: echo" in result.output
+
+
+async def test_the_demo_serves_the_fakes_of_the_gateways_pointed_at_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    echo = declared_gateways(installed())["echo"]
+    port = free_port()
+    monkeypatch.setenv("SHUIWU_ECHO_URL", f"http://127.0.0.1:{port}")
+    [(kind, server)] = local_fakes([echo])
+    serving = asyncio.create_task(server.serve())
+    try:
+        await eventually(lambda: server.started)
+        async with httpx.AsyncClient() as http:
+            described = (await http.get(f"http://127.0.0.1:{port}/_control/")).json()
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 5)
+    monkeypatch.setenv("SHUIWU_ECHO_URL", "https://echo.example.com")
+
+    assert (kind, described["kind"]) == ("echo", "echo")
+    assert local_fakes([echo]) == []  # a remote elsewhere is left alone
