@@ -154,7 +154,7 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
     # The app's own collaborators, then what the declarations offer. over_limit: the
     # throttle keys the database refused this minute (backend.auth.ratelimit.OverLimitMemo).
     services = {"auth_policy": policy, "client_limiter": limiter, "over_limit": OverLimitMemo(),
-                **collect_services(settings, domains)}
+                **collect_services(settings, domains, sessions=sessions)}
     endpoint = GraphQLEndpoint(
         build_schema(domains),
         settings=settings,

@@ -1,5 +1,6 @@
 """``shuiwu check``: one line per check, the installation's first, then each installed
-domain's (``Domain.checks``) in domain order. A check reads; it never repairs."""
+domain's (``Domain.checks``, then a ``gateway.<kind>`` line per declared gateway) in
+domain order. A check reads; it never repairs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sqlalchemy import text
 from backend.db import StatementLimits, alembic_config, create_engine, session_factory
 from backend.domain import CheckResult, Domain, load
 from backend.domains import installed
+from backend.gateways.checks import gateway_checks
 from backend.runtime import Runtime
 from backend.settings import Settings
 
@@ -63,13 +65,13 @@ async def run_checks(
             migrated = CheckResult(False, f"{type(error).__name__}: {_first_line(error)}")
             echo(_line("database.migrations", migrated))
             for domain in domains:
-                for check in domain.checks:
+                for check in (*domain.checks, *gateway_checks(domain)):
                     echo(f"skip  {check.name}  the installation check failed")
             return 1
         failed += not migrated.ok
         echo(_line("database.migrations", migrated))
         for domain in domains:
-            for check in domain.checks:
+            for check in (*domain.checks, *gateway_checks(domain)):
                 if not migrated.ok:
                     # Every other check reads tables the missing migrations make.
                     echo(f"skip  {check.name}  the database is not at the code's migrations")

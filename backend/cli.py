@@ -1,5 +1,5 @@
 """The ``shuiwu`` command (Typer): the host's commands (serve, jobs, demo, migrate,
-export-schema, check, backup, restore) and the installed domains' sub-commands
+export-schema, check, fake-gateway, backup, restore) and the installed domains' sub-commands
 (``Domain.commands``, e.g. ``partitions ensure``), which receive a :class:`CliHost` as
 ``ctx.obj``. This module imports no domain by name."""
 
@@ -184,11 +184,15 @@ def demo_run(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port.")] = None,
 ) -> None:
-    """Everything `make demo` starts: the API and the job worker, until Ctrl-C."""
+    """Everything `make demo` starts: the API, the job worker and the local fakes of the
+    gateways pointed at this machine, until Ctrl-C."""
     import uvicorn
 
     from backend.app import create_app
     from backend.demo import ADMIN, CASHIER, CLIENT_ID, CLIENT_SECRET, MANAGER, REPAIR, RESIDENT_PHONE
+    from backend.domain import declared_gateways
+    from backend.domains import installed
+    from backend.gateways.http import local_fakes
     from backend.jobs import run_worker
 
     settings = demo_api_settings(_settings())
@@ -203,16 +207,29 @@ def demo_run(
         console.print(f"  {login.who:<16} username [bold]{login.username}[/bold]  password [bold]{login.password}[/bold]")
     console.print(f"  住户 (resident)     phone [bold]{RESIDENT_PHONE}[/bold], code printed in this log after requestLoginCode")
     console.print(f"  第三方 (API client) client_id [bold]{CLIENT_ID}[/bold]  secret [bold]{CLIENT_SECRET}[/bold]")
+    fakes = local_fakes(declared_gateways(installed()).values())
+    for kind, fake in fakes:
+        console.print(f"  fake gateway {kind}: http://{fake.config.host}:{fake.config.port}/_control/")
     console.print("  Ctrl-C stops everything.\n")
 
     async def run() -> None:
         stop = asyncio.Event()
         worker = asyncio.create_task(run_worker(settings, url, stop=stop))
+        async def serve_fake(kind: str, fake: uvicorn.Server) -> None:
+            try:
+                await fake.serve()
+            except SystemExit:  # uvicorn's answer to a port in use: the demo goes on without it
+                console.print(f"[yellow]fake gateway {kind} could not listen on port {fake.config.port}[/yellow]")
+
+        # Ctrl-C is the API server's: the fakes stop when it does.
+        serving = [asyncio.create_task(serve_fake(kind, fake)) for kind, fake in fakes]
         try:
             await server.serve()
         finally:
             stop.set()
-            await asyncio.wait_for(worker, timeout=10)
+            for _, fake in fakes:
+                fake.should_exit = True
+            await asyncio.wait_for(asyncio.gather(worker, *serving, return_exceptions=True), timeout=10)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
@@ -229,6 +246,44 @@ def check() -> None:
     failed = asyncio.run(run_checks(settings, url, echo=typer.echo))
     if failed:
         raise typer.Exit(1)
+
+
+@app.command("fake-gateway")
+def fake_gateway(
+    kind: Annotated[str, typer.Argument(help="The gateway to fake: a kind an installed domain declares.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(
+        help="Port (default: the one in the gateway's SHUIWU_<KIND>_URL; 0 picks a free one).")] = None,
+) -> None:
+    """Serve a local fake of an outside service (signing and verifying as the real one),
+    with its control API under /_control/ (docs/gateways.md). Prints its URL once it listens."""
+    from urllib.parse import urlsplit
+
+    from backend.domain import declared_gateways, load, read_settings
+    from backend.domains import installed
+    from backend.gateways.http import fake_server, serve_fake
+
+    fakes = {name: gateway for name, gateway in declared_gateways(installed()).items() if gateway.fake is not None}
+    gateway = fakes.get(kind)
+    if gateway is None:
+        known = ", ".join(sorted(fakes)) or "none"
+        console.print(f"[red]no fake gateway {kind!r}; the installed domains declare: {known}[/red]")
+        raise typer.Exit(2)
+    try:
+        gateway_settings = read_settings(gateway.settings)
+    except SettingsError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    if port is None:
+        port = (urlsplit(gateway_settings.url).port or 0) if gateway_settings.url else 0
+    server = fake_server(load(gateway.fake)(gateway_settings), host=host, port=port)
+
+    def ready(bound: int) -> None:
+        typer.echo(f"fake gateway {kind}: http://{host}:{bound} (control: http://{host}:{bound}/_control/)")
+        sys.stdout.flush()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_fake(server, ready=ready))
 
 
 @app.command()

@@ -82,6 +82,34 @@ class Check:
 
 
 @dataclass(frozen=True, slots=True)
+class Gateway:
+    """An outside service a domain calls through a blocking SDK (Alipay, WeChat Pay,
+    JPush, SMS, a bank): see docs/gateways.md.
+
+    ``kind`` names it everywhere: the service ``gateway.<kind>`` the hosts offer (a
+    :class:`backend.gateways.client.GatewayClient` with a thread pool of its own),
+    ``shuiwu fake-gateway <kind>``, the ``gateway.<kind>`` line of ``shuiwu check`` and
+    the ``gateway`` column of ``gateway_exchanges``. ``settings`` is a subclass of
+    :class:`backend.gateways.settings.GatewaySettings` with its own env prefix
+    (``SHUIWU_<KIND>_``): the endpoint, the secrets, the pool size and the timeout.
+    ``fake`` is ``"module:function"`` taking the loaded settings and returning the
+    local fake's ASGI app (``backend.gateways.http.fake_gateway_app``). ``check`` replaces
+    the default check (settings read, the endpoint reachable). A gateway where money
+    moves declares ``keeps_exchanges=True``: each call's request and answer are kept,
+    with the settings' secrets and the ``secrets`` keys (beside the usual ones) redacted.
+    """
+
+    kind: str
+    title: str
+    settings: type[BaseModel]
+    fake: str | None = None
+    check: str | CheckFunction | None = None
+    keeps_exchanges: bool = False
+    secrets: frozenset[str] = frozenset()
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class DemoPlan:
     """What ``shuiwu demo load`` asked for, handed to every domain's demo step.
 
@@ -148,6 +176,9 @@ class Domain:
     # A pydantic-settings class read with its own env prefix (SHUIWU_<NAME>_…), offered
     # to the domain's code as the service ``settings.<name>`` (Runtime.settings_group).
     settings: type[BaseModel] | None = None
+    # Outside services the domain calls (docs/gateways.md): each offered as the service
+    # ``gateway.<kind>``, faked by ``shuiwu fake-gateway <kind>``, checked by ``shuiwu check``.
+    gateways: tuple[Gateway, ...] = ()
 
 
 def load(reference: Any) -> Any:
@@ -183,16 +214,22 @@ def settings_group_key(domain_name: str) -> str:
 def load_settings_group(domain: Domain) -> Any:
     """A domain's settings group, read from the environment with its own prefix; a bad
     value stops the process at start with one line naming it (as ``load_settings``)."""
+    assert domain.settings is not None
+    return read_settings(domain.settings)
+
+
+def read_settings(group: type[BaseModel]) -> Any:
+    """A settings group (a pydantic-settings class) read from the environment; a bad
+    value is a ``SettingsError`` of one line naming it (as ``load_settings``)."""
     from pydantic import ValidationError
 
     from backend.settings import SettingsError
 
-    assert domain.settings is not None
     try:
-        return domain.settings()
+        return group()
     except ValidationError as exc:
         first = exc.errors()[0]
-        prefix = str(domain.settings.model_config.get("env_prefix", ""))
+        prefix = str(group.model_config.get("env_prefix", ""))
         name = prefix + "_".join(str(part) for part in first["loc"]).upper()
         raise SettingsError(f"bad setting {name}: {first['msg']}") from None
 
@@ -205,9 +242,24 @@ def import_event_payloads(domains: tuple[Domain, ...]) -> None:
             importlib.import_module(module)
 
 
-def collect_services(settings: Settings, domains: tuple[Domain, ...]) -> dict[str, Any]:
+def declared_gateways(domains: tuple[Domain, ...]) -> dict[str, Gateway]:
+    """Every gateway ``domains`` declare, by kind; two with one kind are refused."""
+    gateways: dict[str, Gateway] = {}
+    for domain in domains:
+        for gateway in domain.gateways:
+            if gateway.kind in gateways:
+                raise ValueError(f"two gateways are of the kind {gateway.kind!r}")
+            gateways[gateway.kind] = gateway
+    return gateways
+
+
+def collect_services(
+    settings: Settings, domains: tuple[Domain, ...], *, sessions: async_sessionmaker[AsyncSession] | None = None,
+) -> dict[str, Any]:
     """What the declarations offer, by name: each ``Domain.services`` function's result,
-    and each domain's settings group under ``settings.<name>``. The app puts it in the
+    each domain's settings group under ``settings.<name>``, and each declared gateway's
+    client under ``gateway.<kind>`` (its settings read from the environment; ``sessions``
+    is where a gateway that keeps exchanges writes them). The app puts it in the
     GraphQL context and the HTTP host, the worker in the Runtime. Two domains offering
     one name is a mistake, refused at start."""
     import_event_payloads(domains)  # the app and the worker both start here
@@ -224,4 +276,9 @@ def collect_services(settings: Settings, domains: tuple[Domain, ...]) -> dict[st
         if domain.services is not None:
             for name, offered in load(domain.services)(settings).items():
                 offer(name, offered)
+    if any(domain.gateways for domain in domains):
+        from backend.gateways.client import open_gateway, service_name
+
+        for gateway in declared_gateways(domains).values():
+            offer(service_name(gateway.kind), open_gateway(gateway, sessions=sessions))
     return services

@@ -111,6 +111,13 @@ class ErrorCode(StrEnum):
     # Analytics (usage statistics, ledgers, comparisons: backend.readings.analytics)
     HOURLY_SCOPE_UNSUPPORTED = "HOURLY_SCOPE_UNSUPPORTED"
 
+    # Gateways to outside services (payments, push, SMS, banks: backend.gateways.errors)
+    GATEWAY_TIMEOUT = "GATEWAY_TIMEOUT"
+    GATEWAY_BUSY = "GATEWAY_BUSY"
+    GATEWAY_UNAVAILABLE = "GATEWAY_UNAVAILABLE"
+    GATEWAY_REJECTED = "GATEWAY_REJECTED"
+    GATEWAY_BAD_ANSWER = "GATEWAY_BAD_ANSWER"
+
 
 class DomainError(Exception):
     """A refusal a user can cause. Carries a stable code and a zh + en message.

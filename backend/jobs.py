@@ -84,7 +84,7 @@ def runtime_for(
     """The runtime jobs and handlers of ``domains`` (default: the installed ones) receive."""
     domains = domains if domains is not None else installed()
     return Runtime(settings=settings, sessions=sessions, actor=system_principal(domains), clock=clock,
-                   services=collect_services(settings, domains))
+                   services=collect_services(settings, domains, sessions=sessions))
 
 
 # --------------------------------------------------------------------------- deferring

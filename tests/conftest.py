@@ -30,6 +30,9 @@ from tests.sample_domain.domain import DOMAIN as NOTES
 # the real domains' schema (backend.domains.DOMAINS) with schema.graphql.
 install(NOTES)
 
+# Live servers, a running job worker and local fake gateways (tests/fixtures/).
+pytest_plugins = ["tests.fixtures.live", "tests.fixtures.gateways"]
+
 RUN_ID = uuid.uuid4().hex[:8]
 EXTERNAL_URL = os.environ.get("SHUIWU_TEST_EXTERNAL_URL") or None
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from backend.auth.menus import Menu, Operation
 from backend.auth.menus import permission as _p
-from backend.domain import Check, Domain, Job
+from backend.domain import Check, Domain, Gateway, Job
 from backend.events.service import Handler
-from tests.sample_domain.settings import NotesSettings
+from tests.sample_domain.settings import EchoSettings, NotesSettings
 
 DOMAIN = Domain(
     name="notes",
@@ -24,6 +24,8 @@ DOMAIN = Domain(
     jobs=(
         Job("notes.tally", "tests.sample_domain.jobs:tally", cron="30 2 * * *", permissions=frozenset({"notes:read"}),
             description="Count yesterday's notes"),
+        # Deferred only: a message to the echo gateway, retried with backoff (echo.py).
+        Job("notes.echo_delivery", "tests.sample_domain.echo:deliver", description="Send a message to the echo service"),
     ),
     handlers=(Handler("notes.written", "notes.tally_note", "tests.sample_domain.handlers:tally_note",
                       permissions=frozenset({"notes:read"})),),
@@ -32,4 +34,6 @@ DOMAIN = Domain(
     checks=(Check("notes.greeting", "tests.sample_domain.checks:greeting", "The notes domain answers"),),
     commands={"notes": "tests.sample_domain.cli:notes_app"},
     settings=NotesSettings,
+    gateways=(Gateway("echo", "回声服务", EchoSettings, fake="tests.sample_domain.echo:fake_app", keeps_exchanges=True,
+                      description="The test kind: an echo service signing with HMAC"),),
 )
