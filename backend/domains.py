@@ -23,6 +23,7 @@ from backend.auth.domain import DOMAIN as AUTH
 from backend.domain import Domain
 from backend.events.domain import DOMAIN as EVENTS
 from backend.exports.domain import DOMAIN as EXPORTS
+from backend.files.domain import DOMAIN as FILES
 from backend.readings.domain import DOMAIN as READINGS
 
 DOMAINS: tuple[Domain, ...] = (
@@ -31,6 +32,7 @@ DOMAINS: tuple[Domain, ...] = (
     AUDIT,
     EVENTS,
     EXPORTS,
+    FILES,
     READINGS,
 )
 

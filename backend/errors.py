@@ -111,6 +111,11 @@ class ErrorCode(StrEnum):
     # Analytics (usage statistics, ledgers, comparisons: backend.readings.analytics)
     HOURLY_SCOPE_UNSUPPORTED = "HOURLY_SCOPE_UNSUPPORTED"
 
+    # Files (the storage of photos, exports, receipts: backend.files); a put past the
+    # caller's size cap is FILE_TOO_LARGE (above)
+    FILE_NOT_FOUND = "FILE_NOT_FOUND"
+    STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
+
 
 class DomainError(Exception):
     """A refusal a user can cause. Carries a stable code and a zh + en message.

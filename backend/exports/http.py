@@ -43,7 +43,7 @@ from backend.clock import utcnow
 from backend.edge import refusal_body
 from backend.errors import DomainError, ErrorCode, NotAuthenticated
 from backend.exports.excel import XLSX_MEDIA_TYPE, discard
-from backend.exports.links import DownloadGrant, redeem_download_link
+from backend.exports.links import DownloadGrant, check_download_login, redeem_download_link
 from backend.graphql.limits import admission_key
 
 DOWNLOAD_TOKEN_TTL_S = 300
@@ -97,12 +97,16 @@ def verify_download_token(
 
 async def link_holder(
     signed: str, *, purpose: str, params: Mapping[str, str], sessions: async_sessionmaker[AsyncSession],
-    policy: AuthPolicy, now: datetime,
+    policy: AuthPolicy, now: datetime, spend: bool = True,
 ) -> Principal:
-    """The principal a signed link admits, as it stands now; the link is spent."""
+    """The principal a signed link admits, as it stands now; the link is spent, unless
+    ``spend`` is false (a reusable link: its login session is still checked)."""
     grant = verify_download_token(signed, secret=policy.secret, purpose=purpose, params=params, now=now)
     async with sessions() as session, session.begin():
-        await redeem_download_link(session, grant=grant, now=now)
+        if spend:
+            await redeem_download_link(session, grant=grant, now=now)
+        else:
+            await check_download_login(session, grant=grant, now=now)
         principal = await load_principal(session, kind=grant.kind, principal_id=grant.principal_id,
                                          session_id=grant.session_id)
     if principal is None:
