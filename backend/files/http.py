@@ -48,10 +48,11 @@ class StoredFileResponse(StreamingResponse):
 
     def __init__(self, chunks: AsyncIterator[bytes], stored: StoredFile, *, files: FileStore,
                  sessions: async_sessionmaker[AsyncSession], delete_after: bool) -> None:
-        headers = {
-            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(stored.filename)}",
-            "Cache-Control": "no-store",
-        }
+        quoted = quote(stored.filename)
+        # As Starlette's FileResponse names a download: plain when ASCII, RFC 5987 otherwise.
+        disposition = f'attachment; filename="{stored.filename}"' if quoted == stored.filename \
+            else f"attachment; filename*=utf-8''{quoted}"
+        headers = {"Content-Disposition": disposition, "Cache-Control": "no-store"}
         if stored.size_bytes is not None:
             headers["Content-Length"] = str(stored.size_bytes)
         super().__init__(chunks, media_type=stored.content_type, headers=headers)

@@ -262,7 +262,7 @@ class LocalStorage(Storage):
     async def keys(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        found = []
+        found: list[str] = []
         for directory, subdirectories, names in os.walk(self.root):
             subdirectories[:] = [name for name in subdirectories if name != STAGING]
             found.extend(str(Path(directory, name).relative_to(self.root)) for name in names)
