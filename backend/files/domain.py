@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backend.domain import Domain, Job
+from backend.domain import Check, Domain, Job
 
 DOMAIN = Domain(
     name="files",
@@ -15,4 +15,6 @@ DOMAIN = Domain(
         Job("purge_expired_files", "backend.files.jobs:purge_expired_files", cron="17 * * * *",
             description="Delete stored files past their expiry, and abandoned staging files"),
     ),
+    checks=(Check("files.storage", "backend.files.checks:storage_reachable",
+                  description="The file storage (SHUIWU_STORAGE_URL) can be written to"),),
 )

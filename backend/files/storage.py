@@ -169,6 +169,11 @@ class Storage(abc.ABC):
         """Every stored key (tests and operators: a leftover check, not a listing API)."""
 
     @abc.abstractmethod
+    async def reachable(self) -> str:
+        """Where the files go, once the storage answered (``shuiwu check``);
+        :class:`StorageUnavailable` when it cannot be written to or reached. Reads only."""
+
+    @abc.abstractmethod
     def staging_directory(self) -> Path:
         """A local directory (created) where a writer that needs a real file writes before
         :meth:`put_path`; on the local backend it is on the storage's own file system."""
@@ -258,6 +263,12 @@ class LocalStorage(Storage):
 
     async def exists(self, key: str) -> bool:
         return self.path_of(key).is_file()
+
+    async def reachable(self) -> str:
+        existing = next(directory for directory in (self.root, *self.root.parents) if directory.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise StorageUnavailable(f"文件目录不可写: {existing}", f"The file directory cannot be written to: {existing}")
+        return f"directory {self.root} (one host only)"
 
     async def keys(self) -> list[str]:
         if not self.root.is_dir():
@@ -425,6 +436,16 @@ class S3Storage(Storage):
         except ClientError:
             return False
         return True
+
+    async def reachable(self) -> str:
+        from botocore.exceptions import ClientError
+
+        try:
+            async with self._calling() as client:
+                await client.head_bucket(Bucket=self.bucket)
+        except ClientError as error:  # _calling passes "not found" through: here it is the bucket
+            raise StorageUnavailable(f"存储桶 {self.bucket} 不存在", f"The bucket {self.bucket} does not exist") from error
+        return f"bucket {self.bucket} at {self.endpoint_url or 'AWS ' + self.region}"
 
     async def keys(self) -> list[str]:
         found: list[str] = []
