@@ -99,6 +99,20 @@ async def served(request: pytest.FixtureRequest, database_url: str, tmp_path_fac
     await files.aclose()  # this loop's S3 client (the server's closed with it)
 
 
+@dataclass(frozen=True, slots=True)
+class Admin:
+    token: str
+    principal: Principal
+
+
+@pytest.fixture(scope="module")
+async def admin(served: Served, world: World, committed_sessions: async_sessionmaker[AsyncSession]) -> Admin:
+    """One login for the module's tests that do not end it (argon2 costs a third of a second)."""
+    async with httpx.AsyncClient(base_url=served.url, timeout=30) as http:
+        token = await _login(http, world)
+    return Admin(token, await _principal(committed_sessions, token))
+
+
 @pytest.fixture
 async def http(served: Served) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=served.url, timeout=30) as client:
@@ -142,9 +156,9 @@ async def _eventually_nothing_left(served: Served, sessions: async_sessionmaker[
 # --------------------------------------------------------------------------- signed links
 
 
-async def test_a_one_time_link_downloads_the_file_once(served: Served, http: httpx.AsyncClient, world: World,
+async def test_a_one_time_link_downloads_the_file_once(served: Served, http: httpx.AsyncClient, admin: Admin,
                                                        committed_sessions: async_sessionmaker[AsyncSession]) -> None:
-    principal = await _principal(committed_sessions, await _login(http, world))
+    principal = admin.principal
     stored = await served.files.put(committed_sessions, content=b"%PDF receipt", content_type="application/pdf",
                                     max_bytes=1024, purpose="receipts", filename="收据.pdf", owner=principal,
                                     now=utcnow(), retention=timedelta(days=1))
@@ -179,10 +193,9 @@ async def test_a_reusable_link_works_until_its_login_ends(served: Served, http: 
 
 
 async def test_a_link_is_bound_to_its_file_and_a_bearer_token_alone_is_refused(
-    served: Served, http: httpx.AsyncClient, world: World, committed_sessions: async_sessionmaker[AsyncSession],
+    served: Served, http: httpx.AsyncClient, admin: Admin, committed_sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    token = await _login(http, world)
-    principal = await _principal(committed_sessions, token)
+    token, principal = admin.token, admin.principal
     mine = await served.files.put(committed_sessions, content=b"a", content_type="text/plain", max_bytes=10,
                                   purpose="receipts", filename="a.txt", owner=principal, now=utcnow(), retention=None)
     other = await served.files.put(committed_sessions, content=b"b", content_type="text/plain", max_bytes=10,
@@ -198,9 +211,9 @@ async def test_a_link_is_bound_to_its_file_and_a_bearer_token_alone_is_refused(
     assert _refusal(bearer) == (401, "UNAUTHENTICATED")
 
 
-async def test_a_deleted_file_answers_file_not_found(served: Served, http: httpx.AsyncClient, world: World,
+async def test_a_deleted_file_answers_file_not_found(served: Served, http: httpx.AsyncClient, admin: Admin,
                                                      committed_sessions: async_sessionmaker[AsyncSession]) -> None:
-    principal = await _principal(committed_sessions, await _login(http, world))
+    principal = admin.principal
     stored = await served.files.put(committed_sessions, content=b"gone soon", content_type="text/plain", max_bytes=100,
                                     purpose="receipts", filename="x.txt", owner=principal, now=utcnow(), retention=None)
     url = served.files.download_url(key=stored.key, principal=principal, now=utcnow())
@@ -262,11 +275,9 @@ async def test_the_purge_job_deletes_expired_files_only(served: Served,
 
 
 async def test_an_export_is_streamed_from_the_storage_and_then_deleted(
-    served: Served, http: httpx.AsyncClient, world: World, committed_sessions: async_sessionmaker[AsyncSession],
+    served: Served, http: httpx.AsyncClient, admin: Admin, committed_sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    token = await _login(http, world)
-
-    response = await http.get("/exports/households.xlsx", headers={"Authorization": f"Bearer {token}"})
+    response = await http.get("/exports/households.xlsx", headers={"Authorization": f"Bearer {admin.token}"})
 
     assert response.status_code == 200 and response.content.startswith(b"PK")
     assert response.headers["content-length"] == str(len(response.content))
@@ -282,11 +293,9 @@ def _leave_mid_download(served: Served, token: str) -> bytes:
 
 
 async def test_a_client_that_leaves_mid_download_leaves_nothing_behind(
-    served: Served, http: httpx.AsyncClient, world: World, committed_sessions: async_sessionmaker[AsyncSession],
+    served: Served, admin: Admin, committed_sessions: async_sessionmaker[AsyncSession],
 ) -> None:
-    token = await _login(http, world)
-
-    head = await asyncio.to_thread(_leave_mid_download, served, token)
+    head = await asyncio.to_thread(_leave_mid_download, served, admin.token)
 
     assert head.startswith(b"HTTP/1.1 200")
     assert await _eventually_nothing_left(served, committed_sessions) == {**nothing_in(served.files.storage), "rows": []}
