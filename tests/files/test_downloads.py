@@ -31,7 +31,7 @@ from backend.exports import excel
 from backend.files.http import serve_export
 from backend.files.jobs import purge_expired_files
 from backend.files.service import FileStore
-from backend.files.storage import FileTooBig
+from backend.files.storage import FileMissing, FileTooBig
 from backend.jobs import runtime_for
 from tests.factories import auth_policy
 from tests.files.conftest import ACCESS_KEY, SECRET_KEY, S3Server, leftovers, nothing_in
@@ -269,6 +269,30 @@ async def test_the_purge_job_deletes_expired_files_only(served: Served,
     assert purged == 1
     assert rows == {later, kept}
     assert [await served.files.storage.exists(key) for key in (expired, later, kept)] == [False, True, True]
+
+
+async def test_a_file_kept_by_the_transaction_that_references_it_outlives_its_claim(
+    served: Served, committed_sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    now = utcnow()
+    claimed = await served.files.put(committed_sessions, content=b"photo", content_type="image/jpeg", max_bytes=100,
+                                     purpose="keep-test", filename="kept.jpg", owner=None, now=now,
+                                     retention=timedelta(hours=1))
+    abandoned = await served.files.put(committed_sessions, content=b"photo", content_type="image/jpeg", max_bytes=100,
+                                       purpose="keep-test", filename="abandoned.jpg", owner=None, now=now,
+                                       retention=timedelta(hours=1))
+    async with committed_sessions() as session, session.begin():
+        await served.files.keep(session, key=claimed.key, until=None)  # e.g. the work order now lists it
+        with pytest.raises(FileMissing):
+            await served.files.keep(session, key="keep-test/never-stored.jpg", until=None)
+    runtime = runtime_for(served.files.settings, committed_sessions, clock=lambda: now + timedelta(hours=2))
+
+    try:
+        await purge_expired_files(runtime, {})
+    finally:
+        await runtime.service("files").aclose()
+
+    assert [await served.files.storage.exists(key) for key in (claimed.key, abandoned.key)] == [True, False]
 
 
 # --------------------------------------------------------------------------- exports on the storage
