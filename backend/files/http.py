@@ -35,8 +35,8 @@ from backend.errors import DomainError, ErrorCode, NotAuthenticated
 from backend.exports.excel import XLSX_MEDIA_TYPE
 from backend.exports.http import check_client_rate, link_holder, refusal
 from backend.files.models import StoredFile
-from backend.files.service import DOWNLOAD_PREFIX, REUSABLE_PARAM, FileStore, run_cleanup
-from backend.files.storage import check_key
+from backend.files.service import DOWNLOAD_PREFIX, REUSABLE_PARAM, FileStore
+from backend.files.storage import check_key, finish_cleanup
 
 # How long an export's file may outlive its download when the process serving it dies.
 EXPORT_RETENTION = timedelta(hours=1)
@@ -72,7 +72,7 @@ class StoredFileResponse(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await run_cleanup(self._finish())
+            await finish_cleanup(self._finish())
 
 
 async def serve_export(
@@ -86,7 +86,7 @@ async def serve_export(
     try:
         chunks = await files.open(stored.key)
     except BaseException:
-        await run_cleanup(files.delete(sessions, key=stored.key))
+        await finish_cleanup(files.delete(sessions, key=stored.key))
         raise
     return StoredFileResponse(chunks, stored, files=files, sessions=sessions, delete_after=True)
 

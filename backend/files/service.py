@@ -44,7 +44,7 @@ from sqlmodel import col
 from backend.auth.principal import Principal
 from backend.exports.http import download_url, sign_download_token
 from backend.files.models import StoredFile
-from backend.files.storage import FileMissing, Storage, check_key, storage_from_settings
+from backend.files.storage import FileMissing, Storage, check_key, finish_cleanup, storage_from_settings
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class FileStore:
             async with sessions() as session, session.begin():
                 await session.execute(update(StoredFile).where(col(StoredFile.key) == row.key).values(size_bytes=size))
         except BaseException:
-            await run_cleanup(self._discard(sessions, row.key))
+            await finish_cleanup(self._discard(sessions, row.key))
             raise
         row.size_bytes = size
         return row
@@ -149,7 +149,7 @@ class FileStore:
         try:
             await self.storage.put_path(row.key, path, content_type=content_type)
         except BaseException:
-            await run_cleanup(self._discard(sessions, row.key))
+            await finish_cleanup(self._discard(sessions, row.key))
             raise
         return row
 
@@ -210,22 +210,6 @@ class FileStore:
         if swept:
             log.info("swept %d abandoned staging files", swept)
         return purged
-
-
-async def run_cleanup(call: Any) -> None:
-    """Run a cleanup to its end even while the caller is being cancelled; a failure is
-    logged (the purge job finishes it later)."""
-    task = asyncio.ensure_future(call)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        _background.add(task)
-        task.add_done_callback(_background.discard)
-    except Exception:
-        log.exception("cleaning up a stored file failed; the purge job will")
-
-
-_background: set[asyncio.Future[Any]] = set()
 
 
 def offered(settings: Settings) -> dict[str, Any]:

@@ -35,11 +35,12 @@ import abc
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,8 @@ from backend.errors import DomainError, ErrorCode
 
 if TYPE_CHECKING:
     from backend.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # Bytes read or written per hop: what a stream holds in memory at once (local backend).
 CHUNK_BYTES = 64 * 1024
@@ -123,12 +126,8 @@ async def _sized(content: bytes | AsyncIterable[bytes], max_bytes: int) -> Async
 
 async def file_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
     """A local file's bytes, a chunk at a time (reads in a worker thread)."""
-    handle = await asyncio.to_thread(path.open, "rb")
-    try:
-        while chunk := await asyncio.to_thread(handle.read, chunk_bytes):
-            yield chunk
-    finally:
-        handle.close()
+    async for chunk in _handle_chunks(await asyncio.to_thread(path.open, "rb"), chunk_bytes):
+        yield chunk
 
 
 def _discard(path: Path) -> None:
@@ -290,9 +289,9 @@ def _move(source: Path, target: Path) -> None:
     os.replace(source, target)
 
 
-async def _handle_chunks(handle: Any) -> AsyncIterator[bytes]:
+async def _handle_chunks(handle: Any, chunk_bytes: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
     try:
-        while chunk := await asyncio.to_thread(handle.read, CHUNK_BYTES):
+        while chunk := await asyncio.to_thread(handle.read, chunk_bytes):
             yield chunk
     finally:
         handle.close()
@@ -403,7 +402,7 @@ class S3Storage(Storage):
                                                        MultipartUpload={"Parts": parts})
             except BaseException:
                 if upload_id is not None:
-                    await _shielded(client.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id))
+                    await finish_cleanup(client.abort_multipart_upload(Bucket=self.bucket, Key=name, UploadId=upload_id))
                 raise
         return written
 
@@ -487,8 +486,10 @@ async def _body_chunks(body: Any) -> AsyncIterator[bytes]:
         body.close()
 
 
-async def _shielded(call: Any) -> None:
-    """Finish ``call`` even when the caller is being cancelled (an abort, a cleanup)."""
+async def finish_cleanup(call: Awaitable[Any]) -> None:
+    """Run a cleanup (an abort, a delete) to its end even while the caller is being
+    cancelled: a cancellation arriving meanwhile still propagates, the cleanup goes on in
+    the background. A cleanup that fails is logged; the purge job finishes it later."""
     task = asyncio.ensure_future(call)
     try:
         await asyncio.shield(task)
@@ -496,8 +497,8 @@ async def _shielded(call: Any) -> None:
         _background.add(task)
         task.add_done_callback(_background.discard)
         raise
-    except Exception:  # a cleanup that failed is the purge job's to finish
-        pass
+    except Exception:
+        log.exception("a storage cleanup failed; the purge job will finish it")
 
 
 _background: set[asyncio.Future[Any]] = set()
