@@ -30,7 +30,7 @@ from backend.auth.ratelimit import AnonymousThrottle, ClientRateLimiter, OverLim
 from backend.auth.security import decode_access_token
 from backend.auth.service import AuthPolicy, authenticate_on_connection
 from backend.clock import utcnow
-from backend.domain import Domain, HttpHost, collect_services, load
+from backend.domain import Domain, HttpHost, close_services, collect_services, load
 from backend.domains import installed
 from backend.edge import (
     BODY_TOO_LARGE_HEADERS,
@@ -193,6 +193,7 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
         tune_garbage_collector()
         favour_the_event_loop()
         yield
+        await close_services(services)
         await engine.dispose()
         await read_engine.dispose()
         await health_engine.dispose()
@@ -222,6 +223,7 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
     app.state.read_engine = read_engine
     app.state.graphql = endpoint
     app.state.sessions = sessions
+    app.state.services = services
     app.state.policy = policy
     # Exports and imports take the same slots as /graphql's expensive operations (backend.exports.http.admitted).
     app.state.admission = endpoint.admission

@@ -282,3 +282,13 @@ def collect_services(
         for gateway in declared_gateways(domains).values():
             offer(service_name(gateway.kind), open_gateway(gateway, sessions=sessions))
     return services
+
+
+async def close_services(services: Mapping[str, Any]) -> None:
+    """Let the services that hold connections of their own (the file storage's S3
+    client) release them: each one with an ``aclose()`` is awaited once. The app's and
+    the job worker's shutdown call it."""
+    for offered in services.values():
+        closer = getattr(offered, "aclose", None)
+        if callable(closer):
+            await closer()

@@ -24,6 +24,7 @@ from backend.auth.domain import DOMAIN as AUTH
 from backend.domain import Domain
 from backend.events.domain import DOMAIN as EVENTS
 from backend.exports.domain import DOMAIN as EXPORTS
+from backend.files.domain import DOMAIN as FILES
 from backend.gateways.domain import DOMAIN as GATEWAYS
 from backend.readings.domain import DOMAIN as READINGS
 
@@ -33,6 +34,7 @@ DOMAINS: tuple[Domain, ...] = (
     AUDIT,
     EVENTS,
     EXPORTS,
+    FILES,
     GATEWAYS,
     ALARMS,
     READINGS,

@@ -117,6 +117,10 @@ class ErrorCode(StrEnum):
     GATEWAY_UNAVAILABLE = "GATEWAY_UNAVAILABLE"
     GATEWAY_REJECTED = "GATEWAY_REJECTED"
     GATEWAY_BAD_ANSWER = "GATEWAY_BAD_ANSWER"
+    # Files (the storage of photos, exports, receipts: backend.files); a put past the
+    # caller's size cap is FILE_TOO_LARGE (above)
+    FILE_NOT_FOUND = "FILE_NOT_FOUND"
+    STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
 
 
 class DomainError(Exception):

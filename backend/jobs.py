@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.clock import Clock, utcnow
 from backend.db import StatementLimits, create_engine, raw_connection, session_factory
-from backend.domain import Domain, Job, collect_services, import_event_payloads, load, system_principal
+from backend.domain import Domain, Job, close_services, collect_services, import_event_payloads, load, system_principal
 from backend.domains import installed
 from backend.events.listener import CONNECTION_ERRORS, Backoff, connect, wait_any
 from backend.events.relay import event_id_of, run_relay
@@ -221,6 +221,7 @@ async def run_worker(
                 log.warning("job worker lost the database (%s); restarting in %.1fs", lost.exceptions[0], delay)
                 await wait_any(stop, seconds=delay)
     finally:
+        await close_services(runtime.services)
         await engine.dispose()
         log.info("job worker stopped")
 

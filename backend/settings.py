@@ -35,8 +35,12 @@ class Settings(BaseSettings):
     timezone: str = "Asia/Shanghai"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    # A directory path or file:// URL by default (DATA_DIR/files); s3://… for several hosts.
+    # A directory path or file:// URL by default (DATA_DIR/files); s3://… for several hosts
+    # (backend.files.storage, docs/deploy.md): s3://BUCKET[/PREFIX][?endpoint=URL&region=NAME].
     storage_url: str | None = None
+    # S3 credentials; absent: botocore's own chain (AWS_* variables, ~/.aws, an instance role).
+    storage_access_key_id: str | None = None
+    storage_secret_access_key: SecretStr | None = None
     mqtt_url: str | None = None
     log_level: str = "INFO"
     log_json: bool = False
@@ -165,6 +169,16 @@ class Settings(BaseSettings):
             return None
         if not value.startswith(("postgresql://", "postgresql+asyncpg://", "postgres://")):
             raise ValueError("must be a postgresql:// or postgresql+asyncpg:// URL")
+        return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        from backend.files.storage import parse_storage_url
+
+        parse_storage_url(value, data_dir=Path("."))  # ValueError names what is wrong
         return value
 
     @field_validator("metrics_allowed_ips", "trusted_proxies")

@@ -10,7 +10,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,7 +23,6 @@ from starlette.routing import Route
 from backend.app import create_app
 from backend.audit.models import AuditEntry
 from backend.edge import client_address, metrics_allowed, page_csp, parse_networks, request_id_from
-from backend.exports.http import file_download
 from tests.factories import Staff, make_area_tree, make_staff
 from tests.graphql.client import api_settings
 from tests.live import LiveServer, live_server, serving
@@ -308,29 +306,6 @@ def test_graphiql_gets_a_policy_that_runs_only_its_own_scripts(live: LiveServer)
 
 def _script_sources(html: str) -> list[str]:
     return [part.split('"')[1] for part in html.split("src=")[1:]]
-
-
-# --------------------------------------------------------------------------- downloads
-
-
-def test_a_download_cut_off_by_the_client_still_deletes_its_file(database_url: str, tmp_path: Path) -> None:
-    spooled = tmp_path / "export.xlsx"
-    with spooled.open("wb") as file:
-        file.truncate(256 * 1024 * 1024)  # far more than the socket buffers hold
-
-    async def download(request: Request) -> Response:
-        return file_download(spooled, "export.xlsx")
-
-    app = create_app(api_settings(), database_url, extra_routes=[Route("/test-download", download)])
-    with serving(app) as (host, port):
-        connection = _head(host, port, "GET /test-download HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert connection.recv(65536).startswith(b"HTTP/1.1 200")
-        connection.close()  # the client goes away mid-download
-        deadline = time.monotonic() + 5
-        while spooled.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-    assert not spooled.exists()
 
 
 def test_a_local_proxy_that_is_not_trusted_does_not_make_its_callers_local() -> None:

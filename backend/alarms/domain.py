@@ -10,6 +10,7 @@ alarms through ``backend.alarms.service``. Its API is gated by ``alarms:read`` /
 
 from __future__ import annotations
 
+from backend.auth.menus import Operation
 from backend.domain import Domain
 
 DOMAIN = Domain(
@@ -18,4 +19,8 @@ DOMAIN = Domain(
     models=("backend.alarms.models",),
     schema="backend.alarms.schema",
     events=("backend.alarms.events",),
+    operations=(
+        Operation("acknowledgeAlarm", "确认告警", "Acknowledge alarm", "alarms"),
+        Operation("closeAlarm", "关闭告警", "Close alarm", "alarms"),
+    ),
 )

@@ -60,9 +60,10 @@ from backend.exports import excel
 from backend.exports.http import (
     admitted,
     caller,
-    file_download,
     refusal,
 )
+from backend.files.http import serve_export
+from backend.files.service import FileStore
 from backend.graphql.limits import AdmissionRefused
 from backend.graphql.relay import decode_id
 from backend.observability import request_id_var
@@ -166,6 +167,7 @@ def _device_filter(sheet: DeviceSheet, params: dict[str, str], area_path: str | 
 
 def routes(host: HttpHost) -> list[Route]:
     sessions, read_engine, settings = host.sessions, host.read_engine, host.settings
+    files: FileStore = host.services["files"]
     policy = AuthPolicy.from_settings(settings)
     tz = settings.tz
     limits = excel.UploadLimits.from_settings(settings)
@@ -207,7 +209,8 @@ def routes(host: HttpHost) -> list[Route]:
 
         try:
             async with admitted(request, principal):
-                path = await excel.write_rows(HOUSEHOLD_EXPORT_SHEET, rows(), prefix="shuiwu-households-")
+                path = await excel.write_rows(HOUSEHOLD_EXPORT_SHEET, rows(), prefix="shuiwu-households-",
+                                              directory=str(files.spool_directory()))
         except AdmissionRefused as error:
             return refusal(error, 429)
         try:
@@ -216,7 +219,8 @@ def routes(host: HttpHost) -> list[Route]:
         except BaseException:
             excel.discard(path)
             raise
-        return file_download(path, f"households-{utcnow().astimezone(tz):%Y%m%d}.xlsx")
+        return await serve_export(files, sessions, path, filename=f"households-{utcnow().astimezone(tz):%Y%m%d}.xlsx",
+                                  owner=principal)
 
     async def households_template(request: Request) -> Response:
         try:
@@ -343,7 +347,7 @@ def routes(host: HttpHost) -> list[Route]:
             try:
                 async with admitted(request, principal):
                     path = await excel.write_rows(sheet.export_sheet, device_rows(sheet, principal, export_filter, counter),
-                                                  prefix=f"shuiwu-{sheet.kind}-")
+                                                  prefix=f"shuiwu-{sheet.kind}-", directory=str(files.spool_directory()))
             except AdmissionRefused as error:
                 return refusal(error, 429)
             try:
@@ -352,7 +356,8 @@ def routes(host: HttpHost) -> list[Route]:
             except BaseException:
                 excel.discard(path)
                 raise
-            return file_download(path, f"{sheet.kind}-{utcnow().astimezone(tz):%Y%m%d}.xlsx")
+            return await serve_export(files, sessions, path, filename=f"{sheet.kind}-{utcnow().astimezone(tz):%Y%m%d}.xlsx",
+                                      owner=principal)
 
         async def template(request: Request) -> Response:
             try:

@@ -9,7 +9,8 @@ entries the log screen would show them: those whose unit lies in their scope *no
 
 Memory stays bounded however long the log is: rows come from a server-side cursor in
 chunks, openpyxl's write-only workbook spills each sheet to a temporary file as rows are
-appended, and the finished file is served from disk and deleted after it is sent.
+appended, and the finished file moves into the file storage, is streamed from it and
+deleted when the response ends (``backend.files.http.serve_export``).
 
 The URL format and the download token (:class:`ExportFilter`, :func:`sign_download_token`,
 the shared link of :mod:`backend.exports.http`: once, while the login lasts) are plain
@@ -48,8 +49,10 @@ from backend.domain import HttpHost
 from backend.errors import BadUserInput, DomainError, Forbidden
 from backend.exports import http as exports_http
 from backend.exports.excel import as_text, discard, fill_workbook, write_file
-from backend.exports.http import admitted, file_download
+from backend.exports.http import admitted
 from backend.exports.http import refusal as _refusal
+from backend.files.http import serve_export
+from backend.files.service import FileStore
 from backend.graphql.limits import AdmissionRefused
 from backend.graphql.relay import decode_id, encode_id
 from backend.observability import request_id_var
@@ -278,6 +281,7 @@ async def build_export(
 
 def routes(host: HttpHost) -> list[Route]:
     sessions, read_engine, settings = host.sessions, host.read_engine, host.settings
+    files: FileStore = host.services["files"]
     policy = AuthPolicy.from_settings(settings)
     tz = settings.tz
 
@@ -302,7 +306,7 @@ def routes(host: HttpHost) -> list[Route]:
         except DomainError as refusal:
             return _refusal(refusal, 400)
 
-        descriptor, path = tempfile.mkstemp(prefix="shuiwu-audit-", suffix=".xlsx")
+        descriptor, path = tempfile.mkstemp(prefix="shuiwu-audit-", suffix=".xlsx", dir=files.spool_directory())
         os.close(descriptor)
         try:
             async with admitted(request, principal), sessions() as session:
@@ -320,7 +324,8 @@ def routes(host: HttpHost) -> list[Route]:
             if isinstance(error, AdmissionRefused):
                 return _refusal(error, 429)
             raise
-        return file_download(Path(path), f"audit-log-{now.astimezone(tz):%Y%m%d}.xlsx")
+        return await serve_export(files, sessions, Path(path), filename=f"audit-log-{now.astimezone(tz):%Y%m%d}.xlsx",
+                                  owner=principal)
 
     return [Route(EXPORT_PATH, audit_log_xlsx, methods=["GET"])]
 

@@ -10,8 +10,10 @@
   (:func:`check_client_rate`): every plain route that authenticates goes through here.
 - :func:`refusal`: a refusal in the same JSON shape as /graphql's top-level errors.
 - :func:`admitted`: every export and import counts as one expensive request of its caller.
-- :func:`file_download`: serve a spooled file and delete it once sent, or once the
-  client went away, or the send failed: in every case.
+
+Exports are answered from the file storage (``backend.files.http.serve_export``): the
+finished file moves into it and is deleted once sent, or once the client went away, or
+the send failed: in every case.
 """
 
 from __future__ import annotations
@@ -24,13 +26,11 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from urllib.parse import urlencode
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
-from starlette.types import Receive, Scope, Send
+from starlette.responses import Response
 
 from backend import db
 from backend.auth.errors import TokenExpired, TokenInvalid, TokenRevoked
@@ -42,8 +42,7 @@ from backend.auth.service import AuthPolicy, authenticate_on_connection, load_pr
 from backend.clock import utcnow
 from backend.edge import refusal_body
 from backend.errors import DomainError, ErrorCode, NotAuthenticated
-from backend.exports.excel import XLSX_MEDIA_TYPE, discard
-from backend.exports.links import DownloadGrant, redeem_download_link
+from backend.exports.links import DownloadGrant, check_download_login, redeem_download_link
 from backend.graphql.limits import admission_key
 
 DOWNLOAD_TOKEN_TTL_S = 300
@@ -97,12 +96,16 @@ def verify_download_token(
 
 async def link_holder(
     signed: str, *, purpose: str, params: Mapping[str, str], sessions: async_sessionmaker[AsyncSession],
-    policy: AuthPolicy, now: datetime,
+    policy: AuthPolicy, now: datetime, spend: bool = True,
 ) -> Principal:
-    """The principal a signed link admits, as it stands now; the link is spent."""
+    """The principal a signed link admits, as it stands now; the link is spent, unless
+    ``spend`` is false (a reusable link: its login session is still checked)."""
     grant = verify_download_token(signed, secret=policy.secret, purpose=purpose, params=params, now=now)
     async with sessions() as session, session.begin():
-        await redeem_download_link(session, grant=grant, now=now)
+        if spend:
+            await redeem_download_link(session, grant=grant, now=now)
+        else:
+            await check_download_login(session, grant=grant, now=now)
         principal = await load_principal(session, kind=grant.kind, principal_id=grant.principal_id,
                                          session_id=grant.session_id)
     if principal is None:
@@ -162,23 +165,6 @@ def refusal(error: DomainError, status: int) -> Response:
     if error.code is ErrorCode.RATE_LIMITED:
         status = 429
     return Response(refusal_body(error, status), status, media_type="application/json")
-
-
-class _SpooledFileResponse(FileResponse):
-    """A FileResponse whose file is deleted however the response ends. (A background
-    task would not run when the client disconnects mid-download: the send raises.)"""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            discard(self.path)
-
-
-def file_download(path: Path, filename: str, media_type: str = XLSX_MEDIA_TYPE) -> Response:
-    """Serve a spooled file and delete it after the response, whether it was sent whole,
-    cut off by the client, or failed."""
-    return _SpooledFileResponse(path, media_type=media_type, filename=filename, headers={"Cache-Control": "no-store"})
 
 
 @contextlib.asynccontextmanager

@@ -1,5 +1,6 @@
-"""Redeeming signed download links: a link works once, and only while the login it was
-made for lasts (``backend.exports.http`` signs and verifies them)."""
+"""Redeeming signed download links: a link works only while the login it was made for
+lasts, and (unless it is a reusable file link, ``backend.files``) once
+(``backend.exports.http`` signs and verifies them)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,16 @@ async def redeem_download_link(session: AsyncSession, *, grant: DownloadGrant, n
     password change, a stolen refresh token) or has expired, or when the link was used
     before. The nonce is recorded in the caller's transaction, so of two concurrent uses
     exactly one wins."""
+    await check_download_login(session, grant=grant, now=now)
+    redeemed = await session.execute(_REDEEM, {"nonce": grant.nonce, "expires_at": grant.expires_at})
+    if redeemed.first() is None:
+        raise TokenRevoked("下载链接已使用过, 请重新导出", "The download link was already used; export again")
+
+
+async def check_download_login(session: AsyncSession, *, grant: DownloadGrant, now: datetime) -> None:
+    """Refuse (TOKEN_REVOKED) a link whose login session was revoked or has expired. A
+    reusable link (a stored photo shown again and again, ``backend.files``) is checked
+    so on every use; a one-time link is also spent (:func:`redeem_download_link`)."""
     login = (await session.execute(
         select(col(AuthSession.revoked_at), col(AuthSession.expires_at)).where(
             col(AuthSession.id) == grant.session_id,
@@ -48,9 +59,6 @@ async def redeem_download_link(session: AsyncSession, *, grant: DownloadGrant, n
     if login is None or login.revoked_at is not None or login.expires_at <= now:
         raise TokenRevoked("下载链接所属的登录已退出或失效, 请重新登录后导出",
                            "The login this link was made for has ended; sign in and export again")
-    redeemed = await session.execute(_REDEEM, {"nonce": grant.nonce, "expires_at": grant.expires_at})
-    if redeemed.first() is None:
-        raise TokenRevoked("下载链接已使用过, 请重新导出", "The download link was already used; export again")
 
 
 async def purge_used_download_links(session: AsyncSession, *, now: datetime) -> int:

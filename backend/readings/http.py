@@ -5,7 +5,9 @@
   column keys, comma-separated, in display order (empty: its default columns); ``filters``
   the screen's JSON filter object. The link comes from the ``readingsExportUrl`` query,
   signed for the caller, this screen and exactly these parameters (5 minutes); a Bearer
-  token works too. The screen's permission is checked again at download time.
+  token works too. The screen's permission is checked again at download time. The file
+  is written into the file storage's staging directory and streamed from the storage
+  (``backend.files.http.serve_export``), deleted when the response ends.
 
 Screens register themselves when their module is imported
 (:data:`backend.readings.screens.SCREEN_MODULES`); importing this module imports them all.
@@ -38,9 +40,10 @@ from backend.exports.excel import XLSX_MEDIA_TYPE, UploadLimits, within_budget
 from backend.exports.http import (
     admitted,
     caller,
-    file_download,
     refusal,
 )
+from backend.files.http import serve_export
+from backend.files.service import FileStore
 from backend.graphql.limits import AdmissionRefused
 from backend.observability import request_id_var
 from backend.readings import entry
@@ -77,6 +80,7 @@ def may_export(principal: Principal, screen: Screen) -> bool:
 
 def routes(host: HttpHost) -> list[Route]:
     sessions, read_engine, settings = host.sessions, host.read_engine, host.settings
+    files: FileStore = host.services["files"]
     policy = AuthPolicy.from_settings(settings)
     tz_name = str(settings.tz)
     # A year of daily rows for the whole company is one long aggregate.
@@ -123,7 +127,8 @@ def routes(host: HttpHost) -> list[Route]:
         try:
             async with admitted(request, principal), sessions() as session, session.begin():
                 await db.extend_limits(session, bulk_limits)
-                path, count = await write_screen(screen, columns, screen.rows(session, export_for))
+                path, count = await write_screen(screen, columns, screen.rows(session, export_for),
+                                                 directory=str(files.spool_directory()))
         except AdmissionRefused as error:
             return refusal(error, 429)  # busy, not refused: nothing to put on record
         except DomainError as error:
@@ -136,7 +141,8 @@ def routes(host: HttpHost) -> list[Route]:
         except BaseException:
             excel.discard(path)
             raise
-        return file_download(path, f"{kind.value}-{now.astimezone(settings.tz):%Y%m%d}.xlsx")
+        return await serve_export(files, sessions, path, filename=f"{kind.value}-{now.astimezone(settings.tz):%Y%m%d}.xlsx",
+                                  owner=principal)
 
     return [Route(EXPORT_PREFIX + "{screen}.xlsx", export, methods=["GET"]), *upload_routes(sessions, read_engine, settings)]
 

@@ -8,7 +8,6 @@ import glob
 import io
 import json
 import os
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -38,6 +37,7 @@ from backend.db import session_factory
 from backend.errors import BadUserInput, NotAuthenticated
 from backend.exports import http as exports_http
 from backend.exports.links import DownloadGrant
+from backend.files.storage import storage_from_settings
 from backend.graphql.relay import encode_id
 from tests.factories import Staff, make_area_tree, make_staff
 from tests.graphql.client import TEST_SECRET, GraphQLClient, api_settings
@@ -353,8 +353,11 @@ async def test_export_with_bearer_token_downloads_the_filtered_log(client: Graph
     token = await client.login(people.admin.username, people.admin.password)
     await _wrong_login(client, people.subject.username)
     expected = await _export_rows(client, token, {"module": "login", "since": since})
-    spooled = os.path.join(tempfile.gettempdir(), "shuiwu-audit-*.xlsx")
-    leftovers = set(glob.glob(spooled))
+    # The export is written in the file storage's staging directory, moved into the
+    # storage and streamed from it (backend.files.http.serve_export).
+    storage = storage_from_settings(api_settings())
+    spooled = os.path.join(storage.staging_directory(), "shuiwu-audit-*.xlsx")
+    leftovers = (set(glob.glob(spooled)), set(await storage.keys()))
 
     response = await client.http.get(
         audit_http.EXPORT_PATH, params={"module": "login", "since": since}, headers={"Authorization": f"Bearer {token}"}
@@ -364,7 +367,7 @@ async def test_export_with_bearer_token_downloads_the_filtered_log(client: Graph
     assert response.headers["content-type"] == XLSX
     today = utcnow().astimezone(SHANGHAI).strftime("%Y%m%d")
     assert f'filename="audit-log-{today}.xlsx"' in response.headers["content-disposition"]
-    assert set(glob.glob(spooled)) == leftovers  # the temporary file is gone once sent
+    assert (set(glob.glob(spooled)), set(await storage.keys())) == leftovers  # the file is gone once sent
     rows = _sheet_rows(response.content)
     assert rows[0] == ("操作用户", "操作模块", "操作", "IP地址", "时间", "日志内容", "结果")
     assert rows[1] == ("User", "Module", "Action", "IP address", "Time", "Content", "Result")

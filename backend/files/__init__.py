@@ -1,0 +1,1 @@
+"""Files: the one storage of photos, exports and receipts (DESIGN.md, "Files"), a shared layer."""
