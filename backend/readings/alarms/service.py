@@ -554,6 +554,18 @@ async def alarm_view(session: AsyncSession, *, alarm_id: int, scope_patterns: Se
     return row
 
 
+async def alarms_visible_to(session: AsyncSession, *, alarm_ids: Sequence[int], scope_patterns: Sequence[str]) -> list[Any]:
+    """The alarms of ``alarm_ids`` whose meter lies in the scope, as the list shows them
+    (rows of :func:`alarm_view`), in id order: one statement whatever their number."""
+    if not alarm_ids or not scope_patterns:
+        return []
+    patterns = array(list(scope_patterns))
+    statement = (select(*_view_columns()).select_from(_joined(patterns))
+                 .where(_alarm.c.id == any_(array(list(alarm_ids), type_=BigInteger)), in_scope(_area.c.path, scope_patterns))
+                 .order_by(_alarm.c.id))
+    return list((await session.execute(statement)).all())
+
+
 # --------------------------------------------------------------------------- people
 
 

@@ -1,5 +1,5 @@
-"""GraphQL for abnormal meters (异常水表): the alarm list with acknowledge / close, and the
-alarm rules (thresholds per area and meter model).
+"""GraphQL for abnormal meters (异常水表): the alarm list with acknowledge / close, the
+alarm rules (thresholds per area and meter model), and the ``alarmOpened`` subscription.
 
 The list is one joined statement per page (meter, area and current household come in
 the same row), so its statement count does not grow with the page size.
@@ -17,12 +17,17 @@ from strawberry.types import Info
 
 from backend.clock import utcnow
 from backend.errors import NotFound
+from backend.events.service import Event, payload_of
+from backend.graphql.context import Context
 from backend.graphql.errors import UserError
+from backend.graphql.limits import Cost
 from backend.graphql.mutations import run_mutation
 from backend.graphql.pagination import Connection, PageRequest, paginate, paginate_query, selects
 from backend.graphql.permissions import Requires
 from backend.graphql.relay import Node, decode_id, encode_id
+from backend.graphql.subscriptions import SubscriptionEvent, event_id_of, event_subscription
 from backend.readings.alarms import service
+from backend.readings.alarms.events import AlarmOpened
 from backend.readings.alarms.models import AlarmKind, AlarmRule, AlarmSeverity, AlarmStatus
 
 AlarmKindEnum = strawberry.enum(
@@ -267,6 +272,40 @@ class Mutation:
                 deleted_id=encode_id("AlarmRule", pk) if pk is not None else None, errors=errors),
             work=work,
         )
+
+# An item carries at most this many alarms: a silent-meter sweep opens thousands in one event.
+MAX_ALARMS_PER_EVENT = 500
+
+
+@strawberry.type(name="AlarmOpenedEvent", description="Alarms an evaluation opened (one alarm.opened event): those "
+                 "in your data scope.")
+class AlarmOpenedEvent(SubscriptionEvent):
+    alarm_count: int = strawberry.field(description="How many alarms it opened in your scope.")
+    alarms: list[MeterAlarmType] = strawberry.field(
+        description=f"The first {MAX_ALARMS_PER_EVENT} of them in id order (a sweep may open thousands: list the rest "
+        "with meterAlarms).", extensions=[Cost(items=MAX_ALARMS_PER_EVENT)])
+
+
+async def opened_alarms(context: Context, event: Event) -> AlarmOpenedEvent | None:
+    """The alarms ``event`` opened that the subscriber may see; None when it sees none."""
+    opened = payload_of(event, AlarmOpened)
+    async with context.read() as session:
+        rows = await service.alarms_visible_to(session, alarm_ids=opened.alarm_ids,
+                                               scope_patterns=context.caller.scope_patterns())
+    if not rows:
+        return None
+    return AlarmOpenedEvent(event_id=event_id_of(event), alarm_count=len(rows),
+                            alarms=[MeterAlarmType.from_row(row) for row in rows[:MAX_ALARMS_PER_EVENT]])
+
+
+@strawberry.type
+class Subscription:
+    alarm_opened = event_subscription(
+        AlarmOpenedEvent, kinds=("alarm.opened",), permission="alarms:read", visible=opened_alarms,
+        description="Alarms as they open (异常水表告警), in your data scope: one item per evaluation that opened any you "
+        "may see. With afterEventId, the stored ones after it come first.",
+    )
+
 
 # The node(id:) fetchers of this module's types (collected by the root schema).
 NODES = {
