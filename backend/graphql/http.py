@@ -289,6 +289,10 @@ class GraphQLEndpoint:
             observe_operation(label, time.perf_counter() - started, ok=False)
             return self._json({"data": None, "errors": [format_error(e, request_id) for e in executor]})
         operation = executor.operation
+        if operation.operation is OperationType.SUBSCRIPTION:
+            observe_operation(label, time.perf_counter() - started, ok=False)
+            return self._refusal(BadUserInput("订阅须通过 /graphql 的 WebSocket (graphql-transport-ws)",
+                                              "Subscriptions run over the WebSocket on /graphql (graphql-transport-ws)"), 200)
         shape = prepared.shapes[operation.name.value if operation.name else None]
         try:
             expensive = self._check(shape, executor.variable_values, principal)

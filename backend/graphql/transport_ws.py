@@ -196,6 +196,14 @@ class _Connection:
             self.end(SLOW_CONSUMER, "Slow consumer")
 
     async def _read(self) -> None:
+        try:
+            await self._read_messages()
+        except Exception:
+            # A bug, not the client: the connection must not linger half-served.
+            log.exception("serving a WebSocket failed")
+            self.end(INTERNAL_ERROR, "Internal server error")
+
+    async def _read_messages(self) -> None:
         while not self.ended.is_set():
             raw = await self.socket.receive()
             if raw is None:
@@ -249,6 +257,7 @@ class _Connection:
             return
         try:
             principal = await self.endpoint.authenticate(token)
+            expires_at = self._expires_at(token)
         except DomainError as refusal:
             self._count_anonymous()
             self.end(UNAUTHORIZED, f"Unauthorized: {_reason(refusal)}")
@@ -263,7 +272,6 @@ class _Connection:
             return
         self.slot, self.token, self.principal = slot, token, principal
         self.checked_at = self.loop.time()
-        expires_at = self._expires_at(token)
         # The token's own expiry ends the connection to the second, without a query.
         delay = (expires_at - self.server.clock()).total_seconds()
         self.timers.append(self.loop.call_later(max(delay, 0.0), self.end, UNAUTHORIZED, "Unauthorized: TOKEN_EXPIRED"))

@@ -6,6 +6,7 @@ slow consumer (docs/subscriptions.md)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import socket
@@ -13,7 +14,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +25,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from backend.app import create_app
 from backend.archives.models import Area, Meter
 from backend.clock import utcnow
 from backend.db import session_factory
 from backend.events.service import emit_event
 from backend.graphql.relay import encode_id
+from backend.graphql.subscriptions import EventFeed
+from backend.graphql.transport_ws import SubscriptionServer
 from backend.readings.alarms.events import AlarmOpened
 from backend.readings.alarms.service import evaluate_rules
 from tests.factories import AreaTree, Staff, make_area_tree, make_staff
+from tests.graphql.client import api_settings
 from tests.live import LiveServer, live_server
 from tests.readings.factories import make_meter
 
@@ -57,7 +62,7 @@ LOGOUT = "mutation { logout { ok } }"
 # a low battery and the rules are evaluated for it.
 OPEN_ALARM_ELSEWHERE = """
 import asyncio, sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 from backend.clock import utcnow
 from backend.db import create_engine, session_factory
@@ -137,10 +142,19 @@ async def last_event_id(engine: AsyncEngine) -> str:
         return str((await session.execute(text("SELECT coalesce(max(id), 0) FROM domain_events"))).scalar_one())
 
 
-async def login(live: LiveServer, staff: Staff) -> str:
+# Logins of this module's staff (usernames are unique per run): a password check costs
+# ~0.1 s, and one login session per user serves every test but the one that ends it.
+_TOKENS: dict[str, str] = {}
+
+
+async def login(live: LiveServer, staff: Staff, *, fresh: bool = False) -> str:
+    if not fresh and staff.username in _TOKENS:
+        return _TOKENS[staff.username]
     async with httpx.AsyncClient(base_url=live.url) as http:
         response = await http.post("/graphql", json={"query": LOGIN, "variables": {"u": staff.username, "p": staff.password}})
     token: str = response.json()["data"]["login"]["tokens"]["accessToken"]
+    if not fresh:
+        _TOKENS[staff.username] = token
     return token
 
 
@@ -288,7 +302,7 @@ async def test_events_other_subscribers_cannot_see_are_skipped_in_a_replay(
 
 
 async def test_a_revoked_token_is_disconnected(live: LiveServer, world: World, committed_engine: AsyncEngine) -> None:
-    token = await login(live, world.east)
+    token = await login(live, world.east, fresh=True)
     async with subscriber(live, token, after=await last_event_id(committed_engine)) as ws:
         async with httpx.AsyncClient(base_url=live.url) as http:
             response = await http.post("/graphql", json={"query": LOGOUT}, headers={"Authorization": f"Bearer {token}"})
@@ -297,6 +311,46 @@ async def test_a_revoked_token_is_disconnected(live: LiveServer, world: World, c
         code, reason = await closed_with(ws, within_s=RECHECK_S * 2 + 2)
 
     assert (code, reason) == (4401, "Unauthorized: TOKEN_REVOKED")
+
+
+class QueueSocket:
+    """An in-memory socket: the protocol without a network, for a server on the test's loop."""
+
+    def __init__(self, *messages: dict[str, Any]) -> None:
+        self.incoming: asyncio.Queue[str | None] = asyncio.Queue()
+        for message in messages:
+            self.incoming.put_nowait(json.dumps(message))
+        self.sent: list[dict[str, Any]] = []
+        self.closed: tuple[int, str] | None = None
+
+    async def receive(self) -> str | bytes | None:
+        return await self.incoming.get()
+
+    async def send(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+        self.incoming.put_nowait(None)
+
+
+async def test_a_connection_ends_when_its_token_expires(live: LiveServer, world: World, database_url: str) -> None:
+    token = await login(live, world.east)
+    app = create_app(api_settings(), database_url)
+    endpoint = app.state.graphql
+    # The server's clock reads 0.3 s before the token's expiry.
+    expires = datetime.fromtimestamp(json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))["exp"], UTC)
+    server = SubscriptionServer(endpoint, EventFeed(database_url), clock=lambda: expires - timedelta(seconds=0.3))
+    socket = QueueSocket({"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}})
+    try:
+        await asyncio.wait_for(server.serve(socket, ip="127.0.0.1", user_agent=None), 5)
+    finally:
+        await app.state.engine.dispose()
+        await app.state.read_engine.dispose()
+
+    assert [message["type"] for message in socket.sent] == ["connection_ack"]
+    assert socket.closed == (4401, "Unauthorized: TOKEN_EXPIRED")
+    assert server.open_connections == {}
 
 
 @pytest.mark.parametrize("payload", [None, {}, {"authorization": "Bearer not-a-token"}, {"authorization": "Basic eDp5"}])
@@ -367,6 +421,16 @@ async def test_operations_the_gate_refuses_are_errors_of_their_own(live: LiveSer
         "forbidden": ("error", ["FORBIDDEN"]),
     }
     assert pong == {"type": "pong"}
+
+
+async def test_a_subscription_sent_by_post_is_refused(live: LiveServer, world: World) -> None:
+    token = await login(live, world.east)
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        response = await http.post("/graphql", json={"query": ALARM_OPENED}, headers={"Authorization": f"Bearer {token}"})
+
+    body = response.json()
+    assert (response.status_code, body["data"], [e["extensions"]["code"] for e in body["errors"]]) == (
+        200, None, ["BAD_USER_INPUT"])
 
 
 async def test_a_slow_consumer_is_cut_off_and_the_others_receive_everything(
