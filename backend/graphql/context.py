@@ -16,7 +16,7 @@ from backend.errors import NotAuthenticated
 from backend.settings import Settings
 
 if TYPE_CHECKING:
-    from backend.graphql.subscriptions import EventFeed
+    from backend.graphql.subscriptions import Subscriber
 
 LoaderT = TypeVar("LoaderT")
 
@@ -46,9 +46,8 @@ class Context:
     read_sessions: async_sessionmaker[AsyncSession] | None = None
     # The autocommit read engine, for raw asyncpg reads on hot paths (db.raw_read).
     read_engine: AsyncEngine | None = None
-    # The process's domain events, for subscription fields (backend.graphql.subscriptions);
-    # None where no WebSocket is served (plain HTTP requests, tests in process).
-    events: EventFeed | None = None
+    # A subscription's connection (backend.graphql.subscriptions); None on plain HTTP.
+    subscriber: Subscriber | None = None
     _loaders: dict[type, Any] = field(default_factory=dict)
     # Fields declared Expensive run one at a time within a request (limits.Expensive).
     expensive_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

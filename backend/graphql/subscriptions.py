@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import strawberry
@@ -121,6 +122,17 @@ class EventFeed:
         return stream, start, holes
 
 
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    """What a subscription field needs of the connection it runs on."""
+
+    feed: EventFeed
+    # Awaited before each event: re-checks the login session when the last check is
+    # older than the re-check interval (the principal in the context is then current);
+    # False once the connection is ending.
+    still_valid: Callable[[], Awaitable[bool]]
+
+
 _HISTORY = text(
     "SELECT id, kind, key, payload, created_at FROM domain_events"
     " WHERE id > :after AND kind = ANY(:kinds) ORDER BY id LIMIT :limit"
@@ -190,13 +202,16 @@ def event_subscription(
         raise ValueError("a subscription is fed by at least one event kind")
 
     async def items(context: Context, after: int | None) -> AsyncGenerator[ItemT, None]:
-        if context.events is None:
+        subscriber = context.subscriber
+        if subscriber is None:
             raise BadUserInput("订阅须通过 /graphql 的 WebSocket (graphql-transport-ws)",
                                "Subscriptions are served over the WebSocket on /graphql (graphql-transport-ws)")
-        events = replay_then_follow(context, context.events, kinds=kinds, after=after,
+        events = replay_then_follow(context, subscriber.feed, kinds=kinds, after=after,
                                     maxsize=context.settings.subscriptions_backlog)
         try:
             async for event in events:
+                if not await subscriber.still_valid():
+                    return
                 # The principal is re-read while the connection lives: a permission
                 # taken away ends the subscription at the next event.
                 if not context.caller.has(permission):

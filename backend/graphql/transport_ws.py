@@ -53,10 +53,10 @@ from backend.errors import BadUserInput, DomainError, ErrorCode, RateLimited
 from backend.events.listener import ListenerLaggedError
 from backend.graphql.context import Context
 from backend.graphql.errors import format_error
+from backend.graphql.subscriptions import EventFeed, Subscriber
 
 if TYPE_CHECKING:
     from backend.graphql.http import GraphQLEndpoint
-    from backend.graphql.subscriptions import EventFeed
 
 log = logging.getLogger("shuiwu.graphql.ws")
 
@@ -313,8 +313,8 @@ class _Connection:
             context.principal = principal
 
     async def _fresh(self) -> bool:
-        """Whether the connection may deliver: its session was checked within the
-        re-check interval (checked now if not)."""
+        """Whether the connection may handle an event (awaited before each one): its
+        session was checked within the re-check interval (checked now if not)."""
         if self.loop.time() - self.checked_at >= self.settings.subscriptions_auth_recheck_s:
             await self._recheck()
         return not self.ended.is_set()
@@ -349,7 +349,7 @@ class _Connection:
                 return
             responses = started
             async for result in responses:
-                if not await self._fresh():
+                if self.ended.is_set():
                     return
                 body: dict[str, Any] = {"data": result.data}
                 if result.errors:
@@ -400,7 +400,8 @@ class _Connection:
         context = Context(
             settings=self.settings, sessions=endpoint.sessions, request_id=request_id, principal=principal,
             ip=self.ip, user_agent=self.user_agent, plans=prepared.plans, read_sessions=endpoint.read_sessions,
-            read_engine=endpoint.read_engine, services=endpoint.services, events=self.server.feed,
+            read_engine=endpoint.read_engine, services=endpoint.services,
+            subscriber=Subscriber(self.server.feed, self._fresh),
         )
         executor = endpoint.build_executor(prepared, context, variables, operation_name)
         if isinstance(executor, list):

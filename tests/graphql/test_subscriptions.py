@@ -89,6 +89,7 @@ class World:
     west: Staff
     no_alarms: Staff
     capped: Staff
+    demoted: Staff  # loses alarms:read while subscribed
     # Meters with a standing low-battery alarm in 城东: the slow consumer's items.
     east_alarm_ids: list[int]
 
@@ -101,12 +102,13 @@ async def world(committed_engine: AsyncEngine) -> World:
         west = await make_staff(session, permissions={"alarms:read"}, areas=[tree.west])
         no_alarms = await make_staff(session, permissions={"areas:read"}, areas=[tree.company])
         capped = await make_staff(session, permissions={"alarms:read"}, areas=[tree.company])
+        demoted = await make_staff(session, permissions={"alarms:read"}, areas=[tree.company])
     ids = await open_alarms(committed_engine, tree.east_community, count=30)
     async with session_factory(committed_engine)() as session, session.begin():
         # Long details make the slow consumer's items large (~250 KB each).
         await session.execute(text("UPDATE meter_alarms SET detail = repeat('电池电压偏低 ', 1000) WHERE id = ANY(:ids)"),
                               {"ids": ids})
-    return World(tree, east, west, no_alarms, capped, ids)
+    return World(tree, east, west, no_alarms, capped, demoted, ids)
 
 
 @pytest.fixture(scope="module")
@@ -351,6 +353,23 @@ async def test_a_connection_ends_when_its_token_expires(live: LiveServer, world:
     assert [message["type"] for message in socket.sent] == ["connection_ack"]
     assert socket.closed == (4401, "Unauthorized: TOKEN_EXPIRED")
     assert server.open_connections == {}
+
+
+async def test_a_permission_taken_away_ends_the_subscription_at_the_next_event(
+    live: LiveServer, world: World, committed_engine: AsyncEngine
+) -> None:
+    async with subscriber(live, await login(live, world.demoted), after=await last_event_id(committed_engine)) as ws:
+        await open_alarms(committed_engine, world.tree.east_community)
+        before = await next_item(ws)
+        async with session_factory(committed_engine)() as session, session.begin():
+            await session.execute(text("DELETE FROM role_permissions WHERE role_id IN "
+                                       "(SELECT role_id FROM staff_user_roles WHERE user_id = :id)"), {"id": world.demoted.user.id})
+        await asyncio.sleep(RECHECK_S)
+        await open_alarms(committed_engine, world.tree.east_community)
+        ended = await receive(ws)
+
+    assert before["alarmCount"] == 1
+    assert (ended["type"], ended["id"], [e["extensions"]["code"] for e in ended["payload"]]) == ("error", "1", ["FORBIDDEN"])
 
 
 @pytest.mark.parametrize("payload", [None, {}, {"authorization": "Bearer not-a-token"}, {"authorization": "Basic eDp5"}])
