@@ -45,6 +45,7 @@ PROTOCOL = "graphql-transport-ws"
 # The server's outbox per connection: small, so a client that stops reading is cut off soon.
 QUEUE_SIZE = 4
 RECHECK_S = 0.3
+INIT_TIMEOUT_S = 1.0
 # How long a client out of scope is watched for an item it must not get.
 QUIET_S = 0.4
 
@@ -103,17 +104,18 @@ async def world(committed_engine: AsyncEngine) -> World:
         no_alarms = await make_staff(session, permissions={"areas:read"}, areas=[tree.company])
         capped = await make_staff(session, permissions={"alarms:read"}, areas=[tree.company])
         demoted = await make_staff(session, permissions={"alarms:read"}, areas=[tree.company])
-    ids = await open_alarms(committed_engine, tree.east_community, count=30)
+    ids = await open_alarms(committed_engine, tree.east_community, count=10)
     async with session_factory(committed_engine)() as session, session.begin():
-        # Long details make the slow consumer's items large (~250 KB each).
-        await session.execute(text("UPDATE meter_alarms SET detail = repeat('电池电压偏低 ', 1000) WHERE id = ANY(:ids)"),
+        # Long details make the slow consumer's items large (~600 KB each).
+        await session.execute(text("UPDATE meter_alarms SET detail = repeat('电池电压偏低 ', 3000) WHERE id = ANY(:ids)"),
                               {"ids": ids})
     return World(tree, east, west, no_alarms, capped, demoted, ids)
 
 
 @pytest.fixture(scope="module")
 def live(database_url: str) -> Iterator[LiveServer]:
-    with live_server(database_url, subscriptions_queue_size=QUEUE_SIZE, subscriptions_auth_recheck_s=RECHECK_S) as server:
+    with live_server(database_url, subscriptions_queue_size=QUEUE_SIZE, subscriptions_auth_recheck_s=RECHECK_S,
+                     subscriptions_init_timeout_s=INIT_TIMEOUT_S) as server:
         yield server
 
 
@@ -389,8 +391,37 @@ async def test_a_subscribe_before_the_acknowledgement_and_a_missing_subprotocol_
         assert await closed_with(ws) == (4406, "Subprotocol not acceptable")
 
 
+INIT = "init"  # stands for this connection's connection_init with a valid token
+
+
+@pytest.mark.parametrize(("messages", "closed"), [
+    (["not json"], (4400, "Invalid message received")),
+    ([{"type": "subscribe"}], (4401, "Unauthorized")),
+    ([INIT, {"type": "launch"}], (4400, "Invalid message type 'launch'")),
+    ([INIT, {"type": "subscribe", "id": "1"}], (4400, "Invalid message received")),
+    ([INIT, {"type": "connection_init"}], (4429, "Too many initialisation requests")),
+    ([INIT, {"id": "1", "type": "subscribe", "payload": {"query": ALARM_OPENED}},
+      {"id": "1", "type": "subscribe", "payload": {"query": ALARM_OPENED}}], (4409, "Subscriber for 1 already exists")),
+    (["x" * (1024 * 1024 + 1)], (1009, "Message too big")),
+    ([], (4408, "Connection initialisation timeout")),
+], ids=["bad-json", "subscribe-first", "unknown-type", "no-payload", "second-init", "same-id", "too-big", "silent"])
+async def test_protocol_violations_close_the_connection_with_their_code(
+    live: LiveServer, world: World, messages: list[Any], closed: tuple[int, str]
+) -> None:
+    token = await login(live, world.west)
+    async with connect(ws_url(live), subprotocols=[PROTOCOL], max_size=None) as ws:  # type: ignore[list-item]
+        for message in messages:
+            if message == INIT:
+                assert (await initialised(ws, token))["type"] == "connection_ack"
+            else:
+                await ws.send(message if isinstance(message, str) else json.dumps(message))
+
+        assert await closed_with(ws) == closed
+
+
 async def test_connections_past_the_per_principal_cap_are_refused(live: LiveServer, world: World) -> None:
     token = await login(live, world.capped)
+    await until(lambda: ("staff", world.capped.user.id) not in live.app.state.subscriptions.open_connections)
     async with connect(ws_url(live), subprotocols=[PROTOCOL]) as ws:  # type: ignore[list-item]
         sockets = [await connect(ws_url(live), subprotocols=[PROTOCOL]) for _ in range(4)]  # type: ignore[list-item]
         try:
@@ -402,7 +433,7 @@ async def test_connections_past_the_per_principal_cap_are_refused(live: LiveServ
             for s in sockets:
                 await s.close()
         # A closed connection frees its place.
-        await asyncio.sleep(0.1)
+        await until(lambda: live.app.state.subscriptions.open_connections[("staff", world.capped.user.id)] < 5)
         async with connect(ws_url(live), subprotocols=[PROTOCOL]) as again:  # type: ignore[list-item]
             readmitted = await initialised(again, token)
 
@@ -416,8 +447,9 @@ async def test_connections_past_the_per_principal_cap_are_refused(live: LiveServ
 
 async def test_operations_the_gate_refuses_are_errors_of_their_own(live: LiveServer, world: World) -> None:
     refusals: dict[str, dict[str, Any]] = {}
+    east, no_alarms = await login(live, world.east), await login(live, world.no_alarms)
     async with connect(ws_url(live), subprotocols=[PROTOCOL]) as ws:  # type: ignore[list-item]
-        assert (await initialised(ws, await login(live, world.east)))["type"] == "connection_ack"
+        assert (await initialised(ws, east))["type"] == "connection_ack"
         await subscribe(ws, "query { viewer { __typename } }", operation_id="query")
         await subscribe(ws, TOO_COSTLY, operation_id="costly")
         await subscribe(ws, ALARM_OPENED, {"after": "12ab"}, operation_id="bad-id")
@@ -428,7 +460,7 @@ async def test_operations_the_gate_refuses_are_errors_of_their_own(live: LiveSer
         await ws.send(json.dumps({"type": "ping"}))
         pong = await receive(ws)
     async with connect(ws_url(live), subprotocols=[PROTOCOL]) as ws:  # type: ignore[list-item]
-        assert (await initialised(ws, await login(live, world.no_alarms)))["type"] == "connection_ack"
+        assert (await initialised(ws, no_alarms))["type"] == "connection_ack"
         await subscribe(ws, ALARM_OPENED, operation_id="forbidden")
         refusals["forbidden"] = await receive(ws)
 
@@ -458,9 +490,9 @@ async def test_a_slow_consumer_is_cut_off_and_the_others_receive_everything(
     after = await last_event_id(committed_engine)
     # The slow client reads nothing: a small receive buffer, no read-ahead and no
     # compression (the repeated details would shrink to nothing). The server's send
-    # buffer grows to 4 MB here: sixty items of ~210 KB overflow it, and then the
+    # buffer grows to 4 MB here: twenty items of ~600 KB overflow it, and then the
     # server's outbox of QUEUE_SIZE messages.
-    rounds = 60
+    rounds = 20
     slow_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     slow_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     slow_socket.connect((live.host, live.port))
