@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
@@ -149,7 +149,7 @@ async def stored_events(context: Context, *, after: int, kinds: Collection[str],
 
 async def replay_then_follow(
     context: Context, feed: EventFeed, *, kinds: Collection[str], after: int | None, maxsize: int,
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     """The events of ``kinds`` after ``after`` from the table, then the live ones (only the
     live ones when ``after`` is None), each once.
 
@@ -221,7 +221,7 @@ def event_subscription(
                 if item is not None:
                     yield item
         finally:
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()
 
     async def subscribe(
         info: Info,

@@ -359,9 +359,9 @@ class _Connection:
         except ListenerLaggedError:
             self.end(SLOW_CONSUMER, "Slow consumer")
         except DomainError as refusal:
-            # Raised by the event stream itself: a permission taken away, a bad afterEventId.
-            self._send({"id": operation_id, "type": "error",
-                              "payload": refusal_errors(refusal, 200, request_id if refusal.code is ErrorCode.INTERNAL else None)})
+            # Raised by the event stream itself: a permission taken away, the feed unavailable.
+            request = request_id if refusal.code is ErrorCode.INTERNAL else None
+            self._send({"id": operation_id, "type": "error", "payload": refusal_errors(refusal, 200, request)})
         except GraphQLError as error:
             self._send({"id": operation_id, "type": "error", "payload": [format_error(error, request_id)]})
         except Exception as crash:
