@@ -1,6 +1,7 @@
 """``create_app(settings, database_url) -> Starlette``: the whole HTTP surface.
 
-Routes: ``/graphql`` (POST executes, GET serves GraphiQL), the installed domains' plain
+Routes: ``/graphql`` (POST executes, GET serves GraphiQL, a WebSocket runs subscriptions
+with graphql-transport-ws: docs/subscriptions.md), the installed domains' plain
 HTTP routes (``/oauth/token``, downloads, uploads: ``Domain.routes``), ``/healthz`` and
 ``/metrics``. The schema, the routes and the services come from the domains'
 declarations (``backend.domains``); this module imports no domain by name. The app is
@@ -21,9 +22,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from backend import db
 from backend.auth.ratelimit import AnonymousThrottle, ClientRateLimiter, OverLimitMemo
@@ -47,8 +49,10 @@ from backend.edge import (
 )
 from backend.errors import ErrorCode
 from backend.graphql import scalars
-from backend.graphql.http import GraphQLEndpoint
+from backend.graphql.http import GraphQLEndpoint, serve_socket
 from backend.graphql.schema import build_schema
+from backend.graphql.subscriptions import EventFeed
+from backend.graphql.transport_ws import SubscriptionServer
 from backend.http_guards import CancelOnDisconnect, UnexpectedErrorGuard
 from backend.observability import DB_POOL, observe_http, registry, request_id_var
 from backend.settings import Settings
@@ -167,6 +171,17 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
         services=services,
     )
 
+    # One listener per process feeds every subscription (its own connection, outside the
+    # pools), and only when the installed domains declare subscriptions.
+    feed: EventFeed | None = None
+    subscriptions: SubscriptionServer | None = None
+    if endpoint.schema._schema.subscription_type is not None:
+        feed = EventFeed(database_url)
+        subscriptions = SubscriptionServer(endpoint, feed)
+
+    async def graphql_socket(websocket: WebSocket) -> None:
+        await serve_socket(websocket, subscriptions)
+
     async def healthz(request: Request) -> Response:
         try:
             await db.ping(health_engine)
@@ -192,7 +207,11 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         tune_garbage_collector()
         favour_the_event_loop()
+        if feed is not None:
+            await feed.start()
         yield
+        if feed is not None:
+            await feed.stop()
         await close_services(services)
         await engine.dispose()
         await read_engine.dispose()
@@ -205,6 +224,7 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
     host = HttpHost(settings=settings, sessions=sessions, read_engine=read_engine, services=services)
     routes: list[BaseRoute] = [
         Route("/graphql", graphql, methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", graphql_socket),
         Mount("/graphql/static", StaticFiles(packages=[("backend.graphql", "static")]), name="graphiql-static"),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -222,6 +242,7 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
     app.state.engine = engine
     app.state.read_engine = read_engine
     app.state.graphql = endpoint
+    app.state.subscriptions = subscriptions
     app.state.sessions = sessions
     app.state.services = services
     app.state.policy = policy

@@ -127,8 +127,9 @@ def serve(
     url = _database(settings)
     if not no_migrate:
         _migrate(url)
+    # The app reads proxies (SHUIWU_TRUSTED_PROXIES); a WebSocket message is bounded like a GraphQL body.
     uvicorn.run(create_app(settings, url), host=host or settings.host, port=port or settings.port,
-                log_config=None, access_log=False, proxy_headers=False)  # the app reads proxies (SHUIWU_TRUSTED_PROXIES)
+                log_config=None, access_log=False, proxy_headers=False, ws_max_size=settings.graphql_max_body_bytes)
 
 
 @app.command()
@@ -200,7 +201,8 @@ def demo_run(
     _migrate(url)
     bind_host, bind_port = host or settings.host, port or settings.port
     server = uvicorn.Server(uvicorn.Config(create_app(settings, url), host=bind_host, port=bind_port,
-                                           log_config=None, access_log=False, proxy_headers=False))
+                                           log_config=None, access_log=False, proxy_headers=False,
+                                           ws_max_size=settings.graphql_max_body_bytes))
 
     console.print(f"\n[bold green]shuiwu 水务 demo[/bold green]  GraphiQL: http://{bind_host}:{bind_port}/graphql")
     for login in (ADMIN, MANAGER, CASHIER, REPAIR):

@@ -21,11 +21,16 @@ from backend.alarms import service
 from backend.alarms.models import AlarmKind, AlarmSeverity, AlarmStatus, AlarmSubjectKind
 from backend.clock import utcnow
 from backend.errors import NotFound
+from backend.alarms.events import AlarmOpened
+from backend.events.service import Event, payload_of
+from backend.graphql.context import Context
 from backend.graphql.errors import UserError
+from backend.graphql.limits import Cost
 from backend.graphql.mutations import run_mutation
 from backend.graphql.pagination import Connection, PageRequest, paginate_query, selects
 from backend.graphql.permissions import Requires
 from backend.graphql.relay import Node, decode_id, encode_id, split_id
+from backend.graphql.subscriptions import SubscriptionEvent, event_id_of, event_subscription
 
 AlarmKindEnum = strawberry.enum(
     AlarmKind, name="AlarmKind",
@@ -201,6 +206,40 @@ class Mutation:
 
         return await run_mutation(info, module="alarms", action="closeAlarm",
                                   describe=lambda _: f"关闭告警 {alarm_id}", payload=_alarm_payload, work=work)
+
+
+# One evaluation may open thousands of alarms (a whole district going silent); an item
+# carries the first ones and the count, and the list query has the rest.
+MAX_ALARMS_PER_EVENT = 500
+
+
+@strawberry.type(description="Alarms one evaluation opened, as far as your scope reaches (告警推送).")
+class AlarmOpenedEvent(SubscriptionEvent):
+    alarm_count: int = strawberry.field(description="How many alarms it opened in your scope.")
+    alarms: list[AlarmType] = strawberry.field(
+        description=f"The first {MAX_ALARMS_PER_EVENT} of them in id order (list the rest with alarms).",
+        extensions=[Cost(items=MAX_ALARMS_PER_EVENT)])
+
+
+async def opened_alarms(context: Context, event: Event) -> AlarmOpenedEvent | None:
+    """The alarms ``event`` opened that the subscriber may see; None when it sees none."""
+    opened = payload_of(event, AlarmOpened)
+    async with context.read() as session:
+        rows = await service.alarms_visible_to(session, alarm_ids=opened.alarm_ids,
+                                               scope_patterns=context.caller.scope_patterns())
+    if not rows:
+        return None
+    return AlarmOpenedEvent(event_id=event_id_of(event), alarm_count=len(rows),
+                            alarms=[AlarmType.from_row(row) for row in rows[:MAX_ALARMS_PER_EVENT]])
+
+
+@strawberry.type
+class Subscription:
+    alarm_opened = event_subscription(
+        AlarmOpenedEvent, kinds=("alarm.opened",), permission="alarms:read", visible=opened_alarms,
+        description="Alarms of every subject as they open (告警), in your data scope: one item per evaluation that "
+        "opened any you may see. With afterEventId, the stored ones after it come first.",
+    )
 
 
 # The node(id:) fetchers of this module's types (collected by the root schema).

@@ -239,6 +239,13 @@ class EventListener:
         self._streams.append(stream)
         return stream
 
+    def position(self) -> tuple[int | None, frozenset[int]]:
+        """Where a stream subscribed now starts: it receives the events after the first
+        value (the last id read; None before the first connection) and the late commits
+        of the second (ids skipped over and still awaited). A consumer that also reads
+        history from the table drops what it read there from these, and nothing else."""
+        return self._last_id, frozenset(self._holes)
+
     def _unsubscribe(self, stream: EventStream) -> None:
         with contextlib.suppress(ValueError):
             self._streams.remove(stream)

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -14,6 +14,9 @@ from backend.auth.principal import Principal
 from backend.db import raw_connection, raw_read
 from backend.errors import NotAuthenticated
 from backend.settings import Settings
+
+if TYPE_CHECKING:
+    from backend.graphql.subscriptions import Subscriber
 
 LoaderT = TypeVar("LoaderT")
 
@@ -43,6 +46,8 @@ class Context:
     read_sessions: async_sessionmaker[AsyncSession] | None = None
     # The autocommit read engine, for raw asyncpg reads on hot paths (db.raw_read).
     read_engine: AsyncEngine | None = None
+    # A subscription's connection (backend.graphql.subscriptions); None on plain HTTP.
+    subscriber: Subscriber | None = None
     _loaders: dict[type, Any] = field(default_factory=dict)
     # Fields declared Expensive run one at a time within a request (limits.Expensive).
     expensive_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -54,6 +59,11 @@ class Context:
             loader = loader_cls(self)  # type: ignore[call-arg]
             self._loaders[loader_cls] = loader
         return loader  # type: ignore[no-any-return]
+
+    def forget_loaders(self) -> None:
+        """Drop the DataLoaders' caches: a subscription reuses its context for every
+        event, and each event must read what is committed now."""
+        self._loaders.clear()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

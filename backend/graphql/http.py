@@ -44,6 +44,7 @@ from graphql import (
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.websockets import WebSocket
 from strawberry.utils.await_maybe import await_maybe
 
 from backend.auth.http import client_ip
@@ -69,6 +70,7 @@ from backend.graphql.limits import (
     introspection_budget,
     operation_shapes,
 )
+from backend.graphql.transport_ws import PROTOCOL, SUBPROTOCOL_NOT_ACCEPTABLE, SubscriptionServer
 from backend.observability import ANONYMOUS_CALLER, NOT_EXECUTED, UNNAMED_OPERATION, observe_operation, request_id_var
 from backend.settings import Settings
 
@@ -287,6 +289,10 @@ class GraphQLEndpoint:
             observe_operation(label, time.perf_counter() - started, ok=False)
             return self._json({"data": None, "errors": [format_error(e, request_id) for e in executor]})
         operation = executor.operation
+        if operation.operation is OperationType.SUBSCRIPTION:
+            observe_operation(label, time.perf_counter() - started, ok=False)
+            return self._refusal(BadUserInput("订阅须通过 /graphql 的 WebSocket (graphql-transport-ws)",
+                                              "Subscriptions run over the WebSocket on /graphql (graphql-transport-ws)"), 200)
         shape = prepared.shapes[operation.name.value if operation.name else None]
         try:
             expensive = self._check(shape, executor.variable_values, principal)
@@ -336,6 +342,18 @@ class GraphQLEndpoint:
             raise QueryTooComplex()
         return shape.expensive or cost >= settings.graphql_expensive_cost
 
+    def build_executor(self, prepared: PreparedDocument, context: Context, variables: dict[str, Any],
+                       operation_name: str | None) -> Any:
+        """graphql-core's executor of a valid cached document, with the variables coerced
+        once (a list of errors when they do not coerce)."""
+        assert prepared.document is not None
+        return self._executor_class.build(self.schema._schema, prepared.document, None, context, variables, operation_name)
+
+    def check_limits(self, shape: OperationShape, variables: Any, principal: Principal | None) -> bool:
+        """The limits of :meth:`handle` (introspection, root fields, cost) for another
+        transport (subscriptions over the WebSocket); True if the operation is expensive."""
+        return self._check(shape, variables, principal)
+
     async def _run(self, executor: Any) -> ExecutionResult:
         result = await await_maybe(executor.execute_operation())
         assert isinstance(result, ExecutionResult)  # no @defer / @stream in this schema
@@ -355,3 +373,41 @@ class GraphQLEndpoint:
         page = resources.files("backend.graphql").joinpath("static/graphiql.html").read_text(encoding="utf-8")
         # The page's own CSP (the API's default allows no scripts): assets from /graphql/static only.
         return HTMLResponse(page, headers={"Content-Security-Policy": page_csp(page)})
+
+
+class _StarletteSocket:
+    """A Starlette WebSocket as backend.graphql.transport_ws reads and writes it."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self.websocket = websocket
+
+    async def receive(self) -> str | bytes | None:
+        message = await self.websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return None
+        text: str | None = message.get("text")
+        if text is not None:
+            return text
+        return message.get("bytes") or b""
+
+    async def send(self, text: str) -> None:
+        await self.websocket.send_text(text)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.websocket.close(code, reason)
+
+
+async def serve_socket(websocket: WebSocket, server: SubscriptionServer | None) -> None:
+    """``/graphql`` over a WebSocket: graphql-transport-ws subscriptions when the schema
+    has any (refused at the handshake otherwise)."""
+    if server is None:
+        await websocket.close()
+        return
+    if PROTOCOL not in websocket.scope.get("subprotocols", ()):
+        await websocket.accept()
+        await websocket.close(SUBPROTOCOL_NOT_ACCEPTABLE, "Subprotocol not acceptable")
+        return
+    await websocket.accept(subprotocol=PROTOCOL)
+    client = websocket.scope.get("client")
+    await server.serve(_StarletteSocket(websocket), ip=client[0] if client else None,
+                       user_agent=websocket.headers.get("user-agent"))

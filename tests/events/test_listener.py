@@ -96,6 +96,23 @@ async def test_an_event_whose_transaction_commits_after_a_later_one_is_still_del
         assert (await next_event(stream)).id == earlier
 
 
+async def test_the_position_names_the_last_id_read_and_the_ids_still_awaited(
+    database_url: str, factory: async_sessionmaker[AsyncSession]
+) -> None:
+    async with EventListener(database_url) as listener:
+        stream = listener.subscribe()
+        await asyncio.wait_for(listener.wait_connected(), WAIT)
+
+        async with factory() as slow, slow.begin():
+            earlier = await emit_event(slow, "tests.bill_issued", BillIssued(1))
+            later = await emit_committed(factory, "tests.bill_issued", BillIssued(2))
+            assert (await next_event(stream)).id == later
+            while_open = listener.position()
+        assert (await next_event(stream)).id == earlier
+
+        assert (while_open, listener.position()) == ((later, frozenset({earlier})), (later, frozenset()))
+
+
 async def test_a_consumer_that_falls_behind_is_told_so_instead_of_losing_events_silently(
     database_url: str, factory: async_sessionmaker[AsyncSession]
 ) -> None:

@@ -1,0 +1,238 @@
+"""Subscription fields fed by domain events (docs/subscriptions.md).
+
+A domain declares a subscription in its schema module in one place:
+
+```python
+@strawberry.type(name="AlarmOpenedEvent")
+class AlarmOpenedEvent(SubscriptionEvent):
+    alarms: list[MeterAlarmType]
+
+async def opened_alarms(context: Context, event: Event) -> AlarmOpenedEvent | None:
+    ...  # the alarms of the event the subscriber may see, or None
+
+@strawberry.type
+class Subscription:
+    alarm_opened = event_subscription(AlarmOpenedEvent, kinds=("alarm.opened",), permission="alarms:read",
+                                      visible=opened_alarms, description="...")
+```
+
+:func:`event_subscription` gives the field an ``afterEventId: ID`` argument and does the
+rest: the permission (checked when the subscription starts and again for every event,
+against the principal as last re-read), the replay of the stored events after
+``afterEventId`` followed by the live ones from the process's one
+:class:`~backend.events.listener.EventListener` without a gap or a repeat at the seam,
+and a bounded backlog. ``visible(context, event)`` turns one event into the one item the
+subscriber may see (applying its data scope inside the query, as every list does), or
+None to send nothing for that event. Every item is a :class:`SubscriptionEvent`: it
+carries ``eventId``, the greatest of which a client sends back as ``afterEventId`` when it
+reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+import strawberry
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.types import Text
+from strawberry.types import Info
+
+from backend.errors import BadUserInput, DomainError, ErrorCode, Forbidden
+from backend.events.listener import EventListener, EventStream
+from backend.events.service import Event
+from backend.graphql.context import Context
+from backend.graphql.permissions import Requires
+
+ItemT = TypeVar("ItemT", bound="SubscriptionEvent")
+Visible = Callable[[Context, Event], Awaitable[ItemT | None]]
+
+# Stored events are replayed this many at a time (one statement each); the socket's pace
+# decides how fast the next page is read.
+REPLAY_PAGE = 200
+# The largest id a bigint holds: afterEventId beyond it names no event.
+MAX_EVENT_ID = 2**63 - 1
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+@strawberry.interface(
+    name="SubscriptionEvent",
+    description="An item of a subscription: what one domain event showed the subscriber.",
+)
+class SubscriptionEvent:
+    event_id: strawberry.ID = strawberry.field(
+        description="The domain event's id (decimal digits). Reconnect with the greatest one received as "
+        "afterEventId to receive every later event once."
+    )
+
+
+def event_id_of(event: Event) -> strawberry.ID:
+    """The ``eventId`` of an item made from ``event``."""
+    return strawberry.ID(str(event.id))
+
+
+def parse_event_id(value: str | None) -> int | None:
+    """``afterEventId`` as an event id; BAD_USER_INPUT unless it is decimal digits of a bigint."""
+    if value is None:
+        return None
+    if not _DIGITS.fullmatch(value) or int(value) > MAX_EVENT_ID:
+        raise BadUserInput("afterEventId 须为事件编号 (十进制数字)", "afterEventId must be an event id (decimal digits)",
+                           field="afterEventId")
+    return int(value)
+
+
+class FeedUnavailable(DomainError):
+    """The process's listener has not connected to the database yet."""
+
+    code = ErrorCode.INTERNAL
+    message = "事件源暂不可用, 请稍后重连"
+    message_en = "The event feed is not available yet; reconnect later"
+
+
+class EventFeed:
+    """The API process's one :class:`EventListener` (one dedicated connection, not from
+    the pool), which every subscription of the process reads from."""
+
+    def __init__(self, database_url: str, *, connect_wait_s: float = 10.0) -> None:
+        self.listener = EventListener(database_url)
+        self._connect_wait_s = connect_wait_s
+
+    async def start(self) -> None:
+        await self.listener.start()
+
+    async def stop(self) -> None:
+        await self.listener.stop()
+
+    async def open(self, kinds: Collection[str], *, maxsize: int) -> tuple[EventStream, int, frozenset[int]]:
+        """A stream of the live events of ``kinds`` (at most ``maxsize`` waiting, then it
+        fails with ListenerLaggedError), with where it starts (:meth:`EventListener.position`)."""
+        if not self.listener.connected:
+            try:
+                await asyncio.wait_for(self.listener.wait_connected(), self._connect_wait_s)
+            except TimeoutError:
+                raise FeedUnavailable() from None
+        # No await from here on: the position is the stream's own.
+        stream = self.listener.subscribe(kinds, maxsize=maxsize)
+        start, holes = self.listener.position()
+        assert start is not None  # set at the first connection
+        return stream, start, holes
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    """What a subscription field needs of the connection it runs on."""
+
+    feed: EventFeed
+    # Awaited before each event: re-checks the login session when the last check is
+    # older than the re-check interval (the principal in the context is then current);
+    # False once the connection is ending.
+    still_valid: Callable[[], Awaitable[bool]]
+
+
+_HISTORY = text(
+    "SELECT id, kind, key, payload, created_at FROM domain_events"
+    " WHERE id > :after AND kind = ANY(:kinds) ORDER BY id LIMIT :limit"
+).bindparams(bindparam("kinds", type_=ARRAY(Text)))
+
+
+async def stored_events(context: Context, *, after: int, kinds: Collection[str], limit: int) -> list[Event]:
+    """The stored events of ``kinds`` after ``after``, oldest first (events older than the
+    retention are purged, so a replay reaches back that far at most)."""
+    async with context.read() as session:
+        rows = (await session.execute(_HISTORY, {"after": after, "kinds": list(kinds), "limit": limit})).all()
+    return [Event(id=row.id, kind=row.kind, key=row.key, payload=row.payload, created_at=row.created_at) for row in rows]
+
+
+async def replay_then_follow(
+    context: Context, feed: EventFeed, *, kinds: Collection[str], after: int | None, maxsize: int,
+) -> AsyncGenerator[Event, None]:
+    """The events of ``kinds`` after ``after`` from the table, then the live ones (only the
+    live ones when ``after`` is None), each once.
+
+    The live stream is opened first, so nothing committed while history is read is lost;
+    an event read in both is dropped from the stream. Only events the stream can also
+    carry are remembered for that (those after its start, and the late commits it still
+    awaits), so a long replay costs no memory for the rest.
+    """
+    stream, start, awaited = await feed.open(kinds, maxsize=maxsize)
+    try:
+        replayed: set[int] = set()
+        if after is not None:
+            cursor = after
+            while True:
+                page = await stored_events(context, after=cursor, kinds=kinds, limit=REPLAY_PAGE)
+                for event in page:
+                    if event.id > start or event.id in awaited:
+                        replayed.add(event.id)
+                    yield event
+                if len(page) < REPLAY_PAGE:
+                    break
+                cursor = page[-1].id
+        async for event in stream:
+            if event.id in replayed:
+                replayed.discard(event.id)
+                continue
+            # A late commit the client already had from this or another process.
+            if after is not None and event.id <= after:
+                continue
+            yield event
+    finally:
+        stream.close()
+
+
+def event_subscription(
+    item_type: type[ItemT],
+    *,
+    kinds: Collection[str],
+    permission: str,
+    visible: Visible[ItemT],
+    description: str,
+) -> Any:
+    """A subscription field (see the module docstring): ``afterEventId: ID`` in,
+    ``item_type`` out, one item per event of ``kinds`` that ``visible`` shows the
+    subscriber, who needs ``permission``."""
+    if not issubclass(item_type, SubscriptionEvent):
+        raise TypeError(f"{item_type.__name__} must subclass SubscriptionEvent: every item carries its eventId")
+    kinds = tuple(kinds)
+    if not kinds:
+        raise ValueError("a subscription is fed by at least one event kind")
+
+    async def items(context: Context, after: int | None) -> AsyncGenerator[ItemT, None]:
+        subscriber = context.subscriber
+        if subscriber is None:
+            raise BadUserInput("订阅须通过 /graphql 的 WebSocket (graphql-transport-ws)",
+                               "Subscriptions are served over the WebSocket on /graphql (graphql-transport-ws)")
+        events = replay_then_follow(context, subscriber.feed, kinds=kinds, after=after,
+                                    maxsize=context.settings.subscriptions_backlog)
+        try:
+            async for event in events:
+                if not await subscriber.still_valid():
+                    return
+                # The principal is re-read while the connection lives: a permission
+                # taken away ends the subscription at the next event.
+                if not context.caller.has(permission):
+                    raise Forbidden()
+                context.forget_loaders()
+                item = await visible(context, event)
+                if item is not None:
+                    yield item
+        finally:
+            await events.aclose()
+
+    async def subscribe(
+        info: Info,
+        after_event_id: Annotated[strawberry.ID | None, strawberry.argument(
+            description="Replay the stored events after this one first (a client that reconnects sends the greatest "
+            "eventId it received); null: live events only.")] = None,
+    ) -> AsyncGenerator[Any, None]:
+        # Checked before the stream starts, so a bad id is an error of the subscribe message.
+        after = parse_event_id(after_event_id)
+        return items(info.context, after)
+
+    return strawberry.subscription(
+        resolver=subscribe, graphql_type=item_type, description=description, permission_classes=[Requires(permission)],
+    )
