@@ -54,6 +54,7 @@ from backend.graphql.schema import build_schema
 from backend.graphql.subscriptions import EventFeed
 from backend.graphql.transport_ws import SubscriptionServer
 from backend.http_guards import CancelOnDisconnect, UnexpectedErrorGuard
+from backend.jobs import defer_job
 from backend.observability import DB_POOL, observe_http, registry, request_id_var
 from backend.settings import Settings
 
@@ -157,7 +158,7 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
 
     # The app's own collaborators, then what the declarations offer. over_limit: the
     # throttle keys the database refused this minute (backend.auth.ratelimit.OverLimitMemo).
-    services = {"auth_policy": policy, "client_limiter": limiter, "over_limit": OverLimitMemo(),
+    services = {"auth_policy": policy, "client_limiter": limiter, "over_limit": OverLimitMemo(), "defer_job": defer_job,
                 **collect_services(settings, domains, sessions=sessions)}
     endpoint = GraphQLEndpoint(
         build_schema(domains),

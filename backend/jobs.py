@@ -83,8 +83,9 @@ def runtime_for(
 ) -> Runtime:
     """The runtime jobs and handlers of ``domains`` (default: the installed ones) receive."""
     domains = domains if domains is not None else installed()
+    # defer_job is offered as a service: domains import no host (tests/test_layers.py).
     return Runtime(settings=settings, sessions=sessions, actor=system_principal(domains), clock=clock,
-                   services=collect_services(settings, domains, sessions=sessions))
+                   services={"defer_job": defer_job, **collect_services(settings, domains, sessions=sessions)})
 
 
 # --------------------------------------------------------------------------- deferring

@@ -55,6 +55,15 @@ class Runtime:
 
         return self.service(settings_group_key(domain))
 
+    async def defer(self, session: AsyncSession, *, job: str, dedupe_key: str, at: datetime | None = None,
+                    payload: Mapping[str, Any] | None = None) -> bool:
+        """Queue a run of the declared job ``job`` in ``session``'s transaction, as of
+        :meth:`now` (``backend.jobs.defer_job``, offered as the service ``defer_job``: a
+        domain imports no host)."""
+        deferred: bool = await self.service("defer_job")(session, job=job, dedupe_key=dedupe_key, now=self.now(), at=at,
+                                                         payload=payload)
+        return deferred
+
     def service(self, name: str) -> Any:
         """The service a declaration offers under ``name``; KeyError names the missing one."""
         try:

@@ -18,10 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.types import Info
 
 from backend.alarms import service
+from backend.alarms.events import AlarmOpened
 from backend.alarms.models import AlarmKind, AlarmSeverity, AlarmStatus, AlarmSubjectKind
 from backend.clock import utcnow
 from backend.errors import NotFound
-from backend.alarms.events import AlarmOpened
 from backend.events.service import Event, payload_of
 from backend.graphql.context import Context
 from backend.graphql.errors import UserError

@@ -6,10 +6,10 @@ defers its own next run; the attempt counter travels in the job's payload::
     retry = next_retry(POLICY, payload, dedupe_key=f"push:{message_id}", now=runtime.now())
     if retry is not None:   # None: the attempts are spent; give up (open an alarm, mark failed)
         async with transaction(runtime.sessions) as session:
-            await defer_job(session, job="notifications.push", now=runtime.now(), **retry.deferral)
+            await runtime.defer(session, job="notifications.push", **retry.deferral)
 
 Each attempt has its own dedupe key (``<key>#<attempt>``): the running attempt still
-holds the plain one, and ``defer_job`` skips a deferral whose key is queued or running.
+holds the plain one, and a deferral skips a deferral whose key is queued or running.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from backend.alarms.events import AlarmOpened
 from backend.app import create_app
 from backend.archives.models import Area, Meter
 from backend.clock import utcnow
@@ -33,7 +34,6 @@ from backend.events.service import emit_event
 from backend.graphql.relay import encode_id
 from backend.graphql.subscriptions import EventFeed
 from backend.graphql.transport_ws import SubscriptionServer
-from backend.alarms.events import AlarmOpened
 from backend.readings.alarms.service import evaluate_rules
 from tests.factories import AreaTree, Staff, make_area_tree, make_staff
 from tests.graphql.client import api_settings
@@ -136,8 +136,9 @@ async def open_alarms(engine: AsyncEngine, area: Area, *, count: int = 1) -> lis
             " SELECT id, :at, 1, 3.0, 'actual', 'test', :at FROM unnest(CAST(:ids AS bigint[])) AS m(id)"),
             {"ids": ids, "at": now - timedelta(hours=1)})
         await evaluate_rules(session, now=now, tz="Asia/Shanghai", meter_ids=ids)
-        opened = (await session.execute(text("SELECT array_agg(id ORDER BY id) FROM alarms WHERE subject_kind = 'meter' AND subject_id = ANY(:ids)"),
-                                        {"ids": ids})).scalar_one()
+        opened = (await session.execute(
+            text("SELECT array_agg(id ORDER BY id) FROM alarms WHERE subject_kind = 'meter' AND subject_id = ANY(:ids)"),
+            {"ids": ids})).scalar_one()
     return list(opened)
 
 

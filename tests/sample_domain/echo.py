@@ -33,7 +33,6 @@ from backend.gateways.client import GatewayClient, service_name
 from backend.gateways.errors import GatewayBadAnswer, GatewayError, GatewayRejected, GatewayUnavailable
 from backend.gateways.http import Answer, FakeRoute, Received, fake_gateway_app
 from backend.gateways.retry import RetryPolicy, next_retry
-from backend.jobs import defer_job
 from backend.runtime import Runtime
 from tests.sample_domain.settings import EchoSettings
 
@@ -107,7 +106,7 @@ async def deliver(runtime: Runtime, payload: Mapping[str, Any]) -> str:
         if retry is None:
             return "gave_up"
         async with transaction(runtime.sessions) as session:
-            await defer_job(session, job=DELIVERY_JOB, now=runtime.now(), **retry.deferral)
+            await runtime.defer(session, job=DELIVERY_JOB, **retry.deferral)
         return "retrying"
     return "delivered"
 
