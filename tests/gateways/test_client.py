@@ -283,7 +283,7 @@ async def test_a_failing_delivery_is_retried_later_with_backoff_and_stops_after_
 ) -> None:
     fake.script("error", status=503, times=10)
     runtime = Runtime(settings=Settings(), sessions=committed_sessions, actor=system_principal(installed()),
-                      clock=lambda: NOW, services={"gateway.echo": client})
+                      clock=lambda: NOW, services={"gateway.echo": client, "defer_job": defer_job})
     payload: dict[str, object] = {"message": "投递", "nonce": "n-retried"}
     outcomes, waits = [], []
     for _ in range(3):
@@ -312,7 +312,7 @@ async def test_a_refused_delivery_is_not_retried(
 ) -> None:
     fake.script("refuse")
     runtime = Runtime(settings=Settings(), sessions=committed_sessions, actor=system_principal(installed()),
-                      clock=lambda: NOW, services={"gateway.echo": client})
+                      clock=lambda: NOW, services={"gateway.echo": client, "defer_job": defer_job})
 
     assert await deliver(runtime, {"message": "no", "nonce": "n-refused"}) == "gave_up"
 
