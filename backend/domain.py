@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from backend.auth.menus import Menu
+from backend.auth.menus import LogModule, Menu, Operation
 from backend.events.service import Handler
 
 # A "module:attribute" string, or the object itself (tests declare functions directly).
@@ -129,6 +129,10 @@ class Domain:
     # Permissions the demo roles get from this domain, by demo role code ("cashier", "repair").
     # The administrator gets every permission and the unit manager all but API clients'.
     demo_grants: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # The operation log's names: modules that are not menus, and the 操作 of each action
+    # this domain writes (every mutation, and its HTTP routes' actions).
+    log_modules: tuple[LogModule, ...] = ()
+    operations: tuple[Operation, ...] = ()
     jobs: tuple[Job, ...] = ()
     handlers: tuple[Handler, ...] = ()
     # Modules declaring the event payload classes this domain owns (backend.events).

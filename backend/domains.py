@@ -43,7 +43,9 @@ def installed() -> tuple[Domain, ...]:
 
 
 # The menu catalog (auth) reads the installed domains' menus from here.
-use_menus_of(lambda: tuple(menu for domain in _installed for menu in domain.menus))
+use_menus_of(lambda: tuple(menu for domain in _installed for menu in domain.menus),
+             lambda: (tuple(module for domain in _installed for module in domain.log_modules),
+                      tuple(operation for domain in _installed for operation in domain.operations)))
 
 
 def install(*extra: Domain) -> tuple[Domain, ...]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backend.auth.menus import Menu
+from backend.auth.menus import Menu, Operation
 from backend.auth.menus import permission as _p
 from backend.domain import Domain, Job
 
@@ -19,6 +19,9 @@ DOMAIN = Domain(
             _p("audit:read", "查看操作日志", "View the operation log"),
             _p("audit:export", "导出操作日志", "Export the operation log"),
         )),
+    ),
+    operations=(
+        Operation("exportAuditLog", "导出操作日志", "Export the operation log", "audit"),
     ),
     jobs=(
         Job("purge_operation_log", "backend.audit.jobs:purge_operation_log", cron="41 4 * * *",

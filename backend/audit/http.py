@@ -39,7 +39,7 @@ from starlette.routing import Route
 
 from backend.audit.models import AuditEntry
 from backend.audit.service import audit_query, record_operation
-from backend.auth.catalog import module_name
+from backend.auth.catalog import module_name, operation_name
 from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
 from backend.auth.service import AuthPolicy
@@ -68,6 +68,10 @@ HEADERS_ZH = ("操作用户", "操作模块", "操作", "IP地址", "时间", "�
 HEADERS_EN = ("User", "Module", "Action", "IP address", "Time", "Content", "Result")
 COLUMN_WIDTHS = (16, 14, 22, 16, 20, 60, 8)
 ACTOR_KINDS = ("staff", "resident", "client", "anonymous")
+# Text filters' bounds (the columns' widths; a search longer than a sentence finds nothing useful).
+MAX_ACTION_CHARS = 64
+MAX_ACTOR_NAME_CHARS = 100
+MAX_SEARCH_CHARS = 100
 
 
 # --------------------------------------------------------------------------- filter and URL
@@ -87,6 +91,9 @@ class ExportFilter:
     since: datetime | None = None
     until: datetime | None = None
     success: bool | None = None
+    action: str | None = None
+    actor_name: str | None = None
+    search: str | None = None
 
     def query_arguments(self) -> dict[str, Any]:
         """Keyword arguments for :func:`backend.audit.service.audit_query`."""
@@ -100,6 +107,9 @@ class ExportFilter:
             "since": self.since,
             "until": self.until,
             "success": self.success,
+            "action": self.action,
+            "actor_name": self.actor_name,
+            "search": self.search,
         }
 
     def to_params(self) -> dict[str, str]:
@@ -117,6 +127,9 @@ class ExportFilter:
             params["until"] = self.until.isoformat()
         if self.success is not None:
             params["success"] = "true" if self.success else "false"
+        for name, value in (("action", self.action), ("actorName", self.actor_name), ("search", self.search)):
+            if value is not None:
+                params[name] = value
         return params
 
     @classmethod
@@ -142,7 +155,19 @@ class ExportFilter:
             since=_aware(params.get("since"), "since"),
             until=_aware(params.get("until"), "until"),
             success=success,
+            action=_text(params.get("action"), "action", MAX_ACTION_CHARS),
+            actor_name=_text(params.get("actorName"), "actorName", MAX_ACTOR_NAME_CHARS),
+            search=_text(params.get("search"), "search", MAX_SEARCH_CHARS),
         )
+
+
+def _text(value: str | None, name: str, limit: int) -> str | None:
+    """A text filter: absent when empty, refused past ``limit`` characters."""
+    if not value:
+        return None
+    if len(value) > limit:
+        raise BadUserInput(f"{name} 不能超过 {limit} 个字符", f"{name} must be at most {limit} characters", field=name)
+    return value
 
 
 def _aware(value: str | None, name: str) -> datetime | None:
@@ -219,7 +244,7 @@ def _write_log_rows(
             time_cell = WriteOnlyCell(sheet, value=at.astimezone(tz).replace(tzinfo=None))
             time_cell.number_format = "yyyy-mm-dd hh:mm:ss"
             result = "成功" if success else "失败"
-            sheet.append(as_text(sheet, [actor_name, module_name(module), action, ip or "", time_cell, summary, result]))
+            sheet.append(as_text(sheet, [actor_name, module_name(module), operation_name(action), ip or "", time_cell, summary, result]))
             on_sheet += 1
             written += 1
     workbook.save(path)

@@ -10,11 +10,12 @@ import strawberry
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
-from backend.audit.http import ExportFilter, export_url, sign_download_token
+from backend.audit.http import MAX_ACTION_CHARS, MAX_ACTOR_NAME_CHARS, MAX_SEARCH_CHARS, ExportFilter, export_url, sign_download_token
 from backend.audit.models import AuditEntry
 from backend.audit.service import audit_query
-from backend.auth.catalog import module_name
+from backend.auth.catalog import log_names, module_name, operation_name
 from backend.clock import utcnow
+from backend.errors import BadUserInput
 from backend.graphql.context import Context
 from backend.graphql.pagination import Connection, PageRequest, paginate
 from backend.graphql.permissions import Requires
@@ -40,7 +41,8 @@ class AuditEntryType(Node):
     actor_name: str = strawberry.field(description="操作用户")
     module: str = strawberry.field(description="Module code (a menu code, or auth / resident).")
     module_name: str = strawberry.field(description="操作模块")
-    action: str = strawberry.field(description="操作 (the operation's name).")
+    action: str = strawberry.field(description="The operation's code (a mutation's name, or an HTTP route's).")
+    action_name: str = strawberry.field(description="操作 (登录, 分配角色, 分配权限 …).")
     summary: str = strawberry.field(description="日志内容, ending in its result (成功 / 失败 (…) / 拒绝 (…)).")
     payload: JSON = strawberry.field(description="The operation's input; secrets are replaced by ***.")  # type: ignore[valid-type]
     success: bool
@@ -60,6 +62,7 @@ class AuditEntryType(Node):
             module=entry.module,
             module_name=module_name(entry.module),
             action=entry.action,
+            action_name=operation_name(entry.action),
             summary=entry.summary,
             payload=entry.payload,  # type: ignore[arg-type]
             success=entry.success,
@@ -76,10 +79,17 @@ class AuditLogFilter:
     since: datetime | None = strawberry.field(default=None, description="From this instant (inclusive).")
     until: datetime | None = strawberry.field(default=None, description="Before this instant (exclusive).")
     success: bool | None = None
+    action: str | None = strawberry.field(default=None, description="操作: an action code of auditOperations.")
+    actor_name: str | None = strawberry.field(
+        default=None, description="操作用户 exactly as shown: a user's name, or the username a refused login tried.")
+    search: str | None = strawberry.field(default=None, description="Text anywhere in 日志内容 (case-insensitive, literal).")
 
     def to_export_filter(self) -> ExportFilter:
         kind = self.actor_kind
         return ExportFilter(
+            action=_bounded(self.action, "action", MAX_ACTION_CHARS),
+            actor_name=_bounded(self.actor_name, "actorName", MAX_ACTOR_NAME_CHARS),
+            search=_bounded(self.search, "search", MAX_SEARCH_CHARS),
             actor_id=decode_id(self.actor_id, "StaffUser", field="actorId") if self.actor_id else None,
             actor_kind=kind.value if kind is not None else None,
             module=self.module or None,
@@ -87,6 +97,22 @@ class AuditLogFilter:
             until=self.until,
             success=self.success,
         )
+
+
+def _bounded(value: str | None, field: str, limit: int) -> str | None:
+    if not value:
+        return None
+    if len(value) > limit or "\x00" in value:
+        raise BadUserInput(f"{field} 不能超过 {limit} 个字符, 也不能包含 NUL", f"{field} must be at most {limit} characters, "
+                           "without NUL", field=f"filter.{field}")
+    return value
+
+
+@strawberry.type(description="A name the operation log shows: a module (操作模块) or an operation (操作).")
+class AuditName:
+    code: str
+    name: str
+    name_en: str
 
 
 def _filter_of(value: AuditLogFilter | None) -> ExportFilter:
@@ -125,6 +151,17 @@ class Query:
         statement = audit_query(scope_patterns=info.context.caller.scope_patterns(), **_filter_of(filter).query_arguments())
         async with info.context.read() as session:
             return await paginate(session, statement, page, lambda row: AuditEntryType.from_row(row[0]))
+
+    @strawberry.field(permission_classes=[Requires("audit:read")],
+                      description="The log screen's 操作模块 choices: every module entries are written under.")
+    def audit_modules(self) -> list[AuditName]:
+        return [AuditName(code=m.code, name=m.name, name_en=m.name_en) for m in log_names().modules.values()]
+
+    @strawberry.field(permission_classes=[Requires("audit:read")],
+                      description="The log screen's 操作 choices, optionally of one module.")
+    def audit_operations(self, module: str | None = None) -> list[AuditName]:
+        return [AuditName(code=o.action, name=o.name, name_en=o.name_en) for o in log_names().operations.values()
+                if module is None or o.module == module]
 
     @strawberry.field(
         permission_classes=[Requires("audit:export")],

@@ -177,9 +177,16 @@ def audit_query(
     since: datetime | None = None,
     until: datetime | None = None,
     success: bool | None = None,
+    action: str | None = None,
+    actor_name: str | None = None,
+    search: str | None = None,
 ) -> Select[AuditEntry]:
     """The filtered, newest-first statement behind the log screen and its export: entries
-    whose unit lies in ``scope_patterns`` (``None``: all, for system callers)."""
+    whose unit lies in ``scope_patterns`` (``None``: all, for system callers).
+
+    ``actor_name`` is the 操作用户 as shown (a staff user's name, or the username a refused
+    login tried); ``search`` finds text anywhere in 日志内容, case-insensitively, taken
+    literally (``%`` and ``_`` are not wildcards)."""
     statement = select(AuditEntry).where(unit_visible(AuditEntry.area_id, scope_patterns))
     if actor_id is not None:
         statement = statement.where(AuditEntry.actor_id == actor_id)  # type: ignore[arg-type]
@@ -193,6 +200,12 @@ def audit_query(
         statement = statement.where(AuditEntry.at < until)  # type: ignore[arg-type]
     if success is not None:
         statement = statement.where(AuditEntry.success == success)  # type: ignore[arg-type]
+    if action is not None:
+        statement = statement.where(AuditEntry.action == action)  # type: ignore[arg-type]
+    if actor_name is not None:
+        statement = statement.where(AuditEntry.actor_name == actor_name)  # type: ignore[arg-type]
+    if search:
+        statement = statement.where(col(AuditEntry.summary).icontains(search, autoescape=True))
     return statement.order_by(AuditEntry.at.desc(), AuditEntry.id.desc())  # type: ignore[attr-defined,union-attr]
 
 

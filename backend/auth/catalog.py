@@ -18,11 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
-from backend.auth.menus import Menu, Permission
+from backend.auth.menus import LogModule, Menu, Operation, Permission
 
 __all__ = [
-    "RESIDENT_PERMISSIONS", "Catalog", "Menu", "Permission", "all_permissions", "catalog", "client_scopes", "menus",
-    "module_name", "module_of",
+    "RESIDENT_PERMISSIONS", "Catalog", "LogNames", "Menu", "Permission", "all_permissions", "catalog", "client_scopes",
+    "log_names", "menus", "module_name", "module_of", "operation_name",
 ]
 
 # Menus never open to third parties, whatever the granter holds: users, roles, the
@@ -32,8 +32,8 @@ NOT_FOR_CLIENTS = frozenset({"system", "audit", "remote"})
 # Resident tokens carry these, and every resident query narrows to their households.
 RESIDENT_PERMISSIONS: frozenset[str] = frozenset({"resident:self"})
 
-# Modules that are not menus: sign-in and token operations anyone may attempt.
-EXTRA_MODULES: dict[str, str] = {"auth": "登录认证", "resident": "住户服务"}
+# Module codes of entries written before modules were declared (kept by the log for a year).
+FORMER_MODULES: dict[str, str] = {"auth": "登录认证"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +69,45 @@ def _catalog_of(menus: tuple[Menu, ...]) -> Catalog:
     return Catalog.of(menus)
 
 
+@dataclass(frozen=True, slots=True)
+class LogNames:
+    """What the operation log calls its modules and operations (操作模块, 操作)."""
+
+    modules: dict[str, LogModule]
+    operations: dict[str, Operation]
+
+    @classmethod
+    def of(cls, menus: tuple[Menu, ...], modules: tuple[LogModule, ...], operations: tuple[Operation, ...]) -> LogNames:
+        named = {menu.code: LogModule(menu.code, menu.name, menu.name_en) for menu in menus}
+        for module in modules:
+            if module.code in named:
+                raise ValueError(f"log module {module.code} is declared twice")
+            named[module.code] = module
+        by_action: dict[str, Operation] = {}
+        for operation in operations:
+            if operation.action in by_action:
+                raise ValueError(f"operation {operation.action} is declared twice")
+            if operation.module not in named:
+                raise ValueError(f"operation {operation.action} names an unknown module {operation.module}")
+            by_action[operation.action] = operation
+        return cls(named, by_action)
+
+
+@cache
+def _log_names_of(menus: tuple[Menu, ...], modules: tuple[LogModule, ...], operations: tuple[Operation, ...]) -> LogNames:
+    return LogNames.of(menus, modules, operations)
+
+
 _menus_source: list[Callable[[], tuple[Menu, ...]]] = []
+_log_source: list[Callable[[], tuple[tuple[LogModule, ...], tuple[Operation, ...]]]] = []
 
 
-def use_menus_of(source: Callable[[], tuple[Menu, ...]]) -> None:
-    """Read the installed domains' menus from ``source`` (``backend.domains`` calls this)."""
+def use_menus_of(source: Callable[[], tuple[Menu, ...]],
+                 log_source: Callable[[], tuple[tuple[LogModule, ...], tuple[Operation, ...]]] = lambda: ((), ())) -> None:
+    """Read the installed domains' menus from ``source``, and their log modules and
+    operations from ``log_source`` (``backend.domains`` calls this)."""
     _menus_source[:] = [source]
+    _log_source[:] = [log_source]
 
 
 def catalog() -> Catalog:
@@ -102,6 +135,19 @@ def module_of(permission: str) -> str:
     return menu.code if menu else "system"
 
 
+def log_names() -> LogNames:
+    """The installed domains' log modules (menus included) and operations."""
+    modules, operations = _log_source[0]() if _log_source else ((), ())
+    return _log_names_of(menus(), modules, operations)
+
+
 def module_name(module: str) -> str:
-    menu = catalog().menu_by_code.get(module)
-    return menu.name if menu else EXTRA_MODULES.get(module, module)
+    """操作模块 of a module code (an undeclared code shows as itself)."""
+    named = log_names().modules.get(module)
+    return named.name if named else FORMER_MODULES.get(module, module)
+
+
+def operation_name(action: str) -> str:
+    """操作 of an action (an undeclared action shows as itself)."""
+    operation = log_names().operations.get(action)
+    return operation.name if operation else action

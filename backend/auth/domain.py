@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backend.auth.menus import Menu
+from backend.auth.menus import LogModule, Menu, Operation
 from backend.auth.menus import permission as _p
 from backend.domain import Check, Domain, Job
 
@@ -23,6 +23,41 @@ DOMAIN = Domain(
         )),
     ),
     demo_grants={"cashier": frozenset({"areas:read"}), "repair": frozenset({"areas:read"})},
+    # The brochure's 操作日志 tells 用户登录 from 用户管理 from 角色管理.
+    log_modules=(
+        LogModule("login", "用户登录", "Sign-in"),
+        LogModule("users", "用户管理", "Users"),
+        LogModule("roles", "角色管理", "Roles"),
+        LogModule("clients", "第三方接口", "API clients"),
+        LogModule("resident", "住户服务", "Resident services"),
+    ),
+    operations=(
+        Operation("login", "登录", "Sign in", "login"),
+        Operation("refreshToken", "刷新令牌", "Refresh token", "login"),
+        Operation("logout", "退出登录", "Sign out", "login"),
+        Operation("issueClientToken", "获取访问令牌", "Issue client token", "login"),
+        Operation("changeMyPassword", "修改密码", "Change own password", "users"),
+        Operation("createStaffUser", "新增用户", "Create user", "users"),
+        Operation("updateStaffUser", "修改用户", "Update user", "users"),
+        Operation("assignRoles", "分配角色", "Assign roles", "users"),
+        Operation("setStaffUserPassword", "重置密码", "Reset password", "users"),
+        Operation("unlockStaffUser", "解除锁定", "Unlock user", "users"),
+        Operation("deleteStaffUser", "删除用户", "Delete user", "users"),
+        Operation("createRole", "新增角色", "Create role", "roles"),
+        Operation("updateRole", "修改角色", "Update role", "roles"),
+        Operation("assignPermissions", "分配权限", "Assign permissions", "roles"),
+        Operation("deleteRole", "删除角色", "Delete role", "roles"),
+        Operation("createApiClient", "新增第三方", "Create API client", "clients"),
+        Operation("rotateApiClientSecret", "重置密钥", "Rotate client secret", "clients"),
+        Operation("setApiClientActive", "启用/停用第三方", "Enable or disable API client", "clients"),
+        Operation("requestLoginCode", "发送验证码", "Send login code", "resident"),
+        Operation("residentLogin", "住户登录", "Resident sign-in", "resident"),
+        Operation("bindHousehold", "申请绑定住户", "Request household binding", "resident"),
+        Operation("confirmHouseholdBinding", "确认绑定", "Confirm binding", "resident"),
+        Operation("decideHouseholdBinding", "审核绑定", "Decide binding", "resident"),
+        Operation("decideHouseholdBindingAtCounter", "柜台核验绑定", "Decide binding at the counter", "resident"),
+        Operation("unbindHousehold", "解除绑定", "Unbind household", "resident"),
+    ),
     jobs=(
         Job("purge_expired_auth", "backend.auth.jobs:purge_expired_auth", cron="7 * * * *",
             description="Delete expired login sessions and one-time codes"),

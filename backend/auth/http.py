@@ -73,7 +73,7 @@ def routes(host: HttpHost) -> list[Route]:
                 # Inside the transaction: a client past its rate gets no new login session.
                 limiter.check(issued.principal)
                 await record_operation(
-                    session, at=now, actor=issued.principal, module="auth", action="issueClientToken",
+                    session, at=now, actor=issued.principal, module="login", action="issueClientToken",
                     summary=f"第三方 {issued.principal.name} 获取访问令牌: 成功", payload={"clientId": client_id},
                     success=True, ip=ip, request_id=request_id_var.get(),
                 )
@@ -82,7 +82,7 @@ def routes(host: HttpHost) -> list[Route]:
         except DomainError as refusal:
             async with sessions() as session, session.begin():
                 await record_operation(
-                    session, at=now, actor=None, actor_name=client_id[:100] or "匿名", module="auth",
+                    session, at=now, actor=None, actor_name=client_id[:100] or "匿名", module="login",
                     action="issueClientToken", summary=f"第三方获取访问令牌: 失败 ({refusal.message})",
                     payload={"clientId": client_id}, success=False, ip=ip, request_id=request_id_var.get(),
                 )

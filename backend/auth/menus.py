@@ -26,3 +26,25 @@ class Menu:
 
 def permission(code: str, name: str, name_en: str) -> Permission:
     return Permission(code, name, name_en)
+
+
+@dataclass(frozen=True, slots=True)
+class LogModule:
+    """A 操作模块 of the operation log that is not a menu (用户登录, 用户管理, 角色管理 …):
+    menus name their own modules; these tell apart what one menu holds."""
+
+    code: str
+    name: str
+    name_en: str
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """The 操作 an operation-log entry shows for ``action`` (a mutation's name, or an
+    HTTP route's such as ``exportHouseholds``), and the module its entries are written
+    under (a menu code or a :class:`LogModule` code)."""
+
+    action: str
+    name: str
+    name_en: str
+    module: str

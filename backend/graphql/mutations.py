@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.types import Info
 
 from backend.audit.service import record_operation
-from backend.auth.catalog import module_name, module_of
+from backend.auth.catalog import log_names, module_name, module_of
 from backend.auth.principal import Principal
 from backend.clock import utcnow
 from backend.errors import REQUEST_LEVEL_CODES, DomainError, ErrorCode
@@ -67,8 +67,8 @@ def plain(value: Any) -> Any:
 async def run_mutation(
     info: Info,
     *,
-    module: str,
     action: str,
+    module: str | None = None,
     describe: Callable[[ResultT | None], str],
     payload: Callable[[ResultT | None, list[UserError]], PayloadT],
     work: Callable[[AsyncSession], Awaitable[ResultT]],
@@ -76,6 +76,7 @@ async def run_mutation(
     on_refusal: Callable[[AsyncSession, DomainError], Awaitable[None]] | None = None,
     actor: Callable[[ResultT], Principal | None] | None = None,
     before: Callable[[AsyncSession], Awaitable[object]] | None = None,
+    claimed_name: str | None = None,
 ) -> PayloadT:
     """Run ``work`` in one transaction with its audit entry; see the module docstring.
 
@@ -83,9 +84,15 @@ async def run_mutation(
     ``actor`` names the actor when the caller was anonymous until the work succeeded
     (a login). ``before`` runs first in a transaction of its own that commits whatever
     follows: bookkeeping that must stand even when the work is refused, such as counting
-    a login attempt before the password is checked.
+    a login attempt before the password is checked. ``claimed_name`` is who an anonymous
+    caller says they are (the username a login tried): the 操作用户 of its refusal, so
+    failed logins are found by that name.
+
+    The entry's module is the one ``action``'s declaration names (``Domain.operations``);
+    ``module`` is for an action no domain declares.
     """
     context: Context = info.context
+    module = entry_module(action, module)
     # The mutation's own resolved arguments, not the request's variables: variable names
     # are the client's choice (redaction goes by argument names), and a document may hold
     # several mutations.
@@ -95,7 +102,7 @@ async def run_mutation(
         await record_operation(
             session, at=utcnow(), actor=who, module=module, action=action, summary=summary,
             payload=arguments, success=success, ip=context.ip, request_id=context.request_id,
-            subject_area_id=subject_area_id(subject),
+            subject_area_id=subject_area_id(subject), actor_name=claimed_name[:64] if who is None and claimed_name else None,
         )
 
     try:
@@ -131,6 +138,16 @@ async def run_mutation(
     return payload(result, [])
 
 
+def entry_module(action: str, module: str | None) -> str:
+    """The module an entry of ``action`` is written under: its declaration's, else ``module``."""
+    declared = log_names().operations.get(action)
+    if declared is not None:
+        return declared.module
+    if module is None:
+        raise ValueError(f"action {action} is not declared in any Domain.operations and names no module")
+    return module
+
+
 def subject_area_id(result: object) -> int | None:
     """The area of what a mutation changed, when it has one (a household, meter, staff
     user, role …): the unit its audit entry belongs to (else the actor's)."""
@@ -150,7 +167,7 @@ def field_arguments(info: Info) -> dict[str, Any]:
 
 async def audit_refusal(context: Context, field_name: str, permission: str, arguments: Mapping[str, Any]) -> None:
     """Audit a mutation refused for lack of ``permission`` (nothing else was written)."""
-    module = module_of(permission)
+    module = entry_module(field_name, module_of(permission))
     async with context.write() as session:
         await record_operation(
             session,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backend.auth.menus import Menu
+from backend.auth.menus import Menu, Operation
 from backend.auth.menus import permission as _p
 from backend.domain import Check, Domain, Job
 
@@ -38,6 +38,25 @@ DOMAIN = Domain(
         "cashier": frozenset({"readings:read", "statistics:read"}),
         "repair": frozenset({"readings:read", "alarms:read"}),
     },
+    operations=(
+        Operation("saveQueryScheme", "保存查询方案", "Save query scheme", "readings"),
+        Operation("deleteQueryScheme", "删除查询方案", "Delete query scheme", "readings"),
+        Operation("enterReading", "录入读数", "Enter reading", "readings"),
+        Operation("correctReading", "修正读数", "Correct reading", "readings"),
+        Operation("estimateReadings", "估算读数", "Estimate readings", "readings"),
+        Operation("importReadings", "导入读数", "Import readings", "readings"),
+        Operation("exportRealtime", "导出实时数据", "Export latest readings", "readings"),
+        Operation("exportHistory", "导出历史数据", "Export reading history", "readings"),
+        Operation("exportStatistics", "导出用水统计", "Export usage statistics", "statistics"),
+        Operation("exportLedger", "导出用水台账", "Export usage ledger", "ledgers"),
+        Operation("exportComparison", "导出对比分析", "Export comparison", "comparisons"),
+        Operation("exportMonitoring", "导出监测数据", "Export monitoring data", "monitoring"),
+        Operation("exportAlarms", "导出异常水表", "Export abnormal meters", "alarms"),
+        Operation("acknowledgeMeterAlarm", "确认告警", "Acknowledge alarm", "alarms"),
+        Operation("closeMeterAlarm", "关闭告警", "Close alarm", "alarms"),
+        Operation("setAlarmRule", "设置告警规则", "Set alarm rule", "alarms"),
+        Operation("deleteAlarmRule", "删除告警规则", "Delete alarm rule", "alarms"),
+    ),
     jobs=(
         # The alarm job closes alarms whose condition cleared: the system actor needs to manage them.
         Job("evaluate_alarms", "backend.readings.jobs:evaluate_alarms", cron="*/15 * * * *",

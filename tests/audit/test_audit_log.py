@@ -35,7 +35,7 @@ from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
 from backend.clock import utcnow
 from backend.db import session_factory
-from backend.errors import NotAuthenticated
+from backend.errors import BadUserInput, NotAuthenticated
 from backend.exports import http as exports_http
 from backend.exports.links import DownloadGrant
 from backend.graphql.relay import encode_id
@@ -49,7 +49,7 @@ AUDIT_LOGS = """
 query($filter: AuditLogFilter, $first: Int) {
   auditLogs(first: $first, filter: $filter) {
     totalCount
-    edges { node { id at actorKind actorId actorName module moduleName action summary payload success ip requestId } }
+    edges { node { id at actorKind actorId actorName module moduleName action actionName summary payload success ip requestId } }
   }
 }
 """
@@ -259,7 +259,7 @@ async def test_log_screen_shows_failed_and_successful_logins(client: GraphQLClie
     await _wrong_login(client, people.subject.username)
     await client.login(people.subject.username, people.subject.password)
 
-    result = await client.execute(AUDIT_LOGS, {"filter": {"module": "auth", "since": since}}, token=admin_token)
+    result = await client.execute(AUDIT_LOGS, {"filter": {"module": "login", "since": since}}, token=admin_token)
 
     nodes = _nodes(result)
     assert result["data"]["auditLogs"]["totalCount"] == 3
@@ -273,11 +273,13 @@ async def test_log_screen_shows_failed_and_successful_logins(client: GraphQLClie
     assert success["actorKind"] == "staff"
     assert success["actorId"] == encode_id("StaffUser", people.subject.user.id)
     assert success["actorName"] == people.subject.user.full_name
-    assert (success["module"], success["moduleName"], success["action"]) == ("auth", "登录认证", "login")
+    assert (success["module"], success["moduleName"], success["action"], success["actionName"]) == (
+        "login", "用户登录", "login", "登录")
     assert success["payload"] == {"username": people.subject.username}  # never the password
     assert success["ip"] == "127.0.0.1" and success["requestId"]
+    # A refused login is written under the username it tried, so it can be found by it.
     assert (failure["actorKind"], failure["actorId"], failure["actorName"], failure["success"]) == (
-        "anonymous", None, "匿名", False,
+        "anonymous", None, people.subject.username, False,
     )
     assert datetime.fromisoformat(success["at"]).utcoffset() == timedelta(hours=8)
 
@@ -297,7 +299,7 @@ async def test_log_screen_filters_by_actor_and_result(client: GraphQLClient, peo
 
     assert [n["summary"] for n in _nodes(by_actor)] == [f"用户 {people.subject.username} 登录: 成功"]
     assert [n["success"] for n in _nodes(failures)] == [False]
-    assert [n["actorName"] for n in _nodes(anonymous)] == ["匿名"]
+    assert [n["actorName"] for n in _nodes(anonymous)] == [people.subject.username]
     assert future["data"]["auditLogs"]["totalCount"] == 0
 
 
@@ -350,12 +352,12 @@ async def test_export_with_bearer_token_downloads_the_filtered_log(client: Graph
     since = utcnow().isoformat()
     token = await client.login(people.admin.username, people.admin.password)
     await _wrong_login(client, people.subject.username)
-    expected = await _export_rows(client, token, {"module": "auth", "since": since})
+    expected = await _export_rows(client, token, {"module": "login", "since": since})
     spooled = os.path.join(tempfile.gettempdir(), "shuiwu-audit-*.xlsx")
     leftovers = set(glob.glob(spooled))
 
     response = await client.http.get(
-        audit_http.EXPORT_PATH, params={"module": "auth", "since": since}, headers={"Authorization": f"Bearer {token}"}
+        audit_http.EXPORT_PATH, params={"module": "login", "since": since}, headers={"Authorization": f"Bearer {token}"}
     )
 
     assert response.status_code == 200, response.text
@@ -367,7 +369,7 @@ async def test_export_with_bearer_token_downloads_the_filtered_log(client: Graph
     assert rows[0] == ("操作用户", "操作模块", "操作", "IP地址", "时间", "日志内容", "结果")
     assert rows[1] == ("User", "Module", "Action", "IP address", "Time", "Content", "Result")
     assert expected == 2 and len(rows) == 2 + expected
-    assert rows[2][:4] == ("匿名", "登录认证", "login", "127.0.0.1")
+    assert rows[2][:4] == (people.subject.username, "用户登录", "登录", "127.0.0.1")
     assert rows[2][5:] == (f"用户 {people.subject.username} 登录: 失败 (用户名或密码错误)", "失败")
     assert rows[3][0] == people.admin.user.full_name and rows[3][6] == "成功"
     # Shanghai wall-clock time, within a second of now.
@@ -376,14 +378,14 @@ async def test_export_with_bearer_token_downloads_the_filtered_log(client: Graph
     logged = _nodes(await client.execute(AUDIT_LOGS, {"filter": {"module": "audit"}, "first": 1}, token=token))
     assert logged[0]["summary"] == "导出操作日志: 成功"
     assert logged[0]["actorName"] == people.admin.user.full_name
-    assert logged[0]["payload"] == {"module": "auth", "since": since, "rows": 2}
+    assert logged[0]["payload"] == {"module": "login", "since": since, "rows": 2}
 
 
 async def test_export_with_signed_link_needs_no_authorization_header(client: GraphQLClient, people: People) -> None:
     since = utcnow().isoformat()
     token = await client.login(people.admin.username, people.admin.password)
     await _wrong_login(client, people.subject.username)
-    filter_ = {"module": "auth", "since": since, "success": False}
+    filter_ = {"module": "login", "since": since, "success": False}
 
     url = (await client.execute(EXPORT_URL, {"filter": filter_}, token=token))["data"]["auditLogExportUrl"]
     response = await client.http.get(url)
@@ -524,3 +526,111 @@ async def test_the_purge_deletes_only_entries_older_than_the_retention(session: 
     remaining = (await session.execute(select(AuditEntry.id).where(AuditEntry.module == "zz_purge"))).scalars().all()  # type: ignore[arg-type]
     assert purged >= 1
     assert old.id not in remaining and remaining == [kept.id]
+
+
+# --------------------------------------------------------------------------- the brochure's names
+
+CREATE_ROLE = """mutation($name: String!, $areaIds: [ID!]!) {
+  createRole(input: {name: $name, kind: operator, permissions: [], areaIds: $areaIds}) { role { id } errors { code } } }"""
+UPDATE_ROLE = """mutation($id: ID!, $input: UpdateRoleInput!) { updateRole(id: $id, input: $input) { errors { code } } }"""
+UPDATE_USER = """mutation($id: ID!, $input: UpdateStaffUserInput!) {
+  updateStaffUser(id: $id, input: $input) { errors { code } } }"""
+LOG_NAMES = """{ auditModules { code name } auditOperations(module: "roles") { code name nameEn } }"""
+
+
+async def test_role_and_user_changes_are_logged_as_the_brochure_names_them(client: GraphQLClient, people: People) -> None:
+    since = utcnow().isoformat()
+    token = await client.login(people.admin.username, people.admin.password)
+    assert people.subject.user.id is not None and people.admin.user.area_id is not None
+    company = encode_id("Area", people.admin.user.area_id)
+    name = f"抄表员{uuid.uuid4().hex[:6]}"
+    created = await client.execute(CREATE_ROLE, {"name": name, "areaIds": [company]}, token=token)
+    role_id = created["data"]["createRole"]["role"]["id"]
+
+    renamed = await client.execute(UPDATE_ROLE, {"id": role_id, "input": {"description": "外勤"}}, token=token)
+    granted = await client.execute(UPDATE_ROLE, {"id": role_id, "input": {"permissions": ["areas:read"]}}, token=token)
+    assigned = await client.execute(UPDATE_USER, {"id": encode_id("StaffUser", people.subject.user.id),
+                                                  "input": {"roleIds": [role_id]}}, token=token)
+    roles = await client.execute(AUDIT_LOGS, {"filter": {"module": "roles", "since": since}}, token=token)
+    users = await client.execute(AUDIT_LOGS, {"filter": {"module": "users", "since": since}}, token=token)
+    assigning = await client.execute(AUDIT_LOGS, {"filter": {"action": "assignPermissions", "since": since}}, token=token)
+
+    assert [r["data"][next(iter(r["data"]))]["errors"] for r in (renamed, granted, assigned)] == [[], [], []]
+    assert [(n["moduleName"], n["actionName"], n["summary"]) for n in _nodes(roles)] == [
+        ("角色管理", "分配权限", f"为角色 {name} 分配菜单权限: 成功"),
+        ("角色管理", "修改角色", f"为角色 {name} 修改信息: 成功"),
+        ("角色管理", "新增角色", f"新增角色 {name}: 成功"),
+    ]
+    assert [(n["moduleName"], n["actionName"], n["summary"]) for n in _nodes(users)] == [
+        ("用户管理", "分配角色", f"给用户 {people.subject.username} 分配角色: 成功"),
+    ]
+    assert [n["action"] for n in _nodes(assigning)] == ["assignPermissions"]
+
+
+async def test_failed_logins_are_found_by_the_username_tried(client: GraphQLClient, people: People) -> None:
+    since = utcnow().isoformat()
+    token = await client.login(people.admin.username, people.admin.password)
+    tried = f"nosuch{uuid.uuid4().hex[:6]}"
+    await _wrong_login(client, tried)
+    await _wrong_login(client, people.subject.username)
+
+    found = await client.execute(
+        AUDIT_LOGS, {"filter": {"actorName": tried, "success": False, "since": since}}, token=token)
+
+    assert [(n["actorKind"], n["actorName"], n["moduleName"], n["actionName"]) for n in _nodes(found)] == [
+        ("anonymous", tried, "用户登录", "登录"),
+    ]
+
+
+async def test_log_content_is_searched_literally_and_case_insensitively(client: GraphQLClient, people: People) -> None:
+    since = utcnow().isoformat()
+    token = await client.login(people.admin.username, people.admin.password)
+    tried = f"Probe_{uuid.uuid4().hex[:6]}"
+    await _wrong_login(client, tried)
+
+    exact = await client.execute(AUDIT_LOGS, {"filter": {"search": tried.lower(), "since": since}}, token=token)
+    wildcard = await client.execute(AUDIT_LOGS, {"filter": {"search": "Probe%", "since": since}}, token=token)
+    chinese = await client.execute(AUDIT_LOGS, {"filter": {"search": "用户名或密码错误", "since": since}}, token=token)
+    too_long = await client.execute(AUDIT_LOGS, {"filter": {"search": "长" * 101}}, token=token)
+
+    assert [n["summary"] for n in _nodes(exact)] == [f"用户 {tried} 登录: 失败 (用户名或密码错误)"]
+    assert _nodes(wildcard) == []  # % is a character, not a wildcard
+    assert tried in [n["actorName"] for n in _nodes(chinese)]
+    assert [(e["extensions"]["code"]) for e in too_long["errors"]] == ["BAD_USER_INPUT"]
+
+
+async def test_the_log_screen_offers_its_modules_and_operations_by_name(client: GraphQLClient, people: People) -> None:
+    token = await client.login(people.reader.username, people.reader.password)
+
+    names = (await client.execute(LOG_NAMES, token=token))["data"]
+
+    modules = {m["code"]: m["name"] for m in names["auditModules"]}
+    assert {modules["login"], modules["users"], modules["roles"], modules["audit"]} == {"用户登录", "用户管理", "角色管理", "操作日志"}
+    assert {o["code"]: o["name"] for o in names["auditOperations"]} == {
+        "createRole": "新增角色", "updateRole": "修改角色", "assignPermissions": "分配权限", "deleteRole": "删除角色",
+    }
+
+
+def test_every_mutation_names_its_operation_in_chinese() -> None:
+    from backend.auth.catalog import log_names
+    from backend.domains import DOMAINS
+    from backend.graphql.schema import build_schema
+
+    mutations = build_schema(DOMAINS)._schema.mutation_type
+    assert mutations is not None
+    declared = log_names().operations
+
+    assert sorted(set(mutations.fields) - set(declared)) == []
+    assert all(any("\u4e00" <= ch <= "\u9fff" for ch in operation.name) for operation in declared.values())
+
+
+def test_export_link_carries_the_new_filters() -> None:
+    chosen = audit_http.ExportFilter(action="login", actor_name="zhang", search="失败")
+
+    params = chosen.to_params()
+
+    assert params == {"action": "login", "actorName": "zhang", "search": "失败"}
+    assert audit_http.ExportFilter.from_params(params) == chosen
+    with pytest.raises(BadUserInput) as refused:
+        audit_http.ExportFilter.from_params({"search": "x" * 101})
+    assert refused.value.field == "search"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backend.auth.menus import Menu
+from backend.auth.menus import Menu, Operation
 from backend.auth.menus import permission as _p
 from backend.domain import Check, Domain, Job
 from backend.events.service import Handler
@@ -20,6 +20,7 @@ DOMAIN = Domain(
         ), ("staff_mobile",)),
     ),
     demo_grants={"repair": frozenset({"notes:read", "notes:write"})},
+    operations=(Operation("writeNote", "写便签", "Write a note", "notes"),),
     jobs=(
         Job("notes.tally", "tests.sample_domain.jobs:tally", cron="30 2 * * *", permissions=frozenset({"notes:read"}),
             description="Count yesterday's notes"),

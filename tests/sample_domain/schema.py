@@ -46,7 +46,7 @@ class Mutation:
             return note
 
         return await run_mutation(
-            info, module="notes", action="writeNote", describe=lambda note: "写便签",
+            info, action="writeNote", describe=lambda note: "写便签",
             payload=lambda note, errors: NotePayload(note=note, errors=errors), work=work,  # type: ignore[arg-type]
         )
 

@@ -55,7 +55,7 @@ class ApiClientMutations:
                 area_ids=_ids(input.area_ids, "Area", "areaIds") or (), rate_per_minute=input.rate_per_minute,
             )
 
-        return await run_mutation(info, module="system", action="createApiClient",
+        return await run_mutation(info, action="createApiClient",
                                   describe=lambda _: f"新增第三方接口 {input.name[:64]}", payload=_client_payload, work=work)
 
     @strawberry.mutation(permission_classes=[Requires("clients:manage")], description="New secret for a client; old tokens end.",
@@ -66,7 +66,7 @@ class ApiClientMutations:
         async def work(session: AsyncSession) -> service.IssuedClient:
             return await service.rotate_api_client_secret(session, actor=actor, client_pk=decode_id(id, "ApiClient"), now=now)
 
-        return await run_mutation(info, module="system", action="rotateApiClientSecret",
+        return await run_mutation(info, action="rotateApiClientSecret",
                                   describe=lambda r: f"重置第三方接口 {r.client.name if r else id} 的密钥",
                                   payload=_client_payload, work=work)
 
@@ -78,6 +78,6 @@ class ApiClientMutations:
             client_pk = decode_id(id, "ApiClient")
             return await service.set_api_client_active(session, actor=actor, client_pk=client_pk, is_active=is_active, now=now)
 
-        return await run_mutation(info, module="system", action="setApiClientActive",
+        return await run_mutation(info, action="setApiClientActive",
                                   describe=lambda c: f"{'启用' if is_active else '停用'}第三方接口 {c.name if c else id}",
                                   payload=_client_payload, work=work)

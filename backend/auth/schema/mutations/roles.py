@@ -65,7 +65,7 @@ class RoleMutations:
                 description=input.description, unit_id=_unit_id(input.unit_id),
             )
 
-        return await run_mutation(info, module="system", action="createRole",
+        return await run_mutation(info, action="createRole",
                                   describe=lambda _: f"新增角色 {input.name[:64]}", payload=_role_payload, work=work)
 
     @strawberry.mutation(permission_classes=[Requires("roles:manage")], description="Change a role, its 菜单权限 or 行政权限.")
@@ -91,7 +91,10 @@ class RoleMutations:
                 parts.append("分配行政权限")
             return f"为角色 {name} {'、'.join(parts) or '修改信息'}"
 
-        return await run_mutation(info, module="system", action="updateRole", describe=describe, payload=_role_payload, work=work)
+        # Granting menus or areas is what the brochure's log calls 分配权限.
+        assigns = input.permissions is not None or input.area_ids is not None
+        return await run_mutation(info, action="assignPermissions" if assigns else "updateRole", describe=describe,
+                                  payload=_role_payload, work=work)
 
     @strawberry.mutation(permission_classes=[Requires("roles:manage")], description="Delete a role no user or child role uses.")
     async def delete_role(self, info: Info, id: strawberry.ID) -> RolePayload:
@@ -100,5 +103,5 @@ class RoleMutations:
         async def work(session: AsyncSession) -> Role:
             return await service.delete_role(session, actor=actor, role_id=decode_id(id, "Role"))
 
-        return await run_mutation(info, module="system", action="deleteRole",
+        return await run_mutation(info, action="deleteRole",
                                   describe=lambda r: f"删除角色 {r.name if r else id}", payload=_role_payload, work=work)

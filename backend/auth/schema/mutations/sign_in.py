@@ -78,7 +78,7 @@ class SignInMutations:
         policy, now = _policy(info), utcnow()
 
         return await run_mutation(
-            info, module="auth", action="login",
+            info, action="login",
             describe=lambda _: f"用户 {username[:64]} 登录",
             payload=_auth_payload,
             before=lambda session: service.claim_login_attempt(session, username=username, now=now, policy=policy, ip=context.ip,
@@ -89,6 +89,7 @@ class SignInMutations:
             ),
             audit_input={"username": username},
             actor=lambda pair: pair.principal,
+            claimed_name=username,
         )
 
     @strawberry.mutation(permission_classes=[Public], description="New tokens for a refresh token (which rotates).",
@@ -101,7 +102,7 @@ class SignInMutations:
                 await service.logout(session, session_id=refusal.session_id, now=now)
 
         return await run_mutation(
-            info, module="auth", action="refreshToken", describe=lambda _: "刷新令牌", payload=_auth_payload,
+            info, action="refreshToken", describe=lambda _: "刷新令牌", payload=_auth_payload,
             work=lambda session: service.refresh_tokens(session, refresh_token=refresh_token, now=now, policy=policy),
             audit_input={}, actor=lambda pair: pair.principal, on_refusal=revoke_if_reused,
         )
@@ -115,7 +116,7 @@ class SignInMutations:
             if principal.session_id is not None:
                 await service.logout(session, session_id=principal.session_id, now=now)
 
-        return await run_mutation(info, module="auth", action="logout", describe=lambda _: f"{principal.name} 退出登录",
+        return await run_mutation(info, action="logout", describe=lambda _: f"{principal.name} 退出登录",
                                   payload=_ok, work=work, audit_input={})
 
     @strawberry.mutation(permission_classes=[Public], description="Send a login code to a resident's mobile.",
@@ -154,7 +155,7 @@ class SignInMutations:
     async def issue_client_token(self, info: Info, client_id: str, client_secret: str) -> AuthPayload:
         policy, now = _policy(info), utcnow()
         return await run_mutation(
-            info, module="auth", action="issueClientToken", describe=lambda _: f"第三方 {client_id[:64]} 获取访问令牌",
+            info, action="issueClientToken", describe=lambda _: f"第三方 {client_id[:64]} 获取访问令牌",
             payload=_auth_payload,
             work=lambda session: _issue_client_token(info, session, client_id, client_secret, now, policy),
             audit_input={"clientId": client_id}, actor=lambda pair: pair.principal,

@@ -59,7 +59,7 @@ class StaffUserMutations:
     async def change_my_password(self, info: Info, current_password: str, new_password: str) -> OkPayload:
         principal, policy, now, ip = info.context.caller, _policy(info), utcnow(), info.context.ip
         return await run_mutation(
-            info, module="system", action="changeMyPassword", describe=lambda _: f"{principal.name} 修改密码",
+            info, action="changeMyPassword", describe=lambda _: f"{principal.name} 修改密码",
             payload=_ok,
             before=lambda session: service.claim_password_check(session, actor=principal, now=now, policy=policy, ip=ip,
                                                                 over_limit=_over_limit(info)),
@@ -80,7 +80,7 @@ class StaffUserMutations:
                 unit_id=_unit_id(input.unit_id),
             )
 
-        return await run_mutation(info, module="system", action="createStaffUser",
+        return await run_mutation(info, action="createStaffUser",
                                   describe=lambda _: f"新增用户 {input.username[:64]}", payload=_staff_payload, work=work)
 
     @strawberry.mutation(permission_classes=[Requires("users:manage")], description="Change a staff user; isActive=false deactivates.")
@@ -95,11 +95,17 @@ class StaffUserMutations:
             )
             return await service.update_staff_user(session, actor=actor, user_id=decode_id(id, "StaffUser"), changes=changes, now=now)
 
-        def describe(user: StaffUser | None) -> str:
-            verb = "停用用户" if input.is_active is False else "修改用户"
-            return f"{verb} {user.username if user else id}"
+        # Changing only a user's roles is what the brochure's log calls 分配角色.
+        only_roles = input.role_ids is not None and all(
+            value is None for value in (input.full_name, input.email, input.phone, input.is_active, input.unit_id))
 
-        return await run_mutation(info, module="system", action="updateStaffUser", describe=describe,
+        def describe(user: StaffUser | None) -> str:
+            name = user.username if user else id
+            if only_roles:
+                return f"给用户 {name} 分配角色"
+            return f"{'停用用户' if input.is_active is False else '修改用户'} {name}"
+
+        return await run_mutation(info, action="assignRoles" if only_roles else "updateStaffUser", describe=describe,
                                   payload=_staff_payload, work=work)
 
     @strawberry.mutation(permission_classes=[Requires("users:manage")], description="Set a staff user's password; their logins end.",
@@ -110,7 +116,7 @@ class StaffUserMutations:
         async def work(session: AsyncSession) -> StaffUser:
             return await service.set_staff_password(session, actor=actor, user_id=decode_id(id, "StaffUser"), password=password, now=now)
 
-        return await run_mutation(info, module="system", action="setStaffUserPassword",
+        return await run_mutation(info, action="setStaffUserPassword",
                                   describe=lambda u: f"重置用户 {u.username if u else id} 的密码", payload=_staff_payload, work=work)
 
     @strawberry.mutation(permission_classes=[Requires("users:manage")],
@@ -121,7 +127,7 @@ class StaffUserMutations:
         async def work(session: AsyncSession) -> StaffUser:
             return await service.unlock_staff_user(session, actor=actor, user_id=decode_id(id, "StaffUser"))
 
-        return await run_mutation(info, module="system", action="unlockStaffUser",
+        return await run_mutation(info, action="unlockStaffUser",
                                   describe=lambda u: f"解锁用户 {u.username if u else id} 的登录", payload=_staff_payload, work=work)
 
     @strawberry.mutation(permission_classes=[Requires("users:manage")], description="Delete a user without history.")
@@ -131,5 +137,5 @@ class StaffUserMutations:
         async def work(session: AsyncSession) -> StaffUser:
             return await service.delete_staff_user(session, actor=actor, user_id=decode_id(id, "StaffUser"))
 
-        return await run_mutation(info, module="system", action="deleteStaffUser",
+        return await run_mutation(info, action="deleteStaffUser",
                                   describe=lambda u: f"删除用户 {u.username if u else id}", payload=_staff_payload, work=work)
