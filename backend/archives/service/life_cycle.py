@@ -44,7 +44,7 @@ REASON_LIMIT = 500
 
 
 async def record_status_change(session: AsyncSession, meter: Meter, *, to: MeterStatus, reason: str, at: datetime,
-                  changed_by: str) -> None:
+                               changed_by: str) -> None:
     """Move ``meter`` (locked by the caller) to ``to`` and write the history row of the step."""
     assert meter.id is not None
     session.add(MeterStatusChange(meter_id=meter.id, from_status=meter.status, status=to, reason=reason,
