@@ -76,6 +76,8 @@ class ErrorCode(StrEnum):
     DEVICE_IN_USE = "DEVICE_IN_USE"
     MODEL_IN_USE = "MODEL_IN_USE"
     METER_HAS_READINGS = "METER_HAS_READINGS"
+    # A life-cycle step the meter's status or kind does not allow (install, fault, repair …).
+    METER_STATE_INVALID = "METER_STATE_INVALID"
     # A meter serves only households in its own area's subtree (docs/security.md).
     CROSS_AREA_ASSIGNMENT = "CROSS_AREA_ASSIGNMENT"
 

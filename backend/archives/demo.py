@@ -17,7 +17,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.archives.models import Area, AreaKind
-from backend.archives.service import create_area
+from backend.archives.service import create_area, install_meter
 from backend.db import copy_into
 from backend.domain import DemoPlan
 
@@ -255,6 +255,7 @@ METER_MODELS = (
 # Four monitoring points on the trunk mains (干管), each a flow meter and a pressure gauge.
 MONITORING = (("东", "east"), ("南", "south"), ("西", "west"), ("北", "north"))
 REPLACED_AT_LATEST = datetime(2026, 10, 1, 9, 0, tzinfo=ZoneInfo("Asia/Shanghai"))
+MONITORING_INSTALLED_AT = datetime(2019, 1, 1, 9, 0, tzinfo=ZoneInfo("Asia/Shanghai"))
 
 
 async def _load_devices(session: AsyncSession, *, seed: int, company: Area, progress: Callable[[str], None]) -> None:
@@ -384,15 +385,20 @@ async def _load_devices(session: AsyncSession, *, seed: int, company: Area, prog
                      f"{label}干管监测点", f"shuiwu/monitor/{slug}/flow"))
         rows.append((f"{label}干管压力计", f"JC-{slug.upper()}-P", f"2099000000{number * 2 + 2:04d}", "pressure_monitor", None,
                      f"{label}干管监测点", f"shuiwu/monitor/{slug}/pressure"))
-    await session.execute(text(
+    # Registered in stock, then installed by the same rule as installMeter (a location,
+    # the history row): only the points created now, so loading twice changes nothing.
+    created = (await session.execute(text(
         "INSERT INTO meters (name, code, protocol, address, meter_type, kind, model_id, install_date, initial_reading, "
-        "  location, area_id, status, mqtt_topic) "
+        "  area_id, status, mqtt_topic) "
         "SELECT r.name, r.code, 'cjt188', r.address, r.meter_type, 'monitoring', r.model_id, DATE '2019-01-01', 0, "
-        "  r.location, :area, 'installed', r.topic "
+        "  :area, 'in_stock', r.topic "
         "FROM unnest(CAST(:names AS text[]), CAST(:codes AS text[]), CAST(:addresses AS text[]), CAST(:types AS text[]), "
-        "  CAST(:models AS bigint[]), CAST(:locations AS text[]), CAST(:topics AS text[])) "
-        "  AS r(name, code, address, meter_type, model_id, location, topic) "
-        "ON CONFLICT (code) DO NOTHING"
+        "  CAST(:models AS bigint[]), CAST(:topics AS text[])) "
+        "  AS r(name, code, address, meter_type, model_id, topic) "
+        "ON CONFLICT (code) DO NOTHING RETURNING id, code"
     ), {"area": company.id, "names": [r[0] for r in rows], "codes": [r[1] for r in rows], "addresses": [r[2] for r in rows],
-        "types": [r[3] for r in rows], "models": [r[4] for r in rows], "locations": [r[5] for r in rows],
-        "topics": [r[6] for r in rows]})
+        "types": [r[3] for r in rows], "models": [r[4] for r in rows], "topics": [r[6] for r in rows]})).all()
+    location_of = {r[1]: r[5] for r in rows}
+    for meter_id, code in sorted(created):
+        await install_meter(session, meter_id=meter_id, location=location_of[code], installed_at=MONITORING_INSTALLED_AT,
+                            changed_by="系统")

@@ -150,3 +150,11 @@ class MeterHasReadings(DomainError):
     code = ErrorCode.METER_HAS_READINGS
     message = "该水表已有读数, 不能改为倍率或计数器位数不同的型号"
     message_en = "This meter has readings: it cannot change to a model with another multiplier or register size"
+
+
+class MeterStateInvalid(DomainError):
+    """A life-cycle step (安装 / 拆回 / 故障 / 修复) the meter's status or kind does not allow."""
+
+    code = ErrorCode.METER_STATE_INVALID
+    message = "水表当前状态不允许此操作"
+    message_en = "The meter's status does not allow this step"

@@ -18,6 +18,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     Date,
+    Enum,
     ForeignKey,
     Index,
     Integer,
@@ -325,6 +326,30 @@ class Meter(SQLModel, table=True):
     mqtt_topic: str | None = Field(default=None, sa_column=Column(String(200), nullable=True))
     created_at: datetime | None = Field(default=None, sa_column=_created())
     updated_at: datetime | None = Field(default=None, sa_column=_updated())
+
+
+class MeterStatusChange(SQLModel, table=True):
+    """One step of a meter's life cycle (安装 / 拆回 / 故障 / 修复 / 报废): from which status
+    to which, why, where the meter was then, when and by whom. Household meters are
+    installed and taken back by their assignments (``meter_assignments`` is their record
+    of that); their faults, repairs and retirements are rows here too."""
+
+    __tablename__ = "meter_status_history"
+    __mapper_args__ = {"eager_defaults": True}
+
+    id: int | None = Field(default=None, sa_column=_id())
+    meter_id: int = Field(sa_column=Column(BigInteger, ForeignKey("meters.id"), nullable=False, index=True))
+    # Its own CHECK name: two enum_column()s of one enum in a table would share one.
+    from_status: MeterStatus = Field(sa_column=Column(
+        Enum(MeterStatus, native_enum=False, create_constraint=True, length=32,
+             values_callable=lambda members: [member.value for member in members], name="from_meterstatus"),
+        nullable=False))
+    status: MeterStatus = Field(sa_column=enum_column(MeterStatus, nullable=False))
+    reason: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+    location: str | None = Field(default=None, sa_column=Column(String(200), nullable=True))
+    area_id: int = Field(sa_column=Column(BigInteger, ForeignKey("areas.id"), nullable=False))
+    changed_at: datetime = Field(sa_column=timestamptz(nullable=False))
+    changed_by: str = Field(sa_column=Column(String(100), nullable=False))
 
 
 class MeterAssignment(SQLModel, table=True):

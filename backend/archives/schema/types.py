@@ -32,6 +32,7 @@ from backend.archives.models import (
     MeterModel,
     MeterReplacement,
     MeterStatus,
+    MeterStatusChange,
     MeterType,
 )
 from backend.auth.principal import Principal
@@ -97,6 +98,13 @@ class StatusHistoryByHouseholdIdLoader(SessionLoader[int, list[HouseholdStatusCh
 
     async def fetch(self, session: AsyncSession, keys: Sequence[int]) -> Mapping[int, list[HouseholdStatusChange]]:
         return await service.status_history_by_household_ids(session, keys)
+
+
+class StatusHistoryByMeterIdLoader(SessionLoader[int, list[MeterStatusChange]]):
+    missing: list[MeterStatusChange] = []
+
+    async def fetch(self, session: AsyncSession, keys: Sequence[int]) -> Mapping[int, list[MeterStatusChange]]:
+        return await service.status_history_by_meter_ids(session, keys)
 
 
 class AssignmentsByHouseholdIdLoader(SessionLoader[int, list[MeterAssignment]]):
@@ -438,6 +446,21 @@ class ConcentratorType(Node):
         return [CollectorType.from_row(c) for c in collectors]
 
 
+@strawberry.type(name="MeterStatusChange", description="One step of a meter's life cycle (安装 / 拆回 / 故障 / 修复 / 报废).")
+class MeterStatusChangeType:
+    from_status: MeterStatusEnum  # type: ignore[valid-type]
+    status: MeterStatusEnum  # type: ignore[valid-type]
+    reason: str
+    location: str | None = strawberry.field(description="Where the meter was when it changed.")
+    changed_at: datetime
+    changed_by: str
+
+    @classmethod
+    def from_row(cls, change: MeterStatusChange) -> MeterStatusChangeType:
+        return cls(from_status=change.from_status, status=change.status, reason=change.reason, location=change.location,
+                   changed_at=change.changed_at, changed_by=change.changed_by)
+
+
 @strawberry.type(name="Meter", description="A water meter (表计) or a monitoring point.")
 class MeterType_(Node):  # noqa: N801  (MeterType is the enum's name)
     name: str = strawberry.field(description="表计名称")
@@ -513,6 +536,12 @@ class MeterType_(Node):  # noqa: N801  (MeterType is the enum's name)
     async def assignments(self, info: Info) -> list[MeterAssignmentType]:
         assignments = await info.context.loader(AssignmentsByMeterIdLoader).load(self.pk)
         return [MeterAssignmentType.from_row(a) for a in assignments]
+
+    @strawberry.field(description="Life-cycle steps (install, uninstall, fault, repair, retire), oldest first; "
+                                  "a household meter's assignments are its installations.")
+    async def status_history(self, info: Info) -> list[MeterStatusChangeType]:
+        changes = await info.context.loader(StatusHistoryByMeterIdLoader).load(self.pk)
+        return [MeterStatusChangeType.from_row(c) for c in changes]
 
 
 @strawberry.type(name="MeterAssignment", description="配表: a meter serving a household over a time range.")

@@ -24,7 +24,8 @@ routes and the tests import ``backend.archives.service`` (this ``__init__`` re-e
 every public name), never a module below it, so the split is invisible to them. Inside,
 one module per thing a reader looks for: :mod:`.checks` (the field, uniqueness and
 same-subtree checks every form shares), :mod:`.areas`, :mod:`.households`,
-:mod:`.meters` (meter models and meters), :mod:`.assignments` (配表, move-out, 换表) and
+:mod:`.meters` (meter models and meters), :mod:`.life_cycle` (a meter's install, uninstall,
+fault and repair), :mod:`.assignments` (配表, move-out, 换表) and
 :mod:`.devices` (concentrators and collectors).
 """
 
@@ -107,6 +108,14 @@ from backend.archives.service.households import (
     transfer_ownership,
     update_household,
 )
+from backend.archives.service.life_cycle import (
+    install_meter,
+    mark_meter_faulty,
+    record_status_change,
+    repair_meter,
+    status_history_by_meter_ids,
+    uninstall_meter,
+)
 from backend.archives.service.meters import (
     METER_COLUMNS,
     MeterChanges,
@@ -179,6 +188,8 @@ __all__ = [
     "household_in_scope",
     "household_page_query",
     "households_by_ids",
+    "install_meter",
+    "mark_meter_faulty",
     "mask_id_number",
     "meter_in_scope",
     "meter_models_by_ids",
@@ -189,7 +200,9 @@ __all__ = [
     "no_balance",
     "owners_by_household_ids",
     "parse_reading",
+    "record_status_change",
     "rename_area",
+    "repair_meter",
     "replace_meter",
     "replacements_by_household_ids",
     "save_collector",
@@ -198,8 +211,10 @@ __all__ = [
     "set_meter_status",
     "share_area_tree",
     "status_history_by_household_ids",
+    "status_history_by_meter_ids",
     "terminal_password",
     "transfer_ownership",
+    "uninstall_meter",
     "update_area",
     "update_concentrator",
     "update_household",

@@ -180,7 +180,7 @@ async def end_assignment(
     tz: str | tzinfo = "Asia/Shanghai",
 ) -> MeterAssignment:
     """拆表: the meter stops serving its household at ``valid_to`` with ``end_reading``
-    and goes back in stock.
+    and goes back in stock (a faulty one stays faulty: :func:`repair_meter` puts it in stock).
 
     The end reading is stored as a manual reading at ``valid_to`` through ingest
     (received ``now``, default ``valid_to``; days in the utility's zone ``tz``), so usage
@@ -194,7 +194,9 @@ async def end_assignment(
     async with session.begin_nested():
         await _close(assignment, valid_to, end_reading, "")
         assert end_reading is not None  # _close refused a missing one
-        meter.status = MeterStatus.in_stock
+        # A faulty meter taken back stays faulty until it is repaired (back in stock then).
+        if meter.status is not MeterStatus.faulty:
+            meter.status = MeterStatus.in_stock
         await session.flush()
         await _store_handover(session, [_handover(meter_id, valid_to, end_reading, "validTo", "endReading", "meterId")],
                               source=f"assignment:{household.account_no}", now=now or valid_to, tz=tz)

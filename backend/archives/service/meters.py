@@ -6,6 +6,7 @@ import dataclasses
 import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -50,8 +51,10 @@ from backend.archives.service.checks import (
     as_stored,
 )
 from backend.archives.service.households import _paged_in_areas, _subtree_of
+from backend.archives.service.life_cycle import record_status_change
 from backend.auth.errors import UnknownArea
 from backend.auth.scope import require_whole_tree
+from backend.clock import utcnow
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.pagination import PagedQuery
 
@@ -295,7 +298,8 @@ async def update_meter(
         await share_area_tree(session)
     meter = await _scoped(session, Meter, meter_id, scope_patterns, lock=True)
     if "status" in values:
-        raise DomainError("状态经配表、换表、报废变化", "Status changes through assignment, replacement and retirement",
+        raise DomainError("状态经配表、换表、安装、拆回、故障、修复、报废变化",
+                          "Status changes through assignment, replacement, install, uninstall, fault, repair and retirement",
                           field="status", code=ErrorCode.INVALID)
     current = {name: getattr(meter, name) for name in _METER_DEFAULTS | {"name": 0, "code": 0, "address": 0,
                                                                           "meter_type": 0, "area_id": 0}}
@@ -308,6 +312,11 @@ async def update_meter(
         # as an assignment locks them), so that household cannot move meanwhile.
         await _lock_served_household(session, meter_id)
         await _check_moved_within(session, _METER_MOVE_BREAKS, meter_id, merged["area_id"])
+    if merged["kind"] is MeterKind.household and meter.kind is MeterKind.monitoring and meter.status in (
+            MeterStatus.installed, MeterStatus.faulty):
+        # An installed household meter always serves a household (配表 installs it).
+        raise errors.MeterStateInvalid("在用或故障的监测点不能改为住户水表, 请先拆回", "An installed or faulty monitoring "
+                                       "point cannot become a household meter; uninstall it first", field="kind")
     if merged["kind"] is MeterKind.monitoring and await _open_assignment(session, meter_id) is not None:
         raise errors.MeterAlreadyAssigned("在用的住户水表不能改为监测点", "A meter serving a household cannot become a monitoring point",
                                           field="kind")
@@ -330,27 +339,33 @@ async def _check_model_change(session: AsyncSession, meter_id: int, old_id: int 
 
 
 async def set_meter_status(
-    session: AsyncSession, *, meter_id: int, status: MeterStatus, scope_patterns: Sequence[str] | None = None
+    session: AsyncSession, *, meter_id: int, status: MeterStatus, scope_patterns: Sequence[str] | None = None,
+    changed_by: str = "系统", at: datetime | None = None, reason: str = "",
 ) -> Meter:
-    """Mark a meter faulty, retired (报废) or back in stock; a meter serving a household
-    changes through :func:`end_assignment` or :func:`replace_meter` first."""
+    """Mark a meter faulty, retired (报废) or back in stock, recording the step in the
+    meter's status history (at ``at``, default now); a meter serving a household changes
+    through :func:`end_assignment` or :func:`replace_meter` first. The life-cycle steps
+    with their rules (install, uninstall, fault, repair) are in
+    :mod:`backend.archives.service.life_cycle`; the API retires through this one."""
     meter = await _scoped(session, Meter, meter_id, scope_patterns, lock=True)
     if status is MeterStatus.installed:
-        raise DomainError("安装状态由配表产生", "A meter becomes installed by assignment", field="status", code=ErrorCode.INVALID)
+        raise DomainError("安装状态由配表或安装产生", "A meter becomes installed by assignment or installation",
+                          field="status", code=ErrorCode.INVALID)
     if status is not MeterStatus.faulty and await _open_assignment(session, meter_id) is not None:
         raise errors.MeterAlreadyAssigned(field="id")
-    meter.status = status
-    await session.flush()
+    if meter.status is not status:
+        await record_status_change(session, meter, to=status, reason=reason, at=at or utcnow(), changed_by=changed_by)
     return meter
 
 
 async def delete_meter(session: AsyncSession, *, meter_id: int, scope_patterns: Sequence[str] | None = None) -> Meter:
-    """Delete a meter entered by mistake; once it has served a household, been replaced
-    or sent a reading it is retired instead (HAS_HISTORY)."""
+    """Delete a meter entered by mistake; once it has served a household, been replaced,
+    installed, marked faulty or sent a reading it is retired instead (HAS_HISTORY)."""
     meter = await _scoped(session, Meter, meter_id, scope_patterns, lock=True)
     history = await session.execute(
         text("SELECT EXISTS (SELECT 1 FROM meter_assignments WHERE meter_id = :id)"
              " OR EXISTS (SELECT 1 FROM meter_replacements WHERE old_meter_id = :id OR new_meter_id = :id)"
+             " OR EXISTS (SELECT 1 FROM meter_status_history WHERE meter_id = :id)"
              # readings has no foreign key (it would cost every COPY row a lookup): checked here.
              " OR EXISTS (SELECT 1 FROM readings WHERE meter_id = :id)"),
         {"id": meter_id},

@@ -85,7 +85,7 @@ class MeterMutations:
     async def retire_meter(self, info: Info, id: strawberry.ID) -> MeterPayload:
         async def work(session: AsyncSession) -> Any:
             return await service.set_meter_status(session, meter_id=decode_id(id, "Meter"), status=MeterStatus.retired,
-                                                  scope_patterns=_scope(info))
+                                                  scope_patterns=_scope(info), changed_by=info.context.caller.name)
 
         return await _run(info, "retireMeter", lambda m: f"报废水表 {m.code if m else id}", _meter, work)
 
