@@ -1,7 +1,7 @@
 """Meters' life cycle (安装 / 拆回 / 故障 / 修复 / 报废): one row per change of status.
 
-Revision ID: 0018
-Revises: 0013
+Revision ID: 0017
+Revises: 0016
 Create Date: 2026-12-07
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0018"
-down_revision = "0013"
+revision = "0017"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
