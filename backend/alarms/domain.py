@@ -4,13 +4,14 @@ events (``alarm.opened`` / ``alarm.closed``) and the general ``alarms`` list.
 It comes after archives (a meter alarm is scoped through its meter's area) and before
 every domain that opens alarms: readings (abnormal meters) and, later, the owners of
 concentrators and terminals, payments, gateways and zones, which open and close their
-alarms through ``backend.alarms.service``. Its API is gated by ``alarms:read`` /
-``alarms:manage``, which readings' 异常水表 menu declares.
+alarms through ``backend.alarms.service``. It declares the 异常水表 menu and its
+permissions ``alarms:read`` / ``alarms:manage``, which gate every alarm screen.
 """
 
 from __future__ import annotations
 
-from backend.auth.menus import Operation
+from backend.auth.menus import Menu, Operation
+from backend.auth.menus import permission as _p
 from backend.domain import Domain
 
 DOMAIN = Domain(
@@ -19,6 +20,16 @@ DOMAIN = Domain(
     models=("backend.alarms.models",),
     schema="backend.alarms.schema",
     events=("backend.alarms.events",),
+    # Its own permissions: the domains that open alarms (readings' abnormal meters, later
+    # concentrators, payments, gateways, zones) come after it and gate their alarm screens
+    # with them. The menu keeps the brochure's name for the screen staff know.
+    menus=(
+        Menu("alarms", "异常水表", "Abnormal meters", (
+            _p("alarms:read", "查看异常水表", "View abnormal meters"),
+            _p("alarms:manage", "确认/关闭告警", "Acknowledge and close alarms"),
+        ), ("staff_web", "staff_mobile")),
+    ),
+    demo_grants={"repair": frozenset({"alarms:read"})},
     operations=(
         Operation("acknowledgeAlarm", "确认告警", "Acknowledge alarm", "alarms"),
         Operation("closeAlarm", "关闭告警", "Close alarm", "alarms"),

@@ -29,16 +29,12 @@ DOMAIN = Domain(
         Menu("monitoring", "数据监测", "Monitoring", (
             _p("monitoring:read", "查看管网监测", "View trunk-main monitoring"),
         ), ("staff_web", "staff_mobile")),
-        # The alarm permissions gate the alarms domain's API for every subject too; the menu
-        # stays the abnormal-meter screen's, where staff have always found it.
-        Menu("alarms", "异常水表", "Abnormal meters", (
-            _p("alarms:read", "查看异常水表", "View abnormal meters"),
-            _p("alarms:manage", "确认/关闭告警", "Acknowledge and close alarms"),
-        ), ("staff_web", "staff_mobile")),
+        # 异常水表 (alarms:read / alarms:manage) is the alarms domain's menu: it gates the
+        # alarms of every subject, and readings' abnormal-meter screen with them.
     ),
     demo_grants={
         "cashier": frozenset({"readings:read", "statistics:read"}),
-        "repair": frozenset({"readings:read", "alarms:read"}),
+        "repair": frozenset({"readings:read"}),
     },
     operations=(
         Operation("saveQueryScheme", "保存查询方案", "Save query scheme", "readings"),
