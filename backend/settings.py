@@ -8,9 +8,12 @@ naming it (:func:`load_settings`), never a traceback deep inside a request.
 from __future__ import annotations
 
 import os
+import re
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qs, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -189,8 +192,6 @@ class Settings(BaseSettings):
     def _storage_url(cls, value: str | None) -> str | None:
         if value is None or value.strip() == "":
             return None
-        from backend.files.storage import parse_storage_url
-
         parse_storage_url(value, data_dir=Path("."))  # ValueError names what is wrong
         return value
 
@@ -243,6 +244,60 @@ class Settings(BaseSettings):
             # An empty or cut key would let anyone sign tokens: refuse to start.
             raise SettingsError(f"bad setting SHUIWU_SECRET_KEY: {key_file} holds fewer than 32 characters")
         return key
+
+
+# --------------------------------------------------------------------------- SHUIWU_STORAGE_URL
+# Parsed here, not in backend.files.storage (which builds the backend from it): settings
+# import no package, and a malformed URL must stop the process when the settings load.
+
+# The default S3 multipart part (S3's smallest is 5 MB).
+S3_DEFAULT_PART_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StorageLocation:
+    """What ``SHUIWU_STORAGE_URL`` says: a directory, or an S3 bucket and its options."""
+
+    directory: Path | None = None
+    bucket: str | None = None
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    part_bytes: int = S3_DEFAULT_PART_BYTES
+
+
+def parse_storage_url(url: str | None, *, data_dir: Path) -> StorageLocation:
+    """Read a storage URL (``backend.files.storage``'s docstring, docs/files.md); ``ValueError``
+    says what is wrong."""
+    if url is None or not url.strip():
+        return StorageLocation(directory=data_dir / "files")
+    parts = urlsplit(url.strip())
+    if parts.scheme in ("", "file"):
+        if parts.scheme == "file" and parts.netloc not in ("", "localhost"):
+            raise ValueError("a file:// storage URL names a local directory (file:///path)")
+        path = unquote(parts.path) if parts.scheme == "file" else url.strip()
+        if not path:
+            raise ValueError("the storage directory is empty")
+        return StorageLocation(directory=Path(path))
+    if parts.scheme != "s3":
+        raise ValueError("must be a directory, file:///path or s3://bucket/prefix")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", parts.netloc):
+        raise ValueError("s3:// needs a bucket name (3-63 lower-case letters, digits, dots, hyphens)")
+    query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
+    unknown = set(query) - {"endpoint", "region", "part_size_mb"}
+    if unknown:
+        raise ValueError(f"unknown storage URL option(s): {', '.join(sorted(unknown))}")
+    endpoint = query.get("endpoint")
+    if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
+        raise ValueError("endpoint must be an http:// or https:// URL")
+    part_bytes = S3_DEFAULT_PART_BYTES
+    if "part_size_mb" in query:
+        if not query["part_size_mb"].isdigit() or not 5 <= int(query["part_size_mb"]) <= 1024:
+            raise ValueError("part_size_mb must be a whole number from 5 to 1024")
+        part_bytes = int(query["part_size_mb"]) * 1024 * 1024
+    return StorageLocation(bucket=parts.netloc, prefix=parts.path.strip("/"), endpoint_url=endpoint,
+                           region=query.get("region"), part_bytes=part_bytes)
+
 
 
 def load_settings(**overrides: object) -> Settings:

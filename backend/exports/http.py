@@ -2,8 +2,9 @@
 
 - :func:`caller`: the principal behind ``Authorization: Bearer <access token>`` (checked on
   a raw read connection, one statement, like /graphql) or behind a short-lived signed
-  ``token`` parameter, which is how a browser link downloads a file. A signed token is an
-  HMAC over its purpose (the route's path), the principal, the expiry and the exact query
+  ``token`` parameter, which is how a browser link downloads a file. A signed token
+  (signed and verified in ``backend.exports.links``, re-exported here) is an HMAC over
+  its purpose (the route's path), the principal, the expiry and the exact query
   parameters, so neither the file, the filter nor the caller can be swapped. A link is
   bound to the login session it was made in (logout kills it) and works once.
   An API client's call also takes one request from its rate, as on /graphql
@@ -18,104 +19,30 @@ the send failed: in every case.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
-import hmac
-import secrets
-import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
-from urllib.parse import urlencode
+from collections.abc import AsyncIterator
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import Request
 from starlette.responses import Response
 
 from backend import db
-from backend.auth.errors import TokenExpired, TokenInvalid, TokenRevoked
+from backend.auth.errors import TokenInvalid
 from backend.auth.http import client_ip
-from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
-from backend.auth.security import KeyPurpose, decode_access_token, derive_key
-from backend.auth.service import AuthPolicy, authenticate_on_connection, load_principal
+from backend.auth.security import decode_access_token
+from backend.auth.service import AuthPolicy, authenticate_on_connection
 from backend.clock import utcnow
 from backend.edge import refusal_body
 from backend.errors import DomainError, ErrorCode, NotAuthenticated
-from backend.exports.links import DownloadGrant, check_download_login, redeem_download_link
+
+# The link signing lives in exports.links (no Starlette, so a service module may sign a
+# link); re-exported here for the routes and schemas that import it from http.
+from backend.exports.links import download_url as download_url
+from backend.exports.links import link_holder as link_holder
+from backend.exports.links import sign_download_token as sign_download_token
+from backend.exports.links import verify_download_token as verify_download_token
 from backend.graphql.limits import admission_key
-
-DOWNLOAD_TOKEN_TTL_S = 300
-
-
-def _canonical(params: Mapping[str, str]) -> str:
-    return urlencode(sorted((key, value) for key, value in params.items() if key != "token"))
-
-
-def _signature(secret: str, purpose: str, claims: Sequence[str], params: Mapping[str, str]) -> str:
-    message = "\n".join(("shuiwu/download/v2", purpose, *claims, _canonical(params)))
-    digest = hmac.new(derive_key(secret, KeyPurpose.download_link), message.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
-
-
-def sign_download_token(
-    *, secret: str, purpose: str, principal: Principal, params: Mapping[str, str], now: datetime,
-    ttl_s: int = DOWNLOAD_TOKEN_TTL_S,
-) -> tuple[str, datetime]:
-    """A token admitting ``principal`` to the download ``purpose`` (its path) with exactly
-    these parameters, once, until ``now + ttl_s`` and while the principal's login session
-    lasts (:func:`backend.exports.links.redeem_download_link`). Returns the token and its
-    expiry."""
-    if principal.session_id is None:
-        raise NotAuthenticated()  # links are made for a signed-in caller's session only
-    expires_at = now + timedelta(seconds=ttl_s)
-    claims = (principal.kind.value, str(principal.id), principal.session_id.hex, secrets.token_hex(12),
-              str(int(expires_at.timestamp())))
-    return ".".join((*claims, _signature(secret, purpose, claims, params))), expires_at
-
-
-def verify_download_token(
-    token: str, *, secret: str, purpose: str, params: Mapping[str, str], now: datetime
-) -> DownloadGrant:
-    """What a valid token grants; forged, altered, misdirected and expired tokens are
-    refused. (Whether it was used, or its session ended, is :func:`redeem_download_link`'s.)"""
-    try:
-        *claims, signature = token.split(".")
-        kind, principal_id, session_id, nonce, expires = claims
-        grant = DownloadGrant(PrincipalKind(kind), int(principal_id), uuid.UUID(hex=session_id), nonce,
-                              datetime.fromtimestamp(int(expires), UTC))
-    except ValueError:
-        raise TokenInvalid() from None
-    expected = _signature(secret, purpose, claims, params)
-    if not hmac.compare_digest(expected.encode(), signature.encode()):
-        raise TokenInvalid()
-    if grant.expires_at <= now:
-        raise TokenExpired("下载链接已过期, 请重新导出", "The download link has expired; export again")
-    return grant
-
-
-async def link_holder(
-    signed: str, *, purpose: str, params: Mapping[str, str], sessions: async_sessionmaker[AsyncSession],
-    policy: AuthPolicy, now: datetime, spend: bool = True,
-) -> Principal:
-    """The principal a signed link admits, as it stands now; the link is spent, unless
-    ``spend`` is false (a reusable link: its login session is still checked)."""
-    grant = verify_download_token(signed, secret=policy.secret, purpose=purpose, params=params, now=now)
-    async with sessions() as session, session.begin():
-        if spend:
-            await redeem_download_link(session, grant=grant, now=now)
-        else:
-            await check_download_login(session, grant=grant, now=now)
-        principal = await load_principal(session, kind=grant.kind, principal_id=grant.principal_id,
-                                         session_id=grant.session_id)
-    if principal is None:
-        raise TokenRevoked()
-    return principal
-
-
-def download_url(path: str, params: Mapping[str, str], token: str) -> str:
-    """The relative URL of a download, parameters first and the token last."""
-    return f"{path}?{urlencode([*params.items(), ('token', token)])}"
 
 
 async def caller(

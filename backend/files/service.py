@@ -8,19 +8,22 @@
 - :meth:`FileStore.open`, :meth:`FileStore.describe`, :meth:`FileStore.delete`,
   :meth:`FileStore.keep` (change or drop a file's expiry).
 - :meth:`FileStore.download_url`: a signed link (the export signing,
-  ``backend.exports.http``) bound to the caller's login session, so it stops working at
+  ``backend.exports.links``) bound to the caller's login session, so it stops working at
   logout. One-time links (exports: a link is spent by its download) or reusable ones
   until they expire (a photo an app shows again and again); each use decides.
 - :meth:`FileStore.purge`: the ``purge_expired_files`` job deletes files past their
   ``expires_at``, bytes first, then the row, and sweeps what crashed writers left in
   the staging directory.
 
-**Order of writes.** The row is committed before the bytes are written, with its
-expiry, and deleted when the put fails; a process killed in between leaves a row the
-purge finds, so no object outlives its expiry unseen. A file meant to be kept (a work
-order's photo) is put with a short claim ``retention`` and kept (``keep(…, until=None)``)
-in the transaction that references it: a photo uploaded for a form never submitted is
-purged.
+**Order of writes.** The row is committed before the bytes are written, with a claim
+expiry (:data:`CLAIM_TTL` from the put's ``now``) whatever the caller's retention; the
+UPDATE that records the size sets the final expiry (None for a file kept until deleted),
+and a failed put deletes bytes and row. A process killed in between leaves a row that
+expires with its claim, so the purge collects the bytes of an unfinished put, even one
+meant to be kept forever: nothing outlives its expiry unseen. A file meant to be kept
+(a work order's photo) is put with a short claim ``retention`` and kept
+(``keep(…, until=None)``) in the transaction that references it: a photo uploaded for a
+form never submitted is purged.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
 from backend.auth.principal import Principal
-from backend.exports.http import download_url, sign_download_token
+from backend.exports.links import download_url, sign_download_token
 from backend.files.models import StoredFile
 from backend.files.storage import FileMissing, Storage, check_key, finish_cleanup, storage_from_settings
 from backend.settings import Settings
@@ -57,6 +60,9 @@ LINK_TTL_S = 300
 # What the staging sweep leaves alone: a writer still writing.
 STAGING_GRACE_S = 24 * 3600
 PURGE_BATCH = 200
+# How long a put's reserved row lasts until the put records its size and final expiry:
+# a put killed mid-way is purged after this (longer than any put takes).
+CLAIM_TTL = timedelta(days=1)
 _PURPOSE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 
@@ -96,16 +102,33 @@ class FileStore:
 
     async def _reserve(
         self, sessions: async_sessionmaker[AsyncSession], *, purpose: str, filename: str, content_type: str,
-        owner: Principal | None, now: datetime, retention: timedelta | None, size_bytes: int | None = None,
+        owner: Principal | None, now: datetime,
     ) -> StoredFile:
+        """Commit the row of a put about to write its bytes: no size yet (not downloadable)
+        and expiring with its claim (:data:`CLAIM_TTL`), so the purge collects what a put
+        killed before :meth:`_finish` left."""
         owner_kind, owner_id = _owner(owner)
         row = StoredFile(
             key=self.new_key(purpose=purpose, filename=filename, content_type=content_type, now=now), purpose=purpose,
-            filename=filename[:255], content_type=content_type[:127], size_bytes=size_bytes, owner_kind=owner_kind,
-            owner_id=owner_id, created_at=now, expires_at=now + retention if retention is not None else None,
+            filename=filename[:255], content_type=content_type[:127], size_bytes=None, owner_kind=owner_kind,
+            owner_id=owner_id, created_at=now, expires_at=now + CLAIM_TTL,
         )
         async with sessions() as session, session.begin():
             session.add(row)
+        return row
+
+    async def _finish(self, sessions: async_sessionmaker[AsyncSession], row: StoredFile, *, size: int, now: datetime,
+                      retention: timedelta | None) -> StoredFile:
+        """The bytes are stored: record the size and the final expiry in one UPDATE.
+        :class:`FileMissing` when the row is gone (purged or deleted meanwhile): the caller
+        then deletes the bytes, which no row would otherwise ever find."""
+        expires_at = now + retention if retention is not None else None
+        async with sessions() as session, session.begin():
+            result = await session.execute(update(StoredFile).where(col(StoredFile.key) == row.key)
+                                           .values(size_bytes=size, expires_at=expires_at))
+            if not getattr(result, "rowcount", 0):
+                raise FileMissing(row.key)
+        row.size_bytes, row.expires_at = size, expires_at
         return row
 
     async def _forget(self, sessions: async_sessionmaker[AsyncSession], key: str) -> None:
@@ -121,16 +144,13 @@ class FileStore:
         under a new key and return its row. ``retention``: how long until the purge
         deletes it (None: until deleted)."""
         row = await self._reserve(sessions, purpose=purpose, filename=filename, content_type=content_type, owner=owner,
-                                  now=now, retention=retention)
+                                  now=now)
         try:
             size = await self.storage.put(row.key, content, content_type=content_type, max_bytes=max_bytes)
-            async with sessions() as session, session.begin():
-                await session.execute(update(StoredFile).where(col(StoredFile.key) == row.key).values(size_bytes=size))
+            return await self._finish(sessions, row, size=size, now=now, retention=retention)
         except BaseException:
             await finish_cleanup(self._discard(sessions, row.key))
             raise
-        row.size_bytes = size
-        return row
 
     async def adopt(
         self, sessions: async_sessionmaker[AsyncSession], path: Path, *, content_type: str, purpose: str, filename: str,
@@ -139,19 +159,18 @@ class FileStore:
         """Take over the finished local file ``path`` (written under :meth:`spool_directory`)
         as a new stored file; ``path`` is gone afterwards, whatever happens."""
         try:
-            size = os.stat(path).st_size
             row = await self._reserve(sessions, purpose=purpose, filename=filename, content_type=content_type,
-                                      owner=owner, now=now, retention=retention, size_bytes=size)
+                                      owner=owner, now=now)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             raise
         try:
-            await self.storage.put_path(row.key, path, content_type=content_type)
+            size = await self.storage.put_path(row.key, path, content_type=content_type)
+            return await self._finish(sessions, row, size=size, now=now, retention=retention)
         except BaseException:
             await finish_cleanup(self._discard(sessions, row.key))
             raise
-        return row
 
     async def _discard(self, sessions: async_sessionmaker[AsyncSession], key: str) -> None:
         await self.storage.delete(key)

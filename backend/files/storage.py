@@ -41,12 +41,13 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from backend.errors import DomainError, ErrorCode
+from backend.settings import S3_DEFAULT_PART_BYTES as S3_DEFAULT_PART_BYTES
+from backend.settings import StorageLocation as StorageLocation
+from backend.settings import parse_storage_url as parse_storage_url
 
 if TYPE_CHECKING:
     from backend.settings import Settings
@@ -57,7 +58,6 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 64 * 1024
 # S3's smallest multipart part (every part but the last); the default part is a bit larger.
 S3_MIN_PART_BYTES = 5 * 1024 * 1024
-S3_DEFAULT_PART_BYTES = 8 * 1024 * 1024
 STAGING = ".staging"
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 MAX_KEY_LENGTH = 255
@@ -233,7 +233,7 @@ class LocalStorage(Storage):
                 await asyncio.to_thread(_flush, handle)
             finally:
                 handle.close()
-            await asyncio.to_thread(_move, staging, target)
+            await _move_in(staging, target)
         except BaseException:
             _discard(staging)
             raise
@@ -243,7 +243,7 @@ class LocalStorage(Storage):
         target = self.path_of(key)
         try:
             size = os.stat(path).st_size
-            await asyncio.to_thread(_move, path, target)
+            await _move_in(path, target)
         except BaseException:
             _discard(path)
             raise
@@ -287,6 +287,33 @@ def _flush(handle: Any) -> None:
 def _move(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(source, target)
+
+
+def _move_or_discard(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``; a failed rename deletes ``source``."""
+    try:
+        _move(source, target)
+    except BaseException:
+        _discard(source)
+        raise
+
+
+async def _move_in(source: Path, target: Path) -> None:
+    """Rename ``source`` into place as ``target``, in a worker thread. Cancelling the
+    caller cannot stop that thread: a cancelled move waits (shielded) for the rename's
+    outcome, then deletes ``target`` if it landed, and only then lets the cancellation
+    through. So the caller's cleanup (deleting the key, then its row) never runs before
+    a late rename, and a cancelled put leaves no bytes under its key."""
+    moving = asyncio.ensure_future(asyncio.to_thread(_move_or_discard, source, target))
+    try:
+        await asyncio.shield(moving)
+    except asyncio.CancelledError:
+        while not moving.done():
+            with contextlib.suppress(asyncio.CancelledError):  # cancelled again: still wait, the rename is short
+                await asyncio.wait([moving])
+        if not moving.cancelled() and moving.exception() is None:
+            _discard(target)
+        raise
 
 
 async def _handle_chunks(handle: Any, chunk_bytes: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
@@ -505,50 +532,8 @@ _background: set[asyncio.Future[Any]] = set()
 
 
 # --------------------------------------------------------------------------- choosing
-
-
-@dataclass(frozen=True, slots=True)
-class StorageLocation:
-    """What ``SHUIWU_STORAGE_URL`` says: a directory, or an S3 bucket and its options."""
-
-    directory: Path | None = None
-    bucket: str | None = None
-    prefix: str = ""
-    endpoint_url: str | None = None
-    region: str | None = None
-    part_bytes: int = S3_DEFAULT_PART_BYTES
-
-
-def parse_storage_url(url: str | None, *, data_dir: Path) -> StorageLocation:
-    """Read a storage URL (module docstring); ``ValueError`` says what is wrong."""
-    if url is None or not url.strip():
-        return StorageLocation(directory=data_dir / "files")
-    parts = urlsplit(url.strip())
-    if parts.scheme in ("", "file"):
-        if parts.scheme == "file" and parts.netloc not in ("", "localhost"):
-            raise ValueError("a file:// storage URL names a local directory (file:///path)")
-        path = unquote(parts.path) if parts.scheme == "file" else url.strip()
-        if not path:
-            raise ValueError("the storage directory is empty")
-        return StorageLocation(directory=Path(path))
-    if parts.scheme != "s3":
-        raise ValueError("must be a directory, file:///path or s3://bucket/prefix")
-    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", parts.netloc):
-        raise ValueError("s3:// needs a bucket name (3-63 lower-case letters, digits, dots, hyphens)")
-    query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
-    unknown = set(query) - {"endpoint", "region", "part_size_mb"}
-    if unknown:
-        raise ValueError(f"unknown storage URL option(s): {', '.join(sorted(unknown))}")
-    endpoint = query.get("endpoint")
-    if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
-        raise ValueError("endpoint must be an http:// or https:// URL")
-    part_bytes = S3_DEFAULT_PART_BYTES
-    if "part_size_mb" in query:
-        if not query["part_size_mb"].isdigit() or not 5 <= int(query["part_size_mb"]) <= 1024:
-            raise ValueError("part_size_mb must be a whole number from 5 to 1024")
-        part_bytes = int(query["part_size_mb"]) * 1024 * 1024
-    return StorageLocation(bucket=parts.netloc, prefix=parts.path.strip("/"), endpoint_url=endpoint,
-                           region=query.get("region"), part_bytes=part_bytes)
+# (The URL's parse, :func:`parse_storage_url`, is the setting's own, in backend.settings:
+# a malformed URL stops the process when the settings load.)
 
 
 def storage_from_settings(settings: Settings) -> Storage:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -28,13 +29,14 @@ from backend.auth.principal import Principal
 from backend.auth.service import authenticate
 from backend.clock import utcnow
 from backend.exports import excel
+from backend.files import storage as storage_module
 from backend.files.http import serve_export
 from backend.files.jobs import purge_expired_files
-from backend.files.service import FileStore
-from backend.files.storage import FileMissing, FileTooBig
+from backend.files.service import CLAIM_TTL, FileStore
+from backend.files.storage import FileMissing, FileTooBig, LocalStorage
 from backend.jobs import runtime_for
 from tests.factories import auth_policy
-from tests.files.conftest import ACCESS_KEY, SECRET_KEY, S3Server, leftovers, nothing_in
+from tests.files.conftest import ACCESS_KEY, NOTHING, SECRET_KEY, S3Server, leftovers, nothing_in
 from tests.graphql import conftest as graphql_fixtures
 from tests.graphql.client import TEST_SECRET, api_settings
 from tests.graphql.conftest import World
@@ -293,6 +295,63 @@ async def test_a_file_kept_by_the_transaction_that_references_it_outlives_its_cl
         await runtime.service("files").aclose()
 
     assert [await served.files.storage.exists(key) for key in (claimed.key, abandoned.key)] == [True, False]
+
+
+async def test_a_put_killed_after_writing_its_bytes_is_purged_when_its_claim_ends(
+    served: Served, committed_sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    now = utcnow()
+    # What a put killed between writing the bytes and recording their size leaves: its
+    # reserved row and its bytes. Meant to be kept forever, it still expires with its claim.
+    reserved = await served.files._reserve(committed_sessions, purpose="claim-test", filename="killed.jpg",
+                                           content_type="image/jpeg", owner=None, now=now)
+    await served.files.storage.put(reserved.key, b"orphan", content_type="image/jpeg", max_bytes=100)
+    finished = await served.files.put(committed_sessions, content=b"kept", content_type="image/jpeg", max_bytes=100,
+                                      purpose="claim-test", filename="kept.jpg", owner=None, now=now, retention=None)
+
+    async def expiry(key: str) -> list[Any]:
+        async with committed_sessions() as session:
+            found = await session.execute(text("SELECT expires_at FROM stored_files WHERE key = :key"), {"key": key})
+            return list(found.scalars())
+
+    before = [await expiry(reserved.key), await expiry(finished.key)]
+    await served.files.purge(committed_sessions, now=now + CLAIM_TTL - timedelta(minutes=1))
+    still_claimed = await served.files.storage.exists(reserved.key)
+    await served.files.purge(committed_sessions, now=now + CLAIM_TTL + timedelta(minutes=1))
+
+    assert before == [[now + CLAIM_TTL], [None]]
+    assert still_claimed  # a put still writing is left alone until its claim ends
+    assert [await expiry(reserved.key), await expiry(finished.key)] == [[], [None]]
+    assert [await served.files.storage.exists(key) for key in (reserved.key, finished.key)] == [False, True]
+
+
+async def test_a_put_cancelled_while_its_file_moves_in_leaves_neither_bytes_nor_row(
+    tmp_path: Path, committed_sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The local backend renames the finished staging file into place in a worker thread,
+    # which a cancellation cannot stop: hold that rename until the put is cancelled.
+    files = FileStore(LocalStorage(tmp_path / "files"), api_settings(data_dir=tmp_path))
+    moving, cancelled = threading.Event(), threading.Event()
+    real_move = storage_module._move
+
+    def slow_move(source: Path, target: Path) -> None:
+        moving.set()
+        cancelled.wait(10)
+        time.sleep(0.05)  # the cancelled put's cleanup would run now, before the rename lands
+        real_move(source, target)
+
+    monkeypatch.setattr(storage_module, "_move", slow_move)
+    put = asyncio.create_task(files.put(committed_sessions, content=b"photo", content_type="image/jpeg", max_bytes=100,
+                                        purpose="cancel-test", filename="c.jpg", owner=None, now=utcnow(),
+                                        retention=None))
+    assert await asyncio.to_thread(moving.wait, 10)
+    put.cancel()
+    cancelled.set()
+    with pytest.raises(asyncio.CancelledError):
+        await put
+
+    assert await leftovers(files.storage) == NOTHING
+    assert await _rows(committed_sessions, "cancel-test") == []
 
 
 # --------------------------------------------------------------------------- exports on the storage

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
+import threading
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from backend.errors import DomainError, ErrorCode
+from backend.files import storage as storage_module
 from backend.files.storage import (
     S3_MIN_PART_BYTES,
     FileMissing,
@@ -135,6 +138,39 @@ async def test_put_path_takes_over_a_finished_file(storage: Storage) -> None:
     assert not spooled.exists()
     assert await _read(storage, "exports/done.xlsx") == b"PK finished workbook"
     assert await leftovers(storage) == {**nothing_in(storage), "keys": ["exports/done.xlsx"]}
+
+
+@pytest.mark.parametrize("method", ["put", "put_path"])
+async def test_a_local_put_cancelled_while_its_rename_is_in_flight_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str,
+) -> None:
+    # The rename runs in a worker thread a cancellation cannot stop: hold it until the
+    # put is cancelled, then let it land. The put waits for it and undoes it.
+    storage = LocalStorage(tmp_path / "files")
+    moving, cancelled = threading.Event(), threading.Event()
+    real_move = storage_module._move
+
+    def slow_move(source: Path, target: Path) -> None:
+        moving.set()
+        cancelled.wait(10)
+        real_move(source, target)
+
+    monkeypatch.setattr(storage_module, "_move", slow_move)
+    if method == "put":
+        call = storage.put("photos/late.jpg", b"photo", content_type="image/jpeg", max_bytes=100)
+    else:
+        spooled = storage.staging_directory() / "export.xlsx"
+        spooled.write_bytes(b"PK workbook")
+        call = storage.put_path("exports/late.xlsx", spooled, content_type="application/zip")
+    task = asyncio.ensure_future(call)
+    assert await asyncio.to_thread(moving.wait, 10)
+    task.cancel()
+    await asyncio.sleep(0.05)  # the cancellation is delivered while the rename still waits
+    cancelled.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert await leftovers(storage) == nothing_in(storage)
 
 
 @pytest.mark.parametrize("key", ["../etc/passwd", ".staging/x", "a//b", "照片.jpg", "x" * 256])
