@@ -35,7 +35,7 @@ from backend.archives.schema.types import (
 from backend.auth.principal import Principal
 from backend.clock import utcnow
 from backend.errors import BadUserInput, DomainError, NotFound
-from backend.exports.http import download_url, sign_download_token
+from backend.exports.links import download_url, sign_download_token
 from backend.graphql.context import Context
 from backend.graphql.pagination import Connection, PageRequest, paginate, paginate_query, selects
 from backend.graphql.permissions import Requires, RequiresAny

@@ -18,7 +18,7 @@ from strawberry.types import Info
 from backend.auth.principal import Principal
 from backend.clock import utcnow
 from backend.errors import DomainError, ErrorCode, Forbidden
-from backend.exports.http import download_url, sign_download_token
+from backend.exports.links import download_url, sign_download_token
 from backend.graphql.errors import UserError
 from backend.graphql.mutations import run_mutation
 from backend.graphql.permissions import Authenticated
