@@ -267,7 +267,7 @@ class GatewayClient:
                 raise GatewayTimeout(detail=f"no answer within {self.settings.timeout_s:g}s") from None
         except GatewayError as failure:
             detail = failure.detail or failure.message_en
-            log.warning("gateway %s %s failed: %s (%s)", self.kind, operation, failure.code, detail)
+            log.warning("gateway %s %s failed: %s (%s)", self.kind, operation, failure.code, self.redact(detail))
             await self._keep(operation, reference, request, failure.answer, failure.status, f"{failure.code}: {detail}",
                              started_at, began)
             raise
