@@ -30,6 +30,8 @@ class ErrorCode(StrEnum):
     INTERNAL = "INTERNAL"
     BODY_TOO_LARGE = "BODY_TOO_LARGE"
     UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+    # A subscription resumed (afterEventId) past more stored events than it replays.
+    REPLAY_TOO_LONG = "REPLAY_TOO_LONG"
 
     # Input validation shared by all forms.
     REQUIRED = "REQUIRED"
@@ -246,5 +248,6 @@ REQUEST_LEVEL_CODES = frozenset(
         ErrorCode.INTERNAL,
         ErrorCode.BODY_TOO_LARGE,
         ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+        ErrorCode.REPLAY_TOO_LONG,
     }
 )

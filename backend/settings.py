@@ -126,14 +126,16 @@ class Settings(BaseSettings):
     # principal and process, operations per connection, messages a connection may have
     # waiting for its socket before it is cut off as too slow, events an operation may
     # have waiting (a burst of commits arrives at once), how often a connection's login
-    # session is re-checked (a revoked one ends it), and how long a new socket may take to
-    # send connection_init.
+    # session is re-checked (a revoked one ends it), how long a new socket may take to
+    # send connection_init, and how many stored events a resume (afterEventId) replays at
+    # most (past it the client reloads through the list query: REPLAY_TOO_LONG).
     subscriptions_per_principal: int = Field(default=5, ge=1)
     subscriptions_operations_per_connection: int = Field(default=10, ge=1)
     subscriptions_queue_size: int = Field(default=100, ge=1)
     subscriptions_backlog: int = Field(default=1000, ge=1)
     subscriptions_auth_recheck_s: float = Field(default=30.0, gt=0)
     subscriptions_init_timeout_s: float = Field(default=10.0, gt=0)
+    subscriptions_replay_max_events: int = Field(default=10_000, ge=1)
 
     db_pool_size: int = Field(default=10, ge=1)
     db_max_overflow: int = Field(default=20, ge=0)

@@ -8,8 +8,21 @@ and a periodic sweep also cause.
 
 Ids come from a sequence at insert time but transactions commit in any order: an event
 with a lower id can become visible after a higher one was read. The ids skipped over are
-kept as *holes* and looked up again on each wake-up until they appear or ``hole_timeout``
-passes (a rolled-back transaction leaves a hole forever).
+kept as *holes* and looked up again on each wake-up until they appear or are *settled*:
+a rolled-back transaction leaves a hole forever, so a hole is given up once every
+transaction that could still fill it has ended (below), or at the latest after
+``hole_timeout``.
+
+Which transactions could fill a hole: the one that took the id did so before the higher
+id it was skipped for committed, so it had begun before the read that found the hole,
+and it holds a transaction id at the latest a moment later (when its INSERT writes the
+row; ids come from the column default in that very INSERT). So ``HOLE_GRACE_S`` after a
+hole was found, the ``xmax`` of a snapshot (the next transaction id) is a fence beyond
+that transaction; once a later snapshot's ``xmin`` (the oldest transaction still
+running) has passed the fence, it has ended, and a lookup after that snapshot that does
+not find the id means it rolled back. A transaction still running after
+``hole_timeout`` is given up on anyway (memory and latency are bounded); if it commits
+later, its event is not delivered (docs/subscriptions.md names this residual).
 """
 
 from __future__ import annotations
@@ -41,6 +54,14 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 # At most this many skipped ids are remembered per jump (a sequence moved by setval
 # or a huge rolled-back batch must not fill memory).
 MAX_HOLES = 10_000
+# How long after a hole is found its transaction surely holds a transaction id (the
+# moment between nextval and the row's write in one INSERT, with a wide margin).
+HOLE_GRACE_S = 0.5
+
+_SNAPSHOT = (
+    "SELECT pg_snapshot_xmin(s)::text::bigint AS xmin, pg_snapshot_xmax(s)::text::bigint AS xmax"
+    " FROM pg_current_snapshot() AS s"
+)
 
 
 async def connect(
@@ -108,6 +129,8 @@ class ListenerLaggedError(RuntimeError):
 
 
 _CLOSED = object()
+# Queued when the listener stops awaiting an id: a consumer holding items back re-checks.
+_NUDGE = object()
 
 
 class EventStream:
@@ -118,6 +141,7 @@ class EventStream:
         self._kinds = frozenset(kinds) if kinds is not None else None
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=maxsize + 1)
         self._maxsize = maxsize
+        self._nudged = False
         self.closed = False
 
     def wants(self, event: Event) -> bool:
@@ -131,6 +155,12 @@ class EventStream:
             self.fail(ListenerLaggedError(f"consumer fell {self._maxsize} events behind"))
             return
         self._queue.put_nowait(event)
+
+    def nudge(self) -> None:
+        """Wake the consumer without an event (the ids the listener awaits changed)."""
+        if not self.closed and not self._nudged and self._queue.qsize() < self._maxsize:
+            self._nudged = True
+            self._queue.put_nowait(_NUDGE)
 
     def _finish(self, item: object) -> None:
         if not self.closed:
@@ -150,14 +180,41 @@ class EventStream:
         return self
 
     async def __anext__(self) -> Event:
-        item = await self._queue.get()
-        if item is _CLOSED:
-            self._queue.put_nowait(_CLOSED)
-            raise StopAsyncIteration
-        if isinstance(item, BaseException):
-            raise item
-        event: Event = item
-        return event
+        while True:
+            item = await self._queue.get()
+            if item is _NUDGE:
+                self._nudged = False
+                continue
+            if item is _CLOSED:
+                self._queue.put_nowait(_CLOSED)
+                raise StopAsyncIteration
+            if isinstance(item, BaseException):
+                raise item
+            event: Event = item
+            return event
+
+    async def batch(self, *, wait: bool = True) -> list[Event] | None:
+        """Take everything queued, after waiting for an event or a nudge unless ``wait``
+        is False: the events in order (none after a nudge alone, or when nothing was
+        queued); None once the stream is closed. The failure that ended the stream is
+        raised after the events queued before it."""
+        items = [await self._queue.get()] if wait else []
+        while not self._queue.empty():
+            items.append(self._queue.get_nowait())
+        events: list[Event] = []
+        for item in items:
+            if item is _NUDGE:
+                self._nudged = False
+            elif item is _CLOSED or isinstance(item, BaseException):
+                self._queue.put_nowait(item)  # the end is the last item: the next call meets it
+                if events:
+                    return events
+                if isinstance(item, BaseException):
+                    raise item
+                return None
+            else:
+                events.append(item)
+        return events
 
 
 class EventListener:
@@ -185,7 +242,8 @@ class EventListener:
         self._batch_size = batch_size
         self._backoff = backoff or Backoff()
         self._monotonic = monotonic
-        self._holes: dict[int, float] = {}
+        # Skipped id -> [when found, fence (transaction id) or None]; see the module docstring.
+        self._holes: dict[int, list[Any]] = {}
         self._streams: list[EventStream] = []
         self._wake = asyncio.Event()
         self._connected = asyncio.Event()
@@ -243,8 +301,13 @@ class EventListener:
         """Where a stream subscribed now starts: it receives the events after the first
         value (the last id read; None before the first connection) and the late commits
         of the second (ids skipped over and still awaited). A consumer that also reads
-        history from the table drops what it read there from these, and nothing else."""
+        history from the table reads it up to the first value, without the second."""
         return self._last_id, frozenset(self._holes)
+
+    def lowest_awaited(self) -> int | None:
+        """The lowest id skipped over and still awaited (None: none): every event with a
+        lower id that will ever be delivered has been."""
+        return min(self._holes, default=None)
 
     def _unsubscribe(self, stream: EventStream) -> None:
         with contextlib.suppress(ValueError):
@@ -313,23 +376,34 @@ class EventListener:
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _read(self, connection: asyncpg.Connection) -> None:
-        """Deliver late commits into holes, then every event after the last one read."""
+        """Deliver late commits into holes, settle holes that can no longer fill, then
+        deliver every event after the last one read."""
         now = self._monotonic()
         if self._holes:
+            # The snapshot first: a transaction that ended before it is visible to the lookup.
+            snapshot = await connection.fetchrow(_SNAPSHOT)
             late = await connection.fetch(f"{_SELECT_EVENTS} WHERE id = ANY($1::bigint[]) ORDER BY id", list(self._holes))
             for record in late:
                 del self._holes[record["id"]]
                 self._deliver(event_from_record(record))
-            expired = [event_id for event_id, seen in self._holes.items() if now - seen > self._hole_timeout]
-            for event_id in expired:
-                del self._holes[event_id]
+            settled = len(late)
+            for event_id, hole in list(self._holes.items()):
+                found, fence = hole
+                if now - found > self._hole_timeout or (fence is not None and snapshot["xmin"] >= fence):
+                    del self._holes[event_id]
+                    settled += 1
+                elif fence is None and now - found >= HOLE_GRACE_S:
+                    hole[1] = snapshot["xmax"]
+            if settled:
+                for stream in list(self._streams):
+                    stream.nudge()
         assert self._last_id is not None
         while True:
             records = await connection.fetch(f"{_SELECT_EVENTS} WHERE id > $1 ORDER BY id LIMIT $2", self._last_id, self._batch_size)
             for record in records:
                 event_id = record["id"]
                 for missing in range(max(self._last_id + 1, event_id - MAX_HOLES), event_id):
-                    self._holes[missing] = now
+                    self._holes[missing] = [now, None]
                 self._last_id = event_id
                 self._deliver(event_from_record(record))
             if len(records) < self._batch_size:

@@ -3,12 +3,13 @@
 A domain declares a subscription in its schema module in one place:
 
 ```python
-@strawberry.type(name="AlarmOpenedEvent")
+@strawberry.type(description="...")
 class AlarmOpenedEvent(SubscriptionEvent):
-    alarms: list[MeterAlarmType]
+    alarm_count: int
+    alarms: list[AlarmType]
 
 async def opened_alarms(context: Context, event: Event) -> AlarmOpenedEvent | None:
-    ...  # the alarms of the event the subscriber may see, or None
+    ...  # the alarms of the event the subscriber may see, or None (backend/alarms/schema.py)
 
 @strawberry.type
 class Subscription:
@@ -19,18 +20,21 @@ class Subscription:
 :func:`event_subscription` gives the field an ``afterEventId: ID`` argument and does the
 rest: the permission (checked when the subscription starts and again for every event,
 against the principal as last re-read), the replay of the stored events after
-``afterEventId`` followed by the live ones from the process's one
-:class:`~backend.events.listener.EventListener` without a gap or a repeat at the seam,
-and a bounded backlog. ``visible(context, event)`` turns one event into the one item the
-subscriber may see (applying its data scope inside the query, as every list does), or
-None to send nothing for that event. Every item is a :class:`SubscriptionEvent`: it
+``afterEventId`` (at most ``SHUIWU_SUBSCRIPTIONS_REPLAY_MAX_EVENTS``) followed by the live
+ones from the process's one :class:`~backend.events.listener.EventListener` without a gap
+or a repeat at the seam, items in id order, and a bounded backlog. ``visible(context,
+event)`` turns one event into the one item the subscriber may see (applying its data
+scope inside the query, as every list does), or None to send nothing for that event. Every item is a :class:`SubscriptionEvent`: it
 carries ``eventId``, the greatest of which a client sends back as ``afterEventId`` when it
-reconnects.
+reconnects: an item is held back while the listener still awaits a lower id (a
+transaction that took it and has not committed yet), so no item with a lower id can
+follow one the client has.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
 from dataclasses import dataclass
@@ -43,7 +47,7 @@ from sqlalchemy.types import Text
 from strawberry.types import Info
 
 from backend.errors import BadUserInput, DomainError, ErrorCode, Forbidden
-from backend.events.listener import EventListener, EventStream
+from backend.events.listener import EventListener, EventStream, ListenerLaggedError
 from backend.events.service import Event
 from backend.graphql.context import Context
 from backend.graphql.permissions import Requires
@@ -52,7 +56,7 @@ ItemT = TypeVar("ItemT", bound="SubscriptionEvent")
 Visible = Callable[[Context, Event], Awaitable[ItemT | None]]
 
 # Stored events are replayed this many at a time (one statement each); the socket's pace
-# decides how fast the next page is read.
+# decides how fast the next page is read (the connection waits for room in its outbox).
 REPLAY_PAGE = 200
 # The largest id a bigint holds: afterEventId beyond it names no event.
 MAX_EVENT_ID = 2**63 - 1
@@ -122,64 +126,115 @@ class EventFeed:
         return stream, start, holes
 
 
-@dataclass(frozen=True, slots=True)
+class ReplayTooLong(DomainError):
+    """More stored events follow ``afterEventId`` than a replay sends."""
+
+    code = ErrorCode.REPLAY_TOO_LONG
+    message = "断开期间的事件过多, 请用列表查询重新加载, 再从最新事件订阅"
+    message_en = "Too many events since afterEventId: reload through the list query, then subscribe from now on"
+
+
+@dataclass(slots=True)
 class Subscriber:
-    """What a subscription field needs of the connection it runs on."""
+    """What a subscription field needs of the operation and connection it runs on (one
+    per operation)."""
 
     feed: EventFeed
     # Awaited before each event: re-checks the login session when the last check is
     # older than the re-check interval (the principal in the context is then current);
     # False once the connection is ending.
     still_valid: Callable[[], Awaitable[bool]]
+    # Whether the item just yielded comes from the replay of stored events: the
+    # connection then waits for its client to read (paced) instead of cutting it off.
+    replaying: bool = False
 
 
 _HISTORY = text(
     "SELECT id, kind, key, payload, created_at FROM domain_events"
-    " WHERE id > :after AND kind = ANY(:kinds) ORDER BY id LIMIT :limit"
+    " WHERE id > :after AND id <= :upto AND kind = ANY(:kinds) ORDER BY id LIMIT :limit"
+).bindparams(bindparam("kinds", type_=ARRAY(Text)))
+_HISTORY_COUNT = text(
+    "SELECT count(*) FROM (SELECT 1 FROM domain_events"
+    " WHERE id > :after AND id <= :upto AND kind = ANY(:kinds) LIMIT :limit) AS replay"
 ).bindparams(bindparam("kinds", type_=ARRAY(Text)))
 
 
-async def stored_events(context: Context, *, after: int, kinds: Collection[str], limit: int) -> list[Event]:
-    """The stored events of ``kinds`` after ``after``, oldest first (events older than the
-    retention are purged, so a replay reaches back that far at most)."""
+async def stored_events(context: Context, *, after: int, upto: int, kinds: Collection[str], limit: int) -> list[Event]:
+    """The stored events of ``kinds`` with ids in (``after``, ``upto``], oldest first
+    (events older than the retention are purged, so a replay reaches back that far at most)."""
+    params = {"after": after, "upto": upto, "kinds": list(kinds), "limit": limit}
     async with context.read() as session:
-        rows = (await session.execute(_HISTORY, {"after": after, "kinds": list(kinds), "limit": limit})).all()
+        rows = (await session.execute(_HISTORY, params)).all()
     return [Event(id=row.id, kind=row.kind, key=row.key, payload=row.payload, created_at=row.created_at) for row in rows]
 
 
-async def replay_then_follow(
-    context: Context, feed: EventFeed, *, kinds: Collection[str], after: int | None, maxsize: int,
-) -> AsyncGenerator[Event, None]:
-    """The events of ``kinds`` after ``after`` from the table, then the live ones (only the
-    live ones when ``after`` is None), each once.
+async def count_stored_events(context: Context, *, after: int, upto: int, kinds: Collection[str], limit: int) -> int:
+    """How many stored events :func:`stored_events` would replay, counting to ``limit`` at most."""
+    params = {"after": after, "upto": upto, "kinds": list(kinds), "limit": limit}
+    async with context.read() as session:
+        return int((await session.execute(_HISTORY_COUNT, params)).scalar_one())
 
-    The live stream is opened first, so nothing committed while history is read is lost;
-    an event read in both is dropped from the stream. Only events the stream can also
-    carry are remembered for that (those after its start, and the late commits it still
-    awaits), so a long replay costs no memory for the rest.
+
+async def replay_then_follow(
+    context: Context, feed: EventFeed, *, kinds: Collection[str], after: int | None, maxsize: int, replay_max: int,
+) -> AsyncGenerator[tuple[Event, bool], None]:
+    """The events of ``kinds`` after ``after`` from the table, then the live ones (only the
+    live ones when ``after`` is None), each once and in id order, with whether it was
+    replayed. ReplayTooLong when more than ``replay_max`` stored events follow ``after``.
+
+    The live stream is opened first (at the listener's position: the last id it read and
+    the ids it still awaits); the table supplies the events up to that id it will not
+    carry, the stream the rest. An event is held back while the listener awaits a lower
+    id (released when that id is delivered or given up on), so the greatest id a client
+    received is a safe ``afterEventId``. Past ``maxsize`` events held or waiting, the
+    consumer has lagged (ListenerLaggedError).
     """
     stream, start, awaited = await feed.open(kinds, maxsize=maxsize)
+    listener = feed.listener
+    held: list[tuple[int, bool, Event]] = []  # a heap by id, with whether it was replayed
+
+    def hold(event: Event, replayed: bool) -> None:
+        heapq.heappush(held, (event.id, replayed, event))
+        if len(held) > maxsize:
+            raise ListenerLaggedError(f"consumer holds {maxsize} events back")
+
     try:
-        replayed: set[int] = set()
-        if after is not None:
+        if after is not None and after < start:
+            if await count_stored_events(context, after=after, upto=start, kinds=kinds, limit=replay_max + 1) > replay_max:
+                raise ReplayTooLong()
+            # The stream brings the ids awaited at its start, in any order: the stored
+            # events above the lowest of them wait for it like live ones.
+            bound = min(awaited, default=None)
             cursor = after
             while True:
-                page = await stored_events(context, after=cursor, kinds=kinds, limit=REPLAY_PAGE)
+                page = await stored_events(context, after=cursor, upto=start, kinds=kinds, limit=REPLAY_PAGE)
                 for event in page:
-                    if event.id > start or event.id in awaited:
-                        replayed.add(event.id)
-                    yield event
+                    if event.id in awaited:
+                        continue  # a late commit: the stream brings it
+                    if held or (bound is not None and event.id > bound):
+                        hold(event, True)
+                    else:
+                        yield event, True
                 if len(page) < REPLAY_PAGE:
                     break
                 cursor = page[-1].id
-        async for event in stream:
-            if event.id in replayed:
-                replayed.discard(event.id)
-                continue
-            # A late commit the client already had from this or another process.
-            if after is not None and event.id <= after:
-                continue
-            yield event
+        wait = False
+        while True:
+            events = await stream.batch(wait=wait)
+            if events is None:
+                return
+            for event in events:
+                # A late commit the client already had from this or another process.
+                if after is not None and event.id <= after:
+                    continue
+                hold(event, False)
+            # Everything delivered so far is taken, so no id below the lowest one still
+            # awaited can arrive after the held ones: those below it may go.
+            lowest = listener.lowest_awaited()
+            while held and (lowest is None or held[0][0] < lowest):
+                _, replayed, event = heapq.heappop(held)
+                yield event, replayed
+            wait = True
     finally:
         stream.close()
 
@@ -207,9 +262,11 @@ def event_subscription(
             raise BadUserInput("订阅须通过 /graphql 的 WebSocket (graphql-transport-ws)",
                                "Subscriptions are served over the WebSocket on /graphql (graphql-transport-ws)")
         events = replay_then_follow(context, subscriber.feed, kinds=kinds, after=after,
-                                    maxsize=context.settings.subscriptions_backlog)
+                                    maxsize=context.settings.subscriptions_backlog,
+                                    replay_max=context.settings.subscriptions_replay_max_events)
         try:
-            async for event in events:
+            async for event, replayed in events:
+                subscriber.replaying = replayed
                 if not await subscriber.still_valid():
                     return
                 # The principal is re-read while the connection lives: a permission

@@ -21,7 +21,8 @@ What ends a connection, with its close code:
 | 4409 | a ``subscribe`` reusing the id of a running operation |
 | 4429 | a second ``connection_init``, or the principal already holds ``SHUIWU_SUBSCRIPTIONS_PER_PRINCIPAL`` connections in this process |
 | 4008 | the client reads too slowly: ``SHUIWU_SUBSCRIPTIONS_QUEUE_SIZE`` messages wait for its |
-|      | socket, or an operation fell ``SHUIWU_SUBSCRIPTIONS_BACKLOG`` events behind |
+|      | socket when a live item comes, a replayed item waited ``PACED_SEND_WAIT_S`` for room, |
+|      | or an operation fell ``SHUIWU_SUBSCRIPTIONS_BACKLOG`` events behind |
 | 4500 | the server could not re-check the token (database down); reconnect later |
 | 1009 | a message longer than ``SHUIWU_GRAPHQL_MAX_BODY_BYTES`` |
 
@@ -75,6 +76,9 @@ MESSAGE_TOO_BIG = 1009
 # How long closing may wait for a socket whose client stopped reading; then the server
 # lets go of it (the transport is dropped when the ASGI call returns).
 CLOSE_WAIT_S = 5.0
+# How long a replayed item may wait for room in the outbox: the replay goes at the pace
+# the client reads, and only a client that reads nothing for this long is cut off.
+PACED_SEND_WAIT_S = 30.0
 
 
 class Socket(Protocol):
@@ -125,8 +129,12 @@ class _Connection:
         self.ip = ip
         self.user_agent = user_agent
         self.outbox: asyncio.Queue[str] = asyncio.Queue(maxsize=self.settings.subscriptions_queue_size)
+        # The running operation of each id. An id is free again once the client completes
+        # it, while its cancelled task may still be finishing: entries are keyed so that
+        # such a task never removes or shadows its successor's (see _operate).
         self.operations: dict[str, asyncio.Task[None]] = {}
-        self.contexts: dict[str, Context] = {}
+        self.contexts: dict[asyncio.Task[None], Context] = {}
+        self.stopping: set[asyncio.Task[None]] = set()  # completed by the client, still finishing
         self.token: str | None = None
         self.principal: Principal | None = None
         self.checked_at = 0.0  # loop time of the last check of the login session
@@ -159,7 +167,7 @@ class _Connection:
     async def _shut_down(self) -> None:
         for timer in self.timers:
             timer.cancel()
-        running = [*self.tasks, *self.operations.values()]
+        running = [*self.tasks, *self.operations.values(), *self.stopping]
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
@@ -193,6 +201,14 @@ class _Connection:
         try:
             self.outbox.put_nowait(orjson.dumps(message).decode())
         except asyncio.QueueFull:
+            self.end(SLOW_CONSUMER, "Slow consumer")
+
+    async def _send_paced(self, message: dict[str, Any]) -> None:
+        """Queue ``message`` once the outbox has room (a replay goes at the client's
+        pace); a client that takes nothing for ``PACED_SEND_WAIT_S`` is cut off."""
+        try:
+            await asyncio.wait_for(self.outbox.put(orjson.dumps(message).decode()), PACED_SEND_WAIT_S)
+        except TimeoutError:
             self.end(SLOW_CONSUMER, "Slow consumer")
 
     async def _read(self) -> None:
@@ -238,6 +254,9 @@ class _Connection:
             operation_id = message.get("id")
             task = self.operations.pop(operation_id, None) if isinstance(operation_id, str) else None
             if task is not None:
+                # The id is free for a new subscribe now; the task is awaited at shutdown.
+                self.stopping.add(task)
+                task.add_done_callback(self.stopping.discard)
                 task.cancel()
         else:
             self.end(BAD_REQUEST, f"Invalid message type {kind[:40]!r}")
@@ -342,19 +361,24 @@ class _Connection:
     async def _operate(self, operation_id: str, payload: dict[str, Any]) -> None:
         request_id = uuid.uuid4().hex
         responses: AsyncIterator[ExecutionResult] | None = None
+        this = asyncio.current_task()
         try:
-            started = await self._start(operation_id, payload, request_id)
+            started = await self._start(payload, request_id)
             if isinstance(started, list):
                 self._send({"id": operation_id, "type": "error", "payload": started})
                 return
-            responses = started
+            responses, subscriber = started
             async for result in responses:
                 if self.ended.is_set():
                     return
                 body: dict[str, Any] = {"data": result.data}
                 if result.errors:
                     body["errors"] = [format_error(error, request_id) for error in result.errors]
-                self._send({"id": operation_id, "type": "next", "payload": body})
+                message = {"id": operation_id, "type": "next", "payload": body}
+                if subscriber.replaying:
+                    await self._send_paced(message)
+                else:
+                    self._send(message)
             self._send({"id": operation_id, "type": "complete"})
         except ListenerLaggedError:
             self.end(SLOW_CONSUMER, "Slow consumer")
@@ -368,16 +392,19 @@ class _Connection:
             wrapped = GraphQLError(str(crash), original_error=crash)
             self._send({"id": operation_id, "type": "error", "payload": [format_error(wrapped, request_id)]})
         finally:
-            self.operations.pop(operation_id, None)
-            self.contexts.pop(operation_id, None)
+            # Only its own entry: after a complete, the id may already name a new operation.
+            if self.operations.get(operation_id) is this:
+                del self.operations[operation_id]
+            if this is not None:
+                self.contexts.pop(this, None)
             if responses is not None:
                 with contextlib.suppress(Exception):
                     await responses.aclose()  # type: ignore[attr-defined]
 
-    async def _start(self, operation_id: str, payload: dict[str, Any],
-                     request_id: str) -> list[dict[str, Any]] | AsyncIterator[ExecutionResult]:
-        """The operation's response stream, or the errors that refuse it (the same gate
-        as ``POST /graphql``)."""
+    async def _start(self, payload: dict[str, Any],
+                     request_id: str) -> list[dict[str, Any]] | tuple[AsyncIterator[ExecutionResult], Subscriber]:
+        """The operation's response stream and its :class:`Subscriber`, or the errors
+        that refuse it (the same gate as ``POST /graphql``)."""
         endpoint = self.endpoint
         principal = self.principal
         assert principal is not None
@@ -397,11 +424,11 @@ class _Connection:
             return refusal_errors(prepared.refusal, 200)
         if prepared.errors:
             return [format_error(error, request_id) for error in prepared.errors]
+        subscriber = Subscriber(self.server.feed, self._fresh)
         context = Context(
             settings=self.settings, sessions=endpoint.sessions, request_id=request_id, principal=principal,
             ip=self.ip, user_agent=self.user_agent, plans=prepared.plans, read_sessions=endpoint.read_sessions,
-            read_engine=endpoint.read_engine, services=endpoint.services,
-            subscriber=Subscriber(self.server.feed, self._fresh),
+            read_engine=endpoint.read_engine, services=endpoint.services, subscriber=subscriber,
         )
         executor = endpoint.build_executor(prepared, context, variables, operation_name)
         if isinstance(executor, list):
@@ -417,13 +444,15 @@ class _Connection:
             endpoint.check_limits(shape, executor.variable_values, principal)
         except DomainError as refusal:
             return refusal_errors(refusal, 200)
-        self.contexts[operation_id] = context
+        this = asyncio.current_task()
+        assert this is not None
+        self.contexts[this] = context
         source = create_source_event_stream(executor)
         if executor.is_awaitable(source):
             source = await source  # type: ignore[misc]
         if isinstance(source, ExecutionResult):
             return [format_error(error, request_id) for error in source.errors or ()]
-        return map_source_to_response_event(executor, source)  # type: ignore[arg-type]
+        return map_source_to_response_event(executor, source), subscriber  # type: ignore[arg-type]
 
 
 def _reason(refusal: DomainError) -> str:

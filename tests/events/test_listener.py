@@ -113,6 +113,28 @@ async def test_the_position_names_the_last_id_read_and_the_ids_still_awaited(
         assert (while_open, listener.position()) == ((later, frozenset({earlier})), (later, frozenset()))
 
 
+async def test_a_hole_is_awaited_while_its_transaction_runs_and_given_up_soon_after_a_rollback(
+    database_url: str, factory: async_sessionmaker[AsyncSession]
+) -> None:
+    # Sweeps every 0.2 s; the hole timeout (300 s) is far beyond the test.
+    async with EventListener(database_url, sweep_interval=0.2) as listener:
+        stream = listener.subscribe()
+        await asyncio.wait_for(listener.wait_connected(), WAIT)
+
+        async with factory() as doomed:
+            lost = await emit_event(doomed, "tests.bill_issued", BillIssued(1))
+            later = await emit_committed(factory, "tests.bill_issued", BillIssued(2))
+            assert (await next_event(stream)).id == later
+            # Long enough to settle a hole no running transaction could fill.
+            await asyncio.sleep(1.2)
+            while_running = listener.lowest_awaited()
+            await doomed.rollback()
+        async with asyncio.timeout(WAIT):
+            nudged = await stream.batch()
+
+        assert (while_running, nudged, listener.lowest_awaited()) == (lost, [], None)
+
+
 async def test_a_consumer_that_falls_behind_is_told_so_instead_of_losing_events_silently(
     database_url: str, factory: async_sessionmaker[AsyncSession]
 ) -> None:

@@ -1,7 +1,9 @@
 """GraphQL subscriptions over a real WebSocket (graphql-transport-ws) against a live
 uvicorn: alarmOpened for an alarm another process commits, scope, resuming with
-afterEventId, revoked and missing tokens, the per-principal cap, the gate's limits and a
-slow consumer (docs/subscriptions.md)."""
+afterEventId (items in id order, held back while a lower id is uncommitted; a long replay
+paced by the socket and capped), revoked and missing tokens, the per-principal cap, the
+gate's limits, operation ids reused after complete and a slow consumer
+(docs/subscriptions.md)."""
 
 from __future__ import annotations
 
@@ -48,6 +50,8 @@ RECHECK_S = 0.3
 INIT_TIMEOUT_S = 1.0
 # How long a client out of scope is watched for an item it must not get.
 QUIET_S = 0.4
+# The most stored events a resume replays (SHUIWU_SUBSCRIPTIONS_REPLAY_MAX_EVENTS).
+REPLAY_MAX = 30
 
 ALARM_OPENED = """
 subscription($after: ID) { alarmOpened(afterEventId: $after) { eventId alarmCount alarms { id meterCode areaName status } } }
@@ -115,7 +119,8 @@ async def world(committed_engine: AsyncEngine) -> World:
 @pytest.fixture(scope="module")
 def live(database_url: str) -> Iterator[LiveServer]:
     with live_server(database_url, subscriptions_queue_size=QUEUE_SIZE, subscriptions_auth_recheck_s=RECHECK_S,
-                     subscriptions_init_timeout_s=INIT_TIMEOUT_S) as server:
+                     subscriptions_init_timeout_s=INIT_TIMEOUT_S,
+                     subscriptions_replay_max_events=REPLAY_MAX) as server:
         yield server
 
 
@@ -145,6 +150,19 @@ async def open_alarms(engine: AsyncEngine, area: Area, *, count: int = 1) -> lis
 async def last_event_id(engine: AsyncEngine) -> str:
     async with session_factory(engine)() as session:
         return str((await session.execute(text("SELECT coalesce(max(id), 0) FROM domain_events"))).scalar_one())
+
+
+async def emit_opened(engine: AsyncEngine, alarm_ids: list[int], *, count: int) -> int:
+    """``count`` alarm.opened events for ``alarm_ids``, committed together; the last id."""
+    async with session_factory(engine)() as session, session.begin():
+        return max([await emit_event(session, "alarm.opened", AlarmOpened(tuple(alarm_ids))) for _ in range(count)])
+
+
+async def read_by_server(live: LiveServer, event_id: int) -> None:
+    """Wait until the server's listener has read ``event_id``: a subscription opened
+    then replays it from the table instead of receiving it live."""
+    subscriptions = live.app.state.subscriptions
+    await until(lambda: (subscriptions.feed.listener.last_id or 0) >= event_id)
 
 
 # Logins of this module's staff (usernames are unique per run): a password check costs
@@ -288,6 +306,73 @@ async def test_a_client_that_reconnects_with_its_last_event_id_misses_nothing(
     assert event_ids == sorted(set(event_ids)) and event_ids[0] > int(last_seen["eventId"])
 
 
+async def test_an_item_waits_while_a_lower_id_is_uncommitted_so_its_event_id_is_a_safe_cursor(
+    live: LiveServer, world: World, committed_engine: AsyncEngine
+) -> None:
+    token = await login(live, world.east)
+    after = await last_event_id(committed_engine)
+    first_alarm, second_alarm = world.east_alarm_ids[:2]
+    async with session_factory(committed_engine)() as slow:
+        # Transaction A takes the lower id and commits after B, which takes the higher one.
+        lower = await emit_event(slow, "alarm.opened", AlarmOpened((first_alarm,)))
+        async with session_factory(committed_engine)() as quick, quick.begin():
+            higher = await emit_event(quick, "alarm.opened", AlarmOpened((second_alarm,)))
+        await read_by_server(live, higher)
+        async with subscriber(live, token, after=after) as ws:
+            # B's item is held: had the client got it, it would reconnect past A.
+            await assert_quiet(ws)
+            await slow.commit()
+            received = await next_items(ws, 2)
+    # Reconnecting with the greatest eventId received repeats nothing and misses nothing.
+    async with subscriber(live, token, after=received[-1]["eventId"]) as ws:
+        await assert_quiet(ws)
+        following = await emit_opened(committed_engine, [first_alarm], count=1)
+        resumed = await next_item(ws)
+
+    assert [int(item["eventId"]) for item in received] == [lower, higher]
+    assert [item["alarms"][0]["id"] for item in received] == [_alarm_gid(first_alarm), _alarm_gid(second_alarm)]
+    assert int(resumed["eventId"]) == following
+
+
+async def test_a_resume_with_more_items_than_the_outbox_holds_is_paced_by_the_client(
+    live: LiveServer, world: World, committed_engine: AsyncEngine
+) -> None:
+    after = await last_event_id(committed_engine)
+    # Large items (~600 KB) for a client that reads nothing for a while: the server's
+    # socket buffer and its outbox of QUEUE_SIZE fill long before the replay ends.
+    count = 16
+    await read_by_server(live, await emit_opened(committed_engine, world.east_alarm_ids, count=count))
+    late_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    late_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    late_socket.connect((live.host, live.port))
+    late_socket.setblocking(False)
+    async with subscriber(live, await login(live, world.east), after=after, query=LARGE, sock=late_socket,
+                          max_queue=1, compression=None) as ws:
+        await asyncio.sleep(1.0)
+        received = [await next_item(ws, within_s=10) for _ in range(count)]
+        await assert_quiet(ws)
+
+    event_ids = [int(item["eventId"]) for item in received]
+    assert event_ids == sorted(set(event_ids)) and event_ids[0] > int(after)
+
+
+async def test_a_resume_past_the_replay_cap_is_told_to_reload(
+    live: LiveServer, world: World, committed_engine: AsyncEngine
+) -> None:
+    after = await last_event_id(committed_engine)
+    await read_by_server(live, await emit_opened(committed_engine, world.east_alarm_ids[:1], count=REPLAY_MAX + 1))
+    async with subscriber(live, await login(live, world.east), after=after) as ws:
+        refused = await receive(ws)
+        # The connection stays: a live subscription works on it.
+        await subscribe(ws, ALARM_OPENED, operation_id="live")
+        await ws.send(json.dumps({"type": "ping"}))
+        pong = await receive(ws)
+
+    assert (refused["type"], refused["id"], [e["extensions"]["code"] for e in refused["payload"]]) == (
+        "error", "1", ["REPLAY_TOO_LONG"])
+    assert pong == {"type": "pong"}
+
+
 async def test_events_other_subscribers_cannot_see_are_skipped_in_a_replay(
     live: LiveServer, world: World, committed_engine: AsyncEngine
 ) -> None:
@@ -355,6 +440,39 @@ async def test_a_connection_ends_when_its_token_expires(live: LiveServer, world:
 
     assert [message["type"] for message in socket.sent] == ["connection_ack"]
     assert socket.closed == (4401, "Unauthorized: TOKEN_EXPIRED")
+    assert server.open_connections == {}
+
+
+async def test_an_operation_id_completed_and_reused_at_once_stays_tracked(
+    live: LiveServer, world: World, database_url: str
+) -> None:
+    token = await login(live, world.east)
+    # One operation per connection: the cap shows whether the server still tracks it.
+    app = create_app(api_settings(subscriptions_operations_per_connection=1), database_url)
+    # A feed never started: an operation waits for it, running, until the connection ends.
+    server = SubscriptionServer(app.state.graphql, EventFeed(database_url))
+    socket = QueueSocket({"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}},
+                         {"id": "1", "type": "subscribe", "payload": {"query": ALARM_OPENED}})
+    serving = asyncio.create_task(server.serve(socket, ip="127.0.0.1", user_agent=None))
+    try:
+        await until(lambda: bool(socket.sent))
+        await asyncio.sleep(0.1)  # operation 1 runs
+        # The protocol frees an id at complete: the client reuses it at once.
+        socket.incoming.put_nowait(json.dumps({"id": "1", "type": "complete"}))
+        socket.incoming.put_nowait(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": ALARM_OPENED}}))
+        await asyncio.sleep(0.1)  # the first operation 1 has finished
+        socket.incoming.put_nowait(json.dumps({"id": "2", "type": "subscribe", "payload": {"query": ALARM_OPENED}}))
+        async with asyncio.timeout(3):
+            await until(lambda: len(socket.sent) >= 2)
+    finally:
+        socket.incoming.put_nowait(None)  # the client goes
+        await asyncio.wait_for(serving, 5)
+        await app.state.engine.dispose()
+        await app.state.read_engine.dispose()
+
+    refused = socket.sent[1]
+    assert (refused["type"], refused["id"], [e["extensions"]["code"] for e in refused["payload"]]) == (
+        "error", "2", ["RATE_LIMITED"])
     assert server.open_connections == {}
 
 
