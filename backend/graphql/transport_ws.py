@@ -19,7 +19,7 @@ What ends a connection, with its close code:
 | 4406 | the client did not offer the ``graphql-transport-ws`` subprotocol |
 | 4408 | no ``connection_init`` within ``SHUIWU_SUBSCRIPTIONS_INIT_TIMEOUT_S`` |
 | 4409 | a ``subscribe`` reusing the id of a running operation |
-| 4429 | a second ``connection_init``, or the principal already holds ``SHUIWU_SUBSCRIPTIONS_PER_PRINCIPAL`` connections in this process |
+| 4429 | a second ``connection_init``, the per-principal cap, or too many sockets from one address before their init |
 | 4008 | the client reads too slowly: ``SHUIWU_SUBSCRIPTIONS_QUEUE_SIZE`` messages wait for its |
 |      | socket when a live item comes, a replayed item waited ``PACED_SEND_WAIT_S`` for room, |
 |      | or an operation fell ``SHUIWU_SUBSCRIPTIONS_BACKLOG`` events behind |
@@ -79,6 +79,9 @@ CLOSE_WAIT_S = 5.0
 # How long a replayed item may wait for room in the outbox: the replay goes at the pace
 # the client reads, and only a client that reads nothing for this long is cut off.
 PACED_SEND_WAIT_S = 30.0
+# Sockets one address may hold before their connection_init: each waits up to the init
+# timeout for nothing, so an anonymous client could otherwise hold any number of them.
+MAX_UNINITIALISED_PER_ADDRESS = 10
 
 
 class Socket(Protocol):
@@ -102,10 +105,24 @@ class SubscriptionServer:
         self.settings = endpoint.settings
         self.clock = clock
         self.open_connections: Counter[tuple[str, int]] = Counter()
+        self.uninitialised: Counter[str] = Counter()  # per address, before connection_init
 
     async def serve(self, socket: Socket, *, ip: str | None, user_agent: str | None) -> None:
-        """Run the protocol on ``socket`` until either side ends it."""
-        await _Connection(self, socket, ip=ip, user_agent=user_agent).run()
+        """Run the protocol on ``socket`` until either side ends it. An address already
+        holding :data:`MAX_UNINITIALISED_PER_ADDRESS` sockets that have not sent
+        ``connection_init`` gets 4429 at once."""
+        address = ip or ""
+        if self.uninitialised[address] >= MAX_UNINITIALISED_PER_ADDRESS:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(socket.close(TOO_MANY, "Too many connections"), CLOSE_WAIT_S)
+            return
+        self.uninitialised[address] += 1
+        await _Connection(self, socket, ip=ip, user_agent=user_agent, address=address).run()
+
+    def _initialised(self, address: str) -> None:
+        self.uninitialised[address] -= 1
+        if self.uninitialised[address] <= 0:
+            del self.uninitialised[address]
 
     def _claim(self, principal: Principal) -> tuple[str, int] | None:
         key = (principal.kind.value, principal.id)
@@ -121,8 +138,11 @@ class SubscriptionServer:
 
 
 class _Connection:
-    def __init__(self, server: SubscriptionServer, socket: Socket, *, ip: str | None, user_agent: str | None) -> None:
+    def __init__(self, server: SubscriptionServer, socket: Socket, *, ip: str | None, user_agent: str | None,
+                 address: str | None = None) -> None:
         self.server = server
+        # Counted among its address's uninitialised sockets until its connection_init or its end.
+        self.uninitialised_address = address
         self.endpoint = server.endpoint
         self.settings = server.settings
         self.socket = socket
@@ -164,7 +184,13 @@ class _Connection:
         self.close_with = (code, reason) if code is not None else None
         self.ended.set()
 
+    def _leave_uninitialised(self) -> None:
+        if self.uninitialised_address is not None:
+            self.server._initialised(self.uninitialised_address)
+            self.uninitialised_address = None
+
     async def _shut_down(self) -> None:
+        self._leave_uninitialised()
         for timer in self.timers:
             timer.cancel()
         running = [*self.tasks, *self.operations.values(), *self.stopping]
@@ -268,6 +294,7 @@ class _Connection:
             self.end(TOO_MANY, "Too many initialisation requests")
             return
         self.init_received = True
+        self._leave_uninitialised()
         authorization = payload.get("authorization") if isinstance(payload, dict) else None
         token = bearer_token(authorization) if isinstance(authorization, str) else None
         if token is None:

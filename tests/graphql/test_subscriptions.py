@@ -35,7 +35,7 @@ from backend.db import session_factory
 from backend.events.service import emit_event
 from backend.graphql.relay import encode_id
 from backend.graphql.subscriptions import EventFeed
-from backend.graphql.transport_ws import SubscriptionServer
+from backend.graphql.transport_ws import MAX_UNINITIALISED_PER_ADDRESS, SubscriptionServer
 from backend.readings.alarms.service import evaluate_rules
 from tests.factories import AreaTree, Staff, make_area_tree, make_staff
 from tests.graphql.client import api_settings
@@ -559,6 +559,26 @@ async def test_connections_past_the_per_principal_cap_are_refused(live: LiveServ
     assert [ack["type"] for ack in acks] == ["connection_ack"] * 5
     assert refused == (4429, "Too many connections")
     assert readmitted["type"] == "connection_ack"
+
+
+async def test_an_address_may_hold_only_a_few_sockets_before_their_connection_init(live: LiveServer, world: World) -> None:
+    token = await login(live, world.east)
+    waiting = [await connect(ws_url(live), subprotocols=[PROTOCOL]) for _ in range(MAX_UNINITIALISED_PER_ADDRESS)]  # type: ignore[list-item]
+    try:
+        await until(lambda: live.app.state.subscriptions.uninitialised["127.0.0.1"] == MAX_UNINITIALISED_PER_ADDRESS)
+        async with connect(ws_url(live), subprotocols=[PROTOCOL]) as one_more:  # type: ignore[list-item]
+            refused = await closed_with(one_more)
+        # An initialised socket no longer counts: the address may open another.
+        first_ack = await initialised(waiting[0], token)
+        async with connect(ws_url(live), subprotocols=[PROTOCOL]) as next_one:  # type: ignore[list-item]
+            admitted = await initialised(next_one, token)
+    finally:
+        for ws in waiting:
+            await ws.close()
+    await until(lambda: "127.0.0.1" not in live.app.state.subscriptions.uninitialised)
+
+    assert refused == (4429, "Too many connections")
+    assert (first_ack["type"], admitted["type"]) == ("connection_ack", "connection_ack")
 
 
 # --------------------------------------------------------------------------- the gate
