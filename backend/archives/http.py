@@ -18,8 +18,10 @@ exported; imported ones are stored encrypted.
   IMPORT_ROWS_INVALID) and nothing is written; a file that is not a workbook of this sheet
   (NOT_XLSX, MISSING_COLUMNS, UNKNOWN_COLUMNS, …) is a 400 shaped like /graphql's errors.
   Otherwise one transaction inserts/updates set-based and
-  writes one audit entry; the answer is ``{inserted, updated, unchanged, errors: [],
-  errorCount: 0}``.
+  writes one audit entry; the answer is ``{inserted, updated, unchanged, skipped,
+  errors: [], errorCount: 0}``: ``unchanged`` rows equal what is stored, ``skipped`` rows
+  differ from it but were left alone because ``updateExisting`` was false (an assignment
+  row that differs is refused instead, so assignments never skip).
 """
 
 from __future__ import annotations
@@ -265,10 +267,11 @@ def routes(host: HttpHost) -> list[Route]:
                     async with excel.within_budget(budget), sessions() as session, session.begin():
                         await db.extend_limits(session, bulk_limits)  # 100k rows set-based are long statements
                         result = await write(session, sheet, principal, update_existing)
-                        counts = {"inserted": result.inserted, "updated": result.updated, "unchanged": result.unchanged}
+                        counts = result.as_json()
                         await record_operation(
                             session, at=utcnow(), actor=principal, module="archives", action=action,
-                            summary=f"导入{label}: 新增 {result.inserted}, 更新 {result.updated}, 未变 {result.unchanged}",
+                            summary=f"导入{label}: 新增 {result.inserted}, 更新 {result.updated}, 未变 {result.unchanged}, "
+                                    f"跳过 {result.skipped}",
                             payload={**payload, **counts}, success=True, ip=client_ip(request), request_id=request_id_var.get(),
                         )
             except AdmissionRefused as error:
@@ -278,7 +281,7 @@ def routes(host: HttpHost) -> list[Route]:
                               summary=f"导入{label}: 拒绝 ({invalid.error_count} 处错误)",
                               payload={**payload, "errorCount": invalid.error_count}, success=False)
                 return JSONResponse({
-                    "inserted": 0, "updated": 0, "unchanged": 0, "errors": [e.as_json() for e in invalid.errors],
+                    "inserted": 0, "updated": 0, "unchanged": 0, "skipped": 0, "errors": [e.as_json() for e in invalid.errors],
                     "errorCount": invalid.error_count, "code": invalid.code.value, "message": invalid.message,
                     "messageEn": invalid.message_en,
                 }, 422)

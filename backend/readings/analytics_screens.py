@@ -4,7 +4,10 @@ Each screen's JSON filters use the GraphQL argument names: exactly one of ``area
 ``householdId``, ``concentratorId``, ``meterId`` (global ids), ``granularity`` (the
 service's lower-case values), ``from`` and ``to`` (``YYYY-MM-DD``); comparisons also take
 ``basis``, ``orderBy`` and ``outlierPercent``. Rows are the same rows the GraphQL queries
-page through, in the same order, for the caller's scope.
+page through, in the same order, for the caller's scope. Below the rows, the statistics
+export writes the summary lines the screen shows (合计 / 均值 / 最大 / 最小, the query's
+``summary``) and the ledger export the area totals and their 合计 (``areaTotals``,
+``total``), each with a bilingual label (:class:`~backend.readings.screens.SummaryLine`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from backend.readings.screens import (
     Screen,
     ScreenColumn,
     ScreenKind,
+    SummaryLine,
     filter_choice,
     filter_id,
     local_time,
@@ -75,13 +79,27 @@ STATISTICS_COLUMNS = (
 )
 
 
-async def _statistics_rows(session: AsyncSession, request: ExportRequest) -> AsyncIterator[Mapping[str, Any]]:
+# The summary lines below the rows, as the screen shows them under the list.
+SUMMARY_LABELS = (("total", "合计", "Total"), ("mean", "均值", "Mean"), ("maximum", "最大", "Maximum"),
+                  ("minimum", "最小", "Minimum"))
+
+
+def summary_lines(summary: analytics.UsageSummary) -> list[SummaryLine]:
+    """合计 / 均值 / 最大 / 最小 in the usage column (empty when there are no rows, but 合计 0)."""
+    return [SummaryLine(label, label_en, {"usage_m3": getattr(summary, field)}) for field, label, label_en in SUMMARY_LABELS]
+
+
+async def _statistics_rows(session: AsyncSession, request: ExportRequest) -> AsyncIterator[Mapping[str, Any] | SummaryLine]:
     filters = request.filters
     granularity = _granularity(filters, tuple(g.value for g in Granularity), Granularity.day.value)
     async for row in analytics.all_statistics_rows(
         session, scope=scope_from(filters), granularity=Granularity(granularity), start_day=day_from(filters, "from"),
         end_day=day_from(filters, "to"), **_reach(request),
     ):
+        if isinstance(row, analytics.UsageSummary):
+            for line in summary_lines(row):
+                yield line
+            continue
         yield {"parent_name": row.parent_name, "unit_name": row.unit_name, "unit_code": row.unit_code,
                "label": row.label, "usage_m3": row.usage_m3}
 
@@ -104,13 +122,28 @@ LEDGER_COLUMNS = (
 )
 
 
-async def _ledger_rows(session: AsyncSession, request: ExportRequest) -> AsyncIterator[Mapping[str, Any]]:
+def ledger_total_lines(totals: analytics.LedgerPage) -> list[SummaryLine]:
+    """One line per area total ("城东片区 合计 / Area total", its usage in 统计值), then the
+    合计 over them: the screen's ``areaTotals`` and ``total``. The area's name is in the
+    label, so the line names its area whichever columns were chosen."""
+    return [
+        *(SummaryLine(f"{total.area_name} 合计", "Area total", {"usage_m3": total.usage_m3})
+          for total in totals.area_totals),
+        SummaryLine("合计", "Total", {"usage_m3": totals.total}),
+    ]
+
+
+async def _ledger_rows(session: AsyncSession, request: ExportRequest) -> AsyncIterator[Mapping[str, Any] | SummaryLine]:
     filters = request.filters
     granularity = _granularity(filters, ("period", "month", "year"), Granularity.period.value)
     async for row in analytics.all_ledger_rows(
         session, scope=scope_from(filters), granularity=Granularity(granularity), start_day=day_from(filters, "from"),
         end_day=day_from(filters, "to"), **_reach(request),
     ):
+        if isinstance(row, analytics.LedgerPage):
+            for line in ledger_total_lines(row):
+                yield line
+            continue
         yield {
             "area_name": row.area_name, "household_name": row.household_name, "account_no": row.account_no,
             "meter_code": row.meter_code, "meter_name": row.meter_name, "label": row.label,

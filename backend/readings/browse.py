@@ -522,14 +522,15 @@ _DESCRIPTIVE_COLUMNS = (
     ScreenColumn("meter_kind", "表计类别", "Meter kind", 10),
 )
 _READING_COLUMNS = (
-    ScreenColumn("total_m3", "累积流量(t)", "Total (m³)", 14, FOUR_PLACES_FORMAT),
+    ScreenColumn("total_m3", "累积流量(t)", "Total (t)", 14, FOUR_PLACES_FORMAT),
     ScreenColumn("read_at", "抄表时间", "Read at", 20, TIME_FORMAT),
     ScreenColumn("flow_rate", "瞬时流量(m³/h)", "Flow rate (m³/h)", 14, FOUR_PLACES_FORMAT),
     ScreenColumn("pressure", "压力(MPa)", "Pressure (MPa)", 12, FOUR_PLACES_FORMAT),
     ScreenColumn("valve_state", "阀门状态", "Valve", 10),
     ScreenColumn("battery", "电池电压(V)", "Battery (V)", 12, "0.00"),
     ScreenColumn("status_bits", "状态字", "Status bits", 10),
-    ScreenColumn("quality", "数据来源", "Quality", 10),
+    # The reading's quality (实抄 / 手工 / 估算), not where it came from (that is 采集来源).
+    ScreenColumn("quality", "数据质量", "Quality", 10),
 )
 
 REALTIME_COLUMNS = (*_DESCRIPTIVE_COLUMNS, *_READING_COLUMNS, ScreenColumn("online_status", "在线状态", "Online", 10))
@@ -541,7 +542,7 @@ _READING = {column.key: column for column in _READING_COLUMNS}
 MONITORING_COLUMNS = (
     AREA_NAME_COLUMN,
     ScreenColumn("meter_name", "监测点名称", "Point", 16),
-    ScreenColumn("meter_code", "表计编码", "Code", 16),
+    ScreenColumn("meter_code", "表计编码", "Meter code", 16),
     *(_READING[key] for key in ("read_at", "total_m3", "flow_rate", "pressure", "quality")),
 )
 _DEFAULT = ("area_name", "parent_area_name", "household_name", "meter_name", "meter_code", "total_m3", "read_at")

@@ -94,7 +94,24 @@ class ExportRequest:
         return Reach(scope_patterns=self.scope_patterns, household_ids=self.household_ids)
 
 
-RowSource = Callable[[AsyncSession, ExportRequest], AsyncIterator[Mapping[str, Any]]]
+@dataclass(frozen=True, slots=True)
+class SummaryLine:
+    """A line a screen's export writes after its rows, as the screen shows it below the
+    list (用水统计's 合计 / 均值 / 最大 / 最小, 用水台账's area totals): ``values`` by column
+    key (a column not chosen is left out), and the bilingual label ("合计 / Total") in the
+    first chosen column that holds no value of the line, or in one extra cell after the
+    last column when every chosen column holds one. Not counted as a row."""
+
+    label: str
+    label_en: str
+    values: Mapping[str, Any]
+
+    @property
+    def title(self) -> str:
+        return f"{self.label} / {self.label_en}"
+
+
+RowSource = Callable[[AsyncSession, ExportRequest], AsyncIterator[Mapping[str, Any] | SummaryLine]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,16 +208,27 @@ def _start_sheet(workbook: Workbook, title: str, columns: Sequence[ScreenColumn]
 
 def write_screen_sheet(
     path: str | Path, title: str, columns: Sequence[ScreenColumn],
-    next_chunk: Callable[[], Sequence[Mapping[str, Any]]],
+    next_chunk: Callable[[], Sequence[Mapping[str, Any] | SummaryLine]],
 ) -> int:
     """Write every row ``next_chunk`` hands out (until an empty chunk) as ``columns`` to a
-    write-only xlsx at ``path``; returns the number of rows. Blocking: run it in a thread."""
+    write-only xlsx at ``path``; returns the number of rows (:class:`SummaryLine` s are
+    written but not counted). Blocking: run it in a thread."""
     return excel.fill_workbook(lambda workbook: _write_screen_rows(workbook, path, title, columns, next_chunk))
+
+
+def _summary_values(line: SummaryLine, keys: Sequence[str]) -> list[Any]:
+    values: list[Any] = [_cell_value(line.values.get(key)) for key in keys]
+    free = next((index for index, value in enumerate(values) if value is None), None)
+    if free is None:
+        values.append(line.title)
+    else:
+        values[free] = line.title
+    return values
 
 
 def _write_screen_rows(
     workbook: Workbook, path: str | Path, title: str, columns: Sequence[ScreenColumn],
-    next_chunk: Callable[[], Sequence[Mapping[str, Any]]],
+    next_chunk: Callable[[], Sequence[Mapping[str, Any] | SummaryLine]],
 ) -> int:
     keys = [column.key for column in columns]
     formats = [(index, column.number_format) for index, column in enumerate(columns) if column.number_format]
@@ -213,9 +241,13 @@ def _write_screen_rows(
             if not room:
                 sheets += 1
                 sheet, room = _start_sheet(workbook, title, columns, sheets), excel.ROWS_PER_SHEET
-            values: list[Any] = [_cell_value(row.get(key)) for key in keys]
+            if isinstance(row, SummaryLine):
+                values = _summary_values(row, keys)
+                written -= 1
+            else:
+                values = [_cell_value(row.get(key)) for key in keys]
             for index, number_format in formats:
-                if values[index] is not None:
+                if values[index] is not None and not isinstance(values[index], str):
                     cell = WriteOnlyCell(sheet, value=values[index])
                     cell.number_format = number_format  # type: ignore[assignment]
                     values[index] = cell
@@ -242,11 +274,12 @@ def _cell_value(value: Any) -> Any:
 
 
 async def write_screen(
-    screen: Screen, columns: Sequence[ScreenColumn], rows: AsyncIterator[Mapping[str, Any]],
+    screen: Screen, columns: Sequence[ScreenColumn], rows: AsyncIterator[Mapping[str, Any] | SummaryLine],
     *, directory: str | None = None,
 ) -> tuple[Path, int]:
     """Stream ``rows`` into a new xlsx file of ``columns``; returns its path (the caller
-    deletes it) and the row count. Memory stays bounded by one chunk of rows."""
+    deletes it) and the row count (summary lines not counted). Memory stays bounded by
+    one chunk of rows."""
     return await excel.spool_rows(lambda path, next_chunk: write_screen_sheet(path, screen.title, columns, next_chunk),
                                   rows, prefix=f"shuiwu-{screen.kind}-", directory=directory)
 

@@ -130,7 +130,7 @@ async def test_devices_round_trip_unchanged_and_an_edit_updates_one_row(
         ("3301", 903, "西山集中器01", west_c, "DTU透传", "socket://10.0.0.9:9001", "10.0.0.9", 9001, None),
     )
     first = await _import(client, admin, archives_http.CONCENTRATORS, concentrators)
-    assert first.json() == {"inserted": 3, "updated": 0, "unchanged": 0, "errors": [], "errorCount": 0}, first.text
+    assert first.json() == {"inserted": 3, "updated": 0, "unchanged": 0, "skipped": 0, "errors": [], "errorCount": 0}, first.text
     meters = _workbook(
         METER_HEADER,
         ("RT0001", "翠湖1号楼101", "20269000000001", "冷水表", "户表", "宁波水表", "LXSY-15E", east_c, 0, "3301-901", 1),
@@ -148,7 +148,7 @@ async def test_devices_round_trip_unchanged_and_an_edit_updates_one_row(
         ("RT0003", world.west_household.account_no, "2024-12-01", None, 0, None),
     )
     response = await _import(client, admin, archives_http.ASSIGNMENTS, assignments)
-    assert response.json() == {"inserted": 4, "updated": 0, "unchanged": 0, "errors": [], "errorCount": 0}, response.text
+    assert response.json() == {"inserted": 4, "updated": 0, "unchanged": 0, "skipped": 0, "errors": [], "errorCount": 0}, response.text
     assert await _scalar(module_engine, "SELECT string_agg(status, ',' ORDER BY code) FROM meters WHERE code LIKE 'RT%'") == \
         "installed,installed,installed,in_stock"
     assert await _scalar(module_engine, "SELECT start_reading FROM meter_assignments s JOIN meters m ON m.id = s.meter_id "
@@ -161,6 +161,8 @@ async def test_devices_round_trip_unchanged_and_an_edit_updates_one_row(
         again = await _import(client, admin, sheet, exported.content, update=True)
         assert again.status_code == 200, again.text
         assert again.json()["inserted"] == 0 and again.json()["updated"] == 0, (sheet.kind, again.json())
+        kept = (await _import(client, admin, sheet, exported.content)).json()
+        assert kept["unchanged"] > 0 and kept["skipped"] == 0, (sheet.kind, kept)  # identical rows are not "skipped"
     # The terminal password is stored encrypted, never exported, and survives re-imports.
     exported = _rows((await _export(client, admin, archives_http.CONCENTRATORS, search="集中器0")).content)
     assert "终端密码" not in exported[0] and not any("pw-901" in str(cell) for row in exported for cell in row)
@@ -168,6 +170,8 @@ async def test_devices_round_trip_unchanged_and_an_edit_updates_one_row(
     stored = await _scalar(module_engine, "SELECT terminal_password_encrypted FROM concentrators WHERE terminal_address = 901")
     assert stored != "pw-901" and TerminalPasswordCipher(api_settings().secret()).decrypt(stored) == "pw-901"
     assert (await _import(client, admin, archives_http.CONCENTRATORS, concentrators, update=True)).json()["unchanged"] == 3
+    # The password cell is not compared (stored with a fresh nonce): the same file is unchanged.
+    assert (await _import(client, admin, archives_http.CONCENTRATORS, concentrators)).json()["unchanged"] == 3
 
     # One edited cell updates one row.
     meter_rows = _rows((await _export(client, admin, archives_http.METERS, search="RT")).content)
@@ -182,8 +186,12 @@ async def test_devices_round_trip_unchanged_and_an_edit_updates_one_row(
         sheet.append(row)
     buffer = io.BytesIO()
     workbook.save(buffer)
+    # Without updateExisting the edited row is skipped, not counted as unchanged, and stays as stored.
+    skipped = await _import(client, admin, archives_http.METERS, buffer.getvalue())
+    assert skipped.json() == {"inserted": 0, "updated": 0, "unchanged": 3, "skipped": 1, "errors": [], "errorCount": 0}
+    assert await _scalar(module_engine, "SELECT name FROM meters WHERE code = 'RT0002'") == "翠湖1号楼102"
     result = await _import(client, admin, archives_http.METERS, buffer.getvalue(), update=True)
-    assert result.json() == {"inserted": 0, "updated": 1, "unchanged": 3, "errors": [], "errorCount": 0}
+    assert result.json() == {"inserted": 0, "updated": 1, "unchanged": 3, "skipped": 0, "errors": [], "errorCount": 0}
     assert await _scalar(module_engine, "SELECT name FROM meters WHERE code = 'RT0002'") == "翠湖1号楼102 (改)"
 
     assignment_rows = _rows((await _export(client, admin, archives_http.ASSIGNMENTS, search="RT", current="false")).content)

@@ -118,9 +118,9 @@ async def test_import_inserts_then_reimport_changes_nothing_then_an_edit_updates
     edited = await _import(client, token, _workbook(rows[0], (*rows[1][:1], "李娜娜", *rows[1][2:]), rows[2]), update=True)
 
     assert first.status_code == 200, first.text
-    assert first.json() == {"inserted": 3, "updated": 0, "unchanged": 0, "errors": [], "errorCount": 0}
-    assert again.json() == {"inserted": 0, "updated": 0, "unchanged": 3, "errors": [], "errorCount": 0}
-    assert edited.json() == {"inserted": 0, "updated": 1, "unchanged": 2, "errors": [], "errorCount": 0}
+    assert first.json() == {"inserted": 3, "updated": 0, "unchanged": 0, "skipped": 0, "errors": [], "errorCount": 0}
+    assert again.json() == {"inserted": 0, "updated": 0, "unchanged": 3, "skipped": 0, "errors": [], "errorCount": 0}
+    assert edited.json() == {"inserted": 0, "updated": 1, "unchanged": 2, "skipped": 0, "errors": [], "errorCount": 0}
     async with session_factory(module_engine)() as session:
         stored = (await session.execute(text(
             "SELECT h.account_no, h.name, h.customer_type, h.population, h.phone, o.name AS owner FROM households h "
@@ -135,7 +135,8 @@ async def test_import_inserts_then_reimport_changes_nothing_then_an_edit_updates
         ("A1002", "李娜娜", "non_residential", 3, "0571-88880000", "李娜娜"),
         ("A1003", "王芳", "residential", 5, None, "王芳"),
     ]
-    assert logged[-3:] == ["导入住户: 新增 3, 更新 0, 未变 0", "导入住户: 新增 0, 更新 0, 未变 3", "导入住户: 新增 0, 更新 1, 未变 2"]
+    assert logged[-3:] == ["导入住户: 新增 3, 更新 0, 未变 0, 跳过 0", "导入住户: 新增 0, 更新 0, 未变 3, 跳过 0",
+                           "导入住户: 新增 0, 更新 1, 未变 2, 跳过 0"]
 
 
 async def test_bad_rows_are_all_listed_and_nothing_is_written(
@@ -179,6 +180,29 @@ async def test_file_level_refusals(client: GraphQLClient, world: World) -> None:
     assert anonymous.status_code == 401
 
 
+async def test_without_update_existing_a_differing_row_is_skipped_and_an_identical_one_unchanged(
+    client: GraphQLClient, world: World, module_engine: AsyncEngine
+) -> None:
+    token = await client.login(world.admin.username, world.admin.password)
+    rows = [
+        ("S2001", "赵敏", _ref(world.tree.east_community), "翠湖小区3号楼301", "13800000031", "居民", 2),
+        ("S2002", "钱进", _ref(world.tree.east_community), "翠湖小区3号楼302", None, None, None),
+    ]
+    assert (await _import(client, token, _workbook(*rows))).json()["inserted"] == 2
+
+    edited = await _import(client, token, _workbook(rows[0], (*rows[1][:1], "钱进进", *rows[1][2:]),
+                                                    ("S2003", "孙丽", _ref(world.tree.east), "", None, None, None)))
+
+    assert edited.json() == {"inserted": 1, "updated": 0, "unchanged": 1, "skipped": 1, "errors": [], "errorCount": 0}
+    async with session_factory(module_engine)() as session:
+        names = (await session.execute(text(
+            "SELECT string_agg(name, ',' ORDER BY account_no) FROM households WHERE account_no LIKE 'S200%'"))).scalar_one()
+        summary = (await session.execute(select(AuditEntry.summary).where(AuditEntry.action == "importHouseholds")
+                                         .order_by(AuditEntry.id.desc()).limit(1))).scalar_one()
+    assert names == "赵敏,钱进,孙丽"  # the differing row was left as stored
+    assert summary.endswith("未变 1, 跳过 1")
+
+
 async def test_export_is_scoped_filtered_and_round_trips_unchanged(
     client: GraphQLClient, world: World, module_engine: AsyncEngine
 ) -> None:
@@ -208,7 +232,7 @@ async def test_export_is_scoped_filtered_and_round_trips_unchanged(
     assert [row[0] for row in west_rows[2:]] == ["E3002"]
 
     reimported = await _import(client, admin, everything.content, update=True)
-    assert reimported.json() == {"inserted": 0, "updated": 0, "unchanged": 2, "errors": [], "errorCount": 0}
+    assert reimported.json() == {"inserted": 0, "updated": 0, "unchanged": 2, "skipped": 0, "errors": [], "errorCount": 0}
     async with session_factory(module_engine)() as session:
         exports = (await session.execute(
             select(func.count()).select_from(AuditEntry).where(AuditEntry.action == "exportHouseholds")  # type: ignore[arg-type]

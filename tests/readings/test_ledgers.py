@@ -18,7 +18,7 @@ from backend.archives.models import MeterStatus
 from backend.errors import DomainError, NotFound
 from backend.readings import analytics
 from backend.readings.analytics import Granularity, Scope, ScopeKind
-from backend.readings.screens import ExportRequest, ScreenKind, choose_columns, get_screen, write_screen
+from backend.readings.screens import ExportRequest, ScreenKind, SummaryLine, choose_columns, get_screen, write_screen
 from backend.readings.service import ReadingIn, ingest_readings
 from backend.readings.usage import usage_between
 from tests.factories import make_area_tree
@@ -294,8 +294,10 @@ async def test_export_screens_stream_the_rows_the_queries_page_through(session: 
     def request(**filters: object) -> ExportRequest:
         return ExportRequest(filters={**area, **filters}, scope_patterns=None, household_ids=None, tz=TZ, now=NOW)
 
-    ledger_rows = [row async for row in get_screen(ScreenKind.ledger).rows(session, request(granularity="month"))]
-    statistics_rows = [row async for row in get_screen(ScreenKind.statistics).rows(session, request(granularity="month"))]
+    ledger_rows = [row async for row in get_screen(ScreenKind.ledger).rows(session, request(granularity="month"))
+                   if not isinstance(row, SummaryLine)]
+    statistics_rows = [row async for row in get_screen(ScreenKind.statistics).rows(session, request(granularity="month"))
+                       if not isinstance(row, SummaryLine)]
     comparison_rows = [row async for row in get_screen(ScreenKind.comparison).rows(session, request(basis="period_on_period"))]
 
     page = await ledger(session, Scope(ScopeKind.area, utility.tree.company.id), Granularity.month, OCT, MONTH_ENDS[NOV])
@@ -379,9 +381,10 @@ async def test_statistics_ledger_and_comparison_download_through_the_export_url(
     area = gid("Area", utility.tree.company.id)
     filters = {"areaId": area, "from": "2026-10-01", "to": "2026-11-30", "granularity": "month"}
 
-    statistics = _sheet(await _download(client, token, "statistics", ["unit_name", "label", "usage_m3"], filters))
-    ledger_rows = _sheet(await _download(client, token, "ledger", ["meter_code", "label", "start_at", "usage_m3"],
-                                         filters))
+    statistics = _sheet(await _download(client, token, "statistics", ["unit_name", "label", "usage_m3"], filters))[:-4]
+    ledger_rows = [row for row in _sheet(await _download(client, token, "ledger",
+                                                         ["meter_code", "label", "start_at", "usage_m3"], filters))
+                   if "合计" not in str(row[0])]
     comparison = _sheet(await _download(client, token, "comparison", ["unit_name", "label", "current_m3", "previous_m3"],
                                         {**filters, "basis": "period_on_period"}))
 
@@ -412,3 +415,81 @@ async def test_an_export_of_an_object_outside_the_scope_is_not_found(
 
     assert response.status_code == 404
     assert [e["extensions"]["code"] for e in response.json()["errors"]] == ["NOT_FOUND"]
+
+
+STATISTICS_SUMMARY = """
+query($scope: UsageObjectInput!) {
+  usageStatistics(scope: $scope, granularity: DAY, from: "2026-10-30", to: "2026-11-02", first: 1) {
+    summary { count total mean maximum minimum }
+  }
+}
+"""
+LEDGER_TOTALS = """
+query($scope: UsageObjectInput!) {
+  usageLedger(scope: $scope, granularity: MONTH, from: "2026-10-01", to: "2026-11-30", first: 1) {
+    areaTotals { areaName usageM3 } total
+  }
+}
+"""
+
+
+def _figure(value: Any) -> Decimal | None:
+    return None if value is None else _m3(value)
+
+
+async def test_statistics_export_ends_with_the_summary_the_query_shows(
+    client: GraphQLClient, api_world: ApiWorld  # noqa: F811
+) -> None:
+    token = await client.login(api_world.admin.username, api_world.admin.password)
+    area = gid("Area", api_world.utility.tree.company.id)
+    filters = {"areaId": area, "from": "2026-10-30", "to": "2026-11-02", "granularity": "day"}
+
+    sheet = _sheet(await _download(client, token, "statistics", ["parent_name", "unit_name", "label", "usage_m3"],
+                                   filters))
+
+    summary = (await client.execute(STATISTICS_SUMMARY, {"scope": {"areaId": area}}, token=token))["data"][
+        "usageStatistics"]["summary"]
+    body, lines = sheet[:-4], sheet[-4:]
+    assert len(body) == summary["count"] == 8  # two child areas x four days
+    # The label in the first column, the figure under 用水量, computed by the query's own SQL.
+    assert [(label, unit, period, _figure(value)) for label, unit, period, value in lines] == [
+        ("合计 / Total", None, None, Decimal(summary["total"])),
+        ("均值 / Mean", None, None, Decimal(summary["mean"])),
+        ("最大 / Maximum", None, None, Decimal(summary["maximum"])),
+        ("最小 / Minimum", None, None, Decimal(summary["minimum"])),
+    ]
+    assert sum(_m3(row[3]) for row in body) == Decimal(summary["total"]) > 0
+
+
+async def test_statistics_export_summary_label_moves_past_chosen_figure_columns(
+    client: GraphQLClient, api_world: ApiWorld  # noqa: F811
+) -> None:
+    token = await client.login(api_world.admin.username, api_world.admin.password)
+    filters = {"areaId": gid("Area", api_world.utility.tree.company.id), "from": "2026-10-30", "to": "2026-11-02"}
+
+    sheet = _sheet(await _download(client, token, "statistics", ["usage_m3"], filters))
+
+    # Only the figure column was chosen: the label goes into one cell after it.
+    assert [row[1] for row in sheet[-4:]] == ["合计 / Total", "均值 / Mean", "最大 / Maximum", "最小 / Minimum"]
+    assert all(len(row) == 1 or row[1] is None for row in sheet[:-4])
+
+
+async def test_ledger_export_ends_with_the_area_totals_the_query_shows(
+    client: GraphQLClient, api_world: ApiWorld  # noqa: F811
+) -> None:
+    token = await client.login(api_world.admin.username, api_world.admin.password)
+    area = gid("Area", api_world.utility.tree.company.id)
+    filters = {"areaId": area, "from": "2026-10-01", "to": "2026-11-30", "granularity": "month"}
+
+    sheet = _sheet(await _download(client, token, "ledger", [], filters))
+
+    found = (await client.execute(LEDGER_TOTALS, {"scope": {"areaId": area}}, token=token))["data"]["usageLedger"]
+    totals = found["areaTotals"]
+    assert len(totals) == 2
+    lines = sheet[-(len(totals) + 1):]
+    assert [(row[0], _figure(row[-1])) for row in lines] == [
+        *((f"{t['areaName']} 合计 / Area total", Decimal(t["usageM3"])) for t in totals),
+        ("合计 / Total", Decimal(found["total"])),
+    ]
+    assert all(value is None for row in lines for value in row[1:-1])
+    assert len(sheet) - len(lines) == 7  # the rows, as before

@@ -182,7 +182,7 @@ async def test_screen_columns_and_schemes_need_the_screens_permission(client: Gr
     refused_save = await client.execute(SAVE, {"input": {"screen": "realtime", "name": "x"}}, token=operator)
 
     offered = columns["data"]["screenColumns"]
-    assert {"key": "total_m3", "title": "累积流量(t)", "titleEn": "Total (m³)", "default": True} in offered
+    assert {"key": "total_m3", "title": "累积流量(t)", "titleEn": "Total (t)", "default": True} in offered
     assert [e["extensions"]["code"] for e in refused["errors"]] == ["FORBIDDEN"]
     assert [e["extensions"]["code"] for e in refused_save["errors"]] == ["FORBIDDEN"]
 

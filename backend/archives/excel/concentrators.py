@@ -12,7 +12,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.archives import service as _service  # the validators the forms use
 from backend.archives.excel.cells import _area_ref, _label, _one_of
 from backend.archives.excel.exporting import _AREA_CODE_SQL, DeviceExportFilter, _like_pattern, _stream, _Where
-from backend.archives.excel.importing import ImportResult, _resolve_areas, _row_errors, _temp_table, _upsert_clause
+from backend.archives.excel.importing import (
+    ImportResult,
+    _count_differing,
+    _resolve_areas,
+    _row_errors,
+    _temp_table,
+    _upsert_clause,
+)
 from backend.exports.excel import Column, SheetSpec, ValidatedSheet, choice, integer, text
 
 CONNECTION_KINDS = {"tcp_login": "TCP登录", "serial": "串口", "dtu_socket": "DTU透传"}
@@ -159,6 +166,11 @@ async def import_concentrators(
                                "port", "status") if key in get]
     selected = [f"COALESCE(t.{key}, {defaults[key]})" if key in defaults else f"t.{key}" for key in target]
     changed = [key for key in target if key not in ("region_code", "terminal_address")]
+    # A password cell is not compared: it is stored encrypted with a fresh nonce.
+    skipped = 0 if update_existing else await _count_differing(
+        session, table="concentrators", alias="c", temp="import_concentrators",
+        match="c.region_code = t.region_code AND c.terminal_address = t.terminal_address",
+        columns=changed, incoming=selected[2:])
     if "terminal_password" in get:
         target.append("terminal_password_encrypted")
         selected.append("t.terminal_password_encrypted")
@@ -185,4 +197,6 @@ async def import_concentrators(
     )
     inserted, updated = (await session.execute(sql(statement))).one()
     await session.execute(sql("DROP TABLE import_concentrators"))
-    return ImportResult(inserted=inserted, updated=updated, unchanged=len(records) - inserted - updated)
+    return ImportResult(inserted=inserted, updated=updated, unchanged=len(records) - inserted - updated - skipped,
+                        skipped=skipped)
+

@@ -21,7 +21,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.archives import models
 from backend.archives.excel.cells import _AREA_HAS_CODE, _area_ref, _label
 from backend.archives.excel.exporting import _area_labels
-from backend.archives.excel.importing import CROSS_AREA, ImportResult, _lock_for_the_subtree_rule, _resolve_areas, _row_errors
+from backend.archives.excel.importing import (
+    CROSS_AREA,
+    ImportResult,
+    _count_differing,
+    _lock_for_the_subtree_rule,
+    _resolve_areas,
+    _row_errors,
+)
 from backend.archives.models import Household
 from backend.db import copy_into
 from backend.exports.excel import Column, SheetSpec, ValidatedSheet, choice, integer, text
@@ -219,6 +226,9 @@ async def import_households(
     target = ["account_no", *[key for key in columns if key != "account_no"], "area_id"]
     selected = [f"COALESCE(t.{key}, {_DEFAULTS[key]})" if key in _DEFAULTS else f"t.{key}" for key in target]
     changed = [key for key in target if key != "account_no"]
+    skipped = 0 if update_existing else await _count_differing(
+        session, table="households", alias="h", temp="import_households", match="h.account_no = t.account_no",
+        columns=changed, incoming=selected[1:])
     if update_existing:
         conflict = (
             f"DO UPDATE SET {', '.join(f'{key} = EXCLUDED.{key}' for key in changed)}, updated_at = now() "
@@ -248,4 +258,5 @@ async def import_households(
     )
     inserted, updated = (await session.execute(sql(statement), {"today": today})).one()
     await session.execute(sql("DROP TABLE import_households"))
-    return ImportResult(inserted=inserted, updated=updated, unchanged=len(records) - inserted - updated)
+    return ImportResult(inserted=inserted, updated=updated, unchanged=len(records) - inserted - updated - skipped,
+                        skipped=skipped)

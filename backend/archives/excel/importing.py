@@ -20,9 +20,38 @@ from backend.exports.excel import ValidatedSheet
 
 @dataclass(frozen=True, slots=True)
 class ImportResult:
+    """What an import did with its rows: ``inserted`` new ones, ``updated`` stored ones that
+    differed (``updateExisting=true``), ``unchanged`` ones identical to what is stored, and
+    ``skipped`` ones that differ from what is stored but were left alone because
+    ``updateExisting`` was false. The four add up to the file's rows."""
+
     inserted: int
     updated: int
     unchanged: int
+    skipped: int = 0
+
+    def as_json(self) -> dict[str, int]:
+        return {"inserted": self.inserted, "updated": self.updated, "unchanged": self.unchanged, "skipped": self.skipped}
+
+
+async def _count_differing(
+    session: AsyncSession, *, table: str, alias: str, temp: str, match: str, columns: Sequence[str],
+    incoming: Sequence[str],
+) -> int:
+    """How many rows of ``temp`` (alias ``t``) match a stored row of ``table`` (``alias``)
+    on ``match`` and differ from it in ``columns``, ``incoming`` being the expressions the
+    upsert would write (so the comparison is the one ``_upsert_clause`` makes). Each
+    incoming value is cast to its column's type first, as the INSERT would."""
+    if not columns:
+        return 0
+    types: dict[str, str] = dict((await session.execute(sql(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = CAST(:table AS regclass) AND attnum > 0 AND NOT attisdropped"), {"table": table})).all())
+    stored = ", ".join(f"{alias}.{column}" for column in columns)
+    given = ", ".join(f"CAST({value} AS {types[column]})" for column, value in zip(columns, incoming, strict=True))
+    found = await session.execute(sql(
+        f"SELECT count(*) FROM {temp} t JOIN {table} {alias} ON {match} WHERE ROW({stored}) IS DISTINCT FROM ROW({given})"))
+    return int(found.scalar_one())
 
 
 _CROSS_AREA = archive_errors.CrossAreaAssignment

@@ -15,6 +15,7 @@ from backend.archives.excel.exporting import _AREA_CODE_SQL, DeviceExportFilter,
 from backend.archives.excel.importing import (
     CROSS_AREA,
     ImportResult,
+    _count_differing,
     _lock_for_the_subtree_rule,
     _resolve_areas,
     _row_errors,
@@ -220,6 +221,9 @@ async def import_meters(
         target += ["concentrator_id", "collector_id"]
     selected = [f"COALESCE(t.{key}, {defaults[key]})" if key in defaults else f"t.{key}" for key in target]
     conflict = _upsert_clause([key for key in target if key != "code"], "m", update_existing)
+    skipped = 0 if update_existing else await _count_differing(
+        session, table="meters", alias="m", temp="import_meters", match="m.code = t.code",
+        columns=target[1:], incoming=selected[1:])
     statement = (
         f"WITH upserted AS (INSERT INTO meters AS m ({', '.join(target)}) SELECT {', '.join(selected)} "
         f"FROM import_meters t ORDER BY t.row_no ON CONFLICT (code) {conflict} RETURNING (m.xmax = 0) AS inserted) "
@@ -227,4 +231,5 @@ async def import_meters(
     )
     inserted, updated = (await session.execute(sql(statement))).one()
     await session.execute(sql("DROP TABLE import_meters"))
-    return ImportResult(inserted=inserted, updated=updated, unchanged=len(records) - inserted - updated)
+    return ImportResult(inserted=inserted, updated=updated, unchanged=len(records) - inserted - updated - skipped,
+                        skipped=skipped)

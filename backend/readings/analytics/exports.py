@@ -11,43 +11,60 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.readings.analytics.comparisons import ComparisonRow, usage_comparison
-from backend.readings.analytics.ledgers import LedgerRow, usage_ledger
+from backend.readings.analytics.ledgers import LedgerPage, LedgerRow, usage_ledger
 from backend.readings.analytics.periods import Granularity
-from backend.readings.analytics.statistics import StatisticsRow, _statistics_row, _statistics_sql, _statistics_target, usage_statistics
+from backend.readings.analytics.statistics import (
+    StatisticsRow,
+    UsageSummary,
+    _statistics_row,
+    _statistics_sql,
+    _statistics_target,
+    usage_statistics,
+)
 
 EXPORT_PAGE = 5000
 
 
 async def all_statistics_rows(
     session: AsyncSession, *, granularity: Granularity, end_day: date, tz: str, **kwargs: Any
-) -> AsyncIterator[StatisticsRow]:
-    """Every row of :func:`usage_statistics` (exports): one statement, streamed, so a year
-    of days of a large area never sits in memory at once. Hourly rows (one meter or
-    household, at most 31 days) come as one page."""
+) -> AsyncIterator[StatisticsRow | UsageSummary]:
+    """Every row of :func:`usage_statistics` (exports), then its summary over every row
+    (the same :class:`UsageSummary` the query's ``summary`` is: the statement's own SQL
+    aggregate, carried on each streamed row). One statement, streamed, so a year of days
+    of a large area never sits in memory at once. Hourly rows (one meter or household, at
+    most 31 days) come as one page."""
     if granularity is Granularity.hour:
         page = await usage_statistics(session, granularity=granularity, end_day=end_day, tz=tz, offset=0, limit=None,
                                       **kwargs)
         for row in page.rows:
             yield row
+        yield page.summary
         return
     target, params = await _statistics_target(session, granularity=granularity, end_day=end_day, tz=tz, **kwargs)
     statement = text(_statistics_sql(target.kind, granularity)).execution_options(yield_per=EXPORT_PAGE)
     result = await session.stream(statement, {**params, "offset": 0, "limit": None})
+    summary: UsageSummary | None = None
     async for found in result:
+        if summary is None:
+            summary = UsageSummary(int(found.n), found.total, found.mean, found.maximum, found.minimum)
         if found.unit_id is not None:
             yield _statistics_row(found, granularity, end_day, tz)
+    yield summary if summary is not None else UsageSummary.of([])
 
 
-async def all_ledger_rows(session: AsyncSession, **kwargs: Any) -> AsyncIterator[LedgerRow]:
-    """Every row of :func:`usage_ledger` (exports), in pages of :data:`EXPORT_PAGE` meters."""
+async def all_ledger_rows(session: AsyncSession, **kwargs: Any) -> AsyncIterator[LedgerRow | LedgerPage]:
+    """Every row of :func:`usage_ledger` (exports), in pages of :data:`EXPORT_PAGE` meters,
+    then a :class:`LedgerPage` without rows that carries the area totals and the overall
+    total, as the query's ``areaTotals`` and ``total`` (read once, after the rows)."""
     offset = 0
     while True:
         page = await usage_ledger(session, offset=offset, limit=EXPORT_PAGE, with_totals=False, **kwargs)
         for row in page.rows:
             yield row
         if len(page.rows) < EXPORT_PAGE:
-            return
+            break
         offset += EXPORT_PAGE
+    yield await usage_ledger(session, offset=0, limit=0, with_totals=True, **kwargs)
 
 
 async def all_comparison_rows(session: AsyncSession, **kwargs: Any) -> AsyncIterator[ComparisonRow]:

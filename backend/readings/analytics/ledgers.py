@@ -302,8 +302,9 @@ async def usage_ledger(
     if with_totals:
         totals = (await session.execute(text(_ledger_totals_sql(target.kind, granularity)), params)).all()
         area_totals = [AreaTotal(row.group_id, row.group_name, int(row.meter_rows), row.usage_m3) for row in totals]
-    page = (await session.execute(text(_ledger_page_sql(target.kind, granularity)),
-                                  {**params, "offset": offset, "limit": limit})).all()
+    # limit=0: the totals alone (the export's lines after its rows).
+    page = [] if limit == 0 else (await session.execute(text(_ledger_page_sql(target.kind, granularity)),
+                                                        {**params, "offset": offset, "limit": limit})).all()
     total_count = sum(t.meter_rows for t in area_totals) if with_totals else offset + len(page)
     return LedgerPage([_ledger_row(row, granularity) for row in page], total_count, area_totals,
                       sum((t.usage_m3 for t in area_totals), Decimal("0.0000")))

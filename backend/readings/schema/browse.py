@@ -100,7 +100,8 @@ class RealtimeReading(MeterColumns):
     valve_state: ValveStateEnum | None  # type: ignore[valid-type]
     battery: Decimal | None = strawberry.field(description="电池电压, V")
     status_bits: int | None = strawberry.field(description="状态字 (ST) as the meter sent it")
-    quality: ReadingQualityEnum | None  # type: ignore[valid-type]
+    quality: ReadingQualityEnum | None = strawberry.field(  # type: ignore[valid-type]
+        description="数据质量 of the latest reading (the export's column of that title)")
     online_status: OnlineStatusEnum  # type: ignore[valid-type]
 
     @classmethod
@@ -117,7 +118,8 @@ class HistoryReading(MeterColumns):
     valve_state: ValveStateEnum | None  # type: ignore[valid-type]
     battery: Decimal | None = strawberry.field(description="电池电压, V")
     status_bits: int | None = strawberry.field(description="状态字 (ST) as the meter sent it")
-    quality: ReadingQualityEnum  # type: ignore[valid-type]
+    quality: ReadingQualityEnum = strawberry.field(  # type: ignore[valid-type]
+        description="数据质量 (the export's column of that title)")
     source: str = strawberry.field(description="Where the reading came from (patrol, manual, upload…)")
     received_at: datetime
 
