@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.archives.models import MeterKind
+from backend.archives.models import MeterKind, MeterStatus
 from backend.auth.scope import Reach
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.readings.models import ReadingQuality
@@ -53,6 +53,9 @@ ONLINE_WINDOW = timedelta(hours=24)
 # in) says nothing about its link, so it keeps an otherwise quiet meter offline.
 _ONLINE = "lr.read_at >= :online_since AND lr.quality = 'actual'"
 MAX_HISTORY_DAYS = 366
+# The meters a worklist is about by default: those in service. A meter in stock or retired
+# reports nothing by design, so listing it (as offline) would only bury the real silences.
+IN_SERVICE = (MeterStatus.installed, MeterStatus.faulty)
 MAX_DAILY_DAYS = 366
 TEN_THOUSAND = Decimal(10000)
 _FOUR_PLACES = Decimal("0.0001")
@@ -75,6 +78,8 @@ class RealtimeFilter:
     meter_code: str | None = None  # prefix
     kind: MeterKind | None = None
     status: OnlineStatus | None = None
+    # The meters' life-cycle statuses; empty: :data:`IN_SERVICE`.
+    meter_statuses: tuple[MeterStatus, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +262,8 @@ def _realtime_sql(flt: RealtimeFilter, reach: Reach, now: datetime) -> tuple[str
     if flt.meter_code:
         params["code_prefix"] = flt.meter_code
         where.append("starts_with(m.code, :code_prefix)")
+    params["meter_statuses"] = [status.value for status in flt.meter_statuses or IN_SERVICE]
+    where.append("m.status = ANY(:meter_statuses)")
     if flt.status is OnlineStatus.never:
         where.append("lr.meter_id IS NULL")
     elif flt.status is OnlineStatus.online:
@@ -282,8 +289,10 @@ async def realtime_page(
     session: AsyncSession, *, flt: RealtimeFilter, reach: Reach, now: datetime, offset: int, limit: int,
     count: bool = True,
 ) -> Page:
-    """One page of meters with their latest reading (实时数据), by area path and meter code.
-    A filter naming a meter, household, area or concentrator outside the reach is NOT_FOUND."""
+    """One page of meters with their latest reading (实时数据), by area path and meter code:
+    only meters whose status is among ``flt.meter_statuses`` (by default installed or
+    faulty, :data:`IN_SERVICE`), so stock and retired meters neither show nor count as
+    offline unless asked for. A filter naming a meter, household, area or concentrator outside the reach is NOT_FOUND."""
     await _check_visible(session, reach, meter_id=("meterId", flt.meter_id), household_id=("householdId", flt.household_id),
                          area_id=("areaId", flt.area_id), concentrator_id=("concentratorId", flt.concentrator_id))
     sql, count_sql, params = _realtime_sql(flt, reach, now)
@@ -468,6 +477,7 @@ def realtime_filter_from(filters: Mapping[str, Any]) -> RealtimeFilter:
     """A :class:`RealtimeFilter` from the screen's JSON filters (GraphQL names, global ids)."""
     kind = filter_choice(filters, "kind", [k.value for k in MeterKind])
     status = filter_choice(filters, "status", [s.value for s in OnlineStatus])
+    meter_statuses = filter_choices(filters, "meterStatuses", [s.value for s in MeterStatus])
     return RealtimeFilter(
         area_id=filter_id(filters, "areaId", "Area"),
         household_id=filter_id(filters, "householdId", "Household"),
@@ -476,6 +486,7 @@ def realtime_filter_from(filters: Mapping[str, Any]) -> RealtimeFilter:
         meter_code=filter_text(filters, "meterCode"),
         kind=MeterKind(kind) if kind else None,
         status=OnlineStatus(status) if status else None,
+        meter_statuses=tuple(MeterStatus(s) for s in meter_statuses),
     )
 
 

@@ -91,6 +91,8 @@ class Data:
     west_meter: Meter
     silent_meter: Meter  # never read
     monitoring: Meter
+    retired_meter: Meter  # east, last read 10 days ago
+    stock_meter: Meter  # east, in stock, never read
     west_reader: Staff
     now: datetime
 
@@ -99,12 +101,13 @@ def _iso(value: datetime) -> str:
     return value.isoformat()
 
 
-async def _meter(session: AsyncSession, area: Area, code: str, *, kind: MeterKind = MeterKind.household) -> Meter:
+async def _meter(session: AsyncSession, area: Area, code: str, *, kind: MeterKind = MeterKind.household,
+                 status: MeterStatus = MeterStatus.installed) -> Meter:
     return await create_meter(session, fields=MeterChanges(
         name=f"表{code}", code=code, address=f"{next(_addresses):014d}",
         meter_type=MeterType.flow_monitor if kind is MeterKind.monitoring else MeterType.cold_water,
         kind=kind, area_id=area.id, install_date=date(2024, 1, 1), initial_reading=Decimal(0),
-        status=MeterStatus.installed,
+        status=status,
     ))
 
 
@@ -118,6 +121,8 @@ async def data(world: World, engine_for_module: AsyncEngine) -> Data:
         west = await _meter(session, tree.west_community, f"{prefix}W0")
         silent = await _meter(session, tree.east_community, f"{prefix}S0")
         monitoring = await _meter(session, tree.company, f"{prefix}M0", kind=MeterKind.monitoring)
+        retired = await _meter(session, tree.east_community, f"{prefix}R0", status=MeterStatus.retired)
+        stock = await _meter(session, tree.east_community, f"{prefix}K0", status=MeterStatus.in_stock)
         assert world.east_household.id is not None and world.west_household.id is not None
         await assign_meter(session, meter_id=east[0].id, household_id=world.east_household.id,  # type: ignore[arg-type]
                            valid_from=now - timedelta(days=40))
@@ -136,10 +141,11 @@ async def data(world: World, engine_for_module: AsyncEngine) -> Data:
             (west.id, now - timedelta(hours=1), "99", "actual", {}),
             (monitoring.id, now - timedelta(hours=1), "123456", "actual",
              {"flow_rate": Decimal("310.5"), "pressure": Decimal("0.42")}),
+            (retired.id, now - timedelta(days=10), "7", "actual", {}),
         ]
         await store_readings(session, readings, now=now)
         west_reader = await make_staff(session, permissions={"readings:read", "monitoring:read"}, areas=[tree.west])
-    return Data(prefix, east, west, silent, monitoring, west_reader, now)
+    return Data(prefix, east, west, silent, monitoring, retired, stock, west_reader, now)
 
 
 async def store_readings(session: AsyncSession, readings: list[tuple[Any, ...]], *, now: datetime) -> None:
@@ -223,6 +229,31 @@ async def test_realtime_filters_by_online_status(
                                              "first": 50}, token=token)
 
     assert {n["meterCode"].removeprefix(data.prefix) for n in _nodes(result, "realtimeReadings")} == expected
+
+
+async def test_realtime_leaves_out_retired_and_stock_meters_unless_asked_for(
+    client: GraphQLClient, world: World, data: Data
+) -> None:
+    token = await _token(client, world.admin)
+    east = {"meterCode": data.prefix, "areaId": encode_id("Area", world.tree.east.id)}  # type: ignore[arg-type]
+
+    default = await client.execute(REALTIME, {"filter": east, "first": 50}, token=token)
+    offline = await client.execute(REALTIME, {"filter": {**east, "status": "offline"}, "first": 50}, token=token)
+    asked = await client.execute(REALTIME, {"filter": {**east, "meterStatuses": ["retired", "in_stock"]}, "first": 50},
+                                 token=token)
+    everything = await client.execute(REALTIME, {"filter": {
+        **east, "meterStatuses": ["installed", "faulty", "retired", "in_stock"]}, "first": 50}, token=token)
+
+    def codes(result: dict[str, Any]) -> set[str]:
+        return {n["meterCode"].removeprefix(data.prefix) for n in _nodes(result, "realtimeReadings")}
+
+    assert codes(default) == {"E0", "E1", "E2", "E3", "E4", "S0"}
+    assert default["data"]["realtimeReadings"]["totalCount"] == 6
+    assert codes(offline) == {"E1", "E4"}
+    assert offline["data"]["realtimeReadings"]["totalCount"] == 2
+    assert {n["meterCode"].removeprefix(data.prefix): n["onlineStatus"] for n in _nodes(asked, "realtimeReadings")} == {
+        "R0": "offline", "K0": "never"}
+    assert everything["data"]["realtimeReadings"]["totalCount"] == 8
 
 
 async def test_realtime_filters_by_kind_household_and_meter(client: GraphQLClient, world: World, data: Data) -> None:

@@ -17,7 +17,7 @@ import strawberry
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.types import Info
 
-from backend.archives.models import MeterKind
+from backend.archives.models import MeterKind, MeterStatus
 from backend.auth.scope import reach_of
 from backend.clock import utcnow
 from backend.errors import BadUserInput
@@ -41,6 +41,7 @@ _READ = RequiresAny("readings:read", "resident:self")
 
 # Archives' MeterKind enum, named by module path: a schema imports no other domain's schema.
 MeterKindRef = Annotated["MeterKindEnum", strawberry.lazy("backend.archives.schema.types")]  # type: ignore[name-defined]  # noqa: F821
+MeterStatusRef = Annotated["MeterStatusEnum", strawberry.lazy("backend.archives.schema.types")]  # type: ignore[name-defined]  # noqa: F821
 
 
 def _tz(info: Info) -> str:
@@ -135,6 +136,9 @@ class RealtimeFilter:
     meter_code: str | None = strawberry.field(default=None, description="Meter codes starting with this.")
     kind: MeterKindRef | None = None  # type: ignore[valid-type]
     status: OnlineStatusEnum | None = None  # type: ignore[valid-type]
+    meter_statuses: list[MeterStatusRef] | None = strawberry.field(  # type: ignore[valid-type]
+        default=None, description="The meters' statuses; null or empty: installed and faulty only, so meters in "
+        "stock or retired are neither listed nor counted unless asked for.")
 
     def to_service(self) -> browse.RealtimeFilter:
         if self.meter_code is not None and ("\x00" in self.meter_code or len(self.meter_code) > 32):
@@ -147,6 +151,7 @@ class RealtimeFilter:
             meter_code=(self.meter_code or "").strip() or None,
             kind=MeterKind(self.kind) if self.kind is not None else None,
             status=browse.OnlineStatus(self.status) if self.status is not None else None,
+            meter_statuses=tuple(MeterStatus(status) for status in self.meter_statuses or ()),
         )
 
 
