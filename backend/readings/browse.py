@@ -56,6 +56,7 @@ MAX_HISTORY_DAYS = 366
 # The meters a worklist is about by default: those in service. A meter in stock or retired
 # reports nothing by design, so listing it (as offline) would only bury the real silences.
 IN_SERVICE = (MeterStatus.installed, MeterStatus.faulty)
+MAX_SEARCH_LENGTH = 100
 MAX_DAILY_DAYS = 366
 TEN_THOUSAND = Decimal(10000)
 _FOUR_PLACES = Decimal("0.0001")
@@ -80,6 +81,8 @@ class RealtimeFilter:
     status: OnlineStatus | None = None
     # The meters' life-cycle statuses; empty: :data:`IN_SERVICE`.
     meter_statuses: tuple[MeterStatus, ...] = ()
+    # Literal text, any case, within the household's name (户名), account number (户号) or address.
+    search: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +205,11 @@ async def _check_visible(session: AsyncSession, reach: Reach, **ids: tuple[str, 
             raise NotFound(field=field_name)
 
 
+def _contains(search: str) -> str:
+    """A LIKE pattern matching ``search`` literally anywhere (``%``, ``_`` and ``\\`` escaped)."""
+    return "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 def _subtree(params: dict[str, Any], area_id: int) -> str:
     params["area_id"] = area_id
     return "starts_with(a.path, (SELECT s.path FROM areas s WHERE s.id = :area_id))"
@@ -264,6 +272,10 @@ def _realtime_sql(flt: RealtimeFilter, reach: Reach, now: datetime) -> tuple[str
         where.append("starts_with(m.code, :code_prefix)")
     params["meter_statuses"] = [status.value for status in flt.meter_statuses or IN_SERVICE]
     where.append("m.status = ANY(:meter_statuses)")
+    if flt.search:
+        params["search"] = _contains(flt.search)
+        where.append("(" + " OR ".join(f"h.{column} ILIKE :search ESCAPE '\\'"
+                                       for column in ("name", "account_no", "address")) + ")")
     if flt.status is OnlineStatus.never:
         where.append("lr.meter_id IS NULL")
     elif flt.status is OnlineStatus.online:
@@ -292,7 +304,8 @@ async def realtime_page(
     """One page of meters with their latest reading (实时数据), by area path and meter code:
     only meters whose status is among ``flt.meter_statuses`` (by default installed or
     faulty, :data:`IN_SERVICE`), so stock and retired meters neither show nor count as
-    offline unless asked for. A filter naming a meter, household, area or concentrator outside the reach is NOT_FOUND."""
+    offline unless asked for. ``flt.search`` matches the served household's name, account
+    number or address literally, in any case. A filter naming a meter, household, area or concentrator outside the reach is NOT_FOUND."""
     await _check_visible(session, reach, meter_id=("meterId", flt.meter_id), household_id=("householdId", flt.household_id),
                          area_id=("areaId", flt.area_id), concentrator_id=("concentratorId", flt.concentrator_id))
     sql, count_sql, params = _realtime_sql(flt, reach, now)
@@ -487,6 +500,7 @@ def realtime_filter_from(filters: Mapping[str, Any]) -> RealtimeFilter:
         kind=MeterKind(kind) if kind else None,
         status=OnlineStatus(status) if status else None,
         meter_statuses=tuple(MeterStatus(s) for s in meter_statuses),
+        search=filter_text(filters, "search", max_length=MAX_SEARCH_LENGTH),
     )
 
 

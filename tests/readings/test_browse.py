@@ -16,7 +16,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from backend.archives.models import Area, Meter, MeterKind, MeterStatus, MeterType
-from backend.archives.service import MeterChanges, assign_meter, create_meter
+from backend.archives.service import MeterChanges, assign_meter, create_household, create_meter
 from backend.clock import utcnow
 from backend.db import session_factory
 from backend.errors import ErrorCode
@@ -254,6 +254,62 @@ async def test_realtime_leaves_out_retired_and_stock_meters_unless_asked_for(
     assert {n["meterCode"].removeprefix(data.prefix): n["onlineStatus"] for n in _nodes(asked, "realtimeReadings")} == {
         "R0": "offline", "K0": "never"}
     assert everything["data"]["realtimeReadings"]["totalCount"] == 8
+
+
+@dataclass
+class Searchable:
+    prefix: str  # of these meters' codes
+    office_account_no: str  # P0's household: "Zhang_San 办公室", "幸福路 100% 号"
+    lookalike_account_no: str  # P1's household: "ZhangXSan", "幸福路 1000 号"; P2 serves no one
+
+
+@pytest.fixture(scope="module")
+async def searchable(world: World, engine_for_module: AsyncEngine) -> Searchable:
+    prefix, now = unique("SR"), utcnow()
+    area = world.tree.east_community
+    async with session_factory(engine_for_module)() as session, session.begin():
+        office = await create_household(session, account_no=unique("77"), name="Zhang_San 办公室", area_id=area.id,  # type: ignore[arg-type]
+                                        address="幸福路 100% 号")
+        lookalike = await create_household(session, account_no=unique("77"), name="ZhangXSan", area_id=area.id,  # type: ignore[arg-type]
+                                           address="幸福路 1000 号")
+        for index, household in enumerate((office, lookalike, None)):
+            meter = await _meter(session, area, f"{prefix}P{index}")
+            if household is not None:
+                await assign_meter(session, meter_id=meter.id, household_id=household.id,  # type: ignore[arg-type]
+                                   valid_from=now - timedelta(days=1))
+    return Searchable(prefix, office.account_no, lookalike.account_no)
+
+
+@pytest.mark.parametrize(("search", "expected"), [
+    ("zhang_san", {"P0"}),  # any case; "_" is no wildcard
+    ("zhang", {"P0", "P1"}),
+    ("100%", {"P0"}),  # "%" is no wildcard either: "1000" does not match
+    ("  幸福路 ", {"P0", "P1"}),
+    ("lookalike", {"P1"}),  # replaced by the lookalike's account number below
+    ("no such text", set()),
+])
+async def test_realtime_searches_household_name_account_number_and_address(
+    client: GraphQLClient, world: World, searchable: Searchable, search: str, expected: set[str]
+) -> None:
+    token = await _token(client, world.admin)
+    if search == "lookalike":
+        search = searchable.lookalike_account_no.lower()
+
+    result = await client.execute(REALTIME, {"filter": {"meterCode": searchable.prefix, "search": search}, "first": 50},
+                                  token=token)
+
+    assert {n["meterCode"].removeprefix(searchable.prefix) for n in _nodes(result, "realtimeReadings")} == expected
+    assert result["data"]["realtimeReadings"]["totalCount"] == len(expected)
+
+
+async def test_realtime_refuses_a_search_over_100_characters(client: GraphQLClient, world: World) -> None:
+    token = await _token(client, world.admin)
+
+    at_limit = await client.execute(REALTIME, {"filter": {"search": "张" * 100}}, token=token)
+    over = await client.execute(REALTIME, {"filter": {"search": "张" * 101}}, token=token)
+
+    assert _nodes(at_limit, "realtimeReadings") == []
+    assert [(e["extensions"]["code"], e["extensions"].get("field")) for e in over["errors"]] == [("BAD_USER_INPUT", "search")]
 
 
 async def test_realtime_filters_by_kind_household_and_meter(client: GraphQLClient, world: World, data: Data) -> None:

@@ -139,10 +139,16 @@ class RealtimeFilter:
     meter_statuses: list[MeterStatusRef] | None = strawberry.field(  # type: ignore[valid-type]
         default=None, description="The meters' statuses; null or empty: installed and faulty only, so meters in "
         "stock or retired are neither listed nor counted unless asked for.")
+    search: str | None = strawberry.field(
+        default=None, description=f"户名 / 户号 / 地址 of the household served containing this text, literally "
+        f"(no wildcards), in any case; at most {browse.MAX_SEARCH_LENGTH} characters.")
 
     def to_service(self) -> browse.RealtimeFilter:
         if self.meter_code is not None and ("\x00" in self.meter_code or len(self.meter_code) > 32):
             raise BadUserInput("表计编码无效", "Invalid meter code", field="meterCode")
+        if self.search is not None and ("\x00" in self.search or len(self.search) > browse.MAX_SEARCH_LENGTH):
+            raise BadUserInput(f"搜索内容不能超过 {browse.MAX_SEARCH_LENGTH} 个字符",
+                               f"The search text cannot exceed {browse.MAX_SEARCH_LENGTH} characters", field="search")
         return browse.RealtimeFilter(
             area_id=_optional_id(self.area_id, "Area", "areaId"),
             household_id=_optional_id(self.household_id, "Household", "householdId"),
@@ -152,6 +158,7 @@ class RealtimeFilter:
             kind=MeterKind(self.kind) if self.kind is not None else None,
             status=browse.OnlineStatus(self.status) if self.status is not None else None,
             meter_statuses=tuple(MeterStatus(status) for status in self.meter_statuses or ()),
+            search=(self.search or "").strip() or None,
         )
 
 
