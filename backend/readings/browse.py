@@ -15,7 +15,7 @@ rule breaks it; then the reading stays visible and its household reads as none.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -95,6 +95,7 @@ class HistoryFilter:
     concentrator_id: int | None = None
     qualities: tuple[ReadingQuality, ...] = ()
     kind: MeterKind | None = None
+    meter_code: str | None = None  # one meter by its exact code (表计编码), instead of meter_ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,21 +369,34 @@ def _history_sql(flt: HistoryFilter, reach: Reach) -> tuple[str, str, dict[str, 
     return sql, f"SELECT count(*) {joins}", params
 
 
-async def _check_history(session: AsyncSession, flt: HistoryFilter, reach: Reach) -> None:
+async def _checked_history(session: AsyncSession, flt: HistoryFilter, reach: Reach) -> HistoryFilter:
+    """``flt`` checked against the range limits and the reach, its meter code (if any)
+    resolved to the meter's id: a code outside the reach is NOT_FOUND like a foreign id."""
     check_range(flt.start, flt.end)
     if len(flt.meter_ids) > 1000:
         raise DomainError("一次最多查询 1000 块表", "At most 1000 meters at once", field="meterIds", code=ErrorCode.INVALID)
+    if flt.meter_ids and flt.meter_code is not None:
+        raise DomainError("表计 id 与表计编码只能填写一个", "Give meter ids or a meter code, not both",
+                          field="meterCode", code=ErrorCode.BAD_USER_INPUT)
     await _check_visible(session, reach, household_id=("householdId", flt.household_id),
                          area_id=("areaId", flt.area_id), concentrator_id=("concentratorId", flt.concentrator_id))
+    if flt.meter_code is not None:
+        found = await _visible_meters(session, (), reach, code=flt.meter_code)
+        if not found:
+            raise NotFound(field="meterCode")
+        return replace(flt, meter_ids=tuple(found), meter_code=None)
     if flt.meter_ids:
         visible = await _visible_meters(session, flt.meter_ids, reach)
         if set(flt.meter_ids) - visible:
             raise NotFound(field="meterIds")
+    return flt
 
 
-async def _visible_meters(session: AsyncSession, meter_ids: Sequence[int], reach: Reach) -> set[int]:
-    params: dict[str, Any] = {"ids": list(meter_ids)}
-    where = ["m.id = ANY(:ids)"]
+async def _visible_meters(session: AsyncSession, meter_ids: Sequence[int], reach: Reach, *,
+                          code: str | None = None) -> set[int]:
+    """Those of ``meter_ids`` (or the meter coded ``code``) the reach may see."""
+    params: dict[str, Any] = {"ids": list(meter_ids)} if code is None else {"code": code}
+    where = ["m.id = ANY(:ids)" if code is None else "m.code = :code"]
     if (patterns := reach.area_patterns()) is not None:
         params["patterns"] = patterns
         where.append("a.path LIKE ANY(:patterns)")
@@ -397,14 +411,15 @@ async def history_page(
     session: AsyncSession, *, flt: HistoryFilter, reach: Reach, offset: int, limit: int, count: bool = True,
 ) -> Page:
     """One page of readings in ``[start, end)``, newest first (历史数据). A range over
-    :data:`MAX_HISTORY_DAYS` days is refused (RANGE_TOO_LONG); foreign meters are NOT_FOUND."""
-    await _check_history(session, flt, reach)
+    :data:`MAX_HISTORY_DAYS` days is refused (RANGE_TOO_LONG); foreign meters, by id or by
+    code, are NOT_FOUND; meter ids and a meter code together are BAD_USER_INPUT."""
+    flt = await _checked_history(session, flt, reach)
     sql, count_sql, params = _history_sql(flt, reach)
     return await _page(session, sql, count_sql, params, offset=offset, limit=limit, count=count)
 
 
 async def history_rows(session: AsyncSession, *, flt: HistoryFilter, reach: Reach) -> AsyncIterator[Mapping[str, Any]]:
-    await _check_history(session, flt, reach)
+    flt = await _checked_history(session, flt, reach)
     sql, _, params = _history_sql(flt, reach)
     async for row in _stream(session, sql, params):
         yield row
@@ -471,14 +486,21 @@ async def daily_volumes(
 
 
 async def monitoring_history(
-    session: AsyncSession, *, meter_id: int, start: datetime, end: datetime, reach: Reach, offset: int, limit: int,
-    count: bool = True,
+    session: AsyncSession, *, meter_id: int | None = None, meter_code: str | None = None, start: datetime,
+    end: datetime, reach: Reach, offset: int, limit: int, count: bool = True,
 ) -> Page:
-    """Readings of one monitoring point in ``[start, end)``, newest first."""
-    flt = HistoryFilter(start=start, end=end, meter_ids=(meter_id,), kind=MeterKind.monitoring)
-    await _check_history(session, HistoryFilter(start=start, end=end), reach)
-    if reach.household_ids is not None or not await _visible_meters(session, [meter_id], reach):
-        raise NotFound(field="meterId")
+    """Readings of one monitoring point, named by exactly one of its id and its code
+    (BAD_USER_INPUT otherwise), in ``[start, end)``, newest first. A point outside the
+    reach is NOT_FOUND on the argument given."""
+    if (meter_id is None) == (meter_code is None):
+        raise DomainError("请填写表计 id 或表计编码之一", "Give exactly one of meterId and meterCode",
+                          field="meterId", code=ErrorCode.BAD_USER_INPUT)
+    await _checked_history(session, HistoryFilter(start=start, end=end), reach)
+    given = "meterId" if meter_id is not None else "meterCode"
+    visible = await _visible_meters(session, [meter_id] if meter_id is not None else [], reach, code=meter_code)
+    if reach.household_ids is not None or not visible:
+        raise NotFound(field=given)
+    flt = HistoryFilter(start=start, end=end, meter_ids=tuple(visible), kind=MeterKind.monitoring)
     sql, count_sql, params = _history_sql(flt, reach)
     return await _page(session, sql, count_sql, params, offset=offset, limit=limit, count=count)
 
@@ -517,6 +539,7 @@ def history_filter_from(filters: Mapping[str, Any]) -> HistoryFilter:
         household_id=filter_id(filters, "householdId", "Household"),
         concentrator_id=filter_id(filters, "concentratorId", "Concentrator"),
         qualities=tuple(ReadingQuality(q) for q in filter_choices(filters, "qualities", [q.value for q in ReadingQuality])),
+        meter_code=filter_text(filters, "meterCode", max_length=32),
     )
 
 

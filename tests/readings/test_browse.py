@@ -63,8 +63,10 @@ query($areaId: ID, $days: Int!) {
 }
 """
 MONITORING_HISTORY = """
-query($meterId: ID!, $from: DateTime!, $to: DateTime!) {
-  monitoringHistory(meterId: $meterId, from: $from, to: $to) { totalCount edges { node { meterCode totalM3 flowRate } } }
+query($meterId: ID, $meterCode: String, $from: DateTime!, $to: DateTime!) {
+  monitoringHistory(meterId: $meterId, meterCode: $meterCode, from: $from, to: $to) {
+    totalCount edges { node { meterCode totalM3 flowRate } }
+  }
 }
 """
 
@@ -404,6 +406,37 @@ async def test_history_lists_readings_in_the_range_newest_first(client: GraphQLC
     assert [(r["totalM3"], r["quality"]) for r in _nodes(manual, "readingHistory")] == [("11.2500", "manual")]
 
 
+def _errors(result: dict[str, Any]) -> list[tuple[str, str | None]]:
+    return [(e["extensions"]["code"], e["extensions"].get("field")) for e in result["errors"]]
+
+
+async def test_history_looks_a_meter_up_by_its_code_within_the_callers_reach(
+    client: GraphQLClient, world: World, data: Data
+) -> None:
+    admin, west = await _token(client, world.admin), await _token(client, data.west_reader)
+    window = {"from": _iso(data.now - timedelta(days=7)), "to": _iso(data.now)}
+    meter = data.east_meters[0]
+
+    by_code = await client.execute(HISTORY, {"filter": {**window, "meterCode": meter.code}}, token=admin)
+    by_id = await client.execute(HISTORY, {"filter": {**window, "meterIds": [encode_id("Meter", meter.id)]}},  # type: ignore[arg-type]
+                                 token=admin)
+    foreign = await client.execute(HISTORY, {"filter": {**window, "meterCode": meter.code}}, token=west)
+    own = await client.execute(HISTORY, {"filter": {**window, "meterCode": data.west_meter.code}}, token=west)
+    unknown = await client.execute(HISTORY, {"filter": {**window, "meterCode": f"{data.prefix}NOPE"}}, token=admin)
+    both = await client.execute(HISTORY, {"filter": {**window, "meterCode": meter.code,
+                                                     "meterIds": [encode_id("Meter", meter.id)]}}, token=admin)  # type: ignore[arg-type]
+    resident = await client.execute(HISTORY, {"filter": {**window, "meterCode": data.west_meter.code}},
+                                    token=world.resident_token)
+
+    assert [r["totalM3"] for r in _nodes(by_code, "readingHistory")] == ["12.7500", "11.2500", "10.5000"]
+    assert _nodes(by_code, "readingHistory") == _nodes(by_id, "readingHistory")
+    assert _errors(foreign) == [("NOT_FOUND", "meterCode")]
+    assert [r["totalM3"] for r in _nodes(own, "readingHistory")] == ["99.0000"]
+    assert _errors(unknown) == [("NOT_FOUND", "meterCode")]
+    assert _errors(both) == [("BAD_USER_INPUT", "meterCode")]
+    assert _errors(resident) == [("NOT_FOUND", "meterCode")]
+
+
 async def test_history_of_an_area_and_a_household(client: GraphQLClient, world: World, data: Data) -> None:
     token = await _token(client, world.admin)
     window = {"from": _iso(data.now - timedelta(days=7)), "to": _iso(data.now)}
@@ -544,6 +577,26 @@ async def test_monitoring_history_lists_one_points_readings(client: GraphQLClien
     assert _nodes(found, "monitoringHistory") == [{"meterCode": data.monitoring.code, "totalM3": "123456.0000",
                                                     "flowRate": "310.5000"}]
     assert [e["extensions"]["code"] for e in foreign["errors"]] == ["NOT_FOUND"]
+
+
+async def test_monitoring_history_takes_exactly_one_of_id_and_code(
+    client: GraphQLClient, world: World, data: Data
+) -> None:
+    token = await _token(client, world.admin)
+    window = {"from": _iso(data.now - timedelta(days=2)), "to": _iso(data.now)}
+    meter_id = encode_id("Meter", data.monitoring.id)  # type: ignore[arg-type]
+
+    by_code = await client.execute(MONITORING_HISTORY, {**window, "meterCode": data.monitoring.code}, token=token)
+    neither = await client.execute(MONITORING_HISTORY, window, token=token)
+    both = await client.execute(MONITORING_HISTORY, {**window, "meterId": meter_id, "meterCode": data.monitoring.code},
+                                token=token)
+    foreign = await client.execute(MONITORING_HISTORY, {**window, "meterCode": data.monitoring.code},
+                                   token=await _token(client, data.west_reader))
+
+    assert [n["totalM3"] for n in _nodes(by_code, "monitoringHistory")] == ["123456.0000"]
+    assert _errors(neither) == [("BAD_USER_INPUT", "meterId")]
+    assert _errors(both) == [("BAD_USER_INPUT", "meterId")]
+    assert _errors(foreign) == [("NOT_FOUND", "meterCode")]
 
 
 async def test_daily_volumes_cover_every_day_of_the_window(session: AsyncSession) -> None:

@@ -52,6 +52,15 @@ def _optional_id(value: strawberry.ID | None, type_name: str, field: str) -> int
     return decode_id(value, type_name, field=field) if value else None
 
 
+def _meter_code(value: str | None) -> str | None:
+    """An exact meter code argument, trimmed; one no meter could have is BAD_USER_INPUT."""
+    if value is None:
+        return None
+    if "\x00" in value or not value.strip() or len(value) > 32:
+        raise BadUserInput("表计编码无效", "Invalid meter code", field="meterCode")
+    return value.strip()
+
+
 def _kind(value: Any) -> MeterKind:
     return MeterKind(value)
 
@@ -172,6 +181,9 @@ class HistoryFilter:
         default=None, description="Readings taken while a meter served this household.")
     concentrator_id: strawberry.ID | None = None
     qualities: list[ReadingQualityEnum] | None = None  # type: ignore[valid-type]
+    meter_code: str | None = strawberry.field(
+        default=None, description="One meter by its exact code (表计编码), instead of meterIds (not both: "
+        "BAD_USER_INPUT); a code outside your reach is NOT_FOUND like an id.")
 
     def to_service(self) -> browse.HistoryFilter:
         return browse.HistoryFilter(
@@ -181,6 +193,7 @@ class HistoryFilter:
             household_id=_optional_id(self.household_id, "Household", "householdId"),
             concentrator_id=_optional_id(self.concentrator_id, "Concentrator", "concentratorId"),
             qualities=tuple(ReadingQuality(q) for q in self.qualities or ()),
+            meter_code=_meter_code(self.meter_code),
         )
 
 
@@ -297,18 +310,21 @@ class Query:
 
     @strawberry.field(
         permission_classes=[Requires("monitoring:read")],
-        description="Readings of one monitoring point in [from, to) (at most 366 days), newest first.",
+        description="Readings of one monitoring point in [from, to) (at most 366 days), newest first. The point is "
+        "named by exactly one of meterId and meterCode (表计编码), else BAD_USER_INPUT.",
         extensions=[Expensive(weight=costs.monitoring_history)],
     )
     async def monitoring_history(
-        self, info: Info, meter_id: strawberry.ID, start: Annotated[datetime, strawberry.argument(name="from")],
-        end: Annotated[datetime, strawberry.argument(name="to")], first: int | None = None, after: str | None = None,
+        self, info: Info, start: Annotated[datetime, strawberry.argument(name="from")],
+        end: Annotated[datetime, strawberry.argument(name="to")], meter_id: strawberry.ID | None = None,
+        meter_code: str | None = None, first: int | None = None, after: str | None = None,
         last: int | None = None, before: str | None = None,
     ) -> Connection[HistoryReading]:
         page = PageRequest.from_args(first, after, last, before)
         async with info.context.read() as session:
             found = await browse.monitoring_history(
-                session, meter_id=decode_id(meter_id, "Meter", field="meterId"), start=start, end=end,
+                session, meter_id=_optional_id(meter_id, "Meter", "meterId"), meter_code=_meter_code(meter_code),
+                start=start, end=end,
                 reach=reach_of(info.context.caller), offset=page.offset, limit=page.limit,
                 count=selects(info, "totalCount"),
             )
