@@ -19,7 +19,7 @@ from backend.archives.models import Area, Meter, MeterKind, MeterStatus, MeterTy
 from backend.archives.service import MeterChanges, assign_meter, create_household, create_meter
 from backend.clock import utcnow
 from backend.db import session_factory
-from backend.errors import ErrorCode
+from backend.errors import DomainError, ErrorCode
 from backend.graphql.relay import encode_id
 from backend.readings import browse
 from backend.readings.partitions import ensure_partitions
@@ -312,6 +312,21 @@ async def test_realtime_refuses_a_search_over_100_characters(client: GraphQLClie
 
     assert _nodes(at_limit, "realtimeReadings") == []
     assert [(e["extensions"]["code"], e["extensions"].get("field")) for e in over["errors"]] == [("BAD_USER_INPUT", "search")]
+
+
+def test_the_exports_read_meter_statuses_search_and_meter_code_from_the_screens_filters() -> None:
+    flt = browse.realtime_filter_from({"meterStatuses": ["retired", "in_stock"], "search": " 张伟 "})
+
+    assert flt.meter_statuses == (MeterStatus.retired, MeterStatus.in_stock)
+    assert flt.search == "张伟"
+    assert browse.realtime_filter_from({}).meter_statuses == ()  # the screen's default: browse.IN_SERVICE
+    for bad in ({"meterStatuses": ["lost"]}, {"meterStatuses": "retired"}, {"search": "张" * 101}):
+        with pytest.raises(DomainError) as refused:
+            browse.realtime_filter_from(bad)
+        assert (refused.value.code, refused.value.field) == (ErrorCode.INVALID, next(iter(bad)))
+    history = browse.history_filter_from({"from": "2026-11-25T00:00:00+08:00", "to": "2026-11-26T00:00:00+08:00",
+                                          "meterCode": "W00000001"})
+    assert history.meter_code == "W00000001"
 
 
 async def test_realtime_filters_by_kind_household_and_meter(client: GraphQLClient, world: World, data: Data) -> None:
