@@ -15,7 +15,7 @@ rule breaks it; then the reading stays visible and its household reads as none.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.archives.models import MeterKind
+from backend.archives.models import MeterKind, MeterStatus
 from backend.auth.scope import Reach
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.readings.models import ReadingQuality
@@ -53,6 +53,10 @@ ONLINE_WINDOW = timedelta(hours=24)
 # in) says nothing about its link, so it keeps an otherwise quiet meter offline.
 _ONLINE = "lr.read_at >= :online_since AND lr.quality = 'actual'"
 MAX_HISTORY_DAYS = 366
+# The meters a worklist is about by default: those in service. A meter in stock or retired
+# reports nothing by design, so listing it (as offline) would only bury the real silences.
+IN_SERVICE = (MeterStatus.installed, MeterStatus.faulty)
+MAX_SEARCH_LENGTH = 100
 MAX_DAILY_DAYS = 366
 TEN_THOUSAND = Decimal(10000)
 _FOUR_PLACES = Decimal("0.0001")
@@ -75,6 +79,10 @@ class RealtimeFilter:
     meter_code: str | None = None  # prefix
     kind: MeterKind | None = None
     status: OnlineStatus | None = None
+    # The meters' life-cycle statuses; empty: :data:`IN_SERVICE`.
+    meter_statuses: tuple[MeterStatus, ...] = ()
+    # Literal text, any case, within the household's name (户名), account number (户号) or address.
+    search: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +95,7 @@ class HistoryFilter:
     concentrator_id: int | None = None
     qualities: tuple[ReadingQuality, ...] = ()
     kind: MeterKind | None = None
+    meter_code: str | None = None  # one meter by its exact code (表计编码), instead of meter_ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +206,11 @@ async def _check_visible(session: AsyncSession, reach: Reach, **ids: tuple[str, 
             raise NotFound(field=field_name)
 
 
+def _contains(search: str) -> str:
+    """A LIKE pattern matching ``search`` literally anywhere (``%``, ``_`` and ``\\`` escaped)."""
+    return "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 def _subtree(params: dict[str, Any], area_id: int) -> str:
     params["area_id"] = area_id
     return "starts_with(a.path, (SELECT s.path FROM areas s WHERE s.id = :area_id))"
@@ -257,6 +271,12 @@ def _realtime_sql(flt: RealtimeFilter, reach: Reach, now: datetime) -> tuple[str
     if flt.meter_code:
         params["code_prefix"] = flt.meter_code
         where.append("starts_with(m.code, :code_prefix)")
+    params["meter_statuses"] = [status.value for status in flt.meter_statuses or IN_SERVICE]
+    where.append("m.status = ANY(:meter_statuses)")
+    if flt.search:
+        params["search"] = _contains(flt.search)
+        where.append("(" + " OR ".join(f"h.{column} ILIKE :search ESCAPE '\\'"
+                                       for column in ("name", "account_no", "address")) + ")")
     if flt.status is OnlineStatus.never:
         where.append("lr.meter_id IS NULL")
     elif flt.status is OnlineStatus.online:
@@ -282,8 +302,11 @@ async def realtime_page(
     session: AsyncSession, *, flt: RealtimeFilter, reach: Reach, now: datetime, offset: int, limit: int,
     count: bool = True,
 ) -> Page:
-    """One page of meters with their latest reading (实时数据), by area path and meter code.
-    A filter naming a meter, household, area or concentrator outside the reach is NOT_FOUND."""
+    """One page of meters with their latest reading (实时数据), by area path and meter code:
+    only meters whose status is among ``flt.meter_statuses`` (by default installed or
+    faulty, :data:`IN_SERVICE`), so stock and retired meters neither show nor count as
+    offline unless asked for. ``flt.search`` matches the served household's name, account
+    number or address literally, in any case. A filter naming a meter, household, area or concentrator outside the reach is NOT_FOUND."""
     await _check_visible(session, reach, meter_id=("meterId", flt.meter_id), household_id=("householdId", flt.household_id),
                          area_id=("areaId", flt.area_id), concentrator_id=("concentratorId", flt.concentrator_id))
     sql, count_sql, params = _realtime_sql(flt, reach, now)
@@ -346,21 +369,34 @@ def _history_sql(flt: HistoryFilter, reach: Reach) -> tuple[str, str, dict[str, 
     return sql, f"SELECT count(*) {joins}", params
 
 
-async def _check_history(session: AsyncSession, flt: HistoryFilter, reach: Reach) -> None:
+async def _checked_history(session: AsyncSession, flt: HistoryFilter, reach: Reach) -> HistoryFilter:
+    """``flt`` checked against the range limits and the reach, its meter code (if any)
+    resolved to the meter's id: a code outside the reach is NOT_FOUND like a foreign id."""
     check_range(flt.start, flt.end)
     if len(flt.meter_ids) > 1000:
         raise DomainError("一次最多查询 1000 块表", "At most 1000 meters at once", field="meterIds", code=ErrorCode.INVALID)
+    if flt.meter_ids and flt.meter_code is not None:
+        raise DomainError("表计 id 与表计编码只能填写一个", "Give meter ids or a meter code, not both",
+                          field="meterCode", code=ErrorCode.BAD_USER_INPUT)
     await _check_visible(session, reach, household_id=("householdId", flt.household_id),
                          area_id=("areaId", flt.area_id), concentrator_id=("concentratorId", flt.concentrator_id))
+    if flt.meter_code is not None:
+        found = await _visible_meters(session, (), reach, code=flt.meter_code)
+        if not found:
+            raise NotFound(field="meterCode")
+        return replace(flt, meter_ids=tuple(found), meter_code=None)
     if flt.meter_ids:
         visible = await _visible_meters(session, flt.meter_ids, reach)
         if set(flt.meter_ids) - visible:
             raise NotFound(field="meterIds")
+    return flt
 
 
-async def _visible_meters(session: AsyncSession, meter_ids: Sequence[int], reach: Reach) -> set[int]:
-    params: dict[str, Any] = {"ids": list(meter_ids)}
-    where = ["m.id = ANY(:ids)"]
+async def _visible_meters(session: AsyncSession, meter_ids: Sequence[int], reach: Reach, *,
+                          code: str | None = None) -> set[int]:
+    """Those of ``meter_ids`` (or the meter coded ``code``) the reach may see."""
+    params: dict[str, Any] = {"ids": list(meter_ids)} if code is None else {"code": code}
+    where = ["m.id = ANY(:ids)" if code is None else "m.code = :code"]
     if (patterns := reach.area_patterns()) is not None:
         params["patterns"] = patterns
         where.append("a.path LIKE ANY(:patterns)")
@@ -375,14 +411,15 @@ async def history_page(
     session: AsyncSession, *, flt: HistoryFilter, reach: Reach, offset: int, limit: int, count: bool = True,
 ) -> Page:
     """One page of readings in ``[start, end)``, newest first (历史数据). A range over
-    :data:`MAX_HISTORY_DAYS` days is refused (RANGE_TOO_LONG); foreign meters are NOT_FOUND."""
-    await _check_history(session, flt, reach)
+    :data:`MAX_HISTORY_DAYS` days is refused (RANGE_TOO_LONG); foreign meters, by id or by
+    code, are NOT_FOUND; meter ids and a meter code together are BAD_USER_INPUT."""
+    flt = await _checked_history(session, flt, reach)
     sql, count_sql, params = _history_sql(flt, reach)
     return await _page(session, sql, count_sql, params, offset=offset, limit=limit, count=count)
 
 
 async def history_rows(session: AsyncSession, *, flt: HistoryFilter, reach: Reach) -> AsyncIterator[Mapping[str, Any]]:
-    await _check_history(session, flt, reach)
+    flt = await _checked_history(session, flt, reach)
     sql, _, params = _history_sql(flt, reach)
     async for row in _stream(session, sql, params):
         yield row
@@ -449,14 +486,21 @@ async def daily_volumes(
 
 
 async def monitoring_history(
-    session: AsyncSession, *, meter_id: int, start: datetime, end: datetime, reach: Reach, offset: int, limit: int,
-    count: bool = True,
+    session: AsyncSession, *, meter_id: int | None = None, meter_code: str | None = None, start: datetime,
+    end: datetime, reach: Reach, offset: int, limit: int, count: bool = True,
 ) -> Page:
-    """Readings of one monitoring point in ``[start, end)``, newest first."""
-    flt = HistoryFilter(start=start, end=end, meter_ids=(meter_id,), kind=MeterKind.monitoring)
-    await _check_history(session, HistoryFilter(start=start, end=end), reach)
-    if reach.household_ids is not None or not await _visible_meters(session, [meter_id], reach):
-        raise NotFound(field="meterId")
+    """Readings of one monitoring point, named by exactly one of its id and its code
+    (BAD_USER_INPUT otherwise), in ``[start, end)``, newest first. A point outside the
+    reach is NOT_FOUND on the argument given."""
+    if (meter_id is None) == (meter_code is None):
+        raise DomainError("请填写表计 id 或表计编码之一", "Give exactly one of meterId and meterCode",
+                          field="meterId", code=ErrorCode.BAD_USER_INPUT)
+    await _checked_history(session, HistoryFilter(start=start, end=end), reach)
+    given = "meterId" if meter_id is not None else "meterCode"
+    visible = await _visible_meters(session, [meter_id] if meter_id is not None else [], reach, code=meter_code)
+    if reach.household_ids is not None or not visible:
+        raise NotFound(field=given)
+    flt = HistoryFilter(start=start, end=end, meter_ids=tuple(visible), kind=MeterKind.monitoring)
     sql, count_sql, params = _history_sql(flt, reach)
     return await _page(session, sql, count_sql, params, offset=offset, limit=limit, count=count)
 
@@ -468,6 +512,7 @@ def realtime_filter_from(filters: Mapping[str, Any]) -> RealtimeFilter:
     """A :class:`RealtimeFilter` from the screen's JSON filters (GraphQL names, global ids)."""
     kind = filter_choice(filters, "kind", [k.value for k in MeterKind])
     status = filter_choice(filters, "status", [s.value for s in OnlineStatus])
+    meter_statuses = filter_choices(filters, "meterStatuses", [s.value for s in MeterStatus])
     return RealtimeFilter(
         area_id=filter_id(filters, "areaId", "Area"),
         household_id=filter_id(filters, "householdId", "Household"),
@@ -476,6 +521,8 @@ def realtime_filter_from(filters: Mapping[str, Any]) -> RealtimeFilter:
         meter_code=filter_text(filters, "meterCode"),
         kind=MeterKind(kind) if kind else None,
         status=OnlineStatus(status) if status else None,
+        meter_statuses=tuple(MeterStatus(s) for s in meter_statuses),
+        search=filter_text(filters, "search", max_length=MAX_SEARCH_LENGTH),
     )
 
 
@@ -492,6 +539,7 @@ def history_filter_from(filters: Mapping[str, Any]) -> HistoryFilter:
         household_id=filter_id(filters, "householdId", "Household"),
         concentrator_id=filter_id(filters, "concentratorId", "Concentrator"),
         qualities=tuple(ReadingQuality(q) for q in filter_choices(filters, "qualities", [q.value for q in ReadingQuality])),
+        meter_code=filter_text(filters, "meterCode", max_length=32),
     )
 
 

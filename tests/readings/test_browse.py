@@ -16,10 +16,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from backend.archives.models import Area, Meter, MeterKind, MeterStatus, MeterType
-from backend.archives.service import MeterChanges, assign_meter, create_meter
+from backend.archives.service import MeterChanges, assign_meter, create_household, create_meter
 from backend.clock import utcnow
 from backend.db import session_factory
-from backend.errors import ErrorCode
+from backend.errors import DomainError, ErrorCode
 from backend.graphql.relay import encode_id
 from backend.readings import browse
 from backend.readings.partitions import ensure_partitions
@@ -63,8 +63,10 @@ query($areaId: ID, $days: Int!) {
 }
 """
 MONITORING_HISTORY = """
-query($meterId: ID!, $from: DateTime!, $to: DateTime!) {
-  monitoringHistory(meterId: $meterId, from: $from, to: $to) { totalCount edges { node { meterCode totalM3 flowRate } } }
+query($meterId: ID, $meterCode: String, $from: DateTime!, $to: DateTime!) {
+  monitoringHistory(meterId: $meterId, meterCode: $meterCode, from: $from, to: $to) {
+    totalCount edges { node { meterCode totalM3 flowRate } }
+  }
 }
 """
 
@@ -91,6 +93,8 @@ class Data:
     west_meter: Meter
     silent_meter: Meter  # never read
     monitoring: Meter
+    retired_meter: Meter  # east, last read 10 days ago
+    stock_meter: Meter  # east, in stock, never read
     west_reader: Staff
     now: datetime
 
@@ -99,12 +103,13 @@ def _iso(value: datetime) -> str:
     return value.isoformat()
 
 
-async def _meter(session: AsyncSession, area: Area, code: str, *, kind: MeterKind = MeterKind.household) -> Meter:
+async def _meter(session: AsyncSession, area: Area, code: str, *, kind: MeterKind = MeterKind.household,
+                 status: MeterStatus = MeterStatus.installed) -> Meter:
     return await create_meter(session, fields=MeterChanges(
         name=f"表{code}", code=code, address=f"{next(_addresses):014d}",
         meter_type=MeterType.flow_monitor if kind is MeterKind.monitoring else MeterType.cold_water,
         kind=kind, area_id=area.id, install_date=date(2024, 1, 1), initial_reading=Decimal(0),
-        status=MeterStatus.installed,
+        status=status,
     ))
 
 
@@ -118,6 +123,8 @@ async def data(world: World, engine_for_module: AsyncEngine) -> Data:
         west = await _meter(session, tree.west_community, f"{prefix}W0")
         silent = await _meter(session, tree.east_community, f"{prefix}S0")
         monitoring = await _meter(session, tree.company, f"{prefix}M0", kind=MeterKind.monitoring)
+        retired = await _meter(session, tree.east_community, f"{prefix}R0", status=MeterStatus.retired)
+        stock = await _meter(session, tree.east_community, f"{prefix}K0", status=MeterStatus.in_stock)
         assert world.east_household.id is not None and world.west_household.id is not None
         await assign_meter(session, meter_id=east[0].id, household_id=world.east_household.id,  # type: ignore[arg-type]
                            valid_from=now - timedelta(days=40))
@@ -136,10 +143,11 @@ async def data(world: World, engine_for_module: AsyncEngine) -> Data:
             (west.id, now - timedelta(hours=1), "99", "actual", {}),
             (monitoring.id, now - timedelta(hours=1), "123456", "actual",
              {"flow_rate": Decimal("310.5"), "pressure": Decimal("0.42")}),
+            (retired.id, now - timedelta(days=10), "7", "actual", {}),
         ]
         await store_readings(session, readings, now=now)
         west_reader = await make_staff(session, permissions={"readings:read", "monitoring:read"}, areas=[tree.west])
-    return Data(prefix, east, west, silent, monitoring, west_reader, now)
+    return Data(prefix, east, west, silent, monitoring, retired, stock, west_reader, now)
 
 
 async def store_readings(session: AsyncSession, readings: list[tuple[Any, ...]], *, now: datetime) -> None:
@@ -223,6 +231,102 @@ async def test_realtime_filters_by_online_status(
                                              "first": 50}, token=token)
 
     assert {n["meterCode"].removeprefix(data.prefix) for n in _nodes(result, "realtimeReadings")} == expected
+
+
+async def test_realtime_leaves_out_retired_and_stock_meters_unless_asked_for(
+    client: GraphQLClient, world: World, data: Data
+) -> None:
+    token = await _token(client, world.admin)
+    east = {"meterCode": data.prefix, "areaId": encode_id("Area", world.tree.east.id)}  # type: ignore[arg-type]
+
+    default = await client.execute(REALTIME, {"filter": east, "first": 50}, token=token)
+    offline = await client.execute(REALTIME, {"filter": {**east, "status": "offline"}, "first": 50}, token=token)
+    asked = await client.execute(REALTIME, {"filter": {**east, "meterStatuses": ["retired", "in_stock"]}, "first": 50},
+                                 token=token)
+    everything = await client.execute(REALTIME, {"filter": {
+        **east, "meterStatuses": ["installed", "faulty", "retired", "in_stock"]}, "first": 50}, token=token)
+
+    def codes(result: dict[str, Any]) -> set[str]:
+        return {n["meterCode"].removeprefix(data.prefix) for n in _nodes(result, "realtimeReadings")}
+
+    assert codes(default) == {"E0", "E1", "E2", "E3", "E4", "S0"}
+    assert default["data"]["realtimeReadings"]["totalCount"] == 6
+    assert codes(offline) == {"E1", "E4"}
+    assert offline["data"]["realtimeReadings"]["totalCount"] == 2
+    assert {n["meterCode"].removeprefix(data.prefix): n["onlineStatus"] for n in _nodes(asked, "realtimeReadings")} == {
+        "R0": "offline", "K0": "never"}
+    assert everything["data"]["realtimeReadings"]["totalCount"] == 8
+
+
+@dataclass
+class Searchable:
+    prefix: str  # of these meters' codes
+    office_account_no: str  # P0's household: "Zhang_San 办公室", "幸福路 100% 号"
+    lookalike_account_no: str  # P1's household: "ZhangXSan", "幸福路 1000 号"; P2 serves no one
+
+
+@pytest.fixture(scope="module")
+async def searchable(world: World, engine_for_module: AsyncEngine) -> Searchable:
+    prefix, now = unique("SR"), utcnow()
+    area = world.tree.east_community
+    async with session_factory(engine_for_module)() as session, session.begin():
+        office = await create_household(session, account_no=unique("77"), name="Zhang_San 办公室", area_id=area.id,  # type: ignore[arg-type]
+                                        address="幸福路 100% 号")
+        lookalike = await create_household(session, account_no=unique("77"), name="ZhangXSan", area_id=area.id,  # type: ignore[arg-type]
+                                           address="幸福路 1000 号")
+        for index, household in enumerate((office, lookalike, None)):
+            meter = await _meter(session, area, f"{prefix}P{index}")
+            if household is not None:
+                await assign_meter(session, meter_id=meter.id, household_id=household.id,  # type: ignore[arg-type]
+                                   valid_from=now - timedelta(days=1))
+    return Searchable(prefix, office.account_no, lookalike.account_no)
+
+
+@pytest.mark.parametrize(("search", "expected"), [
+    ("zhang_san", {"P0"}),  # any case; "_" is no wildcard
+    ("zhang", {"P0", "P1"}),
+    ("100%", {"P0"}),  # "%" is no wildcard either: "1000" does not match
+    ("  幸福路 ", {"P0", "P1"}),
+    ("lookalike", {"P1"}),  # replaced by the lookalike's account number below
+    ("no such text", set()),
+])
+async def test_realtime_searches_household_name_account_number_and_address(
+    client: GraphQLClient, world: World, searchable: Searchable, search: str, expected: set[str]
+) -> None:
+    token = await _token(client, world.admin)
+    if search == "lookalike":
+        search = searchable.lookalike_account_no.lower()
+
+    result = await client.execute(REALTIME, {"filter": {"meterCode": searchable.prefix, "search": search}, "first": 50},
+                                  token=token)
+
+    assert {n["meterCode"].removeprefix(searchable.prefix) for n in _nodes(result, "realtimeReadings")} == expected
+    assert result["data"]["realtimeReadings"]["totalCount"] == len(expected)
+
+
+async def test_realtime_refuses_a_search_over_100_characters(client: GraphQLClient, world: World) -> None:
+    token = await _token(client, world.admin)
+
+    at_limit = await client.execute(REALTIME, {"filter": {"search": "张" * 100}}, token=token)
+    over = await client.execute(REALTIME, {"filter": {"search": "张" * 101}}, token=token)
+
+    assert _nodes(at_limit, "realtimeReadings") == []
+    assert [(e["extensions"]["code"], e["extensions"].get("field")) for e in over["errors"]] == [("BAD_USER_INPUT", "search")]
+
+
+def test_the_exports_read_meter_statuses_search_and_meter_code_from_the_screens_filters() -> None:
+    flt = browse.realtime_filter_from({"meterStatuses": ["retired", "in_stock"], "search": " 张伟 "})
+
+    assert flt.meter_statuses == (MeterStatus.retired, MeterStatus.in_stock)
+    assert flt.search == "张伟"
+    assert browse.realtime_filter_from({}).meter_statuses == ()  # the screen's default: browse.IN_SERVICE
+    for bad in ({"meterStatuses": ["lost"]}, {"meterStatuses": "retired"}, {"search": "张" * 101}):
+        with pytest.raises(DomainError) as refused:
+            browse.realtime_filter_from(bad)
+        assert (refused.value.code, refused.value.field) == (ErrorCode.INVALID, next(iter(bad)))
+    history = browse.history_filter_from({"from": "2026-11-25T00:00:00+08:00", "to": "2026-11-26T00:00:00+08:00",
+                                          "meterCode": "W00000001"})
+    assert history.meter_code == "W00000001"
 
 
 async def test_realtime_filters_by_kind_household_and_meter(client: GraphQLClient, world: World, data: Data) -> None:
@@ -315,6 +419,37 @@ async def test_history_lists_readings_in_the_range_newest_first(client: GraphQLC
         (data.east_meters[0].code, "翠湖小区", "张伟", "test")}
     assert [r["totalM3"] for r in _nodes(recent, "readingHistory")] == ["12.7500", "11.2500"]
     assert [(r["totalM3"], r["quality"]) for r in _nodes(manual, "readingHistory")] == [("11.2500", "manual")]
+
+
+def _errors(result: dict[str, Any]) -> list[tuple[str, str | None]]:
+    return [(e["extensions"]["code"], e["extensions"].get("field")) for e in result["errors"]]
+
+
+async def test_history_looks_a_meter_up_by_its_code_within_the_callers_reach(
+    client: GraphQLClient, world: World, data: Data
+) -> None:
+    admin, west = await _token(client, world.admin), await _token(client, data.west_reader)
+    window = {"from": _iso(data.now - timedelta(days=7)), "to": _iso(data.now)}
+    meter = data.east_meters[0]
+
+    by_code = await client.execute(HISTORY, {"filter": {**window, "meterCode": meter.code}}, token=admin)
+    by_id = await client.execute(HISTORY, {"filter": {**window, "meterIds": [encode_id("Meter", meter.id)]}},  # type: ignore[arg-type]
+                                 token=admin)
+    foreign = await client.execute(HISTORY, {"filter": {**window, "meterCode": meter.code}}, token=west)
+    own = await client.execute(HISTORY, {"filter": {**window, "meterCode": data.west_meter.code}}, token=west)
+    unknown = await client.execute(HISTORY, {"filter": {**window, "meterCode": f"{data.prefix}NOPE"}}, token=admin)
+    both = await client.execute(HISTORY, {"filter": {**window, "meterCode": meter.code,
+                                                     "meterIds": [encode_id("Meter", meter.id)]}}, token=admin)  # type: ignore[arg-type]
+    resident = await client.execute(HISTORY, {"filter": {**window, "meterCode": data.west_meter.code}},
+                                    token=world.resident_token)
+
+    assert [r["totalM3"] for r in _nodes(by_code, "readingHistory")] == ["12.7500", "11.2500", "10.5000"]
+    assert _nodes(by_code, "readingHistory") == _nodes(by_id, "readingHistory")
+    assert _errors(foreign) == [("NOT_FOUND", "meterCode")]
+    assert [r["totalM3"] for r in _nodes(own, "readingHistory")] == ["99.0000"]
+    assert _errors(unknown) == [("NOT_FOUND", "meterCode")]
+    assert _errors(both) == [("BAD_USER_INPUT", "meterCode")]
+    assert _errors(resident) == [("NOT_FOUND", "meterCode")]
 
 
 async def test_history_of_an_area_and_a_household(client: GraphQLClient, world: World, data: Data) -> None:
@@ -457,6 +592,26 @@ async def test_monitoring_history_lists_one_points_readings(client: GraphQLClien
     assert _nodes(found, "monitoringHistory") == [{"meterCode": data.monitoring.code, "totalM3": "123456.0000",
                                                     "flowRate": "310.5000"}]
     assert [e["extensions"]["code"] for e in foreign["errors"]] == ["NOT_FOUND"]
+
+
+async def test_monitoring_history_takes_exactly_one_of_id_and_code(
+    client: GraphQLClient, world: World, data: Data
+) -> None:
+    token = await _token(client, world.admin)
+    window = {"from": _iso(data.now - timedelta(days=2)), "to": _iso(data.now)}
+    meter_id = encode_id("Meter", data.monitoring.id)  # type: ignore[arg-type]
+
+    by_code = await client.execute(MONITORING_HISTORY, {**window, "meterCode": data.monitoring.code}, token=token)
+    neither = await client.execute(MONITORING_HISTORY, window, token=token)
+    both = await client.execute(MONITORING_HISTORY, {**window, "meterId": meter_id, "meterCode": data.monitoring.code},
+                                token=token)
+    foreign = await client.execute(MONITORING_HISTORY, {**window, "meterCode": data.monitoring.code},
+                                   token=await _token(client, data.west_reader))
+
+    assert [n["totalM3"] for n in _nodes(by_code, "monitoringHistory")] == ["123456.0000"]
+    assert _errors(neither) == [("BAD_USER_INPUT", "meterId")]
+    assert _errors(both) == [("BAD_USER_INPUT", "meterId")]
+    assert _errors(foreign) == [("NOT_FOUND", "meterCode")]
 
 
 async def test_daily_volumes_cover_every_day_of_the_window(session: AsyncSession) -> None:

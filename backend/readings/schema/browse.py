@@ -17,7 +17,7 @@ import strawberry
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.types import Info
 
-from backend.archives.models import MeterKind
+from backend.archives.models import MeterKind, MeterStatus
 from backend.auth.scope import reach_of
 from backend.clock import utcnow
 from backend.errors import BadUserInput
@@ -41,6 +41,7 @@ _READ = RequiresAny("readings:read", "resident:self")
 
 # Archives' MeterKind enum, named by module path: a schema imports no other domain's schema.
 MeterKindRef = Annotated["MeterKindEnum", strawberry.lazy("backend.archives.schema.types")]  # type: ignore[name-defined]  # noqa: F821
+MeterStatusRef = Annotated["MeterStatusEnum", strawberry.lazy("backend.archives.schema.types")]  # type: ignore[name-defined]  # noqa: F821
 
 
 def _tz(info: Info) -> str:
@@ -49,6 +50,15 @@ def _tz(info: Info) -> str:
 
 def _optional_id(value: strawberry.ID | None, type_name: str, field: str) -> int | None:
     return decode_id(value, type_name, field=field) if value else None
+
+
+def _meter_code(value: str | None) -> str | None:
+    """An exact meter code argument, trimmed; one no meter could have is BAD_USER_INPUT."""
+    if value is None:
+        return None
+    if "\x00" in value or not value.strip() or len(value) > 32:
+        raise BadUserInput("表计编码无效", "Invalid meter code", field="meterCode")
+    return value.strip()
 
 
 def _kind(value: Any) -> MeterKind:
@@ -137,10 +147,19 @@ class RealtimeFilter:
     meter_code: str | None = strawberry.field(default=None, description="Meter codes starting with this.")
     kind: MeterKindRef | None = None  # type: ignore[valid-type]
     status: OnlineStatusEnum | None = None  # type: ignore[valid-type]
+    meter_statuses: list[MeterStatusRef] | None = strawberry.field(  # type: ignore[valid-type]
+        default=None, description="The meters' statuses; null or empty: installed and faulty only, so meters in "
+        "stock or retired are neither listed nor counted unless asked for.")
+    search: str | None = strawberry.field(
+        default=None, description=f"户名 / 户号 / 地址 of the household served containing this text, literally "
+        f"(no wildcards), in any case; at most {browse.MAX_SEARCH_LENGTH} characters.")
 
     def to_service(self) -> browse.RealtimeFilter:
         if self.meter_code is not None and ("\x00" in self.meter_code or len(self.meter_code) > 32):
             raise BadUserInput("表计编码无效", "Invalid meter code", field="meterCode")
+        if self.search is not None and ("\x00" in self.search or len(self.search) > browse.MAX_SEARCH_LENGTH):
+            raise BadUserInput(f"搜索内容不能超过 {browse.MAX_SEARCH_LENGTH} 个字符",
+                               f"The search text cannot exceed {browse.MAX_SEARCH_LENGTH} characters", field="search")
         return browse.RealtimeFilter(
             area_id=_optional_id(self.area_id, "Area", "areaId"),
             household_id=_optional_id(self.household_id, "Household", "householdId"),
@@ -149,6 +168,8 @@ class RealtimeFilter:
             meter_code=(self.meter_code or "").strip() or None,
             kind=MeterKind(self.kind) if self.kind is not None else None,
             status=browse.OnlineStatus(self.status) if self.status is not None else None,
+            meter_statuses=tuple(MeterStatus(status) for status in self.meter_statuses or ()),
+            search=(self.search or "").strip() or None,
         )
 
 
@@ -162,6 +183,9 @@ class HistoryFilter:
         default=None, description="Readings taken while a meter served this household.")
     concentrator_id: strawberry.ID | None = None
     qualities: list[ReadingQualityEnum] | None = None  # type: ignore[valid-type]
+    meter_code: str | None = strawberry.field(
+        default=None, description="One meter by its exact code (表计编码), instead of meterIds (not both: "
+        "BAD_USER_INPUT); a code outside your reach is NOT_FOUND like an id.")
 
     def to_service(self) -> browse.HistoryFilter:
         return browse.HistoryFilter(
@@ -171,6 +195,7 @@ class HistoryFilter:
             household_id=_optional_id(self.household_id, "Household", "householdId"),
             concentrator_id=_optional_id(self.concentrator_id, "Concentrator", "concentratorId"),
             qualities=tuple(ReadingQuality(q) for q in self.qualities or ()),
+            meter_code=_meter_code(self.meter_code),
         )
 
 
@@ -287,18 +312,21 @@ class Query:
 
     @strawberry.field(
         permission_classes=[Requires("monitoring:read")],
-        description="Readings of one monitoring point in [from, to) (at most 366 days), newest first.",
+        description="Readings of one monitoring point in [from, to) (at most 366 days), newest first. The point is "
+        "named by exactly one of meterId and meterCode (表计编码), else BAD_USER_INPUT.",
         extensions=[Expensive(weight=costs.monitoring_history)],
     )
     async def monitoring_history(
-        self, info: Info, meter_id: strawberry.ID, start: Annotated[datetime, strawberry.argument(name="from")],
-        end: Annotated[datetime, strawberry.argument(name="to")], first: int | None = None, after: str | None = None,
+        self, info: Info, start: Annotated[datetime, strawberry.argument(name="from")],
+        end: Annotated[datetime, strawberry.argument(name="to")], meter_id: strawberry.ID | None = None,
+        meter_code: str | None = None, first: int | None = None, after: str | None = None,
         last: int | None = None, before: str | None = None,
     ) -> Connection[HistoryReading]:
         page = PageRequest.from_args(first, after, last, before)
         async with info.context.read() as session:
             found = await browse.monitoring_history(
-                session, meter_id=decode_id(meter_id, "Meter", field="meterId"), start=start, end=end,
+                session, meter_id=_optional_id(meter_id, "Meter", "meterId"), meter_code=_meter_code(meter_code),
+                start=start, end=end,
                 reach=reach_of(info.context.caller), offset=page.offset, limit=page.limit,
                 count=selects(info, "totalCount"),
             )
