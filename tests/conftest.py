@@ -17,12 +17,20 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.db import create_engine, migrate, run_admin, session_factory, start_embedded, stop_embedded, with_database
 from backend.domains import install
 from tests.sample_domain.domain import DOMAIN as NOTES
+
+# anyio imports its submodules on first use, and pytest rewrites them (anyio is a pytest
+# plugin). A first use inside a live server's thread (Starlette's StaticFiles opening a
+# file) then parses source on a deep stack, which CPython 3.11.7 can fail with
+# "SystemError: AST constructor recursion depth mismatch": load them all here, once.
+for _lazy in dir(anyio):
+    getattr(anyio, _lazy)
 
 # The test domain (tests/sample_domain) is installed for the whole run, before any test
 # module builds a schema: every test that walks the installed domains (the permission
