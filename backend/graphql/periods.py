@@ -17,8 +17,8 @@ TO_INSTANT = "before this instant (exclusive)"
 FROM_DAY = "First day, inclusive (the utility's calendar)."
 TO_DAY = "Last day, inclusive (the utility's calendar)."
 # Comparisons count whole months: the day of the month is ignored.
-FROM_MONTH = "First month, inclusive: the month holding this day."
-TO_MONTH = "Last month, inclusive: the month holding this day."
+FROM_MONTH = "First month (or quarter), inclusive: the one holding this day."
+TO_MONTH = "Last month (or quarter), inclusive: the one holding this day."
 
 
 def deprecated_alias_reason(name: str) -> str:
