@@ -388,13 +388,13 @@ async def test_export_with_signed_link_needs_no_authorization_header(client: Gra
     since = utcnow().isoformat()
     token = await client.login(people.admin.username, people.admin.password)
     await _wrong_login(client, people.subject.username)
-    filter_ = {"module": "login", "since": since, "success": False}
+    filter_ = {"module": "login", "from": since, "success": False}
 
     url = (await client.execute(EXPORT_URL, {"filter": filter_}, token=token))["data"]["auditLogExportUrl"]
     response = await client.http.get(url)
 
     assert url.startswith("/exports/audit-log.xlsx?")
-    assert dict(parse_qsl(urlsplit(url).query)).keys() == {"module", "since", "success", "token"}
+    assert dict(parse_qsl(urlsplit(url).query)).keys() == {"module", "from", "success", "token"}
     assert response.status_code == 200, response.text
     rows = _sheet_rows(response.content)
     assert len(rows) == 2 + 1
@@ -690,3 +690,16 @@ async def test_the_log_filters_old_range_names_are_deprecated_in_the_schema(clie
     fields = {field["name"]: field["isDeprecated"] for field in result["data"]["__type"]["inputFields"]}
     assert {name: fields[name] for name in ("from", "to", "since", "until")} == {
         "from": False, "to": False, "since": True, "until": True}
+
+
+def test_export_link_names_the_range_from_to_and_still_reads_since_until() -> None:
+    chosen = audit_http.ExportFilter(since=T0, until=T0 + timedelta(hours=1))
+
+    params = chosen.to_params()
+
+    assert params == {"from": T0.isoformat(), "to": (T0 + timedelta(hours=1)).isoformat()}
+    assert audit_http.ExportFilter.from_params(params) == chosen
+    assert audit_http.ExportFilter.from_params({"since": params["from"], "until": params["to"]}) == chosen
+    with pytest.raises(BadUserInput) as refused:
+        audit_http.ExportFilter.from_params({"from": params["from"], "since": params["from"]})
+    assert refused.value.field == "from"
