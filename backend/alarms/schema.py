@@ -28,6 +28,7 @@ from backend.graphql.errors import UserError
 from backend.graphql.limits import Cost
 from backend.graphql.mutations import run_mutation
 from backend.graphql.pagination import Connection, PageRequest, paginate_query, selects
+from backend.graphql.periods import FROM_INSTANT, TO_INSTANT
 from backend.graphql.permissions import Requires
 from backend.graphql.relay import Node, decode_id, encode_id, split_id
 from backend.graphql.subscriptions import SubscriptionEvent, event_id_of, event_subscription
@@ -111,8 +112,8 @@ class AlarmFilter:
     severities: list[AlarmSeverityEnum] | None = None  # type: ignore[valid-type]
     area_id: strawberry.ID | None = strawberry.field(
         default=None, description="The area and its subtree (alarms without an area are left out).")
-    opened_from: datetime | None = strawberry.field(default=None, description="Opened at or after.")
-    opened_to: datetime | None = strawberry.field(default=None, description="Opened before.")
+    opened_from: datetime | None = strawberry.field(default=None, description=f"Opened {FROM_INSTANT}.")
+    opened_to: datetime | None = strawberry.field(default=None, description=f"Opened {TO_INSTANT}.")
 
 
 def _subject(global_id: str) -> tuple[AlarmSubjectKind, int]:

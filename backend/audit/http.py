@@ -54,6 +54,7 @@ from backend.exports.http import refusal as _refusal
 from backend.files.http import serve_export
 from backend.files.service import FileStore
 from backend.graphql.limits import AdmissionRefused
+from backend.graphql.periods import one_of_aliases
 from backend.graphql.relay import decode_id, encode_id
 from backend.observability import request_id_var
 
@@ -124,10 +125,12 @@ class ExportFilter:
             params["actorKind"] = self.actor_kind
         if self.module is not None:
             params["module"] = self.module
+        # from / to like every instant range (docs/periods.md); from_params still reads
+        # since / until, the names of links and scripts made before.
         if self.since is not None:
-            params["since"] = self.since.isoformat()
+            params["from"] = self.since.isoformat()
         if self.until is not None:
-            params["until"] = self.until.isoformat()
+            params["to"] = self.until.isoformat()
         if self.success is not None:
             params["success"] = "true" if self.success else "false"
         for name, value in (("action", self.action), ("actorName", self.actor_name), ("search", self.search)):
@@ -155,8 +158,10 @@ class ExportFilter:
             actor_id=actor_id,
             actor_kind=actor_kind,
             module=params.get("module") or None,
-            since=_aware(params.get("since"), "since"),
-            until=_aware(params.get("until"), "until"),
+            since=one_of_aliases(_aware(params.get("from"), "from"), _aware(params.get("since"), "since"),
+                                 name="from", alias_name="since"),
+            until=one_of_aliases(_aware(params.get("to"), "to"), _aware(params.get("until"), "until"),
+                                 name="to", alias_name="until"),
             success=success,
             action=_text(params.get("action"), "action", MAX_ACTION_CHARS),
             actor_name=_text(params.get("actorName"), "actorName", MAX_ACTOR_NAME_CHARS),

@@ -18,6 +18,7 @@ from backend.clock import utcnow
 from backend.errors import BadUserInput
 from backend.graphql.context import Context
 from backend.graphql.pagination import Connection, PageRequest, paginate
+from backend.graphql.periods import FROM_INSTANT, TO_INSTANT, deprecated_alias_reason, one_of_aliases
 from backend.graphql.permissions import Requires
 from backend.graphql.relay import Node, decode_id, encode_id
 
@@ -76,8 +77,13 @@ class AuditLogFilter:
     actor_id: strawberry.ID | None = strawberry.field(default=None, description="A StaffUser's global id.")
     actor_kind: AuditActorKindEnum | None = None  # type: ignore[valid-type]
     module: str | None = strawberry.field(default=None, description="Module code, e.g. auth, system, audit.")
-    since: datetime | None = strawberry.field(default=None, description="From this instant (inclusive).")
-    until: datetime | None = strawberry.field(default=None, description="Before this instant (exclusive).")
+    from_: datetime | None = strawberry.field(default=None, name="from", description=f"Entries (时间) {FROM_INSTANT}.")
+    to: datetime | None = strawberry.field(default=None, description=f"Entries (时间) {TO_INSTANT}.")
+    # The log's old names, the only instant range not called from / to (docs/periods.md).
+    since: datetime | None = strawberry.field(default=None, description=f"Entries {FROM_INSTANT}.",
+                                              deprecation_reason=deprecated_alias_reason("from"))
+    until: datetime | None = strawberry.field(default=None, description=f"Entries {TO_INSTANT}.",
+                                              deprecation_reason=deprecated_alias_reason("to"))
     success: bool | None = None
     action: str | None = strawberry.field(default=None, description="操作: an action code of auditOperations.")
     actor_name: str | None = strawberry.field(
@@ -93,8 +99,8 @@ class AuditLogFilter:
             actor_id=decode_id(self.actor_id, "StaffUser", field="actorId") if self.actor_id else None,
             actor_kind=kind.value if kind is not None else None,
             module=self.module or None,
-            since=self.since,
-            until=self.until,
+            since=one_of_aliases(self.from_, self.since, name="from", alias_name="since", prefix="filter."),
+            until=one_of_aliases(self.to, self.until, name="to", alias_name="until", prefix="filter."),
             success=self.success,
         )
 

@@ -388,13 +388,13 @@ async def test_export_with_signed_link_needs_no_authorization_header(client: Gra
     since = utcnow().isoformat()
     token = await client.login(people.admin.username, people.admin.password)
     await _wrong_login(client, people.subject.username)
-    filter_ = {"module": "login", "since": since, "success": False}
+    filter_ = {"module": "login", "from": since, "success": False}
 
     url = (await client.execute(EXPORT_URL, {"filter": filter_}, token=token))["data"]["auditLogExportUrl"]
     response = await client.http.get(url)
 
     assert url.startswith("/exports/audit-log.xlsx?")
-    assert dict(parse_qsl(urlsplit(url).query)).keys() == {"module", "since", "success", "token"}
+    assert dict(parse_qsl(urlsplit(url).query)).keys() == {"module", "from", "success", "token"}
     assert response.status_code == 200, response.text
     rows = _sheet_rows(response.content)
     assert len(rows) == 2 + 1
@@ -637,3 +637,69 @@ def test_export_link_carries_the_new_filters() -> None:
     with pytest.raises(BadUserInput) as refused:
         audit_http.ExportFilter.from_params({"search": "x" * 101})
     assert refused.value.field == "search"
+
+
+# --------------------------------------------------------------------------- periods (docs/periods.md)
+
+
+async def test_log_range_from_to_holds_an_entry_exactly_at_from_and_not_one_exactly_at_to(
+    client: GraphQLClient, people: People, module_engine: AsyncEngine
+) -> None:
+    module = f"zz_period_{uuid.uuid4().hex[:8]}"
+    async with session_factory(module_engine)() as session, session.begin():
+        for hour in range(3):
+            await _record(session, at=T0 + timedelta(hours=hour), actor=None, module=module)
+    token = await client.login(people.admin.username, people.admin.password)
+    bounds = {"from": (T0 + timedelta(hours=1)).isoformat(), "to": (T0 + timedelta(hours=2)).isoformat()}
+
+    current = await client.execute(AUDIT_LOGS, {"filter": {"module": module, **bounds}}, token=token)
+    deprecated = await client.execute(AUDIT_LOGS, {"filter": {
+        "module": module, "since": bounds["from"], "until": bounds["to"]}}, token=token)
+    mixed = await client.execute(AUDIT_LOGS, {"filter": {"module": module, "from": bounds["from"],
+                                                         "until": bounds["to"]}}, token=token)
+
+    expected = [(T0 + timedelta(hours=1)).astimezone(SHANGHAI)]
+    assert [datetime.fromisoformat(node["at"]) for node in _nodes(current)] == expected
+    # The old names still work for one release, with the same meaning.
+    assert [datetime.fromisoformat(node["at"]) for node in _nodes(deprecated)] == expected
+    assert [datetime.fromisoformat(node["at"]) for node in _nodes(mixed)] == expected
+
+
+async def test_log_refuses_a_bound_given_under_both_its_name_and_its_deprecated_alias(
+    client: GraphQLClient, people: People
+) -> None:
+    token = await client.login(people.admin.username, people.admin.password)
+    instant = T0.isoformat()
+
+    both_from = await client.execute(AUDIT_LOGS, {"filter": {"from": instant, "since": instant}}, token=token)
+    both_to = await client.execute(EXPORT_URL, {"filter": {"to": instant, "until": instant}}, token=token)
+
+    assert [(e["extensions"]["code"], e["extensions"]["field"]) for e in both_from["errors"]] == [
+        ("BAD_USER_INPUT", "filter.from")]
+    assert both_from["data"] is None
+    assert [(e["extensions"]["code"], e["extensions"]["field"]) for e in both_to["errors"]] == [
+        ("BAD_USER_INPUT", "filter.to")]
+
+
+async def test_the_log_filters_old_range_names_are_deprecated_in_the_schema(client: GraphQLClient, people: People) -> None:
+    token = await client.login(people.admin.username, people.admin.password)
+
+    result = await client.execute(
+        '{ __type(name: "AuditLogFilter") { inputFields(includeDeprecated: true) { name isDeprecated } } }', token=token)
+
+    fields = {field["name"]: field["isDeprecated"] for field in result["data"]["__type"]["inputFields"]}
+    assert {name: fields[name] for name in ("from", "to", "since", "until")} == {
+        "from": False, "to": False, "since": True, "until": True}
+
+
+def test_export_link_names_the_range_from_to_and_still_reads_since_until() -> None:
+    chosen = audit_http.ExportFilter(since=T0, until=T0 + timedelta(hours=1))
+
+    params = chosen.to_params()
+
+    assert params == {"from": T0.isoformat(), "to": (T0 + timedelta(hours=1)).isoformat()}
+    assert audit_http.ExportFilter.from_params(params) == chosen
+    assert audit_http.ExportFilter.from_params({"since": params["from"], "until": params["to"]}) == chosen
+    with pytest.raises(BadUserInput) as refused:
+        audit_http.ExportFilter.from_params({"from": params["from"], "since": params["from"]})
+    assert refused.value.field == "from"

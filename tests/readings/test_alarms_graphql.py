@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -223,3 +223,35 @@ async def test_the_export_holds_the_alarms_in_scope(client: GraphQLClient, alarm
     codes = {row[3] for row in rows[2:]}
     assert codes == {m.code for m in alarms.east_meters}
     assert {row[4] for row in rows[2:]} == {"电池欠压"}
+
+
+# --------------------------------------------------------------------------- periods (docs/periods.md)
+
+OPENED_IN = """
+query($meterId: ID!, $subjectId: ID!, $from: DateTime!, $to: DateTime!) {
+  meterAlarms(filter: {meterId: $meterId, kinds: [battery_low], openedFrom: $from, openedTo: $to}) { totalCount }
+  alarms(filter: {subjectId: $subjectId, kinds: [battery_low], openedFrom: $from, openedTo: $to}) { totalCount }
+}
+"""
+
+
+async def test_opened_from_holds_an_alarm_opened_exactly_then_and_opened_to_does_not(
+    client: GraphQLClient, alarms: Alarms
+) -> None:
+    reader = await client.login(alarms.reader.username, alarms.reader.password)
+    meter = encode_id("Meter", alarms.west_meter.id)  # type: ignore[arg-type]
+    listed = await client.execute(ALARMS, {"filter": {"meterId": meter, "kinds": ["battery_low"]}}, token=reader)
+    opened_at = listed["data"]["meterAlarms"]["edges"][0]["node"]["openedAt"]
+    ids = {"meterId": meter, "subjectId": meter}
+
+    from_it = await client.execute(OPENED_IN, {**ids, "from": opened_at, "to": _later(opened_at)}, token=reader)
+    up_to_it = await client.execute(OPENED_IN, {**ids, "from": _later(opened_at, hours=-1), "to": opened_at},
+                                    token=reader)
+
+    assert "errors" not in from_it, from_it
+    assert (from_it["data"]["meterAlarms"]["totalCount"], from_it["data"]["alarms"]["totalCount"]) == (1, 1)
+    assert (up_to_it["data"]["meterAlarms"]["totalCount"], up_to_it["data"]["alarms"]["totalCount"]) == (0, 0)
+
+
+def _later(instant: str, *, hours: int = 1) -> str:
+    return (datetime.fromisoformat(instant) + timedelta(hours=hours)).isoformat()

@@ -629,3 +629,40 @@ async def test_daily_volumes_cover_every_day_of_the_window(session: AsyncSession
         (date(2025, 12, 31), Decimal("31.0000")), (date(2026, 1, 1), None), (date(2026, 1, 2), None),
         (date(2026, 1, 3), Decimal("3.0000"))]
     assert point.year_volume_m3 == Decimal("3.0000")  # 2025's days are last year's
+
+
+# --------------------------------------------------------------------------- periods (docs/periods.md)
+
+
+async def test_history_range_holds_a_reading_exactly_at_from_and_not_one_exactly_at_to(
+    client: GraphQLClient, world: World, data: Data
+) -> None:
+    token = await _token(client, world.admin)
+    meter = encode_id("Meter", data.east_meters[0].id)  # type: ignore[arg-type]
+    # East meter 0 was read at now - 2 days, now - 1 day and now - 1 hour.
+    at_day, at_hour = data.now - timedelta(days=1), data.now - timedelta(hours=1)
+
+    between = await client.execute(HISTORY, {"filter": {"from": _iso(at_day), "to": _iso(at_hour), "meterIds": [meter]}},
+                                   token=token)
+    next_range = await client.execute(HISTORY, {"filter": {"from": _iso(at_hour), "to": _iso(data.now),
+                                                           "meterIds": [meter]}}, token=token)
+
+    assert [r["totalM3"] for r in _nodes(between, "readingHistory")] == ["11.2500"]
+    # Consecutive ranges tile time: the reading at the shared bound is in the later one only.
+    assert [r["totalM3"] for r in _nodes(next_range, "readingHistory")] == ["12.7500"]
+
+
+async def test_monitoring_history_range_holds_a_reading_exactly_at_from_and_not_one_exactly_at_to(
+    client: GraphQLClient, world: World, data: Data
+) -> None:
+    token = await _token(client, world.admin)
+    point = encode_id("Meter", data.monitoring.id)  # type: ignore[arg-type]
+    read_at = data.now - timedelta(hours=1)  # the point's one reading
+
+    from_it = await client.execute(MONITORING_HISTORY, {"meterId": point, "from": _iso(read_at), "to": _iso(data.now)},
+                                   token=token)
+    up_to_it = await client.execute(MONITORING_HISTORY, {"meterId": point, "from": _iso(read_at - timedelta(hours=1)),
+                                                         "to": _iso(read_at)}, token=token)
+
+    assert [r["totalM3"] for r in _nodes(from_it, "monitoringHistory")] == ["123456.0000"]
+    assert _nodes(up_to_it, "monitoringHistory") == []

@@ -21,6 +21,7 @@ from backend.errors import NotFound
 from backend.graphql.errors import UserError
 from backend.graphql.mutations import run_mutation
 from backend.graphql.pagination import Connection, PageRequest, paginate, paginate_query, selects
+from backend.graphql.periods import FROM_INSTANT, TO_INSTANT
 from backend.graphql.permissions import Requires
 from backend.graphql.relay import Node, decode_id, encode_id
 from backend.readings.alarms import service
@@ -116,8 +117,8 @@ class MeterAlarmFilter:
     area_id: strawberry.ID | None = strawberry.field(default=None, description="The area and its subtree.")
     meter_id: strawberry.ID | None = None
     household_id: strawberry.ID | None = None
-    opened_from: datetime | None = strawberry.field(default=None, description="Opened at or after.")
-    opened_to: datetime | None = strawberry.field(default=None, description="Opened before.")
+    opened_from: datetime | None = strawberry.field(default=None, description=f"Opened {FROM_INSTANT}.")
+    opened_to: datetime | None = strawberry.field(default=None, description=f"Opened {TO_INSTANT}.")
 
 
 def _filter(where: MeterAlarmFilter | None) -> service.AlarmFilter:

@@ -21,6 +21,7 @@ from backend.auth.scope import reach_of
 from backend.errors import BadUserInput
 from backend.graphql.limits import Expensive
 from backend.graphql.pagination import Connection, PageRequest
+from backend.graphql.periods import FROM_DAY, FROM_MONTH, TO_DAY, TO_MONTH
 from backend.graphql.permissions import Requires, RequiresAny
 from backend.graphql.relay import decode_id, encode_id
 from backend.readings import analytics
@@ -280,7 +281,8 @@ class Query:
     )
     async def usage_statistics(
         self, info: Info, scope: UsageObjectInput, granularity: UsageGranularityEnum,
-        from_: Annotated[date, strawberry.argument(name="from")], to: date,
+        from_: Annotated[date, strawberry.argument(name="from", description=FROM_DAY)],
+        to: Annotated[date, strawberry.argument(description=TO_DAY)],
         first: int | None = None, after: str | None = None,
     ) -> UsageStatisticsType:
         page = _page(first, after)
@@ -299,7 +301,8 @@ class Query:
     )
     async def usage_series(
         self, info: Info, objects: list[UsageObjectInput], granularity: UsageGranularityEnum,
-        from_: Annotated[date, strawberry.argument(name="from")], to: date,
+        from_: Annotated[date, strawberry.argument(name="from", description=FROM_DAY)],
+        to: Annotated[date, strawberry.argument(description=TO_DAY)],
         chart: ChartKindEnum = ChartKindEnum.LINE, with_last_year: bool = False,
     ) -> UsageChartType:
         scopes = [item.to_scope(f"objects.{index}") for index, item in enumerate(objects)]
@@ -320,7 +323,8 @@ class Query:
     )
     async def usage_ledger(
         self, info: Info, scope: UsageObjectInput, granularity: LedgerGranularityEnum,
-        from_: Annotated[date, strawberry.argument(name="from")], to: date,
+        from_: Annotated[date, strawberry.argument(name="from", description=FROM_DAY)],
+        to: Annotated[date, strawberry.argument(description=TO_DAY)],
         first: int | None = None, after: str | None = None,
     ) -> UsageLedgerType:
         page = _page(first, after)
@@ -342,7 +346,8 @@ class Query:
     )
     async def usage_comparison(
         self, info: Info, scope: UsageObjectInput, basis: ComparisonBasisEnum, granularity: ComparisonGranularityEnum,
-        from_: Annotated[date, strawberry.argument(name="from")], to: date,
+        from_: Annotated[date, strawberry.argument(name="from", description=FROM_MONTH)],
+        to: Annotated[date, strawberry.argument(description=TO_MONTH)],
         order_by: ComparisonOrderEnum = ComparisonOrderEnum.UNIT, outlier_percent: Decimal | None = None,
         first: int | None = None, after: str | None = None,
     ) -> Connection[UsageComparisonRowType]:

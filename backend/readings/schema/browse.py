@@ -24,6 +24,7 @@ from backend.errors import BadUserInput
 from backend.graphql.limits import Cost, Expensive
 from backend.graphql.loaders import SessionLoader
 from backend.graphql.pagination import Connection, PageRequest, selects
+from backend.graphql.periods import FROM_INSTANT, TO_INSTANT
 from backend.graphql.permissions import Requires, RequiresAny
 from backend.graphql.relay import decode_id, encode_id
 from backend.readings import browse
@@ -175,8 +176,8 @@ class RealtimeFilter:
 
 @strawberry.input(description="Filters of 历史数据: a time range of at most 366 days plus meters or a place.")
 class HistoryFilter:
-    start: datetime = strawberry.field(name="from", description="Readings at or after this instant.")
-    end: datetime = strawberry.field(name="to", description="Readings before this instant.")
+    start: datetime = strawberry.field(name="from", description=f"Readings {FROM_INSTANT}.")
+    end: datetime = strawberry.field(name="to", description=f"Readings {TO_INSTANT}.")
     meter_ids: list[strawberry.ID] | None = strawberry.field(default=None, description="At most 1000 meters.")
     area_id: strawberry.ID | None = None
     household_id: strawberry.ID | None = strawberry.field(
@@ -317,8 +318,9 @@ class Query:
         extensions=[Expensive(weight=costs.monitoring_history)],
     )
     async def monitoring_history(
-        self, info: Info, start: Annotated[datetime, strawberry.argument(name="from")],
-        end: Annotated[datetime, strawberry.argument(name="to")], meter_id: strawberry.ID | None = None,
+        self, info: Info, start: Annotated[datetime, strawberry.argument(name="from", description=f"Readings {FROM_INSTANT}.")],
+        end: Annotated[datetime, strawberry.argument(name="to", description=f"Readings {TO_INSTANT}.")],
+        meter_id: strawberry.ID | None = None,
         meter_code: str | None = None, first: int | None = None, after: str | None = None,
         last: int | None = None, before: str | None = None,
     ) -> Connection[HistoryReading]:

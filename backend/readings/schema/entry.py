@@ -17,6 +17,7 @@ from backend.clock import utcnow
 from backend.graphql.context import Context
 from backend.graphql.errors import UserError
 from backend.graphql.mutations import run_mutation
+from backend.graphql.periods import FROM_DAY, TO_DAY
 from backend.graphql.permissions import Requires
 from backend.graphql.relay import decode_id, encode_id
 from backend.readings import entry
@@ -86,8 +87,8 @@ class CorrectReadingPayload:
 class EstimateReadingsInput:
     meter_ids: list[strawberry.ID] | None = None
     area_id: strawberry.ID | None = strawberry.field(default=None, description="Every installed or faulty meter under this area.")
-    from_: date = strawberry.field(name="from")
-    to: date = strawberry.field(description="Last day (inclusive); days after yesterday are not estimated.")
+    from_: date = strawberry.field(name="from", description=FROM_DAY)
+    to: date = strawberry.field(description=f"{TO_DAY} Days after yesterday are not estimated.")
 
 
 @strawberry.type
