@@ -74,9 +74,12 @@ async def world(committed_engine: AsyncEngine) -> World:
         admin = await make_staff(session, areas=[tree.company])
         east_operator = await make_staff(session, permissions={"areas:read", "archives:read"}, areas=[tree.east])
         households = {}
-        for name, area in (("张伟", tree.east_community), ("王芳", tree.east_community), ("刘洋", tree.east_community),
-                           ("赵敏", tree.east_community), ("李娜", tree.west_community)):
-            households[name] = await service.create_household(session, account_no=unique("CFG"), name=name, area_id=area.id)  # type: ignore[arg-type]
+        prefix = unique("CFG")  # account numbers in the order of the names, as README shows them
+        for number, (name, area) in enumerate((("张伟", tree.east_community), ("王芳", tree.east_community),
+                                               ("刘洋", tree.east_community), ("赵敏", tree.east_community),
+                                               ("李娜", tree.west_community)), 1):
+            households[name] = await service.create_household(session, account_no=f"{prefix}{number}", name=name,
+                                                              area_id=area.id)  # type: ignore[arg-type]
         meters = {}
         for letter, area in (("A", tree.east_community), ("B", tree.east_community), ("C", tree.east_community),
                              ("D", tree.east_community), ("E", tree.east_community), ("F", tree.east_community),
@@ -273,3 +276,36 @@ async def test_list_statement_count_does_not_grow_with_page_size(
 def _work(statements: list[str]) -> list[str]:
     """The statements a request issues, without asyncpg's setup of a fresh pool connection."""
     return [s for s in statements if "current_setting('jit')" not in s and "typeinfo_tree" not in s]
+
+
+# The 配表 screen of README.md ("Archives"), in one query: kept here so the README stays true.
+SCREEN = """
+query($area: ID!, $from: DateTime, $to: DateTime) {
+  current: meterAssignments(areaId: $area, kind: current, first: 20) {
+    totalCount edges { node { meter { code } household { accountNo name } validFrom startReading } } }
+  changes: meterAssignments(areaId: $area, from: $from, to: $to, kind: ended, first: 20) {
+    totalCount edges { node { meter { code } household { name } validTo endReading } } }
+  replacements: meterReplacements(areaId: $area, from: $from, to: $to, first: 20) {
+    totalCount edges { node { household { name } oldMeter { code } newMeter { code } replacedAt reason } } }
+  notAssigned: meters(areaId: $area, assigned: false, first: 20) { totalCount edges { node { code status } } }
+  withoutMeter: households(areaId: $area, hasMeter: false, first: 20) { totalCount edges { node { accountNo name } } }
+}"""
+
+
+async def test_the_readme_screen_query_answers_every_panel_at_once(client: GraphQLClient, world: World) -> None:
+    token = await client.login(world.east_operator.username, world.east_operator.password)
+
+    result = await client.execute(SCREEN, {"area": gid("Area", world.tree.east_community), "from": T1,
+                                           "to": "2026-06-01T00:00:00+08:00"}, token=token)
+
+    assert "errors" not in result, result["errors"]
+    data = result["data"]
+    assert {name: data[name]["totalCount"] for name in data} == {
+        "current": 2, "changes": 2, "replacements": 1, "notAssigned": 2, "withoutMeter": 2}
+    assert [edge["node"]["household"]["name"] for edge in data["changes"]["edges"]] == ["刘洋", "王芳"]
+    assert [(edge["node"]["household"]["name"], edge["node"]["validFrom"], edge["node"]["startReading"])
+            for edge in data["current"]["edges"]] == [("刘洋", T1, "0.0000"), ("张伟", T0, "1.0000")]
+    assert [edge["node"]["endReading"] for edge in data["changes"]["edges"]] == ["30.0000", "20.0000"]
+    assert data["replacements"]["edges"][0]["node"]["reason"] == "表坏了"
+    assert [edge["node"]["status"] for edge in data["notAssigned"]["edges"]] == ["in_stock", "in_stock"]
+    assert [edge["node"]["name"] for edge in data["withoutMeter"]["edges"]] == ["王芳", "赵敏"]
