@@ -1,10 +1,11 @@
 """Archives over plain HTTP: Excel export, template and import of households, meters,
 concentrators and meter assignments (``/exports/{kind}.xlsx``, ``/templates/{kind}.xlsx``,
-``/imports/{kind}``, kind one of households, meters, concentrators, assignments), all
+``/imports/{kind}``, kind one of households, meters, concentrators, assignments, areas), all
 shaped like the household routes below. Export filters follow each list: meters
 ``areaId``, ``status``, ``meterType``, ``kind``, ``concentratorId``, ``search``;
 concentrators ``areaId``, ``status``, ``connection``, ``search``; assignments ``areaId``
-(the household's), ``search``, ``current`` (true/false). Terminal passwords are never
+(the household's), ``search``, ``current`` (true/false); areas ``areaId``, ``search`` (code
+or name): the tree below the companies, each row naming its parent by code. Terminal passwords are never
 exported; imported ones are stored encrypted.
 
 - ``GET /exports/households.xlsx`` (``archives:read``): the households in the caller's
@@ -143,7 +144,9 @@ CONCENTRATORS = DeviceSheet(
 )
 ASSIGNMENTS = DeviceSheet("assignments", "表计分配", archive_excel.ASSIGNMENT_SHEET, archive_excel.ASSIGNMENT_SHEET,
                           "Assignments", {"current": {"true": "", "false": ""}, "search": None})
-DEVICE_SHEETS = (METERS, CONCENTRATORS, ASSIGNMENTS)
+# The area tree below the companies, each row naming its parent by code (区域导入).
+AREAS = DeviceSheet("areas", "区域", archive_excel.AREA_SHEET, archive_excel.AREA_SHEET, "Areas", {"search": None})
+DEVICE_SHEETS = (METERS, CONCENTRATORS, ASSIGNMENTS, AREAS)
 _FILTER_FIELDS = {"meterType": "meter_type", "concentratorId": "concentrator_id"}
 
 
@@ -312,6 +315,8 @@ def routes(host: HttpHost) -> list[Route]:
                     source = archive_excel.meter_export_rows(connection, scope_patterns=scope, export_filter=export_filter)
                 elif sheet is CONCENTRATORS:
                     source = archive_excel.concentrator_export_rows(connection, scope_patterns=scope, export_filter=export_filter)
+                elif sheet is AREAS:
+                    source = archive_excel.area_export_rows(connection, scope_patterns=scope, export_filter=export_filter)
                 else:
                     source = archive_excel.assignment_export_rows(connection, scope_patterns=scope, export_filter=export_filter,
                                                                   tz=tz_name)
@@ -326,6 +331,9 @@ def routes(host: HttpHost) -> list[Route]:
         scope = principal.scope_patterns()
         if sheet is METERS:
             return await archive_excel.import_meters(session, sheet=validated, scope_patterns=scope, update_existing=update_existing)
+        if sheet is AREAS:
+            return await archive_excel.import_areas(session, sheet=validated, scope_patterns=scope,
+                                                    update_existing=update_existing)
         if sheet is CONCENTRATORS:
             return await archive_excel.import_concentrators(session, sheet=validated, scope_patterns=scope,
                                                             update_existing=update_existing, cipher=cipher)

@@ -9,7 +9,7 @@ import strawberry
 from strawberry.types import Info
 
 from backend.archives import service
-from backend.archives.http import ASSIGNMENTS, CONCENTRATORS, METERS
+from backend.archives.http import AREAS, ASSIGNMENTS, CONCENTRATORS, METERS
 from backend.archives.http import EXPORT_PATH as HOUSEHOLD_EXPORT_PATH
 from backend.archives.models import Collector
 from backend.archives.schema.types import (
@@ -390,6 +390,14 @@ class Query:
         return _signed_export_url(info.context, ASSIGNMENTS.export_path, area_id=area_id, search=search, filters={
             "current": None if current is None else ("true" if current else "false"),
         })
+
+    @strawberry.field(
+        permission_classes=[Requires("archives:read")],
+        description="A signed .xlsx download of the area tree in your scope below the companies, each row naming its "
+        "parent by code, as `/imports/areas` reads it back (5 minutes).",
+    )
+    async def area_export_url(self, info: Info, area_id: strawberry.ID | None = None, search: str | None = None) -> str:
+        return _signed_export_url(info.context, AREAS.export_path, area_id=area_id, search=search, filters={})
 
 
 def _signed_export_url(
