@@ -2,14 +2,15 @@
 concentrators and meter assignments (``/exports/{kind}.xlsx``, ``/templates/{kind}.xlsx``,
 ``/imports/{kind}``, kind one of households, meters, concentrators, assignments, areas), all
 shaped like the household routes below. Export filters follow each list: meters
-``areaId``, ``status``, ``meterType``, ``kind``, ``concentratorId``, ``search``;
+``areaId``, ``status``, ``meterType``, ``kind``, ``concentratorId``, ``search``, ``assigned``;
 concentrators ``areaId``, ``status``, ``connection``, ``search``; assignments ``areaId``
 (the household's), ``search``, ``current`` (true/false); areas ``areaId``, ``search`` (code
 or name): the tree below the companies, each row naming its parent by code. Terminal passwords are never
 exported; imported ones are stored encrypted.
 
 - ``GET /exports/households.xlsx`` (``archives:read``): the households in the caller's
-  scope, filtered like the list (``areaId`` subtree, ``search``, ``status``), streamed from
+  scope, filtered like the list (``areaId`` subtree, ``search``, ``status``, ``customerType``,
+  ``hasMeter``), streamed from
   a server-side cursor into a write-only workbook. Bearer token or a signed ``token`` link.
 - ``GET /templates/households.xlsx``: the import template (any signed-in staff).
 - ``POST /imports/households`` (``archives:manage``): a multipart upload (``file``, and
@@ -106,8 +107,12 @@ def _export_filter(params: dict[str, str]) -> HouseholdExportFilter:
     customer_type = params.get("customerType") or None
     if customer_type is not None and customer_type not in CUSTOMER_TYPES:
         raise BadUserInput("用户类型无效", "Unknown customer type", field="customerType")
+    has_meter = params.get("hasMeter") or None
+    if has_meter is not None and has_meter not in ("true", "false"):
+        raise BadUserInput("hasMeter 须为 true 或 false", "hasMeter must be true or false", field="hasMeter")
     return HouseholdExportFilter(search=(params.get("search") or "").strip() or None, status=status,
-                                 customer_type=customer_type)
+                                 customer_type=customer_type,
+                                 has_meter=None if has_meter is None else has_meter == "true")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +141,7 @@ class DeviceSheet:
 
 METERS = DeviceSheet("meters", "水表", archive_excel.METER_SHEET, archive_excel.METER_SHEET, "Meters", {
     "status": archive_excel.METER_STATUSES, "meterType": archive_excel.METER_TYPES, "kind": archive_excel.METER_KINDS,
-    "concentratorId": None, "search": None,
+    "concentratorId": None, "search": None, "assigned": {"true": "", "false": ""},
 })
 CONCENTRATORS = DeviceSheet(
     "concentrators", "集中器", archive_excel.CONCENTRATOR_SHEET, archive_excel.CONCENTRATOR_EXPORT_SHEET, "Concentrators",
@@ -163,8 +168,8 @@ def _device_filter(sheet: DeviceSheet, params: dict[str, str], area_path: str | 
             raise BadUserInput(f"{name} 无效", f"Unknown {name}", field=name)
         if name == "concentratorId":
             values["concentrator_id"] = decode_id(raw, "Concentrator", field=name)
-        elif name == "current":
-            values["current"] = raw == "true"
+        elif name in ("current", "assigned"):
+            values[name] = raw == "true"
         else:
             values[_FILTER_FIELDS.get(name, name)] = raw
     return archive_excel.DeviceExportFilter(**values)

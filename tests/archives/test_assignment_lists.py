@@ -4,12 +4,14 @@ the "not assigned" / "without a meter" worklists as filters of ``meters`` and ``
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import openpyxl
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -309,3 +311,25 @@ async def test_the_readme_screen_query_answers_every_panel_at_once(client: Graph
     assert data["replacements"]["edges"][0]["node"]["reason"] == "表坏了"
     assert [edge["node"]["status"] for edge in data["notAssigned"]["edges"]] == ["in_stock", "in_stock"]
     assert [edge["node"]["name"] for edge in data["withoutMeter"]["edges"]] == ["王芳", "赵敏"]
+
+
+async def test_the_worklist_filters_export_the_rows_the_lists_show(client: GraphQLClient, world: World) -> None:
+    token = await client.login(world.east_operator.username, world.east_operator.password)
+    headers = {"Authorization": f"Bearer {token}"}
+    area = gid("Area", world.tree.east_community)
+
+    meters = await client.http.get("/exports/meters.xlsx", params={"areaId": area, "assigned": "false"}, headers=headers)
+    households = await client.http.get("/exports/households.xlsx", params={"areaId": area, "hasMeter": "false"},
+                                       headers=headers)
+    bad = await client.http.get("/exports/households.xlsx", params={"hasMeter": "maybe"}, headers=headers)
+    link = await client.execute("query($a: ID) { meterExportUrl(areaId: $a, assigned: false) "
+                                "householdExportUrl(areaId: $a, hasMeter: false) }", {"a": area}, token=token)
+
+    assert meters.status_code == 200 and households.status_code == 200
+    meter_rows = list(openpyxl.load_workbook(io.BytesIO(meters.content)).active.iter_rows(values_only=True))[2:]  # type: ignore[union-attr]
+    household_rows = list(openpyxl.load_workbook(io.BytesIO(households.content)).active.iter_rows(values_only=True))[2:]  # type: ignore[union-attr]
+    assert sorted(row[0] for row in meter_rows) == sorted([world.meters["B"].code, world.meters["E"].code])
+    assert sorted(row[1] for row in household_rows) == ["王芳", "赵敏"]
+    assert bad.status_code == 400
+    assert "assigned=false" in link["data"]["meterExportUrl"]
+    assert "hasMeter=false" in link["data"]["householdExportUrl"]

@@ -338,10 +338,12 @@ class Query:
         status: HouseholdStatusEnum | None = None,  # type: ignore[valid-type]
         search: str | None = None,
         customer_type: CustomerTypeEnum | None = None,  # type: ignore[valid-type]
+        has_meter: bool | None = None,
     ) -> str:
         return _signed_export_url(info.context, HOUSEHOLD_EXPORT_PATH, area_id=area_id, search=search, filters={
             "status": status.value if status is not None else None,
             "customerType": customer_type.value if customer_type is not None else None,
+            "hasMeter": None if has_meter is None else ("true" if has_meter else "false"),
         })
 
     @strawberry.field(
@@ -355,6 +357,7 @@ class Query:
         kind: MeterKindEnum | None = None,  # type: ignore[valid-type]
         concentrator_id: strawberry.ID | None = None,
         search: str | None = None,
+        assigned: bool | None = None,
     ) -> str:
         if concentrator_id:
             decode_id(concentrator_id, "Concentrator", field="concentratorId")
@@ -363,6 +366,7 @@ class Query:
             "meterType": meter_type.value if meter_type is not None else None,
             "kind": kind.value if kind is not None else None,
             "concentratorId": concentrator_id,
+            "assigned": None if assigned is None else ("true" if assigned else "false"),
         })
 
     @strawberry.field(
