@@ -56,6 +56,8 @@ DOMAIN = Domain(
         Operation("importConcentrators", "导入集中器", "Import concentrators", "archives"),
         Operation("exportAssignments", "导出表计分配", "Export assignments", "archives"),
         Operation("importAssignments", "导入表计分配", "Import assignments", "archives"),
+        Operation("exportAreas", "导出区域", "Export areas", "archives"),
+        Operation("importAreas", "导入区域", "Import areas", "archives"),
     ),
     checks=(Check("archives.cross_area", "backend.archives.checks:no_cross_area_assignments",
                   "Open assignments stay within their meter's area"),),

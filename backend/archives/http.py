@@ -1,14 +1,16 @@
 """Archives over plain HTTP: Excel export, template and import of households, meters,
 concentrators and meter assignments (``/exports/{kind}.xlsx``, ``/templates/{kind}.xlsx``,
-``/imports/{kind}``, kind one of households, meters, concentrators, assignments), all
+``/imports/{kind}``, kind one of households, meters, concentrators, assignments, areas), all
 shaped like the household routes below. Export filters follow each list: meters
-``areaId``, ``status``, ``meterType``, ``kind``, ``concentratorId``, ``search``;
+``areaId``, ``status``, ``meterType``, ``kind``, ``concentratorId``, ``search``, ``assigned``;
 concentrators ``areaId``, ``status``, ``connection``, ``search``; assignments ``areaId``
-(the household's), ``search``, ``current`` (true/false). Terminal passwords are never
+(the household's), ``search``, ``current`` (true/false); areas ``areaId``, ``search`` (code
+or name): the tree below the companies, each row naming its parent by code. Terminal passwords are never
 exported; imported ones are stored encrypted.
 
 - ``GET /exports/households.xlsx`` (``archives:read``): the households in the caller's
-  scope, filtered like the list (``areaId`` subtree, ``search``, ``status``), streamed from
+  scope, filtered like the list (``areaId`` subtree, ``search``, ``status``, ``customerType``,
+  ``hasMeter``), streamed from
   a server-side cursor into a write-only workbook. Bearer token or a signed ``token`` link.
 - ``GET /templates/households.xlsx``: the import template (any signed-in staff).
 - ``POST /imports/households`` (``archives:manage``): a multipart upload (``file``, and
@@ -105,8 +107,12 @@ def _export_filter(params: dict[str, str]) -> HouseholdExportFilter:
     customer_type = params.get("customerType") or None
     if customer_type is not None and customer_type not in CUSTOMER_TYPES:
         raise BadUserInput("用户类型无效", "Unknown customer type", field="customerType")
+    has_meter = params.get("hasMeter") or None
+    if has_meter is not None and has_meter not in ("true", "false"):
+        raise BadUserInput("hasMeter 须为 true 或 false", "hasMeter must be true or false", field="hasMeter")
     return HouseholdExportFilter(search=(params.get("search") or "").strip() or None, status=status,
-                                 customer_type=customer_type)
+                                 customer_type=customer_type,
+                                 has_meter=None if has_meter is None else has_meter == "true")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +141,7 @@ class DeviceSheet:
 
 METERS = DeviceSheet("meters", "水表", archive_excel.METER_SHEET, archive_excel.METER_SHEET, "Meters", {
     "status": archive_excel.METER_STATUSES, "meterType": archive_excel.METER_TYPES, "kind": archive_excel.METER_KINDS,
-    "concentratorId": None, "search": None,
+    "concentratorId": None, "search": None, "assigned": {"true": "", "false": ""},
 })
 CONCENTRATORS = DeviceSheet(
     "concentrators", "集中器", archive_excel.CONCENTRATOR_SHEET, archive_excel.CONCENTRATOR_EXPORT_SHEET, "Concentrators",
@@ -143,7 +149,9 @@ CONCENTRATORS = DeviceSheet(
 )
 ASSIGNMENTS = DeviceSheet("assignments", "表计分配", archive_excel.ASSIGNMENT_SHEET, archive_excel.ASSIGNMENT_SHEET,
                           "Assignments", {"current": {"true": "", "false": ""}, "search": None})
-DEVICE_SHEETS = (METERS, CONCENTRATORS, ASSIGNMENTS)
+# The area tree below the companies, each row naming its parent by code (区域导入).
+AREAS = DeviceSheet("areas", "区域", archive_excel.AREA_SHEET, archive_excel.AREA_SHEET, "Areas", {"search": None})
+DEVICE_SHEETS = (METERS, CONCENTRATORS, ASSIGNMENTS, AREAS)
 _FILTER_FIELDS = {"meterType": "meter_type", "concentratorId": "concentrator_id"}
 
 
@@ -160,8 +168,8 @@ def _device_filter(sheet: DeviceSheet, params: dict[str, str], area_path: str | 
             raise BadUserInput(f"{name} 无效", f"Unknown {name}", field=name)
         if name == "concentratorId":
             values["concentrator_id"] = decode_id(raw, "Concentrator", field=name)
-        elif name == "current":
-            values["current"] = raw == "true"
+        elif name in ("current", "assigned"):
+            values[name] = raw == "true"
         else:
             values[_FILTER_FIELDS.get(name, name)] = raw
     return archive_excel.DeviceExportFilter(**values)
@@ -312,6 +320,8 @@ def routes(host: HttpHost) -> list[Route]:
                     source = archive_excel.meter_export_rows(connection, scope_patterns=scope, export_filter=export_filter)
                 elif sheet is CONCENTRATORS:
                     source = archive_excel.concentrator_export_rows(connection, scope_patterns=scope, export_filter=export_filter)
+                elif sheet is AREAS:
+                    source = archive_excel.area_export_rows(connection, scope_patterns=scope, export_filter=export_filter)
                 else:
                     source = archive_excel.assignment_export_rows(connection, scope_patterns=scope, export_filter=export_filter,
                                                                   tz=tz_name)
@@ -326,6 +336,9 @@ def routes(host: HttpHost) -> list[Route]:
         scope = principal.scope_patterns()
         if sheet is METERS:
             return await archive_excel.import_meters(session, sheet=validated, scope_patterns=scope, update_existing=update_existing)
+        if sheet is AREAS:
+            return await archive_excel.import_areas(session, sheet=validated, scope_patterns=scope,
+                                                    update_existing=update_existing)
         if sheet is CONCENTRATORS:
             return await archive_excel.import_concentrators(session, sheet=validated, scope_patterns=scope,
                                                             update_existing=update_existing, cipher=cipher)

@@ -12,8 +12,8 @@ differ), so re-importing the same file changes nothing. The generic sheet machin
 The package is the archives' one Excel surface: the HTTP routes (backend.archives.http),
 the bench and the tests import ``backend.archives.excel``; this ``__init__`` re-exports
 every public name, so the split is invisible to them, as for backend.archives.service.
-Inside, one module per sheet: :mod:`.households`, :mod:`.meters`, :mod:`.concentrators`
-and :mod:`.assignments` (配表); and what the sheets share: :mod:`.cells` (cell parsers
+Inside, one module per sheet: :mod:`.areas` (the tree by parent code), :mod:`.households`,
+:mod:`.meters`, :mod:`.concentrators` and :mod:`.assignments` (配表); and what the sheets share: :mod:`.cells` (cell parsers
 and labels), :mod:`.exporting` (the device lists' export filter and the streaming of rows
 through a server-side cursor) and :mod:`.importing` (the import result, the temporary
 table, area references, row errors, the upsert clause and the same-subtree locks).
@@ -21,6 +21,13 @@ table, area references, row errors, the upsert clause and the same-subtree locks
 
 from __future__ import annotations
 
+from backend.archives.excel.areas import (
+    AREA_COLUMNS,
+    AREA_KINDS,
+    AREA_SHEET,
+    area_export_rows,
+    import_areas,
+)
 from backend.archives.excel.assignments import (
     ASSIGNMENT_COLUMNS,
     ASSIGNMENT_SHEET,
@@ -81,6 +88,9 @@ from backend.archives.excel.meters import (
 
 __all__ = [
     "ADDRESS_TAKEN",
+    "AREA_COLUMNS",
+    "AREA_KINDS",
+    "AREA_SHEET",
     "ASSIGNMENT_COLUMNS",
     "ASSIGNMENT_SHEET",
     "CONCENTRATOR_COLUMNS",
@@ -114,9 +124,11 @@ __all__ = [
     "DeviceExportFilter",
     "HouseholdExportFilter",
     "ImportResult",
+    "area_export_rows",
     "assignment_export_rows",
     "concentrator_export_rows",
     "household_export_rows",
+    "import_areas",
     "import_assignments",
     "import_concentrators",
     "import_households",

@@ -26,6 +26,7 @@ class DeviceExportFilter:
     concentrator_id: int | None = None
     connection: str | None = None
     current: bool | None = None
+    assigned: bool | None = None
 
 
 async def _area_labels(connection: Any, scope_patterns: Sequence[str]) -> Any:

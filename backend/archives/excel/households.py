@@ -92,7 +92,11 @@ HOUSEHOLD_EXPORT_SHEET = SheetSpec(
 _OWNERS = getattr(models, "HouseholdOwner", None)
 
 
-def _export_sql(*, by_area: bool, by_search: bool, by_status: bool, by_type: bool = False) -> str:
+_SERVED = "EXISTS (SELECT 1 FROM meter_assignments s WHERE s.household_id = h.id AND s.valid_to IS NULL)"
+
+
+def _export_sql(*, by_area: bool, by_search: bool, by_status: bool, by_type: bool = False,
+                has_meter: bool | None = None) -> str:
     """The export statement; its parameters are the scope patterns, then the area path
     pattern, the search pattern, the status and the customer type, each only when filtered by."""
     area_code = "COALESCE(a.code, '#' || a.id)" if _AREA_HAS_CODE else "'#' || a.id"
@@ -116,6 +120,11 @@ def _export_sql(*, by_area: bool, by_search: bool, by_status: bool, by_type: boo
         conditions.append(f"h.status = ${len(conditions) + 1}")
     if by_type:
         conditions.append(f"h.customer_type = ${len(conditions) + 1}")
+    # The list's hasMeter (service.household_page_query): a constant condition, no parameter.
+    if has_meter is True:
+        conditions.append(_SERVED)
+    elif has_meter is False:
+        conditions.append(f"h.status = 'active' AND NOT {_SERVED}")
     return (
         f"SELECT {', '.join(selected)} FROM households h JOIN areas a ON a.id = h.area_id "
         f"WHERE {' AND '.join(conditions)} ORDER BY h.account_no"
@@ -130,6 +139,7 @@ class HouseholdExportFilter:
     search: str | None = None
     status: str | None = None
     customer_type: str | None = None
+    has_meter: bool | None = None
 
 
 async def household_export_rows(
@@ -141,6 +151,7 @@ async def household_export_rows(
     statement = _export_sql(
         by_area=export_filter.area_path is not None, by_search=bool(export_filter.search),
         by_status=export_filter.status is not None, by_type=export_filter.customer_type is not None,
+        has_meter=export_filter.has_meter,
     )
     search = export_filter.search
     like = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%" if search else None

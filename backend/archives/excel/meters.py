@@ -84,6 +84,12 @@ async def meter_export_rows(
         where.add("m.kind = {}", export_filter.kind)
     if export_filter.concentrator_id is not None:
         where.add("m.concentrator_id = {}", export_filter.concentrator_id)
+    # The list's assigned (service.meter_page_query).
+    serving = "EXISTS (SELECT 1 FROM meter_assignments s WHERE s.meter_id = m.id AND s.valid_to IS NULL)"
+    if export_filter.assigned is True:
+        where.conditions.append(serving)
+    elif export_filter.assigned is False:
+        where.conditions.append(f"m.kind = 'household' AND m.status IN ('in_stock', 'installed') AND NOT {serving}")
     if export_filter.search:
         where.add("(m.address LIKE {0} OR m.code LIKE {0} OR m.name LIKE {0} OR m.location LIKE {0})".replace("{0}", "{}"),
                   _like_pattern(export_filter.search))

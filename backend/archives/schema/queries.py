@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
 import strawberry
 from strawberry.types import Info
 
 from backend.archives import service
-from backend.archives.http import ASSIGNMENTS, CONCENTRATORS, METERS
+from backend.archives.http import AREAS, ASSIGNMENTS, CONCENTRATORS, METERS
 from backend.archives.http import EXPORT_PATH as HOUSEHOLD_EXPORT_PATH
 from backend.archives.models import Collector
 from backend.archives.schema.types import (
     AreaByIdLoader,
     AreaKindEnum,
     AreaType,
+    AssignmentKindEnum,
     CollectorsByConcentratorIdLoader,
     CollectorType,
     ConcentratorType,
@@ -24,9 +26,11 @@ from backend.archives.schema.types import (
     HouseholdOrderEnum,
     HouseholdStatusEnum,
     HouseholdType,
+    MeterAssignmentType,
     MeterKindEnum,
     MeterModelType,
     MeterOrderEnum,
+    MeterReplacementType,
     MeterStatusEnum,
     MeterType_,
     MeterTypeEnum,
@@ -116,6 +120,26 @@ def _area_filter(area_id: strawberry.ID | None) -> int | None:
     return decode_id(area_id, "Area", field="areaId") if area_id else None
 
 
+def _period(start: datetime | None, end: datetime | None) -> tuple[datetime | None, datetime | None]:
+    """A ``[from, to)`` period of a list filter, either bound open; an empty one is refused
+    rather than answered with nothing."""
+    if start is not None and end is not None and end <= start:
+        raise BadUserInput("结束时间须晚于开始时间", "`to` must be after `from`", field="to")
+    return start, end
+
+
+def _household_filter(household_id: strawberry.ID | None, account_no: str | None) -> tuple[int | None, str | None]:
+    """One household, by global id or by account number (缴费号): at most one of them."""
+    if household_id and account_no:
+        raise BadUserInput("住户只能按 ID 或缴费号之一筛选", "Give householdId or accountNo, not both", field="accountNo")
+    return (decode_id(household_id, "Household", field="householdId") if household_id else None,
+            account_no.strip() if account_no and account_no.strip() else None)
+
+
+_PERIOD = ("Periods are half-open, [from, to): an instant equal to `from` is in, one equal to `to` is not; "
+           "either bound may be left out. `to` at or before `from` is BAD_USER_INPUT.")
+
+
 @strawberry.type
 class Query:
     @strawberry.field(permission_classes=[Requires("areas:read")], description="Areas within your data scope, in tree order.")
@@ -167,11 +191,14 @@ class Query:
         search: str | None = None,
         order_by: HouseholdOrderEnum = service.HouseholdOrder.account_no,  # type: ignore[valid-type]
         descending: bool = False,
+        has_meter: Annotated[bool | None, strawberry.argument(
+            description="true: a meter serves the household now; false: households without a meter (未配表), "
+            "active households with no current assignment.")] = None,
     ) -> Connection[HouseholdType]:
         page = PageRequest.from_args(first, after, last, before)
         query = service.household_page_query(
             scope_patterns=info.context.caller.scope_patterns(), area_id=_area_filter(area_id), status=status,
-            customer_type=customer_type, search=search, order=order_by, descending=descending,
+            customer_type=customer_type, search=search, order=order_by, descending=descending, has_meter=has_meter,
         )
         return await paginate_query(info.context, query, page, HouseholdType.from_page_row, count=selects(info, "totalCount"))
 
@@ -187,13 +214,16 @@ class Query:
         search: str | None = None,
         order_by: MeterOrderEnum = service.MeterOrder.code,  # type: ignore[valid-type]
         descending: bool = False,
+        assigned: Annotated[bool | None, strawberry.argument(
+            description="true: meters serving a household now; false: meters not assigned (未配表), household meters "
+            "in stock or installed with no current assignment.")] = None,
     ) -> Connection[MeterType_]:
         page = PageRequest.from_args(first, after, last, before)
         query = service.meter_page_query(
             scope_patterns=info.context.caller.scope_patterns(), area_id=_area_filter(area_id), status=status,
             meter_type=meter_type, kind=kind,
             concentrator_id=decode_id(concentrator_id, "Concentrator", field="concentratorId") if concentrator_id else None,
-            search=search, order=order_by, descending=descending,
+            search=search, order=order_by, descending=descending, assigned=assigned,
         )
         return await paginate_query(info.context, query, page, MeterType_.from_row, count=selects(info, "totalCount"))
 
@@ -220,6 +250,56 @@ class Query:
         async with info.context.read() as session:
             return await paginate(session, statement, page, lambda row: ConcentratorType.from_row(row[0]),
                                   count=selects(info, "totalCount"))
+
+    @strawberry.field(
+        permission_classes=[Requires("archives:read")],
+        description="Meter assignments (配表管理) of households in your scope, newest first: of households in the "
+        "`areaId` subtree; assigned or ended (validFrom or validTo) in the period [from, to); of the meter whose "
+        "code (表计编码) is `meterCode`; of one household, by `householdId` or `accountNo` (缴费号), not both; "
+        "`kind` current (serving now) or ended. " + _PERIOD,
+    )
+    async def meter_assignments(
+        self, info: Info, first: int | None = None, after: str | None = None, last: int | None = None,
+        before: str | None = None, area_id: strawberry.ID | None = None,
+        start: Annotated[datetime | None, strawberry.argument(name="from")] = None,
+        end: Annotated[datetime | None, strawberry.argument(name="to")] = None,
+        meter_code: str | None = None, household_id: strawberry.ID | None = None, account_no: str | None = None,
+        kind: AssignmentKindEnum | None = None,  # type: ignore[valid-type]
+    ) -> Connection[MeterAssignmentType]:
+        page = PageRequest.from_args(first, after, last, before)
+        period_from, period_to = _period(start, end)
+        household_pk, account = _household_filter(household_id, account_no)
+        query = service.assignment_page_query(
+            scope_patterns=info.context.caller.scope_patterns(), area_id=_area_filter(area_id), period_from=period_from,
+            period_to=period_to, meter_code=meter_code.strip() if meter_code else None, household_id=household_pk,
+            account_no=account, kind=kind,
+        )
+        return await paginate_query(info.context, query, page, MeterAssignmentType.from_page_row,
+                                    count=selects(info, "totalCount"))
+
+    @strawberry.field(
+        permission_classes=[Requires("archives:read")],
+        description="Meter replacements (换表记录) of households in your scope, newest first: of households in the "
+        "`areaId` subtree; replaced in the period [from, to); where `meterCode` is the old or the new meter; of one "
+        "household, by `householdId` or `accountNo`, not both. " + _PERIOD,
+    )
+    async def meter_replacements(
+        self, info: Info, first: int | None = None, after: str | None = None, last: int | None = None,
+        before: str | None = None, area_id: strawberry.ID | None = None,
+        start: Annotated[datetime | None, strawberry.argument(name="from")] = None,
+        end: Annotated[datetime | None, strawberry.argument(name="to")] = None,
+        meter_code: str | None = None, household_id: strawberry.ID | None = None, account_no: str | None = None,
+    ) -> Connection[MeterReplacementType]:
+        page = PageRequest.from_args(first, after, last, before)
+        period_from, period_to = _period(start, end)
+        household_pk, account = _household_filter(household_id, account_no)
+        query = service.replacement_page_query(
+            scope_patterns=info.context.caller.scope_patterns(), area_id=_area_filter(area_id), period_from=period_from,
+            period_to=period_to, meter_code=meter_code.strip() if meter_code else None, household_id=household_pk,
+            account_no=account,
+        )
+        return await paginate_query(info.context, query, page, MeterReplacementType.from_page_row,
+                                    count=selects(info, "totalCount"))
 
     @strawberry.field(permission_classes=[Requires("archives:read")], description="One concentrator in your scope.")
     async def concentrator(self, info: Info, id: strawberry.ID) -> ConcentratorType:
@@ -258,10 +338,12 @@ class Query:
         status: HouseholdStatusEnum | None = None,  # type: ignore[valid-type]
         search: str | None = None,
         customer_type: CustomerTypeEnum | None = None,  # type: ignore[valid-type]
+        has_meter: bool | None = None,
     ) -> str:
         return _signed_export_url(info.context, HOUSEHOLD_EXPORT_PATH, area_id=area_id, search=search, filters={
             "status": status.value if status is not None else None,
             "customerType": customer_type.value if customer_type is not None else None,
+            "hasMeter": None if has_meter is None else ("true" if has_meter else "false"),
         })
 
     @strawberry.field(
@@ -275,6 +357,7 @@ class Query:
         kind: MeterKindEnum | None = None,  # type: ignore[valid-type]
         concentrator_id: strawberry.ID | None = None,
         search: str | None = None,
+        assigned: bool | None = None,
     ) -> str:
         if concentrator_id:
             decode_id(concentrator_id, "Concentrator", field="concentratorId")
@@ -283,6 +366,7 @@ class Query:
             "meterType": meter_type.value if meter_type is not None else None,
             "kind": kind.value if kind is not None else None,
             "concentratorId": concentrator_id,
+            "assigned": None if assigned is None else ("true" if assigned else "false"),
         })
 
     @strawberry.field(
@@ -310,6 +394,14 @@ class Query:
         return _signed_export_url(info.context, ASSIGNMENTS.export_path, area_id=area_id, search=search, filters={
             "current": None if current is None else ("true" if current else "false"),
         })
+
+    @strawberry.field(
+        permission_classes=[Requires("archives:read")],
+        description="A signed .xlsx download of the area tree in your scope below the companies, each row naming its "
+        "parent by code, as `/imports/areas` reads it back (5 minutes).",
+    )
+    async def area_export_url(self, info: Info, area_id: strawberry.ID | None = None, search: str | None = None) -> str:
+        return _signed_export_url(info.context, AREAS.export_path, area_id=area_id, search=search, filters={})
 
 
 def _signed_export_url(

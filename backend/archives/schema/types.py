@@ -50,6 +50,8 @@ DiByteOrderEnum = strawberry.enum(DiByteOrder, name="DiByteOrder", description="
 ConnectionKindEnum = strawberry.enum(ConnectionKind, name="ConnectionKind")
 DeviceStatusEnum = strawberry.enum(DeviceStatus, name="DeviceStatus")
 HouseholdOrderEnum = strawberry.enum(service.HouseholdOrder, name="HouseholdOrder")
+AssignmentKindEnum = strawberry.enum(service.AssignmentKind, name="AssignmentKind",
+                                     description="current: serving now (在用) / ended: ended by a move-out or replacement (已拆)")
 MeterOrderEnum = strawberry.enum(service.MeterOrder, name="MeterOrder")
 
 
@@ -559,6 +561,13 @@ class MeterAssignmentType(Node):
         return cls(id=encode_id("MeterAssignment", a.id), valid_from=a.valid_from, valid_to=a.valid_to,
                    start_reading=a.start_reading, end_reading=a.end_reading, meter_pk=a.meter_id, household_pk=a.household_id)
 
+    @classmethod
+    def from_page_row(cls, row: Any) -> MeterAssignmentType:
+        """A row of :func:`service.assignment_page_query`."""
+        return cls(id=encode_id("MeterAssignment", row["id"]), valid_from=row["valid_from"], valid_to=row["valid_to"],
+                   start_reading=row["start_reading"], end_reading=row["end_reading"], meter_pk=row["meter_id"],
+                   household_pk=row["household_id"])
+
     @strawberry.field
     async def meter(self, info: Info) -> MeterType_ | None:
         meter = await _visible_meter(info, self.meter_pk)
@@ -581,13 +590,29 @@ class MeterReplacementType(Node):
     replaced_by: str
     old_meter_pk: strawberry.Private[int]
     new_meter_pk: strawberry.Private[int]
+    household_pk: strawberry.Private[int]
 
     @classmethod
     def from_row(cls, r: MeterReplacement) -> MeterReplacementType:
         assert r.id is not None
         return cls(id=encode_id("MeterReplacement", r.id), replaced_at=r.replaced_at, old_final_reading=r.old_final_reading,
                    new_initial_reading=r.new_initial_reading, reason=r.reason, replaced_by=r.replaced_by,
-                   old_meter_pk=r.old_meter_id, new_meter_pk=r.new_meter_id)
+                   old_meter_pk=r.old_meter_id, new_meter_pk=r.new_meter_id, household_pk=r.household_id)
+
+    @classmethod
+    def from_page_row(cls, row: Any) -> MeterReplacementType:
+        """A row of :func:`service.replacement_page_query`."""
+        return cls(id=encode_id("MeterReplacement", row["id"]), replaced_at=row["replaced_at"],
+                   old_final_reading=row["old_final_reading"], new_initial_reading=row["new_initial_reading"],
+                   reason=row["reason"], replaced_by=row["replaced_by"], old_meter_pk=row["old_meter_id"],
+                   new_meter_pk=row["new_meter_id"], household_pk=row["household_id"])
+
+    @strawberry.field(description="The household whose meter was replaced (null outside your scope).")
+    async def household(self, info: Info) -> HouseholdType | None:
+        household = await info.context.loader(HouseholdByIdLoader).load(self.household_pk)
+        if household is None or await _visible_area(info, household.area_id) is None:
+            return None
+        return HouseholdType.from_row(household)
 
     @strawberry.field
     async def old_meter(self, info: Info) -> MeterType_ | None:

@@ -164,6 +164,12 @@ async def _lock_area_tree(session: AsyncSession) -> None:
     await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AREA_TREE_LOCK})
 
 
+async def lock_area_tree(session: AsyncSession) -> None:
+    """Hold the tree's shape still, alone, until the transaction ends: for a change of the
+    shape made outside this module (the area import, backend.archives.excel)."""
+    await _lock_area_tree(session)
+
+
 async def share_area_tree(session: AsyncSession) -> None:
     """Hold the tree's shape still until the transaction ends, alongside other holders:
     taken by every path that opens an assignment or moves a meter or household, before it

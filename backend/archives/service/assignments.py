@@ -3,17 +3,21 @@ readings (backend.archives.handover)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from decimal import Decimal
+from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import ARRAY, Select, Text, and_, any_, bindparam, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.archives import errors
 from backend.archives.handover import HandoverReading, store_handover_readings
 from backend.archives.models import (
+    Area,
     Household,
     HouseholdStatus,
     Meter,
@@ -32,7 +36,9 @@ from backend.archives.service.checks import (
     _scoped,
     as_stored,
 )
+from backend.archives.service.households import _subtree_of
 from backend.errors import DomainError, ErrorCode
+from backend.pagination import PagedQuery
 
 # --------------------------------------------------------------------------- assignments
 
@@ -263,3 +269,149 @@ async def replace_meter(
             _handover(new.id, replaced_at, new_initial_reading, "replacedAt", "newInitialReading", "newMeterId"),
         ], source=f"replacement:{replaced_by[:80]}", now=now or replaced_at, tz=tz)
     return replacement
+
+
+# --------------------------------------------------------------------------- lists (配表管理)
+
+
+class AssignmentKind(StrEnum):
+    """Which assignments a list shows: the ones serving now, or the ones ended (拆表 / 换表)."""
+
+    current = "current"
+    ended = "ended"
+
+
+ASSIGNMENT_COLUMNS = ("id", "meter_id", "household_id", "valid_from", "valid_to", "start_reading", "end_reading")
+REPLACEMENT_COLUMNS = ("id", "household_id", "old_meter_id", "new_meter_id", "replaced_at", "old_final_reading",
+                       "new_initial_reading", "reason", "replaced_by")
+
+
+def _in_period(column: Any, by_from: bool, by_to: bool) -> list[Any]:
+    conditions = []
+    if by_from:
+        conditions.append(column >= bindparam("period_from"))
+    if by_to:
+        conditions.append(column < bindparam("period_to"))
+    return conditions
+
+
+def _by_household(household: Any, by_household: bool, by_account_no: bool) -> list[Any]:
+    conditions = []
+    if by_household:
+        conditions.append(household.c.id == bindparam("household_id"))
+    if by_account_no:
+        conditions.append(household.c.account_no == bindparam("account_no"))
+    return conditions
+
+
+def _paged_by_household(
+    table: Any, columns: Sequence[str], conditions: list[Any], sort_column: str, *,
+    by_area: bool, by_household: bool, by_account_no: bool,
+) -> tuple[Select[Any], Select[Any]]:
+    """Page and count statements over ``table`` joined to its household and the household's
+    area (the data scope and the area and household filters apply there), newest
+    ``sort_column`` first, with ``:_offset``/``:_limit`` binds."""
+    household = Household.__table__.alias("h")  # type: ignore[attr-defined]
+    area = Area.__table__.alias("a")  # type: ignore[attr-defined]
+    joined = table.join(household, household.c.id == table.c.household_id).join(area, area.c.id == household.c.area_id)
+    where = [area.c.path.like(any_(bindparam("patterns", type_=ARRAY(Text)))), *conditions,
+             *_by_household(household, by_household, by_account_no)]
+    if by_area:
+        where.append(_subtree_of(area))
+    rows = (
+        select(*(table.c[name] for name in columns)).select_from(joined).where(*where)
+        .order_by(table.c[sort_column].desc(), table.c.id.desc())
+        .offset(bindparam("_offset")).limit(bindparam("_limit"))
+    )
+    return rows, select(func.count()).select_from(joined).where(*where)
+
+
+@functools.cache
+def _assignment_page_query(
+    by_area: bool, by_from: bool, by_to: bool, by_meter_code: bool, by_household: bool, by_account_no: bool,
+    kind: AssignmentKind | None,
+) -> tuple[Select[Any], Select[Any]]:
+    assignment = MeterAssignment.__table__.alias("s")  # type: ignore[attr-defined]
+    conditions: list[Any] = []
+    if by_from or by_to:
+        # Assigned or ended within the period: the 配表 and 拆表 done then.
+        conditions.append(or_(and_(*_in_period(assignment.c.valid_from, by_from, by_to)),
+                              and_(*_in_period(assignment.c.valid_to, by_from, by_to))))
+    if by_meter_code:
+        meter = Meter.__table__.alias("m")  # type: ignore[attr-defined]
+        conditions.append(assignment.c.meter_id == select(meter.c.id).where(meter.c.code == bindparam("meter_code"))
+                          .scalar_subquery())
+    if kind is AssignmentKind.current:
+        conditions.append(assignment.c.valid_to.is_(None))
+    elif kind is AssignmentKind.ended:
+        conditions.append(assignment.c.valid_to.is_not(None))
+    return _paged_by_household(assignment, ASSIGNMENT_COLUMNS, conditions, "valid_from",
+                               by_area=by_area, by_household=by_household, by_account_no=by_account_no)
+
+
+def _list_params(
+    scope_patterns: Sequence[str], area_id: int | None, period_from: datetime | None, period_to: datetime | None,
+    meter_code: str | None, household_id: int | None, account_no: str | None,
+) -> dict[str, Any]:
+    params: dict[str, Any] = {"patterns": list(scope_patterns)}
+    for name, value in (("area_id", area_id), ("period_from", period_from), ("period_to", period_to),
+                        ("meter_code", meter_code), ("household_id", household_id), ("account_no", account_no)):
+        if value is not None:
+            params[name] = value
+    return params
+
+
+def assignment_page_query(
+    *,
+    scope_patterns: Sequence[str],
+    area_id: int | None = None,
+    period_from: datetime | None = None,
+    period_to: datetime | None = None,
+    meter_code: str | None = None,
+    household_id: int | None = None,
+    account_no: str | None = None,
+    kind: AssignmentKind | None = None,
+) -> PagedQuery:
+    """Assignments (配表) of households within the scope, newest first: optionally of
+    households in ``area_id``'s subtree, assigned or ended in ``[period_from, period_to)``
+    (either bound may be left open), of the meter with code ``meter_code``, of one
+    household (by id or account number) and current or ended. Rows hold
+    :data:`ASSIGNMENT_COLUMNS`. The scope is the household's: a meter serves only
+    households at or below its area, so the household's area is the narrower one."""
+    rows, count = _assignment_page_query(area_id is not None, period_from is not None, period_to is not None,
+                                         meter_code is not None, household_id is not None, account_no is not None, kind)
+    params = _list_params(scope_patterns, area_id, period_from, period_to, meter_code, household_id, account_no)
+    return PagedQuery(rows=rows, count=count, params=params)
+
+
+@functools.cache
+def _replacement_page_query(
+    by_area: bool, by_from: bool, by_to: bool, by_meter_code: bool, by_household: bool, by_account_no: bool,
+) -> tuple[Select[Any], Select[Any]]:
+    replacement = MeterReplacement.__table__.alias("r")  # type: ignore[attr-defined]
+    conditions: list[Any] = _in_period(replacement.c.replaced_at, by_from, by_to)
+    if by_meter_code:
+        meter = Meter.__table__.alias("m")  # type: ignore[attr-defined]
+        coded = select(meter.c.id).where(meter.c.code == bindparam("meter_code")).scalar_subquery()
+        conditions.append(or_(replacement.c.old_meter_id == coded, replacement.c.new_meter_id == coded))
+    return _paged_by_household(replacement, REPLACEMENT_COLUMNS, conditions, "replaced_at",
+                               by_area=by_area, by_household=by_household, by_account_no=by_account_no)
+
+
+def replacement_page_query(
+    *,
+    scope_patterns: Sequence[str],
+    area_id: int | None = None,
+    period_from: datetime | None = None,
+    period_to: datetime | None = None,
+    meter_code: str | None = None,
+    household_id: int | None = None,
+    account_no: str | None = None,
+) -> PagedQuery:
+    """Replacements (换表) of households within the scope, newest first, filtered like
+    :func:`assignment_page_query` (``replaced_at`` in ``[period_from, period_to)``; the
+    meter code matches the old or the new meter). Rows hold :data:`REPLACEMENT_COLUMNS`."""
+    rows, count = _replacement_page_query(area_id is not None, period_from is not None, period_to is not None,
+                                          meter_code is not None, household_id is not None, account_no is not None)
+    params = _list_params(scope_patterns, area_id, period_from, period_to, meter_code, household_id, account_no)
+    return PagedQuery(rows=rows, count=count, params=params)

@@ -10,7 +10,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ARRAY, Select, Text, any_, bindparam, func, or_, select, text
+from sqlalchemy import ARRAY, Select, Text, and_, any_, bindparam, exists, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.archives import errors
@@ -331,7 +331,8 @@ def _paged_in_areas(
 
 @functools.cache
 def _household_page_query(
-    by_area: bool, by_status: bool, by_type: bool, by_search: bool, order: HouseholdOrder, descending: bool
+    by_area: bool, by_status: bool, by_type: bool, by_search: bool, order: HouseholdOrder, descending: bool,
+    has_meter: bool | None = None,
 ) -> tuple[Select[Any], Select[Any]]:
     household = Household.__table__.alias("h")  # type: ignore[attr-defined]
     area = Area.__table__.alias("a")  # type: ignore[attr-defined]
@@ -346,6 +347,10 @@ def _household_page_query(
         term: Any = bindparam("search")
         conditions.append(or_(*(household.c[name].like(term, escape="\\")
                                 for name in ("account_no", "name", "phone", "phone2", "address"))))
+    if has_meter is not None:
+        serving = MeterAssignment.__table__.alias("s")  # type: ignore[attr-defined]
+        is_open = exists().where(serving.c.household_id == household.c.id, serving.c.valid_to.is_(None))
+        conditions.append(is_open if has_meter else and_(household.c.status == HouseholdStatus.active.value, ~is_open))
     return _paged_in_areas(household, area, HOUSEHOLD_COLUMNS, conditions, _HOUSEHOLD_ORDER[order], descending,
                            HOUSEHOLD_AREA_COLUMNS)
 
@@ -359,12 +364,17 @@ def household_page_query(
     search: str | None = None,
     order: HouseholdOrder = HouseholdOrder.account_no,
     descending: bool = False,
+    has_meter: bool | None = None,
 ) -> PagedQuery:
     """Households within the scope, optionally in ``area_id``'s subtree, by status, type
     and free text (account number, name, phones, address). Rows hold
-    :data:`HOUSEHOLD_COLUMNS`, ``area_path`` and the area's :data:`HOUSEHOLD_AREA_COLUMNS`."""
+    :data:`HOUSEHOLD_COLUMNS`, ``area_path`` and the area's :data:`HOUSEHOLD_AREA_COLUMNS`.
+
+    ``has_meter=True``: households a meter serves now (an open assignment).
+    ``has_meter=False``: the households without a meter (未配表) a 配表 clerk works
+    through: active households with no open assignment (a closed one needs none)."""
     rows, count = _household_page_query(area_id is not None, status is not None, customer_type is not None,
-                                        bool(search), order, descending)
+                                        bool(search), order, descending, has_meter)
     params: dict[str, Any] = {"patterns": list(scope_patterns)}
     if area_id is not None:
         params["area_id"] = area_id

@@ -11,7 +11,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ARRAY, Select, Text, any_, bindparam, or_, select, text
+from sqlalchemy import ARRAY, Select, Text, and_, any_, bindparam, exists, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.archives import errors
@@ -21,6 +21,7 @@ from backend.archives.models import (
     Concentrator,
     DiByteOrder,
     Meter,
+    MeterAssignment,
     MeterKind,
     MeterModel,
     MeterStatus,
@@ -388,7 +389,7 @@ METER_COLUMNS = (
 @functools.cache
 def _meter_page_query(
     by_area: bool, by_status: bool, by_type: bool, by_kind: bool, by_concentrator: bool, by_search: bool,
-    order: MeterOrder, descending: bool,
+    order: MeterOrder, descending: bool, assigned: bool | None = None,
 ) -> tuple[Select[Any], Select[Any]]:
     meter = Meter.__table__.alias("m")  # type: ignore[attr-defined]
     area = Area.__table__.alias("a")  # type: ignore[attr-defined]
@@ -406,6 +407,14 @@ def _meter_page_query(
     if by_search:
         term: Any = bindparam("search")
         conditions.append(or_(*(meter.c[name].like(term, escape="\\") for name in ("address", "code", "name", "location"))))
+    if assigned is not None:
+        serving = MeterAssignment.__table__.alias("s")  # type: ignore[attr-defined]
+        is_open = exists().where(serving.c.meter_id == meter.c.id, serving.c.valid_to.is_(None))
+        conditions.append(is_open if assigned else and_(
+            meter.c.kind == MeterKind.household.value,
+            # Two comparisons, not IN: the page statement is compiled once, with plain binds.
+            or_(meter.c.status == MeterStatus.in_stock.value, meter.c.status == MeterStatus.installed.value), ~is_open,
+        ))
     return _paged_in_areas(meter, area, METER_COLUMNS, conditions, _METER_ORDER[order], descending)
 
 
@@ -420,10 +429,16 @@ def meter_page_query(
     search: str | None = None,
     order: MeterOrder = MeterOrder.code,
     descending: bool = False,
+    assigned: bool | None = None,
 ) -> PagedQuery:
-    """Meters within the scope, filtered; rows hold :data:`METER_COLUMNS` plus ``area_path``."""
+    """Meters within the scope, filtered; rows hold :data:`METER_COLUMNS` plus ``area_path``.
+
+    ``assigned=True``: meters serving a household now (an open assignment). ``assigned=False``:
+    the meters not assigned (未配表) a 配表 clerk works through: household meters in stock or
+    installed with no open assignment (monitoring points, faulty and retired meters are
+    never assigned, so they are not listed)."""
     rows, count = _meter_page_query(area_id is not None, status is not None, meter_type is not None, kind is not None,
-                                    concentrator_id is not None, bool(search), order, descending)
+                                    concentrator_id is not None, bool(search), order, descending, assigned)
     params: dict[str, Any] = {"patterns": list(scope_patterns)}
     for name, value in (("area_id", area_id), ("concentrator_id", concentrator_id)):
         if value is not None:
