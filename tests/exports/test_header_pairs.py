@@ -22,6 +22,8 @@ PAIRS: dict[str, set[str]] = {
     "住户": {"Household"}, "住址": {"Address"}, "地址": {"Address"}, "名称": {"Name"}, "编码": {"Code"},
     "联系电话": {"Phone"}, "备用电话": {"Second phone"}, "证件号码": {"ID number"}, "用户类型": {"Customer type"},
     "用户子类": {"Sub-type"}, "人口数": {"Population"}, "状态": {"Status"},
+    # the area tree
+    "区域名称": {"Area name"}, "类型": {"Kind"}, "上级区域编码": {"Parent code"}, "区域全称": {"Full name"},
     # meters
     "表计名称": {"Meter name"}, "表计编码": {"Meter code"}, "监测点名称": {"Point"}, "通讯地址": {"Meter address"},
     "表地址": {"Address", "Meter address"}, "表计类别": {"Meter kind"}, "类别": {"Kind"}, "表类型": {"Meter type"},
