@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.archives import http as archives_http
-from backend.db import create_engine, session_factory
+from backend.db import session_factory
 from backend.graphql.relay import encode_id
 from tests.archives.test_devices_excel import _export, _import, _rows, _scalar, _workbook
 from tests.factories import AreaTree, Staff, make_area_tree, make_staff, unique
@@ -32,15 +32,8 @@ class World:
 
 
 @pytest.fixture(scope="module")
-async def module_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url, pool_size=2, max_overflow=2)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture(scope="module")
-async def world(module_engine: AsyncEngine) -> World:
-    async with session_factory(module_engine)() as session, session.begin():
+async def world(committed_engine: AsyncEngine) -> World:
+    async with session_factory(committed_engine)() as session, session.begin():
         tree = await make_area_tree(session)
         admin = await make_staff(session, areas=[tree.company])
         east = await make_staff(session, permissions={"archives:read", "archives:manage"}, areas=[tree.east])
@@ -70,7 +63,7 @@ async def test_template_is_the_import_sheet(client: GraphQLClient, world: World)
 
 
 async def test_a_building_and_its_units_import_in_any_order_and_round_trip(
-    client: GraphQLClient, world: World, module_engine: AsyncEngine,
+    client: GraphQLClient, world: World, committed_engine: AsyncEngine,
 ) -> None:
     token = await client.login(world.east_operator.username, world.east_operator.password)
     p = world.prefix
@@ -81,7 +74,7 @@ async def test_a_building_and_its_units_import_in_any_order_and_round_trip(
 
     first = await _import(client, token, AREAS, content)
     again = await _import(client, token, AREAS, content)
-    paths = {code: await _scalar(module_engine, "SELECT path FROM areas WHERE code = :code", code=code)
+    paths = {code: await _scalar(committed_engine, "SELECT path FROM areas WHERE code = :code", code=code)
              for code in (f"{p}B1", f"{p}B1U1", f"{p}B1U2")}
     exported = await _export(client, token, AREAS, areaId=encode_id("Area", world.tree.east_community.id))
     rows = _rows(exported.content)
@@ -105,11 +98,11 @@ async def test_a_building_and_its_units_import_in_any_order_and_round_trip(
 
 
 async def test_bad_rows_are_listed_and_nothing_is_written(
-    client: GraphQLClient, world: World, module_engine: AsyncEngine,
+    client: GraphQLClient, world: World, committed_engine: AsyncEngine,
 ) -> None:
     token = await client.login(world.east_operator.username, world.east_operator.password)
     p = world.prefix
-    before = await _scalar(module_engine, "SELECT count(*) FROM areas")
+    before = await _scalar(committed_engine, "SELECT count(*) FROM areas")
     content = _workbook(HEADER,
                         (f"{p}OK", "好楼", "楼栋", ref(world.tree.east_community), None),
                         (f"{p}UP", "倒挂", "片区", ref(world.tree.east_community), None),     # a district under a community
@@ -128,11 +121,11 @@ async def test_bad_rows_are_listed_and_nothing_is_written(
     # Data rows count from 2 (one header row here). A cycle always breaks the kind order
     # somewhere, so its rows are refused there.
     assert found == {(3, "类型"), (4, "类型"), (5, "类型"), (6, "上级区域编码"), (7, "区域编码"), (8, "区域编码")}
-    assert await _scalar(module_engine, "SELECT count(*) FROM areas") == before
+    assert await _scalar(committed_engine, "SELECT count(*) FROM areas") == before
 
 
 async def test_a_stored_area_is_renamed_with_update_existing_and_never_moved(
-    client: GraphQLClient, world: World, module_engine: AsyncEngine,
+    client: GraphQLClient, world: World, committed_engine: AsyncEngine,
 ) -> None:
     token = await client.login(world.admin.username, world.admin.password)
     code = f"{world.prefix}R"
@@ -146,7 +139,7 @@ async def test_a_stored_area_is_renamed_with_update_existing_and_never_moved(
 
     assert skipped.json()["skipped"] == 1
     assert updated.json()["updated"] == 1
-    assert await _scalar(module_engine, "SELECT name FROM areas WHERE code = :code", code=code) == "新名"
+    assert await _scalar(committed_engine, "SELECT name FROM areas WHERE code = :code", code=code) == "新名"
     assert moved.status_code == 422
     assert [error["column"] for error in moved.json()["errors"]] == ["上级区域编码"]
 
