@@ -163,18 +163,21 @@ class ExportFilter:
             until=one_of_aliases(_aware(params.get("to"), "to"), _aware(params.get("until"), "until"),
                                  name="to", alias_name="until"),
             success=success,
-            action=_text(params.get("action"), "action", MAX_ACTION_CHARS),
-            actor_name=_text(params.get("actorName"), "actorName", MAX_ACTOR_NAME_CHARS),
-            search=_text(params.get("search"), "search", MAX_SEARCH_CHARS),
+            action=text_filter(params.get("action"), "action", MAX_ACTION_CHARS),
+            actor_name=text_filter(params.get("actorName"), "actorName", MAX_ACTOR_NAME_CHARS),
+            search=text_filter(params.get("search"), "search", MAX_SEARCH_CHARS),
         )
 
 
-def _text(value: str | None, name: str, limit: int) -> str | None:
-    """A text filter: absent when empty, refused past ``limit`` characters."""
+def text_filter(value: str | None, name: str, limit: int, *, field: str | None = None) -> str | None:
+    """A text filter of the log (URL parameter or GraphQL input): absent when empty,
+    refused past ``limit`` characters or with a NUL (BAD_USER_INPUT on ``field``, by
+    default ``name``)."""
     if not value:
         return None
-    if len(value) > limit:
-        raise BadUserInput(f"{name} 不能超过 {limit} 个字符", f"{name} must be at most {limit} characters", field=name)
+    if len(value) > limit or "\x00" in value:
+        raise BadUserInput(f"{name} 不能超过 {limit} 个字符, 也不能包含 NUL",
+                           f"{name} must be at most {limit} characters, without NUL", field=field or name)
     return value
 
 

@@ -10,12 +10,19 @@ import strawberry
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
-from backend.audit.http import MAX_ACTION_CHARS, MAX_ACTOR_NAME_CHARS, MAX_SEARCH_CHARS, ExportFilter, export_url, sign_download_token
+from backend.audit.http import (
+    MAX_ACTION_CHARS,
+    MAX_ACTOR_NAME_CHARS,
+    MAX_SEARCH_CHARS,
+    ExportFilter,
+    export_url,
+    sign_download_token,
+    text_filter,
+)
 from backend.audit.models import AuditEntry
 from backend.audit.service import audit_query
 from backend.auth.catalog import log_names, module_name, operation_name
 from backend.clock import utcnow
-from backend.errors import BadUserInput
 from backend.graphql.context import Context
 from backend.graphql.pagination import Connection, PageRequest, paginate
 from backend.graphql.periods import FROM_INSTANT, TO_INSTANT, deprecated_alias_reason, one_of_aliases
@@ -93,9 +100,9 @@ class AuditLogFilter:
     def to_export_filter(self) -> ExportFilter:
         kind = self.actor_kind
         return ExportFilter(
-            action=_bounded(self.action, "action", MAX_ACTION_CHARS),
-            actor_name=_bounded(self.actor_name, "actorName", MAX_ACTOR_NAME_CHARS),
-            search=_bounded(self.search, "search", MAX_SEARCH_CHARS),
+            action=text_filter(self.action, "action", MAX_ACTION_CHARS, field="filter.action"),
+            actor_name=text_filter(self.actor_name, "actorName", MAX_ACTOR_NAME_CHARS, field="filter.actorName"),
+            search=text_filter(self.search, "search", MAX_SEARCH_CHARS, field="filter.search"),
             actor_id=decode_id(self.actor_id, "StaffUser", field="actorId") if self.actor_id else None,
             actor_kind=kind.value if kind is not None else None,
             module=self.module or None,
@@ -103,15 +110,6 @@ class AuditLogFilter:
             until=one_of_aliases(self.to, self.until, name="to", alias_name="until", prefix="filter."),
             success=self.success,
         )
-
-
-def _bounded(value: str | None, field: str, limit: int) -> str | None:
-    if not value:
-        return None
-    if len(value) > limit or "\x00" in value:
-        raise BadUserInput(f"{field} 不能超过 {limit} 个字符, 也不能包含 NUL", f"{field} must be at most {limit} characters, "
-                           "without NUL", field=f"filter.{field}")
-    return value
 
 
 @strawberry.type(description="A name the operation log shows: a module (操作模块) or an operation (操作).")
