@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 
 from backend.alarms.domain import DOMAIN as ALARMS
 from backend.archives.domain import DOMAIN as ARCHIVES
 from backend.audit.domain import DOMAIN as AUDIT
 from backend.auth.catalog import use_menus_of
 from backend.auth.domain import DOMAIN as AUTH
+from backend.auth.menus import LogModule, Menu, Operation
 from backend.domain import Domain
 from backend.events.domain import DOMAIN as EVENTS
 from backend.exports.domain import DOMAIN as EXPORTS
@@ -48,10 +50,21 @@ def installed() -> tuple[Domain, ...]:
     return _installed
 
 
-# The menu catalog (auth) reads the installed domains' menus from here.
-use_menus_of(lambda: tuple(menu for domain in _installed for menu in domain.menus),
-             lambda: (tuple(module for domain in _installed for module in domain.log_modules),
-                      tuple(operation for domain in _installed for operation in domain.operations)))
+@cache
+def _menus_of(domains: tuple[Domain, ...]) -> tuple[Menu, ...]:
+    return tuple(menu for domain in domains for menu in domain.menus)
+
+
+@cache
+def _log_declarations_of(domains: tuple[Domain, ...]) -> tuple[tuple[LogModule, ...], tuple[Operation, ...]]:
+    return (tuple(module for domain in domains for module in domain.log_modules),
+            tuple(operation for domain in domains for operation in domain.operations))
+
+
+# The menu catalog (auth) reads the installed domains' menus from here: the same objects
+# while the installed set stays (domains hash by identity), so the catalog's memo is a
+# pointer comparison on the audit log's per-row names.
+use_menus_of(lambda: _menus_of(_installed), lambda: _log_declarations_of(_installed))
 
 
 def install(*extra: Domain) -> tuple[Domain, ...]:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from typing import TypeVar
 
 from backend.auth.menus import LogModule, Menu, Operation, Permission
+
+T = TypeVar("T")
 
 __all__ = [
     "RESIDENT_PERMISSIONS", "Catalog", "LogNames", "Menu", "Permission", "all_permissions", "catalog", "client_scopes",
@@ -64,9 +66,18 @@ class Catalog:
         return cls(menus, frozenset(menu_of), menu_of, {menu.code: menu for menu in menus}, client_scopes)
 
 
-@cache
-def _catalog_of(menus: tuple[Menu, ...]) -> Catalog:
-    return Catalog.of(menus)
+# The last catalog and log names built, with the declarations they were built from: the
+# sources hand back the same tuples while the installed set stays, so a lookup (one per
+# operation-log row) compares pointers instead of hashing every menu and operation.
+_memo: dict[str, tuple[tuple[object, ...], object]] = {}
+
+
+def _memoized(name: str, declared: tuple[object, ...], build: Callable[..., T]) -> T:
+    last = _memo.get(name)
+    if last is None or len(last[0]) != len(declared) or any(a is not b for a, b in zip(last[0], declared, strict=True)):
+        last = (declared, build(*declared))
+        _memo[name] = last
+    return last[1]  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +104,6 @@ class LogNames:
         return cls(named, by_action)
 
 
-@cache
-def _log_names_of(menus: tuple[Menu, ...], modules: tuple[LogModule, ...], operations: tuple[Operation, ...]) -> LogNames:
-    return LogNames.of(menus, modules, operations)
-
 
 _menus_source: list[Callable[[], tuple[Menu, ...]]] = []
 _log_source: list[Callable[[], tuple[tuple[LogModule, ...], tuple[Operation, ...]]]] = []
@@ -114,7 +121,7 @@ def catalog() -> Catalog:
     """The catalog of the installed domains (cached per installed set)."""
     if not _menus_source:
         raise RuntimeError("the menu catalog is read before the domain list: import backend.domains first")
-    return _catalog_of(_menus_source[0]())
+    return _memoized("catalog", (_menus_source[0](),), Catalog.of)
 
 
 def menus() -> tuple[Menu, ...]:
@@ -138,7 +145,7 @@ def module_of(permission: str) -> str:
 def log_names() -> LogNames:
     """The installed domains' log modules (menus included) and operations."""
     modules, operations = _log_source[0]() if _log_source else ((), ())
-    return _log_names_of(menus(), modules, operations)
+    return _memoized("log_names", (menus(), modules, operations), LogNames.of)
 
 
 def module_name(module: str) -> str:
