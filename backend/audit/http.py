@@ -28,10 +28,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from openpyxl import Workbook
-from openpyxl.cell import WriteOnlyCell
-from openpyxl.styles import Font
-from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 from starlette.requests import Request
@@ -48,9 +44,10 @@ from backend.clock import parse_instant, utcnow
 from backend.domain import HttpHost
 from backend.errors import BadUserInput, DomainError, Forbidden
 from backend.exports import http as exports_http
-from backend.exports.excel import as_text, discard, fill_workbook, write_file
+from backend.exports.excel import discard, write_file
 from backend.exports.http import admitted
 from backend.exports.http import refusal as _refusal
+from backend.exports.sheets import SheetLayout, write_sheets
 from backend.files.http import serve_export
 from backend.files.service import FileStore
 from backend.graphql.limits import AdmissionRefused
@@ -215,51 +212,27 @@ _COLUMNS = (
 )
 
 
-def _start_sheet(workbook: Workbook, number: int) -> WriteOnlyWorksheet:
-    sheet: WriteOnlyWorksheet = workbook.create_sheet("操作日志" if number == 1 else f"操作日志 ({number})")
-    for letter, width in zip("ABCDEFG", COLUMN_WIDTHS, strict=True):
-        sheet.column_dimensions[letter].width = width
-    sheet.freeze_panes = "A3"
-    bold = Font(bold=True)
-    for headers in (HEADERS_ZH, HEADERS_EN):
-        cells = []
-        for title in headers:
-            cell = WriteOnlyCell(sheet, value=title)
-            cell.font = bold
-            cells.append(cell)
-        sheet.append(cells)
-    return sheet
+def log_layout() -> SheetLayout:
+    """The operation log's sheet (both header rows bold, time as a date-time)."""
+    return SheetLayout("操作日志", HEADERS_ZH, HEADERS_EN, COLUMN_WIDTHS, number_formats=((4, "yyyy-mm-dd hh:mm:ss"),),
+                       english_bold=True, rows_per_sheet=ROWS_PER_SHEET)
 
 
 def write_workbook(path: str, *, tz: ZoneInfo, next_chunk: Callable[[], Sequence[ExportRow]]) -> int:
     """Write every row ``next_chunk`` hands out (until it returns an empty chunk) to an
     xlsx file at ``path``; returns the number of log rows written.
 
-    Blocking: run it in a worker thread. openpyxl objects stay on that one thread.
+    Blocking: run it in a worker thread; a long log is drawn by a writer process
+    (:func:`backend.exports.sheets.write_sheets`).
     """
-    return fill_workbook(lambda workbook: _write_log_rows(workbook, path, tz=tz, next_chunk=next_chunk))
 
+    def to_values(row: ExportRow) -> list[Any]:
+        actor_name, module, action, ip, at, summary, success = row
+        # Excel has no time zones: write the utility's wall-clock time.
+        return [actor_name, module_name(module), operation_name(action), ip or "",
+                at.astimezone(tz).replace(tzinfo=None), summary, "成功" if success else "失败"]
 
-def _write_log_rows(
-    workbook: Workbook, path: str, *, tz: ZoneInfo, next_chunk: Callable[[], Sequence[ExportRow]]
-) -> int:
-    sheets = 1
-    sheet = _start_sheet(workbook, sheets)
-    on_sheet = written = 0
-    while chunk := next_chunk():
-        for actor_name, module, action, ip, at, summary, success in chunk:
-            if on_sheet == ROWS_PER_SHEET:
-                sheets += 1
-                sheet, on_sheet = _start_sheet(workbook, sheets), 0
-            # Excel has no time zones: write the utility's wall-clock time.
-            time_cell = WriteOnlyCell(sheet, value=at.astimezone(tz).replace(tzinfo=None))
-            time_cell.number_format = "yyyy-mm-dd hh:mm:ss"
-            result = "成功" if success else "失败"
-            sheet.append(as_text(sheet, [actor_name, module_name(module), operation_name(action), ip or "", time_cell, summary, result]))
-            on_sheet += 1
-            written += 1
-    workbook.save(path)
-    return written
+    return write_sheets(path, log_layout(), next_chunk, to_values)
 
 
 async def build_export(

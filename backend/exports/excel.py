@@ -43,19 +43,18 @@ from pathlib import Path
 from typing import IO, Any
 
 from openpyxl import Workbook, load_workbook
-from openpyxl.cell import WriteOnlyCell
-from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 from openpyxl.styles import Font
 from openpyxl.utils import get_column_letter
-from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 
 from backend.errors import DomainError, ErrorCode
+from backend.exports import sheets
+from backend.exports.sheets import SheetLayout, write_sheets
 from backend.slicing import take
 
 XLSX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-# Excel's sheet limit is 1,048,576 rows; two are the header rows. Longer exports continue
-# on a second sheet rather than producing a file Excel refuses to open.
-ROWS_PER_SHEET = 1_048_576 - 2
+# Excel's sheet limit (two of its rows are the header rows); a longer export continues on
+# a second sheet. Read when an export starts (tests lower it).
+ROWS_PER_SHEET = sheets.ROWS_PER_SHEET
 # Rows pulled from the source per hop (and held in memory at once).
 CHUNK_ROWS = 2000
 # Errors listed in a refusal; the count covers all of them.
@@ -312,105 +311,36 @@ def day() -> Parser:
 # --------------------------------------------------------------------------- writing
 
 
-def start_sheet(workbook: Workbook, spec: SheetSpec, number: int) -> WriteOnlyWorksheet:
-    sheet: WriteOnlyWorksheet = workbook.create_sheet(spec.name if number == 1 else f"{spec.name} ({number})")
-    _header(sheet, spec)
-    return sheet
-
-
-def _header(sheet: Any, spec: SheetSpec) -> None:
-    for index, column in enumerate(spec.columns, start=1):
-        sheet.column_dimensions[get_column_letter(index)].width = column.width
-    sheet.freeze_panes = "A3"
-    for font, titles in ((_BOLD, [c.header for c in spec.columns]), (_EN_HEADER, [c.header_en for c in spec.columns])):
-        cells = []
-        for title in titles:
-            cell = WriteOnlyCell(sheet, value=title)
-            cell.font = font
-            cells.append(cell)
-        sheet.append(cells)
-
-
-def _unsafe(value: Any) -> bool:
-    return type(value) is str and (value.startswith("=") or ILLEGAL_CHARACTERS_RE.search(value) is not None)
-
-
-def as_text(sheet: Any, row: Sequence[Any]) -> Sequence[Any]:
-    """``row`` with every string that openpyxl would store as a formula ("=…") wrapped in
-    a cell typed as text: user-entered names must never become live formulas (HYPERLINK
-    and friends) in a colleague's download. Control characters a worksheet cannot hold
-    (user input kept in the operation log) become U+FFFD instead of failing the export."""
-    if not any(_unsafe(value) for value in row):
-        return row
-    safe: list[Any] = []
-    for value in row:
-        if _unsafe(value):
-            cell = WriteOnlyCell(sheet, value=ILLEGAL_CHARACTERS_RE.sub("\ufffd", value))
-            cell.data_type = "s"
-            safe.append(cell)
-        else:
-            safe.append(value)
-    return safe
-
-
-def abandon_workbook(workbook: Workbook) -> None:
-    """Close a write-only workbook that will not be saved and delete the files its sheets
-    spilled rows to. (openpyxl deletes them only when it saves, or at interpreter exit:
-    an export given up mid-way would otherwise leave them in the temp directory.)"""
-    for sheet in workbook.worksheets:
-        with contextlib.suppress(Exception):
-            sheet.close()  # type: ignore[union-attr]
-        writer = getattr(sheet, "_writer", None)
-        if writer is not None:
-            with contextlib.suppress(Exception):
-                writer.cleanup()
-
-
-def fill_workbook(fill: Callable[[Workbook], int]) -> int:
-    """``fill(workbook)`` on a new write-only workbook (it appends and saves), returning
-    what it returns; a workbook given up half-way is abandoned (:func:`abandon_workbook`).
-    Blocking: run it in one thread."""
-    workbook = Workbook(write_only=True)
-    try:
-        return fill(workbook)
-    except BaseException:
-        abandon_workbook(workbook)
-        raise
+def layout_of(spec: SheetSpec) -> SheetLayout:
+    """How an export of ``spec`` looks: its name, both header rows and widths."""
+    return SheetLayout(
+        spec.name,
+        tuple(column.header for column in spec.columns),
+        tuple(column.header_en for column in spec.columns),
+        tuple(column.width for column in spec.columns),
+        rows_per_sheet=ROWS_PER_SHEET,
+    )
 
 
 def write_sheet(path: str | Path, spec: SheetSpec, next_chunk: Callable[[], Sequence[Sequence[Any]]]) -> int:
     """Write every row ``next_chunk`` hands out (until an empty chunk) under ``spec``'s
     header to an xlsx file at ``path``; returns the number of rows written.
 
-    Rows hold the values of ``spec.columns`` in order. Blocking: run it in one thread.
+    Rows hold the values of ``spec.columns`` in order (a column's ``render`` is applied
+    here). Blocking: run it in one thread; a long export is drawn by a writer process
+    (:func:`backend.exports.sheets.write_sheets`).
     """
-    return fill_workbook(lambda workbook: _write_sheet_rows(workbook, path, spec, next_chunk))
-
-
-def _write_sheet_rows(
-    workbook: Workbook, path: str | Path, spec: SheetSpec, next_chunk: Callable[[], Sequence[Sequence[Any]]]
-) -> int:
     renders = [(index, column.render) for index, column in enumerate(spec.columns) if column.render is not None]
-    sheets = 1
-    sheet = start_sheet(workbook, spec, sheets)
-    room = ROWS_PER_SHEET
-    written = 0
-    while chunk := next_chunk():
-        for row in chunk:
-            if not room:
-                sheets += 1
-                sheet, room = start_sheet(workbook, spec, sheets), ROWS_PER_SHEET
-            if renders:
-                values = list(row)
-                for index, render in renders:
-                    values[index] = render(values[index])
-                sheet.append(as_text(sheet, values))
-            else:
-                sheet.append(as_text(sheet, row))
-            room -= 1
-        written += len(chunk)
-    workbook.save(str(path))
-    return written
+
+    def to_values(row: Sequence[Any]) -> Sequence[Any]:
+        if not renders:
+            return row
+        values = list(row)
+        for index, render in renders:
+            values[index] = render(values[index])
+        return values
+
+    return write_sheets(path, layout_of(spec), next_chunk, to_values)
 
 
 def discard(path: str | os.PathLike[str]) -> None:

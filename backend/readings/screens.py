@@ -25,9 +25,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from openpyxl import Workbook
-from openpyxl.cell import WriteOnlyCell
-from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.auth.principal import Principal
@@ -35,6 +32,7 @@ from backend.auth.scope import Reach, reach_of
 from backend.clock import parse_instant
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.exports import excel
+from backend.exports.sheets import SheetLayout, write_sheets
 
 
 class ScreenKind(StrEnum):
@@ -197,13 +195,18 @@ def export_params(columns: list[str], filters: dict[str, Any]) -> dict[str, str]
 # --------------------------------------------------------------------------- xlsx
 
 
-def _start_sheet(workbook: Workbook, title: str, columns: Sequence[ScreenColumn], number: int) -> WriteOnlyWorksheet:
-    spec = excel.SheetSpec(
-        title if number == 1 else f"{title} ({number})",
-        tuple(excel.Column(c.key, c.title, c.title_en, parse=lambda value: value, width=c.width) for c in columns),
+def screen_layout(title: str, columns: Sequence[ScreenColumn]) -> SheetLayout:
+    """A screen's sheet: the same two header rows (Chinese bold, English grey) as every
+    other export, and each column's number format."""
+    return SheetLayout(
+        title,
+        tuple(column.title for column in columns),
+        tuple(column.title_en for column in columns),
+        tuple(column.width for column in columns),
+        number_formats=tuple((index, column.number_format) for index, column in enumerate(columns)
+                             if column.number_format),
+        rows_per_sheet=excel.ROWS_PER_SHEET,
     )
-    # Same two header rows (Chinese bold, English grey) as every other export.
-    return excel.start_sheet(workbook, spec, 1)
 
 
 def write_screen_sheet(
@@ -212,8 +215,19 @@ def write_screen_sheet(
 ) -> int:
     """Write every row ``next_chunk`` hands out (until an empty chunk) as ``columns`` to a
     write-only xlsx at ``path``; returns the number of rows (:class:`SummaryLine` s are
-    written but not counted). Blocking: run it in a thread."""
-    return excel.fill_workbook(lambda workbook: _write_screen_rows(workbook, path, title, columns, next_chunk))
+    written but not counted). Blocking: run it in a thread; a long export is drawn by a
+    writer process (:func:`backend.exports.sheets.write_sheets`)."""
+    keys = [column.key for column in columns]
+    summaries = 0
+
+    def to_values(row: Mapping[str, Any] | SummaryLine) -> list[Any]:
+        nonlocal summaries
+        if isinstance(row, SummaryLine):
+            summaries += 1
+            return _summary_values(row, keys)
+        return [_cell_value(row.get(key)) for key in keys]
+
+    return write_sheets(path, screen_layout(title, columns), next_chunk, to_values) - summaries
 
 
 def _summary_values(line: SummaryLine, keys: Sequence[str]) -> list[Any]:
@@ -224,38 +238,6 @@ def _summary_values(line: SummaryLine, keys: Sequence[str]) -> list[Any]:
     else:
         values[free] = line.title
     return values
-
-
-def _write_screen_rows(
-    workbook: Workbook, path: str | Path, title: str, columns: Sequence[ScreenColumn],
-    next_chunk: Callable[[], Sequence[Mapping[str, Any] | SummaryLine]],
-) -> int:
-    keys = [column.key for column in columns]
-    formats = [(index, column.number_format) for index, column in enumerate(columns) if column.number_format]
-    sheets = 1
-    sheet = _start_sheet(workbook, title, columns, sheets)
-    room = excel.ROWS_PER_SHEET
-    written = 0
-    while chunk := next_chunk():
-        for row in chunk:
-            if not room:
-                sheets += 1
-                sheet, room = _start_sheet(workbook, title, columns, sheets), excel.ROWS_PER_SHEET
-            if isinstance(row, SummaryLine):
-                values = _summary_values(row, keys)
-                written -= 1
-            else:
-                values = [_cell_value(row.get(key)) for key in keys]
-            for index, number_format in formats:
-                if values[index] is not None and not isinstance(values[index], str):
-                    cell = WriteOnlyCell(sheet, value=values[index])
-                    cell.number_format = number_format  # type: ignore[assignment]
-                    values[index] = cell
-            sheet.append(excel.as_text(sheet, values))
-            room -= 1
-        written += len(chunk)
-    workbook.save(str(path))
-    return written
 
 
 def local_time(value: datetime | None, tz: str) -> datetime | None:
