@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -176,7 +177,7 @@ def pg_tool(name: str, server_major: int) -> Path:
     raise BackupError(f"no {name} for PostgreSQL {server_major} or newer (found: {where}); install postgresql-client-{server_major}")
 
 
-def _run(tool: Path, args: list[str], database_url: str) -> None:
+def _run(tool: Path, args: list[str], database_url: str) -> str:
     try:
         result = subprocess.run([str(tool), *args], env=_tool_env(database_url), capture_output=True, text=True, check=False)
     except OSError as exc:
@@ -184,6 +185,7 @@ def _run(tool: Path, args: list[str], database_url: str) -> None:
     if result.returncode != 0:
         detail = _tool_message(tool.name, result.stderr) or f"exit status {result.returncode}"
         raise BackupError(f"{tool.name} failed: {detail}")
+    return result.stdout
 
 
 def _tool_message(tool: str, stderr: str) -> str:
@@ -266,10 +268,56 @@ def restore(database_url: str, source: Path, *, clean: bool) -> None:
         raise BackupError(f"backup file not found: {source}")
     tool = pg_tool("pg_restore", server_major_version(database_url))
     args = ["--no-password", "--no-owner", "--single-transaction", "--exit-on-error"]
-    if clean:
-        args += ["--clean", "--if-exists"]
-    args += [f"--dbname={_dbname_arg(database_url)}", str(source)]
-    _run(tool, args, database_url)
+    with tempfile.TemporaryDirectory(prefix="shuiwu-restore-") as workdir:
+        if clean:
+            order = Path(workdir) / "order.list"
+            order.write_text(clean_order(_run(tool, ["--list", str(source)], database_url)), encoding="utf-8")
+            args += ["--clean", "--if-exists", f"--use-list={order}"]
+        args += [f"--dbname={_dbname_arg(database_url)}", str(source)]
+        _run(tool, args, database_url)
+
+
+_TOC_ENTRY = re.compile(
+    r"^\d+; \d+ \d+ (?:(?P<attach>INDEX ATTACH) (?P<schema>\S+) (?P<attached>\S+)"
+    r"|(?P<kind>INDEX|CONSTRAINT) (?P<owner>\S+) (?:\S+ )?(?P<name>\S+)) "
+)
+
+
+def clean_order(listing: str) -> str:
+    """pg_restore's table of contents (``--list``) reordered so ``--clean`` can drop it.
+
+    A clean restore drops the dump's objects in the reverse of the order it creates them.
+    pg_dump lists a partitioned table's index or key (``ix_readings_estimated``,
+    ``readings_pkey``) before the partitions' indexes and keys attached to it, so the
+    drop reaches a partition's first, which PostgreSQL refuses while it is attached
+    ("cannot drop index … because index … requires it", "cannot drop inherited
+    constraint"). Listed before every other index and constraint instead, a partition's
+    are created first (the parent's ``ON ONLY`` index and the ``ATTACH`` still follow
+    them) and dropped last, when dropping the parent's has already removed them (the
+    drops say ``IF EXISTS``).
+    """
+    lines = listing.splitlines()
+    attached = set()
+    for line in lines:
+        entry = _TOC_ENTRY.match(line)
+        if entry and entry["attach"]:
+            attached.add((entry["schema"], entry["attached"]))
+
+    def post_data(line: str) -> bool:
+        entry = _TOC_ENTRY.match(line)
+        return entry is not None and entry["kind"] is not None
+
+    def of_partition(line: str) -> bool:
+        entry = _TOC_ENTRY.match(line)
+        return entry is not None and entry["kind"] is not None and (entry["owner"], entry["name"]) in attached
+
+    if not attached or not any(of_partition(line) for line in lines):
+        return listing
+    first = next(number for number, line in enumerate(lines) if post_data(line))
+    moved = [line for line in lines if of_partition(line)]
+    kept = [line for line in lines if not of_partition(line)]
+    position = sum(1 for line in lines[:first] if not of_partition(line))
+    return "\n".join(kept[:position] + moved + kept[position:]) + "\n"
 
 
 def _dbname_arg(database_url: str) -> str:

@@ -10,9 +10,13 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from typer.testing import CliRunner
 
-from backend.db import to_libpq_url, with_database
+from backend.cli import app as cli_app
+from backend.db import create_engine, migrate, session_factory, to_libpq_url, with_database
+from backend.demo import load_demo
 from backend.ops.backup import BackupError, backup, libpq_env, restore
+from backend.readings.partitions import ensure_partitions
 
 
 async def _execute(url: str, *statements: str) -> None:
@@ -163,3 +167,64 @@ async def test_backup_blocked_by_a_table_lock_fails_and_leaves_no_file(database_
 )
 def test_urls_become_libpq_environment(url: str, expected: dict[str, str]) -> None:
     assert libpq_env(url) == expected
+
+
+@pytest.mark.smoke
+async def test_clean_restore_over_a_database_with_readings_partitions_round_trips(database_url: str, tmp_path: Path) -> None:
+    # Given readings partitions (each with its copies of the parent's indexes, attached)
+    engine = create_engine(database_url)
+    try:
+        async with session_factory(engine)() as session:
+            await ensure_partitions(session, start=datetime(2026, 10, 1, tzinfo=UTC), end=datetime(2026, 12, 1, tzinfo=UTC))
+            await session.commit()
+    finally:
+        await engine.dispose()
+    await _execute(database_url, "CREATE TABLE partitions_probe (id int PRIMARY KEY)", "INSERT INTO partitions_probe VALUES (1)")
+    dump = await asyncio.to_thread(backup, database_url, tmp_path)
+    await _execute(database_url, "INSERT INTO partitions_probe VALUES (2)")
+
+    # When the dump is restored over it
+    await asyncio.to_thread(restore, database_url, dump, clean=True)
+
+    # Then the rows are the dump's and every partition is attached with its indexes
+    assert [r["id"] for r in await _fetch(database_url, "SELECT id FROM partitions_probe")] == [1]
+    partitions = await _fetch(database_url, "SELECT c.relname, (SELECT count(*) FROM pg_index i WHERE i.indrelid = c.oid) AS indexes"
+                                            " FROM pg_inherits h JOIN pg_class c ON c.oid = h.inhrelid"
+                                            " WHERE h.inhparent = 'readings'::regclass ORDER BY c.relname")
+    parent_indexes = await _fetch(database_url, "SELECT count(*) AS n FROM pg_index WHERE indrelid = 'readings'::regclass")
+    assert len(partitions) >= 3
+    assert {r["indexes"] for r in partitions} == {parent_indexes[0]["n"]}
+
+
+_DEMO_FIGURES = """
+SELECT (SELECT count(*) FROM households) AS households, (SELECT count(*) FROM readings) AS readings,
+       (SELECT count(*) FROM daily_usage) AS days, (SELECT count(*) FROM alarms) AS alarms,
+       (SELECT count(*) FROM staff_users) AS users, (SELECT max(read_at) FROM readings) AS newest
+"""
+
+
+@pytest.mark.smoke
+async def test_shuiwu_restore_clean_round_trips_the_demo_with_its_readings(empty_database_url: str, tmp_path: Path) -> None:
+    # Given the demo utility with its readings partitions, backed up
+    await asyncio.to_thread(migrate, empty_database_url)
+    engine = create_engine(empty_database_url)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            await load_demo(session, households=10, readings=True)
+    finally:
+        await engine.dispose()
+    before = await _fetch(empty_database_url, _DEMO_FIGURES)
+    dump = await asyncio.to_thread(backup, empty_database_url, tmp_path)
+    # … and then changed: three days of readings lost, an owner record gone
+    await _execute(empty_database_url, "DELETE FROM readings WHERE read_at > now() - interval '3 days'",
+                   "DELETE FROM household_owners WHERE household_id = (SELECT max(id) FROM households)")
+
+    # When the backup is restored over it with the command README gives
+    result = await asyncio.to_thread(CliRunner().invoke, cli_app, ["restore", str(dump), "--clean"],
+                                     env={"SHUIWU_DATABASE_URL": empty_database_url, "COLUMNS": "240"})
+
+    # Then the database is the backed-up demo again
+    assert result.exit_code == 0, result.output
+    assert "restore finished" in result.output
+    assert await _fetch(empty_database_url, _DEMO_FIGURES) == before
+    assert before[0]["readings"] > 1000
