@@ -1,6 +1,7 @@
 """``shuiwu check``: one line per check, the installation's first, then each installed
 domain's (``Domain.checks``, then a ``gateway.<kind>`` line per declared gateway) in
-domain order. A check reads; it never repairs."""
+domain order, then whether the demo's published credentials open the database. A check
+reads; it never repairs."""
 
 from __future__ import annotations
 
@@ -45,6 +46,18 @@ def _line(name: str, result: CheckResult) -> str:
     return f"{'ok  ' if result.ok else 'FAIL'}  {name}  {result.detail}"
 
 
+async def published_credentials(runtime: Runtime) -> CheckResult:
+    """None of the demo's published logins or API client secret opens this database."""
+    from backend.demo import published_credentials_in_use
+
+    async with runtime.sessions() as session:
+        found = await published_credentials_in_use(session)
+    if found:
+        return CheckResult(False, f"the demo's published credentials open this database ({', '.join(found)}): "
+                                  "fine for `make demo`, never for a utility's data")
+    return CheckResult(True, "no demo credentials")
+
+
 async def run_checks(
     settings: Settings, url: str, *, echo: Callable[[str], None], domains: tuple[Domain, ...] | None = None,
 ) -> int:
@@ -83,6 +96,10 @@ async def run_checks(
                     result = CheckResult(False, f"{type(error).__name__}: {_first_line(error)}")
                 failed += not result.ok
                 echo(_line(check.name, result))
+        if migrated.ok:
+            result = await published_credentials(runtime)
+            failed += not result.ok
+            echo(_line("install.published_credentials", result))
     finally:
         await engine.dispose()
     return failed

@@ -127,9 +127,34 @@ def serve(
     url = _database(settings)
     if not no_migrate:
         _migrate(url)
+    _warn_if_demo_credentials(url)
     # The app reads proxies (SHUIWU_TRUSTED_PROXIES); a WebSocket message is bounded like a GraphQL body.
     uvicorn.run(create_app(settings, url), host=host or settings.host, port=port or settings.port,
                 log_config=None, access_log=False, proxy_headers=False, ws_max_size=settings.graphql_max_body_bytes)
+
+
+def _warn_if_demo_credentials(url: str) -> None:
+    """`serve` is the production command: say loudly when README's demo logins open the
+    database it serves (`demo run`, the demo's own server, does not ask)."""
+    from backend.db import create_engine, session_factory
+    from backend.demo import published_credentials_in_use
+
+    async def ask() -> list[str]:
+        engine = create_engine(url, pool_size=1, max_overflow=0)
+        try:
+            async with session_factory(engine)() as session:
+                return await published_credentials_in_use(session)
+        finally:
+            await engine.dispose()
+
+    found = asyncio.run(ask())
+    if found:
+        message = (f"演示数据的公开账号可以登录此数据库 / the demo's published credentials open this database: "
+                   f"{', '.join(found)}. Anyone who has read README can sign in: for a utility's data, start from "
+                   f"`shuiwu migrate` + `shuiwu admin create` on a new data directory, or deactivate these users.")
+        logging.getLogger("shuiwu.serve").warning(message)  # the log a service manager keeps
+        if sys.stderr.isatty():
+            console.print(f"[bold red]WARNING[/bold red] {message}", highlight=False)
 
 
 @app.command()

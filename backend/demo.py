@@ -21,7 +21,7 @@ from backend.auth import service as auth
 from backend.auth.catalog import all_permissions, client_scopes
 from backend.auth.models import ApiClient, PrincipalKind, Role, RoleKind, StaffUser
 from backend.auth.principal import Principal
-from backend.auth.security import token_digest
+from backend.auth.security import token_digest, verify_password_off_loop
 from backend.clock import utcnow
 from backend.domain import DemoPlan, load, system_principal
 from backend.domains import installed
@@ -129,3 +129,24 @@ async def _load_people(session: AsyncSession, *, company: int, east: int, progre
         issued.client.client_id = CLIENT_ID
         issued.client.secret_hash = token_digest(CLIENT_SECRET)
     await session.flush()
+
+
+async def published_credentials_in_use(session: AsyncSession) -> list[str]:
+    """The demo's published credentials (README prints them) that still open this
+    database: the staff logins whose password is the published one, and the API client
+    with the published secret. Empty on an installation made with ``shuiwu admin
+    create``; a real utility's database that lists any is open to whoever read README."""
+    published = {login.username: login.password for login in (ADMIN, MANAGER, CASHIER, REPAIR)}
+    users = (await session.execute(
+        select(StaffUser.username, StaffUser.password_hash)  # type: ignore[call-overload]
+        .where(StaffUser.username.in_(published), StaffUser.is_active)  # type: ignore[attr-defined]
+    )).all()
+    found = [f"login {username}" for username, password_hash in sorted(users)
+             if await verify_password_off_loop(password_hash, published[username])]
+    client = (await session.execute(
+        select(ApiClient.id).where(ApiClient.client_id == CLIENT_ID, ApiClient.secret_hash == token_digest(CLIENT_SECRET),  # type: ignore[call-overload,arg-type]
+                                   ApiClient.is_active)
+    )).first()
+    if client is not None:
+        found.append(f"API client {CLIENT_ID}")
+    return found

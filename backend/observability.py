@@ -121,8 +121,30 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of the record, not the stream of
+    when logging was configured (a command run inside a test harness or a daemon that
+    swaps stderr would otherwise write to a closed file)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+# Loggers whose INFO lines are library chatter, not news to an operator (alembic's
+# "Context impl PostgresqlImpl" and "Will assume transactional DDL" on every command).
+QUIET_LOGGERS = ("alembic",)
+
+
 def configure_logging(level: str = "INFO", *, as_json: bool = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(
         JsonFormatter()
@@ -132,3 +154,5 @@ def configure_logging(level: str = "INFO", *, as_json: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING)

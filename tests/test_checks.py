@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from backend import cli
+from backend.auth import service as auth
 from backend.checks import run_checks
+from backend.clock import utcnow
 from backend.db import run_admin, with_database
+from backend.demo import ADMIN
 from backend.settings import Settings
+from tests.factories import ROOT
 
 
 @pytest.fixture
@@ -35,7 +43,7 @@ async def test_a_migrated_empty_database_has_no_administrator_yet(database_url: 
 
     await run_checks(Settings(), database_url, echo=lines.append)
 
-    assert "FAIL  auth.administrator  no active staff user holds roles:manage" in lines
+    assert "FAIL  auth.administrator  no active staff user holds roles:manage (make one: shuiwu admin create)" in lines
     assert "ok    archives.cross_area  every open assignment stays within its meter's area" in lines
 
 
@@ -47,3 +55,29 @@ async def test_an_unreachable_database_is_one_failed_line_not_a_traceback() -> N
     assert failed == 1
     assert lines[0].startswith("FAIL  database.migrations  ")
     assert all(line.startswith("skip  ") for line in lines[1:])
+
+
+async def test_the_demos_published_login_fails_the_check_and_warns_serve_until_its_password_changes(
+    database_url: str, committed_sessions: async_sessionmaker[AsyncSession], caplog: pytest.LogCaptureFixture
+) -> None:
+    async with committed_sessions() as session, session.begin():
+        user = await auth.create_staff_user(session, actor=ROOT, username=ADMIN.username, full_name="演示管理员",
+                                            password=ADMIN.password, now=utcnow())
+    lines: list[str] = []
+
+    await run_checks(Settings(), database_url, echo=lines.append)
+
+    assert lines[-1] == ("FAIL  install.published_credentials  the demo's published credentials open this database "
+                         "(login admin): fine for `make demo`, never for a utility's data")
+    with caplog.at_level(logging.WARNING, logger="shuiwu.serve"):
+        await asyncio.to_thread(cli._warn_if_demo_credentials, database_url)
+    assert "the demo's published credentials open this database: login admin." in caplog.text
+
+    async with committed_sessions() as session, session.begin():
+        assert user.id is not None
+        await auth.set_staff_password(session, actor=ROOT, user_id=user.id, password="Quite-Private-91", now=utcnow())
+    lines.clear()
+
+    await run_checks(Settings(), database_url, echo=lines.append)
+
+    assert lines[-1] == "ok    install.published_credentials  no demo credentials"

@@ -62,4 +62,5 @@ DOMAIN = Domain(
     checks=(Check("archives.cross_area", "backend.archives.checks:no_cross_area_assignments",
                   "Open assignments stay within their meter's area"),),
     demo="backend.archives.demo:load_archives",
+    commands={"admin": "backend.archives.cli:admin_app"},
 )

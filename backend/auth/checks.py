@@ -19,5 +19,5 @@ async def has_administrator(runtime: Runtime) -> CheckResult:
     async with runtime.sessions() as session:
         count = (await session.execute(_ADMINISTRATORS)).scalar_one()
     if not count:
-        return CheckResult(False, "no active staff user holds roles:manage")
+        return CheckResult(False, "no active staff user holds roles:manage (make one: shuiwu admin create)")
     return CheckResult(True, f"{count} active staff users hold roles:manage")

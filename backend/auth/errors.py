@@ -74,6 +74,11 @@ class PasswordTooWeak(DomainError):
     message_en = "A password needs at least 8 characters with both letters and digits"
 
 
+class PasswordTooCommon(PasswordTooWeak):
+    message = "密码过于常见, 请换一个"
+    message_en = "This password is among the most common ones: choose another"
+
+
 class InvalidCode(DomainError):
     code = ErrorCode.INVALID_CODE
     message = "验证码错误或已过期"

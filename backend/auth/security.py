@@ -29,7 +29,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from backend.auth.errors import PasswordTooWeak, TokenExpired, TokenInvalid
+from backend.auth.errors import PasswordTooCommon, PasswordTooWeak, TokenExpired, TokenInvalid
 from backend.auth.models import PrincipalKind
 
 _hasher = PasswordHasher()
@@ -86,9 +86,27 @@ async def verify_password_off_loop(password_hash: str | None, password: str) -> 
     return await asyncio.get_running_loop().run_in_executor(_password_executor, verify_password, password_hash, password)
 
 
+# Passwords that pass the length and letter/digit rule but head every leaked-password
+# list (Chinese sites' leaks included); compared without case and punctuation.
+COMMON_PASSWORDS = frozenset({
+    "password1", "password12", "password123", "passw0rd", "p4ssw0rd", "admin123", "admin1234", "admin12345",
+    "admin888", "administrator1", "abc12345", "abc123456", "abcd1234", "a1234567", "a12345678", "a123456789",
+    "aa123456", "aa12345678", "qq123456", "qwe12345", "qwer1234", "qwerty12", "qwerty123",
+    "1qaz2wsx", "1qazwsx", "1qaz2wsx3edc", "1qazxsw2",
+    "1q2w3e4r", "1q2w3e4r5t", "q1w2e3r4", "zxcvbnm1", "asdf1234", "iloveyou1", "woaini1314", "woaini520",
+    "123456abc", "123456aa", "12345678a", "123456789a", "1234qwer", "shuiwu123", "shuiwu2026", "water123",
+    "welcome1", "test1234", "root1234", "user1234", "changeme1",
+})
+
+
 def check_password_strength(password: str, *, field: str = "password") -> None:
+    """At least 8 characters (at most 128) with letters and digits, and not one of the
+    most common passwords."""
     if len(password) < 8 or len(password) > 128 or not re.search(r"[A-Za-z]", password) or not re.search(r"\d", password):
         raise PasswordTooWeak(field=field)
+    folded = re.sub(r"[^0-9a-z]", "", password.lower())
+    if folded in COMMON_PASSWORDS:
+        raise PasswordTooCommon(field=field)
 
 
 def token_digest(token: str) -> str:

@@ -24,7 +24,8 @@ routes and the tests import ``backend.archives.service`` (this ``__init__`` re-e
 every public name), never a module below it, so the split is invisible to them. Inside,
 one module per thing a reader looks for: :mod:`.checks` (the field, uniqueness and
 same-subtree checks every form shares), :mod:`.areas`, :mod:`.households`,
-:mod:`.meters` (meter models and meters), :mod:`.life_cycle` (a meter's install, uninstall,
+:mod:`.meters` (meter models and meters), :mod:`.installation` (the company and its
+first administrator), :mod:`.life_cycle` (a meter's install, uninstall,
 fault and repair), :mod:`.assignments` (配表, move-out, 换表) and
 :mod:`.devices` (concentrators and collectors).
 """
@@ -114,6 +115,7 @@ from backend.archives.service.households import (
     transfer_ownership,
     update_household,
 )
+from backend.archives.service.installation import ADMIN_ROLE, Administrator, CompanyRequired, create_administrator
 from backend.archives.service.life_cycle import (
     install_meter,
     mark_meter_faulty,
@@ -141,6 +143,7 @@ from backend.archives.service.meters import (
 __all__ = [
     "ACCOUNT_NO",
     "ADDRESS_RULES",
+    "ADMIN_ROLE",
     "AREA_CODE",
     "ASSIGNMENT_COLUMNS",
     "CALIBERS",
@@ -158,9 +161,11 @@ __all__ = [
     "REGION_CODE",
     "REPLACEMENT_COLUMNS",
     "STOPBITS",
+    "Administrator",
     "AreaChanges",
     "AssignmentKind",
     "BalanceChecker",
+    "CompanyRequired",
     "ConcentratorChanges",
     "HouseholdChanges",
     "HouseholdOrder",
@@ -183,6 +188,7 @@ __all__ = [
     "concentrators_by_ids",
     "concentrators_statement",
     "constraint_name",
+    "create_administrator",
     "create_area",
     "create_concentrator",
     "create_household",
