@@ -12,16 +12,19 @@ install: $(STAMP)
 
 # Installs exactly the pinned versions of the lock file; reinstalls when it changes.
 $(STAMP): $(LOCK) pyproject.toml
+	@echo "== installing into $(VENV): the pinned packages of $(LOCK) (first time: a few minutes)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c $(LOCK) -r $(LOCK)
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@$(BIN)/python -m pip install --quiet --progress-bar off -c $(LOCK) -r $(LOCK)
+	@$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
+	@echo "== installed: $$($(BIN)/shuiwu --version)"
 
 demo: install
-	$(BIN)/shuiwu migrate
-	$(BIN)/shuiwu demo load --households 2000
-	$(BIN)/shuiwu demo run
+	@echo "== database (embedded PostgreSQL under $${SHUIWU_DATA_DIR:-.shuiwu}/) and demo data"
+	@$(BIN)/shuiwu migrate
+	@$(BIN)/shuiwu demo load --households 2000
+	@$(BIN)/shuiwu demo run
 
 serve: install
 	$(BIN)/shuiwu serve

@@ -21,13 +21,13 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from backend import db
+from backend import db, version
 from backend.auth.ratelimit import AnonymousThrottle, ClientRateLimiter, OverLimitMemo
 from backend.auth.security import decode_access_token
 from backend.auth.service import AuthPolicy, authenticate_on_connection
@@ -222,8 +222,20 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
     async def graphql(request: Request) -> Response:
         return await endpoint.handle(request)
 
+    async def home(request: Request) -> Response:
+        # Somewhere useful: GraphiQL when it is on (the demo), else where things are.
+        if settings.graphiql:
+            return RedirectResponse("/graphql", 307)
+        return JSONResponse({
+            "service": "shuiwu 水务", "version": version(),
+            "graphql": "/graphql", "health": "/healthz",
+            "docs": "README.md (the API and its conventions) and docs/ of the shuiwu source; the schema is "
+                    "schema.graphql there, or introspection with a token",
+        })
+
     host = HttpHost(settings=settings, sessions=sessions, read_engine=read_engine, services=services)
     routes: list[BaseRoute] = [
+        Route("/", home, methods=["GET"]),
         Route("/graphql", graphql, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql_socket),
         Mount("/graphql/static", StaticFiles(packages=[("backend.graphql", "static")]), name="graphiql-static"),

@@ -82,9 +82,37 @@ class CliHost:
         return declared_handlers(self.domains)
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from backend import version
+
+        typer.echo(f"shuiwu {version()}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _host(ctx: typer.Context) -> None:
+def _host(
+    ctx: typer.Context,
+    _version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                           help="Print the version and exit.")] = False,
+) -> None:
     ctx.obj = CliHost()
+
+
+def _flags_show_no_type() -> None:
+    """Typer 0.29 prints a value type after every option, flags included
+    ("--help <bool>"); a flag takes no value, so its type column stays empty."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_show_no_type()
 
 
 def _mount_domain_commands() -> None:
@@ -229,15 +257,25 @@ def demo_run(
                                            log_config=None, access_log=False, proxy_headers=False,
                                            ws_max_size=settings.graphql_max_body_bytes))
 
-    console.print(f"\n[bold green]shuiwu 水务 demo[/bold green]  GraphiQL: http://{bind_host}:{bind_port}/graphql")
-    for login in (ADMIN, MANAGER, CASHIER, REPAIR):
-        console.print(f"  {login.who:<16} username [bold]{login.username}[/bold]  password [bold]{login.password}[/bold]")
-    console.print(f"  住户 (resident)     phone [bold]{RESIDENT_PHONE}[/bold], code printed in this log after requestLoginCode")
-    console.print(f"  第三方 (API client) client_id [bold]{CLIENT_ID}[/bold]  secret [bold]{CLIENT_SECRET}[/bold]")
     fakes = local_fakes(declared_gateways(installed()).values())
-    for kind, fake in fakes:
-        console.print(f"  fake gateway {kind}: http://{fake.config.host}:{fake.config.port}/_control/")
-    console.print("  Ctrl-C stops everything.\n")
+
+    def banner() -> None:
+        console.print(f"\n[bold green]shuiwu 水务 demo[/bold green]  GraphiQL: http://{bind_host}:{bind_port}/graphql")
+        for login in (ADMIN, MANAGER, CASHIER, REPAIR):
+            console.print(f"  {login.who:<16} username [bold]{login.username}[/bold]  password [bold]{login.password}[/bold]")
+        console.print(f"  住户 (resident)     phone [bold]{RESIDENT_PHONE}[/bold], code printed in this log after requestLoginCode")
+        console.print(f"  第三方 (API client) client_id [bold]{CLIENT_ID}[/bold]  secret [bold]{CLIENT_SECRET}[/bold]")
+        for kind, fake in fakes:
+            console.print(f"  fake gateway {kind}: http://{fake.config.host}:{fake.config.port}/_control/")
+        console.print("  Ctrl-C stops everything.\n")
+
+    async def banner_once_serving() -> None:
+        # Last, once the server listens: the start-up lines come before it, not after.
+        while not server.started:
+            if server.should_exit:
+                return
+            await asyncio.sleep(0.05)
+        banner()
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -250,9 +288,11 @@ def demo_run(
 
         # Ctrl-C is the API server's: the fakes stop when it does.
         serving = [asyncio.create_task(serve_fake(kind, fake)) for kind, fake in fakes]
+        announced = asyncio.create_task(banner_once_serving())
         try:
             await server.serve()
         finally:
+            announced.cancel()
             stop.set()
             for _, fake in fakes:
                 fake.should_exit = True

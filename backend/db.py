@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import signal
+import warnings
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -90,21 +91,30 @@ def prune_dead_handles(pgdata: Path) -> None:
 _embedded: Any = None
 
 
+TERMINATED_EXIT_STATUS = 128 + signal.SIGTERM
+
+
 def start_embedded(pgdata: Path) -> str:
     """Start or attach to the embedded server; return its asyncpg URL.
 
-    SIGTERM is turned into a normal exit so pgserver's atexit hook detaches (and stops
-    the server when this was the last user) instead of leaving it orphaned.
+    SIGTERM is turned into ``SystemExit(143)`` (128 + 15, what a shell reports for a
+    process the signal killed) so pgserver's atexit hook detaches (and stops the server
+    when this was the last user) instead of leaving it orphaned, and the exit status
+    still says the work was interrupted: a ``demo load`` stopped this way never reads as
+    done to the script that ran it.
     """
     global _embedded
-    import pgserver  # type: ignore[attr-defined,unused-ignore]  # imported lazily: external deployments never load it
-
     pgdata = pgdata.resolve()
     pgdata.mkdir(parents=True, exist_ok=True)
     prune_dead_handles(pgdata)
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(0)))
-    _embedded = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined,unused-ignore]
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(TERMINATED_EXIT_STATUS)))
+    with warnings.catch_warnings():
+        # platformdirs, asked by pgserver for a runtime directory it does not use here.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import pgserver  # type: ignore[attr-defined,unused-ignore]  # imported lazily: external deployments never load it
+
+        _embedded = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined,unused-ignore]
     uri: str = _embedded.get_uri()
     return to_asyncpg_url(uri)
 

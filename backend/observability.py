@@ -138,9 +138,10 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-# Loggers whose INFO lines are library chatter, not news to an operator (alembic's
-# "Context impl PostgresqlImpl" and "Will assume transactional DDL" on every command).
-QUIET_LOGGERS = ("alembic",)
+# Loggers whose INFO lines are library chatter, not news to an operator: alembic's
+# "Context impl PostgresqlImpl" on every command, pgserver's initdb and pg_ctl transcripts
+# (about 70 lines at each start of the embedded server). Their warnings still show.
+QUIET_LOGGERS = ("alembic", "pgserver")
 
 
 def configure_logging(level: str = "INFO", *, as_json: bool = False) -> None:
