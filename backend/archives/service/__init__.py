@@ -25,7 +25,7 @@ every public name), never a module below it, so the split is invisible to them. 
 one module per thing a reader looks for: :mod:`.checks` (the field, uniqueness and
 same-subtree checks every form shares), :mod:`.areas`, :mod:`.households`,
 :mod:`.meters` (meter models and meters), :mod:`.life_cycle` (a meter's install, uninstall,
-fault and repair), :mod:`.assignments` (配表, move-out, 换表) and
+fault and repair), :mod:`.stations` (monitoring stations and their instruments), :mod:`.assignments` (配表, move-out, 换表) and
 :mod:`.devices` (concentrators and collectors).
 """
 
@@ -137,6 +137,18 @@ from backend.archives.service.meters import (
     set_meter_status,
     update_meter,
 )
+from backend.archives.service.stations import (
+    INSTRUMENT_TYPES,
+    StationChanges,
+    attach_instrument,
+    create_station,
+    delete_station,
+    detach_instrument,
+    instruments_by_station_ids,
+    station_in_scope,
+    stations_by_ids,
+    update_station,
+)
 
 __all__ = [
     "ACCOUNT_NO",
@@ -148,6 +160,7 @@ __all__ = [
     "HOUSEHOLD_AREA_COLUMNS",
     "HOUSEHOLD_COLUMNS",
     "ID_NUMBER",
+    "INSTRUMENT_TYPES",
     "KEEP",
     "LANDLINE",
     "METER_CODE",
@@ -168,6 +181,7 @@ __all__ = [
     "MeterModelFields",
     "MeterOrder",
     "RowT",
+    "StationChanges",
     "TerminalPasswordCipher",
     "area_page_query",
     "areas_by_ids",
@@ -177,6 +191,7 @@ __all__ = [
     "assignment_page_query",
     "assignments_by_household_ids",
     "assignments_by_meter_ids",
+    "attach_instrument",
     "collectors_by_concentrator_ids",
     "collectors_by_ids",
     "concentrator_in_scope",
@@ -187,18 +202,22 @@ __all__ = [
     "create_concentrator",
     "create_household",
     "create_meter",
+    "create_station",
     "delete_area",
     "delete_collector",
     "delete_concentrator",
     "delete_household",
     "delete_meter",
     "delete_meter_model",
+    "delete_station",
+    "detach_instrument",
     "end_assignment",
     "find_household",
     "household_in_scope",
     "household_page_query",
     "households_by_ids",
     "install_meter",
+    "instruments_by_station_ids",
     "lock_area_tree",
     "mark_meter_faulty",
     "mask_id_number",
@@ -222,6 +241,8 @@ __all__ = [
     "set_household_status",
     "set_meter_status",
     "share_area_tree",
+    "station_in_scope",
+    "stations_by_ids",
     "status_history_by_household_ids",
     "status_history_by_meter_ids",
     "terminal_password",
@@ -231,4 +252,5 @@ __all__ = [
     "update_concentrator",
     "update_household",
     "update_meter",
+    "update_station",
 ]
