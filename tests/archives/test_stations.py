@@ -180,6 +180,12 @@ mutation($station: ID!, $meter: ID!) {
   }
 }"""
 DETACH = "mutation($meter: ID!) { detachStationInstrument(meterId: $meter) { meter { station { code } } errors { field code } } }"
+UPDATE = """
+mutation($id: ID!, $input: MonitoringStationInput!) {
+  updateMonitoringStation(id: $id, input: $input) {
+    station { name location area { name } updatedAt instruments { code area { name } } } errors { field code }
+  }
+}"""
 DELETE = "mutation($id: ID!) { deleteMonitoringStation(id: $id) { station { code } errors { field code } } }"
 
 
@@ -268,3 +274,25 @@ async def test_refusals_over_the_api_write_only_their_audit_row(
     assert foreign == [{"field": "id", "code": "NOT_FOUND"}]
     assert not_empty == [{"field": "id", "code": "STATION_NOT_EMPTY"}]
     assert not_instrument == [{"field": "meterId", "code": "NOT_A_STATION_INSTRUMENT"}]
+
+
+async def test_a_station_moved_over_the_api_takes_its_instruments_along(
+    client: GraphQLClient, world: World, committed_engine: AsyncEngine
+) -> None:
+    admin = await client.login(world.admin.username, world.admin.password)
+    async with session_factory(committed_engine)() as session, session.begin():
+        station = await make_station(session, world.tree.east_community, name="东二干管")
+        gauge = await make_point(session, world.tree.east_community, MeterType.pressure_monitor)
+        await service.attach_instrument(session, station_id=station.id, meter_id=gauge.id)  # type: ignore[arg-type]
+
+    moved = await client.execute(UPDATE, {"id": encode_id("MonitoringStation", station.id),  # type: ignore[arg-type]
+                                          "input": {"areaId": encode_id("Area", world.tree.east.id), "location": None}},  # type: ignore[arg-type]
+                                 token=admin)
+
+    payload = moved["data"]["updateMonitoringStation"]
+    assert payload["errors"] == []
+    assert {key: payload["station"][key] for key in ("name", "location", "area", "instruments")} == {
+        "name": "东二干管", "location": None, "area": {"name": "城东片区"},
+        "instruments": [{"code": gauge.code, "area": {"name": "城东片区"}}]}
+    assert payload["station"]["updatedAt"] is not None
+    assert (await _last_entry(committed_engine)).summary == f"修改监测站 {station.code}: 成功"
