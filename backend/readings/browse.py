@@ -524,9 +524,10 @@ def local_today(now: datetime, tz: str) -> date:
 async def monitoring_points(
     session: AsyncSession, *, reach: Reach, area_id: int | None, now: datetime, tz: str,
 ) -> list[MonitoringPoint]:
-    """The monitoring points (kind ``monitoring``: trunk mains flow meters) in reach, with
-    this year's volume (daily usage since 1 January in the utility's zone) and their
-    latest flow, pressure and reading time. One statement."""
+    """The monitoring points (kind ``monitoring``: trunk mains' flow meters and pressure
+    gauges) in reach, with this year's volume (daily usage since 1 January in the
+    utility's zone), their latest flow, pressure and reading time, their type, location
+    and station. One statement."""
     if reach.household_ids is not None:
         return []  # residents have no monitoring points
     await _check_visible(session, reach, area_id=("areaId", area_id))
