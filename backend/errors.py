@@ -82,6 +82,11 @@ class ErrorCode(StrEnum):
     METER_STATE_INVALID = "METER_STATE_INVALID"
     # A meter serves only households in its own area's subtree (docs/security.md).
     CROSS_AREA_ASSIGNMENT = "CROSS_AREA_ASSIGNMENT"
+    # Monitoring stations: instruments still belong to it / not a flow or pressure monitoring point /
+    # an instrument's area follows its station's.
+    STATION_NOT_EMPTY = "STATION_NOT_EMPTY"
+    NOT_A_STATION_INSTRUMENT = "NOT_A_STATION_INSTRUMENT"
+    INSTRUMENT_AREA_FIXED = "INSTRUMENT_AREA_FIXED"
 
     # exports (Excel import/export shared by the domains)
     NOT_XLSX = "NOT_XLSX"

@@ -40,6 +40,9 @@ async def _devices(session: AsyncSession) -> dict[str, object]:
                              "GROUP BY concentrator_id) c"),
         "monitoring": await one("SELECT count(*) FROM meters WHERE kind = 'monitoring'"),
         "monitoring_points": await one("SELECT count(DISTINCT location) FROM meters WHERE kind = 'monitoring'"),
+        "stations": await one("SELECT string_agg(s.code || ':' || s.name || ':' || m.meter_type, ',' ORDER BY s.code, m.code) "
+                              "FROM monitoring_stations s JOIN meters m ON m.station_id = s.id "
+                              "WHERE m.area_id = s.area_id AND m.status = 'installed'"),
         "monitoring_assigned": await one("SELECT count(*) FROM meter_assignments s JOIN meters m ON m.id = s.meter_id "
                                          "WHERE m.kind = 'monitoring'"),
         "assignments": await one("SELECT count(*) FROM meter_assignments"),
@@ -76,6 +79,9 @@ async def test_demo_load_scales_areas_is_idempotent_and_realistic(session: Async
     assert devices["models"] == 4 and devices["vendors"] == 3 and devices["swapped_models"] == 1
     assert devices["household_meters"] == 3000 + 0 and devices["meters"] == 3000 + replaced + 8  # type: ignore[operator]
     assert devices["monitoring"] == 8 and devices["monitoring_points"] == 4 and devices["monitoring_assigned"] == 0
+    # 东/南/西/北干管: one station each, of an installed flow meter and pressure gauge in its area.
+    assert devices["stations"] == ",".join(f"GG-{slug}:{label}干管网:{kind}" for slug, label in (
+        ("EAST", "东"), ("NORTH", "北"), ("SOUTH", "南"), ("WEST", "西")) for kind in ("flow_monitor", "pressure_monitor"))
     assert devices["connections"] == "dtu_socket,serial,tcp_login"
     assert 3000 / 128 <= devices["concentrators"] <= 3000 / 32  # type: ignore[operator]
     assert 32 <= devices["smallest"] <= devices["largest"] <= 128  # type: ignore[operator]

@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.archives.models import Area, AreaKind
-from backend.archives.service import create_area, install_meter
+from backend.archives.models import Area, AreaKind, StationKind
+from backend.archives.service import StationChanges, attach_instrument, create_area, create_station, install_meter
 from backend.db import copy_into
 from backend.domain import DemoPlan
 
@@ -252,7 +252,7 @@ METER_MODELS = (
     ("新天科技", "LXSZ-15Y", 15, 6, 3, False, True, "901F"),
     ("宁波水表", "LDG-300", 300, 8, 2, False, False, "901F"),
 )
-# Four monitoring points on the trunk mains (干管), each a flow meter and a pressure gauge.
+# Four trunk mains (干管), each a monitoring station (GG-EAST …) of a flow meter and a pressure gauge.
 MONITORING = (("东", "east"), ("南", "south"), ("西", "west"), ("北", "north"))
 REPLACED_AT_LATEST = datetime(2026, 10, 1, 9, 0, tzinfo=ZoneInfo("Asia/Shanghai"))
 MONITORING_INSTALLED_AT = datetime(2019, 1, 1, 9, 0, tzinfo=ZoneInfo("Asia/Shanghai"))
@@ -262,9 +262,9 @@ async def _load_devices(session: AsyncSession, *, seed: int, company: Area, prog
     """Meter models, concentrators of 32-128 meters each (per community, TCP-login, serial
     and DTU kinds), one meter per demo household assigned from the day its account
     opened, a few replaced meters with their replacement records, and the trunk mains'
-    monitoring points: set-based (INSERT … SELECT over the households), deterministic by
+    monitoring points, grouped into one monitoring station per trunk main: set-based (INSERT … SELECT over the households), deterministic by
     ``seed``, and keyed on natural keys (meter code, concentrator name within its
-    community) so loading twice changes nothing."""
+    community, station code) so loading twice changes nothing."""
     progress("表计型号")
     await session.execute(text(
         "INSERT INTO meter_models (vendor, name, protocol, caliber, register_digits, register_decimals, has_valve, "
@@ -402,3 +402,21 @@ async def _load_devices(session: AsyncSession, *, seed: int, company: Area, prog
     for meter_id, code in sorted(created):
         await install_meter(session, meter_id=meter_id, location=location_of[code], installed_at=MONITORING_INSTALLED_AT,
                             changed_by="系统")
+
+    progress("干管监测站")
+    # Each trunk main is a monitoring station of its flow meter and pressure gauge; only
+    # stations created now get their instruments, so loading twice changes nothing.
+    existing = set((await session.execute(text("SELECT code FROM monitoring_stations WHERE code = ANY(:codes)"),
+                                          {"codes": [f"GG-{slug.upper()}" for _, slug in MONITORING]})).scalars())
+    for label, slug in MONITORING:
+        code = f"GG-{slug.upper()}"
+        if code in existing:
+            continue
+        station = await create_station(session, fields=StationChanges(
+            code=code, name=f"{label}干管网", kind=StationKind.trunk_main, area_id=company.id,
+            location=f"{label}干管监测点"))
+        assert station.id is not None
+        instruments = (await session.execute(text("SELECT id FROM meters WHERE code = ANY(:codes) ORDER BY code"), {
+            "codes": [f"JC-{slug.upper()}-F", f"JC-{slug.upper()}-P"]})).scalars().all()
+        for meter_id in instruments:
+            await attach_instrument(session, station_id=station.id, meter_id=meter_id)

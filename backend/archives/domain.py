@@ -1,4 +1,4 @@
-"""The archives' declaration (档案管理): areas, households, meters, devices, assignments."""
+"""The archives' declaration (档案管理): areas, households, meters, monitoring stations, devices, assignments."""
 
 from __future__ import annotations
 
@@ -38,6 +38,11 @@ DOMAIN = Domain(
         Operation("uninstallMeter", "拆回水表", "Uninstall meter", "archives"),
         Operation("markMeterFaulty", "水表报故障", "Mark meter faulty", "archives"),
         Operation("repairMeter", "水表修复", "Repair meter", "archives"),
+        Operation("createMonitoringStation", "新增监测站", "Create monitoring station", "archives"),
+        Operation("updateMonitoringStation", "修改监测站", "Update monitoring station", "archives"),
+        Operation("deleteMonitoringStation", "删除监测站", "Delete monitoring station", "archives"),
+        Operation("attachStationInstrument", "监测站添加仪表", "Attach instrument to station", "archives"),
+        Operation("detachStationInstrument", "监测站移除仪表", "Detach instrument from station", "archives"),
         Operation("assignMeter", "配表", "Assign meter", "archives"),
         Operation("endMeterAssignment", "解除配表", "End meter assignment", "archives"),
         Operation("replaceMeter", "换表", "Replace meter", "archives"),

@@ -158,3 +158,32 @@ class MeterStateInvalid(DomainError):
     code = ErrorCode.METER_STATE_INVALID
     message = "水表当前状态不允许此操作"
     message_en = "The meter's status does not allow this step"
+
+
+class DuplicateStationCode(DomainError):
+    code = ErrorCode.DUPLICATE
+    message = "监测站编码已存在"
+    message_en = "This monitoring station code already exists"
+
+
+class StationNotEmpty(DomainError):
+    code = ErrorCode.STATION_NOT_EMPTY
+    message = "监测站下仍有仪表, 请先移除仪表再删除"
+    message_en = "Instruments still belong to this monitoring station; detach them before deleting it"
+
+
+class NotAStationInstrument(DomainError):
+    """Only a monitoring point that measures flow (``flow_monitor``) or pressure
+    (``pressure_monitor``) belongs to a station: the measure follows the meter type."""
+
+    code = ErrorCode.NOT_A_STATION_INSTRUMENT
+    message = "只有流量或压力监测点可以加入监测站"
+    message_en = "Only a flow or pressure monitoring point can belong to a monitoring station"
+
+
+class InstrumentAreaFixed(DomainError):
+    """A station's instruments stand where the station stands: they move with it."""
+
+    code = ErrorCode.INSTRUMENT_AREA_FIXED
+    message = "监测站仪表的区域随监测站变化, 请修改监测站的区域或先移除仪表"
+    message_en = "A station instrument's area follows its station: change the station's area, or detach the instrument first"

@@ -1,6 +1,7 @@
 """Archive tables (档案): the area tree, households with their owners and status history,
-meter models, meters (household meters and monitoring points), concentrators and
-collectors, meter assignments (配表) and replacements (换表).
+meter models, meters (household meters and monitoring points), monitoring stations (监测站)
+and their instruments, concentrators and collectors, meter assignments (配表) and
+replacements (换表).
 
 Data scope is a path-prefix match on ``areas.path``; every archive row that staff list
 carries an ``area_id`` so a list joins ``areas`` once and filters by the caller's scope.
@@ -76,6 +77,18 @@ class MeterStatus(StrEnum):
     installed = "installed"
     faulty = "faulty"
     retired = "retired"
+
+
+class StationKind(StrEnum):
+    """What a monitoring station (监测站) watches: a plant's outlet (水厂出水), a trunk main
+    (干管), a pump station (泵站), a reservoir or clear-water tank (水池), or the inlet of
+    a district or community (片区进水口)."""
+
+    plant_outlet = "plant_outlet"
+    trunk_main = "trunk_main"
+    pump_station = "pump_station"
+    reservoir = "reservoir"
+    district_inlet = "district_inlet"
 
 
 class DiByteOrder(StrEnum):
@@ -286,6 +299,27 @@ class Collector(SQLModel, table=True):
     created_at: datetime | None = Field(default=None, sa_column=_created())
 
 
+class MonitoringStation(SQLModel, table=True):
+    """A monitoring station (监测站): one place on the network (a trunk main, a pump station
+    …) and the monitoring instruments there (``meters.station_id``): flow meters
+    (``flow_monitor``) measure flow, pressure gauges (``pressure_monitor``) pressure. Its
+    instruments lie in its area (the service keeps them there), so whoever sees the
+    station sees every instrument its figures come from. Other domains refer to a station
+    by id (a DMA zone's inflow and outflow points, with the direction on the zone's side)."""
+
+    __tablename__ = "monitoring_stations"
+    __mapper_args__ = {"eager_defaults": True}
+
+    id: int | None = Field(default=None, sa_column=_id())
+    code: str = Field(sa_column=Column(String(32), nullable=False, unique=True))
+    name: str = Field(sa_column=Column(String(100), nullable=False))
+    kind: StationKind = Field(sa_column=enum_column(StationKind, nullable=False))
+    area_id: int = Field(sa_column=Column(BigInteger, ForeignKey("areas.id"), nullable=False, index=True))
+    location: str | None = Field(default=None, sa_column=Column(String(200), nullable=True))
+    created_at: datetime | None = Field(default=None, sa_column=_created())
+    updated_at: datetime | None = Field(default=None, sa_column=_updated())
+
+
 class Meter(SQLModel, table=True):
     """A water meter (水表/表计) or a monitoring point (kind ``monitoring``, never assigned).
 
@@ -324,6 +358,9 @@ class Meter(SQLModel, table=True):
     port: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
     measurement_point: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
     mqtt_topic: str | None = Field(default=None, sa_column=Column(String(200), nullable=True))
+    station_id: int | None = Field(
+        default=None, sa_column=Column(BigInteger, ForeignKey("monitoring_stations.id"), nullable=True, index=True)
+    )
     created_at: datetime | None = Field(default=None, sa_column=_created())
     updated_at: datetime | None = Field(default=None, sa_column=_updated())
 

@@ -1,5 +1,5 @@
-"""Browsing readings: real-time data (实时数据), history (历史数据) and monitoring points
-(数据监测), for the GraphQL screens and their Excel exports alike.
+"""Browsing readings: real-time data (实时数据), history (历史数据), monitoring points and
+stations with their trends (数据监测), for the GraphQL screens and their Excel exports alike.
 
 Every query applies the caller's :class:`Reach` inside the SQL that fetches the rows: a
 staff member or API client sees meters whose area path matches their scope patterns, a
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
+from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -47,6 +48,7 @@ from backend.readings.screens import (
     local_time,
     register_screen,
 )
+from backend.readings.usage import interval_boundaries
 
 ONLINE_WINDOW = timedelta(hours=24)
 # Online means the meter itself reported lately: an estimate (or a reading someone typed
@@ -112,6 +114,11 @@ class DailyVolume:
     volume_m3: Decimal | None  # None: no reading that day
 
 
+def ten_thousands(volume_m3: Decimal) -> Decimal:
+    """A volume in 万m³, four places."""
+    return (volume_m3 / TEN_THOUSAND).quantize(_FOUR_PLACES)
+
+
 @dataclass(frozen=True, slots=True)
 class MonitoringPoint:
     meter_id: int
@@ -123,12 +130,94 @@ class MonitoringPoint:
     pressure: Decimal | None
     read_at: datetime | None
     total_m3: Decimal | None
+    meter_type: str = "flow_monitor"
+    location: str | None = None
+    station_id: int | None = None
+    station_name: str | None = None
     daily: list[DailyVolume] = field(default_factory=list)
 
     @property
     def year_volume_10k_m3(self) -> Decimal:
         """This year's volume in 万m³, four places."""
-        return (self.year_volume_m3 / TEN_THOUSAND).quantize(_FOUR_PLACES)
+        return ten_thousands(self.year_volume_m3)
+
+
+@dataclass(frozen=True, slots=True)
+class StationFigures:
+    """数据监测 of one monitoring station: this year's volume of its flow instruments, the
+    newest flow of a flow instrument and the newest pressure of a pressure gauge, each
+    with its reading time, and every instrument as a :class:`MonitoringPoint`."""
+
+    station_id: int
+    code: str
+    name: str
+    kind: str
+    area_name: str
+    location: str | None
+    instruments: list[MonitoringPoint]
+
+    @property
+    def flow_points(self) -> list[MonitoringPoint]:
+        return [point for point in self.instruments if point.meter_type == "flow_monitor"]
+
+    @property
+    def year_volume_m3(self) -> Decimal:
+        return sum((point.year_volume_m3 for point in self.flow_points), Decimal(0)).quantize(_FOUR_PLACES)
+
+    @property
+    def year_volume_10k_m3(self) -> Decimal:
+        return ten_thousands(self.year_volume_m3)
+
+    def _newest(self, meter_type: str, value: str) -> tuple[Decimal | None, datetime | None]:
+        read = [(point.read_at, getattr(point, value)) for point in self.instruments
+                if point.meter_type == meter_type and point.read_at is not None and getattr(point, value) is not None]
+        if not read:
+            return None, None
+        read_at, figure = max(read, key=lambda pair: pair[0])
+        return figure, read_at
+
+    @property
+    def flow(self) -> tuple[Decimal | None, datetime | None]:
+        """瞬时流量 (m³/h) and its time: the newest reading of a flow instrument that carries one."""
+        return self._newest("flow_monitor", "flow_rate")
+
+    @property
+    def pressure(self) -> tuple[Decimal | None, datetime | None]:
+        """压力 (MPa) and its time: the newest reading of a pressure gauge that carries one."""
+        return self._newest("pressure_monitor", "pressure")
+
+
+class TrendMeasure(StrEnum):
+    """What a station's trend follows: the flow rate (m³/h) its flow instruments report,
+    or the pressure (MPa) its pressure gauges report."""
+
+    flow = "flow"
+    pressure = "pressure"
+
+
+class TrendGrain(StrEnum):
+    hour = "hour"
+    day = "day"
+
+
+# The longest range of each grain: a month of hours (744 points), a year of days.
+MAX_TREND_DAYS = {TrendGrain.hour: 31, TrendGrain.day: MAX_HISTORY_DAYS}
+_TREND_TYPE = {TrendMeasure.flow: "flow_monitor", TrendMeasure.pressure: "pressure_monitor"}
+_TREND_COLUMN = {TrendMeasure.flow: "flow_rate", TrendMeasure.pressure: "pressure"}
+
+
+@dataclass(frozen=True, slots=True)
+class TrendBucket:
+    """One hour or day of a trend, ``[start, end)``: how many readings carried the measure
+    there and their least, mean (four places, half up) and greatest value; no reading,
+    no figures (``samples`` 0, the others ``None``: a gap is never filled in)."""
+
+    start: datetime
+    end: datetime
+    samples: int
+    minimum: Decimal | None
+    mean: Decimal | None
+    maximum: Decimal | None
 
 
 class RangeTooLong(DomainError):
@@ -435,9 +524,10 @@ def local_today(now: datetime, tz: str) -> date:
 async def monitoring_points(
     session: AsyncSession, *, reach: Reach, area_id: int | None, now: datetime, tz: str,
 ) -> list[MonitoringPoint]:
-    """The monitoring points (kind ``monitoring``: trunk mains flow meters) in reach, with
-    this year's volume (daily usage since 1 January in the utility's zone) and their
-    latest flow, pressure and reading time. One statement."""
+    """The monitoring points (kind ``monitoring``: trunk mains' flow meters and pressure
+    gauges) in reach, with this year's volume (daily usage since 1 January in the
+    utility's zone), their latest flow, pressure and reading time, their type, location
+    and station. One statement."""
     if reach.household_ids is not None:
         return []  # residents have no monitoring points
     await _check_visible(session, reach, area_id=("areaId", area_id))
@@ -450,8 +540,10 @@ async def monitoring_points(
     sql = f"""
         SELECT m.id AS meter_id, m.code, m.name, a.name AS area_name,
                COALESCE(y.volume, 0) AS year_volume_m3,
-               lr.flow_rate, lr.pressure, lr.read_at, lr.total_m3
+               lr.flow_rate, lr.pressure, lr.read_at, lr.total_m3,
+               m.meter_type, m.location, m.station_id, st.name AS station_name
         FROM meters m {_AREAS}
+        LEFT JOIN monitoring_stations st ON st.id = m.station_id
         LEFT JOIN latest_readings lr ON lr.meter_id = m.id
         LEFT JOIN LATERAL (
             SELECT sum(d.usage_m3) AS volume FROM daily_usage d
@@ -461,6 +553,118 @@ async def monitoring_points(
         ORDER BY a.path, m.code, m.id"""
     rows = (await session.execute(text(sql), params)).mappings().all()
     return [MonitoringPoint(**row) for row in rows]
+
+
+# This year's volume of a meter: its daily usage since 1 January (:year_start) up to today.
+_YEAR_VOLUME = """
+    LEFT JOIN LATERAL (
+        SELECT sum(d.usage_m3) AS volume FROM daily_usage d
+        WHERE d.meter_id = m.id AND d.day >= :year_start AND d.day <= :today
+    ) y ON TRUE"""
+
+
+async def monitoring_stations(
+    session: AsyncSession, *, reach: Reach, area_id: int | None, now: datetime, tz: str,
+) -> list[StationFigures]:
+    """The monitoring stations in reach (optionally in one area's subtree), by area path
+    and code, each with its instruments (flow first, then by code) and their figures as
+    :func:`monitoring_points` computes them. One statement, however many stations (plus
+    the visibility check of ``area_id``). An instrument lies in its station's area
+    (backend.archives.service.stations), so the station's scope is its instruments'."""
+    if reach.household_ids is not None:
+        return []  # residents have no monitoring stations
+    await _check_visible(session, reach, area_id=("areaId", area_id))
+    today = local_today(now, tz)
+    params: dict[str, Any] = {"year_start": date(today.year, 1, 1), "today": today}
+    where = _reach_conditions(reach, params, household="NULL")
+    if area_id is not None:
+        where.append(_subtree(params, area_id))
+    sql = f"""
+        SELECT s.id AS station_id, s.code AS station_code, s.name AS station_name, s.kind AS station_kind,
+               s.location AS station_location, a.name AS area_name,
+               m.id AS meter_id, m.code, m.name, m.meter_type, m.location,
+               COALESCE(y.volume, 0) AS year_volume_m3, lr.flow_rate, lr.pressure, lr.read_at, lr.total_m3
+        FROM monitoring_stations s JOIN areas a ON a.id = s.area_id
+        LEFT JOIN meters m ON m.station_id = s.id
+        LEFT JOIN latest_readings lr ON lr.meter_id = m.id
+        {_YEAR_VOLUME}
+        WHERE {" AND ".join(where) or "TRUE"}
+        ORDER BY a.path, s.code, s.id, m.meter_type, m.code, m.id"""
+    stations: dict[int, StationFigures] = {}
+    for row in (await session.execute(text(sql), params)).mappings():
+        station = stations.get(row["station_id"])
+        if station is None:
+            station = stations[row["station_id"]] = StationFigures(
+                row["station_id"], row["station_code"], row["station_name"], row["station_kind"], row["area_name"],
+                row["station_location"], [])
+        if row["meter_id"] is not None:
+            station.instruments.append(MonitoringPoint(
+                meter_id=row["meter_id"], code=row["code"], name=row["name"], area_name=row["area_name"],
+                year_volume_m3=row["year_volume_m3"], flow_rate=row["flow_rate"], pressure=row["pressure"],
+                read_at=row["read_at"], total_m3=row["total_m3"], meter_type=row["meter_type"],
+                location=row["location"], station_id=row["station_id"], station_name=row["station_name"]))
+    return list(stations.values())
+
+
+def _check_trend_range(start: datetime, end: datetime, grain: TrendGrain) -> None:
+    if start.tzinfo is None or end.tzinfo is None:
+        raise DomainError("时间须带时区", "Times must carry a time zone", field="from", code=ErrorCode.INVALID)
+    if end <= start:
+        raise RangeInvalid(field="to")
+    days = MAX_TREND_DAYS[grain]
+    if end - start > timedelta(days=days):
+        raise RangeTooLong(f"按{'小时' if grain is TrendGrain.hour else '日'}查询的时间范围不能超过 {days} 天",
+                           f"A range by {grain.value} cannot exceed {days} days", field="to")
+
+
+async def station_trend(
+    session: AsyncSession, *, station_id: int, measure: TrendMeasure, grain: TrendGrain, start: datetime,
+    end: datetime, reach: Reach, tz: str,
+) -> list[TrendBucket]:
+    """The station's flow or pressure by hour or by day of the utility's zone ``tz`` over
+    ``[start, end)``: every hour or day the range touches, oldest first, with the
+    figures of the readings taken in both the bucket and the range (so the first and
+    last bucket cover only their part inside the range when ``start`` / ``end`` fall
+    inside them). Readings of all the station's instruments of the measure (flow
+    meters for flow, pressure gauges for pressure) are pooled. Hours are steps of real
+    time (a DST autumn day has 25); days are calendar days.
+
+    At most 31 days by hour and 366 by day (RANGE_TOO_LONG), ``end`` after ``start``
+    (INVALID); a station outside the reach is NOT_FOUND (``stationId``). Two statements."""
+    _check_trend_range(start, end, grain)
+    params: dict[str, Any] = {"station": station_id, "meter_type": _TREND_TYPE[measure]}
+    where = ["s.id = :station", *_reach_conditions(reach, params, household="NULL")]
+    found = (await session.execute(text(
+        "SELECT s.id, array_remove(array_agg(m.id ORDER BY m.id), NULL) AS meter_ids "
+        "FROM monitoring_stations s JOIN areas a ON a.id = s.area_id "
+        "LEFT JOIN meters m ON m.station_id = s.id AND m.meter_type = :meter_type "
+        f"WHERE {' AND '.join(where)} GROUP BY s.id"), params)).first()
+    if found is None or reach.household_ids is not None:
+        raise NotFound(field="stationId")
+    boundaries = interval_boundaries(start=start, end=end, interval=grain.value, tz=tz)
+    zone = ZoneInfo(tz)
+    figures: dict[Any, Any] = {}
+    if found.meter_ids:
+        column = _TREND_COLUMN[measure]
+        # Hours are real-time steps from the first one (a zone may be off the hour from
+        # UTC); days are the zone's calendar days.
+        bucket = ("date_bin(CAST('1 hour' AS interval), r.read_at, CAST(:origin AS timestamptz))"
+                  if grain is TrendGrain.hour else "CAST(r.read_at AT TIME ZONE :tz AS date)")
+        rows = await session.execute(text(
+            f"SELECT {bucket} AS bucket, count(*) AS samples, min(r.{column}) AS minimum, "
+            f"round(avg(r.{column}), 4) AS mean, max(r.{column}) AS maximum "
+            "FROM readings r WHERE r.meter_id = ANY(:ids) AND r.read_at >= :start AND r.read_at < :end "
+            f"AND r.{column} IS NOT NULL GROUP BY 1"),
+            {"ids": list(found.meter_ids), "start": start, "end": end, "origin": boundaries[0], "tz": tz})
+        figures = {row.bucket: row for row in rows}
+    buckets: list[TrendBucket] = []
+    for first, after in pairwise(boundaries):
+        key = first if grain is TrendGrain.hour else first.astimezone(zone).date()
+        row = figures.get(key)
+        buckets.append(TrendBucket(first.astimezone(zone), after.astimezone(zone), row.samples if row else 0,
+                                   row.minimum if row else None, row.mean if row else None,
+                                   row.maximum if row else None))
+    return buckets
 
 
 async def daily_volumes(

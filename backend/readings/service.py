@@ -81,7 +81,13 @@ _RANK = "CASE {0}.quality WHEN 'actual' THEN 0 WHEN 'manual' THEN 1 ELSE 2 END"
 
 @dataclass(frozen=True, slots=True)
 class ReadingIn:
-    """A reading as a source delivers it. ``read_at`` must be timezone-aware."""
+    """A reading as a source delivers it. ``read_at`` must be timezone-aware.
+
+    A flow meter (``flow_monitor``, and any household meter) sends its register as
+    ``total_m3`` (and a flow monitor its ``flow_rate``, m³/h); a pressure gauge
+    (``pressure_monitor``) has no register: it sends ``total_m3 = 0`` and its
+    ``pressure`` (MPa), so its days use nothing and a station's volume is its flow
+    meters' (tests/readings/test_stations.py pins what is stored)."""
 
     meter_id: int
     read_at: datetime

@@ -17,8 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.app import create_app
 from backend.archives import http as archives_http
-from backend.archives.models import Area, Household
-from backend.archives.service import MeterModelFields, TerminalPasswordCipher, save_meter_model
+from backend.archives.models import Area, Household, StationKind
+from backend.archives.service import (
+    MeterModelFields,
+    StationChanges,
+    TerminalPasswordCipher,
+    attach_instrument,
+    create_station,
+    save_meter_model,
+)
 from backend.db import create_engine, session_factory
 from backend.graphql.relay import encode_id
 from tests.factories import AreaTree, Staff, make_area_tree, make_household, make_staff
@@ -283,3 +290,34 @@ async def test_scope_limits_exports_and_imports(client: GraphQLClient, world: Wo
     assert await _scalar(module_engine, "SELECT name FROM meters WHERE code = 'SC0002'") == "西"
     bad_filter = await _export(client, admin, archives_http.METERS, status="nope")
     assert bad_filter.status_code == 400
+
+
+async def test_an_import_cannot_move_or_retype_a_station_instrument(
+    client: GraphQLClient, world: World, module_engine: AsyncEngine
+) -> None:
+    admin = await client.login(world.admin.username, world.admin.password)
+    east_c, west_c = _ref(world.tree.east_community), _ref(world.tree.west_community)
+    await _import(client, admin, archives_http.METERS, _workbook(
+        METER_HEADER,
+        ("GZ0001", "东干管流量计", "20266000000001", "流量计", "监测点", None, None, east_c, None, None, None),
+        ("GZ0002", "东干管压力计", "20266000000002", "压力计", "监测点", None, None, east_c, None, None, None),
+    ))
+    async with session_factory(module_engine)() as session, session.begin():
+        station = await create_station(session, fields=StationChanges(code="GZ-EAST", name="东干管网",
+                                                                      kind=StationKind.trunk_main,
+                                                                      area_id=world.tree.east_community.id))
+        for code in ("GZ0001", "GZ0002"):
+            meter_id = (await session.execute(text("SELECT id FROM meters WHERE code = :c"), {"c": code})).scalar_one()
+            await attach_instrument(session, station_id=station.id, meter_id=meter_id)  # type: ignore[arg-type]
+
+    refused = await _import(client, admin, archives_http.METERS, _workbook(
+        METER_HEADER,
+        ("GZ0001", "东干管流量计", "20266000000001", "流量计", "监测点", None, None, west_c, None, None, None),
+        ("GZ0002", "东干管压力计", "20266000000002", "冷水表", "监测点", None, None, east_c, None, None, None),
+    ), update=True)
+
+    assert refused.status_code == 422, refused.text
+    assert sorted((e["row"], e["column"]) for e in refused.json()["errors"]) == [(2, "区域编码"), (3, "表类型")]
+    assert await _scalar(module_engine, "SELECT string_agg(m.meter_type || '@' || a.name, ',' ORDER BY m.code) "
+                                        "FROM meters m JOIN areas a ON a.id = m.area_id WHERE m.code LIKE 'GZ%'") == (
+        "flow_monitor@翠湖小区,pressure_monitor@翠湖小区")

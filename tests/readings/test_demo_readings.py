@@ -65,6 +65,36 @@ async def test_every_installed_meter_has_readings_and_hourly_meters_report_every
     assert Decimal("0.25") <= low_mpa < high_mpa <= Decimal("0.40")  # type: ignore[operator]
 
 
+
+async def test_pressure_gauges_store_a_zero_register_and_flow_meters_their_register(
+    demo: DemoReadings, committed_sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    # Per type of monitoring point: readings, registers that are not 0, registers that
+    # step back, readings without the type's figure, readings with the other type's.
+    shapes = await _rows(committed_sessions, """
+        SELECT m.meter_type, count(*), count(*) FILTER (WHERE r.total_m3 <> 0),
+               count(*) FILTER (WHERE r.total_m3 < r.previous),
+               count(*) FILTER (WHERE CASE m.meter_type WHEN 'flow_monitor' THEN r.flow_rate ELSE r.pressure END IS NULL),
+               count(*) FILTER (WHERE CASE m.meter_type WHEN 'flow_monitor' THEN r.pressure ELSE r.flow_rate END IS NOT NULL)
+        FROM meters m JOIN LATERAL (
+            SELECT total_m3, flow_rate, pressure, lag(total_m3) OVER (ORDER BY read_at) AS previous
+            FROM readings WHERE meter_id = m.id) r ON TRUE
+        WHERE m.kind = 'monitoring' GROUP BY 1 ORDER BY 1""")
+    stations = await _rows(committed_sessions, """
+        SELECT s.code, sum(d.usage_m3) FILTER (WHERE m.meter_type = 'pressure_monitor'),
+               sum(d.usage_m3) FILTER (WHERE m.meter_type = 'flow_monitor')
+        FROM monitoring_stations s JOIN meters m ON m.station_id = s.id JOIN daily_usage d ON d.meter_id = m.id
+        GROUP BY 1 ORDER BY 1""")
+
+    (flow_type, flow_count, flow_registers, steps_back, no_flow, flow_pressure), pressure_row = shapes
+    assert (flow_type, flow_registers, steps_back, no_flow, flow_pressure) == ("flow_monitor", flow_count, 0, 0, 0)
+    assert pressure_row[0] == "pressure_monitor" and pressure_row[1] > 0  # type: ignore[operator]
+    assert pressure_row[2:] == (0, 0, 0, 0)  # every register 0, every reading with its pressure and no flow
+    # So a station's volume is its flow meter's: the gauge's days all use nothing.
+    assert [code for code, _, _ in stations] == ["GG-EAST", "GG-NORTH", "GG-SOUTH", "GG-WEST"]
+    assert all(gauge == 0 and flowed > 0 for _, gauge, flowed in stations), stations  # type: ignore[operator]
+
+
 async def test_household_usage_is_plausible(demo: DemoReadings, committed_sessions: async_sessionmaker[AsyncSession]) -> None:
     # Cold water of residential households over the last full month (October 2026).
     months = await _rows(committed_sessions,

@@ -210,6 +210,19 @@ async def import_meters(
             "JOIN meter_assignments s ON s.meter_id = m.id AND s.valid_to IS NULL JOIN households h ON h.id = s.household_id "
             "JOIN areas ha ON ha.id = h.area_id JOIN areas na ON na.id = t.area_id "
             "WHERE NOT starts_with(ha.path, na.path) ORDER BY t.row_no"), {}, "area_code", CROSS_AREA)
+    if update_existing:
+        # A station's instrument stands in the station's area and stays a flow or pressure
+        # monitoring point (backend.archives.service.stations): as updateMeter refuses it.
+        await _row_errors(session, sheet, (
+            "SELECT t.row_no FROM import_meters t JOIN meters m ON m.code = t.code "
+            "JOIN monitoring_stations st ON st.id = m.station_id WHERE t.area_id <> st.area_id ORDER BY t.row_no"
+        ), {}, "area_code", ("监测站仪表的区域随监测站变化", "A station instrument's area follows its station"))
+        kind = "COALESCE(t.kind, 'household')" if "kind" in present else "m.kind"
+        await _row_errors(session, sheet, (
+            "SELECT t.row_no FROM import_meters t JOIN meters m ON m.code = t.code WHERE m.station_id IS NOT NULL "
+            f"AND ({kind} <> 'monitoring' OR t.meter_type NOT IN ('flow_monitor', 'pressure_monitor')) ORDER BY t.row_no"
+        ), {}, "meter_type", ("监测站仪表只能是流量或压力监测点, 请先移出监测站",
+                              "A station instrument measures flow or pressure; detach it first"))
     if update_existing and "kind" in present:
         await _row_errors(session, sheet, (
             "SELECT t.row_no FROM import_meters t JOIN meters m ON m.code = t.code WHERE t.kind = 'monitoring' "

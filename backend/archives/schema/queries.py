@@ -34,6 +34,7 @@ from backend.archives.schema.types import (
     MeterStatusEnum,
     MeterType_,
     MeterTypeEnum,
+    MonitoringStationType,
     visible,
 )
 from backend.auth.principal import Principal
@@ -82,6 +83,19 @@ async def fetch_meter(context: Any, pk: int) -> MeterType_ | None:
         except DomainError:
             return None
     return MeterType_.from_row(meter)
+
+
+async def fetch_station(context: Any, pk: int) -> MonitoringStationType | None:
+    """A monitoring station in the caller's scope (数据监测's figures: ``monitoringStations``)."""
+    principal: Principal | None = context.principal
+    if principal is None or not principal.has("archives:read"):
+        return None
+    async with context.read() as session:
+        try:
+            station = await service.station_in_scope(session, station_id=pk, scope_patterns=principal.scope_patterns())
+        except DomainError:
+            return None
+    return MonitoringStationType.from_row(station)
 
 
 async def fetch_concentrator(context: Any, pk: int) -> ConcentratorType | None:
@@ -426,6 +440,7 @@ NODES = {
     "Area": fetch_area,
     "Household": fetch_household,
     "Meter": fetch_meter,
+    "MonitoringStation": fetch_station,
     "Concentrator": fetch_concentrator,
     "MeterModel": fetch_meter_model,
     "Collector": fetch_collector,

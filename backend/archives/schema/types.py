@@ -34,6 +34,8 @@ from backend.archives.models import (
     MeterStatus,
     MeterStatusChange,
     MeterType,
+    MonitoringStation,
+    StationKind,
 )
 from backend.auth.principal import Principal
 from backend.graphql.fastpath import NOT_PREFETCHED
@@ -53,6 +55,9 @@ HouseholdOrderEnum = strawberry.enum(service.HouseholdOrder, name="HouseholdOrde
 AssignmentKindEnum = strawberry.enum(service.AssignmentKind, name="AssignmentKind",
                                      description="current: serving now (在用) / ended: ended by a move-out or replacement (已拆)")
 MeterOrderEnum = strawberry.enum(service.MeterOrder, name="MeterOrder")
+StationKindEnum = strawberry.enum(
+    StationKind, name="MonitoringStationKind",
+    description="水厂出水 plant_outlet / 干管 trunk_main / 泵站 pump_station / 水池 reservoir / 片区进水口 district_inlet")
 
 
 # --------------------------------------------------------------------------- loaders
@@ -128,6 +133,18 @@ class ReplacementsByHouseholdIdLoader(SessionLoader[int, list[MeterReplacement]]
 
     async def fetch(self, session: AsyncSession, keys: Sequence[int]) -> Mapping[int, list[MeterReplacement]]:
         return await service.replacements_by_household_ids(session, keys)
+
+
+class StationByIdLoader(SessionLoader[int, MonitoringStation | None]):
+    async def fetch(self, session: AsyncSession, keys: Sequence[int]) -> Mapping[int, MonitoringStation]:
+        return await service.stations_by_ids(session, keys)
+
+
+class InstrumentsByStationIdLoader(SessionLoader[int, list[Meter]]):
+    missing: list[Meter] = []
+
+    async def fetch(self, session: AsyncSession, keys: Sequence[int]) -> Mapping[int, list[Meter]]:
+        return await service.instruments_by_station_ids(session, keys)
 
 
 class CollectorsByConcentratorIdLoader(SessionLoader[int, list[Collector]]):
@@ -483,6 +500,7 @@ class MeterType_(Node):  # noqa: N801  (MeterType is the enum's name)
     model_pk: strawberry.Private[int | None]
     concentrator_pk: strawberry.Private[int | None]
     collector_pk: strawberry.Private[int | None]
+    station_pk: strawberry.Private[int | None]
 
     @classmethod
     def from_row(cls, m: Any) -> MeterType_:
@@ -494,7 +512,7 @@ class MeterType_(Node):  # noqa: N801  (MeterType is the enum's name)
             install_date=get("install_date"), initial_reading=get("initial_reading"), location=get("location"),
             status=MeterStatus(get("status")), port=get("port"), measurement_point=get("measurement_point"),
             mqtt_topic=get("mqtt_topic"), pk=get("id"), area_pk=get("area_id"), model_pk=get("model_id"),
-            concentrator_pk=get("concentrator_id"), collector_pk=get("collector_id"),
+            concentrator_pk=get("concentrator_id"), collector_pk=get("collector_id"), station_pk=get("station_id"),
         )
 
     @strawberry.field
@@ -523,6 +541,14 @@ class MeterType_(Node):  # noqa: N801  (MeterType is the enum's name)
         found = await _visible_collector(info, self.collector_pk)
         return CollectorType.from_row(found) if found is not None else None
 
+    @strawberry.field(description="The monitoring station (监测站) this instrument belongs to; null for none.")
+    async def station(self, info: Info) -> MonitoringStationType | None:
+        if self.station_pk is None:
+            return None
+        found = await info.context.loader(StationByIdLoader).load(self.station_pk)
+        # An instrument lies in its station's area, so a visible meter's station is visible.
+        return MonitoringStationType.from_row(found) if found is not None else None
+
     @strawberry.field(description="The household it serves now, when within your scope.")
     async def household(self, info: Info) -> HouseholdType | None:
         assignments = await info.context.loader(AssignmentsByMeterIdLoader).load(self.pk)
@@ -544,6 +570,38 @@ class MeterType_(Node):  # noqa: N801  (MeterType is the enum's name)
     async def status_history(self, info: Info) -> list[MeterStatusChangeType]:
         changes = await info.context.loader(StatusHistoryByMeterIdLoader).load(self.pk)
         return [MeterStatusChangeType.from_row(c) for c in changes]
+
+
+@strawberry.type(name="MonitoringStation", description=(
+    "监测站: one place on the network (a trunk main, a pump station …) and its monitoring instruments: flow meters "
+    "(meterType flow_monitor) measure flow, pressure gauges (pressure_monitor) pressure. Its instruments lie in its "
+    "area. 数据监测's figures of a station are in monitoringStations."))
+class MonitoringStationType(Node):
+    code: str = strawberry.field(description="监测站编码 (unique)")
+    name: str = strawberry.field(description="监测站名称")
+    kind: StationKindEnum  # type: ignore[valid-type]
+    location: str | None
+    created_at: datetime
+    updated_at: datetime
+    pk: strawberry.Private[int]
+    area_pk: strawberry.Private[int]
+
+    @classmethod
+    def from_row(cls, station: MonitoringStation) -> MonitoringStationType:
+        assert station.id is not None and station.created_at is not None and station.updated_at is not None
+        return cls(id=encode_id("MonitoringStation", station.id), code=station.code, name=station.name,
+                   kind=station.kind, location=station.location, created_at=station.created_at,
+                   updated_at=station.updated_at, pk=station.id, area_pk=station.area_id)
+
+    @strawberry.field
+    async def area(self, info: Info) -> AreaType | None:
+        area = await _visible_area(info, self.area_pk)
+        return AreaType.from_row(area) if area is not None else None
+
+    @strawberry.field(description="Its instruments (retired ones included), flow meters first, then by code.")
+    async def instruments(self, info: Info) -> list[MeterType_]:
+        meters = await info.context.loader(InstrumentsByStationIdLoader).load(self.pk)
+        return [MeterType_.from_row(meter) for meter in meters]
 
 
 @strawberry.type(name="MeterAssignment", description="配表: a meter serving a household over a time range.")

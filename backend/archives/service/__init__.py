@@ -25,8 +25,9 @@ every public name), never a module below it, so the split is invisible to them. 
 one module per thing a reader looks for: :mod:`.checks` (the field, uniqueness and
 same-subtree checks every form shares), :mod:`.areas`, :mod:`.households`,
 :mod:`.meters` (meter models and meters), :mod:`.installation` (the company and its
-first administrator), :mod:`.life_cycle` (a meter's install, uninstall,
-fault and repair), :mod:`.assignments` (配表, move-out, 换表) and
+first administrator), :mod:`.life_cycle` (a meter's install, uninstall, fault and
+repair), :mod:`.stations` (monitoring stations and their instruments),
+:mod:`.assignments` (配表, move-out, 换表) and
 :mod:`.devices` (concentrators and collectors).
 """
 
@@ -139,6 +140,18 @@ from backend.archives.service.meters import (
     set_meter_status,
     update_meter,
 )
+from backend.archives.service.stations import (
+    INSTRUMENT_TYPES,
+    StationChanges,
+    attach_instrument,
+    create_station,
+    delete_station,
+    detach_instrument,
+    instruments_by_station_ids,
+    station_in_scope,
+    stations_by_ids,
+    update_station,
+)
 
 __all__ = [
     "ACCOUNT_NO",
@@ -151,6 +164,7 @@ __all__ = [
     "HOUSEHOLD_AREA_COLUMNS",
     "HOUSEHOLD_COLUMNS",
     "ID_NUMBER",
+    "INSTRUMENT_TYPES",
     "KEEP",
     "LANDLINE",
     "METER_CODE",
@@ -173,6 +187,7 @@ __all__ = [
     "MeterModelFields",
     "MeterOrder",
     "RowT",
+    "StationChanges",
     "TerminalPasswordCipher",
     "area_page_query",
     "areas_by_ids",
@@ -182,6 +197,7 @@ __all__ = [
     "assignment_page_query",
     "assignments_by_household_ids",
     "assignments_by_meter_ids",
+    "attach_instrument",
     "collectors_by_concentrator_ids",
     "collectors_by_ids",
     "concentrator_in_scope",
@@ -193,18 +209,22 @@ __all__ = [
     "create_concentrator",
     "create_household",
     "create_meter",
+    "create_station",
     "delete_area",
     "delete_collector",
     "delete_concentrator",
     "delete_household",
     "delete_meter",
     "delete_meter_model",
+    "delete_station",
+    "detach_instrument",
     "end_assignment",
     "find_household",
     "household_in_scope",
     "household_page_query",
     "households_by_ids",
     "install_meter",
+    "instruments_by_station_ids",
     "lock_area_tree",
     "mark_meter_faulty",
     "mask_id_number",
@@ -228,6 +248,8 @@ __all__ = [
     "set_household_status",
     "set_meter_status",
     "share_area_tree",
+    "station_in_scope",
+    "stations_by_ids",
     "status_history_by_household_ids",
     "status_history_by_meter_ids",
     "terminal_password",
@@ -237,4 +259,5 @@ __all__ = [
     "update_concentrator",
     "update_household",
     "update_meter",
+    "update_station",
 ]

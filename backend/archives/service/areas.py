@@ -184,7 +184,8 @@ def _like_prefix(path: str) -> str:
 
 async def delete_area(session: AsyncSession, *, area_id: int, scope_patterns: Sequence[str] | None = None) -> Area:
     """Delete an area with nothing under it: no child area, household, meter, concentrator,
-    role / API-client grant, or staff user or role belonging to it (AREA_NOT_EMPTY otherwise)."""
+    monitoring station, role / API-client grant, or staff user or role belonging to it
+    (AREA_NOT_EMPTY otherwise)."""
     await _lock_area_tree(session)
     area = await _area_for(session, area_id, scope_patterns, "id")
     used = await session.execute(
@@ -193,6 +194,7 @@ async def delete_area(session: AsyncSession, *, area_id: int, scope_patterns: Se
             " OR EXISTS (SELECT 1 FROM meters WHERE area_id = :id) OR EXISTS (SELECT 1 FROM concentrators WHERE area_id = :id)"
             " OR EXISTS (SELECT 1 FROM role_areas WHERE area_id = :id) OR EXISTS (SELECT 1 FROM api_client_areas WHERE area_id = :id)"
             " OR EXISTS (SELECT 1 FROM staff_users WHERE area_id = :id) OR EXISTS (SELECT 1 FROM roles WHERE area_id = :id)"
+            " OR EXISTS (SELECT 1 FROM monitoring_stations WHERE area_id = :id)"
         ),
         {"id": area_id},
     )

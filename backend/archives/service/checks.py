@@ -87,6 +87,7 @@ _UNIQUE_REFUSALS: dict[str, Callable[[], DomainError]] = {
     "uq_meter_models_vendor_name": lambda: errors.DuplicateMeterModel(field="name"),
     "uq_collectors_concentrator_id_address": lambda: errors.DuplicateCollectorAddress(field="address"),
     "uq_areas_code": lambda: errors.DuplicateAreaCode(field="code"),
+    "uq_monitoring_stations_code": lambda: errors.DuplicateStationCode(field="code"),
 }
 
 

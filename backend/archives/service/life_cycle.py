@@ -86,7 +86,8 @@ async def install_meter(
     most 200 characters), in area ``area_id`` (default: where it is registered; within the
     scope, UNKNOWN_AREA otherwise). A meter without an install day gets the day of
     ``installed_at`` in the utility's zone ``tz`` (the silent rule counts from it until
-    the first reading). A household meter is installed by :func:`assign_meter`
+    the first reading). A station's instrument stays in its station's area
+    (INSTRUMENT_AREA_FIXED for another ``area_id``). A household meter is installed by :func:`assign_meter`
     (METER_STATE_INVALID, field ``id``); a meter not in stock is refused the same way."""
     if area_id is not None:
         await share_area_tree(session)  # the area cannot move while the meter goes into it
@@ -104,6 +105,8 @@ async def install_meter(
             area = await _area_for(session, area_id, scope_patterns, "areaId")
         except DomainError as unknown:
             problems.append(unknown)
+    if area is not None and meter.station_id is not None and area_id != meter.area_id:
+        problems.append(errors.InstrumentAreaFixed(field="areaId"))
     await _flush_collect(problems)
     meter.location = location.strip()
     if area is not None:

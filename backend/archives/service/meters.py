@@ -53,6 +53,7 @@ from backend.archives.service.checks import (
 )
 from backend.archives.service.households import _paged_in_areas, _subtree_of
 from backend.archives.service.life_cycle import record_status_change
+from backend.archives.service.stations import check_instrument_change
 from backend.auth.errors import UnknownArea
 from backend.auth.scope import require_whole_tree
 from backend.clock import utcnow
@@ -321,6 +322,7 @@ async def update_meter(
     if merged["kind"] is MeterKind.monitoring and await _open_assignment(session, meter_id) is not None:
         raise errors.MeterAlreadyAssigned("在用的住户水表不能改为监测点", "A meter serving a household cannot become a monitoring point",
                                           field="kind")
+    await check_instrument_change(session, meter, merged)
     if merged["model_id"] != meter.model_id:
         await _check_model_change(session, meter_id, meter.model_id, merged["model_id"])
     merged["initial_reading"] = as_stored(merged["initial_reading"])
@@ -381,7 +383,7 @@ async def delete_meter(session: AsyncSession, *, meter_id: int, scope_patterns: 
 _METER_ORDER = {MeterOrder.code: "code", MeterOrder.address: "address", MeterOrder.name: "name", MeterOrder.created_at: "created_at"}
 METER_COLUMNS = (
     "id", "name", "code", "protocol", "address", "meter_type", "kind", "model_id", "install_date", "initial_reading",
-    "location", "area_id", "status", "concentrator_id", "collector_id", "port", "measurement_point", "mqtt_topic",
+    "location", "area_id", "status", "concentrator_id", "collector_id", "port", "measurement_point", "mqtt_topic", "station_id",
     "created_at", "updated_at",
 )
 

@@ -12,6 +12,7 @@ from strawberry.tools import merge_types
 
 SCREEN_MODULES: tuple[str, ...] = (
     "browse",
+    "stations",
     "schemes",
     "analytics",
     "entry",

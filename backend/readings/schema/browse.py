@@ -17,7 +17,7 @@ import strawberry
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.types import Info
 
-from backend.archives.models import MeterKind, MeterStatus
+from backend.archives.models import MeterKind, MeterStatus, MeterType
 from backend.auth.scope import reach_of
 from backend.clock import utcnow
 from backend.errors import BadUserInput
@@ -43,6 +43,7 @@ _READ = RequiresAny("readings:read", "resident:self")
 # Archives' MeterKind enum, named by module path: a schema imports no other domain's schema.
 MeterKindRef = Annotated["MeterKindEnum", strawberry.lazy("backend.archives.schema.types")]  # type: ignore[name-defined]  # noqa: F821
 MeterStatusRef = Annotated["MeterStatusEnum", strawberry.lazy("backend.archives.schema.types")]  # type: ignore[name-defined]  # noqa: F821
+MeterTypeRef = Annotated["MeterTypeEnum", strawberry.lazy("backend.archives.schema.types")]  # type: ignore[name-defined]  # noqa: F821
 
 
 def _tz(info: Info) -> str:
@@ -221,12 +222,18 @@ class DailyVolumesLoader(SessionLoader[tuple[int, int], list[browse.DailyVolume]
         return found
 
 
-@strawberry.type(description="数据监测: a monitoring point (trunk main flow meter) and its figures.")
+@strawberry.type(description="数据监测: a monitoring point (a trunk main's flow meter or pressure gauge) and its figures.")
 class MonitoringPoint:
     id: strawberry.ID = strawberry.field(description="The meter's global id.")
     code: str
     name: str
     area_name: str
+    meter_type: MeterTypeRef = strawberry.field(  # type: ignore[valid-type]
+        description="What it measures: flow_monitor flow (its register and m³/h), pressure_monitor pressure (MPa; its "
+        "totalM3 is 0).")
+    location: str | None = strawberry.field(description="Where it is installed (安装位置).")
+    station_id: strawberry.ID | None = strawberry.field(description="The monitoring station it belongs to; null for none.")
+    station_name: str | None = strawberry.field(description="监测站名称")
     year_volume_m3: Decimal = strawberry.field(description="本年累计: m³ since 1 January (utility's zone).")
     year_volume_10k_m3: Decimal = strawberry.field(description="本年累计 in 万m³ (÷10000), four places.")
     flow_rate: Decimal | None = strawberry.field(description="瞬时流量, m³/h (latest reading)")
@@ -247,7 +254,9 @@ class MonitoringPoint:
     @classmethod
     def from_point(cls, point: browse.MonitoringPoint) -> MonitoringPoint:
         return cls(id=encode_id("Meter", point.meter_id), code=point.code, name=point.name, area_name=point.area_name,
-                   year_volume_m3=point.year_volume_m3, year_volume_10k_m3=point.year_volume_10k_m3,
+                   meter_type=MeterType(point.meter_type), location=point.location,
+                   station_id=encode_id("MonitoringStation", point.station_id) if point.station_id is not None else None,
+                   station_name=point.station_name, year_volume_m3=point.year_volume_m3, year_volume_10k_m3=point.year_volume_10k_m3,
                    flow_rate=point.flow_rate, pressure=point.pressure, read_at=point.read_at, total_m3=point.total_m3,
                    pk=point.meter_id)
 

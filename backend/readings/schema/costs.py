@@ -65,5 +65,10 @@ def monitoring_history(arguments: dict[str, Any]) -> int:
 MONITORING_POINTS = 366 * CONCENTRATOR_BREADTH
 
 
+def station_trend(arguments: dict[str, Any]) -> int:
+    """A station's few instruments over the range's days (hours read 24 times the rows)."""
+    return span_days(arguments) * (4 if "hour" in str(arguments.get("grain", "")).lower() else 1)
+
+
 def daily_flow_items(arguments: dict[str, Any]) -> int:
     return int(arguments.get("days") or 30)
