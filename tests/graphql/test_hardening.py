@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from backend.auth.service import request_login_code
 from backend.clock import utcnow
 from backend.db import session_factory
-from backend.exports.excel import as_text
+from backend.exports.sheets import as_text
 from tests.factories import auth_policy, make_staff
 from tests.graphql.client import TEST_SECRET, GraphQLClient, graphql_client
 from tests.graphql.conftest import World
