@@ -393,5 +393,70 @@ def restore(
 
 _mount_domain_commands()
 
+
+def _database_target() -> str:
+    """Which database the command was pointed at, password hidden, for an error line."""
+    import os
+
+    url = os.environ.get("SHUIWU_DATABASE_URL")
+    if not url:
+        return f"the embedded PostgreSQL under {os.environ.get('SHUIWU_DATA_DIR') or '.shuiwu'}/pgdata"
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # a URL SQLAlchemy cannot parse is shown as the setting's name
+        return "SHUIWU_DATABASE_URL"
+
+
+def startup_error_line(error: BaseException) -> str | None:
+    """One line for what stops a command before it does anything (the database host
+    unknown or unreachable, the login refused, the database missing, a migration that
+    cannot run, a data directory it may not use); ``None`` for anything else, which is a
+    bug and keeps its traceback."""
+    import socket
+
+    import asyncpg
+    from alembic.util.exc import CommandError
+
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        detail = " ".join(str(cause).split()) or type(cause).__name__
+        if isinstance(cause, socket.gaierror):
+            return f"cannot find the database host ({_database_target()}): {detail}"
+        if isinstance(cause, ConnectionRefusedError | TimeoutError | ConnectionResetError):
+            return f"cannot connect to the database ({_database_target()}): {detail}"
+        if isinstance(cause, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidPasswordError):
+            return f"the database refused the login ({_database_target()}): {detail}"
+        if isinstance(cause, asyncpg.InvalidCatalogNameError):
+            return f"no such database ({_database_target()}): {detail}"
+        if isinstance(cause, CommandError):
+            return f"migrations cannot run ({_database_target()}): {detail}"
+        if isinstance(cause, PermissionError):
+            return f"not allowed: {detail}"
+        if isinstance(cause, OSError) and cause.errno is not None:
+            return f"{type(cause).__name__}: {detail}"
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def main() -> None:
+    """The ``shuiwu`` command. What stops it at start is one line on stderr and exit
+    status 1 (``SHUIWU_LOG_LEVEL=DEBUG`` keeps the traceback); other errors are bugs and
+    keep theirs."""
+    import os
+
+    try:
+        app()
+    except Exception as error:
+        line = startup_error_line(error)
+        if line is None or os.environ.get("SHUIWU_LOG_LEVEL", "").strip().upper() == "DEBUG":
+            raise
+        console.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     storage_access_key_id: str | None = None
     storage_secret_access_key: SecretStr | None = None
     mqtt_url: str | None = None
-    log_level: str = "INFO"
+    # A level name of Python's logging, any case ("info" is INFO).
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_json: bool = False
 
     # Tokens.
@@ -170,6 +171,11 @@ class Settings(BaseSettings):
 
     # Tests only: an external PostgreSQL the smoke subset also runs against.
     test_external_url: str | None = None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_name(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("timezone")
     @classmethod

@@ -78,3 +78,58 @@ async def test_the_home_page_opens_graphiql_when_it_is_on_and_says_where_things_
             assert home.status_code == 200
             assert home.json() | {"docs": "…"} == {"service": "shuiwu 水务", "version": version(), "graphql": "/graphql",
                                                  "health": "/healthz", "docs": "…"}
+
+
+def _shuiwu(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "SHUIWU_DATA_DIR": str(tmp_path / "data"), **env}
+    return subprocess.run([sys.executable, "-m", "backend.cli", *args], cwd=tmp_path, env=environment,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_an_unknown_database_host_is_one_line_naming_it_without_its_password(tmp_path: Path) -> None:
+    done = _shuiwu(tmp_path, "migrate", SHUIWU_DATABASE_URL="postgresql://shuiwu:s3cret@db.nowhere.invalid:5432/shuiwu")
+
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"error: cannot find the database host (postgresql://shuiwu:***@db.nowhere.invalid:5432/shuiwu): "
+        f"{done.stderr.split('): ', 1)[1].strip()}"]
+    assert "s3cret" not in done.stderr
+
+
+def test_a_bad_log_level_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    done = _shuiwu(tmp_path, "migrate", SHUIWU_LOG_LEVEL="LOUD")
+
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "bad setting SHUIWU_LOG_LEVEL: Input should be 'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL'"]
+
+
+async def test_each_way_a_database_can_refuse_a_command_is_one_line(server_url: str) -> None:
+    import asyncpg
+
+    from backend.cli import startup_error_line
+    from backend.db import to_libpq_url, with_database
+
+    refusals: list[str | None] = []
+    for database, user in (("postgres", "shuiwu_no_such_role"), ("shuiwu_no_such_database", None)):
+        url = to_libpq_url(with_database(server_url, database))
+        try:
+            connection = await asyncpg.connect(url, user=user) if user else await asyncpg.connect(url)
+        except Exception as refused:
+            refusals.append(startup_error_line(_chained(refused)))
+        else:
+            await connection.close()
+
+    assert len(refusals) == 2
+    assert (refusals[0] or "").startswith("the database refused the login (")
+    assert (refusals[1] or "").startswith("no such database (")
+    assert startup_error_line(RuntimeError("a bug")) is None  # a bug keeps its traceback
+
+
+def _chained(cause: BaseException) -> BaseException:
+    # As SQLAlchemy and alembic hand it on: wrapped, with the driver's error as the cause.
+    try:
+        raise RuntimeError("could not connect") from cause
+    except RuntimeError as wrapped:
+        return wrapped
