@@ -202,6 +202,13 @@ _UNIT_DAYS_CTES = f"""
                greatest(start_at, CAST(CAST(:start_day AS date) AS timestamp) AT TIME ZONE :tz) AS start_at,
                least(end_at, CAST(CAST(:end_day AS date) + 1 AS timestamp) AT TIME ZONE :tz) AS end_at
         FROM unit_meters
+    ), unit_whole_days AS (
+        -- From the first midnight at or after the span's start to the last one at or
+        -- before its end (a day is (00:00, 24:00]).
+        SELECT unit_kind, unit_id, meter_id,
+               CAST((start_at AT TIME ZONE :tz) - interval '1 microsecond' AS date) + 1 AS first_day,
+               CAST(end_at AT TIME ZONE :tz AS date) - 1 AS last_day
+        FROM unit_spans
     ), unit_part_days AS (
         -- The day a span starts in after its midnight and the one it ends in before its
         -- closing midnight (one day when both are the same), each clipped to the span.
@@ -218,13 +225,9 @@ _UNIT_DAYS_CTES = f"""
         SELECT row_number() OVER () AS ord, p.* FROM unit_part_days p
     ), {window_usage_ctes("unit_part_windows")},
     unit_days AS (
-        -- Whole days: from the first midnight at or after the span's start to the last
-        -- midnight at or before its end (a day is (00:00, 24:00]).
         SELECT s.unit_kind, s.unit_id, s.meter_id, d.day, d.usage_m3
-        FROM unit_spans s JOIN daily_usage d ON d.meter_id = s.meter_id
-        WHERE {_DAYS_IN_WINDOW}
-          AND d.day > CAST((s.start_at AT TIME ZONE :tz) - interval '1 microsecond' AS date)
-          AND d.day < CAST(s.end_at AT TIME ZONE :tz AS date)
+        FROM unit_whole_days s JOIN daily_usage d ON d.meter_id = s.meter_id
+        WHERE {_DAYS_IN_WINDOW} AND d.day BETWEEN s.first_day AND s.last_day
         UNION ALL
         SELECT p.unit_kind, p.unit_id, p.meter_id, p.day, coalesce(u.usage_m3, 0)
         FROM unit_part_windows p LEFT JOIN walk_usage u USING (ord)
@@ -235,12 +238,20 @@ def _unit_usage_sql(kind: ScopeKind, bucket: str) -> str:
     """A SELECT of (unit_kind, unit_id, period_start, usage_m3): each unit's usage per
     period, ``bucket`` being the period of ``d.day``. A household's (or a resident's)
     meters count over the instants they served it (:data:`_UNIT_DAYS_CTES`); an area's
-    meters count every day, so its figures stay one pass over the rollup.
+    and a concentrator's meters count every day, so their figures stay one pass over
+    the rollup.
 
     An area aggregates per (subtree area, period) first, on plain columns the planner has
     statistics for (a hash aggregate of a few thousand groups, as the bare SQL would), and
     only then folds subtree areas into child units: grouping 100k meters' days straight by
     the computed unit is estimated at ~1M groups and sorted on disk instead."""
+    if kind is ScopeKind.concentrator:
+        # Every meter of a concentrator counts on every day (no assignments to clip at).
+        return f"""
+        SELECT um.unit_kind, um.unit_id, {bucket} AS period_start, sum(d.usage_m3) AS usage_m3
+        FROM unit_meters um JOIN daily_usage d ON d.meter_id = um.meter_id
+        WHERE {_DAYS_IN_WINDOW}
+        GROUP BY 1, 2, 3"""
     if kind is not ScopeKind.area:
         return f"""
         WITH {_UNIT_DAYS_CTES}
