@@ -251,11 +251,12 @@ class _Register:
 @dataclass(slots=True)
 class RolledUp:
     """What a roll-up saw, for the per-batch alarm pre-filter: the meters whose days were
-    recomputed or flagged (rollover, reverse flow), and each other meter's largest usage
-    among the days it touched."""
+    recomputed or flagged (rollover, reverse flow), each other meter's largest usage
+    among the days it touched, and the meters whose newest day is at zero so far."""
 
     flagged: set[int] = field(default_factory=set)
     day_usage: dict[int, Decimal] = field(default_factory=dict)
+    idle: set[int] = field(default_factory=set)
 
 
 class Decimals(dict[str, Decimal]):
@@ -318,6 +319,7 @@ class MeterChain:
     __slots__ = (
         "closed", "count", "day", "day_end", "estimated", "first_at", "first_total", "has_latest", "last_at",
         "last_total", "max_usage", "meter_id", "multiplier", "newest", "opening", "register", "stored_at", "unusual",
+        "usage",
     )
 
     def __init__(self, state: Any, days: LocalDays, decimals: Decimals) -> None:
@@ -331,6 +333,7 @@ class MeterChain:
         self.newest: Any = None
         self.closed: list[str] = []
         self.max_usage: Decimal | None = None  # the largest usage among the days written
+        self.usage: Decimal | None = None  # the usage of the day written last
         self.unusual = False  # a day written with a rollover or reverse flow
         self.day: date | None = day
         self.last_at: datetime | None = read_at
@@ -381,7 +384,7 @@ class MeterChain:
         register = self.register
         effective, opening, last_at, first_at = register.effective, self.opening, self.last_at, self.first_at
         assert effective is not None and opening is not None and last_at is not None and first_at is not None
-        usage = ((effective - opening) * self.multiplier).quantize(_PLACES, ROUND_HALF_UP)
+        usage = self.usage = ((effective - opening) * self.multiplier).quantize(_PLACES, ROUND_HALF_UP)
         if self.max_usage is None or usage > self.max_usage:
             self.max_usage = usage
         if register.wrapped or register.reversed:
@@ -472,8 +475,8 @@ async def _open_day_lines(chains: list[MeterChain], rolled: RolledUp,
                           stamps: dict[datetime, str]) -> AsyncIterator[bytes]:
     """Each chain's open day and newest reading as COPY data for ``ingest_open_days``,
     rendered a chunk at a time while the connection sends the one before; notes each
-    meter's usage and flags for the alarm pre-filter on the way."""
-    day_usage, flagged = rolled.day_usage, rolled.flagged
+    meter's usage, flags and an open day at zero for the alarm pre-filter on the way."""
+    day_usage, flagged, idle = rolled.day_usage, rolled.flagged, rolled.idle
     for start in range(0, len(chains), 2000):
         lines: list[str] = []
         with cyclic_gc_paused():  # a few small objects per meter, none cyclic
@@ -486,6 +489,8 @@ async def _open_day_lines(chains: list[MeterChain], rolled: RolledUp,
                 )
                 assert chain.max_usage is not None
                 day_usage[chain.meter_id] = chain.max_usage
+                if not chain.usage:  # the open day, just rendered
+                    idle.add(chain.meter_id)
                 if chain.unusual:
                     flagged.add(chain.meter_id)
             chunk = "".join(lines).encode()

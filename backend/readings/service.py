@@ -682,14 +682,18 @@ async def _evaluate_alarms(
     session: AsyncSession, *, now: datetime, zone: tzinfo, states: Sequence[Any], rolled: RolledUp,
     suspicious: set[int], bounds: Any,
 ) -> None:
-    """The per-batch alarm rules (reverse flow, high use, battery, valve …) for the meters
-    of this batch where one could change; silent meters are found by the periodic job."""
-    from backend.readings.alarms.batch import candidates_from_facts, evaluate_after_batch
+    """The per-batch alarm rules (reverse flow, high use, zero use, battery, valve …) for
+    the meters of this batch where one could change; silent meters are found by the
+    periodic job."""
+    from backend.readings.alarms.batch import candidates_from_facts, evaluate_after_batch, zero_use_candidates
 
+    today = now.astimezone(zone).date()
     with cyclic_gc_paused():
-        candidates = candidates_from_facts(states, today=now.astimezone(zone).date(), day_usage=rolled.day_usage,
-                                           bounds=bounds)
-    await evaluate_after_batch(session, now=now, tz=zone, candidates=candidates | rolled.flagged | suspicious)
+        candidates = candidates_from_facts(states, today=today, day_usage=rolled.day_usage, bounds=bounds)
+    candidates |= rolled.flagged | suspicious
+    candidates |= await zero_use_candidates(session, idle=rolled.idle, today=today, bounds=bounds,
+                                            already=candidates)
+    await evaluate_after_batch(session, now=now, tz=zone, candidates=candidates)
 
 
 def _validate(

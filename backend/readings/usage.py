@@ -38,60 +38,74 @@ from backend.readings.partitions import DEFAULT_TIMEZONE, as_zone
 
 ZERO = Decimal("0.0000")
 
-# $1 meter ids, $2 starts, $3 ends: one row per window, in order (ord = 1-based position).
-# The walk starts from the meter's stored state at the close of the last day before its
-# start reading (``daily_usage``: raw total, wraps, high-water mark), so the high-water
-# mark at the start reading is the meter's own, not the window's: water that flowed back
-# before the window is not billed again inside it.
-_USAGE_OF_WINDOWS = """
-WITH windows AS (
-    SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[]) WITH ORDINALITY
-        AS w(meter_id, start_at, end_at, ord)
-), anchored AS (
-    SELECT w.*, coalesce(
+def window_usage_ctes(windows: str) -> str:
+    """The walk of :func:`usage_between` as CTEs to put in a statement's ``WITH`` (after a
+    comma): for the relation ``windows`` (columns ``ord``, unique, ``meter_id``,
+    ``start_at``, ``end_at``) they end in ``walk_usage(ord, usage_m3)``, each window's
+    usage over ``(start_at, end_at]``; a window with no reading to go on has no row.
+
+    The one text of the rule: :func:`usage_of_windows` runs it on windows passed in, the
+    analytics on the part-days of an assignment that starts or ends inside a day
+    (backend.readings.analytics.units), so both count a handover day alike.
+
+    The walk starts from the meter's stored state at the close of the last day before its
+    start reading (``daily_usage``: raw total, wraps, high-water mark), so the high-water
+    mark at the start reading is the meter's own, not the window's: water that flowed back
+    before the window is not billed again inside it."""
+    return f"""
+walk_anchored AS (
+    SELECT w.ord, w.meter_id, w.end_at, coalesce(
         (SELECT r.read_at FROM readings r WHERE r.meter_id = w.meter_id AND r.read_at <= w.start_at
          ORDER BY r.read_at DESC LIMIT 1),
         (SELECT r.read_at FROM readings r WHERE r.meter_id = w.meter_id AND r.read_at > w.start_at
          AND r.read_at <= w.end_at ORDER BY r.read_at LIMIT 1)) AS from_at,
         power(10::numeric, mm.register_digits) AS register_range, coalesce(mm.multiplier, 1) AS multiplier
-    FROM windows w
+    FROM {windows} w
     JOIN meters m ON m.id = w.meter_id
     LEFT JOIN meter_models mm ON mm.id = m.model_id
-), seeded AS (
+), walk_seeded AS (
     SELECT a.*, s.last_at AS seed_at, s.last_total AS seed_total, s.effective_total AS seed_effective,
            s.register_wraps AS seed_wraps
-    FROM anchored a LEFT JOIN LATERAL (
+    FROM walk_anchored a LEFT JOIN LATERAL (
         SELECT d.last_at, d.last_total, d.effective_total, d.register_wraps FROM daily_usage d
         WHERE d.meter_id = a.meter_id AND d.last_at < a.from_at ORDER BY d.day DESC LIMIT 1
     ) s ON true
     WHERE a.from_at IS NOT NULL
-), points AS (
-    SELECT ord, seed_at AS read_at, seed_total AS total_m3 FROM seeded WHERE seed_at IS NOT NULL
+), walk_points AS (
+    SELECT ord, seed_at AS read_at, seed_total AS total_m3 FROM walk_seeded WHERE seed_at IS NOT NULL
     UNION ALL
     SELECT s.ord, r.read_at, r.total_m3
-    FROM seeded s JOIN readings r ON r.meter_id = s.meter_id
+    FROM walk_seeded s JOIN readings r ON r.meter_id = s.meter_id
         AND r.read_at > coalesce(s.seed_at, '-infinity') AND r.read_at <= s.end_at
-), walked AS (
+), walk_steps AS (
     SELECT p.ord, p.read_at, s.from_at, s.multiplier, s.seed_effective, s.register_range, s.seed_wraps, p.total_m3,
            coalesce(p.total_m3 - lag(p.total_m3) OVER w < -s.register_range / 2, false) AS wrapped
-    FROM points p JOIN seeded s USING (ord)
+    FROM walk_points p JOIN walk_seeded s USING (ord)
     WINDOW w AS (PARTITION BY p.ord ORDER BY p.read_at)
-), unwrapped AS (
+), walk_unwrapped AS (
     SELECT ord, read_at, from_at, multiplier, seed_effective,
            total_m3 + coalesce(register_range, 0) * (coalesce(seed_wraps, 0)
                + count(*) FILTER (WHERE wrapped) OVER (PARTITION BY ord ORDER BY read_at)) AS unwrapped
-    FROM walked
-), high_water AS (
+    FROM walk_steps
+), walk_high_water AS (
     SELECT ord, read_at, from_at, multiplier,
            greatest(seed_effective, max(unwrapped) OVER (PARTITION BY ord ORDER BY read_at)) AS effective
-    FROM unwrapped
-), per_window AS (
-    SELECT ord, max(effective) FILTER (WHERE read_at <= from_at) AS at_start, max(effective) AS at_end,
-           min(multiplier) AS multiplier
-    FROM high_water GROUP BY ord
-)
-SELECT w.ord, coalesce(round((p.at_end - p.at_start) * p.multiplier, 4), 0) AS usage_m3
-FROM windows w LEFT JOIN per_window p USING (ord)
+    FROM walk_unwrapped
+), walk_usage AS (
+    SELECT ord, coalesce(round((max(effective) - max(effective) FILTER (WHERE read_at <= from_at))
+                               * min(multiplier), 4), 0) AS usage_m3
+    FROM walk_high_water GROUP BY ord
+)"""
+
+
+# $1 meter ids, $2 starts, $3 ends: one row per window, in order (ord = 1-based position).
+_USAGE_OF_WINDOWS = f"""
+WITH windows AS (
+    SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[]) WITH ORDINALITY
+        AS w(meter_id, start_at, end_at, ord)
+), {window_usage_ctes("windows")}
+SELECT w.ord, coalesce(u.usage_m3, 0) AS usage_m3
+FROM windows w LEFT JOIN walk_usage u USING (ord)
 ORDER BY w.ord
 """
 

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.archives.models import AreaKind, Meter
 from backend.archives.service import (
@@ -45,6 +45,7 @@ from backend.readings.models import ValveState
 from backend.readings.service import ReadingIn, ingest_readings
 from backend.settings import Settings
 from tests.factories import make_household
+from tests.graphql.test_dataloaders import counted_statements
 from tests.readings.factories import make_meter
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -184,11 +185,9 @@ async def test_zero_use_needs_an_active_household_and_readings_over_the_days(ses
     await ingest(session, daily(idle.id, flat) + daily(vacant.id, flat)
                  + daily(busy.id, [str(5 + i) for i in range(10)]))
 
-    # After a batch only the periodic run (every meter) opens zero use: it needs the days before.
-    assert (await evaluate(session, [idle, busy, vacant])).opened == 0
-    await evaluate(session)
-
+    # The batch itself opened it; the periodic run finds nothing more.
     alarm = (await live(session, idle))["zero_use"]
+    assert (await evaluate(session)).opened == 0
     assert (alarm.value, alarm.threshold) == (Decimal(0), Decimal(7))
     assert await live(session, busy) == {}
     assert await live(session, vacant) == {}  # serves no household
@@ -199,6 +198,69 @@ async def test_zero_use_needs_an_active_household_and_readings_over_the_days(ses
     assert (await evaluate(session, [idle], now=later)).refreshed == 1
     await ingest(session, [ReadingIn(idle.id, later, Decimal("5.5"))], now=later)  # type: ignore[arg-type]
     assert "zero_use" not in await live(session, idle)  # closed by the batch's own evaluation
+
+
+async def test_a_batch_opens_zero_use_only_where_the_register_stood_still_over_the_window(
+    session: AsyncSession,
+) -> None:
+    """Each meter serves a household and is read daily for 10 days, the last today: one
+    stood still all along, one last moved 8 days ago (before the 7-day window), one 3
+    days ago, and one was first read 5 days ago (nothing before the window to compare)."""
+    area = await create_area(session, name="翠湖小区", kind=AreaKind.company)
+    still, moved_before, moved_within, new = [await make_meter(session, area_id=area.id) for _ in range(4)]
+    for meter in (still, moved_before, moved_within, new):
+        household = await make_household(session, area=area)
+        await assign_meter(session, meter_id=meter.id, household_id=household.id,  # type: ignore[arg-type]
+                           valid_from=day_at(30))
+
+    await ingest(session, daily(still.id, ["5"] * 10) + daily(moved_before.id, ["5", "6"] + ["7"] * 8)
+                 + daily(moved_within.id, ["5"] * 6 + ["6"] * 4) + daily(new.id, ["5"] * 5))
+
+    assert set(await live(session, still)) == {"zero_use"}
+    assert set(await live(session, moved_before)) == {"zero_use"}
+    assert await live(session, moved_within) == {}
+    assert await live(session, new) == {}
+    # The batch decided as the periodic run over every meter decides.
+    assert (await evaluate(session)).opened == 0
+
+
+async def test_zero_use_from_the_window_sliding_at_midnight_opens_in_the_periodic_run(session: AsyncSession) -> None:
+    """Used water 6 days ago, nothing since, read today: not 7 days of zero use yet. After
+    midnight, with no new reading, the used day has left the window: no batch carries the
+    meter, and the next periodic run (every 15 minutes) opens the alarm."""
+    area = await create_area(session, name="翠湖小区", kind=AreaKind.company)
+    meter = await make_meter(session, area_id=area.id)
+    household = await make_household(session, area=area)
+    await assign_meter(session, meter_id=meter.id, household_id=household.id,  # type: ignore[arg-type]
+                       valid_from=day_at(30))
+    await ingest(session, daily(meter.id, ["5"] * 3 + ["6"] * 7))
+    assert await live(session, meter) == {}
+    assert (await evaluate(session)).opened == 0
+
+    after_midnight = datetime.combine(TODAY + timedelta(days=1), datetime.min.time(), SHANGHAI) + timedelta(minutes=15)
+    assert (await evaluate(session, now=after_midnight)).opened == 1
+    assert set(await live(session, meter)) == {"zero_use"}
+
+
+async def test_zero_use_costs_a_batch_one_statement_and_only_when_a_meter_used_nothing_today(
+    session: AsyncSession, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    area = await create_area(session, name="翠湖小区", kind=AreaKind.company)
+    still = "(l.effective_total - before.effective_total)"  # the batch's zero-use pre-check (alarms/batch.py)
+    using = [await make_meter(session, area_id=area.id) for _ in range(3)]
+    idle = [await make_meter(session, area_id=area.id) for _ in range(3)]
+    await ingest(session, [reading for meter in using for reading in daily(meter.id, ["5", "6", "7"])]
+                 + [reading for meter in idle for reading in daily(meter.id, ["5", "6", "6"])])
+    later = NOW + timedelta(hours=1)
+
+    with counted_statements(monkeypatch, engine) as statements:
+        await ingest(session, [ReadingIn(meter.id, later, Decimal(8)) for meter in using], now=later)  # type: ignore[arg-type]
+        after_using = [statement for statement in statements if still in statement]
+        await ingest(session, [ReadingIn(meter.id, later, Decimal(6)) for meter in idle], now=later)  # type: ignore[arg-type]
+        after_idle = [statement for statement in statements if still in statement]
+
+    assert after_using == []  # every meter used water today: nothing asked
+    assert len(after_idle) == 1  # one statement for the batch's idle meters, however many
 
 
 async def test_high_use_fires_above_k_times_the_average_and_only_with_history(session: AsyncSession) -> None:

@@ -586,10 +586,11 @@ def doubled_total(at: datetime) -> Decimal:
     return Decimal(50) + sum((hourly_use(hour) for hour in range(1, hours + 1)), Decimal(0))
 
 
-async def test_a_day_two_assignments_of_one_meter_touch_counts_once(session: AsyncSession) -> None:
+async def test_a_meter_moved_out_and_back_in_on_one_day_counts_only_while_it_served(session: AsyncSession) -> None:
     """The doubled meter serves the household from 15 Oct, moves out on the 17th at 10:00
-    and back in at 14:00, until 20 Oct 00:00: the 17th is in both assignments' days but is
-    the meter's day for the household once, in every granularity and in the ledger."""
+    and back in at 14:00, until 20 Oct 00:00: the 17th counts for the household from
+    00:00 to 10:00 and from 14:00 on, as usage_between counts the two assignments, in
+    every granularity and in the ledger."""
     utility = await build_utility(session)
     meter, household_id = utility.doubled.id, utility.household.id
     out_at, back_at = datetime(2026, 10, 17, 10, tzinfo=ZONE), datetime(2026, 10, 17, 14, tzinfo=ZONE)
@@ -612,8 +613,13 @@ async def test_a_day_two_assignments_of_one_meter_touch_counts_once(session: Asy
     ledger = await analytics.usage_ledger(session, scope=household, granularity=Granularity.period, start_day=first,
                                           end_day=last, scope_patterns=None, tz=TZ)
 
-    served = (await raw_usage(session, [meter], first, last))[meter]
-    the_17th = (await raw_usage(session, [meter], date(2026, 10, 17), date(2026, 10, 17)))[meter]
+    async def used(start: datetime, end: datetime) -> Decimal:
+        return (await usage_between(session, meter_ids=[meter], start=start, end=end))[meter]
+
+    served = await used(day_start(first), out_at) + await used(back_at, end_at)
+    the_17th = await used(day_start(date(2026, 10, 17)), out_at) + await used(back_at, day_start(date(2026, 10, 18)))
+    # The four hours away are really left out.
+    assert the_17th < (await raw_usage(session, [meter], date(2026, 10, 17), date(2026, 10, 17)))[meter]
     assert {row.unit_id: row.usage_m3 for row in period.rows}[meter] == served
     assert {row.label: row.usage_m3 for row in daily.rows if row.unit_id == meter}["2026-10-17"] == the_17th
     assert sum(row.usage_m3 for row in daily.rows if row.unit_id == meter) == served

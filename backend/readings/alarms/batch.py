@@ -7,8 +7,13 @@ high-use factor × its latest baseline, or no baseline yet), and can only refres
 close an alarm that is live. Every other meter of the batch would come out of
 :func:`evaluate_alarms` unchanged, so it is not handed to it: for a normal batch of 20k
 meters that is the difference between the full evaluation and one index probe per meter.
-(Silent meters and zero use are opened by the periodic run over every meter, which also
-refreshes the high-use baselines once a day.)
+Zero use opens with the batch too, for a meter whose newest day came out at zero
+(``RolledUp.idle``): :func:`zero_use_candidates` keeps, in one statement of one
+index probe per such meter, only those whose register has not moved over the loosest
+zero-use window in use, and only those go to the full evaluation. What a batch cannot
+see is the window sliding at midnight with no new reading (the last used day leaving
+it): the periodic run, every 15 minutes over every meter, opens those, as it finds silent
+meters and refreshes the high-use baselines once a day.
 """
 
 from __future__ import annotations
@@ -37,15 +42,19 @@ _UNKNOWN_VALVE = "unknown"
 @dataclass(frozen=True, slots=True)
 class RuleBounds:
     """The loosest thresholds in use: a reading under ``battery_ceiling`` may open a
-    battery alarm, a day above ``high_use_factor`` × baseline a high-use one."""
+    battery alarm, a day above ``high_use_factor`` × baseline a high-use one, and nothing
+    used over the last ``zero_use_days`` days a zero-use one (None: no such rule enabled)."""
 
     battery_ceiling: Decimal | None
     high_use_factor: Decimal | None
+    zero_use_days: int | None = None
 
 
 async def rule_bounds(session: AsyncSession) -> RuleBounds:
     bounds = {row.kind: (row.lowest, row.highest) for row in (await session.execute(_RULE_BOUNDS)).all()}
-    return RuleBounds(bounds.get(AlarmKind.battery_low, (None, None))[1], bounds.get(AlarmKind.high_use, (None, None))[0])
+    zero_use_days = bounds.get(AlarmKind.zero_use, (None, None))[0]
+    return RuleBounds(bounds.get(AlarmKind.battery_low, (None, None))[1], bounds.get(AlarmKind.high_use, (None, None))[0],
+                      None if zero_use_days is None else int(zero_use_days))
 
 
 def is_suspicious(valve: Any, battery: Any, status_bits: Any, bounds: RuleBounds) -> bool:
@@ -89,6 +98,42 @@ def candidates_from_facts(
     return found
 
 
+# A meter can only hold zero use over N >= :days days if its register has not moved over
+# the last :days: its effective register now (the open day, which the rule needs to be
+# today or yesterday) is the one at the close of the last day before them, give or take
+# what rounds to zero on each of at most :days days (usage_m3 is rounded to 4 places after
+# the multiplier). The rule also needs that earlier day (read before the window): the
+# probe finds it. One primary-key row and one backward index probe per meter.
+_STILL_REGISTERS = text("""
+SELECT l.meter_id FROM latest_readings l
+JOIN meters m ON m.id = l.meter_id
+LEFT JOIN meter_models mm ON mm.id = m.model_id
+CROSS JOIN LATERAL (
+    SELECT c.effective_total FROM daily_usage_closed c
+    WHERE c.meter_id = l.meter_id AND c.day <= CAST(:today AS date) - CAST(:days AS integer)
+    ORDER BY c.day DESC LIMIT 1
+) before
+WHERE l.meter_id = ANY(CAST(:meter_ids AS bigint[])) AND l.day >= CAST(:today AS date) - 1
+  AND (l.effective_total - before.effective_total) * coalesce(mm.multiplier, 1) < 0.00005 * CAST(:days AS integer)
+""")
+
+
+async def zero_use_candidates(
+    session: AsyncSession, *, idle: Iterable[int], today: date, bounds: RuleBounds, already: set[int],
+) -> set[int]:
+    """The meters of a batch that may now hold zero use: their newest day came out at
+    zero (``idle``, the batch's ``RolledUp.idle``; the rule needs that day, today or
+    yesterday, in its window) and the register stood still over the loosest zero-use
+    window in use (:data:`_STILL_REGISTERS`), leaving out those in ``already`` (evaluated
+    anyway). No statement when no meter's day is at zero."""
+    days = bounds.zero_use_days
+    ids = sorted(set(idle) - already)
+    if days is None or not ids:
+        return set()
+    rows = await session.execute(_STILL_REGISTERS, {"meter_ids": ids, "today": today, "days": days})
+    return {row.meter_id for row in rows}
+
+
 async def evaluate_after_batch(
     session: AsyncSession,
     *,
@@ -98,7 +143,8 @@ async def evaluate_after_batch(
 ) -> AlarmEvaluation:
     """Evaluate the alarm rules for the meters of an ingest batch where one could change:
     ``candidates`` is the union of the batch's flagged or recomputed meters, its
-    :func:`suspicious_meters` and :func:`candidates_from_facts`."""
+    :func:`suspicious_meters`, :func:`candidates_from_facts` and
+    :func:`zero_use_candidates`."""
     chosen = sorted(set(candidates))
     if not chosen:
         return AlarmEvaluation(0, 0, 0)

@@ -18,7 +18,8 @@ after every batch for the meters it wrote. Each kind's condition:
   (today included) is flagged so;
 - ``zero_use``: a meter serving an active household used nothing over the last N local
   days, had readings in them (the newest today or yesterday) and was read before them.
-  Only the periodic run (every meter) opens it; a batch evaluation keeps or clears it;
+  A batch evaluates it for its meters whose registers stood still (alarms/batch.py); the
+  periodic run for every meter, which also catches the window sliding at midnight;
 - ``high_use``: today's or yesterday's usage, per day since the reading before it, is
   above K × the meter's average daily usage over the 30 days before yesterday
   (``meter_usage_baselines``, recomputed once a day per meter), when that is positive;
@@ -169,8 +170,8 @@ def _rule_columns() -> str:
 # and closing of cleared ones (backend.alarms.service.AlarmSweep) around them.
 # Rules are resolved per distinct (model, area) pair (a few hundred at most) and pivoted
 # to one row per meter; daily_usage is read for the last few days only, through its day
-# index. With ``meter_ids`` (after an ingest batch) zero use is only kept or cleared:
-# opening it needs the whole window and the earlier history, which the periodic run reads.
+# index; with ``meter_ids`` (after an ingest batch: backend.readings.alarms.batch hands
+# over only the meters where a rule could change) zero use reads each meter's own window.
 _HITS = _variant_sql(f"""
 target AS MATERIALIZED (
     SELECT m.id AS meter_id, coalesce(m.model_id, 0) AS model_key, m.area_id, a.path,
@@ -311,15 +312,21 @@ target AS MATERIALIZED (
     ) c
     WHERE c.usage > c.k * c.average_m3
     ORDER BY c.meter_id, c.usage DESC
-), live_zero AS (
-    SELECT a.subject_id AS meter_id FROM {live_alarms_from(AlarmSubjectKind.meter, kinds=(AnyAlarmKind.zero_use,))}
-      AND a.subject_id = ANY(CAST(:meter_ids AS bigint[]))
+), zero_days AS (
+    -- Every meter: the window's days are in ``recent``. A batch's few meters: each one's
+    -- own days through the rollup's primary key (``recent`` spans only the point kinds'
+    -- few days, read for every meter; widening it to N days would cost every batch).
+    SELECT d.meter_id, d.day, d.usage_m3 FROM recent d WHERE CAST(:all_meters AS boolean)
+    UNION ALL
+    SELECT d.meter_id, d.day, d.usage_m3
+    FROM rules r JOIN daily_usage d ON d.meter_id = r.meter_id
+    WHERE NOT CAST(:all_meters AS boolean) AND r.zero_use_t IS NOT NULL
+      AND d.day <= CAST(:today AS date) AND d.day > CAST(:today AS date) - CAST(r.zero_use_t AS integer)
 ), zero AS (
     SELECT r.meter_id, max(r.zero_use_s) AS severity, max(r.zero_use_t) AS threshold, sum(d.usage_m3) AS total
     FROM rules r
-    JOIN recent d ON d.meter_id = r.meter_id
+    JOIN zero_days d ON d.meter_id = r.meter_id
     WHERE d.day > CAST(:today AS date) - CAST(r.zero_use_t AS integer)
-      AND (CAST(:all_meters AS boolean) OR r.meter_id IN (SELECT meter_id FROM live_zero))
     GROUP BY r.meter_id
     HAVING sum(d.usage_m3) = 0 AND max(d.day) >= CAST(:today AS date) - 1
 ), usage_hits AS (
@@ -336,11 +343,9 @@ target AS MATERIALIZED (
     FROM zero z
     WHERE EXISTS (SELECT FROM meter_assignments ma JOIN households h ON h.id = ma.household_id
                   WHERE ma.meter_id = z.meter_id AND ma.valid_to IS NULL AND h.status = 'active')
-      -- The periodic run opens it only for meters read before the window; a batch
-      -- evaluation only keeps live ones (live_zero).
-      AND (NOT CAST(:all_meters AS boolean)
-           OR EXISTS (SELECT FROM daily_usage b WHERE b.meter_id = z.meter_id
-                      AND b.day <= CAST(:today AS date) - CAST(z.threshold AS integer)))
+      -- Only for a meter read before the window (a new meter has nothing to compare with).
+      AND EXISTS (SELECT FROM daily_usage b WHERE b.meter_id = z.meter_id
+                  AND b.day <= CAST(:today AS date) - CAST(z.threshold AS integer))
 ), hits AS (
     SELECT meter_id AS subject_id, kind, severity, value, threshold, detail, CAST(NULL AS bigint) AS area_id,
            '' AS subject_name

@@ -1,11 +1,13 @@
 """Usage statistics (用水统计), usage ledgers (用水台账) and comparisons (同期/环期对比).
 
-Every figure here is read from the daily rollup ``daily_usage`` (never from raw readings):
-summing ``usage_m3`` over whole days equals ``usage.usage_between`` over the same instants
-(backend.readings.rollup). Only hourly statistics of a small scope (one meter or one
-household, at most 31 days) go to the readings, through ``usage.usage_by_interval``, and
-a household's ledger reads the start and end reading of a meter's row from them when an
-assignment starts or ends inside a day (one primary-key probe each).
+Every figure here is read from the daily rollup ``daily_usage``: summing ``usage_m3``
+over whole days equals ``usage.usage_between`` over the same instants
+(backend.readings.rollup). The readings are read only where a day is cut: hourly
+statistics of a small scope (one meter or one household, at most 31 days, through
+``usage.usage_of_windows``), and the day an assignment starts or ends inside, which a
+household (or a resident's meter) counts from the handover instant only, through the
+same walk as ``usage_between`` (``units._UNIT_DAYS_CTES``); a household's ledger reads
+the start and end reading of such a row from them too (one primary-key probe each).
 
 A request names one **object** (:class:`Scope`: an area, a household, a concentrator or a
 meter) and the rows are its **child units**:
@@ -13,16 +15,17 @@ meter) and the rows are its **child units**:
 - an area: each child area (aggregating its whole subtree), plus each household meter
   hanging directly on the area itself;
 - a household: each meter that served it during the window (``meter_assignments``; a
-  meter's days count only while it served the household, so a replacement shows as two
-  meters that split the replacement day at the assignment boundary);
+  meter counts only while it served the household, to the instant, so a replacement
+  shows as two meters that split the replacement day at the replacement, and a meter
+  handed over at 10:15 counts for each household on its side of 10:15);
 - a concentrator: each of its household meters;
 - a meter: the meter itself.
 
 Data scope is applied inside the SQL: the object must lie in the caller's area path
 patterns (``scope_patterns``; ``None`` = unrestricted, for system callers), otherwise it
 is NOT_FOUND; a resident (``household_ids`` given) may only name one of their own
-households or a meter that served one of them, and sees that meter's usage only on the
-days it served them.
+households or a meter that served one of them, and sees that meter's usage only while it
+served them.
 
 Days, months and years are the utility's (``tz``); ``start_day``/``end_day`` are inclusive.
 Plain async functions over a session; nothing here writes.

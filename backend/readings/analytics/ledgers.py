@@ -18,6 +18,7 @@ from backend.readings.analytics.units import (
     _ASSIGNED_FROM_DAY,
     _ASSIGNED_TO_DAY,
     _SERVED_DAYS,
+    _UNIT_DAYS_CTES,
     _UNITS_SQL,
     Scope,
     ScopeKind,
@@ -99,8 +100,11 @@ def _ledger_keys_sql(kind: ScopeKind, granularity: Granularity) -> str:
         in_service = ""
     # Meters that were in service during the period: installed by its end and still in
     # use, or (retired, in stock) with a reading in it.
+    # An object with assignments counts a meter's usage over the instants it served it
+    # (``unit_days``), so a row's 统计值 is its 止码 - 起码 on a handover day too.
+    unit_days = f"{_UNIT_DAYS_CTES}," if kind in _ASSIGNED_KINDS else ""
     return f"""
-    WITH {_UNITS_SQL[kind]},
+    WITH {_UNITS_SQL[kind]}, {unit_days}
     periods AS ({periods}),
     ledger_meters AS (
         {meters}
@@ -125,6 +129,11 @@ def _ledger_totals_sql(kind: ScopeKind, granularity: Granularity) -> str:
         used = f"""
         SELECT CASE WHEN unit_kind = 'area' THEN unit_id ELSE :target_id END AS group_id, sum(usage_m3) AS usage_m3
         FROM ({_unit_usage_sql(kind, "CAST(:start_day AS date)")}) u
+        GROUP BY 1"""
+    elif kind in _ASSIGNED_KINDS:
+        used = """
+        SELECT m.area_id AS group_id, sum(d.usage_m3) AS usage_m3
+        FROM unit_days d JOIN meters m ON m.id = d.meter_id
         GROUP BY 1"""
     else:
         used = """
@@ -188,18 +197,24 @@ def _ledger_page_sql(kind: ScopeKind, granularity: Granularity) -> str:
         end_at, end_reading = "coalesce(ending.read_at, closing.last_at)", "coalesce(ending.total_m3, closing.last_total)"
         # The last instant's day comes from ``ending``; the rollup gives the days before it.
         closing_days = "day < page.to_day"
+        # The page's meters' counted days, once (each row's lateral sums its period of them).
+        page_days = """, page_days AS MATERIALIZED (
+        SELECT meter_id, day, usage_m3 FROM unit_days WHERE meter_id IN (SELECT meter_id FROM page)
+    )"""
+        used_days = "page_days"
     else:
         bounds = ""
         start_at, start_reading = "coalesce(before.last_at, after.first_at)", "coalesce(before.last_total, after.first_total)"
         end_at, end_reading = "closing.last_at", "closing.last_total"
         closing_days = "day <= page.to_day"
+        page_days, used_days = "", "daily_usage"
     # The holder: for a household its own assignment (the meter may have served another
     # household on the boundary day), for a resident one of theirs.
     holder = "ma.household_id = :target_id AND " if kind is ScopeKind.household else ""
     return f"""{_ledger_keys_sql(kind, granularity)},
     page AS (
         SELECT * FROM ledger_keys ORDER BY meter_code, meter_id, period_start OFFSET :offset LIMIT :limit
-    )
+    ){page_days}
     SELECT page.meter_id, page.meter_code, page.meter_name, page.area_id, page.area_name, page.group_id,
            page.period_start, page.period_end, coalesce(mm.multiplier, 1) AS multiplier,
            {start_at} AS start_at, {start_reading} AS start_reading, {end_at} AS end_at, {end_reading} AS end_reading,
@@ -220,9 +235,8 @@ def _ledger_page_sql(kind: ScopeKind, granularity: Granularity) -> str:
         WHERE meter_id = page.meter_id AND {closing_days} ORDER BY day DESC LIMIT 1
     ) closing ON true
     LEFT JOIN LATERAL (
-        SELECT coalesce(sum(usage_m3), 0) AS usage_m3 FROM daily_usage
+        SELECT coalesce(sum(usage_m3), 0) AS usage_m3 FROM {used_days}
         WHERE meter_id = page.meter_id AND day BETWEEN page.from_day AND page.to_day
-          AND (page.days IS NULL OR day <@ page.days)
     ) used ON true
     LEFT JOIN LATERAL (
         -- The holder's columns only for a household whose area lies in the scope (a row
@@ -288,11 +302,11 @@ async def usage_ledger(
     period it served them: 起码 is the last reading at or before the later of the period's
     start and the assignment's start (the handover reading a move-in or replacement
     stores), 止码 the last one at or before the earlier of the period's end and the
-    assignment's end; 统计值 sums the rollup over the days it served (merged over its
-    assignments, each day once), exactly as :func:`usage_statistics` counts them, so the
-    rows add up to the household's statistics. Those are whole days: a meter also read
-    for someone else on its boundary day brings that whole day, and then 统计值 is not
-    止码 - 起码. A period the meter did not serve at all has no row."""
+    assignment's end; 统计值 is the usage over exactly the instants it served them (the
+    rollup for whole days, the readings for the part of a day a handover cuts), as
+    :func:`usage_statistics` and ``usage_between`` count it, so the rows add up to the
+    household's statistics and 统计值 is (止码 - 起码) x 倍率 unless the register rolled
+    over or flowed back. A period the meter did not serve at all has no row."""
     _check_ledger_granularity(granularity)
     _check_range(start_day, end_day)
     target, params = await _find_with_params(session, scope=scope, scope_patterns=scope_patterns,

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from itertools import pairwise
 from typing import Any
 
 from sqlalchemy import text
@@ -18,7 +19,7 @@ from backend.readings.analytics.periods import _BUCKET, _PERIODS, Granularity, _
 from backend.readings.analytics.units import _UNITS_SQL, Scope, ScopeKind, Target, _find_with_params, _unit_usage_sql
 from backend.readings.partitions import as_zone
 from backend.readings.rollup import day_start
-from backend.readings.usage import interval_boundaries, usage_by_interval
+from backend.readings.usage import MAX_WINDOWS, interval_boundaries, usage_of_windows
 
 FOUR_PLACES = Decimal("0.0001")
 MAX_HOURLY_DAYS = 31
@@ -113,7 +114,7 @@ async def usage_statistics(
     then period, one page of it, with the summary over every row (in SQL) and over the page.
 
     ``granularity=hour`` is for a meter or a household over at most 31 days (refused
-    otherwise, HOURLY_SCOPE_UNSUPPORTED) and reads readings through ``usage_by_interval``.
+    otherwise, HOURLY_SCOPE_UNSUPPORTED) and reads readings through ``usage_of_windows``.
     ``limit=None`` returns every row (exports stream them: :func:`all_statistics_rows`).
     A daily range is at most :data:`MAX_DAILY_RANGE_DAYS` days (RANGE_TOO_LONG)."""
     target, params = await _statistics_target(
@@ -159,7 +160,7 @@ def _check_hourly(scope: Scope, start_day: date, end_day: date) -> None:
 
 _HOURLY_UNITS = """
     WITH {units}
-    SELECT u.unit_kind, u.unit_id, u.unit_name, u.unit_code, u.parent_name, um.meter_id, um.from_day, um.to_day
+    SELECT u.unit_kind, u.unit_id, u.unit_name, u.unit_code, u.parent_name, um.meter_id, um.start_at, um.end_at
     FROM (SELECT DISTINCT * FROM units) u JOIN unit_meters um ON um.unit_kind = u.unit_kind AND um.unit_id = u.unit_id
     ORDER BY u.unit_name, u.unit_kind, u.unit_id
 """
@@ -169,28 +170,30 @@ async def _hourly_usage(
     session: AsyncSession, target: Target, params: dict[str, Any]
 ) -> tuple[list[Any], list[datetime], dict[tuple[int, datetime], Decimal]]:
     """Units and their meters, the window's hours (as UTC instants: the two 02:00s of a
-    DST autumn night are different hours), and usage per (unit, hour)."""
+    DST autumn night are different hours), and usage per (unit, hour): each meter over
+    the part of each hour it served the unit (an assignment's instants, as the daily
+    figures count them), so the hour of a handover splits at it."""
     tz = params["tz"]
     unit_rows = (await session.execute(text(_HOURLY_UNITS.format(units=_UNITS_SQL[target.kind])), params)).all()
-    start = day_start(params["start_day"], tz)
-    end = day_start(params["end_day"] + timedelta(days=1), tz)
-    hours = interval_boundaries(start=start, end=end, interval="hour", tz=tz)[:-1]
-    meter_ids = sorted({row.meter_id for row in unit_rows})
-    intervals = await usage_by_interval(session, meter_ids=meter_ids, start=start, end=end, interval="hour", tz=tz) \
-        if meter_ids else []
-    validity = defaultdict(list)
+    start = day_start(params["start_day"], tz).astimezone(UTC)
+    end = day_start(params["end_day"] + timedelta(days=1), tz).astimezone(UTC)
+    boundaries = interval_boundaries(start=start, end=end, interval="hour", tz=tz)
+    windows: list[tuple[int, datetime, datetime]] = []
+    labels: list[tuple[int, datetime]] = []
     for row in unit_rows:
-        validity[row.meter_id].append((row.unit_id, row.from_day, row.to_day))
+        served_from = start if row.start_at is None else max(start, row.start_at)
+        served_to = end if row.end_at is None else min(end, row.end_at)
+        for low, high in pairwise(boundaries):
+            if low < served_to and high > served_from:
+                windows.append((row.meter_id, max(low, served_from), min(high, served_to)))
+                labels.append((row.unit_id, low))
+    if len(windows) > MAX_WINDOWS:
+        raise ValueError("too many intervals: narrow the range or the meters")
     usage: dict[tuple[int, datetime], Decimal] = defaultdict(Decimal)
-    for interval_start, meter_id, value in intervals:
-        day = interval_start.date()  # labelled in the utility's zone
-        # Once per unit, however many of its assignments cover the day (as _SERVED_DAYS).
-        units_served = {unit_id for unit_id, from_day, to_day in validity.get(meter_id, ())
-                        if (from_day is None or day >= from_day) and (to_day is None or day <= to_day)}
-        for unit_id in units_served:
-            usage[(unit_id, interval_start.astimezone(UTC))] += value
+    for label, value in zip(labels, await usage_of_windows(session, windows), strict=True):
+        usage[label] += value
     units = list({row.unit_id: row for row in unit_rows}.values())
-    return units, hours, usage
+    return units, boundaries[:-1], usage
 
 
 async def _hourly_statistics(

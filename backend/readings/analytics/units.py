@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.auth.scope import Reach
 from backend.errors import NotFound
+from backend.readings.usage import window_usage_ctes
 
 
 class ScopeKind(StrEnum):
@@ -108,7 +109,8 @@ _ASSIGNED_IN_WINDOW = f"""{_ASSIGNED_FROM_DAY} <= CAST(:end_day AS date)
 
 # ``units``: the object's child units (unit_kind, unit_id, unit_name, unit_code, parent_name);
 # ``unit_meters``: which meters count for which unit, on which days (from_day/to_day inclusive,
-# NULL = open). Binds: :target_id, :patterns, :resident, :household_ids, :tz, :start_day, :end_day.
+# NULL = open) and from which instant to which (start_at/end_at: an assignment's
+# valid_from/valid_to, NULL = open). Binds: :target_id, :patterns, :resident, :household_ids, :tz, :start_day, :end_day.
 _UNITS_SQL = {
     # A meter's unit is the child area named by the next segment of its area's path after
     # the target's (paths are "/1/5/9/"), or the meter itself when it hangs on the target.
@@ -129,14 +131,16 @@ _UNITS_SQL = {
                CASE WHEN s.id = :target_id THEN m.id
                     ELSE split_part(substr(s.path, length(CAST(:target_path AS text)) + 1), '/', 1)::bigint
                END AS unit_id,
-               m.id AS meter_id, NULL::date AS from_day, NULL::date AS to_day
+               m.id AS meter_id, NULL::date AS from_day, NULL::date AS to_day,
+               NULL::timestamptz AS start_at, NULL::timestamptz AS end_at
         FROM areas s JOIN meters m ON m.area_id = s.id AND m.kind = 'household'
         WHERE s.path LIKE CAST(:target_prefix AS text)
     )""",
     ScopeKind.household: f"""
     unit_meters AS (
         SELECT 'meter' AS unit_kind, ma.meter_id AS unit_id, ma.meter_id,
-               {_ASSIGNED_FROM_DAY} AS from_day, {_ASSIGNED_TO_DAY} AS to_day
+               {_ASSIGNED_FROM_DAY} AS from_day, {_ASSIGNED_TO_DAY} AS to_day,
+               ma.valid_from AS start_at, ma.valid_to AS end_at
         FROM meter_assignments ma
         WHERE ma.household_id = :target_id AND {_ASSIGNED_IN_WINDOW}
     ), units AS (
@@ -151,19 +155,22 @@ _UNITS_SQL = {
         JOIN areas a ON a.id = m.area_id
         WHERE t.id = :target_id AND a.path LIKE ANY(CAST(:patterns AS text[]))
     ), unit_meters AS (
-        SELECT unit_kind, unit_id, unit_id AS meter_id, NULL::date AS from_day, NULL::date AS to_day FROM units
+        SELECT unit_kind, unit_id, unit_id AS meter_id, NULL::date AS from_day, NULL::date AS to_day,
+               NULL::timestamptz AS start_at, NULL::timestamptz AS end_at
+        FROM units
     )""",
     ScopeKind.meter: f"""
     units AS (
         SELECT 'meter' AS unit_kind, m.id AS unit_id, m.name AS unit_name, m.code AS unit_code, a.name AS parent_name
         FROM meters m JOIN areas a ON a.id = m.area_id WHERE m.id = :target_id
     ), unit_meters AS (
-        SELECT unit_kind, unit_id, unit_id AS meter_id, NULL::date AS from_day, NULL::date AS to_day
+        SELECT unit_kind, unit_id, unit_id AS meter_id, NULL::date AS from_day, NULL::date AS to_day,
+               NULL::timestamptz AS start_at, NULL::timestamptz AS end_at
         FROM units WHERE NOT :resident
         UNION ALL
         -- A resident sees a meter only on the days it served one of their households,
         -- never while it served someone else.
-        SELECT u.unit_kind, u.unit_id, u.unit_id, {_ASSIGNED_FROM_DAY}, {_ASSIGNED_TO_DAY}
+        SELECT u.unit_kind, u.unit_id, u.unit_id, {_ASSIGNED_FROM_DAY}, {_ASSIGNED_TO_DAY}, ma.valid_from, ma.valid_to
         FROM units u JOIN meter_assignments ma ON ma.meter_id = u.unit_id
         WHERE :resident AND ma.household_id = ANY(CAST(:household_ids AS bigint[])) AND {_ASSIGNED_IN_WINDOW}
     )""",
@@ -178,27 +185,78 @@ _SERVED_DAYS = """
     WHERE from_day IS NULL OR to_day IS NULL OR from_day <= to_day
     GROUP BY unit_kind, unit_id, meter_id"""
 
-# One unit's daily rows within the window, on the days the meter counts for the unit.
-_UNIT_DAYS = f"""
-    FROM ({_SERVED_DAYS}) um JOIN daily_usage d ON d.meter_id = um.meter_id
-    WHERE d.day BETWEEN CAST(:start_day AS date) AND CAST(:end_day AS date) AND d.day <@ um.days
-"""
-
 _DAYS_IN_WINDOW = "d.day BETWEEN CAST(:start_day AS date) AND CAST(:end_day AS date)"
+
+# ``unit_days``: each unit's usage per meter per day of the window, counted over exactly
+# the instants the meter served the unit, as ``usage_between`` counts them. A meter's
+# span (``unit_spans``: its assignment's instants, or the window for NULL bounds,
+# clipped to the window) brings the rollup of its whole days; a day it starts or ends
+# inside (a handover at 10:00) is counted from the readings over the span's part of that
+# day (``window_usage_ctes``: the walk of usage_between), so on a handover day the two
+# households' figures add up to the meter's day instead of both counting all of it.
+# Spans of one meter never overlap (one household at a time), so nothing counts twice.
+# Needs ``unit_meters`` (with start_at / end_at) and the binds of _UNITS_SQL.
+_UNIT_DAYS_CTES = f"""
+    unit_spans AS (
+        SELECT unit_kind, unit_id, meter_id,
+               greatest(start_at, CAST(CAST(:start_day AS date) AS timestamp) AT TIME ZONE :tz) AS start_at,
+               least(end_at, CAST(CAST(:end_day AS date) + 1 AS timestamp) AT TIME ZONE :tz) AS end_at
+        FROM unit_meters
+    ), unit_whole_days AS (
+        -- From the first midnight at or after the span's start to the last one at or
+        -- before its end (a day is (00:00, 24:00]).
+        SELECT unit_kind, unit_id, meter_id,
+               CAST((start_at AT TIME ZONE :tz) - interval '1 microsecond' AS date) + 1 AS first_day,
+               CAST(end_at AT TIME ZONE :tz AS date) - 1 AS last_day
+        FROM unit_spans
+    ), unit_part_days AS (
+        -- The day a span starts in after its midnight and the one it ends in before its
+        -- closing midnight (one day when both are the same), each clipped to the span.
+        SELECT DISTINCT s.unit_kind, s.unit_id, s.meter_id, x.day,
+               greatest(s.start_at, CAST(x.day AS timestamp) AT TIME ZONE :tz) AS start_at,
+               least(s.end_at, CAST(x.day + 1 AS timestamp) AT TIME ZONE :tz) AS end_at
+        FROM unit_spans s CROSS JOIN LATERAL (VALUES
+            (CAST(s.start_at AT TIME ZONE :tz AS date), CAST(s.start_at AT TIME ZONE :tz AS time) <> time '00:00'),
+            (CAST((s.end_at AT TIME ZONE :tz) - interval '1 microsecond' AS date),
+             CAST(s.end_at AT TIME ZONE :tz AS time) <> time '00:00')
+        ) AS x(day, part)
+        WHERE x.part AND s.start_at < s.end_at
+    ), unit_part_windows AS (
+        SELECT row_number() OVER () AS ord, p.* FROM unit_part_days p
+    ), {window_usage_ctes("unit_part_windows")},
+    unit_days AS (
+        SELECT s.unit_kind, s.unit_id, s.meter_id, d.day, d.usage_m3
+        FROM unit_whole_days s JOIN daily_usage d ON d.meter_id = s.meter_id
+        WHERE {_DAYS_IN_WINDOW} AND d.day BETWEEN s.first_day AND s.last_day
+        UNION ALL
+        SELECT p.unit_kind, p.unit_id, p.meter_id, p.day, coalesce(u.usage_m3, 0)
+        FROM unit_part_windows p LEFT JOIN walk_usage u USING (ord)
+    )"""
 
 
 def _unit_usage_sql(kind: ScopeKind, bucket: str) -> str:
     """A SELECT of (unit_kind, unit_id, period_start, usage_m3): each unit's usage per
-    period, ``bucket`` being the period of ``d.day``.
+    period, ``bucket`` being the period of ``d.day``. A household's (or a resident's)
+    meters count over the instants they served it (:data:`_UNIT_DAYS_CTES`); an area's
+    and a concentrator's meters count every day, so their figures stay one pass over
+    the rollup.
 
     An area aggregates per (subtree area, period) first, on plain columns the planner has
     statistics for (a hash aggregate of a few thousand groups, as the bare SQL would), and
     only then folds subtree areas into child units: grouping 100k meters' days straight by
     the computed unit is estimated at ~1M groups and sorted on disk instead."""
-    if kind is not ScopeKind.area:
+    if kind is ScopeKind.concentrator:
+        # Every meter of a concentrator counts on every day (no assignments to clip at).
         return f"""
         SELECT um.unit_kind, um.unit_id, {bucket} AS period_start, sum(d.usage_m3) AS usage_m3
-        {_UNIT_DAYS}
+        FROM unit_meters um JOIN daily_usage d ON d.meter_id = um.meter_id
+        WHERE {_DAYS_IN_WINDOW}
+        GROUP BY 1, 2, 3"""
+    if kind is not ScopeKind.area:
+        return f"""
+        WITH {_UNIT_DAYS_CTES}
+        SELECT d.unit_kind, d.unit_id, {bucket} AS period_start, sum(d.usage_m3) AS usage_m3
+        FROM unit_days d
         GROUP BY 1, 2, 3"""
     return f"""
         SELECT 'area' AS unit_kind,
