@@ -241,6 +241,7 @@ def demo_run(
     """Everything `make demo` starts: the API, the job worker and the local fakes of the
     gateways pointed at this machine, until Ctrl-C."""
     import uvicorn
+    from rich.cells import cell_len
 
     from backend.app import create_app
     from backend.demo import ADMIN, CASHIER, CLIENT_ID, CLIENT_SECRET, MANAGER, REPAIR, RESIDENT_PHONE
@@ -261,10 +262,13 @@ def demo_run(
 
     def banner() -> None:
         console.print(f"\n[bold green]shuiwu 水务 demo[/bold green]  GraphiQL: http://{bind_host}:{bind_port}/graphql")
+        def column(text: str) -> str:  # padded by display width: a Chinese character is two columns
+            return text + " " * max(1, 21 - cell_len(text))
+
         for login in (ADMIN, MANAGER, CASHIER, REPAIR):
-            console.print(f"  {login.who:<16} username [bold]{login.username}[/bold]  password [bold]{login.password}[/bold]")
-        console.print(f"  住户 (resident)     phone [bold]{RESIDENT_PHONE}[/bold], code printed in this log after requestLoginCode")
-        console.print(f"  第三方 (API client) client_id [bold]{CLIENT_ID}[/bold]  secret [bold]{CLIENT_SECRET}[/bold]")
+            console.print(f"  {column(login.who)}username [bold]{login.username}[/bold]  password [bold]{login.password}[/bold]")
+        console.print(f"  {column('住户 (resident)')}phone [bold]{RESIDENT_PHONE}[/bold], code printed in this log after requestLoginCode")
+        console.print(f"  {column('第三方 (API client)')}client_id [bold]{CLIENT_ID}[/bold]  secret [bold]{CLIENT_SECRET}[/bold]")
         for kind, fake in fakes:
             console.print(f"  fake gateway {kind}: http://{fake.config.host}:{fake.config.port}/_control/")
         console.print("  Ctrl-C stops everything.\n")
