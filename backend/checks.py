@@ -1,4 +1,4 @@
-"""``shuiwu check``: one line per check, the installation's first, then each installed
+"""``shuiwu check``: one line per check: the settings, the installation's, then each installed
 domain's (``Domain.checks``, then a ``gateway.<kind>`` line per declared gateway) in
 domain order, then whether the demo's published credentials open the database. A check
 reads; it never repairs."""
@@ -46,6 +46,20 @@ def _line(name: str, result: CheckResult) -> str:
     return f"{'ok  ' if result.ok else 'FAIL'}  {name}  {result.detail}"
 
 
+def settings_summary(settings: Settings, url: str) -> CheckResult:
+    """The settings loaded (a malformed one stopped the command before this line) and the
+    signing key is usable; the detail says what the process would use."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        settings.secret()
+    except Exception as error:  # SettingsError, or a data directory the key cannot be written to
+        return CheckResult(False, _first_line(error))
+    key = "SHUIWU_SECRET_KEY" if settings.secret_key is not None else f"key in {settings.data_dir}/secret_key"
+    database = make_url(url).render_as_string(hide_password=True)
+    return CheckResult(True, f"database {database}; {key}; time zone {settings.timezone}; log {settings.log_level}")
+
+
 async def published_credentials(runtime: Runtime) -> CheckResult:
     """None of the demo's published logins or API client secret opens this database."""
     from backend.demo import published_credentials_in_use
@@ -67,8 +81,10 @@ async def run_checks(
     from backend.jobs import runtime_for  # the same runtime the jobs get
 
     domains = domains if domains is not None else installed()
+    configured = settings_summary(settings, url)
+    echo(_line("settings", configured))
     engine = create_engine(url, pool_size=1, max_overflow=0, limits=StatementLimits.for_api(settings))
-    failed = 0
+    failed = int(not configured.ok)
     try:
         try:
             runtime = runtime_for(settings, session_factory(engine), domains=domains)

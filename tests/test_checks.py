@@ -34,8 +34,9 @@ async def test_an_unmigrated_database_fails_the_first_line_and_skips_the_domains
     failed = await run_checks(Settings(), empty_database, echo=lines.append)
 
     assert failed == 1
-    assert lines[0].startswith("FAIL  database.migrations  database at nothing, code at ")
-    assert len(lines) > 1 and all(line.startswith("skip  ") for line in lines[1:])
+    assert lines[0].startswith("ok    settings  database postgresql")
+    assert lines[1].startswith("FAIL  database.migrations  database at nothing, code at ")
+    assert len(lines) > 2 and all(line.startswith("skip  ") for line in lines[2:])
 
 
 async def test_a_migrated_empty_database_has_no_administrator_yet(database_url: str) -> None:
@@ -53,8 +54,8 @@ async def test_an_unreachable_database_is_one_failed_line_not_a_traceback() -> N
     failed = await run_checks(Settings(), "postgresql://nobody@127.0.0.1:9/none?connect_timeout=2", echo=lines.append)
 
     assert failed == 1
-    assert lines[0].startswith("FAIL  database.migrations  ")
-    assert all(line.startswith("skip  ") for line in lines[1:])
+    assert lines[1].startswith("FAIL  database.migrations  ")
+    assert all(line.startswith("skip  ") for line in lines[2:])
 
 
 async def test_the_demos_published_login_fails_the_check_and_warns_serve_until_its_password_changes(
@@ -81,3 +82,14 @@ async def test_the_demos_published_login_fails_the_check_and_warns_serve_until_i
     await run_checks(Settings(), database_url, echo=lines.append)
 
     assert lines[-1] == "ok    install.published_credentials  no demo credentials"
+
+
+async def test_the_first_line_says_what_the_settings_point_at_without_the_password(database_url: str) -> None:
+    lines: list[str] = []
+    with_password = database_url.replace("://", "://postgres:hunter2@", 1) if "@" not in database_url else database_url
+
+    await run_checks(Settings(database_url=with_password), with_password, echo=lines.append)
+
+    assert lines[0].startswith("ok    settings  database postgresql")
+    assert "hunter2" not in "\n".join(lines)
+    assert "time zone Asia/Shanghai; log INFO" in lines[0]
