@@ -137,6 +137,12 @@ from backend.archives.service.meters import (
     set_meter_status,
     update_meter,
 )
+from backend.archives.service.rooms import (
+    RoomLabels,
+    room_label_sql,
+    room_labels_by_household_ids,
+    unit_name_sql,
+)
 
 __all__ = [
     "ACCOUNT_NO",
@@ -167,6 +173,7 @@ __all__ = [
     "MeterChanges",
     "MeterModelFields",
     "MeterOrder",
+    "RoomLabels",
     "RowT",
     "TerminalPasswordCipher",
     "area_page_query",
@@ -217,6 +224,8 @@ __all__ = [
     "replace_meter",
     "replacement_page_query",
     "replacements_by_household_ids",
+    "room_label_sql",
+    "room_labels_by_household_ids",
     "save_collector",
     "save_meter_model",
     "set_household_status",
@@ -227,6 +236,7 @@ __all__ = [
     "terminal_password",
     "transfer_ownership",
     "uninstall_meter",
+    "unit_name_sql",
     "update_area",
     "update_concentrator",
     "update_household",
