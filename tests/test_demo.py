@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.archives.service import room_labels_by_household_ids
 from backend.demo import load_demo
 
 
@@ -100,6 +101,18 @@ async def test_demo_load_scales_areas_is_idempotent_and_realistic(session: Async
         assert "号楼" in str(address) and "单元" in str(address) and str(address).endswith("室")
         assert customer_type in ("residential", "non_residential", "special")
         assert kind == "unit"
+    # Each household's room is its address's flat (…1号楼1单元101室: room 0101, labelled 1-1-0101).
+    mismatched = await session.execute(text(
+        "SELECT count(*) FROM households WHERE account_no LIKE '01%' AND (room IS NULL OR address NOT LIKE "
+        "'%' || ltrim(substr(room, 1, 2), '0') || substr(room, 3) || '室')"))
+    assert mismatched.scalar_one() == 0
+    rows = (await session.execute(text(
+        "SELECT id, address FROM households WHERE account_no IN ('0100000001', '0100000500', '0100003000')"))).all()
+    labels = await room_labels_by_household_ids(session, [row.id for row in rows])
+    for row in rows:
+        building, unit, room = str(labels[row.id].room_label).split("-")
+        assert f"{building}号楼{unit}单元{int(room[:2])}{room[2:]}室" in row.address
+        assert str(labels[row.id].unit_name).endswith(str(labels[row.id].room_label))
     mix = dict((await session.execute(text("SELECT customer_type, count(*) FROM households GROUP BY 1"))).all())
     assert mix["residential"] > 2500 and mix.get("non_residential", 0) > 50
     # Every meter serves a household in its own area's subtree (docs/security.md), past

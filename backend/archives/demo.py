@@ -190,7 +190,7 @@ async def _load_households(session: AsyncSession, *, households: int, rng: rando
     ))).scalars())
     progress(f"区域 (按 {households} 户扩展)")
     units = await _layout(session, households=households, named_buildings=named_buildings, has_code="code" in area_columns)
-    extras = [c for c in ("phone", "address", "customer_type", "sub_type", "population") if c in columns]
+    extras = [c for c in ("phone", "address", "room", "customer_type", "sub_type", "population") if c in columns]
     target = ["account_no", "name", "area_id", *extras, "created_at"]
     await session.execute(text(
         f"CREATE TEMP TABLE demo_households ON COMMIT DROP AS SELECT {', '.join(target)} FROM households WITH NO DATA"
@@ -208,9 +208,12 @@ async def _load_households(session: AsyncSession, *, households: int, rng: rando
             roll = rng.random()
             kind, sub_type = (("residential", None) if roll < 0.9 else ("non_residential", rng.choice(NON_RESIDENTIAL))
                               if roll < 0.97 else ("special", rng.choice(SPECIAL)))
+            floor, flat = slot // FLATS % FLOORS + 1, slot % FLATS + 1
             values = {
                 "phone": _phone(rng),
-                "address": f"{label}{slot // FLATS % FLOORS + 1}{slot % FLATS + 1:02d}室",
+                # The address's 101室 is room 0101 (floor 01, flat 01): 1-1-0101 on 实时数据.
+                "address": f"{label}{floor}{flat:02d}室",
+                "room": f"{floor:02d}{flat:02d}",
                 "customer_type": kind,
                 "sub_type": sub_type,
                 "population": rng.choice((1, 2, 2, 3, 3, 3, 4, 4, 5, 6)),

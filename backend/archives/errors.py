@@ -71,6 +71,12 @@ class InvalidIdNumber(DomainError):
     message_en = "Malformed ID number"
 
 
+class InvalidRoom(DomainError):
+    code = ErrorCode.INVALID_ROOM
+    message = "房间号为 1 到 16 位字母、数字或 -, 首尾不能是 -"
+    message_en = "A room number is 1 to 16 letters, digits or -, not starting or ending with -"
+
+
 class AreaNotEmpty(DomainError):
     code = ErrorCode.AREA_NOT_EMPTY
     message = "区域下仍有下级区域、住户、设备或授权, 不能删除"

@@ -2,7 +2,7 @@
 concentrators and meter assignments (``/exports/{kind}.xlsx``, ``/templates/{kind}.xlsx``,
 ``/imports/{kind}``, kind one of households, meters, concentrators, assignments, areas), all
 shaped like the household routes below. Export filters follow each list: meters
-``areaId``, ``status``, ``meterType``, ``kind``, ``concentratorId``, ``search``, ``assigned``;
+``areaId``, ``status``, ``meterType``, ``kind``, ``concentratorId``, ``search``, ``assigned``, ``modelId``;
 concentrators ``areaId``, ``status``, ``connection``, ``search``; assignments ``areaId``
 (the household's), ``search``, ``current`` (true/false); areas ``areaId``, ``search`` (code
 or name): the tree below the companies, each row naming its parent by code. Terminal passwords are never
@@ -141,7 +141,7 @@ class DeviceSheet:
 
 METERS = DeviceSheet("meters", "水表", archive_excel.METER_SHEET, archive_excel.METER_SHEET, "Meters", {
     "status": archive_excel.METER_STATUSES, "meterType": archive_excel.METER_TYPES, "kind": archive_excel.METER_KINDS,
-    "concentratorId": None, "search": None, "assigned": {"true": "", "false": ""},
+    "concentratorId": None, "search": None, "assigned": {"true": "", "false": ""}, "modelId": None,
 })
 CONCENTRATORS = DeviceSheet(
     "concentrators", "集中器", archive_excel.CONCENTRATOR_SHEET, archive_excel.CONCENTRATOR_EXPORT_SHEET, "Concentrators",
@@ -168,6 +168,8 @@ def _device_filter(sheet: DeviceSheet, params: dict[str, str], area_path: str | 
             raise BadUserInput(f"{name} 无效", f"Unknown {name}", field=name)
         if name == "concentratorId":
             values["concentrator_id"] = decode_id(raw, "Concentrator", field=name)
+        elif name == "modelId":
+            values["model_id"] = decode_id(raw, "MeterModel", field=name)
         elif name in ("current", "assigned"):
             values[name] = raw == "true"
         else:

@@ -155,6 +155,15 @@ class Household(SQLModel, table=True):
 
     ``name``, ``phone``, ``phone2`` and ``id_number`` are the current owner's; every owner,
     past and present, is a row of ``household_owners`` (过户 history).
+
+    ``room`` (房间号) is the flat as its building numbers it (``0101``: floor 1, flat 01).
+    Its labels are derived, never stored (backend.archives.service.rooms):
+    the room label (楼-单元-房间, ``1-1-0101``) is the names of the building and unit
+    areas above the household (its own area included), each without its kind's word
+    (``1号楼`` → ``1``, ``1单元`` → ``1``; 栋 / 幢 / 座 / 楼 too), then the room, joined by
+    ``-``; a level the tree lacks is left out (``1-0101`` without units). The unit name
+    (单位名称 of 实时数据, ``恒大1-1-0101``) is the name of the community above it, then the
+    room label. Both are null without a room.
     """
 
     __tablename__ = "households"
@@ -169,6 +178,7 @@ class Household(SQLModel, table=True):
     phone2: str | None = Field(default=None, sa_column=Column(String(20), nullable=True))
     id_number: str | None = Field(default=None, sa_column=Column(String(32), nullable=True))
     address: str = Field(default="", sa_column=Column(String(200), nullable=False, server_default=""))
+    room: str | None = Field(default=None, sa_column=Column(String(16), nullable=True))
     customer_type: CustomerType = Field(
         default=CustomerType.residential,
         sa_column=enum_column(CustomerType, nullable=False, server_default=CustomerType.residential.value),

@@ -27,6 +27,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.archives.models import MeterKind, MeterStatus
+from backend.archives.service import room_label_sql, unit_name_sql
 from backend.auth.scope import Reach
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.readings.models import ReadingQuality
@@ -83,7 +84,8 @@ class RealtimeFilter:
     status: OnlineStatus | None = None
     # The meters' life-cycle statuses; empty: :data:`IN_SERVICE`.
     meter_statuses: tuple[MeterStatus, ...] = ()
-    # Literal text, any case, within the household's name (户名), account number (户号) or address.
+    # Literal text, any case, within the household's name (户名), account number (户号),
+    # address or unit name (单位名称, its room label included: 翠湖小区1-1-0101).
     search: str | None = None
 
 
@@ -348,6 +350,11 @@ async def _stream(session: AsyncSession, sql: str, params: dict[str, Any]) -> As
 
 # --------------------------------------------------------------------------- real-time
 
+# The served household's room label (1-1-0101) and unit name (翠湖小区1-1-0101), by the
+# archives' one rule (backend.archives.service.rooms); null without a room.
+_ROOM_LABEL = room_label_sql("room_area", "h.room")
+_UNIT_NAME = unit_name_sql("room_area", "h.room")
+
 
 def _realtime_sql(flt: RealtimeFilter, reach: Reach, now: datetime) -> tuple[str, str, dict[str, Any]]:
     params: dict[str, Any] = {"online_since": now - ONLINE_WINDOW}
@@ -364,8 +371,8 @@ def _realtime_sql(flt: RealtimeFilter, reach: Reach, now: datetime) -> tuple[str
     where.append("m.status = ANY(:meter_statuses)")
     if flt.search:
         params["search"] = _contains(flt.search)
-        where.append("(" + " OR ".join(f"h.{column} ILIKE :search ESCAPE '\\'"
-                                       for column in ("name", "account_no", "address")) + ")")
+        where.append("(" + " OR ".join(f"{column} ILIKE :search ESCAPE '\\'"
+                                       for column in ("h.name", "h.account_no", "h.address", _UNIT_NAME)) + ")")
     if flt.status is OnlineStatus.never:
         where.append("lr.meter_id IS NULL")
     elif flt.status is OnlineStatus.online:
@@ -376,9 +383,11 @@ def _realtime_sql(flt: RealtimeFilter, reach: Reach, now: datetime) -> tuple[str
         FROM meters m {_AREAS}
         LEFT JOIN meter_assignments ma ON ma.meter_id = m.id AND ma.valid_to IS NULL
         {_household_join(reach)}
+        LEFT JOIN areas room_area ON room_area.id = h.area_id
         LEFT JOIN latest_readings lr ON lr.meter_id = m.id
         WHERE {" AND ".join(where) or "TRUE"}"""
     sql = f"""SELECT {_DESCRIPTIVE},
+        {_ROOM_LABEL} AS room_label, COALESCE({_UNIT_NAME}, a.name) AS unit_name,
         lr.read_at, lr.total_m3, lr.flow_rate, lr.pressure, lr.valve_state, lr.battery, lr.status_bits, lr.quality,
         CASE WHEN lr.meter_id IS NULL THEN 'never' WHEN {_ONLINE} THEN 'online' ELSE 'offline' END
             AS online_status
@@ -395,7 +404,10 @@ async def realtime_page(
     only meters whose status is among ``flt.meter_statuses`` (by default installed or
     faulty, :data:`IN_SERVICE`), so stock and retired meters neither show nor count as
     offline unless asked for. ``flt.search`` matches the served household's name, account
-    number or address literally, in any case. A filter naming a meter, household, area or concentrator outside the reach is NOT_FOUND."""
+    number, address or unit name literally, in any case. Rows carry the household's
+    ``room_label`` (1-1-0101) and the ``unit_name`` the screen shows as 单位名称 (the
+    community and the room label; the meter's area name when no room is known). A filter
+    naming a meter, household, area or concentrator outside the reach is NOT_FOUND."""
     await _check_visible(session, reach, meter_id=("meterId", flt.meter_id), household_id=("householdId", flt.household_id),
                          area_id=("areaId", flt.area_id), concentrator_id=("concentratorId", flt.concentrator_id))
     sql, count_sql, params = _realtime_sql(flt, reach, now)
@@ -785,7 +797,12 @@ _READING_COLUMNS = (
     ScreenColumn("quality", "数据质量", "Quality", 10),
 )
 
-REALTIME_COLUMNS = (*_DESCRIPTIVE_COLUMNS, *_READING_COLUMNS, ScreenColumn("online_status", "在线状态", "Online", 10))
+# On 实时数据, 单位名称 is the room (翠湖小区1-1-0101, as the brochure's screen shows it),
+# so the meter's area is 所属区域 there.
+REALTIME_COLUMNS = (
+    ScreenColumn("unit_name", "单位名称", "Room", 20), ScreenColumn("area_name", "所属区域", "Area", 18),
+    *_DESCRIPTIVE_COLUMNS[1:], *_READING_COLUMNS, ScreenColumn("online_status", "在线状态", "Online", 10),
+)
 HISTORY_COLUMNS = (
     *_DESCRIPTIVE_COLUMNS, *_READING_COLUMNS,
     ScreenColumn("source", "采集来源", "Source", 14), ScreenColumn("received_at", "接收时间", "Received at", 20, TIME_FORMAT),
@@ -826,7 +843,8 @@ async def _monitoring_screen_rows(session: AsyncSession, request: ExportRequest)
         yield _export_row(row, request.tz)
 
 
-register_screen(Screen(ScreenKind.realtime, "实时数据", REALTIME_COLUMNS, (*_DEFAULT, "online_status"),
+register_screen(Screen(ScreenKind.realtime, "实时数据", REALTIME_COLUMNS,
+                       ("unit_name", "meter_name", "total_m3", "meter_code", "household_name", "read_at", "online_status"),
                        _realtime_screen_rows, "readings:read"))
 register_screen(Screen(ScreenKind.history, "历史数据", HISTORY_COLUMNS, (*_DEFAULT, "quality"),
                        _history_screen_rows, "readings:read"))

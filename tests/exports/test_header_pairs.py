@@ -13,13 +13,14 @@ from backend.readings import entry
 from backend.readings.screens import ScreenKind, get_screen
 
 # Chinese header (unit stripped) -> the English headers that say the same (unit stripped).
-# A header that means different things on different screens (单位名称: the area of a
-# reading, the unit of a statistics row) lists each; a new header must be added here.
+# A header that means different things on different screens (单位名称: the room of a
+# 实时数据 row, the area of a reading, the unit of a statistics row) lists each; a new
+# header must be added here.
 PAIRS: dict[str, set[str]] = {
     # who and where
-    "单位名称": {"Area", "Unit"}, "上级单位": {"Parent area", "Parent unit"}, "区域": {"Area"},
+    "单位名称": {"Room", "Area", "Unit"}, "上级单位": {"Parent area", "Parent unit"}, "区域": {"Area"},
     "所属区域": {"Area"}, "区域编码": {"Area code"}, "户号": {"Account no."}, "户名": {"Household", "Name"},
-    "住户": {"Household"}, "住址": {"Address"}, "地址": {"Address"}, "名称": {"Name"}, "编码": {"Code"},
+    "住户": {"Household"}, "住址": {"Address"}, "地址": {"Address"}, "房间号": {"Room"}, "名称": {"Name"}, "编码": {"Code"},
     "联系电话": {"Phone"}, "备用电话": {"Second phone"}, "证件号码": {"ID number"}, "用户类型": {"Customer type"},
     "用户子类": {"Sub-type"}, "人口数": {"Population"}, "状态": {"Status"},
     # the area tree

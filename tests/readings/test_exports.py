@@ -63,7 +63,7 @@ async def test_export_follows_the_schemes_column_order(client: GraphQLClient, wo
 
     rows = await _download(client, await _export_url(client, token, screen="realtime", schemeId=scheme_id))
 
-    assert rows[0] == ("累积流量(t)", "表计编码", "单位名称")
+    assert rows[0] == ("累积流量(t)", "表计编码", "所属区域")  # 单位名称 is the room on 实时数据
     assert rows[1] == ("Total (t)", "Meter code", "Area")
     body = rows[2:]
     assert len(body) == 6

@@ -24,6 +24,7 @@ class DeviceExportFilter:
     meter_type: str | None = None
     kind: str | None = None
     concentrator_id: int | None = None
+    model_id: int | None = None
     connection: str | None = None
     current: bool | None = None
     assigned: bool | None = None

@@ -19,6 +19,7 @@ from sqlalchemy import text as sql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.archives import models
+from backend.archives.errors import InvalidRoom
 from backend.archives.excel.cells import _AREA_HAS_CODE, _area_ref, _label
 from backend.archives.excel.exporting import _area_labels
 from backend.archives.excel.importing import (
@@ -30,6 +31,7 @@ from backend.archives.excel.importing import (
     _row_errors,
 )
 from backend.archives.models import Household
+from backend.archives.service.checks import ROOM
 from backend.db import copy_into
 from backend.exports.excel import Column, SheetSpec, ValidatedSheet, choice, integer, text
 
@@ -50,6 +52,9 @@ HOUSEHOLD_COLUMNS: tuple[Column, ...] = (
            note="区域管理中的区域编码; 没有编码的区域写 #区域ID (导出文件即如此)", text_format=True),
     Column("area_name", "所属区域", "Area", text(400), width=32, importable=False, note="仅供阅读, 导入时忽略"),
     Column("address", "地址", "Address", text(200), width=36, example="城东片区翠湖小区1号楼1单元101室"),
+    Column("room", "房间号", "Room", text(16, pattern=ROOM.pattern, pattern_zh=InvalidRoom.message,
+                                      pattern_en=InvalidRoom.message_en),
+           width=8, example="0101", note="楼层+户号, 如 0101; 与楼、单元组成单位名称 1-1-0101", text_format=True),
     Column("phone", "联系电话", "Phone", text(20, pattern=_PHONE, pattern_zh="电话格式不正确 (手机 11 位或 区号-号码)",
                                           pattern_en="Malformed phone (11-digit mobile or area code-number)"),
            width=14, example="13800000001", text_format=True),

@@ -72,7 +72,7 @@ async def meter_export_rows(
     connection: Any, *, scope_patterns: Sequence[str], export_filter: DeviceExportFilter, chunk_rows: int = 5000,
 ) -> AsyncIterator[tuple[Any, ...]]:
     """Rows of :data:`METER_SHEET` for the meters in scope matching the list's filter
-    (area subtree, status, type, kind, concentrator, free text), in code order."""
+    (area subtree, status, type, kind, concentrator, model, free text), in code order."""
     where = _Where(scope_patterns)
     if export_filter.area_path is not None:
         where.add("a.path LIKE {}", export_filter.area_path + "%")
@@ -84,6 +84,8 @@ async def meter_export_rows(
         where.add("m.kind = {}", export_filter.kind)
     if export_filter.concentrator_id is not None:
         where.add("m.concentrator_id = {}", export_filter.concentrator_id)
+    if export_filter.model_id is not None:
+        where.add("m.model_id = {}", export_filter.model_id)
     # The list's assigned (service.meter_page_query).
     serving = "EXISTS (SELECT 1 FROM meter_assignments s WHERE s.meter_id = m.id AND s.valid_to IS NULL)"
     if export_filter.assigned is True:
@@ -231,18 +233,22 @@ async def import_meters(
     sheet.raise_if_invalid()
 
     defaults = {"kind": "'household'", "initial_reading": "0"}
-    target = ["code", "name", "protocol", "address", "meter_type", "area_id"]
-    target += [key for key in ("kind", "install_date", "initial_reading", "location", "port", "measurement_point", "mqtt_topic")
+    # A new meter always gets its kind (a file without 类别 inserts household meters: the
+    # column has no server default); a stored one keeps it unless the file has the column.
+    target = ["code", "name", "protocol", "address", "meter_type", "area_id", "kind"]
+    target += [key for key in ("install_date", "initial_reading", "location", "port", "measurement_point", "mqtt_topic")
                if key in present]
     if "model_vendor" in present or "model_name" in present:
         target.append("model_id")
     if "concentrator" in present:
         target += ["concentrator_id", "collector_id"]
     selected = [f"COALESCE(t.{key}, {defaults[key]})" if key in defaults else f"t.{key}" for key in target]
-    conflict = _upsert_clause([key for key in target if key != "code"], "m", update_existing)
+    changing = [(key, value) for key, value in zip(target, selected, strict=True)
+                if key != "code" and (key != "kind" or "kind" in present)]
+    conflict = _upsert_clause([key for key, _ in changing], "m", update_existing)
     skipped = 0 if update_existing else await _count_differing(
         session, table="meters", alias="m", temp="import_meters", match="m.code = t.code",
-        columns=target[1:], incoming=selected[1:])
+        columns=[key for key, _ in changing], incoming=[value for _, value in changing])
     statement = (
         f"WITH upserted AS (INSERT INTO meters AS m ({', '.join(target)}) SELECT {', '.join(selected)} "
         f"FROM import_meters t ORDER BY t.row_no ON CONFLICT (code) {conflict} RETURNING (m.xmax = 0) AS inserted) "

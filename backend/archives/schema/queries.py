@@ -231,6 +231,8 @@ class Query:
         assigned: Annotated[bool | None, strawberry.argument(
             description="true: meters serving a household now; false: meters not assigned (未配表), household meters "
             "in stock or installed with no current assignment.")] = None,
+        model_id: Annotated[strawberry.ID | None, strawberry.argument(
+            description="The meters of one model (型号, a MeterModel id).")] = None,
     ) -> Connection[MeterType_]:
         page = PageRequest.from_args(first, after, last, before)
         query = service.meter_page_query(
@@ -238,6 +240,7 @@ class Query:
             meter_type=meter_type, kind=kind,
             concentrator_id=decode_id(concentrator_id, "Concentrator", field="concentratorId") if concentrator_id else None,
             search=search, order=order_by, descending=descending, assigned=assigned,
+            model_id=decode_id(model_id, "MeterModel", field="modelId") if model_id else None,
         )
         return await paginate_query(info.context, query, page, MeterType_.from_row, count=selects(info, "totalCount"))
 
@@ -372,15 +375,19 @@ class Query:
         concentrator_id: strawberry.ID | None = None,
         search: str | None = None,
         assigned: bool | None = None,
+        model_id: strawberry.ID | None = None,
     ) -> str:
         if concentrator_id:
             decode_id(concentrator_id, "Concentrator", field="concentratorId")
+        if model_id:
+            decode_id(model_id, "MeterModel", field="modelId")
         return _signed_export_url(info.context, METERS.export_path, area_id=area_id, search=search, filters={
             "status": status.value if status is not None else None,
             "meterType": meter_type.value if meter_type is not None else None,
             "kind": kind.value if kind is not None else None,
             "concentratorId": concentrator_id,
             "assigned": None if assigned is None else ("true" if assigned else "false"),
+            "modelId": model_id,
         })
 
     @strawberry.field(

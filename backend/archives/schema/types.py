@@ -93,6 +93,11 @@ class CollectorByIdLoader(SessionLoader[int, Collector | None]):
         return await service.collectors_by_ids(session, keys)
 
 
+class RoomLabelsByHouseholdIdLoader(SessionLoader[int, service.RoomLabels | None]):
+    async def fetch(self, session: AsyncSession, keys: Sequence[int]) -> Mapping[int, service.RoomLabels]:
+        return await service.room_labels_by_household_ids(session, keys)
+
+
 class OwnersByHouseholdIdLoader(SessionLoader[int, list[HouseholdOwner]]):
     missing: list[HouseholdOwner] = []
 
@@ -302,6 +307,7 @@ class HouseholdType(Node):
     phone2: str | None = None
     id_number: str | None = strawberry.field(default=None, description="Masked: 3301**********1234.")
     address: str = ""
+    room: str | None = strawberry.field(default=None, description="房间号: the flat as its building numbers it (0101).")
     customer_type: CustomerTypeEnum = CustomerType.residential  # type: ignore[valid-type]
     sub_type: str | None = strawberry.field(default=None, description="Free sub-type: commercial, industrial, school…")
     population: int = strawberry.field(default=3, description="Household size, for household-size tiers.")
@@ -317,7 +323,7 @@ class HouseholdType(Node):
         return cls(
             id=encode_id("Household", household.id), account_no=household.account_no, name=household.name,
             pk=household.id, area_pk=household.area_id, phone=household.phone, phone2=household.phone2,
-            id_number=service.mask_id_number(household.id_number), address=household.address,
+            id_number=service.mask_id_number(household.id_number), address=household.address, room=household.room,
             customer_type=household.customer_type, sub_type=household.sub_type, population=household.population,
             status=household.status, created_at=household.created_at, updated_at=household.updated_at,
         )
@@ -334,7 +340,7 @@ class HouseholdType(Node):
         return cls(
             id=encode_id("Household", row["id"]), account_no=row["account_no"], name=row["name"], pk=row["id"],
             area_pk=row["area_id"], phone=row["phone"], phone2=row["phone2"],
-            id_number=service.mask_id_number(row["id_number"]), address=row["address"],
+            id_number=service.mask_id_number(row["id_number"]), address=row["address"], room=row["room"],
             customer_type=CustomerType(row["customer_type"]), sub_type=row["sub_type"], population=row["population"],
             status=HouseholdStatus(row["status"]), created_at=row["created_at"], updated_at=row["updated_at"],
             area_prefetched=area,
@@ -346,6 +352,23 @@ class HouseholdType(Node):
             return self.area_prefetched  # type: ignore[no-any-return]
         area = await info.context.loader(AreaByIdLoader).load(self.area_pk)
         return AreaType.from_row(area) if area is not None else None
+
+    @strawberry.field(description="楼-单元-房间 (1-1-0101): the building and unit areas above the household, each name "
+                      "without its kind's word (1号楼 → 1, 1单元 → 1; also 栋 幢 座 楼), then the room, joined by -; a level "
+                      "the tree lacks is left out. Null without a room.")
+    async def room_label(self, info: Info) -> str | None:
+        if self.room is None:
+            return None
+        labels = await info.context.loader(RoomLabelsByHouseholdIdLoader).load(self.pk)
+        return labels.room_label if labels is not None else None
+
+    @strawberry.field(description="单位名称 as 实时数据 shows it (恒大1-1-0101): the community's name, then roomLabel. "
+                      "Null without a room.")
+    async def unit_name(self, info: Info) -> str | None:
+        if self.room is None:
+            return None
+        labels = await info.context.loader(RoomLabelsByHouseholdIdLoader).load(self.pk)
+        return labels.unit_name if labels is not None else None
 
     @strawberry.field(description="Meters serving the household now.")
     async def meters(self, info: Info) -> list[MeterType_]:

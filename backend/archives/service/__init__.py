@@ -26,7 +26,8 @@ one module per thing a reader looks for: :mod:`.checks` (the field, uniqueness a
 same-subtree checks every form shares), :mod:`.areas`, :mod:`.households`,
 :mod:`.meters` (meter models and meters), :mod:`.installation` (the company and its
 first administrator), :mod:`.life_cycle` (a meter's install, uninstall, fault and
-repair), :mod:`.stations` (monitoring stations and their instruments),
+repair), :mod:`.stations` (monitoring stations and their instruments), :mod:`.rooms` (a
+household's room and its building-unit-room labels),
 :mod:`.assignments` (配表, move-out, 换表) and
 :mod:`.devices` (concentrators and collectors).
 """
@@ -140,6 +141,12 @@ from backend.archives.service.meters import (
     set_meter_status,
     update_meter,
 )
+from backend.archives.service.rooms import (
+    RoomLabels,
+    room_label_sql,
+    room_labels_by_household_ids,
+    unit_name_sql,
+)
 from backend.archives.service.stations import (
     INSTRUMENT_TYPES,
     StationChanges,
@@ -186,6 +193,7 @@ __all__ = [
     "MeterChanges",
     "MeterModelFields",
     "MeterOrder",
+    "RoomLabels",
     "RowT",
     "StationChanges",
     "TerminalPasswordCipher",
@@ -243,6 +251,8 @@ __all__ = [
     "replace_meter",
     "replacement_page_query",
     "replacements_by_household_ids",
+    "room_label_sql",
+    "room_labels_by_household_ids",
     "save_collector",
     "save_meter_model",
     "set_household_status",
@@ -255,6 +265,7 @@ __all__ = [
     "terminal_password",
     "transfer_ownership",
     "uninstall_meter",
+    "unit_name_sql",
     "update_area",
     "update_concentrator",
     "update_household",

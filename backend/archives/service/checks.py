@@ -31,6 +31,8 @@ ACCOUNT_NO = re.compile(r"[0-9A-Za-z\-]{1,32}", re.ASCII)
 MOBILE = re.compile(r"1[3-9][0-9]{9}", re.ASCII)
 LANDLINE = re.compile(r"0[0-9]{2,3}-?[0-9]{7,8}(-[0-9]{1,6})?", re.ASCII)
 ID_NUMBER = re.compile(r"[0-9]{17}[0-9Xx]|[0-9]{15}", re.ASCII)
+# 房间号: floor and flat as the building numbers them (0101, 1203, B-0203).
+ROOM = re.compile(r"[0-9A-Za-z]([0-9A-Za-z\-]{0,14}[0-9A-Za-z])?", re.ASCII)
 AREA_CODE = re.compile(r"[0-9A-Za-z\-_]{1,32}", re.ASCII)
 METER_CODE = re.compile(r"[0-9A-Za-z\-_]{1,32}", re.ASCII)
 # Protocol addresses: CJ/T 188 is 7 bytes of BCD, printed as 14 digits; others are opaque.

@@ -35,6 +35,7 @@ from backend.archives.service.checks import (
     ACCOUNT_NO,
     ID_NUMBER,
     KEEP,
+    ROOM,
     _area_for,
     _changed,
     _check_moved_within,
@@ -82,6 +83,7 @@ class HouseholdChanges:
     phone2: Any = KEEP
     id_number: Any = KEEP
     address: Any = KEEP
+    room: Any = KEEP
     area_id: Any = KEEP
     customer_type: Any = KEEP
     sub_type: Any = KEEP
@@ -112,6 +114,8 @@ async def _check_household_fields(
     _owner_problems(problems, values)
     if values.get("address") is not None:
         _text_field(problems, values["address"], "address", limit=200, required=False)
+    if values.get("room") is not None and not ROOM.fullmatch(values["room"]):
+        problems.append(errors.InvalidRoom(field="room"))
     if values.get("sub_type") is not None:
         _text_field(problems, values["sub_type"], "subType", limit=50, required=False)
     if "population" in values and (values["population"] is None or not 1 <= values["population"] <= 99):
@@ -134,6 +138,7 @@ async def create_household(
     phone2: str | None = None,
     id_number: str | None = None,
     address: str = "",
+    room: str | None = None,
     customer_type: CustomerType = CustomerType.residential,
     sub_type: str | None = None,
     population: int = 3,
@@ -141,13 +146,15 @@ async def create_household(
     scope_patterns: Sequence[str] | None = None,
 ) -> Household:
     """Register a household (开户 of the archive) and its first owner (from ``owner_since``,
-    default: today by the database's clock)."""
+    default: today by the database's clock). ``room`` (房间号, e.g. ``0101``) is 1–16 ASCII
+    letters, digits or ``-`` (INVALID_ROOM otherwise); blank means none."""
+    room = room if room and room.strip() else None
     values = {"account_no": account_no, "name": name, "area_id": area_id, "phone": phone, "phone2": phone2,
-              "id_number": id_number, "address": address, "sub_type": sub_type, "population": population}
+              "id_number": id_number, "address": address, "room": room, "sub_type": sub_type, "population": population}
     await _check_household_fields(session, values, None, scope_patterns)
     household = Household(
         account_no=account_no, name=name, area_id=area_id, phone=phone or None, phone2=phone2 or None,
-        id_number=id_number.upper() if id_number else None, address=address, customer_type=customer_type,
+        id_number=id_number.upper() if id_number else None, address=address, room=room, customer_type=customer_type,
         sub_type=sub_type or None, population=population,
     )
     await _flush_unique(session, household)
@@ -175,6 +182,8 @@ async def update_household(
 ) -> Household:
     """Correct a household's record; name, phone and ID number correct the current owner too."""
     values = _changed(changes)
+    if isinstance(values.get("room"), str) and not values["room"].strip():
+        values["room"] = None
     if values.get("area_id") is not None:
         await share_area_tree(session)
     # Locked: an assignment of a meter to it (which locks it too) waits for the move.
@@ -186,7 +195,7 @@ async def update_household(
     if values.get("id_number"):
         values["id_number"] = values["id_number"].upper()
     for name, value in values.items():
-        setattr(household, name, (value or None) if name in ("phone", "phone2", "id_number", "sub_type") else value)
+        setattr(household, name, (value or None) if name in ("phone", "phone2", "id_number", "sub_type", "room") else value)
     owner_values = {k: getattr(household, k) for k in ("name", "phone", "id_number") if k in values}
     if owner_values:
         owner = await _current_owner(session, household_id)
@@ -293,7 +302,7 @@ _HOUSEHOLD_ORDER = {
     HouseholdOrder.created_at: "created_at", HouseholdOrder.updated_at: "updated_at",
 }
 HOUSEHOLD_COLUMNS = (
-    "id", "account_no", "name", "area_id", "phone", "phone2", "id_number", "address", "customer_type", "sub_type",
+    "id", "account_no", "name", "area_id", "phone", "phone2", "id_number", "address", "room", "customer_type", "sub_type",
     "population", "status", "created_at", "updated_at",
 )
 # The household's area comes with the page (the join is there anyway): a list that shows

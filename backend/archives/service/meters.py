@@ -391,7 +391,7 @@ METER_COLUMNS = (
 @functools.cache
 def _meter_page_query(
     by_area: bool, by_status: bool, by_type: bool, by_kind: bool, by_concentrator: bool, by_search: bool,
-    order: MeterOrder, descending: bool, assigned: bool | None = None,
+    order: MeterOrder, descending: bool, assigned: bool | None = None, by_model: bool = False,
 ) -> tuple[Select[Any], Select[Any]]:
     meter = Meter.__table__.alias("m")  # type: ignore[attr-defined]
     area = Area.__table__.alias("a")  # type: ignore[attr-defined]
@@ -406,6 +406,8 @@ def _meter_page_query(
         conditions.append(meter.c.kind == bindparam("kind"))
     if by_concentrator:
         conditions.append(meter.c.concentrator_id == bindparam("concentrator_id"))
+    if by_model:
+        conditions.append(meter.c.model_id == bindparam("model_id"))
     if by_search:
         term: Any = bindparam("search")
         conditions.append(or_(*(meter.c[name].like(term, escape="\\") for name in ("address", "code", "name", "location"))))
@@ -432,17 +434,20 @@ def meter_page_query(
     order: MeterOrder = MeterOrder.code,
     descending: bool = False,
     assigned: bool | None = None,
+    model_id: int | None = None,
 ) -> PagedQuery:
     """Meters within the scope, filtered; rows hold :data:`METER_COLUMNS` plus ``area_path``.
+    ``model_id``: the meters of one model (型号).
 
     ``assigned=True``: meters serving a household now (an open assignment). ``assigned=False``:
     the meters not assigned (未配表) a 配表 clerk works through: household meters in stock or
     installed with no open assignment (monitoring points, faulty and retired meters are
     never assigned, so they are not listed)."""
     rows, count = _meter_page_query(area_id is not None, status is not None, meter_type is not None, kind is not None,
-                                    concentrator_id is not None, bool(search), order, descending, assigned)
+                                    concentrator_id is not None, bool(search), order, descending, assigned,
+                                    model_id is not None)
     params: dict[str, Any] = {"patterns": list(scope_patterns)}
-    for name, value in (("area_id", area_id), ("concentrator_id", concentrator_id)):
+    for name, value in (("area_id", area_id), ("concentrator_id", concentrator_id), ("model_id", model_id)):
         if value is not None:
             params[name] = value
     for name, member in (("status", status), ("meter_type", meter_type), ("kind", kind)):

@@ -74,7 +74,8 @@ class MeterColumns:
     meter_name: str = strawberry.field(description="表计名称")
     meter_address: str = strawberry.field(description="通讯地址 (the M-Bus/CJ/T 188 address)")
     meter_kind: MeterKindRef  # type: ignore[valid-type]
-    area_name: str = strawberry.field(description="单位名称: the meter's area")
+    area_name: str = strawberry.field(description="The meter's area (所属区域; 单位名称 of the history and statistics "
+                                      "screens).")
     parent_area_name: str | None = strawberry.field(description="上级单位: the area's parent")
     household_id: strawberry.ID | None = strawberry.field(description="The household served (at read time, for history).")
     household_name: str | None = strawberry.field(description="户名")
@@ -105,6 +106,10 @@ def _reading(row: Mapping[str, Any]) -> dict[str, Any]:
 
 @strawberry.type(description="实时数据: a meter and its latest reading (none yet: reading fields are null).")
 class RealtimeReading(MeterColumns):
+    room_label: str | None = strawberry.field(description="The household's 楼-单元-房间 (1-1-0101), null without a room "
+                                              "(Household.roomLabel).")
+    unit_name: str = strawberry.field(description="单位名称 as 实时数据 shows it: the household's community and room label "
+                                      "(翠湖小区1-1-0101); the meter's area name when no room is known.")
     read_at: datetime | None = strawberry.field(description="抄表时间")
     total_m3: Decimal | None = strawberry.field(description="累积流量 (t = m³)")
     flow_rate: Decimal | None = strawberry.field(description="瞬时流量, m³/h")
@@ -118,7 +123,8 @@ class RealtimeReading(MeterColumns):
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> RealtimeReading:
-        return cls(**_descriptive(row), **_reading(row), online_status=browse.OnlineStatus(row["online_status"]))
+        return cls(**_descriptive(row), **_reading(row), online_status=browse.OnlineStatus(row["online_status"]),
+                   room_label=row["room_label"], unit_name=row["unit_name"])
 
 
 @strawberry.type(description="历史数据: one stored reading of a meter.")
@@ -153,7 +159,8 @@ class RealtimeFilter:
         default=None, description="The meters' statuses; null or empty: installed and faulty only, so meters in "
         "stock or retired are neither listed nor counted unless asked for.")
     search: str | None = strawberry.field(
-        default=None, description=f"户名 / 户号 / 地址 of the household served containing this text, literally "
+        default=None, description=f"户名 / 户号 / 地址 / 单位名称 (unitName, e.g. 1-1-0101) of the household served "
+        f"containing this text, literally "
         f"(no wildcards), in any case; at most {browse.MAX_SEARCH_LENGTH} characters.")
 
     def to_service(self) -> browse.RealtimeFilter:

@@ -42,6 +42,7 @@ class HouseholdInput:
     phone2: str | None = None
     id_number: str | None = None
     address: str = ""
+    room: str | None = strawberry.field(default=None, description="房间号 (0101): 1-16 letters, digits or -.")
     customer_type: CustomerTypeEnum = CustomerType.residential  # type: ignore[valid-type]
     sub_type: str | None = None
     population: int = 3
@@ -57,6 +58,7 @@ class UpdateHouseholdInput:
     phone2: str | None = strawberry.UNSET
     id_number: str | None = strawberry.UNSET
     address: str | None = strawberry.UNSET
+    room: str | None = strawberry.field(default=strawberry.UNSET, description="房间号 (0101); null or blank clears it.")
     customer_type: CustomerTypeEnum | None = strawberry.UNSET  # type: ignore[valid-type]
     sub_type: str | None = strawberry.UNSET
     population: int | None = strawberry.UNSET
@@ -69,7 +71,7 @@ class HouseholdMutations:
         async def work(session: AsyncSession) -> Any:
             return await service.create_household(
                 session, account_no=input.account_no, name=input.name, area_id=decode_id(input.area_id, "Area", field="areaId"),
-                phone=input.phone, phone2=input.phone2, id_number=input.id_number, address=input.address,
+                phone=input.phone, phone2=input.phone2, id_number=input.id_number, address=input.address, room=input.room,
                 customer_type=CustomerType(input.customer_type), sub_type=input.sub_type, population=input.population,
                 owner_since=input.owner_since, scope_patterns=_scope(info),
             )
@@ -82,7 +84,8 @@ class HouseholdMutations:
             changes = service.HouseholdChanges(
                 account_no=_keep(input.account_no), name=_keep(input.name), area_id=_opt_id(input.area_id, "Area", "areaId"),
                 phone=_keep(input.phone), phone2=_keep(input.phone2), id_number=_keep(input.id_number),
-                address=_keep(input.address), customer_type=_keep(input.customer_type), sub_type=_keep(input.sub_type),
+                address=_keep(input.address), room=_keep(input.room),
+                customer_type=_keep(input.customer_type), sub_type=_keep(input.sub_type),
                 population=_keep(input.population),
             )
             return await service.update_household(session, household_id=decode_id(id, "Household"), changes=changes,
