@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -44,6 +45,9 @@ _BOLD = Font(bold=True)
 _EN_HEADER = Font(italic=True, color="808080")
 # Seconds a writer process gets to exit after its last chunk or after being given up.
 _EXIT_WAIT_S = 5.0
+# An export is batch work: its writer yields the CPU to the API process's requests (as
+# argon2's threads do, backend.auth.security).
+WRITER_NICENESS = 10
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload([__name__])
@@ -224,6 +228,8 @@ def _serve(connection: Connection, path: str, layout: SheetLayout) -> None:
     """The writer process: draw the chunks the pipe brings until ``None``, then answer
     ("saved", rows) or ("failed", why). A closed pipe (the export was given up) ends it
     with nothing saved; the parent removes the file."""
+    with contextlib.suppress(OSError):
+        os.nice(WRITER_NICENESS)
 
     def chunks() -> Iterator[Sequence[Values]]:
         while (chunk := connection.recv()) is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -119,3 +121,16 @@ def test_a_value_the_writer_cannot_draw_fails_the_export_with_its_reason(tmp_pat
 
 class _Undrawable:
     """A value openpyxl refuses (it is picklable, so it reaches the writer)."""
+
+
+def test_the_writer_process_yields_the_cpu_to_the_api(tmp_path: Path) -> None:
+    parent = os.getpriority(os.PRIO_PROCESS, 0)
+    with WriterProcess(tmp_path / "nice.xlsx", LAYOUT) as writer:
+        writer.send(_rows(2))  # the writer has started serving once it reads
+        deadline = time.monotonic() + 5
+        while os.getpriority(os.PRIO_PROCESS, writer._process.pid or 0) == parent and time.monotonic() < deadline:
+            time.sleep(0.01)
+        niceness = os.getpriority(os.PRIO_PROCESS, writer._process.pid or 0)
+        writer.finish()
+
+    assert niceness == min(parent + sheets.WRITER_NICENESS, 19)
