@@ -209,3 +209,31 @@ def test_the_fake_refuses_a_stale_aliyun_timestamp(fake_gateways: FakeGateways) 
                                   nonce="n-1", now=datetime(2020, 1, 1).astimezone())
     answer = httpx.post(request["url"], content=request["body"].encode(), headers=request["headers"])
     assert answer.status_code == 400 and answer.json()["Code"] == "InvalidTimeStamp.Expired"
+
+
+# ---------------------------------------------------------------- shuiwu check
+
+
+async def test_the_check_line_names_the_sender_and_reaches_the_vendor(fake_gateways: FakeGateways, unused_port: int) -> None:
+    from types import SimpleNamespace
+
+    from backend.auth.checks import sms_reachable
+
+    fake = fake_gateways.start("sms")
+    gateway = declared_gateways(installed())["sms"]
+
+    async def line(settings: SmsSettings) -> tuple[bool, str]:
+        client = open_gateway(gateway, settings=settings)
+        try:
+            result = await sms_reachable(SimpleNamespace(service=lambda name: client))  # type: ignore[arg-type]
+        finally:
+            client.close()
+        return result.ok, result.detail
+
+    port = fake.url.rsplit(":", 1)[1]
+    assert await line(SmsSettings(sender="log")) == (True, "SHUIWU_SMS_SENDER=log: codes are written to the log, "
+                                                           "no SMS is sent")
+    assert await line(vendor_settings("aliyun", fake.url)) == (
+        True, f"aliyun: http://127.0.0.1:{port} answers (4 threads, timeout 3s)")
+    ok, detail = await line(vendor_settings("tencent", f"http://127.0.0.1:{unused_port}"))
+    assert (ok, detail) == (False, f"tencent: cannot reach 127.0.0.1:{unused_port} (ConnectionRefusedError)")

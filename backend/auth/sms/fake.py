@@ -30,8 +30,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-from starlette.applications import Starlette
-
 from backend.auth.sms import aliyun, tencent
 from backend.auth.sms.settings import SmsSettings
 from backend.gateways.http import Answer, FakeRoute, Received, fake_gateway_app
@@ -61,7 +59,8 @@ _AUTHORIZATION = re.compile(
     r"SignedHeaders=(?P<headers>[a-z;-]+), Signature=(?P<signature>[0-9a-f]{64})$")
 
 
-def fake_app(settings: SmsSettings) -> Starlette:
+def fake_app(settings: SmsSettings) -> Any:
+    """The fake's ASGI app (``fake_gateway_app``'s Starlette: only the gateways' base names it)."""
     key_id = settings.access_key_id or FAKE_ACCESS_KEY_ID
     secret = settings.secret or FAKE_ACCESS_KEY_SECRET
     templates = {template for template in (settings.login_template, settings.binding_template) if template}
