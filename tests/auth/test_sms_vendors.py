@@ -100,7 +100,7 @@ def test_a_real_sender_without_a_setting_stops_with_one_line_naming_it(
 
 
 def test_the_sender_is_one_of_log_aliyun_tencent(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(SettingsError, match="^bad setting SHUIWU_SMS_SENDER: .*'log', 'aliyun' or 'tencent'"):
+    with pytest.raises(SettingsError, match=r"^bad setting SHUIWU_SMS_SENDER: .*'log', 'aliyun' or 'tencent'"):
         sms_settings_from(monkeypatch, {"SHUIWU_SMS_SENDER": "sms77"})
 
 

@@ -6,7 +6,6 @@ kept, and the installation's daily SMS cap shared by two API processes."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import text
@@ -30,7 +29,7 @@ BIND = """mutation($no: String!, $name: String!) { bindHousehold(accountNo: $no,
 
 @pytest.fixture(params=["aliyun", "tencent"])
 def vendor(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
-           fake_gateways: FakeGateways) -> Iterator[tuple[str, FakeGateway]]:
+           fake_gateways: FakeGateways) -> tuple[str, FakeGateway]:
     """The API processes made in the test send through this vendor's fake."""
     fake = fake_gateways.start("sms")
     env = {"SENDER": request.param, "URL": fake.url, "ACCESS_KEY_ID": FAKE_ACCESS_KEY_ID,
@@ -38,7 +37,7 @@ def vendor(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
            "BINDING_TEMPLATE": "SMS_480002", "SDK_APP_ID": "1400000000", "REGION": "ap-guangzhou"}
     for name, value in env.items():
         monkeypatch.setenv(f"SHUIWU_SMS_{name}", value)
-    yield request.param, fake
+    return request.param, fake
 
 
 def code_sent_to(fake: FakeGateway, phone: str) -> str:
