@@ -5,19 +5,22 @@ kept, and the installation's daily SMS cap shared by two API processes."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from backend.auth.service import throttles
+from backend.auth.errors import SmsDailyCapReached
+from backend.auth.service import claim_sms, throttles
 from backend.auth.sms.fake import FAKE_ACCESS_KEY_ID, FAKE_ACCESS_KEY_SECRET, sent_codes
 from backend.auth.sms.senders import sms_sender
 from backend.db import session_factory
-from tests.factories import make_household
+from tests.factories import auth_policy, make_household
 from tests.fixtures.gateways import FakeGateway, FakeGateways
-from tests.graphql.client import graphql_client
+from tests.graphql.client import TEST_SECRET, graphql_client
 from tests.graphql.conftest import World
 
 SEND_CODE = "mutation($phone: String!) { requestLoginCode(phone: $phone) { expiresAt errors { code field message messageEn } } }"
@@ -25,6 +28,9 @@ RESIDENT_LOGIN = """mutation($phone: String!, $code: String!) { residentLogin(ph
   tokens { accessToken } errors { code } } }"""
 BIND = """mutation($no: String!, $name: String!) { bindHousehold(accountNo: $no, name: $name) {
   binding { state codeSentTo } errors { code message messageEn } } }"""
+
+# Today's claims in the utility's zone (the API's default, Asia/Shanghai).
+TODAY_CLAIMED = "SELECT coalesce(sum(claimed), 0) FROM sms_sends WHERE day = (now() AT TIME ZONE 'Asia/Shanghai')::date"
 
 
 @pytest.fixture(params=["aliyun", "tencent"])
@@ -117,9 +123,7 @@ async def test_the_daily_sms_cap_holds_across_two_api_processes_and_raises_an_al
 ) -> None:
     monkeypatch.setattr(throttles, "_cap_alerted", set())  # this process has raised no alert today
     async with engine_for_module.connect() as connection:
-        claimed = int((await connection.execute(
-            text("SELECT coalesce(sum(claimed), 0) FROM sms_sends WHERE day = (now() AT TIME ZONE 'Asia/Shanghai')::date")
-        )).scalar_one())
+        claimed = int((await connection.execute(text(TODAY_CLAIMED))).scalar_one())
     cap = claimed + 2
     sent = sms_sender("log").sent
     async with (
@@ -142,4 +146,24 @@ async def test_the_daily_sms_cap_holds_across_two_api_processes_and_raises_an_al
     assert await codes_kept(engine_for_module, "13711140003") == 0
     assert any("ALERT: the daily SMS cap" in record.getMessage() for record in caplog.records)
     async with engine_for_module.connect() as connection:
-        assert (await connection.execute(text("SELECT sum(claimed) FROM sms_sends"))).scalar_one() == cap
+        assert (await connection.execute(text(TODAY_CLAIMED))).scalar_one() == cap
+
+
+async def test_two_sessions_claiming_the_last_sms_of_the_day_at_once_get_one(engine_for_module: AsyncEngine) -> None:
+    day = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)  # a day of its own in this database
+    policy = auth_policy(TEST_SECRET, sms_daily_cap=1)
+    sessions = session_factory(engine_for_module)
+    async with sessions() as first, sessions() as second:
+        async with first.begin():
+            claimed = await claim_sms(first, now=day, policy=policy)
+            # The second waits on the day's row until the first commits, then sees it spent.
+            waiting = asyncio.create_task(claim_sms(second, now=day, policy=policy))
+            await asyncio.sleep(0.2)
+            assert not waiting.done()
+        with pytest.raises(SmsDailyCapReached):
+            await waiting
+        await second.rollback()
+
+    assert claimed == 1
+    async with engine_for_module.connect() as connection:
+        assert (await connection.execute(text("SELECT claimed FROM sms_sends WHERE day = '2026-03-01'"))).scalar_one() == 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import SettingsConfigDict
 
 from backend.gateways.settings import GatewaySettings
@@ -77,7 +78,8 @@ class SmsSettings(GatewaySettings):
         if isinstance(plain, str):
             plain = plain.strip()
         if sender in _NEEDED and info.field_name in _NEEDED[sender] and not plain:
-            raise ValueError(f"must be set when SHUIWU_SMS_SENDER={sender}")
+            # Not a ValueError: its message would read "Value error, must be set …".
+            raise PydanticCustomError("needed_by_sender", "must be set when SHUIWU_SMS_SENDER={sender}", {"sender": sender})
         return value
 
     @field_validator("binding_params")
