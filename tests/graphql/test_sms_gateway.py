@@ -119,9 +119,12 @@ async def test_a_binding_code_the_vendor_refused_is_withdrawn_and_the_binding_wa
 
 
 async def test_the_daily_sms_cap_holds_across_two_api_processes_and_raises_an_alert(
-    database_url: str, engine_for_module: AsyncEngine, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    database_url: str, engine_for_module: AsyncEngine, world: World, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(throttles, "_cap_alerted", set())  # this process has raised no alert today
+    async with session_factory(engine_for_module)() as session, session.begin():
+        household = await make_household(session, area=world.tree.east_community, name="钱进", phone="13711140009")
     async with engine_for_module.connect() as connection:
         claimed = int((await connection.execute(text(TODAY_CLAIMED))).scalar_one())
     cap = claimed + 2
@@ -132,16 +135,22 @@ async def test_the_daily_sms_cap_holds_across_two_api_processes_and_raises_an_al
     ):
         answers = [await first_process.execute(SEND_CODE, {"phone": "13711140001"}),
                    await second_process.execute(SEND_CODE, {"phone": "13711140002"})]
+        code = next(code for to, code in reversed(sent) if to == "13711140001")
+        tenant = await first_process.execute(RESIDENT_LOGIN, {"phone": "13711140001", "code": code})
         sent_before = len(sent)
         with caplog.at_level(logging.ERROR, logger="shuiwu.sms"):
             over = [await second_process.execute(SEND_CODE, {"phone": "13711140003"}),
                     await first_process.execute(SEND_CODE, {"phone": "13711140004"})]
+        second_process.token = tenant["data"]["residentLogin"]["tokens"]["accessToken"]
+        asked = await second_process.execute(BIND, {"no": household.account_no, "name": "钱进"})
 
     assert [answer["data"]["requestLoginCode"]["errors"] for answer in answers] == [[], []]
     for refused in over:
         [error] = refused["data"]["requestLoginCode"]["errors"]
         assert (error["code"], error["message"]) == ("SMS_DAILY_CAP", "今日短信发送量已达上限, 请明天再试, 或到营业厅办理")
         assert error["messageEn"].startswith("Today's SMS allowance")
+    # A binding still waits for the owner or the counter, with no code sent.
+    assert asked["data"]["bindHousehold"] == {"binding": {"state": "pending", "codeSentTo": None}, "errors": []}
     assert len(sent) == sent_before
     assert await codes_kept(engine_for_module, "13711140003") == 0
     assert any("ALERT: the daily SMS cap" in record.getMessage() for record in caplog.records)
