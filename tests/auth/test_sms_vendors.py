@@ -5,8 +5,12 @@ against the local fake, which verifies as the vendor does and refuses in its wor
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -237,3 +241,18 @@ async def test_the_check_line_names_the_sender_and_reaches_the_vendor(fake_gatew
         True, f"aliyun: http://127.0.0.1:{port} answers (4 threads, timeout 3s)")
     ok, detail = await line(vendor_settings("tencent", f"http://127.0.0.1:{unused_port}"))
     assert (ok, detail) == (False, f"tencent: cannot reach 127.0.0.1:{unused_port} (ConnectionRefusedError)")
+
+
+def test_serve_with_a_real_sender_missing_a_setting_stops_at_start_in_one_line(tmp_path: Path) -> None:
+    # `jobs` and `demo run` read the gateways' settings the same way (backend.cli._gateway_settings).
+    env = {**os.environ, **ALIYUN_ENV, "SHUIWU_DATA_DIR": str(tmp_path), "PYTHONPATH": str(Path(__file__).parents[2])}
+    del env["SHUIWU_SMS_LOGIN_TEMPLATE"]
+    env.pop("SHUIWU_DATABASE_URL", None)
+
+    stopped = subprocess.run([sys.executable, "-m", "backend.cli", "serve"], env=env, capture_output=True, text=True,
+                             timeout=60, check=False)
+
+    assert stopped.returncode == 2
+    assert stopped.stdout == ""
+    assert stopped.stderr == "bad setting SHUIWU_SMS_LOGIN_TEMPLATE: must be set when SHUIWU_SMS_SENDER=aliyun\n"
+    assert not (tmp_path / "pgdata").exists()  # stopped before any database was started
