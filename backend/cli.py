@@ -36,6 +36,21 @@ def _settings() -> Settings:
     return settings
 
 
+def _gateway_settings() -> None:
+    """Read every declared gateway's settings group (``SHUIWU_SMS_*`` …) before a host
+    starts: a bad or missing one stops the process with one line naming it, as a bad
+    ``SHUIWU_*`` setting does, instead of a traceback from inside the app's start."""
+    from backend.domain import declared_gateways, read_settings
+    from backend.domains import installed
+
+    try:
+        for gateway in declared_gateways(installed()).values():
+            read_settings(gateway.settings)
+    except SettingsError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+
+
 def _database(settings: Settings) -> str:
     from backend.db import resolve_database_url
 
@@ -152,6 +167,7 @@ def serve(
     from backend.app import create_app
 
     settings = _settings()
+    _gateway_settings()
     url = _database(settings)
     if not no_migrate:
         _migrate(url)
@@ -191,6 +207,7 @@ def jobs() -> None:
     from backend.jobs import run_worker
 
     settings = _settings()
+    _gateway_settings()
     url = _database(settings)
     _migrate(url)
     with contextlib.suppress(KeyboardInterrupt):
@@ -251,6 +268,7 @@ def demo_run(
     from backend.jobs import run_worker
 
     settings = demo_api_settings(_settings())
+    _gateway_settings()
     url = _database(settings)
     _migrate(url)
     bind_host, bind_port = host or settings.host, port or settings.port

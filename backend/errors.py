@@ -51,6 +51,10 @@ class ErrorCode(StrEnum):
     INVALID_CODE = "INVALID_CODE"
     CODE_RATE_LIMITED = "CODE_RATE_LIMITED"
     CODE_DAILY_LIMIT = "CODE_DAILY_LIMIT"
+    # SMS: the installation's daily spend cap, a vendor's refusal, the vendor's limit per number
+    SMS_DAILY_CAP = "SMS_DAILY_CAP"
+    SMS_NOT_SENT = "SMS_NOT_SENT"
+    SMS_PHONE_LIMITED = "SMS_PHONE_LIMITED"
     GRANT_EXCEEDS_OWN = "GRANT_EXCEEDS_OWN"
     UNKNOWN_PERMISSION = "UNKNOWN_PERMISSION"
     UNKNOWN_AREA = "UNKNOWN_AREA"

@@ -59,9 +59,11 @@ class Settings(BaseSettings):
     login_lockout_s: int = Field(default=60, ge=1)
     login_lockout_max_s: int = Field(default=3600, ge=1)
     otp_ttl_s: int = Field(default=300, ge=30)
-    # "log" prints one-time codes to the log (development, demo); a real SMS gateway
-    # adapter is selected here by name when one is added.
-    sms_sender: str = "log"
+    # Who sends residents' codes (SHUIWU_SMS_SENDER: log, aliyun, tencent) and with what
+    # is the sms gateway's settings group (backend.auth.sms.settings, docs/sms.md).
+    # At most this many SMS a day (the utility's day) for the whole installation, login
+    # and binding codes together: a spend cap against SMS pumping (SMS_DAILY_CAP past it).
+    sms_daily_cap: int = Field(default=2000, ge=1)
 
     # Auth abuse throttles (docs/security.md). In-process token buckets per API process
     # for anonymous requests (/graphql without a token, /oauth/token):

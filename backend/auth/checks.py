@@ -21,3 +21,17 @@ async def has_administrator(runtime: Runtime) -> CheckResult:
     if not count:
         return CheckResult(False, "no active staff user holds roles:manage (make one: shuiwu admin create)")
     return CheckResult(True, f"{count} active staff users hold roles:manage")
+
+
+async def sms_reachable(runtime: Runtime) -> CheckResult:
+    """The ``gateway.sms`` line: which sender sends residents' codes, and for a vendor
+    that its endpoint accepts a connection (its settings were checked when they loaded)."""
+    from backend.auth.sms.senders import SMS_SERVICE
+    from backend.gateways.checks import endpoint_reachable
+
+    client = runtime.service(SMS_SERVICE)
+    sender = client.settings.sender
+    if sender == "log":
+        return CheckResult(True, "SHUIWU_SMS_SENDER=log: codes are written to the log, no SMS is sent")
+    reached = await endpoint_reachable(client)
+    return CheckResult(reached.ok, f"{sender}: {reached.detail}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from backend.auth.menus import LogModule, Menu, Operation
 from backend.auth.menus import permission as _p
-from backend.domain import Check, Domain, Job
+from backend.auth.sms.settings import SmsSettings
+from backend.domain import Check, Domain, Gateway, Job
 
 DOMAIN = Domain(
     name="auth",
@@ -65,4 +66,9 @@ DOMAIN = Domain(
     events=("backend.auth.events",),
     checks=(Check("auth.administrator", "backend.auth.checks:has_administrator",
                   "An active staff user can maintain roles"),),
+    # Residents' login and binding codes (docs/sms.md). No exchanges are kept: a request
+    # holds the code itself.
+    gateways=(Gateway("sms", "短信", SmsSettings, fake="backend.auth.sms.fake:fake_app",
+                      check="backend.auth.checks:sms_reachable",
+                      description="Aliyun or Tencent Cloud SMS (SHUIWU_SMS_SENDER), or the log"),),
 )

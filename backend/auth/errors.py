@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 import uuid
 from datetime import datetime
+from typing import Any
 
 from backend.errors import DomainError, ErrorCode, NotAuthenticated
+from backend.gateways.errors import GatewayRejected
 
 
 class InvalidCredentials(DomainError):
@@ -100,6 +102,47 @@ class CodeDailyLimit(DomainError):
 class CodeAttemptsDailyLimit(CodeDailyLimit):
     message = "该手机号今日验证码尝试次数已达上限, 请 24 小时后再试"
     message_en = "Too many code attempts for this number today; try again in 24 hours"
+
+
+class SmsDailyCapReached(DomainError):
+    """This installation's SMS for the day (``SHUIWU_SMS_DAILY_CAP``) are spent: a spend
+    cap against SMS pumping, which an operator raises or waits out until midnight."""
+
+    code = ErrorCode.SMS_DAILY_CAP
+    message = "今日短信发送量已达上限, 请明天再试, 或到营业厅办理"
+    message_en = "Today's SMS allowance of this service is used up; try again tomorrow or visit the service counter"
+
+
+class SmsRejected(GatewayRejected):
+    """The SMS vendor refused the message (template, signature, balance, credentials):
+    the code was not sent, and the installation has something to fix (the log says what)."""
+
+    code = ErrorCode.SMS_NOT_SENT
+    message = "短信发送失败, 请稍后再试, 或到营业厅办理"
+    message_en = "The SMS could not be sent; try again later or visit the service counter"
+
+    def __init__(self, *, answer: Any = None, detail: str | None = None, field: str | None = None) -> None:
+        super().__init__(answer=answer, detail=detail)
+        self.field = field
+
+
+class SmsPhoneLimited(SmsRejected):
+    """The vendor's own limit for this number (per minute, hour or day) refused it."""
+
+    code = ErrorCode.SMS_PHONE_LIMITED
+    message = "该手机号接收短信过于频繁, 请稍后再试"
+    message_en = "This number has received too many messages; try again later"
+
+
+class SmsInvalidPhone(SmsRejected):
+    """The vendor will not send to this number (malformed, or on a do-not-disturb list)."""
+
+    code = ErrorCode.INVALID_PHONE
+    message = "短信平台无法向该手机号发送短信, 请核对号码"
+    message_en = "Messages cannot be sent to this number; check it"
+
+    def __init__(self, *, answer: Any = None, detail: str | None = None) -> None:
+        super().__init__(answer=answer, detail=detail, field="phone")
 
 
 class GrantExceedsOwn(DomainError):

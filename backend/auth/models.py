@@ -4,10 +4,10 @@ high-entropy tokens and client secrets, which need no key stretching)."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Boolean, Column, ForeignKey, Index, Integer, String, Text, func, text
+from sqlalchemy import BigInteger, Boolean, Column, Date, ForeignKey, Index, Integer, String, Text, func, text
 from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlmodel import Field, SQLModel
 
@@ -183,6 +183,18 @@ class OneTimeCode(SQLModel, table=True):
     expires_at: datetime = Field(sa_column=timestamptz(nullable=False, index=True))
     attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     consumed_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))
+
+
+class SmsDay(SQLModel, table=True):
+    """The SMS this installation claimed to send on one of the utility's days: the daily
+    spend cap (``SHUIWU_SMS_DAILY_CAP``) counts here, one row a day, claimed before each
+    send by one statement shared by every process (``claim_sms``), so no more than the
+    cap can go out however many processes send at once."""
+
+    __tablename__ = "sms_sends"
+
+    day: date = Field(sa_column=Column(Date, primary_key=True))
+    claimed: int = Field(sa_column=Column(Integer, nullable=False))
 
 
 class ResidentHousehold(SQLModel, table=True):

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from backend import db
 from backend.app import create_app
 from backend.auth.service import claim_login_attempt, create_api_client
-from backend.auth.sms import sms_sender
+from backend.auth.sms.senders import sms_sender
 from backend.clock import utcnow
 from backend.db import session_factory
 from backend.observability import registry

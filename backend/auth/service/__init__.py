@@ -56,6 +56,7 @@ from backend.auth.service.bindings import (
     pending_bindings_statement,
     send_binding_code,
     unbind_household,
+    withdraw_binding_code,
 )
 from backend.auth.service.login import (
     claim_login_attempt,
@@ -112,6 +113,7 @@ from backend.auth.service.staff_users import (
     user_role_ids,
 )
 from backend.auth.service.throttles import (
+    claim_sms,
     count_daily_hit,
     count_hit,
 )
@@ -142,6 +144,7 @@ __all__ = [
     "claim_code_send",
     "claim_login_attempt",
     "claim_password_check",
+    "claim_sms",
     "client_visible",
     "confirm_household_binding",
     "count_daily_hit",
@@ -177,4 +180,5 @@ __all__ = [
     "update_role",
     "update_staff_user",
     "user_role_ids",
+    "withdraw_binding_code",
 ]

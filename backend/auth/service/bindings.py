@@ -5,7 +5,7 @@ or the counter's approval; every state change emits ``household.bound``."""
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,7 +24,7 @@ from backend.auth.scope import AREA_TREE, in_scope
 from backend.auth.security import code_digest
 from backend.auth.service.policy import AuthPolicy, SmsSender
 from backend.auth.service.residents import CODE_MAX_ATTEMPTS, MOBILE
-from backend.auth.service.throttles import _claim_against_lockout, _count_sms_send, count_daily_hit
+from backend.auth.service.throttles import _claim_against_lockout, _count_sms_send, claim_sms, count_daily_hit
 from backend.errors import Forbidden, NotFound
 from backend.events.service import emit_event
 
@@ -82,9 +82,26 @@ async def send_binding_code(outcome: BindingOutcome, *, sender: SmsSender) -> No
     """Send the code :func:`bind_household` made, if it made one. Call it after that
     transaction committed: the gateway is slow, and waiting on it inside would hold the
     phone's SMS counter lock (and the binding's row) for every other request meanwhile.
-    A failed send leaves the pending binding for the owner or the counter to approve."""
+    A failed send raises the sender's typed error: then :func:`withdraw_binding_code`, and
+    the pending binding waits for the owner or the counter to approve."""
     if outcome.unsent_code is not None:
         await sender.send_binding_code(outcome.unsent_code.phone, outcome.unsent_code.code, outcome.unsent_code.account_no)
+
+
+async def withdraw_binding_code(session: AsyncSession, *, outcome: BindingOutcome) -> BindingOutcome:
+    """Forget the code :func:`send_binding_code` could not send: it never reached the
+    registered phone, so it is not kept as sent (nor reported as sent); the binding stays
+    pending for the owner or the counter."""
+    unsent = outcome.unsent_code
+    if unsent is None:
+        return outcome
+    await session.execute(
+        update(HouseholdBinding)
+        .where(HouseholdBinding.id == outcome.binding.id,  # type: ignore[arg-type]
+               HouseholdBinding.code_hash.is_not(None))  # type: ignore[union-attr]
+        .values(code_hash=None, code_expires_at=None)
+    )
+    return replace(outcome, code_sent_to=None, unsent_code=None)
 
 
 async def _emit_bound(session: AsyncSession, binding: HouseholdBinding) -> None:
@@ -127,7 +144,7 @@ async def bind_household(
     - The resident's login phone is the household's registered phone (or its second
       phone; the login code proved it): bound at once, as its owner.
     - Otherwise a pending binding is made; a code goes to the registered phone (when it
-      is a mobile number and its daily SMS cap allows; the caller sends it with
+      is a mobile number and both its daily SMS cap and the installation's allow; the caller sends it with
       :func:`send_binding_code` after committing), and the resident confirms with
       :func:`confirm_household_binding`; or the owner, or the counter, approves it
       (:func:`decide_household_binding`). A repeated request returns the pending one
@@ -165,6 +182,11 @@ async def bind_household(
             return BindingOutcome(pending, household.account_no, resident_phone, household)
         await _emit_bound(session, pending)
         if MOBILE.match(registered):
+            try:
+                # The installation's daily SMS first: refused, nothing is counted for the phone.
+                await claim_sms(session, now=now, policy=policy)
+            except errors.SmsDailyCapReached:
+                return BindingOutcome(pending, household.account_no, resident_phone, None)
             try:
                 await count_daily_hit(session, key=f"sms:phone:{registered}", now=now, limit=policy.sms_codes_per_phone_per_day,
                                       refusal=errors.CodeDailyLimit())

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 from backend.auth.principal import Principal
 
@@ -28,6 +29,9 @@ class AuthPolicy:
     sms_codes_per_minute: int
     sms_codes_per_phone_per_day: int
     code_attempts_per_phone_per_day: int
+    sms_daily_cap: int
+    # The utility's zone: its days are the daily SMS cap's days.
+    tz: ZoneInfo
 
     @classmethod
     def from_settings(cls, settings: Any) -> AuthPolicy:
@@ -44,6 +48,8 @@ class AuthPolicy:
             sms_codes_per_minute=settings.sms_codes_per_minute,
             sms_codes_per_phone_per_day=settings.sms_codes_per_phone_per_day,
             code_attempts_per_phone_per_day=settings.code_attempts_per_phone_per_day,
+            sms_daily_cap=settings.sms_daily_cap,
+            tz=settings.tz,
         )
 
     def lock_length(self, failures: int) -> timedelta:

@@ -16,7 +16,7 @@ from backend.auth.ratelimit import OverLimitMemo
 from backend.auth.security import code_digest
 from backend.auth.service.policy import AuthPolicy, SmsSender, TokenPair
 from backend.auth.service.sessions import _open_session
-from backend.auth.service.throttles import _count_sms_send, _source, count_daily_hit, count_hit
+from backend.auth.service.throttles import _count_sms_send, _source, claim_sms, count_daily_hit, count_hit
 from backend.errors import DomainError, ErrorCode
 
 MOBILE = re.compile(r"^1[3-9]\d{9}$")
@@ -50,7 +50,8 @@ async def claim_code_send(
     Refused, with nothing counted: a malformed number, a code sent to it under a minute
     ago, ``sms_codes_per_phone_per_day`` codes to it in the last 24 hours
     (:class:`CodeDailyLimit`), and past ``sms_codes_per_ip_per_minute`` from the address
-    or ``sms_codes_per_minute`` in all (:class:`RateLimited`): SMS pumping costs money.
+    or ``sms_codes_per_minute`` in all (:class:`RateLimited`), and past the installation's
+    ``sms_daily_cap`` for the day (:class:`SmsDailyCapReached`): SMS pumping costs money.
     """
     phone = _mobile(phone)
     await count_daily_hit(session, key=f"sms:phone:{phone}", now=now, limit=policy.sms_codes_per_phone_per_day,
@@ -58,13 +59,19 @@ async def claim_code_send(
     # Under the phone's lock, so two requests at once cannot both pass.
     await _refuse_recent_code(session, phone, now)
     await _count_sms_send(session, now=now, policy=policy, ip=ip, over_limit=over_limit)
+    # Last: a request the limits above refuse claims none of the day's SMS.
+    await claim_sms(session, now=now, policy=policy)
 
 
 async def request_login_code(
     session: AsyncSession, *, phone: str, now: datetime, policy: AuthPolicy, sender: SmsSender
 ) -> datetime:
     """Send a 6-digit code to ``phone``; at most one a minute (the throttles are counted
-    first by :func:`claim_code_send`). Returns its expiry."""
+    first by :func:`claim_code_send`). Returns its expiry.
+
+    The code is kept in the caller's transaction before it is sent, so a send that fails
+    (the gateway's typed errors, the vendor's refusal) raises and rolls it back: no
+    code is stored that the resident never received, and the resend minute is not taken."""
     phone = _mobile(phone)
     await _refuse_recent_code(session, phone, now)
     code = f"{secrets.randbelow(1_000_000):06d}"

@@ -5,7 +5,9 @@ Callers count in a transaction of their own and commit it before the work it gua
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import logging
+import math
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import text, update
 from sqlalchemy.dialects.postgresql import insert
@@ -17,6 +19,10 @@ from backend.auth.ratelimit import OverLimitMemo, RepeatedRefusal, source_of
 from backend.auth.service.policy import AuthPolicy
 from backend.errors import DomainError, RateLimited
 from backend.observability import observe_throttle_refusal
+
+log = logging.getLogger("shuiwu.sms")
+# The days this process has raised the cap's alert for (once a day and process is enough).
+_cap_alerted: set[date] = set()
 
 
 def _source(ip: str | None) -> str:
@@ -109,3 +115,33 @@ async def _count_sms_send(
     await count_hit(session, key=f"sms:ip:{_source(ip)}", now=now, limit=policy.sms_codes_per_ip_per_minute,
                     over_limit=over_limit)
     await count_hit(session, key="sms:all", now=now, limit=policy.sms_codes_per_minute, over_limit=over_limit)
+
+
+async def claim_sms(session: AsyncSession, *, now: datetime, policy: AuthPolicy) -> int:
+    """Claim one of today's ``sms_daily_cap`` SMS for the whole installation (the
+    utility's day), before the SMS is sent; :class:`SmsDailyCapReached` when they are
+    all claimed, with an alert in the log. One statement, shared by every process: the
+    day's row lock is held until the caller's transaction ends, so commit it on its own.
+    A claim is never given back (a send that failed may still have cost), so no more
+    than the cap is ever sent. Returns how many are claimed today."""
+    day = now.astimezone(policy.tz).date()
+    claimed = (await session.execute(
+        text(
+            "INSERT INTO sms_sends AS s (day, claimed) VALUES (:day, 1) "
+            "ON CONFLICT (day) DO UPDATE SET claimed = s.claimed + 1 WHERE s.claimed < :cap RETURNING claimed"
+        ),
+        {"day": day, "cap": policy.sms_daily_cap},
+    )).scalar_one_or_none()
+    if claimed is None:
+        observe_throttle_refusal("sms:day")
+        if day not in _cap_alerted:
+            _cap_alerted.add(day)
+            log.error("ALERT: the daily SMS cap of %d (SHUIWU_SMS_DAILY_CAP) is reached for %s: every further login "
+                      "and binding code is refused until midnight. Unless residents really asked for that many, "
+                      "someone is pumping SMS: look at the operation log's 发送验证码 entries by address.",
+                      policy.sms_daily_cap, day.isoformat())
+        raise errors.SmsDailyCapReached()
+    if claimed == math.ceil(policy.sms_daily_cap * 0.8):
+        log.warning("80%% of the daily SMS cap (%d of %d, SHUIWU_SMS_DAILY_CAP) are used on %s",
+                    claimed, policy.sms_daily_cap, day.isoformat())
+    return int(claimed)

@@ -12,8 +12,9 @@ from strawberry.types import Info
 from backend.auth import service
 from backend.auth.schema.mutations.common import _over_limit, _policy
 from backend.auth.schema.types import HouseholdBindingType
-from backend.auth.sms import sms_sender
+from backend.auth.sms.senders import sender_for
 from backend.clock import utcnow
+from backend.errors import DomainError
 from backend.graphql.errors import UserError
 from backend.graphql.limits import AuthMutation
 from backend.graphql.mutations import run_mutation
@@ -60,7 +61,7 @@ class BindingMutations:
         "wait for an owner or the counter to approve."), extensions=[AuthMutation()])
     async def bind_household(self, info: Info, account_no: str, name: str) -> HouseholdPayload:
         principal, policy, now = info.context.caller, _policy(info), utcnow()
-        sender = sms_sender(info.context.settings.sms_sender)
+        sender = sender_for(info.context.services)
         outcomes: list[service.BindingOutcome] = []
 
         async def work(session: AsyncSession) -> service.BindingOutcome:
@@ -81,7 +82,14 @@ class BindingMutations:
         # Committed by now (a refusal raised or left no outcome): the code goes out
         # with no lock or transaction held.
         if outcomes and not answer.errors:
-            await service.send_binding_code(outcomes[0], sender=sender)
+            try:
+                await service.send_binding_code(outcomes[0], sender=sender)
+            except DomainError as failure:
+                # Not sent (the vendor refused, the gateway failed): the code is withdrawn
+                # and the binding waits for the owner or the counter; the resident is told why.
+                async with info.context.write() as session:
+                    withdrawn = await service.withdraw_binding_code(session, outcome=outcomes[0])
+                return _binding_payload(withdrawn, UserError.from_domain(failure))
         return answer
 
     @strawberry.mutation(permission_classes=[Requires("resident:self")],

@@ -14,7 +14,7 @@ from backend.auth.errors import RefreshTokenReused
 from backend.auth.principal import Principal
 from backend.auth.schema.mutations.common import OkPayload, _ok, _over_limit, _policy
 from backend.auth.schema.types import Viewer
-from backend.auth.sms import sms_sender
+from backend.auth.sms.senders import sender_for
 from backend.clock import utcnow
 from backend.errors import DomainError
 from backend.graphql.context import Context
@@ -123,7 +123,7 @@ class SignInMutations:
                          extensions=[AuthMutation()])
     async def request_login_code(self, info: Info, phone: str) -> LoginCodePayload:
         policy, now, ip = _policy(info), utcnow(), info.context.ip
-        sender = sms_sender(info.context.settings.sms_sender)
+        sender = sender_for(info.context.services)
         return await run_mutation(
             info, module="resident", action="requestLoginCode", describe=lambda _: f"向 {phone[:20]} 发送验证码",
             payload=lambda expires, errors: LoginCodePayload(expires_at=expires, errors=errors),
