@@ -46,12 +46,17 @@ def _line(name: str, result: CheckResult) -> str:
     return f"{'ok  ' if result.ok else 'FAIL'}  {name}  {result.detail}"
 
 
-def settings_summary(settings: Settings, url: str) -> CheckResult:
-    """The settings loaded (a malformed one stopped the command before this line) and the
+def settings_summary(settings: Settings, url: str, domains: tuple[Domain, ...]) -> CheckResult:
+    """The settings loaded (a malformed ``SHUIWU_*`` one stopped the command before this
+    line), every declared gateway's settings group reads (``SHUIWU_SMS_*`` …), and the
     signing key is usable; the detail says what the process would use."""
     from sqlalchemy.engine import make_url
 
+    from backend.domain import declared_gateways, read_settings
+
     try:
+        for gateway in declared_gateways(domains).values():
+            read_settings(gateway.settings)
         settings.secret()
     except Exception as error:  # SettingsError, or a data directory the key cannot be written to
         return CheckResult(False, _first_line(error))
@@ -81,8 +86,13 @@ async def run_checks(
     from backend.jobs import runtime_for  # the same runtime the jobs get
 
     domains = domains if domains is not None else installed()
-    configured = settings_summary(settings, url)
+    configured = settings_summary(settings, url, domains)
     echo(_line("settings", configured))
+    if not configured.ok:
+        # Nothing else can be built from settings that do not read.
+        for name in ("database.migrations", *(c.name for d in domains for c in (*d.checks, *gateway_checks(d)))):
+            echo(f"skip  {name}  the settings do not read")
+        return 1
     engine = create_engine(url, pool_size=1, max_overflow=0, limits=StatementLimits.for_api(settings))
     failed = int(not configured.ok)
     try:

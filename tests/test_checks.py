@@ -94,3 +94,16 @@ async def test_the_first_line_says_what_the_settings_point_at_without_the_passwo
     assert lines[0].startswith("ok    settings  database postgresql")
     assert "hunter2" not in "\n".join(lines)
     assert "time zone Asia/Shanghai; log INFO" in lines[0]
+
+
+async def test_a_gateway_setting_that_does_not_read_fails_the_settings_line_and_skips_the_rest(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHUIWU_SMS_SENDER", "aliyun")  # and none of the settings aliyun needs
+    lines: list[str] = []
+
+    failed = await run_checks(Settings(), database_url, echo=lines.append)
+
+    assert failed == 1
+    assert lines[0].startswith("FAIL  settings  bad setting SHUIWU_SMS_")
+    assert len(lines) > 2 and all(line.startswith("skip  ") and line.endswith("the settings do not read") for line in lines[1:])
