@@ -102,7 +102,8 @@ async def _reading(session: AsyncSession, meter_id: int, at: datetime, total: st
 
 async def resident_with_everything(session: AsyncSession) -> Scenario:
     """A resident who signed in, owns one household, is the second phone of another, sold
-    a third, bound the first and asked for a fourth, and shows up in the log."""
+    a third, bound the first, asked for a fourth, once gave a wrong name, and shows up in
+    the log."""
     tree = await make_area_tree(session)
     owned = await create_household(session, account_no=unique("88"), name="王芳", area_id=tree.east_community.id,
                                    phone=PHONE, phone2="13900002222", id_number=ID_NUMBER, address=ADDRESS,
@@ -137,6 +138,8 @@ async def resident_with_everything(session: AsyncSession) -> Scenario:
     resident = pair.principal
     await bind_at_counter(session, resident=resident, household=owned)
     await auth.bind_household(session, resident=resident, account_no=pending.account_no, name="孙七", now=NOW, policy=POLICY)
+    # An attempt with a wrong name: counted against their binding lockout.
+    await auth.claim_bind_attempt(session, resident=resident, now=NOW, policy=POLICY, ip="203.0.113.7")
 
     await record_operation(session, at=NOW, actor=resident, module="resident", action="residentLogin",
                            summary=f"住户 {PHONE} 登录 成功", payload={"phone": PHONE}, success=True,
@@ -229,6 +232,9 @@ async def test_erasure_removes_the_identity_everywhere_and_keeps_households_mete
 
     pseudonym = f"已注销用户 {subject_token(SECRET, PHONE)}"
     assert erasure.pseudonym == pseudonym and not erasure.already_erased
+    assert erasure.changed == {
+        "audit_log": 2, "households": 2, "household_owners": 2, "one_time_codes": 1, "auth_throttle": 2,
+        "login_failures": 1, "residents": 1, "resident_households": 1, "household_bindings": 1, "auth_sessions": 1}
     assert await _counts(session) == before
     for needle in (PHONE, "王芳", ID_NUMBER, ADDRESS, "13900002222", "水务 App/2.1"):
         assert (needle, await _rows_mentioning(session, needle)) == (needle, [])

@@ -80,14 +80,15 @@ DOMAIN = Domain(
             "auth_sessions.user_agent": "exported; erased: cleared, and the session revoked",
             "one_time_codes.phone": "exported (never the code's hash); erased: deleted; "
                                     "purged SHUIWU_RETENTION_LOGIN_CODES_DAYS after use or expiry",
-            "auth_throttle.key": "counters keyed by the phone or the resident: exported; erased: deleted",
+            "auth_throttle.key": "counters of codes sent to the phone and of code attempts: exported; erased: deleted",
+            "login_failures.username": "a resident's failed binding attempts (~bind:<id>): exported; erased: "
+                                       "deleted. The other rows are staff usernames (kept a day)",
         },
         excluded={
             "staff_users.username": _STAFF,
             "staff_users.full_name": _STAFF,
             "staff_users.email": _STAFF,
             "staff_users.phone": _STAFF,
-            "login_failures.username": "staff usernames that failed to sign in (residents sign in by code), kept a day",
             "api_clients.name": "a third-party system's name",
             "api_clients.created_by": "the staff user who added the client",
             "roles.name": "a role's name",

@@ -1,8 +1,8 @@
 """What auth holds about a resident, for ``shuiwu privacy export|erase`` (docs/privacy.md).
 
 Found by the phone: the resident account (``residents``), its bindings and binding
-requests, its login sessions, the SMS login codes sent to the phone and the throttle
-counters keyed by it. Hashes of codes and refresh tokens are security material, not
+requests, its login sessions, the SMS login codes sent to the phone, the throttle
+counters keyed by it and the count of failed binding attempts. Hashes of codes and refresh tokens are security material, not
 information about the person: the export says they exist, never their value.
 
 Erasure keeps the account row (the operation log and the ``household.bound`` events name
@@ -10,7 +10,7 @@ it by id) but replaces its phone with a placeholder, so the number is free and a
 login with it starts a new account. The bindings end (an ``unbound`` row and a
 ``household.bound`` event each, as when the resident unbinds), pending requests are
 refused, the sessions are revoked with their addresses cleared, and the codes and
-counters keyed by the phone are deleted.
+counters are deleted.
 """
 
 from __future__ import annotations
@@ -28,12 +28,14 @@ from backend.auth.models import (
     AuthThrottle,
     BindingState,
     HouseholdBinding,
+    LoginFailure,
     OneTimeCode,
     PrincipalKind,
     Resident,
     ResidentHousehold,
 )
-from backend.auth.service.bindings import _emit_bound
+from backend.auth.service.bindings import _emit_bound, bind_attempts_key
+from backend.auth.service.residents import code_attempts_key, codes_sent_key
 from backend.domain import DataSubject, PersonalSection
 
 # Who decided the bindings an erasure ended (household_bindings.decided_by).
@@ -55,10 +57,9 @@ def rows_of(result: Any) -> list[dict[str, Any]]:
     return [{key: plain(value) for key, value in row.items()} for row in result.mappings()]
 
 
-def throttle_keys(phone: str, resident_ids: list[int]) -> list[str]:
-    """The throttle counters keyed by the phone (codes sent, code attempts) or by the
-    resident (binding attempts): backend.auth.service.residents and .bindings."""
-    return [f"sms:phone:{phone}", f"code:phone:{phone[:20]}", *(f"~bind:{rid}" for rid in resident_ids)]
+def throttle_keys(phone: str) -> list[str]:
+    """The throttle counters keyed by the phone: codes sent to it, code attempts."""
+    return [codes_sent_key(phone), code_attempts_key(phone)]
 
 
 async def resident_ids(session: AsyncSession, phone: str) -> list[int]:
@@ -96,7 +97,11 @@ async def export(session: AsyncSession, subject: DataSubject) -> list[PersonalSe
         .where(col(OneTimeCode.phone) == phone).order_by(col(OneTimeCode.created_at))))
     counters = rows_of(await session.execute(
         select(col(AuthThrottle.key), col(AuthThrottle.minute), col(AuthThrottle.hits))
-        .where(col(AuthThrottle.key).in_(throttle_keys(phone, ids))).order_by(col(AuthThrottle.minute))))
+        .where(col(AuthThrottle.key).in_(throttle_keys(phone))).order_by(col(AuthThrottle.minute))))
+    failures = rows_of(await session.execute(
+        select(col(LoginFailure.username), col(LoginFailure.failures), col(LoginFailure.last_failed_at),
+               col(LoginFailure.locked_until))
+        .where(col(LoginFailure.username).in_([bind_attempts_key(rid) for rid in ids]))))
     return [
         PersonalSection("residents", "住户账号 (手机号登录)", residents),
         PersonalSection("resident_households", "已绑定的住户", bound),
@@ -104,15 +109,19 @@ async def export(session: AsyncSession, subject: DataSubject) -> list[PersonalSe
         PersonalSection("auth_sessions", "登录会话", sessions),
         PersonalSection("one_time_codes", "短信验证码 (只存散列, 不含验证码本身)", codes),
         PersonalSection("auth_throttle", "按手机号计数的发送/尝试次数", counters),
+        PersonalSection("login_failures", "绑定住户失败次数 (锁定用)", failures),
     ]
 
 
 async def erase(session: AsyncSession, subject: DataSubject) -> dict[str, int]:
     phone, now = subject.phone, subject.now
     ids = await resident_ids(session, phone)
-    counters = await session.execute(delete(AuthThrottle).where(col(AuthThrottle.key).in_(throttle_keys(phone, ids))))
+    counters = await session.execute(delete(AuthThrottle).where(col(AuthThrottle.key).in_(throttle_keys(phone))))
     codes = await session.execute(delete(OneTimeCode).where(col(OneTimeCode.phone) == phone))
-    changed = {"one_time_codes": changed_rows(codes), "auth_throttle": changed_rows(counters)}
+    failures = await session.execute(
+        delete(LoginFailure).where(col(LoginFailure.username).in_([bind_attempts_key(rid) for rid in ids])))
+    changed = {"one_time_codes": changed_rows(codes), "auth_throttle": changed_rows(counters),
+               "login_failures": changed_rows(failures)}
     if not ids:
         return changed
     ended = list((await session.execute(
