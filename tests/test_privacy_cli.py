@@ -66,6 +66,8 @@ async def test_export_then_erase_from_the_command_line(
     assert [row["account_no"] for row in document["sections"]["households"]["rows"]] == [account_no]
     assert document["sections"]["households"]["rows"][0]["name"] == "陈静"
     assert "exported" in exported.stderr and str(output) in exported.stderr
+    to_stdout = await privacy(database_url, "export", "--phone", PHONE)  # shuiwu privacy export … > file.json
+    assert json.loads(to_stdout.stdout)["sections"]["households"] == document["sections"]["households"]
 
     unconfirmed = await privacy(database_url, "erase", "--phone", PHONE)  # stdin is no terminal
 
@@ -85,7 +87,8 @@ async def test_export_then_erase_from_the_command_line(
     assert again.exit_code == 0 and again.stdout.startswith("already erased")
     logged = await _rows(committed_sessions, "SELECT actor_kind, module, action, position('13811112222' IN "
                                              "summary || payload::text) FROM audit_log WHERE module = 'privacy' ORDER BY id")
-    assert logged == [("system", "privacy", "exportPersonalData", 0), ("system", "privacy", "erasePersonalData", 0)]
+    assert logged == [("system", "privacy", "exportPersonalData", 0), ("system", "privacy", "exportPersonalData", 0),
+                      ("system", "privacy", "erasePersonalData", 0)]
 
 
 async def test_an_unknown_phone_is_one_line_and_exit_1(database_url: str) -> None:
