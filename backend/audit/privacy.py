@@ -34,6 +34,7 @@ from backend.domain import DataSubject, PersonalSection
 # A mainland mobile number standing alone (not inside a longer number such as a meter address).
 MOBILE_IN_TEXT = re.compile(r"(?<!\d)(1[3-9]\d)\d{4}(\d{4})(?!\d)")
 _MOBILE_SQL = "(^|[^0-9])1[3-9][0-9]{9}([^0-9]|$)"
+_ACTOR_NAME_CHARS = 100  # the column's width: a pseudonym is longer than the phone it replaces
 
 _REWRITE = text("""
     UPDATE audit_log AS e
@@ -105,7 +106,7 @@ async def _rewrite(session: AsyncSession, entries: Sequence[Any], change: Callab
     if not entries:
         return
     await session.execute(_REWRITE, {
-        "ids": [e.id for e in entries], "actor_names": [change(e.actor_name) for e in entries],
+        "ids": [e.id for e in entries], "actor_names": [change(e.actor_name)[:_ACTOR_NAME_CHARS] for e in entries],
         "summaries": [change(e.summary) for e in entries],
         "payloads": [orjson.dumps(rewrite_strings(e.payload, change)).decode() for e in entries],
         "clear_ips": [clear_ip(e) for e in entries],
