@@ -1,5 +1,5 @@
 """The ``shuiwu`` command (Typer): the host's commands (serve, jobs, demo, migrate,
-export-schema, check, fake-gateway, backup, restore) and the installed domains' sub-commands
+export-schema, check, fake-gateway, backup, restore, privacy export|erase) and the installed domains' sub-commands
 (``Domain.commands``, e.g. ``partitions ensure``), which receive a :class:`CliHost` as
 ``ctx.obj``. This module imports no domain by name."""
 
@@ -411,6 +411,91 @@ def restore(
         typer.echo(str(error), err=True)
         raise typer.Exit(1) from None
     console.print("[green]restore finished[/green]")
+
+
+privacy_app = typer.Typer(help="Residents' data rights (PIPL): a copy of what is held about a phone, and its erasure "
+                               "(docs/privacy.md).", no_args_is_help=True)
+app.add_typer(privacy_app, name="privacy")
+PhoneOption = Annotated[str, typer.Option("--phone", help="The resident's phone number.", show_default=False)]
+
+
+def _privacy(ctx: typer.Context, command: str, work: Any) -> Any:
+    """Run ``work(session, **context)`` in one transaction on the migrated database;
+    a refusal is one line on stderr and exit 1."""
+    from backend.clock import utcnow
+    from backend.db import create_engine, session_factory
+    from backend.errors import DomainError
+    from backend.privacy import operator_name
+
+    host: CliHost = ctx.obj
+    settings = host.settings()
+    url = host.migrated_database()
+
+    async def run() -> Any:
+        engine = create_engine(url, pool_size=1, max_overflow=0)
+        try:
+            async with session_factory(engine)() as session, session.begin():
+                return await work(session, secret=settings.secret(), now=utcnow(), timezone=settings.timezone,
+                                  domains=host.domains, operator=operator_name(command))
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(run())
+    except DomainError as error:
+        typer.echo(f"error: {error.message} / {error.message_en}", err=True)
+        raise typer.Exit(1) from None
+
+
+@privacy_app.command("export")
+def privacy_export(
+    ctx: typer.Context,
+    phone: PhoneOption,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the JSON here (default: stdout).",
+                                                show_default=False)] = None,
+) -> None:
+    """Write everything held about the resident with this phone as one JSON document (UTF-8)."""
+    import functools
+    import json
+
+    from backend.privacy import export_personal_data
+
+    document = _privacy(ctx, "shuiwu privacy export", functools.partial(export_personal_data, phone=phone))
+    text = json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+    rows = sum(len(section["rows"]) for section in document["sections"].values())
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        typer.echo(f"exported {rows} rows in {len(document['sections'])} sections to {output}", err=True)
+
+
+@privacy_app.command("erase")
+def privacy_erase(
+    ctx: typer.Context,
+    phone: PhoneOption,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Replace the resident's identity (names, phones, ID numbers, addresses) with a
+    pseudonym, end their bindings and sessions; households, meters, readings and money stay."""
+    import functools
+
+    from backend.privacy import erase_personal_data, masked
+
+    if not yes:
+        if not sys.stdin.isatty():
+            typer.echo("error: not a terminal: pass --yes to erase without confirmation", err=True)
+            raise typer.Exit(1)
+        if not typer.confirm(f"注销 {masked(phone.strip())} 的个人信息 (不可撤销) / Erase the personal data of "
+                             f"{masked(phone.strip())}? This cannot be undone"):
+            typer.echo("nothing erased", err=True)
+            raise typer.Exit(1)
+    erasure = _privacy(ctx, "shuiwu privacy erase", functools.partial(erase_personal_data, phone=phone))
+    if erasure.already_erased:
+        typer.echo(f"already erased: nothing is held about this phone any more ({erasure.pseudonym})")
+        return
+    changed = ", ".join(f"{what} {count}" for what, count in erasure.changed.items() if count)
+    typer.echo(f"erased as {erasure.pseudonym}: {changed or 'nothing to change'}")
 
 
 _mount_domain_commands()

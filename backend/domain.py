@@ -110,6 +110,68 @@ class Gateway:
 
 
 @dataclass(frozen=True, slots=True)
+class DataSubject:
+    """Whom ``shuiwu privacy export|erase`` is about (docs/privacy.md): a resident known
+    by a phone number. ``token`` (a keyed hash of the phone: the same on every run, and
+    nobody without the secret key finds the phone from it) makes the :attr:`pseudonym`
+    that replaces their identity on erasure; ``aliases`` are the names the export found
+    them under (a household's registered name), which free text elsewhere (the
+    operation log) may carry beside the phone."""
+
+    phone: str
+    token: str
+    now: datetime
+    aliases: frozenset[str] = frozenset()
+    # The utility's time zone (an owner's dates start at its midnight).
+    timezone: str = "Asia/Shanghai"
+
+    @property
+    def pseudonym(self) -> str:
+        return f"已注销用户 {self.token}"
+
+
+@dataclass(frozen=True, slots=True)
+class PersonalSection:
+    """One part of a privacy export: the rows of one table (or one view of it) held
+    about the subject, each row a dict of column name → JSON value. ``names`` are the
+    subject's names found in these rows (:attr:`DataSubject.aliases` on erasure)."""
+
+    key: str
+    title: str
+    rows: list[dict[str, Any]]
+    names: frozenset[str] = frozenset()
+
+
+# (session, subject) -> the sections; (session, subject) -> {what changed: how many rows}.
+PersonalExport = Callable[["AsyncSession", DataSubject], Awaitable[list[PersonalSection]]]
+PersonalErase = Callable[["AsyncSession", DataSubject], Awaitable[dict[str, int]]]
+
+
+@dataclass(frozen=True, slots=True)
+class PersonalData:
+    """What a domain holds about a resident, for the PIPL rights to a copy and to
+    deletion (``shuiwu privacy export|erase``, ``backend.privacy``; docs/privacy.md).
+
+    ``export(session, subject)`` returns the sections found by the subject's phone;
+    ``erase(session, subject)`` replaces their identity in place (the caller commits;
+    a second run changes nothing) and returns what it changed. Exports run in domain
+    order, then the erasures in reverse (a domain still finds the subject through the
+    rows of the domains before it), all in one transaction.
+
+    ``held`` and ``excluded`` account for every column of the domain's tables whose
+    name looks personal (``tests/test_privacy.py`` walks the metadata): ``held`` maps
+    ``"table.column"`` to what export and erase do with it, ``excluded`` to why it is
+    no resident's data (a place's name, a staff member's, a device's). A new such column fails that test until it is
+    declared in one of them.
+    """
+
+    export: str | PersonalExport | None = None
+    erase: str | PersonalErase | None = None
+    held: Mapping[str, str] = field(default_factory=dict)
+    excluded: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class DemoPlan:
     """What ``shuiwu demo load`` asked for, handed to every domain's demo step.
 
@@ -179,6 +241,8 @@ class Domain:
     # Outside services the domain calls (docs/gateways.md): each offered as the service
     # ``gateway.<kind>``, faked by ``shuiwu fake-gateway <kind>``, checked by ``shuiwu check``.
     gateways: tuple[Gateway, ...] = ()
+    # What the domain holds about a resident, found by phone (``shuiwu privacy``).
+    personal_data: PersonalData | None = None
 
 
 def load(reference: Any) -> Any:

@@ -121,6 +121,15 @@ class Settings(BaseSettings):
     https: bool = False
     # Operation log entries older than this are purged by the purge_operation_log job.
     audit_retention_days: int = Field(default=365, ge=1)
+    # Residents' personal data (docs/privacy.md, "Retention"): used or expired SMS login
+    # codes are deleted this many days later (0: at the next hourly purge), by purge_expired_auth;
+    retention_login_codes_days: int = Field(default=0, ge=0)
+    # mobile numbers in operation-log entries older than this are masked (138****5678),
+    # by purge_operation_log;
+    retention_log_phones_days: int = Field(default=90, ge=1)
+    # refused and ended household binding requests are deleted this long after their
+    # decision, by purge_expired_auth (active ones stay while the binding lasts).
+    retention_bindings_days: int = Field(default=365, ge=1)
     # Domain events older than this are purged (backend.events.retention): a
     # handler declared later can replay the past this far back (shuiwu events replay).
     event_retention_days: int = Field(default=400, ge=1)

@@ -40,7 +40,7 @@ DOMAIN_ORDER = ("auth", "archives", "alarms", "readings", "billing", "payments",
 SHARED_LAYERS = frozenset({"graphql", "events", "exports", "files", "ops", "audit", "gateways"})
 # The hosts collect the domains' declarations (see test_hosts_import_no_domain_by_name).
 HOSTS = frozenset({"backend.app", "backend.jobs", "backend.cli", "backend.graphql.schema", "backend.demo",
-                   "backend.all_models", "backend.checks", "backend.domains"})
+                   "backend.all_models", "backend.checks", "backend.domains", "backend.privacy"})
 
 
 

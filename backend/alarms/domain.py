@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from backend.auth.menus import Menu, Operation
 from backend.auth.menus import permission as _p
-from backend.domain import Domain
+from backend.domain import Domain, PersonalData
 
 DOMAIN = Domain(
     name="alarms",
@@ -34,4 +34,10 @@ DOMAIN = Domain(
         Operation("acknowledgeAlarm", "确认告警", "Acknowledge alarm", "alarms"),
         Operation("closeAlarm", "关闭告警", "Close alarm", "alarms"),
     ),
+    personal_data=PersonalData(excluded={
+        "alarms.subject_name": "the code of the meter, concentrator or other subject the alarm is about",
+        "alarms.acknowledged_by": "the staff member who acknowledged it",
+        "alarms.closed_by": "the staff member (or 系统) who closed it",
+        "alarms.close_reason": "a note on why the alarm was closed",
+    }),
 )

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from backend.auth.menus import Menu, Operation
 from backend.auth.menus import permission as _p
-from backend.domain import Check, Domain
+from backend.domain import Check, Domain, PersonalData
+
+_PLACE = "a place of the network or the area tree, not a person's"
+_STAFF = "the staff member who made the change"
+_DEVICE = "a device's name or address"
 
 DOMAIN = Domain(
     name="archives",
@@ -63,6 +67,42 @@ DOMAIN = Domain(
         Operation("importAssignments", "导入表计分配", "Import assignments", "archives"),
         Operation("exportAreas", "导出区域", "Export areas", "archives"),
         Operation("importAreas", "导入区域", "Import areas", "archives"),
+    ),
+    personal_data=PersonalData(
+        export="backend.archives.privacy:export",
+        erase="backend.archives.privacy:erase",
+        held={
+            "households.name": "exported; erased (a household they own now): the pseudonym",
+            "households.phone": "exported; erased: cleared",
+            "households.phone2": "exported; erased: cleared (theirs, or on a household they own now)",
+            "households.id_number": "exported; erased: cleared",
+            "households.address": "exported; erased (a household they own now): cleared (its area stays)",
+            "household_owners.name": "their owner rows, past ones too: exported; erased: the pseudonym",
+            "household_owners.phone": "exported; erased: cleared",
+            "household_owners.id_number": "exported; erased: cleared",
+            "household_status_history.reason": "exported for households they own now; kept (the account's history)",
+            "meter_assignments.household_id": "assignments within their ownership: exported; kept",
+        },
+        excluded={
+            "areas.name": _PLACE,
+            "areas.address": _PLACE,
+            "monitoring_stations.name": _PLACE,
+            "monitoring_stations.location": _PLACE,
+            "meters.name": _DEVICE,
+            "meters.address": "a meter's protocol address (CJ/T 188)",
+            "meters.location": "where a meter sits in the building (厨房, 管井)",
+            "meter_models.name": "a vendor's model",
+            "concentrators.name": _DEVICE,
+            "concentrators.terminal_address": _DEVICE,
+            "collectors.name": _DEVICE,
+            "collectors.address": _DEVICE,
+            "household_status_history.changed_by": _STAFF,
+            "meter_status_history.changed_by": _STAFF,
+            "meter_status_history.reason": "a note on a meter's fault or repair",
+            "meter_status_history.location": "where the meter was",
+            "meter_replacements.replaced_by": _STAFF,
+            "meter_replacements.reason": "a note on a meter swap (the swap itself is in the assignments)",
+        },
     ),
     checks=(Check("archives.cross_area", "backend.archives.checks:no_cross_area_assignments",
                   "Open assignments stay within their meter's area"),),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from backend.auth.menus import Menu, Operation
 from backend.auth.menus import permission as _p
-from backend.domain import Domain, Job
+from backend.domain import Domain, Job, PersonalData
 
 DOMAIN = Domain(
     name="audit",
@@ -26,5 +26,17 @@ DOMAIN = Domain(
     jobs=(
         Job("purge_operation_log", "backend.audit.jobs:purge_operation_log", cron="41 4 * * *",
             description="Delete operation-log entries past SHUIWU_AUDIT_RETENTION_DAYS"),
+    ),
+    personal_data=PersonalData(
+        export="backend.audit.privacy:export",
+        erase="backend.audit.privacy:erase",
+        held={
+            "audit_log.actor_name": "entries they made or naming their phone: exported; erased: phone and names "
+                                    "become the pseudonym; phones masked after SHUIWU_RETENTION_LOG_PHONES_DAYS",
+            "audit_log.summary": "as actor_name",
+            "audit_log.payload": "as actor_name (the logged input)",
+            "audit_log.ip": "exported; erased: cleared in the entries of their own requests",
+        },
+        excluded={"audit_log.request_id": "a request's id, for the server logs"},
     ),
 )

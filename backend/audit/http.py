@@ -68,7 +68,7 @@ XLSX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.s
 HEADERS_ZH = ("操作用户", "操作模块", "操作", "IP地址", "时间", "日志内容", "结果")
 HEADERS_EN = ("User", "Module", "Action", "IP address", "Time", "Content", "Result")
 COLUMN_WIDTHS = (16, 14, 22, 16, 20, 60, 8)
-ACTOR_KINDS = ("staff", "resident", "client", "anonymous")
+ACTOR_KINDS = ("staff", "resident", "client", "anonymous", "system")
 # Text filters' bounds (the columns' widths; a search longer than a sentence finds nothing useful).
 MAX_ACTION_CHARS = 64
 MAX_ACTOR_NAME_CHARS = 100

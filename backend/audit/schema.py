@@ -36,9 +36,11 @@ class AuditActorKind(StrEnum):
     client = "client"
     # A refused login or token request has no principal yet.
     anonymous = "anonymous"
+    # Automatic work and the operator's commands (shuiwu privacy export|erase): 系统.
+    system = "system"
 
 
-AuditActorKindEnum = strawberry.enum(AuditActorKind, name="AuditActorKind", description="员工 / 住户 / 第三方 / 匿名")
+AuditActorKindEnum = strawberry.enum(AuditActorKind, name="AuditActorKind", description="员工 / 住户 / 第三方 / 匿名 / 系统")
 
 
 @strawberry.type(name="AuditEntry", description="One line of the operation log (操作日志).")

@@ -5,7 +5,9 @@ from __future__ import annotations
 from backend.auth.menus import LogModule, Menu, Operation
 from backend.auth.menus import permission as _p
 from backend.auth.sms.settings import SmsSettings
-from backend.domain import Check, Domain, Gateway, Job
+from backend.domain import Check, Domain, Gateway, Job, PersonalData
+
+_STAFF = "a staff member's own record (用户管理), not a resident's"
 
 DOMAIN = Domain(
     name="auth",
@@ -31,6 +33,7 @@ DOMAIN = Domain(
         LogModule("roles", "角色管理", "Roles"),
         LogModule("clients", "第三方接口", "API clients"),
         LogModule("resident", "住户服务", "Resident services"),
+        LogModule("privacy", "个人信息保护", "Personal data (PIPL)"),
     ),
     operations=(
         Operation("login", "登录", "Sign in", "login"),
@@ -58,12 +61,40 @@ DOMAIN = Domain(
         Operation("decideHouseholdBinding", "审核绑定", "Decide binding", "resident"),
         Operation("decideHouseholdBindingAtCounter", "柜台核验绑定", "Decide binding at the counter", "resident"),
         Operation("unbindHousehold", "解除绑定", "Unbind household", "resident"),
+        # shuiwu privacy export|erase (backend.privacy, a host): auth holds the residents.
+        Operation("exportPersonalData", "导出个人信息", "Export personal data", "privacy"),
+        Operation("erasePersonalData", "注销个人信息", "Erase personal data", "privacy"),
     ),
     jobs=(
         Job("purge_expired_auth", "backend.auth.jobs:purge_expired_auth", cron="7 * * * *",
             description="Delete expired login sessions and one-time codes"),
     ),
     events=("backend.auth.events",),
+    personal_data=PersonalData(
+        export="backend.auth.privacy:export",
+        erase="backend.auth.privacy:erase",
+        held={
+            "residents.phone": "exported; erased: a placeholder (已注销<pseudonym>#<id>), so the number is free again",
+            "resident_households.is_owner": "exported with the binding; erased: the binding ends (unbound)",
+            "household_bindings.decided_by": "exported (code, owner:<id> or staff:<id>); pending requests are refused",
+            "auth_sessions.ip": "exported; erased: cleared, and the session revoked",
+            "auth_sessions.user_agent": "exported; erased: cleared, and the session revoked",
+            "one_time_codes.phone": "exported (never the code's hash); erased: deleted; "
+                                    "purged SHUIWU_RETENTION_LOGIN_CODES_DAYS after use or expiry",
+            "auth_throttle.key": "counters of codes sent to the phone and of code attempts: exported; erased: deleted",
+            "login_failures.username": "a resident's failed binding attempts (~bind:<id>): exported; erased: "
+                                       "deleted. The other rows are staff usernames (kept a day)",
+        },
+        excluded={
+            "staff_users.username": _STAFF,
+            "staff_users.full_name": _STAFF,
+            "staff_users.email": _STAFF,
+            "staff_users.phone": _STAFF,
+            "api_clients.name": "a third-party system's name",
+            "api_clients.created_by": "the staff user who added the client",
+            "roles.name": "a role's name",
+        },
+    ),
     checks=(Check("auth.administrator", "backend.auth.checks:has_administrator",
                   "An active staff user can maintain roles"),),
     # Residents' login and binding codes (docs/sms.md). No exchanges are kept: a request

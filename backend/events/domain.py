@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backend.domain import Domain, Job
+from backend.domain import Domain, Job, PersonalData
 
 DOMAIN = Domain(
     name="events",
@@ -13,4 +13,8 @@ DOMAIN = Domain(
             description="Delete relayed events older than SHUIWU_EVENT_RETENTION_DAYS"),
     ),
     commands={"events": "backend.events.cli:events_app"},
+    personal_data=PersonalData(excluded={
+        "domain_events.payload": "ids and states only: payloads are typed per kind (household.bound carries "
+                                 "household_id, resident_id, state); a kind with a personal field declares it here",
+    }),
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backend.domain import Check, Domain, Job
+from backend.domain import Check, Domain, Job, PersonalData
 
 DOMAIN = Domain(
     name="files",
@@ -17,4 +17,10 @@ DOMAIN = Domain(
     ),
     checks=(Check("files.storage", "backend.files.checks:storage_reachable",
                   description="The file storage (SHUIWU_STORAGE_URL) can be written to"),),
+    personal_data=PersonalData(excluded={
+        "stored_files.filename": "exports and photos staff store; no resident stores a file today "
+                                 "(the domain whose residents upload one declares what it holds)",
+        "stored_files.owner_kind": "as filename",
+        "stored_files.owner_id": "as filename",
+    }),
 )

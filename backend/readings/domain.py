@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from backend.auth.menus import Menu, Operation
 from backend.auth.menus import permission as _p
-from backend.domain import Check, Domain, Job
+from backend.domain import Check, Domain, Job, PersonalData
 
 DOMAIN = Domain(
     name="readings",
@@ -67,4 +67,15 @@ DOMAIN = Domain(
                   "This month's readings partition and the next three are attached"),),
     commands={"partitions": "backend.readings.cli:partitions_app"},
     demo="backend.readings.demo:demo_step",
+    personal_data=PersonalData(
+        export="backend.readings.privacy:export",
+        held={"readings.total_m3": "the readings of the meters that served their households while they owned them: "
+                                  "exported; kept (bills are priced from them; erased households name nobody)"},
+        excluded={
+            "alarm_rules.updated_by": "the staff member who changed a rule",
+            "meter_link_status.last_failure_reason": "why a meter's link last failed (a device's)",
+            "query_schemes.owner_user_id": "the staff user who saved a query scheme",
+            "query_schemes.name": "a staff user's name for a saved query",
+        },
+    ),
 )

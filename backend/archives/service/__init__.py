@@ -26,7 +26,8 @@ one module per thing a reader looks for: :mod:`.checks` (the field, uniqueness a
 same-subtree checks every form shares), :mod:`.areas`, :mod:`.households`,
 :mod:`.meters` (meter models and meters), :mod:`.installation` (the company and its
 first administrator), :mod:`.life_cycle` (a meter's install, uninstall, fault and
-repair), :mod:`.stations` (monitoring stations and their instruments), :mod:`.rooms` (a
+repair), :mod:`.personal` (the meters of an owner's tenure, for a privacy export),
+:mod:`.stations` (monitoring stations and their instruments), :mod:`.rooms` (a
 household's room and its building-unit-room labels),
 :mod:`.assignments` (配表, move-out, 换表) and
 :mod:`.devices` (concentrators and collectors).
@@ -141,6 +142,7 @@ from backend.archives.service.meters import (
     set_meter_status,
     update_meter,
 )
+from backend.archives.service.personal import OwnedMeterPeriod, owned_meter_periods
 from backend.archives.service.rooms import (
     RoomLabels,
     room_label_sql,
@@ -193,6 +195,7 @@ __all__ = [
     "MeterChanges",
     "MeterModelFields",
     "MeterOrder",
+    "OwnedMeterPeriod",
     "RoomLabels",
     "RowT",
     "StationChanges",
@@ -243,6 +246,7 @@ __all__ = [
     "meters_by_ids",
     "move_area",
     "no_balance",
+    "owned_meter_periods",
     "owners_by_household_ids",
     "parse_reading",
     "record_status_change",

@@ -70,6 +70,7 @@ from backend.auth.service.policy import (
     TokenPair,
 )
 from backend.auth.service.purge import (
+    purge_decided_bindings,
     purge_expired,
 )
 from backend.auth.service.residents import (
@@ -163,6 +164,7 @@ __all__ = [
     "mask_phone",
     "minimal_paths",
     "pending_bindings_statement",
+    "purge_decided_bindings",
     "purge_expired",
     "refresh_tokens",
     "request_login_code",

@@ -23,15 +23,16 @@ from backend.auth.ratelimit import OverLimitMemo
 from backend.auth.scope import AREA_TREE, in_scope
 from backend.auth.security import code_digest
 from backend.auth.service.policy import AuthPolicy, SmsSender
-from backend.auth.service.residents import CODE_MAX_ATTEMPTS, MOBILE
+from backend.auth.service.residents import CODE_MAX_ATTEMPTS, MOBILE, codes_sent_key
 from backend.auth.service.throttles import _claim_against_lockout, _count_sms_send, claim_sms, count_daily_hit
 from backend.errors import Forbidden, NotFound
 from backend.events.service import emit_event
 
 
-def _bind_attempts_key(resident: Principal) -> str:
-    # "~" never appears in a username, so these counters cannot collide with logins.
-    return f"~bind:{resident.id}"
+def bind_attempts_key(resident_id: int) -> str:
+    """The ``login_failures`` name counting a resident's failed binding attempts ("~"
+    never appears in a username, so these counters cannot collide with logins)."""
+    return f"~bind:{resident_id}"
 
 
 async def claim_bind_attempt(
@@ -45,7 +46,7 @@ async def claim_bind_attempt(
     (:class:`RateLimited`), as a login code request does: binding requests cannot pump SMS."""
     await _count_sms_send(session, now=now, policy=policy, ip=ip, over_limit=over_limit)
     # The resident's own counter (no address): their guesses lock only their binding.
-    return await _claim_against_lockout(session, name=_bind_attempts_key(resident), source="", now=now, policy=policy)
+    return await _claim_against_lockout(session, name=bind_attempts_key(resident.id), source="", now=now, policy=policy)
 
 
 def mask_phone(phone: str | None) -> str | None:
@@ -161,7 +162,7 @@ async def bind_household(
         raise errors.HouseholdMismatch(field="accountNo")
     if household.id in resident.household_ids:
         raise errors.AlreadyBound(field="accountNo")
-    await session.execute(delete(LoginFailure).where(LoginFailure.username == _bind_attempts_key(resident)))  # type: ignore[arg-type]
+    await session.execute(delete(LoginFailure).where(LoginFailure.username == bind_attempts_key(resident.id)))  # type: ignore[arg-type]
     resident_phone = (await session.execute(select(Resident.phone).where(Resident.id == resident.id))).scalar_one()  # type: ignore[call-overload]
     registered = (household.phone or "").strip()
     # Both numbers on the archive are the current owner's.
@@ -188,7 +189,7 @@ async def bind_household(
             except errors.SmsDailyCapReached:
                 return BindingOutcome(pending, household.account_no, resident_phone, None)
             try:
-                await count_daily_hit(session, key=f"sms:phone:{registered}", now=now, limit=policy.sms_codes_per_phone_per_day,
+                await count_daily_hit(session, key=codes_sent_key(registered), now=now, limit=policy.sms_codes_per_phone_per_day,
                                       refusal=errors.CodeDailyLimit())
             except errors.CodeDailyLimit:
                 # No code today: the owner or the counter can still approve.

@@ -24,6 +24,16 @@ CODE_RESEND_S = 60
 CODE_MAX_ATTEMPTS = 5
 
 
+def codes_sent_key(phone: str) -> str:
+    """The throttle counter of SMS codes sent to ``phone`` (login and binding codes)."""
+    return f"sms:phone:{phone}"
+
+
+def code_attempts_key(phone: str) -> str:
+    """The throttle counter of login-code attempts for ``phone``."""
+    return f"code:phone:{phone[:20]}"
+
+
 def _mobile(phone: str) -> str:
     phone = phone.strip()
     if not MOBILE.match(phone):
@@ -54,7 +64,7 @@ async def claim_code_send(
     ``sms_daily_cap`` for the day (:class:`SmsDailyCapReached`): SMS pumping costs money.
     """
     phone = _mobile(phone)
-    await count_daily_hit(session, key=f"sms:phone:{phone}", now=now, limit=policy.sms_codes_per_phone_per_day,
+    await count_daily_hit(session, key=codes_sent_key(phone), now=now, limit=policy.sms_codes_per_phone_per_day,
                           refusal=errors.CodeDailyLimit(field="phone"))
     # Under the phone's lock, so two requests at once cannot both pass.
     await _refuse_recent_code(session, phone, now)
@@ -143,7 +153,7 @@ async def claim_code_attempt(
     phone = phone.strip()
     await count_hit(session, key=f"login:ip:{_source(ip)}", now=now, limit=policy.login_attempts_per_ip_per_minute,
                     over_limit=over_limit)
-    await count_daily_hit(session, key=f"code:phone:{phone[:20]}", now=now, limit=policy.code_attempts_per_phone_per_day,
+    await count_daily_hit(session, key=code_attempts_key(phone), now=now, limit=policy.code_attempts_per_phone_per_day,
                           refusal=errors.CodeAttemptsDailyLimit(field="code"))
     live = (
         select(OneTimeCode.id)  # type: ignore[call-overload]
