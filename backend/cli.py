@@ -191,7 +191,12 @@ def _warn_if_demo_credentials(url: str) -> None:
         finally:
             await engine.dispose()
 
-    found = asyncio.run(ask())
+    try:
+        found = asyncio.run(ask())
+    except Exception as error:  # the server starts as before; its requests will say what is wrong
+        logging.getLogger("shuiwu.serve").warning("could not check for the demo's published logins: %s",
+                                                  startup_error_line(error) or type(error).__name__)
+        return
     if found:
         message = (f"演示数据的公开账号可以登录此数据库 / the demo's published credentials open this database: "
                    f"{', '.join(found)}. Anyone who has read README can sign in: for a utility's data, start from "

@@ -165,7 +165,8 @@ async def test_its_check_is_a_line_of_shuiwu_check(database_url: str) -> None:
     failed = await run_checks(Settings(), database_url, echo=lines.append)
 
     assert "ok    notes.greeting  便签服务 (Asia/Shanghai)" in lines
-    assert lines[0].startswith("ok    database.migrations")
+    assert lines[0].startswith("ok    settings  ")
+    assert lines[1].startswith("ok    database.migrations")
     assert failed == sum(line.startswith("FAIL") for line in lines)
 
 
