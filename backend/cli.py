@@ -224,13 +224,28 @@ def demo_load(
     households: Annotated[int, typer.Option(help="How many households.")] = 2000,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same utility.")] = 7,
     readings: Annotated[bool, typer.Option(help="Also 13 months of meter readings up to now, and their alarms.")] = True,
+    as_of: Annotated[str | None, typer.Option(
+        "--as-of", metavar="INSTANT",
+        help="End the readings at this ISO 8601 instant with its offset (e.g. 2026-11-26T10:30:00+08:00) "
+             "instead of now, so the same demo can be loaded any day (the documented examples use one).")] = None,
 ) -> None:
     """Load the demo utility (idempotent: loading twice changes nothing)."""
     from rich.progress import Progress
 
+    from backend.clock import parse_instant, utcnow
     from backend.db import StatementLimits, create_engine, session_factory
     from backend.demo import load_demo
+    from backend.errors import DomainError
 
+    now = utcnow()
+    if as_of is not None:
+        try:
+            now = parse_instant(as_of, field="as_of")
+        except DomainError as error:
+            raise typer.BadParameter(f"{error.message_en}: {as_of!r}", param_hint="--as-of") from None
+        if now > utcnow():
+            raise typer.BadParameter(f"{as_of!r} is in the future: readings cannot be later than now",
+                                     param_hint="--as-of")
     settings = _settings()
     url = _database(settings)
     _migrate(url)
@@ -241,7 +256,7 @@ def demo_load(
             with Progress(console=console) as progress:
                 task = progress.add_task("示范数据", total=None)
                 async with session_factory(engine)() as session, session.begin():
-                    await load_demo(session, households=households, seed=seed, readings=readings, tz=settings.timezone,
+                    await load_demo(session, households=households, seed=seed, readings=readings, now=now, tz=settings.timezone,
                                     progress=lambda step: progress.update(task, description=f"示范数据: {step}"))
                 progress.update(task, total=1, completed=1, description="示范数据: 完成")
         finally:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
+from typer.testing import CliRunner
 
+from backend import demo
 from backend.archives.service import room_labels_by_household_ids
+from backend.cli import app as cli_app
 from backend.demo import load_demo
 
 
@@ -122,3 +129,26 @@ async def test_demo_load_scales_areas_is_idempotent_and_realistic(session: Async
         "JOIN households h ON h.id = s.household_id JOIN areas ha ON ha.id = h.area_id WHERE NOT starts_with(ha.path, ma.path)"
     ))
     assert cross_area.scalar_one() == 0
+
+
+def test_demo_load_as_of_ends_the_demo_at_that_instant_and_refuses_a_naive_or_future_one(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[datetime | None] = []
+
+    async def recording_load(session: AsyncSession, **options: Any) -> list[object]:
+        asked.append(options["now"])
+        return []
+
+    monkeypatch.setattr(demo, "load_demo", recording_load)
+    env = {"SHUIWU_DATABASE_URL": database_url, "COLUMNS": "200"}
+    runner = CliRunner()
+
+    loaded = runner.invoke(cli_app, ["demo", "load", "--as-of", "2026-11-26T10:30:00+08:00"], env=env)
+    naive = runner.invoke(cli_app, ["demo", "load", "--as-of", "2026-11-26T10:30:00"], env=env)
+    future = runner.invoke(cli_app, ["demo", "load", "--as-of", "2199-01-01T00:00:00+08:00"], env=env)
+
+    assert loaded.exit_code == 0, loaded.output
+    assert asked == [datetime(2026, 11, 26, 2, 30, tzinfo=UTC)]
+    assert naive.exit_code == future.exit_code == 2
+    assert "A time must carry a UTC offset" in naive.output and "is in the future" in future.output

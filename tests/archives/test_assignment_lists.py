@@ -280,7 +280,8 @@ def _work(statements: list[str]) -> list[str]:
     return [s for s in statements if "current_setting('jit')" not in s and "typeinfo_tree" not in s]
 
 
-# The 配表 screen of README.md ("Archives"), in one query: kept here so the README stays true.
+# The 配表 screen of README.md ("Archives") in one query, on a world where every panel has rows
+# (README runs it on the demo, tests/test_docs_examples.py).
 SCREEN = """
 query($area: ID!, $from: DateTime, $to: DateTime) {
   current: meterAssignments(areaId: $area, kind: current, first: 20) {
