@@ -66,68 +66,104 @@ def hourly_params(start_day: date, end_day: date, tz: str) -> dict[str, Any]:
     }
 
 
+# The hour a reading closes, as the instant it starts: hours are (h, h + 1 h], counted in
+# real time from the window's first local midnight.
+_HOUR = "date_bin('1 hour', {instant} - interval '1 microsecond', CAST(:start_at AS timestamptz))"
+
+
+def _closing_hours(source: str, effective: str, seed_effective: str, first_effective: str) -> str:
+    """Per meter, the reading that closes each hour of ``source`` (readings with their
+    ``hour`` and the register ``effective`` by the usage rule), then its usage: the
+    register there minus at the close of the meter's hour before (the seed's when it is
+    the first), an hourly figure only when that is the hour just before (or there is none
+    at all: the meter's first reading ever)."""
+    return f"""
+        SELECT meter_id, hour,
+               (effective - coalesce(lag(effective) OVER w, seed_effective, first_effective)) * multiplier AS usage_m3,
+               CASE WHEN lag(hour) OVER w IS NOT NULL THEN lag(hour) OVER w = hour - interval '1 hour'
+                    WHEN seed_hour IS NOT NULL THEN seed_hour = hour - interval '1 hour' ELSE true END AS covered
+        FROM (
+            SELECT meter_id, read_at, hour, multiplier, seed_hour, {seed_effective} AS seed_effective,
+                   {effective} AS effective, lead(hour) OVER w IS DISTINCT FROM hour AS closes_hour,
+                   first_value({first_effective}) OVER w AS first_effective
+            FROM {source}
+            WINDOW w AS (PARTITION BY meter_id ORDER BY read_at ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+        ) x
+        WHERE closes_hour
+        WINDOW w AS (PARTITION BY meter_id ORDER BY read_at)"""
+
+
 def _hourly_ctes(kind: ScopeKind) -> str:
-    """``units`` and ``hours`` (k, hour_start, day), and per unit: ``unit_hours`` (k, usage
-    of the covered meters, how many) and ``unit_day_meters`` (day, meters counted)."""
+    """``units`` and ``hours`` (k, hour_start, day), and per unit: ``unit_hours`` (hour_start,
+    usage of the covered meters, how many) and ``unit_day_meters`` (day, meters counted).
+
+    Most meters' registers only grow: the rollup flags every day with a rollover or a
+    reverse flow, so a meter without one since its seed (which stood at its high-water
+    mark) is its own effective register up to a constant, and only the differences
+    count. Those meters skip the walk's running wraps and high-water mark; the others
+    take it, reading by reading."""
     return f"""
     WITH {_UNITS_SQL[kind]},
-    served AS ({_SERVED_DAYS}),
-    hours AS (
+    served AS (
+        SELECT *, days = datemultirange(daterange(NULL, NULL)) AS every_day FROM ({_SERVED_DAYS}) s
+    ), hours AS (
         SELECT k, CAST(:start_at AS timestamptz) + k * interval '1 hour' AS hour_start,
                ((CAST(:start_at AS timestamptz) + k * interval '1 hour') AT TIME ZONE :tz)::date AS day
         FROM generate_series(0, CAST(:hour_count AS int) - 1) AS k
     ), meter_list AS (
-        SELECT l.meter_id, power(10::numeric, mm.register_digits) AS register_range,
-               coalesce(mm.multiplier, 1) AS multiplier, s.last_at AS seed_at, s.last_total AS seed_total,
+        SELECT l.meter_id, l.register_range, l.multiplier, s.last_at AS seed_at, s.last_total AS seed_total,
                s.effective_total AS seed_effective, coalesce(s.register_wraps, 0) AS seed_wraps,
+               {_HOUR.format(instant="s.last_at")} AS seed_hour,
                EXISTS (SELECT FROM daily_usage d WHERE d.meter_id = l.meter_id
-                       AND d.day BETWEEN CAST(:start_day AS date) AND CAST(:end_day AS date)) AS reporting
-        FROM (SELECT DISTINCT meter_id FROM served) l
-        JOIN meters m ON m.id = l.meter_id
-        LEFT JOIN meter_models mm ON mm.id = m.model_id
+                       AND d.day BETWEEN CAST(:start_day AS date) AND CAST(:end_day AS date)) AS reporting,
+               (s.day IS NULL OR s.effective_total = s.last_total + coalesce(l.register_range, 0) * s.register_wraps)
+               AND NOT EXISTS (SELECT FROM daily_usage d WHERE d.meter_id = l.meter_id
+                               AND d.day > coalesce(s.day, '-infinity') AND d.day <= CAST(:end_day AS date)
+                               AND (d.rollover OR d.reverse_flow)) AS growing
+        FROM (
+            SELECT m.id AS meter_id, power(10::numeric, mm.register_digits) AS register_range,
+                   coalesce(mm.multiplier, 1) AS multiplier
+            FROM (SELECT DISTINCT meter_id FROM served) sv JOIN meters m ON m.id = sv.meter_id
+            LEFT JOIN meter_models mm ON mm.id = m.model_id
+        ) l
         LEFT JOIN LATERAL (
-            SELECT d.last_at, d.last_total, d.effective_total, d.register_wraps FROM daily_usage d
+            SELECT d.day, d.last_at, d.last_total, d.effective_total, d.register_wraps FROM daily_usage d
             WHERE d.meter_id = l.meter_id AND d.day < CAST(:start_day AS date)
               AND d.last_at <= CAST(:seed_before AS timestamptz)
             ORDER BY d.day DESC LIMIT 1
         ) s ON true
-    ), points AS (
-        SELECT meter_id, seed_at AS read_at, seed_total AS total_m3, register_range, multiplier, seed_at,
-               seed_effective, seed_wraps
-        FROM meter_list WHERE reporting AND seed_at IS NOT NULL
-        UNION ALL
-        SELECT r.meter_id, r.read_at, r.total_m3, l.register_range, l.multiplier, l.seed_at, l.seed_effective,
-               l.seed_wraps
-        FROM meter_list l JOIN readings r ON r.meter_id = l.meter_id
-        WHERE l.reporting AND r.read_at > CAST(:walk_from AS timestamptz) AND r.read_at <= CAST(:end_at AS timestamptz)
+    ), points AS NOT MATERIALIZED (
+        -- The readings after each reporting meter's seed, in meter order (so the walk's
+        -- windows only sort within a meter), with their hour.
+        SELECT l.meter_id, l.growing, l.multiplier, l.seed_hour, l.seed_total, r.read_at, r.total_m3,
+               {_HOUR.format(instant="r.read_at")} AS hour
+        FROM (SELECT * FROM meter_list WHERE reporting ORDER BY meter_id) l
+        JOIN readings r ON r.meter_id = l.meter_id
+        WHERE r.read_at > CAST(:walk_from AS timestamptz) AND r.read_at <= CAST(:end_at AS timestamptz)
           AND r.read_at > coalesce(l.seed_at, '-infinity')
-    ), wrapped AS (
-        SELECT *, coalesce(total_m3 - lag(total_m3) OVER w < -register_range / 2, false) AS wrapped
-        FROM points WINDOW w AS (PARTITION BY meter_id ORDER BY read_at)
-    ), unwrapped AS (
-        SELECT meter_id, read_at, multiplier, seed_at, seed_effective,
-               total_m3 + coalesce(register_range, 0) * (seed_wraps + count(*) FILTER (WHERE wrapped) OVER w) AS unwrapped
-        FROM wrapped WINDOW w AS (PARTITION BY meter_id ORDER BY read_at ROWS UNBOUNDED PRECEDING)
     ), walked AS (
-        -- Per reading: its hour k, the high-water register, and whether it is its hour's last.
-        SELECT meter_id, read_at, multiplier, seed_at, k, greatest(seed_effective, max(unwrapped) OVER w) AS effective,
-               lead(k) OVER w IS DISTINCT FROM k AS closes_hour, first_value(unwrapped) OVER w AS first_unwrapped
-        FROM (SELECT *, ceil(extract(epoch FROM read_at - CAST(:start_at AS timestamptz)) / 3600)::int - 1 AS k
-              FROM unwrapped) u
-        WINDOW w AS (PARTITION BY meter_id ORDER BY read_at ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+        -- The usage rule reading by reading, for the meters whose register ever fell.
+        SELECT *, total_m3 + coalesce(register_range, 0) * (seed_wraps + count(*) FILTER (WHERE wrapped) OVER w)
+                  AS unwrapped
+        FROM (
+            SELECT p.*, l.register_range, l.seed_effective, l.seed_wraps,
+                   coalesce(p.total_m3 - coalesce(lag(p.total_m3) OVER w, l.seed_total) < -l.register_range / 2,
+                            false) AS wrapped
+            FROM points p JOIN meter_list l ON l.meter_id = p.meter_id
+            WHERE NOT p.growing
+            WINDOW w AS (PARTITION BY p.meter_id ORDER BY p.read_at)
+        ) x
+        WINDOW w AS (PARTITION BY meter_id ORDER BY read_at ROWS UNBOUNDED PRECEDING)
     ), meter_hours AS (
-        -- The register at each hour's end minus the one at the end of the meter's hour
-        -- before; an hourly figure only when that hour is k - 1 (or there is none at all).
-        SELECT meter_id, k,
-               (effective - coalesce(lag(effective) OVER w, first_unwrapped)) * multiplier AS usage_m3,
-               coalesce(lag(k) OVER w = k - 1, seed_at IS NULL) AS covered
-        FROM walked WHERE closes_hour
-        WINDOW w AS (PARTITION BY meter_id ORDER BY read_at)
+        {_closing_hours("points WHERE growing", "total_m3", "seed_total", "total_m3")}
+        UNION ALL
+        {_closing_hours("walked", "greatest(seed_effective, max(unwrapped) OVER w)", "seed_effective", "unwrapped")}
     ), unit_hours AS (
-        SELECT sv.unit_kind, sv.unit_id, mh.k, sum(mh.usage_m3) AS usage_m3, count(*) AS covered_meters
-        FROM meter_hours mh JOIN hours h ON h.k = mh.k
-        JOIN served sv ON sv.meter_id = mh.meter_id AND h.day <@ sv.days
-        WHERE mh.covered
+        SELECT sv.unit_kind, sv.unit_id, mh.hour AS hour_start, sum(mh.usage_m3) AS usage_m3,
+               count(*) AS covered_meters
+        FROM meter_hours mh JOIN served sv ON sv.meter_id = mh.meter_id
+        WHERE mh.covered AND mh.hour >= CAST(:start_at AS timestamptz)
+          AND (sv.every_day OR (mh.hour AT TIME ZONE :tz)::date <@ sv.days)
         GROUP BY 1, 2, 3
     ), unit_day_meters AS (
         SELECT g.unit_kind, g.unit_id, d.day, sum(g.meters) AS meters
@@ -155,7 +191,7 @@ def hourly_statistics_sql(kind: ScopeKind) -> str:
                {_COVERAGE.format(meters="m.meters", covered="coalesce(x.covered_meters, 0)")} AS coverage_percent
         FROM (SELECT DISTINCT * FROM units) u CROSS JOIN hours h
         LEFT JOIN unit_day_meters m ON m.unit_kind = u.unit_kind AND m.unit_id = u.unit_id AND m.day = h.day
-        LEFT JOIN unit_hours x ON x.unit_kind = u.unit_kind AND x.unit_id = u.unit_id AND x.k = h.k
+        LEFT JOIN unit_hours x ON x.unit_kind = u.unit_kind AND x.unit_id = u.unit_id AND x.hour_start = h.hour_start
     ), summary AS (
         SELECT count(*) AS row_count, count(usage_m3) AS n, coalesce(sum(usage_m3), 0) AS total,
                round(avg(usage_m3), 4) AS mean, max(usage_m3) AS maximum, min(usage_m3) AS minimum
@@ -177,8 +213,8 @@ def hourly_series_sql(kind: ScopeKind) -> str:
            round(x.usage_m3, 4) AS usage_m3,
            {_COVERAGE.format(meters="m.meters", covered="coalesce(x.covered_meters, 0)")} AS coverage_percent
     FROM hours h
-    LEFT JOIN (SELECT k, sum(usage_m3) AS usage_m3, sum(covered_meters) AS covered_meters FROM unit_hours GROUP BY k) x
-        ON x.k = h.k
+    LEFT JOIN (SELECT hour_start, sum(usage_m3) AS usage_m3, sum(covered_meters) AS covered_meters
+               FROM unit_hours GROUP BY hour_start) x ON x.hour_start = h.hour_start
     LEFT JOIN (SELECT day, sum(meters) AS meters FROM unit_day_meters GROUP BY day) m ON m.day = h.day
     ORDER BY h.k
     """
