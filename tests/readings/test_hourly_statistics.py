@@ -294,3 +294,22 @@ async def test_the_hourly_screen_page_shows_what_the_api_answers(client: GraphQL
 
     assert result.pop("_status") == 200
     assert result == example.output, json.dumps(result, ensure_ascii=False)
+
+
+# Three aliases of a month of a building: fine by day, past the cost limit (50,000) by hour.
+THREE_MONTHS_OF_A_BUILDING = "query($scope: UsageObjectInput!, $g: UsageGranularity!) { " + " ".join(
+    f'm{i}: usageStatistics(scope: $scope, granularity: $g, from: "2026-10-01", to: "2026-10-31", first: 1) '
+    "{ summary { count } }" for i in range(3)) + " }"
+
+
+async def test_hourly_figures_weigh_24_times_a_days_in_the_query_cost(client: GraphQLClient,
+                                                                      screen_world: ScreenWorld) -> None:
+    token = await client.login(screen_world.staff.username, screen_world.staff.password)
+    scope = {"areaId": str(encode_id("Area", screen_world.building.building.id))}
+
+    daily = await client.execute(THREE_MONTHS_OF_A_BUILDING, {"scope": scope, "g": "DAY"}, token=token)
+    hourly = await client.execute(THREE_MONTHS_OF_A_BUILDING, {"scope": scope, "g": "HOUR"}, token=token)
+
+    assert "errors" not in daily, daily
+    assert hourly["data"] is None
+    assert [error["extensions"]["code"] for error in hourly["errors"]] == ["QUERY_TOO_COMPLEX"]
