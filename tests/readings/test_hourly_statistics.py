@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -260,6 +260,26 @@ async def test_statistics_export_writes_hourly_area_rows_with_their_coverage(ses
     assert all(isinstance(line, SummaryLine) for line in lines)
     assert [line.values["usage_m3"] for line in lines] == [
         page.summary.total, page.summary.mean, page.summary.maximum, page.summary.minimum]
+
+
+async def test_an_autumn_dst_day_has_25_hours_that_add_up_to_it(session: AsyncSession) -> None:
+    berlin, day = "Europe/Berlin", date(2026, 10, 25)  # 03:00 CEST turns back into 02:00 CET
+    tree = await make_area_tree(session)
+    meter = await _meter(session, tree.east_community)
+    start = datetime(2026, 10, 24, tzinfo=ZoneInfo(berlin)).astimezone(UTC)  # steps of real hours
+    readings = [ReadingIn(meter_id=meter.id, read_at=start + timedelta(hours=n, minutes=30),  # type: ignore[arg-type]
+                          total_m3=Decimal(n) / 10) for n in range(3 * 24)]
+    assert not (await ingest_readings(session, readings=readings, source="test", now=NOW, tz=berlin)).rejected
+    scope = Scope(ScopeKind.meter, meter.id)  # type: ignore[arg-type]
+
+    hours = await hourly(session, scope, day, day, tz=berlin)
+    daily = await analytics.usage_statistics(session, scope=scope, granularity=Granularity.day, start_day=day,
+                                             end_day=day, scope_patterns=None, tz=berlin)
+
+    assert hours.total_count == 25
+    assert [row.label[-5:] for row in hours.rows[:4]] == ["00:00", "01:00", "02:00", "02:00"]
+    assert {row.usage_m3 for row in hours.rows} == {Decimal("0.1000")}
+    assert hours.summary.total == daily.rows[0].usage_m3 == Decimal("2.5000")
 
 
 # --------------------------------------------------------------------------- the screen page

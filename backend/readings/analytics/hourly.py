@@ -28,7 +28,7 @@ when hours were for one meter or household only).
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import UTC, date, timedelta
 from typing import Any
 
 from backend.errors import DomainError, ErrorCode
@@ -55,14 +55,16 @@ def hourly_params(start_day: date, end_day: date, tz: str) -> dict[str, Any]:
 
     Hours are counted in real time from the first day's local midnight (a DST day has 23
     or 25), so hour ``k`` is ``(start_at + k h, start_at + (k + 1) h]``."""
-    start_at = day_start(start_day, tz)
-    end_at = day_start(end_day + timedelta(days=1), tz)
+    # In UTC: two instants of one zone subtract by wall clock, which loses a DST hour.
+    start_at = day_start(start_day, tz).astimezone(UTC)
+    end_at = day_start(end_day + timedelta(days=1), tz).astimezone(UTC)
     return {
         "start_at": start_at, "end_at": end_at, "hour_count": int((end_at - start_at) / timedelta(hours=1)),
         # The state the walk starts from is a day closed at or before the hour before the
         # first one (its register closes that hour's predecessor); every reading after
         # such a day's last one lies in the day before the window or later.
-        "seed_before": start_at - timedelta(hours=1), "walk_from": day_start(start_day - timedelta(days=1), tz),
+        "seed_before": start_at - timedelta(hours=1),
+        "walk_from": day_start(start_day - timedelta(days=1), tz).astimezone(UTC),
     }
 
 
