@@ -80,12 +80,13 @@ def _closing_hours(source: str, effective: str, seed_effective: str, first_effec
     the first), an hourly figure only when that is the hour just before (or there is none
     at all: the meter's first reading ever)."""
     return f"""
-        SELECT meter_id, hour,
+        SELECT meter_id, unit_no, every_day, hour,
                (effective - coalesce(lag(effective) OVER w, seed_effective, first_effective)) * multiplier AS usage_m3,
                CASE WHEN lag(hour) OVER w IS NOT NULL THEN lag(hour) OVER w = hour - interval '1 hour'
                     WHEN seed_hour IS NOT NULL THEN seed_hour = hour - interval '1 hour' ELSE true END AS covered
         FROM (
-            SELECT meter_id, read_at, hour, multiplier, seed_hour, {seed_effective} AS seed_effective,
+            SELECT meter_id, unit_no, every_day, read_at, hour, multiplier, seed_hour,
+                   {seed_effective} AS seed_effective,
                    {effective} AS effective, lead(hour) OVER w IS DISTINCT FROM hour AS closes_hour,
                    first_value({first_effective}) OVER w AS first_effective
             FROM {source}
@@ -95,25 +96,41 @@ def _closing_hours(source: str, effective: str, seed_effective: str, first_effec
         WINDOW w AS (PARTITION BY meter_id ORDER BY read_at)"""
 
 
+# A household's meters (and a meter a resident asks for) count only on the days they
+# served the household; an area's or a concentrator's count every day, and their plan
+# stays the plain aggregate's without the check.
+_BY_ASSIGNMENT = (ScopeKind.household, ScopeKind.meter)
+_SERVED_HOUR = """
+          AND (mh.every_day OR EXISTS (SELECT FROM served sv WHERE sv.meter_id = mh.meter_id
+                                       AND (mh.hour AT TIME ZONE :tz)::date <@ sv.days))"""
+
+
 def _hourly_ctes(kind: ScopeKind) -> str:
-    """``units`` and ``hours`` (k, hour_start, day), and per unit: ``unit_hours`` (hour_start,
-    usage of the covered meters, how many) and ``unit_day_meters`` (day, meters counted).
+    """``units`` and ``hours`` (k, hour_start, day), and per unit: ``unit_hours`` (by the
+    unit's number in ``unit_numbers``: hour_start, usage of the covered meters, how many)
+    and ``unit_day_meters`` (day, meters counted).
 
     Most meters' registers only grow: the rollup flags every day with a rollover or a
     reverse flow, so a meter without one since its seed (which stood at its high-water
     mark) is its own effective register up to a constant, and only the differences
     count. Those meters skip the walk's running wraps and high-water mark; the others
-    take it, reading by reading."""
+    take it, reading by reading.
+
+    Every meter counts for one unit of the object (a child area, or itself), so the walk
+    carries the unit's number and the sums group by it without joining back per hour."""
     return f"""
     WITH {_UNITS_SQL[kind]},
     served AS (
-        SELECT *, days = datemultirange(daterange(NULL, NULL)) AS every_day FROM ({_SERVED_DAYS}) s
+        SELECT *, days = datemultirange(daterange(NULL, NULL)) AS every_day,
+               dense_rank() OVER (ORDER BY unit_kind, unit_id)::int AS unit_no
+        FROM ({_SERVED_DAYS}) s
     ), hours AS (
         SELECT k, CAST(:start_at AS timestamptz) + k * interval '1 hour' AS hour_start,
                ((CAST(:start_at AS timestamptz) + k * interval '1 hour') AT TIME ZONE :tz)::date AS day
         FROM generate_series(0, CAST(:hour_count AS int) - 1) AS k
     ), meter_list AS (
-        SELECT l.meter_id, l.register_range, l.multiplier, s.last_at AS seed_at, s.last_total AS seed_total,
+        SELECT l.meter_id, l.unit_no, l.every_day, l.register_range, l.multiplier, s.last_at AS seed_at,
+               s.last_total AS seed_total,
                s.effective_total AS seed_effective, coalesce(s.register_wraps, 0) AS seed_wraps,
                {_HOUR.format(instant="s.last_at")} AS seed_hour,
                EXISTS (SELECT FROM daily_usage d WHERE d.meter_id = l.meter_id
@@ -123,9 +140,9 @@ def _hourly_ctes(kind: ScopeKind) -> str:
                                AND d.day > coalesce(s.day, '-infinity') AND d.day <= CAST(:end_day AS date)
                                AND (d.rollover OR d.reverse_flow)) AS growing
         FROM (
-            SELECT m.id AS meter_id, power(10::numeric, mm.register_digits) AS register_range,
+            SELECT m.id AS meter_id, sv.unit_no, sv.every_day, power(10::numeric, mm.register_digits) AS register_range,
                    coalesce(mm.multiplier, 1) AS multiplier
-            FROM (SELECT DISTINCT meter_id FROM served) sv JOIN meters m ON m.id = sv.meter_id
+            FROM served sv JOIN meters m ON m.id = sv.meter_id
             LEFT JOIN meter_models mm ON mm.id = m.model_id
         ) l
         LEFT JOIN LATERAL (
@@ -137,7 +154,8 @@ def _hourly_ctes(kind: ScopeKind) -> str:
     ), points AS NOT MATERIALIZED (
         -- The readings after each reporting meter's seed, in meter order (so the walk's
         -- windows only sort within a meter), with their hour.
-        SELECT l.meter_id, l.growing, l.multiplier, l.seed_hour, l.seed_total, r.read_at, r.total_m3,
+        SELECT l.meter_id, l.unit_no, l.every_day, l.growing, l.multiplier, l.seed_hour, l.seed_total, r.read_at,
+               r.total_m3,
                {_HOUR.format(instant="r.read_at")} AS hour
         FROM (SELECT * FROM meter_list WHERE reporting ORDER BY meter_id) l
         JOIN readings r ON r.meter_id = l.meter_id
@@ -161,12 +179,12 @@ def _hourly_ctes(kind: ScopeKind) -> str:
         UNION ALL
         {_closing_hours("walked", "greatest(seed_effective, max(unwrapped) OVER w)", "seed_effective", "unwrapped")}
     ), unit_hours AS (
-        SELECT sv.unit_kind, sv.unit_id, mh.hour AS hour_start, sum(mh.usage_m3) AS usage_m3,
-               count(*) AS covered_meters
-        FROM meter_hours mh JOIN served sv ON sv.meter_id = mh.meter_id
-        WHERE mh.covered AND mh.hour >= CAST(:start_at AS timestamptz)
-          AND (sv.every_day OR (mh.hour AT TIME ZONE :tz)::date <@ sv.days)
-        GROUP BY 1, 2, 3
+        SELECT mh.unit_no, mh.hour AS hour_start, sum(mh.usage_m3) AS usage_m3, count(*) AS covered_meters
+        FROM meter_hours mh
+        WHERE mh.covered AND mh.hour >= CAST(:start_at AS timestamptz){_SERVED_HOUR if kind in _BY_ASSIGNMENT else ""}
+        GROUP BY 1, 2
+    ), unit_numbers AS (
+        SELECT DISTINCT unit_kind, unit_id, unit_no FROM served
     ), unit_day_meters AS (
         SELECT g.unit_kind, g.unit_id, d.day, sum(g.meters) AS meters
         FROM (
@@ -193,7 +211,8 @@ def hourly_statistics_sql(kind: ScopeKind) -> str:
                {_COVERAGE.format(meters="m.meters", covered="coalesce(x.covered_meters, 0)")} AS coverage_percent
         FROM (SELECT DISTINCT * FROM units) u CROSS JOIN hours h
         LEFT JOIN unit_day_meters m ON m.unit_kind = u.unit_kind AND m.unit_id = u.unit_id AND m.day = h.day
-        LEFT JOIN unit_hours x ON x.unit_kind = u.unit_kind AND x.unit_id = u.unit_id AND x.hour_start = h.hour_start
+        LEFT JOIN unit_numbers n ON n.unit_kind = u.unit_kind AND n.unit_id = u.unit_id
+        LEFT JOIN unit_hours x ON x.unit_no = n.unit_no AND x.hour_start = h.hour_start
     ), summary AS (
         SELECT count(*) AS row_count, count(usage_m3) AS n, coalesce(sum(usage_m3), 0) AS total,
                round(avg(usage_m3), 4) AS mean, max(usage_m3) AS maximum, min(usage_m3) AS minimum
