@@ -333,3 +333,25 @@ async def test_hourly_figures_weigh_24_times_a_days_in_the_query_cost(client: Gr
     assert "errors" not in daily, daily
     assert hourly["data"] is None
     assert [error["extensions"]["code"] for error in hourly["errors"]] == ["QUERY_TOO_COMPLEX"]
+
+
+HOURLY_CHART = """query($building: ID!) {
+  usageSeries(objects: [{areaId: $building}], granularity: HOUR, from: "2026-11-03", to: "2026-11-03") {
+    labels series { name points { label value meters coveredMeters coveragePercent } } } }"""
+
+
+async def test_the_hourly_chart_of_a_building_carries_each_hours_coverage(client: GraphQLClient,
+                                                                          screen_world: ScreenWorld) -> None:
+    token = await client.login(screen_world.staff.username, screen_world.staff.password)
+
+    result = await client.execute(HOURLY_CHART, {"building": str(encode_id("Area", screen_world.building.building.id))},
+                                  token=token)
+
+    assert "errors" not in result, result
+    (series,) = result["data"]["usageSeries"]["series"]
+    assert series["name"] == "1号楼" and len(series["points"]) == 24
+    night = {point["label"][-5:]: point for point in series["points"]}
+    assert {key: night["02:00"][key] for key in ("meters", "coveredMeters", "coveragePercent")} == {
+        "meters": 4, "coveredMeters": 2, "coveragePercent": "50.00"}
+    assert night["03:00"]["coveragePercent"] == "75.00"
+    assert Decimal(night["03:00"]["value"]) > 0
