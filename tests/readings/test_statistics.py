@@ -273,9 +273,15 @@ async def test_hourly_statistics_of_a_household_split_the_replacement_day_betwee
     hourly = await statistics(session, Scope(ScopeKind.household, utility.household.id), Granularity.hour, day, day)
 
     assert hourly.total_count == 48  # two meters x 24 hours
-    by_meter = {meter_id: sum(row.usage_m3 for row in hourly.rows if row.unit_id == meter_id)
+    by_meter = {meter_id: sum(row.usage_m3 or 0 for row in hourly.rows if row.unit_id == meter_id)
                 for meter_id in (utility.old.id, utility.new.id)}
     assert by_meter[utility.old.id] > 0 and by_meter[utility.new.id] > 0
+    # Each meter has figures only for the hours it was read in (the swap at 12:00 is
+    # both meters' reading of the 11:00 hour): the rest of the day is not available.
+    figures = {(row.unit_id, row.label[-5:]): row.usage_m3 for row in hourly.rows}
+    assert [hour for hour in range(24) if figures[(utility.old.id, f"{hour:02}:00")] is None] == list(range(12, 24))
+    assert [hour for hour in range(24) if figures[(utility.new.id, f"{hour:02}:00")] is None] == list(range(11))
+    assert hourly.summary.count == 12 + 13
     household = await usage_between(session, household_ids=[utility.household.id], start=day_start(day),
                                     end=day_start(day + timedelta(days=1)))
     assert hourly.summary.total == household[utility.household.id]
@@ -304,18 +310,11 @@ async def test_concentrator_statistics_have_one_row_per_meter_it_reads(session: 
     assert [row.unit_id for row in east.rows] == [utility.rolling.id]
 
 
-@pytest.mark.parametrize("kind", [ScopeKind.area, ScopeKind.concentrator])
-async def test_hourly_statistics_are_refused_for_areas_and_concentrators(session: AsyncSession, kind: ScopeKind) -> None:
-    with pytest.raises(HourlyNotSupported) as refused:
-        await statistics(session, Scope(kind, 1), Granularity.hour, OCT, OCT)
-    assert refused.value.code == "HOURLY_SCOPE_UNSUPPORTED"
-
-
 async def test_hourly_statistics_are_refused_beyond_31_days(session: AsyncSession) -> None:
     utility = await build_utility(session)
     with pytest.raises(HourlyNotSupported) as refused:
         await statistics(session, Scope(ScopeKind.meter, utility.rolling.id), Granularity.hour, OCT, date(2026, 11, 1))
-    assert refused.value.field == "to"
+    assert (refused.value.code, refused.value.field) == ("HOURLY_SCOPE_UNSUPPORTED", "to")
 
 
 async def test_daily_statistics_are_refused_beyond_a_year_but_monthly_ones_are_not(session: AsyncSession) -> None:
@@ -500,8 +499,10 @@ async def test_graphql_statistics_refusals(client: GraphQLClient, api_world: Api
     assert [e["extensions"]["code"] for e in forbidden["errors"]] == ["FORBIDDEN"]
 
     admin_token = await client.login(api_world.admin.username, api_world.admin.password)
-    hourly = await client.execute(STATISTICS, {**base, "g": "HOUR", "scope": company}, token=admin_token)
-    assert [e["extensions"]["code"] for e in hourly["errors"]] == ["HOURLY_SCOPE_UNSUPPORTED"]
+    hourly = await client.execute(STATISTICS, {**base, "g": "HOUR", "from": "2026-09-18", "scope": company},
+                                  token=admin_token)  # 32 days
+    assert [(e["extensions"]["code"], e["extensions"]["field"]) for e in hourly["errors"]] == [
+        ("HOURLY_SCOPE_UNSUPPORTED", "to")]
     two = await client.execute(STATISTICS, {**base, "scope": {**company, "meterId": gid("Meter", utility.rolling.id)}},
                                token=admin_token)
     assert [e["extensions"]["code"] for e in two["errors"]] == ["BAD_USER_INPUT"]
