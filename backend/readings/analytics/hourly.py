@@ -12,13 +12,34 @@ a reading in that hour and one in the hour before it (or the hour holds the mete
 reading ever: nothing before it is counted by the usage rule). Then the figure is exactly
 ``usage_between(h, h + 1h)``. A meter read daily, every two hours or with a gap has no
 figure for the hours it did not bracket: they are *not available*, never interpolated and
-never given the whole gap's usage. Per unit and hour:
+never given the whole gap's usage.
 
-- ``meters``: the unit's meters that count for it on the hour's day and have at least one
-  reading in the window (a meter read daily is counted; a meter with no reading at all in
-  the window is not);
+**Households.** A household's meters (and a meter a resident asks for: the kinds of
+:data:`_BY_ASSIGNMENT`) count only over the instants they served it, ``(start_at, end_at]``
+of each assignment, as ``usage_between`` clips them. The hour that holds a handover
+splits at it: the old household's part ``(h, t]`` is the register at the handover
+reading minus the register at the close of the hour before, the new household's part
+``(t, h + 1h]`` the register at the last reading in the hour minus the handover reading
+(its seed); each part is exactly ``usage_between`` over it. The registers are the walk's
+effective ones, per meter across the handover (rollovers, reverse flow held at the
+high-water mark), never the raw totals. A part is covered when it is bracketed: the
+meter's last reading at or before the part's start is in the hour before, or in the
+hour itself for a part that starts at a handover (the handover reading, when one was
+stored), and the meter has a reading inside the part closing it (the handover reading
+closes the old household's part). A part after a handover without a reading of its own until the
+next hour is not available; the next hour then counts from the handover reading. A
+meter's hour is covered for the household when every part of it that the meter served
+is (moved out and back in within one hour: both parts).
+
+Per unit and hour:
+
+- ``meters``: the unit's meters that count for it in the hour (an area's or a
+  concentrator's: all of them, on every day; a household's: those that served it for at
+  least part of the hour) and have at least one reading in the window (a meter read daily
+  is counted; a meter with no reading at all in the window is not);
 - ``covered_meters``: those of them with an hourly figure for the hour;
-- ``usage_m3``: the sum of those figures, ``None`` when there is none (not available);
+- ``usage_m3``: the sum of those figures, ``None`` when there is none (not available; an
+  hour in which no meter served a household has ``meters`` 0 and no figure either);
 - ``coverage_percent``: ``covered_meters / meters`` in percent, 2 places, ``None`` when
   ``meters`` is 0.
 
@@ -73,21 +94,34 @@ def hourly_params(start_day: date, end_day: date, tz: str) -> dict[str, Any]:
 _HOUR = "date_bin('1 hour', {instant} - interval '1 microsecond', CAST(:start_at AS timestamptz))"
 
 
-def _closing_hours(source: str, effective: str, seed_effective: str, first_effective: str) -> str:
+def _closing_hours(source: str, effective: str, seed_effective: str, first_effective: str, *,
+                   split: bool = False) -> str:
     """Per meter, the reading that closes each hour of ``source`` (readings with their
     ``hour`` and the register ``effective`` by the usage rule), then its usage: the
     register there minus at the close of the meter's hour before (the seed's when it is
     the first), an hourly figure only when that is the hour just before (or there is none
-    at all: the meter's first reading ever)."""
+    at all: the meter's first reading ever).
+
+    ``split``: hours are cut further at the meter's service bounds (``seg``, see
+    :data:`_SPLIT_POINTS`), so a reading closes each *piece* of an hour, the previous
+    piece's closing reading is the last one at or before the piece's start (the handover
+    reading, for the piece after a handover), and a piece that starts inside the hour
+    is bracketed by one in that hour or the hour before. Each row carries its
+    ``read_at``, which the served parts of hours pick their pieces by."""
+    key = "lead(hour) OVER w IS DISTINCT FROM hour"
+    after = "= hour - interval '1 hour'"
+    if split:
+        key += " OR lead(seg) OVER w IS DISTINCT FROM seg"
+        after = ">= hour - interval '1 hour'"
     return f"""
-        SELECT meter_id, unit_no, every_day, hour,
+        SELECT meter_id, unit_no, every_day, hour,{" read_at," if split else ""}
                (effective - coalesce(lag(effective) OVER w, seed_effective, first_effective)) * multiplier AS usage_m3,
-               CASE WHEN lag(hour) OVER w IS NOT NULL THEN lag(hour) OVER w = hour - interval '1 hour'
-                    WHEN seed_hour IS NOT NULL THEN seed_hour = hour - interval '1 hour' ELSE true END AS covered
+               CASE WHEN lag(hour) OVER w IS NOT NULL THEN lag(hour) OVER w {after}
+                    WHEN seed_hour IS NOT NULL THEN seed_hour {after} ELSE true END AS covered
         FROM (
             SELECT meter_id, unit_no, every_day, read_at, hour, multiplier, seed_hour,
                    {seed_effective} AS seed_effective,
-                   {effective} AS effective, lead(hour) OVER w IS DISTINCT FROM hour AS closes_hour,
+                   {effective} AS effective, {key} AS closes_hour,
                    first_value({first_effective}) OVER w AS first_effective
             FROM {source}
             WINDOW w AS (PARTITION BY meter_id ORDER BY read_at ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
@@ -96,19 +130,81 @@ def _closing_hours(source: str, effective: str, seed_effective: str, first_effec
         WINDOW w AS (PARTITION BY meter_id ORDER BY read_at)"""
 
 
-# A household's meters (and a meter a resident asks for) count only on the days they
-# served the household; an area's or a concentrator's count every day, and their plan
-# stays the plain aggregate's without the check.
+# A household's meters (and a meter a resident asks for) count only over the instants
+# they served the unit; an area's or a concentrator's count all the time, and their plan
+# stays the plain aggregate's without any of this.
 _BY_ASSIGNMENT = (ScopeKind.household, ScopeKind.meter)
-_SERVED_HOUR = """
-          AND (mh.every_day OR EXISTS (SELECT FROM served sv WHERE sv.meter_id = mh.meter_id
-                                       AND (mh.hour AT TIME ZONE :tz)::date <@ sv.days))"""
+
+# Each meter's service of its unit as instants, ``(start_at, end_at]`` per assignment
+# (NULL = open), merged: moving out and back in at one instant is one span. In these
+# kinds every meter counts for exactly one unit (itself), so spans are per meter.
+_SPANS = """
+    spans AS (
+        SELECT meter_id, range_agg(tstzrange(start_at, end_at, '(]')) AS spans
+        FROM unit_meters
+        WHERE start_at IS NULL OR end_at IS NULL OR start_at < end_at
+        GROUP BY meter_id
+    ), """
+
+# ``seg`` of a reading: how many of its meter's service bounds lie before it, so the
+# readings of one piece of time between two bounds share it. A reading at a bound (the
+# handover reading) closes the piece that ends there: (start_at, end_at] as usage counts.
+_SEG = """,
+               (SELECT count(*) FILTER (WHERE lower(x.span) < r.read_at) + count(*) FILTER (WHERE upper(x.span) < r.read_at)
+                FROM spans s CROSS JOIN unnest(s.spans) AS x(span) WHERE s.meter_id = l.meter_id) AS seg"""
+
+# The served parts of each hour per reporting meter (the whole hour, or the part before
+# or after a handover, or both sides of an absence), their pieces' figures, and per unit
+# and hour: the meters serving it in the hour, and those whose every served part is
+# covered, with their usage.
+_SERVED_UNIT_HOURS = """
+    unit_parts AS (
+        SELECT l.unit_no, l.meter_id, h.hour_start, p.part
+        FROM meter_list l JOIN spans s ON s.meter_id = l.meter_id
+        CROSS JOIN hours h
+        CROSS JOIN LATERAL unnest(s.spans * tstzmultirange(
+            tstzrange(h.hour_start, h.hour_start + interval '1 hour', '(]'))) AS p(part)
+        WHERE l.reporting
+    ), unit_meter_hours AS (
+        SELECT p.unit_no, p.meter_id, p.hour_start, sum(mh.usage_m3) AS usage_m3,
+               bool_and(coalesce(mh.covered, false)) AS covered
+        FROM unit_parts p
+        LEFT JOIN meter_hours mh ON mh.meter_id = p.meter_id AND mh.hour = p.hour_start AND p.part @> mh.read_at
+        GROUP BY 1, 2, 3
+    ), unit_hours AS (
+        SELECT unit_no, hour_start, sum(usage_m3) FILTER (WHERE covered) AS usage_m3,
+               count(*) FILTER (WHERE covered) AS covered_meters, count(*) AS meters
+        FROM unit_meter_hours
+        GROUP BY 1, 2
+    )"""
+
+# The others' covered hours summed ...
+_ALL_UNIT_HOURS = """
+    unit_hours AS (
+        SELECT mh.unit_no, mh.hour AS hour_start, sum(mh.usage_m3) AS usage_m3, count(*) AS covered_meters
+        FROM meter_hours mh
+        WHERE mh.covered AND mh.hour >= CAST(:start_at AS timestamptz)
+        GROUP BY 1, 2
+    )"""
+
+# ... and their meters per day (after ``unit_numbers``).
+_UNIT_DAY_METERS = """,
+    unit_day_meters AS (
+        SELECT g.unit_kind, g.unit_id, d.day, sum(g.meters) AS meters
+        FROM (
+            SELECT sv.unit_kind, sv.unit_id, sv.days, count(*) AS meters
+            FROM served sv JOIN meter_list l ON l.meter_id = sv.meter_id AND l.reporting
+            GROUP BY 1, 2, 3
+        ) g JOIN (SELECT DISTINCT day FROM hours) d ON d.day <@ g.days
+        GROUP BY 1, 2, 3
+    )"""
 
 
 def _hourly_ctes(kind: ScopeKind) -> str:
     """``units`` and ``hours`` (k, hour_start, day), and per unit: ``unit_hours`` (by the
-    unit's number in ``unit_numbers``: hour_start, usage of the covered meters, how many)
-    and ``unit_day_meters`` (day, meters counted).
+    unit's number in ``unit_numbers``: hour_start, usage of the covered meters, how many;
+    and ``meters`` for the kinds of :data:`_BY_ASSIGNMENT`) and, for the others,
+    ``unit_day_meters`` (day, meters counted).
 
     Most meters' registers only grow: the rollup flags every day with a rollover or a
     reverse flow, so a meter without one since its seed (which stood at its high-water
@@ -117,14 +213,20 @@ def _hourly_ctes(kind: ScopeKind) -> str:
     take it, reading by reading.
 
     Every meter counts for one unit of the object (a child area, or itself), so the walk
-    carries the unit's number and the sums group by it without joining back per hour."""
+    carries the unit's number and the sums group by it without joining back per hour.
+
+    A household's (or a resident's) meters are cut at their service bounds: the walk's
+    hours split into pieces at each bound (``seg``), the effective register per reading
+    staying the meter's own (wraps and high-water mark run across the bound), and each
+    served part of an hour takes its piece's figure (:data:`_SERVED_UNIT_HOURS`)."""
+    split = kind in _BY_ASSIGNMENT
     return f"""
     WITH {_UNITS_SQL[kind]},
     served AS (
         SELECT *, days = datemultirange(daterange(NULL, NULL)) AS every_day,
                dense_rank() OVER (ORDER BY unit_kind, unit_id)::int AS unit_no
         FROM ({_SERVED_DAYS}) s
-    ), hours AS (
+    ), {_SPANS if split else ""}hours AS (
         SELECT k, CAST(:start_at AS timestamptz) + k * interval '1 hour' AS hour_start,
                ((CAST(:start_at AS timestamptz) + k * interval '1 hour') AT TIME ZONE :tz)::date AS day
         FROM generate_series(0, CAST(:hour_count AS int) - 1) AS k
@@ -156,7 +258,7 @@ def _hourly_ctes(kind: ScopeKind) -> str:
         -- windows only sort within a meter), with their hour.
         SELECT l.meter_id, l.unit_no, l.every_day, l.growing, l.multiplier, l.seed_hour, l.seed_total, r.read_at,
                r.total_m3,
-               {_HOUR.format(instant="r.read_at")} AS hour
+               {_HOUR.format(instant="r.read_at")} AS hour{_SEG if split else ""}
         FROM (SELECT * FROM meter_list WHERE reporting ORDER BY meter_id) l
         JOIN readings r ON r.meter_id = l.meter_id
         WHERE r.read_at > CAST(:walk_from AS timestamptz) AND r.read_at <= CAST(:end_at AS timestamptz)
@@ -175,42 +277,42 @@ def _hourly_ctes(kind: ScopeKind) -> str:
         ) x
         WINDOW w AS (PARTITION BY meter_id ORDER BY read_at ROWS UNBOUNDED PRECEDING)
     ), meter_hours AS (
-        {_closing_hours("points WHERE growing", "total_m3", "seed_total", "total_m3")}
+        {_closing_hours("points WHERE growing", "total_m3", "seed_total", "total_m3", split=split)}
         UNION ALL
-        {_closing_hours("walked", "greatest(seed_effective, max(unwrapped) OVER w)", "seed_effective", "unwrapped")}
-    ), unit_hours AS (
-        SELECT mh.unit_no, mh.hour AS hour_start, sum(mh.usage_m3) AS usage_m3, count(*) AS covered_meters
-        FROM meter_hours mh
-        WHERE mh.covered AND mh.hour >= CAST(:start_at AS timestamptz){_SERVED_HOUR if kind in _BY_ASSIGNMENT else ""}
-        GROUP BY 1, 2
-    ), unit_numbers AS (
+        {_closing_hours("walked", "greatest(seed_effective, max(unwrapped) OVER w)", "seed_effective", "unwrapped",
+                        split=split)}
+    ), {_SERVED_UNIT_HOURS if split else _ALL_UNIT_HOURS}, unit_numbers AS (
         SELECT DISTINCT unit_kind, unit_id, unit_no FROM served
-    ), unit_day_meters AS (
-        SELECT g.unit_kind, g.unit_id, d.day, sum(g.meters) AS meters
-        FROM (
-            SELECT sv.unit_kind, sv.unit_id, sv.days, count(*) AS meters
-            FROM served sv JOIN meter_list l ON l.meter_id = sv.meter_id AND l.reporting
-            GROUP BY 1, 2, 3
-        ) g JOIN (SELECT DISTINCT day FROM hours) d ON d.day <@ g.days
-        GROUP BY 1, 2, 3
-    )"""
+    ){"" if split else _UNIT_DAY_METERS}"""
 
 
 _COVERAGE = "CASE WHEN {meters} > 0 THEN round(100.0 * {covered} / {meters}, 2) END"
 
 
+def _meters_of(kind: ScopeKind, *, by_unit: bool) -> tuple[str, str]:
+    """The join that brings the meters counted in an hour (``h``: hours; per unit ``u``,
+    or the whole object) and the expression of their number: per hour for the kinds of
+    :data:`_BY_ASSIGNMENT` (``x``, the unit_hours row), per day for the others."""
+    if kind in _BY_ASSIGNMENT:
+        return "", "x.meters"
+    if by_unit:
+        return "LEFT JOIN unit_day_meters m ON m.unit_kind = u.unit_kind AND m.unit_id = u.unit_id AND m.day = h.day", "m.meters"
+    return "LEFT JOIN (SELECT day, sum(meters) AS meters FROM unit_day_meters GROUP BY day) m ON m.day = h.day", "m.meters"
+
+
 def hourly_statistics_sql(kind: ScopeKind) -> str:
     """Per child unit and hour (zero meters filled in), one page ordered as the other
     statistics, each row carrying the summary over every row with a figure (in SQL)."""
+    join, meters = _meters_of(kind, by_unit=True)
     return f"""
     {_hourly_ctes(kind)},
     hour_rows AS (
         SELECT u.unit_kind, u.unit_id, u.unit_name, u.unit_code, u.parent_name, h.k, h.hour_start AS period_start,
-               coalesce(m.meters, 0)::int AS meters, coalesce(x.covered_meters, 0)::int AS covered_meters,
+               coalesce({meters}, 0)::int AS meters, coalesce(x.covered_meters, 0)::int AS covered_meters,
                round(x.usage_m3, 4) AS usage_m3,
-               {_COVERAGE.format(meters="m.meters", covered="coalesce(x.covered_meters, 0)")} AS coverage_percent
+               {_COVERAGE.format(meters=meters, covered="coalesce(x.covered_meters, 0)")} AS coverage_percent
         FROM (SELECT DISTINCT * FROM units) u CROSS JOIN hours h
-        LEFT JOIN unit_day_meters m ON m.unit_kind = u.unit_kind AND m.unit_id = u.unit_id AND m.day = h.day
+        {join}
         LEFT JOIN unit_numbers n ON n.unit_kind = u.unit_kind AND n.unit_id = u.unit_id
         LEFT JOIN unit_hours x ON x.unit_no = n.unit_no AND x.hour_start = h.hour_start
     ), summary AS (
@@ -228,14 +330,16 @@ def hourly_statistics_sql(kind: ScopeKind) -> str:
 
 def hourly_series_sql(kind: ScopeKind) -> str:
     """The whole object per hour: every unit's covered usage and meters added up."""
+    join, meters = _meters_of(kind, by_unit=False)
+    counted = ", sum(meters) AS meters" if kind in _BY_ASSIGNMENT else ""
     return f"""
     {_hourly_ctes(kind)}
-    SELECT h.k, h.hour_start, coalesce(m.meters, 0)::int AS meters, coalesce(x.covered_meters, 0)::int AS covered_meters,
+    SELECT h.k, h.hour_start, coalesce({meters}, 0)::int AS meters, coalesce(x.covered_meters, 0)::int AS covered_meters,
            round(x.usage_m3, 4) AS usage_m3,
-           {_COVERAGE.format(meters="m.meters", covered="coalesce(x.covered_meters, 0)")} AS coverage_percent
+           {_COVERAGE.format(meters=meters, covered="coalesce(x.covered_meters, 0)")} AS coverage_percent
     FROM hours h
-    LEFT JOIN (SELECT hour_start, sum(usage_m3) AS usage_m3, sum(covered_meters) AS covered_meters
+    LEFT JOIN (SELECT hour_start, sum(usage_m3) AS usage_m3, sum(covered_meters) AS covered_meters{counted}
                FROM unit_hours GROUP BY hour_start) x ON x.hour_start = h.hour_start
-    LEFT JOIN (SELECT day, sum(meters) AS meters FROM unit_day_meters GROUP BY day) m ON m.day = h.day
+    {join}
     ORDER BY h.k
     """
