@@ -217,3 +217,9 @@ async def test_the_part_of_an_hour_after_a_handover_without_a_reading_in_it_is_n
                               end=day_start(THE_17TH + timedelta(days=1)))
     for household, hours in ((leaving, left), (arriving, came)):
         assert sum(usage for _, _, usage, _ in hours.values() if usage is not None) == day[household.id]
+        # The household's hourly chart says the same (one meter: its points are its rows).
+        (series,) = await analytics.usage_series(session, scopes=[Scope(ScopeKind.household, household.id)],
+                                                 granularity=Granularity.hour, start_day=THE_17TH, end_day=THE_17TH,
+                                                 scope_patterns=None, tz=TZ)
+        assert {point.at: (point.meters, point.covered_meters, point.value) for point in series.points} == {
+            at: row[:3] for at, row in hours.items()}
