@@ -76,6 +76,11 @@ STATISTICS_COLUMNS = (
     ScreenColumn("unit_code", "编码", "Code", 14),
     ScreenColumn("label", "日期", "Period", 18),
     ScreenColumn("usage_m3", "用水量(m³)", "Usage (m³)", 14, FOUR_PLACES_FORMAT),
+    # Hourly rows only (empty otherwise): usage_m3 is then the covered meters' and empty
+    # when no meter has an hourly figure (backend/readings/analytics/hourly.py).
+    ScreenColumn("meters", "表数", "Meters", 10),
+    ScreenColumn("covered_meters", "覆盖表数", "Covered meters", 12),
+    ScreenColumn("coverage_percent", "覆盖率(%)", "Coverage (%)", 12, "0.00"),
 )
 
 
@@ -101,7 +106,8 @@ async def _statistics_rows(session: AsyncSession, request: ExportRequest) -> Asy
                 yield line
             continue
         yield {"parent_name": row.parent_name, "unit_name": row.unit_name, "unit_code": row.unit_code,
-               "label": row.label, "usage_m3": row.usage_m3}
+               "label": row.label, "usage_m3": row.usage_m3, "meters": row.meters,
+               "covered_meters": row.covered_meters, "coverage_percent": row.coverage_percent}
 
 
 # --------------------------------------------------------------------------- 用水台账

@@ -206,8 +206,10 @@ async def usage_by_interval(
     """Usage of each meter in each hour or day (of the utility's calendar) from ``start``
     to ``end``: ``(interval start, meter_id, m³)`` rows ordered by time then meter, every
     interval present (0 when nothing was used). Built on :func:`usage_of_windows`, so the
-    intervals add up to ``usage_between`` over the whole range. Meant for a meter or a
-    household over days (hourly charts); whole-area day/month figures read the rollup."""
+    intervals add up to ``usage_between`` over the whole range. Meant for a few meters
+    over days (a window per meter and interval); hourly statistics and charts of any
+    object take one statement over the readings (``backend.readings.analytics.hourly``,
+    whose tests compare with this), and day/month figures read the rollup."""
     zone = as_zone(tz)
     boundaries = interval_boundaries(start=start, end=end, interval=interval, tz=zone)
     start, end = start.astimezone(UTC), end.astimezone(UTC)

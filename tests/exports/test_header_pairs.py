@@ -47,6 +47,8 @@ PAIRS: dict[str, set[str]] = {
     "止码时间": {"End time"}, "倍率": {"Multiplier"}, "起码": {"Start reading"}, "止码": {"End reading"},
     "本期用水量": {"Current"}, "对比期用水量": {"Previous"}, "变化量": {"Change"}, "变化率": {"Change"},
     "Z 值": {"z-score"}, "异常": {"Outlier"},
+    # hourly figures' coverage
+    "表数": {"Meters"}, "覆盖表数": {"Covered meters"}, "覆盖率": {"Coverage"},
     # alarms
     "异常类型": {"Kind"}, "级别": {"Severity"}, "测量值": {"Value"}, "阈值": {"Threshold"}, "说明": {"Detail"},
     "发生时间": {"Opened at"}, "最近确认时间": {"Last seen at"}, "确认时间": {"Acknowledged at"},

@@ -273,9 +273,16 @@ async def test_hourly_statistics_of_a_household_split_the_replacement_day_betwee
     hourly = await statistics(session, Scope(ScopeKind.household, utility.household.id), Granularity.hour, day, day)
 
     assert hourly.total_count == 48  # two meters x 24 hours
-    by_meter = {meter_id: sum(row.usage_m3 for row in hourly.rows if row.unit_id == meter_id)
+    by_meter = {meter_id: sum(row.usage_m3 or 0 for row in hourly.rows if row.unit_id == meter_id)
                 for meter_id in (utility.old.id, utility.new.id)}
     assert by_meter[utility.old.id] > 0 and by_meter[utility.new.id] > 0
+    # Each meter counts only in the hours it served the household: the swap at 12:00
+    # closes the old meter's 11:00 hour and is the new meter's seed for its 12:00 hour.
+    # In the other hours the meter counts for nothing (no meter, no figure).
+    figures = {(row.unit_id, row.label[-5:]): (row.meters, row.usage_m3) for row in hourly.rows}
+    assert [hour for hour in range(24) if figures[(utility.old.id, f"{hour:02}:00")] == (0, None)] == list(range(12, 24))
+    assert [hour for hour in range(24) if figures[(utility.new.id, f"{hour:02}:00")] == (0, None)] == list(range(12))
+    assert hourly.summary.count == 12 + 12
     household = await usage_between(session, household_ids=[utility.household.id], start=day_start(day),
                                     end=day_start(day + timedelta(days=1)))
     assert hourly.summary.total == household[utility.household.id]
@@ -304,18 +311,11 @@ async def test_concentrator_statistics_have_one_row_per_meter_it_reads(session: 
     assert [row.unit_id for row in east.rows] == [utility.rolling.id]
 
 
-@pytest.mark.parametrize("kind", [ScopeKind.area, ScopeKind.concentrator])
-async def test_hourly_statistics_are_refused_for_areas_and_concentrators(session: AsyncSession, kind: ScopeKind) -> None:
-    with pytest.raises(HourlyNotSupported) as refused:
-        await statistics(session, Scope(kind, 1), Granularity.hour, OCT, OCT)
-    assert refused.value.code == "HOURLY_SCOPE_UNSUPPORTED"
-
-
 async def test_hourly_statistics_are_refused_beyond_31_days(session: AsyncSession) -> None:
     utility = await build_utility(session)
     with pytest.raises(HourlyNotSupported) as refused:
         await statistics(session, Scope(ScopeKind.meter, utility.rolling.id), Granularity.hour, OCT, date(2026, 11, 1))
-    assert refused.value.field == "to"
+    assert (refused.value.code, refused.value.field) == ("HOURLY_SCOPE_UNSUPPORTED", "to")
 
 
 async def test_daily_statistics_are_refused_beyond_a_year_but_monthly_ones_are_not(session: AsyncSession) -> None:
@@ -500,8 +500,10 @@ async def test_graphql_statistics_refusals(client: GraphQLClient, api_world: Api
     assert [e["extensions"]["code"] for e in forbidden["errors"]] == ["FORBIDDEN"]
 
     admin_token = await client.login(api_world.admin.username, api_world.admin.password)
-    hourly = await client.execute(STATISTICS, {**base, "g": "HOUR", "scope": company}, token=admin_token)
-    assert [e["extensions"]["code"] for e in hourly["errors"]] == ["HOURLY_SCOPE_UNSUPPORTED"]
+    hourly = await client.execute(STATISTICS, {**base, "g": "HOUR", "from": "2026-09-18", "scope": company},
+                                  token=admin_token)  # 32 days
+    assert [(e["extensions"]["code"], e["extensions"]["field"]) for e in hourly["errors"]] == [
+        ("HOURLY_SCOPE_UNSUPPORTED", "to")]
     two = await client.execute(STATISTICS, {**base, "scope": {**company, "meterId": gid("Meter", utility.rolling.id)}},
                                token=admin_token)
     assert [e["extensions"]["code"] for e in two["errors"]] == ["BAD_USER_INPUT"]
@@ -623,7 +625,13 @@ async def test_a_meter_moved_out_and_back_in_on_one_day_counts_only_while_it_ser
     assert {row.unit_id: row.usage_m3 for row in period.rows}[meter] == served
     assert {row.label: row.usage_m3 for row in daily.rows if row.unit_id == meter}["2026-10-17"] == the_17th
     assert sum(row.usage_m3 for row in daily.rows if row.unit_id == meter) == served
-    assert sum(row.usage_m3 for row in hourly.rows if row.unit_id == meter) == served
+    # Hourly: the meter serves no part of the four hours away, so they count no meter (no
+    # figure, as for a unit without meters); every other hour has its figure.
+    hours = {row.period_start: row for row in hourly.rows if row.unit_id == meter}
+    away = {out_at + timedelta(hours=k) for k in range(4)}
+    assert {(hours[at].meters, hours[at].usage_m3) for at in away} == {(0, None)}
+    assert all(row.covered_meters == row.meters == 1 for at, row in hours.items() if at not in away)
+    assert sum(row.usage_m3 for at, row in hours.items() if at not in away) == served  # type: ignore[misc]
     (row,) = [row for row in ledger.rows if row.meter_id == meter]
     assert row.usage_m3 == served
     assert (row.start_at, row.end_at) == (day_start(first) - half_hour, end_at)

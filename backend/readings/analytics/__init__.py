@@ -3,11 +3,12 @@
 Every figure here is read from the daily rollup ``daily_usage``: summing ``usage_m3``
 over whole days equals ``usage.usage_between`` over the same instants
 (backend.readings.rollup). The readings are read only where a day is cut: hourly
-statistics of a small scope (one meter or one household, at most 31 days, through
-``usage.usage_of_windows``), and the day an assignment starts or ends inside, which a
-household (or a resident's meter) counts from the handover instant only, through the
-same walk as ``usage_between`` (``units._UNIT_DAYS_CTES``); a household's ledger reads
-the start and end reading of such a row from them too (one primary-key probe each).
+statistics (any object, at most 31 days) walk them in one statement by the same rule
+(:mod:`.hourly`, which also says which hours count as covered), and the day an assignment
+starts or ends inside, which a household (or a resident's meter) counts from the
+handover instant only, through the same walk as ``usage_between``
+(``units._UNIT_DAYS_CTES``); a household's ledger reads the start and end reading of such
+a row from them too (one primary-key probe each).
 
 A request names one **object** (:class:`Scope`: an area, a household, a concentrator or a
 meter) and the rows are its **child units**:
@@ -38,8 +39,8 @@ one place to read what the analytics offer. Inside, one module per thing a reade
 for: :mod:`.periods` (granularities, date ranges and their limits, period labels),
 :mod:`.units` (the object a request names, found within scope, and the SQL of its child
 units and of the days their meters count), :mod:`.statistics` (usage per unit per
-period; hourly from the readings), :mod:`.series` (chart series), :mod:`.ledgers`
-(用水台账), :mod:`.comparisons` (同比 / 环比 and outliers) and :mod:`.exports` (every row
+period), :mod:`.hourly` (hours from the readings, with their coverage), :mod:`.series`
+(chart series), :mod:`.ledgers` (用水台账), :mod:`.comparisons` (同比 / 环比 and outliers) and :mod:`.exports` (every row
 of a query, streamed or paged, for the Excel exports).
 """
 
@@ -60,6 +61,10 @@ from backend.readings.analytics.exports import (
     all_comparison_rows,
     all_ledger_rows,
     all_statistics_rows,
+)
+from backend.readings.analytics.hourly import (
+    MAX_HOURLY_DAYS,
+    HourlyNotSupported,
 )
 from backend.readings.analytics.ledgers import (
     AreaTotal,
@@ -85,8 +90,6 @@ from backend.readings.analytics.series import (
 )
 from backend.readings.analytics.statistics import (
     FOUR_PLACES,
-    MAX_HOURLY_DAYS,
-    HourlyNotSupported,
     StatisticsPage,
     StatisticsRow,
     UsageSummary,

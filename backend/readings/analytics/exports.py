@@ -17,9 +17,9 @@ from backend.readings.analytics.statistics import (
     StatisticsRow,
     UsageSummary,
     _statistics_row,
-    _statistics_sql,
     _statistics_target,
-    usage_statistics,
+    statement_summary,
+    statistics_sql,
 )
 
 EXPORT_PAGE = 5000
@@ -31,22 +31,15 @@ async def all_statistics_rows(
     """Every row of :func:`usage_statistics` (exports), then its summary over every row
     (the same :class:`UsageSummary` the query's ``summary`` is: the statement's own SQL
     aggregate, carried on each streamed row). One statement, streamed, so a year of days
-    of a large area never sits in memory at once. Hourly rows (one meter or household, at
-    most 31 days) come as one page."""
-    if granularity is Granularity.hour:
-        page = await usage_statistics(session, granularity=granularity, end_day=end_day, tz=tz, offset=0, limit=None,
-                                      **kwargs)
-        for row in page.rows:
-            yield row
-        yield page.summary
-        return
+    of a large area never sits in memory at once; hourly rows (any object, at most 31
+    days) the same way, with their coverage."""
     target, params = await _statistics_target(session, granularity=granularity, end_day=end_day, tz=tz, **kwargs)
-    statement = text(_statistics_sql(target.kind, granularity)).execution_options(yield_per=EXPORT_PAGE)
+    statement = text(statistics_sql(target.kind, granularity)).execution_options(yield_per=EXPORT_PAGE)
     result = await session.stream(statement, {**params, "offset": 0, "limit": None})
     summary: UsageSummary | None = None
     async for found in result:
         if summary is None:
-            summary = UsageSummary(int(found.n), found.total, found.mean, found.maximum, found.minimum)
+            summary = statement_summary(found)
         if found.unit_id is not None:
             yield _statistics_row(found, granularity, end_day, tz)
     yield summary if summary is not None else UsageSummary.of([])

@@ -3,7 +3,6 @@ window a year earlier."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -14,8 +13,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.errors import DomainError, ErrorCode
+from backend.readings.analytics.hourly import check_hourly, hourly_params, hourly_series_sql
 from backend.readings.analytics.periods import _BUCKET, _PERIODS, Granularity, _check_range, _periods_params, add_months, period_label
-from backend.readings.analytics.statistics import _check_hourly, _hourly_usage, _q4
 from backend.readings.analytics.units import _UNITS_SQL, Scope, ScopeKind, Target, _base_params, _unit_usage_sql, find_target
 from backend.readings.partitions import as_zone
 from backend.readings.rollup import day_start
@@ -25,7 +24,11 @@ from backend.readings.rollup import day_start
 class SeriesPoint:
     label: str
     at: datetime
-    value: Decimal
+    value: Decimal | None  # None only for an hour no meter of the object has a figure for
+    # Hourly points only (None otherwise), as in StatisticsRow (backend.readings.analytics.hourly):
+    meters: int | None = None
+    covered_meters: int | None = None
+    coverage_percent: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +79,7 @@ async def usage_series(
         raise DomainError(f"最多 {MAX_SERIES_OBJECTS} 个对象", f"At most {MAX_SERIES_OBJECTS} objects",
                           field="objects", code=ErrorCode.INVALID)
     if granularity is Granularity.hour:
-        for scope in scopes:
-            _check_hourly(scope, start_day, end_day)
+        check_hourly(start_day, end_day)
     series: list[UsageSeries] = []
     for scope in scopes:
         target = await find_target(session, scope=scope, scope_patterns=scope_patterns, household_ids=household_ids)
@@ -93,8 +95,11 @@ async def usage_series(
                 labels = [point.label for point in points]
             else:
                 # Overlay on this year's axis: same labels, as many points (29 Feb has no twin).
-                points = [SeriesPoint(label, point.at, point.value) for label, point in zip(labels, points, strict=False)]
-                points += [SeriesPoint(label, day_start(start_day, tz), Decimal("0.0000")) for label in labels[len(points):]]
+                points = [SeriesPoint(label, point.at, point.value, point.meters, point.covered_meters,
+                                      point.coverage_percent) for label, point in zip(labels, points, strict=False)]
+                # An hour has no figure without readings; a day, month or year is 0.
+                missing = None if granularity is Granularity.hour else Decimal("0.0000")
+                points += [SeriesPoint(label, day_start(start_day, tz), missing) for label in labels[len(points):]]
             name = f"{target.name} (去年同期)" if last_year else target.name
             series.append(UsageSeries(target, name, last_year, points))
     return series
@@ -104,13 +109,11 @@ async def _series_points(
     session: AsyncSession, target: Target, granularity: Granularity, params: dict[str, Any], end_day: date
 ) -> list[SeriesPoint]:
     if granularity is Granularity.hour:
-        _, hours, usage = await _hourly_usage(session, target, params)
-        totals: dict[datetime, Decimal] = defaultdict(Decimal)
-        for (_, hour), value in usage.items():
-            totals[hour] += value
+        params.update(hourly_params(params["start_day"], end_day, params["tz"]))
         zone = as_zone(params["tz"])
-        return [SeriesPoint(period_label(hour.astimezone(zone), granularity), hour.astimezone(zone),
-                            _q4(totals.get(hour, Decimal(0)))) for hour in hours]
+        rows = (await session.execute(text(hourly_series_sql(target.kind)), params)).all()
+        return [SeriesPoint(period_label(row.hour_start.astimezone(zone), granularity), row.hour_start.astimezone(zone),
+                            row.usage_m3, row.meters, row.covered_meters, row.coverage_percent) for row in rows]
     params.update(_periods_params(granularity, params["start_day"], end_day))
     rows = (await session.execute(text(_series_sql(target.kind, granularity)), params)).all()
     return [SeriesPoint(period_label(row.period_start, granularity, end_day=end_day),

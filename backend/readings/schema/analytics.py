@@ -113,9 +113,10 @@ class UsageObjectInput:
         return Scope(kind, decode_id(value, _NODE_TYPE[kind], field=f"{field}.{kind.value}Id"))
 
 
-@strawberry.type(description="合计 / 均值 / 最大值 / 最小值 of usage rows (m³).")
+@strawberry.type(description="合计 / 均值 / 最大值 / 最小值 of usage rows (m³), over the rows with a figure (an hour "
+                  "that is not available is left out, as an empty cell).")
 class UsageSummaryType:
-    count: int
+    count: int = strawberry.field(description="The rows summarised: every row, but hourly rows without a figure.")
     total: Decimal
     mean: Decimal | None
     maximum: Decimal | None
@@ -127,6 +128,18 @@ class UsageSummaryType:
                    minimum=summary.minimum)
 
 
+# Hourly figures come from the readings, and only meters read at least hourly have them
+# (backend/readings/analytics/hourly.py); the same words on statistics rows and chart points.
+_USAGE = ("用水量 (m³, 4 places). HOUR: the usage of the meters with an hourly figure for the hour (a reading in "
+          "the hour and in the hour before), never estimated for the others; null when no meter has one (不可用). "
+          "Never null for other granularities.")
+_METERS = ("HOUR only (null otherwise): the meters counted in the hour, those that count for the unit (object) on "
+           "its day and have a reading in the window, whether read hourly or not.")
+_COVERED = "HOUR only (null otherwise): how many of `meters` have an hourly figure for the hour (所覆盖表数)."
+_COVERAGE = ("HOUR only (null otherwise): coveredMeters / meters in percent, 2 places (覆盖率); null when meters is 0. "
+             "Below 100 the usage is partial.")
+
+
 @strawberry.type(name="UsageStatisticsRow", description="One child unit's usage in one period.")
 class UsageStatisticsRowType:
     unit_id: strawberry.ID = strawberry.field(description="Global id of the unit (an Area or a Meter).")
@@ -136,11 +149,15 @@ class UsageStatisticsRowType:
     parent_name: str = strawberry.field(description="上级单位")
     period_start: datetime
     label: str = strawberry.field(description="日期: 2026-11-03 / 2026-11 / 2026 / 2026-11-03 08:00 / from~to")
-    usage_m3: Decimal = strawberry.field(description="用水量 (m³, 4 places)")
+    usage_m3: Decimal | None = strawberry.field(description=_USAGE)
+    meters: int | None = strawberry.field(description=_METERS)
+    covered_meters: int | None = strawberry.field(description=_COVERED)
+    coverage_percent: Decimal | None = strawberry.field(description=_COVERAGE)
 
     @classmethod
     def of(cls, row: analytics.StatisticsRow) -> UsageStatisticsRowType:
-        return cls(**_unit_fields(row), period_start=row.period_start, label=row.label, usage_m3=row.usage_m3)
+        return cls(**_unit_fields(row), period_start=row.period_start, label=row.label, usage_m3=row.usage_m3,
+                   meters=row.meters, covered_meters=row.covered_meters, coverage_percent=row.coverage_percent)
 
 
 @strawberry.type(name="UsageStatistics")
@@ -154,7 +171,10 @@ class UsageStatisticsType:
 class UsagePointType:
     label: str
     at: datetime
-    value: Decimal
+    value: Decimal | None = strawberry.field(description=_USAGE.replace("用水量", "The object's usage"))
+    meters: int | None = strawberry.field(description=_METERS)
+    covered_meters: int | None = strawberry.field(description=_COVERED)
+    coverage_percent: Decimal | None = strawberry.field(description=_COVERAGE)
 
 
 @strawberry.type(name="UsageSeries")
@@ -275,8 +295,8 @@ class Query:
     @strawberry.field(
         permission_classes=[RequiresAny("statistics:read", "resident:self")],
         description="用水统计: usage per child unit of the object per period, paginated, with the page's and "
-        "the whole query's sum / mean / max / min. HOUR only for a meter or household over <= 31 days; DAY over "
-        "<= 366 days (RANGE_TOO_LONG).",
+        "the whole query's sum / mean / max / min. HOUR for any object over <= 31 days (HOURLY_SCOPE_UNSUPPORTED), "
+        "with each row's coverage; DAY over <= 366 days (RANGE_TOO_LONG).",
         extensions=[Expensive(weight=costs.over_scope)],
     )
     async def usage_statistics(
@@ -296,7 +316,8 @@ class Query:
     @strawberry.field(
         permission_classes=[RequiresAny("statistics:read", "resident:self")],
         description="Chart series: one per object (zero-filled, same labels), optionally each with last year's "
-        "same window; `chart` is echoed for the client.",
+        "same window; `chart` is echoed for the client. HOUR for any object over <= 31 days, each point with its "
+        "coverage (an hour no meter has a figure for is null, not 0).",
         extensions=[Expensive(weight=costs.series)],
     )
     async def usage_series(
@@ -311,7 +332,9 @@ class Query:
         labels = [point.label for point in found[0].points] if found else []
         return UsageChartType(chart=chart, labels=labels, series=[
             UsageSeriesType(name=s.name, object_id=encode_id(_NODE_TYPE[s.target.kind], s.target.id), last_year=s.last_year,
-                            points=[UsagePointType(label=p.label, at=p.at, value=p.value) for p in s.points])
+                            points=[UsagePointType(label=p.label, at=p.at, value=p.value, meters=p.meters,
+                                                  covered_meters=p.covered_meters, coverage_percent=p.coverage_percent)
+                                   for p in s.points])
             for s in found
         ])
 
