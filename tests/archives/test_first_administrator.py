@@ -10,8 +10,10 @@ import asyncpg
 import pytest
 from typer.testing import CliRunner, Result
 
+from backend.archives.models import AreaKind
+from backend.archives.service import create_area
 from backend.cli import app as cli_app
-from backend.db import migrate, to_libpq_url, with_database
+from backend.db import create_engine, migrate, session_factory, to_libpq_url, with_database
 from tests.graphql.client import graphql_client
 
 PASSWORD = "Pipe-Main-2026"
@@ -120,3 +122,24 @@ async def test_a_taken_username_is_refused(fresh_url: str) -> None:
     result = await admin_create(fresh_url, "--username", "zhangwei")
 
     assert result.exit_code == 1 and "[DUPLICATE]" in result.output
+
+
+async def test_an_administrator_of_a_second_company_gets_that_companys_role_not_the_firsts(fresh_url: str) -> None:
+    engine = create_engine(fresh_url)  # a second utility on the installation (a new root: the whole tree's act)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            await create_area(session, name="乙水务公司", kind=AreaKind.company)
+    finally:
+        await engine.dispose()
+
+    result = await admin_create(fresh_url, "--username", "wangfang", "--company", "乙水务公司")
+
+    assert result.exit_code == 0, result.output
+    assert "(new role 系统管理员 (乙水务公司), company 乙水务公司)" in result.output
+    assert await _rows(fresh_url, "SELECT r.name, a.name FROM roles r JOIN role_areas ra ON ra.role_id = r.id "
+                                  "JOIN areas a ON a.id = ra.area_id ORDER BY r.id") == [
+        ("系统管理员", "江城水务有限公司"), ("系统管理员 (乙水务公司)", "乙水务公司")]
+    async with graphql_client(fresh_url) as api:
+        token = await api.login("wangfang", PASSWORD)
+        areas = await api.execute("{ areas(first: 5) { edges { node { name } } } }", token=token)
+    assert [edge["node"]["name"] for edge in areas["data"]["areas"]["edges"]] == ["乙水务公司"]

@@ -105,17 +105,25 @@ async def _company(session: AsyncSession, name: str | None) -> tuple[Area, bool]
 
 
 async def _admin_role(session: AsyncSession, actor: Principal, company: Area) -> tuple[Role, bool]:
+    """The company's 系统管理员 role: the one belonging to it (its unit is the company),
+    else a new one over the company. Role names are unique across companies, so a
+    second company's role is named 系统管理员 (<company>); another company's role is never
+    reused (its areas would give the new administrator that company's data)."""
+    assert company.id is not None
     everything = all_permissions()
-    role = (await session.execute(select(Role).where(col(Role.name) == ADMIN_ROLE))).scalars().first()
+    names = (ADMIN_ROLE, f"{ADMIN_ROLE} ({company.name})")
+    role = (await session.execute(
+        select(Role).where(col(Role.name).in_(names), col(Role.area_id) == company.id).order_by(col(Role.id))
+    )).scalars().first()
     if role is None:
-        assert company.id is not None
-        role = await auth.create_role(session, actor=actor, name=ADMIN_ROLE, kind=RoleKind.system_admin,
-                                      permissions=everything, area_ids=[company.id], unit_id=company.id,
-                                      description="全部菜单, 全部区域 (shuiwu admin create)")
+        taken = (await session.execute(select(col(Role.id)).where(col(Role.name) == ADMIN_ROLE))).first() is not None
+        role = await auth.create_role(session, actor=actor, name=names[1] if taken else names[0],
+                                      kind=RoleKind.system_admin, permissions=everything, area_ids=[company.id],
+                                      unit_id=company.id, description="全部菜单, 全部区域 (shuiwu admin create)")
         return role, True
     if role.kind is not RoleKind.system_admin:
-        raise DomainError(f"已有名为「{ADMIN_ROLE}」的角色, 但不是系统管理员类型",
-                          f"A role named {ADMIN_ROLE} exists but is not a system administrator role",
+        raise DomainError(f"已有名为「{role.name}」的角色, 但不是系统管理员类型",
+                          f"A role named {role.name} exists but is not a system administrator role",
                           field="role", code=ErrorCode.DUPLICATE)
     held = set((await session.execute(
         select(col(RolePermission.permission)).where(col(RolePermission.role_id) == role.id)
