@@ -13,9 +13,10 @@ that thread (no process to start for a 20-row download); a longer one is drawn b
 writer process (:class:`WriterProcess`): the thread pipes it chunk by chunk, and the
 pipe's backpressure paces the source to the drawing.
 
-Processes come from a ``forkserver`` that has this module (and openpyxl) imported: a
-fork of it starts in milliseconds, and forking the threaded API process itself would
-not be safe. What crosses the pipe is a :class:`SheetLayout` and lists of plain values
+Processes come from a ``forkserver`` that has this module (and openpyxl) imported, and
+the ``shuiwu`` command's modules when it runs under it (a child re-imports the parent's
+main script): a fork of it starts in tens of milliseconds, and forking the threaded API
+process itself would not be safe. What crosses the pipe is a :class:`SheetLayout` and lists of plain values
 (str, numbers, Decimal, date, naive datetime, bool, None), so this module imports
 nothing of the application.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -50,7 +52,19 @@ _EXIT_WAIT_S = 5.0
 WRITER_NICENESS = 10
 
 _CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload([__name__])
+# A child of the forkserver first re-imports the parent's main script (as __mp_main__);
+# under the `shuiwu` command that script imports backend.cli, the whole application:
+# ~0.75 s of CPU per export unless the forkserver has it loaded already.
+_ENTRY_MODULES = ("backend.cli",)
+_preloaded = False
+
+
+def _preload() -> None:
+    """Set what the forkserver imports once, before it starts (on the first writer)."""
+    global _preloaded
+    if not _preloaded:
+        _CONTEXT.set_forkserver_preload([__name__, *(name for name in _ENTRY_MODULES if name in sys.modules)])
+        _preloaded = True
 
 
 @dataclass(frozen=True)
@@ -183,6 +197,7 @@ class WriterProcess:
     file and returns the row count, :meth:`close` ends the process however it stands."""
 
     def __init__(self, path: str | Path, layout: SheetLayout) -> None:
+        _preload()
         self._connection, child = _CONTEXT.Pipe()
         self._process = _CONTEXT.Process(target=_serve, args=(child, str(path), layout), name="shuiwu-xlsx-writer")
         self._process.start()
@@ -193,17 +208,27 @@ class WriterProcess:
             try:
                 self._connection.send(list(rows))
             except (BrokenPipeError, ConnectionResetError, EOFError) as error:
-                raise WriterFailed(self._exit_reason()) from error
+                raise WriterFailed(self._reason()) from error
 
     def finish(self) -> int:
         try:
             self._connection.send(None)
             outcome, detail = self._connection.recv()
         except (BrokenPipeError, ConnectionResetError, EOFError) as error:
-            raise WriterFailed(self._exit_reason()) from error
+            raise WriterFailed(self._reason()) from error
         if outcome != "saved":
             raise WriterFailed(detail)
         return int(detail)
+
+    def _reason(self) -> str:
+        """Why the pipe broke: the writer's own report when it failed and said so (it
+        then exits, and the next send finds the pipe closed), else how it exited."""
+        with contextlib.suppress(OSError, EOFError):
+            if self._connection.poll(0):
+                outcome, detail = self._connection.recv()
+                if outcome == "failed":
+                    return str(detail)
+        return self._exit_reason()
 
     def close(self) -> None:
         """Stop the process if it still runs (a given-up export) and reap it."""

@@ -134,3 +134,12 @@ def test_the_writer_process_yields_the_cpu_to_the_api(tmp_path: Path) -> None:
         writer.finish()
 
     assert niceness == min(parent + sheets.WRITER_NICENESS, 19)
+
+
+def test_a_writer_that_fails_mid_export_reports_its_own_reason(tmp_path: Path) -> None:
+    with WriterProcess(tmp_path / "mid.xlsx", LAYOUT) as writer:
+        writer.send(_rows(3))
+        writer.send([("M9", _Undrawable(), 1)])  # the writer fails on it, says why and exits
+        writer._process.join(5)
+        with pytest.raises(WriterFailed, match="ValueError"):
+            writer.send(_rows(3))
