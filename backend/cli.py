@@ -173,6 +173,7 @@ def serve(
         _migrate(url)
     _warn_if_demo_credentials(url)
     # The app reads proxies (SHUIWU_TRUSTED_PROXIES); a WebSocket message is bounded like a GraphQL body.
+    _serving()
     uvicorn.run(create_app(settings, url), host=host or settings.host, port=port or settings.port,
                 log_config=None, access_log=False, proxy_headers=False, ws_max_size=settings.graphql_max_body_bytes)
 
@@ -215,6 +216,7 @@ def jobs() -> None:
     _gateway_settings()
     url = _database(settings)
     _migrate(url)
+    _serving()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_worker(settings, url))
 
@@ -340,6 +342,7 @@ def demo_run(
                 fake.should_exit = True
             await asyncio.wait_for(asyncio.gather(worker, *serving, return_exceptions=True), timeout=10)
 
+    _serving()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
 
@@ -536,6 +539,16 @@ def _database_target() -> str:
         return "SHUIWU_DATABASE_URL"
 
 
+# Set once a long-running command (serve, jobs, demo run) has started: what stops it
+# later (a connection reset hours in) is not a start-up error and keeps its traceback.
+_started_serving = False
+
+
+def _serving() -> None:
+    global _started_serving
+    _started_serving = True
+
+
 def startup_error_line(error: BaseException) -> str | None:
     """One line for what stops a command before it does anything (the database host
     unknown or unreachable, the login refused, the database missing, a migration that
@@ -572,13 +585,13 @@ def startup_error_line(error: BaseException) -> str | None:
 def main() -> None:
     """The ``shuiwu`` command. What stops it at start is one line on stderr and exit
     status 1 (``SHUIWU_LOG_LEVEL=DEBUG`` keeps the traceback); other errors are bugs and
-    keep theirs."""
+    keep theirs, as does anything that stops serve, jobs or demo run once they run."""
     import os
 
     try:
         app()
     except Exception as error:
-        line = startup_error_line(error)
+        line = None if _started_serving else startup_error_line(error)
         if line is None or os.environ.get("SHUIWU_LOG_LEVEL", "").strip().upper() == "DEBUG":
             raise
         console.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)

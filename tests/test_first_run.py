@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 
 import httpx
+import pytest
 import typer.main
 from typer.testing import CliRunner
 
@@ -133,3 +134,19 @@ def _chained(cause: BaseException) -> BaseException:
         raise RuntimeError("could not connect") from cause
     except RuntimeError as wrapped:
         return wrapped
+
+
+def test_what_stops_a_running_server_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend import cli
+
+    def refused() -> None:
+        raise ConnectionRefusedError(111, "Connect call failed")
+
+    monkeypatch.setattr(cli, "app", refused)
+    with pytest.raises(SystemExit) as stopped:  # at start: one line, exit 1
+        cli.main()
+    assert stopped.value.code == 1
+
+    monkeypatch.setattr(cli, "_started_serving", True)
+    with pytest.raises(ConnectionRefusedError):  # hours into serve or jobs: the traceback
+        cli.main()
