@@ -27,6 +27,7 @@ from backend.archives.service import (
 from backend.auth.system import system_actor
 from backend.errors import DomainError, ErrorCode, Forbidden, NotFound
 from backend.jobs import runtime_for
+from backend.readings.alarms.batch import rule_bounds, zero_use_candidates
 from backend.readings.alarms.models import AlarmKind, AlarmSeverity, AlarmStatus
 from backend.readings.alarms.service import (
     acknowledge_alarm,
@@ -261,6 +262,21 @@ async def test_zero_use_costs_a_batch_one_statement_and_only_when_a_meter_used_n
 
     assert after_using == []  # every meter used water today: nothing asked
     assert len(after_idle) == 1  # one statement for the batch's idle meters, however many
+
+
+async def test_a_meter_serving_no_household_never_goes_to_the_zero_use_evaluation(session: AsyncSession) -> None:
+    """A pressure gauge's register is always 0 and an unassigned meter serves nobody: the
+    batch's pre-check leaves them out, as the rule (an active household's meter) would."""
+    area = await create_area(session, name="翠湖小区", kind=AreaKind.company)
+    gauge, served = await make_meter(session, area_id=area.id), await make_meter(session, area_id=area.id)
+    household = await make_household(session, area=area)
+    await assign_meter(session, meter_id=served.id, household_id=household.id, valid_from=day_at(30))  # type: ignore[arg-type]
+    await ingest(session, daily(gauge.id, ["0"] * 10) + daily(served.id, ["5"] * 10))
+
+    candidates = await zero_use_candidates(session, idle=[gauge.id, served.id], today=TODAY,  # type: ignore[list-item]
+                                           bounds=await rule_bounds(session), already=set())
+
+    assert candidates == {served.id}
 
 
 async def test_high_use_fires_above_k_times_the_average_and_only_with_history(session: AsyncSession) -> None:

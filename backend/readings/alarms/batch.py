@@ -115,6 +115,10 @@ CROSS JOIN LATERAL (
 ) before
 WHERE l.meter_id = ANY(CAST(:meter_ids AS bigint[])) AND l.day >= CAST(:today AS date) - 1
   AND (l.effective_total - before.effective_total) * coalesce(mm.multiplier, 1) < 0.00005 * CAST(:days AS integer)
+  -- The rule is for a meter serving an active household (a pressure gauge's register is
+  -- always 0, and would otherwise go to the full evaluation with every batch).
+  AND EXISTS (SELECT FROM meter_assignments ma JOIN households h ON h.id = ma.household_id
+              WHERE ma.meter_id = l.meter_id AND ma.valid_to IS NULL AND h.status = 'active')
 """)
 
 
