@@ -45,8 +45,9 @@ class UnknownPhone(DomainError):
 
 def subject_token(secret: str, phone: str) -> str:
     """The pseudonym's stable part: a keyed hash of the phone (the same on every run, so
-    a second erasure names the person alike; without the key it leads back to nobody)."""
-    return hmac.new(secret.encode(), f"privacy:{phone}".encode(), hashlib.sha256).hexdigest()[:8]
+    a second erasure names the person alike; without the key it leads back to nobody),
+    64 bits, so two residents' pseudonyms do not collide."""
+    return hmac.new(secret.encode(), f"privacy:{phone}".encode(), hashlib.sha256).hexdigest()[:16]
 
 
 def masked(phone: str) -> str:

@@ -292,3 +292,11 @@ async def test_a_phone_nobody_holds_is_refused_and_nothing_is_logged(session: As
         await erase(session, "13000000000")
 
     assert (await session.execute(text("SELECT count(*) FROM audit_log"))).scalar_one() == entries
+
+
+async def test_the_pseudonym_carries_64_bits(session: AsyncSession) -> None:
+    await resident_with_everything(session)
+
+    erasure = await erase(session)
+
+    assert re.fullmatch(r"已注销用户 [0-9a-f]{16}", erasure.pseudonym)
