@@ -182,3 +182,10 @@ async def test_a_refused_export_leaves_no_file_and_an_existing_one_as_it_was(dat
         assert result.exit_code == 1, result.output
 
     assert not fresh.exists() and existing.read_text(encoding="utf-8") == "kept\n"
+
+
+async def test_a_malformed_phone_is_one_line_and_exit_1(database_url: str) -> None:
+    result = await privacy(database_url, "export", "--phone", "13")
+
+    assert (result.exit_code, result.stderr) == (
+        1, "error: 手机号格式错误: 需要手机号或固定电话 / Malformed phone number: a mobile or landline number\n")
