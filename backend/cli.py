@@ -483,14 +483,29 @@ def privacy_export(
 
     from backend.privacy import export_personal_data
 
-    document = _privacy(ctx, "shuiwu privacy export", functools.partial(export_personal_data, phone=phone))
-    text = json.dumps(document, ensure_ascii=False, indent=2) + "\n"
-    rows = sum(len(section["rows"]) for section in document["sections"].values())
     if output is None:
-        sys.stdout.write(text)
-    else:
-        output.write_text(text, encoding="utf-8")
-        typer.echo(f"exported {rows} rows in {len(document['sections'])} sections to {output}", err=True)
+        document = _privacy(ctx, "shuiwu privacy export", functools.partial(export_personal_data, phone=phone))
+        sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+        return
+    # Opened before the export runs (appending, so a refusal leaves an existing file as it
+    # was): the log must not say an export happened when its file cannot be written.
+    existed = output.exists()
+    try:
+        handle = output.open("a", encoding="utf-8")
+    except OSError as error:
+        typer.echo(f"error: cannot write {output}: {error.strerror or error}", err=True)
+        raise typer.Exit(1) from None
+    with handle:
+        try:
+            document = _privacy(ctx, "shuiwu privacy export", functools.partial(export_personal_data, phone=phone))
+        except BaseException:
+            if not existed:
+                output.unlink(missing_ok=True)
+            raise
+        handle.truncate(0)
+        handle.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+    rows = sum(len(section["rows"]) for section in document["sections"].values())
+    typer.echo(f"exported {rows} rows in {len(document['sections'])} sections to {output}", err=True)
 
 
 @privacy_app.command("erase")

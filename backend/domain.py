@@ -116,12 +116,18 @@ class DataSubject:
     nobody without the secret key finds the phone from it) makes the :attr:`pseudonym`
     that replaces their identity on erasure; ``aliases`` are the names the export found
     them under (a household's registered name), which free text elsewhere (the
-    operation log) may carry beside the phone."""
+    operation log) may carry beside the phone. ``log_identifiers`` are further strings
+    that identify them in the operation log (an address, an ID number as the log masks
+    it), replaced by the pseudonym on erasure; ``log_references`` name the records about
+    them (a household's global id and account number), whose log entries erasure also
+    rewrites."""
 
     phone: str
     token: str
     now: datetime
     aliases: frozenset[str] = frozenset()
+    log_identifiers: frozenset[str] = frozenset()
+    log_references: frozenset[str] = frozenset()
     # The utility's time zone (an owner's dates start at its midnight).
     timezone: str = "Asia/Shanghai"
 
@@ -134,12 +140,17 @@ class DataSubject:
 class PersonalSection:
     """One part of a privacy export: the rows of one table (or one view of it) held
     about the subject, each row a dict of column name → JSON value. ``names`` are the
-    subject's names found in these rows (:attr:`DataSubject.aliases` on erasure)."""
+    subject's names found in these rows (:attr:`DataSubject.aliases` on erasure);
+    ``log_identifiers`` and ``log_references`` what these rows give of
+    :attr:`DataSubject.log_identifiers` and :attr:`DataSubject.log_references`. None of
+    the three is exported."""
 
     key: str
     title: str
     rows: list[dict[str, Any]]
     names: frozenset[str] = frozenset()
+    log_identifiers: frozenset[str] = frozenset()
+    log_references: frozenset[str] = frozenset()
 
 
 # (session, subject) -> the sections; (session, subject) -> {what changed: how many rows}.

@@ -6,7 +6,9 @@ data"; docs/privacy.md says what each holds). Every domain answers for its own t
 so a later domain (billing, payments, work orders) adds what it holds by declaring it,
 and ``tests/test_privacy.py`` fails while a personal-looking column is unaccounted for.
 
-Both commands act as the system actor and write one operation-log entry: the export
+The phone is a whole mobile or landline number, as the archives accept them (the log is
+searched for it, and part of a number would match other people's). Both commands act as
+the system actor and write one operation-log entry: the export
 records that it happened and how many rows each section had, never what they held; the
 erasure records the pseudonym and how many rows changed, never the phone.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import hmac
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -34,7 +37,9 @@ FORMAT = "shuiwu.personal-data/1"
 MODULE = "privacy"
 EXPORT_ACTION = "exportPersonalData"
 ERASE_ACTION = "erasePersonalData"
-MAX_PHONE_CHARS = 20  # the widest phone column (households.phone, residents.phone)
+# A phone as the archives accept it (backend.archives.service.checks: MOBILE | LANDLINE,
+# restated: a host names no domain; tests/test_privacy.py checks the two agree).
+PHONE = re.compile(r"1[3-9][0-9]{9}|0[0-9]{2,3}-?[0-9]{7,8}(-[0-9]{1,6})?", re.ASCII)
 
 
 class UnknownPhone(DomainError):
@@ -45,8 +50,9 @@ class UnknownPhone(DomainError):
 
 def subject_token(secret: str, phone: str) -> str:
     """The pseudonym's stable part: a keyed hash of the phone (the same on every run, so
-    a second erasure names the person alike; without the key it leads back to nobody)."""
-    return hmac.new(secret.encode(), f"privacy:{phone}".encode(), hashlib.sha256).hexdigest()[:8]
+    a second erasure names the person alike; without the key it leads back to nobody),
+    64 bits, so two residents' pseudonyms do not collide."""
+    return hmac.new(secret.encode(), f"privacy:{phone}".encode(), hashlib.sha256).hexdigest()[:16]
 
 
 def masked(phone: str) -> str:
@@ -93,9 +99,12 @@ class Collected:
 
 
 def _subject(phone: str, *, secret: str, now: datetime, timezone: str) -> DataSubject:
+    """The subject of ``phone``: a mobile or landline number as the archives accept it,
+    nothing shorter (the log is searched for it: "13" would match every number)."""
     phone = phone.strip()
-    if not phone or len(phone) > MAX_PHONE_CHARS:
-        raise DomainError("手机号格式错误", "Malformed phone number", field="phone", code=ErrorCode.INVALID)
+    if not PHONE.fullmatch(phone):
+        raise DomainError("手机号格式错误: 需要手机号或固定电话", "Malformed phone number: a mobile or landline number",
+                          field="phone", code=ErrorCode.INVALID)
     return DataSubject(phone=phone, token=subject_token(secret, phone), now=now, timezone=timezone)
 
 
@@ -151,7 +160,10 @@ async def erase_personal_data(
         if await _erased_before(session, subject.pseudonym):
             return Erasure(subject.pseudonym, {}, already_erased=True)
         raise UnknownPhone(field="phone")
-    subject = replace(subject, aliases=frozenset(name for _, section in collected.sections for name in section.names))
+    sections = [section for _, section in collected.sections]
+    subject = replace(subject, aliases=frozenset(name for section in sections for name in section.names),
+                      log_identifiers=frozenset(found for section in sections for found in section.log_identifiers),
+                      log_references=frozenset(found for section in sections for found in section.log_references))
     changed: dict[str, int] = {}
     # Latest domain first: each still finds the subject through the rows of the domains
     # before it (the log finds the resident's account by phone before auth renames it).

@@ -18,15 +18,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import SQLModel, col
 
 import backend.all_models  # noqa: F401  (the whole metadata)
+from backend import privacy
 from backend.archives.models import Household, HouseholdStatus
-from backend.archives.service import assign_meter, create_household, set_household_status, transfer_ownership
-from backend.audit.service import record_operation
+from backend.archives.service import LANDLINE, MOBILE, assign_meter, create_household, set_household_status, transfer_ownership
+from backend.audit.service import masked_id_number, record_operation
 from backend.auth import service as auth
 from backend.auth.models import AuthSession, BindingState, HouseholdBinding
 from backend.auth.principal import Principal
 from backend.domain import Domain
 from backend.domains import installed
 from backend.errors import DomainError, ErrorCode
+from backend.graphql.relay import encode_id
 from backend.privacy import Erasure, UnknownPhone, erase_personal_data, export_personal_data, subject_token
 from backend.readings.models import ReadingQuality
 from backend.readings.service import ReadingIn, ingest_readings
@@ -292,3 +294,102 @@ async def test_a_phone_nobody_holds_is_refused_and_nothing_is_logged(session: As
         await erase(session, "13000000000")
 
     assert (await session.execute(text("SELECT count(*) FROM audit_log"))).scalar_one() == entries
+
+
+@pytest.mark.parametrize("phone", ["13", "1380000111", "138000011112", "abc", "13800001111; --"])
+async def test_only_a_whole_mobile_or_landline_number_names_a_resident(session: AsyncSession, phone: str) -> None:
+    with pytest.raises(DomainError) as export_refused:
+        await export(session, phone)
+    with pytest.raises(DomainError) as erase_refused:
+        await erase(session, phone)
+
+    assert (export_refused.value.code, erase_refused.value.code) == (ErrorCode.INVALID, ErrorCode.INVALID)
+
+
+def test_a_phone_is_what_the_archives_accept_as_one() -> None:
+    assert privacy.PHONE.pattern == f"{MOBILE.pattern}|{LANDLINE.pattern}"
+    assert privacy.PHONE.flags == MOBILE.flags == LANDLINE.flags
+
+
+async def test_a_landline_is_a_phone_too(session: AsyncSession) -> None:
+    with pytest.raises(UnknownPhone):
+        await export(session, "0571-88886666")
+
+
+async def test_the_phone_matches_the_log_only_as_a_whole_number(session: AsyncSession) -> None:
+    await resident_with_everything(session)
+    meter_address = f"9{PHONE}12"  # a 14-digit meter address holding the phone's digits
+    await record_operation(session, at=NOW, actor=ROOT, module="archives", action="updateMeter",
+                           summary=f"修改水表 WM-{PHONE}0", payload={"address": meter_address}, success=True,
+                           ip="198.51.100.2", request_id=None)
+
+    document = await export(session)
+    await erase(session)
+
+    assert "updateMeter" not in [row["action"] for row in document["sections"]["audit_log"]["rows"]]
+    untouched = (await session.execute(text(
+        "SELECT summary, payload->>'address' FROM audit_log WHERE action = 'updateMeter'"))).one()
+    assert tuple(untouched) == (f"修改水表 WM-{PHONE}0", meter_address)
+
+
+async def test_erasure_rewrites_the_staff_entries_about_their_households_that_do_not_carry_the_phone(
+    session: AsyncSession,
+) -> None:
+    scenario = await resident_with_everything(session)
+    owned_id, sold_id = encode_id("Household", scenario.owned.id), encode_id("Household", scenario.sold.id)
+    # As run_mutation logs them: the field arguments, the ID number masked by the log.
+    await record_operation(session, at=NOW, actor=ROOT, module="archives", action="createHousehold",
+                           summary=f"新增住户 {scenario.owned.account_no}: 成功",
+                           payload={"input": {"accountNo": scenario.owned.account_no, "name": "王芳",
+                                              "idNumber": ID_NUMBER, "address": ADDRESS}},
+                           success=True, ip="198.51.100.2", request_id=None)
+    await record_operation(session, at=NOW, actor=ROOT, module="archives", action="updateHousehold",
+                           summary="修改住户: 成功", payload={"id": owned_id, "input": {"idNumber": ID_NUMBER,
+                                                                                      "address": ADDRESS}},
+                           success=True, ip="198.51.100.2", request_id=None)
+    await record_operation(session, at=NOW, actor=ROOT, module="archives", action="setHouseholdStatus",
+                           summary=f"住户 {scenario.sold.account_no} 状态改为 正常 (王芳 申请)",
+                           payload={"id": sold_id, "status": "active"}, success=True, ip="198.51.100.2",
+                           request_id=None)
+    # Another household's entry, its account number a longer one beginning with theirs.
+    await record_operation(session, at=NOW, actor=ROOT, module="archives", action="updateHousehold",
+                           summary=f"修改住户 {scenario.owned.account_no}9: 成功 王芳",
+                           payload={"id": encode_id("Household", scenario.contact.id), "input": {"name": "王芳"}},
+                           success=True, ip="198.51.100.2", request_id=None)
+    pseudonym = f"已注销用户 {subject_token(SECRET, PHONE)}"
+
+    erasure = await erase(session)
+
+    assert erasure.changed["audit_log"] == 5
+    rows = (await session.execute(text(
+        "SELECT action, summary, payload::text FROM audit_log WHERE actor_kind = 'staff' "
+        "AND action IN ('createHousehold', 'updateHousehold', 'setHouseholdStatus') ORDER BY id"))).all()
+    about_theirs = [row for row in rows if f"{scenario.owned.account_no}9" not in row.summary]
+    assert len(about_theirs) == 4
+    for row in about_theirs:
+        for identity in ("王芳", ID_NUMBER, masked_id_number(ID_NUMBER), ADDRESS):
+            assert identity not in row.summary + row.payload, (row.action, identity)
+    assert [row.summary for row in about_theirs[1:]] == [
+        f"新增住户 {scenario.owned.account_no}: 成功", "修改住户: 成功",
+        f"住户 {scenario.sold.account_no} 状态改为 正常 ({pseudonym} 申请)"]
+    assert owned_id in about_theirs[2].payload  # the record keeps which household it was about
+    other = [row for row in rows if f"{scenario.owned.account_no}9" in row.summary]
+    assert [(row.summary, "王芳" in row.payload) for row in other] == [
+        (f"修改住户 {scenario.owned.account_no}9: 成功 王芳", True)]
+
+
+async def test_the_export_shows_staff_entries_without_the_staff_members_name_or_address(session: AsyncSession) -> None:
+    scenario = await resident_with_everything(session)
+
+    document = await export(session)
+
+    shown = [(row["action"], row["actor_name"], row["ip"]) for row in document["sections"]["audit_log"]["rows"]]
+    assert shown == [("residentLogin", scenario.resident.name, "203.0.113.7"), ("updateHousehold", "工作人员", None)]
+
+
+async def test_the_pseudonym_carries_64_bits(session: AsyncSession) -> None:
+    await resident_with_everything(session)
+
+    erasure = await erase(session)
+
+    assert re.fullmatch(r"已注销用户 [0-9a-f]{16}", erasure.pseudonym)

@@ -58,6 +58,7 @@ async def test_export_then_erase_from_the_command_line(
 ) -> None:
     account_no = await _resident_with_a_household(committed_sessions)
     output = tmp_path / "personal-data.json"
+    output.write_text("an older, longer file " * 10_000, encoding="utf-8")  # replaced whole
 
     exported = await privacy(database_url, "export", "--phone", PHONE, "--output", str(output))
 
@@ -155,3 +156,36 @@ async def test_the_log_purge_masks_phones_older_than_their_retention(
         ("住户 13855556666", "修改住户 电话 13855556666 表地址 11012345678901",
          '{"count": 13812345678, "phone": "13855556666", "household": {"phone2": "13855556666"}}'),
     ]
+
+
+async def test_an_export_to_a_path_that_cannot_be_written_is_refused_before_it_is_logged(
+    database_url: str, committed_sessions: async_sessionmaker[AsyncSession], tmp_path: Path,
+) -> None:
+    await _resident_with_a_household(committed_sessions)
+    exports = "SELECT count(*) FROM audit_log WHERE action = 'exportPersonalData'"
+    before = await _rows(committed_sessions, exports)
+    output = tmp_path / "missing-folder" / "personal-data.json"
+
+    result = await privacy(database_url, "export", "--phone", PHONE, "--output", str(output))
+
+    assert result.exit_code == 1 and result.stderr.startswith(f"error: cannot write {output}: ")
+    assert result.stderr.count("\n") == 1 and result.stdout == ""
+    assert await _rows(committed_sessions, exports) == before
+
+
+async def test_a_refused_export_leaves_no_file_and_an_existing_one_as_it_was(database_url: str, tmp_path: Path) -> None:
+    fresh, existing = tmp_path / "fresh.json", tmp_path / "existing.json"
+    existing.write_text("kept\n", encoding="utf-8")
+
+    for output in (fresh, existing):
+        result = await privacy(database_url, "export", "--phone", "13000000009", "--output", str(output))
+        assert result.exit_code == 1, result.output
+
+    assert not fresh.exists() and existing.read_text(encoding="utf-8") == "kept\n"
+
+
+async def test_a_malformed_phone_is_one_line_and_exit_1(database_url: str) -> None:
+    result = await privacy(database_url, "export", "--phone", "13")
+
+    assert (result.exit_code, result.stderr) == (
+        1, "error: 手机号格式错误: 需要手机号或固定电话 / Malformed phone number: a mobile or landline number\n")

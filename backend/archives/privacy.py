@@ -10,10 +10,14 @@ Erasure replaces identity and keeps the record: a household they own now keeps i
 account number, area, meters, status and everything billed against it, but its name
 becomes the pseudonym and its phones, ID number and street address are cleared; a
 household that lists the phone only as ``phone2`` loses that number; their owner rows
-(past ones too) keep their dates under the pseudonym.
+(past ones too) keep their dates under the pseudonym. The export also tells the
+operation log's erasure what identifies them there (:func:`log_identity`): entries about
+their households carry the address and ID number without the phone.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,8 +25,10 @@ from sqlmodel import col
 
 from backend.archives.models import Area, Household, HouseholdOwner, HouseholdStatusChange
 from backend.archives.service import owned_meter_periods
+from backend.audit.service import masked_id_number
 from backend.auth.privacy import changed_rows, plain, rows_of
 from backend.domain import DataSubject, PersonalSection
+from backend.graphql.relay import encode_id
 
 
 async def export(session: AsyncSession, subject: DataSubject) -> list[PersonalSection]:
@@ -60,14 +66,33 @@ async def export(session: AsyncSession, subject: DataSubject) -> list[PersonalSe
          "end_reading": plain(period.end_reading), "owned_from": plain(period.start), "owned_to": plain(period.end)}
         for period in periods
     ]
-    names = frozenset(row["name"] for row in owners) | frozenset(
-        row["name"] for row in households if row["listed_as"] == "owner")
+    theirs = [row for row in households if row["listed_as"] == "owner"]
+    names = frozenset(row["name"] for row in owners) | frozenset(row["name"] for row in theirs)
+    identifiers, references = log_identity(theirs, owners)
     return [
-        PersonalSection("households", "登记了该手机号的住户 (户主电话或第二电话)", households, names=names),
+        PersonalSection("households", "登记了该手机号的住户 (户主电话或第二电话)", households, names=names,
+                        log_identifiers=identifiers, log_references=references),
         PersonalSection("household_owners", "作为户主的记录 (含过户前)", owners, names=names),
         PersonalSection("household_status_history", "本人名下住户的状态变更", statuses),
         PersonalSection("meter_assignments", "本人为户主期间为其住户服务的水表", assignments),
     ]
+
+
+def log_identity(owned: list[dict[str, Any]], owners: list[dict[str, Any]]) -> tuple[frozenset[str], frozenset[str]]:
+    """What the operation log holds of the subject's households (``owned``: theirs now)
+    and owner rows, past and present: the identifying strings as entries carry them (the
+    street address of a household theirs now, ID numbers whole and as the log masks them)
+    and the references that make an entry about one of those households (global id,
+    account number; they stay, the household keeps them)."""
+    identifiers: set[str] = {row["address"] for row in owned if row["address"]}
+    for number in (row["id_number"] for row in (*owned, *owners)):
+        if number and len(number) > 8:  # shorter ones are logged as *** (every such entry alike)
+            identifiers |= {number, masked_id_number(number)}
+    references: set[str] = set()
+    for household_id, account_no in {(row["id"], row["account_no"]) for row in owned} | {
+            (row["household_id"], row["account_no"]) for row in owners}:
+        references |= {str(encode_id("Household", int(household_id))), str(account_no)}
+    return frozenset(identifier for identifier in identifiers if len(identifier) >= 2), frozenset(references)
 
 
 async def erase(session: AsyncSession, subject: DataSubject) -> dict[str, int]:

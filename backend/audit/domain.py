@@ -31,11 +31,13 @@ DOMAIN = Domain(
         export="backend.audit.privacy:export",
         erase="backend.audit.privacy:erase",
         held={
-            "audit_log.actor_name": "entries they made or naming their phone: exported; erased: phone and names "
-                                    "become the pseudonym; phones masked after SHUIWU_RETENTION_LOG_PHONES_DAYS",
+            "audit_log.actor_name": "entries they made or naming their phone: exported (a staff actor as 工作人员); "
+                                    "erased (those and the entries about their households): phone, names, address "
+                                    "and ID numbers become the pseudonym; phones masked after "
+                                    "SHUIWU_RETENTION_LOG_PHONES_DAYS",
             "audit_log.summary": "as actor_name",
             "audit_log.payload": "as actor_name (the logged input)",
-            "audit_log.ip": "exported; erased: cleared in the entries of their own requests",
+            "audit_log.ip": "exported and erased (cleared) in the entries of their own requests",
         },
         excluded={"audit_log.request_id": "a request's id, for the server logs"},
     ),

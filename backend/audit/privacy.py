@@ -1,12 +1,16 @@
 """The operation log and a resident's personal data (docs/privacy.md).
 
 For ``shuiwu privacy export|erase``: the entries where the resident acted (their account
-as the actor) or where their phone appears (the actor's name, 日志内容, or the logged
-input: a code sent to it, a household registered with it). Erasure keeps every entry,
-since the log is the record of who did what, but replaces the phone, and in those
-entries the names the export found for the person, with the pseudonym, and clears the
-address (IP) their own requests came from. The log's retention deletes the entries
-themselves after ``SHUIWU_AUDIT_RETENTION_DAYS``.
+as the actor) or where their phone appears as a whole number (the actor's name, 日志内容,
+or the logged input: a code sent to it, a household registered with it). The export
+shows another actor's entries without their address (IP) and a staff actor as 工作人员.
+Erasure keeps every entry, since the log is the record of who did what; it rewrites
+those entries and the ones about the records the other domains name
+(:attr:`DataSubject.log_references`: a staff member's 修改住户 of their household
+never shows the phone), replacing the phone, the names the export found and the other
+identifying strings (:attr:`DataSubject.log_identifiers`: address, ID number as logged)
+with the pseudonym, and clears the address (IP) their own requests came from. The log's
+retention deletes the entries themselves after ``SHUIWU_AUDIT_RETENTION_DAYS``.
 
 For the retention of phone numbers: :func:`mask_logged_phones` masks every mobile number
 (138****5678) in entries older than ``SHUIWU_RETENTION_LOG_PHONES_DAYS``; the daily
@@ -71,30 +75,75 @@ _ENTRY = (col(AuditEntry.id), col(AuditEntry.at), col(AuditEntry.actor_kind), co
           col(AuditEntry.payload), col(AuditEntry.success), col(AuditEntry.ip))
 
 
-def _subject_entries(phone: str, residents: Sequence[int]) -> Any:
+def phone_pattern(phone: str) -> str:
+    """A PostgreSQL regular expression for ``phone`` standing alone: not part of a longer
+    number (a meter address, another phone)."""
+    return f"(^|[^0-9]){re.escape(phone)}([^0-9]|$)"
+
+
+def _phone_in_text(phone: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<!\d){re.escape(phone)}(?!\d)")
+
+
+# The input keys through which an entry names the record it is about (a household's
+# global id or account number), at the top and in a mutation's ``input``.
+_REFERENCE_KEYS = ("id", "householdId", "accountNo")
+# A reference in 日志内容 (修改住户 8899001: 成功): not inside a longer code or id.
+_CODE_CHARS = "0-9A-Za-z+/=_-"
+
+
+def _subject_entries(phone: str, residents: Sequence[int], references: frozenset[str] = frozenset()) -> Any:
+    """The entries of what the residents did, those carrying ``phone`` (as a whole number)
+    and those about a record ``references`` names."""
     acted = and_(col(AuditEntry.actor_kind) == PrincipalKind.resident.value, col(AuditEntry.actor_id).in_(residents))
-    mentioned = or_(col(AuditEntry.actor_name) == phone, func.strpos(col(AuditEntry.summary), phone) > 0,
-                    func.strpos(func.cast(col(AuditEntry.payload), Text), phone) > 0)
-    return select(*_ENTRY).where(or_(acted, mentioned) if residents else mentioned).order_by(col(AuditEntry.id))
+    standing_alone = phone_pattern(phone)
+    # strpos first: the cheap test rules out almost every entry before the expression runs.
+    found = [col(AuditEntry.actor_name) == phone,
+             *(and_(func.strpos(column, phone) > 0, column.regexp_match(standing_alone))
+               for column in (col(AuditEntry.summary), func.cast(col(AuditEntry.payload), Text)))]
+    if residents:
+        found.append(acted)
+    if references:
+        refs = sorted(references)
+        payload = col(AuditEntry.payload)
+        found += [payload[key].astext.in_(refs) for key in _REFERENCE_KEYS]
+        found += [payload["input"][key].astext.in_(refs) for key in _REFERENCE_KEYS]
+        named = "|".join(re.escape(ref) for ref in refs)
+        found.append(col(AuditEntry.summary).regexp_match(f"(^|[^{_CODE_CHARS}])({named})([^{_CODE_CHARS}]|$)"))
+    return select(*_ENTRY).where(or_(*found)).order_by(col(AuditEntry.id))
+
+
+# What the export shows of an entry someone else made: not their address, nor a staff
+# member's name (a resident's copy of their data holds nobody else's).
+_OTHER_ACTORS = {PrincipalKind.staff.value: "工作人员", PrincipalKind.system.value: "系统"}
 
 
 async def export(session: AsyncSession, subject: DataSubject) -> list[PersonalSection]:
-    entries = await session.execute(_subject_entries(subject.phone, await resident_ids(session, subject.phone)))
-    rows = [{key: value if key == "payload" else plain(value) for key, value in entry.items() if key != "actor_id"}
-            for entry in entries.mappings()]
+    residents = await resident_ids(session, subject.phone)
+    entries = await session.execute(_subject_entries(subject.phone, residents))
+    rows = []
+    for entry in entries.mappings():
+        row = {key: value if key == "payload" else plain(value) for key, value in entry.items() if key != "actor_id"}
+        if not (entry["actor_kind"] == PrincipalKind.resident.value and entry["actor_id"] in residents):
+            row["ip"] = None
+            row["actor_name"] = _OTHER_ACTORS.get(entry["actor_kind"], row["actor_name"])
+        rows.append(row)
     return [PersonalSection("audit_log", "操作日志中本人的操作或提及本人手机号的记录", rows)]
 
 
 async def erase(session: AsyncSession, subject: DataSubject) -> dict[str, int]:
     residents = await resident_ids(session, subject.phone)
-    # Longest first, so a name inside a longer one is not replaced piecemeal.
-    needles = sorted({subject.phone, *(alias for alias in subject.aliases if len(alias) >= 2)}, key=len, reverse=True)
-    pattern = re.compile("|".join(re.escape(needle) for needle in needles))
+    # Longest first, so a name inside a longer one is not replaced piecemeal; the phone
+    # only as a whole number.
+    needles = sorted({subject.phone, *(found for found in (*subject.aliases, *subject.log_identifiers)
+                                       if len(found) >= 2)}, key=len, reverse=True)
+    pattern = re.compile("|".join(_phone_in_text(needle).pattern if needle == subject.phone else re.escape(needle)
+                                  for needle in needles))
 
     def change(value: str) -> str:
         return pattern.sub(subject.pseudonym, value)
 
-    entries = list((await session.execute(_subject_entries(subject.phone, residents))).all())
+    entries = list((await session.execute(_subject_entries(subject.phone, residents, subject.log_references))).all())
     await _rewrite(session, entries, change, clear_ip=lambda e: e.actor_kind == PrincipalKind.resident.value
                    and e.actor_id in residents)
     return {"audit_log": len(entries)}
