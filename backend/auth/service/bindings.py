@@ -184,14 +184,14 @@ async def bind_household(
         await _emit_bound(session, pending)
         if MOBILE.match(registered):
             try:
-                # The installation's daily SMS first: refused, nothing is counted for the phone.
-                await claim_sms(session, now=now, policy=policy)
-            except errors.SmsDailyCapReached:
-                return BindingOutcome(pending, household.account_no, resident_phone, None)
-            try:
-                await count_daily_hit(session, key=codes_sent_key(registered), now=now, limit=policy.sms_codes_per_phone_per_day,
-                                      refusal=errors.CodeDailyLimit())
-            except errors.CodeDailyLimit:
+                # In one savepoint, in the order claim_code_send takes them (the phone's
+                # counter, then the day's claim), so a login code request for the same
+                # phone cannot deadlock with this; either refusal rolls back both counts.
+                async with session.begin_nested():
+                    await count_daily_hit(session, key=codes_sent_key(registered), now=now,
+                                          limit=policy.sms_codes_per_phone_per_day, refusal=errors.CodeDailyLimit())
+                    await claim_sms(session, now=now, policy=policy)
+            except (errors.CodeDailyLimit, errors.SmsDailyCapReached):
                 # No code today: the owner or the counter can still approve.
                 return BindingOutcome(pending, household.account_no, resident_phone, None)
             code = f"{secrets.randbelow(1_000_000):06d}"

@@ -1,0 +1,81 @@
+"""The SMS claims of login and binding codes: one lock order for the phone's counter and
+the day's claim (no deadlock, a refusal claims nothing)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.auth import errors
+from backend.auth import service as auth
+from backend.auth.service.residents import codes_sent_key
+from backend.auth.service.throttles import claim_sms, count_daily_hit
+from tests.auth.support import NOW, POLICY
+from tests.auth.test_residents import log_in_resident
+from tests.factories import make_area_tree, make_household
+
+CAPPED = dataclasses.replace(POLICY, sms_codes_per_phone_per_day=1)
+
+
+async def claimed_today(session: AsyncSession) -> int:
+    return int((await session.execute(text("SELECT coalesce(sum(claimed), 0) FROM sms_sends"))).scalar_one())
+
+
+async def test_a_binding_the_phones_daily_limit_refuses_claims_none_of_the_days_sms(session: AsyncSession) -> None:
+    tree = await make_area_tree(session)
+    first = await make_household(session, area=tree.east_community, name="甲", phone="13700000001")
+    second = await make_household(session, area=tree.east_community, name="乙", phone="13700000001")
+    resident = (await log_in_resident(session, phone="13900000009")).principal
+    sent = await auth.bind_household(session, resident=resident, account_no=first.account_no, name="甲", now=NOW, policy=CAPPED)
+    before = await claimed_today(session)
+
+    refused = await auth.bind_household(session, resident=resident, account_no=second.account_no, name="乙", now=NOW,
+                                        policy=CAPPED)
+
+    assert sent.unsent_code is not None and refused.unsent_code is None
+    assert await claimed_today(session) == before
+
+
+async def test_a_binding_the_days_cap_refuses_counts_nothing_for_the_phone(session: AsyncSession) -> None:
+    tree = await make_area_tree(session)
+    household = await make_household(session, area=tree.east_community, name="甲", phone="13700000003")
+    resident = (await log_in_resident(session, phone="13900000008")).principal
+    await claim_sms(session, now=NOW, policy=POLICY)  # the day's row, now spent:
+    spent = dataclasses.replace(POLICY, sms_daily_cap=await claimed_today(session))
+
+    outcome = await auth.bind_household(session, resident=resident, account_no=household.account_no, name="甲", now=NOW,
+                                        policy=spent)
+
+    assert outcome.unsent_code is None
+    hits = (await session.execute(text("SELECT coalesce(sum(hits), 0) FROM auth_throttle WHERE key = :key"),
+                                  {"key": codes_sent_key("13700000003")})).scalar_one()
+    assert hits == 0
+
+
+async def test_a_login_code_and_a_binding_for_one_phone_at_once_do_not_deadlock(
+    committed_sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    owner = "13700000002"
+    async with committed_sessions() as s, s.begin():
+        tree = await make_area_tree(s)
+        household = await make_household(s, area=tree.east_community, name="丙", phone=owner)
+    async with committed_sessions() as s, s.begin():
+        resident = (await log_in_resident(s, phone="13900000011")).principal
+
+    async with committed_sessions() as login, committed_sessions() as binding, login.begin(), binding.begin():
+        # The login code request holds the phone's counter (claim_code_send's first step) …
+        await count_daily_hit(login, key=codes_sent_key(owner), now=NOW, limit=POLICY.sms_codes_per_phone_per_day,
+                              refusal=errors.CodeDailyLimit())
+        # … the binding for the same phone starts and must wait for it without taking the day's row …
+        bind = asyncio.create_task(auth.bind_household(binding, resident=resident, account_no=household.account_no,
+                                                       name="丙", now=NOW, policy=POLICY))
+        await asyncio.sleep(0.5)
+        # … so the login request claims the day's SMS and commits, and then the binding goes on.
+        await claim_sms(login, now=NOW, policy=POLICY)
+        await login.commit()
+        outcome = await asyncio.wait_for(bind, timeout=10)
+
+    assert outcome.unsent_code is not None
