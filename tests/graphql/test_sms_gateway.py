@@ -113,9 +113,20 @@ async def test_a_binding_code_the_vendor_refused_is_withdrawn_and_the_binding_wa
         codes = (await connection.execute(text("SELECT count(code_hash) FROM household_bindings WHERE household_id = :id"),
                                           {"id": household.id})).scalar_one()
 
+    async with engine_for_module.connect() as connection:
+        logged = (await connection.execute(
+            text("SELECT summary, success FROM audit_log WHERE action = 'bindHousehold' AND summary LIKE :no ORDER BY id"),
+            {"no": f"%{household.account_no}%"})).all()
+
     assert asked["data"]["bindHousehold"]["binding"] == {"state": "pending", "codeSentTo": None}
     assert [error["code"] for error in asked["data"]["bindHousehold"]["errors"]] == ["SMS_PHONE_LIMITED"]
     assert codes == 0
+    # The log says the binding was made, then that its code never went out and was withdrawn.
+    assert [(summary, success) for summary, success in logged] == [
+        (f"住户绑定缴费号 {household.account_no}: 成功", True),
+        (f"住户绑定缴费号 {household.account_no}: 短信未发出 (该手机号接收短信过于频繁, 请稍后再试), 验证码已撤回, "
+         "待户主或柜台审核", False),
+    ]
 
 
 async def test_the_daily_sms_cap_holds_across_two_api_processes_and_raises_an_alert(
