@@ -1,11 +1,13 @@
 """The SMS claims of login and binding codes: one lock order for the phone's counter and
-the day's claim (no deadlock, a refusal claims nothing)."""
+the day's claim (no deadlock, a refusal claims nothing), and the resend minute claimed
+before anything is sent (a double tap sends one SMS)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -13,7 +15,8 @@ from backend.auth import errors
 from backend.auth import service as auth
 from backend.auth.service.residents import codes_sent_key
 from backend.auth.service.throttles import claim_sms, count_daily_hit
-from tests.auth.support import NOW, POLICY
+from backend.gateways.errors import GatewayTimeout, GatewayUnavailable
+from tests.auth.support import NOW, POLICY, FakeSms
 from tests.auth.test_residents import log_in_resident
 from tests.factories import make_area_tree, make_household
 
@@ -79,3 +82,75 @@ async def test_a_login_code_and_a_binding_for_one_phone_at_once_do_not_deadlock(
         outcome = await asyncio.wait_for(bind, timeout=10)
 
     assert outcome.unsent_code is not None
+
+
+class SlowSms(FakeSms):
+    """A vendor slow to answer the first send: ``sending`` is set while it waits for ``answer``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sending, self.answer = asyncio.Event(), asyncio.Event()
+
+    async def send_login_code(self, phone: str, code: str) -> None:
+        if not self.sending.is_set():
+            self.sending.set()
+            await self.answer.wait()
+        await super().send_login_code(phone, code)
+
+
+async def test_a_second_request_while_the_first_code_is_being_sent_sends_nothing(
+    committed_sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    phone, sms = "13900000012", SlowSms()
+
+    async def request(ip: str) -> None:
+        async with committed_sessions() as s, s.begin():
+            await auth.claim_code_send(s, phone=phone, now=NOW, policy=POLICY, ip=ip)
+        async with committed_sessions() as s, s.begin():
+            await auth.request_login_code(s, phone=phone, now=NOW, policy=POLICY, sender=sms)
+
+    first = asyncio.create_task(request("203.0.113.21"))
+    await asyncio.wait_for(sms.sending.wait(), timeout=10)
+    # A double tap: the first code is still on its way to the vendor.
+    with pytest.raises(errors.CodeRateLimited):
+        await request("203.0.113.22")
+    sms.answer.set()
+    await asyncio.wait_for(first, timeout=10)
+
+    assert len(sms.sent) == 1
+    async with committed_sessions() as s, s.begin():
+        pair = await auth.login_resident(s, phone=phone, code=sms.last_code, now=NOW, policy=POLICY)
+    assert pair.principal.is_resident
+
+
+class FailingSms(FakeSms):
+    def __init__(self, failure: Exception) -> None:
+        super().__init__()
+        self.failure = failure
+
+    async def send_login_code(self, phone: str, code: str) -> None:
+        await super().send_login_code(phone, code)
+        raise self.failure
+
+
+@pytest.mark.parametrize("failure", [
+    errors.SmsRejected(detail="aliyun refused: isv.AMOUNT_NOT_ENOUGH"),
+    GatewayUnavailable(detail="ConnectionError: connection refused"),
+    GatewayTimeout(detail="ReadTimeout"),
+], ids=["vendor refused", "never connected", "timeout"])
+async def test_a_send_refused_for_sure_keeps_no_code_and_gives_the_minute_back(
+    session: AsyncSession, failure: Exception,
+) -> None:
+    phone, sms = "13900000014", FailingSms(failure)
+    await auth.claim_code_send(session, phone=phone, now=NOW, policy=POLICY, ip="203.0.113.24")
+
+    with pytest.raises(type(failure)):
+        async with session.begin_nested():
+            await auth.request_login_code(session, phone=phone, now=NOW, policy=POLICY, sender=sms)
+    await auth.release_code_claim(session, phone=phone, now=NOW)
+
+    with pytest.raises(errors.InvalidCode):
+        await auth.login_resident(session, phone=phone, code=sms.last_code, now=NOW, policy=POLICY)
+    # Nothing went out: the resident may ask again at once.
+    await auth.claim_code_send(session, phone=phone, now=NOW, policy=POLICY, ip="203.0.113.24")
+    await auth.request_login_code(session, phone=phone, now=NOW, policy=POLICY, sender=FakeSms())

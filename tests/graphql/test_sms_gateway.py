@@ -129,6 +129,25 @@ async def test_a_binding_code_the_vendor_refused_is_withdrawn_and_the_binding_wa
     ]
 
 
+async def test_a_double_tap_on_send_code_sends_one_sms_and_the_code_it_sent_works(
+    database_url: str, vendor: tuple[str, FakeGateway],
+) -> None:
+    sender, fake = vendor
+    phone = "13711160001" if sender == "aliyun" else "13711160002"
+    fake.script("delay", seconds=1)  # the first send is still on its way when the second tap arrives
+    async with graphql_client(database_url) as api:
+        first = asyncio.create_task(api.execute(SEND_CODE, {"phone": phone}))
+        await asyncio.sleep(0.5)
+        second = await api.execute(SEND_CODE, {"phone": phone})
+        answers = [await first, second]
+        logged_in = await api.execute(RESIDENT_LOGIN, {"phone": phone, "code": code_sent_to(fake, phone)})
+
+    assert answers[0]["data"]["requestLoginCode"]["errors"] == []
+    assert [error["code"] for error in answers[1]["data"]["requestLoginCode"]["errors"]] == ["CODE_RATE_LIMITED"]
+    assert len(sent_codes(fake.requests())) == 1
+    assert logged_in["data"]["residentLogin"]["errors"] == []
+
+
 async def test_the_daily_sms_cap_holds_across_two_api_processes_and_raises_an_alert(
     database_url: str, engine_for_module: AsyncEngine, world: World, caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
