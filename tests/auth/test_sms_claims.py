@@ -1,6 +1,7 @@
 """The SMS claims of login and binding codes: one lock order for the phone's counter and
-the day's claim (no deadlock, a refusal claims nothing), and the resend minute claimed
-before anything is sent (a double tap sends one SMS)."""
+the day's claim (no deadlock, a refusal claims nothing), the resend minute claimed before
+anything is sent (a double tap sends one SMS), and a code kept when the send's outcome is
+unknown (the vendor may have delivered it)."""
 
 from __future__ import annotations
 
@@ -132,12 +133,31 @@ class FailingSms(FakeSms):
         await super().send_login_code(phone, code)
         raise self.failure
 
+    async def send_binding_code(self, phone: str, code: str, account_no: str) -> None:
+        await super().send_binding_code(phone, code, account_no)
+        raise self.failure
+
+
+@pytest.mark.parametrize("failure", [
+    GatewayTimeout(detail="ReadTimeout"),
+    GatewayUnavailable(detail="ConnectionError: ('Connection aborted.', ConnectionResetError(104))", maybe_done=True),
+], ids=["timeout", "reset after sending"])
+async def test_a_send_whose_outcome_is_unknown_keeps_the_code(session: AsyncSession, failure: Exception) -> None:
+    phone, sms = "13900000013", FailingSms(failure)
+    await auth.claim_code_send(session, phone=phone, now=NOW, policy=POLICY, ip="203.0.113.23")
+
+    await auth.request_login_code(session, phone=phone, now=NOW, policy=POLICY, sender=sms)
+
+    # The vendor may have delivered it: the code the resident reads still signs them in.
+    pair = await auth.login_resident(session, phone=phone, code=sms.last_code, now=NOW, policy=POLICY)
+    assert pair.principal.is_resident
+
 
 @pytest.mark.parametrize("failure", [
     errors.SmsRejected(detail="aliyun refused: isv.AMOUNT_NOT_ENOUGH"),
     GatewayUnavailable(detail="ConnectionError: connection refused"),
-    GatewayTimeout(detail="ReadTimeout"),
-], ids=["vendor refused", "never connected", "timeout"])
+    GatewayTimeout(detail="ConnectTimeout", maybe_done=False),
+], ids=["vendor refused", "never connected", "connect timeout"])
 async def test_a_send_refused_for_sure_keeps_no_code_and_gives_the_minute_back(
     session: AsyncSession, failure: Exception,
 ) -> None:
@@ -154,3 +174,21 @@ async def test_a_send_refused_for_sure_keeps_no_code_and_gives_the_minute_back(
     # Nothing went out: the resident may ask again at once.
     await auth.claim_code_send(session, phone=phone, now=NOW, policy=POLICY, ip="203.0.113.24")
     await auth.request_login_code(session, phone=phone, now=NOW, policy=POLICY, sender=FakeSms())
+
+
+async def test_a_binding_code_whose_send_timed_out_is_kept_and_one_refused_is_raised(session: AsyncSession) -> None:
+    tree = await make_area_tree(session)
+    household = await make_household(session, area=tree.east_community, name="丁", phone="13700000004")
+    resident = (await log_in_resident(session, phone="13900000015")).principal
+    outcome = await auth.bind_household(session, resident=resident, account_no=household.account_no, name="丁", now=NOW,
+                                        policy=POLICY)
+    timed_out = FailingSms(GatewayTimeout(detail="ReadTimeout"))
+
+    await auth.send_binding_code(outcome, sender=timed_out)
+    with pytest.raises(errors.SmsPhoneLimited):
+        await auth.send_binding_code(outcome, sender=FailingSms(errors.SmsPhoneLimited(detail="limit")))
+
+    # The owner may have got it: the code still confirms the binding.
+    confirmed = await auth.confirm_household_binding(session, resident=resident, binding_id=outcome.binding.id,
+                                                     code=timed_out.last_code, now=NOW, policy=POLICY)
+    assert confirmed.household is not None

@@ -129,6 +129,22 @@ async def test_a_binding_code_the_vendor_refused_is_withdrawn_and_the_binding_wa
     ]
 
 
+async def test_a_login_code_the_gateway_timed_out_on_is_kept_for_the_vendor_may_have_sent_it(
+    database_url: str, engine_for_module: AsyncEngine, vendor: tuple[str, FakeGateway], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sender, fake = vendor
+    phone = "13711150001" if sender == "aliyun" else "13711150002"
+    monkeypatch.setenv("SHUIWU_SMS_TIMEOUT_S", "0.5")
+    fake.script("delay", seconds=1.5)  # the vendor got the request and answers too late
+    async with graphql_client(database_url) as api:
+        requested = await api.execute(SEND_CODE, {"phone": phone})
+        logged_in = await api.execute(RESIDENT_LOGIN, {"phone": phone, "code": code_sent_to(fake, phone)})
+
+    assert requested["data"]["requestLoginCode"]["errors"] == []
+    assert requested["data"]["requestLoginCode"]["expiresAt"]
+    assert logged_in["data"]["residentLogin"]["errors"] == []
+
+
 async def test_a_double_tap_on_send_code_sends_one_sms_and_the_code_it_sent_works(
     database_url: str, vendor: tuple[str, FakeGateway],
 ) -> None:

@@ -3,6 +3,7 @@ costs money) and the code login that registers a resident on first use."""
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 from datetime import datetime, timedelta
@@ -18,6 +19,9 @@ from backend.auth.service.policy import AuthPolicy, SmsSender, TokenPair
 from backend.auth.service.sessions import _open_session
 from backend.auth.service.throttles import _count_sms_send, _source, claim_sms, count_daily_hit, count_hit
 from backend.errors import DomainError, ErrorCode
+from backend.gateways.errors import GatewayError
+
+log = logging.getLogger("shuiwu.sms")
 
 MOBILE = re.compile(r"^1[3-9]\d{9}$")
 CODE_RESEND_S = 60
@@ -102,10 +106,13 @@ async def request_login_code(
     """Send a 6-digit code to ``phone``; at most one a minute (the throttles are counted
     and the minute is claimed first by :func:`claim_code_send`). Returns its expiry.
 
-    The code fills the claim's row in the caller's transaction before it is sent, so a
-    send that fails (the gateway's typed errors, the vendor's refusal) raises and rolls
-    it back: no code is stored that the resident never received (the caller gives the
-    minute back with :func:`release_code_claim`)."""
+    The code fills the claim's row in the caller's transaction before it is sent. A send
+    the vendor or the gateway refused for sure (a typed refusal, an unreachable remote)
+    raises and rolls the code back: no code is stored that the resident never received
+    (the caller gives the minute back with :func:`release_code_claim`). A send whose
+    outcome is unknown (:attr:`GatewayError.maybe_done`: a timeout, a connection lost
+    after the request went out) keeps the code: the vendor may have delivered it, and
+    throwing it away would make the SMS the resident reads useless (docs/sms.md)."""
     phone = _mobile(phone)
     code = f"{secrets.randbelow(1_000_000):06d}"
     expires_at = now + timedelta(seconds=policy.otp_ttl_s)
@@ -122,7 +129,13 @@ async def request_login_code(
         await _refuse_recent_code(session, phone, now)
         session.add(OneTimeCode(phone=phone, code_hash=code_hash, created_at=now, expires_at=expires_at))
         await session.flush()
-    await sender.send_login_code(phone, code)
+    try:
+        await sender.send_login_code(phone, code)
+    except GatewayError as failure:
+        if not failure.maybe_done:
+            raise
+        log.warning("SMS login code for %s: the send's outcome is unknown (%s); the code is kept, as the vendor "
+                    "may have delivered it", phone[:3] + "****" + phone[-4:], failure.code)
     return expires_at
 
 
