@@ -46,7 +46,9 @@ async def test_a_migrated_empty_database_has_no_administrator_yet(database_url: 
 
     assert "FAIL  auth.administrator  no active staff user holds roles:manage (make one: shuiwu admin create)" in lines
     assert "ok    archives.cross_area  every open assignment stays within its meter's area" in lines
-    assert "ok    gateway.sms  SHUIWU_SMS_SENDER=log: codes are written to the log, no SMS is sent" in lines
+    # The default sender sends nothing: no resident could sign in, so it fails the check.
+    assert ("FAIL  gateway.sms  SHUIWU_SMS_SENDER=log: no SMS is sent (codes go to the log), so residents cannot "
+            "sign in or bind by code; log is for development and the demo only") in lines
 
 
 async def test_an_unreachable_database_is_one_failed_line_not_a_traceback() -> None:

@@ -25,13 +25,15 @@ async def has_administrator(runtime: Runtime) -> CheckResult:
 
 async def sms_reachable(runtime: Runtime) -> CheckResult:
     """The ``gateway.sms`` line: which sender sends residents' codes, and for a vendor
-    that its endpoint accepts a connection (its settings were checked when they loaded)."""
+    that its endpoint accepts a connection (its settings were checked when they loaded).
+    ``log`` fails: no resident can receive a code (``make demo`` does not run check)."""
     from backend.auth.sms.senders import SMS_SERVICE
     from backend.gateways.checks import endpoint_reachable
 
     client = runtime.service(SMS_SERVICE)
     sender = client.settings.sender
     if sender == "log":
-        return CheckResult(True, "SHUIWU_SMS_SENDER=log: codes are written to the log, no SMS is sent")
+        return CheckResult(False, "SHUIWU_SMS_SENDER=log: no SMS is sent (codes go to the log), so residents cannot "
+                                  "sign in or bind by code; log is for development and the demo only")
     reached = await endpoint_reachable(client)
     return CheckResult(reached.ok, f"{sender}: {reached.detail}")

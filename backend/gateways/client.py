@@ -32,6 +32,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import requests
+import urllib3
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -195,16 +196,31 @@ class Redactor:
 # --------------------------------------------------------------------------- the client
 
 
+def _sent(error: BaseException) -> bool:
+    """Whether a transport failure came after the request was sent: urllib3's
+    ``ProtocolError`` ("Connection aborted.", a reset or a closed connection mid-answer)
+    or a bare ``ConnectionResetError``; a connection that was never made is not."""
+    if isinstance(error, ConnectionResetError | BrokenPipeError):
+        return True
+    reason = error.args[0] if error.args else None
+    return isinstance(reason, urllib3.exceptions.ProtocolError | ConnectionResetError)
+
+
 def _translated(function: Callable[..., T], *args: Any) -> T:
     """Run on the gateway's thread: the transport's failures become gateway errors."""
     try:
         return function(*args)
     except GatewayError:
         raise
+    except requests.exceptions.ConnectTimeout as error:
+        # No connection within the timeout: the request never went out.
+        raise GatewayTimeout(detail=f"{type(error).__name__}: {error}", maybe_done=False) from error
     except (requests.exceptions.Timeout, TimeoutError) as error:
         raise GatewayTimeout(detail=f"{type(error).__name__}: {error}") from error
     except (requests.exceptions.RequestException, ConnectionError) as error:
-        raise GatewayUnavailable(detail=f"{type(error).__name__}: {error}") from error
+        # A connection lost once the request was sent ("Connection aborted", a reset): the
+        # remote may have acted on it. One that was never made (refused, no route): not.
+        raise GatewayUnavailable(detail=f"{type(error).__name__}: {error}", maybe_done=_sent(error)) from error
 
 
 class GatewayClient:

@@ -23,11 +23,16 @@ class GatewayError(DomainError):
     retryable: bool = True
     # The exchange's status word (gateway_exchanges.status).
     status: str = "unavailable"
+    # Whether the remote may have acted on the request although no answer came back (the
+    # request went out): a caller must not act as if it surely did not (an SMS code).
+    maybe_done: bool = False
 
     def __init__(self, message: str | None = None, message_en: str | None = None, *, answer: Any = None,
-                 detail: str | None = None) -> None:
+                 detail: str | None = None, maybe_done: bool | None = None) -> None:
         super().__init__(message, message_en)
         self.answer = answer
+        if maybe_done is not None:
+            self.maybe_done = maybe_done
         # For the log and the exchange, never shown to a user.
         self.detail = detail
 
@@ -43,6 +48,7 @@ class GatewayTimeout(GatewayError):
     message = "外部服务响应超时, 请稍后查询结果"
     message_en = "The outside service did not answer in time; check the outcome later"
     status = "timeout"
+    maybe_done = True
 
 
 class GatewayBusy(GatewayError):

@@ -235,8 +235,9 @@ async def test_the_check_line_names_the_sender_and_reaches_the_vendor(fake_gatew
         return result.ok, result.detail
 
     port = fake.url.rsplit(":", 1)[1]
-    assert await line(SmsSettings(sender="log")) == (True, "SHUIWU_SMS_SENDER=log: codes are written to the log, "
-                                                           "no SMS is sent")
+    assert await line(SmsSettings(sender="log")) == (
+        False, "SHUIWU_SMS_SENDER=log: no SMS is sent (codes go to the log), so residents cannot sign in or bind "
+               "by code; log is for development and the demo only")
     assert await line(vendor_settings("aliyun", fake.url)) == (
         True, f"aliyun: http://127.0.0.1:{port} answers (4 threads, timeout 3s)")
     ok, detail = await line(vendor_settings("tencent", f"http://127.0.0.1:{unused_port}"))

@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import requests
 from pydantic import SecretStr
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -21,7 +24,7 @@ from backend.checks import run_checks
 from backend.domain import Gateway, declared_gateways, system_principal
 from backend.domains import installed
 from backend.errors import ErrorCode
-from backend.gateways.client import REDACTED, GatewayClient, open_gateway
+from backend.gateways.client import REDACTED, GatewayClient, _translated, open_gateway
 from backend.gateways.errors import (
     GatewayBadAnswer,
     GatewayBusy,
@@ -337,3 +340,33 @@ def test_every_gateway_error_is_a_domain_error_with_its_own_code() -> None:
     assert all(issubclass(kind, GatewayError) for kind in kinds)
     assert {kind.code for kind in kinds} == {ErrorCode.GATEWAY_TIMEOUT, ErrorCode.GATEWAY_BUSY, ErrorCode.GATEWAY_UNAVAILABLE,
                                              ErrorCode.GATEWAY_REJECTED, ErrorCode.GATEWAY_BAD_ANSWER}
+
+
+def test_a_connection_lost_after_the_request_went_out_may_have_been_acted_on(unused_port: int) -> None:
+    """A reset once the request was sent (the vendor may have sent the SMS) is told apart
+    from a connection that was never made (nothing went out)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def read_then_reset() -> None:
+        connection, _ = listener.accept()
+        connection.recv(65536)  # the whole request arrived
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        connection.close()  # RST, no answer
+
+    server = threading.Thread(target=read_then_reset)
+    server.start()
+    try:
+        with pytest.raises(GatewayUnavailable) as lost:
+            _translated(requests.post, f"http://127.0.0.1:{port}/send", b"{}", None)
+    finally:
+        server.join(timeout=5)
+        listener.close()
+    with pytest.raises(GatewayUnavailable) as refused:
+        _translated(requests.post, f"http://127.0.0.1:{unused_port}/send", b"{}", None)
+
+    assert lost.value.maybe_done is True
+    assert refused.value.maybe_done is False
+    # No answer in time once sent: maybe done; a busy pool never called the remote.
+    assert GatewayTimeout().maybe_done is True
+    assert GatewayBusy().maybe_done is False

@@ -113,9 +113,55 @@ async def test_a_binding_code_the_vendor_refused_is_withdrawn_and_the_binding_wa
         codes = (await connection.execute(text("SELECT count(code_hash) FROM household_bindings WHERE household_id = :id"),
                                           {"id": household.id})).scalar_one()
 
+    async with engine_for_module.connect() as connection:
+        logged = (await connection.execute(
+            text("SELECT summary, success FROM audit_log WHERE action = 'bindHousehold' AND summary LIKE :no ORDER BY id"),
+            {"no": f"%{household.account_no}%"})).all()
+
     assert asked["data"]["bindHousehold"]["binding"] == {"state": "pending", "codeSentTo": None}
     assert [error["code"] for error in asked["data"]["bindHousehold"]["errors"]] == ["SMS_PHONE_LIMITED"]
     assert codes == 0
+    # The log says the binding was made, then that its code never went out and was withdrawn.
+    assert [(summary, success) for summary, success in logged] == [
+        (f"住户绑定缴费号 {household.account_no}: 成功", True),
+        (f"住户绑定缴费号 {household.account_no}: 短信未发出 (该手机号接收短信过于频繁, 请稍后再试), 验证码已撤回, "
+         "待户主或柜台审核", False),
+    ]
+
+
+async def test_a_login_code_the_gateway_timed_out_on_is_kept_for_the_vendor_may_have_sent_it(
+    database_url: str, engine_for_module: AsyncEngine, vendor: tuple[str, FakeGateway], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sender, fake = vendor
+    phone = "13711150001" if sender == "aliyun" else "13711150002"
+    monkeypatch.setenv("SHUIWU_SMS_TIMEOUT_S", "0.5")
+    fake.script("delay", seconds=1.5)  # the vendor got the request and answers too late
+    async with graphql_client(database_url) as api:
+        requested = await api.execute(SEND_CODE, {"phone": phone})
+        logged_in = await api.execute(RESIDENT_LOGIN, {"phone": phone, "code": code_sent_to(fake, phone)})
+
+    assert requested["data"]["requestLoginCode"]["errors"] == []
+    assert requested["data"]["requestLoginCode"]["expiresAt"]
+    assert logged_in["data"]["residentLogin"]["errors"] == []
+
+
+async def test_a_double_tap_on_send_code_sends_one_sms_and_the_code_it_sent_works(
+    database_url: str, vendor: tuple[str, FakeGateway],
+) -> None:
+    sender, fake = vendor
+    phone = "13711160001" if sender == "aliyun" else "13711160002"
+    fake.script("delay", seconds=1)  # the first send is still on its way when the second tap arrives
+    async with graphql_client(database_url) as api:
+        first = asyncio.create_task(api.execute(SEND_CODE, {"phone": phone}))
+        await asyncio.sleep(0.5)
+        second = await api.execute(SEND_CODE, {"phone": phone})
+        answers = [await first, second]
+        logged_in = await api.execute(RESIDENT_LOGIN, {"phone": phone, "code": code_sent_to(fake, phone)})
+
+    assert answers[0]["data"]["requestLoginCode"]["errors"] == []
+    assert [error["code"] for error in answers[1]["data"]["requestLoginCode"]["errors"]] == ["CODE_RATE_LIMITED"]
+    assert len(sent_codes(fake.requests())) == 1
+    assert logged_in["data"]["residentLogin"]["errors"] == []
 
 
 async def test_the_daily_sms_cap_holds_across_two_api_processes_and_raises_an_alert(

@@ -80,6 +80,7 @@ from backend.auth.service.residents import (
     claim_code_attempt,
     claim_code_send,
     login_resident,
+    release_code_claim,
     request_login_code,
 )
 from backend.auth.service.roles import (
@@ -167,6 +168,7 @@ __all__ = [
     "purge_decided_bindings",
     "purge_expired",
     "refresh_tokens",
+    "release_code_claim",
     "request_login_code",
     "role_area_ids",
     "role_permissions",

@@ -4,6 +4,7 @@ or the counter's approval; every state change emits ``household.bound``."""
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -27,6 +28,9 @@ from backend.auth.service.residents import CODE_MAX_ATTEMPTS, MOBILE, codes_sent
 from backend.auth.service.throttles import _claim_against_lockout, _count_sms_send, claim_sms, count_daily_hit
 from backend.errors import Forbidden, NotFound
 from backend.events.service import emit_event
+from backend.gateways.errors import GatewayError
+
+log = logging.getLogger("shuiwu.sms")
 
 
 def bind_attempts_key(resident_id: int) -> str:
@@ -83,10 +87,20 @@ async def send_binding_code(outcome: BindingOutcome, *, sender: SmsSender) -> No
     """Send the code :func:`bind_household` made, if it made one. Call it after that
     transaction committed: the gateway is slow, and waiting on it inside would hold the
     phone's SMS counter lock (and the binding's row) for every other request meanwhile.
-    A failed send raises the sender's typed error: then :func:`withdraw_binding_code`, and
-    the pending binding waits for the owner or the counter to approve."""
-    if outcome.unsent_code is not None:
-        await sender.send_binding_code(outcome.unsent_code.phone, outcome.unsent_code.code, outcome.unsent_code.account_no)
+    A send refused for sure raises the sender's typed error: then :func:`withdraw_binding_code`,
+    and the pending binding waits for the owner or the counter to approve. A send whose
+    outcome is unknown (:attr:`GatewayError.maybe_done`) keeps the code, as a login code's
+    does: the owner may have received it (docs/sms.md)."""
+    unsent = outcome.unsent_code
+    if unsent is None:
+        return
+    try:
+        await sender.send_binding_code(unsent.phone, unsent.code, unsent.account_no)
+    except GatewayError as failure:
+        if not failure.maybe_done:
+            raise
+        log.warning("SMS binding code for %s: the send's outcome is unknown (%s); the code is kept, as the vendor "
+                    "may have delivered it", mask_phone(unsent.phone), failure.code)
 
 
 async def withdraw_binding_code(session: AsyncSession, *, outcome: BindingOutcome) -> BindingOutcome:
@@ -184,14 +198,14 @@ async def bind_household(
         await _emit_bound(session, pending)
         if MOBILE.match(registered):
             try:
-                # The installation's daily SMS first: refused, nothing is counted for the phone.
-                await claim_sms(session, now=now, policy=policy)
-            except errors.SmsDailyCapReached:
-                return BindingOutcome(pending, household.account_no, resident_phone, None)
-            try:
-                await count_daily_hit(session, key=codes_sent_key(registered), now=now, limit=policy.sms_codes_per_phone_per_day,
-                                      refusal=errors.CodeDailyLimit())
-            except errors.CodeDailyLimit:
+                # In one savepoint, in the order claim_code_send takes them (the phone's
+                # counter, then the day's claim), so a login code request for the same
+                # phone cannot deadlock with this; either refusal rolls back both counts.
+                async with session.begin_nested():
+                    await count_daily_hit(session, key=codes_sent_key(registered), now=now,
+                                          limit=policy.sms_codes_per_phone_per_day, refusal=errors.CodeDailyLimit())
+                    await claim_sms(session, now=now, policy=policy)
+            except (errors.CodeDailyLimit, errors.SmsDailyCapReached):
                 # No code today: the owner or the counter can still approve.
                 return BindingOutcome(pending, household.account_no, resident_phone, None)
             code = f"{secrets.randbelow(1_000_000):06d}"

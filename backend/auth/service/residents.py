@@ -3,11 +3,12 @@ costs money) and the code login that registers a resident on first use."""
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.auth import errors
@@ -18,10 +19,16 @@ from backend.auth.service.policy import AuthPolicy, SmsSender, TokenPair
 from backend.auth.service.sessions import _open_session
 from backend.auth.service.throttles import _count_sms_send, _source, claim_sms, count_daily_hit, count_hit
 from backend.errors import DomainError, ErrorCode
+from backend.gateways.errors import GatewayError
+
+log = logging.getLogger("shuiwu.sms")
 
 MOBILE = re.compile(r"^1[3-9]\d{9}$")
 CODE_RESEND_S = 60
 CODE_MAX_ATTEMPTS = 5
+# The hash of a code row that is only a claim on the resend minute (no code yet): never a
+# digest, so never matched; its expiry is its creation, so it is never live either.
+CLAIMED = ""
 
 
 def codes_sent_key(phone: str) -> str:
@@ -62,6 +69,10 @@ async def claim_code_send(
     (:class:`CodeDailyLimit`), and past ``sms_codes_per_ip_per_minute`` from the address
     or ``sms_codes_per_minute`` in all (:class:`RateLimited`), and past the installation's
     ``sms_daily_cap`` for the day (:class:`SmsDailyCapReached`): SMS pumping costs money.
+
+    Counted, it takes the phone's resend minute (a code row with no code yet, which
+    :func:`request_login_code` fills): a second request before the first code is sent is
+    refused (:class:`CodeRateLimited`), so a double tap sends one SMS.
     """
     phone = _mobile(phone)
     await count_daily_hit(session, key=codes_sent_key(phone), now=now, limit=policy.sms_codes_per_phone_per_day,
@@ -71,24 +82,60 @@ async def claim_code_send(
     await _count_sms_send(session, now=now, policy=policy, ip=ip, over_limit=over_limit)
     # Last: a request the limits above refuse claims none of the day's SMS.
     await claim_sms(session, now=now, policy=policy)
+    # The resend minute is taken here, committed before anything is sent: a second
+    # request (a double tap) finds this row and is refused; request_login_code fills it.
+    session.add(OneTimeCode(phone=phone, code_hash=CLAIMED, created_at=now, expires_at=now))
+    await session.flush()
+
+
+async def release_code_claim(session: AsyncSession, *, phone: str, now: datetime) -> None:
+    """Give the resend minute back when :func:`request_login_code` was refused before or
+    by the sender's typed refusal: no code went out, so the resident may ask again at
+    once (the day's counts stay: a claim is never given back)."""
+    await session.execute(
+        delete(OneTimeCode).where(
+            OneTimeCode.phone == phone.strip(), OneTimeCode.code_hash == CLAIMED,  # type: ignore[arg-type]
+            OneTimeCode.created_at > now - timedelta(seconds=CODE_RESEND_S),  # type: ignore[arg-type]
+        )
+    )
 
 
 async def request_login_code(
     session: AsyncSession, *, phone: str, now: datetime, policy: AuthPolicy, sender: SmsSender
 ) -> datetime:
     """Send a 6-digit code to ``phone``; at most one a minute (the throttles are counted
-    first by :func:`claim_code_send`). Returns its expiry.
+    and the minute is claimed first by :func:`claim_code_send`). Returns its expiry.
 
-    The code is kept in the caller's transaction before it is sent, so a send that fails
-    (the gateway's typed errors, the vendor's refusal) raises and rolls it back: no
-    code is stored that the resident never received, and the resend minute is not taken."""
+    The code fills the claim's row in the caller's transaction before it is sent. A send
+    the vendor or the gateway refused for sure (a typed refusal, an unreachable remote)
+    raises and rolls the code back: no code is stored that the resident never received
+    (the caller gives the minute back with :func:`release_code_claim`). A send whose
+    outcome is unknown (:attr:`GatewayError.maybe_done`: a timeout, a connection lost
+    after the request went out) keeps the code: the vendor may have delivered it, and
+    throwing it away would make the SMS the resident reads useless (docs/sms.md)."""
     phone = _mobile(phone)
-    await _refuse_recent_code(session, phone, now)
     code = f"{secrets.randbelow(1_000_000):06d}"
     expires_at = now + timedelta(seconds=policy.otp_ttl_s)
-    session.add(OneTimeCode(phone=phone, code_hash=code_digest(policy.secret, f"{phone}:{code}"), created_at=now, expires_at=expires_at))
-    await session.flush()
-    await sender.send_login_code(phone, code)
+    code_hash = code_digest(policy.secret, f"{phone}:{code}")
+    filled = await session.execute(
+        update(OneTimeCode)
+        .where(OneTimeCode.phone == phone, OneTimeCode.code_hash == CLAIMED,  # type: ignore[arg-type]
+               OneTimeCode.created_at > now - timedelta(seconds=CODE_RESEND_S))  # type: ignore[arg-type]
+        .values(code_hash=code_hash, expires_at=expires_at)
+        .returning(OneTimeCode.__table__.c.id)  # type: ignore[attr-defined]
+    )
+    if filled.first() is None:
+        # Not claimed by claim_code_send (a caller that counts nothing): the old check.
+        await _refuse_recent_code(session, phone, now)
+        session.add(OneTimeCode(phone=phone, code_hash=code_hash, created_at=now, expires_at=expires_at))
+        await session.flush()
+    try:
+        await sender.send_login_code(phone, code)
+    except GatewayError as failure:
+        if not failure.maybe_done:
+            raise
+        log.warning("SMS login code for %s: the send's outcome is unknown (%s); the code is kept, as the vendor "
+                    "may have delivered it", phone[:3] + "****" + phone[-4:], failure.code)
     return expires_at
 
 

@@ -124,13 +124,24 @@ class SignInMutations:
     async def request_login_code(self, info: Info, phone: str) -> LoginCodePayload:
         policy, now, ip = _policy(info), utcnow(), info.context.ip
         sender = sender_for(info.context.services)
+        claimed: list[bool] = []
+
+        async def claim(session: AsyncSession) -> None:
+            await service.claim_code_send(session, phone=phone, now=now, policy=policy, ip=ip, over_limit=_over_limit(info))
+            claimed.append(True)
+
+        async def release(session: AsyncSession, refusal: DomainError) -> None:
+            # Only this request's own claim, and only when the send was refused for sure
+            # (the work rolled back): a refused claim is another request's minute.
+            if claimed:
+                await service.release_code_claim(session, phone=phone, now=now)
+
         return await run_mutation(
             info, module="resident", action="requestLoginCode", describe=lambda _: f"向 {phone[:20]} 发送验证码",
             payload=lambda expires, errors: LoginCodePayload(expires_at=expires, errors=errors),
-            before=lambda session: service.claim_code_send(session, phone=phone, now=now, policy=policy, ip=ip,
-                                                           over_limit=_over_limit(info)),
+            before=claim,
             work=lambda session: service.request_login_code(session, phone=phone, now=now, policy=policy, sender=sender),
-            audit_input={"phone": phone},
+            audit_input={"phone": phone}, on_refusal=release,
         )
 
     @strawberry.mutation(permission_classes=[Public], description="Resident login with mobile number and code.",
