@@ -53,7 +53,7 @@ from datetime import UTC, date, timedelta
 from typing import Any
 
 from backend.errors import DomainError, ErrorCode
-from backend.readings.analytics.units import _SERVED_DAYS, _UNITS_SQL, ScopeKind
+from backend.readings.analytics.units import _SERVED_DAYS, _UNITS_SQL, ScopeKind, page_with_summary
 from backend.readings.rollup import day_start
 
 MAX_HOURLY_DAYS = 31
@@ -315,17 +315,7 @@ def hourly_statistics_sql(kind: ScopeKind) -> str:
         {join}
         LEFT JOIN unit_numbers n ON n.unit_kind = u.unit_kind AND n.unit_id = u.unit_id
         LEFT JOIN unit_hours x ON x.unit_no = n.unit_no AND x.hour_start = h.hour_start
-    ), summary AS (
-        SELECT count(*) AS row_count, count(usage_m3) AS n, coalesce(sum(usage_m3), 0) AS total,
-               round(avg(usage_m3), 4) AS mean, max(usage_m3) AS maximum, min(usage_m3) AS minimum
-        FROM hour_rows
-    )
-    SELECT s.row_count, s.n, s.total, s.mean, s.maximum, s.minimum, r.*
-    FROM summary s LEFT JOIN LATERAL (
-        SELECT * FROM hour_rows ORDER BY unit_name, unit_kind, unit_id, k
-        OFFSET :offset LIMIT :limit
-    ) r ON true
-    """
+    ), {page_with_summary("hour_rows", order="unit_name, unit_kind, unit_id, k", counted="usage_m3")}"""
 
 
 def hourly_series_sql(kind: ScopeKind) -> str:

@@ -15,7 +15,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.readings.analytics.hourly import check_hourly, hourly_params, hourly_statistics_sql
 from backend.readings.analytics.periods import _BUCKET, _PERIODS, Granularity, _check_range, _periods_params, period_label
-from backend.readings.analytics.units import _UNITS_SQL, Scope, ScopeKind, Target, _find_with_params, _unit_usage_sql
+from backend.readings.analytics.units import (
+    _UNITS_SQL,
+    Scope,
+    ScopeKind,
+    Target,
+    _find_with_params,
+    _unit_usage_sql,
+    page_with_summary,
+)
 from backend.readings.partitions import as_zone
 from backend.readings.rollup import day_start
 
@@ -79,17 +87,7 @@ def _statistics_sql(kind: ScopeKind, granularity: Granularity) -> str:
                coalesce(x.usage_m3, 0) AS usage_m3
         FROM (SELECT DISTINCT * FROM units) u CROSS JOIN periods p
         LEFT JOIN usage x ON x.unit_kind = u.unit_kind AND x.unit_id = u.unit_id AND x.period_start = p.period_start
-    ), summary AS (
-        SELECT count(*) AS row_count, count(*) AS n, coalesce(sum(usage_m3), 0) AS total,
-               round(avg(usage_m3), 4) AS mean, max(usage_m3) AS maximum, min(usage_m3) AS minimum
-        FROM stat_rows
-    )
-    SELECT s.row_count, s.n, s.total, s.mean, s.maximum, s.minimum, r.*
-    FROM summary s LEFT JOIN LATERAL (
-        SELECT * FROM stat_rows ORDER BY unit_name, unit_kind, unit_id, period_start
-        OFFSET :offset LIMIT :limit
-    ) r ON true
-    """
+    ), {page_with_summary("stat_rows", order="unit_name, unit_kind, unit_id, period_start")}"""
 
 
 def statistics_sql(kind: ScopeKind, granularity: Granularity) -> str:

@@ -296,3 +296,21 @@ async def _find_with_params(
     target = await find_target(session, scope=scope, scope_patterns=scope_patterns, household_ids=household_ids)
     return target, _base_params(target, scope_patterns=scope_patterns, household_ids=household_ids,
                                 start_day=start_day, end_day=end_day, tz=tz)
+
+
+def page_with_summary(rows: str, *, order: str, counted: str = "*") -> str:
+    """The tail of a statistics statement: the summary (合计 / 均值 / 最大 / 最小) over every
+    row of the CTE ``rows`` beside one page of them in ``order`` (``:offset``, ``:limit``).
+    ``counted`` names the rows with a figure: all (``*``), or ``usage_m3`` where an hour
+    may have none (hourly statistics)."""
+    return f"""summary AS (
+        SELECT count(*) AS row_count, count({counted}) AS n, coalesce(sum(usage_m3), 0) AS total,
+               round(avg(usage_m3), 4) AS mean, max(usage_m3) AS maximum, min(usage_m3) AS minimum
+        FROM {rows}
+    )
+    SELECT s.row_count, s.n, s.total, s.mean, s.maximum, s.minimum, r.*
+    FROM summary s LEFT JOIN LATERAL (
+        SELECT * FROM {rows} ORDER BY {order}
+        OFFSET :offset LIMIT :limit
+    ) r ON true
+    """
