@@ -143,6 +143,7 @@ def test_what_stops_a_running_server_keeps_its_traceback(monkeypatch: pytest.Mon
         raise ConnectionRefusedError(111, "Connect call failed")
 
     monkeypatch.setattr(cli, "app", refused)
+    monkeypatch.setattr(cli, "_started_serving", False)  # another test's serve may have set it
     with pytest.raises(SystemExit) as stopped:  # at start: one line, exit 1
         cli.main()
     assert stopped.value.code == 1

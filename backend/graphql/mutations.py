@@ -138,6 +138,20 @@ async def run_mutation(
     return payload(result, [])
 
 
+async def record_afterwards(
+    info: Info, session: AsyncSession, *, action: str, summary: str, success: bool, module: str | None = None,
+) -> None:
+    """A second entry for a mutation whose outcome changed after its own entry was
+    written (a binding whose code then could not be sent): same actor, module, input,
+    address and request id as the first, in the caller's transaction."""
+    context: Context = info.context
+    await record_operation(
+        session, at=utcnow(), actor=context.principal, module=entry_module(action, module), action=action,
+        summary=summary, payload=plain(field_arguments(info)), success=success, ip=context.ip,
+        request_id=context.request_id,
+    )
+
+
 def entry_module(action: str, module: str | None) -> str:
     """The module an entry of ``action`` is written under: its declaration's, else ``module``."""
     declared = log_names().operations.get(action)

@@ -9,7 +9,6 @@ import strawberry
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.types import Info
 
-from backend.audit.service import record_operation
 from backend.auth import service
 from backend.auth.schema.mutations.common import _over_limit, _policy
 from backend.auth.schema.types import HouseholdBindingType
@@ -18,7 +17,7 @@ from backend.clock import utcnow
 from backend.errors import DomainError
 from backend.graphql.errors import UserError
 from backend.graphql.limits import AuthMutation
-from backend.graphql.mutations import entry_module, plain, run_mutation
+from backend.graphql.mutations import record_afterwards, run_mutation
 from backend.graphql.permissions import Requires
 from backend.graphql.relay import decode_id
 
@@ -92,12 +91,9 @@ class BindingMutations:
                     withdrawn = await service.withdraw_binding_code(session, outcome=outcomes[0])
                     # The entry above says the binding was made; this one says the code
                     # never went out and was withdrawn.
-                    await record_operation(
-                        session, at=utcnow(), actor=principal, module=entry_module("bindHousehold", "resident"),
-                        action="bindHousehold", summary=(
+                    await record_afterwards(
+                        info, session, action="bindHousehold", module="resident", success=False, summary=(
                             f"住户绑定缴费号 {account_no[:32]}: 短信未发出 ({failure.message}), 验证码已撤回, 待户主或柜台审核"),
-                        payload=plain({"accountNo": account_no, "name": name}), success=False, ip=info.context.ip,
-                        request_id=info.context.request_id,
                     )
                 return _binding_payload(withdrawn, UserError.from_domain(failure))
         return answer
