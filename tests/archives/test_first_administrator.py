@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
@@ -17,6 +24,7 @@ from backend.db import create_engine, migrate, session_factory, to_libpq_url, wi
 from tests.graphql.client import graphql_client
 
 PASSWORD = "Pipe-Main-2026"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _rows(url: str, query: str) -> list[tuple[object, ...]]:
@@ -143,3 +151,36 @@ async def test_an_administrator_of_a_second_company_gets_that_companys_role_not_
         token = await api.login("wangfang", PASSWORD)
         areas = await api.execute("{ areas(first: 5) { edges { node { name } } } }", token=token)
     assert [edge["node"]["name"] for edge in areas["data"]["areas"]["edges"]] == ["乙水务公司"]
+
+
+def test_a_new_data_directory_with_admin_create_serves_a_working_login(tmp_path: Path) -> None:
+    """README's steps, as a new utility runs them: migrate, admin create, serve, sign in."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SHUIWU_DATA_DIR": str(tmp_path / "data"),
+           "SHUIWU_ADMIN_PASSWORD": PASSWORD}
+    env.pop("SHUIWU_DATABASE_URL", None)
+    shuiwu = [sys.executable, "-m", "backend.cli"]
+    for step in (["migrate"], ["admin", "create", "--username", "zhangwei", "--company", "江城水务有限公司"]):
+        done = subprocess.run([*shuiwu, *step], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([*shuiwu, "serve", "--port", str(port)], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        login = None
+        deadline = time.monotonic() + 60
+        while login is None and time.monotonic() < deadline and server.poll() is None:
+            try:
+                login = httpx.post(f"http://127.0.0.1:{port}/graphql", timeout=10, json={
+                    "query": "mutation($p: String!) { login(username: \"zhangwei\", password: $p) "
+                             "{ tokens { accessToken } errors { code } } }", "variables": {"p": PASSWORD}})
+            except httpx.TransportError:
+                time.sleep(0.2)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    assert login is not None, server.stderr.read() if server.stderr else ""
+    assert login.json()["data"]["login"]["errors"] == []
+    assert login.json()["data"]["login"]["tokens"]["accessToken"]
