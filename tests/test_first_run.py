@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -151,3 +153,30 @@ def test_what_stops_a_running_server_keeps_its_traceback(monkeypatch: pytest.Mon
     monkeypatch.setattr(cli, "_started_serving", True)
     with pytest.raises(ConnectionRefusedError):  # hours into serve or jobs: the traceback
         cli.main()
+
+
+def test_the_demo_prints_its_logins_last_once_it_listens(tmp_path: Path, database_url: str) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "SHUIWU_DATA_DIR": str(tmp_path / "data"),
+                   "SHUIWU_DATABASE_URL": database_url.replace("+asyncpg", "")}
+    demo = subprocess.Popen([sys.executable, "-m", "backend.cli", "demo", "run", "--port", str(port)], cwd=tmp_path,
+                            env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        assert demo.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any("Ctrl-C stops everything" in line for line in lines):
+            line = demo.stdout.readline()
+            if not line:
+                break
+            lines.append(line.rstrip())
+    finally:
+        demo.terminate()
+        demo.wait(timeout=30)
+
+    banner = next(index for index, line in enumerate(lines) if "shuiwu 水务 demo" in line)
+    listening = next(index for index, line in enumerate(lines) if "Uvicorn running on" in line)
+    assert listening < banner  # the start-up lines first, then the logins
+    assert any("username admin" in line for line in lines[banner:])
