@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from backend.auth.menus import Menu, Operation
 from backend.auth.menus import permission as _p
-from backend.domain import Domain
+from backend.domain import Domain, PersonalData
 
 DOMAIN = Domain(
     name="billing",
@@ -29,4 +29,7 @@ DOMAIN = Domain(
     demo_grants={"cashier": frozenset({"tariffs:read"})},
     operations=(Operation("saveTariff", "保存水价", "Save tariff", "tariffs"),),
     commands={"tariff": "backend.billing.cli:tariff_app"},
+    personal_data=PersonalData(excluded={
+        "tariffs.name": "the name of a published water price (居民生活用水), not a person's",
+    }),
 )

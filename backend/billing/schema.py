@@ -32,7 +32,8 @@ TariffCycleEnum = strawberry.enum(TariffCycle, name="TariffCycle", description="
 
 READ = [Requires("tariffs:read")]
 MANAGE = [Requires("tariffs:manage")]
-MAX_TARIFF_VERSIONS = 1000  # a list of every version; a utility keeps tens
+MAX_TARIFF_VERSIONS = 200  # every version of every tariff; a utility keeps tens
+MAX_PUBLIC_TARIFFS = 50  # the versions in force, one per tariff (three customer types, a few tariffs each)
 
 
 @strawberry.type(name="TariffComponent", description="One charge of a tariff (自来水费, 水资源费, 污水处理费, …).")
@@ -160,20 +161,21 @@ def _quote(result: service.Quote) -> TariffQuoteType:
 
 @strawberry.type
 class Query:
-    @strawberry.field(permission_classes=READ, description="Every tariff version (of one code), by code and validFrom.",
-                      extensions=[Cost(items=MAX_TARIFF_VERSIONS)])
+    @strawberry.field(permission_classes=READ, extensions=[Cost(items=MAX_TARIFF_VERSIONS)],
+                      description=f"Every tariff version (of one code), by code and validFrom; the first {MAX_TARIFF_VERSIONS}.")
     async def tariffs(self, info: Info, code: str | None = None) -> list[TariffType]:
         async with info.context.read() as session:
             rows = await service.tariff_versions(session, code=code)
         return [TariffType.from_row(row) for row in rows[:MAX_TARIFF_VERSIONS]]
 
-    @strawberry.field(permission_classes=[Public], extensions=[Cost(items=MAX_TARIFF_VERSIONS)],
-                      description="The tariffs in force on a day (default today), readable without login (公共查询).")
+    @strawberry.field(permission_classes=[Public], extensions=[Cost(items=MAX_PUBLIC_TARIFFS)],
+                      description="The tariffs in force on a day (default today), readable without login (公共查询); "
+                      f"the first {MAX_PUBLIC_TARIFFS} by code.")
     async def public_tariffs(self, info: Info, on: date | None = None) -> list[TariffType]:
         day = on if on is not None else utcnow().astimezone(info.context.settings.tz).date()
         async with info.context.read() as session:
             rows = await service.tariffs_in_force(session, on=day)
-        return [TariffType.from_row(row) for row in rows[:MAX_TARIFF_VERSIONS]]
+        return [TariffType.from_row(row) for row in rows[:MAX_PUBLIC_TARIFFS]]
 
     @strawberry.field(permission_classes=READ, extensions=[Cost(weight=10)],
                       description="Price a volume: on a day, or over from..to (days inclusive) prorated by days "
