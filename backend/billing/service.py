@@ -39,7 +39,7 @@ from itertools import pairwise
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import distinct_on
+from sqlalchemy.dialects.postgresql import distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -186,17 +186,20 @@ async def save_tariff(session: AsyncSession, *, raw: Mapping[str, Any]) -> Saved
     no-op (``unchanged``); different content for it is refused; a later ``valid_from`` is
     a new version. Nothing is written on a refusal. The caller commits."""
     code, name, customer_type, valid_from, rules = canonical_rules(raw)
-    existing = (await session.execute(
-        select(Tariff).where(col(Tariff.code) == code, col(Tariff.valid_from) == valid_from).with_for_update()
+    # Insert unless the version exists: two loads of one new version at once leave one row
+    # (the second waits for the first and then compares with it) and never a 500.
+    inserted = (await session.execute(
+        insert(Tariff).values(code=code, name=name, customer_type=customer_type, valid_from=valid_from, rules=rules)
+        .on_conflict_do_nothing(index_elements=["code", "valid_from"]).returning(col(Tariff.id))
     )).scalar_one_or_none()
-    if existing is not None:
-        if existing.name == name and existing.customer_type == customer_type and existing.rules == rules:
-            return SavedTariff(existing, unchanged=True)
-        raise TariffVersionConflict(field="valid_from")
-    tariff = Tariff(code=code, name=name, customer_type=customer_type, valid_from=valid_from, rules=rules)
-    session.add(tariff)
-    await session.flush()
-    return SavedTariff(tariff, unchanged=False)
+    existing = (await session.execute(
+        select(Tariff).where(col(Tariff.code) == code, col(Tariff.valid_from) == valid_from)
+    )).scalar_one()
+    if inserted is not None:
+        return SavedTariff(existing, unchanged=False)
+    if existing.name == name and existing.customer_type == customer_type and existing.rules == rules:
+        return SavedTariff(existing, unchanged=True)
+    raise TariffVersionConflict(field="valid_from")
 
 
 async def tariff_versions(session: AsyncSession, *, code: str | None = None) -> list[Tariff]:
