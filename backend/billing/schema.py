@@ -165,8 +165,8 @@ class Query:
                       description=f"Every tariff version (of one code), by code and validFrom; the first {MAX_TARIFF_VERSIONS}.")
     async def tariffs(self, info: Info, code: str | None = None) -> list[TariffType]:
         async with info.context.read() as session:
-            rows = await service.tariff_versions(session, code=code)
-        return [TariffType.from_row(row) for row in rows[:MAX_TARIFF_VERSIONS]]
+            rows = await service.tariff_versions(session, code=code, limit=MAX_TARIFF_VERSIONS)
+        return [TariffType.from_row(row) for row in rows]
 
     @strawberry.field(permission_classes=[Public], extensions=[Cost(items=MAX_PUBLIC_TARIFFS)],
                       description="The tariffs in force on a day (default today), readable without login (公共查询); "
@@ -174,8 +174,8 @@ class Query:
     async def public_tariffs(self, info: Info, on: date | None = None) -> list[TariffType]:
         day = on if on is not None else utcnow().astimezone(info.context.settings.tz).date()
         async with info.context.read() as session:
-            rows = await service.tariffs_in_force(session, on=day)
-        return [TariffType.from_row(row) for row in rows[:MAX_PUBLIC_TARIFFS]]
+            rows = await service.tariffs_in_force(session, on=day, limit=MAX_PUBLIC_TARIFFS)
+        return [TariffType.from_row(row) for row in rows]
 
     @strawberry.field(permission_classes=READ, extensions=[Cost(weight=10)],
                       description="Price a volume: on a day, or over from..to (days inclusive) prorated by days "

@@ -202,18 +202,18 @@ async def save_tariff(session: AsyncSession, *, raw: Mapping[str, Any]) -> Saved
     raise TariffVersionConflict(field="valid_from")
 
 
-async def tariff_versions(session: AsyncSession, *, code: str | None = None) -> list[Tariff]:
-    """Every version (of ``code``, or of all tariffs), by code then valid_from."""
-    statement = select(Tariff).order_by(col(Tariff.code), col(Tariff.valid_from))
+async def tariff_versions(session: AsyncSession, *, code: str | None = None, limit: int | None = None) -> list[Tariff]:
+    """Every version (of ``code``, or of all tariffs), by code then valid_from; the first ``limit``."""
+    statement = select(Tariff).order_by(col(Tariff.code), col(Tariff.valid_from)).limit(limit)
     if code is not None:
         statement = statement.where(col(Tariff.code) == code)
     return list((await session.execute(statement)).scalars())
 
 
-async def tariffs_in_force(session: AsyncSession, *, on: date) -> list[Tariff]:
-    """The version of each tariff in force on ``on`` (the latest ``valid_from`` ≤ it)."""
+async def tariffs_in_force(session: AsyncSession, *, on: date, limit: int | None = None) -> list[Tariff]:
+    """The version of each tariff in force on ``on`` (the latest ``valid_from`` ≤ it), by code; the first ``limit``."""
     statement = (select(Tariff).where(col(Tariff.valid_from) <= on)
-                 .order_by(col(Tariff.code), col(Tariff.valid_from).desc()).ext(distinct_on(col(Tariff.code))))
+                 .order_by(col(Tariff.code), col(Tariff.valid_from).desc()).ext(distinct_on(col(Tariff.code))).limit(limit))
     return list((await session.execute(statement)).scalars())
 
 

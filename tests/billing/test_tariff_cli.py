@@ -63,3 +63,14 @@ async def test_quote_of_the_beijing_example_is_1040_yuan_and_a_mismatched_file_i
     refused = await shuiwu(database_url, "tariff", "load", str(bad))
     assert refused.exit_code == 1
     assert refused.stderr.startswith("TARIFF_TIERS_MISMATCH (components.prices): ")
+
+
+async def test_a_file_past_64_kib_is_refused_unread(database_url: str, tmp_path: Path) -> None:
+    text = (EXAMPLES / "sh-res-2024.toml").read_text(encoding="utf-8").replace('"SH-RES"', '"SH-BIG"')
+    at_bound = tmp_path / "at.toml"
+    at_bound.write_bytes(text.encode() + b"#" * (64 * 1024 - len(text.encode())))
+    assert (await shuiwu(database_url, "tariff", "load", str(at_bound))).exit_code == 0
+    past = tmp_path / "past.toml"
+    past.write_bytes(at_bound.read_bytes() + b"#")
+    refused = await shuiwu(database_url, "tariff", "load", str(past))
+    assert (refused.exit_code, refused.stderr.strip()) == (1, f"{past}: larger than 65536 bytes")

@@ -186,3 +186,13 @@ async def test_a_tier_count_mismatch_names_the_prices(session: AsyncSession) -> 
         await service.save_tariff(session, raw=monthly("MIS", limits=[10], prices=["1"]))
     with pytest.raises(TariffPricePlaces):
         await service.save_tariff(session, raw=monthly("NEG", prices=["-1"]))
+
+
+async def test_a_quoted_period_is_at_most_366_days(session: AsyncSession) -> None:
+    await service.save_tariff(session, raw=monthly("LONG"))
+    leap_year = await service.quote(session, code="LONG", volume=Decimal(10), start=date(2024, 1, 1),
+                                    end=date(2024, 12, 31))
+    assert leap_year.total_fen == 3450
+    with pytest.raises(DomainError) as refused:
+        await service.quote(session, code="LONG", volume=Decimal(10), start=date(2024, 1, 1), end=date(2025, 1, 1))
+    assert (refused.value.code, refused.value.field) == (ErrorCode.TARIFF_INVALID, "to")
