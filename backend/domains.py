@@ -23,6 +23,7 @@ from backend.audit.domain import DOMAIN as AUDIT
 from backend.auth.catalog import use_menus_of
 from backend.auth.domain import DOMAIN as AUTH
 from backend.auth.menus import LogModule, Menu, Operation
+from backend.billing.domain import DOMAIN as BILLING
 from backend.domain import Domain
 from backend.events.domain import DOMAIN as EVENTS
 from backend.exports.domain import DOMAIN as EXPORTS
@@ -40,6 +41,7 @@ DOMAINS: tuple[Domain, ...] = (
     GATEWAYS,
     ALARMS,
     READINGS,
+    BILLING,
 )
 
 _installed: tuple[Domain, ...] = DOMAINS

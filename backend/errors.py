@@ -136,6 +136,13 @@ class ErrorCode(StrEnum):
     FILE_NOT_FOUND = "FILE_NOT_FOUND"
     STORAGE_UNAVAILABLE = "STORAGE_UNAVAILABLE"
 
+    # Billing: tariffs (backend.billing.errors)
+    TARIFF_INVALID = "TARIFF_INVALID"
+    TARIFF_TIERS_MISMATCH = "TARIFF_TIERS_MISMATCH"
+    TARIFF_PRICE_PLACES = "TARIFF_PRICE_PLACES"
+    TARIFF_VERSION_CONFLICT = "TARIFF_VERSION_CONFLICT"
+    TARIFF_NOT_IN_FORCE = "TARIFF_NOT_IN_FORCE"
+
 
 class DomainError(Exception):
     """A refusal a user can cause. Carries a stable code and a zh + en message.
