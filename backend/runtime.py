@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 class Runtime:
     """Settings, time, sessions, the system actor and the services of the declarations.
 
-    ``services`` maps a service name (``"balance_checker"``) to what a domain's
+    ``services`` maps a service name (``"household_hooks"``) to what a domain's
     declaration offers under it, and ``settings.<domain>`` to a domain's loaded settings
     group (``backend.domain.collect_services``).
     """

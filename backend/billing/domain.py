@@ -14,6 +14,7 @@ from __future__ import annotations
 from backend.auth.menus import Menu, Operation
 from backend.auth.menus import permission as _p
 from backend.domain import Domain, PersonalData
+from backend.events.service import Handler
 
 DOMAIN = Domain(
     name="billing",
@@ -25,11 +26,37 @@ DOMAIN = Domain(
             _p("tariffs:read", "查看水价", "View tariffs"),
             _p("tariffs:manage", "维护水价", "Maintain tariffs"),
         )),
+        Menu("accounts", "账户管理", "Accounts", (
+            _p("accounts:read", "查看账户与账务", "View accounts and their ledgers"),
+            _p("accounts:manage", "开户 / 修改 / 销户", "Open, change and close accounts"),
+        )),
+        Menu("prepaid", "主站预付费", "Master-station prepaid", (
+            _p("prepaid:settle", "手工结算", "Settle prepaid accounts now"),
+        )),
     ),
-    demo_grants={"cashier": frozenset({"tariffs:read"})},
-    operations=(Operation("saveTariff", "保存水价", "Save tariff", "tariffs"),),
+    demo_grants={"cashier": frozenset({"tariffs:read", "accounts:read", "accounts:manage"})},
+    operations=(
+        Operation("saveTariff", "保存水价", "Save tariff", "tariffs"),
+        Operation("openAccount", "开户", "Open account", "accounts"),
+        Operation("openAccounts", "批量开户", "Open accounts in bulk", "accounts"),
+        Operation("updateAccount", "修改账户", "Change account", "accounts"),
+        Operation("closeSettledAccount", "销户 (已结清)", "Close a settled account", "accounts"),
+        Operation("finalCharge", "最终结算", "Final charge", "accounts"),
+        Operation("settlePrepaid", "预付费结算", "Settle prepaid accounts", "prepaid"),
+    ),
+    handlers=(
+        # All its effects are in the database (entries, threshold events), so a replay of
+        # history settles it too: no horizon.
+        Handler("readings.ingested", "billing.settle", "backend.billing.settlement:settle_ingested",
+                permissions=frozenset({"prepaid:settle"})),
+    ),
+    events=("backend.billing.events",),
+    services="backend.billing.accounts:offered",
     commands={"tariff": "backend.billing.cli:tariff_app"},
     personal_data=PersonalData(excluded={
         "tariffs.name": "the name of a published water price (居民生活用水), not a person's",
+        "accounts.opened_by": "the staff member (or 系统) who opened the account, not the resident",
+        "accounts.closed_by": "the staff member who closed the account, not the resident",
+        "ledger_entries.posted_by": "the staff member or process that posted the entry, not the resident",
     }),
 )

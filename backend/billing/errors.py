@@ -41,3 +41,44 @@ class TariffNotInForce(DomainError):
     code = ErrorCode.TARIFF_NOT_IN_FORCE
     message = "该日期没有生效的水价版本"
     message_en = "No version of this tariff is in force on that date"
+
+
+# --------------------------------------------------------------------------- accounts and the ledger
+
+
+class AccountExists(DomainError):
+    code = ErrorCode.ACCOUNT_EXISTS
+    message = "该住户已有未销户的账户"
+    message_en = "This household already has an open account"
+
+
+class NoAccount(DomainError):
+    code = ErrorCode.NO_ACCOUNT
+    message = "该住户尚未开户"
+    message_en = "This household has no account; open one first"
+
+
+class AccountClosed(DomainError):
+    code = ErrorCode.ACCOUNT_CLOSED
+    message = "账户已销户"
+    message_en = "The account is closed"
+
+
+class AccountUnsettled(DomainError):
+    code = ErrorCode.ACCOUNT_UNSETTLED
+    message = "账户有尚未结算的抄表数据, 请先结算 (出最终扣费) 再销户"
+    message_en = "The account has readings not settled yet: make the final charge before closing"
+
+
+class EntryAmountInvalid(DomainError):
+    """An amount of the wrong sign for its kind, zero, or beyond any bill."""
+
+    code = ErrorCode.ENTRY_AMOUNT_INVALID
+    message = "金额无效: 须非零, 且方向与款项类型相符"
+    message_en = "Invalid amount: it must be non-zero and have the sign its kind requires"
+
+
+class IdempotencyConflict(DomainError):
+    code = ErrorCode.IDEMPOTENCY_CONFLICT
+    message = "该幂等键已用于另一笔不同的记账"
+    message_en = "This idempotency key was used for a different entry"

@@ -10,10 +10,24 @@ later ``valid_from``. ``customer_type`` and ``name`` are columns so lists filter
 from __future__ import annotations
 
 from datetime import date, datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Date, String, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -40,3 +54,124 @@ class Tariff(SQLModel, table=True):
     valid_from: date = Field(sa_column=Column(Date, nullable=False))
     rules: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
     created_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=False, server_default=text("now()")))
+
+
+# --------------------------------------------------------------------------- accounts and the ledger
+
+
+class BillingMode(StrEnum):
+    """How a household pays for water (DESIGN.md "Enums"): 主站预付费 (the system deducts as
+    readings arrive), IC卡预付费 and 表端预付费 (the money lives on the card or the meter;
+    readings feed statistics only), 后付费 (a bill per period)."""
+
+    prepaid_station = "prepaid_station"
+    prepaid_card = "prepaid_card"
+    prepaid_meter = "prepaid_meter"
+    postpaid = "postpaid"
+
+
+class AccountStatus(StrEnum):
+    open = "open"
+    closed = "closed"
+
+
+class AlertState(StrEnum):
+    """Where a master-station prepaid balance stands against its thresholds: above the
+    alert threshold, at or below it, or at or below the close threshold minus the grace
+    amount (the valve may be closed). Other modes stay ``normal``."""
+
+    normal = "normal"
+    alert = "alert"
+    close = "close"
+
+
+class EntryKind(StrEnum):
+    """What a ledger entry is (DESIGN.md "Money"). The sign of ``amount_fen`` is the change
+    of the balance: credits (recharge, payment, write_off) are positive, debits (charge,
+    bill, late_fee, refund) negative; adjustments and reversals go either way."""
+
+    recharge = "recharge"  # 充值 (prepaid money in)
+    charge = "charge"  # 扣费: a consumption charge (prepaid settlement, final charge)
+    bill = "bill"  # 账单 (postpaid)
+    payment = "payment"  # 缴费 (postpaid money in)
+    late_fee = "late_fee"  # 滞纳金
+    adjustment = "adjustment"  # 调整: a closed cycle re-priced, or a correction by hand
+    refund = "refund"  # 退费 (money back to the customer)
+    reversal = "reversal"  # 冲正 (an entry undone by its opposite)
+    write_off = "write_off"  # 核销 (a debt forgiven)
+
+
+class Account(SQLModel, table=True):
+    """A household's account (账户): one open account per household at a time; a closed
+    one stays as history and the household can be opened again as a new account."""
+
+    __tablename__ = "accounts"
+    __table_args__ = (
+        Index("uq_accounts_open_household", "household_id", unique=True, postgresql_where=text("status = 'open'")),
+        CheckConstraint("close_threshold_fen <= alert_threshold_fen", name="thresholds_ordered"),
+        CheckConstraint("grace_fen >= 0", name="grace_not_negative"),
+    )
+    __mapper_args__ = {"eager_defaults": True}
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    household_id: int = Field(sa_column=Column(BigInteger, ForeignKey("households.id"), nullable=False, index=True))
+    mode: BillingMode = Field(sa_column=enum_column(BillingMode, nullable=False))
+    tariff_code: str = Field(sa_column=Column(String(40), nullable=False))
+    # 户籍人数 for the tariff's household-size rule; None applies no extension.
+    persons: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    balance_fen: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    alert_threshold_fen: int = Field(sa_column=Column(BigInteger, nullable=False))
+    close_threshold_fen: int = Field(sa_column=Column(BigInteger, nullable=False))
+    grace_fen: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    vulnerable: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default="false"))
+    status: AccountStatus = Field(default=AccountStatus.open, sa_column=enum_column(AccountStatus, nullable=False))
+    alert_state: AlertState = Field(default=AlertState.normal, sa_column=enum_column(AlertState, nullable=False))
+    opened_at: datetime = Field(sa_column=timestamptz(nullable=False))
+    opened_by: str = Field(default="", sa_column=Column(String(100), nullable=False, server_default=""))
+    closed_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))
+    closed_by: str | None = Field(default=None, sa_column=Column(String(100), nullable=True))
+    # The instant usage is priced up to (prepaid settlement, final charge); None: never settled.
+    settled_to: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))
+    created_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=False, server_default=text("now()")))
+
+
+class LedgerEntry(SQLModel, table=True):
+    """One change of an account's balance, with the balance after it. Append-only: a
+    trigger refuses UPDATE and DELETE (migration 0022); a mistake is undone by a reversal."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        CheckConstraint("amount_fen <> 0", name="amount_not_zero"),
+        Index("ix_ledger_entries_account_posted", "account_id", "posted_at", "id"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    account_id: int = Field(sa_column=Column(BigInteger, ForeignKey("accounts.id"), nullable=False))
+    kind: EntryKind = Field(sa_column=enum_column(EntryKind, nullable=False))
+    amount_fen: int = Field(sa_column=Column(BigInteger, nullable=False))
+    balance_after_fen: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # What the entry is for: "cycle:2026-11-01" (a settlement), "payment:42", "bill:7", …
+    ref: str = Field(default="", sa_column=Column(String(100), nullable=False, server_default=""))
+    idempotency_key: str = Field(sa_column=Column(String(200), nullable=False, unique=True))
+    # For a settlement's charge or adjustment: the tier cycle and its volume to date after it.
+    cycle_start: date | None = Field(default=None, sa_column=Column(Date, nullable=True))
+    volume_m3: Decimal | None = Field(default=None, sa_column=Column(Numeric(16, 4), nullable=True))
+    note: str = Field(default="", sa_column=Column(String(200), nullable=False, server_default=""))
+    posted_by: str = Field(default="", sa_column=Column(String(100), nullable=False, server_default=""))
+    posted_at: datetime = Field(sa_column=timestamptz(nullable=False))
+
+
+class PrepaidCycle(SQLModel, table=True):
+    """What prepaid settlement has charged an account for one tier cycle: the cycle-to-date
+    volume priced and the fen charged for it (the sum of the cycle's charge and adjustment
+    entries, kept beside them so a settlement reads one row, not the cycle's entries)."""
+
+    __tablename__ = "prepaid_cycles"
+
+    account_id: int = Field(sa_column=Column(BigInteger, ForeignKey("accounts.id"), primary_key=True))
+    cycle_start: date = Field(sa_column=Column(Date, primary_key=True))
+    cycle_end: date = Field(sa_column=Column(Date, nullable=False))  # exclusive
+    volume_m3: Decimal = Field(sa_column=Column(Numeric(16, 4), nullable=False))
+    charged_fen: int = Field(sa_column=Column(BigInteger, nullable=False))
+    settled_to: datetime = Field(sa_column=timestamptz(nullable=False))
+    entries: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))

@@ -336,13 +336,34 @@ async def quote(
     versions = await tariff_versions(session, code=code)
     if not versions:
         raise NotFound(field="tariff")
+    lines = price_period(versions, volume=volume, prior=prior_volume, persons=persons, start=start, end=end,
+                         day_field="on" if on is not None else "from")
+    return Quote(tariff=code, volume=volume, lines=tuple(lines))
+
+
+def price_period(
+    versions: list[Tariff],
+    *,
+    volume: Decimal,
+    prior: Decimal,
+    persons: int | None,
+    start: date,
+    end: date,
+    minimum: bool = True,
+    day_field: str = "from",
+) -> list[QuoteLine]:
+    """The lines of ``volume`` m³ after ``prior`` over the days ``start``..``end`` under
+    ``versions`` (one tariff's, oldest first): the pure part of :func:`quote`, which
+    prepaid settlement calls for every account of a batch with the versions read once.
+    ``minimum`` applies the minimum monthly charge (a bill's rule; settlement does not).
+    TARIFF_NOT_IN_FORCE (field ``day_field``) for a day before the first version."""
     # The version in force on each day of the period, as (version, days) segments.
     segments: list[tuple[Tariff, int]] = []
     day = start
     while day <= end:
         in_force = [v for v in versions if v.valid_from <= day]
         if not in_force:
-            raise TariffNotInForce(field="on" if on is not None else "from")
+            raise TariffNotInForce(field=day_field)
         version = in_force[-1]
         later = [v.valid_from for v in versions if v.valid_from > day]
         until = min([end, *(d - timedelta(days=1) for d in later)])
@@ -350,7 +371,7 @@ async def quote(
         day = until + timedelta(days=1)
     total_days = sum(days for _, days in segments)
     lines: list[QuoteLine] = []
-    used = prior_volume
+    used = prior
     left = volume
     for index, (version, days) in enumerate(segments):
         part = left if index == len(segments) - 1 else (volume * days / total_days).quantize(FOUR, ROUND_HALF_UP)
@@ -358,8 +379,8 @@ async def quote(
         used += part
         left -= part
     last = segments[-1][0]
-    minimum = last.rules.get("minimum_monthly_charge_fen")
+    floor = last.rules.get("minimum_monthly_charge_fen") if minimum else None
     charged = sum(line.amount_fen for line in lines)
-    if minimum is not None and charged < minimum:
-        lines.append(QuoteLine("minimum", 0, Decimal(0), Decimal(0), minimum - charged, last.valid_from))
-    return Quote(tariff=code, volume=volume, lines=tuple(lines))
+    if floor is not None and charged < floor:
+        lines.append(QuoteLine("minimum", 0, Decimal(0), Decimal(0), floor - charged, last.valid_from))
+    return lines

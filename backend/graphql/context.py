@@ -37,7 +37,7 @@ class Context:
     ip: str | None = None
     user_agent: str | None = None
     # Process-wide collaborators built once by create_app ("auth_policy", "over_limit",
-    # later "balance_checker", gateways…): shared by every request; the dict is never
+    # later "household_hooks", gateways…): shared by every request; the dict is never
     # written per request (a collaborator such as the over-limit memo keeps its own state).
     services: dict[str, Any] = field(default_factory=dict)
     # Compiled list plans of the executing document (backend/graphql/fastpath.py).

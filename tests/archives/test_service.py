@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.archives import service
+from backend.archives import errors, service
 from backend.archives.models import (
     Area,
     AreaKind,
@@ -207,12 +207,13 @@ async def test_closing_with_a_balance_or_a_meter_is_refused(session: AsyncSessio
     household = await make_household(session, area=tree.east_community)
     assert household.id
 
-    async def owes(session: AsyncSession, household_id: int) -> int:
-        return 1200
+    class Owes(service.HouseholdHooks):
+        async def before_close(self, session: AsyncSession, household_id: int, *, now: datetime, by: str) -> None:
+            raise errors.BalanceOutstanding(field="status")
 
     with pytest.raises(DomainError) as refused:
         await service.set_household_status(session, household_id=household.id, status=HouseholdStatus.closed, reason="",
-                                           changed_by="x", now=T1, balance_checker=owes)
+                                           changed_by="x", now=T1, hooks=Owes())
     assert refused.value.code is ErrorCode.BALANCE_OUTSTANDING
     closed = await service.set_household_status(session, household_id=household.id, status=HouseholdStatus.closed,
                                                 reason="搬走", changed_by="x", now=T1)

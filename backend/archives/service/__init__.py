@@ -9,7 +9,8 @@ unknown area. ``scope_patterns=None`` means "no restriction" and is for system c
 (CLI, demo data, the acquisition worker), never for a request.
 
 What varies is passed in: the clock (``now`` / dates), who acts (``changed_by``), the
-terminal-password cipher, and the Money issue's balance check (``balance_checker``).
+terminal-password cipher, and the hooks billing runs when a household closes or changes
+owner (``household_hooks``).
 
 A meter serves a household only when the household's area is the meter's area or lies
 below it (the household's area path starts with the meter's), so anyone whose scope
@@ -96,8 +97,9 @@ from backend.archives.service.devices import (
 from backend.archives.service.households import (
     HOUSEHOLD_AREA_COLUMNS,
     HOUSEHOLD_COLUMNS,
-    BalanceChecker,
+    NO_HOOKS,
     HouseholdChanges,
+    HouseholdHooks,
     HouseholdOrder,
     assignments_by_household_ids,
     assignments_by_meter_ids,
@@ -110,7 +112,6 @@ from backend.archives.service.households import (
     household_page_query,
     meter_models_by_ids,
     meters_by_ids,
-    no_balance,
     owners_by_household_ids,
     replacements_by_household_ids,
     set_household_status,
@@ -179,6 +180,7 @@ __all__ = [
     "METER_CODE",
     "METER_COLUMNS",
     "MOBILE",
+    "NO_HOOKS",
     "OTHER_ADDRESS",
     "PARITIES",
     "REGION_CODE",
@@ -187,10 +189,10 @@ __all__ = [
     "Administrator",
     "AreaChanges",
     "AssignmentKind",
-    "BalanceChecker",
     "CompanyRequired",
     "ConcentratorChanges",
     "HouseholdChanges",
+    "HouseholdHooks",
     "HouseholdOrder",
     "MeterChanges",
     "MeterModelFields",
@@ -245,7 +247,6 @@ __all__ = [
     "meter_page_query",
     "meters_by_ids",
     "move_area",
-    "no_balance",
     "owned_meter_periods",
     "owners_by_household_ids",
     "parse_reading",

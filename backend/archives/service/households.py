@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, time, tzinfo
 from enum import StrEnum
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import ARRAY, Select, Text, and_, any_, bindparam, exists, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -61,13 +62,24 @@ class HouseholdOrder(StrEnum):
     updated_at = "updated_at"
 
 
-# The Money issue fills this in: the account balance of a household in fen (0: nothing to
-# settle). Closing a household is refused while it is not zero.
-BalanceChecker = Callable[[AsyncSession, int], Awaitable[int]]
+class HouseholdHooks:
+    """What a later domain does around a household's life (billing: its account).
+
+    The archives call :meth:`before_close` when a household is closed (销户), after their
+    own checks, and :meth:`before_transfer` when it changes owner (过户), in the same
+    transaction; either may refuse with a DomainError, which rolls the change back. This
+    base does nothing: the archives alone have no money to settle. The hosts offer the
+    billing domain's as the service ``household_hooks``.
+    """
+
+    async def before_close(self, session: AsyncSession, household_id: int, *, now: datetime, by: str) -> None:
+        return None
+
+    async def before_transfer(self, session: AsyncSession, household_id: int, *, at: datetime, by: str) -> None:
+        return None
 
 
-async def no_balance(session: AsyncSession, household_id: int) -> int:
-    return 0
+NO_HOOKS = HouseholdHooks()
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,12 +227,12 @@ async def set_household_status(
     changed_by: str,
     now: datetime,
     scope_patterns: Sequence[str] | None = None,
-    balance_checker: BalanceChecker = no_balance,
+    hooks: HouseholdHooks = NO_HOOKS,
 ) -> Household:
     """Suspend, close (销户) or reactivate a household, recording the change.
 
     Closing is refused while a meter still serves the household (end or replace it first)
-    or while ``balance_checker`` reports a balance to settle.
+    or while ``hooks.before_close`` refuses (billing: an unsettled account or a balance).
     """
     household = await _scoped(session, Household, household_id, scope_patterns, lock=True)
     if len(reason) > 500:
@@ -232,8 +244,7 @@ async def set_household_status(
             MeterAssignment.household_id == household_id, MeterAssignment.valid_to.is_(None)  # type: ignore[union-attr]
         )):
             raise errors.MetersStillAssigned(field="status")
-        if await balance_checker(session, household_id) != 0:
-            raise errors.BalanceOutstanding(field="status")
+        await hooks.before_close(session, household_id, now=now, by=changed_by)
     household.status = status
     session.add(HouseholdStatusChange(household_id=household_id, status=status, reason=reason, changed_at=now,
                                       changed_by=changed_by[:100]))
@@ -250,10 +261,15 @@ async def transfer_ownership(
     id_number: str | None,
     valid_from: date,
     scope_patterns: Sequence[str] | None = None,
+    hooks: HouseholdHooks = NO_HOOKS,
+    now: datetime | None = None,
+    by: str = "",
+    tz: str | tzinfo = "Asia/Shanghai",
 ) -> Household:
     """过户: the new owner holds the household from ``valid_from``; the old one stays in
-    ``household_owners`` with ``valid_to = valid_from``. The Money issue settles the old
-    owner's account around this call."""
+    ``household_owners`` with ``valid_to = valid_from``. ``hooks.before_transfer`` settles
+    the account to the transfer (the start of ``valid_from`` in the zone ``tz``, or ``now``
+    if that is earlier); the account continues for the new owner."""
     household = await _scoped(session, Household, household_id, scope_patterns, lock=True)
     if household.status is HouseholdStatus.closed:
         raise errors.HouseholdClosed(field="householdId")
@@ -264,6 +280,11 @@ async def transfer_ownership(
         problems.append(DomainError("过户日期不能早于现户主的起始日期", "The transfer date is before the current owner's start",
                                     field="validFrom", code=ErrorCode.INVALID))
     await _flush_collect(problems)
+    zone = ZoneInfo(tz) if isinstance(tz, str) else tz
+    at = datetime.combine(valid_from, time(), tzinfo=zone)
+    if now is not None:
+        at = min(at, now)
+    await hooks.before_transfer(session, household_id, at=at, by=by)
     if owner is not None:
         owner.valid_to = valid_from
     id_number = id_number.upper() if id_number else None

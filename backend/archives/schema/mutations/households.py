@@ -98,12 +98,12 @@ class HouseholdMutations:
         self, info: Info, id: strawberry.ID, status: HouseholdStatusEnum, reason: str = ""  # type: ignore[valid-type]
     ) -> HouseholdMutationPayload:
         context: Context = info.context
-        checker = context.services.get("balance_checker", service.no_balance)
+        hooks = context.services.get("household_hooks", service.NO_HOOKS)
 
         async def work(session: AsyncSession) -> Any:
             return await service.set_household_status(
                 session, household_id=decode_id(id, "Household"), status=status, reason=reason,
-                changed_by=context.caller.name, now=utcnow(), scope_patterns=_scope(info), balance_checker=checker,
+                changed_by=context.caller.name, now=utcnow(), scope_patterns=_scope(info), hooks=hooks,
             )
 
         def describe(h: Any) -> str:
@@ -116,10 +116,15 @@ class HouseholdMutations:
         self, info: Info, id: strawberry.ID, name: str, phone: str | None = None, id_number: str | None = None,
         valid_from: datetime | None = None,
     ) -> HouseholdMutationPayload:
+        context: Context = info.context
+        hooks = context.services.get("household_hooks", service.NO_HOOKS)
+
         async def work(session: AsyncSession) -> Any:
+            now = utcnow()
             return await service.transfer_ownership(
                 session, household_id=decode_id(id, "Household"), name=name, phone=phone, id_number=id_number,
-                valid_from=(valid_from or utcnow()).astimezone(scalars.display_zone).date(), scope_patterns=_scope(info),
+                valid_from=(valid_from or now).astimezone(scalars.display_zone).date(), scope_patterns=_scope(info),
+                hooks=hooks, now=now, by=context.caller.name, tz=scalars.display_zone,
             )
 
         return await _run(info, "transferOwnership", lambda h: f"住户 {h.account_no if h else id} 过户给 {name[:64]}",
