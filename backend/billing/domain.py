@@ -21,6 +21,7 @@ DOMAIN = Domain(
     title="计费",
     models=("backend.billing.models",),
     schema="backend.billing.schema",
+    routes="backend.billing.http:routes",
     menus=(
         Menu("tariffs", "水价管理", "Tariffs", (
             _p("tariffs:read", "查看水价", "View tariffs"),
@@ -43,6 +44,7 @@ DOMAIN = Domain(
         Operation("closeSettledAccount", "销户 (已结清)", "Close a settled account", "accounts"),
         Operation("finalCharge", "最终结算", "Final charge", "accounts"),
         Operation("settlePrepaid", "预付费结算", "Settle prepaid accounts", "prepaid"),
+        Operation("exportAccountStatement", "导出账户流水", "Export account statement", "accounts"),
     ),
     handlers=(
         # All its effects are in the database (entries, threshold events), so a replay of
