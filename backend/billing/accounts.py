@@ -49,7 +49,7 @@ from backend.billing.models import Account, AccountStatus, BillingMode
 from backend.billing.service import tariff_versions, tariffs_in_force
 from backend.billing.settlement import PrepaidSettlement, settle_accounts
 from backend.db import raw_connection
-from backend.errors import DomainError, ErrorCode, NotFound
+from backend.errors import BadUserInput, DomainError, ErrorCode, NotFound
 from backend.readings.partitions import as_zone
 from backend.settings import Settings
 
@@ -289,10 +289,15 @@ async def final_charge(
     at: datetime,
     tz: str | tzinfo = "Asia/Shanghai",
     scope_patterns: Sequence[str] | None = None,
+    now: datetime | None = None,
 ) -> PrepaidSettlement:
     """Price the account's usage up to ``at`` (its final reading) and mark it settled to
     ``at``: settlement's rule for a master-station prepaid or a postpaid account; a card
-    or meter prepaid account is only marked settled. The caller commits."""
+    or meter prepaid account is only marked settled. With ``now``, an ``at`` after it is
+    refused (BAD_USER_INPUT, field ``at``): a final reading is not taken in the future.
+    The caller commits."""
+    if now is not None and at > now:
+        raise BadUserInput("最终结算时间不能晚于当前时间", "`at` cannot be in the future", field="at")
     account = await account_in_scope(session, account_id, scope_patterns, lock=True)
     if account.status is not AccountStatus.open:
         raise AccountClosed(field="id")

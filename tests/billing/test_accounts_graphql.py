@@ -365,6 +365,8 @@ async def test_close_is_refused_until_settled_and_at_zero_then_the_household_has
 
     unsettled = (await data(client, token, CLOSE, {"id": account}))["closeSettledAccount"]
     assert unsettled == {"account": None, "errors": [{"field": "id", "code": "ACCOUNT_UNSETTLED"}]}
+    future = (await data(client, token, FINAL, {"id": account, "at": (utcnow() + timedelta(days=1)).isoformat()}))
+    assert future["finalCharge"]["errors"] == [{"field": "at", "code": "BAD_USER_INPUT"}]
     final = (await data(client, token, FINAL, {"id": account, "at": (read_at + timedelta(hours=1)).isoformat()}))
     charged = final["finalCharge"]
     assert charged["errors"] == [] and charged["account"]["balance"] == "90.00"  # 5 m³ at ¥2.00
@@ -383,7 +385,7 @@ async def test_close_is_refused_until_settled_and_at_zero_then_the_household_has
     assert household["accounts"] == [{"id": account, "status": "closed"}]
     assert (await audit_entries(committed_engine, "closeSettledAccount"))[-3:] == [
         ("accounts", False), ("accounts", False), ("accounts", True)]
-    assert (await audit_entries(committed_engine, "finalCharge"))[-1] == ("accounts", True)
+    assert (await audit_entries(committed_engine, "finalCharge"))[-2:] == [("accounts", False), ("accounts", True)]
 
 
 async def test_settle_prepaid_settles_the_subtree_and_is_audited(

@@ -162,12 +162,12 @@ class Mutation:
         return await _run(info, "updateAccount", lambda _: "修改账户", _account, work)
 
     @strawberry.mutation(permission_classes=MANAGE, description="最终结算: price the account's usage up to `at` (its "
-                         "final reading) and mark it settled to `at`.")
+                         "final reading, not in the future) and mark it settled to `at`.")
     async def final_charge(self, info: Info, id: strawberry.ID, at: datetime) -> FinalChargePayload:
         async def work(session: AsyncSession) -> tuple[Account, PrepaidSettlement]:
             account_id = decode_id(id, "Account")
             settled = await accounts.final_charge(session, account_id=account_id, at=at, tz=info.context.settings.tz,
-                                                  scope_patterns=_scope(info))
+                                                  scope_patterns=_scope(info), now=utcnow())
             account = await session.get(Account, account_id, populate_existing=True)
             assert account is not None
             return account, settled
