@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.archives.models import Household
 from backend.archives.service import assign_meter
+from backend.auth.service import login_resident, request_login_code
 from backend.billing import service as tariffs
 from backend.billing.accounts import AccountTerms, open_account
 from backend.billing.ledger import post_entry
@@ -27,8 +28,8 @@ from backend.clock import utcnow
 from backend.db import session_factory
 from backend.graphql.relay import encode_id
 from tests.billing.factories import SHANGHAI, ingest, tariff
-from tests.factories import AreaTree, Staff, make_area_tree, make_household, make_staff
-from tests.graphql.client import GraphQLClient, graphql_client
+from tests.factories import AreaTree, Staff, auth_policy, bind_at_counter, make_area_tree, make_household, make_staff
+from tests.graphql.client import TEST_SECRET, GraphQLClient, graphql_client
 from tests.graphql.test_dataloaders import counted_statements
 from tests.graphql.test_permission_walk import row_counts
 from tests.readings.factories import make_meter
@@ -100,6 +101,7 @@ class World:
     m0: date  # this month, m1 the one before, m2 the one before that
     m1: date
     m2: date
+    resident_token: str  # bound to the prepaid account's household
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +153,26 @@ async def world(committed_engine: AsyncEngine) -> World:
             await post_entry(session, account_id=prepaid.id, kind=kind, amount_fen=fen, ref=f"test:{key}",
                              idempotency_key=f"accounts-graphql:{prepaid.id}:{key}", note=key, posted_by="测试",
                              posted_at=local(day, days * 24))
+        catcher = _CodeCatcher()
+        policy = auth_policy(TEST_SECRET)
+        await request_login_code(session, phone="13900000001", now=utcnow(), policy=policy, sender=catcher)
+        pair = await login_resident(session, phone="13900000001", code=catcher.code, now=utcnow(), policy=policy)
+        prepaid_household = await session.get(Household, prepaid.household_id)
+        assert prepaid_household is not None
+        await bind_at_counter(session, resident=pair.principal, household=prepaid_household)
     return World(tree, admin, east_clerk, raw["code"], unopened, prepaid, postpaid, west, closing, closing_meter,
-                 m0, m1, m2)
+                 m0, m1, m2, pair.access_token)
+
+
+class _CodeCatcher:
+    def __init__(self) -> None:
+        self.code = ""
+
+    async def send_login_code(self, phone: str, code: str) -> None:
+        self.code = code
+
+    async def send_binding_code(self, phone: str, code: str, account_no: str) -> None:
+        raise AssertionError("no binding code expected")
 
 
 @pytest.fixture
@@ -346,6 +366,18 @@ async def test_prepaid_monthly_statement_since_the_account_opened(client: GraphQ
     assert [m["month"] for m in latest] == [str(world.m0)]
     refused = await client.execute(MONTHS, {"id": gid("Account", world.prepaid), "months": 0}, token=token)
     assert [e["extensions"]["code"] for e in refused["errors"]] == ["BAD_USER_INPUT"]
+
+
+async def test_a_resident_reads_the_monthly_statement_of_their_own_household_only(
+    client: GraphQLClient, world: World
+) -> None:
+    own = await data(client, world.resident_token, MONTHS, {"id": gid("Account", world.prepaid), "months": 2})
+    assert [(m["month"], m["closingBalance"]) for m in own["prepaidStatements"]] == [
+        (str(world.m0), "53.00"), (str(world.m1), "53.00")]
+    other = await client.execute(MONTHS, {"id": gid("Account", world.postpaid)}, token=world.resident_token)
+    assert [e["extensions"]["code"] for e in other["errors"]] == ["NOT_FOUND"]
+    listing = await client.execute(ACCOUNTS, token=world.resident_token)
+    assert [e["extensions"]["code"] for e in listing["errors"]] == ["FORBIDDEN"]
 
 
 # --------------------------------------------------------------------------- close
