@@ -93,6 +93,7 @@ class World:
     east_clerk: Staff
     tariff_code: str
     unopened: Household  # east, no account yet (openAccount's test)
+    west_unopened: Household  # west, no account yet (openAccounts' test)
     prepaid: Account  # east, prepaid station, a hand-made ledger over the last three months
     postpaid: Account  # east, 赵六
     west: Account  # west, prepaid station, zero balance (close state)
@@ -141,6 +142,7 @@ async def world(committed_engine: AsyncEngine) -> World:
         for extra in ("陈静", "杨磊", "黄敏"):  # a fuller page for the statement count
             await opened(tree.west_community, extra, BillingMode.prepaid_card, opened_at)
         unopened = await make_household(session, area=tree.east_community, name="周杰")
+        west_unopened = await make_household(session, area=tree.west_community, name="吴强")
 
         # The prepaid account's hand-made months (the test's expectations say what they add up to).
         assert prepaid.id is not None
@@ -160,7 +162,7 @@ async def world(committed_engine: AsyncEngine) -> World:
         prepaid_household = await session.get(Household, prepaid.household_id)
         assert prepaid_household is not None
         await bind_at_counter(session, resident=pair.principal, household=prepaid_household)
-    return World(tree, admin, east_clerk, raw["code"], unopened, prepaid, postpaid, west, closing, closing_meter,
+    return World(tree, admin, east_clerk, raw["code"], unopened, west_unopened, prepaid, postpaid, west, closing, closing_meter,
                  m0, m1, m2, pair.access_token)
 
 
@@ -428,3 +430,25 @@ async def test_settle_prepaid_settles_the_subtree_and_is_audited(
     done = (await data(client, token, settle, {"area": gid("Area", world.tree.west)}))["settlePrepaid"]
     assert done == {"settlement": {"accounts": 1}, "errors": []}  # the west prepaid-station account; cards are not
     assert (await audit_entries(committed_engine, "settlePrepaid"))[-1] == ("prepaid", True)
+
+
+async def test_open_accounts_opens_the_subtrees_households_without_one_and_update_keeps_what_it_is_not_given(
+    client: GraphQLClient, world: World, committed_engine: AsyncEngine
+) -> None:
+    token = await client.login(world.admin.username, world.admin.password)
+    bulk = """mutation($input: OpenAccountsInput!) { openAccounts(input: $input) { opened skipped errors { code } } }"""
+    opened = (await data(client, token, bulk, {"input": {"areaId": gid("Area", world.tree.west), "mode": "postpaid",
+                                                          "tariffCode": world.tariff_code}}))["openAccounts"]
+    assert opened == {"opened": 1, "skipped": 4, "errors": []}
+    assert (await audit_entries(committed_engine, "openAccounts"))[-1] == ("accounts", True)
+    household = (await data(client, token, HOUSEHOLD_ACCOUNT,
+                            {"id": gid("Household", world.west_unopened)}))["household"]
+    assert household["account"]["mode"] == "postpaid"
+
+    persons = ("mutation($id: ID!, $input: UpdateAccountInput!) "
+               "{ updateAccount(id: $id, input: $input) { account { persons grace } errors { code } } }")
+    account = household["account"]["id"]
+    steps = [{"persons": 5}, {"grace": "3"}, {"persons": None}]
+    seen = [(await data(client, token, persons, {"id": account, "input": step}))["updateAccount"]["account"]
+            for step in steps]
+    assert seen == [{"persons": 5, "grace": "0.00"}, {"persons": 5, "grace": "3.00"}, {"persons": None, "grace": "3.00"}]
