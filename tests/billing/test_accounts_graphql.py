@@ -269,6 +269,8 @@ async def test_accounts_list_filters_in_sql_and_keeps_to_the_callers_scope(clien
     assert [(a["id"], a["balance"]) for a in by_name] == [(gid("Account", world.prepaid), "53.00")]
     closing = {a["id"] for a in listed(await data(client, admin, ACCOUNTS, {"filter": {"alertState": "close"}}))}
     assert gid("Account", world.west) in closing and gid("Account", world.prepaid) not in closing
+    households = await data(client, admin, "{ households(first: 50, search: \"赵六\") { edges { node { account { mode } } } } }")
+    assert [e["node"]["account"] for e in households["households"]["edges"]] == [{"mode": "postpaid"}]
     west_area = await data(client, admin, ACCOUNTS, {"filter": {"areaId": gid("Area", world.tree.west)}})
     assert west_area["accounts"]["totalCount"] == 4
 
