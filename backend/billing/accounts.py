@@ -49,14 +49,14 @@ from backend.billing.models import Account, AccountStatus, BillingMode
 from backend.billing.service import tariff_versions, tariffs_in_force
 from backend.billing.settlement import PrepaidSettlement, settle_accounts
 from backend.db import raw_connection
-from backend.errors import DomainError, ErrorCode, NotFound
+from backend.errors import BadUserInput, DomainError, ErrorCode, NotFound
 from backend.readings.partitions import as_zone
 from backend.settings import Settings
 
 __all__ = [
     "CHARGEABLE_MODES", "DEFAULT_ALERT_FEN", "DEFAULT_CLOSE_FEN", "AccountTerms", "BillingHouseholdHooks",
-    "OpenedAccounts", "account_of_household", "close_settled_account", "final_charge", "offered", "open_account",
-    "open_accounts", "update_account",
+    "OpenedAccounts", "account_in_scope", "account_of_household", "close_settled_account", "final_charge", "offered",
+    "open_account", "open_accounts", "settle_area", "update_account",
 ]
 
 DEFAULT_ALERT_FEN = 2000  # ¥20.00: the resident is told to recharge
@@ -239,7 +239,7 @@ async def update_account(
     The alert state follows the new thresholds at once (and ``account.threshold_crossed``
     says so when it moves). A new tariff prices the cycles settled from now on; what was
     charged stays (a re-priced cycle would be a separate adjustment)."""
-    account = await _account_in_scope(session, account_id, scope_patterns, lock=True)
+    account = await account_in_scope(session, account_id, scope_patterns, lock=True)
     if account.status is not AccountStatus.open:
         raise AccountClosed(field="id")
     alert = terms.alert_threshold_fen if terms.alert_threshold_fen is not None else account.alert_threshold_fen
@@ -264,13 +264,20 @@ async def update_account(
     return account
 
 
-async def _account_in_scope(session: AsyncSession, account_id: int, scope_patterns: Sequence[str] | None, *,
-                            lock: bool = False, field: str = "id") -> Account:
+async def account_in_scope(session: AsyncSession, account_id: int, scope_patterns: Sequence[str] | None, *,
+                           lock: bool = False, field: str = "id", household_ids: Sequence[int] | None = None) -> Account:
+    """The account when its household lies in the scope (a staff caller's
+    ``scope_patterns``) or among ``household_ids`` (a resident's bound households);
+    NOT_FOUND otherwise, so an account outside them does not show it exists."""
     if lock:
         await lock_accounts(session, [account_id])
     account = await session.get(Account, account_id, populate_existing=lock)
     if account is None:
         raise NotFound(field=field)
+    if household_ids is not None:
+        if account.household_id not in household_ids:
+            raise NotFound(field=field)
+        return account
     await household_in_scope(session, household_id=account.household_id, scope_patterns=scope_patterns, field=field)
     return account
 
@@ -282,11 +289,16 @@ async def final_charge(
     at: datetime,
     tz: str | tzinfo = "Asia/Shanghai",
     scope_patterns: Sequence[str] | None = None,
+    now: datetime | None = None,
 ) -> PrepaidSettlement:
     """Price the account's usage up to ``at`` (its final reading) and mark it settled to
     ``at``: settlement's rule for a master-station prepaid or a postpaid account; a card
-    or meter prepaid account is only marked settled. The caller commits."""
-    account = await _account_in_scope(session, account_id, scope_patterns, lock=True)
+    or meter prepaid account is only marked settled. With ``now``, an ``at`` after it is
+    refused (BAD_USER_INPUT, field ``at``): a final reading is not taken in the future.
+    The caller commits."""
+    if now is not None and at > now:
+        raise BadUserInput("最终结算时间不能晚于当前时间", "`at` cannot be in the future", field="at")
+    account = await account_in_scope(session, account_id, scope_patterns, lock=True)
     if account.status is not AccountStatus.open:
         raise AccountClosed(field="id")
     if account.mode in CHARGEABLE_MODES:
@@ -319,7 +331,7 @@ async def close_settled_account(
     """销户 of a settled account with a zero balance (module docstring). Refusals:
     ACCOUNT_CLOSED, ACCOUNT_UNSETTLED (a reading after what was settled, for a
     chargeable mode), BALANCE_OUTSTANDING (field ``balance``)."""
-    account = await _account_in_scope(session, account_id, scope_patterns, lock=True)
+    account = await account_in_scope(session, account_id, scope_patterns, lock=True)
     if account.status is not AccountStatus.open:
         raise AccountClosed(field="id")
     if account.mode in CHARGEABLE_MODES:
@@ -331,6 +343,33 @@ async def close_settled_account(
     account.status, account.closed_at, account.closed_by = AccountStatus.closed, now, by[:100]
     await session.flush()
     return account
+
+
+# The open master-station prepaid accounts of households in an area's subtree.
+_PREPAID_OF_SUBTREE = """
+SELECT a.id FROM accounts a JOIN households h ON h.id = a.household_id JOIN areas ar ON ar.id = h.area_id
+WHERE ar.path LIKE $1 AND a.status = 'open' AND a.mode = 'prepaid_station'
+ORDER BY a.id
+"""
+
+
+async def settle_area(
+    session: AsyncSession,
+    *,
+    area_id: int,
+    now: datetime,
+    by: str,
+    tz: str | tzinfo = "Asia/Shanghai",
+    scope_patterns: Sequence[str] | None = None,
+) -> PrepaidSettlement:
+    """手工结算: settle every open master-station prepaid account of the area ``area_id``
+    and its subtree to ``now`` (NOT_FOUND for an area outside the scope). The caller commits."""
+    area = await _area_for(session, area_id, scope_patterns, "areaId")
+    driver = await raw_connection(session)
+    ids = [row["id"] for row in await driver.fetch(_PREPAID_OF_SUBTREE, area.path + "%")]
+    if not ids:
+        return PrepaidSettlement(0, 0, 0, 0, (), ())
+    return await settle_accounts(session, account_ids=ids, as_of=now, tz=tz, posted_by=f"手工结算 {by}"[:100])
 
 
 class BillingHouseholdHooks(HouseholdHooks):

@@ -1,12 +1,14 @@
-"""Billing's declaration (计费). This slice holds the tariffs (水价, issue 15 item 1):
-versioned tiered tariffs, ``shuiwu tariff load|quote``, ``saveTariff``, ``tariffs``,
-``tariffQuote`` and the anonymous ``publicTariffs`` (公共查询服务).
+"""Billing's declaration (计费): tariffs (水价: ``shuiwu tariff load|quote``,
+``saveTariff``, ``tariffs``, ``tariffQuote``, the anonymous ``publicTariffs``), accounts
+and their ledger (``accounts``, ``accountStatement`` and its Excel export at
+``/exports/accounts/statement.xlsx``, ``prepaidStatements``, ``Household.account``, the
+account mutations) and prepaid settlement, run by the handler of ``readings.ingested``.
 
-It comes after readings (settlement will read usage through
+It comes after readings (settlement reads usage through
 ``backend.readings.usage.usage_between``) and before payments, which it never imports.
-Its menu 水价管理 (``tariffs``) gates the tariff screens with ``tariffs:read`` /
-``tariffs:manage`` and is the operation log's module of ``saveTariff``; the brochure's
-prepaid / postpaid / accounts / reports menus come with the accounts and bills.
+Its menus gate the screens and are the operation log's modules: 水价管理 (``tariffs``),
+账户管理 (``accounts``: ``accounts:read`` / ``accounts:manage``) and 主站预付费
+(``prepaid``: ``prepaid:settle``); postpaid and reports come with the bills.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ DOMAIN = Domain(
     title="计费",
     models=("backend.billing.models",),
     schema="backend.billing.schema",
+    routes="backend.billing.http:routes",
     menus=(
         Menu("tariffs", "水价管理", "Tariffs", (
             _p("tariffs:read", "查看水价", "View tariffs"),
@@ -43,6 +46,7 @@ DOMAIN = Domain(
         Operation("closeSettledAccount", "销户 (已结清)", "Close a settled account", "accounts"),
         Operation("finalCharge", "最终结算", "Final charge", "accounts"),
         Operation("settlePrepaid", "预付费结算", "Settle prepaid accounts", "prepaid"),
+        Operation("exportAccountStatement", "导出账户流水", "Export account statement", "accounts"),
     ),
     handlers=(
         # All its effects are in the database (entries, threshold events), so a replay of

@@ -1,0 +1,144 @@
+"""Billing over plain HTTP: the Excel export of an account statement.
+
+``GET /exports/accounts/statement.xlsx?accountId=…&from=…&to=…&token=…``: the entries of
+``accountStatement`` over the days ``[from, to]`` between an opening and a closing
+balance line, as an xlsx drawn by :func:`backend.exports.sheets.write_sheets`. The link
+comes from the ``accountStatementExportUrl`` query, signed for the caller and exactly
+these parameters (5 minutes); a Bearer token works too. ``accounts:read`` and the scope
+are checked again at download time; the download is audited (``exportAccountStatement``).
+The file is spooled into the file storage and streamed from it
+(``backend.files.http.serve_export``), deleted when the response ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from backend.audit.service import record_operation
+from backend.auth.http import client_ip
+from backend.auth.principal import Principal
+from backend.auth.service import AuthPolicy
+from backend.billing import statements
+from backend.clock import parse_day, utcnow
+from backend.domain import HttpHost
+from backend.errors import DomainError, ErrorCode, Forbidden, NotFound
+from backend.exports import excel
+from backend.exports.http import admitted, caller, refusal
+from backend.exports.sheets import SheetLayout, write_sheets
+from backend.files.http import serve_export
+from backend.files.service import FileStore
+from backend.graphql.limits import AdmissionRefused
+from backend.graphql.relay import decode_id
+from backend.observability import request_id_var
+
+STATEMENT_EXPORT_PATH = "/exports/accounts/statement.xlsx"
+READ_PERMISSION = "accounts:read"
+_PAGE = 5000
+
+_KIND_TITLES = {
+    "recharge": "充值", "charge": "扣费", "bill": "账单", "payment": "缴费", "late_fee": "滞纳金",
+    "adjustment": "调整", "refund": "退费", "reversal": "冲正", "write_off": "核销",
+}
+STATEMENT_LAYOUT = SheetLayout(
+    "账户流水",
+    ("记账时间", "类型", "金额 (元)", "余额 (元)", "摘要", "结算周期", "周期水量 (m³)", "备注", "记账人"),
+    ("Posted at", "Kind", "Amount (yuan)", "Balance (yuan)", "Reference", "Cycle", "Cycle volume (m³)", "Note",
+     "Posted by"),
+    (20, 10, 14, 14, 22, 12, 16, 24, 16),
+    number_formats=((2, "0.00"), (3, "0.00"), (6, "0.0000")),
+)
+
+
+def _yuan(fen: int) -> Decimal:
+    return Decimal(fen).scaleb(-2)
+
+
+def statement_rows(figures: statements.StatementFigures, entries: Sequence[statements.StatementEntry], *,
+                   local: Callable[[datetime], datetime]) -> list[list[Any]]:
+    """The sheet's rows: the opening balance, each entry, the closing balance."""
+    rows: list[list[Any]] = [[local(figures.start), "期初余额", None, _yuan(figures.opening_fen), "", None, None, "", ""]]
+    rows += [[local(e.posted_at), _KIND_TITLES.get(e.kind.value, e.kind.value), _yuan(e.amount_fen),
+              _yuan(e.balance_after_fen), e.ref, e.cycle_start, e.volume_m3, e.note, e.posted_by] for e in entries]
+    rows.append([local(figures.end), "期末余额", None, _yuan(figures.closing_fen), "", None, None, "", ""])
+    return rows
+
+
+def _arguments(params: dict[str, str]) -> tuple[int, date, date]:
+    return (decode_id(params.get("accountId", ""), "Account", field="accountId"),
+            parse_day(params.get("from"), field="from"), parse_day(params.get("to"), field="to"))
+
+
+def routes(host: HttpHost) -> list[Route]:
+    sessions, read_engine, settings = host.sessions, host.read_engine, host.settings
+    files: FileStore = host.services["files"]
+    policy = AuthPolicy.from_settings(settings)
+    zone = settings.tz
+
+    async def audited(principal: Principal, request: Request, *, summary: str, payload: dict[str, Any],
+                      success: bool) -> None:
+        async with sessions() as session, session.begin():
+            await record_operation(
+                session, at=utcnow(), actor=principal, module="accounts", action="exportAccountStatement",
+                summary=summary, payload=payload, success=success, ip=client_ip(request), request_id=request_id_var.get(),
+            )
+
+    def local(instant: datetime) -> datetime:
+        return instant.astimezone(zone).replace(tzinfo=None)
+
+    async def export(request: Request) -> Response:
+        try:
+            principal = await caller(request, read_engine=read_engine, sessions=sessions, policy=policy,
+                                     purpose=STATEMENT_EXPORT_PATH)
+        except DomainError as error:
+            return refusal(error, 401)
+        params = {key: value for key, value in request.query_params.items() if key != "token"}
+        if not principal.has(READ_PERMISSION):
+            await audited(principal, request, summary=f"导出账户流水: 拒绝 (缺少权限 {READ_PERMISSION})",
+                          payload={**params, "code": ErrorCode.FORBIDDEN.value}, success=False)
+            return refusal(Forbidden(), 403)
+        try:
+            async with admitted(request, principal), sessions() as session, session.begin():
+                account_id, start_day, end_day = _arguments(params)
+                start, end = statements.day_range(start_day, end_day, tz=zone)
+                figures = await statements.statement_figures(session, account_id=account_id, start=start, end=end,
+                                                             scope_patterns=principal.scope_patterns())
+                entries: list[statements.StatementEntry] = []
+                while len(entries) < figures.entries:
+                    more = await statements.statement_entries(session, account_id=account_id, start=start, end=end,
+                                                              offset=len(entries), limit=_PAGE)
+                    if not more:
+                        break
+                    entries += more
+            rows = statement_rows(figures, entries, local=local)
+
+            async def source() -> AsyncIterator[list[Any]]:
+                for row in rows:
+                    yield row
+
+            path, _ = await excel.spool_rows(
+                lambda target, next_chunk: write_sheets(target, STATEMENT_LAYOUT, next_chunk, list),
+                source(), prefix="shuiwu-statement-", directory=str(files.spool_directory()))
+        except AdmissionRefused as error:
+            return refusal(error, 429)
+        except DomainError as error:
+            await audited(principal, request, summary=f"导出账户流水: 失败 ({error.message})",
+                          payload={**params, "code": error.code.value}, success=False)
+            return refusal(error, 404 if isinstance(error, NotFound) or error.code is ErrorCode.NOT_FOUND else 400)
+        try:
+            await audited(principal, request, summary=f"导出账户流水: {len(entries)} 笔",
+                          payload={**params, "rows": len(entries)}, success=True)
+        except BaseException:
+            excel.discard(Path(path))
+            raise
+        return await serve_export(files, sessions, path, filename=f"statement-{account_id}-{start_day:%Y%m%d}-"
+                                  f"{end_day:%Y%m%d}.xlsx", owner=principal)
+
+    return [Route(STATEMENT_EXPORT_PATH, export, methods=["GET"])]
