@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from backend.auth.menus import Menu, Operation
 from backend.auth.menus import permission as _p
-from backend.domain import Domain, PersonalData
+from backend.domain import Check, Domain, PersonalData
 from backend.events.service import Handler
 
 DOMAIN = Domain(
@@ -56,6 +56,9 @@ DOMAIN = Domain(
     ),
     events=("backend.billing.events",),
     services="backend.billing.accounts:offered",
+    checks=(Check("billing.ledger", "backend.billing.checks:ledger_adds_up",
+                  "Every balance is the sum of its entries; every prepaid cycle's charge the sum of its entries"),),
+    demo="backend.billing.demo:demo_step",
     commands={"tariff": "backend.billing.cli:tariff_app"},
     personal_data=PersonalData(excluded={
         "tariffs.name": "the name of a published water price (居民生活用水), not a person's",

@@ -128,7 +128,7 @@ class _Window:
     cycle_end: date
     start: datetime
     end: datetime
-    ended: bool  # the cycle's end has passed by as_of
+    ended: bool  # the cycle ended before as_of (a settlement as of its end is its own, on time)
 
 
 def _cycle_kind(versions: list[Tariff], on: date) -> TariffCycle:
@@ -182,7 +182,7 @@ async def settle_accounts(
             end = min(end_at, as_of)
             if end > start:
                 windows.append(_Window(row["id"], row["household_id"], row["tariff_code"], row["persons"],
-                                       cycle_start, cycle_end, start, end, ended=end_at <= as_of))
+                                       cycle_start, cycle_end, start, end, ended=end_at < as_of))
             cycle_start, cycle_end = cycle_of(cycle_end, cycle)
 
     usage: dict[tuple[datetime, datetime], dict[int, Decimal]] = {}

@@ -233,6 +233,12 @@ def _months_back(day: date, months: int) -> date:
     return date(month_index // 12, month_index % 12 + 1, min(day.day, 28))
 
 
+def window_start(now: datetime, zone: tzinfo) -> datetime:
+    """The first instant of the demo's readings (midnight of the day :data:`WINDOW_MONTHS`
+    months before ``now``'s day, in ``zone``): where the demo's accounts open."""
+    return datetime.combine(_months_back(now.astimezone(zone).date(), WINDOW_MONTHS), time(), tzinfo=zone)
+
+
 def _rank(seed: int, meter: _Meter) -> int:
     return zlib.crc32(f"{seed}:{meter.code}".encode())
 
@@ -246,8 +252,8 @@ class _Calendar:
     def __init__(self, *, now: datetime, zone: tzinfo) -> None:
         self.now, self.zone = now, zone
         today = now.astimezone(zone).date()
-        self.first_day = _months_back(today, WINDOW_MONTHS)
-        self.start = datetime.combine(self.first_day, time(), tzinfo=zone)
+        self.start = window_start(now, zone)
+        self.first_day = self.start.date()
         self.days = [self.first_day + timedelta(days=n) for n in range((today - self.first_day).days + 1)]
         # Summer (peak mid-July) uses ~20 % more than average, winter ~20 % less; weekends more.
         self.day_factor = [

@@ -43,7 +43,8 @@ async def test_hourly_settlements_over_a_month_charge_exactly_one_monthly_quote(
     month = await quote_fen(session, raw["code"], totals[-1] - totals[0], date(2026, 11, 1), date(2026, 11, 30))
     charged = await entries(session, served.account_id)
     assert -sum(e.amount_fen for e in charged) == month
-    assert {e.kind for e in charged} == {EntryKind.charge, EntryKind.adjustment}  # the price change re-spreads days
+    # The last settlement, as of the month's end, is the cycle's own (on time): a charge.
+    assert {e.kind for e in charged} == {EntryKind.charge}
     assert all(e.cycle_start == date(2026, 11, 1) for e in charged)
     assert await balance(session, served.account_id) == await ledger_sum(session, served.account_id) == -month
 
@@ -96,6 +97,8 @@ async def test_annual_tiers_carry_across_monthly_settlements(session: AsyncSessi
         result = await settle_prepaid(session, account_ids=[served.account_id], as_of=end)
         monthly.append(result.charged_fen)
     assert monthly == [10000] * 9 + [14000] * 3  # 180 m³ by September at ¥5, then ¥7
+    # December, settled as of the year's end, is the cycle's own settlement: a charge, not an adjustment.
+    assert {e.kind for e in await entries(session, served.account_id)} == {EntryKind.charge}
     assert sum(monthly) == await quote_fen(session, raw["code"], "240", date(2025, 1, 1), date(2025, 12, 31))
 
 
