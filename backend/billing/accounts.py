@@ -26,7 +26,7 @@ the Counter payments issue's (payments, after billing).
 **Households.** :class:`BillingHouseholdHooks` (the service ``household_hooks``) closes
 a household's account when the household closes, under the same refusals, and settles
 it to the transfer instant when the household changes owner; the account, its balance
-and its tier cycle continue for the new owner (the statement splits at the transfer).
+and its tier cycle continue for the new owner (a resident's monthly statements start at their transfer).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from backend.billing.ledger import apply_alert_states, lock_accounts, opening_st
 from backend.billing.models import Account, AccountStatus, BillingMode
 from backend.billing.service import tariff_versions, tariffs_in_force
 from backend.billing.settlement import PrepaidSettlement, settle_accounts
+from backend.clock import utcnow
 from backend.db import raw_connection
 from backend.errors import BadUserInput, DomainError, ErrorCode, NotFound
 from backend.readings.partitions import as_zone
@@ -234,21 +235,46 @@ async def update_account(
     account_id: int,
     terms: AccountTerms,
     scope_patterns: Sequence[str] | None = None,
+    now: datetime | None = None,
+    tz: str | tzinfo = "Asia/Shanghai",
 ) -> Account:
     """Change an open account's tariff, household size, thresholds or vulnerable flag.
     The alert state follows the new thresholds at once (and ``account.threshold_crossed``
-    says so when it moves). A new tariff prices the cycles settled from now on; what was
-    charged stays (a re-priced cycle would be a separate adjustment)."""
+    says so when it moves).
+
+    A **tariff change** takes effect at ``now`` (default: the current time): the account is
+    first settled to ``now`` under the old tariff, what the running cycle was charged and
+    used is frozen, and the new tariff prices only what follows, continuing the cycle's
+    tiers (backend.billing.settlement). The new tariff must be in force today
+    (TARIFF_NOT_IN_FORCE) and have the same tier cycle (TARIFF_INVALID: a month-cycle
+    account changes to a yearly tariff at a cycle's start by closing and reopening, never
+    inside a cycle). A change of household size applies the same way from ``now``."""
+    now = now or utcnow()
     account = await account_in_scope(session, account_id, scope_patterns, lock=True)
     if account.status is not AccountStatus.open:
         raise AccountClosed(field="id")
     alert = terms.alert_threshold_fen if terms.alert_threshold_fen is not None else account.alert_threshold_fen
     close = terms.close_threshold_fen if terms.close_threshold_fen is not None else account.close_threshold_fen
     _check_terms(terms, alert=alert, close=close)
-    if terms.tariff_code is not None and terms.tariff_code != account.tariff_code:
-        if not await tariff_versions(session, code=terms.tariff_code):
+    new_tariff = terms.tariff_code is not None and terms.tariff_code != account.tariff_code
+    new_persons = terms.persons is not KEEP and terms.persons != account.persons
+    if new_tariff:
+        assert terms.tariff_code is not None
+        versions = await tariff_versions(session, code=terms.tariff_code)
+        if not versions:
             raise NotFound(field="tariffCode")
-        account.tariff_code = terms.tariff_code
+        if versions[0].valid_from > now.astimezone(as_zone(tz)).date():
+            raise TariffNotInForce(field="tariffCode")
+        current = await tariff_versions(session, code=account.tariff_code)
+        if current and current[-1].rules["cycle"] != versions[-1].rules["cycle"]:
+            raise TariffInvalid("只能改为阶梯周期相同的水价 (按月或按年)", "The new tariff must have the same tier cycle "
+                                "(month or year)", field="tariffCode")
+    if (new_tariff or new_persons) and account.mode in CHARGEABLE_MODES:
+        await _freeze_running_cycle(session, account, now=now, tz=tz)
+    if new_tariff or new_persons:
+        account.tariff_since = now
+    if new_tariff:
+        account.tariff_code = terms.tariff_code  # type: ignore[assignment]
     if terms.persons is not KEEP:
         account.persons = terms.persons
     account.alert_threshold_fen, account.close_threshold_fen = alert, close
@@ -264,21 +290,43 @@ async def update_account(
     return account
 
 
+_FREEZE = """
+UPDATE prepaid_cycles SET base_fen = charged_fen, base_volume_m3 = volume_m3
+WHERE account_id = $1 AND cycle_end > $2
+"""
+
+
+async def _freeze_running_cycle(session: AsyncSession, account: Account, *, now: datetime,
+                                tz: str | tzinfo) -> None:
+    """Settle ``account`` to ``now`` under its current terms and freeze the running cycle's
+    charge and volume, so the new terms price only what follows."""
+    assert account.id is not None
+    await settle_accounts(session, account_ids=[account.id], as_of=now, modes=CHARGEABLE_MODES, tz=tz,
+                          posted_by="改价结算")
+    driver = await raw_connection(session)
+    await driver.execute(_FREEZE, account.id, now.astimezone(as_zone(tz)).date())
+    await session.refresh(account)
+
+
 async def account_in_scope(session: AsyncSession, account_id: int, scope_patterns: Sequence[str] | None, *,
                            lock: bool = False, field: str = "id", household_ids: Sequence[int] | None = None) -> Account:
     """The account when its household lies in the scope (a staff caller's
     ``scope_patterns``) or among ``household_ids`` (a resident's bound households);
-    NOT_FOUND otherwise, so an account outside them does not show it exists."""
-    if lock:
-        await lock_accounts(session, [account_id])
-    account = await session.get(Account, account_id, populate_existing=lock)
+    NOT_FOUND otherwise, so an account outside them does not show it exists. With
+    ``lock``, the account is locked once it is known to be in reach (a caller outside
+    the scope never holds a lock on it)."""
+    account = await session.get(Account, account_id)
     if account is None:
         raise NotFound(field=field)
     if household_ids is not None:
         if account.household_id not in household_ids:
             raise NotFound(field=field)
-        return account
-    await household_in_scope(session, household_id=account.household_id, scope_patterns=scope_patterns, field=field)
+    else:
+        await household_in_scope(session, household_id=account.household_id, scope_patterns=scope_patterns,
+                                 field=field)
+    if lock:
+        await lock_accounts(session, [account_id])
+        await session.refresh(account)
     return account
 
 
@@ -292,18 +340,24 @@ async def final_charge(
     now: datetime | None = None,
 ) -> PrepaidSettlement:
     """Price the account's usage up to ``at`` (its final reading) and mark it settled to
-    ``at``: settlement's rule for a master-station prepaid or a postpaid account; a card
-    or meter prepaid account is only marked settled. With ``now``, an ``at`` after it is
-    refused (BAD_USER_INPUT, field ``at``): a final reading is not taken in the future.
-    The caller commits."""
+    ``at``: settlement's rule for a master-station prepaid or a postpaid account, over
+    every cycle since the account opened (so a late reading not settled yet is caught);
+    a card or meter prepaid account is only marked settled. An ``at`` before what was
+    already settled changes nothing charged. With ``now``, an ``at`` after it is refused
+    (BAD_USER_INPUT, field ``at``): a final reading is not taken in the future. The
+    caller commits.
+
+    Postpaid: until bills exist (the Postpaid issue), a final charge or a transfer posts
+    the usage since opening as ``charge`` entries on cycles, like prepaid; bills must
+    start where ``settled_to`` and ``prepaid_cycles`` leave off, so nothing is billed twice."""
     if now is not None and at > now:
         raise BadUserInput("最终结算时间不能晚于当前时间", "`at` cannot be in the future", field="at")
     account = await account_in_scope(session, account_id, scope_patterns, lock=True)
     if account.status is not AccountStatus.open:
         raise AccountClosed(field="id")
     if account.mode in CHARGEABLE_MODES:
-        return await settle_accounts(session, account_ids=[account_id], as_of=at, modes=CHARGEABLE_MODES, tz=tz,
-                                     posted_by="最终结算")
+        return await settle_accounts(session, account_ids=[account_id], as_of=at, since=account.opened_at,
+                                     modes=CHARGEABLE_MODES, tz=tz, posted_by="最终结算")
     driver = await raw_connection(session)
     await driver.execute("UPDATE accounts SET settled_to = greatest(coalesce(settled_to, $2), $2) WHERE id = $1",
                          account_id, at)
@@ -327,16 +381,26 @@ async def close_settled_account(
     now: datetime,
     by: str,
     scope_patterns: Sequence[str] | None = None,
+    tz: str | tzinfo = "Asia/Shanghai",
 ) -> Account:
     """销户 of a settled account with a zero balance (module docstring). Refusals:
-    ACCOUNT_CLOSED, ACCOUNT_UNSETTLED (a reading after what was settled, for a
-    chargeable mode), BALANCE_OUTSTANDING (field ``balance``)."""
+    ACCOUNT_CLOSED; for a chargeable mode ACCOUNT_UNSETTLED, when a reading comes after
+    what was settled or a settlement from the opening would still charge something (a
+    late reading whose batch the handler has not settled yet); BALANCE_OUTSTANDING
+    (field ``balance``)."""
     account = await account_in_scope(session, account_id, scope_patterns, lock=True)
     if account.status is not AccountStatus.open:
         raise AccountClosed(field="id")
     if account.mode in CHARGEABLE_MODES:
         driver = await raw_connection(session)
-        if await driver.fetchval(_UNSETTLED, account.household_id, account.settled_to or account.opened_at):
+        settled_to = account.settled_to or account.opened_at
+        if await driver.fetchval(_UNSETTLED, account.household_id, settled_to):
+            raise AccountUnsettled(field="id")
+        async with session.begin_nested() as probe:  # what a settlement would charge now, then undone
+            again = await settle_accounts(session, account_ids=[account_id], as_of=settled_to,
+                                          since=account.opened_at, modes=CHARGEABLE_MODES, tz=tz)
+            await probe.rollback()
+        if again.charged:
             raise AccountUnsettled(field="id")
     if account.balance_fen != 0:
         raise archive_errors.BalanceOutstanding(field="balance")

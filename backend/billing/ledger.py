@@ -38,6 +38,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.billing.errors import AccountClosed, EntryAmountInvalid, IdempotencyConflict
@@ -236,13 +237,18 @@ async def post_entries(
         balances_after.append(account.balance_fen)
     inserted: dict[str, tuple[int, datetime]] = {}
     if fresh:
-        rows = await driver.fetch(
-            _INSERT,
+        try:
+            rows = await driver.fetch(
+                _INSERT,
             [e.account_id for e in fresh], [EntryKind(e.kind).value for e in fresh], [e.amount_fen for e in fresh],
-            balances_after, [e.ref for e in fresh], [e.idempotency_key for e in fresh],
-            [e.cycle_start for e in fresh], [e.volume_m3 for e in fresh], [e.note for e in fresh],
-            posted_by[:100], posted_at,
-        )
+                balances_after, [e.ref for e in fresh], [e.idempotency_key for e in fresh],
+                [e.cycle_start for e in fresh], [e.volume_m3 for e in fresh], [e.note for e in fresh],
+                posted_by[:100], posted_at,
+            )
+        except asyncpg.UniqueViolationError:
+            # The same key posted at once to another account (ours are locked, so a race on
+            # one account replays instead): the transaction is spoiled and rolls back.
+            raise IdempotencyConflict(field="idempotencyKey") from None
         inserted = {row["idempotency_key"]: (row["id"], row["posted_at"]) for row in rows}
         touched = sorted({entry.account_id for entry in fresh})
         for account_id in touched:

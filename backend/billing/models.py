@@ -132,6 +132,8 @@ class Account(SQLModel, table=True):
     closed_by: str | None = Field(default=None, sa_column=Column(String(100), nullable=True))
     # The instant usage is priced up to (prepaid settlement, final charge); None: never settled.
     settled_to: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))
+    # When the current tariff started pricing (a change by updateAccount); None: since opening.
+    tariff_since: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))
     created_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=False, server_default=text("now()")))
 
 
@@ -162,9 +164,10 @@ class LedgerEntry(SQLModel, table=True):
 
 
 class PrepaidCycle(SQLModel, table=True):
-    """What prepaid settlement has charged an account for one tier cycle: the cycle-to-date
-    volume priced and the fen charged for it (the sum of the cycle's charge and adjustment
-    entries, kept beside them so a settlement reads one row, not the cycle's entries)."""
+    """What settlement has charged an account for one tier cycle: the cycle-to-date volume
+    priced, the fen charged for it (the sum of the cycle's charge and adjustment entries,
+    kept beside them so a settlement reads one row, not the cycle's entries) and the instant
+    the cycle was priced up to (``settled_to``: never moved back)."""
 
     __tablename__ = "prepaid_cycles"
 
@@ -175,3 +178,8 @@ class PrepaidCycle(SQLModel, table=True):
     charged_fen: int = Field(sa_column=Column(BigInteger, nullable=False))
     settled_to: datetime = Field(sa_column=timestamptz(nullable=False))
     entries: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    # A tariff changed inside the cycle: what the cycle had been charged, and had used, under
+    # the tariffs before (frozen); the current tariff prices only the volume after it.
+    base_fen: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    base_volume_m3: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(16, 4), nullable=False,
+                                                                         server_default="0"))

@@ -184,8 +184,17 @@ class SavedTariff:
 async def save_tariff(session: AsyncSession, *, raw: Mapping[str, Any]) -> SavedTariff:
     """Save one tariff version. The same content for an existing (code, valid_from) is a
     no-op (``unchanged``); different content for it is refused; a later ``valid_from`` is
-    a new version. Nothing is written on a refusal. The caller commits."""
+    a new version. A version keeps the code's tier cycle (TARIFF_INVALID, field ``cycle``):
+    settlement and bills count tiers per cycle, and two cycles of one code would overlap;
+    a new cycle is a new code. Nothing is written on a refusal. The caller commits."""
     code, name, customer_type, valid_from, rules = canonical_rules(raw)
+    other_cycles = (await session.execute(
+        select(Tariff.rules["cycle"].astext).where(col(Tariff.code) == code, col(Tariff.valid_from) != valid_from)
+    )).scalars().all()
+    if any(cycle != rules["cycle"] for cycle in other_cycles):
+        raise TariffInvalid("同一水价编码的各版本须使用相同的阶梯周期; 改变周期请使用新编码",
+                            "Every version of a tariff code keeps its tier cycle; a new cycle needs a new code",
+                            field="cycle")
     # Insert unless the version exists: two loads of one new version at once leave one row
     # (the second waits for the first and then compares with it) and never a 500.
     inserted = (await session.execute(

@@ -14,15 +14,25 @@ exactly the month's quote, and running one twice charges nothing the second time
   the cycle's end or ``as_of``, whichever comes first (docs/periods.md).
 - **Price** is the tariff's quote of that volume over the window's days
   (:func:`backend.billing.service.price_period`, prior volume 0: the whole cycle is in the
-  window), with the account's household size. The minimum monthly charge is a bill's
+  window, unless a tariff changed inside it), with the account's household size. The minimum monthly charge is a bill's
   rule and does not apply to prepaid deductions (docs/billing.md).
 - **Cycles touched.** A settlement settles every cycle from the one holding the earliest
   reading that changed (``since``: the ``readings.ingested`` batch's ``first_read_at``) or
   the account's ``settled_to``, whichever is earlier, through the one holding ``as_of``.
-- **Late readings.** The first entry of a cycle, or any positive difference while the
-  cycle is still running, is a ``charge``; a difference found after the cycle ended (a
-  late, backfilled, estimated-then-actual or corrected reading) and any credit is an
-  ``adjustment`` referencing the cycle (``ref = cycle:<start>``). No old entry changes.
+- **Late readings.** A debit is a ``charge`` until the cycle has been priced to its end
+  (the run that first reaches the end, minutes after midnight, is still on time); a
+  difference found after that (a late, backfilled, estimated-then-actual or corrected
+  reading) and any credit is an ``adjustment`` referencing the cycle
+  (``ref = cycle:<start>``). No old entry changes, and a cycle is never priced to an
+  earlier end than it was (a final charge or a transfer dated before the last settlement
+  changes nothing already charged).
+- **A tariff change** (:func:`backend.billing.accounts.update_account`) settles the
+  account under the old tariff first and freezes what the running cycle was charged and
+  used (``prepaid_cycles.base_fen`` / ``base_volume_m3``); the new tariff prices only the
+  volume after the change, continuing the cycle's tiers from the frozen volume. Cycles
+  before a change are not re-priced (a correction there is a hand adjustment). A code
+  keeps its tier cycle across versions, and an account only changes to a tariff of the
+  same cycle, so cycles never overlap.
 - **Which accounts.** Only open ``prepaid_station`` accounts are debited; ``prepaid_card``
   and ``prepaid_meter`` balances live on the card or the meter, so their readings feed
   statistics only. :func:`backend.billing.accounts.final_charge` settles a postpaid
@@ -95,19 +105,21 @@ def _day(instant: datetime, zone: tzinfo) -> date:
 
 
 _LOCK = """
-SELECT id, household_id, tariff_code, persons, opened_at, settled_to, alert_state, vulnerable
+SELECT id, household_id, tariff_code, persons, opened_at, settled_to, tariff_since, alert_state, vulnerable
 FROM accounts
 WHERE id = ANY($1::bigint[]) AND status = 'open' AND mode = ANY($2::text[])
 ORDER BY id FOR UPDATE
 """
 _CYCLES = """
-SELECT c.account_id, c.cycle_start, c.charged_fen, c.entries
+SELECT c.account_id, c.cycle_start, c.charged_fen, c.entries, c.settled_to, c.base_fen, c.base_volume_m3
 FROM prepaid_cycles c JOIN unnest($1::bigint[], $2::date[]) AS k(account_id, cycle_start)
     ON c.account_id = k.account_id AND c.cycle_start = k.cycle_start
 """
 _SAVE_CYCLES = """
-INSERT INTO prepaid_cycles (account_id, cycle_start, cycle_end, volume_m3, charged_fen, settled_to, entries)
-SELECT * FROM unnest($1::bigint[], $2::date[], $3::date[], $4::numeric[], $5::bigint[], $6::timestamptz[], $7::int[])
+INSERT INTO prepaid_cycles (account_id, cycle_start, cycle_end, volume_m3, charged_fen, settled_to, entries,
+                            base_fen, base_volume_m3)
+SELECT * FROM unnest($1::bigint[], $2::date[], $3::date[], $4::numeric[], $5::bigint[], $6::timestamptz[], $7::int[],
+                     $8::bigint[], $9::numeric[])
 ON CONFLICT (account_id, cycle_start) DO UPDATE
 SET volume_m3 = excluded.volume_m3, charged_fen = excluded.charged_fen, settled_to = excluded.settled_to,
     entries = excluded.entries
@@ -128,12 +140,7 @@ class _Window:
     cycle_end: date
     start: datetime
     end: datetime
-    ended: bool  # the cycle ended before as_of (a settlement as of its end is its own, on time)
-
-
-def _cycle_kind(versions: list[Tariff], on: date) -> TariffCycle:
-    in_force = [v for v in versions if v.valid_from <= on] or versions[:1]
-    return TariffCycle(in_force[-1].rules["cycle"])
+    cycle_end_at: datetime  # the instant the cycle ends
 
 
 async def settle_accounts(
@@ -168,13 +175,13 @@ async def settle_accounts(
         tariff = versions.get(row["tariff_code"])
         if not tariff:
             continue  # a tariff code without versions cannot be priced; opening refuses it
-        begin = max(row["opened_at"], _midnight(tariff[0].valid_from, zone))
+        begin = max(row["opened_at"], row["tariff_since"] or row["opened_at"], _midnight(tariff[0].valid_from, zone))
         start_from = row["settled_to"] or begin
         first_day = _day(start_from, zone)
         if since is not None:
             first_day = min(first_day, _day(since - _TICK, zone))
         first_day = max(first_day, _day(begin, zone))
-        cycle = _cycle_kind(tariff, as_of_day)
+        cycle = TariffCycle(tariff[-1].rules["cycle"])  # a code keeps its cycle across versions (save_tariff)
         cycle_start, cycle_end = cycle_of(first_day, cycle)
         while cycle_start <= as_of_day:
             start = max(_midnight(cycle_start, zone), begin)
@@ -182,8 +189,17 @@ async def settle_accounts(
             end = min(end_at, as_of)
             if end > start:
                 windows.append(_Window(row["id"], row["household_id"], row["tariff_code"], row["persons"],
-                                       cycle_start, cycle_end, start, end, ended=end_at < as_of))
+                                       cycle_start, cycle_end, start, end, end_at))
             cycle_start, cycle_end = cycle_of(cycle_end, cycle)
+
+    stored = {(r["account_id"], r["cycle_start"]): r for r in await driver.fetch(
+        _CYCLES, [w.account_id for w in windows], [w.cycle_start for w in windows])}
+    for window in windows:
+        row = stored.get((window.account_id, window.cycle_start))
+        if row is not None and row["settled_to"] > window.end:
+            # Never price a cycle to an earlier end than it was priced to (a final charge or
+            # a transfer dated before the last settlement): that would credit usage back.
+            window.end = row["settled_to"]
 
     usage: dict[tuple[datetime, datetime], dict[int, Decimal]] = {}
     by_span: dict[tuple[datetime, datetime], list[int]] = defaultdict(list)
@@ -192,29 +208,33 @@ async def settle_accounts(
     for (start, end), household_ids in by_span.items():
         usage[(start, end)] = await usage_between(session, household_ids=household_ids, start=start, end=end)
 
-    stored = {(r["account_id"], r["cycle_start"]): (r["charged_fen"], r["entries"]) for r in await driver.fetch(
-        _CYCLES, [w.account_id for w in windows], [w.cycle_start for w in windows])}
     entries: list[EntryIn] = []
-    saved: list[tuple[int, date, date, Decimal, int, datetime, int]] = []
+    saved: list[tuple[Any, ...]] = []
     adjustments = 0
     for window in windows:
+        row = stored.get((window.account_id, window.cycle_start))
+        charged, count = (row["charged_fen"], row["entries"]) if row is not None else (0, 0)
+        base_fen, base_volume = (row["base_fen"], row["base_volume_m3"]) if row is not None else (0, Decimal(0))
         volume = usage[(window.start, window.end)][window.household_id]
-        lines = price_period(versions[window.tariff_code], volume=volume, prior=Decimal(0), persons=window.persons,
+        lines = price_period(versions[window.tariff_code], volume=volume, prior=base_volume, persons=window.persons,
                              start=_day(window.start, zone), end=_day(window.end - _TICK, zone), minimum=False)
-        total = sum(line.amount_fen for line in lines)
-        charged, count = stored.get((window.account_id, window.cycle_start), (0, 0))
+        total = base_fen + sum(line.amount_fen for line in lines)
         difference = total - charged
         if difference != 0:
             count += 1
-            late = window.ended and count > 1
+            # Late: the cycle had already been priced to its end (a late, backfilled or
+            # corrected reading); the run that first reaches the end is on time.
+            late = row is not None and row["settled_to"] >= window.cycle_end_at
             kind = EntryKind.charge if difference > 0 and not late else EntryKind.adjustment
             adjustments += kind is EntryKind.adjustment
             entries.append(EntryIn(
                 account_id=window.account_id, kind=kind, amount_fen=-difference,
                 idempotency_key=f"prepaid:{window.account_id}:{window.cycle_start.isoformat()}:{count}",
-                ref=f"cycle:{window.cycle_start.isoformat()}", cycle_start=window.cycle_start, volume_m3=volume,
+                ref=f"cycle:{window.cycle_start.isoformat()}", cycle_start=window.cycle_start,
+                volume_m3=base_volume + volume,
             ))
-        saved.append((window.account_id, window.cycle_start, window.cycle_end, volume, total, window.end, count))
+        saved.append((window.account_id, window.cycle_start, window.cycle_end, base_volume + volume, total, window.end,
+                      count, base_fen, base_volume))
 
     before = {row["id"]: (AlertState(row["alert_state"]), row["vulnerable"]) for row in rows}
     await post_entries(session, entries, posted_by=posted_by, posted_at=posted_at)

@@ -340,13 +340,20 @@ async def prepaid_months(
     holding ``now``, newest first, from the month it was opened (:class:`MonthStatement`).
     Usage is ``usage_between`` over the household for the month clipped to the account's
     open period. A staff caller passes ``scope_patterns``; a resident ``household_ids``
-    (their bound households): an account of another household is NOT_FOUND."""
+    (their bound households): an account of another household is NOT_FOUND, and the
+    months before the current owner's 过户 are not theirs to read (they start at it)."""
     if not 1 <= months <= MAX_MONTHS:
         raise BadUserInput(f"月数须为 1 至 {MAX_MONTHS}", f"months must be 1 to {MAX_MONTHS}", field="months")
     account = await account_in_scope(session, account_id, scope_patterns, field="accountId",
                                      household_ids=household_ids)
     zone = as_zone(tz)
     opened = account.opened_at
+    if household_ids is not None:
+        driver = await raw_connection(session)
+        owner_since = await driver.fetchval("SELECT max(valid_from) FROM household_owners WHERE household_id = $1 "
+                                            "AND valid_to IS NULL", account.household_id)
+        if owner_since is not None:
+            opened = max(opened, _midnight(owner_since, zone))
     until = min(now, account.closed_at) if account.closed_at is not None else now
     first = opened.astimezone(zone).date().replace(day=1)
     month = until.astimezone(zone).date().replace(day=1)

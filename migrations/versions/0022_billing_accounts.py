@@ -41,6 +41,7 @@ def upgrade() -> None:
         sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("closed_by", sa.String(length=100), nullable=True),
         sa.Column("settled_to", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("tariff_since", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.CheckConstraint("close_threshold_fen <= alert_threshold_fen", name=op.f("ck_accounts_thresholds_ordered")),
         sa.CheckConstraint("grace_fen >= 0", name=op.f("ck_accounts_grace_not_negative")),
@@ -94,6 +95,8 @@ def upgrade() -> None:
         sa.Column("charged_fen", sa.BigInteger(), nullable=False),
         sa.Column("settled_to", sa.DateTime(timezone=True), nullable=False),
         sa.Column("entries", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("base_fen", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("base_volume_m3", sa.Numeric(16, 4), server_default="0", nullable=False),
         sa.ForeignKeyConstraint(["account_id"], ["accounts.id"], name=op.f("fk_prepaid_cycles_account_id_accounts")),
         sa.PrimaryKeyConstraint("account_id", "cycle_start", name=op.f("pk_prepaid_cycles")),
     )

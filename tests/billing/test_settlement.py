@@ -7,12 +7,14 @@ from __future__ import annotations
 from datetime import date, timedelta
 from decimal import Decimal
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.billing import service as tariffs
 from backend.billing.models import BillingMode, EntryKind
 from backend.billing.settlement import settle_prepaid
+from backend.errors import DomainError, ErrorCode
 from tests.billing.factories import at, balance, entries, ingest, ledger_sum, served_household, tariff
 
 NOW = at(2026, 12, 6, 12)
@@ -125,3 +127,64 @@ async def test_settlement_reports_accounts_it_moved_to_alert_and_close(session: 
     closed = await settle_prepaid(session, account_ids=ids, as_of=at(2026, 11, 6))  # −¥10
     assert set(alerted.alerted) == set(ids) and alerted.to_close == ()
     assert closed.to_close == (served.account_id,)  # the vulnerable account is never closed for money
+
+
+async def test_the_run_that_first_reaches_a_cycles_end_is_a_charge_even_minutes_after_midnight(
+        session: AsyncSession) -> None:
+    served = await served_household(session, raw_tariff=tariff(prices=["2.00"]), opened_at=at(2026, 10, 1))
+    await ingest(session, served.meter.id, [(at(2026, 10, 31, 23), "5"), (at(2026, 11, 1), "6")], now=NOW)
+    await settle_prepaid(session, account_ids=[served.account_id], as_of=at(2026, 10, 31, 23) + timedelta(minutes=5))
+    await settle_prepaid(session, account_ids=[served.account_id], as_of=at(2026, 11, 1) + timedelta(minutes=5),
+                         since=at(2026, 11, 1))
+    assert [(e.kind, e.amount_fen) for e in await entries(session, served.account_id)] == [
+        (EntryKind.charge, -1000), (EntryKind.charge, -200)]
+
+
+async def test_a_settlement_dated_before_the_last_one_credits_nothing_back(session: AsyncSession) -> None:
+    from backend.billing.accounts import final_charge
+
+    served = await served_household(session, raw_tariff=tariff(prices=["2.00"]), opened_at=at(2026, 11, 1))
+    await ingest(session, served.meter.id, [(at(2026, 11, 10), "4"), (at(2026, 11, 20), "10")], now=NOW)
+    await settle_prepaid(session, account_ids=[served.account_id], as_of=at(2026, 11, 25))
+    await final_charge(session, account_id=served.account_id, at=at(2026, 11, 15))
+    assert [(e.kind, e.amount_fen) for e in await entries(session, served.account_id)] == [(EntryKind.charge, -2000)]
+
+
+async def test_a_tariff_change_prices_only_what_follows_it_and_keeps_the_cycles_tiers(session: AsyncSession) -> None:
+    from backend.billing.accounts import AccountTerms, update_account
+
+    old = tariff(limits=[10], prices=["2.00", "3.00"])
+    served = await served_household(session, raw_tariff=old, opened_at=at(2026, 11, 1))
+    new = tariff(limits=[10], prices=["4.00", "5.00"])
+    await tariffs.save_tariff(session, raw=new)
+    await ingest(session, served.meter.id, [(at(2026, 11, 10), "8"), (at(2026, 11, 20), "14")], now=NOW)
+    await update_account(session, account_id=served.account_id, terms=AccountTerms(tariff_code=new["code"]),
+                         now=at(2026, 11, 15))  # 8 m³ used under the old tariff: ¥16.00 settled and frozen
+    await settle_prepaid(session, account_ids=[served.account_id], as_of=at(2026, 11, 25))
+    # 6 m³ more under the new tariff, from 8 m³ into the cycle: 2 m³ in tier 1 at ¥4, 4 m³ at ¥5.
+    assert [(e.kind, e.amount_fen) for e in await entries(session, served.account_id)] == [
+        (EntryKind.charge, -1600), (EntryKind.charge, -2800)]
+
+    yearly = tariff(cycle="year", prices=["2.00"])
+    await tariffs.save_tariff(session, raw=yearly)
+    with pytest.raises(DomainError) as refused:
+        await update_account(session, account_id=served.account_id, terms=AccountTerms(tariff_code=yearly["code"]),
+                             now=at(2026, 11, 26))
+    assert refused.value.code is ErrorCode.TARIFF_INVALID
+    with pytest.raises(DomainError) as refused:
+        await tariffs.save_tariff(session, raw={**new, "cycle": "year", "valid_from": date(2027, 1, 1)})
+    assert refused.value.code is ErrorCode.TARIFF_INVALID
+
+
+async def test_closing_is_refused_while_a_late_reading_waits_for_its_settlement(session: AsyncSession) -> None:
+    from backend.billing.accounts import close_settled_account
+
+    served = await served_household(session, raw_tariff=tariff(prices=["2.00"]), opened_at=at(2026, 11, 1))
+    await settle_prepaid(session, account_ids=[served.account_id], as_of=at(2026, 11, 25))
+    # A reading of the 20th arrives after the account was settled to the 25th; its batch's
+    # handler has not run yet. The balance is zero, but the close must wait.
+    await ingest(session, served.meter.id, [(at(2026, 11, 20), "3")], now=NOW)
+    with pytest.raises(DomainError) as refused:
+        await close_settled_account(session, account_id=served.account_id, now=NOW, by="柜员")
+    assert refused.value.code is ErrorCode.ACCOUNT_UNSETTLED
+    assert await entries(session, served.account_id) == []

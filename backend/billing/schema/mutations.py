@@ -157,7 +157,8 @@ class Mutation:
                 alert_threshold_fen=_given(input.alert_threshold), close_threshold_fen=_given(input.close_threshold),
                 grace_fen=_given(input.grace), vulnerable=_given(input.vulnerable))
             return await accounts.update_account(session, account_id=decode_id(id, "Account"), terms=terms,
-                                                 scope_patterns=_scope(info))
+                                                 scope_patterns=_scope(info), now=utcnow(),
+                                                 tz=info.context.settings.tz)
 
         return await _run(info, "updateAccount", lambda _: "修改账户", _account, work)
 
@@ -184,7 +185,8 @@ class Mutation:
     async def close_settled_account(self, info: Info, id: strawberry.ID) -> AccountPayload:
         async def work(session: AsyncSession) -> Account:
             return await accounts.close_settled_account(session, account_id=decode_id(id, "Account"), now=utcnow(),
-                                                        by=_by(info), scope_patterns=_scope(info))
+                                                        by=_by(info), scope_patterns=_scope(info),
+                                                        tz=info.context.settings.tz)
 
         return await _run(info, "closeSettledAccount", lambda _: "销户", _account, work)
 
