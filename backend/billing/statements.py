@@ -350,8 +350,12 @@ async def prepaid_months(
     opened = account.opened_at
     if household_ids is not None:
         driver = await raw_connection(session)
-        owner_since = await driver.fetchval("SELECT max(valid_from) FROM household_owners WHERE household_id = $1 "
-                                            "AND valid_to IS NULL", account.household_id)
+        # The current owner's start, when an earlier owner handed over to them (过户); the
+        # first owner's record starts when the household was registered, which says nothing.
+        owner_since = await driver.fetchval(
+            "SELECT max(valid_from) FROM household_owners WHERE household_id = $1 AND valid_to IS NULL "
+            "AND EXISTS (SELECT FROM household_owners o WHERE o.household_id = $1 AND o.valid_to IS NOT NULL)",
+            account.household_id)
         if owner_since is not None:
             opened = max(opened, _midnight(owner_since, zone))
     until = min(now, account.closed_at) if account.closed_at is not None else now
