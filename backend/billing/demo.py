@@ -21,8 +21,8 @@ households without an open account are opened (one ``INSERT … SELECT``, as
 :func:`backend.billing.accounts.open_accounts` does, but with terms per household).
 
 **History.** The master-station prepaid accounts are settled month by month with
-:func:`backend.billing.settlement.settle_prepaid` (``as_of`` and ``posted_at`` the month's
-end; then the current month to ``now``), one call per month for all of them, so the
+:func:`backend.billing.settlement.settle_prepaid` (``as_of`` the month's end, ``posted_at``
+the second before it; then the current month to ``now``), one call per month for all of them, so the
 charges, the cycle rows and the threshold crossings are exactly what the handler would
 have written had it run every month. Between settlements the residents recharge through
 :func:`backend.billing.ledger.post_entries` (kind ``recharge``, idempotency key
@@ -336,12 +336,20 @@ def _land_below(resident: _Resident, final: int, ceiling: int) -> bool:
     return False
 
 
+def _posting(end: datetime) -> datetime:
+    """When a settlement to ``end`` is posted: the second before it, so a month's charges
+    fall in that month's statement (which groups entries by when they were posted), as the
+    live handler's do when it settles the month's last readings within the month."""
+    return end - timedelta(seconds=1)
+
+
 async def _monthly_charges(session: AsyncSession, residents: Sequence[_Resident],
                            ends: Sequence[datetime]) -> dict[tuple[int, datetime], int]:
-    """(account, settlement instant) -> fen charged net, for settlements at ``ends``."""
+    """(account, settlement instant) -> fen charged net, for settlements to ``ends``."""
     driver = await raw_connection(session)
-    rows = await driver.fetch(_CHARGES, [r.id for r in residents], [r.start for r in residents], list(ends))
-    return {(row["account_id"], row["posted_at"]): row["charged"] for row in rows}
+    rows = await driver.fetch(_CHARGES, [r.id for r in residents], [r.start for r in residents],
+                              [_posting(end) for end in ends])
+    return {(row["account_id"], row["posted_at"] + timedelta(seconds=1)): row["charged"] for row in rows}
 
 
 async def _plant(session: AsyncSession, residents: list[_Resident], months: list[tuple[datetime, datetime]], *,
@@ -360,7 +368,7 @@ async def _plant(session: AsyncSession, residents: list[_Resident], months: list
     async with session.begin_nested() as savepoint:
         for _, end in months:
             await settle_prepaid(session, account_ids=[r.id for r in candidates if r.start < end], as_of=end, tz=zone,
-                                 posted_at=end)
+                                 posted_at=_posting(end))
         charges = await _monthly_charges(session, candidates, ends)
         await savepoint.rollback()
     finals: dict[int, int] = {}
@@ -448,8 +456,8 @@ async def settle_demo_history(session: AsyncSession, *, seed: int, now: datetime
             watermark = await driver.fetchval(_BACKDATE_CROSSINGS, watermark, instant)
             recharges += len(by_instant[instant])
         settling = [r for r in residents if r.start < end]
-        await settle_prepaid(session, account_ids=[r.id for r in settling], as_of=end, tz=zone, posted_at=end)
-        watermark = await driver.fetchval(_BACKDATE_CROSSINGS, watermark, end)
+        await settle_prepaid(session, account_ids=[r.id for r in settling], as_of=end, tz=zone, posted_at=_posting(end))
+        watermark = await driver.fetchval(_BACKDATE_CROSSINGS, watermark, _posting(end))
         charges = await _monthly_charges(session, settling, [end])
         for resident in settling:
             _charged(resident, index, month, charges.get((resident.id, end), 0))
