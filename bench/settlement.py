@@ -148,6 +148,10 @@ async def create_households(url: str, count: int) -> int:
             SELECT m.id, h.id, $1, m.initial_reading
             FROM meters m JOIN households h ON h.account_no = 'B' || lpad(m.id::text, 8, '0')
         """, OPENED)
+        # The periodic alarm job's usage baselines, as a utility running for months has
+        # them (without one every meter of a batch is an alarm candidate: see README).
+        await connection.execute(
+            "INSERT INTO meter_usage_baselines (meter_id, day, average_m3) SELECT id, DATE '2026-10-31', 2 FROM meters")
         await connection.execute("ANALYZE")
         return int(company)
     finally:
