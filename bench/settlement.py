@@ -40,7 +40,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any

@@ -93,12 +93,16 @@ async def test_200_concurrent_settlements_and_recharges_on_one_account_keep_the_
     # 120 settlements, as_of stepping through the ingested hours (in no particular order
     # of commit), and 80 recharges of 1–50 yuan.
     steps = [HOURS[1 + i] for i in range(120)]
-    operations: list[Callable[[AsyncSession], Awaitable[Any]]] = [
-        (lambda s, as_of=as_of: settle_prepaid(s, account_ids=[account], as_of=as_of)) for as_of in steps]
     recharges = [100 * shuffle.randint(1, 50) for _ in range(80)]
-    operations += [(lambda s, i=i, amount=amount: post_entry(
-        s, account_id=account, kind=EntryKind.recharge, amount_fen=amount, ref=f"payment:{i}",
-        idempotency_key=f"concurrent-recharge:{i}")) for i, amount in enumerate(recharges)]
+
+    def settle(as_of: datetime) -> Callable[[AsyncSession], Awaitable[Any]]:
+        return lambda s: settle_prepaid(s, account_ids=[account], as_of=as_of)
+
+    def recharge(i: int, amount: int) -> Callable[[AsyncSession], Awaitable[Any]]:
+        return lambda s: post_entry(s, account_id=account, kind=EntryKind.recharge, amount_fen=amount,
+                                    ref=f"payment:{i}", idempotency_key=f"concurrent-recharge:{i}")
+
+    operations = [settle(as_of) for as_of in steps] + [recharge(i, amount) for i, amount in enumerate(recharges)]
     shuffle.shuffle(operations)
 
     await asyncio.gather(*(in_transaction(pool, operation) for operation in operations))
