@@ -26,7 +26,7 @@ the app's engine and sessions (same settings). The pair runs ``--runs`` times
 (alternating, fresh copies each time); the ratio is of the medians. Goal (issue 15):
 ours <= 2x the bound. The last line is the headline.
 
-    .venv/bin/python bench/settlement.py [--accounts 100000] [--runs 2]
+    .venv/bin/python bench/settlement.py [--accounts 100000] [--runs 3]
 
 Self-contained: embedded PostgreSQL in a temp dir.
 """
@@ -35,11 +35,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import shutil
 import statistics
 import tempfile
 import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -49,6 +52,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from backend.billing import service as tariffs
+from backend.billing import settlement
 from backend.billing.accounts import open_accounts
 from backend.billing.ledger import EntryIn, post_entries
 from backend.billing.models import BillingMode, EntryKind
@@ -213,6 +217,27 @@ async def load(url: str, count: int) -> None:
 
 
 # --------------------------------------------------------------------------- the two sides
+
+# Where ours spends its time: wall time of its parts, summed over the timed runs.
+spent: dict[str, float] = defaultdict(float)
+
+
+def timed(name: str, function: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(function)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await function(*args, **kwargs)
+        finally:
+            spent[name] += time.perf_counter() - started
+
+    return wrapper
+
+
+def instrument() -> None:
+    settlement.usage_between = timed("usage (usage_between)", settlement.usage_between)  # type: ignore[assignment]
+    settlement.post_entries = timed("ledger (post_entries)", settlement.post_entries)  # type: ignore[assignment]
+
 
 
 async def run_ours(url: str) -> tuple[float, int]:
@@ -392,7 +417,7 @@ def copy_database(server: str, base: str, name: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accounts", type=int, default=100_000)
-    parser.add_argument("--runs", type=int, default=2, help="ours/bound pairs, alternating, on fresh copies")
+    parser.add_argument("--runs", type=int, default=3, help="ours/bound pairs, alternating, on fresh copies")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="shuiwu-bench-settlement-"))
     try:
@@ -405,6 +430,7 @@ def main() -> None:
             last_entry, readings, accounts = asyncio.run(base_facts(base))
             print(f"data: {accounts:,} prepaid_station accounts, {readings:,} readings; "
                   f"settling 1–28 November on top of 1–15 settled", flush=True)
+            instrument()
             ours_times: list[float] = []
             bound_times: list[float] = []
             for run in range(args.runs):
@@ -426,6 +452,10 @@ def main() -> None:
                   f"({accounts / ours_time:,.0f} accounts/s), median of {args.runs}")
             print(f"hand-written SQL bound, same entries                {bound_time:6.2f} s "
                   f"({accounts / bound_time:,.0f} accounts/s), median of {args.runs}")
+            total = sum(ours_times)
+            parts = ", ".join(f"{name} {seconds / total:.0%}" for name, seconds in spent.items())
+            print(f"    where ours went: {parts}, the rest (lock, windows, pricing, cycles, settled_to, commit) "
+                  f"{(total - sum(spent.values())) / total:.0%}")
             print(f"ours / bound = {ratio:.2f} (goal <= {GOAL:.2f})")
         finally:
             stop_embedded()
