@@ -235,8 +235,8 @@ def timed(name: str, function: Callable[..., Awaitable[Any]]) -> Callable[..., A
 
 
 def instrument() -> None:
-    settlement.usage_between = timed("usage (usage_between)", settlement.usage_between)  # type: ignore[assignment]
-    settlement.post_entries = timed("ledger (post_entries)", settlement.post_entries)  # type: ignore[assignment]
+    settlement.usage_between = timed("usage (usage_between)", settlement.usage_between)  # type: ignore[attr-defined,assignment]
+    settlement.post_entries = timed("ledger (post_entries)", settlement.post_entries)  # type: ignore[attr-defined,assignment]
 
 
 
