@@ -49,7 +49,7 @@ from backend.errors import DomainError, NotFound
 from backend.events.service import emit_event
 
 __all__ = [
-    "CREDIT_KINDS", "DEBIT_KINDS", "MAX_ENTRY_FEN", "EntryIn", "PostedEntry", "alert_state_of", "apply_alert_states",
+    "ALERT_STATES", "CREDIT_KINDS", "DEBIT_KINDS", "MAX_ENTRY_FEN", "EntryIn", "PostedEntry", "alert_state_of", "apply_alert_states",
     "lock_accounts", "opening_state", "post_entries", "post_entry",
 ]
 
@@ -123,6 +123,10 @@ def opening_state(mode: BillingMode, *, alert_threshold_fen: int, close_threshol
                                         grace_fen, AlertState.normal, False))
 
 
+_MODES = {mode.value: mode for mode in BillingMode}
+_STATUSES = {status.value: status for status in AccountStatus}
+ALERT_STATES = {state.value: state for state in AlertState}
+
 _LOCK = """
 SELECT id, household_id, mode, status, balance_fen, alert_threshold_fen, close_threshold_fen, grace_fen,
        alert_state, vulnerable
@@ -138,11 +142,13 @@ async def lock_accounts(session: AsyncSession, account_ids: Iterable[int]) -> di
         return {}
     driver = await raw_connection(session)
     rows = await driver.fetch(_LOCK, ids)
+    # The columns' CHECKs hold them to the enums' values: looked up, not constructed (a
+    # settlement locks 100k rows).
     return {row["id"]: LockedAccount(
-        id=row["id"], household_id=row["household_id"], mode=BillingMode(row["mode"]),
-        status=AccountStatus(row["status"]), balance_fen=row["balance_fen"],
+        id=row["id"], household_id=row["household_id"], mode=_MODES[row["mode"]],
+        status=_STATUSES[row["status"]], balance_fen=row["balance_fen"],
         alert_threshold_fen=row["alert_threshold_fen"], close_threshold_fen=row["close_threshold_fen"],
-        grace_fen=row["grace_fen"], alert_state=AlertState(row["alert_state"]), vulnerable=row["vulnerable"],
+        grace_fen=row["grace_fen"], alert_state=ALERT_STATES[row["alert_state"]], vulnerable=row["vulnerable"],
     ) for row in rows}
 
 

@@ -350,6 +350,25 @@ async def quote(
     return Quote(tariff=code, volume=volume, lines=tuple(lines))
 
 
+def period_segments(versions: list[Tariff], *, start: date, end: date,
+                    day_field: str = "from") -> list[tuple[Tariff, int]]:
+    """The version in force on each day of ``start``..``end`` as ``(version, days)``
+    segments, oldest first (how :func:`price_period` prorates a period across a price
+    change). TARIFF_NOT_IN_FORCE (field ``day_field``) for a day before the first version."""
+    segments: list[tuple[Tariff, int]] = []
+    day = start
+    while day <= end:
+        in_force = [v for v in versions if v.valid_from <= day]
+        if not in_force:
+            raise TariffNotInForce(field=day_field)
+        version = in_force[-1]
+        later = [v.valid_from for v in versions if v.valid_from > day]
+        until = min([end, *(d - timedelta(days=1) for d in later)])
+        segments.append((version, (until - day).days + 1))
+        day = until + timedelta(days=1)
+    return segments
+
+
 def price_period(
     versions: list[Tariff],
     *,
@@ -366,18 +385,7 @@ def price_period(
     prepaid settlement calls for every account of a batch with the versions read once.
     ``minimum`` applies the minimum monthly charge (a bill's rule; settlement does not).
     TARIFF_NOT_IN_FORCE (field ``day_field``) for a day before the first version."""
-    # The version in force on each day of the period, as (version, days) segments.
-    segments: list[tuple[Tariff, int]] = []
-    day = start
-    while day <= end:
-        in_force = [v for v in versions if v.valid_from <= day]
-        if not in_force:
-            raise TariffNotInForce(field=day_field)
-        version = in_force[-1]
-        later = [v.valid_from for v in versions if v.valid_from > day]
-        until = min([end, *(d - timedelta(days=1) for d in later)])
-        segments.append((version, (until - day).days + 1))
-        day = until + timedelta(days=1)
+    segments = period_segments(versions, start=start, end=end, day_field=day_field)
     total_days = sum(days for _, days in segments)
     lines: list[QuoteLine] = []
     used = prior

@@ -14,7 +14,9 @@ exactly the month's quote, and running one twice charges nothing the second time
   the cycle's end or ``as_of``, whichever comes first (docs/periods.md).
 - **Price** is the tariff's quote of that volume over the window's days
   (:func:`backend.billing.service.price_period`, prior volume 0: the whole cycle is in the
-  window, unless a tariff changed inside it), with the account's household size. The minimum monthly charge is a bill's
+  window, unless a tariff changed inside it), with the account's household size;
+  :func:`period_pricer` computes its total with the period's segments and rules worked
+  out once per group of windows. The minimum monthly charge is a bill's
   rule and does not apply to prepaid deductions (docs/billing.md).
 - **Cycles touched.** A settlement settles every cycle from the one holding the earliest
   reading that changed (``since``: the ``readings.ingested`` batch's ``first_read_at``) or
@@ -48,17 +50,17 @@ entries; ``shuiwu check`` verifies it).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, tzinfo
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.billing.ledger import EntryIn, post_entries
+from backend.billing.ledger import ALERT_STATES, EntryIn, post_entries
 from backend.billing.models import AlertState, BillingMode, EntryKind, Tariff, TariffCycle
-from backend.billing.service import price_period, tariff_versions
+from backend.billing.service import FOUR, line_fen, period_segments, split_into_tiers, tariff_versions, tier_limits
 from backend.db import raw_connection
 from backend.readings.partitions import as_zone
 from backend.readings.usage import usage_between
@@ -67,7 +69,7 @@ if TYPE_CHECKING:
     from backend.events.service import Event
     from backend.runtime import Runtime
 
-__all__ = ["PrepaidSettlement", "cycle_of", "settle_accounts", "settle_ingested", "settle_prepaid"]
+__all__ = ["PrepaidSettlement", "cycle_of", "period_pricer", "settle_accounts", "settle_ingested", "settle_prepaid"]
 
 _TICK = timedelta(microseconds=1)
 
@@ -143,6 +145,61 @@ class _Window:
     cycle_end_at: datetime  # the instant the cycle ends
 
 
+@dataclass(frozen=True, slots=True)
+class _Rates:
+    """One tariff version's rules parsed for one household size: the tier limits, and per
+    component whether the sewage coefficient applies and its price per tier."""
+
+    limits: list[Decimal]
+    coefficient: Decimal
+    components: tuple[tuple[bool, tuple[Decimal, ...]], ...]
+
+
+def _rates(version: Tariff, persons: int | None) -> _Rates:
+    rules = version.rules
+    coefficient = Decimal(rules["sewage_coefficient"]) if rules.get("sewage_coefficient") else None
+    return _Rates(
+        limits=tier_limits(rules, persons=persons), coefficient=coefficient or Decimal(1),
+        components=tuple((component["code"] == "sewage" and coefficient is not None,
+                          tuple(Decimal(price) for price in component["prices"])) for component in rules["components"]),
+    )
+
+
+def period_pricer(versions: list[Tariff], *, persons: int | None, start: date,
+                  end: date) -> Callable[[Decimal, Decimal], int]:
+    """The total in fen of ``price_period(versions, volume=v, prior=p, persons=persons,
+    start=start, end=end, minimum=False)`` as a function of ``(v, p)``: the same segments,
+    proration, tiers and per-line rounding, with the period's segments and each version's
+    rules worked out once for a batch's whole group of windows sharing them (a 100k-account
+    batch has one or two), instead of once per account; equal volumes are priced once."""
+    segments = period_segments(versions, start=start, end=end)
+    total_days = sum(days for _, days in segments)
+    rated = [(_rates(version, persons), days) for version, days in segments]
+    last = len(rated) - 1
+    priced: dict[tuple[Decimal, Decimal], int] = {}
+
+    def total(volume: Decimal, prior: Decimal) -> int:
+        fen = priced.get((volume, prior))
+        if fen is not None:
+            return fen
+        fen = 0
+        used = prior
+        left = volume
+        for index, (rates, days) in enumerate(rated):
+            part = left if index == last else (volume * days / total_days).quantize(FOUR, ROUND_HALF_UP)
+            parts = split_into_tiers(rates.limits, prior=used, volume=part)
+            for sewage, prices in rates.components:
+                for tier, m3 in parts:
+                    fen += line_fen((m3 * rates.coefficient).quantize(FOUR, rounding=ROUND_HALF_UP) if sewage else m3,
+                                    prices[tier - 1])
+            used += part
+            left -= part
+        priced[(volume, prior)] = fen
+        return fen
+
+    return total
+
+
 async def settle_accounts(
     session: AsyncSession,
     *,
@@ -170,27 +227,38 @@ async def settle_accounts(
         versions[code] = await tariff_versions(session, code=code)
     as_of_day = _day(as_of - _TICK, zone)
 
+    # An account's windows depend on its tariff, the instant its pricing begins and where
+    # it was settled to: a batch of accounts shares a few such keys, worked out once each.
+    spans: dict[tuple[str, datetime, datetime], list[tuple[date, date, datetime, datetime, datetime]]] = {}
+    first_version_at = {code: _midnight(tariff[0].valid_from, zone) for code, tariff in versions.items() if tariff}
     windows: list[_Window] = []
     for row in rows:
-        tariff = versions.get(row["tariff_code"])
-        if not tariff:
+        code = row["tariff_code"]
+        first_at = first_version_at.get(code)
+        if first_at is None:
             continue  # a tariff code without versions cannot be priced; opening refuses it
-        begin = max(row["opened_at"], row["tariff_since"] or row["opened_at"], _midnight(tariff[0].valid_from, zone))
+        begin = max(row["opened_at"], row["tariff_since"] or row["opened_at"], first_at)
         start_from = row["settled_to"] or begin
-        first_day = _day(start_from, zone)
-        if since is not None:
-            first_day = min(first_day, _day(since - _TICK, zone))
-        first_day = max(first_day, _day(begin, zone))
-        cycle = TariffCycle(tariff[-1].rules["cycle"])  # a code keeps its cycle across versions (save_tariff)
-        cycle_start, cycle_end = cycle_of(first_day, cycle)
-        while cycle_start <= as_of_day:
-            start = max(_midnight(cycle_start, zone), begin)
-            end_at = _midnight(cycle_end, zone)
-            end = min(end_at, as_of)
-            if end > start:
-                windows.append(_Window(row["id"], row["household_id"], row["tariff_code"], row["persons"],
-                                       cycle_start, cycle_end, start, end, end_at))
-            cycle_start, cycle_end = cycle_of(cycle_end, cycle)
+        key = (code, begin, start_from)
+        spans_of = spans.get(key)
+        if spans_of is None:
+            spans_of = spans[key] = []
+            first_day = _day(start_from, zone)
+            if since is not None:
+                first_day = min(first_day, _day(since - _TICK, zone))
+            first_day = max(first_day, _day(begin, zone))
+            cycle = TariffCycle(versions[code][-1].rules["cycle"])  # a code keeps its cycle (save_tariff)
+            cycle_start, cycle_end = cycle_of(first_day, cycle)
+            while cycle_start <= as_of_day:
+                start = max(_midnight(cycle_start, zone), begin)
+                end_at = _midnight(cycle_end, zone)
+                end = min(end_at, as_of)
+                if end > start:
+                    spans_of.append((cycle_start, cycle_end, start, end, end_at))
+                cycle_start, cycle_end = cycle_of(cycle_end, cycle)
+        for cycle_start, cycle_end, start, end, end_at in spans_of:
+            windows.append(_Window(row["id"], row["household_id"], code, row["persons"], cycle_start, cycle_end,
+                                   start, end, end_at))
 
     stored = {(r["account_id"], r["cycle_start"]): r for r in await driver.fetch(
         _CYCLES, [w.account_id for w in windows], [w.cycle_start for w in windows])}
@@ -211,14 +279,22 @@ async def settle_accounts(
     entries: list[EntryIn] = []
     saved: list[tuple[Any, ...]] = []
     adjustments = 0
+    days: dict[tuple[datetime, datetime], tuple[date, date]] = {}
+    pricers: dict[tuple[str, int | None, date, date], Callable[[Decimal, Decimal], int]] = {}
     for window in windows:
         row = stored.get((window.account_id, window.cycle_start))
         charged, count = (row["charged_fen"], row["entries"]) if row is not None else (0, 0)
         base_fen, base_volume = (row["base_fen"], row["base_volume_m3"]) if row is not None else (0, Decimal(0))
         volume = usage[(window.start, window.end)][window.household_id]
-        lines = price_period(versions[window.tariff_code], volume=volume, prior=base_volume, persons=window.persons,
-                             start=_day(window.start, zone), end=_day(window.end - _TICK, zone), minimum=False)
-        total = base_fen + sum(line.amount_fen for line in lines)
+        span = days.get((window.start, window.end))
+        if span is None:
+            span = days[(window.start, window.end)] = (_day(window.start, zone), _day(window.end - _TICK, zone))
+        group = (window.tariff_code, window.persons, *span)
+        pricer = pricers.get(group)
+        if pricer is None:
+            pricer = pricers[group] = period_pricer(versions[window.tariff_code], persons=window.persons,
+                                                    start=span[0], end=span[1])
+        total = base_fen + pricer(volume, base_volume)
         difference = total - charged
         if difference != 0:
             count += 1
@@ -236,7 +312,7 @@ async def settle_accounts(
         saved.append((window.account_id, window.cycle_start, window.cycle_end, base_volume + volume, total, window.end,
                       count, base_fen, base_volume))
 
-    before = {row["id"]: (AlertState(row["alert_state"]), row["vulnerable"]) for row in rows}
+    before = {row["id"]: ALERT_STATES[row["alert_state"]] for row in rows}
     await post_entries(session, entries, posted_by=posted_by, posted_at=posted_at)
     if saved:
         await driver.execute(_SAVE_CYCLES, *(list(column) for column in zip(*saved, strict=True)))
@@ -246,7 +322,7 @@ async def settle_accounts(
     charged_ids = sorted({entry.account_id for entry in entries})
     if charged_ids:
         for state_row in await driver.fetch(_STATES, charged_ids):
-            state, old = AlertState(state_row["alert_state"]), before[state_row["id"]][0]
+            state, old = ALERT_STATES[state_row["alert_state"]], before[state_row["id"]]
             if state is old:
                 continue
             if state is AlertState.alert:

@@ -5,7 +5,7 @@ written twice."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -83,9 +83,11 @@ async def test_only_master_station_accounts_are_settled_month_by_month_with_back
                count(DISTINCT extract(hour FROM e.posted_at AT TIME ZONE 'Asia/Shanghai')) FILTER (WHERE e.kind = 'recharge'),
                count(*) FILTER (WHERE e.posted_at <= a.opened_at)
         FROM ledger_entries e JOIN accounts a ON a.id = e.account_id""")
-    # The window opens 2025-10-20: 13 month ends (2025-11-01 … 2026-11-01) and NOW.
+    # The window opens 2025-10-20: 13 month ends (2025-11-01 … 2026-11-01) and NOW, each
+    # settlement posted in the second before it (the month's statement holds its charges).
     assert charge_instants == 14
-    assert first_charge == datetime(2025, 11, 1, tzinfo=SHANGHAI) and last_charge == NOW
+    second = timedelta(seconds=1)
+    assert first_charge == datetime(2025, 11, 1, tzinfo=SHANGHAI) - second and last_charge == NOW - second
     assert recharges == keyed and recharges > 20 and recharge_hours > 3 and early == 0  # type: ignore[operator]
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.billing import service as tariffs
 from backend.billing.models import BillingMode, EntryKind
-from backend.billing.settlement import settle_prepaid
+from backend.billing.settlement import period_pricer, settle_prepaid
 from backend.errors import DomainError, ErrorCode
 from tests.billing.factories import at, balance, entries, ingest, ledger_sum, served_household, tariff
 
@@ -188,3 +188,30 @@ async def test_closing_is_refused_while_a_late_reading_waits_for_its_settlement(
         await close_settled_account(session, account_id=served.account_id, now=NOW, by="柜员")
     assert refused.value.code is ErrorCode.ACCOUNT_UNSETTLED
     assert await entries(session, served.account_id) == []
+
+
+async def test_the_batch_pricer_totals_exactly_what_price_period_does(session: AsyncSession) -> None:
+    # Settlement prices a batch with period_pricer (segments and rules worked out once per
+    # group of windows); it must total price_period's lines to the fen: tiers, household
+    # size, the sewage coefficient and a price change inside the period, with 4-place
+    # volumes that land on and around tier limits and day shares that round.
+    raw = {**tariff(limits=["10.5", 20], prices=["3.4567", "4.1234", "5.0001"]),
+           "household_size": {"base_persons": 3, "extra_m3_per_person": "2.5"}, "sewage_coefficient": "0.85"}
+    raw["components"] = [*raw["components"], {"code": "sewage", "name": "污水处理费", "prices": ["1.3333"] * 3},
+                         {"code": "other:garbage", "name": "垃圾费", "prices": ["0.1", "0.2", "0.3"]}]
+    await tariffs.save_tariff(session, raw=raw)
+    await tariffs.save_tariff(session, raw={**raw, "valid_from": date(2026, 11, 11),
+                                            "tier_limits": [12, 24], "sewage_coefficient": "0.9"})
+    versions = await tariffs.tariff_versions(session, code=raw["code"])
+    volumes = [Decimal(v) for v in ("0", "0.0001", "10.5", "10.5001", "13", "19.9999", "20", "25.0049", "31.4159",
+                                    "123.4567")]
+    for persons in (None, 2, 3, 5):
+        for start, end in ((date(2026, 11, 1), date(2026, 11, 30)), (date(2026, 11, 3), date(2026, 11, 10)),
+                           (date(2026, 11, 7), date(2026, 11, 19)), (date(2026, 11, 11), date(2026, 11, 11))):
+            pricer = period_pricer(versions, persons=persons, start=start, end=end)
+            for volume in volumes:
+                for prior in (Decimal(0), Decimal("8.25")):  # 8.25 m³ frozen by a tariff change
+                    lines = tariffs.price_period(versions, volume=volume, prior=prior, persons=persons, start=start,
+                                                 end=end, minimum=False)
+                    assert pricer(volume, prior) == sum(line.amount_fen for line in lines), (
+                        persons, start, end, volume, prior)
