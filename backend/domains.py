@@ -29,6 +29,7 @@ from backend.events.domain import DOMAIN as EVENTS
 from backend.exports.domain import DOMAIN as EXPORTS
 from backend.files.domain import DOMAIN as FILES
 from backend.gateways.domain import DOMAIN as GATEWAYS
+from backend.payments.domain import DOMAIN as PAYMENTS
 from backend.readings.domain import DOMAIN as READINGS
 
 DOMAINS: tuple[Domain, ...] = (
@@ -42,6 +43,7 @@ DOMAINS: tuple[Domain, ...] = (
     ALARMS,
     READINGS,
     BILLING,
+    PAYMENTS,
 )
 
 _installed: tuple[Domain, ...] = DOMAINS

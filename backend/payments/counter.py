@@ -1,0 +1,287 @@
+"""Counter payments (柜台收费): recharge and bill payment, reversal (冲正), and closing an
+account with its refund (销户).
+
+**Taking a payment.** The cashier types the amount twice (金额 / 确认金额: they must
+match, PAYMENT_AMOUNT_MISMATCH); it must be above zero (PAYMENT_AMOUNT_INVALID) and at
+most the largest single counter payment (``SHUIWU_PAYMENTS_MAX_COUNTER_PAYMENT``, ¥50,000
+by default: PAYMENT_ABOVE_MAXIMUM). A card payment needs its POS 参考号 and a transfer its
+serial; a bank payment its partner (PAYMENT_REFERENCE_REQUIRED). The caller's
+idempotency key makes a double click one payment: the same key with the same account,
+channel and amount returns the stored payment; with anything else it is
+IDEMPOTENCY_CONFLICT. The payment row, its ledger entry (``recharge`` for a recharge,
+``payment`` for bills; billing's ``post_entry``, key ``payment:<id>``) and the
+``payment.succeeded`` event are written in one transaction.
+
+**Bills.** Until the Postpaid issue adds bills, paying ``bills`` credits the account like
+a recharge (kind ``payment``); the Postpaid issue allocates it to the oldest bills first.
+
+**Reversal (冲正).** A payment is reversed by the opposite ledger entry (``reversal``, key
+``reversal:<id>``) and marked ``reversed``, never edited or deleted. The cashier who took
+it may reverse it on its business day; anyone else, or a later day, needs
+``counter:reverse_any`` (REVERSAL_NOT_ALLOWED). Twice is PAYMENT_ALREADY_REVERSED; a
+handed-over day (日结) refuses both payments and reversals (CASHIER_DAY_LOCKED).
+
+**Closing an account (销户, :func:`close_account`).** Billing's ``final_charge`` prices the
+usage up to the final reading (one entered at the desk, stored as a manual reading, or
+the meter's latest); then a positive balance is refunded in cash at the counter (or,
+once online payments exist, back through the original channel) and a negative one is
+collected in the channel the cashier names; then billing closes the settled,
+zero-balance account and ``account.closed`` is emitted.
+
+Every function is plain async Python: the caller passes who acts and when, and commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, tzinfo
+
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.billing.accounts import account_in_scope, close_settled_account, final_charge
+from backend.billing.errors import AccountClosed as AccountIsClosed
+from backend.billing.ledger import post_entry
+from backend.billing.models import Account, AccountStatus, EntryKind
+from backend.errors import DomainError, ErrorCode, NotFound
+from backend.events.service import emit_event
+from backend.payments import errors
+from backend.payments.events import AccountClosed, PaymentSucceeded
+from backend.payments.models import (
+    CashierDay,
+    Payment,
+    PaymentChannel,
+    PaymentKind,
+    PaymentPurpose,
+    PaymentStatus,
+)
+from backend.readings.partitions import as_zone
+
+__all__ = [
+    "DEFAULT_MAX_COUNTER_PAYMENT_FEN", "ClosedAccount", "Operator", "close_account", "reverse_payment", "take_payment",
+]
+
+DEFAULT_MAX_COUNTER_PAYMENT_FEN = 5_000_000  # ¥50,000
+_NEEDS_REFERENCE = {PaymentChannel.card: "reference", PaymentChannel.transfer: "reference"}
+
+
+@dataclass(frozen=True, slots=True)
+class Operator:
+    """Who is at the counter: a staff user (``id``) and the name receipts and the log show."""
+
+    id: int | None
+    name: str
+    # counter:reverse_any: reverse another cashier's payment, or one of an earlier day.
+    may_reverse_any: bool = False
+
+
+def business_day(instant: datetime, tz: str | tzinfo) -> date:
+    """The business day of ``instant`` in the utility's zone (日结 groups by it)."""
+    return instant.astimezone(as_zone(tz)).date()
+
+
+def serial_number(payment_id: int, day: date) -> str:
+    """The 流水号 of payment ``payment_id``: ``SW`` + the business day + the id, unique by the id."""
+    return f"SW{day:%Y%m%d}{payment_id:010d}"
+
+
+async def _day_locked(session: AsyncSession, operator_id: int | None, day: date) -> bool:
+    if operator_id is None:
+        return False
+    found = await session.execute(select(CashierDay.id).where(  # type: ignore[call-overload]
+        CashierDay.operator_id == operator_id, CashierDay.business_day == day))
+    return found.first() is not None
+
+
+def _clean(value: str | None, limit: int) -> str | None:
+    value = (value or "").strip()
+    return value[:limit] if value else None
+
+
+async def take_payment(
+    session: AsyncSession,
+    *,
+    account_id: int,
+    channel: PaymentChannel,
+    purpose: PaymentPurpose,
+    amount_fen: int,
+    confirm_amount_fen: int,
+    idempotency_key: str,
+    operator: Operator,
+    now: datetime,
+    tz: str | tzinfo = "Asia/Shanghai",
+    reference: str | None = None,
+    bank_partner: str | None = None,
+    bank_outlet: str | None = None,
+    note: str = "",
+    max_fen: int = DEFAULT_MAX_COUNTER_PAYMENT_FEN,
+    scope_patterns: Sequence[str] | None = None,
+) -> Payment:
+    """收费: take ``amount_fen`` for ``account_id`` (module docstring for the refusals).
+    Returns the payment (the stored one when the key was used before)."""
+    channel, purpose = PaymentChannel(channel), PaymentPurpose(purpose)
+    if isinstance(amount_fen, bool) or not isinstance(amount_fen, int) or amount_fen <= 0:
+        raise errors.PaymentAmountInvalid(field="amount")
+    if confirm_amount_fen != amount_fen:
+        raise errors.PaymentAmountMismatch(field="confirmAmount")
+    if amount_fen > max_fen:
+        raise errors.PaymentAboveMaximum(field="amount")
+    reference, bank_partner, bank_outlet = _clean(reference, 64), _clean(bank_partner, 50), _clean(bank_outlet, 50)
+    if channel in _NEEDS_REFERENCE and reference is None:
+        raise errors.PaymentReferenceRequired(field="reference")
+    if channel is PaymentChannel.bank and bank_partner is None:
+        raise errors.PaymentReferenceRequired(field="bankPartner")
+    if not idempotency_key or len(idempotency_key) > 100:
+        raise DomainError("幂等键须为 1 至 100 个字符", "The idempotency key must be 1 to 100 characters",
+                          field="idempotencyKey", code=ErrorCode.INVALID)
+    if len(note) > 200:
+        raise DomainError("备注不能超过 200 个字符", "A note is at most 200 characters", field="note",
+                          code=ErrorCode.TOO_LONG)
+    account = await account_in_scope(session, account_id, scope_patterns, lock=True, field="accountId")
+    # Under the account's lock: a double click waits here for the first and then finds it.
+    previous = (await session.execute(select(Payment).where(
+        Payment.idempotency_key == idempotency_key))).scalars().first()  # type: ignore[arg-type]
+    if previous is not None:
+        if (previous.account_id, previous.channel, previous.amount_fen, previous.kind) != (
+                account_id, channel, amount_fen, PaymentKind.collect):
+            raise errors.IdempotencyKeyReused(field="idempotencyKey")
+        return previous
+    if account.status is not AccountStatus.open:
+        raise AccountIsClosed(field="accountId")
+    day = business_day(now, tz)
+    if await _day_locked(session, operator.id, day):
+        raise errors.CashierDayLocked(field="accountId")
+    kind = EntryKind.recharge if purpose is PaymentPurpose.recharge else EntryKind.payment
+    return await _record(session, account=account, kind=PaymentKind.collect, entry_kind=kind, channel=channel,
+                         purpose=purpose, amount_fen=amount_fen, idempotency_key=idempotency_key, operator=operator,
+                         now=now, day=day, reference=reference, bank_partner=bank_partner, bank_outlet=bank_outlet,
+                         note=note.strip())
+
+
+async def _record(session: AsyncSession, *, account: Account, kind: PaymentKind, entry_kind: EntryKind,
+                  channel: PaymentChannel, purpose: PaymentPurpose, amount_fen: int, idempotency_key: str,
+                  operator: Operator, now: datetime, day: date, reference: str | None = None,
+                  bank_partner: str | None = None, bank_outlet: str | None = None, note: str = "") -> Payment:
+    """Write the payment, its ledger entry and (for money in) ``payment.succeeded``."""
+    assert account.id is not None
+    number = (await session.execute(text("SELECT nextval('payments_id_seq')"))).scalar_one()
+    payment = Payment(
+        id=number, serial_no=serial_number(number, day), idempotency_key=idempotency_key, account_id=account.id,
+        household_id=account.household_id, kind=kind, channel=channel, purpose=purpose, amount_fen=amount_fen,
+        reference=reference, bank_partner=bank_partner, bank_outlet=bank_outlet, operator_id=operator.id,
+        operator_name=operator.name[:100], paid_at=now, business_day=day, note=note,
+    )
+    session.add(payment)
+    await session.flush()
+    signed = amount_fen if kind is PaymentKind.collect else -amount_fen
+    entry = await post_entry(session, account_id=account.id, kind=entry_kind, amount_fen=signed,
+                             ref=f"payment:{number}", idempotency_key=f"payment:{number}",
+                             note=f"{payment.serial_no} {channel.value}", posted_by=operator.name, posted_at=now)
+    payment.entry_id = entry.id
+    await session.flush()
+    if kind is PaymentKind.collect:
+        await emit_event(session, "payment.succeeded", PaymentSucceeded(
+            payment_id=number, account_id=account.id, household_id=account.household_id, channel=channel,
+            amount_fen=amount_fen, balance_after_fen=entry.balance_after_fen,
+        ), key=f"account:{account.id}")
+    return payment
+
+
+async def reverse_payment(
+    session: AsyncSession,
+    *,
+    payment_id: int,
+    reason: str,
+    operator: Operator,
+    now: datetime,
+    tz: str | tzinfo = "Asia/Shanghai",
+    scope_patterns: Sequence[str] | None = None,
+) -> Payment:
+    """冲正 payment ``payment_id`` (module docstring for who may and the refusals)."""
+    payment = await session.get(Payment, payment_id)
+    if payment is None:
+        raise NotFound(field="id")
+    await account_in_scope(session, payment.account_id, scope_patterns, lock=True, field="id")
+    await session.refresh(payment, with_for_update=True)
+    if payment.status is PaymentStatus.reversed:
+        raise errors.PaymentAlreadyReversed(field="id")
+    if payment.kind is not PaymentKind.collect:
+        raise DomainError("退费不能冲正", "A refund cannot be reversed", field="id", code=ErrorCode.INVALID)
+    if len(reason.strip()) > 200:
+        raise DomainError("冲正原因不能超过 200 个字符", "A reason is at most 200 characters", field="reason",
+                          code=ErrorCode.TOO_LONG)
+    today = business_day(now, tz)
+    own_today = payment.operator_id is not None and payment.operator_id == operator.id and payment.business_day == today
+    if not (own_today or operator.may_reverse_any):
+        raise errors.ReversalNotAllowed(field="id")
+    if await _day_locked(session, payment.operator_id, payment.business_day) or await _day_locked(
+            session, operator.id, today):
+        raise errors.CashierDayLocked(field="id")
+    entry = await post_entry(session, account_id=payment.account_id, kind=EntryKind.reversal,
+                             amount_fen=-payment.amount_fen, ref=f"payment:{payment.id}",
+                             idempotency_key=f"reversal:{payment.id}", note=f"冲正 {payment.serial_no}",
+                             posted_by=operator.name, posted_at=now)
+    payment.status, payment.reversal_entry_id = PaymentStatus.reversed, entry.id
+    payment.reversed_at, payment.reversed_by, payment.reversal_reason = now, operator.name[:100], reason.strip()
+    await session.flush()
+    return payment
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedAccount:
+    account: Account
+    final_charge_fen: int  # what the final charge debited (net)
+    refund: Payment | None  # the balance given back
+    collection: Payment | None  # the arrears taken
+
+
+async def close_account(
+    session: AsyncSession,
+    *,
+    account_id: int,
+    final_reading_at: datetime,
+    operator: Operator,
+    now: datetime,
+    idempotency_key: str,
+    tz: str | tzinfo = "Asia/Shanghai",
+    collect_channel: PaymentChannel = PaymentChannel.cash,
+    collect_reference: str | None = None,
+    scope_patterns: Sequence[str] | None = None,
+) -> ClosedAccount:
+    """销户: final charge up to ``final_reading_at`` (the desk's manual reading, stored by
+    the caller first, or the meter's latest), then refund a positive balance in cash or
+    collect a negative one in ``collect_channel``, then close and emit ``account.closed``.
+    The refund or collection is keyed ``<idempotency_key>:refund`` / ``:collect``."""
+    account = await account_in_scope(session, account_id, scope_patterns, lock=True, field="id")
+    if account.status is not AccountStatus.open:
+        raise AccountIsClosed(field="id")
+    if final_reading_at > now:
+        raise DomainError("最终读数时间不能晚于当前时间", "The final reading cannot be in the future",
+                          field="finalReadingAt", code=ErrorCode.BAD_USER_INPUT)
+    day = business_day(now, tz)
+    if await _day_locked(session, operator.id, day):
+        raise errors.CashierDayLocked(field="id")
+    charged = await final_charge(session, account_id=account_id, at=final_reading_at, tz=tz, now=now)
+    await session.refresh(account)
+    refund = collection = None
+    if account.balance_fen > 0:
+        refund = await _record(session, account=account, kind=PaymentKind.refund, entry_kind=EntryKind.refund,
+                               channel=PaymentChannel.cash, purpose=PaymentPurpose.recharge,
+                               amount_fen=account.balance_fen, idempotency_key=f"{idempotency_key}:refund",
+                               operator=operator, now=now, day=day, note="销户退费")
+    elif account.balance_fen < 0:
+        collect_channel = PaymentChannel(collect_channel)
+        if collect_channel in _NEEDS_REFERENCE and not _clean(collect_reference, 64):
+            raise errors.PaymentReferenceRequired(field="collectReference")
+        collection = await _record(session, account=account, kind=PaymentKind.collect, entry_kind=EntryKind.payment,
+                                   channel=collect_channel, purpose=PaymentPurpose.bills,
+                                   amount_fen=-account.balance_fen, idempotency_key=f"{idempotency_key}:collect",
+                                   operator=operator, now=now, day=day, reference=_clean(collect_reference, 64),
+                                   note="销户补缴")
+    closed = await close_settled_account(session, account_id=account_id, now=now, by=operator.name, tz=tz)
+    assert closed.id is not None
+    await emit_event(session, "account.closed", AccountClosed(account_id=closed.id, household_id=closed.household_id),
+                     key=f"account:{closed.id}")
+    return ClosedAccount(closed, charged.charged_fen, refund, collection)
+

@@ -1,0 +1,39 @@
+"""Payments' declaration (收费): payments of every channel, counter recharge and bill
+payment, reversal, closing an account with its refund, the cashier's day, receipts and
+payment queries (issue 16). It comes after billing and calls its ``post_entry`` and
+``final_charge``; billing never imports it. Online payments, IC-card purchases and bank
+channels add their channels to the same payments table in their own issues.
+"""
+
+from __future__ import annotations
+
+from backend.auth.menus import Menu, Operation
+from backend.auth.menus import permission as _p
+from backend.domain import Domain, PersonalData
+from backend.payments.settings import PaymentsSettings
+
+DOMAIN = Domain(
+    name="payments",
+    title="收费",
+    models=("backend.payments.models",),
+    menus=(
+        Menu("counter", "柜台收费", "Counter", (
+            _p("counter:collect", "收费 (充值缴费)", "Take payments"),
+            _p("counter:reverse_any", "冲正他人或往日收费", "Reverse any payment"),
+            _p("counter:close_account", "销户退费", "Close accounts with their refund"),
+        )),
+    ),
+    demo_grants={"cashier": frozenset({"counter:collect", "counter:close_account"})},
+    operations=(
+        Operation("takePayment", "收费", "Take payment", "counter"),
+        Operation("reversePayment", "冲正", "Reverse payment", "counter"),
+        Operation("closeAccount", "销户", "Close account", "counter"),
+    ),
+    events=("backend.payments.events",),
+    settings=PaymentsSettings,
+    personal_data=PersonalData(excluded={
+        "payments.operator_name": "the cashier who took the payment, not the resident",
+        "payments.reversed_by": "the cashier who reversed the payment, not the resident",
+        "cashier_days.handed_over_by": "the cashier who handed the day over, not the resident",
+    }),
+)
