@@ -28,6 +28,7 @@ from sqlalchemy import (
     Date,
     ForeignKey,
     Index,
+    Integer,
     String,
     UniqueConstraint,
     text,
@@ -99,6 +100,8 @@ class Payment(SQLModel, table=True):
     reversed_by: str | None = Field(default=None, sa_column=Column(String(100), nullable=True))
     reversal_reason: str | None = Field(default=None, sa_column=Column(String(200), nullable=True))
     note: str = Field(default="", sa_column=Column(String(200), nullable=False, server_default=""))
+    # How many times its receipt was printed (0: never; above 1: reprinted, 补打).
+    receipts_printed: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     paid_at: datetime = Field(sa_column=timestamptz(nullable=False))
     # The operator's business day in the utility's zone (日结 groups by it).
     business_day: date = Field(sa_column=Column(Date, nullable=False))

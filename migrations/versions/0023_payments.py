@@ -46,6 +46,7 @@ def upgrade() -> None:
         sa.Column("reversed_by", sa.String(length=100), nullable=True),
         sa.Column("reversal_reason", sa.String(length=200), nullable=True),
         sa.Column("note", sa.String(length=200), server_default="", nullable=False),
+        sa.Column("receipts_printed", sa.Integer(), server_default="0", nullable=False),
         sa.Column("paid_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("business_day", sa.Date(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
