@@ -1,10 +1,13 @@
 """``shuiwu demo load``: a small but realistic utility, loaded idempotently.
 
 Each installed domain's demo step runs in domain order (``Domain.demo``: the archives'
-area tree, households and devices; readings' 13 months of readings), then the demo's
-people: roles granted what the domains declare for them (``Domain.demo_grants``), the
-staff logins ``demo run`` prints, a resident and an API client. Every object is found by
-its natural key before it is created, so loading twice changes nothing.
+area tree, households and devices; readings' 13 months of readings; billing's accounts
+and prepaid history; payments' record of that history). As soon as the area tree exists
+(right after archives' step) come the demo's people: roles granted what the domains
+declare for them (``Domain.demo_grants``), the staff logins ``demo run`` prints, a
+resident and an API client; later steps can name them (the cashier who took the
+history's counter payments). Every object is found by its natural key before it is
+created, so loading twice changes nothing.
 """
 
 from __future__ import annotations
@@ -83,10 +86,17 @@ async def load_demo(session: AsyncSession, *, households: int = 2000, seed: int 
     ``readings``, also 13 months of readings up to ``now`` (backend.readings.demo)."""
     plan = DemoPlan(households=households, seed=seed, readings=readings, now=now or utcnow(), timezone=tz,
                     progress=progress, actor=system_principal(installed()))
+    people = False
     for domain in installed():
         if domain.demo is not None:
             await load(domain.demo)(session, plan)
-    await _load_people(session, company=plan.areas["company"], east=plan.areas["east"], progress=progress)
+        if not people and {"company", "east"} <= plan.areas.keys():
+            # The people come as soon as the area tree exists (archives), so later steps can
+            # name them: payments' history is taken at the counter by the demo cashier.
+            await _load_people(session, company=plan.areas["company"], east=plan.areas["east"], progress=progress)
+            people = True
+    if not people:
+        await _load_people(session, company=plan.areas["company"], east=plan.areas["east"], progress=progress)
     # A bulk load leaves the planner's statistics behind (as after pg_restore): until
     # autovacuum gets to them, a year of statistics took a nested-loop plan, 3x slower.
     progress("统计信息 (ANALYZE)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from backend.auth.menus import Menu, Operation
 from backend.auth.menus import permission as _p
-from backend.domain import Domain, PersonalData
+from backend.domain import Check, Domain, PersonalData
 from backend.payments.settings import PaymentsSettings
 
 DOMAIN = Domain(
@@ -31,6 +31,10 @@ DOMAIN = Domain(
     ),
     events=("backend.payments.events",),
     settings=PaymentsSettings,
+    checks=(Check("payments.ledger", "backend.payments.checks:payments_match_ledger",
+                  "Every payment's ledger entries exist as it says; every handed-over day equals its entries"),),
+    # After billing's (domain order): it records billing's history of recharges as payments.
+    demo="backend.payments.demo:demo_step",
     personal_data=PersonalData(excluded={
         "payments.operator_name": "the cashier who took the payment, not the resident",
         "payments.reversed_by": "the cashier who reversed the payment, not the resident",
