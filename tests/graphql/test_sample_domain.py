@@ -170,7 +170,8 @@ async def test_its_check_is_a_line_of_shuiwu_check(database_url: str) -> None:
     assert failed == sum(line.startswith("FAIL") for line in lines)
 
 
-@pytest.mark.parametrize("name", ["auth.administrator", "archives.cross_area", "readings.partitions", "billing.ledger"])
+@pytest.mark.parametrize("name", ["auth.administrator", "archives.cross_area", "readings.partitions", "billing.ledger",
+                                  "payments.ledger"])
 async def test_every_real_domain_check_runs(database_url: str, name: str) -> None:
     lines: list[str] = []
 
