@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from backend.domain import DemoPlan
 
 RECHARGE_REF = "demo:recharge"  # billing's demo history (backend.billing.demo)
-PAYMENT_KEY = "demo:payment:{entry}"
+PAYMENT_KEY_PREFIX = "demo:payment:"  # + the entry id
 HANDED_OVER_AT = time(21, 30)  # after the hall's last customer (billing's demo posts until 20:59)
 DEMO_NAME = "示范数据"  # the operator of a payment of an unknown channel, and the days' note
 
@@ -80,12 +80,12 @@ ORDER BY e.id
 _RESERVE = "SELECT nextval('payments_id_seq') FROM generate_series(1, $1)"
 # One row per entry; $1–$4 the entries, their payment ids, 流水号 and business days;
 # $5–$8 the channel table; $9–$10 the cashier; $11–$12 the banks; $13 the operator
-# name of an unknown channel.
+# name of an unknown channel; $14 the idempotency key's prefix.
 _RECORD = """
 INSERT INTO payments (id, serial_no, idempotency_key, account_id, household_id, kind, channel, purpose, amount_fen,
                       reference, bank_partner, bank_outlet, operator_id, operator_name, status, entry_id, note,
                       paid_at, business_day)
-SELECT n.payment_id, n.serial_no, 'demo:payment:' || e.id, e.account_id, a.household_id, 'collect',
+SELECT n.payment_id, n.serial_no, $14 || e.id, e.account_id, a.household_id, 'collect',
        coalesce(m.channel, 'other'), 'recharge', e.amount_fen,
        CASE coalesce(m.channel, 'other')
            WHEN 'card' THEN to_char(n.day, 'MMDD') || lpad((e.id % 100000000)::text, 8, '0')
@@ -168,7 +168,7 @@ async def record_demo_payments(session: AsyncSession, *, cashier_username: str, 
             labels, [CHANNELS[label][0].value for label in labels], [CHANNELS[label][1] for label in labels],
             [_OPERATOR_NAMES.get(CHANNELS[label][0]) for label in labels],
             cashier["id"], cashier["full_name"][:100], [bank for bank, _ in BANKS], [outlet for _, outlet in BANKS],
-            DEMO_NAME,
+            DEMO_NAME, PAYMENT_KEY_PREFIX,
         )
         written = int(status.split()[-1])
     status = await driver.execute(_HAND_OVER, cashier["id"], cashier["full_name"][:100], str(zone), HANDED_OVER_AT,
