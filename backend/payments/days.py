@@ -97,12 +97,13 @@ class CashierDayFigures:
 # $1, $2: the first and last day; $3: the operators (null: everyone).
 _TAKINGS = """
 SELECT p.operator_id, p.business_day, p.channel,
-       coalesce(sum(p.amount_fen) FILTER (WHERE p.kind = 'collect'), 0) AS collected_fen,
-       coalesce(sum(p.amount_fen) FILTER (WHERE p.kind = 'refund'), 0) AS refunded_fen,
-       coalesce(sum(p.amount_fen) FILTER (WHERE p.kind = 'collect' AND p.status = 'reversed'), 0) AS reversed_fen,
+       coalesce(sum(p.amount_fen) FILTER (WHERE p.kind = 'collect'), 0)::bigint AS collected_fen,
+       coalesce(sum(p.amount_fen) FILTER (WHERE p.kind = 'refund'), 0)::bigint AS refunded_fen,
+       coalesce(sum(p.amount_fen) FILTER (WHERE p.kind = 'collect' AND p.status = 'reversed'), 0)::bigint
+           AS reversed_fen,
        count(*) AS count,
        coalesce(sum((SELECT sum(le.amount_fen) FROM ledger_entries le
-                     WHERE le.id IN (p.entry_id, p.reversal_entry_id))), 0) AS ledger_fen
+                     WHERE le.id IN (p.entry_id, p.reversal_entry_id))), 0)::bigint AS ledger_fen
 FROM payments p
 WHERE p.business_day BETWEEN $1 AND $2 AND p.operator_id IS NOT NULL
   AND ($3::bigint[] IS NULL OR p.operator_id = ANY($3::bigint[]))
