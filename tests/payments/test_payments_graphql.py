@@ -31,6 +31,7 @@ from backend.payments.counter import business_day
 from tests.billing.factories import SHANGHAI, tariff
 from tests.factories import AreaTree, Staff, make_area_tree, make_household, make_staff, unique
 from tests.graphql.client import GraphQLClient, graphql_client
+from tests.graphql.test_dataloaders import counted_statements
 from tests.graphql.test_permission_walk import row_counts
 from tests.readings.factories import make_meter
 
@@ -336,3 +337,26 @@ async def test_the_day_is_handed_over_locked_and_not_handed_over_twice(
     seen = (await data(client, admin, DAY, {"operatorId": gid("StaffUser", world.day_cashier.user)}))["cashierDay"]
     assert (seen["handedOver"], seen["handedOverBy"]) == (True, world.day_cashier.user.full_name)
     assert (await audit_entries(committed_engine, "handOverDay"))[-2:] == [("counter", True), ("counter", False)]
+
+
+# --------------------------------------------------------------------------- statements
+
+
+async def test_the_payments_list_statement_count_does_not_grow_with_the_page(
+        client: GraphQLClient, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = await client.login(world.admin.username, world.admin.password)
+    for _ in range(6):
+        await take(client, token, world.west, "1.00")
+    document = "query($first: Int) { payments(first: $first) { edges { node { id roomLabel account { balance } } } } }"
+    state = client.http._transport.app.state  # type: ignore[attr-defined]
+    for _ in range(2):  # every pool connection the loaders use is opened before counting
+        await client.execute(document, {"first": 6}, token=token)
+    with counted_statements(monkeypatch, state.engine, state.read_engine) as small:
+        two = await data(client, token, document, {"first": 2})
+    with counted_statements(monkeypatch, state.engine, state.read_engine) as large:
+        six = await data(client, token, document, {"first": 6})
+
+    assert (len(two["payments"]["edges"]), len(six["payments"]["edges"])) == (2, 6)
+    work = [[s for s in statements if "current_setting('jit')" not in s and "typeinfo_tree" not in s]
+            for statements in (small, large)]
+    assert len(work[0]) == len(work[1])
