@@ -182,7 +182,7 @@ async def test_a_payment_is_taken_in_money_strings_with_the_households_place(
             payment["roomLabel"]) == ("王芳", "翠湖小区", "1号楼", "1单元", "0101", "1-1-0101")
     assert payment["operatorName"] == world.cashier.user.full_name
     assert payment["businessDay"] == str(business_day(utcnow(), SHANGHAI))
-    assert taken["account"]["balance"] == payment["account"]["balance"]
+    assert taken["account"]["balance"] == payment["account"]["balance"] == "123.45"
     assert (await audit_entries(committed_engine, "takePayment"))[-1] == ("counter", True)
 
 
@@ -218,6 +218,17 @@ async def test_own_payment_is_reversed_the_same_day_and_someone_elses_is_not(
     assert done == {"payment": {"id": payment["id"], "status": "reversed", "reversedBy": world.cashier.user.full_name,
                                 "reversalReason": "收错"}, "errors": []}
     assert (await audit_entries(committed_engine, "reversePayment"))[-2:] == [("counter", False), ("counter", True)]
+
+
+async def test_the_largest_counter_payment_comes_from_the_payments_settings(
+        database_url: str, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHUIWU_PAYMENTS_MAX_COUNTER_PAYMENT_FEN", "1000")
+    async with graphql_client(database_url) as small:
+        token = await small.login(world.cashier.username, world.cashier.password)
+        above = await take(small, token, world.east, "10.01")
+        at_most = await take(small, token, world.east, "10.00")
+    assert [(e["field"], e["code"]) for e in above["errors"]] == [("amount", "PAYMENT_ABOVE_MAXIMUM")]
+    assert at_most["errors"] == []
 
 
 # --------------------------------------------------------------------------- the list and its export
