@@ -86,9 +86,24 @@ def serial_number(payment_id: int, day: date) -> str:
     return f"SW{day:%Y%m%d}{payment_id:010d}"
 
 
+# The advisory lock class of a cashier's day (日结): payments and reversals hold it shared
+# until they commit, a hand-over exclusively (backend.payments.days), so a hand-over
+# waits for the day's payments in flight and no payment slips in after its figures.
+CASHIER_DAY_LOCK_CLASS = 16_0001
+
+
+def cashier_day_key(operator_id: int, day: date) -> str:
+    """What :data:`CASHIER_DAY_LOCK_CLASS` is keyed by (hashed by PostgreSQL's ``hashtext``)."""
+    return f"{operator_id}:{day.isoformat()}"
+
+
 async def _day_locked(session: AsyncSession, operator_id: int | None, day: date) -> bool:
+    """Whether ``operator_id``'s ``day`` is handed over, holding the day's lock shared until
+    the transaction ends (see :data:`CASHIER_DAY_LOCK_CLASS`)."""
     if operator_id is None:
         return False
+    await session.execute(text("SELECT pg_advisory_xact_lock_shared(:class, hashtext(:key))"),
+                          {"class": CASHIER_DAY_LOCK_CLASS, "key": cashier_day_key(operator_id, day)})
     found = await session.execute(select(CashierDay.id).where(  # type: ignore[call-overload]
         CashierDay.operator_id == operator_id, CashierDay.business_day == day))
     return found.first() is not None

@@ -16,18 +16,26 @@ DOMAIN = Domain(
     name="payments",
     title="收费",
     models=("backend.payments.models",),
+    schema="backend.payments.schema",
+    routes="backend.payments.http:routes",
     menus=(
         Menu("counter", "柜台收费", "Counter", (
             _p("counter:collect", "收费 (充值缴费)", "Take payments"),
             _p("counter:reverse_any", "冲正他人或往日收费", "Reverse any payment"),
             _p("counter:close_account", "销户退费", "Close accounts with their refund"),
+            _p("counter:day_all", "查看与日结所有收费员", "See and hand over every cashier's day"),
+        )),
+        Menu("payments", "缴费查询", "Payment queries", (
+            _p("payments:read", "查看与导出缴费记录", "View and export payments"),
         )),
     ),
-    demo_grants={"cashier": frozenset({"counter:collect", "counter:close_account"})},
+    demo_grants={"cashier": frozenset({"counter:collect", "counter:close_account", "payments:read"})},
     operations=(
         Operation("takePayment", "收费", "Take payment", "counter"),
         Operation("reversePayment", "冲正", "Reverse payment", "counter"),
         Operation("closeAccount", "销户", "Close account", "counter"),
+        Operation("handOverDay", "日结", "Hand over the day", "counter"),
+        Operation("exportPayments", "导出缴费记录", "Export payments", "payments"),
     ),
     events=("backend.payments.events",),
     settings=PaymentsSettings,

@@ -51,3 +51,15 @@ class IdempotencyKeyReused(DomainError):
     code = ErrorCode.IDEMPOTENCY_CONFLICT
     message = "该幂等键已用于另一笔不同的收费"
     message_en = "This idempotency key was used for a different payment"
+
+
+class CashierDayHandedOver(DomainError):
+    code = ErrorCode.CASHIER_DAY_HANDED_OVER
+    message = "该收费员当日已日结, 不能重复日结"
+    message_en = "This cashier's day was already handed over"
+
+
+class CashierDayUnbalanced(DomainError):
+    code = ErrorCode.CASHIER_DAY_UNBALANCED
+    message = "当日收费与账务分录不一致, 不能日结; 请联系管理员核查"
+    message_en = "The day's takings differ from its ledger entries; it cannot be handed over (ask an administrator)"

@@ -29,9 +29,9 @@ async def cashier(session: AsyncSession, *, reverse_any: bool = False) -> Operat
 
 
 async def pay(session: AsyncSession, account_id: int, operator: Operator, fen: int = 10000, **extra: Any) -> Payment:
-    arguments: dict[str, Any] = dict(account_id=account_id, channel=PaymentChannel.cash,
-                                     purpose=PaymentPurpose.recharge, amount_fen=fen, confirm_amount_fen=fen,
-                                     idempotency_key=f"click:{account_id}:{fen}", operator=operator, now=NOW)
+    arguments: dict[str, Any] = {"account_id": account_id, "channel": PaymentChannel.cash,
+                                     "purpose": PaymentPurpose.recharge, "amount_fen": fen, "confirm_amount_fen": fen,
+                                     "idempotency_key": f"click:{account_id}:{fen}", "operator": operator, "now": NOW}
     arguments.update(extra)
     return await take_payment(session, **arguments)
 

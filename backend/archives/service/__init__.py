@@ -146,6 +146,7 @@ from backend.archives.service.meters import (
 from backend.archives.service.personal import OwnedMeterPeriod, owned_meter_periods
 from backend.archives.service.rooms import (
     RoomLabels,
+    area_name_sql,
     room_label_sql,
     room_labels_by_household_ids,
     unit_name_sql,
@@ -202,6 +203,7 @@ __all__ = [
     "RowT",
     "StationChanges",
     "TerminalPasswordCipher",
+    "area_name_sql",
     "area_page_query",
     "areas_by_ids",
     "areas_statement",

@@ -37,11 +37,16 @@ def room_label_sql(area: str, room: str) -> str:
     return f"CASE WHEN {room} IS NOT NULL THEN concat_ws('-', {numbers}, {room}) END"
 
 
+def area_name_sql(area: str, kind: str) -> str:
+    """The SQL expression of the name of the nearest area of ``kind`` (community, building,
+    unit …) at or above the row of alias ``area``; null when the tree has none."""
+    return (f"(SELECT x.name FROM areas x WHERE {_above(area)} AND x.kind = '{kind}' "
+            "ORDER BY length(x.path) DESC LIMIT 1)")
+
+
 def unit_name_sql(area: str, room: str) -> str:
     """The SQL expression of the unit name (单位名称): the community's name and the room label."""
-    community = (f"(SELECT x.name FROM areas x WHERE {_above(area)} AND x.kind = 'community' "
-                 "ORDER BY length(x.path) DESC LIMIT 1)")
-    return f"CASE WHEN {room} IS NOT NULL THEN concat({community}, {room_label_sql(area, room)}) END"
+    return f"CASE WHEN {room} IS NOT NULL THEN concat({area_name_sql(area, 'community')}, {room_label_sql(area, room)}) END"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,180 @@
+"""Payments over plain HTTP: the Excel export of the payments list (缴费查询).
+
+``GET /exports/payments.xlsx?<filter>&token=…``: every payment ``payments`` lists for the
+same filter (parameters ``areaId``, ``from``, ``to``, ``search``, ``channel``,
+``bankPartner``, ``bankOutlet``, ``operatorId``, ``printed``, ``kind``, ``status``, as
+the GraphQL filter spells them), newest first, as an xlsx drawn by
+:func:`backend.exports.sheets.write_sheets`. The link comes from the
+``paymentsExportUrl`` query, signed for the caller and exactly this filter (5 minutes);
+a Bearer token works too. ``payments:read`` and the scope are checked again at download
+time; the download is audited (``exportPayments``). The rows are read a page at a time
+while the sheet is drawn, spooled into the file storage and streamed from it
+(``backend.files.http.serve_export``), deleted when the response ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from backend.audit.service import record_operation
+from backend.auth.http import client_ip
+from backend.auth.principal import Principal
+from backend.auth.service import AuthPolicy
+from backend.clock import parse_day, utcnow
+from backend.domain import HttpHost
+from backend.errors import BadUserInput, DomainError, ErrorCode, Forbidden, NotFound
+from backend.exports import excel
+from backend.exports.http import admitted, caller, refusal
+from backend.exports.sheets import SheetLayout, write_sheets
+from backend.files.http import serve_export
+from backend.files.service import FileStore
+from backend.graphql.limits import AdmissionRefused
+from backend.graphql.relay import decode_id
+from backend.observability import request_id_var
+from backend.payments import browse
+from backend.payments.models import PaymentChannel, PaymentKind, PaymentPurpose, PaymentStatus
+
+PAYMENTS_EXPORT_PATH = "/exports/payments.xlsx"
+READ_PERMISSION = "payments:read"
+_PAGE = 5000
+
+_CHANNEL_TITLES = {PaymentChannel.cash: "现金", PaymentChannel.transfer: "转账", PaymentChannel.card: "刷卡",
+                   PaymentChannel.alipay: "支付宝", PaymentChannel.wechat: "微信", PaymentChannel.bank: "银行",
+                   PaymentChannel.other: "其它"}
+_KIND_TITLES = {PaymentKind.collect: "收款", PaymentKind.refund: "退费"}
+_PURPOSE_TITLES = {PaymentPurpose.recharge: "充值", PaymentPurpose.bills: "缴费"}
+_STATUS_TITLES = {PaymentStatus.succeeded: "成功", PaymentStatus.reversed: "已冲正"}
+PAYMENTS_LAYOUT = SheetLayout(
+    "缴费记录",
+    ("流水号", "缴费时间", "缴费号", "用户姓名", "小区", "楼宇", "单元", "房间", "类型", "用途", "收费方式", "金额 (元)",
+     "参考号", "合作银行", "银行网点", "收费员", "状态", "冲正时间", "冲正人", "打印次数", "备注"),
+    ("Serial", "Paid at", "Account no.", "Name", "Community", "Building", "Unit", "Room", "Kind", "Purpose", "Channel",
+     "Amount (yuan)", "Reference", "Bank", "Outlet", "Cashier", "Status", "Reversed at", "Reversed by", "Prints",
+     "Note"),
+    (24, 20, 14, 12, 14, 10, 8, 12, 8, 8, 10, 14, 20, 14, 14, 12, 8, 20, 12, 8, 24),
+    number_formats=((11, "0.00"),),
+)
+_FILTER_PARAMS = frozenset({"areaId", "from", "to", "search", "channel", "bankPartner", "bankOutlet", "operatorId",
+                            "printed", "kind", "status"})
+
+
+def _enum(enum: Any, value: str | None, field: str) -> Any:
+    if value is None:
+        return None
+    try:
+        return enum(value)
+    except ValueError:
+        raise BadUserInput("取值无效", "Not one of the allowed values", field=field) from None
+
+
+def filter_of_params(params: Mapping[str, str]) -> browse.PaymentFilter:
+    """The list filter of the export link's (and the GraphQL filter's) parameters."""
+    unknown = set(params) - _FILTER_PARAMS
+    if unknown:
+        raise BadUserInput("未知的筛选条件", "Unknown filter parameter", field=sorted(unknown)[0])
+    printed = params.get("printed")
+    if printed not in (None, "true", "false"):
+        raise BadUserInput("取值无效", "Not one of the allowed values", field="printed")
+    return browse.PaymentFilter(
+        area_id=decode_id(params["areaId"], "Area", field="areaId") if "areaId" in params else None,
+        start=parse_day(params["from"], field="from") if "from" in params else None,
+        end=parse_day(params["to"], field="to") if "to" in params else None,
+        search=params.get("search"),
+        channel=_enum(PaymentChannel, params.get("channel"), "channel"),
+        bank_partner=params.get("bankPartner"), bank_outlet=params.get("bankOutlet"),
+        operator_id=decode_id(params["operatorId"], "StaffUser", field="operatorId") if "operatorId" in params else None,
+        printed=None if printed is None else printed == "true",
+        kind=_enum(PaymentKind, params.get("kind"), "kind"),
+        status=_enum(PaymentStatus, params.get("status"), "status"),
+    )
+
+
+def _yuan(fen: int) -> Decimal:
+    return Decimal(fen).scaleb(-2)
+
+
+def payment_values(row: browse.PaymentRow, *, local: Callable[[datetime], datetime]) -> list[Any]:
+    """One sheet row of a payment (the layout's columns)."""
+    p = row.payment
+    return [p.serial_no, local(p.paid_at), row.account_no, row.household_name, row.community, row.building, row.unit,
+            row.room_label or row.room, _KIND_TITLES[p.kind], _PURPOSE_TITLES[p.purpose], _CHANNEL_TITLES[p.channel],
+            _yuan(p.amount_fen), p.reference, p.bank_partner, p.bank_outlet, p.operator_name, _STATUS_TITLES[p.status],
+            local(p.reversed_at) if p.reversed_at else None, p.reversed_by, p.receipts_printed, p.note]
+
+
+async def payment_rows(sessions: async_sessionmaker[AsyncSession], *, scope_patterns: list[str],
+                       payment_filter: browse.PaymentFilter) -> AsyncIterator[browse.PaymentRow]:
+    """Every payment of the filter, newest first, a page (one short read) at a time."""
+    offset = 0
+    while True:
+        async with sessions() as session:
+            page = await browse.payment_page(session, scope_patterns=scope_patterns, payment_filter=payment_filter,
+                                             offset=offset, limit=_PAGE)
+        for row in page.rows:
+            yield row
+        offset += len(page.rows)
+        if len(page.rows) < _PAGE or offset >= page.total:
+            return
+
+
+def routes(host: HttpHost) -> list[Route]:
+    sessions, read_engine, settings = host.sessions, host.read_engine, host.settings
+    files: FileStore = host.services["files"]
+    policy = AuthPolicy.from_settings(settings)
+    zone = settings.tz
+
+    async def audited(principal: Principal, request: Request, *, summary: str, payload: dict[str, Any],
+                      success: bool) -> None:
+        async with sessions() as session, session.begin():
+            await record_operation(
+                session, at=utcnow(), actor=principal, module="payments", action="exportPayments", summary=summary,
+                payload=payload, success=success, ip=client_ip(request), request_id=request_id_var.get(),
+            )
+
+    def local(instant: datetime) -> datetime:
+        return instant.astimezone(zone).replace(tzinfo=None)
+
+    async def export(request: Request) -> Response:
+        try:
+            principal = await caller(request, read_engine=read_engine, sessions=sessions, policy=policy,
+                                     purpose=PAYMENTS_EXPORT_PATH)
+        except DomainError as error:
+            return refusal(error, 401)
+        params = {key: value for key, value in request.query_params.items() if key != "token"}
+        if not principal.has(READ_PERMISSION):
+            await audited(principal, request, summary=f"导出缴费记录: 拒绝 (缺少权限 {READ_PERMISSION})",
+                          payload={**params, "code": ErrorCode.FORBIDDEN.value}, success=False)
+            return refusal(Forbidden(), 403)
+        try:
+            async with admitted(request, principal):
+                rows = payment_rows(sessions, scope_patterns=principal.scope_patterns(),
+                                    payment_filter=filter_of_params(params))
+                path, written = await excel.spool_rows(
+                    lambda target, next_chunk: write_sheets(target, PAYMENTS_LAYOUT, next_chunk,
+                                                            lambda row: payment_values(row, local=local)),
+                    rows, prefix="shuiwu-payments-", directory=str(files.spool_directory()))
+        except AdmissionRefused as error:
+            return refusal(error, 429)
+        except DomainError as error:
+            await audited(principal, request, summary=f"导出缴费记录: 失败 ({error.message})",
+                          payload={**params, "code": error.code.value}, success=False)
+            return refusal(error, 404 if isinstance(error, NotFound) or error.code is ErrorCode.NOT_FOUND else 400)
+        try:
+            await audited(principal, request, summary=f"导出缴费记录: {written} 笔", payload={**params, "rows": written},
+                          success=True)
+        except BaseException:
+            excel.discard(Path(path))
+            raise
+        return await serve_export(files, sessions, path, filename=f"payments-{utcnow().astimezone(zone):%Y%m%d%H%M}.xlsx",
+                                  owner=principal)
+
+    return [Route(PAYMENTS_EXPORT_PATH, export, methods=["GET"])]
