@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import gc
 import shutil
 import statistics
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -35,6 +33,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
+from _timing import spent, timed  # bench/ is the script directory: sys.path[0]
 from sqlalchemy import text
 
 from backend.db import create_engine, migrate, session_factory, start_embedded, stop_embedded, to_libpq_url
@@ -50,20 +49,6 @@ NOW = datetime(2026, 11, 25, 12, tzinfo=TZ)  # received_at of the raw COPY's row
 ARRIVAL_DELAY = timedelta(minutes=20)
 SOURCE = "bench"
 
-# Where ingest's time goes: wall time of each step, summed over a run.
-spent: dict[str, float] = defaultdict(float)
-
-
-def timed(name: str, function: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    @functools.wraps(function)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return await function(*args, **kwargs)
-        finally:
-            spent[name] += time.perf_counter() - started
-
-    return wrapper
 
 
 def instrument() -> None:

@@ -35,13 +35,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import gc
 import shutil
 import statistics
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime
 from decimal import Decimal
@@ -50,6 +48,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
+from _timing import spent, timed  # bench/ is the script directory: sys.path[0]
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.billing import service as tariffs
 from backend.billing import settlement
@@ -218,20 +218,6 @@ async def load(url: str, count: int) -> None:
 
 # --------------------------------------------------------------------------- the two sides
 
-# Where ours spends its time: wall time of its parts, summed over the timed runs.
-spent: dict[str, float] = defaultdict(float)
-
-
-def timed(name: str, function: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    @functools.wraps(function)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return await function(*args, **kwargs)
-        finally:
-            spent[name] += time.perf_counter() - started
-
-    return wrapper
 
 
 def instrument() -> None:
@@ -240,7 +226,9 @@ def instrument() -> None:
 
 
 
-async def run_ours(url: str) -> tuple[float, int]:
+async def _timed_transaction(url: str, work: Callable[[AsyncSession, list[int]], Awaitable[int]]) -> tuple[float, int]:
+    """Time ``work(session, account_ids)`` in one committed transaction on ``url``, the
+    account ids read first (untimed); returns the seconds and what ``work`` counted."""
     engine = create_engine(url, pool_size=1, max_overflow=0)
     sessions = session_factory(engine)
     try:
@@ -249,11 +237,18 @@ async def run_ours(url: str) -> tuple[float, int]:
         gc.collect()
         started = time.perf_counter()
         async with sessions() as session, session.begin():
-            result = await settle_prepaid(session, account_ids=ids, as_of=AS_OF, tz=TZ)
+            counted = await work(session, ids)
         elapsed = time.perf_counter() - started
     finally:
         await engine.dispose()
-    return elapsed, result.charged
+    return elapsed, counted
+
+
+async def run_ours(url: str) -> tuple[float, int]:
+    async def ours(session: AsyncSession, ids: list[int]) -> int:
+        return (await settle_prepaid(session, account_ids=ids, as_of=AS_OF, tz=TZ)).charged
+
+    return await _timed_transaction(url, ours)
 
 
 # $1 account ids, $2 as_of, $3 cycle start, $4 cycle end (exclusive), $5 zone
@@ -345,24 +340,16 @@ SET volume_m3 = excluded.volume_m3, charged_fen = excluded.charged_fen, settled_
 
 
 async def run_bound(url: str) -> tuple[float, int]:
-    engine = create_engine(url, pool_size=1, max_overflow=0)
-    sessions = session_factory(engine)
-    try:
-        async with sessions() as session:
-            ids = [row[0] for row in await (await raw_connection(session)).fetch("SELECT id FROM accounts ORDER BY id")]
-        gc.collect()
-        started = time.perf_counter()
-        async with sessions() as session, session.begin():
-            driver = await raw_connection(session)
-            await driver.fetchval(_BOUND_LOCK, ids)
-            await driver.execute(_BOUND_PRICE, ids, AS_OF, CYCLE_START, CYCLE_END, TZ_NAME)
-            status = await driver.execute(_BOUND_ENTRIES, CYCLE_START)
-            await driver.execute(_BOUND_ACCOUNTS, AS_OF)
-            await driver.execute(_BOUND_CYCLES, CYCLE_START, CYCLE_END)
-        elapsed = time.perf_counter() - started
-    finally:
-        await engine.dispose()
-    return elapsed, int(status.split()[-1])
+    async def bound(session: AsyncSession, ids: list[int]) -> int:
+        driver = await raw_connection(session)
+        await driver.fetchval(_BOUND_LOCK, ids)
+        await driver.execute(_BOUND_PRICE, ids, AS_OF, CYCLE_START, CYCLE_END, TZ_NAME)
+        status = await driver.execute(_BOUND_ENTRIES, CYCLE_START)
+        await driver.execute(_BOUND_ACCOUNTS, AS_OF)
+        await driver.execute(_BOUND_CYCLES, CYCLE_START, CYCLE_END)
+        return int(status.split()[-1])
+
+    return await _timed_transaction(url, bound)
 
 
 # --------------------------------------------------------------------------- verification
@@ -459,7 +446,8 @@ def main() -> None:
             print(f"ours / bound = {ratio:.2f} (goal <= {GOAL:.2f})")
         finally:
             stop_embedded()
-        print(f"headline: prepaid settlement of {args.accounts // 1000}k accounts vs hand-written SQL "
+        size = f"{args.accounts // 1000}k" if args.accounts % 1000 == 0 else f"{args.accounts:,}"
+        print(f"headline: prepaid settlement of {size} accounts vs hand-written SQL "
               f"ratio={ratio:.2f} goal=<={GOAL:.2f}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
