@@ -141,8 +141,10 @@ def test_the_kinds_emitted_today_are_declared_by_their_owners() -> None:
     assert owners == {
         "account.threshold_crossed": ("billing", "AccountThresholdCrossed"),
         "alarm.closed": ("alarms", "AlarmClosed"),
+        "account.closed": ("payments", "AccountClosed"),
         "alarm.opened": ("alarms", "AlarmOpened"),
         "household.bound": ("auth", "HouseholdBound"),
+        "payment.succeeded": ("payments", "PaymentSucceeded"),
         "readings.ingested": ("readings", "ReadingsIngested"),
     }
 
