@@ -46,6 +46,7 @@ DOMAIN = Domain(
     personal_data=PersonalData(excluded={
         "payments.operator_name": "the cashier who took the payment, not the resident",
         "payments.reversed_by": "the cashier who reversed the payment, not the resident",
+        "payments.reversal_reason": "the cashier's reason for a reversal (收错金额), about the payment, not a person",
         "cashier_days.handed_over_by": "the cashier who handed the day over, not the resident",
     }),
 )
