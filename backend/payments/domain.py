@@ -9,31 +9,46 @@ from __future__ import annotations
 
 from backend.auth.menus import Menu, Operation
 from backend.auth.menus import permission as _p
-from backend.domain import Domain, PersonalData
+from backend.domain import Check, Domain, PersonalData
 from backend.payments.settings import PaymentsSettings
 
 DOMAIN = Domain(
     name="payments",
     title="收费",
-    models=("backend.payments.models",),
+    models=("backend.payments.models", "backend.payments.receipts.models"),
     menus=(
         Menu("counter", "柜台收费", "Counter", (
             _p("counter:collect", "收费 (充值缴费)", "Take payments"),
             _p("counter:reverse_any", "冲正他人或往日收费", "Reverse any payment"),
             _p("counter:close_account", "销户退费", "Close accounts with their refund"),
         )),
+        Menu("receipts", "票据", "Receipts", (
+            _p("receipts:print", "打印 / 补打票据, 作废本人票据", "Print and reprint receipts, void one's own forms"),
+            _p("receipts:manage", "票据格式与票据领用", "Receipt layouts and form stock"),
+        )),
     ),
-    demo_grants={"cashier": frozenset({"counter:collect", "counter:close_account"})},
+    demo_grants={"cashier": frozenset({"counter:collect", "counter:close_account", "receipts:print"})},
     operations=(
         Operation("takePayment", "收费", "Take payment", "counter"),
         Operation("reversePayment", "冲正", "Reverse payment", "counter"),
         Operation("closeAccount", "销户", "Close account", "counter"),
+        Operation("printReceipt", "打印票据", "Print receipt", "receipts"),
+        Operation("printReceipts", "批量打印票据", "Print receipts", "receipts"),
+        Operation("saveReceiptLayout", "保存票据格式", "Save receipt layout", "receipts"),
+        Operation("issueReceiptForms", "票据领用", "Issue receipt forms", "receipts"),
+        Operation("voidReceiptForm", "票据作废", "Void receipt form", "receipts"),
     ),
     events=("backend.payments.events",),
     settings=PaymentsSettings,
+    checks=(Check("payments.receipt_font", "backend.payments.receipts.checks:receipt_font",
+                  description="The CJK TrueType font receipts embed (SHUIWU_PAYMENTS_RECEIPT_FONT) is there"),),
     personal_data=PersonalData(excluded={
         "payments.operator_name": "the cashier who took the payment, not the resident",
         "payments.reversed_by": "the cashier who reversed the payment, not the resident",
         "cashier_days.handed_over_by": "the cashier who handed the day over, not the resident",
+        "receipt_prints.printed_by": "the cashier who printed the receipt, not the resident",
+        "receipt_form_voids.voided_by": "the cashier who voided the form, not the resident",
+        "receipt_form_batches.issued_by": "the staff member who issued the forms, not the resident",
+        "receipt_layouts.updated_by": "the staff member who saved the layout, not the resident",
     }),
 )
