@@ -16,6 +16,8 @@ DOMAIN = Domain(
     name="payments",
     title="收费",
     models=("backend.payments.models", "backend.payments.receipts.models"),
+    # Receipts only until the payments schema module exists: it then merges receipts.schema.
+    schema="backend.payments.receipts.schema",
     menus=(
         Menu("counter", "柜台收费", "Counter", (
             _p("counter:collect", "收费 (充值缴费)", "Take payments"),
