@@ -52,5 +52,7 @@ DOMAIN = Domain(
         "receipt_form_voids.voided_by": "the cashier who voided the form, not the resident",
         "receipt_form_batches.issued_by": "the staff member who issued the forms, not the resident",
         "receipt_layouts.updated_by": "the staff member who saved the layout, not the resident",
+        "receipt_layouts.name": "a receipt layout's name, not a person's",
+        "receipt_form_voids.reason": "why a cashier voided a blank form (卡纸, 填错); no resident is named on a voided form",
     }),
 )
