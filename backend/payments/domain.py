@@ -15,7 +15,7 @@ from backend.payments.settings import PaymentsSettings
 DOMAIN = Domain(
     name="payments",
     title="收费",
-    models=("backend.payments.models",),
+    models=("backend.payments.models", "backend.payments.receipts.models"),
     schema="backend.payments.schema",
     routes="backend.payments.http:routes",
     menus=(
@@ -28,19 +28,32 @@ DOMAIN = Domain(
         Menu("payments", "缴费查询", "Payment queries", (
             _p("payments:read", "查看与导出缴费记录", "View and export payments"),
         )),
+        Menu("receipts", "票据", "Receipts", (
+            _p("receipts:print", "打印 / 补打票据, 作废本人票据", "Print and reprint receipts, void one's own forms"),
+            _p("receipts:manage", "票据格式与票据领用", "Receipt layouts and form stock"),
+        )),
     ),
-    demo_grants={"cashier": frozenset({"counter:collect", "counter:close_account", "payments:read"})},
+    demo_grants={"cashier": frozenset({"counter:collect", "counter:close_account", "payments:read", "receipts:print"})},
     operations=(
         Operation("takePayment", "收费", "Take payment", "counter"),
         Operation("reversePayment", "冲正", "Reverse payment", "counter"),
         Operation("closeAccount", "销户", "Close account", "counter"),
         Operation("handOverDay", "日结", "Hand over the day", "counter"),
         Operation("exportPayments", "导出缴费记录", "Export payments", "payments"),
+        Operation("printReceipt", "打印票据", "Print receipt", "receipts"),
+        Operation("printReceipts", "批量打印票据", "Print receipts", "receipts"),
+        Operation("saveReceiptLayout", "保存票据格式", "Save receipt layout", "receipts"),
+        Operation("issueReceiptForms", "票据领用", "Issue receipt forms", "receipts"),
+        Operation("voidReceiptForm", "票据作废", "Void receipt form", "receipts"),
     ),
     events=("backend.payments.events",),
     settings=PaymentsSettings,
-    checks=(Check("payments.ledger", "backend.payments.checks:payments_match_ledger",
-                  "Every payment's ledger entries exist as it says; every handed-over day equals its entries"),),
+    checks=(
+        Check("payments.ledger", "backend.payments.checks:payments_match_ledger",
+              "Every payment's ledger entries exist as it says; every handed-over day equals its entries"),
+        Check("payments.receipt_font", "backend.payments.receipts.checks:receipt_font",
+              description="The CJK TrueType font receipts embed (SHUIWU_PAYMENTS_RECEIPT_FONT) is there"),
+    ),
     # After billing's (domain order): it records billing's history of recharges as payments.
     demo="backend.payments.demo:demo_step",
     personal_data=PersonalData(excluded={
@@ -48,5 +61,11 @@ DOMAIN = Domain(
         "payments.reversed_by": "the cashier who reversed the payment, not the resident",
         "payments.reversal_reason": "the cashier's reason for a reversal (收错金额), about the payment, not a person",
         "cashier_days.handed_over_by": "the cashier who handed the day over, not the resident",
+        "receipt_prints.printed_by": "the cashier who printed the receipt, not the resident",
+        "receipt_form_voids.voided_by": "the cashier who voided the form, not the resident",
+        "receipt_form_batches.issued_by": "the staff member who issued the forms, not the resident",
+        "receipt_layouts.updated_by": "the staff member who saved the layout, not the resident",
+        "receipt_layouts.name": "a receipt layout's name, not a person's",
+        "receipt_form_voids.reason": "why a cashier voided a blank form (卡纸, 填错); no resident is named on a voided form",
     }),
 )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backend.payments.counter import DEFAULT_MAX_COUNTER_PAYMENT_FEN
+from backend.payments.receipts.render import DEFAULT_FONT, ReceiptFont
 
 
 class PaymentsSettings(BaseSettings):
@@ -13,3 +16,12 @@ class PaymentsSettings(BaseSettings):
 
     # The largest single counter payment in fen (¥50,000): a typo of two zeros is refused.
     max_counter_payment_fen: int = Field(default=DEFAULT_MAX_COUNTER_PAYMENT_FEN, gt=0, le=10**10)
+    # The CJK TrueType font receipts embed (a .ttf, or a .ttc with the face's index):
+    # Debian's fonts-wqy-microhei, which `make install` installs. CFF fonts (Noto Sans CJK)
+    # cannot be embedded by reportlab. `shuiwu check` says when it is missing.
+    receipt_font: Path = DEFAULT_FONT
+    receipt_font_index: int = Field(default=0, ge=0, le=64)
+
+    @property
+    def font(self) -> ReceiptFont:
+        return ReceiptFont(self.receipt_font, self.receipt_font_index)

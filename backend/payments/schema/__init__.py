@@ -1,12 +1,17 @@
-"""GraphQL for payments: the counter mutations (``mutations``: 收费, 冲正, 销户, 日结) and
-the payment queries and cashier's days (``queries``)."""
+"""GraphQL for payments: the counter mutations (``mutations``: 收费, 冲正, 销户, 日结), the
+payment queries and cashier's days (``queries``), and receipts (``backend.payments.receipts
+.schema``: layouts, printing, form stock). The root schema merges these types with every
+other domain's."""
 
 from __future__ import annotations
 
+from strawberry.tools import merge_types
+
+from backend.payments.receipts import schema as receipts
 from backend.payments.schema import mutations, queries
 
-Query = queries.Query
-Mutation = mutations.Mutation
+Query = merge_types("PaymentsQuery", (queries.Query, receipts.Query))
+Mutation = merge_types("PaymentsMutation", (mutations.Mutation, receipts.Mutation))
 NODES = queries.NODES
 
 __all__ = ["NODES", "Mutation", "Query"]
