@@ -85,7 +85,9 @@ async def load_demo(session: AsyncSession, *, households: int = 2000, seed: int 
     """Load (or top up) the demo utility. Returns the staff logins to print. With
     ``readings``, also 13 months of readings up to ``now`` (backend.readings.demo)."""
     plan = DemoPlan(households=households, seed=seed, readings=readings, now=now or utcnow(), timezone=tz,
-                    progress=progress, actor=system_principal(installed()))
+                    progress=progress, actor=system_principal(installed()),
+                    logins={"admin": ADMIN.username, "manager": MANAGER.username, "cashier": CASHIER.username,
+                            "repair": REPAIR.username})
     people = False
     for domain in installed():
         if domain.demo is not None:

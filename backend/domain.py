@@ -199,6 +199,9 @@ class DemoPlan:
     # Who the demo's automatic steps act as (the alarm sweep): the system actor.
     actor: Principal
     areas: dict[str, int] = field(default_factory=dict)
+    # The demo's logins by role code ("cashier": "cashier"), for steps that act as one of
+    # them (payments' history is taken at the counter by the demo cashier).
+    logins: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ zone, a 流水号 from :func:`backend.payments.counter.serial_number` and the id
 ``demo:payment:<entry id>``.
 
 **Channels** come from the entry's note (:data:`CHANNELS`): 营业厅现金 is cash taken at the
-counter by the demo cashier (``backend.demo.CASHIER``, 李秀英), who also takes 刷卡 (with a
+counter by the demo cashier (``plan.logins["cashier"]``, 李秀英), who also takes 刷卡 (with a
 POS 参考号) and 转账 (with its serial) should billing's demo ever write them; 支付宝 and 微信支付
 came in by themselves (no operator; the trade number as reference); 银行代扣 is a bank
 direct debit with its partner (a household's debit stays with one of :data:`BANKS`), an
@@ -179,7 +179,6 @@ async def record_demo_payments(session: AsyncSession, *, cashier_username: str, 
 async def demo_step(session: AsyncSession, plan: DemoPlan) -> None:
     """Payments' demo step (module docstring): the history's recharges as payments, and
     the demo cashier's days handed over but the last."""
-    from backend.demo import CASHIER  # the demo's people; loaded before this step
-
     plan.progress("收费记录")
-    await record_demo_payments(session, cashier_username=CASHIER.username, tz=plan.timezone)
+    # The demo's people are loaded before this step (backend.demo).
+    await record_demo_payments(session, cashier_username=plan.logins.get("cashier", "cashier"), tz=plan.timezone)
