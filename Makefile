@@ -12,12 +12,14 @@ install: $(STAMP) receipt-font
 
 # Receipt PDFs embed a CJK TrueType font (backend.payments.receipts; reportlab cannot embed
 # the CFF outlines of Noto Sans CJK): Debian's WenQuanYi Micro Hei, installed when missing
-# (as root, no prompt: CI has no stdin). SHUIWU_PAYMENTS_RECEIPT_FONT names another font.
+# (no prompt: CI has no stdin; through sudo when not root). SHUIWU_PAYMENTS_RECEIPT_FONT
+# names another font.
 RECEIPT_FONT := /usr/share/fonts/truetype/wqy/wqy-microhei.ttc
+SUDO := $(shell if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null; then echo sudo; fi)
 receipt-font:
 	@test -f "$${SHUIWU_PAYMENTS_RECEIPT_FONT:-$(RECEIPT_FONT)}" || { \
 		echo "== installing the receipt font (Debian fonts-wqy-microhei)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei >/dev/null; }
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq fonts-wqy-microhei >/dev/null; }
 
 # Installs exactly the pinned versions of the lock file; reinstalls when it changes.
 $(STAMP): $(LOCK) pyproject.toml
