@@ -19,7 +19,7 @@ SUDO := $(shell if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null; then echo
 receipt-font:
 	@test -f "$${SHUIWU_PAYMENTS_RECEIPT_FONT:-$(RECEIPT_FONT)}" || { \
 		echo "== installing the receipt font (Debian fonts-wqy-microhei)"; \
-		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq fonts-wqy-microhei >/dev/null; }
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei >/dev/null; }
 
 # Installs exactly the pinned versions of the lock file; reinstalls when it changes.
 $(STAMP): $(LOCK) pyproject.toml
