@@ -13,19 +13,24 @@ from backend.runtime import Runtime
 #   of another amount or not a recharge or payment;
 # - a refund whose entry is not a refund of minus its amount on its account;
 # - a reversed payment without a reversal entry of minus its amount on its account;
-# - a handed-over day whose net_fen is not the sum of its payments' entries and their
-#   reversals' (the operator's payments of that business day).
+# - a handed-over day whose net_fen is not the sum of the entries of the payments its
+#   cashier took that day and of the reversals they made that day.
 _DISAGREEING = text("""
 WITH joined AS (
     SELECT p.id, p.kind, p.status, p.account_id, p.amount_fen, p.operator_id, p.business_day,
+           p.reversed_by_id, p.reversal_business_day,
            e.account_id AS entry_account, e.amount_fen AS entry_fen, e.kind AS entry_kind,
            r.account_id AS reversal_account, r.amount_fen AS reversal_fen, r.kind AS reversal_kind
     FROM payments p
     LEFT JOIN ledger_entries e ON e.id = p.entry_id
     LEFT JOIN ledger_entries r ON r.id = p.reversal_entry_id
+), moves AS (
+    SELECT operator_id, business_day, coalesce(entry_fen, 0) AS fen FROM joined WHERE operator_id IS NOT NULL
+    UNION ALL
+    SELECT reversed_by_id, reversal_business_day, coalesce(reversal_fen, 0) FROM joined
+    WHERE status = 'reversed' AND reversed_by_id IS NOT NULL
 ), day_sums AS (
-    SELECT operator_id, business_day, sum(coalesce(entry_fen, 0) + coalesce(reversal_fen, 0)) AS fen
-    FROM joined WHERE operator_id IS NOT NULL GROUP BY operator_id, business_day
+    SELECT operator_id, business_day, sum(fen) AS fen FROM moves GROUP BY operator_id, business_day
 ), days AS (
     SELECT d.net_fen, coalesce(s.fen, 0) AS entries_fen
     FROM cashier_days d LEFT JOIN day_sums s USING (operator_id, business_day)

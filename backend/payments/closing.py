@@ -80,6 +80,8 @@ async def close_account_at_desk(
     final_reading_at: datetime | None = None,
     collect_channel: PaymentChannel = PaymentChannel.cash,
     collect_reference: str | None = None,
+    collect_bank_partner: str | None = None,
+    collect_bank_outlet: str | None = None,
     scope_patterns: Sequence[str] | None = None,
 ) -> ClosedAccount:
     """销户 with the desk's final reading or the meter's latest (module docstring). The
@@ -90,4 +92,5 @@ async def close_account_at_desk(
                                      scope_patterns=scope_patterns)
     return await close_account(session, account_id=account_id, final_reading_at=at, operator=operator, now=now,
                                idempotency_key=idempotency_key, tz=tz, collect_channel=collect_channel,
-                               collect_reference=collect_reference, scope_patterns=scope_patterns)
+                               collect_reference=collect_reference, collect_bank_partner=collect_bank_partner,
+                               collect_bank_outlet=collect_bank_outlet, scope_patterns=scope_patterns)

@@ -7,7 +7,7 @@ most the largest single counter payment (``SHUIWU_PAYMENTS_MAX_COUNTER_PAYMENT``
 by default: PAYMENT_ABOVE_MAXIMUM). A card payment needs its POS 参考号 and a transfer its
 serial; a bank payment its partner (PAYMENT_REFERENCE_REQUIRED). The caller's
 idempotency key makes a double click one payment: the same key with the same account,
-channel and amount returns the stored payment; with anything else it is
+channel, amount, purpose and cashier returns the stored payment; with anything else it is
 IDEMPOTENCY_CONFLICT. The payment row, its ledger entry (``recharge`` for a recharge,
 ``payment`` for bills; billing's ``post_entry``, key ``payment:<id>``) and the
 ``payment.succeeded`` event are written in one transaction.
@@ -18,8 +18,10 @@ a recharge (kind ``payment``); the Postpaid issue allocates it to the oldest bil
 **Reversal (冲正).** A payment is reversed by the opposite ledger entry (``reversal``, key
 ``reversal:<id>``) and marked ``reversed``, never edited or deleted. The cashier who took
 it may reverse it on its business day; anyone else, or a later day, needs
-``counter:reverse_any`` (REVERSAL_NOT_ALLOWED). Twice is PAYMENT_ALREADY_REVERSED; a
-handed-over day (日结) refuses both payments and reversals (CASHIER_DAY_LOCKED).
+``counter:reverse_any`` (REVERSAL_NOT_ALLOWED). Twice is PAYMENT_ALREADY_REVERSED. The
+money goes back out of the reverser's till, so the reversal counts in the reverser's day
+(日结) of the day it is made, whatever the payment's day; a handed-over day refuses
+further payments and reversals by its cashier (CASHIER_DAY_LOCKED).
 
 **Closing an account (销户, :func:`close_account`).** Billing's ``final_charge`` prices the
 usage up to the final reading (one entered at the desk, stored as a manual reading, or
@@ -158,8 +160,8 @@ async def take_payment(
     previous = (await session.execute(select(Payment).where(
         Payment.idempotency_key == idempotency_key))).scalars().first()  # type: ignore[arg-type]
     if previous is not None:
-        if (previous.account_id, previous.channel, previous.amount_fen, previous.kind) != (
-                account_id, channel, amount_fen, PaymentKind.collect):
+        if (previous.account_id, previous.channel, previous.amount_fen, previous.kind, previous.operator_id,
+                previous.purpose) != (account_id, channel, amount_fen, PaymentKind.collect, operator.id, purpose):
             raise errors.IdempotencyKeyReused(field="idempotencyKey")
         return previous
     if account.status is not AccountStatus.open:
@@ -230,8 +232,9 @@ async def reverse_payment(
     own_today = payment.operator_id is not None and payment.operator_id == operator.id and payment.business_day == today
     if not (own_today or operator.may_reverse_any):
         raise errors.ReversalNotAllowed(field="id")
-    if await _day_locked(session, payment.operator_id, payment.business_day) or await _day_locked(
-            session, operator.id, today):
+    # The money goes back out of the reverser's till today: their day must be open (the
+    # payment's own day may be handed over; 日结 counts the reversal today).
+    if await _day_locked(session, operator.id, today):
         raise errors.CashierDayLocked(field="id")
     entry = await post_entry(session, account_id=payment.account_id, kind=EntryKind.reversal,
                              amount_fen=-payment.amount_fen, ref=f"payment:{payment.id}",
@@ -239,6 +242,7 @@ async def reverse_payment(
                              posted_by=operator.name, posted_at=now)
     payment.status, payment.reversal_entry_id = PaymentStatus.reversed, entry.id
     payment.reversed_at, payment.reversed_by, payment.reversal_reason = now, operator.name[:100], reason.strip()
+    payment.reversed_by_id, payment.reversal_business_day = operator.id, today
     await session.flush()
     return payment
 
@@ -262,12 +266,26 @@ async def close_account(
     tz: str | tzinfo = "Asia/Shanghai",
     collect_channel: PaymentChannel = PaymentChannel.cash,
     collect_reference: str | None = None,
+    collect_bank_partner: str | None = None,
+    collect_bank_outlet: str | None = None,
     scope_patterns: Sequence[str] | None = None,
 ) -> ClosedAccount:
     """销户: final charge up to ``final_reading_at`` (the desk's manual reading, stored by
     the caller first, or the meter's latest), then refund a positive balance in cash or
     collect a negative one in ``collect_channel``, then close and emit ``account.closed``.
-    The refund or collection is keyed ``<idempotency_key>:refund`` / ``:collect``."""
+    The refund or collection is keyed ``<idempotency_key>:refund`` / ``:collect`` (the key
+    is at most 90 characters). A collection follows the counter's rules for its channel
+    (a card's reference, a bank's partner); it is not capped by the largest single counter
+    payment: arrears are what they are, and the account cannot close without them."""
+    if not idempotency_key or len(idempotency_key) > 90:
+        raise DomainError("幂等键须为 1 至 90 个字符", "The idempotency key must be 1 to 90 characters",
+                          field="idempotencyKey", code=ErrorCode.INVALID)
+    collect_channel = PaymentChannel(collect_channel)
+    reference, bank_partner = _clean(collect_reference, 64), _clean(collect_bank_partner, 50)
+    if collect_channel in _NEEDS_REFERENCE and reference is None:
+        raise errors.PaymentReferenceRequired(field="collectReference")
+    if collect_channel is PaymentChannel.bank and bank_partner is None:
+        raise errors.PaymentReferenceRequired(field="collectBankPartner")
     account = await account_in_scope(session, account_id, scope_patterns, lock=True, field="id")
     if account.status is not AccountStatus.open:
         raise AccountIsClosed(field="id")
@@ -286,13 +304,11 @@ async def close_account(
                                amount_fen=account.balance_fen, idempotency_key=f"{idempotency_key}:refund",
                                operator=operator, now=now, day=day, note="销户退费")
     elif account.balance_fen < 0:
-        collect_channel = PaymentChannel(collect_channel)
-        if collect_channel in _NEEDS_REFERENCE and not _clean(collect_reference, 64):
-            raise errors.PaymentReferenceRequired(field="collectReference")
         collection = await _record(session, account=account, kind=PaymentKind.collect, entry_kind=EntryKind.payment,
                                    channel=collect_channel, purpose=PaymentPurpose.bills,
                                    amount_fen=-account.balance_fen, idempotency_key=f"{idempotency_key}:collect",
-                                   operator=operator, now=now, day=day, reference=_clean(collect_reference, 64),
+                                   operator=operator, now=now, day=day, reference=reference,
+                                   bank_partner=bank_partner, bank_outlet=_clean(collect_bank_outlet, 50),
                                    note="销户补缴")
     closed = await close_settled_account(session, account_id=account_id, now=now, by=operator.name, tz=tz)
     assert closed.id is not None

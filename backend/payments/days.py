@@ -35,7 +35,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.db import raw_connection
-from backend.errors import BadUserInput
+from backend.errors import BadUserInput, NotFound
 from backend.payments import errors
 from backend.payments.counter import CASHIER_DAY_LOCK_CLASS, business_day, cashier_day_key
 from backend.payments.models import CashierDay, PaymentChannel
@@ -95,19 +95,30 @@ class CashierDayFigures:
 # Per operator, day and channel over a range of days: the takings, and the ledger entries
 # the day's payments posted (their own entry and a reversal's), summed from the ledger.
 # $1, $2: the first and last day; $3: the operators (null: everyone).
+# A day's moves per cashier and channel: the payments they took or refunded that business
+# day (with their entries), and the reversals they made that day (with the reversal
+# entries), whatever day the reversed payment was taken: the cash goes back out of the
+# reverser's till. $1..$2 the days, $3 the operators (NULL: all).
 _TAKINGS = """
-SELECT p.operator_id, p.business_day, p.channel,
-       coalesce(sum(p.amount_fen) FILTER (WHERE p.kind = 'collect'), 0)::bigint AS collected_fen,
-       coalesce(sum(p.amount_fen) FILTER (WHERE p.kind = 'refund'), 0)::bigint AS refunded_fen,
-       coalesce(sum(p.amount_fen) FILTER (WHERE p.kind = 'collect' AND p.status = 'reversed'), 0)::bigint
-           AS reversed_fen,
-       count(*) AS count,
-       coalesce(sum((SELECT sum(le.amount_fen) FROM ledger_entries le
-                     WHERE le.id IN (p.entry_id, p.reversal_entry_id))), 0)::bigint AS ledger_fen
-FROM payments p
-WHERE p.business_day BETWEEN $1 AND $2 AND p.operator_id IS NOT NULL
-  AND ($3::bigint[] IS NULL OR p.operator_id = ANY($3::bigint[]))
-GROUP BY p.operator_id, p.business_day, p.channel
+WITH moves AS (
+    SELECT p.operator_id, p.business_day AS day, p.channel,
+           CASE WHEN p.kind = 'collect' THEN p.amount_fen ELSE 0 END AS collected,
+           CASE WHEN p.kind = 'refund' THEN p.amount_fen ELSE 0 END AS refunded,
+           0::bigint AS reversed, 1 AS counted, p.entry_id AS entry_id
+    FROM payments p
+    WHERE p.business_day BETWEEN $1 AND $2 AND p.operator_id IS NOT NULL
+    UNION ALL
+    SELECT p.reversed_by_id, p.reversal_business_day, p.channel, 0, 0, p.amount_fen, 0, p.reversal_entry_id
+    FROM payments p
+    WHERE p.status = 'reversed' AND p.reversal_business_day BETWEEN $1 AND $2 AND p.reversed_by_id IS NOT NULL
+)
+SELECT m.operator_id, m.day AS business_day, m.channel,
+       sum(m.collected)::bigint AS collected_fen, sum(m.refunded)::bigint AS refunded_fen,
+       sum(m.reversed)::bigint AS reversed_fen, sum(m.counted)::bigint AS count,
+       coalesce(sum(le.amount_fen), 0)::bigint AS ledger_fen
+FROM moves m LEFT JOIN ledger_entries le ON le.id = m.entry_id
+WHERE $3::bigint[] IS NULL OR m.operator_id = ANY($3::bigint[])
+GROUP BY m.operator_id, m.day, m.channel
 """
 _NAMES = "SELECT id, full_name FROM staff_users WHERE id = ANY($1::bigint[])"
 
@@ -177,6 +188,9 @@ async def hand_over_day(
         raise BadUserInput("不能日结未来的日期", "A day in the future cannot be handed over", field="day")
     if len(note) > 200:
         raise BadUserInput("备注不能超过 200 个字符", "A note is at most 200 characters", field="note")
+    known = await session.execute(text("SELECT 1 FROM staff_users WHERE id = :id"), {"id": operator_id})
+    if known.first() is None:
+        raise NotFound(field="operatorId")
     await session.execute(text("SELECT pg_advisory_xact_lock(:class, hashtext(:key))"),
                           {"class": CASHIER_DAY_LOCK_CLASS, "key": cashier_day_key(operator_id, day)})
     figures = await cashier_day(session, operator_id=operator_id, day=day)

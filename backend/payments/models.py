@@ -98,6 +98,11 @@ class Payment(SQLModel, table=True):
                                                                          nullable=True))
     reversed_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))
     reversed_by: str | None = Field(default=None, sa_column=Column(String(100), nullable=True))
+    # Who reversed it and on which of their business days: the cash goes out of that till
+    # (日结 counts a reversal on the reverser's day, not on the payment's).
+    reversed_by_id: int | None = Field(default=None, sa_column=Column(BigInteger, ForeignKey("staff_users.id"),
+                                                                      nullable=True))
+    reversal_business_day: date | None = Field(default=None, sa_column=Column(Date, nullable=True))
     reversal_reason: str | None = Field(default=None, sa_column=Column(String(200), nullable=True))
     note: str = Field(default="", sa_column=Column(String(200), nullable=False, server_default=""))
     # How many times its receipt was printed (0: never; above 1: reprinted, 补打).

@@ -125,3 +125,28 @@ async def test_closing_an_account_in_arrears_collects_them(session: AsyncSession
     assert closed.refund is None and closed.collection is not None and closed.collection.amount_fen == 1300
     assert closed.collection.reference == "POS123456"
     assert await balance(session, served.account_id) == await ledger_sum(session, served.account_id) == 0
+
+
+async def test_a_key_reused_by_another_cashier_or_for_another_purpose_is_a_conflict(session: AsyncSession) -> None:
+    served = await served_household(session, raw_tariff=tariff(), opened_at=at(2026, 11, 1))
+    first, second = await cashier(session), await cashier(session)
+    await pay(session, served.account_id, first, 5000, idempotency_key="shared-key")
+    for who, purpose in ((second, PaymentPurpose.recharge), (first, PaymentPurpose.bills)):
+        with pytest.raises(DomainError) as refused:
+            await pay(session, served.account_id, who, 5000, idempotency_key="shared-key", purpose=purpose)
+        assert refused.value.code is ErrorCode.IDEMPOTENCY_CONFLICT
+
+
+async def test_closing_checks_its_key_and_the_collection_channels_rules_before_writing(session: AsyncSession) -> None:
+    served = await served_household(session, raw_tariff=tariff(prices=["2.00"]), opened_at=at(2026, 11, 1))
+    operator = await cashier(session)
+    for extra, code in (({"idempotency_key": "k" * 91}, ErrorCode.INVALID),
+                        ({"idempotency_key": ""}, ErrorCode.INVALID),
+                        ({"collect_channel": PaymentChannel.bank}, ErrorCode.PAYMENT_REFERENCE_REQUIRED)):
+        arguments: dict[str, Any] = {"account_id": served.account_id, "final_reading_at": at(2026, 11, 18),
+                                         "operator": operator, "now": NOW, "idempotency_key": "close:k"}
+        arguments.update(extra)
+        with pytest.raises(DomainError) as refused:
+            await close_account(session, **arguments)
+        assert refused.value.code is code
+    assert await entries(session, served.account_id) == []

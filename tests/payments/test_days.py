@@ -79,13 +79,16 @@ async def test_a_handed_over_day_refuses_payments_and_reversals_and_a_second_han
     assert handed.handed_over is not None and handed.handed_over.net_fen == 3000
     assert handed.handed_over.takings == {"cash": {"collected_fen": 3000, "refunded_fen": 0, "reversed_fen": 0,
                                                    "net_fen": 3000, "count": 1}}
-    for who in (operator, supervisor):
-        with pytest.raises(DomainError) as refused:
-            await reverse_payment(session, payment_id=payment.id, reason="", operator=who, now=NOW)
-        assert refused.value.code is ErrorCode.CASHIER_DAY_LOCKED
+    with pytest.raises(DomainError) as refused:
+        await reverse_payment(session, payment_id=payment.id, reason="", operator=operator, now=NOW)
+    assert refused.value.code is ErrorCode.CASHIER_DAY_LOCKED
     with pytest.raises(DomainError) as refused:
         await pay(session, served.account_id, operator, 100, idempotency_key="after")
     assert refused.value.code is ErrorCode.CASHIER_DAY_LOCKED
+    # A supervisor may still correct it: the money goes out of their till, on their day,
+    # and the handed-over day stays exactly as it was handed over.
+    await reverse_payment(session, payment_id=payment.id, reason="错收", operator=supervisor, now=NOW)
+    assert (await cashier_day(session, operator_id=operator.id, day=DAY)).net_fen == 3000
     with pytest.raises(DomainError) as refused:
         await hand_over_day(session, operator_id=operator.id, day=DAY, by=operator.name, now=NOW)
     assert refused.value.code is ErrorCode.CASHIER_DAY_HANDED_OVER
@@ -96,3 +99,30 @@ async def test_a_handed_over_day_refuses_payments_and_reversals_and_a_second_han
         CashierDay.operator_id == operator.id))).scalar_one()  # type: ignore[arg-type]
     assert count == 1
     assert (await cashier_day(session, operator_id=operator.id, day=DAY)).handed_over is not None
+
+
+async def test_a_supervisors_reversal_on_a_later_day_counts_in_their_own_till_that_day(
+        session: AsyncSession) -> None:
+    from backend.payments.counter import Operator, business_day, take_payment
+    from backend.payments.models import PaymentPurpose
+    from tests.factories import make_staff
+
+    taken_at = at(2026, 11, 20, 10)
+    served = await served_household(session, raw_tariff=tariff(), opened_at=at(2026, 11, 1))
+    staff = [await make_staff(session, permissions={"counter:collect"}) for _ in range(2)]
+    cashier = Operator(staff[0].user.id, staff[0].user.full_name)
+    supervisor = Operator(staff[1].user.id, staff[1].user.full_name, may_reverse_any=True)
+    payment = await take_payment(session, account_id=served.account_id, channel=PaymentChannel.cash,
+                                 purpose=PaymentPurpose.recharge, amount_fen=5000, confirm_amount_fen=5000,
+                                 idempotency_key="later-day-reversal", operator=cashier, now=taken_at)
+    day, next_day = business_day(taken_at, "Asia/Shanghai"), business_day(taken_at + timedelta(days=1), "Asia/Shanghai")
+    await hand_over_day(session, operator_id=cashier.id, day=day, by="收费员", now=taken_at + timedelta(hours=8))
+    assert payment.id is not None and cashier.id is not None and supervisor.id is not None
+
+    await reverse_payment(session, payment_id=payment.id, reason="错收", operator=supervisor,
+                          now=taken_at + timedelta(days=1))
+
+    handed = await cashier_day(session, operator_id=cashier.id, day=day)
+    paid_out = await cashier_day(session, operator_id=supervisor.id, day=next_day)
+    assert (handed.net_fen, handed.balanced) == (5000, True)  # the handed-over day stays as it was
+    assert (paid_out.net_fen, paid_out.ledger_fen, paid_out.balanced) == (-5000, -5000, True)

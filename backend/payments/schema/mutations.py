@@ -100,6 +100,8 @@ class CloseAccountInput:
     collect_channel: PaymentChannelEnum | None = strawberry.field(  # type: ignore[valid-type]
         default=None, description="How arrears are paid (default cash).")
     collect_reference: str | None = strawberry.field(default=None, description="Its reference (card, transfer).")
+    collect_bank_partner: str | None = strawberry.field(default=None, description="The bank (required for bank).")
+    collect_bank_outlet: str | None = strawberry.field(default=None, description="The bank's outlet.")
 
 
 def _operator(info: Info) -> Operator:
@@ -182,7 +184,8 @@ class Mutation:
                 tz=info.context.settings.tz, final_reading=input.final_reading,
                 final_reading_at=input.final_reading_at,
                 collect_channel=PaymentChannel(input.collect_channel) if input.collect_channel else PaymentChannel.cash,
-                collect_reference=input.collect_reference, scope_patterns=_scope(info))
+                collect_reference=input.collect_reference, collect_bank_partner=input.collect_bank_partner,
+                collect_bank_outlet=input.collect_bank_outlet, scope_patterns=_scope(info))
 
         def payload(closed: ClosedAccount | None, errors: list[UserError]) -> CloseAccountPayload:
             if closed is None:
