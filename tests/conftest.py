@@ -92,6 +92,25 @@ def drop_database(server_url: str, url: str) -> None:
 
 
 @pytest.fixture(scope="session")
+def small_demo_url(server_url: str, template_url: str) -> Iterator[str]:
+    """The small demo (tests/small_demo.py), loaded once per run; modules clone it."""
+    from backend.demo import load_demo
+    from tests.small_demo import HOUSEHOLDS, NOW, SEED
+
+    url = clone_database(server_url, template_url, "smalldemo")
+
+    async def load() -> None:
+        engine = create_engine(url, pool_size=1, max_overflow=0)
+        async with session_factory(engine)() as session, session.begin():
+            await load_demo(session, households=HOUSEHOLDS, seed=SEED, readings=True, now=NOW)
+        await engine.dispose()  # a template takes no connections
+
+    anyio.run(load)
+    yield url
+    drop_database(server_url, url)
+
+
+@pytest.fixture(scope="session")
 def service_database_url(server_url: str, template_url: str) -> Iterator[str]:
     url = clone_database(server_url, template_url, "svc")
     yield url

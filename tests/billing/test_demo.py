@@ -6,34 +6,21 @@ written twice."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 
-import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.billing.demo import demo_step
 from backend.checks import run_checks
-from backend.demo import load_demo
 from backend.domain import DemoPlan, system_principal
 from backend.domains import installed
 from backend.readings.demo import window_start
 from backend.settings import Settings
+from tests import small_demo
+from tests.small_demo import HOUSEHOLDS, NOW, SEED, SHANGHAI
+from tests.small_demo import rows as _rows
 
-SHANGHAI = ZoneInfo("Asia/Shanghai")
-NOW = datetime(2026, 11, 20, 10, 30, tzinfo=SHANGHAI)
-HOUSEHOLDS, SEED = 40, 7
-
-
-@pytest.fixture(scope="module")
-async def demo(committed_sessions: async_sessionmaker[AsyncSession]) -> None:
-    async with committed_sessions() as session, session.begin():
-        await load_demo(session, households=HOUSEHOLDS, seed=SEED, readings=True, now=NOW)
-
-
-async def _rows(sessions: async_sessionmaker[AsyncSession], statement: str, **params: object) -> list[tuple[object, ...]]:
-    async with sessions() as session:
-        return [tuple(row) for row in await session.execute(text(statement), params)]
+# This module reads a copy of the small demo, loaded once per run (tests/small_demo.py).
+database_url, demo = small_demo.database_url, small_demo.demo
 
 
 async def test_every_demo_household_has_an_account_in_a_mix_of_modes_from_the_first_day(
