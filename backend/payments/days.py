@@ -120,6 +120,23 @@ FROM moves m LEFT JOIN ledger_entries le ON le.id = m.entry_id
 WHERE $3::bigint[] IS NULL OR m.operator_id = ANY($3::bigint[])
 GROUP BY m.operator_id, m.day, m.channel
 """
+# Staff whose unit (区域) lies in the scope: the cashiers a supervisor with counter:day_all
+# sees. $1 the scope's path patterns.
+_STAFF_IN_SCOPE = """
+SELECT s.id FROM staff_users s JOIN areas a ON a.id = s.area_id WHERE a.path LIKE ANY($1::text[])
+"""
+
+
+async def cashiers_in_scope(session: AsyncSession, scope_patterns: Sequence[str] | None) -> list[int] | None:
+    """The staff ids whose unit lies within ``scope_patterns`` (None: every cashier): whose
+    days a supervisor holding ``counter:day_all`` may read and hand over. A staff user
+    without a unit is seen only by an unrestricted caller."""
+    if scope_patterns is None:
+        return None
+    driver = await raw_connection(session)
+    return [row["id"] for row in await driver.fetch(_STAFF_IN_SCOPE, list(scope_patterns))]
+
+
 _NAMES = "SELECT id, full_name FROM staff_users WHERE id = ANY($1::bigint[])"
 
 

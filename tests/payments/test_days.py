@@ -126,3 +126,15 @@ async def test_a_supervisors_reversal_on_a_later_day_counts_in_their_own_till_th
     paid_out = await cashier_day(session, operator_id=supervisor.id, day=next_day)
     assert (handed.net_fen, handed.balanced) == (5000, True)  # the handed-over day stays as it was
     assert (paid_out.net_fen, paid_out.ledger_fen, paid_out.balanced) == (-5000, -5000, True)
+
+
+async def test_a_supervisor_reaches_the_days_of_the_cashiers_of_their_areas_only(session: AsyncSession) -> None:
+    from backend.payments.days import cashiers_in_scope
+    from tests.factories import make_area_tree, make_staff
+
+    tree = await make_area_tree(session)
+    east = await make_staff(session, permissions={"counter:collect"}, areas=[tree.east_community])
+    west = await make_staff(session, permissions={"counter:collect"}, areas=[tree.west_community])
+    reach = await cashiers_in_scope(session, [tree.east.path + "%"])
+    assert reach is not None and east.user.id in reach and west.user.id not in reach
+    assert await cashiers_in_scope(session, None) is None  # an unrestricted caller reaches every cashier

@@ -17,7 +17,7 @@ from backend.auth.principal import Principal
 from backend.billing.models import Account
 from backend.clock import utcnow
 from backend.domain import settings_group_key
-from backend.errors import BadUserInput, Forbidden
+from backend.errors import BadUserInput, Forbidden, NotFound
 from backend.graphql.errors import UserError
 from backend.graphql.mutations import run_mutation
 from backend.graphql.permissions import Requires
@@ -213,8 +213,12 @@ class Mutation:
         async def work(session: AsyncSession) -> CashierDayFigures:
             if operator_id is not None:
                 wanted = decode_id(operator_id, "StaffUser", field="operatorId")
-                if wanted != caller.id and not caller.has(DAY_ALL):
-                    raise Forbidden()
+                if wanted != caller.id:
+                    if not caller.has(DAY_ALL):
+                        raise Forbidden()
+                    reach = await days.cashiers_in_scope(session, caller.scope_patterns())
+                    if reach is not None and wanted not in reach:
+                        raise NotFound(field="operatorId")
             elif caller.kind is not PrincipalKind.staff:
                 raise BadUserInput("请指定收费员", "Name the cashier (operatorId)", field="operatorId")
             else:

@@ -7,12 +7,13 @@ from datetime import date
 from typing import Annotated, Any
 
 import strawberry
+from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.types import Info
 
 from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
 from backend.clock import utcnow
-from backend.errors import BadUserInput, Forbidden
+from backend.errors import BadUserInput, Forbidden, NotFound
 from backend.exports.links import download_url, sign_download_token
 from backend.graphql.pagination import Connection, PageRequest
 from backend.graphql.periods import FROM_DAY, TO_DAY
@@ -81,16 +82,21 @@ class PaymentFilterInput:
         return filter_of_params(self.to_params())
 
 
-def _operator(info: Info, operator_id: strawberry.ID | None) -> int:
-    """Whose day: the caller's own, or (with ``counter:day_all``) anyone's."""
+async def _operator(info: Info, session: AsyncSession, operator_id: strawberry.ID | None) -> int:
+    """Whose day: the caller's own, or (with ``counter:day_all``) that of a cashier whose
+    unit lies in the caller's scope (NOT_FOUND otherwise)."""
     caller: Principal = info.context.caller
     if operator_id is None:
         if caller.kind is not PrincipalKind.staff:
             raise BadUserInput("请指定收费员", "Name the cashier (operatorId)", field="operatorId")
         return caller.id
     wanted = decode_id(operator_id, "StaffUser", field="operatorId")
-    if wanted != caller.id and not caller.has(DAY_ALL):
-        raise Forbidden()
+    if wanted != caller.id:
+        if not caller.has(DAY_ALL):
+            raise Forbidden()
+        reach = await days.cashiers_in_scope(session, caller.scope_patterns())
+        if reach is not None and wanted not in reach:
+            raise NotFound(field="operatorId")
     return wanted
 
 
@@ -123,13 +129,14 @@ class Query:
                       "ledger's sum for them. Default: your own day; another cashier's needs counter:day_all.")
     async def cashier_day(self, info: Info, day: date | None = None,
                           operator_id: strawberry.ID | None = None) -> CashierDayType:
-        operator = _operator(info, operator_id)
         wanted = day if day is not None else business_day(utcnow(), info.context.settings.tz)
         async with info.context.read() as session:
+            operator = await _operator(info, session, operator_id)
             return CashierDayType.of(await days.cashier_day(session, operator_id=operator, day=wanted))
 
     @strawberry.field(permission_classes=DAY, description="Cashiers' days in [from, to] (at most 366) with payments "
-                      "or a hand-over, newest first: your own, or with counter:day_all everyone's (or `operatorId`'s).")
+                      "or a hand-over, newest first: your own, or with counter:day_all those of the cashiers of your areas (or "
+                      "`operatorId`'s).")
     async def cashier_days(
         self, info: Info,
         from_: Annotated[date, strawberry.argument(name="from", description=FROM_DAY)],
@@ -137,8 +144,12 @@ class Query:
         operator_id: strawberry.ID | None = None,
     ) -> list[CashierDayType]:
         caller: Principal = info.context.caller
-        operators = [_operator(info, operator_id)] if operator_id is not None or not caller.has(DAY_ALL) else None
         async with info.context.read() as session:
+            operators: list[int] | None
+            if operator_id is not None or not caller.has(DAY_ALL):
+                operators = [await _operator(info, session, operator_id)]
+            else:
+                operators = await days.cashiers_in_scope(session, caller.scope_patterns())
             found = await days.cashier_days(session, start=from_, end=to, operator_ids=operators)
         return [CashierDayType.of(figures) for figures in found]
 
