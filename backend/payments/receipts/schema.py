@@ -61,7 +61,8 @@ class ReceiptPaperSizeType:
                  "header, footer and fields (docs/receipts.md). ``spec`` is the stored document, as saveReceiptLayout "
                  "takes it.")
 class ReceiptLayoutType:
-    id: strawberry.ID
+    id: strawberry.ID | None = strawberry.field(description="Null for the built-in default layout while it is not "
+                                                "stored: the first print on it (no layoutId) stores it.")
     name: str
     is_default: bool
     paper: str | None = strawberry.field(description="The named paper size, if the layout uses one (A4, A5, 241x93…).")
@@ -70,16 +71,15 @@ class ReceiptLayoutType:
     preprinted: bool = strawberry.field(description="Printing onto pre-printed forms: values only, at their offsets.")
     numbered: bool = strawberry.field(description="Each print takes a form number from the cashier's stock.")
     spec: JSON  # type: ignore[valid-type]
-    updated_at: datetime
+    updated_at: datetime | None = strawberry.field(description="Null for the built-in default not stored yet.")
     updated_by: str
 
     @classmethod
     def from_row(cls, row: ReceiptLayout) -> ReceiptLayoutType:
-        assert row.id is not None
         spec = parse_layout(row.spec)
-        return cls(id=encode_id("ReceiptLayout", row.id), name=row.name, is_default=row.is_default, paper=spec.paper,
+        return cls(id=encode_id("ReceiptLayout", row.id) if row.id is not None else None, name=row.name, is_default=row.is_default, paper=spec.paper,
                    width_mm=spec.width, height_mm=spec.height, preprinted=spec.preprinted, numbered=spec.numbered,
-                   spec=spec.to_json(), updated_at=row.updated_at, updated_by=row.updated_by)  # type: ignore[arg-type]
+                   spec=spec.to_json(), updated_at=getattr(row, "updated_at", None), updated_by=row.updated_by)  # type: ignore[arg-type]
 
 
 @strawberry.type(name="ReceiptPrint", description="One printed receipt: 打印, or 补打 when ``reprint``.")
@@ -227,8 +227,8 @@ async def _print(info: Info, action: str, payment_ids: list[strawberry.ID], layo
 class Query:
     @strawberry.field(permission_classes=PRINT_OR_MANAGE, description="票据格式: every layout, the default first.")
     async def receipt_layouts(self, info: Info) -> list[ReceiptLayoutType]:
-        # A write session: the default layout is created on first use.
-        async with info.context.write() as session:
+        # Read only: the default layout is stored by the first print on it, never by a read.
+        async with info.context.read() as session:
             return [ReceiptLayoutType.from_row(row) for row in await service.receipt_layouts(session)]
 
     @strawberry.field(permission_classes=PRINT_OR_MANAGE, description="The fields a layout may place.")
