@@ -28,6 +28,7 @@ from backend.graphql.relay import decode_id, encode_id
 from backend.payments.counter import Operator
 from backend.payments.receipts import forms, service
 from backend.payments.receipts.forms import FormStock
+from backend.payments.receipts.http import receipt_url
 from backend.payments.receipts.layout import CATALOGUE, PAPER_SIZES, parse_layout
 from backend.payments.receipts.models import ReceiptFormBatch, ReceiptFormVoid, ReceiptLayout
 from backend.payments.receipts.render import ReceiptFont
@@ -77,7 +78,8 @@ class ReceiptLayoutType:
     @classmethod
     def from_row(cls, row: ReceiptLayout) -> ReceiptLayoutType:
         spec = parse_layout(row.spec)
-        return cls(id=encode_id("ReceiptLayout", row.id) if row.id is not None else None, name=row.name, is_default=row.is_default, paper=spec.paper,
+        layout_id = encode_id("ReceiptLayout", row.id) if row.id is not None else None
+        return cls(id=layout_id, name=row.name, is_default=row.is_default, paper=spec.paper,
                    width_mm=spec.width, height_mm=spec.height, preprinted=spec.preprinted, numbered=spec.numbered,
                    spec=spec.to_json(), updated_at=getattr(row, "updated_at", None), updated_by=row.updated_by)  # type: ignore[arg-type]
 
@@ -135,7 +137,9 @@ class ReceiptLayoutPayload:
 
 @strawberry.type
 class PrintReceiptsPayload:
-    url: str | None = strawberry.field(description="The PDF (one page per receipt), a signed link for half an hour.")
+    url: str | None = strawberry.field(description="The PDF (one page per receipt), a signed link for half an hour, "
+                                       "in the caller's login session, while they hold receipts:print and the payments "
+                                       "are in their scope.")
     prints: list[ReceiptPrintType]
     errors: list[UserError]
 
@@ -206,8 +210,9 @@ async def _print(info: Info, action: str, payment_ids: list[strawberry.ID], layo
         stored = await files.put(context.sessions, content=printed.pdf, content_type="application/pdf",
                                  max_bytes=MAX_RECEIPT_BYTES, purpose="receipts", filename=printed.filename,
                                  owner=caller, now=now, retention=RECEIPT_RETENTION)
-        holder["url"] = files.download_url(key=stored.key, principal=caller, now=now, reusable=True,
-                                           ttl_s=RECEIPT_LINK_TTL_S)
+        # Reusable for half an hour; each download checks receipts:print and the scope again.
+        holder["url"] = receipt_url(files, key=stored.key, payment_ids=ids, principal=caller, now=now,
+                                    ttl_s=RECEIPT_LINK_TTL_S)
         return printed
 
     def describe(printed: PrintedReceipts | None) -> str:

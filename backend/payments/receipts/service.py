@@ -62,8 +62,9 @@ def money_text(fen: int) -> str:
 def builtin_default_layout() -> ReceiptLayout:
     """The default layout as the code defines it (:data:`DEFAULT_LAYOUT`), not stored: what
     :func:`receipt_layouts` shows until it is (``id`` None)."""
-    return ReceiptLayout(name=DEFAULT_LAYOUT_NAME, spec=parse_layout(DEFAULT_LAYOUT).to_json(), is_default=True,
-                         updated_by="")
+    # No updated_at: it was never saved.
+    return ReceiptLayout(name=DEFAULT_LAYOUT_NAME, spec=parse_layout(DEFAULT_LAYOUT).to_json(),  # type: ignore[call-arg]
+                         is_default=True, updated_by="")
 
 
 async def default_layout(session: AsyncSession) -> ReceiptLayout:
@@ -163,6 +164,13 @@ _PAYMENTS = text(
     "LEFT JOIN ledger_entries e ON e.id = p.entry_id "
     "WHERE p.id = ANY(:ids) AND (CAST(:patterns AS text[]) IS NULL OR a.path LIKE ANY(CAST(:patterns AS text[])))"
 )
+
+
+async def payments_in_scope(session: AsyncSession, *, payment_ids: Sequence[int], scope_patterns: Sequence[str]) -> int:
+    """How many of ``payment_ids`` are in the data scope (what a print sees): a receipt's
+    download checks them all again."""
+    return len((await session.execute(_PAYMENTS, {"ids": list(set(payment_ids)),
+                                                  "patterns": list(scope_patterns)})).all())
 
 
 async def print_receipts(
