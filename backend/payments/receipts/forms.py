@@ -30,6 +30,7 @@ from backend.payments.receipts.models import ReceiptFormBatch, ReceiptFormVoid
 
 MAX_BATCH = 100_000  # forms in one issue: a box is a few hundred; a typo of three zeros is refused
 PREFIX_LIMIT = 20
+VOID_RUN = 100  # voided forms in a row the next-number search steps over one by one (a spoiled pad is 50)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,21 +115,30 @@ async def _next_unused(session: AsyncSession, batch: ReceiptFormBatch) -> int | 
     """The number of ``batch`` the next print takes: the first one after the highest printed
     (``first_no`` when none is) that is not voided; None when that is past ``last_no``.
 
-    Two index probes on ``(form_batch_id, form_number)`` (the max print, then the voids
-    from there, which only walk a run of consecutive voided forms), so a nearly spent
-    batch of :data:`MAX_BATCH` forms costs what a fresh one does. A number skipped below
-    the highest printed (a print that named a later ``formNo``) stays in stock, counted as
-    left: it is printed by naming it, or voided."""
-    number = (await session.execute(text(
-        "WITH start AS (SELECT coalesce((SELECT max(form_number) + 1 FROM receipt_prints WHERE form_batch_id = :b),"
-        "                               CAST(:first AS bigint)) AS n) "
-        "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM receipt_form_voids v, start s"
-        "                             WHERE v.form_batch_id = :b AND v.form_number = s.n) THEN (SELECT n FROM start) "
-        "ELSE (SELECT v.form_number + 1 FROM receipt_form_voids v, start s"
-        "      WHERE v.form_batch_id = :b AND v.form_number >= s.n AND NOT EXISTS ("
-        "        SELECT 1 FROM receipt_form_voids w WHERE w.form_batch_id = :b AND w.form_number = v.form_number + 1)"
-        "      ORDER BY v.form_number LIMIT 1) END"), {"first": batch.first_no, "b": batch.id})).scalar_one_or_none()
-    return int(number) if number is not None and number <= batch.last_no else None
+    A few index probes on ``(form_batch_id, form_number)``, so a nearly spent batch of
+    :data:`MAX_BATCH` forms costs what a fresh one does: the max print, then the voids
+    from there, at most :data:`VOID_RUN` of them; after a longer run of voided forms it
+    goes on after the highest voided one. A number skipped below (a print that named a
+    later ``formNo``, or a gap inside such a run) stays in stock, counted as left: it is
+    printed by naming it, or voided."""
+    start = (await session.execute(text(
+        "SELECT max(form_number) + 1 FROM receipt_prints WHERE form_batch_id = :b"), {"b": batch.id})).scalar_one()
+    number = int(start) if start is not None else batch.first_no
+    # The voids from there in order, one index range scan: the first number they skip is free.
+    voided = (await session.execute(text(
+        "SELECT form_number FROM receipt_form_voids WHERE form_batch_id = :b AND form_number >= :n "
+        "ORDER BY form_number LIMIT :run"), {"b": batch.id, "n": number, "run": VOID_RUN})).scalars().all()
+    run = 0
+    for void in voided:
+        if void != number + run:
+            break
+        run += 1
+    if run == VOID_RUN:  # a longer run: on after the highest voided form
+        number = int((await session.execute(text(
+            "SELECT max(form_number) + 1 FROM receipt_form_voids WHERE form_batch_id = :b"), {"b": batch.id})).scalar_one())
+    else:
+        number += run
+    return number if number <= batch.last_no else None
 
 
 async def take_form(session: AsyncSession, *, operator_id: int, form_no: str | None = None) -> FormNumber:
