@@ -83,7 +83,6 @@ async def test_taking_a_form_from_a_huge_nearly_spent_batch_is_cheap(session: As
     per_page = (time.perf_counter() - start) / 5
 
     assert {form.form_no for form in taken} == {"BIH099991"}  # nothing recorded: the same form each time
-    print(f"{per_page * 1000:.1f} ms per page")
     assert per_page < 0.01, f"{per_page * 1000:.1f} ms per page"
 
 
@@ -164,5 +163,4 @@ async def test_taking_a_form_after_a_long_run_of_voided_forms_is_cheap(session: 
     per_page = (time.perf_counter() - start) / 5
 
     assert {form.form_no for form in taken} == {"V099991"}
-    print(f"{per_page * 1000:.1f} ms per page")
     assert per_page < 0.01, f"{per_page * 1000:.1f} ms per page"
