@@ -91,6 +91,20 @@ async def serve_export(
     return StoredFileResponse(chunks, stored, files=files, sessions=sessions, delete_after=True)
 
 
+async def serve_stored(files: FileStore, sessions: async_sessionmaker[AsyncSession], key: str) -> Response:
+    """Stream the stored file ``key`` to a caller the route has admitted (it stays stored);
+    404 FILE_NOT_FOUND when it is missing or expired."""
+    try:
+        async with sessions() as session:
+            stored = await files.describe(session, key=key)
+        if stored.expires_at is not None and stored.expires_at <= utcnow():
+            raise DomainError("文件已过期", "The file has expired", field="file", code=ErrorCode.FILE_NOT_FOUND)
+        chunks = await files.open(key)
+    except DomainError as error:
+        return refusal(error, 404 if error.code is ErrorCode.FILE_NOT_FOUND else 503)
+    return StoredFileResponse(chunks, stored, files=files, sessions=sessions, delete_after=False)
+
+
 def routes(host: HttpHost) -> list[Route]:
     sessions, settings = host.sessions, host.settings
     files: FileStore = host.services["files"]
@@ -109,15 +123,7 @@ def routes(host: HttpHost) -> list[Route]:
             check_client_rate(request, principal)
         except DomainError as error:
             return refusal(error, 400 if error.code is ErrorCode.INVALID else 401)
-        try:
-            async with sessions() as session:
-                stored = await files.describe(session, key=key)
-            if stored.expires_at is not None and stored.expires_at <= utcnow():
-                raise DomainError("文件已过期", "The file has expired", field="file", code=ErrorCode.FILE_NOT_FOUND)
-            chunks = await files.open(key)
-        except DomainError as error:
-            return refusal(error, 404 if error.code is ErrorCode.FILE_NOT_FOUND else 503)
-        return StoredFileResponse(chunks, stored, files=files, sessions=sessions, delete_after=False)
+        return await serve_stored(files, sessions, key)
 
     return [Route(DOWNLOAD_PREFIX + "{key:path}", download, methods=["GET"])]
 

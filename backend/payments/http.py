@@ -42,6 +42,7 @@ from backend.graphql.relay import decode_id
 from backend.observability import request_id_var
 from backend.payments import browse
 from backend.payments.models import PaymentChannel, PaymentKind, PaymentPurpose, PaymentStatus
+from backend.payments.receipts import http as receipts_http
 
 PAYMENTS_EXPORT_PATH = "/exports/payments.xlsx"
 READ_PERMISSION = "payments:read"
@@ -177,4 +178,4 @@ def routes(host: HttpHost) -> list[Route]:
         return await serve_export(files, sessions, path, filename=f"payments-{utcnow().astimezone(zone):%Y%m%d%H%M}.xlsx",
                                   owner=principal)
 
-    return [Route(PAYMENTS_EXPORT_PATH, export, methods=["GET"])]
+    return [Route(PAYMENTS_EXPORT_PATH, export, methods=["GET"]), *receipts_http.routes(host)]

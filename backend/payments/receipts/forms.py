@@ -2,7 +2,9 @@
 
 A **batch** is a range of forms issued to one cashier (``prefix`` + ``first_no`` …
 ``last_no``, zero-padded to ``digits``: ``A0000101``). A print on a numbered layout takes
-the cashier's lowest unused number, in the order the batches were issued, or the number
+the cashier's next number, as a cashier tears the next sheet off a pad: in the first
+batch (in the order they were issued) with a number after its highest printed one, that
+number, skipping voided ones (a jammed sheet). Or it takes the number
 the cashier names, which must be in their own stock (RECEIPT_FORM_NOT_IN_STOCK), not
 printed on before (RECEIPT_FORM_USED) and not voided (RECEIPT_FORM_VOID). A spoiled
 form is voided with a reason (作废); a voided number is never printed on.
@@ -28,6 +30,7 @@ from backend.payments.receipts.models import ReceiptFormBatch, ReceiptFormVoid
 
 MAX_BATCH = 100_000  # forms in one issue: a box is a few hundred; a typo of three zeros is refused
 PREFIX_LIMIT = 20
+VOID_RUN = 100  # voided forms in a row the next-number search steps over one by one (a spoiled pad is 50)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,20 +111,39 @@ async def _spent(session: AsyncSession, form: FormNumber) -> str | None:
     return str(row) if row is not None else None
 
 
-async def _first_unused(session: AsyncSession, batch: ReceiptFormBatch) -> int | None:
-    """The lowest number of ``batch`` that no print or void has spent (a range is at most
-    :data:`MAX_BATCH` numbers, so the series is cheap)."""
-    number = (await session.execute(text(
-        "SELECT n FROM generate_series(CAST(:first AS bigint), CAST(:last AS bigint)) AS n "
-        "WHERE NOT EXISTS (SELECT 1 FROM receipt_prints p WHERE p.form_batch_id = :b AND p.form_number = n) "
-        "AND NOT EXISTS (SELECT 1 FROM receipt_form_voids v WHERE v.form_batch_id = :b AND v.form_number = n) "
-        "ORDER BY n LIMIT 1"), {"first": batch.first_no, "last": batch.last_no, "b": batch.id})).scalar_one_or_none()
-    return int(number) if number is not None else None
+async def _next_unused(session: AsyncSession, batch: ReceiptFormBatch) -> int | None:
+    """The number of ``batch`` the next print takes: the first one after the highest printed
+    (``first_no`` when none is) that is not voided; None when that is past ``last_no``.
+
+    A few index probes on ``(form_batch_id, form_number)``, so a nearly spent batch of
+    :data:`MAX_BATCH` forms costs what a fresh one does: the max print, then the voids
+    from there, at most :data:`VOID_RUN` of them; after a longer run of voided forms it
+    goes on after the highest voided one. A number skipped below (a print that named a
+    later ``formNo``, or a gap inside such a run) stays in stock, counted as left: it is
+    printed by naming it, or voided."""
+    start = (await session.execute(text(
+        "SELECT max(form_number) + 1 FROM receipt_prints WHERE form_batch_id = :b"), {"b": batch.id})).scalar_one()
+    number = int(start) if start is not None else batch.first_no
+    # The voids from there in order, one index range scan: the first number they skip is free.
+    voided = (await session.execute(text(
+        "SELECT form_number FROM receipt_form_voids WHERE form_batch_id = :b AND form_number >= :n "
+        "ORDER BY form_number LIMIT :run"), {"b": batch.id, "n": number, "run": VOID_RUN})).scalars().all()
+    run = 0
+    for void in voided:
+        if void != number + run:
+            break
+        run += 1
+    if run == VOID_RUN:  # a longer run: on after the highest voided form
+        number = int((await session.execute(text(
+            "SELECT max(form_number) + 1 FROM receipt_form_voids WHERE form_batch_id = :b"), {"b": batch.id})).scalar_one())
+    else:
+        number += run
+    return number if number <= batch.last_no else None
 
 
 async def take_form(session: AsyncSession, *, operator_id: int, form_no: str | None = None) -> FormNumber:
-    """The form a print consumes (module docstring): ``form_no`` checked, or the lowest
-    unused one of the cashier's stock (RECEIPT_FORMS_EXHAUSTED when none is left). The
+    """The form a print consumes (module docstring): ``form_no`` checked, or the next one
+    of the cashier's stock (:func:`_next_unused`, batches in issue order) (RECEIPT_FORMS_EXHAUSTED when none is left). The
     caller records the print naming it in the same transaction."""
     batches = await _lock_batches(session, operator_id)
     if form_no is not None:
@@ -135,7 +157,7 @@ async def take_form(session: AsyncSession, *, operator_id: int, form_no: str | N
             raise errors.ReceiptFormUsed(field="formNo")
         return form
     for batch in batches:
-        number = await _first_unused(session, batch)
+        number = await _next_unused(session, batch)
         if number is not None:
             assert batch.id is not None
             return FormNumber(batch.id, number, format_form_no(batch, number))
@@ -181,10 +203,12 @@ class FormStock:
 
 async def form_stock(session: AsyncSession, *, operator_id: int | None = None) -> list[FormStock]:
     """Each cashier's stock (or ``operator_id``'s): a voided form counts as voided even
-    when it was printed on first, so issued = used + voided + left."""
+    when it was printed on first, so issued = used + voided + left. A print row is one
+    form (unique per batch and number), so ``used`` counts rows: the same number in two
+    batches (RA0000101, RB0000101) is two forms."""
     rows = (await session.execute(text(
         "WITH spent AS ("
-        "  SELECT b.operator_id, count(DISTINCT p.form_number) FILTER (WHERE v.id IS NULL) AS used,"
+        "  SELECT b.operator_id, count(*) FILTER (WHERE v.id IS NULL) AS used,"
         "         0 AS voided"
         "  FROM receipt_form_batches b JOIN receipt_prints p ON p.form_batch_id = b.id"
         "  LEFT JOIN receipt_form_voids v ON v.form_batch_id = b.id AND v.form_number = p.form_number"
@@ -212,7 +236,7 @@ async def _peek(session: AsyncSession, operator_id: int) -> str | None:
     batches = list((await session.execute(select(ReceiptFormBatch).where(
         col(ReceiptFormBatch.operator_id) == operator_id).order_by(col(ReceiptFormBatch.id)))).scalars())
     for batch in batches:
-        number = await _first_unused(session, batch)
+        number = await _next_unused(session, batch)
         if number is not None:
             return format_form_no(batch, number)
     return None

@@ -26,8 +26,12 @@ from backend.payments.receipts.layout import LayoutSpec
 
 DEFAULT_FONT = Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc")
 MM = 72.0 / 25.4  # points per millimetre
-# reportlab's font registry and a TrueType font's subsetting state are process-wide.
+# Guards reportlab's process-wide font registry while a font registers (once per process).
 _lock = threading.Lock()
+# Drawing takes no lock: each render has its own canvas, and a TrueType font keeps the
+# glyphs a document uses per document. Saving does: it cuts the font's subsets with a
+# parser (a read position) shared by every document, so only that short step is serial.
+_subsetting = threading.Lock()
 _registered: dict[tuple[str, int], str] = {}
 
 
@@ -75,14 +79,13 @@ def render_receipts(layout: LayoutSpec, receipts: Sequence[ReceiptContent], *, f
 
     name = font_name(font)
     output = io.BytesIO()
-    with _lock:
-        page = canvas.Canvas(output, pagesize=(layout.width * MM, layout.height * MM), pageCompression=1,
-                             invariant=True)
-        page.setTitle(title)
-        page.setCreator("shuiwu")
-        for receipt in receipts:
-            _draw(page, layout, receipt, name)
-            page.showPage()
+    page = canvas.Canvas(output, pagesize=(layout.width * MM, layout.height * MM), pageCompression=1, invariant=True)
+    page.setTitle(title)
+    page.setCreator("shuiwu")
+    for receipt in receipts:
+        _draw(page, layout, receipt, name)
+        page.showPage()
+    with _subsetting:
         page.save()
     return output.getvalue()
 

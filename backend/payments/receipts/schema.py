@@ -28,6 +28,7 @@ from backend.graphql.relay import decode_id, encode_id
 from backend.payments.counter import Operator
 from backend.payments.receipts import forms, service
 from backend.payments.receipts.forms import FormStock
+from backend.payments.receipts.http import receipt_url
 from backend.payments.receipts.layout import CATALOGUE, PAPER_SIZES, parse_layout
 from backend.payments.receipts.models import ReceiptFormBatch, ReceiptFormVoid, ReceiptLayout
 from backend.payments.receipts.render import ReceiptFont
@@ -61,7 +62,8 @@ class ReceiptPaperSizeType:
                  "header, footer and fields (docs/receipts.md). ``spec`` is the stored document, as saveReceiptLayout "
                  "takes it.")
 class ReceiptLayoutType:
-    id: strawberry.ID
+    id: strawberry.ID | None = strawberry.field(description="Null for the built-in default layout while it is not "
+                                                "stored: the first print on it (no layoutId) stores it.")
     name: str
     is_default: bool
     paper: str | None = strawberry.field(description="The named paper size, if the layout uses one (A4, A5, 241x93…).")
@@ -70,16 +72,16 @@ class ReceiptLayoutType:
     preprinted: bool = strawberry.field(description="Printing onto pre-printed forms: values only, at their offsets.")
     numbered: bool = strawberry.field(description="Each print takes a form number from the cashier's stock.")
     spec: JSON  # type: ignore[valid-type]
-    updated_at: datetime
+    updated_at: datetime | None = strawberry.field(description="Null for the built-in default not stored yet.")
     updated_by: str
 
     @classmethod
     def from_row(cls, row: ReceiptLayout) -> ReceiptLayoutType:
-        assert row.id is not None
         spec = parse_layout(row.spec)
-        return cls(id=encode_id("ReceiptLayout", row.id), name=row.name, is_default=row.is_default, paper=spec.paper,
+        layout_id = encode_id("ReceiptLayout", row.id) if row.id is not None else None
+        return cls(id=layout_id, name=row.name, is_default=row.is_default, paper=spec.paper,
                    width_mm=spec.width, height_mm=spec.height, preprinted=spec.preprinted, numbered=spec.numbered,
-                   spec=spec.to_json(), updated_at=row.updated_at, updated_by=row.updated_by)  # type: ignore[arg-type]
+                   spec=spec.to_json(), updated_at=getattr(row, "updated_at", None), updated_by=row.updated_by)  # type: ignore[arg-type]
 
 
 @strawberry.type(name="ReceiptPrint", description="One printed receipt: 打印, or 补打 when ``reprint``.")
@@ -135,7 +137,9 @@ class ReceiptLayoutPayload:
 
 @strawberry.type
 class PrintReceiptsPayload:
-    url: str | None = strawberry.field(description="The PDF (one page per receipt), a signed link for half an hour.")
+    url: str | None = strawberry.field(description="The PDF (one page per receipt), a signed link for half an hour, "
+                                       "in the caller's login session, while they hold receipts:print and the payments "
+                                       "are in their scope.")
     prints: list[ReceiptPrintType]
     errors: list[UserError]
 
@@ -206,8 +210,9 @@ async def _print(info: Info, action: str, payment_ids: list[strawberry.ID], layo
         stored = await files.put(context.sessions, content=printed.pdf, content_type="application/pdf",
                                  max_bytes=MAX_RECEIPT_BYTES, purpose="receipts", filename=printed.filename,
                                  owner=caller, now=now, retention=RECEIPT_RETENTION)
-        holder["url"] = files.download_url(key=stored.key, principal=caller, now=now, reusable=True,
-                                           ttl_s=RECEIPT_LINK_TTL_S)
+        # Reusable for half an hour; each download checks receipts:print and the scope again.
+        holder["url"] = receipt_url(files, key=stored.key, payment_ids=ids, principal=caller, now=now,
+                                    ttl_s=RECEIPT_LINK_TTL_S)
         return printed
 
     def describe(printed: PrintedReceipts | None) -> str:
@@ -227,8 +232,8 @@ async def _print(info: Info, action: str, payment_ids: list[strawberry.ID], layo
 class Query:
     @strawberry.field(permission_classes=PRINT_OR_MANAGE, description="票据格式: every layout, the default first.")
     async def receipt_layouts(self, info: Info) -> list[ReceiptLayoutType]:
-        # A write session: the default layout is created on first use.
-        async with info.context.write() as session:
+        # Read only: the default layout is stored by the first print on it, never by a read.
+        async with info.context.read() as session:
             return [ReceiptLayoutType.from_row(row) for row in await service.receipt_layouts(session)]
 
     @strawberry.field(permission_classes=PRINT_OR_MANAGE, description="The fields a layout may place.")

@@ -59,9 +59,18 @@ def money_text(fen: int) -> str:
 # --------------------------------------------------------------------------- layouts
 
 
+def builtin_default_layout() -> ReceiptLayout:
+    """The default layout as the code defines it (:data:`DEFAULT_LAYOUT`), not stored: what
+    :func:`receipt_layouts` shows until it is (``id`` None)."""
+    # No updated_at: it was never saved.
+    return ReceiptLayout(name=DEFAULT_LAYOUT_NAME, spec=parse_layout(DEFAULT_LAYOUT).to_json(),  # type: ignore[call-arg]
+                         is_default=True, updated_by="")
+
+
 async def default_layout(session: AsyncSession) -> ReceiptLayout:
-    """The default layout, created from :data:`DEFAULT_LAYOUT` the first time it is asked
-    for (its definition lives in one place: the code)."""
+    """The stored default layout, stored from :data:`DEFAULT_LAYOUT` the first time a print
+    needs it (a print records the layout it used): only a print writes it, in its
+    audited transaction; reading the layouts never does."""
     found = (await session.execute(select(ReceiptLayout).where(col(ReceiptLayout.is_default)))).scalars().first()
     if found is not None:
         return found
@@ -85,10 +94,14 @@ def _json(document: Mapping[str, Any]) -> str:
 
 
 async def receipt_layouts(session: AsyncSession) -> list[ReceiptLayout]:
-    """Every layout, the default first (created on first use)."""
-    await default_layout(session)
-    return list((await session.execute(select(ReceiptLayout).order_by(
+    """Every stored layout, the default first; read only. Until a default is stored (by
+    the first print on it: :func:`default_layout`) the built-in one leads the list,
+    unsaved (:func:`builtin_default_layout`, ``id`` None)."""
+    stored = list((await session.execute(select(ReceiptLayout).order_by(
         col(ReceiptLayout.is_default).desc(), col(ReceiptLayout.name)))).scalars())
+    if stored and stored[0].is_default:
+        return stored
+    return [builtin_default_layout(), *stored]
 
 
 async def save_layout(session: AsyncSession, *, layout_id: int | None, name: str, spec: Mapping[str, Any],
@@ -151,6 +164,13 @@ _PAYMENTS = text(
     "LEFT JOIN ledger_entries e ON e.id = p.entry_id "
     "WHERE p.id = ANY(:ids) AND (CAST(:patterns AS text[]) IS NULL OR a.path LIKE ANY(CAST(:patterns AS text[])))"
 )
+
+
+async def payments_in_scope(session: AsyncSession, *, payment_ids: Sequence[int], scope_patterns: Sequence[str]) -> int:
+    """How many of ``payment_ids`` are in the data scope (what a print sees): a receipt's
+    download checks them all again."""
+    return len((await session.execute(_PAYMENTS, {"ids": list(set(payment_ids)),
+                                                  "patterns": list(scope_patterns)})).all())
 
 
 async def print_receipts(
