@@ -15,29 +15,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Route
 
 from backend.audit.service import record_operation
-from backend.auth.http import client_ip
 from backend.auth.principal import Principal
-from backend.auth.service import AuthPolicy
 from backend.billing import statements
-from backend.clock import parse_day, utcnow
+from backend.clock import parse_day
 from backend.domain import HttpHost
-from backend.errors import DomainError, ErrorCode, Forbidden, NotFound
 from backend.exports import excel
-from backend.exports.http import admitted, caller, refusal
 from backend.exports.sheets import SheetLayout, write_sheets
-from backend.files.http import serve_export
+from backend.files.http import Exported, ExportRoute, export_route
 from backend.files.service import FileStore
-from backend.graphql.limits import AdmissionRefused
 from backend.graphql.relay import decode_id
-from backend.observability import request_id_var
 
 STATEMENT_EXPORT_PATH = "/exports/accounts/statement.xlsx"
 READ_PERMISSION = "accounts:read"
@@ -77,68 +68,36 @@ def _arguments(params: dict[str, str]) -> tuple[int, date, date]:
 
 
 def routes(host: HttpHost) -> list[Route]:
-    sessions, read_engine, settings = host.sessions, host.read_engine, host.settings
     files: FileStore = host.services["files"]
-    policy = AuthPolicy.from_settings(settings)
-    zone = settings.tz
-
-    async def audited(principal: Principal, request: Request, *, summary: str, payload: dict[str, Any],
-                      success: bool) -> None:
-        async with sessions() as session, session.begin():
-            await record_operation(
-                session, at=utcnow(), actor=principal, module="accounts", action="exportAccountStatement",
-                summary=summary, payload=payload, success=success, ip=client_ip(request), request_id=request_id_var.get(),
-            )
+    zone = host.settings.tz
 
     def local(instant: datetime) -> datetime:
         return instant.astimezone(zone).replace(tzinfo=None)
 
-    async def export(request: Request) -> Response:
-        try:
-            principal = await caller(request, read_engine=read_engine, sessions=sessions, policy=policy,
-                                     purpose=STATEMENT_EXPORT_PATH)
-        except DomainError as error:
-            return refusal(error, 401)
-        params = {key: value for key, value in request.query_params.items() if key != "token"}
-        if not principal.has(READ_PERMISSION):
-            await audited(principal, request, summary=f"导出账户流水: 拒绝 (缺少权限 {READ_PERMISSION})",
-                          payload={**params, "code": ErrorCode.FORBIDDEN.value}, success=False)
-            return refusal(Forbidden(), 403)
-        try:
-            async with admitted(request, principal), sessions() as session, session.begin():
-                account_id, start_day, end_day = _arguments(params)
-                start, end = statements.day_range(start_day, end_day, tz=zone)
-                figures = await statements.statement_figures(session, account_id=account_id, start=start, end=end,
-                                                             scope_patterns=principal.scope_patterns())
-                entries: list[statements.StatementEntry] = []
-                while len(entries) < figures.entries:
-                    more = await statements.statement_entries(session, account_id=account_id, start=start, end=end,
-                                                              offset=len(entries), limit=_PAGE)
-                    if not more:
-                        break
-                    entries += more
-            rows = statement_rows(figures, entries, local=local)
+    async def build(principal: Principal, params: dict[str, str]) -> Exported:
+        async with host.sessions() as session, session.begin():
+            account_id, start_day, end_day = _arguments(params)
+            start, end = statements.day_range(start_day, end_day, tz=zone)
+            figures = await statements.statement_figures(session, account_id=account_id, start=start, end=end,
+                                                         scope_patterns=principal.scope_patterns())
+            entries: list[statements.StatementEntry] = []
+            while len(entries) < figures.entries:
+                more = await statements.statement_entries(session, account_id=account_id, start=start, end=end,
+                                                          offset=len(entries), limit=_PAGE)
+                if not more:
+                    break
+                entries += more
+        rows = statement_rows(figures, entries, local=local)
 
-            async def source() -> AsyncIterator[list[Any]]:
-                for row in rows:
-                    yield row
+        async def source() -> AsyncIterator[list[Any]]:
+            for row in rows:
+                yield row
 
-            path, _ = await excel.spool_rows(
-                lambda target, next_chunk: write_sheets(target, STATEMENT_LAYOUT, next_chunk, list),
-                source(), prefix="shuiwu-statement-", directory=str(files.spool_directory()))
-        except AdmissionRefused as error:
-            return refusal(error, 429)
-        except DomainError as error:
-            await audited(principal, request, summary=f"导出账户流水: 失败 ({error.message})",
-                          payload={**params, "code": error.code.value}, success=False)
-            return refusal(error, 404 if isinstance(error, NotFound) or error.code is ErrorCode.NOT_FOUND else 400)
-        try:
-            await audited(principal, request, summary=f"导出账户流水: {len(entries)} 笔",
-                          payload={**params, "rows": len(entries)}, success=True)
-        except BaseException:
-            excel.discard(Path(path))
-            raise
-        return await serve_export(files, sessions, path, filename=f"statement-{account_id}-{start_day:%Y%m%d}-"
-                                  f"{end_day:%Y%m%d}.xlsx", owner=principal)
+        path, _ = await excel.spool_rows(
+            lambda target, next_chunk: write_sheets(target, STATEMENT_LAYOUT, next_chunk, list),
+            source(), prefix="shuiwu-statement-", directory=str(files.spool_directory()))
+        return Exported(path, len(entries), f"statement-{account_id}-{start_day:%Y%m%d}-{end_day:%Y%m%d}.xlsx")
 
-    return [Route(STATEMENT_EXPORT_PATH, export, methods=["GET"])]
+    return [export_route(host, ExportRoute(STATEMENT_EXPORT_PATH, READ_PERMISSION, "accounts", "exportAccountStatement",
+                                           "导出账户流水"), build,
+                         record=record_operation)]

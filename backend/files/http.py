@@ -16,9 +16,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -27,16 +29,20 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from backend.auth.http import client_ip
 from backend.auth.principal import Principal
 from backend.auth.service import AuthPolicy
 from backend.clock import utcnow
 from backend.domain import HttpHost
-from backend.errors import DomainError, ErrorCode, NotAuthenticated
+from backend.errors import DomainError, ErrorCode, Forbidden, NotAuthenticated, NotFound
+from backend.exports import excel
 from backend.exports.excel import XLSX_MEDIA_TYPE
-from backend.exports.http import check_client_rate, link_holder, refusal
+from backend.exports.http import admitted, caller, check_client_rate, link_holder, refusal
 from backend.files.models import StoredFile
 from backend.files.service import DOWNLOAD_PREFIX, REUSABLE_PARAM, FileStore
 from backend.files.storage import check_key, finish_cleanup
+from backend.graphql.limits import AdmissionRefused
+from backend.observability import request_id_var
 
 # How long an export's file may outlive its download when the process serving it dies.
 EXPORT_RETENTION = timedelta(hours=1)
@@ -127,3 +133,84 @@ def routes(host: HttpHost) -> list[Route]:
 
     return [Route(DOWNLOAD_PREFIX + "{key:path}", download, methods=["GET"])]
 
+
+# --------------------------------------------------------------------------- signed export routes
+# An export link (signed for its caller, its path and its exact parameters, by
+# backend.exports.links) is answered in one way everywhere: the caller behind the link,
+# the permission (403, logged as refused), one admitted expensive request (429 past it),
+# the domain's ``build`` spooling the xlsx (a DomainError is logged and answered 404 or
+# 400), the success logged with its row count, then :func:`serve_export`. A route
+# declares what differs: its path, permission, log module, action and words, and how it
+# builds the file (billing's statement, payments' list).
+
+# record_operation(session, *, at, actor, module, action, summary, payload, success, ip, request_id)
+OperationRecorder = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRoute:
+    path: str  # the route, and the purpose its links are signed for
+    permission: str
+    module: str  # the operation log's module and action
+    action: str
+    title: str  # what the log calls it: 导出缴费记录
+
+
+@dataclass(frozen=True, slots=True)
+class Exported:
+    """What a build made: the spooled xlsx, how many rows, and the download's file name."""
+
+    path: str | Path
+    rows: int
+    filename: str
+
+
+# (the caller, the link's parameters without its token) -> the file; runs admitted.
+ExportBuilder = Callable[[Principal, dict[str, str]], Awaitable[Exported]]
+
+
+def export_route(host: HttpHost, export: ExportRoute, build: ExportBuilder, *, record: OperationRecorder) -> Route:
+    """The GET route answering ``export``'s signed links with what ``build`` makes; each
+    answer is logged through ``record`` (``backend.audit.service.record_operation``: the
+    files layer comes before the operation log, so the route is handed it)."""
+    sessions, read_engine = host.sessions, host.read_engine
+    files: FileStore = host.services["files"]
+    policy = AuthPolicy.from_settings(host.settings)
+
+    async def audited(principal: Principal, request: Request, *, summary: str, payload: dict[str, Any],
+                      success: bool) -> None:
+        async with sessions() as session, session.begin():
+            await record(
+                session, at=utcnow(), actor=principal, module=export.module, action=export.action, summary=summary,
+                payload=payload, success=success, ip=client_ip(request), request_id=request_id_var.get(),
+            )
+
+    async def answer(request: Request) -> Response:
+        try:
+            principal = await caller(request, read_engine=read_engine, sessions=sessions, policy=policy,
+                                     purpose=export.path)
+        except DomainError as error:
+            return refusal(error, 401)
+        params = {key: value for key, value in request.query_params.items() if key != "token"}
+        if not principal.has(export.permission):
+            await audited(principal, request, summary=f"{export.title}: 拒绝 (缺少权限 {export.permission})",
+                          payload={**params, "code": ErrorCode.FORBIDDEN.value}, success=False)
+            return refusal(Forbidden(), 403)
+        try:
+            async with admitted(request, principal):
+                made = await build(principal, params)
+        except AdmissionRefused as error:
+            return refusal(error, 429)
+        except DomainError as error:
+            await audited(principal, request, summary=f"{export.title}: 失败 ({error.message})",
+                          payload={**params, "code": error.code.value}, success=False)
+            return refusal(error, 404 if isinstance(error, NotFound) or error.code is ErrorCode.NOT_FOUND else 400)
+        try:
+            await audited(principal, request, summary=f"{export.title}: {made.rows} 笔",
+                          payload={**params, "rows": made.rows}, success=True)
+        except BaseException:
+            excel.discard(Path(made.path))
+            raise
+        return await serve_export(files, sessions, Path(made.path), filename=made.filename, owner=principal)
+
+    return Route(export.path, answer, methods=["GET"])

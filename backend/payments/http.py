@@ -17,29 +17,21 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Route
 
 from backend.audit.service import record_operation
-from backend.auth.http import client_ip
 from backend.auth.principal import Principal
-from backend.auth.service import AuthPolicy
 from backend.clock import parse_day, utcnow
 from backend.domain import HttpHost
-from backend.errors import BadUserInput, DomainError, ErrorCode, Forbidden, NotFound
+from backend.errors import BadUserInput
 from backend.exports import excel
-from backend.exports.http import admitted, caller, refusal
 from backend.exports.sheets import SheetLayout, write_sheets
-from backend.files.http import serve_export
+from backend.files.http import Exported, ExportRoute, export_route
 from backend.files.service import FileStore
-from backend.graphql.limits import AdmissionRefused
 from backend.graphql.relay import decode_id
-from backend.observability import request_id_var
 from backend.payments import browse
 from backend.payments.models import PaymentChannel, PaymentKind, PaymentPurpose, PaymentStatus
 from backend.payments.receipts import http as receipts_http
@@ -128,54 +120,20 @@ async def payment_rows(sessions: async_sessionmaker[AsyncSession], *, scope_patt
 
 
 def routes(host: HttpHost) -> list[Route]:
-    sessions, read_engine, settings = host.sessions, host.read_engine, host.settings
     files: FileStore = host.services["files"]
-    policy = AuthPolicy.from_settings(settings)
-    zone = settings.tz
-
-    async def audited(principal: Principal, request: Request, *, summary: str, payload: dict[str, Any],
-                      success: bool) -> None:
-        async with sessions() as session, session.begin():
-            await record_operation(
-                session, at=utcnow(), actor=principal, module="payments", action="exportPayments", summary=summary,
-                payload=payload, success=success, ip=client_ip(request), request_id=request_id_var.get(),
-            )
+    zone = host.settings.tz
 
     def local(instant: datetime) -> datetime:
         return instant.astimezone(zone).replace(tzinfo=None)
 
-    async def export(request: Request) -> Response:
-        try:
-            principal = await caller(request, read_engine=read_engine, sessions=sessions, policy=policy,
-                                     purpose=PAYMENTS_EXPORT_PATH)
-        except DomainError as error:
-            return refusal(error, 401)
-        params = {key: value for key, value in request.query_params.items() if key != "token"}
-        if not principal.has(READ_PERMISSION):
-            await audited(principal, request, summary=f"导出缴费记录: 拒绝 (缺少权限 {READ_PERMISSION})",
-                          payload={**params, "code": ErrorCode.FORBIDDEN.value}, success=False)
-            return refusal(Forbidden(), 403)
-        try:
-            async with admitted(request, principal):
-                rows = payment_rows(sessions, scope_patterns=principal.scope_patterns(),
-                                    payment_filter=filter_of_params(params))
-                path, written = await excel.spool_rows(
-                    lambda target, next_chunk: write_sheets(target, PAYMENTS_LAYOUT, next_chunk,
-                                                            lambda row: payment_values(row, local=local)),
-                    rows, prefix="shuiwu-payments-", directory=str(files.spool_directory()))
-        except AdmissionRefused as error:
-            return refusal(error, 429)
-        except DomainError as error:
-            await audited(principal, request, summary=f"导出缴费记录: 失败 ({error.message})",
-                          payload={**params, "code": error.code.value}, success=False)
-            return refusal(error, 404 if isinstance(error, NotFound) or error.code is ErrorCode.NOT_FOUND else 400)
-        try:
-            await audited(principal, request, summary=f"导出缴费记录: {written} 笔", payload={**params, "rows": written},
-                          success=True)
-        except BaseException:
-            excel.discard(Path(path))
-            raise
-        return await serve_export(files, sessions, path, filename=f"payments-{utcnow().astimezone(zone):%Y%m%d%H%M}.xlsx",
-                                  owner=principal)
+    async def build(principal: Principal, params: dict[str, str]) -> Exported:
+        rows = payment_rows(host.sessions, scope_patterns=principal.scope_patterns(),
+                            payment_filter=filter_of_params(params))
+        path, written = await excel.spool_rows(
+            lambda target, next_chunk: write_sheets(target, PAYMENTS_LAYOUT, next_chunk,
+                                                    lambda row: payment_values(row, local=local)),
+            rows, prefix="shuiwu-payments-", directory=str(files.spool_directory()))
+        return Exported(path, written, f"payments-{utcnow().astimezone(zone):%Y%m%d%H%M}.xlsx")
 
-    return [Route(PAYMENTS_EXPORT_PATH, export, methods=["GET"]), *receipts_http.routes(host)]
+    export = ExportRoute(PAYMENTS_EXPORT_PATH, READ_PERMISSION, "payments", "exportPayments", "导出缴费记录")
+    return [export_route(host, export, build, record=record_operation), *receipts_http.routes(host)]
