@@ -121,6 +121,8 @@ class ErrorCode(StrEnum):
     # Reading entry (manual entry, uploads, corrections, estimates: backend.readings.entry)
     INVALID_READ_AT = "INVALID_READ_AT"
     READING_LOWER_THAN_PREVIOUS = "READING_LOWER_THAN_PREVIOUS"
+    # A dial photo that is no image the caller stored (a missing one is FILE_NOT_FOUND)
+    PHOTO_INVALID = "PHOTO_INVALID"
 
     # Analytics (usage statistics, ledgers, comparisons: backend.readings.analytics)
     HOURLY_SCOPE_UNSUPPORTED = "HOURLY_SCOPE_UNSUPPORTED"
@@ -149,6 +151,12 @@ class ErrorCode(StrEnum):
     ACCOUNT_UNSETTLED = "ACCOUNT_UNSETTLED"
     ENTRY_AMOUNT_INVALID = "ENTRY_AMOUNT_INVALID"
     IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
+    # Billing: reading routes (抄表本, backend.billing.routes)
+    ROUTE_METER_ON_OTHER_ROUTE = "ROUTE_METER_ON_OTHER_ROUTE"
+    ROUTE_METER_OUTSIDE_AREA = "ROUTE_METER_OUTSIDE_AREA"
+    ROUTE_METER_NOT_HOUSEHOLD = "ROUTE_METER_NOT_HOUSEHOLD"
+    ROUTE_METER_REPEATED = "ROUTE_METER_REPEATED"
+    INVALID_PERIOD = "INVALID_PERIOD"
     # Payments (backend.payments.errors)
     PAYMENT_AMOUNT_INVALID = "PAYMENT_AMOUNT_INVALID"
     PAYMENT_AMOUNT_MISMATCH = "PAYMENT_AMOUNT_MISMATCH"

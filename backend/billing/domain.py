@@ -8,7 +8,9 @@ It comes after readings (settlement reads usage through
 ``backend.readings.usage.usage_between``) and before payments, which it never imports.
 Its menus gate the screens and are the operation log's modules: 水价管理 (``tariffs``),
 账户管理 (``accounts``: ``accounts:read`` / ``accounts:manage``) and 主站预付费
-(``prepaid``: ``prepaid:settle``); postpaid and reports come with the bills.
+(``prepaid``: ``prepaid:settle``) and 抄表管理 (``routes``: reading routes, ``routes:read``
+/ ``routes:manage``; a reader's own ``myReadingRoute`` needs only readings:write);
+postpaid and reports come with the bills.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from backend.events.service import Handler
 DOMAIN = Domain(
     name="billing",
     title="计费",
-    models=("backend.billing.models",),
+    models=("backend.billing.models", "backend.billing.routes_models"),
     schema="backend.billing.schema",
     routes="backend.billing.http:routes",
     menus=(
@@ -36,6 +38,10 @@ DOMAIN = Domain(
         Menu("prepaid", "主站预付费", "Master-station prepaid", (
             _p("prepaid:settle", "手工结算", "Settle prepaid accounts now"),
         )),
+        Menu("routes", "抄表管理", "Reading routes", (
+            _p("routes:read", "查看抄表本与抄见率", "View reading routes and their completion"),
+            _p("routes:manage", "维护抄表本 / 分配抄表员", "Maintain reading routes and assign readers"),
+        )),
     ),
     demo_grants={"cashier": frozenset({"tariffs:read", "accounts:read", "accounts:manage"})},
     operations=(
@@ -47,6 +53,11 @@ DOMAIN = Domain(
         Operation("finalCharge", "最终结算", "Final charge", "accounts"),
         Operation("settlePrepaid", "预付费结算", "Settle prepaid accounts", "prepaid"),
         Operation("exportAccountStatement", "导出账户流水", "Export account statement", "accounts"),
+        Operation("createReadingRoute", "新建抄表本", "Create reading route", "routes"),
+        Operation("updateReadingRoute", "修改抄表本", "Change reading route", "routes"),
+        Operation("deleteReadingRoute", "删除抄表本", "Delete reading route", "routes"),
+        Operation("setReadingRouteMeters", "设置抄表本表计", "Set a reading route's meters", "routes"),
+        Operation("assignReadingRouteReader", "分配抄表员", "Assign a route's reader", "routes"),
     ),
     handlers=(
         # All its effects are in the database (entries, threshold events), so a replay of
@@ -65,5 +76,7 @@ DOMAIN = Domain(
         "accounts.opened_by": "the staff member (or 系统) who opened the account, not the resident",
         "accounts.closed_by": "the staff member who closed the account, not the resident",
         "ledger_entries.posted_by": "the staff member or process that posted the entry, not the resident",
+        "reading_routes.name": "a reading route's name (翠湖小区 1-3 栋), not a person's",
+        "reading_routes.reader_user_id": "the staff member who reads the route, not the resident",
     }),
 )

@@ -76,6 +76,8 @@ DOMAIN = Domain(
             "meter_link_status.last_failure_reason": "why a meter's link last failed (a device's)",
             "query_schemes.owner_user_id": "the staff user who saved a query scheme",
             "query_schemes.name": "a staff user's name for a saved query",
+            "reading_entries.entered_by": "the staff member who entered a field reading",
+            "reading_entries.photo_key": "the stored photo of a meter's dial, which shows no person",
         },
     ),
 )

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.exports import excel
+from backend.files.service import FileStore
 from backend.readings.models import ReadingQuality
 from backend.readings.partitions import DEFAULT_TIMEZONE, as_zone
 from backend.readings.rollup import is_rollover, zone_name
@@ -148,6 +149,72 @@ async def _scoped_meter(session: AsyncSession, meter_id: int, scope_patterns: Se
 
 # --------------------------------------------------------------------------- manual entry
 
+MAX_IDEMPOTENCY_KEY_LENGTH = 64
+PHOTO_PURPOSE = "photos"
+
+
+@dataclass(frozen=True, slots=True)
+class Photo:
+    """A dial photo offered with an entry: the stored file's key and who offers it (a
+    principal's kind and id: only the one who stored a photo may attach it)."""
+
+    key: str
+    owner_kind: str
+    owner_id: int
+
+
+class PhotoInvalid(DomainError):
+    code = ErrorCode.PHOTO_INVALID
+    message = "照片须为本人上传的图片"
+    message_en = "The photo must be an image you uploaded"
+
+
+class EntryKeyConflict(DomainError):
+    code = ErrorCode.IDEMPOTENCY_CONFLICT
+    message = "该幂等键已用于另一条读数 (表计、时间或读数不同)"
+    message_en = "This idempotency key was used for a different reading (meter, time or total)"
+
+
+def checked_idempotency_key(key: str) -> str:
+    cleaned = key.strip()
+    if not cleaned or len(cleaned) > MAX_IDEMPOTENCY_KEY_LENGTH or not cleaned.isprintable() or not cleaned.isascii():
+        raise DomainError(f"幂等键须为 1 至 {MAX_IDEMPOTENCY_KEY_LENGTH} 个可打印 ASCII 字符",
+                          f"An idempotency key is 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters",
+                          field="idempotencyKey", code=ErrorCode.INVALID)
+    return cleaned
+
+
+async def _checked_photo(session: AsyncSession, files: FileStore, photo: Photo) -> str:
+    """The photo's key once it is a finished image stored by its offerer; FILE_NOT_FOUND
+    for no such file (or one being written), PHOTO_INVALID for anything else. Another
+    person's photo is PHOTO_INVALID, not readable: its existence tells nothing new, as its
+    key is unguessable and came from the caller."""
+    try:
+        stored = await files.describe(session, key=photo.key)
+    except ValueError:  # not even a key's shape
+        raise DomainError("文件不存在或已过期删除", "The file does not exist (or expired and was deleted)",
+                          field="photoId", code=ErrorCode.FILE_NOT_FOUND) from None
+    except DomainError as error:
+        error.field = "photoId"
+        raise
+    if (stored.purpose != PHOTO_PURPOSE or not stored.content_type.startswith("image/")
+            or (stored.owner_kind, stored.owner_id) != (photo.owner_kind, photo.owner_id)):
+        raise PhotoInvalid(field="photoId")
+    return stored.key
+
+
+# The entry's key claimed first: a concurrent second sync of the same key waits on the
+# unique index until the first commits, then finds its row (a replay) or, if the first
+# rolled back, claims the key itself.
+_CLAIM_ENTRY = text("""
+INSERT INTO reading_entries (idempotency_key, meter_id, read_at, total_m3, photo_key, entered_by, created_at)
+VALUES (:key, :meter_id, :read_at, :total, :photo_key, :by, :now)
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING id
+""")
+
+_CLAIMED_ENTRY = text("SELECT meter_id, read_at, total_m3 FROM reading_entries WHERE idempotency_key = :key")
+
 
 # The previous reading that was read, not guessed: an estimate gives way to the entry anyway.
 _PREVIOUS = text("""
@@ -167,6 +234,9 @@ async def enter_reading(
     tz: str | tzinfo = DEFAULT_TIMEZONE,
     scope_patterns: Sequence[str] | None,
     confirm_lower: bool = False,
+    idempotency_key: str | None = None,
+    photo: Photo | None = None,
+    files: FileStore | None = None,
 ) -> IngestResult:
     """Store one manual reading (quality manual, source ``manual:<by>``); the caller commits.
 
@@ -174,9 +244,34 @@ async def enter_reading(
     actual or manual reading (and not a register rollover) is refused with READING_LOWER_THAN_PREVIOUS
     unless ``confirm_lower``; anything ingest rejects is raised with its code. A reading
     already stored at that instant with an equal or better quality makes a duplicate.
+
+    ``idempotency_key`` (a field reading synced from an offline phone): the first entry
+    with it is stored with the key; a replay (same key, meter, instant and total) stores
+    nothing and answers one duplicate; the same key with another meter, instant or
+    total is IDEMPOTENCY_CONFLICT. ``photo`` (needs ``files``): a dial photo stored by
+    the offerer (purpose ``photos``, an image), kept from now on (no expiry).
     """
     meter = await _scoped_meter(session, meter_id, scope_patterns)
     total = checked_total(total_m3)
+    photo_key = None
+    if photo is not None:
+        if files is None:
+            raise ValueError("a photo needs the file store")
+        photo_key = await _checked_photo(session, files, photo)
+    # A naive instant is refused by ingest below, before anything is claimed for it.
+    if read_at.tzinfo is not None and (idempotency_key is not None or photo_key is not None):
+        key = checked_idempotency_key(idempotency_key) if idempotency_key is not None else None
+        claimed = (await session.execute(_CLAIM_ENTRY, {
+            "key": key, "meter_id": meter_id, "read_at": read_at, "total": total, "photo_key": photo_key,
+            "by": by[:100], "now": now,
+        })).scalar_one_or_none()
+        if claimed is None:
+            first = (await session.execute(_CLAIMED_ENTRY, {"key": key})).one()
+            if (first.meter_id, first.read_at, first.total_m3) != (meter_id, read_at, total):
+                raise EntryKeyConflict(field="idempotencyKey")
+            return IngestResult("", 0, 0, 1)
+        if photo_key is not None and files is not None:
+            await files.keep(session, key=photo_key, until=None)
     if read_at.tzinfo is not None and not confirm_lower:
         previous = (await session.execute(_PREVIOUS, {"meter_id": meter_id, "read_at": read_at})).scalar_one_or_none()
         if previous is not None and total < previous and not is_rollover(previous, total, meter.register_digits):

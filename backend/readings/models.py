@@ -17,7 +17,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Boolean, Column, Date, Index, Integer, Numeric, Text, text
+from sqlalchemy import BigInteger, Boolean, Column, Date, ForeignKey, Index, Integer, Numeric, String, Text, text
 from sqlmodel import Field, SQLModel
 
 from backend.db import enum_column, timestamptz
@@ -160,3 +160,25 @@ class DailyUsage(SQLModel, table=True):
     register_wraps: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     rollover: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default="false"))
     reverse_flow: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default="false"))
+
+
+class ReadingEntry(SQLModel, table=True):
+    """What a field reading brought beside its value (抄表录入 from the staff app): the
+    client's ``idempotency_key`` (a reading entered offline and synced twice is stored
+    once: the replay finds this row and returns the stored reading) and the dial's photo
+    (a ``stored_files`` key, kept once referenced here). Written only for entries that
+    carry one of them; the reading itself is ``readings`` (meter_id, read_at)."""
+
+    __tablename__ = "reading_entries"
+    __table_args__ = (Index("ix_reading_entries_meter_id_read_at", "meter_id", "read_at"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    # A client-made key (a UUID): global, so a replay from any session finds it.
+    idempotency_key: str | None = Field(default=None, sa_column=Column(String(64), nullable=True, unique=True))
+    meter_id: int = Field(sa_column=Column(BigInteger, ForeignKey("meters.id"), nullable=False))
+    read_at: datetime = Field(sa_column=timestamptz(nullable=False))
+    total_m3: Decimal = Field(sa_column=Column(Numeric(16, 4), nullable=False))
+    photo_key: str | None = Field(
+        default=None, sa_column=Column(String(255), ForeignKey("stored_files.key", ondelete="SET NULL"), nullable=True))
+    entered_by: str = Field(sa_column=Column(String(100), nullable=False))
+    created_at: datetime = Field(sa_column=timestamptz(nullable=False))

@@ -55,6 +55,12 @@ class EnterReadingInput:
     confirm_lower: bool = strawberry.field(
         default=False, description="Store it even though it is lower than the meter's previous reading."
     )
+    photo_id: strawberry.ID | None = strawberry.field(
+        default=None, description="The stored file key of a photo of the dial the caller uploaded (an image); kept with the entry.")
+    idempotency_key: str | None = strawberry.field(
+        default=None,
+        description="A client key (a UUID, at most 64 characters) so an entry synced twice is stored once: a replay answers "
+                    "the stored reading as a duplicate; the key with another meter, time or total is IDEMPOTENCY_CONFLICT.")
 
 
 @strawberry.type
@@ -110,10 +116,13 @@ class Mutation:
 
         async def work(session: AsyncSession) -> tuple[IngestResult, entry.StoredReading | None]:
             meter_id = decode_id(input.meter_id, "Meter", field="meterId")
+            photo = (entry.Photo(key=str(input.photo_id), owner_kind=principal.kind.value, owner_id=principal.id)
+                     if input.photo_id is not None else None)
             result = await entry.enter_reading(
                 session, meter_id=meter_id, read_at=input.read_at, total_m3=input.total_m3,
                 by=principal.name, now=utcnow(), tz=tz, scope_patterns=principal.scope_patterns(),
-                confirm_lower=input.confirm_lower,
+                confirm_lower=input.confirm_lower, idempotency_key=input.idempotency_key, photo=photo,
+                files=context.services.get("files"),
             )
             return result, await entry.stored_reading(session, meter_id=meter_id, read_at=input.read_at)
 
