@@ -5,7 +5,8 @@ conflicting reuse of its key refused), dial photos, and 抄见率 on a hand-made
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -13,19 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from backend.archives.models import Household, Meter
 from backend.archives.service import assign_meter
 from backend.billing import routes
+from backend.db import session_factory
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.files.service import FileStore
 from backend.files.storage import LocalStorage
+from backend.graphql.relay import encode_id
 from backend.readings import entry
 from tests.billing.factories import SHANGHAI, at, ingest
 from tests.factories import AreaTree, Staff, make_area_tree, make_household, make_staff
-from tests.graphql.client import api_settings
+from tests.graphql.client import api_settings, graphql_client
 from tests.readings.factories import make_meter
 
 # The period under test and "now" (the 30th, inside October's 5-day window (26th, 1 Nov]).
@@ -58,6 +61,22 @@ async def _world(session: AsyncSession) -> World:
         households.append(household)
     west_meter = await make_meter(session, area_id=tree.west_community.id, install_date=None)
     return World(tree, reader, other_reader, meters, households, west_meter)
+
+
+@contextmanager
+def counted(session: AsyncSession) -> Iterator[list[str]]:
+    """The statements ``session`` sends meanwhile."""
+    statements: list[str] = []
+    engine = session.get_bind()
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
 
 
 def ids(rows: Sequence[Any]) -> list[int]:
@@ -153,8 +172,10 @@ async def test_the_readers_sheet_shows_last_reading_expected_range_and_missing_o
             "ON CONFLICT (meter_id) DO UPDATE SET day = EXCLUDED.day, average_m3 = EXCLUDED.average_m3"
         ), {"m": meter.id, "d": NOW.date(), "a": average})
 
-    sheets = await routes.my_reading_routes(session, reader_user_id=world.reader.user.id or 0, period=PERIOD, now=NOW,
-                                            tz=SHANGHAI, scope_patterns=world.reader.principal.scope_patterns())
+    with counted(session) as statements:
+        sheets = await routes.my_reading_routes(session, reader_user_id=world.reader.user.id or 0, period=PERIOD, now=NOW,
+                                                tz=SHANGHAI, scope_patterns=world.reader.principal.scope_patterns())
+    assert len(statements) == 1
 
     assert [sheet.code for sheet in sheets] == ["R1"]
     sheet = sheets[0]
@@ -193,6 +214,9 @@ async def test_the_report_gives_each_routes_completion_rate_for_the_period(sessi
         "INSERT INTO readings (meter_id, read_at, total_m3, quality, source, received_at) "
         "VALUES (:m, :t, 1, 'estimated', 'estimate', :t)"), {"m": extra.id, "t": at(2026, 10, 29)})
 
+    with counted(session) as statements:
+        report = await routes.route_completion(session, period=PERIOD, tz=SHANGHAI, scope_patterns=None)
+    assert len(statements) == 1
     report = await routes.route_completion(session, period=PERIOD, area_id=world.tree.east.id, tz=SHANGHAI,
                                            scope_patterns=None)
 
@@ -272,3 +296,53 @@ async def test_a_dial_photo_must_exist_and_be_the_callers_image_and_is_then_kept
     linked = (await session.execute(text("SELECT photo_key FROM reading_entries WHERE meter_id = :m"),
                                     {"m": meter.id})).scalar_one()
     assert (kept, linked) == (None, mine)
+
+
+# --------------------------------------------------------------------------- over GraphQL
+
+MY_ROUTE = """
+query($period: String!) {
+  myReadingRoute(period: $period) { code meters missing
+    stops { position meterCode accountNo householdName lastTotalM3 expectedLowM3 expectedHighM3 missing } }
+}"""
+ENTER = """
+mutation($input: EnterReadingInput!) {
+  enterReading(input: $input) { reading { totalM3 quality } inserted duplicates errors { field code } }
+}"""
+
+
+async def test_a_reader_walks_their_route_and_syncs_an_offline_reading_twice_over_graphql(database_url: str) -> None:
+    engine = create_async_engine(database_url)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            world = await _world(session)
+            walked = await _route(session, world, "G1", world.meters[:2], reader=world.reader)
+            await _route(session, world, "G2", world.meters[2:], reader=world.other_reader)
+            # The whole month is the window, so a reading made now counts whatever today is.
+            await routes.update_route(session, route_id=walked, window_days=31, now=NOW, scope_patterns=None)
+    finally:
+        await engine.dispose()
+    period = datetime.now(SHANGHAI).strftime("%Y-%m")
+    meter_id = encode_id("Meter", world.meters[0].id or 0)
+    read_at = (datetime.now(SHANGHAI) - timedelta(minutes=1)).isoformat()
+
+    async with graphql_client(database_url) as client:
+        token = await client.login(world.reader.username, world.reader.password)
+        sheet = (await client.execute(MY_ROUTE, {"period": period}, token=token))["data"]["myReadingRoute"]
+        assert [(s["code"], s["meters"], s["missing"]) for s in sheet] == [("G1", 2, 2)]
+        assert [stop["meterCode"] for stop in sheet[0]["stops"]] == [m.code for m in world.meters[:2]]
+
+        entered = {"meterId": meter_id, "readAt": read_at, "totalM3": "21.5", "idempotencyKey": "offline-7f3a"}
+        first = (await client.execute(ENTER, {"input": entered}, token=token))["data"]["enterReading"]
+        again = (await client.execute(ENTER, {"input": entered}, token=token))["data"]["enterReading"]
+        conflict = (await client.execute(ENTER, {"input": {**entered, "totalM3": "22"}}, token=token))["data"]["enterReading"]
+        no_photo = (await client.execute(ENTER, {"input": {**entered, "idempotencyKey": None,
+                                                           "photoId": "photos/2026/01/01/none.jpg"}},
+                                         token=token))["data"]["enterReading"]
+
+        assert (first["inserted"], first["errors"]) == (1, [])
+        assert (again["inserted"], again["duplicates"], again["reading"]["totalM3"], again["errors"]) == (0, 1, "21.5000", [])
+        assert conflict["errors"] == [{"field": "idempotencyKey", "code": "IDEMPOTENCY_CONFLICT"}]
+        assert no_photo["errors"] == [{"field": "photoId", "code": "FILE_NOT_FOUND"}]
+        after = (await client.execute(MY_ROUTE, {"period": period}, token=token))["data"]["myReadingRoute"]
+        assert [stop["missing"] for stop in after[0]["stops"]] == [False, True]
