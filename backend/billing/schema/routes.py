@@ -13,6 +13,7 @@ import strawberry
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.types import Info
 
+from backend.auth.models import PrincipalKind
 from backend.billing import routes
 from backend.billing.routes_models import DEFAULT_WINDOW_DAYS
 from backend.clock import utcnow
@@ -192,6 +193,8 @@ class Query:
                       "its household, last reading, expected range and whether the period's reading is missing.")
     async def my_reading_route(self, info: Info, period: str) -> list[ReadingRouteSheetType]:
         context = info.context
+        if context.caller.kind is not PrincipalKind.staff:
+            return []  # routes go to staff users; another principal's id names nobody's route
         async with context.read() as session:
             sheets = await routes.my_reading_routes(session, reader_user_id=context.caller.id, period=period,
                                                     now=utcnow(), tz=context.settings.tz, scope_patterns=_scope(info))
