@@ -8,7 +8,8 @@ It comes after readings (settlement reads usage through
 ``backend.readings.usage.usage_between``) and before payments, which it never imports.
 Its menus gate the screens and are the operation log's modules: 水价管理 (``tariffs``),
 账户管理 (``accounts``: ``accounts:read`` / ``accounts:manage``) and 主站预付费
-(``prepaid``: ``prepaid:settle``); postpaid and reports come with the bills.
+(``prepaid``: ``prepaid:settle``) and 抄表审核 (``review``: ``review:read`` /
+``review:decide``, ``backend.billing.review``); postpaid bills and reports come later.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ DOMAIN = Domain(
         Menu("prepaid", "主站预付费", "Master-station prepaid", (
             _p("prepaid:settle", "手工结算", "Settle prepaid accounts now"),
         )),
+        Menu("review", "抄表审核", "Reading review", (
+            _p("review:read", "查看抄表审核", "View reading reviews"),
+            _p("review:decide", "审核抄表 (核准 / 调整 / 估算)", "Decide reading reviews (approve, adjust, estimate)"),
+        )),
     ),
     demo_grants={"cashier": frozenset({"tariffs:read", "accounts:read", "accounts:manage"})},
     operations=(
@@ -47,6 +52,11 @@ DOMAIN = Domain(
         Operation("finalCharge", "最终结算", "Final charge", "accounts"),
         Operation("settlePrepaid", "预付费结算", "Settle prepaid accounts", "prepaid"),
         Operation("exportAccountStatement", "导出账户流水", "Export account statement", "accounts"),
+        Operation("prepareReadingReview", "生成抄表审核", "Prepare reading review", "review"),
+        Operation("approveReading", "核准抄表", "Approve reading", "review"),
+        Operation("adjustReading", "调整抄表读数", "Adjust reading", "review"),
+        Operation("estimateReading", "估算抄表读数", "Estimate reading", "review"),
+        Operation("reopenReadingReview", "退回抄表审核", "Reopen reading review", "review"),
     ),
     handlers=(
         # All its effects are in the database (entries, threshold events), so a replay of
@@ -65,5 +75,8 @@ DOMAIN = Domain(
         "accounts.opened_by": "the staff member (or 系统) who opened the account, not the resident",
         "accounts.closed_by": "the staff member who closed the account, not the resident",
         "ledger_entries.posted_by": "the staff member or process that posted the entry, not the resident",
+        "reading_reviews.decided_by": "the staff member who decided the reading review, not the resident",
+        "reading_reviews.decision_reason": "the reviewer's note on a period's readings (表坏估算), about the meter, "
+                                           "not a person",
     }),
 )

@@ -1,15 +1,16 @@
 """GraphQL for billing: tariffs (``tariffs``), accounts and their statements
-(``queries``, ``types``) and the account mutations (``mutations``), merged here."""
+(``queries``, ``types``), the account mutations (``mutations``) and reading review
+(``review``, 抄表审核), merged here."""
 
 from __future__ import annotations
 
 from strawberry.tools import merge_types
 
-from backend.billing.schema import mutations, queries, tariffs
+from backend.billing.schema import mutations, queries, review, tariffs
 
-Query = merge_types("BillingQuery", (tariffs.Query, queries.Query))
-Mutation = merge_types("BillingMutation", (tariffs.Mutation, mutations.Mutation))
-NODES = queries.NODES
+Query = merge_types("BillingQuery", (tariffs.Query, queries.Query, review.Query))
+Mutation = merge_types("BillingMutation", (tariffs.Mutation, mutations.Mutation, review.Mutation))
+NODES = {**queries.NODES, **review.NODES}
 EXTENSIONS = queries.EXTENSIONS
 
 __all__ = ["EXTENSIONS", "NODES", "Mutation", "Query"]
