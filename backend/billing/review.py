@@ -51,7 +51,7 @@ from backend.readings.partitions import DEFAULT_TIMEZONE, as_zone
 __all__ = [
     "MISSING_READING_DAYS", "NOT_HELD_SQL", "HeldAccount", "ReviewDecided", "ReviewMeter", "ReviewNotDecided",
     "ReviewRow", "adjust_review", "approve_review", "billable_accounts", "estimate_review", "held_accounts",
-    "parse_period", "period_bounds", "prepare_review", "reopen_review", "review_in_scope", "review_page",
+    "parse_period", "period_bounds", "prepare_review", "reopen_review", "review_page",
 ]
 
 # A meter is held when its last reading before the period end is older than this.
@@ -394,17 +394,6 @@ async def reopen_review(session: AsyncSession, *, review_id: int, reason: str, b
     review.decided_by = None
     review.decided_at = None
     review.decision_reason = None
-    return review
-
-
-async def review_in_scope(session: AsyncSession, review_id: int, scope_patterns: Sequence[str] | None) -> ReadingReview:
-    """The review, if its household lies in the scope; NOT_FOUND otherwise (no lock)."""
-    found = await review_page(session, period=None, review_id=review_id, scope_patterns=scope_patterns,
-                              offset=0, limit=1)
-    if not found.rows:
-        raise NotFound(field="id")
-    review = await session.get(ReadingReview, review_id)
-    assert review is not None
     return review
 
 

@@ -163,6 +163,21 @@ async def test_estimating_writes_an_estimated_reading_on_the_periods_last_day(se
     assert period.history.account_id in await review.billable_accounts(session, period=PERIOD, account_ids=period.ids)
 
 
+async def test_the_page_lists_the_held_households_with_their_meters_and_counts_them(session: AsyncSession) -> None:
+    period = await make_period(session)
+    area_id = period.silent.household.area_id
+
+    found = await review.review_page(session, period=PERIOD, area_id=area_id, scope_patterns=None, offset=0, limit=10)
+
+    assert found.total == 1
+    [row] = found.rows
+    assert (row.account_no, row.household_name) == (period.silent.household.account_no, "王芳")
+    assert row.review.state is ReviewState.pending and row.review.missing_reading is True
+    assert [(m.meter_id, m.last_total_m3) for m in row.meters] == [(period.silent.meter.id, Decimal(30))]
+    past = await review.review_page(session, period=PERIOD, area_id=area_id, scope_patterns=None, offset=5, limit=10)
+    assert (past.rows, past.total) == ([], 1)
+
+
 # --------------------------------------------------------------------------- GraphQL
 
 LIST = """
