@@ -8,9 +8,10 @@ It comes after readings (settlement reads usage through
 ``backend.readings.usage.usage_between``) and before payments, which it never imports.
 Its menus gate the screens and are the operation log's modules: 水价管理 (``tariffs``),
 账户管理 (``accounts``: ``accounts:read`` / ``accounts:manage``) and 主站预付费
-(``prepaid``: ``prepaid:settle``) and 抄表管理 (``routes``: reading routes, ``routes:read``
-/ ``routes:manage``; a reader's own ``myReadingRoute`` needs only readings:write);
-postpaid and reports come with the bills.
+(``prepaid``: ``prepaid:settle``), 抄表管理 (``routes``: reading routes, ``routes:read``
+/ ``routes:manage``; a reader's own ``myReadingRoute`` needs only readings:write) and
+抄表审核 (``review``: ``review:read`` / ``review:decide``, ``backend.billing.review``);
+postpaid bills and reports come later.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ DOMAIN = Domain(
             _p("routes:read", "查看抄表本与抄见率", "View reading routes and their completion"),
             _p("routes:manage", "维护抄表本 / 分配抄表员", "Maintain reading routes and assign readers"),
         )),
+        Menu("review", "抄表审核", "Reading review", (
+            _p("review:read", "查看抄表审核", "View reading reviews"),
+            _p("review:decide", "审核抄表 (核准 / 调整 / 估算)", "Decide reading reviews (approve, adjust, estimate)"),
+        )),
     ),
     demo_grants={"cashier": frozenset({"tariffs:read", "accounts:read", "accounts:manage"})},
     operations=(
@@ -58,6 +63,11 @@ DOMAIN = Domain(
         Operation("deleteReadingRoute", "删除抄表本", "Delete reading route", "routes"),
         Operation("setReadingRouteMeters", "设置抄表本表计", "Set a reading route's meters", "routes"),
         Operation("assignReadingRouteReader", "分配抄表员", "Assign a route's reader", "routes"),
+        Operation("prepareReadingReview", "生成抄表审核", "Prepare reading review", "review"),
+        Operation("approveReading", "核准抄表", "Approve reading", "review"),
+        Operation("adjustReading", "调整抄表读数", "Adjust reading", "review"),
+        Operation("estimateReading", "估算抄表读数", "Estimate reading", "review"),
+        Operation("reopenReadingReview", "退回抄表审核", "Reopen reading review", "review"),
     ),
     handlers=(
         # All its effects are in the database (entries, threshold events), so a replay of
@@ -78,5 +88,8 @@ DOMAIN = Domain(
         "ledger_entries.posted_by": "the staff member or process that posted the entry, not the resident",
         "reading_routes.name": "a reading route's name (翠湖小区 1-3 栋), not a person's",
         "reading_routes.reader_user_id": "the staff member who reads the route, not the resident",
+        "reading_reviews.decided_by": "the staff member who decided the reading review, not the resident",
+        "reading_reviews.decision_reason": "the reviewer's note on a period's readings (表坏估算), about the meter, "
+                                           "not a person",
     }),
 )

@@ -25,10 +25,11 @@ from sqlalchemy import (
     Integer,
     Numeric,
     String,
+    Text,
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlmodel import Field, SQLModel
 
 from backend.archives.models import CustomerType
@@ -183,3 +184,51 @@ class PrepaidCycle(SQLModel, table=True):
     base_fen: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
     base_volume_m3: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(16, 4), nullable=False,
                                                                          server_default="0"))
+
+
+# --------------------------------------------------------------------------- reading review (抄表审核)
+
+
+class ReviewState(StrEnum):
+    """Where a held account's period stands (抄表审核): waiting for a reviewer, or decided by
+    approving the readings as they are, adjusting the period-end reading by hand, or
+    estimating it from the meter's average. Any decided state is billable."""
+
+    pending = "pending"
+    approved = "approved"
+    adjusted = "adjusted"
+    estimated = "estimated"
+
+
+class ReadingReview(SQLModel, table=True):
+    """One postpaid account's period held for review (``backend.billing.review``): why it
+    was held (the meter alarm kinds open in the period, and/or no reading within 3 days
+    of the period end), and once decided who decided, when, why, and the readings the
+    decision wrote. An account and period without a row was clean when it was prepared."""
+
+    __tablename__ = "reading_reviews"
+    __mapper_args__ = {"eager_defaults": True}
+    __table_args__ = (
+        UniqueConstraint("account_id", "period", name="uq_reading_reviews_account_period"),
+        CheckConstraint("extract(day FROM period) = 1", name="period_first_day"),
+        CheckConstraint("(state = 'pending') = (decided_at IS NULL)", name="decided_when_not_pending"),
+        Index("ix_reading_reviews_period_state", "period", "state"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
+    account_id: int = Field(sa_column=Column(BigInteger, ForeignKey("accounts.id"), nullable=False))
+    # The billing period 'YYYY-MM' as its first day.
+    period: date = Field(sa_column=Column(Date, nullable=False))
+    state: ReviewState = Field(default=ReviewState.pending, sa_column=enum_column(ReviewState, nullable=False))
+    # Held because: these alarm kinds were open in the period (sorted; empty: none) ...
+    alarm_kinds: list[str] = Field(default_factory=list, sa_column=Column(ARRAY(String(32)), nullable=False,
+                                                                          server_default="{}"))
+    # ... and/or a current meter had no reading (actual or manual) in the period's last 3 days.
+    missing_reading: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default="false"))
+    created_at: datetime = Field(sa_column=timestamptz(nullable=False))
+    decided_by: str | None = Field(default=None, sa_column=Column(String(100), nullable=True))
+    decided_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))
+    decision_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # What an adjust or estimate wrote: [{"meter_id", "read_at", "total_m3", "quality"}].
+    readings: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSONB, nullable=False,
+                                                                                  server_default="[]"))
