@@ -36,6 +36,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.billing.models import ReadingReview, ReviewState
+from backend.billing.scope import area_path_in_scope, patterns_param
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.readings.entry import (
     ESTIMATE_TIME,
@@ -108,16 +109,7 @@ def _checked_period(period: date) -> date:
     return period
 
 
-def _patterns(scope_patterns: Sequence[str] | None) -> list[str] | None:
-    return None if scope_patterns is None else list(scope_patterns)
-
-
 # --------------------------------------------------------------------------- prepare
-
-_SCOPED_AREA_PATH = text("""
-SELECT path FROM areas
-WHERE id = :area_id AND (CAST(:patterns AS text[]) IS NULL OR path LIKE ANY(CAST(:patterns AS text[])))
-""")
 
 # One statement: every open postpaid account of the subtree, its household's current
 # meters' alarm kinds open in the period and whether one of them lacks a recent reading;
@@ -165,13 +157,8 @@ async def prepare_review(
     returns how many rows were added. NOT_FOUND for an area outside the scope; the caller
     commits."""
     period = _checked_period(period)
-    patterns = _patterns(scope_patterns)
-    area_path = None
-    if area_id is not None:
-        area_path = (await session.execute(_SCOPED_AREA_PATH, {"area_id": area_id, "patterns": patterns})
-                     ).scalar_one_or_none()
-        if area_path is None:
-            raise NotFound(field="areaId")
+    patterns = patterns_param(scope_patterns)
+    area_path = await area_path_in_scope(session, area_id, scope_patterns) if area_id is not None else None
     zone = as_zone(tz)
     start, end = period_bounds(period, zone)
     recent = datetime.combine(_next_month(period) - timedelta(days=MISSING_READING_DAYS), time(), tzinfo=zone)
@@ -255,7 +242,7 @@ SELECT meter_id FROM meter_assignments WHERE household_id = :household_id AND va
 async def _locked(session: AsyncSession, review_id: int, scope_patterns: Sequence[str] | None,
                   ) -> tuple[ReadingReview, int]:
     """The review row locked, and its household; NOT_FOUND outside the scope."""
-    row = (await session.execute(_LOCK_REVIEW, {"review_id": review_id, "patterns": _patterns(scope_patterns)})
+    row = (await session.execute(_LOCK_REVIEW, {"review_id": review_id, "patterns": patterns_param(scope_patterns)})
            ).one_or_none()
     if row is None:
         raise NotFound(field="reviewId")
@@ -467,13 +454,8 @@ async def review_page(
     """Reviews of the period (of an area subtree, in a state) in the scope, by account
     number, with the household and its meters' newest readings; NOT_FOUND for an area
     outside the scope."""
-    patterns = _patterns(scope_patterns)
-    area_path = None
-    if area_id is not None:
-        area_path = (await session.execute(_SCOPED_AREA_PATH, {"area_id": area_id, "patterns": patterns})
-                     ).scalar_one_or_none()
-        if area_path is None:
-            raise NotFound(field="areaId")
+    patterns = patterns_param(scope_patterns)
+    area_path = await area_path_in_scope(session, area_id, scope_patterns) if area_id is not None else None
     result = await session.execute(_PAGE, {
         "period": period, "review_id": review_id, "state": state.value if state is not None else None,
         "area_path": area_path, "patterns": patterns, "offset": offset, "limit": limit,

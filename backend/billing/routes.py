@@ -44,6 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.billing.accounts import KEEP
 from backend.billing.routes_models import DEFAULT_WINDOW_DAYS, ReadingRoute
+from backend.billing.scope import area_path_in_scope, patterns_param
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.readings.partitions import DEFAULT_TIMEZONE, as_zone
 
@@ -120,15 +121,6 @@ def parse_period(value: str, *, field_name: str = "period") -> Period:
 # --------------------------------------------------------------------------- routes
 
 
-def _patterns(scope_patterns: Sequence[str] | None) -> list[str] | None:
-    return None if scope_patterns is None else list(scope_patterns)
-
-
-_SCOPED_AREA = text("""
-SELECT path FROM areas
-WHERE id = :area_id AND (CAST(:patterns AS text[]) IS NULL OR path LIKE ANY(CAST(:patterns AS text[])))
-""")
-
 _LOCK_ROUTE = text("""
 SELECT r.id, a.path FROM reading_routes r JOIN areas a ON a.id = r.area_id
 WHERE r.id = :route_id AND (CAST(:patterns AS text[]) IS NULL OR a.path LIKE ANY(CAST(:patterns AS text[])))
@@ -162,7 +154,7 @@ async def _checked_reader(session: AsyncSession, reader_user_id: int | None) -> 
 
 
 async def _locked_route(session: AsyncSession, route_id: int, scope_patterns: Sequence[str] | None) -> Any:
-    row = (await session.execute(_LOCK_ROUTE, {"route_id": route_id, "patterns": _patterns(scope_patterns)})).one_or_none()
+    row = (await session.execute(_LOCK_ROUTE, {"route_id": route_id, "patterns": patterns_param(scope_patterns)})).one_or_none()
     if row is None:
         raise NotFound(field="routeId")
     return row
@@ -186,8 +178,7 @@ async def create_route(
         area_id=area_id, window_days=_checked_window(window_days), created_at=now, updated_at=now,
         reader_user_id=await _checked_reader(session, reader_user_id),
     )
-    if (await session.execute(_SCOPED_AREA, {"area_id": area_id, "patterns": _patterns(scope_patterns)})).one_or_none() is None:
-        raise NotFound(field="areaId")
+    await area_path_in_scope(session, area_id, scope_patterns)
     try:
         async with session.begin_nested():
             session.add(route)
@@ -279,7 +270,7 @@ async def set_route_meters(
                           field="meterIds", code=ErrorCode.INVALID)
     route = await _locked_route(session, route_id, scope_patterns)
     rows = {row.id: row for row in (await session.execute(_CANDIDATES, {
-        "route_path": route.path, "route_id": route_id, "meter_ids": wanted, "patterns": _patterns(scope_patterns),
+        "route_path": route.path, "route_id": route_id, "meter_ids": wanted, "patterns": patterns_param(scope_patterns),
     })).all()}
     for meter_id in wanted:
         row = rows.get(meter_id)
@@ -333,7 +324,7 @@ ORDER BY r.code, r.id
 async def reading_routes(session: AsyncSession, *, scope_patterns: Sequence[str] | None,
                          route_id: int | None = None) -> list[RouteSummary]:
     """The routes of the scope (or just ``route_id``), each with its meters in order; one statement."""
-    rows = (await session.execute(_ROUTES, {"patterns": _patterns(scope_patterns), "route_id": route_id})).all()
+    rows = (await session.execute(_ROUTES, {"patterns": patterns_param(scope_patterns), "route_id": route_id})).all()
     return [RouteSummary(row.id, row.code, row.name, row.area_id, row.reader_user_id, row.reader_name, row.window_days,
                          list(row.meter_ids)) for row in rows]
 
@@ -432,7 +423,7 @@ async def my_reading_routes(
     window_end = parsed.end_at(zone)
     rows = (await session.execute(_SHEET, {
         "reader_id": reader_user_id, "window_end": window_end, "now": now, "low": EXPECTED_LOW, "high": EXPECTED_HIGH,
-        "patterns": _patterns(scope_patterns),
+        "patterns": patterns_param(scope_patterns),
     })).all()
     sheets: dict[int, RouteSheet] = {}
     for row in rows:
@@ -520,9 +511,9 @@ async def route_completion(
     """抄见率 per route (and its reader) for ``period``, for the routes of the scope under
     ``area_id``'s subtree (NOT_FOUND for an area outside the scope). One statement."""
     parsed = parse_period(period)
-    patterns = _patterns(scope_patterns)
-    if area_id is not None and (await session.execute(_SCOPED_AREA, {"area_id": area_id, "patterns": patterns})).one_or_none() is None:
-        raise NotFound(field="areaId")
+    patterns = patterns_param(scope_patterns)
+    if area_id is not None:
+        await area_path_in_scope(session, area_id, scope_patterns)
     rows = (await session.execute(_COMPLETION, {
         "window_end": parsed.end_at(as_zone(tz)), "patterns": patterns, "area_id": area_id,
     })).all()
