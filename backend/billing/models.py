@@ -1,7 +1,9 @@
-"""Tariffs (水价): one row per version, keyed by (code, valid_from).
+"""Billing's tables: tariffs, accounts, the ledger and prepaid cycles (below), and the
+postpaid groundwork (reading reviews; reading routes are in ``routes_models``).
 
-A version is immutable once written: its rules (cycle, tier limits, components and their
-prices, household-size rule, minimum monthly charge, sewage coefficient) are kept as one
+**Tariffs** (水价): one row per version, keyed by (code, valid_from). A version is
+immutable once written: its rules (cycle, tier limits, components and their prices,
+household-size rule, minimum monthly charge, sewage coefficient) are kept as one
 canonical JSON document (``rules``, see :func:`backend.billing.service.canonical_rules`),
 so "identical content" is an equality of documents and a change is a new version with a
 later ``valid_from``. ``customer_type`` and ``name`` are columns so lists filter on them.

@@ -69,7 +69,9 @@ if TYPE_CHECKING:
     from backend.events.service import Event
     from backend.runtime import Runtime
 
-__all__ = ["PrepaidSettlement", "cycle_of", "period_pricer", "settle_accounts", "settle_ingested", "settle_prepaid"]
+__all__ = [
+    "PrepaidSettlement", "cycle_of", "midnight", "period_pricer", "settle_accounts", "settle_ingested", "settle_prepaid",
+]
 
 _TICK = timedelta(microseconds=1)
 
@@ -98,7 +100,8 @@ def cycle_of(day: date, cycle: TariffCycle) -> tuple[date, date]:
     return start, (start + timedelta(days=32)).replace(day=1)
 
 
-def _midnight(day: date, zone: tzinfo) -> datetime:
+def midnight(day: date, zone: tzinfo) -> datetime:
+    """The instant ``day`` starts in ``zone`` (cycles, months and day ranges begin there)."""
     return datetime.combine(day, time(), tzinfo=zone)
 
 
@@ -230,7 +233,7 @@ async def settle_accounts(
     # An account's windows depend on its tariff, the instant its pricing begins and where
     # it was settled to: a batch of accounts shares a few such keys, worked out once each.
     spans: dict[tuple[str, datetime, datetime], list[tuple[date, date, datetime, datetime, datetime]]] = {}
-    first_version_at = {code: _midnight(tariff[0].valid_from, zone) for code, tariff in versions.items() if tariff}
+    first_version_at = {code: midnight(tariff[0].valid_from, zone) for code, tariff in versions.items() if tariff}
     windows: list[_Window] = []
     for row in rows:
         code = row["tariff_code"]
@@ -250,8 +253,8 @@ async def settle_accounts(
             cycle = TariffCycle(versions[code][-1].rules["cycle"])  # a code keeps its cycle (save_tariff)
             cycle_start, cycle_end = cycle_of(first_day, cycle)
             while cycle_start <= as_of_day:
-                start = max(_midnight(cycle_start, zone), begin)
-                end_at = _midnight(cycle_end, zone)
+                start = max(midnight(cycle_start, zone), begin)
+                end_at = midnight(cycle_end, zone)
                 end = min(end_at, as_of)
                 if end > start:
                     spans_of.append((cycle_start, cycle_end, start, end, end_at))

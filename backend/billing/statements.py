@@ -20,14 +20,15 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, tzinfo
+from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.billing.accounts import account_in_scope
-from backend.billing.models import Account, AccountStatus, AlertState, BillingMode, EntryKind
+from backend.billing.models import Account, AccountStatus, AlertState, BillingMode, EntryKind, TariffCycle
+from backend.billing.settlement import cycle_of, midnight
 from backend.db import raw_connection
 from backend.errors import BadUserInput, DomainError, ErrorCode
 from backend.readings.partitions import as_zone
@@ -55,10 +56,6 @@ def _like(search: str) -> str:
     return "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def _midnight(day: date, zone: tzinfo) -> datetime:
-    return datetime.combine(day, time(), tzinfo=zone)
-
-
 def day_range(start: date, end: date, *, tz: str | tzinfo) -> tuple[datetime, datetime]:
     """The instants ``[start 00:00, (end + 1) 00:00)`` of the zone for the days
     ``[start, end]``; BAD_USER_INPUT when ``end`` is before ``start``, RANGE_TOO_LONG past
@@ -68,7 +65,7 @@ def day_range(start: date, end: date, *, tz: str | tzinfo) -> tuple[datetime, da
     if (end - start).days + 1 > MAX_STATEMENT_DAYS:
         raise StatementRangeTooLong(field="to")
     zone = as_zone(tz)
-    return _midnight(start, zone), _midnight(end + timedelta(days=1), zone)
+    return midnight(start, zone), midnight(end + timedelta(days=1), zone)
 
 
 # --------------------------------------------------------------------------- the accounts list
@@ -322,10 +319,6 @@ GROUP BY m.start
 """
 
 
-def _month_after(month: date) -> date:
-    return (month + timedelta(days=32)).replace(day=1)
-
-
 async def prepaid_months(
     session: AsyncSession,
     *,
@@ -357,7 +350,7 @@ async def prepaid_months(
             "AND EXISTS (SELECT FROM household_owners o WHERE o.household_id = $1 AND o.valid_to IS NOT NULL)",
             account.household_id)
         if owner_since is not None:
-            opened = max(opened, _midnight(owner_since, zone))
+            opened = max(opened, midnight(owner_since, zone))
     until = min(now, account.closed_at) if account.closed_at is not None else now
     first = opened.astimezone(zone).date().replace(day=1)
     month = until.astimezone(zone).date().replace(day=1)
@@ -367,7 +360,7 @@ async def prepaid_months(
         month = (month - timedelta(days=1)).replace(day=1)
     if not starts:
         return []
-    bounds = [(_midnight(m, zone), _midnight(_month_after(m), zone)) for m in starts]
+    bounds = [(midnight(m, zone), midnight(cycle_of(m, TariffCycle.month)[1], zone)) for m in starts]
     usage: list[Decimal] = []
     for begin, finish in bounds:
         window = (max(begin, opened), min(finish, until))
