@@ -10,8 +10,9 @@ Its menus gate the screens and are the operation log's modules: 水价管理 (``
 账户管理 (``accounts``: ``accounts:read`` / ``accounts:manage``) and 主站预付费
 (``prepaid``: ``prepaid:settle``), 抄表管理 (``routes``: reading routes, ``routes:read``
 / ``routes:manage``; a reader's own ``myReadingRoute`` needs only readings:write) and
-抄表审核 (``review``: ``review:read`` / ``review:decide``, ``backend.billing.review``);
-postpaid bills and reports come later.
+抄表审核 (``review``: ``review:read`` / ``review:decide``, ``backend.billing.review``)
+and 账单管理 (``bills``: postpaid bills, runs, voids, late fees and notices,
+``backend.billing.bills``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from backend.events.service import Handler
 DOMAIN = Domain(
     name="billing",
     title="计费",
-    models=("backend.billing.models", "backend.billing.routes_models"),
+    models=("backend.billing.models", "backend.billing.routes_models", "backend.billing.bills_models"),
     schema="backend.billing.schema",
     routes="backend.billing.http:routes",
     menus=(
@@ -47,6 +48,13 @@ DOMAIN = Domain(
             _p("review:read", "查看抄表审核", "View reading reviews"),
             _p("review:decide", "审核抄表 (核准 / 调整 / 估算)", "Decide reading reviews (approve, adjust, estimate)"),
         )),
+        Menu("bills", "账单管理", "Bills", (
+            _p("bills:read", "查看账单 / 打印通知单", "View bills and print notices"),
+            _p("bills:run", "出账 (账单计算)", "Run billing"),
+            _p("bills:void", "作废与重开账单", "Void and re-issue bills"),
+            _p("bills:waive", "减免滞纳金", "Waive late fees"),
+            _p("bills:configure", "设置抄表周期与滞纳金规则", "Set billing periods and late-fee rules"),
+        )),
     ),
     demo_grants={"cashier": frozenset({"tariffs:read", "accounts:read", "accounts:manage"})},
     operations=(
@@ -68,6 +76,13 @@ DOMAIN = Domain(
         Operation("adjustReading", "调整抄表读数", "Adjust reading", "review"),
         Operation("estimateReading", "估算抄表读数", "Estimate reading", "review"),
         Operation("reopenReadingReview", "退回抄表审核", "Reopen reading review", "review"),
+        Operation("runBilling", "出账", "Run billing", "bills"),
+        Operation("voidBill", "作废账单", "Void bill", "bills"),
+        Operation("waiveLateFee", "减免滞纳金", "Waive late fee", "bills"),
+        Operation("setAreaBillingCycle", "设置抄表周期", "Set an area's billing period", "bills"),
+        Operation("setLateFeeRule", "设置滞纳金规则", "Set a late-fee rule", "bills"),
+        Operation("exportBills", "导出账单", "Export bills", "bills"),
+        Operation("printBillNotices", "打印缴费通知单 / 催缴单", "Print bill notices", "bills"),
     ),
     handlers=(
         # All its effects are in the database (entries, threshold events), so a replay of
@@ -91,5 +106,14 @@ DOMAIN = Domain(
         "reading_reviews.decided_by": "the staff member who decided the reading review, not the resident",
         "reading_reviews.decision_reason": "the reviewer's note on a period's readings (表坏估算), about the meter, "
                                            "not a person",
+        "billing_runs.started_by": "the staff member (or 系统) who started the billing run, not the resident",
+        "billing_runs.error": "why a billing run failed (a database message), not about a person",
+        "bills.issued_by": "the staff member (or 系统) who issued the bill, not the resident",
+        "bills.voided_by": "the staff member who voided the bill, not the resident",
+        "bills.void_reason": "the staff member's note on why a bill was voided (读数错误), about the bill",
+        "bills.late_fee_waived_by": "the staff member who waived the late fee, not the resident",
+        "bills.late_fee_waiver_reason": "the staff member's note on why a late fee was waived, about the bill",
+        "late_fee_rules.updated_by": "the staff member who set the rule, not the resident",
+        "area_billing_cycles.updated_by": "the staff member who set the area's period, not the resident",
     }),
 )

@@ -82,3 +82,50 @@ class IdempotencyConflict(DomainError):
     code = ErrorCode.IDEMPOTENCY_CONFLICT
     message = "该幂等键已用于另一笔不同的记账"
     message_en = "This idempotency key was used for a different entry"
+
+
+# --------------------------------------------------------------------------- postpaid bills
+
+
+class BillingPeriodNotEnded(DomainError):
+    """A period is billed only once it has ended in the utility's zone."""
+
+    code = ErrorCode.BILLING_PERIOD_NOT_ENDED
+    message = "账期尚未结束, 不能出账"
+    message_en = "The period has not ended yet; it cannot be billed"
+
+
+class BillingPeriodMisaligned(DomainError):
+    """A bimonthly area's period starts in its first month (1-2, 3-4, … or 2-3, 4-5, …)."""
+
+    code = ErrorCode.BILLING_PERIOD_MISALIGNED
+    message = "该片区为双月抄表, 账期须从其周期的首月开始"
+    message_en = "This area is billed every two months; the period must start in the first month of its cycle"
+
+
+class BillVoided(DomainError):
+    code = ErrorCode.BILL_VOIDED
+    message = "该账单已作废"
+    message_en = "This bill has been voided"
+
+
+class BillPaid(DomainError):
+    """A bill with money allocated to it is voided only after that payment is reversed."""
+
+    code = ErrorCode.BILL_PAID
+    message = "该账单已有缴费, 请先冲正缴费再作废"
+    message_en = "Money has been paid against this bill; reverse the payment before voiding it"
+
+
+class BillNotLatest(DomainError):
+    """Bills are voided newest first: a later bill was priced from this one's readings."""
+
+    code = ErrorCode.BILL_NOT_LATEST
+    message = "该账户有更晚的账单, 请先作废更晚的账单"
+    message_en = "This account has a later bill; void the later bill first"
+
+
+class LateFeeNothingToWaive(DomainError):
+    code = ErrorCode.LATE_FEE_NOTHING_TO_WAIVE
+    message = "该账单没有可减免的滞纳金"
+    message_en = "This bill has no late fee to waive"

@@ -140,6 +140,7 @@ def test_the_kinds_emitted_today_are_declared_by_their_owners() -> None:
 
     assert owners == {
         "account.threshold_crossed": ("billing", "AccountThresholdCrossed"),
+        "bill.issued": ("billing", "BillIssued"),
         "alarm.closed": ("alarms", "AlarmClosed"),
         "account.closed": ("payments", "AccountClosed"),
         "alarm.opened": ("alarms", "AlarmOpened"),
