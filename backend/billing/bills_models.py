@@ -23,7 +23,9 @@ A voided bill keeps its row (``status = 'voided'``) and is reversed by a credit 
 issued, so a later rule change never rewrites a sent bill. ``late_fee_carried`` (fen,
 exact) is what accrued up to ``late_fee_from`` while the owed principal was different;
 a posting (at payment or month-end) writes a ``late_fee`` entry for what accrued and was
-not posted yet (``late_fee_posted_fen``).
+not posted yet (``late_fee_posted_fen``). A waiver (``late_fee_waived_at``) stops the
+bill's fee where it stood: what was owed of it is ``late_fee_waived_fen`` (a posted part
+is written off by a credit entry). ``backend.billing.late_fees`` is the arithmetic.
 
 **Allocations** (``bill_allocations``): which credit paid which bill, the late fee before
 the principal; a reversed payment's allocations are undone by negative rows.
@@ -58,9 +60,16 @@ from backend.archives.models import CustomerType
 from backend.db import enum_column, timestamptz
 
 __all__ = [
+    "DEFAULT_LATE_FEE_CAP_PERCENT", "DEFAULT_LATE_FEE_DAILY_RATE", "DEFAULT_LATE_FEE_GRACE_DAYS",
     "AreaBillingCycle", "Bill", "BillAllocation", "BillKind", "BillLine", "BillStatus", "BillingRun",
     "BillingRunStatus", "LateFeeRule",
 ]
+
+
+# The late-fee rule of a customer type without a ``late_fee_rules`` row (issue 17).
+DEFAULT_LATE_FEE_DAILY_RATE = Decimal("0.0005")
+DEFAULT_LATE_FEE_GRACE_DAYS = 15
+DEFAULT_LATE_FEE_CAP_PERCENT = 100
 
 
 class BillKind(StrEnum):
@@ -125,7 +134,7 @@ class Bill(SQLModel, table=True):
         CheckConstraint("amount_fen >= 0", name="amount_not_negative"),
         CheckConstraint("principal_paid_fen BETWEEN 0 AND amount_fen", name="principal_paid_within_amount"),
         CheckConstraint("late_fee_paid_fen BETWEEN 0 AND late_fee_posted_fen", name="late_fee_paid_within_posted"),
-        CheckConstraint("late_fee_posted_fen + late_fee_waived_fen <= late_fee_cap_fen", name="late_fee_within_cap"),
+        CheckConstraint("late_fee_paid_fen + late_fee_waived_fen <= late_fee_cap_fen", name="late_fee_within_cap"),
         CheckConstraint("(status = 'voided') = (voided_at IS NOT NULL)", name="voided_when_voided_at"),
     )
     __mapper_args__ = {"eager_defaults": True}
@@ -226,8 +235,7 @@ class BillAllocation(SQLModel, table=True):
 
 class LateFeeRule(SQLModel, table=True):
     """The late-fee rule of a customer type (滞纳金规则); a type without a row uses the
-    defaults (``backend.billing.late_fees.DEFAULT_RULE``: on, 0.5‰ a day after 15 days,
-    capped at the bill's amount)."""
+    defaults below (on, 0.5‰ a day after 15 days, capped at the bill's amount)."""
 
     __tablename__ = "late_fee_rules"
     __table_args__ = (

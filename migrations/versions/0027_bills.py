@@ -127,7 +127,7 @@ def upgrade() -> None:
         sa.CheckConstraint("amount_fen >= 0", name=op.f("ck_bills_amount_not_negative")),
         sa.CheckConstraint("extract(day FROM period) = 1", name=op.f("ck_bills_period_first_day")),
         sa.CheckConstraint("late_fee_paid_fen BETWEEN 0 AND late_fee_posted_fen", name=op.f("ck_bills_late_fee_paid_within_posted")),
-        sa.CheckConstraint("late_fee_posted_fen + late_fee_waived_fen <= late_fee_cap_fen", name=op.f("ck_bills_late_fee_within_cap")),
+        sa.CheckConstraint("late_fee_paid_fen + late_fee_waived_fen <= late_fee_cap_fen", name=op.f("ck_bills_late_fee_within_cap")),
         sa.CheckConstraint("months IN (1, 2)", name=op.f("ck_bills_months_valid")),
         sa.CheckConstraint("principal_paid_fen BETWEEN 0 AND amount_fen", name=op.f("ck_bills_principal_paid_within_amount")),
         sa.ForeignKeyConstraint(["account_id"], ["accounts.id"], name=op.f("fk_bills_account_id_accounts")),
