@@ -679,15 +679,18 @@ async def run_billing(
 
 
 async def billing_runs(session: AsyncSession, *, period: date | None, scope_patterns: Sequence[str] | None,
-                       offset: int, limit: int) -> tuple[list[BillingRun], int]:
-    """Runs (of ``period``), newest first, with their total: runs over an area in the
-    scope, and whole-company runs (area None) only for a caller who sees the whole tree."""
+                       offset: int, limit: int, run_id: int | None = None) -> tuple[list[BillingRun], int]:
+    """Runs (of ``period``; or the one ``run_id``), newest first, with their total: runs
+    over an area in the scope, and whole-company runs (area None) only for a caller who
+    sees the whole tree."""
     rows = (await session.execute(text("""
         SELECT r.id, count(*) OVER () AS total FROM billing_runs r LEFT JOIN areas a ON a.id = r.area_id
         WHERE (CAST(:period AS date) IS NULL OR r.period = CAST(:period AS date))
+          AND (CAST(:run_id AS bigint) IS NULL OR r.id = CAST(:run_id AS bigint))
           AND (CAST(:patterns AS text[]) IS NULL OR coalesce(a.path, '/') LIKE ANY(CAST(:patterns AS text[])))
         ORDER BY r.id DESC OFFSET :offset LIMIT :limit
-    """), {"period": period, "patterns": patterns_param(scope_patterns), "offset": offset, "limit": limit})).all()
+    """), {"period": period, "run_id": run_id, "patterns": patterns_param(scope_patterns), "offset": offset,
+           "limit": limit})).all()
     runs = [await session.get(BillingRun, row.id, populate_existing=True) for row in rows]
     return [run for run in runs if run is not None], int(rows[0].total) if rows else 0
 

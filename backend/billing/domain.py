@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from backend.auth.menus import Menu, Operation
 from backend.auth.menus import permission as _p
-from backend.domain import Check, Domain, PersonalData
+from backend.domain import Check, Domain, Job, PersonalData
 from backend.events.service import Handler
 
 DOMAIN = Domain(
@@ -84,6 +84,13 @@ DOMAIN = Domain(
         Operation("exportBills", "导出账单", "Export bills", "bills"),
         Operation("printBillNotices", "打印缴费通知单 / 催缴单", "Print bill notices", "bills"),
     ),
+    jobs=(
+        # Daily: the latest period of each cycle that ended 5 days ago, once some account
+        # of it is unbilled (backend.billing.bills, "Scheduled"); a re-run bills nothing twice.
+        Job("run_billing", "backend.billing.bills:scheduled_run", cron="30 2 * * *",
+            permissions=frozenset({"bills:run", "review:read"}),
+            description="出账: bill each billing cycle's latest period once its readings are in"),
+    ),
     handlers=(
         # All its effects are in the database (entries, threshold events), so a replay of
         # history settles it too: no horizon.
@@ -95,7 +102,7 @@ DOMAIN = Domain(
     checks=(Check("billing.ledger", "backend.billing.checks:ledger_adds_up",
                   "Every balance is the sum of its entries; every prepaid cycle's charge the sum of its entries"),),
     demo="backend.billing.demo:demo_step",
-    commands={"tariff": "backend.billing.cli:tariff_app"},
+    commands={"tariff": "backend.billing.cli:tariff_app", "bill": "backend.billing.cli:bill_app"},
     personal_data=PersonalData(excluded={
         "tariffs.name": "the name of a published water price (居民生活用水), not a person's",
         "accounts.opened_by": "the staff member (or 系统) who opened the account, not the resident",

@@ -51,6 +51,7 @@ async def postpaid(session: AsyncSession, *, raw: dict[str, Any], opened_at: dat
     await tariffs.save_tariff(session, raw=raw)
     if area_id is None:
         area_id = (await create_area(session, name=unique("公司"), kind=AreaKind.company)).id
+    assert area_id is not None
     household = await create_household(session, account_no=unique("H"), name="李娜", area_id=area_id)
     meter = await make_meter(session, area_id=area_id, install_date=None)
     assert household.id is not None and meter.id is not None
@@ -174,6 +175,7 @@ async def test_a_flagged_meter_is_held_and_billed_after_approval(session: AsyncS
     flagged = await postpaid(session, raw=raw, opened_at=at(2026, 9, 1), area_id=area_id)
     for served in (clean, flagged):
         await ingest(session, served.meter.id, [(month_end(2026, 10), "12")], now=at(2026, 11, 5))  # type: ignore[arg-type]
+    assert flagged.meter.id is not None
     session.add(Alarm(subject_kind=AlarmSubjectKind.meter, subject_id=flagged.meter.id, kind=AlarmKind.high_use,
                       status=AlarmStatus.open, opened_at=at(2026, 10, 10), last_seen_at=at(2026, 10, 10)))
     await session.flush()
@@ -201,8 +203,8 @@ async def test_a_bimonthly_area_bills_two_months_with_doubled_monthly_tiers_and_
     monthly = await postpaid(session, raw=raw, opened_at=at(2026, 1, 1), area_id=company.id)
     heavy = await postpaid(session, raw=raw, opened_at=at(2026, 1, 1), area_id=estate.id)
     light = await postpaid(session, raw=raw, opened_at=at(2026, 1, 1), area_id=estate.id)
-    for served, january, february in ((monthly, "5", "9"), (heavy, "12", "30"), (light, "2", "5")):
-        await ingest(session, served.meter.id, [(month_end(2026, 1), january), (month_end(2026, 2), february)],  # type: ignore[arg-type]
+    for served, first, second in ((monthly, "5", "9"), (heavy, "12", "30"), (light, "2", "5")):
+        await ingest(session, served.meter.id, [(month_end(2026, 1), first), (month_end(2026, 2), second)],  # type: ignore[arg-type]
                      now=at(2026, 3, 5))
     cycle = await bills.set_area_billing_cycle(session, area_id=estate.id, months=2, first_month=1, by="主管",
                                                now=at(2026, 1, 1))

@@ -1,16 +1,18 @@
 """GraphQL for billing: tariffs (``tariffs``), accounts and their statements
 (``queries``, ``types``), the account mutations (``mutations``), reading routes
-(``routes``, 抄表本) and reading review (``review``, 抄表审核), merged here."""
+(``routes``, 抄表本), reading review (``review``, 抄表审核) and billing runs
+(``bill_runs``, 出账), merged here."""
 
 from __future__ import annotations
 
 from strawberry.tools import merge_types
 
-from backend.billing.schema import mutations, queries, review, routes, tariffs
+from backend.billing.schema import bill_runs, mutations, queries, review, routes, tariffs
 
-Query = merge_types("BillingQuery", (tariffs.Query, queries.Query, routes.Query, review.Query))
-Mutation = merge_types("BillingMutation", (tariffs.Mutation, mutations.Mutation, routes.Mutation, review.Mutation))
-NODES = {**queries.NODES, **review.NODES}
+Query = merge_types("BillingQuery", (tariffs.Query, queries.Query, routes.Query, review.Query, bill_runs.Query))
+Mutation = merge_types("BillingMutation", (tariffs.Mutation, mutations.Mutation, routes.Mutation, review.Mutation,
+                                           bill_runs.Mutation))
+NODES = {**queries.NODES, **review.NODES, **bill_runs.NODES}
 EXTENSIONS = queries.EXTENSIONS
 
 __all__ = ["EXTENSIONS", "NODES", "Mutation", "Query"]
