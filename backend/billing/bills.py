@@ -681,13 +681,13 @@ async def run_billing(
 async def billing_runs(session: AsyncSession, *, period: date | None, scope_patterns: Sequence[str] | None,
                        offset: int, limit: int, run_id: int | None = None) -> tuple[list[BillingRun], int]:
     """Runs (of ``period``; or the one ``run_id``), newest first, with their total: runs
-    over an area in the scope, and whole-company runs (area None) only for a caller who
-    sees the whole tree."""
+    over an area in the scope, and runs without an area (each caller's whole scope; a run
+    row holds counts only, no household's data)."""
     rows = (await session.execute(text("""
         SELECT r.id, count(*) OVER () AS total FROM billing_runs r LEFT JOIN areas a ON a.id = r.area_id
         WHERE (CAST(:period AS date) IS NULL OR r.period = CAST(:period AS date))
           AND (CAST(:run_id AS bigint) IS NULL OR r.id = CAST(:run_id AS bigint))
-          AND (CAST(:patterns AS text[]) IS NULL OR coalesce(a.path, '/') LIKE ANY(CAST(:patterns AS text[])))
+          AND (CAST(:patterns AS text[]) IS NULL OR r.area_id IS NULL OR a.path LIKE ANY(CAST(:patterns AS text[])))
         ORDER BY r.id DESC OFFSET :offset LIMIT :limit
     """), {"period": period, "run_id": run_id, "patterns": patterns_param(scope_patterns), "offset": offset,
            "limit": limit})).all()
