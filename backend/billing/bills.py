@@ -254,11 +254,8 @@ class _Draft:
     due_date: date
     late_fee_rate: Decimal
     late_fee_cap_fen: int
+    amount_fen: int
     reissue_of_id: int | None = None
-
-    @property
-    def amount_fen(self) -> int:
-        return sum(line.amount_fen for line in self.lines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,7 +408,7 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
             account=account, start_readings=json.loads(known["last_end"]) if known["last_end"] else [],
             end_readings=_readings(end_rows.get(account.household_id, []), zone), measured=used, volume=volume,
             cycle_start=cycle_start, prior=prior, lines=lines, due_date=issue_day + timedelta(days=grace),
-            late_fee_rate=Decimal(rate), late_fee_cap_fen=0)
+            late_fee_rate=Decimal(rate), late_fee_cap_fen=0, amount_fen=sum(line.amount_fen for line in lines))
         draft.late_fee_cap_fen = draft.amount_fen * cap_percent // 100
         drafts.append(draft)
     return drafts, skipped
@@ -421,24 +418,25 @@ _COUNT_OF_PERIOD = """
 SELECT account_id, count(*) AS bills FROM bills WHERE period = $1 AND account_id = ANY($2::bigint[]) GROUP BY account_id
 """
 
+# Bill ids are taken first, so the entries can name their bill and each bill row is
+# written once, with its entry.
+_NEXT_BILL_IDS = "SELECT nextval(pg_get_serial_sequence('bills', 'id')) AS id FROM generate_series(1, $1)"
+
 _INSERT_BILLS = """
-INSERT INTO bills (account_id, household_id, period, months, kind, status, run_id, period_start, period_end,
+INSERT INTO bills (id, account_id, household_id, period, months, kind, status, run_id, period_start, period_end,
                    tariff_code, persons, start_readings, end_readings, measured_m3, volume_m3, cycle_start,
                    prior_cycle_m3, amount_fen, due_date, late_fee_rate, late_fee_cap_fen, issued_at, issued_by,
-                   paid_at, reissue_of_id)
-SELECT b.account_id, b.household_id, $1::date, $2::smallint, $3::text,
+                   paid_at, reissue_of_id, entry_id)
+SELECT b.id, b.account_id, b.household_id, $1::date, $2::smallint, $3::text,
        CASE WHEN b.amount_fen = 0 THEN 'paid' ELSE 'open' END, $4::bigint, $5::timestamptz, $6::timestamptz,
        b.tariff_code, b.persons, CAST(b.start_readings AS jsonb), CAST(b.end_readings AS jsonb), b.measured_m3,
        b.volume_m3, b.cycle_start, b.prior_m3, b.amount_fen, b.due_date, b.rate, b.cap, $7::timestamptz, $8::text,
-       CASE WHEN b.amount_fen = 0 THEN $7::timestamptz END, b.reissue_of_id
-FROM unnest($9::bigint[], $10::bigint[], $11::text[], $12::int[], $13::text[], $14::text[], $15::numeric[],
-            $16::numeric[], $17::date[], $18::numeric[], $19::bigint[], $20::date[], $21::numeric[], $22::bigint[],
-            $23::bigint[]) WITH ORDINALITY
-     AS b(account_id, household_id, tariff_code, persons, start_readings, end_readings, measured_m3, volume_m3,
-          cycle_start, prior_m3, amount_fen, due_date, rate, cap, reissue_of_id, ord)
-ORDER BY b.ord
-ON CONFLICT (account_id, period) WHERE status <> 'voided' DO NOTHING
-RETURNING id, account_id, amount_fen
+       CASE WHEN b.amount_fen = 0 THEN $7::timestamptz END, b.reissue_of_id, b.entry_id
+FROM unnest($9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::int[], $14::text[], $15::text[],
+            $16::numeric[], $17::numeric[], $18::date[], $19::numeric[], $20::bigint[], $21::date[], $22::numeric[],
+            $23::bigint[], $24::bigint[], $25::bigint[])
+     AS b(id, account_id, household_id, tariff_code, persons, start_readings, end_readings, measured_m3, volume_m3,
+          cycle_start, prior_m3, amount_fen, due_date, rate, cap, reissue_of_id, entry_id)
 """
 
 _INSERT_LINES = """
@@ -447,53 +445,42 @@ SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::text[], $4::smallint[], $
                      $7::bigint[], $8::date[])
 """
 
-_SET_ENTRIES = """
-UPDATE bills b SET entry_id = v.entry_id FROM unnest($1::bigint[], $2::bigint[]) AS v(id, entry_id) WHERE b.id = v.id
-"""
-
 
 async def _write(session: AsyncSession, drafts: Sequence[_Draft], *, period: date, months: int, kind: BillKind,
                  run_id: int | None, start: datetime, end: datetime, by: str, now: datetime) -> list[_Issued]:
-    """Insert the drafts' bills and lines and post their entries; a bill some concurrent
-    writer issued first is left out (the live-bill unique index)."""
+    """Post the drafts' entries and insert their bills and lines. The callers hold the
+    accounts' locks and checked that no live bill of the period exists, and every writer
+    of bills locks the account first, so the live-bill unique index never refuses here
+    (if it did, the statement fails and the transaction rolls back: nothing half-written)."""
     if not drafts:
         return []
     driver = await raw_connection(session)
     ids = [d.account.id for d in drafts]
     counts = {row["account_id"]: row["bills"] for row in await driver.fetch(_COUNT_OF_PERIOD, period, ids)}
-    rows = await driver.fetch(
+    bill_ids = [row["id"] for row in await driver.fetch(_NEXT_BILL_IDS, len(drafts))]
+    entries: list[EntryIn] = []
+    for draft, bill_id in zip(drafts, bill_ids, strict=True):
+        if draft.amount_fen:
+            entries.append(EntryIn(
+                account_id=draft.account.id, kind=EntryKind.bill, amount_fen=-draft.amount_fen, ref=f"bill:{bill_id}",
+                idempotency_key=f"bill:{draft.account.id}:{period.isoformat()}:{counts.get(draft.account.id, 0) + 1}"))
+    posted = iter(await post_entries(session, entries, posted_by=by, posted_at=now))
+    entry_ids = [next(posted).id if draft.amount_fen else None for draft in drafts]
+    await driver.execute(
         _INSERT_BILLS, period, months, kind.value, run_id, start, end, now, by[:100],
-        ids, [d.account.household_id for d in drafts], [d.account.tariff_code for d in drafts],
+        bill_ids, ids, [d.account.household_id for d in drafts], [d.account.tariff_code for d in drafts],
         [d.account.persons for d in drafts], [json.dumps(d.start_readings) for d in drafts],
         [json.dumps(d.end_readings) for d in drafts], [d.measured for d in drafts], [d.volume for d in drafts],
         [d.cycle_start for d in drafts], [d.prior for d in drafts], [d.amount_fen for d in drafts],
         [d.due_date for d in drafts], [d.late_fee_rate for d in drafts], [d.late_fee_cap_fen for d in drafts],
-        [d.reissue_of_id for d in drafts],
+        [d.reissue_of_id for d in drafts], entry_ids,
     )
-    bill_of = {row["account_id"]: row["id"] for row in rows}
-    line_rows: list[tuple[Any, ...]] = []
-    entries: list[EntryIn] = []
-    entry_bills: list[int] = []
-    issued: list[_Issued] = []
-    for draft in drafts:
-        bill_id = bill_of.get(draft.account.id)
-        if bill_id is None:
-            continue
-        issued.append(_Issued(bill_id, draft.account.id, draft.amount_fen))
-        for number, line in enumerate(draft.lines, start=1):
-            line_rows.append((bill_id, number, line.component, line.tier, line.volume, line.price, line.amount_fen,
-                              line.valid_from))
-        if draft.amount_fen:
-            entry_bills.append(bill_id)
-            entries.append(EntryIn(
-                account_id=draft.account.id, kind=EntryKind.bill, amount_fen=-draft.amount_fen, ref=f"bill:{bill_id}",
-                idempotency_key=f"bill:{draft.account.id}:{period.isoformat()}:{counts.get(draft.account.id, 0) + 1}"))
+    line_rows = [(bill_id, number, line.component, line.tier, line.volume, line.price, line.amount_fen, line.valid_from)
+                 for draft, bill_id in zip(drafts, bill_ids, strict=True)
+                 for number, line in enumerate(draft.lines, start=1)]
     if line_rows:
         await driver.execute(_INSERT_LINES, *(list(column) for column in zip(*line_rows, strict=True)))
-    posted = await post_entries(session, entries, posted_by=by, posted_at=now)
-    if posted:
-        await driver.execute(_SET_ENTRIES, entry_bills, [p.id for p in posted])
-    return issued
+    return [_Issued(bill_id, draft.account.id, draft.amount_fen) for draft, bill_id in zip(drafts, bill_ids, strict=True)]
 
 
 async def _lock(session: AsyncSession, account_ids: Sequence[int]) -> list[_Account]:
@@ -655,7 +642,6 @@ async def run_billing(
                 skipped += len(passed)
                 issued = await _write(session, drafts, period=period, months=group_months, kind=BillKind.regular,
                                       run_id=run_id, start=start, end=end, by=by, now=now)
-                already += len(drafts) - len(issued)
                 bill_ids.extend(i.bill_id for i in issued)
                 billed_accounts.extend(i.account_id for i in issued)
                 amount += sum(i.amount_fen for i in issued)

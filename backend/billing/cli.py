@@ -121,7 +121,9 @@ def quote(
     typer.echo(f"{'total':<12} {fen_to_yuan(result.total_fen):>48}")
 
 
-_AREA_BY_ID_OR_CODE = "SELECT id FROM areas WHERE code = $1 OR ($2::bigint IS NOT NULL AND id = $2) ORDER BY coalesce(code = $1, false) DESC LIMIT 1"
+# An area by its code, else by its id (a code wins when a code looks like another area's id).
+_AREA_BY_ID_OR_CODE = ("SELECT id FROM areas WHERE code = $1 OR ($2::bigint IS NOT NULL AND id = $2) "
+                       "ORDER BY coalesce(code = $1, false) DESC LIMIT 1")
 
 
 @bill_app.command("run")
