@@ -60,7 +60,7 @@ def two_months_back() -> date:
 
 
 async def postpaid_in(session: AsyncSession, area: Area, raw: dict[str, Any], opened: datetime,
-                      readings: list[tuple[datetime, str]]) -> int:
+                      readings: list[tuple[datetime, str | Decimal]]) -> int:
     household = await make_household(session, area=area, name="周敏")
     meter = await make_meter(session, area_id=area.id, install_date=None)
     assert household.id is not None and meter.id is not None
