@@ -653,7 +653,7 @@ async def run_billing(
                     progress(min(offset + CHUNK, len(to_bill)), len(to_bill))
         await record(BillingRunStatus.finished)
     except Exception as failure:
-        if commit is None or isinstance(failure, DomainError):
+        if commit is None:
             raise
         await session.rollback()
         await record(BillingRunStatus.failed, f"{type(failure).__name__}: {failure}"[:1000])
