@@ -56,7 +56,8 @@ rule (the defaults in ``bills_models`` without a row; rate 0 when the rule is of
 **Set-based, chunked.** The accounts are billed in chunks of :data:`CHUNK` in id order:
 each chunk locks its accounts ``FOR UPDATE`` in id order (as settlement and the ledger
 do, so a run never deadlocks with them), reads earlier bills in one statement, usage in
-one statement per distinct opening instant, prices with per-(tariff, persons, days)
+one (:func:`backend.readings.usage.household_usage_of_windows`: each account's window
+from its own opening), prices with per-(tariff, persons, days)
 pricers that price each distinct (volume, prior) once, and writes bills, lines and
 entries with a few ``unnest`` statements. ``run_billing`` writes in the caller's
 transaction; given ``commit``, it commits after each chunk (the CLI and the job do, for
@@ -125,7 +126,7 @@ from backend.db import raw_connection
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.events.service import emit_event
 from backend.readings.partitions import as_zone
-from backend.readings.usage import usage_between
+from backend.readings.usage import household_usage_of_windows, usage_between
 
 if TYPE_CHECKING:
     from backend.runtime import Runtime
@@ -373,14 +374,8 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
 
     earlier = {row["account_id"]: row for row in await driver.fetch(
         _EARLIER, [a.id for a, _, _ in billable], [c for _, _, c in billable], period)}
-    by_opening: dict[datetime, list[int]] = defaultdict(list)
-    for account, _, _ in billable:
-        by_opening[account.opened_at].append(account.household_id)
-    measured: dict[tuple[datetime, int], Decimal] = {}
-    for opened_at, household_ids in by_opening.items():
-        for household_id, usage in (await usage_between(session, household_ids=household_ids, start=opened_at,
-                                                        end=end)).items():
-            measured[(opened_at, household_id)] = usage
+    # Each account's window starts at its own opening: one statement for all of them.
+    measured = await household_usage_of_windows(session, [(a.household_id, a.opened_at, end) for a, _, _ in billable])
     end_rows: dict[int, list[Any]] = defaultdict(list)
     for row in await driver.fetch(_END_READINGS, sorted({a.household_id for a, _, _ in billable}), end):
         end_rows[row["household_id"]].append(row)
@@ -388,9 +383,8 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
     issue_day = _day(now, zone)
     pricers: dict[tuple[str, int | None, date], Callable[[Decimal, Decimal], tuple[QuoteLine, ...]]] = {}
     drafts: list[_Draft] = []
-    for account, first_day, cycle_start in billable:
+    for (account, first_day, cycle_start), used in zip(billable, measured, strict=True):
         known = earlier[account.id]
-        used = measured[(account.opened_at, account.household_id)]
         volume = max(Decimal(0), used - known["billed_m3"]).quantize(Decimal("0.0001"))
         prior = Decimal(known["prior_m3"])
         key = (account.tariff_code, account.persons, first_day)
