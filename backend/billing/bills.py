@@ -343,10 +343,16 @@ def _day(instant: datetime, zone: tzinfo) -> date:
     return instant.astimezone(zone).date()
 
 
-def _readings(rows: Sequence[Any], zone: tzinfo) -> list[dict[str, Any]]:
-    """Readings as a bill stores them; instants in the utility's zone, as the bill prints them."""
-    return [{"meter_id": row["meter_id"], "read_at": row["read_at"].astimezone(zone).isoformat(),
-             "total_m3": str(row["total_m3"])} for row in rows]
+def _readings(rows: Sequence[Any], zone: tzinfo, shown: dict[datetime, str]) -> list[dict[str, Any]]:
+    """Readings as a bill stores them; instants in the utility's zone, as the bill prints
+    them (``shown`` memoizes the text of an instant: a city's meters share a few)."""
+    readings = []
+    for row in rows:
+        instant = shown.get(row["read_at"])
+        if instant is None:
+            instant = shown[row["read_at"]] = row["read_at"].astimezone(zone).isoformat()
+        readings.append({"meter_id": row["meter_id"], "read_at": instant, "total_m3": str(row["total_m3"])})
+    return readings
 
 
 async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period: date, months: int, start: datetime,
@@ -381,6 +387,7 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
         end_rows[row["household_id"]].append(row)
 
     issue_day = _day(now, zone)
+    shown: dict[datetime, str] = {}
     pricers: dict[tuple[str, int | None, date], Callable[[Decimal, Decimal], tuple[QuoteLine, ...]]] = {}
     drafts: list[_Draft] = []
     for (account, first_day, cycle_start), used in zip(billable, measured, strict=True):
@@ -400,7 +407,7 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
         cap_percent = rule["cap_percent"] if rule is not None else DEFAULT_LATE_FEE_CAP_PERCENT
         draft = _Draft(
             account=account, start_readings=json.loads(known["last_end"]) if known["last_end"] else [],
-            end_readings=_readings(end_rows.get(account.household_id, []), zone), measured=used, volume=volume,
+            end_readings=_readings(end_rows.get(account.household_id, []), zone, shown), measured=used, volume=volume,
             cycle_start=cycle_start, prior=prior, lines=lines, due_date=issue_day + timedelta(days=grace),
             late_fee_rate=Decimal(rate), late_fee_cap_fen=0, amount_fen=sum(line.amount_fen for line in lines))
         draft.late_fee_cap_fen = draft.amount_fen * cap_percent // 100
