@@ -94,8 +94,9 @@ from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from backend.billing import review
 from backend.billing.bills_models import (
@@ -678,8 +679,10 @@ async def billing_runs(session: AsyncSession, *, period: date | None, scope_patt
         ORDER BY r.id DESC OFFSET :offset LIMIT :limit
     """), {"period": period, "run_id": run_id, "patterns": patterns_param(scope_patterns), "offset": offset,
            "limit": limit})).all()
-    runs = [await session.get(BillingRun, row.id, populate_existing=True) for row in rows]
-    return [run for run in runs if run is not None], int(rows[0].total) if rows else 0
+    found = {run.id: run for run in (await session.execute(
+        select(BillingRun).where(col(BillingRun.id).in_([row.id for row in rows]))
+        .execution_options(populate_existing=True))).scalars()}
+    return [found[row.id] for row in rows], int(rows[0].total) if rows else 0
 
 
 # --------------------------------------------------------------------------- one account: final bill, void, re-issue
