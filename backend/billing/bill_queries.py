@@ -38,8 +38,8 @@ from backend.db import raw_connection
 from backend.errors import BadUserInput, DomainError, ErrorCode
 
 __all__ = [
-    "BILL_COLUMNS", "MAX_NOTICE_BILLS", "BillFilter", "BillOwed", "BillPage", "BillQueryStatus", "BillReading",
-    "BillRow", "NoticeBill", "NoticeKind", "allocations_by_bill_ids", "bill_owed", "bill_page", "bill_rows_by_ids",
+    "BILL_COLUMNS", "MAX_NOTICE_BILLS", "BillFilter", "BillLineRow", "BillOwed", "BillPage", "BillQueryStatus",
+    "BillReading", "BillRow", "NoticeBill", "NoticeKind", "allocations_by_bill_ids", "bill_owed", "bill_page", "bill_rows_by_ids",
     "lines_by_bill_ids", "natural_key", "notice_bills", "readings_of",
 ]
 
@@ -187,9 +187,14 @@ FROM (SELECT {_LISTED_COLUMNS}
 JOIN areas a ON a.id = p.area_id
 """
 
+# A line's component name is the one its tariff version gave it (自来水费), else its code.
 _LINES = """
-SELECT bill_id, line_no, component, tier, volume_m3, price, amount_fen, valid_from FROM bill_lines
-WHERE bill_id = ANY($1::bigint[]) ORDER BY bill_id, line_no
+SELECT l.bill_id, l.line_no, l.component, l.tier, l.volume_m3, l.price, l.amount_fen, l.valid_from,
+       coalesce((SELECT c.value ->> 'name' FROM tariffs t CROSS JOIN jsonb_array_elements(t.rules -> 'components') c
+                 WHERE t.code = b.tariff_code AND t.valid_from = l.valid_from AND c.value ->> 'code' = l.component
+                 LIMIT 1), l.component) AS component_name
+FROM bill_lines l JOIN bills b ON b.id = l.bill_id
+WHERE l.bill_id = ANY($1::bigint[]) ORDER BY l.bill_id, l.line_no
 """
 
 _ALLOCATIONS = """
@@ -300,16 +305,25 @@ async def bill_rows_by_ids(session: AsyncSession, ids: Sequence[int], *,
     return {record["id"]: _row(record) for record in records}
 
 
-async def lines_by_bill_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, list[BillLine]]:
+@dataclass(frozen=True, slots=True)
+class BillLineRow:
+    """A bill's line and the name its tariff gives the component (自来水费, 污水处理费)."""
+
+    line: BillLine
+    component_name: str
+
+
+async def lines_by_bill_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, list[BillLineRow]]:
     """Each bill's lines in line order (one statement for every bill of a page)."""
-    found: dict[int, list[BillLine]] = {}
+    found: dict[int, list[BillLineRow]] = {}
     if not ids:
         return found
     driver = await raw_connection(session)
     for r in await driver.fetch(_LINES, list(set(ids))):
-        found.setdefault(r["bill_id"], []).append(BillLine(
+        found.setdefault(r["bill_id"], []).append(BillLineRow(BillLine(
             bill_id=r["bill_id"], line_no=r["line_no"], component=r["component"], tier=r["tier"],
-            volume_m3=r["volume_m3"], price=r["price"], amount_fen=r["amount_fen"], valid_from=r["valid_from"]))
+            volume_m3=r["volume_m3"], price=r["price"], amount_fen=r["amount_fen"], valid_from=r["valid_from"]),
+            r["component_name"]))
     return found
 
 
