@@ -234,6 +234,7 @@ class _Pen:
     page: object
     font: str
     top: float
+    bottom: float = SLOT_HEIGHT  # the notice's bottom edge below ``top``, mm
 
     def text(self, x: float, y: float, text: str, size: float = 9.5, *, bold: bool = False, centre: bool = False,
              right: bool = False, grey: bool = False) -> float:
@@ -276,8 +277,8 @@ def _height(notice: HouseholdNotice, kind: NoticeKind) -> float:
     """How tall the notice is drawn (mm), to know whether it fits half a page."""
     if kind is NoticeKind.notice:
         bill = notice.bills[0]
-        return 60 + ROW * (len(bill.meters) + len(bill.lines) + 2) + 40
-    return 70 + ROW * (len(notice.bills) + 2) + 40
+        return 60 + ROW * (len(bill.meters) + len(bill.lines) + 2) + 50
+    return 70 + ROW * (len(notice.bills) + 2) + 50
 
 
 def _header(pen: _Pen, notice: HouseholdNotice, title: str, subtitle: str, round_label: str) -> float:
@@ -295,7 +296,9 @@ def _header(pen: _Pen, notice: HouseholdNotice, title: str, subtitle: str, round
     return 47
 
 
-def _footer(pen: _Pen, y: float, words: NoticeWords, lines: Sequence[str]) -> None:
+def _footer(pen: _Pen, y: float, words: NoticeWords, lines: Sequence[str], today: date, bottom: float) -> None:
+    """The notice's words, how to pay and ask, and the utility's signature above
+    ``bottom`` (the notice's bottom edge in its slot, mm)."""
     for line in lines:
         pen.text(MARGIN, y, line, 8.5)
         y += 4.8
@@ -304,6 +307,11 @@ def _footer(pen: _Pen, y: float, words: NoticeWords, lines: Sequence[str]) -> No
         y += 4.8
     if words.service_phone:
         pen.text(MARGIN, y, f"服务热线：{words.service_phone}", 8.5)
+        y += 4.8
+    signed = max(y + 8, bottom - 16)
+    pen.text(PAGE_WIDTH - MARGIN - 4, signed, words.utility_name, 10, right=True)
+    pen.text(PAGE_WIDTH - MARGIN - 4, signed + 5.5, _day(today), 9, right=True)
+    pen.text(MARGIN, bottom - 5, "本通知单仅作缴费提示，不作为收费凭证；缴费后请索取或下载正式票据。", 7.5, grey=True)
 
 
 def _draw_notice(pen: _Pen, notice: HouseholdNotice, words: NoticeWords, today: date, round_label: str) -> None:
@@ -337,7 +345,8 @@ def _draw_notice(pen: _Pen, notice: HouseholdNotice, words: NoticeWords, today: 
     pen.rule(y, width=0.4)
     late_rule = (f"逾期未缴的，自截止日次日起按欠费金额每日 {_permille(bill.late_fee_rate)} 加收滞纳金。"
                  if bill.late_fee_rate else "请按期缴费。")
-    _footer(pen, y + 5.5, words, [f"尊敬的用户：您户本期水费如上，请于截止日期前缴清。{late_rule}"])
+    _footer(pen, y + 5.5, words, [f"尊敬的用户：您户本期水费如上，请于截止日期前缴清。{late_rule}"], today,
+            pen.bottom)
 
 
 def _draw_reminder(pen: _Pen, notice: HouseholdNotice, words: NoticeWords, today: date, round_label: str) -> None:
@@ -361,7 +370,7 @@ def _draw_reminder(pen: _Pen, notice: HouseholdNotice, words: NoticeWords, today
         f"请您自收到本通知之日起 {words.reminder_days} 日内缴清上述欠费。逾期仍未缴清的，滞纳金将按日继续计收，",
         "我公司将依照供用水合同及有关规定采取进一步催缴措施，由此产生的后果由欠费用户承担。",
         "如您已缴清，请忽略本通知。感谢您的理解与配合！",
-    ])
+    ], today, pen.bottom)
 
 
 def _cut_line(page: object) -> None:
@@ -409,7 +418,7 @@ def render_notices(notices: Sequence[HouseholdNotice], *, kind: NoticeKind, toda
         if slot and tall:
             page.showPage()
             slot = 0
-        pen = _Pen(page, name, top=SLOT_HEIGHT if slot else 0.0)
+        pen = _Pen(page, name, top=SLOT_HEIGHT if slot else 0.0, bottom=PAGE_HEIGHT if tall else SLOT_HEIGHT)
         label = f"{building or '—'}　第 {number}/{by_building[notice.building]} 户"
         if kind is NoticeKind.notice:
             _draw_notice(pen, notice, words, today, label)

@@ -58,6 +58,13 @@ async def client(database_url: str) -> AsyncIterator[GraphQLClient]:
         yield api
 
 
+@pytest.fixture(scope="module")
+async def tokens(client: GraphQLClient, town: BillTown) -> dict[str, str]:
+    """An access token of each staff member, logged in once (a login hashes a password)."""
+    return {"reader": await client.login(town.reader.username, town.reader.password),
+            "outsider": await client.login(town.outsider.username, town.outsider.password)}
+
+
 async def page(sessions: async_sessionmaker[AsyncSession], town: BillTown, limit: int = 100,
                **filters: Any) -> BillPage:
     async with sessions() as session:
@@ -136,8 +143,8 @@ async def test_the_late_fee_and_what_is_owed_are_read_on_the_day(town: BillTown)
 
 
 async def test_a_bill_reads_with_its_lines_readings_allocations_and_money_strings(
-        client: GraphQLClient, town: BillTown) -> None:
-    token = await client.login(town.reader.username, town.reader.password)
+        tokens: dict[str, str], client: GraphQLClient, town: BillTown) -> None:
+    token = tokens["reader"]
 
     result = await client.execute(BILLS, {"filter": {"search": "王芳"}}, token=token)
 
@@ -161,8 +168,8 @@ async def test_a_bill_reads_with_its_lines_readings_allocations_and_money_string
     assert [(a["lateFee"], a["principal"], a["undoesId"]) for a in earlier["allocations"]] == [("0.00", "32.00", None)]
 
 
-async def test_a_re_issue_names_the_bill_it_replaced(client: GraphQLClient, town: BillTown) -> None:
-    token = await client.login(town.reader.username, town.reader.password)
+async def test_a_re_issue_names_the_bill_it_replaced(tokens: dict[str, str], client: GraphQLClient, town: BillTown) -> None:
+    token = tokens["reader"]
 
     result = await client.execute(BILLS, {"filter": {"search": "李强", "period": f"{town.period:%Y-%m}"}}, token=token)
 
@@ -173,8 +180,8 @@ async def test_a_re_issue_names_the_bill_it_replaced(client: GraphQLClient, town
 
 
 async def test_the_bills_list_statement_count_does_not_grow_with_the_page(
-        client: GraphQLClient, town: BillTown, monkeypatch: pytest.MonkeyPatch) -> None:
-    token = await client.login(town.reader.username, town.reader.password)
+        tokens: dict[str, str], client: GraphQLClient, town: BillTown, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = tokens["reader"]
     state = client.http._transport.app.state  # type: ignore[attr-defined]
     for _ in range(2):  # every pool connection the loaders use is opened before counting
         await client.execute(BILLS, {"first": 5}, token=token)
@@ -189,16 +196,16 @@ async def test_the_bills_list_statement_count_does_not_grow_with_the_page(
     assert len(work[0]) == len(work[1])
 
 
-async def test_without_bills_read_the_list_is_forbidden(client: GraphQLClient, town: BillTown) -> None:
-    token = await client.login(town.outsider.username, town.outsider.password)
+async def test_without_bills_read_the_list_is_forbidden(tokens: dict[str, str], client: GraphQLClient, town: BillTown) -> None:
+    token = tokens["outsider"]
 
     for document, variables in ((BILLS, {}), (BILL, {"id": gid("Bill", town.bills["wang"])}), (EXPORT_URL, {})):
         result = await client.execute(document, variables, token=token)
         assert [e["extensions"]["code"] for e in result["errors"]] == ["FORBIDDEN"]
 
 
-async def test_a_bill_outside_the_scope_is_not_found(client: GraphQLClient, town: BillTown) -> None:
-    token = await client.login(town.reader.username, town.reader.password)
+async def test_a_bill_outside_the_scope_is_not_found(tokens: dict[str, str], client: GraphQLClient, town: BillTown) -> None:
+    token = tokens["reader"]
 
     outside = await client.execute(BILL, {"id": gid("Bill", town.bills["na"])}, token=token)
     inside = await client.execute(BILL, {"id": gid("Bill", town.bills["wang"])}, token=token)
@@ -211,8 +218,8 @@ async def test_a_bill_outside_the_scope_is_not_found(client: GraphQLClient, town
 
 
 async def test_the_export_downloads_the_filtered_bills_in_yuan_and_is_audited(
-        client: GraphQLClient, town: BillTown, committed_engine: AsyncEngine) -> None:
-    token = await client.login(town.reader.username, town.reader.password)
+        tokens: dict[str, str], client: GraphQLClient, town: BillTown, committed_engine: AsyncEngine) -> None:
+    token = tokens["reader"]
     filter_ = {"period": f"{town.period:%Y-%m}", "status": "overdue"}
 
     url = (await client.execute(EXPORT_URL, {"filter": filter_}, token=token))["data"]["billsExportUrl"]
@@ -236,8 +243,8 @@ async def test_the_export_downloads_the_filtered_bills_in_yuan_and_is_audited(
     assert (await client.http.get(url)).status_code == 401  # a link works once
 
 
-async def test_a_bad_filter_is_refused_when_the_link_is_asked_for(client: GraphQLClient, town: BillTown) -> None:
-    token = await client.login(town.reader.username, town.reader.password)
+async def test_a_bad_filter_is_refused_when_the_link_is_asked_for(tokens: dict[str, str], client: GraphQLClient, town: BillTown) -> None:
+    token = tokens["reader"]
 
     result = await client.execute(EXPORT_URL, {"filter": {"period": "2026-13"}}, token=token)
 
