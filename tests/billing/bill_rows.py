@@ -113,9 +113,9 @@ async def void_bill(session: AsyncSession, bill: Bill, *, at: datetime, reason: 
 
 # --------------------------------------------------------------------------- a town with bills
 
-WATER_SEWAGE = {"components": [{"code": "water", "name": "自来水费", "prices": ["3.00", "4.50"]},
-                               {"code": "sewage", "name": "污水处理费", "prices": ["1.00", "1.00"]}],
-                "limits": ["10"]}
+# Water in two tiers (10 m³ a month at ¥3.00, then ¥4.50) and a flat sewage charge (¥1.00).
+WATER_SEWAGE = [{"code": "water", "name": "自来水费", "prices": ["3.00", "4.50"]},
+                {"code": "sewage", "name": "污水处理费", "prices": ["1.00", "1.00"]}]
 
 
 def months_before(day: date, months: int) -> date:
@@ -156,8 +156,7 @@ async def make_bill_town(session: AsyncSession, today: date) -> BillTown:
     building1 = await create_area(session, name="1号楼", kind=AreaKind.building, parent_id=tree.east_community.id)
     unit1 = await create_area(session, name="1单元", kind=AreaKind.unit, parent_id=building1.id)
     building2 = await create_area(session, name="2号楼", kind=AreaKind.building, parent_id=tree.east_community.id)
-    raw = tariff(limits=WATER_SEWAGE["limits"], prices=None)
-    raw["components"] = WATER_SEWAGE["components"]
+    raw = tariff(limits=["10"], components=WATER_SEWAGE)
     await tariffs.save_tariff(session, raw=raw)
     prefix = unique("B")
     opened = at(earlier.year, earlier.month, 1) - timedelta(days=1)

@@ -58,6 +58,11 @@ async def printed(client: GraphQLClient, token: str, **variables: Any) -> bytes:
     return response.content
 
 
+def gid(type_name: str, row: Any) -> str:
+    assert row.id is not None
+    return encode_id(type_name, row.id)
+
+
 def words(pdf: bytes, page: int) -> list[str]:
     return [run.text for run in text_runs(pdf, page)]
 
@@ -70,7 +75,7 @@ async def test_a_community_s_notices_print_each_building_from_a_new_page_with_th
         tokens: dict[str, str], client: GraphQLClient, town: BillTown, committed_engine: AsyncEngine) -> None:
     token = tokens["reader"]
 
-    pdf = await printed(client, token, areaId=encode_id("Area", town.tree.east_community.id), kind="notice",
+    pdf = await printed(client, token, areaId=gid("Area", town.tree.east_community), kind="notice",
                         period=f"{town.period:%Y-%m}")
 
     # 1号楼: 王芳 and 张伟 on one page; 2号楼: 李强's re-issue on a page of its own.
@@ -101,7 +106,7 @@ async def test_reminders_list_each_overdue_bill_with_its_late_fee_on_the_print_d
         tokens: dict[str, str], client: GraphQLClient, town: BillTown) -> None:
     token = tokens["reader"]
 
-    pdf = await printed(client, token, areaId=encode_id("Area", town.tree.east.id), kind="reminder")
+    pdf = await printed(client, token, areaId=gid("Area", town.tree.east), kind="reminder")
 
     # 王芳 (¥53.75, 10 days late: 27 fen) and 李强 (¥36.00, 3 days late: 5 fen); 张伟 is not yet due.
     assert pages(pdf) == 2
@@ -115,7 +120,7 @@ async def test_reminders_list_each_overdue_bill_with_its_late_fee_on_the_print_d
 async def test_nothing_to_deliver_prints_a_page_saying_so(tokens: dict[str, str], client: GraphQLClient, town: BillTown) -> None:
     token = tokens["reader"]
 
-    pdf = await printed(client, token, areaId=encode_id("Area", town.building1.id), kind="notice",
+    pdf = await printed(client, token, areaId=gid("Area", town.building1), kind="notice",
                         period=f"{town.earlier:%Y-%m}")  # 王芳's earlier bill is paid
 
     assert pages(pdf) == 1 and words(pdf, 0) == ["没有需要投递的水费缴费通知单"]
@@ -134,7 +139,7 @@ async def test_a_notices_link_is_refused_without_permission_scope_or_period(
     if variables.get("period") == "PERIOD":
         variables["period"] = f"{town.period:%Y-%m}"
 
-    result = await client.execute(NOTICES_URL, {"areaId": encode_id("Area", area.id), **variables}, token=token)
+    result = await client.execute(NOTICES_URL, {"areaId": gid("Area", area), **variables}, token=token)
 
     assert [e["extensions"]["code"] for e in result["errors"]] == [code]
 
@@ -142,7 +147,7 @@ async def test_a_notices_link_is_refused_without_permission_scope_or_period(
 async def test_a_download_without_bills_read_is_forbidden_and_logged(
         tokens: dict[str, str], client: GraphQLClient, town: BillTown, committed_engine: AsyncEngine) -> None:
     token = tokens["outsider"]
-    area = encode_id("Area", town.tree.east_community.id)
+    area = gid("Area", town.tree.east_community)
 
     response = await client.http.get(f"/bills/notices.pdf?areaId={area}&kind=reminder",
                                      headers={"Authorization": f"Bearer {token}"})
