@@ -378,8 +378,8 @@ async def notice_bills(
 ) -> list[NoticeBill]:
     """The bills notices of ``kind`` print for the households of the area's subtree in
     the scope: for a 缴费通知单 every open bill of ``period``; for a 催缴单 every bill
-    overdue on ``today`` (any period up to ``period`` when given). Ordered by building,
-    room label and 缴费号, then period: what the print groups by household. NOT_FOUND for
+    overdue on ``today`` (any period up to ``period`` when given). Ordered by community,
+    building, room label and 缴费号, then period: what the print groups by household. NOT_FOUND for
     an area outside the scope; TOO_MANY_ROWS past :data:`MAX_NOTICE_BILLS`."""
     if kind is NoticeKind.notice and period is None:
         raise BadUserInput("请指定账期", "A notice prints one period: give it", field="period")
@@ -392,10 +392,10 @@ async def notice_bills(
     if len(records) > MAX_NOTICE_BILLS:
         raise TooManyNotices(field="areaId")
     found = [NoticeBill(_row(record), record["building_id"]) for record in records]
-    # The order of a door round: building, room label (1-2-0101 before 1-10-0101), 缴费号.
-    found.sort(key=lambda b: (natural_key(b.row.building or ""), b.building_id or 0,
-                              natural_key(b.row.room_label or ""), b.row.account_no, b.row.bill.period,
-                              b.row.bill.id or 0))
+    # The order of a door round: community, building, room label (1-2-0101 before 1-10-0101), 缴费号.
+    found.sort(key=lambda b: (natural_key(b.row.community or ""), natural_key(b.row.building or ""),
+                              b.building_id or 0, natural_key(b.row.room_label or ""), b.row.account_no,
+                              b.row.bill.period, b.row.bill.id or 0))
     return found
 
 

@@ -15,8 +15,8 @@ A4 portrait, two notices a page, the halves parted by a dashed cut line, as util
 print them for delivery: a notice too long for half a page (many overdue periods)
 takes a page of its own. Each building starts a new page, so the stack of one building
 goes to one deliverer; each notice carries its building and its place in the round
-("1号楼 第 3/24 户"). Households come in the order of a door round: building, room
-label, 缴费号. The text is set in the notices' TrueType font (:mod:`backend.exports.pdf`).
+("翠湖小区 1号楼 第 3/24 户"). Households come in the order of a door round: community,
+building, room label, 缴费号. The text is set in the notices' TrueType font (:mod:`backend.exports.pdf`).
 """
 
 from __future__ import annotations
@@ -117,13 +117,16 @@ class NoticeBill:
 
 @dataclass(frozen=True, slots=True)
 class HouseholdNotice:
-    """One household's notice: who, where, and its bills (one for a 缴费通知单)."""
+    """One household's notice: who, where, and its bills (one for a 缴费通知单).
+    ``building`` names the delivery round (翠湖小区 1号楼); ``building_id`` tells apart
+    two buildings of one name (None: the household lies under no building)."""
 
     building: str
     account_no: str
     household_name: str
     place: str
     bills: list[NoticeBill]
+    building_id: int | None = None
 
     @property
     def owed_fen(self) -> int:
@@ -174,8 +177,10 @@ async def household_notices(
         if notices and notices[-1].account_no == row.account_no:
             notices[-1].bills.append(printed)
             continue
-        notices.append(HouseholdNotice(building=row.building or row.community or "", account_no=row.account_no,
-                                       household_name=row.household_name, place=_place(row), bills=[printed]))
+        building = " ".join(part for part in (row.community, row.building) if part)
+        notices.append(HouseholdNotice(building=building, account_no=row.account_no,
+                                       household_name=row.household_name, place=_place(row), bills=[printed],
+                                       building_id=noticed.building_id))
     return notices
 
 
@@ -401,15 +406,16 @@ def render_notices(notices: Sequence[HouseholdNotice], *, kind: NoticeKind, toda
     if not notices:
         draw_text(page, name, PAGE_WIDTH / 2, 40, f"没有需要投递的{title}", 14, height=PAGE_HEIGHT, centre=True)
         page.showPage()
-    by_building: dict[str, int] = {}
+    by_building: dict[tuple[int | None, str], int] = {}
     for notice in notices:
-        by_building[notice.building] = by_building.get(notice.building, 0) + 1
+        key = (notice.building_id, notice.building)
+        by_building[key] = by_building.get(key, 0) + 1
     slot = 0  # 0: the page is empty, 1: its top half is used
-    building: str | None = None
+    building: tuple[int | None, str] | None = None
     number = 0
     for notice in notices:
-        if notice.building != building:
-            building, number = notice.building, 0
+        if (notice.building_id, notice.building) != building:
+            building, number = (notice.building_id, notice.building), 0
             if slot:
                 page.showPage()
                 slot = 0
@@ -419,7 +425,7 @@ def render_notices(notices: Sequence[HouseholdNotice], *, kind: NoticeKind, toda
             page.showPage()
             slot = 0
         pen = _Pen(page, name, top=SLOT_HEIGHT if slot else 0.0, bottom=PAGE_HEIGHT if tall else SLOT_HEIGHT)
-        label = f"{building or '—'}　第 {number}/{by_building[notice.building]} 户"
+        label = f"{notice.building or '—'}　第 {number}/{by_building[building]} 户"
         if kind is NoticeKind.notice:
             _draw_notice(pen, notice, words, today, label)
         else:

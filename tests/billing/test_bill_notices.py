@@ -81,18 +81,18 @@ async def test_a_community_s_notices_print_each_building_from_a_new_page_with_th
     # 1号楼: 王芳 and 张伟 on one page; 2号楼: 李强's re-issue on a page of its own.
     assert pages(pdf) == 2
     first, second = words(pdf, 0), words(pdf, 1)
-    half = first.index("1号楼　第 2/2 户")  # the lower notice starts with its place in the round
+    half = first.index("翠湖小区 1号楼　第 2/2 户")  # the lower notice starts with its place in the round
     top, bottom = first[:half], first[half:]
     assert "王芳" in top and "张伟" in bottom
     period = f"{town.period.year}年{town.period.month:02d}月"
     due = town.bills["wang"].due_date
-    assert {town.households["wang"].account_no, "1号楼　第 1/2 户", "8.00", "20.50", "12.50", "30.00", "11.25",
+    assert {town.households["wang"].account_no, "翠湖小区 1号楼　第 1/2 户", "8.00", "20.50", "12.50", "30.00", "11.25",
             "第2阶梯", "自来水费", "污水处理费", "¥ 53.75", f"缴费截止日期：{due.year}年{due.month:02d}月{due.day:02d}日",
             } <= set(top)
     assert any(period in run for run in top)
     # A notice prints what is owed: 张伟 paid ¥5.00 of ¥20.00.
     assert {"¥ 20.00", "¥ 15.00", "5.00 / 0.00"} <= set(bottom)
-    assert {"李强", "2号楼　第 1/1 户", "¥ 36.00"} <= set(second)
+    assert {"李强", "翠湖小区 2号楼　第 1/1 户", "¥ 36.00"} <= set(second)
     assert "40.00" not in " ".join(second) and "李娜" not in " ".join(first + second)  # voided; outside the scope
     assert [embedded for name, embedded in embedded_fonts(pdf).items() if "WenQuanYi" in name] == [True]
     async with committed_engine.connect() as connection:
