@@ -38,9 +38,10 @@ from backend.db import raw_connection
 from backend.errors import BadUserInput, DomainError, ErrorCode
 
 __all__ = [
-    "BILL_COLUMNS", "MAX_NOTICE_BILLS", "BillFilter", "BillLineRow", "BillOwed", "BillPage", "BillQueryStatus",
-    "BillReading", "BillRow", "NoticeBill", "NoticeKind", "allocations_by_bill_ids", "bill_owed", "bill_page", "bill_rows_by_ids",
-    "lines_by_bill_ids", "natural_key", "notice_bills", "readings_of",
+    "BILL_COLUMNS", "MAX_HOUSEHOLD_BILLS", "MAX_NOTICE_BILLS", "BillFilter", "BillLineRow", "BillOwed", "BillPage",
+    "BillQueryStatus", "BillReading", "BillRow", "NoticeBill", "NoticeKind", "allocations_by_bill_ids", "bill_owed",
+    "bill_page", "bill_rows_by_household_ids", "bill_rows_by_ids", "lines_by_bill_ids", "natural_key", "notice_bills",
+    "readings_of",
 ]
 
 # The most bills one print of notices takes (a building is tens to a few hundred households).
@@ -188,6 +189,19 @@ JOIN areas a ON a.id = p.area_id
 """
 
 # A line's component name is the one its tariff version gave it (自来水费), else its code.
+# A household's newest bills, for every household of a page at once (Household.bills).
+_OF_HOUSEHOLDS = f"""
+SELECT p.*, {_PLACE}
+FROM (SELECT {_LISTED_COLUMNS}, row_number() OVER (PARTITION BY b.household_id ORDER BY b.period DESC, b.id DESC) AS n
+      FROM bills b JOIN households h ON h.id = b.household_id
+      WHERE b.household_id = ANY($1::bigint[])
+        AND ($2::text IS NULL OR b.status = $2::text)
+        AND ($3::date IS NULL OR (b.status = 'open' AND b.due_date < $3::date))) p
+JOIN areas a ON a.id = p.area_id
+WHERE p.n <= $4
+ORDER BY p.household_id, p.period DESC, p.id DESC
+"""
+
 _LINES = """
 SELECT l.bill_id, l.line_no, l.component, l.tier, l.volume_m3, l.price, l.amount_fen, l.valid_from,
        coalesce((SELECT c.value ->> 'name' FROM tariffs t CROSS JOIN jsonb_array_elements(t.rules -> 'components') c
@@ -311,6 +325,28 @@ class BillLineRow:
 
     line: BillLine
     component_name: str
+
+
+# The most bills Household.bills answers per household: three years of monthly bills.
+MAX_HOUSEHOLD_BILLS = 36
+
+
+async def bill_rows_by_household_ids(session: AsyncSession, household_ids: Sequence[int], *,
+                                     status: BillQueryStatus | None, today: date,
+                                     limit: int = MAX_HOUSEHOLD_BILLS) -> dict[int, list[BillRow]]:
+    """Each household's newest bills (of ``status``; ``overdue`` read on ``today``), at
+    most ``limit`` each, newest period first: one statement for every household. The
+    caller saw the households, so no scope is applied here."""
+    if not household_ids:
+        return {}
+    stored = status.value if status is not None and status is not BillQueryStatus.overdue else None
+    overdue_before = today if status is BillQueryStatus.overdue else None
+    driver = await raw_connection(session)
+    found: dict[int, list[BillRow]] = {}
+    for record in await driver.fetch(_OF_HOUSEHOLDS, list(set(household_ids)), stored, overdue_before,
+                                     min(max(limit, 0), MAX_HOUSEHOLD_BILLS)):
+        found.setdefault(record["household_id"], []).append(_row(record))
+    return found
 
 
 async def lines_by_bill_ids(session: AsyncSession, ids: Sequence[int]) -> dict[int, list[BillLineRow]]:

@@ -143,7 +143,7 @@ class BillTown:
     tree: AreaTree
     building1: Area
     building2: Area
-    reader: Staff  # bills:read over the east
+    reader: Staff  # bills:read (and archives:read) over the east
     outsider: Staff  # accounts:read only, over the east
     households: dict[str, Household]
     meters: dict[str, Meter]
@@ -204,6 +204,6 @@ async def make_bill_town(session: AsyncSession, today: date) -> BillTown:
     bills["na"] = await bill("na", period, "0", "6", [("water", 1, "6", "3.00"), ("sewage", 1, "6", "1.00")],
                              today - timedelta(days=20))
     await session.flush()
-    reader = await make_staff(session, permissions={"bills:read"}, areas=[tree.east])
+    reader = await make_staff(session, permissions={"bills:read", "archives:read"}, areas=[tree.east])
     outsider = await make_staff(session, permissions={"accounts:read"}, areas=[tree.east])
     return BillTown(today, period, earlier, tree, building1, building2, reader, outsider, households, meters, bills)

@@ -179,6 +179,20 @@ async def test_a_re_issue_names_the_bill_it_replaced(tokens: dict[str, str], cli
     assert (reissue["lateFee"], reissue["amountOwed"]) == ("0.05", "36.05")  # 3600 × 0.0005 × 3 = 5.4
 
 
+async def test_a_household_lists_its_bills_newest_first_and_by_status(
+        client: GraphQLClient, tokens: dict[str, str], town: BillTown) -> None:
+    document = """query($id: ID!) { household(id: $id) {
+        all: bills { period status amountOwed } overdue: bills(status: overdue) { period amount } } }"""
+
+    result = await client.execute(document, {"id": gid("Household", town.households["wang"])}, token=tokens["reader"])
+
+    assert "errors" not in result, result["errors"]
+    household = result["data"]["household"]
+    assert household["all"] == [{"period": f"{town.period:%Y-%m}", "status": "open", "amountOwed": "54.02"},
+                                {"period": f"{town.earlier:%Y-%m}", "status": "paid", "amountOwed": "0.00"}]
+    assert household["overdue"] == [{"period": f"{town.period:%Y-%m}", "amount": "53.75"}]
+
+
 async def test_the_bills_list_statement_count_does_not_grow_with_the_page(
         tokens: dict[str, str], client: GraphQLClient, town: BillTown, monkeypatch: pytest.MonkeyPatch) -> None:
     token = tokens["reader"]

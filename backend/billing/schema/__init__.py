@@ -12,6 +12,6 @@ from backend.billing.schema import bills, mutations, queries, review, routes, ta
 Query = merge_types("BillingQuery", (tariffs.Query, queries.Query, routes.Query, review.Query, bills.Query))
 Mutation = merge_types("BillingMutation", (tariffs.Mutation, mutations.Mutation, routes.Mutation, review.Mutation))
 NODES = {**queries.NODES, **review.NODES, **bills.NODES}
-EXTENSIONS = queries.EXTENSIONS
+EXTENSIONS = (*queries.EXTENSIONS, *bills.EXTENSIONS)
 
 __all__ = ["EXTENSIONS", "NODES", "Mutation", "Query"]

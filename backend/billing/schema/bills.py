@@ -1,5 +1,6 @@
 """Bill queries (账单查询): ``bills`` (filtered, paged, counted in one statement),
-``bill``, the ``node(id:)`` fetcher of ``Bill``, the Excel link ``billsExportUrl`` and the
+``bill``, ``Household.bills`` (an extension of the archives' type), the ``node(id:)``
+fetcher of ``Bill``, the Excel link ``billsExportUrl`` and the
 notices' PDF link ``billNoticesUrl``. Types are thin, built from the rows of
 ``backend.billing.bill_queries``; a page's lines and allocations load through one
 DataLoader batch each. Money is the ``Money`` scalar (fen inside, "53.75" outside);
@@ -32,6 +33,7 @@ from backend.billing.scope import area_path_in_scope
 from backend.clock import utcnow
 from backend.errors import NotFound
 from backend.exports.links import download_url, sign_download_token
+from backend.graphql.extend import TypeExtension
 from backend.graphql.loaders import SessionLoader
 from backend.graphql.pagination import Connection, PageRequest
 from backend.graphql.permissions import Requires
@@ -69,6 +71,23 @@ class BillAllocationsByBillIdLoader(SessionLoader[int, list[BillAllocation]]):
 
     async def fetch(self, session: AsyncSession, keys: Sequence[int]) -> Mapping[int, list[BillAllocation]]:
         return await bill_queries.allocations_by_bill_ids(session, keys)
+
+
+class BillsByHouseholdIdLoader(SessionLoader[tuple[int, BillQueryStatus | None, date], list[BillRow]]):
+    """A household's newest bills of a status, keyed (household, status, today): one
+    statement per status asked in the request (usually one)."""
+
+    missing: list[BillRow] = []
+
+    async def fetch(self, session: AsyncSession, keys: Sequence[tuple[int, BillQueryStatus | None, date]],
+                    ) -> Mapping[tuple[int, BillQueryStatus | None, date], list[BillRow]]:
+        found: dict[tuple[int, BillQueryStatus | None, date], list[BillRow]] = {}
+        for status, today in {(status, today) for _, status, today in keys}:
+            asked = [key for key in keys if key[1:] == (status, today)]
+            rows = await bill_queries.bill_rows_by_household_ids(session, [key[0] for key in asked], status=status,
+                                                                 today=today)
+            found.update({key: rows.get(key[0], []) for key in asked})
+        return found
 
 
 # --------------------------------------------------------------------------- types
@@ -303,6 +322,21 @@ class Query:
         return download_url(BILL_NOTICES_PATH, params, token)
 
 
+@strawberry.type
+class HouseholdBillFields:
+    @strawberry.field(permission_classes=READ,
+                      description=f"The household's newest bills (at most {bill_queries.MAX_HOUSEHOLD_BILLS}), newest "
+                      "period first; `status` filters them (overdue: open and past due). The counter's 缴费 screen.")
+    async def bills(self, info: Info, status: BillQueryStatusEnum | None = None,  # type: ignore[valid-type]
+                    ) -> list[BillType]:
+        household: Any = self  # the archives' Household, already in the caller's reach
+        today = _today(info)
+        rows = await info.context.loader(BillsByHouseholdIdLoader).load(
+            (household.pk, BillQueryStatus(status) if status is not None else None, today))
+        return [BillType.of(row, today) for row in rows]
+
+
+EXTENSIONS = (TypeExtension("Household", HouseholdBillFields),)
 NODES = {"Bill": fetch_bill}
 
-__all__ = ["NODES", "BillType", "Query"]
+__all__ = ["EXTENSIONS", "NODES", "BillType", "Query"]
