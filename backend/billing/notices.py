@@ -279,11 +279,12 @@ class _Pen:
 
 
 def _height(notice: HouseholdNotice, kind: NoticeKind) -> float:
-    """How tall the notice is drawn (mm), to know whether it fits half a page."""
+    """How tall the notice is drawn (mm), to know whether it fits half a page: its fixed
+    parts (header, totals, words, signature) and a row per meter and line, or per bill."""
     if kind is NoticeKind.notice:
         bill = notice.bills[0]
-        return 60 + ROW * (len(bill.meters) + len(bill.lines) + 2) + 50
-    return 70 + ROW * (len(notice.bills) + 2) + 50
+        return 122 + ROW * (len(bill.meters) + len(bill.lines))
+    return 122 + ROW * len(notice.bills)
 
 
 def _header(pen: _Pen, notice: HouseholdNotice, title: str, subtitle: str, round_label: str) -> float:
