@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from backend.auth.menus import Menu, Operation
 from backend.auth.menus import permission as _p
+from backend.billing.settings import BillingSettings
 from backend.domain import Check, Domain, PersonalData
 from backend.events.service import Handler
 
@@ -95,6 +96,8 @@ DOMAIN = Domain(
     checks=(Check("billing.ledger", "backend.billing.checks:ledger_adds_up",
                   "Every balance is the sum of its entries; every prepaid cycle's charge the sum of its entries"),),
     demo="backend.billing.demo:demo_step",
+    # What the printed bill notices say of the utility, and their font (SHUIWU_BILLING_…).
+    settings=BillingSettings,
     commands={"tariff": "backend.billing.cli:tariff_app"},
     personal_data=PersonalData(excluded={
         "tariffs.name": "the name of a published water price (居民生活用水), not a person's",

@@ -1,16 +1,17 @@
 """GraphQL for billing: tariffs (``tariffs``), accounts and their statements
 (``queries``, ``types``), the account mutations (``mutations``), reading routes
-(``routes``, 抄表本) and reading review (``review``, 抄表审核), merged here."""
+(``routes``, 抄表本), reading review (``review``, 抄表审核) and bill queries (``bills``,
+账单查询), merged here."""
 
 from __future__ import annotations
 
 from strawberry.tools import merge_types
 
-from backend.billing.schema import mutations, queries, review, routes, tariffs
+from backend.billing.schema import bills, mutations, queries, review, routes, tariffs
 
-Query = merge_types("BillingQuery", (tariffs.Query, queries.Query, routes.Query, review.Query))
+Query = merge_types("BillingQuery", (tariffs.Query, queries.Query, routes.Query, review.Query, bills.Query))
 Mutation = merge_types("BillingMutation", (tariffs.Mutation, mutations.Mutation, routes.Mutation, review.Mutation))
-NODES = {**queries.NODES, **review.NODES}
-EXTENSIONS = queries.EXTENSIONS
+NODES = {**queries.NODES, **review.NODES, **bills.NODES}
+EXTENSIONS = (*queries.EXTENSIONS, *bills.EXTENSIONS)
 
 __all__ = ["EXTENSIONS", "NODES", "Mutation", "Query"]
