@@ -40,6 +40,7 @@ async def make_bill(
     last = calendar.monthrange(period.year, period.month)[1]
     end = start + timedelta(days=last)
     issued_at = issued_at or end + timedelta(hours=9)
+    assert served.household.id is not None
     bill = Bill(
         account_id=served.account_id, household_id=served.household.id, period=period, months=1,
         status=BillStatus.open, period_start=start, period_end=end, tariff_code=served.account.tariff_code or "T",

@@ -271,6 +271,7 @@ async def test_month_end_posting_and_payments_on_the_same_accounts_never_deadloc
     async with committed_sessions() as session:
         assert (await session.execute(_DISAGREEING)).one().accounts == 0
         for bill in bills.values():
+            assert bill.id is not None
             row = await bill_row(session, bill.id)
             posted = -int((await session.execute(text(
                 "SELECT coalesce(sum(amount_fen), 0) FROM ledger_entries WHERE kind = 'late_fee' AND ref = :r"),
