@@ -79,7 +79,7 @@ async def test_named_bills_are_paid_first_and_a_recharge_on_a_postpaid_account_p
 
 async def test_naming_a_voided_bill_or_another_accounts_is_refused_and_writes_nothing(session: AsyncSession) -> None:
     served, september, _ = await two_bills(session)
-    other, foreign, _ = await two_bills(session)
+    _, foreign, _ = await two_bills(session)
     await session.execute(text("UPDATE bills SET status = 'voided', voided_at = now() WHERE id = :id"),
                           {"id": september.id})
     operator = await cashier(session)
