@@ -12,15 +12,17 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.archives.models import Area
 from backend.billing.bills_models import Bill, BillStatus
 from backend.billing.ledger import post_entry
 from backend.billing.models import BillingMode, EntryKind
 from tests.billing.factories import SHANGHAI, Served, served_household, tariff
 
 
-async def postpaid_account(session: AsyncSession, *, opened_at: datetime) -> Served:
-    """A household with a meter and a postpaid account opened at ``opened_at``."""
-    return await served_household(session, raw_tariff=tariff(), opened_at=opened_at, mode=BillingMode.postpaid)
+async def postpaid_account(session: AsyncSession, *, opened_at: datetime, area: Area | None = None) -> Served:
+    """A household with a meter and a postpaid account opened at ``opened_at`` (in ``area``)."""
+    return await served_household(session, raw_tariff=tariff(), opened_at=opened_at, mode=BillingMode.postpaid,
+                                  area=area)
 
 
 async def make_bill(
@@ -69,3 +71,13 @@ async def allocations_of(session: AsyncSession, account_id: int) -> list[tuple[i
         "SELECT bill_id, entry_id, late_fee_fen, principal_fen, undoes_id IS NOT NULL FROM bill_allocations "
         "WHERE account_id = :a ORDER BY id"), {"a": account_id})
     return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+async def void(session: AsyncSession, bill: Bill) -> None:
+    """Void ``bill`` as the billing run's void does: a reversing credit and the status."""
+    assert bill.id is not None
+    entry = await post_entry(session, account_id=bill.account_id, kind=EntryKind.reversal, amount_fen=bill.amount_fen,
+                             ref=f"bill:{bill.id}", idempotency_key=f"void:{bill.id}")
+    await session.execute(text("UPDATE bills SET status = 'voided', voided_at = now(), voided_by = '测试', "
+                               "void_reason = '读数错误', void_entry_id = :e WHERE id = :id"),
+                          {"e": entry.id, "id": bill.id})

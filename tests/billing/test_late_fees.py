@@ -42,7 +42,7 @@ from backend.domains import installed
 from backend.errors import DomainError, ErrorCode
 from backend.runtime import Runtime
 from backend.settings import Settings
-from tests.billing.bill_factory import bill_row, make_bill, postpaid_account
+from tests.billing.bill_factory import bill_row, make_bill, postpaid_account, void
 from tests.billing.factories import Served, at, balance, entries
 from tests.factories import make_area_tree
 
@@ -199,9 +199,8 @@ async def test_a_waiver_stops_the_fee_writes_off_its_posted_part_and_the_princip
 async def test_a_waiver_is_refused_for_a_voided_bill_one_not_late_one_out_of_scope_and_without_a_reason(
         session: AsyncSession) -> None:
     served, september, october = await overdue_pair(session)
+    await void(session, september)
     ledger_before = await entries(session, served.account_id)
-    await session.execute(text("UPDATE bills SET status = 'voided', voided_at = now() WHERE id = :id"),
-                          {"id": september.id})
     tree = await make_area_tree(session)
     elsewhere = [f"{tree.west.path}%"]
     cases = [

@@ -19,7 +19,7 @@ from backend.billing.models import AccountStatus, EntryKind
 from backend.errors import DomainError, ErrorCode
 from backend.payments.counter import Operator, close_account, reverse_payment, take_payment
 from backend.payments.models import Payment, PaymentChannel, PaymentPurpose
-from tests.billing.bill_factory import allocations_of, bill_row, make_bill, postpaid_account
+from tests.billing.bill_factory import allocations_of, bill_row, make_bill, postpaid_account, void
 from tests.billing.factories import Served, at, balance, entries
 from tests.factories import make_staff
 
@@ -80,8 +80,7 @@ async def test_named_bills_are_paid_first_and_a_recharge_on_a_postpaid_account_p
 async def test_naming_a_voided_bill_or_another_accounts_is_refused_and_writes_nothing(session: AsyncSession) -> None:
     served, september, _ = await two_bills(session)
     _, foreign, _ = await two_bills(session)
-    await session.execute(text("UPDATE bills SET status = 'voided', voided_at = now() WHERE id = :id"),
-                          {"id": september.id})
+    await void(session, september)
     operator = await cashier(session)
     ledger = await entries(session, served.account_id)
     for bill_id, code in ((september.id, ErrorCode.BILL_VOIDED), (foreign.id, ErrorCode.NOT_FOUND),
