@@ -56,6 +56,7 @@ async def served_household(session: AsyncSession, *, raw_tariff: dict[str, Any],
     (default: a company of its own)."""
     await tariffs.save_tariff(session, raw=raw_tariff)
     area = area or await create_area(session, name=unique("公司"), kind=AreaKind.company)
+    assert area.id is not None
     household = await create_household(session, account_no=unique("H"), name="王芳", area_id=area.id)
     meter = await make_meter(session, area_id=area.id, install_date=None)
     assert household.id is not None and meter.id is not None
