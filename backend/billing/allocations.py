@@ -215,7 +215,10 @@ def _allocate_account(account: LockedAccount, bills: list[_Bill], *, on: date, n
     available = available_fen(account.balance_fen, bills)
     for bill in sorted(bills, key=lambda b: (b.id not in named, b.period, b.id)):
         if available <= 0:
-            break
+            # No money left: only a bill that owes nothing (a zero bill) is settled.
+            if bill.settle_status(on, now) == "paid":
+                paid.append(bill.id)
+            continue
         unposted = late_fee_unposted_on(bill.state, on)
         if unposted > 0:
             posted = bill.state.late_fee_posted_fen + unposted
