@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.billing.allocations import Allocations, allocate_credit, undo_allocations
 from backend.billing.checks import _DISAGREEING
-from backend.billing.late_fees import late_fee_owed
+from backend.billing.late_fees import late_fee_owed, waive_late_fee
 from backend.billing.ledger import post_entry
 from backend.billing.models import EntryKind
 from tests.billing.bill_factory import allocations_of, bill_row, make_bill, postpaid_account
@@ -198,4 +198,24 @@ async def test_undoing_a_payment_releases_what_a_later_bill_took_of_its_leftover
         row = await bill_row(session, bill.id)
         assert (row.status, row.principal_paid_fen, row.late_fee_paid_fen, row.paid_at) == ("open", 0, 0, None)
     assert await balance(session, served.account_id) == -10000 - 8000 - 100 - 1500
+    await assert_everything_adds_up(session, served)
+
+
+async def test_undoing_a_payment_of_a_waived_bills_fee_writes_that_part_off_too(session: AsyncSession) -> None:
+    served = await postpaid_account(session, opened_at=OPENED)
+    bill = await make_bill(session, served, period=date(2026, 9, 1), amount_fen=10000, due_date=date(2026, 10, 15))
+    assert bill.id
+    # ¥0.60 on 4 November pays part of the ¥1.00 fee (posted then); the rest is waived the
+    # next day: 105 − 60 = 45 fen waived, of which the 40 posted are written off.
+    entry_id, _ = await pay(session, served, 60, date(2026, 11, 4), "fee-part")
+    waiver = await waive_late_fee(session, bill_id=bill.id, reason="减免", by="主管", now=at(2026, 11, 5, 10))
+    assert (waiver.waived_fen, waiver.written_off_fen) == (45, 40)
+
+    await reverse(session, served, entry_id, 60, "fee-part", date(2026, 11, 6))
+
+    row = await bill_row(session, bill.id)
+    assert (row.late_fee_paid_fen, row.late_fee_waived_fen, row.late_fee_posted_fen) == (0, 105, 100)
+    assert [(e.kind, e.amount_fen) for e in await entries(session, served.account_id)][-2:] == [
+        (EntryKind.reversal, -60), (EntryKind.write_off, 60)]
+    assert await balance(session, served.account_id) == -10000
     await assert_everything_adds_up(session, served)
