@@ -192,25 +192,18 @@ async def take_payment(
     payment = await _record(session, account=account, kind=PaymentKind.collect, entry_kind=kind, channel=channel,
                             purpose=purpose, amount_fen=amount_fen, idempotency_key=idempotency_key,
                             operator=operator, now=now, day=day, reference=reference, bank_partner=bank_partner,
-                            bank_outlet=bank_outlet, note=note.strip())
-    await _allocate(session, account, payment, day=day, now=now, bill_ids=bill_ids)
+                            bank_outlet=bank_outlet, note=note.strip(), bill_ids=bill_ids)
     return payment
-
-
-async def _allocate(session: AsyncSession, account: Account, payment: Payment, *, day: date, now: datetime,
-                    bill_ids: Sequence[int] = ()) -> None:
-    """A postpaid account's bills take the payment (billing's allocation, same transaction)."""
-    if account.mode is BillingMode.postpaid:
-        assert account.id is not None
-        await allocate_credit(session, account_ids=[account.id], on=day, now=now, entry_id=payment.entry_id,
-                              bill_ids=bill_ids, by=payment.operator_name)
 
 
 async def _record(session: AsyncSession, *, account: Account, kind: PaymentKind, entry_kind: EntryKind,
                   channel: PaymentChannel, purpose: PaymentPurpose, amount_fen: int, idempotency_key: str,
                   operator: Operator, now: datetime, day: date, reference: str | None = None,
-                  bank_partner: str | None = None, bank_outlet: str | None = None, note: str = "") -> Payment:
-    """Write the payment, its ledger entry and (for money in) ``payment.succeeded``."""
+                  bank_partner: str | None = None, bank_outlet: str | None = None, note: str = "",
+                  bill_ids: Sequence[int] = ()) -> Payment:
+    """Write the payment, its ledger entry, (money in on a postpaid account) its allocation
+    to the bills, ``bill_ids`` first, and (money in) ``payment.succeeded``, whose balance is
+    the one after it all (late fees the payment posted included)."""
     assert account.id is not None
     number = (await session.execute(text("SELECT nextval('payments_id_seq')"))).scalar_one()
     payment = Payment(
@@ -227,10 +220,15 @@ async def _record(session: AsyncSession, *, account: Account, kind: PaymentKind,
                              note=f"{payment.serial_no} {channel.value}", posted_by=operator.name, posted_at=now)
     payment.entry_id = entry.id
     await session.flush()
+    balance_after = entry.balance_after_fen
+    if kind is PaymentKind.collect and account.mode is BillingMode.postpaid:
+        allocated = await allocate_credit(session, account_ids=[account.id], on=day, now=now, entry_id=entry.id,
+                                          bill_ids=bill_ids, by=operator.name)
+        balance_after -= allocated.late_fee_posted_fen
     if kind is PaymentKind.collect:
         await emit_event(session, "payment.succeeded", PaymentSucceeded(
             payment_id=number, account_id=account.id, household_id=account.household_id, channel=channel,
-            amount_fen=amount_fen, balance_after_fen=entry.balance_after_fen,
+            amount_fen=amount_fen, balance_after_fen=balance_after,
         ), key=f"account:{account.id}")
     return payment
 
@@ -347,7 +345,6 @@ async def close_account(
                                    operator=operator, now=now, day=day, reference=reference,
                                    bank_partner=bank_partner, bank_outlet=_clean(collect_bank_outlet, 50),
                                    note="销户补缴")
-        await _allocate(session, account, collection, day=day, now=now)
     closed = await close_settled_account(session, account_id=account_id, now=now, by=operator.name, tz=tz)
     assert closed.id is not None
     await emit_event(session, "account.closed", AccountClosed(account_id=closed.id, household_id=closed.household_id),
