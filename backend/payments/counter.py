@@ -189,11 +189,10 @@ async def take_payment(
     if bill_ids:
         await check_payable_bills(session, account_id=account_id, bill_ids=bill_ids)
     kind = EntryKind.recharge if purpose is PaymentPurpose.recharge else EntryKind.payment
-    payment = await _record(session, account=account, kind=PaymentKind.collect, entry_kind=kind, channel=channel,
-                            purpose=purpose, amount_fen=amount_fen, idempotency_key=idempotency_key,
-                            operator=operator, now=now, day=day, reference=reference, bank_partner=bank_partner,
-                            bank_outlet=bank_outlet, note=note.strip(), bill_ids=bill_ids)
-    return payment
+    return await _record(session, account=account, kind=PaymentKind.collect, entry_kind=kind, channel=channel,
+                         purpose=purpose, amount_fen=amount_fen, idempotency_key=idempotency_key, operator=operator,
+                         now=now, day=day, reference=reference, bank_partner=bank_partner, bank_outlet=bank_outlet,
+                         note=note.strip(), bill_ids=bill_ids)
 
 
 async def _record(session: AsyncSession, *, account: Account, kind: PaymentKind, entry_kind: EntryKind,
