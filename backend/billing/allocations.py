@@ -163,6 +163,23 @@ async def check_payable_bills(session: AsyncSession, *, account_id: int, bill_id
         raise BillVoided(field="billIds")
 
 
+# The postpaid accounts among $1 with money for their bills, or with an open bill that
+# owes nothing (a zero bill) to settle: read before locking, so a billing run that
+# allocates for a whole city locks and loads only the few accounts with credit. A credit
+# that arrives later is allocated by its own transaction, so nothing is missed.
+_WITH_CREDIT = """
+SELECT a.id FROM accounts a
+WHERE a.id = ANY($1::bigint[]) AND a.mode = 'postpaid'
+  AND (a.balance_fen + coalesce((
+          SELECT sum(b.amount_fen - b.principal_paid_fen
+                     + CASE WHEN b.late_fee_waived_at IS NULL THEN b.late_fee_posted_fen - b.late_fee_paid_fen
+                            ELSE 0 END)
+          FROM bills b WHERE b.account_id = a.id AND b.status = 'open'), 0) > 0
+       OR EXISTS (SELECT 1 FROM bills b WHERE b.account_id = a.id AND b.status = 'open'
+                  AND b.principal_paid_fen = b.amount_fen))
+ORDER BY a.id
+"""
+
 _OPEN_BILLS = f"""
 SELECT {BILL_STATE_COLUMNS}, paid_at FROM bills
 WHERE account_id = ANY($1::bigint[]) AND status = 'open' ORDER BY id FOR UPDATE
@@ -256,11 +273,12 @@ async def allocate_credit(
     credit that brought the money (one account's payment) or None; ``bill_ids`` are paid
     first (check them with :func:`check_payable_bills`). Set-based: a few statements for
     any number of accounts."""
-    accounts = await lock_accounts(session, account_ids)
+    driver = await raw_connection(session)
+    candidates = [row[0] for row in await driver.fetch(_WITH_CREDIT, sorted(set(account_ids)))]
+    accounts = await lock_accounts(session, candidates)
     postpaid = sorted(i for i, a in accounts.items() if a.mode is BillingMode.postpaid)
     if not postpaid:
         return Allocations()
-    driver = await raw_connection(session)
     by_account: dict[int, list[_Bill]] = {}
     for row in await driver.fetch(_OPEN_BILLS, postpaid):
         by_account.setdefault(row["account_id"], []).append(_Bill.of(row))

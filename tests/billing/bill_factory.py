@@ -53,10 +53,11 @@ async def make_bill(
     session.add(bill)
     await session.flush()
     assert bill.id is not None
-    entry = await post_entry(session, account_id=served.account_id, kind=EntryKind.bill, amount_fen=-amount_fen,
-                             ref=f"bill:{bill.id}", idempotency_key=f"bill:{bill.id}", posted_at=issued_at)
-    bill.entry_id = entry.id
-    await session.flush()
+    if amount_fen:  # a zero bill has no entry (the ledger refuses zero)
+        entry = await post_entry(session, account_id=served.account_id, kind=EntryKind.bill, amount_fen=-amount_fen,
+                                 ref=f"bill:{bill.id}", idempotency_key=f"bill:{bill.id}", posted_at=issued_at)
+        bill.entry_id = entry.id
+        await session.flush()
     return bill
 
 

@@ -219,3 +219,12 @@ async def test_undoing_a_payment_of_a_waived_bills_fee_writes_that_part_off_too(
         (EntryKind.reversal, -60), (EntryKind.write_off, 60)]
     assert await balance(session, served.account_id) == -10000
     await assert_everything_adds_up(session, served)
+
+
+async def test_an_account_without_credit_is_left_alone_but_a_zero_bill_is_settled(session: AsyncSession) -> None:
+    served = await postpaid_account(session, opened_at=OPENED)
+    owing = await make_bill(session, served, period=date(2026, 9, 1), amount_fen=2000, due_date=date(2026, 10, 15))
+    zero = await make_bill(session, served, period=date(2026, 10, 1), amount_fen=0, due_date=date(2026, 11, 15))
+    done = await allocate_credit(session, account_ids=[served.account_id], on=date(2026, 12, 1), now=at(2026, 12, 1))
+    assert done.lines == () and done.late_fee_posted_fen == 0 and done.paid_bill_ids == (zero.id,)
+    assert figures(await bill_row(session, owing.id)) == ("open", 0, 0, 0)  # nothing posted without money
