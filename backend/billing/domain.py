@@ -20,7 +20,7 @@ from __future__ import annotations
 from backend.auth.menus import Menu, Operation
 from backend.auth.menus import permission as _p
 from backend.billing.settings import BillingSettings
-from backend.domain import Check, Domain, PersonalData
+from backend.domain import Check, Domain, Job, PersonalData
 from backend.events.service import Handler
 
 DOMAIN = Domain(
@@ -84,6 +84,14 @@ DOMAIN = Domain(
         Operation("setLateFeeRule", "设置滞纳金规则", "Set a late-fee rule", "bills"),
         Operation("exportBills", "导出账单", "Export bills", "bills"),
         Operation("printBillNotices", "打印缴费通知单 / 催缴单", "Print bill notices", "bills"),
+    ),
+    jobs=(
+        # 00:05 UTC on the 1st (08:05 in Shanghai): posts as of the last day of the month
+        # that just ended (backend.billing.late_fees). Posting is billing's money-writing,
+        # as a run is: the system actor holds bills:run for it.
+        Job("post_late_fees", "backend.billing.late_fees:post_month_end_late_fees", cron="5 0 1 * *",
+            permissions=frozenset({"bills:run"}),
+            description="Post every overdue bill's late fee as of the last day of the month just ended"),
     ),
     handlers=(
         # All its effects are in the database (entries, threshold events), so a replay of

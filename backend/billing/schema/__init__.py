@@ -1,16 +1,18 @@
 """GraphQL for billing: tariffs (``tariffs``), accounts and their statements
 (``queries``, ``types``), the account mutations (``mutations``), reading routes
-(``routes``, 抄表本), reading review (``review``, 抄表审核) and bill queries (``bills``,
-账单查询), merged here."""
+(``routes``, 抄表本), reading review (``review``, 抄表审核), bill queries (``bills``, 账单查询)
+and late fees (``late_fees``, 滞纳金), merged here."""
 
 from __future__ import annotations
 
 from strawberry.tools import merge_types
 
-from backend.billing.schema import bills, mutations, queries, review, routes, tariffs
+from backend.billing.schema import bills, late_fees, mutations, queries, review, routes, tariffs
 
-Query = merge_types("BillingQuery", (tariffs.Query, queries.Query, routes.Query, review.Query, bills.Query))
-Mutation = merge_types("BillingMutation", (tariffs.Mutation, mutations.Mutation, routes.Mutation, review.Mutation))
+Query = merge_types("BillingQuery", (tariffs.Query, queries.Query, routes.Query, review.Query, bills.Query,
+                                     late_fees.Query))
+Mutation = merge_types("BillingMutation", (tariffs.Mutation, mutations.Mutation, routes.Mutation, review.Mutation,
+                                           late_fees.Mutation))
 NODES = {**queries.NODES, **review.NODES, **bills.NODES}
 EXTENSIONS = (*queries.EXTENSIONS, *bills.EXTENSIONS)
 
