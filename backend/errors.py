@@ -186,6 +186,8 @@ class ErrorCode(StrEnum):
     BILL_PAID = "BILL_PAID"
     BILL_NOT_LATEST = "BILL_NOT_LATEST"
     LATE_FEE_NOTHING_TO_WAIVE = "LATE_FEE_NOTHING_TO_WAIVE"
+    # Billing: bill notices (backend.billing.notices)
+    NOTICE_FONT_MISSING = "NOTICE_FONT_MISSING"
 
 
 class DomainError(Exception):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from backend.auth.menus import Menu, Operation
 from backend.auth.menus import permission as _p
+from backend.billing.settings import BillingSettings
 from backend.domain import Check, Domain, Job, PersonalData
 from backend.events.service import Handler
 
@@ -85,6 +86,12 @@ DOMAIN = Domain(
         Operation("printBillNotices", "打印缴费通知单 / 催缴单", "Print bill notices", "bills"),
     ),
     jobs=(
+        # 00:05 UTC on the 1st (08:05 in Shanghai): posts as of the last day of the month
+        # that just ended (backend.billing.late_fees). Posting is billing's money-writing,
+        # as a run is: the system actor holds bills:run for it.
+        Job("post_late_fees", "backend.billing.late_fees:post_month_end_late_fees", cron="5 0 1 * *",
+            permissions=frozenset({"bills:run"}),
+            description="Post every overdue bill's late fee as of the last day of the month just ended"),
         # Daily: the latest period of each cycle that ended 5 days ago, once some account
         # of it is unbilled (backend.billing.bills, "Scheduled"); a re-run bills nothing twice.
         Job("run_billing", "backend.billing.bills:scheduled_run", cron="30 2 * * *",
@@ -102,6 +109,8 @@ DOMAIN = Domain(
     checks=(Check("billing.ledger", "backend.billing.checks:ledger_adds_up",
                   "Every balance is the sum of its entries; every prepaid cycle's charge the sum of its entries"),),
     demo="backend.billing.demo:demo_step",
+    # What the printed bill notices say of the utility, and their font (SHUIWU_BILLING_…).
+    settings=BillingSettings,
     commands={"tariff": "backend.billing.cli:tariff_app", "bill": "backend.billing.cli:bill_app"},
     personal_data=PersonalData(excluded={
         "tariffs.name": "the name of a published water price (居民生活用水), not a person's",

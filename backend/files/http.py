@@ -138,7 +138,7 @@ def routes(host: HttpHost) -> list[Route]:
 # An export link (signed for its caller, its path and its exact parameters, by
 # backend.exports.links) is answered in one way everywhere: the caller behind the link,
 # the permission (403, logged as refused), one admitted expensive request (429 past it),
-# the domain's ``build`` spooling the xlsx (a DomainError is logged and answered 404 or
+# the domain's ``build`` spooling the file (an xlsx, or a PDF) (a DomainError is logged and answered 404 or
 # 400), the success logged with its row count, then :func:`serve_export`. A route
 # declares what differs: its path, permission, log module, action and words, and how it
 # builds the file (billing's statement, payments' list).
@@ -154,6 +154,7 @@ class ExportRoute:
     module: str  # the operation log's module and action
     action: str
     title: str  # what the log calls it: 导出缴费记录
+    media_type: str = XLSX_MEDIA_TYPE  # what the file is (billing's notices are PDF)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +212,7 @@ def export_route(host: HttpHost, export: ExportRoute, build: ExportBuilder, *, r
         except BaseException:
             excel.discard(Path(made.path))
             raise
-        return await serve_export(files, sessions, Path(made.path), filename=made.filename, owner=principal)
+        return await serve_export(files, sessions, Path(made.path), filename=made.filename, owner=principal,
+                                  media_type=export.media_type)
 
     return Route(export.path, answer, methods=["GET"])

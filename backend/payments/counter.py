@@ -12,11 +12,22 @@ IDEMPOTENCY_CONFLICT. The payment row, its ledger entry (``recharge`` for a rech
 ``payment`` for bills; billing's ``post_entry``, key ``payment:<id>``) and the
 ``payment.succeeded`` event are written in one transaction.
 
-**Bills.** Until the Postpaid issue adds bills, paying ``bills`` credits the account like
-a recharge (kind ``payment``); the Postpaid issue allocates it to the oldest bills first.
+**Bills (缴费).** Paying ``bills`` credits the account (kind ``payment``) and, on a
+postpaid account, allocates the money in the same transaction
+(``backend.billing.allocations.allocate_credit``): the oldest open bills first, each
+bill's late fee (posted then, as it reads that day) before its principal; what is left
+stays on the account for the next bill. ``bill_ids`` names bills to pay first (oldest of
+them first, still fee before principal), then the others oldest first; naming another
+account's bill (or an unknown one) is NOT_FOUND, a voided one BILL_VOIDED, before
+anything is written. A **recharge on a postpaid account** is allocated the same way:
+money on a postpaid account is there to pay its bills. On other modes a ``bills``
+payment credits the balance as before.
 
 **Reversal (冲正).** A payment is reversed by the opposite ledger entry (``reversal``, key
-``reversal:<id>``) and marked ``reversed``, never edited or deleted. The cashier who took
+``reversal:<id>``) and marked ``reversed``, never edited or deleted. On a postpaid
+account its allocations are undone by negative rows and the bills it paid go back to
+``open`` (``allocations.undo_allocations``: the accrual resumes from the reversal's day;
+a late fee posted when it was paid stays posted, since it was owed). The cashier who took
 it may reverse it on its business day; anyone else, or a later day, needs
 ``counter:reverse_any`` (REVERSAL_NOT_ALLOWED). Twice is PAYMENT_ALREADY_REVERSED. The
 money goes back out of the reverser's till, so the reversal counts in the reverser's day
@@ -25,7 +36,9 @@ further payments and reversals by its cashier (CASHIER_DAY_LOCKED).
 
 **Closing an account (销户, :func:`close_account`).** Billing's ``final_charge`` prices the
 usage up to the final reading (one entered at the desk, stored as a manual reading, or
-the meter's latest); then a positive balance is refunded in cash at the counter (or,
+the meter's latest); a postpaid account's late fees accrued to the day are posted and
+credit on it paid to its bills (the collection below is allocated too, so no bill stays
+open on a closed account); then a positive balance is refunded in cash at the counter (or,
 once online payments exist, back through the original channel) and a negative one is
 collected in the channel the cashier names; then billing closes the settled,
 zero-balance account and ``account.closed`` is emitted.
@@ -43,9 +56,11 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.billing.accounts import account_in_scope, close_settled_account, final_charge
+from backend.billing.allocations import allocate_credit, check_payable_bills, undo_allocations
 from backend.billing.errors import AccountClosed as AccountIsClosed
+from backend.billing.late_fees import post_late_fees
 from backend.billing.ledger import post_entry
-from backend.billing.models import Account, AccountStatus, EntryKind
+from backend.billing.models import Account, AccountStatus, BillingMode, EntryKind
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.events.service import emit_event
 from backend.payments import errors
@@ -134,9 +149,11 @@ async def take_payment(
     note: str = "",
     max_fen: int = DEFAULT_MAX_COUNTER_PAYMENT_FEN,
     scope_patterns: Sequence[str] | None = None,
+    bill_ids: Sequence[int] = (),
 ) -> Payment:
-    """收费: take ``amount_fen`` for ``account_id`` (module docstring for the refusals).
-    Returns the payment (the stored one when the key was used before)."""
+    """收费: take ``amount_fen`` for ``account_id`` (module docstring for the refusals and
+    for how a postpaid account's bills take it; ``bill_ids`` are paid first). Returns the
+    payment (the stored one when the key was used before)."""
     channel, purpose = PaymentChannel(channel), PaymentPurpose(purpose)
     if isinstance(amount_fen, bool) or not isinstance(amount_fen, int) or amount_fen <= 0:
         raise errors.PaymentAmountInvalid(field="amount")
@@ -169,18 +186,23 @@ async def take_payment(
     day = business_day(now, tz)
     if await _day_locked(session, operator.id, day):
         raise errors.CashierDayLocked(field="accountId")
+    if bill_ids:
+        await check_payable_bills(session, account_id=account_id, bill_ids=bill_ids)
     kind = EntryKind.recharge if purpose is PaymentPurpose.recharge else EntryKind.payment
     return await _record(session, account=account, kind=PaymentKind.collect, entry_kind=kind, channel=channel,
                          purpose=purpose, amount_fen=amount_fen, idempotency_key=idempotency_key, operator=operator,
                          now=now, day=day, reference=reference, bank_partner=bank_partner, bank_outlet=bank_outlet,
-                         note=note.strip())
+                         note=note.strip(), bill_ids=bill_ids)
 
 
 async def _record(session: AsyncSession, *, account: Account, kind: PaymentKind, entry_kind: EntryKind,
                   channel: PaymentChannel, purpose: PaymentPurpose, amount_fen: int, idempotency_key: str,
                   operator: Operator, now: datetime, day: date, reference: str | None = None,
-                  bank_partner: str | None = None, bank_outlet: str | None = None, note: str = "") -> Payment:
-    """Write the payment, its ledger entry and (for money in) ``payment.succeeded``."""
+                  bank_partner: str | None = None, bank_outlet: str | None = None, note: str = "",
+                  bill_ids: Sequence[int] = ()) -> Payment:
+    """Write the payment, its ledger entry, (money in on a postpaid account) its allocation
+    to the bills, ``bill_ids`` first, and (money in) ``payment.succeeded``, whose balance is
+    the one after it all (late fees the payment posted included)."""
     assert account.id is not None
     number = (await session.execute(text("SELECT nextval('payments_id_seq')"))).scalar_one()
     payment = Payment(
@@ -197,10 +219,15 @@ async def _record(session: AsyncSession, *, account: Account, kind: PaymentKind,
                              note=f"{payment.serial_no} {channel.value}", posted_by=operator.name, posted_at=now)
     payment.entry_id = entry.id
     await session.flush()
+    balance_after = entry.balance_after_fen
+    if kind is PaymentKind.collect and account.mode is BillingMode.postpaid:
+        allocated = await allocate_credit(session, account_ids=[account.id], on=day, now=now, entry_id=entry.id,
+                                          bill_ids=bill_ids, by=operator.name)
+        balance_after -= allocated.late_fee_posted_fen
     if kind is PaymentKind.collect:
         await emit_event(session, "payment.succeeded", PaymentSucceeded(
             payment_id=number, account_id=account.id, household_id=account.household_id, channel=channel,
-            amount_fen=amount_fen, balance_after_fen=entry.balance_after_fen,
+            amount_fen=amount_fen, balance_after_fen=balance_after,
         ), key=f"account:{account.id}")
     return payment
 
@@ -244,6 +271,9 @@ async def reverse_payment(
     payment.reversed_at, payment.reversed_by, payment.reversal_reason = now, operator.name[:100], reason.strip()
     payment.reversed_by_id, payment.reversal_business_day = operator.id, today
     await session.flush()
+    if payment.entry_id is not None:
+        await undo_allocations(session, account_id=payment.account_id, entry_id=payment.entry_id,
+                               reversal_entry_id=entry.id, on=today, now=now, by=operator.name)
     return payment
 
 
@@ -296,6 +326,10 @@ async def close_account(
     if await _day_locked(session, operator.id, day):
         raise errors.CashierDayLocked(field="id")
     charged = await final_charge(session, account_id=account_id, at=final_reading_at, tz=tz, now=now)
+    if account.mode is BillingMode.postpaid:
+        # The fees owed today are part of what closing settles; credit on it pays its bills.
+        await post_late_fees(session, on=day, account_ids=[account_id], now=now, by=operator.name)
+        await allocate_credit(session, account_ids=[account_id], on=day, now=now, by=operator.name)
     await session.refresh(account)
     refund = collection = None
     if account.balance_fen > 0:

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.archives.models import AreaKind, Household, Meter
+from backend.archives.models import Area, AreaKind, Household, Meter
 from backend.archives.service import assign_meter, create_area, create_household
 from backend.billing import service as tariffs
 from backend.billing.accounts import AccountTerms, open_account
@@ -50,11 +50,13 @@ class Served:
 
 async def served_household(session: AsyncSession, *, raw_tariff: dict[str, Any], opened_at: datetime,
                            mode: BillingMode = BillingMode.prepaid_station, start_reading: str = "0",
-                           terms: AccountTerms | None = None) -> Served:
+                           terms: AccountTerms | None = None, area: Area | None = None) -> Served:
     """A household served by one meter from ``opened_at``, with an account on ``raw_tariff``
-    (saved here unless a version of its code exists) opened at ``opened_at``."""
+    (saved here unless a version of its code exists) opened at ``opened_at``; in ``area``
+    (default: a company of its own)."""
     await tariffs.save_tariff(session, raw=raw_tariff)
-    area = await create_area(session, name=unique("公司"), kind=AreaKind.company)
+    area = area or await create_area(session, name=unique("公司"), kind=AreaKind.company)
+    assert area.id is not None
     household = await create_household(session, account_no=unique("H"), name="王芳", area_id=area.id)
     meter = await make_meter(session, area_id=area.id, install_date=None)
     assert household.id is not None and meter.id is not None

@@ -1,11 +1,8 @@
 """Receipt PDFs (reportlab): one page per receipt, on the layout's paper.
 
-The text is set in one CJK **TrueType** font (``SHUIWU_PAYMENTS_RECEIPT_FONT``, Debian's
-WenQuanYi Micro Hei by default): reportlab embeds TrueType outlines only (Noto Sans CJK
-is CFF and is refused), and embeds the subset of glyphs a document uses, so a receipt
-prints the same on any reader and any printer, whatever fonts it has. The font has no
-bold face: bold is drawn as fill plus a thin stroke (text render mode 2), as printers'
-drivers do.
+The text is set in one CJK TrueType font (``SHUIWU_PAYMENTS_RECEIPT_FONT``, Debian's
+WenQuanYi Micro Hei by default), registered, drawn and subset as every printed paper is
+(:mod:`backend.exports.pdf`, which says why TrueType and why saving is serial).
 
 Rendering is pure (values in, bytes out: no database, no clock) and CPU-bound; callers
 on the event loop run it in a worker thread (:func:`render_receipts_async`).
@@ -14,33 +11,19 @@ on the event loop run it in a worker thread (:func:`render_receipts_async`).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
+from backend.exports.pdf import DEFAULT_FONT, MM, SUBSETTING, FontUnavailable, PdfFont, register_font
+from backend.exports.pdf import draw_text as _text
 from backend.payments.receipts.errors import ReceiptFontMissing
 from backend.payments.receipts.layout import LayoutSpec
 
-DEFAULT_FONT = Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc")
-MM = 72.0 / 25.4  # points per millimetre
-# Guards reportlab's process-wide font registry while a font registers (once per process).
-_lock = threading.Lock()
-# Drawing takes no lock: each render has its own canvas, and a TrueType font keeps the
-# glyphs a document uses per document. Saving does: it cuts the font's subsets with a
-# parser (a read position) shared by every document, so only that short step is serial.
-_subsetting = threading.Lock()
-_registered: dict[tuple[str, int], str] = {}
+__all__ = ["DEFAULT_FONT", "ReceiptContent", "ReceiptFont", "font_name", "render_receipts", "render_receipts_async"]
 
-
-@dataclass(frozen=True, slots=True)
-class ReceiptFont:
-    """A TrueType (or TrueType-collection) font file and the face to use in it."""
-
-    path: Path = DEFAULT_FONT
-    index: int = 0
+# A receipt's font is any printed paper's font (the name stays for payments' settings).
+ReceiptFont = PdfFont
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,21 +38,10 @@ class ReceiptContent:
 def font_name(font: ReceiptFont) -> str:
     """Register ``font`` with reportlab once per process and return its name there;
     RECEIPT_FONT_MISSING when the file is missing or is no TrueType font."""
-    key = (str(font.path), font.index)
-    with _lock:
-        name = _registered.get(key)
-        if name is not None:
-            return name
-        from reportlab.pdfbase import pdfmetrics
-        from reportlab.pdfbase.ttfonts import TTFError, TTFont
-
-        name = "Receipt-" + hashlib.sha1(f"{font.path}#{font.index}".encode()).hexdigest()[:10]
-        try:
-            pdfmetrics.registerFont(TTFont(name, str(font.path), subfontIndex=font.index))
-        except (OSError, TTFError) as error:
-            raise ReceiptFontMissing(field="font") from error
-        _registered[key] = name
-        return name
+    try:
+        return register_font(font)
+    except FontUnavailable as error:
+        raise ReceiptFontMissing(field="font") from error
 
 
 def render_receipts(layout: LayoutSpec, receipts: Sequence[ReceiptContent], *, font: ReceiptFont,
@@ -85,7 +57,7 @@ def render_receipts(layout: LayoutSpec, receipts: Sequence[ReceiptContent], *, f
     for receipt in receipts:
         _draw(page, layout, receipt, name)
         page.showPage()
-    with _subsetting:
+    with SUBSETTING:
         page.save()
     return output.getvalue()
 
@@ -94,27 +66,6 @@ async def render_receipts_async(layout: LayoutSpec, receipts: Sequence[ReceiptCo
                                 title: str = "收据") -> bytes:
     """:func:`render_receipts` in a worker thread (a batch of pages keeps the loop free)."""
     return await asyncio.to_thread(render_receipts, layout, receipts, font=font, title=title)
-
-
-def _text(page: object, name: str, x_mm: float, y_mm: float, text: str, size: float, *, bold: bool = False,
-          height: float, centre: bool = False) -> float:
-    """Draw ``text`` with its baseline ``y_mm`` below the top edge; returns its width in mm."""
-    from reportlab.pdfbase.pdfmetrics import stringWidth
-
-    width = float(stringWidth(text, name, size))
-    x = x_mm * MM - (width / 2 if centre else 0)
-    # The render mode is graphics state that reportlab assumes unchanged between text
-    # objects: a bold run is drawn inside q … Q so the next run is plain again.
-    page.saveState()  # type: ignore[attr-defined]
-    shown = page.beginText(x, (height - y_mm) * MM)  # type: ignore[attr-defined]
-    shown.setFont(name, size)
-    if bold:
-        page.setLineWidth(size * 0.03)  # type: ignore[attr-defined]
-        shown.setTextRenderMode(2)
-    shown.textOut(text)
-    page.drawText(shown)  # type: ignore[attr-defined]
-    page.restoreState()  # type: ignore[attr-defined]
-    return width / MM
 
 
 def _draw(page: object, layout: LayoutSpec, receipt: ReceiptContent, name: str) -> None:

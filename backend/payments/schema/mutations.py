@@ -86,6 +86,10 @@ class TakePaymentInput:
     bank_partner: str | None = strawberry.field(default=None, description="合作银行: required for bank.")
     bank_outlet: str | None = None
     note: str | None = strawberry.field(default=None, description="备注, at most 200 characters.")
+    bill_ids: list[strawberry.ID] | None = strawberry.field(
+        default=None, description="Bills to pay first (at most 60; oldest of them first, each late fee before its "
+        "principal), then the account's other open bills oldest first; a postpaid account's payment pays its bills "
+        "either way. Another account's bill: NOT_FOUND; a voided one: BILL_VOIDED.")
 
 
 @strawberry.input(description="销户: final charge, refund or collection, close. See the mutation for the final reading.")
@@ -131,7 +135,9 @@ class Mutation:
                          "ledger entry and payment.succeeded in one go. Refused: PAYMENT_AMOUNT_INVALID (≤ 0), "
                          "PAYMENT_AMOUNT_MISMATCH (金额 ≠ 确认金额), PAYMENT_ABOVE_MAXIMUM (SHUIWU_PAYMENTS_MAX_COUNTER_"
                          "PAYMENT_FEN), PAYMENT_REFERENCE_REQUIRED, ACCOUNT_CLOSED, CASHIER_DAY_LOCKED, "
-                         "IDEMPOTENCY_CONFLICT (the key used for a different payment).")
+                         "IDEMPOTENCY_CONFLICT (the key used for a different payment); with billIds, NOT_FOUND "
+                         "(another account's bill) and BILL_VOIDED. On a postpaid account the money pays its open "
+                         "bills, oldest first, each late fee before its principal.")
     async def take_payment(self, info: Info, input: TakePaymentInput) -> TakePaymentPayload:
         async def work(session: AsyncSession) -> tuple[Payment, Account | None]:
             payment = await counter.take_payment(
@@ -140,7 +146,8 @@ class Mutation:
                 confirm_amount_fen=input.confirm_amount, idempotency_key=input.idempotency_key,
                 operator=_operator(info), now=utcnow(), tz=info.context.settings.tz, reference=input.reference,
                 bank_partner=input.bank_partner, bank_outlet=input.bank_outlet, note=input.note or "",
-                max_fen=_max_fen(info), scope_patterns=_scope(info))
+                max_fen=_max_fen(info), scope_patterns=_scope(info),
+                bill_ids=[decode_id(bill, "Bill", field="billIds") for bill in input.bill_ids or ()])
             return payment, await session.get(Account, payment.account_id, populate_existing=True)
 
         def payload(done: tuple[Payment, Account | None] | None, errors: list[UserError]) -> TakePaymentPayload:
