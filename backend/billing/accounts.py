@@ -48,7 +48,6 @@ from backend.archives import errors as archive_errors
 from backend.archives.models import Household, HouseholdStatus
 from backend.archives.service import HouseholdHooks, household_in_scope
 from backend.archives.service.checks import _area_for
-from backend.billing import bills
 from backend.billing.errors import AccountClosed, AccountExists, AccountUnsettled, TariffInvalid, TariffNotInForce
 from backend.billing.ledger import apply_alert_states, lock_accounts, opening_state
 from backend.billing.models import Account, AccountStatus, BillingMode
@@ -363,6 +362,8 @@ async def final_charge(
     if account.status is not AccountStatus.open:
         raise AccountClosed(field="id")
     if account.mode is BillingMode.postpaid:
+        from backend.billing import bills  # bills → allocations → late_fees import this module
+
         final = await bills.final_bill(session, account_id=account_id, at=at, by="最终结算", now=now or utcnow(), tz=tz)
         return PrepaidSettlement(1, int(final.bill_id is not None), final.net_fen, 0, (), ())
     if account.mode in CHARGEABLE_MODES:
@@ -407,6 +408,8 @@ async def close_settled_account(
         if await driver.fetchval(_UNSETTLED, account.household_id, settled_to):
             raise AccountUnsettled(field="id")
         if account.mode is BillingMode.postpaid:
+            from backend.billing import bills  # bills → allocations → late_fees import this module
+
             # What a final bill at settled_to would still bill (a late reading not billed).
             assert account.id is not None
             if await bills.unbilled_m3(session, account_id=account.id, household_id=account.household_id,

@@ -49,7 +49,9 @@ version, whichever is last.
 idempotency key ``bill:<account>:<period>:<n>``, ``n`` counting the period's bills of the
 account, voided ones included, so a re-issue is a new entry). A bill of ¥0 writes no
 entry (the ledger refuses zero): it is issued ``paid`` at once. ``due_date`` is the
-issue day (utility zone) plus the customer type's grace days; ``late_fee_rate`` and
+issue day (utility zone) plus the customer type's grace days. Credit already on the
+account (paid ahead, or left over) pays the new bills at once
+(:func:`backend.billing.allocations.allocate_credit`, as a payment would). ``late_fee_rate`` and
 ``late_fee_cap_fen`` (amount × cap percent / 100, floored) are copied from its late-fee
 rule (the defaults in ``bills_models`` without a row; rate 0 when the rule is off).
 
@@ -99,6 +101,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from backend.billing import review
+from backend.billing.allocations import allocate_credit
 from backend.billing.bills_models import (
     DEFAULT_LATE_FEE_CAP_PERCENT,
     DEFAULT_LATE_FEE_DAILY_RATE,
@@ -449,11 +452,14 @@ SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::text[], $4::smallint[], $
 
 
 async def _write(session: AsyncSession, drafts: Sequence[_Draft], *, period: date, months: int, kind: BillKind,
-                 run_id: int | None, start: datetime, end: datetime, by: str, now: datetime) -> list[_Issued]:
-    """Post the drafts' entries and insert their bills and lines. The callers hold the
-    accounts' locks and checked that no live bill of the period exists, and every writer
-    of bills locks the account first, so the live-bill unique index never refuses here
-    (if it did, the statement fails and the transaction rolls back: nothing half-written)."""
+                 run_id: int | None, start: datetime, end: datetime, by: str, now: datetime,
+                 zone: tzinfo) -> list[_Issued]:
+    """Post the drafts' entries and insert their bills and lines, then let credit already
+    on the accounts pay the new bills (``allocations.allocate_credit``: a payment made
+    ahead of its bill, or left over). The callers hold the accounts' locks and checked
+    that no live bill of the period exists, and every writer of bills locks the account
+    first, so the live-bill unique index never refuses here (if it did, the statement
+    fails and the transaction rolls back: nothing half-written)."""
     if not drafts:
         return []
     driver = await raw_connection(session)
@@ -482,6 +488,7 @@ async def _write(session: AsyncSession, drafts: Sequence[_Draft], *, period: dat
                  for number, line in enumerate(draft.lines, start=1)]
     if line_rows:
         await driver.execute(_INSERT_LINES, *(list(column) for column in zip(*line_rows, strict=True)))
+    await allocate_credit(session, account_ids=ids, on=_day(now, zone), now=now, by=by)
     return [_Issued(bill_id, draft.account.id, draft.amount_fen) for draft, bill_id in zip(drafts, bill_ids, strict=True)]
 
 
@@ -643,7 +650,7 @@ async def run_billing(
                                                months=group_months, start=start, end=end, now=now, zone=zone)
                 skipped += len(passed)
                 issued = await _write(session, drafts, period=period, months=group_months, kind=BillKind.regular,
-                                      run_id=run_id, start=start, end=end, by=by, now=now)
+                                      run_id=run_id, start=start, end=end, by=by, now=now, zone=zone)
                 bill_ids.extend(i.bill_id for i in issued)
                 billed_accounts.extend(i.account_id for i in issued)
                 amount += sum(i.amount_fen for i in issued)
@@ -750,7 +757,7 @@ async def final_bill(session: AsyncSession, *, account_id: int, at: datetime, by
         voided_id = voided.id
         net -= voided.amount_fen
     issued = await _write(session, drafts, period=period, months=months, kind=BillKind.final, run_id=None,
-                          start=start, end=at, by=by, now=now)
+                          start=start, end=at, by=by, now=now, zone=zone)
     await _emit(session, issued, period)
     return FinalBill(issued[0].bill_id if issued else None, voided_id, net)
 
@@ -846,7 +853,8 @@ async def void_bill(session: AsyncSession, *, bill_id: int, reason: str, by: str
         for draft in drafts:
             draft.reissue_of_id = bill_id
         issued = await _write(session, drafts, period=bill.period, months=bill.months, kind=BillKind(bill.kind),
-                              run_id=None, start=bill.period_start, end=bill.period_end, by=by, now=now)
+                              run_id=None, start=bill.period_start, end=bill.period_end, by=by, now=now,
+                              zone=zone)
         await _emit(session, issued, bill.period)
         reissued = issued[0].bill_id if issued else None
     return VoidedBill(voided, reissued)

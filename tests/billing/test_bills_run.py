@@ -234,6 +234,20 @@ async def test_a_bimonthly_area_bills_two_months_with_doubled_monthly_tiers_and_
                                                                   now=at(2026, 1, 1)))
 
 
+async def test_credit_paid_ahead_pays_the_new_bill_at_once(session: AsyncSession) -> None:
+    served = await postpaid(session, raw=tariff(prices=["2.00"], valid_from=date(2025, 1, 1)), opened_at=at(2026, 1, 1))
+    await ingest(session, served.meter.id, [(month_end(2026, 1), "12")], now=at(2026, 2, 5))  # type: ignore[arg-type]
+    await post_entry(session, account_id=served.account_id, kind=EntryKind.payment, amount_fen=5000, ref="payment:1",
+                     idempotency_key=unique("ahead"))
+
+    await run(session, date(2026, 1, 1), at(2026, 2, 5), area_id=served.household.area_id)
+
+    bill = await bill_of(session, served.account_id, date(2026, 1, 1))
+    assert (bill.amount_fen, bill.principal_paid_fen, bill.status, bill.paid_at) == (2400, 2400, "paid", at(2026, 2, 5))
+    assert (await session.execute(text("SELECT balance_fen FROM accounts WHERE id = :a"),
+                                  {"a": served.account_id})).scalar_one() == 2600
+
+
 # --------------------------------------------------------------------------- void and re-issue
 
 
