@@ -183,6 +183,10 @@ async def test_a_flagged_meter_is_held_and_billed_after_approval(session: AsyncS
     result = await run(session, date(2026, 10, 1), at(2026, 11, 5), area_id=area_id)
 
     assert result.account_ids == (clean.account_id,)
+    issued = (await session.execute(text("SELECT payload FROM domain_events WHERE kind = 'bill.issued' "
+                                         "ORDER BY id DESC LIMIT 1"))).scalar_one()
+    assert (issued["bill_ids"], issued["account_ids"], issued["period"]) == (
+        list(result.bill_ids), [clean.account_id], "2026-10-01")
     assert [(h.account_id, h.alarm_kinds) for h in result.held] == [(flagged.account_id, ["high_use"])]
     assert await entries(session, flagged.account_id) == []
     (held,) = result.held
