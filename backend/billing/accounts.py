@@ -14,9 +14,10 @@ for money). A closed household is refused (HOUSEHOLD_CLOSED): reactivate it firs
 in one statement (a migration from another system).
 
 **Final charge and close.** :func:`final_charge` prices the usage up to a final reading
-for a master-station prepaid or a postpaid account, exactly as settlement would
-(:mod:`backend.billing.settlement`), and marks the account settled to it; card and
-meter prepaid accounts have nothing to price (their money is on the card or the meter).
+and marks the account settled to it: a master-station prepaid account exactly as
+settlement would (:mod:`backend.billing.settlement`), a postpaid one by a final bill
+(:func:`backend.billing.bills.final_bill`, the bills' cumulative rule); card and meter
+prepaid accounts have nothing to price (their money is on the card or the meter).
 :func:`close_settled_account` closes an account whose balance is zero and whose readings
 are all settled (ACCOUNT_UNSETTLED otherwise: make the final charge first;
 BALANCE_OUTSTANDING while money is owed or held: refund or collect it). The
@@ -27,6 +28,10 @@ the Counter payments issue's (payments, after billing).
 a household's account when the household closes, under the same refusals, and settles
 it to the transfer instant when the household changes owner; the account, its balance
 and its tier cycle continue for the new owner (a resident's monthly statements start at their transfer).
+A postpaid account is not settled at a transfer: its next bill covers the period's usage
+of both owners (bills price only from ``bills``, never from ``prepaid_cycles``), so the
+counter collects what is owed before the transfer, and a tariff or household-size change
+of a postpaid account applies from its next bill.
 """
 
 from __future__ import annotations
@@ -269,7 +274,7 @@ async def update_account(
         if current and current[-1].rules["cycle"] != versions[-1].rules["cycle"]:
             raise TariffInvalid("只能改为阶梯周期相同的水价 (按月或按年)", "The new tariff must have the same tier cycle "
                                 "(month or year)", field="tariffCode")
-    if (new_tariff or new_persons) and account.mode in CHARGEABLE_MODES:
+    if (new_tariff or new_persons) and account.mode is BillingMode.prepaid_station:
         await _freeze_running_cycle(session, account, now=now, tz=tz)
     if new_tariff or new_persons:
         account.tariff_since = now
@@ -347,14 +352,20 @@ async def final_charge(
     (BAD_USER_INPUT, field ``at``): a final reading is not taken in the future. The
     caller commits.
 
-    Postpaid: until bills exist (the Postpaid issue), a final charge or a transfer posts
-    the usage since opening as ``charge`` entries on cycles, like prepaid; bills must
-    start where ``settled_to`` and ``prepaid_cycles`` leave off, so nothing is billed twice."""
+    Postpaid: a final bill up to ``at`` (:func:`backend.billing.bills.final_bill`; the
+    result counts it as the one account charged, ``charged_fen`` the net debit after a
+    replaced bill); ACCOUNT_UNSETTLED when the period's bill has money allocated and
+    would change."""
     if now is not None and at > now:
         raise BadUserInput("最终结算时间不能晚于当前时间", "`at` cannot be in the future", field="at")
     account = await account_in_scope(session, account_id, scope_patterns, lock=True)
     if account.status is not AccountStatus.open:
         raise AccountClosed(field="id")
+    if account.mode is BillingMode.postpaid:
+        from backend.billing import bills  # bills → allocations → late_fees import this module
+
+        final = await bills.final_bill(session, account_id=account_id, at=at, by="最终结算", now=now or utcnow(), tz=tz)
+        return PrepaidSettlement(1, int(final.bill_id is not None), final.net_fen, 0, (), ())
     if account.mode in CHARGEABLE_MODES:
         return await settle_accounts(session, account_ids=[account_id], as_of=at, since=account.opened_at,
                                      modes=CHARGEABLE_MODES, tz=tz, posted_by="最终结算")
@@ -396,17 +407,32 @@ async def close_settled_account(
         settled_to = account.settled_to or account.opened_at
         if await driver.fetchval(_UNSETTLED, account.household_id, settled_to):
             raise AccountUnsettled(field="id")
-        async with session.begin_nested() as probe:  # what a settlement would charge now, then undone
-            again = await settle_accounts(session, account_ids=[account_id], as_of=settled_to,
-                                          since=account.opened_at, modes=CHARGEABLE_MODES, tz=tz)
-            await probe.rollback()
-        if again.charged:
-            raise AccountUnsettled(field="id")
+        if account.mode is BillingMode.postpaid:
+            from backend.billing import bills  # bills → allocations → late_fees import this module
+
+            # What a final bill at settled_to would still bill (a late reading not billed).
+            assert account.id is not None
+            if await bills.unbilled_m3(session, account_id=account.id, household_id=account.household_id,
+                                       opened_at=account.opened_at, to=settled_to) > 0:
+                raise AccountUnsettled(field="id")
+        else:
+            await _probe_settlement(session, account, settled_to, tz)
     if account.balance_fen != 0:
         raise archive_errors.BalanceOutstanding(field="balance")
     account.status, account.closed_at, account.closed_by = AccountStatus.closed, now, by[:100]
     await session.flush()
     return account
+
+
+async def _probe_settlement(session: AsyncSession, account: Account, settled_to: datetime, tz: str | tzinfo) -> None:
+    """ACCOUNT_UNSETTLED when a settlement from the opening would still charge something."""
+    assert account.id is not None
+    async with session.begin_nested() as probe:  # what a settlement would charge now, then undone
+        again = await settle_accounts(session, account_ids=[account.id], as_of=settled_to, since=account.opened_at,
+                                      modes=CHARGEABLE_MODES, tz=tz)
+        await probe.rollback()
+    if again.charged:
+        raise AccountUnsettled(field="id")
 
 
 # The open master-station prepaid accounts of households in an area's subtree.
@@ -450,7 +476,7 @@ class BillingHouseholdHooks(HouseholdHooks):
 
     async def before_transfer(self, session: AsyncSession, household_id: int, *, at: datetime, by: str) -> None:
         account = await account_of_household(session, household_id)
-        if account is not None and account.mode in CHARGEABLE_MODES:
+        if account is not None and account.mode is BillingMode.prepaid_station:
             assert account.id is not None
             await settle_accounts(session, account_ids=[account.id], as_of=at, modes=CHARGEABLE_MODES, tz=self.tz,
                                   posted_by=f"过户结算 {by}"[:100])

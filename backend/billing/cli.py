@@ -1,9 +1,15 @@
-"""``shuiwu tariff load FILE`` and ``shuiwu tariff quote CODE …`` (backend.billing.domain).
+"""``shuiwu tariff load FILE``, ``shuiwu tariff quote CODE …`` and ``shuiwu bill run``
+(backend.billing.domain).
 
 ``load`` saves one tariff version from a TOML file (docs/billing.md): new → "saved",
 the same content for an existing (code, valid_from) → "unchanged" (exit 0), different
 content for it → one line naming the refusal (exit 1). ``quote`` prints a quote; with
 ``--json`` exactly the object of ``Quote.as_json``.
+
+``bill run --period YYYY-MM [--area ID-or-code]`` runs the billing run
+(:func:`backend.billing.bills.run_billing`) as the system actor (系统) over the whole area
+tree or the area's subtree, committing per chunk behind a progress bar, and prints one
+summary line; a refusal is one line and exit 1.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Annotated, Any
 import typer
 
 tariff_app = typer.Typer(help="Tariffs (水价): load a version from TOML, quote a volume.", no_args_is_help=True)
+bill_app = typer.Typer(help="Postpaid bills (账单): the billing run.", no_args_is_help=True)
 
 MAX_FILE_BYTES = 64 * 1024  # a tariff file is a few hundred bytes
 
@@ -112,3 +119,63 @@ def quote(
         typer.echo(f"{line['component']:<12} tier {line['tier']}  {line['volume']:>14} m³ × {line['price']:>8}"
                    f" = {line['amount']:>12}")
     typer.echo(f"{'total':<12} {fen_to_yuan(result.total_fen):>48}")
+
+
+# An area by its code, else by its id (a code wins when a code looks like another area's id).
+_AREA_BY_ID_OR_CODE = ("SELECT id FROM areas WHERE code = $1 OR ($2::bigint IS NOT NULL AND id = $2) "
+                       "ORDER BY coalesce(code = $1, false) DESC LIMIT 1")
+
+
+@bill_app.command("run")
+def bill_run(
+    ctx: typer.Context,
+    period: Annotated[str, typer.Option("--period", help="The period to bill, YYYY-MM (its first month).")],
+    area: Annotated[str | None, typer.Option("--area", help="Bill this area's subtree: its id or its code.")] = None,
+) -> None:
+    """出账: bill the period for the open postpaid accounts (of an area's subtree); a re-run bills nothing twice."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from backend.auth.system import SYSTEM_NAME
+    from backend.billing import bills, review
+    from backend.clock import utcnow
+    from backend.db import StatementLimits, create_engine, raw_connection, session_factory
+    from backend.errors import DomainError, NotFound
+    from backend.money import fen_to_yuan
+
+    host = ctx.obj
+    settings = host.settings()
+    url = host.migrated_database()
+
+    async def run() -> bills.BillingRunResult:
+        engine = create_engine(url, pool_size=1, max_overflow=0, limits=StatementLimits.for_bulk(settings))
+        try:
+            async with session_factory(engine)() as session:
+                first = review.parse_period(period)
+                area_id = None
+                if area is not None:
+                    driver = await raw_connection(session)
+                    area_id = await driver.fetchval(_AREA_BY_ID_OR_CODE, area,
+                                                    int(area) if area.isdigit() and len(area) < 19 else None)
+                    if area_id is None:
+                        raise NotFound(field="area")
+                with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                              console=host.console, transient=True) as progress:
+                    task = progress.add_task(f"出账 {period}", total=None)
+
+                    def advance(done: int, total: int) -> None:
+                        progress.update(task, completed=done, total=total)
+
+                    result = await bills.run_billing(session, period=first, area_id=area_id, now=utcnow(),
+                                                     by=SYSTEM_NAME, tz=settings.timezone, progress=advance,
+                                                     commit=session.commit)
+                    await session.commit()
+                return result
+        finally:
+            await engine.dispose()
+
+    try:
+        result = asyncio.run(run())
+    except DomainError as error:
+        _refuse(error)
+    typer.echo(f"{period}: issued {result.issued}, held {len(result.held)}, already billed {result.already_billed}, "
+               f"skipped {result.skipped}, amount ¥{fen_to_yuan(result.amount_fen)} (run {result.run_id})")

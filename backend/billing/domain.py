@@ -92,6 +92,11 @@ DOMAIN = Domain(
         Job("post_late_fees", "backend.billing.late_fees:post_month_end_late_fees", cron="5 0 1 * *",
             permissions=frozenset({"bills:run"}),
             description="Post every overdue bill's late fee as of the last day of the month just ended"),
+        # Daily: the latest period of each cycle that ended 5 days ago, once some account
+        # of it is unbilled (backend.billing.bills, "Scheduled"); a re-run bills nothing twice.
+        Job("run_billing", "backend.billing.bills:scheduled_run", cron="30 2 * * *",
+            permissions=frozenset({"bills:run", "review:read"}),
+            description="出账: bill each billing cycle's latest period once its readings are in"),
     ),
     handlers=(
         # All its effects are in the database (entries, threshold events), so a replay of
@@ -106,7 +111,7 @@ DOMAIN = Domain(
     demo="backend.billing.demo:demo_step",
     # What the printed bill notices say of the utility, and their font (SHUIWU_BILLING_…).
     settings=BillingSettings,
-    commands={"tariff": "backend.billing.cli:tariff_app"},
+    commands={"tariff": "backend.billing.cli:tariff_app", "bill": "backend.billing.cli:bill_app"},
     personal_data=PersonalData(excluded={
         "tariffs.name": "the name of a published water price (居民生活用水), not a person's",
         "accounts.opened_by": "the staff member (or 系统) who opened the account, not the resident",

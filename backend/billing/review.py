@@ -90,16 +90,18 @@ def parse_period(period: str, *, field: str = "period") -> date:
     return date(int(match.group(1)), int(match.group(2)), 1)
 
 
-def _next_month(first: date) -> date:
-    return date(first.year + first.month // 12, first.month % 12 + 1, 1)
+def _next_month(first: date, months: int = 1) -> date:
+    index = first.year * 12 + first.month - 1 + months
+    return date(index // 12, index % 12 + 1, 1)
 
 
-def period_bounds(period: date, tz: str | tzinfo = DEFAULT_TIMEZONE) -> tuple[datetime, datetime]:
-    """The period's instants ``[start, end)``: its first day's and the next month's first
-    day's midnight in the utility's zone."""
+def period_bounds(period: date, tz: str | tzinfo = DEFAULT_TIMEZONE, *, months: int = 1) -> tuple[datetime, datetime]:
+    """The period's instants ``[start, end)``: its first day's and the first day after its
+    ``months`` months' midnight in the utility's zone (a bimonthly area's period spans two)."""
     zone = as_zone(tz)
     first = period.replace(day=1)
-    return (datetime.combine(first, time(), tzinfo=zone), datetime.combine(_next_month(first), time(), tzinfo=zone))
+    return (datetime.combine(first, time(), tzinfo=zone),
+            datetime.combine(_next_month(first, months), time(), tzinfo=zone))
 
 
 def _checked_period(period: date) -> date:
@@ -140,6 +142,7 @@ WHERE acc.status = 'open' AND acc.mode = 'postpaid'
   AND (cardinality(held.kinds) > 0 OR held.missing)
   AND (CAST(:area_path AS text) IS NULL OR a.path LIKE CAST(:area_path AS text) || '%')
   AND (CAST(:patterns AS text[]) IS NULL OR a.path LIKE ANY(CAST(:patterns AS text[])))
+  AND (CAST(:account_ids AS bigint[]) IS NULL OR acc.id = ANY(CAST(:account_ids AS bigint[])))
 ON CONFLICT (account_id, period) DO NOTHING
 """)
 
@@ -152,19 +155,23 @@ async def prepare_review(
     now: datetime,
     tz: str | tzinfo = DEFAULT_TIMEZONE,
     scope_patterns: Sequence[str] | None = None,
+    months: int = 1,
+    account_ids: Sequence[int] | None = None,
 ) -> int:
     """Hold the period's postpaid accounts whose readings need a look (module docstring);
-    returns how many rows were added. NOT_FOUND for an area outside the scope; the caller
-    commits."""
+    returns how many rows were added. ``months`` is the period's length (2 for a bimonthly
+    area: alarms over both months, readings in the last 3 days of the second);
+    ``account_ids`` narrows it to those accounts (the billing run passes an area cycle's
+    accounts). NOT_FOUND for an area outside the scope; the caller commits."""
     period = _checked_period(period)
     patterns = patterns_param(scope_patterns)
     area_path = await area_path_in_scope(session, area_id, scope_patterns) if area_id is not None else None
     zone = as_zone(tz)
-    start, end = period_bounds(period, zone)
-    recent = datetime.combine(_next_month(period) - timedelta(days=MISSING_READING_DAYS), time(), tzinfo=zone)
+    start, end = period_bounds(period, zone, months=months)
+    recent = datetime.combine(_next_month(period, months) - timedelta(days=MISSING_READING_DAYS), time(), tzinfo=zone)
     result: Any = await session.execute(_PREPARE, {
         "period": period, "now": now, "start": start, "end": end, "recent": recent, "area_path": area_path,
-        "patterns": patterns,
+        "patterns": patterns, "account_ids": _ids(account_ids),
     })
     return int(result.rowcount or 0)
 

@@ -379,13 +379,17 @@ def price_period(
     end: date,
     minimum: bool = True,
     day_field: str = "from",
+    segments: list[tuple[Tariff, int]] | None = None,
 ) -> list[QuoteLine]:
     """The lines of ``volume`` m³ after ``prior`` over the days ``start``..``end`` under
     ``versions`` (one tariff's, oldest first): the pure part of :func:`quote`, which
     prepaid settlement calls for every account of a batch with the versions read once.
     ``minimum`` applies the minimum monthly charge (a bill's rule; settlement does not).
-    TARIFF_NOT_IN_FORCE (field ``day_field``) for a day before the first version."""
-    segments = period_segments(versions, start=start, end=end, day_field=day_field)
+    ``segments`` are :func:`period_segments` of the same arguments when the caller worked
+    them out once for many volumes (the billing run). TARIFF_NOT_IN_FORCE (field
+    ``day_field``) for a day before the first version."""
+    if segments is None:
+        segments = period_segments(versions, start=start, end=end, day_field=day_field)
     total_days = sum(days for _, days in segments)
     lines: list[QuoteLine] = []
     used = prior

@@ -1,0 +1,903 @@
+"""The postpaid billing run (出账), final bills, void and re-issue (issue 17, item 3).
+
+Decisions (the tables are ``backend.billing.bills_models``):
+
+**Periods.** A period is named by the first day of its first month ('2026-10' →
+2026-10-01). An area's period length comes from ``area_billing_cycles``: the nearest
+ancestor (by ``areas.path``) with a row decides, none means monthly. A bimonthly cycle's
+periods start in odd months (``first_month`` 1: Jan–Feb, Mar–Apr, …) or even ones (2). A
+period's instants are ``[first day 00:00, the first day after its months 00:00)`` in the
+utility's zone (:func:`backend.billing.review.period_bounds`). A period is billed only
+once it has ended (BILLING_PERIOD_NOT_ENDED).
+
+**Which accounts** (:func:`run_billing`). The open postpaid accounts of the area's
+subtree (default: every area of the caller's scope) whose own cycle makes ``period`` a
+start month; the others (a differently-cycled subarea, or a bimonthly period not ended
+yet) are counted ``skipped``, and so are accounts opened after the period or on a tariff
+with no version in force in it. Given an area whose own cycle does not start in
+``period``, the run is refused (BILLING_PERIOD_MISALIGNED). The run prepares the reading
+review first (:func:`backend.billing.review.prepare_review`, per cycle length), so
+accounts with a flagged meter or a missing reading are ``held`` (reported, not billed)
+until a reviewer decides; accounts with a live bill for the period are
+``already_billed``: re-running changes nothing.
+
+**Volumes, the cumulative rule.** ``measured`` is the household's usage from the
+account's opening to the period end, as known when the bill is made
+(:func:`backend.readings.usage.usage_between`: the one definition of usage). A bill's
+volume is ``measured`` minus the volumes of the account's earlier live bills, so a late or
+corrected reading of an earlier period lands in the next bill and a sent bill never
+changes. A correction downwards can make that negative: a bill cannot be a credit
+(``amount_fen >= 0``), so the volume is ``max(0, …)`` and the next bill, which subtracts
+what earlier bills *billed*, carries the over-billed volume off automatically.
+``start_readings`` are the previous live bill's ``end_readings`` (``[]`` for the first);
+``end_readings`` are, for each meter serving the household at the period end, its last
+reading at or before it — what the bill prints, not what it is priced from.
+
+**Pricing.** The account's tariff (``tariff_code``) over the period's days, versions
+prorated by days exactly as :func:`backend.billing.service.price_period` does, with the
+minimum monthly charge (a bill's rule). A bimonthly bill applies the minimum charge ×2
+and doubles monthly tier limits (and the household-size extension, which is per tier
+cycle); annual tiers are not scaled. The tier cycle is the tariff's cycle holding the
+period's first day (``cycle_start``); annual tiers start from ``prior_cycle_m3``, the
+volumes of the account's earlier live bills of the same cycle, so a year's monthly bills
+climb the tiers together. ``persons`` applies the household-size rule. Lines are per
+component and tier (the minimum line is tier 0), and ``amount_fen`` their sum. The days
+priced start at the period's first day, the account's opening or the tariff's first
+version, whichever is last.
+
+**Money.** A bill is a ``bill`` ledger entry of −amount (``ref`` ``bill:<id>``,
+idempotency key ``bill:<account>:<period>:<n>``, ``n`` counting the period's bills of the
+account, voided ones included, so a re-issue is a new entry). A bill of ¥0 writes no
+entry (the ledger refuses zero): it is issued ``paid`` at once. ``due_date`` is the
+issue day (utility zone) plus the customer type's grace days. Credit already on the
+account (paid ahead, or left over) pays the new bills at once
+(:func:`backend.billing.allocations.allocate_credit`, as a payment would). ``late_fee_rate`` and
+``late_fee_cap_fen`` (amount × cap percent / 100, floored) are copied from its late-fee
+rule (the defaults in ``bills_models`` without a row; rate 0 when the rule is off).
+
+**Set-based, chunked.** The accounts are billed in chunks of :data:`CHUNK` in id order:
+each chunk locks its accounts ``FOR UPDATE`` in id order (as settlement and the ledger
+do, so a run never deadlocks with them), reads earlier bills in one statement, usage in
+one (:func:`backend.readings.usage.household_usage_of_windows`: each account's window
+from its own opening), prices with per-(tariff, persons, days)
+pricers that price each distinct (volume, prior) once, and writes bills, lines and
+entries with a few ``unnest`` statements. ``run_billing`` writes in the caller's
+transaction; given ``commit``, it commits after each chunk (the CLI and the job do, for
+a city), and a re-run completes an interrupted run (the live-bill unique index and the
+already-billed check). Every chunk that issued bills emits one ``bill.issued``.
+
+**Final bill** (:func:`final_bill`, from :func:`backend.billing.accounts.final_charge`
+for a postpaid account): kind ``final``, the period holding the final instant, ending at
+it, by the same rule. A live bill of that period whose volume would stay the same is
+left as it is; one that would change and has no money allocated is voided (``销户重算``)
+and replaced; with money allocated the final charge is refused (ACCOUNT_UNSETTLED). A
+live bill of a later period means everything up to the instant is billed already.
+
+**Void and re-issue** (:func:`void_bill`): newest first (BILL_NOT_LATEST), never with
+money allocated (BILL_PAID: reverse the payment first), never twice (BILL_VOIDED). A
+credit ``reversal`` entry undoes the bill's entry, a posted but unpaid late fee is
+written off, and with ``reissue`` the account's period is billed again now (same
+period instants and kind, ``reissue_of_id`` pointing at the voided bill).
+
+**Scheduled** (:func:`scheduled_run`, daily at 02:30): for monthly accounts and each
+bimonthly cycle in use, the latest period that ended at least
+``MISSING_READING_DAYS + 2`` (5) days ago — late remote readings and the field readers'
+catch-up get that long — runs when some account of that cycle is not billed for it
+yet, so it is idempotent and picks up accounts approved in review since.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, tzinfo
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from backend.billing import review
+from backend.billing.allocations import allocate_credit
+from backend.billing.bills_models import (
+    DEFAULT_LATE_FEE_CAP_PERCENT,
+    DEFAULT_LATE_FEE_DAILY_RATE,
+    DEFAULT_LATE_FEE_GRACE_DAYS,
+    Bill,
+    BillingRun,
+    BillingRunStatus,
+    BillKind,
+    BillStatus,
+)
+from backend.billing.errors import (
+    AccountUnsettled,
+    BillingPeriodMisaligned,
+    BillingPeriodNotEnded,
+    BillNotLatest,
+    BillPaid,
+    BillVoided,
+)
+from backend.billing.events import BillIssued
+from backend.billing.ledger import EntryIn, lock_accounts, post_entries
+from backend.billing.models import EntryKind, Tariff, TariffCycle
+from backend.billing.scope import area_path_in_scope, patterns_param
+from backend.billing.service import QuoteLine, period_segments, price_period, tariff_versions
+from backend.billing.settlement import cycle_of
+from backend.db import raw_connection
+from backend.errors import DomainError, ErrorCode, NotFound
+from backend.events.service import emit_event
+from backend.readings.partitions import as_zone
+from backend.readings.usage import household_usage_of_windows, usage_between
+
+if TYPE_CHECKING:
+    from backend.runtime import Runtime
+
+__all__ = [
+    "CHUNK", "MAX_VOID_REASON", "SCHEDULE_DELAY_DAYS", "AreaCycle", "BillingRunResult", "FinalBill", "VoidedBill",
+    "billing_cycle_of", "billing_runs", "final_bill", "is_start_month", "latest_ended_period", "period_of",
+    "run_billing", "scheduled_run", "set_area_billing_cycle", "unbilled_m3", "void_bill",
+]
+
+CHUNK = 5000
+MAX_VOID_REASON = 200
+# The scheduled run bills a period this many days after it ended (module docstring).
+SCHEDULE_DELAY_DAYS = review.MISSING_READING_DAYS + 2
+_TICK = timedelta(microseconds=1)
+FINAL_REBILL_REASON = "销户重算"
+
+Progress = Callable[[int, int], None]
+
+
+# --------------------------------------------------------------------------- periods and area cycles
+
+
+def _add_months(first: date, months: int) -> date:
+    index = first.year * 12 + first.month - 1 + months
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def is_start_month(period: date, months: int, first_month: int) -> bool:
+    """Whether ``period`` starts a period of a cycle of ``months`` starting in ``first_month``'s parity."""
+    return months == 1 or (period.month - first_month) % 2 == 0
+
+
+def period_of(day: date, months: int, first_month: int) -> date:
+    """The first day of the cycle's period holding ``day``."""
+    first = day.replace(day=1)
+    return first if is_start_month(first, months, first_month) else _add_months(first, -1)
+
+
+def _checked_period(period: date) -> date:
+    if period.day != 1:
+        raise DomainError("账期须为某月 1 日", "A period is given as its month's first day", field="period",
+                          code=ErrorCode.INVALID)
+    return period
+
+
+@dataclass(frozen=True, slots=True)
+class AreaCycle:
+    """An area's billing period length: ``months`` 1 or 2, ``first_month`` 1 (odd months
+    start) or 2 (even), and the area whose row decides it (None: no row up the tree, monthly)."""
+
+    area_id: int
+    months: int
+    first_month: int
+    set_on_area_id: int | None
+
+
+# The nearest ancestor-or-self of each area with a cycle row (longest matching path).
+_AREA_CYCLE = """
+SELECT c.area_id, c.months, c.first_month FROM area_billing_cycles c JOIN areas anc ON anc.id = c.area_id
+WHERE $1 LIKE anc.path || '%' ORDER BY length(anc.path) DESC LIMIT 1
+"""
+
+
+async def billing_cycle_of(session: AsyncSession, *, area_id: int,
+                           scope_patterns: Sequence[str] | None = None) -> AreaCycle:
+    """The billing cycle area ``area_id`` bills in (its own row or its nearest ancestor's;
+    monthly without any). NOT_FOUND outside the scope."""
+    path = await area_path_in_scope(session, area_id, scope_patterns)
+    driver = await raw_connection(session)
+    row = await driver.fetchrow(_AREA_CYCLE, path)
+    if row is None:
+        return AreaCycle(area_id, 1, 1, None)
+    return AreaCycle(area_id, row["months"], row["first_month"], row["area_id"])
+
+
+async def set_area_billing_cycle(session: AsyncSession, *, area_id: int, months: int, first_month: int = 1, by: str,
+                                 now: datetime, scope_patterns: Sequence[str] | None = None) -> AreaCycle:
+    """设置抄表周期: area ``area_id`` and its subtree (down to areas with their own row) bill
+    every ``months`` (1 or 2) months, bimonthly periods starting in odd (``first_month``
+    1) or even (2) months. Monthly keeps ``first_month`` 1. Bills already issued keep
+    their periods. INVALID (``months`` / ``firstMonth``); NOT_FOUND outside the scope. The
+    caller commits."""
+    await area_path_in_scope(session, area_id, scope_patterns)
+    if isinstance(months, bool) or months not in (1, 2):
+        raise DomainError("抄表周期须为 1 或 2 个月", "A billing period is 1 or 2 months", field="months",
+                          code=ErrorCode.INVALID)
+    if isinstance(first_month, bool) or first_month not in (1, 2):
+        raise DomainError("首月须为 1 (单月起) 或 2 (双月起)", "The first month is 1 (odd months) or 2 (even months)",
+                          field="firstMonth", code=ErrorCode.INVALID)
+    first_month = first_month if months == 2 else 1
+    await session.execute(text("""
+        INSERT INTO area_billing_cycles (area_id, months, first_month, updated_by, updated_at)
+        VALUES (:area_id, :months, :first_month, :by, :now)
+        ON CONFLICT (area_id) DO UPDATE SET months = excluded.months, first_month = excluded.first_month,
+            updated_by = excluded.updated_by, updated_at = excluded.updated_at
+    """), {"area_id": area_id, "months": months, "first_month": first_month, "by": by[:100], "now": now})
+    return AreaCycle(area_id, months, first_month, area_id)
+
+
+# --------------------------------------------------------------------------- what a bill is made of
+
+
+@dataclass(slots=True)
+class _Account:
+    id: int
+    household_id: int
+    tariff_code: str
+    persons: int | None
+    opened_at: datetime
+    customer_type: str
+
+
+@dataclass(slots=True)
+class _Draft:
+    """One bill worked out and not written yet."""
+
+    account: _Account
+    start_readings: list[dict[str, Any]]
+    end_readings: list[dict[str, Any]]
+    measured: Decimal
+    volume: Decimal
+    cycle_start: date
+    prior: Decimal
+    lines: tuple[QuoteLine, ...]
+    due_date: date
+    late_fee_rate: Decimal
+    late_fee_cap_fen: int
+    amount_fen: int
+    reissue_of_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Issued:
+    bill_id: int
+    account_id: int
+    amount_fen: int
+
+
+_LOCK = """
+SELECT acc.id, acc.household_id, acc.tariff_code, acc.persons, acc.opened_at, h.customer_type
+FROM accounts acc JOIN households h ON h.id = acc.household_id
+WHERE acc.id = ANY($1::bigint[]) AND acc.status = 'open' AND acc.mode = 'postpaid'
+ORDER BY acc.id FOR UPDATE OF acc
+"""
+
+_LIVE_OF_PERIOD = """
+SELECT account_id FROM bills WHERE period = $1 AND status <> 'voided' AND account_id = ANY($2::bigint[])
+"""
+
+# Per account: what its earlier live bills billed, what those of the bill's tier cycle
+# billed, and the newest one's end readings.
+_EARLIER = """
+SELECT k.account_id,
+       coalesce(sum(b.volume_m3), 0) AS billed_m3,
+       coalesce(sum(b.volume_m3) FILTER (WHERE b.cycle_start = k.cycle_start), 0) AS prior_m3,
+       (array_agg(CAST(b.end_readings AS text) ORDER BY b.period DESC))[1] AS last_end
+FROM unnest($1::bigint[], $2::date[]) AS k(account_id, cycle_start)
+LEFT JOIN bills b ON b.account_id = k.account_id AND b.status <> 'voided' AND b.period < $3
+GROUP BY k.account_id
+"""
+
+# Each meter serving the household at the instant, with its last reading up to it.
+_END_READINGS = """
+SELECT ma.household_id, ma.meter_id, r.read_at, r.total_m3
+FROM meter_assignments ma
+JOIN LATERAL (SELECT read_at, total_m3 FROM readings WHERE meter_id = ma.meter_id AND read_at <= $2
+              ORDER BY read_at DESC LIMIT 1) r ON true
+WHERE ma.household_id = ANY($1::bigint[]) AND ma.valid_from < $2 AND (ma.valid_to IS NULL OR ma.valid_to >= $2)
+ORDER BY ma.household_id, ma.meter_id
+"""
+
+_LATE_FEE_RULES = "SELECT customer_type, enabled, daily_rate, grace_days, cap_percent FROM late_fee_rules"
+
+
+def _scaled(version: Tariff, months: int) -> Tariff:
+    """``version`` for a ``months``-month bill: monthly tier limits and the household-size
+    extension × months, the minimum monthly charge × months (module docstring)."""
+    if months == 1:
+        return version
+    rules = dict(version.rules)
+    if rules["cycle"] == TariffCycle.month.value:
+        rules["tier_limits"] = [str(Decimal(limit) * months) for limit in rules["tier_limits"]]
+        if rules.get("household_size"):
+            household = dict(rules["household_size"])
+            household["extra_m3_per_person"] = str(Decimal(household["extra_m3_per_person"]) * months)
+            rules["household_size"] = household
+    if rules.get("minimum_monthly_charge_fen") is not None:
+        rules["minimum_monthly_charge_fen"] = rules["minimum_monthly_charge_fen"] * months
+    return Tariff(id=version.id, code=version.code, name=version.name, customer_type=version.customer_type,
+                  valid_from=version.valid_from, rules=rules)
+
+
+def _line_pricer(versions: list[Tariff], *, persons: int | None, start: date, end: date,
+                 months: int) -> Callable[[Decimal, Decimal], tuple[QuoteLine, ...]]:
+    """``price_period(…, minimum=True)`` of ``(volume, prior)`` with the days' segments
+    worked out once for every account sharing them, each distinct pair priced once."""
+    scaled = [_scaled(version, months) for version in versions]
+    segments = period_segments(scaled, start=start, end=end)
+    priced: dict[tuple[Decimal, Decimal], tuple[QuoteLine, ...]] = {}
+
+    def lines(volume: Decimal, prior: Decimal) -> tuple[QuoteLine, ...]:
+        found = priced.get((volume, prior))
+        if found is None:
+            found = priced[(volume, prior)] = tuple(price_period(
+                scaled, volume=volume, prior=prior, persons=persons, start=start, end=end, minimum=True,
+                segments=segments))
+        return found
+
+    return lines
+
+
+def _day(instant: datetime, zone: tzinfo) -> date:
+    return instant.astimezone(zone).date()
+
+
+def _readings(rows: Sequence[Any], zone: tzinfo, shown: dict[datetime, str]) -> list[dict[str, Any]]:
+    """Readings as a bill stores them; instants in the utility's zone, as the bill prints
+    them (``shown`` memoizes the text of an instant: a city's meters share a few)."""
+    readings = []
+    for row in rows:
+        instant = shown.get(row["read_at"])
+        if instant is None:
+            instant = shown[row["read_at"]] = row["read_at"].astimezone(zone).isoformat()
+        readings.append({"meter_id": row["meter_id"], "read_at": instant, "total_m3": str(row["total_m3"])})
+    return readings
+
+
+async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period: date, months: int, start: datetime,
+                  end: datetime, now: datetime, zone: tzinfo) -> tuple[list[_Draft], list[int]]:
+    """The bills of ``accounts`` for the period ``[start, end)`` (module docstring), and the
+    accounts passed over (opened after the end, or no tariff version in force)."""
+    if not accounts:
+        return [], []
+    driver = await raw_connection(session)
+    versions = {code: await tariff_versions(session, code=code) for code in sorted({a.tariff_code for a in accounts})}
+    rules = {row["customer_type"]: row for row in await driver.fetch(_LATE_FEE_RULES)}
+    last_day = _day(end - _TICK, zone)
+    billable: list[tuple[_Account, date, date]] = []  # account, first priced day, cycle start
+    skipped: list[int] = []
+    for account in accounts:
+        tariff = versions[account.tariff_code]
+        first_day = max(period, _day(account.opened_at, zone), tariff[0].valid_from) if tariff else None
+        if first_day is None or account.opened_at >= end or first_day > last_day:
+            skipped.append(account.id)
+            continue
+        cycle = TariffCycle(tariff[-1].rules["cycle"])  # a code keeps its cycle (save_tariff)
+        billable.append((account, first_day, cycle_of(period, cycle)[0]))
+    if not billable:
+        return [], skipped
+
+    earlier = {row["account_id"]: row for row in await driver.fetch(
+        _EARLIER, [a.id for a, _, _ in billable], [c for _, _, c in billable], period)}
+    # Each account's window starts at its own opening: one statement for all of them.
+    measured = await household_usage_of_windows(session, [(a.household_id, a.opened_at, end) for a, _, _ in billable])
+    end_rows: dict[int, list[Any]] = defaultdict(list)
+    for row in await driver.fetch(_END_READINGS, sorted({a.household_id for a, _, _ in billable}), end):
+        end_rows[row["household_id"]].append(row)
+
+    issue_day = _day(now, zone)
+    shown: dict[datetime, str] = {}
+    pricers: dict[tuple[str, int | None, date], Callable[[Decimal, Decimal], tuple[QuoteLine, ...]]] = {}
+    drafts: list[_Draft] = []
+    for (account, first_day, cycle_start), used in zip(billable, measured, strict=True):
+        known = earlier[account.id]
+        volume = max(Decimal(0), used - known["billed_m3"]).quantize(Decimal("0.0001"))
+        prior = Decimal(known["prior_m3"])
+        key = (account.tariff_code, account.persons, first_day)
+        pricer = pricers.get(key)
+        if pricer is None:
+            pricer = pricers[key] = _line_pricer(versions[account.tariff_code], persons=account.persons,
+                                                 start=first_day, end=last_day, months=months)
+        lines = pricer(volume, prior)
+        rule = rules.get(account.customer_type)
+        grace = rule["grace_days"] if rule is not None else DEFAULT_LATE_FEE_GRACE_DAYS
+        rate = (rule["daily_rate"] if rule["enabled"] else Decimal(0)) if rule is not None \
+            else DEFAULT_LATE_FEE_DAILY_RATE
+        cap_percent = rule["cap_percent"] if rule is not None else DEFAULT_LATE_FEE_CAP_PERCENT
+        draft = _Draft(
+            account=account, start_readings=json.loads(known["last_end"]) if known["last_end"] else [],
+            end_readings=_readings(end_rows.get(account.household_id, []), zone, shown), measured=used, volume=volume,
+            cycle_start=cycle_start, prior=prior, lines=lines, due_date=issue_day + timedelta(days=grace),
+            late_fee_rate=Decimal(rate), late_fee_cap_fen=0, amount_fen=sum(line.amount_fen for line in lines))
+        draft.late_fee_cap_fen = draft.amount_fen * cap_percent // 100
+        drafts.append(draft)
+    return drafts, skipped
+
+
+_COUNT_OF_PERIOD = """
+SELECT account_id, count(*) AS bills FROM bills WHERE period = $1 AND account_id = ANY($2::bigint[]) GROUP BY account_id
+"""
+
+# Bill ids are taken first, so the entries can name their bill and each bill row is
+# written once, with its entry.
+_NEXT_BILL_IDS = "SELECT nextval(pg_get_serial_sequence('bills', 'id')) AS id FROM generate_series(1, $1)"
+
+_INSERT_BILLS = """
+INSERT INTO bills (id, account_id, household_id, period, months, kind, status, run_id, period_start, period_end,
+                   tariff_code, persons, start_readings, end_readings, measured_m3, volume_m3, cycle_start,
+                   prior_cycle_m3, amount_fen, due_date, late_fee_rate, late_fee_cap_fen, issued_at, issued_by,
+                   paid_at, reissue_of_id, entry_id)
+SELECT b.id, b.account_id, b.household_id, $1::date, $2::smallint, $3::text,
+       CASE WHEN b.amount_fen = 0 THEN 'paid' ELSE 'open' END, $4::bigint, $5::timestamptz, $6::timestamptz,
+       b.tariff_code, b.persons, CAST(b.start_readings AS jsonb), CAST(b.end_readings AS jsonb), b.measured_m3,
+       b.volume_m3, b.cycle_start, b.prior_m3, b.amount_fen, b.due_date, b.rate, b.cap, $7::timestamptz, $8::text,
+       CASE WHEN b.amount_fen = 0 THEN $7::timestamptz END, b.reissue_of_id, b.entry_id
+FROM unnest($9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::int[], $14::text[], $15::text[],
+            $16::numeric[], $17::numeric[], $18::date[], $19::numeric[], $20::bigint[], $21::date[], $22::numeric[],
+            $23::bigint[], $24::bigint[], $25::bigint[])
+     AS b(id, account_id, household_id, tariff_code, persons, start_readings, end_readings, measured_m3, volume_m3,
+          cycle_start, prior_m3, amount_fen, due_date, rate, cap, reissue_of_id, entry_id)
+"""
+
+_INSERT_LINES = """
+INSERT INTO bill_lines (bill_id, line_no, component, tier, volume_m3, price, amount_fen, valid_from)
+SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::text[], $4::smallint[], $5::numeric[], $6::numeric[],
+                     $7::bigint[], $8::date[])
+"""
+
+
+async def _write(session: AsyncSession, drafts: Sequence[_Draft], *, period: date, months: int, kind: BillKind,
+                 run_id: int | None, start: datetime, end: datetime, by: str, now: datetime,
+                 zone: tzinfo) -> list[_Issued]:
+    """Post the drafts' entries and insert their bills and lines, then let credit already
+    on the accounts pay the new bills (``allocations.allocate_credit``: a payment made
+    ahead of its bill, or left over). The callers hold the accounts' locks and checked
+    that no live bill of the period exists, and every writer of bills locks the account
+    first, so the live-bill unique index never refuses here (if it did, the statement
+    fails and the transaction rolls back: nothing half-written)."""
+    if not drafts:
+        return []
+    driver = await raw_connection(session)
+    ids = [d.account.id for d in drafts]
+    counts = {row["account_id"]: row["bills"] for row in await driver.fetch(_COUNT_OF_PERIOD, period, ids)}
+    bill_ids = [row["id"] for row in await driver.fetch(_NEXT_BILL_IDS, len(drafts))]
+    entries: list[EntryIn] = []
+    for draft, bill_id in zip(drafts, bill_ids, strict=True):
+        if draft.amount_fen:
+            entries.append(EntryIn(
+                account_id=draft.account.id, kind=EntryKind.bill, amount_fen=-draft.amount_fen, ref=f"bill:{bill_id}",
+                idempotency_key=f"bill:{draft.account.id}:{period.isoformat()}:{counts.get(draft.account.id, 0) + 1}"))
+    posted = iter(await post_entries(session, entries, posted_by=by, posted_at=now))
+    entry_ids = [next(posted).id if draft.amount_fen else None for draft in drafts]
+    await driver.execute(
+        _INSERT_BILLS, period, months, kind.value, run_id, start, end, now, by[:100],
+        bill_ids, ids, [d.account.household_id for d in drafts], [d.account.tariff_code for d in drafts],
+        [d.account.persons for d in drafts], [json.dumps(d.start_readings) for d in drafts],
+        [json.dumps(d.end_readings) for d in drafts], [d.measured for d in drafts], [d.volume for d in drafts],
+        [d.cycle_start for d in drafts], [d.prior for d in drafts], [d.amount_fen for d in drafts],
+        [d.due_date for d in drafts], [d.late_fee_rate for d in drafts], [d.late_fee_cap_fen for d in drafts],
+        [d.reissue_of_id for d in drafts], entry_ids,
+    )
+    line_rows = [(bill_id, number, line.component, line.tier, line.volume, line.price, line.amount_fen, line.valid_from)
+                 for draft, bill_id in zip(drafts, bill_ids, strict=True)
+                 for number, line in enumerate(draft.lines, start=1)]
+    if line_rows:
+        await driver.execute(_INSERT_LINES, *(list(column) for column in zip(*line_rows, strict=True)))
+    await allocate_credit(session, account_ids=ids, on=_day(now, zone), now=now, by=by)
+    return [_Issued(bill_id, draft.account.id, draft.amount_fen) for draft, bill_id in zip(drafts, bill_ids, strict=True)]
+
+
+async def _lock(session: AsyncSession, account_ids: Sequence[int]) -> list[_Account]:
+    driver = await raw_connection(session)
+    return [_Account(row["id"], row["household_id"], row["tariff_code"], row["persons"], row["opened_at"],
+                     row["customer_type"]) for row in await driver.fetch(_LOCK, sorted(set(account_ids)))]
+
+
+async def _emit(session: AsyncSession, issued: Sequence[_Issued], period: date) -> None:
+    if issued:
+        await emit_event(session, "bill.issued", BillIssued(
+            bill_ids=tuple(i.bill_id for i in issued), account_ids=tuple(i.account_id for i in issued), period=period),
+            key=f"account:{issued[0].account_id}" if len(issued) == 1 else None)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass(frozen=True, slots=True)
+class BillingRunResult:
+    """What a run did: the bills it issued (``bill_ids`` and ``account_ids`` parallel),
+    the accounts held for review with why, and the run row's counts."""
+
+    run_id: int
+    period: date
+    bill_ids: tuple[int, ...]
+    account_ids: tuple[int, ...]
+    held: tuple[review.HeldAccount, ...]
+    accounts: int
+    issued: int
+    already_billed: int
+    skipped: int
+    amount_fen: int
+
+
+# The open postpaid accounts in reach with the cycle of their household's area.
+_CANDIDATES = """
+WITH reach AS (
+    SELECT a.id, a.path FROM areas a
+    WHERE ($1::text IS NULL OR a.path LIKE $1 || '%') AND ($2::text[] IS NULL OR a.path LIKE ANY($2::text[]))
+), cycles AS (
+    SELECT r.id AS area_id, coalesce(c.months, 1) AS months, coalesce(c.first_month, 1) AS first_month
+    FROM reach r LEFT JOIN LATERAL (
+        SELECT c.months, c.first_month FROM area_billing_cycles c JOIN areas anc ON anc.id = c.area_id
+        WHERE r.path LIKE anc.path || '%' ORDER BY length(anc.path) DESC LIMIT 1
+    ) c ON true
+)
+SELECT acc.id, cy.months, cy.first_month
+FROM accounts acc JOIN households h ON h.id = acc.household_id JOIN cycles cy ON cy.area_id = h.area_id
+WHERE acc.status = 'open' AND acc.mode = 'postpaid' AND ($3::bigint[] IS NULL OR acc.id = ANY($3::bigint[]))
+ORDER BY acc.id
+"""
+
+
+async def _candidates(session: AsyncSession, *, area_path: str | None, scope_patterns: Sequence[str] | None,
+                      account_ids: Sequence[int] | None) -> list[Any]:
+    driver = await raw_connection(session)
+    return list(await driver.fetch(_CANDIDATES, area_path, patterns_param(scope_patterns),
+                                   None if account_ids is None else sorted(set(account_ids))))
+
+
+async def _live_of_period(session: AsyncSession, period: date, account_ids: Sequence[int]) -> set[int]:
+    driver = await raw_connection(session)
+    return {row["account_id"] for row in await driver.fetch(_LIVE_OF_PERIOD, period, list(account_ids))}
+
+
+_RUN_COUNTS = text("""
+UPDATE billing_runs SET accounts = :accounts, issued = :issued, held = :held, already_billed = :already_billed,
+    skipped = :skipped, amount_fen = :amount_fen, status = :status, finished_at = :finished_at, error = :error
+WHERE id = :id
+""")
+
+
+async def run_billing(
+    session: AsyncSession,
+    *,
+    period: date,
+    area_id: int | None = None,
+    account_ids: Sequence[int] | None = None,
+    now: datetime,
+    by: str,
+    tz: str | tzinfo = "Asia/Shanghai",
+    scope_patterns: Sequence[str] | None = None,
+    progress: Progress | None = None,
+    commit: Callable[[], Awaitable[None]] | None = None,
+    months: int | None = None,
+) -> BillingRunResult:
+    """出账: bill ``period`` for the open postpaid accounts of the area's subtree (default:
+    the scope; ``account_ids`` narrows it) as the module docstring says, and record the
+    run. ``progress(done, total)`` is called after each chunk; ``commit`` (given) commits
+    after each chunk, and a failure then marks the run ``failed`` and re-raises. ``months``
+    bills only accounts of that cycle length (the scheduled job). Refusals (nothing
+    written): INVALID (a period not a first day), NOT_FOUND (an area outside the scope),
+    BILLING_PERIOD_MISALIGNED, BILLING_PERIOD_NOT_ENDED. Without ``commit`` the caller commits."""
+    period = _checked_period(period)
+    zone = as_zone(tz)
+    area_path = await area_path_in_scope(session, area_id, scope_patterns) if area_id is not None else None
+    run_months = months or 1
+    if area_id is not None:
+        cycle = await billing_cycle_of(session, area_id=area_id)
+        if months is None and not is_start_month(period, cycle.months, cycle.first_month):
+            raise BillingPeriodMisaligned(field="period")
+        run_months = months or cycle.months
+    if review.period_bounds(period, zone, months=run_months)[1] > now:
+        raise BillingPeriodNotEnded(field="period")
+
+    groups: dict[int, list[int]] = {1: [], 2: []}
+    skipped = 0
+    considered = 0
+    for row in await _candidates(session, area_path=area_path, scope_patterns=scope_patterns, account_ids=account_ids):
+        if months is not None and row["months"] != months:
+            continue
+        considered += 1
+        if not is_start_month(period, row["months"], row["first_month"]) or \
+                review.period_bounds(period, zone, months=row["months"])[1] > now:
+            skipped += 1
+        else:
+            groups[row["months"]].append(row["id"])
+
+    run = BillingRun(period=period, area_id=area_id, started_by=by[:100], started_at=now)
+    session.add(run)
+    await session.flush()
+    assert run.id is not None
+    run_id = run.id
+    if commit is not None:
+        await commit()
+
+    held: list[review.HeldAccount] = []
+    bill_ids: list[int] = []
+    billed_accounts: list[int] = []
+    already = amount = 0
+
+    async def record(status: BillingRunStatus, error: str | None = None) -> None:
+        await session.execute(_RUN_COUNTS, {
+            "id": run_id, "accounts": considered, "issued": len(bill_ids), "held": len(held),
+            "already_billed": already, "skipped": skipped, "amount_fen": amount, "status": status.value,
+            "finished_at": now if status is not BillingRunStatus.running else None, "error": error})
+
+    try:
+        for group_months, ids in groups.items():
+            if not ids:
+                continue
+            await review.prepare_review(session, period=period, now=now, tz=zone, months=group_months, account_ids=ids)
+            held.extend(await review.held_accounts(session, period=period, account_ids=ids))
+            billable = await review.billable_accounts(session, period=period, account_ids=ids)
+            live = await _live_of_period(session, period, billable)
+            already += len(live)
+            to_bill = [i for i in billable if i not in live]
+            start, end = review.period_bounds(period, zone, months=group_months)
+            for offset in range(0, len(to_bill), CHUNK):
+                chunk = to_bill[offset:offset + CHUNK]
+                accounts = await _lock(session, chunk)
+                # Billed meanwhile by a concurrent run: counted, not billed again.
+                live = await _live_of_period(session, period, [a.id for a in accounts])
+                already += len(live)
+                skipped += len(chunk) - len(accounts)  # closed or changed mode meanwhile
+                drafts, passed = await _drafts(session, [a for a in accounts if a.id not in live], period=period,
+                                               months=group_months, start=start, end=end, now=now, zone=zone)
+                skipped += len(passed)
+                issued = await _write(session, drafts, period=period, months=group_months, kind=BillKind.regular,
+                                      run_id=run_id, start=start, end=end, by=by, now=now, zone=zone)
+                bill_ids.extend(i.bill_id for i in issued)
+                billed_accounts.extend(i.account_id for i in issued)
+                amount += sum(i.amount_fen for i in issued)
+                await _emit(session, issued, period)
+                if commit is not None:
+                    await record(BillingRunStatus.running)
+                    await commit()
+                if progress is not None:
+                    progress(min(offset + CHUNK, len(to_bill)), len(to_bill))
+        await record(BillingRunStatus.finished)
+    except Exception as failure:
+        if commit is None:
+            raise
+        await session.rollback()
+        await record(BillingRunStatus.failed, f"{type(failure).__name__}: {failure}"[:1000])
+        await commit()
+        raise
+    return BillingRunResult(run_id=run_id, period=period, bill_ids=tuple(bill_ids), account_ids=tuple(billed_accounts),
+                            held=tuple(held), accounts=considered, issued=len(bill_ids), already_billed=already,
+                            skipped=skipped, amount_fen=amount)
+
+
+async def billing_runs(session: AsyncSession, *, period: date | None, scope_patterns: Sequence[str] | None,
+                       offset: int, limit: int, run_id: int | None = None) -> tuple[list[BillingRun], int]:
+    """Runs (of ``period``; or the one ``run_id``), newest first, with their total: runs
+    over an area in the scope, and runs without an area (each caller's whole scope; a run
+    row holds counts only, no household's data)."""
+    rows = (await session.execute(text("""
+        SELECT r.id, count(*) OVER () AS total FROM billing_runs r LEFT JOIN areas a ON a.id = r.area_id
+        WHERE (CAST(:period AS date) IS NULL OR r.period = CAST(:period AS date))
+          AND (CAST(:run_id AS bigint) IS NULL OR r.id = CAST(:run_id AS bigint))
+          AND (CAST(:patterns AS text[]) IS NULL OR r.area_id IS NULL OR a.path LIKE ANY(CAST(:patterns AS text[])))
+        ORDER BY r.id DESC OFFSET :offset LIMIT :limit
+    """), {"period": period, "run_id": run_id, "patterns": patterns_param(scope_patterns), "offset": offset,
+           "limit": limit})).all()
+    found = {run.id: run for run in (await session.execute(
+        select(BillingRun).where(col(BillingRun.id).in_([row.id for row in rows]))
+        .execution_options(populate_existing=True))).scalars()}
+    return [found[row.id] for row in rows], int(rows[0].total) if rows else 0
+
+
+# --------------------------------------------------------------------------- one account: final bill, void, re-issue
+
+
+async def _account_cycle(session: AsyncSession, account_id: int) -> tuple[int, int]:
+    """``(months, first_month)`` of the cycle the account's household's area bills in."""
+    driver = await raw_connection(session)
+    path = await driver.fetchval("SELECT a.path FROM accounts acc JOIN households h ON h.id = acc.household_id "
+                                 "JOIN areas a ON a.id = h.area_id WHERE acc.id = $1", account_id)
+    row = await driver.fetchrow(_AREA_CYCLE, path)
+    return (row["months"], row["first_month"]) if row is not None else (1, 1)
+
+
+async def _live_bill(session: AsyncSession, account_id: int, period: date) -> Bill | None:
+    found = (await session.execute(text(
+        "SELECT id FROM bills WHERE account_id = :a AND period = :p AND status <> 'voided' FOR UPDATE"),
+        {"a": account_id, "p": period})).scalar_one_or_none()
+    return await session.get(Bill, found, populate_existing=True) if found is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class FinalBill:
+    """What a final charge did for a postpaid account: the final bill issued (None: the
+    account's bills already cover the final instant), a bill it voided and replaced, and
+    the net debit."""
+
+    bill_id: int | None
+    voided_bill_id: int | None
+    net_fen: int
+
+
+async def final_bill(session: AsyncSession, *, account_id: int, at: datetime, by: str, now: datetime,
+                     tz: str | tzinfo = "Asia/Shanghai") -> FinalBill:
+    """The postpaid account's final bill up to ``at`` (module docstring) and its
+    ``settled_to`` moved to ``at``. The caller has checked the account is open and in
+    scope; ACCOUNT_UNSETTLED when the period's bill has money allocated and would change.
+    The caller commits."""
+    zone = as_zone(tz)
+    months, first_month = await _account_cycle(session, account_id)
+    period = period_of(_day(at - _TICK, zone), months, first_month)
+    start = review.period_bounds(period, zone, months=months)[0]
+    (account,) = await _lock(session, [account_id])
+    driver = await raw_connection(session)
+    await driver.execute("UPDATE accounts SET settled_to = greatest(coalesce(settled_to, $2), $2) WHERE id = $1",
+                         account_id, at)
+    later = await driver.fetchval("SELECT EXISTS (SELECT FROM bills WHERE account_id = $1 AND period > $2 "
+                                  "AND status <> 'voided')", account_id, period)
+    if later:
+        return FinalBill(None, None, 0)
+    drafts, _ = await _drafts(session, [account], period=period, months=months, start=start, end=at, now=now,
+                              zone=zone)
+    if not drafts:
+        return FinalBill(None, None, 0)
+    (draft,) = drafts
+    existing = await _live_bill(session, account_id, period)
+    voided_id = None
+    net = draft.amount_fen
+    if existing is not None:
+        if existing.volume_m3 == draft.volume:
+            return FinalBill(None, None, 0)
+        if existing.principal_paid_fen > 0 or existing.late_fee_paid_fen > 0:
+            raise AccountUnsettled(field="id")
+        voided = await _void(session, existing, reason=FINAL_REBILL_REASON, by=by, now=now)
+        voided_id = voided.id
+        net -= voided.amount_fen
+    issued = await _write(session, drafts, period=period, months=months, kind=BillKind.final, run_id=None,
+                          start=start, end=at, by=by, now=now, zone=zone)
+    await _emit(session, issued, period)
+    return FinalBill(issued[0].bill_id if issued else None, voided_id, net)
+
+
+_UNBILLED = """
+SELECT coalesce(sum(volume_m3), 0) FROM bills WHERE account_id = $1 AND status <> 'voided'
+"""
+
+
+async def unbilled_m3(session: AsyncSession, *, account_id: int, household_id: int, opened_at: datetime,
+                      to: datetime) -> Decimal:
+    """The usage from the account's opening to ``to`` that its live bills have not billed
+    (negative when they billed more): what a final bill at ``to`` would add up from."""
+    measured = (await usage_between(session, household_ids=[household_id], start=opened_at, end=to))[household_id]
+    driver = await raw_connection(session)
+    return measured - Decimal(await driver.fetchval(_UNBILLED, account_id))
+
+
+@dataclass(frozen=True, slots=True)
+class VoidedBill:
+    voided: Bill
+    reissued_bill_id: int | None
+
+
+_BILL_IN_SCOPE = text("""
+SELECT b.account_id FROM bills b JOIN households h ON h.id = b.household_id JOIN areas a ON a.id = h.area_id
+WHERE b.id = :id AND (CAST(:patterns AS text[]) IS NULL OR a.path LIKE ANY(CAST(:patterns AS text[])))
+""")
+
+
+def _void_reason(reason: str) -> str:
+    cleaned = (reason or "").strip()
+    if not cleaned:
+        raise DomainError("请填写作废原因", "A reason is required", field="reason", code=ErrorCode.REQUIRED)
+    if len(cleaned) > MAX_VOID_REASON:
+        raise DomainError(f"作废原因不能超过 {MAX_VOID_REASON} 个字符", f"The reason has at most {MAX_VOID_REASON} characters",
+                          field="reason", code=ErrorCode.TOO_LONG)
+    if "\x00" in cleaned:
+        raise DomainError("文本不能包含 NUL 字符", "Text must not contain NUL characters", field="reason",
+                          code=ErrorCode.INVALID)
+    return cleaned
+
+
+async def _void(session: AsyncSession, bill: Bill, *, reason: str, by: str, now: datetime) -> Bill:
+    """Reverse and mark ``bill`` voided (its account locked by the caller)."""
+    assert bill.id is not None
+    entries = []
+    if bill.entry_id is not None:
+        entries.append(EntryIn(account_id=bill.account_id, kind=EntryKind.reversal, amount_fen=bill.amount_fen,
+                               ref=f"bill:{bill.id}", idempotency_key=f"bill-void:{bill.id}"))
+    unpaid_fee = bill.late_fee_posted_fen - bill.late_fee_paid_fen
+    if unpaid_fee > 0:
+        entries.append(EntryIn(account_id=bill.account_id, kind=EntryKind.write_off, amount_fen=unpaid_fee,
+                               ref=f"bill:{bill.id}", idempotency_key=f"bill-void-fee:{bill.id}"))
+    posted = await post_entries(session, entries, posted_by=by, posted_at=now)
+    bill.status = BillStatus.voided
+    bill.voided_at, bill.voided_by, bill.void_reason = now, by[:100], reason
+    bill.void_entry_id = posted[0].id if posted and bill.entry_id is not None else None
+    await session.flush()
+    return bill
+
+
+async def void_bill(session: AsyncSession, *, bill_id: int, reason: str, by: str, now: datetime, reissue: bool = False,
+                    tz: str | tzinfo = "Asia/Shanghai", scope_patterns: Sequence[str] | None = None) -> VoidedBill:
+    """作废 (and with ``reissue`` 重开) a bill (module docstring). Refusals, nothing written:
+    REQUIRED / TOO_LONG (``reason``, at most 200 characters), NOT_FOUND (outside the
+    scope), BILL_VOIDED, BILL_PAID, BILL_NOT_LATEST, ACCOUNT_CLOSED (the ledger). The
+    caller commits."""
+    cleaned = _void_reason(reason)
+    account_id = (await session.execute(_BILL_IN_SCOPE, {"id": bill_id, "patterns": patterns_param(scope_patterns)})
+                  ).scalar_one_or_none()
+    if account_id is None:
+        raise NotFound(field="billId")
+    await lock_accounts(session, [account_id])  # the account first, as every writer of its money
+    await session.execute(text("SELECT id FROM bills WHERE id = :id FOR UPDATE"), {"id": bill_id})
+    bill = await session.get(Bill, bill_id, populate_existing=True)
+    assert bill is not None
+    if bill.status is BillStatus.voided:
+        raise BillVoided(field="billId")
+    if bill.principal_paid_fen > 0 or bill.late_fee_paid_fen > 0:
+        raise BillPaid(field="billId")
+    driver = await raw_connection(session)
+    if await driver.fetchval("SELECT EXISTS (SELECT FROM bills WHERE account_id = $1 AND period > $2 "
+                             "AND status <> 'voided')", account_id, bill.period):
+        raise BillNotLatest(field="billId")
+    voided = await _void(session, bill, reason=cleaned, by=by, now=now)
+    reissued = None
+    if reissue:
+        zone = as_zone(tz)
+        accounts = await _lock(session, [account_id])
+        drafts, _ = await _drafts(session, accounts, period=bill.period, months=bill.months, start=bill.period_start,
+                                  end=bill.period_end, now=now, zone=zone)
+        for draft in drafts:
+            draft.reissue_of_id = bill_id
+        issued = await _write(session, drafts, period=bill.period, months=bill.months, kind=BillKind(bill.kind),
+                              run_id=None, start=bill.period_start, end=bill.period_end, by=by, now=now,
+                              zone=zone)
+        await _emit(session, issued, bill.period)
+        reissued = issued[0].bill_id if issued else None
+    return VoidedBill(voided, reissued)
+
+
+# --------------------------------------------------------------------------- the scheduled run
+
+
+def latest_ended_period(day: date, months: int, first_month: int) -> date:
+    """The latest period of the cycle whose end (the first day after it) is on or before ``day``."""
+    period = period_of(day, months, first_month)
+    while _add_months(period, months) > day:
+        period = _add_months(period, -months)
+    return period
+
+
+async def scheduled_run(runtime: Runtime, payload: Mapping[str, Any]) -> list[BillingRunResult]:
+    """The daily job ``run_billing`` (module docstring): per cycle in use, the latest
+    period ended :data:`SCHEDULE_DELAY_DAYS` ago, when some account of that cycle is not
+    billed for it yet; committed per chunk."""
+    import logging
+
+    zone = as_zone(runtime.timezone)
+    now = runtime.now()
+    day = _day(now, zone) - timedelta(days=SCHEDULE_DELAY_DAYS)
+    results: list[BillingRunResult] = []
+    async with runtime.sessions() as session:
+        driver = await raw_connection(session)
+        cycles = {(1, 1), *((row["months"], row["first_month"]) for row in await driver.fetch(
+            "SELECT DISTINCT months, first_month FROM area_billing_cycles"))}
+        for months, first_month in sorted(cycles):
+            period = latest_ended_period(day, months, first_month)
+            due = [row["id"] for row in await _candidates(session, area_path=None, scope_patterns=None, account_ids=None)
+                   if row["months"] == months and is_start_month(period, months, row["first_month"])]
+            if not due or not set(due) - await _live_of_period(session, period, due):
+                continue
+            result = await run_billing(session, period=period, now=now, by=runtime.actor.name, tz=zone, months=months,
+                                       commit=session.commit)
+            await session.commit()
+            logging.getLogger(__name__).info(
+                "billing %s (%d months): %d issued, %d held, %d already billed, %d skipped", period, months,
+                result.issued, len(result.held), result.already_billed, result.skipped)
+            results.append(result)
+    return results
+
+
