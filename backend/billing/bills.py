@@ -52,8 +52,9 @@ entry (the ledger refuses zero): it is issued ``paid`` at once. ``due_date`` is 
 issue day (utility zone) plus the customer type's grace days. Credit already on the
 account (paid ahead, or left over) pays the new bills at once
 (:func:`backend.billing.allocations.allocate_credit`, as a payment would). ``late_fee_rate`` and
-``late_fee_cap_fen`` (amount × cap percent / 100, floored) are copied from its late-fee
-rule (the defaults in ``bills_models`` without a row; rate 0 when the rule is off).
+``late_fee_cap_fen`` are copied from its late-fee rule through
+:func:`backend.billing.late_fees.late_fee_terms` (the defaults in ``bills_models`` without
+a row; the cap is amount × cap percent, half up; rate and cap 0 when the rule is off).
 
 **Set-based, chunked.** The accounts are billed in chunks of :data:`CHUNK` in id order:
 each chunk locks its accounts ``FOR UPDATE`` in id order (as settlement and the ledger
@@ -100,12 +101,10 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from backend.archives.models import CustomerType
 from backend.billing import review
 from backend.billing.allocations import allocate_credit
 from backend.billing.bills_models import (
-    DEFAULT_LATE_FEE_CAP_PERCENT,
-    DEFAULT_LATE_FEE_DAILY_RATE,
-    DEFAULT_LATE_FEE_GRACE_DAYS,
     Bill,
     BillingRun,
     BillingRunStatus,
@@ -121,6 +120,7 @@ from backend.billing.errors import (
     BillVoided,
 )
 from backend.billing.events import BillIssued
+from backend.billing.late_fees import late_fee_rules, late_fee_terms
 from backend.billing.ledger import EntryIn, lock_accounts, post_entries
 from backend.billing.models import EntryKind, Tariff, TariffCycle
 from backend.billing.scope import area_path_in_scope, patterns_param
@@ -303,7 +303,6 @@ WHERE ma.household_id = ANY($1::bigint[]) AND ma.valid_from < $2 AND (ma.valid_t
 ORDER BY ma.household_id, ma.meter_id
 """
 
-_LATE_FEE_RULES = "SELECT customer_type, enabled, daily_rate, grace_days, cap_percent FROM late_fee_rules"
 
 
 def _scaled(version: Tariff, months: int) -> Tariff:
@@ -367,7 +366,7 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
         return [], []
     driver = await raw_connection(session)
     versions = {code: await tariff_versions(session, code=code) for code in sorted({a.tariff_code for a in accounts})}
-    rules = {row["customer_type"]: row for row in await driver.fetch(_LATE_FEE_RULES)}
+    rules = await late_fee_rules(session)
     last_day = _day(end - _TICK, zone)
     billable: list[tuple[_Account, date, date]] = []  # account, first priced day, cycle start
     skipped: list[int] = []
@@ -404,18 +403,14 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
             pricer = pricers[key] = _line_pricer(versions[account.tariff_code], persons=account.persons,
                                                  start=first_day, end=last_day, months=months)
         lines = pricer(volume, prior)
-        rule = rules.get(account.customer_type)
-        grace = rule["grace_days"] if rule is not None else DEFAULT_LATE_FEE_GRACE_DAYS
-        rate = (rule["daily_rate"] if rule["enabled"] else Decimal(0)) if rule is not None \
-            else DEFAULT_LATE_FEE_DAILY_RATE
-        cap_percent = rule["cap_percent"] if rule is not None else DEFAULT_LATE_FEE_CAP_PERCENT
-        draft = _Draft(
+        rule = rules[CustomerType(account.customer_type)]
+        amount_fen = sum(line.amount_fen for line in lines)
+        rate, cap_fen = late_fee_terms(rule, amount_fen)
+        drafts.append(_Draft(
             account=account, start_readings=json.loads(known["last_end"]) if known["last_end"] else [],
             end_readings=_readings(end_rows.get(account.household_id, []), zone, shown), measured=used, volume=volume,
-            cycle_start=cycle_start, prior=prior, lines=lines, due_date=issue_day + timedelta(days=grace),
-            late_fee_rate=Decimal(rate), late_fee_cap_fen=0, amount_fen=sum(line.amount_fen for line in lines))
-        draft.late_fee_cap_fen = draft.amount_fen * cap_percent // 100
-        drafts.append(draft)
+            cycle_start=cycle_start, prior=prior, lines=lines, due_date=issue_day + timedelta(days=rule.grace_days),
+            late_fee_rate=rate, late_fee_cap_fen=cap_fen, amount_fen=amount_fen))
     return drafts, skipped
 
 

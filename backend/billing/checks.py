@@ -1,4 +1,4 @@
-"""Billing's line in ``shuiwu check`` (backend.billing.domain): the ledger adds up."""
+"""Billing's lines in ``shuiwu check`` (backend.billing.domain): the ledger adds up, and so do the bills."""
 
 from __future__ import annotations
 
@@ -40,3 +40,42 @@ async def ledger_adds_up(runtime: Runtime) -> CheckResult:
         return CheckResult(False, f"{row.accounts} of {row.total} accounts disagree with their ledger "
                                   f"({row.balances} balances, {row.cycles} with a prepaid cycle)")
     return CheckResult(True, f"{row.total} accounts: balances and prepaid cycles equal their entries")
+
+
+# Bills whose money disagrees with the ledger or their allocations: the bill's entry is not
+# −amount (a bill of ¥0 has none), a voided bill's reversing entry is not +amount, what
+# was paid of principal or fee is not the sum of the bill's allocations, the fee posted
+# is not the sum of its late_fee entries, or a paid bill still owes principal.
+_BILLS_DISAGREEING = text("""
+WITH allocated AS (
+    SELECT bill_id, sum(principal_fen) AS principal, sum(late_fee_fen) AS fee FROM bill_allocations GROUP BY bill_id
+), fees AS (
+    SELECT CAST(substr(ref, 6) AS bigint) AS bill_id, -sum(amount_fen) AS posted FROM ledger_entries
+    WHERE kind = 'late_fee' AND ref LIKE 'bill:%' GROUP BY 1
+), wrong AS (
+    SELECT b.id FROM bills b
+    LEFT JOIN ledger_entries e ON e.id = b.entry_id
+    LEFT JOIN ledger_entries v ON v.id = b.void_entry_id
+    LEFT JOIN allocated al ON al.bill_id = b.id
+    LEFT JOIN fees f ON f.bill_id = b.id
+    WHERE (b.amount_fen > 0 AND (e.id IS NULL OR e.amount_fen <> -b.amount_fen OR e.account_id <> b.account_id))
+       OR (b.amount_fen = 0 AND b.entry_id IS NOT NULL)
+       OR (b.status = 'voided' AND b.entry_id IS NOT NULL AND (v.id IS NULL OR v.amount_fen <> b.amount_fen))
+       OR b.principal_paid_fen <> coalesce(al.principal, 0)
+       OR b.late_fee_paid_fen <> coalesce(al.fee, 0)
+       OR b.late_fee_posted_fen <> coalesce(f.posted, 0)
+       OR (b.status = 'paid' AND b.principal_paid_fen <> b.amount_fen)
+)
+SELECT (SELECT count(*) FROM wrong) AS wrong, (SELECT count(*) FROM bills) AS total,
+       (SELECT count(*) FROM bill_allocations) AS allocations
+""")
+
+
+async def bills_add_up(runtime: Runtime) -> CheckResult:
+    """Every bill's money agrees with its ledger entries and its allocations (read-only):
+    its debit, a voided bill's credit, principal and fee paid, fee posted."""
+    async with runtime.sessions() as session:
+        row = (await session.execute(_BILLS_DISAGREEING)).one()
+    if row.wrong:
+        return CheckResult(False, f"{row.wrong} of {row.total} bills disagree with their entries or allocations")
+    return CheckResult(True, f"{row.total} bills and {row.allocations} allocations agree with their entries")

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.billing.allocations import Allocations, allocate_credit, undo_allocations
-from backend.billing.checks import _DISAGREEING
+from backend.billing.checks import _BILLS_DISAGREEING, _DISAGREEING
 from backend.billing.late_fees import late_fee_owed, waive_late_fee
 from backend.billing.ledger import post_entry
 from backend.billing.models import EntryKind
@@ -39,6 +39,7 @@ async def assert_everything_adds_up(session: AsyncSession, served: Served) -> No
     """The ledger check's sums, and each bill's paid and posted figures against its
     allocations and late-fee entries."""
     assert (await session.execute(_DISAGREEING)).one().accounts == 0
+    assert (await session.execute(_BILLS_DISAGREEING)).one().wrong == 0  # the billing.bills check line
     rows = (await session.execute(text("""
         SELECT b.id, b.principal_paid_fen, b.late_fee_paid_fen, b.late_fee_posted_fen,
                (SELECT coalesce(sum(principal_fen), 0) FROM bill_allocations a WHERE a.bill_id = b.id) AS principal,
@@ -228,3 +229,15 @@ async def test_an_account_without_credit_is_left_alone_but_a_zero_bill_is_settle
     done = await allocate_credit(session, account_ids=[served.account_id], on=date(2026, 12, 1), now=at(2026, 12, 1))
     assert done.lines == () and done.late_fee_posted_fen == 0 and done.paid_bill_ids == (zero.id,)
     assert figures(await bill_row(session, owing.id)) == ("open", 0, 0, 0)  # nothing posted without money
+
+
+async def test_the_bills_check_finds_a_bill_whose_paid_figure_is_not_its_allocations(session: AsyncSession) -> None:
+    served = await postpaid_account(session, opened_at=OPENED)
+    bill = await make_bill(session, served, period=date(2026, 9, 1), amount_fen=10000, due_date=date(2026, 10, 15))
+    await pay(session, served, 4000, date(2026, 10, 1), "partial")
+    assert (await session.execute(_BILLS_DISAGREEING)).one().wrong == 0
+
+    await session.execute(text("UPDATE bills SET principal_paid_fen = principal_paid_fen + 1 WHERE id = :id"),
+                          {"id": bill.id})
+
+    assert (await session.execute(_BILLS_DISAGREEING)).one().wrong == 1
