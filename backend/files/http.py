@@ -144,7 +144,6 @@ def routes(host: HttpHost) -> list[Route]:
             return refusal(error, 400 if error.code is ErrorCode.INVALID else 401)
         return await serve_stored(files, sessions, key)
 
-    # The upload's path is matched first: a photo key never starts with "photos" alone.
     return [photo_upload(host), Route(DOWNLOAD_PREFIX + "{key:path}", download, methods=["GET"])]
 
 
@@ -184,6 +183,14 @@ def _too_large(max_bytes: int) -> Response:
                     headers={key.decode(): value.decode() for key, value in BODY_TOO_LARGE_HEADERS})
 
 
+def _refused(error: DomainError, status: int) -> Response:
+    """:func:`refusal`, closing the connection: a refused upload's body may be unread, and
+    the server would otherwise read (and discard) all of it to keep the connection."""
+    response = refusal(error, status)
+    response.headers["connection"] = "close"
+    return response
+
+
 async def _part_chunks(upload: UploadFile) -> AsyncIterator[bytes]:
     while chunk := await upload.read(CHUNK_BYTES):
         yield chunk
@@ -218,10 +225,10 @@ def photo_upload(host: HttpHost) -> Route:
         try:
             principal = await caller(request, read_engine=read_engine, sessions=sessions, policy=policy)
         except DomainError as error:
-            return refusal(error, 401)
+            return _refused(error, 401)
         declared = media_type(request.headers.get("content-type"))
         if declared != MULTIPART and declared not in PHOTO_TYPES:
-            return refusal(UnsupportedMediaType(_ACCEPTED), 415)
+            return _refused(UnsupportedMediaType(_ACCEPTED), 415)
         length = request.headers.get("content-length", "").strip()
         if declared != MULTIPART and length.isdigit() and int(length) > max_bytes:
             return _too_large(max_bytes)
@@ -248,7 +255,7 @@ def photo_upload(host: HttpHost) -> Route:
             return _too_large(max_bytes)
         except DomainError as error:
             status = {ErrorCode.PHOTO_INVALID: 422, ErrorCode.STORAGE_UNAVAILABLE: 503}.get(error.code, 400)
-            return refusal(error, status)
+            return _refused(error, status)
         return JSONResponse({
             "photoId": stored.key, "size": stored.size_bytes, "contentType": stored.content_type,
             "expiresAt": stored.expires_at.isoformat() if stored.expires_at is not None else None,

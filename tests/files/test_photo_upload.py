@@ -180,6 +180,18 @@ async def test_a_multipart_form_with_one_file_part_is_a_photo_too(http: httpx.As
     assert no_file.status_code == 400
 
 
+async def test_a_multipart_file_part_past_the_cap_is_413(http: httpx.AsyncClient, reader: Reader,
+                                                         committed_sessions: async_sessionmaker[AsyncSession]) -> None:
+    png = _image("PNG")
+    before = await _photo_rows(committed_sessions)
+
+    over = await http.post("/files/photos", files={"file": ("dial.png", png + b"\0" * (MAX_PHOTO + 1 - len(png)), "image/png")},
+                           headers=_bearer(reader.token))
+
+    assert _code(over) == (413, "FILE_TOO_LARGE")
+    assert await _photo_rows(committed_sessions) == before
+
+
 # --------------------------------------------------------------------------- whose photo
 
 
@@ -228,6 +240,7 @@ async def test_a_body_that_is_not_the_declared_image_is_photo_invalid_and_stores
 
     for response in (text_as_jpeg, png_as_jpeg, empty, pdf_as_png):
         assert _code(response) == (422, "PHOTO_INVALID")
+        assert response.headers["connection"] == "close"  # whatever of the body is unread stays unread
         assert response.json()["errors"][0]["extensions"]["field"] == "file"
     assert await _photo_rows(committed_sessions) == before
 
