@@ -249,9 +249,7 @@ def photo_upload(host: HttpHost) -> Route:
             else:
                 stored = await put_photo(files, sessions, content=request.stream(), declared_type=declared,
                                          max_bytes=max_bytes, owner=principal, now=now, retention=retention)
-        except BodyTooLarge:
-            return _too_large(max_bytes)
-        except FileTooBig:
+        except (BodyTooLarge, FileTooBig):  # the edge's count, or the put's: one answer
             return _too_large(max_bytes)
         except DomainError as error:
             status = {ErrorCode.PHOTO_INVALID: 422, ErrorCode.STORAGE_UNAVAILABLE: 503}.get(error.code, 400)
