@@ -111,6 +111,14 @@ class Settings(BaseSettings):
     import_max_ratio: int = Field(default=100, ge=10)
     import_max_rows: int = Field(default=100_000, ge=10)
     import_time_budget_s: float = Field(default=60.0, gt=0)
+    # Photo uploads (POST /files/photos, docs/files.md): the largest photo (the route's
+    # body limit too, plus a multipart envelope), how long an unreferenced photo lives
+    # before the purge, and how many one principal may upload a minute and a rolling day
+    # (counted in PostgreSQL, shared by every process).
+    files_max_photo_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    files_photo_claim_hours: int = Field(default=24, ge=1, le=24 * 30)
+    files_photos_per_minute: int = Field(default=30, ge=1)
+    files_photos_per_day: int = Field(default=500, ge=1)
     # /metrics: a bearer token, or a client address in this list (comma-separated IPs or
     # CIDR networks; loopback by default, empty: token only).
     metrics_token: SecretStr | None = None

@@ -1,4 +1,4 @@
-"""The files layer's declaration: the storage service, its download route and its purge."""
+"""The files layer's declaration: the storage service, its download and photo upload routes and its purge."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ DOMAIN = Domain(
     checks=(Check("files.storage", "backend.files.checks:storage_reachable",
                   description="The file storage (SHUIWU_STORAGE_URL) can be written to"),),
     personal_data=PersonalData(excluded={
-        "stored_files.filename": "exports and photos staff store; no resident stores a file today "
-                                 "(the domain whose residents upload one declares what it holds)",
+        "stored_files.filename": "exports and photos staff store; a resident's photo upload (POST /files/photos) "
+                                 "is purged after SHUIWU_FILES_PHOTO_CLAIM_HOURS unless a domain keeps it, and "
+                                 "no domain keeps a resident's photo today (the one that will declares what it holds)",
         "stored_files.owner_kind": "as filename",
         "stored_files.owner_id": "as filename",
     }),

@@ -11,6 +11,8 @@
   :data:`EXPORT_RETENTION`, is streamed to the client, and is deleted when the response
   ends: sent whole, cut off by the client, or failed. A process killed mid-download
   leaves a row the purge job deletes, bytes included, once it expires.
+- ``POST /files/photos``: a photo upload (:func:`photo_upload`, docs/files.md "Photo
+  uploads"), answered 201 ``{photoId, size, contentType, expiresAt}``.
 """
 
 from __future__ import annotations
@@ -18,31 +20,42 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from backend.auth.http import client_ip
 from backend.auth.principal import Principal
-from backend.auth.service import AuthPolicy
+from backend.auth.service import AuthPolicy, count_daily_hit
 from backend.clock import utcnow
 from backend.domain import HttpHost
-from backend.errors import DomainError, ErrorCode, Forbidden, NotAuthenticated, NotFound
+from backend.edge import BODY_TOO_LARGE_HEADERS, BodyTooLarge, body_limit, media_type, refusal_body
+from backend.errors import (
+    DomainError,
+    ErrorCode,
+    Forbidden,
+    NotAuthenticated,
+    NotFound,
+    RateLimited,
+    UnsupportedMediaType,
+)
 from backend.exports import excel
 from backend.exports.excel import XLSX_MEDIA_TYPE
 from backend.exports.http import admitted, caller, check_client_rate, link_holder, refusal
 from backend.files.models import StoredFile
+from backend.files.photos import PHOTO_TYPES, put_photo
 from backend.files.service import DOWNLOAD_PREFIX, REUSABLE_PARAM, FileStore
-from backend.files.storage import check_key, finish_cleanup
+from backend.files.storage import CHUNK_BYTES, FileTooBig, check_key, finish_cleanup
 from backend.graphql.limits import AdmissionRefused
-from backend.observability import request_id_var
+from backend.observability import observe_throttle_refusal, request_id_var
 
 # How long an export's file may outlive its download when the process serving it dies.
 EXPORT_RETENTION = timedelta(hours=1)
@@ -131,7 +144,122 @@ def routes(host: HttpHost) -> list[Route]:
             return refusal(error, 400 if error.code is ErrorCode.INVALID else 401)
         return await serve_stored(files, sessions, key)
 
-    return [Route(DOWNLOAD_PREFIX + "{key:path}", download, methods=["GET"])]
+    return [photo_upload(host), Route(DOWNLOAD_PREFIX + "{key:path}", download, methods=["GET"])]
+
+
+# --------------------------------------------------------------------------- photo uploads
+
+PHOTO_UPLOAD_PATH = "/files/photos"
+MULTIPART = "multipart/form-data"
+# What a multipart body may add around its one file part (boundaries, part headers).
+MULTIPART_ENVELOPE_BYTES = 16 * 1024
+_ACCEPTED = "image/jpeg、image/png、image/webp 或 multipart/form-data"
+
+
+class PhotosPerDay(RateLimited):
+    message = "今日上传照片已达上限, 请明天再试"
+    message_en = "Too many photos uploaded in the last 24 hours; try again later"
+
+
+async def count_photo_upload(sessions: async_sessionmaker[AsyncSession], principal: Principal, *, now: datetime,
+                             per_minute: int, per_day: int) -> None:
+    """Count one upload of ``principal`` in the throttle counters every process shares
+    (``auth_throttle``, one row per key and minute, committed before the body is read):
+    RATE_LIMITED past ``per_day`` in a rolling 24 hours or ``per_minute`` this minute."""
+    key = f"photos:{principal.kind.value}:{principal.id}"
+    try:
+        async with sessions() as session, session.begin():
+            this_minute = await count_daily_hit(session, key=key, now=now, limit=per_day, refusal=PhotosPerDay())
+            if this_minute > per_minute:
+                raise RateLimited()  # rolls the hit back: only admitted uploads count
+    except RateLimited:
+        observe_throttle_refusal(key)  # counted by kind ("photos:staff"), never by id
+        raise
+
+
+def _too_large(max_bytes: int) -> Response:
+    # Connection: close, as the edge's 413: the rest of the body is never read.
+    return Response(refusal_body(FileTooBig(max_bytes), 413, maxBytes=max_bytes), 413, media_type="application/json",
+                    headers={key.decode(): value.decode() for key, value in BODY_TOO_LARGE_HEADERS})
+
+
+def _refused(error: DomainError, status: int) -> Response:
+    """:func:`refusal`, closing the connection: a refused upload's body may be unread, and
+    the server would otherwise read (and discard) all of it to keep the connection."""
+    response = refusal(error, status)
+    response.headers["connection"] = "close"
+    return response
+
+
+async def _part_chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+    while chunk := await upload.read(CHUNK_BYTES):
+        yield chunk
+
+
+def photo_upload(host: HttpHost) -> Route:
+    """``POST /files/photos``: store the body as a photo of the caller (Bearer token:
+    staff, residents and API clients alike; 401 without one).
+
+    The body is the image itself (``Content-Type`` image/jpeg, image/png or image/webp),
+    or ``multipart/form-data`` with one ``file`` part (a browser form, ``curl -F``; the
+    part's type, when an image type, must match too). Anything else is 415 before a byte
+    is read. The photo's bytes must match the type (422 PHOTO_INVALID); past
+    ``SHUIWU_FILES_MAX_PHOTO_BYTES`` it is 413 FILE_TOO_LARGE while streaming (a declared
+    ``Content-Length`` over it at once), the rest unread, nothing kept. Each upload, even
+    one refused for its content, counts against the caller's per-minute and per-day
+    limits first (429 RATE_LIMITED). The photo expires after
+    ``SHUIWU_FILES_PHOTO_CLAIM_HOURS`` unless the transaction referencing it keeps it.
+
+    Not an admitted expensive request: an upload is a slow client's I/O, and a phone on
+    a poor network would hold its owner's one slot for as long as it sends."""
+    sessions, read_engine, settings = host.sessions, host.read_engine, host.settings
+    files: FileStore = host.services["files"]
+    policy = AuthPolicy.from_settings(settings)
+    max_bytes = settings.files_max_photo_bytes
+    retention = timedelta(hours=settings.files_photo_claim_hours)
+
+    # The one size check is the body limit; a multipart body may carry its envelope on top,
+    # and its file part is held to max_bytes by the put.
+    @body_limit(max_bytes + MULTIPART_ENVELOPE_BYTES)
+    async def upload(request: Request) -> Response:
+        try:
+            principal = await caller(request, read_engine=read_engine, sessions=sessions, policy=policy)
+        except DomainError as error:
+            return _refused(error, 401)
+        declared = media_type(request.headers.get("content-type"))
+        if declared != MULTIPART and declared not in PHOTO_TYPES:
+            return _refused(UnsupportedMediaType(_ACCEPTED), 415)
+        length = request.headers.get("content-length", "").strip()
+        if declared != MULTIPART and length.isdigit() and int(length) > max_bytes:
+            return _too_large(max_bytes)
+        now = utcnow()
+        try:
+            await count_photo_upload(sessions, principal, now=now, per_minute=settings.files_photos_per_minute,
+                                     per_day=settings.files_photos_per_day)
+            if declared == MULTIPART:
+                async with request.form(max_files=1, max_fields=1) as form:
+                    part = form.get("file")
+                    if not isinstance(part, UploadFile):
+                        raise DomainError("请以表单字段 file 上传照片", "Send the photo as the form field 'file'",
+                                          field="file", code=ErrorCode.REQUIRED)
+                    part_type = media_type(part.content_type)
+                    stored = await put_photo(files, sessions, content=_part_chunks(part),
+                                             declared_type=part_type if part_type in PHOTO_TYPES else None,
+                                             max_bytes=max_bytes, owner=principal, now=now, retention=retention)
+            else:
+                stored = await put_photo(files, sessions, content=request.stream(), declared_type=declared,
+                                         max_bytes=max_bytes, owner=principal, now=now, retention=retention)
+        except (BodyTooLarge, FileTooBig):  # the edge's count, or the put's: one answer
+            return _too_large(max_bytes)
+        except DomainError as error:
+            status = {ErrorCode.PHOTO_INVALID: 422, ErrorCode.STORAGE_UNAVAILABLE: 503}.get(error.code, 400)
+            return _refused(error, status)
+        return JSONResponse({
+            "photoId": stored.key, "size": stored.size_bytes, "contentType": stored.content_type,
+            "expiresAt": stored.expires_at.isoformat() if stored.expires_at is not None else None,
+        }, 201)
+
+    return Route(PHOTO_UPLOAD_PATH, upload, methods=["POST"])
 
 
 # --------------------------------------------------------------------------- signed export routes

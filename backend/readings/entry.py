@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.exports import excel
+from backend.files import photos
 from backend.files.service import FileStore
 from backend.readings.models import ReadingQuality
 from backend.readings.partitions import DEFAULT_TIMEZONE, as_zone
@@ -150,7 +151,7 @@ async def _scoped_meter(session: AsyncSession, meter_id: int, scope_patterns: Se
 # --------------------------------------------------------------------------- manual entry
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 64
-PHOTO_PURPOSE = "photos"
+PHOTO_PURPOSE = photos.PHOTO_PURPOSE  # what POST /files/photos stores a photo as
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,7 +56,8 @@ class EnterReadingInput:
         default=False, description="Store it even though it is lower than the meter's previous reading."
     )
     photo_id: strawberry.ID | None = strawberry.field(
-        default=None, description="The stored file key of a photo of the dial the caller uploaded (an image); kept with the entry.")
+        default=None, description="The photoId POST /files/photos answered for a photo of the dial the caller uploaded; "
+                                  "kept with the entry.")
     idempotency_key: str | None = strawberry.field(
         default=None,
         description="A client key (a UUID, at most 64 characters) so an entry synced twice is stored once: a replay answers "
