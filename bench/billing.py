@@ -230,11 +230,19 @@ async def load(url: str, count: int) -> None:
         async with sessions() as session, session.begin():  # committed: pg_statistic is transactional
             await (await raw_connection(session)).execute("ANALYZE")
         started = time.perf_counter()
+        seconds = []
         for period in MONTHS[:-1]:
             async with sessions() as session, session.begin():
+                driver = await raw_connection(session)
+                # Setup only: the foreign keys' triggers (half of the writing statement's
+                # time) are skipped; the rows satisfy them, as the timed runs check.
+                await driver.execute("SET LOCAL session_replication_role = replica")
                 await bound_run(session, period)
-        print(f"setup: {len(MONTHS) - 1} earlier periods billed by the bound's SQL in "
-              f"{time.perf_counter() - started:.1f} s", flush=True)
+            seconds.append(time.perf_counter() - started - sum(seconds))
+            async with sessions() as session, session.begin():  # the bills' statistics as they grow
+                await (await raw_connection(session)).execute("ANALYZE bills, bill_lines, ledger_entries, accounts")
+        print(f"setup: {len(MONTHS) - 1} earlier periods billed by the bound's SQL in {sum(seconds):.1f} s "
+              f"({' '.join(f'{t:.1f}' for t in seconds)})", flush=True)
     finally:
         await engine.dispose()
     connection = await asyncpg.connect(to_libpq_url(url))
