@@ -282,7 +282,7 @@ WITH acc AS (  -- the billable accounts: open, postpaid, not held, not billed fo
     SELECT a.id AS account_id, a.household_id, a.tariff_code, a.persons, a.balance_fen, a.opened_at,
            h.customer_type
     FROM accounts a JOIN households h ON h.id = a.household_id
-    WHERE {_BILLABLE}
+    WHERE {_BILLABLE} AND a.opened_at < $2
 ), windows AS (  -- the household's meters, each within its assignment, from the opening to the period end
     SELECT row_number() OVER () AS ord, acc.account_id, ma.meter_id,
            greatest(ma.valid_from, acc.opened_at) AS start_at, least(coalesce(ma.valid_to, $2), $2) AS end_at
@@ -297,33 +297,38 @@ measured AS (  -- usage from the opening to the period end
            CASE rules ->> 'cycle' WHEN 'year' THEN date_trunc('year', $1::date)::date ELSE $1::date END AS cycle_start
     FROM tariffs WHERE valid_from <= $1::date ORDER BY code, valid_from DESC
 ), earlier AS (  -- the account's earlier live bills: volume billed, this cycle's part, the latest's end readings
-    SELECT acc.account_id, e.billed_m3, e.prior_cycle_m3, e.start_readings
+    SELECT acc.account_id, e.billed_m3, e.prior_cycle_m3, e.start_readings, coalesce(v.of_period, 0) AS of_period
     FROM acc JOIN tariff t ON t.code = acc.tariff_code
     CROSS JOIN LATERAL (
         SELECT coalesce(sum(b.volume_m3), 0) AS billed_m3,
                coalesce(sum(b.volume_m3) FILTER (WHERE b.cycle_start = t.cycle_start), 0) AS prior_cycle_m3,
                coalesce((array_agg(b.end_readings ORDER BY b.period DESC))[1], '[]'::jsonb) AS start_readings
-        FROM bills b WHERE b.account_id = acc.account_id AND b.status <> 'voided'
+        FROM bills b WHERE b.account_id = acc.account_id AND b.status <> 'voided' AND b.period < $1
     ) e
-), ends AS (  -- each current meter's last reading up to the period end
+    LEFT JOIN (  -- the period's voided bills: the entry key's number counts them
+        SELECT b.account_id, count(*) AS of_period FROM bills b WHERE b.period = $1 GROUP BY b.account_id
+    ) v ON v.account_id = acc.account_id
+), ends AS (  -- each meter serving the household at the period end: its last reading up to it
     SELECT acc.account_id,
-           jsonb_agg(jsonb_build_object('meter_id', ma.meter_id, 'read_at', r.read_at, 'total_m3', r.total_m3)
+           jsonb_agg(jsonb_build_object('meter_id', ma.meter_id, 'read_at', r.read_at, 'total_m3', r.total_m3::text)
                      ORDER BY ma.meter_id) AS end_readings
-    FROM acc JOIN meter_assignments ma ON ma.household_id = acc.household_id AND ma.valid_to IS NULL
+    FROM acc JOIN meter_assignments ma ON ma.household_id = acc.household_id AND ma.valid_from < $2
+        AND (ma.valid_to IS NULL OR ma.valid_to >= $2)
     CROSS JOIN LATERAL (SELECT r.read_at, r.total_m3 FROM readings r WHERE r.meter_id = ma.meter_id
                         AND r.read_at <= $2 ORDER BY r.read_at DESC LIMIT 1) r
     GROUP BY acc.account_id
 ), late_fee AS (  -- the customer type's late-fee rule, else the defaults
     SELECT acc.account_id,
            CASE WHEN r.customer_type IS NULL THEN 0.0005 WHEN r.enabled THEN r.daily_rate ELSE 0 END AS rate,
-           coalesce(r.grace_days, 15) AS grace_days, coalesce(r.cap_percent, 100) AS cap_percent
+           coalesce(r.grace_days, 15) AS grace_days,
+           CASE WHEN r.customer_type IS NULL OR r.enabled THEN coalesce(r.cap_percent, 100) ELSE 0 END AS cap_percent
     FROM acc LEFT JOIN late_fee_rules r ON r.customer_type = acc.customer_type
 )
 SELECT nextval('bills_id_seq') AS bill_id, nextval('ledger_entries_id_seq') AS entry_id,
        acc.account_id, acc.household_id, acc.tariff_code, acc.persons, acc.balance_fen,
        t.valid_from AS tariff_from, t.cycle_start,
-       coalesce(m.measured_m3, 0) AS measured_m3, coalesce(m.measured_m3, 0) - e.billed_m3 AS volume_m3,
-       e.prior_cycle_m3, e.start_readings, coalesce(en.end_readings, '[]'::jsonb) AS end_readings,
+       coalesce(m.measured_m3, 0) AS measured_m3, greatest(coalesce(m.measured_m3, 0) - e.billed_m3, 0) AS volume_m3,
+       e.prior_cycle_m3, e.start_readings, e.of_period, coalesce(en.end_readings, '[]'::jsonb) AS end_readings,
        lf.rate AS late_fee_rate, lf.cap_percent,
        ($3::timestamptz AT TIME ZONE $4)::date + lf.grace_days AS due_date
 FROM acc JOIN tariff t ON t.code = acc.tariff_code
@@ -380,31 +385,34 @@ WITH amounts AS (
 ), run AS (
     INSERT INTO billing_runs (period, area_id, status, started_by, started_at, finished_at, accounts, issued, held,
                               already_billed, skipped, amount_fen)
-    SELECT $1::date, NULL, 'finished', $5, $4, clock_timestamp(), l.accounts, (SELECT count(*) FROM amounts), l.held,
-           l.already_billed, 0, (SELECT coalesce(sum(amount_fen), 0) FROM amounts)
+    SELECT $1::date, NULL, 'finished', $5, $4, $4, l.accounts, (SELECT count(*) FROM amounts), l.held,
+           l.already_billed, l.accounts - l.held - l.already_billed - (SELECT count(*) FROM amounts),
+           (SELECT coalesce(sum(amount_fen), 0) FROM amounts)
     FROM looked_at l
     RETURNING id
 ), entries AS (
     INSERT INTO ledger_entries (id, account_id, kind, amount_fen, balance_after_fen, ref, idempotency_key,
                                 cycle_start, volume_m3, note, posted_by, posted_at)
     SELECT entry_id, account_id, 'bill', -amount_fen, balance_fen - amount_fen, 'bill:' || bill_id,
-           'bill:' || account_id || ':' || $1::date || ':1', NULL, NULL, '', $5, $4
-    FROM amounts ORDER BY account_id
+           'bill:' || account_id || ':' || $1::date || ':' || (of_period + 1), NULL, NULL, '', $5, $4
+    FROM amounts WHERE amount_fen > 0 ORDER BY account_id  -- a bill of ¥0 has no entry (and is paid)
 ), bills AS (
     INSERT INTO bills (id, account_id, household_id, period, months, kind, status, run_id, period_start, period_end,
                        tariff_code, persons, start_readings, end_readings, measured_m3, volume_m3, cycle_start,
                        prior_cycle_m3, amount_fen, due_date, late_fee_rate, late_fee_cap_fen, entry_id, issued_at,
-                       issued_by)
-    SELECT bill_id, account_id, household_id, $1::date, 1, 'regular', 'open', (SELECT id FROM run), $2, $3,
+                       issued_by, paid_at)
+    SELECT bill_id, account_id, household_id, $1::date, 1, 'regular', CASE WHEN amount_fen = 0 THEN 'paid' ELSE 'open' END,
+           (SELECT id FROM run), $2, $3,
            tariff_code, persons, start_readings, end_readings, measured_m3, volume_m3, cycle_start, prior_cycle_m3,
-           amount_fen, due_date, late_fee_rate, amount_fen * cap_percent / 100, entry_id, $4, $5
+           amount_fen, due_date, late_fee_rate, round(amount_fen * cap_percent / 100.0),
+           CASE WHEN amount_fen > 0 THEN entry_id END, $4, $5, CASE WHEN amount_fen = 0 THEN $4 END
     FROM amounts ORDER BY account_id
 ), lines AS (
     INSERT INTO bill_lines (bill_id, line_no, component, tier, volume_m3, price, amount_fen, valid_from)
     SELECT bill_id, line_no, component, tier, volume_m3, price, amount_fen, valid_from FROM bound_lines
 ), balances AS (
     UPDATE accounts a SET balance_fen = s.balance_fen - s.amount_fen
-    FROM amounts s WHERE a.id = s.account_id
+    FROM amounts s WHERE a.id = s.account_id AND s.amount_fen > 0
 )
 SELECT count(*) FROM amounts
 """.replace("{held}", _HELD)
@@ -417,6 +425,8 @@ async def bound_run(session: AsyncSession, period: date) -> int:
     now = issued_now(period)
     await prepare_review(session, period=period, now=now, tz=TZ)
     driver = await raw_connection(session)
+    # The readings' instants in the bills' JSON in the utility's zone, as ours writes them.
+    await driver.execute(f"SET LOCAL TimeZone = '{TZ_NAME}'")
     await driver.fetchval(_BOUND_LOCK, period)
     await driver.execute(_BOUND_BILLED, period, end, now, TZ_NAME)
     await driver.execute(_BOUND_LINES, period)
