@@ -13,9 +13,10 @@ used. No meter has an alarm and every meter has a reading in each period's last 
 so reading review holds nothing (checked).
 
 The twelve periods 2025-11 … 2026-10 are billed first in the base database by the bound's
-own SQL (one transaction a period), so both sides start from the same 12 bills per
-account. The base is then copied (``CREATE DATABASE … TEMPLATE``), and on one copy each,
-through the app's engine, 2026-11 is billed:
+own SQL (one transaction a period; setup only, the foreign keys' triggers are skipped
+there), so both sides start from the same 12 bills per account. The base is then
+copied (``CREATE DATABASE … TEMPLATE``), and on one copy each, through the app's engine,
+2026-11 is billed:
 
 - **ours**: ``backend.billing.bills.run_billing(session, period=2026-11-01, now=…, by=…,
   tz=…)`` in one transaction, committed;
@@ -29,7 +30,8 @@ through the app's engine, 2026-11 is billed:
   to the fen), and one statement of data-modifying CTEs writing the billing run, the
   ledger entries, the bills, their lines and the balances. It skips what the bench's
   data does not need: tariff versions changing inside the period (proration), the
-  minimum monthly charge, household sizes, the sewage coefficient, zero bills, events.
+  minimum monthly charge, household sizes, the sewage coefficient, bimonthly areas and
+  scopes, credit already on an account (ours' ``allocate_credit``), ``bill.issued``.
 
 Then both copies are compared row by row on what must be equal, surrogate ids aside
 (bills by account and period, with their lines; the run's ledger entries; every
