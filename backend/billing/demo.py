@@ -468,7 +468,8 @@ async def settle_demo_history(session: AsyncSession, *, seed: int, now: datetime
 
 async def demo_step(session: AsyncSession, plan: DemoPlan) -> None:
     """Billing's demo step (module docstring): tariffs, accounts from the readings' first
-    day, and with the readings, the master-station prepaid history up to ``plan.now``."""
+    day, and with the readings, the master-station prepaid history and the postpaid
+    bills and payments (backend.billing.demo_bills) up to ``plan.now``."""
     plan.progress("水价")
     await load_example_tariffs(session)
     zone = as_zone(plan.timezone)
@@ -476,3 +477,9 @@ async def demo_step(session: AsyncSession, plan: DemoPlan) -> None:
     await open_demo_accounts(session, seed=plan.seed, opened_at=window_start(plan.now, zone))
     if plan.readings:
         await settle_demo_history(session, seed=plan.seed, now=plan.now, tz=zone, progress=plan.progress)
+        # The postpaid accounts' bills and payments (backend.billing.demo_bills, which
+        # uses this module's habits: imported here).
+        from backend.billing.demo_bills import bill_demo_history
+
+        await bill_demo_history(session, seed=plan.seed, now=plan.now, zone=zone, by=plan.actor.name,
+                                progress=plan.progress)
