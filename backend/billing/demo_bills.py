@@ -25,8 +25,9 @@ entry, so fees post and bills settle exactly as at the counter. A payment pays w
 account owes that day (its open bills' principal and late fee,
 :func:`backend.billing.late_fees.owed_on`): no amount is written by hand.
 
-- most bills are paid on a day between their issue and their due date;
-- about :data:`LATE_PERCENT` % of bills are paid 1–30 days after the due date (the late
+- most bills are paid on a day between their issue and their due date (a few days a
+  month: :data:`_PAY_DAYS` after the issue);
+- about :data:`LATE_PERCENT` % of bills are paid 3–27 days after the due date (the late
   fee is posted at payment by the allocation);
 - about :data:`UNPAID_PERCENT` % of the accounts (at least one) leave their last two or
   three bills unpaid: they stand overdue at ``now`` (催缴单);
@@ -83,7 +84,9 @@ UNPAID_PERCENT, UNPAID_MINIMUM = 3, 1
 PENDING_KEPT = 2  # reviews of the latest period left for 抄表审核
 APPROVAL_REASON = "示范数据: 读数已核实"
 _AHEAD_ROUND_FEN = 100_000
-_LATE_DAYS = 30
+# Days after the issue a bill is paid on, and after the due date a late one.
+_PAY_DAYS = (0, 1, 4, 8, 12, 15)
+_LATE_DAYS = (3, 8, 16, 27)
 
 # The order of steps at one instant.
 _FEES, _RUN, _APPROVE, _PAY = range(4)
@@ -116,6 +119,7 @@ SELECT a.id, EXISTS (SELECT FROM ledger_entries e WHERE e.account_id = a.id AND 
        (SELECT max(e.posted_at) FROM ledger_entries e WHERE e.account_id = a.id) AS newest
 FROM unnest($1::bigint[], $2::text[]) AS a(id, key)
 """
+_ANALYZE = "ANALYZE ledger_entries, bills, bill_allocations"
 _WATERMARK = "SELECT coalesce(max(id), 0) FROM domain_events"
 _BACKDATE_ISSUED = """
 UPDATE domain_events SET created_at = $2, relayed_at = $2 WHERE id > $1 AND kind = 'bill.issued'
@@ -174,12 +178,14 @@ def _payers(seed: int, rows: Sequence[Any], periods: Sequence[date]) -> dict[int
 
 
 def _pay_day(seed: int, account_id: int, period: date, issued: date, due: date) -> date:
-    """The day the household pays the bill: within its due days, or (``LATE_PERCENT`` %)
-    1–30 days after."""
+    """The day the household pays the bill: one of a few days between its issue and its
+    due date, or (``LATE_PERCENT`` %) a few days to a month after it. Payments cluster on
+    a few days a month (the bank's debit day, the days before the due date), which also
+    keeps the history to a posting and an allocation per such day."""
     roll = _hash(seed, "pay", account_id, period.isoformat())
     if roll % 100 < LATE_PERCENT:
-        return due + timedelta(days=1 + (roll // 100) % _LATE_DAYS)
-    return issued + timedelta(days=(roll // 100) % ((due - issued).days + 1))
+        return due + timedelta(days=_LATE_DAYS[(roll // 100) % len(_LATE_DAYS)])
+    return min(due, issued + timedelta(days=_PAY_DAYS[(roll // 100) % len(_PAY_DAYS)]))
 
 
 async def bill_demo_history(session: AsyncSession, *, seed: int, now: datetime, zone: tzinfo, by: str,
@@ -229,6 +235,9 @@ async def bill_demo_history(session: AsyncSession, *, seed: int, now: datetime, 
         watermark = await driver.fetchval(_WATERMARK)
         result = await run_billing(session, period=period, account_ids=account_ids, now=instant, by=by, tz=zone)
         await driver.execute(_BACKDATE_ISSUED, watermark, instant)
+        # The tables grow inside this one transaction, where autovacuum sees nothing: with
+        # their statistics kept up, the days' postings and allocations plan for their size.
+        await driver.execute(_ANALYZE)
         plan_payments(await issued_bills(result.bill_ids))
         return result.issued
 
