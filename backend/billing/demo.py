@@ -53,6 +53,11 @@ keeps history in the database can still replay them with ``--since``.
 **Again.** Loading again with the same ``now`` writes nothing (every account is settled
 to ``now``; opening skips households with an open account); a later ``now`` continues
 each account from where it was settled.
+
+**Postpaid.** After the prepaid history, :mod:`backend.billing.demo_bills` bills the
+postpaid accounts month by month through the real billing run (backdated to the 3rd,
+02:30), lets their residents pay (through the ledger and ``allocate_credit``, with this
+module's channels and counter times) and posts the month-end late fees.
 """
 
 from __future__ import annotations
