@@ -48,7 +48,7 @@ caller commits.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any
@@ -267,12 +267,14 @@ async def allocate_credit(
     entry_id: int | None = None,
     bill_ids: Sequence[int] = (),
     by: str = "系统",
+    entry_ids: Mapping[int, int] | None = None,
 ) -> Allocations:
     """Allocate the money available on each of ``account_ids`` (postpaid ones; others are
     skipped) to its open bills as of day ``on`` (module docstring). ``entry_id`` is the
-    credit that brought the money (one account's payment) or None; ``bill_ids`` are paid
-    first (check them with :func:`check_payable_bills`). Set-based: a few statements for
-    any number of accounts."""
+    credit that brought the money (one account's payment) or None; ``entry_ids`` names
+    each account's own credit instead (a day of many accounts' payments, as the demo's
+    history posts them); ``bill_ids`` are paid first (check them with
+    :func:`check_payable_bills`). Set-based: a few statements for any number of accounts."""
     driver = await raw_connection(session)
     candidates = [row[0] for row in await driver.fetch(_WITH_CREDIT, sorted(set(account_ids)))]
     accounts = await lock_accounts(session, candidates)
@@ -287,7 +289,8 @@ async def allocate_credit(
     paid: list[int] = []
     named = set(bill_ids)
     for account_id in postpaid:
-        _allocate_account(accounts[account_id], by_account.get(account_id, []), on=on, now=now, entry_id=entry_id,
+        credit = entry_ids.get(account_id, entry_id) if entry_ids is not None else entry_id
+        _allocate_account(accounts[account_id], by_account.get(account_id, []), on=on, now=now, entry_id=credit,
                           named=named, fees=fees, lines=lines, paid=paid)
     if fees:
         await post_entries(session, fees, posted_by=by, posted_at=now)

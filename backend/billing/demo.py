@@ -53,6 +53,11 @@ keeps history in the database can still replay them with ``--since``.
 **Again.** Loading again with the same ``now`` writes nothing (every account is settled
 to ``now``; opening skips households with an open account); a later ``now`` continues
 each account from where it was settled.
+
+**Postpaid.** After the prepaid history, :mod:`backend.billing.demo_bills` bills the
+postpaid accounts month by month through the real billing run (backdated to the 3rd,
+02:30), lets their residents pay (through the ledger and ``allocate_credit``, with this
+module's channels and counter times) and posts the month-end late fees.
 """
 
 from __future__ import annotations
@@ -468,7 +473,8 @@ async def settle_demo_history(session: AsyncSession, *, seed: int, now: datetime
 
 async def demo_step(session: AsyncSession, plan: DemoPlan) -> None:
     """Billing's demo step (module docstring): tariffs, accounts from the readings' first
-    day, and with the readings, the master-station prepaid history up to ``plan.now``."""
+    day, and with the readings, the master-station prepaid history and the postpaid
+    bills and payments (backend.billing.demo_bills) up to ``plan.now``."""
     plan.progress("水价")
     await load_example_tariffs(session)
     zone = as_zone(plan.timezone)
@@ -476,3 +482,9 @@ async def demo_step(session: AsyncSession, plan: DemoPlan) -> None:
     await open_demo_accounts(session, seed=plan.seed, opened_at=window_start(plan.now, zone))
     if plan.readings:
         await settle_demo_history(session, seed=plan.seed, now=plan.now, tz=zone, progress=plan.progress)
+        # The postpaid accounts' bills and payments (backend.billing.demo_bills, which
+        # uses this module's habits: imported here).
+        from backend.billing.demo_bills import bill_demo_history
+
+        await bill_demo_history(session, seed=plan.seed, now=plan.now, zone=zone, by=plan.actor.name,
+                                progress=plan.progress)

@@ -1,5 +1,5 @@
-"""Payments' demo step (backend.payments.domain): the history's recharges as the payments
-they were, and the demo cashier's handed-over days.
+"""Payments' demo step (backend.payments.domain): the history's recharges and bill payments
+as the payments they were, and the demo cashier's handed-over days.
 
 **Why after the fact.** Billing's demo step runs first (domain order) and posts 13
 months of residents' recharges straight into the ledger (ref ``demo:recharge``, note
@@ -8,7 +8,9 @@ imports payments, so it cannot write their payment rows. This step records each 
 entry as the payment it was: one ``payments`` row per entry, ``entry_id`` that entry, the
 same account and amount, ``paid_at`` its ``posted_at``, the business day in the demo's
 zone, a 流水号 from :func:`backend.payments.counter.serial_number` and the idempotency key
-``demo:payment:<entry id>``.
+``demo:payment:<entry id>``. The postpaid history's bill payments (ref ``demo:bills``, kind
+``payment``, note ``缴费 (<channel>)``, allocated to the bills by billing's step with the
+entry named) are recorded the same way with purpose ``bills``.
 
 **Channels** come from the entry's note (:data:`CHANNELS`): 营业厅现金 is cash taken at the
 counter by the demo cashier (``plan.logins["cashier"]``, 李秀英), who also takes 刷卡 (with a
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from backend.domain import DemoPlan
 
 RECHARGE_REF = "demo:recharge"  # billing's demo history (backend.billing.demo)
+BILLS_REF = "demo:bills"  # its postpaid payments (backend.billing.demo_bills)
 PAYMENT_KEY_PREFIX = "demo:payment:"  # + the entry id
 HANDED_OVER_AT = time(21, 30)  # after the hall's last customer (billing's demo posts until 20:59)
 DEMO_NAME = "示范数据"  # the operator of a payment of an unknown channel, and the days' note
@@ -73,7 +76,7 @@ BANKS = (("工商银行", "城东支行"), ("建设银行", "解放路支行"), 
 
 _UNRECORDED = """
 SELECT e.id, e.posted_at FROM ledger_entries e
-WHERE e.ref = $1 AND e.kind = 'recharge'
+WHERE ((e.ref = $1 AND e.kind = 'recharge') OR (e.ref = $2 AND e.kind = 'payment'))
   AND NOT EXISTS (SELECT FROM payments p WHERE p.entry_id = e.id)
 ORDER BY e.id
 """
@@ -86,7 +89,7 @@ INSERT INTO payments (id, serial_no, idempotency_key, account_id, household_id, 
                       reference, bank_partner, bank_outlet, operator_id, operator_name, status, entry_id, note,
                       paid_at, business_day)
 SELECT n.payment_id, n.serial_no, $14 || e.id, e.account_id, a.household_id, 'collect',
-       coalesce(m.channel, 'other'), 'recharge', e.amount_fen,
+       coalesce(m.channel, 'other'), CASE e.kind WHEN 'payment' THEN 'bills' ELSE 'recharge' END, e.amount_fen,
        CASE coalesce(m.channel, 'other')
            WHEN 'card' THEN to_char(n.day, 'MMDD') || lpad((e.id % 100000000)::text, 8, '0')
            WHEN 'transfer' THEN 'ZZ' || to_char(n.day, 'YYYYMMDD') || lpad((e.id % 100000000)::text, 8, '0')
@@ -102,7 +105,7 @@ FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::date[]) AS n(entry_id, p
 JOIN ledger_entries e ON e.id = n.entry_id
 JOIN accounts a ON a.id = e.account_id
 LEFT JOIN unnest($5::text[], $6::text[], $7::bool[], $8::text[]) AS m(label, channel, counter, operator_name)
-       ON e.note = '充值 (' || m.label || ')'
+       ON e.note IN ('充值 (' || m.label || ')', '缴费 (' || m.label || ')')
 LEFT JOIN unnest($11::text[], $12::text[]) WITH ORDINALITY AS b(partner, outlet, n)
        ON m.channel = 'bank' AND b.n = e.account_id % cardinality($11::text[]) + 1
 ORDER BY n.payment_id
@@ -148,7 +151,7 @@ class DemoPayments:
 
 
 async def record_demo_payments(session: AsyncSession, *, cashier_username: str, tz: str | tzinfo) -> DemoPayments:
-    """Record every ``demo:recharge`` ledger entry without a payment as its payment, and
+    """Record every ``demo:recharge`` and ``demo:bills`` ledger entry without a payment as its payment, and
     hand over the cashier's days before the last (module docstring). Set-based: one
     ``INSERT … SELECT`` for the payments, one for the days. The caller commits."""
     zone = as_zone(tz)
@@ -156,7 +159,7 @@ async def record_demo_payments(session: AsyncSession, *, cashier_username: str, 
     cashier = await driver.fetchrow(_CASHIER, cashier_username)
     if cashier is None:
         raise LookupError(f"the demo cashier {cashier_username!r} does not exist: backend.demo loads it first")
-    entries = await driver.fetch(_UNRECORDED, RECHARGE_REF)
+    entries = await driver.fetch(_UNRECORDED, RECHARGE_REF, BILLS_REF)
     written = 0
     if entries:
         ids = [row[0] for row in await driver.fetch(_RESERVE, len(entries))]
@@ -177,7 +180,7 @@ async def record_demo_payments(session: AsyncSession, *, cashier_username: str, 
 
 
 async def demo_step(session: AsyncSession, plan: DemoPlan) -> None:
-    """Payments' demo step (module docstring): the history's recharges as payments, and
+    """Payments' demo step (module docstring): the history's recharges and bill payments as payments, and
     the demo cashier's days handed over but the last."""
     plan.progress("收费记录")
     # The demo's people are loaded before this step (backend.demo).

@@ -60,7 +60,12 @@ async def test_only_master_station_accounts_are_settled_month_by_month_with_back
 ) -> None:
     by_mode = dict(await _rows(committed_sessions, "SELECT a.mode, count(e.id) FROM accounts a "
                                                    "LEFT JOIN ledger_entries e ON e.account_id = a.id GROUP BY a.mode"))
-    assert by_mode["prepaid_card"] == by_mode["prepaid_meter"] == by_mode["postpaid"] == 0
+    assert by_mode["prepaid_card"] == by_mode["prepaid_meter"] == 0
+    # Postpaid accounts have bills, payments and late fees (tests/billing/test_demo_bills.py).
+    [(postpaid_kinds,)] = await _rows(committed_sessions, "SELECT array_agg(DISTINCT e.kind) FROM ledger_entries e "
+                                                          "JOIN accounts a ON a.id = e.account_id "
+                                                          "WHERE a.mode = 'postpaid'")
+    assert set(postpaid_kinds) == {"bill", "payment", "late_fee"}  # type: ignore[arg-type]
     [(charge_instants, first_charge, last_charge, recharges, keyed, recharge_hours, early)] = await _rows(
         committed_sessions, """
         SELECT count(DISTINCT e.posted_at) FILTER (WHERE e.kind = 'charge'),
@@ -69,7 +74,7 @@ async def test_only_master_station_accounts_are_settled_month_by_month_with_back
                count(*) FILTER (WHERE e.kind = 'recharge' AND e.idempotency_key ~ '^demo:recharge:[0-9]+:[0-9]+$'),
                count(DISTINCT extract(hour FROM e.posted_at AT TIME ZONE 'Asia/Shanghai')) FILTER (WHERE e.kind = 'recharge'),
                count(*) FILTER (WHERE e.posted_at <= a.opened_at)
-        FROM ledger_entries e JOIN accounts a ON a.id = e.account_id""")
+        FROM ledger_entries e JOIN accounts a ON a.id = e.account_id WHERE a.mode = 'prepaid_station'""")
     # The window opens 2025-10-20: 13 month ends (2025-11-01 … 2026-11-01) and NOW, each
     # settlement posted in the second before it (the month's statement holds its charges).
     assert charge_instants == 14

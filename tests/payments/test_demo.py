@@ -1,5 +1,5 @@
-"""The payments demo (backend.payments.demo): every recharge of billing's history is one
-payment of a mix of channels with its entry, no ``payment.succeeded`` is emitted for
+"""The payments demo (backend.payments.demo): every recharge and bill payment of billing's
+history is one payment of a mix of channels with its entry, no ``payment.succeeded`` is emitted for
 history, the demo cashier's days but the last are handed over and add up, the check line
 agrees, and running the step again writes nothing."""
 
@@ -21,16 +21,17 @@ from tests.small_demo import rows as _rows
 database_url, demo = small_demo.database_url, small_demo.demo
 
 
-async def test_every_demo_recharge_entry_is_exactly_one_payment_of_its_account_amount_and_instant(
+async def test_every_demo_recharge_and_bill_payment_entry_is_exactly_one_payment_of_its_account_amount_and_instant(
     demo: None, committed_sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     [(entries, payments, unmatched, duplicated, wrong_keys, wrong_days, events)] = await _rows(committed_sessions, """
-        SELECT (SELECT count(*) FROM ledger_entries WHERE ref = 'demo:recharge'),
+        SELECT (SELECT count(*) FROM ledger_entries WHERE ref IN ('demo:recharge', 'demo:bills')),
                (SELECT count(*) FROM payments),
-               (SELECT count(*) FROM ledger_entries e WHERE e.ref = 'demo:recharge' AND NOT EXISTS (
+               (SELECT count(*) FROM ledger_entries e WHERE e.ref IN ('demo:recharge', 'demo:bills') AND NOT EXISTS (
                     SELECT FROM payments p WHERE p.entry_id = e.id AND p.account_id = e.account_id
                     AND p.amount_fen = e.amount_fen AND p.paid_at = e.posted_at AND p.kind = 'collect'
-                    AND p.purpose = 'recharge' AND p.status = 'succeeded')),
+                    AND p.purpose = CASE e.ref WHEN 'demo:bills' THEN 'bills' ELSE 'recharge' END
+                    AND p.status = 'succeeded')),
                (SELECT count(*) FROM (SELECT entry_id FROM payments GROUP BY entry_id HAVING count(*) > 1) AS twice),
                (SELECT count(*) FROM payments WHERE idempotency_key <> 'demo:payment:' || entry_id
                     OR serial_no <> 'SW' || to_char(business_day, 'YYYYMMDD') || lpad(id::text, 10, '0')),
