@@ -67,6 +67,7 @@ from strawberry.extensions.field_extension import FieldExtension
 from backend.auth.ratelimit import source_of
 from backend.errors import BadUserInput, ErrorCode, Forbidden, NotAuthenticated, PageSizeExceeded, RateLimited
 from backend.graphql.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from backend.slicing import LOOP_SHARE
 
 # A plain list whose field declares no ``items``: about a screen's worth.
 DEFAULT_LIST_ITEMS = 20
@@ -586,7 +587,9 @@ class Admission:
             finally:
                 self.waiting -= 1
             try:
-                yield
+                # Admitted work gives the loop to the requests that are not (backend.slicing).
+                with LOOP_SHARE.running_admitted():
+                    yield
             finally:
                 self._process.release()
                 semaphore.release()
