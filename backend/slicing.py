@@ -32,8 +32,9 @@ T = TypeVar("T")
 
 
 class LoopShare:
-    """Requests in flight on this process's loop, and how many of them run admitted; the
-    rest are the foreground. One event loop per process, so plain counters suffice."""
+    """Requests in flight on this process's loop, and how many of them are expensive
+    (admitted, or waiting for admission); the rest are the foreground. One event loop per
+    process, so plain counters suffice."""
 
     __slots__ = ("admitted", "requests")
 
@@ -56,8 +57,9 @@ class LoopShare:
             self.requests -= 1
 
     @contextlib.contextmanager
-    def running_admitted(self) -> Iterator[None]:
-        """Around admitted work: its slices, and those of the tasks it starts, :func:`pause`."""
+    def admitted_work(self) -> Iterator[None]:
+        """Around an expensive request from its wait for admission on: its slices, and those
+        of the tasks it starts, :func:`pause`."""
         self.admitted += 1
         token = _admitted.set(True)
         try:

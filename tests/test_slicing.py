@@ -81,3 +81,21 @@ async def test_a_foreground_request_gets_its_loop_turns_while_admitted_work_runs
     await asyncio.gather(heavy(), small())
     assert built == 600
     assert slices_during[0] <= 5
+
+
+async def test_a_request_waiting_for_admission_is_not_foreground() -> None:
+    """A households page queued behind a year of statistics does no loop work: the running
+    one keeps its turns."""
+    admission = Admission(per_process=1, per_principal=1, wait_s=1)
+
+    async def queued() -> None:
+        async with admission.admit("staff:2"):
+            pass
+
+    with LOOP_SHARE.request(), LOOP_SHARE.request():
+        async with admission.admit("staff:1"):
+            waiting = asyncio.ensure_future(queued())
+            await asyncio.sleep(0.01)
+            assert (admission.waiting, LOOP_SHARE.foreground) == (1, 0)
+            assert await pause_beats_a_timer_of_one_pause()
+        await waiting

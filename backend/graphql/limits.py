@@ -572,6 +572,14 @@ class Admission:
 
     @contextlib.asynccontextmanager
     async def admit(self, key: str) -> AsyncIterator[None]:
+        # From its wait on, an expensive request is not foreground work: admitted, it gives
+        # the loop to the requests that are (backend.slicing).
+        with LOOP_SHARE.admitted_work():
+            async with self._slots(key):
+                yield
+
+    @contextlib.asynccontextmanager
+    async def _slots(self, key: str) -> AsyncIterator[None]:
         deadline = asyncio.get_running_loop().time() + self.wait_s
         semaphore, users = self._callers.setdefault(key, (asyncio.Semaphore(self.per_principal), [0]))
         users[0] += 1
@@ -587,9 +595,7 @@ class Admission:
             finally:
                 self.waiting -= 1
             try:
-                # Admitted work gives the loop to the requests that are not (backend.slicing).
-                with LOOP_SHARE.running_admitted():
-                    yield
+                yield
             finally:
                 self._process.release()
                 semaphore.release()
