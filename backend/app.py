@@ -57,6 +57,7 @@ from backend.http_guards import CancelOnDisconnect, UnexpectedErrorGuard
 from backend.jobs import defer_job
 from backend.observability import DB_POOL, observe_http, registry, request_id_var
 from backend.settings import Settings
+from backend.slicing import LOOP_SHARE
 
 log = logging.getLogger("shuiwu.http")
 
@@ -109,6 +110,21 @@ class RequestIdMiddleware:
             label = getattr(route, "path", "unmatched")
             observe_http(label, str(status), time.perf_counter() - started)
             request_id_var.reset(token)
+
+
+class InFlight:
+    """Counts HTTP requests in flight on this process's loop (:data:`backend.slicing.LOOP_SHARE`):
+    admitted work yields to the others between its slices."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with LOOP_SHARE.request():
+            await self.app(scope, receive, send)
 
 
 def tune_garbage_collector() -> None:
@@ -264,11 +280,13 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
     # The plain routes' caller check (backend.exports.http.caller) takes API clients' tokens here.
     app.state.client_limiter = limiter
     # Each add wraps what is there. From the outside in: the client address, security
-    # headers, the request id, the anonymous gate, the error guard, the disconnect watch,
-    # the body limit.
+    # headers, the request id, the anonymous gate, the count of requests in flight, the
+    # error guard, the disconnect watch, the body limit.
     app.add_middleware(BodyLimitMiddleware, default_max_bytes=settings.max_body_bytes)
     app.add_middleware(CancelOnDisconnect)
     app.add_middleware(UnexpectedErrorGuard)
+    # Requests in flight past the gate: while any runs unadmitted, admitted work yields more.
+    app.add_middleware(InFlight)
     # Anonymous floods are refused here, before the guards and routing: /graphql without a
     # bearer token, /oauth/token always (its callers have no token yet).
     app.add_middleware(AnonymousGate, check=anonymous.check, paths={"/graphql": True, "/oauth/token": False},

@@ -28,7 +28,6 @@ stalls every other request (``/healthz`` included) until it is done.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -50,7 +49,7 @@ from graphql import (
 from graphql.pyutils import Path, gather_with_cancel
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
-from backend.slicing import Slices
+from backend.slicing import Slices, pause
 
 
 class _NotPrefetched:
@@ -345,7 +344,7 @@ class FastExecutionContext(StrawberryGraphQLCoreExecutionContext):
         try:
             for item in items:
                 if slices.over():
-                    await asyncio.sleep(0)
+                    await pause()
                 completed.append(plan(item))
         except Exception:
             redone = super().complete_list_value(return_type, field_details_list, info, path, items, position_context)
@@ -383,7 +382,7 @@ class FastExecutionContext(StrawberryGraphQLCoreExecutionContext):
         try:
             for index, item in enumerate(items):
                 if slices.over():
-                    await asyncio.sleep(0)
+                    await pause()
                 item_path = path.add_key(index, None)
                 if self.is_awaitable(item):
                     completed.append(self.complete_awaitable_list_item_value(

@@ -67,6 +67,7 @@ from strawberry.extensions.field_extension import FieldExtension
 from backend.auth.ratelimit import source_of
 from backend.errors import BadUserInput, ErrorCode, Forbidden, NotAuthenticated, PageSizeExceeded, RateLimited
 from backend.graphql.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from backend.slicing import LOOP_SHARE
 
 # A plain list whose field declares no ``items``: about a screen's worth.
 DEFAULT_LIST_ITEMS = 20
@@ -571,6 +572,14 @@ class Admission:
 
     @contextlib.asynccontextmanager
     async def admit(self, key: str) -> AsyncIterator[None]:
+        # From its wait on, an expensive request is not foreground work: admitted, it gives
+        # the loop to the requests that are (backend.slicing).
+        with LOOP_SHARE.admitted_work():
+            async with self._slots(key):
+                yield
+
+    @contextlib.asynccontextmanager
+    async def _slots(self, key: str) -> AsyncIterator[None]:
         deadline = asyncio.get_running_loop().time() + self.wait_s
         semaphore, users = self._callers.setdefault(key, (asyncio.Semaphore(self.per_principal), [0]))
         users[0] += 1

@@ -107,5 +107,5 @@ async def test_area_list_statement_count_does_not_grow_with_page_size(
 
     assert len(two["data"]["areas"]["edges"]) == 2
     assert len(five["data"]["areas"]["edges"]) == 5
-    # Authentication, the count and the page (parents come joined): three, whatever the size.
-    assert len(small) == len(large) == 3
+    # Authentication, then the page with its count (parents come joined): two, whatever the size.
+    assert len(small) == len(large) == 2
