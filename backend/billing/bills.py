@@ -671,13 +671,14 @@ async def run_billing(
 async def billing_runs(session: AsyncSession, *, period: date | None, scope_patterns: Sequence[str] | None,
                        offset: int, limit: int, run_id: int | None = None) -> tuple[list[BillingRun], int]:
     """Runs (of ``period``; or the one ``run_id``), newest first, with their total: runs
-    over an area in the scope, and runs without an area (each caller's whole scope; a run
-    row holds counts only, no household's data)."""
+    over an area in the scope. A run without an area (the whole utility) is listed only to
+    a caller without a scope restriction (``scope_patterns`` None): its counts are the
+    whole utility's."""
     rows = (await session.execute(text("""
         SELECT r.id, count(*) OVER () AS total FROM billing_runs r LEFT JOIN areas a ON a.id = r.area_id
         WHERE (CAST(:period AS date) IS NULL OR r.period = CAST(:period AS date))
           AND (CAST(:run_id AS bigint) IS NULL OR r.id = CAST(:run_id AS bigint))
-          AND (CAST(:patterns AS text[]) IS NULL OR r.area_id IS NULL OR a.path LIKE ANY(CAST(:patterns AS text[])))
+          AND (CAST(:patterns AS text[]) IS NULL OR a.path LIKE ANY(CAST(:patterns AS text[])))
         ORDER BY r.id DESC OFFSET :offset LIMIT :limit
     """), {"period": period, "run_id": run_id, "patterns": patterns_param(scope_patterns), "offset": offset,
            "limit": limit})).all()
@@ -803,7 +804,9 @@ async def _void(session: AsyncSession, bill: Bill, *, reason: str, by: str, now:
     if bill.entry_id is not None:
         entries.append(EntryIn(account_id=bill.account_id, kind=EntryKind.reversal, amount_fen=bill.amount_fen,
                                ref=f"bill:{bill.id}", idempotency_key=f"bill-void:{bill.id}"))
-    unpaid_fee = bill.late_fee_posted_fen - bill.late_fee_paid_fen
+    # A waived bill's posted-unpaid fee was written off by the waiver (and any fee paid
+    # and then reversed since, by the reversal): nothing more to write off.
+    unpaid_fee = 0 if bill.late_fee_waived_at is not None else bill.late_fee_posted_fen - bill.late_fee_paid_fen
     if unpaid_fee > 0:
         entries.append(EntryIn(account_id=bill.account_id, kind=EntryKind.write_off, amount_fen=unpaid_fee,
                                ref=f"bill:{bill.id}", idempotency_key=f"bill-void-fee:{bill.id}"))
