@@ -249,6 +249,9 @@ class _Draft:
     """One bill worked out and not written yet."""
 
     account: _Account
+    start: datetime  # the span: where the previous live bill ended (or the opening) …
+    end: datetime  # … to the period end (a final bill: the final instant)
+    months: int
     start_readings: list[dict[str, Any]]
     end_readings: list[dict[str, Any]]
     measured: Decimal
@@ -281,16 +284,27 @@ _LIVE_OF_PERIOD = """
 SELECT account_id FROM bills WHERE period = $1 AND status <> 'voided' AND account_id = ANY($2::bigint[])
 """
 
-# Per account: what its earlier live bills billed, what those of the bill's tier cycle
-# billed, and the newest one's end readings.
+# Per account (bills ``$3`` left out: the one a final bill may replace): the volume its
+# live bills billed net of what they credited back, plus what prepaid settlement cycles
+# priced (a legacy postpaid charge, or the account's prepaid past); the same for the
+# bill's tier cycle; where its newest live bill ended and that bill's end readings.
 _EARLIER = """
 SELECT k.account_id,
-       coalesce(sum(b.volume_m3), 0) AS billed_m3,
-       coalesce(sum(b.volume_m3) FILTER (WHERE b.cycle_start = k.cycle_start), 0) AS prior_m3,
-       (array_agg(CAST(b.end_readings AS text) ORDER BY b.period DESC))[1] AS last_end
+       coalesce(b.billed, 0) + coalesce(p.charged, 0) AS billed_m3,
+       coalesce(b.prior, 0) + coalesce(p.prior, 0) AS prior_m3,
+       b.last_end_at, b.last_end
 FROM unnest($1::bigint[], $2::date[]) AS k(account_id, cycle_start)
-LEFT JOIN bills b ON b.account_id = k.account_id AND b.status <> 'voided' AND b.period < $3
-GROUP BY k.account_id
+LEFT JOIN LATERAL (
+    SELECT sum(volume_m3 - credited_m3) AS billed,
+           sum(volume_m3 - credited_m3) FILTER (WHERE cycle_start = k.cycle_start) AS prior,
+           max(period_end) AS last_end_at,
+           (array_agg(CAST(end_readings AS text) ORDER BY period_end DESC, id DESC))[1] AS last_end
+    FROM bills WHERE account_id = k.account_id AND status <> 'voided' AND id <> ALL($3::bigint[])
+) b ON true
+LEFT JOIN LATERAL (
+    SELECT sum(volume_m3) AS charged, sum(volume_m3) FILTER (WHERE cycle_start = k.cycle_start) AS prior
+    FROM prepaid_cycles WHERE account_id = k.account_id
+) p ON true
 """
 
 # Each meter serving the household at the instant, with its last reading up to it.
@@ -346,6 +360,13 @@ def _day(instant: datetime, zone: tzinfo) -> date:
     return instant.astimezone(zone).date()
 
 
+def _months_touched(start: datetime, end: datetime, zone: tzinfo) -> int:
+    """The calendar months (in ``zone``) the span ``[start, end)`` touches: from the month
+    holding ``start`` to the one holding its last instant."""
+    first, last = start.astimezone(zone), (end - _TICK).astimezone(zone)
+    return (last.year - first.year) * 12 + last.month - first.month + 1
+
+
 def _readings(rows: Sequence[Any], zone: tzinfo, shown: dict[datetime, str]) -> list[dict[str, Any]]:
     """Readings as a bill stores them; instants in the utility's zone, as the bill prints
     them (``shown`` memoizes the text of an instant: a city's meters share a few)."""
@@ -358,46 +379,70 @@ def _readings(rows: Sequence[Any], zone: tzinfo, shown: dict[datetime, str]) -> 
     return readings
 
 
-async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period: date, months: int, start: datetime,
-                  end: datetime, now: datetime, zone: tzinfo) -> tuple[list[_Draft], list[int]]:
-    """The bills of ``accounts`` for the period ``[start, end)`` (module docstring), and the
-    accounts passed over (opened after the end, or no tariff version in force)."""
+@dataclass(slots=True)
+class _Drafted:
+    """What :func:`_drafts` made of some accounts: the bills, the accounts passed over
+    (opened after the end, or no tariff version in force) and those whose live bills
+    already reach the end (a later or overlapping bill covers the span)."""
+
+    drafts: list[_Draft]
+    skipped: list[int]
+    covered: list[int]
+
+
+async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period: date, end: datetime, now: datetime,
+                  zone: tzinfo, replacing: Sequence[int] = ()) -> _Drafted:
+    """The bills of ``accounts`` for ``period`` up to ``end`` (module docstring), each over
+    its span; the live bills ``replacing`` (a final bill's same-period bill) left out."""
+    done = _Drafted([], [], [])
     if not accounts:
-        return [], []
+        return done
     driver = await raw_connection(session)
     versions = {code: await tariff_versions(session, code=code) for code in sorted({a.tariff_code for a in accounts})}
     rules = await late_fee_rules(session)
     last_day = _day(end - _TICK, zone)
-    billable: list[tuple[_Account, date, date]] = []  # account, first priced day, cycle start
-    skipped: list[int] = []
+    priced: list[tuple[_Account, date]] = []  # account, tier cycle start
     for account in accounts:
         tariff = versions[account.tariff_code]
-        first_day = max(period, _day(account.opened_at, zone), tariff[0].valid_from) if tariff else None
-        if first_day is None or account.opened_at >= end or first_day > last_day:
-            skipped.append(account.id)
+        if not tariff or account.opened_at >= end:
+            done.skipped.append(account.id)
             continue
         cycle = TariffCycle(tariff[-1].rules["cycle"])  # a code keeps its cycle (save_tariff)
-        billable.append((account, first_day, cycle_of(period, cycle)[0]))
-    if not billable:
-        return [], skipped
+        priced.append((account, cycle_of(period, cycle)[0]))
+    if not priced:
+        return done
 
     earlier = {row["account_id"]: row for row in await driver.fetch(
-        _EARLIER, [a.id for a, _, _ in billable], [c for _, _, c in billable], period)}
+        _EARLIER, [a.id for a, _ in priced], [c for _, c in priced], list(replacing))}
+    billable: list[tuple[_Account, datetime, date, date]] = []  # account, span start, first priced day, cycle start
+    for account, cycle_start in priced:
+        span_start = earlier[account.id]["last_end_at"] or account.opened_at
+        if span_start >= end:
+            done.covered.append(account.id)
+            continue
+        first_day = max(_day(span_start, zone), versions[account.tariff_code][0].valid_from)
+        if first_day > last_day:
+            done.skipped.append(account.id)
+            continue
+        billable.append((account, span_start, first_day, cycle_start))
+    if not billable:
+        return done
     # Each account's window starts at its own opening: one statement for all of them.
-    measured = await household_usage_of_windows(session, [(a.household_id, a.opened_at, end) for a, _, _ in billable])
+    measured = await household_usage_of_windows(session, [(a.household_id, a.opened_at, end)
+                                                          for a, _, _, _ in billable])
     end_rows: dict[int, list[Any]] = defaultdict(list)
-    for row in await driver.fetch(_END_READINGS, sorted({a.household_id for a, _, _ in billable}), end):
+    for row in await driver.fetch(_END_READINGS, sorted({a.household_id for a, _, _, _ in billable}), end):
         end_rows[row["household_id"]].append(row)
 
     issue_day = _day(now, zone)
     shown: dict[datetime, str] = {}
-    pricers: dict[tuple[str, int | None, date], Callable[[Decimal, Decimal], tuple[QuoteLine, ...]]] = {}
-    drafts: list[_Draft] = []
-    for (account, first_day, cycle_start), used in zip(billable, measured, strict=True):
+    pricers: dict[tuple[str, int | None, date, int], Callable[[Decimal, Decimal], tuple[QuoteLine, ...]]] = {}
+    for (account, span_start, first_day, cycle_start), used in zip(billable, measured, strict=True):
         known = earlier[account.id]
         volume = max(Decimal(0), used - known["billed_m3"]).quantize(Decimal("0.0001"))
         prior = Decimal(known["prior_m3"])
-        key = (account.tariff_code, account.persons, first_day)
+        months = _months_touched(span_start, end, zone)
+        key = (account.tariff_code, account.persons, first_day, months)
         pricer = pricers.get(key)
         if pricer is None:
             pricer = pricers[key] = _line_pricer(versions[account.tariff_code], persons=account.persons,
@@ -406,12 +451,13 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
         rule = rules[CustomerType(account.customer_type)]
         amount_fen = sum(line.amount_fen for line in lines)
         rate, cap_fen = late_fee_terms(rule, amount_fen)
-        drafts.append(_Draft(
-            account=account, start_readings=json.loads(known["last_end"]) if known["last_end"] else [],
+        done.drafts.append(_Draft(
+            account=account, start=span_start, end=end, months=months,
+            start_readings=json.loads(known["last_end"]) if known["last_end"] else [],
             end_readings=_readings(end_rows.get(account.household_id, []), zone, shown), measured=used, volume=volume,
             cycle_start=cycle_start, prior=prior, lines=lines, due_date=issue_day + timedelta(days=rule.grace_days),
             late_fee_rate=rate, late_fee_cap_fen=cap_fen, amount_fen=amount_fen))
-    return drafts, skipped
+    return done
 
 
 _COUNT_OF_PERIOD = """
@@ -427,16 +473,17 @@ INSERT INTO bills (id, account_id, household_id, period, months, kind, status, r
                    tariff_code, persons, start_readings, end_readings, measured_m3, volume_m3, cycle_start,
                    prior_cycle_m3, amount_fen, due_date, late_fee_rate, late_fee_cap_fen, issued_at, issued_by,
                    paid_at, reissue_of_id, entry_id)
-SELECT b.id, b.account_id, b.household_id, $1::date, $2::smallint, $3::text,
-       CASE WHEN b.amount_fen = 0 THEN 'paid' ELSE 'open' END, $4::bigint, $5::timestamptz, $6::timestamptz,
+SELECT b.id, b.account_id, b.household_id, $1::date, b.months, $2::text,
+       CASE WHEN b.amount_fen = 0 THEN 'paid' ELSE 'open' END, $3::bigint, b.period_start, b.period_end,
        b.tariff_code, b.persons, CAST(b.start_readings AS jsonb), CAST(b.end_readings AS jsonb), b.measured_m3,
-       b.volume_m3, b.cycle_start, b.prior_m3, b.amount_fen, b.due_date, b.rate, b.cap, $7::timestamptz, $8::text,
-       CASE WHEN b.amount_fen = 0 THEN $7::timestamptz END, b.reissue_of_id, b.entry_id
-FROM unnest($9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::int[], $14::text[], $15::text[],
-            $16::numeric[], $17::numeric[], $18::date[], $19::numeric[], $20::bigint[], $21::date[], $22::numeric[],
-            $23::bigint[], $24::bigint[], $25::bigint[])
+       b.volume_m3, b.cycle_start, b.prior_m3, b.amount_fen, b.due_date, b.rate, b.cap, $4::timestamptz, $5::text,
+       CASE WHEN b.amount_fen = 0 THEN $4::timestamptz END, b.reissue_of_id, b.entry_id
+FROM unnest($6::bigint[], $7::bigint[], $8::bigint[], $9::text[], $10::int[], $11::text[], $12::text[],
+            $13::numeric[], $14::numeric[], $15::date[], $16::numeric[], $17::bigint[], $18::date[], $19::numeric[],
+            $20::bigint[], $21::bigint[], $22::bigint[], $23::smallint[], $24::timestamptz[], $25::timestamptz[])
      AS b(id, account_id, household_id, tariff_code, persons, start_readings, end_readings, measured_m3, volume_m3,
-          cycle_start, prior_m3, amount_fen, due_date, rate, cap, reissue_of_id, entry_id)
+          cycle_start, prior_m3, amount_fen, due_date, rate, cap, reissue_of_id, entry_id, months, period_start,
+          period_end)
 """
 
 _INSERT_LINES = """
@@ -446,9 +493,8 @@ SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::text[], $4::smallint[], $
 """
 
 
-async def _write(session: AsyncSession, drafts: Sequence[_Draft], *, period: date, months: int, kind: BillKind,
-                 run_id: int | None, start: datetime, end: datetime, by: str, now: datetime,
-                 zone: tzinfo) -> list[_Issued]:
+async def _write(session: AsyncSession, drafts: Sequence[_Draft], *, period: date, kind: BillKind, run_id: int | None,
+                 by: str, now: datetime, zone: tzinfo) -> list[_Issued]:
     """Post the drafts' entries and insert their bills and lines, then let credit already
     on the accounts pay the new bills (``allocations.allocate_credit``: a payment made
     ahead of its bill, or left over). The callers hold the accounts' locks and checked
@@ -470,13 +516,14 @@ async def _write(session: AsyncSession, drafts: Sequence[_Draft], *, period: dat
     posted = iter(await post_entries(session, entries, posted_by=by, posted_at=now))
     entry_ids = [next(posted).id if draft.amount_fen else None for draft in drafts]
     await driver.execute(
-        _INSERT_BILLS, period, months, kind.value, run_id, start, end, now, by[:100],
+        _INSERT_BILLS, period, kind.value, run_id, now, by[:100],
         bill_ids, ids, [d.account.household_id for d in drafts], [d.account.tariff_code for d in drafts],
         [d.account.persons for d in drafts], [json.dumps(d.start_readings) for d in drafts],
         [json.dumps(d.end_readings) for d in drafts], [d.measured for d in drafts], [d.volume for d in drafts],
         [d.cycle_start for d in drafts], [d.prior for d in drafts], [d.amount_fen for d in drafts],
         [d.due_date for d in drafts], [d.late_fee_rate for d in drafts], [d.late_fee_cap_fen for d in drafts],
-        [d.reissue_of_id for d in drafts], entry_ids,
+        [d.reissue_of_id for d in drafts], entry_ids, [d.months for d in drafts], [d.start for d in drafts],
+        [d.end for d in drafts],
     )
     line_rows = [(bill_id, number, line.component, line.tier, line.volume, line.price, line.amount_fen, line.valid_from)
                  for draft, bill_id in zip(drafts, bill_ids, strict=True)
@@ -624,37 +671,50 @@ async def run_billing(
             "finished_at": now if status is not BillingRunStatus.running else None, "error": error})
 
     try:
+        # Review per cycle length (a group's own period bounds), then one list of the
+        # accounts to bill in global id order: a chunk locks its accounts in id order
+        # whatever their cycle, as every other writer does, so a run over monthly and
+        # bimonthly accounts never deadlocks with them.
+        cycle_months: dict[int, int] = {}
         for group_months, ids in groups.items():
             if not ids:
                 continue
             await review.prepare_review(session, period=period, now=now, tz=zone, months=group_months, account_ids=ids)
             held.extend(await review.held_accounts(session, period=period, account_ids=ids))
-            billable = await review.billable_accounts(session, period=period, account_ids=ids)
-            live = await _live_of_period(session, period, billable)
+            for account_id in await review.billable_accounts(session, period=period, account_ids=ids):
+                cycle_months[account_id] = group_months
+        held.sort(key=lambda one: one.account_id)
+        live = await _live_of_period(session, period, list(cycle_months))
+        already += len(live)
+        to_bill = sorted(set(cycle_months) - live)
+        ends = {group_months: review.period_bounds(period, zone, months=group_months)[1] for group_months in groups}
+        for offset in range(0, len(to_bill), CHUNK):
+            chunk = to_bill[offset:offset + CHUNK]
+            accounts = await _lock(session, chunk)
+            # Billed meanwhile by a concurrent run: counted, not billed again.
+            live = await _live_of_period(session, period, [a.id for a in accounts])
             already += len(live)
-            to_bill = [i for i in billable if i not in live]
-            start, end = review.period_bounds(period, zone, months=group_months)
-            for offset in range(0, len(to_bill), CHUNK):
-                chunk = to_bill[offset:offset + CHUNK]
-                accounts = await _lock(session, chunk)
-                # Billed meanwhile by a concurrent run: counted, not billed again.
-                live = await _live_of_period(session, period, [a.id for a in accounts])
-                already += len(live)
-                skipped += len(chunk) - len(accounts)  # closed or changed mode meanwhile
-                drafts, passed = await _drafts(session, [a for a in accounts if a.id not in live], period=period,
-                                               months=group_months, start=start, end=end, now=now, zone=zone)
-                skipped += len(passed)
-                issued = await _write(session, drafts, period=period, months=group_months, kind=BillKind.regular,
-                                      run_id=run_id, start=start, end=end, by=by, now=now, zone=zone)
-                bill_ids.extend(i.bill_id for i in issued)
-                billed_accounts.extend(i.account_id for i in issued)
-                amount += sum(i.amount_fen for i in issued)
-                await _emit(session, issued, period)
-                if commit is not None:
-                    await record(BillingRunStatus.running)
-                    await commit()
-                if progress is not None:
-                    progress(min(offset + CHUNK, len(to_bill)), len(to_bill))
+            skipped += len(chunk) - len(accounts)  # closed or changed mode meanwhile
+            drafts: list[_Draft] = []
+            for group_months, end in ends.items():
+                drafted = await _drafts(session, [a for a in accounts if a.id not in live
+                                                  and cycle_months[a.id] == group_months],
+                                        period=period, end=end, now=now, zone=zone)
+                drafts.extend(drafted.drafts)
+                skipped += len(drafted.skipped)
+                already += len(drafted.covered)  # a later or overlapping bill covers the span
+            drafts.sort(key=lambda draft: draft.account.id)
+            issued = await _write(session, drafts, period=period, kind=BillKind.regular, run_id=run_id, by=by,
+                                  now=now, zone=zone)
+            bill_ids.extend(i.bill_id for i in issued)
+            billed_accounts.extend(i.account_id for i in issued)
+            amount += sum(i.amount_fen for i in issued)
+            await _emit(session, issued, period)
+            if commit is not None:
+                await record(BillingRunStatus.running)
+                await commit()
+            if progress is not None:
+                progress(min(offset + CHUNK, len(to_bill)), len(to_bill))
         await record(BillingRunStatus.finished)
     except Exception as failure:
         if commit is None:
@@ -727,7 +787,6 @@ async def final_bill(session: AsyncSession, *, account_id: int, at: datetime, by
     zone = as_zone(tz)
     months, first_month = await _account_cycle(session, account_id)
     period = period_of(_day(at - _TICK, zone), months, first_month)
-    start = review.period_bounds(period, zone, months=months)[0]
     (account,) = await _lock(session, [account_id])
     driver = await raw_connection(session)
     await driver.execute("UPDATE accounts SET settled_to = greatest(coalesce(settled_to, $2), $2) WHERE id = $1",
@@ -736,37 +795,92 @@ async def final_bill(session: AsyncSession, *, account_id: int, at: datetime, by
                                   "AND status <> 'voided')", account_id, period)
     if later:
         return FinalBill(None, None, 0)
-    drafts, _ = await _drafts(session, [account], period=period, months=months, start=start, end=at, now=now,
-                              zone=zone)
-    if not drafts:
-        return FinalBill(None, None, 0)
-    (draft,) = drafts
     existing = await _live_bill(session, account_id, period)
+    drafted = await _drafts(session, [account], period=period, end=at, now=now, zone=zone,
+                            replacing=[existing.id] if existing is not None and existing.id is not None else [])
+    if not drafted.drafts:
+        return FinalBill(None, None, 0)
+    (draft,) = drafted.drafts
+    over_m3 = await _over_billed(session, draft, replacing=existing)
     voided_id = None
     net = draft.amount_fen
     if existing is not None:
-        if existing.volume_m3 == draft.volume:
+        if existing.volume_m3 == draft.volume and over_m3 == 0:
             return FinalBill(None, None, 0)
         if existing.principal_paid_fen > 0 or existing.late_fee_paid_fen > 0:
             raise AccountUnsettled(field="id")
         voided = await _void(session, existing, reason=FINAL_REBILL_REASON, by=by, now=now)
         voided_id = voided.id
         net -= voided.amount_fen
-    issued = await _write(session, drafts, period=period, months=months, kind=BillKind.final, run_id=None,
-                          start=start, end=at, by=by, now=now, zone=zone)
+    issued = await _write(session, drafted.drafts, period=period, kind=BillKind.final, run_id=None, by=by, now=now,
+                          zone=zone)
+    (final,) = issued
+    if over_m3 > 0:
+        net -= await _credit_over_billed(session, final.bill_id, account_id, over_m3, by=by, now=now, zone=zone)
     await _emit(session, issued, period)
-    return FinalBill(issued[0].bill_id if issued else None, voided_id, net)
+    return FinalBill(final.bill_id, voided_id, net)
+
+
+async def _over_billed(session: AsyncSession, draft: _Draft, *, replacing: Bill | None) -> Decimal:
+    """What the account's live bills (but ``replacing``) billed beyond its measured usage
+    up to the final instant: > 0 after a downward correction of a billed reading."""
+    driver = await raw_connection(session)
+    billed = Decimal(await driver.fetchval(
+        "SELECT coalesce(sum(volume_m3 - credited_m3), 0) FROM bills WHERE account_id = $1 AND status <> 'voided' "
+        "AND id <> $2", draft.account.id, replacing.id if replacing is not None and replacing.id is not None else 0))
+    return max(Decimal(0), billed - draft.measured).quantize(Decimal("0.0001"))
+
+
+async def _credit_over_billed(session: AsyncSession, final_id: int, account_id: int, over_m3: Decimal, *, by: str,
+                              now: datetime, zone: tzinfo) -> int:
+    """Credit ``over_m3`` on final bill ``final_id`` priced back at the rates it was billed
+    at: the live bills newest first each give back min(what is left, its volume), worth
+    price(volume, prior) − price(volume − taken, prior) on its own terms (module
+    docstring). One ``adjustment`` entry; returns the credit in fen."""
+    driver = await raw_connection(session)
+    rows = await driver.fetch("""
+        SELECT b.id, b.tariff_code, b.persons, b.months, b.period_start, b.period_end, b.volume_m3, b.prior_cycle_m3,
+               acc.opened_at
+        FROM bills b JOIN accounts acc ON acc.id = b.account_id
+        WHERE b.account_id = $1 AND b.status <> 'voided' AND b.id <> $2 AND b.volume_m3 > 0
+        ORDER BY b.period_end DESC, b.id DESC""", account_id, final_id)
+    left, credit_fen = over_m3, 0
+    for row in rows:
+        if left <= 0:
+            break
+        taken = min(left, Decimal(row["volume_m3"]))
+        versions = await tariff_versions(session, code=row["tariff_code"])
+        first_day = max(_day(row["period_start"], zone), _day(row["opened_at"], zone), versions[0].valid_from)
+        pricer = _line_pricer(versions, persons=row["persons"], start=first_day,
+                              end=_day(row["period_end"] - _TICK, zone), months=row["months"])
+        volume, prior = Decimal(row["volume_m3"]), Decimal(row["prior_cycle_m3"])
+        credit_fen += (sum(line.amount_fen for line in pricer(volume, prior))
+                       - sum(line.amount_fen for line in pricer(volume - taken, prior)))
+        left -= taken
+    entry_id = None
+    if credit_fen > 0:
+        (posted,) = await post_entries(session, [EntryIn(
+            account_id=account_id, kind=EntryKind.adjustment, amount_fen=credit_fen, ref=f"bill:{final_id}",
+            idempotency_key=f"bill-credit:{final_id}", note="销户退还多计水量")], posted_by=by, posted_at=now)
+        entry_id = posted.id
+    await driver.execute("UPDATE bills SET credited_m3 = $2, credit_fen = $3, credit_entry_id = $4 WHERE id = $1",
+                         final_id, over_m3 - left, credit_fen, entry_id)
+    if entry_id is not None:
+        await allocate_credit(session, account_ids=[account_id], on=_day(now, zone), now=now, by=by)
+    return credit_fen
 
 
 _UNBILLED = """
-SELECT coalesce(sum(volume_m3), 0) FROM bills WHERE account_id = $1 AND status <> 'voided'
+SELECT coalesce((SELECT sum(volume_m3 - credited_m3) FROM bills WHERE account_id = $1 AND status <> 'voided'), 0)
+     + coalesce((SELECT sum(volume_m3) FROM prepaid_cycles WHERE account_id = $1), 0)
 """
 
 
 async def unbilled_m3(session: AsyncSession, *, account_id: int, household_id: int, opened_at: datetime,
                       to: datetime) -> Decimal:
-    """The usage from the account's opening to ``to`` that its live bills have not billed
-    (negative when they billed more): what a final bill at ``to`` would add up from."""
+    """The usage from the account's opening to ``to`` that its live bills (net of what
+    they credited back) and its prepaid settlement cycles have not priced (negative when
+    they priced more): what a final bill at ``to`` would add up from."""
     measured = (await usage_between(session, household_ids=[household_id], start=opened_at, end=to))[household_id]
     driver = await raw_connection(session)
     return measured - Decimal(await driver.fetchval(_UNBILLED, account_id))
@@ -810,6 +924,9 @@ async def _void(session: AsyncSession, bill: Bill, *, reason: str, by: str, now:
     if unpaid_fee > 0:
         entries.append(EntryIn(account_id=bill.account_id, kind=EntryKind.write_off, amount_fen=unpaid_fee,
                                ref=f"bill:{bill.id}", idempotency_key=f"bill-void-fee:{bill.id}"))
+    if bill.credit_fen > 0:  # a final bill's credit for over-billed volume goes with it
+        entries.append(EntryIn(account_id=bill.account_id, kind=EntryKind.reversal, amount_fen=-bill.credit_fen,
+                               ref=f"bill:{bill.id}", idempotency_key=f"bill-void-credit:{bill.id}"))
     posted = await post_entries(session, entries, posted_by=by, posted_at=now)
     bill.status = BillStatus.voided
     bill.voided_at, bill.voided_by, bill.void_reason = now, by[:100], reason
@@ -846,13 +963,11 @@ async def void_bill(session: AsyncSession, *, bill_id: int, reason: str, by: str
     if reissue:
         zone = as_zone(tz)
         accounts = await _lock(session, [account_id])
-        drafts, _ = await _drafts(session, accounts, period=bill.period, months=bill.months, start=bill.period_start,
-                                  end=bill.period_end, now=now, zone=zone)
+        drafts = (await _drafts(session, accounts, period=bill.period, end=bill.period_end, now=now, zone=zone)).drafts
         for draft in drafts:
             draft.reissue_of_id = bill_id
-        issued = await _write(session, drafts, period=bill.period, months=bill.months, kind=BillKind(bill.kind),
-                              run_id=None, start=bill.period_start, end=bill.period_end, by=by, now=now,
-                              zone=zone)
+        issued = await _write(session, drafts, period=bill.period, kind=BillKind(bill.kind), run_id=None, by=by,
+                              now=now, zone=zone)
         await _emit(session, issued, bill.period)
         reissued = issued[0].bill_id if issued else None
     return VoidedBill(voided, reissued)
