@@ -18,32 +18,51 @@ with no version in force in it. Given an area whose own cycle does not start in
 ``period``, the run is refused (BILLING_PERIOD_MISALIGNED). The run prepares the reading
 review first (:func:`backend.billing.review.prepare_review`, per cycle length), so
 accounts with a flagged meter or a missing reading are ``held`` (reported, not billed)
-until a reviewer decides; accounts with a live bill for the period are
-``already_billed``: re-running changes nothing.
+until a reviewer decides. A review pending for an *earlier* period holds the account too
+(the reviewer decides first): billed now, the later bill would take the earlier period's
+usage and the earlier bill, once approved, would bill it again. Accounts with a live bill
+for the period, or whose latest live bill ends at or after this period's end (a later or
+overlapping bill covers it: see spans), are ``already_billed``: re-running changes
+nothing.
+
+**Spans.** A bill covers ``[period_start, period_end)``: it starts where the account's
+latest live bill ended (its ``period_end``), or at the account's opening when it has
+none, and ends at the period end (a final bill: the final instant). An empty span is
+already billed. ``months`` is the number of calendar months (utility zone) the span
+touches, from the month holding its start to the one holding its end − 1 µs: a regular
+monthly bill 1, bimonthly 2, a final bill over an unbilled October and 1–3 November 2,
+an account opened long ago and never billed every month since. So a final bill does not
+lump an unbilled month into one month's tiers, and an area switched from bimonthly to
+monthly does not bill the second month of a billed bimonthly period again.
 
 **Volumes, the cumulative rule.** ``measured`` is the household's usage from the
 account's opening to the period end, as known when the bill is made
 (:func:`backend.readings.usage.usage_between`: the one definition of usage). A bill's
-volume is ``measured`` minus the volumes of the account's earlier live bills, so a late or
-corrected reading of an earlier period lands in the next bill and a sent bill never
-changes. A correction downwards can make that negative: a bill cannot be a credit
-(``amount_fen >= 0``), so the volume is ``max(0, …)`` and the next bill, which subtracts
-what earlier bills *billed*, carries the over-billed volume off automatically.
+volume is ``measured`` minus what is priced already: Σ ``volume_m3 − credited_m3`` of the
+account's live bills, plus Σ ``prepaid_cycles.volume_m3`` of the account (usage a
+settlement cycle charged: a legacy postpaid transfer or final charge, or the account's
+prepaid_station past before a switch to postpaid). So a late or corrected reading of an
+earlier period lands in the next bill and a sent bill never changes; the sum counts the
+whole span. :func:`unbilled_m3` (and the close check) uses the same sum. A correction
+downwards can make the volume negative: a bill cannot be a debit below 0
+(``amount_fen >= 0``), so the volume is ``max(0, …)``; a regular bill never credits (the
+next bill, which subtracts what earlier bills *billed*, absorbs it); a final bill credits
+it (below).
 ``start_readings`` are the previous live bill's ``end_readings`` (``[]`` for the first);
 ``end_readings`` are, for each meter serving the household at the period end, its last
 reading at or before it — what the bill prints, not what it is priced from.
 
-**Pricing.** The account's tariff (``tariff_code``) over the period's days, versions
+**Pricing.** The account's tariff (``tariff_code``) over the span's days, versions
 prorated by days exactly as :func:`backend.billing.service.price_period` does, with the
-minimum monthly charge (a bill's rule). A bimonthly bill applies the minimum charge ×2
-and doubles monthly tier limits (and the household-size extension, which is per tier
-cycle); annual tiers are not scaled. The tier cycle is the tariff's cycle holding the
+minimum monthly charge (a bill's rule). Month-cycle tier limits, the household-size
+extension (per tier cycle) and the minimum charge scale by the span's ``months``; annual
+tiers are not scaled. The tier cycle is the tariff's cycle holding the
 period's first day (``cycle_start``); annual tiers start from ``prior_cycle_m3``, the
-volumes of the account's earlier live bills of the same cycle, so a year's monthly bills
-climb the tiers together. ``persons`` applies the household-size rule. Lines are per
-component and tier (the minimum line is tier 0), and ``amount_fen`` their sum. The days
-priced start at the period's first day, the account's opening or the tariff's first
-version, whichever is last.
+volumes of the account's earlier live bills of the same cycle (net of credits) and of its
+prepaid cycles with that ``cycle_start``, so a year's monthly bills climb the tiers
+together. ``persons`` applies the household-size rule. Lines are per component and tier
+(the minimum line is tier 0), and ``amount_fen`` their sum. The days priced start at the
+span's first day or the tariff's first version, whichever is last.
 
 **Money.** A bill is a ``bill`` ledger entry of −amount (``ref`` ``bill:<id>``,
 idempotency key ``bill:<account>:<period>:<n>``, ``n`` counting the period's bills of the
@@ -56,11 +75,13 @@ account (paid ahead, or left over) pays the new bills at once
 :func:`backend.billing.late_fees.late_fee_terms` (the defaults in ``bills_models`` without
 a row; the cap is amount × cap percent, half up; rate and cap 0 when the rule is off).
 
-**Set-based, chunked.** The accounts are billed in chunks of :data:`CHUNK` in id order:
-each chunk locks its accounts ``FOR UPDATE`` in id order (as settlement and the ledger
-do, so a run never deadlocks with them), reads earlier bills in one statement, usage in
+**Set-based, chunked.** The accounts of all cycle lengths are billed in chunks of
+:data:`CHUNK` over one list in global id order (each account with its group's period
+bounds), never group by group: each chunk locks its accounts ``FOR UPDATE`` in id order
+(as settlement and the ledger do, so a run over monthly and bimonthly accounts never
+deadlocks with them), reads earlier bills and prepaid cycles in one statement, usage in
 one (:func:`backend.readings.usage.household_usage_of_windows`: each account's window
-from its own opening), prices with per-(tariff, persons, days)
+from its own opening), prices with per-(tariff, persons, first day, months)
 pricers that price each distinct (volume, prior) once, and writes bills, lines and
 entries with a few ``unnest`` statements. ``run_billing`` writes in the caller's
 transaction; given ``commit``, it commits after each chunk (the CLI and the job do, for
@@ -68,17 +89,35 @@ a city), and a re-run completes an interrupted run (the live-bill unique index a
 already-billed check). Every chunk that issued bills emits one ``bill.issued``.
 
 **Final bill** (:func:`final_bill`, from :func:`backend.billing.accounts.final_charge`
-for a postpaid account): kind ``final``, the period holding the final instant, ending at
-it, by the same rule. A live bill of that period whose volume would stay the same is
-left as it is; one that would change and has no money allocated is voided (``销户重算``)
-and replaced; with money allocated the final charge is refused (ACCOUNT_UNSETTLED). A
-live bill of a later period means everything up to the instant is billed already.
+for a postpaid account): kind ``final``, the period holding the final instant, its span
+ending at it, by the same rule (worked out as if the period's own live bill were not
+there). A live bill of that period whose volume would stay the same (and nothing is
+over-billed) is left as it is; one that would change and has no money allocated is
+voided (``销户重算``) and replaced; with money allocated the final charge is refused
+(ACCOUNT_UNSETTLED). A live bill of a later period, or one ending at or after the
+instant, means everything up to it is billed already.
+
+**Over-billed at the final bill.** When the other live bills billed more than
+``measured`` (a downward correction after a bill was sent), the final bill has volume 0
+and credits the over-billed volume d, priced back at the rates it was billed at: the
+live bills newest first each give back ``min(d left, its volume)`` worth
+``price(volume, prior) − price(volume − taken, prior)`` on that bill's own terms (tariff
+versions over its days, its ``months``, ``persons``, minimum charge). The bill stores
+``credited_m3`` and ``credit_fen``; the credit is one ``adjustment`` entry of +credit_fen
+(ref ``bill:<final id>``, key ``bill-credit:<final id>``, ``credit_entry_id``), and
+credit on the account then pays open bills as a payment would. Voiding the final bill
+reverses the credit too.
 
 **Void and re-issue** (:func:`void_bill`): newest first (BILL_NOT_LATEST), never with
 money allocated (BILL_PAID: reverse the payment first), never twice (BILL_VOIDED). A
 credit ``reversal`` entry undoes the bill's entry, a posted but unpaid late fee is
-written off, and with ``reissue`` the account's period is billed again now (same
-period instants and kind, ``reissue_of_id`` pointing at the voided bill).
+written off — unless the fee was waived: the waiver wrote the posted-unpaid fee off
+already (and a reversal of a waived fee's payment writes that part off), so a void
+writes off nothing more (the ``billing.bills`` check: Σ write-offs of a bill =
+posted − paid fee when waived or voided, 0 otherwise) — and with ``reissue`` the
+account's period is billed again now (same period end and kind, its span from the then
+latest live bill, ``reissue_of_id`` pointing at the voided bill; a re-issued final bill
+does not credit again).
 
 **Scheduled** (:func:`scheduled_run`, daily at 02:30): for monthly accounts and each
 bimonthly cycle in use, the latest period that ended at least
