@@ -294,6 +294,7 @@ class _Draft:
     start_readings: list[dict[str, Any]]
     end_readings: list[dict[str, Any]]
     measured: Decimal
+    billed: Decimal  # priced already: earlier live bills net of credits, and prepaid cycles
     volume: Decimal
     cycle_start: date
     prior: Decimal
@@ -493,7 +494,8 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
         done.drafts.append(_Draft(
             account=account, start=span_start, end=end, months=months,
             start_readings=json.loads(known["last_end"]) if known["last_end"] else [],
-            end_readings=_readings(end_rows.get(account.household_id, []), zone, shown), measured=used, volume=volume,
+            end_readings=_readings(end_rows.get(account.household_id, []), zone, shown), measured=used,
+            billed=Decimal(known["billed_m3"]), volume=volume,
             cycle_start=cycle_start, prior=prior, lines=lines, due_date=issue_day + timedelta(days=rule.grace_days),
             late_fee_rate=rate, late_fee_cap_fen=cap_fen, amount_fen=amount_fen))
     return done
@@ -840,11 +842,17 @@ async def final_bill(session: AsyncSession, *, account_id: int, at: datetime, by
     if not drafted.drafts:
         return FinalBill(None, None, 0)
     (draft,) = drafted.drafts
-    over_m3 = await _over_billed(session, draft, replacing=existing)
+    # Priced beyond what was measured (a downward correction after a sent bill): credited,
+    # as far as the other live bills billed it (prepaid cycles have no bill to give back).
+    over_m3 = max(Decimal(0), draft.billed - draft.measured).quantize(Decimal("0.0001"))
+    if over_m3 > 0:
+        over_m3 = min(over_m3, Decimal(await driver.fetchval(
+            "SELECT coalesce(sum(volume_m3), 0) FROM bills WHERE account_id = $1 AND status <> 'voided' "
+            "AND id <> $2", account_id, existing.id if existing is not None and existing.id is not None else 0)))
     voided_id = None
     net = draft.amount_fen
     if existing is not None:
-        if existing.volume_m3 == draft.volume and over_m3 == 0:
+        if existing.volume_m3 == draft.volume and existing.credited_m3 == over_m3:
             return FinalBill(None, None, 0)
         if existing.principal_paid_fen > 0 or existing.late_fee_paid_fen > 0:
             raise AccountUnsettled(field="id")
@@ -860,22 +868,13 @@ async def final_bill(session: AsyncSession, *, account_id: int, at: datetime, by
     return FinalBill(final.bill_id, voided_id, net)
 
 
-async def _over_billed(session: AsyncSession, draft: _Draft, *, replacing: Bill | None) -> Decimal:
-    """What the account's live bills (but ``replacing``) billed beyond its measured usage
-    up to the final instant: > 0 after a downward correction of a billed reading."""
-    driver = await raw_connection(session)
-    billed = Decimal(await driver.fetchval(
-        "SELECT coalesce(sum(volume_m3 - credited_m3), 0) FROM bills WHERE account_id = $1 AND status <> 'voided' "
-        "AND id <> $2", draft.account.id, replacing.id if replacing is not None and replacing.id is not None else 0))
-    return max(Decimal(0), billed - draft.measured).quantize(Decimal("0.0001"))
-
-
 async def _credit_over_billed(session: AsyncSession, final_id: int, account_id: int, over_m3: Decimal, *, by: str,
                               now: datetime, zone: tzinfo) -> int:
     """Credit ``over_m3`` on final bill ``final_id`` priced back at the rates it was billed
     at: the live bills newest first each give back min(what is left, its volume), worth
     price(volume, prior) − price(volume − taken, prior) on its own terms (module
-    docstring). One ``adjustment`` entry; returns the credit in fen."""
+    docstring); volume priced by prepaid cycles has no bill to give it back. One
+    ``adjustment`` entry; returns the credit in fen."""
     driver = await raw_connection(session)
     rows = await driver.fetch("""
         SELECT b.id, b.tariff_code, b.persons, b.months, b.period_start, b.period_end, b.volume_m3, b.prior_cycle_m3,

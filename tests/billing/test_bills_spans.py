@@ -171,6 +171,9 @@ async def test_a_final_bill_credits_over_billed_volume_at_the_rates_it_was_bille
                                    opened_at=at(2026, 10, 1), to=at(2026, 11, 3, 9)) == 0
     await ledger_adds_up(session)
     await bills_add_up(session)
+    # Again: nothing changes.
+    again = await final_charge(session, account_id=served.account_id, at=at(2026, 11, 3, 9), now=at(2026, 11, 6, 3))
+    assert (again.charged, await balance(session, served.account_id)) == (0, -4400)
 
 
 # --------------------------------------------------------------------------- void after a waiver
