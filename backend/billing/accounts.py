@@ -354,7 +354,8 @@ async def final_charge(
 
     Postpaid: a final bill up to ``at`` (:func:`backend.billing.bills.final_bill`; the
     result counts it as the one account charged, ``charged_fen`` the net debit after a
-    replaced bill); ACCOUNT_UNSETTLED when the period's bill has money allocated and
+    replaced bill and a credit for over-billed volume, negative when the credit is
+    larger); ACCOUNT_UNSETTLED when the period's bill has money allocated and
     would change."""
     if now is not None and at > now:
         raise BadUserInput("最终结算时间不能晚于当前时间", "`at` cannot be in the future", field="at")

@@ -18,32 +18,51 @@ with no version in force in it. Given an area whose own cycle does not start in
 ``period``, the run is refused (BILLING_PERIOD_MISALIGNED). The run prepares the reading
 review first (:func:`backend.billing.review.prepare_review`, per cycle length), so
 accounts with a flagged meter or a missing reading are ``held`` (reported, not billed)
-until a reviewer decides; accounts with a live bill for the period are
-``already_billed``: re-running changes nothing.
+until a reviewer decides. A review pending for an *earlier* period holds the account too
+(the reviewer decides first): billed now, the later bill would take the earlier period's
+usage and the earlier bill, once approved, would bill it again. Accounts with a live bill
+for the period, or whose latest live bill ends at or after this period's end (a later or
+overlapping bill covers it: see spans), are ``already_billed``: re-running changes
+nothing.
+
+**Spans.** A bill covers ``[period_start, period_end)``: it starts where the account's
+latest live bill ended (its ``period_end``), or at the account's opening when it has
+none, and ends at the period end (a final bill: the final instant). An empty span is
+already billed. ``months`` is the number of calendar months (utility zone) the span
+touches, from the month holding its start to the one holding its end − 1 µs: a regular
+monthly bill 1, bimonthly 2, a final bill over an unbilled October and 1–3 November 2,
+an account opened long ago and never billed every month since. So a final bill does not
+lump an unbilled month into one month's tiers, and an area switched from bimonthly to
+monthly does not bill the second month of a billed bimonthly period again.
 
 **Volumes, the cumulative rule.** ``measured`` is the household's usage from the
 account's opening to the period end, as known when the bill is made
 (:func:`backend.readings.usage.usage_between`: the one definition of usage). A bill's
-volume is ``measured`` minus the volumes of the account's earlier live bills, so a late or
-corrected reading of an earlier period lands in the next bill and a sent bill never
-changes. A correction downwards can make that negative: a bill cannot be a credit
-(``amount_fen >= 0``), so the volume is ``max(0, …)`` and the next bill, which subtracts
-what earlier bills *billed*, carries the over-billed volume off automatically.
+volume is ``measured`` minus what is priced already: Σ ``volume_m3 − credited_m3`` of the
+account's live bills, plus Σ ``prepaid_cycles.volume_m3`` of the account (usage a
+settlement cycle charged: a legacy postpaid transfer or final charge, or the account's
+prepaid_station past before a switch to postpaid). So a late or corrected reading of an
+earlier period lands in the next bill and a sent bill never changes; the sum counts the
+whole span. :func:`unbilled_m3` (and the close check) uses the same sum. A correction
+downwards can make the volume negative: a bill cannot be a debit below 0
+(``amount_fen >= 0``), so the volume is ``max(0, …)``; a regular bill never credits (the
+next bill, which subtracts what earlier bills *billed*, absorbs it); a final bill credits
+it (below).
 ``start_readings`` are the previous live bill's ``end_readings`` (``[]`` for the first);
 ``end_readings`` are, for each meter serving the household at the period end, its last
 reading at or before it — what the bill prints, not what it is priced from.
 
-**Pricing.** The account's tariff (``tariff_code``) over the period's days, versions
+**Pricing.** The account's tariff (``tariff_code``) over the span's days, versions
 prorated by days exactly as :func:`backend.billing.service.price_period` does, with the
-minimum monthly charge (a bill's rule). A bimonthly bill applies the minimum charge ×2
-and doubles monthly tier limits (and the household-size extension, which is per tier
-cycle); annual tiers are not scaled. The tier cycle is the tariff's cycle holding the
+minimum monthly charge (a bill's rule). Month-cycle tier limits, the household-size
+extension (per tier cycle) and the minimum charge scale by the span's ``months``; annual
+tiers are not scaled. The tier cycle is the tariff's cycle holding the
 period's first day (``cycle_start``); annual tiers start from ``prior_cycle_m3``, the
-volumes of the account's earlier live bills of the same cycle, so a year's monthly bills
-climb the tiers together. ``persons`` applies the household-size rule. Lines are per
-component and tier (the minimum line is tier 0), and ``amount_fen`` their sum. The days
-priced start at the period's first day, the account's opening or the tariff's first
-version, whichever is last.
+volumes of the account's earlier live bills of the same cycle (net of credits) and of its
+prepaid cycles with that ``cycle_start``, so a year's monthly bills climb the tiers
+together. ``persons`` applies the household-size rule. Lines are per component and tier
+(the minimum line is tier 0), and ``amount_fen`` their sum. The days priced start at the
+span's first day or the tariff's first version, whichever is last.
 
 **Money.** A bill is a ``bill`` ledger entry of −amount (``ref`` ``bill:<id>``,
 idempotency key ``bill:<account>:<period>:<n>``, ``n`` counting the period's bills of the
@@ -56,11 +75,13 @@ account (paid ahead, or left over) pays the new bills at once
 :func:`backend.billing.late_fees.late_fee_terms` (the defaults in ``bills_models`` without
 a row; the cap is amount × cap percent, half up; rate and cap 0 when the rule is off).
 
-**Set-based, chunked.** The accounts are billed in chunks of :data:`CHUNK` in id order:
-each chunk locks its accounts ``FOR UPDATE`` in id order (as settlement and the ledger
-do, so a run never deadlocks with them), reads earlier bills in one statement, usage in
+**Set-based, chunked.** The accounts of all cycle lengths are billed in chunks of
+:data:`CHUNK` over one list in global id order (each account with its group's period
+bounds), never group by group: each chunk locks its accounts ``FOR UPDATE`` in id order
+(as settlement and the ledger do, so a run over monthly and bimonthly accounts never
+deadlocks with them), reads earlier bills and prepaid cycles in one statement, usage in
 one (:func:`backend.readings.usage.household_usage_of_windows`: each account's window
-from its own opening), prices with per-(tariff, persons, days)
+from its own opening), prices with per-(tariff, persons, first day, months)
 pricers that price each distinct (volume, prior) once, and writes bills, lines and
 entries with a few ``unnest`` statements. ``run_billing`` writes in the caller's
 transaction; given ``commit``, it commits after each chunk (the CLI and the job do, for
@@ -68,17 +89,35 @@ a city), and a re-run completes an interrupted run (the live-bill unique index a
 already-billed check). Every chunk that issued bills emits one ``bill.issued``.
 
 **Final bill** (:func:`final_bill`, from :func:`backend.billing.accounts.final_charge`
-for a postpaid account): kind ``final``, the period holding the final instant, ending at
-it, by the same rule. A live bill of that period whose volume would stay the same is
-left as it is; one that would change and has no money allocated is voided (``销户重算``)
-and replaced; with money allocated the final charge is refused (ACCOUNT_UNSETTLED). A
-live bill of a later period means everything up to the instant is billed already.
+for a postpaid account): kind ``final``, the period holding the final instant, its span
+ending at it, by the same rule (worked out as if the period's own live bill were not
+there). A live bill of that period whose volume would stay the same (and nothing is
+over-billed) is left as it is; one that would change and has no money allocated is
+voided (``销户重算``) and replaced; with money allocated the final charge is refused
+(ACCOUNT_UNSETTLED). A live bill of a later period, or one ending at or after the
+instant, means everything up to it is billed already.
+
+**Over-billed at the final bill.** When the other live bills billed more than
+``measured`` (a downward correction after a bill was sent), the final bill has volume 0
+and credits the over-billed volume d, priced back at the rates it was billed at: the
+live bills newest first each give back ``min(d left, its volume)`` worth
+``price(volume, prior) − price(volume − taken, prior)`` on that bill's own terms (tariff
+versions over its days, its ``months``, ``persons``, minimum charge). The bill stores
+``credited_m3`` and ``credit_fen``; the credit is one ``adjustment`` entry of +credit_fen
+(ref ``bill:<final id>``, key ``bill-credit:<final id>``, ``credit_entry_id``), and
+credit on the account then pays open bills as a payment would. Voiding the final bill
+reverses the credit too.
 
 **Void and re-issue** (:func:`void_bill`): newest first (BILL_NOT_LATEST), never with
 money allocated (BILL_PAID: reverse the payment first), never twice (BILL_VOIDED). A
 credit ``reversal`` entry undoes the bill's entry, a posted but unpaid late fee is
-written off, and with ``reissue`` the account's period is billed again now (same
-period instants and kind, ``reissue_of_id`` pointing at the voided bill).
+written off — unless the fee was waived: the waiver wrote the posted-unpaid fee off
+already (and a reversal of a waived fee's payment writes that part off), so a void
+writes off nothing more (the ``billing.bills`` check: Σ write-offs of a bill =
+posted − paid fee when waived or voided, 0 otherwise) — and with ``reissue`` the
+account's period is billed again now (same period end and kind, its span from the then
+latest live bill, ``reissue_of_id`` pointing at the voided bill; a re-issued final bill
+does not credit again).
 
 **Scheduled** (:func:`scheduled_run`, daily at 02:30): for monthly accounts and each
 bimonthly cycle in use, the latest period that ended at least
@@ -249,9 +288,13 @@ class _Draft:
     """One bill worked out and not written yet."""
 
     account: _Account
+    start: datetime  # the span: where the previous live bill ended (or the opening) …
+    end: datetime  # … to the period end (a final bill: the final instant)
+    months: int
     start_readings: list[dict[str, Any]]
     end_readings: list[dict[str, Any]]
     measured: Decimal
+    billed: Decimal  # priced already: earlier live bills net of credits, and prepaid cycles
     volume: Decimal
     cycle_start: date
     prior: Decimal
@@ -281,16 +324,27 @@ _LIVE_OF_PERIOD = """
 SELECT account_id FROM bills WHERE period = $1 AND status <> 'voided' AND account_id = ANY($2::bigint[])
 """
 
-# Per account: what its earlier live bills billed, what those of the bill's tier cycle
-# billed, and the newest one's end readings.
+# Per account (bills ``$3`` left out: the one a final bill may replace): the volume its
+# live bills billed net of what they credited back, plus what prepaid settlement cycles
+# priced (a legacy postpaid charge, or the account's prepaid past); the same for the
+# bill's tier cycle; where its newest live bill ended and that bill's end readings.
 _EARLIER = """
 SELECT k.account_id,
-       coalesce(sum(b.volume_m3), 0) AS billed_m3,
-       coalesce(sum(b.volume_m3) FILTER (WHERE b.cycle_start = k.cycle_start), 0) AS prior_m3,
-       (array_agg(CAST(b.end_readings AS text) ORDER BY b.period DESC))[1] AS last_end
+       coalesce(b.billed, 0) + coalesce(p.charged, 0) AS billed_m3,
+       coalesce(b.prior, 0) + coalesce(p.prior, 0) AS prior_m3,
+       b.last_end_at, b.last_end
 FROM unnest($1::bigint[], $2::date[]) AS k(account_id, cycle_start)
-LEFT JOIN bills b ON b.account_id = k.account_id AND b.status <> 'voided' AND b.period < $3
-GROUP BY k.account_id
+LEFT JOIN LATERAL (
+    SELECT sum(volume_m3 - credited_m3) AS billed,
+           sum(volume_m3 - credited_m3) FILTER (WHERE cycle_start = k.cycle_start) AS prior,
+           max(period_end) AS last_end_at,
+           (array_agg(CAST(end_readings AS text) ORDER BY period_end DESC, id DESC))[1] AS last_end
+    FROM bills WHERE account_id = k.account_id AND status <> 'voided' AND id <> ALL($3::bigint[])
+) b ON true
+LEFT JOIN LATERAL (
+    SELECT sum(volume_m3) AS charged, sum(volume_m3) FILTER (WHERE cycle_start = k.cycle_start) AS prior
+    FROM prepaid_cycles WHERE account_id = k.account_id
+) p ON true
 """
 
 # Each meter serving the household at the instant, with its last reading up to it.
@@ -346,6 +400,13 @@ def _day(instant: datetime, zone: tzinfo) -> date:
     return instant.astimezone(zone).date()
 
 
+def _months_touched(start: datetime, end: datetime, zone: tzinfo) -> int:
+    """The calendar months (in ``zone``) the span ``[start, end)`` touches: from the month
+    holding ``start`` to the one holding its last instant."""
+    first, last = start.astimezone(zone), (end - _TICK).astimezone(zone)
+    return (last.year - first.year) * 12 + last.month - first.month + 1
+
+
 def _readings(rows: Sequence[Any], zone: tzinfo, shown: dict[datetime, str]) -> list[dict[str, Any]]:
     """Readings as a bill stores them; instants in the utility's zone, as the bill prints
     them (``shown`` memoizes the text of an instant: a city's meters share a few)."""
@@ -358,46 +419,70 @@ def _readings(rows: Sequence[Any], zone: tzinfo, shown: dict[datetime, str]) -> 
     return readings
 
 
-async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period: date, months: int, start: datetime,
-                  end: datetime, now: datetime, zone: tzinfo) -> tuple[list[_Draft], list[int]]:
-    """The bills of ``accounts`` for the period ``[start, end)`` (module docstring), and the
-    accounts passed over (opened after the end, or no tariff version in force)."""
+@dataclass(slots=True)
+class _Drafted:
+    """What :func:`_drafts` made of some accounts: the bills, the accounts passed over
+    (opened after the end, or no tariff version in force) and those whose live bills
+    already reach the end (a later or overlapping bill covers the span)."""
+
+    drafts: list[_Draft]
+    skipped: list[int]
+    covered: list[int]
+
+
+async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period: date, end: datetime, now: datetime,
+                  zone: tzinfo, replacing: Sequence[int] = ()) -> _Drafted:
+    """The bills of ``accounts`` for ``period`` up to ``end`` (module docstring), each over
+    its span; the live bills ``replacing`` (a final bill's same-period bill) left out."""
+    done = _Drafted([], [], [])
     if not accounts:
-        return [], []
+        return done
     driver = await raw_connection(session)
     versions = {code: await tariff_versions(session, code=code) for code in sorted({a.tariff_code for a in accounts})}
     rules = await late_fee_rules(session)
     last_day = _day(end - _TICK, zone)
-    billable: list[tuple[_Account, date, date]] = []  # account, first priced day, cycle start
-    skipped: list[int] = []
+    priced: list[tuple[_Account, date]] = []  # account, tier cycle start
     for account in accounts:
         tariff = versions[account.tariff_code]
-        first_day = max(period, _day(account.opened_at, zone), tariff[0].valid_from) if tariff else None
-        if first_day is None or account.opened_at >= end or first_day > last_day:
-            skipped.append(account.id)
+        if not tariff or account.opened_at >= end:
+            done.skipped.append(account.id)
             continue
         cycle = TariffCycle(tariff[-1].rules["cycle"])  # a code keeps its cycle (save_tariff)
-        billable.append((account, first_day, cycle_of(period, cycle)[0]))
-    if not billable:
-        return [], skipped
+        priced.append((account, cycle_of(period, cycle)[0]))
+    if not priced:
+        return done
 
     earlier = {row["account_id"]: row for row in await driver.fetch(
-        _EARLIER, [a.id for a, _, _ in billable], [c for _, _, c in billable], period)}
+        _EARLIER, [a.id for a, _ in priced], [c for _, c in priced], list(replacing))}
+    billable: list[tuple[_Account, datetime, date, date]] = []  # account, span start, first priced day, cycle start
+    for account, cycle_start in priced:
+        span_start = earlier[account.id]["last_end_at"] or account.opened_at
+        if span_start >= end:
+            done.covered.append(account.id)
+            continue
+        first_day = max(_day(span_start, zone), versions[account.tariff_code][0].valid_from)
+        if first_day > last_day:
+            done.skipped.append(account.id)
+            continue
+        billable.append((account, span_start, first_day, cycle_start))
+    if not billable:
+        return done
     # Each account's window starts at its own opening: one statement for all of them.
-    measured = await household_usage_of_windows(session, [(a.household_id, a.opened_at, end) for a, _, _ in billable])
+    measured = await household_usage_of_windows(session, [(a.household_id, a.opened_at, end)
+                                                          for a, _, _, _ in billable])
     end_rows: dict[int, list[Any]] = defaultdict(list)
-    for row in await driver.fetch(_END_READINGS, sorted({a.household_id for a, _, _ in billable}), end):
+    for row in await driver.fetch(_END_READINGS, sorted({a.household_id for a, _, _, _ in billable}), end):
         end_rows[row["household_id"]].append(row)
 
     issue_day = _day(now, zone)
     shown: dict[datetime, str] = {}
-    pricers: dict[tuple[str, int | None, date], Callable[[Decimal, Decimal], tuple[QuoteLine, ...]]] = {}
-    drafts: list[_Draft] = []
-    for (account, first_day, cycle_start), used in zip(billable, measured, strict=True):
+    pricers: dict[tuple[str, int | None, date, int], Callable[[Decimal, Decimal], tuple[QuoteLine, ...]]] = {}
+    for (account, span_start, first_day, cycle_start), used in zip(billable, measured, strict=True):
         known = earlier[account.id]
         volume = max(Decimal(0), used - known["billed_m3"]).quantize(Decimal("0.0001"))
         prior = Decimal(known["prior_m3"])
-        key = (account.tariff_code, account.persons, first_day)
+        months = _months_touched(span_start, end, zone)
+        key = (account.tariff_code, account.persons, first_day, months)
         pricer = pricers.get(key)
         if pricer is None:
             pricer = pricers[key] = _line_pricer(versions[account.tariff_code], persons=account.persons,
@@ -406,12 +491,14 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
         rule = rules[CustomerType(account.customer_type)]
         amount_fen = sum(line.amount_fen for line in lines)
         rate, cap_fen = late_fee_terms(rule, amount_fen)
-        drafts.append(_Draft(
-            account=account, start_readings=json.loads(known["last_end"]) if known["last_end"] else [],
-            end_readings=_readings(end_rows.get(account.household_id, []), zone, shown), measured=used, volume=volume,
+        done.drafts.append(_Draft(
+            account=account, start=span_start, end=end, months=months,
+            start_readings=json.loads(known["last_end"]) if known["last_end"] else [],
+            end_readings=_readings(end_rows.get(account.household_id, []), zone, shown), measured=used,
+            billed=Decimal(known["billed_m3"]), volume=volume,
             cycle_start=cycle_start, prior=prior, lines=lines, due_date=issue_day + timedelta(days=rule.grace_days),
             late_fee_rate=rate, late_fee_cap_fen=cap_fen, amount_fen=amount_fen))
-    return drafts, skipped
+    return done
 
 
 _COUNT_OF_PERIOD = """
@@ -427,16 +514,17 @@ INSERT INTO bills (id, account_id, household_id, period, months, kind, status, r
                    tariff_code, persons, start_readings, end_readings, measured_m3, volume_m3, cycle_start,
                    prior_cycle_m3, amount_fen, due_date, late_fee_rate, late_fee_cap_fen, issued_at, issued_by,
                    paid_at, reissue_of_id, entry_id)
-SELECT b.id, b.account_id, b.household_id, $1::date, $2::smallint, $3::text,
-       CASE WHEN b.amount_fen = 0 THEN 'paid' ELSE 'open' END, $4::bigint, $5::timestamptz, $6::timestamptz,
+SELECT b.id, b.account_id, b.household_id, $1::date, b.months, $2::text,
+       CASE WHEN b.amount_fen = 0 THEN 'paid' ELSE 'open' END, $3::bigint, b.period_start, b.period_end,
        b.tariff_code, b.persons, CAST(b.start_readings AS jsonb), CAST(b.end_readings AS jsonb), b.measured_m3,
-       b.volume_m3, b.cycle_start, b.prior_m3, b.amount_fen, b.due_date, b.rate, b.cap, $7::timestamptz, $8::text,
-       CASE WHEN b.amount_fen = 0 THEN $7::timestamptz END, b.reissue_of_id, b.entry_id
-FROM unnest($9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::int[], $14::text[], $15::text[],
-            $16::numeric[], $17::numeric[], $18::date[], $19::numeric[], $20::bigint[], $21::date[], $22::numeric[],
-            $23::bigint[], $24::bigint[], $25::bigint[])
+       b.volume_m3, b.cycle_start, b.prior_m3, b.amount_fen, b.due_date, b.rate, b.cap, $4::timestamptz, $5::text,
+       CASE WHEN b.amount_fen = 0 THEN $4::timestamptz END, b.reissue_of_id, b.entry_id
+FROM unnest($6::bigint[], $7::bigint[], $8::bigint[], $9::text[], $10::int[], $11::text[], $12::text[],
+            $13::numeric[], $14::numeric[], $15::date[], $16::numeric[], $17::bigint[], $18::date[], $19::numeric[],
+            $20::bigint[], $21::bigint[], $22::bigint[], $23::smallint[], $24::timestamptz[], $25::timestamptz[])
      AS b(id, account_id, household_id, tariff_code, persons, start_readings, end_readings, measured_m3, volume_m3,
-          cycle_start, prior_m3, amount_fen, due_date, rate, cap, reissue_of_id, entry_id)
+          cycle_start, prior_m3, amount_fen, due_date, rate, cap, reissue_of_id, entry_id, months, period_start,
+          period_end)
 """
 
 _INSERT_LINES = """
@@ -446,9 +534,8 @@ SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::text[], $4::smallint[], $
 """
 
 
-async def _write(session: AsyncSession, drafts: Sequence[_Draft], *, period: date, months: int, kind: BillKind,
-                 run_id: int | None, start: datetime, end: datetime, by: str, now: datetime,
-                 zone: tzinfo) -> list[_Issued]:
+async def _write(session: AsyncSession, drafts: Sequence[_Draft], *, period: date, kind: BillKind, run_id: int | None,
+                 by: str, now: datetime, zone: tzinfo) -> list[_Issued]:
     """Post the drafts' entries and insert their bills and lines, then let credit already
     on the accounts pay the new bills (``allocations.allocate_credit``: a payment made
     ahead of its bill, or left over). The callers hold the accounts' locks and checked
@@ -470,13 +557,14 @@ async def _write(session: AsyncSession, drafts: Sequence[_Draft], *, period: dat
     posted = iter(await post_entries(session, entries, posted_by=by, posted_at=now))
     entry_ids = [next(posted).id if draft.amount_fen else None for draft in drafts]
     await driver.execute(
-        _INSERT_BILLS, period, months, kind.value, run_id, start, end, now, by[:100],
+        _INSERT_BILLS, period, kind.value, run_id, now, by[:100],
         bill_ids, ids, [d.account.household_id for d in drafts], [d.account.tariff_code for d in drafts],
         [d.account.persons for d in drafts], [json.dumps(d.start_readings) for d in drafts],
         [json.dumps(d.end_readings) for d in drafts], [d.measured for d in drafts], [d.volume for d in drafts],
         [d.cycle_start for d in drafts], [d.prior for d in drafts], [d.amount_fen for d in drafts],
         [d.due_date for d in drafts], [d.late_fee_rate for d in drafts], [d.late_fee_cap_fen for d in drafts],
-        [d.reissue_of_id for d in drafts], entry_ids,
+        [d.reissue_of_id for d in drafts], entry_ids, [d.months for d in drafts], [d.start for d in drafts],
+        [d.end for d in drafts],
     )
     line_rows = [(bill_id, number, line.component, line.tier, line.volume, line.price, line.amount_fen, line.valid_from)
                  for draft, bill_id in zip(drafts, bill_ids, strict=True)
@@ -624,37 +712,50 @@ async def run_billing(
             "finished_at": now if status is not BillingRunStatus.running else None, "error": error})
 
     try:
+        # Review per cycle length (a group's own period bounds), then one list of the
+        # accounts to bill in global id order: a chunk locks its accounts in id order
+        # whatever their cycle, as every other writer does, so a run over monthly and
+        # bimonthly accounts never deadlocks with them.
+        cycle_months: dict[int, int] = {}
         for group_months, ids in groups.items():
             if not ids:
                 continue
             await review.prepare_review(session, period=period, now=now, tz=zone, months=group_months, account_ids=ids)
             held.extend(await review.held_accounts(session, period=period, account_ids=ids))
-            billable = await review.billable_accounts(session, period=period, account_ids=ids)
-            live = await _live_of_period(session, period, billable)
+            for account_id in await review.billable_accounts(session, period=period, account_ids=ids):
+                cycle_months[account_id] = group_months
+        held.sort(key=lambda one: one.account_id)
+        live = await _live_of_period(session, period, list(cycle_months))
+        already += len(live)
+        to_bill = sorted(set(cycle_months) - live)
+        ends = {group_months: review.period_bounds(period, zone, months=group_months)[1] for group_months in groups}
+        for offset in range(0, len(to_bill), CHUNK):
+            chunk = to_bill[offset:offset + CHUNK]
+            accounts = await _lock(session, chunk)
+            # Billed meanwhile by a concurrent run: counted, not billed again.
+            live = await _live_of_period(session, period, [a.id for a in accounts])
             already += len(live)
-            to_bill = [i for i in billable if i not in live]
-            start, end = review.period_bounds(period, zone, months=group_months)
-            for offset in range(0, len(to_bill), CHUNK):
-                chunk = to_bill[offset:offset + CHUNK]
-                accounts = await _lock(session, chunk)
-                # Billed meanwhile by a concurrent run: counted, not billed again.
-                live = await _live_of_period(session, period, [a.id for a in accounts])
-                already += len(live)
-                skipped += len(chunk) - len(accounts)  # closed or changed mode meanwhile
-                drafts, passed = await _drafts(session, [a for a in accounts if a.id not in live], period=period,
-                                               months=group_months, start=start, end=end, now=now, zone=zone)
-                skipped += len(passed)
-                issued = await _write(session, drafts, period=period, months=group_months, kind=BillKind.regular,
-                                      run_id=run_id, start=start, end=end, by=by, now=now, zone=zone)
-                bill_ids.extend(i.bill_id for i in issued)
-                billed_accounts.extend(i.account_id for i in issued)
-                amount += sum(i.amount_fen for i in issued)
-                await _emit(session, issued, period)
-                if commit is not None:
-                    await record(BillingRunStatus.running)
-                    await commit()
-                if progress is not None:
-                    progress(min(offset + CHUNK, len(to_bill)), len(to_bill))
+            skipped += len(chunk) - len(accounts)  # closed or changed mode meanwhile
+            drafts: list[_Draft] = []
+            for group_months, end in ends.items():
+                drafted = await _drafts(session, [a for a in accounts if a.id not in live
+                                                  and cycle_months[a.id] == group_months],
+                                        period=period, end=end, now=now, zone=zone)
+                drafts.extend(drafted.drafts)
+                skipped += len(drafted.skipped)
+                already += len(drafted.covered)  # a later or overlapping bill covers the span
+            drafts.sort(key=lambda draft: draft.account.id)
+            issued = await _write(session, drafts, period=period, kind=BillKind.regular, run_id=run_id, by=by,
+                                  now=now, zone=zone)
+            bill_ids.extend(i.bill_id for i in issued)
+            billed_accounts.extend(i.account_id for i in issued)
+            amount += sum(i.amount_fen for i in issued)
+            await _emit(session, issued, period)
+            if commit is not None:
+                await record(BillingRunStatus.running)
+                await commit()
+            if progress is not None:
+                progress(min(offset + CHUNK, len(to_bill)), len(to_bill))
         await record(BillingRunStatus.finished)
     except Exception as failure:
         if commit is None:
@@ -671,13 +772,14 @@ async def run_billing(
 async def billing_runs(session: AsyncSession, *, period: date | None, scope_patterns: Sequence[str] | None,
                        offset: int, limit: int, run_id: int | None = None) -> tuple[list[BillingRun], int]:
     """Runs (of ``period``; or the one ``run_id``), newest first, with their total: runs
-    over an area in the scope, and runs without an area (each caller's whole scope; a run
-    row holds counts only, no household's data)."""
+    over an area in the scope. A run without an area (the whole utility) is listed only to
+    a caller without a scope restriction (``scope_patterns`` None): its counts are the
+    whole utility's."""
     rows = (await session.execute(text("""
         SELECT r.id, count(*) OVER () AS total FROM billing_runs r LEFT JOIN areas a ON a.id = r.area_id
         WHERE (CAST(:period AS date) IS NULL OR r.period = CAST(:period AS date))
           AND (CAST(:run_id AS bigint) IS NULL OR r.id = CAST(:run_id AS bigint))
-          AND (CAST(:patterns AS text[]) IS NULL OR r.area_id IS NULL OR a.path LIKE ANY(CAST(:patterns AS text[])))
+          AND (CAST(:patterns AS text[]) IS NULL OR a.path LIKE ANY(CAST(:patterns AS text[])))
         ORDER BY r.id DESC OFFSET :offset LIMIT :limit
     """), {"period": period, "run_id": run_id, "patterns": patterns_param(scope_patterns), "offset": offset,
            "limit": limit})).all()
@@ -726,7 +828,6 @@ async def final_bill(session: AsyncSession, *, account_id: int, at: datetime, by
     zone = as_zone(tz)
     months, first_month = await _account_cycle(session, account_id)
     period = period_of(_day(at - _TICK, zone), months, first_month)
-    start = review.period_bounds(period, zone, months=months)[0]
     (account,) = await _lock(session, [account_id])
     driver = await raw_connection(session)
     await driver.execute("UPDATE accounts SET settled_to = greatest(coalesce(settled_to, $2), $2) WHERE id = $1",
@@ -735,37 +836,89 @@ async def final_bill(session: AsyncSession, *, account_id: int, at: datetime, by
                                   "AND status <> 'voided')", account_id, period)
     if later:
         return FinalBill(None, None, 0)
-    drafts, _ = await _drafts(session, [account], period=period, months=months, start=start, end=at, now=now,
-                              zone=zone)
-    if not drafts:
-        return FinalBill(None, None, 0)
-    (draft,) = drafts
     existing = await _live_bill(session, account_id, period)
+    drafted = await _drafts(session, [account], period=period, end=at, now=now, zone=zone,
+                            replacing=[existing.id] if existing is not None and existing.id is not None else [])
+    if not drafted.drafts:
+        return FinalBill(None, None, 0)
+    (draft,) = drafted.drafts
+    # Priced beyond what was measured (a downward correction after a sent bill): credited,
+    # as far as the other live bills billed it (prepaid cycles have no bill to give back).
+    over_m3 = max(Decimal(0), draft.billed - draft.measured).quantize(Decimal("0.0001"))
+    if over_m3 > 0:
+        over_m3 = min(over_m3, Decimal(await driver.fetchval(
+            "SELECT coalesce(sum(volume_m3), 0) FROM bills WHERE account_id = $1 AND status <> 'voided' "
+            "AND id <> $2", account_id, existing.id if existing is not None and existing.id is not None else 0)))
     voided_id = None
     net = draft.amount_fen
     if existing is not None:
-        if existing.volume_m3 == draft.volume:
+        if existing.volume_m3 == draft.volume and existing.credited_m3 == over_m3:
             return FinalBill(None, None, 0)
         if existing.principal_paid_fen > 0 or existing.late_fee_paid_fen > 0:
             raise AccountUnsettled(field="id")
         voided = await _void(session, existing, reason=FINAL_REBILL_REASON, by=by, now=now)
         voided_id = voided.id
         net -= voided.amount_fen
-    issued = await _write(session, drafts, period=period, months=months, kind=BillKind.final, run_id=None,
-                          start=start, end=at, by=by, now=now, zone=zone)
+    issued = await _write(session, drafted.drafts, period=period, kind=BillKind.final, run_id=None, by=by, now=now,
+                          zone=zone)
+    (final,) = issued
+    if over_m3 > 0:
+        net -= await _credit_over_billed(session, final.bill_id, account_id, over_m3, by=by, now=now, zone=zone)
     await _emit(session, issued, period)
-    return FinalBill(issued[0].bill_id if issued else None, voided_id, net)
+    return FinalBill(final.bill_id, voided_id, net)
+
+
+async def _credit_over_billed(session: AsyncSession, final_id: int, account_id: int, over_m3: Decimal, *, by: str,
+                              now: datetime, zone: tzinfo) -> int:
+    """Credit ``over_m3`` on final bill ``final_id`` priced back at the rates it was billed
+    at: the live bills newest first each give back min(what is left, its volume), worth
+    price(volume, prior) − price(volume − taken, prior) on its own terms (module
+    docstring); volume priced by prepaid cycles has no bill to give it back. One
+    ``adjustment`` entry; returns the credit in fen."""
+    driver = await raw_connection(session)
+    rows = await driver.fetch("""
+        SELECT b.id, b.tariff_code, b.persons, b.months, b.period_start, b.period_end, b.volume_m3, b.prior_cycle_m3,
+               acc.opened_at
+        FROM bills b JOIN accounts acc ON acc.id = b.account_id
+        WHERE b.account_id = $1 AND b.status <> 'voided' AND b.id <> $2 AND b.volume_m3 > 0
+        ORDER BY b.period_end DESC, b.id DESC""", account_id, final_id)
+    left, credit_fen = over_m3, 0
+    for row in rows:
+        if left <= 0:
+            break
+        taken = min(left, Decimal(row["volume_m3"]))
+        versions = await tariff_versions(session, code=row["tariff_code"])
+        first_day = max(_day(row["period_start"], zone), _day(row["opened_at"], zone), versions[0].valid_from)
+        pricer = _line_pricer(versions, persons=row["persons"], start=first_day,
+                              end=_day(row["period_end"] - _TICK, zone), months=row["months"])
+        volume, prior = Decimal(row["volume_m3"]), Decimal(row["prior_cycle_m3"])
+        credit_fen += (sum(line.amount_fen for line in pricer(volume, prior))
+                       - sum(line.amount_fen for line in pricer(volume - taken, prior)))
+        left -= taken
+    entry_id = None
+    if credit_fen > 0:
+        (posted,) = await post_entries(session, [EntryIn(
+            account_id=account_id, kind=EntryKind.adjustment, amount_fen=credit_fen, ref=f"bill:{final_id}",
+            idempotency_key=f"bill-credit:{final_id}", note="销户退还多计水量")], posted_by=by, posted_at=now)
+        entry_id = posted.id
+    await driver.execute("UPDATE bills SET credited_m3 = $2, credit_fen = $3, credit_entry_id = $4 WHERE id = $1",
+                         final_id, over_m3 - left, credit_fen, entry_id)
+    if entry_id is not None:
+        await allocate_credit(session, account_ids=[account_id], on=_day(now, zone), now=now, by=by)
+    return credit_fen
 
 
 _UNBILLED = """
-SELECT coalesce(sum(volume_m3), 0) FROM bills WHERE account_id = $1 AND status <> 'voided'
+SELECT coalesce((SELECT sum(volume_m3 - credited_m3) FROM bills WHERE account_id = $1 AND status <> 'voided'), 0)
+     + coalesce((SELECT sum(volume_m3) FROM prepaid_cycles WHERE account_id = $1), 0)
 """
 
 
 async def unbilled_m3(session: AsyncSession, *, account_id: int, household_id: int, opened_at: datetime,
                       to: datetime) -> Decimal:
-    """The usage from the account's opening to ``to`` that its live bills have not billed
-    (negative when they billed more): what a final bill at ``to`` would add up from."""
+    """The usage from the account's opening to ``to`` that its live bills (net of what
+    they credited back) and its prepaid settlement cycles have not priced (negative when
+    they priced more): what a final bill at ``to`` would add up from."""
     measured = (await usage_between(session, household_ids=[household_id], start=opened_at, end=to))[household_id]
     driver = await raw_connection(session)
     return measured - Decimal(await driver.fetchval(_UNBILLED, account_id))
@@ -803,10 +956,15 @@ async def _void(session: AsyncSession, bill: Bill, *, reason: str, by: str, now:
     if bill.entry_id is not None:
         entries.append(EntryIn(account_id=bill.account_id, kind=EntryKind.reversal, amount_fen=bill.amount_fen,
                                ref=f"bill:{bill.id}", idempotency_key=f"bill-void:{bill.id}"))
-    unpaid_fee = bill.late_fee_posted_fen - bill.late_fee_paid_fen
+    # A waived bill's posted-unpaid fee was written off by the waiver (and any fee paid
+    # and then reversed since, by the reversal): nothing more to write off.
+    unpaid_fee = 0 if bill.late_fee_waived_at is not None else bill.late_fee_posted_fen - bill.late_fee_paid_fen
     if unpaid_fee > 0:
         entries.append(EntryIn(account_id=bill.account_id, kind=EntryKind.write_off, amount_fen=unpaid_fee,
                                ref=f"bill:{bill.id}", idempotency_key=f"bill-void-fee:{bill.id}"))
+    if bill.credit_fen > 0:  # a final bill's credit for over-billed volume goes with it
+        entries.append(EntryIn(account_id=bill.account_id, kind=EntryKind.reversal, amount_fen=-bill.credit_fen,
+                               ref=f"bill:{bill.id}", idempotency_key=f"bill-void-credit:{bill.id}"))
     posted = await post_entries(session, entries, posted_by=by, posted_at=now)
     bill.status = BillStatus.voided
     bill.voided_at, bill.voided_by, bill.void_reason = now, by[:100], reason
@@ -843,13 +1001,11 @@ async def void_bill(session: AsyncSession, *, bill_id: int, reason: str, by: str
     if reissue:
         zone = as_zone(tz)
         accounts = await _lock(session, [account_id])
-        drafts, _ = await _drafts(session, accounts, period=bill.period, months=bill.months, start=bill.period_start,
-                                  end=bill.period_end, now=now, zone=zone)
+        drafts = (await _drafts(session, accounts, period=bill.period, end=bill.period_end, now=now, zone=zone)).drafts
         for draft in drafts:
             draft.reissue_of_id = bill_id
-        issued = await _write(session, drafts, period=bill.period, months=bill.months, kind=BillKind(bill.kind),
-                              run_id=None, start=bill.period_start, end=bill.period_end, by=by, now=now,
-                              zone=zone)
+        issued = await _write(session, drafts, period=bill.period, kind=BillKind(bill.kind), run_id=None, by=by,
+                              now=now, zone=zone)
         await _emit(session, issued, bill.period)
         reissued = issued[0].bill_id if issued else None
     return VoidedBill(voided, reissued)

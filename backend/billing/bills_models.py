@@ -3,13 +3,18 @@ allocations of payments to bills, the late-fee rules per customer type and the b
 period length per area.
 
 **A bill** is one account's charge for one period (``period``: the first day of its first
-month; ``months`` 1 or 2 for a bimonthly area). It is a ledger debit (``entry_id``, kind
+month) over a span ``[period_start, period_end)`` that starts where the account's previous
+live bill ended (or at its opening); ``months`` is the number of calendar months the span
+touches (1 for a monthly bill, 2 for a bimonthly one, more for an account never billed). It is a ledger debit (``entry_id``, kind
 ``bill``) and stores the readings it was priced from: ``start_readings`` are the previous
 bill's ``end_readings`` (or the account's opening), ``end_readings`` each current meter's
 last reading up to the period end, so a late or corrected reading moves into the next
 bill and never reopens a sent one. ``measured_m3`` is the account's usage from its
 opening to the period end as known when the bill was made; the bill's ``volume_m3`` is
-that minus the volume of the account's earlier live bills. ``cycle_start`` is the tier
+that minus the volume of the account's earlier live bills (less what they credited back,
+``credited_m3``) and of its prepaid settlement cycles. A final bill credits volume earlier
+bills over-billed (``credited_m3``, ``credit_fen``, an ``adjustment`` entry
+``credit_entry_id``). ``cycle_start`` is the tier
 cycle the volume counts in and ``prior_cycle_m3`` what earlier bills of that cycle had
 used (annual tiers carry across monthly bills).
 
@@ -130,8 +135,9 @@ class Bill(SQLModel, table=True):
         Index("ix_bills_period_status", "period", "status"),
         Index("ix_bills_open_account", "account_id", "period", postgresql_where=text("status = 'open'")),
         CheckConstraint("extract(day FROM period) = 1", name="period_first_day"),
-        CheckConstraint("months IN (1, 2)", name="months_valid"),
+        CheckConstraint("months >= 1", name="months_valid"),
         CheckConstraint("amount_fen >= 0", name="amount_not_negative"),
+        CheckConstraint("credit_fen >= 0", name="credit_not_negative"),
         CheckConstraint("principal_paid_fen BETWEEN 0 AND amount_fen", name="principal_paid_within_amount"),
         CheckConstraint("late_fee_paid_fen BETWEEN 0 AND late_fee_posted_fen", name="late_fee_paid_within_posted"),
         CheckConstraint("late_fee_paid_fen + late_fee_waived_fen <= late_fee_cap_fen", name="late_fee_within_cap"),
@@ -188,6 +194,13 @@ class Bill(SQLModel, table=True):
                                                                      nullable=True))
     reissue_of_id: int | None = Field(default=None, sa_column=Column(BigInteger, ForeignKey("bills.id"),
                                                                      nullable=True))
+    # A final bill's credit for volume earlier bills over-billed (bills' module docstring):
+    # the volume taken back, its price at the rates it was billed at, the crediting entry.
+    credited_m3: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(16, 4), nullable=False,
+                                                                      server_default="0"))
+    credit_fen: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    credit_entry_id: int | None = Field(default=None, sa_column=Column(BigInteger, ForeignKey("ledger_entries.id"),
+                                                                       nullable=True))
 
 
 class BillLine(SQLModel, table=True):

@@ -43,28 +43,42 @@ async def ledger_adds_up(runtime: Runtime) -> CheckResult:
 
 
 # Bills whose money disagrees with the ledger or their allocations: the bill's entry is not
-# −amount (a bill of ¥0 has none), a voided bill's reversing entry is not +amount, what
+# −amount (a bill of ¥0 has none), a voided bill's reversing entry is not +amount, a final
+# bill's credit entry is not +credit_fen (none without a credit), what
 # was paid of principal or fee is not the sum of the bill's allocations, the fee posted
-# is not the sum of its late_fee entries, or a paid bill still owes principal.
+# is not the sum of its late_fee entries, a paid bill still owes principal, or the fee
+# written off for it (write_off entries with ref 'bill:<id>') is not exactly the posted fee
+# left unpaid when the bill is waived or voided (the waiver writes it off, a reversal of a
+# waived bill's fee writes that part off too, a void of an unwaived bill writes off the
+# rest) and 0 otherwise: a fee written off twice, or not at all, shows here.
 _BILLS_DISAGREEING = text("""
 WITH allocated AS (
     SELECT bill_id, sum(principal_fen) AS principal, sum(late_fee_fen) AS fee FROM bill_allocations GROUP BY bill_id
 ), fees AS (
     SELECT CAST(substr(ref, 6) AS bigint) AS bill_id, -sum(amount_fen) AS posted FROM ledger_entries
     WHERE kind = 'late_fee' AND ref LIKE 'bill:%' GROUP BY 1
+), write_offs AS (
+    SELECT CAST(substr(ref, 6) AS bigint) AS bill_id, sum(amount_fen) AS written_off FROM ledger_entries
+    WHERE kind = 'write_off' AND ref LIKE 'bill:%' GROUP BY 1
 ), wrong AS (
     SELECT b.id FROM bills b
     LEFT JOIN ledger_entries e ON e.id = b.entry_id
     LEFT JOIN ledger_entries v ON v.id = b.void_entry_id
     LEFT JOIN allocated al ON al.bill_id = b.id
     LEFT JOIN fees f ON f.bill_id = b.id
+    LEFT JOIN write_offs w ON w.bill_id = b.id
+    LEFT JOIN ledger_entries c ON c.id = b.credit_entry_id
     WHERE (b.amount_fen > 0 AND (e.id IS NULL OR e.amount_fen <> -b.amount_fen OR e.account_id <> b.account_id))
        OR (b.amount_fen = 0 AND b.entry_id IS NOT NULL)
        OR (b.status = 'voided' AND b.entry_id IS NOT NULL AND (v.id IS NULL OR v.amount_fen <> b.amount_fen))
+       OR (b.credit_fen > 0 AND (c.id IS NULL OR c.amount_fen <> b.credit_fen OR c.account_id <> b.account_id))
+       OR (b.credit_fen = 0 AND b.credit_entry_id IS NOT NULL)
        OR b.principal_paid_fen <> coalesce(al.principal, 0)
        OR b.late_fee_paid_fen <> coalesce(al.fee, 0)
        OR b.late_fee_posted_fen <> coalesce(f.posted, 0)
        OR (b.status = 'paid' AND b.principal_paid_fen <> b.amount_fen)
+       OR coalesce(w.written_off, 0) <> CASE WHEN b.late_fee_waived_at IS NOT NULL OR b.status = 'voided'
+                                             THEN b.late_fee_posted_fen - b.late_fee_paid_fen ELSE 0 END
 )
 SELECT (SELECT count(*) FROM wrong) AS wrong, (SELECT count(*) FROM bills) AS total,
        (SELECT count(*) FROM bill_allocations) AS allocations
@@ -73,7 +87,8 @@ SELECT (SELECT count(*) FROM wrong) AS wrong, (SELECT count(*) FROM bills) AS to
 
 async def bills_add_up(runtime: Runtime) -> CheckResult:
     """Every bill's money agrees with its ledger entries and its allocations (read-only):
-    its debit, a voided bill's credit, principal and fee paid, fee posted."""
+    its debit, a voided bill's credit, a final bill's credit, principal and fee paid, fee
+    posted, fee written off."""
     async with runtime.sessions() as session:
         row = (await session.execute(_BILLS_DISAGREEING)).one()
     if row.wrong:

@@ -25,7 +25,7 @@ import asyncio
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, tzinfo
+from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -109,6 +109,9 @@ class NoticeBill:
     late_fee_rate: Decimal
     meters: list[NoticeMeter] = field(default_factory=list)
     lines: list[NoticeLine] = field(default_factory=list)
+    # The first days of the first and last months the bill's span touches (None: the
+    # period's ``months`` from ``period``). A bill's span can start before its period.
+    span_months: tuple[date, date] | None = None
 
     @property
     def owed_fen(self) -> int:
@@ -173,6 +176,8 @@ async def household_notices(
             late_fee_rate=bill.late_fee_rate, meters=_meters(bill.start_readings, bill.end_readings, codes, zone),
             lines=[NoticeLine(line.component_name, line.line.tier, line.line.volume_m3, line.line.price,
                               line.line.amount_fen) for line in lines.get(bill.id, [])],
+            span_months=(bill.period_start.astimezone(zone).date().replace(day=1),
+                         (bill.period_end - timedelta(microseconds=1)).astimezone(zone).date().replace(day=1)),
         )
         if notices and notices[-1].account_no == row.account_no:
             notices[-1].bills.append(printed)
@@ -217,10 +222,15 @@ def _day(day: date) -> str:
 
 
 def _period(bill: NoticeBill) -> str:
-    if bill.months == 1:
-        return f"{bill.period.year}年{bill.period.month:02d}月"
-    last = date(bill.period.year + bill.period.month // 12, bill.period.month % 12 + 1, 1)
-    return f"{bill.period.year}年{bill.period.month:02d}月–{last.year}年{last.month:02d}月"
+    if bill.span_months is not None:
+        first, last = bill.span_months
+    else:
+        first = bill.period
+        index = first.year * 12 + first.month - 1 + bill.months - 1
+        last = date(index // 12, index % 12 + 1, 1)
+    if first == last:
+        return f"{first.year}年{first.month:02d}月"
+    return f"{first.year}年{first.month:02d}月–{last.year}年{last.month:02d}月"
 
 
 def _m3(volume: Decimal) -> str:

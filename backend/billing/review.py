@@ -19,7 +19,8 @@ puts it back to ``pending``. Each decision is one transaction with its audit ent
 schema's mutations); a refusal writes nothing.
 
 **Billed.** The billing run asks :func:`billable_accounts` (open postpaid accounts without
-a pending row for the period) and :func:`held_accounts` (those with one), or embeds
+a pending row for the period or an earlier one: an earlier period is decided and billed
+first) and :func:`held_accounts` (those with one, its earliest), or embeds
 :data:`NOT_HELD_SQL` in its own statement; it runs :func:`prepare_review` first.
 """
 
@@ -179,8 +180,11 @@ async def prepare_review(
 # --------------------------------------------------------------------------- for the billing run
 
 # The condition a billing statement adds for an account ``acc`` and the bound :period.
+# Any pending review up to and including the period holds it: the reviewer decides an
+# earlier period first, or the later bill would take its usage and the earlier one bill it
+# again (bills' module docstring).
 NOT_HELD_SQL = ("NOT EXISTS (SELECT FROM reading_reviews rr WHERE rr.account_id = acc.id "
-                "AND rr.period = :period AND rr.state = 'pending')")
+                "AND rr.period <= :period AND rr.state = 'pending')")
 
 _BILLABLE = text(f"""
 SELECT acc.id FROM accounts acc
@@ -190,12 +194,14 @@ WHERE acc.status = 'open' AND acc.mode = 'postpaid'
 ORDER BY acc.id
 """)
 
+# One row per account: its earliest pending period up to :period, with its reasons.
 _HELD = text("""
-SELECT rr.account_id, rr.id AS review_id, rr.alarm_kinds, rr.missing_reading FROM reading_reviews rr
+SELECT DISTINCT ON (rr.account_id) rr.account_id, rr.id AS review_id, rr.alarm_kinds, rr.missing_reading
+FROM reading_reviews rr
 JOIN accounts acc ON acc.id = rr.account_id
-WHERE rr.period = :period AND rr.state = 'pending' AND acc.status = 'open' AND acc.mode = 'postpaid'
+WHERE rr.period <= :period AND rr.state = 'pending' AND acc.status = 'open' AND acc.mode = 'postpaid'
   AND (CAST(:account_ids AS bigint[]) IS NULL OR rr.account_id = ANY(CAST(:account_ids AS bigint[])))
-ORDER BY rr.account_id
+ORDER BY rr.account_id, rr.period
 """)
 
 
@@ -215,8 +221,8 @@ def _ids(account_ids: Sequence[int] | None) -> list[int] | None:
 
 async def billable_accounts(session: AsyncSession, *, period: date,
                             account_ids: Sequence[int] | None = None) -> list[int]:
-    """Open postpaid accounts (of ``account_ids``, or all) the period may bill: never held
-    or decided, in id order (the run's lock order). Run :func:`prepare_review` first: an
+    """Open postpaid accounts (of ``account_ids``, or all) the period may bill: no review
+    pending for this period or an earlier one, in id order (the run's lock order). Run :func:`prepare_review` first: an
     account not yet prepared counts as clean."""
     rows = await session.execute(_BILLABLE, {"period": _checked_period(period), "account_ids": _ids(account_ids)})
     return [row.id for row in rows]
@@ -224,8 +230,9 @@ async def billable_accounts(session: AsyncSession, *, period: date,
 
 async def held_accounts(session: AsyncSession, *, period: date,
                         account_ids: Sequence[int] | None = None) -> list[HeldAccount]:
-    """Open postpaid accounts (of ``account_ids``, or all) whose period waits for a
-    reviewer, in id order, with the reasons."""
+    """Open postpaid accounts (of ``account_ids``, or all) with a review pending for the
+    period or an earlier one, in id order: one row each, its earliest pending review with
+    the reasons."""
     rows = await session.execute(_HELD, {"period": _checked_period(period), "account_ids": _ids(account_ids)})
     return [HeldAccount(row.account_id, row.review_id, list(row.alarm_kinds), row.missing_reading) for row in rows]
 

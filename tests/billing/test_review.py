@@ -89,9 +89,14 @@ async def test_alarmed_and_silent_accounts_are_held_and_a_clean_one_is_billable(
     assert held[period.silent.account_id].alarm_kinds == []
     assert held[period.silent.account_id].missing_reading is True
     assert await review.billable_accounts(session, period=PERIOD, account_ids=period.ids) == [period.clean.account_id]
-    # Re-running adds nothing, and November (not prepared) holds nobody.
+    # Re-running adds nothing. November (not prepared) holds the same accounts by their
+    # October review: an earlier period is decided (and billed) first. September holds nobody.
     assert await review.prepare_review(session, period=PERIOD, now=NOW) == 0
-    assert await review.held_accounts(session, period=date(2026, 11, 1), account_ids=period.ids) == []
+    november = await review.held_accounts(session, period=date(2026, 11, 1), account_ids=period.ids)
+    assert [(h.account_id, h.review_id) for h in november] == [(h.account_id, h.review_id) for h in held.values()]
+    assert await review.billable_accounts(session, period=date(2026, 11, 1), account_ids=period.ids) == [
+        period.clean.account_id]
+    assert await review.held_accounts(session, period=date(2026, 9, 1), account_ids=period.ids) == []
 
 
 async def test_approving_makes_the_account_billable_and_a_second_decision_is_refused(session: AsyncSession) -> None:

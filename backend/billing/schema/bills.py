@@ -151,7 +151,9 @@ class BillType(Node):
     unit: str | None
     room_label: str | None = strawberry.field(description="楼-单元-房间, 1-1-0101.")
     period: str = strawberry.field(description="YYYY-MM: the period's first month.")
-    months: int = strawberry.field(description="1, or 2 for a bimonthly area.")
+    months: int = strawberry.field(description=(
+        "The calendar months the bill's span touches: 1 monthly, 2 bimonthly, more when earlier months were "
+        "never billed (a final bill, an account long unbilled)."))
     kind: BillKindEnum  # type: ignore[valid-type]
     status: BillStatusEnum  # type: ignore[valid-type]
     overdue: bool = strawberry.field(description="Open and past its due date (accruing a late fee).")
