@@ -773,13 +773,16 @@ async def billing_runs(session: AsyncSession, *, period: date | None, scope_patt
                        offset: int, limit: int, run_id: int | None = None) -> tuple[list[BillingRun], int]:
     """Runs (of ``period``; or the one ``run_id``), newest first, with their total: runs
     over an area in the scope. A run without an area (the whole utility) is listed only to
-    a caller without a scope restriction (``scope_patterns`` None): its counts are the
-    whole utility's."""
+    a caller whose scope covers the whole utility (no restriction, or every root area, as a
+    company-wide administrator's): its counts are the whole utility's."""
     rows = (await session.execute(text("""
         SELECT r.id, count(*) OVER () AS total FROM billing_runs r LEFT JOIN areas a ON a.id = r.area_id
         WHERE (CAST(:period AS date) IS NULL OR r.period = CAST(:period AS date))
           AND (CAST(:run_id AS bigint) IS NULL OR r.id = CAST(:run_id AS bigint))
-          AND (CAST(:patterns AS text[]) IS NULL OR a.path LIKE ANY(CAST(:patterns AS text[])))
+          AND (CAST(:patterns AS text[]) IS NULL OR a.path LIKE ANY(CAST(:patterns AS text[]))
+               OR (r.area_id IS NULL AND NOT EXISTS (
+                   SELECT FROM areas root WHERE root.parent_id IS NULL
+                     AND NOT root.path LIKE ANY(CAST(:patterns AS text[])))))
         ORDER BY r.id DESC OFFSET :offset LIMIT :limit
     """), {"period": period, "run_id": run_id, "patterns": patterns_param(scope_patterns), "offset": offset,
            "limit": limit})).all()

@@ -4,7 +4,7 @@ one month's tiers; an earlier period waits for its review before a later one is 
 a run locks monthly and bimonthly accounts in one id order; a final bill credits
 over-billed volume at the rates it was billed at; a prepaid settlement's charge counts as
 priced; a void after a waiver writes the fee off once; runs over the whole utility are
-for unscoped callers only. Every figure is worked by hand in the test."""
+for callers whose scope covers the whole utility. Every figure is worked by hand in the test."""
 
 from __future__ import annotations
 
@@ -201,8 +201,12 @@ async def test_voiding_a_bill_whose_late_fee_was_waived_writes_the_fee_off_once(
 # --------------------------------------------------------------------------- runs listed by scope
 
 
-async def test_a_whole_utility_run_is_listed_only_to_unscoped_callers(session: AsyncSession) -> None:
+async def test_a_whole_utility_run_is_listed_only_to_callers_whose_scope_covers_the_utility(
+    session: AsyncSession,
+) -> None:
     company = await create_area(session, name=unique("公司"), kind=AreaKind.company)
+    other = await create_area(session, name=unique("另一公司"), kind=AreaKind.company)
+    roots = [row.path + "%" for row in (await session.execute(text("SELECT path FROM areas WHERE parent_id IS NULL")))]
     period = date(2019, 1, 1)  # a period no other test runs
     whole = BillingRun(period=period, area_id=None, started_by="出账员", started_at=at(2019, 2, 5))
     own = BillingRun(period=period, area_id=company.id, started_by="出账员", started_at=at(2019, 2, 5))
@@ -210,11 +214,15 @@ async def test_a_whole_utility_run_is_listed_only_to_unscoped_callers(session: A
     await session.flush()
 
     unscoped, _ = await bills.billing_runs(session, period=period, scope_patterns=None, offset=0, limit=10)
+    everywhere, _ = await bills.billing_runs(session, period=period, scope_patterns=roots, offset=0, limit=10)
     scoped, total = await bills.billing_runs(session, period=period, scope_patterns=[company.path + "%"], offset=0,
                                              limit=10)
+    elsewhere, _ = await bills.billing_runs(session, period=period, scope_patterns=[other.path + "%"], offset=0,
+                                            limit=10)
 
-    assert [r.id for r in unscoped] == [own.id, whole.id]
+    assert [r.id for r in unscoped] == [r.id for r in everywhere] == [own.id, whole.id]
     assert ([r.id for r in scoped], total) == ([own.id], 1)
+    assert elsewhere == []
 
 
 # --------------------------------------------------------------------------- lock order
