@@ -18,7 +18,6 @@ a paid or voided bill owes nothing.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from collections.abc import Sequence
@@ -30,7 +29,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.archives.service import area_name_sql, room_label_sql
+from backend.archives.service import PLACE_COLUMNS, HouseholdRows, contains_pattern, fetch_by_ids, fetch_page
 from backend.billing.bills_models import Bill, BillAllocation, BillKind, BillLine, BillStatus
 from backend.billing.late_fees import LateFeeState, late_fee_on, late_fee_owed_on
 from backend.billing.scope import area_path_in_scope
@@ -147,51 +146,18 @@ _CONDITIONS: tuple[tuple[str, str], ...] = (
     ("account_id", "b.account_id = {}::bigint"),
 )
 
-# The household's place, for a row whose household's area is alias ``a`` and whose room is ``p.room``.
-_PLACE = (f'{area_name_sql("a", "community")} AS community, {area_name_sql("a", "building")} AS building, '
-          f'{area_name_sql("a", "unit")} AS unit, {room_label_sql("a", "p.room")} AS room_label')
 _LISTED_COLUMNS = ", ".join(f"b.{name}" for name in BILL_COLUMNS) + (
     ", h.account_no, h.name AS household_name, h.address, h.phone, h.room, h.area_id")
-
-
-@functools.cache
-def _page_sql(given: frozenset[str]) -> str:
-    """The page and its count in one statement for one shape of the filter (each shape one
-    prepared statement with its own plan). Parameters: the scope patterns, offset, limit,
-    then the filters that are set, in :data:`_CONDITIONS`' order. The place names are
-    derived for the page's rows only."""
-    conditions = ["ar.path LIKE ANY($1::text[])"]
-    number = 3
-    for name, condition in _CONDITIONS:
-        if name in given:
-            number += 1
-            conditions.append(condition.format(f"${number}"))
-    return f"""
-WITH listed AS (
-    SELECT {_LISTED_COLUMNS}
-    FROM bills b JOIN households h ON h.id = b.household_id JOIN areas ar ON ar.id = h.area_id
-    WHERE {" AND ".join(conditions)}
+_LIST = HouseholdRows(
+    select=_LISTED_COLUMNS,
+    source="bills b JOIN households h ON h.id = b.household_id JOIN areas ar ON ar.id = h.area_id",
+    id_column="b.id", conditions=_CONDITIONS, order="period DESC, account_no, id DESC",
 )
-SELECT t.total, p.*, {_PLACE}
-FROM (SELECT count(*) AS total FROM listed) t
-LEFT JOIN LATERAL (SELECT * FROM listed ORDER BY period DESC, account_no, id DESC OFFSET $2 LIMIT $3) p ON true
-LEFT JOIN areas a ON a.id = p.area_id
-ORDER BY p.period DESC, p.account_no, p.id DESC
-"""
-
-
-_BY_IDS = f"""
-SELECT p.*, {_PLACE}
-FROM (SELECT {_LISTED_COLUMNS}
-      FROM bills b JOIN households h ON h.id = b.household_id JOIN areas ar ON ar.id = h.area_id
-      WHERE b.id = ANY($1::bigint[]) AND ($2::text[] IS NULL OR ar.path LIKE ANY($2::text[]))) p
-JOIN areas a ON a.id = p.area_id
-"""
 
 # A line's component name is the one its tariff version gave it (自来水费), else its code.
 # A household's newest bills, for every household of a page at once (Household.bills).
 _OF_HOUSEHOLDS = f"""
-SELECT p.*, {_PLACE}
+SELECT p.*, {PLACE_COLUMNS}
 FROM (SELECT {_LISTED_COLUMNS}, row_number() OVER (PARTITION BY b.household_id ORDER BY b.period DESC, b.id DESC) AS n
       FROM bills b JOIN households h ON h.id = b.household_id
       WHERE b.household_id = ANY($1::bigint[])
@@ -215,10 +181,6 @@ _ALLOCATIONS = """
 SELECT id, bill_id, account_id, entry_id, late_fee_fen, principal_fen, undoes_id, allocated_at FROM bill_allocations
 WHERE bill_id = ANY($1::bigint[]) ORDER BY bill_id, allocated_at, id
 """
-
-
-def _like(search: str) -> str:
-    return "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 def _readings(value: Any) -> list[dict[str, Any]]:
@@ -281,7 +243,7 @@ async def _values(session: AsyncSession, given: BillFilter, *, today: date,
     if "\x00" in search:
         raise BadUserInput("文本不能包含 NUL 字符", "Text must not contain NUL characters", field="search")
     if search:
-        values["search"] = _like(search)
+        values["search"] = contains_pattern(search)
     if given.account_id is not None:
         values["account_id"] = given.account_id
     return values
@@ -300,22 +262,16 @@ async def bill_page(
     缴费号: one page and how many there are in all, in one statement. ``today`` is the
     utility's day the ``overdue`` filter reads."""
     values = await _values(session, bill_filter, today=today, scope_patterns=scope_patterns)
-    sql = _page_sql(frozenset(values))
-    driver = await raw_connection(session)
-    records = await driver.fetch(sql, list(scope_patterns), max(offset, 0), max(limit, 0),
-                                 *(values[name] for name, _ in _CONDITIONS if name in values))
-    total = records[0]["total"] if records else 0
-    return BillPage(rows=[_row(record) for record in records if record["id"] is not None], total=total)
+    records, total = await fetch_page(session, _LIST, scope_patterns=scope_patterns, values=values, offset=offset,
+                                      limit=limit)
+    return BillPage(rows=[_row(record) for record in records], total=total)
 
 
 async def bill_rows_by_ids(session: AsyncSession, ids: Sequence[int], *,
                            scope_patterns: Sequence[str] | None = None) -> dict[int, BillRow]:
     """The bills of ``ids`` with their household's place, by id; with ``scope_patterns``
     only those of households in the scope. One statement."""
-    if not ids:
-        return {}
-    driver = await raw_connection(session)
-    records = await driver.fetch(_BY_IDS, list(ids), list(scope_patterns) if scope_patterns is not None else None)
+    records = await fetch_by_ids(session, _LIST, ids, scope_patterns=scope_patterns)
     return {record["id"]: _row(record) for record in records}
 
 
@@ -380,7 +336,7 @@ async def allocations_by_bill_ids(session: AsyncSession, ids: Sequence[int]) -> 
 # --------------------------------------------------------------------------- notices
 
 _NOTICE_BILLS = f"""
-SELECT p.*, {_PLACE},
+SELECT p.*, {PLACE_COLUMNS},
        (SELECT x.id FROM areas x WHERE a.path LIKE x.path || '%' AND x.kind = 'building'
         ORDER BY length(x.path) DESC LIMIT 1) AS building_id
 FROM (SELECT {_LISTED_COLUMNS}

@@ -47,7 +47,7 @@ from backend.domain import HttpHost, settings_group_key
 from backend.errors import BadUserInput
 from backend.exports import excel
 from backend.exports.sheets import SheetLayout, write_sheets
-from backend.files.http import Exported, ExportRoute, export_route
+from backend.files.http import Exported, ExportRoute, enum_param, export_route, refuse_unknown_params
 from backend.files.service import FileStore
 from backend.graphql.relay import decode_id
 
@@ -94,23 +94,12 @@ _BILL_FILTER_PARAMS = frozenset({"period", "status", "areaId", "search", "accoun
 _NOTICE_PARAMS = frozenset({"areaId", "kind", "period"})
 
 
-def _choice(enum: Any, value: str | None, field: str) -> Any:
-    if value is None:
-        return None
-    try:
-        return enum(value)
-    except ValueError:
-        raise BadUserInput("取值无效", "Not one of the allowed values", field=field) from None
-
-
 def bill_filter_of_params(params: Mapping[str, str]) -> BillFilter:
     """The bills list's filter of the export link's (and the GraphQL filter's) parameters."""
-    unknown = set(params) - _BILL_FILTER_PARAMS
-    if unknown:
-        raise BadUserInput("未知的筛选条件", "Unknown filter parameter", field=sorted(unknown)[0])
+    refuse_unknown_params(params, _BILL_FILTER_PARAMS)
     return BillFilter(
         period=parse_period(params["period"]) if "period" in params else None,
-        status=_choice(BillQueryStatus, params.get("status"), "status"),
+        status=enum_param(BillQueryStatus, params.get("status"), "status"),
         area_id=decode_id(params["areaId"], "Area", field="areaId") if "areaId" in params else None,
         search=params.get("search"),
         account_id=decode_id(params["accountId"], "Account", field="accountId") if "accountId" in params else None,
@@ -120,10 +109,8 @@ def bill_filter_of_params(params: Mapping[str, str]) -> BillFilter:
 def notice_params(params: Mapping[str, str]) -> tuple[int, NoticeKind, date | None]:
     """``(area id, kind, period)`` of a notices link: the area and kind are required, the
     period is for a 缴费通知单 (a 催缴单 without one takes every overdue period)."""
-    unknown = set(params) - _NOTICE_PARAMS
-    if unknown:
-        raise BadUserInput("未知的参数", "Unknown parameter", field=sorted(unknown)[0])
-    kind = _choice(NoticeKind, params.get("kind"), "kind")
+    refuse_unknown_params(params, _NOTICE_PARAMS)
+    kind = enum_param(NoticeKind, params.get("kind"), "kind")
     if kind is None:
         raise BadUserInput("请指定通知单类型 (notice / reminder)", "Give the kind: notice or reminder", field="kind")
     period = parse_period(params["period"]) if "period" in params else None

@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -39,6 +39,7 @@ from backend.clock import utcnow
 from backend.domain import HttpHost
 from backend.edge import BODY_TOO_LARGE_HEADERS, BodyTooLarge, body_limit, media_type, refusal_body
 from backend.errors import (
+    BadUserInput,
     DomainError,
     ErrorCode,
     Forbidden,
@@ -344,3 +345,24 @@ def export_route(host: HttpHost, export: ExportRoute, build: ExportBuilder, *, r
                                   media_type=export.media_type)
 
     return Route(export.path, answer, methods=["GET"])
+
+
+# --------------------------------------------------------------------------- an export link's filter parameters
+
+
+def refuse_unknown_params(params: Mapping[str, str], allowed: frozenset[str]) -> None:
+    """BAD_USER_INPUT naming the first parameter an export link does not take."""
+    unknown = set(params) - allowed
+    if unknown:
+        raise BadUserInput("未知的筛选条件", "Unknown filter parameter", field=sorted(unknown)[0])
+
+
+def enum_param(enum: Any, value: str | None, field: str) -> Any:
+    """An export link's enum parameter (None when absent); BAD_USER_INPUT for a value the
+    enum does not have."""
+    if value is None:
+        return None
+    try:
+        return enum(value)
+    except ValueError:
+        raise BadUserInput("取值无效", "Not one of the allowed values", field=field) from None

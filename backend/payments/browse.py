@@ -12,7 +12,6 @@ derive them (``backend.archives.service.rooms``).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -20,8 +19,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.archives.service import area_name_sql, room_label_sql
-from backend.db import raw_connection
+from backend.archives.service import HouseholdRows, contains_pattern, fetch_by_ids, fetch_page
 from backend.errors import BadUserInput
 from backend.payments.days import MAX_DAYS
 from backend.payments.models import Payment, PaymentChannel, PaymentKind, PaymentPurpose, PaymentStatus
@@ -91,40 +89,12 @@ _CONDITIONS: tuple[tuple[str, str], ...] = (
 )
 
 
-# The household's place, for a row whose household's area is alias ``a`` and whose room is ``p.room``.
-_PLACE = (f'{area_name_sql("a", "community")} AS community, {area_name_sql("a", "building")} AS building, '
-          f'{area_name_sql("a", "unit")} AS unit, {room_label_sql("a", "p.room")} AS room_label')
-
-
-@functools.cache
-def _page_sql(given: frozenset[str]) -> str:
-    """The page and its count in one statement for one shape of the filter (each shape one
-    prepared statement with its own plan). Parameters: the scope patterns, offset, limit,
-    then the filters that are set, in :data:`_CONDITIONS`' order. The place names are
-    derived for the page's rows only."""
-    conditions = ["ar.path LIKE ANY($1::text[])"]
-    number = 3
-    for name, condition in _CONDITIONS:
-        if name in given:
-            number += 1
-            conditions.append(condition.format(f"${number}"))
-    columns = ", ".join(f"p.{name}" for name in PAYMENT_COLUMNS)
-    return f"""
-WITH listed AS (
-    SELECT {columns}, h.account_no, h.name AS household_name, h.room, h.area_id
-    FROM payments p JOIN households h ON h.id = p.household_id JOIN areas ar ON ar.id = h.area_id
-    WHERE {" AND ".join(conditions)}
+_LIST = HouseholdRows(
+    select=", ".join(f"p.{name}" for name in PAYMENT_COLUMNS) + ", h.account_no, h.name AS household_name, h.room, "
+                                                                "h.area_id",
+    source="payments p JOIN households h ON h.id = p.household_id JOIN areas ar ON ar.id = h.area_id",
+    id_column="p.id", conditions=_CONDITIONS, order="paid_at DESC, id DESC",
 )
-SELECT t.total, p.*, {_PLACE}
-FROM (SELECT count(*) AS total FROM listed) t
-LEFT JOIN LATERAL (SELECT * FROM listed ORDER BY paid_at DESC, id DESC OFFSET $2 LIMIT $3) p ON true
-LEFT JOIN areas a ON a.id = p.area_id
-ORDER BY p.paid_at DESC, p.id DESC
-"""
-
-
-def _like(search: str) -> str:
-    return "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 def _values(given: PaymentFilter) -> dict[str, Any]:
@@ -144,22 +114,12 @@ def _values(given: PaymentFilter) -> dict[str, Any]:
             if not value:
                 continue
             if name == "search":
-                value = _like(value)
+                value = contains_pattern(value)
         elif hasattr(value, "value"):
             value = value.value
         if value is not None:
             values[name] = value
     return values
-
-
-_BY_IDS = f"""
-SELECT p.*, {_PLACE}
-FROM (SELECT {", ".join(f"q.{name}" for name in PAYMENT_COLUMNS)}, h.account_no, h.name AS household_name, h.room,
-             h.area_id
-      FROM payments q JOIN households h ON h.id = q.household_id JOIN areas ar ON ar.id = h.area_id
-      WHERE q.id = ANY($1::bigint[]) AND ($2::text[] IS NULL OR ar.path LIKE ANY($2::text[]))) p
-JOIN areas a ON a.id = p.area_id
-"""
 
 
 def payment_of_record(record: Any) -> Payment:
@@ -180,23 +140,16 @@ async def payment_page(
 ) -> PaymentPage:
     """Payments of households in the scope (and the filter), newest first: one page and how
     many there are in all, in one statement."""
-    values = _values(payment_filter)
-    sql = _page_sql(frozenset(values))
-    driver = await raw_connection(session)
-    records = await driver.fetch(sql, list(scope_patterns), max(offset, 0), max(limit, 0),
-                                 *(values[name] for name, _ in _CONDITIONS if name in values))
-    total = records[0]["total"] if records else 0
-    return PaymentPage(rows=[_row(record) for record in records if record["id"] is not None], total=total)
+    records, total = await fetch_page(session, _LIST, scope_patterns=scope_patterns, values=_values(payment_filter),
+                                      offset=offset, limit=limit)
+    return PaymentPage(rows=[_row(record) for record in records], total=total)
 
 
 async def payment_rows_by_ids(session: AsyncSession, ids: Sequence[int], *,
                               scope_patterns: Sequence[str] | None = None) -> dict[int, PaymentRow]:
     """The payments of ``ids`` with their household's place, by id; with ``scope_patterns``
     only those of households in the scope. One statement."""
-    if not ids:
-        return {}
-    driver = await raw_connection(session)
-    records = await driver.fetch(_BY_IDS, list(ids), list(scope_patterns) if scope_patterns is not None else None)
+    records = await fetch_by_ids(session, _LIST, ids, scope_patterns=scope_patterns)
     return {record["id"]: _row(record) for record in records}
 
 

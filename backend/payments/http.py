@@ -29,7 +29,7 @@ from backend.domain import HttpHost
 from backend.errors import BadUserInput
 from backend.exports import excel
 from backend.exports.sheets import SheetLayout, write_sheets
-from backend.files.http import Exported, ExportRoute, export_route
+from backend.files.http import Exported, ExportRoute, enum_param, export_route, refuse_unknown_params
 from backend.files.service import FileStore
 from backend.graphql.relay import decode_id
 from backend.payments import browse
@@ -60,20 +60,9 @@ _FILTER_PARAMS = frozenset({"areaId", "from", "to", "search", "channel", "bankPa
                             "printed", "kind", "status"})
 
 
-def _enum(enum: Any, value: str | None, field: str) -> Any:
-    if value is None:
-        return None
-    try:
-        return enum(value)
-    except ValueError:
-        raise BadUserInput("取值无效", "Not one of the allowed values", field=field) from None
-
-
 def filter_of_params(params: Mapping[str, str]) -> browse.PaymentFilter:
     """The list filter of the export link's (and the GraphQL filter's) parameters."""
-    unknown = set(params) - _FILTER_PARAMS
-    if unknown:
-        raise BadUserInput("未知的筛选条件", "Unknown filter parameter", field=sorted(unknown)[0])
+    refuse_unknown_params(params, _FILTER_PARAMS)
     printed = params.get("printed")
     if printed not in (None, "true", "false"):
         raise BadUserInput("取值无效", "Not one of the allowed values", field="printed")
@@ -82,12 +71,12 @@ def filter_of_params(params: Mapping[str, str]) -> browse.PaymentFilter:
         start=parse_day(params["from"], field="from") if "from" in params else None,
         end=parse_day(params["to"], field="to") if "to" in params else None,
         search=params.get("search"),
-        channel=_enum(PaymentChannel, params.get("channel"), "channel"),
+        channel=enum_param(PaymentChannel, params.get("channel"), "channel"),
         bank_partner=params.get("bankPartner"), bank_outlet=params.get("bankOutlet"),
         operator_id=decode_id(params["operatorId"], "StaffUser", field="operatorId") if "operatorId" in params else None,
         printed=None if printed is None else printed == "true",
-        kind=_enum(PaymentKind, params.get("kind"), "kind"),
-        status=_enum(PaymentStatus, params.get("status"), "status"),
+        kind=enum_param(PaymentKind, params.get("kind"), "kind"),
+        status=enum_param(PaymentStatus, params.get("status"), "status"),
     )
 
 

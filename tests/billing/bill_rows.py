@@ -4,12 +4,14 @@ the billing run and settlement would leave them, without running either."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.archives.models import Area, AreaKind, Household, Meter
 from backend.archives.service import assign_meter, create_area, create_household
@@ -19,9 +21,12 @@ from backend.billing.bills_models import Bill, BillAllocation, BillLine, BillSta
 from backend.billing.late_fees import LateFeeState, carry_to
 from backend.billing.ledger import post_entry
 from backend.billing.models import BillingMode, EntryKind
+from backend.billing.notices import local_today
 from backend.billing.review import period_bounds
+from backend.clock import utcnow
 from tests.billing.factories import SHANGHAI, at, tariff
 from tests.factories import AreaTree, Staff, make_area_tree, make_staff, unique
+from tests.graphql.client import GraphQLClient, graphql_client
 from tests.readings.factories import make_meter
 
 
@@ -207,3 +212,26 @@ async def make_bill_town(session: AsyncSession, today: date) -> BillTown:
     reader = await make_staff(session, permissions={"bills:read", "archives:read"}, areas=[tree.east])
     outsider = await make_staff(session, permissions={"accounts:read"}, areas=[tree.east])
     return BillTown(today, period, earlier, tree, building1, building2, reader, outsider, households, meters, bills)
+
+
+# --------------------------------------------------------------------------- fixtures of the bills' API tests
+# Imported by the modules that use them (each module gets its own town, client and logins).
+
+
+@pytest.fixture(scope="module")
+async def town(committed_sessions: async_sessionmaker[AsyncSession]) -> BillTown:
+    async with committed_sessions() as session, session.begin():
+        return await make_bill_town(session, local_today(utcnow(), SHANGHAI))
+
+
+@pytest.fixture(scope="module")
+async def client(database_url: str) -> AsyncIterator[GraphQLClient]:
+    async with graphql_client(database_url) as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
+async def tokens(client: GraphQLClient, town: BillTown) -> dict[str, str]:
+    """An access token of each staff member, logged in once (a login hashes a password)."""
+    return {"reader": await client.login(town.reader.username, town.reader.password),
+            "outsider": await client.login(town.outsider.username, town.outsider.password)}

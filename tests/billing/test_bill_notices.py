@@ -5,48 +5,30 @@ the link's permission, scope and arguments refused; the print audited."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.billing.bill_queries import NoticeKind
-from backend.billing.notices import HouseholdNotice, NoticeBill, local_today, render_notices
-from backend.clock import utcnow
+from backend.billing.notices import HouseholdNotice, NoticeBill, render_notices
 from backend.exports.pdf import PdfFont
 from backend.graphql.relay import encode_id
-from tests.billing.bill_rows import BillTown, make_bill_town
-from tests.billing.factories import SHANGHAI
-from tests.graphql.client import GraphQLClient, graphql_client
+from tests.billing import bill_rows
+from tests.billing.bill_rows import BillTown
+from tests.graphql.client import GraphQLClient
 from tests.payments.receipt_pdf import embedded_fonts, pages, text_runs
+
+# The module's fixtures: a town with bills, an API client, the staff's logins.
+town, client, tokens = bill_rows.town, bill_rows.client, bill_rows.tokens
 
 NOTICES_URL = """
 query($areaId: ID!, $kind: BillNoticeKind!, $period: String) {
   billNoticesUrl(areaId: $areaId, kind: $kind, period: $period)
 }"""
-
-
-@pytest.fixture(scope="module")
-async def town(committed_sessions: async_sessionmaker[AsyncSession]) -> BillTown:
-    async with committed_sessions() as session, session.begin():
-        return await make_bill_town(session, local_today(utcnow(), SHANGHAI))
-
-
-@pytest.fixture(scope="module")
-async def client(database_url: str) -> AsyncIterator[GraphQLClient]:
-    async with graphql_client(database_url) as api:
-        yield api
-
-
-@pytest.fixture(scope="module")
-async def tokens(client: GraphQLClient, town: BillTown) -> dict[str, str]:
-    """An access token of each staff member, logged in once (a login hashes a password)."""
-    return {"reader": await client.login(town.reader.username, town.reader.password),
-            "outsider": await client.login(town.outsider.username, town.outsider.password)}
 
 
 async def printed(client: GraphQLClient, token: str, **variables: Any) -> bytes:

@@ -7,7 +7,6 @@ export read back."""
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,14 +15,15 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.billing.bill_queries import BillFilter, BillPage, BillQueryStatus, bill_owed, bill_page
-from backend.billing.notices import local_today
-from backend.clock import utcnow
 from backend.errors import DomainError, ErrorCode
 from backend.graphql.relay import encode_id
-from tests.billing.bill_rows import BillTown, make_bill_town
-from tests.billing.factories import SHANGHAI
-from tests.graphql.client import GraphQLClient, graphql_client
+from tests.billing import bill_rows
+from tests.billing.bill_rows import BillTown
+from tests.graphql.client import GraphQLClient
 from tests.graphql.test_dataloaders import counted_statements
+
+# The module's fixtures: a town with bills, an API client, the staff's logins.
+town, client, tokens = bill_rows.town, bill_rows.client, bill_rows.tokens
 
 BILLS = """
 query($filter: BillFilterInput, $first: Int, $after: String) {
@@ -44,25 +44,6 @@ EXPORT_URL = "query($filter: BillFilterInput) { billsExportUrl(filter: $filter) 
 def gid(type_name: str, row: Any) -> str:
     assert row.id is not None
     return encode_id(type_name, row.id)
-
-
-@pytest.fixture(scope="module")
-async def town(committed_sessions: async_sessionmaker[AsyncSession]) -> BillTown:
-    async with committed_sessions() as session, session.begin():
-        return await make_bill_town(session, local_today(utcnow(), SHANGHAI))
-
-
-@pytest.fixture(scope="module")
-async def client(database_url: str) -> AsyncIterator[GraphQLClient]:
-    async with graphql_client(database_url) as api:
-        yield api
-
-
-@pytest.fixture(scope="module")
-async def tokens(client: GraphQLClient, town: BillTown) -> dict[str, str]:
-    """An access token of each staff member, logged in once (a login hashes a password)."""
-    return {"reader": await client.login(town.reader.username, town.reader.password),
-            "outsider": await client.login(town.outsider.username, town.outsider.password)}
 
 
 async def page(sessions: async_sessionmaker[AsyncSession], town: BillTown, limit: int = 100,

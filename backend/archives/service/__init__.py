@@ -94,6 +94,13 @@ from backend.archives.service.devices import (
     terminal_password,
     update_concentrator,
 )
+from backend.archives.service.household_rows import (
+    PLACE_COLUMNS,
+    HouseholdRows,
+    contains_pattern,
+    fetch_by_ids,
+    fetch_page,
+)
 from backend.archives.service.households import (
     HOUSEHOLD_AREA_COLUMNS,
     HOUSEHOLD_COLUMNS,
@@ -184,6 +191,7 @@ __all__ = [
     "NO_HOOKS",
     "OTHER_ADDRESS",
     "PARITIES",
+    "PLACE_COLUMNS",
     "REGION_CODE",
     "REPLACEMENT_COLUMNS",
     "STOPBITS",
@@ -195,6 +203,7 @@ __all__ = [
     "HouseholdChanges",
     "HouseholdHooks",
     "HouseholdOrder",
+    "HouseholdRows",
     "MeterChanges",
     "MeterModelFields",
     "MeterOrder",
@@ -219,6 +228,7 @@ __all__ = [
     "concentrators_by_ids",
     "concentrators_statement",
     "constraint_name",
+    "contains_pattern",
     "create_administrator",
     "create_area",
     "create_concentrator",
@@ -234,6 +244,8 @@ __all__ = [
     "delete_station",
     "detach_instrument",
     "end_assignment",
+    "fetch_by_ids",
+    "fetch_page",
     "find_household",
     "household_in_scope",
     "household_page_query",
