@@ -140,7 +140,6 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from backend.archives.models import CustomerType
 from backend.billing import review
 from backend.billing.allocations import allocate_credit
 from backend.billing.bills_models import (
@@ -169,6 +168,7 @@ from backend.db import copy_into, raw_connection
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.events.service import emit_event
 from backend.readings.partitions import as_zone
+from backend.readings.rollup import cyclic_gc_paused
 from backend.readings.usage import household_usage_of_windows, usage_between
 
 if TYPE_CHECKING:
@@ -185,6 +185,8 @@ MAX_VOID_REASON = 200
 # The scheduled run bills a period this many days after it ended (module docstring).
 SCHEDULE_DELAY_DAYS = review.MISSING_READING_DAYS + 2
 _TICK = timedelta(microseconds=1)
+_ZERO = Decimal(0)
+_FOUR = Decimal("0.0001")
 FINAL_REBILL_REASON = "销户重算"
 
 Progress = Callable[[int, int], None]
@@ -333,13 +335,13 @@ _EARLIER = """
 SELECT k.account_id,
        coalesce(b.billed, 0) + coalesce(p.charged, 0) AS billed_m3,
        coalesce(b.prior, 0) + coalesce(p.prior, 0) AS prior_m3,
-       b.last_end_at, b.last_end
+       b.last_end_at, CAST(b.last_end AS text) AS last_end
 FROM unnest($1::bigint[], $2::date[]) AS k(account_id, cycle_start)
 LEFT JOIN LATERAL (
     SELECT sum(volume_m3 - credited_m3) AS billed,
            sum(volume_m3 - credited_m3) FILTER (WHERE cycle_start = k.cycle_start) AS prior,
            max(period_end) AS last_end_at,
-           (array_agg(CAST(end_readings AS text) ORDER BY period_end DESC, id DESC))[1] AS last_end
+           (array_agg(end_readings ORDER BY period_end DESC, id DESC))[1] AS last_end
     FROM bills WHERE account_id = k.account_id AND status <> 'voided' AND id <> ALL($3::bigint[])
 ) b ON true
 LEFT JOIN LATERAL (
@@ -467,28 +469,37 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
 
     issue_day = _day(now, zone)
     shown: dict[datetime, str] = {}
+    # What a city's accounts share is worked out once: the pricers, the spans' months
+    # (most accounts' spans start at one instant), each customer type's rule and due date.
     pricers: dict[tuple[str, int | None, date, int], Callable[[Decimal, Decimal], tuple[QuoteLine, ...]]] = {}
-    for (account, span_start, first_day, cycle_start), used in zip(billable, measured, strict=True):
-        known = earlier[account.id]
-        volume = max(Decimal(0), used - known["billed_m3"]).quantize(Decimal("0.0001"))
-        prior = Decimal(known["prior_m3"])
-        months = _months_touched(span_start, end, zone)
-        key = (account.tariff_code, account.persons, first_day, months)
-        pricer = pricers.get(key)
-        if pricer is None:
-            pricer = pricers[key] = _line_pricer(versions[account.tariff_code], persons=account.persons,
-                                                 start=first_day, end=last_day, months=months)
-        lines = pricer(volume, prior)
-        rule = rules[CustomerType(account.customer_type)]
-        amount_fen = sum(line.amount_fen for line in lines)
-        rate, cap_fen = late_fee_terms(rule, amount_fen)
-        done.drafts.append(_Draft(
-            account=account, start=span_start, end=end, months=months,
-            start_readings=known["last_end"] or "[]",
-            end_readings=_readings(end_rows.get(account.household_id, []), zone, shown), measured=used,
-            billed=Decimal(known["billed_m3"]), volume=volume,
-            cycle_start=cycle_start, prior=prior, lines=lines, due_date=issue_day + timedelta(days=rule.grace_days),
-            late_fee_rate=rate, late_fee_cap_fen=cap_fen, amount_fen=amount_fen))
+    months_of: dict[datetime, int] = {}
+    terms = {kind.value: (rule, issue_day + timedelta(days=rule.grace_days)) for kind, rule in rules.items()}
+    # Pure computation over the chunk (no await): the collector would rescan the chunk's
+    # rows and drafts many times over for nothing (cyclic_gc_paused's docstring).
+    with cyclic_gc_paused():
+        for (account, span_start, first_day, cycle_start), used in zip(billable, measured, strict=True):
+            known = earlier[account.id]
+            billed = known["billed_m3"]
+            volume = max(_ZERO, used - billed).quantize(_FOUR)
+            prior = known["prior_m3"]
+            months = months_of.get(span_start)
+            if months is None:
+                months = months_of[span_start] = _months_touched(span_start, end, zone)
+            key = (account.tariff_code, account.persons, first_day, months)
+            pricer = pricers.get(key)
+            if pricer is None:
+                pricer = pricers[key] = _line_pricer(versions[account.tariff_code], persons=account.persons,
+                                                     start=first_day, end=last_day, months=months)
+            lines = pricer(volume, prior)
+            rule, due_date = terms[account.customer_type]
+            amount_fen = sum(line.amount_fen for line in lines)
+            rate, cap_fen = late_fee_terms(rule, amount_fen)
+            done.drafts.append(_Draft(
+                account=account, start=span_start, end=end, months=months,
+                start_readings=known["last_end"] or "[]",
+                end_readings=_readings(end_rows.get(account.household_id, []), zone, shown), measured=used,
+                billed=billed, volume=volume, cycle_start=cycle_start, prior=prior, lines=lines, due_date=due_date,
+                late_fee_rate=rate, late_fee_cap_fen=cap_fen, amount_fen=amount_fen))
     return done
 
 
@@ -529,24 +540,30 @@ async def _write(session: AsyncSession, drafts: Sequence[_Draft], *, period: dat
     counts = {row["account_id"]: row["bills"] for row in await driver.fetch(_COUNT_OF_PERIOD, period, ids)}
     bill_ids = [row["id"] for row in await driver.fetch(_NEXT_BILL_IDS, len(drafts))]
     entries: list[EntryIn] = []
-    for draft, bill_id in zip(drafts, bill_ids, strict=True):
-        if draft.amount_fen:
-            entries.append(EntryIn(
-                account_id=draft.account.id, kind=EntryKind.bill, amount_fen=-draft.amount_fen, ref=f"bill:{bill_id}",
-                idempotency_key=f"bill:{draft.account.id}:{period.isoformat()}:{counts.get(draft.account.id, 0) + 1}"))
+    day = period.isoformat()
+    with cyclic_gc_paused():
+        for draft, bill_id in zip(drafts, bill_ids, strict=True):
+            if draft.amount_fen:
+                entries.append(EntryIn(
+                    account_id=draft.account.id, kind=EntryKind.bill, amount_fen=-draft.amount_fen,
+                    ref=f"bill:{bill_id}", idempotency_key=f"bill:{draft.account.id}:{day}:"
+                                                           f"{counts.get(draft.account.id, 0) + 1}"))
     posted = iter(await post_entries(session, entries, posted_by=by, posted_at=now))
     issued_by = by[:100]
-    # A bill of ¥0 writes no entry and is issued paid (module docstring).
-    await copy_into(session, "bills", columns=_BILL_COLUMNS, records=[(
-        bill_id, d.account.id, d.account.household_id, period, d.months, kind.value,
-        "open" if d.amount_fen else "paid", run_id, d.start, d.end, d.account.tariff_code, d.account.persons,
-        d.start_readings, json.dumps(d.end_readings), d.measured, d.volume, d.cycle_start, d.prior, d.amount_fen,
-        d.due_date, d.late_fee_rate, d.late_fee_cap_fen, now, issued_by, None if d.amount_fen else now,
-        d.reissue_of_id, next(posted).id if d.amount_fen else None,
-    ) for d, bill_id in zip(drafts, bill_ids, strict=True)])
-    lines = [(bill_id, number, line.component, line.tier, line.volume, line.price, line.amount_fen, line.valid_from)
-             for draft, bill_id in zip(drafts, bill_ids, strict=True)
-             for number, line in enumerate(draft.lines, start=1)]
+    with cyclic_gc_paused():  # pure computation, as in _drafts
+        # A bill of ¥0 writes no entry and is issued paid (module docstring).
+        bills = [(
+            bill_id, d.account.id, d.account.household_id, period, d.months, kind.value,
+            "open" if d.amount_fen else "paid", run_id, d.start, d.end, d.account.tariff_code, d.account.persons,
+            d.start_readings, json.dumps(d.end_readings), d.measured, d.volume, d.cycle_start, d.prior, d.amount_fen,
+            d.due_date, d.late_fee_rate, d.late_fee_cap_fen, now, issued_by, None if d.amount_fen else now,
+            d.reissue_of_id, next(posted).id if d.amount_fen else None,
+        ) for d, bill_id in zip(drafts, bill_ids, strict=True)]
+        lines = [(bill_id, number, line.component, line.tier, line.volume, line.price, line.amount_fen,
+                  line.valid_from)
+                 for draft, bill_id in zip(drafts, bill_ids, strict=True)
+                 for number, line in enumerate(draft.lines, start=1)]
+    await copy_into(session, "bills", columns=_BILL_COLUMNS, records=bills)
     if lines:
         await copy_into(session, "bill_lines", columns=_LINE_COLUMNS, records=lines)
     credited = ids if credit_of is None else credit_of
