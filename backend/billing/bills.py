@@ -511,15 +511,46 @@ SELECT account_id, count(*) AS bills FROM bills WHERE period = $1 AND account_id
 # written once, with its entry.
 _NEXT_BILL_IDS = "SELECT nextval(pg_get_serial_sequence('bills', 'id')) AS id FROM generate_series(1, $1)"
 
-# The bills and their lines go in by binary COPY: a run writes a city's bills in a few
-# round trips, without building and unpacking a statement's arrays.
-_BILL_COLUMNS = (
-    "id", "account_id", "household_id", "period", "months", "kind", "status", "run_id", "period_start", "period_end",
-    "tariff_code", "persons", "start_readings", "end_readings", "measured_m3", "volume_m3", "cycle_start",
-    "prior_cycle_m3", "amount_fen", "due_date", "late_fee_rate", "late_fee_cap_fen", "issued_at", "issued_by",
-    "paid_at", "reissue_of_id", "entry_id",
+# The bills and their lines go in by binary COPY into temporary tables, numbers as text,
+# then one INSERT … SELECT each: a few round trips for a city's bills, and asyncpg's binary
+# encoding of a Decimal (~1 µs each, two or four a row) is left to the server's numeric
+# input (measured, 149k lines: 0.29 s of client CPU copied straight, 0.09 s staged, and
+# less wall time).
+_STAGE = """
+CREATE TEMP TABLE staged_bills (
+    id bigint, account_id bigint, household_id bigint, months smallint, status text, period_start timestamptz,
+    period_end timestamptz, tariff_code text, persons int, start_readings text, end_readings text, measured_m3 text,
+    volume_m3 text, cycle_start date, prior_cycle_m3 text, amount_fen bigint, due_date date, late_fee_rate text,
+    late_fee_cap_fen bigint, paid_at timestamptz, reissue_of_id bigint, entry_id bigint
+) ON COMMIT DROP;
+CREATE TEMP TABLE staged_bill_lines (
+    bill_id bigint, line_no smallint, component text, tier smallint, volume_m3 text, price text, amount_fen bigint,
+    valid_from date
+) ON COMMIT DROP
+"""
+_STAGED_BILL_COLUMNS = (
+    "id", "account_id", "household_id", "months", "status", "period_start", "period_end", "tariff_code", "persons",
+    "start_readings", "end_readings", "measured_m3", "volume_m3", "cycle_start", "prior_cycle_m3", "amount_fen",
+    "due_date", "late_fee_rate", "late_fee_cap_fen", "paid_at", "reissue_of_id", "entry_id",
 )
-_LINE_COLUMNS = ("bill_id", "line_no", "component", "tier", "volume_m3", "price", "amount_fen", "valid_from")
+_STAGED_LINE_COLUMNS = ("bill_id", "line_no", "component", "tier", "volume_m3", "price", "amount_fen", "valid_from")
+_INSERT_STAGED_BILLS = """
+INSERT INTO bills (id, account_id, household_id, period, months, kind, status, run_id, period_start, period_end,
+                   tariff_code, persons, start_readings, end_readings, measured_m3, volume_m3, cycle_start,
+                   prior_cycle_m3, amount_fen, due_date, late_fee_rate, late_fee_cap_fen, issued_at, issued_by,
+                   paid_at, reissue_of_id, entry_id)
+SELECT id, account_id, household_id, $1::date, months, $2::text, status, $3::bigint, period_start, period_end,
+       tariff_code, persons, CAST(start_readings AS jsonb), CAST(end_readings AS jsonb), CAST(measured_m3 AS numeric),
+       CAST(volume_m3 AS numeric), cycle_start, CAST(prior_cycle_m3 AS numeric), amount_fen, due_date,
+       CAST(late_fee_rate AS numeric), late_fee_cap_fen, $4::timestamptz, $5::text, paid_at, reissue_of_id, entry_id
+FROM staged_bills ORDER BY id
+"""
+_INSERT_STAGED_LINES = """
+INSERT INTO bill_lines (bill_id, line_no, component, tier, volume_m3, price, amount_fen, valid_from)
+SELECT bill_id, line_no, component, tier, CAST(volume_m3 AS numeric), CAST(price AS numeric), amount_fen, valid_from
+FROM staged_bill_lines ORDER BY bill_id, line_no;
+DROP TABLE staged_bills, staged_bill_lines
+"""
 
 
 async def _write(session: AsyncSession, drafts: Sequence[_Draft], *, period: date, kind: BillKind, run_id: int | None,
@@ -549,23 +580,24 @@ async def _write(session: AsyncSession, drafts: Sequence[_Draft], *, period: dat
                     ref=f"bill:{bill_id}", idempotency_key=f"bill:{draft.account.id}:{day}:"
                                                            f"{counts.get(draft.account.id, 0) + 1}"))
     posted = iter(await post_entries(session, entries, posted_by=by, posted_at=now))
-    issued_by = by[:100]
     with cyclic_gc_paused():  # pure computation, as in _drafts
         # A bill of ¥0 writes no entry and is issued paid (module docstring).
         bills = [(
-            bill_id, d.account.id, d.account.household_id, period, d.months, kind.value,
-            "open" if d.amount_fen else "paid", run_id, d.start, d.end, d.account.tariff_code, d.account.persons,
-            d.start_readings, json.dumps(d.end_readings), d.measured, d.volume, d.cycle_start, d.prior, d.amount_fen,
-            d.due_date, d.late_fee_rate, d.late_fee_cap_fen, now, issued_by, None if d.amount_fen else now,
-            d.reissue_of_id, next(posted).id if d.amount_fen else None,
+            bill_id, d.account.id, d.account.household_id, d.months, "open" if d.amount_fen else "paid", d.start, d.end,
+            d.account.tariff_code, d.account.persons, d.start_readings, json.dumps(d.end_readings), str(d.measured),
+            str(d.volume), d.cycle_start, str(d.prior), d.amount_fen, d.due_date, str(d.late_fee_rate),
+            d.late_fee_cap_fen, None if d.amount_fen else now, d.reissue_of_id,
+            next(posted).id if d.amount_fen else None,
         ) for d, bill_id in zip(drafts, bill_ids, strict=True)]
-        lines = [(bill_id, number, line.component, line.tier, line.volume, line.price, line.amount_fen,
+        lines = [(bill_id, number, line.component, line.tier, str(line.volume), str(line.price), line.amount_fen,
                   line.valid_from)
                  for draft, bill_id in zip(drafts, bill_ids, strict=True)
                  for number, line in enumerate(draft.lines, start=1)]
-    await copy_into(session, "bills", columns=_BILL_COLUMNS, records=bills)
-    if lines:
-        await copy_into(session, "bill_lines", columns=_LINE_COLUMNS, records=lines)
+    await driver.execute(_STAGE)
+    await copy_into(session, "staged_bills", columns=_STAGED_BILL_COLUMNS, records=bills)
+    await copy_into(session, "staged_bill_lines", columns=_STAGED_LINE_COLUMNS, records=lines)
+    await driver.execute(_INSERT_STAGED_BILLS, period, kind.value, run_id, now, by[:100])
+    await driver.execute(_INSERT_STAGED_LINES)
     credited = ids if credit_of is None else credit_of
     if credited:
         await allocate_credit(session, account_ids=credited, on=_day(now, zone), now=now, by=by)
