@@ -346,6 +346,21 @@ def period_line_pricer(versions: list[Tariff], *, persons: int | None, start: da
     floor = segments[-1][0].rules.get("minimum_monthly_charge_fen") if minimum else None
     floor_from = segments[-1][0].valid_from
     priced: dict[tuple[Decimal, Decimal], tuple[QuoteLine, ...]] = {}
+    # A full lower tier is the same part for most accounts: its lines (one per component)
+    # are made once per (segment, tier, m³).
+    tier_lines: dict[tuple[int, int, Decimal], tuple[QuoteLine, ...]] = {}
+
+    def lines_of_part(index: int, tier: int, m3: Decimal) -> tuple[QuoteLine, ...]:
+        found = tier_lines.get((index, tier, m3))
+        if found is None:
+            valid_from, rates, _ = rated[index]
+            made = []
+            for code, sewage, prices in rates.components:
+                billed = (m3 * rates.coefficient).quantize(FOUR, rounding=ROUND_HALF_UP) if sewage else m3
+                price = prices[tier - 1]
+                made.append(QuoteLine(code, tier, billed, price, line_fen(billed, price), valid_from))
+            found = tier_lines[(index, tier, m3)] = tuple(made)
+        return found
 
     def lines(volume: Decimal, prior: Decimal) -> tuple[QuoteLine, ...]:
         found = priced.get((volume, prior))
@@ -353,14 +368,13 @@ def period_line_pricer(versions: list[Tariff], *, persons: int | None, start: da
             return found
         made: list[QuoteLine] = []
         used, left = prior, volume
-        for index, (valid_from, rates, days) in enumerate(rated):
+        for index, (_, rates, days) in enumerate(rated):
             part = left if index == last else (volume * days / total_days).quantize(FOUR, ROUND_HALF_UP)
-            parts = split_into_tiers(rates.limits, prior=used, volume=part)
-            for code, sewage, prices in rates.components:
-                for tier, m3 in parts:
-                    billed = (m3 * rates.coefficient).quantize(FOUR, rounding=ROUND_HALF_UP) if sewage else m3
-                    price = prices[tier - 1]
-                    made.append(QuoteLine(code, tier, billed, price, line_fen(billed, price), valid_from))
+            by_tier = [lines_of_part(index, tier, m3) for tier, m3 in split_into_tiers(rates.limits, prior=used,
+                                                                                        volume=part)]
+            # price_version's order: per component, then per tier.
+            for component in range(len(rates.components)):
+                made.extend(tier[component] for tier in by_tier)
             used += part
             left -= part
         if floor is not None:
