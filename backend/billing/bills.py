@@ -140,7 +140,6 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from backend.archives.models import CustomerType
 from backend.billing import review
 from backend.billing.allocations import allocate_credit
 from backend.billing.bills_models import (
@@ -163,12 +162,13 @@ from backend.billing.late_fees import late_fee_rules, late_fee_terms
 from backend.billing.ledger import EntryIn, lock_accounts, post_entries
 from backend.billing.models import EntryKind, Tariff, TariffCycle
 from backend.billing.scope import area_path_in_scope, patterns_param
-from backend.billing.service import QuoteLine, period_segments, price_period, tariff_versions
+from backend.billing.service import QuoteLine, period_line_pricer, tariff_versions
 from backend.billing.settlement import cycle_of
-from backend.db import raw_connection
+from backend.db import copy_into, raw_connection
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.events.service import emit_event
 from backend.readings.partitions import as_zone
+from backend.readings.rollup import cyclic_gc_paused
 from backend.readings.usage import household_usage_of_windows, usage_between
 
 if TYPE_CHECKING:
@@ -185,6 +185,8 @@ MAX_VOID_REASON = 200
 # The scheduled run bills a period this many days after it ended (module docstring).
 SCHEDULE_DELAY_DAYS = review.MISSING_READING_DAYS + 2
 _TICK = timedelta(microseconds=1)
+_ZERO = Decimal(0)
+_FOUR = Decimal("0.0001")
 FINAL_REBILL_REASON = "销户重算"
 
 Progress = Callable[[int, int], None]
@@ -281,6 +283,7 @@ class _Account:
     persons: int | None
     opened_at: datetime
     customer_type: str
+    balance_fen: int  # when locked, before the bills: only a positive one can pay them (``_write``)
 
 
 @dataclass(slots=True)
@@ -291,7 +294,7 @@ class _Draft:
     start: datetime  # the span: where the previous live bill ended (or the opening) …
     end: datetime  # … to the period end (a final bill: the final instant)
     months: int
-    start_readings: list[dict[str, Any]]
+    start_readings: str  # JSON: the previous live bill's end readings, as stored
     end_readings: list[dict[str, Any]]
     measured: Decimal
     billed: Decimal  # priced already: earlier live bills net of credits, and prepaid cycles
@@ -314,7 +317,7 @@ class _Issued:
 
 
 _LOCK = """
-SELECT acc.id, acc.household_id, acc.tariff_code, acc.persons, acc.opened_at, h.customer_type
+SELECT acc.id, acc.household_id, acc.tariff_code, acc.persons, acc.opened_at, h.customer_type, acc.balance_fen
 FROM accounts acc JOIN households h ON h.id = acc.household_id
 WHERE acc.id = ANY($1::bigint[]) AND acc.status = 'open' AND acc.mode = 'postpaid'
 ORDER BY acc.id FOR UPDATE OF acc
@@ -332,13 +335,13 @@ _EARLIER = """
 SELECT k.account_id,
        coalesce(b.billed, 0) + coalesce(p.charged, 0) AS billed_m3,
        coalesce(b.prior, 0) + coalesce(p.prior, 0) AS prior_m3,
-       b.last_end_at, b.last_end
+       b.last_end_at, CAST(b.last_end AS text) AS last_end
 FROM unnest($1::bigint[], $2::date[]) AS k(account_id, cycle_start)
 LEFT JOIN LATERAL (
     SELECT sum(volume_m3 - credited_m3) AS billed,
            sum(volume_m3 - credited_m3) FILTER (WHERE cycle_start = k.cycle_start) AS prior,
            max(period_end) AS last_end_at,
-           (array_agg(CAST(end_readings AS text) ORDER BY period_end DESC, id DESC))[1] AS last_end
+           (array_agg(end_readings ORDER BY period_end DESC, id DESC))[1] AS last_end
     FROM bills WHERE account_id = k.account_id AND status <> 'voided' AND id <> ALL($3::bigint[])
 ) b ON true
 LEFT JOIN LATERAL (
@@ -379,21 +382,11 @@ def _scaled(version: Tariff, months: int) -> Tariff:
 
 def _line_pricer(versions: list[Tariff], *, persons: int | None, start: date, end: date,
                  months: int) -> Callable[[Decimal, Decimal], tuple[QuoteLine, ...]]:
-    """``price_period(…, minimum=True)`` of ``(volume, prior)`` with the days' segments
-    worked out once for every account sharing them, each distinct pair priced once."""
-    scaled = [_scaled(version, months) for version in versions]
-    segments = period_segments(scaled, start=start, end=end)
-    priced: dict[tuple[Decimal, Decimal], tuple[QuoteLine, ...]] = {}
-
-    def lines(volume: Decimal, prior: Decimal) -> tuple[QuoteLine, ...]:
-        found = priced.get((volume, prior))
-        if found is None:
-            found = priced[(volume, prior)] = tuple(price_period(
-                scaled, volume=volume, prior=prior, persons=persons, start=start, end=end, minimum=True,
-                segments=segments))
-        return found
-
-    return lines
+    """``price_period(…, minimum=True)`` of ``(volume, prior)`` for a ``months``-month bill,
+    the days' segments and rates worked out once for every account sharing them
+    (:func:`backend.billing.service.period_line_pricer`)."""
+    return period_line_pricer([_scaled(version, months) for version in versions], persons=persons, start=start,
+                              end=end)
 
 
 def _day(instant: datetime, zone: tzinfo) -> date:
@@ -476,28 +469,37 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
 
     issue_day = _day(now, zone)
     shown: dict[datetime, str] = {}
+    # What a city's accounts share is worked out once: the pricers, the spans' months
+    # (most accounts' spans start at one instant), each customer type's rule and due date.
     pricers: dict[tuple[str, int | None, date, int], Callable[[Decimal, Decimal], tuple[QuoteLine, ...]]] = {}
-    for (account, span_start, first_day, cycle_start), used in zip(billable, measured, strict=True):
-        known = earlier[account.id]
-        volume = max(Decimal(0), used - known["billed_m3"]).quantize(Decimal("0.0001"))
-        prior = Decimal(known["prior_m3"])
-        months = _months_touched(span_start, end, zone)
-        key = (account.tariff_code, account.persons, first_day, months)
-        pricer = pricers.get(key)
-        if pricer is None:
-            pricer = pricers[key] = _line_pricer(versions[account.tariff_code], persons=account.persons,
-                                                 start=first_day, end=last_day, months=months)
-        lines = pricer(volume, prior)
-        rule = rules[CustomerType(account.customer_type)]
-        amount_fen = sum(line.amount_fen for line in lines)
-        rate, cap_fen = late_fee_terms(rule, amount_fen)
-        done.drafts.append(_Draft(
-            account=account, start=span_start, end=end, months=months,
-            start_readings=json.loads(known["last_end"]) if known["last_end"] else [],
-            end_readings=_readings(end_rows.get(account.household_id, []), zone, shown), measured=used,
-            billed=Decimal(known["billed_m3"]), volume=volume,
-            cycle_start=cycle_start, prior=prior, lines=lines, due_date=issue_day + timedelta(days=rule.grace_days),
-            late_fee_rate=rate, late_fee_cap_fen=cap_fen, amount_fen=amount_fen))
+    months_of: dict[datetime, int] = {}
+    terms = {kind.value: (rule, issue_day + timedelta(days=rule.grace_days)) for kind, rule in rules.items()}
+    # Pure computation over the chunk (no await): the collector would rescan the chunk's
+    # rows and drafts many times over for nothing (cyclic_gc_paused's docstring).
+    with cyclic_gc_paused():
+        for (account, span_start, first_day, cycle_start), used in zip(billable, measured, strict=True):
+            known = earlier[account.id]
+            billed = known["billed_m3"]
+            volume = max(_ZERO, used - billed).quantize(_FOUR)
+            prior = known["prior_m3"]
+            months = months_of.get(span_start)
+            if months is None:
+                months = months_of[span_start] = _months_touched(span_start, end, zone)
+            key = (account.tariff_code, account.persons, first_day, months)
+            pricer = pricers.get(key)
+            if pricer is None:
+                pricer = pricers[key] = _line_pricer(versions[account.tariff_code], persons=account.persons,
+                                                     start=first_day, end=last_day, months=months)
+            lines = pricer(volume, prior)
+            rule, due_date = terms[account.customer_type]
+            amount_fen = sum(line.amount_fen for line in lines)
+            rate, cap_fen = late_fee_terms(rule, amount_fen)
+            done.drafts.append(_Draft(
+                account=account, start=span_start, end=end, months=months,
+                start_readings=known["last_end"] or "[]",
+                end_readings=_readings(end_rows.get(account.household_id, []), zone, shown), measured=used,
+                billed=billed, volume=volume, cycle_start=cycle_start, prior=prior, lines=lines, due_date=due_date,
+                late_fee_rate=rate, late_fee_cap_fen=cap_fen, amount_fen=amount_fen))
     return done
 
 
@@ -509,36 +511,56 @@ SELECT account_id, count(*) AS bills FROM bills WHERE period = $1 AND account_id
 # written once, with its entry.
 _NEXT_BILL_IDS = "SELECT nextval(pg_get_serial_sequence('bills', 'id')) AS id FROM generate_series(1, $1)"
 
-_INSERT_BILLS = """
+# The bills and their lines go in by binary COPY into temporary tables, numbers as text,
+# then one INSERT … SELECT each: a few round trips for a city's bills, and asyncpg's binary
+# encoding of a Decimal (~1 µs each, two or four a row) is left to the server's numeric
+# input (measured, 149k lines: 0.29 s of client CPU copied straight, 0.09 s staged, and
+# less wall time).
+_STAGE = """
+CREATE TEMP TABLE staged_bills (
+    id bigint, account_id bigint, household_id bigint, months smallint, status text, period_start timestamptz,
+    period_end timestamptz, tariff_code text, persons int, start_readings text, end_readings text, measured_m3 text,
+    volume_m3 text, cycle_start date, prior_cycle_m3 text, amount_fen bigint, due_date date, late_fee_rate text,
+    late_fee_cap_fen bigint, paid_at timestamptz, reissue_of_id bigint, entry_id bigint
+) ON COMMIT DROP;
+CREATE TEMP TABLE staged_bill_lines (
+    bill_id bigint, line_no smallint, component text, tier smallint, volume_m3 text, price text, amount_fen bigint,
+    valid_from date
+) ON COMMIT DROP
+"""
+_STAGED_BILL_COLUMNS = (
+    "id", "account_id", "household_id", "months", "status", "period_start", "period_end", "tariff_code", "persons",
+    "start_readings", "end_readings", "measured_m3", "volume_m3", "cycle_start", "prior_cycle_m3", "amount_fen",
+    "due_date", "late_fee_rate", "late_fee_cap_fen", "paid_at", "reissue_of_id", "entry_id",
+)
+_STAGED_LINE_COLUMNS = ("bill_id", "line_no", "component", "tier", "volume_m3", "price", "amount_fen", "valid_from")
+_INSERT_STAGED_BILLS = """
 INSERT INTO bills (id, account_id, household_id, period, months, kind, status, run_id, period_start, period_end,
                    tariff_code, persons, start_readings, end_readings, measured_m3, volume_m3, cycle_start,
                    prior_cycle_m3, amount_fen, due_date, late_fee_rate, late_fee_cap_fen, issued_at, issued_by,
                    paid_at, reissue_of_id, entry_id)
-SELECT b.id, b.account_id, b.household_id, $1::date, b.months, $2::text,
-       CASE WHEN b.amount_fen = 0 THEN 'paid' ELSE 'open' END, $3::bigint, b.period_start, b.period_end,
-       b.tariff_code, b.persons, CAST(b.start_readings AS jsonb), CAST(b.end_readings AS jsonb), b.measured_m3,
-       b.volume_m3, b.cycle_start, b.prior_m3, b.amount_fen, b.due_date, b.rate, b.cap, $4::timestamptz, $5::text,
-       CASE WHEN b.amount_fen = 0 THEN $4::timestamptz END, b.reissue_of_id, b.entry_id
-FROM unnest($6::bigint[], $7::bigint[], $8::bigint[], $9::text[], $10::int[], $11::text[], $12::text[],
-            $13::numeric[], $14::numeric[], $15::date[], $16::numeric[], $17::bigint[], $18::date[], $19::numeric[],
-            $20::bigint[], $21::bigint[], $22::bigint[], $23::smallint[], $24::timestamptz[], $25::timestamptz[])
-     AS b(id, account_id, household_id, tariff_code, persons, start_readings, end_readings, measured_m3, volume_m3,
-          cycle_start, prior_m3, amount_fen, due_date, rate, cap, reissue_of_id, entry_id, months, period_start,
-          period_end)
+SELECT id, account_id, household_id, $1::date, months, $2::text, status, $3::bigint, period_start, period_end,
+       tariff_code, persons, CAST(start_readings AS jsonb), CAST(end_readings AS jsonb), CAST(measured_m3 AS numeric),
+       CAST(volume_m3 AS numeric), cycle_start, CAST(prior_cycle_m3 AS numeric), amount_fen, due_date,
+       CAST(late_fee_rate AS numeric), late_fee_cap_fen, $4::timestamptz, $5::text, paid_at, reissue_of_id, entry_id
+FROM staged_bills ORDER BY id
 """
-
-_INSERT_LINES = """
+_INSERT_STAGED_LINES = """
 INSERT INTO bill_lines (bill_id, line_no, component, tier, volume_m3, price, amount_fen, valid_from)
-SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::text[], $4::smallint[], $5::numeric[], $6::numeric[],
-                     $7::bigint[], $8::date[])
+SELECT bill_id, line_no, component, tier, CAST(volume_m3 AS numeric), CAST(price AS numeric), amount_fen, valid_from
+FROM staged_bill_lines ORDER BY bill_id, line_no;
+DROP TABLE staged_bills, staged_bill_lines
 """
 
 
 async def _write(session: AsyncSession, drafts: Sequence[_Draft], *, period: date, kind: BillKind, run_id: int | None,
-                 by: str, now: datetime, zone: tzinfo) -> list[_Issued]:
+                 by: str, now: datetime, zone: tzinfo, credit_of: Sequence[int] | None = None) -> list[_Issued]:
     """Post the drafts' entries and insert their bills and lines, then let credit already
     on the accounts pay the new bills (``allocations.allocate_credit``: a payment made
-    ahead of its bill, or left over). The callers hold the accounts' locks and checked
+    ahead of its bill, or left over) — on the accounts ``credit_of`` when given (the run:
+    those whose balance was positive when locked, the only ones with money for new bills,
+    since credit that arrived while bills were open was allocated by its own
+    transaction), else on all of them. The callers hold the accounts' locks and checked
     that no live bill of the period exists, and every writer of bills locks the account
     first, so the live-bill unique index never refuses here (if it did, the statement
     fails and the transaction rolls back: nothing half-written)."""
@@ -549,36 +571,44 @@ async def _write(session: AsyncSession, drafts: Sequence[_Draft], *, period: dat
     counts = {row["account_id"]: row["bills"] for row in await driver.fetch(_COUNT_OF_PERIOD, period, ids)}
     bill_ids = [row["id"] for row in await driver.fetch(_NEXT_BILL_IDS, len(drafts))]
     entries: list[EntryIn] = []
-    for draft, bill_id in zip(drafts, bill_ids, strict=True):
-        if draft.amount_fen:
-            entries.append(EntryIn(
-                account_id=draft.account.id, kind=EntryKind.bill, amount_fen=-draft.amount_fen, ref=f"bill:{bill_id}",
-                idempotency_key=f"bill:{draft.account.id}:{period.isoformat()}:{counts.get(draft.account.id, 0) + 1}"))
+    day = period.isoformat()
+    with cyclic_gc_paused():
+        for draft, bill_id in zip(drafts, bill_ids, strict=True):
+            if draft.amount_fen:
+                entries.append(EntryIn(
+                    account_id=draft.account.id, kind=EntryKind.bill, amount_fen=-draft.amount_fen,
+                    ref=f"bill:{bill_id}", idempotency_key=f"bill:{draft.account.id}:{day}:"
+                                                           f"{counts.get(draft.account.id, 0) + 1}"))
     posted = iter(await post_entries(session, entries, posted_by=by, posted_at=now))
-    entry_ids = [next(posted).id if draft.amount_fen else None for draft in drafts]
-    await driver.execute(
-        _INSERT_BILLS, period, kind.value, run_id, now, by[:100],
-        bill_ids, ids, [d.account.household_id for d in drafts], [d.account.tariff_code for d in drafts],
-        [d.account.persons for d in drafts], [json.dumps(d.start_readings) for d in drafts],
-        [json.dumps(d.end_readings) for d in drafts], [d.measured for d in drafts], [d.volume for d in drafts],
-        [d.cycle_start for d in drafts], [d.prior for d in drafts], [d.amount_fen for d in drafts],
-        [d.due_date for d in drafts], [d.late_fee_rate for d in drafts], [d.late_fee_cap_fen for d in drafts],
-        [d.reissue_of_id for d in drafts], entry_ids, [d.months for d in drafts], [d.start for d in drafts],
-        [d.end for d in drafts],
-    )
-    line_rows = [(bill_id, number, line.component, line.tier, line.volume, line.price, line.amount_fen, line.valid_from)
+    with cyclic_gc_paused():  # pure computation, as in _drafts
+        # A bill of ¥0 writes no entry and is issued paid (module docstring).
+        bills = [(
+            bill_id, d.account.id, d.account.household_id, d.months, "open" if d.amount_fen else "paid", d.start, d.end,
+            d.account.tariff_code, d.account.persons, d.start_readings, json.dumps(d.end_readings), str(d.measured),
+            str(d.volume), d.cycle_start, str(d.prior), d.amount_fen, d.due_date, str(d.late_fee_rate),
+            d.late_fee_cap_fen, None if d.amount_fen else now, d.reissue_of_id,
+            next(posted).id if d.amount_fen else None,
+        ) for d, bill_id in zip(drafts, bill_ids, strict=True)]
+        lines = [(bill_id, number, line.component, line.tier, str(line.volume), str(line.price), line.amount_fen,
+                  line.valid_from)
                  for draft, bill_id in zip(drafts, bill_ids, strict=True)
                  for number, line in enumerate(draft.lines, start=1)]
-    if line_rows:
-        await driver.execute(_INSERT_LINES, *(list(column) for column in zip(*line_rows, strict=True)))
-    await allocate_credit(session, account_ids=ids, on=_day(now, zone), now=now, by=by)
+    await driver.execute(_STAGE)
+    await copy_into(session, "staged_bills", columns=_STAGED_BILL_COLUMNS, records=bills)
+    await copy_into(session, "staged_bill_lines", columns=_STAGED_LINE_COLUMNS, records=lines)
+    await driver.execute(_INSERT_STAGED_BILLS, period, kind.value, run_id, now, by[:100])
+    await driver.execute(_INSERT_STAGED_LINES)
+    credited = ids if credit_of is None else credit_of
+    if credited:
+        await allocate_credit(session, account_ids=credited, on=_day(now, zone), now=now, by=by)
     return [_Issued(bill_id, draft.account.id, draft.amount_fen) for draft, bill_id in zip(drafts, bill_ids, strict=True)]
 
 
 async def _lock(session: AsyncSession, account_ids: Sequence[int]) -> list[_Account]:
     driver = await raw_connection(session)
     return [_Account(row["id"], row["household_id"], row["tariff_code"], row["persons"], row["opened_at"],
-                     row["customer_type"]) for row in await driver.fetch(_LOCK, sorted(set(account_ids)))]
+                     row["customer_type"], row["balance_fen"])
+            for row in await driver.fetch(_LOCK, sorted(set(account_ids)))]
 
 
 async def _emit(session: AsyncSession, issued: Sequence[_Issued], period: date) -> None:
@@ -746,7 +776,8 @@ async def run_billing(
                 already += len(drafted.covered)  # a later or overlapping bill covers the span
             drafts.sort(key=lambda draft: draft.account.id)
             issued = await _write(session, drafts, period=period, kind=BillKind.regular, run_id=run_id, by=by,
-                                  now=now, zone=zone)
+                                  now=now, zone=zone, credit_of=[d.account.id for d in drafts
+                                                                 if d.account.balance_fen > 0])
             bill_ids.extend(i.bill_id for i in issued)
             billed_accounts.extend(i.account_id for i in issued)
             amount += sum(i.amount_fen for i in issued)

@@ -126,6 +126,9 @@ def opening_state(mode: BillingMode, *, alert_threshold_fen: int, close_threshol
 _MODES = {mode.value: mode for mode in BillingMode}
 _STATUSES = {status.value: status for status in AccountStatus}
 ALERT_STATES = {state.value: state for state in AlertState}
+# By value or member (a StrEnum member hashes as its value): checked entries' kinds are
+# looked up, not constructed (a billing run posts a city's bills at once).
+_KINDS = {kind.value: kind for kind in EntryKind}
 
 _LOCK = """
 SELECT id, household_id, mode, status, balance_fen, alert_threshold_fen, close_threshold_fen, grace_fen,
@@ -222,7 +225,7 @@ async def post_entries(
         previous = stored.get(entry.idempotency_key)
         if previous is not None:
             if (previous["account_id"], previous["kind"], previous["amount_fen"]) != (
-                    entry.account_id, EntryKind(entry.kind).value, entry.amount_fen):
+                    entry.account_id, _KINDS[entry.kind].value, entry.amount_fen):
                 raise IdempotencyConflict(field="idempotencyKey")
             continue
         twin = seen.get(entry.idempotency_key)
@@ -246,7 +249,7 @@ async def post_entries(
         try:
             rows = await driver.fetch(
                 _INSERT,
-            [e.account_id for e in fresh], [EntryKind(e.kind).value for e in fresh], [e.amount_fen for e in fresh],
+            [e.account_id for e in fresh], [_KINDS[e.kind].value for e in fresh], [e.amount_fen for e in fresh],
                 balances_after, [e.ref for e in fresh], [e.idempotency_key for e in fresh],
                 [e.cycle_start for e in fresh], [e.volume_m3 for e in fresh], [e.note for e in fresh],
                 posted_by[:100], posted_at,
@@ -271,13 +274,13 @@ async def post_entries(
         key = entry.idempotency_key
         if key in inserted:
             entry_id, when = inserted[key]
-            posted.append(PostedEntry(entry_id, entry.account_id, EntryKind(entry.kind), entry.amount_fen,
+            posted.append(PostedEntry(entry_id, entry.account_id, _KINDS[entry.kind], entry.amount_fen,
                                       balance_of_fresh[key], when))
         else:
             row: Any = stored.get(key)
             if row is None:  # a twin of an entry of this call
                 entry_id, when = inserted[key]
-                posted.append(PostedEntry(entry_id, entry.account_id, EntryKind(entry.kind), entry.amount_fen,
+                posted.append(PostedEntry(entry_id, entry.account_id, _KINDS[entry.kind], entry.amount_fen,
                                           balance_of_fresh[key], when, replayed=True))
             else:
                 posted.append(PostedEntry(row["id"], row["account_id"], EntryKind(row["kind"]), row["amount_fen"],

@@ -31,7 +31,7 @@ force on the quote's last day, a ``minimum`` line tops it up to the minimum.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -308,6 +308,82 @@ def price_version(tariff: Tariff, *, volume: Decimal, prior: Decimal, persons: i
                 billed = (part * coefficient).quantize(FOUR, rounding=ROUND_HALF_UP)
             price = Decimal(component["prices"][tier - 1])
             lines.append(QuoteLine(component["code"], tier, billed, price, line_fen(billed, price), tariff.valid_from))
+    return lines
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRates:
+    """One tariff version's rules parsed for one household size: the tier limits, and per
+    component its code, whether the sewage coefficient applies, and its price per tier."""
+
+    limits: list[Decimal]
+    coefficient: Decimal
+    components: tuple[tuple[str, bool, tuple[Decimal, ...]], ...]
+
+
+def version_rates(version: Tariff, persons: int | None) -> VersionRates:
+    """``version``'s rules as :func:`price_version` reads them, parsed once for a batch."""
+    rules = version.rules
+    coefficient = Decimal(rules["sewage_coefficient"]) if rules.get("sewage_coefficient") else None
+    return VersionRates(
+        limits=tier_limits(rules, persons=persons), coefficient=coefficient or Decimal(1),
+        components=tuple((component["code"], component["code"] == "sewage" and coefficient is not None,
+                          tuple(Decimal(price) for price in component["prices"])) for component in rules["components"]),
+    )
+
+
+def period_line_pricer(versions: list[Tariff], *, persons: int | None, start: date, end: date,
+                       minimum: bool = True) -> Callable[[Decimal, Decimal], tuple[QuoteLine, ...]]:
+    """``price_period(versions, volume=v, prior=p, persons=persons, start=start, end=end,
+    minimum=minimum)`` as a function of ``(v, p)``, the same lines in the same order: the
+    period's segments and each version's rules are worked out once for every account
+    sharing them (a billing run's chunk has a handful of groups), not once per account;
+    equal ``(v, p)`` are priced once."""
+    segments = period_segments(versions, start=start, end=end)
+    total_days = sum(days for _, days in segments)
+    rated = [(version.valid_from, version_rates(version, persons), days) for version, days in segments]
+    last = len(rated) - 1
+    floor = segments[-1][0].rules.get("minimum_monthly_charge_fen") if minimum else None
+    floor_from = segments[-1][0].valid_from
+    priced: dict[tuple[Decimal, Decimal], tuple[QuoteLine, ...]] = {}
+    # A full lower tier is the same part for most accounts: its lines (one per component)
+    # are made once per (segment, tier, m³).
+    tier_lines: dict[tuple[int, int, Decimal], tuple[QuoteLine, ...]] = {}
+
+    def lines_of_part(index: int, tier: int, m3: Decimal) -> tuple[QuoteLine, ...]:
+        found = tier_lines.get((index, tier, m3))
+        if found is None:
+            valid_from, rates, _ = rated[index]
+            made = []
+            for code, sewage, prices in rates.components:
+                billed = (m3 * rates.coefficient).quantize(FOUR, rounding=ROUND_HALF_UP) if sewage else m3
+                price = prices[tier - 1]
+                made.append(QuoteLine(code, tier, billed, price, line_fen(billed, price), valid_from))
+            found = tier_lines[(index, tier, m3)] = tuple(made)
+        return found
+
+    def lines(volume: Decimal, prior: Decimal) -> tuple[QuoteLine, ...]:
+        found = priced.get((volume, prior))
+        if found is not None:
+            return found
+        made: list[QuoteLine] = []
+        used, left = prior, volume
+        for index, (_, rates, days) in enumerate(rated):
+            part = left if index == last else (volume * days / total_days).quantize(FOUR, ROUND_HALF_UP)
+            by_tier = [lines_of_part(index, tier, m3) for tier, m3 in split_into_tiers(rates.limits, prior=used,
+                                                                                        volume=part)]
+            # price_version's order: per component, then per tier.
+            for component in range(len(rates.components)):
+                made.extend(tier[component] for tier in by_tier)
+            used += part
+            left -= part
+        if floor is not None:
+            charged = sum(line.amount_fen for line in made)
+            if charged < floor:
+                made.append(QuoteLine("minimum", 0, Decimal(0), Decimal(0), floor - charged, floor_from))
+        found = priced[(volume, prior)] = tuple(made)
+        return found
+
     return lines
 
 

@@ -60,7 +60,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.billing.ledger import ALERT_STATES, EntryIn, post_entries
 from backend.billing.models import AlertState, BillingMode, EntryKind, Tariff, TariffCycle
-from backend.billing.service import FOUR, line_fen, period_segments, split_into_tiers, tariff_versions, tier_limits
+from backend.billing.service import FOUR, line_fen, period_segments, split_into_tiers, tariff_versions, version_rates
 from backend.db import raw_connection
 from backend.readings.partitions import as_zone
 from backend.readings.usage import usage_between
@@ -148,26 +148,6 @@ class _Window:
     cycle_end_at: datetime  # the instant the cycle ends
 
 
-@dataclass(frozen=True, slots=True)
-class _Rates:
-    """One tariff version's rules parsed for one household size: the tier limits, and per
-    component whether the sewage coefficient applies and its price per tier."""
-
-    limits: list[Decimal]
-    coefficient: Decimal
-    components: tuple[tuple[bool, tuple[Decimal, ...]], ...]
-
-
-def _rates(version: Tariff, persons: int | None) -> _Rates:
-    rules = version.rules
-    coefficient = Decimal(rules["sewage_coefficient"]) if rules.get("sewage_coefficient") else None
-    return _Rates(
-        limits=tier_limits(rules, persons=persons), coefficient=coefficient or Decimal(1),
-        components=tuple((component["code"] == "sewage" and coefficient is not None,
-                          tuple(Decimal(price) for price in component["prices"])) for component in rules["components"]),
-    )
-
-
 def period_pricer(versions: list[Tariff], *, persons: int | None, start: date,
                   end: date) -> Callable[[Decimal, Decimal], int]:
     """The total in fen of ``price_period(versions, volume=v, prior=p, persons=persons,
@@ -177,7 +157,7 @@ def period_pricer(versions: list[Tariff], *, persons: int | None, start: date,
     batch has one or two), instead of once per account; equal volumes are priced once."""
     segments = period_segments(versions, start=start, end=end)
     total_days = sum(days for _, days in segments)
-    rated = [(_rates(version, persons), days) for version, days in segments]
+    rated = [(version_rates(version, persons), days) for version, days in segments]
     last = len(rated) - 1
     priced: dict[tuple[Decimal, Decimal], int] = {}
 
@@ -191,7 +171,7 @@ def period_pricer(versions: list[Tariff], *, persons: int | None, start: date,
         for index, (rates, days) in enumerate(rated):
             part = left if index == last else (volume * days / total_days).quantize(FOUR, ROUND_HALF_UP)
             parts = split_into_tiers(rates.limits, prior=used, volume=part)
-            for sewage, prices in rates.components:
+            for _, sewage, prices in rates.components:
                 for tier, m3 in parts:
                     fen += line_fen((m3 * rates.coefficient).quantize(FOUR, rounding=ROUND_HALF_UP) if sewage else m3,
                                     prices[tier - 1])

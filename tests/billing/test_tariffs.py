@@ -196,3 +196,33 @@ async def test_a_quoted_period_is_at_most_366_days(session: AsyncSession) -> Non
     with pytest.raises(DomainError) as refused:
         await service.quote(session, code="LONG", volume=Decimal(10), start=date(2024, 1, 1), end=date(2025, 1, 1))
     assert (refused.value.code, refused.value.field) == (ErrorCode.TARIFF_INVALID, "to")
+
+
+async def test_the_batch_line_pricer_prices_every_line_exactly_as_price_period_does(session: AsyncSession) -> None:
+    # The billing run prices a chunk with period_line_pricer (each version's rules parsed
+    # once per group of accounts); its lines must be price_period's, line for line: tiers,
+    # household size, the sewage coefficient, a price change inside the period and the
+    # minimum charge, with 4-place volumes on and around the limits and day shares that round.
+    raw = {**monthly("BATCH", limits=["10.5", 20], prices=["3.4567", "4.1234", "5.0001"]),
+           "household_size": {"base_persons": 3, "extra_m3_per_person": "2.5"}, "sewage_coefficient": "0.85",
+           "minimum_monthly_charge": "40.00"}
+    raw["components"] = [*raw["components"], {"code": "sewage", "name": "污水处理费", "prices": ["1.3333"] * 3}]
+    await service.save_tariff(session, raw=raw)
+    await service.save_tariff(session, raw={**raw, "valid_from": date(2024, 11, 11), "tier_limits": [12, 24],
+                                            "sewage_coefficient": "0.9", "minimum_monthly_charge": "30.00"})
+    versions = await service.tariff_versions(session, code="BATCH")
+    volumes = [Decimal(v) for v in ("0", "0.0001", "3.3", "10.5", "10.5001", "19.9999", "20", "25.0049", "123.4567")]
+    for persons in (None, 3, 5):
+        for start, end in ((date(2024, 11, 1), date(2024, 11, 30)), (date(2024, 11, 3), date(2024, 11, 10)),
+                           (date(2024, 11, 7), date(2024, 11, 19))):
+            for minimum in (True, False):
+                pricer = service.period_line_pricer(versions, persons=persons, start=start, end=end, minimum=minimum)
+                for volume in volumes:
+                    for prior in (Decimal(0), Decimal("8.25")):
+                        expected = service.price_period(versions, volume=volume, prior=prior, persons=persons,
+                                                        start=start, end=end, minimum=minimum)
+                        assert list(pricer(volume, prior)) == expected, (persons, start, end, volume, prior)
+                        assert pricer(volume, prior) is pricer(volume, prior)  # priced once
+    minimum_lines = service.period_line_pricer(versions, persons=None, start=date(2024, 11, 1),
+                                               end=date(2024, 11, 30))(Decimal("0.0001"), Decimal(0))
+    assert minimum_lines[-1].component == "minimum"  # the case above did reach the minimum
