@@ -23,13 +23,21 @@ until a reviewer decides. A review pending for an *earlier* period holds the acc
 usage and the earlier bill, once approved, would bill it again. Accounts with a live bill
 for the period, or whose latest live bill ends at or after this period's end (a later or
 overlapping bill covers it: see spans), are ``already_billed``: re-running changes
-nothing.
+nothing. A review pending for a period a live bill already covers holds nothing, and none
+is prepared for such a period (a re-run after a meter was replaced would judge today's
+meter on a month already billed). A scoped caller's run without an area is recorded as
+its one subtree's run (``area_id`` the scope's area) so it is listed to them; a run over
+several subtrees or the whole utility has no area and is listed to callers whose scope
+covers every root area.
 
 **Spans.** A bill covers ``[period_start, period_end)``: it starts where the account's
 latest live bill ended (its ``period_end``), or at the account's opening when it has
-none, and ends at the period end (a final bill: the final instant). An empty span is
-already billed. ``months`` is the number of calendar months (utility zone) the span
-touches, from the month holding its start to the one holding its end − 1 µs: a regular
+none (or, if prepaid settlement priced it, where that pricing reached: ``prepaid_cycles``'
+``settled_to``), and ends at the period end (a final bill: the final instant). An empty
+span is already billed. ``months`` is the number of calendar months (utility zone) the
+span touches, from the month holding its start to the one holding its end − 1 µs, less
+the start's month when the span continues an earlier bill that ended inside that month
+(the earlier bill counted its tiers and minimum charge), at least 1: a regular
 monthly bill 1, bimonthly 2, a final bill over an unbilled October and 1–3 November 2,
 an account opened long ago and never billed every month since. So a final bill does not
 lump an unbilled month into one month's tiers, and an area switched from bimonthly to
@@ -105,8 +113,12 @@ live bills newest first each give back ``min(d left, its volume)`` worth
 versions over its days, its ``months``, ``persons``, minimum charge). The bill stores
 ``credited_m3`` and ``credit_fen``; the credit is one ``adjustment`` entry of +credit_fen
 (ref ``bill:<final id>``, key ``bill-credit:<final id>``, ``credit_entry_id``), and
-credit on the account then pays open bills as a payment would. Voiding the final bill
-reverses the credit too.
+credit on the account then pays open bills as a payment would. A final bill with a
+credit is never voided or re-done (BILL_PAID; a later ``final_charge`` ACCOUNT_UNSETTLED):
+its credit has paid the account's other bills, and undoing it would leave them paid by
+money that is gone. A span crossing an annual tier cycle's start is priced in the cycle
+of its period (a known limit: an unbilled December billed with January counts in
+January's year).
 
 **Void and re-issue** (:func:`void_bill`): newest first (BILL_NOT_LATEST), never with
 money allocated (BILL_PAID: reverse the payment first), never twice (BILL_VOIDED). A
@@ -330,12 +342,13 @@ SELECT account_id FROM bills WHERE period = $1 AND status <> 'voided' AND accoun
 # Per account (bills ``$3`` left out: the one a final bill may replace): the volume its
 # live bills billed net of what they credited back, plus what prepaid settlement cycles
 # priced (a legacy postpaid charge, or the account's prepaid past); the same for the
-# bill's tier cycle; where its newest live bill ended and that bill's end readings.
+# bill's tier cycle; where its newest live bill ended (without one: where prepaid
+# settlement priced it to, if it ever did) and that bill's end readings.
 _EARLIER = """
 SELECT k.account_id,
        coalesce(b.billed, 0) + coalesce(p.charged, 0) AS billed_m3,
        coalesce(b.prior, 0) + coalesce(p.prior, 0) AS prior_m3,
-       b.last_end_at, CAST(b.last_end AS text) AS last_end
+       coalesce(b.last_end_at, p.charged_to) AS last_end_at, CAST(b.last_end AS text) AS last_end
 FROM unnest($1::bigint[], $2::date[]) AS k(account_id, cycle_start)
 LEFT JOIN LATERAL (
     SELECT sum(volume_m3 - credited_m3) AS billed,
@@ -345,7 +358,8 @@ LEFT JOIN LATERAL (
     FROM bills WHERE account_id = k.account_id AND status <> 'voided' AND id <> ALL($3::bigint[])
 ) b ON true
 LEFT JOIN LATERAL (
-    SELECT sum(volume_m3) AS charged, sum(volume_m3) FILTER (WHERE cycle_start = k.cycle_start) AS prior
+    SELECT sum(volume_m3) AS charged, sum(volume_m3) FILTER (WHERE cycle_start = k.cycle_start) AS prior,
+           max(settled_to) AS charged_to
     FROM prepaid_cycles WHERE account_id = k.account_id
 ) p ON true
 """
@@ -393,11 +407,16 @@ def _day(instant: datetime, zone: tzinfo) -> date:
     return instant.astimezone(zone).date()
 
 
-def _months_touched(start: datetime, end: datetime, zone: tzinfo) -> int:
+def _months_touched(start: datetime, end: datetime, zone: tzinfo, *, continued: bool = False) -> int:
     """The calendar months (in ``zone``) the span ``[start, end)`` touches: from the month
-    holding ``start`` to the one holding its last instant."""
+    holding ``start`` to the one holding its last instant. A span ``continued`` from an
+    earlier bill (or prepaid settlement) that ended inside a month leaves that month out:
+    the earlier bill counted it (its tiers and minimum charge); at least one."""
     first, last = start.astimezone(zone), (end - _TICK).astimezone(zone)
-    return (last.year - first.year) * 12 + last.month - first.month + 1
+    months = (last.year - first.year) * 12 + last.month - first.month + 1
+    if continued and first != first.replace(day=1, hour=0, minute=0, second=0, microsecond=0):
+        months -= 1
+    return max(1, months)
 
 
 def _readings(rows: Sequence[Any], zone: tzinfo, shown: dict[datetime, str]) -> list[dict[str, Any]]:
@@ -449,7 +468,7 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
         _EARLIER, [a.id for a, _ in priced], [c for _, c in priced], list(replacing))}
     billable: list[tuple[_Account, datetime, date, date]] = []  # account, span start, first priced day, cycle start
     for account, cycle_start in priced:
-        span_start = earlier[account.id]["last_end_at"] or account.opened_at
+        span_start = max(earlier[account.id]["last_end_at"] or account.opened_at, account.opened_at)
         if span_start >= end:
             done.covered.append(account.id)
             continue
@@ -472,7 +491,7 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
     # What a city's accounts share is worked out once: the pricers, the spans' months
     # (most accounts' spans start at one instant), each customer type's rule and due date.
     pricers: dict[tuple[str, int | None, date, int], Callable[[Decimal, Decimal], tuple[QuoteLine, ...]]] = {}
-    months_of: dict[datetime, int] = {}
+    months_of: dict[tuple[datetime, bool], int] = {}
     terms = {kind.value: (rule, issue_day + timedelta(days=rule.grace_days)) for kind, rule in rules.items()}
     # Pure computation over the chunk (no await): the collector would rescan the chunk's
     # rows and drafts many times over for nothing (cyclic_gc_paused's docstring).
@@ -482,9 +501,11 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
             billed = known["billed_m3"]
             volume = max(_ZERO, used - billed).quantize(_FOUR)
             prior = known["prior_m3"]
-            months = months_of.get(span_start)
+            continued = known["last_end_at"] is not None
+            months = months_of.get((span_start, continued))
             if months is None:
-                months = months_of[span_start] = _months_touched(span_start, end, zone)
+                months = months_of[(span_start, continued)] = _months_touched(span_start, end, zone,
+                                                                              continued=continued)
             key = (account.tariff_code, account.persons, first_day, months)
             pricer = pricers.get(key)
             if pricer is None:
@@ -722,7 +743,10 @@ async def run_billing(
         else:
             groups[row["months"]].append(row["id"])
 
-    run = BillingRun(period=period, area_id=area_id, started_by=by[:100], started_at=now)
+    # A scoped caller's run over "everything" covers their one subtree: it is recorded as
+    # that area's run, so they (and whoever may see that area) find it in billingRuns.
+    recorded_area = area_id if area_id is not None else _scope_root(scope_patterns)
+    run = BillingRun(period=period, area_id=recorded_area, started_by=by[:100], started_at=now)
     session.add(run)
     await session.flush()
     assert run.id is not None
@@ -798,6 +822,15 @@ async def run_billing(
     return BillingRunResult(run_id=run_id, period=period, bill_ids=tuple(bill_ids), account_ids=tuple(billed_accounts),
                             held=tuple(held), accounts=considered, issued=len(bill_ids), already_billed=already,
                             skipped=skipped, amount_fen=amount)
+
+
+def _scope_root(scope_patterns: Sequence[str] | None) -> int | None:
+    """The area of a scope that is one subtree (``/1/4/%`` → 4); None otherwise."""
+    if scope_patterns is None or len(scope_patterns) != 1:
+        return None
+    path = scope_patterns[0].removesuffix("%").strip("/")
+    last = path.rsplit("/", 1)[-1]
+    return int(last) if last.isdigit() else None
 
 
 async def billing_runs(session: AsyncSession, *, period: date | None, scope_patterns: Sequence[str] | None,
@@ -888,7 +921,7 @@ async def final_bill(session: AsyncSession, *, account_id: int, at: datetime, by
     if existing is not None:
         if existing.volume_m3 == draft.volume and existing.credited_m3 == over_m3:
             return FinalBill(None, None, 0)
-        if existing.principal_paid_fen > 0 or existing.late_fee_paid_fen > 0:
+        if existing.principal_paid_fen > 0 or existing.late_fee_paid_fen > 0 or existing.credit_fen > 0:
             raise AccountUnsettled(field="id")
         voided = await _void(session, existing, reason=FINAL_REBILL_REASON, by=by, now=now)
         voided_id = voided.id
@@ -1026,6 +1059,12 @@ async def void_bill(session: AsyncSession, *, bill_id: int, reason: str, by: str
         raise BillVoided(field="billId")
     if bill.principal_paid_fen > 0 or bill.late_fee_paid_fen > 0:
         raise BillPaid(field="billId")
+    if bill.credit_fen > 0:
+        # Its credit for over-billed volume paid the account's other bills: undoing it
+        # would leave those bills paid by money that is gone.
+        raise BillPaid("该账单的多计水费退还已抵缴其他账单, 不能作废",
+                       "This bill's credit for over-billed water has paid other bills; it cannot be voided",
+                       field="billId")
     driver = await raw_connection(session)
     if await driver.fetchval("SELECT EXISTS (SELECT FROM bills WHERE account_id = $1 AND period > $2 "
                              "AND status <> 'voided')", account_id, bill.period):

@@ -144,6 +144,9 @@ WHERE acc.status = 'open' AND acc.mode = 'postpaid'
   AND (CAST(:area_path AS text) IS NULL OR a.path LIKE CAST(:area_path AS text) || '%')
   AND (CAST(:patterns AS text[]) IS NULL OR a.path LIKE ANY(CAST(:patterns AS text[])))
   AND (CAST(:account_ids AS bigint[]) IS NULL OR acc.id = ANY(CAST(:account_ids AS bigint[])))
+  -- A period a live bill already covers has nothing left to review (a re-run after a
+  -- meter was replaced would otherwise judge today's meter on a month already billed).
+  AND NOT EXISTS (SELECT FROM bills b WHERE b.account_id = acc.id AND b.status <> 'voided' AND b.period_end >= :end)
 ON CONFLICT (account_id, period) DO NOTHING
 """)
 
@@ -183,8 +186,10 @@ async def prepare_review(
 # Any pending review up to and including the period holds it: the reviewer decides an
 # earlier period first, or the later bill would take its usage and the earlier one bill it
 # again (bills' module docstring).
+_COVERED = ("EXISTS (SELECT FROM bills b WHERE b.account_id = rr.account_id AND b.status <> 'voided' "
+            "AND b.period >= rr.period)")
 NOT_HELD_SQL = ("NOT EXISTS (SELECT FROM reading_reviews rr WHERE rr.account_id = acc.id "
-                "AND rr.period <= :period AND rr.state = 'pending')")
+                f"AND rr.period <= :period AND rr.state = 'pending' AND NOT {_COVERED})")
 
 _BILLABLE = text(f"""
 SELECT acc.id FROM accounts acc
@@ -195,11 +200,12 @@ ORDER BY acc.id
 """)
 
 # One row per account: its earliest pending period up to :period, with its reasons.
-_HELD = text("""
+_HELD = text(f"""
 SELECT DISTINCT ON (rr.account_id) rr.account_id, rr.id AS review_id, rr.alarm_kinds, rr.missing_reading
 FROM reading_reviews rr
 JOIN accounts acc ON acc.id = rr.account_id
 WHERE rr.period <= :period AND rr.state = 'pending' AND acc.status = 'open' AND acc.mode = 'postpaid'
+  AND NOT {_COVERED}
   AND (CAST(:account_ids AS bigint[]) IS NULL OR rr.account_id = ANY(CAST(:account_ids AS bigint[])))
 ORDER BY rr.account_id, rr.period
 """)

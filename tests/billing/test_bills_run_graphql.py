@@ -119,10 +119,10 @@ async def test_run_billing_needs_its_permission_bills_the_scope_once_and_is_audi
     future = (await client.execute(RUN, {"period": "2099-01"}, token=token))["data"]["runBilling"]
     assert future["errors"] == [{"field": "period", "code": "BILLING_PERIOD_NOT_ENDED"}]
 
-    # Runs without an area are listed only to callers without a scope restriction (their
-    # counts would be the whole utility's): the 城东 reader sees neither.
+    # The 城东 clerk's runs "of everything" covered 城东 only and are recorded as 城东's: the
+    # 城东 reader finds both (the refused ones wrote no run).
     listed = (await client.execute(RUNS, {"period": world.period}, token=reader))["data"]["billingRuns"]
-    assert listed["totalCount"] == 0 and listed["edges"] == []
+    assert listed["totalCount"] == 2
 
     forbidden_void = await client.execute(VOID, {"bill": done["billIds"][0], "reason": "读数错误"}, token=reader)
     assert forbidden_void["errors"][0]["extensions"]["code"] == "FORBIDDEN"

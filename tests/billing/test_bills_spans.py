@@ -20,10 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend.alarms.models import Alarm, AlarmKind, AlarmStatus, AlarmSubjectKind
 from backend.archives.models import AreaKind
 from backend.archives.service import create_area
+from backend.archives.service.assignments import replace_meter
 from backend.billing import bills, review
 from backend.billing.accounts import CHARGEABLE_MODES, final_charge
 from backend.billing.bills_models import BillingRun
 from backend.billing.checks import _BILLS_DISAGREEING
+from backend.billing.errors import AccountUnsettled, BillPaid
 from backend.billing.late_fees import post_late_fees, waive_late_fee
 from backend.billing.ledger import lock_accounts, post_entry
 from backend.billing.models import EntryKind
@@ -34,6 +36,7 @@ from tests.billing.bill_factory import make_bill, postpaid_account
 from tests.billing.factories import at, balance, entries, ingest, tariff
 from tests.billing.test_bills_run import bill_of, ledger_adds_up, lines_of, month_end, postpaid, run
 from tests.factories import unique
+from tests.readings.factories import make_meter
 
 
 async def live_bills(session: AsyncSession, account_id: int) -> list[tuple[str, str, int, str, int]]:
@@ -174,6 +177,91 @@ async def test_a_final_bill_credits_over_billed_volume_at_the_rates_it_was_bille
     # Again: nothing changes.
     again = await final_charge(session, account_id=served.account_id, at=at(2026, 11, 3, 9), now=at(2026, 11, 6, 3))
     assert (again.charged, await balance(session, served.account_id)) == (0, -4400)
+
+
+async def test_a_final_bill_whose_credit_paid_other_bills_cannot_be_voided_or_redone(session: AsyncSession) -> None:
+    # October billed 20 m³ (¥60), corrected to 15; the final bill at 16 credits ¥16, which
+    # pays ¥16 of October. Undoing that credit would leave October paid by money that is gone.
+    raw = tariff(limits=["10"], prices=["2.00", "4.00"], valid_from=date(2025, 1, 1))
+    served = await postpaid(session, raw=raw, opened_at=at(2026, 10, 1))
+    await ingest(session, served.meter.id, [(month_end(2026, 10), "20")], now=at(2026, 11, 1))  # type: ignore[arg-type]
+    await run(session, date(2026, 10, 1), at(2026, 11, 5), area_id=served.household.area_id)
+    await correct_reading(session, meter_id=served.meter.id, read_at=month_end(2026, 10), total_m3=Decimal("15"),
+                          reason="抄错", by="审核员", now=at(2026, 11, 6), scope_patterns=None)
+    await ingest(session, served.meter.id, [(at(2026, 11, 3, 9), "16")], now=at(2026, 11, 6, 1))  # type: ignore[arg-type]
+    await final_charge(session, account_id=served.account_id, at=at(2026, 11, 3, 9), now=at(2026, 11, 6, 2))
+    final = await bill_of(session, served.account_id, date(2026, 11, 1))
+    assert final.credit_fen == 1600 and final.id is not None
+
+    with pytest.raises(BillPaid):
+        await bills.void_bill(session, bill_id=final.id, reason="重算", by="主管", now=at(2026, 11, 7), reissue=True)
+    await ingest(session, served.meter.id, [(at(2026, 11, 8, 9), "17")], now=at(2026, 11, 8, 10))  # type: ignore[arg-type]
+    with pytest.raises(AccountUnsettled):
+        await final_charge(session, account_id=served.account_id, at=at(2026, 11, 8, 9), now=at(2026, 11, 8, 11))
+
+    assert await balance(session, served.account_id) == -4400
+    await ledger_adds_up(session)
+    await bills_add_up(session)
+
+
+async def test_a_bill_after_a_final_bill_does_not_count_the_final_bills_month_again(session: AsyncSession) -> None:
+    # Minimum ¥30 a month. A final bill on 3 Nov 09:00 charged November's minimum; the
+    # account stayed open (its final bill unpaid), the meter showed no more use. December's
+    # bill spans 3 Nov 09:00 – 1 Jan but counts December alone: one minimum, ¥30.
+    raw = tariff(limits=["10"], prices=["2.00", "4.00"], valid_from=date(2025, 1, 1), minimum_monthly_charge="30.00")
+    served = await postpaid(session, raw=raw, opened_at=at(2026, 10, 1))
+    await ingest(session, served.meter.id, [(month_end(2026, 10), "20")], now=at(2026, 11, 1))  # type: ignore[arg-type]
+    await run(session, date(2026, 10, 1), at(2026, 11, 5), area_id=served.household.area_id)
+    await ingest(session, served.meter.id, [(at(2026, 11, 3, 9), "21")], now=at(2026, 11, 3, 10))  # type: ignore[arg-type]
+    await final_charge(session, account_id=served.account_id, at=at(2026, 11, 3, 9), now=at(2026, 11, 5, 10))
+    await ingest(session, served.meter.id, [(month_end(2026, 11), "21"), (month_end(2026, 12), "21")],  # type: ignore[arg-type]
+                 now=at(2027, 1, 1))
+
+    await run(session, date(2026, 11, 1), at(2026, 12, 5), area_id=served.household.area_id)
+    await run(session, date(2026, 12, 1), at(2027, 1, 5), area_id=served.household.area_id)
+
+    december = await bill_of(session, served.account_id, date(2026, 12, 1))
+    assert (december.months, december.volume_m3, december.amount_fen) == (1, Decimal("0.0000"), 3000)
+
+
+async def test_a_review_is_not_prepared_for_a_period_already_billed(session: AsyncSession) -> None:
+    # A billed October, then its meter replaced on 10 Nov: the scheduled job's re-run of
+    # October (another account is still held) must not hold it on its new meter's
+    # missing October reading, which would hold November too.
+    raw = tariff(prices=["2.00"], valid_from=date(2025, 1, 1))
+    company = await create_area(session, name=unique("公司"), kind=AreaKind.company)
+    billed = await postpaid(session, raw=raw, opened_at=at(2026, 10, 1), area_id=company.id)
+    held = await postpaid(session, raw=raw, opened_at=at(2026, 10, 1), area_id=company.id)
+    await ingest(session, billed.meter.id, [(month_end(2026, 10), "10")], now=at(2026, 11, 1))  # type: ignore[arg-type]
+    await ingest(session, held.meter.id, [(at(2026, 10, 15), "5")], now=at(2026, 11, 1))  # type: ignore[arg-type]
+    october = await run(session, date(2026, 10, 1), at(2026, 11, 5), area_id=company.id)
+    assert october.issued == 1 and [h.account_id for h in october.held] == [held.account_id]
+    new = await make_meter(session, area_id=company.id, install_date=None)
+    await replace_meter(session, old_meter_id=billed.meter.id, new_meter_id=new.id, replaced_at=at(2026, 11, 10, 10),
+                        old_final_reading=Decimal("13"), new_initial_reading=Decimal("0"), replaced_by="维修",
+                        now=at(2026, 11, 10, 11))
+
+    again = await run(session, date(2026, 10, 1), at(2026, 11, 11), area_id=company.id)
+    await ingest(session, new.id, [(month_end(2026, 11), "7")], now=at(2026, 12, 1))  # type: ignore[arg-type]
+    november = await run(session, date(2026, 11, 1), at(2026, 12, 5), area_id=company.id,
+                         account_ids=[billed.account_id])
+
+    assert [h.account_id for h in again.held] == [held.account_id]
+    assert (november.issued, november.held) == (1, ())
+    # 13 − 10 on the old meter and 7 on the new one.
+    assert (await bill_of(session, billed.account_id, date(2026, 11, 1))).volume_m3 == Decimal("10.0000")
+
+
+async def test_a_scoped_callers_run_without_an_area_is_recorded_as_their_subtrees(session: AsyncSession) -> None:
+    company = await create_area(session, name=unique("公司"), kind=AreaKind.company)
+    await create_area(session, name=unique("另一公司"), kind=AreaKind.company)
+    scope = [company.path + "%"]
+
+    done = await bills.run_billing(session, period=date(2019, 3, 1), now=at(2019, 4, 5), by="片区", scope_patterns=scope)
+
+    runs, total = await bills.billing_runs(session, period=None, run_id=done.run_id, scope_patterns=scope, offset=0,
+                                           limit=5)
+    assert ([r.area_id for r in runs], total) == ([company.id], 1)
 
 
 # --------------------------------------------------------------------------- void after a waiver

@@ -133,7 +133,7 @@ async def fetch_run(context: object, pk: int) -> BillingRunType | None:
 @strawberry.type
 class Query:
     @strawberry.field(permission_classes=READ, description="Billing runs (of a period, YYYY-MM), newest first: runs "
-                      "over an area of your scope, and runs without an area (their counts only).")
+                      "over an area of your scope; runs over the whole utility only when your scope covers it.")
     async def billing_runs(self, info: Info, period: str | None = None, first: int | None = None,
                            after: str | None = None) -> Connection[BillingRunType]:
         page = PageRequest.from_args(first, after)
