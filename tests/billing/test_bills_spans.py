@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import date
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -146,10 +147,9 @@ async def test_usage_charged_by_a_settlement_cycle_is_not_billed_again(session: 
         ("charge", -1600), ("bill", -800)]
 
 
-async def test_a_final_bill_credits_over_billed_volume_at_the_rates_it_was_billed_at(session: AsyncSession) -> None:
-    # Monthly tiers 0–10 m³ at ¥2, above at ¥4. October billed at 20 m³:
-    # 10 × ¥2 + 10 × ¥4 = ¥60. Its reading is then corrected to 15, and the account closes
-    # on 3 Nov 09:00 reading 16: 4 m³ were over-billed, all in October's tier 2.
+async def over_billed_october(session: AsyncSession) -> Any:
+    """Monthly tiers 0–10 m³ at ¥2, above at ¥4; October billed at 20 m³ (¥60), its reading
+    then corrected to 15, and a reading of 16 on 3 Nov 09:00 (the closing)."""
     raw = tariff(limits=["10"], prices=["2.00", "4.00"], valid_from=date(2025, 1, 1))
     served = await postpaid(session, raw=raw, opened_at=at(2026, 10, 1))
     await ingest(session, served.meter.id, [(month_end(2026, 10), "20")], now=at(2026, 11, 1))  # type: ignore[arg-type]
@@ -157,6 +157,14 @@ async def test_a_final_bill_credits_over_billed_volume_at_the_rates_it_was_bille
     await correct_reading(session, meter_id=served.meter.id, read_at=month_end(2026, 10), total_m3=Decimal("15"),
                           reason="抄错", by="审核员", now=at(2026, 11, 6), scope_patterns=None)
     await ingest(session, served.meter.id, [(at(2026, 11, 3, 9), "16")], now=at(2026, 11, 6, 1))  # type: ignore[arg-type]
+    return served
+
+
+async def test_a_final_bill_credits_over_billed_volume_at_the_rates_it_was_billed_at(session: AsyncSession) -> None:
+    # Monthly tiers 0–10 m³ at ¥2, above at ¥4. October billed at 20 m³:
+    # 10 × ¥2 + 10 × ¥4 = ¥60. Its reading is then corrected to 15, and the account closes
+    # on 3 Nov 09:00 reading 16: 4 m³ were over-billed, all in October's tier 2.
+    served = await over_billed_october(session)
 
     charged = await final_charge(session, account_id=served.account_id, at=at(2026, 11, 3, 9), now=at(2026, 11, 6, 2))
 
@@ -182,13 +190,7 @@ async def test_a_final_bill_credits_over_billed_volume_at_the_rates_it_was_bille
 async def test_a_final_bill_whose_credit_paid_other_bills_cannot_be_voided_or_redone(session: AsyncSession) -> None:
     # October billed 20 m³ (¥60), corrected to 15; the final bill at 16 credits ¥16, which
     # pays ¥16 of October. Undoing that credit would leave October paid by money that is gone.
-    raw = tariff(limits=["10"], prices=["2.00", "4.00"], valid_from=date(2025, 1, 1))
-    served = await postpaid(session, raw=raw, opened_at=at(2026, 10, 1))
-    await ingest(session, served.meter.id, [(month_end(2026, 10), "20")], now=at(2026, 11, 1))  # type: ignore[arg-type]
-    await run(session, date(2026, 10, 1), at(2026, 11, 5), area_id=served.household.area_id)
-    await correct_reading(session, meter_id=served.meter.id, read_at=month_end(2026, 10), total_m3=Decimal("15"),
-                          reason="抄错", by="审核员", now=at(2026, 11, 6), scope_patterns=None)
-    await ingest(session, served.meter.id, [(at(2026, 11, 3, 9), "16")], now=at(2026, 11, 6, 1))  # type: ignore[arg-type]
+    served = await over_billed_october(session)
     await final_charge(session, account_id=served.account_id, at=at(2026, 11, 3, 9), now=at(2026, 11, 6, 2))
     final = await bill_of(session, served.account_id, date(2026, 11, 1))
     assert final.credit_fen == 1600 and final.id is not None
