@@ -1,10 +1,12 @@
-"""Billing's lines in ``shuiwu check`` (backend.billing.domain): the ledger adds up, and so do the bills."""
+"""Billing's lines in ``shuiwu check`` (backend.billing.domain): the ledger adds up, so do
+the bills, and the bill notices' font is there."""
 
 from __future__ import annotations
 
 from sqlalchemy import text
 
 from backend.domain import CheckResult
+from backend.exports.pdf import FontUnavailable, register_font
 from backend.runtime import Runtime
 
 # Accounts whose cached balance is not the sum of their entries, and accounts with a
@@ -94,3 +96,15 @@ async def bills_add_up(runtime: Runtime) -> CheckResult:
     if row.wrong:
         return CheckResult(False, f"{row.wrong} of {row.total} bills disagree with their entries or allocations")
     return CheckResult(True, f"{row.total} bills and {row.allocations} allocations agree with their entries")
+
+
+async def notice_font(runtime: Runtime) -> CheckResult:
+    """The bill notices' font (``SHUIWU_BILLING_NOTICE_FONT``) exists and is a TrueType face
+    reportlab can embed: without it no 缴费通知单 or 催缴单 prints."""
+    settings = runtime.settings_group("billing")
+    try:
+        register_font(settings.font)
+    except FontUnavailable:
+        return CheckResult(False, f"{settings.notice_font} (face {settings.notice_font_index}) is missing or not a "
+                                  "TrueType font: install Debian's fonts-wqy-microhei or set SHUIWU_BILLING_NOTICE_FONT")
+    return CheckResult(True, f"{settings.notice_font} (face {settings.notice_font_index})")

@@ -109,7 +109,9 @@ DOMAIN = Domain(
     checks=(Check("billing.ledger", "backend.billing.checks:ledger_adds_up",
                   "Every balance is the sum of its entries; every prepaid cycle's charge the sum of its entries"),
             Check("billing.bills", "backend.billing.checks:bills_add_up",
-                  "Every bill's debit, void, payments and late fees agree with its entries and allocations")),
+                  "Every bill's debit, void, payments and late fees agree with its entries and allocations"),
+            Check("billing.notice_font", "backend.billing.checks:notice_font",
+                  "The CJK TrueType font bill notices embed (SHUIWU_BILLING_NOTICE_FONT) is there")),
     demo="backend.billing.demo:demo_step",
     # What the printed bill notices say of the utility, and their font (SHUIWU_BILLING_…).
     settings=BillingSettings,
