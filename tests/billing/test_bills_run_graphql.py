@@ -18,17 +18,19 @@ from typer.testing import CliRunner, Result
 
 from backend.archives.models import Area
 from backend.archives.service import assign_meter
-from backend.billing import bills
+from backend.billing import bills, review
 from backend.billing import service as tariffs
 from backend.billing.accounts import AccountTerms, open_account
+from backend.billing.bills_models import BillingRun
 from backend.billing.models import BillingMode
+from backend.billing.schema import bill_runs
 from backend.cli import app
 from backend.clock import utcnow
 from backend.db import session_factory
 from backend.graphql.relay import encode_id
 from backend.jobs import runtime_for
 from backend.settings import Settings
-from tests.billing.factories import SHANGHAI, ingest, tariff
+from tests.billing.factories import SHANGHAI, at, ingest, tariff
 from tests.factories import make_area_tree, make_household, make_staff
 from tests.graphql.client import GraphQLClient, graphql_client
 from tests.readings.factories import make_meter
@@ -189,3 +191,18 @@ async def test_the_daily_job_bills_the_latest_period_ended_five_days_ago_once(
         started_by = (await session.execute(text("SELECT r.started_by FROM bills b JOIN billing_runs r ON r.id = b.run_id "
                                                  "WHERE b.account_id = :a"), {"a": account})).scalar_one()
     assert started_by == "系统"
+
+
+def test_a_runs_payload_lists_the_first_bills_and_held_accounts_and_counts_them_all() -> None:
+    many = bill_runs.LISTED + 1
+    result = bills.BillingRunResult(
+        run_id=1, period=date(2026, 10, 1), bill_ids=tuple(range(1, many + 1)), account_ids=tuple(range(1, many + 1)),
+        held=tuple(review.HeldAccount(i, i, [], True) for i in range(1, many + 1)), accounts=2 * many, issued=many,
+        already_billed=0, skipped=0, amount_fen=100 * many)
+    run = BillingRun(id=1, period=date(2026, 10, 1), started_by="出账员", started_at=at(2026, 11, 5), accounts=2 * many,
+                     issued=many, held=many, amount_fen=100 * many)
+
+    payload = bill_runs.run_payload(result, run, errors=[])
+
+    assert (len(payload.bill_ids), len(payload.held)) == (bill_runs.LISTED, bill_runs.LISTED)
+    assert payload.run is not None and (payload.run.issued, payload.run.held) == (many, many)

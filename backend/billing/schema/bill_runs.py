@@ -27,6 +27,10 @@ VOID = [Requires("bills:void")]
 CONFIGURE = [Requires("bills:configure")]
 
 
+# A city-wide run issues and holds thousands: its payload lists the first ones of each
+# (the counts are the run's); the lists screens page through them all.
+LISTED = 200
+
 @strawberry.type(name="HeldAccount", description="An account a run did not bill: its period waits for 抄表审核.")
 class HeldAccountType:
     account_id: strawberry.ID
@@ -86,10 +90,19 @@ class AreaBillingCycleType:
 @strawberry.type
 class RunBillingPayload:
     run: BillingRunType | None
-    bill_ids: list[strawberry.ID] = strawberry.field(description="The bills this run issued.")
-    held: list[HeldAccountType] = strawberry.field(description="Accounts held for review, with why.")
+    bill_ids: list[strawberry.ID] = strawberry.field(
+        description=f"The bills this run issued: the first {LISTED} (run.issued counts them all; bills lists every one).")
+    held: list[HeldAccountType] = strawberry.field(
+        description=f"Accounts held for review, with why: the first {LISTED} in account order (run.held counts "
+                    "them all; readingReviews pages through every one).")
     errors: list[UserError]
 
+
+
+def run_payload(result: bills.BillingRunResult, run: BillingRun, *, errors: list[UserError]) -> RunBillingPayload:
+    """A finished run's payload: its counts, and the first :data:`LISTED` bills and held accounts."""
+    return RunBillingPayload(run=BillingRunType.of(run), bill_ids=[encode_id("Bill", i) for i in result.bill_ids[:LISTED]],
+                             held=[HeldAccountType.of(h) for h in result.held[:LISTED]], errors=errors)
 
 @strawberry.type
 class VoidBillPayload:
@@ -169,9 +182,7 @@ class Mutation:
                     errors: list[UserError]) -> RunBillingPayload:
             if done is None:
                 return RunBillingPayload(run=None, bill_ids=[], held=[], errors=errors)
-            result, run = done
-            return RunBillingPayload(run=BillingRunType.of(run), bill_ids=[encode_id("Bill", i) for i in result.bill_ids],
-                                     held=[HeldAccountType.of(h) for h in result.held], errors=errors)
+            return run_payload(*done, errors=errors)
 
         def describe(done: tuple[bills.BillingRunResult, BillingRun] | None) -> str:
             if done is None:
