@@ -15,7 +15,7 @@ from backend.payments.settings import PaymentsSettings
 DOMAIN = Domain(
     name="payments",
     title="收费",
-    models=("backend.payments.models", "backend.payments.receipts.models"),
+    models=("backend.payments.models", "backend.payments.receipts.models", "backend.payments.online.models"),
     schema="backend.payments.schema",
     routes="backend.payments.http:routes",
     menus=(
@@ -66,6 +66,13 @@ DOMAIN = Domain(
         "receipt_form_batches.issued_by": "the staff member who issued the forms, not the resident",
         "receipt_layouts.updated_by": "the staff member who saved the layout, not the resident",
         "receipt_layouts.name": "a receipt layout's name, not a person's",
+        "payment_orders.created_by": "who started an order: 'resident:<id>', a staff login or 'anonymous', never a name",
+        "payment_orders.client_payload": "what the gateway returned to pay with (a pay URL, a QR link, signed parameters)",
+        "payment_notifications.reason": "why a gateway's notification failed verification ('bad signature')",
+        "payment_refunds.reason": "the staff member's reason for a refund (销户退费, 错缴), about the payment",
+        "payment_refunds.requested_by": "the staff member who asked for the refund, not the resident",
+        "payment_refunds.requested_at": "when the refund was asked for, a time not a person",
+        "pending_writes.settled_by": "the staff member or device that wrote the money to the card or meter",
         "receipt_form_voids.reason": "why a cashier voided a blank form (卡纸, 填错); no resident is named on a voided form",
     }),
 )

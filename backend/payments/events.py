@@ -31,3 +31,14 @@ class AccountClosed:
 
     account_id: int
     household_id: int
+
+
+@event_payload("payment_order.changed")
+@dataclass(frozen=True, slots=True)
+class PaymentOrderChanged:
+    """An online payment order changed state (created, paid, closed, failed), in the
+    transaction that changed it; the resident app's payment result and the counter's QR
+    screen follow it."""
+
+    order_id: int
+    state: str
