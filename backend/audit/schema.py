@@ -11,18 +11,16 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from backend.audit.http import (
+    EXPORT_PATH,
     MAX_ACTION_CHARS,
     MAX_ACTOR_NAME_CHARS,
     MAX_SEARCH_CHARS,
     ExportFilter,
-    export_url,
-    sign_download_token,
     text_filter,
 )
 from backend.audit.models import AuditEntry
 from backend.audit.service import audit_query
 from backend.auth.catalog import log_names, module_name, operation_name
-from backend.clock import utcnow
 from backend.graphql.context import Context
 from backend.graphql.pagination import Connection, PageRequest, paginate
 from backend.graphql.periods import FROM_INSTANT, TO_INSTANT, deprecated_alias_reason, one_of_aliases
@@ -177,10 +175,7 @@ class Query:
     def audit_log_export_url(self, info: Info, filter: AuditLogFilter | None = None) -> str:
         context: Context = info.context
         params = _filter_of(filter).to_params()
-        token, _ = sign_download_token(
-            secret=context.settings.secret(), principal=context.caller, params=params, now=utcnow()
-        )
-        return export_url(params, token)
+        return context.signed_link(EXPORT_PATH, params)
 
 # The node(id:) fetchers of this module's types (collected by the root schema).
 NODES = {

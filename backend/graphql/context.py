@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from backend.auth.principal import Principal
+from backend.clock import utcnow
 from backend.db import raw_connection, raw_read
 from backend.errors import NotAuthenticated
+from backend.exports.links import download_url, sign_download_token
 from backend.settings import Settings
 
 if TYPE_CHECKING:
@@ -96,3 +98,11 @@ class Context:
         if self.principal is None:
             raise NotAuthenticated()
         return self.principal
+
+    def signed_link(self, path: str, params: Mapping[str, str]) -> str:
+        """A relative URL of the download route ``path`` with ``params``, signed for the
+        caller for a few minutes (:func:`backend.exports.links.sign_download_token`): what
+        every ``…ExportUrl`` field returns, once it has checked the parameters."""
+        token, _ = sign_download_token(secret=self.settings.secret(), purpose=path, principal=self.caller,
+                                       params=params, now=utcnow())
+        return download_url(path, params, token)

@@ -38,9 +38,7 @@ from backend.archives.schema.types import (
     visible,
 )
 from backend.auth.principal import Principal
-from backend.clock import utcnow
 from backend.errors import BadUserInput, DomainError, NotFound
-from backend.exports.links import download_url, sign_download_token
 from backend.graphql.context import Context
 from backend.graphql.pagination import Connection, PageRequest, paginate, paginate_query, selects
 from backend.graphql.permissions import Requires, RequiresAny
@@ -438,9 +436,7 @@ def _signed_export_url(
         raise BadUserInput("文本不能包含 NUL 字符", "Text must not contain NUL characters", field="search")
     if search and search.strip():
         params["search"] = search.strip()
-    token, _ = sign_download_token(secret=context.settings.secret(), purpose=path, principal=context.caller,
-                                   params=params, now=utcnow())
-    return download_url(path, params, token)
+    return context.signed_link(path, params)
 
 # The node(id:) fetchers of this module's types (collected by the root schema).
 NODES = {

@@ -32,7 +32,7 @@ from backend.billing.schema.types import (
 from backend.billing.scope import area_path_in_scope
 from backend.clock import utcnow
 from backend.errors import NotFound
-from backend.exports.links import download_url, sign_download_token
+from backend.graphql.context import Context
 from backend.graphql.extend import TypeExtension
 from backend.graphql.loaders import SessionLoader
 from backend.graphql.pagination import Connection, PageRequest
@@ -297,12 +297,10 @@ class Query:
                       "every row, money in yuan) as .xlsx, valid 5 minutes without an Authorization header "
                       "(signed for you and this filter).")
     async def bills_export_url(self, info: Info, filter: BillFilterInput | None = None) -> str:
-        context = info.context
+        context: Context = info.context
         params = filter.to_params() if filter is not None else {}
         bill_filter_of_params(params)  # a bad filter is refused now, not at download
-        token, _ = sign_download_token(secret=context.settings.secret(), purpose=BILLS_EXPORT_PATH,
-                                       principal=context.caller, params=params, now=utcnow())
-        return download_url(BILLS_EXPORT_PATH, params, token)
+        return context.signed_link(BILLS_EXPORT_PATH, params)
 
     @strawberry.field(permission_classes=READ, description="A relative URL of the printable PDF of bill notices "
                       "for the area's buildings (a building or a whole community): 缴费通知单 (kind notice: the "
@@ -312,16 +310,14 @@ class Query:
     async def bill_notices_url(self, info: Info, area_id: strawberry.ID,
                                kind: BillNoticeKindEnum,  # type: ignore[valid-type]
                                period: str | None = None) -> str:
-        context = info.context
+        context: Context = info.context
         params = {"areaId": str(area_id), "kind": NoticeKind(kind).value}
         if period is not None:
             params["period"] = period
         area, _, _ = notice_params(params)  # refused now, not at download
         async with context.read() as session:
             await area_path_in_scope(session, area, context.caller.scope_patterns())
-        token, _ = sign_download_token(secret=context.settings.secret(), purpose=BILL_NOTICES_PATH,
-                                       principal=context.caller, params=params, now=utcnow())
-        return download_url(BILL_NOTICES_PATH, params, token)
+        return context.signed_link(BILL_NOTICES_PATH, params)
 
 
 @strawberry.type

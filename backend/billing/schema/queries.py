@@ -29,7 +29,7 @@ from backend.billing.schema.types import (
 )
 from backend.clock import utcnow
 from backend.errors import DomainError, NotFound
-from backend.exports.links import download_url, sign_download_token
+from backend.graphql.context import Context
 from backend.graphql.extend import TypeExtension
 from backend.graphql.pagination import Connection, PageRequest
 from backend.graphql.periods import FROM_DAY, TO_DAY
@@ -138,15 +138,13 @@ class Query:
         from_: Annotated[date, strawberry.argument(name="from", description=FROM_DAY)],
         to: Annotated[date, strawberry.argument(description=TO_DAY)],
     ) -> str:
-        context = info.context
+        context: Context = info.context
         statements.day_range(from_, to, tz=context.settings.tz)  # a bad range is refused now, not at download
         async with context.read() as session:
             await account_in_scope(session, _account_pk(account_id), context.caller.scope_patterns(),
                                    field="accountId")
         params = {"accountId": account_id, "from": from_.isoformat(), "to": to.isoformat()}
-        token, _ = sign_download_token(secret=context.settings.secret(), purpose=STATEMENT_EXPORT_PATH,
-                                       principal=context.caller, params=params, now=utcnow())
-        return download_url(STATEMENT_EXPORT_PATH, params, token)
+        return context.signed_link(STATEMENT_EXPORT_PATH, params)
 
     @strawberry.field(
         permission_classes=READ_OWN,

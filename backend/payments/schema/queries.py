@@ -14,7 +14,7 @@ from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
 from backend.clock import utcnow
 from backend.errors import BadUserInput, Forbidden, NotFound
-from backend.exports.links import download_url, sign_download_token
+from backend.graphql.context import Context
 from backend.graphql.pagination import Connection, PageRequest
 from backend.graphql.periods import FROM_DAY, TO_DAY
 from backend.graphql.permissions import Requires, RequiresAny
@@ -118,12 +118,10 @@ class Query:
                       "every row) as .xlsx, valid 5 minutes without an Authorization header (signed for you and "
                       "this filter).")
     async def payments_export_url(self, info: Info, filter: PaymentFilterInput | None = None) -> str:
-        context = info.context
+        context: Context = info.context
         params = filter.to_params() if filter is not None else {}
         filter_of_params(params)  # a bad filter is refused now, not at download
-        token, _ = sign_download_token(secret=context.settings.secret(), purpose=PAYMENTS_EXPORT_PATH,
-                                       principal=context.caller, params=params, now=utcnow())
-        return download_url(PAYMENTS_EXPORT_PATH, params, token)
+        return context.signed_link(PAYMENTS_EXPORT_PATH, params)
 
     @strawberry.field(permission_classes=DAY, description="日结: a cashier's takings on `day` by channel, with the "
                       "ledger's sum for them. Default: your own day; another cashier's needs counter:day_all.")

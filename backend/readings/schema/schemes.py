@@ -16,9 +16,8 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from backend.auth.principal import Principal
-from backend.clock import utcnow
 from backend.errors import DomainError, ErrorCode, Forbidden
-from backend.exports.links import download_url, sign_download_token
+from backend.graphql.context import Context
 from backend.graphql.errors import UserError
 from backend.graphql.mutations import run_mutation
 from backend.graphql.permissions import Authenticated
@@ -169,9 +168,8 @@ class Query:
             raise DomainError(error.message, error.message_en, field="columns", code=ErrorCode.BAD_USER_INPUT) from None
         params = export_params(keys, chosen_filters)
         path = export_path(kind)
-        token, _ = sign_download_token(secret=info.context.settings.secret(), purpose=path, principal=principal,
-                                       params=params, now=utcnow())
-        return download_url(path, params, token)
+        context: Context = info.context
+        return context.signed_link(path, params)
 
 
 @strawberry.type
