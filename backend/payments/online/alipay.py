@@ -83,6 +83,8 @@ SIGN_TYPE = "RSA2"
 SUCCESS = "10000"
 USER_PAYING = "10003"  # alipay.trade.pay: the payer is confirming on their phone
 UNKNOWN = "20000"  # 服务不可用: the outcome is unknown, ask again
+BUSINESS_FAILED = "40004"
+TRADE_HAS_SUCCESS = "ACQ.TRADE_HAS_SUCCESS"
 TRADE_NOT_EXIST = "ACQ.TRADE_NOT_EXIST"
 TRADE_STATUS_ERROR = "ACQ.TRADE_STATUS_ERROR"
 SYSTEM_ERROR = "ACQ.SYSTEM_ERROR"
@@ -207,8 +209,13 @@ class AlipayGateway:
                "subject": order.subject[:128], "total_amount": fen_to_yuan(order.amount_fen),
                "time_expire": order.expires_at.astimezone(CHINA).strftime(TIME_FORMAT)}
         answer = self._call("alipay.trade.pay", biz, notify_url=order.notify_url,
-                            accept=(SUCCESS, USER_PAYING, UNKNOWN), passing=frozenset({SYSTEM_ERROR}))
+                            accept=(SUCCESS, USER_PAYING, UNKNOWN, BUSINESS_FAILED))
         code, sub_code = answer.get("code"), answer.get("sub_code", "")
+        if sub_code == TRADE_HAS_SUCCESS:  # paid by an earlier attempt of this very order
+            return self.query(order.out_trade_no)
+        if code == BUSINESS_FAILED and sub_code != SYSTEM_ERROR:
+            # Declined (a bad or expired code, not enough balance, a risk refusal): the payer did not pay.
+            return TradeStatus(order.out_trade_no, TradeState.failed, detail=str(sub_code))
         if code == SUCCESS:
             return self._paid(order.out_trade_no, answer, "TRADE_SUCCESS", paid_at=answer.get("gmt_payment"))
         if code == USER_PAYING:
@@ -359,7 +366,7 @@ class AlipayGateway:
     def _fetch(self, url: str) -> bytes:
         """GET ``url`` within the timeout (the SDK's transport, urllib), its failures typed."""
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout_s) as response:  # noqa: S310 (our own setting)
+            with urllib.request.urlopen(url, timeout=self.timeout_s) as response:
                 body: bytes = response.read()
                 return body
         except urllib.error.HTTPError as error:
