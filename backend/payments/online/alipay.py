@@ -32,7 +32,6 @@ import binascii
 import csv
 import http.client
 import io
-import json
 import re
 import urllib.error
 import urllib.request
@@ -95,8 +94,12 @@ TRADE_STATES: Mapping[str, TradeState] = {
     "TRADE_SUCCESS": TradeState.paid,
     "TRADE_FINISHED": TradeState.paid,
 }
-# What the app, wap and page scenes sign as the order (the SDK's own product codes).
-_PAGE_SCENES = frozenset({OrderScene.app, OrderScene.wap, OrderScene.page})
+# The scenes whose signed order the client opens: the method and Alipay's product code.
+_PAGE_METHODS: Mapping[OrderScene, tuple[str, str]] = {
+    OrderScene.app: ("alipay.trade.app.pay", "QUICK_MSECURITY_PAY"),
+    OrderScene.wap: ("alipay.trade.wap.pay", "QUICK_WAP_WAY"),
+    OrderScene.page: ("alipay.trade.page.pay", "FAST_INSTANT_TRADE_PAY"),
+}
 _YUAN = re.compile(r"^(0|[1-9][0-9]{0,15})(?:\.([0-9]{1,2}))?$")
 _FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 # The statement's columns this module reads (支付宝业务明细).
@@ -159,6 +162,10 @@ def china_time(text: str | None) -> datetime | None:
     return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=CHINA)
 
 
+def _china_now() -> str:
+    return datetime.now(CHINA).strftime(TIME_FORMAT)
+
+
 # --------------------------------------------------------------------------- the gateway
 
 
@@ -189,17 +196,18 @@ class AlipayGateway:
             if not isinstance(qr_code, str) or not qr_code:
                 raise GatewayBadAnswer(answer=answer, detail="precreate answered no qr_code")
             return ClientPayload(PayloadKind.code_url, qr_code)
-        if order.scene not in _PAGE_SCENES:
+        if order.scene not in _PAGE_METHODS:
             raise ValueError(f"Alipay has no scene {order.scene} to create (a barcode payment is barcode_pay)")
+        method, product_code = _PAGE_METHODS[order.scene]
+        biz["product_code"] = product_code
+        if order.scene is OrderScene.wap and order.return_url:
+            biz["quit_url"] = order.return_url  # where 取消 on Alipay's page goes back to
+        # Signed by the SDK as its api_alipay_trade_*_pay do, with China's time stamp.
+        signed = self._sdk.sign_data(self._sdk.build_body(
+            method, biz, notify_url=order.notify_url, return_url=None if order.scene is OrderScene.app else order.return_url,
+            timestamp=_china_now()))
         if order.scene is OrderScene.app:
-            signed = self._sdk.api_alipay_trade_app_pay(notify_url=order.notify_url, **biz)
             return ClientPayload(PayloadKind.order_string, signed)
-        if order.scene is OrderScene.wap:
-            if order.return_url:
-                biz["quit_url"] = order.return_url  # where 取消 on Alipay's page goes back to
-            signed = self._sdk.api_alipay_trade_wap_pay(return_url=order.return_url, notify_url=order.notify_url, **biz)
-        else:
-            signed = self._sdk.api_alipay_trade_page_pay(return_url=order.return_url, notify_url=order.notify_url, **biz)
         return ClientPayload(PayloadKind.pay_url, f"{self.gateway_url}?{signed}")
 
     def barcode_pay(self, order: OrderRequest) -> TradeStatus:
@@ -341,7 +349,8 @@ class AlipayGateway:
         """Call ``method``; the verified answer's content when its code is in ``accept``
         or its ``sub_code`` in ``passing`` (refusals the caller reads as a state).
         ``retrying``: a refusal with ``retry_flag`` Y is worth asking again (unavailable)."""
-        data = self._sdk.build_body(method, dict(biz), **common)
+        # Alipay reads the time stamp as China time (the SDK writes the host's local time).
+        data = self._sdk.build_body(method, dict(biz), timestamp=_china_now(), **common)
         response_type = method.replace(".", "_") + "_response"
         raw = self._fetch(f"{self.gateway_url}?{self._sdk.sign_data(data)}").decode("utf-8", "replace")
         try:
@@ -469,7 +478,3 @@ def _statement_lines(text: str) -> list[StatementLine] | None:
                                    if kind is StatementKind.refund else None))
     return lines
 
-
-def json_ascii(value: Any) -> str:
-    """JSON as the SDK writes ``biz_content`` (compact, non-ASCII escaped)."""
-    return json.dumps(value, separators=(",", ":"))

@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from backend.gateways.errors import GatewayBadAnswer, GatewayRejected, GatewayUnavailable
+from backend.gateways.errors import GatewayBadAnswer, GatewayRejected, GatewayTimeout, GatewayUnavailable
 from backend.payments.online.alipay import CHINA, AlipayGateway, fen_to_yuan, yuan_to_fen
 from backend.payments.online.fakes.alipay import unsigned_string
 from backend.payments.online.gateway import (
@@ -259,7 +259,7 @@ def test_a_notification_not_answered_success_is_retried_until_it_is(alipay_fake:
     receiver.wait_for(2, timeout_s=5)  # the first retry: 4 minutes, compressed 1000×
     receiver.reply = b"success"
     receiver.wait_for(3, timeout_s=5)
-    time.sleep(1.0)  # the retry after 10 more "minutes" would have come by now
+    time.sleep(0.7)  # the retry after 10 more "minutes" would have come by now
 
     assert first["sent"] == [{"status": 200, "body": "failure"}]
     assert len(receiver.received) == 3 and len({body for _, body in receiver.received}) == 1
@@ -393,3 +393,12 @@ def test_an_unreachable_gateway_is_unavailable_and_nothing_was_sent(alipay_fake:
     with pytest.raises(GatewayUnavailable) as unavailable:
         gateway.query("SW202612070000000001")
     assert unavailable.value.maybe_done is False
+
+
+def test_a_gateway_that_answers_too_late_is_a_timeout_that_may_have_acted(alipay_fake: AlipayFake) -> None:
+    gateway = alipay_fake.gateway(timeout_s=0.3)
+    alipay_fake.script("delay", seconds=1, path="/gateway.do")
+
+    with pytest.raises(GatewayTimeout) as late:
+        gateway.query("SW202612070000000001")
+    assert late.value.maybe_done is True

@@ -90,6 +90,7 @@ RETRY_SCHEDULE_S = (240, 600, 600, 3600, 7200, 21600, 54000)
 NOTIFY_TIMEOUT_S = 15.0
 OTHER_APP_ID = "2021000000009999"  # "another merchant's app": signed by Alipay, not ours
 SELLER_ID = "2088000000000001"
+MAX_SKEW_S = 10 * 60  # how far a call's time stamp may be from the gateway's clock
 MAX_AMOUNT_FEN = 100_000_000_00  # Alipay's single-trade maximum, ¥100,000,000
 MODES = frozenset({"normal", "replay", "tamper_amount", "forge_signature", "other_app", "wrong_amount"})
 GENUINE_MODES = frozenset({"normal", "replay"})
@@ -106,6 +107,8 @@ ACTIONS: Mapping[str, str] = {
 _OPENAPI_ACTIONS = frozenset({"refuse", "bad_signature", "unsigned"})
 _NOTIFY_ACTIONS = frozenset({"drop_notify", "delay_notify"})
 _PAGE_METHODS = {"alipay.trade.app.pay": "app", "alipay.trade.wap.pay": "wap", "alipay.trade.page.pay": "page"}
+_PRODUCT_CODES = {"alipay.trade.app.pay": {"QUICK_MSECURITY_PAY"}, "alipay.trade.wap.pay": {"QUICK_WAP_WAY", "QUICK_WAP_PAY"},
+                  "alipay.trade.page.pay": {"FAST_INSTANT_TRADE_PAY"}}
 _PAID = frozenset({"TRADE_SUCCESS", "TRADE_FINISHED"})
 _STATES = {"WAIT_BUYER_PAY": "waiting", "TRADE_SUCCESS": "paid", "TRADE_FINISHED": "paid", "TRADE_CLOSED": "closed"}
 _AUTH_CODE_DIGITS = range(16, 25)
@@ -315,6 +318,14 @@ class FakeAlipay:
         if not _verified(app.public_key, unsigned_string(params, skip=frozenset({"sign"})), params["sign"]):
             raise _Refusal("isv.invalid-signature", "验签出错, 建议检查签名字符串或签名私钥与应用公钥是否匹配",
                            code="40002", msg="Invalid Arguments")
+        # A server call's time stamp is China time, within minutes (a pay URL may be opened later).
+        if params["method"] not in _PAGE_METHODS:
+            try:
+                sent_at = datetime.strptime(params["timestamp"], TIME_FORMAT).replace(tzinfo=CHINA)
+            except ValueError:
+                sent_at = None
+            if sent_at is None or abs((_now() - sent_at).total_seconds()) > MAX_SKEW_S:
+                raise _Refusal("isv.invalid-timestamp", "非法的时间戳参数", code="40002", msg="Invalid Arguments")
         return app
 
     def _signed(self, response_key: str, content: Mapping[str, Any], key: rsa.RSAPrivateKey,
@@ -549,6 +560,8 @@ class FakeAlipay:
         if not isinstance(out_trade_no, str) or not out_trade_no:
             raise _Refusal("ACQ.INVALID_PARAMETER", "参数无效 (out_trade_no)")
         try:
+            if biz.get("product_code") not in _PRODUCT_CODES[params["method"]]:
+                raise _Refusal("ACQ.INVALID_PRODUCT_CODE", f"产品码不正确 ({biz.get('product_code')})")
             order = self._register(out_trade_no, biz, params["app_id"], app, scene=_PAGE_METHODS[params["method"]],
                                    notify_url=params.get("notify_url"), return_url=params.get("return_url"))
         except _Refusal as refused:
