@@ -143,6 +143,10 @@ def test_a_payer_who_cancels_at_the_cashier_leaves_the_order_unpaid_and_it_close
     gateway.close("SW202612070009999999")  # and one never opened
     assert gateway.query(order.out_trade_no).state is TradeState.closed
     assert httpx.post(f"{alipay_fake.url}/cashier/pay", data={"out_trade_no": order.out_trade_no}).status_code == 409
+    # The control API pays it all the same (the payer's money taken as it closed): a late notification.
+    assert alipay_fake.pay(order.out_trade_no)["sent"] == [{"status": 200, "body": "success"}]
+    assert alipay_fake.orders()[order.out_trade_no]["state"] == "paid"
+    assert gateway.verify_notification(*receiver.wait_for(1)[0]).paid
 
 
 def test_closing_a_paid_order_is_refused(alipay_fake: AlipayFake, receiver: NotifyReceiver) -> None:
