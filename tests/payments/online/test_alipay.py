@@ -18,8 +18,10 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from backend.domain import Gateway
+from backend.gateways.client import GatewayClient
 from backend.gateways.errors import GatewayBadAnswer, GatewayRejected, GatewayTimeout, GatewayUnavailable
-from backend.payments.online.alipay import CHINA, AlipayGateway, fen_to_yuan, yuan_to_fen
+from backend.payments.online.alipay import CHINA, AlipayGateway, AlipaySettings, fen_to_yuan, yuan_to_fen
 from backend.payments.online.fakes.alipay import unsigned_string
 from backend.payments.online.gateway import (
     GatewayRefundState,
@@ -406,3 +408,22 @@ def test_a_gateway_that_answers_too_late_is_a_timeout_that_may_have_acted(alipay
     with pytest.raises(GatewayTimeout) as late:
         gateway.query("SW202612070000000001")
     assert late.value.maybe_done is True
+
+
+async def test_through_the_gateway_client_the_calls_run_on_its_threads_and_fail_typed(alipay_fake: AlipayFake,
+                                                                                       receiver: NotifyReceiver) -> None:
+    # The declaration the payments domain makes, without kept exchanges (no database here).
+    declaration = Gateway("alipay", "支付宝", AlipaySettings, fake="backend.payments.online.fakes.alipay:fake_app")
+    client = GatewayClient(declaration, alipay_fake.settings)
+    gateway = alipay_fake.gateway()
+    order = an_order(receiver, OrderScene.qr)
+    try:
+        payload = await client.call("create", gateway.create, order, reference=order.out_trade_no)
+        alipay_fake.script("refuse", body="ACQ.TRADE_HAS_CLOSE")
+        with pytest.raises(GatewayRejected) as refused:
+            await client.call("close", gateway.close, order.out_trade_no, reference=order.out_trade_no)
+    finally:
+        client.close()
+
+    assert payload.kind is PayloadKind.code_url
+    assert refused.value.detail == "ACQ.TRADE_HAS_CLOSE" and not refused.value.retryable
