@@ -16,9 +16,10 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from backend.gateways.errors import GatewayBadAnswer, GatewayRejected
-from backend.payments.online.fakes.wechat import jsapi_url
+from backend.payments.online.fakes.wechat import PaidTrade, jsapi_url, signed_notification
 from backend.payments.online.gateway import (
     GatewayRefundState,
     NotificationRejected,
@@ -154,9 +155,9 @@ def test_forged_and_tampered_notifications(wechat_fake: WechatFake, notify_recei
 
 def test_a_notification_is_refused_for_another_app_a_body_not_json_and_a_wrong_key(wechat_fake: WechatFake) -> None:
     merchant = wechat_fake.merchant("demo")
+    assert wechat_fake.settings.merchants_file is not None
     platform_key = serialization.load_pem_private_key(
-        (wechat_fake.settings.merchants_file.parent / FAKE_WECHAT_PLATFORM_KEY).read_bytes(),  # type: ignore[union-attr]
-        password=None)
+        (wechat_fake.settings.merchants_file.parent / FAKE_WECHAT_PLATFORM_KEY).read_bytes(), password=None)
     assert isinstance(platform_key, rsa.RSAPrivateKey)
 
     def signed(body: str) -> dict[str, str]:
@@ -169,8 +170,6 @@ def test_a_notification_is_refused_for_another_app_a_body_not_json_and_a_wrong_k
     genuine = WechatV3Gateway(merchant, wechat_fake.settings)
     other_app = WechatV3Gateway(dataclasses.replace(merchant, app_id="wx00000000000000ff"), wechat_fake.settings)
     other_key = WechatV3Gateway(dataclasses.replace(merchant, api_v3_key="k" * 32), wechat_fake.settings)
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
     assert merchant.api_v3_key is not None
     transaction = {"appid": merchant.app_id, "mchid": merchant.mch_id, "out_trade_no": "SW202612070000000001",
                    "transaction_id": "4200", "trade_state": "SUCCESS", "success_time": "2026-12-07T10:00:00+08:00",
@@ -334,3 +333,16 @@ def test_web_authorization_gives_a_stable_openid_per_app(wechat_fake: WechatFake
     with pytest.raises(GatewayRejected) as refused:
         openid_for_code(wechat_fake.settings, legacy, code_for("demo"))
     assert "40029" in (refused.value.detail or "")
+
+
+def test_signed_notifications_can_be_built_without_the_fake_for_benches(wechat_fake: WechatFake) -> None:
+    assert wechat_fake.settings.merchants_file is not None
+    platform_key = serialization.load_pem_private_key(
+        (wechat_fake.settings.merchants_file.parent / FAKE_WECHAT_PLATFORM_KEY).read_bytes(), password=None)
+    assert isinstance(platform_key, rsa.RSAPrivateKey)
+    trade = PaidTrade("SW202612070000000042", 4200, "4200000042", "JSAPI", OPENID, datetime.now(CHINA))
+
+    for name in ("demo", "legacy", "hmac"):
+        headers, body = signed_notification(wechat_fake.merchant(name), trade, platform_key=platform_key)
+        notification = wechat_fake.gateway(name).verify_notification(headers, body)
+        assert (notification.out_trade_no, notification.amount_fen, notification.paid) == (trade.out_trade_no, 4200, True)

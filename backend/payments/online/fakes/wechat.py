@@ -170,10 +170,8 @@ class FakeWechat:
         return next((m for m in self.merchants if m.api is api and m.mch_id == mch_id), None)
 
     def public_key(self, merchant: WechatMerchant) -> rsa.RSAPublicKey:
-        assert merchant.private_key is not None
-        key = serialization.load_pem_private_key(merchant.private_key.encode(), password=None)
-        assert isinstance(key, rsa.RSAPrivateKey)
-        return key.public_key()
+        """The public half of the merchant's API key (what WeChat keeps from the merchant's certificate)."""
+        return _public_key(merchant.private_key or "")
 
 
 def _load(settings: WechatSettings) -> FakeWechat:
@@ -223,24 +221,16 @@ def fake_app(settings: WechatSettings) -> Any:
 
     # ------------------------------------------------------------------ v3 signing
 
-    def v3_sign(message: str, key: rsa.RSAPrivateKey | None = None) -> str:
-        signer = key or fake.platform_key
-        assert signer is not None
-        return base64.b64encode(signer.sign(message.encode(), padding.PKCS1v15(), hashes.SHA256())).decode()
-
-    def v3_headers(merchant: WechatMerchant, body: str, key: rsa.RSAPrivateKey | None = None) -> dict[str, str]:
-        timestamp, nonce = str(int(time.time())), _nonce()
-        return {"Wechatpay-Timestamp": timestamp, "Wechatpay-Nonce": nonce,
-                "Wechatpay-Signature": v3_sign(f"{timestamp}\n{nonce}\n{body}\n", key),
-                "Wechatpay-Serial": merchant.platform_public_key_id or "",
-                "Wechatpay-Signature-Type": "WECHATPAY2-SHA256-RSA2048", "Request-ID": str(uuid.uuid4())}
+    def v3_headers(merchant: WechatMerchant, body: str) -> dict[str, str]:
+        assert fake.platform_key is not None
+        return v3_signature_headers(merchant, body, fake.platform_key)
 
     def v3_answer(merchant: WechatMerchant, received: Received, body: Mapping[str, Any] | None,
                   status: int = 200) -> Answer:
         text = json.dumps(body, ensure_ascii=False, separators=(",", ":")) if body is not None else ""
         headers = v3_headers(merchant, text)
         if received.script is not None and received.script.action == "bad_signature":
-            headers["Wechatpay-Signature"] = v3_sign(f"{headers['Wechatpay-Timestamp']}\n0\n{text}\n")
+            headers["Wechatpay-Nonce"] = _nonce()  # the signature no longer covers what is sent
         return Answer(text.encode(), status, headers, media_type="application/json" if body is not None else None)
 
     def v3_error(status: int, code: str, message: str) -> Answer:
@@ -705,39 +695,10 @@ def fake_app(settings: WechatSettings) -> Any:
     # ------------------------------------------------------------------ notifications
 
     def notification(order: FakeOrder, mode: str) -> tuple[dict[str, str], bytes]:
-        """The headers and body WeChat posts for a paid order (``mode``: tamper_amount adds a
-        fen under a valid signature; forge_signature signs with a key that is not WeChat's)."""
-        amount = order.amount_fen + (1 if mode == "tamper_amount" else 0)
-        paid_at = order.paid_at or _now()
-        merchant = order.merchant
-        if merchant.api is GatewayApi.wechat_v2:
-            assert merchant.api_key is not None
-            fields: dict[str, Any] = {
-                "appid": merchant.app_id, "mch_id": merchant.mch_id, "nonce_str": _nonce(), "result_code": "SUCCESS",
-                "return_code": "SUCCESS", "openid": order.openid or "", "is_subscribe": "N",
-                "trade_type": order.trade_type, "bank_type": "OTHERS", "total_fee": amount, "fee_type": "CNY",
-                "cash_fee": amount, "transaction_id": order.transaction_id or "", "out_trade_no": order.out_trade_no,
-                "time_end": paid_at.strftime("%Y%m%d%H%M%S")}
-            key = merchant.api_key if mode != "forge_signature" else secrets.token_hex(16)
-            body = dict_to_xml(fields, sign(fields, key, order.sign_type)).encode()
-            return {"Content-Type": "text/xml"}, body
-        assert merchant.api_v3_key is not None
-        transaction = v3_transaction(order)
-        transaction["amount"] = {"total": amount, "payer_total": amount, "currency": "CNY", "payer_currency": "CNY"}
-        transaction["success_time"] = paid_at.isoformat()
-        transaction["transaction_id"] = order.transaction_id
-        transaction["trade_state"], transaction["trade_state_desc"] = "SUCCESS", "支付成功"
-        nonce = secrets.token_hex(6)
-        ciphertext = AESGCM(merchant.api_v3_key.encode()).encrypt(
-            nonce.encode(), json.dumps(transaction, ensure_ascii=False, separators=(",", ":")).encode(), b"transaction")
-        envelope = {"id": str(uuid.uuid4()), "create_time": _now().isoformat(), "resource_type": "encrypt-resource",
-                    "event_type": "TRANSACTION.SUCCESS", "summary": "支付成功",
-                    "resource": {"original_type": "transaction", "algorithm": "AEAD_AES_256_GCM",
-                                 "ciphertext": base64.b64encode(ciphertext).decode(), "associated_data": "transaction",
-                                 "nonce": nonce}}
-        text = json.dumps(envelope, ensure_ascii=False, separators=(",", ":"))
-        forger = _forger_key() if mode == "forge_signature" else None
-        return {"Content-Type": "application/json", **v3_headers(merchant, text, forger)}, text.encode()
+        trade = PaidTrade(order.out_trade_no, order.amount_fen, order.transaction_id or "", order.trade_type,
+                          order.openid, order.paid_at or _now())
+        return signed_notification(order.merchant, trade, platform_key=fake.platform_key, mode=mode,
+                                   sign_type=order.sign_type)
 
     async def post(order: FakeOrder, headers: Mapping[str, str], body: bytes, attempt: int) -> Sent:
         assert order.notify_url is not None
@@ -981,6 +942,76 @@ def fake_app(settings: WechatSettings) -> Any:
         "drop_notify": "pay without sending the notification (POST /_control/pay or the cashier's 付款)",
         "delay_notify": "send the notification `seconds` later (then retried as usual)",
     })
+
+
+@dataclass(frozen=True, slots=True)
+class PaidTrade:
+    """What a payment notification says."""
+
+    out_trade_no: str
+    amount_fen: int
+    transaction_id: str
+    trade_type: str  # JSAPI | NATIVE | APP | MWEB
+    openid: str | None
+    paid_at: datetime
+
+
+def v3_signature_headers(merchant: WechatMerchant, body: str, key: rsa.RSAPrivateKey) -> dict[str, str]:
+    """The ``Wechatpay-*`` headers signing ``body`` (an answer or a notification) with ``key``."""
+    timestamp, nonce = str(int(time.time())), _nonce()
+    signature = key.sign(f"{timestamp}\n{nonce}\n{body}\n".encode(), padding.PKCS1v15(), hashes.SHA256())
+    return {"Wechatpay-Timestamp": timestamp, "Wechatpay-Nonce": nonce,
+            "Wechatpay-Signature": base64.b64encode(signature).decode(),
+            "Wechatpay-Serial": merchant.platform_public_key_id or "",
+            "Wechatpay-Signature-Type": "WECHATPAY2-SHA256-RSA2048", "Request-ID": str(uuid.uuid4())}
+
+
+def signed_notification(merchant: WechatMerchant, trade: PaidTrade, *, platform_key: rsa.RSAPrivateKey | None = None,
+                        mode: str = "normal", sign_type: str | None = None) -> tuple[dict[str, str], bytes]:
+    """The headers and body WeChat Pay posts to the notify URL for a paid trade, signed as
+    it signs them: v2 XML signed with the merchant's API key (``sign_type``: the order's,
+    default the merchant's); v3 JSON whose resource is AES-GCM encrypted with the API v3
+    key, signed with ``platform_key`` (WeChat Pay's private key: the test merchants'
+    ``fake_wechat_platform_private.pem``). ``mode``: ``tamper_amount`` says one fen more
+    under a valid signature; ``forge_signature`` signs with a key that is not WeChat's.
+    The fake sends these; a bench or test may build them directly."""
+    amount = trade.amount_fen + (1 if mode == "tamper_amount" else 0)
+    if merchant.api is GatewayApi.wechat_v2:
+        assert merchant.api_key is not None
+        fields: dict[str, Any] = {
+            "appid": merchant.app_id, "mch_id": merchant.mch_id, "nonce_str": _nonce(), "result_code": "SUCCESS",
+            "return_code": "SUCCESS", "openid": trade.openid or "", "is_subscribe": "N", "trade_type": trade.trade_type,
+            "bank_type": "OTHERS", "total_fee": amount, "fee_type": "CNY", "cash_fee": amount,
+            "transaction_id": trade.transaction_id, "out_trade_no": trade.out_trade_no,
+            "time_end": trade.paid_at.astimezone(CHINA).strftime("%Y%m%d%H%M%S")}
+        key = merchant.api_key if mode != "forge_signature" else secrets.token_hex(16)
+        body = dict_to_xml(fields, sign(fields, key, sign_type or merchant.sign_type)).encode()
+        return {"Content-Type": "text/xml"}, body
+    assert merchant.api_v3_key is not None and platform_key is not None
+    transaction = {
+        "appid": merchant.app_id, "mchid": merchant.mch_id, "out_trade_no": trade.out_trade_no,
+        "transaction_id": trade.transaction_id, "trade_type": trade.trade_type, "trade_state": "SUCCESS",
+        "trade_state_desc": "支付成功", "bank_type": "OTHERS", "attach": "",
+        "success_time": trade.paid_at.astimezone(CHINA).isoformat(), "payer": {"openid": trade.openid},
+        "amount": {"total": amount, "payer_total": amount, "currency": "CNY", "payer_currency": "CNY"}}
+    nonce = secrets.token_hex(6)
+    ciphertext = AESGCM(merchant.api_v3_key.encode()).encrypt(
+        nonce.encode(), json.dumps(transaction, ensure_ascii=False, separators=(",", ":")).encode(), b"transaction")
+    envelope = {"id": str(uuid.uuid4()), "create_time": _now().isoformat(), "resource_type": "encrypt-resource",
+                "event_type": "TRANSACTION.SUCCESS", "summary": "支付成功",
+                "resource": {"original_type": "transaction", "algorithm": "AEAD_AES_256_GCM",
+                             "ciphertext": base64.b64encode(ciphertext).decode(), "associated_data": "transaction",
+                             "nonce": nonce}}
+    text = json.dumps(envelope, ensure_ascii=False, separators=(",", ":"))
+    key_used = _forger_key() if mode == "forge_signature" else platform_key
+    return {"Content-Type": "application/json", **v3_signature_headers(merchant, text, key_used)}, text.encode()
+
+
+@functools.cache
+def _public_key(private_pem: str) -> rsa.RSAPublicKey:
+    key = serialization.load_pem_private_key(private_pem.encode(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return key.public_key()
 
 
 @functools.cache
