@@ -50,6 +50,15 @@ TRADE_STATES: Mapping[str, TradeState] = {
     "USERPAYING": TradeState.paying, "CLOSED": TradeState.closed, "REVOKED": TradeState.closed,
     "PAYERROR": TradeState.failed,
 }
+# A barcode payment's refusals that are the payer's (their code, their money): the payment
+# is declined. Any other refusal (parameters, signature, permissions) is ours: an error.
+BARCODE_DECLINED = frozenset({
+    "AUTHCODEEXPIRE", "AUTH_CODE_ERROR", "AUTH_CODE_INVALID", "AUTH_CODE_EXPIRE", "NOTENOUGH", "NOT_ENOUGH",
+    "NOTSUPORTCARD", "BUYER_MISMATCH", "TRADE_ERROR", "RULE_LIMIT", "PAYER_ACCOUNT_ABNORMAL", "PAYERROR",
+})
+# ... and those that mean "not finished, or already paid: query it" (ORDERPAID: a repeat of a
+# payment that went through; USERPAYING: the payer is entering the password).
+BARCODE_QUERY = frozenset({"USERPAYING", "ORDERPAID", "SYSTEMERROR", "SYSTEM_ERROR", "BANKERROR", "BANK_ERROR"})
 _FEN = Decimal("0.01")
 _YUAN = re.compile(r"^\d{1,12}(\.\d{1,2})?$")
 

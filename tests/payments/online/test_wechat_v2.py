@@ -176,6 +176,10 @@ def test_micropay_paid_slow_declined_and_reversed(wechat_fake: WechatFake) -> No
     assert gateway.query(abandoned.out_trade_no).state is TradeState.closed
     bad_code = dataclasses.replace(order_request(OrderScene.barcode, ""), auth_code="12")
     assert gateway.barcode_pay(bad_code).state is TradeState.failed
+    assert gateway.barcode_pay(quick).state is TradeState.paying  # a repeat of a paid one (ORDERPAID): query it
+    wechat_fake.script("refuse")
+    with pytest.raises(GatewayRejected):  # not the payer's doing: an error, not a declined payment
+        gateway.barcode_pay(order_request(OrderScene.barcode, "", auth_code=AUTH_CODE))
 
 
 def test_answers_that_fail_their_signature_or_are_refused(wechat_fake: WechatFake) -> None:

@@ -71,6 +71,9 @@ def test_each_scene_pays_and_its_notification_verifies(wechat_fake: WechatFake, 
 
     assert payload.kind is kind
     assert paid["state"] == "SUCCESS" and paid["sent"] == [{"status": 200, "body": "{}"}]
+    held = wechat_fake.orders()[order.out_trade_no]
+    assert (held["scene"], held["amount_fen"], held["merchant"], held["notify_url"]) == (
+        scene.value, 4321, "demo", notify_receiver.v3_url)
     [notification] = verified(notify_receiver, order.out_trade_no)
     assert notification.amount_fen == 4321 and notification.paid and notification.status == "SUCCESS"
     assert notification.trade_no and notification.paid_at is not None
@@ -291,6 +294,10 @@ def test_barcode_payments_paid_slow_declined_and_cancelled(wechat_fake: WechatFa
     assert gateway.query(abandoned.out_trade_no).state is TradeState.closed
     bad_code = dataclasses.replace(order_request(OrderScene.barcode, ""), auth_code="280000000000000000")
     assert gateway.barcode_pay(bad_code).state is TradeState.failed
+    assert gateway.barcode_pay(quick).state is TradeState.paying  # a repeat of a paid one (ORDERPAID): query it
+    wechat_fake.script("refuse")
+    with pytest.raises(GatewayRejected):  # not the payer's doing: an error, not a declined payment
+        gateway.barcode_pay(order_request(OrderScene.barcode, "", auth_code=AUTH_CODE))
 
 
 def test_a_badly_signed_answer_is_a_bad_answer(wechat_fake: WechatFake, notify_receiver: NotifyReceiver) -> None:

@@ -93,6 +93,7 @@ _AUTH_CODE = re.compile(r"^1[0-5]\d{16}$")  # WeChat's payment codes: 18 digits 
 _AUTHORIZATION = re.compile(r'^WECHATPAY2-SHA256-RSA2048 (?P<params>.+)$')
 _V2_TRADE_TYPES = frozenset({"JSAPI", "NATIVE", "APP", "MWEB"})
 _V3_TRADE_TYPES = {"app": "APP", "h5": "MWEB", "jsapi": "JSAPI", "native": "NATIVE", "codepay": "MICROPAY"}
+_SCENES = {"APP": "app", "MWEB": "h5", "JSAPI": "jsapi", "NATIVE": "native", "MICROPAY": "barcode"}
 _STATE_TEXT = {"SUCCESS": "支付成功", "NOTPAY": "未支付", "CLOSED": "已关闭", "REVOKED": "已撤销",
                "USERPAYING": "用户支付中", "PAYERROR": "支付失败", "REFUND": "转入退款"}
 
@@ -362,7 +363,7 @@ def fake_app(settings: WechatSettings) -> Any:
         if kind == "h5" and not (body.get("scene_info") or {}).get("h5_info"):
             return v3_error(400, "PARAM_ERROR", "H5 下单需要 scene_info.h5_info")
         if kind == "codepay" and not _AUTH_CODE.match(str(payer.get("auth_code", ""))):
-            return v3_error(400, "PARAM_ERROR", "付款码无效, 请重新扫码")
+            return v3_error(400, "AUTH_CODE_INVALID", "付款码无效, 请重新扫码")
         order = open_order(merchant, out_trade_no=str(body["out_trade_no"]), trade_type=trade_type, amount_fen=total,
                            description=str(body["description"]), notify_url=body.get("notify_url"), sign_type="RSA",
                            openid=payer.get("openid"))
@@ -776,7 +777,7 @@ def fake_app(settings: WechatSettings) -> Any:
     async def control_orders(received: Received) -> Answer:
         return Answer({"orders": [{
             "out_trade_no": order.out_trade_no, "amount_fen": order.amount_fen, "state": order.state,
-            "scene": order.trade_type, "merchant": order.merchant.name, "api": order.merchant.api.value,
+            "scene": _SCENES[order.trade_type], "trade_type": order.trade_type, "merchant": order.merchant.name, "api": order.merchant.api.value,
             "mch_id": order.merchant.mch_id, "notify_url": order.notify_url, "transaction_id": order.transaction_id,
             "openid": order.openid, "refunded_fen": order.refunded_fen,
         } for order in fake.orders.values()]})
