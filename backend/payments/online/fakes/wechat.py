@@ -777,7 +777,8 @@ def fake_app(settings: WechatSettings) -> Any:
     async def control_orders(received: Received) -> Answer:
         return Answer({"orders": [{
             "out_trade_no": order.out_trade_no, "amount_fen": order.amount_fen, "state": order.state,
-            "scene": _SCENES[order.trade_type], "trade_type": order.trade_type, "merchant": order.merchant.name, "api": order.merchant.api.value,
+            "scene": _SCENES[order.trade_type], "trade_type": order.trade_type, "merchant": order.merchant.name,
+            "api": order.merchant.api.value,
             "mch_id": order.merchant.mch_id, "notify_url": order.notify_url, "transaction_id": order.transaction_id,
             "openid": order.openid, "refunded_fen": order.refunded_fen,
         } for order in fake.orders.values()]})
