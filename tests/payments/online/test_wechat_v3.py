@@ -18,7 +18,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from backend.gateways.errors import GatewayBadAnswer, GatewayRejected
+from backend.domain import Gateway
+from backend.gateways.client import GatewayClient
+from backend.gateways.errors import GatewayBadAnswer, GatewayRejected, GatewayUnavailable
 from backend.payments.online.fakes.wechat import PaidTrade, jsapi_url, signed_notification
 from backend.payments.online.gateway import (
     GatewayRefundState,
@@ -30,7 +32,7 @@ from backend.payments.online.gateway import (
 )
 from backend.payments.online.models import OrderScene
 from backend.payments.online.testkeys import FAKE_WECHAT_PLATFORM_KEY
-from backend.payments.online.wechat import CHINA, authorize_url, openid_for_code
+from backend.payments.online.wechat import CHINA, WechatSettings, authorize_url, openid_for_code, wechat_gateway
 from backend.payments.online.wechat_v3 import WechatV3Gateway
 from tests.payments.online import wechat_fixtures
 from tests.payments.online.wechat_fixtures import AUTH_CODE, NotifyReceiver, WechatFake, order_request
@@ -353,3 +355,23 @@ def test_signed_notifications_can_be_built_without_the_fake_for_benches(wechat_f
         headers, body = signed_notification(wechat_fake.merchant(name), trade, platform_key=platform_key)
         notification = wechat_fake.gateway(name).verify_notification(headers, body)
         assert (notification.out_trade_no, notification.amount_fen, notification.paid) == (trade.out_trade_no, 4200, True)
+
+
+async def test_through_the_gateway_client_an_unreachable_wechat_is_unavailable(wechat_fake: WechatFake,
+                                                                              unused_port: int) -> None:
+    declaration = Gateway("wechat", "微信支付", WechatSettings, fake="backend.payments.online.fakes.wechat:fake_app")
+    settings = wechat_fake.settings.model_copy(update={"url": f"http://127.0.0.1:{unused_port}"})
+    client, reachable_client = GatewayClient(declaration, settings), GatewayClient(declaration, wechat_fake.settings)
+    try:
+        for name in ("demo", "legacy"):
+            gateway = wechat_gateway(wechat_fake.merchant(name), settings)
+            with pytest.raises(GatewayUnavailable) as unavailable:
+                await client.call("query", gateway.query, "SW202612070000000001", reference="SW202612070000000001")
+            assert unavailable.value.maybe_done is False
+        reachable = wechat_fake.gateway("demo")
+        status = await reachable_client.call(
+            "query", reachable.query, "SW202612070000000002", reference="SW202612070000000002")
+        assert status.state is TradeState.not_found
+    finally:
+        client.close()
+        reachable_client.close()
