@@ -257,6 +257,8 @@ class WechatV3Gateway:
         resource = envelope.get("resource") if isinstance(envelope, dict) else None
         if not isinstance(resource, dict) or envelope.get("resource_type") != "encrypt-resource":
             raise NotificationRejected("no encrypted resource")
+        if resource.get("original_type", "transaction") != "transaction":  # a refund's notification, say
+            raise NotificationRejected(f"not a payment notification ({resource.get('original_type')})")
         if resource.get("algorithm") != "AEAD_AES_256_GCM":
             raise NotificationRejected(f"resource algorithm {resource.get('algorithm')!r}")
         try:
