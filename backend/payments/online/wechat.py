@@ -77,14 +77,16 @@ class WechatSettings(GatewaySettings):
     oauth_url: str = ""
     sns_url: str = ""
     timeout_s: float = Field(default=10.0, gt=0, le=60)
-    # The fake only: the merchants file it learns the merchants from (the platform's
-    # private key is beside it), the same file the app reads.
-    merchants_file: Path | None = Field(default=None, validation_alias=AliasChoices("SHUIWU_PAYMENTS_CONFIG",
-                                                                                     "merchants_file"))
+    # The fake only: the merchants file it learns the merchants from (default the app's,
+    # SHUIWU_PAYMENTS_CONFIG), and WeChat Pay's private key it signs with (default
+    # fake_wechat_platform_private.pem beside that file, as testkeys.write_test_merchants puts it).
+    fake_merchants_file: Path | None = Field(default=None, validation_alias=AliasChoices(
+        "SHUIWU_WECHAT_FAKE_MERCHANTS_FILE", "SHUIWU_PAYMENTS_CONFIG", "fake_merchants_file"))
+    fake_private_key_file: Path | None = None
     # The fake only: notifications not answered success are sent again on WeChat's
-    # schedule (15 s, 15 s, 30 s, 3 min, … 6 h) multiplied by this; tests compress it.
-    fake_retry_scale: float = Field(default=1.0, ge=0, le=1)
-    fake_retries: bool = True
+    # schedule (15 s, 15 s, 30 s, 3 min, … 6 h) times this scale (tests: 0.001), if on.
+    fake_notify_retries: bool = True
+    fake_notify_retry_scale: float = Field(default=1.0, gt=0, le=1)
 
     @model_validator(mode="after")
     def _endpoints_default_to_url(self) -> WechatSettings:

@@ -70,7 +70,9 @@ _REFUND_STATES: Mapping[str, GatewayRefundState] = {
 }
 # A close or cancel of an order in these states has nothing left to do.
 _ALREADY_CLOSED = frozenset({"ORDER_CLOSED", "ORDER_NOT_EXIST", "ORDERNOTEXIST", "ORDER_REVERSED"})
-_SIGNATURE_FAILED = "failed to verify the signature"  # what wechatpayv3 raises on a bad answer signature
+# What wechatpayv3 raises (as a bare Exception) on an answer whose signature fails or is missing.
+_SIGNATURE_FAILED = "failed to verify the signature"
+_UNSUPPORTED = "wechatpayv3 does not support"
 
 
 class WechatV3Gateway:
@@ -100,6 +102,8 @@ class WechatV3Gateway:
         except Exception as error:
             if str(error) == _SIGNATURE_FAILED:
                 raise GatewayBadAnswer(detail="the answer's Wechatpay-Signature does not verify") from None
+            if str(error).startswith(_UNSUPPORTED):  # no or another Wechatpay-Signature-Type
+                raise GatewayBadAnswer(detail=f"the answer is not signed as WeChat Pay signs: {error}") from None
             raise
         if 200 <= status < 300:
             return status, text

@@ -72,7 +72,7 @@ def test_each_scene_pays_and_its_notification_verifies(wechat_fake: WechatFake, 
     paid = wechat_fake.pay(order.out_trade_no)
 
     assert payload.kind is kind
-    assert paid["state"] == "SUCCESS" and paid["sent"] == [{"status": 200, "body": "{}"}]
+    assert paid["order"]["state"] == "paid" and paid["sent"] == [{"status": 200, "body": "{}"}]
     held = wechat_fake.orders()[order.out_trade_no]
     assert (held["scene"], held["amount_fen"], held["merchant"], held["notify_url"]) == (
         scene.value, 4321, "demo", notify_receiver.v3_url)
@@ -139,30 +139,36 @@ def test_h5_cashier_cancel_leaves_the_order_unpaid(wechat_fake: WechatFake, noti
     assert notify_receiver.about(order.out_trade_no) == []
 
 
-def test_forged_and_tampered_notifications(wechat_fake: WechatFake, notify_receiver: NotifyReceiver) -> None:
+def test_forged_tampered_other_app_and_wrong_amount_notifications(wechat_fake: WechatFake,
+                                                                  notify_receiver: NotifyReceiver) -> None:
     gateway = wechat_fake.gateway("demo")
-    forged_order = order_request(OrderScene.native, notify_receiver.v3_url, amount_fen=500)
-    tampered_order = order_request(OrderScene.native, notify_receiver.v3_url, amount_fen=500)
-    gateway.create(forged_order)
-    gateway.create(tampered_order)
-    before = len(rejected(notify_receiver))
+    forged, tampered, other_app, wrong = (order_request(OrderScene.native, notify_receiver.v3_url, amount_fen=500)
+                                          for _ in range(4))
+    for order in (forged, tampered, other_app, wrong):
+        gateway.create(order)
 
-    forged = wechat_fake.pay(forged_order.out_trade_no, mode="forge_signature")
-    tampered = wechat_fake.pay(tampered_order.out_trade_no, mode="tamper_amount")
+    answers = [wechat_fake.pay(forged.out_trade_no, mode="forge_signature"),
+               wechat_fake.pay(tampered.out_trade_no, mode="tamper_amount"),
+               wechat_fake.pay(other_app.out_trade_no, mode="other_app"),
+               wechat_fake.pay(wrong.out_trade_no, mode="wrong_amount")]
 
-    assert forged["sent"][0]["status"] == 500 and json.loads(forged["sent"][0]["body"])["code"] == "FAIL"
-    assert [r.reason for r in rejected(notify_receiver)[before:]] == ["bad signature"]
-    assert gateway.query(forged_order.out_trade_no).state is TradeState.waiting  # an attacker paid nothing
-    # Correctly signed, one fen more than the order: verification passes, the amount check is the caller's.
-    assert tampered["sent"][0]["status"] == 200
-    assert [n.amount_fen for n in verified(notify_receiver, tampered_order.out_trade_no)] == [501]
+    assert [answer["sent"][0]["status"] for answer in answers] == [500, 500, 500, 200]
+    assert json.loads(answers[0]["sent"][0]["body"])["code"] == "FAIL"
+    assert [r.reason for r in rejected(notify_receiver, forged.out_trade_no)] == []  # unknown: the signature failed
+    reasons = [seen.reason for seen in notify_receiver.received[-4:] if isinstance(seen, NotificationRejected)]
+    assert reasons == ["bad signature", "bad signature", "app id wx00000000000000ff is not this merchant's"]
+    # Correctly signed, one fen less than the order: verification passes, the amount check is the caller's.
+    assert [n.amount_fen for n in verified(notify_receiver, wrong.out_trade_no)] == [499]
+    # None of these is WeChat paying: the orders stay unpaid there, and nothing is sent again.
+    assert {answer["order"]["state"] for answer in answers} == {"waiting"}
+    assert all(len(wechat_fake.notifications(order.out_trade_no)) == 1 for order in (forged, tampered, other_app))
 
 
 def test_a_notification_is_refused_for_another_app_a_body_not_json_and_a_wrong_key(wechat_fake: WechatFake) -> None:
     merchant = wechat_fake.merchant("demo")
-    assert wechat_fake.settings.merchants_file is not None
+    assert wechat_fake.settings.fake_merchants_file is not None
     platform_key = serialization.load_pem_private_key(
-        (wechat_fake.settings.merchants_file.parent / FAKE_WECHAT_PLATFORM_KEY).read_bytes(), password=None)
+        (wechat_fake.settings.fake_merchants_file.parent / FAKE_WECHAT_PLATFORM_KEY).read_bytes(), password=None)
     assert isinstance(platform_key, rsa.RSAPrivateKey)
 
     def signed(body: str) -> dict[str, str]:
@@ -206,7 +212,7 @@ def test_a_replay_of_ten_at_once_and_unanswered_notifications_are_retried(wechat
 
     answer = wechat_fake.pay(replayed.out_trade_no, mode="replay", times=10)
     notify_receiver.refuse_next = 2
-    first = wechat_fake.pay(retried.out_trade_no)
+    first = wechat_fake.pay(retried.out_trade_no, retry=True)
 
     assert [sent["status"] for sent in answer["sent"]] == [200] * 10
     assert len(verified(notify_receiver, replayed.out_trade_no)) == 10
@@ -226,9 +232,9 @@ def test_retries_can_be_turned_off_and_notifications_dropped_or_delayed(wechat_f
     try:
         notify_receiver.refuse_next = 1
         wechat_fake.pay(unanswered.out_trade_no)
-        wechat_fake.script("drop_notify", path="/_control/pay")
+        wechat_fake.script("drop_notify")
         drop = wechat_fake.pay(dropped.out_trade_no)
-        wechat_fake.script("delay_notify", path="/_control/pay", seconds=0.3)
+        wechat_fake.script("delay_notify", seconds=0.3)
         delay = wechat_fake.pay(delayed.out_trade_no)
         time.sleep(0.1)
         assert verified(notify_receiver, delayed.out_trade_no) == []
@@ -237,9 +243,9 @@ def test_retries_can_be_turned_off_and_notifications_dropped_or_delayed(wechat_f
         wechat_fake.retries(enabled=True)
 
     assert len(wechat_fake.notifications(unanswered.out_trade_no)) == 1
-    assert drop["sent"] == [] and drop["state"] == "SUCCESS" and notify_receiver.about(dropped.out_trade_no) == []
+    assert drop["sent"] == [] and drop["order"]["state"] == "paid" and notify_receiver.about(dropped.out_trade_no) == []
     assert gateway.query(dropped.out_trade_no).state is TradeState.paid  # the active query finds what the notify lost
-    assert delay["delayed"] == "delayed 0.3 s"
+    assert delay["sent"] == []
 
 
 def test_close_cancel_refund_and_the_statement(wechat_fake: WechatFake, notify_receiver: NotifyReceiver) -> None:
@@ -284,7 +290,7 @@ def test_barcode_payments_paid_slow_declined_and_cancelled(wechat_fake: WechatFa
     quick, slow, declined, abandoned = (order_request(OrderScene.barcode, "", auth_code=AUTH_CODE) for _ in range(4))
 
     assert gateway.barcode_pay(quick).state is TradeState.paid
-    wechat_fake.barcode(queries=2)
+    wechat_fake.script("user_paying", body=2)
     assert gateway.barcode_pay(slow).state is TradeState.paying
     assert [gateway.query(slow.out_trade_no).state for _ in range(3)] == [TradeState.paying, TradeState.paying,
                                                                           TradeState.paid]
@@ -308,6 +314,9 @@ def test_a_badly_signed_answer_is_a_bad_answer(wechat_fake: WechatFake, notify_r
     gateway.create(order)
 
     wechat_fake.script("bad_signature")
+    with pytest.raises(GatewayBadAnswer):
+        gateway.query(order.out_trade_no)
+    wechat_fake.script("unsigned")
     with pytest.raises(GatewayBadAnswer):
         gateway.query(order.out_trade_no)
     wechat_fake.script("refuse")
@@ -345,9 +354,9 @@ def test_web_authorization_gives_a_stable_openid_per_app(wechat_fake: WechatFake
 
 
 def test_signed_notifications_can_be_built_without_the_fake_for_benches(wechat_fake: WechatFake) -> None:
-    assert wechat_fake.settings.merchants_file is not None
+    assert wechat_fake.settings.fake_merchants_file is not None
     platform_key = serialization.load_pem_private_key(
-        (wechat_fake.settings.merchants_file.parent / FAKE_WECHAT_PLATFORM_KEY).read_bytes(), password=None)
+        (wechat_fake.settings.fake_merchants_file.parent / FAKE_WECHAT_PLATFORM_KEY).read_bytes(), password=None)
     assert isinstance(platform_key, rsa.RSAPrivateKey)
     trade = PaidTrade("SW202612070000000042", 4200, "4200000042", "JSAPI", OPENID, datetime.now(CHINA))
 
