@@ -1,14 +1,17 @@
 """The local WeChat Pay for tests: test merchants, the fake served by uvicorn, and a tiny
 notify receiver that verifies what the fake sends with the real gateway classes.
 
-Use them from a test module with ``pytest_plugins`` (or import the fixtures)::
+Use them from a test module by naming them at module level (they are module-scoped)::
 
-    from tests.payments.online.wechat_fixtures import notify_receiver, wechat_fake  # noqa: F401
+    from tests.payments.online import wechat_fixtures
+
+    wechat_fake = wechat_fixtures.wechat_fake
+    notify_receiver = wechat_fixtures.notify_receiver
 
     def test_it(wechat_fake: WechatFake, notify_receiver: NotifyReceiver) -> None:
         gateway = wechat_fake.gateway("demo")             # WechatV3Gateway against the fake
         gateway.create(order_request(..., notify_url=notify_receiver.v3_url))
-        wechat_fake.pay(out_trade_no)                     # the fake pays and notifies
+        wechat_fake.pay(out_trade_no)                     # the fake pays and notifies (the control API)
 
 The merchants are :func:`backend.payments.online.testkeys.write_test_merchants`'s (v3
 ``demo``, v2 ``legacy`` signing MD5) plus a v2 merchant ``hmac`` signing HMAC-SHA256.
