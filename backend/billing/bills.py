@@ -148,7 +148,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
@@ -181,7 +181,7 @@ from backend.billing.ledger import EntryIn, lock_accounts, post_entries
 from backend.billing.models import EntryKind, Tariff, TariffCycle
 from backend.billing.scope import area_path_in_scope, patterns_param
 from backend.billing.service import QuoteLine, period_line_pricer, tariff_versions
-from backend.billing.settlement import cycle_of
+from backend.billing.settlement import cycle_of, midnight
 from backend.db import copy_into, raw_connection
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.events.service import emit_event
@@ -208,6 +208,7 @@ _FOUR = Decimal("0.0001")
 FINAL_REBILL_REASON = "销户重算"
 
 Progress = Callable[[int, int], None]
+_Pricer = Callable[[Decimal, Decimal], tuple[QuoteLine, ...]]
 
 
 # --------------------------------------------------------------------------- periods and area cycles
@@ -304,6 +305,26 @@ class _Account:
     balance_fen: int  # when locked, before the bills: only a positive one can pay them (``_write``)
 
 
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    """An earlier tier cycle's part of a bill whose span crosses an annual cycle's start
+    (module docstring, "Cycles"): priced on its own over its own days."""
+
+    cycle_start: date
+    first_day: date
+    last_day: date
+    months: int
+    volume: Decimal
+    prior: Decimal
+    lines: tuple[QuoteLine, ...]
+
+    def stored(self) -> dict[str, str]:
+        """The segment as ``bills.earlier_cycles`` keeps it (strings)."""
+        return {"cycle_start": self.cycle_start.isoformat(), "first_day": self.first_day.isoformat(),
+                "last_day": self.last_day.isoformat(), "months": str(self.months), "volume_m3": str(self.volume),
+                "prior_m3": str(self.prior)}
+
+
 @dataclass(slots=True)
 class _Draft:
     """One bill worked out and not written yet."""
@@ -319,12 +340,16 @@ class _Draft:
     volume: Decimal
     cycle_start: date
     prior: Decimal
-    lines: tuple[QuoteLine, ...]
+    lines: tuple[QuoteLine, ...]  # the cycle_start cycle's lines (after the earlier segments')
     due_date: date
     late_fee_rate: Decimal
     late_fee_cap_fen: int
     amount_fen: int
     reissue_of_id: int | None = None
+    # A span crossing an annual cycle's start: the earlier cycles' segments, oldest first,
+    # and the part of ``volume`` in ``cycle_start``'s cycle (None: all of it).
+    earlier: tuple[_Segment, ...] = ()
+    cycle_volume: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,9 +372,12 @@ SELECT account_id FROM bills WHERE period = $1 AND status <> 'voided' AND accoun
 
 # Per account (bills ``$3`` left out: the one a final bill may replace): the volume its
 # live bills billed net of what they credited back, plus what prepaid settlement cycles
-# priced (a legacy postpaid charge, or the account's prepaid past); the same for the
-# bill's tier cycle; where its newest live bill ended (without one: where prepaid
-# settlement priced it to, if it ever did) and that bill's end readings.
+# priced (a legacy postpaid charge, or the account's prepaid past); the prior of the tier
+# cycle ``$2`` (bills: their in-cycle volume net of credits, module docstring "Cycles";
+# prepaid cycles of that cycle_start); where its newest live bill ended (without one:
+# where prepaid settlement priced it to, if it ever did) and that bill's end readings.
+# Called again for the accounts whose span crosses an annual cycle's start, with their
+# first segment's cycle: its prior_m3 is that segment's prior.
 _EARLIER = """
 SELECT k.account_id,
        coalesce(b.billed, 0) + coalesce(p.charged, 0) AS billed_m3,
@@ -358,7 +386,7 @@ SELECT k.account_id,
 FROM unnest($1::bigint[], $2::date[]) AS k(account_id, cycle_start)
 LEFT JOIN LATERAL (
     SELECT sum(volume_m3 - credited_m3) AS billed,
-           sum(volume_m3 - credited_m3) FILTER (WHERE cycle_start = k.cycle_start) AS prior,
+           greatest(0, sum(cycle_volume_m3 - credited_m3) FILTER (WHERE cycle_start = k.cycle_start)) AS prior,
            max(period_end) AS last_end_at,
            (array_agg(end_readings ORDER BY period_end DESC, id DESC))[1] AS last_end
     FROM bills WHERE account_id = k.account_id AND status <> 'voided' AND id <> ALL($3::bigint[])
@@ -413,16 +441,28 @@ def _day(instant: datetime, zone: tzinfo) -> date:
     return instant.astimezone(zone).date()
 
 
-def _months_touched(start: datetime, end: datetime, zone: tzinfo, *, continued: bool = False) -> int:
+def _months_touched(start: datetime, end: datetime, zone: tzinfo, *, continued: bool = False, least: int = 1) -> int:
     """The calendar months (in ``zone``) the span ``[start, end)`` touches: from the month
     holding ``start`` to the one holding its last instant. A span ``continued`` from an
     earlier bill (or prepaid settlement) that ended inside a month leaves that month out:
-    the earlier bill counted it (its tiers and minimum charge); at least one."""
+    the earlier bill counted it (its tiers and minimum charge); at least ``least`` (a
+    bill: one; a split bill's first segment may count none, its month counted already)."""
     first, last = start.astimezone(zone), (end - _TICK).astimezone(zone)
     months = (last.year - first.year) * 12 + last.month - first.month + 1
     if continued and first != first.replace(day=1, hour=0, minute=0, second=0, microsecond=0):
         months -= 1
-    return max(1, months)
+    return max(least, months)
+
+
+def _cycle_cuts(first_day: date, cycle_start: date) -> list[date]:
+    """The annual tier cycles' first days after ``first_day`` up to ``cycle_start`` (the
+    period's cycle): where a span starting on ``first_day`` is cut (module docstring)."""
+    cuts = []
+    start = cycle_of(first_day, TariffCycle.year)[1]
+    while start <= cycle_start:
+        cuts.append(start)
+        start = cycle_of(start, TariffCycle.year)[1]
+    return cuts
 
 
 def _readings(rows: Sequence[Any], zone: tzinfo, shown: dict[datetime, str]) -> list[dict[str, Any]]:
@@ -460,12 +500,15 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
     rules = await late_fee_rules(session)
     last_day = _day(end - _TICK, zone)
     priced: list[tuple[_Account, date]] = []  # account, tier cycle start
+    annual: set[int] = set()  # accounts on annual tiers: a span crossing a year is split
     for account in accounts:
         tariff = versions[account.tariff_code]
         if not tariff or account.opened_at >= end:
             done.skipped.append(account.id)
             continue
         cycle = TariffCycle(tariff[-1].rules["cycle"])  # a code keeps its cycle (save_tariff)
+        if cycle is TariffCycle.year:
+            annual.add(account.id)
         priced.append((account, cycle_of(period, cycle)[0]))
     if not priced:
         return done
@@ -488,6 +531,20 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
     # Each account's window starts at its own opening: one statement for all of them.
     measured = await household_usage_of_windows(session, [(a.household_id, a.opened_at, end)
                                                           for a, _, _, _ in billable])
+    # Spans crossing an annual cycle's start (none in a regular monthly run): the usage up
+    # to each cut, and the prior of the first segment's cycle, one statement each.
+    cuts_of = {a.id: cuts for a, _, first_day, cycle_start in billable
+               if a.id in annual and (cuts := _cycle_cuts(first_day, cycle_start))}
+    used_to: dict[tuple[int, date], Decimal] = {}
+    first_prior: dict[int, Decimal] = {}
+    if cuts_of:
+        windows = [(a, cut) for a, _, _, _ in billable for cut in cuts_of.get(a.id, ())]
+        used_to = dict(zip(((a.id, cut) for a, cut in windows), await household_usage_of_windows(
+            session, [(a.household_id, a.opened_at, midnight(cut, zone)) for a, cut in windows]), strict=True))
+        split = [(a.id, cycle_of(first_day, TariffCycle.year)[0]) for a, _, first_day, _ in billable
+                 if a.id in cuts_of]
+        first_prior = {row["account_id"]: row["prior_m3"] for row in await driver.fetch(
+            _EARLIER, [i for i, _ in split], [c for _, c in split], list(replacing))}
     end_rows: dict[int, list[Any]] = defaultdict(list)
     for row in await driver.fetch(_END_READINGS, sorted({a.household_id for a, _, _, _ in billable}), end):
         end_rows[row["household_id"]].append(row)
@@ -496,7 +553,7 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
     shown: dict[datetime, str] = {}
     # What a city's accounts share is worked out once: the pricers, the spans' months
     # (most accounts' spans start at one instant), each customer type's rule and due date.
-    pricers: dict[tuple[str, int | None, date, int], Callable[[Decimal, Decimal], tuple[QuoteLine, ...]]] = {}
+    pricers: dict[tuple[str, int | None, date, date, int], _Pricer] = {}
     months_of: dict[tuple[datetime, bool], int] = {}
     terms = {kind.value: (rule, issue_day + timedelta(days=rule.grace_days)) for kind, rule in rules.items()}
     # Pure computation over the chunk (no await): the collector would rescan the chunk's
@@ -512,22 +569,67 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
             if months is None:
                 months = months_of[(span_start, continued)] = _months_touched(span_start, end, zone,
                                                                               continued=continued)
-            key = (account.tariff_code, account.persons, first_day, months)
-            pricer = pricers.get(key)
-            if pricer is None:
-                pricer = pricers[key] = _line_pricer(versions[account.tariff_code], persons=account.persons,
-                                                     start=first_day, end=last_day, months=months)
-            lines = pricer(volume, prior)
+            segments: tuple[_Segment, ...] = ()
+            cycle_volume = None
+            if account.id not in cuts_of:
+                key = (account.tariff_code, account.persons, first_day, last_day, months)
+                pricer = pricers.get(key)
+                if pricer is None:
+                    pricer = pricers[key] = _line_pricer(versions[account.tariff_code], persons=account.persons,
+                                                         start=first_day, end=last_day, months=months)
+                lines = pricer(volume, prior)
+            else:
+                segments, cycle_volume, lines = _split(
+                    account, versions[account.tariff_code], pricers, cuts=cuts_of[account.id], used_to=used_to, billed=billed,
+                    volume=volume, first_prior=first_prior[account.id], prior=prior, span_start=span_start,
+                    first_day=first_day, last_day=last_day, months=months, continued=continued, zone=zone)
             rule, due_date = terms[account.customer_type]
-            amount_fen = sum(line.amount_fen for line in lines)
+            amount_fen = sum(line.amount_fen for segment in segments for line in segment.lines) + sum(
+                line.amount_fen for line in lines)
             rate, cap_fen = late_fee_terms(rule, amount_fen)
             done.drafts.append(_Draft(
                 account=account, start=span_start, end=end, months=months,
                 start_readings=known["last_end"] or "[]",
                 end_readings=_readings(end_rows.get(account.household_id, []), zone, shown), measured=used,
                 billed=billed, volume=volume, cycle_start=cycle_start, prior=prior, lines=lines, due_date=due_date,
-                late_fee_rate=rate, late_fee_cap_fen=cap_fen, amount_fen=amount_fen))
+                late_fee_rate=rate, late_fee_cap_fen=cap_fen, amount_fen=amount_fen, earlier=segments,
+                cycle_volume=cycle_volume))
     return done
+
+
+def _split(account: _Account, versions: list[Tariff], pricers: dict[tuple[str, int | None, date, date, int], _Pricer],
+           *, cuts: Sequence[date], used_to: Mapping[tuple[int, date], Decimal], billed: Decimal, volume: Decimal,
+           first_prior: Decimal, prior: Decimal, span_start: datetime, first_day: date, last_day: date,
+           months: int, continued: bool, zone: tzinfo) -> tuple[tuple[_Segment, ...], Decimal, tuple[QuoteLine, ...]]:
+    """A span crossing the annual cycle starts ``cuts`` priced a segment per cycle (module
+    docstring, "Cycles"): the earlier segments, the volume in the period's cycle and its
+    lines. Segment i's volume is clamp(M(cut i) − billed − earlier segments, 0, what is
+    left), the last one's what is left."""
+
+    def priced(start: date, last: date, segment_months: int, segment_volume: Decimal,
+               segment_prior: Decimal) -> tuple[QuoteLine, ...]:
+        key = (account.tariff_code, account.persons, start, last, segment_months)
+        pricer = pricers.get(key)
+        if pricer is None:
+            pricer = pricers[key] = _line_pricer(versions, persons=account.persons, start=start, end=last,
+                                                 months=segment_months)
+        return pricer(segment_volume, segment_prior)
+
+    segments: list[_Segment] = []
+    left, start_day, start_at, counted = volume, first_day, span_start, 0
+    for index, cut in enumerate(cuts):
+        cut_at = midnight(cut, zone)
+        part = min(max(_ZERO, used_to[(account.id, cut)] - billed - (volume - left)), left).quantize(_FOUR)
+        # The first segment keeps the "continued" rule (its month may be counted already).
+        segment_months = _months_touched(start_at, cut_at, zone, continued=continued and index == 0, least=0)
+        segment_prior = first_prior if index == 0 else _ZERO
+        segments.append(_Segment(cycle_of(start_day, TariffCycle.year)[0], start_day, cut - timedelta(days=1),
+                                 segment_months, part, segment_prior,
+                                 priced(start_day, cut - timedelta(days=1), segment_months, part, segment_prior)))
+        left -= part
+        counted += segment_months
+        start_day, start_at = cut, cut_at
+    return tuple(segments), left, priced(start_day, last_day, months - counted, left, prior)
 
 
 _COUNT_OF_PERIOD = """
@@ -548,33 +650,38 @@ CREATE TEMP TABLE staged_bills (
     id bigint, account_id bigint, household_id bigint, months smallint, status text, period_start timestamptz,
     period_end timestamptz, tariff_code text, persons int, start_readings text, end_readings text, measured_m3 text,
     volume_m3 text, cycle_start date, prior_cycle_m3 text, amount_fen bigint, due_date date, late_fee_rate text,
-    late_fee_cap_fen bigint, paid_at timestamptz, reissue_of_id bigint, entry_id bigint
+    late_fee_cap_fen bigint, paid_at timestamptz, reissue_of_id bigint, entry_id bigint, cycle_volume_m3 text,
+    earlier_cycles text
 ) ON COMMIT DROP;
 CREATE TEMP TABLE staged_bill_lines (
     bill_id bigint, line_no smallint, component text, tier smallint, volume_m3 text, price text, amount_fen bigint,
-    valid_from date
+    valid_from date, cycle_start date
 ) ON COMMIT DROP
 """
 _STAGED_BILL_COLUMNS = (
     "id", "account_id", "household_id", "months", "status", "period_start", "period_end", "tariff_code", "persons",
     "start_readings", "end_readings", "measured_m3", "volume_m3", "cycle_start", "prior_cycle_m3", "amount_fen",
-    "due_date", "late_fee_rate", "late_fee_cap_fen", "paid_at", "reissue_of_id", "entry_id",
+    "due_date", "late_fee_rate", "late_fee_cap_fen", "paid_at", "reissue_of_id", "entry_id", "cycle_volume_m3",
+    "earlier_cycles",
 )
-_STAGED_LINE_COLUMNS = ("bill_id", "line_no", "component", "tier", "volume_m3", "price", "amount_fen", "valid_from")
+_STAGED_LINE_COLUMNS = ("bill_id", "line_no", "component", "tier", "volume_m3", "price", "amount_fen", "valid_from",
+                        "cycle_start")
 _INSERT_STAGED_BILLS = """
 INSERT INTO bills (id, account_id, household_id, period, months, kind, status, run_id, period_start, period_end,
                    tariff_code, persons, start_readings, end_readings, measured_m3, volume_m3, cycle_start,
                    prior_cycle_m3, amount_fen, due_date, late_fee_rate, late_fee_cap_fen, issued_at, issued_by,
-                   paid_at, reissue_of_id, entry_id)
+                   paid_at, reissue_of_id, entry_id, cycle_volume_m3, earlier_cycles)
 SELECT id, account_id, household_id, $1::date, months, $2::text, status, $3::bigint, period_start, period_end,
        tariff_code, persons, CAST(start_readings AS jsonb), CAST(end_readings AS jsonb), CAST(measured_m3 AS numeric),
        CAST(volume_m3 AS numeric), cycle_start, CAST(prior_cycle_m3 AS numeric), amount_fen, due_date,
-       CAST(late_fee_rate AS numeric), late_fee_cap_fen, $4::timestamptz, $5::text, paid_at, reissue_of_id, entry_id
+       CAST(late_fee_rate AS numeric), late_fee_cap_fen, $4::timestamptz, $5::text, paid_at, reissue_of_id, entry_id,
+       CAST(coalesce(cycle_volume_m3, volume_m3) AS numeric), CAST(earlier_cycles AS jsonb)
 FROM staged_bills
 """
 _INSERT_STAGED_LINES = """
-INSERT INTO bill_lines (bill_id, line_no, component, tier, volume_m3, price, amount_fen, valid_from)
-SELECT bill_id, line_no, component, tier, CAST(volume_m3 AS numeric), CAST(price AS numeric), amount_fen, valid_from
+INSERT INTO bill_lines (bill_id, line_no, component, tier, volume_m3, price, amount_fen, valid_from, cycle_start)
+SELECT bill_id, line_no, component, tier, CAST(volume_m3 AS numeric), CAST(price AS numeric), amount_fen, valid_from,
+       cycle_start
 FROM staged_bill_lines;
 DROP TABLE staged_bills, staged_bill_lines
 """
@@ -615,11 +722,14 @@ async def _write(session: AsyncSession, drafts: Sequence[_Draft], *, period: dat
             str(d.volume), d.cycle_start, str(d.prior), d.amount_fen, d.due_date, str(d.late_fee_rate),
             d.late_fee_cap_fen, None if d.amount_fen else now, d.reissue_of_id,
             next(posted).id if d.amount_fen else None,
+            # A bill not split: its cycle volume is its volume (the INSERT's coalesce).
+            None if d.cycle_volume is None else str(d.cycle_volume),
+            json.dumps([segment.stored() for segment in d.earlier]) if d.earlier else None,
         ) for d, bill_id in zip(drafts, bill_ids, strict=True)]
         lines = [(bill_id, number, line.component, line.tier, str(line.volume), str(line.price), line.amount_fen,
-                  line.valid_from)
+                  line.valid_from, cycle_start)
                  for draft, bill_id in zip(drafts, bill_ids, strict=True)
-                 for number, line in enumerate(draft.lines, start=1)]
+                 for number, (cycle_start, line) in enumerate(_cycle_lines(draft), start=1)]
     await driver.execute(_STAGE)
     await copy_into(session, "staged_bills", columns=_STAGED_BILL_COLUMNS, records=bills)
     await copy_into(session, "staged_bill_lines", columns=_STAGED_LINE_COLUMNS, records=lines)
@@ -629,6 +739,16 @@ async def _write(session: AsyncSession, drafts: Sequence[_Draft], *, period: dat
     if credited:
         await allocate_credit(session, account_ids=credited, on=_day(now, zone), now=now, by=by)
     return [_Issued(bill_id, draft.account.id, draft.amount_fen) for draft, bill_id in zip(drafts, bill_ids, strict=True)]
+
+
+def _cycle_lines(draft: _Draft) -> Iterator[tuple[date, QuoteLine]]:
+    """The draft's lines in bill order, each with its tier cycle: the earlier segments'
+    first (oldest first), then the period cycle's."""
+    for segment in draft.earlier:
+        for line in segment.lines:
+            yield segment.cycle_start, line
+    for line in draft.lines:
+        yield draft.cycle_start, line
 
 
 async def _lock(session: AsyncSession, account_ids: Sequence[int]) -> list[_Account]:
