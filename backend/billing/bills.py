@@ -1066,12 +1066,14 @@ async def _credit_over_billed(session: AsyncSession, final_id: int, account_id: 
     """Credit ``over_m3`` on final bill ``final_id`` priced back at the rates it was billed
     at: the live bills newest first each give back min(what is left, its volume), worth
     price(volume, prior) − price(volume − taken, prior) on its own terms (module
-    docstring); volume priced by prepaid cycles has no bill to give it back. One
-    ``adjustment`` entry; returns the credit in fen."""
+    docstring); a split bill's price is its segments' (each on its own days, months and
+    prior), the volume given back from its last segment first, then the earlier ones.
+    Volume priced by prepaid cycles has no bill to give it back. One ``adjustment`` entry;
+    returns the credit in fen."""
     driver = await raw_connection(session)
     rows = await driver.fetch("""
         SELECT b.id, b.tariff_code, b.persons, b.months, b.period_start, b.period_end, b.volume_m3, b.prior_cycle_m3,
-               acc.opened_at
+               b.cycle_volume_m3, CAST(b.earlier_cycles AS text) AS earlier_cycles, acc.opened_at
         FROM bills b JOIN accounts acc ON acc.id = b.account_id
         WHERE b.account_id = $1 AND b.status <> 'voided' AND b.id <> $2 AND b.volume_m3 > 0
         ORDER BY b.period_end DESC, b.id DESC""", account_id, final_id)
@@ -1079,15 +1081,23 @@ async def _credit_over_billed(session: AsyncSession, final_id: int, account_id: 
     for row in rows:
         if left <= 0:
             break
-        taken = min(left, Decimal(row["volume_m3"]))
         versions = await tariff_versions(session, code=row["tariff_code"])
         first_day = max(_day(row["period_start"], zone), _day(row["opened_at"], zone), versions[0].valid_from)
-        pricer = _line_pricer(versions, persons=row["persons"], start=first_day,
-                              end=_day(row["period_end"] - _TICK, zone), months=row["months"])
-        volume, prior = Decimal(row["volume_m3"]), Decimal(row["prior_cycle_m3"])
-        credit_fen += (sum(line.amount_fen for line in pricer(volume, prior))
-                       - sum(line.amount_fen for line in pricer(volume - taken, prior)))
-        left -= taken
+        last_day = _day(row["period_end"] - _TICK, zone)
+        # (first day, last day, months, volume, prior) per segment, the bill's own cycle last.
+        parts = [(date.fromisoformat(one["first_day"]), date.fromisoformat(one["last_day"]), int(one["months"]),
+                  Decimal(one["volume_m3"]), Decimal(one["prior_m3"])) for one in json.loads(row["earlier_cycles"] or "[]")]
+        parts.append((parts[-1][1] + timedelta(days=1) if parts else first_day, last_day,
+                      row["months"] - sum(part[2] for part in parts), Decimal(row["cycle_volume_m3"]),
+                      Decimal(row["prior_cycle_m3"])))
+        for start, last, months, volume, prior in reversed(parts):
+            taken = min(left, volume)
+            if taken <= 0:
+                continue
+            pricer = _line_pricer(versions, persons=row["persons"], start=start, end=last, months=months)
+            credit_fen += (sum(line.amount_fen for line in pricer(volume, prior))
+                           - sum(line.amount_fen for line in pricer(volume - taken, prior)))
+            left -= taken
     entry_id = None
     if credit_fen > 0:
         (posted,) = await post_entries(session, [EntryIn(
