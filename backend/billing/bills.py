@@ -489,16 +489,19 @@ class _Drafted:
 
 
 async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period: date, end: datetime, now: datetime,
-                  zone: tzinfo, replacing: Sequence[int] = ()) -> _Drafted:
+                  zone: tzinfo, replacing: Sequence[int] = (), empty_span: bool = False) -> _Drafted:
     """The bills of ``accounts`` for ``period`` up to ``end`` (module docstring), each over
-    its span; the live bills ``replacing`` (a final bill's same-period bill) left out."""
+    its span; the live bills ``replacing`` (a final bill's same-period bill) left out.
+    ``empty_span`` (a final bill at the end of its period's bill): a span ``[end, end)``
+    is drafted too, its volume (usage not billed yet) priced over the day holding ``end``
+    as a span a moment longer would be, and with no volume, no lines."""
     done = _Drafted([], [], [])
     if not accounts:
         return done
     driver = await raw_connection(session)
     versions = {code: await tariff_versions(session, code=code) for code in sorted({a.tariff_code for a in accounts})}
     rules = await late_fee_rules(session)
-    last_day = _day(end - _TICK, zone)
+    last_day = _day(end, zone) if empty_span else _day(end - _TICK, zone)
     priced: list[tuple[_Account, date]] = []  # account, tier cycle start
     annual: set[int] = set()  # accounts on annual tiers: a span crossing a year is split
     for account in accounts:
@@ -518,7 +521,7 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
     billable: list[tuple[_Account, datetime, date, date]] = []  # account, span start, first priced day, cycle start
     for account, cycle_start in priced:
         span_start = max(earlier[account.id]["last_end_at"] or account.opened_at, account.opened_at)
-        if span_start >= end:
+        if span_start > end or (span_start == end and not empty_span):
             done.covered.append(account.id)
             continue
         first_day = max(_day(span_start, zone), versions[account.tariff_code][0].valid_from)
@@ -571,7 +574,9 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
                                                                               continued=continued)
             segments: tuple[_Segment, ...] = ()
             cycle_volume = None
-            if account.id not in cuts_of:
+            if empty_span and span_start == end and not volume:
+                lines = ()  # no time and no volume: nothing priced, no minimum charge
+            elif account.id not in cuts_of:
                 key = (account.tariff_code, account.persons, first_day, last_day, months)
                 pricer = pricers.get(key)
                 if pricer is None:
@@ -1030,8 +1035,16 @@ async def final_bill(session: AsyncSession, *, account_id: int, at: datetime, by
     if later:
         return FinalBill(None, None, 0)
     existing = await _live_bill(session, account_id, period)
+    empty_span = existing is not None and existing.period_end == at and _has_money(existing)
+    if empty_span:
+        # The period's bill ends at the instant and cannot be redone (money allocated): it
+        # is an earlier bill like any other, as when the account closes a moment later, and
+        # the final bill is the next period's over the empty span [at, at), issued only to
+        # credit over-billed volume (or to bill usage that reached the instant after it).
+        period, existing = period_of(_day(at, zone), months, first_month), None
     drafted = await _drafts(session, [account], period=period, end=at, now=now, zone=zone,
-                            replacing=[existing.id] if existing is not None and existing.id is not None else [])
+                            replacing=[existing.id] if existing is not None and existing.id is not None else [],
+                            empty_span=empty_span)
     if not drafted.drafts:
         return FinalBill(None, None, 0)
     (draft,) = drafted.drafts
@@ -1044,10 +1057,12 @@ async def final_bill(session: AsyncSession, *, account_id: int, at: datetime, by
             "AND id <> $2", account_id, existing.id if existing is not None and existing.id is not None else 0)))
     voided_id = None
     net = draft.amount_fen
+    if empty_span and draft.volume == 0 and over_m3 == 0:
+        return FinalBill(None, None, 0)
     if existing is not None:
         if existing.volume_m3 == draft.volume and existing.credited_m3 == over_m3:
             return FinalBill(None, None, 0)
-        if existing.principal_paid_fen > 0 or existing.late_fee_paid_fen > 0 or existing.credit_fen > 0:
+        if _has_money(existing):
             raise AccountUnsettled(field="id")
         voided = await _void(session, existing, reason=FINAL_REBILL_REASON, by=by, now=now)
         voided_id = voided.id
@@ -1059,6 +1074,11 @@ async def final_bill(session: AsyncSession, *, account_id: int, at: datetime, by
         net -= await _credit_over_billed(session, final.bill_id, account_id, over_m3, by=by, now=now, zone=zone)
     await _emit(session, issued, period)
     return FinalBill(final.bill_id, voided_id, net)
+
+
+def _has_money(bill: Bill) -> bool:
+    """Whether money was allocated to ``bill`` (or its credit paid other bills): it is never redone."""
+    return bill.principal_paid_fen > 0 or bill.late_fee_paid_fen > 0 or bill.credit_fen > 0
 
 
 async def _credit_over_billed(session: AsyncSession, final_id: int, account_id: int, over_m3: Decimal, *, by: str,

@@ -6,18 +6,22 @@ boundary credits like one a moment later. Every figure is worked by hand in the 
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.billing import bills
 from backend.billing.accounts import final_charge
+from backend.billing.ledger import post_entry
+from backend.billing.models import EntryKind
 from backend.readings.entry import correct_reading
-from tests.billing.factories import Served, at, entries, ingest, tariff
+from tests.billing.factories import Served, at, balance, entries, ingest, tariff
 from tests.billing.test_bills_run import ANNUAL, bill_of, ledger_adds_up, month_end, postpaid, run
 from tests.billing.test_bills_spans import bills_add_up
+from tests.factories import unique
 
 Y2026, Y2027 = date(2026, 1, 1), date(2027, 1, 1)
 
@@ -158,3 +162,42 @@ async def test_a_month_cycle_tariff_across_a_year_keeps_scaling_by_months(sessio
             january.cycle_start, january.amount_fen) == (2, Decimal("25.0000"), Decimal("25.0000"), None, Y2027, 6000)
     assert await lines_with_cycles(session, january.id) == [
         ("water", 1, "20.0000", 4000, Y2027), ("water", 2, "5.0000", 2000, Y2027)]
+
+
+@pytest.mark.parametrize("closing", [at(2026, 12, 1), at(2026, 12, 1) + timedelta(microseconds=1)],
+                         ids=["at-the-boundary", "1us-later"])
+async def test_a_final_reading_at_a_month_boundary_credits_over_billed_volume_like_one_a_moment_later(
+        session: AsyncSession, closing: datetime) -> None:
+    # Monthly tiers 0–10 m³ at ¥2, above at ¥4. October billed at 20 m³ (¥60), November
+    # at 22 − 20 = 2 m³ (¥4), both paid. Both readings are then corrected down (20 → 15,
+    # 22 → 18) and the account closes at 1 Dec 00:00 (or 1 µs later), reading 18.
+    raw = tariff(limits=["10"], prices=["2.00", "4.00"], valid_from=date(2025, 1, 1))
+    served = await postpaid(session, raw=raw, opened_at=at(2026, 10, 1))
+    meter_id = served.meter.id
+    assert meter_id is not None
+    await ingest(session, meter_id, [(month_end(2026, 10), "20"), (month_end(2026, 11), "22")], now=at(2026, 12, 1))
+    await post_entry(session, account_id=served.account_id, kind=EntryKind.payment, amount_fen=6400,
+                     ref="payment:1", idempotency_key=unique("ahead"))
+    for month in (10, 11):
+        await run(session, date(2026, month, 1), at(2026, month + 1, 5), area_id=served.household.area_id)
+    november = await bill_of(session, served.account_id, date(2026, 11, 1))
+    assert (november.amount_fen, november.status) == (400, "paid")
+    for month, corrected in ((10, "15"), (11, "18")):
+        await correct_reading(session, meter_id=meter_id, read_at=month_end(2026, month), total_m3=Decimal(corrected),
+                              reason="抄错", by="审核员", now=at(2026, 12, 6), scope_patterns=None)
+
+    charged = await final_charge(session, account_id=served.account_id, at=closing, now=at(2026, 12, 6, 1))
+
+    # November's bill, which reaches the closing instant, is left as it is; a final bill
+    # of December gives back the 22 − 18 = 4 m³ over-billed, newest first: November's 2 m³
+    # (price(2) − price(0) = ¥4), then 2 of October's (price(20) − price(18) = 2 × ¥4 = ¥8).
+    final = await bill_of(session, served.account_id, date(2026, 12, 1))
+    assert (final.kind, final.volume_m3, final.credited_m3, final.credit_fen, final.amount_fen) == (
+        "final", Decimal("0.0000"), Decimal("4.0000"), 1200, 0)
+    assert (charged.charged_fen, await balance(session, served.account_id)) == (-1200, 1200)
+    assert (await bill_of(session, served.account_id, date(2026, 11, 1))).id == november.id
+    await ledger_adds_up(session)
+    await bills_add_up(session)
+    # Again: nothing changes.
+    again = await final_charge(session, account_id=served.account_id, at=closing, now=at(2026, 12, 6, 2))
+    assert (again.charged, await balance(session, served.account_id)) == (0, 1200)
