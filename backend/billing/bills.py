@@ -66,11 +66,37 @@ minimum monthly charge (a bill's rule). Month-cycle tier limits, the household-s
 extension (per tier cycle) and the minimum charge scale by the span's ``months``; annual
 tiers are not scaled. The tier cycle is the tariff's cycle holding the
 period's first day (``cycle_start``); annual tiers start from ``prior_cycle_m3``, the
-volumes of the account's earlier live bills of the same cycle (net of credits) and of its
+in-cycle volumes of the account's earlier live bills of the same cycle (below) and of its
 prepaid cycles with that ``cycle_start``, so a year's monthly bills climb the tiers
 together. ``persons`` applies the household-size rule. Lines are per component and tier
 (the minimum line is tier 0), and ``amount_fen`` their sum. The days priced start at the
 span's first day or the tariff's first version, whichever is last.
+
+**Cycles: a span crossing an annual tier cycle's start** (an account not billed in
+December and billed with January, a final bill, an account opened long ago and never
+billed). Only annual-cycle tariffs (``TariffCycle.year``) split; a month-cycle tariff keeps
+scaling by ``months``. The span is cut at every cycle start inside it (1 January 00:00 in
+the utility's zone) after its first priced day. With M(t) the household's usage from the
+account's opening to t (the same definition as ``measured``) and B what is priced already
+(``billed``), segment i's volume is clamp(M(cut i+1) − B − Σ earlier segments, 0, volume
+left); the last segment takes what is left, so the segments add up to the volume. Each
+segment is priced with its own pricer over its own days (first priced day .. its last
+day), its ``months`` those it touches (the first keeps the "continued" rule and may count
+none; they add up to the bill's ``months``, cuts being month starts), its own minimum
+charge (scaled by its months) and its own prior: the first segment's is its cycle's (the
+account's live bills and prepaid cycles of that ``cycle_start``, as above), the middle
+ones' (whole years never billed) 0, the last one's the period cycle's ``prior_cycle_m3``
+(normally 0). The bill stores the last segment's part as ``cycle_volume_m3`` and the
+earlier ones in ``earlier_cycles`` (``[{"cycle_start", "first_day", "last_day", "months",
+"volume_m3", "prior_m3"}]``, strings, oldest first; NULL for a bill not split); its lines
+are the earlier segments' first, each with its ``cycle_start``. A prior counts a bill's
+in-cycle volume only: Σ ``cycle_volume_m3 − credited_m3`` of the cycle's live bills, at
+least 0 (only a final bill credits, its own volume being 0: the credit takes back the
+newest volume first, its own cycle's part first; what it took from earlier cycles is never
+a prior again, a later span starting in the final bill's cycle). The usage up to the cuts
+and the first segment's prior (``_EARLIER`` again, with the first segments' cycles) are one
+statement each per chunk, only for accounts whose span crosses a cycle start: a regular
+monthly run has none.
 
 **Money.** A bill is a ``bill`` ledger entry of −amount (``ref`` ``bill:<id>``,
 idempotency key ``bill:<account>:<period>:<n>``, ``n`` counting the period's bills of the
@@ -109,7 +135,12 @@ there). A live bill of that period whose volume would stay the same (and nothing
 over-billed) is left as it is; one that would change and has no money allocated is
 voided (``销户重算``) and replaced; with money allocated the final charge is refused
 (ACCOUNT_UNSETTLED). A live bill of a later period, or one ending at or after the
-instant, means everything up to it is billed already.
+instant, means everything up to it is billed already. So a final instant exactly at the end
+of the period's live bill that has money allocated (a month boundary) does not redo it:
+as for an instant a moment later, the final bill is the next period's, over the empty span
+``[at, at)``, issued only when there is something to credit (or usage that reached the
+instant after the bill was made, priced over the instant's day); without money allocated
+the period's bill is redone as above (either way the money is the same).
 
 **Over-billed at the final bill.** When the other live bills billed more than
 ``measured`` (a downward correction after a bill was sent), the final bill has volume 0
@@ -122,9 +153,9 @@ versions over its days, its ``months``, ``persons``, minimum charge). The bill s
 credit on the account then pays open bills as a payment would. A final bill with a
 credit is never voided or re-done (BILL_PAID; a later ``final_charge`` ACCOUNT_UNSETTLED):
 its credit has paid the account's other bills, and undoing it would leave them paid by
-money that is gone. A span crossing an annual tier cycle's start is priced in the cycle
-of its period (a known limit: an unbilled December billed with January counts in
-January's year).
+money that is gone. A split bill's price as a function of the volume kept is Σ its
+segments, each on its own terms (days, months, prior, from ``earlier_cycles``), the volume
+given back from its last segment first, then the earlier ones.
 
 **Void and re-issue** (:func:`void_bill`): newest first (BILL_NOT_LATEST), never with
 money allocated (BILL_PAID: reverse the payment first), never twice (BILL_VOIDED). A
