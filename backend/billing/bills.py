@@ -605,6 +605,7 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
                                                                               continued=continued)
             segments: tuple[_Segment, ...] = ()
             cycle_volume = None
+            lines: tuple[QuoteLine, ...]
             if empty_span and span_start == end and not volume:
                 lines = ()  # no time and no volume: nothing priced, no minimum charge
             elif account.id not in cuts_of:
@@ -616,12 +617,13 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
                 lines = pricer(volume, prior)
             else:
                 segments, cycle_volume, lines = _split(
-                    account, versions[account.tariff_code], pricers, cuts=cuts_of[account.id], used_to=used_to, billed=billed,
-                    volume=volume, first_prior=first_prior[account.id], prior=prior, span_start=span_start,
+                    account, versions[account.tariff_code], pricers, cuts=cuts_of[account.id], used_to=used_to,
+                    billed=billed, volume=volume, first_prior=first_prior[account.id], prior=prior, span_start=span_start,
                     first_day=first_day, last_day=last_day, months=months, continued=continued, zone=zone)
             rule, due_date = terms[account.customer_type]
-            amount_fen = sum(line.amount_fen for segment in segments for line in segment.lines) + sum(
-                line.amount_fen for line in lines)
+            amount_fen = sum(line.amount_fen for line in lines)
+            if segments:
+                amount_fen += sum(line.amount_fen for segment in segments for line in segment.lines)
             rate, cap_fen = late_fee_terms(rule, amount_fen)
             done.drafts.append(_Draft(
                 account=account, start=span_start, end=end, months=months,
