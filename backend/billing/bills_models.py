@@ -175,7 +175,8 @@ class Bill(SQLModel, table=True):
     # [{"cycle_start", "first_day", "last_day", "months", "volume_m3", "prior_m3"}]
     # (strings), oldest first, each priced on its own (bills' module docstring).
     cycle_volume_m3: Decimal = Field(sa_column=Column(Numeric(16, 4), nullable=False))
-    earlier_cycles: list[dict[str, str]] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
+    earlier_cycles: list[dict[str, str]] | None = Field(default=None, sa_column=Column(JSONB(none_as_null=True),
+                                                                                     nullable=True))
     prior_cycle_m3: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(16, 4), nullable=False,
                                                                          server_default="0"))
     amount_fen: int = Field(sa_column=Column(BigInteger, nullable=False))
