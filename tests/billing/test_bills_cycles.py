@@ -13,10 +13,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.billing import bills
+from backend.billing import bill_queries
 from backend.billing.accounts import final_charge
 from backend.billing.ledger import post_entry
 from backend.billing.models import EntryKind
+from backend.billing.notices import NoticeLine
+from backend.billing.schema.bills import BillType
 from backend.readings.entry import correct_reading
 from tests.billing.factories import Served, at, balance, entries, ingest, tariff
 from tests.billing.test_bills_run import ANNUAL, bill_of, ledger_adds_up, month_end, postpaid, run
@@ -74,6 +76,16 @@ async def test_an_unbilled_december_billed_with_january_is_priced_in_its_own_yea
         ("water", 2, "40.0000", 12000, Y2026), ("water", 3, "5.0000", 2500, Y2026),
         ("sewage", 2, "40.0000", 6000, Y2026), ("sewage", 3, "5.0000", 1000, Y2026),
         ("water", 1, "30.0000", 6000, Y2027), ("sewage", 1, "30.0000", 3000, Y2027)]
+
+    # As the API shows it, and a notice prints the earlier year's lines with the year.
+    assert january.id is not None
+    shown = BillType.of((await bill_queries.bill_rows_by_ids(session, [january.id]))[january.id], date(2027, 2, 5))
+    assert (shown.cycle_volume_m3, [(c.cycle_start, c.months, c.volume_m3, c.prior_m3) for c in shown.earlier_cycles]
+            ) == (Decimal("30.0000"), [(Y2026, 1, Decimal("45.0000"), Decimal("220.0000"))])
+    assert [(row.line.cycle_start, row.line.tier) for row in (await bill_queries.lines_by_bill_ids(
+        session, [january.id]))[january.id]][3:5] == [(Y2026, 3), (Y2027, 1)]
+    assert [NoticeLine("自来水费", 2, Decimal(40), Decimal(3), 12000, 2026).tier_label,
+            NoticeLine("自来水费", 1, Decimal(30), Decimal(2), 6000).tier_label] == ["2026年 第2阶梯", "第1阶梯"]
 
     await run(session, date(2027, 2, 1), at(2027, 3, 5), area_id=served.household.area_id)
 
