@@ -183,6 +183,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, text
@@ -767,7 +768,8 @@ async def _write(session: AsyncSession, drafts: Sequence[_Draft], *, period: dat
         lines = [(bill_id, number, line.component, line.tier, str(line.volume), str(line.price), line.amount_fen,
                   line.valid_from, cycle_start)
                  for draft, bill_id in zip(drafts, bill_ids, strict=True)
-                 for number, (cycle_start, line) in enumerate(_cycle_lines(draft), start=1)]
+                 for number, (cycle_start, line) in enumerate(
+                     _cycle_lines(draft) if draft.earlier else zip(repeat(draft.cycle_start), draft.lines), start=1)]
     await driver.execute(_STAGE)
     await copy_into(session, "staged_bills", columns=_STAGED_BILL_COLUMNS, records=bills)
     await copy_into(session, "staged_bill_lines", columns=_STAGED_LINE_COLUMNS, records=lines)
