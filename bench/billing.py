@@ -306,7 +306,7 @@ measured AS (  -- usage from the opening to the period end
     FROM acc JOIN tariff t ON t.code = acc.tariff_code
     CROSS JOIN LATERAL (
         SELECT coalesce(sum(b.volume_m3), 0) AS billed_m3,
-               coalesce(sum(b.volume_m3) FILTER (WHERE b.cycle_start = t.cycle_start), 0) AS prior_cycle_m3,
+               coalesce(sum(b.cycle_volume_m3) FILTER (WHERE b.cycle_start = t.cycle_start), 0) AS prior_cycle_m3,
                coalesce((array_agg(b.end_readings ORDER BY b.period DESC))[1], '[]'::jsonb) AS start_readings
         FROM bills b WHERE b.account_id = acc.account_id AND b.status <> 'voided' AND b.period < $1
     ) e
@@ -361,12 +361,12 @@ WITH tiers AS (
     CROSS JOIN jsonb_array_elements(t.rules -> 'components') WITH ORDINALITY AS c(value, component_no)
     CROSS JOIN jsonb_array_elements_text(c.value -> 'prices') WITH ORDINALITY AS p(price, tier)
 ), parts AS (
-    SELECT b.bill_id, b.account_id, b.tariff_from, ti.code, ti.tier,
+    SELECT b.bill_id, b.account_id, b.tariff_from, b.cycle_start, ti.code, ti.tier,
            least(b.prior_cycle_m3 + b.volume_m3, coalesce(ti.upper_m3, b.prior_cycle_m3 + b.volume_m3))
                - greatest(b.prior_cycle_m3, ti.lower_m3) AS m3
     FROM bound_billed b JOIN tiers ti ON ti.code = b.tariff_code
 )
-SELECT pa.bill_id, pa.account_id,
+SELECT pa.bill_id, pa.account_id, pa.cycle_start,
        row_number() OVER (PARTITION BY pa.bill_id ORDER BY pr.component_no, pa.tier) AS line_no,
        pr.component, pa.tier, pa.m3 AS volume_m3, pr.price, round(pa.m3 * pr.price * 100)::bigint AS amount_fen,
        pa.tariff_from AS valid_from
@@ -405,16 +405,16 @@ WITH amounts AS (
     INSERT INTO bills (id, account_id, household_id, period, months, kind, status, run_id, period_start, period_end,
                        tariff_code, persons, start_readings, end_readings, measured_m3, volume_m3, cycle_start,
                        prior_cycle_m3, amount_fen, due_date, late_fee_rate, late_fee_cap_fen, entry_id, issued_at,
-                       issued_by, paid_at)
+                       issued_by, paid_at, cycle_volume_m3)
     SELECT bill_id, account_id, household_id, $1::date, 1, 'regular', CASE WHEN amount_fen = 0 THEN 'paid' ELSE 'open' END,
            (SELECT id FROM run), $2, $3,
            tariff_code, persons, start_readings, end_readings, measured_m3, volume_m3, cycle_start, prior_cycle_m3,
            amount_fen, due_date, late_fee_rate, round(amount_fen * cap_percent / 100.0),
-           CASE WHEN amount_fen > 0 THEN entry_id END, $4, $5, CASE WHEN amount_fen = 0 THEN $4 END
+           CASE WHEN amount_fen > 0 THEN entry_id END, $4, $5, CASE WHEN amount_fen = 0 THEN $4 END, volume_m3
     FROM amounts ORDER BY account_id
 ), lines AS (
-    INSERT INTO bill_lines (bill_id, line_no, component, tier, volume_m3, price, amount_fen, valid_from)
-    SELECT bill_id, line_no, component, tier, volume_m3, price, amount_fen, valid_from FROM bound_lines
+    INSERT INTO bill_lines (bill_id, line_no, component, tier, volume_m3, price, amount_fen, valid_from, cycle_start)
+    SELECT bill_id, line_no, component, tier, volume_m3, price, amount_fen, valid_from, cycle_start FROM bound_lines
 ), balances AS (
     UPDATE accounts a SET balance_fen = s.balance_fen - s.amount_fen
     FROM amounts s WHERE a.id = s.account_id AND s.amount_fen > 0
@@ -506,14 +506,16 @@ _COMPARED = {
     "bills of the period": """
         SELECT b.account_id, b.household_id, b.period, b.months, b.kind, b.status, r.period AS run_period,
                b.period_start, b.period_end, b.tariff_code, b.persons, b.start_readings, b.end_readings,
-               b.measured_m3, b.volume_m3, b.cycle_start, b.prior_cycle_m3, b.amount_fen, b.principal_paid_fen,
+               b.measured_m3, b.volume_m3, b.cycle_start, b.cycle_volume_m3, b.earlier_cycles, b.prior_cycle_m3,
+               b.amount_fen, b.principal_paid_fen,
                b.due_date, b.late_fee_rate, b.late_fee_cap_fen, b.late_fee_carried, b.late_fee_posted_fen,
                e.ref = 'bill:' || b.id AS entry_refers_to_bill, e.amount_fen = -b.amount_fen AS entry_is_amount,
                b.issued_at, b.issued_by, b.voided_at, b.reissue_of_id
         FROM bills b LEFT JOIN billing_runs r ON r.id = b.run_id LEFT JOIN ledger_entries e ON e.id = b.entry_id
         WHERE b.period = $1 ORDER BY b.account_id, b.id""",
     "bill lines of the period": """
-        SELECT b.account_id, l.line_no, l.component, l.tier, l.volume_m3, l.price, l.amount_fen, l.valid_from
+        SELECT b.account_id, l.line_no, l.component, l.tier, l.volume_m3, l.price, l.amount_fen, l.valid_from,
+               l.cycle_start
         FROM bill_lines l JOIN bills b ON b.id = l.bill_id
         WHERE b.period = $1 ORDER BY b.account_id, l.line_no""",
     "ledger entries of the run": """

@@ -129,10 +129,11 @@ class BillPage:
 BILL_COLUMNS = (
     "id", "account_id", "household_id", "period", "months", "kind", "status", "run_id", "period_start", "period_end",
     "tariff_code", "persons", "start_readings", "end_readings", "measured_m3", "volume_m3", "cycle_start",
-    "prior_cycle_m3", "amount_fen", "principal_paid_fen", "due_date", "late_fee_rate", "late_fee_cap_fen",
-    "late_fee_carried", "late_fee_from", "late_fee_posted_fen", "late_fee_paid_fen", "late_fee_waived_fen",
-    "late_fee_waived_at", "late_fee_waived_by", "late_fee_waiver_reason", "entry_id", "issued_at", "issued_by",
-    "paid_at", "voided_at", "voided_by", "void_reason", "void_entry_id", "reissue_of_id",
+    "cycle_volume_m3", "earlier_cycles", "prior_cycle_m3", "amount_fen", "principal_paid_fen", "due_date",
+    "late_fee_rate", "late_fee_cap_fen", "late_fee_carried", "late_fee_from", "late_fee_posted_fen",
+    "late_fee_paid_fen", "late_fee_waived_fen", "late_fee_waived_at", "late_fee_waived_by", "late_fee_waiver_reason",
+    "entry_id", "issued_at", "issued_by", "paid_at", "voided_at", "voided_by", "void_reason", "void_entry_id",
+    "reissue_of_id",
 )
 
 # (filter field, its condition with {} for its parameter), in the order parameters are numbered.
@@ -169,7 +170,7 @@ ORDER BY p.household_id, p.period DESC, p.id DESC
 """
 
 _LINES = """
-SELECT l.bill_id, l.line_no, l.component, l.tier, l.volume_m3, l.price, l.amount_fen, l.valid_from,
+SELECT l.bill_id, l.line_no, l.component, l.tier, l.volume_m3, l.price, l.amount_fen, l.valid_from, l.cycle_start,
        coalesce((SELECT c.value ->> 'name' FROM tariffs t CROSS JOIN jsonb_array_elements(t.rules -> 'components') c
                  WHERE t.code = b.tariff_code AND t.valid_from = l.valid_from AND c.value ->> 'code' = l.component
                  LIMIT 1), l.component) AS component_name
@@ -196,6 +197,8 @@ def bill_of_record(record: Any) -> Bill:
     values["status"] = BillStatus(values["status"])
     values["start_readings"] = _readings(values["start_readings"])
     values["end_readings"] = _readings(values["end_readings"])
+    if isinstance(values["earlier_cycles"], str):
+        values["earlier_cycles"] = json.loads(values["earlier_cycles"])
     return Bill(**values)
 
 
@@ -314,7 +317,8 @@ async def lines_by_bill_ids(session: AsyncSession, ids: Sequence[int]) -> dict[i
     for r in await driver.fetch(_LINES, list(set(ids))):
         found.setdefault(r["bill_id"], []).append(BillLineRow(BillLine(
             bill_id=r["bill_id"], line_no=r["line_no"], component=r["component"], tier=r["tier"],
-            volume_m3=r["volume_m3"], price=r["price"], amount_fen=r["amount_fen"], valid_from=r["valid_from"]),
+            volume_m3=r["volume_m3"], price=r["price"], amount_fen=r["amount_fen"], valid_from=r["valid_from"],
+            cycle_start=r["cycle_start"]),
             r["component_name"]))
     return found
 

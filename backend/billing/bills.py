@@ -66,11 +66,37 @@ minimum monthly charge (a bill's rule). Month-cycle tier limits, the household-s
 extension (per tier cycle) and the minimum charge scale by the span's ``months``; annual
 tiers are not scaled. The tier cycle is the tariff's cycle holding the
 period's first day (``cycle_start``); annual tiers start from ``prior_cycle_m3``, the
-volumes of the account's earlier live bills of the same cycle (net of credits) and of its
+in-cycle volumes of the account's earlier live bills of the same cycle (below) and of its
 prepaid cycles with that ``cycle_start``, so a year's monthly bills climb the tiers
 together. ``persons`` applies the household-size rule. Lines are per component and tier
 (the minimum line is tier 0), and ``amount_fen`` their sum. The days priced start at the
 span's first day or the tariff's first version, whichever is last.
+
+**Cycles: a span crossing an annual tier cycle's start** (an account not billed in
+December and billed with January, a final bill, an account opened long ago and never
+billed). Only annual-cycle tariffs (``TariffCycle.year``) split; a month-cycle tariff keeps
+scaling by ``months``. The span is cut at every cycle start inside it (1 January 00:00 in
+the utility's zone) after its first priced day. With M(t) the household's usage from the
+account's opening to t (the same definition as ``measured``) and B what is priced already
+(``billed``), segment i's volume is clamp(M(cut i+1) − B − Σ earlier segments, 0, volume
+left); the last segment takes what is left, so the segments add up to the volume. Each
+segment is priced with its own pricer over its own days (first priced day .. its last
+day), its ``months`` those it touches (the first keeps the "continued" rule and may count
+none; they add up to the bill's ``months``, cuts being month starts), its own minimum
+charge (scaled by its months) and its own prior: the first segment's is its cycle's (the
+account's live bills and prepaid cycles of that ``cycle_start``, as above), the middle
+ones' (whole years never billed) 0, the last one's the period cycle's ``prior_cycle_m3``
+(normally 0). The bill stores the last segment's part as ``cycle_volume_m3`` and the
+earlier ones in ``earlier_cycles`` (``[{"cycle_start", "first_day", "last_day", "months",
+"volume_m3", "prior_m3"}]``, strings, oldest first; NULL for a bill not split); its lines
+are the earlier segments' first, each with its ``cycle_start``. A prior counts a bill's
+in-cycle volume only: Σ ``cycle_volume_m3 − credited_m3`` of the cycle's live bills, at
+least 0 (only a final bill credits, its own volume being 0: the credit takes back the
+newest volume first, its own cycle's part first; what it took from earlier cycles is never
+a prior again, a later span starting in the final bill's cycle). The usage up to the cuts
+and the first segment's prior (``_EARLIER`` again, with the first segments' cycles) are one
+statement each per chunk, only for accounts whose span crosses a cycle start: a regular
+monthly run has none.
 
 **Money.** A bill is a ``bill`` ledger entry of −amount (``ref`` ``bill:<id>``,
 idempotency key ``bill:<account>:<period>:<n>``, ``n`` counting the period's bills of the
@@ -109,7 +135,12 @@ there). A live bill of that period whose volume would stay the same (and nothing
 over-billed) is left as it is; one that would change and has no money allocated is
 voided (``销户重算``) and replaced; with money allocated the final charge is refused
 (ACCOUNT_UNSETTLED). A live bill of a later period, or one ending at or after the
-instant, means everything up to it is billed already.
+instant, means everything up to it is billed already. So a final instant exactly at the end
+of the period's live bill that has money allocated (a month boundary) does not redo it:
+as for an instant a moment later, the final bill is the next period's, over the empty span
+``[at, at)``, issued only when there is something to credit (or usage that reached the
+instant after the bill was made, priced over the instant's day); without money allocated
+the period's bill is redone as above (either way the money is the same).
 
 **Over-billed at the final bill.** When the other live bills billed more than
 ``measured`` (a downward correction after a bill was sent), the final bill has volume 0
@@ -122,9 +153,9 @@ versions over its days, its ``months``, ``persons``, minimum charge). The bill s
 credit on the account then pays open bills as a payment would. A final bill with a
 credit is never voided or re-done (BILL_PAID; a later ``final_charge`` ACCOUNT_UNSETTLED):
 its credit has paid the account's other bills, and undoing it would leave them paid by
-money that is gone. A span crossing an annual tier cycle's start is priced in the cycle
-of its period (a known limit: an unbilled December billed with January counts in
-January's year).
+money that is gone. A split bill's price as a function of the volume kept is Σ its
+segments, each on its own terms (days, months, prior, from ``earlier_cycles``), the volume
+given back from its last segment first, then the earlier ones.
 
 **Void and re-issue** (:func:`void_bill`): newest first (BILL_NOT_LATEST), never with
 money allocated (BILL_PAID: reverse the payment first), never twice (BILL_VOIDED). A
@@ -148,10 +179,11 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, text
@@ -181,7 +213,7 @@ from backend.billing.ledger import EntryIn, lock_accounts, post_entries
 from backend.billing.models import EntryKind, Tariff, TariffCycle
 from backend.billing.scope import area_path_in_scope, patterns_param
 from backend.billing.service import QuoteLine, period_line_pricer, tariff_versions
-from backend.billing.settlement import cycle_of
+from backend.billing.settlement import cycle_of, midnight
 from backend.db import copy_into, raw_connection
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.events.service import emit_event
@@ -208,6 +240,7 @@ _FOUR = Decimal("0.0001")
 FINAL_REBILL_REASON = "销户重算"
 
 Progress = Callable[[int, int], None]
+_Pricer = Callable[[Decimal, Decimal], tuple[QuoteLine, ...]]
 
 
 # --------------------------------------------------------------------------- periods and area cycles
@@ -304,6 +337,26 @@ class _Account:
     balance_fen: int  # when locked, before the bills: only a positive one can pay them (``_write``)
 
 
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    """An earlier tier cycle's part of a bill whose span crosses an annual cycle's start
+    (module docstring, "Cycles"): priced on its own over its own days."""
+
+    cycle_start: date
+    first_day: date
+    last_day: date
+    months: int
+    volume: Decimal
+    prior: Decimal
+    lines: tuple[QuoteLine, ...]
+
+    def stored(self) -> dict[str, str]:
+        """The segment as ``bills.earlier_cycles`` keeps it (strings)."""
+        return {"cycle_start": self.cycle_start.isoformat(), "first_day": self.first_day.isoformat(),
+                "last_day": self.last_day.isoformat(), "months": str(self.months), "volume_m3": str(self.volume),
+                "prior_m3": str(self.prior)}
+
+
 @dataclass(slots=True)
 class _Draft:
     """One bill worked out and not written yet."""
@@ -319,12 +372,16 @@ class _Draft:
     volume: Decimal
     cycle_start: date
     prior: Decimal
-    lines: tuple[QuoteLine, ...]
+    lines: tuple[QuoteLine, ...]  # the cycle_start cycle's lines (after the earlier segments')
     due_date: date
     late_fee_rate: Decimal
     late_fee_cap_fen: int
     amount_fen: int
     reissue_of_id: int | None = None
+    # A span crossing an annual cycle's start: the earlier cycles' segments, oldest first,
+    # and the part of ``volume`` in ``cycle_start``'s cycle (None: all of it).
+    earlier: tuple[_Segment, ...] = ()
+    cycle_volume: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,9 +404,12 @@ SELECT account_id FROM bills WHERE period = $1 AND status <> 'voided' AND accoun
 
 # Per account (bills ``$3`` left out: the one a final bill may replace): the volume its
 # live bills billed net of what they credited back, plus what prepaid settlement cycles
-# priced (a legacy postpaid charge, or the account's prepaid past); the same for the
-# bill's tier cycle; where its newest live bill ended (without one: where prepaid
-# settlement priced it to, if it ever did) and that bill's end readings.
+# priced (a legacy postpaid charge, or the account's prepaid past); the prior of the tier
+# cycle ``$2`` (bills: their in-cycle volume net of credits, module docstring "Cycles";
+# prepaid cycles of that cycle_start); where its newest live bill ended (without one:
+# where prepaid settlement priced it to, if it ever did) and that bill's end readings.
+# Called again for the accounts whose span crosses an annual cycle's start, with their
+# first segment's cycle: its prior_m3 is that segment's prior.
 _EARLIER = """
 SELECT k.account_id,
        coalesce(b.billed, 0) + coalesce(p.charged, 0) AS billed_m3,
@@ -358,7 +418,7 @@ SELECT k.account_id,
 FROM unnest($1::bigint[], $2::date[]) AS k(account_id, cycle_start)
 LEFT JOIN LATERAL (
     SELECT sum(volume_m3 - credited_m3) AS billed,
-           sum(volume_m3 - credited_m3) FILTER (WHERE cycle_start = k.cycle_start) AS prior,
+           greatest(0, sum(cycle_volume_m3 - credited_m3) FILTER (WHERE cycle_start = k.cycle_start)) AS prior,
            max(period_end) AS last_end_at,
            (array_agg(end_readings ORDER BY period_end DESC, id DESC))[1] AS last_end
     FROM bills WHERE account_id = k.account_id AND status <> 'voided' AND id <> ALL($3::bigint[])
@@ -413,16 +473,28 @@ def _day(instant: datetime, zone: tzinfo) -> date:
     return instant.astimezone(zone).date()
 
 
-def _months_touched(start: datetime, end: datetime, zone: tzinfo, *, continued: bool = False) -> int:
+def _months_touched(start: datetime, end: datetime, zone: tzinfo, *, continued: bool = False, least: int = 1) -> int:
     """The calendar months (in ``zone``) the span ``[start, end)`` touches: from the month
     holding ``start`` to the one holding its last instant. A span ``continued`` from an
     earlier bill (or prepaid settlement) that ended inside a month leaves that month out:
-    the earlier bill counted it (its tiers and minimum charge); at least one."""
+    the earlier bill counted it (its tiers and minimum charge); at least ``least`` (a
+    bill: one; a split bill's first segment may count none, its month counted already)."""
     first, last = start.astimezone(zone), (end - _TICK).astimezone(zone)
     months = (last.year - first.year) * 12 + last.month - first.month + 1
     if continued and first != first.replace(day=1, hour=0, minute=0, second=0, microsecond=0):
         months -= 1
-    return max(1, months)
+    return max(least, months)
+
+
+def _cycle_cuts(first_day: date, cycle_start: date) -> list[date]:
+    """The annual tier cycles' first days after ``first_day`` up to ``cycle_start`` (the
+    period's cycle): where a span starting on ``first_day`` is cut (module docstring)."""
+    cuts = []
+    start = cycle_of(first_day, TariffCycle.year)[1]
+    while start <= cycle_start:
+        cuts.append(start)
+        start = cycle_of(start, TariffCycle.year)[1]
+    return cuts
 
 
 def _readings(rows: Sequence[Any], zone: tzinfo, shown: dict[datetime, str]) -> list[dict[str, Any]]:
@@ -449,23 +521,29 @@ class _Drafted:
 
 
 async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period: date, end: datetime, now: datetime,
-                  zone: tzinfo, replacing: Sequence[int] = ()) -> _Drafted:
+                  zone: tzinfo, replacing: Sequence[int] = (), empty_span: bool = False) -> _Drafted:
     """The bills of ``accounts`` for ``period`` up to ``end`` (module docstring), each over
-    its span; the live bills ``replacing`` (a final bill's same-period bill) left out."""
+    its span; the live bills ``replacing`` (a final bill's same-period bill) left out.
+    ``empty_span`` (a final bill at the end of its period's bill): a span ``[end, end)``
+    is drafted too, its volume (usage not billed yet) priced over the day holding ``end``
+    as a span a moment longer would be, and with no volume, no lines."""
     done = _Drafted([], [], [])
     if not accounts:
         return done
     driver = await raw_connection(session)
     versions = {code: await tariff_versions(session, code=code) for code in sorted({a.tariff_code for a in accounts})}
     rules = await late_fee_rules(session)
-    last_day = _day(end - _TICK, zone)
+    last_day = _day(end, zone) if empty_span else _day(end - _TICK, zone)
     priced: list[tuple[_Account, date]] = []  # account, tier cycle start
+    annual: set[int] = set()  # accounts on annual tiers: a span crossing a year is split
     for account in accounts:
         tariff = versions[account.tariff_code]
         if not tariff or account.opened_at >= end:
             done.skipped.append(account.id)
             continue
         cycle = TariffCycle(tariff[-1].rules["cycle"])  # a code keeps its cycle (save_tariff)
+        if cycle is TariffCycle.year:
+            annual.add(account.id)
         priced.append((account, cycle_of(period, cycle)[0]))
     if not priced:
         return done
@@ -475,7 +553,7 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
     billable: list[tuple[_Account, datetime, date, date]] = []  # account, span start, first priced day, cycle start
     for account, cycle_start in priced:
         span_start = max(earlier[account.id]["last_end_at"] or account.opened_at, account.opened_at)
-        if span_start >= end:
+        if span_start > end or (span_start == end and not empty_span):
             done.covered.append(account.id)
             continue
         first_day = max(_day(span_start, zone), versions[account.tariff_code][0].valid_from)
@@ -488,6 +566,20 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
     # Each account's window starts at its own opening: one statement for all of them.
     measured = await household_usage_of_windows(session, [(a.household_id, a.opened_at, end)
                                                           for a, _, _, _ in billable])
+    # Spans crossing an annual cycle's start (none in a regular monthly run): the usage up
+    # to each cut, and the prior of the first segment's cycle, one statement each.
+    cuts_of = {a.id: cuts for a, _, first_day, cycle_start in billable
+               if a.id in annual and (cuts := _cycle_cuts(first_day, cycle_start))}
+    used_to: dict[tuple[int, date], Decimal] = {}
+    first_prior: dict[int, Decimal] = {}
+    if cuts_of:
+        windows = [(a, cut) for a, _, _, _ in billable for cut in cuts_of.get(a.id, ())]
+        used_to = dict(zip(((a.id, cut) for a, cut in windows), await household_usage_of_windows(
+            session, [(a.household_id, a.opened_at, midnight(cut, zone)) for a, cut in windows]), strict=True))
+        split = [(a.id, cycle_of(first_day, TariffCycle.year)[0]) for a, _, first_day, _ in billable
+                 if a.id in cuts_of]
+        first_prior = {row["account_id"]: row["prior_m3"] for row in await driver.fetch(
+            _EARLIER, [i for i, _ in split], [c for _, c in split], list(replacing))}
     end_rows: dict[int, list[Any]] = defaultdict(list)
     for row in await driver.fetch(_END_READINGS, sorted({a.household_id for a, _, _, _ in billable}), end):
         end_rows[row["household_id"]].append(row)
@@ -496,7 +588,7 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
     shown: dict[datetime, str] = {}
     # What a city's accounts share is worked out once: the pricers, the spans' months
     # (most accounts' spans start at one instant), each customer type's rule and due date.
-    pricers: dict[tuple[str, int | None, date, int], Callable[[Decimal, Decimal], tuple[QuoteLine, ...]]] = {}
+    pricers: dict[tuple[str, int | None, date, date, int], _Pricer] = {}
     months_of: dict[tuple[datetime, bool], int] = {}
     terms = {kind.value: (rule, issue_day + timedelta(days=rule.grace_days)) for kind, rule in rules.items()}
     # Pure computation over the chunk (no await): the collector would rescan the chunk's
@@ -512,22 +604,71 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
             if months is None:
                 months = months_of[(span_start, continued)] = _months_touched(span_start, end, zone,
                                                                               continued=continued)
-            key = (account.tariff_code, account.persons, first_day, months)
-            pricer = pricers.get(key)
-            if pricer is None:
-                pricer = pricers[key] = _line_pricer(versions[account.tariff_code], persons=account.persons,
-                                                     start=first_day, end=last_day, months=months)
-            lines = pricer(volume, prior)
+            segments: tuple[_Segment, ...] = ()
+            cycle_volume = None
+            lines: tuple[QuoteLine, ...]
+            if empty_span and span_start == end and not volume:
+                lines = ()  # no time and no volume: nothing priced, no minimum charge
+            elif account.id not in cuts_of:
+                key = (account.tariff_code, account.persons, first_day, last_day, months)
+                pricer = pricers.get(key)
+                if pricer is None:
+                    pricer = pricers[key] = _line_pricer(versions[account.tariff_code], persons=account.persons,
+                                                         start=first_day, end=last_day, months=months)
+                lines = pricer(volume, prior)
+            else:
+                segments, cycle_volume, lines = _split(
+                    account, versions[account.tariff_code], pricers, cuts=cuts_of[account.id], used_to=used_to,
+                    billed=billed, volume=volume, first_prior=first_prior[account.id], prior=prior, span_start=span_start,
+                    first_day=first_day, last_day=last_day, months=months, continued=continued, zone=zone)
             rule, due_date = terms[account.customer_type]
             amount_fen = sum(line.amount_fen for line in lines)
+            if segments:
+                amount_fen += sum(line.amount_fen for segment in segments for line in segment.lines)
             rate, cap_fen = late_fee_terms(rule, amount_fen)
             done.drafts.append(_Draft(
                 account=account, start=span_start, end=end, months=months,
                 start_readings=known["last_end"] or "[]",
                 end_readings=_readings(end_rows.get(account.household_id, []), zone, shown), measured=used,
                 billed=billed, volume=volume, cycle_start=cycle_start, prior=prior, lines=lines, due_date=due_date,
-                late_fee_rate=rate, late_fee_cap_fen=cap_fen, amount_fen=amount_fen))
+                late_fee_rate=rate, late_fee_cap_fen=cap_fen, amount_fen=amount_fen, earlier=segments,
+                cycle_volume=cycle_volume))
     return done
+
+
+def _split(account: _Account, versions: list[Tariff], pricers: dict[tuple[str, int | None, date, date, int], _Pricer],
+           *, cuts: Sequence[date], used_to: Mapping[tuple[int, date], Decimal], billed: Decimal, volume: Decimal,
+           first_prior: Decimal, prior: Decimal, span_start: datetime, first_day: date, last_day: date,
+           months: int, continued: bool, zone: tzinfo) -> tuple[tuple[_Segment, ...], Decimal, tuple[QuoteLine, ...]]:
+    """A span crossing the annual cycle starts ``cuts`` priced a segment per cycle (module
+    docstring, "Cycles"): the earlier segments, the volume in the period's cycle and its
+    lines. Segment i's volume is clamp(M(cut i) − billed − earlier segments, 0, what is
+    left), the last one's what is left."""
+
+    def priced(start: date, last: date, segment_months: int, segment_volume: Decimal,
+               segment_prior: Decimal) -> tuple[QuoteLine, ...]:
+        key = (account.tariff_code, account.persons, start, last, segment_months)
+        pricer = pricers.get(key)
+        if pricer is None:
+            pricer = pricers[key] = _line_pricer(versions, persons=account.persons, start=start, end=last,
+                                                 months=segment_months)
+        return pricer(segment_volume, segment_prior)
+
+    segments: list[_Segment] = []
+    left, start_day, start_at, counted = volume, first_day, span_start, 0
+    for index, cut in enumerate(cuts):
+        cut_at = midnight(cut, zone)
+        part = min(max(_ZERO, used_to[(account.id, cut)] - billed - (volume - left)), left).quantize(_FOUR)
+        # The first segment keeps the "continued" rule (its month may be counted already).
+        segment_months = _months_touched(start_at, cut_at, zone, continued=continued and index == 0, least=0)
+        segment_prior = first_prior if index == 0 else _ZERO
+        segments.append(_Segment(cycle_of(start_day, TariffCycle.year)[0], start_day, cut - timedelta(days=1),
+                                 segment_months, part, segment_prior,
+                                 priced(start_day, cut - timedelta(days=1), segment_months, part, segment_prior)))
+        left -= part
+        counted += segment_months
+        start_day, start_at = cut, cut_at
+    return tuple(segments), left, priced(start_day, last_day, months - counted, left, prior)
 
 
 _COUNT_OF_PERIOD = """
@@ -548,33 +689,38 @@ CREATE TEMP TABLE staged_bills (
     id bigint, account_id bigint, household_id bigint, months smallint, status text, period_start timestamptz,
     period_end timestamptz, tariff_code text, persons int, start_readings text, end_readings text, measured_m3 text,
     volume_m3 text, cycle_start date, prior_cycle_m3 text, amount_fen bigint, due_date date, late_fee_rate text,
-    late_fee_cap_fen bigint, paid_at timestamptz, reissue_of_id bigint, entry_id bigint
+    late_fee_cap_fen bigint, paid_at timestamptz, reissue_of_id bigint, entry_id bigint, cycle_volume_m3 text,
+    earlier_cycles text
 ) ON COMMIT DROP;
 CREATE TEMP TABLE staged_bill_lines (
     bill_id bigint, line_no smallint, component text, tier smallint, volume_m3 text, price text, amount_fen bigint,
-    valid_from date
+    valid_from date, cycle_start date
 ) ON COMMIT DROP
 """
 _STAGED_BILL_COLUMNS = (
     "id", "account_id", "household_id", "months", "status", "period_start", "period_end", "tariff_code", "persons",
     "start_readings", "end_readings", "measured_m3", "volume_m3", "cycle_start", "prior_cycle_m3", "amount_fen",
-    "due_date", "late_fee_rate", "late_fee_cap_fen", "paid_at", "reissue_of_id", "entry_id",
+    "due_date", "late_fee_rate", "late_fee_cap_fen", "paid_at", "reissue_of_id", "entry_id", "cycle_volume_m3",
+    "earlier_cycles",
 )
-_STAGED_LINE_COLUMNS = ("bill_id", "line_no", "component", "tier", "volume_m3", "price", "amount_fen", "valid_from")
+_STAGED_LINE_COLUMNS = ("bill_id", "line_no", "component", "tier", "volume_m3", "price", "amount_fen", "valid_from",
+                        "cycle_start")
 _INSERT_STAGED_BILLS = """
 INSERT INTO bills (id, account_id, household_id, period, months, kind, status, run_id, period_start, period_end,
                    tariff_code, persons, start_readings, end_readings, measured_m3, volume_m3, cycle_start,
                    prior_cycle_m3, amount_fen, due_date, late_fee_rate, late_fee_cap_fen, issued_at, issued_by,
-                   paid_at, reissue_of_id, entry_id)
+                   paid_at, reissue_of_id, entry_id, cycle_volume_m3, earlier_cycles)
 SELECT id, account_id, household_id, $1::date, months, $2::text, status, $3::bigint, period_start, period_end,
        tariff_code, persons, CAST(start_readings AS jsonb), CAST(end_readings AS jsonb), CAST(measured_m3 AS numeric),
        CAST(volume_m3 AS numeric), cycle_start, CAST(prior_cycle_m3 AS numeric), amount_fen, due_date,
-       CAST(late_fee_rate AS numeric), late_fee_cap_fen, $4::timestamptz, $5::text, paid_at, reissue_of_id, entry_id
+       CAST(late_fee_rate AS numeric), late_fee_cap_fen, $4::timestamptz, $5::text, paid_at, reissue_of_id, entry_id,
+       CAST(coalesce(cycle_volume_m3, volume_m3) AS numeric), CAST(earlier_cycles AS jsonb)
 FROM staged_bills
 """
 _INSERT_STAGED_LINES = """
-INSERT INTO bill_lines (bill_id, line_no, component, tier, volume_m3, price, amount_fen, valid_from)
-SELECT bill_id, line_no, component, tier, CAST(volume_m3 AS numeric), CAST(price AS numeric), amount_fen, valid_from
+INSERT INTO bill_lines (bill_id, line_no, component, tier, volume_m3, price, amount_fen, valid_from, cycle_start)
+SELECT bill_id, line_no, component, tier, CAST(volume_m3 AS numeric), CAST(price AS numeric), amount_fen, valid_from,
+       cycle_start
 FROM staged_bill_lines;
 DROP TABLE staged_bills, staged_bill_lines
 """
@@ -615,11 +761,15 @@ async def _write(session: AsyncSession, drafts: Sequence[_Draft], *, period: dat
             str(d.volume), d.cycle_start, str(d.prior), d.amount_fen, d.due_date, str(d.late_fee_rate),
             d.late_fee_cap_fen, None if d.amount_fen else now, d.reissue_of_id,
             next(posted).id if d.amount_fen else None,
+            # A bill not split: its cycle volume is its volume (the INSERT's coalesce).
+            None if d.cycle_volume is None else str(d.cycle_volume),
+            json.dumps([segment.stored() for segment in d.earlier]) if d.earlier else None,
         ) for d, bill_id in zip(drafts, bill_ids, strict=True)]
         lines = [(bill_id, number, line.component, line.tier, str(line.volume), str(line.price), line.amount_fen,
-                  line.valid_from)
+                  line.valid_from, cycle_start)
                  for draft, bill_id in zip(drafts, bill_ids, strict=True)
-                 for number, line in enumerate(draft.lines, start=1)]
+                 for number, (cycle_start, line) in enumerate(
+                     _cycle_lines(draft) if draft.earlier else zip(repeat(draft.cycle_start), draft.lines), start=1)]
     await driver.execute(_STAGE)
     await copy_into(session, "staged_bills", columns=_STAGED_BILL_COLUMNS, records=bills)
     await copy_into(session, "staged_bill_lines", columns=_STAGED_LINE_COLUMNS, records=lines)
@@ -629,6 +779,16 @@ async def _write(session: AsyncSession, drafts: Sequence[_Draft], *, period: dat
     if credited:
         await allocate_credit(session, account_ids=credited, on=_day(now, zone), now=now, by=by)
     return [_Issued(bill_id, draft.account.id, draft.amount_fen) for draft, bill_id in zip(drafts, bill_ids, strict=True)]
+
+
+def _cycle_lines(draft: _Draft) -> Iterator[tuple[date, QuoteLine]]:
+    """The draft's lines in bill order, each with its tier cycle: the earlier segments'
+    first (oldest first), then the period cycle's."""
+    for segment in draft.earlier:
+        for line in segment.lines:
+            yield segment.cycle_start, line
+    for line in draft.lines:
+        yield draft.cycle_start, line
 
 
 async def _lock(session: AsyncSession, account_ids: Sequence[int]) -> list[_Account]:
@@ -910,8 +1070,16 @@ async def final_bill(session: AsyncSession, *, account_id: int, at: datetime, by
     if later:
         return FinalBill(None, None, 0)
     existing = await _live_bill(session, account_id, period)
+    empty_span = existing is not None and existing.period_end == at and _has_money(existing)
+    if empty_span:
+        # The period's bill ends at the instant and cannot be redone (money allocated): it
+        # is an earlier bill like any other, as when the account closes a moment later, and
+        # the final bill is the next period's over the empty span [at, at), issued only to
+        # credit over-billed volume (or to bill usage that reached the instant after it).
+        period, existing = period_of(_day(at, zone), months, first_month), None
     drafted = await _drafts(session, [account], period=period, end=at, now=now, zone=zone,
-                            replacing=[existing.id] if existing is not None and existing.id is not None else [])
+                            replacing=[existing.id] if existing is not None and existing.id is not None else [],
+                            empty_span=empty_span)
     if not drafted.drafts:
         return FinalBill(None, None, 0)
     (draft,) = drafted.drafts
@@ -924,10 +1092,12 @@ async def final_bill(session: AsyncSession, *, account_id: int, at: datetime, by
             "AND id <> $2", account_id, existing.id if existing is not None and existing.id is not None else 0)))
     voided_id = None
     net = draft.amount_fen
+    if empty_span and draft.volume == 0 and over_m3 == 0:
+        return FinalBill(None, None, 0)
     if existing is not None:
         if existing.volume_m3 == draft.volume and existing.credited_m3 == over_m3:
             return FinalBill(None, None, 0)
-        if existing.principal_paid_fen > 0 or existing.late_fee_paid_fen > 0 or existing.credit_fen > 0:
+        if _has_money(existing):
             raise AccountUnsettled(field="id")
         voided = await _void(session, existing, reason=FINAL_REBILL_REASON, by=by, now=now)
         voided_id = voided.id
@@ -941,17 +1111,24 @@ async def final_bill(session: AsyncSession, *, account_id: int, at: datetime, by
     return FinalBill(final.bill_id, voided_id, net)
 
 
+def _has_money(bill: Bill) -> bool:
+    """Whether money was allocated to ``bill`` (or its credit paid other bills): it is never redone."""
+    return bill.principal_paid_fen > 0 or bill.late_fee_paid_fen > 0 or bill.credit_fen > 0
+
+
 async def _credit_over_billed(session: AsyncSession, final_id: int, account_id: int, over_m3: Decimal, *, by: str,
                               now: datetime, zone: tzinfo) -> int:
     """Credit ``over_m3`` on final bill ``final_id`` priced back at the rates it was billed
     at: the live bills newest first each give back min(what is left, its volume), worth
     price(volume, prior) − price(volume − taken, prior) on its own terms (module
-    docstring); volume priced by prepaid cycles has no bill to give it back. One
-    ``adjustment`` entry; returns the credit in fen."""
+    docstring); a split bill's price is its segments' (each on its own days, months and
+    prior), the volume given back from its last segment first, then the earlier ones.
+    Volume priced by prepaid cycles has no bill to give it back. One ``adjustment`` entry;
+    returns the credit in fen."""
     driver = await raw_connection(session)
     rows = await driver.fetch("""
         SELECT b.id, b.tariff_code, b.persons, b.months, b.period_start, b.period_end, b.volume_m3, b.prior_cycle_m3,
-               acc.opened_at
+               b.cycle_volume_m3, CAST(b.earlier_cycles AS text) AS earlier_cycles, acc.opened_at
         FROM bills b JOIN accounts acc ON acc.id = b.account_id
         WHERE b.account_id = $1 AND b.status <> 'voided' AND b.id <> $2 AND b.volume_m3 > 0
         ORDER BY b.period_end DESC, b.id DESC""", account_id, final_id)
@@ -959,15 +1136,23 @@ async def _credit_over_billed(session: AsyncSession, final_id: int, account_id: 
     for row in rows:
         if left <= 0:
             break
-        taken = min(left, Decimal(row["volume_m3"]))
         versions = await tariff_versions(session, code=row["tariff_code"])
         first_day = max(_day(row["period_start"], zone), _day(row["opened_at"], zone), versions[0].valid_from)
-        pricer = _line_pricer(versions, persons=row["persons"], start=first_day,
-                              end=_day(row["period_end"] - _TICK, zone), months=row["months"])
-        volume, prior = Decimal(row["volume_m3"]), Decimal(row["prior_cycle_m3"])
-        credit_fen += (sum(line.amount_fen for line in pricer(volume, prior))
-                       - sum(line.amount_fen for line in pricer(volume - taken, prior)))
-        left -= taken
+        last_day = _day(row["period_end"] - _TICK, zone)
+        # (first day, last day, months, volume, prior) per segment, the bill's own cycle last.
+        parts = [(date.fromisoformat(one["first_day"]), date.fromisoformat(one["last_day"]), int(one["months"]),
+                  Decimal(one["volume_m3"]), Decimal(one["prior_m3"])) for one in json.loads(row["earlier_cycles"] or "[]")]
+        parts.append((parts[-1][1] + timedelta(days=1) if parts else first_day, last_day,
+                      row["months"] - sum(part[2] for part in parts), Decimal(row["cycle_volume_m3"]),
+                      Decimal(row["prior_cycle_m3"])))
+        for start, last, months, volume, prior in reversed(parts):
+            taken = min(left, volume)
+            if taken <= 0:
+                continue
+            pricer = _line_pricer(versions, persons=row["persons"], start=start, end=last, months=months)
+            credit_fen += (sum(line.amount_fen for line in pricer(volume, prior))
+                           - sum(line.amount_fen for line in pricer(volume - taken, prior)))
+            left -= taken
     entry_id = None
     if credit_fen > 0:
         (posted,) = await post_entries(session, [EntryIn(

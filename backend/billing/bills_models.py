@@ -16,7 +16,10 @@ that minus the volume of the account's earlier live bills (less what they credit
 bills over-billed (``credited_m3``, ``credit_fen``, an ``adjustment`` entry
 ``credit_entry_id``). ``cycle_start`` is the tier
 cycle the volume counts in and ``prior_cycle_m3`` what earlier bills of that cycle had
-used (annual tiers carry across monthly bills).
+used (annual tiers carry across monthly bills). A span crossing an annual tier cycle's
+start is split at it: ``cycle_volume_m3`` is the part in ``cycle_start``'s cycle and
+``earlier_cycles`` the earlier segments (NULL when not split); each line says its
+``cycle_start``.
 
 **One live bill per account and period**: a partial unique index over bills not voided.
 A voided bill keeps its row (``status = 'voided'``) and is reversed by a credit entry
@@ -142,6 +145,8 @@ class Bill(SQLModel, table=True):
         CheckConstraint("late_fee_paid_fen BETWEEN 0 AND late_fee_posted_fen", name="late_fee_paid_within_posted"),
         CheckConstraint("late_fee_paid_fen + late_fee_waived_fen <= late_fee_cap_fen", name="late_fee_within_cap"),
         CheckConstraint("(status = 'voided') = (voided_at IS NOT NULL)", name="voided_when_voided_at"),
+        CheckConstraint("cycle_volume_m3 BETWEEN 0 AND volume_m3", name="cycle_volume_within_volume"),
+        CheckConstraint("earlier_cycles IS NOT NULL OR cycle_volume_m3 = volume_m3", name="earlier_cycles_when_split"),
     )
     __mapper_args__ = {"eager_defaults": True}
 
@@ -165,6 +170,13 @@ class Bill(SQLModel, table=True):
     measured_m3: Decimal = Field(sa_column=Column(Numeric(16, 4), nullable=False))
     volume_m3: Decimal = Field(sa_column=Column(Numeric(16, 4), nullable=False))
     cycle_start: date = Field(sa_column=Column(Date, nullable=False))
+    # The part of volume_m3 in the cycle_start cycle: all of it unless the span crossed an
+    # annual tier cycle's start; then earlier_cycles lists the earlier segments
+    # [{"cycle_start", "first_day", "last_day", "months", "volume_m3", "prior_m3"}]
+    # (strings), oldest first, each priced on its own (bills' module docstring).
+    cycle_volume_m3: Decimal = Field(sa_column=Column(Numeric(16, 4), nullable=False))
+    earlier_cycles: list[dict[str, str]] | None = Field(default=None, sa_column=Column(JSONB(none_as_null=True),
+                                                                                     nullable=True))
     prior_cycle_m3: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(16, 4), nullable=False,
                                                                          server_default="0"))
     amount_fen: int = Field(sa_column=Column(BigInteger, nullable=False))
@@ -217,6 +229,8 @@ class BillLine(SQLModel, table=True):
     price: Decimal = Field(sa_column=Column(Numeric(12, 4), nullable=False))
     amount_fen: int = Field(sa_column=Column(BigInteger, nullable=False))
     valid_from: date = Field(sa_column=Column(Date, nullable=False))
+    # The tier cycle the line is in: the bill's cycle_start, or an earlier segment's.
+    cycle_start: date = Field(sa_column=Column(Date, nullable=False))
 
 
 class BillAllocation(SQLModel, table=True):

@@ -92,6 +92,14 @@ class NoticeLine:
     volume_m3: Decimal
     price: Decimal
     amount_fen: int
+    # The year of an earlier annual tier cycle the line is in (a span crossing 1 January:
+    # "2025年 第一阶梯"); None for the bill's own cycle.
+    cycle_year: int | None = None
+
+    @property
+    def tier_label(self) -> str:
+        label = "最低消费" if self.tier == 0 else f"第{self.tier}阶梯"
+        return label if self.cycle_year is None else f"{self.cycle_year}年 {label}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +183,9 @@ async def household_notices(
             principal_owed_fen=owed.principal_owed_fen, late_fee_owed_fen=owed.late_fee_owed_fen,
             late_fee_rate=bill.late_fee_rate, meters=_meters(bill.start_readings, bill.end_readings, codes, zone),
             lines=[NoticeLine(line.component_name, line.line.tier, line.line.volume_m3, line.line.price,
-                              line.line.amount_fen) for line in lines.get(bill.id, [])],
+                              line.line.amount_fen,
+                              None if line.line.cycle_start == bill.cycle_start else line.line.cycle_start.year)
+                   for line in lines.get(bill.id, [])],
             span_months=(bill.period_start.astimezone(zone).date().replace(day=1),
                          (bill.period_end - timedelta(microseconds=1)).astimezone(zone).date().replace(day=1)),
         )
@@ -341,7 +351,7 @@ def _draw_notice(pen: _Pen, notice: HouseholdNotice, words: NoticeWords, today: 
     y += 2
     y = pen.table(y, (("收费项目", MARGIN + 1, "l"), ("阶梯", 80, "l"), ("水量 (m³)", 125, "r"),
                       ("单价 (元/m³)", 160, "r"), ("金额 (元)", PAGE_WIDTH - MARGIN - 1, "r")),
-                  [(line.name, "最低消费" if line.tier == 0 else f"第{line.tier}阶梯", _m3(line.volume_m3),
+                  [(line.name, line.tier_label, _m3(line.volume_m3),
                     f"{line.price:.2f}" if line.price == line.price.quantize(Decimal("0.01")) else f"{line.price:.4f}",
                     _yuan(line.amount_fen)) for line in bill.lines])
     y += 3

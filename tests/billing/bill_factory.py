@@ -47,6 +47,7 @@ async def make_bill(
         account_id=served.account_id, household_id=served.household.id, period=period, months=1,
         status=BillStatus.open, period_start=start, period_end=end, tariff_code=served.account.tariff_code or "T",
         start_readings=[], end_readings=[], measured_m3=Decimal(0), volume_m3=Decimal(0), cycle_start=period,
+        cycle_volume_m3=Decimal(0),
         amount_fen=amount_fen, due_date=due_date, late_fee_rate=Decimal(late_fee_rate),
         late_fee_cap_fen=amount_fen if cap_fen is None else cap_fen, issued_at=issued_at, issued_by="测试",
     )

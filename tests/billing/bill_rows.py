@@ -60,14 +60,15 @@ async def make_bill(
         account_id=account_id, household_id=household_id, period=period, months=1, period_start=start, period_end=end,
         tariff_code=tariff_code, start_readings=[_reading(meter_id, start, start_m3)],
         end_readings=[_reading(meter_id, end - timedelta(hours=1), end_m3)], measured_m3=volume, volume_m3=volume,
-        cycle_start=period, amount_fen=amount, due_date=due_date or (end.date() + timedelta(days=14)),
+        cycle_start=period, cycle_volume_m3=volume, amount_fen=amount, due_date=due_date or (end.date() + timedelta(days=14)),
         late_fee_rate=Decimal(late_fee_rate), late_fee_cap_fen=amount, issued_at=issued, issued_by="测试",
     )
     session.add(bill)
     await session.flush()
     assert bill.id is not None
     session.add_all([BillLine(bill_id=bill.id, line_no=number, component=component, tier=tier, volume_m3=volume,
-                              price=price, amount_fen=line_amount, valid_from=date(2024, 1, 1))
+                              price=price, amount_fen=line_amount, valid_from=date(2024, 1, 1),
+                              cycle_start=period)
                      for number, (component, tier, volume, price, line_amount) in enumerate(priced, start=1)])
     entry = await post_entry(session, account_id=account_id, kind=EntryKind.bill, amount_fen=-amount,
                              ref=f"bill:{bill.id}", idempotency_key=unique("bill"), posted_at=issued)

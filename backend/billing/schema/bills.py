@@ -110,6 +110,28 @@ class BillLineType:
     price: Decimal = strawberry.field(description="Yuan per m³, up to 4 places.")
     amount: Money  # type: ignore[valid-type]
     valid_from: date = strawberry.field(description="The tariff version priced from.")
+    cycle_start: date = strawberry.field(description=(
+        "The tier cycle the line is in: the bill's cycleStart, or an earlier year's when the bill's span crossed an "
+        "annual tier cycle's start."))
+
+
+@strawberry.type(name="BillEarlierCycle", description=(
+    "The part of a bill's span in an earlier annual tier cycle than the bill's own (a span crossing 1 January), "
+    "priced on its own: its days, months, volume and the cycle's volume used before it."))
+class BillEarlierCycleType:
+    cycle_start: date
+    first_day: date
+    last_day: date
+    months: int
+    volume_m3: Decimal
+    prior_m3: Decimal
+
+    @classmethod
+    def of(cls, stored: dict[str, str]) -> BillEarlierCycleType:
+        return cls(cycle_start=date.fromisoformat(stored["cycle_start"]),
+                   first_day=date.fromisoformat(stored["first_day"]), last_day=date.fromisoformat(stored["last_day"]),
+                   months=int(stored["months"]), volume_m3=Decimal(stored["volume_m3"]),
+                   prior_m3=Decimal(stored["prior_m3"]))
 
 
 @strawberry.type(name="BillAllocation", description="Part of a credit that paid part of the bill: its late fee "
@@ -165,6 +187,11 @@ class BillType(Node):
     measured_m3: Decimal = strawberry.field(description="Usage from the account's opening to the period end.")
     volume_m3: Decimal = strawberry.field(description="This bill's volume (m³).")
     cycle_start: date = strawberry.field(description="The tier cycle the volume counts in.")
+    cycle_volume_m3: Decimal = strawberry.field(description=(
+        "The part of the volume in the cycleStart cycle: all of it unless the span crossed an annual tier cycle's "
+        "start (earlierCycles has the rest)."))
+    earlier_cycles: list[BillEarlierCycleType] = strawberry.field(description=(
+        "The span's parts in earlier annual tier cycles, oldest first; empty when it did not cross a cycle start."))
     prior_cycle_m3: Decimal = strawberry.field(description="What earlier bills of the cycle used (annual tiers).")
     amount: Money = strawberry.field(description="账单金额: the bill's principal.")  # type: ignore[valid-type]
     principal_paid: Money  # type: ignore[valid-type]
@@ -204,6 +231,8 @@ class BillType(Node):
             period_start=bill.period_start, period_end=bill.period_end, tariff_code=bill.tariff_code,
             start_readings=_readings(bill.start_readings), end_readings=_readings(bill.end_readings),
             measured_m3=bill.measured_m3, volume_m3=bill.volume_m3, cycle_start=bill.cycle_start,
+            cycle_volume_m3=bill.cycle_volume_m3,
+            earlier_cycles=[BillEarlierCycleType.of(one) for one in bill.earlier_cycles or ()],
             prior_cycle_m3=bill.prior_cycle_m3, amount=bill.amount_fen, principal_paid=bill.principal_paid_fen,
             principal_owed=owed.principal_owed_fen, due_date=bill.due_date, late_fee=owed.late_fee_fen,
             late_fee_paid=bill.late_fee_paid_fen, late_fee_owed=owed.late_fee_owed_fen,
@@ -219,7 +248,8 @@ class BillType(Node):
         rows = await info.context.loader(BillLinesByBillIdLoader).load(self.pk)
         return [BillLineType(line_no=r.line.line_no, component=r.line.component, component_name=r.component_name,
                              tier=r.line.tier, volume_m3=r.line.volume_m3, price=r.line.price,
-                             amount=r.line.amount_fen, valid_from=r.line.valid_from) for r in rows]
+                             amount=r.line.amount_fen, valid_from=r.line.valid_from,
+                             cycle_start=r.line.cycle_start) for r in rows]
 
     @strawberry.field(description="The payments allocated to it, oldest first (undoing rows included).")
     async def allocations(self, info: Info) -> list[BillAllocationType]:
