@@ -64,8 +64,10 @@ reading at or before it — what the bill prints, not what it is priced from.
 prorated by days exactly as :func:`backend.billing.service.price_period` does, with the
 minimum monthly charge (a bill's rule). Month-cycle tier limits, the household-size
 extension (per tier cycle) and the minimum charge scale by the span's ``months``; annual
-tiers are not scaled. The tier cycle is the tariff's cycle holding the
-period's first day (``cycle_start``); annual tiers start from ``prior_cycle_m3``, the
+tiers are not scaled. The tier cycle (``cycle_start``) is, for annual tiers, the cycle
+holding the span's last priced day (a bimonthly Dec–Jan period, or a final bill inside
+one, is January's year: its December is an earlier segment, below), and for month-cycle
+tiers the cycle holding the period's first day; annual tiers start from ``prior_cycle_m3``, the
 in-cycle volumes of the account's earlier live bills of the same cycle (below) and of its
 prepaid cycles with that ``cycle_start``, so a year's monthly bills climb the tiers
 together. ``persons`` applies the household-size rule. Lines are per component and tier
@@ -85,7 +87,7 @@ day), its ``months`` those it touches (the first keeps the "continued" rule and 
 none; they add up to the bill's ``months``, cuts being month starts), its own minimum
 charge (scaled by its months) and its own prior: the first segment's is its cycle's (the
 account's live bills and prepaid cycles of that ``cycle_start``, as above), the middle
-ones' (whole years never billed) 0, the last one's the period cycle's ``prior_cycle_m3``
+ones' (whole years never billed) 0, the last one's the bill's cycle's ``prior_cycle_m3``
 (normally 0). The bill stores the last segment's part as ``cycle_volume_m3`` and the
 earlier ones in ``earlier_cycles`` (``[{"cycle_start", "first_day", "last_day", "months",
 "volume_m3", "prior_m3"}]``, strings, oldest first; NULL for a bill not split); its lines
@@ -138,9 +140,18 @@ voided (``销户重算``) and replaced; with money allocated the final charge is
 instant, means everything up to it is billed already. So a final instant exactly at the end
 of the period's live bill that has money allocated (a month boundary) does not redo it:
 as for an instant a moment later, the final bill is the next period's, over the empty span
-``[at, at)``, issued only when there is something to credit (or usage that reached the
-instant after the bill was made, priced over the instant's day); without money allocated
-the period's bill is redone as above (either way the money is the same).
+``[at, at)``, issued only when there is something to credit or late usage L (usage that
+reached the instant after that bill P was made); without money allocated P is voided and
+redone as above. Either way the money is the same: the empty-span bill is P's
+continuation, its amount price(v + L, p) − price(v, p) on P's terms (its tariff versions
+over its days, its months, persons and minimum charge), v and p P's own cycle's volume and
+prior (a split P: its last segment; late usage is counted in P's own cycle). Its lines
+are the difference line by line: L's tier lines continuing from v and, when P's minimum
+charge topped it up, a minimum line ≤ 0, the part of the top-up L's charge absorbs (so Σ
+lines = amount ≥ 0 and no new minimum charge). It stores P's tariff, persons, months and
+``cycle_start``, and the prior L continues from (p + v): at 1 January, late December usage
+is priced from December's year-to-date in December's tiers. Without late usage or
+anything to credit nothing is issued.
 
 **Over-billed at the final bill.** When the other live bills billed more than
 ``measured`` (a downward correction after a bill was sent), the final bill has volume 0
@@ -180,7 +191,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from itertools import repeat
@@ -525,8 +536,8 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
     """The bills of ``accounts`` for ``period`` up to ``end`` (module docstring), each over
     its span; the live bills ``replacing`` (a final bill's same-period bill) left out.
     ``empty_span`` (a final bill at the end of its period's bill): a span ``[end, end)``
-    is drafted too, its volume (usage not billed yet) priced over the day holding ``end``
-    as a span a moment longer would be, and with no volume, no lines."""
+    is drafted too, unpriced (no lines): :func:`_continued` prices its volume (usage not
+    billed yet) on the terms of the bill ending at ``end``."""
     done = _Drafted([], [], [])
     if not accounts:
         return done
@@ -544,7 +555,9 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
         cycle = TariffCycle(tariff[-1].rules["cycle"])  # a code keeps its cycle (save_tariff)
         if cycle is TariffCycle.year:
             annual.add(account.id)
-        priced.append((account, cycle_of(period, cycle)[0]))
+        # Annual tiers: the cycle of the span's last priced day (a Dec–Jan bimonthly period
+        # is its January's year, its December a segment); a month cycle: the period's.
+        priced.append((account, cycle_of(last_day if cycle is TariffCycle.year else period, cycle)[0]))
     if not priced:
         return done
 
@@ -607,8 +620,8 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
             segments: tuple[_Segment, ...] = ()
             cycle_volume = None
             lines: tuple[QuoteLine, ...]
-            if empty_span and span_start == end and not volume:
-                lines = ()  # no time and no volume: nothing priced, no minimum charge
+            if empty_span and span_start == end:
+                lines = ()  # no time: final_bill prices the volume as the bill ending at end's continuation
             elif account.id not in cuts_of:
                 key = (account.tariff_code, account.persons, first_day, last_day, months)
                 pricer = pricers.get(key)
@@ -1071,12 +1084,14 @@ async def final_bill(session: AsyncSession, *, account_id: int, at: datetime, by
         return FinalBill(None, None, 0)
     existing = await _live_bill(session, account_id, period)
     empty_span = existing is not None and existing.period_end == at and _has_money(existing)
+    continued = None
     if empty_span:
         # The period's bill ends at the instant and cannot be redone (money allocated): it
         # is an earlier bill like any other, as when the account closes a moment later, and
         # the final bill is the next period's over the empty span [at, at), issued only to
-        # credit over-billed volume (or to bill usage that reached the instant after it).
-        period, existing = period_of(_day(at, zone), months, first_month), None
+        # credit over-billed volume or to bill usage that reached the instant after it was
+        # made, priced as that bill's continuation (what redoing it would add).
+        period, continued, existing = period_of(_day(at, zone), months, first_month), existing, None
     drafted = await _drafts(session, [account], period=period, end=at, now=now, zone=zone,
                             replacing=[existing.id] if existing is not None and existing.id is not None else [],
                             empty_span=empty_span)
@@ -1090,10 +1105,12 @@ async def final_bill(session: AsyncSession, *, account_id: int, at: datetime, by
         over_m3 = min(over_m3, Decimal(await driver.fetchval(
             "SELECT coalesce(sum(volume_m3), 0) FROM bills WHERE account_id = $1 AND status <> 'voided' "
             "AND id <> $2", account_id, existing.id if existing is not None and existing.id is not None else 0)))
+    if continued is not None:
+        if draft.volume == 0 and over_m3 == 0:
+            return FinalBill(None, None, 0)
+        await _continued(session, draft, continued, zone=zone)
     voided_id = None
     net = draft.amount_fen
-    if empty_span and draft.volume == 0 and over_m3 == 0:
-        return FinalBill(None, None, 0)
     if existing is not None:
         if existing.volume_m3 == draft.volume and existing.credited_m3 == over_m3:
             return FinalBill(None, None, 0)
@@ -1114,6 +1131,68 @@ async def final_bill(session: AsyncSession, *, account_id: int, at: datetime, by
 def _has_money(bill: Bill) -> bool:
     """Whether money was allocated to ``bill`` (or its credit paid other bills): it is never redone."""
     return bill.principal_paid_fen > 0 or bill.late_fee_paid_fen > 0 or bill.credit_fen > 0
+
+
+# A bill's pricing terms for one tier cycle: (first priced day, last day, months, volume, prior).
+_Part = tuple[date, date, int, Decimal, Decimal]
+
+
+def _bill_parts(versions: list[Tariff], *, period_start: datetime, period_end: datetime, opened_at: datetime,
+                months: int, cycle_volume: Decimal, prior: Decimal, earlier_cycles: Sequence[Mapping[str, str]],
+                zone: tzinfo) -> list[_Part]:
+    """The terms a bill was priced on, per segment (``earlier_cycles``, oldest first) and
+    its own cycle last: its days, months, volume and prior in each (module docstring,
+    "Over-billed" and "Final bill")."""
+    first_day = max(_day(period_start, zone), _day(opened_at, zone), versions[0].valid_from)
+    parts: list[_Part] = [(date.fromisoformat(one["first_day"]), date.fromisoformat(one["last_day"]),
+                           int(one["months"]), Decimal(one["volume_m3"]), Decimal(one["prior_m3"]))
+                          for one in earlier_cycles]
+    parts.append((parts[-1][1] + timedelta(days=1) if parts else first_day, _day(period_end - _TICK, zone),
+                  months - sum(part[2] for part in parts), Decimal(cycle_volume), Decimal(prior)))
+    return parts
+
+
+def _added_lines(before: Sequence[QuoteLine], after: Sequence[QuoteLine]) -> tuple[QuoteLine, ...]:
+    """``after`` less ``before`` (one pricer's lines for a larger volume, same prior), in
+    ``after``'s order: per component, tier and tariff version the m³ and fen added; the
+    minimum line is the change of the top-up, ≤ 0 (the part of it the added water's
+    charge absorbs). The lines add up to Σ after − Σ before."""
+    had = {(line.component, line.tier, line.valid_from): line for line in before}
+    made = []
+    for line in after:
+        was = had.pop((line.component, line.tier, line.valid_from), None)
+        if was is None:
+            made.append(line)
+        elif line.volume != was.volume or line.amount_fen != was.amount_fen:
+            made.append(QuoteLine(line.component, line.tier, line.volume - was.volume, line.price,
+                                  line.amount_fen - was.amount_fen, line.valid_from))
+    # A line of before's not in after: the minimum line, the top-up absorbed whole.
+    made.extend(QuoteLine(was.component, was.tier, -was.volume, was.price, -was.amount_fen, was.valid_from)
+                for was in had.values())
+    return tuple(made)
+
+
+async def _continued(session: AsyncSession, draft: _Draft, bill: Bill, *, zone: tzinfo) -> None:
+    """Price an empty-span final bill's ``draft`` (``[at, at)``) as the continuation of
+    ``bill``, the live bill ending at ``at`` (module docstring, "Final bill"): its volume
+    is added to ``bill``'s own cycle's part, on ``bill``'s terms (tariff versions over its
+    days, months, persons, minimum charge, prior), and costs price(v + volume, prior) −
+    price(v, prior) — what redoing ``bill`` with it would add. The draft takes those
+    terms: ``bill``'s tariff, persons, months and cycle, the prior its volume continues
+    from, no minimum charge of its own."""
+    versions = await tariff_versions(session, code=bill.tariff_code)
+    start, last, months, volume, prior = _bill_parts(
+        versions, period_start=bill.period_start, period_end=bill.period_end, opened_at=draft.account.opened_at,
+        months=bill.months, cycle_volume=bill.cycle_volume_m3 - bill.credited_m3, prior=bill.prior_cycle_m3,
+        earlier_cycles=bill.earlier_cycles or [], zone=zone)[-1]
+    pricer = _line_pricer(versions, persons=bill.persons, start=start, end=last, months=months)
+    draft.account = replace(draft.account, tariff_code=bill.tariff_code, persons=bill.persons)
+    draft.lines = _added_lines(pricer(volume, prior), pricer(volume + draft.volume, prior)) if draft.volume else ()
+    draft.cycle_start, draft.prior, draft.months = bill.cycle_start, (prior + volume).quantize(_FOUR), max(1, months)
+    draft.earlier, draft.cycle_volume = (), None
+    draft.amount_fen = sum(line.amount_fen for line in draft.lines)
+    rule = {kind.value: rule for kind, rule in (await late_fee_rules(session)).items()}[draft.account.customer_type]
+    draft.late_fee_rate, draft.late_fee_cap_fen = late_fee_terms(rule, draft.amount_fen)
 
 
 async def _credit_over_billed(session: AsyncSession, final_id: int, account_id: int, over_m3: Decimal, *, by: str,
@@ -1137,14 +1216,10 @@ async def _credit_over_billed(session: AsyncSession, final_id: int, account_id: 
         if left <= 0:
             break
         versions = await tariff_versions(session, code=row["tariff_code"])
-        first_day = max(_day(row["period_start"], zone), _day(row["opened_at"], zone), versions[0].valid_from)
-        last_day = _day(row["period_end"] - _TICK, zone)
-        # (first day, last day, months, volume, prior) per segment, the bill's own cycle last.
-        parts = [(date.fromisoformat(one["first_day"]), date.fromisoformat(one["last_day"]), int(one["months"]),
-                  Decimal(one["volume_m3"]), Decimal(one["prior_m3"])) for one in json.loads(row["earlier_cycles"] or "[]")]
-        parts.append((parts[-1][1] + timedelta(days=1) if parts else first_day, last_day,
-                      row["months"] - sum(part[2] for part in parts), Decimal(row["cycle_volume_m3"]),
-                      Decimal(row["prior_cycle_m3"])))
+        parts = _bill_parts(versions, period_start=row["period_start"], period_end=row["period_end"],
+                            opened_at=row["opened_at"], months=row["months"], cycle_volume=row["cycle_volume_m3"],
+                            prior=row["prior_cycle_m3"], earlier_cycles=json.loads(row["earlier_cycles"] or "[]"),
+                            zone=zone)
         for start, last, months, volume, prior in reversed(parts):
             taken = min(left, volume)
             if taken <= 0:

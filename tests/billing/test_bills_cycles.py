@@ -13,7 +13,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.billing import bill_queries
+from backend.archives.models import AreaKind
+from backend.archives.service import create_area
+from backend.billing import bill_queries, bills
 from backend.billing.accounts import final_charge
 from backend.billing.ledger import post_entry
 from backend.billing.models import EntryKind
@@ -213,3 +215,202 @@ async def test_a_final_reading_at_a_month_boundary_credits_over_billed_volume_li
     # Again: nothing changes.
     again = await final_charge(session, account_id=served.account_id, at=closing, now=at(2026, 12, 6, 2))
     assert (again.charged, await balance(session, served.account_id)) == (0, 1200)
+
+
+# --------------------------------------------------------------------------- a bimonthly Dec–Jan period
+
+
+async def even_bimonthly(session: AsyncSession, *, opened_at: datetime) -> Served:
+    """An ANNUAL account in a company billing bimonthly from even months (Dec–Jan, Feb–Mar, …)."""
+    company = await create_area(session, name=unique("公司"), kind=AreaKind.company)
+    assert company.id is not None
+    await bills.set_area_billing_cycle(session, area_id=company.id, months=2, first_month=2, by="主管",
+                                       now=at(2026, 11, 1))
+    served = await postpaid(session, raw=ANNUAL, opened_at=opened_at, area_id=company.id)
+    assert served.meter.id is not None
+    return served
+
+
+async def test_a_dec_jan_bimonthly_bill_is_split_at_1_january_and_the_next_counts_january_in_its_prior(
+        session: AsyncSession) -> None:
+    served = await even_bimonthly(session, opened_at=at(2026, 12, 1))
+    assert served.meter.id is not None
+    area_id = served.household.area_id
+    # December 200 m³, January 50 m³, February–March 20 m³.
+    await ingest(session, served.meter.id, [(month_end(2026, 12), "200"), (month_end(2027, 1), "250"),
+                                            (month_end(2027, 3), "270")], now=at(2027, 4, 1))
+
+    await run(session, date(2026, 12, 1), at(2027, 2, 5), area_id=area_id)
+
+    # The period 1 Dec 2026 – 1 Feb 2027 is January's year (its last day's), cut at 1 Jan:
+    #   Dec (2026, prior 0): 180 t1 + 20 t2: water 360 + 60, sewage 180 + 30       = ¥630
+    #   Jan (2027, prior 0): 50 t1: water 100, sewage 50                           = ¥150
+    # ¥780 (priced all in 2026, as before: 180 t1 + 70 t2 = ¥855).
+    bill = await bill_of(session, served.account_id, date(2026, 12, 1))
+    assert (bill.months, bill.volume_m3, bill.cycle_start, bill.cycle_volume_m3, bill.prior_cycle_m3,
+            bill.amount_fen) == (2, Decimal("250.0000"), Y2027, Decimal("50.0000"), Decimal("0.0000"), 78000)
+    assert bill.earlier_cycles == [{"cycle_start": "2026-01-01", "first_day": "2026-12-01", "last_day": "2026-12-31",
+                                    "months": "1", "volume_m3": "200.0000", "prior_m3": "0"}]
+    assert await lines_with_cycles(session, bill.id) == [
+        ("water", 1, "180.0000", 36000, Y2026), ("water", 2, "20.0000", 6000, Y2026),
+        ("sewage", 1, "180.0000", 18000, Y2026), ("sewage", 2, "20.0000", 3000, Y2026),
+        ("water", 1, "50.0000", 10000, Y2027), ("sewage", 1, "50.0000", 5000, Y2027)]
+
+    await run(session, date(2027, 2, 1), at(2027, 4, 5), area_id=area_id)
+
+    # Feb–Mar: 20 m³ from 2027's prior 50 (January's part only), tier 1: ¥60.
+    february = await bill_of(session, served.account_id, date(2027, 2, 1))
+    assert (february.cycle_start, february.prior_cycle_m3, february.amount_fen) == (Y2027, Decimal("50.0000"), 6000)
+    await ledger_adds_up(session)
+    await bills_add_up(session)
+
+
+async def test_the_bill_after_a_dec_jan_bimonthly_bill_climbs_2027s_tiers_from_january(session: AsyncSession) -> None:
+    served = await even_bimonthly(session, opened_at=at(2026, 12, 1))
+    assert served.meter.id is not None
+    # December 10 m³, January 170 m³, February–March 20 m³.
+    await ingest(session, served.meter.id, [(month_end(2026, 12), "10"), (month_end(2027, 1), "180"),
+                                            (month_end(2027, 2), "190"), (month_end(2027, 3), "200")],
+                 now=at(2027, 4, 1))
+    await run(session, date(2026, 12, 1), at(2027, 2, 5), area_id=served.household.area_id)
+    await run(session, date(2027, 2, 1), at(2027, 4, 5), area_id=served.household.area_id)
+
+    # Feb–Mar: 20 m³ from 2027's prior 170 (January): 10 t1, 10 t2:
+    #   water 20 + 30, sewage 10 + 15 = ¥75 (with prior 0, as before: 20 t1 = ¥60).
+    february = await bill_of(session, served.account_id, date(2027, 2, 1))
+    assert (february.prior_cycle_m3, february.amount_fen) == (Decimal("170.0000"), 7500)
+
+
+async def test_a_final_bill_in_a_dec_jan_bimonthly_period_is_split_at_1_january(session: AsyncSession) -> None:
+    served = await even_bimonthly(session, opened_at=at(2026, 12, 1))
+    assert served.meter.id is not None
+    await ingest(session, served.meter.id, [(month_end(2026, 12), "200"), (at(2027, 1, 20, 9), "250")],
+                 now=at(2027, 1, 20, 10))
+
+    await final_charge(session, account_id=served.account_id, at=at(2027, 1, 20, 9), now=at(2027, 1, 20, 10))
+
+    # 1 Dec 2026 – 20 Jan 2027 09:00: December 200 m³ in 2026 (¥630 as above), 1–20 January
+    # 50 m³ in 2027, tier 1 (¥150): ¥780.
+    final = await bill_of(session, served.account_id, date(2026, 12, 1))
+    assert (final.kind, final.cycle_start, final.cycle_volume_m3, final.amount_fen) == (
+        "final", Y2027, Decimal("50.0000"), 78000)
+    await ledger_adds_up(session)
+    await bills_add_up(session)
+
+
+# --------------------------------------------------------------------------- late usage at a paid bill's end
+
+
+@pytest.mark.parametrize("paid", [False, True], ids=["unpaid", "paid"])
+async def test_late_usage_at_a_month_boundary_costs_the_same_whether_the_bill_is_redone_or_continued(
+        session: AsyncSession, paid: bool) -> None:
+    # Monthly tiers 0–10 m³ at ¥2, above ¥4; minimum ¥30 a month. December: 20 m³ =
+    # 10 × ¥2 + 10 × ¥4 = ¥60. A reading of 31 Dec 23:00 (21) arrives late; the account
+    # closes at 1 Jan 00:00.
+    raw = tariff(limits=["10"], prices=["2.00", "4.00"], valid_from=date(2025, 1, 1), minimum_monthly_charge="30.00")
+    served = await postpaid(session, raw=raw, opened_at=at(2026, 12, 1))
+    assert served.meter.id is not None
+    await ingest(session, served.meter.id, [(month_end(2026, 12), "20")], now=at(2027, 1, 1))
+    if paid:
+        await post_entry(session, account_id=served.account_id, kind=EntryKind.payment, amount_fen=6000,
+                         ref="payment:1", idempotency_key=unique("ahead"))
+    await run(session, date(2026, 12, 1), at(2027, 1, 5), area_id=served.household.area_id)
+    december = await bill_of(session, served.account_id, date(2026, 12, 1))
+    await ingest(session, served.meter.id, [(at(2026, 12, 31, 23), "21")], now=at(2027, 1, 6))
+    before = await balance(session, served.account_id)
+
+    await final_charge(session, account_id=served.account_id, at=at(2027, 1, 1), now=at(2027, 1, 6, 1))
+
+    # Unpaid: December redone at 21 m³, 10 × ¥2 + 11 × ¥4 = ¥64: net ¥4. Paid: December
+    # stays, a final bill of January over [1 Jan, 1 Jan) prices the 1 m³ as December's
+    # continuation: price(21) − price(20) = ¥4 (not a whole January's ¥30 minimum).
+    assert before - await balance(session, served.account_id) == 400
+    if paid:
+        final = await bill_of(session, served.account_id, date(2027, 1, 1))
+        assert (final.kind, final.months, final.volume_m3, final.cycle_start, final.prior_cycle_m3,
+                final.amount_fen) == ("final", 1, Decimal("1.0000"), december.cycle_start, Decimal("20.0000"), 400)
+        assert await lines_with_cycles(session, final.id) == [("water", 2, "1.0000", 400, date(2026, 12, 1))]
+    await ledger_adds_up(session)
+    await bills_add_up(session)
+
+
+@pytest.mark.parametrize("paid", [False, True], ids=["unpaid", "paid"])
+async def test_late_usage_absorbs_the_minimum_top_up_the_same_way_redone_or_continued(
+        session: AsyncSession, paid: bool) -> None:
+    # As above; December 5 m³ = ¥10, topped up to the ¥30 minimum (a ¥20 minimum line).
+    # 12 m³ more arrive late (31 Dec 23:00, 17).
+    raw = tariff(limits=["10"], prices=["2.00", "4.00"], valid_from=date(2025, 1, 1), minimum_monthly_charge="30.00")
+    served = await postpaid(session, raw=raw, opened_at=at(2026, 12, 1))
+    assert served.meter.id is not None
+    await ingest(session, served.meter.id, [(month_end(2026, 12), "5")], now=at(2027, 1, 1))
+    if paid:
+        await post_entry(session, account_id=served.account_id, kind=EntryKind.payment, amount_fen=3000,
+                         ref="payment:1", idempotency_key=unique("ahead"))
+    await run(session, date(2026, 12, 1), at(2027, 1, 5), area_id=served.household.area_id)
+    await ingest(session, served.meter.id, [(at(2026, 12, 31, 23), "17")], now=at(2027, 1, 6))
+    before = await balance(session, served.account_id)
+
+    await final_charge(session, account_id=served.account_id, at=at(2027, 1, 1), now=at(2027, 1, 6, 1))
+
+    # December at 17 m³: 10 × ¥2 + 7 × ¥4 = ¥48, no top-up: ¥18 more than ¥30 either way.
+    assert before - await balance(session, served.account_id) == 1800
+    if paid:
+        # The continuation's lines: tier 1 5 → 10 m³ (+¥10), tier 2 7 m³ (+¥28), and the
+        # ¥20 top-up the late water's charge absorbs (−¥20): ¥18, no minimum of its own.
+        final = await bill_of(session, served.account_id, date(2027, 1, 1))
+        assert (final.volume_m3, final.amount_fen) == (Decimal("12.0000"), 1800)
+        assert await lines_with_cycles(session, final.id) == [
+            ("water", 1, "5.0000", 1000, date(2026, 12, 1)), ("water", 2, "7.0000", 2800, date(2026, 12, 1)),
+            ("minimum", 0, "0.0000", -2000, date(2026, 12, 1))]
+    await ledger_adds_up(session)
+    await bills_add_up(session)
+
+
+async def test_no_late_usage_at_a_paid_bills_end_issues_no_final_bill(session: AsyncSession) -> None:
+    raw = tariff(limits=["10"], prices=["2.00", "4.00"], valid_from=date(2025, 1, 1), minimum_monthly_charge="30.00")
+    served = await postpaid(session, raw=raw, opened_at=at(2026, 12, 1))
+    assert served.meter.id is not None
+    await ingest(session, served.meter.id, [(month_end(2026, 12), "20")], now=at(2027, 1, 1))
+    await post_entry(session, account_id=served.account_id, kind=EntryKind.payment, amount_fen=6000,
+                     ref="payment:1", idempotency_key=unique("ahead"))
+    await run(session, date(2026, 12, 1), at(2027, 1, 5), area_id=served.household.area_id)
+
+    charged = await final_charge(session, account_id=served.account_id, at=at(2027, 1, 1), now=at(2027, 1, 6, 1))
+
+    assert (charged.charged_fen, await balance(session, served.account_id)) == (0, 0)
+    assert (await session.execute(text("SELECT count(*) FROM bills WHERE account_id = :a AND kind = 'final'"),
+                                  {"a": served.account_id})).scalar_one() == 0
+
+
+@pytest.mark.parametrize("paid", [False, True], ids=["unpaid", "paid"])
+async def test_late_december_usage_at_1_january_is_priced_from_decembers_year_to_date(
+        session: AsyncSession, paid: bool) -> None:
+    # billed_through_november (220 m³ in 2026), December billed at 240: 20 m³ from 220,
+    # tier 2: water 20 × ¥3 + sewage 20 × ¥1.5 = ¥90. 30 m³ more arrive late (31 Dec 23:00,
+    # 270); the account closes at 1 Jan 2027 00:00.
+    served = await billed_through_november(session)
+    assert served.meter.id is not None
+    await ingest(session, served.meter.id, [(month_end(2026, 12), "240")], now=at(2027, 1, 1))
+    if paid:  # Jan–Nov's ¥720, their late fees and December's ¥90 paid ahead
+        await post_entry(session, account_id=served.account_id, kind=EntryKind.payment, amount_fen=100000,
+                         ref="payment:1", idempotency_key=unique("ahead"))
+    await run(session, date(2026, 12, 1), at(2027, 1, 5), area_id=served.household.area_id)
+    december = await bill_of(session, served.account_id, date(2026, 12, 1))
+    assert (december.amount_fen, december.status) == (9000, "paid" if paid else "open")
+    await ingest(session, served.meter.id, [(at(2026, 12, 31, 23), "270")], now=at(2027, 1, 6))
+    before = await balance(session, served.account_id)
+
+    await final_charge(session, account_id=served.account_id, at=at(2027, 1, 1), now=at(2027, 1, 6, 1))
+
+    # In 2026's tiers from December's year-to-date 240: 240 → 260 tier 2 (20 m³), 260 → 270
+    # tier 3 (10 m³): water 60 + 50, sewage 30 + 20 = ¥160 (redone: ¥250 − ¥90).
+    assert before - await balance(session, served.account_id) == 16000
+    if paid:
+        final = await bill_of(session, served.account_id, Y2027)
+        assert (final.cycle_start, final.prior_cycle_m3, final.earlier_cycles, final.amount_fen) == (
+            Y2026, Decimal("240.0000"), None, 16000)
+        assert await lines_with_cycles(session, final.id) == [
+            ("water", 2, "20.0000", 6000, Y2026), ("water", 3, "10.0000", 5000, Y2026),
+            ("sewage", 2, "20.0000", 3000, Y2026), ("sewage", 3, "10.0000", 2000, Y2026)]
+    await ledger_adds_up(session)
+    await bills_add_up(session)
