@@ -2,7 +2,9 @@
 priced in its own year's tiers, from that year's prior; the next bill's prior is only the
 new year's part; a final bill across a year; the over-billed credit of a split bill; a
 month-cycle tariff across a year (unchanged); a final reading exactly at a month
-boundary credits like one a moment later. Every figure is worked by hand in the test."""
+boundary credits like one a moment later; a bimonthly Dec–Jan period is split at 1 January;
+late usage at a paid bill's end costs what redoing that bill would. Every figure is worked
+by hand in the test."""
 
 from __future__ import annotations
 
