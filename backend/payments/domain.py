@@ -45,6 +45,9 @@ DOMAIN = Domain(
         Operation("saveReceiptLayout", "保存票据格式", "Save receipt layout", "receipts"),
         Operation("issueReceiptForms", "票据领用", "Issue receipt forms", "receipts"),
         Operation("voidReceiptForm", "票据作废", "Void receipt form", "receipts"),
+        Operation("createPaymentOrder", "在线支付下单", "Create payment order", "payments"),
+        Operation("counterBarcodePay", "付款码收款", "Counter barcode payment", "counter"),
+        Operation("counterQrOrder", "扫码收款", "Counter QR order", "counter"),
     ),
     jobs=(
         # Every minute: orders still unpaid query_after_minutes after they were made (the
