@@ -1,5 +1,5 @@
 """GraphQL of online payments (在线支付): ``createPaymentOrder`` (a resident for their own
-households, a cashier for any in scope), the counter's ``counterBarcodePay`` and
+households), the counter's ``counterBarcodePay`` and
 ``counterQrOrder``, and the ``paymentOrder`` / ``paymentOrders`` queries. Thin: the rules
 live in ``backend.payments.online`` (orders, counter_online). Each mutation writes its
 order and audit entry in one transaction; the gateway is asked after that commit, and
@@ -50,7 +50,9 @@ PayloadKindEnum = strawberry.enum(PayloadKind, name="PaymentPayloadKind", descri
     "order_string (Alipay app SDK), pay_url (open it: wap, page, h5), jsapi (WeixinJSBridge parameters), "
     "app_params (WeChat app SDK), code_url (show as a QR), none (barcode)."))
 
-PAY = [RequiresAny("resident:self", "counter:collect")]
+# A resident pays their own households (the counter has counterQrOrder / counterBarcodePay;
+# the pay page, with no login, calls the service itself).
+PAY = [Requires("resident:self")]
 COLLECT = [Requires("counter:collect")]
 READ = [RequiresAny("payments:read", "resident:self", "counter:collect")]
 
@@ -180,8 +182,8 @@ def _ids(household_id: strawberry.ID | None, account_no: str | None) -> tuple[in
 @strawberry.type
 class Mutation:
     @strawberry.mutation(permission_classes=PAY, description=(
-        "Open an online payment order and return what the payer pays with (order string, pay URL, JSAPI parameters, "
-        "code_url). A resident pays their own households; a cashier any in scope. Refused: PAYMENT_AMOUNT_INVALID, "
+        "Open an online payment order for one of your households and return what the payer pays with (order "
+        "string, pay URL, JSAPI parameters, code_url). Refused: PAYMENT_AMOUNT_INVALID, "
         "PAYMENT_ONLINE_ABOVE_MAXIMUM, PAYMENT_CHANNEL_UNAVAILABLE, PAYMENT_SCENE_UNSUPPORTED (barcode is "
         "counterBarcodePay's), PAYMENT_OPENID_REQUIRED (jsapi), PAYMENT_H5_IN_WECHAT, PAYMENT_ACCOUNT_NOT_PAYABLE, "
         "IDEMPOTENCY_CONFLICT; a gateway failure (GATEWAY_*) comes back with the order, failed."))
