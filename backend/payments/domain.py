@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from backend.auth.menus import Menu, Operation
 from backend.auth.menus import permission as _p
-from backend.domain import Check, Domain, Job, PersonalData
+from backend.domain import Check, Domain, Gateway, Job, PersonalData
+from backend.payments.online.alipay import AlipaySettings
+from backend.payments.online.wechat import WechatSettings
 from backend.payments.settings import PaymentsSettings
 
 DOMAIN = Domain(
@@ -48,6 +50,14 @@ DOMAIN = Domain(
         Operation("createPaymentOrder", "在线支付下单", "Create payment order", "payments"),
         Operation("counterBarcodePay", "付款码收款", "Counter barcode payment", "counter"),
         Operation("counterQrOrder", "扫码收款", "Counter QR order", "counter"),
+    ),
+    # The SDKs' endpoints and bounds (SHUIWU_ALIPAY_* / SHUIWU_WECHAT_*: the local fakes by
+    # default); the merchants' keys are in the merchants file. Money moves: every call kept.
+    gateways=(
+        Gateway("alipay", "支付宝", AlipaySettings, fake="backend.payments.online.fakes.alipay:fake_app",
+                keeps_exchanges=True, description="Alipay OpenAPI (python-alipay-sdk, RSA2)"),
+        Gateway("wechat", "微信支付", WechatSettings, fake="backend.payments.online.fakes.wechat:fake_app",
+                keeps_exchanges=True, description="WeChat Pay API v2 (wechatpy) and v3 (wechatpayv3)"),
     ),
     jobs=(
         # Every minute: orders still unpaid query_after_minutes after they were made (the

@@ -32,9 +32,9 @@ T = TypeVar("T")
 GATEWAY_CLASSES: dict[GatewayApi, tuple[str, str]] = {
     GatewayApi.alipay: ("backend.payments.online.alipay:AlipayGateway", "backend.payments.online.alipay:AlipaySettings"),
     GatewayApi.wechat_v2: ("backend.payments.online.wechat_v2:WechatV2Gateway",
-                           "backend.payments.online.wechat_v2:WechatSettings"),
+                           "backend.payments.online.wechat:WechatSettings"),
     GatewayApi.wechat_v3: ("backend.payments.online.wechat_v3:WechatV3Gateway",
-                           "backend.payments.online.wechat_v3:WechatSettings"),
+                           "backend.payments.online.wechat:WechatSettings"),
 }
 
 GatewayFactory = Callable[[Merchant], OnlineGateway]
