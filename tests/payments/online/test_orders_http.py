@@ -210,7 +210,7 @@ async def test_the_v2_merchant_pays_and_a_replay_answers_success_and_writes_noth
 async def test_a_tampered_or_forged_notification_is_refused_and_credits_nothing(
         world: World, committed_sessions: async_sessionmaker[AsyncSession], channel: PaymentChannel,
         mode: str) -> None:
-    world.retries(False)
+    await asyncio.to_thread(world.retries, False)
     served = await _served_account(committed_sessions)
     scene = OrderScene.qr if channel is PaymentChannel.alipay else OrderScene.native
     order, _ = await _open(world, committed_sessions, served.household.id, channel, scene, 5000)
@@ -232,7 +232,7 @@ async def test_a_tampered_or_forged_notification_is_refused_and_credits_nothing(
                                              "AND subject_id IN (0, :o) AND status <> 'closed'"),
                                         {"o": order.id})).scalar_one()
     assert rejected == rejected_before + len(sent["sent"]) and alarms >= 1
-    world.retries(True)
+    await asyncio.to_thread(world.retries, True)
 
 
 async def test_ten_concurrent_replays_over_http_credit_once(world: World,
@@ -299,7 +299,8 @@ async def test_barcode_pay_at_the_counter_waits_for_a_slow_wechat_payer(
     served = await _served_account(committed_sessions)
     async with transaction(committed_sessions) as session:
         staff = await make_staff(session, permissions={"counter:collect"})
-    httpx.post(f"{world.wechat}/_control/barcode", json={"queries": 2, "outcome": "paid"}).raise_for_status()
+    async with httpx.AsyncClient() as http:
+        (await http.post(f"{world.wechat}/_control/barcode", json={"queries": 2, "outcome": "paid"})).raise_for_status()
     slept: list[float] = []
 
     async def no_wait(seconds: float) -> None:
