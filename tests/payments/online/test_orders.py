@@ -251,3 +251,23 @@ async def test_the_counter_qr_is_a_qr_order_of_the_cashier(
 
     assert (order.scene, order.origin, order.operator_id) == (OrderScene.qr, OrderOrigin.counter, operator.id)
     assert payload.value.startswith("https://qr.example/")  # type: ignore[union-attr]
+
+
+async def test_the_merchants_check_prints_each_mistake_and_the_hosts_refuse_a_bad_file(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backend.payments.online.registry import merchants_check, offered
+    from backend.settings import SettingsError
+
+    bad = tmp_path / "merchants.toml"
+    bad.write_text('public_base_url = "ftp://x"\n[[alipay]]\nname = "Main"\napp_id = "12"\n', encoding="utf-8")
+    monkeypatch.setenv("SHUIWU_PAYMENTS_CONFIG", str(bad))
+
+    result = await merchants_check(None)
+    with pytest.raises(SettingsError) as refused:
+        offered(None)
+
+    assert not result.ok and "`public_base_url` must be an http(s) URL" in result.detail
+    assert "`name` = 'Main' is not valid" in result.detail and "`private_key` is missing" in result.detail
+    assert len(result.detail.splitlines()) == 1 + len(str(refused.value).splitlines()) - 1
+    monkeypatch.delenv("SHUIWU_PAYMENTS_CONFIG")
+    assert (await merchants_check(None)).ok
