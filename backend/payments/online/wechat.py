@@ -50,6 +50,15 @@ TRADE_STATES: Mapping[str, TradeState] = {
     "USERPAYING": TradeState.paying, "CLOSED": TradeState.closed, "REVOKED": TradeState.closed,
     "PAYERROR": TradeState.failed,
 }
+# A barcode payment's refusals that are the payer's (their code, their money): the payment
+# is declined. Any other refusal (parameters, signature, permissions) is ours: an error.
+BARCODE_DECLINED = frozenset({
+    "AUTHCODEEXPIRE", "AUTH_CODE_ERROR", "AUTH_CODE_INVALID", "AUTH_CODE_EXPIRE", "NOTENOUGH", "NOT_ENOUGH",
+    "NOTSUPORTCARD", "BUYER_MISMATCH", "TRADE_ERROR", "RULE_LIMIT", "PAYER_ACCOUNT_ABNORMAL", "PAYERROR",
+})
+# ... and those that mean "not finished, or already paid: query it" (ORDERPAID: a repeat of a
+# payment that went through; USERPAYING: the payer is entering the password).
+BARCODE_QUERY = frozenset({"USERPAYING", "ORDERPAID", "SYSTEMERROR", "SYSTEM_ERROR", "BANKERROR", "BANK_ERROR"})
 _FEN = Decimal("0.01")
 _YUAN = re.compile(r"^\d{1,12}(\.\d{1,2})?$")
 
@@ -68,14 +77,16 @@ class WechatSettings(GatewaySettings):
     oauth_url: str = ""
     sns_url: str = ""
     timeout_s: float = Field(default=10.0, gt=0, le=60)
-    # The fake only: the merchants file it learns the merchants from (the platform's
-    # private key is beside it), the same file the app reads.
-    merchants_file: Path | None = Field(default=None, validation_alias=AliasChoices("SHUIWU_PAYMENTS_CONFIG",
-                                                                                     "merchants_file"))
+    # The fake only: the merchants file it learns the merchants from (default the app's,
+    # SHUIWU_PAYMENTS_CONFIG), and WeChat Pay's private key it signs with (default
+    # fake_wechat_platform_private.pem beside that file, as testkeys.write_test_merchants puts it).
+    fake_merchants_file: Path | None = Field(default=None, validation_alias=AliasChoices(
+        "SHUIWU_WECHAT_FAKE_MERCHANTS_FILE", "SHUIWU_PAYMENTS_CONFIG", "fake_merchants_file"))
+    fake_private_key_file: Path | None = None
     # The fake only: notifications not answered success are sent again on WeChat's
-    # schedule (15 s, 15 s, 30 s, 3 min, … 6 h) multiplied by this; tests compress it.
-    fake_retry_scale: float = Field(default=1.0, ge=0, le=1)
-    fake_retries: bool = True
+    # schedule (15 s, 15 s, 30 s, 3 min, … 6 h) times this scale (tests: 0.001), if on.
+    fake_notify_retries: bool = True
+    fake_notify_retry_scale: float = Field(default=1.0, gt=0, le=1)
 
     @model_validator(mode="after")
     def _endpoints_default_to_url(self) -> WechatSettings:

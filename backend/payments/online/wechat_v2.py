@@ -47,6 +47,8 @@ from backend.payments.online.gateway import (
 from backend.payments.online.merchants import WechatMerchant
 from backend.payments.online.models import GatewayApi, OrderScene
 from backend.payments.online.wechat import (
+    BARCODE_DECLINED,
+    BARCODE_QUERY,
     CHINA,
     TRADE_STATES,
     TRADE_TYPES,
@@ -59,8 +61,6 @@ from backend.payments.online.wechat import (
 
 T = TypeVar("T")
 HMAC_SHA256 = "HMAC-SHA256"
-# micropay's answers that mean "not finished, query it" rather than "declined".
-_STILL_PAYING = frozenset({"USERPAYING", "SYSTEMERROR", "BANKERROR"})
 # Refund states (refundquery's refund_status_0) as the interface's.
 _REFUND_STATES: Mapping[str, GatewayRefundState] = {
     "SUCCESS": GatewayRefundState.succeeded, "PROCESSING": GatewayRefundState.processing,
@@ -171,10 +171,10 @@ class WechatV2Gateway:
             answer = self._wx.micropay.create(body=order.subject, total_fee=order.amount_fen, auth_code=order.auth_code,
                                               client_ip=order.client_ip, out_trade_no=order.out_trade_no)
         except WeChatPayException as error:
-            if error.return_code is not None and error.errcode in _STILL_PAYING:
+            if error.return_code == "SUCCESS" and error.errcode in BARCODE_QUERY:
                 return TradeStatus(order.out_trade_no, TradeState.paying, detail=error.errcode)
-            if error.return_code != "SUCCESS":  # HTTP or protocol errors (signature, parameters): not the payer's doing
-                raise _translated(error) from None
+            if error.return_code != "SUCCESS" or error.errcode not in BARCODE_DECLINED:
+                raise _translated(error) from None  # ours (parameters, signature, permissions), not the payer's
             return TradeStatus(order.out_trade_no, TradeState.failed,
                                detail=f"{error.errcode or ''} {error.errmsg or ''}".strip())
         return self._trade_status(order.out_trade_no, answer, trade_state="SUCCESS")

@@ -48,7 +48,16 @@ from backend.payments.online.gateway import (
 )
 from backend.payments.online.merchants import WechatMerchant
 from backend.payments.online.models import GatewayApi, OrderScene
-from backend.payments.online.wechat import TRADE_STATES, WechatSettings, china_time, fen_of, parse_statement, parse_time
+from backend.payments.online.wechat import (
+    BARCODE_DECLINED,
+    BARCODE_QUERY,
+    TRADE_STATES,
+    WechatSettings,
+    china_time,
+    fen_of,
+    parse_statement,
+    parse_time,
+)
 
 _PAY_TYPES: Mapping[OrderScene, WeChatPayType] = {
     OrderScene.app: WeChatPayType.APP, OrderScene.h5: WeChatPayType.H5, OrderScene.jsapi: WeChatPayType.JSAPI,
@@ -61,7 +70,9 @@ _REFUND_STATES: Mapping[str, GatewayRefundState] = {
 }
 # A close or cancel of an order in these states has nothing left to do.
 _ALREADY_CLOSED = frozenset({"ORDER_CLOSED", "ORDER_NOT_EXIST", "ORDERNOTEXIST", "ORDER_REVERSED"})
-_SIGNATURE_FAILED = "failed to verify the signature"  # what wechatpayv3 raises on a bad answer signature
+# What wechatpayv3 raises (as a bare Exception) on an answer whose signature fails or is missing.
+_SIGNATURE_FAILED = "failed to verify the signature"
+_UNSUPPORTED = "wechatpayv3 does not support"
 
 
 class WechatV3Gateway:
@@ -91,15 +102,17 @@ class WechatV3Gateway:
         except Exception as error:
             if str(error) == _SIGNATURE_FAILED:
                 raise GatewayBadAnswer(detail="the answer's Wechatpay-Signature does not verify") from None
+            if str(error).startswith(_UNSUPPORTED):  # no or another Wechatpay-Signature-Type
+                raise GatewayBadAnswer(detail=f"the answer is not signed as WeChat Pay signs: {error}") from None
             raise
         if 200 <= status < 300:
             return status, text
         if status >= 500:
             raise GatewayUnavailable(answer=_text(text), detail=f"HTTP {status}")
         refusal = _json(text) if text else {}
-        code = str(refusal.get("code", "")) if isinstance(refusal, dict) else ""
+        code = str(refusal.get("code", ""))
         if code in accept:
-            return status, refusal
+            return status, text
         raise GatewayRejected(answer=_text(text), detail=f"HTTP {status} {code} {refusal.get('message', '')}".strip())
 
     def create(self, order: OrderRequest) -> ClientPayload:
@@ -141,18 +154,17 @@ class WechatV3Gateway:
     def barcode_pay(self, order: OrderRequest) -> TradeStatus:
         if not order.auth_code:
             raise ValueError("a barcode payment needs the payer's code")
-        try:
-            status, text = self._call(lambda: self._sdk.pay(
-                description=order.subject, out_trade_no=order.out_trade_no,
-                amount={"total": order.amount_fen, "currency": "CNY"}, payer={"auth_code": order.auth_code},
-                scene_info={"store_info": {"out_id": "counter"}, "device_ip": order.client_ip},
-                pay_type=WeChatPayType.CODEPAY))
-        except GatewayRejected as refused:
-            # The payer's code was refused (expired, not enough money, …): declined, not an error.
-            return TradeStatus(order.out_trade_no, TradeState.failed, detail=refused.detail or "")
+        status, text = self._call(lambda: self._sdk.pay(
+            description=order.subject, out_trade_no=order.out_trade_no,
+            amount={"total": order.amount_fen, "currency": "CNY"}, payer={"auth_code": order.auth_code},
+            scene_info={"store_info": {"out_id": "counter"}, "device_ip": order.client_ip},
+            pay_type=WeChatPayType.CODEPAY), accept=BARCODE_DECLINED | BARCODE_QUERY)
         answer = _json(text) if text else {}
-        if status == 202 or answer.get("code") == "USERPAYING" or answer.get("trade_state") == "USERPAYING":
-            return TradeStatus(order.out_trade_no, TradeState.paying, detail="USERPAYING")
+        code = str(answer.get("code", ""))
+        if status == 202 or code in BARCODE_QUERY:
+            return TradeStatus(order.out_trade_no, TradeState.paying, detail=code or "USERPAYING")
+        if status >= 400:  # the payer's code or money was refused: declined
+            return TradeStatus(order.out_trade_no, TradeState.failed, detail=f"{code} {answer.get('message', '')}".strip())
         return self._trade_status(order.out_trade_no, answer)
 
     def query(self, out_trade_no: str) -> TradeStatus:
@@ -249,6 +261,8 @@ class WechatV3Gateway:
         resource = envelope.get("resource") if isinstance(envelope, dict) else None
         if not isinstance(resource, dict) or envelope.get("resource_type") != "encrypt-resource":
             raise NotificationRejected("no encrypted resource")
+        if resource.get("original_type", "transaction") != "transaction":  # a refund's notification, say
+            raise NotificationRejected(f"not a payment notification ({resource.get('original_type')})")
         if resource.get("algorithm") != "AEAD_AES_256_GCM":
             raise NotificationRejected(f"resource algorithm {resource.get('algorithm')!r}")
         try:

@@ -18,8 +18,10 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from backend.domain import Gateway
+from backend.gateways.client import GatewayClient
 from backend.gateways.errors import GatewayBadAnswer, GatewayRejected, GatewayTimeout, GatewayUnavailable
-from backend.payments.online.alipay import CHINA, AlipayGateway, fen_to_yuan, yuan_to_fen
+from backend.payments.online.alipay import CHINA, AlipayGateway, AlipaySettings, fen_to_yuan, yuan_to_fen
 from backend.payments.online.fakes.alipay import unsigned_string
 from backend.payments.online.gateway import (
     GatewayRefundState,
@@ -143,6 +145,10 @@ def test_a_payer_who_cancels_at_the_cashier_leaves_the_order_unpaid_and_it_close
     gateway.close("SW202612070009999999")  # and one never opened
     assert gateway.query(order.out_trade_no).state is TradeState.closed
     assert httpx.post(f"{alipay_fake.url}/cashier/pay", data={"out_trade_no": order.out_trade_no}).status_code == 409
+    # The control API pays it all the same (the payer's money taken as it closed): a late notification.
+    assert alipay_fake.pay(order.out_trade_no)["sent"] == [{"status": 200, "body": "success"}]
+    assert alipay_fake.orders()[order.out_trade_no]["state"] == "paid"
+    assert gateway.verify_notification(*receiver.wait_for(1)[0]).paid
 
 
 def test_closing_a_paid_order_is_refused(alipay_fake: AlipayFake, receiver: NotifyReceiver) -> None:
@@ -402,3 +408,22 @@ def test_a_gateway_that_answers_too_late_is_a_timeout_that_may_have_acted(alipay
     with pytest.raises(GatewayTimeout) as late:
         gateway.query("SW202612070000000001")
     assert late.value.maybe_done is True
+
+
+async def test_through_the_gateway_client_the_calls_run_on_its_threads_and_fail_typed(alipay_fake: AlipayFake,
+                                                                                       receiver: NotifyReceiver) -> None:
+    # The declaration the payments domain makes, without kept exchanges (no database here).
+    declaration = Gateway("alipay", "支付宝", AlipaySettings, fake="backend.payments.online.fakes.alipay:fake_app")
+    client = GatewayClient(declaration, alipay_fake.settings)
+    gateway = alipay_fake.gateway()
+    order = an_order(receiver, OrderScene.qr)
+    try:
+        payload = await client.call("create", gateway.create, order, reference=order.out_trade_no)
+        alipay_fake.script("refuse", body="ACQ.TRADE_HAS_CLOSE")
+        with pytest.raises(GatewayRejected) as refused:
+            await client.call("close", gateway.close, order.out_trade_no, reference=order.out_trade_no)
+    finally:
+        client.close()
+
+    assert payload.kind is PayloadKind.code_url
+    assert refused.value.detail == "ACQ.TRADE_HAS_CLOSE" and not refused.value.retryable

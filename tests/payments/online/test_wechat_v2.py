@@ -91,13 +91,15 @@ def test_forged_tampered_and_replayed_notifications(wechat_fake: WechatFake, not
         gateway.create(order)
 
     forged = wechat_fake.pay(forged_order.out_trade_no, mode="forge_signature")
-    wechat_fake.pay(tampered_order.out_trade_no, mode="tamper_amount")
+    tampered = wechat_fake.pay(tampered_order.out_trade_no, mode="tamper_amount")
+    wrong = wechat_fake.pay(tampered_order.out_trade_no, mode="wrong_amount", amount_fen=701)
     replayed = wechat_fake.pay(replayed_order.out_trade_no, mode="replay", times=10)
 
-    assert "FAIL" in forged["sent"][0]["body"]
+    assert "FAIL" in forged["sent"][0]["body"] and "FAIL" in tampered["sent"][0]["body"]
     [refusal] = notify_receiver.about(forged_order.out_trade_no)
     assert isinstance(refusal, NotificationRejected) and refusal.reason == "bad signature"
     assert gateway.query(forged_order.out_trade_no).state is TradeState.waiting
+    assert "SUCCESS" in wrong["sent"][0]["body"]  # correctly signed: the amount check is the caller's
     assert [n.amount_fen for n in verified(notify_receiver, tampered_order.out_trade_no)] == [701]
     assert all("SUCCESS" in sent["body"] for sent in replayed["sent"]) and len(replayed["sent"]) == 10
 
@@ -161,7 +163,7 @@ def test_micropay_paid_slow_declined_and_reversed(wechat_fake: WechatFake) -> No
     quick, slow, declined, abandoned = (order_request(OrderScene.barcode, "", auth_code=AUTH_CODE) for _ in range(4))
 
     first = gateway.barcode_pay(quick)
-    wechat_fake.barcode(queries=1)
+    wechat_fake.script("user_paying", body=1)
     paying = gateway.barcode_pay(slow)
     states = [gateway.query(slow.out_trade_no).state for _ in range(2)]
     wechat_fake.barcode(queries=0, outcome="declined")
@@ -176,12 +178,19 @@ def test_micropay_paid_slow_declined_and_reversed(wechat_fake: WechatFake) -> No
     assert gateway.query(abandoned.out_trade_no).state is TradeState.closed
     bad_code = dataclasses.replace(order_request(OrderScene.barcode, ""), auth_code="12")
     assert gateway.barcode_pay(bad_code).state is TradeState.failed
+    assert gateway.barcode_pay(quick).state is TradeState.paying  # a repeat of a paid one (ORDERPAID): query it
+    wechat_fake.script("refuse")
+    with pytest.raises(GatewayRejected):  # not the payer's doing: an error, not a declined payment
+        gateway.barcode_pay(order_request(OrderScene.barcode, "", auth_code=AUTH_CODE))
 
 
 def test_answers_that_fail_their_signature_or_are_refused(wechat_fake: WechatFake) -> None:
     gateway = wechat_fake.gateway("hmac")
 
     wechat_fake.script("bad_signature")
+    with pytest.raises(GatewayBadAnswer):
+        gateway.query("SW202612079999999997")
+    wechat_fake.script("unsigned")
     with pytest.raises(GatewayBadAnswer):
         gateway.query("SW202612079999999997")
     wechat_fake.script("refuse")

@@ -16,9 +16,12 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from backend.gateways.errors import GatewayBadAnswer, GatewayRejected
-from backend.payments.online.fakes.wechat import jsapi_url
+from backend.domain import Gateway
+from backend.gateways.client import GatewayClient
+from backend.gateways.errors import GatewayBadAnswer, GatewayRejected, GatewayUnavailable
+from backend.payments.online.fakes.wechat import PaidTrade, jsapi_url, signed_notification
 from backend.payments.online.gateway import (
     GatewayRefundState,
     NotificationRejected,
@@ -29,7 +32,7 @@ from backend.payments.online.gateway import (
 )
 from backend.payments.online.models import OrderScene
 from backend.payments.online.testkeys import FAKE_WECHAT_PLATFORM_KEY
-from backend.payments.online.wechat import CHINA, authorize_url, openid_for_code
+from backend.payments.online.wechat import CHINA, WechatSettings, authorize_url, openid_for_code, wechat_gateway
 from backend.payments.online.wechat_v3 import WechatV3Gateway
 from tests.payments.online import wechat_fixtures
 from tests.payments.online.wechat_fixtures import AUTH_CODE, NotifyReceiver, WechatFake, order_request
@@ -69,7 +72,10 @@ def test_each_scene_pays_and_its_notification_verifies(wechat_fake: WechatFake, 
     paid = wechat_fake.pay(order.out_trade_no)
 
     assert payload.kind is kind
-    assert paid["state"] == "SUCCESS" and paid["sent"] == [{"status": 200, "body": "{}"}]
+    assert paid["order"]["state"] == "paid" and paid["sent"] == [{"status": 200, "body": "{}"}]
+    held = wechat_fake.orders()[order.out_trade_no]
+    assert (held["scene"], held["amount_fen"], held["merchant"], held["notify_url"]) == (
+        scene.value, 4321, "demo", notify_receiver.v3_url)
     [notification] = verified(notify_receiver, order.out_trade_no)
     assert notification.amount_fen == 4321 and notification.paid and notification.status == "SUCCESS"
     assert notification.trade_no and notification.paid_at is not None
@@ -133,30 +139,36 @@ def test_h5_cashier_cancel_leaves_the_order_unpaid(wechat_fake: WechatFake, noti
     assert notify_receiver.about(order.out_trade_no) == []
 
 
-def test_forged_and_tampered_notifications(wechat_fake: WechatFake, notify_receiver: NotifyReceiver) -> None:
+def test_forged_tampered_other_app_and_wrong_amount_notifications(wechat_fake: WechatFake,
+                                                                  notify_receiver: NotifyReceiver) -> None:
     gateway = wechat_fake.gateway("demo")
-    forged_order = order_request(OrderScene.native, notify_receiver.v3_url, amount_fen=500)
-    tampered_order = order_request(OrderScene.native, notify_receiver.v3_url, amount_fen=500)
-    gateway.create(forged_order)
-    gateway.create(tampered_order)
-    before = len(rejected(notify_receiver))
+    forged, tampered, other_app, wrong = (order_request(OrderScene.native, notify_receiver.v3_url, amount_fen=500)
+                                          for _ in range(4))
+    for order in (forged, tampered, other_app, wrong):
+        gateway.create(order)
 
-    forged = wechat_fake.pay(forged_order.out_trade_no, mode="forge_signature")
-    tampered = wechat_fake.pay(tampered_order.out_trade_no, mode="tamper_amount")
+    answers = [wechat_fake.pay(forged.out_trade_no, mode="forge_signature"),
+               wechat_fake.pay(tampered.out_trade_no, mode="tamper_amount"),
+               wechat_fake.pay(other_app.out_trade_no, mode="other_app"),
+               wechat_fake.pay(wrong.out_trade_no, mode="wrong_amount")]
 
-    assert forged["sent"][0]["status"] == 500 and json.loads(forged["sent"][0]["body"])["code"] == "FAIL"
-    assert [r.reason for r in rejected(notify_receiver)[before:]] == ["bad signature"]
-    assert gateway.query(forged_order.out_trade_no).state is TradeState.waiting  # an attacker paid nothing
-    # Correctly signed, one fen more than the order: verification passes, the amount check is the caller's.
-    assert tampered["sent"][0]["status"] == 200
-    assert [n.amount_fen for n in verified(notify_receiver, tampered_order.out_trade_no)] == [501]
+    assert [answer["sent"][0]["status"] for answer in answers] == [500, 500, 500, 200]
+    assert json.loads(answers[0]["sent"][0]["body"])["code"] == "FAIL"
+    assert [r.reason for r in rejected(notify_receiver, forged.out_trade_no)] == []  # unknown: the signature failed
+    reasons = [seen.reason for seen in notify_receiver.received[-4:] if isinstance(seen, NotificationRejected)]
+    assert reasons == ["bad signature", "bad signature", "app id wx00000000000000ff is not this merchant's"]
+    # Correctly signed, one fen less than the order: verification passes, the amount check is the caller's.
+    assert [n.amount_fen for n in verified(notify_receiver, wrong.out_trade_no)] == [499]
+    # None of these is WeChat paying: the orders stay unpaid there, and nothing is sent again.
+    assert {answer["order"]["state"] for answer in answers} == {"waiting"}
+    assert all(len(wechat_fake.notifications(order.out_trade_no)) == 1 for order in (forged, tampered, other_app))
 
 
 def test_a_notification_is_refused_for_another_app_a_body_not_json_and_a_wrong_key(wechat_fake: WechatFake) -> None:
     merchant = wechat_fake.merchant("demo")
+    assert wechat_fake.settings.fake_merchants_file is not None
     platform_key = serialization.load_pem_private_key(
-        (wechat_fake.settings.merchants_file.parent / FAKE_WECHAT_PLATFORM_KEY).read_bytes(),  # type: ignore[union-attr]
-        password=None)
+        (wechat_fake.settings.fake_merchants_file.parent / FAKE_WECHAT_PLATFORM_KEY).read_bytes(), password=None)
     assert isinstance(platform_key, rsa.RSAPrivateKey)
 
     def signed(body: str) -> dict[str, str]:
@@ -169,8 +181,6 @@ def test_a_notification_is_refused_for_another_app_a_body_not_json_and_a_wrong_k
     genuine = WechatV3Gateway(merchant, wechat_fake.settings)
     other_app = WechatV3Gateway(dataclasses.replace(merchant, app_id="wx00000000000000ff"), wechat_fake.settings)
     other_key = WechatV3Gateway(dataclasses.replace(merchant, api_v3_key="k" * 32), wechat_fake.settings)
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
     assert merchant.api_v3_key is not None
     transaction = {"appid": merchant.app_id, "mchid": merchant.mch_id, "out_trade_no": "SW202612070000000001",
                    "transaction_id": "4200", "trade_state": "SUCCESS", "success_time": "2026-12-07T10:00:00+08:00",
@@ -202,7 +212,7 @@ def test_a_replay_of_ten_at_once_and_unanswered_notifications_are_retried(wechat
 
     answer = wechat_fake.pay(replayed.out_trade_no, mode="replay", times=10)
     notify_receiver.refuse_next = 2
-    first = wechat_fake.pay(retried.out_trade_no)
+    first = wechat_fake.pay(retried.out_trade_no, retry=True)
 
     assert [sent["status"] for sent in answer["sent"]] == [200] * 10
     assert len(verified(notify_receiver, replayed.out_trade_no)) == 10
@@ -222,9 +232,9 @@ def test_retries_can_be_turned_off_and_notifications_dropped_or_delayed(wechat_f
     try:
         notify_receiver.refuse_next = 1
         wechat_fake.pay(unanswered.out_trade_no)
-        wechat_fake.script("drop_notify", path="/_control/pay")
+        wechat_fake.script("drop_notify")
         drop = wechat_fake.pay(dropped.out_trade_no)
-        wechat_fake.script("delay_notify", path="/_control/pay", seconds=0.3)
+        wechat_fake.script("delay_notify", seconds=0.3)
         delay = wechat_fake.pay(delayed.out_trade_no)
         time.sleep(0.1)
         assert verified(notify_receiver, delayed.out_trade_no) == []
@@ -233,9 +243,9 @@ def test_retries_can_be_turned_off_and_notifications_dropped_or_delayed(wechat_f
         wechat_fake.retries(enabled=True)
 
     assert len(wechat_fake.notifications(unanswered.out_trade_no)) == 1
-    assert drop["sent"] == [] and drop["state"] == "SUCCESS" and notify_receiver.about(dropped.out_trade_no) == []
+    assert drop["sent"] == [] and drop["order"]["state"] == "paid" and notify_receiver.about(dropped.out_trade_no) == []
     assert gateway.query(dropped.out_trade_no).state is TradeState.paid  # the active query finds what the notify lost
-    assert delay["delayed"] == "delayed 0.3 s"
+    assert delay["sent"] == []
 
 
 def test_close_cancel_refund_and_the_statement(wechat_fake: WechatFake, notify_receiver: NotifyReceiver) -> None:
@@ -280,7 +290,7 @@ def test_barcode_payments_paid_slow_declined_and_cancelled(wechat_fake: WechatFa
     quick, slow, declined, abandoned = (order_request(OrderScene.barcode, "", auth_code=AUTH_CODE) for _ in range(4))
 
     assert gateway.barcode_pay(quick).state is TradeState.paid
-    wechat_fake.barcode(queries=2)
+    wechat_fake.script("user_paying", body=2)
     assert gateway.barcode_pay(slow).state is TradeState.paying
     assert [gateway.query(slow.out_trade_no).state for _ in range(3)] == [TradeState.paying, TradeState.paying,
                                                                           TradeState.paid]
@@ -292,6 +302,10 @@ def test_barcode_payments_paid_slow_declined_and_cancelled(wechat_fake: WechatFa
     assert gateway.query(abandoned.out_trade_no).state is TradeState.closed
     bad_code = dataclasses.replace(order_request(OrderScene.barcode, ""), auth_code="280000000000000000")
     assert gateway.barcode_pay(bad_code).state is TradeState.failed
+    assert gateway.barcode_pay(quick).state is TradeState.paying  # a repeat of a paid one (ORDERPAID): query it
+    wechat_fake.script("refuse")
+    with pytest.raises(GatewayRejected):  # not the payer's doing: an error, not a declined payment
+        gateway.barcode_pay(order_request(OrderScene.barcode, "", auth_code=AUTH_CODE))
 
 
 def test_a_badly_signed_answer_is_a_bad_answer(wechat_fake: WechatFake, notify_receiver: NotifyReceiver) -> None:
@@ -300,6 +314,9 @@ def test_a_badly_signed_answer_is_a_bad_answer(wechat_fake: WechatFake, notify_r
     gateway.create(order)
 
     wechat_fake.script("bad_signature")
+    with pytest.raises(GatewayBadAnswer):
+        gateway.query(order.out_trade_no)
+    wechat_fake.script("unsigned")
     with pytest.raises(GatewayBadAnswer):
         gateway.query(order.out_trade_no)
     wechat_fake.script("refuse")
@@ -334,3 +351,36 @@ def test_web_authorization_gives_a_stable_openid_per_app(wechat_fake: WechatFake
     with pytest.raises(GatewayRejected) as refused:
         openid_for_code(wechat_fake.settings, legacy, code_for("demo"))
     assert "40029" in (refused.value.detail or "")
+
+
+def test_signed_notifications_can_be_built_without_the_fake_for_benches(wechat_fake: WechatFake) -> None:
+    assert wechat_fake.settings.fake_merchants_file is not None
+    platform_key = serialization.load_pem_private_key(
+        (wechat_fake.settings.fake_merchants_file.parent / FAKE_WECHAT_PLATFORM_KEY).read_bytes(), password=None)
+    assert isinstance(platform_key, rsa.RSAPrivateKey)
+    trade = PaidTrade("SW202612070000000042", 4200, "4200000042", "JSAPI", OPENID, datetime.now(CHINA))
+
+    for name in ("demo", "legacy", "hmac"):
+        headers, body = signed_notification(wechat_fake.merchant(name), trade, platform_key=platform_key)
+        notification = wechat_fake.gateway(name).verify_notification(headers, body)
+        assert (notification.out_trade_no, notification.amount_fen, notification.paid) == (trade.out_trade_no, 4200, True)
+
+
+async def test_through_the_gateway_client_an_unreachable_wechat_is_unavailable(wechat_fake: WechatFake,
+                                                                              unused_port: int) -> None:
+    declaration = Gateway("wechat", "微信支付", WechatSettings, fake="backend.payments.online.fakes.wechat:fake_app")
+    settings = wechat_fake.settings.model_copy(update={"url": f"http://127.0.0.1:{unused_port}"})
+    client, reachable_client = GatewayClient(declaration, settings), GatewayClient(declaration, wechat_fake.settings)
+    try:
+        for name in ("demo", "legacy"):
+            gateway = wechat_gateway(wechat_fake.merchant(name), settings)
+            with pytest.raises(GatewayUnavailable) as unavailable:
+                await client.call("query", gateway.query, "SW202612070000000001", reference="SW202612070000000001")
+            assert unavailable.value.maybe_done is False
+        reachable = wechat_fake.gateway("demo")
+        status = await reachable_client.call(
+            "query", reachable.query, "SW202612070000000002", reference="SW202612070000000002")
+        assert status.state is TradeState.not_found
+    finally:
+        client.close()
+        reachable_client.close()

@@ -1,14 +1,17 @@
 """The local WeChat Pay for tests: test merchants, the fake served by uvicorn, and a tiny
 notify receiver that verifies what the fake sends with the real gateway classes.
 
-Use them from a test module with ``pytest_plugins`` (or import the fixtures)::
+Use them from a test module by naming them at module level (they are module-scoped)::
 
-    from tests.payments.online.wechat_fixtures import notify_receiver, wechat_fake  # noqa: F401
+    from tests.payments.online import wechat_fixtures
+
+    wechat_fake = wechat_fixtures.wechat_fake
+    notify_receiver = wechat_fixtures.notify_receiver
 
     def test_it(wechat_fake: WechatFake, notify_receiver: NotifyReceiver) -> None:
         gateway = wechat_fake.gateway("demo")             # WechatV3Gateway against the fake
         gateway.create(order_request(..., notify_url=notify_receiver.v3_url))
-        wechat_fake.pay(out_trade_no)                     # the fake pays and notifies
+        wechat_fake.pay(out_trade_no)                     # the fake pays and notifies (the control API)
 
 The merchants are :func:`backend.payments.online.testkeys.write_test_merchants`'s (v3
 ``demo``, v2 ``legacy`` signing MD5) plus a v2 merchant ``hmac`` signing HMAC-SHA256.
@@ -101,8 +104,10 @@ class WechatFake:
     def gateway(self, name: str) -> OnlineGateway:
         return wechat_gateway(self.merchant(name), self.settings)
 
-    def pay(self, out_trade_no: str, mode: str = "normal", times: int = 1) -> dict[str, Any]:
-        response = self.http.post("/_control/pay", json={"out_trade_no": out_trade_no, "mode": mode, "times": times})
+    def pay(self, out_trade_no: str, mode: str = "normal", times: int = 1, **options: Any) -> dict[str, Any]:
+        """``POST /_control/pay`` (``retry=``, ``amount_fen=``): ``{"sent": […], "order": {…}}``."""
+        response = self.http.post("/_control/pay", json={"out_trade_no": out_trade_no, "mode": mode, "times": times,
+                                                          **options})
         response.raise_for_status()
         paid: dict[str, Any] = response.json()
         return paid
@@ -118,7 +123,8 @@ class WechatFake:
         self.http.post("/_control/barcode", json={"queries": queries, "outcome": outcome}).raise_for_status()
 
     def retries(self, *, enabled: bool, scale: float = RETRY_SCALE) -> None:
-        self.http.post("/_control/retries", json={"enabled": enabled, "scale": scale}).raise_for_status()
+        self.http.post("/_control/settings", json={"notify_retries": enabled, "notify_retry_scale": scale}) \
+            .raise_for_status()
 
     def script(self, action: str, **options: Any) -> None:
         self.http.post("/_control/next", json={"action": action, **options}).raise_for_status()
@@ -179,7 +185,7 @@ def receiver_app(receiver: NotifyReceiver, merchants: Merchants, settings: Wecha
 @pytest.fixture(scope="module")
 def wechat_fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WechatFake]:
     merchants_file = write_wechat_test_merchants(tmp_path_factory.mktemp("wechat-merchants"))
-    settings = WechatSettings(merchants_file=merchants_file, fake_retry_scale=RETRY_SCALE, timeout_s=5)
+    settings = WechatSettings(fake_merchants_file=merchants_file, fake_notify_retry_scale=RETRY_SCALE, timeout_s=5)
     with serving(fake_app(settings)) as url, httpx.Client(base_url=url, timeout=10) as http:
         yield WechatFake(url, settings.model_copy(update={"url": url, "oauth_url": url, "sns_url": url}),
                          load_merchants(merchants_file), http)
