@@ -80,9 +80,8 @@ class World:
         return answer.json()
 
     def retries(self, enabled: bool) -> None:
-        httpx.post(f"{self.alipay}/_control/settings", json={"notify_retries": enabled}).raise_for_status()
-        httpx.post(f"{self.wechat}/_control/retries", json={"enabled": enabled, "scale": RETRY_SCALE}
-                   ).raise_for_status()
+        for base in (self.alipay, self.wechat):
+            httpx.post(f"{base}/_control/settings", json={"notify_retries": enabled}).raise_for_status()
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +90,8 @@ def world(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     written = write_test_merchants(directory, public_base_url="http://127.0.0.1:9")
     alipay_settings = AlipaySettings(fake_merchants_file=str(written.merchants_file),
                                      fake_notify_retry_scale=RETRY_SCALE, timeout_s=5)
-    wechat_settings = WechatSettings(merchants_file=written.merchants_file, fake_retry_scale=RETRY_SCALE, timeout_s=5)
+    wechat_settings = WechatSettings(fake_merchants_file=written.merchants_file, fake_notify_retry_scale=RETRY_SCALE,
+                                     timeout_s=5)
     saved = dict(os.environ)
     with _served(alipay_fake_app(alipay_settings), "orders-alipay") as alipay, \
             _served(wechat_fake_app(wechat_settings), "orders-wechat") as wechat:
