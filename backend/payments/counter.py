@@ -51,6 +51,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
+from typing import Protocol
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -197,7 +198,19 @@ async def take_payment(
                          note=note.strip(), bill_ids=bill_ids)
 
 
-async def record_payment(session: AsyncSession, *, account: Account, kind: PaymentKind, entry_kind: EntryKind,
+class PayableAccount(Protocol):
+    """What a payment needs of its account: an ``Account`` row, a ``LockedAccount``, or
+    the online credit's few columns."""
+
+    @property
+    def id(self) -> int | None: ...
+    @property
+    def household_id(self) -> int: ...
+    @property
+    def mode(self) -> BillingMode: ...
+
+
+async def record_payment(session: AsyncSession, *, account: PayableAccount, kind: PaymentKind, entry_kind: EntryKind,
                          channel: PaymentChannel, purpose: PaymentPurpose, amount_fen: int, idempotency_key: str,
                          operator: Operator, now: datetime, day: date, reference: str | None = None,
                          bank_partner: str | None = None, bank_outlet: str | None = None, note: str = "",
@@ -210,19 +223,19 @@ async def record_payment(session: AsyncSession, *, account: Account, kind: Payme
     ``account`` is locked by the caller."""
     assert account.id is not None
     number = (await session.execute(text("SELECT nextval('payments_id_seq')"))).scalar_one()
-    payment = Payment(
-        id=number, serial_no=serial_number(number, day), idempotency_key=idempotency_key, account_id=account.id,
-        household_id=account.household_id, kind=kind, channel=channel, purpose=purpose, amount_fen=amount_fen,
-        reference=reference, bank_partner=bank_partner, bank_outlet=bank_outlet, operator_id=operator.id,
-        operator_name=operator.name[:100], paid_at=now, business_day=day, note=note,
-    )
-    session.add(payment)
-    await session.flush()
+    serial_no = serial_number(number, day)
+    # The entry first, so the payment is inserted once with it (one statement fewer).
     signed = amount_fen if kind is PaymentKind.collect else -amount_fen
     entry = await post_entry(session, account_id=account.id, kind=entry_kind, amount_fen=signed,
                              ref=f"payment:{number}", idempotency_key=f"payment:{number}",
-                             note=f"{payment.serial_no} {channel.value}", posted_by=operator.name, posted_at=now)
-    payment.entry_id = entry.id
+                             note=f"{serial_no} {channel.value}", posted_by=operator.name, posted_at=now)
+    payment = Payment(
+        id=number, serial_no=serial_no, idempotency_key=idempotency_key, account_id=account.id,
+        household_id=account.household_id, kind=kind, channel=channel, purpose=purpose, amount_fen=amount_fen,
+        reference=reference, bank_partner=bank_partner, bank_outlet=bank_outlet, operator_id=operator.id,
+        operator_name=operator.name[:100], paid_at=now, business_day=day, note=note, entry_id=entry.id,
+    )
+    session.add(payment)
     await session.flush()
     balance_after = entry.balance_after_fen
     if kind is PaymentKind.collect and account.mode is BillingMode.postpaid:

@@ -21,18 +21,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.alarms.models import AlarmKind, AlarmSeverity, AlarmSubjectKind
 from backend.alarms.service import AlarmSubject, open_alarms
-from backend.billing.ledger import lock_accounts
-from backend.billing.models import Account, EntryKind
-from backend.errors import DomainError, ErrorCode
+from backend.billing.models import BillingMode, EntryKind
+from backend.db import raw_connection
+from backend.errors import DomainError, ErrorCode, NotFound
 from backend.events.service import emit_event
 from backend.payments.counter import Operator, business_day, record_payment
 from backend.payments.events import PaymentOrderChanged
-from backend.payments.models import Payment, PaymentKind, PaymentPurpose
+from backend.payments.models import PaymentChannel, PaymentKind, PaymentPurpose
 from backend.payments.online.models import OrderOrigin, OrderState, PaymentOrder
 
 # Who a payment that came in by itself was taken by (payments.operator_name).
@@ -41,14 +40,36 @@ ONLINE_OPERATOR = "online"
 
 @dataclass(frozen=True, slots=True)
 class Credited:
-    """What :func:`credit_order` did: ``payment`` is the order's payment (new or the one it
-    already had); ``credited`` whether this call wrote it; ``was_closed`` whether the order
-    had been closed (an alarm was opened)."""
+    """What :func:`credit_order` did: ``payment_id`` is the order's payment (new or the one
+    it already had); ``credited`` whether this call wrote it; ``was_closed`` whether the
+    order had been closed (an alarm was opened)."""
 
-    order: PaymentOrder
-    payment: Payment | None
+    order_id: int
+    payment_id: int | None
     credited: bool
     was_closed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Payable:
+    """The account as a payment needs it (locked by the ledger when it posts)."""
+
+    id: int
+    household_id: int
+    mode: BillingMode
+
+
+# The order locked (its row only) with what crediting it needs of it and of its account:
+# one statement, no ORM object (a notification's hot path).
+_LOCK_ORDER = """
+SELECT o.id, o.out_trade_no, o.state, o.amount_fen, o.channel, o.purpose, o.origin, o.operator_id, o.created_by,
+       o.payment_id, o.household_id, o.account_id, a.mode
+FROM payment_orders o JOIN accounts a ON a.id = o.account_id
+WHERE o.id = $1 FOR UPDATE OF o
+"""
+_MARK_PAID = """
+UPDATE payment_orders SET state = 'paid', paid_at = $2, payment_id = $3, trade_no = $4 WHERE id = $1
+"""
 
 
 class AmountDiffers(DomainError):
@@ -88,33 +109,34 @@ async def credit_order(session: AsyncSession, *, order_id: int, trade_no: str, a
     """Credit order ``order_id`` paid at the gateway as ``trade_no`` for ``amount_fen``
     (module docstring). An amount other than the order's is refused (the caller checked
     and stored the notification as rejected already; this is the last guard)."""
-    order = (await session.execute(select(PaymentOrder).where(PaymentOrder.id == order_id)  # type: ignore[arg-type]
-                                   .with_for_update().execution_options(populate_existing=True))).scalar_one()
-    if order.state is OrderState.paid:
-        payment = await session.get(Payment, order.payment_id) if order.payment_id is not None else None
-        return Credited(order, payment, credited=False)
-    if amount_fen != order.amount_fen:
+    driver = await raw_connection(session)
+    row = await driver.fetchrow(_LOCK_ORDER, order_id)
+    if row is None:
+        raise NotFound(field="orderId")
+    if row["state"] == OrderState.paid.value:
+        return Credited(order_id, row["payment_id"], credited=False)
+    if amount_fen != row["amount_fen"]:
         raise AmountDiffers(field="amount")
-    was_closed = order.state is OrderState.closed
-    await lock_accounts(session, [order.account_id])
-    account = await session.get(Account, order.account_id, populate_existing=True)
-    assert account is not None
-    if order.origin is OrderOrigin.counter and order.operator_id is not None:
-        operator = Operator(order.operator_id, order.created_by)  # the cashier's day (日结) counts it
+    was_closed = row["state"] == OrderState.closed.value
+    if row["origin"] == OrderOrigin.counter.value and row["operator_id"] is not None:
+        operator = Operator(row["operator_id"], row["created_by"])  # the cashier's day (日结) counts it
     else:
         operator = Operator(None, ONLINE_OPERATOR)
-    purpose = PaymentPurpose(order.purpose)
+    purpose = PaymentPurpose(row["purpose"])
     payment = await record_payment(
-        session, account=account, kind=PaymentKind.collect,
+        session, account=_Payable(row["account_id"], row["household_id"], BillingMode(row["mode"])),
+        kind=PaymentKind.collect,
         entry_kind=EntryKind.recharge if purpose is PaymentPurpose.recharge else EntryKind.payment,
-        channel=order.channel, purpose=purpose, amount_fen=order.amount_fen,
-        idempotency_key=f"order:{order.out_trade_no}", operator=operator, now=now, day=business_day(now, tz),
-        reference=trade_no[:64], note=order.out_trade_no)
-    order.state, order.paid_at, order.payment_id, order.trade_no = OrderState.paid, paid_at or now, payment.id, trade_no
-    await session.flush()
-    await order_changed(session, order)
+        channel=PaymentChannel(row["channel"]), purpose=purpose, amount_fen=row["amount_fen"],
+        idempotency_key=f"order:{row['out_trade_no']}", operator=operator, now=now, day=business_day(now, tz),
+        reference=trade_no[:64], note=row["out_trade_no"])
+    assert payment.id is not None
+    await driver.execute(_MARK_PAID, order_id, paid_at or now, payment.id, trade_no[:64])
+    await emit_event(session, "payment_order.changed", PaymentOrderChanged(order_id=order_id, state="paid"),
+                     key=f"payment_order:{order_id}")
     if was_closed:
+        order = await session.get(PaymentOrder, order_id, populate_existing=True)
         await alarm_on_order(session, order=order, now=now,
                              detail=f"paid after it was closed: credited as payment {payment.serial_no}; "
                                     f"refund it if the payer did not mean it")
-    return Credited(order, payment, credited=True, was_closed=was_closed)
+    return Credited(order_id, payment.id, credited=True, was_closed=was_closed)

@@ -34,7 +34,7 @@ from datetime import datetime, tzinfo
 from urllib.parse import parse_qsl
 from xml.etree import ElementTree
 
-from sqlalchemy import select
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.db import transaction
@@ -176,34 +176,52 @@ def _kept_body(body: bytes) -> str:
     return body[:NOTIFY_MAX_BODY_BYTES].decode("utf-8", errors="replace").replace("\x00", "")
 
 
-async def _order_by_trade_no(session: AsyncSession, out_trade_no: str | None) -> PaymentOrder | None:
+@dataclass(frozen=True, slots=True)
+class _OrderFacts:
+    """What the checks read of an order (one light statement: no ORM object)."""
+
+    id: int
+    out_trade_no: str
+    api: GatewayApi
+    merchant: str
+    amount_fen: int
+    state: OrderState
+
+
+_ORDER_FACTS = text("SELECT id, out_trade_no, api, merchant, amount_fen, state FROM payment_orders "
+                    "WHERE out_trade_no = :out_trade_no")
+_INSERT_NOTIFICATION = PaymentNotification.__table__.insert()  # type: ignore[attr-defined]
+
+
+async def _order_by_trade_no(session: AsyncSession, out_trade_no: str | None) -> _OrderFacts | None:
     if not out_trade_no or len(out_trade_no) > 64:
         return None
-    found = await session.execute(select(PaymentOrder).where(
-        PaymentOrder.out_trade_no == out_trade_no))  # type: ignore[arg-type]
-    return found.scalar_one_or_none()  # type: ignore[no-any-return]
+    row = (await session.execute(_ORDER_FACTS, {"out_trade_no": out_trade_no})).first()
+    if row is None:
+        return None
+    return _OrderFacts(row.id, row.out_trade_no, GatewayApi(row.api), row.merchant, row.amount_fen,
+                       OrderState(row.state))
 
 
-async def _store(session: AsyncSession, *, api: GatewayApi, order: PaymentOrder | None, out_trade_no: str | None,
+async def _store(session: AsyncSession, *, api: GatewayApi, order: _OrderFacts | None, out_trade_no: str | None,
                  verdict: NotificationVerdict, reason: str | None, headers: Mapping[str, str], body: bytes,
                  now: datetime) -> None:
-    session.add(PaymentNotification(api=api, order_id=order.id if order is not None else None,
-                                    out_trade_no=(out_trade_no or None) and out_trade_no[:64], verdict=verdict,
-                                    reason=reason and reason[:200], headers=_kept_headers(headers),
-                                    body=_kept_body(body), received_at=now))
-    await session.flush()
+    await session.execute(_INSERT_NOTIFICATION.values(
+        api=api.value, order_id=order.id if order is not None else None,
+        out_trade_no=(out_trade_no or None) and out_trade_no[:64], verdict=verdict.value,
+        reason=reason and reason[:200], headers=_kept_headers(headers), body=_kept_body(body), received_at=now))
 
 
 async def _reject(sessions: async_sessionmaker[AsyncSession], *, api: GatewayApi, reason: str,
-                  out_trade_no: str | None, order: PaymentOrder | None, headers: Mapping[str, str], body: bytes,
-                  now: datetime) -> PaymentOrder | None:
+                  out_trade_no: str | None, headers: Mapping[str, str], body: bytes,
+                  now: datetime) -> _OrderFacts | None:
     """Store the notification rejected and open the order's alarm, in a transaction of its own."""
     async with transaction(sessions) as session:
-        if order is None:
-            order = await _order_by_trade_no(session, out_trade_no)
+        order = await _order_by_trade_no(session, out_trade_no)
         await _store(session, api=api, order=order, out_trade_no=out_trade_no, verdict=NotificationVerdict.rejected,
                      reason=reason, headers=headers, body=body, now=now)
-        await alarm_on_order(session, order=order, now=now,
+        full = await session.get(PaymentOrder, order.id) if order is not None else None
+        await alarm_on_order(session, order=full, now=now,
                              detail=f"{api.value} notification rejected: {reason}")
     log.warning("payment notification rejected (%s, %s): %s", api.value, out_trade_no, reason)
     return order
@@ -220,7 +238,7 @@ async def receive_notification(sessions: async_sessionmaker[AsyncSession], *, on
         merchant, gateway, verified = _verify(_candidates(online, api, headers, body), headers, body)
     except NotificationRejected as rejected:
         order = await _reject(sessions, api=api, reason=rejected.reason, out_trade_no=rejected.out_trade_no,
-                              order=None, headers=headers, body=body, now=now)
+                              headers=headers, body=body, now=now)
         answer = gateway.answer(False) if gateway is not None else _FAILURES[api]
         return NotifyOutcome(answer, "rejected", order.id if order else None, rejected.reason)
     try:
@@ -248,13 +266,12 @@ async def receive_notification(sessions: async_sessionmaker[AsyncSession], *, on
             await _store(session, api=api, order=order, out_trade_no=order.out_trade_no,
                          verdict=NotificationVerdict.accepted, reason=None, headers=headers, body=body, now=now)
     except _Refused as refused:
-        # The order read in the rolled-back transaction is expired: _reject reads it again.
         order = await _reject(sessions, api=api, reason=refused.reason, out_trade_no=verified.out_trade_no,
-                              order=None, headers=headers, body=body, now=now)
+                              headers=headers, body=body, now=now)
         return NotifyOutcome(gateway.answer(False), "rejected", order.id if order else None, refused.reason)
     except DomainError as refused:  # the account closed since (post_entry refuses it): a person must refund
         reason = f"cannot credit: {refused.message_en}"
-        order = await _reject(sessions, api=api, reason=reason, out_trade_no=verified.out_trade_no, order=None,
+        order = await _reject(sessions, api=api, reason=reason, out_trade_no=verified.out_trade_no,
                               headers=headers, body=body, now=now)
         return NotifyOutcome(gateway.answer(False), "rejected", order.id if order else None, reason)
     return NotifyOutcome(gateway.answer(True), "accepted", order.id)

@@ -7,11 +7,15 @@ payment's transaction by :func:`backend.payments.counter.record_payment`."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.billing.models import Account, BillingMode
+from backend.billing.models import BillingMode
 from backend.payments.online.models import PendingWrite, PendingWriteTarget
+
+if TYPE_CHECKING:
+    from backend.payments.counter import PayableAccount
 
 # The accounts whose money lives on a device: what reaches the account elsewhere must be
 # written there too.
@@ -23,7 +27,7 @@ def pending_target(mode: BillingMode) -> PendingWriteTarget | None:
     return _TARGETS.get(BillingMode(mode))
 
 
-async def add_pending_write(session: AsyncSession, *, account: Account, payment_id: int, amount_fen: int,
+async def add_pending_write(session: AsyncSession, *, account: PayableAccount, payment_id: int, amount_fen: int,
                             now: datetime) -> PendingWrite | None:
     """The pending write of payment ``payment_id`` on ``account`` when its mode keeps money on
     a card or a meter (None otherwise). The caller commits."""
