@@ -29,7 +29,7 @@ from backend.billing.models import BillingMode, EntryKind
 from backend.db import raw_connection
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.events.service import emit_event
-from backend.payments.counter import Operator, business_day, record_payment
+from backend.payments.counter import Operator, business_day, write_payment
 from backend.payments.events import PaymentOrderChanged
 from backend.payments.models import PaymentChannel, PaymentKind, PaymentPurpose
 from backend.payments.online.models import OrderOrigin, OrderState, PaymentOrder
@@ -123,14 +123,13 @@ async def credit_order(session: AsyncSession, *, order_id: int, trade_no: str, a
     else:
         operator = Operator(None, ONLINE_OPERATOR)
     purpose = PaymentPurpose(row["purpose"])
-    payment = await record_payment(
+    payment = await write_payment(
         session, account=_Payable(row["account_id"], row["household_id"], BillingMode(row["mode"])),
         kind=PaymentKind.collect,
         entry_kind=EntryKind.recharge if purpose is PaymentPurpose.recharge else EntryKind.payment,
         channel=PaymentChannel(row["channel"]), purpose=purpose, amount_fen=row["amount_fen"],
         idempotency_key=f"order:{row['out_trade_no']}", operator=operator, now=now, day=business_day(now, tz),
         reference=trade_no[:64], note=row["out_trade_no"])
-    assert payment.id is not None
     await driver.execute(_MARK_PAID, order_id, paid_at or now, payment.id, trade_no[:64])
     await emit_event(session, "payment_order.changed", PaymentOrderChanged(order_id=order_id, state="paid"),
                      key=f"payment_order:{order_id}")

@@ -34,10 +34,9 @@ from datetime import datetime, tzinfo
 from urllib.parse import parse_qsl
 from xml.etree import ElementTree
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backend.db import transaction
+from backend.db import raw_connection, transaction
 from backend.errors import DomainError
 from backend.payments.online.credit import alarm_on_order, credit_order
 from backend.payments.online.gateway import (
@@ -51,7 +50,6 @@ from backend.payments.online.models import (
     GatewayApi,
     NotificationVerdict,
     OrderState,
-    PaymentNotification,
     PaymentOrder,
 )
 from backend.payments.online.registry import OnlinePayments
@@ -188,28 +186,30 @@ class _OrderFacts:
     state: OrderState
 
 
-_ORDER_FACTS = text("SELECT id, out_trade_no, api, merchant, amount_fen, state FROM payment_orders "
-                    "WHERE out_trade_no = :out_trade_no")
-_INSERT_NOTIFICATION = PaymentNotification.__table__.insert()  # type: ignore[attr-defined]
+_ORDER_FACTS = "SELECT id, out_trade_no, api, merchant, amount_fen, state FROM payment_orders WHERE out_trade_no = $1"
+_INSERT_NOTIFICATION = """
+INSERT INTO payment_notifications (api, order_id, out_trade_no, verdict, reason, headers, body, received_at)
+VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8)
+"""
 
 
 async def _order_by_trade_no(session: AsyncSession, out_trade_no: str | None) -> _OrderFacts | None:
     if not out_trade_no or len(out_trade_no) > 64:
         return None
-    row = (await session.execute(_ORDER_FACTS, {"out_trade_no": out_trade_no})).first()
+    row = await (await raw_connection(session)).fetchrow(_ORDER_FACTS, out_trade_no)
     if row is None:
         return None
-    return _OrderFacts(row.id, row.out_trade_no, GatewayApi(row.api), row.merchant, row.amount_fen,
-                       OrderState(row.state))
+    return _OrderFacts(row["id"], row["out_trade_no"], GatewayApi(row["api"]), row["merchant"], row["amount_fen"],
+                       OrderState(row["state"]))
 
 
 async def _store(session: AsyncSession, *, api: GatewayApi, order: _OrderFacts | None, out_trade_no: str | None,
                  verdict: NotificationVerdict, reason: str | None, headers: Mapping[str, str], body: bytes,
                  now: datetime) -> None:
-    await session.execute(_INSERT_NOTIFICATION.values(
-        api=api.value, order_id=order.id if order is not None else None,
-        out_trade_no=(out_trade_no or None) and out_trade_no[:64], verdict=verdict.value,
-        reason=reason and reason[:200], headers=_kept_headers(headers), body=_kept_body(body), received_at=now))
+    await (await raw_connection(session)).execute(
+        _INSERT_NOTIFICATION, api.value, order.id if order is not None else None,
+        (out_trade_no or None) and out_trade_no[:64], verdict.value, reason and reason[:200],
+        json.dumps(_kept_headers(headers)), _kept_body(body), now)
 
 
 async def _reject(sessions: async_sessionmaker[AsyncSession], *, api: GatewayApi, reason: str,
