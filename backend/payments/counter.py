@@ -231,17 +231,20 @@ async def write_payment(session: AsyncSession, *, account: PayableAccount, kind:
                         channel: PaymentChannel, purpose: PaymentPurpose, amount_fen: int, idempotency_key: str,
                         operator: Operator, now: datetime, day: date, reference: str | None = None,
                         bank_partner: str | None = None, bank_outlet: str | None = None, note: str = "",
-                        bill_ids: Sequence[int] = ()) -> RecordedPayment:
+                        bill_ids: Sequence[int] = (), number: int | None = None) -> RecordedPayment:
     """Write the payment, its ledger entry, (money in on a postpaid account) its allocation
     to the bills, ``bill_ids`` first, (money in on a prepaid_card / prepaid_meter account)
     its pending card or meter write, and (money in) ``payment.succeeded``, whose balance is
     the one after it all (late fees the payment posted included). The one writer of a
     payment of any channel: the counter's (:func:`record_payment`) and the online credit
     (``online.credit``, a notification's hot path: a few plain statements, no ORM).
-    ``account`` is locked by the caller (or by the ledger as it posts)."""
+    ``account`` is locked by the caller (or by the ledger as it posts). ``number`` is the
+    payment's id when the caller drew it from ``payments_id_seq`` already."""
     assert account.id is not None
     driver = await raw_connection(session)
-    number = await driver.fetchval("SELECT nextval('payments_id_seq')")
+    if number is None:
+        number = await driver.fetchval("SELECT nextval('payments_id_seq')")
+    assert number is not None
     serial_no = serial_number(number, day)
     # The entry first, so the payment is inserted once with it.
     signed = amount_fen if kind is PaymentKind.collect else -amount_fen

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -59,17 +60,36 @@ class _Payable:
     mode: BillingMode
 
 
-# The order locked (its row only) with what crediting it needs of it and of its account:
-# one statement, no ORM object (a notification's hot path).
-_LOCK_ORDER = """
-SELECT o.id, o.out_trade_no, o.state, o.amount_fen, o.channel, o.purpose, o.origin, o.operator_id, o.created_by,
-       o.payment_id, o.household_id, o.account_id, a.mode
+# The order locked (its row only) with what crediting it needs of it and of its account,
+# and the id its payment will have: one statement, no ORM object (a notification's hot
+# path). ``unpaid`` leaves a paid order out unlocked (a replay takes no lock).
+_ORDER_COLUMNS = """
+SELECT o.id, o.out_trade_no, o.state, o.api, o.merchant, o.amount_fen, o.channel, o.purpose, o.origin,
+       o.operator_id, o.created_by, o.payment_id, o.household_id, o.account_id, a.mode,
+       CASE WHEN o.state <> 'paid' THEN nextval('payments_id_seq') END AS next_payment_id
 FROM payment_orders o JOIN accounts a ON a.id = o.account_id
-WHERE o.id = $1 FOR UPDATE OF o
 """
+LOCK_ORDER_BY_ID = _ORDER_COLUMNS + "WHERE o.id = $1 FOR UPDATE OF o"
+LOCK_UNPAID_ORDER_BY_TRADE_NO = _ORDER_COLUMNS + "WHERE o.out_trade_no = $1 AND o.state <> 'paid' FOR UPDATE OF o"
 _MARK_PAID = """
 UPDATE payment_orders SET state = 'paid', paid_at = $2, payment_id = $3, trade_no = $4 WHERE id = $1
 """
+# The same, and the accepted notification stored in the same statement.
+_MARK_PAID_AND_KEEP = """
+WITH paid AS (UPDATE payment_orders SET state = 'paid', paid_at = $2, payment_id = $3, trade_no = $4 WHERE id = $1)
+INSERT INTO payment_notifications (api, order_id, out_trade_no, verdict, reason, headers, body, received_at)
+VALUES ($5, $1, $6, 'accepted', NULL, $7::jsonb, $8, $9)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedNotification:
+    """The notification that paid an order, stored with it (notify.py)."""
+
+    api: str
+    headers_json: str
+    body: str
+    received_at: datetime
 
 
 class AmountDiffers(DomainError):
@@ -109,12 +129,21 @@ async def credit_order(session: AsyncSession, *, order_id: int, trade_no: str, a
     """Credit order ``order_id`` paid at the gateway as ``trade_no`` for ``amount_fen``
     (module docstring). An amount other than the order's is refused (the caller checked
     and stored the notification as rejected already; this is the last guard)."""
-    driver = await raw_connection(session)
-    row = await driver.fetchrow(_LOCK_ORDER, order_id)
+    row = await (await raw_connection(session)).fetchrow(LOCK_ORDER_BY_ID, order_id)
     if row is None:
         raise NotFound(field="orderId")
     if row["state"] == OrderState.paid.value:
         return Credited(order_id, row["payment_id"], credited=False)
+    return await credit_locked(session, row, trade_no=trade_no, amount_fen=amount_fen, now=now, tz=tz,
+                               paid_at=paid_at)
+
+
+async def credit_locked(session: AsyncSession, row: Any, *, trade_no: str, amount_fen: int, now: datetime,
+                        tz: str | tzinfo = "Asia/Shanghai", paid_at: datetime | None = None,
+                        notification: AcceptedNotification | None = None) -> Credited:
+    """Credit the unpaid order ``row`` (one of the ``LOCK_*`` statements' rows, locked in
+    this transaction); ``notification``, when given, is stored accepted with it."""
+    order_id = row["id"]
     if amount_fen != row["amount_fen"]:
         raise AmountDiffers(field="amount")
     was_closed = row["state"] == OrderState.closed.value
@@ -129,8 +158,14 @@ async def credit_order(session: AsyncSession, *, order_id: int, trade_no: str, a
         entry_kind=EntryKind.recharge if purpose is PaymentPurpose.recharge else EntryKind.payment,
         channel=PaymentChannel(row["channel"]), purpose=purpose, amount_fen=row["amount_fen"],
         idempotency_key=f"order:{row['out_trade_no']}", operator=operator, now=now, day=business_day(now, tz),
-        reference=trade_no[:64], note=row["out_trade_no"])
-    await driver.execute(_MARK_PAID, order_id, paid_at or now, payment.id, trade_no[:64])
+        reference=trade_no[:64], note=row["out_trade_no"], number=row["next_payment_id"])
+    driver = await raw_connection(session)
+    if notification is None:
+        await driver.execute(_MARK_PAID, order_id, paid_at or now, payment.id, trade_no[:64])
+    else:
+        await driver.execute(_MARK_PAID_AND_KEEP, order_id, paid_at or now, payment.id, trade_no[:64],
+                             notification.api, row["out_trade_no"], notification.headers_json, notification.body,
+                             notification.received_at)
     await emit_event(session, "payment_order.changed", PaymentOrderChanged(order_id=order_id, state="paid"),
                      key=f"payment_order:{order_id}")
     if was_closed:

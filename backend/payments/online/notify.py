@@ -31,6 +31,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
+from typing import Any
 from urllib.parse import parse_qsl
 from xml.etree import ElementTree
 
@@ -38,7 +39,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.db import raw_connection, transaction
 from backend.errors import DomainError
-from backend.payments.online.credit import alarm_on_order, credit_order
+from backend.payments.online.credit import (
+    LOCK_UNPAID_ORDER_BY_TRADE_NO,
+    AcceptedNotification,
+    alarm_on_order,
+    credit_locked,
+)
 from backend.payments.online.gateway import (
     NotificationRejected,
     NotifyAnswer,
@@ -193,14 +199,16 @@ VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8)
 """
 
 
+def _facts(row: Any) -> _OrderFacts:
+    return _OrderFacts(row["id"], row["out_trade_no"], GatewayApi(row["api"]), row["merchant"], row["amount_fen"],
+                       OrderState(row["state"]))
+
+
 async def _order_by_trade_no(session: AsyncSession, out_trade_no: str | None) -> _OrderFacts | None:
     if not out_trade_no or len(out_trade_no) > 64:
         return None
     row = await (await raw_connection(session)).fetchrow(_ORDER_FACTS, out_trade_no)
-    if row is None:
-        return None
-    return _OrderFacts(row["id"], row["out_trade_no"], GatewayApi(row["api"]), row["merchant"], row["amount_fen"],
-                       OrderState(row["state"]))
+    return _facts(row) if row is not None else None
 
 
 async def _store(session: AsyncSession, *, api: GatewayApi, order: _OrderFacts | None, out_trade_no: str | None,
@@ -243,7 +251,10 @@ async def receive_notification(sessions: async_sessionmaker[AsyncSession], *, on
         return NotifyOutcome(answer, "rejected", order.id if order else None, rejected.reason)
     try:
         async with transaction(sessions) as session:
-            order = await _order_by_trade_no(session, verified.out_trade_no)
+            driver = await raw_connection(session)
+            # An unpaid order is locked at once; a paid one (a replay) is read without a lock.
+            locked = await driver.fetchrow(LOCK_UNPAID_ORDER_BY_TRADE_NO, verified.out_trade_no[:64])
+            order = _facts(locked) if locked is not None else await _order_by_trade_no(session, verified.out_trade_no)
             if order is None:
                 raise _Refused(f"unknown out_trade_no {verified.out_trade_no[:64]!r}")
             if (order.api, order.merchant) != (api, merchant.name):
@@ -256,15 +267,11 @@ async def receive_notification(sessions: async_sessionmaker[AsyncSession], *, on
                              verdict=NotificationVerdict.rejected, reason=f"trade status {verified.status}: not paid",
                              headers=headers, body=body, now=now)
                 return NotifyOutcome(gateway.answer(True), "not_paid", order.id)
-            if order.state is OrderState.paid:  # a repeat: nothing to write (no lock taken)
+            if locked is None:  # paid already (by this notification's twin, or its first delivery)
                 return NotifyOutcome(gateway.answer(True), "repeat", order.id)
-            assert order.id is not None
-            credited = await credit_order(session, order_id=order.id, trade_no=verified.trade_no,
-                                          amount_fen=verified.amount_fen, now=now, tz=tz, paid_at=verified.paid_at)
-            if not credited.credited:  # another notification credited it while this one waited
-                return NotifyOutcome(gateway.answer(True), "repeat", order.id)
-            await _store(session, api=api, order=order, out_trade_no=order.out_trade_no,
-                         verdict=NotificationVerdict.accepted, reason=None, headers=headers, body=body, now=now)
+            await credit_locked(session, locked, trade_no=verified.trade_no, amount_fen=verified.amount_fen, now=now,
+                                tz=tz, paid_at=verified.paid_at, notification=AcceptedNotification(
+                                    api.value, json.dumps(_kept_headers(headers)), _kept_body(body), now))
     except _Refused as refused:
         order = await _reject(sessions, api=api, reason=refused.reason, out_trade_no=verified.out_trade_no,
                               headers=headers, body=body, now=now)
