@@ -18,7 +18,7 @@ The caller commits.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, tzinfo
 from typing import Any
 
@@ -32,7 +32,7 @@ from backend.errors import DomainError, ErrorCode, NotFound
 from backend.events.service import emit_event
 from backend.payments.counter import Operator, business_day, write_payment
 from backend.payments.events import PaymentOrderChanged
-from backend.payments.models import PaymentChannel, PaymentKind, PaymentPurpose
+from backend.payments.models import Payment, PaymentChannel, PaymentKind, PaymentPurpose
 from backend.payments.online.models import OrderOrigin, OrderState, PaymentOrder
 
 # Who a payment that came in by itself was taken by (payments.operator_name).
@@ -41,14 +41,17 @@ ONLINE_OPERATOR = "online"
 
 @dataclass(frozen=True, slots=True)
 class Credited:
-    """What :func:`credit_order` did: ``payment_id`` is the order's payment (new or the one
-    it already had); ``credited`` whether this call wrote it; ``was_closed`` whether the
-    order had been closed (an alarm was opened)."""
+    """What a credit did: ``payment_id`` is the order's payment (new or the one it already
+    had); ``credited`` whether this call wrote it; ``was_closed`` whether the order had
+    been closed (an alarm was opened). :func:`credit_order` also gives the rows (``order``,
+    ``payment``); the notification's hot path (:func:`credit_locked`) loads none."""
 
     order_id: int
     payment_id: int | None
     credited: bool
     was_closed: bool = False
+    order: PaymentOrder | None = None
+    payment: Payment | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,9 +136,13 @@ async def credit_order(session: AsyncSession, *, order_id: int, trade_no: str, a
     if row is None:
         raise NotFound(field="orderId")
     if row["state"] == OrderState.paid.value:
-        return Credited(order_id, row["payment_id"], credited=False)
-    return await credit_locked(session, row, trade_no=trade_no, amount_fen=amount_fen, now=now, tz=tz,
-                               paid_at=paid_at)
+        done = Credited(order_id, row["payment_id"], credited=False)
+    else:
+        done = await credit_locked(session, row, trade_no=trade_no, amount_fen=amount_fen, now=now, tz=tz,
+                                   paid_at=paid_at)
+    order = await session.get(PaymentOrder, order_id, populate_existing=True)
+    payment = await session.get(Payment, done.payment_id, populate_existing=True) if done.payment_id else None
+    return replace(done, order=order, payment=payment)
 
 
 async def credit_locked(session: AsyncSession, row: Any, *, trade_no: str, amount_fen: int, now: datetime,
