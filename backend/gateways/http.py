@@ -233,10 +233,16 @@ class _BesideAnother(uvicorn.Server):
 def fake_server(app: Any, *, host: str = "127.0.0.1", port: int = 0, signals: bool = True) -> uvicorn.Server:
     """A uvicorn server for a fake: port 0 picks a free one (``bound_port`` says which).
     A scripted delay never holds the shutdown more than a second. ``signals=False``: it
-    does not take Ctrl-C for itself (several servers in one process)."""
+    does not take Ctrl-C for itself (several servers in one process), nor the process's
+    logging: uvicorn configures its loggers process-wide when a server is configured, and
+    a fake's "warning" level silenced the API's own start-up lines beside it."""
+    if not signals:
+        config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="off",
+                                loop="asyncio", timeout_graceful_shutdown=1)
+        return _BesideAnother(config)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
                             loop="asyncio", timeout_graceful_shutdown=1)
-    return uvicorn.Server(config) if signals else _BesideAnother(config)
+    return uvicorn.Server(config)
 
 
 def bound_port(server: uvicorn.Server) -> int:

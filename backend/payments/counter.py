@@ -51,6 +51,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
+from typing import Protocol
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -61,6 +62,7 @@ from backend.billing.errors import AccountClosed as AccountIsClosed
 from backend.billing.late_fees import post_late_fees
 from backend.billing.ledger import post_entry
 from backend.billing.models import Account, AccountStatus, BillingMode, EntryKind
+from backend.db import raw_connection
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.events.service import emit_event
 from backend.payments import errors
@@ -73,10 +75,12 @@ from backend.payments.models import (
     PaymentPurpose,
     PaymentStatus,
 )
+from backend.payments.online.pending import add_pending_write
 from backend.readings.partitions import as_zone
 
 __all__ = [
-    "DEFAULT_MAX_COUNTER_PAYMENT_FEN", "ClosedAccount", "Operator", "close_account", "reverse_payment", "take_payment",
+    "DEFAULT_MAX_COUNTER_PAYMENT_FEN", "ClosedAccount", "Operator", "RecordedPayment", "close_account", "record_payment",
+    "reverse_payment", "take_payment", "write_payment",
 ]
 
 DEFAULT_MAX_COUNTER_PAYMENT_FEN = 5_000_000  # ¥50,000
@@ -189,47 +193,100 @@ async def take_payment(
     if bill_ids:
         await check_payable_bills(session, account_id=account_id, bill_ids=bill_ids)
     kind = EntryKind.recharge if purpose is PaymentPurpose.recharge else EntryKind.payment
-    return await _record(session, account=account, kind=PaymentKind.collect, entry_kind=kind, channel=channel,
+    return await record_payment(session, account=account, kind=PaymentKind.collect, entry_kind=kind, channel=channel,
                          purpose=purpose, amount_fen=amount_fen, idempotency_key=idempotency_key, operator=operator,
                          now=now, day=day, reference=reference, bank_partner=bank_partner, bank_outlet=bank_outlet,
                          note=note.strip(), bill_ids=bill_ids)
 
 
-async def _record(session: AsyncSession, *, account: Account, kind: PaymentKind, entry_kind: EntryKind,
-                  channel: PaymentChannel, purpose: PaymentPurpose, amount_fen: int, idempotency_key: str,
-                  operator: Operator, now: datetime, day: date, reference: str | None = None,
-                  bank_partner: str | None = None, bank_outlet: str | None = None, note: str = "",
-                  bill_ids: Sequence[int] = ()) -> Payment:
+class PayableAccount(Protocol):
+    """What a payment needs of its account: an ``Account`` row, a ``LockedAccount``, or
+    the online credit's few columns."""
+
+    @property
+    def id(self) -> int | None: ...
+    @property
+    def household_id(self) -> int: ...
+    @property
+    def mode(self) -> BillingMode: ...
+
+
+_INSERT_PAYMENT = """
+INSERT INTO payments (id, serial_no, idempotency_key, account_id, household_id, kind, channel, purpose, amount_fen,
+                      reference, bank_partner, bank_outlet, operator_id, operator_name, status, entry_id, note,
+                      receipts_printed, paid_at, business_day)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 'succeeded', $15, $16, 0, $17, $18)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedPayment:
+    """A payment :func:`write_payment` wrote: its id and 流水号."""
+
+    id: int
+    serial_no: str
+
+
+async def write_payment(session: AsyncSession, *, account: PayableAccount, kind: PaymentKind, entry_kind: EntryKind,
+                        channel: PaymentChannel, purpose: PaymentPurpose, amount_fen: int, idempotency_key: str,
+                        operator: Operator, now: datetime, day: date, reference: str | None = None,
+                        bank_partner: str | None = None, bank_outlet: str | None = None, note: str = "",
+                        bill_ids: Sequence[int] = (), number: int | None = None) -> RecordedPayment:
     """Write the payment, its ledger entry, (money in on a postpaid account) its allocation
-    to the bills, ``bill_ids`` first, and (money in) ``payment.succeeded``, whose balance is
-    the one after it all (late fees the payment posted included)."""
+    to the bills, ``bill_ids`` first, (money in on a prepaid_card / prepaid_meter account)
+    its pending card or meter write, and (money in) ``payment.succeeded``, whose balance is
+    the one after it all (late fees the payment posted included). The one writer of a
+    payment of any channel: the counter's (:func:`record_payment`) and the online credit
+    (``online.credit``, a notification's hot path: a few plain statements, no ORM).
+    ``account`` is locked by the caller (or by the ledger as it posts). ``number`` is the
+    payment's id when the caller drew it from ``payments_id_seq`` already."""
     assert account.id is not None
-    number = (await session.execute(text("SELECT nextval('payments_id_seq')"))).scalar_one()
-    payment = Payment(
-        id=number, serial_no=serial_number(number, day), idempotency_key=idempotency_key, account_id=account.id,
-        household_id=account.household_id, kind=kind, channel=channel, purpose=purpose, amount_fen=amount_fen,
-        reference=reference, bank_partner=bank_partner, bank_outlet=bank_outlet, operator_id=operator.id,
-        operator_name=operator.name[:100], paid_at=now, business_day=day, note=note,
-    )
-    session.add(payment)
-    await session.flush()
+    driver = await raw_connection(session)
+    if number is None:
+        number = await driver.fetchval("SELECT nextval('payments_id_seq')")
+    assert number is not None
+    serial_no = serial_number(number, day)
+    # The entry first, so the payment is inserted once with it.
     signed = amount_fen if kind is PaymentKind.collect else -amount_fen
     entry = await post_entry(session, account_id=account.id, kind=entry_kind, amount_fen=signed,
                              ref=f"payment:{number}", idempotency_key=f"payment:{number}",
-                             note=f"{payment.serial_no} {channel.value}", posted_by=operator.name, posted_at=now)
-    payment.entry_id = entry.id
-    await session.flush()
+                             note=f"{serial_no} {channel.value}", posted_by=operator.name, posted_at=now)
+    await driver.execute(_INSERT_PAYMENT, number, serial_no, idempotency_key, account.id, account.household_id,
+                         PaymentKind(kind).value, PaymentChannel(channel).value, PaymentPurpose(purpose).value,
+                         amount_fen, reference, bank_partner, bank_outlet, operator.id, operator.name[:100], entry.id,
+                         note, now, day)
     balance_after = entry.balance_after_fen
     if kind is PaymentKind.collect and account.mode is BillingMode.postpaid:
         allocated = await allocate_credit(session, account_ids=[account.id], on=day, now=now, entry_id=entry.id,
                                           bill_ids=bill_ids, by=operator.name)
         balance_after -= allocated.late_fee_posted_fen
     if kind is PaymentKind.collect:
+        # Money credited anywhere but at the card or the meter must still be written there.
+        await add_pending_write(session, account=account, payment_id=number, amount_fen=amount_fen, now=now)
         await emit_event(session, "payment.succeeded", PaymentSucceeded(
             payment_id=number, account_id=account.id, household_id=account.household_id, channel=channel,
             amount_fen=amount_fen, balance_after_fen=balance_after,
         ), key=f"account:{account.id}")
+    return RecordedPayment(number, serial_no)
+
+
+async def record_payment(session: AsyncSession, *, account: PayableAccount, kind: PaymentKind, entry_kind: EntryKind,
+                         channel: PaymentChannel, purpose: PaymentPurpose, amount_fen: int, idempotency_key: str,
+                         operator: Operator, now: datetime, day: date, reference: str | None = None,
+                         bank_partner: str | None = None, bank_outlet: str | None = None, note: str = "",
+                         bill_ids: Sequence[int] = ()) -> Payment:
+    """:func:`write_payment`, returning the payment row (the counter's and refunds' form)."""
+    recorded = await write_payment(
+        session, account=account, kind=kind, entry_kind=entry_kind, channel=channel, purpose=purpose,
+        amount_fen=amount_fen, idempotency_key=idempotency_key, operator=operator, now=now, day=day,
+        reference=reference, bank_partner=bank_partner, bank_outlet=bank_outlet, note=note, bill_ids=bill_ids)
+    payment = await session.get(Payment, recorded.id)
+    assert payment is not None
     return payment
+
+
+# The name other branches of issue 18 were written against (refunds): the same function.
+_record = record_payment
 
 
 async def reverse_payment(
@@ -333,12 +390,12 @@ async def close_account(
     await session.refresh(account)
     refund = collection = None
     if account.balance_fen > 0:
-        refund = await _record(session, account=account, kind=PaymentKind.refund, entry_kind=EntryKind.refund,
+        refund = await record_payment(session, account=account, kind=PaymentKind.refund, entry_kind=EntryKind.refund,
                                channel=PaymentChannel.cash, purpose=PaymentPurpose.recharge,
                                amount_fen=account.balance_fen, idempotency_key=f"{idempotency_key}:refund",
                                operator=operator, now=now, day=day, note="销户退费")
     elif account.balance_fen < 0:
-        collection = await _record(session, account=account, kind=PaymentKind.collect, entry_kind=EntryKind.payment,
+        collection = await record_payment(session, account=account, kind=PaymentKind.collect, entry_kind=EntryKind.payment,
                                    channel=collect_channel, purpose=PaymentPurpose.bills,
                                    amount_fen=-account.balance_fen, idempotency_key=f"{idempotency_key}:collect",
                                    operator=operator, now=now, day=day, reference=reference,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from backend.auth.menus import Menu, Operation
 from backend.auth.menus import permission as _p
-from backend.domain import Check, Domain, PersonalData
+from backend.domain import Check, Domain, Gateway, Job, PersonalData
+from backend.payments.online.alipay import AlipaySettings
+from backend.payments.online.wechat import WechatSettings
 from backend.payments.settings import PaymentsSettings
 
 DOMAIN = Domain(
@@ -45,14 +47,36 @@ DOMAIN = Domain(
         Operation("saveReceiptLayout", "保存票据格式", "Save receipt layout", "receipts"),
         Operation("issueReceiptForms", "票据领用", "Issue receipt forms", "receipts"),
         Operation("voidReceiptForm", "票据作废", "Void receipt form", "receipts"),
+        Operation("createPaymentOrder", "在线支付下单", "Create payment order", "payments"),
+        Operation("counterBarcodePay", "付款码收款", "Counter barcode payment", "counter"),
+        Operation("counterQrOrder", "扫码收款", "Counter QR order", "counter"),
+    ),
+    # The SDKs' endpoints and bounds (SHUIWU_ALIPAY_* / SHUIWU_WECHAT_*: the local fakes by
+    # default); the merchants' keys are in the merchants file. Money moves: every call kept.
+    gateways=(
+        Gateway("alipay", "支付宝", AlipaySettings, fake="backend.payments.online.fakes.alipay:fake_app",
+                keeps_exchanges=True, description="Alipay OpenAPI (python-alipay-sdk, RSA2)"),
+        Gateway("wechat", "微信支付", WechatSettings, fake="backend.payments.online.fakes.wechat:fake_app",
+                keeps_exchanges=True, description="WeChat Pay API v2 (wechatpy) and v3 (wechatpayv3)"),
+    ),
+    jobs=(
+        # Every minute: orders still unpaid query_after_minutes after they were made (the
+        # notification may never come) are asked about, credited, or closed when expired.
+        Job("query_payment_orders", "backend.payments.online.jobs:query_payment_orders", cron="* * * * *",
+            description="Ask the gateways about unpaid online orders; credit the paid, close the expired"),
     ),
     events=("backend.payments.events",),
     settings=PaymentsSettings,
+    # payments.online: the merchants file loaded at start (a mistake stops the host) and
+    # one gateway per merchant (backend.payments.online.registry).
+    services="backend.payments.online.registry:offered",
     checks=(
         Check("payments.ledger", "backend.payments.checks:payments_match_ledger",
               "Every payment's ledger entries exist as it says; every handed-over day equals its entries"),
         Check("payments.receipt_font", "backend.payments.receipts.checks:receipt_font",
               description="The CJK TrueType font receipts embed (SHUIWU_PAYMENTS_RECEIPT_FONT) is there"),
+        Check("payments.merchants", "backend.payments.online.registry:merchants_check",
+              description="The merchants file (SHUIWU_PAYMENTS_CONFIG) reads: one line per mistake"),
     ),
     # After billing's (domain order): it records billing's history of recharges as payments.
     demo="backend.payments.demo:demo_step",

@@ -1,0 +1,357 @@
+"""A full payment through every channel and scene over real HTTP on both sides: the real
+app (uvicorn) with its merchants file, the local Alipay and WeChat Pay gateways (uvicorn),
+the order opened through the gateway, the gateway "pays" and posts its signed
+notification to our notify route, and the balance and ledger show it exactly once. Then
+the issue's bad input through the same routes (tampered amount, forged signature,
+replays, a body that is no form, a cancelled cashier page), each checking balance and
+ledger; and the counter: barcode pay with a slow payer, and the dynamic QR over GraphQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.billing.models import BillingMode
+from backend.clock import utcnow
+from backend.db import transaction
+from backend.gateways.http import bound_port, fake_server
+from backend.payments.counter import Operator
+from backend.payments.models import PaymentChannel, PaymentPurpose
+from backend.payments.online.alipay import AlipaySettings
+from backend.payments.online.counter_online import counter_barcode_pay
+from backend.payments.online.fakes.alipay import fake_app as alipay_fake_app
+from backend.payments.online.fakes.wechat import fake_app as wechat_fake_app
+from backend.payments.online.merchants import load_merchants
+from backend.payments.online.models import OrderOrigin, OrderScene, OrderState, PaymentOrder
+from backend.payments.online.orders import OrderAsk, create_payment_order
+from backend.payments.online.registry import SERVICE, OnlinePayments
+from backend.payments.online.testkeys import write_test_merchants
+from backend.payments.online.wechat import WechatSettings
+from tests.billing.factories import at, served_household, tariff
+from tests.factories import make_staff
+from tests.live import LiveServer, live_server
+
+RETRY_SCALE = 0.001
+
+
+@contextmanager
+def _served(app: Any, name: str) -> Iterator[str]:
+    server = fake_server(app)
+    thread = threading.Thread(target=server.run, name=name, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{bound_port(server)}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@dataclass
+class World:
+    api: LiveServer
+    alipay: str
+    wechat: str
+    online: OnlinePayments
+    services: dict[str, Any]
+
+    def pay(self, channel: PaymentChannel, out_trade_no: str, mode: str = "normal", times: int = 1) -> Any:
+        base = self.alipay if channel is PaymentChannel.alipay else self.wechat
+        answer = httpx.post(f"{base}/_control/pay", json={"out_trade_no": out_trade_no, "mode": mode, "times": times},
+                            timeout=30)
+        answer.raise_for_status()
+        return answer.json()
+
+    def retries(self, enabled: bool) -> None:
+        for base in (self.alipay, self.wechat):
+            httpx.post(f"{base}/_control/settings", json={"notify_retries": enabled}).raise_for_status()
+
+
+@pytest.fixture(scope="module")
+def world(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    directory: Path = tmp_path_factory.mktemp("orders-merchants")
+    written = write_test_merchants(directory, public_base_url="http://127.0.0.1:9")
+    alipay_settings = AlipaySettings(fake_merchants_file=str(written.merchants_file),
+                                     fake_notify_retry_scale=RETRY_SCALE, timeout_s=5)
+    wechat_settings = WechatSettings(fake_merchants_file=written.merchants_file, fake_notify_retry_scale=RETRY_SCALE,
+                                     timeout_s=5)
+    saved = dict(os.environ)
+    with _served(alipay_fake_app(alipay_settings), "orders-alipay") as alipay, \
+            _served(wechat_fake_app(wechat_settings), "orders-wechat") as wechat:
+        os.environ.update({"SHUIWU_PAYMENTS_CONFIG": str(written.merchants_file),
+                           "SHUIWU_ALIPAY_URL": f"{alipay}/gateway.do", "SHUIWU_ALIPAY_TIMEOUT_S": "5",
+                           "SHUIWU_WECHAT_URL": wechat, "SHUIWU_WECHAT_TIMEOUT_S": "5"})
+        try:
+            with live_server(database_url) as api:
+                # The platforms call the API back where it listens: known only now.
+                write_test_merchants(directory, public_base_url=api.url)
+                online: OnlinePayments = api.app.state.services[SERVICE]
+                online.merchants = load_merchants(written.merchants_file)
+                # Calls made from the test's own loop go straight to the SDK on a thread: the app's
+                # GatewayClients keep their exchanges through the app's pool, which belongs to the
+                # server's loop (the GraphQL test below goes through them, in the server).
+                yield World(api, alipay, wechat, online, {})
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+async def _served_account(sessions: async_sessionmaker[AsyncSession],
+                          mode: BillingMode = BillingMode.prepaid_station) -> Any:
+    async with transaction(sessions) as session:
+        return await served_household(session, raw_tariff=tariff(), opened_at=at(2026, 11, 1), mode=mode)
+
+
+async def _money(sessions: async_sessionmaker[AsyncSession], account_id: int) -> tuple[int, int, int]:
+    async with sessions() as session:
+        row = (await session.execute(text(
+            "SELECT a.balance_fen, (SELECT coalesce(sum(amount_fen), 0) FROM ledger_entries WHERE account_id = a.id), "
+            "(SELECT count(*) FROM payments WHERE account_id = a.id) FROM accounts a WHERE a.id = :a"),
+            {"a": account_id})).one()
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+async def _order_state(sessions: async_sessionmaker[AsyncSession], order_id: int | None) -> OrderState:
+    async with sessions() as session:
+        found = await session.get(PaymentOrder, order_id)
+        assert found is not None
+        return found.state
+
+
+async def _open(world: World, sessions: async_sessionmaker[AsyncSession], household_id: int, channel: PaymentChannel,
+                scene: OrderScene, amount_fen: int, **extra: Any) -> tuple[PaymentOrder, Any]:
+    return await create_payment_order(sessions, online=world.online, services=world.services, now=utcnow(),
+                                      ask=OrderAsk(amount_fen=amount_fen, purpose=PaymentPurpose.recharge,
+                                                   channel=channel, scene=scene, origin=OrderOrigin.resident,
+                                                   created_by="resident:1", household_id=household_id,
+                                                   client_ip="127.0.0.1", **extra))
+
+
+SCENES = [
+    (PaymentChannel.alipay, OrderScene.app, "demo", {}),
+    (PaymentChannel.alipay, OrderScene.wap, "demo", {"return_url": "https://pay.example/done"}),
+    (PaymentChannel.alipay, OrderScene.page, "demo", {"return_url": "https://pay.example/done"}),
+    (PaymentChannel.alipay, OrderScene.qr, "demo", {}),
+    (PaymentChannel.wechat, OrderScene.app, "demo", {}),
+    (PaymentChannel.wechat, OrderScene.h5, "demo", {}),
+    (PaymentChannel.wechat, OrderScene.jsapi, "demo", {"openid": "o-test-payer"}),
+    (PaymentChannel.wechat, OrderScene.native, "demo", {}),
+]
+
+
+async def test_every_channel_and_scene_pays_over_http_once(world: World,
+                                                            committed_sessions: async_sessionmaker[AsyncSession]) -> None:
+    served = await _served_account(committed_sessions)
+    total = 0
+    for index, (channel, scene, _, extra) in enumerate(SCENES):
+        amount = 100 + index
+        order, payload = await _open(world, committed_sessions, served.household.id, channel, scene, amount, **extra)
+        assert payload.value, (channel, scene)
+        if channel is PaymentChannel.alipay and scene in (OrderScene.app, OrderScene.wap, OrderScene.page):
+            # The payer opens it (the app SDK hands the order string to Alipay's gateway).
+            url = f"{world.alipay}/gateway.do?{payload.value}" if scene is OrderScene.app else str(payload.value)
+            async with httpx.AsyncClient() as http:
+                assert (await http.get(url)).status_code == 200
+
+        sent = await asyncio.to_thread(world.pay, channel, order.out_trade_no)
+
+        assert [s["status"] for s in sent["sent"]] == [200], (channel, scene, sent)
+        assert await _order_state(committed_sessions, order.id) is OrderState.paid, (channel, scene)
+        total += amount
+        assert await _money(committed_sessions, served.account_id) == (total, total, index + 1), (channel, scene)
+
+
+async def test_the_v2_merchant_pays_and_a_replay_answers_success_and_writes_nothing(
+        world: World, committed_sessions: async_sessionmaker[AsyncSession]) -> None:
+    served = await _served_account(committed_sessions)
+    legacy = world.online.merchants.named(PaymentChannel.wechat, "legacy")
+    assert legacy is not None
+    # The default WeChat merchant is v3; make this order with the v2 one.
+    async with transaction(committed_sessions) as session:
+        from backend.payments.online.orders import open_order
+
+        order, _ = await open_order(session, online=world.online, now=utcnow(), ask=OrderAsk(
+            amount_fen=321, purpose=PaymentPurpose.recharge, channel=PaymentChannel.wechat, scene=OrderScene.native,
+            origin=OrderOrigin.resident, created_by="resident:1", household_id=served.household.id))
+        await session.execute(text("UPDATE payment_orders SET merchant = 'legacy', api = 'wechat_v2' WHERE id = :o"),
+                              {"o": order.id})
+    order.merchant, order.api = "legacy", legacy.api
+    from backend.payments.online.orders import request_payload
+
+    await request_payload(committed_sessions, online=world.online, services=world.services, order=order, now=utcnow())
+
+    sent = await asyncio.to_thread(world.pay, PaymentChannel.wechat, order.out_trade_no, "replay", 3)
+
+    assert len(sent["sent"]) == 3 and all(s["status"] == 200 and "SUCCESS" in s["body"] for s in sent["sent"])
+    assert await _money(committed_sessions, served.account_id) == (321, 321, 1)
+
+
+@pytest.mark.parametrize(("channel", "mode"), [
+    (PaymentChannel.alipay, "tamper_amount"), (PaymentChannel.alipay, "forge_signature"),
+    (PaymentChannel.wechat, "tamper_amount"), (PaymentChannel.wechat, "forge_signature"),
+])
+async def test_a_tampered_or_forged_notification_is_refused_and_credits_nothing(
+        world: World, committed_sessions: async_sessionmaker[AsyncSession], channel: PaymentChannel,
+        mode: str) -> None:
+    await asyncio.to_thread(world.retries, False)
+    served = await _served_account(committed_sessions)
+    scene = OrderScene.qr if channel is PaymentChannel.alipay else OrderScene.native
+    order, _ = await _open(world, committed_sessions, served.household.id, channel, scene, 5000)
+
+    async with committed_sessions() as session:
+        rejected_before = (await session.execute(text(
+            "SELECT count(*) FROM payment_notifications WHERE verdict = 'rejected'"))).scalar_one()
+
+    sent = await asyncio.to_thread(world.pay, channel, order.out_trade_no, mode)
+
+    assert sent["sent"] and all(s["status"] != 200 or "SUCCESS" not in s["body"].upper() for s in sent["sent"]), sent
+    assert await _money(committed_sessions, served.account_id) == (0, 0, 0)
+    assert await _order_state(committed_sessions, order.id) is OrderState.created
+    async with committed_sessions() as session:
+        rejected = (await session.execute(text(
+            "SELECT count(*) FROM payment_notifications WHERE verdict = 'rejected'"))).scalar_one()
+        # A forged v3 notification cannot even be decrypted: it names no order (subject 0).
+        alarms = (await session.execute(text("SELECT count(*) FROM alarms WHERE subject_kind = 'payment' "
+                                             "AND subject_id IN (0, :o) AND status <> 'closed'"),
+                                        {"o": order.id})).scalar_one()
+    assert rejected == rejected_before + len(sent["sent"]) and alarms >= 1
+    await asyncio.to_thread(world.retries, True)
+
+
+async def test_ten_concurrent_replays_over_http_credit_once(world: World,
+                                                             committed_sessions: async_sessionmaker[AsyncSession]) -> None:
+    served = await _served_account(committed_sessions, BillingMode.prepaid_meter)
+    order, _ = await _open(world, committed_sessions, served.household.id, PaymentChannel.alipay, OrderScene.qr, 900)
+    await asyncio.to_thread(world.pay, PaymentChannel.alipay, order.out_trade_no)
+    async with committed_sessions() as session:
+        notification = (await session.execute(text(
+            "SELECT body FROM payment_notifications WHERE order_id = :o AND verdict = 'accepted'"),
+            {"o": order.id})).scalar_one()
+
+    async with httpx.AsyncClient(base_url=world.api.url) as http:
+        answers = await asyncio.gather(*(http.post("/pay/alipay/notify", content=notification.encode(), headers={
+            "content-type": "application/x-www-form-urlencoded"}) for _ in range(10)))
+
+    assert [(a.status_code, a.text) for a in answers] == [(200, "success")] * 10
+    assert await _money(committed_sessions, served.account_id) == (900, 900, 1)
+    async with committed_sessions() as session:
+        rows = (await session.execute(text("SELECT count(*) FROM payment_notifications WHERE order_id = :o"),
+                                      {"o": order.id})).scalar_one()
+        writes = (await session.execute(text("SELECT target, amount_fen FROM pending_writes WHERE account_id = :a"),
+                                        {"a": served.account_id})).all()
+    assert rows == 1 and [tuple(w) for w in writes] == [("meter", 900)]
+
+
+@pytest.mark.parametrize(("path", "body", "content_type"), [
+    ("/pay/alipay/notify", b"\x00\x01 not a form at all", "application/octet-stream"),
+    ("/pay/wechat/notify", b"<xml><oops", "text/xml"),
+    ("/pay/wechat/v3/notify", b"[1, 2", "application/json"),
+])
+async def test_a_body_that_is_not_the_protocols_is_answered_failure(
+        world: World, path: str, body: bytes, content_type: str) -> None:
+    async with httpx.AsyncClient(base_url=world.api.url) as http:
+        answer = await http.post(path, content=body, headers={"content-type": content_type})
+        too_big = await http.post(path, content=b"a" * (64 * 1024 + 1), headers={"content-type": content_type})
+
+    assert answer.status_code in (200, 400) and "success" not in answer.text.lower()
+    assert too_big.status_code == 413
+
+
+async def test_a_payer_who_cancels_at_the_cashier_page_pays_nothing_and_the_job_closes_it(
+        world: World, committed_sessions: async_sessionmaker[AsyncSession]) -> None:
+    served = await _served_account(committed_sessions)
+    order, payload = await _open(world, committed_sessions, served.household.id, PaymentChannel.alipay,
+                                 OrderScene.wap, 700, return_url="https://pay.example/done")
+    async with httpx.AsyncClient(follow_redirects=False) as http:
+        page = await http.get(str(payload.value))
+    assert page.status_code == 200 and "取消" in page.text
+
+    from backend.payments.online.jobs import follow_open_orders
+
+    async with transaction(committed_sessions) as session:
+        await session.execute(text("UPDATE payment_orders SET created_at = created_at - interval '1 hour', "
+                                   "expires_at = now() - interval '1 minute' WHERE id = :o"), {"o": order.id})
+    done = await follow_open_orders(committed_sessions, online=world.online, services=world.services, now=utcnow())
+
+    assert done.closed >= 1 and await _order_state(committed_sessions, order.id) is OrderState.closed
+    assert await _money(committed_sessions, served.account_id) == (0, 0, 0)
+
+
+async def test_barcode_pay_at_the_counter_waits_for_a_slow_wechat_payer(
+        world: World, committed_sessions: async_sessionmaker[AsyncSession]) -> None:
+    served = await _served_account(committed_sessions)
+    async with transaction(committed_sessions) as session:
+        staff = await make_staff(session, permissions={"counter:collect"})
+    async with httpx.AsyncClient() as http:
+        (await http.post(f"{world.wechat}/_control/barcode", json={"queries": 2, "outcome": "paid"})).raise_for_status()
+    slept: list[float] = []
+
+    async def no_wait(seconds: float) -> None:
+        slept.append(seconds)
+
+    order = await counter_barcode_pay(
+        committed_sessions, online=world.online, services=world.services, account_id=served.account_id,
+        amount_fen=1500, purpose=PaymentPurpose.recharge, auth_code="134567890123456789",
+        operator=Operator(staff.user.id, staff.user.full_name), clock=utcnow, sleep=no_wait)
+
+    assert order.state is OrderState.paid and len(slept) >= 1
+    assert await _money(committed_sessions, served.account_id) == (1500, 1500, 1)
+
+
+COUNTER_QR = """
+mutation($accountId: ID!, $amount: Money!) {
+  counterQrOrder(accountId: $accountId, amount: $amount, purpose: recharge, channel: alipay) {
+    order { id outTradeNo state scene payload { kind url } }
+    errors { field code }
+  }
+}
+"""
+ORDER = "query($id: ID!) { paymentOrder(id: $id) { state amount payment { channel amount } } }"
+
+
+async def test_the_counter_qr_over_graphql_is_paid_and_followed(
+        world: World, committed_sessions: async_sessionmaker[AsyncSession]) -> None:
+    from backend.graphql.relay import encode_id
+
+    served = await _served_account(committed_sessions)
+    async with transaction(committed_sessions) as session:
+        from backend.archives.models import Area
+
+        area = await session.get(Area, served.household.area_id)
+        assert area is not None
+        staff = await make_staff(session, permissions={"counter:collect", "payments:read"}, areas=[area])
+    async with httpx.AsyncClient(base_url=world.api.url, timeout=30) as http:
+        login = await http.post("/graphql", json={"query": "mutation($u: String!, $p: String!) { login(username: $u, "
+                                                           "password: $p) { tokens { accessToken } errors { code } } }",
+                                                  "variables": {"u": staff.username, "p": staff.password}})
+        token = login.json()["data"]["login"]["tokens"]["accessToken"]
+        headers = {"authorization": f"Bearer {token}"}
+        created = (await http.post("/graphql", headers=headers, json={"query": COUNTER_QR, "variables": {
+            "accountId": encode_id("Account", served.account_id), "amount": "12.34"}})).json()
+        order = created["data"]["counterQrOrder"]["order"]
+        assert created["data"]["counterQrOrder"]["errors"] == [] and order["payload"]["kind"] == "code_url"
+
+        await asyncio.to_thread(world.pay, PaymentChannel.alipay, order["outTradeNo"])
+        followed = (await http.post("/graphql", headers=headers, json={"query": ORDER,
+                                                                        "variables": {"id": order["id"]}})).json()
+
+    assert followed["data"]["paymentOrder"] == {"state": "paid", "amount": "12.34",
+                                                "payment": {"channel": "alipay", "amount": "12.34"}}
+    assert await _money(committed_sessions, served.account_id) == (1234, 1234, 1)
