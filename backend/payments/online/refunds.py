@@ -400,7 +400,7 @@ async def record_refund_outcome(session: AsyncSession, *, refund_id: int, outcom
                                 tz: str | tzinfo = "Asia/Shanghai") -> PaymentRefund:
     """Write what the gateway answered for refund ``refund_id`` (module docstring, step 2),
     once: a refund no longer ``requested`` is returned unchanged. The caller commits."""
-    from backend.payments.counter import Operator, _record, business_day  # counter imports this module
+    from backend.payments.counter import Operator, business_day, record_payment  # counter imports this module
 
     refund = await session.get(PaymentRefund, refund_id)
     if refund is None:
@@ -415,7 +415,7 @@ async def record_refund_outcome(session: AsyncSession, *, refund_id: int, outcom
         refund.gateway_refund_id = outcome.refund_id[:64]
     if isinstance(outcome, RefundResult) and outcome.state is GatewayRefundState.succeeded:
         original = await _original_payment(session, refund.order_id)
-        payment = await _record(
+        payment = await record_payment(
             session, account=account, kind=PaymentKind.refund, entry_kind=EntryKind.refund, channel=original.channel,
             purpose=original.purpose, amount_fen=refund.amount_fen, idempotency_key=f"refund:{refund.out_refund_no}",
             operator=Operator(None, refund.requested_by), now=now, day=business_day(now, tz),
