@@ -19,7 +19,7 @@ itself is at most the account's balance minus the refunds already in flight
    writes one ``payment_refunds`` row per part, state ``requested``, ``out_refund_no``
    ``RF`` + the day (utility zone) + the id padded to 10. Nothing is posted.
 2. :func:`send_refunds` (after that commit) asks each refund's merchant through the
-   channel's ``GatewayClient``; :func:`record_refund_outcome` writes what it answered,
+   channel's ``GatewayClient`` (``registry.call_gateway``); :func:`record_refund_outcome` writes what it answered,
    each in a short transaction of its own:
 
    - ``succeeded``: the refund payment (kind ``refund``, the order's channel, no
@@ -30,7 +30,7 @@ itself is at most the account's balance minus the refunds already in flight
      the job :func:`query_open_refunds` asks again until it is settled;
    - ``failed``, or a correctly signed refusal: the refund is ``failed`` with the
      gateway's reason, nothing is posted, and an alarm ``refund_failed`` opens on the
-     payment (``backend.alarms``).
+     order (subject ``payment``, as the notify path's alarms).
 
    A refund is settled once: the outcome is recorded under the refund's row lock and a
    settled refund ignores later answers, so the job and a request racing on the same
@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -76,19 +76,19 @@ from backend.errors import DomainError, ErrorCode
 from backend.gateways.errors import GatewayError, GatewayRejected
 from backend.payments.models import Payment, PaymentChannel, PaymentKind, PaymentPurpose, PaymentStatus
 from backend.payments.online.errors import RefundAboveRefundable, RefundNotPossible
-from backend.payments.online.gateway import GatewayRefundState, OnlineGateway, RefundResult
+from backend.payments.online.gateway import GatewayRefundState, RefundResult
 from backend.payments.online.models import PaymentOrder, PaymentRefund, RefundState
+from backend.payments.online.registry import call_gateway, online_payments
 from backend.readings.partitions import as_zone
 
 __all__ = [
-    "MAX_REFUND_AGE", "ChannelGateways", "OnlineGateways", "OnlineRefundPlan", "OnlineRefunds", "Refundable",
+    "MAX_REFUND_AGE", "OnlineRefundPlan", "OnlineRefunds", "Refundable",
     "out_refund_no", "query_open_refunds", "record_refund_outcome", "refund_online", "refundable_online",
     "refunds_in_flight_fen", "request_online_refunds", "send_refunds", "split_refund",
 ]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 # Alipay and WeChat Pay both refuse a refund of a trade paid more than a year ago.
 MAX_REFUND_AGE = timedelta(days=365)
@@ -99,47 +99,6 @@ SETTLE_GRACE = timedelta(seconds=30)
 # At most this many refunds per run of the job, oldest first (the next run takes the rest).
 QUERY_BATCH = 200
 REASON_LIMIT = 200
-
-
-# --------------------------------------------------------------------------- the gateways
-
-
-class OnlineGateways(Protocol):
-    """Each merchant's :class:`OnlineGateway` and a way to call it through its channel's
-    ``GatewayClient`` (time bound, thread pool, kept exchange)."""
-
-    def gateway(self, channel: PaymentChannel, merchant: str) -> OnlineGateway | None:
-        ...
-
-    def merchant_names(self, channel: PaymentChannel) -> Sequence[str]:
-        ...
-
-    async def call(self, channel: PaymentChannel, operation: str, function: Callable[..., T], *args: Any,
-                   request: Any = None, reference: str | None = None) -> T:
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelGateways:
-    """:class:`OnlineGateways` over a mapping of merchants and the channels' clients
-    (``gateway.alipay``, ``gateway.wechat``: ``backend.gateways.client.GatewayClient``)."""
-
-    gateways: Mapping[tuple[PaymentChannel, str], OnlineGateway]
-    clients: Mapping[PaymentChannel, Any]
-
-    def gateway(self, channel: PaymentChannel, merchant: str) -> OnlineGateway | None:
-        return self.gateways.get((PaymentChannel(channel), merchant))
-
-    def merchant_names(self, channel: PaymentChannel) -> Sequence[str]:
-        return [name for (of, name) in self.gateways if of is PaymentChannel(channel)]
-
-    async def call(self, channel: PaymentChannel, operation: str, function: Callable[..., T], *args: Any,
-                   request: Any = None, reference: str | None = None) -> T:
-        client = self.clients.get(PaymentChannel(channel))
-        if client is None:
-            raise RefundNotPossible(field="channel")
-        result: T = await client.call(operation, function, *args, request=request, reference=reference)
-        return result
 
 
 # --------------------------------------------------------------------------- what can go back
@@ -348,11 +307,13 @@ async def _targets(sessions: async_sessionmaker[AsyncSession], refund_ids: Seque
 Outcome = RefundResult | GatewayError
 
 
-async def _ask(gateways: OnlineGateways, target: _Target, *, query: bool) -> Outcome | None:
-    """Ask the gateway to refund (or, ``query``, how the refund stands). None: the
-    merchant is no longer configured (the refund waits; the log says why)."""
-    gateway = gateways.gateway(target.channel, target.merchant)
-    if gateway is None:
+async def _ask(services: Mapping[str, Any], target: _Target, *, query: bool) -> Outcome | None:
+    """Ask the gateway to refund (or, ``query``, how the refund stands) through the
+    channel's client. None: the merchant is no longer configured (the refund waits; the
+    log says why)."""
+    try:
+        gateway = online_payments(services).gateway(target.channel, target.merchant)
+    except DomainError:
         log.warning("refund %s: merchant %s/%s is not configured; it waits", target.out_refund_no,
                     target.channel.value, target.merchant)
         return None
@@ -361,14 +322,14 @@ async def _ask(gateways: OnlineGateways, target: _Target, *, query: bool) -> Out
     try:
         if query:
             try:
-                return await gateways.call(target.channel, "refund.query", partial(
+                return await call_gateway(services, gateway, "refund.query", partial(
                     gateway.query_refund, target.out_trade_no, out_refund_no=target.out_refund_no),
                     request=request, reference=target.out_refund_no)
             except GatewayRejected:
                 # Unknown there: the first request never arrived. Asking again with the same
                 # out_refund_no is safe: both platforms refund a number once.
                 pass
-        return await gateways.call(target.channel, "refund", partial(
+        return await call_gateway(services, gateway, "refund", partial(
             gateway.refund, target.out_trade_no, out_refund_no=target.out_refund_no, amount_fen=target.amount_fen,
             total_fen=target.total_fen, reason=target.reason), request=request, reference=target.out_refund_no)
     except GatewayError as error:
@@ -377,7 +338,7 @@ async def _ask(gateways: OnlineGateways, target: _Target, *, query: bool) -> Out
 
 async def send_refunds(
     sessions: async_sessionmaker[AsyncSession],
-    gateways: OnlineGateways,
+    services: Mapping[str, Any],
     *,
     refund_ids: Sequence[int],
     now: Callable[[], datetime],
@@ -389,7 +350,7 @@ async def send_refunds(
     refund already sent stands first (the job). Returns the refunds as they stand."""
     settled: list[PaymentRefund] = []
     for target in await _targets(sessions, refund_ids):
-        outcome = await _ask(gateways, target, query=query or target.gateway_refund_id is not None)
+        outcome = await _ask(services, target, query=query or target.gateway_refund_id is not None)
         async with transaction(sessions) as session:
             refund = await record_refund_outcome(session, refund_id=target.id, outcome=outcome, now=now(), tz=tz)
         settled.append(refund)
@@ -450,13 +411,15 @@ async def _original_payment(session: AsyncSession, order_id: int) -> Payment:
 
 
 async def _alarm(session: AsyncSession, refund: PaymentRefund, account: Account, now: datetime) -> None:
-    original = await _original_payment(session, refund.order_id)
-    assert original.id is not None
+    """``refund_failed`` on the payment subject of the refund's order (as the notify
+    path's alarms name an order), valued at the fen not refunded."""
+    order = await session.get(PaymentOrder, refund.order_id)
+    assert order is not None and order.id is not None
     area = await session.execute(text("SELECT area_id FROM households WHERE id = :h"), {"h": account.household_id})
     await open_alarms(session, subject_kind=AlarmSubjectKind.payment, kind=AlarmKind.refund_failed, subjects=[
-        AlarmSubject(subject_id=original.id, value=Decimal(refund.amount_fen),
+        AlarmSubject(subject_id=order.id, value=Decimal(refund.amount_fen),
                      detail=f"{refund.out_refund_no}: {refund.failure or ''}"[:200], area_id=area.scalar_one_or_none(),
-                     name=original.serial_no),
+                     name=order.out_trade_no),
     ], now=now)
 
 
@@ -482,7 +445,7 @@ class OnlineRefunds:
 
 async def refund_online(
     sessions: async_sessionmaker[AsyncSession],
-    gateways: OnlineGateways,
+    services: Mapping[str, Any],
     *,
     account_id: int,
     amount_fen: int,
@@ -499,7 +462,7 @@ async def refund_online(
         plan = await request_online_refunds(session, account_id=account_id, amount_fen=amount_fen, reason=reason, by=by,
                                             now=now(), tz=tz, payment_id=payment_id, scope_patterns=scope_patterns)
     ids = [refund.id for refund in plan.refunds if refund.id is not None]
-    refunds = await send_refunds(sessions, gateways, refund_ids=ids, now=now, tz=tz)
+    refunds = await send_refunds(sessions, services, refund_ids=ids, now=now, tz=tz)
     return OnlineRefunds(tuple(refunds), plan.remainder_fen)
 
 
@@ -511,32 +474,18 @@ async def open_refund_ids(session: AsyncSession, *, before: datetime, limit: int
     return [int(row) for row in found.scalars().all()]
 
 
-async def query_open_refunds(sessions: async_sessionmaker[AsyncSession], gateways: OnlineGateways, *,
+async def query_open_refunds(sessions: async_sessionmaker[AsyncSession], services: Mapping[str, Any], *,
                              now: Callable[[], datetime], tz: str | tzinfo = "Asia/Shanghai") -> list[PaymentRefund]:
     """The job's work: every refund still ``requested`` (sent and processing, never
     answered, or requested by a closing and not sent yet) is asked about, or sent, and
     its answer recorded."""
     async with sessions() as session:
         ids = await open_refund_ids(session, before=now() - SETTLE_GRACE)
-    return await send_refunds(sessions, gateways, refund_ids=ids, now=now, tz=tz)
+    return await send_refunds(sessions, services, refund_ids=ids, now=now, tz=tz)
 
 
 async def refund_job(runtime: Any, payload: Mapping[str, Any]) -> int:
-    """The job ``payments.query_refunds`` (every minute): :func:`query_open_refunds` with
-    the configured merchants. Returns how many refunds it settled."""
-    gateways = online_gateways(runtime.services)
-    if gateways is None:
-        return 0
-    refunds = await query_open_refunds(runtime.sessions, gateways, now=runtime.now, tz=runtime.timezone)
+    """The job ``query_refunds`` (every minute): :func:`query_open_refunds` with the
+    configured merchants (``payments.online``). Returns how many refunds it settled."""
+    refunds = await query_open_refunds(runtime.sessions, runtime.services, now=runtime.now, tz=runtime.timezone)
     return sum(1 for refund in refunds if refund.state is not RefundState.requested)
-
-
-# The service the online payments' wiring offers its merchants' gateways under.
-GATEWAYS_SERVICE = "payments.online_gateways"
-
-
-def online_gateways(services: Mapping[str, Any]) -> OnlineGateways | None:
-    """The configured merchants' gateways among the host's services (None: online
-    payment is off)."""
-    found = services.get(GATEWAYS_SERVICE)
-    return found if found is not None else None
