@@ -7,7 +7,6 @@ against the fakes in test_refunds_live.py."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import pytest
@@ -123,11 +122,9 @@ async def test_a_mistaken_payment_goes_back_only_through_its_own_channel(session
 
 
 @pytest.fixture
-async def served_committed(committed_sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[
-        tuple[Served, list[Payment]]]:
+async def served_committed(committed_sessions: async_sessionmaker[AsyncSession]) -> tuple[Served, list[Payment]]:
     async with transaction(committed_sessions) as session:
-        made = await household_with_payments(session)
-    yield made
+        return await household_with_payments(session)
 
 
 async def refunds_of(sessions: async_sessionmaker[AsyncSession], account_id: int) -> list[tuple[str, int, str]]:
