@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -31,7 +32,8 @@ def _table(done: Any) -> None:
 
     from backend.money import fen_to_yuan
 
-    console = Console(soft_wrap=True)  # the report is the output: stdout
+    # The report is the output (stdout); piped, it keeps whole numbers rather than 80 columns.
+    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
     run = done.run
     console.print(f"{run.channel.value} {run.day.isoformat()} ({run.merchants or '-'}): {run.outcome.value}; "
                   f"ours {run.our_count} lines, net {fen_to_yuan(run.our_fen)}; "

@@ -20,7 +20,7 @@ from backend.payments.online.gateway import (
     RefundResult,
     StatementLine,
 )
-from backend.payments.online.merchants import Merchants
+from backend.payments.online.merchants import AlipayMerchant, Merchants, WechatMerchant
 from backend.payments.online.models import GatewayApi, OrderOrigin, OrderScene, PaymentOrder
 from backend.payments.online.orders import out_trade_no
 from backend.payments.online.registry import SERVICE, OnlinePayments
@@ -88,5 +88,9 @@ class StandInGateway:
 def services_of(*gateways: StandInGateway) -> dict[str, Any]:
     """Host services with ``gateways`` as the merchants' gateways (no GatewayClient: calls
     run on a thread of the loop's executor)."""
-    online = OnlinePayments(Merchants(), gateways={(g.channel, g.name): g for g in gateways})  # type: ignore[misc]
+    merchants = Merchants(
+        alipay=tuple(AlipayMerchant(g.name, "app", "key", "key") for g in gateways if g.channel is PaymentChannel.alipay),
+        wechat=tuple(WechatMerchant(g.name, GatewayApi.wechat_v3, "app", "mch") for g in gateways
+                     if g.channel is PaymentChannel.wechat))
+    online = OnlinePayments(merchants, gateways={(g.channel, g.name): g for g in gateways})  # type: ignore[misc]
     return {SERVICE: online}

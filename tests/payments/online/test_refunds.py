@@ -79,7 +79,7 @@ async def test_a_refund_is_split_over_the_online_payments_newest_first_and_the_r
     plan = await request_online_refunds(session, account_id=served.account_id, amount_fen=15000, reason="销户退费",
                                         by="收费员", now=NOW)
     parts = [(r.order_id, r.amount_fen, r.state) for r in plan.refunds]
-    orders: dict[int, int] = dict((await session.execute(text(
+    orders: dict[int | None, int] = dict((await session.execute(text(
         "SELECT payment_id, id FROM payment_orders WHERE account_id = :a"),
                                          {"a": served.account_id})).all())
     assert parts == [(orders[alipay_new.id], 2000, RefundState.requested),
