@@ -54,6 +54,7 @@ class AlarmKind(StrEnum):
     verification_failed = "verification_failed"  # payment; threshold: failed verifications of its notify
     delivery_failing = "delivery_failing"  # gateway; threshold: consecutive failed deliveries
     loss_high = "loss_high"  # zone; threshold: percent of the system input lost (non-revenue water)
+    refund_failed = "refund_failed"  # payment; the gateway refused its refund (value: the fen not refunded)
 
 
 # The kinds readings' abnormal-meter rules evaluate (and alarm_rules may hold).

@@ -75,6 +75,7 @@ from backend.payments.models import (
     PaymentPurpose,
     PaymentStatus,
 )
+from backend.payments.online.models import PaymentRefund
 from backend.payments.online.pending import add_pending_write
 from backend.readings.partitions import as_zone
 
@@ -340,6 +341,9 @@ class ClosedAccount:
     final_charge_fen: int  # what the final charge debited (net)
     refund: Payment | None  # the balance given back
     collection: Payment | None  # the arrears taken
+    # Refunds through the original channels requested by this call: the account stays open
+    # until they are settled, then closing again pays the rest (backend.payments.online.refunds).
+    online_refunds: tuple[PaymentRefund, ...] = ()
 
 
 async def close_account(
@@ -358,8 +362,12 @@ async def close_account(
     scope_patterns: Sequence[str] | None = None,
 ) -> ClosedAccount:
     """销户: final charge up to ``final_reading_at`` (the desk's manual reading, stored by
-    the caller first, or the meter's latest), then refund a positive balance in cash or
-    collect a negative one in ``collect_channel``, then close and emit ``account.closed``.
+    the caller first, or the meter's latest), then refund a positive balance or collect a
+    negative one in ``collect_channel``, then close and emit ``account.closed``. A positive
+    balance goes back through the account's online payments first: when any can take
+    some, those refunds are requested (``online_refunds``) and the account is returned
+    still open, to be closed again once they are settled; otherwise it is refunded in
+    cash. REFUND_NOT_POSSIBLE while such refunds are in flight.
     The refund or collection is keyed ``<idempotency_key>:refund`` / ``:collect`` (the key
     is at most 90 characters). A collection follows the counter's rules for its channel
     (a card's reference, a bank's partner); it is not capped by the largest single counter
@@ -390,6 +398,20 @@ async def close_account(
     await session.refresh(account)
     refund = collection = None
     if account.balance_fen > 0:
+        # Back through the original channels first (backend.payments.online.refunds): those
+        # refunds are requested now and sent after commit; the account closes when closed
+        # again once they are settled, the rest (failed ones included) then in cash.
+        from backend.payments.online import refunds as online
+
+        if await online.refunds_in_flight_fen(session, account_id):
+            raise DomainError("原路退款处理中, 待支付平台确认后再销户",
+                              "Refunds through the original channels are in flight: close once they are settled",
+                              field="id", code=ErrorCode.REFUND_NOT_POSSIBLE)
+        planned = await online.request_online_refunds(session, account_id=account_id, amount_fen=account.balance_fen,
+                                                      reason="销户退费", by=operator.name, now=now, tz=tz,
+                                                      account=account)
+        if planned.refunds:
+            return ClosedAccount(account, charged.charged_fen, None, None, online_refunds=planned.refunds)
         refund = await record_payment(session, account=account, kind=PaymentKind.refund, entry_kind=EntryKind.refund,
                                channel=PaymentChannel.cash, purpose=PaymentPurpose.recharge,
                                amount_fen=account.balance_fen, idempotency_key=f"{idempotency_key}:refund",

@@ -17,7 +17,8 @@ from backend.payments.settings import PaymentsSettings
 DOMAIN = Domain(
     name="payments",
     title="收费",
-    models=("backend.payments.models", "backend.payments.receipts.models", "backend.payments.online.models"),
+    models=("backend.payments.models", "backend.payments.receipts.models", "backend.payments.online.models",
+            "backend.payments.online.reconcile_models"),
     schema="backend.payments.schema",
     routes="backend.payments.http:routes",
     menus=(
@@ -26,6 +27,7 @@ DOMAIN = Domain(
             _p("counter:reverse_any", "冲正他人或往日收费", "Reverse any payment"),
             _p("counter:close_account", "销户退费", "Close accounts with their refund"),
             _p("counter:day_all", "查看与日结所有收费员", "See and hand over every cashier's day"),
+            _p("counter:refund_online", "原路退款 (错缴退款)", "Refund a payment through its original channel"),
         )),
         Menu("payments", "缴费查询", "Payment queries", (
             _p("payments:read", "查看与导出缴费记录", "View and export payments"),
@@ -64,7 +66,14 @@ DOMAIN = Domain(
         # notification may never come) are asked about, credited, or closed when expired.
         Job("query_payment_orders", "backend.payments.online.jobs:query_payment_orders", cron="* * * * *",
             description="Ask the gateways about unpaid online orders; credit the paid, close the expired"),
+        Job("query_refunds", "backend.payments.online.refunds:refund_job", cron="* * * * *",
+            permissions=frozenset({"counter:refund_online"}),
+            description="Send and query refunds through the original channel until the gateway settles them"),
+        Job("reconcile", "backend.payments.online.reconcile:reconcile_yesterday", cron="30 2 * * *",
+            permissions=frozenset({"payments:read"}),
+            description="对账: yesterday of every configured channel against its merchants' statements"),
     ),
+    commands={"pay": "backend.payments.online.cli:pay_app"},
     events=("backend.payments.events",),
     settings=PaymentsSettings,
     # payments.online: the merchants file loaded at start (a mistake stops the host) and
@@ -97,6 +106,7 @@ DOMAIN = Domain(
         "payment_refunds.requested_by": "the staff member who asked for the refund, not the resident",
         "payment_refunds.requested_at": "when the refund was asked for, a time not a person",
         "pending_writes.settled_by": "the staff member or device that wrote the money to the card or meter",
+        "reconciliation_runs.run_by": "the staff login, 系统 (the job) or the CLI that ran a reconciliation, not the resident",
         "receipt_form_voids.reason": "why a cashier voided a blank form (卡纸, 填错); no resident is named on a voided form",
     }),
 )
