@@ -174,15 +174,8 @@ class Settings(BaseSettings):
     db_bulk_idle_in_transaction_timeout_s: float = Field(default=10 * 60, ge=0)
     db_bulk_temp_file_limit_mb: int = Field(default=16 * 1024, ge=0)
 
-    # Payment, push and bank gateways: filled in by the issues that use them.
-    alipay_app_id: str | None = None
-    alipay_private_key: SecretStr | None = None
-    alipay_public_key: str | None = None
-    alipay_gateway: str | None = None
-    wechat_app_id: str | None = None
-    wechat_mch_id: str | None = None
-    wechat_api_key: SecretStr | None = None
-    wechat_api_base: str | None = None
+    # Push and bank gateways: filled in by the issues that use them. Alipay apps and WeChat
+    # Pay merchants are in the merchants file SHUIWU_PAYMENTS_CONFIG (backend.payments.settings).
     jpush_app_key: str | None = None
     jpush_master_secret: SecretStr | None = None
     jpush_zone: str | None = None

@@ -73,10 +73,12 @@ from backend.payments.models import (
     PaymentPurpose,
     PaymentStatus,
 )
+from backend.payments.online.pending import add_pending_write
 from backend.readings.partitions import as_zone
 
 __all__ = [
-    "DEFAULT_MAX_COUNTER_PAYMENT_FEN", "ClosedAccount", "Operator", "close_account", "reverse_payment", "take_payment",
+    "DEFAULT_MAX_COUNTER_PAYMENT_FEN", "ClosedAccount", "Operator", "close_account", "record_payment", "reverse_payment",
+    "take_payment",
 ]
 
 DEFAULT_MAX_COUNTER_PAYMENT_FEN = 5_000_000  # ¥50,000
@@ -189,20 +191,23 @@ async def take_payment(
     if bill_ids:
         await check_payable_bills(session, account_id=account_id, bill_ids=bill_ids)
     kind = EntryKind.recharge if purpose is PaymentPurpose.recharge else EntryKind.payment
-    return await _record(session, account=account, kind=PaymentKind.collect, entry_kind=kind, channel=channel,
+    return await record_payment(session, account=account, kind=PaymentKind.collect, entry_kind=kind, channel=channel,
                          purpose=purpose, amount_fen=amount_fen, idempotency_key=idempotency_key, operator=operator,
                          now=now, day=day, reference=reference, bank_partner=bank_partner, bank_outlet=bank_outlet,
                          note=note.strip(), bill_ids=bill_ids)
 
 
-async def _record(session: AsyncSession, *, account: Account, kind: PaymentKind, entry_kind: EntryKind,
-                  channel: PaymentChannel, purpose: PaymentPurpose, amount_fen: int, idempotency_key: str,
-                  operator: Operator, now: datetime, day: date, reference: str | None = None,
-                  bank_partner: str | None = None, bank_outlet: str | None = None, note: str = "",
-                  bill_ids: Sequence[int] = ()) -> Payment:
+async def record_payment(session: AsyncSession, *, account: Account, kind: PaymentKind, entry_kind: EntryKind,
+                         channel: PaymentChannel, purpose: PaymentPurpose, amount_fen: int, idempotency_key: str,
+                         operator: Operator, now: datetime, day: date, reference: str | None = None,
+                         bank_partner: str | None = None, bank_outlet: str | None = None, note: str = "",
+                         bill_ids: Sequence[int] = ()) -> Payment:
     """Write the payment, its ledger entry, (money in on a postpaid account) its allocation
-    to the bills, ``bill_ids`` first, and (money in) ``payment.succeeded``, whose balance is
-    the one after it all (late fees the payment posted included)."""
+    to the bills, ``bill_ids`` first, (money in on a prepaid_card / prepaid_meter account)
+    its pending card or meter write, and (money in) ``payment.succeeded``, whose balance is
+    the one after it all (late fees the payment posted included). The one writer of a
+    payment of any channel: the counter's and the online credit (``online.credit``).
+    ``account`` is locked by the caller."""
     assert account.id is not None
     number = (await session.execute(text("SELECT nextval('payments_id_seq')"))).scalar_one()
     payment = Payment(
@@ -225,11 +230,17 @@ async def _record(session: AsyncSession, *, account: Account, kind: PaymentKind,
                                           bill_ids=bill_ids, by=operator.name)
         balance_after -= allocated.late_fee_posted_fen
     if kind is PaymentKind.collect:
+        # Money credited anywhere but at the card or the meter must still be written there.
+        await add_pending_write(session, account=account, payment_id=number, amount_fen=amount_fen, now=now)
         await emit_event(session, "payment.succeeded", PaymentSucceeded(
             payment_id=number, account_id=account.id, household_id=account.household_id, channel=channel,
             amount_fen=amount_fen, balance_after_fen=balance_after,
         ), key=f"account:{account.id}")
     return payment
+
+
+# The name other branches of issue 18 were written against (refunds): the same function.
+_record = record_payment
 
 
 async def reverse_payment(
@@ -333,12 +344,12 @@ async def close_account(
     await session.refresh(account)
     refund = collection = None
     if account.balance_fen > 0:
-        refund = await _record(session, account=account, kind=PaymentKind.refund, entry_kind=EntryKind.refund,
+        refund = await record_payment(session, account=account, kind=PaymentKind.refund, entry_kind=EntryKind.refund,
                                channel=PaymentChannel.cash, purpose=PaymentPurpose.recharge,
                                amount_fen=account.balance_fen, idempotency_key=f"{idempotency_key}:refund",
                                operator=operator, now=now, day=day, note="销户退费")
     elif account.balance_fen < 0:
-        collection = await _record(session, account=account, kind=PaymentKind.collect, entry_kind=EntryKind.payment,
+        collection = await record_payment(session, account=account, kind=PaymentKind.collect, entry_kind=EntryKind.payment,
                                    channel=collect_channel, purpose=PaymentPurpose.bills,
                                    amount_fen=-account.balance_fen, idempotency_key=f"{idempotency_key}:collect",
                                    operator=operator, now=now, day=day, reference=reference,

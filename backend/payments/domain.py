@@ -48,11 +48,16 @@ DOMAIN = Domain(
     ),
     events=("backend.payments.events",),
     settings=PaymentsSettings,
+    # payments.online: the merchants file loaded at start (a mistake stops the host) and
+    # one gateway per merchant (backend.payments.online.registry).
+    services="backend.payments.online.registry:offered",
     checks=(
         Check("payments.ledger", "backend.payments.checks:payments_match_ledger",
               "Every payment's ledger entries exist as it says; every handed-over day equals its entries"),
         Check("payments.receipt_font", "backend.payments.receipts.checks:receipt_font",
               description="The CJK TrueType font receipts embed (SHUIWU_PAYMENTS_RECEIPT_FONT) is there"),
+        Check("payments.merchants", "backend.payments.online.registry:merchants_check",
+              description="The merchants file (SHUIWU_PAYMENTS_CONFIG) reads: one line per mistake"),
     ),
     # After billing's (domain order): it records billing's history of recharges as payments.
     demo="backend.payments.demo:demo_step",

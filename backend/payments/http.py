@@ -1,4 +1,5 @@
-"""Payments over plain HTTP: the Excel export of the payments list (缴费查询).
+"""Payments over plain HTTP: the Excel export of the payments list (缴费查询), receipts'
+downloads and online payments' notify routes (``backend.payments.online.http``).
 
 ``GET /exports/payments.xlsx?<filter>&token=…``: every payment ``payments`` lists for the
 same filter (parameters ``areaId``, ``from``, ``to``, ``search``, ``channel``,
@@ -34,6 +35,7 @@ from backend.files.service import FileStore
 from backend.graphql.relay import decode_id
 from backend.payments import browse
 from backend.payments.models import PaymentChannel, PaymentKind, PaymentPurpose, PaymentStatus
+from backend.payments.online import http as online_http
 from backend.payments.receipts import http as receipts_http
 
 PAYMENTS_EXPORT_PATH = "/exports/payments.xlsx"
@@ -125,4 +127,5 @@ def routes(host: HttpHost) -> list[Route]:
         return Exported(path, written, f"payments-{utcnow().astimezone(zone):%Y%m%d%H%M}.xlsx")
 
     export = ExportRoute(PAYMENTS_EXPORT_PATH, READ_PERMISSION, "payments", "exportPayments", "导出缴费记录")
-    return [export_route(host, export, build, record=record_operation), *receipts_http.routes(host)]
+    return [export_route(host, export, build, record=record_operation), *receipts_http.routes(host),
+            *online_http.routes(host)]

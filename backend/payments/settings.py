@@ -21,6 +21,11 @@ class PaymentsSettings(BaseSettings):
     # cannot be embedded by reportlab. `shuiwu check` says when it is missing.
     receipt_font: Path = DEFAULT_FONT
     receipt_font_index: int = Field(default=0, ge=0, le=64)
+    # The merchants file (SHUIWU_PAYMENTS_CONFIG, TOML: backend.payments.online.merchants):
+    # Alipay apps, WeChat Pay merchants, the public base URL the platforms call back. Absent:
+    # online payment is off. Read and validated at start (a mistake stops the process with
+    # one line per mistake) and by `shuiwu check` (payments.merchants).
+    config: Path | None = None
 
     @property
     def font(self) -> ReceiptFont:
