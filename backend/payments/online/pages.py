@@ -44,7 +44,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from sqlalchemy import text
@@ -328,38 +328,6 @@ async def order_view(session: AsyncSession, out_trade_no: str) -> OrderView | No
         return None
     return OrderView(row.out_trade_no, OrderState(row.state), row.amount_fen, PaymentChannel(row.channel),
                      mask_name(row.name), row.account_no, row.paid_at)
-
-
-# --------------------------------------------------------------------------- opening an order (the seam)
-
-
-@dataclass(frozen=True, slots=True)
-class PageOrder:
-    """What a page asks to be opened."""
-
-    household_id: int
-    amount_fen: int
-    purpose: PaymentPurpose
-    channel: PaymentChannel
-    scene: OrderScene
-    origin: OrderOrigin
-    client_ip: str
-    openid: str | None = None
-    # Where the payer's browser returns after paying: the result page of the order.
-    return_url_template: str = ""  # with "{out_trade_no}"
-
-
-@dataclass(frozen=True, slots=True)
-class OpenedOrder:
-    out_trade_no: str
-    payload: ClientPayload
-
-
-class OrderOpener(Protocol):
-    """Opens an online order for a page (``orders.create_payment_order`` behind it) and
-    returns what the payer's browser needs; raises DomainError for a refusal."""
-
-    async def __call__(self, order: PageOrder) -> OpenedOrder: ...
 
 
 # --------------------------------------------------------------------------- WeChat web authorization

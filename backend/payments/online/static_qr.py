@@ -28,14 +28,24 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.archives.service.rooms import area_name_sql, room_label_sql, unit_name_sql
-from backend.billing.scope import area_path_in_scope
-from backend.errors import DomainError, ErrorCode
+from backend.billing.scope import area_path_in_scope, patterns_param
+from backend.errors import DomainError, ErrorCode, NotFound
 from backend.exports.pdf import MM, SUBSETTING, FontUnavailable, PdfFont, draw_text, register_font
 from backend.payments.online.pages import mask_address, static_qr_token
 
 __all__ = [
-    "MAX_STICKERS", "Sticker", "StickerFontMissing", "TooManyStickers", "qr_matrix", "qr_png", "qr_svg",
-    "render_sticker_sheet", "render_sticker_sheet_async", "static_qr_url", "sticker_households",
+    "MAX_STICKERS",
+    "Sticker",
+    "StickerFontMissing",
+    "TooManyStickers",
+    "household_sticker",
+    "qr_matrix",
+    "qr_png",
+    "qr_svg",
+    "render_sticker_sheet",
+    "render_sticker_sheet_async",
+    "static_qr_url",
+    "sticker_households",
 ]
 
 MAX_STICKERS = 3000  # a large community; a city is printed building by building
@@ -125,6 +135,11 @@ LIMIT :limit
 """
 
 
+_ONE_HOUSEHOLD = _HOUSEHOLDS.replace(
+    "a.path LIKE :prefix",
+    "h.id = :household_id AND (CAST(:patterns AS text[]) IS NULL OR a.path LIKE ANY(CAST(:patterns AS text[])))")
+
+
 async def sticker_households(session: AsyncSession, *, area_id: int, scope_patterns: Sequence[str] | None,
                              public_base_url: str, secret: str) -> list[Sticker]:
     """A sticker for every household of the area's subtree, in the order of a door round
@@ -137,6 +152,18 @@ async def sticker_households(session: AsyncSession, *, area_id: int, scope_patte
     return [Sticker(household_id=row.id, account_no=row.account_no, masked_address=mask_address(row.place or ""),
                     building=row.building or "", building_id=row.building_id,
                     url=static_qr_url(public_base_url, secret, row.id)) for row in rows]
+
+
+async def household_sticker(session: AsyncSession, *, household_id: int, scope_patterns: Sequence[str] | None,
+                            public_base_url: str, secret: str) -> Sticker:
+    """One household's sticker; NOT_FOUND outside the scope (its existence does not leak)."""
+    row = (await session.execute(text(_ONE_HOUSEHOLD), {"household_id": household_id, "limit": 1,
+                                                        "patterns": patterns_param(scope_patterns)})).first()
+    if row is None:
+        raise NotFound(field="householdId")
+    return Sticker(household_id=row.id, account_no=row.account_no, masked_address=mask_address(row.place or ""),
+                   building=row.building or "", building_id=row.building_id,
+                   url=static_qr_url(public_base_url, secret, row.id))
 
 
 def _draw_qr(page: object, matrix: list[list[bool]], x_mm: float, top_mm: float) -> None:
