@@ -87,9 +87,9 @@ class NotifyOutcome:
 class _Refused(Exception):
     """A check failed after the signature: stored as rejected with ``reason``."""
 
-    def __init__(self, reason: str, order: PaymentOrder | None = None) -> None:
+    def __init__(self, reason: str) -> None:
         super().__init__(reason)
-        self.reason, self.order = reason, order
+        self.reason = reason
 
 
 def _alipay_candidates(online: OnlinePayments, body: bytes) -> list[tuple[Merchant, OnlineGateway]]:
@@ -230,10 +230,9 @@ async def receive_notification(sessions: async_sessionmaker[AsyncSession], *, on
                 raise _Refused(f"unknown out_trade_no {verified.out_trade_no[:64]!r}")
             if (order.api, order.merchant) != (api, merchant.name):
                 raise _Refused(f"order {order.out_trade_no} was made with {order.api.value} merchant "
-                               f"{order.merchant!r}, not {merchant.name!r}", order)
+                               f"{order.merchant!r}, not {merchant.name!r}")
             if verified.amount_fen != order.amount_fen:
-                raise _Refused(f"amount {verified.amount_fen} fen differs from the order's {order.amount_fen} fen",
-                               order)
+                raise _Refused(f"amount {verified.amount_fen} fen differs from the order's {order.amount_fen} fen")
             if not verified.paid:
                 await _store(session, api=api, order=order, out_trade_no=order.out_trade_no,
                              verdict=NotificationVerdict.rejected, reason=f"trade status {verified.status}: not paid",
@@ -249,8 +248,9 @@ async def receive_notification(sessions: async_sessionmaker[AsyncSession], *, on
             await _store(session, api=api, order=order, out_trade_no=order.out_trade_no,
                          verdict=NotificationVerdict.accepted, reason=None, headers=headers, body=body, now=now)
     except _Refused as refused:
+        # The order read in the rolled-back transaction is expired: _reject reads it again.
         order = await _reject(sessions, api=api, reason=refused.reason, out_trade_no=verified.out_trade_no,
-                              order=refused.order, headers=headers, body=body, now=now)
+                              order=None, headers=headers, body=body, now=now)
         return NotifyOutcome(gateway.answer(False), "rejected", order.id if order else None, refused.reason)
     except DomainError as refused:  # the account closed since (post_entry refuses it): a person must refund
         reason = f"cannot credit: {refused.message_en}"

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
@@ -158,8 +158,8 @@ async def open_order(session: AsyncSession, *, online: OnlinePayments, ask: Orde
                      tz: str | tzinfo = "Asia/Shanghai", reach: Reach = ANYONE) -> tuple[PaymentOrder, bool]:
     """Validate ``ask`` and write its order (module docstring). Returns the order and
     whether it is new (False: the idempotency key's stored order). The caller commits."""
-    ask = OrderAsk(**{**ask.__dict__, "channel": PaymentChannel(ask.channel), "scene": OrderScene(ask.scene),
-                      "purpose": PaymentPurpose(ask.purpose), "origin": OrderOrigin(ask.origin)})
+    ask = replace(ask, channel=PaymentChannel(ask.channel), scene=OrderScene(ask.scene),
+                  purpose=PaymentPurpose(ask.purpose), origin=OrderOrigin(ask.origin))
     _validate(ask, online)
     account, account_no = await _account(session, ask, reach)
     assert account.id is not None
