@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from backend.auth.menus import Menu, Operation
 from backend.auth.menus import permission as _p
-from backend.domain import Check, Domain, PersonalData
+from backend.domain import Check, Domain, Job, PersonalData
 from backend.payments.settings import PaymentsSettings
 
 DOMAIN = Domain(
@@ -45,6 +45,15 @@ DOMAIN = Domain(
         Operation("saveReceiptLayout", "保存票据格式", "Save receipt layout", "receipts"),
         Operation("issueReceiptForms", "票据领用", "Issue receipt forms", "receipts"),
         Operation("voidReceiptForm", "票据作废", "Void receipt form", "receipts"),
+        Operation("createPaymentOrder", "在线支付下单", "Create payment order", "payments"),
+        Operation("counterBarcodePay", "付款码收款", "Counter barcode payment", "counter"),
+        Operation("counterQrOrder", "扫码收款", "Counter QR order", "counter"),
+    ),
+    jobs=(
+        # Every minute: orders still unpaid query_after_minutes after they were made (the
+        # notification may never come) are asked about, credited, or closed when expired.
+        Job("query_payment_orders", "backend.payments.online.jobs:query_payment_orders", cron="* * * * *",
+            description="Ask the gateways about unpaid online orders; credit the paid, close the expired"),
     ),
     events=("backend.payments.events",),
     settings=PaymentsSettings,

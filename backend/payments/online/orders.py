@@ -64,6 +64,7 @@ class OrderAsk:
     created_by: str
     household_id: int | None = None
     account_no: str | None = None
+    account_id: int | None = None  # the counter names the account itself
     openid: str | None = None
     client_ip: str | None = None
     user_agent: str | None = None
@@ -125,6 +126,14 @@ def _validate(ask: OrderAsk, online: OnlinePayments) -> None:
 
 async def _account(session: AsyncSession, ask: OrderAsk, reach: Reach) -> tuple[Account, str]:
     """The account the order pays, in the caller's reach, with its 缴费号."""
+    if ask.account_id is not None:
+        account = await account_in_scope(session, ask.account_id, reach.scope_patterns, field="accountId",
+                                         household_ids=reach.household_ids)
+        if account.status is not AccountStatus.open:
+            raise errors.PaymentAccountNotPayable(field="accountId")
+        household = await session.get(Household, account.household_id)
+        assert household is not None
+        return account, household.account_no
     if ask.household_id is not None:
         household = await session.get(Household, ask.household_id)
         field = "householdId"
@@ -138,11 +147,11 @@ async def _account(session: AsyncSession, ask: OrderAsk, reach: Reach) -> tuple[
     if household is None:
         raise NotFound(field=field)
     found_account = await session.execute(select(Account).where(Account.household_id == household.id))  # type: ignore[arg-type]
-    account = found_account.scalars().first()
-    if account is None:
+    first = found_account.scalars().first()
+    if first is None:
         raise errors.PaymentAccountNotPayable(field=field)
-    assert account.id is not None
-    account = await account_in_scope(session, account.id, reach.scope_patterns, field=field,
+    assert first.id is not None
+    account = await account_in_scope(session, first.id, reach.scope_patterns, field=field,
                                      household_ids=reach.household_ids)
     if account.status is not AccountStatus.open:
         raise errors.PaymentAccountNotPayable(field=field)
@@ -246,7 +255,7 @@ async def request_payload(sessions: async_sessionmaker[AsyncSession], *, online:
         raise
     async with transaction(sessions) as session:
         await session.execute(text("UPDATE payment_orders SET client_payload = CAST(:payload AS jsonb) "
-                                   "WHERE id = :id AND client_payload IS NULL"),
+                                   "WHERE id = :id"),
                               {"payload": _json(payload.as_json()), "id": order.id})
     order.client_payload = payload.as_json()
     return payload

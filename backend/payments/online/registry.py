@@ -26,21 +26,30 @@ from backend.payments.online.models import GatewayApi
 SERVICE = "payments.online"
 T = TypeVar("T")
 
-# "module:function" (merchant, services) -> OnlineGateway, per protocol: the gateways'
-# own modules (alipay.py, wechat_v2.py, wechat_v3.py), imported on first use.
-GATEWAY_FACTORIES: dict[GatewayApi, str] = {
-    GatewayApi.alipay: "backend.payments.online.alipay:gateway_for",
-    GatewayApi.wechat_v2: "backend.payments.online.wechat_v2:gateway_for",
-    GatewayApi.wechat_v3: "backend.payments.online.wechat_v3:gateway_for",
+# Per protocol: the gateway class ("module:Class", built as Class(merchant, settings)) and
+# its channel's gateway settings ("module:Settings", SHUIWU_ALIPAY_* / SHUIWU_WECHAT_*:
+# the URL the SDK talks to, the timeout), imported on first use.
+GATEWAY_CLASSES: dict[GatewayApi, tuple[str, str]] = {
+    GatewayApi.alipay: ("backend.payments.online.alipay:AlipayGateway", "backend.payments.online.alipay:AlipaySettings"),
+    GatewayApi.wechat_v2: ("backend.payments.online.wechat_v2:WechatV2Gateway",
+                           "backend.payments.online.wechat_v2:WechatSettings"),
+    GatewayApi.wechat_v3: ("backend.payments.online.wechat_v3:WechatV3Gateway",
+                           "backend.payments.online.wechat_v3:WechatSettings"),
 }
 
 GatewayFactory = Callable[[Merchant], OnlineGateway]
 
 
+def _attribute(reference: str) -> Any:
+    module_name, _, name = reference.partition(":")
+    return getattr(importlib.import_module(module_name), name)
+
+
 def _default_factory(merchant: Merchant) -> OnlineGateway:
-    module_name, _, function = GATEWAY_FACTORIES[merchant.api].partition(":")
-    build = getattr(importlib.import_module(module_name), function)
-    return build(merchant)  # type: ignore[no-any-return]
+    from backend.domain import read_settings
+
+    gateway_class, settings_class = GATEWAY_CLASSES[merchant.api]
+    return _attribute(gateway_class)(merchant, read_settings(_attribute(settings_class)))  # type: ignore[no-any-return]
 
 
 class OnlinePayments:

@@ -1,6 +1,6 @@
 """GraphQL for payments: the counter mutations (``mutations``: 收费, 冲正, 销户, 日结), the
 payment queries and cashier's days (``queries``), and receipts (``backend.payments.receipts
-.schema``: layouts, printing, form stock). The root schema merges these types with every
+.schema``: layouts, printing, form stock) and online payment orders (``online``). The root schema merges these types with every
 other domain's."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from __future__ import annotations
 from strawberry.tools import merge_types
 
 from backend.payments.receipts import schema as receipts
-from backend.payments.schema import mutations, queries
+from backend.payments.schema import mutations, online, queries
 
-Query = merge_types("PaymentsQuery", (queries.Query, receipts.Query))
-Mutation = merge_types("PaymentsMutation", (mutations.Mutation, receipts.Mutation))
-NODES = queries.NODES
+Query = merge_types("PaymentsQuery", (queries.Query, receipts.Query, online.Query))
+Mutation = merge_types("PaymentsMutation", (mutations.Mutation, receipts.Mutation, online.Mutation))
+NODES = {**queries.NODES, **online.NODES}
 
 __all__ = ["NODES", "Mutation", "Query"]
