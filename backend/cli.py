@@ -272,6 +272,22 @@ def demo_api_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"graphiql": True, "introspection": "all"})
 
 
+def _demo_environment(settings: Settings, host: str, port: int) -> None:
+    """Set what the domains' ``demo_environment`` hooks ask for (payments' test merchants
+    under DATA_DIR/payments/ unless SHUIWU_PAYMENTS_CONFIG is set), before the API, the
+    job worker and the local fakes read their settings: every part of the demo sees the same."""
+    import os
+
+    from backend.domain import load
+    from backend.domains import installed
+
+    reachable = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    api_url = f"http://{reachable}:{port}"
+    for domain in installed():
+        if domain.demo_environment is not None:
+            os.environ.update(load(domain.demo_environment)(settings, api_url))
+
+
 @demo_app.command("run")
 def demo_run(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
@@ -290,10 +306,11 @@ def demo_run(
     from backend.jobs import run_worker
 
     settings = demo_api_settings(_settings())
+    bind_host, bind_port = host or settings.host, port or settings.port
+    _demo_environment(settings, bind_host, bind_port)
     _gateway_settings()
     url = _database(settings)
     _migrate(url)
-    bind_host, bind_port = host or settings.host, port or settings.port
     server = uvicorn.Server(uvicorn.Config(create_app(settings, url), host=bind_host, port=bind_port,
                                            log_config=None, access_log=False, proxy_headers=False,
                                            ws_max_size=settings.graphql_max_body_bytes))

@@ -249,6 +249,10 @@ class Domain:
     commands: Mapping[str, str] = field(default_factory=dict)
     # "module:function" (session, plan: DemoPlan) -> None, run by ``shuiwu demo load`` in domain order.
     demo: str | None = None
+    # "module:function" (settings: Settings, api_url: str) -> {name: value}: environment
+    # variables ``shuiwu demo run`` sets before it starts anything (the API, the job worker,
+    # the local fakes all read them), e.g. payments' generated test merchants file.
+    demo_environment: str | None = None
     # A pydantic-settings class read with its own env prefix (SHUIWU_<NAME>_…), offered
     # to the domain's code as the service ``settings.<name>`` (Runtime.settings_group).
     settings: type[BaseModel] | None = None

@@ -52,6 +52,7 @@ DOMAIN = Domain(
         Operation("createPaymentOrder", "在线支付下单", "Create payment order", "payments"),
         Operation("counterBarcodePay", "付款码收款", "Counter barcode payment", "counter"),
         Operation("counterQrOrder", "扫码收款", "Counter QR order", "counter"),
+        Operation("printStaticQr", "打印静态缴费码", "Print static QR stickers", "payments"),
     ),
     # The SDKs' endpoints and bounds (SHUIWU_ALIPAY_* / SHUIWU_WECHAT_*: the local fakes by
     # default); the merchants' keys are in the merchants file. Money moves: every call kept.
@@ -89,6 +90,9 @@ DOMAIN = Domain(
     ),
     # After billing's (domain order): it records billing's history of recharges as payments.
     demo="backend.payments.demo:demo_step",
+    # `shuiwu demo run`: test merchants with their own keys under DATA_DIR/payments (unless
+    # SHUIWU_PAYMENTS_CONFIG is set), so the local gateways and the API agree.
+    demo_environment="backend.payments.online.demo:demo_environment",
     personal_data=PersonalData(excluded={
         "payments.operator_name": "the cashier who took the payment, not the resident",
         "payments.reversed_by": "the cashier who reversed the payment, not the resident",

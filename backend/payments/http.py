@@ -1,5 +1,6 @@
 """Payments over plain HTTP: the Excel export of the payments list (缴费查询), receipts'
-downloads and online payments' notify routes (``backend.payments.online.http``).
+downloads, online payments' notify routes (``backend.payments.online.http``) and the payer's
+pages and static QR stickers (``backend.payments.online.payer.http``).
 
 ``GET /exports/payments.xlsx?<filter>&token=…``: every payment ``payments`` lists for the
 same filter (parameters ``areaId``, ``from``, ``to``, ``search``, ``channel``,
@@ -36,6 +37,7 @@ from backend.graphql.relay import decode_id
 from backend.payments import browse
 from backend.payments.models import PaymentChannel, PaymentKind, PaymentPurpose, PaymentStatus
 from backend.payments.online import http as online_http
+from backend.payments.online.payer import http as payer_http
 from backend.payments.receipts import http as receipts_http
 
 PAYMENTS_EXPORT_PATH = "/exports/payments.xlsx"
@@ -128,4 +130,4 @@ def routes(host: HttpHost) -> list[Route]:
 
     export = ExportRoute(PAYMENTS_EXPORT_PATH, READ_PERMISSION, "payments", "exportPayments", "导出缴费记录")
     return [export_route(host, export, build, record=record_operation), *receipts_http.routes(host),
-            *online_http.routes(host)]
+            *online_http.routes(host), *payer_http.routes(host)]
