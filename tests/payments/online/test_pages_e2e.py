@@ -331,3 +331,19 @@ async def test_staff_get_signed_links_to_stickers_and_qr_images_in_their_scope_o
         static_qr.static_qr_url(site.api.url, site.secret, mine.household.id))
     assert outside["data"] is None and [e["extensions"]["code"] for e in outside["errors"]] == ["NOT_FOUND"]
     assert refused["data"] is None and [e["extensions"]["code"] for e in refused["errors"]] == ["FORBIDDEN"]
+
+
+def test_web_authorization_goes_where_the_wechat_settings_say() -> None:
+    from types import SimpleNamespace
+
+    from backend.payments.online.payer.http import wechat_web_bases
+
+    def bases(**settings: str) -> tuple[str, str]:
+        return wechat_web_bases({"gateway.wechat": SimpleNamespace(settings=WechatSettings(**settings))})
+
+    local = "http://127.0.0.1:18962"
+    assert bases(url=local) == (local, local)  # the local gateway serves both
+    assert bases(url="https://api.mch.weixin.qq.com") == ("https://open.weixin.qq.com", "https://api.weixin.qq.com")
+    assert bases(url="https://api.mch.weixin.qq.com", oauth_url="https://open.sandbox.test/",
+                 sns_url="https://sns.sandbox.test") == ("https://open.sandbox.test", "https://sns.sandbox.test")
+    assert wechat_web_bases({}) == ("https://open.weixin.qq.com", "https://api.weixin.qq.com")
