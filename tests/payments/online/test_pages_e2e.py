@@ -338,7 +338,7 @@ def test_web_authorization_goes_where_the_wechat_settings_say() -> None:
 
     from backend.payments.online.payer.http import wechat_web_bases
 
-    def bases(**settings: str) -> tuple[str, str]:
+    def bases(**settings: Any) -> tuple[str, str]:
         return wechat_web_bases({"gateway.wechat": SimpleNamespace(settings=WechatSettings(**settings))})
 
     local = "http://127.0.0.1:18962"
