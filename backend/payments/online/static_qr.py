@@ -38,6 +38,7 @@ __all__ = [
     "Sticker",
     "StickerFontMissing",
     "TooManyStickers",
+    "household_in_scope",
     "household_sticker",
     "qr_matrix",
     "qr_png",
@@ -152,6 +153,15 @@ async def sticker_households(session: AsyncSession, *, area_id: int, scope_patte
     return [Sticker(household_id=row.id, account_no=row.account_no, masked_address=mask_address(row.place or ""),
                     building=row.building or "", building_id=row.building_id,
                     url=static_qr_url(public_base_url, secret, row.id)) for row in rows]
+
+
+async def household_in_scope(session: AsyncSession, *, household_id: int, scope_patterns: Sequence[str] | None,
+                             field: str = "householdId") -> None:
+    """NOT_FOUND unless the household lies in the scope (what a link to its QR checks first)."""
+    row = (await session.execute(text(_ONE_HOUSEHOLD), {"household_id": household_id, "limit": 1,
+                                                        "patterns": patterns_param(scope_patterns)})).first()
+    if row is None:
+        raise NotFound(field=field)
 
 
 async def household_sticker(session: AsyncSession, *, household_id: int, scope_patterns: Sequence[str] | None,

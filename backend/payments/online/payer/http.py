@@ -91,12 +91,19 @@ def _gateway_url(services: Mapping[str, Any], kind: str) -> str:
 
 
 def wechat_web_bases(services: Mapping[str, Any]) -> tuple[str, str]:
-    """(authorization base, API base) of WeChat's web authorization: the real hosts, or
-    the local gateway (``SHUIWU_WECHAT_URL`` on this machine), which serves both paths."""
-    url = _gateway_url(services, "wechat")
-    if url and urlsplit(url).hostname in _LOOPBACK:
-        return url.rstrip("/"), url.rstrip("/")
-    return WECHAT_OPEN_BASE, WECHAT_API_BASE
+    """(authorization base, API base) of WeChat's web authorization: ``SHUIWU_WECHAT_OAUTH_URL``
+    / ``…_SNS_URL`` where one is set apart from ``SHUIWU_WECHAT_URL`` (a sandbox), else the
+    local gateway when that URL is on this machine (it serves both paths), else the real
+    hosts (WeChat Pay's API host serves neither)."""
+    url = _gateway_url(services, "wechat").rstrip("/")
+    settings = getattr(services.get("gateway.wechat"), "settings", None)
+    local = url if url and urlsplit(url).hostname in _LOOPBACK else ""
+
+    def base(name: str, real: str) -> str:
+        own = str(getattr(settings, name, "") or "").rstrip("/")
+        return own if own and own != url else local or real
+
+    return base("oauth_url", WECHAT_OPEN_BASE), base("sns_url", WECHAT_API_BASE)
 
 
 def _fetch_json(url: str, timeout_s: float) -> dict[str, Any]:
