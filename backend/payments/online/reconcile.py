@@ -282,24 +282,26 @@ async def run_page(session: AsyncSession, *, channel: PaymentChannel | None, sta
     """The report's runs (``reconciliationRuns``): of ``channel`` (all without), days from
     ``start`` to ``end`` inclusive, newest day first and the newest run of a day first;
     one page and the total."""
-    conditions = []
+    runs = ReconciliationRun.__table__.c  # type: ignore[attr-defined]
+    conditions: list[Any] = []
     if channel is not None:
-        conditions.append(ReconciliationRun.channel == PaymentChannel(channel))
+        conditions.append(runs.channel == PaymentChannel(channel))
     if start is not None:
-        conditions.append(ReconciliationRun.day >= start)  # type: ignore[operator]
+        conditions.append(runs.day >= start)
     if end is not None:
-        conditions.append(ReconciliationRun.day <= end)  # type: ignore[operator]
+        conditions.append(runs.day <= end)
     total = (await session.execute(select(func.count()).select_from(ReconciliationRun).where(*conditions))).scalar_one()
     rows = await session.execute(select(ReconciliationRun).where(*conditions).order_by(
-        ReconciliationRun.day.desc(), ReconciliationRun.id.desc()).offset(offset).limit(limit))  # type: ignore[union-attr]
+        runs.day.desc(), runs.id.desc()).offset(offset).limit(limit))
     return list(rows.scalars().all()), int(total)
 
 
 async def mismatches_of_runs(session: AsyncSession, run_ids: Sequence[int]) -> dict[int, list[ReconciliationMismatch]]:
     """Each run's mismatches, in the order they were found."""
     found: dict[int, list[ReconciliationMismatch]] = {run_id: [] for run_id in run_ids}
-    rows = await session.execute(select(ReconciliationMismatch).where(
-        ReconciliationMismatch.run_id.in_(list(run_ids))).order_by(ReconciliationMismatch.id))  # type: ignore[attr-defined]
+    columns = ReconciliationMismatch.__table__.c  # type: ignore[attr-defined]
+    rows = await session.execute(select(ReconciliationMismatch).where(columns.run_id.in_(list(run_ids)))
+                                 .order_by(columns.id))
     for mismatch in rows.scalars():
         found.setdefault(mismatch.run_id, []).append(mismatch)
     return found

@@ -12,6 +12,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -26,6 +27,7 @@ from backend.errors import DomainError, ErrorCode
 from backend.graphql.relay import encode_id
 from backend.payments.counter import Operator, take_payment
 from backend.payments.models import Payment, PaymentChannel, PaymentPurpose
+from backend.payments.online.merchants import MerchantsInvalid, load_merchants
 from backend.payments.online.models import RefundState
 from backend.payments.online.refunds import (
     Refundable,
@@ -37,7 +39,13 @@ from backend.payments.online.refunds import (
 from tests.billing.factories import Served, at, balance, entries, ledger_sum, served_household, tariff
 from tests.factories import make_staff
 from tests.graphql.client import GraphQLClient, graphql_client
-from tests.payments.online.refund_helpers import Fakes, local_gateways, paid_at_fake, paid_order
+from tests.payments.online.refund_helpers import (
+    Fakes,
+    local_gateways,
+    paid_at_fake,
+    paid_order,
+    write_refund_merchants,
+)
 
 NOW = at(2026, 12, 10, 10)
 ALIPAY, WECHAT = PaymentChannel.alipay, PaymentChannel.wechat
@@ -300,3 +308,28 @@ async def test_refund_payment_and_close_account_over_graphql_send_the_refunds_at
     assert closed["errors"] == [] and closed["onlineRefunds"] == []
     assert closed["account"]["status"] == "closed" and closed["refund"] == {"channel": "cash", "amount": "100.00"}
     assert await money(committed_sessions, served.account_id) == (0, 0)
+
+
+def test_a_v2_merchants_client_certificate_is_a_pair_of_pem_files(tmp_path: Path) -> None:
+    merchants_file = write_refund_merchants(tmp_path)
+    certified = load_merchants(merchants_file).named(WECHAT, "certified")
+    assert certified is not None and certified.client_cert == str(tmp_path / "apiclient_cert.pem")
+    assert certified.client_key == str(tmp_path / "apiclient_key.pem")
+
+    (tmp_path / "not_a_cert.pem").write_text("hello", encoding="utf-8")
+    wrong = tmp_path / "wrong.toml"
+    entries_with = (
+        ("bad", 'client_cert = { file = "not_a_cert.pem" }\nclient_key = { file = "apiclient_key.pem" }'),
+        ("half", 'client_cert = { file = "apiclient_cert.pem" }'),
+        ("env", 'client_cert = { env = "CERT" }\nclient_key = { file = "apiclient_key.pem" }'))
+    wrong.write_text('public_base_url = "http://127.0.0.1:9"\n\n' + "".join(
+        f'[[wechat]]\nname = "{name}"\napi = "v2"\napp_id = "wx000000000000000{n}"\nmch_id = "123000000{n}"\n'
+        f'api_key = {{ file = "wechat_v2_api_key" }}\n{extra}\n\n' for n, (name, extra) in enumerate(entries_with)),
+        encoding="utf-8")
+    with pytest.raises(MerchantsInvalid) as refused:
+        load_merchants(wrong, environ={"CERT": "x"})
+    assert [line.removeprefix(f"{wrong}: ") for line in refused.value.lines] == [
+        f"[[wechat]] #1: `client_cert`: {tmp_path / 'not_a_cert.pem'} holds no PEM CERTIFICATE",
+        "[[wechat]] #2: `client_cert` and `client_key` go together (refunds need both)",
+        '[[wechat]] #3: `client_cert` must be { file = "path" }',
+    ]
