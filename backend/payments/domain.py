@@ -53,6 +53,7 @@ DOMAIN = Domain(
         Operation("counterBarcodePay", "付款码收款", "Counter barcode payment", "counter"),
         Operation("counterQrOrder", "扫码收款", "Counter QR order", "counter"),
         Operation("printStaticQr", "打印静态缴费码", "Print static QR stickers", "payments"),
+        Operation("refundPayment", "原路退款", "Refund payment", "counter"),
     ),
     # The SDKs' endpoints and bounds (SHUIWU_ALIPAY_* / SHUIWU_WECHAT_*: the local fakes by
     # default); the merchants' keys are in the merchants file. Money moves: every call kept.

@@ -35,6 +35,8 @@ configuration, not code; secrets are never written in it, only where to find the
     api_key = { env = "WECHAT_API_KEY" }                     # the 32-character API key
     sign_type = "MD5"              # or "HMAC-SHA256"
     app_secret = { env = "WECHAT_LEGACY_APP_SECRET" }
+    client_cert = { file = "keys/apiclient_cert.pem" }       # the API client certificate, for refunds
+    client_key = { file = "keys/apiclient_key.pem" }         # (v2's secapi: both or neither; files only)
 
 A secret is ``{ env = "NAME" }`` (an environment variable) or ``{ file = "path" }`` (a
 file, relative to the merchants file); a bare string is refused. The first merchant of a
@@ -95,6 +97,10 @@ class WechatMerchant:
     # v2
     api_key: str | None = None
     sign_type: str = "MD5"
+    # The API client certificate and its key (apiclient_cert.pem / apiclient_key.pem), as
+    # paths: v2's refunds (secapi) need them over TLS; wechatpy hands them to requests.
+    client_cert: str | None = None
+    client_key: str | None = None
     # v3
     api_v3_key: str | None = None
     private_key: str | None = None  # PEM
@@ -201,6 +207,28 @@ class _Reader:
             return None
         return value
 
+    def pem_file(self, key: str, marker: str) -> str | None:
+        """An optional ``{ file = "path" }`` holding a PEM block with ``marker``: the path
+        (the SDK opens it itself, so an environment variable cannot stand in)."""
+        self.used.add(key)
+        ref = self.table.get(key)
+        if ref is None:
+            return None
+        if not isinstance(ref, dict) or set(ref) != {"file"}:
+            self.mistakes.append(f"{self.where}: `{key}` must be {{ file = \"path\" }}")
+            return None
+        path = Path(str(ref["file"]))
+        path = path if path.is_absolute() else self.base / path
+        try:
+            value = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            self.mistakes.append(f"{self.where}: `{key}`: cannot read {path}: {getattr(error, 'strerror', None) or error}")
+            return None
+        if f"-----BEGIN {marker}" not in value and not (marker == "PRIVATE KEY" and "PRIVATE KEY-----" in value):
+            self.mistakes.append(f"{self.where}: `{key}`: {path} holds no PEM {marker}")
+            return None
+        return str(path)
+
     def flag(self, key: str) -> bool:
         self.used.add(key)
         value = self.table.get(key, False)
@@ -262,12 +290,17 @@ def _wechat(table: Any, where: str, base: Path, mistakes: list[str], environ: Ma
             mistakes.append(f"{where}: `sign_type` must be \"MD5\" or \"HMAC-SHA256\"")
         if api_key is not None and len(api_key.strip()) != 32:
             mistakes.append(f"{where}: `api_key` must be 32 characters")
+        client_cert = read.pem_file("client_cert", "CERTIFICATE")
+        client_key = read.pem_file("client_key", "PRIVATE KEY")
+        if ("client_cert" in table) != ("client_key" in table):
+            mistakes.append(f"{where}: `client_cert` and `client_key` go together (refunds need both)")
         read.unknown()
         if len(mistakes) > before:
             return None
         assert name and app_id and mch_id and api_key and sign_type
         return WechatMerchant(name=name, api=GatewayApi.wechat_v2, app_id=app_id, mch_id=mch_id, app_secret=app_secret,
-                              api_key=api_key.strip(), sign_type=sign_type, default=default)
+                              api_key=api_key.strip(), sign_type=sign_type, client_cert=client_cert,
+                              client_key=client_key, default=default)
     api_v3_key = read.secret("api_v3_key")
     private_key = read.secret("private_key")
     serial = read.text("cert_serial_no", pattern=re.compile(r"^[0-9A-Fa-f]{8,64}$"))

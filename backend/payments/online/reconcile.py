@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.db import raw_connection, transaction
@@ -47,8 +48,8 @@ from backend.payments.online.reconcile_models import (
 from backend.payments.online.registry import call_gateway, online_payments
 from backend.readings.partitions import as_zone
 
-__all__ = ["ONLINE_CHANNELS", "Fetched", "Line", "Reconciled", "compare", "fetch_statements", "reconcile",
-           "reconcile_yesterday"]
+__all__ = ["ONLINE_CHANNELS", "Fetched", "Line", "Reconciled", "compare", "fetch_statements", "mismatches_of_runs",
+           "reconcile", "reconcile_yesterday", "run_page"]
 
 log = logging.getLogger(__name__)
 
@@ -271,3 +272,36 @@ def run_json(done: Reconciled) -> dict[str, Any]:
             "detail": m.detail,
         } for m in done.mismatches],
     }
+
+
+# --------------------------------------------------------------------------- the report
+
+
+async def run_page(session: AsyncSession, *, channel: PaymentChannel | None, start: date | None, end: date | None,
+                   offset: int, limit: int) -> tuple[list[ReconciliationRun], int]:
+    """The report's runs (``reconciliationRuns``): of ``channel`` (all without), days from
+    ``start`` to ``end`` inclusive, newest day first and the newest run of a day first;
+    one page and the total."""
+    runs = ReconciliationRun.__table__.c  # type: ignore[attr-defined]
+    conditions: list[Any] = []
+    if channel is not None:
+        conditions.append(runs.channel == PaymentChannel(channel))
+    if start is not None:
+        conditions.append(runs.day >= start)
+    if end is not None:
+        conditions.append(runs.day <= end)
+    total = (await session.execute(select(func.count()).select_from(ReconciliationRun).where(*conditions))).scalar_one()
+    rows = await session.execute(select(ReconciliationRun).where(*conditions).order_by(
+        runs.day.desc(), runs.id.desc()).offset(offset).limit(limit))
+    return list(rows.scalars().all()), int(total)
+
+
+async def mismatches_of_runs(session: AsyncSession, run_ids: Sequence[int]) -> dict[int, list[ReconciliationMismatch]]:
+    """Each run's mismatches, in the order they were found."""
+    found: dict[int, list[ReconciliationMismatch]] = {run_id: [] for run_id in run_ids}
+    columns = ReconciliationMismatch.__table__.c  # type: ignore[attr-defined]
+    rows = await session.execute(select(ReconciliationMismatch).where(columns.run_id.in_(list(run_ids)))
+                                 .order_by(columns.id))
+    for mismatch in rows.scalars():
+        found.setdefault(mismatch.run_id, []).append(mismatch)
+    return found

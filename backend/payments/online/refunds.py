@@ -82,9 +82,9 @@ from backend.payments.online.registry import call_gateway, online_payments
 from backend.readings.partitions import as_zone
 
 __all__ = [
-    "MAX_REFUND_AGE", "OnlineRefundPlan", "OnlineRefunds", "Refundable",
-    "out_refund_no", "query_open_refunds", "record_refund_outcome", "refund_online", "refundable_online",
-    "refunds_in_flight_fen", "request_online_refunds", "send_refunds", "split_refund",
+    "MAX_REFUND_AGE", "OnlineRefundPlan", "OnlineRefunds", "RefundView", "Refundable",
+    "out_refund_no", "query_open_refunds", "record_refund_outcome", "refund_online", "refund_views", "refundable_online",
+    "refunds_in_flight_fen", "request_online_refunds", "request_payment_refund", "send_refunds", "split_refund",
 ]
 
 log = logging.getLogger(__name__)
@@ -255,6 +255,29 @@ async def request_online_refunds(
     return OnlineRefundPlan(tuple(refunds), remainder)
 
 
+async def request_payment_refund(
+    session: AsyncSession,
+    *,
+    payment_id: int,
+    amount_fen: int,
+    reason: str,
+    by: str,
+    now: datetime,
+    tz: str | tzinfo = "Asia/Shanghai",
+    scope_patterns: Sequence[str] | None = None,
+) -> OnlineRefundPlan:
+    """Step 1 for a mistaken payment (``refundPayment``, module docstring): the refund of
+    ``payment_id`` through its own channel, on its account (locked, in the caller's
+    scope). A payment that does not exist is REFUND_NOT_POSSIBLE (field ``paymentId``), as
+    one outside the scope is NOT_FOUND. The caller commits, then :func:`send_refunds`."""
+    found = await session.execute(text("SELECT account_id FROM payments WHERE id = :p"), {"p": payment_id})
+    account_id = found.scalar_one_or_none()
+    if account_id is None:
+        raise RefundNotPossible(field="paymentId")
+    return await request_online_refunds(session, account_id=int(account_id), amount_fen=amount_fen, reason=reason,
+                                        by=by, now=now, tz=tz, payment_id=payment_id, scope_patterns=scope_patterns)
+
+
 async def _refuse_payment(session: AsyncSession, account_id: int, payment_id: int, now: datetime) -> None:
     """Why ``payment_id`` has nothing to refund online: not this account's or not online
     (REFUND_NOT_POSSIBLE), or all of it refunded or in flight (REFUND_ABOVE_REFUNDABLE)."""
@@ -421,6 +444,29 @@ async def _alarm(session: AsyncSession, refund: PaymentRefund, account: Account,
                      detail=f"{refund.out_refund_no}: {refund.failure or ''}"[:200], area_id=area.scalar_one_or_none(),
                      name=order.out_trade_no),
     ], now=now)
+
+
+@dataclass(frozen=True, slots=True)
+class RefundView:
+    """A refund with what names it at the gateway: its order's number, channel and merchant."""
+
+    refund: PaymentRefund
+    out_trade_no: str
+    channel: PaymentChannel
+    merchant: str
+
+
+async def refund_views(session: AsyncSession, refund_ids: Sequence[int]) -> list[RefundView]:
+    """The refunds ``refund_ids`` as they stand now, in that order (unknown ids left out)."""
+    if not refund_ids:
+        return []
+    found = await session.execute(
+        select(PaymentRefund, PaymentOrder.out_trade_no, PaymentOrder.channel, PaymentOrder.merchant)  # type: ignore[call-overload]
+        .join(PaymentOrder, PaymentOrder.id == PaymentRefund.order_id)
+        .where(PaymentRefund.id.in_(list(refund_ids)))  # type: ignore[union-attr]
+        .execution_options(populate_existing=True))
+    views = {row[0].id: RefundView(row[0], row[1], PaymentChannel(row[2]), row[3]) for row in found.all()}
+    return [views[i] for i in refund_ids if i in views]
 
 
 # --------------------------------------------------------------------------- 3. both, and the job

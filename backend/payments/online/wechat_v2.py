@@ -85,8 +85,10 @@ class _Client(WeChatPay):  # type: ignore[misc]
     """wechatpy's client, sending ``sign_type`` for HMAC merchants and verifying answers."""
 
     def __init__(self, merchant: WechatMerchant, settings: WechatSettings) -> None:
+        # The client certificate (refunds' secapi needs it at WeChat; the local fake does
+        # not ask for it): wechatpy sends it with every request once both are set.
         super().__init__(appid=merchant.app_id, api_key=merchant.api_key, mch_id=merchant.mch_id,
-                         timeout=settings.timeout_s)
+                         mch_cert=merchant.client_cert, mch_key=merchant.client_key, timeout=settings.timeout_s)
         self.API_BASE_URL = settings.endpoint + "/"
         self.sign_type = merchant.sign_type
 

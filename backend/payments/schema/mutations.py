@@ -29,6 +29,7 @@ from backend.payments.counter import DEFAULT_MAX_COUNTER_PAYMENT_FEN, ClosedAcco
 from backend.payments.days import CashierDayFigures
 from backend.payments.models import Payment, PaymentChannel, PaymentPurpose
 from backend.payments.schema.queries import DAY_ALL
+from backend.payments.schema.refunds import OnlineRefundType, send_after_commit
 from backend.payments.schema.types import (
     AccountRef,
     CashierDayType,
@@ -57,11 +58,18 @@ class PaymentPayload:
 
 @strawberry.type
 class CloseAccountPayload:
-    account: AccountRef | None = strawberry.field(description="The closed account (balance zero).")
+    account: AccountRef | None = strawberry.field(description="The closed account (balance zero), or still open while "
+                                                  "its onlineRefunds settle.")
     final_charge: Money | None = strawberry.field(  # type: ignore[valid-type]
         description="What the final charge debited (net), up to the final reading.")
-    refund: PaymentType | None = strawberry.field(description="The balance given back (cash), if it was positive.")
+    refund: PaymentType | None = strawberry.field(description="The balance given back in cash, if it was positive and "
+                                                  "none of it could go back online.")
     collection: PaymentType | None = strawberry.field(description="The arrears taken, if the balance was negative.")
+    online_refunds: list[OnlineRefundType] = strawberry.field(description=(
+        "原路退款: the part of a positive balance that went back through the original online channels (newest "
+        "payment first), sent at once. While any is not settled the account stays open, balance unchanged until "
+        "each gateway confirms (the job query_refunds follows them); close again once they are settled: the rest "
+        "(and any failed refund) is paid in cash and the account closes."))
     errors: list[UserError]
 
 
@@ -178,7 +186,9 @@ class Mutation:
                                   describe=lambda p: f"冲正 {p.serial_no}" if p else "冲正", payload=payload, work=work)
 
     @strawberry.mutation(permission_classes=CLOSE, description="销户: charge the usage up to the final reading, refund a "
-                         "positive balance in cash (or collect a negative one in collectChannel), close the account "
+                         "positive balance (through the original online channels first: onlineRefunds, the account "
+                         "stays open until they settle, then close again; the rest in cash) or collect a negative one "
+                         "in collectChannel, close the account "
                          "and emit account.closed, in one transaction. The final reading: finalReading (a register "
                          "total) is stored first as a manual reading on the household's one current meter, at "
                          "finalReadingAt (default now); without it, the newest reading of the household's current "
@@ -196,18 +206,33 @@ class Mutation:
 
         def payload(closed: ClosedAccount | None, errors: list[UserError]) -> CloseAccountPayload:
             if closed is None:
-                return CloseAccountPayload(account=None, final_charge=None, refund=None, collection=None, errors=errors)
+                return CloseAccountPayload(account=None, final_charge=None, refund=None, collection=None,
+                                           online_refunds=[], errors=errors)
             return CloseAccountPayload(account=account_type(info, closed.account), final_charge=closed.final_charge_fen,
                                        refund=_payment(closed.refund), collection=_payment(closed.collection),
-                                       errors=errors)
+                                       online_refunds=[], errors=errors)
 
         def describe(closed: ClosedAccount | None) -> str:
             if closed is None:
                 return "销户"
             money = closed.refund or closed.collection
+            if closed.online_refunds:
+                return f"销户原路退款 {closed.account.id} (" + ", ".join(r.out_refund_no for r in closed.online_refunds) + ")"
             return f"销户 {closed.account.id}" + (f" ({money.serial_no})" if money is not None else "")
 
-        return await run_mutation(info, action="closeAccount", describe=describe, payload=payload, work=work)
+        kept: list[ClosedAccount] = []
+
+        async def closing(session: AsyncSession) -> ClosedAccount:
+            closed = await work(session)
+            kept.append(closed)
+            return closed
+
+        done = await run_mutation(info, action="closeAccount", describe=describe, payload=payload, work=closing)
+        if done.errors or not kept or not kept[0].online_refunds:
+            return done
+        # Committed: the refunds go to their gateways now rather than at the job's next run.
+        done.online_refunds = await send_after_commit(info, kept[0].online_refunds)
+        return done
 
     @strawberry.mutation(permission_classes=COLLECT, description="日结: hand over a cashier's day (default: yours) with "
                          "its takings and lock it: no more payments or reversals on it. Another cashier's needs "

@@ -1,107 +1,136 @@
-"""Reconciliation (对账): a day with one mismatch of each kind, a refund matched, a payment
-booked across midnight matched; the stored run; the daily job; and ``shuiwu pay
-reconcile``'s exit code, table and JSON. The statements come from stand-in gateways
-(refund_helpers); the fakes' statements are driven in the live tests."""
+"""Reconciliation (对账) against the local gateways' statements over HTTP: a day of Alipay
+with one mismatch of each kind (a payment the gateway took that we never credited, one
+of ours the gateway never saw, one it holds for another amount) beside a payment and a
+refund that match; a WeChat day (v3 and v2 merchants) that matches, its refund settled
+by the job first; an unreachable gateway failing the run; ``shuiwu pay reconcile``'s
+JSON, table and exit codes; and the ``reconciliationRuns`` report.
+
+The gateways date their statements by their own clock, so "the day" is today (China)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import date, timedelta
 from typing import Any
 
 import pytest
 import typer
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from typer.testing import CliRunner
 
+from backend.archives.models import Area
 from backend.clock import utcnow
 from backend.db import transaction
 from backend.payments.models import PaymentChannel
-from backend.payments.online.gateway import StatementKind, StatementLine
+from backend.payments.online.alipay import AlipayGateway
+from backend.payments.online.merchants import AlipayMerchant
 from backend.payments.online.reconcile import reconcile_day
 from backend.payments.online.reconcile_models import MismatchKind, ReconciliationOutcome
-from backend.payments.online.refunds import refund_online
-from tests.billing.factories import at, served_household, tariff
-from tests.payments.online.refund_helpers import StandInGateway, paid_order, services_of
+from backend.payments.online.refunds import query_open_refunds, refund_online
+from backend.payments.online.registry import SERVICE, OnlinePayments
+from backend.readings.partitions import as_zone
+from tests.billing.factories import Served, at, served_household, tariff
+from tests.factories import make_staff
+from tests.graphql.client import graphql_client
+from tests.payments.online.refund_helpers import Fakes, local_gateways, paid_at_fake, paid_order
 
-ALIPAY = PaymentChannel.alipay
-DAY = date(2026, 12, 9)
-NOON = at(2026, 12, 9, 12)
+ALIPAY, WECHAT = PaymentChannel.alipay, PaymentChannel.wechat
+TZ = "Asia/Shanghai"
 
 
-def line(kind: StatementKind, out_trade_no: str, fen: int, out_refund_no: str | None = None) -> StatementLine:
-    return StatementLine(kind=kind, out_trade_no=out_trade_no, trade_no=f"T-{out_trade_no}", amount_fen=fen, at=NOON,
-                         out_refund_no=out_refund_no)
+def today() -> date:
+    return utcnow().astimezone(as_zone(TZ)).date()
 
 
 @pytest.fixture(scope="module")
-async def day_books(committed_sessions: async_sessionmaker[AsyncSession]) -> dict[str, Any]:
-    """Our books of DAY for alipay: four payments, one refund, and one paid the evening before."""
+def fakes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fakes]:
+    with local_gateways(tmp_path_factory.mktemp("reconcile-merchants")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def books(committed_sessions: async_sessionmaker[AsyncSession], fakes: Fakes) -> dict[str, Any]:
+    """Today's Alipay: 20.00 paid and 5.00 of it refunded (both sides agree); 40.00 in our
+    books only; 7.77 paid at the gateway and never credited; 30.00 ours, 30.01 theirs.
+    Today's WeChat: 15.00 (v3) and 8.00 (v2) paid, 3.00 of the first refunded."""
     async with transaction(committed_sessions) as session:
-        served = await served_household(session, raw_tariff=tariff(), opened_at=at(2026, 11, 1))
-        assert served.household.id is not None
-        orders = [(await paid_order(session, account_id=served.account_id, household_id=served.household.id,
-                                    channel=ALIPAY, fen=fen, at=when))[0]
-                  for fen, when in ((1000, at(2026, 12, 8, 23)), (2000, NOON), (3000, NOON), (4000, NOON))]
-    refund_gateway = StandInGateway(ALIPAY)
-    done = await refund_online(committed_sessions, services_of(refund_gateway), account_id=served.account_id,
-                               amount_fen=500, reason="错缴", by="收费员", now=lambda: NOON + timedelta(hours=1))
-    return {"orders": [o.out_trade_no for o in orders], "refund": done.refunds[0]}
+        served: Served = await served_household(session, raw_tariff=tariff(), opened_at=at(2026, 11, 1))
+    household = served.household.id
+    assert household is not None
+    kept: dict[str, Any] = {"served": served}
 
+    async def pay(channel: PaymentChannel, fen: int, **options: Any) -> Any:
+        order, payment = await paid_at_fake(committed_sessions, fakes, account_id=served.account_id,
+                                            household_id=household, channel=channel, fen=fen, **options)
+        return order, payment
 
-def statement_gateway(books: dict[str, Any]) -> StandInGateway:
-    """Their statement of DAY: the evening-before payment (its platform put it on DAY), the
-    2000 one, the 3000 one for 3001, not the 4000 one, one we never heard of, the refund."""
-    evening, twenty, thirty, _ = books["orders"]
-    refund = books["refund"]
-    gateway = StandInGateway(ALIPAY)
-    gateway.lines[DAY] = [line(StatementKind.payment, evening, 1000), line(StatementKind.payment, twenty, 2000),
-                          line(StatementKind.payment, thirty, 3001), line(StatementKind.payment, "SW209912310000000042", 777),
-                          line(StatementKind.refund, twenty if refund.order_id else "", 500, refund.out_refund_no)]
-    return gateway
+    matched, matched_payment = await pay(ALIPAY, 2000)
+    await refund_online(committed_sessions, fakes.services, account_id=served.account_id, amount_fen=500,
+                        reason="错缴", by="收费员", now=utcnow, payment_id=matched_payment.id)
+    async with transaction(committed_sessions) as session:
+        ours_only, _ = await paid_order(session, account_id=served.account_id, household_id=household, channel=ALIPAY,
+                                        fen=4000, at=utcnow())
+    theirs_only, _ = await pay(ALIPAY, 777, credit=False)
+    differs, _ = await pay(ALIPAY, 3000, gateway_fen=3001)
+    kept.update(matched=matched.out_trade_no, ours_only=ours_only.out_trade_no, theirs_only=theirs_only.out_trade_no,
+                differs=differs.out_trade_no)
+
+    _, wechat_payment = await pay(WECHAT, 1500)
+    await pay(WECHAT, 800, merchant="legacy")
+    await refund_online(committed_sessions, fakes.services, account_id=served.account_id, amount_fen=300,
+                        reason="错缴", by="收费员", now=utcnow, payment_id=wechat_payment.id)
+    await query_open_refunds(committed_sessions, fakes.services, now=lambda: utcnow() + timedelta(minutes=1))
+    return kept
 
 
 async def test_a_day_with_one_mismatch_of_each_kind(committed_sessions: async_sessionmaker[AsyncSession],
-                                                     day_books: dict[str, Any]) -> None:
-    services = services_of(statement_gateway(day_books))
-    done = await reconcile_day(committed_sessions, services, channel=ALIPAY, day=DAY, by="tester", now=utcnow,
-                               tz="Asia/Shanghai")
-    _, _, thirty, forty = day_books["orders"]
+                                                     fakes: Fakes, books: dict[str, Any]) -> None:
+    done = await reconcile_day(committed_sessions, fakes.services, channel=ALIPAY, day=today(), by="tester",
+                               now=utcnow, tz=TZ)
+
     found = sorted((m.kind, m.out_trade_no, m.our_fen, m.their_fen) for m in done.mismatches)
-    assert found == sorted([(MismatchKind.amount_differs, thirty, 3000, 3001),
-                            (MismatchKind.missing_theirs, forty, 4000, None),
-                            (MismatchKind.missing_ours, "SW209912310000000042", None, 777)])
+    assert found == sorted([(MismatchKind.amount_differs, books["differs"], 3000, 3001),
+                            (MismatchKind.missing_theirs, books["ours_only"], 4000, None),
+                            (MismatchKind.missing_ours, books["theirs_only"], None, 777)])
+    [unknown] = [m for m in done.mismatches if m.kind is MismatchKind.missing_ours]
+    assert unknown.detail == "ours: payment created, 777 fen, not booked"
     run = done.run
     assert (run.outcome, run.mismatch_count, run.merchants) == (ReconciliationOutcome.mismatched, 3, "demo")
-    # Ours: 2000 + 3000 + 4000 paid that day, the 500 refund; theirs as listed.
-    assert (run.our_count, run.our_fen, run.their_count, run.their_fen) == (4, 8500, 5, 6278)
-    async with committed_sessions() as session:
-        stored = (await session.execute(text("SELECT count(*) FROM reconciliation_mismatches WHERE run_id = :r"),
-                                        {"r": run.id})).scalar_one()
-    assert stored == 3
+    # Ours: 20 + 40 + 30 paid, 5 refunded; theirs: 20 + 7.77 + 30.01 paid, 5 refunded.
+    assert (run.our_count, run.our_fen, run.their_count, run.their_fen) == (4, 8500, 4, 5278)
+
+
+async def test_a_wechat_day_whose_refund_settled_matches(committed_sessions: async_sessionmaker[AsyncSession],
+                                                          fakes: Fakes, books: dict[str, Any]) -> None:
+    done = await reconcile_day(committed_sessions, fakes.services, channel=WECHAT, day=today(), by="tester",
+                               now=utcnow, tz=TZ)
+
+    assert done.run.outcome is ReconciliationOutcome.matched and done.mismatches == ()
+    assert (done.run.our_count, done.run.our_fen, done.run.their_count, done.run.their_fen) == (3, 2000, 3, 2000)
+    assert done.run.merchants == "demo,legacy,certified"
 
 
 async def test_a_statement_that_cannot_be_fetched_fails_the_run_and_compares_nothing(
-        committed_sessions: async_sessionmaker[AsyncSession], day_books: dict[str, Any]) -> None:
-    class Unreachable(StandInGateway):
-        def statement(self, day: date) -> list[StatementLine]:
-            from backend.gateways.errors import GatewayUnavailable
+        committed_sessions: async_sessionmaker[AsyncSession], fakes: Fakes, books: dict[str, Any]) -> None:
+    nowhere = fakes.alipay_settings.model_copy(update={"url": "http://127.0.0.1:9/gateway.do", "timeout_s": 2})
 
-            raise GatewayUnavailable(detail="connection refused")
+    def unreachable(merchant: Any) -> Any:
+        assert isinstance(merchant, AlipayMerchant)
+        return AlipayGateway(merchant, nowhere)
 
-    done = await reconcile_day(committed_sessions, services_of(Unreachable(ALIPAY)), channel=ALIPAY, day=DAY, by="t",
-                               now=utcnow, tz="Asia/Shanghai")
+    services = {SERVICE: OnlinePayments(fakes.online.merchants, factory=unreachable)}
+    done = await reconcile_day(committed_sessions, services, channel=ALIPAY, day=today(), by="t", now=utcnow, tz=TZ)
+
     assert done.run.outcome is ReconciliationOutcome.failed and done.mismatches == ()
-    assert "connection refused" in (done.run.error or "")
+    assert (done.run.error or "").startswith("demo: ")
 
 
 def test_the_cli_prints_the_mismatches_as_json_and_a_table_and_exits_1(
-        database_url: str, day_books: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+        database_url: str, fakes: Fakes, books: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     from backend.payments.online import cli
 
-    gateway = statement_gateway(day_books)
-    monkeypatch.setattr(cli, "_services", lambda settings, domains, sessions: services_of(gateway))
+    monkeypatch.setattr(cli, "_services", lambda settings, domains, sessions: fakes.services)
 
     class Host:
         domains = ()
@@ -117,16 +146,59 @@ def test_the_cli_prints_the_mismatches_as_json_and_a_table_and_exits_1(
     app = typer.Typer()
     app.add_typer(cli.pay_app, name="pay")
     runner = CliRunner()
-    as_json = runner.invoke(app, ["pay", "reconcile", "--date", "2026-12-09", "--channel", "alipay", "--json"],
-                            obj=Host())
+    day = today().isoformat()
+
+    as_json = runner.invoke(app, ["pay", "reconcile", "--date", day, "--channel", "alipay", "--json"], obj=Host())
+
     assert as_json.exit_code == 1, as_json.output
     printed = json.loads(as_json.stdout)
-    assert printed["outcome"] == "mismatched" and printed["day"] == "2026-12-09"
-    assert sorted(m["kind"] for m in printed["mismatches"]) == ["amount_differs", "missing_ours", "missing_theirs"]
-    as_table = runner.invoke(app, ["pay", "reconcile", "--date", "2026-12-09", "--channel", "alipay"], obj=Host())
-    assert as_table.exit_code == 1 and "amount_differs" in as_table.stdout and "SW209912310000000042" in as_table.stdout
-    # A day where both sides agree (nothing on either): exit 0.
-    empty = runner.invoke(app, ["pay", "reconcile", "--date", "2026-12-01", "--channel", "alipay"], obj=Host())
+    assert (printed["outcome"], printed["day"], printed["merchants"]) == ("mismatched", day, ["demo"])
+    assert sorted((m["kind"], m["out_trade_no"], m["ours_fen"], m["theirs_fen"]) for m in printed["mismatches"]) == \
+        sorted([("amount_differs", books["differs"], 3000, 3001), ("missing_ours", books["theirs_only"], None, 777),
+                ("missing_theirs", books["ours_only"], 4000, None)])
+    as_table = runner.invoke(app, ["pay", "reconcile", "--date", day, "--channel", "alipay"], obj=Host())
+    assert as_table.exit_code == 1 and "amount_differs" in as_table.stdout and books["theirs_only"] in as_table.stdout
+    matched = runner.invoke(app, ["pay", "reconcile", "--date", day, "--channel", "wechat", "--json"], obj=Host())
+    assert matched.exit_code == 0 and json.loads(matched.stdout)["mismatches"] == []
+    # Nothing on either side: matched.
+    empty = runner.invoke(app, ["pay", "reconcile", "--date", "2026-01-01", "--channel", "alipay"], obj=Host())
     assert empty.exit_code == 0, empty.output
-    refused = runner.invoke(app, ["pay", "reconcile", "--date", "2026-12-01", "--channel", "bank"], obj=Host())
+    refused = runner.invoke(app, ["pay", "reconcile", "--date", day, "--channel", "bank"], obj=Host())
     assert refused.exit_code == 2
+
+
+RUNS = """
+query($channel: PaymentChannel, $from: Date, $to: Date) {
+  reconciliationRuns(channel: $channel, from: $from, to: $to, first: 5) {
+    totalCount
+    edges { node { channel day outcome ourNet theirNet mismatchCount
+                   mismatches { kind line outTradeNo ours theirs detail } } }
+  }
+}"""
+
+
+async def test_the_report_lists_the_runs_with_their_mismatches(
+        database_url: str, committed_sessions: async_sessionmaker[AsyncSession], fakes: Fakes,
+        books: dict[str, Any]) -> None:
+    await reconcile_day(committed_sessions, fakes.services, channel=ALIPAY, day=today(), by="tester", now=utcnow, tz=TZ)
+    served: Served = books["served"]
+    async with transaction(committed_sessions) as session:
+        area = await session.get(Area, served.household.area_id)
+        assert area is not None
+        reader = await make_staff(session, permissions={"payments:read"}, areas=[area])
+        outsider = await make_staff(session, permissions={"counter:collect"}, areas=[area])
+    day = today().isoformat()
+
+    async with graphql_client(database_url) as api:
+        listed = await api.execute(RUNS, {"channel": "alipay", "from": day, "to": day},
+                                   token=await api.login(reader.username, reader.password))
+        refused = await api.execute(RUNS, {}, token=await api.login(outsider.username, outsider.password))
+
+    runs = listed["data"]["reconciliationRuns"]
+    newest = runs["edges"][0]["node"]
+    assert runs["totalCount"] >= 1 and {e["node"]["channel"] for e in runs["edges"]} == {"alipay"}
+    assert (newest["day"], newest["outcome"], newest["ourNet"], newest["theirNet"], newest["mismatchCount"]) == (
+        day, "mismatched", "85.00", "52.78", 3)
+    assert sorted((m["kind"], m["ours"], m["theirs"]) for m in newest["mismatches"]) == [
+        ("amount_differs", "30.00", "30.01"), ("missing_ours", None, "7.77"), ("missing_theirs", "40.00", None)]
+    assert refused["errors"][0]["extensions"]["code"] == "FORBIDDEN" and refused["data"] is None

@@ -1,23 +1,33 @@
-"""Refunds through the original channel at the service: the split over the account's
-online payments newest first with the remainder at the counter, posted only when the
-gateway confirms, processing settled by the job, a refused refund failed with an alarm
-and nothing posted, a mistaken payment's refund, and closing an account through them.
-The gateways here are stand-ins (refund_helpers); the real ones are driven over HTTP
-against the fakes in test_refunds_live.py."""
+"""Refunds through the original channel (原路退款): the split's arithmetic and the
+requests it writes (newest payment first, the remainder at the counter, nothing posted);
+then, against the local Alipay and WeChat Pay over HTTP, refunds reaching the gateways
+and posting when they confirm (Alipay at once; WeChat v3 and v2 processing, then settled
+by the job), a refused refund failed with an alarm, and over GraphQL ``refundPayment``
+and ``closeAccount`` sending the refunds right after the commit, the account open until
+they settle and the rest paid at the counter."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from backend.billing.models import AccountStatus, EntryKind
+from backend.archives.models import Area
+from backend.billing.models import EntryKind
+from backend.clock import utcnow
 from backend.db import transaction
 from backend.errors import DomainError, ErrorCode
-from backend.payments.counter import Operator, close_account, take_payment
-from backend.payments.models import Payment, PaymentChannel, PaymentKind, PaymentPurpose
+from backend.graphql.relay import encode_id
+from backend.payments.counter import Operator, take_payment
+from backend.payments.models import Payment, PaymentChannel, PaymentPurpose
+from backend.payments.online.merchants import MerchantsInvalid, load_merchants
 from backend.payments.online.models import RefundState
 from backend.payments.online.refunds import (
     Refundable,
@@ -27,14 +37,18 @@ from backend.payments.online.refunds import (
     split_refund,
 )
 from tests.billing.factories import Served, at, balance, entries, ledger_sum, served_household, tariff
-from tests.payments.online.refund_helpers import StandInGateway, paid_order, services_of
+from tests.factories import make_staff
+from tests.graphql.client import GraphQLClient, graphql_client
+from tests.payments.online.refund_helpers import (
+    Fakes,
+    local_gateways,
+    paid_at_fake,
+    paid_order,
+    write_refund_merchants,
+)
 
 NOW = at(2026, 12, 10, 10)
 ALIPAY, WECHAT = PaymentChannel.alipay, PaymentChannel.wechat
-
-
-def clock(instant: datetime = NOW) -> datetime:
-    return instant
 
 
 def refundable(payment_id: int, fen: int) -> Refundable:
@@ -119,13 +133,23 @@ async def test_a_mistaken_payment_goes_back_only_through_its_own_channel(session
     assert refused.value.code is ErrorCode.REFUND_NOT_POSSIBLE
 
 
-# --------------------------------------------------------------------------- committed: the gateway outside
+# --------------------------------------------------------------------------- against the local gateways
 
 
-@pytest.fixture
-async def served_committed(committed_sessions: async_sessionmaker[AsyncSession]) -> tuple[Served, list[Payment]]:
-    async with transaction(committed_sessions) as session:
-        return await household_with_payments(session)
+@pytest.fixture(scope="module")
+def fakes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fakes]:
+    with local_gateways(tmp_path_factory.mktemp("refund-merchants")) as running:
+        yield running
+
+
+async def new_household(sessions: async_sessionmaker[AsyncSession]) -> Served:
+    async with transaction(sessions) as session:
+        return await served_household(session, raw_tariff=tariff(), opened_at=at(2026, 11, 1))
+
+
+async def money(sessions: async_sessionmaker[AsyncSession], account_id: int) -> tuple[int, int]:
+    async with sessions() as session:
+        return await balance(session, account_id), await ledger_sum(session, account_id)
 
 
 async def refunds_of(sessions: async_sessionmaker[AsyncSession], account_id: int) -> list[tuple[str, int, str]]:
@@ -136,89 +160,176 @@ async def refunds_of(sessions: async_sessionmaker[AsyncSession], account_id: int
         return [tuple(row) for row in rows.all()]  # type: ignore[misc]
 
 
-async def test_posted_when_confirmed_processing_settled_by_the_job(
-        committed_sessions: async_sessionmaker[AsyncSession], served_committed: tuple[Served, list[Payment]]) -> None:
-    served, _ = served_committed
-    alipay = StandInGateway(ALIPAY)
-    wechat = StandInGateway(WECHAT, refund_states=["processing"], query_states=["processing", "succeeded"])
-    services = services_of(alipay, wechat)
-    done = await refund_online(committed_sessions, services, account_id=served.account_id, amount_fen=6000,
-                               reason="错缴", by="收费员", now=clock)
-    assert [(r.amount_fen, r.state) for r in done.refunds] == [(2000, RefundState.succeeded),
-                                                               (4000, RefundState.requested)]
-    assert (done.succeeded_fen, done.pending_fen, done.remainder_fen) == (2000, 4000, 0)
-    async with committed_sessions() as session:
-        assert await balance(session, served.account_id) == 18000
-        refund_payment = await session.get(Payment, done.refunds[0].refund_payment_id)
-        assert refund_payment is not None
-        assert (refund_payment.kind, refund_payment.channel, refund_payment.amount_fen, refund_payment.operator_id) == (
-            PaymentKind.refund, ALIPAY, 2000, None)
-    later = at(2026, 12, 10, 10) + timedelta(minutes=1)
-    # First query: still processing (nothing posted); the next run finds it succeeded.
-    await query_open_refunds(committed_sessions, services, now=lambda: later)
-    assert await refunds_of(committed_sessions, served.account_id) == [("alipay", 2000, "succeeded"),
-                                                                       ("wechat", 4000, "requested")]
-    await query_open_refunds(committed_sessions, services, now=lambda: later)
-    assert await refunds_of(committed_sessions, served.account_id) == [("alipay", 2000, "succeeded"),
-                                                                       ("wechat", 4000, "succeeded")]
-    assert [op for op, *_ in wechat.asked] == ["refund", "query", "query"]
-    # A third run has nothing left to ask; the ledger adds up.
-    assert await query_open_refunds(committed_sessions, services, now=lambda: later) == []
-    async with committed_sessions() as session:
-        assert await balance(session, served.account_id) == 14000 == await ledger_sum(session, served.account_id)
-        refunds = [e for e in await entries(session, served.account_id) if e.kind == EntryKind.refund]
-        assert [e.amount_fen for e in refunds] == [-2000, -4000]
+def later() -> datetime:
+    """The job's clock: past the grace it leaves a refund just requested."""
+    return utcnow() + timedelta(minutes=1)
 
 
-async def test_a_refused_refund_fails_posts_nothing_and_opens_an_alarm_and_an_unknown_one_waits(
-        committed_sessions: async_sessionmaker[AsyncSession], served_committed: tuple[Served, list[Payment]]) -> None:
-    served, _ = served_committed
-    alipay = StandInGateway(ALIPAY, refund_states=["reject"])
-    wechat = StandInGateway(WECHAT, refund_states=["timeout", "succeeded"])
-    done = await refund_online(committed_sessions, services_of(alipay, wechat), account_id=served.account_id,
-                               amount_fen=3000, reason="错缴", by="收费员", now=clock)
-    assert [(r.amount_fen, r.state) for r in done.refunds] == [(2000, RefundState.failed),
-                                                               (1000, RefundState.requested)]
-    assert "商户余额不足" in (done.refunds[0].failure or "")
-    async with committed_sessions() as session:
-        assert await balance(session, served.account_id) == 20000 == await ledger_sum(session, served.account_id)
-        alarms = (await session.execute(text(
-            "SELECT subject_id, kind, status FROM alarms WHERE subject_kind = 'payment' AND subject_id = :o"),
-            {"o": done.refunds[0].order_id})).all()
-        assert [(a.kind, a.status) for a in alarms] == [("refund_failed", "open")]
-    # The timed-out one was never answered: the job asks again under the same out_refund_no
-    # (both platforms refund a number once), and this time it is confirmed.
-    await query_open_refunds(committed_sessions, services_of(alipay, wechat), now=lambda: NOW + timedelta(minutes=2))
-    async with committed_sessions() as session:
-        assert await balance(session, served.account_id) == 19000 == await ledger_sum(session, served.account_id)
+async def test_a_refund_through_each_channel_reaches_the_gateway_and_posts_when_it_confirms(
+        committed_sessions: async_sessionmaker[AsyncSession], fakes: Fakes) -> None:
+    served = await new_household(committed_sessions)
+    assert served.household.id is not None
+    payments = {}
+    for channel, merchant, fen in ((ALIPAY, "demo", 3000), (WECHAT, "demo", 2000), (WECHAT, "certified", 1000)):
+        order, payment = await paid_at_fake(committed_sessions, fakes, account_id=served.account_id,
+                                            household_id=served.household.id, channel=channel, fen=fen,
+                                            merchant=merchant)
+        assert payment is not None
+        payments[merchant if channel is WECHAT else "alipay"] = (order, payment)
 
+    done = {}
+    for name, fen in (("alipay", 1000), ("demo", 500), ("certified", 400)):
+        order, payment = payments[name]
+        done[name] = await refund_online(committed_sessions, fakes.services, account_id=served.account_id,
+                                         amount_fen=fen, reason="错缴", by="收费员", now=utcnow, payment_id=payment.id)
 
-async def test_closing_goes_back_through_the_channels_first_then_pays_the_rest_in_cash(
-        committed_sessions: async_sessionmaker[AsyncSession], served_committed: tuple[Served, list[Payment]]) -> None:
-    served, _ = served_committed
-    operator = Operator(None, "收费员")
-    async with transaction(committed_sessions) as session:
-        first = await close_account(session, account_id=served.account_id, final_reading_at=NOW, operator=operator,
-                                    now=NOW, idempotency_key=f"close:{served.account_id}")
-    # 200.00: 100.00 came in online (alipay 20 + 30, wechat 50), requested; the account waits for them.
-    assert first.account.status is AccountStatus.open and first.refund is None
-    assert sorted(r.amount_fen for r in first.online_refunds) == [2000, 3000, 5000]
-    async with transaction(committed_sessions) as session:
-        with pytest.raises(DomainError) as refused:
-            await close_account(session, account_id=served.account_id, final_reading_at=NOW, operator=operator,
-                                now=NOW, idempotency_key=f"close:{served.account_id}:again")
-    assert (refused.value.code, refused.value.field) == (ErrorCode.REFUND_NOT_POSSIBLE, "id")
-    # The job sends them (no request sent them): alipay confirms, wechat refuses.
-    services = services_of(StandInGateway(ALIPAY), StandInGateway(WECHAT, refund_states=["reject"]))
-    await query_open_refunds(committed_sessions, services, now=lambda: NOW + timedelta(minutes=1))
+    # Alipay refunds at once; WeChat (v3, and v2 with its client certificate) answers processing.
+    assert [(r.amount_fen, r.state) for r in done["alipay"].refunds] == [(1000, RefundState.succeeded)]
+    assert [r.state for r in done["demo"].refunds + done["certified"].refunds] == [RefundState.requested] * 2
+    assert await money(committed_sessions, served.account_id) == (5000, 5000)
+    assert fakes.orders(ALIPAY)[payments["alipay"][0].out_trade_no]["refunded_fen"] == 1000
+
+    await query_open_refunds(committed_sessions, fakes.services, now=later)
+
     assert sorted(await refunds_of(committed_sessions, served.account_id)) == [
-        ("alipay", 2000, "succeeded"), ("alipay", 3000, "succeeded"), ("wechat", 5000, "failed")]
-    async with transaction(committed_sessions) as session:
-        closed = await close_account(session, account_id=served.account_id, final_reading_at=NOW, operator=operator,
-                                     now=NOW + timedelta(minutes=2), idempotency_key=f"close:{served.account_id}:2")
-    # The counter pays the rest: the cash and the failed wechat refund.
-    assert closed.account.status is AccountStatus.closed and closed.online_refunds == ()
-    assert closed.refund is not None and (closed.refund.channel, closed.refund.amount_fen) == (PaymentChannel.cash,
-                                                                                               15000)
+        ("alipay", 1000, "succeeded"), ("wechat", 400, "succeeded"), ("wechat", 500, "succeeded")]
+    assert await money(committed_sessions, served.account_id) == (4100, 4100)
+    wechat_orders = fakes.orders(WECHAT)
+    assert [wechat_orders[payments[name][0].out_trade_no]["refunded_fen"] for name in ("demo", "certified")] == [500, 400]
     async with committed_sessions() as session:
-        assert await balance(session, served.account_id) == 0 == await ledger_sum(session, served.account_id)
+        refunds = [e.amount_fen for e in await entries(session, served.account_id) if e.kind == EntryKind.refund]
+        kinds = (await session.execute(text("SELECT kind, channel FROM payments WHERE account_id = :a AND kind = 'refund'"),
+                                       {"a": served.account_id})).all()
+    assert sorted(refunds) == [-1000, -500, -400]
+    assert sorted(tuple(k) for k in kinds) == [("refund", "alipay"), ("refund", "wechat"), ("refund", "wechat")]
+
+
+async def test_a_refused_refund_fails_posts_nothing_and_opens_an_alarm(
+        committed_sessions: async_sessionmaker[AsyncSession], fakes: Fakes) -> None:
+    served = await new_household(committed_sessions)
+    assert served.household.id is not None
+    _, payment = await paid_at_fake(committed_sessions, fakes, account_id=served.account_id,
+                                    household_id=served.household.id, channel=ALIPAY, fen=2000)
+    assert payment is not None
+    await asyncio.to_thread(httpx.post, f"{fakes.alipay}/_control/next",
+                            json={"action": "refuse", "body": "ACQ.SELLER_BALANCE_NOT_ENOUGH"})
+
+    done = await refund_online(committed_sessions, fakes.services, account_id=served.account_id, amount_fen=2000,
+                               reason="错缴", by="收费员", now=utcnow, payment_id=payment.id)
+
+    [refund] = done.refunds
+    assert refund.state is RefundState.failed and "SELLER_BALANCE_NOT_ENOUGH" in (refund.failure or "")
+    assert await money(committed_sessions, served.account_id) == (2000, 2000)
+    async with committed_sessions() as session:
+        alarms = (await session.execute(text(
+            "SELECT kind, status FROM alarms WHERE subject_kind = 'payment' AND subject_id = :o"),
+            {"o": refund.order_id})).all()
+    assert [tuple(a) for a in alarms] == [("refund_failed", "open")]
+
+
+REFUND = """
+mutation($paymentId: ID!, $amount: Money!, $reason: String!) {
+  refundPayment(paymentId: $paymentId, amount: $amount, reason: $reason) {
+    refunds { outRefundNo outTradeNo channel merchant amount state refundPaymentId }
+    errors { field code }
+  }
+}"""
+CLOSE = """
+mutation($input: CloseAccountInput!) {
+  closeAccount(input: $input) {
+    account { id status balance } refund { channel amount }
+    onlineRefunds { outTradeNo channel amount state }
+    errors { field code }
+  }
+}"""
+
+
+@pytest.fixture(scope="module")
+async def api(database_url: str, fakes: Fakes) -> AsyncIterator[GraphQLClient]:
+    saved = dict(os.environ)
+    os.environ.update(fakes.environment)
+    try:
+        async with graphql_client(database_url) as client:
+            yield client
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+async def test_refund_payment_and_close_account_over_graphql_send_the_refunds_at_once(
+        committed_sessions: async_sessionmaker[AsyncSession], fakes: Fakes, api: GraphQLClient) -> None:
+    served = await new_household(committed_sessions)
+    assert served.household.id is not None
+    async with transaction(committed_sessions) as session:
+        area = await session.get(Area, served.household.area_id)
+        assert area is not None
+        staff = await make_staff(session, permissions={"counter:refund_online", "counter:close_account",
+                                                       "counter:collect", "payments:read"}, areas=[area])
+        await cash(session, served, 10000, utcnow())
+    token = await api.login(staff.username, staff.password)
+    wechat_order, _ = await paid_at_fake(committed_sessions, fakes, account_id=served.account_id,
+                                         household_id=served.household.id, channel=WECHAT, fen=5000)
+    alipay_order, alipay = await paid_at_fake(committed_sessions, fakes, account_id=served.account_id,
+                                              household_id=served.household.id, channel=ALIPAY, fen=2000)
+    assert alipay is not None
+
+    refunded = await api.execute(REFUND, {"paymentId": encode_id("Payment", alipay.id), "amount": "5.00",
+                                          "reason": "错缴"}, token=token)
+
+    payload = refunded["data"]["refundPayment"]
+    assert payload["errors"] == []
+    [row] = payload["refunds"]
+    assert (row["outTradeNo"], row["channel"], row["amount"], row["state"]) == (alipay_order.out_trade_no, "alipay",
+                                                                              "5.00", "succeeded")
+    assert row["outRefundNo"].startswith("RF") and row["refundPaymentId"]
+    assert fakes.orders(ALIPAY)[alipay_order.out_trade_no]["refunded_fen"] == 500
+    again = await api.execute(REFUND, {"paymentId": encode_id("Payment", alipay.id), "amount": "15.01",
+                                       "reason": "错缴"}, token=token)
+    assert again["data"]["refundPayment"]["errors"] == [{"field": "amount", "code": "REFUND_ABOVE_REFUNDABLE"}]
+
+    close = {"input": {"accountId": encode_id("Account", served.account_id), "idempotencyKey": f"close-{served.account_id}"}}
+    first = (await api.execute(CLOSE, close, token=token))["data"]["closeAccount"]
+
+    # Newest payment first, each through its own channel; the account waits for them.
+    assert first["errors"] == [] and first["refund"] is None and first["account"]["status"] == "open"
+    assert [(r["outTradeNo"], r["channel"], r["amount"], r["state"]) for r in first["onlineRefunds"]] == [
+        (alipay_order.out_trade_no, "alipay", "15.00", "succeeded"),
+        (wechat_order.out_trade_no, "wechat", "50.00", "requested")]
+    # Cash 100 + WeChat 50 + Alipay 20, less Alipay's 5 and 15: WeChat's 50 is not confirmed yet.
+    assert await money(committed_sessions, served.account_id) == (15000, 15000)
+    still = (await api.execute(CLOSE, {"input": {**close["input"], "idempotencyKey": "again"}}, token=token))
+    assert still["data"]["closeAccount"]["errors"] == [{"field": "id", "code": "REFUND_NOT_POSSIBLE"}]
+
+    await query_open_refunds(committed_sessions, fakes.services, now=later)
+    closed = (await api.execute(CLOSE, {"input": {**close["input"], "idempotencyKey": "last"}},
+                                token=token))["data"]["closeAccount"]
+
+    # The counter pays the rest (the cash paid in): the account closes at zero.
+    assert closed["errors"] == [] and closed["onlineRefunds"] == []
+    assert closed["account"]["status"] == "closed" and closed["refund"] == {"channel": "cash", "amount": "100.00"}
+    assert await money(committed_sessions, served.account_id) == (0, 0)
+
+
+def test_a_v2_merchants_client_certificate_is_a_pair_of_pem_files(tmp_path: Path) -> None:
+    merchants_file = write_refund_merchants(tmp_path)
+    certified = load_merchants(merchants_file).named(WECHAT, "certified")
+    assert certified is not None and certified.client_cert == str(tmp_path / "apiclient_cert.pem")
+    assert certified.client_key == str(tmp_path / "apiclient_key.pem")
+
+    (tmp_path / "not_a_cert.pem").write_text("hello", encoding="utf-8")
+    wrong = tmp_path / "wrong.toml"
+    entries_with = (
+        ("bad", 'client_cert = { file = "not_a_cert.pem" }\nclient_key = { file = "apiclient_key.pem" }'),
+        ("half", 'client_cert = { file = "apiclient_cert.pem" }'),
+        ("env", 'client_cert = { env = "CERT" }\nclient_key = { file = "apiclient_key.pem" }'))
+    wrong.write_text('public_base_url = "http://127.0.0.1:9"\n\n' + "".join(
+        f'[[wechat]]\nname = "{name}"\napi = "v2"\napp_id = "wx000000000000000{n}"\nmch_id = "123000000{n}"\n'
+        f'api_key = {{ file = "wechat_v2_api_key" }}\n{extra}\n\n' for n, (name, extra) in enumerate(entries_with)),
+        encoding="utf-8")
+    with pytest.raises(MerchantsInvalid) as refused:
+        load_merchants(wrong, environ={"CERT": "x"})
+    assert [line.removeprefix(f"{wrong}: ") for line in refused.value.lines] == [
+        f"[[wechat]] #1: `client_cert`: {tmp_path / 'not_a_cert.pem'} holds no PEM CERTIFICATE",
+        "[[wechat]] #2: `client_cert` and `client_key` go together (refunds need both)",
+        '[[wechat]] #3: `client_cert` must be { file = "path" }',
+    ]
