@@ -371,3 +371,26 @@ async def test_the_payments_list_statement_count_does_not_grow_with_the_page(
     work = [[s for s in statements if "current_setting('jit')" not in s and "typeinfo_tree" not in s]
             for statements in (small, large)]
     assert len(work[0]) == len(work[1])
+
+
+async def test_a_card_account_recharged_at_the_counter_shows_its_pending_card_write(
+        client: GraphQLClient, world: World, committed_engine: AsyncEngine) -> None:
+    async with session_factory(committed_engine)() as session, session.begin():
+        household = await make_household(session, area=world.tree.east_community, name="赵敏")
+        assert household.id is not None
+        card = await open_account(session, household_id=household.id, mode=BillingMode.prepaid_card,
+                                  terms=AccountTerms(tariff_code=world.east.tariff_code), now=utcnow(), by="测试")
+    token = await client.login(world.cashier.username, world.cashier.password)
+    document = """
+    mutation($input: TakePaymentInput!) {
+      takePayment(input: $input) {
+        payment { serialNo }
+        account { balance pendingWrites { target state amount paymentSerialNo settledAt } }
+        errors { code } } }"""
+
+    taken = (await data(client, token, document, {"input": payment_input(card, "50.00")}))["takePayment"]
+
+    assert taken["errors"] == []
+    assert taken["account"] == {"balance": "50.00", "pendingWrites": [
+        {"target": "card", "state": "pending", "amount": "50.00", "paymentSerialNo": taken["payment"]["serialNo"],
+         "settledAt": None}]}
