@@ -116,7 +116,7 @@ def _xml_fields(body: bytes) -> dict[str, str]:
         raise NotificationRejected("not an XML body (a DTD)")
     try:
         root = ElementTree.fromstring(body)
-    except ElementTree.ParseError:
+    except (ElementTree.ParseError, ValueError):  # ValueError: a multi-byte encoding declared (gbk)
         raise NotificationRejected("not an XML body") from None
     return {child.tag: (child.text or "") for child in root}
 
@@ -168,8 +168,25 @@ def _verify(candidates: list[tuple[Merchant, OnlineGateway]], headers: Mapping[s
             return merchant, gateway, gateway.verify_notification(headers, body)
         except NotificationRejected as rejected:
             first = first or rejected
+        except Exception as error:  # an SDK choking on a body: a rejection, never a 500
+            log.warning("a %s notification could not be verified: %r", merchant.name, error)
+            first = first or NotificationRejected(f"unreadable notification ({type(error).__name__})")
     assert first is not None
     raise first
+
+
+def _verified(online: OnlinePayments, api: GatewayApi, headers: Mapping[str, str],
+              body: bytes) -> tuple[Merchant, OnlineGateway, VerifiedNotification]:
+    """The merchant, its gateway and the verified notification; whatever the body, a
+    failure is :class:`NotificationRejected` (no body can make the route answer 500)."""
+    try:
+        candidates = _candidates(online, api, headers, body)
+    except NotificationRejected:
+        raise
+    except Exception as error:  # a parser's surprise: a rejection
+        log.warning("a %s notification could not be read: %r", api.value, error)
+        raise NotificationRejected(f"unreadable notification ({type(error).__name__})") from None
+    return _verify(candidates, headers, body)
 
 
 def _kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -243,7 +260,7 @@ async def receive_notification(sessions: async_sessionmaker[AsyncSession], *, on
     api = GatewayApi(api)
     gateway: OnlineGateway | None = None
     try:
-        merchant, gateway, verified = _verify(_candidates(online, api, headers, body), headers, body)
+        merchant, gateway, verified = _verified(online, api, headers, body)
     except NotificationRejected as rejected:
         order = await _reject(sessions, api=api, reason=rejected.reason, out_trade_no=rejected.out_trade_no,
                               headers=headers, body=body, now=now)
