@@ -78,6 +78,7 @@ from backend.payments.models import Payment, PaymentChannel, PaymentKind, Paymen
 from backend.payments.online.errors import RefundAboveRefundable, RefundNotPossible
 from backend.payments.online.gateway import GatewayRefundState, RefundResult
 from backend.payments.online.models import PaymentOrder, PaymentRefund, RefundState
+from backend.payments.online.pending import pending_write_done, take_back_pending_write
 from backend.payments.online.registry import call_gateway, online_payments
 from backend.readings.partitions import as_zone
 
@@ -237,6 +238,9 @@ async def request_online_refunds(
     if payment_id is not None:
         if not payments:
             await _refuse_payment(session, account.id, payment_id, now)
+        if await pending_write_done(session, payment_id):  # the money is on the card / meter now
+            raise RefundNotPossible("该笔充值已写入卡/表, 不能原路退款", "This recharge is on the card or meter already: "
+                                    "it cannot be refunded online", field="paymentId")
         parts, remainder = split_refund(amount_fen, payments)
         if remainder:
             raise RefundAboveRefundable(field="amount")
@@ -376,6 +380,13 @@ async def record_refund_outcome(session: AsyncSession, *, refund_id: int, outcom
         refund.gateway_refund_id = outcome.refund_id[:64]
     if isinstance(outcome, RefundResult) and outcome.state is GatewayRefundState.succeeded:
         original = await _original_payment(session, refund.order_id)
+        assert original.id is not None
+        if not await take_back_pending_write(session, payment_id=original.id, amount_fen=refund.amount_fen, now=now,
+                                             by=refund.requested_by):  # written since it was requested: a person checks
+            from backend.payments.online.credit import alarm_on_order
+
+            await alarm_on_order(session, order=await session.get(PaymentOrder, refund.order_id), now=now, detail=(
+                f"{refund.out_refund_no} refunded online, but the payment was written to the card/meter already"))
         payment = await record_payment(
             session, account=account, kind=PaymentKind.refund, entry_kind=EntryKind.refund, channel=original.channel,
             purpose=original.purpose, amount_fen=refund.amount_fen, idempotency_key=f"refund:{refund.out_refund_no}",

@@ -6,18 +6,28 @@ day was handed over leaves that day alone."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from backend.billing.models import BillingMode
+from backend.db import transaction
+from backend.errors import DomainError, ErrorCode
+from backend.payments.counter import Operator, reverse_payment, take_payment
+from backend.payments.models import PaymentChannel, PaymentPurpose
+from backend.payments.online.gateway import GatewayRefundState, RefundResult
 from backend.payments.online.merchants import load_merchants
-from backend.payments.online.models import GatewayApi
+from backend.payments.online.models import GatewayApi, RefundState
 from backend.payments.online.notify import receive_notification
+from backend.payments.online.refunds import record_refund_outcome, request_online_refunds
 from backend.payments.online.registry import OnlinePayments
 from backend.payments.online.testkeys import write_test_merchants
-from tests.billing.factories import at
+from tests.billing.factories import at, balance, ledger_sum, served_household, tariff
+from tests.payments.online.refund_helpers import paid_order
 from tests.payments.online.test_orders_http import World, world  # noqa: F401  (module fixture)
 
 NOW = at(2026, 12, 7, 10)
@@ -94,3 +104,132 @@ async def test_a_declared_multibyte_encoding_is_answered_failure_not_500(
     async with httpx.AsyncClient(base_url=world.api.url) as http:
         answer = await http.post(path, content=body, headers={"content-type": content_type})
     assert answer.status_code == 200 and "FAIL" in answer.text, (answer.status_code, answer.text[:200])
+
+
+REFUND_NOW = at(2026, 12, 10, 10)
+
+
+async def _refund_all(session: AsyncSession, account_id: int, payment_id: int, fen: int) -> None:
+    plan = await request_online_refunds(session, account_id=account_id, amount_fen=fen, reason="错缴",
+                                        by="admin", now=REFUND_NOW, payment_id=payment_id)
+    (refund,) = plan.refunds
+    assert refund.id is not None
+    done = await record_refund_outcome(session, refund_id=refund.id, now=REFUND_NOW, outcome=RefundResult(
+        refund.out_refund_no, GatewayRefundState.succeeded, refund_id="G1", amount_fen=fen))
+    assert done.state is RefundState.succeeded
+
+
+async def test_a_refunded_online_recharge_of_a_card_account_keeps_its_pending_card_write(
+        session: AsyncSession) -> None:
+    served = await served_household(session, raw_tariff=tariff(), opened_at=at(2026, 11, 1),
+                                    mode=BillingMode.prepaid_card)
+    assert served.household.id is not None
+    _, payment = await paid_order(session, account_id=served.account_id, household_id=served.household.id,
+                                  channel=PaymentChannel.alipay, fen=3000, at=at(2026, 12, 9, 9))
+    assert payment.id is not None
+    await _refund_all(session, served.account_id, payment.id, 3000)
+
+    assert await balance(session, served.account_id) == 0
+    states = (await session.execute(text("SELECT state FROM pending_writes WHERE payment_id = :p"),
+                                    {"p": payment.id})).scalars().all()
+    # The money went back to the payer: it must not still be written to the card.
+    assert states == ["cancelled"], states
+
+
+async def test_a_refunded_online_payment_can_still_be_reversed_debiting_the_account_twice(
+        session: AsyncSession) -> None:
+    served = await served_household(session, raw_tariff=tariff(), opened_at=at(2026, 11, 1),
+                                    mode=BillingMode.prepaid_station)
+    assert served.household.id is not None
+    _, payment = await paid_order(session, account_id=served.account_id, household_id=served.household.id,
+                                  channel=PaymentChannel.alipay, fen=3000, at=at(2026, 12, 9, 9))
+    assert payment.id is not None
+    await _refund_all(session, served.account_id, payment.id, 3000)
+
+    refused = None
+    try:
+        await reverse_payment(session, payment_id=payment.id, reason="冲正", now=REFUND_NOW,
+                              operator=Operator(None, "admin", may_reverse_any=True))
+    except DomainError as error:
+        refused = error
+    money = await balance(session, served.account_id)
+    assert money == await ledger_sum(session, served.account_id)
+    # 30.00 paid, 30.00 given back online: the payment must not also be reversed (-30.00 more).
+    assert refused is not None and money == 0, (refused, money)
+
+
+async def test_a_reversed_recharge_of_a_card_account_keeps_its_pending_card_write(session: AsyncSession) -> None:
+    served = await served_household(session, raw_tariff=tariff(), opened_at=at(2026, 11, 1),
+                                    mode=BillingMode.prepaid_card)
+    cashier = Operator(None, "收费员", may_reverse_any=True)
+    payment = await take_payment(session, account_id=served.account_id, channel=PaymentChannel.cash,
+                                 purpose=PaymentPurpose.recharge, amount_fen=5000, confirm_amount_fen=5000,
+                                 idempotency_key=f"rev:{served.account_id}", operator=cashier, now=REFUND_NOW)
+    assert payment.id is not None
+    await reverse_payment(session, payment_id=payment.id, reason="收错", operator=cashier, now=REFUND_NOW)
+
+    states = (await session.execute(text("SELECT state FROM pending_writes WHERE payment_id = :p"),
+                                    {"p": payment.id})).scalars().all()
+    assert await balance(session, served.account_id) == 0
+    assert states == ["cancelled"], states
+
+async def test_money_written_to_the_card_is_neither_refunded_online_nor_reversed(session: AsyncSession) -> None:
+    served = await served_household(session, raw_tariff=tariff(), opened_at=at(2026, 11, 1),
+                                    mode=BillingMode.prepaid_card)
+    assert served.household.id is not None
+    _, payment = await paid_order(session, account_id=served.account_id, household_id=served.household.id,
+                                  channel=PaymentChannel.alipay, fen=3000, at=at(2026, 12, 9, 9))
+    assert payment.id is not None
+    await session.execute(text("UPDATE pending_writes SET state = 'written', settled_at = :t, settled_by = 'card' "
+                               "WHERE payment_id = :p"), {"t": REFUND_NOW, "p": payment.id})
+    with pytest.raises(DomainError) as refused:
+        await request_online_refunds(session, account_id=served.account_id, amount_fen=3000, reason="错缴",
+                                     by="admin", now=REFUND_NOW, payment_id=payment.id)
+    assert refused.value.code is ErrorCode.REFUND_NOT_POSSIBLE
+    with pytest.raises(DomainError) as reversal:
+        await reverse_payment(session, payment_id=payment.id, reason="冲正", now=REFUND_NOW,
+                              operator=Operator(None, "admin", may_reverse_any=True))
+    assert reversal.value.code is ErrorCode.REVERSAL_NOT_ALLOWED
+    assert await balance(session, served.account_id) == await ledger_sum(session, served.account_id) == 3000
+
+
+async def test_a_partial_refund_lowers_the_pending_card_write(session: AsyncSession) -> None:
+    served = await served_household(session, raw_tariff=tariff(), opened_at=at(2026, 11, 1),
+                                    mode=BillingMode.prepaid_card)
+    assert served.household.id is not None
+    _, payment = await paid_order(session, account_id=served.account_id, household_id=served.household.id,
+                                  channel=PaymentChannel.alipay, fen=3000, at=at(2026, 12, 9, 9))
+    assert payment.id is not None
+    await _refund_all(session, served.account_id, payment.id, 1000)
+    rows = (await session.execute(text("SELECT state, amount_fen FROM pending_writes WHERE payment_id = :p"),
+                                  {"p": payment.id})).all()
+    assert [tuple(r) for r in rows] == [("pending", 2000)]
+    assert await balance(session, served.account_id) == 2000
+
+
+async def test_concurrent_refund_requests_never_exceed_the_payment(
+        committed_sessions: async_sessionmaker[AsyncSession]) -> None:
+    async with transaction(committed_sessions) as session:
+        served = await served_household(session, raw_tariff=tariff(), opened_at=at(2026, 11, 1),
+                                         mode=BillingMode.prepaid_station)
+        assert served.household.id is not None
+        _, payment = await paid_order(session, account_id=served.account_id, household_id=served.household.id,
+                                      channel=PaymentChannel.alipay, fen=3000, at=at(2026, 12, 9, 9))
+        assert payment.id is not None
+        payment_id = payment.id
+
+    async def one() -> str:
+        try:
+            async with transaction(committed_sessions) as session:
+                await request_online_refunds(session, account_id=served.account_id, amount_fen=2000, reason="错缴",
+                                             by="a", now=REFUND_NOW, payment_id=payment_id)
+            return "ok"
+        except DomainError as error:
+            return str(error.code)
+
+    await asyncio.gather(*(one() for _ in range(5)))
+    async with committed_sessions() as session:
+        total = (await session.execute(text("SELECT coalesce(sum(amount_fen), 0) FROM payment_refunds r "
+                                            "WHERE r.account_id = :a AND state <> 'failed'"),
+                                       {"a": served.account_id})).scalar_one()
+    assert total <= 3000, total
