@@ -83,8 +83,16 @@ from backend.payments.online.pending import add_pending_write, take_back_pending
 from backend.readings.partitions import as_zone
 
 __all__ = [
-    "DEFAULT_MAX_COUNTER_PAYMENT_FEN", "ClosedAccount", "Operator", "RecordedPayment", "close_account", "record_payment",
-    "reverse_payment", "take_payment", "write_payment",
+    "DEFAULT_MAX_COUNTER_PAYMENT_FEN",
+    "ClosedAccount",
+    "Operator",
+    "RecordedPayment",
+    "cashier_day_locked",
+    "close_account",
+    "record_payment",
+    "reverse_payment",
+    "take_payment",
+    "write_payment",
 ]
 
 DEFAULT_MAX_COUNTER_PAYMENT_FEN = 5_000_000  # ¥50,000
@@ -122,7 +130,7 @@ def cashier_day_key(operator_id: int, day: date) -> str:
     return f"{operator_id}:{day.isoformat()}"
 
 
-async def _day_locked(session: AsyncSession, operator_id: int | None, day: date) -> bool:
+async def cashier_day_locked(session: AsyncSession, operator_id: int | None, day: date) -> bool:
     """Whether ``operator_id``'s ``day`` is handed over, holding the day's lock shared until
     the transaction ends (see :data:`CASHIER_DAY_LOCK_CLASS`)."""
     if operator_id is None:
@@ -192,7 +200,7 @@ async def take_payment(
     if account.status is not AccountStatus.open:
         raise AccountIsClosed(field="accountId")
     day = business_day(now, tz)
-    if await _day_locked(session, operator.id, day):
+    if await cashier_day_locked(session, operator.id, day):
         raise errors.CashierDayLocked(field="accountId")
     if bill_ids:
         await check_payable_bills(session, account_id=account_id, bill_ids=bill_ids)
@@ -322,7 +330,7 @@ async def reverse_payment(
         raise errors.ReversalNotAllowed(field="id")
     # The money goes back out of the reverser's till today: their day must be open (the
     # payment's own day may be handed over; 日结 counts the reversal today).
-    if await _day_locked(session, operator.id, today):
+    if await cashier_day_locked(session, operator.id, today):
         raise errors.CashierDayLocked(field="id")
     # Under the account's lock (a refund request takes it too): money given back online is
     # not also reversed, and money on the card or meter already is not reversed here.
@@ -401,7 +409,7 @@ async def close_account(
         raise DomainError("最终读数时间不能晚于当前时间", "The final reading cannot be in the future",
                           field="finalReadingAt", code=ErrorCode.BAD_USER_INPUT)
     day = business_day(now, tz)
-    if await _day_locked(session, operator.id, day):
+    if await cashier_day_locked(session, operator.id, day):
         raise errors.CashierDayLocked(field="id")
     charged = await final_charge(session, account_id=account_id, at=final_reading_at, tz=tz, now=now)
     if account.mode is BillingMode.postpaid:

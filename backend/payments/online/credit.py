@@ -11,6 +11,13 @@ and ``payment.succeeded`` — then marks the order paid with its payment and emi
 ``payment_order.changed``. A second caller for the same order (a replayed notification
 racing the first, the query job) waits for the lock, finds it paid and writes nothing.
 
+A counter order (a cashier's barcode or QR order) counts in that cashier's day (日结) of
+the day it is credited, under the day's lock as the counter's own payments
+(``counter.CASHIER_DAY_LOCK_CLASS``, held shared until commit, so a hand-over waits for
+it); when that day is handed over already (the payer paid the QR after the cashier's
+hand-over), the payment is recorded like any other online payment, with no cashier
+(operator ``online``), and the handed-over figures stay as they were.
+
 An order that was ``closed`` (expired, cancelled) and is paid after all is credited too —
 the payer's money was taken — and an alarm is opened on it (alarms, subject payment).
 The caller commits.
@@ -30,7 +37,7 @@ from backend.billing.models import BillingMode, EntryKind
 from backend.db import raw_connection
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.events.service import emit_event
-from backend.payments.counter import Operator, business_day, write_payment
+from backend.payments.counter import Operator, business_day, cashier_day_locked, write_payment
 from backend.payments.events import PaymentOrderChanged
 from backend.payments.models import Payment, PaymentChannel, PaymentKind, PaymentPurpose
 from backend.payments.online.models import OrderOrigin, OrderState, PaymentOrder
@@ -154,17 +161,18 @@ async def credit_locked(session: AsyncSession, row: Any, *, trade_no: str, amoun
     if amount_fen != row["amount_fen"]:
         raise AmountDiffers(field="amount")
     was_closed = row["state"] == OrderState.closed.value
-    if row["origin"] == OrderOrigin.counter.value and row["operator_id"] is not None:
+    day = business_day(now, tz)
+    operator = Operator(None, ONLINE_OPERATOR)
+    if row["origin"] == OrderOrigin.counter.value and row["operator_id"] is not None \
+            and not await cashier_day_locked(session, row["operator_id"], day):
         operator = Operator(row["operator_id"], row["created_by"])  # the cashier's day (日结) counts it
-    else:
-        operator = Operator(None, ONLINE_OPERATOR)
     purpose = PaymentPurpose(row["purpose"])
     payment = await write_payment(
         session, account=_Payable(row["account_id"], row["household_id"], BillingMode(row["mode"])),
         kind=PaymentKind.collect,
         entry_kind=EntryKind.recharge if purpose is PaymentPurpose.recharge else EntryKind.payment,
         channel=PaymentChannel(row["channel"]), purpose=purpose, amount_fen=row["amount_fen"],
-        idempotency_key=f"order:{row['out_trade_no']}", operator=operator, now=now, day=business_day(now, tz),
+        idempotency_key=f"order:{row['out_trade_no']}", operator=operator, now=now, day=day,
         reference=trade_no[:64], note=row["out_trade_no"], number=row["next_payment_id"])
     driver = await raw_connection(session)
     if notification is None:

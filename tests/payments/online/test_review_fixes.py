@@ -7,6 +7,7 @@ day was handed over leaves that day alone."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -17,8 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend.billing.models import BillingMode
 from backend.db import transaction
 from backend.errors import DomainError, ErrorCode
-from backend.payments.counter import Operator, reverse_payment, take_payment
+from backend.payments.counter import Operator, business_day, reverse_payment, take_payment
+from backend.payments.days import cashier_day, hand_over_day
 from backend.payments.models import PaymentChannel, PaymentPurpose
+from backend.payments.online.counter_online import open_qr_order
+from backend.payments.online.credit import ONLINE_OPERATOR
 from backend.payments.online.gateway import GatewayRefundState, RefundResult
 from backend.payments.online.merchants import load_merchants
 from backend.payments.online.models import GatewayApi, RefundState
@@ -27,7 +31,9 @@ from backend.payments.online.refunds import record_refund_outcome, request_onlin
 from backend.payments.online.registry import OnlinePayments
 from backend.payments.online.testkeys import write_test_merchants
 from tests.billing.factories import at, balance, ledger_sum, served_household, tariff
+from tests.factories import make_staff
 from tests.payments.online.refund_helpers import paid_order
+from tests.payments.online.stand_in import stand_in_payments
 from tests.payments.online.test_orders_http import World, world  # noqa: F401  (module fixture)
 
 NOW = at(2026, 12, 7, 10)
@@ -233,3 +239,45 @@ async def test_concurrent_refund_requests_never_exceed_the_payment(
                                             "WHERE r.account_id = :a AND state <> 'failed'"),
                                        {"a": served.account_id})).scalar_one()
     assert total <= 3000, total
+
+
+async def test_a_counter_order_paid_after_hand_over_leaves_the_handed_over_day_alone(
+        committed_sessions: async_sessionmaker[AsyncSession]) -> None:
+    online, demo, _ = stand_in_payments()
+    async with transaction(committed_sessions) as session:
+        served = await served_household(session, raw_tariff=tariff(), opened_at=at(2026, 11, 1),
+                                        mode=BillingMode.prepaid_station)
+        staff = await make_staff(session)
+    assert staff.user.id is not None
+    cashier = Operator(staff.user.id, staff.username)
+    orders = []
+    for _ in range(2):
+        async with transaction(committed_sessions) as session:
+            orders.append(await open_qr_order(session, online=online, channel=PaymentChannel.alipay,
+                                              account_id=served.account_id, amount_fen=4200,
+                                              purpose=PaymentPurpose.recharge, operator=cashier, now=NOW))
+    before = await receive_notification(committed_sessions, online=online, api=GatewayApi.alipay, headers={},
+                                        body=demo.notification(orders[0].out_trade_no, 4200), now=NOW)
+    assert before.verdict == "accepted"
+    day = business_day(NOW, "Asia/Shanghai")
+    async with transaction(committed_sessions) as session:
+        handed = await hand_over_day(session, operator_id=staff.user.id, day=day, by="主管",
+                                     now=NOW + timedelta(hours=1))
+    # Paid before the hand-over: the cashier's day counts it under alipay (the totals line has no channel).
+    assert handed.net_fen == 4200 and [c.channel for c in handed.channels] == [PaymentChannel.alipay]
+    assert handed.totals.channel is None and handed.takings_json()["alipay"]["net_fen"] == 4200
+
+    after = await receive_notification(committed_sessions, online=online, api=GatewayApi.alipay, headers={},
+                                       body=demo.notification(orders[1].out_trade_no, 4200),
+                                       now=NOW + timedelta(hours=2))
+    assert after.verdict == "accepted"
+    async with committed_sessions() as session:
+        figures = await cashier_day(session, operator_id=staff.user.id, day=day)
+        late = (await session.execute(text(
+            "SELECT p.operator_id, p.operator_name FROM payments p JOIN payment_orders o ON o.payment_id = p.id "
+            "WHERE o.id = :o"), {"o": orders[1].id})).one()
+        money = await balance(session, served.account_id)
+        ledger = await ledger_sum(session, served.account_id)
+    assert figures.handed_over is not None and figures.net_fen == figures.handed_over.net_fen == 4200
+    # Credited all the same, as an online payment with no cashier.
+    assert tuple(late) == (None, ONLINE_OPERATOR) and money == ledger == 8400
