@@ -19,8 +19,10 @@ trade status says paid. Then, in ONE transaction, it credits the order
 - A genuine notification whose trade status is not paid (Alipay's ``TRADE_CLOSED``) is
   stored ``rejected`` with the status and answered success: nothing to credit, nothing
   to retry, nothing alarming.
-- A genuine notification for a ``closed`` order is credited (the payer's money was
-  taken) and opens an alarm (credit.py).
+- A genuine notification for a ``closed`` or ``failed`` order is credited (the payer's
+  money was taken) and opens an alarm (credit.py) — except for a barcode order cancelled
+  at the gateway (撤销 gives the money back): stored ``rejected``, alarmed, answered
+  success (nothing to retry), never credited.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from backend.errors import DomainError
 from backend.payments.online.credit import (
     LOCK_UNPAID_ORDER_BY_TRADE_NO,
     AcceptedNotification,
+    OrderCancelledAtGateway,
     alarm_on_order,
     credit_locked,
 )
@@ -293,6 +296,11 @@ async def receive_notification(sessions: async_sessionmaker[AsyncSession], *, on
         order = await _reject(sessions, api=api, reason=refused.reason, out_trade_no=verified.out_trade_no,
                               headers=headers, body=body, now=now)
         return NotifyOutcome(gateway.answer(False), "rejected", order.id if order else None, refused.reason)
+    except OrderCancelledAtGateway as cancelled:  # its money went back with the cancel: a person looks
+        reason = f"not credited: {cancelled.message_en}"
+        order = await _reject(sessions, api=api, reason=reason, out_trade_no=verified.out_trade_no,
+                              headers=headers, body=body, now=now)
+        return NotifyOutcome(gateway.answer(True), "rejected", order.id if order else None, reason)
     except DomainError as refused:  # the account closed since (post_entry refuses it): a person must refund
         reason = f"cannot credit: {refused.message_en}"
         order = await _reject(sessions, api=api, reason=reason, out_trade_no=verified.out_trade_no,

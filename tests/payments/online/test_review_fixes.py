@@ -21,11 +21,11 @@ from backend.errors import DomainError, ErrorCode
 from backend.payments.counter import Operator, business_day, reverse_payment, take_payment
 from backend.payments.days import cashier_day, hand_over_day
 from backend.payments.models import PaymentChannel, PaymentPurpose
-from backend.payments.online.counter_online import open_qr_order
-from backend.payments.online.credit import ONLINE_OPERATOR
-from backend.payments.online.gateway import GatewayRefundState, RefundResult
+from backend.payments.online.counter_online import counter_barcode_pay, open_qr_order
+from backend.payments.online.credit import CANCELLED_AT_GATEWAY, ONLINE_OPERATOR
+from backend.payments.online.gateway import GatewayRefundState, RefundResult, TradeState
 from backend.payments.online.merchants import load_merchants
-from backend.payments.online.models import GatewayApi, RefundState
+from backend.payments.online.models import GatewayApi, OrderState, RefundState
 from backend.payments.online.notify import receive_notification
 from backend.payments.online.refunds import record_refund_outcome, request_online_refunds
 from backend.payments.online.registry import OnlinePayments
@@ -33,7 +33,7 @@ from backend.payments.online.testkeys import write_test_merchants
 from tests.billing.factories import at, balance, ledger_sum, served_household, tariff
 from tests.factories import make_staff
 from tests.payments.online.refund_helpers import paid_order
-from tests.payments.online.stand_in import stand_in_payments
+from tests.payments.online.stand_in import StandIn, stand_in_payments
 from tests.payments.online.test_orders_http import World, world  # noqa: F401  (module fixture)
 
 NOW = at(2026, 12, 7, 10)
@@ -281,3 +281,123 @@ async def test_a_counter_order_paid_after_hand_over_leaves_the_handed_over_day_a
     assert figures.handed_over is not None and figures.net_fen == figures.handed_over.net_fen == 4200
     # Credited all the same, as an online payment with no cashier.
     assert tuple(late) == (None, ONLINE_OPERATOR) and money == ledger == 8400
+
+
+async def test_barcode_deadline_cancels_an_order_a_notification_already_credited(
+        committed_sessions: async_sessionmaker[AsyncSession]) -> None:
+    online, demo, _ = stand_in_payments()
+    async with transaction(committed_sessions) as session:
+        served = await served_household(session, raw_tariff=tariff(), opened_at=at(2026, 11, 1),
+                                        mode=BillingMode.prepaid_station)
+        staff = await make_staff(session)
+    # barcode_pay answers paying; every query answers paying (the payer confirms after it)
+    demo.barcode_answers[:] = [TradeState.paying] + [TradeState.paying] * 5
+    ticks = iter([0.0, 10.0, 100.0, 100.0, 100.0])
+    credited: list[str] = []
+
+    async def sleep(_: float) -> None:
+        # between the loop's sleep and its deadline the payer confirms; the gateway notifies
+        orders = [o for kind, o in demo.calls if kind == "barcode_pay"]
+        if orders and not credited:
+            out = await receive_notification(committed_sessions, online=online, api=GatewayApi.alipay, headers={},
+                                             body=demo.notification(orders[0], 777), now=NOW + timedelta(seconds=20))
+            credited.append(out.verdict)
+
+    raised = None
+    try:
+        await counter_barcode_pay(committed_sessions, online=online, services={}, account_id=served.account_id,
+                                  amount_fen=777, purpose=PaymentPurpose.recharge, auth_code="280000000000000000",
+                                  operator=Operator(staff.user.id, staff.username),
+                                  clock=lambda: NOW, sleep=sleep, ticker=lambda: next(ticks), poll_s=1,
+                                  deadline_s=45)
+    except DomainError as error:
+        raised = error
+    async with committed_sessions() as session:
+        order = (await session.execute(text("SELECT state FROM payment_orders WHERE account_id = :a"),
+                                       {"a": served.account_id})).scalar_one()
+        money = await balance(session, served.account_id)
+    assert credited == ["accepted"] and order == "paid" and money == 777
+    # The order is paid and credited: the loop must neither cancel (= refund) it at the gateway
+    # nor tell the cashier it was declined.
+    assert ("cancel", next(o for k, o in demo.calls if k == "barcode_pay")) not in demo.calls, demo.calls
+    assert raised is None, raised
+
+
+async def _barcode(sessions: async_sessionmaker[AsyncSession], online: OnlinePayments, demo: StandIn,
+                   answers: list[TradeState]) -> tuple[int, str]:
+    """A barcode payment of 777 fen with the gateway answering ``answers`` (barcode_pay's,
+    then the queries'): paid, or PAYMENT_DECLINED at the counter. The account and the order."""
+    async with transaction(sessions) as session:
+        served = await served_household(session, raw_tariff=tariff(), opened_at=at(2026, 11, 1),
+                                        mode=BillingMode.prepaid_station)
+        staff = await make_staff(session)
+    demo.barcode_answers[:] = answers
+    ticks = iter([0.0, 10.0, 100.0, 100.0, 100.0])
+
+    async def sleep(_: float) -> None:
+        return None
+
+    order_state: OrderState | ErrorCode | None = None
+    try:
+        paid = await counter_barcode_pay(sessions, online=online, services={}, account_id=served.account_id,
+                                         amount_fen=777, purpose=PaymentPurpose.recharge,
+                                         auth_code="280000000000000000", operator=Operator(staff.user.id, staff.username),
+                                         clock=lambda: NOW, sleep=sleep, ticker=lambda: next(ticks), poll_s=1,
+                                         deadline_s=45)
+        order_state = paid.state
+    except DomainError as error:
+        order_state = error.code
+    reference = next(o for k, o in demo.calls if k == "barcode_pay")
+    assert order_state in (ErrorCode.PAYMENT_DECLINED, OrderState.paid), order_state
+    return served.account_id, reference
+
+
+async def test_the_last_query_before_cancelling_finds_it_paid_and_credits_it(
+        committed_sessions: async_sessionmaker[AsyncSession]) -> None:
+    online, demo, _ = stand_in_payments()
+    # paying at every query in the loop, paid at the one the deadline asks
+    account_id, reference = await _barcode(committed_sessions, online, demo,
+                                           [TradeState.paying, TradeState.paying, TradeState.paid])
+    async with committed_sessions() as session:
+        state = (await session.execute(text("SELECT state FROM payment_orders WHERE out_trade_no = :o"),
+                                       {"o": reference})).scalar_one()
+        money = await balance(session, account_id)
+    assert state == "paid" and money == 777 and ("cancel", reference) not in demo.calls
+
+
+async def test_a_paid_notification_after_the_barcode_cancel_is_stored_and_alarmed_not_credited(
+        committed_sessions: async_sessionmaker[AsyncSession]) -> None:
+    online, demo, _ = stand_in_payments()
+    account_id, reference = await _barcode(committed_sessions, online, demo, [TradeState.paying] * 6)
+    assert ("cancel", reference) in demo.calls
+    # The trade was paid just before the cancel, which refunded it; its notification comes late.
+    late = await receive_notification(committed_sessions, online=online, api=GatewayApi.alipay, headers={},
+                                      body=demo.notification(reference, 777), now=NOW + timedelta(minutes=5))
+    assert late.verdict == "rejected" and late.answer.body == b"success", late
+    async with committed_sessions() as session:
+        order = (await session.execute(text("SELECT state, failure, payment_id FROM payment_orders "
+                                            "WHERE out_trade_no = :o"), {"o": reference})).one()
+        kept = (await session.execute(text("SELECT verdict FROM payment_notifications WHERE out_trade_no = :o"),
+                                      {"o": reference})).scalars().all()
+        alarms = (await session.execute(text(
+            "SELECT count(*) FROM alarms WHERE subject_kind = 'payment' AND subject_id = :o"),
+            {"o": late.order_id})).scalar_one()
+        money, ledger = await balance(session, account_id), await ledger_sum(session, account_id)
+    assert order.state == "closed" and order.failure.startswith(CANCELLED_AT_GATEWAY) and order.payment_id is None
+    assert kept == ["rejected"] and alarms == 1 and money == ledger == 0
+
+
+async def test_a_notification_for_a_declined_order_is_credited_with_an_alarm(
+        committed_sessions: async_sessionmaker[AsyncSession]) -> None:
+    online, demo, _ = stand_in_payments()
+    account_id, reference = await _barcode(committed_sessions, online, demo, [TradeState.failed])
+    assert ("cancel", reference) not in demo.calls
+    paid = await receive_notification(committed_sessions, online=online, api=GatewayApi.alipay, headers={},
+                                      body=demo.notification(reference, 777), now=NOW + timedelta(minutes=5))
+    assert paid.verdict == "accepted"
+    async with committed_sessions() as session:
+        detail = (await session.execute(text(
+            "SELECT detail FROM alarms WHERE subject_kind = 'payment' AND subject_id = :o"),
+            {"o": paid.order_id})).scalar_one()
+        money, ledger = await balance(session, account_id), await ledger_sum(session, account_id)
+    assert "paid after it was failed" in detail and money == ledger == 777
