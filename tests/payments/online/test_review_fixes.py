@@ -18,9 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend.billing.models import BillingMode
 from backend.db import transaction
 from backend.errors import DomainError, ErrorCode
+from backend.gateways.errors import GatewayBadAnswer
 from backend.payments.counter import Operator, business_day, reverse_payment, take_payment
 from backend.payments.days import cashier_day, hand_over_day
 from backend.payments.models import PaymentChannel, PaymentPurpose
+from backend.payments.online.alipay import yuan_to_fen as alipay_yuan_to_fen
 from backend.payments.online.counter_online import counter_barcode_pay, open_qr_order
 from backend.payments.online.credit import CANCELLED_AT_GATEWAY, ONLINE_OPERATOR
 from backend.payments.online.gateway import GatewayRefundState, RefundResult, TradeState
@@ -30,6 +32,8 @@ from backend.payments.online.notify import receive_notification
 from backend.payments.online.refunds import record_refund_outcome, request_online_refunds
 from backend.payments.online.registry import OnlinePayments
 from backend.payments.online.testkeys import write_test_merchants
+from backend.payments.online.wechat import fen_of
+from backend.payments.online.wechat import yuan_to_fen as wechat_yuan_to_fen
 from tests.billing.factories import at, balance, ledger_sum, served_household, tariff
 from tests.factories import make_staff
 from tests.payments.online.refund_helpers import paid_order
@@ -401,3 +405,18 @@ async def test_a_notification_for_a_declined_order_is_credited_with_an_alarm(
             {"o": paid.order_id})).scalar_one()
         money, ledger = await balance(session, account_id), await ledger_sum(session, account_id)
     assert "paid after it was failed" in detail and money == ledger == 777
+
+
+@pytest.mark.parametrize("text", ["1.00\n", "1\n", " 1.00", "1.001", "-1", "1e2", "١.٠٠"])
+def test_an_amount_in_yuan_is_all_digits_with_nothing_after(text: str) -> None:
+    with pytest.raises(ValueError, match="not an amount"):
+        alipay_yuan_to_fen(text)
+    with pytest.raises(GatewayBadAnswer):
+        wechat_yuan_to_fen(text)
+    assert alipay_yuan_to_fen("12.3") == wechat_yuan_to_fen("12.3") == 1230
+
+
+@pytest.mark.parametrize("text", ["100\n", " 100", "1_00", "١٠٠", "-1", ""])
+def test_an_amount_in_fen_is_all_ascii_digits(text: str) -> None:
+    with pytest.raises(GatewayBadAnswer):
+        fen_of(text, what="total_fee")
