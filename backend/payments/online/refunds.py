@@ -354,11 +354,30 @@ async def send_refunds(
     refund already sent stands first (the job). Returns the refunds as they stand."""
     settled: list[PaymentRefund] = []
     for target in await _targets(sessions, refund_ids):
-        outcome = await _ask(services, target, query=query or target.gateway_refund_id is not None)
-        async with transaction(sessions) as session:
-            refund = await record_refund_outcome(session, refund_id=target.id, outcome=outcome, now=now(), tz=tz)
+        try:
+            outcome = await _ask(services, target, query=query or target.gateway_refund_id is not None)
+            async with transaction(sessions) as session:
+                refund = await record_refund_outcome(session, refund_id=target.id, outcome=outcome, now=now(), tz=tz)
+        except Exception as error:  # one refund's surprise (a bug, the database) must not stop the others
+            log.exception("refund %s could not be sent or recorded; it stays requested", target.out_refund_no)
+            await _alarm_unsettled(sessions, target, error, now())
+            continue
         settled.append(refund)
     return settled
+
+
+async def _alarm_unsettled(sessions: async_sessionmaker[AsyncSession], target: _Target, error: Exception,
+                           now: datetime) -> None:
+    from backend.payments.online.credit import alarm_on_order
+
+    try:
+        async with transaction(sessions) as session:
+            order = (await session.execute(select(PaymentOrder).where(  # type: ignore[arg-type]
+                PaymentOrder.out_trade_no == target.out_trade_no))).scalar_one_or_none()  # type: ignore[arg-type]
+            await alarm_on_order(session, order=order, now=now,
+                                 detail=f"{target.out_refund_no} could not be settled: {type(error).__name__}")
+    except Exception:
+        log.exception("refund %s: the alarm could not be opened either", target.out_refund_no)
 
 
 async def record_refund_outcome(session: AsyncSession, *, refund_id: int, outcome: Outcome | None, now: datetime,
@@ -378,7 +397,13 @@ async def record_refund_outcome(session: AsyncSession, *, refund_id: int, outcom
         return refund
     if isinstance(outcome, RefundResult) and outcome.refund_id:
         refund.gateway_refund_id = outcome.refund_id[:64]
-    if isinstance(outcome, RefundResult) and outcome.state is GatewayRefundState.succeeded:
+    if isinstance(outcome, RefundResult) and outcome.state is GatewayRefundState.succeeded \
+            and outcome.amount_fen not in (None, refund.amount_fen):  # not what we asked: a person looks
+        from backend.payments.online.credit import alarm_on_order
+
+        await alarm_on_order(session, order=await session.get(PaymentOrder, refund.order_id), now=now, detail=(
+            f"{refund.out_refund_no}: the gateway refunded {outcome.amount_fen} fen, not {refund.amount_fen}"))
+    elif isinstance(outcome, RefundResult) and outcome.state is GatewayRefundState.succeeded:
         original = await _original_payment(session, refund.order_id)
         assert original.id is not None
         if not await take_back_pending_write(session, payment_id=original.id, amount_fen=refund.amount_fen, now=now,

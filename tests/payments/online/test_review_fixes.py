@@ -29,16 +29,17 @@ from backend.payments.online.gateway import GatewayRefundState, RefundResult, Tr
 from backend.payments.online.merchants import load_merchants
 from backend.payments.online.models import GatewayApi, OrderState, RefundState
 from backend.payments.online.notify import receive_notification
-from backend.payments.online.refunds import record_refund_outcome, request_online_refunds
+from backend.payments.online.refunds import record_refund_outcome, refund_online, request_online_refunds
 from backend.payments.online.registry import OnlinePayments
 from backend.payments.online.testkeys import write_test_merchants
 from backend.payments.online.wechat import fen_of
 from backend.payments.online.wechat import yuan_to_fen as wechat_yuan_to_fen
 from tests.billing.factories import at, balance, ledger_sum, served_household, tariff
 from tests.factories import make_staff
-from tests.payments.online.refund_helpers import paid_order
+from tests.payments.online.refund_helpers import StandInGateway, paid_order, services_of
 from tests.payments.online.stand_in import StandIn, stand_in_payments
 from tests.payments.online.test_orders_http import World, world  # noqa: F401  (module fixture)
+from tests.payments.online.test_refunds import household_with_payments
 
 NOW = at(2026, 12, 7, 10)
 
@@ -420,3 +421,60 @@ def test_an_amount_in_yuan_is_all_digits_with_nothing_after(text: str) -> None:
 def test_an_amount_in_fen_is_all_ascii_digits(text: str) -> None:
     with pytest.raises(GatewayBadAnswer):
         fen_of(text, what="total_fee")
+
+
+class _Broken(StandInGateway):
+    """A gateway whose client blows up with something that is no GatewayError (a bug)."""
+
+    def refund(self, out_trade_no: str, *, out_refund_no: str, amount_fen: int, total_fen: int,
+               reason: str) -> RefundResult:
+        raise RuntimeError("a bug in the SDK")
+
+
+class _Short(StandInGateway):
+    """A gateway that confirms a refund of one fen less than asked."""
+
+    def refund(self, out_trade_no: str, *, out_refund_no: str, amount_fen: int, total_fen: int,
+               reason: str) -> RefundResult:
+        return RefundResult(out_refund_no, GatewayRefundState.succeeded, refund_id="G", amount_fen=amount_fen - 1)
+
+
+async def _alarm_details(sessions: async_sessionmaker[AsyncSession], order_id: int) -> list[str]:
+    async with sessions() as session:
+        return list((await session.execute(text(
+            "SELECT detail FROM alarms WHERE subject_kind = 'payment' AND subject_id = :o"),
+            {"o": order_id})).scalars().all())
+
+
+async def test_one_refund_blowing_up_does_not_stop_the_others(
+        committed_sessions: async_sessionmaker[AsyncSession]) -> None:
+    async with transaction(committed_sessions) as session:
+        served, _ = await household_with_payments(session)
+    done = await refund_online(committed_sessions, services_of(_Broken(PaymentChannel.alipay),
+                                                               StandInGateway(PaymentChannel.wechat)),
+                               account_id=served.account_id, amount_fen=3000, reason="错缴", by="收费员",
+                               now=lambda: REFUND_NOW)
+    # alipay 20.00 (newest) could not be sent; wechat 10.00 was refunded all the same
+    assert [(r.amount_fen, r.state) for r in done.refunds] == [(1000, RefundState.succeeded)]
+    async with committed_sessions() as session:
+        stuck = (await session.execute(text(
+            "SELECT order_id, state FROM payment_refunds WHERE account_id = :a AND amount_fen = 2000"),
+            {"a": served.account_id})).one()
+        assert await balance(session, served.account_id) == 19000 == await ledger_sum(session, served.account_id)
+    assert stuck.state == "requested"
+    assert any("could not be settled: RuntimeError" in d for d in await _alarm_details(committed_sessions,
+                                                                                      stuck.order_id))
+
+
+async def test_a_refund_confirmed_for_another_amount_is_not_posted_but_alarmed(
+        committed_sessions: async_sessionmaker[AsyncSession]) -> None:
+    async with transaction(committed_sessions) as session:
+        served, _ = await household_with_payments(session)
+    done = await refund_online(committed_sessions, services_of(_Short(PaymentChannel.alipay)),
+                               account_id=served.account_id, amount_fen=2000, reason="错缴", by="收费员",
+                               now=lambda: REFUND_NOW)
+    (refund,) = done.refunds
+    assert refund.state is RefundState.requested
+    async with committed_sessions() as session:
+        assert await balance(session, served.account_id) == 20000 == await ledger_sum(session, served.account_id)
+    assert any("refunded 1999 fen, not 2000" in d for d in await _alarm_details(committed_sessions, refund.order_id))
