@@ -149,7 +149,7 @@ async def follow_order(sessions: async_sessionmaker[AsyncSession], *, online: On
         if order.scene is OrderScene.barcode:
             ended = await cancel_barcode_order(sessions, services=services, gateway=gateway, order=order, now=now,
                                                tz=tz, why="expired")
-            return "credited" if ended.state is OrderState.paid else ended.state.value
+            return ended.state.value  # closed (cancelled), or paid (meanwhile, or credited by its last query)
         else:
             await call_gateway(services, gateway, "close", gateway.close, order.out_trade_no,
                                request={"out_trade_no": order.out_trade_no}, reference=order.out_trade_no)

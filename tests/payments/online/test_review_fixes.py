@@ -23,9 +23,10 @@ from backend.payments.counter import Operator, business_day, reverse_payment, ta
 from backend.payments.days import cashier_day, hand_over_day
 from backend.payments.models import PaymentChannel, PaymentPurpose
 from backend.payments.online.alipay import yuan_to_fen as alipay_yuan_to_fen
-from backend.payments.online.counter_online import counter_barcode_pay, open_qr_order
+from backend.payments.online.counter_online import counter_barcode_pay, open_barcode_order, open_qr_order
 from backend.payments.online.credit import CANCELLED_AT_GATEWAY, ONLINE_OPERATOR
-from backend.payments.online.gateway import GatewayRefundState, RefundResult, TradeState
+from backend.payments.online.gateway import GatewayRefundState, RefundResult, TradeState, TradeStatus
+from backend.payments.online.jobs import follow_order
 from backend.payments.online.merchants import load_merchants
 from backend.payments.online.models import GatewayApi, OrderState, RefundState
 from backend.payments.online.notify import receive_notification
@@ -478,3 +479,38 @@ async def test_a_refund_confirmed_for_another_amount_is_not_posted_but_alarmed(
     async with committed_sessions() as session:
         assert await balance(session, served.account_id) == 20000 == await ledger_sum(session, served.account_id)
     assert any("refunded 1999 fen, not 2000" in d for d in await _alarm_details(committed_sessions, refund.order_id))
+
+
+async def test_the_job_never_cancels_an_expired_barcode_order_a_notification_paid_meanwhile(
+        committed_sessions: async_sessionmaker[AsyncSession]) -> None:
+    online, demo, _ = stand_in_payments()
+    async with transaction(committed_sessions) as session:
+        served = await served_household(session, raw_tariff=tariff(), opened_at=at(2026, 11, 1),
+                                        mode=BillingMode.prepaid_station)
+        staff = await make_staff(session)
+        stale = await open_barcode_order(session, online=online, account_id=served.account_id, amount_fen=500,
+                                         purpose=PaymentPurpose.recharge, auth_code="280000000000000000",
+                                         operator=Operator(staff.user.id, staff.username), now=NOW)
+    later = stale.expires_at + timedelta(minutes=1)
+    # The job read the order (created) and asked the gateway (still paying there); then the
+    # notification credits it before the job cancels.
+    demo.trades[stale.out_trade_no] = TradeStatus(stale.out_trade_no, TradeState.paying)
+    paid = await receive_notification(committed_sessions, online=online, api=GatewayApi.alipay, headers={},
+                                      body=demo.notification(stale.out_trade_no, 500), now=later)
+    assert paid.verdict == "accepted" and stale.state is OrderState.created
+    done = await follow_order(committed_sessions, online=online, services={}, order=stale, now=later)
+    assert done == "paid" and ("cancel", stale.out_trade_no) not in demo.calls
+
+    # An unpaid one is cancelled, and closed as cancelled at the gateway.
+    async with transaction(committed_sessions) as session:
+        unpaid = await open_barcode_order(session, online=online, account_id=served.account_id, amount_fen=600,
+                                          purpose=PaymentPurpose.recharge, auth_code="280000000000000001",
+                                          operator=Operator(staff.user.id, staff.username), now=NOW)
+    demo.trades[unpaid.out_trade_no] = TradeStatus(unpaid.out_trade_no, TradeState.paying)
+    assert await follow_order(committed_sessions, online=online, services={}, order=unpaid, now=later) == "closed"
+    assert ("cancel", unpaid.out_trade_no) in demo.calls
+    async with committed_sessions() as session:
+        failure = (await session.execute(text("SELECT failure FROM payment_orders WHERE id = :o"),
+                                         {"o": unpaid.id})).scalar_one()
+        assert await balance(session, served.account_id) == 500 == await ledger_sum(session, served.account_id)
+    assert failure == f"{CANCELLED_AT_GATEWAY}: expired"
