@@ -32,7 +32,10 @@ it may reverse it on its business day; anyone else, or a later day, needs
 ``counter:reverse_any`` (REVERSAL_NOT_ALLOWED). Twice is PAYMENT_ALREADY_REVERSED. The
 money goes back out of the reverser's till, so the reversal counts in the reverser's day
 (日结) of the day it is made, whatever the payment's day; a handed-over day refuses
-further payments and reversals by its cashier (CASHIER_DAY_LOCKED).
+further payments and reversals by its cashier (CASHIER_DAY_LOCKED). A payment with a refund
+through its original channel (requested or succeeded) is not reversed, nor is a recharge
+already written to the card or meter (REVERSAL_NOT_ALLOWED, each with its own message);
+a recharge still waiting to be written has its pending write cancelled with the reversal.
 
 **Closing an account (销户, :func:`close_account`).** Billing's ``final_charge`` prices the
 usage up to the final reading (one entered at the desk, stored as a manual reading, or
@@ -76,12 +79,20 @@ from backend.payments.models import (
     PaymentStatus,
 )
 from backend.payments.online.models import PaymentRefund
-from backend.payments.online.pending import add_pending_write
+from backend.payments.online.pending import add_pending_write, take_back_pending_write
 from backend.readings.partitions import as_zone
 
 __all__ = [
-    "DEFAULT_MAX_COUNTER_PAYMENT_FEN", "ClosedAccount", "Operator", "RecordedPayment", "close_account", "record_payment",
-    "reverse_payment", "take_payment", "write_payment",
+    "DEFAULT_MAX_COUNTER_PAYMENT_FEN",
+    "ClosedAccount",
+    "Operator",
+    "RecordedPayment",
+    "cashier_day_locked",
+    "close_account",
+    "record_payment",
+    "reverse_payment",
+    "take_payment",
+    "write_payment",
 ]
 
 DEFAULT_MAX_COUNTER_PAYMENT_FEN = 5_000_000  # ¥50,000
@@ -119,7 +130,7 @@ def cashier_day_key(operator_id: int, day: date) -> str:
     return f"{operator_id}:{day.isoformat()}"
 
 
-async def _day_locked(session: AsyncSession, operator_id: int | None, day: date) -> bool:
+async def cashier_day_locked(session: AsyncSession, operator_id: int | None, day: date) -> bool:
     """Whether ``operator_id``'s ``day`` is handed over, holding the day's lock shared until
     the transaction ends (see :data:`CASHIER_DAY_LOCK_CLASS`)."""
     if operator_id is None:
@@ -189,7 +200,7 @@ async def take_payment(
     if account.status is not AccountStatus.open:
         raise AccountIsClosed(field="accountId")
     day = business_day(now, tz)
-    if await _day_locked(session, operator.id, day):
+    if await cashier_day_locked(session, operator.id, day):
         raise errors.CashierDayLocked(field="accountId")
     if bill_ids:
         await check_payable_bills(session, account_id=account_id, bill_ids=bill_ids)
@@ -319,8 +330,18 @@ async def reverse_payment(
         raise errors.ReversalNotAllowed(field="id")
     # The money goes back out of the reverser's till today: their day must be open (the
     # payment's own day may be handed over; 日结 counts the reversal today).
-    if await _day_locked(session, operator.id, today):
+    if await cashier_day_locked(session, operator.id, today):
         raise errors.CashierDayLocked(field="id")
+    # Under the account's lock (a refund request takes it too): money given back online is
+    # not also reversed, and money on the card or meter already is not reversed here.
+    refunded = await session.execute(text(
+        "SELECT 1 FROM payment_refunds r JOIN payment_orders o ON o.id = r.order_id "
+        "WHERE o.payment_id = :p AND r.state <> 'failed' LIMIT 1"), {"p": payment.id})
+    if refunded.first() is not None:
+        raise errors.ReversalRefundedOnline(field="id")
+    if not await take_back_pending_write(session, payment_id=payment_id, amount_fen=payment.amount_fen, now=now,
+                                         by=operator.name):
+        raise errors.ReversalWrittenToDevice(field="id")
     entry = await post_entry(session, account_id=payment.account_id, kind=EntryKind.reversal,
                              amount_fen=-payment.amount_fen, ref=f"payment:{payment.id}",
                              idempotency_key=f"reversal:{payment.id}", note=f"冲正 {payment.serial_no}",
@@ -388,7 +409,7 @@ async def close_account(
         raise DomainError("最终读数时间不能晚于当前时间", "The final reading cannot be in the future",
                           field="finalReadingAt", code=ErrorCode.BAD_USER_INPUT)
     day = business_day(now, tz)
-    if await _day_locked(session, operator.id, day):
+    if await cashier_day_locked(session, operator.id, day):
         raise errors.CashierDayLocked(field="id")
     charged = await final_charge(session, account_id=account_id, at=final_reading_at, tz=tz, now=now)
     if account.mode is BillingMode.postpaid:

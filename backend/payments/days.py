@@ -47,7 +47,7 @@ MAX_DAYS = 366
 
 @dataclass(frozen=True, slots=True)
 class ChannelTakings:
-    channel: PaymentChannel
+    channel: PaymentChannel | None  # None: the totals line (over every channel)
     collected_fen: int
     refunded_fen: int
     reversed_fen: int
@@ -72,7 +72,7 @@ class CashierDayFigures:
     totals: ChannelTakings = field(init=False)
 
     def __post_init__(self) -> None:
-        total = ChannelTakings(PaymentChannel.other, sum(c.collected_fen for c in self.channels),
+        total = ChannelTakings(None, sum(c.collected_fen for c in self.channels),
                                sum(c.refunded_fen for c in self.channels), sum(c.reversed_fen for c in self.channels),
                                sum(c.count for c in self.channels))
         object.__setattr__(self, "totals", total)
@@ -87,7 +87,7 @@ class CashierDayFigures:
 
     def takings_json(self) -> dict[str, dict[str, int]]:
         """The takings as the hand-over stores them (``CashierDay.takings``)."""
-        return {c.channel.value: {"collected_fen": c.collected_fen, "refunded_fen": c.refunded_fen,
+        return {str(c.channel): {"collected_fen": c.collected_fen, "refunded_fen": c.refunded_fen,
                                   "reversed_fen": c.reversed_fen, "net_fen": c.net_fen, "count": c.count}
                 for c in self.channels}
 
@@ -167,7 +167,7 @@ async def cashier_days(
     handed = {(d.operator_id, d.business_day): d for d in (await session.execute(statement)).scalars()}
     keys = sorted(set(channels) | set(handed), key=lambda k: (-k[1].toordinal(), k[0]))
     names = {r["id"]: r["full_name"] for r in await driver.fetch(_NAMES, sorted({k[0] for k in keys}))}
-    order = list(PaymentChannel)
+    order: list[PaymentChannel | None] = list(PaymentChannel)
     return [CashierDayFigures(
         operator_id=operator_id, operator_name=names.get(operator_id, ""), day=day,
         channels=tuple(sorted(channels.get((operator_id, day), []), key=lambda c: order.index(c.channel))),

@@ -63,3 +63,15 @@ class CashierDayUnbalanced(DomainError):
     code = ErrorCode.CASHIER_DAY_UNBALANCED
     message = "当日收费与账务分录不一致, 不能日结; 请联系管理员核查"
     message_en = "The day's takings differ from its ledger entries; it cannot be handed over (ask an administrator)"
+
+
+class ReversalRefundedOnline(DomainError):
+    code = ErrorCode.REVERSAL_NOT_ALLOWED
+    message = "该笔收费已申请或完成原路退款, 不能冲正"
+    message_en = "This payment has a refund through its original channel (requested or done): it cannot be reversed"
+
+
+class ReversalWrittenToDevice(DomainError):
+    code = ErrorCode.REVERSAL_NOT_ALLOWED
+    message = "该笔充值已写入卡/表, 不能冲正"
+    message_en = "This recharge was written to the card or meter already: it cannot be reversed"

@@ -100,8 +100,8 @@ _PAGE_METHODS: Mapping[OrderScene, tuple[str, str]] = {
     OrderScene.wap: ("alipay.trade.wap.pay", "QUICK_WAP_WAY"),
     OrderScene.page: ("alipay.trade.page.pay", "FAST_INSTANT_TRADE_PAY"),
 }
-_YUAN = re.compile(r"^(0|[1-9][0-9]{0,15})(?:\.([0-9]{1,2}))?$")
-_FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_YUAN = re.compile(r"(0|[1-9][0-9]{0,15})(?:\.([0-9]{1,2}))?", re.ASCII)  # fullmatch: no trailing newline
+_FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}", re.ASCII)
 # The statement's columns this module reads (支付宝业务明细).
 _COL_TRADE_NO, _COL_OUT_TRADE_NO, _COL_KIND = "支付宝交易号", "商户订单号", "业务类型"
 _COL_FINISHED, _COL_AMOUNT, _COL_REFUND_NO = "完成时间", "订单金额（元）", "退款批次号/请求号"
@@ -142,7 +142,7 @@ class AlipaySettings(GatewaySettings):
 def yuan_to_fen(text: str) -> int:
     """``"12.34"`` -> 1234, exactly; anything else (more than two decimals, a sign, an
     exponent, spaces, a leading zero) raises ValueError."""
-    match = _YUAN.match(text) if isinstance(text, str) else None
+    match = _YUAN.fullmatch(text) if isinstance(text, str) else None
     if match is None:
         raise ValueError(f"not an amount in yuan: {text!r}")
     return int(match.group(1)) * 100 + int((match.group(2) or "0").ljust(2, "0"))
@@ -432,8 +432,8 @@ def notification_fields(headers: Mapping[str, str], body: bytes) -> dict[str, st
         raise NotificationRejected("not a form body") from None
     fields: dict[str, str] = {}
     for name, value in pairs:
-        if not _FIELD_NAME.match(name) or name in fields:
-            raise NotificationRejected("not a form body" if not _FIELD_NAME.match(name) else f"field {name} twice")
+        if not _FIELD_NAME.fullmatch(name) or name in fields:
+            raise NotificationRejected("not a form body" if not _FIELD_NAME.fullmatch(name) else f"field {name} twice")
         fields[name] = value
     return fields
 

@@ -7,7 +7,10 @@ opened for the account (committed), then the gateway takes the payment (Alipay
 ``alipay.trade.pay`` scene ``bar_code``, WeChat micropay / code payment): ``paid`` is
 credited at once; ``paying`` (the payer is confirming on the phone: USERPAYING) is asked
 about every ``poll_s`` seconds until it is paid or declined or ``deadline_s`` passes, then
-cancelled (撤销) and the order closed: PAYMENT_DECLINED, like an outright refusal. The
+cancelled (撤销) and the order closed: PAYMENT_DECLINED, like an outright refusal — unless
+it was paid meanwhile: under the order's lock a paid order (a notification credited it)
+or a last query saying paid is returned paid, never cancelled (a cancel of a paid trade
+refunds it; ``jobs.cancel_barcode_order``). The
 clock and the sleeper are injected (tests wait for nothing).
 
 **Dynamic QR** (:func:`counter_qr_order`): an Alipay ``qr`` (precreate) or WeChat
@@ -36,7 +39,7 @@ from backend.payments.counter import Operator
 from backend.payments.models import PaymentChannel, PaymentPurpose
 from backend.payments.online import errors
 from backend.payments.online.gateway import ClientPayload, TradeState, TradeStatus
-from backend.payments.online.jobs import complete_paid, end_order
+from backend.payments.online.jobs import cancel_barcode_order, complete_paid, end_order
 from backend.payments.online.models import OrderOrigin, OrderScene, OrderState, PaymentOrder
 from backend.payments.online.orders import OrderAsk, Reach, open_order, order_request, request_payload
 from backend.payments.online.registry import OnlinePayments, call_gateway
@@ -108,10 +111,10 @@ async def take_barcode_payment(sessions: async_sessionmaker[AsyncSession], *, on
         status = TradeStatus(reference, TradeState.paying, detail="no answer: asking")
     while status.state in (TradeState.paying, TradeState.waiting, TradeState.not_found):
         if ticker() - started >= deadline_s:
-            await call_gateway(services, gateway, "cancel", gateway.cancel, reference,
-                               request={"out_trade_no": reference}, reference=reference)
-            await end_order(sessions, order_id=order.id, state=OrderState.closed, now=clock(),
-                            failure="the payer did not confirm in time: cancelled")
+            ended = await cancel_barcode_order(sessions, services=services, gateway=gateway, order=order, now=clock(),
+                                               tz=tz, why="the payer did not confirm in time")
+            if ended.state is OrderState.paid:  # paid meanwhile (a notification, or the last query)
+                return ended
             raise errors.PaymentDeclined(field="authCode")
         await sleep(poll_s)
         try:

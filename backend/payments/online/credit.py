@@ -11,8 +11,19 @@ and ``payment.succeeded`` — then marks the order paid with its payment and emi
 ``payment_order.changed``. A second caller for the same order (a replayed notification
 racing the first, the query job) waits for the lock, finds it paid and writes nothing.
 
-An order that was ``closed`` (expired, cancelled) and is paid after all is credited too —
-the payer's money was taken — and an alarm is opened on it (alarms, subject payment).
+A counter order (a cashier's barcode or QR order) counts in that cashier's day (日结) of
+the day it is credited, under the day's lock as the counter's own payments
+(``counter.CASHIER_DAY_LOCK_CLASS``, held shared until commit, so a hand-over waits for
+it); when that day is handed over already (the payer paid the QR after the cashier's
+hand-over), the payment is recorded like any other online payment, with no cashier
+(operator ``online``), and the handed-over figures stay as they were.
+
+An order that was ``closed`` (expired, closed) or ``failed`` (declined) and is paid after
+all is credited too — the payer's money was taken — and an alarm is opened on it (alarms,
+subject payment). Not so a barcode order cancelled at the gateway (撤销, its failure
+begins with :data:`CANCELLED_AT_GATEWAY`): the cancel gave the money back (a cancel of a
+paid trade refunds it), so crediting it is refused (OrderCancelledAtGateway,
+PAYMENT_ORDER_CLOSED); the notify path stores such a notification rejected and alarms.
 The caller commits.
 """
 
@@ -30,13 +41,16 @@ from backend.billing.models import BillingMode, EntryKind
 from backend.db import raw_connection
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.events.service import emit_event
-from backend.payments.counter import Operator, business_day, write_payment
+from backend.payments.counter import Operator, business_day, cashier_day_locked, write_payment
 from backend.payments.events import PaymentOrderChanged
 from backend.payments.models import Payment, PaymentChannel, PaymentKind, PaymentPurpose
 from backend.payments.online.models import OrderOrigin, OrderState, PaymentOrder
 
 # Who a payment that came in by itself was taken by (payments.operator_name).
 ONLINE_OPERATOR = "online"
+# How the failure of a barcode order cancelled at the gateway (撤销) begins
+# (jobs.cancel_barcode_order): the cancel gave any money taken back, so it is never credited.
+CANCELLED_AT_GATEWAY = "cancelled at the gateway"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +82,7 @@ class _Payable:
 # path). ``unpaid`` leaves a paid order out unlocked (a replay takes no lock).
 _ORDER_COLUMNS = """
 SELECT o.id, o.out_trade_no, o.state, o.api, o.merchant, o.amount_fen, o.channel, o.purpose, o.origin,
-       o.operator_id, o.created_by, o.payment_id, o.household_id, o.account_id, a.mode,
+       o.operator_id, o.created_by, o.payment_id, o.household_id, o.account_id, a.mode, o.failure,
        CASE WHEN o.state <> 'paid' THEN nextval('payments_id_seq') END AS next_payment_id
 FROM payment_orders o JOIN accounts a ON a.id = o.account_id
 """
@@ -93,6 +107,12 @@ class AcceptedNotification:
     headers_json: str
     body: str
     received_at: datetime
+
+
+class OrderCancelledAtGateway(DomainError):
+    code = ErrorCode.PAYMENT_ORDER_CLOSED
+    message = "订单已在支付平台撤销, 款项已退回付款人, 不能入账"
+    message_en = "The order was cancelled at the gateway (any money taken went back to the payer): not credited"
 
 
 class AmountDiffers(DomainError):
@@ -153,18 +173,22 @@ async def credit_locked(session: AsyncSession, row: Any, *, trade_no: str, amoun
     order_id = row["id"]
     if amount_fen != row["amount_fen"]:
         raise AmountDiffers(field="amount")
-    was_closed = row["state"] == OrderState.closed.value
-    if row["origin"] == OrderOrigin.counter.value and row["operator_id"] is not None:
+    # Closed (expired, cancelled) or failed (declined) here, paid there after all.
+    was_closed = row["state"] in (OrderState.closed.value, OrderState.failed.value)
+    if was_closed and (row["failure"] or "").startswith(CANCELLED_AT_GATEWAY):
+        raise OrderCancelledAtGateway(field="outTradeNo")
+    day = business_day(now, tz)
+    operator = Operator(None, ONLINE_OPERATOR)
+    if row["origin"] == OrderOrigin.counter.value and row["operator_id"] is not None \
+            and not await cashier_day_locked(session, row["operator_id"], day):
         operator = Operator(row["operator_id"], row["created_by"])  # the cashier's day (日结) counts it
-    else:
-        operator = Operator(None, ONLINE_OPERATOR)
     purpose = PaymentPurpose(row["purpose"])
     payment = await write_payment(
         session, account=_Payable(row["account_id"], row["household_id"], BillingMode(row["mode"])),
         kind=PaymentKind.collect,
         entry_kind=EntryKind.recharge if purpose is PaymentPurpose.recharge else EntryKind.payment,
         channel=PaymentChannel(row["channel"]), purpose=purpose, amount_fen=row["amount_fen"],
-        idempotency_key=f"order:{row['out_trade_no']}", operator=operator, now=now, day=business_day(now, tz),
+        idempotency_key=f"order:{row['out_trade_no']}", operator=operator, now=now, day=day,
         reference=trade_no[:64], note=row["out_trade_no"], number=row["next_payment_id"])
     driver = await raw_connection(session)
     if notification is None:
@@ -178,6 +202,6 @@ async def credit_locked(session: AsyncSession, row: Any, *, trade_no: str, amoun
     if was_closed:
         order = await session.get(PaymentOrder, order_id, populate_existing=True)
         await alarm_on_order(session, order=order, now=now,
-                             detail=f"paid after it was closed: credited as payment {payment.serial_no}; "
+                             detail=f"paid after it was {row['state']}: credited as payment {payment.serial_no}; "
                                     f"refund it if the payer did not mean it")
     return Credited(order_id, payment.id, credited=True, was_closed=was_closed)

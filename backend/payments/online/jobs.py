@@ -4,7 +4,8 @@
 → credited through :func:`backend.payments.online.credit.credit_order` (the same one path
 as a notification; an amount other than the order's is alarmed, never credited); closed
 or declined there → the order is ``closed`` / ``failed``; still unpaid past its expiry →
-closed at the gateway (a barcode payment is cancelled, 撤销) and then here. Each step is
+closed at the gateway and then here — a barcode payment is cancelled (撤销) by
+:func:`cancel_barcode_order`, which never cancels one that is paid meanwhile. Each step is
 its own short transaction; the gateway is called outside any.
 
 The ``query_payment_orders`` job (every minute) follows every order still ``created``
@@ -25,8 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.db import transaction
 from backend.gateways.errors import GatewayError
-from backend.payments.online.credit import alarm_on_order, credit_order, order_changed
-from backend.payments.online.gateway import TradeState, TradeStatus
+from backend.payments.online.credit import CANCELLED_AT_GATEWAY, alarm_on_order, credit_order, order_changed
+from backend.payments.online.gateway import OnlineGateway, TradeState, TradeStatus
 from backend.payments.online.models import OrderScene, OrderState, PaymentOrder
 from backend.payments.online.registry import OnlinePayments, call_gateway, online_payments
 from backend.runtime import Runtime
@@ -76,6 +77,51 @@ async def complete_paid(sessions: async_sessionmaker[AsyncSession], *, order: Pa
     return credited.credited
 
 
+async def cancel_barcode_order(sessions: async_sessionmaker[AsyncSession], *, services: Mapping[str, Any],
+                               gateway: OnlineGateway, order: PaymentOrder, now: datetime, tz: str | tzinfo,
+                               why: str) -> PaymentOrder:
+    """End the unpaid barcode ``order`` (撤销: the payer did not confirm in time, or it
+    expired) without ever cancelling a paid one: a cancel of a paid trade refunds it.
+    Under the order's row lock, held to the end (a notification for it waits, then finds
+    it ended): an order paid meanwhile is returned as it is; the gateway is asked once
+    more and a trade it says is paid is credited (the one credit path) and returned paid;
+    otherwise the trade is cancelled at the gateway and the order ``closed`` with
+    :data:`CANCELLED_AT_GATEWAY` as its failure, so a paid notification that arrives
+    later (the cancel gave that money back) is stored and alarmed, never credited
+    (credit.py). A cancel that fails raises and leaves the order open (the job asks
+    again)."""
+    assert order.id is not None
+    reference = order.out_trade_no
+    async with transaction(sessions) as session:
+        locked = (await session.execute(select(PaymentOrder).where(PaymentOrder.id == order.id)  # type: ignore[arg-type]
+                                        .with_for_update().execution_options(populate_existing=True))).scalar_one()
+        if locked.state is not OrderState.created:
+            return locked  # type: ignore[no-any-return]
+        try:
+            status = await call_gateway(services, gateway, "query", gateway.query, reference,
+                                        request={"out_trade_no": reference}, reference=reference)
+        except GatewayError as failure:  # cancelling is safe either way: the money goes back if it was taken
+            log.warning("order %s: the last query before cancelling failed (%s)", reference, failure.code.value)
+            status = TradeStatus(reference, TradeState.paying)
+        if status.state is TradeState.paid:
+            amount = status.amount_fen if status.amount_fen is not None else locked.amount_fen
+            if amount == locked.amount_fen:
+                credited = await credit_order(session, order_id=order.id, trade_no=status.trade_no or "",
+                                              amount_fen=amount, now=now, tz=tz, paid_at=status.paid_at)
+                assert credited.order is not None
+                return credited.order
+            await alarm_on_order(session, order=locked, now=now,
+                                 detail=f"the gateway says {amount} fen were paid, the order is {locked.amount_fen}")
+            return locked  # type: ignore[no-any-return]  # left for a person, as complete_paid does
+        await call_gateway(services, gateway, "cancel", gateway.cancel, reference,
+                           request={"out_trade_no": reference}, reference=reference)
+        locked.state, locked.closed_at = OrderState.closed, now
+        locked.failure = f"{CANCELLED_AT_GATEWAY}: {why}"[:200]
+        await session.flush()
+        await order_changed(session, locked)
+        return locked  # type: ignore[no-any-return]
+
+
 async def follow_order(sessions: async_sessionmaker[AsyncSession], *, online: OnlinePayments,
                        services: Mapping[str, Any], order: PaymentOrder, now: datetime,
                        tz: str | tzinfo = "Asia/Shanghai") -> str:
@@ -101,8 +147,9 @@ async def follow_order(sessions: async_sessionmaker[AsyncSession], *, online: On
         return "closed"
     if order.expires_at <= now:
         if order.scene is OrderScene.barcode:
-            await call_gateway(services, gateway, "cancel", gateway.cancel, order.out_trade_no,
-                               request={"out_trade_no": order.out_trade_no}, reference=order.out_trade_no)
+            ended = await cancel_barcode_order(sessions, services=services, gateway=gateway, order=order, now=now,
+                                               tz=tz, why="expired")
+            return ended.state.value  # closed (cancelled), or paid (meanwhile, or credited by its last query)
         else:
             await call_gateway(services, gateway, "close", gateway.close, order.out_trade_no,
                                request={"out_trade_no": order.out_trade_no}, reference=order.out_trade_no)

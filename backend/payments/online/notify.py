@@ -19,8 +19,10 @@ trade status says paid. Then, in ONE transaction, it credits the order
 - A genuine notification whose trade status is not paid (Alipay's ``TRADE_CLOSED``) is
   stored ``rejected`` with the status and answered success: nothing to credit, nothing
   to retry, nothing alarming.
-- A genuine notification for a ``closed`` order is credited (the payer's money was
-  taken) and opens an alarm (credit.py).
+- A genuine notification for a ``closed`` or ``failed`` order is credited (the payer's
+  money was taken) and opens an alarm (credit.py) — except for a barcode order cancelled
+  at the gateway (撤销 gives the money back): stored ``rejected``, alarmed, answered
+  success (nothing to retry), never credited.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from backend.errors import DomainError
 from backend.payments.online.credit import (
     LOCK_UNPAID_ORDER_BY_TRADE_NO,
     AcceptedNotification,
+    OrderCancelledAtGateway,
     alarm_on_order,
     credit_locked,
 )
@@ -116,7 +119,7 @@ def _xml_fields(body: bytes) -> dict[str, str]:
         raise NotificationRejected("not an XML body (a DTD)")
     try:
         root = ElementTree.fromstring(body)
-    except ElementTree.ParseError:
+    except (ElementTree.ParseError, ValueError):  # ValueError: a multi-byte encoding declared (gbk)
         raise NotificationRejected("not an XML body") from None
     return {child.tag: (child.text or "") for child in root}
 
@@ -168,8 +171,25 @@ def _verify(candidates: list[tuple[Merchant, OnlineGateway]], headers: Mapping[s
             return merchant, gateway, gateway.verify_notification(headers, body)
         except NotificationRejected as rejected:
             first = first or rejected
+        except Exception as error:  # an SDK choking on a body: a rejection, never a 500
+            log.warning("a %s notification could not be verified: %r", merchant.name, error)
+            first = first or NotificationRejected(f"unreadable notification ({type(error).__name__})")
     assert first is not None
     raise first
+
+
+def _verified(online: OnlinePayments, api: GatewayApi, headers: Mapping[str, str],
+              body: bytes) -> tuple[Merchant, OnlineGateway, VerifiedNotification]:
+    """The merchant, its gateway and the verified notification; whatever the body, a
+    failure is :class:`NotificationRejected` (no body can make the route answer 500)."""
+    try:
+        candidates = _candidates(online, api, headers, body)
+    except NotificationRejected:
+        raise
+    except Exception as error:  # a parser's surprise: a rejection
+        log.warning("a %s notification could not be read: %r", api.value, error)
+        raise NotificationRejected(f"unreadable notification ({type(error).__name__})") from None
+    return _verify(candidates, headers, body)
 
 
 def _kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -243,7 +263,7 @@ async def receive_notification(sessions: async_sessionmaker[AsyncSession], *, on
     api = GatewayApi(api)
     gateway: OnlineGateway | None = None
     try:
-        merchant, gateway, verified = _verify(_candidates(online, api, headers, body), headers, body)
+        merchant, gateway, verified = _verified(online, api, headers, body)
     except NotificationRejected as rejected:
         order = await _reject(sessions, api=api, reason=rejected.reason, out_trade_no=rejected.out_trade_no,
                               headers=headers, body=body, now=now)
@@ -276,6 +296,11 @@ async def receive_notification(sessions: async_sessionmaker[AsyncSession], *, on
         order = await _reject(sessions, api=api, reason=refused.reason, out_trade_no=verified.out_trade_no,
                               headers=headers, body=body, now=now)
         return NotifyOutcome(gateway.answer(False), "rejected", order.id if order else None, refused.reason)
+    except OrderCancelledAtGateway as cancelled:  # its money went back with the cancel: a person looks
+        reason = f"not credited: {cancelled.message_en}"
+        order = await _reject(sessions, api=api, reason=reason, out_trade_no=verified.out_trade_no,
+                              headers=headers, body=body, now=now)
+        return NotifyOutcome(gateway.answer(True), "rejected", order.id if order else None, reason)
     except DomainError as refused:  # the account closed since (post_entry refuses it): a person must refund
         reason = f"cannot credit: {refused.message_en}"
         order = await _reject(sessions, api=api, reason=reason, out_trade_no=verified.out_trade_no,

@@ -78,6 +78,7 @@ from backend.payments.models import Payment, PaymentChannel, PaymentKind, Paymen
 from backend.payments.online.errors import RefundAboveRefundable, RefundNotPossible
 from backend.payments.online.gateway import GatewayRefundState, RefundResult
 from backend.payments.online.models import PaymentOrder, PaymentRefund, RefundState
+from backend.payments.online.pending import pending_write_done, take_back_pending_write
 from backend.payments.online.registry import call_gateway, online_payments
 from backend.readings.partitions import as_zone
 
@@ -237,6 +238,9 @@ async def request_online_refunds(
     if payment_id is not None:
         if not payments:
             await _refuse_payment(session, account.id, payment_id, now)
+        if await pending_write_done(session, payment_id):  # the money is on the card / meter now
+            raise RefundNotPossible("该笔充值已写入卡/表, 不能原路退款", "This recharge is on the card or meter already: "
+                                    "it cannot be refunded online", field="paymentId")
         parts, remainder = split_refund(amount_fen, payments)
         if remainder:
             raise RefundAboveRefundable(field="amount")
@@ -373,11 +377,30 @@ async def send_refunds(
     refund already sent stands first (the job). Returns the refunds as they stand."""
     settled: list[PaymentRefund] = []
     for target in await _targets(sessions, refund_ids):
-        outcome = await _ask(services, target, query=query or target.gateway_refund_id is not None)
-        async with transaction(sessions) as session:
-            refund = await record_refund_outcome(session, refund_id=target.id, outcome=outcome, now=now(), tz=tz)
+        try:
+            outcome = await _ask(services, target, query=query or target.gateway_refund_id is not None)
+            async with transaction(sessions) as session:
+                refund = await record_refund_outcome(session, refund_id=target.id, outcome=outcome, now=now(), tz=tz)
+        except Exception as error:  # one refund's surprise (a bug, the database) must not stop the others
+            log.exception("refund %s could not be sent or recorded; it stays requested", target.out_refund_no)
+            await _alarm_unsettled(sessions, target, error, now())
+            continue
         settled.append(refund)
     return settled
+
+
+async def _alarm_unsettled(sessions: async_sessionmaker[AsyncSession], target: _Target, error: Exception,
+                           now: datetime) -> None:
+    from backend.payments.online.credit import alarm_on_order
+
+    try:
+        async with transaction(sessions) as session:
+            order = (await session.execute(select(PaymentOrder).where(  # type: ignore[arg-type]
+                PaymentOrder.out_trade_no == target.out_trade_no))).scalar_one_or_none()  # type: ignore[arg-type]
+            await alarm_on_order(session, order=order, now=now,
+                                 detail=f"{target.out_refund_no} could not be settled: {type(error).__name__}")
+    except Exception:
+        log.exception("refund %s: the alarm could not be opened either", target.out_refund_no)
 
 
 async def record_refund_outcome(session: AsyncSession, *, refund_id: int, outcome: Outcome | None, now: datetime,
@@ -397,8 +420,21 @@ async def record_refund_outcome(session: AsyncSession, *, refund_id: int, outcom
         return refund
     if isinstance(outcome, RefundResult) and outcome.refund_id:
         refund.gateway_refund_id = outcome.refund_id[:64]
-    if isinstance(outcome, RefundResult) and outcome.state is GatewayRefundState.succeeded:
+    if isinstance(outcome, RefundResult) and outcome.state is GatewayRefundState.succeeded \
+            and outcome.amount_fen not in (None, refund.amount_fen):  # not what we asked: a person looks
+        from backend.payments.online.credit import alarm_on_order
+
+        await alarm_on_order(session, order=await session.get(PaymentOrder, refund.order_id), now=now, detail=(
+            f"{refund.out_refund_no}: the gateway refunded {outcome.amount_fen} fen, not {refund.amount_fen}"))
+    elif isinstance(outcome, RefundResult) and outcome.state is GatewayRefundState.succeeded:
         original = await _original_payment(session, refund.order_id)
+        assert original.id is not None
+        if not await take_back_pending_write(session, payment_id=original.id, amount_fen=refund.amount_fen, now=now,
+                                             by=refund.requested_by):  # written since it was requested: a person checks
+            from backend.payments.online.credit import alarm_on_order
+
+            await alarm_on_order(session, order=await session.get(PaymentOrder, refund.order_id), now=now, detail=(
+                f"{refund.out_refund_no} refunded online, but the payment was written to the card/meter already"))
         payment = await record_payment(
             session, account=account, kind=PaymentKind.refund, entry_kind=EntryKind.refund, channel=original.channel,
             purpose=original.purpose, amount_fen=refund.amount_fen, idempotency_key=f"refund:{refund.out_refund_no}",

@@ -60,7 +60,7 @@ BARCODE_DECLINED = frozenset({
 # payment that went through; USERPAYING: the payer is entering the password).
 BARCODE_QUERY = frozenset({"USERPAYING", "ORDERPAID", "SYSTEMERROR", "SYSTEM_ERROR", "BANKERROR", "BANK_ERROR"})
 _FEN = Decimal("0.01")
-_YUAN = re.compile(r"^\d{1,12}(\.\d{1,2})?$")
+_YUAN = re.compile(r"[0-9]{1,12}(\.[0-9]{1,2})?", re.ASCII)  # fullmatch: no trailing newline
 
 
 class WechatSettings(GatewaySettings):
@@ -134,14 +134,14 @@ def fen_of(value: Any, *, what: str) -> int:
         raise GatewayBadAnswer(answer=value, detail=f"{what} is not a whole number of fen")
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and re.fullmatch(r"\d{1,15}", value):
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,15}", value):
         return int(value)
     raise GatewayBadAnswer(answer=value, detail=f"{what} is not a whole number of fen: {value!r}")
 
 
 def yuan_to_fen(text: str) -> int:
     """A statement's yuan amount (``12.34``) in fen, exactly: more places is a bad answer."""
-    if not _YUAN.match(text):
+    if not isinstance(text, str) or not _YUAN.fullmatch(text):
         raise GatewayBadAnswer(answer=text, detail=f"not a yuan amount: {text!r}")
     try:
         return int((Decimal(text) / _FEN).to_integral_exact())
