@@ -37,7 +37,8 @@ from backend.payments.online.wechat import fen_of
 from backend.payments.online.wechat import yuan_to_fen as wechat_yuan_to_fen
 from tests.billing.factories import at, balance, ledger_sum, served_household, tariff
 from tests.factories import make_staff
-from tests.payments.online.refund_helpers import StandInGateway, paid_order, services_of
+from tests.payments.online.refund_helpers import paid_order
+from tests.payments.online.scripted_gateway import StandInGateway, services_of
 from tests.payments.online.stand_in import StandIn, stand_in_payments
 from tests.payments.online.test_orders_http import World, world  # noqa: F401  (module fixture)
 from tests.payments.online.test_refunds import household_with_payments
