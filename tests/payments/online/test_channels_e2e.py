@@ -1,0 +1,427 @@
+"""Every channel through the API's own front door, over real HTTP on both sides: the app
+(uvicorn) and the local Alipay and WeChat Pay (uvicorn) of ``test_orders_http``'s module
+``world`` (reused, not started again). A resident logs in with the SMS code, binds their
+household and calls ``createPaymentOrder`` (Alipay wap, WeChat h5, jsapi, app); the payer
+pays at the gateway's cashier page or through its control API; the signed notification
+reaches our notify route; the resident's ``paymentOrder`` / ``paymentOrders`` and a
+scoped staff member's ``paymentOrders`` show it paid. At the counter, ``counterBarcodePay``
+(a slow Alipay payer, WeChat code payment) and ``counterQrOrder`` (WeChat native). The v2
+WeChat merchant pays app / h5 / jsapi / micropay through a second app whose merchants file
+makes it the default (an order goes to the channel's default merchant: no SQL). Every test
+checks the balance and that the ledger sums to it; bad amounts through GraphQL write
+nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import itertools
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from backend.archives.models import Area
+from backend.archives.service.households import HouseholdChanges, update_household
+from backend.auth.sms.senders import sms_sender
+from backend.billing.models import BillingMode
+from backend.db import transaction
+from backend.graphql.relay import encode_id
+from backend.payments.models import PaymentChannel
+from backend.payments.online.merchants import load_merchants
+from backend.payments.online.models import GatewayApi
+from backend.payments.online.registry import SERVICE, OnlinePayments
+from tests.billing.factories import at, served_household, tariff
+from tests.factories import make_staff
+from tests.live import LiveServer, live_server
+from tests.payments.online.test_orders_http import World, world  # noqa: F401  (module fixture: the servers)
+
+LOGIN_CODE = "mutation($p: String!) { requestLoginCode(phone: $p) { errors { code } } }"
+RESIDENT_LOGIN = "mutation($p: String!, $c: String!) { residentLogin(phone: $p, code: $c) { tokens { accessToken } " \
+                 "errors { code } } }"
+BIND = "mutation($n: String!, $m: String!) { bindHousehold(accountNo: $n, name: $m) { binding { state } " \
+       "errors { code } } }"
+STAFF_LOGIN = "mutation($u: String!, $p: String!) { login(username: $u, password: $p) { tokens { accessToken } " \
+              "errors { code } } }"
+ORDER_FIELDS = "id outTradeNo state amount channel scene merchant origin payload { kind url parameters { name value } } " \
+               "payment { channel amount }"
+CREATE = f"""
+mutation($h: ID!, $amount: Money!, $channel: PaymentChannel!, $scene: PaymentScene!, $openid: String,
+         $returnUrl: String) {{
+  createPaymentOrder(householdId: $h, amount: $amount, purpose: recharge, channel: $channel, scene: $scene,
+                     openid: $openid, returnUrl: $returnUrl) {{
+    order {{ {ORDER_FIELDS} }}
+    errors {{ field code }}
+  }}
+}}"""
+BARCODE = f"""
+mutation($a: ID!, $amount: Money!, $code: String!) {{
+  counterBarcodePay(accountId: $a, amount: $amount, purpose: recharge, authCode: $code) {{
+    order {{ {ORDER_FIELDS} }}
+    errors {{ field code }}
+  }}
+}}"""
+COUNTER_QR = f"""
+mutation($a: ID!, $amount: Money!) {{
+  counterQrOrder(accountId: $a, amount: $amount, purpose: recharge, channel: wechat) {{
+    order {{ {ORDER_FIELDS} }}
+    errors {{ field code }}
+  }}
+}}"""
+ORDER = f"query($n: String!) {{ paymentOrder(outTradeNo: $n) {{ {ORDER_FIELDS} }} }}"
+ORDERS = """query($h: ID) { paymentOrders(filter: {householdId: $h}, first: 20) {
+  totalCount edges { node { outTradeNo state amount channel scene } } } }"""
+
+ALIPAY_CODE = "284567890123456789"
+WECHAT_CODE = "134567890123456789"
+_phones = itertools.count(1)
+
+
+@dataclass
+class Payer:
+    """A resident logged in over GraphQL with their household bound, and its account."""
+
+    token: str
+    household_id: int
+    account_id: int
+    area: Area
+
+    @property
+    def household(self) -> str:
+        return encode_id("Household", self.household_id)
+
+    @property
+    def account(self) -> str:
+        return encode_id("Account", self.account_id)
+
+
+async def _gql(http: httpx.AsyncClient, query: str, variables: dict[str, Any] | None = None,
+               token: str | None = None) -> dict[str, Any]:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    answer = await http.post("/graphql", json={"query": query, "variables": variables or {}}, headers=headers)
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+async def _data(http: httpx.AsyncClient, query: str, variables: dict[str, Any] | None = None,
+                token: str | None = None) -> dict[str, Any]:
+    result = await _gql(http, query, variables, token)
+    assert "errors" not in result, result
+    data: dict[str, Any] = result["data"]
+    return data
+
+
+async def _payer(api: LiveServer, sessions: async_sessionmaker[AsyncSession]) -> Payer:
+    """A household whose registered phone is the resident's: logged in with the SMS code
+    (the ``log`` sender keeps it) and bound at once, all over GraphQL."""
+    phone = f"1390{os.getpid() % 10000:04d}{next(_phones):03d}"
+    async with transaction(sessions) as session:
+        served = await served_household(session, raw_tariff=tariff(), opened_at=at(2026, 11, 1),
+                                        mode=BillingMode.prepaid_station)
+        assert served.household.id is not None
+        await update_household(session, household_id=served.household.id, changes=HouseholdChanges(phone=phone))
+        area = await session.get(Area, served.household.area_id)
+        assert area is not None
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+        assert (await _data(http, LOGIN_CODE, {"p": phone}))["requestLoginCode"]["errors"] == []
+        code = next(sent for to, sent in reversed(sms_sender("log").sent) if to == phone)
+        login = (await _data(http, RESIDENT_LOGIN, {"p": phone, "c": code}))["residentLogin"]
+        assert login["errors"] == [], login
+        token = login["tokens"]["accessToken"]
+        bound = (await _data(http, BIND, {"n": served.household.account_no, "m": served.household.name},
+                             token))["bindHousehold"]
+        assert bound == {"binding": {"state": "active"}, "errors": []}, bound
+    return Payer(token, served.household.id, served.account_id, area)
+
+
+async def _staff_token(api: LiveServer, sessions: async_sessionmaker[AsyncSession], permissions: set[str],
+                       area: Area) -> str:
+    async with transaction(sessions) as session:
+        staff = await make_staff(session, permissions=permissions, areas=[area])
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+        login = (await _data(http, STAFF_LOGIN, {"u": staff.username, "p": staff.password}))["login"]
+    assert login["errors"] == [], login
+    token: str = login["tokens"]["accessToken"]
+    return token
+
+
+async def _money(sessions: async_sessionmaker[AsyncSession], account_id: int) -> tuple[int, int, int, int]:
+    """(balance, ledger sum, payments, orders) of the account."""
+    async with sessions() as session:
+        row = (await session.execute(text(
+            "SELECT a.balance_fen, (SELECT coalesce(sum(amount_fen), 0) FROM ledger_entries WHERE account_id = a.id), "
+            "(SELECT count(*) FROM payments WHERE account_id = a.id), "
+            "(SELECT count(*) FROM payment_orders WHERE account_id = a.id) FROM accounts a WHERE a.id = :a"),
+            {"a": account_id})).one()
+    return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+
+
+def _control_pay(base: str, out_trade_no: str) -> dict[str, Any]:
+    answer = httpx.post(f"{base}/_control/pay", json={"out_trade_no": out_trade_no, "mode": "normal", "times": 1},
+                        timeout=30)
+    answer.raise_for_status()
+    paid: dict[str, Any] = answer.json()
+    assert [sent["status"] for sent in paid["sent"]] == [200], paid
+    return paid
+
+
+async def _press(browser: httpx.AsyncClient, page: httpx.Response, button: str) -> httpx.Response:
+    """Press ``button`` on a cashier page: post its form (hidden fields) as a browser does."""
+    for form in re.finditer(r"<form\b([^>]*)>(.*?)</form>", page.text, re.S):
+        if f">{button}</button>" not in form.group(2):
+            continue
+        action = re.search(r'action="([^"]*)"', form.group(1))
+        assert action is not None, form.group(0)
+        fields = {html.unescape(name): html.unescape(value) for name, value in
+                  re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form.group(2))}
+        return await browser.post(urljoin(str(page.url), html.unescape(action.group(1))), data=fields)
+    raise AssertionError(f"no form with {button}: {page.text[:2000]}")
+
+
+async def _followed(http: httpx.AsyncClient, payer: Payer, out_trade_no: str, staff_token: str,
+                    outsider_token: str) -> dict[str, Any]:
+    """The order as the resident sees it (one, and in their list) and as the staff of its
+    area see it in theirs; staff of another area see none of the household's orders."""
+    mine = (await _data(http, ORDER, {"n": out_trade_no}, payer.token))["paymentOrder"]
+    listed = (await _data(http, ORDERS, {"h": None}, payer.token))["paymentOrders"]
+    staff = (await _data(http, ORDERS, {"h": payer.household}, staff_token))["paymentOrders"]
+    outsider = (await _data(http, ORDERS, {"h": payer.household}, outsider_token))["paymentOrders"]
+    theirs = {edge["node"]["outTradeNo"]: edge["node"] for edge in listed["edges"]}
+    seen_by_staff = {edge["node"]["outTradeNo"]: edge["node"] for edge in staff["edges"]}
+    assert theirs[out_trade_no]["state"] == "paid" and seen_by_staff[out_trade_no]["state"] == "paid"
+    assert theirs[out_trade_no] == seen_by_staff[out_trade_no]
+    assert outsider["totalCount"] == 0 and outsider["edges"] == []
+    found: dict[str, Any] = mine
+    return found
+
+
+async def _readers(world: World, sessions: async_sessionmaker[AsyncSession],  # noqa: F811
+                   payer: Payer) -> tuple[str, str]:
+    staff = await _staff_token(world.api, sessions, {"payments:read"}, payer.area)
+    async with transaction(sessions) as session:
+        other = await served_household(session, raw_tariff=tariff(), opened_at=at(2026, 11, 1))
+        other_area = await session.get(Area, other.household.area_id)
+        assert other_area is not None
+    outsider = await _staff_token(world.api, sessions, {"payments:read"}, other_area)
+    return staff, outsider
+
+
+# --------------------------------------------------------------------------- the resident
+
+
+async def test_a_resident_pays_by_alipay_wap_and_wechat_h5_jsapi_app_over_graphql(
+        world: World, committed_sessions: async_sessionmaker[AsyncSession]) -> None:  # noqa: F811
+    payer = await _payer(world.api, committed_sessions)
+    staff, outsider = await _readers(world, committed_sessions, payer)
+    total = 0
+    async with httpx.AsyncClient(base_url=world.api.url, timeout=30) as http, \
+            httpx.AsyncClient(timeout=30) as browser:
+        for index, (channel, scene, extra) in enumerate([
+            ("alipay", "wap", {"returnUrl": f"{world.api.url}/pay/result"}),
+            ("wechat", "h5", {}),
+            ("wechat", "jsapi", {"openid": "o-resident-payer"}),
+            ("wechat", "app", {}),
+        ]):
+            amount_fen = 1200 + index
+            created = (await _data(http, CREATE, {"h": payer.household, "amount": f"{amount_fen / 100:.2f}",
+                                                  "channel": channel, "scene": scene, **extra},
+                                   payer.token))["createPaymentOrder"]
+            assert created["errors"] == [], (scene, created)
+            order = created["order"]
+            assert (order["state"], order["origin"], order["merchant"]) == ("created", "resident", "demo"), order
+            payload = order["payload"]
+            if scene in ("wap", "h5"):
+                # The payer's browser opens the pay URL: the gateway's cashier page, and presses 付款.
+                assert payload["kind"] == "pay_url", payload
+                cashier = await browser.get(payload["url"])
+                assert cashier.status_code == 200 and f"¥{amount_fen / 100:.2f}" in cashier.text, cashier.text
+                paid = await _press(browser, cashier, "付款")
+                assert paid.status_code in (200, 303), paid.text
+            else:
+                kind = "jsapi" if scene == "jsapi" else "app_params"
+                assert payload["kind"] == kind and payload["parameters"], payload
+                await asyncio.to_thread(_control_pay, world.wechat, order["outTradeNo"])
+            total += amount_fen
+
+            # The cashier's notification is sent by the gateway as the page answers: wait for it.
+            for _ in range(200):
+                mine = (await _data(http, ORDER, {"n": order["outTradeNo"]}, payer.token))["paymentOrder"]
+                if mine["state"] == "paid":
+                    break
+                await asyncio.sleep(0.02)
+            followed = await _followed(http, payer, order["outTradeNo"], staff, outsider)
+            assert followed["payment"] == {"channel": channel, "amount": f"{amount_fen / 100:.2f}"}, (scene, followed)
+            assert await _money(committed_sessions, payer.account_id) == (total, total, index + 1, index + 1), scene
+
+
+BAD_AMOUNTS = [("0", "PAYMENT_AMOUNT_INVALID"), ("-1", "PAYMENT_AMOUNT_INVALID"),
+               ("50000.01", "PAYMENT_ONLINE_ABOVE_MAXIMUM")]
+
+
+async def test_a_bad_amount_through_graphql_is_a_typed_error_and_writes_nothing(
+        world: World, committed_sessions: async_sessionmaker[AsyncSession]) -> None:  # noqa: F811
+    payer = await _payer(world.api, committed_sessions)
+    async with httpx.AsyncClient(base_url=world.api.url, timeout=30) as http:
+        # One genuine payment first: the bad ones must leave a balance that is not zero alone.
+        created = (await _data(http, CREATE, {"h": payer.household, "amount": "8.88", "channel": "alipay",
+                                              "scene": "qr"}, payer.token))["createPaymentOrder"]
+        await asyncio.to_thread(_control_pay, world.alipay, created["order"]["outTradeNo"])
+        assert await _money(committed_sessions, payer.account_id) == (888, 888, 1, 1)
+
+        maximum = world.online.merchants.max_online_payment_fen
+        assert maximum == 5_000_000  # ¥50,000: "50000.01" is the first fen above it
+        for channel, scene in (("alipay", "wap"), ("wechat", "h5")):
+            for amount, code in BAD_AMOUNTS:
+                refused = (await _data(http, CREATE, {"h": payer.household, "amount": amount, "channel": channel,
+                                                      "scene": scene}, payer.token))["createPaymentOrder"]
+                assert refused["order"] is None and [e["code"] for e in refused["errors"]] == [code], (amount, refused)
+            # More than two decimals is not Money at all: the scalar refuses it before any resolver runs.
+            three = await _gql(http, CREATE, {"h": payer.household, "amount": "12.345", "channel": channel,
+                                              "scene": scene}, payer.token)
+            assert three.get("data") is None and three["errors"], three
+            assert "12.345" in three["errors"][0]["message"] or three["errors"][0].get("extensions"), three
+
+    assert await _money(committed_sessions, payer.account_id) == (888, 888, 1, 1)
+
+
+# --------------------------------------------------------------------------- the counter
+
+
+async def test_counter_barcode_pay_a_slow_alipay_payer_and_wechat_at_once_over_graphql(
+        world: World, committed_sessions: async_sessionmaker[AsyncSession]) -> None:  # noqa: F811
+    alipay_payer = await _payer(world.api, committed_sessions)
+    wechat_payer = await _payer(world.api, committed_sessions)
+    cashier = await _staff_token(world.api, committed_sessions, {"counter:collect", "payments:read"},
+                                 alipay_payer.area)
+    wechat_cashier = await _staff_token(world.api, committed_sessions, {"counter:collect", "payments:read"},
+                                        wechat_payer.area)
+    # The payer confirms on their phone only at the first query after the code was scanned.
+    httpx.post(f"{world.alipay}/_control/next", json={"action": "user_paying", "body": 1}).raise_for_status()
+
+    async with httpx.AsyncClient(base_url=world.api.url, timeout=60) as http:
+        slow = asyncio.create_task(_data(http, BARCODE, {"a": alipay_payer.account, "amount": "66.60",
+                                                         "code": ALIPAY_CODE}, cashier))
+        # While the Alipay payer confirms (the loop waits), the other counter takes WeChat.
+        quick = (await _data(http, BARCODE, {"a": wechat_payer.account, "amount": "23.45", "code": WECHAT_CODE},
+                             wechat_cashier))["counterBarcodePay"]
+        waiting = (await _data(http, ORDERS, {"h": alipay_payer.household}, cashier))["paymentOrders"]
+        paid = (await slow)["counterBarcodePay"]
+
+    assert quick["errors"] == [] and quick["order"]["state"] == "paid", quick
+    assert (quick["order"]["scene"], quick["order"]["merchant"], quick["order"]["payment"]) == (
+        "barcode", "demo", {"channel": "wechat", "amount": "23.45"})
+    assert [edge["node"]["state"] for edge in waiting["edges"]] == ["created"], waiting
+    assert paid["errors"] == [] and paid["order"]["state"] == "paid", paid
+    assert paid["order"]["payment"] == {"channel": "alipay", "amount": "66.60"}
+    assert await _money(committed_sessions, alipay_payer.account_id) == (6660, 6660, 1, 1)
+    assert await _money(committed_sessions, wechat_payer.account_id) == (2345, 2345, 1, 1)
+    # The gateway's notification of the barcode payment arrives after the query paid it: nothing more.
+    await asyncio.sleep(0.1)
+    assert await _money(committed_sessions, alipay_payer.account_id) == (6660, 6660, 1, 1)
+
+
+async def test_counter_qr_for_wechat_native_is_paid_and_followed_over_graphql(
+        world: World, committed_sessions: async_sessionmaker[AsyncSession]) -> None:  # noqa: F811
+    payer = await _payer(world.api, committed_sessions)
+    cashier = await _staff_token(world.api, committed_sessions, {"counter:collect"}, payer.area)
+    async with httpx.AsyncClient(base_url=world.api.url, timeout=30) as http:
+        created = (await _data(http, COUNTER_QR, {"a": payer.account, "amount": "45.00"}, cashier))["counterQrOrder"]
+        order = created["order"]
+        assert created["errors"] == [] and order["scene"] == "native" and order["payload"]["kind"] == "code_url"
+        assert order["payload"]["url"].startswith("weixin://"), order["payload"]
+        await asyncio.to_thread(_control_pay, world.wechat, order["outTradeNo"])
+        # The counter's screen follows the order (counter:collect reads its areas' orders).
+        followed = (await _data(http, ORDER, {"n": order["outTradeNo"]}, cashier))["paymentOrder"]
+        resident = (await _data(http, ORDER, {"n": order["outTradeNo"]}, payer.token))["paymentOrder"]
+
+    assert followed["state"] == "paid" and followed["payment"] == {"channel": "wechat", "amount": "45.00"}
+    assert resident == followed and resident["origin"] == "counter"
+    assert await _money(committed_sessions, payer.account_id) == (4500, 4500, 1, 1)
+
+
+# --------------------------------------------------------------------------- WeChat Pay API v2
+
+
+@pytest.fixture(scope="module")
+def v2_api(world: World, database_url: str) -> Iterator[LiveServer]:  # noqa: F811
+    """A second app on the same database and gateways whose merchants file is the world's
+    with the v2 merchant ``legacy`` as WeChat's default (same keys: the gateways know it)."""
+    source = world.online.merchants.source
+    assert source is not None
+    v2_file = source.with_name("merchants-v2-default.toml")
+    original = source.read_text(encoding="utf-8")
+    assert original.count('name = "legacy"\n') == 1
+
+    def write(base_url: str) -> None:
+        v2_file.write_text(re.sub(r'(?m)^public_base_url = ".*"$', f'public_base_url = "{base_url}"', original)
+                           .replace('name = "legacy"\n', 'name = "legacy"\ndefault = true\n'), encoding="utf-8")
+
+    write(world.api.url)
+    saved = os.environ["SHUIWU_PAYMENTS_CONFIG"]
+    os.environ["SHUIWU_PAYMENTS_CONFIG"] = str(v2_file)
+    try:
+        server = live_server(database_url)
+        api = server.__enter__()
+    finally:
+        os.environ["SHUIWU_PAYMENTS_CONFIG"] = saved
+    try:
+        # The platforms call this app back where it listens: known only now.
+        write(api.url)
+        online: OnlinePayments = api.app.state.services[SERVICE]
+        online.merchants = load_merchants(v2_file)
+        default = online.merchants.default(PaymentChannel.wechat)
+        assert default is not None and default.name == "legacy" and default.api is GatewayApi.wechat_v2
+        yield api
+    finally:
+        server.__exit__(None, None, None)
+
+
+async def test_the_v2_merchant_pays_app_h5_jsapi_and_micropay_end_to_end(
+        world: World, v2_api: LiveServer, committed_sessions: async_sessionmaker[AsyncSession]) -> None:  # noqa: F811
+    payer = await _payer(v2_api, committed_sessions)
+    cashier = await _staff_token(v2_api, committed_sessions, {"counter:collect", "payments:read"}, payer.area)
+    total = 0
+    async with httpx.AsyncClient(base_url=v2_api.url, timeout=30) as http, httpx.AsyncClient(timeout=30) as browser:
+        for index, (scene, extra) in enumerate([("app", {}), ("h5", {}), ("jsapi", {"openid": "o-v2-payer"})]):
+            amount_fen = 3100 + index
+            created = (await _data(http, CREATE, {"h": payer.household, "amount": f"{amount_fen / 100:.2f}",
+                                                  "channel": "wechat", "scene": scene, **extra},
+                                   payer.token))["createPaymentOrder"]
+            assert created["errors"] == [] and created["order"]["merchant"] == "legacy", created
+            order = created["order"]
+            if scene == "h5":
+                cashier_page = await browser.get(order["payload"]["url"])
+                assert cashier_page.status_code == 200, cashier_page.text
+                await _press(browser, cashier_page, "付款")
+            else:
+                names = {p["name"] for p in order["payload"]["parameters"]}
+                # v2's signed client parameters: jsapi's paySign over package prepay_id=…, app's sign.
+                assert ("paySign" in names) if scene == "jsapi" else ("sign" in names), names
+                await asyncio.to_thread(_control_pay, world.wechat, order["outTradeNo"])
+            total += amount_fen
+            for _ in range(200):
+                mine = (await _data(http, ORDER, {"n": order["outTradeNo"]}, payer.token))["paymentOrder"]
+                if mine["state"] == "paid":
+                    break
+                await asyncio.sleep(0.02)
+            assert mine["payment"] == {"channel": "wechat", "amount": f"{amount_fen / 100:.2f}"}, (scene, mine)
+            assert await _money(committed_sessions, payer.account_id) == (total, total, index + 1, index + 1), scene
+
+        micropay = (await _data(http, BARCODE, {"a": payer.account, "amount": "7.00", "code": WECHAT_CODE},
+                                cashier))["counterBarcodePay"]
+    assert micropay["errors"] == [] and micropay["order"]["merchant"] == "legacy", micropay
+    assert micropay["order"]["payment"] == {"channel": "wechat", "amount": "7.00"}
+    total += 700
+    assert await _money(committed_sessions, payer.account_id) == (total, total, 4, 4)
+    async with committed_sessions() as session:
+        apis = (await session.execute(text("SELECT DISTINCT api FROM payment_orders WHERE account_id = :a"),
+                                      {"a": payer.account_id})).scalars().all()
+    assert list(apis) == ["wechat_v2"]
