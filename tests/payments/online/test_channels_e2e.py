@@ -7,16 +7,19 @@ reaches our notify route; the resident's ``paymentOrder`` / ``paymentOrders`` an
 scoped staff member's ``paymentOrders`` show it paid. At the counter, ``counterBarcodePay``
 (a slow Alipay payer, WeChat code payment) and ``counterQrOrder`` (WeChat native). The v2
 WeChat merchant pays app / h5 / jsapi / micropay through a second app whose merchants file
-makes it the default (an order goes to the channel's default merchant: no SQL). Every test
-checks the balance and that the ledger sums to it; bad amounts through GraphQL write
-nothing.
+makes it the default (an order goes to the channel's default merchant: no SQL). The static
+QR sticker's page opened inside WeChat (web authorization, JSAPI) and inside Alipay (WAP).
+Every test checks the balance and that the ledger sums to it; bad amounts through GraphQL
+write nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import itertools
+import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -36,11 +39,14 @@ from backend.billing.models import BillingMode
 from backend.db import transaction
 from backend.graphql.relay import encode_id
 from backend.payments.models import PaymentChannel
+from backend.payments.online import static_qr
+from backend.payments.online.fakes.wechat import jsapi_url
 from backend.payments.online.merchants import load_merchants
 from backend.payments.online.models import GatewayApi
 from backend.payments.online.registry import SERVICE, OnlinePayments
 from tests.billing.factories import at, served_household, tariff
 from tests.factories import make_area_tree, make_staff
+from tests.graphql.client import api_settings
 from tests.live import LiveServer, live_server
 from tests.payments.online.test_orders_http import World, world  # noqa: F401  (module fixture: the servers)
 
@@ -400,13 +406,13 @@ def v2_api(world: World, database_url: str) -> Iterator[LiveServer]:  # noqa: F8
 
     write(world.api.url)
     saved = os.environ["SHUIWU_PAYMENTS_CONFIG"]
-    os.environ["SHUIWU_PAYMENTS_CONFIG"] = str(v2_file)
-    try:
-        server = live_server(database_url)
-        api = server.__enter__()
-    finally:
-        os.environ["SHUIWU_PAYMENTS_CONFIG"] = saved
-    try:
+    with contextlib.ExitStack() as stack:
+        # The app reads SHUIWU_PAYMENTS_CONFIG as it starts; the world's app keeps its own file.
+        os.environ["SHUIWU_PAYMENTS_CONFIG"] = str(v2_file)
+        try:
+            api = stack.enter_context(live_server(database_url))
+        finally:
+            os.environ["SHUIWU_PAYMENTS_CONFIG"] = saved
         # The platforms call this app back where it listens: known only now.
         write(api.url)
         online: OnlinePayments = api.app.state.services[SERVICE]
@@ -414,8 +420,6 @@ def v2_api(world: World, database_url: str) -> Iterator[LiveServer]:  # noqa: F8
         default = online.merchants.default(PaymentChannel.wechat)
         assert default is not None and default.name == "legacy" and default.api is GatewayApi.wechat_v2
         yield api
-    finally:
-        server.__exit__(None, None, None)
 
 
 async def test_the_v2_merchant_pays_app_h5_jsapi_and_micropay_end_to_end(
@@ -456,3 +460,65 @@ async def test_the_v2_merchant_pays_app_h5_jsapi_and_micropay_end_to_end(
         apis = (await session.execute(text("SELECT DISTINCT api FROM payment_orders WHERE account_id = :a"),
                                       {"a": payer.account_id})).scalars().all()
     assert list(apis) == ["wechat_v2"]
+
+
+# --------------------------------------------------------------------------- the static QR sticker
+
+WECHAT_UA = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+             "Mobile/15E148 MicroMessenger/8.0.47(0x18002f2f) NetType/WIFI Language/zh_CN")
+ALIPAY_UA = ("Mozilla/5.0 (Linux; Android 13) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120 Mobile Safari/537.36 "
+             "AlipayClient/10.5.86.8000 Language/zh-Hans")
+
+
+async def _sticker_order(phone: httpx.AsyncClient, sticker: str, amount: str, channel: str) -> str:
+    """Open the sticker's page, enter the amount and send it: where the page sends the payer."""
+    shown = await phone.get(sticker)
+    assert shown.status_code == 200, shown.text
+    action = re.search(r'<form class="card" method="post" action="([^"]+)"', shown.text)
+    assert action is not None, shown.text
+    sent = await phone.post(urljoin(sticker, html.unescape(action.group(1))), data={"amount": amount,
+                                                                                      "channel": channel})
+    assert sent.status_code == 303, sent.text
+    location: str = sent.headers["location"]
+    return location
+
+
+async def test_the_static_qr_inside_wechat_pays_by_jsapi_and_inside_alipay_by_wap(
+        world: World, desk: Desk, committed_sessions: async_sessionmaker[AsyncSession]) -> None:  # noqa: F811
+    payer = await _account(committed_sessions, desk)
+    sticker = static_qr.static_qr_url(world.api.url, api_settings().secret(), payer.household.id)
+
+    async with httpx.AsyncClient(headers={"User-Agent": WECHAT_UA}, timeout=30) as wechat_app:
+        authorize = await _sticker_order(wechat_app, sticker, "18.80", "wechat")
+        # Inside WeChat: silent web authorization at the local WeChat for the payer's openid, then JSAPI.
+        assert authorize.startswith(f"{world.wechat}/connect/oauth2/authorize?"), authorize
+        callback = await wechat_app.get(authorize)
+        assert callback.status_code == 302 and callback.headers["location"].startswith(f"{world.api.url}/pay/")
+        jsapi = await wechat_app.get(callback.headers["location"])
+        card = re.search(r'id="pay" data-params="([^"]+)" data-result="([^"]+)"', jsapi.text)
+        assert jsapi.status_code == 200 and card is not None, jsapi.text
+        params, result_path = json.loads(html.unescape(card.group(1))), html.unescape(card.group(2))
+        bridge = await wechat_app.get(jsapi_url(world.wechat, params, redirect_url=world.api.url + result_path))
+        assert bridge.status_code == 200 and "¥18.80" in bridge.text, bridge.text
+        await _press(wechat_app, bridge, "付款")
+        in_wechat = result_path.rsplit("/", 1)[1]
+
+    async with httpx.AsyncClient(headers={"User-Agent": ALIPAY_UA}, timeout=30) as alipay_app:
+        cashier_url = await _sticker_order(alipay_app, sticker, "9.90", "alipay")
+        assert cashier_url.startswith(f"{world.alipay}/gateway.do?"), cashier_url
+        cashier = await alipay_app.get(cashier_url)
+        assert cashier.status_code == 200 and "¥9.90" in cashier.text, cashier.text
+        found = re.search(r"SW\d{18}", cashier.text)
+        assert found is not None
+        await _press(alipay_app, cashier, "付款")
+        in_alipay = found.group(0)
+
+    async with httpx.AsyncClient(base_url=world.api.url, timeout=30) as http:
+        for out_trade_no in (in_wechat, in_alipay):
+            await _paid(http, out_trade_no, desk.cashier)
+    async with committed_sessions() as session:
+        orders = {row.out_trade_no: (row.scene, row.origin, row.state) for row in (await session.execute(text(
+            "SELECT out_trade_no, scene, origin, state FROM payment_orders WHERE account_id = :a"),
+            {"a": payer.account_id})).all()}
+    assert orders == {in_wechat: ("jsapi", "static_qr", "paid"), in_alipay: ("wap", "static_qr", "paid")}, orders
+    assert await _money(committed_sessions, payer.account_id) == (2870, 2870, 2, 2)
