@@ -8,6 +8,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backend.payments.counter import DEFAULT_MAX_COUNTER_PAYMENT_FEN
+from backend.payments.online.counter_online import DEFAULT_DEADLINE_S, DEFAULT_POLL_S
 from backend.payments.receipts.render import DEFAULT_FONT, ReceiptFont
 
 
@@ -26,6 +27,12 @@ class PaymentsSettings(BaseSettings):
     # online payment is off. Read and validated at start (a mistake stops the process with
     # one line per mistake) and by `shuiwu check` (payments.merchants).
     config: Path | None = None
+    # Counter barcode pay (付款码): while the payer confirms on their phone the gateway is
+    # asked every `barcode_poll_s` seconds, and after `barcode_deadline_s` the payment is
+    # cancelled at the gateway (PAYMENT_DECLINED). The platforms suggest polling every few
+    # seconds for up to about a minute.
+    barcode_poll_s: float = Field(default=DEFAULT_POLL_S, ge=0.05, le=30)
+    barcode_deadline_s: float = Field(default=DEFAULT_DEADLINE_S, ge=1, le=300)
 
     @property
     def font(self) -> ReceiptFont:

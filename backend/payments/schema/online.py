@@ -18,6 +18,7 @@ from strawberry.types import Info
 from backend.auth.models import PrincipalKind
 from backend.auth.principal import Principal
 from backend.clock import utcnow
+from backend.domain import settings_group_key
 from backend.errors import BadUserInput, DomainError
 from backend.graphql.errors import UserError
 from backend.graphql.mutations import run_mutation
@@ -222,7 +223,7 @@ class Mutation:
 
     @strawberry.mutation(permission_classes=COLLECT, description=(
         "付款码: take a payment with the payer's payment code (Alipay 25-30…, WeChat 10-15…, 16-24 digits: else "
-        "PAYMENT_CODE_INVALID). Waits while the payer confirms (USERPAYING), at most about 45 s, then cancels: "
+        "PAYMENT_CODE_INVALID). Waits while the payer confirms (USERPAYING), at most SHUIWU_PAYMENTS_BARCODE_DEADLINE_S (45 s), then cancels: "
         "PAYMENT_DECLINED. The payment counts in your day (日结) under its channel."))
     async def counter_barcode_pay(self, info: Info, account_id: strawberry.ID, amount: Money,  # type: ignore[valid-type]
                                   purpose: PaymentPurposeEnum, auth_code: str,  # type: ignore[valid-type]
@@ -244,10 +245,15 @@ class Mutation:
                                     describe=lambda o: f"付款码收款 {o.out_trade_no}" if o else "付款码收款",
                                     audit_input={"accountId": account_id, "amount": amount, "purpose": purpose})
 
+        payments = context.services.get(settings_group_key("payments"))
+        poll_s = payments.barcode_poll_s if payments is not None else counter_online.DEFAULT_POLL_S
+        deadline_s = payments.barcode_deadline_s if payments is not None else counter_online.DEFAULT_DEADLINE_S
+
         async def take(order: PaymentOrder) -> None:
             await counter_online.take_barcode_payment(context.sessions, online=online, services=context.services,
                                                       order=order, auth_code=auth_code[:64], clock=utcnow,
-                                                      tz=context.settings.tz, sleep=asyncio.sleep)
+                                                      tz=context.settings.tz, sleep=asyncio.sleep, poll_s=poll_s,
+                                                      deadline_s=deadline_s)
 
         return await _after_commit(info, opened, kept[0] if kept else None, take)
 
