@@ -282,6 +282,36 @@ async def test_a_payer_who_cancels_at_the_cashier_is_credited_nothing_and_the_re
     assert await _money(committed_sessions, payer.account_id) == (0, 0, 0)
 
 
+async def test_a_wechat_payer_who_cancels_at_the_h5_cashier_is_credited_nothing_and_the_order_closes(
+        site: Site, browser: httpx.AsyncClient, committed_sessions: async_sessionmaker[AsyncSession]) -> None:
+    payer = await _household(committed_sessions)
+    sent = await _pay_page_order(browser, f"{site.api.url}/pay/a/{payer.household.account_no}", "9", "wechat")
+    assert sent.headers["location"].startswith(f"{site.wechat}/cashier/")
+    cashier = await browser.get(sent.headers["location"])
+    _, fields = _form(cashier.text, "取消")
+    out_trade_no = fields["redirect_url"].rsplit("/", 1)[1]
+
+    cancelled = await _click(browser, cashier, "取消")
+    # WeChat sends the payer back to our result page, which still waits: nothing was paid.
+    assert cancelled.status_code == 303 and cancelled.headers["location"] == f"{site.api.url}/pay/result/{out_trade_no}"
+    waiting = await _result(browser, site, out_trade_no, "created")
+    async with transaction(committed_sessions) as session:
+        await session.execute(text("UPDATE payment_orders SET created_at = created_at - interval '1 hour', "
+                                   "expires_at = now() - interval '1 minute' WHERE out_trade_no = :n"),
+                              {"n": out_trade_no})
+    done = await follow_open_orders(committed_sessions, online=site.online, services={}, now=utcnow())
+    closed = await _result(browser, site, out_trade_no, "closed")
+
+    assert "等待支付结果" in waiting
+    assert done.closed >= 1 and "订单已关闭" in closed
+    control = f"{site.wechat}/_control"
+    held = {order["out_trade_no"]: order for order in (await browser.get(f"{control}/orders")).json()["orders"]}
+    sent_notifications = [n for n in (await browser.get(f"{control}/notifications")).json()["notifications"]
+                          if n["out_trade_no"] == out_trade_no]
+    assert held[out_trade_no]["state"] == "closed" and sent_notifications == []
+    assert await _money(committed_sessions, payer.account_id) == (0, 0, 0)
+
+
 # --------------------------------------------------------------------------- the staff's links
 
 
