@@ -10,6 +10,7 @@ ledger; and the counter: barcode pay with a slow payer, and the dynamic QR over 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import threading
 import time
@@ -128,6 +129,18 @@ async def _money(sessions: async_sessionmaker[AsyncSession], account_id: int) ->
     return int(row[0]), int(row[1]), int(row[2])
 
 
+async def _books(sessions: async_sessionmaker[AsyncSession]) -> tuple[int, int, int, int]:
+    """The whole database: (every balance, every ledger entry, payments, accounts whose
+    ledger sum is not their balance)."""
+    async with sessions() as session:
+        row = (await session.execute(text(
+            "SELECT (SELECT coalesce(sum(balance_fen), 0) FROM accounts), "
+            "(SELECT coalesce(sum(amount_fen), 0) FROM ledger_entries), (SELECT count(*) FROM payments), "
+            "(SELECT count(*) FROM accounts a WHERE a.balance_fen <> (SELECT coalesce(sum(amount_fen), 0) "
+            "FROM ledger_entries e WHERE e.account_id = a.id))"))).one()
+    return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+
+
 async def _order_state(sessions: async_sessionmaker[AsyncSession], order_id: int | None) -> OrderState:
     async with sessions() as session:
         found = await session.get(PaymentOrder, order_id)
@@ -203,17 +216,34 @@ async def test_the_v2_merchant_pays_and_a_replay_answers_success_and_writes_noth
     assert await _money(committed_sessions, served.account_id) == (321, 321, 1)
 
 
-@pytest.mark.parametrize(("channel", "mode"), [
-    (PaymentChannel.alipay, "tamper_amount"), (PaymentChannel.alipay, "forge_signature"),
-    (PaymentChannel.wechat, "tamper_amount"), (PaymentChannel.wechat, "forge_signature"),
+@contextmanager
+def _default_wechat(world: World, name: str) -> Iterator[None]:
+    """Merchant ``name`` is the WeChat default (orders are opened with it) for the block: a
+    v2 order made as the orders code makes any, no SQL."""
+    kept = world.online.merchants
+    world.online.merchants = dataclasses.replace(kept, wechat=tuple(
+        dataclasses.replace(merchant, default=merchant.name == name) for merchant in kept.wechat))
+    try:
+        yield
+    finally:
+        world.online.merchants = kept
+
+
+@pytest.mark.parametrize(("channel", "mode", "merchant"), [
+    (PaymentChannel.alipay, "tamper_amount", "demo"), (PaymentChannel.alipay, "forge_signature", "demo"),
+    (PaymentChannel.wechat, "tamper_amount", "demo"), (PaymentChannel.wechat, "forge_signature", "demo"),
+    # Genuinely signed by WeChat Pay, for another amount than the order's: v3 and v2.
+    (PaymentChannel.wechat, "wrong_amount", "demo"), (PaymentChannel.wechat, "wrong_amount", "legacy"),
 ])
 async def test_a_tampered_or_forged_notification_is_refused_and_credits_nothing(
         world: World, committed_sessions: async_sessionmaker[AsyncSession], channel: PaymentChannel,
-        mode: str) -> None:
+        mode: str, merchant: str) -> None:
     await asyncio.to_thread(world.retries, False)
     served = await _served_account(committed_sessions)
     scene = OrderScene.qr if channel is PaymentChannel.alipay else OrderScene.native
-    order, _ = await _open(world, committed_sessions, served.household.id, channel, scene, 5000)
+    with _default_wechat(world, merchant):
+        order, _ = await _open(world, committed_sessions, served.household.id, channel, scene, 5000)
+    assert order.merchant == merchant
 
     async with committed_sessions() as session:
         rejected_before = (await session.execute(text(
@@ -232,6 +262,11 @@ async def test_a_tampered_or_forged_notification_is_refused_and_credits_nothing(
                                              "AND subject_id IN (0, :o) AND status <> 'closed'"),
                                         {"o": order.id})).scalar_one()
     assert rejected == rejected_before + len(sent["sent"]) and alarms >= 1
+    if mode == "wrong_amount":  # it verified: the amount is what refused it
+        async with committed_sessions() as session:
+            reasons = (await session.execute(text("SELECT reason FROM payment_notifications WHERE order_id = :o"),
+                                             {"o": order.id})).scalars().all()
+        assert reasons and all("differs from the order's 5000 fen" in (r or "") for r in reasons), reasons
     await asyncio.to_thread(world.retries, True)
 
 
@@ -265,13 +300,22 @@ async def test_ten_concurrent_replays_over_http_credit_once(world: World,
     ("/pay/wechat/v3/notify", b"[1, 2", "application/json"),
 ])
 async def test_a_body_that_is_not_the_protocols_is_answered_failure(
-        world: World, path: str, body: bytes, content_type: str) -> None:
+        world: World, committed_sessions: async_sessionmaker[AsyncSession], path: str, body: bytes,
+        content_type: str) -> None:
+    served = await _served_account(committed_sessions)
+    channel = PaymentChannel.alipay if "alipay" in path else PaymentChannel.wechat
+    scene = OrderScene.qr if channel is PaymentChannel.alipay else OrderScene.native
+    await _open(world, committed_sessions, served.household.id, channel, scene, 600)
+    before = await _books(committed_sessions)
+
     async with httpx.AsyncClient(base_url=world.api.url) as http:
         answer = await http.post(path, content=body, headers={"content-type": content_type})
         too_big = await http.post(path, content=b"a" * (64 * 1024 + 1), headers={"content-type": content_type})
 
     assert answer.status_code in (200, 400) and "success" not in answer.text.lower()
     assert too_big.status_code == 413
+    assert await _money(committed_sessions, served.account_id) == (0, 0, 0)
+    assert await _books(committed_sessions) == before and before[3] == 0
 
 
 async def test_a_payer_who_cancels_at_the_cashier_page_pays_nothing_and_the_job_closes_it(
