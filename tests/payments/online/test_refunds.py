@@ -333,3 +333,29 @@ def test_a_v2_merchants_client_certificate_is_a_pair_of_pem_files(tmp_path: Path
         "[[wechat]] #2: `client_cert` and `client_key` go together (refunds need both)",
         '[[wechat]] #3: `client_cert` must be { file = "path" }',
     ]
+
+
+async def test_refund_payment_without_counter_refund_online_is_refused_and_writes_nothing(
+        committed_sessions: async_sessionmaker[AsyncSession], fakes: Fakes, api: GraphQLClient) -> None:
+    served = await new_household(committed_sessions)
+    assert served.household.id is not None
+    async with transaction(committed_sessions) as session:
+        area = await session.get(Area, served.household.area_id)
+        assert area is not None
+        # Everything a cashier has but the refund permission.
+        staff = await make_staff(session, permissions={"counter:collect", "counter:close_account", "payments:read"},
+                                 areas=[area])
+    token = await api.login(staff.username, staff.password)
+    order, alipay = await paid_at_fake(committed_sessions, fakes, account_id=served.account_id,
+                                       household_id=served.household.id, channel=ALIPAY, fen=2000)
+    assert alipay is not None
+    before = await money(committed_sessions, served.account_id)
+
+    refused = await api.execute(REFUND, {"paymentId": encode_id("Payment", alipay.id), "amount": "5.00",
+                                         "reason": "错缴"}, token=token)
+
+    assert [e["extensions"]["code"] for e in refused["errors"]] == ["FORBIDDEN"], refused
+    assert before == (2000, 2000)
+    assert await money(committed_sessions, served.account_id) == before
+    assert await refunds_of(committed_sessions, served.account_id) == []
+    assert fakes.orders(ALIPAY)[order.out_trade_no]["refunded_fen"] == 0
