@@ -37,6 +37,11 @@ from backend.payments.online.alipay import AlipayGateway, AlipaySettings
 from backend.payments.online.fakes.alipay import fake_app as alipay_fake_app
 from backend.payments.online.merchants import AlipayMerchant, Merchants, load_merchants
 from backend.payments.online.testkeys import TestMerchants, write_test_merchants
+from tests.payments.online.keys import seeded
+from tests.payments.online.wechat_fixtures import wechat_fake_server, wechat_notify_server
+
+# The local WeChat Pay and its receiver, once per run (wechat_fixtures.py).
+__all__ = ["wechat_fake_server", "wechat_notify_server"]
 
 
 @contextmanager
@@ -69,7 +74,7 @@ class MerchantsFile:
 
 @pytest.fixture(scope="session")
 def test_merchants(tmp_path_factory: pytest.TempPathFactory) -> MerchantsFile:
-    written = write_test_merchants(tmp_path_factory.mktemp("merchants"), public_base_url="http://127.0.0.1:8000")
+    written = write_test_merchants(seeded(tmp_path_factory.mktemp("merchants")), public_base_url="http://127.0.0.1:8000")
     return MerchantsFile(written, load_merchants(written.merchants_file))
 
 

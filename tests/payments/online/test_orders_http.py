@@ -44,6 +44,7 @@ from backend.payments.online.wechat import WechatSettings
 from tests.billing.factories import at, served_household, tariff
 from tests.factories import make_staff
 from tests.live import LiveServer, live_server
+from tests.payments.online.keys import seeded
 
 RETRY_SCALE = 0.001
 
@@ -88,7 +89,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     directory: Path = tmp_path_factory.mktemp("orders-merchants")
-    written = write_test_merchants(directory, public_base_url="http://127.0.0.1:9")
+    written = write_test_merchants(seeded(directory), public_base_url="http://127.0.0.1:9")
     alipay_settings = AlipaySettings(fake_merchants_file=str(written.merchants_file),
                                      fake_notify_retry_scale=RETRY_SCALE, timeout_s=5)
     wechat_settings = WechatSettings(fake_merchants_file=written.merchants_file, fake_notify_retry_scale=RETRY_SCALE,

@@ -49,6 +49,7 @@ from tests.factories import make_staff
 from tests.graphql.client import api_settings
 from tests.live import LiveServer, live_server
 from tests.payments.online.conftest import served
+from tests.payments.online.keys import seeded
 
 RETRY_SCALE = 0.001
 WECHAT_UA = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
@@ -68,7 +69,7 @@ class Site:
 @pytest.fixture(scope="module")
 def site(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     directory: Path = tmp_path_factory.mktemp("pages-merchants")
-    written = write_test_merchants(directory, public_base_url="http://127.0.0.1:9")
+    written = write_test_merchants(seeded(directory), public_base_url="http://127.0.0.1:9")
     alipay_settings = AlipaySettings(fake_merchants_file=str(written.merchants_file),
                                      fake_notify_retry_scale=RETRY_SCALE, timeout_s=5)
     wechat_settings = WechatSettings(fake_merchants_file=written.merchants_file, fake_notify_retry_scale=RETRY_SCALE,
