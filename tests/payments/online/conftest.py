@@ -106,7 +106,12 @@ class AlipayFake:
 
     def reset(self) -> None:
         httpx.post(f"{self.url}/_control/reset").raise_for_status()
-        httpx.post(f"{self.url}/_control/settings", json={"notify_retries": True}).raise_for_status()
+        httpx.post(f"{self.url}/_control/settings", json={"notify_retries": True, "notify_retry_scale": 0.001}) \
+            .raise_for_status()
+
+    def retry_scale(self, scale: float) -> None:
+        """Alipay's retry schedule times ``scale`` (until the next reset)."""
+        httpx.post(f"{self.url}/_control/settings", json={"notify_retry_scale": scale}).raise_for_status()
 
 
 @pytest.fixture(scope="session")
