@@ -65,7 +65,7 @@ async def paid_order(session: AsyncSession, *, account_id: int, household_id: in
                          merchant=merchant, api=API[channel])
     assert order.id is not None
     credited = await credit_order(session, order_id=order.id, trade_no=f"T{order.id}", amount_fen=fen, now=at)
-    assert credited.payment is not None
+    assert credited.order is not None and credited.payment is not None
     return credited.order, credited.payment
 
 
@@ -204,4 +204,5 @@ async def paid_at_fake(sessions: async_sessionmaker[AsyncSession], fakes: Fakes,
         return order, None
     async with transaction(sessions) as session:
         credited = await credit_order(session, order_id=order.id, trade_no=trade_no, amount_fen=fen, now=utcnow())
+    assert credited.order is not None
     return credited.order, credited.payment

@@ -27,7 +27,7 @@ from backend.errors import DomainError, ErrorCode
 from backend.graphql.relay import encode_id
 from backend.payments.counter import Operator, take_payment
 from backend.payments.models import Payment, PaymentChannel, PaymentPurpose
-from backend.payments.online.merchants import MerchantsInvalid, load_merchants
+from backend.payments.online.merchants import MerchantsInvalid, WechatMerchant, load_merchants
 from backend.payments.online.models import RefundState
 from backend.payments.online.refunds import (
     Refundable,
@@ -271,7 +271,7 @@ async def test_refund_payment_and_close_account_over_graphql_send_the_refunds_at
                                          household_id=served.household.id, channel=WECHAT, fen=5000)
     alipay_order, alipay = await paid_at_fake(committed_sessions, fakes, account_id=served.account_id,
                                               household_id=served.household.id, channel=ALIPAY, fen=2000)
-    assert alipay is not None
+    assert alipay is not None and alipay.id is not None
 
     refunded = await api.execute(REFUND, {"paymentId": encode_id("Payment", alipay.id), "amount": "5.00",
                                           "reason": "错缴"}, token=token)
@@ -313,7 +313,7 @@ async def test_refund_payment_and_close_account_over_graphql_send_the_refunds_at
 def test_a_v2_merchants_client_certificate_is_a_pair_of_pem_files(tmp_path: Path) -> None:
     merchants_file = write_refund_merchants(tmp_path)
     certified = load_merchants(merchants_file).named(WECHAT, "certified")
-    assert certified is not None and certified.client_cert == str(tmp_path / "apiclient_cert.pem")
+    assert isinstance(certified, WechatMerchant) and certified.client_cert == str(tmp_path / "apiclient_cert.pem")
     assert certified.client_key == str(tmp_path / "apiclient_key.pem")
 
     (tmp_path / "not_a_cert.pem").write_text("hello", encoding="utf-8")
@@ -348,7 +348,7 @@ async def test_refund_payment_without_counter_refund_online_is_refused_and_write
     token = await api.login(staff.username, staff.password)
     order, alipay = await paid_at_fake(committed_sessions, fakes, account_id=served.account_id,
                                        household_id=served.household.id, channel=ALIPAY, fen=2000)
-    assert alipay is not None
+    assert alipay is not None and alipay.id is not None
     before = await money(committed_sessions, served.account_id)
 
     refused = await api.execute(REFUND, {"paymentId": encode_id("Payment", alipay.id), "amount": "5.00",
