@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,20 +30,16 @@ from backend.db import transaction
 from backend.gateways.http import bound_port, fake_server
 from backend.payments.counter import Operator
 from backend.payments.models import PaymentChannel, PaymentPurpose
-from backend.payments.online.alipay import AlipaySettings
 from backend.payments.online.counter_online import counter_barcode_pay
-from backend.payments.online.fakes.alipay import fake_app as alipay_fake_app
-from backend.payments.online.fakes.wechat import fake_app as wechat_fake_app
 from backend.payments.online.merchants import load_merchants
 from backend.payments.online.models import OrderOrigin, OrderScene, OrderState, PaymentOrder
 from backend.payments.online.orders import OrderAsk, create_payment_order
 from backend.payments.online.registry import SERVICE, OnlinePayments
 from backend.payments.online.testkeys import write_test_merchants
-from backend.payments.online.wechat import WechatSettings
 from tests.billing.factories import at, served_household, tariff
 from tests.factories import make_staff
 from tests.live import LiveServer, live_server
-from tests.payments.online.keys import seeded
+from tests.payments.online.conftest import LiveGateways
 
 RETRY_SCALE = 0.001
 
@@ -87,32 +82,24 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    directory: Path = tmp_path_factory.mktemp("orders-merchants")
-    written = write_test_merchants(seeded(directory), public_base_url="http://127.0.0.1:9")
-    alipay_settings = AlipaySettings(fake_merchants_file=str(written.merchants_file),
-                                     fake_notify_retry_scale=RETRY_SCALE, timeout_s=5)
-    wechat_settings = WechatSettings(fake_merchants_file=written.merchants_file, fake_notify_retry_scale=RETRY_SCALE,
-                                     timeout_s=5)
+def world(database_url: str, live_gateways: LiveGateways) -> Iterator[World]:
+    """Our app (uvicorn, this module's database) and the run's local gateways."""
+    live_gateways.take(database_url)
     saved = dict(os.environ)
-    with _served(alipay_fake_app(alipay_settings), "orders-alipay") as alipay, \
-            _served(wechat_fake_app(wechat_settings), "orders-wechat") as wechat:
-        os.environ.update({"SHUIWU_PAYMENTS_CONFIG": str(written.merchants_file),
-                           "SHUIWU_ALIPAY_URL": f"{alipay}/gateway.do", "SHUIWU_ALIPAY_TIMEOUT_S": "5",
-                           "SHUIWU_WECHAT_URL": wechat, "SHUIWU_WECHAT_TIMEOUT_S": "5"})
-        try:
-            with live_server(database_url) as api:
-                # The platforms call the API back where it listens: known only now.
-                write_test_merchants(directory, public_base_url=api.url)
-                online: OnlinePayments = api.app.state.services[SERVICE]
-                online.merchants = load_merchants(written.merchants_file)
-                # Calls made from the test's own loop go straight to the SDK on a thread: the app's
-                # GatewayClients keep their exchanges through the app's pool, which belongs to the
-                # server's loop (the GraphQL test below goes through them, in the server).
-                yield World(api, alipay, wechat, online, {})
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+    os.environ.update(live_gateways.environment)
+    try:
+        with live_server(database_url) as api:
+            # The platforms call the API back where it listens: known only now.
+            write_test_merchants(live_gateways.directory, public_base_url=api.url)
+            online: OnlinePayments = api.app.state.services[SERVICE]
+            online.merchants = load_merchants(live_gateways.merchants_file)
+            # Calls made from the test's own loop go straight to the SDK on a thread: the app's
+            # GatewayClients keep their exchanges through the app's pool, which belongs to the
+            # server's loop (the GraphQL test below goes through them, in the server).
+            yield World(api, live_gateways.alipay, live_gateways.wechat, online, {})
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 async def _served_account(sessions: async_sessionmaker[AsyncSession],

@@ -20,7 +20,6 @@ import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
 
@@ -35,9 +34,6 @@ from backend.clock import utcnow
 from backend.db import transaction
 from backend.graphql.relay import encode_id
 from backend.payments.online import static_qr
-from backend.payments.online.alipay import AlipaySettings
-from backend.payments.online.fakes.alipay import fake_app as alipay_fake_app
-from backend.payments.online.fakes.wechat import fake_app as wechat_fake_app
 from backend.payments.online.fakes.wechat import jsapi_url
 from backend.payments.online.jobs import follow_open_orders
 from backend.payments.online.merchants import load_merchants
@@ -48,8 +44,7 @@ from tests.billing.factories import at, served_household, tariff
 from tests.factories import make_staff
 from tests.graphql.client import api_settings
 from tests.live import LiveServer, live_server
-from tests.payments.online.conftest import served
-from tests.payments.online.keys import seeded
+from tests.payments.online.conftest import LiveGateways
 
 RETRY_SCALE = 0.001
 WECHAT_UA = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
@@ -67,29 +62,21 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    directory: Path = tmp_path_factory.mktemp("pages-merchants")
-    written = write_test_merchants(seeded(directory), public_base_url="http://127.0.0.1:9")
-    alipay_settings = AlipaySettings(fake_merchants_file=str(written.merchants_file),
-                                     fake_notify_retry_scale=RETRY_SCALE, timeout_s=5)
-    wechat_settings = WechatSettings(fake_merchants_file=written.merchants_file, fake_notify_retry_scale=RETRY_SCALE,
-                                     timeout_s=5)
+def site(database_url: str, live_gateways: LiveGateways) -> Iterator[Site]:
+    """Our app (uvicorn, this module's database) and the run's local gateways."""
+    live_gateways.take(database_url)
     saved = dict(os.environ)
-    with served(alipay_fake_app(alipay_settings), "pages-alipay") as alipay, \
-            served(wechat_fake_app(wechat_settings), "pages-wechat") as wechat:
-        os.environ.update({"SHUIWU_PAYMENTS_CONFIG": str(written.merchants_file),
-                           "SHUIWU_ALIPAY_URL": f"{alipay}/gateway.do", "SHUIWU_ALIPAY_TIMEOUT_S": "5",
-                           "SHUIWU_WECHAT_URL": wechat, "SHUIWU_WECHAT_TIMEOUT_S": "5"})
-        try:
-            with live_server(database_url) as api:
-                # The platforms call the API back (and the payer returns to it) where it listens: known only now.
-                write_test_merchants(directory, public_base_url=api.url)
-                online: OnlinePayments = api.app.state.services[SERVICE]
-                online.merchants = load_merchants(written.merchants_file)
-                yield Site(api, alipay, wechat, online, api_settings().secret())
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+    os.environ.update(live_gateways.environment)
+    try:
+        with live_server(database_url) as api:
+            # The platforms call the API back (and the payer returns to it) where it listens: known only now.
+            write_test_merchants(live_gateways.directory, public_base_url=api.url)
+            online: OnlinePayments = api.app.state.services[SERVICE]
+            online.merchants = load_merchants(live_gateways.merchants_file)
+            yield Site(api, live_gateways.alipay, live_gateways.wechat, online, api_settings().secret())
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture
