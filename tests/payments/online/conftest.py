@@ -9,6 +9,8 @@ and a notify receiver standing in for our notify routes.
   than Alipay; ``.settings`` is an ``AlipaySettings`` pointing at it, ``.gateway()`` the
   ``AlipayGateway`` of the ``demo`` app, ``.pay(...)`` / ``.orders()`` / ``.script(...)`` the
   control API. Reset (requests, scripts) for each test that asks for it.
+- ``live_gateways`` (session): both local gateways on the test merchants, for the tests
+  that run our app under uvicorn (test_orders_http's ``world``, test_pages_e2e's ``site``).
 - ``notify_receiver`` (module): a Starlette route served by uvicorn that keeps every POST
   (headers, body) and answers ``.reply`` (``b"success"`` by default): what a gateway's
   notification looks like when it arrives.
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from starlette.applications import Starlette
@@ -31,12 +34,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from backend.db import to_libpq_url
 from backend.gateways.http import bound_port, fake_server
 from backend.payments.models import PaymentChannel
 from backend.payments.online.alipay import AlipayGateway, AlipaySettings
 from backend.payments.online.fakes.alipay import fake_app as alipay_fake_app
 from backend.payments.online.merchants import AlipayMerchant, Merchants, load_merchants
 from backend.payments.online.testkeys import TestMerchants, write_test_merchants
+from tests.payments.online.keys import seeded
+from tests.payments.online.wechat_fixtures import wechat_fake_server, wechat_notify_server
+
+# The local WeChat Pay and its receiver, once per run (wechat_fixtures.py).
+__all__ = ["wechat_fake_server", "wechat_notify_server"]
 
 
 @contextmanager
@@ -69,7 +78,7 @@ class MerchantsFile:
 
 @pytest.fixture(scope="session")
 def test_merchants(tmp_path_factory: pytest.TempPathFactory) -> MerchantsFile:
-    written = write_test_merchants(tmp_path_factory.mktemp("merchants"), public_base_url="http://127.0.0.1:8000")
+    written = write_test_merchants(seeded(tmp_path_factory.mktemp("merchants")), public_base_url="http://127.0.0.1:8000")
     return MerchantsFile(written, load_merchants(written.merchants_file))
 
 
@@ -101,7 +110,12 @@ class AlipayFake:
 
     def reset(self) -> None:
         httpx.post(f"{self.url}/_control/reset").raise_for_status()
-        httpx.post(f"{self.url}/_control/settings", json={"notify_retries": True}).raise_for_status()
+        httpx.post(f"{self.url}/_control/settings", json={"notify_retries": True, "notify_retry_scale": 0.001}) \
+            .raise_for_status()
+
+    def retry_scale(self, scale: float) -> None:
+        """Alipay's retry schedule times ``scale`` (until the next reset)."""
+        httpx.post(f"{self.url}/_control/settings", json={"notify_retry_scale": scale}).raise_for_status()
 
 
 @pytest.fixture(scope="session")
@@ -118,6 +132,63 @@ def alipay_fake_server(test_merchants: MerchantsFile) -> Iterator[AlipayFake]:
 def alipay_fake(alipay_fake_server: AlipayFake) -> AlipayFake:
     alipay_fake_server.reset()
     return alipay_fake_server
+
+
+@dataclass(frozen=True)
+class LiveGateways:
+    """The local Alipay and WeChat Pay the live-app tests share (once per run), knowing the
+    merchants file in ``directory`` (the test merchants; a module rewrites it with its own
+    API's URL as ``public_base_url``), retrying notifications 1000× faster than the real ones."""
+
+    directory: Path
+    merchants_file: Path
+    alipay: str
+    wechat: str
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """What points an app built from the environment at these gateways."""
+        return {"SHUIWU_PAYMENTS_CONFIG": str(self.merchants_file), "SHUIWU_ALIPAY_URL": f"{self.alipay}/gateway.do",
+                "SHUIWU_ALIPAY_TIMEOUT_S": "5", "SHUIWU_WECHAT_URL": self.wechat, "SHUIWU_WECHAT_TIMEOUT_S": "5"}
+
+    modules: list[str] = field(default_factory=list)
+
+    def take(self, database_url: str) -> None:
+        """Ready for a module on ``database_url``: retries on, compressed 1000×; and its
+        orders numbered in a range of their own (the gateways hold every module's orders,
+        and each module's database numbers its orders from 1: out_trade_no would repeat)."""
+        for base in (self.alipay, self.wechat):
+            httpx.post(f"{base}/_control/settings", json={"notify_retries": True, "notify_retry_scale": 0.001},
+                       timeout=10).raise_for_status()
+        self.modules.append(database_url)
+        start = len(self.modules) * 10_000_000
+
+        async def number() -> None:
+            import asyncpg
+
+            connection = await asyncpg.connect(to_libpq_url(database_url))
+            try:
+                await connection.execute(f"SELECT setval('payment_orders_id_seq', {start})")
+            finally:
+                await connection.close()
+
+        anyio.run(number)
+
+
+@pytest.fixture(scope="session")
+def live_gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveGateways]:
+    from backend.payments.online.fakes.wechat import fake_app as wechat_fake_app
+    from backend.payments.online.wechat import WechatSettings
+
+    directory = seeded(tmp_path_factory.mktemp("live-merchants"))
+    written = write_test_merchants(directory, public_base_url="http://127.0.0.1:9")
+    alipay_settings = AlipaySettings(fake_merchants_file=str(written.merchants_file), fake_notify_retry_scale=0.001,
+                                     timeout_s=5)
+    wechat_settings = WechatSettings(fake_merchants_file=written.merchants_file, fake_notify_retry_scale=0.001,
+                                     timeout_s=5)
+    with served(alipay_fake_app(alipay_settings), "live-alipay") as alipay, \
+            served(wechat_fake_app(wechat_settings), "live-wechat") as wechat:
+        yield LiveGateways(directory, written.merchants_file, alipay, wechat)
 
 
 @dataclass

@@ -47,6 +47,7 @@ from backend.payments.online.registry import SERVICE, OnlinePayments
 from backend.payments.online.testkeys import write_test_merchants
 from backend.payments.online.wechat import WechatSettings, wechat_gateway
 from tests.payments.online.conftest import served
+from tests.payments.online.keys import seeded
 
 API = {PaymentChannel.alipay: GatewayApi.alipay, PaymentChannel.wechat: GatewayApi.wechat_v3}
 SCENE = {PaymentChannel.alipay: OrderScene.qr, PaymentChannel.wechat: OrderScene.native}
@@ -64,7 +65,7 @@ async def paid_order(session: AsyncSession, *, account_id: int, household_id: in
                          merchant=merchant, api=API[channel])
     assert order.id is not None
     credited = await credit_order(session, order_id=order.id, trade_no=f"T{order.id}", amount_fen=fen, now=at)
-    assert credited.payment is not None
+    assert credited.order is not None and credited.payment is not None
     return credited.order, credited.payment
 
 
@@ -118,24 +119,34 @@ class Fakes:
         return str(self.orders(channel)[number]["trade_no"])
 
 
+_certificate: list[tuple[bytes, bytes]] = []  # made once per run
+
+
 def _self_signed(directory: Path) -> tuple[Path, Path]:
     """A client certificate and its key, as WeChat's merchant console hands them out."""
+    cert_file, key_file = directory / "apiclient_cert.pem", directory / "apiclient_key.pem"
+    if not _certificate:
+        _certificate.append(_new_certificate())
+    cert_file.write_bytes(_certificate[0][0])
+    key_file.write_bytes(_certificate[0][1])
+    return cert_file, key_file
+
+
+def _new_certificate() -> tuple[bytes, bytes]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CERTIFIED_MCH_ID)])
     now = datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + timedelta(days=1))
             .sign(key, hashes.SHA256()))
-    cert_file, key_file = directory / "apiclient_cert.pem", directory / "apiclient_key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_file, key_file
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
 
 
 def write_refund_merchants(directory: Path) -> Path:
     """The test merchants plus the v2 merchant ``certified`` with its client certificate."""
-    written = write_test_merchants(directory, public_base_url="http://127.0.0.1:9")
+    written = write_test_merchants(seeded(directory), public_base_url="http://127.0.0.1:9")
     cert_file, key_file = _self_signed(directory)
     with written.merchants_file.open("a", encoding="utf-8") as merchants:
         merchants.write(f'''
@@ -193,4 +204,5 @@ async def paid_at_fake(sessions: async_sessionmaker[AsyncSession], fakes: Fakes,
         return order, None
     async with transaction(sessions) as session:
         credited = await credit_order(session, order_id=order.id, trade_no=trade_no, amount_fen=fen, now=utcnow())
+    assert credited.order is not None
     return credited.order, credited.payment

@@ -260,12 +260,13 @@ def test_a_notification_not_answered_success_is_retried_until_it_is(alipay_fake:
     order = an_order(receiver, OrderScene.qr)
     gateway.create(order)
     receiver.reply = b"failure"
+    alipay_fake.retry_scale(0.0004)  # 4 minutes → 96 ms, 10 minutes → 240 ms
 
     first = alipay_fake.pay(order.out_trade_no)
-    receiver.wait_for(2, timeout_s=5)  # the first retry: 4 minutes, compressed 1000×
+    receiver.wait_for(2, timeout_s=5)  # the first retry: 4 minutes, compressed
     receiver.reply = b"success"
     receiver.wait_for(3, timeout_s=5)
-    time.sleep(0.7)  # the retry after 10 more "minutes" would have come by now
+    time.sleep(0.3)  # the retry after 10 more "minutes" would have come by now
 
     assert first["sent"] == [{"status": 200, "body": "failure"}]
     assert len(receiver.received) == 3 and len({body for _, body in receiver.received}) == 1
@@ -281,8 +282,10 @@ def test_retries_can_be_turned_off_and_a_dropped_notification_comes_on_the_retry
     gateway.create(dropped)
     receiver.reply = b"failure"
 
+    alipay_fake.retry_scale(0.0004)  # 4 minutes → 96 ms
+
     alipay_fake.pay(unretried.out_trade_no, retry=False)
-    time.sleep(0.5)
+    time.sleep(0.15)  # its first retry would have come by now
     assert len(receiver.received) == 1
     receiver.reply = b"success"
     alipay_fake.script("drop_notify")

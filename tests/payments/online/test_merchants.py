@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from backend.payments.models import PaymentChannel
-from backend.payments.online.merchants import MerchantsInvalid, load_merchants
+from backend.payments.online.merchants import AlipayMerchant, MerchantsInvalid, WechatMerchant, load_merchants
 from backend.payments.online.models import GatewayApi
 from backend.payments.online.testkeys import ALIPAY_APP_ID, write_test_merchants
 
@@ -21,10 +21,10 @@ def test_the_generated_test_merchants_load_with_their_keys(tmp_path: Path) -> No
     wechat = merchants.default(PaymentChannel.wechat)
     assert merchants.public_base_url == "http://127.0.0.1:8000"
     assert alipay is not None and alipay.app_id == ALIPAY_APP_ID
-    assert alipay.private_key.startswith("-----BEGIN PRIVATE KEY-----")
+    assert isinstance(alipay, AlipayMerchant) and alipay.private_key.startswith("-----BEGIN PRIVATE KEY-----")
     assert wechat is not None and wechat.api is GatewayApi.wechat_v3 and wechat.name == "demo"
     legacy = merchants.named(PaymentChannel.wechat, "legacy")
-    assert legacy is not None and legacy.api is GatewayApi.wechat_v2 and legacy.api_key and len(legacy.api_key) == 32
+    assert isinstance(legacy, WechatMerchant) and legacy.api is GatewayApi.wechat_v2 and legacy.api_key and len(legacy.api_key) == 32
 
 
 def test_keys_survive_a_rewrite_of_the_file(tmp_path: Path) -> None:

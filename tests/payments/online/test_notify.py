@@ -69,6 +69,18 @@ async def _notifications(sessions: async_sessionmaker[AsyncSession], out_trade_n
         return [(r[0], r[1]) for r in rows]
 
 
+async def _books(sessions: async_sessionmaker[AsyncSession]) -> dict[str, int]:
+    """The whole database's money: every balance, every ledger entry, every payment, and
+    how many accounts' ledger sum is not their balance (always 0)."""
+    async with sessions() as session:
+        row = (await session.execute(text(
+            "SELECT (SELECT coalesce(sum(balance_fen), 0) FROM accounts), "
+            "(SELECT coalesce(sum(amount_fen), 0) FROM ledger_entries), (SELECT count(*) FROM payments), "
+            "(SELECT count(*) FROM accounts a WHERE a.balance_fen <> (SELECT coalesce(sum(amount_fen), 0) "
+            "FROM ledger_entries e WHERE e.account_id = a.id))"))).one()
+    return {"balances": int(row[0]), "ledger": int(row[1]), "payments": int(row[2]), "unbalanced": int(row[3])}
+
+
 async def _alarm(sessions: async_sessionmaker[AsyncSession], subject_id: int) -> str | None:
     async with sessions() as session:
         return (await session.execute(text(
@@ -154,6 +166,9 @@ async def test_a_bad_notification_is_rejected_alarmed_and_credits_nothing(
 async def test_an_unknown_order_and_a_body_that_is_no_form_are_rejected_with_the_company_alarm(
         committed_sessions: async_sessionmaker[AsyncSession], online: Any) -> None:
     payments, demo, _ = online
+    household_id, account_id = await _household(committed_sessions)
+    order = await _order(committed_sessions, payments, household_id, 100)
+    before = await _books(committed_sessions)
 
     unknown = await _notify(committed_sessions, payments, demo.notification("SW202612079999999999", 100))
     garbage = await _notify(committed_sessions, payments, b"\xff\xfe<not a form>")
@@ -163,6 +178,11 @@ async def test_an_unknown_order_and_a_body_that_is_no_form_are_rejected_with_the
     assert await _notifications(committed_sessions, "SW202612079999999999") == [
         ("rejected", "unknown out_trade_no 'SW202612079999999999'")]
     assert "not a form body" in (await _alarm(committed_sessions, 0) or "")
+    # Nothing was credited anywhere: not the household with an open order of that amount,
+    # not any account; every ledger sum is still its balance.
+    assert await _facts(committed_sessions, account_id) == {"balance": 0, "ledger": 0, "payments": 0}
+    assert await _books(committed_sessions) == before and before["unbalanced"] == 0
+    assert await _notifications(committed_sessions, order.out_trade_no) == []
 
 
 async def test_a_not_paid_status_is_kept_and_answered_success_without_credit(

@@ -86,6 +86,10 @@ async def test_a_bad_order_is_refused_and_writes_nothing(session: AsyncSession, 
     count = (await session.execute(select(func.count()).select_from(PaymentOrder).where(
         PaymentOrder.account_id == served.account_id))).scalar_one()  # type: ignore[arg-type]
     assert count == 0 and demo.calls == []
+    assert (await balance(session, served.account_id), await ledger_sum(session, served.account_id)) == (0, 0)
+    payments = (await session.execute(text("SELECT count(*) FROM payments WHERE account_id = :a"),
+                                      {"a": served.account_id})).scalar_one()
+    assert payments == 0
 
 
 def test_wechat_rules_need_an_openid_for_jsapi_and_refuse_h5_inside_wechat() -> None:

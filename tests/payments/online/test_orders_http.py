@@ -10,13 +10,13 @@ ledger; and the counter: barcode pay with a slow payer, and the dynamic QR over 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,19 +30,16 @@ from backend.db import transaction
 from backend.gateways.http import bound_port, fake_server
 from backend.payments.counter import Operator
 from backend.payments.models import PaymentChannel, PaymentPurpose
-from backend.payments.online.alipay import AlipaySettings
 from backend.payments.online.counter_online import counter_barcode_pay
-from backend.payments.online.fakes.alipay import fake_app as alipay_fake_app
-from backend.payments.online.fakes.wechat import fake_app as wechat_fake_app
 from backend.payments.online.merchants import load_merchants
 from backend.payments.online.models import OrderOrigin, OrderScene, OrderState, PaymentOrder
 from backend.payments.online.orders import OrderAsk, create_payment_order
 from backend.payments.online.registry import SERVICE, OnlinePayments
 from backend.payments.online.testkeys import write_test_merchants
-from backend.payments.online.wechat import WechatSettings
 from tests.billing.factories import at, served_household, tariff
 from tests.factories import make_staff
 from tests.live import LiveServer, live_server
+from tests.payments.online.conftest import LiveGateways
 
 RETRY_SCALE = 0.001
 
@@ -85,32 +82,24 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    directory: Path = tmp_path_factory.mktemp("orders-merchants")
-    written = write_test_merchants(directory, public_base_url="http://127.0.0.1:9")
-    alipay_settings = AlipaySettings(fake_merchants_file=str(written.merchants_file),
-                                     fake_notify_retry_scale=RETRY_SCALE, timeout_s=5)
-    wechat_settings = WechatSettings(fake_merchants_file=written.merchants_file, fake_notify_retry_scale=RETRY_SCALE,
-                                     timeout_s=5)
+def world(database_url: str, live_gateways: LiveGateways) -> Iterator[World]:
+    """Our app (uvicorn, this module's database) and the run's local gateways."""
+    live_gateways.take(database_url)
     saved = dict(os.environ)
-    with _served(alipay_fake_app(alipay_settings), "orders-alipay") as alipay, \
-            _served(wechat_fake_app(wechat_settings), "orders-wechat") as wechat:
-        os.environ.update({"SHUIWU_PAYMENTS_CONFIG": str(written.merchants_file),
-                           "SHUIWU_ALIPAY_URL": f"{alipay}/gateway.do", "SHUIWU_ALIPAY_TIMEOUT_S": "5",
-                           "SHUIWU_WECHAT_URL": wechat, "SHUIWU_WECHAT_TIMEOUT_S": "5"})
-        try:
-            with live_server(database_url) as api:
-                # The platforms call the API back where it listens: known only now.
-                write_test_merchants(directory, public_base_url=api.url)
-                online: OnlinePayments = api.app.state.services[SERVICE]
-                online.merchants = load_merchants(written.merchants_file)
-                # Calls made from the test's own loop go straight to the SDK on a thread: the app's
-                # GatewayClients keep their exchanges through the app's pool, which belongs to the
-                # server's loop (the GraphQL test below goes through them, in the server).
-                yield World(api, alipay, wechat, online, {})
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+    os.environ.update(live_gateways.environment)
+    try:
+        with live_server(database_url) as api:
+            # The platforms call the API back where it listens: known only now.
+            write_test_merchants(live_gateways.directory, public_base_url=api.url)
+            online: OnlinePayments = api.app.state.services[SERVICE]
+            online.merchants = load_merchants(live_gateways.merchants_file)
+            # Calls made from the test's own loop go straight to the SDK on a thread: the app's
+            # GatewayClients keep their exchanges through the app's pool, which belongs to the
+            # server's loop (the GraphQL test below goes through them, in the server).
+            yield World(api, live_gateways.alipay, live_gateways.wechat, online, {})
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 async def _served_account(sessions: async_sessionmaker[AsyncSession],
@@ -126,6 +115,18 @@ async def _money(sessions: async_sessionmaker[AsyncSession], account_id: int) ->
             "(SELECT count(*) FROM payments WHERE account_id = a.id) FROM accounts a WHERE a.id = :a"),
             {"a": account_id})).one()
     return int(row[0]), int(row[1]), int(row[2])
+
+
+async def _books(sessions: async_sessionmaker[AsyncSession]) -> tuple[int, int, int, int]:
+    """The whole database: (every balance, every ledger entry, payments, accounts whose
+    ledger sum is not their balance)."""
+    async with sessions() as session:
+        row = (await session.execute(text(
+            "SELECT (SELECT coalesce(sum(balance_fen), 0) FROM accounts), "
+            "(SELECT coalesce(sum(amount_fen), 0) FROM ledger_entries), (SELECT count(*) FROM payments), "
+            "(SELECT count(*) FROM accounts a WHERE a.balance_fen <> (SELECT coalesce(sum(amount_fen), 0) "
+            "FROM ledger_entries e WHERE e.account_id = a.id))"))).one()
+    return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
 
 async def _order_state(sessions: async_sessionmaker[AsyncSession], order_id: int | None) -> OrderState:
@@ -203,17 +204,34 @@ async def test_the_v2_merchant_pays_and_a_replay_answers_success_and_writes_noth
     assert await _money(committed_sessions, served.account_id) == (321, 321, 1)
 
 
-@pytest.mark.parametrize(("channel", "mode"), [
-    (PaymentChannel.alipay, "tamper_amount"), (PaymentChannel.alipay, "forge_signature"),
-    (PaymentChannel.wechat, "tamper_amount"), (PaymentChannel.wechat, "forge_signature"),
+@contextmanager
+def _default_wechat(world: World, name: str) -> Iterator[None]:
+    """Merchant ``name`` is the WeChat default (orders are opened with it) for the block: a
+    v2 order made as the orders code makes any, no SQL."""
+    kept = world.online.merchants
+    world.online.merchants = dataclasses.replace(kept, wechat=tuple(
+        dataclasses.replace(merchant, default=merchant.name == name) for merchant in kept.wechat))
+    try:
+        yield
+    finally:
+        world.online.merchants = kept
+
+
+@pytest.mark.parametrize(("channel", "mode", "merchant"), [
+    (PaymentChannel.alipay, "tamper_amount", "demo"), (PaymentChannel.alipay, "forge_signature", "demo"),
+    (PaymentChannel.wechat, "tamper_amount", "demo"), (PaymentChannel.wechat, "forge_signature", "demo"),
+    # Genuinely signed by WeChat Pay, for another amount than the order's: v3 and v2.
+    (PaymentChannel.wechat, "wrong_amount", "demo"), (PaymentChannel.wechat, "wrong_amount", "legacy"),
 ])
 async def test_a_tampered_or_forged_notification_is_refused_and_credits_nothing(
         world: World, committed_sessions: async_sessionmaker[AsyncSession], channel: PaymentChannel,
-        mode: str) -> None:
+        mode: str, merchant: str) -> None:
     await asyncio.to_thread(world.retries, False)
     served = await _served_account(committed_sessions)
     scene = OrderScene.qr if channel is PaymentChannel.alipay else OrderScene.native
-    order, _ = await _open(world, committed_sessions, served.household.id, channel, scene, 5000)
+    with _default_wechat(world, merchant):
+        order, _ = await _open(world, committed_sessions, served.household.id, channel, scene, 5000)
+    assert order.merchant == merchant
 
     async with committed_sessions() as session:
         rejected_before = (await session.execute(text(
@@ -232,6 +250,11 @@ async def test_a_tampered_or_forged_notification_is_refused_and_credits_nothing(
                                              "AND subject_id IN (0, :o) AND status <> 'closed'"),
                                         {"o": order.id})).scalar_one()
     assert rejected == rejected_before + len(sent["sent"]) and alarms >= 1
+    if mode == "wrong_amount":  # it verified: the amount is what refused it
+        async with committed_sessions() as session:
+            reasons = (await session.execute(text("SELECT reason FROM payment_notifications WHERE order_id = :o"),
+                                             {"o": order.id})).scalars().all()
+        assert reasons and all("differs from the order's 5000 fen" in (r or "") for r in reasons), reasons
     await asyncio.to_thread(world.retries, True)
 
 
@@ -265,13 +288,22 @@ async def test_ten_concurrent_replays_over_http_credit_once(world: World,
     ("/pay/wechat/v3/notify", b"[1, 2", "application/json"),
 ])
 async def test_a_body_that_is_not_the_protocols_is_answered_failure(
-        world: World, path: str, body: bytes, content_type: str) -> None:
+        world: World, committed_sessions: async_sessionmaker[AsyncSession], path: str, body: bytes,
+        content_type: str) -> None:
+    served = await _served_account(committed_sessions)
+    channel = PaymentChannel.alipay if "alipay" in path else PaymentChannel.wechat
+    scene = OrderScene.qr if channel is PaymentChannel.alipay else OrderScene.native
+    await _open(world, committed_sessions, served.household.id, channel, scene, 600)
+    before = await _books(committed_sessions)
+
     async with httpx.AsyncClient(base_url=world.api.url) as http:
         answer = await http.post(path, content=body, headers={"content-type": content_type})
         too_big = await http.post(path, content=b"a" * (64 * 1024 + 1), headers={"content-type": content_type})
 
     assert answer.status_code in (200, 400) and "success" not in answer.text.lower()
     assert too_big.status_code == 413
+    assert await _money(committed_sessions, served.account_id) == (0, 0, 0)
+    assert await _books(committed_sessions) == before and before[3] == 0
 
 
 async def test_a_payer_who_cancels_at_the_cashier_page_pays_nothing_and_the_job_closes_it(

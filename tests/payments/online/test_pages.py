@@ -184,6 +184,17 @@ async def _order(site: Site, out_trade_no: str) -> Any:
                                       {"n": out_trade_no})).one()
 
 
+async def _money(site: Site, account_no: str) -> tuple[int, int, int]:
+    """(balance, ledger sum, payments) of the open account of household ``account_no``."""
+    async with site.sessions() as session:
+        row = (await session.execute(text(
+            "SELECT a.balance_fen, (SELECT coalesce(sum(amount_fen), 0) FROM ledger_entries WHERE account_id = a.id), "
+            "(SELECT count(*) FROM payments WHERE account_id = a.id) FROM accounts a "
+            "JOIN households h ON h.id = a.household_id WHERE h.account_no = :n AND a.status = 'open'"),
+            {"n": account_no})).one()
+    return int(row[0]), int(row[1]), int(row[2])
+
+
 def _field(page: str, name: str) -> str | None:
     found = re.search(rf'name="{name}"[^>]*value="([^"]*)"', page)
     return found.group(1) if found else None
@@ -233,14 +244,15 @@ async def test_an_unknown_account_number_is_not_found(browser: httpx.AsyncClient
 ])
 async def test_a_bad_amount_is_refused_in_chinese_and_opens_no_order(
         site: Site, browser: httpx.AsyncClient, amount: str, message: str) -> None:
-    before = await _orders(site)
+    account_no = site.town.households['wang'].account_no
+    before, money = await _orders(site), await _money(site, account_no)
 
-    response = await browser.post(f"/pay/a/{site.town.households['wang'].account_no}",
-                                  data={"amount": amount, "channel": "alipay"})
+    response = await browser.post(f"/pay/a/{account_no}", data={"amount": amount, "channel": "alipay"})
 
     assert response.status_code == 400 and message in response.text
     assert _field(response.text, "amount") == amount  # what was typed stays in the field
     assert await _orders(site) == before
+    assert await _money(site, account_no) == money and money[0] == money[1]  # ledger sum = balance, unchanged
 
 
 async def test_the_largest_online_payment_is_accepted(site: Site, browser: httpx.AsyncClient) -> None:

@@ -20,7 +20,6 @@ import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
 
@@ -35,9 +34,6 @@ from backend.clock import utcnow
 from backend.db import transaction
 from backend.graphql.relay import encode_id
 from backend.payments.online import static_qr
-from backend.payments.online.alipay import AlipaySettings
-from backend.payments.online.fakes.alipay import fake_app as alipay_fake_app
-from backend.payments.online.fakes.wechat import fake_app as wechat_fake_app
 from backend.payments.online.fakes.wechat import jsapi_url
 from backend.payments.online.jobs import follow_open_orders
 from backend.payments.online.merchants import load_merchants
@@ -48,7 +44,7 @@ from tests.billing.factories import at, served_household, tariff
 from tests.factories import make_staff
 from tests.graphql.client import api_settings
 from tests.live import LiveServer, live_server
-from tests.payments.online.conftest import served
+from tests.payments.online.conftest import LiveGateways
 
 RETRY_SCALE = 0.001
 WECHAT_UA = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
@@ -66,29 +62,21 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    directory: Path = tmp_path_factory.mktemp("pages-merchants")
-    written = write_test_merchants(directory, public_base_url="http://127.0.0.1:9")
-    alipay_settings = AlipaySettings(fake_merchants_file=str(written.merchants_file),
-                                     fake_notify_retry_scale=RETRY_SCALE, timeout_s=5)
-    wechat_settings = WechatSettings(fake_merchants_file=written.merchants_file, fake_notify_retry_scale=RETRY_SCALE,
-                                     timeout_s=5)
+def site(database_url: str, live_gateways: LiveGateways) -> Iterator[Site]:
+    """Our app (uvicorn, this module's database) and the run's local gateways."""
+    live_gateways.take(database_url)
     saved = dict(os.environ)
-    with served(alipay_fake_app(alipay_settings), "pages-alipay") as alipay, \
-            served(wechat_fake_app(wechat_settings), "pages-wechat") as wechat:
-        os.environ.update({"SHUIWU_PAYMENTS_CONFIG": str(written.merchants_file),
-                           "SHUIWU_ALIPAY_URL": f"{alipay}/gateway.do", "SHUIWU_ALIPAY_TIMEOUT_S": "5",
-                           "SHUIWU_WECHAT_URL": wechat, "SHUIWU_WECHAT_TIMEOUT_S": "5"})
-        try:
-            with live_server(database_url) as api:
-                # The platforms call the API back (and the payer returns to it) where it listens: known only now.
-                write_test_merchants(directory, public_base_url=api.url)
-                online: OnlinePayments = api.app.state.services[SERVICE]
-                online.merchants = load_merchants(written.merchants_file)
-                yield Site(api, alipay, wechat, online, api_settings().secret())
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+    os.environ.update(live_gateways.environment)
+    try:
+        with live_server(database_url) as api:
+            # The platforms call the API back (and the payer returns to it) where it listens: known only now.
+            write_test_merchants(live_gateways.directory, public_base_url=api.url)
+            online: OnlinePayments = api.app.state.services[SERVICE]
+            online.merchants = load_merchants(live_gateways.merchants_file)
+            yield Site(api, live_gateways.alipay, live_gateways.wechat, online, api_settings().secret())
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture
@@ -279,6 +267,36 @@ async def test_a_payer_who_cancels_at_the_cashier_is_credited_nothing_and_the_re
     assert done.closed >= 1 and "订单已关闭" in closed and "refresh" not in closed
     held = {order["out_trade_no"]: order for order in (await browser.get(f"{site.alipay}/_control/orders")).json()["orders"]}
     assert held[out_trade_no]["state"] not in ("paid", "TRADE_SUCCESS")
+    assert await _money(committed_sessions, payer.account_id) == (0, 0, 0)
+
+
+async def test_a_wechat_payer_who_cancels_at_the_h5_cashier_is_credited_nothing_and_the_order_closes(
+        site: Site, browser: httpx.AsyncClient, committed_sessions: async_sessionmaker[AsyncSession]) -> None:
+    payer = await _household(committed_sessions)
+    sent = await _pay_page_order(browser, f"{site.api.url}/pay/a/{payer.household.account_no}", "9", "wechat")
+    assert sent.headers["location"].startswith(f"{site.wechat}/cashier/")
+    cashier = await browser.get(sent.headers["location"])
+    _, fields = _form(cashier.text, "取消")
+    out_trade_no = fields["redirect_url"].rsplit("/", 1)[1]
+
+    cancelled = await _click(browser, cashier, "取消")
+    # WeChat sends the payer back to our result page, which still waits: nothing was paid.
+    assert cancelled.status_code == 303 and cancelled.headers["location"] == f"{site.api.url}/pay/result/{out_trade_no}"
+    waiting = await _result(browser, site, out_trade_no, "created")
+    async with transaction(committed_sessions) as session:
+        await session.execute(text("UPDATE payment_orders SET created_at = created_at - interval '1 hour', "
+                                   "expires_at = now() - interval '1 minute' WHERE out_trade_no = :n"),
+                              {"n": out_trade_no})
+    done = await follow_open_orders(committed_sessions, online=site.online, services={}, now=utcnow())
+    closed = await _result(browser, site, out_trade_no, "closed")
+
+    assert "等待支付结果" in waiting
+    assert done.closed >= 1 and "订单已关闭" in closed
+    control = f"{site.wechat}/_control"
+    held = {order["out_trade_no"]: order for order in (await browser.get(f"{control}/orders")).json()["orders"]}
+    sent_notifications = [n for n in (await browser.get(f"{control}/notifications")).json()["notifications"]
+                          if n["out_trade_no"] == out_trade_no]
+    assert held[out_trade_no]["state"] == "closed" and sent_notifications == []
     assert await _money(committed_sessions, payer.account_id) == (0, 0, 0)
 
 

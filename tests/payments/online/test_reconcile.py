@@ -9,6 +9,7 @@ The gateways date their statements by their own clock, so "the day" is today (Ch
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 import typer
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from typer.testing import CliRunner
 
@@ -202,3 +204,29 @@ async def test_the_report_lists_the_runs_with_their_mismatches(
     assert sorted((m["kind"], m["ours"], m["theirs"]) for m in newest["mismatches"]) == [
         ("amount_differs", "30.00", "30.01"), ("missing_ours", None, "7.77"), ("missing_theirs", "40.00", None)]
     assert refused["errors"][0]["extensions"]["code"] == "FORBIDDEN" and refused["data"] is None
+
+
+async def test_the_daily_job_reconciles_yesterday_of_each_configured_channel(
+        committed_sessions: async_sessionmaker[AsyncSession], fakes: Fakes, books: dict[str, Any]) -> None:
+    from backend.domain import load
+    from backend.domains import installed
+    from backend.jobs import declared_jobs, runtime_for
+    from backend.settings import Settings
+
+    [job] = [job for job in declared_jobs(installed()) if job.name == "reconcile"]
+    run = load(job.run)
+    # The worker's runtime, its clock a day on: "yesterday" is the gateways' today.
+    tomorrow = utcnow() + timedelta(days=1)
+    runtime = dataclasses.replace(runtime_for(Settings(), committed_sessions, clock=lambda: tomorrow),
+                                  services=fakes.services)
+
+    said = await run(runtime, {})
+
+    day = today().isoformat()
+    assert said == [f"alipay {day}: mismatched (3 mismatches)", f"wechat {day}: matched (0 mismatches)"]
+    async with committed_sessions() as session:
+        runs = (await session.execute(text(
+            "SELECT channel, outcome, mismatch_count, run_by FROM reconciliation_runs WHERE day = :d "
+            "ORDER BY id DESC LIMIT 2"), {"d": today()})).all()
+    assert sorted(tuple(r) for r in runs) == [("alipay", "mismatched", 3, runtime.actor.name),
+                                             ("wechat", "matched", 0, runtime.actor.name)]

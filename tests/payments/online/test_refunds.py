@@ -27,7 +27,7 @@ from backend.errors import DomainError, ErrorCode
 from backend.graphql.relay import encode_id
 from backend.payments.counter import Operator, take_payment
 from backend.payments.models import Payment, PaymentChannel, PaymentPurpose
-from backend.payments.online.merchants import MerchantsInvalid, load_merchants
+from backend.payments.online.merchants import MerchantsInvalid, WechatMerchant, load_merchants
 from backend.payments.online.models import RefundState
 from backend.payments.online.refunds import (
     Refundable,
@@ -271,7 +271,7 @@ async def test_refund_payment_and_close_account_over_graphql_send_the_refunds_at
                                          household_id=served.household.id, channel=WECHAT, fen=5000)
     alipay_order, alipay = await paid_at_fake(committed_sessions, fakes, account_id=served.account_id,
                                               household_id=served.household.id, channel=ALIPAY, fen=2000)
-    assert alipay is not None
+    assert alipay is not None and alipay.id is not None
 
     refunded = await api.execute(REFUND, {"paymentId": encode_id("Payment", alipay.id), "amount": "5.00",
                                           "reason": "错缴"}, token=token)
@@ -313,7 +313,7 @@ async def test_refund_payment_and_close_account_over_graphql_send_the_refunds_at
 def test_a_v2_merchants_client_certificate_is_a_pair_of_pem_files(tmp_path: Path) -> None:
     merchants_file = write_refund_merchants(tmp_path)
     certified = load_merchants(merchants_file).named(WECHAT, "certified")
-    assert certified is not None and certified.client_cert == str(tmp_path / "apiclient_cert.pem")
+    assert isinstance(certified, WechatMerchant) and certified.client_cert == str(tmp_path / "apiclient_cert.pem")
     assert certified.client_key == str(tmp_path / "apiclient_key.pem")
 
     (tmp_path / "not_a_cert.pem").write_text("hello", encoding="utf-8")
@@ -333,3 +333,29 @@ def test_a_v2_merchants_client_certificate_is_a_pair_of_pem_files(tmp_path: Path
         "[[wechat]] #2: `client_cert` and `client_key` go together (refunds need both)",
         '[[wechat]] #3: `client_cert` must be { file = "path" }',
     ]
+
+
+async def test_refund_payment_without_counter_refund_online_is_refused_and_writes_nothing(
+        committed_sessions: async_sessionmaker[AsyncSession], fakes: Fakes, api: GraphQLClient) -> None:
+    served = await new_household(committed_sessions)
+    assert served.household.id is not None
+    async with transaction(committed_sessions) as session:
+        area = await session.get(Area, served.household.area_id)
+        assert area is not None
+        # Everything a cashier has but the refund permission.
+        staff = await make_staff(session, permissions={"counter:collect", "counter:close_account", "payments:read"},
+                                 areas=[area])
+    token = await api.login(staff.username, staff.password)
+    order, alipay = await paid_at_fake(committed_sessions, fakes, account_id=served.account_id,
+                                       household_id=served.household.id, channel=ALIPAY, fen=2000)
+    assert alipay is not None and alipay.id is not None
+    before = await money(committed_sessions, served.account_id)
+
+    refused = await api.execute(REFUND, {"paymentId": encode_id("Payment", alipay.id), "amount": "5.00",
+                                         "reason": "错缴"}, token=token)
+
+    assert [e["extensions"]["code"] for e in refused["errors"]] == ["FORBIDDEN"], refused
+    assert before == (2000, 2000)
+    assert await money(committed_sessions, served.account_id) == before
+    assert await refunds_of(committed_sessions, served.account_id) == []
+    assert fakes.orders(ALIPAY)[order.out_trade_no]["refunded_fen"] == 0

@@ -37,6 +37,7 @@ from backend.payments.online.wechat import fen_of
 from backend.payments.online.wechat import yuan_to_fen as wechat_yuan_to_fen
 from tests.billing.factories import at, balance, ledger_sum, served_household, tariff
 from tests.factories import make_staff
+from tests.payments.online.keys import seeded
 from tests.payments.online.refund_helpers import paid_order
 from tests.payments.online.scripted_gateway import StandInGateway, services_of
 from tests.payments.online.stand_in import StandIn, stand_in_payments
@@ -48,7 +49,7 @@ NOW = at(2026, 12, 7, 10)
 
 @pytest.fixture(scope="module")
 def real_online(tmp_path_factory: pytest.TempPathFactory) -> OnlinePayments:
-    written = write_test_merchants(Path(tmp_path_factory.mktemp("m")), public_base_url="http://127.0.0.1:9")
+    written = write_test_merchants(seeded(Path(tmp_path_factory.mktemp("m"))), public_base_url="http://127.0.0.1:9")
     return OnlinePayments(load_merchants(written.merchants_file))
 
 

@@ -1,7 +1,9 @@
 """The local WeChat Pay for tests: test merchants, the fake served by uvicorn, and a tiny
 notify receiver that verifies what the fake sends with the real gateway classes.
 
-Use them from a test module by naming them at module level (they are module-scoped)::
+Use them from a test module by naming them at module level (module fixtures handing out
+the run's one fake and receiver, ``wechat_fake_server`` / ``wechat_notify_server``, which
+the package's conftest registers)::
 
     from tests.payments.online import wechat_fixtures
 
@@ -44,6 +46,7 @@ from backend.payments.online.merchants import Merchants, WechatMerchant, load_me
 from backend.payments.online.models import GatewayApi, OrderScene
 from backend.payments.online.testkeys import write_test_merchants
 from backend.payments.online.wechat import WechatSettings, notification_merchants, wechat_gateway
+from tests.payments.online.keys import seeded
 
 HMAC_APP_ID = "wx0000000000000003"
 HMAC_MCH_ID = "1230000002"
@@ -72,7 +75,7 @@ def serving(app: Any) -> Iterator[str]:
 
 def write_wechat_test_merchants(directory: Path) -> Path:
     """The test merchants file with a third merchant, v2 ``hmac`` (HMAC-SHA256)."""
-    written = write_test_merchants(directory, public_base_url="http://127.0.0.1:9")
+    written = write_test_merchants(seeded(directory), public_base_url="http://127.0.0.1:9")
     with written.merchants_file.open("a", encoding="utf-8") as merchants:
         merchants.write(f'''
 [[wechat]]
@@ -182,8 +185,9 @@ def receiver_app(receiver: NotifyReceiver, merchants: Merchants, settings: Wecha
                              Route("/pay/wechat/v3/notify", route(GatewayApi.wechat_v3), methods=["POST"])])
 
 
-@pytest.fixture(scope="module")
-def wechat_fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WechatFake]:
+@pytest.fixture(scope="session")
+def wechat_fake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WechatFake]:
+    """The fake, once per run (registered by the package's conftest)."""
     merchants_file = write_wechat_test_merchants(tmp_path_factory.mktemp("wechat-merchants"))
     settings = WechatSettings(fake_merchants_file=merchants_file, fake_notify_retry_scale=RETRY_SCALE, timeout_s=5)
     with serving(fake_app(settings)) as url, httpx.Client(base_url=url, timeout=10) as http:
@@ -191,12 +195,26 @@ def wechat_fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WechatFake
                          load_merchants(merchants_file), http)
 
 
-@pytest.fixture(scope="module")
-def notify_receiver(wechat_fake: WechatFake) -> Iterator[NotifyReceiver]:
+@pytest.fixture(scope="session")
+def wechat_notify_server(wechat_fake_server: WechatFake) -> Iterator[NotifyReceiver]:
+    """The receiver, once per run (registered by the package's conftest)."""
     receiver = NotifyReceiver(url="")
-    with serving(receiver_app(receiver, wechat_fake.merchants, wechat_fake.settings)) as url:
+    with serving(receiver_app(receiver, wechat_fake_server.merchants, wechat_fake_server.settings)) as url:
         receiver.url = url
         yield receiver
+
+
+@pytest.fixture(scope="module")
+def wechat_fake(wechat_fake_server: WechatFake) -> WechatFake:
+    """The run's fake, its retries as a module starts (on, compressed 1000×)."""
+    wechat_fake_server.retries(enabled=True)
+    return wechat_fake_server
+
+
+@pytest.fixture(scope="module")
+def notify_receiver(wechat_notify_server: NotifyReceiver) -> NotifyReceiver:
+    wechat_notify_server.refuse_next = 0
+    return wechat_notify_server
 
 
 _serial = iter(range(1, 10**9))
