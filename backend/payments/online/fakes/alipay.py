@@ -80,6 +80,7 @@ from backend.payments.online.alipay import (
     fen_to_yuan,
     yuan_to_fen,
 )
+from backend.payments.online.fakes import pay_request
 from backend.payments.online.merchants import MerchantsInvalid, load_merchants
 from backend.payments.online.testkeys import FAKE_ALIPAY_KEY
 
@@ -692,22 +693,12 @@ class FakeAlipay:
 
     async def control_pay(self, received: Received) -> Answer:
         self.stash(received.script)
-        try:
-            asked = received.json()
-        except ValueError:
-            return Answer({"error": "the body must be JSON"}, 400)
-        if not isinstance(asked, dict):
-            return Answer({"error": "the body must be a JSON object"}, 400)
-        out_trade_no, mode, times = asked.get("out_trade_no"), asked.get("mode", "normal"), asked.get("times", 1)
-        retry, amount_fen = asked.get("retry", self.notify_retries), asked.get("amount_fen")
-        if mode not in MODES:
-            return Answer({"error": f"unknown mode {mode!r}; modes: {sorted(MODES)}"}, 400)
-        if not isinstance(times, int) or isinstance(times, bool) or not 1 <= times <= 100:
-            return Answer({"error": "times must be an integer from 1 to 100"}, 400)
-        if not isinstance(retry, bool) or (amount_fen is not None and (not isinstance(amount_fen, int)
-                                                                       or isinstance(amount_fen, bool))):
-            return Answer({"error": "retry must be true or false, amount_fen an integer"}, 400)
-        order = self.orders.get(out_trade_no) if isinstance(out_trade_no, str) else None
+        asked = pay_request(received, modes=MODES, default_retry=self.notify_retries)
+        if isinstance(asked, Answer):
+            return asked
+        out_trade_no, mode, times, retry, amount_fen = (asked.out_trade_no, asked.mode, asked.times, asked.retry,
+                                                        asked.amount_fen)
+        order = self.orders.get(out_trade_no) if out_trade_no is not None else None
         if order is None:
             return Answer({"error": f"no order {out_trade_no!r} (a wap / page / app order exists once its pay URL "
                                     f"or order string is opened)"}, 404)

@@ -90,6 +90,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from wechatpy.pay.utils import dict_to_xml
 
 from backend.gateways.http import Answer, FakeRoute, Received, Script, fake_gateway_app
+from backend.payments.online.fakes import pay_request
 from backend.payments.online.merchants import MerchantsInvalid, WechatMerchant, load_merchants
 from backend.payments.online.models import GatewayApi
 from backend.payments.online.testkeys import FAKE_WECHAT_PLATFORM_KEY
@@ -830,25 +831,14 @@ def fake_app(settings: WechatSettings) -> Any:
     # ------------------------------------------------------------------ control
 
     async def control_pay(received: Received) -> Answer:
-        try:
-            asked = received.json()
-        except ValueError:
-            return Answer({"error": "the body must be JSON"}, 400)
-        if not isinstance(asked, dict):
-            return Answer({"error": "the body must be a JSON object"}, 400)
-        out_trade_no, mode, times = asked.get("out_trade_no"), asked.get("mode", "normal"), asked.get("times", 1)
-        retry_, amount_fen = asked.get("retry", fake.retries), asked.get("amount_fen")
-        if mode not in PAY_MODES:
-            return Answer({"error": f"unknown mode {mode!r}; modes: {list(PAY_MODES)}"}, 400)
-        if not isinstance(times, int) or isinstance(times, bool) or not 1 <= times <= 100:
-            return Answer({"error": "times must be an integer from 1 to 100"}, 400)
-        if not isinstance(retry_, bool) or (amount_fen is not None and (not isinstance(amount_fen, int)
-                                                                        or isinstance(amount_fen, bool))):
-            return Answer({"error": "retry must be true or false, amount_fen an integer"}, 400)
-        order = fake.orders.get(out_trade_no) if isinstance(out_trade_no, str) else None
+        asked = pay_request(received, modes=PAY_MODES, default_retry=fake.retries)
+        if isinstance(asked, Answer):
+            return asked
+        mode = asked.mode
+        order = fake.orders.get(asked.out_trade_no) if asked.out_trade_no is not None else None
         if order is None:
-            return Answer({"error": f"no order {out_trade_no!r} here"}, 404)
-        sent = await pay_and_notify(order, mode, times, retry_=retry_, amount_fen=amount_fen)
+            return Answer({"error": f"no order {asked.out_trade_no!r} here"}, 404)
+        sent = await pay_and_notify(order, mode, asked.times, retry_=asked.retry, amount_fen=asked.amount_fen)
         return Answer({"out_trade_no": order.out_trade_no, "mode": mode,
                        "sent": [{"status": one.status, "body": one.body} for one in sent],
                        "order": fake.order_json(order)})
