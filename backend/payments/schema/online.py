@@ -223,8 +223,9 @@ class Mutation:
 
     @strawberry.mutation(permission_classes=COLLECT, description=(
         "付款码: take a payment with the payer's payment code (Alipay 25-30…, WeChat 10-15…, 16-24 digits: else "
-        "PAYMENT_CODE_INVALID). Waits while the payer confirms (USERPAYING), at most SHUIWU_PAYMENTS_BARCODE_DEADLINE_S (45 s), then cancels: "
-        "PAYMENT_DECLINED. The payment counts in your day (日结) under its channel."))
+        "PAYMENT_CODE_INVALID). Waits while the payer confirms (USERPAYING), at most "
+        "SHUIWU_PAYMENTS_BARCODE_DEADLINE_S (45 s), then cancels: PAYMENT_DECLINED. The payment counts in your day "
+        "(日结) under its channel."))
     async def counter_barcode_pay(self, info: Info, account_id: strawberry.ID, amount: Money,  # type: ignore[valid-type]
                                   purpose: PaymentPurposeEnum, auth_code: str,  # type: ignore[valid-type]
                                   idempotency_key: str | None = None) -> PaymentOrderPayload:
