@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +25,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from backend.billing.models import BillingMode
 from backend.clock import utcnow
 from backend.db import transaction
-from backend.gateways.http import bound_port, fake_server
 from backend.payments.counter import Operator
 from backend.payments.models import PaymentChannel, PaymentPurpose
 from backend.payments.online.counter_online import counter_barcode_pay
@@ -42,23 +39,6 @@ from tests.live import LiveServer, live_server
 from tests.payments.online.conftest import LiveGateways
 
 RETRY_SCALE = 0.001
-
-
-@contextmanager
-def _served(app: Any, name: str) -> Iterator[str]:
-    server = fake_server(app)
-    thread = threading.Thread(target=server.run, name=name, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"{name} did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{bound_port(server)}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @dataclass
