@@ -10,7 +10,8 @@ and a notify receiver standing in for our notify routes.
   ``AlipayGateway`` of the ``demo`` app, ``.pay(...)`` / ``.orders()`` / ``.script(...)`` the
   control API. Reset (requests, scripts) for each test that asks for it.
 - ``live_gateways`` (session): both local gateways on the test merchants, for the tests
-  that run our app under uvicorn (test_orders_http's ``world``, test_pages_e2e's ``site``).
+  that run our app under uvicorn: ``.app(database_url)`` starts it pointed at them
+  (test_orders_http's ``world``, test_pages_e2e's ``site``).
 - ``notify_receiver`` (module): a Starlette route served by uvicorn that keeps every POST
   (headers, body) and answers ``.reply`` (``b"success"`` by default): what a gateway's
   notification looks like when it arrives.
@@ -18,6 +19,7 @@ and a notify receiver standing in for our notify routes.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -40,7 +42,9 @@ from backend.payments.models import PaymentChannel
 from backend.payments.online.alipay import AlipayGateway, AlipaySettings
 from backend.payments.online.fakes.alipay import fake_app as alipay_fake_app
 from backend.payments.online.merchants import AlipayMerchant, Merchants, load_merchants
+from backend.payments.online.registry import SERVICE, OnlinePayments
 from backend.payments.online.testkeys import TestMerchants, write_test_merchants
+from tests.live import LiveServer, live_server
 from tests.payments.online.keys import seeded
 from tests.payments.online.wechat_fixtures import wechat_fake_server, wechat_notify_server
 
@@ -175,6 +179,25 @@ class LiveGateways:
                 await connection.close()
 
         anyio.run(number)
+
+    @contextmanager
+    def app(self, database_url: str) -> Iterator[tuple[LiveServer, OnlinePayments]]:
+        """Our app under uvicorn on ``database_url``, built from an environment pointing at
+        these gateways, with the merchants file rewritten for its URL (the platforms call
+        the API back, and the payer returns to it, where it listens: known only now).
+        Yields the server and its online payments service, which has read that file."""
+        self.take(database_url)
+        saved = dict(os.environ)
+        os.environ.update(self.environment)
+        try:
+            with live_server(database_url) as api:
+                write_test_merchants(self.directory, public_base_url=api.url)
+                online: OnlinePayments = api.app.state.services[SERVICE]
+                online.merchants = load_merchants(self.merchants_file)
+                yield api, online
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

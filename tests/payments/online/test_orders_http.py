@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,14 +27,12 @@ from backend.db import transaction
 from backend.payments.counter import Operator
 from backend.payments.models import PaymentChannel, PaymentPurpose
 from backend.payments.online.counter_online import counter_barcode_pay
-from backend.payments.online.merchants import load_merchants
 from backend.payments.online.models import OrderOrigin, OrderScene, OrderState, PaymentOrder
 from backend.payments.online.orders import OrderAsk, create_payment_order
-from backend.payments.online.registry import SERVICE, OnlinePayments
-from backend.payments.online.testkeys import write_test_merchants
+from backend.payments.online.registry import OnlinePayments
 from tests.billing.factories import at, served_household, tariff
 from tests.factories import make_staff
-from tests.live import LiveServer, live_server
+from tests.live import LiveServer
 from tests.payments.online.conftest import LiveGateways
 
 RETRY_SCALE = 0.001
@@ -64,22 +61,11 @@ class World:
 @pytest.fixture(scope="module")
 def world(database_url: str, live_gateways: LiveGateways) -> Iterator[World]:
     """Our app (uvicorn, this module's database) and the run's local gateways."""
-    live_gateways.take(database_url)
-    saved = dict(os.environ)
-    os.environ.update(live_gateways.environment)
-    try:
-        with live_server(database_url) as api:
-            # The platforms call the API back where it listens: known only now.
-            write_test_merchants(live_gateways.directory, public_base_url=api.url)
-            online: OnlinePayments = api.app.state.services[SERVICE]
-            online.merchants = load_merchants(live_gateways.merchants_file)
-            # Calls made from the test's own loop go straight to the SDK on a thread: the app's
-            # GatewayClients keep their exchanges through the app's pool, which belongs to the
-            # server's loop (the GraphQL test below goes through them, in the server).
-            yield World(api, live_gateways.alipay, live_gateways.wechat, online, {})
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    # Calls made from the test's own loop go straight to the SDK on a thread: the app's
+    # GatewayClients keep their exchanges through the app's pool, which belongs to the
+    # server's loop (the GraphQL test below goes through them, in the server).
+    with live_gateways.app(database_url) as (api, online):
+        yield World(api, live_gateways.alipay, live_gateways.wechat, online, {})
 
 
 async def _served_account(sessions: async_sessionmaker[AsyncSession],

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import html
 import json
-import os
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -36,14 +35,12 @@ from backend.graphql.relay import encode_id
 from backend.payments.online import static_qr
 from backend.payments.online.fakes.wechat import jsapi_url
 from backend.payments.online.jobs import follow_open_orders
-from backend.payments.online.merchants import load_merchants
-from backend.payments.online.registry import SERVICE, OnlinePayments
-from backend.payments.online.testkeys import write_test_merchants
+from backend.payments.online.registry import OnlinePayments
 from backend.payments.online.wechat import WechatSettings
 from tests.billing.factories import at, served_household, tariff
 from tests.factories import make_staff
 from tests.graphql.client import api_settings
-from tests.live import LiveServer, live_server
+from tests.live import LiveServer
 from tests.payments.online.conftest import LiveGateways
 
 RETRY_SCALE = 0.001
@@ -64,19 +61,8 @@ class Site:
 @pytest.fixture(scope="module")
 def site(database_url: str, live_gateways: LiveGateways) -> Iterator[Site]:
     """Our app (uvicorn, this module's database) and the run's local gateways."""
-    live_gateways.take(database_url)
-    saved = dict(os.environ)
-    os.environ.update(live_gateways.environment)
-    try:
-        with live_server(database_url) as api:
-            # The platforms call the API back (and the payer returns to it) where it listens: known only now.
-            write_test_merchants(live_gateways.directory, public_base_url=api.url)
-            online: OnlinePayments = api.app.state.services[SERVICE]
-            online.merchants = load_merchants(live_gateways.merchants_file)
-            yield Site(api, live_gateways.alipay, live_gateways.wechat, online, api_settings().secret())
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    with live_gateways.app(database_url) as (api, online):
+        yield Site(api, live_gateways.alipay, live_gateways.wechat, online, api_settings().secret())
 
 
 @pytest.fixture
