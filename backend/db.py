@@ -289,6 +289,26 @@ def limit_refusal(error: BaseException) -> DomainError | None:
     return None
 
 
+@asynccontextmanager
+async def custom_plans(session: AsyncSession) -> AsyncIterator[None]:
+    """Plan the statements inside the block for their parameters' values, every time.
+
+    asyncpg prepares every statement it runs, and PostgreSQL may switch a prepared
+    statement to a generic plan from its sixth execution on a connection. For the batch
+    statements with optional filters (``CAST(:ids AS bigint[]) IS NULL OR id = ANY(…)``)
+    the generic plan guesses a handful of rows and walks every account with nested loops:
+    billing review at 200k accounts went from 1–2 s to 8–11 s from the sixth period on,
+    in a long-lived job worker on pooled connections, while a fresh connection never
+    showed it. Planning such a statement costs milliseconds. The setting is the
+    transaction's (``set_config(…, true)``) and restored on leaving the block, so the
+    rest of the caller's transaction is untouched (on error it is aborted anyway)."""
+    previous = (await session.execute(text(
+        "SELECT current_setting('plan_cache_mode'), set_config('plan_cache_mode', 'force_custom_plan', true)"
+    ))).scalar_one()
+    yield
+    await session.execute(text("SELECT set_config('plan_cache_mode', :value, true)"), {"value": previous})
+
+
 def session_factory(engine: AsyncEngine | AsyncConnection) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 

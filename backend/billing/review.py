@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.billing.models import ReadingReview, ReviewState
 from backend.billing.scope import area_path_in_scope, patterns_param
+from backend.db import custom_plans
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.readings.entry import (
     ESTIMATE_TIME,
@@ -173,10 +174,11 @@ async def prepare_review(
     zone = as_zone(tz)
     start, end = period_bounds(period, zone, months=months)
     recent = datetime.combine(_next_month(period, months) - timedelta(days=MISSING_READING_DAYS), time(), tzinfo=zone)
-    result: Any = await session.execute(_PREPARE, {
-        "period": period, "now": now, "start": start, "end": end, "recent": recent, "area_path": area_path,
-        "patterns": patterns, "account_ids": _ids(account_ids),
-    })
+    async with custom_plans(session):  # its optional filters make a generic plan walk every account
+        result: Any = await session.execute(_PREPARE, {
+            "period": period, "now": now, "start": start, "end": end, "recent": recent, "area_path": area_path,
+            "patterns": patterns, "account_ids": _ids(account_ids),
+        })
     return int(result.rowcount or 0)
 
 
@@ -230,7 +232,8 @@ async def billable_accounts(session: AsyncSession, *, period: date,
     """Open postpaid accounts (of ``account_ids``, or all) the period may bill: no review
     pending for this period or an earlier one, in id order (the run's lock order). Run :func:`prepare_review` first: an
     account not yet prepared counts as clean."""
-    rows = await session.execute(_BILLABLE, {"period": _checked_period(period), "account_ids": _ids(account_ids)})
+    async with custom_plans(session):
+        rows = await session.execute(_BILLABLE, {"period": _checked_period(period), "account_ids": _ids(account_ids)})
     return [row.id for row in rows]
 
 
@@ -239,7 +242,8 @@ async def held_accounts(session: AsyncSession, *, period: date,
     """Open postpaid accounts (of ``account_ids``, or all) with a review pending for the
     period or an earlier one, in id order: one row each, its earliest pending review with
     the reasons."""
-    rows = await session.execute(_HELD, {"period": _checked_period(period), "account_ids": _ids(account_ids)})
+    async with custom_plans(session):
+        rows = await session.execute(_HELD, {"period": _checked_period(period), "account_ids": _ids(account_ids)})
     return [HeldAccount(row.account_id, row.review_id, list(row.alarm_kinds), row.missing_reading) for row in rows]
 
 

@@ -279,3 +279,23 @@ async def test_adjusting_through_graphql_is_audited_and_a_second_decision_refuse
             "ORDER BY id"))).all()
     # The last two (the scope test's refusal may come before them).
     assert [tuple(row) for row in rows][-2:] == [("adjustReading", "review", True), ("approveReading", "review", False)]
+
+
+async def test_review_plans_its_statements_for_their_values_however_often_a_connection_runs_them(
+        session: AsyncSession) -> None:
+    # From the sixth execution of a prepared statement PostgreSQL may reuse a generic plan:
+    # for review's optional filters that plan walks every account (8 s instead of 1 s at
+    # 200k accounts). A job worker's pooled connection runs the same statements every period.
+    period = await make_period(session)
+    plans_query = text(  # the connection's prepared statements (earlier tests' too: counted as a difference)
+        "SELECT coalesce(sum(generic_plans), 0), coalesce(sum(custom_plans), 0) FROM pg_prepared_statements "
+        "WHERE statement LIKE '%reading_reviews%' AND statement NOT LIKE '%pg_prepared_statements%'")
+    generic_before, custom_before = (await session.execute(plans_query)).one()
+    for _ in range(8):
+        await review.prepare_review(session, period=PERIOD, now=NOW, account_ids=period.ids)
+        await review.held_accounts(session, period=PERIOD, account_ids=period.ids)
+        await review.billable_accounts(session, period=PERIOD, account_ids=period.ids)
+    generic, custom = (await session.execute(plans_query)).one()
+    assert generic - generic_before == 0 and custom - custom_before >= 24
+    # The caller's transaction keeps its own setting.
+    assert (await session.execute(text("SELECT current_setting('plan_cache_mode')"))).scalar_one() == "auto"
