@@ -11,8 +11,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.notifications.kinds import MessageKind, Recipient
 from backend.notifications.models import DevicePlatform, UserKind
 from backend.notifications.service import (
-    InboxUser, Preferences, inbox_page, mark_read, notify, notify_many, register_device, set_preferences,
-    unread_count, unregister_device,
+    InboxUser,
+    Preferences,
+    inbox_page,
+    mark_read,
+    notify,
+    notify_many,
+    register_device,
+    set_preferences,
+    unread_count,
+    unregister_device,
 )
 from tests.notifications.factories import add_devices, make_home, make_residents
 
