@@ -125,10 +125,10 @@ async def _finish_sms(session: AsyncSession, delivery_id: int, *, state: str, re
     await session.execute(text(
         """
         UPDATE sms_deliveries SET state = :state, reason = :reason, attempts = :attempt, phone = :phone,
-               sent_at = CASE WHEN :state = 'sent' THEN CAST(:now AS timestamptz) ELSE sent_at END,
+               sent_at = CASE WHEN :is_sent THEN CAST(:now AS timestamptz) ELSE sent_at END,
                next_attempt_at = coalesce(CAST(:next AS timestamptz), next_attempt_at)
         WHERE id = :id
-        """), {"state": state, "reason": reason, "attempt": attempt, "phone": phone, "now": now, "next": next_at,
+        """), {"state": state, "is_sent": state == "sent", "reason": reason, "attempt": attempt, "phone": phone, "now": now, "next": next_at,
                "id": delivery_id})
 
 
