@@ -128,7 +128,8 @@ async def _finish_sms(session: AsyncSession, delivery_id: int, *, state: str, re
                sent_at = CASE WHEN :is_sent THEN CAST(:now AS timestamptz) ELSE sent_at END,
                next_attempt_at = coalesce(CAST(:next AS timestamptz), next_attempt_at)
         WHERE id = :id
-        """), {"state": state, "is_sent": state == "sent", "reason": reason, "attempt": attempt, "phone": phone, "now": now, "next": next_at,
+        """), {"state": state, "is_sent": state == "sent",
+               "reason": reason, "attempt": attempt, "phone": phone, "now": now, "next": next_at,
                "id": delivery_id})
 
 
