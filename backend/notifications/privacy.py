@@ -29,7 +29,7 @@ async def export(session: AsyncSession, subject: DataSubject) -> list[PersonalSe
         "SELECT muted_kinds, quiet_start, quiet_end, updated_at FROM notification_preferences "
         "WHERE user_kind = 'resident' AND user_id = ANY(CAST(:ids AS bigint[]))"), {"ids": ids}))
     sms = rows_of(await session.execute(text(
-        "SELECT id, kind, text, state, sent_at FROM sms_deliveries WHERE phone = :phone ORDER BY id"),
+        "SELECT id, kind, text, phone, state, sent_at FROM sms_deliveries WHERE phone = :phone ORDER BY id"),
         {"phone": subject.phone}))
     return [
         PersonalSection("messages", "消息", messages),
@@ -46,8 +46,10 @@ async def erase(session: AsyncSession, subject: DataSubject) -> dict[str, int]:
         result = await session.execute(text(
             f"DELETE FROM {table} WHERE {column}_kind = 'resident' AND {column}_id = ANY(CAST(:ids AS bigint[]))"),
             {"ids": ids})
-        changed[table] = int(result.rowcount)  # type: ignore[attr-defined]
+        if result.rowcount:  # type: ignore[attr-defined]
+            changed[table] = int(result.rowcount)  # type: ignore[attr-defined]
     result = await session.execute(text(
         "UPDATE sms_deliveries SET phone = NULL, text = '(已注销)' WHERE phone = :phone"), {"phone": subject.phone})
-    changed["sms_deliveries"] = int(result.rowcount)  # type: ignore[attr-defined]
+    if result.rowcount:  # type: ignore[attr-defined]
+        changed["sms_deliveries"] = int(result.rowcount)  # type: ignore[attr-defined]
     return changed

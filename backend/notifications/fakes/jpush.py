@@ -19,8 +19,6 @@ import itertools
 import json
 from typing import Any
 
-from starlette.applications import Starlette
-
 from backend.gateways.http import Answer, FakeRoute, Received, fake_gateway_app
 from backend.notifications.jpush import MAX_REGISTRATION_IDS
 from backend.notifications.settings import JPushSettings
@@ -33,7 +31,8 @@ def _error(status: int, code: int, message: str) -> Answer:
     return Answer({"error": {"code": code, "message": message}}, status)
 
 
-def fake_app(settings: JPushSettings) -> Starlette:
+def fake_app(settings: JPushSettings) -> Any:
+    """The fake's ASGI app (``fake_gateway_app``'s Starlette: only the gateways' base names it)."""
     expected = "Basic " + base64.b64encode(
         f"{settings.app_key}:{settings.master_secret.get_secret_value()}".encode()).decode()
     numbers = itertools.count(1_000_000_001)
