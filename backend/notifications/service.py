@@ -44,16 +44,25 @@ EVENT_CHUNK = 5000
 # JPush takes at most 1000 registration ids per call.
 PUSH_BATCH = 1000
 DEFAULT_TIMEZONE = "Asia/Shanghai"
+# Past this many recipients the statement gets more memory to sort in.
+LARGE_FAN_OUT = 10_000
+LARGE_FAN_OUT_WORK_MEM = "64MB"
 
 _WRITE = f"""
-WITH input AS (
+WITH consts AS (
+    -- A uniform call's one text, parsed once (its arrays hold one element each).
+    SELECT ($3::text[])[1] AS title, ($4::text[])[1] AS body, ($5::text[])[1]::jsonb AS data,
+           ($6::text[])[1] AS dedupe
+),
+input AS (
     SELECT t.rk, t.rid,
-           coalesce(t.title, ($3::text[])[1]) AS title,
-           coalesce(t.body, ($4::text[])[1]) AS body,
-           coalesce(t.data, ($5::text[])[1])::jsonb AS data,
-           coalesce(t.dedupe, ($6::text[])[1]) AS dedupe
+           coalesce(t.title, c.title) AS title,
+           coalesce(t.body, c.body) AS body,
+           coalesce(t.data::jsonb, c.data) AS data,
+           coalesce(t.dedupe, c.dedupe) AS dedupe
     FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])
          AS t(rk, rid, title, body, data, dedupe)
+    CROSS JOIN consts c
     WHERE t.rk IS NOT NULL
 ),
 expanded AS (
@@ -68,10 +77,17 @@ ins AS (
     INSERT INTO messages (recipient_kind, recipient_id, household_id, kind, title, body, data, dedupe_key, created_at)
     SELECT recipient_kind, recipient_id, household_id, $7, title, body, data, dedupe, $8 FROM expanded
     ON CONFLICT (recipient_kind, recipient_id, dedupe_key) DO NOTHING
-    RETURNING id, recipient_kind, recipient_id, title, body, data
+    RETURNING id, recipient_kind, recipient_id, title, body, data, dedupe_key
 ),
 pushable AS (
-    SELECT m.id, m.title, m.body, m.data, d.registration_id,
+    -- One message text per group: all of a uniform call's messages are group '' (the text is
+    -- the parameters'); a draft's messages (one per resident of its household) are grouped by
+    -- draft (its dedupe key) and carry its text.
+    SELECT m.id, d.registration_id,
+           CASE WHEN $12 THEN '' ELSE m.dedupe_key END AS grp,
+           CASE WHEN $12 THEN NULL ELSE m.title END AS title,
+           CASE WHEN $12 THEN NULL ELSE m.body END AS body,
+           CASE WHEN $12 THEN NULL ELSE m.data END AS data,
            CASE WHEN p.quiet_start IS NULL OR p.quiet_end IS NULL OR p.quiet_start = p.quiet_end THEN $8
                 WHEN (CASE WHEN p.quiet_start < p.quiet_end
                            THEN ($8 AT TIME ZONE $11)::time >= p.quiet_start AND ($8 AT TIME ZONE $11)::time < p.quiet_end
@@ -80,23 +96,22 @@ pushable AS (
                 THEN ((($8 AT TIME ZONE $11)::date + p.quiet_end)
                       + CASE WHEN p.quiet_end <= ($8 AT TIME ZONE $11)::time THEN interval '1 day' ELSE interval '0' END)
                      AT TIME ZONE $11
-                ELSE $8 END AS release_at
+                ELSE $8 END AS release_at,
+           -- Numbered without a sort: a batch of a group holds at most 1000 (fewer when
+           -- groups interleave), and a uniform fan-out fills them.
+           (row_number() OVER () - 1) / {PUSH_BATCH} AS batch
     FROM ins m
     JOIN push_devices d ON d.user_kind = m.recipient_kind AND d.user_id = m.recipient_id AND d.active
     LEFT JOIN notification_preferences p ON p.user_kind = m.recipient_kind AND p.user_id = m.recipient_id
     WHERE $10 AND NOT ($7 = ANY(coalesce(p.muted_kinds, '{{}}')))
 ),
-batched AS (
-    SELECT *, (row_number() OVER (PARTITION BY title, body, data, release_at ORDER BY id, registration_id) - 1)
-              / {PUSH_BATCH} AS batch
-    FROM pushable
-),
 push AS (
     INSERT INTO push_deliveries (kind, title, body, extras, registration_ids, message_ids, state, attempts,
                                  next_attempt_at, created_at)
-    SELECT $7, title, body, data, array_agg(registration_id ORDER BY registration_id), array_agg(DISTINCT id),
-           'queued', 0, release_at, $8
-    FROM batched GROUP BY title, body, data, release_at, batch
+    SELECT $7, coalesce(min(title), ($3::text[])[1]), coalesce(min(body), ($4::text[])[1]),
+           coalesce((array_agg(data))[1], ($5::text[])[1]::jsonb),
+           array_agg(registration_id), array_agg(id), 'queued', 0, release_at, $8
+    FROM pushable GROUP BY grp, release_at, batch
     RETURNING id
 ),
 sms AS (
@@ -112,7 +127,6 @@ sms AS (
 SELECT ins.id, ins.recipient_kind, ins.recipient_id, c.pushes, c.sms
 FROM (SELECT (SELECT count(*) FROM push) AS pushes, (SELECT count(*) FROM sms) AS sms) c
 LEFT JOIN ins ON true
-ORDER BY ins.id
 """
 
 
@@ -170,8 +184,12 @@ async def write_messages(
         return Written((), 0, 0)
     channels = channels_of(kind)
     driver = await raw_connection(session)
+    if len(ids) > LARGE_FAN_OUT:
+        # A fan-out's joins and groupings sort ~1.5 rows a recipient: in memory, not on disk
+        # (for the rest of the caller's transaction only).
+        await driver.execute(f"SET LOCAL work_mem = '{LARGE_FAN_OUT_WORK_MEM}'")
     rows = await driver.fetch(_WRITE, kinds, ids, titles, bodies, datas, keys, kind, now,
-                              Channel.sms in channels, Channel.push in channels, timezone)
+                              Channel.sms in channels, Channel.push in channels, timezone, not drafts)
     written = [row for row in rows if row["id"] is not None]
     message_ids = tuple(row["id"] for row in written)
     for start in range(0, len(written), EVENT_CHUNK):
