@@ -5,17 +5,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from backend.archives.service import assign_meter
 from backend.auth.sms.senders import sms_sender
 from backend.auth.sms.settings import SmsSettings
 from backend.billing import service as tariffs
 from backend.billing.accounts import AccountTerms, open_account
 from backend.billing.models import BillingMode
+from backend.clock import utcnow
 from backend.domain import declared_gateways, system_principal
 from backend.domains import installed
 from backend.events.service import Event
@@ -133,3 +136,23 @@ async def test_arrears_are_reminded_once_per_interval_and_sms_past_the_daily_cap
     assert sent == 2
     assert [tuple(row) for row in states] == [("arrears", "sent"), ("close_warning", "sent"), ("close_warning", "capped")]
     assert [text_ for phone, text_ in sms_sender("log").sent if phone == home.phone][-2:] == [reminders[0].body, "预警1"]
+
+
+async def test_a_meter_alarm_reaches_the_residents_of_the_household_the_meter_serves(session: AsyncSession) -> None:
+    home = await make_home(session, residents=1)
+    area_id = (await session.execute(text("SELECT area_id FROM households WHERE id = :h"),
+                                     {"h": home.household_id})).scalar_one()
+    served = await make_meter(session, area_id=area_id, install_date=None)
+    await assign_meter(session, meter_id=served.id, household_id=home.household_id, valid_from=NOW - timedelta(days=30),
+                       start_reading=Decimal(0))
+    now = utcnow()
+    # An abnormal-meter rule opened a low-battery alarm on the served meter.
+    alarm_ids = [(await session.execute(text(
+        "INSERT INTO alarms (subject_kind, subject_id, kind, status, severity, opened_at, last_seen_at) "
+        "VALUES ('meter', :m, 'battery_low', 'open', 'warning', :now, :now) RETURNING id"),
+        {"m": served.id, "now": now})).scalar_one()]
+
+    await send_rule(runtime_at(now), session, event("alarm.opened", {"alarm_ids": alarm_ids}), RULE["meter_alarm"])
+
+    assert [row.body for row in await messages_of(session, home.household_id)] == [
+        f"【水务】您的户号 {home.account_no} 的水表 {served.code} 出现异常: 电池欠压。如有疑问请联系客服或在线报修。"]
