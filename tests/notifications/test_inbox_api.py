@@ -20,6 +20,7 @@ from backend.auth.sms.senders import sms_sender
 from backend.db import session_factory
 from backend.notifications.kinds import MessageKind, Recipient
 from backend.notifications.service import notify, notify_many
+from tests.factories import make_staff
 from tests.live import LiveServer, live_server
 from tests.notifications.factories import make_home
 
@@ -106,3 +107,28 @@ async def test_a_resident_receives_a_message_committed_by_another_connection(
     assert refused["data"]["setNotificationPreferences"]["errors"] == [{"code": "BAD_USER_INPUT", "field": "quietEnd"}]
     assert saved["data"]["setNotificationPreferences"] == {
         "preferences": {"mutedKinds": ["NOTICE"], "quietStart": "22:00:00", "quietEnd": "07:00:00"}, "errors": []}
+
+
+LOGIN = "mutation($u: String!, $p: String!) { login(username: $u, password: $p) { tokens { accessToken } errors { code } } }"
+
+
+async def test_a_staff_user_receives_their_own_messages_too(live: LiveServer, committed_engine: AsyncEngine) -> None:
+    async with session_factory(committed_engine)() as session, session.begin():
+        staff = await make_staff(session, permissions={"areas:read"})
+        after = str((await session.execute(text("SELECT coalesce(max(id), 0) FROM domain_events"))).scalar_one())
+    async with httpx.AsyncClient(base_url=live.url) as http:
+        answer = await http.post("/graphql", json={"query": LOGIN, "variables": {"u": staff.username, "p": staff.password}})
+    token = answer.json()["data"]["login"]["tokens"]["accessToken"]
+
+    async with connect(f"ws://{live.host}:{live.port}/graphql", subprotocols=["graphql-transport-ws"]) as ws:  # type: ignore[list-item]
+        await ws.send(json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "connection_ack"
+        await ws.send(json.dumps({"id": "1", "type": "subscribe",
+                                  "payload": {"query": MESSAGE_CREATED, "variables": {"after": after}}}))
+        async with session_factory(committed_engine)() as session, session.begin():
+            assert staff.user.id is not None
+            await notify(session, kind=MessageKind.WORKORDER_UPDATE, recipient=Recipient.staff(staff.user.id),
+                         title="新工单", body="您有一张新的报修工单", dedupe_key="sub:staff:1", now=datetime.now(UTC))
+        message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+
+    assert [m["title"] for m in message["payload"]["data"]["messageCreated"]["messages"]] == ["新工单"]

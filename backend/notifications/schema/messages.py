@@ -1,5 +1,5 @@
 """GraphQL for messages (消息): the caller's own inbox (a resident or a staff user), their
-devices and preferences, the ``messageCreated`` subscription (residents), and the
+devices and preferences, the ``messageCreated`` subscription (residents and staff), and the
 delivery records of pushes and SMS for staff holding ``messages:read`` (消息管理).
 
 API clients have no inbox: the inbox fields refuse them (FORBIDDEN).
@@ -304,7 +304,7 @@ class MessageCreatedEvent(SubscriptionEvent):
 
 async def my_new_messages(context: Context, event: Event) -> MessageCreatedEvent | None:
     created = payload_of(event, MessageCreated)
-    user = inbox_user(context)
+    user = inbox_user(context)  # an API client has no inbox: FORBIDDEN
     mine = f"{user.kind.value}:{user.id}"
     ids = [message_id for message_id, recipient in zip(created.message_ids, created.recipient_ids, strict=True)
            if recipient == mine]
@@ -320,7 +320,7 @@ async def my_new_messages(context: Context, event: Event) -> MessageCreatedEvent
 @strawberry.type
 class Subscription:
     message_created = event_subscription(
-        MessageCreatedEvent, kinds=("message.created",), permission="resident:self", visible=my_new_messages,
-        description="Your new messages as they are written (residents). With afterEventId, the stored ones after it "
-        "come first.",
+        MessageCreatedEvent, kinds=("message.created",), permission=None, visible=my_new_messages,
+        description="Your new messages as they are written (a resident's or a staff user's inbox). With afterEventId, "
+        "the stored ones after it come first.",
     )
