@@ -31,6 +31,8 @@ from backend.notifications.kinds import MessageKind, Recipient
 from backend.notifications.rules import send_rule
 from backend.notifications.service import notify_many
 from backend.notifications.settings import NotificationsSettings
+from backend.payments.counter import Operator, take_payment
+from backend.payments.models import PaymentChannel, PaymentPurpose
 from backend.runtime import Runtime
 from backend.settings import Settings
 from tests.billing.bill_rows import make_bill
@@ -156,3 +158,24 @@ async def test_a_meter_alarm_reaches_the_residents_of_the_household_the_meter_se
 
     assert [row.body for row in await messages_of(session, home.household_id)] == [
         f"【水务】您的户号 {home.account_no} 的水表 {served.code} 出现异常: 电池欠压。如有疑问请联系客服或在线报修。"]
+
+
+async def test_a_payment_tells_the_household_what_arrived_and_the_balance_after(session: AsyncSession) -> None:
+    raw = tariff(valid_from=date(2020, 1, 1))
+    await tariffs.save_tariff(session, raw=raw)
+    home = await make_home(session, residents=1)
+    account = await open_account(session, household_id=home.household_id, mode=BillingMode.prepaid_station,
+                                 terms=AccountTerms(tariff_code=raw["code"]), now=NOW, by="测试")
+    assert account.id is not None
+    payment = await take_payment(session, account_id=account.id, channel=PaymentChannel.cash,
+                                 purpose=PaymentPurpose.recharge, amount_fen=5000, confirm_amount_fen=5000,
+                                 idempotency_key=f"notify-{home.account_no}", operator=Operator(None, "收费员"), now=NOW)
+    succeeded = event("payment.succeeded", {"payment_id": payment.id, "account_id": account.id,
+                                            "household_id": home.household_id, "channel": "cash", "amount_fen": 5000,
+                                            "balance_after_fen": 5000})
+
+    await send_rule(runtime_at(NOW), session, succeeded, RULE["payment_received"])
+
+    assert [(row.body, row.data) for row in await messages_of(session, home.household_id)] == [
+        (f"【水务】您的户号 {home.account_no} 已到账 ¥50.00, 当前余额 ¥50.00。感谢您的缴费。",
+         {"screen": "payment", "id": payment.id})]
