@@ -26,7 +26,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from backend.auth.menus import LogModule, Menu, Operation
@@ -63,6 +63,30 @@ class Job:
     cron: str | None = None
     permissions: frozenset[str] = frozenset()
     description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRule:
+    """An event that becomes resident or staff messages (docs/notifications.md).
+
+    A domain declares the rule in its own ``Domain.messages``; the notifications domain's
+    handler of ``event`` (declared for every rule of the installed domains) calls
+    ``recipients(session, event, now)`` — a ``"module:function"`` returning a list of
+    :class:`backend.notifications.rules.Addressed` (whom, the template's values, the
+    deep link, the dedupe key), read from the subject's **current** state — renders
+    ``title`` and ``body`` (``str.format`` placeholders, e.g. ``{account_no}``) and
+    writes the messages with ``notify_many``'s dedupe. ``kind`` is a
+    ``backend.notifications.kinds.MessageKind`` value (its channels: inbox, push, SMS).
+    ``name`` is the handler's stable name (``<event>`` handled by ``messages.<name>``).
+    """
+
+    name: str
+    event: str
+    kind: str
+    recipients: str | Callable[..., Awaitable[Any]]
+    title: str
+    body: str
+    horizon: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +285,11 @@ class Domain:
     gateways: tuple[Gateway, ...] = ()
     # What the domain holds about a resident, found by phone (``shuiwu privacy``).
     personal_data: PersonalData | None = None
+    # Events that become messages (MessageRule): sent by the notifications domain's handler.
+    messages: tuple[MessageRule, ...] = ()
+    # "module:function" (runtime, session, event, rule) that sends every installed domain's
+    # MessageRule: declared by the one domain that owns messages (notifications).
+    message_sender: str | None = None
 
 
 def load(reference: Any) -> Any:
@@ -271,6 +300,27 @@ def load(reference: Any) -> Any:
     module_name, _, attribute = reference.partition(":")
     module = importlib.import_module(module_name)
     return getattr(module, attribute) if attribute else module
+
+
+def message_handlers(domains: tuple[Domain, ...]) -> list[Handler]:
+    """One handler per :class:`MessageRule` of ``domains`` (``messages.<rule name>`` of the
+    rule's event), run by the domain that declares ``message_sender``; none without it."""
+    senders = [domain.message_sender for domain in domains if domain.message_sender is not None]
+    if len(senders) > 1:
+        raise ValueError("two domains declare a message_sender")
+    if not senders:
+        return []
+    sender = senders[0]
+    from backend.events.service import EFFECT_HORIZON
+
+    def runner(rule: MessageRule) -> Callable[..., Awaitable[None]]:
+        async def run(runtime: Runtime, session: AsyncSession, event: Any) -> None:
+            await load(sender)(runtime, session, event, rule)
+        return run
+
+    return [Handler(rule.event, f"messages.{rule.name}", runner(rule),
+                    horizon=rule.horizon if rule.horizon is not None else EFFECT_HORIZON)
+            for domain in domains for rule in domain.messages]
 
 
 def system_permissions(domains: tuple[Domain, ...]) -> frozenset[str]:

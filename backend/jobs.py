@@ -75,7 +75,9 @@ def declared_jobs(domains: tuple[Domain, ...]) -> list[Job]:
 def declared_handlers(domains: tuple[Domain, ...]) -> HandlerRegistry:
     """A registry of every handler ``domains`` declare (their kinds' payloads imported first)."""
     import_event_payloads(domains)
-    return HandlerRegistry(handler for domain in domains for handler in domain.handlers)
+    from backend.domain import message_handlers
+
+    return HandlerRegistry((*(handler for domain in domains for handler in domain.handlers), *message_handlers(domains)))
 
 
 def runtime_for(

@@ -174,11 +174,9 @@ class Settings(BaseSettings):
     db_bulk_idle_in_transaction_timeout_s: float = Field(default=10 * 60, ge=0)
     db_bulk_temp_file_limit_mb: int = Field(default=16 * 1024, ge=0)
 
-    # Push and bank gateways: filled in by the issues that use them. Alipay apps and WeChat
-    # Pay merchants are in the merchants file SHUIWU_PAYMENTS_CONFIG (backend.payments.settings).
-    jpush_app_key: str | None = None
-    jpush_master_secret: SecretStr | None = None
-    jpush_zone: str | None = None
+    # The bank gateway: filled in by the issue that uses it. Alipay apps and WeChat Pay
+    # merchants are in the merchants file SHUIWU_PAYMENTS_CONFIG (backend.payments.settings);
+    # JPush is the notifications domain's gateway (SHUIWU_JPUSH_*, backend.notifications.settings).
     bank_url: str | None = None
 
     # Tests only: an external PostgreSQL the smoke subset also runs against.

@@ -29,6 +29,9 @@ from backend.domain import Domain
 from backend.domains import installed
 from backend.errors import DomainError, ErrorCode
 from backend.graphql.relay import encode_id
+from backend.notifications.kinds import MessageKind, Recipient
+from backend.notifications.models import DevicePlatform, UserKind
+from backend.notifications.service import InboxUser, notify_many, register_device
 from backend.privacy import Erasure, UnknownPhone, erase_personal_data, export_personal_data, subject_token
 from backend.readings.models import ReadingQuality
 from backend.readings.service import ReadingIn, ingest_readings
@@ -139,6 +142,13 @@ async def resident_with_everything(session: AsyncSession) -> Scenario:
                                      ip="203.0.113.7", user_agent="水务 App/2.1")
     resident = pair.principal
     await bind_at_counter(session, resident=resident, household=owned)
+    # A balance alert reached them (inbox) and, before they installed the app, their phone by SMS.
+    await notify_many(session, kind=MessageKind.BALANCE_ALERT, recipients=[Recipient.household(owned.id)],
+                      title="余额不足提醒", body="余额不足", dedupe_key="privacy:balance", now=NOW)
+    await session.execute(text("UPDATE sms_deliveries SET state = 'sent', phone = :phone, sent_at = :now "
+                               "WHERE household_id = :h"), {"phone": PHONE, "now": NOW, "h": owned.id})
+    await register_device(session, user=InboxUser(UserKind.resident, resident.id), registration_id="rid-privacy",
+                          platform=DevicePlatform.android, now=NOW)
     await auth.bind_household(session, resident=resident, account_no=pending.account_no, name="孙七", now=NOW, policy=POLICY)
     # An attempt with a wrong name: counted against their binding lockout.
     await auth.claim_bind_attempt(session, resident=resident, now=NOW, policy=POLICY, ip="203.0.113.7")
@@ -236,7 +246,8 @@ async def test_erasure_removes_the_identity_everywhere_and_keeps_households_mete
     assert erasure.pseudonym == pseudonym and not erasure.already_erased
     assert erasure.changed == {
         "audit_log": 2, "households": 2, "household_owners": 2, "one_time_codes": 1, "auth_throttle": 2,
-        "login_failures": 1, "residents": 1, "resident_households": 1, "household_bindings": 1, "auth_sessions": 1}
+        "login_failures": 1, "residents": 1, "resident_households": 1, "household_bindings": 1, "auth_sessions": 1,
+        "messages": 1, "push_devices": 1, "sms_deliveries": 1}
     assert await _counts(session) == before
     for needle in (PHONE, "王芳", ID_NUMBER, ADDRESS, "13900002222", "水务 App/2.1"):
         assert (needle, await _rows_mentioning(session, needle)) == (needle, [])

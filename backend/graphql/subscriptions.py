@@ -50,7 +50,7 @@ from backend.errors import BadUserInput, DomainError, ErrorCode, Forbidden
 from backend.events.listener import EventListener, EventStream, ListenerLaggedError
 from backend.events.service import Event
 from backend.graphql.context import Context
-from backend.graphql.permissions import Requires
+from backend.graphql.permissions import Authenticated, Requires
 
 ItemT = TypeVar("ItemT", bound="SubscriptionEvent")
 Visible = Callable[[Context, Event], Awaitable[ItemT | None]]
@@ -243,13 +243,14 @@ def event_subscription(
     item_type: type[ItemT],
     *,
     kinds: Collection[str],
-    permission: str,
+    permission: str | None,
     visible: Visible[ItemT],
     description: str,
 ) -> Any:
     """A subscription field (see the module docstring): ``afterEventId: ID`` in,
     ``item_type`` out, one item per event of ``kinds`` that ``visible`` shows the
-    subscriber, who needs ``permission``."""
+    subscriber, who needs ``permission`` (None: any signed-in caller; ``visible`` decides
+    what each one sees, e.g. only their own inbox)."""
     if not issubclass(item_type, SubscriptionEvent):
         raise TypeError(f"{item_type.__name__} must subclass SubscriptionEvent: every item carries its eventId")
     kinds = tuple(kinds)
@@ -271,7 +272,7 @@ def event_subscription(
                     return
                 # The principal is re-read while the connection lives: a permission
                 # taken away ends the subscription at the next event.
-                if not context.caller.has(permission):
+                if permission is not None and not context.caller.has(permission):
                     raise Forbidden()
                 context.forget_loaders()
                 item = await visible(context, event)
@@ -291,5 +292,6 @@ def event_subscription(
         return items(info.context, after)
 
     return strawberry.subscription(
-        resolver=subscribe, graphql_type=item_type, description=description, permission_classes=[Requires(permission)],
+        resolver=subscribe, graphql_type=item_type, description=description,
+        permission_classes=[Requires(permission) if permission is not None else Authenticated],
     )

@@ -42,6 +42,12 @@ class LogSmsSender:
         log.warning("SMS household binding code for %s (account %s): %s (sms_sender=log: nothing was really sent)",
                     phone, account_no, code)
 
+    async def send_text(self, phone: str, template: str | None, content: str) -> None:
+        """A notification (notifications' SMS channel): logged, as the codes are."""
+        self.sent.append((phone, content))
+        del self.sent[:-100]
+        log.warning("SMS to %s: %s (sms_sender=log: nothing was really sent)", phone, content)
+
 
 class GatewaySmsSender:
     """Sends codes through the ``sms`` gateway to the vendor its settings name."""
@@ -62,6 +68,13 @@ class GatewaySmsSender:
         values = {"code": code, "account": account_no}
         await self._send("binding", phone, self.settings.binding_template,
                          {name: values[name] for name in self.settings.binding_param_names()})
+
+    async def send_text(self, phone: str, template: str | None, content: str) -> None:
+        """A notification through the vendor's approved notification ``template`` whose one
+        parameter ``content`` is the text (notifications' SMS channel, docs/notifications.md)."""
+        if not template:
+            raise ValueError("SHUIWU_NOTIFICATIONS_SMS_TEMPLATE is not set: no notification template to send with")
+        await self._send("notice", phone, template, {"content": content})
 
     async def _send(self, kind: str, phone: str, template: str, params: Mapping[str, str]) -> dict[str, Any]:
         settings = self.settings
