@@ -29,6 +29,7 @@ from backend.events.domain import DOMAIN as EVENTS
 from backend.exports.domain import DOMAIN as EXPORTS
 from backend.files.domain import DOMAIN as FILES
 from backend.gateways.domain import DOMAIN as GATEWAYS
+from backend.notifications.domain import DOMAIN as NOTIFICATIONS
 from backend.payments.domain import DOMAIN as PAYMENTS
 from backend.readings.domain import DOMAIN as READINGS
 
@@ -44,6 +45,7 @@ DOMAINS: tuple[Domain, ...] = (
     READINGS,
     BILLING,
     PAYMENTS,
+    NOTIFICATIONS,
 )
 
 _installed: tuple[Domain, ...] = DOMAINS
