@@ -16,7 +16,7 @@ from backend.events.service import EFFECT_HORIZON, Handler
 # (backend/notifications/notices*.py, schema/notices.py): fold each tuple's items into
 # the domain's own.
 NOTICES_MODELS = ("backend.notifications.notices_models",)
-NOTICES_EVENTS = ("backend.notifications.notices_models",)  # notice.published
+NOTICES_EVENTS = ("backend.notifications.events",)  # notice.published (NoticePublished)
 NOTICES_MENUS = (
     Menu("notices", "公告管理", "Notices", (
         _p("notices:read", "查看公告", "View notices"),

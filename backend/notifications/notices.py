@@ -43,14 +43,8 @@ from backend.auth.scope import covers_whole_tree, path_in_scope, require_area_pa
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.events.service import emit_event
 from backend.files.photos import PHOTO_PURPOSE
-from backend.notifications.notices_models import (
-    Notice,
-    NoticeArea,
-    NoticeAudience,
-    NoticeHousehold,
-    NoticePublished,
-    NoticeState,
-)
+from backend.notifications.events import NoticePublished
+from backend.notifications.notices_models import Notice, NoticeArea, NoticeAudience, NoticeHousehold, NoticeState
 
 if TYPE_CHECKING:
     from backend.events.service import Event
@@ -478,11 +472,12 @@ async def audience_households(session: AsyncSession, notice_id: int) -> list[int
     return [row[0] for row in rows]
 
 
-async def notice_messages(runtime: Runtime, session: AsyncSession, event: Event) -> None:
+async def notice_messages(runtime: Runtime, session: AsyncSession, event: Event) -> int:
     """The handler of ``notice.published`` (``notifications.notice_messages``): one NOTICE
     message per household of the audience (its bound residents' inboxes and devices),
     through ``notify_many`` with the dedupe key ``notice:<id>``, so a replay sends nothing.
-    A notice withdrawn or expired by now sends nothing."""
+    A notice withdrawn or expired by now sends nothing. Returns what ``notify_many``
+    wrote (the host ignores it; tests and the benchmark read it)."""
     from backend.events.service import payload_of
     from backend.notifications.kinds import MessageKind, Recipient
     from backend.notifications.service import notify_many  # type: ignore[import-not-found,unused-ignore]
@@ -492,14 +487,15 @@ async def notice_messages(runtime: Runtime, session: AsyncSession, event: Event)
     row = (await session.execute(text(f"SELECT n.id, n.title, n.body FROM notices n WHERE n.id = :id AND {LIVE}"),
                                  {"id": published.notice_id, "now": now})).first()
     if row is None:
-        return
+        return 0
     households = await audience_households(session, row.id)
     if not households:
-        return
-    await notify_many(
+        return 0
+    written: int = await notify_many(
         session, kind=MessageKind.NOTICE, recipients=[Recipient.household(h) for h in households], title=row.title,
         body=row.body[:200], data={"notice_id": row.id, "screen": "notice"}, dedupe_key=f"notice:{row.id}", now=now,
     )
+    return written
 
 
 def notice_row(mapping: Mapping[str, Any] | Any) -> dict[str, Any]:

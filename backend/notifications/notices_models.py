@@ -88,19 +88,3 @@ class NoticeRead(SQLModel, table=True):
         sa_column=Column(BigInteger, ForeignKey("residents.id", ondelete="CASCADE"), primary_key=True, index=True))
     read_at: datetime = Field(sa_column=timestamptz(nullable=False))
 
-
-# --------------------------------------------------------------------------- the event (DESIGN.md "Events")
-
-from dataclasses import dataclass  # noqa: E402  (the payload lives beside the tables it names)
-
-from backend.events.payloads import event_payload  # noqa: E402
-
-
-@event_payload("notice.published")
-@dataclass(frozen=True, slots=True)
-class NoticePublished:
-    """A notice became visible to its audience: published at once, or a scheduled one
-    whose time came (the job ``publish_due_notices``). Once per notice; the fan-out
-    handler (``notifications.notice_messages``) reads the notice as it is when it runs."""
-
-    notice_id: int

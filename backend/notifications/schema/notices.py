@@ -76,13 +76,13 @@ class NoticeType(Node):
     created_at: datetime
     updated_at: datetime
 
-    @strawberry.field(description="The areas it is addressed to (audience AREAS), with their subtrees.")
+    @strawberry.field(description="The areas it is addressed to (audience areas), with their subtrees.")
     async def area_ids(self, info: Info) -> list[strawberry.ID]:
         async with info.context.read() as session:
             areas, _ = await service.audience_of(session, decode_id(self.id, "Notice"))
         return [encode_id("Area", area) for area in areas]
 
-    @strawberry.field(description="The households it is addressed to (audience HOUSEHOLDS).")
+    @strawberry.field(description="The households it is addressed to (audience households).")
     async def household_ids(self, info: Info) -> list[strawberry.ID]:
         async with info.context.read() as session:
             _, households = await service.audience_of(session, decode_id(self.id, "Notice"))
@@ -140,9 +140,9 @@ class NoticeInput:
     body: str = strawberry.field(description="Plain text, 1–5000 characters; line breaks kept.")
     audience: NoticeAudienceEnum  # type: ignore[valid-type]
     area_ids: list[strawberry.ID] | None = strawberry.field(
-        default=None, description="AREAS: the areas (each with its subtree), in your data scope.")
+        default=None, description="areas: the areas (each with its subtree), in your data scope.")
     household_ids: list[strawberry.ID] | None = strawberry.field(
-        default=None, description="HOUSEHOLDS: the households, in your data scope.")
+        default=None, description="households: the households, in your data scope.")
     image_id: str | None = strawberry.field(
         default=None, description="A photo you uploaded (POST /files/photos: its photoId).")
     expires_at: datetime | None = strawberry.field(default=None, description="When it stops being shown; null: never.")
