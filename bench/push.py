@@ -55,6 +55,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from _timing import spent, timed  # bench/ is the script directory: sys.path[0]
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_SECRET = "bench-" + "x" * 40
@@ -197,6 +198,16 @@ async def publish_to_all(runtime: Any, number: int) -> tuple[int, Any]:
     return notice.id, event
 
 
+def instrument() -> None:
+    """Time the fan-out's steps (``_timing``): the audience query, ``notify_many`` and,
+    inside it, the ``message.created`` events."""
+    from backend.notifications import notices, service
+
+    notices.audience_households = timed("audience households (query)", notices.audience_households)  # type: ignore[assignment]
+    service.notify_many = timed("notify_many (all of it)", service.notify_many)  # type: ignore[assignment]
+    service.emit_event = timed("  message.created events", service.emit_event)  # type: ignore[assignment]
+
+
 async def fan_out_round(runtime: Any, libpq_url: str, number: int, *, expected: int) -> Round:
     from backend.notifications.notices import notice_messages
 
@@ -207,8 +218,11 @@ async def fan_out_round(runtime: Any, libpq_url: str, number: int, *, expected: 
     real_s = time.perf_counter() - started
     if written != expected:
         raise SystemExit(f"round {number}: the fan-out wrote {written} messages, expected {expected}")
+    before = dict(spent)
     async with runtime.sessions() as session, session.begin():
         replayed = await notice_messages(runtime, session, event)
+    spent.clear()
+    spent.update(before)  # the replay is no part of the fan-out's figures
     if replayed:
         raise SystemExit(f"round {number}: the replayed event wrote {replayed} messages, expected none")
 
@@ -344,6 +358,7 @@ async def run(args: argparse.Namespace, url: str) -> int:
     os.environ["SHUIWU_JPUSH_URL"] = f"http://127.0.0.1:{port}"
     runtime, engine = runtime_for(url)
     rounds = []
+    instrument()
     try:
         for number in range(1, args.rounds + 1):
             done = await fan_out_round(runtime, libpq_url, number, expected=seeded.residents)
@@ -366,6 +381,9 @@ async def run(args: argparse.Namespace, url: str) -> int:
     real_rate = statistics.median(r.real_rate for r in rounds)
     bare_rate = statistics.median(r.bare_rate for r in rounds)
     print(f"fan-out (median of {len(rounds)}): {real_rate:,.0f} messages/s; bare INSERT…SELECT {bare_rate:,.0f} rows/s")
+    total = sum(r.real_s for r in rounds)
+    for name, seconds in spent.items():
+        print(f"  {name}: {seconds / len(rounds):.2f} s a round ({seconds / total:.0%} of the fan-out)")
 
     if not args.skip_pushes:
         with jpush_fake(port) as fake_url:

@@ -466,10 +466,17 @@ async def public_notices(session: AsyncSession, *, now: datetime, limit: int) ->
 # --------------------------------------------------------------------------- the fan-out
 
 
+_AUDIENCE_IDS = f"SELECT array_agg(id ORDER BY id) FROM ({AUDIENCE_HOUSEHOLDS.replace(':notice_id', '$1')}) a"
+
+
 async def audience_households(session: AsyncSession, notice_id: int) -> list[int]:
-    """Every open household of the notice's audience, computed in one statement."""
-    rows = await session.execute(text(f"SELECT id FROM ({AUDIENCE_HOUSEHOLDS}) a ORDER BY id"), {"notice_id": notice_id})
-    return [row[0] for row in rows]
+    """Every open household of the notice's audience, in id order: one statement, one
+    array value (a 100k audience is one value to decode, not 100k rows)."""
+    from backend.db import raw_connection
+
+    driver = await raw_connection(session)
+    ids = await driver.fetchval(_AUDIENCE_IDS, notice_id)
+    return list(ids or ())
 
 
 async def notice_messages(runtime: Runtime, session: AsyncSession, event: Event) -> int:
