@@ -124,6 +124,10 @@ class ErrorCode(StrEnum):
     # A dial photo that is no image the caller stored (a missing one is FILE_NOT_FOUND)
     PHOTO_INVALID = "PHOTO_INVALID"
 
+    # Notices (公告: backend.notifications.notices)
+    NOTICE_AUDIENCE_OUT_OF_SCOPE = "NOTICE_AUDIENCE_OUT_OF_SCOPE"
+    NOTICE_STATE_INVALID = "NOTICE_STATE_INVALID"
+
     # Analytics (usage statistics, ledgers, comparisons: backend.readings.analytics)
     HOURLY_SCOPE_UNSUPPORTED = "HOURLY_SCOPE_UNSUPPORTED"
 

@@ -5,7 +5,8 @@ alarms' and auth's events (``MessageRule`` s below) and owns ``message.created``
 later domain adds a message kind by declaring its own ``MessageRule`` s (event, kind,
 recipients function, template) in its ``Domain.messages``; this domain's
 ``message_sender`` runs them. Workorders, after it, may call ``notify_many`` from its
-own handlers instead. See docs/notifications.md.
+own handlers instead. Notices (公告 / 物业通知: ``notices*.py``) are published here too and
+fan out through ``notify_many``. See docs/notifications.md.
 """
 
 from __future__ import annotations
@@ -38,23 +39,35 @@ RULES: tuple[MessageRule, ...] = (
 
 DOMAIN = Domain(
     name="notifications",
-    title="消息",
-    models=("backend.notifications.models",),
+    title="消息与公告",
+    models=("backend.notifications.models", "backend.notifications.notices_models"),
     schema="backend.notifications.schema",
     menus=(
         Menu("messages", "消息管理", "Messages", (
             _p("messages:read", "查看推送与短信发送记录", "View push and SMS delivery records"),
         )),
+        Menu("notices", "公告管理", "Notices", (
+            _p("notices:read", "查看公告", "View notices"),
+            _p("notices:publish", "编辑/发布/撤回公告", "Write, publish and withdraw notices"),
+        ), ("staff_web",)),
     ),
+    demo_grants={"repair": frozenset({"notices:read"})},
     operations=(
         Operation("markMessagesRead", "标记消息已读", "Mark messages read", "messages"),
         Operation("registerDevice", "登记推送设备", "Register push device", "messages"),
         Operation("unregisterDevice", "注销推送设备", "Unregister push device", "messages"),
         Operation("setNotificationPreferences", "消息设置", "Set notification preferences", "messages"),
+        Operation("createNotice", "新建公告", "Create notice", "notices"),
+        Operation("updateNotice", "修改公告", "Edit notice", "notices"),
+        Operation("publishNotice", "发布公告", "Publish notice", "notices"),
+        Operation("withdrawNotice", "撤回公告", "Withdraw notice", "notices"),
+        Operation("markNoticeRead", "阅读公告", "Read notice", "notices"),
     ),
     events=("backend.notifications.events",),
     handlers=(
         Handler("message.created", "notifications.wake_senders", "backend.notifications.delivery:wake_senders",
+                horizon=EFFECT_HORIZON),
+        Handler("notice.published", "notifications.notice_messages", "backend.notifications.notices:notice_messages",
                 horizon=EFFECT_HORIZON),
     ),
     messages=RULES,
@@ -67,6 +80,8 @@ DOMAIN = Domain(
         # 02:00 UTC is 10:00 in Asia/Shanghai: reminders arrive in the morning, not at night.
         Job("notifications.arrears", "backend.notifications.arrears:remind_arrears", cron="0 2 * * *",
             description="欠费提醒: remind overdue postpaid accounts, once per reminder interval"),
+        Job("publish_due_notices", "backend.notifications.notices:publish_due_notices", cron="* * * * *",
+            description="Publish the scheduled notices whose time has come (notice.published for each)."),
     ),
     settings=NotificationsSettings,
     gateways=(
@@ -82,6 +97,9 @@ DOMAIN = Domain(
         excluded={
             "sms_deliveries.reason": "the vendor's or the cap's reason a delivery failed, about the delivery",
             "push_deliveries.reason": "JPush's reason a push failed, about the delivery",
+            "notices.created_by": "the staff member who wrote the notice",
+            "notices.published_by": "the staff member who published it",
+            "notices.withdrawn_by": "the staff member who withdrew it",
         },
     ),
 )

@@ -1,4 +1,5 @@
-"""The events notifications owns (DESIGN.md, "Events"): ``message.created``."""
+"""The events notifications owns (DESIGN.md, "Events"): ``message.created`` and
+``notice.published``."""
 
 from __future__ import annotations
 
@@ -17,3 +18,13 @@ class MessageCreated:
 
     message_ids: tuple[int, ...]
     recipient_ids: tuple[str, ...]
+
+
+@event_payload("notice.published")
+@dataclass(frozen=True, slots=True)
+class NoticePublished:
+    """A notice became visible to its audience: published at once, or a scheduled one
+    whose time came (the job ``publish_due_notices``). Once per notice; the fan-out
+    handler (``notifications.notice_messages``) reads the notice as it is when it runs."""
+
+    notice_id: int

@@ -156,6 +156,7 @@ def test_the_kinds_emitted_today_are_declared_by_their_owners() -> None:
         "alarm.opened": ("alarms", "AlarmOpened"),
         "household.bound": ("auth", "HouseholdBound"),
         "message.created": ("notifications", "MessageCreated"),
+        "notice.published": ("notifications", "NoticePublished"),
         "payment.succeeded": ("payments", "PaymentSucceeded"),
         "payment_order.changed": ("payments", "PaymentOrderChanged"),
         "readings.ingested": ("readings", "ReadingsIngested"),

@@ -1,14 +1,14 @@
 """GraphQL for notifications: the inbox, devices, preferences, delivery records and the
-``messageCreated`` subscription (``messages``). Notices (公告) add ``notices`` here: a
-module with ``Query`` / ``Mutation`` / ``Subscription`` joins the tuples below."""
+``messageCreated`` subscription (``messages``); notices (公告, ``notices``). A module with
+``Query`` / ``Mutation`` / ``Subscription`` / ``NODES`` joins the tuples below."""
 
 from __future__ import annotations
 
 from strawberry.tools import merge_types
 
-from backend.notifications.schema import messages
+from backend.notifications.schema import messages, notices
 
-_MODULES = (messages,)
+_MODULES = (messages, notices)
 
 Query = merge_types("NotificationsQuery", tuple(module.Query for module in _MODULES if hasattr(module, "Query")))
 Mutation = merge_types("NotificationsMutation",
@@ -16,4 +16,6 @@ Mutation = merge_types("NotificationsMutation",
 Subscription = merge_types("NotificationsSubscription",
                            tuple(module.Subscription for module in _MODULES if hasattr(module, "Subscription")))
 
-__all__ = ["Mutation", "Query", "Subscription"]
+NODES = {name: fetch for module in _MODULES for name, fetch in getattr(module, "NODES", {}).items()}
+
+__all__ = ["NODES", "Mutation", "Query", "Subscription"]
