@@ -31,6 +31,7 @@ from backend.files.domain import DOMAIN as FILES
 from backend.gateways.domain import DOMAIN as GATEWAYS
 from backend.payments.domain import DOMAIN as PAYMENTS
 from backend.readings.domain import DOMAIN as READINGS
+from backend.workorders.domain import DOMAIN as WORKORDERS
 
 DOMAINS: tuple[Domain, ...] = (
     AUTH,
@@ -44,6 +45,8 @@ DOMAINS: tuple[Domain, ...] = (
     READINGS,
     BILLING,
     PAYMENTS,
+    # notifications (issue 19) comes here, before work orders: their handler calls notify_many.
+    WORKORDERS,
 )
 
 _installed: tuple[Domain, ...] = DOMAINS
