@@ -19,7 +19,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, Column, ForeignKey, Index, SmallInteger, String, Text, text
+from sqlalchemy import BigInteger, CheckConstraint, Column, Enum, ForeignKey, Index, SmallInteger, String, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -130,7 +130,10 @@ class WorkOrderTransition(SQLModel, table=True):
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
     work_order_id: int = Field(sa_column=Column(BigInteger, ForeignKey("work_orders.id", ondelete="CASCADE"),
                                                 nullable=False))
-    from_state: WorkOrderState | None = Field(default=None, sa_column=enum_column(WorkOrderState, nullable=True))
+    # Its own CHECK constraint's name: two columns of one enum in one table.
+    from_state: WorkOrderState | None = Field(default=None, sa_column=Column(Enum(
+        WorkOrderState, native_enum=False, create_constraint=True, length=32, name="fromstate",
+        values_callable=lambda members: [member.value for member in members]), nullable=True))
     to_state: WorkOrderState = Field(sa_column=enum_column(WorkOrderState, nullable=False))
     actor_kind: ActorKind = Field(sa_column=enum_column(ActorKind, nullable=False))
     actor_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))

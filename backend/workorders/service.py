@@ -643,10 +643,11 @@ async def work_order_statistics(session: AsyncSession, *, principal: Principal, 
     rating: float | None = None
     area_ids = [int(r.key) for r in rows if r.dim == "area" and r.key.isdigit()]
     staff_ids = [int(r.key) for r in rows if r.dim == "assignee" and r.key.isdigit()]
-    area_names: dict[int, str] = {int(row[0]): row[1] for row in (await session.execute(
-        select(col(Area.id), col(Area.name)).where(col(Area.id).in_(area_ids)))).all()}
-    staff_names: dict[int, str] = {int(row[0]): row[1] for row in (await session.execute(
-        select(col(StaffUser.id), col(StaffUser.full_name)).where(col(StaffUser.id).in_(staff_ids)))).all()}
+    _area = Area.__table__  # type: ignore[attr-defined]
+    area_names: dict[int, str] = {row.id: row.name for row in (await session.execute(
+        select(_area.c.id, _area.c.name).where(_area.c.id.in_(area_ids)))).all()}
+    staff_names: dict[int, str] = {row.id: row.full_name for row in (await session.execute(
+        select(_staff.c.id, _staff.c.full_name).where(_staff.c.id.in_(staff_ids)))).all()}
     for row in rows:
         average = float(row.took) if row.took is not None else None
         if row.dim == "total":

@@ -81,7 +81,7 @@ def upgrade() -> None:
         "work_order_transitions",
         sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
         sa.Column("work_order_id", sa.BigInteger(), nullable=False),
-        sa.Column("from_state", _enum("workorderstate", *_STATES), nullable=True),
+        sa.Column("from_state", _enum("fromstate", *_STATES), nullable=True),
         sa.Column("to_state", _enum("workorderstate", *_STATES), nullable=False),
         sa.Column("actor_kind", _enum("actorkind", *_ACTORS), nullable=False),
         sa.Column("actor_id", sa.BigInteger(), nullable=True),
