@@ -64,6 +64,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     or_,
     select,
     text,
@@ -464,9 +465,10 @@ _staff = StaffUser.__table__  # type: ignore[attr-defined]
 
 def overdue_condition(now: Any) -> Any:
     """SQL: the order is open past its response deadline (unassigned) or resolution deadline."""
+    # Enum values as literals (no user text): a long-lived page statement takes no list binds.
     return or_(
-        and_(_wo.c.state == S.submitted.value, _wo.c.response_due_at < now),
-        and_(_wo.c.state.in_([s.value for s in OPEN_STATES]), _wo.c.resolve_due_at < now),
+        and_(_wo.c.state == literal_column(f"'{S.submitted.value}'"), _wo.c.response_due_at < now),
+        and_(_wo.c.state.in_([literal_column(f"'{s.value}'") for s in OPEN_STATES]), _wo.c.resolve_due_at < now),
     )
 
 

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
-import pillow_heif
 import pytest
 from PIL import Image
 from sqlalchemy import text
@@ -23,21 +22,11 @@ from backend.files.service import FileStore
 from backend.files.storage import LocalStorage
 from backend.workorders.photos import GPS_IFD, THUMBNAIL_SIDE, keep_order_photos, process_photo, store_order_photos
 from tests.graphql.client import api_settings
+from tests.workorders.photos_support import photo
 
-pillow_heif.register_heif_opener()
 RESIDENT = Principal(kind=PrincipalKind.resident, id=41, name="住户", household_ids=(1,))
 STAFF = Principal(kind=PrincipalKind.staff, id=42, name="王磊")
 MAX_BYTES = 2 * 1024 * 1024
-
-
-def photo(fmt: str = "JPEG", size: tuple[int, int] = (800, 600), *, gps: bool = True) -> bytes:
-    exif = Image.Exif()
-    exif[0x010F] = "Apple"  # Make: stays
-    if gps:
-        exif[GPS_IFD] = {1: "N", 2: (31.0, 14.0, 0.0), 3: "E", 4: (121.0, 28.0, 0.0)}
-    out = io.BytesIO()
-    Image.new("RGB", size, "teal").save(out, format=fmt, exif=exif)
-    return out.getvalue()
 
 
 def opened(content: bytes) -> Image.Image:
