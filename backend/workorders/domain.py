@@ -62,6 +62,7 @@ DOMAIN = Domain(
         },
         excluded={
             "work_order_transitions.actor_name": "the staff member's name, or 住户 / 系统: never the resident's name",
+            "work_orders.response_due_at": "the SLA's response deadline, a time not a person ('response' in its name)",
         },
     ),
 )
