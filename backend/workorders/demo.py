@@ -1,5 +1,6 @@
 """Work orders' demo step: a handful of orders in every state, on the first households,
-handled by the demo's 维修员 (the ``repair`` login) where one exists."""
+handled by the demo's 维修员 (the ``repair`` login) where one exists. A second load adds
+nothing."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ from datetime import timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
-from backend.archives.models import Household
+from backend.archives.models import Area, Household
 from backend.auth.models import PrincipalKind, StaffUser
+from backend.auth.scope import in_scope
 from backend.domain import DemoPlan
 from backend.workorders import service
-from backend.workorders.models import WorkOrderCategory
+from backend.workorders.models import WorkOrder, WorkOrderCategory
 
 # (category, description, how far it got)
 _ORDERS = (
@@ -31,13 +34,19 @@ async def demo_step(session: AsyncSession, plan: DemoPlan) -> None:
     from backend.auth.service import load_principal
 
     plan.progress("报修工单")
-    households = list((await session.execute(select(Household).order_by(Household.id).limit(len(_ORDERS)))).scalars())  # type: ignore[arg-type]
+    if (await session.execute(select(func.count()).select_from(WorkOrder))).scalar_one():
+        return  # loaded before: a demo load is idempotent
     username = plan.logins.get("repair")
     staff = None
     if username is not None:
-        user = (await session.execute(select(StaffUser).where(StaffUser.username == username))).scalar_one_or_none()  # type: ignore[arg-type]
+        user = (await session.execute(select(StaffUser).where(col(StaffUser.username) == username))).scalar_one_or_none()
         if user is not None and user.id is not None:
             staff = await load_principal(session, kind=PrincipalKind.staff, principal_id=user.id)
+    # Households the 维修员 reaches (their scope), so they can take the orders.
+    chosen = select(Household).join(Area, col(Area.id) == col(Household.area_id)).order_by(col(Household.id))
+    if staff is not None:
+        chosen = chosen.where(in_scope(col(Area.path), staff.scope_patterns()))
+    households = list((await session.execute(chosen.limit(len(_ORDERS)))).scalars())
     tz = ZoneInfo(plan.timezone)
     for index, (household, (category, description, reach)) in enumerate(zip(households, _ORDERS, strict=False)):
         at = plan.now - timedelta(hours=6 * (len(_ORDERS) - index))

@@ -376,7 +376,7 @@ class Mutation:
         household_id = decode_id(input.household_id, "Household", field="householdId")
 
         async def work(session: AsyncSession) -> Any:
-            await service._household_in_reach(session, household_id, principal)  # before any photo is processed
+            await service.household_in_reach(session, household_id, principal)  # before any photo is processed
             photos = await _photos(info, session, input.photo_ids, principal)
             order = await service.create_work_order(
                 session, principal=principal, household_id=household_id, category=input.category,

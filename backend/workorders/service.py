@@ -173,7 +173,9 @@ def _text(value: str | None, *, field: str, maximum: int, required: bool) -> str
 # --------------------------------------------------------------------------- create
 
 
-async def _household_in_reach(session: AsyncSession, household_id: int, principal: Principal) -> tuple[Household, str]:
+async def household_in_reach(session: AsyncSession, household_id: int, principal: Principal) -> tuple[Household, str]:
+    """The household and its area path when the principal may report for it (a resident:
+    a bound household; staff: one in scope; the system: any); NOT_FOUND otherwise."""
     row = (await session.execute(
         select(Household, col(Area.path)).join(Area, col(Area.id) == col(Household.area_id))
         .where(col(Household.id) == household_id)
@@ -198,7 +200,7 @@ async def create_work_order(
     their bound household; staff: any in scope; the system: any). Contact defaults to the
     household's registered name and phone. ``photos`` (already stored, see
     ``backend.workorders.photos``) become its report photos."""
-    household, path = await _household_in_reach(session, household_id, principal)
+    household, path = await household_in_reach(session, household_id, principal)
     errors: list[DomainError] = []
     try:
         text_ = _text(description, field="description", maximum=DESCRIPTION_MAX, required=True)

@@ -11,12 +11,12 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.archives.models import Household
-from backend.auth.models import PrincipalKind
+from backend.archives.models import Area, Household
+from backend.auth.models import PrincipalKind, StaffUser
 from backend.auth.principal import Principal
 from backend.workorders import service
 from backend.workorders.models import WorkOrder, WorkOrderCategory, WorkOrderTransition
-from tests.factories import AreaTree, Staff, make_area_tree, make_household, make_staff
+from tests.factories import AreaTree, Staff, make_area_tree, make_household, unique
 
 NOW = datetime(2026, 12, 7, 2, 0, tzinfo=UTC)
 TZ = ZoneInfo("Asia/Shanghai")
@@ -47,11 +47,24 @@ async def make_world(session: AsyncSession) -> World:
     elsewhere = await make_household(session, area=tree.west_community, name="李强", phone="13700002222")
     return World(
         tree, home, elsewhere, resident(900001, home), resident(900002, elsewhere),
-        await make_staff(session, permissions=HANDLE, areas=[tree.east]),
-        await make_staff(session, permissions=HANDLE, areas=[tree.east]),
-        await make_staff(session, permissions={*HANDLE, "workorders:dispatch"}, areas=[tree.east]),
-        await make_staff(session, permissions=HANDLE, areas=[tree.west]),
+        await staff_member(session, permissions=HANDLE, area=tree.east),
+        await staff_member(session, permissions=HANDLE, area=tree.east),
+        await staff_member(session, permissions={*HANDLE, "workorders:dispatch"}, area=tree.east),
+        await staff_member(session, permissions=HANDLE, area=tree.west),
     )
+
+
+async def staff_member(session: AsyncSession, *, permissions: set[str], area: Area) -> Staff:
+    """A staff user row and the principal a login would give them. The service reads only
+    the principal; the row is there for the assignee's foreign key and name. (No password:
+    make_staff's argon2 hashing costs ~0.5 s a user, and these users never log in.)"""
+    user = StaffUser(username=unique("wo"), full_name=unique("维修员"), password_hash="!", area_id=area.id)
+    session.add(user)
+    await session.flush()
+    assert user.id is not None
+    principal = Principal(kind=PrincipalKind.staff, id=user.id, name=user.full_name, permissions=frozenset(permissions),
+                          scope_paths=(area.path,))
+    return Staff(user, principal, user.username, "")
 
 
 async def report(session: AsyncSession, world: World, *, category: WorkOrderCategory = WorkOrderCategory.leak,
