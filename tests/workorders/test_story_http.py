@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 from collections.abc import Iterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,8 @@ import pytest
 from PIL import Image
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
 
 from backend.auth import service as auth
 from backend.auth.principal import Principal
@@ -209,3 +213,52 @@ async def test_two_concurrent_takes_of_one_order_one_wins(
     async with committed_sessions() as session:
         transitions = await service.transitions_of(session, order_ids=[order.id])
     assert [t.to_state.value for t in transitions[order.id]] == ["submitted", "assigned"]
+
+
+POOL_CHANGED = """subscription($after: ID) { workOrderPoolChanged(afterEventId: $after) {
+  eventId inPool workOrder { number state } } }"""
+RESIDENT_CHANGED = """subscription($after: ID) { residentWorkOrderChanged(afterEventId: $after) {
+  eventId by workOrder { number state } } }"""
+
+
+async def _next(ws: Any, field: str) -> dict[str, Any]:
+    message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert message["type"] == "next" and "errors" not in message["payload"], message
+    item: dict[str, Any] = message["payload"]["data"][field]
+    return item
+
+
+async def _subscribed(stack: AsyncExitStack, live: LiveServer, token: str, query: str, after: str) -> Any:
+    ws = await stack.enter_async_context(connect(f"ws://{live.host}:{live.port}/graphql",
+                                                 subprotocols=[Subprotocol("graphql-transport-ws")]))
+    await ws.send(json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}}))
+    assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "connection_ack"
+    await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": query, "variables": {"after": after}}}))
+    return ws
+
+
+async def test_staff_see_an_order_enter_and_leave_their_pool_and_the_resident_follows_it(
+        live: LiveServer, cast: Cast, committed_sessions: async_sessionmaker[AsyncSession]) -> None:
+    async with committed_sessions() as session:
+        after = str((await session.execute(text("SELECT coalesce(max(id), 0) FROM domain_events"))).scalar_one())
+    async with httpx.AsyncClient(base_url=live.url, timeout=30) as http:
+        staff_token = await _staff_token(http, cast.staff)
+    async with AsyncExitStack() as stack:
+        pool = await _subscribed(stack, live, staff_token, POOL_CHANGED, after)
+        followed = await _subscribed(stack, live, cast.resident_token, RESIDENT_CHANGED, after)
+        async with transaction(committed_sessions) as session:
+            order = await service.create_work_order(
+                session, principal=cast.resident, household_id=cast.household_id,
+                category=service.WorkOrderCategory.no_water, description="停水了", contact_name=None,
+                contact_phone=None, appointment_at=None, now=utcnow(), tz=TZ)
+        async with transaction(committed_sessions) as session:
+            await service.take_work_order(session, principal=cast.staff.principal, order_id=order.id or 0, now=utcnow())
+
+        entered, left = await _next(pool, "workOrderPoolChanged"), await _next(pool, "workOrderPoolChanged")
+        made, taken = await _next(followed, "residentWorkOrderChanged"), await _next(followed, "residentWorkOrderChanged")
+
+    # Each item shows the order as it is when the item is made (taken by then, or not yet).
+    assert (entered["inPool"], entered["workOrder"]["number"]) == (True, order.number)
+    assert left["inPool"] is False and int(left["eventId"]) > int(entered["eventId"])
+    assert (made["by"], taken["by"]) == (f"resident:{cast.resident.id}", f"staff:{cast.staff.user.id}")
+    assert taken["workOrder"]["state"] == "assigned"
