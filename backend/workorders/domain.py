@@ -13,6 +13,7 @@ from backend.auth.menus import Menu, Operation
 from backend.auth.menus import permission as _p
 from backend.domain import Domain, Job, PersonalData
 from backend.events.service import EFFECT_HORIZON, Handler
+from backend.workorders.settings import WorkordersSettings
 
 DOMAIN = Domain(
     name="workorders",
@@ -47,8 +48,10 @@ DOMAIN = Domain(
     ),
     jobs=(
         Job("close_unconfirmed_work_orders", "backend.workorders.jobs:close_unconfirmed_job", cron="40 3 * * *",
-            description="关闭: resolved work orders nobody confirmed within 7 days"),
+            description="关闭: resolved work orders nobody confirmed within SHUIWU_WORKORDERS_AUTO_CLOSE_DAYS"),
     ),
+    # SLA per category and the auto-close wait (SHUIWU_WORKORDERS_*), as the service settings.workorders.
+    settings=WorkordersSettings,
     demo="backend.workorders.demo:demo_step",
     personal_data=PersonalData(
         export="backend.workorders.privacy:export",

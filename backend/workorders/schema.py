@@ -26,6 +26,7 @@ from strawberry.types import Info
 
 from backend.auth.principal import Principal
 from backend.clock import utcnow
+from backend.domain import settings_group_key
 from backend.errors import DomainError, NotFound
 from backend.events.service import Event, payload_of
 from backend.graphql.context import Context
@@ -48,6 +49,7 @@ from backend.workorders.models import (
     WorkOrderTransition,
 )
 from backend.workorders.photos import StoredPhoto, keep_order_photos, store_order_photos
+from backend.workorders.sla import DEFAULT_SLA, SlaPolicy
 
 CategoryEnum = strawberry.enum(WorkOrderCategory, name="WorkOrderCategory",
                                description="漏水 / 水表故障 / 停水 / 水质问题 / 账单疑问 / 其他")
@@ -337,6 +339,12 @@ class CreateWorkOrderInput:
         default_factory=list, description="photoIds from POST /files/photos you uploaded: JPEG, PNG or HEIC, at most 9.")
 
 
+def _sla(info: Info) -> SlaPolicy:
+    """The SLA of this deployment (the settings group ``settings.workorders``), else the defaults."""
+    group = info.context.services.get(settings_group_key("workorders"))
+    return group.policy() if group is not None else DEFAULT_SLA
+
+
 def _tz(info: Info) -> ZoneInfo:
     return ZoneInfo(info.context.settings.timezone)
 
@@ -381,7 +389,7 @@ class Mutation:
             order = await service.create_work_order(
                 session, principal=principal, household_id=household_id, category=input.category,
                 description=input.description, contact_name=input.contact_name, contact_phone=input.contact_phone,
-                appointment_at=input.appointment_at, photos=photos, now=utcnow(), tz=_tz(info))
+                appointment_at=input.appointment_at, photos=photos, now=utcnow(), tz=_tz(info), sla=_sla(info))
             await keep_order_photos(session, info.context.services["files"], photos, now=utcnow())
             return await _view(session, order.id or 0, principal)
 

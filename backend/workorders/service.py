@@ -33,7 +33,8 @@ photos, and the only emitter of ``workorder.changed``.
 the orders of their bound households; anything else is NOT_FOUND (its existence does
 not leak).
 
-**SLA** (:class:`SlaPolicy`): a response deadline (to be assigned) and a resolution
+**SLA** (``backend.workorders.sla``; overridden by ``SHUIWU_WORKORDERS_SLA``): a
+response deadline (to be assigned) and a resolution
 deadline per category, set when the order is made; an order is **overdue** while it is
 still open past one of them: not yet assigned past ``response_due_at``, or not yet
 resolved past ``resolve_due_at`` (computed from ``now`` in every query: no job marks it).
@@ -45,7 +46,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -92,6 +93,7 @@ from backend.workorders.models import (
     WorkOrderTransition,
 )
 from backend.workorders.photos import StoredPhoto
+from backend.workorders.sla import DEFAULT_SLA, SlaPolicy
 
 DESCRIPTION_MAX = 2000
 RESULT_MAX = 2000
@@ -105,29 +107,6 @@ S = WorkOrderState
 OPEN_STATES = (S.submitted, S.assigned, S.on_the_way, S.in_progress)
 RESIDENT_CANCELLABLE = (S.submitted, S.assigned, S.on_the_way)
 STAFF_CANCELLABLE = OPEN_STATES
-
-
-@dataclass(frozen=True, slots=True)
-class SlaPolicy:
-    """Response and resolution deadlines per category (the defaults below; a deployment
-    overrides them with ``SHUIWU_WORKORDERS_SLA``, backend.workorders.settings)."""
-
-    deadlines: Mapping[WorkOrderCategory, tuple[timedelta, timedelta]]
-
-    def due(self, category: WorkOrderCategory, created_at: datetime) -> tuple[datetime, datetime]:
-        respond, resolve = self.deadlines[category]
-        return created_at + respond, created_at + resolve
-
-
-_M, _H = timedelta(minutes=1), timedelta(hours=1)
-DEFAULT_SLA = SlaPolicy({
-    WorkOrderCategory.leak: (30 * _M, 4 * _H),
-    WorkOrderCategory.no_water: (30 * _M, 4 * _H),
-    WorkOrderCategory.meter_fault: (2 * _H, 24 * _H),
-    WorkOrderCategory.water_quality: (1 * _H, 24 * _H),
-    WorkOrderCategory.billing_query: (4 * _H, 48 * _H),
-    WorkOrderCategory.other: (4 * _H, 72 * _H),
-})
 
 
 @dataclass(frozen=True, slots=True)

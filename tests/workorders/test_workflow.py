@@ -8,12 +8,14 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.errors import DomainError, ErrorCode
 from backend.workorders import service
 from backend.workorders.models import WorkOrderCategory, WorkOrderState, WorkOrderTransition
+from backend.workorders.settings import WorkordersSettings
 from tests.workorders.support import LATER, NOW, TZ, World, footprint, listed, make_world, report
 
 S = WorkOrderState
@@ -241,3 +243,15 @@ async def test_resolved_orders_nobody_confirmed_close_after_the_wait(session: As
     assert old in closed and recent not in closed
     assert (await _states(session, old))[-1] == ("resolved", "closed", "system")
     assert (await footprint(session, old))[0][0] == "closed"
+
+
+def test_the_sla_settings_override_some_categories_and_refuse_a_resolution_before_the_response(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHUIWU_WORKORDERS_SLA", '{"leak": [20, 180]}')
+    policy = WorkordersSettings().policy()
+
+    assert policy.due(WorkOrderCategory.leak, NOW) == (NOW + timedelta(minutes=20), NOW + timedelta(hours=3))
+    assert policy.due(WorkOrderCategory.other, NOW) == (NOW + timedelta(hours=4), NOW + timedelta(hours=72))
+    monkeypatch.setenv("SHUIWU_WORKORDERS_SLA", '{"leak": [60, 30]}')
+    with pytest.raises(ValidationError):
+        WorkordersSettings()
