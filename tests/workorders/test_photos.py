@@ -20,7 +20,7 @@ from backend.errors import DomainError, ErrorCode
 from backend.files.photos import sniff_photo
 from backend.files.service import FileStore
 from backend.files.storage import LocalStorage
-from backend.workorders.photos import GPS_IFD, THUMBNAIL_SIDE, keep_order_photos, process_photo, store_order_photos
+from backend.workorders.photos import GPS_IFD, MAX_PHOTOS_PER_STAGE, THUMBNAIL_SIDE, keep_order_photos, process_photo, store_order_photos
 from tests.graphql.client import api_settings
 from tests.workorders.photos_support import photo
 
@@ -124,3 +124,14 @@ async def test_a_photo_that_is_no_order_photo_is_refused_and_nothing_is_kept(
     assert refused.value.code is code
     async with committed_sessions() as session:
         assert (await session.execute(text("SELECT count(*) FROM stored_files"))).scalar_one() == before
+
+
+async def test_at_most_nine_photos_at_a_time(files: FileStore, committed_sessions: async_sessionmaker[AsyncSession]) -> None:
+    keys = [f"photos/2026/12/07/{index:032x}.jpg" for index in range(MAX_PHOTOS_PER_STAGE + 1)]
+
+    with pytest.raises(DomainError) as refused:
+        async with committed_sessions() as session:
+            await store_order_photos(session, files, committed_sessions, photo_ids=keys, owner=RESIDENT, now=utcnow(),
+                                     max_bytes=MAX_BYTES)
+
+    assert (refused.value.code, refused.value.field) == (ErrorCode.PHOTO_INVALID, "photoIds")

@@ -255,3 +255,13 @@ def test_the_sla_settings_override_some_categories_and_refuse_a_resolution_befor
     monkeypatch.setenv("SHUIWU_WORKORDERS_SLA", '{"leak": [60, 30]}')
     with pytest.raises(ValidationError):
         WorkordersSettings()
+
+
+async def test_statistics_span_a_year_at_most(session: AsyncSession, world: World) -> None:
+    year = await service.work_order_statistics(session, principal=world.supervisor.principal, start=NOW,
+                                               end=NOW + timedelta(days=366), now=NOW)
+    with pytest.raises(DomainError) as longer:
+        await service.work_order_statistics(session, principal=world.supervisor.principal, start=NOW,
+                                            end=NOW + timedelta(days=366, seconds=1), now=NOW)
+
+    assert year.total == 0 and (longer.value.code, longer.value.field) == (ErrorCode.RANGE_TOO_LONG, "end")
