@@ -31,6 +31,7 @@ DOMAIN = Domain(
     demo_grants={"repair": frozenset({"workorders:read", "workorders:handle"})},
     operations=tuple(Operation(action, title, title_en, "workorders") for action, title, title_en in (
         ("createWorkOrder", "报修", "Create work order"),
+        ("createWorkOrderFromAlarm", "由告警生成工单", "Create work order from alarm"),
         ("dispatchWorkOrder", "派单", "Dispatch work order"),
         ("takeWorkOrder", "接单", "Take work order"),
         ("startTravel", "出发", "Set out"),

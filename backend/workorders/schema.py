@@ -397,6 +397,22 @@ class Mutation:
                                   describe=lambda row: f"报修 {row.number if row is not None else ''}",
                                   payload=_payload, work=work)
 
+    @strawberry.mutation(permission_classes=[HANDLE], description="由告警生成工单: an order for the household an "
+                         "alarmed meter serves (source system), category from the alarm's kind.")
+    async def create_work_order_from_alarm(self, info: Info, alarm_id: strawberry.ID,
+                                           description: str | None = None) -> WorkOrderPayload:
+        principal = info.context.caller
+        alarm = decode_id(alarm_id, "Alarm", field="alarmId")
+
+        async def work(session: AsyncSession) -> Any:
+            order = await service.create_from_alarm(session, principal=principal, alarm_id=alarm,
+                                                    description=description, now=utcnow(), tz=_tz(info), sla=_sla(info))
+            return await _view(session, order.id or 0, principal)
+
+        return await run_mutation(info, module="workorders", action="createWorkOrderFromAlarm",
+                                  describe=lambda row: f"由告警 {alarm} 生成工单 {row.number if row is not None else ''}",
+                                  payload=_payload, work=work)
+
     @strawberry.mutation(permission_classes=[DISPATCH], description="派单: assign an order to a staff member.")
     async def dispatch_work_order(self, info: Info, id: strawberry.ID, assignee_id: strawberry.ID,
                                   note: str | None = None) -> WorkOrderPayload:

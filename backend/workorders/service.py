@@ -174,6 +174,7 @@ async def create_work_order(
     session: AsyncSession, *, principal: Principal, household_id: int, category: WorkOrderCategory, description: str,
     contact_name: str | None, contact_phone: str | None, appointment_at: datetime | None,
     photos: Sequence[StoredPhoto] = (), now: datetime, tz: ZoneInfo, sla: SlaPolicy = DEFAULT_SLA,
+    source: WorkOrderSource | None = None,
 ) -> WorkOrder:
     """A new order in ``submitted`` for a household the principal reaches (a resident:
     their bound household; staff: any in scope; the system: any). Contact defaults to the
@@ -200,8 +201,8 @@ async def create_work_order(
 
         raise errors[0] if len(errors) == 1 else ValidationFailed(errors)
     actor = actor_of(principal)
-    source = {ActorKind.resident: WorkOrderSource.resident, ActorKind.staff: WorkOrderSource.staff,
-              ActorKind.system: WorkOrderSource.system}[actor.kind]
+    source = source or {ActorKind.resident: WorkOrderSource.resident, ActorKind.staff: WorkOrderSource.staff,
+                        ActorKind.system: WorkOrderSource.system}[actor.kind]
     order_id = int((await session.execute(text("SELECT nextval(pg_get_serial_sequence('work_orders', 'id'))"))).scalar_one())
     response_due, resolve_due = sla.due(category, now)
     order = WorkOrder(
@@ -216,6 +217,36 @@ async def create_work_order(
     await _record(session, order_id, None, S.submitted, actor, None, now)
     await _add_photos(session, order_id, PhotoStage.report, photos, actor, now)
     return order
+
+
+# What a meter alarm suggests: excess use or backflow looks like a leak, the rest a faulty meter.
+ALARM_CATEGORIES = {"high_use": WorkOrderCategory.leak, "reverse_flow": WorkOrderCategory.leak}
+
+
+async def create_from_alarm(
+    session: AsyncSession, *, principal: Principal, alarm_id: int, description: str | None, now: datetime,
+    tz: ZoneInfo, sla: SlaPolicy = DEFAULT_SLA,
+) -> WorkOrder:
+    """由告警生成工单: an order (source ``system``, made by the staff member) for the household
+    the alarmed meter serves, category from the alarm's kind, the description the alarm's
+    own words unless given. NOT_FOUND for an alarm outside the scope; INVALID for one that
+    is no meter's or whose meter serves no household in the scope."""
+    from backend.alarms.models import KIND_LABELS, AlarmKind
+    from backend.alarms.service import alarm_view
+
+    row = await alarm_view(session, alarm_id=alarm_id, scope_patterns=principal.scope_patterns())
+    if row.subject_kind != "meter" or row.household_id is None:
+        raise DomainError("该告警的水表没有关联住户, 不能生成报修工单",
+                          "The alarm's meter serves no household: no work order can be made from it",
+                          field="alarmId", code=ErrorCode.INVALID)
+    kind = AlarmKind(row.kind)
+    words = (description or "").strip() or f"由告警生成: 水表 {row.meter_code} {KIND_LABELS.get(kind, kind.value)}" + (
+        f", {row.detail}" if row.detail else "")
+    return await create_work_order(
+        session, principal=principal, household_id=row.household_id,
+        category=ALARM_CATEGORIES.get(kind.value, WorkOrderCategory.meter_fault), description=words[:DESCRIPTION_MAX],
+        contact_name=None, contact_phone=None, appointment_at=None, now=now, tz=tz, sla=sla,
+        source=WorkOrderSource.system)
 
 
 async def _add_photos(session: AsyncSession, order_id: int, stage: PhotoStage, photos: Sequence[StoredPhoto],

@@ -4,7 +4,7 @@ the auto-close job."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -12,10 +12,14 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from backend.alarms.models import AlarmKind, AlarmSubjectKind
+from backend.alarms.service import AlarmSubject, open_alarms
+from backend.archives.service import assign_meter
 from backend.errors import DomainError, ErrorCode
 from backend.workorders import service
-from backend.workorders.models import WorkOrderCategory, WorkOrderState, WorkOrderTransition
+from backend.workorders.models import WorkOrderCategory, WorkOrderSource, WorkOrderState, WorkOrderTransition
 from backend.workorders.settings import WorkordersSettings
+from tests.readings.factories import make_meter
 from tests.workorders.support import LATER, NOW, TZ, World, footprint, listed, make_world, report
 
 S = WorkOrderState
@@ -265,3 +269,24 @@ async def test_statistics_span_a_year_at_most(session: AsyncSession, world: Worl
                                             end=NOW + timedelta(days=366, seconds=1), now=NOW)
 
     assert year.total == 0 and (longer.value.code, longer.value.field) == (ErrorCode.RANGE_TOO_LONG, "end")
+
+
+async def test_staff_make_an_order_from_a_meter_alarm_of_their_scope(session: AsyncSession, world: World) -> None:
+    meter = await make_meter(session, area_id=world.tree.east_community.id)
+    assert meter.id is not None
+    await assign_meter(session, meter_id=meter.id, household_id=world.home.id or 0,
+                       valid_from=datetime(2025, 1, 1, tzinfo=UTC), start_reading=Decimal(0), now=NOW)
+    opened = await open_alarms(session, subject_kind=AlarmSubjectKind.meter, kind=AlarmKind.high_use, now=NOW,
+                               subjects=[AlarmSubject(meter.id, detail="日用水 3.2 吨, 为平均的 8 倍")])
+    alarm_id = opened.opened[0]
+
+    order = await service.create_from_alarm(session, principal=world.handler.principal, alarm_id=alarm_id,
+                                            description=None, now=NOW, tz=TZ)
+    with pytest.raises(DomainError) as outside:
+        await service.create_from_alarm(session, principal=world.west_handler.principal, alarm_id=alarm_id,
+                                        description=None, now=NOW, tz=TZ)
+
+    assert (order.household_id, order.category, order.source, order.created_by_id) == (
+        world.home.id, WorkOrderCategory.leak, WorkOrderSource.system, world.handler.user.id)
+    assert order.description == f"由告警生成: 水表 {meter.code} 用水突增, 日用水 3.2 吨, 为平均的 8 倍"
+    assert outside.value.code is ErrorCode.NOT_FOUND
