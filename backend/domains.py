@@ -32,6 +32,7 @@ from backend.gateways.domain import DOMAIN as GATEWAYS
 from backend.notifications.domain import DOMAIN as NOTIFICATIONS
 from backend.payments.domain import DOMAIN as PAYMENTS
 from backend.readings.domain import DOMAIN as READINGS
+from backend.workorders.domain import DOMAIN as WORKORDERS
 
 DOMAINS: tuple[Domain, ...] = (
     AUTH,
@@ -46,6 +47,7 @@ DOMAINS: tuple[Domain, ...] = (
     BILLING,
     PAYMENTS,
     NOTIFICATIONS,
+    WORKORDERS,  # after notifications: its handler of workorder.changed calls notify_many
 )
 
 _installed: tuple[Domain, ...] = DOMAINS

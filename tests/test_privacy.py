@@ -7,10 +7,11 @@ from __future__ import annotations
 import importlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select, text
@@ -35,6 +36,9 @@ from backend.notifications.service import InboxUser, notify_many, register_devic
 from backend.privacy import Erasure, UnknownPhone, erase_personal_data, export_personal_data, subject_token
 from backend.readings.models import ReadingQuality
 from backend.readings.service import ReadingIn, ingest_readings
+from backend.workorders.models import WorkOrderCategory
+from backend.workorders.photos import StoredPhoto
+from backend.workorders.service import create_work_order
 from tests.auth.support import POLICY, FakeSms
 from tests.factories import ROOT, bind_at_counter, make_area_tree, unique
 from tests.readings.factories import make_meter
@@ -150,6 +154,11 @@ async def resident_with_everything(session: AsyncSession) -> Scenario:
     await register_device(session, user=InboxUser(UserKind.resident, resident.id), registration_id="rid-privacy",
                           platform=DevicePlatform.android, now=NOW)
     await auth.bind_household(session, resident=resident, account_no=pending.account_no, name="孙七", now=NOW, policy=POLICY)
+    # A repair request with a photo (work orders: description, contact, photos are theirs).
+    await create_work_order(session, principal=replace(resident, household_ids=(owned.id,)), household_id=owned.id,
+                            category=WorkOrderCategory.leak, description="厨房水管漏水", contact_name=None,
+                            contact_phone=None, appointment_at=None, now=NOW, tz=ZoneInfo("Asia/Shanghai"),
+                            photos=[StoredPhoto("photos/2026/12/01/a.jpg", "photos/2026/12/01/a-thumb.jpg", None)])
     # An attempt with a wrong name: counted against their binding lockout.
     await auth.claim_bind_attempt(session, resident=resident, now=NOW, policy=POLICY, ip="203.0.113.7")
 
@@ -247,7 +256,7 @@ async def test_erasure_removes_the_identity_everywhere_and_keeps_households_mete
     assert erasure.changed == {
         "audit_log": 2, "households": 2, "household_owners": 2, "one_time_codes": 1, "auth_throttle": 2,
         "login_failures": 1, "residents": 1, "resident_households": 1, "household_bindings": 1, "auth_sessions": 1,
-        "messages": 1, "push_devices": 1, "sms_deliveries": 1}
+        "messages": 1, "push_devices": 1, "sms_deliveries": 1, "work_orders": 1, "work_order_photos": 1}
     assert await _counts(session) == before
     for needle in (PHONE, "王芳", ID_NUMBER, ADDRESS, "13900002222", "水务 App/2.1"):
         assert (needle, await _rows_mentioning(session, needle)) == (needle, [])

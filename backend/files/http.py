@@ -154,7 +154,7 @@ PHOTO_UPLOAD_PATH = "/files/photos"
 MULTIPART = "multipart/form-data"
 # What a multipart body may add around its one file part (boundaries, part headers).
 MULTIPART_ENVELOPE_BYTES = 16 * 1024
-_ACCEPTED = "image/jpeg、image/png、image/webp 或 multipart/form-data"
+_ACCEPTED = "image/jpeg、image/png、image/webp、image/heic 或 multipart/form-data"
 
 
 class PhotosPerDay(RateLimited):

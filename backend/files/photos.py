@@ -1,7 +1,8 @@
 """Photos people upload (a dial for ``enterReading``'s ``photoId``; work orders' photos
 later): what a photo is, and :func:`put_photo`, which stores one through the file store.
 
-- A photo is JPEG, PNG or WebP, recognised by its **magic bytes** (:func:`sniff_photo`),
+- A photo is JPEG, PNG, WebP or HEIC (an iPhone's camera default; work orders decode
+  it through pillow-heif), recognised by its **magic bytes** (:func:`sniff_photo`),
   never by its name or declared type alone: a declared type must match the bytes, else
   PHOTO_INVALID. Nothing is decoded (no image library parses a stranger's bytes on the
   API's loop); the reader of a photo (an app, a browser) gets it with its sniffed type
@@ -28,9 +29,11 @@ from backend.files.service import FileStore
 
 PHOTO_PURPOSE = "photos"
 # media type -> the file name suffix a stored photo gets.
-PHOTO_TYPES = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp"}
-# The longest signature checked (WebP: "RIFF" <size> "WEBP").
+PHOTO_TYPES = {"image/jpeg": ".jpg", "image/png": ".png", "image/webp": ".webp", "image/heic": ".heic"}
+# The longest signature checked (WebP: "RIFF" <size> "WEBP"; HEIC: <size> "ftyp" <brand>).
 SNIFF_BYTES = 12
+# The ISO-BMFF major brands of HEIF stills (HEVC-coded, and the generic image brand).
+HEIC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1"})
 
 
 class PhotoInvalid(DomainError):
@@ -38,7 +41,8 @@ class PhotoInvalid(DomainError):
 
     def __init__(self, declared: str | None = None) -> None:
         if declared is None:
-            super().__init__("文件不是 JPEG、PNG 或 WebP 图片", "The file is not a JPEG, PNG or WebP image", field="file")
+            super().__init__("文件不是 JPEG、PNG、WebP 或 HEIC 图片", "The file is not a JPEG, PNG, WebP or HEIC image",
+                             field="file")
         else:
             super().__init__(f"文件内容与声明的类型 {declared} 不符", f"The file's content is not the declared {declared}",
                              field="file")
@@ -52,6 +56,8 @@ def sniff_photo(head: bytes) -> str | None:
         return "image/png"
     if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "image/webp"
+    if len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in HEIC_BRANDS:
+        return "image/heic"
     return None
 
 

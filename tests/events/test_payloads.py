@@ -160,6 +160,7 @@ def test_the_kinds_emitted_today_are_declared_by_their_owners() -> None:
         "payment.succeeded": ("payments", "PaymentSucceeded"),
         "payment_order.changed": ("payments", "PaymentOrderChanged"),
         "readings.ingested": ("readings", "ReadingsIngested"),
+        "workorder.changed": ("workorders", "WorkOrderChanged"),
     }
 
 

@@ -1,0 +1,78 @@
+"""The staff list of work orders over GraphQL: its statement count does not grow with the
+page (transitions and photos through DataLoaders), and its filters."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from backend.auth.system import system_actor
+from backend.clock import utcnow
+from backend.db import session_factory
+from backend.workorders import service
+from backend.workorders.models import WorkOrderCategory
+from backend.workorders.photos import StoredPhoto
+from tests.graphql import conftest as graphql_fixtures
+from tests.graphql.client import GraphQLClient
+from tests.graphql.conftest import World
+from tests.graphql.test_dataloaders import counted_statements
+from tests.workorders.support import TZ
+
+world = graphql_fixtures.world
+engine_for_module = graphql_fixtures.engine_for_module
+client = graphql_fixtures.client
+
+PAGE = """query($first: Int, $filter: WorkOrderFilter) { workOrders(first: $first, filter: $filter) { totalCount
+  edges { node { number category state overdue transitions { toState } photos { stage thumbnailUrl } } } } }"""
+
+
+@pytest.fixture(scope="module")
+async def orders(world: World, engine_for_module: AsyncEngine) -> list[int]:
+    """Five orders of the east household (made by the system), each with a photo; one a
+    billing query."""
+    made = []
+    async with session_factory(engine_for_module)() as session, session.begin():
+        for index in range(5):
+            order = await service.create_work_order(
+                session, principal=system_actor(frozenset()), household_id=world.east_household.id or 0,
+                category=WorkOrderCategory.billing_query if index == 0 else WorkOrderCategory.leak,
+                description=f"第 {index} 单", contact_name=None, contact_phone="13800000000", appointment_at=None,
+                now=utcnow(), tz=TZ,
+                photos=[StoredPhoto(f"photos/2026/12/07/{index:032x}.jpg", f"photos/2026/12/07/{index:031x}t.jpg", None)])
+            made.append(order.id or 0)
+    return made
+
+
+async def test_the_list_statement_count_does_not_grow_with_page_size(
+        client: GraphQLClient, world: World, orders: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    token = await client.login(world.admin.username, world.admin.password)
+    state = client.http._transport.app.state  # type: ignore[attr-defined]
+    await client.execute(PAGE, {"first": 1}, token=token)  # pool connections opened before counting
+
+    with counted_statements(monkeypatch, state.engine, state.read_engine) as small:
+        one = await client.execute(PAGE, {"first": 1}, token=token)
+    with counted_statements(monkeypatch, state.engine, state.read_engine) as large:
+        four = await client.execute(PAGE, {"first": 4}, token=token)
+
+    assert (len(one["data"]["workOrders"]["edges"]), len(four["data"]["workOrders"]["edges"])) == (1, 4)
+    assert all(len(edge["node"]["photos"]) == 1 and edge["node"]["transitions"] == [{"toState": "submitted"}]
+               for edge in four["data"]["workOrders"]["edges"])
+    # Authentication, the page with its count, the transitions, the photos: whatever the size.
+    assert len(small) == len(large) == 4
+
+
+async def test_the_list_filters_by_category_and_a_caller_outside_the_area_sees_none(
+        client: GraphQLClient, world: World, orders: list[int]) -> None:
+    admin = await client.login(world.admin.username, world.admin.password)
+
+    queries = await client.execute(PAGE, {"filter": {"categories": ["billing_query"]}}, token=admin)
+    west = await client.execute(PAGE, {"filter": {"areaId": _area_id(world)}}, token=admin)
+
+    assert queries["data"]["workOrders"]["totalCount"] == 1
+    assert west["data"]["workOrders"]["totalCount"] == 0
+
+
+def _area_id(world: World) -> str:
+    from backend.graphql.relay import encode_id
+
+    return encode_id("Area", world.tree.west.id or 0)
