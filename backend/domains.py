@@ -31,12 +31,14 @@ from backend.files.domain import DOMAIN as FILES
 from backend.gateways.domain import DOMAIN as GATEWAYS
 from backend.payments.domain import DOMAIN as PAYMENTS
 from backend.readings.domain import DOMAIN as READINGS
+from backend.webhooks.domain import DOMAIN as WEBHOOKS
 
 DOMAINS: tuple[Domain, ...] = (
     AUTH,
     ARCHIVES,
     AUDIT,
     EVENTS,
+    WEBHOOKS,
     EXPORTS,
     FILES,
     GATEWAYS,

@@ -48,6 +48,11 @@ def RequiresAny(*permissions: str) -> type[BasePermission]:  # noqa: N802
                 raise NotAuthenticated()
             if any(principal.has(p) for p in permissions):
                 return True
+            if info.operation.operation is OperationType.MUTATION:
+                # As Requires: a refused attempt at a change is audited (nothing else written).
+                from backend.graphql.mutations import audit_refusal
+
+                await audit_refusal(info.context, info.field_name, permissions[0], kwargs)
             raise Forbidden()
 
     return type(f"RequiresAny[{','.join(permissions)}]", (_Any,), {"permission": permissions[0]})
