@@ -29,6 +29,8 @@ DOMAIN = Domain(
     models=("backend.webhooks.models",),
     schema="backend.webhooks.schema",
     settings=WebhookSettings,
+    # The demo's receivers are local: SHUIWU_WEBHOOK_ALLOW_PRIVATE=true for `shuiwu demo run`.
+    demo_environment="backend.webhooks.demo:environment",
     menus=(
         Menu("webhooks", "事件推送", "Webhooks", (
             _p("webhooks:read", "查看事件推送 (第三方: 维护本方推送地址)", "View webhooks (a client: maintain its own)"),

@@ -18,7 +18,8 @@ environment), at most ``concurrency`` requests at once per worker; records the a
 (status code, duration, error, the answer's first 500 characters). A 2xx succeeds it; any
 other answer or error defers the next attempt ``backoff_base_s * 2**(n-1)`` later (capped
 at ``backoff_max_s``) until ``max_attempts``, then the delivery is failed. An address the
-guard refuses at delivery fails it at once (retrying cannot help; replay after fixing).
+guard refuses at delivery fails it at once (retrying cannot help; replay after fixing),
+and so does an endpoint or client disabled since the delivery was made (nothing is sent).
 
 **Scope**: data is narrowed per kind to the client's areas (``backend.webhooks.kinds``);
 nothing visible, no delivery. An inactive client or endpoint, or a client that lost the
@@ -317,21 +318,22 @@ class AttemptResult:
     duration_ms: int
     error: str | None
     excerpt: str | None
-    refused: bool = False  # the SSRF guard refused the address: no retry
+    refused: bool = False  # the SSRF guard refused the address, or the endpoint is disabled: no retry
 
     @property
     def succeeded(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-_semaphores: dict[int, asyncio.Semaphore] = {}
+_semaphores: dict[tuple[int, int], asyncio.Semaphore] = {}
 
 
 def _limit(concurrency: int) -> asyncio.Semaphore:
-    # One per worker process and size (created lazily on the worker's loop).
-    if concurrency not in _semaphores:
-        _semaphores[concurrency] = asyncio.Semaphore(concurrency)
-    return _semaphores[concurrency]
+    # One per event loop (a worker process has one) and size: a semaphore belongs to a loop.
+    key = (id(asyncio.get_running_loop()), concurrency)
+    if key not in _semaphores:
+        _semaphores[key] = asyncio.Semaphore(concurrency)
+    return _semaphores[key]
 
 
 def backoff_delay(settings: WebhookSettings, failed_attempts: int) -> timedelta:
@@ -388,8 +390,10 @@ def delivery_headers(*, delivery_id: int, kind: str, secret: str, timestamp: int
 
 _PENDING = text(
     """
-    SELECT d.id, d.event_type, d.body, d.attempts, d.replays, e.url, e.secret_sealed
+    SELECT d.id, d.event_type, d.body, d.attempts, d.replays, e.url, e.secret_sealed,
+           e.is_active AND c.is_active AS enabled
     FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+    JOIN api_clients c ON c.id = e.api_client_id
     WHERE d.id = :id AND d.status = 'pending'
     """
 )
@@ -408,8 +412,12 @@ async def deliver(runtime: Runtime, payload: Mapping[str, Any]) -> AttemptResult
     body = json.dumps(row.body, ensure_ascii=False, separators=(",", ":")).encode()
     secret = signing.unseal(runtime.settings.secret(), row.secret_sealed)
     timestamp = int(runtime.now().timestamp())
-    result = await post_once(row.url, body=body, settings=settings, headers=delivery_headers(
-        delivery_id=delivery_pk, kind=row.event_type, secret=secret, timestamp=timestamp, body=body))
+    if row.enabled:
+        result = await post_once(row.url, body=body, settings=settings, headers=delivery_headers(
+            delivery_id=delivery_pk, kind=row.event_type, secret=secret, timestamp=timestamp, body=body))
+    else:
+        # Disabled since the delivery was made: nothing is sent, and it fails at once (replayable).
+        result = AttemptResult(None, 0, "endpoint or client disabled", None, refused=True)
     now = runtime.now()
     async with transaction(runtime.sessions) as session:
         delivery = (await session.execute(select(WebhookDelivery).where(

@@ -233,3 +233,24 @@ async def test_delivery_checks_the_resolved_address_again_and_fails_a_refused_on
 def test_backoff_doubles_up_to_its_cap() -> None:
     settings = WebhookSettings(backoff_base_s=30, backoff_max_s=200)
     assert [service.backoff_delay(settings, n).total_seconds() for n in range(1, 6)] == [30, 60, 120, 200, 200]
+
+
+async def test_an_endpoint_disabled_after_its_delivery_was_made_sends_nothing_and_fails_it(
+    committed_engine: AsyncEngine, world: World, receiver: Receiver
+) -> None:
+    issued = await register(committed_engine, world.principal, receiver.url("/ok?disabled"))
+    async with session_factory(committed_engine)() as session, session.begin():
+        delivery_id = (await session.execute(text(
+            "INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, body, status, created_at)"
+            " VALUES (:e, 0, 'readings.ingested', '{}', 'pending', now()) RETURNING id"),
+            {"e": issued.endpoint.id})).scalar_one()
+        await service.update_endpoint(session, actor=world.principal, endpoint_pk=issued.endpoint.id or 0, url=None,
+                                      event_types=None, active=False, allow_private=True)
+    runtime = Runtime(settings=SETTINGS, sessions=session_factory(committed_engine), actor=system_actor(frozenset()),
+                      services={"settings.webhooks": WebhookSettings(allow_private=True), "defer_job": defer_job})
+
+    result = await service.deliver(runtime, {"delivery_id": delivery_id})
+
+    assert result is not None and result.error == "endpoint or client disabled"
+    assert [(row.status, row.codes) for row in await deliveries(committed_engine, issued.endpoint.id)] == [("failed", [0])]
+    assert receiver.at("/ok?disabled") == []
