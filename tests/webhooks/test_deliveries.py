@@ -228,6 +228,8 @@ async def test_delivery_checks_the_resolved_address_again_and_fails_a_refused_on
     allowed = await service.post_once(receiver.url("/ok?refused", host="localhost"), body=b"{}", headers={},
                                       settings=WebhookSettings(allow_private=True))
     assert allowed.status_code == 200 and len(receiver.at("/ok?refused")) == 1
+    # It connected to the checked address and kept the URL's host in the Host header.
+    assert receiver.at("/ok?refused")[0].headers["Host"] == f"localhost:{receiver.port}"
 
 
 def test_backoff_doubles_up_to_its_cap() -> None:
