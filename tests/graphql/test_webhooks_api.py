@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from backend.auth.service import create_api_client
 from backend.db import session_factory
-from backend.graphql.relay import encode_id
+from backend.graphql.relay import decode_id, encode_id
 from tests.graphql.client import GraphQLClient
 from tests.graphql.conftest import World
 
@@ -101,3 +101,54 @@ async def test_staff_manage_a_clients_endpoint_and_rotate_its_secret_in_the_oper
             "SELECT action FROM audit_log WHERE action IN ('createWebhookEndpoint', 'rotateWebhookSecret')"
             " AND actor_kind = 'staff' AND actor_id = :u AND success ORDER BY id"), {"u": world.admin.user.id})).scalars().all()
     assert actions[-2:] == ["createWebhookEndpoint", "rotateWebhookSecret"]
+
+
+DELIVERIES = """
+query($endpoint: ID) { webhookDeliveries(endpointId: $endpoint, first: 10) {
+  totalCount edges { node { id eventId eventType status attempts replays body } } } }
+"""
+ATTEMPTS = "query($id: ID!) { webhookDeliveryAttempts(deliveryId: $id) { statusCode durationMs error responseExcerpt } }"
+REPLAY = "mutation($id: ID!) { replayWebhookDelivery(id: $id) { delivery { status replays attempts } errors { code } } }"
+
+
+async def test_a_client_lists_and_replays_its_deliveries_and_another_client_sees_none(
+    client: GraphQLClient, world: World, engine_for_module: AsyncEngine
+) -> None:
+    _, client_id, secret = await _client(engine_for_module, world, "投递方")
+    _, other_id, other_secret = await _client(engine_for_module, world, "旁观者")
+    tokens = [(await client.execute(CLIENT_TOKEN, {"id": i, "secret": s}))["data"]["issueClientToken"]["tokens"]
+              ["accessToken"] for i, s in [(client_id, secret), (other_id, other_secret)]]
+    created = (await client.execute(CREATE, {"url": PUBLIC_URL, "types": ["readings.ingested"]},
+                                    token=tokens[0]))["data"]["createWebhookEndpoint"]
+    endpoint_pk = decode_id(created["endpoint"]["id"], "WebhookEndpoint")
+    async with session_factory(engine_for_module)() as session, session.begin():
+        delivery_pk = (await session.execute(text(
+            "INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, body, status, attempts, created_at,"
+            " finished_at) VALUES (:e, 42, 'readings.ingested', CAST(:b AS jsonb), 'failed', 1, now(), now()) RETURNING id"),
+            {"e": endpoint_pk, "b": '{"id": "42", "type": "readings.ingested", "data": {}}'})).scalar_one()
+        await session.execute(text(
+            "INSERT INTO webhook_attempts (delivery_id, attempted_at, status_code, duration_ms, error, response_excerpt)"
+            " VALUES (:d, now(), 503, 12, 'HTTP 503', 'busy')"), {"d": delivery_pk})
+    delivery_id = encode_id("WebhookDelivery", delivery_pk)
+
+    mine = (await client.execute(DELIVERIES, {"endpoint": created["endpoint"]["id"]},
+                                 token=tokens[0]))["data"]["webhookDeliveries"]
+    attempts = (await client.execute(ATTEMPTS, {"id": delivery_id}, token=tokens[0]))["data"]["webhookDeliveryAttempts"]
+    theirs = (await client.execute(DELIVERIES, {}, token=tokens[1]))["data"]["webhookDeliveries"]
+    peeking = await client.execute(ATTEMPTS, {"id": delivery_id}, token=tokens[1])
+    replayed = (await client.execute(REPLAY, {"id": delivery_id}, token=tokens[0]))["data"]["replayWebhookDelivery"]
+    again = (await client.execute(REPLAY, {"id": delivery_id}, token=tokens[0]))["data"]["replayWebhookDelivery"]
+    async with session_factory(engine_for_module)() as session:
+        queued = (await session.execute(text("SELECT count(*) FROM pgqueuer WHERE entrypoint = 'job:webhooks.deliver'"
+                                             " AND payload = CAST(:p AS bytea)"),
+                                        {"p": f'{{"delivery_id": {delivery_pk}}}'.encode()})).scalar_one()
+
+    assert mine["totalCount"] == 1
+    assert {k: mine["edges"][0]["node"][k] for k in ("eventId", "status", "attempts")} == {
+        "eventId": "42", "status": "failed", "attempts": 1}
+    assert attempts == [{"statusCode": 503, "durationMs": 12, "error": "HTTP 503", "responseExcerpt": "busy"}]
+    assert theirs["totalCount"] == 0
+    assert [e["extensions"]["code"] for e in peeking["errors"]] == ["NOT_FOUND"]
+    assert (replayed["errors"], replayed["delivery"]) == ([], {"status": "pending", "replays": 1, "attempts": 0})
+    assert [e["code"] for e in again["errors"]] == ["WEBHOOK_DELIVERY_PENDING"]
+    assert queued == 1
