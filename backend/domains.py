@@ -32,6 +32,7 @@ from backend.gateways.domain import DOMAIN as GATEWAYS
 from backend.notifications.domain import DOMAIN as NOTIFICATIONS
 from backend.payments.domain import DOMAIN as PAYMENTS
 from backend.readings.domain import DOMAIN as READINGS
+from backend.webhooks.domain import DOMAIN as WEBHOOKS
 from backend.workorders.domain import DOMAIN as WORKORDERS
 
 DOMAINS: tuple[Domain, ...] = (
@@ -39,6 +40,7 @@ DOMAINS: tuple[Domain, ...] = (
     ARCHIVES,
     AUDIT,
     EVENTS,
+    WEBHOOKS,
     EXPORTS,
     FILES,
     GATEWAYS,

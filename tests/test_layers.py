@@ -37,7 +37,7 @@ def test_only_the_app_and_a_domains_http_module_import_starlette() -> None:
 DOMAIN_ORDER = ("auth", "archives", "alarms", "readings", "billing", "payments", "notifications", "workorders", "remote", "zones")
 # Shared layers every domain may use; they import no domain but ``auth`` (the first one,
 # which holds the principal and data scope they all check against).
-SHARED_LAYERS = frozenset({"graphql", "events", "exports", "files", "ops", "audit", "gateways"})
+SHARED_LAYERS = frozenset({"graphql", "events", "webhooks", "exports", "files", "ops", "audit", "gateways"})
 # The hosts collect the domains' declarations (see test_hosts_import_no_domain_by_name).
 HOSTS = frozenset({"backend.app", "backend.jobs", "backend.cli", "backend.graphql.schema", "backend.demo",
                    "backend.all_models", "backend.checks", "backend.domains", "backend.privacy"})

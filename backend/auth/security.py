@@ -46,6 +46,7 @@ class KeyPurpose(StrEnum):
     download_link = "shuiwu/key/download-link/v1"
     login_code = "shuiwu/key/login-code/v1"
     terminal_password = "shuiwu/key/terminal-password/v1"
+    webhook_secret = "shuiwu/key/webhook-secret/v1"
 
 
 @functools.lru_cache(maxsize=64)

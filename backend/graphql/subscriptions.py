@@ -257,30 +257,6 @@ def event_subscription(
     if not kinds:
         raise ValueError("a subscription is fed by at least one event kind")
 
-    async def items(context: Context, after: int | None) -> AsyncGenerator[ItemT, None]:
-        subscriber = context.subscriber
-        if subscriber is None:
-            raise BadUserInput("订阅须通过 /graphql 的 WebSocket (graphql-transport-ws)",
-                               "Subscriptions are served over the WebSocket on /graphql (graphql-transport-ws)")
-        events = replay_then_follow(context, subscriber.feed, kinds=kinds, after=after,
-                                    maxsize=context.settings.subscriptions_backlog,
-                                    replay_max=context.settings.subscriptions_replay_max_events)
-        try:
-            async for event, replayed in events:
-                subscriber.replaying = replayed
-                if not await subscriber.still_valid():
-                    return
-                # The principal is re-read while the connection lives: a permission
-                # taken away ends the subscription at the next event.
-                if permission is not None and not context.caller.has(permission):
-                    raise Forbidden()
-                context.forget_loaders()
-                item = await visible(context, event)
-                if item is not None:
-                    yield item
-        finally:
-            await events.aclose()
-
     async def subscribe(
         info: Info,
         after_event_id: Annotated[strawberry.ID | None, strawberry.argument(
@@ -289,9 +265,99 @@ def event_subscription(
     ) -> AsyncGenerator[Any, None]:
         # Checked before the stream starts, so a bad id is an error of the subscribe message.
         after = parse_event_id(after_event_id)
-        return items(info.context, after)
+        return event_items(info.context, kinds=kinds, permission=permission, after=after, visible=visible)
 
     return strawberry.subscription(
         resolver=subscribe, graphql_type=item_type, description=description,
         permission_classes=[Requires(permission) if permission is not None else Authenticated],
     )
+
+
+def event_items(
+    context: Context, *, kinds: Collection[str], permission: str | None, after: int | None,
+    visible: Visible[ItemT],
+) -> AsyncGenerator[ItemT, None]:
+    """The items of a subscription field as :func:`event_subscription` makes them, for a
+    field that declares arguments of its own beside ``afterEventId`` (``visible`` then
+    closes over them): the replay and live events of ``kinds`` after ``after``, the
+    permission re-checked per event, one item per event ``visible`` shows."""
+    return _event_items(context, tuple(kinds), permission, after, visible)
+
+
+async def _event_items(
+    context: Context, kinds: tuple[str, ...], permission: str | None, after: int | None, visible: Visible[ItemT],
+) -> AsyncGenerator[ItemT, None]:
+    subscriber = context.subscriber
+    if subscriber is None:
+        raise BadUserInput("订阅须通过 /graphql 的 WebSocket (graphql-transport-ws)",
+                           "Subscriptions are served over the WebSocket on /graphql (graphql-transport-ws)")
+    events = replay_then_follow(context, subscriber.feed, kinds=kinds, after=after,
+                                maxsize=context.settings.subscriptions_backlog,
+                                replay_max=context.settings.subscriptions_replay_max_events)
+    try:
+        async for event, replayed in events:
+            subscriber.replaying = replayed
+            if not await subscriber.still_valid():
+                return
+            # The principal is re-read while the connection lives: a permission
+            # taken away ends the subscription at the next event.
+            if permission is not None and not context.caller.has(permission):
+                raise Forbidden()
+            context.forget_loaders()
+            item = await visible(context, event)
+            if item is not None:
+                yield item
+    finally:
+        await events.aclose()
+
+
+KeyT = TypeVar("KeyT")
+ValueT = TypeVar("ValueT")
+
+
+async def at_most_one_per_key(
+    updates: AsyncGenerator[tuple[int, list[tuple[KeyT, ValueT]]], None], *, interval_s: float,
+    clock: Callable[[], float],
+) -> AsyncGenerator[tuple[int, list[ValueT]], None]:
+    """Batch ``updates`` (an event id with (key, value) pairs) so that each key goes out
+    at most once per ``interval_s`` (by ``clock``, monotonic seconds): a value whose key
+    went out less than ``interval_s`` ago waits, and a newer value of that key replaces
+    it (the newest wins). Yields (event id, values) batches; the event id of a batch is
+    the greatest one taken from ``updates`` so far, so ids never go down."""
+    pending: dict[KeyT, ValueT] = {}
+    sent_at: dict[KeyT, float] = {}
+    greatest = 0
+    following: asyncio.Task[tuple[int, list[tuple[KeyT, ValueT]]]] | None = None
+    try:
+        while True:
+            if following is None:
+                following = asyncio.ensure_future(anext(updates))
+            due = min((sent_at[key] + interval_s for key in pending), default=None)
+            timeout = None if due is None else max(0.0, due - clock())
+            done, _ = await asyncio.wait({following}, timeout=timeout)
+            ready: list[ValueT] = []
+            if following in done:
+                try:
+                    event_id, pairs = following.result()
+                except StopAsyncIteration:
+                    return
+                following = None
+                greatest = max(greatest, event_id)
+                now = clock()
+                for key, value in pairs:
+                    if key in pending or now < sent_at.get(key, -interval_s * 2) + interval_s:
+                        pending[key] = value  # the newest wins
+                    else:
+                        sent_at[key] = now
+                        ready.append(value)
+            now = clock()
+            for key in [key for key in pending if now >= sent_at[key] + interval_s]:
+                sent_at[key] = now
+                ready.append(pending.pop(key))
+            if ready:
+                yield greatest, ready
+    finally:
+        if following is not None:
+            following.cancel()
+            await asyncio.wait({following})  # the generator is free again before it is closed
+        await updates.aclose()

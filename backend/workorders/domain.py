@@ -46,6 +46,9 @@ DOMAIN = Domain(
         # Messages leave the database: a replay of history skips old events.
         Handler("workorder.changed", "workorders.notify", "backend.workorders.notify:notify_changed",
                 horizon=EFFECT_HORIZON),
+        # Third parties' webhooks (the shared layer before the business domains cannot name
+        # this later kind itself; docs/webhooks.md): its one fan-out handler, for this kind too.
+        Handler("workorder.changed", "webhooks.fanout", "backend.webhooks.service:fan_out", horizon=EFFECT_HORIZON),
     ),
     jobs=(
         Job("close_unconfirmed_work_orders", "backend.workorders.jobs:close_unconfirmed_job", cron="40 3 * * *",

@@ -15,7 +15,8 @@ from backend.payments.schema import mutations, online, pending_writes, queries, 
 Query = merge_types("PaymentsQuery", (queries.Query, receipts.Query, online.Query, static_qr.Query, refunds.Query))
 Mutation = merge_types("PaymentsMutation", (mutations.Mutation, receipts.Mutation, online.Mutation,
                                               refunds.Mutation))
+Subscription = online.Subscription
 NODES = {**queries.NODES, **online.NODES, **refunds.NODES}
 EXTENSIONS = pending_writes.EXTENSIONS
 
-__all__ = ["EXTENSIONS", "NODES", "Mutation", "Query"]
+__all__ = ["EXTENSIONS", "NODES", "Mutation", "Query", "Subscription"]

@@ -8,7 +8,9 @@ its refusal comes back as a payload error with the order (state failed)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import strawberry
@@ -20,13 +22,17 @@ from backend.auth.principal import Principal
 from backend.clock import utcnow
 from backend.domain import settings_group_key
 from backend.errors import BadUserInput, DomainError
+from backend.events.service import Event, payload_of
+from backend.graphql.context import Context
 from backend.graphql.errors import UserError
 from backend.graphql.mutations import run_mutation
 from backend.graphql.pagination import Connection, PageRequest
 from backend.graphql.permissions import Requires, RequiresAny
 from backend.graphql.relay import Node, decode_id, encode_id
 from backend.graphql.scalars import Money
+from backend.graphql.subscriptions import SubscriptionEvent, event_id_of, event_items, parse_event_id
 from backend.payments.counter import Operator
+from backend.payments.events import PaymentOrderChanged
 from backend.payments.models import PaymentChannel, PaymentPurpose
 from backend.payments.online import counter_online, orders
 from backend.payments.online.gateway import ClientPayload, PayloadKind
@@ -339,6 +345,43 @@ class Query:
             rows, total = await orders.order_page(session, reach=_reach(info), offset=page.offset, limit=page.limit,
                                                   order_filter=filter.to_filter() if filter else orders.OrderFilter())
         return Connection.from_page([PaymentOrderType.from_row(o) for o in rows], total=total, offset=page.offset)
+
+
+@strawberry.type(description="A payment order of yours changed state (支付结果): its state now.")
+class PaymentOrderChangedEvent(SubscriptionEvent):
+    order: PaymentOrderType
+
+
+async def changed_order(context: Context, event: Event, *, order_pk: int | None) -> PaymentOrderChangedEvent | None:
+    """The order ``event`` is about, when it is of the resident's own households (and the
+    one asked for, if any); None otherwise. Read as it stands now."""
+    changed = payload_of(event, PaymentOrderChanged)
+    if order_pk is not None and changed.order_id != order_pk:
+        return None
+    caller = context.caller
+    reach = orders.Reach(household_ids=list(caller.household_ids))
+    async with context.read() as session:
+        try:
+            order = await orders.find_order(session, reach=reach, order_id=changed.order_id)
+        except DomainError:
+            return None
+    return PaymentOrderChangedEvent(event_id=event_id_of(event), order=PaymentOrderType.from_row(order))
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(
+        permission_classes=PAY,
+        description="The result of your payment orders (a resident): one item per change of state (created, paid, "
+        "closed, failed) of an order of your households, or only of orderId. With afterEventId, the stored "
+        "changes after it come first.")
+    async def payment_order_changed(
+        self, info: Info, order_id: strawberry.ID | None = None, after_event_id: strawberry.ID | None = None,
+    ) -> AsyncGenerator[PaymentOrderChangedEvent, None]:
+        after = parse_event_id(after_event_id)
+        order_pk = decode_id(order_id, "PaymentOrder", field="orderId") if order_id is not None else None
+        return event_items(info.context, kinds=("payment_order.changed",), permission="resident:self", after=after,
+                           visible=partial(changed_order, order_pk=order_pk))
 
 
 NODES = {"PaymentOrder": fetch_order}

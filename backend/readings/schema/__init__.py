@@ -17,6 +17,7 @@ SCREEN_MODULES: tuple[str, ...] = (
     "analytics",
     "entry",
     "alarms",
+    "live",
 )
 
 _modules = [importlib.import_module(f"backend.readings.schema.{name}") for name in SCREEN_MODULES]
