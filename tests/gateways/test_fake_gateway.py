@@ -166,3 +166,21 @@ async def test_the_demo_serves_the_fakes_of_the_gateways_pointed_at_this_machine
 
     assert (kind, described["kind"]) == ("echo", "echo")
     assert local_fakes([echo]) == []  # a remote elsewhere is left alone
+
+
+def test_the_installed_fakes_listen_on_ports_of_their_own_by_default() -> None:
+    # `shuiwu demo run` serves each local fake on its default URL's port: two defaults on
+    # one port would leave one fake unable to start beside the other.
+    from urllib.parse import urlsplit
+
+    from backend.domain import read_settings
+
+    saved = {name: os.environ.pop(name) for name in list(os.environ) if name.endswith("_URL")
+             and name.startswith("SHUIWU_")}
+    try:
+        ports = {kind: urlsplit(read_settings(gateway.settings).url).port
+                 for kind, gateway in declared_gateways(installed()).items() if gateway.fake is not None}
+    finally:
+        os.environ.update(saved)
+    assert {"alipay", "wechat", "jpush", "sms"} <= set(ports)
+    assert len(set(ports.values())) == len(ports), ports
