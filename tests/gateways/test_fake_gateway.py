@@ -166,3 +166,15 @@ async def test_the_demo_serves_the_fakes_of_the_gateways_pointed_at_this_machine
 
     assert (kind, described["kind"]) == ("echo", "echo")
     assert local_fakes([echo]) == []  # a remote elsewhere is left alone
+
+
+def test_the_demos_fakes_listen_on_ports_of_their_own_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    # JPush's fake once defaulted to Alipay's port: `demo run` served Alipay there, and the
+    # pushes of the demo went to it (404).
+    gateways = declared_gateways(installed()).values()
+    for gateway in gateways:
+        monkeypatch.delenv(f"{gateway.settings.model_config.get('env_prefix', '')}URL", raising=False)
+    ports = {kind: server.config.port for kind, server in local_fakes(gateways)}
+
+    assert {"alipay", "wechat", "jpush"} <= ports.keys()
+    assert len(set(ports.values())) == len(ports), ports
