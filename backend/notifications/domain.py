@@ -84,6 +84,8 @@ DOMAIN = Domain(
             description="Publish the scheduled notices whose time has come (notice.published for each)."),
     ),
     settings=NotificationsSettings,
+    # Two published notices and the demo residents' inbox (backend/notifications/demo.py).
+    demo="backend.notifications.demo:demo_step",
     gateways=(
         Gateway("jpush", "极光推送", JPushSettings, fake="backend.notifications.fakes.jpush:fake_app",
                 secrets=frozenset({"master_secret"}), description="JPush REST API v3 (jpush SDK 3.4)"),

@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from backend.gateways.settings import GatewaySettings
 
 # The local fake's port (`shuiwu fake-gateway jpush`): the default URL, so the demo works offline.
+# A port of its own: `demo run` serves every fake on its default port (Alipay's is 18940).
 JPUSH_FAKE_URL = "http://127.0.0.1:18950"
 
 

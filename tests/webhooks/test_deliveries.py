@@ -1,7 +1,9 @@
 """Webhook deliveries end to end: events emitted before any worker runs are delivered
 once it starts, signed as docs/webhooks.md says; a 500 is retried until a 2xx; a
 finished delivery is replayed; data is narrowed to the client's scope; the SSRF guard
-refuses each address class at registration and again at delivery (docs/webhooks.md)."""
+refuses each address class at registration and again at delivery (docs/webhooks.md);
+``workorder.changed`` (fanned out by the workorders domain's declaration) reaches a client
+over the order's area and no other."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from backend.archives.models import Area
+from backend.auth.models import ApiClient, ApiClientArea, PrincipalKind
 from backend.auth.principal import Principal
 from backend.auth.system import system_actor
 from backend.db import session_factory
@@ -23,8 +27,12 @@ from backend.runtime import Runtime
 from backend.settings import Settings
 from backend.webhooks import errors, service, signing
 from backend.webhooks.settings import WebhookSettings
+from backend.workorders import service as workorders
+from backend.workorders.models import WorkOrderCategory
+from tests.factories import make_household, unique
 from tests.fixtures.live import eventually
 from tests.webhooks.conftest import Receiver, World
+from tests.workorders.support import HANDLE, TZ, staff_member
 
 SETTINGS = Settings()
 
@@ -256,3 +264,63 @@ async def test_an_endpoint_disabled_after_its_delivery_was_made_sends_nothing_an
     assert result is not None and result.error == "endpoint or client disabled"
     assert [(row.status, row.codes) for row in await deliveries(committed_engine, issued.endpoint.id)] == [("failed", [0])]
     assert receiver.at("/ok?disabled") == []
+
+
+WORKORDER_SCOPES = ["workorders:read", "webhooks:read"]
+
+
+
+async def _client(engine: AsyncEngine, area: Area) -> Principal:
+    """An API client reading work orders over ``area``, as the API sees it."""
+    async with session_factory(engine)() as session, session.begin():
+        client = ApiClient(client_id=unique("swc_wo_"), name=unique("第三方工单"), secret_hash="x" * 64, scopes=WORKORDER_SCOPES)
+        session.add(client)
+        await session.flush()
+        assert client.id is not None
+        session.add(ApiClientArea(api_client_id=client.id, area_id=area.id))
+    return Principal(kind=PrincipalKind.client, id=client.id, name=client.name, permissions=frozenset(WORKORDER_SCOPES),
+                     scope_paths=(area.path,))
+
+
+async def _fanned_out(engine: AsyncEngine, event_ids: list[int]) -> bool:
+    async with session_factory(engine)() as session:
+        handled = (await session.execute(text(
+            "SELECT count(*) FROM handled_events WHERE handler = 'webhooks.fanout' AND event_id = ANY(:ids)"),
+            {"ids": event_ids})).scalar_one()
+    return int(handled) == len(event_ids)
+
+
+async def test_a_work_order_change_reaches_the_client_over_its_area_signed_and_no_other(
+    committed_engine: AsyncEngine, world: World, receiver: Receiver, worker: Any
+) -> None:
+    east = await _client(committed_engine, world.tree.east)
+    west = await _client(committed_engine, world.tree.west)
+    inside = await register(committed_engine, east, receiver.url("/ok?workorders-east"), ("workorder.changed",))
+    outside = await register(committed_engine, west, receiver.url("/ok?workorders-west"), ("workorder.changed",))
+
+    now = datetime.now(UTC)
+    async with session_factory(committed_engine)() as session, session.begin():
+        home = await make_household(session, area=world.tree.east_community, name="王芳", phone="13811110000")
+        handler = await staff_member(session, permissions=HANDLE, area=world.tree.east)
+        order = await workorders.create_work_order(
+            session, principal=handler.principal, household_id=home.id or 0, category=WorkOrderCategory.leak,
+            description="楼道水管漏水", contact_name=None, contact_phone=None, appointment_at=None, now=now, tz=TZ)
+        await workorders.take_work_order(session, principal=handler.principal, order_id=order.id or 0, now=now)
+        events = [row[0] for row in await session.execute(text(
+            "SELECT id FROM domain_events WHERE kind = 'workorder.changed' AND (payload->>'workorder_id')::bigint = :id"
+            " ORDER BY id"), {"id": order.id})]
+
+    await eventually(lambda: len(receiver.at("/ok?workorders-east")) == 2, timeout_s=10)
+    await eventually(lambda: _fanned_out(committed_engine, events), timeout_s=10)
+
+    got = sorted(receiver.at("/ok?workorders-east"), key=lambda r: int(r.json["id"]))  # type: ignore[call-overload]
+    by = f"staff:{handler.user.id}"
+    assert [r.json["data"] for r in got] == [{"workorder_id": order.id, "state": "submitted", "by": by},
+                                             {"workorder_id": order.id, "state": "assigned", "by": by}]
+    assert [r.json["id"] for r in got] == [str(event) for event in events]
+    for r in got:
+        assert_signed(r, inside.secret)
+        assert (r.headers["X-Shuiwu-Event"], r.json["type"]) == ("workorder.changed", "workorder.changed")
+    # The west's client saw the same events fanned out and got nothing: not a row, not a request.
+    assert await deliveries(committed_engine, outside.endpoint.id) == []
+    assert receiver.at("/ok?workorders-west") == []

@@ -1,11 +1,10 @@
 """The acceptance story over a live app (issue 19): a resident reports a leak with a photo,
 staff take it from the pool, set out, work, resolve it with a HEIC photo and materials,
 and the resident rates it; a second rating is refused, the resident's photo reaches
-staff without its GPS, another resident sees nothing. Also: two concurrent takes of one
-order, one wins.
-
-(Messages and JPush pushes at each step are notifications' part: the handler is tested
-in tests/workorders/test_notify.py once backend.notifications.service is installed.)
+staff without its GPS, another resident sees nothing. At each step the message reaches
+the inbox (``myMessages``) and the phone: a job worker (the relay, ``workorders.notify``,
+``notifications.push``) sends it to the local JPush fake, which receives a push to the
+device registered over GraphQL. Also: two concurrent takes of one order, one wins.
 """
 
 from __future__ import annotations
@@ -13,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -31,10 +32,13 @@ from backend.auth.principal import Principal
 from backend.clock import utcnow
 from backend.db import transaction
 from backend.errors import DomainError, ErrorCode
-from backend.graphql.relay import encode_id
+from backend.graphql.relay import decode_id, encode_id
+from backend.notifications.fakes.jpush import pushed
 from backend.workorders import service
 from tests.auth.support import FakeSms
-from tests.factories import Staff, auth_policy, bind_at_counter, make_area_tree, make_household, make_staff
+from tests.factories import Staff, auth_policy, bind_at_counter, make_area_tree, make_household, make_staff, unique
+from tests.fixtures.gateways import FakeGateway, FakeGateways
+from tests.fixtures.live import RunningWorker, eventually, running_worker
 from tests.graphql.client import TEST_SECRET
 from tests.live import LiveServer, live_server
 from tests.workorders.photos_support import GPS_IFD, photo
@@ -58,12 +62,35 @@ CONFIRM = """mutation($id: ID!, $rating: Int!) {
   confirmWorkOrder(id: $id, rating: $rating, comment: "师傅很专业") { workOrder { state rating } errors { code message } } }"""
 MINE = f"{{ myWorkOrders(first: 10) {{ totalCount edges {{ node {{ {FIELDS} }} }} }} }}"
 ONE = "query($id: ID!) { workOrder(id: $id) { number state } }"
+REGISTER = """mutation($r: String!) { registerDevice(registrationId: $r, platform: android) {
+  registered errors { code } } }"""
+INBOX = "{ myMessages(first: 20, kind: WORKORDER_UPDATE) { edges { node { title body data } } } }"
 
 
 @pytest.fixture(scope="module")
-def live(database_url: str) -> Iterator[LiveServer]:
+def jpush(fake_gateways: FakeGateways) -> Iterator[FakeGateway]:
+    """The local JPush, and SHUIWU_JPUSH_URL pointing the app and the worker at it."""
+    fake = fake_gateways.start("jpush")
+    previous = os.environ.get("SHUIWU_JPUSH_URL")
+    os.environ["SHUIWU_JPUSH_URL"] = fake.url
+    yield fake
+    if previous is None:
+        os.environ.pop("SHUIWU_JPUSH_URL", None)
+    else:
+        os.environ["SHUIWU_JPUSH_URL"] = previous
+
+
+@pytest.fixture(scope="module")
+def live(database_url: str, jpush: FakeGateway) -> Iterator[LiveServer]:
     with live_server(database_url) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def worker(database_url: str, jpush: FakeGateway) -> Iterator[RunningWorker]:
+    """``shuiwu jobs``: relays workorder.changed to workorders.notify, then sends the pushes."""
+    with running_worker(database_url, dequeue_timeout=timedelta(seconds=0.2), relay_sweep_interval=1.0) as running:
+        yield running
 
 
 @dataclass
@@ -123,9 +150,47 @@ async def _upload(http: httpx.AsyncClient, token: str, content: bytes, content_t
     return key
 
 
+async def _inbox(http: httpx.AsyncClient, token: str, number: str) -> list[dict[str, Any]]:
+    """The caller's work-order messages about the order ``number``, oldest first."""
+    edges = (await _gql(http, token, INBOX))["myMessages"]["edges"]
+    return [edge["node"] for edge in reversed(edges) if edge["node"]["data"].get("number") == number]
+
+
+class Follower:
+    """One phone following the order: waits (bounded) for the step's message in the inbox
+    and for the fake JPush to have received its push to the phone's registration id."""
+
+    def __init__(self, http: httpx.AsyncClient, jpush: FakeGateway, token: str, registration_id: str) -> None:
+        self.http, self.jpush, self.token, self.registration_id = http, jpush, token, registration_id
+        self.number = ""
+
+    def pushes(self) -> list[dict[str, Any]]:
+        return [push for push in pushed(self.jpush.requests()) if self.registration_id in push["registration_ids"]
+                and push["extras"].get("number") == self.number]
+
+    async def told(self, state: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The inbox message and the push of the order's change to ``state``."""
+        async def arrived() -> bool:
+            return any(m["data"]["state"] == state for m in await _inbox(self.http, self.token, self.number)) and any(
+                p["extras"]["state"] == state for p in self.pushes())
+        await eventually(arrived, timeout_s=10)
+        message = next(m for m in await _inbox(self.http, self.token, self.number) if m["data"]["state"] == state)
+        push = next(p for p in self.pushes() if p["extras"]["state"] == state)
+        return message, push
+
+
 async def test_a_resident_reports_with_a_photo_staff_take_and_resolve_and_the_resident_rates(
-        live: LiveServer, cast: Cast) -> None:
+        live: LiveServer, cast: Cast, jpush: FakeGateway, worker: RunningWorker) -> None:
     async with httpx.AsyncClient(base_url=live.url, timeout=30) as http:
+        # The resident's phone and the staff member's phone register for pushes.
+        resident_phone, staff_phone = unique("story-resident-"), unique("story-staff-")
+        staff_token = await _staff_token(http, cast.staff)
+        for token, registration_id in ((cast.resident_token, resident_phone), (staff_token, staff_phone)):
+            registered = (await _gql(http, token, REGISTER, r=registration_id))["registerDevice"]
+            assert registered == {"registered": True, "errors": []}
+        resident = Follower(http, jpush, cast.resident_token, resident_phone)
+        assignee = Follower(http, jpush, staff_token, staff_phone)
+
         photo_id = await _upload(http, cast.resident_token, photo(), "image/jpeg")
         created = (await _gql(http, cast.resident_token, CREATE, input={
             "householdId": encode_id("Household", cast.household_id), "category": "leak",
@@ -133,8 +198,9 @@ async def test_a_resident_reports_with_a_photo_staff_take_and_resolve_and_the_re
         order = created["workOrder"]
         assert created["errors"] == [] and order["state"] == "submitted" and order["contactPhone"] == "13811112222"
         assert [p["stage"] for p in order["photos"]] == ["report"]
+        resident.number = assignee.number = order["number"]
+        told: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
 
-        staff_token = await _staff_token(http, cast.staff)
         pool = (await _gql(http, staff_token, POOL))["workOrderPool"]
         assert order["number"] in [edge["node"]["number"] for edge in pool["edges"]]
         # The resident's photo, as staff download it: no GPS.
@@ -148,12 +214,16 @@ async def test_a_resident_reports_with_a_photo_staff_take_and_resolve_and_the_re
 
         taken = (await _gql(http, staff_token, TAKE, id=order["id"]))["takeWorkOrder"]
         assert (taken["errors"], taken["workOrder"]["state"]) == ([], "assigned")
+        told["assigned"] = await resident.told("assigned")
         assert (await _gql(http, staff_token, TRAVEL, id=order["id"]))["startTravel"]["workOrder"]["state"] == "on_the_way"
+        told["on_the_way"] = await resident.told("on_the_way")
         assert (await _gql(http, staff_token, WORK, id=order["id"]))["startWork"]["workOrder"]["state"] == "in_progress"
+        told["in_progress"] = await resident.told("in_progress")
         heic = await _upload(http, staff_token, photo("HEIF", (640, 480)), "image/heic")
         resolved = (await _gql(http, staff_token, RESOLVE, id=order["id"], photos=[heic],
                                materials=[{"name": "阀门", "quantity": "1", "unit": "只"}]))["resolveWorkOrder"]
         assert resolved["errors"] == []
+        told["resolved"] = await resident.told("resolved")
         assert [p["stage"] for p in resolved["workOrder"]["photos"]] == ["report", "result"]
         assert resolved["workOrder"]["materials"] == [{"name": "阀门", "quantity": "1", "unit": "只"}]
         thumb = await http.get(resolved["workOrder"]["photos"][1]["thumbnailUrl"])
@@ -163,6 +233,9 @@ async def test_a_resident_reports_with_a_photo_staff_take_and_resolve_and_the_re
         assert mine["totalCount"] == 1 and mine["edges"][0]["node"]["state"] == "resolved"
         rated = (await _gql(http, cast.resident_token, CONFIRM, id=order["id"], rating=5))["confirmWorkOrder"]
         again = (await _gql(http, cast.resident_token, CONFIRM, id=order["id"], rating=1))["confirmWorkOrder"]
+        rating_message, rating_push = await assignee.told("confirmed")
+        resident_inbox, resident_pushes = await _inbox(http, cast.resident_token, order["number"]), resident.pushes()
+        assignee_inbox = await _inbox(http, staff_token, order["number"])
 
     assert (rated["errors"], rated["workOrder"]) == ([], {"state": "confirmed", "rating": 5})
     assert [error["code"] for error in again["errors"]] == ["WORKORDER_ALREADY_RATED"] and again["workOrder"] is None
@@ -170,6 +243,24 @@ async def test_a_resident_reports_with_a_photo_staff_take_and_resolve_and_the_re
     assert [(t["fromState"], t["toState"]) for t in final["transitions"]] == [
         (None, "submitted"), ("submitted", "assigned"), ("assigned", "on_the_way"), ("on_the_way", "in_progress"),
         ("in_progress", "resolved")]
+
+    # Each staff step reached the resident's inbox and phone, with the deep link to the order.
+    order_pk, number = decode_id(order["id"], "WorkOrder"), order["number"]
+    words = {"assigned": "已有工作人员受理您的报修", "on_the_way": "维修人员已出发", "in_progress": "维修人员正在处理",
+             "resolved": "报修已处理完成, 请确认并评价"}
+    for state, (message, push) in told.items():
+        link = {"screen": "workorder", "workOrderId": order_pk, "number": number, "state": state}
+        assert message == {"title": f"报修进度: {number}", "body": f"漏水工单 {number}: {words[state]}", "data": link}
+        assert push == {"registration_ids": [resident_phone], "title": message["title"], "alert": message["body"],
+                        "extras": link}
+    # One message and one push per step, none for the creation (the resident made it) or
+    # the rating (the resident's own move: it tells the assignee).
+    assert [m["data"]["state"] for m in resident_inbox] == list(words)
+    assert [p["extras"]["state"] for p in resident_pushes] == list(words)
+    # The rating reached the assignee, in their inbox and on their phone; only that.
+    assert rating_message["body"] == f"漏水工单 {number}: 住户已确认并评价 (5 星)"
+    assert rating_push["registration_ids"] == [staff_phone] and rating_push["alert"] == rating_message["body"]
+    assert [m["data"]["state"] for m in assignee_inbox] == ["confirmed"]
 
 
 async def _until_a_take_waits_on_a_lock(sessions: async_sessionmaker[AsyncSession]) -> None:
