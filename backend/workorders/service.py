@@ -154,7 +154,8 @@ def _text(value: str | None, *, field: str, maximum: int, required: bool) -> str
 
 async def household_in_reach(session: AsyncSession, household_id: int, principal: Principal) -> tuple[Household, str]:
     """The household and its area path when the principal may report for it (a resident:
-    a bound household; staff: one in scope; the system: any); NOT_FOUND otherwise."""
+    a bound household; anyone else: one in its area scope, the whole tree for the system
+    actor); NOT_FOUND otherwise."""
     row = (await session.execute(
         select(Household, col(Area.path)).join(Area, col(Area.id) == col(Household.area_id))
         .where(col(Household.id) == household_id)
@@ -165,7 +166,7 @@ async def household_in_reach(session: AsyncSession, household_id: int, principal
     if principal.is_resident:
         if household_id not in principal.household_ids:
             raise NotFound(field="householdId")
-    elif principal.is_staff and not path_in_scope(path, principal.scope_patterns()):
+    elif not path_in_scope(path, principal.scope_patterns()):
         raise NotFound(field="householdId")
     return household, path
 
@@ -280,11 +281,11 @@ async def locked_order(session: AsyncSession, *, order_id: int, principal: Princ
 
 
 def reaches(principal: Principal, order: WorkOrder) -> bool:
+    """A resident reaches their bound households' orders; anyone else (staff, an API
+    client, the system actor, whose scope is the whole tree) the orders of its area scope."""
     if principal.is_resident:
         return order.household_id in principal.household_ids
-    if principal.is_staff:
-        return path_in_scope(order.area_path, principal.scope_patterns())
-    return True  # the system
+    return path_in_scope(order.area_path, principal.scope_patterns())
 
 
 async def _move(session: AsyncSession, order: WorkOrder, to_state: WorkOrderState, actor: Actor, note: str | None,
