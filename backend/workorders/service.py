@@ -13,7 +13,9 @@ photos, and the only emitter of ``workorder.changed``.
     resolved ─(the job close_unconfirmed_work_orders, N days)─▶ closed
 
 - **dispatch** (``workorders:dispatch``): a supervisor assigns (or re-assigns) a submitted
-  or assigned order to an active staff user. **take** (``workorders:handle``): a staff
+  or assigned order to an active staff user holding ``workorders:handle`` whose data
+  scope covers the order's area (anyone else: NOT_FOUND on ``assigneeId``). **take**
+  (``workorders:handle``): a staff
   member takes an unassigned order of their scope from the pool; the row is locked
   (``FOR UPDATE``), so of two concurrent takes one wins and the other gets
   WORKORDER_ALREADY_TAKEN.
@@ -76,7 +78,9 @@ from sqlmodel import col
 from backend.archives.models import Area, Household
 from backend.auth.models import StaffUser
 from backend.auth.principal import Principal
+from backend.auth.models import PrincipalKind
 from backend.auth.scope import path_in_scope
+from backend.auth.service import load_principal
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.events.service import emit_event
 from backend.pagination import PagedQuery
@@ -99,6 +103,8 @@ DESCRIPTION_MAX = 2000
 RESULT_MAX = 2000
 NOTE_MAX = 500
 COMMENT_MAX = 500
+# What an assignee must hold (the permission of taking from the pool and working an order).
+HANDLE = "workorders:handle"
 MAX_MATERIALS = 50
 _PHONE = re.compile(r"^\+?[0-9][0-9-]{4,19}$")
 
@@ -322,15 +328,17 @@ def _require_resident(principal: Principal, action: str) -> None:
 
 async def dispatch_work_order(session: AsyncSession, *, principal: Principal, order_id: int, assignee_id: int,
                               note: str | None = None, now: datetime) -> WorkOrder:
-    """派单: assign (or re-assign) a submitted or assigned order to an active staff user."""
+    """派单: assign (or re-assign) a submitted or assigned order to an active staff user who
+    can work it: holding ``workorders:handle`` with the order's area in their data scope
+    (else they could not even see it). Anyone else is NOT_FOUND on ``assigneeId``."""
     _require_staff(principal)
     order = await locked_order(session, order_id=order_id, principal=principal)
     _require(order, (S.submitted, S.assigned), "派单")
-    assignee = await session.get(StaffUser, assignee_id)
-    if assignee is None or not assignee.is_active:
+    assignee = await load_principal(session, kind=PrincipalKind.staff, principal_id=assignee_id)
+    if assignee is None or not assignee.has(HANDLE) or not reaches(assignee, order):
         raise NotFound(field="assigneeId")
     return await _move(session, order, S.assigned, actor_of(principal),
-                       _text(note, field="note", maximum=NOTE_MAX, required=False) or f"派给 {assignee.full_name}", now,
+                       _text(note, field="note", maximum=NOTE_MAX, required=False) or f"派给 {assignee.name}", now,
                        assignee_id=assignee_id, assigned_at=now)
 
 

@@ -10,7 +10,6 @@ from sqlmodel import col
 
 from backend.archives.models import Area
 from backend.auth.catalog import client_scopes
-from backend.clock import utcnow
 from backend.db import session_factory
 from tests.factories import make_staff
 from tests.graphql import conftest as graphql_fixtures
