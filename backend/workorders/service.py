@@ -76,9 +76,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from backend.archives.models import Area, Household
-from backend.auth.models import StaffUser
+from backend.auth.models import PrincipalKind, StaffUser
 from backend.auth.principal import Principal
-from backend.auth.models import PrincipalKind
 from backend.auth.scope import path_in_scope
 from backend.auth.service import load_principal
 from backend.errors import DomainError, ErrorCode, NotFound

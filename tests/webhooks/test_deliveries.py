@@ -1,7 +1,8 @@
 """Webhook deliveries end to end: events emitted before any worker runs are delivered
 once it starts, signed as docs/webhooks.md says; a 500 is retried until a 2xx; a
 finished delivery is replayed; data is narrowed to the client's scope; the SSRF guard
-refuses each address class at registration and again at delivery (docs/webhooks.md)."""
+refuses each address class at registration and again at delivery (docs/webhooks.md); an
+unexpected error in an attempt is a recorded failed attempt."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from backend.jobs import defer_job
 from backend.readings.events import ReadingsIngested
 from backend.runtime import Runtime
 from backend.settings import Settings
-from backend.webhooks import errors, service, signing
+from backend.webhooks import errors, service, signing, ssrf
 from backend.webhooks.settings import WebhookSettings
 from tests.fixtures.live import eventually
 from tests.webhooks.conftest import Receiver, World
@@ -165,6 +166,10 @@ REFUSED = [
     ("http://169.254.169.254/latest/meta-data", "metadata"), ("http://[fd00:ec2::254]/", "metadata"),
     ("http://100.100.100.200/", "metadata"), ("http://100.64.0.1/", "cgnat"),
     ("http://[::ffff:127.0.0.1]/", "loopback"),
+    # IPv6 forms carrying an IPv4 address are judged by it: 6to4, NAT64's well-known prefix.
+    ("http://[2002:7f00:1::]/", "loopback"), ("http://[2002:a9fe:a9fe::]/", "metadata"),
+    ("http://[64:ff9b::a00:1]/", "private"),
+    ("http://[fec0::1]/", "private"), ("http://192.0.0.8/", "private"),
 ]
 
 
@@ -256,3 +261,26 @@ async def test_an_endpoint_disabled_after_its_delivery_was_made_sends_nothing_an
     assert result is not None and result.error == "endpoint or client disabled"
     assert [(row.status, row.codes) for row in await deliveries(committed_engine, issued.endpoint.id)] == [("failed", [0])]
     assert receiver.at("/ok?disabled") == []
+
+
+async def test_an_unexpected_error_is_a_recorded_failed_attempt(
+        committed_engine: AsyncEngine, world: World, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    issued = await register(committed_engine, world.principal, receiver.url("/ok?unexpected"))
+    async with session_factory(committed_engine)() as session, session.begin():
+        delivery_id = (await session.execute(text(
+            "INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, body, status, created_at)"
+            " VALUES (:e, 0, 'readings.ingested', '{}', 'pending', now()) RETURNING id"),
+            {"e": issued.endpoint.id})).scalar_one()
+    runtime = Runtime(settings=SETTINGS, sessions=session_factory(committed_engine), actor=system_actor(frozenset()),
+                      services={"settings.webhooks": WebhookSettings(allow_private=True), "defer_job": defer_job})
+
+    async def broken(url: str, *, allow_private: bool) -> ssrf.Target:
+        raise RuntimeError("resolver broke")
+
+    # Whatever fails inside an attempt is its recorded failure: the job never crashes on it,
+    # which would leave the delivery pending with no attempt.
+    monkeypatch.setattr(service, "resolve_target", broken)
+    result = await service.deliver(runtime, {"delivery_id": delivery_id})
+
+    assert result is not None and result.error == "RuntimeError: resolver broke"
+    assert [(row.attempts, row.codes) for row in await deliveries(committed_engine, issued.endpoint.id)] == [(1, [0])]
