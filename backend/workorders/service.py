@@ -105,7 +105,10 @@ COMMENT_MAX = 500
 # What an assignee must hold (the permission of taking from the pool and working an order).
 HANDLE = "workorders:handle"
 MAX_MATERIALS = 50
-_PHONE = re.compile(r"^\+?[0-9][0-9-]{4,19}$")
+# At most 20 characters in all, "+" included (the column's width): 5–20 digits or dashes
+# after an optional "+", starting with a digit.
+PHONE_MAX = 20
+_PHONE = re.compile(rf"^(?=.{{1,{PHONE_MAX}}}$)\+?[0-9][0-9-]{{4,{PHONE_MAX - 1}}}$")
 
 S = WorkOrderState
 # States in which an order is still being worked on (open).

@@ -202,6 +202,15 @@ async def test_bad_report_fields_are_refused_together(session: AsyncSession, wor
         ("contactPhone", ErrorCode.INVALID), ("description", ErrorCode.REQUIRED)]
 
 
+async def test_a_contact_phone_fits_its_twenty_characters_plus_sign_included(session: AsyncSession, world: World) -> None:
+    longest = await report(session, world, contact_phone="+86" + "1" * 17)  # 20 characters
+    with pytest.raises(DomainError) as refused:
+        await report(session, world, contact_phone="+86" + "1" * 18)  # 21: refused, not a database error
+
+    assert longest.contact_phone == "+86" + "1" * 17
+    assert (refused.value.field, refused.value.code) == ("contactPhone", ErrorCode.INVALID)
+
+
 async def test_an_order_is_overdue_past_its_response_then_its_resolution_deadline(session: AsyncSession, world: World) -> None:
     leak = (await report(session, world, category=WorkOrderCategory.leak)).id or 0  # 30 min / 4 h
     query = (await report(session, world, category=WorkOrderCategory.billing_query)).id or 0  # 4 h / 48 h
