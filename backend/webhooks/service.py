@@ -367,8 +367,8 @@ async def post_once(url: str, *, body: bytes, headers: Mapping[str, str], settin
         return AttemptResult(None, elapsed(), f"refused: {refused.reason} address", None, refused=True)
     except (errors.WebhookUrlInvalid, errors.WebhookHostUnresolved) as invalid:
         return AttemptResult(None, elapsed(), invalid.message_en, None)
-    except Exception as error:  # recorded as the attempt's failure
-        return failed(error)
+    except Exception as resolve_error:  # recorded as the attempt's failure
+        return failed(resolve_error)
     request_headers = {**headers, "Host": target.host_header, "Content-Type": "application/json",
                        "User-Agent": USER_AGENT}
     extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
@@ -388,8 +388,8 @@ async def post_once(url: str, *, body: bytes, headers: Mapping[str, str], settin
                             break
                 finally:
                     await response.aclose()
-        except Exception as error:  # httpx's, the bound's, or any other: a failed attempt
-            return failed(error)
+        except Exception as exchange_error:  # httpx's, the bound's, or any other: a failed attempt
+            return failed(exchange_error)
     excerpt = chunk.decode("utf-8", "replace")[:EXCERPT_CHARS]
     error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
     return AttemptResult(response.status_code, elapsed(), error, excerpt)
