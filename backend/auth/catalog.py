@@ -28,8 +28,9 @@ __all__ = [
 ]
 
 # Menus never open to third parties, whatever the granter holds: users, roles, the
-# operation log, remote control.
-NOT_FOR_CLIENTS = frozenset({"system", "audit", "remote"})
+# operation log, remote control, and the push and SMS delivery records (消息管理: the
+# utility's own sending log, texts to residents' phones; not business data to integrate).
+NOT_FOR_CLIENTS = frozenset({"system", "audit", "remote", "messages"})
 
 # Resident tokens carry these, and every resident query narrows to their households.
 RESIDENT_PERMISSIONS: frozenset[str] = frozenset({"resident:self"})

@@ -15,7 +15,8 @@ public reads those addressed to everyone (docs/notifications.md, "Notices").
 - **Publishing**: at once (visible now, ``notice.published`` emitted in the same
   transaction) or for a later time (``scheduled``; the job ``publish_due_notices``,
   every minute, publishes the due ones and emits the event then). Withdrawing hides a
-  scheduled or published notice for good.
+  scheduled or published notice for good and deletes its NOTICE messages from the
+  inboxes (their pushes still queued are failed), in the same transaction.
 - **Visibility**: a resident sees the published, unexpired notices addressed to everyone,
   to an area whose subtree holds one of their bound households (area path prefix), or to
   one of those households; staff see the notices whose whole audience lies in their scope
@@ -109,13 +110,15 @@ def _invalid(message: str, message_en: str, field: str) -> DomainError:
 
 
 def _plain(value: str, *, field: str, limit: int, lines: bool) -> str:
+    if lines:  # Windows and old Mac line breaks (pasted text, some textareas) are line breaks
+        value = value.replace("\r\n", "\n").replace("\r", "\n")
     cleaned = value.strip()
     if not cleaned or len(cleaned) > limit:
         raise _invalid(f"须为 1 至 {limit} 个字符", f"Must be 1 to {limit} characters", field)
     allowed = "\n\t" if lines else ""
     if any(not character.isprintable() and character not in allowed for character in cleaned):
         raise _invalid("含有不可见的控制字符", "Contains control characters", field)
-    return cleaned.replace("\r\n", "\n") if lines else cleaned
+    return cleaned
 
 
 async def _checked_audience(session: AsyncSession, draft: NoticeDraft, scope_patterns: Sequence[str] | None) -> None:
@@ -263,12 +266,22 @@ async def publish_notice(
 
 
 async def withdraw_notice(session: AsyncSession, *, notice_id: int, writer: Writer, now: datetime) -> Notice:
-    """Hide a scheduled or published notice for good."""
+    """Hide a scheduled or published notice for good, and take it out of the inboxes: its
+    NOTICE messages are deleted and the pushes of them not yet sent are failed, in the
+    same transaction."""
     notice = await _locked(session, notice_id, writer.scope_patterns)
     if notice.state not in (NoticeState.scheduled, NoticeState.published):
         raise NoticeStateInvalid(notice.state, ("撤回", "withdrawn"))
     notice.state, notice.withdrawn_at, notice.withdrawn_by, notice.updated_at = NoticeState.withdrawn, now, writer.name, now
     await session.flush()
+    # The fan-out's dedupe key names the notice (notice_messages).
+    removed = list((await session.execute(text(
+        "DELETE FROM messages WHERE kind = 'notice' AND dedupe_key = :key RETURNING id"),
+        {"key": f"notice:{notice_id}"})).scalars())
+    if removed:
+        await session.execute(text(
+            "UPDATE push_deliveries SET state = 'failed', reason = 'notice withdrawn' WHERE state = 'queued'"
+            " AND kind = 'notice' AND message_ids && CAST(:ids AS bigint[])"), {"ids": removed})
     return notice
 
 

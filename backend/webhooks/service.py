@@ -343,24 +343,40 @@ def backoff_delay(settings: WebhookSettings, failed_attempts: int) -> timedelta:
 
 async def post_once(url: str, *, body: bytes, headers: Mapping[str, str], settings: WebhookSettings) -> AttemptResult:
     """One POST of ``body`` to ``url`` through the SSRF guard (resolve once, check, connect
-    to that address with the Host header and TLS server name kept)."""
+    to that address with the Host header and TLS server name kept).
+
+    Always an :class:`AttemptResult`, never an exception, so every attempt is recorded and
+    no delivery stays pending: resolving, and then the exchange (connect, send, the answer's
+    first bytes), are each bounded by ``timeout_s`` as a whole (httpx's own timeout bounds
+    each read, and a receiver trickling bytes would outlast it), and anything unexpected
+    is a failed attempt naming the error."""
     started = time.monotonic()
 
     def elapsed() -> int:
         return int((time.monotonic() - started) * 1000)
 
+    def failed(error: BaseException) -> AttemptResult:
+        if isinstance(error, TimeoutError):
+            return AttemptResult(None, elapsed(), f"timed out after {settings.timeout_s:g} s", None)
+        return AttemptResult(None, elapsed(), f"{type(error).__name__}: {error}"[:500], None)
+
     try:
-        target = await resolve_target(url, allow_private=settings.allow_private)
+        async with asyncio.timeout(settings.timeout_s):
+            target = await resolve_target(url, allow_private=settings.allow_private)
     except errors.WebhookAddressRefused as refused:
         return AttemptResult(None, elapsed(), f"refused: {refused.reason} address", None, refused=True)
-    except (errors.WebhookUrlInvalid, errors.WebhookHostUnresolved) as failed:
-        return AttemptResult(None, elapsed(), failed.message_en, None)
+    except (errors.WebhookUrlInvalid, errors.WebhookHostUnresolved) as invalid:
+        return AttemptResult(None, elapsed(), invalid.message_en, None)
+    except Exception as resolve_error:  # recorded as the attempt's failure
+        return failed(resolve_error)
     request_headers = {**headers, "Host": target.host_header, "Content-Type": "application/json",
                        "User-Agent": USER_AGENT}
     extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    # The bound starts once a slot is held: waiting for one is not the receiver's time.
     async with _limit(settings.concurrency):
         try:
-            async with httpx.AsyncClient(timeout=settings.timeout_s, trust_env=False, follow_redirects=False) as client:
+            async with asyncio.timeout(settings.timeout_s), httpx.AsyncClient(
+                    timeout=settings.timeout_s, trust_env=False, follow_redirects=False) as client:
                 request = client.build_request("POST", target.connect_url, content=body, headers=request_headers,
                                                extensions=extensions)
                 response = await client.send(request, stream=True)
@@ -372,8 +388,8 @@ async def post_once(url: str, *, body: bytes, headers: Mapping[str, str], settin
                             break
                 finally:
                     await response.aclose()
-        except httpx.HTTPError as failed:
-            return AttemptResult(None, elapsed(), f"{type(failed).__name__}: {failed}"[:500], None)
+        except Exception as exchange_error:  # httpx's, the bound's, or any other: a failed attempt
+            return failed(exchange_error)
     excerpt = chunk.decode("utf-8", "replace")[:EXCERPT_CHARS]
     error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
     return AttemptResult(response.status_code, elapsed(), error, excerpt)

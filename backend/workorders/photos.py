@@ -8,9 +8,11 @@ becomes once an order references it.
 - It is decoded with Pillow (HEIC through pillow-heif) **in a worker thread**, never on
   the event loop, after a check of its declared pixel count against
   :data:`MAX_PIXELS` (a decompression bomb is refused before its pixels are read).
-- **A resident's photo is re-encoded as a JPEG without the GPS block** of its EXIF (the
-  place a phone wrote into it: where the resident lives); orientation and the other tags
-  stay. The original upload is set to expire now, so the hourly purge deletes it. A staff
+- **A resident's photo is re-encoded as a JPEG without any metadata**: turned upright as
+  its EXIF orientation says, then stored without EXIF, XMP or comments (the place a
+  phone wrote into them is where the resident lives; dropping all of it also spares
+  re-encoding EXIF that phones and editors write with odd tag types). Only the colour
+  profile stays. The original upload is set to expire now, so the hourly purge deletes it. A staff
   member's JPEG or PNG is kept as uploaded (its location is evidence of a visit on
   site); a HEIC is converted to JPEG in both cases, since browsers do not show HEIC.
 - A **thumbnail** (JPEG, longest side :data:`THUMBNAIL_SIDE`) is made for every photo.
@@ -24,10 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import struct
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from PIL import Image, ImageOps
+from PIL import Image
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from backend.auth.principal import Principal
@@ -43,7 +46,9 @@ MAX_PIXELS = 60_000_000
 THUMBNAIL_SIDE = 320
 JPEG_QUALITY = 85
 MAX_PHOTOS_PER_STAGE = 9
-# The EXIF tag of the GPS IFD.
+# The EXIF tags of the image's orientation and of the GPS IFD (what a resident's photo
+# must not keep; it keeps no EXIF at all).
+ORIENTATION = 0x0112
 GPS_IFD = 0x8825
 
 _heif_registered = False
@@ -85,24 +90,56 @@ def process_photo(content: bytes, *, content_type: str, strip_location: bool, ma
                 raise OrderPhotoInvalid(f"照片像素过多 (上限 {max_pixels // 1_000_000} 百万像素)",
                                         f"The photo has too many pixels (at most {max_pixels:,})", field="photoIds")
             image.load()
-            exif = image.getexif()
             reencode = strip_location or content_type == "image/heic"
             stored: bytes | None = None
-            if reencode:
-                if strip_location and GPS_IFD in exif:
-                    del exif[GPS_IFD]
-                out = io.BytesIO()
-                image.convert("RGB").save(out, format="JPEG", quality=JPEG_QUALITY, exif=exif.tobytes())
-                stored = out.getvalue()
-            thumb = ImageOps.exif_transpose(image).convert("RGB")
+            if strip_location:
+                stored = _jpeg(_upright(image), icc_profile=image.info.get("icc_profile"))
+            elif reencode:
+                stored = _heic_as_jpeg(image)
+            thumb = _upright(image)
             thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-            out = io.BytesIO()
-            thumb.save(out, format="JPEG", quality=JPEG_QUALITY)
+            thumbnail = _jpeg(thumb)
     except DomainError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    except (OSError, ValueError, SyntaxError, struct.error, Image.DecompressionBombError) as error:
         raise OrderPhotoInvalid(field="photoIds") from error
-    return Processed(stored=stored, content_type="image/jpeg" if reencode else content_type, thumbnail=out.getvalue())
+    return Processed(stored=stored, content_type="image/jpeg" if reencode else content_type, thumbnail=thumbnail)
+
+
+# How to turn an image whose EXIF orientation is n (2–8) upright (as ImageOps.exif_transpose).
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The pixels turned as the EXIF orientation says, in RGB, with no metadata at all
+    (EXIF, XMP, comments). Unlike ImageOps.exif_transpose it never re-encodes the EXIF,
+    which raises on tags of unexpected types (as some phones and editors write)."""
+    try:
+        orientation = image.getexif().get(ORIENTATION)
+    except (OSError, ValueError, SyntaxError, TypeError, struct.error):
+        orientation = None
+    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    upright = (image.transpose(method) if method is not None else image).convert("RGB")
+    upright.info = {}
+    return upright
+
+
+def _jpeg(image: Image.Image, **options: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=JPEG_QUALITY, **{k: v for k, v in options.items() if v is not None})
+    return out.getvalue()
+
+
+def _heic_as_jpeg(image: Image.Image) -> bytes:
+    """A staff member's HEIC as JPEG with its EXIF (location included: evidence of the
+    visit); an EXIF that cannot be written back is dropped, the orientation applied."""
+    try:
+        exif = image.getexif().tobytes()
+    except (ValueError, TypeError, AttributeError, OverflowError, struct.error):
+        return _jpeg(_upright(image))
+    return _jpeg(image.convert("RGB"), exif=exif)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,9 @@ photos, and the only emitter of ``workorder.changed``.
     resolved ─(the job close_unconfirmed_work_orders, N days)─▶ closed
 
 - **dispatch** (``workorders:dispatch``): a supervisor assigns (or re-assigns) a submitted
-  or assigned order to an active staff user. **take** (``workorders:handle``): a staff
+  or assigned order to an active staff user holding ``workorders:handle`` whose data
+  scope covers the order's area (anyone else: NOT_FOUND on ``assigneeId``). **take**
+  (``workorders:handle``): a staff
   member takes an unassigned order of their scope from the pool; the row is locked
   (``FOR UPDATE``), so of two concurrent takes one wins and the other gets
   WORKORDER_ALREADY_TAKEN.
@@ -74,9 +76,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from backend.archives.models import Area, Household
-from backend.auth.models import StaffUser
+from backend.auth.models import PrincipalKind, StaffUser
 from backend.auth.principal import Principal
 from backend.auth.scope import path_in_scope
+from backend.auth.service import load_principal
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.events.service import emit_event
 from backend.pagination import PagedQuery
@@ -99,8 +102,13 @@ DESCRIPTION_MAX = 2000
 RESULT_MAX = 2000
 NOTE_MAX = 500
 COMMENT_MAX = 500
+# What an assignee must hold (the permission of taking from the pool and working an order).
+HANDLE = "workorders:handle"
 MAX_MATERIALS = 50
-_PHONE = re.compile(r"^\+?[0-9][0-9-]{4,19}$")
+# At most 20 characters in all, "+" included (the column's width): 5–20 digits or dashes
+# after an optional "+", starting with a digit.
+PHONE_MAX = 20
+_PHONE = re.compile(rf"^(?=.{{1,{PHONE_MAX}}}$)\+?[0-9][0-9-]{{4,{PHONE_MAX - 1}}}$")
 
 S = WorkOrderState
 # States in which an order is still being worked on (open).
@@ -154,7 +162,8 @@ def _text(value: str | None, *, field: str, maximum: int, required: bool) -> str
 
 async def household_in_reach(session: AsyncSession, household_id: int, principal: Principal) -> tuple[Household, str]:
     """The household and its area path when the principal may report for it (a resident:
-    a bound household; staff: one in scope; the system: any); NOT_FOUND otherwise."""
+    a bound household; anyone else: one in its area scope, the whole tree for the system
+    actor); NOT_FOUND otherwise."""
     row = (await session.execute(
         select(Household, col(Area.path)).join(Area, col(Area.id) == col(Household.area_id))
         .where(col(Household.id) == household_id)
@@ -165,7 +174,7 @@ async def household_in_reach(session: AsyncSession, household_id: int, principal
     if principal.is_resident:
         if household_id not in principal.household_ids:
             raise NotFound(field="householdId")
-    elif principal.is_staff and not path_in_scope(path, principal.scope_patterns()):
+    elif not path_in_scope(path, principal.scope_patterns()):
         raise NotFound(field="householdId")
     return household, path
 
@@ -280,11 +289,11 @@ async def locked_order(session: AsyncSession, *, order_id: int, principal: Princ
 
 
 def reaches(principal: Principal, order: WorkOrder) -> bool:
+    """A resident reaches their bound households' orders; anyone else (staff, an API
+    client, the system actor, whose scope is the whole tree) the orders of its area scope."""
     if principal.is_resident:
         return order.household_id in principal.household_ids
-    if principal.is_staff:
-        return path_in_scope(order.area_path, principal.scope_patterns())
-    return True  # the system
+    return path_in_scope(order.area_path, principal.scope_patterns())
 
 
 async def _move(session: AsyncSession, order: WorkOrder, to_state: WorkOrderState, actor: Actor, note: str | None,
@@ -321,15 +330,17 @@ def _require_resident(principal: Principal, action: str) -> None:
 
 async def dispatch_work_order(session: AsyncSession, *, principal: Principal, order_id: int, assignee_id: int,
                               note: str | None = None, now: datetime) -> WorkOrder:
-    """派单: assign (or re-assign) a submitted or assigned order to an active staff user."""
+    """派单: assign (or re-assign) a submitted or assigned order to an active staff user who
+    can work it: holding ``workorders:handle`` with the order's area in their data scope
+    (else they could not even see it). Anyone else is NOT_FOUND on ``assigneeId``."""
     _require_staff(principal)
     order = await locked_order(session, order_id=order_id, principal=principal)
     _require(order, (S.submitted, S.assigned), "派单")
-    assignee = await session.get(StaffUser, assignee_id)
-    if assignee is None or not assignee.is_active:
+    assignee = await load_principal(session, kind=PrincipalKind.staff, principal_id=assignee_id)
+    if assignee is None or not assignee.has(HANDLE) or not reaches(assignee, order):
         raise NotFound(field="assigneeId")
     return await _move(session, order, S.assigned, actor_of(principal),
-                       _text(note, field="note", maximum=NOTE_MAX, required=False) or f"派给 {assignee.full_name}", now,
+                       _text(note, field="note", maximum=NOTE_MAX, required=False) or f"派给 {assignee.name}", now,
                        assignee_id=assignee_id, assigned_at=now)
 
 

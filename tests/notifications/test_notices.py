@@ -171,6 +171,23 @@ async def test_an_audience_outside_the_writers_scope_is_refused_and_nothing_is_w
     assert await count_notices(session) == before + 2
 
 
+async def test_windows_line_breaks_in_a_body_are_line_breaks_and_a_title_keeps_none(session: AsyncSession) -> None:
+    tree = await make_area_tree(session)
+    east = scope(tree.east)
+
+    def pasted(title: str, body: str) -> notices.NoticeDraft:
+        return notices.NoticeDraft(title=title, body=body, audience=NoticeAudience.areas,
+                                   area_ids=[tree.east.id])  # type: ignore[list-item]
+
+    notice = await notices.create_notice(session, draft=pasted("停水通知", "停水通知\r\n明日 8:00-12:00 停水\r老式换行\r\n"),
+                                         writer=writer(east), files=None, now=NOW)
+    with pytest.raises(DomainError) as title:
+        await notices.create_notice(session, draft=pasted("停水\r\n通知", "x"), writer=writer(east), files=None, now=NOW)
+
+    assert notice.body == "停水通知\n明日 8:00-12:00 停水\n老式换行"
+    assert (title.value.code, title.value.field) == (ErrorCode.INVALID, "title")
+
+
 async def test_only_a_draft_is_edited_and_a_published_one_is_withdrawn_for_good(session: AsyncSession) -> None:
     town = await make_town(session)
     east = scope(town.tree.east)

@@ -1,9 +1,10 @@
 """Webhook deliveries end to end: events emitted before any worker runs are delivered
 once it starts, signed as docs/webhooks.md says; a 500 is retried until a 2xx; a
 finished delivery is replayed; data is narrowed to the client's scope; the SSRF guard
-refuses each address class at registration and again at delivery (docs/webhooks.md);
-``workorder.changed`` (fanned out by the workorders domain's declaration) reaches a client
-over the order's area and no other."""
+refuses each address class at registration and again at delivery (docs/webhooks.md); an
+unexpected error in an attempt is a recorded failed attempt; ``workorder.changed`` (fanned
+out by the workorders domain's declaration) reaches a client over the order's area and no
+other."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from backend.jobs import defer_job
 from backend.readings.events import ReadingsIngested
 from backend.runtime import Runtime
 from backend.settings import Settings
-from backend.webhooks import errors, service, signing
+from backend.webhooks import errors, service, signing, ssrf
 from backend.webhooks.settings import WebhookSettings
 from backend.workorders import service as workorders
 from backend.workorders.models import WorkOrderCategory
@@ -173,6 +174,10 @@ REFUSED = [
     ("http://169.254.169.254/latest/meta-data", "metadata"), ("http://[fd00:ec2::254]/", "metadata"),
     ("http://100.100.100.200/", "metadata"), ("http://100.64.0.1/", "cgnat"),
     ("http://[::ffff:127.0.0.1]/", "loopback"),
+    # IPv6 forms carrying an IPv4 address are judged by it: 6to4, NAT64's well-known prefix.
+    ("http://[2002:7f00:1::]/", "loopback"), ("http://[2002:a9fe:a9fe::]/", "metadata"),
+    ("http://[64:ff9b::a00:1]/", "private"),
+    ("http://[fec0::1]/", "private"), ("http://192.0.0.8/", "private"),
 ]
 
 
@@ -324,3 +329,26 @@ async def test_a_work_order_change_reaches_the_client_over_its_area_signed_and_n
     # The west's client saw the same events fanned out and got nothing: not a row, not a request.
     assert await deliveries(committed_engine, outside.endpoint.id) == []
     assert receiver.at("/ok?workorders-west") == []
+
+
+async def test_an_unexpected_error_is_a_recorded_failed_attempt(
+        committed_engine: AsyncEngine, world: World, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    issued = await register(committed_engine, world.principal, receiver.url("/ok?unexpected"))
+    async with session_factory(committed_engine)() as session, session.begin():
+        delivery_id = (await session.execute(text(
+            "INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, body, status, created_at)"
+            " VALUES (:e, 0, 'readings.ingested', '{}', 'pending', now()) RETURNING id"),
+            {"e": issued.endpoint.id})).scalar_one()
+    runtime = Runtime(settings=SETTINGS, sessions=session_factory(committed_engine), actor=system_actor(frozenset()),
+                      services={"settings.webhooks": WebhookSettings(allow_private=True), "defer_job": defer_job})
+
+    async def broken(url: str, *, allow_private: bool) -> ssrf.Target:
+        raise RuntimeError("resolver broke")
+
+    # Whatever fails inside an attempt is its recorded failure: the job never crashes on it,
+    # which would leave the delivery pending with no attempt.
+    monkeypatch.setattr(service, "resolve_target", broken)
+    result = await service.deliver(runtime, {"delivery_id": delivery_id})
+
+    assert result is not None and result.error == "RuntimeError: resolver broke"
+    assert [(row.attempts, row.codes) for row in await deliveries(committed_engine, issued.endpoint.id)] == [(1, [0])]

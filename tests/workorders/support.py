@@ -12,11 +12,12 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.archives.models import Area, Household
-from backend.auth.models import PrincipalKind, StaffUser
+from backend.auth import service as auth
+from backend.auth.models import PrincipalKind, RoleKind, StaffUser, StaffUserRole
 from backend.auth.principal import Principal
 from backend.workorders import service
 from backend.workorders.models import WorkOrder, WorkOrderCategory, WorkOrderTransition
-from tests.factories import AreaTree, Staff, make_area_tree, make_household, unique
+from tests.factories import ROOT, AreaTree, Staff, make_area_tree, make_household, unique
 
 NOW = datetime(2026, 12, 7, 2, 0, tzinfo=UTC)
 TZ = ZoneInfo("Asia/Shanghai")
@@ -55,15 +56,19 @@ async def make_world(session: AsyncSession) -> World:
 
 
 async def staff_member(session: AsyncSession, *, permissions: set[str], area: Area) -> Staff:
-    """A staff user row and the principal a login would give them. The service reads only
-    the principal; the row is there for the assignee's foreign key and name. (No password:
-    make_staff's argon2 hashing costs ~0.5 s a user, and these users never log in.)"""
+    """A staff user with a role holding ``permissions`` over ``area``, and the principal a
+    login would give them (dispatch reads an assignee's grants from their roles). (No
+    password: make_staff's argon2 hashing costs ~0.5 s a user, and these users never log in.)"""
+    role = await auth.create_role(session, actor=ROOT, name=unique("角色"), kind=RoleKind.operator,
+                                  permissions=permissions, area_ids=[area.id or 0], unit_id=area.id)
     user = StaffUser(username=unique("wo"), full_name=unique("维修员"), password_hash="!", area_id=area.id)
     session.add(user)
     await session.flush()
-    assert user.id is not None
-    principal = Principal(kind=PrincipalKind.staff, id=user.id, name=user.full_name, permissions=frozenset(permissions),
-                          scope_paths=(area.path,))
+    assert user.id is not None and role.id is not None
+    session.add(StaffUserRole(user_id=user.id, role_id=role.id))
+    await session.flush()
+    principal = await auth.load_principal(session, kind=PrincipalKind.staff, principal_id=user.id)
+    assert principal is not None
     return Staff(user, principal, user.username, "")
 
 

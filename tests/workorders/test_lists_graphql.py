@@ -1,14 +1,17 @@
 """The staff list of work orders over GraphQL: its statement count does not grow with the
-page (transitions and photos through DataLoaders), and its filters."""
+page (transitions and photos through DataLoaders), and its filters; an API client reads
+only the orders of its areas."""
 
 from __future__ import annotations
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from backend.auth.service import create_api_client
 from backend.auth.system import system_actor
 from backend.clock import utcnow
 from backend.db import session_factory
+from backend.graphql.relay import encode_id
 from backend.workorders import service
 from backend.workorders.models import WorkOrderCategory
 from backend.workorders.photos import StoredPhoto
@@ -73,6 +76,28 @@ async def test_the_list_filters_by_category_and_a_caller_outside_the_area_sees_n
 
 
 def _area_id(world: World) -> str:
-    from backend.graphql.relay import encode_id
-
     return encode_id("Area", world.tree.west.id or 0)
+
+
+CLIENT_TOKEN = """mutation($id: String!, $secret: String!) {
+  issueClientToken(clientId: $id, clientSecret: $secret) { tokens { accessToken } errors { code } } }"""
+
+
+async def test_an_api_client_scoped_to_west_reads_no_east_order_by_id_or_node(
+        client: GraphQLClient, world: World, orders: list[int], engine_for_module: AsyncEngine) -> None:
+    async with session_factory(engine_for_module)() as session, session.begin():
+        issued = await create_api_client(session, actor=world.admin.principal, name="第三方", scopes=["workorders:read"],
+                                         area_ids=[world.tree.west.id or 0], rate_per_minute=1000)
+    answer = await client.execute(CLIENT_TOKEN, {"id": issued.client.client_id, "secret": issued.secret})
+    token = answer["data"]["issueClientToken"]["tokens"]["accessToken"]
+    east_order = encode_id("WorkOrder", orders[0])
+
+    listed = await client.execute("{ workOrders(first: 50) { totalCount } }", token=token)
+    one = await client.execute("query($id: ID!) { workOrder(id: $id) { contactPhone } }", {"id": east_order},
+                               token=token)
+    node = await client.execute("query($id: ID!) { node(id: $id) { ... on WorkOrder { contactPhone } } }",
+                                {"id": east_order}, token=token)
+
+    assert listed["data"]["workOrders"]["totalCount"] == 0
+    assert one["data"] is None and [e["extensions"]["code"] for e in one["errors"]] == ["NOT_FOUND"], one
+    assert (node["data"] or {}).get("node") is None and node["errors"][0]["extensions"]["code"] == "NOT_FOUND", node

@@ -1,8 +1,10 @@
 """Work orders' photos: JPEG, PNG and HEIC accepted, anything else, someone else's or too
-large refused, GPS stripped from a resident's, a thumbnail made, the kept files kept."""
+large refused, a resident's stored upright without any metadata (GPS, XMP), odd EXIF
+no error, a thumbnail made, the kept files kept."""
 
 from __future__ import annotations
 
+import base64
 import io
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -33,13 +35,41 @@ def opened(content: bytes) -> Image.Image:
     return Image.open(io.BytesIO(content))
 
 
-def test_a_residents_photo_is_stored_without_its_gps_but_keeps_its_other_tags() -> None:
-    made = process_photo(photo(), content_type="image/jpeg", strip_location=True)
+def test_a_residents_photo_is_stored_upright_without_any_metadata() -> None:
+    exif = Image.Exif()
+    exif[0x010F] = "Apple"
+    exif[0x0112] = 6  # taken with the phone turned: shown rotated 90° clockwise
+    exif[GPS_IFD] = {1: "N", 2: (31.0, 14.0, 0.0), 3: "E", 4: (121.0, 28.0, 0.0)}
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:exif="http://ns.adobe.com/exif/1.0/" exif:GPSLatitude="31,13.5N"/></rdf:RDF>'
+           b'</x:xmpmeta>')
+    out = io.BytesIO()
+    Image.new("RGB", (800, 600), "teal").save(out, format="JPEG", exif=exif, xmp=xmp, comment=b"Home, 31.22N 121.47E")
+
+    made = process_photo(out.getvalue(), content_type="image/jpeg", strip_location=True)
 
     assert made.stored is not None and made.content_type == "image/jpeg"
-    exif = opened(made.stored).getexif()
-    assert exif.get_ifd(GPS_IFD) == {} and exif.get(0x010F) == "Apple"
-    assert opened(made.thumbnail).size == (THUMBNAIL_SIDE, 240)
+    stored = opened(made.stored)
+    assert stored.size == (600, 800)  # turned upright, so no orientation is needed
+    assert dict(stored.getexif()) == {} and not {"exif", "xmp", "comment"} & set(stored.info)
+    assert b"GPSLatitude" not in made.stored and b"31.22N" not in made.stored
+    assert opened(made.thumbnail).size == (240, THUMBNAIL_SIDE) and b"GPSLatitude" not in made.thumbnail
+
+
+# JPEGs whose EXIF holds tags of unexpected types, as some phones and editors write
+# (Pillow decodes them; writing their EXIF back raises TypeError, struct.error …).
+ODD_EXIF_JPEGS = [base64.b64decode(line) for line in
+                  (Path(__file__).parent / "odd_exif_jpegs.b64").read_text().split()]
+
+
+@pytest.mark.parametrize("content", ODD_EXIF_JPEGS, ids=["1", "2", "3"])
+def test_a_photo_with_odd_exif_is_stored_for_a_resident_and_a_staff_member(content: bytes) -> None:
+    residents = process_photo(content, content_type="image/jpeg", strip_location=True)
+    staffs = process_photo(content, content_type="image/jpeg", strip_location=False)
+
+    assert residents.stored is not None and opened(residents.stored).size == (16, 16)
+    assert dict(opened(residents.stored).getexif()) == {}
+    assert staffs.stored is None and opened(staffs.thumbnail).format == "JPEG"
 
 
 def test_a_staff_jpeg_stays_as_uploaded_and_a_heic_becomes_a_jpeg() -> None:

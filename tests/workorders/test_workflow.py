@@ -15,12 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.alarms.models import AlarmKind, AlarmSubjectKind
 from backend.alarms.service import AlarmSubject, open_alarms
 from backend.archives.service import assign_meter
-from backend.errors import DomainError, ErrorCode
+from backend.errors import DomainError, ErrorCode, NotFound
 from backend.workorders import service
 from backend.workorders.models import WorkOrderCategory, WorkOrderSource, WorkOrderState, WorkOrderTransition
 from backend.workorders.settings import WorkordersSettings
 from tests.readings.factories import make_meter
-from tests.workorders.support import LATER, NOW, TZ, World, footprint, listed, make_world, report
+from tests.workorders.support import LATER, NOW, TZ, World, footprint, listed, make_world, report, staff_member
 
 S = WorkOrderState
 
@@ -77,6 +77,23 @@ async def test_a_supervisor_dispatches_and_the_resident_reopens_back_to_the_assi
 
     assert (reopened.state, reopened.assignee_id, reopened.resolved_at) == (S.assigned, world.other_handler.user.id, None)
     assert (await _states(session, oid))[-1] == ("resolved", "assigned", "resident")
+
+
+async def test_dispatch_only_to_staff_who_can_work_the_order_else_not_found_and_nothing_written(
+        session: AsyncSession, world: World) -> None:
+    oid = (await report(session, world)).id or 0  # an east order
+    no_handle = await staff_member(session, permissions={"workorders:read"}, area=world.tree.east)
+    before = await footprint(session, oid)
+
+    refused = []
+    for assignee in (world.west_handler, no_handle):  # outside the order's area; cannot handle orders
+        with pytest.raises(NotFound) as error:
+            await service.dispatch_work_order(session, principal=world.supervisor.principal, order_id=oid,
+                                              assignee_id=assignee.user.id or 0, now=NOW + LATER)
+        refused.append((error.value.code, error.value.field))
+
+    assert refused == [(ErrorCode.NOT_FOUND, "assigneeId")] * 2
+    assert await footprint(session, oid) == before
 
 
 async def test_cancelling_by_the_resident_before_work_and_by_staff_with_a_reason(session: AsyncSession, world: World) -> None:
@@ -183,6 +200,15 @@ async def test_bad_report_fields_are_refused_together(session: AsyncSession, wor
 
     assert sorted((e.field, e.code) for e in refused.value.errors) == [  # type: ignore[attr-defined]
         ("contactPhone", ErrorCode.INVALID), ("description", ErrorCode.REQUIRED)]
+
+
+async def test_a_contact_phone_fits_its_twenty_characters_plus_sign_included(session: AsyncSession, world: World) -> None:
+    longest = await report(session, world, contact_phone="+86" + "1" * 17)  # 20 characters
+    with pytest.raises(DomainError) as refused:
+        await report(session, world, contact_phone="+86" + "1" * 18)  # 21: refused, not a database error
+
+    assert longest.contact_phone == "+86" + "1" * 17
+    assert (refused.value.field, refused.value.code) == ("contactPhone", ErrorCode.INVALID)
 
 
 async def test_an_order_is_overdue_past_its_response_then_its_resolution_deadline(session: AsyncSession, world: World) -> None:

@@ -1,6 +1,8 @@
 """GraphQL for messages (消息): the caller's own inbox (a resident or a staff user), their
 devices and preferences, the ``messageCreated`` subscription (residents and staff), and the
-delivery records of pushes and SMS for staff holding ``messages:read`` (消息管理).
+delivery records of pushes and SMS for staff holding ``messages:read`` (消息管理), in
+their area scope: an SMS through its household's area, a push (a JPush call to devices
+of any area) with whole-tree scope only. ``messages:read`` is not an API client's scope.
 
 API clients have no inbox: the inbox fields refuse them (FORBIDDEN).
 """
@@ -113,6 +115,16 @@ def _masked(phone: str | None) -> str | None:
     return phone[:3] + "****" + phone[-4:] if phone and len(phone) >= 7 else phone
 
 
+# Delivery records' area scope (:patterns, the caller's LIKE patterns; backend.auth.scope).
+# An SMS is its household's: seen when the household's area is in the scope. A push is one
+# JPush call carrying one text to up to 1000 devices of residents and staff of any area, so
+# it belongs to no area: push records are seen with whole-tree scope only.
+_HOUSEHOLD_IN_SCOPE = ("EXISTS (SELECT 1 FROM households h JOIN areas a ON a.id = h.area_id"
+                       " WHERE h.id = sms_deliveries.household_id AND a.path LIKE ANY(CAST(:patterns AS text[])))")
+_WHOLE_TREE = ("NOT EXISTS (SELECT 1 FROM areas r WHERE r.parent_id IS NULL"
+               " AND NOT r.path LIKE ANY(CAST(:patterns AS text[])))")
+
+
 async def _page(context: Context, sql: str, values: dict[str, Any], page: PageRequest) -> tuple[list[Any], int]:
     async with context.read() as session:
         rows = list((await session.execute(text(f"SELECT * {sql} ORDER BY id DESC OFFSET :o LIMIT :l"),
@@ -156,8 +168,9 @@ class Query:
     ) -> Connection[PushDeliveryType]:
         page = PageRequest.from_args(first, after)
         rows, total = await _page(info.context, "FROM push_deliveries WHERE (CAST(:s AS text) IS NULL OR state = :s) "
-                                  "AND (CAST(:k AS text) IS NULL OR kind = :k)",
-                                  {"s": state.value if state else None, "k": kind.value if kind else None}, page)
+                                  f"AND (CAST(:k AS text) IS NULL OR kind = :k) AND {_WHOLE_TREE}",
+                                  {"s": state.value if state else None, "k": kind.value if kind else None,
+                                   "patterns": info.context.caller.scope_patterns()}, page)
         nodes = [PushDeliveryType(id=encode_id("PushDelivery", row["id"]), kind=MessageKind(row["kind"]),
                                   title=row["title"], devices=len(row["registration_ids"]),
                                   messages=len(row["message_ids"]), state=PushState(row["state"]),
@@ -174,9 +187,9 @@ class Query:
         household = decode_id(household_id, "Household", field="householdId") if household_id else None
         rows, total = await _page(info.context, "FROM sms_deliveries WHERE (CAST(:s AS text) IS NULL OR state = :s) "
                                   "AND (CAST(:k AS text) IS NULL OR kind = :k) "
-                                  "AND (CAST(:h AS bigint) IS NULL OR household_id = :h)",
+                                  f"AND (CAST(:h AS bigint) IS NULL OR household_id = :h) AND {_HOUSEHOLD_IN_SCOPE}",
                                   {"s": state.value if state else None, "k": kind.value if kind else None,
-                                   "h": household}, page)
+                                   "h": household, "patterns": info.context.caller.scope_patterns()}, page)
         nodes = [SmsDeliveryType(id=encode_id("SmsDelivery", row["id"]),
                                  household_id=encode_id("Household", row["household_id"]), kind=MessageKind(row["kind"]),
                                  text=row["text"], state=SmsState(row["state"]), phone=_masked(row["phone"]),
