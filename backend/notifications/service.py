@@ -1,15 +1,18 @@
 """Messages: writing them set-based, the inbox, devices and preferences (docs/notifications.md).
 
-:func:`notify_many` is the one writer of messages. One statement (data-modifying CTEs
-over ``unnest`` arrays, no Python loop over rows) expands household recipients to the
-residents bound to them **now**, inserts the messages with ``ON CONFLICT (recipient,
-dedupe_key) DO NOTHING``, and queues — only for the rows it really inserted — the
-pushes (one ``push_deliveries`` row per message text, release time and 1000
-registration ids) and the SMS (one ``sms_deliveries`` row per household without an
-active app device, for kinds with the SMS channel, itself unique on (household, dedupe
-key)). A replayed event therefore writes and sends nothing. Sending happens after
-commit, in the job worker (``backend.notifications.push`` / ``.sms``), woken by this
-domain's handler of the ``message.created`` events written here.
+:func:`notify_many` is the one writer of messages (:func:`notify_households` is the
+same for the households a query selects). One statement (data-modifying CTEs over
+``unnest`` arrays, or over the households query, no Python loop over rows) expands
+household recipients to the residents bound to them **now**, inserts the messages —
+plainly when no message has the dedupe key yet, else with ``ON CONFLICT (recipient,
+dedupe_key) DO NOTHING`` — and queues, only for the rows it really inserted, the pushes
+(one ``push_deliveries`` row per message text, release time and 1000 registration ids)
+and the SMS (one ``sms_deliveries`` row per household without an active app device, for
+kinds with the SMS channel, itself unique on (household, dedupe key)), and, for a uniform
+call, writes the ``message.created`` events. A replayed event therefore writes and sends
+nothing. Sending happens after commit, in the job worker (``backend.notifications.push``
+/ ``.sms``), woken by this domain's handler of the ``message.created`` events written
+here.
 
 Decisions:
 - ``message.created`` is emitted in chunks of :data:`EVENT_CHUNK` messages: a 100k
