@@ -1,7 +1,7 @@
 """The notifications domain's tables (docs/notifications.md).
 
 - ``messages``: one row per inbox message (a resident's or a staff user's), unique on
-  (recipient, dedupe key) so a replayed event never writes (nor sends) twice.
+  (dedupe key, recipient) so a replayed event never writes (nor sends) twice.
 - ``sms_deliveries``: an SMS to a household's registered phone, unique on (household,
   dedupe key): queued in the business transaction, sent by the job after commit, then
   ``sent``, ``failed`` (with the vendor's reason) or ``capped`` (the household's daily cap).
@@ -53,7 +53,9 @@ class PushState(StrEnum):
 class Message(SQLModel, table=True):
     __tablename__ = "messages"
     __table_args__ = (
-        UniqueConstraint("recipient_kind", "recipient_id", "dedupe_key", name="uq_messages_recipient_dedupe"),
+        # The dedupe key first: "has any message this key yet?" is one probe (a fan-out with a
+        # new key then inserts without ON CONFLICT), and a fan-out's entries sit together.
+        UniqueConstraint("dedupe_key", "recipient_kind", "recipient_id", name="uq_messages_dedupe_recipient"),
         # The inbox: a user's newest first, unread ones counted.
         Index("ix_messages_inbox", "recipient_kind", "recipient_id", "id"),
         Index("ix_messages_unread", "recipient_kind", "recipient_id", postgresql_where=text("read_at IS NULL")),
@@ -62,8 +64,9 @@ class Message(SQLModel, table=True):
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True, autoincrement=True))
     recipient_kind: UserKind = Field(sa_column=enum_column(UserKind, nullable=False))
     recipient_id: int = Field(sa_column=Column(BigInteger, nullable=False))
-    # The household a household-addressed message reached the resident through (NULL otherwise).
-    household_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True, index=True))
+    # The household a household-addressed message reached the resident through (NULL otherwise;
+    # shown, never searched by: no index).
+    household_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     kind: str = Field(sa_column=Column(String(32), nullable=False))
     title: str = Field(sa_column=Column(String(200), nullable=False))
     body: str = Field(sa_column=Column(Text, nullable=False))
@@ -135,6 +138,7 @@ class PushDelivery(SQLModel, table=True):
     title: str = Field(sa_column=Column(String(200), nullable=False))
     body: str = Field(sa_column=Column(Text, nullable=False))
     extras: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False, server_default="{}"))
+    # Both arrays are stored out of line uncompressed (STORAGE EXTERNAL, migration 0035).
     registration_ids: list[str] = Field(sa_column=Column(ARRAY(String(64)), nullable=False))
     message_ids: list[int] = Field(sa_column=Column(ARRAY(BigInteger), nullable=False))
     state: PushState = Field(default=PushState.queued, sa_column=enum_column(PushState, nullable=False))

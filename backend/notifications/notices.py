@@ -25,7 +25,7 @@ public reads those addressed to everyone (docs/notifications.md, "Notices").
   read count is its readers against its audience size, the residents bound to its
   households now.
 - **Fan-out**: :func:`notice_messages`, the handler of ``notice.published``, writes one
-  NOTICE message per household of the audience through ``notify_many`` (dedupe key
+  NOTICE message per household of the audience through ``notify_households`` (dedupe key
   ``notice:<id>``); a notice withdrawn or expired by then sends nothing.
 """
 
@@ -495,12 +495,13 @@ async def audience_households(session: AsyncSession, notice_id: int) -> list[int
 async def notice_messages(runtime: Runtime, session: AsyncSession, event: Event) -> int:
     """The handler of ``notice.published`` (``notifications.notice_messages``): one NOTICE
     message per household of the audience (its bound residents' inboxes and devices),
-    through ``notify_many`` with the dedupe key ``notice:<id>``, so a replay sends nothing.
-    A notice withdrawn or expired by now sends nothing. Returns what ``notify_many``
+    through ``notify_households`` (``notify_many`` with the audience query as the recipients)
+    with the dedupe key ``notice:<id>``, so a replay sends nothing.
+    A notice withdrawn or expired by now sends nothing. Returns what it
     wrote (the host ignores it; tests and the benchmark read it)."""
     from backend.events.service import payload_of
-    from backend.notifications.kinds import MessageKind, Recipient
-    from backend.notifications.service import notify_many  # type: ignore[import-not-found,unused-ignore]
+    from backend.notifications.kinds import MessageKind
+    from backend.notifications.service import notify_households  # type: ignore[import-not-found,unused-ignore]
 
     published = payload_of(event, NoticePublished)
     now = runtime.now()
@@ -508,12 +509,12 @@ async def notice_messages(runtime: Runtime, session: AsyncSession, event: Event)
                                  {"id": published.notice_id, "now": now})).first()
     if row is None:
         return 0
-    households = await audience_households(session, row.id)
-    if not households:
-        return 0
-    written: int = await notify_many(
-        session, kind=MessageKind.NOTICE, recipients=[Recipient.household(h) for h in households], title=row.title,
-        body=row.body[:200], data={"notice_id": row.id, "screen": "notice"}, dedupe_key=f"notice:{row.id}", now=now,
+    # The audience's households select themselves inside the writing statement (set-based:
+    # a 100k audience never travels through Python).
+    written: int = await notify_households(
+        session, kind=MessageKind.NOTICE, households=AUDIENCE_HOUSEHOLDS, arguments={"notice_id": row.id},
+        title=row.title, body=row.body[:200], data={"notice_id": row.id, "screen": "notice"},
+        dedupe_key=f"notice:{row.id}", now=now,
     )
     return written
 

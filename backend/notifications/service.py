@@ -1,15 +1,18 @@
 """Messages: writing them set-based, the inbox, devices and preferences (docs/notifications.md).
 
-:func:`notify_many` is the one writer of messages. One statement (data-modifying CTEs
-over ``unnest`` arrays, no Python loop over rows) expands household recipients to the
-residents bound to them **now**, inserts the messages with ``ON CONFLICT (recipient,
-dedupe_key) DO NOTHING``, and queues — only for the rows it really inserted — the
-pushes (one ``push_deliveries`` row per message text, release time and 1000
-registration ids) and the SMS (one ``sms_deliveries`` row per household without an
-active app device, for kinds with the SMS channel, itself unique on (household, dedupe
-key)). A replayed event therefore writes and sends nothing. Sending happens after
-commit, in the job worker (``backend.notifications.push`` / ``.sms``), woken by this
-domain's handler of the ``message.created`` events written here.
+:func:`notify_many` is the one writer of messages (:func:`notify_households` is the
+same for the households a query selects). One statement (data-modifying CTEs over
+``unnest`` arrays, or over the households query, no Python loop over rows) expands
+household recipients to the residents bound to them **now**, inserts the messages —
+plainly when no message has the dedupe key yet, else with ``ON CONFLICT (recipient,
+dedupe_key) DO NOTHING`` — and queues, only for the rows it really inserted, the pushes
+(one ``push_deliveries`` row per message text, release time and 1000 registration ids)
+and the SMS (one ``sms_deliveries`` row per household without an active app device, for
+kinds with the SMS channel, itself unique on (household, dedupe key)), and, for a uniform
+call, writes the ``message.created`` events. A replayed event therefore writes and sends
+nothing. Sending happens after commit, in the job worker (``backend.notifications.push``
+/ ``.sms``), woken by this domain's handler of the ``message.created`` events written
+here.
 
 Decisions:
 - ``message.created`` is emitted in chunks of :data:`EVENT_CHUNK` messages: a 100k
@@ -22,18 +25,21 @@ Decisions:
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time
 from typing import Any
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.db import raw_connection
 from backend.errors import BadUserInput
-from backend.events.service import emit_event
+from backend.events.service import EVENTS_CHANNEL, emit_event
 from backend.notifications.channels import Channel, channels_of
 from backend.notifications.events import MessageCreated
 from backend.notifications.kinds import MessageKind, Recipient, RecipientKind
@@ -44,6 +50,8 @@ EVENT_CHUNK = 5000
 # JPush takes at most 1000 registration ids per call.
 PUSH_BATCH = 1000
 DEFAULT_TIMEZONE = "Asia/Shanghai"
+# The unique index a replay or a concurrent writer of the same key meets (models.Message).
+UNIQUE_DEDUPE = "uq_messages_dedupe_recipient"
 # Past this many recipients the statement gets more memory to sort in.
 LARGE_FAN_OUT = 10_000
 LARGE_FAN_OUT_WORK_MEM = "64MB"
@@ -130,6 +138,107 @@ LEFT JOIN ins ON true
 """
 
 
+# The quiet-hours release time of a push: now, or the end of the recipient's quiet hours
+# (``p``: their preferences row) when now falls inside them ($8 now, $11 the time zone).
+_RELEASE_AT = """
+CASE WHEN p.quiet_start IS NULL OR p.quiet_end IS NULL OR p.quiet_start = p.quiet_end THEN $8
+     WHEN (CASE WHEN p.quiet_start < p.quiet_end
+                THEN ($8 AT TIME ZONE $11)::time >= p.quiet_start AND ($8 AT TIME ZONE $11)::time < p.quiet_end
+                ELSE ($8 AT TIME ZONE $11)::time >= p.quiet_start OR ($8 AT TIME ZONE $11)::time < p.quiet_end
+           END)
+     THEN ((($8 AT TIME ZONE $11)::date + p.quiet_end)
+           + CASE WHEN p.quiet_end <= ($8 AT TIME ZONE $11)::time THEN interval '1 day' ELSE interval '0' END)
+          AT TIME ZONE $11
+     ELSE $8 END"""
+
+
+@functools.lru_cache(maxsize=64)
+def _uniform(households: str, *, new_key: bool) -> str:
+    """The statement of a uniform call (one title, body, data and dedupe key for every
+    recipient): ``households`` selects the household recipients' ids (one column), the
+    arrays $1/$2 the direct ones (residents, staff).
+
+    Against the drafts' statement it is built for the large fan-out: no text travels per
+    row (the constants are written once each), the households join their residents by a
+    hash join (their row estimate is the array's length or the query's, never a guess on a
+    filtered CTE), RETURNING carries only what the pushes and events need, push batches are
+    numbered without a sort (one text: only the release time groups), and the
+    ``message.created`` payloads are built here, in :data:`EVENT_CHUNK` chunks, instead of
+    100k rows travelling to Python to be encoded there. The result is one row: the ids
+    written (one array value), the deliveries queued and the events' ids to notify.
+
+    ``new_key``: no message has the dedupe key yet (:func:`_write_uniform` looked), so the
+    rows are inserted plainly, without ON CONFLICT's speculative insertion and its check
+    per row (a quarter of the insert's time at 100k); a writer of the same key that
+    committed meanwhile makes it fail on the unique index, and the caller runs the
+    ON CONFLICT form instead. Each recipient appears once either way (a resident bound to
+    two of the households: the first household), in recipient order, which is also the
+    inbox indexes' order."""
+    conflict = "" if new_key else "ON CONFLICT (recipient_kind, recipient_id, dedupe_key) DO NOTHING"
+    return f"""
+WITH hh AS MATERIALIZED (
+    SELECT h.id AS rid FROM ({households}) AS h(id)
+),
+expanded AS (
+    SELECT t.rk AS recipient_kind, t.rid AS recipient_id, NULL::bigint AS household_id
+    FROM unnest($1::text[], $2::bigint[]) AS t(rk, rid)
+    UNION ALL
+    SELECT 'resident', rh.resident_id, hh.rid FROM hh JOIN resident_households rh ON rh.household_id = hh.rid
+),
+ins AS (
+    INSERT INTO messages (recipient_kind, recipient_id, household_id, kind, title, body, data, dedupe_key, created_at)
+    SELECT DISTINCT ON (recipient_kind, recipient_id) recipient_kind, recipient_id, household_id, $7, $3, $4,
+           $5::jsonb, $6, $8
+    FROM expanded ORDER BY recipient_kind, recipient_id, household_id
+    {conflict}
+    RETURNING id, recipient_kind, recipient_id
+),
+pushable AS (
+    SELECT m.id, d.registration_id, {_RELEASE_AT} AS release_at,
+           -- One text: batches of 1000 in the order the devices come, split only by release time.
+           (row_number() OVER () - 1) / {PUSH_BATCH} AS batch
+    FROM ins m
+    JOIN push_devices d ON d.user_kind = m.recipient_kind AND d.user_id = m.recipient_id AND d.active
+    LEFT JOIN notification_preferences p ON p.user_kind = m.recipient_kind AND p.user_id = m.recipient_id
+    WHERE $10 AND (p.muted_kinds IS NULL OR NOT ($7 = ANY(p.muted_kinds)))
+),
+push AS (
+    INSERT INTO push_deliveries (kind, title, body, extras, registration_ids, message_ids, state, attempts,
+                                 next_attempt_at, created_at)
+    SELECT $7, $3, $4, $5::jsonb, array_agg(registration_id), array_agg(id), 'queued', 0, release_at, $8
+    FROM pushable GROUP BY release_at, batch
+    RETURNING id
+),
+sms AS (
+    INSERT INTO sms_deliveries (household_id, kind, text, dedupe_key, state, attempts, next_attempt_at, created_at)
+    SELECT hh.rid, $7, $4, $6, 'queued', 0, $8, $8 FROM hh
+    WHERE $9 AND NOT EXISTS (
+        SELECT FROM resident_households rh
+        JOIN push_devices d ON d.user_kind = 'resident' AND d.user_id = rh.resident_id AND d.active
+        WHERE rh.household_id = hh.rid)
+    ON CONFLICT (household_id, dedupe_key) DO NOTHING
+    RETURNING id
+),
+events AS (
+    -- message.created as MessageCreated encodes it: parallel lists (one aggregation's order).
+    INSERT INTO domain_events (kind, payload)
+    SELECT 'message.created', json_build_object('message_ids', json_agg(id),
+                                                'recipient_ids', json_agg(recipient_kind || ':' || recipient_id))::jsonb
+    FROM (SELECT id, recipient_kind, recipient_id, (row_number() OVER () - 1) / {EVENT_CHUNK} AS chunk FROM ins) c
+    GROUP BY chunk
+    RETURNING id
+)
+SELECT (SELECT array_agg(id) FROM ins) AS ids, (SELECT count(*) FROM push) AS pushes,
+       (SELECT count(*) FROM sms) AS sms, (SELECT array_agg(id ORDER BY id) FROM events) AS events
+"""
+
+
+_FIRST_ARGUMENT = 12  # a households query's first parameter ($1–$11 are the statement's)
+_HOUSEHOLD_ARRAY = "SELECT unnest($12::bigint[])"
+# Named parameters of a households query (``:name``, not a ``::cast``).
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
 @dataclass(frozen=True, slots=True)
 class Draft:
     """One message before it is written: whom, what, where it links, its dedupe key."""
@@ -174,12 +283,16 @@ async def write_messages(
         datas = [_data_text(draft.data) for draft in drafts]
         keys = [draft.dedupe_key for draft in drafts]
     else:
+        households = [recipient.id for recipient in recipients if recipient.kind == RecipientKind.HOUSEHOLD]
+        direct = [recipient for recipient in recipients if recipient.kind != RecipientKind.HOUSEHOLD]
         if not dedupe_key:
             raise ValueError("a message needs a dedupe key")
-        kinds = [str(recipient.kind) for recipient in recipients]
-        ids = [recipient.id for recipient in recipients]
-        # One-element arrays: the statement pads the rest of the rows with their first value.
-        titles, bodies, datas, keys = [title], [body], [_data_text(data or {})], [dedupe_key]
+        if not recipients:
+            return Written((), 0, 0)
+        return await _write_uniform(
+            session, households=_HOUSEHOLD_ARRAY, arguments=(households,), kinds=[str(r.kind) for r in direct],
+            ids=[r.id for r in direct], kind=kind, title=title, body=body, data=data, dedupe_key=dedupe_key, now=now,
+            timezone=timezone)
     if not ids:
         return Written((), 0, 0)
     channels = channels_of(kind)
@@ -198,6 +311,45 @@ async def write_messages(
             message_ids=tuple(row["id"] for row in chunk),
             recipient_ids=tuple(f"{row['recipient_kind']}:{row['recipient_id']}" for row in chunk)))
     return Written(message_ids, rows[0]["pushes"], rows[0]["sms"])
+
+
+async def _write_uniform(
+    session: AsyncSession, *, households: str, arguments: Sequence[Any], kinds: list[str], ids: list[int], kind: str,
+    title: str, body: str, data: Mapping[str, Any] | None, dedupe_key: str, now: datetime, timezone: str,
+) -> Written:
+    """Write a uniform call through a :func:`_uniform` statement and notify its events
+    (``arguments``: the households query's, after the statement's $1–$11)."""
+    channels = channels_of(kind)
+    driver = await raw_connection(session)
+    # For the statement only (restored after it; on error the transaction is aborted anyway):
+    # a fan-out's hash joins, sort and aggregations in memory, and a plan for these values,
+    # never a generic one guessing ten households. And whether the key is new (one probe).
+    before = await driver.fetchrow(
+        "SELECT current_setting('work_mem') AS work_mem, current_setting('plan_cache_mode') AS plans, "
+        "set_config('work_mem', $1, true), set_config('plan_cache_mode', 'force_custom_plan', true), "
+        "EXISTS (SELECT FROM messages WHERE dedupe_key = $2) AS seen", LARGE_FAN_OUT_WORK_MEM, dedupe_key)
+    values = (kinds, ids, title, body, _data_text(data or {}), dedupe_key, kind, now, Channel.sms in channels,
+              Channel.push in channels, timezone, *arguments)
+    if before["seen"]:
+        row = await driver.fetchrow(_uniform(households, new_key=False), *values)
+    else:
+        await driver.execute("SAVEPOINT notify_new_key")
+        try:
+            row = await driver.fetchrow(_uniform(households, new_key=True), *values)
+        except asyncpg.UniqueViolationError as error:
+            if error.constraint_name != UNIQUE_DEDUPE:
+                raise
+            # A writer of the same key committed since we looked: what it wrote is skipped.
+            await driver.execute("ROLLBACK TO SAVEPOINT notify_new_key")
+            row = await driver.fetchrow(_uniform(households, new_key=False), *values)
+        await driver.execute("RELEASE SAVEPOINT notify_new_key")
+    await driver.execute("SELECT set_config('work_mem', $1, true), set_config('plan_cache_mode', $2, true)",
+                         before["work_mem"], before["plans"])
+    if row["events"]:
+        # What emit_event does for each: the relay wakes on the id, at commit.
+        await driver.execute("SELECT pg_notify($1, e.id::text) FROM unnest($2::bigint[]) AS e(id)", EVENTS_CHANNEL,
+                             row["events"])
+    return Written(tuple(row["ids"] or ()), row["pushes"], row["sms"])
 
 
 async def notify_many(
@@ -221,6 +373,35 @@ async def notify(
     """:func:`notify_many` for one recipient."""
     return await notify_many(session, kind=kind, recipients=[recipient], title=title, body=body, data=data,
                              dedupe_key=dedupe_key, now=now, timezone=timezone)
+
+
+async def notify_households(
+    session: AsyncSession, *, kind: MessageKind | str, households: str, arguments: Mapping[str, Any] | None = None,
+    title: str, body: str, data: Mapping[str, Any] | None = None, dedupe_key: str, now: datetime,
+    timezone: str = DEFAULT_TIMEZONE,
+) -> int:
+    """:func:`notify_many` to every household a query selects, set-based from end to end:
+    ``households`` is a SELECT of one column of household ids (each at most once) with
+    ``:name`` parameters from ``arguments``; it runs inside the writing statement, so a
+    100k audience never travels through Python. Same messages, pushes, SMS, events and
+    dedupe as ``notify_many`` with those households as recipients; returns how many
+    messages were written."""
+    values = dict(arguments or {})
+    names: list[str] = []
+
+    def positional(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${_FIRST_ARGUMENT + names.index(match.group(1))}"
+
+    query = _NAMED.sub(positional, households)
+    missing = [name for name in names if name not in values]
+    if missing:
+        raise ValueError(f"the households query needs {missing}")
+    written = await _write_uniform(
+        session, households=query, arguments=[values[name] for name in names], kinds=[], ids=[],
+        kind=str(kind), title=title, body=body, data=data, dedupe_key=dedupe_key, now=now, timezone=timezone)
+    return len(written.message_ids)
 
 
 # --------------------------------------------------------------------------- inbox
@@ -345,6 +526,6 @@ async def set_preferences(session: AsyncSession, *, user: InboxUser, preferences
 
 __all__ = [
     "Draft", "InboxUser", "MessageKind", "Preferences", "Recipient", "RecipientKind", "Written", "inbox_page",
-    "mark_read", "messages_by_ids", "notify", "notify_many", "preferences_of", "register_device", "set_preferences",
+    "mark_read", "messages_by_ids", "notify", "notify_households", "notify_many", "preferences_of", "register_device", "set_preferences",
     "unread_count", "unregister_device", "write_messages",
 ]

@@ -149,3 +149,26 @@ async def test_re_registering_moves_a_registration_id_and_unregistering_stops_pu
                            body="b", dedupe_key="n:moved", now=NOON)
     assert written == 1
     assert await rows(session, "SELECT id FROM push_deliveries WHERE title = '公告x'") == []
+
+
+async def test_a_resident_bound_to_two_of_the_households_gets_one_message_and_one_push(session: AsyncSession) -> None:
+    first = await make_home(session, residents=1)
+    second = await make_home(session, residents=1)
+    await session.execute(text("INSERT INTO resident_households (resident_id, household_id, is_owner) VALUES (:r, :h, true)"),
+                          {"r": first.resident_ids[0], "h": second.household_id})
+    await add_devices(session, user_kind="resident", user_ids=[first.resident_ids[0]])
+
+    written = await notify_many(session, kind=MessageKind.NOTICE, recipients=[
+        Recipient.household(second.household_id), Recipient.household(first.household_id),
+        Recipient.resident(first.resident_ids[0])], title="停水通知", body="明日停水", dedupe_key="notice:two-homes",
+        now=NOON)
+
+    messages = await rows(session, "SELECT recipient_id, household_id FROM messages WHERE dedupe_key = 'notice:two-homes' "
+                          "ORDER BY recipient_id")
+    pushed = await rows(session, "SELECT registration_ids FROM push_deliveries WHERE message_ids && :ids",
+                        ids=[message_id for (message_id,) in await rows(
+                            session, "SELECT id FROM messages WHERE dedupe_key = 'notice:two-homes'")])
+    assert written == 2
+    assert [tuple(row) for row in messages] == [(first.resident_ids[0], min(first.household_id, second.household_id)),
+                                               (second.resident_ids[0], second.household_id)]
+    assert [len(row.registration_ids) for row in pushed] == [1]
