@@ -41,7 +41,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,7 @@ from urllib.parse import urlencode
 
 import asyncpg
 import httpx
+from _embedded import embedded_database, free_port  # bench/ is the script directory: sys.path[0]
 
 BENCH_DIR = Path(__file__).resolve().parent
 NOTIFY_PATH = "/pay/alipay/notify"
@@ -104,27 +104,6 @@ def bench_app() -> Any:
 
 
 # --------------------------------------------------------------------------- setup
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def embedded_database(workdir: Path) -> Iterator[str]:
-    from backend.db import run_admin, start_embedded, stop_embedded, with_database
-
-    server_url = start_embedded(workdir / "pgdata")
-    try:
-        run_admin(server_url, "ALTER SYSTEM SET fsync = off", "ALTER SYSTEM SET synchronous_commit = off")
-        run_admin(server_url, "SELECT pg_reload_conf()")
-        run_admin(server_url, 'CREATE DATABASE "bench"')
-        yield with_database(server_url, "bench")
-    finally:
-        stop_embedded()
 
 
 async def seed(url: str, *, accounts: int, count: int) -> list[tuple[str, int]]:

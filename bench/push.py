@@ -47,7 +47,6 @@ import asyncio
 import base64
 import contextlib
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,6 +59,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from _embedded import embedded_database, free_port
 from _timing import spent, timed  # bench/ is the script directory: sys.path[0]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,27 +67,6 @@ BENCH_SECRET = "bench-" + "x" * 40
 
 
 # --------------------------------------------------------------------------- setup
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def embedded_database(workdir: Path) -> Iterator[str]:
-    from backend.db import run_admin, start_embedded, stop_embedded, with_database
-
-    server_url = start_embedded(workdir / "pgdata")
-    try:
-        run_admin(server_url, "ALTER SYSTEM SET fsync = off", "ALTER SYSTEM SET synchronous_commit = off")
-        run_admin(server_url, "SELECT pg_reload_conf()")
-        run_admin(server_url, 'CREATE DATABASE "bench"')
-        yield with_database(server_url, "bench")
-    finally:
-        stop_embedded()
 
 
 @dataclass(frozen=True, slots=True)
