@@ -56,6 +56,19 @@ UNIQUE_DEDUPE = "uq_messages_dedupe_recipient"
 LARGE_FAN_OUT = 10_000
 LARGE_FAN_OUT_WORK_MEM = "64MB"
 
+# The quiet-hours release time of a push: now, or the end of the recipient's quiet hours
+# (``p``: their preferences row) when now falls inside them ($8 now, $11 the time zone).
+_RELEASE_AT = """
+CASE WHEN p.quiet_start IS NULL OR p.quiet_end IS NULL OR p.quiet_start = p.quiet_end THEN $8
+     WHEN (CASE WHEN p.quiet_start < p.quiet_end
+                THEN ($8 AT TIME ZONE $11)::time >= p.quiet_start AND ($8 AT TIME ZONE $11)::time < p.quiet_end
+                ELSE ($8 AT TIME ZONE $11)::time >= p.quiet_start OR ($8 AT TIME ZONE $11)::time < p.quiet_end
+           END)
+     THEN ((($8 AT TIME ZONE $11)::date + p.quiet_end)
+           + CASE WHEN p.quiet_end <= ($8 AT TIME ZONE $11)::time THEN interval '1 day' ELSE interval '0' END)
+          AT TIME ZONE $11
+     ELSE $8 END"""
+
 _WRITE = f"""
 WITH consts AS (
     -- A uniform call's one text, parsed once (its arrays hold one element each).
@@ -96,15 +109,7 @@ pushable AS (
            CASE WHEN $12 THEN NULL ELSE m.title END AS title,
            CASE WHEN $12 THEN NULL ELSE m.body END AS body,
            CASE WHEN $12 THEN NULL ELSE m.data END AS data,
-           CASE WHEN p.quiet_start IS NULL OR p.quiet_end IS NULL OR p.quiet_start = p.quiet_end THEN $8
-                WHEN (CASE WHEN p.quiet_start < p.quiet_end
-                           THEN ($8 AT TIME ZONE $11)::time >= p.quiet_start AND ($8 AT TIME ZONE $11)::time < p.quiet_end
-                           ELSE ($8 AT TIME ZONE $11)::time >= p.quiet_start OR ($8 AT TIME ZONE $11)::time < p.quiet_end
-                      END)
-                THEN ((($8 AT TIME ZONE $11)::date + p.quiet_end)
-                      + CASE WHEN p.quiet_end <= ($8 AT TIME ZONE $11)::time THEN interval '1 day' ELSE interval '0' END)
-                     AT TIME ZONE $11
-                ELSE $8 END AS release_at,
+           {_RELEASE_AT} AS release_at,
            -- Numbered without a sort: a batch of a group holds at most 1000 (fewer when
            -- groups interleave), and a uniform fan-out fills them.
            (row_number() OVER () - 1) / {PUSH_BATCH} AS batch
@@ -136,20 +141,6 @@ SELECT ins.id, ins.recipient_kind, ins.recipient_id, c.pushes, c.sms
 FROM (SELECT (SELECT count(*) FROM push) AS pushes, (SELECT count(*) FROM sms) AS sms) c
 LEFT JOIN ins ON true
 """
-
-
-# The quiet-hours release time of a push: now, or the end of the recipient's quiet hours
-# (``p``: their preferences row) when now falls inside them ($8 now, $11 the time zone).
-_RELEASE_AT = """
-CASE WHEN p.quiet_start IS NULL OR p.quiet_end IS NULL OR p.quiet_start = p.quiet_end THEN $8
-     WHEN (CASE WHEN p.quiet_start < p.quiet_end
-                THEN ($8 AT TIME ZONE $11)::time >= p.quiet_start AND ($8 AT TIME ZONE $11)::time < p.quiet_end
-                ELSE ($8 AT TIME ZONE $11)::time >= p.quiet_start OR ($8 AT TIME ZONE $11)::time < p.quiet_end
-           END)
-     THEN ((($8 AT TIME ZONE $11)::date + p.quiet_end)
-           + CASE WHEN p.quiet_end <= ($8 AT TIME ZONE $11)::time THEN interval '1 day' ELSE interval '0' END)
-          AT TIME ZONE $11
-     ELSE $8 END"""
 
 
 @functools.lru_cache(maxsize=64)
