@@ -22,19 +22,18 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
+from _embedded import embedded_database, free_port  # bench/ is the script directory: sys.path[0]
 
 from backend.archives.models import AreaKind
 from backend.auth import service as auth
@@ -45,12 +44,8 @@ from backend.clock import utcnow
 from backend.db import (
     create_engine,
     migrate,
-    run_admin,
     session_factory,
-    start_embedded,
-    stop_embedded,
     to_libpq_url,
-    with_database,
 )
 from backend.domains import DOMAINS  # noqa: F401  (the catalog reads the domain list's menus)
 from backend.settings import Settings
@@ -71,7 +66,6 @@ AREAS_QUERY = (
 # --------------------------------------------------------------------------- data
 
 
-_admin = run_admin
 
 
 AreaRow = tuple[int, int | None, str, str, str]  # id, parent_id, name, kind, path
@@ -135,13 +129,6 @@ async def seed(url: str) -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------------- servers
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _has(module: str) -> bool:
@@ -328,19 +315,6 @@ def run_wrk(case: Case, *, seconds: int, connections: int, threads: int, workdir
 
 
 # --------------------------------------------------------------------------- main
-
-
-@contextlib.contextmanager
-def embedded_database(workdir: Path) -> Iterator[str]:
-    server_url = start_embedded(workdir / "pgdata")
-    try:
-        # Throwaway data: durability only costs time here (as in tests/conftest.py).
-        _admin(server_url, "ALTER SYSTEM SET fsync = off", "ALTER SYSTEM SET synchronous_commit = off")
-        _admin(server_url, "SELECT pg_reload_conf()")
-        _admin(server_url, 'CREATE DATABASE "bench"')
-        yield with_database(server_url, "bench")
-    finally:
-        stop_embedded()
 
 
 def measure(args: argparse.Namespace, sizes: list[int], workdir: Path) -> dict[str, Result]:
