@@ -13,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -159,6 +161,16 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
     # /healthz has a connection of its own, so it answers at once even when every pooled
     # connection is taken by heavy requests (it would otherwise queue behind them).
     health_engine = db.create_engine(database_url, pool_size=1, max_overflow=0, isolation_level="AUTOCOMMIT")
+    # Admitted work's statements run on pools of their own, at a lower CPU priority when
+    # the database is a process of this host (backend.db.route_admitted).
+    twins: list[tuple[AsyncEngine, AsyncEngine]] = []
+    if settings.db_admitted_nice:
+        slots = settings.graphql_expensive_per_process or os.cpu_count() or 1
+        for base, isolation in ((engine, {}), (read_engine, {"isolation_level": "AUTOCOMMIT"})):
+            twin = db.create_engine(database_url, pool_size=slots, max_overflow=2 * slots, limits=limits, **isolation)
+            db.lower_backend_priority(twin, settings.db_admitted_nice)
+            db.route_admitted(base, twin)
+            twins.append((base, twin))
     scalars.display_zone = settings.tz
     policy = AuthPolicy.from_settings(settings)
     limiter = ClientRateLimiter()
@@ -233,6 +245,9 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
         await engine.dispose()
         await read_engine.dispose()
         await health_engine.dispose()
+        for base, twin in twins:
+            db.unroute_admitted(base)
+            await twin.dispose()
 
     @body_limit(settings.graphql_max_body_bytes)
     async def graphql(request: Request) -> Response:

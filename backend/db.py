@@ -15,13 +15,14 @@ import os
 import re
 import signal
 import warnings
+import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import MetaData, event, text
+from sqlalchemy import Engine, MetaData, event, text
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -29,8 +30,10 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 from sqlmodel import SQLModel
 
+from backend import slicing
 from backend.errors import DomainError, QueryTimeout, QueryTooLarge
 from backend.settings import Settings
 
@@ -310,7 +313,105 @@ async def custom_plans(session: AsyncSession) -> AsyncIterator[None]:
 
 
 def session_factory(engine: AsyncEngine | AsyncConnection) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False, sync_session_class=_RoutedSession)
+
+
+# ------------------------------------------------------------------ admitted work's pools
+#
+# Admitted work (an expensive GraphQL request, an export, an import: backend.slicing) runs
+# its statements on pools of their own when the API process has them (create_app). On a
+# host that runs the API and PostgreSQL as the same user (the embedded database of `make
+# demo`, a single-host install) those pools' backends run at a lower CPU priority
+# (SHUIWU_DB_ADMITTED_NICE): a year of statistics then takes a core only when the small
+# requests' statements do not want it. PostgreSQL has no priority of its own for a
+# statement, and an unprivileged process can lower a process's priority but never raise
+# it back, so the lowered backends stay in pools that only admitted work uses.
+
+# Keyed by the base's sync engine, weakly: an app built and dropped without its lifespan
+# (tests) leaves nothing behind that a later engine could be mistaken for.
+_admitted_twins: weakref.WeakKeyDictionary[Engine, AsyncEngine] = weakref.WeakKeyDictionary()
+
+
+def route_admitted(engine: AsyncEngine, twin: AsyncEngine) -> None:
+    """Admitted work's statements that would run on ``engine`` run on ``twin`` instead
+    (:func:`raw_read` and sessions of :func:`session_factory`)."""
+    _admitted_twins[engine.sync_engine] = twin
+
+
+def unroute_admitted(engine: AsyncEngine) -> None:
+    _admitted_twins.pop(engine.sync_engine, None)
+
+
+def for_work(engine: AsyncEngine) -> AsyncEngine:
+    """``engine``, or its admitted twin inside admitted work."""
+    if _admitted_twins and slicing.admitted():
+        return _admitted_twins.get(engine.sync_engine, engine)
+    return engine
+
+
+class _RoutedSession(Session):
+    """A session that runs admitted work's statements on its engine's twin: SQLAlchemy's
+    documented seam for choosing a bind per statement (``Session.get_bind``). The async
+    session runs this in a greenlet that carries the task's context variables."""
+
+    def get_bind(self, mapper: Any = None, **kwargs: Any) -> Any:
+        bind = super().get_bind(mapper, **kwargs)
+        if _admitted_twins and slicing.admitted():
+            twin = _admitted_twins.get(bind) if isinstance(bind, Engine) else None
+            if twin is not None:
+                return twin.sync_engine
+        return bind
+
+
+def lower_backend_priority(engine: AsyncEngine, niceness: int) -> None:
+    """Each new connection of ``engine`` asks for its backend's process id and, when that
+    backend is a PostgreSQL process on this host that this user may renice, sets its nice
+    value to ``niceness``. The process found under that id must be the connection's own
+    backend: its title names the connection's client port (TCP) or ``[local]`` (a Unix
+    socket), so a server in another PID namespace is left alone. A remote database, or
+    one owned by another user, keeps its priority: nothing is changed, nothing fails."""
+
+    async def renice(connection: Any) -> None:
+        pid, port = await connection.fetchrow("SELECT pg_backend_pid(), inet_client_port()")
+        if not renice_local_backend(pid, port, niceness):
+            log.debug("backend %s keeps its priority (not a local process of this user)", pid)
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.run_async(renice)
+
+    event.listen(engine.sync_engine, "connect", on_connect)
+
+
+def renice_local_backend(pid: int, client_port: int | None, niceness: int) -> bool:
+    """Set the nice value of backend ``pid`` if it is this connection's backend on this
+    host (see :func:`lower_backend_priority`); True when done."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    marker = f"({client_port})".encode() if client_port is not None else b"[local]"
+    if not title.startswith(b"postgres: ") or marker not in title:
+        return False
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, niceness)
+    except OSError:  # another user's process, or a lower value than it has
+        return False
+    _renice_autogroup(pid, niceness)
+    return True
+
+
+def _renice_autogroup(pid: int, niceness: int) -> None:
+    """With autogroup scheduling on (the Linux default for desktops and many VMs) the CPU
+    is shared between sessions first and a nice value only counts inside its session.
+    Every PostgreSQL backend starts a session of its own (``setsid``), so its own nice
+    value alone changes nothing: the session's (``/proc/<pid>/autogroup``) is set too,
+    and only when the backend is alone in it as its leader."""
+    try:
+        if Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() != "1" or os.getsid(pid) != pid:
+            return
+        Path(f"/proc/{pid}/autogroup").write_text(str(niceness))
+    except OSError:
+        log.debug("backend %s: its session's nice value is left as it is", pid)
 
 
 @asynccontextmanager
@@ -466,9 +567,10 @@ async def raw_read(engine: AsyncEngine) -> AsyncIterator[Any]:
     A SQLAlchemy session costs ~260 µs of CPU per short query on these machines, the pooled
     raw connection ~90 µs; authentication and list pages run on every request, so they
     use this. ``engine`` should be the autocommit read engine: nothing here begins or
-    ends a transaction.
+    ends a transaction. Admitted work gets a connection of the engine's twin
+    (:func:`route_admitted`).
     """
-    connection = await engine.raw_connection()
+    connection = await for_work(engine).raw_connection()
     try:
         yield connection.driver_connection
     finally:

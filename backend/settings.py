@@ -169,6 +169,11 @@ class Settings(BaseSettings):
     # PostgreSQL's default is 2). Admission runs one expensive request per core: a year of
     # statistics in parallel took every core and /healthz waited behind it (bench/abuse.py).
     db_parallel_workers_per_statement: int = Field(default=0, ge=0)
+    # Admitted work (expensive requests, exports, imports) runs on pools of its own whose
+    # PostgreSQL backends get this nice value when the database runs on this host as this
+    # user (the embedded one): small requests' statements get a core first (0: off, no
+    # extra pools). Nothing changes for a remote database. backend.db.lower_backend_priority.
+    db_admitted_nice: int = Field(default=10, ge=0, le=19)
     # ... and on the bulk paths: `shuiwu jobs`, demo load, partitions, readings exports.
     db_bulk_statement_timeout_s: float = Field(default=30 * 60, ge=0)
     db_bulk_idle_in_transaction_timeout_s: float = Field(default=10 * 60, ge=0)

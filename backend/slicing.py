@@ -73,6 +73,12 @@ LOOP_SHARE = LoopShare()
 _admitted: ContextVar[bool] = ContextVar("shuiwu_admitted", default=False)
 
 
+def admitted() -> bool:
+    """True inside admitted work (and the tasks it starts): its statements run on the
+    admitted pools (:func:`backend.db.route_admitted`)."""
+    return _admitted.get()
+
+
 async def pause() -> None:
     """The yield between two slices: a turn of the loop, or for admitted work while
     foreground requests are in flight, :data:`FOREGROUND_PAUSE_S` (a timer: the loop serves
