@@ -125,7 +125,12 @@ from its own opening), prices with per-(tariff, persons, first day, months)
 pricers (:func:`backend.billing.service.period_line_pricer`: each version's rules parsed
 once, each distinct (volume, prior) and each full lower tier priced once), posts the
 entries through the ledger, and writes bills and lines by COPY into temporary tables
-(numbers as text) and one ``INSERT … SELECT`` each. ``run_billing`` writes in the caller's
+(numbers as text) and one ``INSERT … SELECT`` each. The next chunk's usage is read while
+this chunk is priced: its statement goes out on the run's connection just before the
+pricing loop (which holds the process's CPU, not the database's), and the chunk waits
+for it before its first write; a prefetched window is used only when the locked
+account still has it (household and opening), anything else is read then.
+``run_billing`` writes in the caller's
 transaction; given ``commit``, it commits after each chunk (the CLI and the job do, for
 a city), and a re-run completes an interrupted run (the live-bill unique index and the
 already-billed check). Every chunk that issued bills emits one ``bill.issued``.
@@ -188,6 +193,8 @@ yet, so it is idempotent and picks up accounts approved in review since.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -230,7 +237,7 @@ from backend.errors import DomainError, ErrorCode, NotFound
 from backend.events.service import emit_event
 from backend.readings.partitions import as_zone
 from backend.readings.rollup import cyclic_gc_paused
-from backend.readings.usage import household_usage_of_windows, usage_between
+from backend.readings.usage import household_usage_of_windows, household_usage_on, usage_between
 
 if TYPE_CHECKING:
     from backend.runtime import Runtime
@@ -529,15 +536,28 @@ class _Drafted:
     drafts: list[_Draft]
     skipped: list[int]
     covered: list[int]
+    # The usage read started while pricing (``prefetch``), for the caller to await.
+    prefetched: asyncio.Task[dict[_Window, Decimal]] | None = None
+
+
+# A usage window: household, from (the account's opening), to (the period's end).
+_Window = tuple[int, datetime, datetime]
+
+
+async def _usage_of(driver: Any, windows: Sequence[_Window]) -> dict[_Window, Decimal]:
+    return dict(zip(windows, await household_usage_on(driver, windows), strict=True))
 
 
 async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period: date, end: datetime, now: datetime,
-                  zone: tzinfo, replacing: Sequence[int] = (), empty_span: bool = False) -> _Drafted:
+                  zone: tzinfo, replacing: Sequence[int] = (), empty_span: bool = False,
+                  usage: Mapping[_Window, Decimal] | None = None,
+                  prefetch: Sequence[_Window] = ()) -> _Drafted:
     """The bills of ``accounts`` for ``period`` up to ``end`` (module docstring), each over
     its span; the live bills ``replacing`` (a final bill's same-period bill) left out.
     ``empty_span`` (a final bill at the end of its period's bill): a span ``[end, end)``
     is drafted too, unpriced (no lines): :func:`_continued` prices its volume (usage not
-    billed yet) on the terms of the bill ending at ``end``."""
+    billed yet) on the terms of the bill ending at ``end``. ``usage`` holds windows read
+    ahead; ``prefetch`` windows are read while this call prices (``prefetched``)."""
     done = _Drafted([], [], [])
     if not accounts:
         return done
@@ -577,8 +597,11 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
     if not billable:
         return done
     # Each account's window starts at its own opening: one statement for all of them.
-    measured = await household_usage_of_windows(session, [(a.household_id, a.opened_at, end)
-                                                          for a, _, _, _ in billable])
+    spans = [(a.household_id, a.opened_at, end) for a, _, _, _ in billable]
+    known_usage = usage or {}
+    missing = [window for window in spans if window not in known_usage]
+    read_now = dict(zip(missing, await household_usage_of_windows(session, missing), strict=True)) if missing else {}
+    measured = [known_usage[window] if window in known_usage else read_now[window] for window in spans]
     # Spans crossing an annual cycle's start (none in a regular monthly run): the usage up
     # to each cut, and the prior of the first segment's cycle, one statement each.
     cuts_of = {a.id: cuts for a, _, first_day, cycle_start in billable
@@ -597,6 +620,11 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
     for row in await driver.fetch(_END_READINGS, sorted({a.household_id for a, _, _, _ in billable}), end):
         end_rows[row["household_id"]].append(row)
 
+    if prefetch:
+        # The next chunk's usage goes out now, and the database works on it while the
+        # loop below holds this process; one turn of the loop sends the statement.
+        done.prefetched = asyncio.ensure_future(_usage_of(driver, prefetch))
+        await asyncio.sleep(0)
     issue_day = _day(now, zone)
     shown: dict[datetime, str] = {}
     # What a city's accounts share is worked out once: the pricers, the spans' months
@@ -606,46 +634,53 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
     terms = {kind.value: (rule, issue_day + timedelta(days=rule.grace_days)) for kind, rule in rules.items()}
     # Pure computation over the chunk (no await): the collector would rescan the chunk's
     # rows and drafts many times over for nothing (cyclic_gc_paused's docstring).
-    with cyclic_gc_paused():
-        for (account, span_start, first_day, cycle_start), used in zip(billable, measured, strict=True):
-            known = earlier[account.id]
-            billed = known["billed_m3"]
-            volume = max(_ZERO, used - billed).quantize(_FOUR)
-            prior = known["prior_m3"]
-            continued = known["last_end_at"] is not None
-            months = months_of.get((span_start, continued))
-            if months is None:
-                months = months_of[(span_start, continued)] = _months_touched(span_start, end, zone,
-                                                                              continued=continued)
-            segments: tuple[_Segment, ...] = ()
-            cycle_volume = None
-            lines: tuple[QuoteLine, ...]
-            if empty_span and span_start == end:
-                lines = ()  # no time: final_bill prices the volume as the bill ending at end's continuation
-            elif account.id not in cuts_of:
-                key = (account.tariff_code, account.persons, first_day, last_day, months)
-                pricer = pricers.get(key)
-                if pricer is None:
-                    pricer = pricers[key] = _line_pricer(versions[account.tariff_code], persons=account.persons,
-                                                         start=first_day, end=last_day, months=months)
-                lines = pricer(volume, prior)
-            else:
-                segments, cycle_volume, lines = _split(
-                    account, versions[account.tariff_code], pricers, cuts=cuts_of[account.id], used_to=used_to,
-                    billed=billed, volume=volume, first_prior=first_prior[account.id], prior=prior, span_start=span_start,
-                    first_day=first_day, last_day=last_day, months=months, continued=continued, zone=zone)
-            rule, due_date = terms[account.customer_type]
-            amount_fen = sum(line.amount_fen for line in lines)
-            if segments:
-                amount_fen += sum(line.amount_fen for segment in segments for line in segment.lines)
-            rate, cap_fen = late_fee_terms(rule, amount_fen)
-            done.drafts.append(_Draft(
-                account=account, start=span_start, end=end, months=months,
-                start_readings=known["last_end"] or "[]",
-                end_readings=_readings(end_rows.get(account.household_id, []), zone, shown), measured=used,
-                billed=billed, volume=volume, cycle_start=cycle_start, prior=prior, lines=lines, due_date=due_date,
-                late_fee_rate=rate, late_fee_cap_fen=cap_fen, amount_fen=amount_fen, earlier=segments,
-                cycle_volume=cycle_volume))
+    try:
+        with cyclic_gc_paused():
+            for (account, span_start, first_day, cycle_start), used in zip(billable, measured, strict=True):
+                known = earlier[account.id]
+                billed = known["billed_m3"]
+                volume = max(_ZERO, used - billed).quantize(_FOUR)
+                prior = known["prior_m3"]
+                continued = known["last_end_at"] is not None
+                months = months_of.get((span_start, continued))
+                if months is None:
+                    months = months_of[(span_start, continued)] = _months_touched(span_start, end, zone,
+                                                                                  continued=continued)
+                segments: tuple[_Segment, ...] = ()
+                cycle_volume = None
+                lines: tuple[QuoteLine, ...]
+                if empty_span and span_start == end:
+                    lines = ()  # no time: final_bill prices the volume as the bill ending at end's continuation
+                elif account.id not in cuts_of:
+                    key = (account.tariff_code, account.persons, first_day, last_day, months)
+                    pricer = pricers.get(key)
+                    if pricer is None:
+                        pricer = pricers[key] = _line_pricer(versions[account.tariff_code], persons=account.persons,
+                                                             start=first_day, end=last_day, months=months)
+                    lines = pricer(volume, prior)
+                else:
+                    segments, cycle_volume, lines = _split(
+                        account, versions[account.tariff_code], pricers, cuts=cuts_of[account.id], used_to=used_to,
+                        billed=billed, volume=volume, first_prior=first_prior[account.id], prior=prior, span_start=span_start,
+                        first_day=first_day, last_day=last_day, months=months, continued=continued, zone=zone)
+                rule, due_date = terms[account.customer_type]
+                amount_fen = sum(line.amount_fen for line in lines)
+                if segments:
+                    amount_fen += sum(line.amount_fen for segment in segments for line in segment.lines)
+                rate, cap_fen = late_fee_terms(rule, amount_fen)
+                done.drafts.append(_Draft(
+                    account=account, start=span_start, end=end, months=months,
+                    start_readings=known["last_end"] or "[]",
+                    end_readings=_readings(end_rows.get(account.household_id, []), zone, shown), measured=used,
+                    billed=billed, volume=volume, cycle_start=cycle_start, prior=prior, lines=lines, due_date=due_date,
+                    late_fee_rate=rate, late_fee_cap_fen=cap_fen, amount_fen=amount_fen, earlier=segments,
+                    cycle_volume=cycle_volume))
+    except BaseException:
+        if done.prefetched is not None:  # the run fails: the read ahead is dropped with it
+            done.prefetched.cancel()
+            with contextlib.suppress(BaseException):
+                await done.prefetched
+        raise
     return done
 
 
@@ -850,7 +885,7 @@ WITH reach AS (
         WHERE r.path LIKE anc.path || '%' ORDER BY length(anc.path) DESC LIMIT 1
     ) c ON true
 )
-SELECT acc.id, cy.months, cy.first_month
+SELECT acc.id, acc.household_id, acc.opened_at, cy.months, cy.first_month
 FROM accounts acc JOIN households h ON h.id = acc.household_id JOIN cycles cy ON cy.area_id = h.area_id
 WHERE acc.status = 'open' AND acc.mode = 'postpaid' AND ($3::bigint[] IS NULL OR acc.id = ANY($3::bigint[]))
 ORDER BY acc.id
@@ -912,10 +947,12 @@ async def run_billing(
     groups: dict[int, list[int]] = {1: [], 2: []}
     skipped = 0
     considered = 0
+    window_from: dict[int, tuple[int, datetime]] = {}  # account → household, opening: its usage window's
     for row in await _candidates(session, area_path=area_path, scope_patterns=scope_patterns, account_ids=account_ids):
         if months is not None and row["months"] != months:
             continue
         considered += 1
+        window_from[row["id"]] = (row["household_id"], row["opened_at"])
         if not is_start_month(period, row["months"], row["first_month"]) or \
                 review.period_bounds(period, zone, months=row["months"])[1] > now:
             skipped += 1
@@ -962,6 +999,11 @@ async def run_billing(
         already += len(live)
         to_bill = sorted(set(cycle_months) - live)
         ends = {group_months: review.period_bounds(period, zone, months=group_months)[1] for group_months in groups}
+
+        def windows_of(ids: Sequence[int]) -> list[_Window]:
+            return [(*window_from[i], ends[cycle_months[i]]) for i in ids]
+
+        read_ahead: dict[_Window, Decimal] = {}
         for offset in range(0, len(to_bill), CHUNK):
             chunk = to_bill[offset:offset + CHUNK]
             accounts = await _lock(session, chunk)
@@ -970,13 +1012,20 @@ async def run_billing(
             already += len(live)
             skipped += len(chunk) - len(accounts)  # closed or changed mode meanwhile
             drafts: list[_Draft] = []
+            in_flight: asyncio.Task[dict[_Window, Decimal]] | None = None
+            last_group = max((m for m, _ in ends.items() if any(cycle_months[a.id] == m for a in accounts)), default=0)
             for group_months, end in ends.items():
                 drafted = await _drafts(session, [a for a in accounts if a.id not in live
                                                   and cycle_months[a.id] == group_months],
-                                        period=period, end=end, now=now, zone=zone)
+                                        period=period, end=end, now=now, zone=zone, usage=read_ahead,
+                                        # The next chunk's usage is read while the last group prices.
+                                        prefetch=windows_of(to_bill[offset + CHUNK:offset + 2 * CHUNK])
+                                        if group_months == last_group else ())
+                in_flight = drafted.prefetched or in_flight
                 drafts.extend(drafted.drafts)
                 skipped += len(drafted.skipped)
                 already += len(drafted.covered)  # a later or overlapping bill covers the span
+            read_ahead = await in_flight if in_flight is not None else {}
             drafts.sort(key=lambda draft: draft.account.id)
             issued = await _write(session, drafts, period=period, kind=BillKind.regular, run_id=run_id, by=by,
                                   now=now, zone=zone, credit_of=[d.account.id for d in drafts

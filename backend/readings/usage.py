@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from itertools import pairwise
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -150,7 +150,15 @@ async def household_usage_of_windows(session: AsyncSession,
     meters' windows never travel to the client and back."""
     if not windows:
         return []
-    driver = await raw_connection(session)
+    return await household_usage_on(await raw_connection(session), windows)
+
+
+async def household_usage_on(driver: Any, windows: Sequence[tuple[int, datetime, datetime]]) -> list[Decimal]:
+    """:func:`household_usage_of_windows` on an asyncpg connection (the session's, inside
+    its transaction): its first step sends the statement, so a caller can start it as a
+    task and let the database work while it computes (the billing run's prefetch)."""
+    if not windows:
+        return []
     totals = [ZERO] * len(windows)
     for row in await driver.fetch(_HOUSEHOLD_USAGE_OF_WINDOWS, [w[0] for w in windows], [w[1] for w in windows],
                                   [w[2] for w in windows]):

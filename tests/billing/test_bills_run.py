@@ -382,3 +382,48 @@ async def test_a_run_and_payments_on_the_same_accounts_in_opposite_order_never_d
         balances = (await session.execute(text("SELECT balance_fen FROM accounts WHERE id = ANY(:ids)"),
                                           {"ids": ids})).scalars().all()
     assert balances == [300 - 2000] * 6
+
+
+# --------------------------------------------------------------------------- chunks
+
+
+async def test_a_run_in_chunks_reads_each_next_chunks_usage_while_pricing_the_one_before(
+        session: AsyncSession, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of two over five accounts, monthly and bimonthly mixed: the first chunk reads
+    its usage itself, every later one has it read ahead, and each bill is what its usage
+    costs."""
+    raw = tariff(prices=["2.00"], valid_from=date(2025, 1, 1))
+    company = await create_area(session, name=unique("公司"), kind=AreaKind.company)
+    estate = await create_area(session, name=unique("小区"), kind=AreaKind.community, parent_id=company.id)
+    assert company.id is not None and estate.id is not None
+    used = {"5": company.id, "12": estate.id, "20": company.id, "7": estate.id, "30": company.id}
+    served = {}
+    for m3, area_id in used.items():
+        served[m3] = await postpaid(session, raw=raw, opened_at=at(2026, 1, 1), area_id=area_id)
+        await ingest(session, served[m3].meter.id, [(month_end(2026, 1), "1"), (month_end(2026, 2), m3)],  # type: ignore[arg-type]
+                     now=at(2026, 3, 5))
+    await bills.set_area_billing_cycle(session, area_id=estate.id, months=2, first_month=1, by="主管",
+                                       now=at(2026, 1, 1))
+    monkeypatch.setattr(bills, "CHUNK", 2)
+    reads: list[str] = []
+
+    def counted(name: str, real: Any) -> Any:
+        async def call(*args: Any) -> Any:
+            reads.append(name)
+            return await real(*args)
+        return call
+
+    monkeypatch.setattr(bills, "household_usage_of_windows", counted("in turn", bills.household_usage_of_windows))
+    monkeypatch.setattr(bills, "household_usage_on", counted("ahead", bills.household_usage_on))
+
+    result = await run(session, date(2026, 1, 1), at(2026, 3, 5), area_id=company.id)
+    assert sorted(result.account_ids) == sorted(s.account_id for s in served.values())
+    # Three chunks (1 2 | 3 4 | 5): the first reads its own usage, once per cycle group;
+    # the next two had theirs read ahead, while the group priced last before them.
+    assert reads == ["in turn", "in turn", "ahead", "ahead"]
+    for m3, one in served.items():
+        bill = await bill_of(session, one.account_id, date(2026, 1, 1))
+        # January alone is 1 m³; the bimonthly estate's January and February all of it.
+        expected = int(m3) * 200 if used[m3] == estate.id else 200
+        assert (bill.months, bill.amount_fen) == (2 if used[m3] == estate.id else 1, expected), m3
+    await ledger_adds_up(session)
