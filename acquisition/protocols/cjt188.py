@@ -11,7 +11,7 @@ Public API (kept stable; the simulator and the transport build on it):
 - Replies (what a meter sends; the simulator uses them): ``encode_meter_data_reply``,
   ``encode_history_reply``, ``encode_write_reply``, ``encode_purchase_reply``,
   ``encode_address_reply``, ``encode_error_reply``; all built on ``encode_frame``.
-- ``decode(frame, di_order=…) -> Frame``: one typed dataclass per kind of frame
+- ``decode(frame, di_order=…) -> Frame`` and its inverse ``encode(frame, di_order=…)``: one typed dataclass per kind of frame
   (``MeterData``, ``HistoryData``, ``WriteReply``, ``PurchaseReply``, ``AddressReply``,
   ``ErrorReply``, ``ReadRequest``, ``ValveRequest``, ``ClockRequest``,
   ``PurchaseRequest``, ``ReadAddressRequest``, ``OtherData``); ``to_json(frame)`` is the
@@ -633,7 +633,7 @@ def encode_read_address(
 # ---------------------------------------------------------------------------- replies
 
 
-def _encode_reply(
+def _encode_with_di(
     address: str, *, control: int, di: int, body: bytes, meter_type: int, ser: int, di_order: DiOrder, preamble: int
 ) -> bytes:
     return encode_frame(
@@ -665,7 +665,7 @@ def encode_meter_data_reply(
         + (_clock_bytes(clock) if clock is not None else bytes(7))
         + status.to_bytes()
     )
-    return _encode_reply(
+    return _encode_with_di(
         address,
         control=Control.READ_DATA_REPLY,
         di=DataId.METER_DATA,
@@ -688,7 +688,7 @@ def encode_history_reply(
     preamble: int = DEFAULT_PREAMBLE,
     volume_decimals: int = DEFAULT_VOLUME_DECIMALS,
 ) -> bytes:
-    return _encode_reply(
+    return _encode_with_di(
         address,
         control=Control.READ_DATA_REPLY,
         di=history_di(months_ago),
@@ -711,7 +711,7 @@ def encode_write_reply(
     preamble: int = DEFAULT_PREAMBLE,
 ) -> bytes:
     """A meter's acknowledgement of a write: ``DI SER ST0 ST1`` (valve control), or ``DI SER``."""
-    return _encode_reply(
+    return _encode_with_di(
         address,
         control=Control.WRITE_DATA_REPLY,
         di=di,
@@ -736,7 +736,7 @@ def encode_purchase_reply(
     """The acknowledgement of ``A013``: the purchase count the meter now holds, then ST."""
     if not 0 <= purchase_count <= 0xFF:
         raise ValueError(f"purchase count {purchase_count} is not a byte")
-    return _encode_reply(
+    return _encode_with_di(
         address,
         control=Control.WRITE_DATA_REPLY,
         di=DataId.WRITE_PURCHASE,
@@ -756,7 +756,7 @@ def encode_address_reply(
     di_order: DiOrder = DiOrder.be,
     preamble: int = DEFAULT_PREAMBLE,
 ) -> bytes:
-    return _encode_reply(
+    return _encode_with_di(
         address,
         control=Control.READ_ADDRESS_REPLY,
         di=DataId.READ_ADDRESS,
@@ -785,6 +785,55 @@ def encode_error_reply(
         data=bytes((_ser(ser),)) + status.to_bytes(),
         preamble=preamble,
     )
+
+
+def encode(
+    frame: Frame,
+    *,
+    di_order: DiOrder = DiOrder.be,
+    preamble: int = DEFAULT_PREAMBLE,
+    volume_decimals: int = DEFAULT_VOLUME_DECIMALS,
+) -> bytes:
+    """Any decoded frame back to bytes: ``decode(encode(f)) == f`` for every kind."""
+    common: dict[str, Any] = {"meter_type": frame.meter_type, "ser": frame.ser, "preamble": preamble}
+    match frame:
+        case ErrorReply():
+            return encode_error_reply(frame.address, request_control=frame.control, status=frame.status, **common)
+        case ReadAddressRequest() | AddressReply():
+            control, body = frame.control, b""
+        case ReadRequest():
+            control, body = frame.control, b""
+        case MeterData():
+            return encode_meter_data_reply(
+                frame.address,
+                total=frame.total,
+                settlement=frame.settlement,
+                clock=frame.clock,
+                status=frame.status,
+                di_order=di_order,
+                volume_decimals=volume_decimals,
+                **common,
+            )
+        case HistoryData():
+            control, body = frame.control, _volume_bytes(frame.settlement, decimals=volume_decimals)
+        case ValveRequest():
+            control, body = frame.control, bytes((frame.command,))
+        case ClockRequest():
+            control, body = frame.control, _clock_bytes(frame.clock)
+        case PurchaseRequest():
+            control, body = frame.control, bytes((frame.purchase_count,)) + _to_bcd(frame.amount_fen, 4, what="amount (fen)")
+        case PurchaseReply():
+            control = frame.control
+            body = bytes((frame.purchase_count,)) + (frame.status.to_bytes() if frame.status is not None else b"")
+        case WriteReply():
+            control, body = frame.control, frame.status.to_bytes() if frame.status is not None else b""
+        case OtherData():
+            control, body = frame.control, frame.body
+        case _:
+            raise TypeError(f"cannot encode {type(frame).__name__}")
+    if frame.di is None:
+        raise ValueError(f"{type(frame).__name__} needs a data identifier")
+    return _encode_with_di(frame.address, control=control, di=frame.di, body=body, di_order=di_order, **common)
 
 
 # ---------------------------------------------------------------------------- decoding
