@@ -343,16 +343,18 @@ ADDRESSED = """(
      WHERE nh.notice_id = n.id AND nh.household_id = ANY(CAST(:households AS bigint[]))))
 )"""
 
-# Every household of notice :notice_id's audience (the fan-out's set).
+# Every household of notice :notice_id's audience (the fan-out's set), each once. The
+# branches are disjoint (each is its audience kind's), so only the areas' one, whose
+# subtrees may nest, removes duplicates: a notice to everyone does not hash 100k ids.
 AUDIENCE_HOUSEHOLDS = """
 SELECT h.id FROM notices n JOIN households h ON n.audience = 'all' WHERE n.id = :notice_id AND h.status <> 'closed'
-UNION
-SELECT h.id FROM notice_areas na JOIN areas a ON a.id = na.area_id
+UNION ALL
+SELECT DISTINCT h.id FROM notices n JOIN notice_areas na ON na.notice_id = n.id JOIN areas a ON a.id = na.area_id
   JOIN areas ha ON ha.path LIKE a.path || '%' JOIN households h ON h.area_id = ha.id
-WHERE na.notice_id = :notice_id AND h.status <> 'closed'
-UNION
-SELECT h.id FROM notice_households nh JOIN households h ON h.id = nh.household_id
-WHERE nh.notice_id = :notice_id AND h.status <> 'closed'
+WHERE n.id = :notice_id AND n.audience = 'areas' AND h.status <> 'closed'
+UNION ALL
+SELECT h.id FROM notices n JOIN notice_households nh ON nh.notice_id = n.id JOIN households h ON h.id = nh.household_id
+WHERE n.id = :notice_id AND n.audience = 'households' AND h.status <> 'closed'
 """
 
 COLUMNS = ("n.id, n.title, n.body, n.image_key, n.audience, n.state, n.publish_at, n.published_at, n.expires_at, "

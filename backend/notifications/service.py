@@ -144,7 +144,7 @@ LEFT JOIN ins ON true
 
 
 @functools.lru_cache(maxsize=64)
-def _uniform(households: str, *, new_key: bool) -> str:
+def _uniform(households: str, *, new_key: bool, direct: bool = True) -> str:
     """The statement of a uniform call (one title, body, data and dedupe key for every
     recipient): ``households`` selects the household recipients' ids (one column), the
     arrays $1/$2 the direct ones (residents, staff).
@@ -164,23 +164,33 @@ def _uniform(households: str, *, new_key: bool) -> str:
     committed meanwhile makes it fail on the unique index, and the caller runs the
     ON CONFLICT form instead. Each recipient appears once either way (a resident bound to
     two of the households: the first household), in recipient order, which is also the
-    inbox indexes' order."""
+    inbox indexes' order. The recipients are made unique before the text is added, so the
+    sort carries ids only, not 100k copies of the title, body and data; ``direct=False``
+    (households only, a notice's fan-out) sorts the residents by id alone."""
     conflict = "" if new_key else "ON CONFLICT (recipient_kind, recipient_id, dedupe_key) DO NOTHING"
+    if direct:
+        recipients = """SELECT DISTINCT ON (recipient_kind, recipient_id) recipient_kind, recipient_id, household_id
+    FROM (SELECT t.rk, t.rid, NULL::bigint FROM unnest($1::text[], $2::bigint[]) AS t(rk, rid)
+          UNION ALL
+          SELECT 'resident', rh.resident_id, hh.rid FROM hh JOIN resident_households rh ON rh.household_id = hh.rid
+    ) AS e(recipient_kind, recipient_id, household_id)
+    ORDER BY recipient_kind, recipient_id, household_id"""
+    else:
+        recipients = """SELECT DISTINCT ON (rh.resident_id) 'resident', rh.resident_id, hh.rid
+    FROM hh JOIN resident_households rh ON rh.household_id = hh.rid
+    WHERE cardinality($1::text[]) + cardinality($2::bigint[]) = 0
+    ORDER BY rh.resident_id, hh.rid"""
     return f"""
 WITH hh AS MATERIALIZED (
     SELECT h.id AS rid FROM ({households}) AS h(id)
 ),
-expanded AS (
-    SELECT t.rk AS recipient_kind, t.rid AS recipient_id, NULL::bigint AS household_id
-    FROM unnest($1::text[], $2::bigint[]) AS t(rk, rid)
-    UNION ALL
-    SELECT 'resident', rh.resident_id, hh.rid FROM hh JOIN resident_households rh ON rh.household_id = hh.rid
+recipients AS (
+    {recipients}
 ),
 ins AS (
     INSERT INTO messages (recipient_kind, recipient_id, household_id, kind, title, body, data, dedupe_key, created_at)
-    SELECT DISTINCT ON (recipient_kind, recipient_id) recipient_kind, recipient_id, household_id, $7, $3, $4,
-           $5::jsonb, $6, $8
-    FROM expanded ORDER BY recipient_kind, recipient_id, household_id
+    SELECT r.recipient_kind, r.recipient_id, r.household_id, $7, $3, $4, $5::jsonb, $6, $8
+    FROM recipients AS r(recipient_kind, recipient_id, household_id)
     {conflict}
     RETURNING id, recipient_kind, recipient_id
 ),
@@ -321,18 +331,19 @@ async def _write_uniform(
         "EXISTS (SELECT FROM messages WHERE dedupe_key = $2) AS seen", LARGE_FAN_OUT_WORK_MEM, dedupe_key)
     values = (kinds, ids, title, body, _data_text(data or {}), dedupe_key, kind, now, Channel.sms in channels,
               Channel.push in channels, timezone, *arguments)
+    direct = bool(ids)
     if before["seen"]:
-        row = await driver.fetchrow(_uniform(households, new_key=False), *values)
+        row = await driver.fetchrow(_uniform(households, new_key=False, direct=direct), *values)
     else:
         await driver.execute("SAVEPOINT notify_new_key")
         try:
-            row = await driver.fetchrow(_uniform(households, new_key=True), *values)
+            row = await driver.fetchrow(_uniform(households, new_key=True, direct=direct), *values)
         except asyncpg.UniqueViolationError as error:
             if error.constraint_name != UNIQUE_DEDUPE:
                 raise
             # A writer of the same key committed since we looked: what it wrote is skipped.
             await driver.execute("ROLLBACK TO SAVEPOINT notify_new_key")
-            row = await driver.fetchrow(_uniform(households, new_key=False), *values)
+            row = await driver.fetchrow(_uniform(households, new_key=False, direct=direct), *values)
         await driver.execute("RELEASE SAVEPOINT notify_new_key")
     await driver.execute("SELECT set_config('work_mem', $1, true), set_config('plan_cache_mode', $2, true)",
                          before["work_mem"], before["plans"])

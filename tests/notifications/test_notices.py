@@ -124,10 +124,14 @@ async def test_each_audience_reaches_exactly_its_residents(session: AsyncSession
     assert await notices.audience_households(session, community) == [town.east_home.id]
     assert await notices.audience_households(session, district) == sorted([town.east_home.id, town.east_flat.id])  # type: ignore[type-var]
     assert await notices.audience_households(session, one_home) == [town.west_home.id]
+    # Nested areas (the district and its community): each household once.
+    nested = await published(session, draft(NoticeAudience.areas, areas=[tree.east, tree.east_community]),
+                             scope(tree.east))
+    assert await notices.audience_households(session, nested) == sorted([town.east_home.id, town.east_flat.id])  # type: ignore[type-var]
     assert {town.east_home.id, town.east_flat.id, town.west_home.id} <= set(
         await notices.audience_households(session, everyone))
     # One notice.published per notice, naming it.
-    assert (await events(session))[len(before):] == [everyone, community, district, one_home]
+    assert (await events(session))[len(before):] == [everyone, community, district, one_home, nested]
     # Staff see what lies in their scope: the west manager none of the east ones, nor the one to all.
     rows, total = await notices.staff_notices(session, scope_patterns=scope(tree.west))
     assert one_home in {row.id for row in rows} and not {everyone, community, district} & {row.id for row in rows}
