@@ -1,0 +1,1016 @@
+"""CJ/T 188-2004 (户用计量仪表数据传输技术条件) frames, as pure functions over bytes.
+
+Public API (kept stable; the simulator and the transport build on it):
+
+- Wire: ``frame_length(header)`` (where a frame ends, from its length byte),
+  ``find_frame(buffer, echo=None) -> (frame | None, consumed)`` (skips preamble, noise
+  and the echo of our own request), ``checksum(bytes)``.
+- Requests: ``encode_read`` (``901F`` by default), ``encode_read_history``,
+  ``encode_valve``, ``encode_write_clock``, ``encode_write_purchase``,
+  ``encode_read_address``.
+- Replies (what a meter sends; the simulator uses them): ``encode_meter_data_reply``,
+  ``encode_history_reply``, ``encode_write_reply``, ``encode_purchase_reply``,
+  ``encode_address_reply``, ``encode_error_reply``; all built on ``encode_frame``.
+- ``decode(frame, di_order=…) -> Frame`` and its inverse ``encode(frame, di_order=…)``: one typed dataclass per kind of frame
+  (``MeterData``, ``HistoryData``, ``WriteReply``, ``PurchaseReply``, ``AddressReply``,
+  ``ErrorReply``, ``ReadRequest``, ``ValveRequest``, ``ClockRequest``,
+  ``PurchaseRequest``, ``ReadAddressRequest``, ``OtherData``); ``to_json(frame)`` is the
+  dict ``shuiwu frame decode --json`` prints.
+- Per meter model: ``DiOrder`` (``be`` = ``90 1F`` on the wire, ``le`` = ``1F 90``;
+  ``di_order_for(DiByteOrder)`` maps the archives' setting), the preamble length
+  (``preamble=``, default 2) and the register's decimals (``volume_decimals=``, default 2).
+- Errors: ``FrameError`` and its kinds ``BadStart``, ``BadLength``, ``MissingEnd``,
+  ``BadChecksum``, ``NotBcd``, ``BadData``; each message is one line.
+
+The frame: ``[FE…] 68 T A0..A6 C L DI0 DI1 SER data… CS 16``. The address is 14 BCD
+digits, low byte first (A5 A6 are the maker's code). C: bit 7 set in a meter's reply,
+bit 6 set in an error reply (whose data is ``SER ST0 ST1``), bits 0-5 the function (01
+read data, 04 write data, 03 read address). CS is the byte sum, mod 256, from the ``68``
+through the last data byte. Multi-byte values go low byte first; the data identifier is
+the exception vendors disagree on, hence ``DiOrder``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_DOWN, Decimal
+from enum import IntEnum, StrEnum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from backend.archives.models import MeterType
+
+START = 0x68
+END = 0x16
+PREAMBLE_BYTE = 0xFE
+# 68 T A0..A6 C L: what a reader needs before it knows where the frame ends.
+HEADER_LENGTH = 11
+# Header, CS and 16 around an empty data field.
+MIN_FRAME_LENGTH = HEADER_LENGTH + 2
+DEFAULT_PREAMBLE = 2
+DEFAULT_METER_TYPE = 0x10
+DEFAULT_VOLUME_DECIMALS = 2
+BROADCAST_ADDRESS = "AAAAAAAAAAAAAA"
+
+
+class Control(IntEnum):
+    READ_DATA = 0x01
+    READ_DATA_REPLY = 0x81
+    READ_DATA_ERROR = 0xC1
+    READ_ADDRESS = 0x03
+    READ_ADDRESS_REPLY = 0x83
+    READ_ADDRESS_ERROR = 0xC3
+    WRITE_DATA = 0x04
+    WRITE_DATA_REPLY = 0x84
+    WRITE_DATA_ERROR = 0xC4
+
+
+REPLY_BIT = 0x80
+ERROR_BIT = 0x40
+FUNCTION_MASK = 0x3F
+
+
+class DataId(IntEnum):
+    """Data identifiers (数据标识) in the standard's notation (``901F``, whatever the wire order)."""
+
+    METER_DATA = 0x901F  # 计量数据: totals, clock, status
+    HISTORY_1 = 0xD120  # 历史计量数据: last month's settlement-day total … D12B: 12 months ago
+    HISTORY_12 = 0xD12B
+    READ_ADDRESS = 0x810A  # 读地址 (control 03)
+    WRITE_PURCHASE = 0xA013  # 写购入金额: purchase count + amount, for meters keeping their balance
+    WRITE_CLOCK = 0xA015  # 写标准时间
+    VALVE_CONTROL = 0xA017  # 写阀门控制: 55 open, 99 close
+
+
+class ValveCommand(IntEnum):
+    OPEN = 0x55
+    CLOSE = 0x99
+
+
+class DiOrder(StrEnum):
+    """How a meter model puts the data identifier on the wire."""
+
+    be = "be"  # high byte first: 90 1F (archives' DiByteOrder.standard)
+    le = "le"  # low byte first: 1F 90 (archives' DiByteOrder.swapped)
+
+
+def di_order_for(di_byte_order: str) -> DiOrder:
+    """The codec's order for an archives ``DiByteOrder`` (``"901F"`` standard, ``"1F90"`` swapped)."""
+    match str(di_byte_order):
+        case "901F":
+            return DiOrder.be
+        case "1F90":
+            return DiOrder.le
+    raise ValueError(f"unknown DI byte order {di_byte_order!r}")
+
+
+UNIT_LITRE = 0x29
+UNIT_CUBIC_METRE = 0x2C
+# The standard's unit codes (单位代号); volumes are only ever L or m³ on water meters.
+UNIT_NAMES: dict[int, str] = {
+    0x01: "J",
+    0x02: "Wh",
+    0x05: "kWh",
+    0x08: "MWh",
+    0x0A: "MWh×100",
+    0x0B: "kJ",
+    0x0E: "MJ",
+    0x11: "GJ",
+    0x13: "GJ×100",
+    0x14: "W",
+    0x17: "kW",
+    0x1A: "MW",
+    0x29: "L",
+    0x2C: "m³",
+    0x32: "L/h",
+    0x35: "m³/h",
+}
+# 仪表类型 T: 10H-19H water meters, 20H-29H heat meters, 30H-39H gas, 40H-49H other.
+METER_TYPE_NAMES: dict[int, str] = {
+    0x10: "冷水水表 cold water",
+    0x11: "生活热水水表 hot water",
+    0x12: "直饮水水表 drinking water",
+    0x13: "中水水表 reclaimed water",
+    0x20: "热量表(计热量) heat",
+    0x21: "热量表(计冷量) cooling",
+    0x30: "燃气表 gas",
+    0x40: "电度表 electricity",
+}
+
+
+def archives_meter_type(meter_type: int) -> MeterType | None:
+    """The archives' ``MeterType`` of a type byte, where there is one (10H cold, 11H hot)."""
+    # Imported here so the codec (and the simulator's process) loads without the ORM.
+    from backend.archives.models import MeterType
+
+    return {0x10: MeterType.cold_water, 0x11: MeterType.hot_water}.get(meter_type)
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+class FrameError(ValueError):
+    """A frame that cannot be read; ``str()`` is one line for a log or the CLI."""
+
+
+class BadStart(FrameError):
+    """No ``68`` where the frame should start."""
+
+
+class BadLength(FrameError):
+    """Fewer or more bytes than the length byte says, or a data field of the wrong size."""
+
+
+class MissingEnd(FrameError):
+    """The byte after the checksum is not ``16``."""
+
+
+class BadChecksum(FrameError):
+    pass
+
+
+class NotBcd(FrameError):
+    """A nibble above 9 in a BCD field (address, volume, clock, amount)."""
+
+
+class BadData(FrameError):
+    """A data field whose content the standard does not allow (a valve byte not 55/99 …)."""
+
+
+# ---------------------------------------------------------------------------- values
+
+
+class ValveStatus(StrEnum):
+    open = "open"
+    closed = "closed"
+    abnormal = "abnormal"
+
+
+@dataclass(frozen=True)
+class MeterStatus:
+    """The two status bytes (状态ST) as sent: ST0 bits 0-1 valve (00 open, 01 closed,
+    11 abnormal), bit 2 battery low; the rest is reserved or the maker's own."""
+
+    st0: int
+    st1: int = 0
+
+    @property
+    def valve(self) -> ValveStatus:
+        match self.st0 & 0x03:
+            case 0b00:
+                return ValveStatus.open
+            case 0b01:
+                return ValveStatus.closed
+        # 11 is abnormal; 10 is reserved, and a valve we cannot name is not a known one.
+        return ValveStatus.abnormal
+
+    @property
+    def battery_low(self) -> bool:
+        return bool(self.st0 & 0x04)
+
+    @property
+    def bits(self) -> int:
+        """Both bytes as one number, ST0 the low byte (what readings keep as ``status_bits``)."""
+        return self.st0 | self.st1 << 8
+
+    @classmethod
+    def of(cls, *, valve: ValveStatus, battery_low: bool = False, st1: int = 0) -> MeterStatus:
+        valve_bits = {ValveStatus.open: 0b00, ValveStatus.closed: 0b01, ValveStatus.abnormal: 0b11}[valve]
+        return cls(valve_bits | (0x04 if battery_low else 0), st1)
+
+    def to_bytes(self) -> bytes:
+        return bytes((self.st0, self.st1))
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A register as the frame carries it: the value with its decimals, and its unit code."""
+
+    value: Decimal
+    unit: int = UNIT_CUBIC_METRE
+
+    def in_m3(self) -> Decimal | None:
+        """The value in m³ keeping every digit (litres shift three places); ``None``
+        for a unit that is not a volume."""
+        if self.unit == UNIT_CUBIC_METRE:
+            return self.value
+        if self.unit == UNIT_LITRE:
+            return self.value.scaleb(-3)
+        return None
+
+
+# ---------------------------------------------------------------------------- frames
+
+
+@dataclass(frozen=True, kw_only=True)
+class Frame:
+    """What every frame carries. ``di`` is in the standard's notation (``0x901F``)
+    whatever the wire order; error replies and address reads of some makers have none."""
+
+    meter_type: int
+    address: str
+    control: int
+    di: int | None
+    ser: int
+    checksum_ok: bool = True
+
+    @property
+    def is_reply(self) -> bool:
+        return bool(self.control & REPLY_BIT)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReadRequest(Frame):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReadAddressRequest(Frame):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class ValveRequest(Frame):
+    command: ValveCommand
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClockRequest(Frame):
+    clock: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class PurchaseRequest(Frame):
+    """写购入金额: the purchase count (increasing, mod 256) and the amount in fen
+    (the wire carries yuan as BCD XXXXXX.XX, so the BCD integer is the fen)."""
+
+    purchase_count: int
+    amount_fen: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class MeterData(Frame):
+    """``901F`` of a water meter: current and settlement-day totals, the meter's clock
+    (naive: the meter keeps local time and says nothing of its zone; ``None`` when it
+    sends zeros or an impossible date) and its status."""
+
+    total: Volume
+    settlement: Volume
+    clock: datetime | None
+    status: MeterStatus
+
+
+@dataclass(frozen=True, kw_only=True)
+class HistoryData(Frame):
+    """``D120``..``D12B``: the settlement-day total of 1..12 months ago."""
+
+    months_ago: int
+    settlement: Volume
+
+
+@dataclass(frozen=True, kw_only=True)
+class WriteReply(Frame):
+    """A meter's acknowledgement of a write (valve control, clock); the status when sent."""
+
+    status: MeterStatus | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PurchaseReply(Frame):
+    purchase_count: int
+    status: MeterStatus | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AddressReply(Frame):
+    """A reply to 读地址: the meter's address is the frame's address."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ErrorReply(Frame):
+    """Control with bit 6 set (C1, C3, C4 …): the request failed; ST says why."""
+
+    status: MeterStatus
+
+
+@dataclass(frozen=True, kw_only=True)
+class OtherData(Frame):
+    """A data identifier this codec does not interpret; the data field after DI and SER."""
+
+    body: bytes
+
+
+# ---------------------------------------------------------------------------- BCD
+
+
+def _bcd_digits(raw: bytes, *, what: str) -> str:
+    """Digits of little-endian BCD bytes, most significant first."""
+    digits = raw[::-1].hex().upper()
+    if not digits.isdigit():
+        raise NotBcd(f"{what} {raw.hex(' ').upper()} is not BCD")
+    return digits
+
+
+def _to_bcd(number: int, width: int, *, what: str) -> bytes:
+    """``number`` as ``width`` little-endian BCD bytes."""
+    if number < 0 or number >= 10 ** (2 * width):
+        raise ValueError(f"{what} {number} does not fit in {2 * width} BCD digits")
+    return bytes.fromhex(f"{number:0{2 * width}d}")[::-1]
+
+
+def parse_address(raw: bytes) -> str:
+    """A 7-byte address field as its 14 digits (``AAAAAAAAAAAAAA`` is broadcast)."""
+    if raw == b"\xaa" * 7:
+        return BROADCAST_ADDRESS
+    return _bcd_digits(raw, what="address")
+
+
+def address_bytes(address: str) -> bytes:
+    """14 digits (fewer are zero-padded on the left) as the address field, low byte first."""
+    if address.upper() == BROADCAST_ADDRESS:
+        return b"\xaa" * 7
+    if not address.isdigit() or len(address) > 14:
+        raise ValueError(f"address {address!r} is not up to 14 decimal digits")
+    return bytes.fromhex(address.zfill(14))[::-1]
+
+
+def _volume(raw: bytes, *, decimals: int) -> Volume:
+    digits = _bcd_digits(raw[:4], what="volume")
+    return Volume(Decimal(int(digits)).scaleb(-decimals), raw[4])
+
+
+def _volume_bytes(volume: Volume, *, decimals: int) -> bytes:
+    # A register shows whole steps of its last digit: more places are cut, never rounded up.
+    scaled = int(volume.value.scaleb(decimals).to_integral_value(rounding=ROUND_DOWN))
+    return _to_bcd(scaled, 4, what="volume") + bytes((volume.unit,))
+
+
+def _clock(raw: bytes) -> datetime | None:
+    # ss mm hh DD MM YY(low) YY(high): reversed, the digits read YYYYMMDDhhmmss.
+    digits = _bcd_digits(raw, what="clock")
+    if int(digits) == 0:
+        return None
+    try:
+        return datetime.strptime(digits, "%Y%m%d%H%M%S")
+    except ValueError:
+        return None
+
+
+def _clock_bytes(clock: datetime) -> bytes:
+    return bytes.fromhex(clock.strftime("%Y%m%d%H%M%S"))[::-1]
+
+
+# ---------------------------------------------------------------------------- wire
+
+
+def checksum(raw: bytes) -> int:
+    return sum(raw) & 0xFF
+
+
+def frame_length(header: bytes) -> int:
+    """The whole frame's length (without preamble) from its first 11 bytes, which start at ``68``."""
+    if len(header) < HEADER_LENGTH:
+        raise BadLength(f"a header is {HEADER_LENGTH} bytes, got {len(header)}")
+    if header[0] != START:
+        raise BadStart(f"a frame starts with 68, not {header[0]:02X}")
+    return MIN_FRAME_LENGTH + header[10]
+
+
+def _strip_preamble(raw: bytes) -> bytes:
+    start = 0
+    while start < len(raw) and raw[start] == PREAMBLE_BYTE:
+        start += 1
+    return raw[start:]
+
+
+def _candidates(buffer: bytes) -> Iterator[int]:
+    position = buffer.find(START)
+    while position != -1:
+        yield position
+        position = buffer.find(START, position + 1)
+
+
+def find_frame(buffer: bytes, *, echo: bytes | None = None) -> tuple[bytes | None, int]:
+    """The first whole frame in ``buffer`` and how many bytes of it are used up.
+
+    Preamble and noise before the frame count as used up. A frame equal to ``echo``
+    (our own request, preamble or not, as a half-duplex adapter hears it) is skipped.
+    Without a whole frame yet: ``(None, n)`` where the first ``n`` bytes are noise to
+    drop and the rest may still grow into a frame. A ``68`` whose claimed end is not
+    ``16`` is noise; one that ends in ``16`` with a wrong checksum is returned, so the
+    caller reports a bad frame instead of waiting for a timeout.
+    """
+    echo_frame = _strip_preamble(echo) if echo else None
+    pending: int | None = None
+    skip_until = 0
+    for position in _candidates(buffer):
+        if position < skip_until:
+            continue
+        available = len(buffer) - position
+        if available < HEADER_LENGTH or available < frame_length(buffer[position : position + HEADER_LENGTH]):
+            # It may still become a frame; a later 68 may already be a whole one (then this was noise).
+            if pending is None:
+                pending = position
+            continue
+        end = position + frame_length(buffer[position : position + HEADER_LENGTH])
+        candidate = buffer[position:end]
+        if candidate[-1] != END:
+            continue
+        if echo_frame is not None and candidate == echo_frame:
+            skip_until = end
+            continue
+        if candidate[-2] == checksum(candidate[:-2]) or pending is None:
+            return candidate, end
+    if pending is not None:
+        return None, pending
+    # No 68 left that could start a frame: everything so far is noise (or a skipped echo).
+    return None, len(buffer)
+
+
+def encode_frame(*, meter_type: int, address: str, control: int, data: bytes, preamble: int = DEFAULT_PREAMBLE) -> bytes:
+    """A whole frame with ``preamble`` ``FE`` bytes in front."""
+    if not 0 <= meter_type <= 0xFF:
+        raise ValueError(f"meter type {meter_type} is not a byte")
+    if len(data) > 0xFF:
+        raise ValueError(f"a data field holds at most 255 bytes, not {len(data)}")
+    if not 0 <= preamble <= 16:
+        raise ValueError(f"preamble {preamble} is not 0..16 FE bytes")
+    body = bytes((START, meter_type)) + address_bytes(address) + bytes((control, len(data))) + data
+    return bytes((PREAMBLE_BYTE,)) * preamble + body + bytes((checksum(body), END))
+
+
+def _di_bytes(di: int, order: DiOrder) -> bytes:
+    return di.to_bytes(2, "big" if order == DiOrder.be else "little")
+
+
+def _di_value(raw: bytes, order: DiOrder) -> int:
+    return int.from_bytes(raw, "big" if order == DiOrder.be else "little")
+
+
+def _ser(ser: int) -> int:
+    if not 0 <= ser <= 0xFF:
+        raise ValueError(f"SER {ser} is not a byte")
+    return ser
+
+
+# ---------------------------------------------------------------------------- requests
+
+
+def encode_read(
+    address: str,
+    *,
+    di: int = DataId.METER_DATA,
+    meter_type: int = DEFAULT_METER_TYPE,
+    ser: int = 0,
+    di_order: DiOrder = DiOrder.be,
+    preamble: int = DEFAULT_PREAMBLE,
+) -> bytes:
+    """读数据 (control 01): ``901F`` unless another identifier is given."""
+    return encode_frame(
+        meter_type=meter_type,
+        address=address,
+        control=Control.READ_DATA,
+        data=_di_bytes(di, di_order) + bytes((_ser(ser),)),
+        preamble=preamble,
+    )
+
+
+def history_di(months_ago: int) -> int:
+    if not 1 <= months_ago <= 12:
+        raise ValueError(f"history goes back 1..12 months, not {months_ago}")
+    return DataId.HISTORY_1 + months_ago - 1
+
+
+def encode_read_history(
+    address: str,
+    *,
+    months_ago: int,
+    meter_type: int = DEFAULT_METER_TYPE,
+    ser: int = 0,
+    di_order: DiOrder = DiOrder.be,
+    preamble: int = DEFAULT_PREAMBLE,
+) -> bytes:
+    """读历史计量数据 ``D120`` (last month) .. ``D12B`` (12 months ago)."""
+    return encode_read(address, di=history_di(months_ago), meter_type=meter_type, ser=ser, di_order=di_order, preamble=preamble)
+
+
+def _encode_write(address: str, *, di: int, value: bytes, meter_type: int, ser: int, di_order: DiOrder, preamble: int) -> bytes:
+    return encode_frame(
+        meter_type=meter_type,
+        address=address,
+        control=Control.WRITE_DATA,
+        data=_di_bytes(di, di_order) + bytes((_ser(ser),)) + value,
+        preamble=preamble,
+    )
+
+
+def encode_valve(
+    address: str,
+    *,
+    command: ValveCommand,
+    meter_type: int = DEFAULT_METER_TYPE,
+    ser: int = 0,
+    di_order: DiOrder = DiOrder.be,
+    preamble: int = DEFAULT_PREAMBLE,
+) -> bytes:
+    """写阀门控制 ``A017``: 55 opens, 99 closes."""
+    return _encode_write(
+        address,
+        di=DataId.VALVE_CONTROL,
+        value=bytes((ValveCommand(command),)),
+        meter_type=meter_type,
+        ser=ser,
+        di_order=di_order,
+        preamble=preamble,
+    )
+
+
+def encode_write_clock(
+    address: str,
+    *,
+    clock: datetime,
+    meter_type: int = DEFAULT_METER_TYPE,
+    ser: int = 0,
+    di_order: DiOrder = DiOrder.be,
+    preamble: int = DEFAULT_PREAMBLE,
+) -> bytes:
+    """写标准时间 ``A015``: the meter's local wall time (``clock``'s zone, if any, is not sent)."""
+    return _encode_write(
+        address,
+        di=DataId.WRITE_CLOCK,
+        value=_clock_bytes(clock),
+        meter_type=meter_type,
+        ser=ser,
+        di_order=di_order,
+        preamble=preamble,
+    )
+
+
+def encode_write_purchase(
+    address: str,
+    *,
+    purchase_count: int,
+    amount_fen: int,
+    meter_type: int = DEFAULT_METER_TYPE,
+    ser: int = 0,
+    di_order: DiOrder = DiOrder.be,
+    preamble: int = DEFAULT_PREAMBLE,
+) -> bytes:
+    """写购入金额 ``A013``: purchase count (one byte, mod 256) and amount (BCD yuan, 2 places)."""
+    if not 0 <= purchase_count <= 0xFF:
+        raise ValueError(f"purchase count {purchase_count} is not a byte")
+    return _encode_write(
+        address,
+        di=DataId.WRITE_PURCHASE,
+        value=bytes((purchase_count,)) + _to_bcd(amount_fen, 4, what="amount (fen)"),
+        meter_type=meter_type,
+        ser=ser,
+        di_order=di_order,
+        preamble=preamble,
+    )
+
+
+def encode_read_address(
+    address: str = BROADCAST_ADDRESS,
+    *,
+    meter_type: int = DEFAULT_METER_TYPE,
+    ser: int = 0,
+    di_order: DiOrder = DiOrder.be,
+    preamble: int = DEFAULT_PREAMBLE,
+) -> bytes:
+    """读地址 (control 03, ``810A``); to the broadcast address on a point-to-point link."""
+    return encode_frame(
+        meter_type=meter_type,
+        address=address,
+        control=Control.READ_ADDRESS,
+        data=_di_bytes(DataId.READ_ADDRESS, di_order) + bytes((_ser(ser),)),
+        preamble=preamble,
+    )
+
+
+# ---------------------------------------------------------------------------- replies
+
+
+def _encode_with_di(
+    address: str, *, control: int, di: int, body: bytes, meter_type: int, ser: int, di_order: DiOrder, preamble: int
+) -> bytes:
+    return encode_frame(
+        meter_type=meter_type,
+        address=address,
+        control=control,
+        data=_di_bytes(di, di_order) + bytes((_ser(ser),)) + body,
+        preamble=preamble,
+    )
+
+
+def encode_meter_data_reply(
+    address: str,
+    *,
+    total: Volume,
+    settlement: Volume,
+    clock: datetime | None,
+    status: MeterStatus,
+    meter_type: int = DEFAULT_METER_TYPE,
+    ser: int = 0,
+    di_order: DiOrder = DiOrder.be,
+    preamble: int = DEFAULT_PREAMBLE,
+    volume_decimals: int = DEFAULT_VOLUME_DECIMALS,
+) -> bytes:
+    """A water meter's ``901F`` reply (L = 16H); ``clock=None`` sends zeros (no clock)."""
+    body = (
+        _volume_bytes(total, decimals=volume_decimals)
+        + _volume_bytes(settlement, decimals=volume_decimals)
+        + (_clock_bytes(clock) if clock is not None else bytes(7))
+        + status.to_bytes()
+    )
+    return _encode_with_di(
+        address,
+        control=Control.READ_DATA_REPLY,
+        di=DataId.METER_DATA,
+        body=body,
+        meter_type=meter_type,
+        ser=ser,
+        di_order=di_order,
+        preamble=preamble,
+    )
+
+
+def encode_history_reply(
+    address: str,
+    *,
+    months_ago: int,
+    settlement: Volume,
+    meter_type: int = DEFAULT_METER_TYPE,
+    ser: int = 0,
+    di_order: DiOrder = DiOrder.be,
+    preamble: int = DEFAULT_PREAMBLE,
+    volume_decimals: int = DEFAULT_VOLUME_DECIMALS,
+) -> bytes:
+    return _encode_with_di(
+        address,
+        control=Control.READ_DATA_REPLY,
+        di=history_di(months_ago),
+        body=_volume_bytes(settlement, decimals=volume_decimals),
+        meter_type=meter_type,
+        ser=ser,
+        di_order=di_order,
+        preamble=preamble,
+    )
+
+
+def encode_write_reply(
+    address: str,
+    *,
+    di: int,
+    status: MeterStatus | None,
+    meter_type: int = DEFAULT_METER_TYPE,
+    ser: int = 0,
+    di_order: DiOrder = DiOrder.be,
+    preamble: int = DEFAULT_PREAMBLE,
+) -> bytes:
+    """A meter's acknowledgement of a write: ``DI SER ST0 ST1`` (valve control), or ``DI SER``."""
+    return _encode_with_di(
+        address,
+        control=Control.WRITE_DATA_REPLY,
+        di=di,
+        body=status.to_bytes() if status is not None else b"",
+        meter_type=meter_type,
+        ser=ser,
+        di_order=di_order,
+        preamble=preamble,
+    )
+
+
+def encode_purchase_reply(
+    address: str,
+    *,
+    purchase_count: int,
+    status: MeterStatus | None,
+    meter_type: int = DEFAULT_METER_TYPE,
+    ser: int = 0,
+    di_order: DiOrder = DiOrder.be,
+    preamble: int = DEFAULT_PREAMBLE,
+) -> bytes:
+    """The acknowledgement of ``A013``: the purchase count the meter now holds, then ST."""
+    if not 0 <= purchase_count <= 0xFF:
+        raise ValueError(f"purchase count {purchase_count} is not a byte")
+    return _encode_with_di(
+        address,
+        control=Control.WRITE_DATA_REPLY,
+        di=DataId.WRITE_PURCHASE,
+        body=bytes((purchase_count,)) + (status.to_bytes() if status is not None else b""),
+        meter_type=meter_type,
+        ser=ser,
+        di_order=di_order,
+        preamble=preamble,
+    )
+
+
+def encode_address_reply(
+    address: str,
+    *,
+    meter_type: int = DEFAULT_METER_TYPE,
+    ser: int = 0,
+    di_order: DiOrder = DiOrder.be,
+    preamble: int = DEFAULT_PREAMBLE,
+) -> bytes:
+    return _encode_with_di(
+        address,
+        control=Control.READ_ADDRESS_REPLY,
+        di=DataId.READ_ADDRESS,
+        body=b"",
+        meter_type=meter_type,
+        ser=ser,
+        di_order=di_order,
+        preamble=preamble,
+    )
+
+
+def encode_error_reply(
+    address: str,
+    *,
+    request_control: int,
+    status: MeterStatus,
+    meter_type: int = DEFAULT_METER_TYPE,
+    ser: int = 0,
+    preamble: int = DEFAULT_PREAMBLE,
+) -> bytes:
+    """异常应答: the request's function with bits 7 and 6 set (01 → C1), data ``SER ST0 ST1``."""
+    return encode_frame(
+        meter_type=meter_type,
+        address=address,
+        control=(request_control & FUNCTION_MASK) | REPLY_BIT | ERROR_BIT,
+        data=bytes((_ser(ser),)) + status.to_bytes(),
+        preamble=preamble,
+    )
+
+
+def encode(
+    frame: Frame,
+    *,
+    di_order: DiOrder = DiOrder.be,
+    preamble: int = DEFAULT_PREAMBLE,
+    volume_decimals: int = DEFAULT_VOLUME_DECIMALS,
+) -> bytes:
+    """Any decoded frame back to bytes: ``decode(encode(f)) == f`` for every kind."""
+    common: dict[str, Any] = {"meter_type": frame.meter_type, "ser": frame.ser, "preamble": preamble}
+    match frame:
+        case ErrorReply():
+            return encode_error_reply(frame.address, request_control=frame.control, status=frame.status, **common)
+        case ReadAddressRequest() | AddressReply():
+            control, body = frame.control, b""
+        case ReadRequest():
+            control, body = frame.control, b""
+        case MeterData():
+            return encode_meter_data_reply(
+                frame.address,
+                total=frame.total,
+                settlement=frame.settlement,
+                clock=frame.clock,
+                status=frame.status,
+                di_order=di_order,
+                volume_decimals=volume_decimals,
+                **common,
+            )
+        case HistoryData():
+            control, body = frame.control, _volume_bytes(frame.settlement, decimals=volume_decimals)
+        case ValveRequest():
+            control, body = frame.control, bytes((frame.command,))
+        case ClockRequest():
+            control, body = frame.control, _clock_bytes(frame.clock)
+        case PurchaseRequest():
+            control, body = frame.control, bytes((frame.purchase_count,)) + _to_bcd(frame.amount_fen, 4, what="amount (fen)")
+        case PurchaseReply():
+            control = frame.control
+            body = bytes((frame.purchase_count,)) + (frame.status.to_bytes() if frame.status is not None else b"")
+        case WriteReply():
+            control, body = frame.control, frame.status.to_bytes() if frame.status is not None else b""
+        case OtherData():
+            control, body = frame.control, frame.body
+        case _:
+            raise TypeError(f"cannot encode {type(frame).__name__}")
+    if frame.di is None:
+        raise ValueError(f"{type(frame).__name__} needs a data identifier")
+    return _encode_with_di(frame.address, control=control, di=frame.di, body=body, di_order=di_order, **common)
+
+
+# ---------------------------------------------------------------------------- decoding
+
+
+def _one_frame(raw: bytes, *, verify_checksum: bool) -> tuple[bytes, bool]:
+    """The frame without its preamble, its length and end checked, and whether CS is right."""
+    frame = _strip_preamble(raw)
+    if not frame:
+        raise BadLength("no frame: nothing but preamble")
+    if frame[0] != START:
+        raise BadStart(f"a frame starts with 68, not {frame[0]:02X}")
+    if len(frame) < HEADER_LENGTH:
+        raise BadLength(f"frame is {len(frame)} bytes, shorter than its {HEADER_LENGTH}-byte header")
+    expected = frame_length(frame)
+    length_byte = frame[10]
+    if len(frame) < expected:
+        cut_at_end = len(frame) == expected - 1 and frame[-1] == checksum(frame[:-1])
+        if cut_at_end:
+            raise MissingEnd("frame ends after its checksum without 16")
+        raise BadLength(f"frame is {len(frame)} bytes, its length byte {length_byte:02X} needs {expected}")
+    if frame[expected - 1] != END:
+        raise MissingEnd(f"byte after the checksum is {frame[expected - 1]:02X}, not 16")
+    if len(frame) > expected:
+        raise BadLength(f"{len(frame) - expected} bytes after the frame's end (length byte {length_byte:02X})")
+    checksum_ok = frame[-2] == checksum(frame[:-2])
+    if verify_checksum and not checksum_ok:
+        raise BadChecksum(f"checksum is {frame[-2]:02X}, the bytes sum to {checksum(frame[:-2]):02X}")
+    return frame, checksum_ok
+
+
+def _need(body: bytes, sizes: tuple[int, ...], *, what: str) -> None:
+    if len(body) not in sizes:
+        wanted = " or ".join(str(size) for size in sizes)
+        raise BadLength(f"{what} carries {wanted} bytes after DI and SER, got {len(body)}")
+
+
+def _status(body: bytes) -> MeterStatus | None:
+    return MeterStatus(body[0], body[1]) if body else None
+
+
+def decode(
+    raw: bytes,
+    *,
+    di_order: DiOrder = DiOrder.be,
+    volume_decimals: int = DEFAULT_VOLUME_DECIMALS,
+    verify_checksum: bool = True,
+) -> Frame:
+    """One whole frame (preamble allowed) as its typed dataclass; ``FrameError`` otherwise."""
+    frame, checksum_ok = _one_frame(raw, verify_checksum=verify_checksum)
+    common: dict[str, Any] = {
+        "meter_type": frame[1],
+        "address": parse_address(frame[2:9]),
+        "control": frame[9],
+        "checksum_ok": checksum_ok,
+    }
+    control = frame[9]
+    data = frame[HEADER_LENGTH:-2]
+    if control & ERROR_BIT:
+        if len(data) != 3:
+            raise BadLength(f"an error reply carries SER and ST (3 bytes), got {len(data)}")
+        return ErrorReply(**common, di=None, ser=data[0], status=MeterStatus(data[1], data[2]))
+    if len(data) < 3:
+        raise BadLength(f"data field is {len(data)} bytes, shorter than DI and SER")
+    di = _di_value(data[0:2], di_order)
+    ser = data[2]
+    body = data[3:]
+    common |= {"di": di, "ser": ser}
+    is_reply = bool(control & REPLY_BIT)
+    function = control & FUNCTION_MASK
+
+    if function == Control.READ_ADDRESS:
+        _need(body, (0,), what="读地址")
+        return AddressReply(**common) if is_reply else ReadAddressRequest(**common)
+    if function == Control.READ_DATA and not is_reply:
+        _need(body, (0,), what="a read request")
+        return ReadRequest(**common)
+    if function == Control.READ_DATA and di == DataId.METER_DATA and frame[1] < 0x20:
+        # Water meters (type 1xH); heat meters' 901F is a longer record this codec leaves raw.
+        _need(body, (19,), what="901F of a water meter")
+        return MeterData(
+            **common,
+            total=_volume(body[0:5], decimals=volume_decimals),
+            settlement=_volume(body[5:10], decimals=volume_decimals),
+            clock=_clock(body[10:17]),
+            status=MeterStatus(body[17], body[18]),
+        )
+    if function == Control.READ_DATA and DataId.HISTORY_1 <= di <= DataId.HISTORY_12:
+        _need(body, (5,), what="history data")
+        return HistoryData(**common, months_ago=di - DataId.HISTORY_1 + 1, settlement=_volume(body, decimals=volume_decimals))
+    if function == Control.WRITE_DATA and not is_reply:
+        if di == DataId.VALVE_CONTROL:
+            _need(body, (1,), what="a valve command")
+            try:
+                command = ValveCommand(body[0])
+            except ValueError:
+                raise BadData(f"valve command {body[0]:02X} is neither 55 (open) nor 99 (close)") from None
+            return ValveRequest(**common, command=command)
+        if di == DataId.WRITE_CLOCK:
+            _need(body, (7,), what="a clock write")
+            clock = _clock(body)
+            if clock is None:
+                raise BadData(f"clock {body.hex(' ').upper()} is not a date and time")
+            return ClockRequest(**common, clock=clock)
+        if di == DataId.WRITE_PURCHASE:
+            _need(body, (5,), what="a purchase write")
+            amount_fen = int(_bcd_digits(body[1:5], what="amount"))
+            return PurchaseRequest(**common, purchase_count=body[0], amount_fen=amount_fen)
+    if function == Control.WRITE_DATA and is_reply:
+        if di == DataId.WRITE_PURCHASE:
+            _need(body, (1, 3), what="a purchase reply")
+            return PurchaseReply(**common, purchase_count=body[0], status=_status(body[1:]))
+        if di in (DataId.VALVE_CONTROL, DataId.WRITE_CLOCK):
+            _need(body, (0, 2), what="a write reply")
+            return WriteReply(**common, status=_status(body))
+    return OtherData(**common, body=bytes(body))
+
+
+# ---------------------------------------------------------------------------- JSON
+
+
+def _decimal_text(value: Decimal) -> str:
+    return format(value, "f")
+
+
+def _status_fields(status: MeterStatus | None) -> dict[str, Any]:
+    if status is None:
+        return {}
+    return {"valve": status.valve.value, "battery_low": status.battery_low, "status": status.to_bytes().hex().upper()}
+
+
+def _volume_fields(name: str, volume: Volume) -> dict[str, Any]:
+    in_m3 = volume.in_m3()
+    if in_m3 is not None:
+        return {f"{name}_m3": _decimal_text(in_m3)}
+    return {name: _decimal_text(volume.value), f"{name}_unit": f"{volume.unit:02X}"}
+
+
+def to_json(frame: Frame) -> dict[str, Any]:
+    """The frame as plain JSON values: bytes as two upper-case hex digits, volumes as
+    decimal strings with the frame's places (in m³), the clock in ISO 8601 without an
+    offset; fields the frame lacks are left out. ``status`` is ST0 ST1 as sent."""
+    out: dict[str, Any] = {
+        "address": frame.address,
+        "meter_type": f"{frame.meter_type:02X}",
+        "control": f"{frame.control:02X}",
+    }
+    if frame.di is not None:
+        out["di"] = f"{frame.di:04X}"
+    out["ser"] = frame.ser
+    match frame:
+        case MeterData():
+            out |= _volume_fields("total", frame.total) | _volume_fields("settlement", frame.settlement)
+            if frame.clock is not None:
+                out["clock"] = frame.clock.isoformat()
+            # As the issue's example has it: valve and battery, without the raw ST bytes.
+            out["valve"] = frame.status.valve.value
+            out["battery_low"] = frame.status.battery_low
+        case HistoryData():
+            out["months_ago"] = frame.months_ago
+            out |= _volume_fields("settlement", frame.settlement)
+        case ValveRequest():
+            out["valve_command"] = "open" if frame.command == ValveCommand.OPEN else "close"
+        case ClockRequest():
+            out["clock"] = frame.clock.isoformat()
+        case PurchaseRequest():
+            out["purchase_count"] = frame.purchase_count
+            out["amount_fen"] = frame.amount_fen
+        case PurchaseReply():
+            out["purchase_count"] = frame.purchase_count
+            out |= _status_fields(frame.status)
+        case WriteReply():
+            out |= _status_fields(frame.status)
+        case ErrorReply():
+            out["error"] = True
+            out |= _status_fields(frame.status)
+        case OtherData():
+            out["body"] = frame.body.hex(" ").upper()
+    out["checksum_ok"] = frame.checksum_ok
+    return out
