@@ -65,14 +65,13 @@ class Fault(StrEnum):
 
 ALWAYS = -1  # a per-meter fault count that never runs out
 
-# Share of a day's water drawn in each hour (0-23): low at night, peaks at 07-08 and 19-20.
-HOURLY_WEIGHTS: tuple[float, ...] = tuple(
-    weight / 49.8
-    for weight in (
-        0.5, 0.3, 0.2, 0.2, 0.3, 1.0, 3.0, 5.0, 4.0, 2.0, 1.5, 2.0,
-        2.5, 1.5, 1.0, 1.0, 1.5, 3.0, 4.5, 5.0, 4.0, 2.5, 1.5, 0.8,
-    )
+# Relative draw in each hour (0-23): low at night, peaks at 07-08 and 19-20.
+_HOURLY_DRAW = (
+    0.5, 0.3, 0.2, 0.2, 0.3, 1.0, 3.0, 5.0, 4.0, 2.0, 1.5, 2.0,
+    2.5, 1.5, 1.0, 1.0, 1.5, 3.0, 4.5, 5.0, 4.0, 2.5, 1.5, 0.8,
 )  # fmt: skip
+# Share of a day's water drawn in each hour.
+HOURLY_WEIGHTS: tuple[float, ...] = tuple(draw / sum(_HOURLY_DRAW) for draw in _HOURLY_DRAW)
 _HOUR = timedelta(hours=1)
 
 
@@ -497,7 +496,7 @@ def _readdressed(reply: bytes, address: str) -> bytes:
     start = reply.index(cjt188.START)
     frame = bytearray(reply[start:])
     frame[2:9] = cjt188.address_bytes(address)
-    frame[-2] = cjt188.checksum(frame[:-2])
+    frame[-2] = cjt188.checksum(bytes(frame[:-2]))
     return reply[:start] + bytes(frame)
 
 

@@ -39,6 +39,7 @@ reader loop above is the same code for every URL; the threads spend their time i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
 import time
@@ -168,7 +169,7 @@ def stamped_with_serial_number(request: bytes, serial_number: int) -> bytes:
     if len(frame) < _SER_OFFSET + 3:
         raise ValueError("a request carries DI and SER")
     frame[_SER_OFFSET] = serial_number
-    frame[-2] = cjt188.checksum(frame[:-2])
+    frame[-2] = cjt188.checksum(bytes(frame[:-2]))
     return request[:start] + bytes(frame)
 
 
@@ -224,7 +225,7 @@ class SerialLink:
                     self.url,
                     baudrate=self.line.baudrate,
                     bytesize=self.line.bytesize,
-                    parity=self.line.parity,
+                    parity=_parity_to_configure(self.url, self.line.parity),
                     stopbits=self.line.stopbits,
                     timeout=self.timing.inter_byte(self.line),
                     write_timeout=max(1.0, 4 * self.line.line_time(_LONGEST_FRAME)),
@@ -236,10 +237,9 @@ class SerialLink:
     def _drop_port(self) -> None:
         port, self._port = self._port, None
         if port is not None:
-            try:
+            # It may be gone already: that is why it is being dropped.
+            with contextlib.suppress(serial.SerialException, OSError):
                 port.close()
-            except (serial.SerialException, OSError):
-                pass  # it is gone already: that is why it is being dropped
 
     # -- exchange ----------------------------------------------------------------------
 
@@ -254,21 +254,19 @@ class SerialLink:
         tries = 1 + (self.timing.retries if retries is None else retries)
         with self._lock:
             self.statistics.exchanges += 1
-            failure: LinkFailure | None = None
-            for attempt in range(1, tries + 1):
+            attempts = 0
+            while True:
+                attempts += 1
+                self.statistics.attempts += 1
                 try:
                     return self._attempt(request, response_timeout)
-                except (ReplyTimeout, BadReply) as retryable:
-                    failure = retryable
-                except LinkFailure as final:
-                    failure = final
-                    break
-                finally:
-                    self.statistics.attempts += 1
-            assert failure is not None
-            failure.attempts = attempt
-            self.statistics.failures[failure.kind] += 1
-            raise failure
+                except LinkFailure as failure:
+                    retryable = isinstance(failure, ReplyTimeout | BadReply)
+                    if retryable and attempts < tries:
+                        continue
+                    failure.attempts = attempts
+                    self.statistics.failures[failure.kind] += 1
+                    raise
 
     def _attempt(self, request: bytes, response_timeout: float) -> bytes:
         port = self._ensure_open()
@@ -352,6 +350,13 @@ class SerialLink:
             )
 
 
+def _parity_to_configure(url: str, parity: str) -> str:
+    """A pty has no parity (its driver drops the bit), and asking for it again once the
+    pty's other settings already match fails with EINVAL, so the second opening of a
+    simulator's port would: a pty gets none. The line time still counts the parity bit."""
+    return serial.PARITY_NONE if url.startswith("/dev/pts/") else parity
+
+
 def frame_address(frame: bytes) -> str:
     """The address of a frame that starts at ``68`` (``AAAAAAAAAAAAAA`` for broadcast)."""
     return cjt188.parse_address(frame[2:9])
@@ -368,7 +373,9 @@ class AsyncLink:
     def open_url(cls, url: str, *, line: LineSettings | None = None, timing: ExchangeTiming | None = None) -> AsyncLink:
         return cls(SerialLink(url, line=line, timing=timing))
 
-    async def exchange(self, request: bytes, *, timeout: float | None = None, retries: int | None = None) -> bytes:
+    # ``timeout`` is the meter model's response timeout handed to the exchange, not a deadline
+    # for the await: the name the worker's callers use for it.
+    async def exchange(self, request: bytes, *, timeout: float | None = None, retries: int | None = None) -> bytes:  # noqa: ASYNC109
         """As :meth:`SerialLink.exchange`. Cancelling the caller does not cut the exchange on the
         wire short (a half-sent frame would confuse the bus); the next one waits for it."""
         loop = asyncio.get_running_loop()

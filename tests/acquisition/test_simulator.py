@@ -1,0 +1,143 @@
+"""The meter simulator as the worker sees it through a link: registers, valves, clocks,
+purchases, addressing and the pace of a real bus."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from acquisition.protocols import cjt188
+from acquisition.simulator import SimulatorProcess, volume_between
+from acquisition.transport import BadReply, DeviceErrorReply, LineSettings, ReplyTimeout, SerialLink
+from tests.acquisition.conftest import FAST_TIMING
+
+
+def read_total(link: SerialLink, address: str) -> Decimal:
+    reply = cjt188.decode(link.exchange(cjt188.encode_read(address)))
+    assert isinstance(reply, cjt188.MeterData)
+    return reply.total.value
+
+
+def set_valve(link: SerialLink, address: str, command: cjt188.ValveCommand) -> cjt188.WriteReply:
+    reply = cjt188.decode(link.exchange(cjt188.encode_valve(address, command=command)))
+    assert isinstance(reply, cjt188.WriteReply)
+    return reply
+
+
+def test_read_gives_the_meters_register_clock_and_status(simulator: SimulatorProcess, link: SerialLink) -> None:
+    address = simulator.addresses[0][0]
+    before = simulator.meter(address)
+
+    reply = cjt188.decode(link.exchange(cjt188.encode_read(address)))
+
+    after = simulator.meter(address)
+    assert isinstance(reply, cjt188.MeterData)
+    assert reply.address == address
+    assert reply.total.unit == cjt188.UNIT_CUBIC_METRE
+    assert Decimal(str(before["total_m3"])) - Decimal("0.01") <= reply.total.value <= Decimal(str(after["total_m3"]))
+    assert reply.status.valve == cjt188.ValveStatus.open
+    assert reply.clock is not None
+    assert datetime.fromisoformat(before["clock"]) - timedelta(seconds=1) <= reply.clock <= datetime.fromisoformat(after["clock"])
+
+
+def test_closed_valve_stops_the_register_and_opening_it_lets_water_flow_again(
+    simulator: SimulatorProcess, link: SerialLink
+) -> None:
+    closed, flowing = simulator.addresses[0][1], simulator.addresses[0][2]
+
+    assert set_valve(link, closed, cjt188.ValveCommand.CLOSE).status == cjt188.MeterStatus.of(valve=cjt188.ValveStatus.closed)
+    closed_before, flowing_before = read_total(link, closed), read_total(link, flowing)
+    time.sleep(0.3)  # seven simulated hours
+    assert read_total(link, closed) == closed_before
+    assert read_total(link, flowing) > flowing_before
+
+    assert set_valve(link, closed, cjt188.ValveCommand.OPEN).status == cjt188.MeterStatus.of(valve=cjt188.ValveStatus.open)
+    time.sleep(0.3)
+    assert read_total(link, closed) > closed_before
+
+
+def test_valve_command_to_a_meter_without_a_valve_is_a_device_error_not_retried(
+    simulator: SimulatorProcess, link: SerialLink
+) -> None:
+    address = simulator.addresses[0][3]
+    simulator.set_meter(address, has_valve=False)
+    try:
+        with pytest.raises(DeviceErrorReply) as refused:
+            link.exchange(cjt188.encode_valve(address, command=cjt188.ValveCommand.CLOSE))
+    finally:
+        simulator.set_meter(address, has_valve=True)
+    assert refused.value.attempts == 1
+    assert simulator.meter(address)["valve_open"] is True
+
+
+def test_clock_write_sets_the_meters_clock(simulator: SimulatorProcess, link: SerialLink) -> None:
+    address = simulator.addresses[0][0]
+    set_to = datetime(2030, 1, 15, 8, 0, 0)
+
+    reply = cjt188.decode(link.exchange(cjt188.encode_write_clock(address, clock=set_to)))
+
+    assert isinstance(reply, cjt188.WriteReply)
+    assert reply.di == cjt188.DataId.WRITE_CLOCK
+    clock = datetime.fromisoformat(simulator.meter(address)["clock"])
+    assert set_to <= clock < set_to + timedelta(days=2)  # the simulated clock runs a day a second
+
+
+def test_purchase_write_takes_the_next_count_once(simulator: SimulatorProcess, link: SerialLink) -> None:
+    address = simulator.addresses[0][1]
+    held = simulator.meter(address)
+    next_count = (held["purchase_count"] + 1) % 256
+    write = cjt188.encode_write_purchase(address, purchase_count=next_count, amount_fen=5000)
+
+    first = cjt188.decode(link.exchange(write))
+    repeated = cjt188.decode(link.exchange(write))  # the worker's retry after a lost reply
+
+    assert isinstance(first, cjt188.PurchaseReply)
+    assert isinstance(repeated, cjt188.PurchaseReply)
+    assert first.purchase_count == repeated.purchase_count == next_count
+    assert simulator.meter(address)["purchased_fen"] == held["purchased_fen"] + 5000
+
+
+def test_a_meter_answers_only_its_own_address(simulator: SimulatorProcess, link: SerialLink) -> None:
+    with pytest.raises(ReplyTimeout):
+        link.exchange(cjt188.encode_read("99999999999999"), retries=0)
+
+
+def test_broadcast_read_address_is_answered_by_the_one_meter_of_a_point_to_point_link() -> None:
+    with SimulatorProcess(meters=1, baud=115200, first_address=31415926535897) as single:
+        with SerialLink(single.urls[0], line=LineSettings(baudrate=115200), timing=FAST_TIMING) as link:
+            reply = cjt188.decode(link.exchange(cjt188.encode_read_address()))
+    assert isinstance(reply, cjt188.AddressReply)
+    assert reply.address == "31415926535897"
+
+
+def test_broadcast_read_address_on_a_shared_bus_collides(simulator: SimulatorProcess, link: SerialLink) -> None:
+    with pytest.raises(BadReply):
+        link.exchange(cjt188.encode_read_address(), retries=0)
+
+
+def test_replies_take_the_line_time_of_both_frames_plus_the_turnaround() -> None:
+    line = LineSettings(baudrate=2400)  # 8E1: 11 bits a byte
+    with SimulatorProcess(meters=1, baud=2400, turnaround=0.050) as slow:
+        address = slow.addresses[0][0]
+        with SerialLink(slow.urls[0], line=line, timing=FAST_TIMING) as link:
+            request = cjt188.encode_read(address)
+            started = time.monotonic()
+            reply = link.exchange(request)
+            elapsed = time.monotonic() - started
+    theoretical = line.line_time(len(request) + cjt188.DEFAULT_PREAMBLE + len(reply)) + 0.050
+    assert theoretical == pytest.approx(0.302, abs=0.001)
+    assert theoretical - 0.005 <= elapsed <= theoretical * 1.25
+
+
+def test_daily_profile_draws_more_in_the_morning_and_evening_than_at_night() -> None:
+    day = datetime(2026, 5, 1)
+
+    def hours(start: int, end: int) -> float:
+        return volume_between(day + timedelta(hours=start), day + timedelta(hours=end), daily_m3=1.0)
+
+    assert volume_between(day, day + timedelta(days=1), daily_m3=1.0) == pytest.approx(1.0)
+    assert hours(6, 9) > 3 * hours(0, 3)
+    assert hours(18, 21) > 3 * hours(0, 3)
