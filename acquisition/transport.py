@@ -159,6 +159,7 @@ class _Port(Protocol):
 _HEADER = cjt188.HEADER_LENGTH  # 68 T A0..A6 C L: after these the length byte says how much follows
 _START = cjt188.START
 _SER_OFFSET = _HEADER + 2  # a request's data field starts DI0 DI1 SER
+_POLL_SLICE = 0.010  # how late a deadline may be noticed
 _LONGEST_FRAME = cjt188.MIN_FRAME_LENGTH + 0xFF + 16  # the longest data field and preamble
 
 
@@ -219,15 +220,16 @@ class SerialLink:
         if self._port is None:
             try:
                 # Every setting goes to the constructor: re-configuring an open pty with
-                # parity fails (EINVAL), and so would changing the timeout later, which is
-                # why it stays fixed at the inter-byte timeout (see _read_frame).
+                # parity fails (EINVAL), and so would changing the timeout later (pyserial
+                # re-applies termios), so the timeout is a fixed poll slice and
+                # _read_frame keeps the response and inter-byte deadlines itself.
                 self._port = self._opener(
                     self.url,
                     baudrate=self.line.baudrate,
                     bytesize=self.line.bytesize,
                     parity=_parity_to_configure(self.url, self.line.parity),
                     stopbits=self.line.stopbits,
-                    timeout=self.timing.inter_byte(self.line),
+                    timeout=min(_POLL_SLICE, self.timing.inter_byte(self.line)),
                     write_timeout=max(1.0, 4 * self.line.line_time(_LONGEST_FRAME)),
                 )
             except (serial.SerialException, OSError, ValueError) as error:
@@ -296,22 +298,27 @@ class SerialLink:
 
     def _read_frame(self, port: _Port, first_byte_deadline: float) -> bytes:
         """The next frame on the line: noise and preamble before ``68`` skipped, its end found
-        by the length byte. The port's timeout is the inter-byte timeout, so an empty read
-        means a gap that long."""
+        by the length byte. Reads come back at least every poll slice (the port's fixed
+        timeout), so the deadlines here are kept to within one slice."""
+        inter_byte = self.timing.inter_byte(self.line)
         frame = bytearray()
         skipped = 0
         total = _HEADER
+        last_byte_at = 0.0
         while len(frame) < total:
             # Never ask for more than this frame still needs: what follows it is the next one's.
             chunk = port.read(total - len(frame))
+            now = time.monotonic()
             if not chunk:
                 if frame:
-                    raise BadReply(f"frame cut after {len(frame)} of {total} bytes: {frame.hex(' ').upper()}")
-                if time.monotonic() >= first_byte_deadline:
+                    if now - last_byte_at >= inter_byte:
+                        raise BadReply(f"frame cut after {len(frame)} of {total} bytes: {frame.hex(' ').upper()}")
+                elif now >= first_byte_deadline:
                     if skipped:
                         raise BadReply(f"{skipped} bytes of noise and no frame")
                     raise ReplyTimeout("no reply")
                 continue
+            last_byte_at = now
             self.statistics.bytes_received += len(chunk)
             if not frame:
                 start = chunk.find(_START)

@@ -12,8 +12,8 @@ from acquisition.transport import ExchangeTiming, LineSettings, SerialLink
 
 FAST_LINE = LineSettings(baudrate=115200)
 # Generous gaps: the simulator is another process on a shared 2-core machine.
-FAST_TIMING = ExchangeTiming(response_timeout=0.2, inter_byte_timeout=0.1, retries=2)
-LATE_BY = 0.3  # later than FAST_TIMING's response timeout, sooner than two of them
+FAST_TIMING = ExchangeTiming(response_timeout=0.1, inter_byte_timeout=0.1, retries=2)
+LATE_BY = 0.15  # later than FAST_TIMING's response timeout, sooner than two of them
 
 SIMULATOR_OPTIONS = {
     "meters": 4,

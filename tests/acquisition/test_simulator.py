@@ -3,16 +3,23 @@ purchases, addressing and the pace of a real bus."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from datetime import datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from acquisition.protocols import cjt188
 from acquisition.simulator import SimulatorProcess, volume_between
 from acquisition.transport import BadReply, DeviceErrorReply, LineSettings, ReplyTimeout, SerialLink
-from tests.acquisition.conftest import FAST_TIMING
+from tests.acquisition.conftest import FAST_LINE, FAST_TIMING
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def read_total(link: SerialLink, address: str) -> Decimal:
@@ -106,9 +113,11 @@ def test_a_meter_answers_only_its_own_address(simulator: SimulatorProcess, link:
 
 
 def test_broadcast_read_address_is_answered_by_the_one_meter_of_a_point_to_point_link() -> None:
-    with SimulatorProcess(meters=1, baud=115200, first_address=31415926535897) as single:
-        with SerialLink(single.urls[0], line=LineSettings(baudrate=115200), timing=FAST_TIMING) as link:
-            reply = cjt188.decode(link.exchange(cjt188.encode_read_address()))
+    with (
+        SimulatorProcess(meters=1, baud=115200, first_address=31415926535897) as single,
+        SerialLink(single.urls[0], line=LineSettings(baudrate=115200), timing=FAST_TIMING) as link,
+    ):
+        reply = cjt188.decode(link.exchange(cjt188.encode_read_address()))
     assert isinstance(reply, cjt188.AddressReply)
     assert reply.address == "31415926535897"
 
@@ -141,3 +150,23 @@ def test_daily_profile_draws_more_in_the_morning_and_evening_than_at_night() -> 
     assert volume_between(day, day + timedelta(days=1), daily_m3=1.0) == pytest.approx(1.0)
     assert hours(6, 9) > 3 * hours(0, 3)
     assert hours(18, 21) > 3 * hours(0, 3)
+
+
+def test_command_prints_the_port_and_takes_faults_from_the_command_line() -> None:
+    command = [sys.executable, "-m", "acquisition.simulator", "meters", "--meters", "2", "--baud", str(FAST_LINE.baudrate),
+               "--turnaround", "0.002", "--meter-fault", "00000000000002=drop"]
+    environment = dict(os.environ, PYTHONPATH=str(ROOT))
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment) as process:
+        assert process.stdout is not None
+        port = process.stdout.readline().strip()
+        try:
+            assert port.startswith("/dev/pts/")
+            with SerialLink(port, line=FAST_LINE, timing=FAST_TIMING) as link:
+                assert cjt188.decode(link.exchange(cjt188.encode_read("00000000000001"))).address == "00000000000001"
+                with pytest.raises(ReplyTimeout):
+                    link.exchange(cjt188.encode_read("00000000000002"), retries=0)
+        finally:
+            process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=5) == 0
+        assert process.stderr is not None
+        assert "2 meters 00000000000001–00000000000002" in process.stderr.read()
