@@ -789,7 +789,10 @@ class SimulatorProcess:
         assert self._process is not None and self._process.stdin is not None and self._process.stdout is not None
         self._process.stdin.write(json.dumps(command) + "\n")
         self._process.stdin.flush()
-        answer: dict[str, Any] = json.loads(self._process.stdout.readline())
+        line = self._process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the meter simulator has exited (code {self._process.poll()})")
+        answer: dict[str, Any] = json.loads(line)
         if not answer.get("ok"):
             raise RuntimeError(f"simulator refused {command}: {answer.get('error')}")
         return answer

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import termios
 import threading
 import time
 from collections.abc import Callable
@@ -232,7 +233,7 @@ class SerialLink:
                     timeout=min(_POLL_SLICE, self.timing.inter_byte(self.line)),
                     write_timeout=max(1.0, 4 * self.line.line_time(_LONGEST_FRAME)),
                 )
-            except (serial.SerialException, OSError, ValueError) as error:
+            except (serial.SerialException, OSError, termios.error, ValueError) as error:
                 raise LinkDown(f"cannot open {self.url}: {error}") from error
         return self._port
 
@@ -247,6 +248,10 @@ class SerialLink:
 
     def exchange(self, request: bytes, *, timeout: float | None = None, retries: int | None = None) -> bytes:
         """Send ``request`` (a CJ/T 188 frame, with or without preamble) and return the reply frame.
+
+        The reply is checked as a reply to this request (checksum, length, end byte,
+        address, function, SER); its payload is the caller's to decode with the meter
+        model's DI order.
 
         ``timeout`` is the response timeout (the model's), counted after the request's own line
         time. Raises a :class:`LinkFailure` after ``retries`` further attempts where retrying
@@ -324,6 +329,8 @@ class SerialLink:
                 start = chunk.find(_START)
                 if start < 0:
                     skipped += sum(1 for byte in chunk if byte != cjt188.PREAMBLE_BYTE)
+                    if now >= first_byte_deadline:  # a babbling line must not hold the bus forever
+                        raise BadReply(f"{skipped} bytes of noise and no frame")
                     continue
                 skipped += sum(1 for byte in chunk[:start] if byte != cjt188.PREAMBLE_BYTE)
                 chunk = chunk[start:]

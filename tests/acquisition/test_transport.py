@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import threading
+import tty
 
 import pytest
 
@@ -174,3 +176,39 @@ async def test_async_exchanges_run_on_the_links_own_thread(simulator: SimulatorP
     assert [cjt188.decode(reply).address for reply in replies] == simulator.addresses[0]
     assert len(threads) == 1
     assert next(iter(threads)).startswith(f"link {simulator.urls[0]}")
+
+
+def answered_with(answer: bytes) -> LinkFailure:
+    """What the link makes of ``answer`` sent back on a bare pty after each request."""
+    master, slave = os.openpty()
+    tty.setraw(master)
+    stop = threading.Event()
+
+    def respond() -> None:
+        while not stop.is_set():
+            ready, _, _ = select.select([master], [], [], 0.05)
+            if ready and os.read(master, 4096):
+                os.write(master, answer)
+
+    responder = threading.Thread(target=respond, daemon=True)
+    responder.start()
+    try:
+        with SerialLink(os.ttyname(slave), line=FAST_LINE, timing=FAST_TIMING) as link, pytest.raises(LinkFailure) as failed:
+            link.exchange(cjt188.encode_read("00000000000001"), retries=0)
+        return failed.value
+    finally:
+        stop.set()
+        responder.join()
+        os.close(master)
+        os.close(slave)
+
+
+def test_line_noise_without_a_frame_is_a_bad_frame_not_a_timeout() -> None:
+    assert answered_with(b"\xfe\xfe\x01\x02\x03\x99").kind == FailureKind.bad_frame
+
+
+def test_a_reply_cut_short_is_a_bad_frame() -> None:
+    whole = cjt188.encode_address_reply("00000000000001", ser=1)
+    failure = answered_with(whole[:-4])
+    assert failure.kind == FailureKind.bad_frame
+    assert "cut after" in failure.reason
