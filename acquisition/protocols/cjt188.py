@@ -5,17 +5,19 @@ Public API (kept stable; the simulator and the transport build on it):
 - Wire: ``frame_length(header)`` (where a frame ends, from its length byte),
   ``find_frame(buffer, echo=None) -> (frame | None, consumed)`` (skips preamble, noise
   and the echo of our own request), ``checksum(bytes)``.
-- Requests: ``encode_read`` (``901F`` by default), ``encode_read_history``,
-  ``encode_valve``, ``encode_write_clock``, ``encode_write_purchase``,
-  ``encode_read_address``.
+- Requests: ``encode_read`` (``901F`` by default; ``di=DataId.READ_PURCHASE`` for
+  ``8105``), ``encode_read_history``, ``encode_valve``, ``encode_write_clock``,
+  ``encode_write_purchase``, ``encode_read_address``.
 - Replies (what a meter sends; the simulator uses them): ``encode_meter_data_reply``,
-  ``encode_history_reply``, ``encode_write_reply``, ``encode_purchase_reply``,
-  ``encode_address_reply``, ``encode_error_reply``; all built on ``encode_frame``.
-- ``decode(frame, di_order=…) -> Frame`` and its inverse ``encode(frame, di_order=…)``: one typed dataclass per kind of frame
-  (``MeterData``, ``HistoryData``, ``WriteReply``, ``PurchaseReply``, ``AddressReply``,
-  ``ErrorReply``, ``ReadRequest``, ``ValveRequest``, ``ClockRequest``,
-  ``PurchaseRequest``, ``ReadAddressRequest``, ``OtherData``); ``to_json(frame)`` is the
-  dict ``shuiwu frame decode --json`` prints.
+  ``encode_history_reply``, ``encode_purchase_data_reply``, ``encode_write_reply``,
+  ``encode_purchase_reply``, ``encode_address_reply``, ``encode_error_reply``; all built
+  on ``encode_frame``.
+- ``decode(frame, di_order=…) -> Frame`` and its inverse ``encode(frame, di_order=…)``:
+  one frozen dataclass per kind of frame (``MeterData``, ``HistoryData``,
+  ``PurchaseData``, ``WriteReply``, ``PurchaseReply``, ``AddressReply``, ``ErrorReply``,
+  ``ReadRequest``, ``ValveRequest``, ``ClockRequest``, ``PurchaseRequest``,
+  ``ReadAddressRequest``, ``OtherData``); ``to_json(frame)`` is the dict
+  ``shuiwu frame decode --json`` prints.
 - Per meter model: ``DiOrder`` (``be`` = ``90 1F`` on the wire, ``le`` = ``1F 90``;
   ``di_order_for(DiByteOrder)`` maps the archives' setting), the preamble length
   (``preamble=``, default 2) and the register's decimals (``volume_decimals=``, default 2).
@@ -78,6 +80,7 @@ class DataId(IntEnum):
     METER_DATA = 0x901F  # 计量数据: totals, clock, status
     HISTORY_1 = 0xD120  # 历史计量数据: last month's settlement-day total … D12B: 12 months ago
     HISTORY_12 = 0xD12B
+    READ_PURCHASE = 0x8105  # 读购入金额: purchase count, amounts bought, balance left
     READ_ADDRESS = 0x810A  # 读地址 (control 03)
     WRITE_PURCHASE = 0xA013  # 写购入金额: purchase count + amount, for meters keeping their balance
     WRITE_CLOCK = 0xA015  # 写标准时间
@@ -303,6 +306,18 @@ class MeterData(Frame):
 
 
 @dataclass(frozen=True, kw_only=True)
+class PurchaseData(Frame):
+    """``8105`` of a meter that keeps its own balance: the last purchase's count and amount,
+    everything bought so far and what is left, all in fen (BCD yuan with 2 places)."""
+
+    purchase_count: int
+    amount_fen: int
+    total_bought_fen: int
+    balance_fen: int
+    status: MeterStatus
+
+
+@dataclass(frozen=True, kw_only=True)
 class HistoryData(Frame):
     """``D120``..``D12B``: the settlement-day total of 1..12 months ago."""
 
@@ -371,7 +386,7 @@ def address_bytes(address: str) -> bytes:
     """14 digits (fewer are zero-padded on the left) as the address field, low byte first."""
     if address.upper() == BROADCAST_ADDRESS:
         return b"\xaa" * 7
-    if not address.isdigit() or len(address) > 14:
+    if not (address.isascii() and address.isdigit()) or len(address) > 14:
         raise ValueError(f"address {address!r} is not up to 14 decimal digits")
     return bytes.fromhex(address.zfill(14))[::-1]
 
@@ -700,6 +715,41 @@ def encode_history_reply(
     )
 
 
+def encode_purchase_data_reply(
+    address: str,
+    *,
+    purchase_count: int,
+    amount_fen: int,
+    total_bought_fen: int,
+    balance_fen: int,
+    status: MeterStatus,
+    meter_type: int = DEFAULT_METER_TYPE,
+    ser: int = 0,
+    di_order: DiOrder = DiOrder.be,
+    preamble: int = DEFAULT_PREAMBLE,
+) -> bytes:
+    """A prepaid meter's ``8105`` reply (L = 12H)."""
+    if not 0 <= purchase_count <= 0xFF:
+        raise ValueError(f"purchase count {purchase_count} is not a byte")
+    body = (
+        bytes((purchase_count,))
+        + _to_bcd(amount_fen, 4, what="amount (fen)")
+        + _to_bcd(total_bought_fen, 4, what="amount bought (fen)")
+        + _to_bcd(balance_fen, 4, what="balance (fen)")
+        + status.to_bytes()
+    )
+    return _encode_with_di(
+        address,
+        control=Control.READ_DATA_REPLY,
+        di=DataId.READ_PURCHASE,
+        body=body,
+        meter_type=meter_type,
+        ser=ser,
+        di_order=di_order,
+        preamble=preamble,
+    )
+
+
 def encode_write_reply(
     address: str,
     *,
@@ -814,6 +864,17 @@ def encode(
                 volume_decimals=volume_decimals,
                 **common,
             )
+        case PurchaseData():
+            return encode_purchase_data_reply(
+                frame.address,
+                purchase_count=frame.purchase_count,
+                amount_fen=frame.amount_fen,
+                total_bought_fen=frame.total_bought_fen,
+                balance_fen=frame.balance_fen,
+                status=frame.status,
+                di_order=di_order,
+                **common,
+            )
         case HistoryData():
             control, body = frame.control, _volume_bytes(frame.settlement, decimals=volume_decimals)
         case ValveRequest():
@@ -906,7 +967,7 @@ def decode(
     function = control & FUNCTION_MASK
 
     if function == Control.READ_ADDRESS:
-        _need(body, (0,), what="读地址")
+        _need(body, (0,), what="a read-address frame")
         return AddressReply(**common) if is_reply else ReadAddressRequest(**common)
     if function == Control.READ_DATA and not is_reply:
         _need(body, (0,), what="a read request")
@@ -920,6 +981,16 @@ def decode(
             settlement=_volume(body[5:10], decimals=volume_decimals),
             clock=_clock(body[10:17]),
             status=MeterStatus(body[17], body[18]),
+        )
+    if function == Control.READ_DATA and di == DataId.READ_PURCHASE:
+        _need(body, (15,), what="8105 purchase data")
+        return PurchaseData(
+            **common,
+            purchase_count=body[0],
+            amount_fen=int(_bcd_digits(body[1:5], what="amount")),
+            total_bought_fen=int(_bcd_digits(body[5:9], what="amount bought")),
+            balance_fen=int(_bcd_digits(body[9:13], what="balance")),
+            status=MeterStatus(body[13], body[14]),
         )
     if function == Control.READ_DATA and DataId.HISTORY_1 <= di <= DataId.HISTORY_12:
         _need(body, (5,), what="history data")
@@ -1002,6 +1073,12 @@ def to_json(frame: Frame) -> dict[str, Any]:
         case PurchaseRequest():
             out["purchase_count"] = frame.purchase_count
             out["amount_fen"] = frame.amount_fen
+        case PurchaseData():
+            out["purchase_count"] = frame.purchase_count
+            out["amount_fen"] = frame.amount_fen
+            out["total_bought_fen"] = frame.total_bought_fen
+            out["balance_fen"] = frame.balance_fen
+            out |= _status_fields(frame.status)
         case PurchaseReply():
             out["purchase_count"] = frame.purchase_count
             out |= _status_fields(frame.status)
