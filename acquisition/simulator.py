@@ -5,8 +5,9 @@ adapter looks like to the worker) or a TCP port that acts as a transparent DTU
 (``socket://127.0.0.1:PORT``). Each meter has an address, a register that advances on a
 daily profile (more in the morning and the evening) while its valve is open, a valve that
 obeys open/close, a battery flag, a clock and a purchase counter. A meter answers read
-(``901F`` and the history identifiers), valve control (``A017``), read address, clock write
-(``A015``) and purchase write (``A013``), only when addressed — and read address also at the
+(``901F``, the history identifiers, and ``8105`` on a prepaid meter), valve control
+(``A017``), read address, clock write (``A015``) and, on a prepaid meter, purchase write
+(``A013``), only when addressed — and read address also at the
 broadcast address (several meters answering it at once collide, as on a real bus).
 
 **Pacing.** A pty moves bytes at once; a bus does not. The simulator charges the request's
@@ -111,14 +112,23 @@ class SimulatedMeter:
     valve_open: bool = True
     battery_low: bool = False
     clock_offset: timedelta = timedelta(0)
+    # A prepaid meter (智能水表直接预付费) keeps its balance: water is charged at its price as
+    # it flows, the meter closes its own valve when the balance runs out and opens it again
+    # when a purchase lifts the balance above zero.
+    prepaid: bool = False
+    price_fen_per_m3: int = 500
+    balance_fen: float = 0.0
     purchase_count: int = 0
+    last_purchase_fen: int = 0
     purchased_fen: int = 0
+    closed_for_balance: bool = False
     answered: int = 0
     faults: dict[Fault, int] = field(default_factory=dict)
 
     def advance(self, now: datetime) -> None:
-        """Bring the register to ``now``: water flows only through an open valve; the
-        settlement register takes the total of the first of each month passed."""
+        """Bring the register to ``now``: water flows only through an open valve (a prepaid
+        meter closes it when its balance runs out); the settlement register takes the total
+        of the first of each month passed."""
         if now <= self.advanced_to:
             return
         moment = self.advanced_to
@@ -126,7 +136,12 @@ class SimulatedMeter:
             month_start = (moment.replace(day=1) + timedelta(days=32)).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
             segment_end = min(now, month_start)
             if self.valve_open:
-                self.total_m3 += volume_between(moment, segment_end, daily_m3=self.daily_m3)
+                drawn = volume_between(moment, segment_end, daily_m3=self.daily_m3)
+                self.total_m3 += drawn
+                if self.prepaid:
+                    self.balance_fen -= drawn * self.price_fen_per_m3
+                    if self.balance_fen <= 0:
+                        self.valve_open, self.closed_for_balance = False, True
             if segment_end == month_start:
                 self.settlement_m3 = self.total_m3
             moment = segment_end
@@ -174,6 +189,12 @@ class SimulatedMeter:
                     self.address, months_ago=months_ago, settlement=cjt188.Volume(Decimal(repr(settlement))),
                     di_order=di_order, **common,
                 )
+            case cjt188.ReadRequest(di=cjt188.DataId.READ_PURCHASE) if self.prepaid:
+                return cjt188.encode_purchase_data_reply(
+                    self.address, purchase_count=self.purchase_count, amount_fen=self.last_purchase_fen,
+                    total_bought_fen=self.purchased_fen, balance_fen=max(0, math.floor(self.balance_fen)),
+                    status=self.status(), di_order=di_order, **common,
+                )
             case cjt188.ReadAddressRequest():
                 return cjt188.encode_address_reply(self.address, di_order=di_order, **common)
             case cjt188.ValveRequest(command=command) if self.has_valve:
@@ -186,16 +207,21 @@ class SimulatedMeter:
                 return cjt188.encode_write_reply(
                     self.address, di=cjt188.DataId.WRITE_CLOCK, status=self.status(), di_order=di_order, **common
                 )
-            case cjt188.PurchaseRequest(purchase_count=count, amount_fen=amount_fen):
+            case cjt188.PurchaseRequest(purchase_count=count, amount_fen=amount_fen) if self.prepaid:
                 # Only the next count is taken; a repeat of the last one is not added twice
                 # (the worker's retry), and either way the reply says which count the meter holds.
                 if count == (self.purchase_count + 1) % 256:
                     self.purchase_count = count
+                    self.last_purchase_fen = amount_fen
                     self.purchased_fen += amount_fen
+                    self.balance_fen += amount_fen
+                    if self.closed_for_balance and self.balance_fen > 0:
+                        self.valve_open, self.closed_for_balance = True, False
                 return cjt188.encode_purchase_reply(
                     self.address, purchase_count=self.purchase_count, status=self.status(), di_order=di_order, **common
                 )
-        # A valve command to a meter without one, or an identifier this meter does not keep.
+        # A valve command to a meter without one, a purchase to a meter that keeps no
+        # balance, or an identifier this meter does not keep.
         error_status = cjt188.MeterStatus(self.status().st0, 0x01)
         return cjt188.encode_error_reply(
             self.address, request_control=request.control, status=error_status, meter_type=self.meter_type,
@@ -212,6 +238,8 @@ class SimulatedMeter:
             "has_valve": self.has_valve,
             "battery_low": self.battery_low,
             "clock": (now + self.clock_offset).isoformat(timespec="seconds"),
+            "prepaid": self.prepaid,
+            "balance_fen": math.floor(self.balance_fen),
             "purchase_count": self.purchase_count,
             "purchased_fen": self.purchased_fen,
             "answered": self.answered,
@@ -533,6 +561,9 @@ class MeterSimulator:
         daily_m3: float = 0.4,
         speed: float = 1.0,
         battery_low_share: float = 0.0,
+        prepaid_share: float = 0.0,
+        opening_balance_fen: int = 10_000,
+        price_fen_per_m3: int = 500,
         fault_probabilities: dict[Fault, float] | None = None,
         seed: int = 188,
     ) -> MeterSimulator:
@@ -545,6 +576,7 @@ class MeterSimulator:
             meters = []
             for meter_index in range(meters_per_bus):
                 total = round(rng.uniform(10, 2000), 2)
+                prepaid = rng.random() < prepaid_share
                 meters.append(
                     SimulatedMeter(
                         address=f"{first_address + bus_index * meters_per_bus + meter_index:014d}",
@@ -553,6 +585,9 @@ class MeterSimulator:
                         daily_m3=daily_m3 * rng.uniform(0.5, 1.5),
                         advanced_to=now,
                         battery_low=rng.random() < battery_low_share,
+                        prepaid=prepaid,
+                        balance_fen=float(opening_balance_fen if prepaid else 0),
+                        price_fen_per_m3=price_fen_per_m3,
                     )
                 )
             bus = SimulatedBus(
@@ -593,7 +628,7 @@ class MeterSimulator:
     def set_meter(self, address: str, **values: Any) -> None:
         meter = self.meter(address)
         meter.advance(self.clock.now())  # what flowed so far flowed under the old state
-        for name in ("valve_open", "has_valve", "battery_low", "daily_m3", "total_m3"):
+        for name in ("valve_open", "has_valve", "battery_low", "daily_m3", "total_m3", "prepaid", "balance_fen"):
             if name in values:
                 setattr(meter, name, values.pop(name))
         if values:
@@ -701,6 +736,10 @@ def simulate_meters(
     daily_m3: Annotated[float, typer.Option("--daily-m3", min=0, help="Mean use per meter per day.")] = 0.4,
     speed: Annotated[float, typer.Option("--speed", min=0, help="Simulated seconds per real second (register and clock).")] = 1.0,
     battery_low: Annotated[float, typer.Option("--battery-low", min=0, max=1, help="Share of meters with a low battery.")] = 0.0,
+    prepaid: Annotated[float, typer.Option("--prepaid", min=0, max=1, help="Share of meters keeping their own "
+                                           "balance (8105, A013), closing their valve when it runs out.")] = 0.0,
+    opening_balance: Annotated[int, typer.Option("--opening-balance", min=0, help="Prepaid meters' balance at start, fen.")] = 10_000,
+    price: Annotated[int, typer.Option("--price", min=0, help="Prepaid meters' price, fen per m³.")] = 500,
     fault: Annotated[list[str] | None, typer.Option("--fault", help="FAULT=P: probability of a fault on every reply "
                                                   "(drop, corrupt, late, wrong_address, echo); repeatable.")] = None,
     meter_fault: Annotated[list[str] | None, typer.Option("--meter-fault", help="ADDRESS=FAULT: that meter always has it; "
@@ -719,7 +758,8 @@ def simulate_meters(
         buses=buses, meters_per_bus=meters, tcp=tcp, host=host, port=port,
         line=LineSettings(baudrate=baud, parity=parity.upper(), stopbits=stop_bits), turnaround=turnaround,
         late_by=late_by, reply_preamble=reply_preamble, di_order=di_order, first_address=first_address,
-        daily_m3=daily_m3, speed=speed, battery_low_share=battery_low, fault_probabilities=probabilities, seed=seed,
+        daily_m3=daily_m3, speed=speed, battery_low_share=battery_low, prepaid_share=prepaid,
+        opening_balance_fen=opening_balance, price_fen_per_m3=price, fault_probabilities=probabilities, seed=seed,
     )
     try:
         for address, always_fault in always:

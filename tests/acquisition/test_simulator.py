@@ -92,19 +92,46 @@ def test_clock_write_sets_the_meters_clock(simulator: SimulatorProcess, link: Se
     assert set_to <= clock < set_to + timedelta(days=2)  # the simulated clock runs a day a second
 
 
-def test_purchase_write_takes_the_next_count_once(simulator: SimulatorProcess, link: SerialLink) -> None:
+def test_a_meter_that_keeps_no_balance_refuses_a_purchase(simulator: SimulatorProcess, link: SerialLink) -> None:
     address = simulator.addresses[0][1]
-    held = simulator.meter(address)
-    next_count = (held["purchase_count"] + 1) % 256
-    write = cjt188.encode_write_purchase(address, purchase_count=next_count, amount_fen=5000)
+    with pytest.raises(DeviceErrorReply):
+        link.exchange(cjt188.encode_write_purchase(address, purchase_count=1, amount_fen=5000))
+    assert simulator.meter(address)["purchased_fen"] == 0
 
-    first = cjt188.decode(link.exchange(write))
-    repeated = cjt188.decode(link.exchange(write))  # the worker's retry after a lost reply
 
-    assert isinstance(first, cjt188.PurchaseReply)
-    assert isinstance(repeated, cjt188.PurchaseReply)
-    assert first.purchase_count == repeated.purchase_count == next_count
-    assert simulator.meter(address)["purchased_fen"] == held["purchased_fen"] + 5000
+def test_prepaid_meter_closes_its_valve_when_the_balance_runs_out_and_a_purchase_reopens_it() -> None:
+    with (
+        # 10 fen at 5 yuan/m³ and half a cubic metre a (simulated) day: gone in a blink.
+        SimulatorProcess(meters=1, baud=FAST_LINE.baudrate, turnaround=0.002, speed=86400, daily_m3=0.5, prepaid=1,
+                         opening_balance=10, price=500) as prepaid,
+        SerialLink(prepaid.urls[0], line=FAST_LINE, timing=FAST_TIMING) as link,
+    ):
+        address = prepaid.addresses[0][0]
+        time.sleep(0.2)
+
+        def purchase_data() -> cjt188.PurchaseData:
+            reply = cjt188.decode(link.exchange(cjt188.encode_read(address, di=cjt188.DataId.READ_PURCHASE)))
+            assert isinstance(reply, cjt188.PurchaseData)
+            return reply
+
+        def purchase(count: int, amount_fen: int) -> int:
+            reply = cjt188.decode(link.exchange(cjt188.encode_write_purchase(address, purchase_count=count, amount_fen=amount_fen)))
+            assert isinstance(reply, cjt188.PurchaseReply)
+            return reply.purchase_count
+
+        run_out = purchase_data()
+        assert (run_out.balance_fen, run_out.status.valve) == (0, cjt188.ValveStatus.closed)
+
+        assert purchase(1, 100_000) == 1
+        assert purchase(1, 100_000) == 1  # the worker's retry after a lost reply: not bought twice
+        bought = purchase_data()
+        assert (bought.purchase_count, bought.amount_fen, bought.total_bought_fen) == (1, 100_000, 100_000)
+        assert 99_000 < bought.balance_fen <= 100_000
+        assert bought.status.valve == cjt188.ValveStatus.open
+
+        assert purchase(3, 500) == 1  # a count skipped: refused, the meter says which it holds
+        assert purchase(2, 500) == 2
+        assert purchase_data().total_bought_fen == 100_500
 
 
 def test_a_meter_answers_only_its_own_address(simulator: SimulatorProcess, link: SerialLink) -> None:
