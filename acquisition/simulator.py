@@ -748,6 +748,9 @@ def simulate_meters(
     control: Annotated[bool, typer.Option("--control", help="JSON lines on stdin/stdout (SimulatorProcess).")] = False,
 ) -> None:
     """Run N CJ/T 188 meters per bus on ptys (or TCP DTUs) until Ctrl-C; print each bus's port, one a line."""
+    if parity.upper() not in ("N", "E", "O"):
+        typer.echo(f"bad --parity {parity!r}: N, E or O", err=True)
+        raise typer.Exit(2)
     try:
         probabilities = dict(_fault_probability(text) for text in fault or [])
         always = [(address, Fault(name)) for address, _, name in (text.partition("=") for text in meter_fault or [])]
