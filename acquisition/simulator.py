@@ -48,7 +48,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import typer
 
@@ -250,22 +250,19 @@ class SimulatedMeter:
 # ---------------------------------------------------------------------------- endpoints
 
 
-class _Endpoint:
+class BusEndpoint(Protocol):
     """The far end of one bus: where requests come from and replies go."""
 
     url: str
 
-    def register(self, selector: selectors.BaseSelector, on_bytes: Callable[[bytes], None]) -> None:
-        raise NotImplementedError
+    def register(self, selector: selectors.BaseSelector, on_bytes: Callable[[bytes], None]) -> None: ...
 
-    def send(self, payload: bytes) -> None:
-        raise NotImplementedError
+    def send(self, payload: bytes) -> None: ...
 
-    def vanish(self, selector: selectors.BaseSelector) -> None:
-        raise NotImplementedError
+    def vanish(self, selector: selectors.BaseSelector) -> None: ...
 
 
-class PtyEndpoint(_Endpoint):
+class PtyEndpoint:
     """A pseudo-terminal: the worker opens ``url`` (the slave) as it would ``/dev/ttyUSB0``."""
 
     def __init__(self) -> None:
@@ -305,7 +302,7 @@ class PtyEndpoint(_Endpoint):
             os.close(self._slave)
 
 
-class DtuEndpoint(_Endpoint):
+class DtuEndpoint:
     """A transparent TCP DTU: one worker connection at a time; a newer one replaces it."""
 
     def __init__(self, *, host: str, port: int) -> None:
@@ -380,7 +377,7 @@ class SimulatedBus:
 
     def __init__(
         self,
-        endpoint: _Endpoint,
+        endpoint: BusEndpoint,
         meters: Iterable[SimulatedMeter],
         *,
         clock: SimulatedClock,
@@ -572,7 +569,7 @@ class MeterSimulator:
         now = clock.now()
         built: list[SimulatedBus] = []
         for bus_index in range(buses):
-            endpoint: _Endpoint = DtuEndpoint(host=host, port=port + bus_index if port else 0) if tcp else PtyEndpoint()
+            endpoint: BusEndpoint = DtuEndpoint(host=host, port=port + bus_index if port else 0) if tcp else PtyEndpoint()
             meters = []
             for meter_index in range(meters_per_bus):
                 total = round(rng.uniform(10, 2000), 2)
