@@ -1,6 +1,7 @@
-"""The valve policy's inputs read from the database: how many of an account's balance
-alerts reached the resident (:func:`alert_deliveries`) and which days are working days
-(``backend.calendar.service.working_days`` over ``policy.lookahead``).
+"""The valve policy's inputs read from the database, and the decision over them
+(:func:`valve_decision`, what the handler of ``account.threshold_crossed`` calls): the
+account's current state (billing), how many of its balance alerts reached the resident
+(:func:`alert_deliveries`) and which days are working days (``backend.calendar``).
 
 An account's balance alerts are the messages the notifications domain writes for each
 ``account.threshold_crossed`` event that took it to ``alert`` (余额不足提醒) or ``close``
@@ -14,9 +15,16 @@ those still kept.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from backend.billing.accounts import account_of_household
+from backend.billing.models import AlertState
+from backend.calendar.service import working_days
+from backend.valves.policy import AccountValveState, ValveDecision, ValvePolicy, decide_valve, lookahead
 
 _ALERT_DELIVERIES = text(
     """
@@ -61,3 +69,25 @@ async def alert_deliveries(session: AsyncSession, *, account_id: int, household_
     """Count the account's delivered and still-pending balance alerts (module docstring)."""
     row = (await session.execute(_ALERT_DELIVERIES, {"account": account_id, "household": household_id})).one()
     return AlertDeliveries(delivered=int(row.delivered), pending=int(row.pending))
+
+
+async def valve_decision(
+    session: AsyncSession, *, account_id: int, household_id: int, closed_by_policy: bool, policy: ValvePolicy,
+    now: datetime, tz: ZoneInfo,
+) -> ValveDecision:
+    """The policy's decision for one account of an ``account.threshold_crossed`` event
+    (``account_ids`` and ``household_ids`` are parallel), on the account's state now:
+    its household's open account (none, or another one: it was closed), the alerts
+    delivered, the working days ahead. ``closed_by_policy`` comes from the remote
+    domain's commands (the policy's own valve-close for the account is in effect)."""
+    account = await account_of_household(session, household_id)
+    if account is not None and account.id != account_id:
+        account = None  # the event's account was closed and the household opened a new one
+    deliveries = await alert_deliveries(session, account_id=account_id, household_id=household_id)
+    first, last = lookahead(now, tz)
+    state = AccountValveState(
+        state=account.alert_state if account is not None else AlertState.normal,
+        account_open=account is not None, vulnerable=account is not None and account.vulnerable,
+        closed_by_policy=closed_by_policy, delivered_alerts=deliveries.delivered, pending_alerts=deliveries.pending)
+    return decide_valve(state, policy=policy, now=now, tz=tz,
+                        working_days=await working_days(session, start=first, end=last))

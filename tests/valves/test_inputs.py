@@ -1,15 +1,20 @@
 """What the valve policy counts: the account's balance alerts that reached the resident
-(an SMS or a push sent) since it last went into alert (backend.valves.inputs)."""
+(an SMS or a push sent) since it last went into alert; and the decision over an account's
+current state (backend.valves.inputs)."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.valves.inputs import AlertDeliveries, alert_deliveries
+from backend.valves.inputs import AlertDeliveries, alert_deliveries, valve_decision
+from backend.valves.policy import Reason, ValveAction, ValvePolicy
+from backend.valves.settings import ValveSettings
+from tests.billing.factories import at, served_household, tariff
 
 ACCOUNT, HOUSEHOLD = 9_001, 8_001
 OTHER_ACCOUNT, OTHER_HOUSEHOLD = 9_002, 8_002
@@ -74,3 +79,48 @@ async def test_alerts_failed_or_capped_are_not_delivered_and_queued_ones_are_pen
 
 async def test_an_account_without_alerts_has_none(session: AsyncSession) -> None:
     assert await alert_deliveries(session, account_id=ACCOUNT, household_id=HOUSEHOLD) == AlertDeliveries(0, 0)
+
+
+WORKING_MORNING = datetime(2026, 12, 8, 10, 0, tzinfo=ZoneInfo("Asia/Shanghai"))  # a Tuesday
+POLICY = ValvePolicy.from_settings(ValveSettings())
+
+
+async def _at_close_line(session: AsyncSession, *, vulnerable: bool = False) -> tuple[int, int]:
+    served = await served_household(session, raw_tariff=tariff(), opened_at=at(2026, 11, 1))
+    assert served.household.id is not None
+    await session.execute(text("UPDATE accounts SET alert_state = 'close', vulnerable = :v WHERE id = :id"),
+                          {"v": vulnerable, "id": served.account_id})
+    account, household = served.account_id, served.household.id
+    alert = await crossing(session, "alert", (account, household))
+    await sms(session, household, key("alert", account, alert), "sent")
+    close = await crossing(session, "close", (account, household))
+    await sms(session, household, key("close", account, close), "sent")
+    return account, household
+
+
+async def test_the_decision_reads_the_account_its_delivered_alerts_and_the_calendar(session: AsyncSession) -> None:
+    account, household = await _at_close_line(session)
+
+    decision = await valve_decision(session, account_id=account, household_id=household, closed_by_policy=False,
+                                    policy=POLICY, now=WORKING_MORNING, tz=ZoneInfo("Asia/Shanghai"))
+
+    assert (decision.action, decision.reason) == (ValveAction.close_now, Reason.close)
+
+
+async def test_the_decision_never_closes_a_vulnerable_account(session: AsyncSession) -> None:
+    account, household = await _at_close_line(session, vulnerable=True)
+
+    decision = await valve_decision(session, account_id=account, household_id=household, closed_by_policy=False,
+                                    policy=POLICY, now=WORKING_MORNING, tz=ZoneInfo("Asia/Shanghai"))
+
+    assert (decision.action, decision.reason) == (ValveAction.never, Reason.vulnerable)
+
+
+async def test_the_decision_leaves_an_account_no_longer_open_to_the_closing(session: AsyncSession) -> None:
+    account, household = await _at_close_line(session)
+    await session.execute(text("UPDATE accounts SET status = 'closed', closed_at = now() WHERE id = :id"), {"id": account})
+
+    decision = await valve_decision(session, account_id=account, household_id=household, closed_by_policy=False,
+                                    policy=POLICY, now=WORKING_MORNING, tz=ZoneInfo("Asia/Shanghai"))
+
+    assert (decision.action, decision.reason) == (ValveAction.never, Reason.account_closed)
