@@ -46,8 +46,7 @@ def holidays_load(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True,
         help="CSV with the header date,kind,name (kind: holiday or workday), or a JSON list of such objects.")],
 ) -> None:
-    """Load an official schedule: every day of the years the file covers is replaced by
-    the file's (loading it twice changes nothing). A bad row stops the load, nothing written."""
+    """Load an official schedule, replacing the days of the years it covers (idempotent; a bad row writes nothing)."""
     from backend.calendar.holiday_file import read_holiday_file
     from backend.calendar.models import DaySource
     from backend.calendar.service import load_holidays
@@ -65,8 +64,7 @@ def holidays_load(
 
 @holidays_app.command("seed")
 def holidays_seed(ctx: typer.Context) -> None:
-    """Load the years the installed chinese-calendar package covers that have no days yet
-    (a year loaded from a file is kept)."""
+    """Load the chinese-calendar package's years that have no days yet (a year already loaded is kept)."""
     from backend.calendar.service import seed_from_package
 
     async def seed(session: AsyncSession) -> LoadedHolidays:
