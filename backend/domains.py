@@ -24,6 +24,7 @@ from backend.auth.catalog import use_menus_of
 from backend.auth.domain import DOMAIN as AUTH
 from backend.auth.menus import LogModule, Menu, Operation
 from backend.billing.domain import DOMAIN as BILLING
+from backend.calendar.domain import DOMAIN as CALENDAR
 from backend.domain import Domain
 from backend.events.domain import DOMAIN as EVENTS
 from backend.exports.domain import DOMAIN as EXPORTS
@@ -44,6 +45,7 @@ DOMAINS: tuple[Domain, ...] = (
     EXPORTS,
     FILES,
     GATEWAYS,
+    CALENDAR,
     ALARMS,
     READINGS,
     BILLING,

@@ -34,10 +34,11 @@ def test_only_the_app_and_a_domains_http_module_import_starlette() -> None:
 # --------------------------------------------------------------------------- imports between packages
 
 # DESIGN.md, "Domain order": a domain imports only the domains before it.
-DOMAIN_ORDER = ("auth", "archives", "alarms", "readings", "billing", "payments", "notifications", "workorders", "remote", "zones")
+DOMAIN_ORDER = ("auth", "archives", "alarms", "readings", "billing", "payments", "notifications", "workorders", "remote", "valves", "zones")
 # Shared layers every domain may use; they import no domain but ``auth`` (the first one,
 # which holds the principal and data scope they all check against).
-SHARED_LAYERS = frozenset({"graphql", "events", "webhooks", "exports", "files", "ops", "audit", "gateways"})
+SHARED_LAYERS = frozenset({"graphql", "events", "webhooks", "exports", "files", "ops", "audit", "gateways",
+                           "calendar"})
 # The hosts collect the domains' declarations (see test_hosts_import_no_domain_by_name).
 HOSTS = frozenset({"backend.app", "backend.jobs", "backend.cli", "backend.graphql.schema", "backend.demo",
                    "backend.all_models", "backend.checks", "backend.domains", "backend.privacy"})

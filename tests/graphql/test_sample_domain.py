@@ -171,7 +171,8 @@ async def test_its_check_is_a_line_of_shuiwu_check(database_url: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["auth.administrator", "archives.cross_area", "readings.partitions", "billing.ledger",
-                                  "billing.bills", "billing.notice_font", "payments.ledger"])
+                                  "billing.bills", "billing.notice_font", "payments.ledger",
+                                  "calendar.holidays"])
 async def test_every_real_domain_check_runs(database_url: str, name: str) -> None:
     lines: list[str] = []
 
