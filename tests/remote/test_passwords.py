@@ -9,18 +9,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.audit.models import AuditEntry
 from backend.auth.errors import InvalidCredentials
+from backend.auth.principal import Principal
 from backend.errors import DomainError, ErrorCode, Forbidden, NotFound
 from backend.remote import passwords
 from backend.remote.errors import ExecutionPasswordLocked, ExecutionPasswordNotSet, ExecutionPasswordWrong
-from tests.factories import make_area_tree, make_staff
+from tests.factories import AreaTree, Staff, make_area_tree, make_staff
 from tests.remote.support import NOW
 from tests.workorders.support import staff_member
 
 EXECUTION = "Exec-4321"
+Prepared = tuple[AreaTree, Staff]
 
 
 @pytest.fixture
-async def user_with_password(session: AsyncSession):  # type: ignore[no-untyped-def]
+async def user_with_password(session: AsyncSession) -> Prepared:
     tree = await make_area_tree(session)
     staff = await make_staff(session, permissions={"remote:control"}, areas=[tree.east])
     await passwords.set_execution_password(session, user=staff.principal, login_password=staff.password,
@@ -28,15 +30,15 @@ async def user_with_password(session: AsyncSession):  # type: ignore[no-untyped-
     return tree, staff
 
 
-async def _wrong(session: AsyncSession, principal) -> int:  # type: ignore[no-untyped-def]
+async def _wrong(session: AsyncSession, principal: Principal) -> int:
     """A wrong try as the API records it: refused, then counted."""
     with pytest.raises(ExecutionPasswordWrong):
         await passwords.verify_execution_password(session, user=principal, password="not-it-1")
     return await passwords.record_wrong_execution_password(session, user=principal, now=NOW)
 
 
-async def test_the_right_execution_password_passes_and_the_login_password_does_not(session: AsyncSession,
-                                                                                  user_with_password) -> None:  # type: ignore[no-untyped-def]
+async def test_the_right_execution_password_passes_and_the_login_password_does_not(
+        session: AsyncSession, user_with_password: Prepared) -> None:
     _, staff = user_with_password
 
     await passwords.verify_execution_password(session, user=staff.principal, password=EXECUTION)
@@ -44,8 +46,7 @@ async def test_the_right_execution_password_passes_and_the_login_password_does_n
         await passwords.verify_execution_password(session, user=staff.principal, password=staff.password)
 
 
-async def test_setting_it_needs_the_login_password_and_a_different_password(session: AsyncSession,
-                                                                           user_with_password) -> None:  # type: ignore[no-untyped-def]
+async def test_setting_it_needs_the_login_password_and_a_different_password(session: AsyncSession, user_with_password: Prepared) -> None:
     _, staff = user_with_password
 
     with pytest.raises(InvalidCredentials) as wrong_login:
@@ -63,8 +64,7 @@ async def test_setting_it_needs_the_login_password_and_a_different_password(sess
     await passwords.verify_execution_password(session, user=staff.principal, password=EXECUTION)  # unchanged
 
 
-async def test_five_wrong_tries_in_a_row_lock_it_and_the_lock_is_audited(session: AsyncSession,
-                                                                        user_with_password) -> None:  # type: ignore[no-untyped-def]
+async def test_five_wrong_tries_in_a_row_lock_it_and_the_lock_is_audited(session: AsyncSession, user_with_password: Prepared) -> None:
     _, staff = user_with_password
 
     left = [await _wrong(session, staff.principal) for _ in range(5)]
@@ -77,7 +77,7 @@ async def test_five_wrong_tries_in_a_row_lock_it_and_the_lock_is_audited(session
     assert [(e.module, e.success) for e in logged] == [("remote", True)]
 
 
-async def test_a_right_try_restarts_the_count(session: AsyncSession, user_with_password) -> None:  # type: ignore[no-untyped-def]
+async def test_a_right_try_restarts_the_count(session: AsyncSession, user_with_password: Prepared) -> None:
     _, staff = user_with_password
     for _ in range(4):
         await _wrong(session, staff.principal)
@@ -87,7 +87,7 @@ async def test_a_right_try_restarts_the_count(session: AsyncSession, user_with_p
     assert await _wrong(session, staff.principal) == 4
 
 
-async def test_an_administrator_unlocks_it_and_resets_it(session: AsyncSession, user_with_password) -> None:  # type: ignore[no-untyped-def]
+async def test_an_administrator_unlocks_it_and_resets_it(session: AsyncSession, user_with_password: Prepared) -> None:
     tree, staff = user_with_password
     admin = await staff_member(session, permissions={"users:manage"}, area=tree.company)
     for _ in range(5):
@@ -101,8 +101,7 @@ async def test_an_administrator_unlocks_it_and_resets_it(session: AsyncSession, 
     await passwords.verify_execution_password(session, user=staff.principal, password="Reset-2026")
 
 
-async def test_only_an_administrator_whose_scope_covers_the_user_resets_it(session: AsyncSession,
-                                                                          user_with_password) -> None:  # type: ignore[no-untyped-def]
+async def test_only_an_administrator_whose_scope_covers_the_user_resets_it(session: AsyncSession, user_with_password: Prepared) -> None:
     tree, staff = user_with_password
     west_admin = await staff_member(session, permissions={"users:manage"}, area=tree.west)
     no_grant = await staff_member(session, permissions={"remote:control"}, area=tree.company)
