@@ -13,7 +13,7 @@ from backend.auth.principal import Principal
 from backend.errors import DomainError, ErrorCode, Forbidden, NotFound
 from backend.remote import passwords
 from backend.remote.errors import ExecutionPasswordLocked, ExecutionPasswordNotSet, ExecutionPasswordWrong
-from tests.factories import AreaTree, Staff, make_area_tree, make_staff
+from tests.factories import ROOT, AreaTree, Staff, make_area_tree, make_staff
 from tests.remote.support import NOW
 from tests.workorders.support import staff_member
 
@@ -23,10 +23,12 @@ Prepared = tuple[AreaTree, Staff]
 
 @pytest.fixture
 async def user_with_password(session: AsyncSession) -> Prepared:
+    # Given by an administrator (one argon2 hash; the login password's is only hashed
+    # where a test needs it: each costs ~0.15 s).
     tree = await make_area_tree(session)
-    staff = await make_staff(session, permissions={"remote:control"}, areas=[tree.east])
-    await passwords.set_execution_password(session, user=staff.principal, login_password=staff.password,
-                                           new_password=EXECUTION, now=NOW)
+    staff = await staff_member(session, permissions={"remote:control"}, area=tree.east)
+    await passwords.reset_execution_password(session, actor=ROOT, staff_user_id=staff.principal.id,
+                                             new_password=EXECUTION, now=NOW)
     return tree, staff
 
 
@@ -37,31 +39,27 @@ async def _wrong(session: AsyncSession, principal: Principal) -> int:
     return await passwords.record_wrong_execution_password(session, user=principal, now=NOW)
 
 
-async def test_the_right_execution_password_passes_and_the_login_password_does_not(
-        session: AsyncSession, user_with_password: Prepared) -> None:
-    _, staff = user_with_password
-
-    await passwords.verify_execution_password(session, user=staff.principal, password=EXECUTION)
-    with pytest.raises(ExecutionPasswordWrong):
-        await passwords.verify_execution_password(session, user=staff.principal, password=staff.password)
-
-
-async def test_setting_it_needs_the_login_password_and_a_different_password(session: AsyncSession, user_with_password: Prepared) -> None:
-    _, staff = user_with_password
+async def test_set_with_the_login_password_it_passes_and_the_login_password_does_not(session: AsyncSession) -> None:
+    tree = await make_area_tree(session)
+    staff = await make_staff(session, permissions={"remote:control"}, areas=[tree.east])
 
     with pytest.raises(InvalidCredentials) as wrong_login:
         await passwords.set_execution_password(session, user=staff.principal, login_password="wrong-login-1",
-                                               new_password="Other-123", now=NOW)
+                                               new_password=EXECUTION, now=NOW)
     with pytest.raises(DomainError) as same:
         await passwords.set_execution_password(session, user=staff.principal, login_password=staff.password,
                                                new_password=staff.password, now=NOW)
     with pytest.raises(DomainError) as short:
         await passwords.set_execution_password(session, user=staff.principal, login_password=staff.password,
                                                new_password="12345", now=NOW)
+    await passwords.set_execution_password(session, user=staff.principal, login_password=staff.password,
+                                           new_password=EXECUTION, now=NOW)
 
     assert wrong_login.value.field == "loginPassword"
     assert (same.value.code, short.value.code) == (ErrorCode.EXECUTION_PASSWORD_INVALID,) * 2
-    await passwords.verify_execution_password(session, user=staff.principal, password=EXECUTION)  # unchanged
+    await passwords.verify_execution_password(session, user=staff.principal, password=EXECUTION)
+    with pytest.raises(ExecutionPasswordWrong):
+        await passwords.verify_execution_password(session, user=staff.principal, password=staff.password)
 
 
 async def test_five_wrong_tries_in_a_row_lock_it_and_the_lock_is_audited(session: AsyncSession, user_with_password: Prepared) -> None:
@@ -93,9 +91,9 @@ async def test_an_administrator_unlocks_it_and_resets_it(session: AsyncSession, 
     for _ in range(5):
         await _wrong(session, staff.principal)
 
-    await passwords.unlock_execution_password(session, actor=admin.principal, staff_user_id=staff.user.id, now=NOW)
+    await passwords.unlock_execution_password(session, actor=admin.principal, staff_user_id=staff.principal.id, now=NOW)
     await passwords.verify_execution_password(session, user=staff.principal, password=EXECUTION)
-    await passwords.reset_execution_password(session, actor=admin.principal, staff_user_id=staff.user.id,
+    await passwords.reset_execution_password(session, actor=admin.principal, staff_user_id=staff.principal.id,
                                              new_password="Reset-2026", now=NOW)
 
     await passwords.verify_execution_password(session, user=staff.principal, password="Reset-2026")
@@ -107,10 +105,10 @@ async def test_only_an_administrator_whose_scope_covers_the_user_resets_it(sessi
     no_grant = await staff_member(session, permissions={"remote:control"}, area=tree.company)
 
     with pytest.raises(NotFound):
-        await passwords.reset_execution_password(session, actor=west_admin.principal, staff_user_id=staff.user.id,
+        await passwords.reset_execution_password(session, actor=west_admin.principal, staff_user_id=staff.principal.id,
                                                  new_password="Reset-2026", now=NOW)
     with pytest.raises(Forbidden):
-        await passwords.unlock_execution_password(session, actor=no_grant.principal, staff_user_id=staff.user.id,
+        await passwords.unlock_execution_password(session, actor=no_grant.principal, staff_user_id=staff.principal.id,
                                                   now=NOW)
 
 
