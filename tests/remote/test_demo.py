@@ -23,8 +23,9 @@ database_url, demo = small_demo.database_url, small_demo.demo
 async def test_the_demo_manager_can_command_with_the_published_execution_password_and_it_loads_once(
         demo: None, committed_sessions: async_sessionmaker[AsyncSession]) -> None:
     [(manager_id,)] = await _rows(committed_sessions, f"SELECT id FROM staff_users WHERE username = '{MANAGER.username}'")
+    assert isinstance(manager_id, int)
     async with committed_sessions() as session:
-        manager = await load_principal(session, kind=PrincipalKind.staff, principal_id=int(str(manager_id)))
+        manager = await load_principal(session, kind=PrincipalKind.staff, principal_id=manager_id)
         assert manager is not None and manager.has("remote:control")
         await passwords.verify_execution_password(session, user=manager, password=DEMO_EXECUTION_PASSWORD)
 
