@@ -12,12 +12,16 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from backend.auth.models import PrincipalKind
+from backend.auth.service.policy import AuthPolicy
+from backend.auth.service.sessions import _open_session
 from backend.clock import utcnow
 from backend.graphql.relay import encode_id
 from backend.remote import passwords
 from tests.factories import ROOT, Staff, make_staff
-from tests.graphql.client import GraphQLClient, graphql_client
+from tests.graphql.client import GraphQLClient, api_settings, graphql_client
 from tests.remote.support import REMOTE, World, make_world
+from tests.workorders.support import staff_member
 
 EXECUTION = "Exec-2468"
 
@@ -44,8 +48,17 @@ class Setup:
     world: World
     operator: Staff  # remote permissions over the east, with an execution password
     guesser: Staff  # the same, to be locked out
-    reader: Staff  # remote:read only
+    reader: Staff  # remote:read only; the one with a login password
     admin: Staff  # users:manage and patrols over the company
+    tokens: dict[str, str]  # by role above
+
+
+async def _token(session: AsyncSession, staff: Staff) -> str:
+    # A session opened directly: an argon2 login costs ~0.15 s of a shared CPU each.
+    pair = await _open_session(session, kind=PrincipalKind.staff, principal_id=staff.principal.id, now=utcnow(),
+                               policy=AuthPolicy.from_settings(api_settings()), with_refresh=False, ip=None,
+                               user_agent=None)
+    return pair.access_token
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +66,17 @@ async def setup(committed_sessions: async_sessionmaker[AsyncSession]) -> Setup:
     async with committed_sessions() as session, session.begin():
         world = await make_world(session)
         east = world.tree.east
-        operator = await make_staff(session, permissions=REMOTE, areas=[east])
-        guesser = await make_staff(session, permissions=REMOTE, areas=[east])
+        operator = await staff_member(session, permissions=REMOTE, area=east)
+        guesser = await staff_member(session, permissions=REMOTE, area=east)
         reader = await make_staff(session, permissions={"remote:read"}, areas=[east])
-        admin = await make_staff(session, permissions={"users:manage", "patrols:manage", "patrols:read", *REMOTE},
-                                 areas=[world.tree.company])
-        for staff in (operator, guesser, reader):
+        admin = await staff_member(session, permissions={"users:manage", "patrols:manage", "patrols:read", *REMOTE},
+                                   area=world.tree.company)
+        for staff in (operator, guesser):
             await passwords.reset_execution_password(session, actor=ROOT, staff_user_id=staff.principal.id,
                                                      new_password=EXECUTION, now=utcnow())
-    return Setup(world, operator, guesser, reader, admin)
+        people = {"operator": operator, "guesser": guesser, "reader": reader, "admin": admin}
+        tokens = {name: await _token(session, staff) for name, staff in people.items()}
+    return Setup(world, operator, guesser, reader, admin, tokens)
 
 
 @pytest.fixture
@@ -80,7 +95,7 @@ async def _count(sessions: async_sessionmaker[AsyncSession], sql: str) -> int:
 
 
 async def test_close_valves_queues_a_batch_whose_progress_is_a_query(client: GraphQLClient, setup: Setup) -> None:
-    token = await client.login(setup.operator.username, setup.operator.password)
+    token = setup.tokens["operator"]
     meters = setup.world.east_valve_meters
 
     result = await client.execute(CLOSE, {"selection": _meters(meters[0].id, meters[1].id), "password": EXECUTION},
@@ -96,7 +111,7 @@ async def test_close_valves_queues_a_batch_whose_progress_is_a_query(client: Gra
 
 async def test_a_wrong_execution_password_is_refused_counted_and_the_fifth_locks_it_until_unlocked(
         client: GraphQLClient, setup: Setup, committed_sessions: async_sessionmaker[AsyncSession]) -> None:
-    token = await client.login(setup.guesser.username, setup.guesser.password)
+    token = setup.tokens["guesser"]
     selection = _meters(setup.world.east_valve_meters[2].id)
     commands_before = await _count(committed_sessions, "SELECT count(*) FROM remote_commands")
 
@@ -115,7 +130,7 @@ async def test_a_wrong_execution_password_is_refused_counted_and_the_fifth_locks
     assert await _count(committed_sessions, "SELECT count(*) FROM audit_log WHERE action = 'lockExecutionPassword' "
                                             f"AND actor_id = {setup.guesser.user.id}") == 1
 
-    admin = await client.login(setup.admin.username, setup.admin.password)
+    admin = setup.tokens["admin"]
     unlocked = await client.execute(UNLOCK, {"user": encode_id("StaffUser", setup.guesser.user.id or 0)}, token=admin)
     again = await client.execute(CLOSE, {"selection": selection, "password": EXECUTION}, token=token)
 
@@ -126,7 +141,7 @@ async def test_a_wrong_execution_password_is_refused_counted_and_the_fifth_locks
 
 async def test_a_checked_meter_without_a_valve_is_refused_and_the_range_mode_skips_it(
         client: GraphQLClient, setup: Setup) -> None:
-    token = await client.login(setup.operator.username, setup.operator.password)
+    token = setup.tokens["operator"]
     world = setup.world
 
     checked = await client.execute(CLOSE, {"selection": _meters(world.east_plain_meter.id), "password": EXECUTION},
@@ -142,7 +157,7 @@ async def test_a_checked_meter_without_a_valve_is_refused_and_the_range_mode_ski
 
 async def test_a_user_without_the_permission_is_refused_before_the_password_is_asked(
         client: GraphQLClient, setup: Setup) -> None:
-    token = await client.login(setup.reader.username, setup.reader.password)
+    token = setup.tokens["reader"]
 
     result = await client.execute(CLOSE, {"selection": _meters(setup.world.east_valve_meters[0].id),
                                           "password": EXECUTION}, token=token)
@@ -152,7 +167,7 @@ async def test_a_user_without_the_permission_is_refused_before_the_password_is_a
 
 async def test_the_catalog_gives_each_commands_parameters_with_unit_and_range(client: GraphQLClient,
                                                                              setup: Setup) -> None:
-    token = await client.login(setup.reader.username, setup.reader.password)
+    token = setup.tokens["reader"]
 
     result = await client.execute(CATALOG, token=token)
 
@@ -167,7 +182,7 @@ async def test_the_catalog_gives_each_commands_parameters_with_unit_and_range(cl
 
 
 async def test_set_execution_password_needs_the_login_password(client: GraphQLClient, setup: Setup) -> None:
-    token = await client.login(setup.reader.username, setup.reader.password)
+    token = setup.tokens["reader"]
 
     wrong = await client.execute(SET_PASSWORD, {"login": "not-my-login-1", "new": "Fresh-2026"}, token=token)
     right = await client.execute(SET_PASSWORD, {"login": setup.reader.password, "new": "Fresh-2026"}, token=token)
@@ -177,7 +192,7 @@ async def test_set_execution_password_needs_the_login_password(client: GraphQLCl
 
 
 async def test_a_patrol_task_is_created_listed_and_disabled(client: GraphQLClient, setup: Setup) -> None:
-    token = await client.login(setup.admin.username, setup.admin.password)
+    token = setup.tokens["admin"]
     task_input = {"name": "城东每日巡测", "schedule": "0 2 * * *", **_meters(setup.world.east_valve_meters[0].id)}
 
     created = await client.execute(CREATE_TASK, {"input": task_input}, token=token)
