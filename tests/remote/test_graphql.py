@@ -39,6 +39,7 @@ CREATE_TASK = """mutation($input: PatrolTaskInput!) { createPatrolTask(input: $i
   patrolTask { id name schedule enabled meterIds } errors { field code } } }"""
 DISABLE_TASK = """mutation($id: ID!) { disablePatrolTask(id: $id) { patrolTask { enabled } errors { code } } }"""
 TASKS = """{ patrolTasks { totalCount edges { node { name enabled } } } }"""
+RUNS = """query($task: ID) { patrolRuns(taskId: $task) { totalCount edges { node { state successRate } } } }"""
 SET_PASSWORD = """mutation($login: String!, $new: String!) { setExecutionPassword(loginPassword: $login, newPassword: $new) {
   status { locked } errors { field code } } }"""
 
@@ -200,8 +201,10 @@ async def test_a_patrol_task_is_created_listed_and_disabled(client: GraphQLClien
     task = created["data"]["createPatrolTask"]["patrolTask"]
     disabled = await client.execute(DISABLE_TASK, {"id": task["id"]}, token=token)
     listed = await client.execute(TASKS, token=token)
+    runs = await client.execute(RUNS, {"task": task["id"]}, token=token)
 
     assert (task["name"], task["enabled"]) == ("城东每日巡测", True)
     assert bad["data"]["createPatrolTask"]["errors"] == [{"field": "schedule", "code": "PATROL_SCHEDULE_INVALID"}]
     assert disabled["data"]["disablePatrolTask"] == {"patrolTask": {"enabled": False}, "errors": []}
     assert {"name": "城东每日巡测", "enabled": False} in [e["node"] for e in listed["data"]["patrolTasks"]["edges"]]
+    assert runs["data"]["patrolRuns"] == {"totalCount": 0, "edges": []}
