@@ -5,7 +5,7 @@ same) from the ``chinese-calendar`` package, and loaded from an official file wi
 ``shuiwu holidays load``, so this migration imports no application code.
 
 Revision ID: 0038
-Revises: 0036
+Revises: 0037
 Create Date: 2026-12-07
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0038"
-down_revision = "0036"
+down_revision = "0037"
 branch_labels = None
 depends_on = None
 
