@@ -21,6 +21,8 @@ Public API (kept stable; the simulator and the transport build on it):
 - Per meter model: ``DiOrder`` (``be`` = ``90 1F`` on the wire, ``le`` = ``1F 90``;
   ``di_order_for(DiByteOrder)`` maps the archives' setting), the preamble length
   (``preamble=``, default 2) and the register's decimals (``volume_decimals=``, default 2).
+  Every encoder takes the frame options ``meter_type``, ``ser``, ``di_order`` and
+  ``preamble`` by keyword (``DataFrameOptions``; an error reply has no ``di_order``).
 - Errors: ``FrameError`` and its kinds ``BadStart``, ``BadLength``, ``MissingEnd``,
   ``BadChecksum``, ``NotBcd``, ``BadData``; each message is one line.
 
@@ -39,9 +41,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_DOWN, Decimal
 from enum import IntEnum, StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 if TYPE_CHECKING:
+    # Only in annotations (strings here), so the codec needs no typing_extensions at run time.
+    from typing_extensions import Unpack
+
     from backend.archives.models import MeterType
 
 START = 0x68
@@ -504,32 +509,63 @@ def _di_value(raw: bytes, order: DiOrder) -> int:
     return int.from_bytes(raw, "big" if order == DiOrder.be else "little")
 
 
-def _ser(ser: int) -> int:
-    if not 0 <= ser <= 0xFF:
-        raise ValueError(f"SER {ser} is not a byte")
-    return ser
+def _byte(value: int, *, what: str) -> int:
+    if not 0 <= value <= 0xFF:
+        raise ValueError(f"{what} {value} is not a byte")
+    return value
 
 
-# ---------------------------------------------------------------------------- requests
+def _status_bytes(status: MeterStatus | None) -> bytes:
+    return status.to_bytes() if status is not None else b""
 
 
-def encode_read(
+def _purchase_bytes(purchase_count: int, amount_fen: int) -> bytes:
+    # The count is one byte (mod 256); the amount is BCD yuan with 2 places, i.e. the fen.
+    return bytes((_byte(purchase_count, what="purchase count"),)) + _to_bcd(amount_fen, 4, what="amount (fen)")
+
+
+class FrameOptions(TypedDict, total=False):
+    """What every encoder takes by keyword besides what the frame says; defaults:
+    ``meter_type`` 10H (cold water, ``DEFAULT_METER_TYPE``), ``ser`` 0, ``preamble``
+    2 ``FE`` bytes (``DEFAULT_PREAMBLE``)."""
+
+    meter_type: int
+    ser: int
+    preamble: int
+
+
+class DataFrameOptions(FrameOptions, total=False):
+    """Options of a frame whose data starts with a data identifier: also ``di_order``,
+    the meter model's byte order of it (default ``DiOrder.be``, ``90 1F``)."""
+
+    di_order: DiOrder
+
+
+def _data_frame(
     address: str,
     *,
-    di: int = DataId.METER_DATA,
+    control: int,
+    di: int | None,
+    body: bytes = b"",
     meter_type: int = DEFAULT_METER_TYPE,
     ser: int = 0,
     di_order: DiOrder = DiOrder.be,
     preamble: int = DEFAULT_PREAMBLE,
 ) -> bytes:
+    """A frame whose data is ``DI SER body`` (``SER body`` when ``di`` is ``None``: an
+    error reply). The one place the defaults of ``DataFrameOptions`` are set."""
+    identifier = _di_bytes(di, di_order) if di is not None else b""
+    data = identifier + bytes((_byte(ser, what="SER"),)) + body
+    return encode_frame(meter_type=meter_type, address=address, control=control, data=data, preamble=preamble)
+
+
+# ---------------------------------------------------------------------------- requests
+# Each takes the frame's content, then any of ``DataFrameOptions`` by keyword.
+
+
+def encode_read(address: str, *, di: int = DataId.METER_DATA, **options: Unpack[DataFrameOptions]) -> bytes:
     """读数据 (control 01): ``901F`` unless another identifier is given."""
-    return encode_frame(
-        meter_type=meter_type,
-        address=address,
-        control=Control.READ_DATA,
-        data=_di_bytes(di, di_order) + bytes((_ser(ser),)),
-        preamble=preamble,
-    )
+    return _data_frame(address, control=Control.READ_DATA, di=di, **options)
 
 
 def history_di(months_ago: int) -> int:
@@ -538,126 +574,35 @@ def history_di(months_ago: int) -> int:
     return DataId.HISTORY_1 + months_ago - 1
 
 
-def encode_read_history(
-    address: str,
-    *,
-    months_ago: int,
-    meter_type: int = DEFAULT_METER_TYPE,
-    ser: int = 0,
-    di_order: DiOrder = DiOrder.be,
-    preamble: int = DEFAULT_PREAMBLE,
-) -> bytes:
+def encode_read_history(address: str, *, months_ago: int, **options: Unpack[DataFrameOptions]) -> bytes:
     """读历史计量数据 ``D120`` (last month) .. ``D12B`` (12 months ago)."""
-    return encode_read(address, di=history_di(months_ago), meter_type=meter_type, ser=ser, di_order=di_order, preamble=preamble)
+    return encode_read(address, di=history_di(months_ago), **options)
 
 
-def _encode_write(address: str, *, di: int, value: bytes, meter_type: int, ser: int, di_order: DiOrder, preamble: int) -> bytes:
-    return encode_frame(
-        meter_type=meter_type,
-        address=address,
-        control=Control.WRITE_DATA,
-        data=_di_bytes(di, di_order) + bytes((_ser(ser),)) + value,
-        preamble=preamble,
-    )
-
-
-def encode_valve(
-    address: str,
-    *,
-    command: ValveCommand,
-    meter_type: int = DEFAULT_METER_TYPE,
-    ser: int = 0,
-    di_order: DiOrder = DiOrder.be,
-    preamble: int = DEFAULT_PREAMBLE,
-) -> bytes:
+def encode_valve(address: str, *, command: ValveCommand, **options: Unpack[DataFrameOptions]) -> bytes:
     """写阀门控制 ``A017``: 55 opens, 99 closes."""
-    return _encode_write(
-        address,
-        di=DataId.VALVE_CONTROL,
-        value=bytes((ValveCommand(command),)),
-        meter_type=meter_type,
-        ser=ser,
-        di_order=di_order,
-        preamble=preamble,
-    )
+    body = bytes((ValveCommand(command),))
+    return _data_frame(address, control=Control.WRITE_DATA, di=DataId.VALVE_CONTROL, body=body, **options)
 
 
-def encode_write_clock(
-    address: str,
-    *,
-    clock: datetime,
-    meter_type: int = DEFAULT_METER_TYPE,
-    ser: int = 0,
-    di_order: DiOrder = DiOrder.be,
-    preamble: int = DEFAULT_PREAMBLE,
-) -> bytes:
+def encode_write_clock(address: str, *, clock: datetime, **options: Unpack[DataFrameOptions]) -> bytes:
     """写标准时间 ``A015``: the meter's local wall time (``clock``'s zone, if any, is not sent)."""
-    return _encode_write(
-        address,
-        di=DataId.WRITE_CLOCK,
-        value=_clock_bytes(clock),
-        meter_type=meter_type,
-        ser=ser,
-        di_order=di_order,
-        preamble=preamble,
-    )
+    return _data_frame(address, control=Control.WRITE_DATA, di=DataId.WRITE_CLOCK, body=_clock_bytes(clock), **options)
 
 
-def encode_write_purchase(
-    address: str,
-    *,
-    purchase_count: int,
-    amount_fen: int,
-    meter_type: int = DEFAULT_METER_TYPE,
-    ser: int = 0,
-    di_order: DiOrder = DiOrder.be,
-    preamble: int = DEFAULT_PREAMBLE,
-) -> bytes:
+def encode_write_purchase(address: str, *, purchase_count: int, amount_fen: int, **options: Unpack[DataFrameOptions]) -> bytes:
     """写购入金额 ``A013``: purchase count (one byte, mod 256) and amount (BCD yuan, 2 places)."""
-    if not 0 <= purchase_count <= 0xFF:
-        raise ValueError(f"purchase count {purchase_count} is not a byte")
-    return _encode_write(
-        address,
-        di=DataId.WRITE_PURCHASE,
-        value=bytes((purchase_count,)) + _to_bcd(amount_fen, 4, what="amount (fen)"),
-        meter_type=meter_type,
-        ser=ser,
-        di_order=di_order,
-        preamble=preamble,
-    )
+    body = _purchase_bytes(purchase_count, amount_fen)
+    return _data_frame(address, control=Control.WRITE_DATA, di=DataId.WRITE_PURCHASE, body=body, **options)
 
 
-def encode_read_address(
-    address: str = BROADCAST_ADDRESS,
-    *,
-    meter_type: int = DEFAULT_METER_TYPE,
-    ser: int = 0,
-    di_order: DiOrder = DiOrder.be,
-    preamble: int = DEFAULT_PREAMBLE,
-) -> bytes:
+def encode_read_address(address: str = BROADCAST_ADDRESS, **options: Unpack[DataFrameOptions]) -> bytes:
     """读地址 (control 03, ``810A``); to the broadcast address on a point-to-point link."""
-    return encode_frame(
-        meter_type=meter_type,
-        address=address,
-        control=Control.READ_ADDRESS,
-        data=_di_bytes(DataId.READ_ADDRESS, di_order) + bytes((_ser(ser),)),
-        preamble=preamble,
-    )
+    return _data_frame(address, control=Control.READ_ADDRESS, di=DataId.READ_ADDRESS, **options)
 
 
 # ---------------------------------------------------------------------------- replies
-
-
-def _encode_with_di(
-    address: str, *, control: int, di: int, body: bytes, meter_type: int, ser: int, di_order: DiOrder, preamble: int
-) -> bytes:
-    return encode_frame(
-        meter_type=meter_type,
-        address=address,
-        control=control,
-        data=_di_bytes(di, di_order) + bytes((_ser(ser),)) + body,
-        preamble=preamble,
-    )
+# What a meter sends (the simulator's side); options as for requests.
 
 
 def encode_meter_data_reply(
@@ -667,11 +612,8 @@ def encode_meter_data_reply(
     settlement: Volume,
     clock: datetime | None,
     status: MeterStatus,
-    meter_type: int = DEFAULT_METER_TYPE,
-    ser: int = 0,
-    di_order: DiOrder = DiOrder.be,
-    preamble: int = DEFAULT_PREAMBLE,
     volume_decimals: int = DEFAULT_VOLUME_DECIMALS,
+    **options: Unpack[DataFrameOptions],
 ) -> bytes:
     """A water meter's ``901F`` reply (L = 16H); ``clock=None`` sends zeros (no clock)."""
     body = (
@@ -680,16 +622,7 @@ def encode_meter_data_reply(
         + (_clock_bytes(clock) if clock is not None else bytes(7))
         + status.to_bytes()
     )
-    return _encode_with_di(
-        address,
-        control=Control.READ_DATA_REPLY,
-        di=DataId.METER_DATA,
-        body=body,
-        meter_type=meter_type,
-        ser=ser,
-        di_order=di_order,
-        preamble=preamble,
-    )
+    return _data_frame(address, control=Control.READ_DATA_REPLY, di=DataId.METER_DATA, body=body, **options)
 
 
 def encode_history_reply(
@@ -697,22 +630,12 @@ def encode_history_reply(
     *,
     months_ago: int,
     settlement: Volume,
-    meter_type: int = DEFAULT_METER_TYPE,
-    ser: int = 0,
-    di_order: DiOrder = DiOrder.be,
-    preamble: int = DEFAULT_PREAMBLE,
     volume_decimals: int = DEFAULT_VOLUME_DECIMALS,
+    **options: Unpack[DataFrameOptions],
 ) -> bytes:
-    return _encode_with_di(
-        address,
-        control=Control.READ_DATA_REPLY,
-        di=history_di(months_ago),
-        body=_volume_bytes(settlement, decimals=volume_decimals),
-        meter_type=meter_type,
-        ser=ser,
-        di_order=di_order,
-        preamble=preamble,
-    )
+    """A ``D120``..``D12B`` reply: the settlement-day total of ``months_ago`` months ago."""
+    body = _volume_bytes(settlement, decimals=volume_decimals)
+    return _data_frame(address, control=Control.READ_DATA_REPLY, di=history_di(months_ago), body=body, **options)
 
 
 def encode_purchase_data_reply(
@@ -723,118 +646,41 @@ def encode_purchase_data_reply(
     total_bought_fen: int,
     balance_fen: int,
     status: MeterStatus,
-    meter_type: int = DEFAULT_METER_TYPE,
-    ser: int = 0,
-    di_order: DiOrder = DiOrder.be,
-    preamble: int = DEFAULT_PREAMBLE,
+    **options: Unpack[DataFrameOptions],
 ) -> bytes:
     """A prepaid meter's ``8105`` reply (L = 12H)."""
-    if not 0 <= purchase_count <= 0xFF:
-        raise ValueError(f"purchase count {purchase_count} is not a byte")
     body = (
-        bytes((purchase_count,))
-        + _to_bcd(amount_fen, 4, what="amount (fen)")
+        _purchase_bytes(purchase_count, amount_fen)
         + _to_bcd(total_bought_fen, 4, what="amount bought (fen)")
         + _to_bcd(balance_fen, 4, what="balance (fen)")
         + status.to_bytes()
     )
-    return _encode_with_di(
-        address,
-        control=Control.READ_DATA_REPLY,
-        di=DataId.READ_PURCHASE,
-        body=body,
-        meter_type=meter_type,
-        ser=ser,
-        di_order=di_order,
-        preamble=preamble,
-    )
+    return _data_frame(address, control=Control.READ_DATA_REPLY, di=DataId.READ_PURCHASE, body=body, **options)
 
 
-def encode_write_reply(
-    address: str,
-    *,
-    di: int,
-    status: MeterStatus | None,
-    meter_type: int = DEFAULT_METER_TYPE,
-    ser: int = 0,
-    di_order: DiOrder = DiOrder.be,
-    preamble: int = DEFAULT_PREAMBLE,
-) -> bytes:
+def encode_write_reply(address: str, *, di: int, status: MeterStatus | None, **options: Unpack[DataFrameOptions]) -> bytes:
     """A meter's acknowledgement of a write: ``DI SER ST0 ST1`` (valve control), or ``DI SER``."""
-    return _encode_with_di(
-        address,
-        control=Control.WRITE_DATA_REPLY,
-        di=di,
-        body=status.to_bytes() if status is not None else b"",
-        meter_type=meter_type,
-        ser=ser,
-        di_order=di_order,
-        preamble=preamble,
-    )
+    return _data_frame(address, control=Control.WRITE_DATA_REPLY, di=di, body=_status_bytes(status), **options)
 
 
 def encode_purchase_reply(
-    address: str,
-    *,
-    purchase_count: int,
-    status: MeterStatus | None,
-    meter_type: int = DEFAULT_METER_TYPE,
-    ser: int = 0,
-    di_order: DiOrder = DiOrder.be,
-    preamble: int = DEFAULT_PREAMBLE,
+    address: str, *, purchase_count: int, status: MeterStatus | None, **options: Unpack[DataFrameOptions]
 ) -> bytes:
     """The acknowledgement of ``A013``: the purchase count the meter now holds, then ST."""
-    if not 0 <= purchase_count <= 0xFF:
-        raise ValueError(f"purchase count {purchase_count} is not a byte")
-    return _encode_with_di(
-        address,
-        control=Control.WRITE_DATA_REPLY,
-        di=DataId.WRITE_PURCHASE,
-        body=bytes((purchase_count,)) + (status.to_bytes() if status is not None else b""),
-        meter_type=meter_type,
-        ser=ser,
-        di_order=di_order,
-        preamble=preamble,
-    )
+    body = bytes((_byte(purchase_count, what="purchase count"),)) + _status_bytes(status)
+    return _data_frame(address, control=Control.WRITE_DATA_REPLY, di=DataId.WRITE_PURCHASE, body=body, **options)
 
 
-def encode_address_reply(
-    address: str,
-    *,
-    meter_type: int = DEFAULT_METER_TYPE,
-    ser: int = 0,
-    di_order: DiOrder = DiOrder.be,
-    preamble: int = DEFAULT_PREAMBLE,
-) -> bytes:
-    return _encode_with_di(
-        address,
-        control=Control.READ_ADDRESS_REPLY,
-        di=DataId.READ_ADDRESS,
-        body=b"",
-        meter_type=meter_type,
-        ser=ser,
-        di_order=di_order,
-        preamble=preamble,
-    )
+def encode_address_reply(address: str, **options: Unpack[DataFrameOptions]) -> bytes:
+    """A reply to 读地址 (``83``, ``810A``): the meter's own address in the header, no data after SER."""
+    return _data_frame(address, control=Control.READ_ADDRESS_REPLY, di=DataId.READ_ADDRESS, **options)
 
 
-def encode_error_reply(
-    address: str,
-    *,
-    request_control: int,
-    status: MeterStatus,
-    meter_type: int = DEFAULT_METER_TYPE,
-    ser: int = 0,
-    preamble: int = DEFAULT_PREAMBLE,
-) -> bytes:
-    """异常应答: the request's function with bits 7 and 6 set (01 → C1), data ``SER ST0 ST1``."""
-    return encode_frame(
-        meter_type=meter_type,
-        address=address,
-        control=(request_control & FUNCTION_MASK) | REPLY_BIT | ERROR_BIT,
-        data=bytes((_ser(ser),)) + status.to_bytes(),
-        preamble=preamble,
-    )
+def encode_error_reply(address: str, *, request_control: int, status: MeterStatus, **options: Unpack[FrameOptions]) -> bytes:
+    """异常应答: the request's function with bits 7 and 6 set (01 → C1), data ``SER ST0 ST1``
+    (no data identifier, hence no ``di_order``)."""
+    control = (request_control & FUNCTION_MASK) | REPLY_BIT | ERROR_BIT
+    return _data_frame(address, control=control, di=None, body=status.to_bytes(), **options)
 
 
 def encode(
@@ -845,7 +691,7 @@ def encode(
     volume_decimals: int = DEFAULT_VOLUME_DECIMALS,
 ) -> bytes:
     """Any decoded frame back to bytes: ``decode(encode(f)) == f`` for every kind."""
-    common: dict[str, Any] = {"meter_type": frame.meter_type, "ser": frame.ser, "preamble": preamble}
+    common: FrameOptions = {"meter_type": frame.meter_type, "ser": frame.ser, "preamble": preamble}
     match frame:
         case ErrorReply():
             return encode_error_reply(frame.address, request_control=frame.control, status=frame.status, **common)
@@ -882,19 +728,18 @@ def encode(
         case ClockRequest():
             control, body = frame.control, _clock_bytes(frame.clock)
         case PurchaseRequest():
-            control, body = frame.control, bytes((frame.purchase_count,)) + _to_bcd(frame.amount_fen, 4, what="amount (fen)")
+            control, body = frame.control, _purchase_bytes(frame.purchase_count, frame.amount_fen)
         case PurchaseReply():
-            control = frame.control
-            body = bytes((frame.purchase_count,)) + (frame.status.to_bytes() if frame.status is not None else b"")
+            control, body = frame.control, bytes((frame.purchase_count,)) + _status_bytes(frame.status)
         case WriteReply():
-            control, body = frame.control, frame.status.to_bytes() if frame.status is not None else b""
+            control, body = frame.control, _status_bytes(frame.status)
         case OtherData():
             control, body = frame.control, frame.body
         case _:
             raise TypeError(f"cannot encode {type(frame).__name__}")
     if frame.di is None:
         raise ValueError(f"{type(frame).__name__} needs a data identifier")
-    return _encode_with_di(frame.address, control=control, di=frame.di, body=body, di_order=di_order, **common)
+    return _data_frame(frame.address, control=control, di=frame.di, body=body, di_order=di_order, **common)
 
 
 # ---------------------------------------------------------------------------- decoding

@@ -4,8 +4,11 @@ JSON beside each), its encoders round-tripping, and the transport's framing help
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -116,6 +119,48 @@ def test_request_frames_spelled_out() -> None:
     body = bytes.fromhex("68 10 34 12 90 78 56 34 12 01 03 90 1F 05")
     assert cjt188.encode_read(ADDRESS, ser=5) == b"\xfe\xfe" + body + bytes((sum(body) % 256, 0x16))
     assert cjt188.encode_read_address(preamble=4).hex(" ").upper().startswith("FE FE FE FE 68 10 AA AA AA AA AA AA AA 03 03 81 0A")
+
+
+# Every encoder with the content of one frame; the frame options come on top.
+ENCODERS_WITH_A_DI: dict[str, Callable[..., bytes]] = {
+    "read": partial(cjt188.encode_read, ADDRESS),
+    "read_history": partial(cjt188.encode_read_history, ADDRESS, months_ago=3),
+    "valve": partial(cjt188.encode_valve, ADDRESS, command=ValveCommand.CLOSE),
+    "write_clock": partial(cjt188.encode_write_clock, ADDRESS, clock=datetime(2025, 3, 15, 10, 20, 30)),
+    "write_purchase": partial(cjt188.encode_write_purchase, ADDRESS, purchase_count=7, amount_fen=5000),
+    "read_address": partial(cjt188.encode_read_address, ADDRESS),
+    "meter_data_reply": partial(
+        cjt188.encode_meter_data_reply, ADDRESS, total=Volume(Decimal("1.00")), settlement=Volume(Decimal("0")), clock=None,
+        status=MeterStatus(0),
+    ),
+    "history_reply": partial(cjt188.encode_history_reply, ADDRESS, months_ago=3, settlement=Volume(Decimal("1.00"))),
+    "purchase_data_reply": partial(
+        cjt188.encode_purchase_data_reply, ADDRESS, purchase_count=7, amount_fen=5000, total_bought_fen=9000, balance_fen=100,
+        status=MeterStatus(0),
+    ),
+    "write_reply": partial(cjt188.encode_write_reply, ADDRESS, di=DataId.VALVE_CONTROL, status=MeterStatus(1)),
+    "purchase_reply": partial(cjt188.encode_purchase_reply, ADDRESS, purchase_count=7, status=None),
+    "address_reply": partial(cjt188.encode_address_reply, ADDRESS),
+}
+
+
+@pytest.mark.parametrize("encoder", ENCODERS_WITH_A_DI.values(), ids=ENCODERS_WITH_A_DI.keys())
+def test_every_encoder_takes_the_frame_options(encoder: Callable[..., bytes]) -> None:
+    plain = cjt188.decode(encoder())
+    assert (plain.meter_type, plain.ser, preamble_of(encoder())) == (cjt188.DEFAULT_METER_TYPE, 0, cjt188.DEFAULT_PREAMBLE)
+    raw = encoder(meter_type=0x11, ser=42, di_order=DiOrder.le, preamble=3)
+    decoded = cjt188.decode(raw, di_order=DiOrder.le)
+    assert (decoded.meter_type, decoded.ser, decoded.di, preamble_of(raw)) == (0x11, 42, plain.di, 3)
+    assert decoded == replace(plain, meter_type=0x11, ser=42)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'preambel'"):
+        encoder(preambel=3)
+
+
+def test_error_reply_takes_the_frame_options_but_has_no_identifier() -> None:
+    raw = cjt188.encode_error_reply(ADDRESS, request_control=0x04, status=MeterStatus(0, 1), meter_type=0x11, ser=42, preamble=0)
+    assert raw.hex(" ").upper().startswith("68 11 34 12 90 78 56 34 12 C4 03 2A 00 01")
+    decoded = cjt188.decode(raw)
+    assert decoded == cjt188.ErrorReply(meter_type=0x11, address=ADDRESS, control=0xC4, di=None, ser=42, status=MeterStatus(0, 1))
 
 
 def test_history_identifiers_run_from_d120_to_d12b() -> None:
