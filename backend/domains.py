@@ -32,6 +32,7 @@ from backend.gateways.domain import DOMAIN as GATEWAYS
 from backend.notifications.domain import DOMAIN as NOTIFICATIONS
 from backend.payments.domain import DOMAIN as PAYMENTS
 from backend.readings.domain import DOMAIN as READINGS
+from backend.remote.domain import DOMAIN as REMOTE
 from backend.webhooks.domain import DOMAIN as WEBHOOKS
 from backend.workorders.domain import DOMAIN as WORKORDERS
 
@@ -50,6 +51,7 @@ DOMAINS: tuple[Domain, ...] = (
     PAYMENTS,
     NOTIFICATIONS,
     WORKORDERS,  # after notifications: its handler of workorder.changed calls notify_many
+    REMOTE,  # after payments and billing: its handler of account.closed reads the household's account
 )
 
 _installed: tuple[Domain, ...] = DOMAINS

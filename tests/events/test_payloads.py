@@ -161,6 +161,8 @@ def test_the_kinds_emitted_today_are_declared_by_their_owners() -> None:
         "payment_order.changed": ("payments", "PaymentOrderChanged"),
         "readings.ingested": ("readings", "ReadingsIngested"),
         "workorder.changed": ("workorders", "WorkOrderChanged"),
+        "command.changed": ("remote", "CommandChanged"),
+        "command.finished": ("remote", "CommandFinished"),
     }
 
 

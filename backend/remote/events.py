@@ -1,0 +1,28 @@
+"""The events of remote commands (DESIGN.md "Events": owned by remote). The remote
+service (``backend.remote.service``) is their only emitter: one event per state a
+statement moved commands into, naming all of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from backend.events.payloads import event_payload
+
+
+@event_payload("command.changed")
+@dataclass(frozen=True, slots=True)
+class CommandChanged:
+    """Commands were queued, claimed (``sent``, or ``pending_delivery`` for NB-IoT
+    meters) or put back in the queue for a retry: their ids and the state they entered."""
+
+    command_ids: tuple[int, ...]
+    state: str
+
+
+@event_payload("command.finished")
+@dataclass(frozen=True, slots=True)
+class CommandFinished:
+    """Commands reached an end state (``succeeded``, ``failed`` or ``timed_out``)."""
+
+    command_ids: tuple[int, ...]
+    state: str
