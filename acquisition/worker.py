@@ -349,7 +349,7 @@ def reading_of(meter_id: int, data: cjt188.MeterData, read_at: datetime) -> Read
 acquire_app = typer.Typer(help="The acquisition worker (采集): meters on serial buses and DTUs.")
 
 
-@acquire_app.callback(invoke_without_command=True)
+@acquire_app.callback(invoke_without_command=True, subcommand_metavar="")
 def acquire(
     ctx: typer.Context,
     once: Annotated[bool, typer.Option("--once", help="Carry out what is queued on the links it can lease, then exit.")] = False,
