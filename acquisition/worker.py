@@ -379,6 +379,9 @@ def acquire(
         except SettingsError as error:
             typer.echo(str(error), err=True)
             raise typer.Exit(2) from None
+        from backend.observability import configure_logging
+
+        configure_logging(settings.log_level, as_json=settings.log_json)
         url = resolve_database_url(settings.database_url, settings.data_dir)
         migrate(url)
     asyncio.run(run_acquire(url, config=config, timezone=settings.timezone, once=once, max_links=max_links))
