@@ -186,6 +186,8 @@ class AcquisitionWorker:
         self.coordinators: dict[str, LinkCoordinator] = {}
         self._stopping = asyncio.Event()
         self._leased_until: datetime | None = None
+        # The LISTEN connection's follower, while it runs (tests wait for it to connect).
+        self.listener: EventListener | None = None
 
     @property
     def held_links(self) -> list[str]:
@@ -284,6 +286,7 @@ class AcquisitionWorker:
 
     async def _follow_events(self, database_url: str) -> None:
         async with EventListener(database_url) as listener:
+            self.listener = listener
             while True:
                 stream = listener.subscribe({"command.changed"})
                 try:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import text
@@ -24,6 +25,7 @@ from backend.archives.models import Concentrator, ConnectionKind, Meter, MeterMo
 from backend.auth.system import system_actor
 from backend.clock import utcnow
 from backend.db import transaction
+from backend.remote import patrols
 from backend.remote import service as remote
 from backend.remote.models import FINISHED_STATES, CommandKind, CommandState, FailureKind, RemoteCommand
 from tests.factories import make_area_tree, unique
@@ -100,10 +102,11 @@ async def _meter(session: AsyncSession, address: str, model: MeterModel, concent
 
 @contextlib.asynccontextmanager
 async def running(sessions: async_sessionmaker[AsyncSession], *, holder: str, max_links: int = BUSES,
-                  wait_for_links: int | None = None) -> AsyncIterator[AcquisitionWorker]:
+                  wait_for_links: int | None = None, config: AcquireSettings = CONFIG,
+                  database_url: str | None = None) -> AsyncIterator[AcquisitionWorker]:
     """A worker running in the background; stopped (and its leases released) at the end."""
-    worker = AcquisitionWorker(sessions=sessions, config=CONFIG, timezone="Asia/Shanghai", holder=holder,
-                               max_links=max_links)
+    worker = AcquisitionWorker(sessions=sessions, config=config, timezone="Asia/Shanghai", holder=holder,
+                               max_links=max_links, database_url=database_url)
     task = asyncio.create_task(worker.run())
     try:
         await until(lambda: len(worker.held_links) >= (max_links if wait_for_links is None else wait_for_links))
@@ -293,3 +296,38 @@ async def test_acquire_once_carries_out_what_is_queued_and_leaves_no_lease(
     commands = await finished(committed_sessions, *ids, within=0)
     assert [(c.state, c.claimed_by) for c in commands] == [(CommandState.succeeded, "test:once")] * len(ids)
     assert await rows(committed_sessions, "SELECT link FROM link_leases WHERE holder = 'test:once'") == []
+
+
+async def test_a_queued_command_wakes_an_idle_bus_at_once(committed_sessions: async_sessionmaker[AsyncSession],
+                                                          database_url: str, field: Field) -> None:
+    meter_id = next(iter(field.buses[1].meters.values()))
+    listening = CONFIG.model_copy(update={"listen": True, "poll_interval_s": 30.0})
+    async with running(committed_sessions, holder="test:listen", config=listening, database_url=database_url) as worker:
+        await until(lambda: worker.listener is not None and worker.listener.connected)
+        await asyncio.sleep(0.2)  # every bus has looked once and waits for its next poll, 30 s away
+        [command] = await finished(committed_sessions, await queue(committed_sessions, meter_id, CommandKind.read_now),
+                                   within=5)
+
+    assert command.state is CommandState.succeeded
+
+
+async def test_a_patrol_runs_reads_are_carried_out_and_counted(committed_sessions: async_sessionmaker[AsyncSession],
+                                                               field: Field) -> None:
+    now = utcnow()
+    async with transaction(committed_sessions) as session:
+        await patrols.create_patrol_task(session, principal=system_actor({"patrols:manage"}), now=now - timedelta(minutes=2),
+                                         fields=patrols.PatrolTaskFields(
+                                             name="城东每日巡测", schedule="* * * * *",
+                                             concentrator_ids=(field.buses[0].concentrator_id,)))
+        [run] = await patrols.enqueue_due_patrols(session, now=now, tz=ZoneInfo("Asia/Shanghai"),
+                                                  actor=system_actor({"remote:read"}))
+    async with running(committed_sessions, holder="test:patrol"):
+        async with committed_sessions() as session:
+            page = await session.execute(text("SELECT id FROM remote_commands WHERE patrol_run_id = :id"), {"id": run.id})
+            command_ids = [row[0] for row in page]
+        await finished(committed_sessions, *command_ids)
+
+    counts = await rows(committed_sessions, "SELECT state, meters_total, meters_read, meters_failed FROM patrol_runs "
+                                            "WHERE id = :id", id=run.id)
+    # Bus 0's two simulated meters were read; the meter nobody answers for failed.
+    assert counts == [("finished", 3, 2, 1)]
