@@ -80,6 +80,7 @@ DOMAIN = Domain(
         excluded={
             "remote_commands.issued_by_name": "the staff member's name, or 系统: never a resident's",
             "remote_commands.failure_reason": "why a device did not answer, in the worker's words",
+            "remote_commands.claimed_by": "the acquisition worker (its lease holder name) that claimed it",
             "patrol_tasks.name": "a task's name (城东片区每日巡测)",
         },
     ),

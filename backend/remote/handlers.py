@@ -28,6 +28,9 @@ from backend.remote.models import CommandKind
 if TYPE_CHECKING:
     from backend.runtime import Runtime
 
+# An automatic close may wait for a worker this long (a desk's 30 s would lose it to a
+# worker restarting at that moment; the event is not handled twice).
+AUTOMATIC_WAIT_S = 3600
 # Batch ids of handler-made batches: uuid5 of the event in this namespace.
 _BATCHES = uuid.UUID("6f1d3c52-7a0b-4c1e-9d55-3b7a9e0c2f41")
 
@@ -53,5 +56,5 @@ async def close_valves_of_closed_account(runtime: Runtime, session: AsyncSession
     selection = service.Selection(meter_ids=tuple(i for i in meter_ids if i is not None))
     batch = await service.queue_commands(
         session, selection=selection, kind=CommandKind.valve_close, params={},
-        issued_by=runtime.actor, time_limit_s=None, now=runtime.now(), batch_id=batch_id)
+        issued_by=runtime.actor, time_limit_s=None, wait_s=AUTOMATIC_WAIT_S, now=runtime.now(), batch_id=batch_id)
     return batch.command_ids

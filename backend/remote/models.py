@@ -119,6 +119,9 @@ class RemoteCommand(SQLModel, table=True):
     state: CommandState = Field(sa_column=enum_column(CommandState, nullable=False))
     attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     max_attempts: int = Field(default=3, sa_column=Column(Integer, nullable=False, server_default="3"))
+    # 命令时限: how long the device may take to answer. The deadline is when the command
+    # times out in all: created + the time limit for a desk's command, later for patrols'
+    # and automatic ones, which may wait in the queue behind others.
     time_limit_s: int = Field(default=30, sa_column=Column(Integer, nullable=False, server_default="30"))
     deadline: datetime = Field(sa_column=timestamptz(nullable=False))
     issued_by_kind: IssuerKind = Field(sa_column=enum_column(IssuerKind, nullable=False))

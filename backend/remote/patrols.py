@@ -21,7 +21,8 @@ whoever saves it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,6 +47,9 @@ NAME_MAX = 100
 MAX_TARGETS = 500
 # How far back the minute job looks for a due minute (a job that ran late still fires it).
 LOOKBACK = timedelta(minutes=5)
+# A run's commands may wait this long behind each other on their buses (a bus reads one
+# meter at a time); what is not read by then counts as failed.
+PATROL_WAIT_S = 3600
 _COMMAND_OF = {PatrolReading.current: (CommandKind.read_now, {}),
                PatrolReading.history: (CommandKind.backfill, {"months": 1})}
 
@@ -221,11 +225,15 @@ def success_rate(run: PatrolRun) -> float | None:
 
 
 async def _meters_of(session: AsyncSession, task: PatrolTask) -> list[int]:
+    """The task's installed meters on a link (a meter moved off its link since the task
+    was saved is not read, rather than failing the run)."""
+    reachable = col(Meter.concentrator_id).is_not(None) | col(Meter.mqtt_topic).is_not(None)
     selection = service.Selection(area_ids=tuple(task.area_ids), concentrator_ids=tuple(task.concentrator_ids))
     chosen: set[int] = set()
     if task.meter_ids:
         chosen |= {i for i in (await session.execute(select(col(Meter.id)).where(
-            col(Meter.id).in_(task.meter_ids), col(Meter.status) == MeterStatus.installed))).scalars() if i is not None}
+            col(Meter.id).in_(task.meter_ids), col(Meter.status) == MeterStatus.installed, reachable))).scalars()
+                   if i is not None}
     if selection.is_range:
         conditions = []
         if task.area_ids:
@@ -237,7 +245,7 @@ async def _meters_of(session: AsyncSession, task: PatrolTask) -> list[int]:
 
         chosen |= {i for i in (await session.execute(
             select(col(Meter.id)).join(Area, col(Area.id) == col(Meter.area_id))
-            .where(or_(*conditions), col(Meter.status) == MeterStatus.installed))).scalars() if i is not None}
+            .where(or_(*conditions), col(Meter.status) == MeterStatus.installed, reachable))).scalars() if i is not None}
     return sorted(chosen)
 
 
@@ -261,16 +269,15 @@ async def enqueue_due_patrols(session: AsyncSession, *, now: datetime, tz: ZoneI
             continue  # enqueued already (another worker, or a rerun of this minute)
         meter_ids = await _meters_of(session, task)
         kind, params = _COMMAND_OF[task.reading]
-        queued = 0
-        if meter_ids:
-            try:
-                batch = await service.queue_commands(
-                    session, selection=service.Selection(meter_ids=tuple(meter_ids)), kind=kind, params=params,
-                    issued_by=actor, time_limit_s=task.time_limit_s, now=now, patrol_run_id=run_id)
-                queued = len(batch.command_ids)
-            except DomainError:
-                # A meter moved off its link since the task was saved: read the reachable ones.
-                queued = await _queue_reachable(session, meter_ids, kind, params, actor, task, now, run_id)
+        # One batch for the run, queued a user action's worth at a time (a company's patrol
+        # is larger than any one desk action).
+        batch_id, queued = uuid.uuid4(), 0
+        for offset in range(0, len(meter_ids), service.MAX_BATCH_METERS):
+            chunk = tuple(meter_ids[offset:offset + service.MAX_BATCH_METERS])
+            batch = await service.queue_commands(
+                session, selection=service.Selection(meter_ids=chunk), kind=kind, params=params, issued_by=actor,
+                time_limit_s=task.time_limit_s, now=now, batch_id=batch_id, patrol_run_id=run_id, wait_s=PATROL_WAIT_S)
+            queued += len(batch.command_ids)
         await session.execute(text(
             "UPDATE patrol_runs SET meters_total = :total, "
             "state = CASE WHEN :total = 0 THEN 'finished' ELSE state END, "
@@ -280,21 +287,6 @@ async def enqueue_due_patrols(session: AsyncSession, *, now: datetime, tz: ZoneI
         assert run is not None
         runs.append(run)
     return runs
-
-
-async def _queue_reachable(session: AsyncSession, meter_ids: Sequence[int], kind: CommandKind,
-                           params: Mapping[str, Any], actor: Principal, task: PatrolTask, now: datetime,
-                           run_id: int) -> int:
-    reachable = (await session.execute(select(col(Meter.id)).where(
-        col(Meter.id).in_(list(meter_ids)),
-        (col(Meter.concentrator_id).is_not(None)) | (col(Meter.mqtt_topic).is_not(None))))).scalars().all()
-    if not reachable:
-        return 0
-    selection = service.Selection(meter_ids=tuple(i for i in reachable if i is not None))
-    batch = await service.queue_commands(
-        session, selection=selection, kind=kind, params=params, issued_by=actor,
-        time_limit_s=task.time_limit_s, now=now, patrol_run_id=run_id)
-    return len(batch.command_ids)
 
 
 async def count_outcomes(session: AsyncSession, outcomes: Mapping[int, tuple[int, int]], *, now: datetime) -> None:

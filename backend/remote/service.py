@@ -208,11 +208,11 @@ INSERT INTO remote_commands (batch_id, meter_id, concentrator_id, link, area_pat
                              max_attempts, time_limit_s, deadline, issued_by_kind, issued_by_id, issued_by_name,
                              follows_id, patrol_run_id, created_at, updated_at)
 SELECT :batch_id, m.meter_id, m.concentrator_id, m.link, m.area_path, :kind, CAST(:params AS jsonb), 'queued', 0,
-       :max_attempts, m.time_limit_s, CAST(:now AS timestamptz) + make_interval(secs => m.time_limit_s),
+       :max_attempts, m.time_limit_s, CAST(:now AS timestamptz) + make_interval(secs => m.wait_s),
        :issued_by_kind, :issued_by_id, :issued_by_name, :follows_id, :patrol_run_id, :now, :now
 FROM unnest(CAST(:meter_ids AS bigint[]), CAST(:concentrator_ids AS bigint[]), CAST(:links AS text[]),
-            CAST(:area_paths AS text[]), CAST(:time_limits AS integer[]))
-     AS m(meter_id, concentrator_id, link, area_path, time_limit_s)
+            CAST(:area_paths AS text[]), CAST(:time_limits AS integer[]), CAST(:waits AS integer[]))
+     AS m(meter_id, concentrator_id, link, area_path, time_limit_s, wait_s)
 ORDER BY m.meter_id
 RETURNING id
 """)
@@ -221,10 +221,11 @@ RETURNING id
 async def _insert_commands(
     session: AsyncSession, candidates: Sequence[_Candidate], *, kind: CommandKind, params: Mapping[str, Any],
     issued_by: Principal, time_limit_s: int | None, now: datetime, batch_id: uuid.UUID,
-    follows_id: int | None = None, patrol_run_id: int | None = None,
+    follows_id: int | None = None, patrol_run_id: int | None = None, wait_s: int | None = None,
 ) -> list[int]:
     import json
 
+    limits = [_limit_for(c, time_limit_s) for c in candidates]
     issuer_kind, issuer_id, issuer_name = issuer_of(issued_by)
     ids = (await session.execute(_INSERT_COMMANDS, {
         "batch_id": batch_id, "kind": kind.value, "params": json.dumps(dict(params), ensure_ascii=False),
@@ -233,7 +234,7 @@ async def _insert_commands(
         "patrol_run_id": patrol_run_id,
         "meter_ids": [c.meter_id for c in candidates], "concentrator_ids": [c.concentrator_id for c in candidates],
         "links": [c.link for c in candidates], "area_paths": [c.area_path for c in candidates],
-        "time_limits": [_limit_for(c, time_limit_s) for c in candidates],
+        "time_limits": limits, "waits": [max(limit, wait_s or 0) for limit in limits],
     })).scalars().all()
     command_ids = list(ids)
     if command_ids:
@@ -253,11 +254,14 @@ def _refusal(candidate: _Candidate, needs_valve: bool) -> DomainError | None:
 async def queue_commands(
     session: AsyncSession, *, selection: Selection, kind: CommandKind, params: Mapping[str, Any] | None,
     issued_by: Principal, time_limit_s: int | None, now: datetime, batch_id: uuid.UUID | None = None,
-    patrol_run_id: int | None = None,
+    patrol_run_id: int | None = None, wait_s: int | None = None,
 ) -> QueuedBatch:
     """One ``kind`` command per meter of ``selection`` within ``issued_by``'s scope, as one
     batch (module docstring). ``issued_by`` needs the command's permission (catalog).
-    ``time_limit_s`` (命令时限, 1 s to 7 days) defaults to 30 s; NB-IoT meters wait 24 h."""
+    ``time_limit_s`` (命令时限, 1 s to 7 days) defaults to 30 s; NB-IoT meters wait 24 h.
+    The deadline is ``now`` plus the time limit (a desk's command is answered in time or
+    not at all), or plus ``wait_s`` when that is longer: patrols and automatic commands
+    may wait in the queue behind others."""
     spec = spec_of(TargetKind.meter, kind)
     if not issued_by.has(spec.permission):
         raise Forbidden()
@@ -278,7 +282,8 @@ async def queue_commands(
         raise SelectionEmpty()
     batch = batch_id or uuid.uuid4()
     ids = await _insert_commands(session, chosen, kind=kind, params=stored_params, issued_by=issued_by,
-                                 time_limit_s=limit, now=now, batch_id=batch, patrol_run_id=patrol_run_id)
+                                 time_limit_s=limit, now=now, batch_id=batch, patrol_run_id=patrol_run_id,
+                                 wait_s=wait_s)
     return QueuedBatch(batch, ids, skipped)
 
 

@@ -3,7 +3,7 @@ issued by the system actor, once per event; nothing when it has an open account 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -42,6 +42,9 @@ async def test_a_closed_accounts_valve_meters_are_closed_by_the_system(session: 
     assert len(commands) == 2
     assert {(c.kind, c.state, c.issued_by_kind, c.issued_by_name) for c in commands} == {
         (CommandKind.valve_close, CommandState.queued, IssuerKind.system, "系统")}
+    # It may wait an hour for a worker (a restart at that moment does not lose it).
+    bus = next(c for c in commands if c.meter_id == world.east_valve_meters[0].id)
+    assert (bus.time_limit_s, bus.deadline) == (30, NOW + timedelta(hours=1))
 
 
 async def test_the_same_event_handled_twice_queues_once(session: AsyncSession) -> None:

@@ -64,6 +64,9 @@ async def test_a_due_task_becomes_one_run_with_a_read_per_reachable_meter(sessio
     assert sorted(r.meter_id for r in rows) == sorted(reachable)
     assert {r.kind for r in rows} == {CommandKind.read_now.value}
     assert {r.issued_by_name for r in rows} == {"系统"}
+    # Each answers within the task's time limit, but may wait behind the others of its bus.
+    bus = [r for r in rows if r.link != service.MQTT_LINK]
+    assert {(r.time_limit_s, r.deadline) for r in bus} == {(30, TWO_AM + timedelta(seconds=20, hours=1))}
     assert (run.task_id, run.due_at, run.state, run.meters_total) == (task.id, TWO_AM, PatrolRunState.running,
                                                                       len(reachable))
 
