@@ -46,7 +46,7 @@ class CommandOrder:
     kind: CommandKind
     params: Mapping[str, Any]
     attempt: int  # this claim's attempt, 1 for the first
-    seconds_left: float  # until the command's deadline
+    seconds_left: float  # its time limit, or what is left until its deadline when sooner
 
 
 @dataclass(frozen=True, slots=True)

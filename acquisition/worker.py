@@ -142,8 +142,11 @@ class LinkCoordinator:
                 return None
             command = claimed[0]
             meter = await meter_on_bus(session, command.meter_id)
+        # The time limit (命令时限) is how long the device may take; the deadline, when the
+        # command ends in all (later for patrols, which may wait in the queue).
+        seconds_left = min(float(command.time_limit_s), (command.deadline - now).total_seconds())
         order = CommandOrder(command_id=command.id or 0, kind=command.kind, params=command.params,
-                             attempt=command.attempts, seconds_left=(command.deadline - now).total_seconds())
+                             attempt=command.attempts, seconds_left=seconds_left)
         if meter is None:
             outcome = Outcome(False, failure_kind=FailureKind.device_error, failure_reason="水表已不在档案中 / meter gone")
         elif order.seconds_left <= 0:
