@@ -9,7 +9,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -34,10 +34,10 @@ BAUD = 115200
 BUSES = 4
 METERS_PER_BUS = 2
 GHOST_ADDRESS = "99999999999999"  # on bus 0, where no meter answers to it
-OPERATOR = system_actor({"remote:read", "remote:control"})
+OPERATOR = system_actor({"remote:read", "remote:control", "remote:params", "remote:purchase"})
 # Fast and short: the simulator is another process on a shared 2-core machine.
 CONFIG = AcquireSettings(lease_ttl_s=1.0, renew_interval_s=0.25, poll_interval_s=0.1, response_timeout_s=0.1,
-                         inter_byte_timeout_s=0.1, exchange_retries=2, reconnect_initial_s=0.1, reconnect_max_s=0.4,
+                         inter_byte_timeout_s=0.1, exchange_retries=1, reconnect_initial_s=0.1, reconnect_max_s=0.4,
                          listen=False)
 
 
@@ -129,10 +129,10 @@ def no_faults_left(simulator: SimulatorProcess) -> None:
 
 
 async def queue(sessions: async_sessionmaker[AsyncSession], meter_id: int, kind: CommandKind,
-                time_limit_s: int | None = None) -> int:
+                params: dict[str, Any] | None = None) -> int:
     async with transaction(sessions) as session:
-        command = await remote.queue_command(session, target=meter_id, kind=kind, params={}, issued_by=OPERATOR,
-                                             time_limit_s=time_limit_s, now=utcnow())
+        command = await remote.queue_command(session, target=meter_id, kind=kind, params=params or {},
+                                             issued_by=OPERATOR, now=utcnow())
         return command.id or 0
 
 
@@ -331,3 +331,26 @@ async def test_a_patrol_runs_reads_are_carried_out_and_counted(committed_session
                                             "WHERE id = :id", id=run.id)
     # Bus 0's two simulated meters were read; the meter nobody answers for failed.
     assert counts == [("finished", 3, 2, 1)]
+
+
+async def test_clocks_history_and_purchases_reach_the_meter(committed_sessions: async_sessionmaker[AsyncSession],
+                                                           field: Field, simulator: SimulatorProcess) -> None:
+    address, meter_id = list(field.buses[2].meters.items())[1]
+    simulator.set_meter(address, prepaid=True, balance_fen=0)
+    async with running(committed_sessions, holder="test:writes"):
+        clock, history, purchase, repeated = await finished(committed_sessions, *[
+            await queue(committed_sessions, meter_id, kind, params) for kind, params in [
+                (CommandKind.sync_clock, {}),
+                (CommandKind.backfill, {"months": 2}),
+                (CommandKind.write_purchase, {"purchase_count": 1, "amount_fen": 1000}),
+                (CommandKind.write_purchase, {"purchase_count": 1, "amount_fen": 1000}),
+            ]])
+    meter = simulator.meter(address)
+
+    assert [c.state for c in (clock, history, purchase, repeated)] == [CommandState.succeeded] * 4
+    assert clock.reply is not None and history.reply is not None
+    sent_clock = datetime.fromisoformat(clock.reply["clock"])
+    assert abs((datetime.fromisoformat(meter["clock"]) - sent_clock).total_seconds()) < 5
+    assert [entry["months_ago"] for entry in history.reply["history"]] == [1, 2]
+    # The meter took the purchase once: the repeat of count 1 found it held already.
+    assert (meter["purchase_count"], meter["purchased_fen"]) == (1, 1000)
