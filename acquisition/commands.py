@@ -1,0 +1,199 @@
+"""Carrying out one field command on a bus: the request frames, the exchange, and what
+the reply means. No database here: :mod:`acquisition.worker` claims the command and
+records the :class:`Outcome`.
+
+- ``read_now``: ``901F``; the decoded data is the reply and the reading to ingest.
+- ``valve_open`` / ``valve_close``: ``A017`` sent **once** per claim, never retried on
+  the wire by the exchange (a reply lost on the way back would otherwise make the valve
+  command go out twice). A claim after the first (the command came back to the queue,
+  or its worker died) reads the valve first and is done without sending when the valve
+  is already where it was sent. A write reply without status is checked by a read.
+- ``sync_clock``: ``A015`` with the utility's wall time.
+- ``backfill``: the settlement-day totals of the last ``months`` months (``D120`` …),
+  in the reply (they belong to the meter's settlement days, which readings decide on later).
+- ``write_purchase``: ``A013`` with the purchase count (mod 256, the wire's one byte) and
+  the amount; the meter takes only its next count, so a retry never adds twice, and the
+  reply's count says whether it holds this purchase.
+- the rest (parameters, a concentrator's own commands) are not in CJ/T 188's standard
+  identifiers: failed as not supported, without retry.
+
+Failures keep the transport's kinds (timeout, bad frame, device error, link down); the
+first, second and last are worth another claim while attempts remain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from acquisition.links import MeterOnBus
+from acquisition.protocols import cjt188
+from acquisition.transport import AsyncLink, BadReply, FailureKind, LinkFailure
+from backend.remote.models import CommandKind
+
+# Below this much time left there is no point in asking a meter anything.
+_MIN_RESPONSE_TIMEOUT = 0.05
+_COMMUNICATION_FAILURES = (FailureKind.timeout, FailureKind.bad_frame, FailureKind.link_down)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandOrder:
+    """What the worker hands over of a claimed command."""
+
+    command_id: int
+    kind: CommandKind
+    params: Mapping[str, Any]
+    attempt: int  # this claim's attempt, 1 for the first
+    seconds_left: float  # its time limit, or what is left until its deadline when sooner
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    succeeded: bool
+    reply: dict[str, Any] | None = None
+    # A 901F answer, to be ingested as an actual reading.
+    reading: cjt188.MeterData | None = None
+    failure_kind: FailureKind | None = None
+    failure_reason: str | None = None
+    # Worth another claim while attempts remain.
+    retry: bool = False
+
+    @property
+    def communication_failed(self) -> bool:
+        """The meter was not heard (what the 通讯失败 alarm counts), rather than refusing."""
+        return not self.succeeded and self.failure_kind in _COMMUNICATION_FAILURES
+
+
+def _failed(failure: LinkFailure) -> Outcome:
+    return Outcome(False, failure_kind=failure.kind, failure_reason=str(failure),
+                   retry=failure.kind in _COMMUNICATION_FAILURES)
+
+
+def _refused(reason: str) -> Outcome:
+    return Outcome(False, failure_kind=FailureKind.device_error, failure_reason=reason)
+
+
+class _Bus:
+    """One meter's requests on the link, with the command's time left and the model's timing."""
+
+    def __init__(self, link: AsyncLink, meter: MeterOnBus, *, response_timeout: float, seconds_left: float,
+                 retries: int) -> None:
+        self.link = link
+        self.meter = meter
+        self.timeout = max(_MIN_RESPONSE_TIMEOUT, min(response_timeout, seconds_left))
+        self.retries = retries
+
+    def _frame_options(self) -> dict[str, Any]:
+        return {"meter_type": self.meter.meter_type, "di_order": self.meter.di_order}
+
+    async def ask(self, request: bytes, *, retries: int | None = None) -> cjt188.Frame:
+        raw = await self.link.exchange(request, timeout=self.timeout,
+                                       retries=self.retries if retries is None else retries)
+        try:
+            return cjt188.decode(raw, di_order=self.meter.di_order)
+        except cjt188.FrameError as error:
+            raise BadReply(f"{type(error).__name__}: {error}") from error
+
+    async def read(self) -> cjt188.MeterData:
+        answer = await self.ask(cjt188.encode_read(self.meter.address, **self._frame_options()))
+        if not isinstance(answer, cjt188.MeterData):
+            raise BadReply(f"901F answered with {type(answer).__name__}")
+        if answer.total.in_m3() is None:
+            raise BadReply(f"901F register in unit {answer.total.unit:02X}, not a volume")
+        return answer
+
+    def request(self, kind: CommandKind, params: Mapping[str, Any], *, now_local: datetime) -> bytes:
+        options = self._frame_options()
+        address = self.meter.address
+        match kind:
+            case CommandKind.valve_open | CommandKind.valve_close:
+                command = cjt188.ValveCommand.OPEN if kind is CommandKind.valve_open else cjt188.ValveCommand.CLOSE
+                return cjt188.encode_valve(address, command=command, **options)
+            case CommandKind.sync_clock:
+                return cjt188.encode_write_clock(address, clock=now_local.replace(tzinfo=None, microsecond=0), **options)
+            case CommandKind.write_purchase:
+                return cjt188.encode_write_purchase(address, purchase_count=int(params["purchase_count"]) % 256,
+                                                    amount_fen=int(params["amount_fen"]), **options)
+        raise ValueError(f"no single request for {kind}")
+
+
+def _valve_target(kind: CommandKind) -> cjt188.ValveStatus:
+    return cjt188.ValveStatus.open if kind is CommandKind.valve_open else cjt188.ValveStatus.closed
+
+
+async def carry_out(link: AsyncLink, order: CommandOrder, meter: MeterOnBus, *, response_timeout: float,
+                    retries: int, now_local: datetime) -> Outcome:
+    """Carry ``order`` out on ``link`` for ``meter`` (module docstring); every failure is
+    an :class:`Outcome`, never an exception, except a bug."""
+    bus = _Bus(link, meter, response_timeout=response_timeout, seconds_left=order.seconds_left, retries=retries)
+    try:
+        match order.kind:
+            case CommandKind.read_now:
+                data = await bus.read()
+                return Outcome(True, reply=cjt188.to_json(data), reading=data)
+            case CommandKind.valve_open | CommandKind.valve_close:
+                return await _valve(bus, order)
+            case CommandKind.sync_clock:
+                answer = await bus.ask(bus.request(order.kind, order.params, now_local=now_local))
+                if not isinstance(answer, cjt188.WriteReply):
+                    raise BadReply(f"A015 answered with {type(answer).__name__}")
+                return Outcome(True, reply=cjt188.to_json(answer) | {"clock": now_local.replace(
+                    tzinfo=None, microsecond=0).isoformat()})
+            case CommandKind.backfill:
+                return await _backfill(bus, int(order.params.get("months", 1)))
+            case CommandKind.write_purchase:
+                return await _purchase(bus, order)
+    except LinkFailure as failure:
+        return _failed(failure)
+    return _refused(f"CJ/T 188 水表不支持此命令 / not a CJ/T 188 meter command: {order.kind.value}")
+
+
+async def _valve(bus: _Bus, order: CommandOrder) -> Outcome:
+    target = _valve_target(order.kind)
+    reading: cjt188.MeterData | None = None
+    if order.attempt > 1:
+        # An earlier claim may have moved the valve and lost only the reply: look first.
+        reading = await bus.read()
+        if reading.status.valve is target:
+            return Outcome(True, reply={"valve": target.value, "already": True, "read": cjt188.to_json(reading)},
+                           reading=reading)
+    answer = await bus.ask(bus.request(order.kind, order.params, now_local=datetime.min), retries=0)
+    if not isinstance(answer, cjt188.WriteReply):
+        raise BadReply(f"A017 answered with {type(answer).__name__}")
+    status = answer.status
+    if status is None:  # a maker that acknowledges without status: read it back
+        reading = await bus.read()
+        status = reading.status
+    if status.valve is target:
+        return Outcome(True, reply={"valve": target.value, "battery_low": status.battery_low}, reading=reading)
+    if status.valve is cjt188.ValveStatus.abnormal:
+        return _refused(f"阀门异常 / the valve reports abnormal (status {status.to_bytes().hex(' ').upper()})")
+    return Outcome(False, reply={"valve": status.valve.value}, failure_kind=FailureKind.device_error,
+                   failure_reason=f"阀门未动作 / the valve stayed {status.valve.value}", retry=True)
+
+
+async def _backfill(bus: _Bus, months: int) -> Outcome:
+    history = []
+    for months_ago in range(1, months + 1):
+        answer = await bus.ask(cjt188.encode_read_history(bus.meter.address, months_ago=months_ago,
+                                                          **bus._frame_options()))
+        if not isinstance(answer, cjt188.HistoryData):
+            raise BadReply(f"history {cjt188.history_di(months_ago):04X} answered with {type(answer).__name__}")
+        fields = cjt188.to_json(answer)
+        history.append({name: fields[name] for name in fields if name.startswith(("months_ago", "settlement"))})
+    return Outcome(True, reply={"history": history})
+
+
+async def _purchase(bus: _Bus, order: CommandOrder) -> Outcome:
+    count = int(order.params["purchase_count"]) % 256
+    answer = await bus.ask(bus.request(order.kind, order.params, now_local=datetime.min))
+    if not isinstance(answer, cjt188.PurchaseReply):
+        raise BadReply(f"A013 answered with {type(answer).__name__}")
+    reply = cjt188.to_json(answer)
+    if answer.purchase_count != count:
+        return Outcome(False, reply=reply, failure_kind=FailureKind.device_error,
+                       failure_reason=f"水表购水次数为 {answer.purchase_count}, 未接受第 {count} 次 / "
+                                      f"the meter holds purchase {answer.purchase_count}, not {count}")
+    return Outcome(True, reply=reply)

@@ -1,0 +1,47 @@
+"""The acquisition worker's settings (``shuiwu acquire``), read from ``SHUIWU_ACQUIRE_*``.
+
+A group of its own, as the domains' settings groups are (``backend.domain.read_settings``
+reads it and turns a bad value into one line naming it), so the API and the job worker
+never load them.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AcquireSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHUIWU_ACQUIRE_", extra="ignore", frozen=True)
+
+    # A lease lasts this long unless renewed; a killed worker's links are taken over
+    # this long after its last renewal at the latest.
+    lease_ttl_s: float = Field(default=30.0, gt=0)
+    # Renewed (and free or expired links looked for) this often: well inside the TTL,
+    # so one slow round does not lose a link.
+    renew_interval_s: float = Field(default=10.0, gt=0)
+    # Each bus looks for queued commands this often when nothing woke it (a NOTIFY of a
+    # queued command wakes it at once).
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    # At most this many links (buses and DTUs) per worker: the rest are left to others.
+    max_links: int = Field(default=64, ge=1, le=1024)
+    # How long a meter may take to answer (after its request's own line time); per meter
+    # model later. The inter-byte timeout absent: twenty byte times, at least 20 ms.
+    response_timeout_s: float = Field(default=1.0, gt=0)
+    inter_byte_timeout_s: float | None = Field(default=None, gt=0)
+    # Tries after the first, within one exchange, for a timeout or a bad frame (never for
+    # a valve command: see acquisition.commands).
+    exchange_retries: int = Field(default=2, ge=0, le=10)
+    # Waits between reopening a port that is gone: doubling from the first to the last.
+    reconnect_initial_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    # Follow the events channel (LISTEN) so a queued command wakes its bus at once.
+    listen: bool = True
+
+    @field_validator("renew_interval_s")
+    @classmethod
+    def _renewed_in_time(cls, value: float, info: ValidationInfo) -> float:
+        ttl = info.data.get("lease_ttl_s")
+        if ttl is not None and value >= ttl:
+            raise ValueError(f"must be shorter than the lease TTL ({ttl} s)")
+        return value
