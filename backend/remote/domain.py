@@ -76,8 +76,9 @@ DOMAIN = Domain(
             description="commands past their time limit time out; a dead worker's go back to the queue"),
     ),
     demo="backend.remote.demo:demo_step",
-    # The field side's tools: the CJ/T 188 codec by hand and the meter simulator.
-    commands={"frame": "acquisition.cli:frame_app", "simulate": "acquisition.simulator:simulate_app"},
+    # The field side: the acquisition worker, the CJ/T 188 codec by hand and the meter simulator.
+    commands={"frame": "acquisition.cli:frame_app", "simulate": "acquisition.simulator:simulate_app",
+              "acquire": "acquisition.worker:acquire_app"},
     personal_data=PersonalData(
         excluded={
             "remote_commands.issued_by_name": "the staff member's name, or 系统: never a resident's",
