@@ -34,6 +34,7 @@ from backend.notifications.domain import DOMAIN as NOTIFICATIONS
 from backend.payments.domain import DOMAIN as PAYMENTS
 from backend.readings.domain import DOMAIN as READINGS
 from backend.remote.domain import DOMAIN as REMOTE
+from backend.valves.domain import DOMAIN as VALVES
 from backend.webhooks.domain import DOMAIN as WEBHOOKS
 from backend.workorders.domain import DOMAIN as WORKORDERS
 
@@ -54,6 +55,7 @@ DOMAINS: tuple[Domain, ...] = (
     NOTIFICATIONS,
     WORKORDERS,  # after notifications: its handler of workorder.changed calls notify_many
     REMOTE,  # after payments and billing: its handler of account.closed reads the household's account
+    VALVES,  # after remote: the valve policy queues remote commands
 )
 
 _installed: tuple[Domain, ...] = DOMAINS
