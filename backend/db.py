@@ -342,6 +342,11 @@ def unroute_admitted(engine: AsyncEngine) -> None:
     _admitted_twins.pop(engine.sync_engine, None)
 
 
+def admitted_twin(engine: AsyncEngine) -> AsyncEngine | None:
+    """The pool admitted work uses instead of ``engine``, when it has one."""
+    return _admitted_twins.get(engine.sync_engine)
+
+
 def for_work(engine: AsyncEngine) -> AsyncEngine:
     """``engine``, or its admitted twin inside admitted work."""
     if _admitted_twins and slicing.admitted():

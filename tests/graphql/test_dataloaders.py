@@ -49,6 +49,8 @@ def counted_statements(monkeypatch: pytest.MonkeyPatch, *engines: AsyncEngine) -
                 connection.remove_query_logger(log)
 
     original_raw_read = graphql_context.raw_read
+    # Expensive fields run admitted, on the engines' twins (backend.db.route_admitted).
+    engines = (*engines, *(twin for engine in engines if (twin := db.admitted_twin(engine)) is not None))
     for engine in engines:
         event.listen(engine.sync_engine, "before_cursor_execute", record)
     with monkeypatch.context() as patched:
