@@ -167,7 +167,8 @@ def create_app(settings: Settings, database_url: str, *, extra_routes: list[Base
     if settings.db_admitted_nice:
         slots = settings.graphql_expensive_per_process or os.cpu_count() or 1
         for base, isolation in ((engine, {}), (read_engine, {"isolation_level": "AUTOCOMMIT"})):
-            twin = db.create_engine(database_url, pool_size=slots, max_overflow=2 * slots, limits=limits, **isolation)
+            # Sibling fields of one request read on connections of their own: room for a few each.
+            twin = db.create_engine(database_url, pool_size=slots, max_overflow=4 * slots, limits=limits, **isolation)
             db.lower_backend_priority(twin, settings.db_admitted_nice)
             db.route_admitted(base, twin)
             twins.append((base, twin))
