@@ -29,6 +29,7 @@ from sqlmodel import col
 
 from backend.archives.models import Meter, MeterAssignment, MeterModel
 from backend.billing.events import AccountThresholdCrossed
+from backend.billing.models import AlertState
 from backend.events.service import Event, payload_of
 from backend.remote import service
 from backend.remote.handlers import AUTOMATIC_WAIT_S
@@ -58,7 +59,7 @@ async def apply_valve_policy(runtime: Runtime, session: AsyncSession, event: Eve
     queued: list[int] = []
     for account_id, household_id in zip(crossed.account_ids, crossed.household_ids, strict=True):
         queued.extend(await _apply(runtime, session, account_id=account_id, household_id=household_id,
-                                   cause=f"event:{event.id}"))
+                                   cause=f"event:{event.id}", closing=crossed.to_state is AlertState.close))
     return queued
 
 
@@ -90,15 +91,19 @@ async def closed_by_policy(session: AsyncSession, meter_ids: Sequence[int]) -> b
 
 
 async def _apply(runtime: Runtime, session: AsyncSession, *, account_id: int, household_id: int,
-                 cause: str) -> list[int]:
+                 cause: str, closing: bool = True) -> list[int]:
     meters = await valve_meters(session, household_id)
     if not meters:
         return []  # nothing to open or close: messages are the other domains' business
+    policy_closed = await closed_by_policy(session, meters)
+    if not closing and not policy_closed:
+        # A move to normal or alert only ever reopens what the policy closed: most of a
+        # settlement's crossings end here, two index reads each.
+        return []
     now = runtime.now()
     policy = ValvePolicy.from_settings(runtime.settings_group("valves"))
     decision = await valve_decision(session, account_id=account_id, household_id=household_id,
-                                    closed_by_policy=await closed_by_policy(session, meters), policy=policy,
-                                    now=now, tz=runtime.tz)
+                                    closed_by_policy=policy_closed, policy=policy, now=now, tz=runtime.tz)
     log.info("valve policy for account %s: %s (%s)", account_id, decision.action.value, decision.message_en)
     if decision.action is ValveAction.retry:
         await _defer(runtime, session, account_id=account_id, household_id=household_id, decision=decision)
