@@ -14,11 +14,9 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col
 
-from backend.archives.models import Meter, MeterAssignment, MeterModel
 from backend.billing.accounts import account_of_household
 from backend.events.service import Event, payload_of
 from backend.payments.events import AccountClosed
@@ -45,15 +43,10 @@ async def close_valves_of_closed_account(runtime: Runtime, session: AsyncSession
     if (await session.execute(text("SELECT 1 FROM remote_commands WHERE batch_id = :batch LIMIT 1"),
                               {"batch": batch_id})).first() is not None:
         return []
-    meter_ids = (await session.execute(
-        select(col(Meter.id)).join(MeterAssignment, col(MeterAssignment.meter_id) == col(Meter.id))
-        .join(MeterModel, col(MeterModel.id) == col(Meter.model_id))
-        .where(col(MeterAssignment.household_id) == closed.household_id, col(MeterAssignment.valid_to).is_(None),
-               col(MeterModel.has_valve), (col(Meter.concentrator_id).is_not(None)) | (col(Meter.mqtt_topic).is_not(None)))
-        .order_by(col(Meter.id)))).scalars().all()
+    meter_ids = await service.valve_meters_of_household(session, closed.household_id)
     if not meter_ids:
         return []
-    selection = service.Selection(meter_ids=tuple(i for i in meter_ids if i is not None))
+    selection = service.Selection(meter_ids=tuple(meter_ids))
     batch = await service.queue_commands(
         session, selection=selection, kind=CommandKind.valve_close, params={},
         issued_by=runtime.actor, time_limit_s=None, wait_s=AUTOMATIC_WAIT_S, now=runtime.now(), batch_id=batch_id)

@@ -46,7 +46,7 @@ from sqlalchemy import bindparam, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from backend.archives.models import Area, Concentrator, Meter, MeterModel, MeterStatus
+from backend.archives.models import Area, Concentrator, Meter, MeterAssignment, MeterModel, MeterStatus
 from backend.auth.principal import Principal
 from backend.auth.scope import in_scope, path_in_scope, require_area_paths
 from backend.errors import DomainError, ErrorCode, Forbidden, NotFound
@@ -285,6 +285,18 @@ async def queue_commands(
                                  time_limit_s=limit, now=now, batch_id=batch, patrol_run_id=patrol_run_id,
                                  wait_s=wait_s)
     return QueuedBatch(batch, ids, skipped)
+
+
+async def valve_meters_of_household(session: AsyncSession, household_id: int) -> list[int]:
+    """The meters serving the household now that have a valve and a way to be reached (a
+    concentrator or an NB-IoT topic): what an automatic open or close commands."""
+    rows = (await session.execute(
+        select(col(Meter.id)).join(MeterAssignment, col(MeterAssignment.meter_id) == col(Meter.id))
+        .join(MeterModel, col(MeterModel.id) == col(Meter.model_id))
+        .where(col(MeterAssignment.household_id) == household_id, col(MeterAssignment.valid_to).is_(None),
+               col(MeterModel.has_valve), (col(Meter.concentrator_id).is_not(None)) | (col(Meter.mqtt_topic).is_not(None)))
+        .order_by(col(Meter.id)))).scalars().all()
+    return [meter_id for meter_id in rows if meter_id is not None]
 
 
 async def queue_command(

@@ -23,11 +23,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col
 
-from backend.archives.models import Meter, MeterAssignment, MeterModel
 from backend.billing.events import AccountThresholdCrossed
 from backend.billing.models import AlertState
 from backend.events.service import Event, payload_of
@@ -71,17 +69,6 @@ async def recheck_valve_policy(runtime: Runtime, payload: Mapping[str, Any]) -> 
     return len(queued)
 
 
-async def valve_meters(session: AsyncSession, household_id: int) -> list[int]:
-    """The meters serving the household now that have a valve and a way to be reached."""
-    rows = (await session.execute(
-        select(col(Meter.id)).join(MeterAssignment, col(MeterAssignment.meter_id) == col(Meter.id))
-        .join(MeterModel, col(MeterModel.id) == col(Meter.model_id))
-        .where(col(MeterAssignment.household_id) == household_id, col(MeterAssignment.valid_to).is_(None),
-               col(MeterModel.has_valve), (col(Meter.concentrator_id).is_not(None)) | (col(Meter.mqtt_topic).is_not(None)))
-        .order_by(col(Meter.id)))).scalars().all()
-    return [meter_id for meter_id in rows if meter_id is not None]
-
-
 async def closed_by_policy(session: AsyncSession, meter_ids: Sequence[int]) -> bool:
     """Whether the newest valve command of these meters is the system's close that has
     not failed (queued, on its way, or done)."""
@@ -92,7 +79,7 @@ async def closed_by_policy(session: AsyncSession, meter_ids: Sequence[int]) -> b
 
 async def _apply(runtime: Runtime, session: AsyncSession, *, account_id: int, household_id: int,
                  cause: str, closing: bool = True) -> list[int]:
-    meters = await valve_meters(session, household_id)
+    meters = await service.valve_meters_of_household(session, household_id)
     if not meters:
         return []  # nothing to open or close: messages are the other domains' business
     policy_closed = await closed_by_policy(session, meters)
