@@ -350,7 +350,7 @@ def admitted_twin(engine: AsyncEngine) -> AsyncEngine | None:
 def for_work(engine: AsyncEngine) -> AsyncEngine:
     """``engine``, or its admitted twin inside admitted work."""
     if _admitted_twins and slicing.admitted():
-        return _admitted_twins.get(engine.sync_engine, engine)
+        return admitted_twin(engine) or engine
     return engine
 
 
