@@ -587,6 +587,7 @@ class _UsageReadAhead:
         """A read-ahead for the run in ``session``'s transaction (:meth:`would_see` said
         yes), or None when the engine's pool has no connection to spare."""
         assert isinstance(session.bind, AsyncEngine)
+        await raw_connection(session)  # the run's own connection first (a commit gave it back)
         engine = for_work(session.bind)
         pool: Any = engine.sync_engine.pool
         if not hasattr(pool, "checkedout") or pool.checkedout() >= pool.size():
@@ -678,12 +679,16 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
     earlier = {row["account_id"]: row for row in await driver.fetch(
         _EARLIER, [a.id for a, _ in priced], [c for _, c in priced], list(replacing))}
     billable: list[tuple[_Account, datetime, date, date]] = []  # account, span start, first priced day, cycle start
+    days: dict[datetime, date] = {}  # most spans start at one instant (the last period's end)
     for account, cycle_start in priced:
         span_start = max(earlier[account.id]["last_end_at"] or account.opened_at, account.opened_at)
         if span_start > end or (span_start == end and not empty_span):
             done.covered.append(account.id)
             continue
-        first_day = max(_day(span_start, zone), versions[account.tariff_code][0].valid_from)
+        start_day = days.get(span_start)
+        if start_day is None:
+            start_day = days[span_start] = _day(span_start, zone)
+        first_day = max(start_day, versions[account.tariff_code][0].valid_from)
         if first_day > last_day:
             done.skipped.append(account.id)
             continue
@@ -1044,13 +1049,13 @@ async def run_billing(
     skipped = 0
     considered = 0
     window_from: dict[int, tuple[int, datetime]] = {}  # account → household, opening: its usage window's
+    ended = {cycle: review.period_bounds(period, zone, months=cycle)[1] <= now for cycle in (1, 2)}
     for row in await _candidates(session, area_path=area_path, scope_patterns=scope_patterns, account_ids=account_ids):
         if months is not None and row["months"] != months:
             continue
         considered += 1
         window_from[row["id"]] = (row["household_id"], row["opened_at"])
-        if not is_start_month(period, row["months"], row["first_month"]) or \
-                review.period_bounds(period, zone, months=row["months"])[1] > now:
+        if not is_start_month(period, row["months"], row["first_month"]) or not ended[row["months"]]:
             skipped += 1
         else:
             groups[row["months"]].append(row["id"])
