@@ -12,7 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.auth.system import system_actor
 from backend.errors import DomainError, ErrorCode, Forbidden, NotFound
 from backend.remote import service
-from backend.remote.catalog import PRICE_TABLE_PARAMS
 from backend.remote.models import CommandKind, CommandState, FailureKind, RemoteCommand
 from backend.remote.service import Selection
 from tests.remote.support import LATER, NOW, command_count, events, make_world, states
@@ -73,10 +72,6 @@ async def test_a_meter_on_no_link_is_refused(session: AsyncSession) -> None:
     ({"settlement_day": 1.5}, "params.settlement_day"),
     ({"colour": "red"}, "params.colour"),
     ({}, "params"),
-    ({"report_interval_h": 24}, "params.report_interval_h"),  # not a CJ/T 188 parameter
-    ({"price_1_fen": 350}, "params.step_1_m3"),  # the price table is written whole
-    ({**dict.fromkeys(PRICE_TABLE_PARAMS, 5), "step_2_m3": 5}, "params.step_2_m3"),  # steps must rise
-    ({**dict.fromkeys(PRICE_TABLE_PARAMS, 5), "step_2_m3": 9, "price_3_fen": 1_000_000}, "params.price_3_fen"),
 ])
 async def test_parameters_outside_the_catalog_are_refused(session: AsyncSession, params: dict[str, object],
                                                           field: str) -> None:
@@ -99,22 +94,6 @@ async def test_parameters_in_range_are_stored_as_the_catalog_types_them(session:
 
     assert command.params == {"settlement_day": 15, "price_1_fen": 280, "step_1_m3": 180, "price_2_fen": 390,
                               "step_2_m3": 260, "price_3_fen": 840, "prices_from_day": 1}
-
-
-@pytest.mark.parametrize(("names", "stored"), [
-    (None, {}),
-    ([], {}),
-    (["price_table", "settlement_day", "price_table"], {"names": ["settlement_day", "price_table"]}),
-])
-async def test_read_params_names_what_to_read(session: AsyncSession, names: list[str] | None,
-                                               stored: dict[str, object]) -> None:
-    world = await make_world(session)
-
-    command = await service.queue_command(session, target=world.east_valve_meters[0].id or 0,
-                                          kind=CommandKind.read_params, params={} if names is None else {"names": names},
-                                          issued_by=world.operator.principal, now=NOW)
-
-    assert command.params == stored
 
 
 async def test_read_params_of_an_unknown_name_is_refused_and_nothing_is_queued(session: AsyncSession) -> None:
