@@ -4,6 +4,7 @@ error, nothing written)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from backend.archives import excel as archive_excel
 from backend.archives import service
 from backend.archives.models import Meter, MeterKind, MeterModel, MeterType
 from backend.db import session_factory
+from backend.errors import DomainError, ErrorCode
 from backend.exports.excel import ImportRowsInvalid, read_rows
 from backend.graphql.relay import encode_id
 from tests.factories import AreaTree, Staff, make_area_tree, make_staff, unique
@@ -142,3 +144,17 @@ async def test_the_meters_sheet_finds_a_model_by_vendor_and_name_and_refuses_an_
     # Without a 类别 column the meter is a household meter (the column's blank).
     stored = (await session.execute(select(Meter.model_id, Meter.kind).where(Meter.code == known))).one()
     assert tuple(stored) == (model.id, MeterKind.household)
+
+
+async def test_a_models_wire_settings_are_kept_and_checked(session: AsyncSession) -> None:
+    """The preamble, wire decimals and response timeout the worker speaks to its meters with."""
+    fields = service.MeterModelFields(vendor="宁波水表", name=unique("NB"), caliber=15, preamble_len=4, wire_decimals=3,
+                                      response_timeout_ms=800)
+    model = await service.save_meter_model(session, fields=fields)
+    assert (model.preamble_len, model.wire_decimals, model.response_timeout_ms) == (4, 3, 800)
+
+    for bad, field in (({"preamble_len": 17}, "preambleLen"), ({"wire_decimals": 5}, "wireDecimals"),
+                       ({"response_timeout_ms": 10}, "responseTimeoutMs")):
+        with pytest.raises(DomainError) as refused:
+            await service.save_meter_model(session, fields=dataclasses.replace(fields, name=unique("NB"), **bad))
+        assert (refused.value.code, refused.value.field) == (ErrorCode.INVALID, field)

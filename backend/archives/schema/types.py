@@ -422,6 +422,10 @@ class MeterModelType(Node):
     has_valve: bool
     has_battery: bool
     di_byte_order: DiByteOrderEnum  # type: ignore[valid-type]
+    preamble_len: int = strawberry.field(description="FE bytes before each request.")
+    wire_decimals: int = strawberry.field(description="Places of the volumes in the model's frames.")
+    response_timeout_ms: int | None = strawberry.field(description="How long a meter may take to answer; null: the "
+                                                       "worker's default.")
 
     @classmethod
     def from_row(cls, model: MeterModel) -> MeterModelType:
@@ -430,7 +434,8 @@ class MeterModelType(Node):
             id=encode_id("MeterModel", model.id), vendor=model.vendor, name=model.name, protocol=model.protocol,
             caliber=model.caliber, register_digits=model.register_digits, register_decimals=model.register_decimals,
             multiplier=model.multiplier, has_valve=model.has_valve, has_battery=model.has_battery,
-            di_byte_order=model.di_byte_order,
+            di_byte_order=model.di_byte_order, preamble_len=model.preamble_len, wire_decimals=model.wire_decimals,
+            response_timeout_ms=model.response_timeout_ms,
         )
 
 

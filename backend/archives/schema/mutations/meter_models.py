@@ -42,6 +42,11 @@ class MeterModelInput:
     has_valve: bool = False
     has_battery: bool = False
     di_byte_order: DiByteOrderEnum = DiByteOrder.standard  # type: ignore[valid-type]
+    preamble_len: int = strawberry.field(default=2, description="FE bytes before each request, 0-16.")
+    wire_decimals: int = strawberry.field(default=2, description="Places of the volumes in the model's frames, 0-4 "
+                                          "(the standard's XXXXXX.XX: 2; not registerDecimals).")
+    response_timeout_ms: int | None = strawberry.field(default=None, description="How long a meter of the model may "
+                                                       "take to answer, 50-60000 ms; null: the worker's default.")
 
     def fields(self) -> service.MeterModelFields:
         return service.MeterModelFields(
@@ -49,6 +54,7 @@ class MeterModelInput:
             register_digits=self.register_digits, register_decimals=self.register_decimals,
             multiplier=Decimal(1) if self.multiplier is None else self.multiplier,
             has_valve=self.has_valve, has_battery=self.has_battery, di_byte_order=DiByteOrder(self.di_byte_order),
+            preamble_len=self.preamble_len, wire_decimals=self.wire_decimals, response_timeout_ms=self.response_timeout_ms,
         )
 
 
