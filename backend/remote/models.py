@@ -133,7 +133,8 @@ class RemoteCommand(SQLModel, table=True):
     reply: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
     failure_kind: FailureKind | None = Field(default=None, sa_column=enum_column(FailureKind, nullable=True))
     failure_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    # A set_params' read-back (read_params) names the command it checks.
+    # A command that checks another names it (kept for such follow-ups; a set_params is
+    # read back within its own claim, so none issues one today).
     follows_id: int | None = Field(default=None, sa_column=Column(BigInteger, ForeignKey("remote_commands.id"),
                                                                   nullable=True))
     patrol_run_id: int | None = Field(default=None, sa_column=Column(BigInteger, ForeignKey("patrol_runs.id",

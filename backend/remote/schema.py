@@ -108,7 +108,9 @@ class CommandType(Node):
     reply: JSON | None = strawberry.field(description="The decoded reply.")  # type: ignore[valid-type]
     failure_kind: FailureKindEnum | None  # type: ignore[valid-type]
     failure_reason: str | None
-    follows_id: strawberry.ID | None = strawberry.field(description="A read-back names the set_params it checks.")
+    follows_id: strawberry.ID | None = strawberry.field(
+        description="The command this one checks, if any (a set_params is read back within its own command: its "
+                    "reply is the values the meter holds).")
     patrol_run_id: strawberry.ID | None
     created_at: datetime
     sent_at: datetime | None

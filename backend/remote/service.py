@@ -24,9 +24,9 @@ not finished back in the queue (attempts left permitting), as does the sweep.
 **States.** queued → sent (claimed on a bus link) → succeeded | failed | timed_out;
 NB-IoT commands go queued → pending_delivery (claimed by the broker's holder) → sent
 (:func:`mark_sent`, at the device's uplink) → …. :func:`finish_command` records the
-result (a failure may go back to the queue while attempts remain); a succeeded
-set_params (already read back by the worker in the same claim) queues a read_params of
-what it set, following it in the same batch, so the desk sees the meter's values as a row.
+result (a failure may go back to the queue while attempts remain); a set_params is read
+back by the worker in the same claim, its reply the values the meter then holds (no
+follow-up command: the desk sees them on the setting's own row).
 :func:`sweep_commands` times out whatever passed its deadline (created at + its time
 limit). A patrol run's counts follow its commands' ends (``backend.remote.patrols``).
 
@@ -53,7 +53,7 @@ from backend.auth.scope import in_scope, path_in_scope, require_area_paths
 from backend.errors import DomainError, ErrorCode, Forbidden, NotFound
 from backend.events.service import emit_event
 from backend.pagination import PagedQuery
-from backend.remote.catalog import PRICE_TABLE_PARAMS, MeterParam, TargetKind, checked_params, spec_of
+from backend.remote.catalog import TargetKind, checked_params, spec_of
 from backend.remote.errors import (
     CommandNotHeld,
     MeterHasNoValve,
@@ -480,28 +480,7 @@ async def finish_command(
         from backend.remote.patrols import count_outcomes
 
         await count_outcomes(session, {found.patrol_run_id: (1, 0) if succeeded else (0, 1)}, now=now)
-    if succeeded and found.kind is CommandKind.set_params:
-        await _queue_read_back(session, found, now)
     return found
-
-
-async def _queue_read_back(session: AsyncSession, set_params: RemoteCommand, now: datetime) -> None:
-    row = (await session.execute(_candidates_query().where(col(Meter.id) == set_params.meter_id))).one()
-    candidate = _Candidate(*row)
-    if candidate.link is None:
-        return  # moved off its link since: nothing can read it back
-    from backend.auth.models import PrincipalKind
-
-    # The read-back is issued in the name of whoever issued the setting.
-    issuer = Principal(kind=PrincipalKind.staff if set_params.issued_by_kind is IssuerKind.staff else PrincipalKind.system,
-                       id=set_params.issued_by_id or 0, name=set_params.issued_by_name, permissions=frozenset(),
-                       scope_paths=("/",))
-    # It reads what was set (the price table's six parameters are one entry).
-    names = [name.value for name in MeterParam
-             if name.value in set_params.params or (name is MeterParam.price_table and PRICE_TABLE_PARAMS[0] in set_params.params)]
-    await _insert_commands(session, [candidate], kind=CommandKind.read_params, params={"names": names}, issued_by=issuer,
-                           time_limit_s=set_params.time_limit_s, now=now, batch_id=set_params.batch_id,
-                           follows_id=set_params.id)
 
 
 # --------------------------------------------------------------------------- sweep

@@ -22,8 +22,7 @@ from acquisition.transport import AsyncLink, DeviceErrorReply
 from backend.archives.models import Concentrator, ConnectionKind, MeterModel
 from backend.db import transaction
 from backend.errors import DomainError, ErrorCode
-from backend.remote import service as remote
-from backend.remote.models import CommandKind, CommandState, FailureKind, RemoteCommand
+from backend.remote.models import CommandKind, CommandState, FailureKind
 from tests.acquisition.test_worker import BAUD, _meter, finished, queue, rows, running
 from tests.factories import make_area_tree, unique
 
@@ -183,22 +182,13 @@ async def test_the_worker_reads_params_and_sets_a_settlement_day_with_read_back(
                 (CommandKind.read_params, {"names": ["settlement_day", "reading_day"]}),
                 (CommandKind.set_params, {"settlement_day": 20, **PRICES}),
             ]])
-        # The follow-up read of what was set, queued when the setting succeeded.
-        follow_up = await _follow_up(committed_sessions, setting)
-        (follow_up,) = await finished(committed_sessions, follow_up.id or 0)
 
     assert (read.state, read.reply) == (CommandState.succeeded, {"settlement_day": 1, "reading_day": 1})
+    # The reply is what the meter held when read back, in the same command: nothing follows it.
     assert (setting.state, setting.reply) == (CommandState.succeeded, {"settlement_day": 20, "price_table": PRICE_TABLE})
-    assert (follow_up.state, follow_up.reply) == (CommandState.succeeded,
-                                                  {"settlement_day": 20, "price_table": PRICE_TABLE})
+    assert await rows(committed_sessions, "SELECT id FROM remote_commands WHERE follows_id = :id", id=setting.id) == []
     held = simulator.meter(address)
     assert (held["settlement_day"], held["price_table"]) == (20, {**PRICE_TABLE, "from_day": 1})
-
-
-async def _follow_up(sessions: async_sessionmaker[AsyncSession], setting: RemoteCommand) -> RemoteCommand:
-    (found,) = await rows(sessions, "SELECT id FROM remote_commands WHERE follows_id = :id", id=setting.id)
-    async with sessions() as session:
-        return await remote.command(session, command_id=found.id)
 
 
 async def test_a_bad_parameter_is_refused_before_anything_is_queued(
