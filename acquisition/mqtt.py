@@ -500,29 +500,29 @@ class MqttCoordinator:
         if waiter is not None and not waiter.future.done() and waiter.answers(uplink):
             waiter.future.set_result(uplink)  # the delivery records it (and its reading)
             return
-        if uplink.reading is None:
-            log.info("meter %s: an uplink that answers nothing asked (late?) ignored", meter.meter.address)
-            return
-        from acquisition.worker import SOURCE, reading_of
+        if uplink.reading is not None:
+            from acquisition.worker import SOURCE, reading_of
 
-        async with transaction(worker.sessions) as session:
-            await ingest_readings(session, readings=[reading_of(meter.meter_id, uplink.reading, now)], source=SOURCE,
-                                  now=now, tz=worker.timezone)
-        self.readings += 1
+            async with transaction(worker.sessions) as session:
+                await ingest_readings(session, readings=[reading_of(meter.meter_id, uplink.reading, now)], source=SOURCE,
+                                      now=now, tz=worker.timezone)
+            self.readings += 1
+        else:  # a heartbeat, or an answer that came after its delivery gave up: the device listens all the same
+            log.info("meter %s: an uplink without a reading", meter.meter.address)
         waiting = await self._answer_reads(meter, uplink.reading, now)
         if waiting and meter.meter_id not in self._deliveries:
             self._deliveries[meter.meter_id] = asyncio.create_task(self._deliver(meter, waiting),
                                                                    name=f"deliver {meter.meter.address}")
 
-    async def _answer_reads(self, meter: NbMeter, reading: cjt188.MeterData, now: datetime) -> list[int]:
-        """The meter's waiting read_now commands succeed with the uplink's reading; returns
-        the other waiting commands, to go down now."""
+    async def _answer_reads(self, meter: NbMeter, reading: cjt188.MeterData | None, now: datetime) -> list[int]:
+        """The meter's waiting read_now commands succeed with the uplink's reading (when it
+        carried one); returns the other waiting commands, to go down now."""
         worker = self.worker
         async with transaction(worker.sessions) as session:
             waiting = await remote.pending_deliveries(session, meter_id=meter.meter_id, holder=worker.holder, now=now)
             later = []
             for command in waiting:
-                if command.kind is not CommandKind.read_now:
+                if command.kind is not CommandKind.read_now or reading is None:
                     later.append(command.id or 0)
                     continue
                 try:

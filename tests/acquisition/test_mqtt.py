@@ -21,7 +21,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from acquisition.mqtt import MqttCoordinator, MqttPlan, broker_address, downlink_topic
+from acquisition.links import MeterOnBus
+from acquisition.mqtt import BadUplink, MqttCoordinator, MqttPlan, NbMeter, broker_address, decode_uplink, downlink_topic
+from acquisition.protocols import cjt188
 from acquisition.settings import AcquireSettings
 from acquisition.simulator import SimulatorProcess
 from acquisition.worker import AcquisitionWorker
@@ -195,6 +197,36 @@ def test_broker_urls_and_topics() -> None:
     assert downlink_topic("shuiwu/monitor/east/flow") == "shuiwu/monitor/east/flow/down"
 
 
+def test_uplinks_are_read_as_their_model_says_and_refused_when_unreadable() -> None:
+    meter = MeterOnBus(meter_id=1, address="00000000000042", meter_type=0x10, di_order=cjt188.DiOrder.le)
+    as_frames, as_json = NbMeter(meter, "t/up", PayloadFormat.cjt188), NbMeter(meter, "t/up", PayloadFormat.json)
+    status = cjt188.MeterStatus.of(valve=cjt188.ValveStatus.closed, battery_low=True)
+    frame = cjt188.encode_meter_data_reply(meter.address, total=cjt188.Volume(Decimal("12.34")),
+                                           settlement=cjt188.Volume(Decimal("10.00")), clock=None, status=status,
+                                           di_order=cjt188.DiOrder.le)
+    reading = decode_uplink(as_frames, frame).reading
+    assert reading is not None and (reading.total.in_m3(), reading.status) == (Decimal("12.34"), status)
+
+    document = decode_uplink(as_json, b'{"total_m3": "7.125", "status_bits": 261, "reply_to": 9}')
+    assert document.reading is not None and document.reply_to == 9
+    assert (document.reading.total.in_m3(), document.reading.status.valve, document.reading.status.bits) == (
+        Decimal("7.125"), cjt188.ValveStatus.closed, 261)
+    assert decode_uplink(as_json, b'{"valve": "open"}').reading is None  # a heartbeat
+
+    other = cjt188.encode_meter_data_reply("00000000000043", total=cjt188.Volume(Decimal(1)),
+                                           settlement=cjt188.Volume(Decimal(1)), clock=None, status=status,
+                                           di_order=cjt188.DiOrder.le)
+    for model, payload, message in (
+            (as_frames, frame[:-2] + bytes([frame[-2] ^ 1, 0x16]), "BadChecksum"),
+            (as_frames, other, "address 00000000000043"),
+            (as_json, b"\xff{", "not JSON"),
+            (as_json, b'{"total_m3": "-1"}', "out of range"),
+            (as_json, b'{"total_m3": "1", "valve": "ajar"}', "valve"),
+            (as_json, b'{"total_m3": true}', "not a number")):
+        with pytest.raises(BadUplink, match=message):
+            decode_uplink(model, payload)
+
+
 async def test_uplinks_become_readings(committed_sessions: async_sessionmaker[AsyncSession], field: Field,
                                        frames: SimulatorProcess, jsons: SimulatorProcess) -> None:
     (address, meter_id), (periodic_address, periodic_meter_id) = list(field.frame_meters.items())[:2]
@@ -314,7 +346,7 @@ async def test_two_workers_sharing_the_subscription_ingest_each_uplink_once(
 async def test_a_broker_that_is_down_is_retried_and_the_lease_released_at_the_end(
         committed_sessions: async_sessionmaker[AsyncSession], field: Field) -> None:
     async with running(committed_sessions, holder="test:down", url="mqtt://127.0.0.1:9", connected=False) as worker:
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.3)  # refused at once, retried after 0.1 s, 0.2 s …
         assert not coordinator(worker).connected.is_set()
         assert worker.held_links == [remote.MQTT_LINK]
     async with committed_sessions() as session:
