@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import socket
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -62,7 +64,7 @@ QUIET = 3600
 def simulators() -> Iterator[tuple[SimulatorProcess, SimulatorProcess]]:
     """NB-IoT meters speaking CJ/T 188 frames, and others speaking JSON: two processes,
     started and stopped side by side."""
-    both = (SimulatorProcess(mqtt=BROKER_URL, mqtt_prefix=f"{ROOT}/frames", meters=8, uplink_every=QUIET),
+    both = (SimulatorProcess(mqtt=BROKER_URL, mqtt_prefix=f"{ROOT}/frames", meters=9, uplink_every=QUIET),
             SimulatorProcess(mqtt=BROKER_URL, mqtt_prefix=f"{ROOT}/json", meters=2, uplink_every=QUIET,
                              payload="json", first_address=500))
     with ThreadPoolExecutor(2) as pool:
@@ -352,3 +354,53 @@ async def test_a_broker_that_is_down_is_retried_and_the_lease_released_at_the_en
     async with committed_sessions() as session:
         leases = (await session.execute(text("SELECT holder FROM link_leases WHERE link = 'mqtt'"))).all()
     assert leases == []
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _broker_on(port: int) -> subprocess.Popen[bytes]:
+    broker = subprocess.Popen([MOSQUITTO or "mosquitto", "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 5
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return broker
+        assert time.monotonic() < deadline, "mosquitto did not start"
+        time.sleep(0.02)
+
+
+MOSQUITTO = shutil.which("mosquitto") or (shutil.which("mosquitto", path="/usr/sbin"))
+
+
+@pytest.mark.skipif(MOSQUITTO is None, reason="no mosquitto binary to start a broker of the test's own")
+async def test_the_worker_reconnects_when_its_broker_comes_back(
+        committed_sessions: async_sessionmaker[AsyncSession], field: Field) -> None:
+    """A broker of the test's own, stopped and started again under a subscribed worker."""
+    import paho.mqtt.publish as publish
+
+    address, meter_id = list(field.frame_meters.items())[7]
+    async with committed_sessions() as session:
+        topic = (await session.execute(text("SELECT mqtt_topic FROM meters WHERE id = :id"), {"id": meter_id})).scalar()
+    frame = cjt188.encode_meter_data_reply(address, total=cjt188.Volume(Decimal("321.09")),
+                                           settlement=cjt188.Volume(Decimal("300.00")), clock=None,
+                                           status=cjt188.MeterStatus.of(valve=cjt188.ValveStatus.open))
+    port = _free_port()
+    broker = _broker_on(port)
+    try:
+        async with running(committed_sessions, holder="test:reconnect", url=f"mqtt://127.0.0.1:{port}") as worker:
+            broker.terminate()
+            broker.wait()
+            await until(lambda: not coordinator(worker).connected.is_set())
+            broker = _broker_on(port)
+            await asyncio.wait_for(coordinator(worker).connected.wait(), 5)
+            await asyncio.to_thread(publish.single, topic, frame, qos=1, hostname="127.0.0.1", port=port)
+            [(total, *_)] = await a_reading(committed_sessions, meter_id)
+    finally:
+        broker.terminate()
+        broker.wait()
+
+    assert total == Decimal("321.09")
