@@ -361,15 +361,18 @@ class MqttCoordinator:
                     log.info("%s: subscribed to %s at %s:%s", self.worker.holder, self.plan.subscription,
                              self.broker.host, self.broker.port)
                     await self._serve(client)
-            except aiomqtt.MqttError as error:
+            except Exception as error:  # the broker (MqttError), or a bug: never the end of the link
+                self._client = None
+                self.connected.clear()
+                await self._end_deliveries()
                 if self._stopping.is_set():
                     break
                 delay = backoff.next_delay()
-                log.warning("%s: MQTT broker %s:%s: %s; next try in %.1f s", self.worker.holder, self.broker.host,
-                            self.broker.port, error, delay)
-                await self._end_deliveries()
-                self._client = None
-                self.connected.clear()
+                if isinstance(error, aiomqtt.MqttError):
+                    log.warning("%s: MQTT broker %s:%s: %s; next try in %.1f s", self.worker.holder, self.broker.host,
+                                self.broker.port, error, delay)
+                else:
+                    log.exception("%s: the MQTT link failed; reconnecting in %.1f s", self.worker.holder, delay)
                 await wait_any(self._stopping, seconds=delay)
             finally:
                 self._client = None
