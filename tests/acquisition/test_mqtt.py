@@ -302,16 +302,17 @@ async def test_a_command_past_its_model_time_limit_times_out_and_never_goes_down
     async with running(committed_sessions, holder="test:limit"):
         command_id = await queue(committed_sessions, meter_id, CommandKind.valve_close)
         waiting = await state_becomes(committed_sessions, command_id, CommandState.pending_delivery)
-        await asyncio.sleep(1.05)
         async with transaction(committed_sessions) as session:
-            swept = await remote.sweep_commands(session, now=utcnow())
+            early = await remote.sweep_commands(session, now=waiting.deadline - timedelta(milliseconds=1))
+        async with transaction(committed_sessions) as session:  # the minute sweep, once the second is over
+            swept = await remote.sweep_commands(session, now=waiting.deadline)
         frames.uplink(address)
         await a_reading(committed_sessions, meter_id)
         answered = frames.meter(address)["answered"]
         timed_out = await command_now(committed_sessions, command_id)
 
     assert waiting.time_limit_s == 1 and waiting.deadline - waiting.created_at == timedelta(seconds=1)
-    assert command_id in swept.timed_out
+    assert command_id not in early.timed_out and command_id in swept.timed_out
     assert (timed_out.state, timed_out.failure_kind, timed_out.failure_reason) == (
         CommandState.timed_out, FailureKind.timeout, "超过命令时限")
     assert timed_out.sent_at is None
@@ -335,7 +336,7 @@ async def test_two_workers_sharing_the_subscription_ingest_each_uplink_once(
                 frames.uplink(address)
         published = 3 * len(addresses)
         await until(lambda: sum(each.uplinks for each in coordinators) >= published)
-        await asyncio.sleep(0.3)  # a second delivery of any of them would arrive by now
+        await asyncio.sleep(0.2)  # a second delivery of any of them would arrive by now
     finally:
         await asyncio.gather(*(each.stop() for each in coordinators))
 
