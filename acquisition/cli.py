@@ -38,6 +38,25 @@ class RequestKind(StrEnum):
     valve_open = "valve-open"
     valve_close = "valve-close"
     read_address = "read-address"
+    # The meter's parameters (8102-8104, 8106; A010-A012).
+    read_prices = "read-prices"
+    read_settlement_day = "read-settlement-day"
+    read_reading_day = "read-reading-day"
+    read_key_version = "read-key-version"
+    write_settlement_day = "write-settlement-day"
+    write_reading_day = "write-reading-day"
+    write_prices = "write-prices"
+
+
+_PLAIN_READS = {
+    RequestKind.read_prices: cjt188.DataId.READ_PRICES,
+    RequestKind.read_settlement_day: cjt188.DataId.READ_SETTLEMENT_DAY,
+    RequestKind.read_reading_day: cjt188.DataId.READ_READING_DAY,
+}
+_DAY_WRITES = {
+    RequestKind.write_settlement_day: cjt188.DataId.WRITE_SETTLEMENT_DAY,
+    RequestKind.write_reading_day: cjt188.DataId.WRITE_READING_DAY,
+}
 
 
 def _fail(message: str) -> NoReturn:
@@ -77,29 +96,58 @@ def decode_command(
         typer.echo(f"{name:<{width}}  {shown}")
 
 
+def _numbers(text: str | None, count: int, *, option: str) -> list[int]:
+    """``count`` whole numbers from ``1,2,3`` (the option's value); one line and exit 2 otherwise."""
+    parts = (text or "").split(",")
+    if len(parts) != count or not all(part.strip().isdigit() for part in parts):
+        _fail(f"{option} takes {count} whole numbers separated by commas")
+    return [int(part) for part in parts]
+
+
 @frame_app.command("encode")
 def encode_command(
     kind: Annotated[
-        RequestKind, typer.Argument(metavar="KIND", help="The request: read (901F), valve-open, valve-close or read-address (810A).")
+        RequestKind, typer.Argument(metavar="KIND", help="The request: read (901F), valve-open, valve-close or read-address "
+                                    "(810A); read-prices (8102), read-settlement-day (8103), read-reading-day (8104), "
+                                    "read-key-version (8106); write-settlement-day (A011) and write-reading-day (A012) "
+                                    "with --day; write-prices (A010) with --prices, --steps and --day.")
     ],
     address: Annotated[str, typer.Option("--address", help="The meter's 14-digit address, or AAAAAAAAAAAAAA (broadcast).")],
     di_order: DiOrderOption = DiOrder.be,
     meter_type: Annotated[str, typer.Option("--meter-type", help="Meter type byte in hex (10 cold water, 11 hot water …).")] = "10",
     ser: Annotated[int, typer.Option("--ser", help="Sequence number SER, 0..255.")] = 0,
     preamble: Annotated[int, typer.Option("--preamble", help="Number of FE bytes in front, 0..16.")] = cjt188.DEFAULT_PREAMBLE,
+    day: Annotated[int | None, typer.Option("--day", help="Day of the month (1..31) for write-settlement-day, "
+                                             "write-reading-day, and the day write-prices takes effect.")] = None,
+    prices: Annotated[str | None, typer.Option("--prices", help="write-prices: three prices in fen per m³, e.g. 280,390,840.")] = None,
+    steps: Annotated[str | None, typer.Option("--steps", help="write-prices: the two step volumes in m³, e.g. 180,260.")] = None,
 ) -> None:
     """Print a request frame as spaced upper-case hex (FE FE 68 10 …)."""
     if len(meter_type) != 2 or any(character not in string.hexdigits for character in meter_type):
         _fail(f"meter type {meter_type!r} is not one byte in hex (two digits, e.g. 10)")
-    type_byte = int(meter_type, 16)
+    options: cjt188.DataFrameOptions = {"meter_type": int(meter_type, 16), "ser": ser, "di_order": di_order,
+                                        "preamble": preamble}
+    if (kind in _DAY_WRITES or kind is RequestKind.write_prices) and day is None:
+        _fail(f"{kind.value} needs --day")
     try:
         if kind is RequestKind.read:
-            raw = cjt188.encode_read(address, meter_type=type_byte, ser=ser, di_order=di_order, preamble=preamble)
+            raw = cjt188.encode_read(address, **options)
         elif kind is RequestKind.read_address:
-            raw = cjt188.encode_read_address(address, meter_type=type_byte, ser=ser, di_order=di_order, preamble=preamble)
+            raw = cjt188.encode_read_address(address, **options)
+        elif kind in _PLAIN_READS:
+            raw = cjt188.encode_read(address, di=_PLAIN_READS[kind], **options)
+        elif kind is RequestKind.read_key_version:
+            raw = cjt188.encode_read_key_version(address, **options)
+        elif kind in _DAY_WRITES:
+            raw = cjt188.encode_write_day(address, di=_DAY_WRITES[kind], day=day or 0, **options)
+        elif kind is RequestKind.write_prices:
+            fen = _numbers(prices, 3, option="--prices")
+            m3 = _numbers(steps, 2, option="--steps")
+            table = cjt188.PriceTable((fen[0], fen[1], fen[2]), (m3[0], m3[1]))
+            raw = cjt188.encode_write_prices(address, table=table, start_day=day or 0, **options)
         else:
             command = ValveCommand.OPEN if kind is RequestKind.valve_open else ValveCommand.CLOSE
-            raw = cjt188.encode_valve(address, command=command, meter_type=type_byte, ser=ser, di_order=di_order, preamble=preamble)
+            raw = cjt188.encode_valve(address, command=command, **options)
     except ValueError as error:
         _fail(str(error))
     typer.echo(raw.hex(" ").upper())

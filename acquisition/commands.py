@@ -14,8 +14,18 @@ records the :class:`Outcome`.
 - ``write_purchase``: ``A013`` with the purchase count (mod 256, the wire's one byte) and
   the amount; the meter takes only its next count, so a retry never adds twice, and the
   reply's count says whether it holds this purchase.
-- the rest (parameters, a concentrator's own commands) are not in CJ/T 188's standard
-  identifiers: failed as not supported, without retry.
+- ``read_params``: the parameters named in ``names`` (none: settlement day, reading day
+  and price table): ``8103``, ``8104``, ``8102``, the key version (``8106``, control 09)
+  and a prepaid meter's purchase data (``8105``); the reply holds each one's value.
+- ``set_params``: each parameter group given is written (``A011`` settlement day,
+  ``A012`` reading day, ``A010`` price table) and read back at once by its read
+  identifier; the command fails, without retry, when the meter refuses the write or
+  holds something else afterwards (the reason says what was written and what is held).
+- the rest (a concentrator's own commands) are not CJ/T 188 meter commands: failed as
+  not supported, without retry.
+
+Each request goes out with the meter model's wire settings (``MeterOnBus``): DI byte
+order, ``FE`` preamble, volume places, and its response timeout when it has one.
 
 Failures keep the transport's kinds (timeout, bad frame, device error, link down); the
 first, second and last are worth another claim while attempts remain.
@@ -30,7 +40,8 @@ from typing import Any, Protocol
 
 from acquisition.links import MeterOnBus
 from acquisition.protocols import cjt188
-from acquisition.transport import BadReply, FailureKind, LinkFailure
+from acquisition.transport import BadReply, DeviceErrorReply, FailureKind, LinkFailure
+from backend.remote.catalog import DEFAULT_READ, METER_PARAM_TITLES, MeterParam
 from backend.remote.models import CommandKind
 
 # Below this much time left there is no point in asking a meter anything.
@@ -91,17 +102,19 @@ class _Bus:
                  retries: int) -> None:
         self.link = link
         self.meter = meter
-        self.timeout = max(_MIN_RESPONSE_TIMEOUT, min(response_timeout, seconds_left))
+        # The model's own response timeout where it has one, the worker's otherwise.
+        model_timeout = meter.response_timeout if meter.response_timeout is not None else response_timeout
+        self.timeout = max(_MIN_RESPONSE_TIMEOUT, min(model_timeout, seconds_left))
         self.retries = retries
 
     def _frame_options(self) -> dict[str, Any]:
-        return {"meter_type": self.meter.meter_type, "di_order": self.meter.di_order}
+        return {"meter_type": self.meter.meter_type, "di_order": self.meter.di_order, "preamble": self.meter.preamble}
 
     async def ask(self, request: bytes, *, retries: int | None = None) -> cjt188.Frame:
         raw = await self.link.exchange(request, timeout=self.timeout,
                                        retries=self.retries if retries is None else retries)
         try:
-            return cjt188.decode(raw, di_order=self.meter.di_order)
+            return cjt188.decode(raw, di_order=self.meter.di_order, volume_decimals=self.meter.volume_decimals)
         except cjt188.FrameError as error:
             raise BadReply(f"{type(error).__name__}: {error}") from error
 
@@ -154,6 +167,10 @@ async def carry_out(link: Exchange, order: CommandOrder, meter: MeterOnBus, *, r
                 return await _backfill(bus, int(order.params.get("months", 1)))
             case CommandKind.write_purchase:
                 return await _purchase(bus, order)
+            case CommandKind.read_params:
+                return await _read_params(bus, order)
+            case CommandKind.set_params:
+                return await _set_params(bus, order)
     except LinkFailure as failure:
         return _failed(failure)
     return _refused(f"CJ/T 188 水表不支持此命令 / not a CJ/T 188 meter command: {order.kind.value}")
@@ -206,3 +223,113 @@ async def _purchase(bus: _Bus, order: CommandOrder) -> Outcome:
                        failure_reason=f"水表购水次数为 {answer.purchase_count}, 未接受第 {count} 次 / "
                                       f"the meter holds purchase {answer.purchase_count}, not {count}")
     return Outcome(True, reply=reply)
+
+
+# ---------------------------------------------------------------------------- parameters
+
+# The price table's parameters of set_params, in the order of PriceTable's fields.
+_PRICE_PARAMS = ("price_1_fen", "price_2_fen", "price_3_fen")
+_STEP_PARAMS = ("step_1_m3", "step_2_m3")
+
+
+class _ParamRefused(Exception):
+    """The meter answered a parameter's request with an error reply (it does not keep it, or refuses it)."""
+
+    def __init__(self, reason: str, status: int) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+async def _read_param(bus: _Bus, name: MeterParam) -> Any:
+    """One parameter as JSON: an int (days, key version) or a dict (price table, purchase)."""
+    options = bus._frame_options()
+    address = bus.meter.address
+    try:
+        match name:
+            case MeterParam.settlement_day | MeterParam.reading_day:
+                di = (cjt188.DataId.READ_SETTLEMENT_DAY if name is MeterParam.settlement_day
+                      else cjt188.DataId.READ_READING_DAY)
+                answer = await bus.ask(cjt188.encode_read(address, di=di, **options))
+                if isinstance(answer, cjt188.DayData) and answer.di == di:
+                    return answer.day
+            case MeterParam.price_table:
+                answer = await bus.ask(cjt188.encode_read(address, di=cjt188.DataId.READ_PRICES, **options))
+                if isinstance(answer, cjt188.PriceTableData):
+                    return {"prices_fen": list(answer.table.prices_fen), "steps_m3": list(answer.table.steps_m3)}
+            case MeterParam.key_version:
+                answer = await bus.ask(cjt188.encode_read_key_version(address, **options))
+                if isinstance(answer, cjt188.KeyVersionData):
+                    return answer.key_version
+            case MeterParam.purchase:
+                answer = await bus.ask(cjt188.encode_read(address, di=cjt188.DataId.READ_PURCHASE, **options))
+                if isinstance(answer, cjt188.PurchaseData):
+                    return {"purchase_count": answer.purchase_count, "amount_fen": answer.amount_fen,
+                            "total_bought_fen": answer.total_bought_fen, "balance_fen": answer.balance_fen}
+    except DeviceErrorReply as refused:
+        raise _ParamRefused(f"水表不支持读取{METER_PARAM_TITLES[name]} / the meter does not give {name.value} "
+                            f"(error status {refused.status:04X})", refused.status) from refused
+    raise BadReply(f"{name.value} answered with {type(answer).__name__}")
+
+
+async def _read_params(bus: _Bus, order: CommandOrder) -> Outcome:
+    names = [MeterParam(name) for name in order.params.get("names") or DEFAULT_READ]
+    values: dict[str, Any] = {}
+    for name in names:
+        try:
+            values[name.value] = await _read_param(bus, name)
+        except _ParamRefused as refused:
+            return Outcome(False, reply=values, failure_kind=FailureKind.device_error, failure_reason=str(refused))
+    return Outcome(True, reply=values)
+
+
+def _writes(bus: _Bus, params: Mapping[str, Any]) -> list[tuple[MeterParam, Any, bytes]]:
+    """(parameter, the value it should read back as, the write request) for each group given."""
+    options = bus._frame_options()
+    address = bus.meter.address
+    writes: list[tuple[MeterParam, Any, bytes]] = []
+    for name, di in ((MeterParam.settlement_day, cjt188.DataId.WRITE_SETTLEMENT_DAY),
+                     (MeterParam.reading_day, cjt188.DataId.WRITE_READING_DAY)):
+        if name.value in params:
+            day = int(params[name.value])
+            writes.append((name, day, cjt188.encode_write_day(address, di=di, day=day, **options)))
+    if _PRICE_PARAMS[0] in params:
+        prices = tuple(int(params[key]) for key in _PRICE_PARAMS)
+        steps = tuple(int(params[key]) for key in _STEP_PARAMS)
+        table = cjt188.PriceTable((prices[0], prices[1], prices[2]), (steps[0], steps[1]))
+        request = cjt188.encode_write_prices(address, table=table, start_day=int(params["prices_from_day"]), **options)
+        writes.append((MeterParam.price_table, {"prices_fen": list(prices), "steps_m3": list(steps)}, request))
+    return writes
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return "/".join(str(part) for part in value["prices_fen"]) + " 分 @ " + "/".join(
+            str(part) for part in value["steps_m3"]) + " m³"
+    return str(value)
+
+
+async def _set_params(bus: _Bus, order: CommandOrder) -> Outcome:
+    """Write each group, then read it back; stop at the first refusal or difference."""
+    written: dict[str, Any] = {}
+    for name, wanted, request in _writes(bus, order.params):
+        title = METER_PARAM_TITLES[name]
+        try:
+            answer = await bus.ask(request)
+        except DeviceErrorReply as refused:
+            return Outcome(False, reply={"written": written}, failure_kind=FailureKind.device_error,
+                           failure_reason=f"水表拒绝写{title} / the meter refused {name.value} "
+                                          f"(error status {refused.status:04X})")
+        if not isinstance(answer, cjt188.WriteReply):
+            raise BadReply(f"the {name.value} write answered with {type(answer).__name__}")
+        try:
+            held = await _read_param(bus, name)
+        except _ParamRefused as refused:
+            return Outcome(False, reply={"written": written}, failure_kind=FailureKind.device_error,
+                           failure_reason=f"{title}写入后无法回读 / {refused}")
+        if held != wanted:
+            return Outcome(False, reply={"written": written, "read_back": {name.value: held}},
+                           failure_kind=FailureKind.device_error,
+                           failure_reason=f"回读不符: {title}写入 {_shown(wanted)}, 水表为 {_shown(held)} / read-back "
+                                          f"differs: {name.value} written {_shown(wanted)}, the meter holds {_shown(held)}")
+        written[name.value] = held
+    return Outcome(True, reply=written)

@@ -45,12 +45,17 @@ class LinkPlan:
 
 @dataclass(frozen=True, slots=True)
 class MeterOnBus:
-    """What a request to a meter needs: its address, type byte and DI byte order."""
+    """What a request to a meter needs: its address and type byte, and its model's wire
+    settings: DI byte order, ``FE`` preamble, volume places on the wire and response
+    timeout in seconds (``None``: the worker's ``response_timeout_s``)."""
 
     meter_id: int
     address: str
     meter_type: int
     di_order: cjt188.DiOrder
+    preamble: int = cjt188.DEFAULT_PREAMBLE
+    volume_decimals: int = cjt188.DEFAULT_VOLUME_DECIMALS
+    response_timeout: float | None = None
 
 
 def port_url(concentrator: Concentrator) -> str | None:
@@ -103,18 +108,22 @@ async def links_held_by_others(session: AsyncSession, *, links: Sequence[str], h
 
 
 async def meter_on_bus(session: AsyncSession, meter_id: int) -> MeterOnBus | None:
-    """The meter's address, type byte and DI order (the standard order for a meter
-    without a model); None for a meter gone from the archives."""
+    """The meter's address, type byte and its model's wire settings (the standard's for
+    a meter without a model); None for a meter gone from the archives."""
     row = (await session.execute(
-        select(col(Meter.address), col(Meter.meter_type), col(MeterModel.di_byte_order))
+        select(col(Meter.address), col(Meter.meter_type), col(MeterModel.di_byte_order), col(MeterModel.preamble_len),
+               col(MeterModel.wire_decimals), col(MeterModel.response_timeout_ms))
         .outerjoin(MeterModel, col(MeterModel.id) == col(Meter.model_id))
         .where(col(Meter.id) == meter_id))).first()
     if row is None:
         return None
-    address, meter_type, di_byte_order = row
+    address, meter_type, di_byte_order, preamble_len, wire_decimals, response_timeout_ms = row
     return MeterOnBus(
         meter_id=meter_id,
         address=str(address).zfill(14),
         meter_type=_METER_TYPE_BYTES.get(MeterType(meter_type), cjt188.DEFAULT_METER_TYPE),
         di_order=cjt188.di_order_for(DiByteOrder(di_byte_order or DiByteOrder.standard).value),
+        preamble=cjt188.DEFAULT_PREAMBLE if preamble_len is None else int(preamble_len),
+        volume_decimals=cjt188.DEFAULT_VOLUME_DECIMALS if wire_decimals is None else int(wire_decimals),
+        response_timeout=None if response_timeout_ms is None else response_timeout_ms / 1000,
     )

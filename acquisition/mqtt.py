@@ -52,7 +52,7 @@ import json
 import logging
 import ssl
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
@@ -201,7 +201,7 @@ def decode_uplink(meter: NbMeter, payload: bytes) -> Uplink:
         reading = json_reading(meter.meter, document) if "total_m3" in document else None
         return Uplink(payload, reading, document=document)
     try:
-        frame = cjt188.decode(payload, di_order=meter.meter.di_order)
+        frame = cjt188.decode(payload, di_order=meter.meter.di_order, volume_decimals=meter.meter.volume_decimals)
     except cjt188.FrameError as error:
         raise BadUplink(f"{type(error).__name__}: {error}") from None
     if frame.address != meter.meter.address:
@@ -560,8 +560,10 @@ class MqttCoordinator:
                 elif meter.payload_format is PayloadFormat.json:
                     outcome = await self._carry_out_json(meter, order, now_local=now_local)
                 else:
-                    outcome = await carry_out(_Downlink(self, meter), order, meter.meter, response_timeout=reply_timeout,
-                                              retries=0, now_local=now_local)
+                    # The model's bus response timeout is not the device's over the network:
+                    # it has the reply timeout (or what is left of its time limit).
+                    outcome = await carry_out(_Downlink(self, meter), order, replace(meter.meter, response_timeout=None),
+                                              response_timeout=reply_timeout, retries=0, now_local=now_local)
                 await worker.record(command, meter.meter, outcome)
                 self.commands_carried_out += 1
         except asyncio.CancelledError:

@@ -6,8 +6,9 @@ adapter looks like to the worker) or a TCP port that acts as a transparent DTU
 daily profile (more in the morning and the evening) while its valve is open, a valve that
 obeys open/close, a battery flag, a clock and a purchase counter. A meter answers read
 (``901F``, the history identifiers, and ``8105`` on a prepaid meter), valve control
-(``A017``), read address, clock write (``A015``) and, on a prepaid meter, purchase write
-(``A013``), only when addressed — and read address also at the
+(``A017``), read address, clock write (``A015``), its parameters (price table ``8102`` /
+``A010``, settlement day ``8103`` / ``A011``, reading day ``8104`` / ``A012``, key version
+``8106``) and, on a prepaid meter, purchase write (``A013``), only when addressed — and read address also at the
 broadcast address (several meters answering it at once collide, as on a real bus).
 
 **Pacing.** A pty moves bytes at once; a bus does not. The simulator charges the request's
@@ -83,6 +84,8 @@ _HOURLY_DRAW = (
 # Share of a day's water drawn in each hour.
 HOURLY_WEIGHTS: tuple[float, ...] = tuple(draw / sum(_HOURLY_DRAW) for draw in _HOURLY_DRAW)
 _HOUR = timedelta(hours=1)
+# A meter's price table until one is written: one price all the way (the steps out of reach).
+_FLAT_PRICE = cjt188.PriceTable((500, 500, 500), (999_998, 999_999))
 
 
 def volume_between(start: datetime, end: datetime, *, daily_m3: float) -> float:
@@ -131,6 +134,15 @@ class SimulatedMeter:
     last_purchase_fen: int = 0
     purchased_fen: int = 0
     closed_for_balance: bool = False
+    # CJ/T 188 parameters (8102-8104 / A010-A012, 8106): read and written as a meter
+    # keeps them. ``keeps_params`` False acknowledges writes but keeps the old values (a
+    # meter whose memory failed: what the worker's read-back is for).
+    settlement_day: int = 1
+    reading_day: int = 1
+    price_table: cjt188.PriceTable = _FLAT_PRICE
+    prices_from_day: int = 1
+    key_version: int = 1
+    keeps_params: bool = True
     answered: int = 0
     uplinks: int = 0  # NB-IoT: current data published unasked
     faults: dict[Fault, int] = field(default_factory=dict)
@@ -197,6 +209,27 @@ class SimulatedMeter:
                     total_bought_fen=self.purchased_fen, balance_fen=max(0, math.floor(self.balance_fen)),
                     status=self.status(), di_order=di_order, **common,
                 )
+            case cjt188.ReadRequest(di=cjt188.DataId.READ_PRICES, control=cjt188.Control.READ_DATA):
+                return cjt188.encode_prices_reply(self.address, table=self.price_table, di_order=di_order, **common)
+            case cjt188.ReadRequest(di=di, control=cjt188.Control.READ_DATA) if di in cjt188.DAY_READS:
+                day = self.settlement_day if di == cjt188.DataId.READ_SETTLEMENT_DAY else self.reading_day
+                return cjt188.encode_day_reply(self.address, di=di, day=day, di_order=di_order, **common)
+            case cjt188.ReadRequest(di=cjt188.DataId.READ_KEY_VERSION, control=cjt188.Control.READ_KEY_VERSION):
+                return cjt188.encode_key_version_reply(self.address, key_version=self.key_version, di_order=di_order,
+                                                       **common)
+            case cjt188.DayRequest(di=di, day=day) if day <= 28:
+                # The meter refuses 29-31 (months without them), as the catalog does.
+                if self.keeps_params:
+                    if di == cjt188.DataId.WRITE_SETTLEMENT_DAY:
+                        self.settlement_day = day
+                    else:
+                        self.reading_day = day
+                return cjt188.encode_write_reply(self.address, di=di or 0, status=None, di_order=di_order, **common)
+            case cjt188.PriceTableRequest(table=table, start_day=start_day):
+                if self.keeps_params:
+                    self.price_table, self.prices_from_day = table, start_day
+                return cjt188.encode_write_reply(self.address, di=cjt188.DataId.WRITE_PRICES, status=self.status(),
+                                                 di_order=di_order, **common)
             case cjt188.ReadAddressRequest():
                 return cjt188.encode_address_reply(self.address, di_order=di_order, **common)
             case cjt188.ValveRequest(command=command) if self.has_valve:
@@ -282,6 +315,12 @@ class SimulatedMeter:
             "balance_fen": math.floor(self.balance_fen),
             "purchase_count": self.purchase_count,
             "purchased_fen": self.purchased_fen,
+            "settlement_day": self.settlement_day,
+            "reading_day": self.reading_day,
+            "price_table": {"prices_fen": list(self.price_table.prices_fen), "steps_m3": list(self.price_table.steps_m3),
+                            "from_day": self.prices_from_day},
+            "key_version": self.key_version,
+            "keeps_params": self.keeps_params,
             "answered": self.answered,
             "uplinks": self.uplinks,
             "faults": {fault.value: count for fault, count in self.faults.items() if count},
@@ -799,9 +838,13 @@ class MeterSimulator:
     def set_meter(self, address: str, **values: Any) -> None:
         meter = self.meter(address)
         meter.advance(self.clock.now())  # what flowed so far flowed under the old state
-        for name in ("valve_open", "has_valve", "battery_low", "daily_m3", "total_m3", "prepaid", "balance_fen"):
+        for name in ("valve_open", "has_valve", "battery_low", "daily_m3", "total_m3", "prepaid", "balance_fen",
+                     "settlement_day", "reading_day", "key_version", "keeps_params"):
             if name in values:
                 setattr(meter, name, values.pop(name))
+        if "price_table" in values:
+            table = values.pop("price_table")
+            meter.price_table = cjt188.PriceTable(tuple(table["prices_fen"]), tuple(table["steps_m3"]))
         if values:
             raise KeyError(f"cannot set {', '.join(values)}")
 

@@ -43,9 +43,13 @@ With ``--reference`` "ours" is the bound itself: the bench then proves the data,
 bound and the comparison (the ratio is the machine's noise). Where ours spends its time
 (``run_billing``'s steps, wrapped by ``bench/_timing.py``) is printed after the medians.
 
-    .venv/bin/python bench/billing.py [--households 200000] [--runs 3] [--reference]
+    .venv/bin/python bench/billing.py [--households 200000] [--runs 3] [--reference] [--keep DIR]
 
-Self-contained: embedded PostgreSQL in a temp dir.
+Self-contained: embedded PostgreSQL in a temp dir. ``--keep DIR`` keeps the embedded
+database in ``DIR`` instead and, when ``DIR`` already holds a base of the same
+``--households`` (its ``households`` file), reuses it (migrated to head) rather than
+loading it again: the 200k setup (~20 min) can be made once, on a busy machine, and the
+timed runs made later on an idle one.
 """
 
 from __future__ import annotations
@@ -214,7 +218,9 @@ async def ingest_month(sessions: Any, count: int, month: int | None) -> tuple[in
 async def load(url: str, count: int) -> None:
     started = time.perf_counter()
     company = await create_households(url, count)
-    engine = create_engine(url, pool_size=1, max_overflow=0)
+    # Two connections: ours reads the next chunk's usage on a second one (bills.py's
+    # _UsageReadAhead); the bound uses one.
+    engine = create_engine(url, pool_size=2, max_overflow=0)
     sessions = session_factory(engine)
     try:
         async with sessions() as session, session.begin():
@@ -455,7 +461,9 @@ async def bound_run(session: AsyncSession, period: date) -> int:
 async def _timed_transaction(url: str, work: Callable[[AsyncSession], Awaitable[int]]) -> tuple[float, int]:
     """Time ``work(session)`` in one committed transaction on ``url``; returns the seconds
     and what ``work`` counted."""
-    engine = create_engine(url, pool_size=1, max_overflow=0)
+    # Two connections: ours reads the next chunk's usage on a second one (bills.py's
+    # _UsageReadAhead); the bound uses one.
+    engine = create_engine(url, pool_size=2, max_overflow=0)
     sessions = session_factory(engine)
     try:
         async with sessions() as session:  # connect before the clock starts
@@ -610,26 +618,42 @@ def copy_database(server: str, base: str, name: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--households", type=int, default=200_000)
-    parser.add_argument("--runs", type=int, default=3, help="ours/bound pairs, alternating, on fresh copies")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="ours/bound pairs, alternating, on fresh copies (0: build the base only, with --keep)")
     parser.add_argument("--reference", action="store_true",
                         help="run the bound on both sides (proves the data, the bound and the comparison)")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="keep the embedded database in DIR and reuse a base of the same size found there")
     args = parser.parse_args()
     run_billing = None if args.reference else ours_function()
     ours_name = "run_billing" if run_billing is not None else "bound as ours (reference)"
-    workdir = Path(tempfile.mkdtemp(prefix="shuiwu-bench-billing-"))
+    workdir = args.keep or Path(tempfile.mkdtemp(prefix="shuiwu-bench-billing-"))
+    marker = workdir / "households"
     try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        reuse = args.keep is not None and marker.exists() and marker.read_text().strip() == str(args.households)
         server = start_embedded(workdir / "pgdata")
         try:
-            run_admin(server, 'CREATE DATABASE "bill_base"')
             base = with_database(server, "bill_base")
-            migrate(base)
             started = time.perf_counter()
-            asyncio.run(load(base, args.households))
+            if reuse:
+                migrate(base)
+                print(f"reusing the base of {args.households:,} households kept in {workdir}", flush=True)
+            else:
+                marker.unlink(missing_ok=True)
+                run_admin(server, 'DROP DATABASE IF EXISTS "bill_base" WITH (FORCE)', 'CREATE DATABASE "bill_base"')
+                migrate(base)
+                asyncio.run(load(base, args.households))
+                if args.keep is not None:
+                    marker.write_text(f"{args.households}\n")
             facts = asyncio.run(base_facts(base))
             print(f"data: {facts['accounts']:,} postpaid accounts, {facts['readings']:,} readings, "
                   f"{facts['bills']:,} earlier bills (bills with a line in tier 1/2/3: "
                   f"{', '.join(f'{n:,}' for n in facts['tiers'].values())}); setup {time.perf_counter() - started:.1f} s; "
                   f"billing {PERIOD:%Y-%m}", flush=True)
+            if args.runs == 0:
+                print("--runs 0: the base is built; no runs, no headline")
+                return
             marks = (facts["last_entry"], facts["last_run"])
             ours_times: list[float] = []
             bound_times: list[float] = []
@@ -667,7 +691,8 @@ def main() -> None:
         size = f"{args.households // 1000}k" if args.households % 1000 == 0 else f"{args.households:,}"
         print(f"headline: billing run {size} ours/bound ratio={ratio:.2f} goal=<={GOAL:.2f}")
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.keep is None:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

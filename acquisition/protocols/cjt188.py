@@ -5,19 +5,24 @@ Public API (kept stable; the simulator and the transport build on it):
 - Wire: ``frame_length(header)`` (where a frame ends, from its length byte),
   ``find_frame(buffer, echo=None) -> (frame | None, consumed)`` (skips preamble, noise
   and the echo of our own request), ``checksum(bytes)``.
-- Requests: ``encode_read`` (``901F`` by default; ``di=DataId.READ_PURCHASE`` for
-  ``8105``), ``encode_read_history``, ``encode_valve``, ``encode_write_clock``,
-  ``encode_write_purchase``, ``encode_read_address``.
+- Requests: ``encode_read`` (``901F`` by default; ``di=`` ``8102`` price table, ``8103``
+  settlement day, ``8104`` reading day, ``8105`` purchase data), ``encode_read_history``,
+  ``encode_read_key_version`` (control 09, ``8106``), ``encode_valve``,
+  ``encode_write_clock``, ``encode_write_purchase``, ``encode_write_prices`` (``A010``),
+  ``encode_write_day`` (``A011`` / ``A012``), ``encode_write_address`` (control 15,
+  ``A018``), ``encode_factory_start`` (``A019``), ``encode_read_address``.
 - Replies (what a meter sends; the simulator uses them): ``encode_meter_data_reply``,
-  ``encode_history_reply``, ``encode_purchase_data_reply``, ``encode_write_reply``,
+  ``encode_history_reply``, ``encode_purchase_data_reply``, ``encode_prices_reply``,
+  ``encode_day_reply``, ``encode_key_version_reply``, ``encode_write_reply``,
   ``encode_purchase_reply``, ``encode_address_reply``, ``encode_error_reply``; all built
   on ``encode_frame``.
 - ``decode(frame, di_order=…) -> Frame`` and its inverse ``encode(frame, di_order=…)``:
   one frozen dataclass per kind of frame (``MeterData``, ``HistoryData``,
-  ``PurchaseData``, ``WriteReply``, ``PurchaseReply``, ``AddressReply``, ``ErrorReply``,
-  ``ReadRequest``, ``ValveRequest``, ``ClockRequest``, ``PurchaseRequest``,
-  ``ReadAddressRequest``, ``OtherData``); ``to_json(frame)`` is the dict
-  ``shuiwu frame decode --json`` prints.
+  ``PurchaseData``, ``PriceTableData``, ``DayData``, ``KeyVersionData``, ``WriteReply``,
+  ``PurchaseReply``, ``AddressReply``, ``ErrorReply``, ``ReadRequest``, ``ValveRequest``,
+  ``ClockRequest``, ``PurchaseRequest``, ``PriceTableRequest``, ``DayRequest``,
+  ``AddressWriteRequest``, ``FactoryStartRequest``, ``ReadAddressRequest``,
+  ``OtherData``); ``to_json(frame)`` is the dict ``shuiwu frame decode --json`` prints.
 - Per meter model: ``DiOrder`` (``be`` = ``90 1F`` on the wire, ``le`` = ``1F 90``;
   ``di_order_for(DiByteOrder)`` maps the archives' setting), the preamble length
   (``preamble=``, default 2) and the register's decimals (``volume_decimals=``, default 2).
@@ -29,7 +34,7 @@ Public API (kept stable; the simulator and the transport build on it):
 The frame: ``[FE…] 68 T A0..A6 C L DI0 DI1 SER data… CS 16``. The address is 14 BCD
 digits, low byte first (A5 A6 are the maker's code). C: bit 7 set in a meter's reply,
 bit 6 set in an error reply (whose data is ``SER ST0 ST1``), bits 0-5 the function (01
-read data, 04 write data, 03 read address). CS is the byte sum, mod 256, from the ``68``
+read data, 04 write data, 03 read address, 09 read key version, 15 write address). CS is the byte sum, mod 256, from the ``68``
 through the last data byte. Multi-byte values go low byte first; the data identifier is
 the exception vendors disagree on, hence ``DiOrder``.
 """
@@ -72,6 +77,12 @@ class Control(IntEnum):
     WRITE_DATA = 0x04
     WRITE_DATA_REPLY = 0x84
     WRITE_DATA_ERROR = 0xC4
+    READ_KEY_VERSION = 0x09
+    READ_KEY_VERSION_REPLY = 0x89
+    READ_KEY_VERSION_ERROR = 0xC9
+    WRITE_ADDRESS = 0x15
+    WRITE_ADDRESS_REPLY = 0x95
+    WRITE_ADDRESS_ERROR = 0xD5
 
 
 REPLY_BIT = 0x80
@@ -85,11 +96,27 @@ class DataId(IntEnum):
     METER_DATA = 0x901F  # 计量数据: totals, clock, status
     HISTORY_1 = 0xD120  # 历史计量数据: last month's settlement-day total … D12B: 12 months ago
     HISTORY_12 = 0xD12B
+    READ_PRICES = 0x8102  # 读价格表: three prices and the two step volumes between them
+    READ_SETTLEMENT_DAY = 0x8103  # 读结算日 (DD)
+    READ_READING_DAY = 0x8104  # 读抄表日 (DD)
     READ_PURCHASE = 0x8105  # 读购入金额: purchase count, amounts bought, balance left
+    READ_KEY_VERSION = 0x8106  # 读密钥版本号 (control 09)
     READ_ADDRESS = 0x810A  # 读地址 (control 03)
+    WRITE_PRICES = 0xA010  # 写价格表: the table of 8102 and the day it takes effect
+    WRITE_SETTLEMENT_DAY = 0xA011  # 写结算日
+    WRITE_READING_DAY = 0xA012  # 写抄表日
     WRITE_PURCHASE = 0xA013  # 写购入金额: purchase count + amount, for meters keeping their balance
     WRITE_CLOCK = 0xA015  # 写标准时间
     VALVE_CONTROL = 0xA017  # 写阀门控制: 55 open, 99 close
+    WRITE_ADDRESS = 0xA018  # 写地址 (control 15): the new address; makers stop taking it after A019
+    FACTORY_START = 0xA019  # 出厂启用: no data; ends the maker's set-up (写地址 …)
+
+
+# The day parameters: what 8103 / 8104 read and A011 / A012 write.
+DAY_READS = (DataId.READ_SETTLEMENT_DAY, DataId.READ_READING_DAY)
+DAY_WRITES = (DataId.WRITE_SETTLEMENT_DAY, DataId.WRITE_READING_DAY)
+# A write whose acknowledgement is DI SER (ST0 ST1 when the maker adds them).
+PLAIN_WRITES = (DataId.VALVE_CONTROL, DataId.WRITE_CLOCK, DataId.WRITE_PRICES, *DAY_WRITES, DataId.FACTORY_START)
 
 
 class ValveCommand(IntEnum):
@@ -348,6 +375,63 @@ class AddressReply(Frame):
     """A reply to 读地址: the meter's address is the frame's address."""
 
 
+@dataclass(frozen=True)
+class PriceTable:
+    """价格表 (8102 / A010): three prices in fen per m³ (the wire's BCD yuan ``XXXX.XX``
+    is the fen) and the whole m³ where the second and the third price start (用量1, 用量2)."""
+
+    prices_fen: tuple[int, int, int]
+    steps_m3: tuple[int, int]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PriceTableData(Frame):
+    """A meter's ``8102`` reply: its price table."""
+
+    table: PriceTable
+
+
+@dataclass(frozen=True, kw_only=True)
+class PriceTableRequest(Frame):
+    """写价格表 ``A010``: the table and the day of the month it takes effect (启用日期)."""
+
+    table: PriceTable
+    start_day: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class DayData(Frame):
+    """A meter's ``8103`` (结算日) or ``8104`` (抄表日) reply: a day of the month; ``di`` says which."""
+
+    day: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class DayRequest(Frame):
+    """写结算日 ``A011`` or 写抄表日 ``A012``: a day of the month; ``di`` says which."""
+
+    day: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyVersionData(Frame):
+    """A meter's reply to 读密钥版本号 (``89``, ``8106``): the version of the key it holds."""
+
+    key_version: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class AddressWriteRequest(Frame):
+    """写地址 (control ``15``, ``A018``) to the meter's present address: its new one."""
+
+    new_address: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class FactoryStartRequest(Frame):
+    """出厂启用 ``A019``: no data; the meter leaves its set-up mode."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class ErrorReply(Frame):
     """Control with bit 6 set (C1, C3, C4 …): the request failed; ST says why."""
@@ -420,6 +504,34 @@ def _clock(raw: bytes) -> datetime | None:
 
 def _clock_bytes(clock: datetime) -> bytes:
     return bytes.fromhex(clock.strftime("%Y%m%d%H%M%S"))[::-1]
+
+
+def _day(raw: int, *, what: str) -> int:
+    """A day of the month as one BCD byte (01 … 31)."""
+    day = int(_bcd_digits(bytes((raw,)), what=what))
+    if not 1 <= day <= 31:
+        raise BadData(f"{what} {raw:02X} is not a day of the month (01-31)")
+    return day
+
+
+def _day_byte(day: int, *, what: str) -> bytes:
+    if not 1 <= day <= 31:
+        raise ValueError(f"{what} {day} is not a day of the month (1-31)")
+    return _to_bcd(day, 1, what=what)
+
+
+def _price_table(raw: bytes) -> PriceTable:
+    # 价格1 用量1 价格2 用量2 价格3, three BCD bytes each, low byte first.
+    fields = [int(_bcd_digits(raw[start : start + 3], what="price table")) for start in range(0, 15, 3)]
+    return PriceTable((fields[0], fields[2], fields[4]), (fields[1], fields[3]))
+
+
+def _price_table_bytes(table: PriceTable) -> bytes:
+    if len(table.prices_fen) != 3 or len(table.steps_m3) != 2:
+        raise ValueError("a price table has three prices and two step volumes")
+    price_1, price_2, price_3 = (_to_bcd(price, 3, what="price (fen)") for price in table.prices_fen)
+    step_1, step_2 = (_to_bcd(step, 3, what="step volume (m³)") for step in table.steps_m3)
+    return price_1 + step_1 + price_2 + step_2 + price_3
 
 
 # ---------------------------------------------------------------------------- wire
@@ -601,6 +713,35 @@ def encode_read_address(address: str = BROADCAST_ADDRESS, **options: Unpack[Data
     return _data_frame(address, control=Control.READ_ADDRESS, di=DataId.READ_ADDRESS, **options)
 
 
+def encode_read_key_version(address: str, **options: Unpack[DataFrameOptions]) -> bytes:
+    """读密钥版本号 (control 09, ``8106``)."""
+    return _data_frame(address, control=Control.READ_KEY_VERSION, di=DataId.READ_KEY_VERSION, **options)
+
+
+def encode_write_prices(address: str, *, table: PriceTable, start_day: int, **options: Unpack[DataFrameOptions]) -> bytes:
+    """写价格表 ``A010``: the table (as ``8102`` gives it) and the day it takes effect (启用日期, DD)."""
+    body = _price_table_bytes(table) + _day_byte(start_day, what="start day")
+    return _data_frame(address, control=Control.WRITE_DATA, di=DataId.WRITE_PRICES, body=body, **options)
+
+
+def encode_write_day(address: str, *, di: int, day: int, **options: Unpack[DataFrameOptions]) -> bytes:
+    """写结算日 ``A011`` or 写抄表日 ``A012`` (``di``): one BCD day of the month."""
+    if di not in DAY_WRITES:
+        raise ValueError(f"{di:04X} is not a day write (A011, A012)")
+    return _data_frame(address, control=Control.WRITE_DATA, di=di, body=_day_byte(day, what="day"), **options)
+
+
+def encode_write_address(address: str, *, new_address: str, **options: Unpack[DataFrameOptions]) -> bytes:
+    """写地址 (control 15, ``A018``): sent to the present address, carries the new one."""
+    return _data_frame(address, control=Control.WRITE_ADDRESS, di=DataId.WRITE_ADDRESS,
+                       body=address_bytes(new_address), **options)
+
+
+def encode_factory_start(address: str, **options: Unpack[DataFrameOptions]) -> bytes:
+    """出厂启用 ``A019`` (no data)."""
+    return _data_frame(address, control=Control.WRITE_DATA, di=DataId.FACTORY_START, **options)
+
+
 # ---------------------------------------------------------------------------- replies
 # What a meter sends (the simulator's side); options as for requests.
 
@@ -659,8 +800,30 @@ def encode_purchase_data_reply(
 
 
 def encode_write_reply(address: str, *, di: int, status: MeterStatus | None, **options: Unpack[DataFrameOptions]) -> bytes:
-    """A meter's acknowledgement of a write: ``DI SER ST0 ST1`` (valve control), or ``DI SER``."""
-    return _data_frame(address, control=Control.WRITE_DATA_REPLY, di=di, body=_status_bytes(status), **options)
+    """A meter's acknowledgement of a write: ``DI SER ST0 ST1`` (valve control), or ``DI SER``
+    (control 95 for 写地址 ``A018``, 84 for the rest)."""
+    control = Control.WRITE_ADDRESS_REPLY if di == DataId.WRITE_ADDRESS else Control.WRITE_DATA_REPLY
+    return _data_frame(address, control=control, di=di, body=_status_bytes(status), **options)
+
+
+def encode_prices_reply(address: str, *, table: PriceTable, **options: Unpack[DataFrameOptions]) -> bytes:
+    """A meter's ``8102`` reply (L = 12H): its price table."""
+    return _data_frame(address, control=Control.READ_DATA_REPLY, di=DataId.READ_PRICES,
+                       body=_price_table_bytes(table), **options)
+
+
+def encode_day_reply(address: str, *, di: int, day: int, **options: Unpack[DataFrameOptions]) -> bytes:
+    """A meter's ``8103`` (结算日) or ``8104`` (抄表日) reply (L = 04H)."""
+    if di not in DAY_READS:
+        raise ValueError(f"{di:04X} is not a day read (8103, 8104)")
+    return _data_frame(address, control=Control.READ_DATA_REPLY, di=di, body=_day_byte(day, what="day"), **options)
+
+
+def encode_key_version_reply(address: str, *, key_version: int, **options: Unpack[DataFrameOptions]) -> bytes:
+    """A meter's reply to 读密钥版本号 (control 89, ``8106``, L = 04H)."""
+    body = bytes((_byte(key_version, what="key version"),))
+    return _data_frame(address, control=Control.READ_KEY_VERSION_REPLY, di=DataId.READ_KEY_VERSION, body=body,
+                       **options)
 
 
 def encode_purchase_reply(
@@ -723,6 +886,18 @@ def encode(
             )
         case HistoryData():
             control, body = frame.control, _volume_bytes(frame.settlement, decimals=volume_decimals)
+        case PriceTableData():
+            control, body = frame.control, _price_table_bytes(frame.table)
+        case PriceTableRequest():
+            control, body = frame.control, _price_table_bytes(frame.table) + _day_byte(frame.start_day, what="start day")
+        case DayData() | DayRequest():
+            control, body = frame.control, _day_byte(frame.day, what="day")
+        case KeyVersionData():
+            control, body = frame.control, bytes((frame.key_version,))
+        case AddressWriteRequest():
+            control, body = frame.control, address_bytes(frame.new_address)
+        case FactoryStartRequest():
+            control, body = frame.control, b""
         case ValveRequest():
             control, body = frame.control, bytes((frame.command,))
         case ClockRequest():
@@ -814,9 +989,24 @@ def decode(
     if function == Control.READ_ADDRESS:
         _need(body, (0,), what="a read-address frame")
         return AddressReply(**common) if is_reply else ReadAddressRequest(**common)
-    if function == Control.READ_DATA and not is_reply:
+    if function in (Control.READ_DATA, Control.READ_KEY_VERSION) and not is_reply:
         _need(body, (0,), what="a read request")
         return ReadRequest(**common)
+    if function == Control.READ_KEY_VERSION and di == DataId.READ_KEY_VERSION:
+        _need(body, (1,), what="8106 key version")
+        return KeyVersionData(**common, key_version=body[0])
+    if function == Control.WRITE_ADDRESS and di == DataId.WRITE_ADDRESS:
+        if is_reply:
+            _need(body, (0, 2), what="a write-address reply")
+            return WriteReply(**common, status=_status(body))
+        _need(body, (7,), what="a write-address request")
+        return AddressWriteRequest(**common, new_address=parse_address(body))
+    if function == Control.READ_DATA and di == DataId.READ_PRICES:
+        _need(body, (15,), what="8102 price table")
+        return PriceTableData(**common, table=_price_table(body))
+    if function == Control.READ_DATA and di in DAY_READS:
+        _need(body, (1,), what=f"{di:04X} day")
+        return DayData(**common, day=_day(body[0], what="day"))
     if function == Control.READ_DATA and di == DataId.METER_DATA and frame[1] < 0x20:
         # Water meters (type 1xH); heat meters' 901F is a longer record this codec leaves raw.
         _need(body, (19,), what="901F of a water meter")
@@ -858,11 +1048,20 @@ def decode(
             _need(body, (5,), what="a purchase write")
             amount_fen = int(_bcd_digits(body[1:5], what="amount"))
             return PurchaseRequest(**common, purchase_count=body[0], amount_fen=amount_fen)
+        if di == DataId.WRITE_PRICES:
+            _need(body, (16,), what="a price table write")
+            return PriceTableRequest(**common, table=_price_table(body[:15]), start_day=_day(body[15], what="start day"))
+        if di in DAY_WRITES:
+            _need(body, (1,), what=f"{di:04X} day write")
+            return DayRequest(**common, day=_day(body[0], what="day"))
+        if di == DataId.FACTORY_START:
+            _need(body, (0,), what="a factory start")
+            return FactoryStartRequest(**common)
     if function == Control.WRITE_DATA and is_reply:
         if di == DataId.WRITE_PURCHASE:
             _need(body, (1, 3), what="a purchase reply")
             return PurchaseReply(**common, purchase_count=body[0], status=_status(body[1:]))
-        if di in (DataId.VALVE_CONTROL, DataId.WRITE_CLOCK):
+        if di in PLAIN_WRITES:
             _need(body, (0, 2), what="a write reply")
             return WriteReply(**common, status=_status(body))
     return OtherData(**common, body=bytes(body))
@@ -886,6 +1085,19 @@ def _volume_fields(name: str, volume: Volume) -> dict[str, Any]:
     if in_m3 is not None:
         return {f"{name}_m3": _decimal_text(in_m3)}
     return {name: _decimal_text(volume.value), f"{name}_unit": f"{volume.unit:02X}"}
+
+
+# The JSON name of a day identifier's value.
+DAY_NAMES: dict[int, str] = {
+    DataId.READ_SETTLEMENT_DAY: "settlement_day",
+    DataId.WRITE_SETTLEMENT_DAY: "settlement_day",
+    DataId.READ_READING_DAY: "reading_day",
+    DataId.WRITE_READING_DAY: "reading_day",
+}
+
+
+def _price_fields(table: PriceTable) -> dict[str, Any]:
+    return {"prices_fen": list(table.prices_fen), "steps_m3": list(table.steps_m3)}
 
 
 def to_json(frame: Frame) -> dict[str, Any]:
@@ -927,6 +1139,17 @@ def to_json(frame: Frame) -> dict[str, Any]:
         case PurchaseReply():
             out["purchase_count"] = frame.purchase_count
             out |= _status_fields(frame.status)
+        case PriceTableData():
+            out |= _price_fields(frame.table)
+        case PriceTableRequest():
+            out |= _price_fields(frame.table)
+            out["start_day"] = frame.start_day
+        case DayData() | DayRequest():
+            out[DAY_NAMES[frame.di or 0]] = frame.day
+        case KeyVersionData():
+            out["key_version"] = frame.key_version
+        case AddressWriteRequest():
+            out["new_address"] = frame.new_address
         case WriteReply():
             out |= _status_fields(frame.status)
         case ErrorReply():

@@ -251,6 +251,9 @@ class MeterModel(SQLModel, table=True):
         CheckConstraint("register_digits BETWEEN 1 AND 12 AND register_decimals BETWEEN 0 AND 4", name="register_range"),
         CheckConstraint("multiplier > 0", name="multiplier_positive"),
         CheckConstraint("uplink_wait_s BETWEEN 1 AND 604800", name="uplink_wait_range"),
+        CheckConstraint("preamble_len BETWEEN 0 AND 16", name="preamble_len_range"),
+        CheckConstraint("wire_decimals BETWEEN 0 AND 4", name="wire_decimals_range"),
+        CheckConstraint("response_timeout_ms BETWEEN 50 AND 60000", name="response_timeout_range"),
     )
 
     id: int | None = Field(default=None, sa_column=_id())
@@ -275,6 +278,13 @@ class MeterModel(SQLModel, table=True):
         sa_column=enum_column(PayloadFormat, nullable=False, server_default=PayloadFormat.cjt188.value),
     )
     uplink_wait_s: int = Field(default=86400, sa_column=Column(Integer, nullable=False, server_default="86400"))
+    # Wire settings (CJ/T 188): the FE bytes that wake the meter before each request, the
+    # places of the volumes in its frames (the standard's XXXXXX.XX: 2; not the register's
+    # display, register_decimals), and how long it may take to answer (None: the worker's
+    # response_timeout_s).
+    preamble_len: int = Field(default=2, sa_column=Column(Integer, nullable=False, server_default="2"))
+    wire_decimals: int = Field(default=2, sa_column=Column(Integer, nullable=False, server_default="2"))
+    response_timeout_ms: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
     created_at: datetime | None = Field(default=None, sa_column=_created())
 
 

@@ -125,11 +125,20 @@ from its own opening), prices with per-(tariff, persons, first day, months)
 pricers (:func:`backend.billing.service.period_line_pricer`: each version's rules parsed
 once, each distinct (volume, prior) and each full lower tier priced once), posts the
 entries through the ledger, and writes bills and lines by COPY into temporary tables
-(numbers as text) and one ``INSERT … SELECT`` each. The next chunk's usage is read while
-this chunk is priced: its statement goes out on the run's connection just before the
-pricing loop (which holds the process's CPU, not the database's), and the chunk waits
-for it before its first write; a prefetched window is used only when the locked
-account still has it (household and opening), anything else is read then.
+(numbers as text) and one ``INSERT … SELECT`` each. The next chunk's usage is read
+while this chunk is drafted and written, on a second connection of the session's engine
+(:class:`_UsageReadAhead`) that imports the run transaction's snapshot
+(``pg_export_snapshot`` / ``SET TRANSACTION SNAPSHOT``): it sees the readings the run
+sees, and the database works on it beside the run's writes. It cannot see the run
+transaction's own uncommitted writes, so it is used only when that transaction had
+written nothing when the run began (the run itself writes no readings or meter
+assignments, which is all usage reads), the session is bound to an engine and the
+engine's pool has a connection to spare. Otherwise (a session on one connection, as in
+tests, or a caller that wrote first) the next chunk's statement goes out on the run's own
+connection just before the pricing loop (which holds the process's CPU, not the
+database's), and the chunk waits for it before its first write. Either way a window
+read ahead is used only when the locked account still has it (household and opening),
+anything else is read then.
 ``run_billing`` writes in the caller's
 transaction; given ``commit``, it commits after each chunk (the CLI and the job do, for
 a city), and a re-run completes an interrupted run (the live-bill unique index and the
@@ -196,6 +205,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -205,7 +215,7 @@ from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlmodel import col
 
 from backend.billing import review
@@ -232,7 +242,7 @@ from backend.billing.models import EntryKind, Tariff, TariffCycle
 from backend.billing.scope import area_path_in_scope, patterns_param
 from backend.billing.service import QuoteLine, period_line_pricer, tariff_versions
 from backend.billing.settlement import cycle_of, midnight
-from backend.db import copy_into, raw_connection
+from backend.db import copy_into, for_work, raw_connection
 from backend.errors import DomainError, ErrorCode, NotFound
 from backend.events.service import emit_event
 from backend.readings.partitions import as_zone
@@ -548,6 +558,91 @@ async def _usage_of(driver: Any, windows: Sequence[_Window]) -> dict[_Window, De
     return dict(zip(windows, await household_usage_on(driver, windows), strict=True))
 
 
+_WROTE_NOTHING = "SELECT pg_current_xact_id_if_assigned() IS NULL"
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+(-[0-9]+)?")
+
+
+class _UsageReadAhead:
+    """A connection of its own, beside the run's, on which the next chunk's usage is read
+    while the chunk in hand is drafted and written (module docstring). Each read is a
+    read-only transaction on the run transaction's snapshot, exported by the run just
+    before; the run waits for the import (:meth:`imported`) before it commits, since an
+    exported snapshot lives only as long as its transaction."""
+
+    def __init__(self, pooled: Any) -> None:
+        self._pooled = pooled
+        self._imported: asyncio.Future[None] | None = None
+        self._reading: asyncio.Task[dict[_Window, Decimal]] | None = None
+
+    @staticmethod
+    async def would_see(session: AsyncSession) -> bool:
+        """Whether a reader on the snapshot of ``session``'s transaction would see what
+        the run sees: the session is bound to an engine (not one connection) and its
+        transaction has written nothing yet. Asked before the run writes."""
+        return isinstance(session.bind, AsyncEngine) and bool(
+            await (await raw_connection(session)).fetchval(_WROTE_NOTHING))
+
+    @classmethod
+    async def open(cls, session: AsyncSession) -> _UsageReadAhead | None:
+        """A read-ahead for the run in ``session``'s transaction (:meth:`would_see` said
+        yes), or None when the engine's pool has no connection to spare."""
+        assert isinstance(session.bind, AsyncEngine)
+        await raw_connection(session)  # the run's own connection first (a commit gave it back)
+        engine = for_work(session.bind)
+        pool: Any = engine.sync_engine.pool
+        if not hasattr(pool, "checkedout") or pool.checkedout() >= pool.size():
+            return None
+        return cls(await engine.raw_connection())
+
+    async def start(self, session: AsyncSession, windows: Sequence[_Window]) -> asyncio.Task[dict[_Window, Decimal]]:
+        """Begin reading ``windows``' usage on the run transaction's current snapshot."""
+        assert self._reading is None or self._reading.done(), "one read at a time"
+        snapshot = await (await raw_connection(session)).fetchval("SELECT pg_export_snapshot()")
+        if not _SNAPSHOT_ID.fullmatch(snapshot):
+            raise ValueError(f"unexpected snapshot id {snapshot!r}")
+        self._imported = asyncio.get_running_loop().create_future()
+        self._reading = asyncio.ensure_future(self._read(snapshot, windows, self._imported))
+        return self._reading
+
+    async def _read(self, snapshot: str, windows: Sequence[_Window],
+                    imported: asyncio.Future[None]) -> dict[_Window, Decimal]:
+        driver = self._pooled.driver_connection
+        try:
+            await driver.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
+                                 f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+        except BaseException as failure:
+            imported.set_exception(failure)
+            raise
+        imported.set_result(None)
+        try:
+            return await _usage_of(driver, windows)
+        finally:
+            await driver.execute("ROLLBACK")
+
+    async def imported(self) -> None:
+        """Wait until the read in flight holds its snapshot (before the run commits);
+        a read that failed to begin raises its failure here."""
+        if self._imported is not None:
+            await asyncio.shield(self._imported)
+
+    async def close(self) -> None:
+        """Drop a read still in flight (a failed run) and give the connection back; one
+        whose read did not end cleanly is discarded, not pooled."""
+        clean = True
+        if self._reading is not None and not self._reading.done():
+            self._reading.cancel()
+        if self._reading is not None:
+            with contextlib.suppress(BaseException):
+                await self._reading
+            clean = not self._reading.cancelled() and self._reading.exception() is None
+        if self._imported is not None and not self._imported.done():
+            self._imported.cancel()
+        if clean:
+            self._pooled.close()
+        else:
+            self._pooled.invalidate()
+
+
 async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period: date, end: datetime, now: datetime,
                   zone: tzinfo, replacing: Sequence[int] = (), empty_span: bool = False,
                   usage: Mapping[_Window, Decimal] | None = None,
@@ -584,12 +679,16 @@ async def _drafts(session: AsyncSession, accounts: Sequence[_Account], *, period
     earlier = {row["account_id"]: row for row in await driver.fetch(
         _EARLIER, [a.id for a, _ in priced], [c for _, c in priced], list(replacing))}
     billable: list[tuple[_Account, datetime, date, date]] = []  # account, span start, first priced day, cycle start
+    days: dict[datetime, date] = {}  # most spans start at one instant (the last period's end)
     for account, cycle_start in priced:
         span_start = max(earlier[account.id]["last_end_at"] or account.opened_at, account.opened_at)
         if span_start > end or (span_start == end and not empty_span):
             done.covered.append(account.id)
             continue
-        first_day = max(_day(span_start, zone), versions[account.tariff_code][0].valid_from)
+        start_day = days.get(span_start)
+        if start_day is None:
+            start_day = days[span_start] = _day(span_start, zone)
+        first_day = max(start_day, versions[account.tariff_code][0].valid_from)
         if first_day > last_day:
             done.skipped.append(account.id)
             continue
@@ -944,17 +1043,19 @@ async def run_billing(
     if review.period_bounds(period, zone, months=run_months)[1] > now:
         raise BillingPeriodNotEnded(field="period")
 
+    # Asked before the run writes anything (its run row, the review's rows).
+    reader_sees_run = await _UsageReadAhead.would_see(session)
     groups: dict[int, list[int]] = {1: [], 2: []}
     skipped = 0
     considered = 0
     window_from: dict[int, tuple[int, datetime]] = {}  # account → household, opening: its usage window's
+    ended = {cycle: review.period_bounds(period, zone, months=cycle)[1] <= now for cycle in (1, 2)}
     for row in await _candidates(session, area_path=area_path, scope_patterns=scope_patterns, account_ids=account_ids):
         if months is not None and row["months"] != months:
             continue
         considered += 1
         window_from[row["id"]] = (row["household_id"], row["opened_at"])
-        if not is_start_month(period, row["months"], row["first_month"]) or \
-                review.period_bounds(period, zone, months=row["months"])[1] > now:
+        if not is_start_month(period, row["months"], row["first_month"]) or not ended[row["months"]]:
             skipped += 1
         else:
             groups[row["months"]].append(row["id"])
@@ -981,7 +1082,9 @@ async def run_billing(
             "already_billed": already, "skipped": skipped, "amount_fen": amount, "status": status.value,
             "finished_at": now if status is not BillingRunStatus.running else None, "error": error})
 
+    reader: _UsageReadAhead | None = None
     try:
+        reader = await _UsageReadAhead.open(session) if reader_sees_run else None
         # Review per cycle length (a group's own period bounds), then one list of the
         # accounts to bill in global id order: a chunk locks its accounts in id order
         # whatever their cycle, as every other writer does, so a run over monthly and
@@ -1004,6 +1107,7 @@ async def run_billing(
             return [(*window_from[i], ends[cycle_months[i]]) for i in ids]
 
         read_ahead: dict[_Window, Decimal] = {}
+        in_flight: asyncio.Task[dict[_Window, Decimal]] | None = None
         for offset in range(0, len(to_bill), CHUNK):
             chunk = to_bill[offset:offset + CHUNK]
             accounts = await _lock(session, chunk)
@@ -1011,21 +1115,28 @@ async def run_billing(
             live = await _live_of_period(session, period, [a.id for a in accounts])
             already += len(live)
             skipped += len(chunk) - len(accounts)  # closed or changed mode meanwhile
+            following = windows_of(to_bill[offset + CHUNK:offset + 2 * CHUNK])
+            if reader is not None:
+                # This chunk's usage (read during the last one), then the next chunk's
+                # read starts beside this one's drafts and writes.
+                read_ahead = await in_flight if in_flight is not None else {}
+                in_flight = await reader.start(session, following) if following else None
             drafts: list[_Draft] = []
-            in_flight: asyncio.Task[dict[_Window, Decimal]] | None = None
+            prefetched: asyncio.Task[dict[_Window, Decimal]] | None = None
             last_group = max((m for m, _ in ends.items() if any(cycle_months[a.id] == m for a in accounts)), default=0)
             for group_months, end in ends.items():
                 drafted = await _drafts(session, [a for a in accounts if a.id not in live
                                                   and cycle_months[a.id] == group_months],
                                         period=period, end=end, now=now, zone=zone, usage=read_ahead,
-                                        # The next chunk's usage is read while the last group prices.
-                                        prefetch=windows_of(to_bill[offset + CHUNK:offset + 2 * CHUNK])
-                                        if group_months == last_group else ())
-                in_flight = drafted.prefetched or in_flight
+                                        # Without a reader the next chunk's usage is read on
+                                        # this connection while the last group prices.
+                                        prefetch=following if reader is None and group_months == last_group else ())
+                prefetched = drafted.prefetched or prefetched
                 drafts.extend(drafted.drafts)
                 skipped += len(drafted.skipped)
                 already += len(drafted.covered)  # a later or overlapping bill covers the span
-            read_ahead = await in_flight if in_flight is not None else {}
+            if reader is None:
+                read_ahead = await prefetched if prefetched is not None else {}
             drafts.sort(key=lambda draft: draft.account.id)
             issued = await _write(session, drafts, period=period, kind=BillKind.regular, run_id=run_id, by=by,
                                   now=now, zone=zone, credit_of=[d.account.id for d in drafts
@@ -1036,17 +1147,25 @@ async def run_billing(
             await _emit(session, issued, period)
             if commit is not None:
                 await record(BillingRunStatus.running)
+                if reader is not None:
+                    await reader.imported()  # the snapshot it reads outlives this transaction
                 await commit()
             if progress is not None:
                 progress(min(offset + CHUNK, len(to_bill)), len(to_bill))
         await record(BillingRunStatus.finished)
     except Exception as failure:
+        if reader is not None:
+            await reader.close()
+            reader = None
         if commit is None:
             raise
         await session.rollback()
         await record(BillingRunStatus.failed, f"{type(failure).__name__}: {failure}"[:1000])
         await commit()
         raise
+    finally:
+        if reader is not None:
+            await reader.close()
     return BillingRunResult(run_id=run_id, period=period, bill_ids=tuple(bill_ids), account_ids=tuple(billed_accounts),
                             held=tuple(held), accounts=considered, issued=len(bill_ids), already_billed=already,
                             skipped=skipped, amount_fen=amount)

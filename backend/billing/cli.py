@@ -147,7 +147,8 @@ def bill_run(
     url = host.migrated_database()
 
     async def run() -> bills.BillingRunResult:
-        engine = create_engine(url, pool_size=1, max_overflow=0, limits=StatementLimits.for_bulk(settings))
+        # Two connections: the run reads the next chunk's usage on the second (bills.py).
+        engine = create_engine(url, pool_size=2, max_overflow=0, limits=StatementLimits.for_bulk(settings))
         try:
             async with session_factory(engine)() as session:
                 first = review.parse_period(period)

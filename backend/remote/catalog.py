@@ -31,7 +31,32 @@ class ParamType(StrEnum):
     integer = "integer"
     decimal = "decimal"
     choice = "choice"
+    # Any number of the choices (a list of their values; none given: the command's default).
+    choices = "choices"
     date = "date"
+
+
+class MeterParam(StrEnum):
+    """What 读取参数 can read from a CJ/T 188 meter (``names`` of read_params)."""
+
+    settlement_day = "settlement_day"  # 结算日, 8103
+    reading_day = "reading_day"  # 抄表日, 8104
+    price_table = "price_table"  # 价格表, 8102
+    key_version = "key_version"  # 密钥版本号, 8106
+    purchase = "purchase"  # 购入金额, 8105 (meters keeping their own balance)
+
+
+METER_PARAM_TITLES = {
+    MeterParam.settlement_day: "结算日",
+    MeterParam.reading_day: "抄表日",
+    MeterParam.price_table: "价格表",
+    MeterParam.key_version: "密钥版本号",
+    MeterParam.purchase: "购入金额",
+}
+# What a read_params without names reads: the parameters 设置参数 can write.
+DEFAULT_READ = (MeterParam.settlement_day, MeterParam.reading_day, MeterParam.price_table)
+# The price table (A010) is written whole: these six set_params parameters come together.
+PRICE_TABLE_PARAMS = ("price_1_fen", "step_1_m3", "price_2_fen", "step_2_m3", "price_3_fen", "prices_from_day")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +91,10 @@ class CommandSpec:
     needs_valve: bool = False
     # set_params: at least one of its (optional) parameters.
     at_least_one: bool = False
+    # Parameters given all together or not at all (the price table is one write).
+    together: tuple[tuple[str, ...], ...] = ()
+    # (lower, higher): when both are given, lower < higher (a price table's steps).
+    ascending: tuple[tuple[str, str], ...] = ()
 
 
 READ = "remote:read"
@@ -79,6 +108,10 @@ def _int(name: str, title: str, unit: str, low: int, high: int, *, required: boo
 
 
 _DAY = "日"
+_PRICE = "分/m³"
+_M3 = "m³"
+# Six BCD digits: what a price (fen) or a step volume (m³) of A010 holds.
+_MAX_BCD6 = 999_999
 METER_COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec(CommandKind.read_now, "实时抄表", READ),
     CommandSpec(CommandKind.backfill, "补抄历史数据", READ, (
@@ -86,12 +119,22 @@ METER_COMMANDS: tuple[CommandSpec, ...] = (
     )),
     CommandSpec(CommandKind.valve_open, "开阀", CONTROL, needs_valve=True),
     CommandSpec(CommandKind.valve_close, "关阀", CONTROL, needs_valve=True),
-    CommandSpec(CommandKind.read_params, "读取参数", PARAMS),
+    CommandSpec(CommandKind.read_params, "读取参数", PARAMS, (
+        Param("names", "读取项", ParamType.choices, "",
+              "结算日 / 抄表日 / 价格表 / 密钥版本号 / 购入金额 (表端预付费); 不选: 结算日、抄表日、价格表",
+              choices=tuple(Choice(name.value, title) for name, title in METER_PARAM_TITLES.items()), required=False),
+    )),
+    # CJ/T 188's parameters (A011, A012, A010), each read back by the same command.
     CommandSpec(CommandKind.set_params, "设置参数", PARAMS, (
         _int("settlement_day", "结算日", _DAY, 1, 28, required=False),
         _int("reading_day", "抄表日", _DAY, 1, 28, required=False),
-        _int("report_interval_h", "上报间隔", "小时", 1, 168, required=False),
-    ), at_least_one=True),
+        _int("price_1_fen", "一阶水价", _PRICE, 0, _MAX_BCD6, required=False),
+        _int("step_1_m3", "一阶用量上限", _M3, 1, _MAX_BCD6, required=False),
+        _int("price_2_fen", "二阶水价", _PRICE, 0, _MAX_BCD6, required=False),
+        _int("step_2_m3", "二阶用量上限", _M3, 1, _MAX_BCD6, required=False),
+        _int("price_3_fen", "三阶水价", _PRICE, 0, _MAX_BCD6, required=False),
+        _int("prices_from_day", "价格启用日", _DAY, 1, 28, required=False),
+    ), at_least_one=True, together=(PRICE_TABLE_PARAMS,), ascending=(("step_1_m3", "step_2_m3"),)),
     CommandSpec(CommandKind.sync_clock, "校时", PARAMS),
     CommandSpec(CommandKind.write_purchase, "写购水 (表端预付费)", PURCHASE, (
         _int("purchase_count", "购水次数", "次", 1, 65535),
@@ -151,7 +194,17 @@ def _number(param: Param, value: Any) -> Decimal:
     return number
 
 
+def _checked_choices(param: Param, value: Any) -> list[str]:
+    allowed = [choice.value for choice in param.choices]
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) and item in allowed for item in value):
+        raise ParamsInvalid(f"{param.title}须从 {'、'.join(c.title for c in param.choices)} 中选择",
+                            f"{param.name} must be a list of {allowed}", name=param.name)
+    return [item for item in allowed if item in value]  # each once, in the catalog's order
+
+
 def _checked(param: Param, value: Any) -> Any:
+    if param.type is ParamType.choices:
+        return _checked_choices(param, value)
     if param.type is ParamType.integer:
         return int(_number(param, value))
     if param.type is ParamType.decimal:
@@ -181,11 +234,21 @@ def checked_params(spec: CommandSpec, params: Mapping[str, Any] | None) -> dict[
     checked: dict[str, Any] = {}
     for param in spec.params:
         value = given.get(param.name)
-        if value is None or value == "":
+        if value is None or value == "" or value == []:
             if param.required:
                 raise ParamsInvalid(f"请填写{param.title}", f"{param.name} is required", name=param.name)
             continue
         checked[param.name] = _checked(param, value)
     if spec.at_least_one and not checked:
         raise ParamsInvalid("请至少设置一项参数", "Set at least one parameter")
+    for group in spec.together:
+        missing = [name for name in group if name not in checked]
+        if len(missing) < len(group) and missing:
+            titles = "、".join(known[name].title for name in group)
+            raise ParamsInvalid(f"{titles}须一起设置, 缺{known[missing[0]].title}",
+                                f"{', '.join(group)} go together: {missing[0]} is missing", name=missing[0])
+    for lower, higher in spec.ascending:
+        if lower in checked and higher in checked and not Decimal(checked[lower]) < Decimal(checked[higher]):
+            raise ParamsInvalid(f"{known[higher].title}须大于{known[lower].title}",
+                                f"{higher} must be above {lower}", name=higher)
     return checked

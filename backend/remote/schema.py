@@ -308,11 +308,35 @@ class RemoteSelectionInput:
     meter_ids: list[strawberry.ID] = strawberry.field(default_factory=list, description="At most 5000.")
 
 
-@strawberry.input(description="设置参数: the parameters to write (at least one).")
+MeterParamEnum = strawberry.enum(catalog.MeterParam, name="MeterParam",
+                                 description="What 读取参数 reads: 结算日, 抄表日, 价格表, 密钥版本号, 购入金额.")
+
+
+@strawberry.input(description="价格表 (CJ/T 188 A010): three prices and the steps between them, written whole.")
+class MeterPriceTableInput:
+    price1_fen: int = strawberry.field(description="一阶水价 (分/m³), 0-999999")
+    step1_m3: int = strawberry.field(description="一阶用量上限 (m³), 1-999999")
+    price2_fen: int = strawberry.field(description="二阶水价 (分/m³), 0-999999")
+    step2_m3: int = strawberry.field(description="二阶用量上限 (m³), above step1M3")
+    price3_fen: int = strawberry.field(description="三阶水价 (分/m³), 0-999999")
+    from_day: int = strawberry.field(description="价格启用日 (day of the month), 1-28")
+
+
+@strawberry.input(description="设置参数: the parameters to write (at least one); each is read back by the "
+                  "same command, which fails when the meter does not hold what was written.")
 class MeterParamsInput:
     settlement_day: int | None = strawberry.field(default=None, description="结算日, 1-28")
     reading_day: int | None = strawberry.field(default=None, description="抄表日, 1-28")
-    report_interval_h: int | None = strawberry.field(default=None, description="上报间隔 (小时), 1-168")
+    price_table: MeterPriceTableInput | None = strawberry.field(default=None, description="价格表")
+
+    def as_params(self) -> dict[str, Any]:
+        """The catalog's flat parameters (``backend.remote.catalog``), those given."""
+        given: dict[str, Any] = {"settlement_day": self.settlement_day, "reading_day": self.reading_day}
+        if self.price_table is not None:
+            table = self.price_table
+            given |= {"price_1_fen": table.price1_fen, "step_1_m3": table.step1_m3, "price_2_fen": table.price2_fen,
+                      "step_2_m3": table.step2_m3, "price_3_fen": table.price3_fen, "prices_from_day": table.from_day}
+        return {name: value for name, value in given.items() if value is not None}
 
 
 @strawberry.type(name="SkippedMeter", description="A meter of a 范围模式 selection the command does not apply to.")
@@ -474,22 +498,25 @@ class Mutation:
         return await _send(info, action="closeValves", title="关阀", kind=CommandKind.valve_close, selection=selection,
                            execution_password=execution_password, time_limit_s=time_limit_s)
 
-    @strawberry.mutation(permission_classes=[Requires("remote:params")], description="读取参数.")
+    @strawberry.mutation(permission_classes=[Requires("remote:params")], description="读取参数: the parameters "
+                         "named (none: 结算日, 抄表日, 价格表); the command's reply holds what each meter said.")
     async def read_params(self, info: Info, selection: RemoteSelectionInput, execution_password: ExecutionPasswordArgument,
+                          names: list[MeterParamEnum] | None = None,  # type: ignore[valid-type]
                           time_limit_s: TimeLimitArgument = None) -> RemoteBatchPayload:
+        wanted = [catalog.MeterParam(name).value for name in names or []]
         return await _send(info, action="readParams", title="读取参数", kind=CommandKind.read_params, selection=selection,
-                           execution_password=execution_password, time_limit_s=time_limit_s)
+                           execution_password=execution_password, time_limit_s=time_limit_s,
+                           params={"names": wanted} if wanted else {})
 
-    @strawberry.mutation(permission_classes=[Requires("remote:params")], description="设置参数; each success is "
-                         "read back by a read_params following it (followsId).")
+    @strawberry.mutation(permission_classes=[Requires("remote:params")], description="设置参数: written and read "
+                         "back by the same command (it fails when the meter holds something else); each success is "
+                         "read again by a read_params following it (followsId).")
     async def set_params(self, info: Info, selection: RemoteSelectionInput, params: MeterParamsInput,
                          execution_password: ExecutionPasswordArgument,
                          time_limit_s: TimeLimitArgument = None) -> RemoteBatchPayload:
-        given = {"settlement_day": params.settlement_day, "reading_day": params.reading_day,
-                 "report_interval_h": params.report_interval_h}
         return await _send(info, action="setParams", title="设置参数", kind=CommandKind.set_params, selection=selection,
                            execution_password=execution_password, time_limit_s=time_limit_s,
-                           params={k: v for k, v in given.items() if v is not None})
+                           params=params.as_params())
 
     @strawberry.mutation(permission_classes=[Requires("remote:params")], description="校时: set the meters' clocks "
                          "to the station's.")

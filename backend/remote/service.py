@@ -25,7 +25,8 @@ not finished back in the queue (attempts left permitting), as does the sweep.
 NB-IoT commands go queued → pending_delivery (claimed by the broker's holder) → sent
 (:func:`mark_sent`, at the device's uplink) → …. :func:`finish_command` records the
 result (a failure may go back to the queue while attempts remain); a succeeded
-set_params queues its read-back (a read_params following it, same batch).
+set_params (already read back by the worker in the same claim) queues a read_params of
+what it set, following it in the same batch, so the desk sees the meter's values as a row.
 :func:`sweep_commands` times out whatever passed its deadline (created at + its time
 limit). A patrol run's counts follow its commands' ends (``backend.remote.patrols``).
 
@@ -52,7 +53,7 @@ from backend.auth.scope import in_scope, path_in_scope, require_area_paths
 from backend.errors import DomainError, ErrorCode, Forbidden, NotFound
 from backend.events.service import emit_event
 from backend.pagination import PagedQuery
-from backend.remote.catalog import TargetKind, checked_params, spec_of
+from backend.remote.catalog import PRICE_TABLE_PARAMS, MeterParam, TargetKind, checked_params, spec_of
 from backend.remote.errors import (
     CommandNotHeld,
     MeterHasNoValve,
@@ -509,7 +510,10 @@ async def _queue_read_back(session: AsyncSession, set_params: RemoteCommand, now
     issuer = Principal(kind=PrincipalKind.staff if set_params.issued_by_kind is IssuerKind.staff else PrincipalKind.system,
                        id=set_params.issued_by_id or 0, name=set_params.issued_by_name, permissions=frozenset(),
                        scope_paths=("/",))
-    await _insert_commands(session, [candidate], kind=CommandKind.read_params, params={}, issued_by=issuer,
+    # It reads what was set (the price table's six parameters are one entry).
+    names = [name.value for name in MeterParam
+             if name.value in set_params.params or (name is MeterParam.price_table and PRICE_TABLE_PARAMS[0] in set_params.params)]
+    await _insert_commands(session, [candidate], kind=CommandKind.read_params, params={"names": names}, issued_by=issuer,
                            time_limit_s=set_params.time_limit_s, now=now, batch_id=set_params.batch_id,
                            follows_id=set_params.id)
 

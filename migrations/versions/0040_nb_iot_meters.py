@@ -7,7 +7,7 @@ Enum columns are text with a CHECK constraint (``backend.db.enum_column``): the 
 gets its own constraint, no type to alter.
 
 Revision ID: 0040
-Revises: 0038
+Revises: 0041
 Create Date: 2026-12-08
 """
 
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0040"
-down_revision = "0038"
+down_revision = "0041"
 branch_labels = None
 depends_on = None
 

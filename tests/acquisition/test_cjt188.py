@@ -121,6 +121,7 @@ def test_request_frames_spelled_out() -> None:
     assert cjt188.encode_read_address(preamble=4).hex(" ").upper().startswith("FE FE FE FE 68 10 AA AA AA AA AA AA AA 03 03 81 0A")
 
 
+PRICES = cjt188.PriceTable((350, 420, 600), (20, 30))
 # Every encoder with the content of one frame; the frame options come on top.
 ENCODERS_WITH_A_DI: dict[str, Callable[..., bytes]] = {
     "read": partial(cjt188.encode_read, ADDRESS),
@@ -129,6 +130,15 @@ ENCODERS_WITH_A_DI: dict[str, Callable[..., bytes]] = {
     "write_clock": partial(cjt188.encode_write_clock, ADDRESS, clock=datetime(2025, 3, 15, 10, 20, 30)),
     "write_purchase": partial(cjt188.encode_write_purchase, ADDRESS, purchase_count=7, amount_fen=5000),
     "read_address": partial(cjt188.encode_read_address, ADDRESS),
+    "read_key_version": partial(cjt188.encode_read_key_version, ADDRESS),
+    "write_prices": partial(cjt188.encode_write_prices, ADDRESS, table=PRICES, start_day=1),
+    "write_day": partial(cjt188.encode_write_day, ADDRESS, di=DataId.WRITE_SETTLEMENT_DAY, day=28),
+    "write_address": partial(cjt188.encode_write_address, ADDRESS, new_address="1"),
+    "factory_start": partial(cjt188.encode_factory_start, ADDRESS),
+    "prices_reply": partial(cjt188.encode_prices_reply, ADDRESS, table=PRICES),
+    "day_reply": partial(cjt188.encode_day_reply, ADDRESS, di=DataId.READ_READING_DAY, day=1),
+    "key_version_reply": partial(cjt188.encode_key_version_reply, ADDRESS, key_version=255),
+    "write_address_reply": partial(cjt188.encode_write_reply, ADDRESS, di=DataId.WRITE_ADDRESS, status=None),
     "meter_data_reply": partial(
         cjt188.encode_meter_data_reply, ADDRESS, total=Volume(Decimal("1.00")), settlement=Volume(Decimal("0")), clock=None,
         status=MeterStatus(0),
@@ -276,6 +286,22 @@ def test_invalid_writes_are_refused_with_their_kind() -> None:
         cjt188.decode(b"\xfe\xfe")
     with pytest.raises(BadLength, match="after the frame's end"):
         cjt188.decode(cjt188.encode_read(ADDRESS) + b"\x00")
+
+
+def test_parameter_writes_refuse_what_the_wire_cannot_carry() -> None:
+    for day in (0, 32):
+        with pytest.raises(ValueError, match="not a day of the month"):
+            cjt188.encode_write_day(ADDRESS, di=DataId.WRITE_READING_DAY, day=day)
+    with pytest.raises(ValueError, match="not a day write"):
+        cjt188.encode_write_day(ADDRESS, di=DataId.WRITE_CLOCK, day=1)
+    with pytest.raises(ValueError, match="not a day read"):
+        cjt188.encode_day_reply(ADDRESS, di=DataId.READ_PURCHASE, day=1)
+    with pytest.raises(ValueError, match="does not fit in 6 BCD digits"):
+        cjt188.encode_write_prices(ADDRESS, table=cjt188.PriceTable((1_000_000, 1, 1), (1, 2)), start_day=1)
+    with pytest.raises(ValueError, match="three prices and two step volumes"):
+        cjt188.encode_prices_reply(ADDRESS, table=cjt188.PriceTable((1, 2), (1, 2)))  # type: ignore[arg-type]
+    # The address write carries the new address and answers 95.
+    assert cjt188.decode(cjt188.encode_write_reply(ADDRESS, di=DataId.WRITE_ADDRESS, status=None)).control == 0x95
 
 
 def test_bad_checksum_can_be_read_anyway_when_asked() -> None:

@@ -116,6 +116,41 @@ def test_encode_matches_the_published_read_address_example() -> None:
     assert result.stdout == golden_hex("standard/reference_read_address_request.hex") + "\n"
 
 
+@pytest.mark.parametrize(
+    ("args", "golden"),
+    [
+        (["read-prices", "--ser", "6"], "standard/price_table_read_request.hex"),
+        (["read-settlement-day", "--ser", "8", "--meter-type", "11"], "standard/settlement_day_read_request.hex"),
+        (["read-key-version", "--ser", "12"], "standard/key_version_request.hex"),
+        (["write-settlement-day", "--day", "20", "--ser", "10"], "standard/settlement_day_write_request.hex"),
+        (["write-reading-day", "--day", "25", "--ser", "11", "--preamble", "0"], "standard/reading_day_write_request.hex"),
+        (["write-prices", "--prices", "280,390,840", "--steps", "180,260", "--day", "1", "--ser", "7"],
+         "standard/price_table_write_request.hex"),
+        (["write-prices", "--prices", "280,390,840", "--steps", "180,260", "--day", "15", "--ser", "7", "--di-order", "le"],
+         "swapped/price_table_write_request.hex"),
+    ],
+)
+def test_encode_parameter_requests_as_the_golden_frames(args: list[str], golden: str) -> None:
+    result = runner.invoke(frame_app, ["encode", *args, "--address", "12345678901234"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == golden_hex(golden) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["write-settlement-day"], "write-settlement-day needs --day"),
+        (["write-reading-day", "--day", "32"], "day 32 is not a day of the month (1-31)"),
+        (["write-prices", "--day", "1", "--prices", "1,2", "--steps", "1,2"], "--prices takes 3 whole numbers separated by commas"),
+        (["write-prices", "--day", "1", "--prices", "1,2,3", "--steps", "1,x"], "--steps takes 2 whole numbers separated by commas"),
+    ],
+)
+def test_parameter_requests_refuse_bad_options_in_one_line(args: list[str], message: str) -> None:
+    result = runner.invoke(frame_app, ["encode", *args, "--address", "1"])
+    assert result.exit_code == 2
+    assert result.stderr == f"shuiwu frame: {message}\n"
+
+
 def test_encoded_request_decodes_back() -> None:
     encoded = runner.invoke(frame_app, ["encode", "valve-close", "--address", "42", "--ser", "200", "--di-order", "le"]).stdout
     decoded = json.loads(runner.invoke(frame_app, ["decode", encoded.strip(), "--di-order", "le", "--json"]).stdout)

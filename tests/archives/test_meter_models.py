@@ -4,6 +4,7 @@ error, nothing written)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from backend.archives import excel as archive_excel
 from backend.archives import service
 from backend.archives.models import Meter, MeterKind, MeterModel, MeterType
 from backend.db import session_factory
+from backend.errors import DomainError, ErrorCode
 from backend.exports.excel import ImportRowsInvalid, read_rows
 from backend.graphql.relay import encode_id
 from tests.factories import AreaTree, Staff, make_area_tree, make_staff, unique
@@ -161,3 +163,15 @@ async def test_an_nb_iot_model_keeps_its_payload_format_and_uplink_wait(session:
             await service.save_meter_model(session, fields=service.MeterModelFields(
                 vendor="NB厂家", name=unique("NB"), caliber=20, uplink_wait_s=wait))
         assert refused.value.field == "uplinkWaitS"
+async def test_a_models_wire_settings_are_kept_and_checked(session: AsyncSession) -> None:
+    """The preamble, wire decimals and response timeout the worker speaks to its meters with."""
+    fields = service.MeterModelFields(vendor="宁波水表", name=unique("NB"), caliber=15, preamble_len=4, wire_decimals=3,
+                                      response_timeout_ms=800)
+    model = await service.save_meter_model(session, fields=fields)
+    assert (model.preamble_len, model.wire_decimals, model.response_timeout_ms) == (4, 3, 800)
+
+    for bad, field in (({"preamble_len": 17}, "preambleLen"), ({"wire_decimals": 5}, "wireDecimals"),
+                       ({"response_timeout_ms": 10}, "responseTimeoutMs")):
+        with pytest.raises(DomainError) as refused:
+            await service.save_meter_model(session, fields=dataclasses.replace(fields, name=unique("NB"), **bad))
+        assert (refused.value.code, refused.value.field) == (ErrorCode.INVALID, field)

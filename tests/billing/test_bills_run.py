@@ -427,3 +427,64 @@ async def test_a_run_in_chunks_reads_each_next_chunks_usage_while_pricing_the_on
         expected = int(m3) * 200 if used[m3] == estate.id else 200
         assert (bill.months, bill.amount_fen) == (2 if used[m3] == estate.id else 1, expected), m3
     await ledger_adds_up(session)
+
+
+async def test_a_committing_run_reads_the_next_chunks_usage_on_a_second_connection_on_its_snapshot(
+        committed_sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run the way the CLI makes it (its session on an engine, a commit after each
+    chunk): the first chunk reads its usage in turn, every later one had it read on the
+    second connection on the run's snapshot, and the bills are what the usage costs."""
+    raw = tariff(prices=["2.00"], valid_from=date(2025, 1, 1))
+    async with committed_sessions() as session, session.begin():
+        company = await create_area(session, name=unique("公司"), kind=AreaKind.company)
+        served = {m3: await postpaid(session, raw=raw, opened_at=at(2026, 1, 1), area_id=company.id)
+                  for m3 in ("5", "12", "20", "7", "30")}
+        for m3, one in served.items():
+            await ingest(session, one.meter.id, [(month_end(2026, 1), m3)], now=at(2026, 2, 5))  # type: ignore[arg-type]
+    monkeypatch.setattr(bills, "CHUNK", 2)
+    reads: list[tuple[str, int]] = []
+
+    def counted(name: str, real: Any) -> Any:
+        async def call(first: Any, windows: Any) -> Any:
+            driver = first if name == "ahead" else await bills.raw_connection(first)
+            reads.append((name, driver.get_server_pid()))
+            return await real(first, windows)
+        return call
+
+    monkeypatch.setattr(bills, "household_usage_of_windows", counted("in turn", bills.household_usage_of_windows))
+    monkeypatch.setattr(bills, "household_usage_on", counted("ahead", bills.household_usage_on))
+    async with committed_sessions() as session:
+        result = await run(session, date(2026, 1, 1), at(2026, 2, 5), area_id=company.id, commit=session.commit)
+        await session.commit()
+    assert result.issued == 5
+    # The second chunk's read starts before the first chunk reads its own.
+    assert [name for name, _ in reads] == ["ahead", "in turn", "ahead"]
+    # Read beside the run, on a connection of its own (the session's may change at each commit).
+    assert {pid for name, pid in reads if name == "ahead"}.isdisjoint(pid for name, pid in reads if name == "in turn")
+    async with committed_sessions() as session:
+        for m3, one in served.items():
+            assert (await bill_of(session, one.account_id, date(2026, 1, 1))).amount_fen == int(m3) * 200, m3
+        await ledger_adds_up(session)
+        # The reader's connection went back to the pool clean.
+        assert (await session.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                           "AND state = 'idle in transaction'"))).scalar_one() == 0
+
+
+async def test_a_run_after_its_caller_wrote_reads_ahead_on_its_own_connection(
+        committed_sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader on the run's snapshot would not see what the caller wrote uncommitted in
+    the same transaction (here: the readings themselves), so the run reads ahead on its
+    own connection and every bill has its usage."""
+    raw = tariff(prices=["2.00"], valid_from=date(2025, 1, 1))
+    monkeypatch.setattr(bills, "CHUNK", 2)
+    async with committed_sessions() as session, session.begin():
+        company = await create_area(session, name=unique("公司"), kind=AreaKind.company)
+        served = {m3: await postpaid(session, raw=raw, opened_at=at(2026, 1, 1), area_id=company.id)
+                  for m3 in ("4", "9", "15")}
+        for m3, one in served.items():
+            await ingest(session, one.meter.id, [(month_end(2026, 1), m3)], now=at(2026, 2, 5))  # type: ignore[arg-type]
+        assert not await bills._UsageReadAhead.would_see(session)
+        result = await run(session, date(2026, 1, 1), at(2026, 2, 5), area_id=company.id)
+        assert result.issued == 3
+        for m3, one in served.items():
+            assert (await bill_of(session, one.account_id, date(2026, 1, 1))).amount_fen == int(m3) * 200, m3

@@ -89,9 +89,23 @@ async def test_parameters_in_range_are_stored_as_the_catalog_types_them(session:
 
     command = await service.queue_command(
         session, target=world.east_valve_meters[0].id or 0, kind=CommandKind.set_params,
-        params={"settlement_day": "15", "report_interval_h": 24}, issued_by=world.operator.principal, now=NOW)
+        params={"settlement_day": "15", "price_1_fen": 280, "step_1_m3": "180", "price_2_fen": 390, "step_2_m3": 260,
+                "price_3_fen": 840, "prices_from_day": 1}, issued_by=world.operator.principal, now=NOW)
 
-    assert command.params == {"settlement_day": 15, "report_interval_h": 24}
+    assert command.params == {"settlement_day": 15, "price_1_fen": 280, "step_1_m3": 180, "price_2_fen": 390,
+                              "step_2_m3": 260, "price_3_fen": 840, "prices_from_day": 1}
+
+
+async def test_read_params_of_an_unknown_name_is_refused_and_nothing_is_queued(session: AsyncSession) -> None:
+    world = await make_world(session)
+    before = await command_count(session)
+
+    with pytest.raises(DomainError) as refused:
+        await service.queue_command(session, target=world.east_valve_meters[0].id or 0, kind=CommandKind.read_params,
+                                    params={"names": ["valve"]}, issued_by=world.operator.principal, now=NOW)
+
+    assert (refused.value.code, refused.value.field) == (ErrorCode.REMOTE_PARAMS_INVALID, "params.names")
+    assert await command_count(session) == before
 
 
 async def test_a_concentrator_command_is_not_for_a_meter(session: AsyncSession) -> None:
@@ -311,8 +325,9 @@ async def test_a_succeeded_set_params_is_read_back(session: AsyncSession) -> Non
     await service.finish_command(session, command_id=claimed.id or 0, holder="worker-a", succeeded=True, now=LATER)
 
     followers = [c for c in await service.commands_by_id(session, [claimed.id + 1]) if c.follows_id == claimed.id]  # type: ignore[operator]
-    assert [(c.kind, c.state, c.batch_id, c.meter_id) for c in followers] == [
-        (CommandKind.read_params, CommandState.queued, claimed.batch_id, claimed.meter_id)]
+    assert [(c.kind, c.state, c.batch_id, c.meter_id, c.params) for c in followers] == [
+        (CommandKind.read_params, CommandState.queued, claimed.batch_id, claimed.meter_id,
+         {"names": ["settlement_day"]})]
 
 
 async def test_the_sweep_times_out_commands_past_their_limit_and_leaves_the_rest(session: AsyncSession) -> None:

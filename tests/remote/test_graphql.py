@@ -40,6 +40,12 @@ CREATE_TASK = """mutation($input: PatrolTaskInput!) { createPatrolTask(input: $i
 DISABLE_TASK = """mutation($id: ID!) { disablePatrolTask(id: $id) { patrolTask { enabled } errors { code } } }"""
 TASKS = """{ patrolTasks { totalCount edges { node { name enabled } } } }"""
 RUNS = """query($task: ID) { patrolRuns(taskId: $task) { totalCount edges { node { state successRate } } } }"""
+SET_PARAMS = """mutation($selection: RemoteSelectionInput!, $password: String!, $params: MeterParamsInput!) {
+  setParams(selection: $selection, executionPassword: $password, params: $params) {
+    commands { kind params } errors { field code message } } }"""
+READ_PARAMS = """mutation($selection: RemoteSelectionInput!, $password: String!, $names: [MeterParam!]) {
+  readParams(selection: $selection, executionPassword: $password, names: $names) {
+    commands { kind params } errors { field code } } }"""
 SET_PASSWORD = """mutation($login: String!, $new: String!) { setExecutionPassword(loginPassword: $login, newPassword: $new) {
   status { locked } errors { field code } } }"""
 
@@ -108,6 +114,35 @@ async def test_close_valves_queues_a_batch_whose_progress_is_a_query(client: Gra
         ("valve_close", "queued", 45, setup.operator.user.full_name)] * 2
     progress = await client.execute(PROGRESS, {"batch": payload["batchId"]}, token=token)
     assert progress["data"]["remoteCommands"]["totalCount"] == 2
+
+
+async def test_parameters_are_typed_and_a_bad_one_is_a_typed_error_with_nothing_queued(
+        client: GraphQLClient, setup: Setup, committed_sessions: async_sessionmaker[AsyncSession]) -> None:
+    token = setup.tokens["operator"]
+    selection = _meters(setup.world.east_valve_meters[1].id)
+    table = {"price1Fen": 280, "step1M3": 180, "price2Fen": 390, "step2M3": 260, "price3Fen": 840, "fromDay": 1}
+    before = await _count(committed_sessions, "SELECT count(*) FROM remote_commands")
+
+    falling = await client.execute(SET_PARAMS, {"selection": selection, "password": EXECUTION,
+                                                "params": {"priceTable": {**table, "step2M3": 100}}}, token=token)
+    unknown = await client.execute(READ_PARAMS, {"selection": selection, "password": EXECUTION, "names": ["valve"]},
+                                   token=token)
+
+    assert falling["data"]["setParams"]["errors"][0]["field"] == "params.step_2_m3"
+    assert falling["data"]["setParams"]["errors"][0]["code"] == "REMOTE_PARAMS_INVALID"
+    assert "errors" in unknown and unknown.get("data") is None  # not a MeterParam: refused by the schema itself
+    assert await _count(committed_sessions, "SELECT count(*) FROM remote_commands") == before
+
+    written = await client.execute(SET_PARAMS, {"selection": selection, "password": EXECUTION,
+                                                "params": {"settlementDay": 20, "priceTable": table}}, token=token)
+    read = await client.execute(READ_PARAMS, {"selection": selection, "password": EXECUTION,
+                                              "names": ["price_table", "key_version"]}, token=token)
+
+    assert written["data"]["setParams"]["commands"] == [{"kind": "set_params", "params": {
+        "settlement_day": 20, "price_1_fen": 280, "step_1_m3": 180, "price_2_fen": 390, "step_2_m3": 260,
+        "price_3_fen": 840, "prices_from_day": 1}}]
+    assert read["data"]["readParams"]["commands"] == [{"kind": "read_params",
+                                                       "params": {"names": ["price_table", "key_version"]}}]
 
 
 async def test_a_wrong_execution_password_is_refused_counted_and_the_fifth_locks_it_until_unlocked(

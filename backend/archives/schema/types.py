@@ -429,6 +429,10 @@ class MeterModelType(Node):
         description="NB-IoT meters: what the device publishes over MQTT.")
     uplink_wait_s: int = strawberry.field(description="NB-IoT meters: how long a command waits for the device's next "
                                                       "uplink (seconds; 86400 by default).")
+    preamble_len: int = strawberry.field(description="FE bytes before each request.")
+    wire_decimals: int = strawberry.field(description="Places of the volumes in the model's frames.")
+    response_timeout_ms: int | None = strawberry.field(description="How long a meter may take to answer; null: the "
+                                                       "worker's default.")
 
     @classmethod
     def from_row(cls, model: MeterModel) -> MeterModelType:
@@ -438,6 +442,8 @@ class MeterModelType(Node):
             caliber=model.caliber, register_digits=model.register_digits, register_decimals=model.register_decimals,
             multiplier=model.multiplier, has_valve=model.has_valve, has_battery=model.has_battery,
             di_byte_order=model.di_byte_order, payload_format=model.payload_format, uplink_wait_s=model.uplink_wait_s,
+            preamble_len=model.preamble_len, wire_decimals=model.wire_decimals,
+            response_timeout_ms=model.response_timeout_ms,
         )
 
 

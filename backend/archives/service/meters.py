@@ -79,6 +79,10 @@ class MeterModelFields:
     # NB-IoT models: what the device publishes, how long its commands wait for an uplink.
     payload_format: PayloadFormat = PayloadFormat.cjt188
     uplink_wait_s: int = 86400
+    # Wire settings (MeterModel): FE preamble, volume places in frames, response timeout (None: the worker's).
+    preamble_len: int = 2
+    wire_decimals: int = 2
+    response_timeout_ms: int | None = None
 
 
 
@@ -107,6 +111,15 @@ async def save_meter_model(
     if not (1 <= fields.register_digits <= 12 and 0 <= fields.register_decimals <= 4):
         problems.append(DomainError("计数器位数 1-12, 小数位 0-4", "Register digits 1-12, decimals 0-4",
                                     field="registerDigits", code=ErrorCode.INVALID))
+    if not 0 <= fields.preamble_len <= 16:
+        problems.append(DomainError("前导字节 (FE) 数须为 0-16", "The preamble is 0-16 FE bytes",
+                                    field="preambleLen", code=ErrorCode.INVALID))
+    if not 0 <= fields.wire_decimals <= 4:
+        problems.append(DomainError("报文读数小数位须为 0-4", "Wire decimals must be 0-4",
+                                    field="wireDecimals", code=ErrorCode.INVALID))
+    if fields.response_timeout_ms is not None and not 50 <= fields.response_timeout_ms <= 60000:
+        problems.append(DomainError("应答超时须为 50-60000 毫秒", "The response timeout must be 50-60000 ms",
+                                    field="responseTimeoutMs", code=ErrorCode.INVALID))
     # A whole multiplier (1, 10, 100 …) times a 4-place register difference needs no
     # rounding, so the daily rollup's sum and usage_between agree to the last place.
     if not (fields.multiplier.is_finite() and Decimal(0) < fields.multiplier < Decimal(100000000)

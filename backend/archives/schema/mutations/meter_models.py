@@ -46,6 +46,11 @@ class MeterModelInput:
     payload_format: PayloadFormatEnum = PayloadFormat.cjt188  # type: ignore[valid-type]
     uplink_wait_s: int = strawberry.field(default=86400, description="NB-IoT: seconds a command waits for the "
                                                                       "device's next uplink (1 s … 7 days).")
+    preamble_len: int = strawberry.field(default=2, description="FE bytes before each request, 0-16.")
+    wire_decimals: int = strawberry.field(default=2, description="Places of the volumes in the model's frames, 0-4 "
+                                          "(the standard's XXXXXX.XX: 2; not registerDecimals).")
+    response_timeout_ms: int | None = strawberry.field(default=None, description="How long a meter of the model may "
+                                                       "take to answer, 50-60000 ms; null: the worker's default.")
 
     def fields(self) -> service.MeterModelFields:
         return service.MeterModelFields(
@@ -54,6 +59,7 @@ class MeterModelInput:
             multiplier=Decimal(1) if self.multiplier is None else self.multiplier,
             has_valve=self.has_valve, has_battery=self.has_battery, di_byte_order=DiByteOrder(self.di_byte_order),
             payload_format=PayloadFormat(self.payload_format), uplink_wait_s=self.uplink_wait_s,
+            preamble_len=self.preamble_len, wire_decimals=self.wire_decimals, response_timeout_ms=self.response_timeout_ms,
         )
 
 
