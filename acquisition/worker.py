@@ -389,9 +389,8 @@ def acquire(
         typer.echo(str(error), err=True)
         raise typer.Exit(2) from None
     if host is not None:
-        settings, url = host.settings(), host.migrated_database()
+        settings = host.settings()
     else:  # run as `python -m acquisition.worker`
-        from backend.db import migrate, resolve_database_url
         from backend.settings import load_settings
 
         try:
@@ -402,9 +401,7 @@ def acquire(
         from backend.observability import configure_logging
 
         configure_logging(settings.log_level, as_json=settings.log_json)
-        url = resolve_database_url(settings.database_url, settings.data_dir)
-        migrate(url)
-    if settings.mqtt_url:
+    if settings.mqtt_url:  # refused before anything is migrated or started
         from acquisition.mqtt import broker_address
 
         try:
@@ -412,6 +409,13 @@ def acquire(
         except ValueError as error:
             typer.echo(f"SHUIWU_MQTT_URL: {error}", err=True)
             raise typer.Exit(2) from None
+    if host is not None:
+        url = host.migrated_database()
+    else:
+        from backend.db import migrate, resolve_database_url
+
+        url = resolve_database_url(settings.database_url, settings.data_dir)
+        migrate(url)
     asyncio.run(run_acquire(url, config=config, timezone=settings.timezone, once=once, max_links=max_links,
                             mqtt_url=settings.mqtt_url))
 

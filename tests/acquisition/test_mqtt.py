@@ -405,3 +405,17 @@ async def test_the_worker_reconnects_when_its_broker_comes_back(
         broker.wait()
 
     assert total == Decimal("321.09")
+
+
+def test_acquire_refuses_a_bad_mqtt_url_before_touching_the_database(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from acquisition.worker import acquire_app
+
+    monkeypatch.setenv("SHUIWU_MQTT_URL", "http://broker:1883")
+    monkeypatch.setenv("SHUIWU_DATA_DIR", str(tmp_path / "data"))
+    result = CliRunner().invoke(acquire_app, [])
+
+    assert result.exit_code == 2
+    assert "SHUIWU_MQTT_URL" in result.output and "mqtt://" in result.output
+    assert not (tmp_path / "data").exists()
