@@ -53,7 +53,9 @@ pytestmark = pytest.mark.skipif(not _broker_listens(),
 RUN = uuid.uuid4().hex[:10]
 ROOT = f"shuiwu-test-{RUN}"
 OPERATOR = system_actor({"remote:read", "remote:control"})
-CONFIG = AcquireSettings(lease_ttl_s=1.0, renew_interval_s=0.25, poll_interval_s=0.1, reconnect_initial_s=0.1,
+# A lease long enough that a loaded machine never lets it lapse mid-test (no test here is
+# about taking a lease over).
+CONFIG = AcquireSettings(lease_ttl_s=5.0, renew_interval_s=0.25, poll_interval_s=0.1, reconnect_initial_s=0.1,
                          reconnect_max_s=0.4, listen=False, mqtt_topic_filter=f"{ROOT}/+/+/up",
                          mqtt_share_group=ROOT, mqtt_reply_timeout_s=3.0)
 # Meters publish only when a test tells them to, unless it sets a period.
@@ -247,7 +249,6 @@ async def test_uplinks_become_readings(committed_sessions: async_sessionmaker[As
         finally:
             frames.uplink_every(periodic_address, None)
         periodic = await readings_of(committed_sessions, periodic_meter_id)
-        handled = coordinator(worker).readings
 
     simulated = frames.meter(address)
     assert (quality, valve, source) == ("actual", "open", "acquisition")
@@ -255,7 +256,6 @@ async def test_uplinks_become_readings(committed_sessions: async_sessionmaker[As
     assert abs(json_total - Decimal(str(jsons.meter(json_address)["total_m3"]))) < Decimal("0.001")
     assert json_rest == ["actual", "open", "acquisition"]
     assert frames.meter(periodic_address)["uplinks"] >= 2 and periodic
-    assert handled >= 4
 
 
 async def test_a_valve_close_waits_for_the_next_uplink_then_closes_the_valve(
