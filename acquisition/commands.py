@@ -36,17 +36,26 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from acquisition.links import MeterOnBus
 from acquisition.protocols import cjt188
-from acquisition.transport import AsyncLink, BadReply, DeviceErrorReply, FailureKind, LinkFailure
+from acquisition.transport import BadReply, DeviceErrorReply, FailureKind, LinkFailure
 from backend.remote.catalog import DEFAULT_READ, METER_PARAM_TITLES, MeterParam
 from backend.remote.models import CommandKind
 
 # Below this much time left there is no point in asking a meter anything.
 _MIN_RESPONSE_TIMEOUT = 0.05
 _COMMUNICATION_FAILURES = (FailureKind.timeout, FailureKind.bad_frame, FailureKind.link_down)
+
+
+class Exchange(Protocol):
+    """What a command needs of its link: one request, its reply's bytes (a bus's
+    :class:`~acquisition.transport.AsyncLink`, or an NB-IoT meter listening after its
+    uplink, ``acquisition.mqtt``); every failure a :class:`LinkFailure`."""
+
+    async def exchange(self, request: bytes, *, timeout: float | None = None,  # noqa: ASYNC109
+                       retries: int | None = None) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +98,7 @@ def _refused(reason: str) -> Outcome:
 class _Bus:
     """One meter's requests on the link, with the command's time left and the model's timing."""
 
-    def __init__(self, link: AsyncLink, meter: MeterOnBus, *, response_timeout: float, seconds_left: float,
+    def __init__(self, link: Exchange, meter: MeterOnBus, *, response_timeout: float, seconds_left: float,
                  retries: int) -> None:
         self.link = link
         self.meter = meter
@@ -136,7 +145,7 @@ def _valve_target(kind: CommandKind) -> cjt188.ValveStatus:
     return cjt188.ValveStatus.open if kind is CommandKind.valve_open else cjt188.ValveStatus.closed
 
 
-async def carry_out(link: AsyncLink, order: CommandOrder, meter: MeterOnBus, *, response_timeout: float,
+async def carry_out(link: Exchange, order: CommandOrder, meter: MeterOnBus, *, response_timeout: float,
                     retries: int, now_local: datetime) -> Outcome:
     """Carry ``order`` out on ``link`` for ``meter`` (module docstring); every failure is
     an :class:`Outcome`, never an exception, except a bug."""

@@ -37,6 +37,15 @@ class AcquireSettings(BaseSettings):
     reconnect_max_s: float = Field(default=30.0, gt=0)
     # Follow the events channel (LISTEN) so a queued command wakes its bus at once.
     listen: bool = True
+    # NB-IoT meters over MQTT (acquisition.mqtt), when SHUIWU_MQTT_URL names a broker: the
+    # uplink topics subscribed to (a meter's ``mqtt_topic`` is one of them; its downlinks go
+    # to the same topic with a last level ``up`` replaced by ``down``), the shared
+    # subscription's group (``$share/<group>/<filter>``: each uplink reaches one worker),
+    # and how long a device that was sent a command may take to answer (it listens
+    # for a few seconds after each uplink).
+    mqtt_topic_filter: str = Field(default="shuiwu/meters/+/up", min_length=1)
+    mqtt_share_group: str = Field(default="shuiwu", min_length=1, pattern=r"^[^/+#]+$")
+    mqtt_reply_timeout_s: float = Field(default=30.0, gt=0)
 
     @field_validator("renew_interval_s")
     @classmethod

@@ -23,6 +23,14 @@ after ``late_by`` seconds), ``wrong_address`` (the reply carries another address
 A bus can also ``vanish``: at its next request it sends half the reply and closes the port
 (a pty disappears; a DTU drops the connection and accepts the next one).
 
+**NB-IoT meters** (``--mqtt URL``): instead of buses, N meters on an MQTT broker, each
+publishing its current data to ``<prefix>/<address>/up`` every ``--uplink-every`` seconds
+(staggered) and obeying what comes down ``<prefix>/<address>/down`` — valve, clock,
+read, purchase — with the answer on its uplink topic, as its model's payload says
+(``--payload cjt188``: the bus's frames; ``json``: docs/drivers.md). The broker
+connection is paho's network thread; downlinks, uplinks and the control channel take
+turns on one lock.
+
 All buses of one simulator run on one thread with a selector. ``--control`` makes it
 talk JSON lines on stdin/stdout (what :class:`SimulatorProcess` uses from Python, and why
 faults can be set on a running simulator); it exits when stdin closes.
@@ -40,6 +48,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tty
 from collections import deque
@@ -135,6 +144,7 @@ class SimulatedMeter:
     key_version: int = 1
     keeps_params: bool = True
     answered: int = 0
+    uplinks: int = 0  # NB-IoT: current data published unasked
     faults: dict[Fault, int] = field(default_factory=dict)
 
     def advance(self, now: datetime) -> None:
@@ -185,15 +195,7 @@ class SimulatedMeter:
         common: dict[str, Any] = {"meter_type": self.meter_type, "ser": request.ser, "preamble": preamble}
         match request:
             case cjt188.ReadRequest(di=cjt188.DataId.METER_DATA):
-                return cjt188.encode_meter_data_reply(
-                    self.address,
-                    total=cjt188.Volume(Decimal(repr(self.total_m3))),
-                    settlement=cjt188.Volume(Decimal(repr(self.settlement_m3))),
-                    clock=(now + self.clock_offset).replace(microsecond=0),
-                    status=self.status(),
-                    di_order=di_order,
-                    **common,
-                )
+                return self.current_data(now, di_order=di_order, ser=request.ser, preamble=preamble)
             case cjt188.ReadRequest(di=di) if di is not None and cjt188.DataId.HISTORY_1 <= di <= cjt188.DataId.HISTORY_12:
                 months_ago = di - cjt188.DataId.HISTORY_1 + 1
                 settlement = max(0.0, self.settlement_m3 - (months_ago - 1) * 30 * self.daily_m3)
@@ -261,6 +263,44 @@ class SimulatedMeter:
             ser=request.ser, preamble=preamble,
         )
 
+    def current_data(self, now: datetime, *, di_order: cjt188.DiOrder, ser: int = 0,
+                     preamble: int = cjt188.DEFAULT_PREAMBLE) -> bytes:
+        """The ``901F`` answer: what a read gets, and what an NB-IoT meter publishes unasked."""
+        self.advance(now)
+        return cjt188.encode_meter_data_reply(
+            self.address,
+            total=cjt188.Volume(Decimal(repr(self.total_m3))),
+            settlement=cjt188.Volume(Decimal(repr(self.settlement_m3))),
+            clock=(now + self.clock_offset).replace(microsecond=0),
+            status=self.status(),
+            di_order=di_order, meter_type=self.meter_type, ser=ser, preamble=preamble,
+        )
+
+    def current_json(self, now: datetime) -> dict[str, Any]:
+        """The same as a JSON meter reports it (docs/drivers.md)."""
+        self.advance(now)
+        return {
+            "total_m3": f"{self.total_m3:.3f}",
+            "settlement_m3": f"{self.settlement_m3:.3f}",
+            "valve": "open" if self.valve_open else "closed",
+            "battery_low": self.battery_low,
+            "clock": (now + self.clock_offset).replace(microsecond=0).isoformat(),
+        }
+
+    def obey_json(self, document: dict[str, Any], *, now: datetime) -> dict[str, Any]:
+        """A JSON meter's answer to a downlink ``{"id", "command", "params"}``."""
+        self.advance(now)
+        self.answered += 1
+        command, params = document.get("command"), document.get("params") or {}
+        answer: dict[str, Any] = {"reply_to": document.get("id")}
+        if command in ("valve_open", "valve_close") and self.has_valve:
+            self.valve_open = command == "valve_open"
+        elif command == "sync_clock" and "clock" in params:
+            self.clock_offset = datetime.fromisoformat(params["clock"]) - now
+        elif command != "read_now":
+            return answer | {"ok": False, "error": f"unsupported command {command!r}"}
+        return answer | {"ok": True} | self.current_json(now)
+
     def snapshot(self, now: datetime) -> dict[str, Any]:
         self.advance(now)
         return {
@@ -282,6 +322,7 @@ class SimulatedMeter:
             "key_version": self.key_version,
             "keeps_params": self.keeps_params,
             "answered": self.answered,
+            "uplinks": self.uplinks,
             "faults": {fault.value: count for fault, count in self.faults.items() if count},
         }
 
@@ -567,6 +608,114 @@ def _readdressed(reply: bytes, address: str) -> bytes:
 # ---------------------------------------------------------------------------- the simulator
 
 
+class MqttMeters:
+    """NB-IoT meters on an MQTT broker (module docstring). ``tick`` publishes the uplinks
+    that are due and says when the next one is; downlinks arrive on paho's thread."""
+
+    def __init__(self, url: str, meters: list[SimulatedMeter], *, clock: SimulatedClock, lock: threading.RLock,
+                 prefix: str = "shuiwu/meters", uplink_every: float = 3600.0, payload: str = "cjt188",
+                 di_order: cjt188.DiOrder = cjt188.DiOrder.be, reply_preamble: int = cjt188.DEFAULT_PREAMBLE) -> None:
+        from urllib.parse import urlsplit
+
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.meters = {meter.address: meter for meter in meters}
+        self.clock = clock
+        self.lock = lock
+        self.prefix = prefix.rstrip("/")
+        self.payload = payload
+        self.di_order = di_order
+        self.reply_preamble = reply_preamble
+        start = time.monotonic()
+        count = max(1, len(meters))
+        # Staggered, as real devices are: the first uplinks spread over one interval.
+        self.every: dict[str, float | None] = dict.fromkeys(self.meters, uplink_every)
+        self.next_at: dict[str, float | None] = {address: start + uplink_every * (index + 1) / count
+                                                 for index, address in enumerate(self.meters)}
+        self.subscribed = threading.Event()
+        parts = urlsplit(url)
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"shuiwu-sim-{os.getpid()}")
+        if parts.username:
+            self.client.username_pw_set(parts.username, parts.password)
+        if parts.scheme == "mqtts":
+            self.client.tls_set()
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.client.on_message = self._on_downlink
+        self.client.connect_async(parts.hostname or "127.0.0.1", parts.port or (8883 if parts.scheme == "mqtts" else 1883),
+                                  keepalive=30)
+        self.client.loop_start()
+
+    def topic(self, address: str) -> str:
+        return f"{self.prefix}/{address}/up"
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any = None) -> None:
+        client.subscribe(f"{self.prefix}/+/down", qos=1)
+
+    def _payload(self, meter: SimulatedMeter) -> bytes:
+        now = self.clock.now()
+        if self.payload == "json":
+            return json.dumps(meter.current_json(now)).encode()
+        return meter.current_data(now, di_order=self.di_order, preamble=self.reply_preamble)
+
+    def uplink(self, address: str) -> None:
+        """The meter calls now (and its next periodic uplink is an interval away)."""
+        with self.lock:
+            meter = self.meters[address]
+            meter.uplinks += 1
+            payload = self._payload(meter)
+            every = self.every[address]
+            self.next_at[address] = time.monotonic() + every if every else None
+        self.client.publish(self.topic(address), payload, qos=1)
+
+    def set_every(self, address: str, seconds: float | None) -> None:
+        if address not in self.meters:
+            raise KeyError(f"no simulated meter {address}")
+        with self.lock:
+            self.every[address] = seconds
+            self.next_at[address] = time.monotonic() + seconds if seconds else None
+
+    def tick(self, now: float) -> float | None:
+        with self.lock:
+            due_now = [address for address, due in self.next_at.items() if due is not None and due <= now]
+        for address in due_now:
+            self.uplink(address)
+        with self.lock:
+            pending = [due for due in self.next_at.values() if due is not None]
+        return min(pending) if pending else None
+
+    def _on_downlink(self, client: Any, userdata: Any, message: Any) -> None:
+        address = message.topic.rsplit("/", 2)[-2]
+        with self.lock:
+            meter = self.meters.get(address)
+            if meter is None:
+                return
+            reply = self._answer(meter, bytes(message.payload))
+        if reply is not None:
+            client.publish(self.topic(address), reply, qos=1)
+
+    def _answer(self, meter: SimulatedMeter, payload: bytes) -> bytes | None:
+        now = self.clock.now()
+        if self.payload == "json":
+            try:
+                document = json.loads(payload)
+            except ValueError:
+                return None
+            return json.dumps(meter.obey_json(document, now=now)).encode() if isinstance(document, dict) else None
+        try:
+            request = cjt188.decode(payload, di_order=self.di_order)
+        except cjt188.FrameError:
+            return None  # a meter does not answer what it cannot read
+        if request.address != meter.address:
+            return None
+        return meter.answer(request, now=now, di_order=self.di_order, preamble=self.reply_preamble)
+
+    def close(self) -> None:
+        self.client.disconnect()  # wakes paho's loop, which then ends at once
+        self.client.loop_stop()
+
+
 class MeterSimulator:
     """Several buses served by one thread. Faults and meter state can be changed between turns
     of :meth:`run` (from the control channel, or directly when it runs in this process)."""
@@ -574,6 +723,9 @@ class MeterSimulator:
     def __init__(self, buses: list[SimulatedBus], *, clock: SimulatedClock) -> None:
         self.buses = buses
         self.clock = clock
+        self.mqtt: MqttMeters | None = None
+        # Taken by whatever changes meters off the run loop's turn (paho's thread, NB-IoT).
+        self.lock = threading.RLock()
         self._selector = selectors.DefaultSelector()
         self._stopping = False
         for bus in buses:
@@ -636,7 +788,29 @@ class MeterSimulator:
 
     # -- what can be changed while it runs --------------------------------------------
 
+    @classmethod
+    def build_mqtt(cls, url: str, *, meters: int = 8, prefix: str = "shuiwu/meters", uplink_every: float = 3600.0,
+                   payload: str = "cjt188", di_order: cjt188.DiOrder = cjt188.DiOrder.be,
+                   reply_preamble: int = cjt188.DEFAULT_PREAMBLE, first_address: int = 1, daily_m3: float = 0.4,
+                   speed: float = 1.0, seed: int = 188) -> MeterSimulator:
+        """N NB-IoT meters on the broker at ``url`` (no buses)."""
+        rng = random.Random(seed)
+        simulator = cls([], clock=SimulatedClock(speed=speed))
+        now = simulator.clock.now()
+        built = []
+        for index in range(meters):
+            total = round(rng.uniform(10, 2000), 2)
+            built.append(SimulatedMeter(address=f"{first_address + index:014d}", total_m3=total,
+                                        settlement_m3=round(total - rng.uniform(0, 10), 2),
+                                        daily_m3=daily_m3 * rng.uniform(0.5, 1.5), advanced_to=now))
+        simulator.mqtt = MqttMeters(url, built, clock=simulator.clock, lock=simulator.lock, prefix=prefix,
+                                    uplink_every=uplink_every, payload=payload, di_order=di_order,
+                                    reply_preamble=reply_preamble)
+        return simulator
+
     def meter(self, address: str) -> SimulatedMeter:
+        if self.mqtt is not None and address in self.mqtt.meters:
+            return self.mqtt.meters[address]
         for bus in self.buses:
             if address in bus.meters:
                 return bus.meters[address]
@@ -683,14 +857,22 @@ class MeterSimulator:
         self._stopping = True
 
     def run(self) -> None:
-        while not self._stopping:
-            now = time.monotonic()
-            for bus in self.buses:
-                bus.transmit_due(now)
-            deadlines = [deadline for bus in self.buses if (deadline := bus.next_deadline()) is not None]
-            wait = min(0.5, max(0.0, min(deadlines) - time.monotonic())) if deadlines else 0.5
-            for key, _ in self._selector.select(wait):
-                key.data()
+        try:
+            while not self._stopping:
+                now = time.monotonic()
+                for bus in self.buses:
+                    bus.transmit_due(now)
+                deadlines = [deadline for bus in self.buses if (deadline := bus.next_deadline()) is not None]
+                if self.mqtt is not None:
+                    due = self.mqtt.tick(now)
+                    if due is not None:
+                        deadlines.append(due)
+                wait = min(0.5, max(0.0, min(deadlines) - time.monotonic())) if deadlines else 0.5
+                for key, _ in self._selector.select(wait):
+                    key.data()
+        finally:
+            if self.mqtt is not None:
+                self.mqtt.close()
 
 
 # ---------------------------------------------------------------------------- control channel
@@ -710,6 +892,11 @@ def _control_command(simulator: MeterSimulator, command: dict[str, Any]) -> dict
             simulator.set_meter(command["address"], **command.get("values", {}))
         case "meter":
             return {"ok": True, "meter": simulator.meter(command["address"]).snapshot(simulator.clock.now())}
+        case "uplink" if simulator.mqtt is not None:
+            simulator.mqtt.uplink(command["address"])
+        case "uplink_every" if simulator.mqtt is not None:
+            every = command.get("seconds")
+            simulator.mqtt.set_every(command["address"], float(every) if every else None)
         case other:
             return {"ok": False, "error": f"unknown op {other!r}"}
     return {"ok": True}
@@ -734,7 +921,8 @@ def _serve_control(simulator: MeterSimulator) -> None:
             line, _, rest = bytes(pending).partition(b"\n")
             pending[:] = rest
             try:
-                answer = _control_command(simulator, json.loads(line))
+                with simulator.lock:
+                    answer = _control_command(simulator, json.loads(line))
             except (KeyError, ValueError, TypeError) as error:
                 answer = {"ok": False, "error": str(error)}
             print(json.dumps(answer), flush=True)
@@ -786,8 +974,21 @@ def simulate_meters(
                                                         "repeatable.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of totals, daily use and random faults.")] = 188,
     control: Annotated[bool, typer.Option("--control", help="JSON lines on stdin/stdout (SimulatorProcess).")] = False,
+    mqtt: Annotated[str | None, typer.Option("--mqtt", help="NB-IoT meters on this MQTT broker (mqtt://host:port) "
+                                             "instead of buses: --meters of them.")] = None,
+    mqtt_prefix: Annotated[str, typer.Option("--mqtt-prefix", help="Their topics: PREFIX/ADDRESS/up and "
+                                             "PREFIX/ADDRESS/down.")] = "shuiwu/meters",
+    uplink_every: Annotated[float, typer.Option("--uplink-every", min=0.05, help="Seconds between a meter's uplinks "
+                                                "(the first ones staggered over one interval).")] = 3600.0,
+    payload: Annotated[str, typer.Option("--payload", help="What NB-IoT meters publish: cjt188 (frames) or json.")] = "cjt188",
 ) -> None:
-    """Run N CJ/T 188 meters per bus on ptys (or TCP DTUs) until Ctrl-C; print each bus's port, one a line."""
+    """Run N CJ/T 188 meters per bus on ptys (or TCP DTUs) until Ctrl-C; print each bus's port, one a line.
+    With --mqtt, N NB-IoT meters on that broker instead; print each meter's uplink topic."""
+    if mqtt is not None:
+        _simulate_nb_iot(mqtt, meters=meters, prefix=mqtt_prefix, uplink_every=uplink_every, payload=payload,
+                         di_order=di_order, reply_preamble=reply_preamble, first_address=first_address,
+                         daily_m3=daily_m3, speed=speed, seed=seed, control=control)
+        return
     if parity.upper() not in ("N", "E", "O"):
         typer.echo(f"bad --parity {parity!r}: N, E or O", err=True)
         raise typer.Exit(2)
@@ -825,6 +1026,37 @@ def simulate_meters(
         simulator.run()
 
 
+def _simulate_nb_iot(url: str, *, meters: int, prefix: str, uplink_every: float, payload: str,
+                     di_order: cjt188.DiOrder, reply_preamble: int, first_address: int, daily_m3: float, speed: float,
+                     seed: int, control: bool) -> None:
+    if payload not in ("cjt188", "json"):
+        typer.echo(f"bad --payload {payload!r}: cjt188 or json", err=True)
+        raise typer.Exit(2)
+    if not url.startswith(("mqtt://", "mqtts://", "tcp://")):
+        typer.echo(f"bad --mqtt {url!r}: mqtt://host[:port]", err=True)
+        raise typer.Exit(2)
+    simulator = MeterSimulator.build_mqtt(url, meters=meters, prefix=prefix, uplink_every=uplink_every, payload=payload,
+                                          di_order=di_order, reply_preamble=reply_preamble, first_address=first_address,
+                                          daily_m3=daily_m3, speed=speed, seed=seed)
+    assert simulator.mqtt is not None
+    if not simulator.mqtt.subscribed.wait(10):
+        simulator.mqtt.close()
+        typer.echo(f"no MQTT broker answers at {url}", err=True)
+        raise typer.Exit(1)
+    topics = {address: simulator.mqtt.topic(address) for address in simulator.mqtt.meters}
+    if control:
+        print(json.dumps({"buses": [], "mqtt": {"url": url, "payload": payload, "topics": topics}}), flush=True)
+        _serve_control(simulator)
+    else:
+        for topic in topics.values():
+            print(topic, flush=True)
+        typer.echo(f"{url}: {meters} NB-IoT meters ({payload}) publishing every {uplink_every:g} s under {prefix}/",
+                   err=True)
+    signal.signal(signal.SIGTERM, lambda *_: simulator.stop())
+    with contextlib.suppress(KeyboardInterrupt):
+        simulator.run()
+
+
 # ---------------------------------------------------------------------------- from Python
 
 
@@ -849,6 +1081,8 @@ class SimulatorProcess:
                 self.arguments += [flag, str(value)]
         self.urls: list[str] = []
         self.addresses: list[list[str]] = []
+        # NB-IoT (``mqtt=URL``): each meter's uplink topic, by address.
+        self.topics: dict[str, str] = {}
         self._process: subprocess.Popen[str] | None = None
 
     def start(self) -> SimulatorProcess:
@@ -863,9 +1097,10 @@ class SimulatorProcess:
         if not ready:
             self._process.wait()
             raise RuntimeError(f"the meter simulator did not start (exit {self._process.returncode})")
-        buses = json.loads(ready)["buses"]
-        self.urls = [bus["url"] for bus in buses]
-        self.addresses = [bus["meters"] for bus in buses]
+        started = json.loads(ready)
+        self.urls = [bus["url"] for bus in started["buses"]]
+        self.addresses = [bus["meters"] for bus in started["buses"]]
+        self.topics = dict(started.get("mqtt", {}).get("topics", {}))
         return self
 
     def _ask(self, **command: Any) -> dict[str, Any]:
@@ -898,6 +1133,14 @@ class SimulatorProcess:
     def meter(self, address: str) -> dict[str, Any]:
         meter: dict[str, Any] = self._ask(op="meter", address=address)["meter"]
         return meter
+
+    def uplink(self, address: str) -> None:
+        """An NB-IoT meter publishes its current data now."""
+        self._ask(op="uplink", address=address)
+
+    def uplink_every(self, address: str, seconds: float | None) -> None:
+        """An NB-IoT meter's period from now on (None: it publishes only when told to)."""
+        self._ask(op="uplink_every", address=address, seconds=seconds)
 
     def close(self) -> None:
         process, self._process = self._process, None

@@ -26,7 +26,12 @@ whose state is ``queued`` (LISTEN on the events channel, ``backend.events.listen
 wakes every bus at once.
 
 Patrol runs' reads are ``read_now`` commands of their runs (``backend.remote.patrols``),
-so they travel the same path; MQTT (NB-IoT) links come later.
+so they travel the same path.
+
+**NB-IoT.** With ``SHUIWU_MQTT_URL`` set, the broker is one more link (``mqtt``), leased
+first: its holder runs an :class:`~acquisition.mqtt.MqttCoordinator` instead of a bus
+(subscription, uplinks, commands waiting in ``pending_delivery``; see that module).
+``--once`` leaves it alone: NB-IoT meters answer at their own pace.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from acquisition.commands import CommandOrder, Outcome, carry_out
 from acquisition.links import LinkPlan, MeterOnBus, links_held_by_others, meter_on_bus, servable_links
+from acquisition.mqtt import MqttCoordinator, MqttPlan
 from acquisition.protocols import cjt188
 from acquisition.settings import AcquireSettings
 from acquisition.transport import AsyncLink, ExchangeTiming, FailureKind
@@ -172,6 +178,7 @@ class AcquisitionWorker:
         database_url: str | None = None,
         holder: str | None = None,
         max_links: int | None = None,
+        mqtt_url: str | None = None,
         clock: Clock = utcnow,
     ) -> None:
         from zoneinfo import ZoneInfo
@@ -186,7 +193,8 @@ class AcquisitionWorker:
         self.clock = clock
         self.timing = ExchangeTiming(response_timeout=config.response_timeout_s,
                                      inter_byte_timeout=config.inter_byte_timeout_s, retries=config.exchange_retries)
-        self.coordinators: dict[str, LinkCoordinator] = {}
+        self.mqtt_url = mqtt_url
+        self.coordinators: dict[str, LinkCoordinator | MqttCoordinator] = {}
         self._stopping = asyncio.Event()
         self._leased_until: datetime | None = None
         # The LISTEN connection's follower, while it runs (tests wait for it to connect).
@@ -248,7 +256,11 @@ class AcquisitionWorker:
         ttl = timedelta(seconds=self.config.lease_ttl_s)
         try:
             async with transaction(self.sessions) as session:
-                plans = {plan.link: plan for plan in await servable_links(session)}
+                plans: dict[str, LinkPlan | MqttPlan] = {}
+                if self.mqtt_url and not drain:
+                    plans[remote.MQTT_LINK] = MqttPlan(remote.MQTT_LINK, self.mqtt_url, self.config.mqtt_topic_filter,
+                                                       self.config.mqtt_share_group)
+                plans.update((plan.link, plan) for plan in await servable_links(session))
                 held = [link for link in self.coordinators if link in plans]
                 gone = [link for link in self.coordinators if link not in plans]
                 if gone:  # no longer a bus (retired, now a terminal that dials in)
@@ -274,7 +286,8 @@ class AcquisitionWorker:
                 if link not in held_now or coordinator.plan != plans[link]]
         await self._stop_coordinators(lost)
         for link in sorted(held_now - set(self.coordinators)):
-            coordinator = LinkCoordinator(plans[link], self)
+            plan = plans[link]
+            coordinator = MqttCoordinator(plan, self) if isinstance(plan, MqttPlan) else LinkCoordinator(plan, self)
             self.coordinators[link] = coordinator
             coordinator.start(drain=drain)
             log.info("%s: serving %s on %s", self.holder, link, plans[link].url)
@@ -352,7 +365,7 @@ def reading_of(meter_id: int, data: cjt188.MeterData, read_at: datetime) -> Read
 # --------------------------------------------------------------------------- CLI
 
 
-acquire_app = typer.Typer(help="The acquisition worker (采集): meters on serial buses and DTUs.")
+acquire_app = typer.Typer(help="The acquisition worker (采集): meters on serial buses and DTUs, NB-IoT meters over MQTT.")
 
 
 @acquire_app.callback(invoke_without_command=True, subcommand_metavar="")
@@ -364,7 +377,8 @@ def acquire(
 ) -> None:
     """Run the acquisition worker: lease serial and DTU concentrators, carry out their
     queued commands (read now, patrol reads, valves, clocks, purchases), ingest the
-    readings. Stops cleanly on SIGTERM or Ctrl-C, releasing its leases."""
+    readings; with SHUIWU_MQTT_URL, also lease the broker and serve NB-IoT meters
+    (not with --once). Stops cleanly on SIGTERM or Ctrl-C, releasing its leases."""
     from backend.domain import read_settings
     from backend.settings import SettingsError
 
@@ -375,9 +389,8 @@ def acquire(
         typer.echo(str(error), err=True)
         raise typer.Exit(2) from None
     if host is not None:
-        settings, url = host.settings(), host.migrated_database()
+        settings = host.settings()
     else:  # run as `python -m acquisition.worker`
-        from backend.db import migrate, resolve_database_url
         from backend.settings import load_settings
 
         try:
@@ -388,9 +401,23 @@ def acquire(
         from backend.observability import configure_logging
 
         configure_logging(settings.log_level, as_json=settings.log_json)
+    if settings.mqtt_url:  # refused before anything is migrated or started
+        from acquisition.mqtt import broker_address
+
+        try:
+            broker_address(settings.mqtt_url)
+        except ValueError as error:
+            typer.echo(f"SHUIWU_MQTT_URL: {error}", err=True)
+            raise typer.Exit(2) from None
+    if host is not None:
+        url = host.migrated_database()
+    else:
+        from backend.db import migrate, resolve_database_url
+
         url = resolve_database_url(settings.database_url, settings.data_dir)
         migrate(url)
-    asyncio.run(run_acquire(url, config=config, timezone=settings.timezone, once=once, max_links=max_links))
+    asyncio.run(run_acquire(url, config=config, timezone=settings.timezone, once=once, max_links=max_links,
+                            mqtt_url=settings.mqtt_url))
 
 
 async def run_acquire(url: str, *, config: AcquireSettings, timezone: str, once: bool = False,
@@ -404,7 +431,8 @@ async def run_acquire(url: str, *, config: AcquireSettings, timezone: str, once:
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, worker.stop)
-    log.info("%s: acquisition worker starting (at most %d links)", worker.holder, worker.max_links)
+    log.info("%s: acquisition worker starting (at most %d links%s)", worker.holder, worker.max_links,
+             ", with the MQTT broker" if worker.mqtt_url and not once else "")
     try:
         await worker.run(once=once)
     finally:

@@ -98,6 +98,14 @@ class DiByteOrder(StrEnum):
     swapped = "1F90"
 
 
+class PayloadFormat(StrEnum):
+    """What an NB-IoT meter model publishes over MQTT (acquisition.mqtt): a CJ/T 188 frame
+    as it would answer on a bus, or the JSON documented in docs/drivers.md."""
+
+    cjt188 = "cjt188"
+    json = "json"
+
+
 class ConnectionKind(StrEnum):
     """How the station reaches a concentrator: it logs in over TCP/4G, a serial port
     (``/dev/ttyUSB0``, ``rfc2217://…``), or a transparent TCP DTU (``socket://host:port``)."""
@@ -242,6 +250,7 @@ class MeterModel(SQLModel, table=True):
         CheckConstraint("caliber BETWEEN 15 AND 300", name="caliber_range"),
         CheckConstraint("register_digits BETWEEN 1 AND 12 AND register_decimals BETWEEN 0 AND 4", name="register_range"),
         CheckConstraint("multiplier > 0", name="multiplier_positive"),
+        CheckConstraint("uplink_wait_s BETWEEN 1 AND 604800", name="uplink_wait_range"),
         CheckConstraint("preamble_len BETWEEN 0 AND 16", name="preamble_len_range"),
         CheckConstraint("wire_decimals BETWEEN 0 AND 4", name="wire_decimals_range"),
         CheckConstraint("response_timeout_ms BETWEEN 50 AND 60000", name="response_timeout_range"),
@@ -261,6 +270,14 @@ class MeterModel(SQLModel, table=True):
         default=DiByteOrder.standard,
         sa_column=enum_column(DiByteOrder, nullable=False, server_default=DiByteOrder.standard.value),
     )
+    # NB-IoT (meters with an MQTT topic): what the device publishes, and how long a command
+    # waits for its next uplink (its 命令时限 unless a longer one is given: the device
+    # sleeps between uplinks, hours apart).
+    payload_format: PayloadFormat = Field(
+        default=PayloadFormat.cjt188,
+        sa_column=enum_column(PayloadFormat, nullable=False, server_default=PayloadFormat.cjt188.value),
+    )
+    uplink_wait_s: int = Field(default=86400, sa_column=Column(Integer, nullable=False, server_default="86400"))
     # Wire settings (CJ/T 188): the FE bytes that wake the meter before each request, the
     # places of the volumes in its frames (the standard's XXXXXX.XX: 2; not the register's
     # display, register_decimals), and how long it may take to answer (None: the worker's
@@ -354,6 +371,8 @@ class Meter(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("protocol", "address"),
         Index("ix_meters_address_prefix", "address", postgresql_ops={"address": "text_pattern_ops"}),
+        # What the MQTT coordinator looks an uplink's meter up by.
+        Index("ix_meters_mqtt_topic", "mqtt_topic", postgresql_where=text("mqtt_topic IS NOT NULL")),
     )
 
     id: int | None = Field(default=None, sa_column=_id())

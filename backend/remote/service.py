@@ -74,7 +74,8 @@ from backend.remote.models import (
 
 DEFAULT_TIME_LIMIT_S = 30
 # NB-IoT meters answer at their next uplink (hours apart): their commands wait this long
-# unless a longer limit is given.
+# (their model's ``uplink_wait_s``, this for a meter without a model) unless a longer
+# limit is given.
 NB_IOT_TIME_LIMIT_S = 24 * 3600
 MAX_TIME_LIMIT_S = 7 * 24 * 3600
 DEFAULT_MAX_ATTEMPTS = 3
@@ -126,6 +127,7 @@ class _Candidate:
     concentrator_id: int | None
     mqtt_topic: str | None
     has_valve: bool
+    uplink_wait_s: int
 
     @property
     def link(self) -> str | None:
@@ -150,14 +152,15 @@ def _time_limit(time_limit_s: int | None) -> int | None:
 
 
 def _limit_for(candidate: _Candidate, time_limit_s: int | None) -> int:
-    if candidate.concentrator_id is None:  # NB-IoT: waits for the uplink
-        return max(time_limit_s or 0, NB_IOT_TIME_LIMIT_S)
+    if candidate.concentrator_id is None:  # NB-IoT: waits for the uplink, as long as its model says
+        return max(time_limit_s or 0, candidate.uplink_wait_s)
     return time_limit_s or DEFAULT_TIME_LIMIT_S
 
 
 def _candidates_query() -> Any:
     return (select(col(Meter.id), col(Meter.code), col(Area.path), col(Meter.concentrator_id), col(Meter.mqtt_topic),
-                   func.coalesce(col(MeterModel.has_valve), False).label("has_valve"))
+                   func.coalesce(col(MeterModel.has_valve), False).label("has_valve"),
+                   func.coalesce(col(MeterModel.uplink_wait_s), NB_IOT_TIME_LIMIT_S).label("uplink_wait_s"))
             .join(Area, col(Area.id) == col(Meter.area_id))
             .outerjoin(MeterModel, col(MeterModel.id) == col(Meter.model_id)))
 
@@ -447,6 +450,17 @@ async def mark_sent(session: AsyncSession, *, command_id: int, holder: str, now:
     return found
 
 
+async def pending_deliveries(session: AsyncSession, *, meter_id: int, holder: str, now: datetime) -> list[RemoteCommand]:
+    """The commands of an NB-IoT meter that ``holder`` claimed and that wait for the
+    device's next uplink (``pending_delivery``, deadline ahead), oldest first: what the
+    broker's holder delivers when the device calls."""
+    return list((await session.execute(
+        select(RemoteCommand).where(col(RemoteCommand.meter_id) == meter_id,
+                                    col(RemoteCommand.state) == CommandState.pending_delivery,
+                                    col(RemoteCommand.claimed_by) == holder, col(RemoteCommand.deadline) > now)
+        .order_by(col(RemoteCommand.id)).execution_options(populate_existing=True))).scalars())
+
+
 async def finish_command(
     session: AsyncSession, *, command_id: int, holder: str, succeeded: bool, now: datetime,
     reply: Mapping[str, Any] | None = None, failure_kind: FailureKind | None = None, failure_reason: str | None = None,
@@ -502,12 +516,18 @@ RETURNING id, patrol_run_id
 
 # Claimed commands whose claimant no longer holds their link (killed, or its lease taken
 # over): back to the queue while attempts remain, failed as link_down otherwise.
+# A pending_delivery command never went out (the device had not called): it goes back
+# without the attempt its claim counted, so restarts of the broker's holder cannot use up
+# an NB-IoT command's attempts while it waits a day for its uplink.
 _ORPHANS = """
 UPDATE remote_commands c
-   SET state = CASE WHEN c.attempts < c.max_attempts THEN 'queued' ELSE 'failed' END,
-       claimed_by = CASE WHEN c.attempts < c.max_attempts THEN NULL ELSE c.claimed_by END,
-       failure_kind = 'link_down', failure_reason = :reason,
-       finished_at = CASE WHEN c.attempts < c.max_attempts THEN NULL ELSE CAST(:now AS timestamptz) END,
+   SET state = CASE WHEN c.attempts < c.max_attempts OR c.state = 'pending_delivery' THEN 'queued' ELSE 'failed' END,
+       attempts = CASE WHEN c.state = 'pending_delivery' THEN GREATEST(c.attempts - 1, 0) ELSE c.attempts END,
+       claimed_by = CASE WHEN c.attempts < c.max_attempts OR c.state = 'pending_delivery' THEN NULL ELSE c.claimed_by END,
+       failure_kind = CASE WHEN c.state = 'pending_delivery' THEN c.failure_kind ELSE 'link_down' END,
+       failure_reason = CASE WHEN c.state = 'pending_delivery' THEN c.failure_reason ELSE :reason END,
+       finished_at = CASE WHEN c.attempts < c.max_attempts OR c.state = 'pending_delivery' THEN NULL
+                          ELSE CAST(:now AS timestamptz) END,
        updated_at = :now
  WHERE c.state IN ('pending_delivery', 'sent') AND c.deadline > :now {links}
    AND NOT EXISTS (SELECT 1 FROM link_leases l

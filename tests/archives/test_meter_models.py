@@ -146,6 +146,23 @@ async def test_the_meters_sheet_finds_a_model_by_vendor_and_name_and_refuses_an_
     assert tuple(stored) == (model.id, MeterKind.household)
 
 
+async def test_an_nb_iot_model_keeps_its_payload_format_and_uplink_wait(session: AsyncSession) -> None:
+    from backend.archives.models import PayloadFormat
+    from backend.errors import DomainError
+
+    fields = service.MeterModelFields(vendor="NB厂家", name=unique("NB"), caliber=20, has_valve=True,
+                                      payload_format=PayloadFormat.json, uplink_wait_s=3600)
+    model = await service.save_meter_model(session, fields=fields)
+    assert (model.payload_format, model.uplink_wait_s) == (PayloadFormat.json, 3600)
+    default = await service.save_meter_model(session, fields=service.MeterModelFields(vendor="NB厂家", name=unique("NB"),
+                                                                                      caliber=20))
+    assert (default.payload_format, default.uplink_wait_s) == (PayloadFormat.cjt188, 86400)
+
+    for wait in (0, 7 * 86400 + 1):
+        with pytest.raises(DomainError) as refused:
+            await service.save_meter_model(session, fields=service.MeterModelFields(
+                vendor="NB厂家", name=unique("NB"), caliber=20, uplink_wait_s=wait))
+        assert refused.value.field == "uplinkWaitS"
 async def test_a_models_wire_settings_are_kept_and_checked(session: AsyncSession) -> None:
     """The preamble, wire decimals and response timeout the worker speaks to its meters with."""
     fields = service.MeterModelFields(vendor="宁波水表", name=unique("NB"), caliber=15, preamble_len=4, wire_decimals=3,

@@ -35,6 +35,7 @@ from backend.archives.models import (
     MeterStatusChange,
     MeterType,
     MonitoringStation,
+    PayloadFormat,
     StationKind,
 )
 from backend.auth.principal import Principal
@@ -49,6 +50,8 @@ MeterTypeEnum = strawberry.enum(MeterType, name="MeterType")
 MeterKindEnum = strawberry.enum(MeterKind, name="MeterKind", description="住户水表 / 监测点")
 MeterStatusEnum = strawberry.enum(MeterStatus, name="MeterStatus", description="库存 / 在用 / 故障 / 报废")
 DiByteOrderEnum = strawberry.enum(DiByteOrder, name="DiByteOrder", description="CJ/T 188 数据标识字节序: 901F or 1F90")
+PayloadFormatEnum = strawberry.enum(PayloadFormat, name="PayloadFormat",
+                                    description="What an NB-IoT meter publishes over MQTT: a CJ/T 188 frame or JSON")
 ConnectionKindEnum = strawberry.enum(ConnectionKind, name="ConnectionKind")
 DeviceStatusEnum = strawberry.enum(DeviceStatus, name="DeviceStatus")
 HouseholdOrderEnum = strawberry.enum(service.HouseholdOrder, name="HouseholdOrder")
@@ -422,6 +425,10 @@ class MeterModelType(Node):
     has_valve: bool
     has_battery: bool
     di_byte_order: DiByteOrderEnum  # type: ignore[valid-type]
+    payload_format: PayloadFormatEnum = strawberry.field(  # type: ignore[valid-type]
+        description="NB-IoT meters: what the device publishes over MQTT.")
+    uplink_wait_s: int = strawberry.field(description="NB-IoT meters: how long a command waits for the device's next "
+                                                      "uplink (seconds; 86400 by default).")
     preamble_len: int = strawberry.field(description="FE bytes before each request.")
     wire_decimals: int = strawberry.field(description="Places of the volumes in the model's frames.")
     response_timeout_ms: int | None = strawberry.field(description="How long a meter may take to answer; null: the "
@@ -434,7 +441,8 @@ class MeterModelType(Node):
             id=encode_id("MeterModel", model.id), vendor=model.vendor, name=model.name, protocol=model.protocol,
             caliber=model.caliber, register_digits=model.register_digits, register_decimals=model.register_decimals,
             multiplier=model.multiplier, has_valve=model.has_valve, has_battery=model.has_battery,
-            di_byte_order=model.di_byte_order, preamble_len=model.preamble_len, wire_decimals=model.wire_decimals,
+            di_byte_order=model.di_byte_order, payload_format=model.payload_format, uplink_wait_s=model.uplink_wait_s,
+            preamble_len=model.preamble_len, wire_decimals=model.wire_decimals,
             response_timeout_ms=model.response_timeout_ms,
         )
 

@@ -26,6 +26,7 @@ from backend.archives.models import (
     MeterModel,
     MeterStatus,
     MeterType,
+    PayloadFormat,
 )
 from backend.archives.service.areas import share_area_tree
 from backend.archives.service.assignments import _lock_served_household, _open_assignment
@@ -75,6 +76,9 @@ class MeterModelFields:
     has_valve: bool = False
     has_battery: bool = False
     di_byte_order: DiByteOrder = DiByteOrder.standard
+    # NB-IoT models: what the device publishes, how long its commands wait for an uplink.
+    payload_format: PayloadFormat = PayloadFormat.cjt188
+    uplink_wait_s: int = 86400
     # Wire settings (MeterModel): FE preamble, volume places in frames, response timeout (None: the worker's).
     preamble_len: int = 2
     wire_decimals: int = 2
@@ -122,6 +126,9 @@ async def save_meter_model(
             and fields.multiplier == fields.multiplier.to_integral_value()):
         problems.append(DomainError("倍率须为正整数 (如 1、10、100)", "The multiplier must be a whole number above 0 (1, 10, 100 …)",
                                     field="multiplier", code=ErrorCode.INVALID))
+    if not 1 <= fields.uplink_wait_s <= 7 * 86400:
+        problems.append(DomainError("上报等待时限须为 1 秒至 7 天", "The uplink wait must be 1 s to 7 days",
+                                    field="uplinkWaitS", code=ErrorCode.INVALID))
     if not problems and await _exists(session, select(MeterModel.id).where(  # type: ignore[call-overload]
         MeterModel.vendor == fields.vendor, MeterModel.name == fields.name, MeterModel.id != (model_id or 0)  # type: ignore[arg-type]
     )):

@@ -10,11 +10,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.types import Info
 
 from backend.archives import service
-from backend.archives.models import DiByteOrder
+from backend.archives.models import DiByteOrder, PayloadFormat
 from backend.archives.schema.mutations.common import MANAGE, _run, _scope
 from backend.archives.schema.types import (
     DiByteOrderEnum,
     MeterModelType,
+    PayloadFormatEnum,
 )
 from backend.graphql.errors import UserError
 from backend.graphql.relay import decode_id
@@ -42,6 +43,9 @@ class MeterModelInput:
     has_valve: bool = False
     has_battery: bool = False
     di_byte_order: DiByteOrderEnum = DiByteOrder.standard  # type: ignore[valid-type]
+    payload_format: PayloadFormatEnum = PayloadFormat.cjt188  # type: ignore[valid-type]
+    uplink_wait_s: int = strawberry.field(default=86400, description="NB-IoT: seconds a command waits for the "
+                                                                      "device's next uplink (1 s … 7 days).")
     preamble_len: int = strawberry.field(default=2, description="FE bytes before each request, 0-16.")
     wire_decimals: int = strawberry.field(default=2, description="Places of the volumes in the model's frames, 0-4 "
                                           "(the standard's XXXXXX.XX: 2; not registerDecimals).")
@@ -54,6 +58,7 @@ class MeterModelInput:
             register_digits=self.register_digits, register_decimals=self.register_decimals,
             multiplier=Decimal(1) if self.multiplier is None else self.multiplier,
             has_valve=self.has_valve, has_battery=self.has_battery, di_byte_order=DiByteOrder(self.di_byte_order),
+            payload_format=PayloadFormat(self.payload_format), uplink_wait_s=self.uplink_wait_s,
             preamble_len=self.preamble_len, wire_decimals=self.wire_decimals, response_timeout_ms=self.response_timeout_ms,
         )
 
