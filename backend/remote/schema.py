@@ -58,7 +58,8 @@ from backend.remote.models import (
 
 CommandKindEnum = strawberry.enum(CommandKind, name="CommandKind", description="DESIGN.md CommandKind")
 CommandStateEnum = strawberry.enum(CommandState, name="CommandState",
-                                   description="排队 / 等待上线 (NB-IoT) / 已下发 / 成功 / 失败 / 超时")
+                                   description="排队 / 等待上线 (NB-IoT) / 已下发 / 成功 / 失败 / 超时 / "
+                                   "已取消 (a purchase whose payment went back before it was sent)")
 FailureKindEnum = strawberry.enum(FailureKind, name="CommandFailureKind", description="超时 / 帧错误 / 设备错误 / 链路中断")
 PatrolReadingEnum = strawberry.enum(PatrolReading, name="PatrolReading", description="当前数据 / 历史数据")
 PatrolRunStateEnum = strawberry.enum(PatrolRunState, name="PatrolRunState", description="执行中 / 已完成 / 已中断")
