@@ -196,7 +196,8 @@ async def cancel_purchases(session: AsyncSession, *, command_ids: Sequence[int],
     if not command_ids:
         return []
     rows = await session.execute(text(
-        "UPDATE remote_commands SET state = 'cancelled', failure_reason = :reason, finished_at = :now, updated_at = :now "
+        "UPDATE remote_commands SET state = 'cancelled', failure_reason = :reason, sent_at = NULL, finished_at = :now, "
+        "updated_at = :now "
         "WHERE id = ANY(CAST(:ids AS bigint[])) AND kind = 'write_purchase' "
         "AND state = ANY(CAST(:states AS text[])) RETURNING id"),
         {"ids": list(command_ids), "reason": CANCELLED_REASON, "now": now, "states": list(states)})
