@@ -180,11 +180,11 @@ async def send_meter_writes(session: AsyncSession, *, actor: Principal, now: dat
 async def purchases_claimed(session: AsyncSession, commands: Sequence[RemoteCommand], now: datetime) -> list[int]:
     """A worker claimed these write_purchase commands for the wire: their writes are sent
     from now on; the commands whose write no longer wants them are cancelled (module
-    docstring) and returned."""
+    docstring) and returned. A purchase queued by hand, which no write carries, goes out
+    as it is."""
     keys = [(c.id or 0, int(c.params["purchase_count"]), int(c.params["amount_fen"])) for c in commands]
-    wanted = await pending.meter_writes_wanting(session, keys, sending_at=now)
-    unwanted = sorted(c.id or 0 for c in commands if c.id not in wanted)
-    return await cancel_purchases(session, command_ids=unwanted, now=now, states=_LIVE)
+    unwanted = await pending.unwanted_meter_commands(session, keys, sending_at=now)
+    return await cancel_purchases(session, command_ids=sorted(unwanted), now=now, states=_LIVE)
 
 
 async def cancel_purchases(session: AsyncSession, *, command_ids: Sequence[int], now: datetime,
@@ -278,13 +278,13 @@ SELECT id, params FROM remote_commands
 
 
 async def retry_meter_purchases(session: AsyncSession, *, actor: Principal, now: datetime) -> tuple[list[int], list[int]]:
-    """The minute job's work: cancel the queued purchases no write wants any more, then
+    """The minute job's work: cancel the queued purchases their write no longer wants, then
     queue each meter's next purchase (a failed one again, after :data:`RETRY_AFTER`).
     Returns (cancelled, queued)."""
     rows = (await session.execute(_UNWANTED_CANDIDATES)).all()
     keys = [(row.id, int(row.params["purchase_count"]), int(row.params["amount_fen"])) for row in rows]
-    wanted = await pending.meter_writes_wanting(session, keys, sending_at=None)
-    cancelled = await cancel_purchases(session, command_ids=[key[0] for key in keys if key[0] not in wanted], now=now)
+    unwanted = await pending.unwanted_meter_commands(session, keys, sending_at=None)
+    cancelled = await cancel_purchases(session, command_ids=sorted(unwanted), now=now)
     queued = await send_meter_writes(session, actor=actor, now=now)
     return cancelled, queued
 

@@ -15,7 +15,7 @@ money may be on the meter whatever the reply says.
 **Meter writes** are carried out by the remote domain (``backend.remote.purchases``, a
 later domain, so it calls the functions below and payments imports nothing of it): it
 gives a write its meter, purchase count and command (:func:`carry_meter_write`), marks
-it sent when a worker claims that command (:func:`meter_writes_wanting`, which is also
+it sent when a worker claims that command (:func:`unwanted_meter_commands`, which is also
 how a command whose write was taken back meanwhile is found and cancelled before it
 reaches the meter), written when the meter confirmed the count
 (:func:`meter_write_written`), or held for staff (:func:`hold_meter_write`)."""
@@ -77,7 +77,7 @@ async def take_back_pending_write(session: AsyncSession, *, payment_id: int, amo
     refuses), or sent to the meter already (it may hold the money: the caller refuses
     too); True otherwise (no pending write, cancelled before, or taken back now). A
     ``write_purchase`` command queued for it and not yet claimed is then cancelled by the
-    remote domain before it reaches the meter (:func:`meter_writes_wanting`).
+    remote domain before it reaches the meter (:func:`unwanted_meter_commands`).
     The caller holds the account locked and commits."""
     driver = await raw_connection(session)
     row = await driver.fetchrow(_LOCK_PENDING, payment_id)
@@ -182,13 +182,15 @@ async def renumber_meter_write(session: AsyncSession, *, write_id: int, purchase
         {"id": write_id, "count": purchase_count})
 
 
-async def meter_writes_wanting(session: AsyncSession, commands: Sequence[tuple[int, int, int]], *,
-                               sending_at: datetime | None) -> set[int]:
+async def unwanted_meter_commands(session: AsyncSession, commands: Sequence[tuple[int, int, int]], *,
+                                  sending_at: datetime | None) -> set[int]:
     """Of ``commands`` ((command id, purchase count, amount in fen) of write_purchase
-    commands), those a pending write still wants: its newest command, with its count and
-    its amount (a partial refund lowers the amount). With ``sending_at`` (a worker claimed
-    them for the wire) those writes are marked sent, so they can no longer be taken back;
-    the others are for the caller to cancel. Waits for a reversal holding such a write."""
+    commands), those a meter write carried and no longer wants: it was taken back
+    (cancelled), written, held, or lowered by a partial refund since (its amount or count
+    is not the command's). They are for the caller to cancel. With ``sending_at`` (a
+    worker claimed them for the wire) the writes that still want theirs are marked sent,
+    so they can no longer be taken back. A command no write ever carried (queued by
+    hand) is left alone. Waits for a reversal holding such a write."""
     if not commands:
         return set()
     ids, counts, amounts = zip(*commands, strict=True)
@@ -197,12 +199,13 @@ async def meter_writes_wanting(session: AsyncSession, commands: Sequence[tuple[i
                     "AS c(id, purchase_count, amount_fen)")
     wanted = ("w.command_id = c.id AND w.purchase_count = c.purchase_count AND w.amount_fen = c.amount_fen "
               "AND w.state = 'pending' AND w.held_reason IS NULL")
-    if sending_at is None:
-        rows = await session.execute(text(f"SELECT c.id FROM {commands_sql} JOIN pending_writes w ON {wanted}"), values)
-    else:
-        rows = await session.execute(text(
+    if sending_at is not None:
+        await session.execute(text(
             f"UPDATE pending_writes w SET sent_at = coalesce(w.sent_at, CAST(:now AS timestamptz)) FROM {commands_sql} "
-            f"WHERE {wanted} RETURNING w.command_id"), values)
+            f"WHERE {wanted}"), values)
+    rows = await session.execute(text(
+        f"SELECT c.id FROM {commands_sql} WHERE EXISTS (SELECT 1 FROM pending_writes w WHERE w.command_id = c.id) "
+        f"AND NOT EXISTS (SELECT 1 FROM pending_writes w WHERE {wanted})"), values)
     return {row[0] for row in rows}
 
 
