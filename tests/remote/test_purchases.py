@@ -23,6 +23,8 @@ from acquisition.transport import SerialLink
 from acquisition.worker import run_acquire
 from backend.archives.models import AreaKind, Concentrator, ConnectionKind, Meter, MeterModel
 from backend.archives.service import create_area
+from backend.billing import service as tariffs
+from backend.billing.accounts import AccountTerms, open_account
 from backend.billing.models import BillingMode
 from backend.billing.settlement import settle_prepaid
 from backend.clock import utcnow
@@ -33,6 +35,7 @@ from backend.events.service import Event, load_event
 from backend.payments import counter
 from backend.payments.errors import ReversalWrittenToDevice
 from backend.payments.models import PaymentChannel, PaymentPurpose
+from backend.payments.online.pending import take_back_pending_write
 from backend.remote import purchases
 from backend.remote import service as remote
 from backend.remote.models import CommandKind, CommandState, FailureKind, IssuerKind, RemoteCommand
@@ -41,6 +44,7 @@ from backend.settings import Settings
 from tests.acquisition.conftest import FAST_LINE, FAST_TIMING
 from tests.billing.factories import at, ingest, served_household, tariff
 from tests.factories import unique
+from tests.remote.support import NOW, World, household_with, make_world
 
 BAUD = FAST_LINE.baudrate
 METERS = 4
@@ -327,3 +331,82 @@ async def test_a_meter_counting_from_elsewhere_is_followed_once_then_an_unexplai
             {"m": home.meter_id})).all()
     assert [tuple(a) for a in alarms] == [("purchase_mismatch", "open", 9, 7)]
     assert simulator.meter(home.address)["purchased_fen"] == 1000
+
+
+# ---------------------------------------------------------------------------- in a rolled-back transaction
+
+ACTOR = system_principal(installed())
+
+
+async def _meter_account(session: AsyncSession, world: World, *meters: Meter) -> tuple[int, int]:
+    """(account, household) of a prepaid_meter household served by ``meters``."""
+    household_id = await household_with(session, world, *meters)
+    raw = tariff()
+    await tariffs.save_tariff(session, raw=raw)
+    account = await open_account(session, household_id=household_id, mode=BillingMode.prepaid_meter,
+                                 terms=AccountTerms(tariff_code=raw["code"]), now=NOW - timedelta(days=1), by="测试")
+    return account.id or 0, household_id
+
+
+async def _pay(session: AsyncSession, account_id: int, amount_fen: int) -> int:
+    payment = await counter.take_payment(
+        session, account_id=account_id, channel=PaymentChannel.cash, purpose=PaymentPurpose.recharge,
+        amount_fen=amount_fen, confirm_amount_fen=amount_fen, idempotency_key=unique("k"), operator=CASHIER, now=NOW)
+    return payment.id or 0
+
+
+async def _paid_event(session: AsyncSession, account_id: int) -> Event:
+    event_id = (await session.execute(text(
+        "SELECT max(id) FROM domain_events WHERE kind = 'payment.succeeded' AND key = :key"),
+        {"key": f"account:{account_id}"})).scalar_one()
+    event = await load_event(session, event_id)
+    assert event is not None
+    return event
+
+
+def _fixed_runtime() -> Runtime:
+    return Runtime(settings=Settings(), sessions=None, actor=ACTOR, clock=lambda: NOW)  # type: ignore[arg-type]
+
+
+async def test_the_balance_meter_is_the_households_first_valve_meter_on_a_link_and_one_event_queues_once(
+        session: AsyncSession) -> None:
+    world = await make_world(session)
+    first, second = world.east_valve_meters[:2]
+    account_id, _ = await _meter_account(session, world, world.east_plain_meter, second, first)
+    without_id, _ = await _meter_account(session, world, world.unlinked_meter)
+    await _pay(session, account_id, 5000)
+    await _pay(session, without_id, 5000)
+    event = await _paid_event(session, account_id)
+
+    queued = await purchases.send_paid_meter_writes(_fixed_runtime(), session, event)
+    again = await purchases.send_paid_meter_writes(_fixed_runtime(), session, event)
+    without = await purchases.send_paid_meter_writes(_fixed_runtime(), session, await _paid_event(session, without_id))
+
+    [command] = await remote.commands_by_id(session, queued)
+    assert (command.meter_id, command.kind, command.params, command.issued_by_name) == (
+        min(first.id or 0, second.id or 0), CommandKind.write_purchase, {"purchase_count": 1, "amount_fen": 5000}, "系统")
+    assert again == []
+    # A household without such a meter keeps its write pending (the minute job looks again).
+    assert without == []
+    rows = (await session.execute(text("SELECT state, meter_id, command_id FROM pending_writes WHERE account_id = :a"),
+                                  {"a": without_id})).all()
+    assert [tuple(row) for row in rows] == [("pending", None, None)]
+
+
+async def test_a_partial_refund_before_sending_sends_the_rest_with_the_same_count(session: AsyncSession) -> None:
+    world = await make_world(session)
+    account_id, _ = await _meter_account(session, world, world.east_valve_meters[0])
+    payment_id = await _pay(session, account_id, 5000)
+    [first] = await purchases.send_paid_meter_writes(_fixed_runtime(), session, await _paid_event(session, account_id))
+
+    assert await take_back_pending_write(session, payment_id=payment_id, amount_fen=2000, now=NOW, by="收费员")
+    await remote.take_leases(session, holder="test:partial", links=[world.east_link], ttl=timedelta(minutes=1), now=NOW)
+    claimed = await remote.claim_commands(session, holder="test:partial", link_ids=[world.east_link], limit=5, now=NOW)
+    _, [second] = await purchases.retry_meter_purchases(session, actor=ACTOR, now=NOW)
+
+    assert claimed == []
+    first_command, second_command = await remote.commands_by_id(session, [first, second])
+    assert first_command.state is CommandState.cancelled
+    assert second_command.params == {"purchase_count": 1, "amount_fen": 3000}
+    # Cancelled before the wire: the rest can still be taken back.
+    assert await take_back_pending_write(session, payment_id=payment_id, amount_fen=3000, now=NOW, by="收费员")
