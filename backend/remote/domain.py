@@ -31,6 +31,7 @@ _COMMANDS = (
     ("readParams", "读取参数", "Read parameters", "remote"),
     ("setParams", "设置参数", "Set parameters", "remote"),
     ("syncClocks", "校时", "Sync clocks", "remote"),
+    ("resumeMeterPurchases", "核对购水次数", "Resume meter purchases", "remote"),
     ("setExecutionPassword", "设置执行密码", "Set execution password", "execution_passwords"),
     ("resetExecutionPassword", "重置执行密码", "Reset execution password", "execution_passwords"),
     ("unlockExecutionPassword", "解锁执行密码", "Unlock execution password", "execution_passwords"),

@@ -37,7 +37,8 @@ of ``command.finished``) then decides:
   taken as its starting point and the write goes out again as the next one (a meter
   fitted with purchases on it); otherwise nobody can explain it: the write is held
   (``held_reason``) and an alarm ``purchase_mismatch`` opens on the meter for staff, and
-  nothing more is sent to that meter until the write is released.
+  nothing more is sent to that meter until staff, having looked at the meter, say which
+  count it holds (:func:`resume_meter_purchases`).
 
 :func:`retry_meter_purchases` (the minute job) also cancels queued purchases whose write
 no longer wants them, so a reversal's command does not wait for a worker to be cancelled.
@@ -56,12 +57,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from backend.alarms.models import AlarmKind, AlarmSubjectKind
-from backend.alarms.service import AlarmSubject, open_alarms
+from backend.alarms.service import AlarmSubject, close_cleared_alarms, open_alarms
 from backend.auth.principal import Principal
+from backend.errors import DomainError, ErrorCode, Forbidden
 from backend.events.service import Event, emit_event, payload_of
 from backend.payments.events import PaymentSucceeded
 from backend.payments.online import pending
 from backend.remote import service
+from backend.remote.catalog import PURCHASE
 from backend.remote.events import CommandFinished
 from backend.remote.models import CommandKind, CommandState, MeterPurchaseCount, RemoteCommand
 
@@ -293,3 +296,32 @@ async def retry_meter_purchases_job(runtime: Runtime, payload: Mapping[str, Any]
     async with runtime.sessions() as session, session.begin():
         cancelled, queued = await retry_meter_purchases(session, actor=runtime.actor, now=runtime.now())
     return len(cancelled) + len(queued)
+
+
+async def resume_meter_purchases(session: AsyncSession, *, meter_id: int, meter_count: int, principal: Principal,
+                                 now: datetime) -> list[int]:
+    """Staff looked at meter ``meter_id`` (its purchase data, or the alarm's value) and say
+    it holds purchase count ``meter_count`` (0-255, as the meter shows it): that becomes
+    its count, its held write (if any) goes out again as the next count, issued by
+    ``principal`` (``remote:purchase``, the meter in their scope, else FORBIDDEN /
+    NOT_FOUND), and its ``purchase_mismatch`` alarm closes. Returns the commands queued."""
+    if not principal.has(PURCHASE):
+        raise Forbidden()
+    if isinstance(meter_count, bool) or not 0 <= meter_count < WIRE_COUNTS:
+        raise DomainError(f"购水次数须在 0 至 {WIRE_COUNTS - 1} 之间", f"The purchase count must be 0 to {WIRE_COUNTS - 1}",
+                          field="purchaseCount", code=ErrorCode.INVALID)
+    await service.meter_in_scope(session, meter_id=meter_id, principal=principal)
+    await _locked_count(session, meter_id, now)
+    await _set_count(session, meter_id, confirmed=meter_count, now=now)
+    write = await pending.meter_write_on(session, meter_id)
+    await close_cleared_alarms(session, subject_kind=AlarmSubjectKind.meter, kind=AlarmKind.purchase_mismatch,
+                               subject_ids=[meter_id], now=now, by=principal.name[:100],
+                               reason=f"水表购水次数核对为 {meter_count}")
+    if write is None:
+        return []
+    last = await _command(session, write.command_id)
+    if last is not None and last.state.value in _LIVE:
+        return []  # on its way: the meter's reply decides
+    await pending.release_meter_write(session, write_id=write.id, purchase_count=meter_count + 1)
+    return await send_meter_writes(session, actor=principal, now=now, account_ids=[write.account_id],
+                                   retry_after=timedelta(0))

@@ -287,6 +287,11 @@ async def queue_commands(
     return QueuedBatch(batch, ids, skipped)
 
 
+async def meter_in_scope(session: AsyncSession, *, meter_id: int, principal: Principal) -> None:
+    """NOT_FOUND (field meterId) unless meter ``meter_id`` is in ``principal``'s scope."""
+    await _selected(session, Selection(meter_ids=(meter_id,)), principal.scope_patterns())
+
+
 async def valve_meters_of_household(session: AsyncSession, household_id: int) -> list[int]:
     """The meters serving the household now that have a valve and a way to be reached (a
     concentrator or an NB-IoT topic): what an automatic open or close commands."""

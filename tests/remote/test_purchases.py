@@ -52,6 +52,7 @@ CONFIG = AcquireSettings(lease_ttl_s=1.0, renew_interval_s=0.25, poll_interval_s
                          inter_byte_timeout_s=0.1, exchange_retries=1, reconnect_initial_s=0.1, reconnect_max_s=0.4,
                          listen=False)
 CASHIER = counter.Operator(id=None, name="收费员", may_reverse_any=True)
+ACTOR = system_principal(installed())
 Handler = Callable[[Runtime, AsyncSession, Event], Awaitable[Any]]
 
 
@@ -332,10 +333,24 @@ async def test_a_meter_counting_from_elsewhere_is_followed_once_then_an_unexplai
     assert [tuple(a) for a in alarms] == [("purchase_mismatch", "open", 9, 7)]
     assert simulator.meter(home.address)["purchased_fen"] == 1000
 
+    # Staff read the meter (9): the held write goes out as purchase 10 and the alarm closes.
+    async with transaction(committed_sessions) as session:
+        [resumed] = await purchases.resume_meter_purchases(session, meter_id=home.meter_id, meter_count=9,
+                                                           principal=ACTOR, now=utcnow())
+    await run_worker(database_url, "test:resumed")
+    await events.handle("command.finished", purchases.reconcile_purchases)
+
+    [_, released] = await writes(committed_sessions, home.account_id)
+    assert (released.state, released.purchase_count, released.held_reason) == ("written", 10, None)
+    assert resumed == released.command_id
+    async with committed_sessions() as session:
+        statuses = (await session.execute(text(
+            "SELECT status FROM alarms WHERE subject_kind = 'meter' AND subject_id = :m"), {"m": home.meter_id})).all()
+    assert [tuple(a) for a in statuses] == [("closed",)]
+    assert simulator.meter(home.address)["purchased_fen"] == 3500
+
 
 # ---------------------------------------------------------------------------- in a rolled-back transaction
-
-ACTOR = system_principal(installed())
 
 
 async def _meter_account(session: AsyncSession, world: World, *meters: Meter) -> tuple[int, int]:

@@ -18,7 +18,8 @@ gives a write its meter, purchase count and command (:func:`carry_meter_write`),
 it sent when a worker claims that command (:func:`unwanted_meter_commands`, which is also
 how a command whose write was taken back meanwhile is found and cancelled before it
 reaches the meter), written when the meter confirmed the count
-(:func:`meter_write_written`), or held for staff (:func:`hold_meter_write`)."""
+(:func:`meter_write_written`), or held for staff (:func:`hold_meter_write`) until staff
+release it (:func:`release_meter_write`)."""
 
 from __future__ import annotations
 
@@ -214,6 +215,13 @@ async def meter_write_written(session: AsyncSession, *, write_id: int, now: date
     await session.execute(text(
         "UPDATE pending_writes SET state = 'written', settled_at = :now, settled_by = :by "
         "WHERE id = :id AND state = 'pending'"), {"id": write_id, "now": now, "by": by[:100]})
+
+
+async def release_meter_write(session: AsyncSession, *, write_id: int, purchase_count: int) -> None:
+    """Staff released held write ``write_id``: it goes out again as ``purchase_count``."""
+    await session.execute(text(
+        "UPDATE pending_writes SET held_reason = NULL, purchase_count = :count WHERE id = :id AND state = 'pending'"),
+        {"id": write_id, "count": purchase_count})
 
 
 async def hold_meter_write(session: AsyncSession, *, write_id: int, reason: str) -> None:
