@@ -59,12 +59,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from backend.alarms.models import AlarmKind, AlarmSubjectKind
 from backend.alarms.service import AlarmSubject, close_cleared_alarms, open_alarms
 from backend.auth.principal import Principal
-from backend.errors import DomainError, ErrorCode, Forbidden
+from backend.errors import DomainError, ErrorCode, Forbidden, NotFound
 from backend.events.service import Event, emit_event, payload_of
 from backend.payments.events import PaymentSucceeded
 from backend.payments.online import pending
 from backend.remote import service
 from backend.remote.catalog import PURCHASE
+from backend.remote.errors import MeterUnreachable
 from backend.remote.events import CommandFinished
 from backend.remote.models import CommandKind, CommandState, MeterPurchaseCount, RemoteCommand
 
@@ -148,10 +149,16 @@ async def _send_next(session: AsyncSession, *, meter_id: int, household_id: int,
             return None
         purchase_count = count.confirmed_count + 1
     assert purchase_count is not None
-    batch = await service.queue_commands(
-        session, selection=service.Selection(meter_ids=(meter_id,)), kind=CommandKind.write_purchase,
-        params={"purchase_count": purchase_count, "amount_fen": write.amount_fen}, issued_by=actor, time_limit_s=None,
-        now=now, wait_s=PURCHASE_WAIT_S, batch_id=uuid.uuid5(_BATCHES, f"write:{write.id}:{now.isoformat()}"))
+    try:
+        batch = await service.queue_commands(
+            session, selection=service.Selection(meter_ids=(meter_id,)), kind=CommandKind.write_purchase,
+            params={"purchase_count": purchase_count, "amount_fen": write.amount_fen}, issued_by=actor,
+            time_limit_s=None, now=now, wait_s=PURCHASE_WAIT_S,
+            batch_id=uuid.uuid5(_BATCHES, f"write:{write.id}:{now.isoformat()}"))
+    except (MeterUnreachable, NotFound):
+        # The write's meter left its link (or the archive) since: refused before anything
+        # was written; the write waits, the minute job looks again.
+        return None
     [command_id] = batch.command_ids
     await pending.carry_meter_write(session, write_id=write.id, meter_id=meter_id, purchase_count=purchase_count,
                                     command_id=command_id)
@@ -168,10 +175,8 @@ async def send_meter_writes(session: AsyncSession, *, actor: Principal, now: dat
     for household_id in await pending.households_with_meter_writes(session, account_ids=account_ids):
         meter_id = await balance_meter(session, household_id)
         # A write given a meter before keeps it (the household's balance meter may have changed since).
-        held = await session.execute(text(
-            "SELECT DISTINCT meter_id FROM pending_writes WHERE household_id = :household AND state = 'pending' "
-            "AND target = 'meter' AND meter_id IS NOT NULL"), {"household": household_id})
-        meters = {row[0] for row in held} | ({meter_id} if meter_id is not None else set())
+        meters = set(await pending.meters_of_meter_writes(session, household_id))
+        meters |= {meter_id} if meter_id is not None else set()
         for meter in sorted(meters):
             command_id = await _send_next(session, meter_id=meter, household_id=household_id, actor=actor, now=now,
                                           retry_after=retry_after)

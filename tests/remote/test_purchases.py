@@ -425,3 +425,20 @@ async def test_a_partial_refund_before_sending_sends_the_rest_with_the_same_coun
     assert second_command.params == {"purchase_count": 1, "amount_fen": 3000}
     # Cancelled before the wire: the rest can still be taken back.
     assert await take_back_pending_write(session, payment_id=payment_id, amount_fen=3000, now=NOW, by="收费员")
+
+
+async def test_a_write_whose_meter_left_its_link_waits_and_the_job_carries_on(session: AsyncSession) -> None:
+    world = await make_world(session)
+    meter = world.east_valve_meters[0]
+    account_id, _ = await _meter_account(session, world, meter)
+    await _pay(session, account_id, 5000)
+    [first] = await purchases.send_paid_meter_writes(_fixed_runtime(), session, await _paid_event(session, account_id))
+    # It timed out in the queue; then the meter was taken off its bus.
+    await session.execute(text("UPDATE remote_commands SET state = 'timed_out', finished_at = :t WHERE id = :id"),
+                          {"t": NOW, "id": first})
+    await session.execute(update(Meter).where(Meter.id == meter.id).values(concentrator_id=None))  # type: ignore[arg-type]
+
+    assert await purchases.retry_meter_purchases(session, actor=ACTOR, now=NOW + purchases.RETRY_AFTER) == ([], [])
+    rows = (await session.execute(text("SELECT state, meter_id, purchase_count FROM pending_writes WHERE account_id = :a"),
+                                  {"a": account_id})).all()
+    assert [tuple(row) for row in rows] == [("pending", meter.id, 1)]

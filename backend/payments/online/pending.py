@@ -139,6 +139,14 @@ async def households_with_meter_writes(session: AsyncSession, *, account_ids: Se
     return [row[0] for row in rows]
 
 
+async def meters_of_meter_writes(session: AsyncSession, household_id: int) -> list[int]:
+    """The meters the household's pending meter writes were given already."""
+    rows = await session.execute(text(
+        "SELECT DISTINCT meter_id FROM pending_writes WHERE household_id = :household AND state = 'pending' "
+        "AND target = 'meter' AND meter_id IS NOT NULL ORDER BY meter_id"), {"household": household_id})
+    return [row[0] for row in rows]
+
+
 async def meter_write_on(session: AsyncSession, meter_id: int) -> MeterWrite | None:
     """The pending write that has a purchase count on ``meter_id`` (one at a time goes to a
     meter, so at most one), locked; None when the meter has none in hand."""
