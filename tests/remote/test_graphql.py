@@ -40,9 +40,6 @@ CREATE_TASK = """mutation($input: PatrolTaskInput!) { createPatrolTask(input: $i
 DISABLE_TASK = """mutation($id: ID!) { disablePatrolTask(id: $id) { patrolTask { enabled } errors { code } } }"""
 TASKS = """{ patrolTasks { totalCount edges { node { name enabled } } } }"""
 RUNS = """query($task: ID) { patrolRuns(taskId: $task) { totalCount edges { node { state successRate } } } }"""
-RESUME = """mutation($meter: ID!, $count: Int!, $password: String!) {
-  resumeMeterPurchases(meterId: $meter, purchaseCount: $count, executionPassword: $password) {
-    queued errors { field code } } }"""
 SET_PASSWORD = """mutation($login: String!, $new: String!) { setExecutionPassword(loginPassword: $login, newPassword: $new) {
   status { locked } errors { field code } } }"""
 
@@ -70,7 +67,7 @@ async def setup(committed_sessions: async_sessionmaker[AsyncSession]) -> Setup:
     async with committed_sessions() as session, session.begin():
         world = await make_world(session)
         east = world.tree.east
-        operator = await staff_member(session, permissions={*REMOTE, "remote:purchase"}, area=east)
+        operator = await staff_member(session, permissions=REMOTE, area=east)
         guesser = await staff_member(session, permissions=REMOTE, area=east)
         reader = await make_staff(session, permissions={"remote:read"}, areas=[east])
         admin = await staff_member(session, permissions={"users:manage", "patrols:manage", "patrols:read", *REMOTE},
@@ -167,23 +164,6 @@ async def test_a_user_without_the_permission_is_refused_before_the_password_is_a
                                           "password": EXECUTION}, token=token)
 
     assert [e["extensions"]["code"] for e in result["errors"]] == ["FORBIDDEN"]
-
-
-async def test_resume_meter_purchases_takes_the_meters_count_and_refuses_one_off_the_wire(
-        client: GraphQLClient, setup: Setup, committed_sessions: async_sessionmaker[AsyncSession]) -> None:
-    token, meter = setup.tokens["operator"], setup.world.east_valve_meters[2]
-    counts = f"SELECT count(*) FROM meter_purchase_counts WHERE meter_id = {meter.id} AND confirmed_count = 9"
-
-    refused = await client.execute(RESUME, {"meter": encode_id("Meter", meter.id or 0), "count": 256,
-                                            "password": EXECUTION}, token=token)
-    refused_counts = await _count(committed_sessions, counts)
-    taken = await client.execute(RESUME, {"meter": encode_id("Meter", meter.id or 0), "count": 9,
-                                          "password": EXECUTION}, token=token)
-
-    assert refused["data"]["resumeMeterPurchases"]["errors"] == [{"field": "purchaseCount", "code": "INVALID"}]
-    assert refused_counts == 0
-    assert taken["data"]["resumeMeterPurchases"] == {"queued": 0, "errors": []}
-    assert await _count(committed_sessions, counts) == 1
 
 
 async def test_the_catalog_gives_each_commands_parameters_with_unit_and_range(client: GraphQLClient,

@@ -31,6 +31,7 @@ from backend.clock import utcnow
 from backend.db import transaction
 from backend.domain import system_principal
 from backend.domains import installed
+from backend.errors import DomainError, ErrorCode, Forbidden
 from backend.events.service import Event, load_event
 from backend.payments import counter
 from backend.payments.errors import ReversalWrittenToDevice
@@ -442,3 +443,18 @@ async def test_a_write_whose_meter_left_its_link_waits_and_the_job_carries_on(se
     rows = (await session.execute(text("SELECT state, meter_id, purchase_count FROM pending_writes WHERE account_id = :a"),
                                   {"a": account_id})).all()
     assert [tuple(row) for row in rows] == [("pending", meter.id, 1)]
+
+
+async def test_resume_refuses_a_count_off_the_wire_and_a_caller_without_the_permission(session: AsyncSession) -> None:
+    world = await make_world(session)
+    meter_id = world.east_valve_meters[0].id or 0
+
+    with pytest.raises(DomainError) as off_the_wire:
+        await purchases.resume_meter_purchases(session, meter_id=meter_id, meter_count=256, principal=ACTOR, now=NOW)
+    with pytest.raises(Forbidden):
+        await purchases.resume_meter_purchases(session, meter_id=meter_id, meter_count=3,
+                                               principal=world.operator.principal, now=NOW)
+
+    assert (off_the_wire.value.code, off_the_wire.value.field) == (ErrorCode.INVALID, "purchaseCount")
+    assert (await session.execute(text("SELECT count(*) FROM meter_purchase_counts WHERE meter_id = :m"),
+                                  {"m": meter_id})).scalar_one() == 0
