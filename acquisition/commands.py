@@ -11,9 +11,13 @@ records the :class:`Outcome`.
 - ``sync_clock``: ``A015`` with the utility's wall time.
 - ``backfill``: the settlement-day totals of the last ``months`` months (``D120`` …),
   in the reply (they belong to the meter's settlement days, which readings decide on later).
-- ``write_purchase``: ``A013`` with the purchase count (mod 256, the wire's one byte) and
-  the amount; the meter takes only its next count, so a retry never adds twice, and the
-  reply's count says whether it holds this purchase.
+- ``write_purchase``: the meter's purchase count is read first (``8105``): when it holds
+  this count already (an earlier claim's reply was lost) the command is done without
+  sending; when it holds the count before, ``A013`` goes out with the purchase count (mod
+  256, the wire's one byte) and the amount, and the reply's count says whether it took
+  it; any other count is a mismatch, failed without sending and without retry (the reply
+  carries the meter's count: ``backend.remote.purchases`` decides). The meter takes only
+  its next count anyway, so even a repeat on the wire never adds twice.
 - ``read_params``: the parameters named in ``names`` (none: settlement day, reading day
   and price table): ``8103``, ``8104``, ``8102``, the key version (``8106``, control 09)
   and a prepaid meter's purchase data (``8105``); the reply holds each one's value.
@@ -214,14 +218,24 @@ async def _backfill(bus: _Bus, months: int) -> Outcome:
 
 async def _purchase(bus: _Bus, order: CommandOrder) -> Outcome:
     count = int(order.params["purchase_count"]) % 256
+    held = await bus.ask(cjt188.encode_read(bus.meter.address, di=cjt188.DataId.READ_PURCHASE, **bus._frame_options()))
+    if not isinstance(held, cjt188.PurchaseData):
+        raise BadReply(f"8105 answered with {type(held).__name__}")
+    before = cjt188.to_json(held)
+    if held.purchase_count == count:
+        return Outcome(True, reply=before | {"already": True})
+    if held.purchase_count != (count - 1) % 256:
+        return Outcome(False, reply=before, failure_kind=FailureKind.device_error,
+                       failure_reason=f"水表购水次数为 {held.purchase_count}, 不能接受第 {count} 次 / "
+                                      f"the meter holds purchase {held.purchase_count}: {count} is not its next")
     answer = await bus.ask(bus.request(order.kind, order.params, now_local=datetime.min))
     if not isinstance(answer, cjt188.PurchaseReply):
         raise BadReply(f"A013 answered with {type(answer).__name__}")
-    reply = cjt188.to_json(answer)
+    reply = cjt188.to_json(answer) | {"balance_before_fen": held.balance_fen}
     if answer.purchase_count != count:
         return Outcome(False, reply=reply, failure_kind=FailureKind.device_error,
                        failure_reason=f"水表购水次数为 {answer.purchase_count}, 未接受第 {count} 次 / "
-                                      f"the meter holds purchase {answer.purchase_count}, not {count}")
+                                      f"the meter holds purchase {answer.purchase_count}, not {count}", retry=True)
     return Outcome(True, reply=reply)
 
 

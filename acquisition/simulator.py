@@ -838,8 +838,9 @@ class MeterSimulator:
     def set_meter(self, address: str, **values: Any) -> None:
         meter = self.meter(address)
         meter.advance(self.clock.now())  # what flowed so far flowed under the old state
+        # purchase_count: a meter fitted with purchases on it, or written to by another system.
         for name in ("valve_open", "has_valve", "battery_low", "daily_m3", "total_m3", "prepaid", "balance_fen",
-                     "settlement_day", "reading_day", "key_version", "keeps_params"):
+                     "settlement_day", "reading_day", "key_version", "keeps_params", "purchase_count"):
             if name in values:
                 setattr(meter, name, values.pop(name))
         if "price_table" in values:

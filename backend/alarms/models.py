@@ -55,6 +55,9 @@ class AlarmKind(StrEnum):
     delivery_failing = "delivery_failing"  # gateway; threshold: consecutive failed deliveries
     loss_high = "loss_high"  # zone; threshold: percent of the system input lost (non-revenue water)
     refund_failed = "refund_failed"  # payment; the gateway refused its refund (value: the fen not refunded)
+    # meter; its purchase count is not the one this system sent or the one before it (value:
+    # the count the meter holds, threshold: the count sent). Opened by remote's purchases.
+    purchase_mismatch = "purchase_mismatch"
 
 
 # The kinds readings' abnormal-meter rules evaluate (and alarm_rules may hold).

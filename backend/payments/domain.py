@@ -111,6 +111,7 @@ DOMAIN = Domain(
         "payment_refunds.requested_by": "the staff member who asked for the refund, not the resident",
         "payment_refunds.requested_at": "when the refund was asked for, a time not a person",
         "pending_writes.settled_by": "the staff member or device that wrote the money to the card or meter",
+        "pending_writes.held_reason": "why a meter write waits for staff (the meter's purchase count), not a person",
         "reconciliation_runs.run_by": "the staff login, 系统 (the job) or the CLI that ran a reconciliation, not the resident",
         "receipt_form_voids.reason": "why a cashier voided a blank form (卡纸, 填错); no resident is named on a voided form",
     }),

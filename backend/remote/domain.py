@@ -1,8 +1,10 @@
 """The remote domain's declaration (远程控制 / 实时数据采集 / 巡测任务设定, issue 20):
 the field-command queue (``remote_commands``) and the leases workers take on links,
 remote control with an execution password, patrol tasks and their runs, the catalog of
-commands, the events ``command.changed`` / ``command.finished`` it owns, and the handler
-of payments' ``account.closed`` that closes the household's valves.
+commands, the events ``command.changed`` / ``command.finished`` it owns, the handler
+of payments' ``account.closed`` that closes the household's valves, and meter-side
+prepaid (``backend.remote.purchases``: ``payment.succeeded`` sends a pending meter
+write, ``command.finished`` reconciles it, a minute job retries).
 
 It comes after workorders and before zones (DESIGN.md domain order). The worker that
 carries the commands out (``shuiwu acquire``) calls its service in-process.
@@ -29,6 +31,7 @@ _COMMANDS = (
     ("readParams", "读取参数", "Read parameters", "remote"),
     ("setParams", "设置参数", "Set parameters", "remote"),
     ("syncClocks", "校时", "Sync clocks", "remote"),
+    ("resumeMeterPurchases", "核对购水次数", "Resume meter purchases", "remote"),
     ("setExecutionPassword", "设置执行密码", "Set execution password", "execution_passwords"),
     ("resetExecutionPassword", "重置执行密码", "Reset execution password", "execution_passwords"),
     ("unlockExecutionPassword", "解锁执行密码", "Unlock execution password", "execution_passwords"),
@@ -67,6 +70,13 @@ DOMAIN = Domain(
         # A valve command leaves the database: a replay of history skips old events.
         Handler("account.closed", "remote.close_valves", "backend.remote.handlers:close_valves_of_closed_account",
                 horizon=EFFECT_HORIZON, permissions=frozenset({"remote:control"})),
+        # Meter-side prepaid (backend.remote.purchases): a payment's pending meter write goes
+        # out; a finished purchase is reconciled against its count. Both act on the state
+        # now (the write, the meter's count), so a replay adds no money twice.
+        Handler("payment.succeeded", "remote.send_meter_writes", "backend.remote.purchases:send_paid_meter_writes",
+                horizon=EFFECT_HORIZON, permissions=frozenset({"remote:purchase"})),
+        Handler("command.finished", "remote.reconcile_purchases", "backend.remote.purchases:reconcile_purchases",
+                permissions=frozenset({"remote:purchase"})),
     ),
     jobs=(
         Job("enqueue_due_patrols", "backend.remote.jobs:enqueue_due_patrols_job", cron="* * * * *",
@@ -74,6 +84,9 @@ DOMAIN = Domain(
             description="巡测: the patrol runs due this minute and their read commands (dedupe: task and minute)"),
         Job("sweep_remote_commands", "backend.remote.jobs:sweep_commands_job", cron="* * * * *",
             description="commands past their time limit time out; a dead worker's go back to the queue"),
+        Job("retry_meter_purchases", "backend.remote.purchases:retry_meter_purchases_job", cron="* * * * *",
+            permissions=frozenset({"remote:purchase"}),
+            description="表端预付费: purchases of reversed payments cancelled; pending meter writes sent (again)"),
     ),
     demo="backend.remote.demo:demo_step",
     # The field side: the acquisition worker, the CJ/T 188 codec by hand and the meter simulator.

@@ -22,7 +22,8 @@ class CommandChanged:
 @event_payload("command.finished")
 @dataclass(frozen=True, slots=True)
 class CommandFinished:
-    """Commands reached an end state (``succeeded``, ``failed`` or ``timed_out``)."""
+    """Commands reached an end state (``succeeded``, ``failed``, ``timed_out``, or
+    ``cancelled``: a purchase whose payment went back before it was sent)."""
 
     command_ids: tuple[int, ...]
     state: str

@@ -14,6 +14,8 @@
   one firing of a task's cron schedule and its read_now commands.
 - ``execution_passwords`` (执行密码): each staff user's second password for remote
   control, argon2, with its failed-try counter and lock.
+- ``meter_purchase_counts``: the purchase count a meter that keeps its own balance
+  (智能水表直接预付费) holds, as far as this system knows (``backend.remote.purchases``).
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ class CommandKind(StrEnum):
 
 class CommandState(StrEnum):
     """queued → sent → succeeded | failed | timed_out; an NB-IoT meter's command waits in
-    pending_delivery (claimed by the broker's holder) until the device's next uplink."""
+    pending_delivery (claimed by the broker's holder) until the device's next uplink. A
+    write_purchase whose payment went back before it was sent ends ``cancelled``
+    (``backend.remote.purchases``)."""
 
     queued = "queued"
     pending_delivery = "pending_delivery"
@@ -55,9 +59,10 @@ class CommandState(StrEnum):
     succeeded = "succeeded"
     failed = "failed"
     timed_out = "timed_out"
+    cancelled = "cancelled"
 
 
-FINISHED_STATES = (CommandState.succeeded, CommandState.failed, CommandState.timed_out)
+FINISHED_STATES = (CommandState.succeeded, CommandState.failed, CommandState.timed_out, CommandState.cancelled)
 
 
 class FailureKind(StrEnum):
@@ -216,4 +221,19 @@ class ExecutionPassword(SQLModel, table=True):
     failed_attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     locked_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))
     set_at: datetime = Field(sa_column=timestamptz(nullable=False))
+    updated_at: datetime = Field(sa_column=timestamptz(nullable=False))
+
+
+class MeterPurchaseCount(SQLModel, table=True):
+    """The purchase count (购水次数) a meter keeping its own balance holds: raised by each
+    purchase the meter confirmed, or taken from the meter when it was first heard
+    (``heard_at`` null: nothing heard from it yet, the count is the factory's 0). The row
+    is also the lock that sends one purchase at a time to its meter."""
+
+    __tablename__ = "meter_purchase_counts"
+    __table_args__ = (CheckConstraint("confirmed_count >= 0", name="count_not_negative"),)
+
+    meter_id: int = Field(sa_column=Column(BigInteger, ForeignKey("meters.id"), primary_key=True))
+    confirmed_count: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    heard_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))
     updated_at: datetime = Field(sa_column=timestamptz(nullable=False))

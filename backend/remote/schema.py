@@ -43,7 +43,7 @@ from backend.graphql.pagination import Connection, PageRequest, paginate, pagina
 from backend.graphql.permissions import Authenticated, Requires, RequiresAny
 from backend.graphql.relay import Node, decode_id, encode_id
 from backend.graphql.subscriptions import SubscriptionEvent, event_id_of, event_subscription
-from backend.remote import catalog, passwords, patrols, service
+from backend.remote import catalog, passwords, patrols, purchases, service
 from backend.remote.errors import ExecutionPasswordWrong
 from backend.remote.models import (
     CommandKind,
@@ -58,7 +58,8 @@ from backend.remote.models import (
 
 CommandKindEnum = strawberry.enum(CommandKind, name="CommandKind", description="DESIGN.md CommandKind")
 CommandStateEnum = strawberry.enum(CommandState, name="CommandState",
-                                   description="排队 / 等待上线 (NB-IoT) / 已下发 / 成功 / 失败 / 超时")
+                                   description="排队 / 等待上线 (NB-IoT) / 已下发 / 成功 / 失败 / 超时 / "
+                                   "已取消 (a purchase whose payment went back before it was sent)")
 FailureKindEnum = strawberry.enum(FailureKind, name="CommandFailureKind", description="超时 / 帧错误 / 设备错误 / 链路中断")
 PatrolReadingEnum = strawberry.enum(PatrolReading, name="PatrolReading", description="当前数据 / 历史数据")
 PatrolRunStateEnum = strawberry.enum(PatrolRunState, name="PatrolRunState", description="执行中 / 已完成 / 已中断")
@@ -526,6 +527,30 @@ class Mutation:
                           time_limit_s: TimeLimitArgument = None) -> RemoteBatchPayload:
         return await _send(info, action="syncClocks", title="校时", kind=CommandKind.sync_clock, selection=selection,
                            execution_password=execution_password, time_limit_s=time_limit_s)
+
+    @strawberry.mutation(permission_classes=[Requires("remote:purchase")], description="核对购水次数 (meter-side "
+                         "prepaid): the meter holds purchase count `purchaseCount` (0-255, as read from it): its count "
+                         "becomes that, its held meter write goes out again as the next one, and its "
+                         "purchase_mismatch alarm closes (docs/remote.md).")
+    async def resume_meter_purchases(self, info: Info, meter_id: strawberry.ID, purchase_count: int,
+                                     execution_password: ExecutionPasswordArgument) -> RemoteBatchPayload:
+        principal = info.context.caller
+
+        async def work(session: AsyncSession) -> tuple[service.QueuedBatch, list[Any]]:
+            meter = decode_id(meter_id, "Meter", field="meterId")
+            await passwords.verify_execution_password(session, user=principal, password=execution_password)
+            now = utcnow()
+            queued = await purchases.resume_meter_purchases(session, meter_id=meter, meter_count=purchase_count,
+                                                            principal=principal, now=now)
+            rows = await service.commands_in_scope(session, command_ids=queued, principal=principal)
+            batch_id = rows[0].batch_id if rows else uuid.uuid5(uuid.NAMESPACE_URL, f"resume:{meter}:{now.isoformat()}")
+            return service.QueuedBatch(batch_id, queued), rows
+
+        def describe(result: tuple[service.QueuedBatch, list[Any]] | None) -> str:
+            return f"核对购水次数 水表 {meter_id} 为 {purchase_count}"
+
+        return await run_mutation(info, action="resumeMeterPurchases", describe=describe, payload=_batch_payload,
+                                  work=work, on_refusal=_count_wrong_password(info))
 
     @strawberry.mutation(permission_classes=[Authenticated], description="设置执行密码 (staff): your own, proven "
                          "by your login password; 6-64 characters, not the login password. Also unlocks it.")

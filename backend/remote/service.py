@@ -291,6 +291,11 @@ async def queue_commands(
     return QueuedBatch(batch, ids, skipped)
 
 
+async def meter_in_scope(session: AsyncSession, *, meter_id: int, principal: Principal) -> None:
+    """NOT_FOUND (field meterId) unless meter ``meter_id`` is in ``principal``'s scope."""
+    await _selected(session, Selection(meter_ids=(meter_id,)), principal.scope_patterns())
+
+
 async def valve_meters_of_household(session: AsyncSession, household_id: int) -> list[int]:
     """The meters serving the household now that have a valve and a way to be reached (a
     concentrator or an NB-IoT topic): what an automatic open or close commands."""
@@ -411,17 +416,26 @@ async def claim_commands(session: AsyncSession, *, holder: str, link_ids: Sequen
     lease ``holder`` holds now (commands of any other link are never claimed). Rows
     another transaction is claiming are skipped (SKIP LOCKED), so concurrent workers never
     claim one command twice. Bus commands become ``sent``, NB-IoT ones
-    ``pending_delivery``; each claim counts an attempt."""
+    ``pending_delivery``; each claim counts an attempt. A write_purchase whose payment
+    went back meanwhile is cancelled here instead of being returned
+    (``backend.remote.purchases``)."""
     if limit <= 0 or not link_ids:
         return []
     rows = (await session.execute(_CLAIM, {"holder": holder, "links": sorted(set(link_ids)), "limit": limit,
                                            "now": now, "mqtt": MQTT_LINK})).all()
+    claimed = await commands_by_id(session, [row[0] for row in rows])
+    purchases = [c for c in claimed if c.kind is CommandKind.write_purchase]
+    if purchases:
+        from backend.remote.purchases import purchases_claimed
+
+        cancelled = set(await purchases_claimed(session, purchases, now))
+        claimed = await commands_by_id(session, [c.id or 0 for c in claimed if c.id not in cancelled])
     by_state: dict[str, list[int]] = defaultdict(list)
-    for command_id, state in rows:
-        by_state[state].append(command_id)
+    for command in claimed:
+        by_state[command.state.value].append(command.id or 0)
     for state, ids in sorted(by_state.items()):
         await emit_event(session, "command.changed", CommandChanged(tuple(sorted(ids)), state))
-    return await commands_by_id(session, [row[0] for row in rows])
+    return claimed
 
 
 async def _held_command(session: AsyncSession, command_id: int, holder: str, states: Sequence[CommandState],

@@ -385,7 +385,7 @@ async def test_a_card_account_recharged_at_the_counter_shows_its_pending_card_wr
     mutation($input: TakePaymentInput!) {
       takePayment(input: $input) {
         payment { serialNo }
-        account { balance pendingWrites { target state amount paymentSerialNo settledAt } }
+        account { balance pendingWrites { target state amount paymentSerialNo settledAt purchaseCount sentAt heldReason } }
         errors { code } } }"""
 
     taken = (await data(client, token, document, {"input": payment_input(card, "50.00")}))["takePayment"]
@@ -393,4 +393,4 @@ async def test_a_card_account_recharged_at_the_counter_shows_its_pending_card_wr
     assert taken["errors"] == []
     assert taken["account"] == {"balance": "50.00", "pendingWrites": [
         {"target": "card", "state": "pending", "amount": "50.00", "paymentSerialNo": taken["payment"]["serialNo"],
-         "settledAt": None}]}
+         "settledAt": None, "purchaseCount": None, "sentAt": None, "heldReason": None}]}

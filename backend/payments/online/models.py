@@ -35,7 +35,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, Column, ForeignKey, Index, String, Text, text
+from sqlalchemy import BigInteger, CheckConstraint, Column, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -218,6 +218,9 @@ class PendingWrite(SQLModel, table=True):
         CheckConstraint("amount_fen > 0", name="amount_positive"),
         CheckConstraint("(state = 'pending') = (settled_at IS NULL)", name="settled_when_done"),
         Index("ix_pending_writes_account_pending", "account_id", postgresql_where=text("state = 'pending'")),
+        CheckConstraint("(purchase_count IS NULL) = (meter_id IS NULL)", name="count_with_meter"),
+        # What the meter-write job scans: the pending writes, oldest first.
+        Index("ix_pending_writes_meter_pending", "target", "id", postgresql_where=text("state = 'pending'")),
     )
     __mapper_args__ = {"eager_defaults": True}
 
@@ -232,3 +235,15 @@ class PendingWrite(SQLModel, table=True):
     created_at: datetime = Field(sa_column=timestamptz(nullable=False))
     settled_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))
     settled_by: str | None = Field(default=None, sa_column=Column(String(100), nullable=True))
+    # A meter write (待写表, carried out by the remote domain: ``backend.remote.purchases``):
+    # the meter that keeps the balance and the purchase count the write carries, set when
+    # its first ``write_purchase`` command is queued and kept from then on; the newest
+    # command carrying it; when a command carrying it was first claimed for the wire (from
+    # then on the money may be on the meter: it cannot be taken back); and why it waits
+    # for staff (an unexplained purchase count on the meter) instead of being retried.
+    meter_id: int | None = Field(default=None, sa_column=Column(BigInteger, ForeignKey("meters.id"), nullable=True))
+    purchase_count: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    # remote_commands.id: a later domain's table, so no foreign key from payments' model.
+    command_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True, index=True))
+    sent_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))
+    held_reason: str | None = Field(default=None, sa_column=Column(String(500), nullable=True))

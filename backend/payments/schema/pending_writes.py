@@ -39,6 +39,12 @@ class PendingWriteType:
     created_at: datetime
     settled_at: datetime | None = strawberry.field(description="When it was written or cancelled.")
     settled_by: str | None
+    purchase_count: int | None = strawberry.field(description="购水次数: the purchase count a meter write carries, "
+                                                  "once its first write_purchase command was queued.")
+    sent_at: datetime | None = strawberry.field(description="When a meter write first went to the meter: from then on "
+                                                "its payment can no longer be reversed or refunded.")
+    held_reason: str | None = strawberry.field(description="Why a meter write waits for staff instead of being sent "
+                                               "again (the meter's purchase count is not the one expected).")
 
 
 # (account, pending only?) -> the account's writes, newest first.
@@ -58,7 +64,8 @@ class PendingWritesByAccountLoader(SessionLoader[_Key, list[PendingWriteType]]):
         for write, serial_no in rows.all():
             by_account[write.account_id].append(PendingWriteType(
                 target=write.target, state=write.state, amount=write.amount_fen, payment_serial_no=serial_no,
-                created_at=write.created_at, settled_at=write.settled_at, settled_by=write.settled_by))
+                created_at=write.created_at, settled_at=write.settled_at, settled_by=write.settled_by,
+                purchase_count=write.purchase_count, sent_at=write.sent_at, held_reason=write.held_reason))
         return {(account, pending_only): [w for w in by_account.get(account, [])
                                           if not pending_only or w.state is PendingWriteState.pending]
                 for account, pending_only in keys}
