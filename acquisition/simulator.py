@@ -123,6 +123,9 @@ class SimulatedMeter:
     purchased_fen: int = 0
     closed_for_balance: bool = False
     answered: int = 0
+    # Requests it answered, by data identifier in the standard's notation (``901F``,
+    # ``A017``; a request without one as ``none``): what a test counts on the wire.
+    requests: dict[str, int] = field(default_factory=dict)
     faults: dict[Fault, int] = field(default_factory=dict)
 
     def advance(self, now: datetime) -> None:
@@ -170,6 +173,8 @@ class SimulatedMeter:
             return None
         self.advance(now)
         self.answered += 1
+        key = f"{request.di:04X}" if request.di is not None else "none"
+        self.requests[key] = self.requests.get(key, 0) + 1
         common: dict[str, Any] = {"meter_type": self.meter_type, "ser": request.ser, "preamble": preamble}
         match request:
             case cjt188.ReadRequest(di=cjt188.DataId.METER_DATA):
@@ -243,6 +248,7 @@ class SimulatedMeter:
             "purchase_count": self.purchase_count,
             "purchased_fen": self.purchased_fen,
             "answered": self.answered,
+            "requests": dict(self.requests),
             "faults": {fault.value: count for fault, count in self.faults.items() if count},
         }
 

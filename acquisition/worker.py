@@ -12,7 +12,12 @@ executor), which owns the port: one request at a time on the bus, the port reope
 next exchange after it went away, with a doubling pause after each ``link_down``. The
 coordinator claims one queued command of its link at a time (``claim_commands``: only
 links this holder leases, SKIP LOCKED, so two workers never claim one command), carries it
-out (:mod:`acquisition.commands`) and records the result in one transaction:
+out (:mod:`acquisition.commands`) and records the result in one transaction. The database
+work overlaps the bus's: while a command is on the wire the previous result is recorded
+and the next command claimed, so the bus goes from one meter to the next without waiting
+for a round trip (results still land one at a time, in order). A bus that stops (SIGTERM,
+a lost lease) finishes and records the exchange in hand and gives the command it claimed
+ahead back to the queue, its attempt unspent (``give_back_commands``). The recording is
 ``finish_command`` (succeeded, or failed with its kind; timeouts, bad frames and a lost
 link go back to the queue while attempts remain), the reading of a ``901F`` answer through
 ``ingest_readings`` (quality actual, the valve state and status bits; an abnormal valve is
@@ -23,7 +28,11 @@ bus goes on after a pause: the worker does not crash.
 
 **Wake-ups.** Each bus looks for work every poll interval; a ``command.changed`` event
 whose state is ``queued`` (LISTEN on the events channel, ``backend.events.listener``)
-wakes every bus at once.
+wakes the buses of the links it names at once.
+
+**Time limits.** A command claimed ahead may reach its deadline before its turn on the
+bus; the worker does not send it then and records it ``timed_out``, as it does a command
+whose meter kept it past its deadline.
 
 Patrol runs' reads are ``read_now`` commands of their runs (``backend.remote.patrols``),
 so they travel the same path; MQTT (NB-IoT) links come later.
@@ -80,6 +89,9 @@ def holder_name() -> str:
     return f"{socket.gethostname()[:80]}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
+Claimed = tuple[RemoteCommand, MeterOnBus | None]
+
+
 class LinkCoordinator:
     """One bus: its port, its commands one at a time, its reconnect pauses (module docstring)."""
 
@@ -91,12 +103,16 @@ class LinkCoordinator:
         self.commands_carried_out = 0
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # The next command, claimed while the bus carried out the one before it.
+        self._next: Claimed | None = None
+        # The last command's result on its way to the database.
+        self._recording: asyncio.Task[None] | None = None
 
     def start(self, *, drain: bool = False) -> None:
         self._task = asyncio.create_task(self._run(drain=drain), name=f"bus {self.plan.link}")
 
     async def stop(self) -> None:
-        """Finish the command in hand, close the port."""
+        """Finish the command in hand, record it, give back the next one unstarted, close the port."""
         self._stopping.set()
         await self.wait()
 
@@ -129,19 +145,33 @@ class LinkCoordinator:
                 else:
                     backoff.reset()
         finally:
+            await self._settle()
             await self.link.aclose()
 
-    async def _next_command(self) -> Outcome | None:
-        """Claim, carry out and record one command of this link; None when none is queued."""
+    async def _claim(self) -> Claimed | None:
+        """Claim the oldest queued command of this link, with what its meter needs on the wire."""
         worker = self.worker
-        now = worker.clock()
         async with transaction(worker.sessions) as session:
             claimed = await remote.claim_commands(session, holder=worker.holder, link_ids=[self.plan.link], limit=1,
-                                                  now=now)
+                                                  now=worker.clock())
             if not claimed:
                 return None
-            command = claimed[0]
-            meter = await meter_on_bus(session, command.meter_id)
+            return claimed[0], await meter_on_bus(session, claimed[0].meter_id)
+
+    async def _next_command(self) -> Outcome | None:
+        """Carry out one command of this link and hand its result to the database; None
+        when none is queued. The command was claimed while the bus carried out the one
+        before it, and while this one is on the wire the last result is recorded and the
+        next command claimed: the bus does not wait for the database between meters."""
+        worker = self.worker
+        claimed, self._next = self._next, None
+        if claimed is None:
+            claimed = await self._claim()
+        if claimed is None:
+            await self._recorded()
+            return None
+        command, meter = claimed
+        now = worker.clock()
         # The time limit (命令时限) is how long the device may take; the deadline, when the
         # command ends in all (later for patrols, which may wait in the queue).
         seconds_left = min(float(command.time_limit_s), (command.deadline - now).total_seconds())
@@ -152,12 +182,56 @@ class LinkCoordinator:
         elif order.seconds_left <= 0:
             outcome = Outcome(False, failure_kind=FailureKind.timeout, failure_reason="超过命令时限 / past its time limit")
         else:
-            outcome = await carry_out(self.link, order, meter, response_timeout=worker.config.response_timeout_s,
-                                      retries=worker.config.exchange_retries,
-                                      now_local=worker.clock().astimezone(worker.tz))
-        await worker.record(command, meter, outcome)
+            exchange = asyncio.create_task(carry_out(
+                self.link, order, meter, response_timeout=worker.config.response_timeout_s,
+                retries=worker.config.exchange_retries, now_local=now.astimezone(worker.tz)))
+            try:
+                await self._meanwhile()
+            finally:
+                outcome = await exchange
+        await self._recorded()
+        self._recording = asyncio.create_task(worker.record(command, meter, outcome))
         self.commands_carried_out += 1
         return outcome
+
+    async def _meanwhile(self) -> None:
+        """While the bus is busy: let the last result land, then claim the next command
+        (not when stopping: it would only be given back). Failures are logged, never
+        raised: the exchange in flight must still be recorded."""
+        await self._recorded()
+        if self._stopping.is_set():
+            return
+        try:
+            self._next = await self._claim()
+        except Exception:
+            log.exception("%s: could not claim the next command", self.plan.link)
+
+    async def _recorded(self) -> None:
+        """Wait for the last result to reach the database (one at a time per bus, so a
+        meter's results land in the order they were had)."""
+        recording, self._recording = self._recording, None
+        if recording is not None:
+            try:
+                await recording
+            except Exception:
+                log.exception("%s: a command's result could not be recorded", self.plan.link)
+
+    async def _settle(self) -> None:
+        """At the end: the last result recorded, the command claimed but never started
+        given back to the queue unspent (``give_back_commands``) for whoever serves the
+        link next."""
+        await self._recorded()
+        claimed, self._next = self._next, None
+        if claimed is None:
+            return
+        command_id = claimed[0].id or 0
+        try:
+            async with transaction(self.worker.sessions) as session:
+                await remote.give_back_commands(session, holder=self.worker.holder, command_ids=[command_id],
+                                                now=self.worker.clock())
+        except Exception:
+            log.exception("%s: could not give command %s back; it is requeued when the lease expires",
+                          self.plan.link, command_id)
 
 
 class AcquisitionWorker:
@@ -295,13 +369,24 @@ class AcquisitionWorker:
                 try:
                     async for event in stream:
                         if isinstance(event.payload, dict) and event.payload.get("state") == "queued":
-                            self.wake_all()
+                            self.wake(event.payload.get("links"))
                 except ListenerLaggedError:
                     self.wake_all()  # whatever it missed, the buses look for themselves
 
     def wake_all(self) -> None:
         for coordinator in self.coordinators.values():
             coordinator.wake.set()
+
+    def wake(self, links: object) -> None:
+        """Wake the buses of ``links`` (a ``command.changed`` payload's); every bus when
+        the payload names none (an event stored before it carried them)."""
+        if not isinstance(links, list) or not links:
+            self.wake_all()
+            return
+        for link in links:
+            coordinator = self.coordinators.get(link) if isinstance(link, str) else None
+            if coordinator is not None:
+                coordinator.wake.set()
 
     # -- results -------------------------------------------------------------------------
 
