@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import serial
 from sqlalchemy import select
@@ -102,6 +103,27 @@ async def links_held_by_others(session: AsyncSession, *, links: Sequence[str], h
     return set(rows.scalars().all())
 
 
+async def meters_on_bus(session: AsyncSession, meter_ids: Sequence[int]) -> dict[int, MeterOnBus]:
+    """:func:`meter_on_bus` of several meters in one query; a meter gone is missing."""
+    if not meter_ids:
+        return {}
+    rows = (await session.execute(
+        select(col(Meter.id), col(Meter.address), col(Meter.meter_type), col(MeterModel.di_byte_order))
+        .outerjoin(MeterModel, col(MeterModel.id) == col(Meter.model_id))
+        .where(col(Meter.id).in_(sorted(set(meter_ids)))))).all()
+    return {meter_id: _on_bus(meter_id, address, meter_type, order) for meter_id, address, meter_type, order in rows
+            if meter_id is not None}
+
+
+def _on_bus(meter_id: int, address: Any, meter_type: Any, di_byte_order: Any) -> MeterOnBus:
+    return MeterOnBus(
+        meter_id=meter_id,
+        address=str(address).zfill(14),
+        meter_type=_METER_TYPE_BYTES.get(MeterType(meter_type), cjt188.DEFAULT_METER_TYPE),
+        di_order=cjt188.di_order_for(DiByteOrder(di_byte_order or DiByteOrder.standard).value),
+    )
+
+
 async def meter_on_bus(session: AsyncSession, meter_id: int) -> MeterOnBus | None:
     """The meter's address, type byte and DI order (the standard order for a meter
     without a model); None for a meter gone from the archives."""
@@ -112,9 +134,4 @@ async def meter_on_bus(session: AsyncSession, meter_id: int) -> MeterOnBus | Non
     if row is None:
         return None
     address, meter_type, di_byte_order = row
-    return MeterOnBus(
-        meter_id=meter_id,
-        address=str(address).zfill(14),
-        meter_type=_METER_TYPE_BYTES.get(MeterType(meter_type), cjt188.DEFAULT_METER_TYPE),
-        di_order=cjt188.di_order_for(DiByteOrder(di_byte_order or DiByteOrder.standard).value),
-    )
+    return _on_bus(meter_id, address, meter_type, di_byte_order)

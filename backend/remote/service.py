@@ -526,6 +526,50 @@ async def finish_command(
     return found
 
 
+_FINISH_SUCCEEDED = text("""
+UPDATE remote_commands c
+   SET state = 'succeeded', reply = COALESCE(CAST(r.reply AS jsonb), c.reply), failure_kind = NULL,
+       failure_reason = NULL, finished_at = :now, updated_at = :now
+  FROM unnest(CAST(:ids AS bigint[]), CAST(:replies AS text[])) AS r(id, reply)
+ WHERE c.id = r.id AND c.claimed_by = :holder AND c.state IN ('sent', 'pending_delivery') AND c.kind <> 'set_params'
+   AND EXISTS (SELECT 1 FROM link_leases l WHERE l.link = c.link AND l.holder = :holder AND l.expires_at > :now)
+RETURNING c.id, c.batch_id, c.patrol_run_id
+""")
+
+
+async def finish_succeeded_commands(session: AsyncSession, *, holder: str,
+                                    replies: Mapping[int, Mapping[str, Any] | None], now: datetime) -> list[int]:
+    """Record many commands as ``succeeded`` at once (``{command id: reply}``): what
+    :func:`finish_command` does for each, in three statements — the update, one
+    ``command.finished`` per batch, the runs' counts. Only commands ``holder`` claimed and
+    still holds are finished (their ids are returned, sorted); a set_params, whose success
+    queues a read-back, is left to :func:`finish_command`."""
+    import json
+
+    if not replies:
+        return []
+    ids = sorted(replies)
+    rows = (await session.execute(_FINISH_SUCCEEDED, {
+        "ids": ids, "replies": [None if replies[i] is None else json.dumps(dict(replies[i] or {}), ensure_ascii=False)
+                                for i in ids],
+        "holder": holder, "now": now})).all()
+    by_batch: dict[uuid.UUID, list[int]] = defaultdict(list)
+    by_run: dict[int, int] = defaultdict(int)
+    for row in rows:
+        by_batch[row.batch_id].append(row.id)
+        if row.patrol_run_id is not None:
+            by_run[row.patrol_run_id] += 1
+    for batch_id, finished in sorted(by_batch.items(), key=lambda item: min(item[1])):
+        await emit_event(session, "command.finished", CommandFinished(tuple(sorted(finished)),
+                                                                      CommandState.succeeded.value),
+                         key=f"batch:{batch_id}")
+    if by_run:
+        from backend.remote.patrols import count_outcomes
+
+        await count_outcomes(session, {run_id: (read, 0) for run_id, read in by_run.items()}, now=now)
+    return sorted(row.id for row in rows)
+
+
 async def _queue_read_back(session: AsyncSession, set_params: RemoteCommand, now: datetime) -> None:
     row = (await session.execute(_candidates_query().where(col(Meter.id) == set_params.meter_id))).one()
     candidate = _Candidate(*row)
