@@ -14,10 +14,12 @@ coordinator claims queued commands of its link, up to ``claim_ahead`` (8) at a t
 (``claim_commands``: only links this holder leases, SKIP LOCKED, so two workers never
 claim one command), and carries them out one at a time (:mod:`acquisition.commands`).
 The database work overlaps the bus's: while a command is on the wire, the bus claims its
-next commands when its hand is empty, and the results go to the worker's
-:class:`Recorder`, which records every bus's results in batches (one transaction for
-whatever arrived while the last one ran: group commit), first in first out, so a meter's
-results land in the order they were had. A bus runs at most ``claim_ahead`` results
+next commands when its hand is empty, and the results go to one of the worker's
+:class:`Recorder` s (``recorders``, 4, each for a fixed share of the buses), which records
+its buses' results in batches (one transaction for whatever arrived while the last one
+ran: group commit), first in first out, so a meter's results land in the order they were
+had; the recorders' transactions run side by side, so one batch's alarm evaluation does
+not hold up every bus. A bus runs at most ``claim_ahead`` results
 ahead of the database. A bus that stops (SIGTERM, a lost lease) finishes the exchange in
 hand, waits for its results to be recorded and gives the commands it claimed but never
 started back to the queue, their attempts unspent (``give_back_commands``); a killed
@@ -203,7 +205,7 @@ class LinkCoordinator:
             self._recording.popleft()
         if len(self._recording) >= worker.config.claim_ahead:  # the database is far behind: let it catch up
             await self._recording.popleft()
-        self._recording.append(worker.recorder.submit(command, meter, outcome))
+        self._recording.append(worker.recorder_of(self.plan).submit(command, meter, outcome))
         self.commands_carried_out += 1
         return outcome
 
@@ -336,7 +338,9 @@ class AcquisitionWorker:
         self.timing = ExchangeTiming(response_timeout=config.response_timeout_s,
                                      inter_byte_timeout=config.inter_byte_timeout_s, retries=config.exchange_retries)
         self.coordinators: dict[str, LinkCoordinator] = {}
-        self.recorder = Recorder(self)
+        # Several, each serving a fixed share of the buses (a bus's results stay in order):
+        # one batch's alarm evaluation need not hold up every bus.
+        self.recorders = [Recorder(self) for _ in range(config.recorders)]
         self._stopping = asyncio.Event()
         self._leased_until: datetime | None = None
         # The LISTEN connection's follower, while it runs (tests wait for it to connect).
@@ -381,7 +385,7 @@ class AcquisitionWorker:
     async def _shut_down(self) -> None:
         await asyncio.gather(*(coordinator.stop() for coordinator in self.coordinators.values()))
         self.coordinators.clear()
-        await self.recorder.drain()
+        await asyncio.gather(*(recorder.drain() for recorder in self.recorders))
         try:
             async with transaction(self.sessions) as session:
                 released = await remote.release_leases(session, holder=self.holder)
@@ -449,6 +453,9 @@ class AcquisitionWorker:
                             self.wake(event.payload.get("links"))
                 except ListenerLaggedError:
                     self.wake_all()  # whatever it missed, the buses look for themselves
+
+    def recorder_of(self, plan: LinkPlan) -> Recorder:
+        return self.recorders[plan.concentrator_id % len(self.recorders)]
 
     @property
     def idle_poll_s(self) -> float:

@@ -25,9 +25,9 @@ With ``--link`` it first measures the same two patrols through the bare link
 (:class:`acquisition.transport.AsyncLink`, no database), the floor the worker adds to.
 
 Checked: every meter of every run read, none failed. The last line is
-``headline: worker patrol 64 meters wall/theoretical ratio=<x.xx> goal=<=1.20``. About a
-minute at the defaults (two with ``--link``); on the shared 2-core machines compare the
-ratios.
+``headline: worker patrol 64 meters wall/theoretical ratio=<x.xx> goal=<=1.20``. About
+two minutes at the defaults (three with ``--link``); on the shared 2-core machines compare
+the ratios.
 """
 
 from __future__ import annotations
