@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import serial
 from sqlalchemy import select
@@ -107,17 +108,23 @@ async def links_held_by_others(session: AsyncSession, *, links: Sequence[str], h
     return set(rows.scalars().all())
 
 
-async def meter_on_bus(session: AsyncSession, meter_id: int) -> MeterOnBus | None:
-    """The meter's address, type byte and its model's wire settings (the standard's for
-    a meter without a model); None for a meter gone from the archives."""
-    row = (await session.execute(
-        select(col(Meter.address), col(Meter.meter_type), col(MeterModel.di_byte_order), col(MeterModel.preamble_len),
-               col(MeterModel.wire_decimals), col(MeterModel.response_timeout_ms))
+_WIRE_COLUMNS = (col(Meter.address), col(Meter.meter_type), col(MeterModel.di_byte_order), col(MeterModel.preamble_len),
+                 col(MeterModel.wire_decimals), col(MeterModel.response_timeout_ms))
+
+
+async def meters_on_bus(session: AsyncSession, meter_ids: Sequence[int]) -> dict[int, MeterOnBus]:
+    """:func:`meter_on_bus` of several meters in one query; a meter gone is missing."""
+    if not meter_ids:
+        return {}
+    rows = (await session.execute(
+        select(col(Meter.id), *_WIRE_COLUMNS)
         .outerjoin(MeterModel, col(MeterModel.id) == col(Meter.model_id))
-        .where(col(Meter.id) == meter_id))).first()
-    if row is None:
-        return None
-    address, meter_type, di_byte_order, preamble_len, wire_decimals, response_timeout_ms = row
+        .where(col(Meter.id).in_(sorted(set(meter_ids)))))).all()
+    return {row[0]: _on_bus(row[0], *row[1:]) for row in rows if row[0] is not None}
+
+
+def _on_bus(meter_id: int, address: Any, meter_type: Any, di_byte_order: Any, preamble_len: Any, wire_decimals: Any,
+            response_timeout_ms: Any) -> MeterOnBus:
     return MeterOnBus(
         meter_id=meter_id,
         address=str(address).zfill(14),
@@ -127,3 +134,9 @@ async def meter_on_bus(session: AsyncSession, meter_id: int) -> MeterOnBus | Non
         volume_decimals=cjt188.DEFAULT_VOLUME_DECIMALS if wire_decimals is None else int(wire_decimals),
         response_timeout=None if response_timeout_ms is None else response_timeout_ms / 1000,
     )
+
+
+async def meter_on_bus(session: AsyncSession, meter_id: int) -> MeterOnBus | None:
+    """The meter's address, type byte and its model's wire settings (the standard's for
+    a meter without a model); None for a meter gone from the archives."""
+    return (await meters_on_bus(session, [meter_id])).get(meter_id)

@@ -23,6 +23,16 @@ class AcquireSettings(BaseSettings):
     # Each bus looks for queued commands this often when nothing woke it (a NOTIFY of a
     # queued command wakes it at once).
     poll_interval_s: float = Field(default=1.0, gt=0)
+    # ... and this often while the events channel is followed (every way a command enters
+    # the queue notifies its link's bus, so polling is only the safety net): 32 idle
+    # buses polling every second would cost the database more than the patrols.
+    listening_poll_interval_s: float = Field(default=10.0, gt=0)
+    # Each bus claims up to this many of its queued commands at a time (one round trip
+    # for several meters; what it holds unstarted is given back when it stops).
+    claim_ahead: int = Field(default=8, ge=1, le=256)
+    # Results are recorded in batches by this many recorders, each for a share of the
+    # buses (their transactions run side by side).
+    recorders: int = Field(default=4, ge=1, le=16)
     # At most this many links (buses and DTUs) per worker: the rest are left to others.
     max_links: int = Field(default=64, ge=1, le=1024)
     # How long a meter may take to answer (after its request's own line time); per meter

@@ -145,6 +145,9 @@ class SimulatedMeter:
     keeps_params: bool = True
     answered: int = 0
     uplinks: int = 0  # NB-IoT: current data published unasked
+    # Requests it answered, by data identifier in the standard's notation (``901F``,
+    # ``A017``; a request without one as ``none``): what a test counts on the wire.
+    requests: dict[str, int] = field(default_factory=dict)
     faults: dict[Fault, int] = field(default_factory=dict)
 
     def advance(self, now: datetime) -> None:
@@ -192,6 +195,8 @@ class SimulatedMeter:
             return None
         self.advance(now)
         self.answered += 1
+        key = f"{request.di:04X}" if request.di is not None else "none"
+        self.requests[key] = self.requests.get(key, 0) + 1
         common: dict[str, Any] = {"meter_type": self.meter_type, "ser": request.ser, "preamble": preamble}
         match request:
             case cjt188.ReadRequest(di=cjt188.DataId.METER_DATA):
@@ -323,6 +328,7 @@ class SimulatedMeter:
             "keeps_params": self.keeps_params,
             "answered": self.answered,
             "uplinks": self.uplinks,
+            "requests": dict(self.requests),
             "faults": {fault.value: count for fault, count in self.faults.items() if count},
         }
 

@@ -10,20 +10,40 @@ worker stops (SIGTERM, Ctrl-C); a lease it failed to renew is given up (its bus 
 :class:`~acquisition.transport.AsyncLink` (a thread of its own, never the default
 executor), which owns the port: one request at a time on the bus, the port reopened by the
 next exchange after it went away, with a doubling pause after each ``link_down``. The
-coordinator claims one queued command of its link at a time (``claim_commands``: only
-links this holder leases, SKIP LOCKED, so two workers never claim one command), carries it
-out (:mod:`acquisition.commands`) and records the result in one transaction:
-``finish_command`` (succeeded, or failed with its kind; timeouts, bad frames and a lost
-link go back to the queue while attempts remain), the reading of a ``901F`` answer through
-``ingest_readings`` (quality actual, the valve state and status bits; an abnormal valve is
-``unknown``), and a meter that was not heard through ``record_read_failures`` plus the
-alarm rules for it, so 通讯失败 opens without waiting for the periodic sweep. Nothing that
-failed is stored as a reading. A bug or a database error in one command is logged and the
-bus goes on after a pause: the worker does not crash.
+coordinator claims queued commands of its link, up to ``claim_ahead`` (8) at a time
+(``claim_commands``: only links this holder leases, SKIP LOCKED, so two workers never
+claim one command), and carries them out one at a time (:mod:`acquisition.commands`).
+The database work overlaps the bus's: while a command is on the wire, the bus claims its
+next commands when its hand is empty, and the results go to one of the worker's
+:class:`Recorder` s (``recorders``, 4, each for a fixed share of the buses), which records
+its buses' results in batches (one transaction for whatever arrived while the last one
+ran: group commit), first in first out, so a meter's results land in the order they were
+had; the recorders' transactions run side by side, so one batch's alarm evaluation does
+not hold up every bus. A bus runs at most ``claim_ahead`` results
+ahead of the database. A bus that stops (SIGTERM, a lost lease) finishes the exchange in
+hand, waits for its results to be recorded and gives the commands it claimed but never
+started back to the queue, their attempts unspent (``give_back_commands``); a killed
+worker's claimed commands go back when its lease is taken over (the patrol runs they
+belong to are then ``interrupted`` until the next claim resumes them,
+``backend.remote.patrols``). Recording a result is ``finish_command`` (succeeded, or
+failed with its kind; timeouts, bad frames and a lost link go back to the queue while
+attempts remain; the succeeded ones of a batch together, ``finish_succeeded_commands``),
+the reading of a ``901F`` answer through ``ingest_readings`` (quality actual, the valve
+state and status bits; an abnormal valve is ``unknown``; one ingest per batch), and a
+meter that was not heard through ``record_read_failures`` plus the alarm rules for it,
+so 通讯失败 opens without waiting for the periodic sweep. Nothing that failed is stored
+as a reading. A bug or a database error in one command is logged and the bus goes on
+after a pause; a batch that cannot be recorded is recorded again result by result: the
+worker does not crash.
 
-**Wake-ups.** Each bus looks for work every poll interval; a ``command.changed`` event
-whose state is ``queued`` (LISTEN on the events channel, ``backend.events.listener``)
-wakes every bus at once.
+**Wake-ups.** A ``command.changed`` event whose state is ``queued`` (LISTEN on the
+events channel, ``backend.events.listener``) wakes the buses of the links it names at
+once; an idle bus also looks for work every poll interval (1 s), or every
+``listening_poll_interval_s`` (10 s) while the channel is followed and connected.
+
+**Time limits.** A command claimed ahead may reach its deadline before its turn on the
+bus; the worker does not send it then and records it ``timed_out``, as it does a command
+whose meter kept it past its deadline.
 
 Patrol runs' reads are ``read_now`` commands of their runs (``backend.remote.patrols``),
 so they travel the same path.
@@ -37,6 +57,7 @@ first: its holder runs an :class:`~acquisition.mqtt.MqttCoordinator` instead of 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -44,14 +65,15 @@ import secrets
 import signal
 import socket
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import typer
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from acquisition.commands import CommandOrder, Outcome, carry_out
-from acquisition.links import LinkPlan, MeterOnBus, links_held_by_others, meter_on_bus, servable_links
+from acquisition.links import LinkPlan, MeterOnBus, links_held_by_others, meters_on_bus, servable_links
 from acquisition.mqtt import MqttCoordinator, MqttPlan
 from acquisition.protocols import cjt188
 from acquisition.settings import AcquireSettings
@@ -65,8 +87,8 @@ from backend.readings.models import ValveState
 from backend.readings.service import ReadingIn, ingest_readings
 from backend.remote import service as remote
 from backend.remote.errors import CommandNotHeld
+from backend.remote.models import CommandKind, RemoteCommand
 from backend.remote.models import FailureKind as RecordedFailure
-from backend.remote.models import RemoteCommand
 
 log = logging.getLogger("shuiwu.acquire")
 
@@ -86,6 +108,9 @@ def holder_name() -> str:
     return f"{socket.gethostname()[:80]}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
+Claimed = tuple[RemoteCommand, MeterOnBus | None]
+
+
 class LinkCoordinator:
     """One bus: its port, its commands one at a time, its reconnect pauses (module docstring)."""
 
@@ -97,12 +122,16 @@ class LinkCoordinator:
         self.commands_carried_out = 0
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # The next commands, claimed while the bus carried out the ones before them.
+        self._next: collections.deque[Claimed] = collections.deque()
+        # Results on their way to the database (the worker's recorder, first in first out).
+        self._recording: collections.deque[asyncio.Future[None]] = collections.deque()
 
     def start(self, *, drain: bool = False) -> None:
         self._task = asyncio.create_task(self._run(drain=drain), name=f"bus {self.plan.link}")
 
     async def stop(self) -> None:
-        """Finish the command in hand, close the port."""
+        """Finish the command in hand, record it, give back the next one unstarted, close the port."""
         self._stopping.set()
         await self.wait()
 
@@ -126,7 +155,7 @@ class LinkCoordinator:
                 if outcome is None:
                     if drain:
                         return
-                    await wait_any(self.wake, self._stopping, seconds=config.poll_interval_s)
+                    await wait_any(self.wake, self._stopping, seconds=self.worker.idle_poll_s)
                 elif outcome.failure_kind is FailureKind.link_down:
                     delay = backoff.next_delay()
                     log.warning("%s: %s is down (%s); next try in %.1f s", self.plan.link, self.plan.url,
@@ -135,19 +164,32 @@ class LinkCoordinator:
                 else:
                     backoff.reset()
         finally:
+            await self._settle()
             await self.link.aclose()
 
-    async def _next_command(self) -> Outcome | None:
-        """Claim, carry out and record one command of this link; None when none is queued."""
+    async def _claim(self) -> None:
+        """Claim the oldest queued commands of this link (up to ``claim_ahead``), with what
+        their meters need on the wire, into the bus's hand."""
         worker = self.worker
-        now = worker.clock()
         async with transaction(worker.sessions) as session:
-            claimed = await remote.claim_commands(session, holder=worker.holder, link_ids=[self.plan.link], limit=1,
-                                                  now=now)
-            if not claimed:
-                return None
-            command = claimed[0]
-            meter = await meter_on_bus(session, command.meter_id)
+            claimed = await remote.claim_commands(session, holder=worker.holder, link_ids=[self.plan.link],
+                                                  limit=worker.config.claim_ahead, now=worker.clock())
+            meters = await meters_on_bus(session, [command.meter_id for command in claimed])
+        self._next.extend((command, meters.get(command.meter_id)) for command in claimed)
+
+    async def _next_command(self) -> Outcome | None:
+        """Carry out one command of this link and hand its result to the database; None
+        when none is queued. The command was claimed while the bus carried out the one
+        before it, and while this one is on the wire the last result is recorded and the
+        next command claimed: the bus does not wait for the database between meters."""
+        worker = self.worker
+        if not self._next:
+            await self._claim()
+        if not self._next:
+            await self._recorded()
+            return None
+        command, meter = self._next.popleft()
+        now = worker.clock()
         # The time limit (命令时限) is how long the device may take; the deadline, when the
         # command ends in all (later for patrols, which may wait in the queue).
         seconds_left = min(float(command.time_limit_s), (command.deadline - now).total_seconds())
@@ -158,12 +200,121 @@ class LinkCoordinator:
         elif order.seconds_left <= 0:
             outcome = Outcome(False, failure_kind=FailureKind.timeout, failure_reason="超过命令时限 / past its time limit")
         else:
-            outcome = await carry_out(self.link, order, meter, response_timeout=worker.config.response_timeout_s,
-                                      retries=worker.config.exchange_retries,
-                                      now_local=worker.clock().astimezone(worker.tz))
-        await worker.record(command, meter, outcome)
+            exchange = asyncio.create_task(carry_out(
+                self.link, order, meter, response_timeout=worker.config.response_timeout_s,
+                retries=worker.config.exchange_retries, now_local=now.astimezone(worker.tz)))
+            try:
+                await self._meanwhile()
+            finally:
+                outcome = await exchange
+        while self._recording and self._recording[0].done():
+            self._recording.popleft()
+        if len(self._recording) >= worker.config.claim_ahead:  # the database is far behind: let it catch up
+            await self._recording.popleft()
+        self._recording.append(worker.recorder_of(self.plan).submit(command, meter, outcome))
         self.commands_carried_out += 1
         return outcome
+
+    async def _meanwhile(self) -> None:
+        """While the bus is busy: claim the next commands when its hand is empty (not when
+        stopping: they would only be given back). Failures are logged, never raised: the
+        exchange in flight must still be recorded."""
+        if not self._next and not self._stopping.is_set():
+            try:
+                await self._claim()
+            except Exception:
+                log.exception("%s: could not claim the next commands", self.plan.link)
+
+    async def _recorded(self) -> None:
+        """Wait until this bus's results have reached the database (the recorder logs a
+        result it could not record)."""
+        while self._recording:
+            await self._recording.popleft()
+
+    async def _settle(self) -> None:
+        """At the end: the last result recorded, the command claimed but never started
+        given back to the queue unspent (``give_back_commands``) for whoever serves the
+        link next."""
+        await self._recorded()
+        command_ids = [command.id or 0 for command, _ in self._next]
+        self._next.clear()
+        if not command_ids:
+            return
+        try:
+            async with transaction(self.worker.sessions) as session:
+                await remote.give_back_commands(session, holder=self.worker.holder, command_ids=command_ids,
+                                                now=self.worker.clock())
+        except Exception:
+            log.exception("%s: could not give commands %s back; they are requeued when the lease expires",
+                          self.plan.link, command_ids)
+
+
+@dataclass
+class _Result:
+    command: RemoteCommand
+    meter: MeterOnBus | None
+    outcome: Outcome
+    recorded: asyncio.Future[None]
+
+
+class Recorder:
+    """Every bus's results, recorded in batches (group commit): while one batch's
+    transaction runs, the results that arrive wait and go together in the next, so a
+    worker with many buses pays for a transaction per batch rather than per meter. A
+    batch is: one ``ingest_readings`` for all its readings, the failures to hear meters
+    with their alarm rules, the succeeded commands finished together
+    (``finish_succeeded_commands``) and the rest one by one (``finish_command``). A batch
+    that fails as a whole is recorded again result by result, so one bad result costs
+    only itself. Each result's future resolves when it is recorded (or its recording
+    failed, logged): a bus waits for its last result before handing in the next, so a
+    meter's results land in order."""
+
+    def __init__(self, worker: AcquisitionWorker, *, batch_max: int = 256) -> None:
+        self.worker = worker
+        self.batch_max = batch_max
+        self.batches = 0
+        self._pending: list[_Result] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def submit(self, command: RemoteCommand, meter: MeterOnBus | None, outcome: Outcome) -> asyncio.Future[None]:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="acquire recorder")
+        result = _Result(command, meter, outcome, asyncio.get_running_loop().create_future())
+        self._pending.append(result)
+        return result.recorded
+
+    async def _run(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:self.batch_max], self._pending[self.batch_max:]
+            try:
+                await self._record(batch)
+            finally:
+                for result in batch:
+                    if not result.recorded.done():
+                        result.recorded.set_result(None)
+
+    async def _record(self, batch: list[_Result]) -> None:
+        worker = self.worker
+        try:
+            await worker.record_many(batch)
+            self.batches += 1
+            return
+        except Exception:
+            if len(batch) == 1:
+                log.exception("%s: command %s's result could not be recorded", worker.holder, batch[0].command.id)
+                return
+            log.exception("%s: a batch of %d results could not be recorded; recording them one by one",
+                          worker.holder, len(batch))
+        for result in batch:
+            try:
+                await worker.record_many([result])
+            except Exception:
+                log.exception("%s: command %s's result could not be recorded", worker.holder, result.command.id)
+
+    async def drain(self) -> None:
+        """Wait until everything handed in is recorded."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
 
 
 class AcquisitionWorker:
@@ -195,6 +346,9 @@ class AcquisitionWorker:
                                      inter_byte_timeout=config.inter_byte_timeout_s, retries=config.exchange_retries)
         self.mqtt_url = mqtt_url
         self.coordinators: dict[str, LinkCoordinator | MqttCoordinator] = {}
+        # Several, each serving a fixed share of the buses (a bus's results stay in order):
+        # one batch's alarm evaluation need not hold up every bus.
+        self.recorders = [Recorder(self) for _ in range(config.recorders)]
         self._stopping = asyncio.Event()
         self._leased_until: datetime | None = None
         # The LISTEN connection's follower, while it runs (tests wait for it to connect).
@@ -239,6 +393,7 @@ class AcquisitionWorker:
     async def _shut_down(self) -> None:
         await asyncio.gather(*(coordinator.stop() for coordinator in self.coordinators.values()))
         self.coordinators.clear()
+        await asyncio.gather(*(recorder.drain() for recorder in self.recorders))
         try:
             async with transaction(self.sessions) as session:
                 released = await remote.release_leases(session, holder=self.holder)
@@ -308,49 +463,95 @@ class AcquisitionWorker:
                 try:
                     async for event in stream:
                         if isinstance(event.payload, dict) and event.payload.get("state") == "queued":
-                            self.wake_all()
+                            self.wake(event.payload.get("links"))
                 except ListenerLaggedError:
                     self.wake_all()  # whatever it missed, the buses look for themselves
+
+    def recorder_of(self, plan: LinkPlan) -> Recorder:
+        return self.recorders[plan.concentrator_id % len(self.recorders)]
+
+    @property
+    def idle_poll_s(self) -> float:
+        """How long an idle bus waits for a wake-up before it looks for work itself:
+        longer while the events channel is followed and connected."""
+        listener = self.listener
+        if listener is not None and listener.connected:
+            return max(self.config.poll_interval_s, self.config.listening_poll_interval_s)
+        return self.config.poll_interval_s
 
     def wake_all(self) -> None:
         for coordinator in self.coordinators.values():
             coordinator.wake.set()
 
+    def wake(self, links: object) -> None:
+        """Wake the buses of ``links`` (a ``command.changed`` payload's); every bus when
+        the payload names none (an event stored before it carried them)."""
+        if not isinstance(links, list) or not links:
+            self.wake_all()
+            return
+        for link in links:
+            coordinator = self.coordinators.get(link) if isinstance(link, str) else None
+            if coordinator is not None:
+                coordinator.wake.set()
+
     # -- results -------------------------------------------------------------------------
 
     async def record(self, command: RemoteCommand, meter: MeterOnBus | None, outcome: Outcome) -> None:
-        """The command's result, the reading it brought or the failure to hear the meter,
-        in one transaction. A command taken over meanwhile (its lease lost, its time
-        limit passed) still leaves what the meter said or did not say."""
-        at = self.clock()
-        try:
-            async with transaction(self.sessions) as session:
-                await self._observe(session, command.meter_id if meter else None, outcome, at)
-                await remote.finish_command(
-                    session, command_id=command.id or 0, holder=self.holder, succeeded=outcome.succeeded, now=at,
-                    reply=outcome.reply,
-                    failure_kind=RecordedFailure(outcome.failure_kind.value) if outcome.failure_kind else None,
-                    failure_reason=outcome.failure_reason, retry=outcome.retry)
-        except CommandNotHeld:
-            log.warning("%s: command %s was taken from it before it finished", self.holder, command.id)
-            async with transaction(self.sessions) as session:
-                await self._observe(session, command.meter_id if meter else None, outcome, at)
-        if outcome.succeeded:
-            log.debug("command %s (%s) succeeded", command.id, command.kind)
-        else:
-            log.info("command %s (%s) of meter %s: %s", command.id, command.kind, command.meter_id,
-                     outcome.failure_reason)
+        """One result recorded at once, in its own transaction (the MQTT link's deliveries,
+        one device at a time, which no batch would gather)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self.record_many([_Result(command, meter, outcome, done)])
 
-    async def _observe(self, session: AsyncSession, meter_id: int | None, outcome: Outcome, at: datetime) -> None:
-        if meter_id is None:
-            return
-        if outcome.reading is not None:
-            await ingest_readings(session, readings=[reading_of(meter_id, outcome.reading, at)], source=SOURCE, now=at,
-                                  tz=self.timezone)
-        elif outcome.communication_failed:
-            await record_read_failures(session, meter_ids=[meter_id], failed_at=at,
-                                       reason=outcome.failure_reason or str(outcome.failure_kind))
-            await evaluate_alarms(session, actor=_ALARM_ACTOR, now=at, tz=self.timezone, meter_ids=[meter_id])
+    async def record_many(self, results: Sequence[_Result]) -> None:
+        """Several results in one transaction (:class:`Recorder`): the readings they
+        brought and the meters not heard, then each command's end. A command taken from
+        this worker meanwhile still leaves what its meter said or did not say."""
+        at = self.clock()
+        async with transaction(self.sessions) as session:
+            await self._observe_many(session, [(r.command.meter_id, r.outcome) for r in results if r.meter is not None],
+                                     at)
+            succeeded = {r.command.id or 0: r.outcome.reply for r in results
+                         if r.outcome.succeeded and r.command.kind is not CommandKind.set_params}
+            finished = set(await remote.finish_succeeded_commands(session, holder=self.holder, replies=succeeded,
+                                                                   now=at))
+            for command_id in sorted(set(succeeded) - finished):
+                log.warning("%s: command %s was taken from it before it finished", self.holder, command_id)
+            for result in results:
+                if (result.command.id or 0) in succeeded:
+                    continue
+                outcome = result.outcome
+                try:
+                    await remote.finish_command(
+                        session, command_id=result.command.id or 0, holder=self.holder, succeeded=outcome.succeeded,
+                        now=at, reply=outcome.reply,
+                        failure_kind=RecordedFailure(outcome.failure_kind.value) if outcome.failure_kind else None,
+                        failure_reason=outcome.failure_reason, retry=outcome.retry)
+                except CommandNotHeld:
+                    log.warning("%s: command %s was taken from it before it finished", self.holder, result.command.id)
+        for result in results:
+            command, outcome = result.command, result.outcome
+            if outcome.succeeded:
+                log.debug("command %s (%s) succeeded", command.id, command.kind)
+            else:
+                log.info("command %s (%s) of meter %s: %s", command.id, command.kind, command.meter_id,
+                         outcome.failure_reason)
+
+    async def _observe_many(self, session: AsyncSession, heard: Sequence[tuple[int, Outcome]], at: datetime) -> None:
+        """The readings of ``heard`` (meter, outcome) in one ingest, the meters not heard
+        counted and their alarm rules evaluated."""
+        readings = [reading_of(meter_id, outcome.reading, at) for meter_id, outcome in heard
+                    if outcome.reading is not None]
+        if readings:
+            await ingest_readings(session, readings=readings, source=SOURCE, now=at, tz=self.timezone)
+        failed: dict[str, list[int]] = {}
+        for meter_id, outcome in heard:
+            if outcome.reading is None and outcome.communication_failed:
+                failed.setdefault(outcome.failure_reason or str(outcome.failure_kind), []).append(meter_id)
+        for reason, meter_ids in failed.items():
+            await record_read_failures(session, meter_ids=meter_ids, failed_at=at, reason=reason)
+        if failed:
+            await evaluate_alarms(session, actor=_ALARM_ACTOR, now=at, tz=self.timezone,
+                                  meter_ids=sorted({m for ids in failed.values() for m in ids}))
 
 
 def reading_of(meter_id: int, data: cjt188.MeterData, read_at: datetime) -> ReadingIn:
@@ -420,12 +621,21 @@ def acquire(
                             mqtt_url=settings.mqtt_url))
 
 
+def worker_engine(url: str, max_links: int) -> AsyncEngine:
+    """The worker's engine: a bus holds at most one connection at a time (its result,
+    then its next claim), so the pool grows with the buses served, up to 64 beyond the
+    lease round's and the spare few."""
+    from backend.db import create_engine
+
+    return create_engine(url, pool_size=4, max_overflow=max(16, min(max_links, 64)))
+
+
 async def run_acquire(url: str, *, config: AcquireSettings, timezone: str, once: bool = False,
                       max_links: int | None = None, **worker_options: Any) -> None:
     """The worker of ``shuiwu acquire`` on its own engine, stopped by SIGTERM / SIGINT."""
-    from backend.db import create_engine, session_factory
+    from backend.db import session_factory
 
-    engine = create_engine(url, pool_size=4, max_overflow=16)
+    engine = worker_engine(url, max_links or config.max_links)
     worker = AcquisitionWorker(sessions=session_factory(engine), config=config, timezone=timezone, database_url=url,
                                max_links=max_links, **worker_options)
     loop = asyncio.get_running_loop()

@@ -62,11 +62,16 @@ def month_bounds(year: int, month: int, tz: str | tzinfo) -> tuple[datetime, dat
     return datetime(year, month, 1, tzinfo=zone), datetime(*following, 1, tzinfo=zone)
 
 
+# pg_class read as a table (the statement's snapshot), not through to_regclass: that
+# looks names up in the backend's catalog cache, which keeps a "no such table" from
+# before the advisory lock until the backend next processes invalidations — and an
+# advisory lock does not make it — so a second creator of the same month would miss the
+# first one's committed table and fail on CREATE TABLE ("already exists").
 _STATE = text(
     """
     SELECT name, c.oid IS NOT NULL AS present, coalesce(c.relispartition, false) AS attached
     FROM unnest(CAST(:names AS text[])) AS name
-    LEFT JOIN pg_class c ON c.oid = to_regclass(name)
+    LEFT JOIN pg_class c ON c.relname = name AND c.relnamespace = CAST(current_schema() AS regnamespace)
     """
 )
 

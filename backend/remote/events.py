@@ -13,10 +13,13 @@ from backend.events.payloads import event_payload
 @dataclass(frozen=True, slots=True)
 class CommandChanged:
     """Commands were queued, claimed (``sent``, or ``pending_delivery`` for NB-IoT
-    meters) or put back in the queue for a retry: their ids and the state they entered."""
+    meters), put back in the queue for a retry or given back unstarted by a stopping
+    worker: their ids, the state they entered, and the links they travel on
+    (``concentrator:<id>`` or ``mqtt``), so a worker wakes only the buses concerned."""
 
     command_ids: tuple[int, ...]
     state: str
+    links: tuple[str, ...] = ()
 
 
 @event_payload("command.finished")

@@ -82,7 +82,7 @@ class IssuerKind(StrEnum):
 class PatrolRunState(StrEnum):
     running = "running"
     finished = "finished"
-    interrupted = "interrupted"  # its worker died; resumed by the next holder
+    interrupted = "interrupted"  # its worker died; running again at the next claim of its commands
 
 
 class PatrolReading(StrEnum):
@@ -208,6 +208,11 @@ class PatrolRun(SQLModel, table=True):
     meters_failed: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     started_at: datetime = Field(sa_column=timestamptz(nullable=False))
     finished_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))
+    # How often its worker died under it, the last time, and when a worker last took it
+    # up again (``backend.remote.patrols``: interrupted → running on the next claim).
+    interruptions: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    interrupted_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))
+    resumed_at: datetime | None = Field(default=None, sa_column=timestamptz(nullable=True))
 
 
 class ExecutionPassword(SQLModel, table=True):

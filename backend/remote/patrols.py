@@ -11,8 +11,21 @@ once — and a read command per meter, issued by the system actor. Missed older 
 are superseded by the latest: a patrol reads the meters' present, not each missed minute.
 
 A run's counts follow its commands' ends (:func:`count_outcomes`, called by the command
-service); it is ``finished`` when every meter is read or failed, and ``interrupted``
-while commands its dead worker held are back in the queue for the next holder.
+service). Its states:
+
+- ``running`` from the moment it is enqueued;
+- ``running`` → ``interrupted`` (:func:`mark_interrupted`) when commands of it that a
+  worker had claimed go back to the queue because that worker died — a killed worker's
+  lease taken over by another, or the sweep finding the claimant gone;
+  ``interruptions`` counts these and ``interrupted_at`` says when the last one happened;
+- ``interrupted`` → ``running`` (:func:`resume_runs`) when any worker claims one of its
+  commands again: the resumption is that claim, made by ``claim_commands`` in the same
+  transaction, and ``resumed_at`` records it;
+- → ``finished`` when every meter of it is read or failed, from either state (a run
+  whose remaining commands all ran out of attempts finishes without resuming).
+
+A worker that stops cleanly (SIGTERM) gives its unstarted claims back unspent
+(``give_back_commands``) and finishes the exchange in hand: its runs are not interrupted.
 
 A task belongs to a unit (its creator's area; null: the company as a whole) and is seen
 and changed by those whose scope covers that unit; its targets must lie in the scope of
@@ -308,10 +321,22 @@ async def count_outcomes(session: AsyncSession, outcomes: Mapping[int, tuple[int
            "now": now})
 
 
-async def mark_interrupted(session: AsyncSession, *, run_ids: set[int]) -> None:
-    """Runs whose commands went back to the queue because their worker died."""
+async def mark_interrupted(session: AsyncSession, *, run_ids: set[int], now: datetime) -> None:
+    """running → interrupted, for runs whose commands went back to the queue because
+    their worker died (its lease expired and was taken over, or the sweep found it gone);
+    each interruption is counted."""
     if run_ids:
-        await session.execute(text("UPDATE patrol_runs SET state = 'interrupted' "
-                                   "WHERE id = ANY(CAST(:ids AS bigint[])) AND state = 'running'"),
-                              {"ids": sorted(run_ids)})
+        await session.execute(text("UPDATE patrol_runs SET state = 'interrupted', interruptions = interruptions + 1, "
+                                   "interrupted_at = :now WHERE id = ANY(CAST(:ids AS bigint[])) AND state = 'running'"),
+                              {"ids": sorted(run_ids), "now": now})
+
+
+async def resume_runs(session: AsyncSession, *, run_ids: set[int], now: datetime) -> None:
+    """interrupted → running, when a worker claims a command of the run again: the
+    resumption is the claim itself (no scheduler decides it), and ``resumed_at`` says when.
+    A run that was not interrupted is left alone."""
+    if run_ids:
+        await session.execute(text("UPDATE patrol_runs SET state = 'running', resumed_at = :now "
+                                   "WHERE id = ANY(CAST(:ids AS bigint[])) AND state = 'interrupted'"),
+                              {"ids": sorted(run_ids), "now": now})
 

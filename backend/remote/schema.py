@@ -228,13 +228,19 @@ class PatrolRunType(Node):
     success_rate: float | None = strawberry.field(description="Meters read / meters of the run.")
     started_at: datetime
     finished_at: datetime | None
+    interruptions: int = strawberry.field(description="How often its worker died under it (the run was then "
+                                                      "interrupted until another worker took its commands up).")
+    interrupted_at: datetime | None = strawberry.field(description="When it was last interrupted.")
+    resumed_at: datetime | None = strawberry.field(description="When a worker last took it up again after an "
+                                                               "interruption.")
 
     @classmethod
     def of(cls, run: PatrolRun) -> PatrolRunType:
         return cls(id=encode_id("PatrolRun", run.id or 0), task_id=encode_id("PatrolTask", run.task_id), due_at=run.due_at,
                    state=run.state, meters_total=run.meters_total, meters_read=run.meters_read,
                    meters_failed=run.meters_failed, success_rate=patrols.success_rate(run), started_at=run.started_at,
-                   finished_at=run.finished_at)
+                   finished_at=run.finished_at, interruptions=run.interruptions, interrupted_at=run.interrupted_at,
+                   resumed_at=run.resumed_at)
 
 
 @strawberry.input

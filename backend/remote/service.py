@@ -21,7 +21,10 @@ so two workers never claim one command and a link nobody holds keeps its command
 queued. Taking over an expired lease puts the commands its old holder had claimed but
 not finished back in the queue (attempts left permitting), as does the sweep.
 
-**States.** queued → sent (claimed on a bus link) → succeeded | failed | timed_out;
+**States.** queued → sent (claimed on a bus link) → succeeded | failed | timed_out
+(past its deadline: the worker's own record, or the sweep's); a claimed command its
+worker never started goes back to queued, its attempt returned
+(:func:`give_back_commands`, when a bus stops);
 NB-IoT commands go queued → pending_delivery (claimed by the broker's holder) → sent
 (:func:`mark_sent`, at the device's uplink) → …. :func:`finish_command` records the
 result (a failure may go back to the queue while attempts remain); a set_params is read
@@ -242,7 +245,8 @@ async def _insert_commands(
     })).scalars().all()
     command_ids = list(ids)
     if command_ids:
-        await emit_event(session, "command.changed", CommandChanged(tuple(command_ids), CommandState.queued.value),
+        await emit_event(session, "command.changed", CommandChanged(
+            tuple(command_ids), CommandState.queued.value, tuple(sorted({c.link for c in candidates if c.link}))),
                          key=f"batch:{batch_id}")
     return command_ids
 
@@ -406,7 +410,7 @@ UPDATE remote_commands c
        sent_at = CASE WHEN c.link = :mqtt THEN NULL ELSE CAST(:now AS timestamptz) END, updated_at = :now
   FROM picked
  WHERE c.id = picked.id
-RETURNING c.id, c.state
+RETURNING c.id, c.state, c.link, c.patrol_run_id, c.kind
 """)
 
 
@@ -423,19 +427,49 @@ async def claim_commands(session: AsyncSession, *, holder: str, link_ids: Sequen
         return []
     rows = (await session.execute(_CLAIM, {"holder": holder, "links": sorted(set(link_ids)), "limit": limit,
                                            "now": now, "mqtt": MQTT_LINK})).all()
-    claimed = await commands_by_id(session, [row[0] for row in rows])
-    purchases = [c for c in claimed if c.kind is CommandKind.write_purchase]
-    if purchases:
+    purchase_ids = [row.id for row in rows if row.kind == CommandKind.write_purchase.value]
+    if purchase_ids:
         from backend.remote.purchases import purchases_claimed
 
-        cancelled = set(await purchases_claimed(session, purchases, now))
-        claimed = await commands_by_id(session, [c.id or 0 for c in claimed if c.id not in cancelled])
-    by_state: dict[str, list[int]] = defaultdict(list)
-    for command in claimed:
-        by_state[command.state.value].append(command.id or 0)
-    for state, ids in sorted(by_state.items()):
-        await emit_event(session, "command.changed", CommandChanged(tuple(sorted(ids)), state))
-    return claimed
+        cancelled = set(await purchases_claimed(session, await commands_by_id(session, purchase_ids), now))
+        rows = [row for row in rows if row.id not in cancelled]
+    by_state: dict[str, list[Any]] = defaultdict(list)
+    for row in rows:
+        by_state[row.state].append(row)
+    for state, claimed in sorted(by_state.items()):
+        await emit_event(session, "command.changed", _changed(claimed, state))
+    from backend.remote.patrols import resume_runs
+
+    await resume_runs(session, run_ids={row.patrol_run_id for row in rows if row.patrol_run_id is not None}, now=now)
+    return await commands_by_id(session, [row.id for row in rows])
+
+
+def _changed(rows: Sequence[Any], state: str) -> CommandChanged:
+    """The ``command.changed`` payload of these commands (rows with ``id`` and ``link``)."""
+    return CommandChanged(tuple(sorted(row.id for row in rows)), state, tuple(sorted({row.link for row in rows})))
+
+
+_GIVE_BACK = text("""
+UPDATE remote_commands
+   SET state = 'queued', attempts = GREATEST(attempts - 1, 0), claimed_by = NULL, sent_at = NULL, updated_at = :now
+ WHERE id = ANY(CAST(:ids AS bigint[])) AND claimed_by = :holder AND state IN ('sent', 'pending_delivery')
+RETURNING id, link
+""")
+
+
+async def give_back_commands(session: AsyncSession, *, holder: str, command_ids: Sequence[int],
+                             now: datetime) -> list[int]:
+    """Put back in the queue commands ``holder`` claimed but never started (its bus
+    stopped: SIGTERM, a lost lease): ``queued`` again with the attempt the claim counted
+    returned, since nothing went on the wire. Only those still claimed by ``holder`` and
+    unfinished (one taken over meanwhile is its new holder's). Returns their ids, sorted.
+    Unlike a lease taken over, this does not interrupt a patrol run: nothing was lost."""
+    if not command_ids:
+        return []
+    rows = (await session.execute(_GIVE_BACK, {"ids": sorted(set(command_ids)), "holder": holder, "now": now})).all()
+    if rows:
+        await emit_event(session, "command.changed", _changed(rows, CommandState.queued.value))
+    return sorted(row.id for row in rows)
 
 
 async def _held_command(session: AsyncSession, command_id: int, holder: str, states: Sequence[CommandState],
@@ -460,7 +494,7 @@ async def mark_sent(session: AsyncSession, *, command_id: int, holder: str, now:
     found = await _held_command(session, command_id, holder, (CommandState.pending_delivery,), now)
     found.state, found.sent_at, found.updated_at = CommandState.sent, now, now
     await session.flush()
-    await emit_event(session, "command.changed", CommandChanged((command_id,), CommandState.sent.value))
+    await emit_event(session, "command.changed", CommandChanged((command_id,), CommandState.sent.value, (found.link,)))
     return found
 
 
@@ -482,8 +516,10 @@ async def finish_command(
 ) -> RemoteCommand:
     """Record the result of a command ``holder`` claimed and still holds (else
     REMOTE_COMMAND_NOT_HELD: it timed out or was taken over meanwhile). A failure with
-    ``retry`` goes back to the queue while attempts remain and the deadline is ahead;
-    otherwise it is ``failed``. A succeeded set_params queues its read-back."""
+    ``retry`` goes back to the queue while attempts remain and the deadline is ahead; one
+    past its deadline (its time limit, 命令时限) that was still worth trying, or that
+    failed as a timeout, is ``timed_out``; otherwise it is ``failed``. A succeeded
+    set_params queues its read-back."""
     found = await _held_command(session, command_id, holder, (CommandState.sent, CommandState.pending_delivery), now)
     found.reply = dict(reply) if reply is not None else found.reply
     found.updated_at = now
@@ -492,15 +528,20 @@ async def finish_command(
     else:
         found.failure_kind = failure_kind or FailureKind.device_error
         found.failure_reason = (failure_reason or "")[:_REASON_MAX] or None
-        again = retry and found.attempts < found.max_attempts and found.deadline > now
-        found.state = CommandState.queued if again else CommandState.failed
+        past_deadline = found.deadline <= now
+        again = retry and found.attempts < found.max_attempts and not past_deadline
         if again:
-            found.claimed_by = None
+            found.state, found.claimed_by = CommandState.queued, None
+        elif past_deadline and (retry or found.failure_kind is FailureKind.timeout):
+            found.state = CommandState.timed_out  # out of time while still worth trying
+        else:
+            found.state = CommandState.failed
     if found.state in FINISHED_STATES:
         found.finished_at = now
     await session.flush()
     if found.state is CommandState.queued:
-        await emit_event(session, "command.changed", CommandChanged((command_id,), CommandState.queued.value))
+        await emit_event(session, "command.changed",
+                         CommandChanged((command_id,), CommandState.queued.value, (found.link,)))
         return found
     await emit_event(session, "command.finished", CommandFinished((command_id,), found.state.value),
                      key=f"batch:{found.batch_id}")
@@ -509,6 +550,50 @@ async def finish_command(
 
         await count_outcomes(session, {found.patrol_run_id: (1, 0) if succeeded else (0, 1)}, now=now)
     return found
+
+
+_FINISH_SUCCEEDED = text("""
+UPDATE remote_commands c
+   SET state = 'succeeded', reply = COALESCE(CAST(r.reply AS jsonb), c.reply), failure_kind = NULL,
+       failure_reason = NULL, finished_at = :now, updated_at = :now
+  FROM unnest(CAST(:ids AS bigint[]), CAST(:replies AS text[])) AS r(id, reply)
+ WHERE c.id = r.id AND c.claimed_by = :holder AND c.state IN ('sent', 'pending_delivery') AND c.kind <> 'set_params'
+   AND EXISTS (SELECT 1 FROM link_leases l WHERE l.link = c.link AND l.holder = :holder AND l.expires_at > :now)
+RETURNING c.id, c.batch_id, c.patrol_run_id
+""")
+
+
+async def finish_succeeded_commands(session: AsyncSession, *, holder: str,
+                                    replies: Mapping[int, Mapping[str, Any] | None], now: datetime) -> list[int]:
+    """Record many commands as ``succeeded`` at once (``{command id: reply}``): what
+    :func:`finish_command` does for each, in three statements — the update, one
+    ``command.finished`` per batch, the runs' counts. Only commands ``holder`` claimed and
+    still holds are finished (their ids are returned, sorted); a set_params (its reply the
+    read-back the worker made) is left to :func:`finish_command`."""
+    import json
+
+    if not replies:
+        return []
+    ids = sorted(replies)
+    rows = (await session.execute(_FINISH_SUCCEEDED, {
+        "ids": ids, "replies": [None if replies[i] is None else json.dumps(dict(replies[i] or {}), ensure_ascii=False)
+                                for i in ids],
+        "holder": holder, "now": now})).all()
+    by_batch: dict[uuid.UUID, list[int]] = defaultdict(list)
+    by_run: dict[int, int] = defaultdict(int)
+    for row in rows:
+        by_batch[row.batch_id].append(row.id)
+        if row.patrol_run_id is not None:
+            by_run[row.patrol_run_id] += 1
+    for batch_id, finished in sorted(by_batch.items(), key=lambda item: min(item[1])):
+        await emit_event(session, "command.finished", CommandFinished(tuple(sorted(finished)),
+                                                                      CommandState.succeeded.value),
+                         key=f"batch:{batch_id}")
+    if by_run:
+        from backend.remote.patrols import count_outcomes
+
+        await count_outcomes(session, {run_id: (read, 0) for run_id, read in by_run.items()}, now=now)
+    return sorted(row.id for row in rows)
 
 
 # --------------------------------------------------------------------------- sweep
@@ -546,7 +631,7 @@ UPDATE remote_commands c
  WHERE c.state IN ('pending_delivery', 'sent') AND c.deadline > :now {links}
    AND NOT EXISTS (SELECT 1 FROM link_leases l
                     WHERE l.link = c.link AND l.holder = c.claimed_by AND l.expires_at > :now)
-RETURNING c.id, c.state, c.patrol_run_id
+RETURNING c.id, c.state, c.link, c.patrol_run_id, c.kind
 """
 
 
@@ -561,9 +646,10 @@ async def _requeue_orphans(session: AsyncSession, *, now: datetime, links: Seque
     from backend.remote.patrols import count_outcomes, mark_interrupted
 
     if requeued:
-        await emit_event(session, "command.changed", CommandChanged(tuple(requeued), CommandState.queued.value))
+        await emit_event(session, "command.changed",
+                         _changed([r for r in rows if r.state == CommandState.queued.value], CommandState.queued.value))
         await mark_interrupted(session, run_ids={r.patrol_run_id for r in rows if r.patrol_run_id is not None
-                                                 and r.state == CommandState.queued.value})
+                                                 and r.state == CommandState.queued.value}, now=now)
     if failed:
         await emit_event(session, "command.finished", CommandFinished(tuple(failed), CommandState.failed.value))
         await count_outcomes(session, _failures_by_run([r for r in rows if r.state == CommandState.failed.value]),

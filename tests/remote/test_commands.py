@@ -30,7 +30,8 @@ async def test_a_read_now_is_queued_on_the_meters_link_with_the_default_time_lim
         CommandState.queued, world.east_link, 0, 30)
     assert command.deadline == NOW + timedelta(seconds=30)
     assert (command.issued_by_id, command.issued_by_name) == (world.operator.user.id, world.operator.user.full_name)
-    assert {"command_ids": [command.id], "state": "queued"} in await events(session, "command.changed")
+    assert {"command_ids": [command.id], "state": "queued", "links": [command.link]} in await events(
+        session, "command.changed")
 
 
 async def test_an_nb_iot_meter_waits_a_day_for_its_uplink(session: AsyncSession) -> None:
