@@ -3,7 +3,7 @@ gains ``interruptions`` (how often a worker died under the run), ``interrupted_a
 ``resumed_at`` (``backend.remote.patrols``: interrupted → running at the next claim).
 
 Revision ID: 0042
-Revises: 0038
+Revises: 0039
 Create Date: 2026-12-08
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0042"
-down_revision = "0038"
+down_revision = "0039"
 branch_labels = None
 depends_on = None
 
