@@ -38,7 +38,7 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -173,7 +173,10 @@ class AcquisitionWorker:
         holder: str | None = None,
         max_links: int | None = None,
         clock: Clock = utcnow,
+        links: Collection[str] | None = None,
     ) -> None:
+        """``links``: serve only these links (``concentrator:<id>``; ``demo run`` serves its
+        simulated bus, not the demo's unreachable ones); None: every serial and DTU link."""
         from zoneinfo import ZoneInfo
 
         self.sessions = sessions
@@ -184,6 +187,7 @@ class AcquisitionWorker:
         self.holder = holder or holder_name()
         self.max_links = max_links or config.max_links
         self.clock = clock
+        self.only_links = frozenset(links) if links is not None else None
         self.timing = ExchangeTiming(response_timeout=config.response_timeout_s,
                                      inter_byte_timeout=config.inter_byte_timeout_s, retries=config.exchange_retries)
         self.coordinators: dict[str, LinkCoordinator] = {}
@@ -248,7 +252,8 @@ class AcquisitionWorker:
         ttl = timedelta(seconds=self.config.lease_ttl_s)
         try:
             async with transaction(self.sessions) as session:
-                plans = {plan.link: plan for plan in await servable_links(session)}
+                plans = {plan.link: plan for plan in await servable_links(session)
+                         if self.only_links is None or plan.link in self.only_links}
                 held = [link for link in self.coordinators if link in plans]
                 gone = [link for link in self.coordinators if link not in plans]
                 if gone:  # no longer a bus (retired, now a terminal that dials in)
