@@ -561,7 +561,8 @@ class MeterSpec:
     def meter(self, *, daily_m3: float, now: datetime) -> SimulatedMeter:
         return SimulatedMeter(address=self.address, total_m3=self.total_m3, settlement_m3=self.total_m3,
                               daily_m3=daily_m3, advanced_to=now, meter_type=self.meter_type,
-                              has_valve=self.has_valve, valve_open=self.has_valve and self.valve_open,
+                              # A meter without a valve lets water through (and reports it open).
+                              has_valve=self.has_valve, valve_open=self.valve_open or not self.has_valve,
                               di_order=self.di_order)
 
 

@@ -2,7 +2,7 @@
 has one simulated bus (a DTU on this machine) with a patrol task reading it every few
 minutes; the simulator started for it stands in for exactly that concentrator's meters,
 at their latest registers, with the valve the policy closed closed; and the worker
-reads a meter of it and reopens that valve when queued."""
+reads its meters of either DI byte order and reopens that valve when queued."""
 
 from __future__ import annotations
 
@@ -68,6 +68,9 @@ async def test_the_demo_simulator_stands_in_for_the_simulated_bus_and_the_worker
     with simulator_for(dataclasses.replace(bus, port=0, baudrate=115200), tmp_path / "bus.json") as simulator:
         assert simulator.addresses == [[spec.address for spec in bus.meters]]
         assert simulator.meter(closed_address)["valve_open"] is False
+        # A meter whose model has no valve lets the water through.
+        assert all(simulator.meter(spec.address)["valve_open"] for spec in bus.meters if not spec.has_valve)
+        assert any(not spec.has_valve for spec in bus.meters)
         port = int(simulator.urls[0].rsplit(":", 1)[1])
         async with transaction(committed_sessions) as session:
             await session.execute(text(
@@ -77,14 +80,19 @@ async def test_the_demo_simulator_stands_in_for_the_simulated_bus_and_the_worker
                                                 issued_by=system_actor({"remote:control"}))
             read = await remote.queue_command(session, target=closed_meter, kind=CommandKind.read_now, params={},
                                               issued_by=system_actor({"remote:read"}))
+            # A meter of each DI byte order on the bus (the demo mixes models on one bus).
+            orders = {spec.di_order: on_bus[spec.address] for spec in bus.meters}
+            assert len(orders) == 2
+            mixed = [await remote.queue_command(session, target=meter_id, kind=CommandKind.read_now, params={},
+                                                issued_by=system_actor({"remote:read"})) for meter_id in orders.values()]
         worker = AcquisitionWorker(sessions=committed_sessions, config=CONFIG, timezone="Asia/Shanghai",
                                    holder="test:demo", links=[bus.link])
         running = asyncio.create_task(worker.run())
         try:
             async def done() -> bool:
                 states = await rows(committed_sessions, "SELECT state FROM remote_commands WHERE id = ANY(:ids)",
-                                    ids=[reopen.id, read.id])
-                return states == [("succeeded",), ("succeeded",)]
+                                    ids=[reopen.id, read.id, *(command.id for command in mixed)])
+                return states == [("succeeded",)] * 4
             await eventually(done, timeout_s=10)
             held = worker.held_links
         finally:
