@@ -198,8 +198,10 @@ async def look_again_now(sessions: async_sessionmaker[AsyncSession]) -> None:
     """The policy's deferred look again comes due now instead of in an hour (the hour
     passing is all it waits for; the account's state decides)."""
     async with transaction(sessions) as session:
+        # Only a run not yet due: moving a due one forward again and again would starve it.
         await session.execute(text("UPDATE pgqueuer SET execute_after = now() - interval '1 second' "
-                                   "WHERE entrypoint = 'job:recheck_valve_policy' AND status = 'queued'"))
+                                   "WHERE entrypoint = 'job:recheck_valve_policy' AND status = 'queued' "
+                                   "AND execute_after > now()"))
 
 
 async def flows(simulator: SimulatorProcess, address: str) -> bool:
