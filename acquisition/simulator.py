@@ -143,6 +143,8 @@ class SimulatedMeter:
     prices_from_day: int = 1
     key_version: int = 1
     keeps_params: bool = True
+    # The meter model's DI byte order when it differs from the bus's (a bus mixes models).
+    di_order: cjt188.DiOrder | None = None
     answered: int = 0
     uplinks: int = 0  # NB-IoT: current data published unasked
     # Requests it answered, by data identifier in the standard's notation (``901F``,
@@ -523,6 +525,9 @@ class SimulatedBus:
     def _on_request(self, frame: bytes, *, request_start: float, request_end: float) -> None:
         try:
             request = cjt188.decode(frame, di_order=self.di_order)
+            own_order = self.meters[request.address].di_order if request.address in self.meters else None
+            if own_order is not None and own_order is not self.di_order:
+                request = cjt188.decode(frame, di_order=own_order)  # the address reads alike in either order
         except cjt188.FrameError:
             return  # a garbled request gets no answer, as from a real meter
         now = self.clock.now()
@@ -533,7 +538,7 @@ class SimulatedBus:
         replies: list[bytes] = []
         faults: set[Fault] = set()
         for meter in addressed:
-            reply = meter.answer(request, now=now, di_order=self.di_order, preamble=self.reply_preamble)
+            reply = meter.answer(request, now=now, di_order=meter.di_order or self.di_order, preamble=self.reply_preamble)
             if reply is not None:
                 faults |= meter.faults_for_this_reply(self.fault_probabilities, self._rng)
                 replies.append(reply)
@@ -722,6 +727,51 @@ class MqttMeters:
         self.client.loop_stop()
 
 
+@dataclass(frozen=True, slots=True)
+class MeterSpec:
+    """One meter of a ``--meters-file``: what the archives and the last readings say of a
+    real meter, so a simulated bus can stand in for it (``shuiwu demo run``)."""
+
+    address: str
+    total_m3: float = 0.0
+    meter_type: int = cjt188.DEFAULT_METER_TYPE
+    di_order: cjt188.DiOrder = cjt188.DiOrder.be
+    has_valve: bool = True
+    valve_open: bool = True
+
+    @classmethod
+    def from_json(cls, item: dict[str, Any]) -> MeterSpec:
+        address = str(item["address"])
+        if len(address) != 14 or not address.isdigit():
+            raise ValueError(f"address {address!r} is not 14 digits")
+        return cls(address=address, total_m3=float(item.get("total_m3", 0.0)),
+                   meter_type=int(str(item.get("meter_type", "10")), 16), di_order=cjt188.DiOrder(item.get("di_order", "be")),
+                   has_valve=bool(item.get("has_valve", True)), valve_open=bool(item.get("valve_open", True)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"address": self.address, "total_m3": self.total_m3, "meter_type": f"{self.meter_type:02X}",
+                "di_order": self.di_order.value, "has_valve": self.has_valve, "valve_open": self.valve_open}
+
+    def meter(self, *, daily_m3: float, now: datetime) -> SimulatedMeter:
+        return SimulatedMeter(address=self.address, total_m3=self.total_m3, settlement_m3=self.total_m3,
+                              daily_m3=daily_m3, advanced_to=now, meter_type=self.meter_type,
+                              # A meter without a valve lets water through (and reports it open).
+                              has_valve=self.has_valve, valve_open=self.valve_open or not self.has_valve,
+                              di_order=self.di_order)
+
+
+def read_meters_file(path: Path) -> list[MeterSpec]:
+    """The meters of a ``--meters-file``: a JSON list of ``{"address", "total_m3",
+    "meter_type", "di_order", "has_valve", "valve_open"}`` (all but the address optional)."""
+    items = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(items, list) or not items or len(items) > 250:
+        raise ValueError("a meters file is a JSON list of 1 to 250 meters")
+    specs = [MeterSpec.from_json(item) for item in items]
+    if len({spec.address for spec in specs}) != len(specs):
+        raise ValueError("a meters file lists an address twice")
+    return specs
+
+
 class MeterSimulator:
     """Several buses served by one thread. Faults and meter state can be changed between turns
     of :meth:`run` (from the control channel, or directly when it runs in this process)."""
@@ -760,15 +810,20 @@ class MeterSimulator:
         price_fen_per_m3: int = 500,
         fault_probabilities: dict[Fault, float] | None = None,
         seed: int = 188,
+        listed: list[MeterSpec] | None = None,
     ) -> MeterSimulator:
+        """``listed``: one bus of exactly these meters (``--meters-file``) instead of
+        ``buses`` × ``meters_per_bus`` generated ones."""
         rng = random.Random(seed)
         clock = SimulatedClock(speed=speed)
         now = clock.now()
         built: list[SimulatedBus] = []
-        for bus_index in range(buses):
+        for bus_index in range(1 if listed is not None else buses):
             endpoint: BusEndpoint = DtuEndpoint(host=host, port=port + bus_index if port else 0) if tcp else PtyEndpoint()
             meters = []
-            for meter_index in range(meters_per_bus):
+            if listed is not None:
+                meters = [spec.meter(daily_m3=daily_m3 * rng.uniform(0.5, 1.5), now=now) for spec in listed]
+            for meter_index in range(0 if listed is not None else meters_per_bus):
                 total = round(rng.uniform(10, 2000), 2)
                 prepaid = rng.random() < prepaid_share
                 meters.append(
@@ -980,6 +1035,10 @@ def simulate_meters(
     meter_fault: Annotated[list[str] | None, typer.Option("--meter-fault", help="ADDRESS=FAULT: that meter always has it; "
                                                         "repeatable.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of totals, daily use and random faults.")] = 188,
+    meters_file: Annotated[Path | None, typer.Option(
+        "--meters-file", dir_okay=False, exists=True,
+        help="One bus of exactly these meters: a JSON list of {address, total_m3, meter_type, di_order, has_valve, "
+             "valve_open} (instead of --buses and --meters).")] = None,
     control: Annotated[bool, typer.Option("--control", help="JSON lines on stdin/stdout (SimulatorProcess).")] = False,
     mqtt: Annotated[str | None, typer.Option("--mqtt", help="NB-IoT meters on this MQTT broker (mqtt://host:port) "
                                              "instead of buses: --meters of them.")] = None,
@@ -1005,12 +1064,20 @@ def simulate_meters(
     except ValueError as error:
         typer.echo(f"bad fault: {error} (faults: {', '.join(Fault)})", err=True)
         raise typer.Exit(2) from None
+    listed = None
+    if meters_file is not None:
+        try:
+            listed = read_meters_file(meters_file)
+        except (ValueError, KeyError, TypeError) as error:
+            typer.echo(f"bad --meters-file {meters_file}: {error}", err=True)
+            raise typer.Exit(2) from None
     simulator = MeterSimulator.build(
         buses=buses, meters_per_bus=meters, tcp=tcp, host=host, port=port,
         line=LineSettings(baudrate=baud, parity=parity.upper(), stopbits=stop_bits), turnaround=turnaround,
         late_by=late_by, reply_preamble=reply_preamble, di_order=di_order, first_address=first_address,
         daily_m3=daily_m3, speed=speed, battery_low_share=battery_low, prepaid_share=prepaid,
         opening_balance_fen=opening_balance, price_fen_per_m3=price, fault_probabilities=probabilities, seed=seed,
+        listed=listed,
     )
     try:
         for address, always_fault in always:

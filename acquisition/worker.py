@@ -64,7 +64,7 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any
@@ -331,7 +331,11 @@ class AcquisitionWorker:
         max_links: int | None = None,
         mqtt_url: str | None = None,
         clock: Clock = utcnow,
+        links: Collection[str] | None = None,
     ) -> None:
+        """``links``: serve only these links (``concentrator:<id>``, ``mqtt``; ``demo run``
+        serves its simulated bus, not the demo's unreachable ones); None: every serial and
+        DTU link, and the MQTT broker when ``mqtt_url`` is given."""
         from zoneinfo import ZoneInfo
 
         self.sessions = sessions
@@ -342,6 +346,7 @@ class AcquisitionWorker:
         self.holder = holder or holder_name()
         self.max_links = max_links or config.max_links
         self.clock = clock
+        self.only_links = frozenset(links) if links is not None else None
         self.timing = ExchangeTiming(response_timeout=config.response_timeout_s,
                                      inter_byte_timeout=config.inter_byte_timeout_s, retries=config.exchange_retries)
         self.mqtt_url = mqtt_url
@@ -416,6 +421,8 @@ class AcquisitionWorker:
                     plans[remote.MQTT_LINK] = MqttPlan(remote.MQTT_LINK, self.mqtt_url, self.config.mqtt_topic_filter,
                                                        self.config.mqtt_share_group)
                 plans.update((plan.link, plan) for plan in await servable_links(session))
+                if self.only_links is not None:
+                    plans = {link: plan for link, plan in plans.items() if link in self.only_links}
                 held = [link for link in self.coordinators if link in plans]
                 gone = [link for link in self.coordinators if link not in plans]
                 if gone:  # no longer a bus (retired, now a terminal that dials in)

@@ -293,14 +293,15 @@ def demo_run(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port.")] = None,
 ) -> None:
-    """Everything `make demo` starts: the API, the job worker and the local fakes of the
-    gateways pointed at this machine, until Ctrl-C."""
+    """Everything `make demo` starts: the API, the job worker, the local fakes of the
+    gateways pointed at this machine, and the domains' demo processes (the meter
+    simulator and the acquisition worker), until Ctrl-C."""
     import uvicorn
     from rich.cells import cell_len
 
     from backend.app import create_app
     from backend.demo import ADMIN, CASHIER, CLIENT_ID, CLIENT_SECRET, MANAGER, REPAIR, RESIDENT_PHONE
-    from backend.domain import declared_gateways
+    from backend.domain import declared_gateways, load
     from backend.domains import installed
     from backend.gateways.http import local_fakes
     from backend.jobs import run_worker
@@ -341,6 +342,9 @@ def demo_run(
     async def run() -> None:
         stop = asyncio.Event()
         worker = asyncio.create_task(run_worker(settings, url, stop=stop))
+        # The domains' own demo processes (remote: the meter simulator and the acquisition worker).
+        companions = [asyncio.create_task(load(domain.demo_run)(settings, url, stop), name=f"demo {domain.name}")
+                      for domain in installed() if domain.demo_run is not None]
         async def serve_fake(kind: str, fake: uvicorn.Server) -> None:
             try:
                 await fake.serve()
@@ -357,7 +361,7 @@ def demo_run(
             stop.set()
             for _, fake in fakes:
                 fake.should_exit = True
-            await asyncio.wait_for(asyncio.gather(worker, *serving, return_exceptions=True), timeout=10)
+            await asyncio.wait_for(asyncio.gather(worker, *companions, *serving, return_exceptions=True), timeout=15)
 
     _serving()
     with contextlib.suppress(KeyboardInterrupt):

@@ -277,6 +277,11 @@ class Domain:
     # variables ``shuiwu demo run`` sets before it starts anything (the API, the job worker,
     # the local fakes all read them), e.g. payments' generated test merchants file.
     demo_environment: str | None = None
+    # "module:function" (settings: Settings, database_url: str, stop: asyncio.Event) ->
+    # Awaitable[None]: what ``shuiwu demo run`` runs beside the API and the job worker
+    # until ``stop`` is set, then lets finish (remote: the meter simulator standing in for
+    # the demo's simulated bus, and the acquisition worker serving it).
+    demo_run: str | None = None
     # A pydantic-settings class read with its own env prefix (SHUIWU_<NAME>_…), offered
     # to the domain's code as the service ``settings.<name>`` (Runtime.settings_group).
     settings: type[BaseModel] | None = None

@@ -89,6 +89,8 @@ DOMAIN = Domain(
             description="表端预付费: purchases of reversed payments cancelled; pending meter writes sent (again)"),
     ),
     demo="backend.remote.demo:demo_step",
+    # `demo run`: a meter simulator standing in for the demo's simulated bus, and the worker serving it.
+    demo_run="acquisition.demo:run_simulated_field",
     # The field side: the acquisition worker, the CJ/T 188 codec by hand and the meter simulator.
     commands={"frame": "acquisition.cli:frame_app", "simulate": "acquisition.simulator:simulate_app",
               "acquire": "acquisition.worker:acquire_app"},

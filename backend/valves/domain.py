@@ -24,4 +24,6 @@ DOMAIN = Domain(
             permissions=frozenset({"remote:control"}),
             description="the valve policy looks again when it said later (night, day off, alerts on their way)"),
     ),
+    # The valves the policy closed on the demo's accounts at their close line, as history.
+    demo="backend.valves.demo:demo_step",
 )

@@ -10,6 +10,13 @@ An account's balance alerts are the messages the notifications domain writes for
 household's SMS. "Since it last went into alert" is after the account's latest crossing
 to ``normal``; an account whose crossings were purged by the events' retention counts
 those still kept.
+
+A crossing whose message rule has not run yet (``handled_events`` has no row for its
+handler, :data:`MESSAGE_HANDLERS`) counts as pending: the job worker runs an event's
+handlers concurrently, so the policy's handler may look before the notifications'
+handler has written the alert it is about to send. Counting it as neither delivered nor
+pending would decide "none on its way: never" and leave the valve to staff although the
+alert goes out a moment later (found by tests/acquisition/test_end_to_end.py).
 """
 
 from __future__ import annotations
@@ -32,11 +39,15 @@ _ALERT_DELIVERIES = text(
         SELECT e.id, e.payload->>'to_state' AS to_state FROM domain_events e
         WHERE e.kind = 'account.threshold_crossed' AND e.payload->'account_ids' @> to_jsonb(CAST(:account AS bigint))
     ), alerts AS (
-        SELECT 'balance:' || c.to_state || ':' || CAST(:account AS bigint) || ':' || c.id AS dedupe_key FROM crossings c
+        SELECT 'balance:' || c.to_state || ':' || CAST(:account AS bigint) || ':' || c.id AS dedupe_key,
+               NOT EXISTS (SELECT FROM handled_events h WHERE h.event_id = c.id
+                           AND h.handler = CASE c.to_state WHEN 'alert' THEN :alert_rule ELSE :close_rule END) AS unwritten
+        FROM crossings c
         WHERE c.to_state IN ('alert', 'close')
           AND c.id > (SELECT coalesce(max(id), 0) FROM crossings WHERE to_state = 'normal')
     ), states AS (
         SELECT
+            bool_or(a.unwritten) AS unwritten,
             bool_or(s.state = 'sent') AS sms_sent, bool_or(s.state = 'queued') AS sms_queued,
             (SELECT bool_or(p.state = 'sent') FROM messages m JOIN push_deliveries p
                ON m.id = ANY(p.message_ids) AND p.kind = m.kind AND p.created_at >= m.created_at
@@ -49,17 +60,24 @@ _ALERT_DELIVERIES = text(
     )
     SELECT count(*) FILTER (WHERE coalesce(sms_sent, false) OR coalesce(push_sent, false)) AS delivered,
            count(*) FILTER (WHERE NOT (coalesce(sms_sent, false) OR coalesce(push_sent, false))
-                              AND (coalesce(sms_queued, false) OR coalesce(push_queued, false))) AS pending
+                              AND (unwritten OR coalesce(sms_queued, false) OR coalesce(push_queued, false))) AS pending
     FROM states
     """
 )
+
+
+# The handlers that write an account's balance alerts: the notifications domain's message
+# rules of account.threshold_crossed (backend/notifications/domain.py, RULES), run as
+# ``messages.<rule name>`` (backend.domain.message_handlers), for a crossing to alert and to close.
+MESSAGE_HANDLERS = {AlertState.alert: "messages.balance_alert", AlertState.close: "messages.close_warning"}
 
 
 @dataclass(frozen=True, slots=True)
 class AlertDeliveries:
     """Of the account's balance alerts since it last went into alert: how many reached
     the resident (an SMS sent or a push sent: the vendor accepted it), and how many have
-    not yet but are still queued (a push held by quiet hours, an SMS to retry)."""
+    not yet but are still queued (a push held by quiet hours, an SMS to retry) or not
+    yet written (its message rule has not run)."""
 
     delivered: int
     pending: int
@@ -67,7 +85,9 @@ class AlertDeliveries:
 
 async def alert_deliveries(session: AsyncSession, *, account_id: int, household_id: int) -> AlertDeliveries:
     """Count the account's delivered and still-pending balance alerts (module docstring)."""
-    row = (await session.execute(_ALERT_DELIVERIES, {"account": account_id, "household": household_id})).one()
+    row = (await session.execute(_ALERT_DELIVERIES, {
+        "account": account_id, "household": household_id, "alert_rule": MESSAGE_HANDLERS[AlertState.alert],
+        "close_rule": MESSAGE_HANDLERS[AlertState.close]})).one()
     return AlertDeliveries(delivered=int(row.delivered), pending=int(row.pending))
 
 

@@ -1,6 +1,6 @@
 """Remote control's demo step (backend.remote.demo), on a copy of the small demo: the
 demo manager's execution password is the published one, a disabled daily patrol task
-of the company is there, and a second run adds nothing."""
+of the company and the simulated bus's patrol are there, and a second run adds nothing."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from backend.demo import MANAGER
 from backend.domain import DemoPlan, system_principal
 from backend.domains import installed
 from backend.remote import passwords
-from backend.remote.demo import DEMO_EXECUTION_PASSWORD, demo_step
+from backend.remote.demo import DEMO_EXECUTION_PASSWORD, SIMULATED_PATROL, demo_step
 from tests import small_demo
 from tests.small_demo import HOUSEHOLDS, NOW, SEED
 from tests.small_demo import rows as _rows
@@ -33,6 +33,7 @@ async def test_the_demo_manager_can_command_with_the_published_execution_passwor
                     progress=lambda _: None, actor=system_principal(installed()), logins={"manager": MANAGER.username})
     async with committed_sessions() as session, session.begin():
         await demo_step(session, plan)
-    assert await _rows(committed_sessions, "SELECT name, schedule, enabled FROM patrol_tasks") == [
-        ("全公司每日巡测", "0 2 * * *", False)]
+    assert await _rows(committed_sessions, "SELECT name, schedule, enabled FROM patrol_tasks ORDER BY id") == [
+        ("全公司每日巡测", "0 2 * * *", False), (SIMULATED_PATROL, "*/3 * * * *", True)]
+    assert await _rows(committed_sessions, "SELECT count(*) FROM concentrators WHERE host = '127.0.0.1'") == [(1,)]
     assert len(await _rows(committed_sessions, "SELECT staff_user_id FROM execution_passwords")) == 1

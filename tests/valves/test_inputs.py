@@ -11,7 +11,9 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from backend.valves.inputs import AlertDeliveries, alert_deliveries, valve_decision
+from backend.domain import message_handlers
+from backend.domains import installed
+from backend.valves.inputs import MESSAGE_HANDLERS, AlertDeliveries, alert_deliveries, valve_decision
 from backend.valves.policy import Reason, ValveAction, ValvePolicy
 from backend.valves.settings import ValveSettings
 from tests.billing.factories import at, served_household, tariff
@@ -21,11 +23,18 @@ OTHER_ACCOUNT, OTHER_HOUSEHOLD = 9_002, 8_002
 NOW = datetime(2026, 12, 7, 2, 0, tzinfo=UTC)
 
 
-async def crossing(session: AsyncSession, to_state: str, *accounts: tuple[int, int]) -> int:
+async def crossing(session: AsyncSession, to_state: str, *accounts: tuple[int, int], messaged: bool = True) -> int:
+    """An account.threshold_crossed event; ``messaged``: the notifications' message rules
+    have run for it (their alerts, if any, are written)."""
     payload = {"account_ids": [a for a, _ in accounts], "household_ids": [h for _, h in accounts], "to_state": to_state}
-    return int((await session.execute(text(
+    event_id = int((await session.execute(text(
         "INSERT INTO domain_events (kind, payload) VALUES ('account.threshold_crossed', CAST(:p AS jsonb)) RETURNING id"),
         {"p": json.dumps(payload)})).scalar_one())
+    if messaged:
+        await session.execute(text(
+            "INSERT INTO handled_events (event_id, handler, handled_at) SELECT :e, h, now() FROM unnest(CAST(:h AS text[])) h"),
+            {"e": event_id, "h": list(MESSAGE_HANDLERS.values())})
+    return event_id
 
 
 def key(to_state: str, account: int, event_id: int) -> str:
@@ -75,6 +84,21 @@ async def test_alerts_failed_or_capped_are_not_delivered_and_queued_ones_are_pen
     await sms(session, HOUSEHOLD, key("close", ACCOUNT, again), "failed")
 
     assert await alert_deliveries(session, account_id=ACCOUNT, household_id=HOUSEHOLD) == AlertDeliveries(0, 1)
+
+
+async def test_an_alert_its_message_rule_has_not_written_yet_is_pending(session: AsyncSession) -> None:
+    # The job worker runs an event's handlers concurrently: the valve policy may look
+    # before the notifications' rule has written the close warning it is about to send.
+    alert = await crossing(session, "alert", (ACCOUNT, HOUSEHOLD))
+    await sms(session, HOUSEHOLD, key("alert", ACCOUNT, alert), "sent")
+    await crossing(session, "close", (ACCOUNT, HOUSEHOLD), messaged=False)
+
+    assert await alert_deliveries(session, account_id=ACCOUNT, household_id=HOUSEHOLD) == AlertDeliveries(1, 1)
+
+
+def test_the_message_handlers_counted_are_the_installed_rules_of_the_crossing() -> None:
+    rules = {handler.name for handler in message_handlers(installed()) if handler.kind == "account.threshold_crossed"}
+    assert set(MESSAGE_HANDLERS.values()) == rules
 
 
 async def test_an_account_without_alerts_has_none(session: AsyncSession) -> None:
