@@ -30,7 +30,7 @@ def start(page: ft.Page, api_url: str) -> ResidentApp:
     page.bgcolor = ft.Colors.BLUE_GREY_50
     page.padding = 0
     app = ResidentApp(page, ResidentApi(api_url))
-    page.on_close = lambda _: page.run_task(app.api.close)
+    page.on_close = lambda _: page.run_task(app.close)
     app.show("sign-in")
     return app
 

@@ -7,7 +7,8 @@ so nothing here is shared between residents.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -57,6 +58,8 @@ class ResidentApp:
         self.notice: str | None = None
         self.binding: Binding | None = None
         self.root = ft.Container(expand=True, alignment=ft.Alignment.TOP_CENTER)
+        # Timers a screen started (the resend countdown), stopped when the session ends.
+        self.timers: set[asyncio.Task[None]] = set()
         page.on_resize = self._on_resize
 
     # ------------------------------------------------------------------ strings and sizes
@@ -143,6 +146,18 @@ class ResidentApp:
     def run(self, work: Callable[[], Awaitable[None]]) -> None:
         """Run ``work`` in the session's loop (a screen's load or action)."""
         self.page.run_task(work)
+
+    def start_timer(self, work: Coroutine[None, None, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work)
+        self.timers.add(task)
+        task.add_done_callback(self.timers.discard)
+        return task
+
+    async def close(self) -> None:
+        """The session ended (tab or window closed): stop timers, close the connection."""
+        for task in list(self.timers):
+            task.cancel()
+        await self.api.close()
 
     def expired(self, error: ApiError) -> bool:
         """When ``error`` means the sign-in is over, go back to sign-in remembering the

@@ -29,7 +29,8 @@ class Bind:
                                  keyboard_type=ft.KeyboardType.NUMBER, max_length=6, on_submit=self.confirm)
         self.busy = ft.ProgressRing(width=22, height=22, stroke_width=2, visible=False, key="bind-busy")
         self.outcome = message_line(app, key="bind-message")
-        self.body = ft.Column(spacing=12, key="bind-screen", scroll=ft.ScrollMode.AUTO)
+        self.body = ft.Column(spacing=12, key="bind-screen", scroll=ft.ScrollMode.AUTO,
+                              horizontal_alignment=ft.CrossAxisAlignment.STRETCH)
 
     def build(self) -> ft.Control:
         binding = self.app.binding
@@ -148,6 +149,7 @@ class Bind:
         """Where the API left the binding: active goes to its Home, pending asks for the
         code (or waits), rejected says so."""
         app = self.app
+        self.busy.visible = False
         app.binding = binding if binding.state == "pending" else None
         if binding.state == "active":
             try:

@@ -42,7 +42,7 @@ class SignIn:
     def build(self) -> ft.Control:
         app = self.app
         header: list[ft.Control] = [
-            ft.Icon(ft.Icons.WATER_DROP, size=48, color=ft.Colors.BLUE_600),
+            ft.Row([ft.Icon(ft.Icons.WATER_DROP, size=48, color=ft.Colors.BLUE_600)]),
             app.text(app.t("app.title"), 26, weight=ft.FontWeight.BOLD),
             app.text(app.t("sign_in.title"), 18),
             app.text(app.t("sign_in.subtitle"), 14, color=MUTED_COLOR),
@@ -61,7 +61,7 @@ class SignIn:
             self.outcome,
             self.hint,
             ft.Row([self.submit, self.busy]),
-        ], spacing=12, scroll=ft.ScrollMode.AUTO, key="sign-in-screen")
+        ], spacing=12, scroll=ft.ScrollMode.AUTO, key="sign-in-screen", horizontal_alignment=ft.CrossAxisAlignment.STRETCH)
 
     def _phone(self) -> str | None:
         phone = (self.phone.value or "").strip()
@@ -98,13 +98,15 @@ class SignIn:
             self._refused(error)
             self.send.disabled = False
             self.send.content = self.app.t("sign_in.send_code")
+            self.app.page.update()
             return
         minutes = 5
         if expires_at is not None:
             minutes = max(1, round((expires_at - self.app.api.clock()).total_seconds() / 60))
         say(self.outcome, self.app.t("sign_in.code_sent", phone=phone, minutes=minutes))
         say(self.hint, None)
-        self.countdown = asyncio.create_task(self._count_down())
+        self.app.page.update()
+        self.countdown = self.app.start_timer(self._count_down())
 
     async def _count_down(self) -> None:
         """Show the seconds until a new code may be asked for, then offer to resend."""
@@ -139,6 +141,7 @@ class SignIn:
             self.submit.content = self.app.t("sign_in.submit")
             self.busy.visible = False
             self._refused(error)
+            self.app.page.update()
 
 
 def build(app: ResidentApp) -> ft.Control:

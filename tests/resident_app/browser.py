@@ -76,6 +76,18 @@ def main() -> None:
         browser = playwright.chromium.launch(executable_path=CHROMIUM,
                                              args=["--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader"])
         page = browser.new_page(viewport=PHONE_VIEWPORT, device_scale_factor=2, locale="zh-CN")
+        try:
+            walk(page, args)
+        except Exception:
+            page.screenshot(path=str(args.out / "failed.png"))
+            raise
+        finally:
+            browser.close()
+
+
+def walk(page: Page, args: argparse.Namespace) -> None:
+    """Sign in, bind in two steps, Home, 我的: a screenshot of each."""
+    if True:
         open_app(page, args.app)
         shoot(page, args.out, "01-sign-in")
 
@@ -102,7 +114,6 @@ def main() -> None:
         page.get_by_text("我的户号").wait_for(timeout=20_000)
         page.get_by_text(args.account_no, exact=False).first.wait_for(timeout=20_000)
         shoot(page, args.out, "06-me")
-        browser.close()
 
 
 if __name__ == "__main__":

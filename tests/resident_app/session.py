@@ -85,10 +85,10 @@ class AppSession:
 
     def get(self, key: str) -> Any:
         control = self.find(key)
-        assert control is not None, f"no control {key!r} on {self.app.route}: {sorted(self.keys())}"
+        assert control is not None, f"no control {key!r} on {self.app.route}: {sorted(self.control_keys())}"
         return control
 
-    def keys(self) -> set[str]:
+    def control_keys(self) -> set[str]:
         return {str(control.key) for control in self.controls() if control.key is not None}
 
     def text(self, key: str) -> str:
@@ -102,32 +102,49 @@ class AppSession:
         """The control ``key`` once it is on the page (a load finished)."""
         deadline = time.monotonic() + timeout_s
         while (control := self.find(key)) is None:
-            assert time.monotonic() < deadline, f"no {key!r} within {timeout_s}s on {self.app.route}: {sorted(self.keys())} {self.texts()}"
+            shown = f"{sorted(self.control_keys())} {self.texts()}"
+            assert time.monotonic() < deadline, f"no {key!r} within {timeout_s}s on {self.app.route}: {shown}"
             await asyncio.sleep(0.02)
+        await self.assert_sent()
         return control
+
+    async def assert_sent(self) -> None:
+        """Everything changed on the page was sent to the client: a screen that changes a
+        control but never updates it shows the change here and nowhere in a browser. (A
+        control records its changed properties in ``_dirty`` until a patch carries them.)"""
+        await asyncio.sleep(0.02)  # the session's update scheduler sends what was updated
+        unsent = [(type(control).__name__, control.key, sorted(control._dirty))
+                  for control in [self.page, *self.controls()] if control._dirty]
+        assert not unsent, f"changed but never sent to the client: {unsent}"
+
+    async def dispatch(self, control: Any, event: str, data: Any) -> None:
+        await self.session.dispatch_event(control._i, event, data)
+        await self.assert_sent()
 
     async def fill(self, key: str, value: str) -> None:
         """Type ``value`` as the client does: the property patch, then the change event."""
         field = self.get(key)
         self.session.apply_patch(field._i, {"value": value})
-        await self.session.dispatch_event(field._i, "change", value)
+        await self.dispatch(field, "change", value)
 
     async def click(self, key: str) -> None:
         control = self.get(key)
         assert not control.disabled, f"{key!r} is disabled"
-        await self.session.dispatch_event(control._i, "click", None)
+        await self.dispatch(control, "click", None)
 
     async def select(self, key: str, value: str) -> None:
         """Choose ``value`` on a segmented button."""
         control = self.get(key)
         self.session.apply_patch(control._i, {"selected": [value]})
-        await self.session.dispatch_event(control._i, "change", [value])
+        await self.dispatch(control, "change", [value])
 
     async def navigate(self, index: int) -> None:
         bar = self.get("navigation")
         self.session.apply_patch(bar._i, {"selected_index": index})
-        await self.session.dispatch_event(bar._i, "change", None)
+        await self.dispatch(bar, "change", None)
 
     async def close(self) -> None:
-        await self.app.api.close()
+        await self.app.close()
+        self.session.close()
+        await asyncio.sleep(0)
         self.connection.executor.shutdown(wait=False)

@@ -8,9 +8,12 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
+import flet as ft
 import httpx
+import pytest
 
-from resident_app.api import OFFLINE, SESSION_EXPIRED, Tokens
+from resident_app.api import OFFLINE, SESSION_EXPIRED, ApiError, ResidentApi, Tokens
+from resident_app.shell import CONTENT_MAX_WIDTH
 from tests.fixtures.gateways import FakeGateway
 from tests.live import LiveServer
 from tests.resident_app.conftest import CODE_ATTEMPTS_PER_DAY, DemoHousehold, last_code
@@ -54,7 +57,7 @@ async def test_sign_in_then_bind_with_the_holders_code_then_home_shows_the_house
     assert household.account_no in app.text("home-household")
     assert app.find("home-read-at") is not None
     assert app.find("home-month-usage") is not None
-    assert {key for key in app.keys() if key.startswith("home-state-")}
+    assert len([key for key in app.control_keys() if key.startswith("home-state-")]) == 1
 
 
 async def test_a_wrong_code_says_what_to_do_and_too_many_lock_sign_in(
@@ -122,7 +125,7 @@ async def test_home_without_a_household_offers_binding_and_me_says_none_is_bound
     assert app.find("account-no") is not None
     app.app.show("me")
     assert app.find("me-loading") is not None
-    assert app.text("me-empty") if await app.wait_for("me-empty") else False
+    await app.wait_for("me-empty")
     assert app.text("me-empty") == "还没有绑定户号"
 
 
@@ -150,3 +153,107 @@ async def test_home_shows_loading_then_offline_with_retry_then_the_figures(
     await app.click("home-error-retry")
     await app.wait_for("home-reading")
     assert app.find("home-error") is None
+
+
+async def bound(app: AppSession, sms: FakeGateway, household: DemoHousehold) -> None:
+    """Sign in with the household's registered phone and bind it (bound at once)."""
+    await sign_in(app, sms, household.phone)
+    await app.fill("account-no", household.account_no)
+    await app.fill("holder-name", household.name)
+    await app.click("bind-submit")
+    assert app.app.route == "home"
+
+
+async def test_me_lists_the_households_switches_language_and_text_size_and_signs_out(
+    resident_app: AppSession, sms: FakeGateway, households: list[DemoHousehold], api: LiveServer
+) -> None:
+    app, household = resident_app, households[2]
+    await bound(app, sms, household)
+    await app.navigate(1)
+    assert app.app.route == "me"
+    await app.wait_for(f"me-household-{household.account_no}")
+    assert "当前" in app.texts()
+
+    await app.select("me-language", "en")
+    assert app.app.preferences.language == "en"
+    assert "Sign out" in [control.content for control in app.controls() if control.key == "me-sign-out"]
+    await app.wait_for(f"me-household-{household.account_no}")
+    before = app.get("me-name").size
+    await app.select("me-text-size", "larger")
+    assert app.get("me-name").size == round(before * 1.3, 1)
+
+    token = app.app.api.tokens.access_token if app.app.api.tokens else ""
+    await app.click("me-sign-out")
+    assert app.app.route == "sign-in"
+    assert app.find("send-code").content == "Get code"
+    async with httpx.AsyncClient(base_url=api.url) as http:
+        after = (await http.post("/graphql", json={"query": "{ viewer { name } }"},
+                                 headers={"Authorization": f"Bearer {token}"})).json()
+    assert after["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
+async def test_an_old_access_token_is_rotated_silently_and_a_dead_sign_in_returns_to_sign_in_remembering_the_screen(
+    resident_app: AppSession, sms: FakeGateway, households: list[DemoHousehold]
+) -> None:
+    app, household = resident_app, households[3]
+    await bound(app, sms, household)
+    await app.wait_for("home-reading")
+    api = app.app.api
+    assert api.tokens is not None
+    old = api.tokens
+    api.tokens = Tokens(old.access_token, api.clock() - timedelta(seconds=1), old.refresh_token)
+
+    viewer = await api.viewer()
+
+    assert viewer.households[0].account_no == household.account_no
+    assert api.tokens.refresh_token != old.refresh_token
+    assert api.tokens.access_expires_at > api.clock()
+
+    # The refresh token is then refused (a reused one ends the login): back to sign-in.
+    api.tokens = Tokens("not-a-token", api.clock() + timedelta(minutes=5), old.refresh_token)
+    await app.click("home-refresh")
+    await app.wait_for("sign-in-notice")
+    assert app.text("sign-in-notice") == "登录已过期, 请重新登录"
+    assert app.app.return_to == "home"
+    assert api.tokens is None
+    # Signing in again goes back to Home (another phone: the API sends one code a minute).
+    await sign_in(app, sms, "13900000107")
+    assert app.app.route == "home"
+    assert app.find("home-empty") is not None
+
+
+async def test_the_client_maps_an_unreachable_server_and_keeps_the_apis_codes(unused_port: int, api: LiveServer) -> None:
+    offline = ResidentApi(f"http://127.0.0.1:{unused_port}")
+    online = ResidentApi(api.url)
+    try:
+        with pytest.raises(ApiError) as unreachable:
+            await offline.request_login_code("13900000106")
+        with pytest.raises(ApiError) as malformed:
+            await online.request_login_code("1390000")
+        with pytest.raises(ApiError) as signed_out:
+            await online.viewer()
+    finally:
+        await offline.close()
+        await online.close()
+
+    assert unreachable.value.code == OFFLINE
+    assert unreachable.value.text("en") == "Cannot reach the server: check your connection, then tap Retry"
+    assert (malformed.value.code, malformed.value.field) == ("INVALID", "phone")
+    assert malformed.value.text("zh") == malformed.value.message
+    assert malformed.value.text("en") == malformed.value.message_en
+    assert signed_out.value.code == SESSION_EXPIRED
+
+
+async def test_at_desk_width_the_navigation_is_a_rail_beside_a_phone_wide_column(
+    api: LiveServer, sms: FakeGateway, households: list[DemoHousehold]
+) -> None:
+    app = AppSession(api.url, width=1280, height=800)
+    try:
+        await bound(app, sms, households[4])
+        await app.wait_for("home-reading")
+
+        assert isinstance(app.get("navigation"), ft.NavigationRail)
+        assert app.page.navigation_bar is None
+        assert app.app.root.content.width == CONTENT_MAX_WIDTH
+    finally:
+        await app.close()
