@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 LOCK := requirements.lock
 STAMP := $(VENV)/.installed
 
-.PHONY: install receipt-font demo serve test lint typecheck pytest bench lock schema clean
+.PHONY: install receipt-font resident-font demo serve test lint typecheck pytest bench lock schema clean
 
 install: $(STAMP) receipt-font
 
@@ -20,6 +20,16 @@ receipt-font:
 	@test -f "$${SHUIWU_PAYMENTS_RECEIPT_FONT:-$(RECEIPT_FONT)}" || { \
 		echo "== installing the receipt font (Debian fonts-wqy-microhei)"; \
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei >/dev/null; }
+
+# The resident app's CJK font (resident_app/assets/fonts/NotoSansSC-GB2312.woff2, committed):
+# Flet's web renderer bundles no CJK glyphs, so the app ships Noto Sans CJK SC cut down to
+# GB2312 + ASCII + punctuation as WOFF2 (~2.5 MB). Rebuild it from Debian's fonts-noto-cjk
+# with fontTools (the `fonts` extra); about two minutes.
+NOTO_CJK := /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc
+resident-font: $(STAMP)
+	@test -f $(NOTO_CJK) || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-noto-cjk >/dev/null; }
+	@$(BIN)/python -c "import fontTools, brotli" 2>/dev/null || $(BIN)/python -m pip install --quiet fonttools brotli
+	$(BIN)/python resident_app/assets/fonts/build_font.py
 
 # Installs exactly the pinned versions of the lock file; reinstalls when it changes.
 $(STAMP): $(LOCK) pyproject.toml
@@ -44,7 +54,7 @@ lint: install
 	$(BIN)/ruff check backend acquisition resident_app staff_app tests bench migrations
 
 typecheck: install
-	$(BIN)/mypy backend acquisition
+	$(BIN)/mypy backend acquisition resident_app
 
 # The whole suite on the embedded PostgreSQL, then the smoke subset (migrations and a
 # few end-to-end paths) on the external server when SHUIWU_TEST_EXTERNAL_URL is set.

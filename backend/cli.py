@@ -381,6 +381,21 @@ def check() -> None:
         raise typer.Exit(1)
 
 
+@app.command("resident-app")
+def resident_app(
+    web: Annotated[bool, typer.Option("--web", help="Serve the app to browsers instead of opening a window.")] = False,
+    host: Annotated[str, typer.Option(help="Address to serve on with --web.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to serve on with --web.")] = 8550,
+    api: Annotated[str | None, typer.Option(
+        help="The API's base URL (default SHUIWU_RESIDENT_API_URL, else http://127.0.0.1:8000).")] = None,
+) -> None:
+    """The resident app (用户端APP): a desktop window, or with --web a browser server (offline)."""
+    # Imported here: flet is only loaded by the command that runs it.
+    from resident_app.main import launch
+
+    launch(web=web, host=host, port=port, api_url=api)
+
+
 @app.command("fake-gateway")
 def fake_gateway(
     kind: Annotated[str, typer.Argument(help="The gateway to fake: a kind an installed domain declares.")],
