@@ -47,7 +47,6 @@ queue with the lease, to be read before it is sent again — and disconnects.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import ssl
@@ -64,6 +63,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from acquisition.commands import CommandOrder, Outcome, carry_out
+from acquisition.coordinator import Coordinator
 from acquisition.links import MeterOnBus, meter_on_bus
 from acquisition.protocols import cjt188
 from acquisition.transport import DeviceErrorReply, FailureKind, LinkDown, ReplyTimeout
@@ -306,10 +306,11 @@ class _Downlink:
         raise ReplyTimeout(f"no answer within {limit:.1f} s of the downlink", attempts=attempts)
 
 
-class MqttCoordinator:
+class MqttCoordinator(Coordinator):
     """The broker link of the worker that holds its lease (module docstring)."""
 
     def __init__(self, plan: MqttPlan, worker: AcquisitionWorker) -> None:
+        super().__init__()
         self.plan = plan
         self.worker = worker
         self.broker = broker_address(plan.url)
@@ -319,25 +320,14 @@ class MqttCoordinator:
         self.uplinks = 0  # messages of known meters handled
         self.readings = 0  # of them, ingested as readings
         self.commands_carried_out = 0
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._client: aiomqtt.Client | None = None
         self._waiters: dict[int, _Waiter] = {}
         self._deliveries: dict[int, asyncio.Task[None]] = {}
         self._handling = False  # the receiver is in the middle of an uplink
 
-    def start(self, *, drain: bool = False) -> None:
-        del drain  # an NB-IoT meter answers at its own pace: `acquire --once` does not serve the broker
-        self._task = asyncio.create_task(self._run(), name=f"mqtt {self.broker.host}:{self.broker.port}")
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        await self.wait()
-
-    async def wait(self) -> None:
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    @property
+    def task_name(self) -> str:
+        return f"mqtt {self.broker.host}:{self.broker.port}"
 
     # -- connection ------------------------------------------------------------------
 
@@ -348,7 +338,8 @@ class MqttCoordinator:
                               identifier=identifier, keepalive=30,
                               tls_context=ssl.create_default_context() if broker.tls else None)
 
-    async def _run(self) -> None:
+    async def _run(self, *, drain: bool = False) -> None:
+        del drain  # an NB-IoT meter answers at its own pace: `acquire --once` does not serve the broker
         config = self.worker.config
         backoff = Backoff(config.reconnect_initial_s, config.reconnect_max_s)
         while not self._stopping.is_set():

@@ -73,6 +73,7 @@ import typer
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from acquisition.commands import CommandOrder, Outcome, carry_out
+from acquisition.coordinator import Coordinator
 from acquisition.links import LinkPlan, MeterOnBus, links_held_by_others, meters_on_bus, servable_links
 from acquisition.mqtt import MqttCoordinator, MqttPlan
 from acquisition.protocols import cjt188
@@ -111,34 +112,26 @@ def holder_name() -> str:
 Claimed = tuple[RemoteCommand, MeterOnBus | None]
 
 
-class LinkCoordinator:
-    """One bus: its port, its commands one at a time, its reconnect pauses (module docstring)."""
+class LinkCoordinator(Coordinator):
+    """One bus: its port, its commands one at a time, its reconnect pauses (module
+    docstring). Stopping it finishes the command in hand, records it, gives back the next
+    ones unstarted and closes the port."""
 
     def __init__(self, plan: LinkPlan, worker: AcquisitionWorker) -> None:
+        super().__init__()
         self.plan = plan
         self.worker = worker
         self.link = AsyncLink.open_url(plan.url, line=plan.line, timing=worker.timing)
         self.wake = asyncio.Event()
         self.commands_carried_out = 0
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         # The next commands, claimed while the bus carried out the ones before them.
         self._next: collections.deque[Claimed] = collections.deque()
         # Results on their way to the database (the worker's recorder, first in first out).
         self._recording: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    def start(self, *, drain: bool = False) -> None:
-        self._task = asyncio.create_task(self._run(drain=drain), name=f"bus {self.plan.link}")
-
-    async def stop(self) -> None:
-        """Finish the command in hand, record it, give back the next one unstarted, close the port."""
-        self._stopping.set()
-        await self.wait()
-
-    async def wait(self) -> None:
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    @property
+    def task_name(self) -> str:
+        return f"bus {self.plan.link}"
 
     async def _run(self, *, drain: bool) -> None:
         config = self.worker.config

@@ -92,6 +92,8 @@ DOMAIN = Domain(
             "meters.address": "a meter's protocol address (CJ/T 188)",
             "meters.location": "where a meter sits in the building (厨房, 管井)",
             "meter_models.name": "a vendor's model",
+            "meter_models.payload_format": "how a model's NB-IoT uplinks are written (cjt188 or json), not a payment",
+            "meter_models.response_timeout_ms": "how long a model takes to answer on the wire",
             "concentrators.name": _DEVICE,
             "concentrators.terminal_address": _DEVICE,
             "collectors.name": _DEVICE,

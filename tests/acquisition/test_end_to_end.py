@@ -13,7 +13,6 @@ the valve and the water flows again.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -89,14 +88,8 @@ def simulator() -> Iterator[SimulatorProcess]:
 @pytest.fixture(scope="module")
 def jpush(fake_gateways: FakeGateways) -> Iterator[FakeGateway]:
     """The local JPush, with SHUIWU_JPUSH_URL pointing the job worker at it."""
-    fake = fake_gateways.start("jpush")
-    previous = os.environ.get("SHUIWU_JPUSH_URL")
-    os.environ["SHUIWU_JPUSH_URL"] = fake.url
-    yield fake
-    if previous is None:
-        os.environ.pop("SHUIWU_JPUSH_URL", None)
-    else:
-        os.environ["SHUIWU_JPUSH_URL"] = previous
+    with fake_gateways.pointed_at("jpush", "SHUIWU_JPUSH_URL") as fake:
+        yield fake
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +156,10 @@ async def one(sessions: async_sessionmaker[AsyncSession], statement: str, **para
 
 
 async def read_now(sessions: async_sessionmaker[AsyncSession], home: Home) -> Decimal:
-    """Queue a read of the household's meter, wait for it; the reading it stored."""
+    """Queue a read of the household's meter, wait for it; the reading it stored. A
+    reading is kept per meter and second (a second one in the same second is the same
+    reading), so the read waits for the clock's next second first."""
+    await asyncio.sleep(1.01 - CLOCK().microsecond / 1_000_000)
     async with transaction(sessions) as session:
         command = await remote.queue_command(session, target=home.meter_id, kind=CommandKind.read_now, params={},
                                              issued_by=OPERATOR, now=CLOCK())

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from backend.db import transaction
 from backend.remote import patrols
 from backend.remote import service as remote
 from backend.remote.models import FINISHED_STATES, CommandKind, CommandState, FailureKind, RemoteCommand
+from tests.acquisition.test_worker import Bus, Field
 from tests.factories import make_area_tree, unique
 
 BAUD = 115200
@@ -45,23 +45,6 @@ CONFIG = AcquireSettings(lease_ttl_s=1.0, renew_interval_s=0.25, poll_interval_s
                          inter_byte_timeout_s=0.1, exchange_retries=1, reconnect_initial_s=0.1, reconnect_max_s=0.4,
                          listen=False)
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class Bus:
-    concentrator_id: int
-    link: str
-    meters: dict[str, int]  # address -> meter id
-
-
-@dataclass
-class Field:
-    buses: list[Bus]
-    ghost_meter_id: int
-
-    @property
-    def meters(self) -> dict[str, int]:
-        return {address: meter_id for bus in self.buses for address, meter_id in bus.meters.items()}
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -278,8 +278,10 @@ async def test_a_valve_close_waits_for_the_next_uplink_then_closes_the_valve(
         closed = await state_becomes(committed_sessions, close_id, *FINISHED_STATES)
         read = await state_becomes(committed_sessions, read_id, *FINISHED_STATES)
         json_closed = await state_becomes(committed_sessions, json_close_id, *FINISHED_STATES)
-        # The next uplink reports the valve closed.
+        # The next uplink reports the valve closed. A reading is kept per meter and second:
+        # the uplink goes out in the next second, as a device's would (hours later).
         before = len(await readings_of(committed_sessions, meter_id))
+        await asyncio.sleep(1.01 - datetime.now().microsecond / 1_000_000)
         frames.uplink(address)
         after = await a_reading(committed_sessions, meter_id, more_than=before)
 

@@ -57,6 +57,11 @@ class Field:
     def links(self) -> list[str]:
         return [bus.link for bus in self.buses]
 
+    @property
+    def meters(self) -> dict[str, int]:
+        """Every bus's meters, address -> meter id."""
+        return {address: meter_id for bus in self.buses for address, meter_id in bus.meters.items()}
+
 
 @pytest.fixture(scope="module")
 def simulator() -> Iterator[SimulatorProcess]:

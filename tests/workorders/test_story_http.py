@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -70,14 +69,8 @@ INBOX = "{ myMessages(first: 20, kind: WORKORDER_UPDATE) { edges { node { title 
 @pytest.fixture(scope="module")
 def jpush(fake_gateways: FakeGateways) -> Iterator[FakeGateway]:
     """The local JPush, and SHUIWU_JPUSH_URL pointing the app and the worker at it."""
-    fake = fake_gateways.start("jpush")
-    previous = os.environ.get("SHUIWU_JPUSH_URL")
-    os.environ["SHUIWU_JPUSH_URL"] = fake.url
-    yield fake
-    if previous is None:
-        os.environ.pop("SHUIWU_JPUSH_URL", None)
-    else:
-        os.environ["SHUIWU_JPUSH_URL"] = previous
+    with fake_gateways.pointed_at("jpush", "SHUIWU_JPUSH_URL") as fake:
+        yield fake
 
 
 @pytest.fixture(scope="module")
