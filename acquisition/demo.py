@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from acquisition.links import meter_on_bus
+from acquisition.links import meters_on_bus
 from acquisition.settings import AcquireSettings
 from acquisition.simulator import MeterSpec, SimulatorProcess
 from acquisition.worker import AcquisitionWorker
@@ -81,8 +81,10 @@ async def simulated_buses(session: AsyncSession) -> list[SimulatedBus]:
     buses = []
     for bus in (await session.execute(_BUSES, {"hosts": list(LOOPBACK)})).all():
         specs = []
-        for row in (await session.execute(_METERS, {"bus": bus.id})).all():
-            meter = await meter_on_bus(session, row.id)
+        rows = (await session.execute(_METERS, {"bus": bus.id})).all()
+        on_bus = await meters_on_bus(session, [row.id for row in rows])
+        for row in rows:
+            meter = on_bus.get(row.id)
             if meter is None:
                 continue
             total = Decimal(row.total_m3).quantize(_REGISTER_STEP, rounding=ROUND_CEILING)

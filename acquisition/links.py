@@ -108,7 +108,8 @@ async def links_held_by_others(session: AsyncSession, *, links: Sequence[str], h
     return set(rows.scalars().all())
 
 
-_WIRE_COLUMNS = (col(Meter.address), col(Meter.meter_type), col(MeterModel.di_byte_order), col(MeterModel.preamble_len),
+# What :func:`on_bus` takes after the meter id: a meter's address, type and its model's wire settings.
+WIRE_COLUMNS = (col(Meter.address), col(Meter.meter_type), col(MeterModel.di_byte_order), col(MeterModel.preamble_len),
                  col(MeterModel.wire_decimals), col(MeterModel.response_timeout_ms))
 
 
@@ -117,13 +118,13 @@ async def meters_on_bus(session: AsyncSession, meter_ids: Sequence[int]) -> dict
     if not meter_ids:
         return {}
     rows = (await session.execute(
-        select(col(Meter.id), *_WIRE_COLUMNS)
+        select(col(Meter.id), *WIRE_COLUMNS)
         .outerjoin(MeterModel, col(MeterModel.id) == col(Meter.model_id))
         .where(col(Meter.id).in_(sorted(set(meter_ids)))))).all()
-    return {row[0]: _on_bus(row[0], *row[1:]) for row in rows if row[0] is not None}
+    return {row[0]: on_bus(row[0], *row[1:]) for row in rows if row[0] is not None}
 
 
-def _on_bus(meter_id: int, address: Any, meter_type: Any, di_byte_order: Any, preamble_len: Any, wire_decimals: Any,
+def on_bus(meter_id: int, address: Any, meter_type: Any, di_byte_order: Any, preamble_len: Any, wire_decimals: Any,
             response_timeout_ms: Any) -> MeterOnBus:
     return MeterOnBus(
         meter_id=meter_id,

@@ -64,7 +64,7 @@ from sqlmodel import col
 
 from acquisition.commands import CommandOrder, Outcome, carry_out
 from acquisition.coordinator import Coordinator
-from acquisition.links import MeterOnBus, meter_on_bus
+from acquisition.links import WIRE_COLUMNS, MeterOnBus, on_bus
 from acquisition.protocols import cjt188
 from acquisition.transport import DeviceErrorReply, FailureKind, LinkDown, ReplyTimeout
 from backend.archives.models import Meter, MeterModel, PayloadFormat
@@ -154,15 +154,12 @@ class NbMeter:
 async def nb_meter_by_topic(session: AsyncSession, topic: str) -> NbMeter | None:
     """The meter whose ``mqtt_topic`` is ``topic`` (the lowest id, should two share one)."""
     row = (await session.execute(
-        select(col(Meter.id), col(MeterModel.payload_format))
+        select(col(Meter.id), col(MeterModel.payload_format), *WIRE_COLUMNS)
         .outerjoin(MeterModel, col(MeterModel.id) == col(Meter.model_id))
         .where(col(Meter.mqtt_topic) == topic).order_by(col(Meter.id)).limit(1))).first()
     if row is None:
         return None
-    meter = await meter_on_bus(session, row[0] or 0)
-    if meter is None:
-        return None
-    return NbMeter(meter, topic, PayloadFormat(row[1] or PayloadFormat.cjt188))
+    return NbMeter(on_bus(row[0] or 0, *row[2:]), topic, PayloadFormat(row[1] or PayloadFormat.cjt188))
 
 
 # --------------------------------------------------------------------------- payloads
